@@ -1,0 +1,168 @@
+"""Probe losses L(A), written through (U, λ) of A = U diag(λ) Uᵀ so every gradient method applies.
+
+Two kinds, both gauge-invariant (independent of eigenvector signs, and — for spectral losses —
+of the basis chosen inside a degenerate eigenspace):
+
+* spectral: L = ⟨G, f(A)⟩ = Σ_i f(λ_i) u_iᵀ G u_i, with f = x^-1/2 (``zca``, ZCA whitening),
+  x^1/2 (``sqrt``, covariance pooling) or log x (``log``, O2P of Ionescu et al.).
+  Exact gradient (Daleckii–Krein): ∂L/∂A = U (D ∘ Uᵀ G_sym U) Uᵀ with the divided differences
+  D_ij = (f(λ_i) − f(λ_j)) / (λ_i − λ_j), D_ii = f'(λ_i).
+* weighted eigenvector: L = Σ_i w_i u_iᵀ B u_i (``eigvec``, random w; ``projector``, w = 1 on
+  the top-k eigenvectors so L = ⟨B, P_k⟩). Exact gradient: the same form with
+  D_ij = (w_i − w_j)/(λ_i − λ_j) off the diagonal and D_ii = 0; defined only when eigenvalues
+  with different weights are distinct.
+
+Eigenvalues are in ascending order (as ``eigh`` returns them); the weights G/B are seeded
+Gaussian matrices unless the user supplies one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import mpmath
+import numpy as np
+
+from . import _xp
+
+
+def _weight(d: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(np.random.SeedSequence([seed, d, 0x105])).standard_normal((d, d))
+
+
+@dataclass(frozen=True)
+class SpectralLoss:
+    """L = ⟨G, f(A)⟩ for a scalar function f applied to the eigenvalues."""
+
+    name: str
+    weight: np.ndarray
+    f: Callable  # xp-generic: works on numpy arrays and torch tensors
+    df: Callable
+    f_mp: Callable  # the same functions on mpmath numbers, for the reference
+    df_mp: Callable
+    kind: str = field(default="spectral", init=False)
+
+    def check(self, lam) -> None:
+        """Raise ValueError if the loss is not differentiable at these eigenvalues."""
+        lam_min = float(np.min(np.asarray(lam, dtype=np.float64)))
+        if lam_min <= 0:
+            raise ValueError(
+                f"{self.name} loss needs a positive definite matrix: smallest eigenvalue is {lam_min:.3g}"
+            )
+
+    def value(self, U, lam):
+        G = _as_like(self.weight, U)
+        return (G * ((U * self.f(lam)[..., None, :]) @ _xp.T(U))).sum((-2, -1))
+
+    def grads(self, U, lam):
+        """(∂L/∂U, ∂L/∂λ) treating U and λ as independent variables."""
+        G = _as_like(self.weight, U)
+        GsU = _xp.sym(G) @ U
+        gU = 2 * GsU * self.f(lam)[..., None, :]
+        glam = self.df(lam) * (U * (G @ U)).sum(-2)
+        return gU, glam
+
+
+@dataclass(frozen=True)
+class WeightedEigvecLoss:
+    """L = Σ_i w_i u_iᵀ B u_i, weights w_i per eigenvalue index (ascending order)."""
+
+    name: str
+    weight: np.ndarray
+    w: np.ndarray
+    kind: str = field(default="weighted", init=False)
+
+    def check(self, lam) -> None:
+        """Raise ValueError where eigenvalues with different weights are numerically equal.
+
+        "Numerically equal" means a gap below d·eps·max|λ| of the dtype, the backward-error
+        level of a symmetric eigensolver: below it the float matrix does not determine the
+        eigenvectors that the loss weighs differently.
+        """
+        lam = np.asarray(lam)
+        eps = np.finfo(lam.dtype if lam.dtype.kind == "f" else np.float64).eps
+        lam64 = lam.astype(np.float64)
+        tol = lam64.shape[-1] * eps * float(np.abs(lam64).max())
+        gaps = np.diff(lam64, axis=-1)
+        differs = np.diff(self.w) != 0
+        bad = (gaps <= tol) & differs
+        if bad.any():
+            i = int(np.argwhere(bad)[0][-1])
+            raise ValueError(
+                f"{self.name} loss is undefined on a degenerate spectrum: eigenvalues {i} and {i + 1} "
+                f"differ by {gaps[..., i].min():.3g} (≤ {tol:.3g}) but carry different weights"
+            )
+
+    def value(self, U, lam):
+        B = _as_like(self.weight, U)
+        w = _as_like(self.w, lam)
+        return ((U * (B @ U)).sum(-2) * w).sum(-1)
+
+    def grads(self, U, lam):
+        B = _as_like(self.weight, U)
+        w = _as_like(self.w, lam)
+        gU = 2 * (_xp.sym(B) @ U) * w[..., None, :]
+        return gU, lam * 0
+
+
+def _as_like(a: np.ndarray, like):
+    """The constant ``a`` as an array of like's namespace, dtype and device."""
+    xp = _xp.namespace(like)
+    if xp is np:
+        return a.astype(like.dtype, copy=False)
+    return xp.as_tensor(a, dtype=like.dtype, device=like.device)
+
+
+def _spectral(name, weight, f, df, f_mp, df_mp):
+    return SpectralLoss(name, weight, f, df, f_mp, df_mp)
+
+
+def _ns(lam):
+    return _xp.namespace(lam)
+
+
+LOSSES = ("zca", "sqrt", "log", "eigvec", "projector")
+
+
+def make_loss(name: str, d: int, seed: int = 0, weight: np.ndarray | None = None, k: int = 1):
+    """Build probe loss ``name`` for d×d matrices; ``weight`` replaces the seeded G / B.
+
+    ``k`` is the projector's rank (top-k eigenspace).
+    """
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}: choose one of {', '.join(LOSSES)}")
+    if weight is None:
+        weight = _weight(d, seed)
+    else:
+        weight = np.asarray(weight, dtype=np.float64)
+        if weight.shape != (d, d):
+            raise ValueError(f"loss weight must have shape ({d}, {d}), got {weight.shape}")
+        if not np.isfinite(weight).all():
+            raise ValueError("loss weight contains non-finite entries")
+    if name == "zca":
+        return _spectral(
+            name, weight,
+            lambda x: _ns(x).sqrt(x) ** -1, lambda x: -0.5 * _ns(x).sqrt(x) ** -3,
+            lambda x: 1 / mpmath.sqrt(x), lambda x: -mpmath.mpf(1) / 2 * x ** mpmath.mpf(-1.5)
+        )
+    if name == "sqrt":
+        return _spectral(
+            name, weight,
+            lambda x: _ns(x).sqrt(x), lambda x: 0.5 / _ns(x).sqrt(x),
+            mpmath.sqrt, lambda x: 1 / (2 * mpmath.sqrt(x))
+        )
+    if name == "log":
+        return _spectral(
+            name, weight,
+            lambda x: _ns(x).log(x), lambda x: 1 / x,
+            mpmath.log, lambda x: 1 / x
+        )
+    if name == "eigvec":
+        w = np.random.default_rng(np.random.SeedSequence([seed, d, 0xE16])).standard_normal(d)
+        return WeightedEigvecLoss(name, weight, w)
+    if not 1 <= k < d:
+        raise ValueError(f"projector rank k must satisfy 1 ≤ k < d = {d}, got {k}")
+    w = np.zeros(d)
+    w[d - k:] = 1.0
+    return WeightedEigvecLoss(name, weight, w)

@@ -1,0 +1,76 @@
+"""The shape every gradient method shares: a forward giving (λ, U, state) and a backward rule.
+
+Convention (Ionescu, Vantzos & Sminchisescu, "Matrix backpropagation for deep networks with
+structured layers", ICCV 2015, Prop. 2, written with our index order): for A = U diag(λ) Uᵀ,
+
+    ∂L/∂A = U ( F ∘ (Uᵀ ∂L/∂U) + diag(∂L/∂λ) ) Uᵀ,   F_ij = 1/(λ_j − λ_i) (i ≠ j), F_ii = 0,
+
+symmetrized, since A ranges over symmetric matrices. F is Ionescu's K̃ transposed. Kernel
+methods differ only in how they approximate F; the others (power iteration, torch) replace the
+whole rule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from .. import _xp
+
+
+def exact_forward(A, **_):
+    """Exact symmetric eigendecomposition (ascending λ) by LAPACK / torch.linalg.eigh."""
+    xp = _xp.namespace(A)
+    lam, U = (np.linalg.eigh(A) if xp is np else xp.linalg.eigh(A))
+    return lam, U, {"U": U, "lam": lam}
+
+
+def assemble(U, F, gU, glam):
+    """∂L/∂A = sym(U (F ∘ Uᵀ gU + diag(gλ)) Uᵀ) — the common final step (Prop. 2)."""
+    inner = F * (_xp.T(U) @ gU) + _xp.diag_embed(glam)
+    return _xp.sym(U @ inner @ _xp.T(U))
+
+
+def pair_diff(lam):
+    """Δ_ij = λ_j − λ_i, shape (..., d, d)."""
+    return lam[..., None, :] - lam[..., :, None]
+
+
+def pair_sign(lam):
+    """sign(λ_j − λ_i), with exact ties broken by index order so the result is antisymmetric."""
+    xp = _xp.namespace(lam)
+    diff = pair_diff(lam)
+    s = xp.sign(diff)
+    return xp.where(s == 0, _xp.index_sign(diff), s)
+
+
+def offdiag(F):
+    """F with its diagonal set to zero (also where it held inf or NaN)."""
+    xp = _xp.namespace(F)
+    eye = _xp.eye_like(F)
+    return xp.where(eye == 1, xp.zeros_like(F), F)
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered gradient method: forward (A → λ, U, state) and backward (state, ∂U, ∂λ → ∂A)."""
+
+    name: str
+    backward: Callable
+    defaults: dict = field(default_factory=dict)
+    forward: Callable = exact_forward
+    paper: str = ""
+    summary: str = ""
+
+
+def kernel_method(name: str, kernel: Callable, defaults: dict, paper: str, summary: str) -> Method:
+    """A method defined by its approximation F(λ; params) of the matrix 1/(λ_j − λ_i)."""
+
+    def backward(state, gU, glam, **params):
+        with _xp.errstate():
+            return assemble(state["U"], kernel(state["lam"], **params), gU, glam)
+
+    backward.kernel = kernel
+    return Method(name, backward, defaults, paper=paper, summary=summary)

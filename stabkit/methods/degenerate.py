@@ -1,0 +1,38 @@
+"""``degenerate`` (atol, rtol): analytic F, set to zero on numerically degenerate pairs.
+
+F_ij = 0 where |λ_j − λ_i| < atol + rtol·max(|λ_i|, |λ_j|), else 1/(λ_j − λ_i).
+This is the treatment of Kasim & Vinko's xitorch ("ξ-torch: differentiable scientific computing
+library", 2020; Kasim, "Derivatives of partial eigendecomposition of a real symmetric matrix for
+degenerate cases", arXiv:2011.04366): exact for losses invariant to rotations inside a
+degenerate eigenspace. Defaults atol = eps^0.6, rtol = eps^0.4 of the dtype. The max(|λ_i|, |λ_j|)
+(instead of |λ_i|) keeps F antisymmetric.
+"""
+
+import numpy as np
+
+from .. import _xp
+from ._base import kernel_method, offdiag, pair_diff
+
+
+def default_tolerances(dtype) -> tuple[float, float]:
+    eps = float(np.finfo(np.float32 if "32" in str(dtype) else np.float64).eps)
+    return eps**0.6, eps**0.4
+
+
+def kernel(lam, atol=None, rtol=None):
+    xp = _xp.namespace(lam)
+    d_atol, d_rtol = default_tolerances(lam.dtype)
+    atol = d_atol if atol is None else atol
+    rtol = d_rtol if rtol is None else rtol
+    diff = pair_diff(lam)
+    mag = xp.abs(lam)
+    scale = xp.maximum(mag[..., :, None], mag[..., None, :])
+    degenerate = xp.abs(diff) < atol + rtol * scale
+    safe = xp.where(degenerate, xp.ones_like(diff), diff)
+    return offdiag(xp.where(degenerate, xp.zeros_like(diff), 1 / safe))
+
+
+METHOD = kernel_method(
+    "degenerate", kernel, {"atol": None, "rtol": None},
+    "Kasim, arXiv:2011.04366 (xitorch)", "analytic F, zero on degenerate pairs",
+)

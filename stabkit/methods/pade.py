@@ -1,0 +1,44 @@
+"""``pade``: the [50/50] Padé approximant of 1/(1 − x) inside F (Song, Sebe & Wang, ICCV 2021).
+
+"Why Approximate Matrix Square Root Outperforms Accurate SVD in Global Covariance Pooling?",
+ICCV 2021: with x = λ_lo/λ_hi, 1/(λ_hi − λ_lo) = (1/λ_hi) · 1/(1 − x) ≈ (1/λ_hi) P(x)/Q(x),
+P, Q the [50/50] Padé approximant of the degree-100 Taylor polynomial Σ x^k.
+
+Padé approximants are unique as rational functions, and 1/(1 − x) is itself of type [0/1] ⊂
+[50/50]: the approximant *is* P/Q = 1/(1 − x) (the [50/50] linear system is singular; the
+published code gets a non-singular one only from mpmath's numerically differentiated Taylor
+coefficients). So this method reproduces the analytic F, infinite at exact ties, and what bounds
+it is the published overflow handling, applied here per sample (``_overflow``). Tie signs follow
+the published code (both entries positive).
+"""
+
+from ._base import kernel_method, offdiag
+from ._overflow import replace_nonfinite_per_sample
+from .taylor_song import song_sign_and_ratio
+
+#: Reduced [50/50] Padé approximant of Σ_{k≤100} x^k: P(x) = 1, Q(x) = 1 − x.
+PADE_P = (1.0,)
+PADE_Q = (1.0, -1.0)
+
+
+def _poly(coeffs, x):
+    total = x * 0 + coeffs[-1]
+    for c in coeffs[-2::-1]:
+        total = total * x + c
+    return total
+
+
+def kernel_raw(lam):
+    """F before the overflow handling: exactly the analytic F up to rounding."""
+    inv_hi, ratio = song_sign_and_ratio(lam)
+    return offdiag(inv_hi * _poly(PADE_P, ratio) / _poly(PADE_Q, ratio))
+
+
+def kernel(lam):
+    return replace_nonfinite_per_sample(kernel_raw(lam))
+
+
+METHOD = kernel_method(
+    "pade", kernel, {}, "Song, Sebe & Wang, ICCV 2021 (SVD-Padé)",
+    "[50/50] Padé of 1/(1 − λ_lo/λ_hi) with per-sample overflow handling",
+)

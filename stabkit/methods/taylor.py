@@ -1,0 +1,39 @@
+"""``taylor`` (K, ε): degree-K Taylor expansion of 1/(λ_i − λ_j).
+
+Wang, Chen, Ma, Salzmann & Fua, "Robust Differentiable SVD", IEEE TPAMI 2021, eq. (13):
+for λ_i > λ_j > 0,
+
+    1/(λ_i − λ_j) = (1/λ_i) · 1/(1 − λ_j/λ_i) ≈ (1/λ_i) Σ_{k=0..K} (λ_j/λ_i)^k,
+
+evaluated on λ + ε (adding εI to A shifts the eigenvalues and leaves eigenvectors alone).
+The truncation keeps |F_ij| ≤ (K+1)/(λ_max(i,j) + ε), so equal eigenvalues give a finite value;
+its sign follows λ_j − λ_i and, at exact ties, the index order, keeping F antisymmetric.
+Defaults K = 9 (the paper's choice) and ε = 0 (a layer adds its own ε to its covariance).
+Needs λ + ε > 0; a zero or negative shifted eigenvalue gives a non-finite F.
+"""
+
+from .. import _xp
+from ._base import kernel_method, offdiag, pair_sign
+
+
+def geometric_magnitude(lam, K: int, eps: float):
+    """(1/hi) Σ_{k=0..K} (lo/hi)^k with hi/lo the larger/smaller of λ_i + ε, λ_j + ε."""
+    xp = _xp.namespace(lam)
+    shifted = lam + eps
+    a, b = shifted[..., :, None], shifted[..., None, :]
+    hi, lo = xp.maximum(a, b), xp.minimum(a, b)
+    ratio = lo / hi
+    total = xp.ones_like(ratio)
+    for _ in range(int(K)):  # Horner: 1 + r(1 + r(1 + …))
+        total = 1 + ratio * total
+    return total / hi
+
+
+def kernel(lam, K=9, eps=0.0):
+    return offdiag(pair_sign(lam) * geometric_magnitude(lam, K, eps))
+
+
+METHOD = kernel_method(
+    "taylor", kernel, {"K": 9, "eps": 0.0},
+    "Wang et al., Robust Differentiable SVD, TPAMI 2021, eq. 13", "degree-K Taylor of 1/(λ_i − λ_j) on λ + ε",
+)

@@ -1,0 +1,34 @@
+"""``taylor-song`` (K): the degree-100 Taylor variant of Song, Sebe & Wang (ICCV 2021).
+
+Same series as ``taylor`` — (1/λ_hi) Σ_{k=0..K} (λ_lo/λ_hi)^k with K = 100 and no shift — but
+with the published code's conventions: at exact ties both F_ij and F_ji are +(K+1)/λ (not
+antisymmetric), and non-finite entries are replaced by the sample's extreme finite entries
+(``_overflow``, done per sample here rather than over the batch).
+"""
+
+from .. import _xp
+from ._base import kernel_method, offdiag
+from ._overflow import replace_nonfinite_per_sample
+
+
+def song_sign_and_ratio(lam):
+    """(signed 1/λ_hi, λ_lo/λ_hi) per pair, sign + when λ_j ≥ λ_i (ties included, as published)."""
+    xp = _xp.namespace(lam)
+    li, lj = lam[..., :, None], lam[..., None, :]
+    j_is_hi = lj >= li
+    inv_hi = xp.where(j_is_hi, 1 / lj, -1 / li)
+    ratio = xp.where(j_is_hi, li / lj, lj / li)
+    return inv_hi, ratio
+
+
+def kernel(lam, K=100):
+    inv_hi, ratio = song_sign_and_ratio(lam)
+    total = _xp.namespace(lam).ones_like(ratio)
+    for _ in range(int(K)):
+        total = 1 + ratio * total
+    return replace_nonfinite_per_sample(offdiag(inv_hi * total))
+
+
+METHOD = kernel_method(
+    "taylor-song", kernel, {"K": 100}, "Song, Sebe & Wang, ICCV 2021 (SVD-Taylor)", "degree-100 Taylor, published tie signs"
+)
