@@ -1,0 +1,1 @@
+"""The ``stabkit`` command line: a thin Typer layer over the library."""

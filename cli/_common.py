@@ -1,0 +1,46 @@
+"""What every command shares: user errors become one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+import typer
+
+#: Exceptions that mean "the user asked for something impossible", not a bug.
+USER_ERRORS = (ValueError, FileNotFoundError, KeyError, IsADirectoryError, PermissionError)
+
+
+def user_errors(func):
+    """Turn user errors raised by ``func`` into ``error: <message>`` and exit status 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except USER_ERRORS as exc:
+            message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+            print(f"error: {message}", file=sys.stderr)
+            raise typer.Exit(code=2) from None
+
+    return wrapper
+
+
+def parse_params(items: list[str] | None) -> dict:
+    """``["k=2", "delta=1e-8"]`` → {"k": 2, "delta": 1e-08} (ints stay ints, else floats, else text)."""
+    params = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"expected NAME=VALUE, got {item!r}")
+        params[key.strip()] = _number(value.strip())
+    return params
+
+
+def _number(text: str):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text

@@ -1,0 +1,11 @@
+"""Entry point of the ``stabkit`` console script: one line per command module."""
+
+import typer
+
+from . import compare
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__ and "stabkit: stability of differentiable eigendecomposition.")
+app.command("compare")(compare.compare_command)
+
+if __name__ == "__main__":
+    app()

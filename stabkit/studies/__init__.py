@@ -1,0 +1,35 @@
+"""Studies: sweeps described by a TOML file, run cell by cell, reported as Markdown + figures.
+
+A study file names its ``kind`` (a module of this package) and that kind's grid::
+
+    [study]
+    name = "gradient-accuracy"        # results go to reports/<name>/
+    kind = "gradient_accuracy"        # module stabkit.studies.<kind>
+    [grid]                            # keys the kind defines; unknown keys are errors
+    ...
+
+Every kind module provides
+
+* ``GRID_DEFAULTS: dict`` — the allowed grid keys with their defaults;
+* ``validate(grid: dict) -> dict`` — raise ValueError naming the key and the allowed values;
+* ``cells(grid: dict) -> list[dict]`` — JSON-able cell parameters, each with a unique,
+  deterministic ``"cell_id"`` string (the unit of resumption and of parallel work);
+* ``run_cell(cell: dict) -> list[dict]`` — the result rows of one cell (flat, scalar values);
+  pure and deterministic given the cell (seeded), safe to run in another process;
+* ``report(results: pandas.DataFrame, grid: dict, out_dir: pathlib.Path) -> str`` — Markdown
+  body (figures saved into ``out_dir``, referenced by relative path).
+
+``runner`` does loading, overrides, resumable storage, process-pool / Dask execution, progress
+and the report header (command, git commit, machine).
+"""
+
+import importlib
+
+KINDS = ("gradient_accuracy", "gap_probability", "angle_surfaces", "projector_rank", "zca_cifar10", "o2p_stability")
+
+
+def kind_module(kind: str):
+    """The module implementing study kind ``kind`` (ValueError naming the allowed kinds)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown study kind {kind!r}: choose one of {', '.join(KINDS)}")
+    return importlib.import_module(f"{__name__}.{kind}")
