@@ -1,0 +1,74 @@
+"""``stabkit compare``: output format, exit codes, and that bad input never shows a traceback."""
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import app
+from stabkit import methods
+
+from .conftest import build
+
+runner = CliRunner()
+
+
+def _npy(tmp_path, name, array):
+    path = tmp_path / name
+    np.save(path, array)
+    return str(path)
+
+
+def test_json_lines_have_exactly_the_documented_keys(tmp_path):
+    path = _npy(tmp_path, "a.npy", build([1.0, 2.0, 3.5, 5.0]))
+    result = runner.invoke(app, ["compare", "--matrix", path, "--loss", "zca", "--format", "json",
+                                 "-m", "analytic", "-m", "taylor:K=19,eps=1e-4", "-m", "clip:tau=100"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.strip().splitlines()]
+    assert [r["method"] for r in rows] == ["analytic", "taylor:K=19,eps=0.0001", "clip"]
+    for r in rows:
+        assert set(r) == {"method", "angle_deg", "rel_err", "norm_ratio", "finite", "seconds"}
+    assert rows[0]["rel_err"] < 1e-12 and rows[0]["finite"] is True
+    assert rows[1]["angle_deg"] > 0
+
+
+def test_table_lists_every_method_and_truth_digits(tmp_path):
+    path = _npy(tmp_path, "a.npy", build([1.0, 2.0, 3.0]))
+    result = runner.invoke(app, ["compare", "--matrix", path])
+    assert result.exit_code == 0, result.output
+    for name in methods.NAMES:
+        assert name in result.stdout
+    assert "digits" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "array, extra, needle",
+    [
+        (np.ones((2, 3)), [], "not square"),
+        (np.array([[1.0, 5.0], [0.0, 1.0]]), [], "not symmetric"),
+        (np.array([[np.nan, 0.0], [0.0, 1.0]]), [], "NaN"),
+        (np.eye(3), ["--dtype", "float16"], "unsupported dtype"),
+        (np.eye(3), ["-m", "magic"], "unknown method"),
+        (np.eye(3), ["-m", "taylor:K=x"], "not a number"),
+        (np.eye(3), ["--loss", "frob"], "unknown loss"),
+        (np.diag([1.0, 1.0, 2.0]), ["--loss", "eigvec"], "degenerate spectrum"),
+        (np.diag([0.0, 1.0, 2.0]), ["--loss", "zca"], "positive definite"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(tmp_path, array, extra, needle):
+    path = _npy(tmp_path, "bad.npy", array)
+    result = runner.invoke(app, ["compare", "--matrix", path, *extra])
+    assert result.exit_code == 2
+    assert needle in result.stderr
+    assert "Traceback" not in result.output
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_missing_file_and_wrong_weight(tmp_path):
+    result = runner.invoke(app, ["compare", "--matrix", str(tmp_path / "nope.npy")])
+    assert result.exit_code == 2 and "not found" in result.stderr
+    path = _npy(tmp_path, "a.npy", build([1.0, 2.0, 3.0]))
+    weight = _npy(tmp_path, "w.npy", np.ones((2, 2)))
+    result = runner.invoke(app, ["compare", "--matrix", path, "--loss-weight", weight])
+    assert result.exit_code == 2 and "shape" in result.stderr

@@ -1,0 +1,55 @@
+"""Probe losses: their (∂L/∂U, ∂L/∂λ) against finite differences, and their domains."""
+
+import numpy as np
+import pytest
+import torch
+
+from stabkit.losses import LOSSES, make_loss
+
+from .conftest import build
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_grads_match_central_differences(name):
+    d = 5
+    loss = make_loss(name, d, seed=4, k=2)
+    lam, U = np.linalg.eigh(build([0.5, 1.0, 1.7, 2.5, 4.0]))
+    rng = np.random.default_rng(0)
+    dU, dlam = rng.standard_normal(U.shape), rng.standard_normal(d)
+    gU, glam = loss.grads(U, lam)
+    h = 1e-6
+    fd = (loss.value(U + h * dU, lam + h * dlam) - loss.value(U - h * dU, lam - h * dlam)) / (2 * h)
+    assert (gU * dU).sum() + (glam * dlam).sum() == pytest.approx(fd, rel=1e-7)
+
+
+@pytest.mark.parametrize("name", ["zca", "sqrt", "log"])
+def test_spectral_value_is_trace_of_matrix_function(name):
+    lam = np.array([0.5, 1.0, 2.0])
+    A = build(lam)
+    loss = make_loss(name, 3, seed=1)
+    f = {"zca": lambda x: x**-0.5, "sqrt": np.sqrt, "log": np.log}[name]
+    Q, _ = np.linalg.qr(np.random.default_rng(0).standard_normal((3, 3)))  # the basis build() used
+    fA = (Q * f(lam)) @ Q.T
+    w, U = np.linalg.eigh(A)
+    assert loss.value(U, w) == pytest.approx((loss.weight * fA).sum(), rel=1e-12)
+
+
+def test_losses_run_on_torch_tensors():
+    loss = make_loss("zca", 4, seed=0)
+    A = torch.as_tensor(build([1.0, 2.0, 3.0, 4.0]))
+    lam, U = torch.linalg.eigh(A)
+    assert float(loss.value(U, lam)) == pytest.approx(loss.value(U.numpy(), lam.numpy()), rel=1e-14)
+
+
+def test_domains_and_bad_parameters():
+    with pytest.raises(ValueError, match="positive definite"):
+        make_loss("zca", 3).check(np.array([0.0, 1.0, 2.0]))
+    with pytest.raises(ValueError, match="degenerate spectrum"):
+        make_loss("eigvec", 3).check(np.array([1.0, 1.0, 2.0]))
+    make_loss("projector", 3, k=1).check(np.array([1.0, 1.0, 2.0]))  # equal weights inside the tie: defined
+    with pytest.raises(ValueError, match="unknown loss"):
+        make_loss("nuclear", 3)
+    with pytest.raises(ValueError, match="shape"):
+        make_loss("zca", 3, weight=np.ones((2, 2)))
+    with pytest.raises(ValueError, match="rank k"):
+        make_loss("projector", 3, k=3)

@@ -1,0 +1,209 @@
+"""The backward rules against closed forms, each other, and the certified truth."""
+
+import mpmath
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stabkit import methods, spectra
+from stabkit.losses import WeightedEigvecLoss, make_loss
+from stabkit.methods import analytic, clip, degenerate, lorentzian, pade, taylor, taylor_song
+from stabkit.reference import ground_truth
+from stabkit.torch import eigh
+
+from .conftest import build
+
+KERNELS = {
+    "analytic": analytic.kernel, "taylor": taylor.kernel, "clip": clip.kernel,
+    "lorentzian": lorentzian.kernel, "degenerate": degenerate.kernel,
+}
+
+
+def rel(a, b):
+    return np.linalg.norm(a - b) / np.linalg.norm(b)
+
+
+@pytest.mark.parametrize("d", [4, 8, 16, 32, 64])
+@pytest.mark.parametrize("loss_name", ["zca", "eigvec"])
+def test_analytic_matches_certified_truth(d, loss_name):
+    A = spectra.make("separated", d, seed=d).matrix
+    loss = make_loss(loss_name, d, seed=1)
+    truth = ground_truth(A, loss)
+    assert truth.certified
+    g, _, _ = methods.gradient("analytic", A, loss)
+    assert rel(g, truth.grad) <= 1e-10
+
+
+@pytest.mark.parametrize("name", methods.NAMES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_torch_op_equals_numpy_twin(name, dtype):
+    d = 5
+    gen = torch.Generator().manual_seed(3)
+    X = torch.randn(2, 3, d, d, generator=gen, dtype=torch.float64)
+    A = (X @ X.transpose(-1, -2) + torch.eye(d, dtype=torch.float64)).to(dtype)
+    loss = make_loss("zca", d, seed=2)
+    leaf = A.clone().requires_grad_(True)
+    lam, U = eigh(leaf, method=name)
+    loss.value(U, lam).sum().backward()
+    g_numpy, _, _ = methods.gradient(name, A.numpy(), loss)
+    tol = 1e-12 if dtype == torch.float64 else 2e-4
+    assert leaf.grad.dtype == dtype
+    np.testing.assert_allclose(leaf.grad.numpy(), g_numpy, atol=tol * np.abs(g_numpy).max())
+
+
+def test_taylor_converges_to_analytic_as_K_grows():
+    lam = np.array([1.0, 1.5, 2.0, 2.2, 3.0])  # largest ratio 2.0/2.2 ≈ 0.91
+    A = build(lam)
+    loss = make_loss("zca", 5)
+    exact, _, _ = methods.gradient("analytic", A, loss)
+    errors = [rel(methods.gradient(("taylor", {"K": K}), A, loss)[0], exact) for K in (1, 5, 20, 80, 300)]
+    assert all(b < a for a, b in zip(errors, errors[1:]))
+    assert errors[-1] < 1e-10
+    # the truncation error of one entry is exactly the discarded tail (λ_lo/λ_hi)^(K+1) of the series
+    F = taylor.kernel(lam, K=9)
+    assert F[3, 2] == pytest.approx(-(1 - (2.0 / 2.2) ** 10) / (2.2 - 2.0), rel=1e-12)
+
+
+def test_taylor_is_finite_and_antisymmetric_at_exact_ties():
+    lam = np.array([0.5, 2.0, 2.0, 2.0, 3.0])
+    F = taylor.kernel(lam, K=9, eps=0.0)
+    assert np.isfinite(F).all()
+    np.testing.assert_array_equal(F, -F.T)
+    # magnitude at a tie is the full (K+1)/λ of the series
+    assert abs(F[1, 2]) == pytest.approx(10 / 2.0)
+
+
+def test_taylor_with_shift_uses_shifted_eigenvalues():
+    lam = np.array([0.0, 0.0, 1.0])
+    F = taylor.kernel(lam, K=3, eps=0.5)
+    r = 0.5 / 1.5
+    assert F[0, 2] == pytest.approx((1 + r + r**2 + r**3) / 1.5)
+    assert abs(F[0, 1]) == pytest.approx(4 / 0.5)
+
+
+@pytest.mark.parametrize("K", [0, 3, 9, 30])
+def test_dominant_eigenvector_taylor_equals_power_iteration(K):
+    """TPAMI 2021 Sec. 3.3: for the dominant eigenvector, degree-K Taylor = power-iteration gradient.
+
+    Starting from the exact eigenvector, T power-iteration steps give exactly the degree T − 1
+    geometric series, so Taylor(K) is matched by T = K + 1 steps.
+    """
+    lam = np.array([0.3, 1.0, 2.0, 3.5, 4.0])
+    A = build(lam, seed=4)
+    w = np.zeros(5)
+    w[-1] = 1.0
+    loss = WeightedEigvecLoss("top", np.random.default_rng(5).standard_normal((5, 5)), w)
+    g_taylor, _, _ = methods.gradient(("taylor", {"K": K}), A, loss)
+    g_pi, _, _ = methods.gradient(("pi", {"steps": K + 1}), A, loss)
+    assert rel(g_pi, g_taylor) < 1e-12
+
+
+def test_power_iteration_methods_converge_to_analytic_with_many_steps():
+    A = build([1.0, 2.0, 3.0, 4.5, 6.0], seed=7)
+    loss = make_loss("eigvec", 5, seed=3)
+    exact, _, _ = methods.gradient("analytic", A, loss)
+    assert rel(methods.gradient("pi:steps=400", A, loss)[0], exact) < 1e-10
+    assert rel(methods.gradient("pi-forward:steps=2000", A, loss)[0], exact) < 1e-8
+
+
+def test_svd_pi_breaking_drops_tiny_eigenvalues():
+    """λ ≤ ε stops SVD-PI (Wang et al. 2019): the gradient loses exactly those eigenvectors."""
+    lam = np.array([1e-6, 1.0, 2.0, 4.0])
+    A = build(lam, seed=2)
+    loss = make_loss("eigvec", 4, seed=0)
+    g, _, _ = methods.gradient("pi", A, loss)
+    assert np.isfinite(g).all()
+    # nothing flows through the dropped eigenvector's own weight: perturbing w_0 changes nothing
+    w = loss.w.copy()
+    w[0] += 10.0
+    g2, _, _ = methods.gradient("pi", A, WeightedEigvecLoss("w", loss.weight, w))
+    np.testing.assert_allclose(g, g2, atol=1e-12)
+
+
+def test_clip_bounds_and_keeps_small_entries():
+    lam = np.array([1.0, 1.0 + 1e-4, 2.0, 5.0])
+    F = clip.kernel(lam, tau=100.0)
+    assert np.abs(F).max() == pytest.approx(100.0)
+    exact = analytic.kernel(lam)
+    small = np.abs(exact) <= 100
+    np.testing.assert_allclose(F[small], exact[small], rtol=1e-15)
+    np.testing.assert_array_equal(F, -F.T)
+
+
+def test_lorentzian_closed_form():
+    lam = np.array([1.0, 1.0 + 1e-7, 3.0])
+    F = lorentzian.kernel(lam, eps=1e-12)
+    diff = lam[1] - lam[0]  # the representable gap
+    assert F[0, 1] == pytest.approx(diff / (diff**2 + 1e-12), rel=1e-12)
+    assert F[0, 2] == pytest.approx(2.0 / (4.0 + 1e-12), rel=1e-15)
+
+
+def test_degenerate_zeroes_only_degenerate_pairs():
+    lam = np.array([1.0, 1.0 + 1e-12, 2.0])
+    F = degenerate.kernel(lam)
+    assert F[0, 1] == 0 and F[1, 0] == 0
+    assert F[0, 2] == pytest.approx(1.0)
+
+
+def test_pade_is_the_geometric_function_itself():
+    """Padé approximants are unique: the [m/1] one of Σ x^k is 1/(1 − x), hence so is [50/50]."""
+    with mpmath.workdps(40):
+        p, q = mpmath.pade([mpmath.mpf(1)] * 12, 10, 1)
+    assert [float(c) for c in q] == [1.0, -1.0]
+    assert float(p[0]) == 1.0 and all(abs(c) < 1e-30 for c in p[1:])
+    lam = np.array([0.5, 1.0, 1.7, 4.0])
+    np.testing.assert_allclose(pade.kernel_raw(lam), analytic.kernel(lam), rtol=1e-14)
+
+
+def test_pade_overflow_handling_is_per_sample():
+    tie = np.array([1.0, 2.0, 2.0, 3.0])
+    clean = np.array([1.0, 1.5, 2.0, 3.0])
+    raw = pade.kernel_raw(np.stack([tie, clean]))
+    assert not np.isfinite(raw[0]).all()  # the analytic blow-up is reproduced
+    F = pade.kernel(np.stack([tie, clean]))
+    assert np.isfinite(F).all()
+    np.testing.assert_allclose(F[1], analytic.kernel(clean), rtol=1e-14)  # untouched by sample 0
+    finite0 = raw[0][np.isfinite(raw[0])]
+    assert F[0].max() == finite0.max()
+
+
+def test_taylor_song_keeps_published_tie_signs():
+    F = taylor_song.kernel(np.array([1.0, 2.0, 2.0]))
+    assert F[1, 2] == F[2, 1] == pytest.approx(101 / 2.0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.floats(0.1, 10.0), min_size=2, max_size=7, unique=True), st.sampled_from(sorted(KERNELS)))
+def test_kernels_are_antisymmetric_with_zero_diagonal(values, name):
+    lam = np.sort(np.array(values))
+    F = KERNELS[name](lam)
+    np.testing.assert_array_equal(F, -F.T)
+    assert (np.diag(F) == 0).all()
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 10_000), st.sampled_from(list(methods.NAMES)))
+def test_every_gradient_is_symmetric(seed, name):
+    A = build(np.linspace(1.0, 2.0, 4) + np.random.default_rng(seed).uniform(0, 0.1, 4), seed=seed)
+    g, _, _ = methods.gradient(name, A, make_loss("sqrt", 4, seed=seed))
+    np.testing.assert_allclose(g, g.T, atol=1e-14 * np.abs(g).max())
+
+
+def test_parse_spec():
+    assert methods.parse_spec("taylor:K=19,eps=1e-4") == ("taylor", {"K": 19, "eps": 1e-4})
+    assert methods.format_spec(*methods.parse_spec("clip:tau=10")) == "clip:tau=10"
+    for bad, needle in [("nope", "unknown method"), ("taylor:Q=1", "no parameter 'Q'"),
+                        ("taylor:K=a", "not a number"), ("taylor:K=1.5", "not a number"), ("clip:tau", "key=value")]:
+        with pytest.raises(ValueError, match=needle):
+            methods.parse_spec(bad)
+
+
+def test_torch_eigh_rejects_bad_input():
+    with pytest.raises(ValueError, match="unsupported dtype"):
+        eigh(torch.eye(3, dtype=torch.int64))
+    with pytest.raises(ValueError, match="square"):
+        eigh(torch.zeros(3, 4))
+    with pytest.raises(ValueError, match="unknown method"):
+        eigh(torch.eye(3), method="svd-magic")

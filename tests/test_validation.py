@@ -1,0 +1,31 @@
+"""Bad input gives a ValueError whose message names the problem."""
+
+import numpy as np
+import pytest
+
+from stabkit.validation import check_symmetric
+
+
+@pytest.mark.parametrize(
+    "bad, needle",
+    [
+        (np.ones((2, 3)), "not square"),
+        (np.array([[1.0, 2.0], [0.0, 1.0]]), "not symmetric"),
+        (np.array([[np.nan, 0.0], [0.0, 1.0]]), "1 NaN"),
+        (np.array([[np.inf, 0.0], [0.0, 1.0]]), "1 Inf"),
+        (np.zeros((0, 0)), "empty"),
+        (np.ones(3), "square matrix"),
+        (np.eye(2, dtype=np.float16), "unsupported dtype float16"),
+        (np.eye(2, dtype=np.complex128), "unsupported dtype complex128"),
+        (np.array([["a", "b"], ["c", "d"]]), "unsupported dtype"),
+    ],
+)
+def test_bad_input_is_named(bad, needle):
+    with pytest.raises(ValueError, match=needle):
+        check_symmetric(bad)
+
+
+def test_tiny_asymmetry_is_removed():
+    A = np.array([[1.0, 2.0], [2.0 + 1e-15, 1.0]])
+    S = check_symmetric(A)
+    assert S[0, 1] == S[1, 0]
