@@ -12,12 +12,24 @@ whole rule.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 
 from .. import _xp
+
+
+def quiet(func):
+    """Run a kernel with numpy's divide/invalid warnings off: infinities are its result, not a bug."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        with _xp.errstate():
+            return func(*args, **kwargs)
+
+    return wrapper
 
 
 def exact_forward(A, **_):

@@ -5,9 +5,10 @@ layers", ICCV 2015, Prop. 2 (their K̃_ij = 1/(λ_i − λ_j) is our Fᵀ). Infi
 eigenvalues, which is what makes training with it fail.
 """
 
-from ._base import kernel_method, offdiag, pair_diff
+from ._base import kernel_method, quiet, offdiag, pair_diff
 
 
+@quiet
 def kernel(lam):
     return offdiag(1 / pair_diff(lam))
 

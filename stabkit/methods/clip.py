@@ -5,9 +5,10 @@ TPAMI 2021, Sec. 5; default τ = 100. Exact ties take the index-order sign.
 """
 
 from .. import _xp
-from ._base import kernel_method, offdiag, pair_diff, pair_sign
+from ._base import kernel_method, quiet, offdiag, pair_diff, pair_sign
 
 
+@quiet
 def kernel(lam, tau=100.0):
     xp = _xp.namespace(lam)
     magnitude = xp.clip(1 / xp.abs(pair_diff(lam)), None, tau)

@@ -11,7 +11,7 @@ degenerate eigenspace. Defaults atol = eps^0.6, rtol = eps^0.4 of the dtype. The
 import numpy as np
 
 from .. import _xp
-from ._base import kernel_method, offdiag, pair_diff
+from ._base import kernel_method, quiet, offdiag, pair_diff
 
 
 def default_tolerances(dtype) -> tuple[float, float]:
@@ -19,6 +19,7 @@ def default_tolerances(dtype) -> tuple[float, float]:
     return eps**0.6, eps**0.4
 
 
+@quiet
 def kernel(lam, atol=None, rtol=None):
     xp = _xp.namespace(lam)
     d_atol, d_rtol = default_tolerances(lam.dtype)

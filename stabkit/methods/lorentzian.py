@@ -5,9 +5,10 @@ electronic-structure codes (Liao, Liu, Wang & Xiang, "Differentiable Programming
 Networks", PRX 2019). Bounded by 1/(2√ε); equals the analytic F when Δ² ≫ ε. Default ε = 1e-12.
 """
 
-from ._base import kernel_method, offdiag, pair_diff
+from ._base import kernel_method, quiet, offdiag, pair_diff
 
 
+@quiet
 def kernel(lam, eps=1e-12):
     diff = pair_diff(lam)
     return offdiag(diff / (diff * diff + eps))

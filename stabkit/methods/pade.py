@@ -12,7 +12,7 @@ it is the published overflow handling, applied here per sample (``_overflow``). 
 the published code (both entries positive).
 """
 
-from ._base import kernel_method, offdiag
+from ._base import kernel_method, quiet, offdiag
 from ._overflow import replace_nonfinite_per_sample
 from .taylor_song import song_sign_and_ratio
 
@@ -28,12 +28,14 @@ def _poly(coeffs, x):
     return total
 
 
+@quiet
 def kernel_raw(lam):
     """F before the overflow handling: exactly the analytic F up to rounding."""
     inv_hi, ratio = song_sign_and_ratio(lam)
     return offdiag(inv_hi * _poly(PADE_P, ratio) / _poly(PADE_Q, ratio))
 
 
+@quiet
 def kernel(lam):
     return replace_nonfinite_per_sample(kernel_raw(lam))
 

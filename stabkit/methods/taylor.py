@@ -13,7 +13,7 @@ Needs λ + ε > 0; a zero or negative shifted eigenvalue gives a non-finite F.
 """
 
 from .. import _xp
-from ._base import kernel_method, offdiag, pair_sign
+from ._base import kernel_method, quiet, offdiag, pair_sign
 
 
 def geometric_magnitude(lam, K: int, eps: float):
@@ -29,6 +29,7 @@ def geometric_magnitude(lam, K: int, eps: float):
     return total / hi
 
 
+@quiet
 def kernel(lam, K=9, eps=0.0):
     return offdiag(pair_sign(lam) * geometric_magnitude(lam, K, eps))
 

@@ -7,7 +7,7 @@ antisymmetric), and non-finite entries are replaced by the sample's extreme fini
 """
 
 from .. import _xp
-from ._base import kernel_method, offdiag
+from ._base import kernel_method, quiet, offdiag
 from ._overflow import replace_nonfinite_per_sample
 
 
@@ -21,6 +21,7 @@ def song_sign_and_ratio(lam):
     return inv_hi, ratio
 
 
+@quiet
 def kernel(lam, K=100):
     inv_hi, ratio = song_sign_and_ratio(lam)
     total = _xp.namespace(lam).ones_like(ratio)

@@ -1,0 +1,553 @@
+"""The scalable reference engine: Ogita–Aishima refinement in exact integer fixed point + certificate.
+
+Refinement (Ogita & Aishima, JJIAM 35 (2018) 1007–1035; part II for clusters, JJIAM 36 (2019)
+435–459).  Start from float64 ``numpy.linalg.eigh``; with R = I − XᵀX, S = XᵀAX,
+λ̃_i = s_ii/(1 − r_ii), E_ij = (s_ij + λ̃_j r_ij)/(λ̃_j − λ̃_i) for separated pairs and r_ij/2 inside
+a cluster (|λ̃_i − λ̃_j| ≤ ω = 2(‖S − diag S‖ + ‖A‖‖R‖)), update X ← X + XE; convergence is
+quadratic.  When the invariant subspace of a cluster has converged, a Rayleigh–Ritz step on the
+cluster block (float64 eigh of the shifted block, orthonormalized to full precision by
+Newton–Schulz) separates eigenvalues that differ by rounding only, after which the plain iteration
+resolves them.  X is a matrix of integers with an implicit scale 2^-s and A is scaled exactly to
+integers, so XᵀX, AX, XᵀAX are *exact* (``flint.fmpz_mat`` products, multi-modular).
+
+Certificate (all from exact integer quantities; final bound arithmetic in float64 with a safety
+factor that covers its own rounding):
+
+* eigenvalues — Ostrowski: λ_i(XᵀAX) = θ_i λ_i(A), θ_i ∈ [1 − ‖R‖, 1 + ‖R‖]; Weyl:
+  |λ_i(S) − s_(i)| ≤ ‖S − diag S‖_F.  Gives λ_i ∈ [s_ii ± η_i] for every i, clusters included.
+* eigenvectors — Davis–Kahan sin θ (one vector, any shift μ): sin∠(x_i, u_i) ≤ ‖Ax_i − μx_i‖ /
+  (‖x_i‖ δ_i), δ_i the distance of μ = s_ii to the other eigenvalue enclosures; needs δ_i > 0,
+  i.e. an isolated enclosure.  ‖u_i − x_i‖ ≤ √2 sin θ + |r_ii| =: ε_i.
+* gradient — with K = UᵀGU, M = D∘K and the computed M̃ = D̃∘XᵀGX:
+  ‖U M Uᵀ − X M̃ Xᵀ‖_F ≤ ‖ΔU‖_F(1 + √(1+ρ))‖M‖₂ + (1+ρ)‖M − M̃‖_F, with
+  |K − XᵀGX|_ij ≤ ‖G‖(ε_i + √(1+ρ)ε_j) and |D − D̃|_ij from η (mean-value theorem with
+  max|f''| for spectral losses, exact quotient perturbation for weighted ones) plus the
+  evaluation error of D̃.
+
+Where an enclosure is not isolated (exactly repeated eigenvalues) or the spectral f has no
+derivative table, no rigorous bound exists and the engine reports the agreement between the
+gradients of the last two iterates (an estimate, not a proof).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+
+import flint
+import mpmath
+import numpy as np
+
+MAX_DIGITS = 60.0
+_SAFE = 1.0 + 1e-9  # covers float64 rounding in the bound arithmetic (≪ 1e-9 relative in total)
+
+
+# ----------------------------------------------------------------------------------------------
+# integer matrix helpers
+
+
+def _fm(X: np.ndarray) -> flint.fmpz_mat:
+    r, c = X.shape
+    return flint.fmpz_mat(r, c, [int(v) for v in X.ravel()])
+
+
+def _obj(M: flint.fmpz_mat) -> np.ndarray:
+    return np.array([int(v) for v in M.entries()], dtype=object).reshape(M.nrows(), M.ncols())
+
+
+def _float_exact_to_int(a: np.ndarray) -> tuple[np.ndarray, int]:
+    """float64 array → (integers N, scale e) with a = N / 2^e exactly."""
+    a = np.asarray(a, dtype=np.float64)
+    m, ex = np.frexp(a)  # a = m 2^ex, 0.5 ≤ |m| < 1
+    mant = (m * 2.0 ** 53).astype(np.int64)  # exact
+    nz = mant != 0
+    if not nz.any():
+        return np.zeros(a.shape, dtype=object), 0
+    e = int((53 - ex[nz]).max())
+    shifts = (e - 53 + ex).ravel()
+    flat = [int(v) << int(sh) if v else 0 for v, sh in zip(mant.ravel(), shifts)]
+    return np.array(flat, dtype=object).reshape(a.shape), e
+
+
+def _round_to_int(a: np.ndarray, s: int) -> np.ndarray:
+    """round(a · 2^s) for a float64 array, as Python ints."""
+    return np.array([int(round(math.ldexp(float(v), s))) for v in a.ravel()], dtype=object).reshape(a.shape)
+
+
+def _to_float(N: np.ndarray, scale: int) -> np.ndarray:
+    """N / 2^scale correctly rounded (int/int true division)."""
+    if scale >= 0:
+        den = 1 << scale
+        return np.array([v / den for v in N.ravel()], dtype=np.float64).reshape(N.shape)
+    return np.array([float(v << -scale) for v in N.ravel()], dtype=np.float64).reshape(N.shape)
+
+
+def _shift(N: np.ndarray, k: int) -> np.ndarray:
+    """N · 2^k, floor for negative k."""
+    if k >= 0:
+        return N * (1 << k)
+    return N >> (-k)
+
+
+def _div_pow2(num: np.ndarray, e: int, den: np.ndarray) -> np.ndarray:
+    """floor(num · 2^e / den) elementwise on integer arrays."""
+    if e >= 0:
+        return (num * (1 << e)) // den
+    return num // (den * (1 << -e))
+
+
+def _ub(n: int, scale: int) -> float:
+    """Upper bound on n / 2^scale (n ≥ 0) in float64."""
+    v = n / (1 << scale) if scale >= 0 else float(n << -scale)
+    return max(v * (1 + 2.0 ** -50), 1e-300)
+
+
+def _ub_sqrt(n: int, scale2: int) -> float:
+    """Upper bound on sqrt(n) / 2^scale2 for an integer n ≥ 0 (scale2 = half the scale of n)."""
+    return _ub(math.isqrt(n) + 1, scale2)
+
+
+def _lb_sqrt(n: int, scale2: int) -> float:
+    v = math.isqrt(n) / (1 << scale2)
+    return v * (1 - 2.0 ** -50)
+
+
+# ----------------------------------------------------------------------------------------------
+# refinement
+
+
+class _Pass:
+    """Exact products of one refinement pass for X (scale 2^-s)."""
+
+    def __init__(self, Af, a, X, s):
+        self.X, self.s, self.a = X, s, a
+        Xf = _fm(X)
+        XT = Xf.transpose()
+        self.P1 = _obj(XT * Xf)  # XᵀX, scale 2s
+        self._AXf = Af * Xf  # scale a + s; converted only when certifying
+        self.S = _obj(XT * self._AXf)  # XᵀAX, scale a + 2s
+        self.order = None
+        self.sort()
+
+    @property
+    def AX(self) -> np.ndarray:
+        AX = _obj(self._AXf)
+        return AX if self.order is None else AX[:, self.order]
+
+    def sort(self):
+        d = self.X.shape[1]
+        sd = list(np.diag(self.S))
+        order = sorted(range(d), key=sd.__getitem__)
+        if order != list(range(d)):
+            o = np.array(order)
+            self.order = o
+            self.X = self.X[:, o]
+            self.P1 = self.P1[np.ix_(o, o)]
+            self.S = self.S[np.ix_(o, o)]
+
+
+def _refine(A: np.ndarray, target_bits: int, lam0: np.ndarray, Q0: np.ndarray, max_iter: int = 14):
+    """Ogita–Aishima refinement of (lam0, Q0) = eigh(A) to ~target_bits; returns (last pass, previous pass)."""
+    d = A.shape[0]
+    Aint, a = _float_exact_to_int(A)
+    Af = _fm(Aint)
+    normA = float(np.abs(lam0).max()) or 1.0
+    s = min(64, target_bits)  # float64 eigh is accurate to ~2^-50; less only when a low target is forced
+    X = _round_to_int(Q0, s)
+    prev = None
+    rr_done = False
+    cur = None
+    for _ in range(max_iter):
+        cur = _Pass(Af, a, X, s)
+        s2 = 2 * s
+        R2 = -cur.P1
+        for i in range(d):
+            R2[i, i] += 1 << s2  # R = I − XᵀX at scale 2s (exact)
+        Sd = np.diag(cur.S)
+        P1d = np.diag(cur.P1)
+        lamf = np.array([int(Sd[i]) / (int(P1d[i]) << a) for i in range(d)])
+        Rf = _to_float(R2, s2)
+        Sf = _to_float(cur.S, a + s2)
+        off = Sf - np.diag(np.diag(Sf))
+        omega = 2.0 * (np.linalg.norm(off) + normA * np.linalg.norm(Rf))
+        denf = lamf[None, :] - lamf[:, None]
+        clus = np.abs(denf) <= omega
+        np.fill_diagonal(clus, True)
+        sep = ~clus
+        gapbits = 0
+        if sep.any():
+            gmin = float(np.abs(denf[sep]).min()) / normA
+            gapbits = max(0, math.ceil(-math.log2(gmin))) if gmin > 0 else 0
+        # E at scale s2, from S, R exact and λ̃ at scale w: its error ≈ 2^-w / gap ≤ 2^-(2s+16)
+        w = s2 + gapbits + 16
+        lam = np.array([(int(Sd[i]) << w) // (int(P1d[i]) << a) for i in range(d)], dtype=object)
+        den = lam[None, :] - lam[:, None]  # scale w
+        den_safe = np.where(clus, 1, den)
+        N = _shift(cur.S, w - a) + R2 * lam[None, :]  # scale w + 2s
+        E = np.where(clus, R2 // 2, N // den_safe)  # scale 2s
+        Ef = _to_float(E, s2)
+        emax = float(np.abs(Ef).max())
+        acc = -math.log2(emax) if emax > 0 else float(target_bits + 64)
+        if acc >= target_bits:
+            blocks = _cluster_blocks(clus)
+            if blocks and not rr_done:
+                rr_done = True
+                prev = cur
+                X, s = _rayleigh_ritz(cur, blocks, s, target_bits)
+                continue
+            break
+        s_new = int(min(target_bits + 32, max(s, 2 * acc + 48, s + 8)))
+        XE = _obj(_fm(cur.X) * _fm(E))  # scale 3s
+        X = _shift(cur.X, s_new - s) + _shift(XE, s_new - 3 * s)
+        s = s_new
+        prev = cur
+    return cur, prev
+
+
+def _cluster_blocks(clus: np.ndarray) -> list[list[int]]:
+    d = clus.shape[0]
+    blocks, i = [], 0
+    while i < d:
+        j = i
+        while j + 1 < d and clus[j, j + 1]:
+            j += 1
+        if j > i:
+            blocks.append(list(range(i, j + 1)))
+        i = j + 1
+    return blocks
+
+
+def _rayleigh_ritz(p: _Pass, blocks, s: int, target_bits: int):
+    """Rotate each converged cluster basis onto the eigenvectors of its (shifted) Ritz block."""
+    X = p.X.copy()
+    sw = s
+    for b in blocks:
+        idx = np.array(b)
+        Sb = p.S[np.ix_(idx, idx)]
+        mu = Sb[0, 0]
+        Mb = Sb - np.diag([mu] * len(b))
+        Mf = _to_float(Mb, 0)
+        scale = float(np.abs(Mf).max())
+        if scale == 0:
+            continue
+        Mf = Mf / scale
+        _, W = np.linalg.eigh((Mf + Mf.T) / 2)
+        Y = _round_to_int(W, sw)
+        for _ in range(12):  # Newton–Schulz: Y ← Y(3I − YᵀY)/2, quadratic to an orthogonal matrix
+            Yf = _fm(Y)
+            G = _obj(Yf.transpose() * Yf)  # scale 2sw
+            k = len(b)
+            T = -G
+            for i in range(k):
+                T[i, i] += 3 << (2 * sw)
+            Y = _shift(_obj(Yf * _fm(T)), -(2 * sw + 1))
+            err = G.copy()
+            for i in range(k):
+                err[i, i] -= 1 << (2 * sw)
+            if np.abs(_to_float(err, 2 * sw)).max() < 2.0 ** -(sw - 8):
+                break
+        Xb = _obj(_fm(X[:, idx]) * _fm(Y))
+        X[:, idx] = _shift(Xb, -sw)
+    return X, s
+
+
+# ----------------------------------------------------------------------------------------------
+# certificate
+
+
+def _certify(p: _Pass):
+    """ρ ≥ ‖I − XᵀX‖_F, eigenvalue radii η_i about s_ii (units of the refined matrix), ε_i ≥ ‖u_i − x_i‖."""
+    X, s, a = p.X, p.s, p.a
+    d = X.shape[0]
+    two_s = 2 * s
+    R2 = -p.P1
+    for i in range(d):
+        R2[i, i] += 1 << two_s
+    rho = _ub_sqrt(int(np.sum(R2 * R2)), two_s)
+    Sd = np.array([int(v) for v in np.diag(p.S)], dtype=object)
+    Soff = p.S.copy()
+    for i in range(d):
+        Soff[i, i] = 0
+    o = _ub_sqrt(int(np.sum(Soff * Soff)), a + two_s)
+    if rho >= 0.25:
+        return None
+    sabs = np.abs(_to_float(Sd, a + two_s))
+    eta = ((sabs * _SAFE + o) * rho / (1 - rho) + o) * _SAFE
+    # residual norms ‖A x_i − s_ii x_i‖ at scale a + 3s: n_i = C_i 2^{4s} − S_ii²(2^{2s+1} − P1_ii)
+    C = np.sum(p.AX * p.AX, axis=0)
+    P1d = np.diag(p.P1)
+    eps = np.full(d, np.inf)
+    diff = np.abs(Sd[:, None] - Sd[None, :])
+    difff = _to_float(diff, a + two_s) * (1 - 2.0 ** -50)
+    dist = difff - eta[None, :] * _SAFE
+    np.fill_diagonal(dist, np.inf)
+    delta = dist.min(axis=1) * (1 - 1e-12)
+    for i in range(d):
+        n = int(C[i]) * (1 << (4 * s)) - int(Sd[i]) ** 2 * ((1 << (two_s + 1)) - int(P1d[i]))
+        wn = _ub_sqrt(max(n, 0), a + 3 * s)
+        xn = _lb_sqrt(int(P1d[i]), s)
+        if delta[i] <= 0 or xn <= 0:
+            continue
+        sin = wn / (xn * delta[i]) * _SAFE
+        if sin < 0.5:
+            r = _ub(abs(int(R2[i, i])), two_s)
+            eps[i] = (math.sqrt(2) * sin + r) * _SAFE
+    return {"rho": rho, "eta": eta, "eps": eps}
+
+
+# ----------------------------------------------------------------------------------------------
+# derivative tables for the bounds of the spectral divided differences
+
+_TABLES = {
+    # name: (f, |f''| on [x, ∞), |f'''| on [x, ∞)) — |f''|, |f'''| decrease on (0, ∞) for all three
+    "zca": (lambda x: 1 / mpmath.sqrt(x), lambda x: 0.75 * x ** -2.5, lambda x: 1.875 * x ** -3.5),
+    "sqrt": (mpmath.sqrt, lambda x: 0.25 * x ** -1.5, lambda x: 0.375 * x ** -2.5),
+    "log": (mpmath.log, lambda x: x ** -2.0, lambda x: 2.0 * x ** -3.0),
+}
+
+
+def _table_for(loss):
+    t = _TABLES.get(loss.name)
+    if t is None:
+        return None
+    with mpmath.workdps(40):
+        for x in (mpmath.mpf("0.37"), mpmath.mpf("2.5")):
+            if abs(loss.f_mp(x) - t[0](x)) > mpmath.mpf(10) ** -30 * abs(t[0](x)):
+                return None
+    return t
+
+
+# ----------------------------------------------------------------------------------------------
+# gradient
+
+
+def _gradient(st: dict, loss, G: np.ndarray, want_bound: bool):
+    """Daleckii–Krein gradient from a refined state; (exact numerator ints, scale, bound or None)."""
+    X, s, c, qc = st["X"], st["s"], st["c"], st["qc"]  # λ_i = c_i / 2^qc
+    d = X.shape[0]
+    G0, g0 = _float_exact_to_int(G)
+    Gint, g = G0 + G0.T, g0 + 1  # G_sym = (G + Gᵀ)/2 exactly
+    Gs = _to_float(Gint, g)
+    Xf = _fm(X)
+    K = _obj(Xf.transpose() * (_fm(Gint) * Xf))  # scale 2s + g
+    qK = 2 * s + g
+    lamf = _to_float(c, qc)
+    target = st["target_bits"]
+    # D̃ at absolute scale tD: target + 40 bits below max|D|
+    if loss.kind == "weighted":
+        Wint, sw = _float_exact_to_int(np.asarray(loss.w, dtype=np.float64))
+        dW = Wint[:, None] - Wint[None, :]
+        dc = c[:, None] - c[None, :]
+        dWf = _to_float(dW, sw)
+        dcf = _to_float(dc, qc)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            Dapprox = np.where(dWf != 0, dWf / np.where(dcf == 0, np.inf, dcf), 0.0)
+        Dmax = float(np.abs(Dapprox).max()) or 1.0
+        tD = int(target + 40 - math.floor(math.log2(Dmax)))
+        zero = (dW == 0) | (dc == 0)
+        D = np.where(zero, 0, _div_pow2(dW, qc + tD - sw, np.where(zero, 1, dc)))
+        evalerr = np.full((d, d), 2.0 ** -tD)
+        if want_bound:
+            eta = st["eta"]
+            se = eta[:, None] + eta[None, :]
+            h = np.abs(dcf)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                dD = np.where(dWf == 0, 0.0,
+                              np.where(h > se, np.abs(dWf) * se / (h * (h - se)), np.inf))
+            dD = dD * _SAFE + evalerr
+    else:
+        mags = np.maximum(np.abs(lamf), 1e-300)
+        dfmax = max(abs(float(loss.df_mp(mpmath.mpf(float(x))))) for x in lamf)
+        tD = int(target + 40 - math.floor(math.log2(dfmax or 1.0)))
+        half = max(tD, target) // 2 + 8
+        dc = c[:, None] - c[None, :]
+        dcf = _to_float(dc, qc)
+        # pairs closer than 2^-half relatively use the midpoint rule f'((λ_i+λ_j)/2) (error ∝ h²)
+        near = np.abs(dcf) <= 2.0 ** -half * mags[:, None]
+        np.fill_diagonal(near, True)
+        hmin = float(np.abs(dcf[~near]).min()) if (~near).any() else 1.0
+        # f(λ_i) to 2^-tF absolute so that the quotient's error 4·2^-tF/|h| stays below 2^-tD
+        tF = tD + max(0, math.ceil(-math.log2(hmin))) + 8
+        mag_bits = math.ceil(abs(math.log2(float(mags.max())))) + math.ceil(abs(math.log2(float(mags.min()))))
+        with mpmath.workprec(tF + 128 + mag_bits):  # |f| ≤ 2^mag_bits for x^±1/2, log on these λ
+            lam_mp = [mpmath.mpf((int(ci), -qc)) for ci in c]
+            fvals = [int(mpmath.nint(mpmath.ldexp(loss.f_mp(x), tF))) for x in lam_mp]
+            Fv = np.array(fvals, dtype=object)
+            dF = Fv[:, None] - Fv[None, :]
+            D = np.where(near, 0, _div_pow2(dF, qc + tD - tF, np.where(near, 1, dc)))
+            for i, j in zip(*np.nonzero(near)):
+                if j < i:
+                    continue
+                m = (lam_mp[i] + lam_mp[j]) / 2
+                v = int(mpmath.nint(mpmath.ldexp(loss.df_mp(m), tD)))
+                D[i, j] = D[j, i] = v
+        h = np.abs(dcf)
+        evalerr = np.full((d, d), 2.0 ** -tD) + np.where(near, 0.0, 4.0 * 2.0 ** -tF / np.where(near, 1.0, h))
+        if want_bound:
+            tab = _table_for(loss)
+            eta = st["eta"]
+            low = np.minimum(lamf[:, None], lamf[None, :]) * (1 - 1e-15) - np.maximum(eta[:, None], eta[None, :])
+            if tab is None or (low <= 0).any():
+                want_bound = False
+            else:
+                f2 = np.vectorize(lambda x: float(tab[1](x)))(low)
+                f3 = np.vectorize(lambda x: float(tab[2](x)))(low)
+                se = eta[:, None] + eta[None, :]
+                dD = (se / 2 * f2 + np.where(near, h * h / 24 * f3, 0.0)) * _SAFE + evalerr * _SAFE
+    # M = D̃ ∘ K̃, rounded to scale tM
+    Mfull = D * K  # scale tD + qK
+    Mf_approx = _to_float(Mfull, tD + qK)
+    Mmax = float(np.abs(Mf_approx).max()) or 1.0
+    tM = int(target + 40 - math.floor(math.log2(Mmax)))
+    Mint = _shift(Mfull, tM - tD - qK)
+    Mf = _fm(Mint)
+    gnum = _obj(Xf * (Mf * Xf.transpose()))  # scale 2s + tM
+    gscale = 2 * s + tM
+    bound = None
+    if want_bound and np.isfinite(st["eps"]).all():
+        rho, eps = st["rho"], st["eps"]
+        Gn = float(np.linalg.norm(Gs)) * _SAFE
+        sq = math.sqrt(1 + rho) * _SAFE
+        kappa = Gn * (eps[:, None] + sq * eps[None, :]) * _SAFE
+        Kf = np.abs(_to_float(K, qK)) * _SAFE
+        Df = np.abs(_to_float(D, tD)) * _SAFE
+        dM = (np.linalg.norm(dD * (Kf + kappa)) + np.linalg.norm(Df * kappa) + d * 2.0 ** -tM) * _SAFE
+        M2 = (np.linalg.norm(_to_float(Mint, tM)) * _SAFE + dM) * _SAFE
+        dU = float(np.linalg.norm(eps)) * _SAFE
+        bound = (dU * (1 + sq) * M2 + (1 + rho) * dM) * _SAFE * 1.01
+        if not np.isfinite(bound):
+            bound = None
+    return gnum, gscale, bound
+
+
+def _digits_from(bound: float, gnum: np.ndarray, gscale: int) -> float:
+    gmax = float(np.abs(_to_float(gnum, gscale)).max())
+    if gmax == 0:
+        return MAX_DIGITS if bound == 0 else 0.0
+    if bound <= 0:
+        return MAX_DIGITS
+    return float(min(MAX_DIGITS, max(0.0, -math.log10(bound / gmax))))
+
+
+# ----------------------------------------------------------------------------------------------
+# state (what is cached) and the engine
+
+
+def _state_from_pass(p: _Pass, target_bits: int, certify: bool, k: int) -> dict:
+    """What the gradient needs: X (scale 2^-s), λ_i ≈ c_i / 2^qc of A = 2^-k A', and the bounds."""
+    st = {"X": p.X, "s": p.s, "c": np.array([int(v) for v in np.diag(p.S)], dtype=object),
+          "qc": p.a + 2 * p.s + k, "target_bits": target_bits}
+    cert = _certify(p) if certify else None
+    if cert is not None:
+        st.update(rho=cert["rho"], eta=cert["eta"] * 2.0 ** -k, eps=cert["eps"])
+    else:
+        st.update(rho=np.inf, eta=np.full(p.X.shape[0], np.inf), eps=np.full(p.X.shape[0], np.inf))
+    return st
+
+
+def _ints_to_bytes(N: np.ndarray) -> tuple[np.ndarray, int]:
+    flat = [int(v) for v in N.ravel()]
+    nbytes = max(1, max((abs(v).bit_length() for v in flat), default=1) // 8 + 1)
+    buf = b"".join(v.to_bytes(nbytes, "little", signed=True) for v in flat)
+    return np.frombuffer(buf, dtype=np.uint8).copy(), nbytes
+
+
+def _ints_from_bytes(raw: np.ndarray, nbytes: int, shape) -> np.ndarray:
+    b = raw.tobytes()
+    flat = [int.from_bytes(b[i:i + nbytes], "little", signed=True) for i in range(0, len(b), nbytes)]
+    return np.array(flat, dtype=object).reshape(shape)
+
+
+def _save_states(path, states: list[dict], atomic_write) -> None:
+    arrays, meta = {}, []
+    for n, st in enumerate(states):
+        xb, xn = _ints_to_bytes(st["X"])
+        cb, cn = _ints_to_bytes(st["c"])
+        arrays[f"X{n}"], arrays[f"c{n}"] = xb, cb
+        arrays[f"eta{n}"], arrays[f"eps{n}"] = st["eta"], st["eps"]
+        meta.append({"s": st["s"], "qc": st["qc"], "target_bits": st["target_bits"], "rho": st["rho"],
+                     "xn": xn, "cn": cn, "shape": list(st["X"].shape)})
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write(path, buf.getvalue())
+
+
+def _load_states(path) -> list[dict]:
+    with np.load(path) as z:
+        meta = json.loads(z["meta"].tobytes().decode())
+        out = []
+        for n, m in enumerate(meta):
+            shape = tuple(m["shape"])
+            out.append({"X": _ints_from_bytes(z[f"X{n}"], m["xn"], shape),
+                        "c": _ints_from_bytes(z[f"c{n}"], m["cn"], (shape[1],)),
+                        "s": m["s"], "qc": m["qc"], "target_bits": m["target_bits"], "rho": m["rho"],
+                        "eta": z[f"eta{n}"].copy(), "eps": z[f"eps{n}"].copy()})
+    return out
+
+
+def _choose_bits(lam: np.ndarray, dps: int | None) -> int:
+    if dps is None:
+        scale = float(np.abs(lam).max()) or 1.0
+        g = max(float(np.diff(lam).min()) / scale, 1e-17) if lam.size > 1 else 1.0
+        dps = 30 + max(0, math.ceil(-math.log10(g)))
+    return math.ceil(dps * math.log2(10)) + 16
+
+
+def eig_states(A: np.ndarray, *, dps: int | None = None, cache: bool = True, cache_dir=None, key=None,
+               atomic_write=None) -> list[dict]:
+    """Refined + certified eigendecomposition of A (cached): [final state] or [final, previous]."""
+    path = cache_dir / f"{key}.npz" if cache and cache_dir is not None else None
+    if path is not None and path.exists():
+        return _load_states(path)
+    amax = float(np.abs(A).max())
+    k = -math.frexp(amax)[1] if amax > 0 else 0  # A' = 2^k A has max|A'| in [0.5, 1): exact
+    A2 = np.ldexp(A, k)
+    lam0, Q0 = np.linalg.eigh(A2)
+    bits = _choose_bits(lam0, dps)
+    last, prev = _refine(A2, bits, lam0, Q0)
+    st = _state_from_pass(last, bits, certify=True, k=k)
+    states = [st]
+    rigorous = np.isfinite(st["eps"]).all()
+    if not rigorous and prev is not None:
+        states.append(_state_from_pass(prev, bits, certify=False, k=k))
+    if path is not None:
+        _save_states(path, states, atomic_write)
+    return states
+
+
+def engine(A: np.ndarray, loss, *, cache: bool, dps: int | None, cache_dir, key, atomic_write):
+    """(float64 gradient, thunk → mpf entries row-major, float64 eigenvalues, digits); see module doc."""
+    states = eig_states(A, dps=dps, cache=cache, cache_dir=cache_dir, key=key, atomic_write=atomic_write)
+    st = states[0]
+    lam64 = _to_float(st["c"], st["qc"])
+    loss.check(lam64)
+    G = np.asarray(loss.weight, dtype=np.float64)
+    gnum, gscale, bound = _gradient(st, loss, G, want_bound=True)
+    if bound is not None:
+        digits = _digits_from(bound, gnum, gscale)
+    elif len(states) > 1:
+        gprev, sprev, _ = _gradient(states[1], loss, G, want_bound=False)
+        digits = _agreement_exact(gnum, gscale, gprev, sprev)
+    else:
+        digits = 0.0
+    def high_precision():
+        with mpmath.workprec(max(64, max(abs(int(v)).bit_length() for v in gnum.ravel()) + 8)):
+            return [mpmath.mpf((int(v), -gscale)) for v in gnum.ravel()]
+
+    return _to_float(gnum, gscale), high_precision, lam64, digits
+
+
+def _agreement_exact(g1, s1, g2, s2) -> float:
+    """−log10(max|g1 − g2| / max|g1|) computed exactly from the integer numerators."""
+    s = max(s1, s2)
+    a = _shift(g1, s - s1)
+    b = _shift(g2, s - s2)
+    diff = int(np.abs(a - b).max())
+    top = int(np.abs(a).max())
+    if top == 0:
+        return MAX_DIGITS if diff == 0 else 0.0
+    if diff == 0:
+        return MAX_DIGITS
+    return float(min(MAX_DIGITS, max(0.0, math.log10(top) - math.log10(diff))))

@@ -1,0 +1,297 @@
+"""Seeded generators of symmetric test matrices with known (or sampled) spectra.
+
+``make(family, d, seed=0, dtype="float64", **params)`` returns a :class:`Spectrum`. Families
+(``FAMILIES``), eigenvalues positive and the largest about 1 unless stated:
+
+* ``separated(cond=10)``: evenly spaced in [1/cond, 1].
+* ``cluster(k=2, delta=1e-6)``: k eigenvalues λ_c·(1 + j·delta) mid-spectrum, rest separated.
+* ``degenerate(m=2)``: one eigenvalue of exact multiplicity m, rest separated.
+* ``rank_deficient(r=d//2, n=None)``: d − r exact zeros; or, with n, a rank-n sample covariance.
+* ``lapack(mode=3, cond=1e4)``: the six eigenvalue modes of LAPACK's xLATMS generator.
+* ``wishart(aspect=0.5)``: the sample covariance X Xᵀ/n, n = ceil(d/aspect) (no recorded spectrum).
+* ``powerlaw(alpha=1)``: λ_i = i^−alpha, i = 1..d.
+
+Spectrum-built families use a Haar-random orthogonal basis Q: A = Q diag(λ) Qᵀ in float64,
+symmetrized exactly as (A + Aᵀ)/2, then rounded to float32 if asked. Randomness comes only from
+``np.random.default_rng(np.random.SeedSequence([seed, d, stream]))``, ``stream`` a fixed integer
+per family (``FAMILY_STREAMS``): same (family, d, seed, params) → the identical matrix.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Callable, NamedTuple
+
+import numpy as np
+
+__all__ = ["Spectrum", "FAMILIES", "FAMILY_STREAMS", "make", "haar_orthogonal"]
+
+
+@dataclass(frozen=True, eq=False)
+class Spectrum:
+    """A generated symmetric test matrix and how it was built.
+
+    ``matrix`` is the float rounding of Q diag(λ) Qᵀ (computed in float64, symmetrized exactly,
+    then rounded to the requested dtype): ``eigenvalues`` (ascending, float64) and ``basis`` (the
+    float64 orthogonal Q) are the exact values used in that construction, so the matrix's own
+    eigenvalues differ from them by rounding, ~d·eps·max|λ|. Both are None when the matrix is
+    sampled directly rather than built from a spectrum (``wishart``). ``params`` holds the family
+    parameters actually used, defaults filled in, plus ``d`` and ``seed``.
+    """
+
+    family: str
+    params: dict
+    matrix: np.ndarray
+    eigenvalues: np.ndarray | None
+    basis: np.ndarray | None
+
+
+class _Draw(NamedTuple):
+    """What a family function returns: ascending eigenvalues (or None), a sampled matrix (or
+    None, meaning: build Q diag(λ) Qᵀ), and the resolved family parameters."""
+
+    eigenvalues: np.ndarray | None
+    matrix: np.ndarray | None
+    params: dict
+
+
+# ------------------------------------------------------------------------------ checks
+
+
+def _int(family: str, name: str, value, lo: int, hi: int | None = None, why: str = "") -> int:
+    """``value`` as an int in [lo, hi]; ValueError naming the family, parameter and bounds."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != value or (
+        isinstance(value, float) and (math.isinf(value) or value != int(value))
+    ):
+        raise ValueError(f"{family}: {name} must be an integer, got {value!r}")
+    v = int(value)
+    if v < lo or (hi is not None and v > hi):
+        bounds = f"{lo} <= {name} <= {hi}" if hi is not None else f"{name} >= {lo}"
+        raise ValueError(f"{family}: {name}={v} is impossible (need {bounds}{why})")
+    return v
+
+
+def _real(family: str, name: str, value, *, gt: float | None = None, ge: float | None = None) -> float:
+    """``value`` as a finite float with value > gt (or >= ge); ValueError naming the problem."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{family}: {name} must be a real number, got {value!r}")
+    v = float(value)
+    if not math.isfinite(v):
+        raise ValueError(f"{family}: {name} must be finite, got {value!r}")
+    if gt is not None and not v > gt:
+        raise ValueError(f"{family}: {name}={value!r} is impossible (need {name} > {gt:g})")
+    if ge is not None and not v >= ge:
+        raise ValueError(f"{family}: {name}={value!r} is impossible (need {name} >= {ge:g})")
+    return v
+
+
+def _even(lo: float, hi: float, n: int) -> np.ndarray:
+    """n evenly spaced values in [lo, hi] (just [hi] when n == 1)."""
+    return np.array([hi]) if n == 1 else np.linspace(lo, hi, n)
+
+
+# ----------------------------------------------------------------------------- families
+
+
+def separated(d: int, rng: np.random.Generator, *, cond: float = 10.0) -> _Draw:
+    """Well conditioned: λ_i = 1/cond + (i−1)/(d−1)·(1 − 1/cond), i = 1..d (``np.linspace``).
+
+    Default cond = 10; relative gaps ≈ (1 − 1/cond)/(d − 1). Needs cond > 1 (distinct values).
+    """
+    cond = _real("separated", "cond", cond, gt=1.0)
+    lam = np.linspace(1.0 / cond, 1.0, d)
+    if not (np.diff(lam) > 0).all():
+        raise ValueError(f"separated: cond={cond!r} is too close to 1 for {d} distinct float64 eigenvalues")
+    return _Draw(lam, None, {"cond": cond})
+
+
+def cluster(d: int, rng: np.random.Generator, *, k: int = 2, delta: float = 1e-6) -> _Draw:
+    """k eigenvalues λ_c·(1 + j·delta), j = 0..k−1, the other d − k separated.
+
+    Grid g = linspace(0.1, 1, d − k + 1) (just [1] when k = d); λ_c = g[c], c = (d − k)//2 (the
+    middle), and the other grid points are the remaining eigenvalues, so the cluster sits
+    mid-spectrum with its consecutive gaps λ_c·delta (up to one rounding of λ_c each: delta down to
+    1e-14 still gives k distinct float64 values). Defaults k = 2, delta = 1e-6. Needs 2 <= k <= d
+    and 0 < delta, and the cluster width (k−1)·delta·λ_c below half the grid spacing.
+    """
+    k = _int("cluster", "k", k, 2, d, why=f" for d={d}")
+    delta = _real("cluster", "delta", delta, gt=0.0)
+    grid = _even(0.1, 1.0, d - k + 1)
+    c = (d - k) // 2
+    lam_c = grid[c]
+    limit = 0.5 * (grid[1] - grid[0]) / ((k - 1) * lam_c) if d > k else 1.0 / (k - 1)
+    if not delta < limit:
+        raise ValueError(
+            f"cluster: delta={delta!r} is too large: the cluster would reach its neighbours "
+            f"(need delta < {limit:.3g} for d={d}, k={k})"
+        )
+    members = lam_c + lam_c * delta * np.arange(k)
+    if not (np.diff(members) > 0).all():
+        raise ValueError(f"cluster: delta={delta!r} is too small for {k} distinct float64 eigenvalues")
+    lam = np.concatenate([grid[:c], members, grid[c + 1:]])
+    return _Draw(lam, None, {"k": k, "delta": delta})
+
+
+def degenerate(d: int, rng: np.random.Generator, *, m: int = 2) -> _Draw:
+    """One eigenvalue of exact multiplicity m, the others separated.
+
+    Grid g = linspace(0.1, 1, d − m + 1) (just [1] when m = d); the middle point g[(d − m)//2] is
+    repeated m times (bit-identical before the matrix is formed). Default m = 2; needs 2 <= m <= d.
+    """
+    m = _int("degenerate", "m", m, 2, d, why=f" for d={d}")
+    grid = _even(0.1, 1.0, d - m + 1)
+    c = (d - m) // 2
+    lam = np.concatenate([grid[:c], np.full(m, grid[c]), grid[c + 1:]])
+    return _Draw(lam, None, {"m": m})
+
+
+def rank_deficient(d: int, rng: np.random.Generator, *, r: int | None = None, n: int | None = None) -> _Draw:
+    """d − r exact zero eigenvalues and r positive separated ones, linspace(0.1, 1, r) ([1] if r = 1).
+
+    Default r = d//2; needs 1 <= r <= d. With ``n`` (1 <= n < d, and r not given) it is instead a
+    sample covariance of n standard Gaussian samples in d dimensions, rank n, *not* rescaled: its
+    eigenvalues are s²/n (s the singular values of a d×n Gaussian X) plus d − n exact zeros, and it
+    is built as Q diag(λ) Qᵀ with a fresh Haar Q. That has exactly the distribution of X Xᵀ/n (the
+    left singular vectors of a Gaussian matrix are Haar and independent of its singular values),
+    but its zero eigenvalues are exact and recorded. ``params`` then has r = n.
+    """
+    if n is not None:
+        if r is not None:
+            raise ValueError("rank_deficient: give r (a built spectrum) or n (a sample covariance), not both")
+        n = _int("rank_deficient", "n", n, 1, d - 1, why=f" for d={d}: fewer samples than dimensions")
+        X = rng.standard_normal((d, n))
+        s = np.linalg.svd(X, compute_uv=False)
+        lam = np.concatenate([np.zeros(d - n), np.sort(s * s / n)])
+        return _Draw(lam, None, {"r": n, "n": n})
+    r = d // 2 if r is None else _int("rank_deficient", "r", r, 1, d, why=f" for d={d}")
+    lam = np.concatenate([np.zeros(d - r), _even(0.1, 1.0, r)])
+    return _Draw(lam, None, {"r": r, "n": None})
+
+
+def lapack(d: int, rng: np.random.Generator, *, mode: int = 3, cond: float = 1e4) -> _Draw:
+    """The eigenvalue modes of LAPACK's xLATMS (via xLATM1), for i = 1..n (n = d):
+
+    1: D(1) = 1, D(2:n) = 1/cond;        2: D(1:n−1) = 1, D(n) = 1/cond;
+    3: D(i) = cond^(−(i−1)/(n−1));       4: D(i) = 1 − (i−1)/(n−1)·(1 − 1/cond);
+    5: D(i) = exp(−u_i·ln cond), u_i ~ U(0,1): random in (1/cond, 1] with uniform logarithms;
+    6: D(i) = 1/cond + (1 − 1/cond)·(1 − u_i), u_i ~ U[0,1): uniform(0,1) mapped affinely into
+       (1/cond, 1] (LAPACK draws mode 6 from the matrix's own distribution and ignores cond; here
+       that distribution is uniform(0,1), scaled into the range the other modes share).
+
+    Defaults mode = 3, cond = 1e4 (cond >= 1). Returned ascending (positive, max 1 for modes 1–4).
+    """
+    mode = _int("lapack", "mode", mode, 1, 6)
+    cond = _real("lapack", "cond", cond, ge=1.0)
+    # modes 3 and 4 elementwise in Python floats (C pow), so the values are the closed forms exactly
+    if mode == 1:
+        D = np.full(d, 1.0 / cond)
+        D[0] = 1.0
+    elif mode == 2:
+        D = np.ones(d)
+        D[-1] = 1.0 / cond
+    elif mode == 3:
+        D = np.array([cond ** (-i / (d - 1)) for i in range(d)])  # i is (i − 1) above
+    elif mode == 4:
+        D = np.array([1.0 - i / (d - 1) * (1.0 - 1.0 / cond) for i in range(d)])
+    elif mode == 5:
+        D = np.exp(-rng.random(d) * math.log(cond))
+    else:
+        D = 1.0 / cond + (1.0 - 1.0 / cond) * (1.0 - rng.random(d))
+    return _Draw(np.sort(D), None, {"mode": mode, "cond": cond})
+
+
+def wishart(d: int, rng: np.random.Generator, *, aspect: float = 0.5) -> _Draw:
+    """Sample covariance A = X Xᵀ/n, X a d×n standard Gaussian, n = ceil(d/aspect) (aspect = d/n).
+
+    Default aspect = 0.5. Not rescaled: for large d the spectrum fills the Marchenko–Pastur support
+    [(1 − √aspect)², (1 + √aspect)²] (plus d − n zeros when aspect > 1). Sampled, not built from a
+    spectrum: ``eigenvalues`` and ``basis`` are None. ``params`` records n too.
+    """
+    aspect = _real("wishart", "aspect", aspect, gt=0.0)
+    n = max(1, math.ceil(d / aspect * (1 - 1e-12)))  # 1e-12: no extra sample from d/aspect's rounding
+    if d * n > 2**27:
+        raise ValueError(f"wishart: aspect={aspect!r} is too small for d={d} (it needs n={n} samples)")
+    X = rng.standard_normal((d, n))
+    return _Draw(None, X @ X.T / n, {"aspect": aspect, "n": n})
+
+
+def powerlaw(d: int, rng: np.random.Generator, *, alpha: float = 1.0) -> _Draw:
+    """λ_i = i^−alpha, i = 1..d (max 1 at i = 1), returned ascending. Default alpha = 1 (> 0)."""
+    alpha = _real("powerlaw", "alpha", alpha, gt=0.0)
+    if alpha * math.log(d) > 700:
+        raise ValueError(f"powerlaw: alpha={alpha!r} is too large for d={d}: d^-alpha underflows float64")
+    lam = np.arange(1, d + 1, dtype=np.float64) ** -alpha
+    return _Draw(lam[::-1].copy(), None, {"alpha": alpha})
+
+
+FAMILIES: dict[str, Callable[..., _Draw]] = {
+    "separated": separated,
+    "cluster": cluster,
+    "degenerate": degenerate,
+    "rank_deficient": rank_deficient,
+    "lapack": lapack,
+    "wishart": wishart,
+    "powerlaw": powerlaw,
+}
+
+#: The family-specific third word of the seed: SeedSequence([seed, d, FAMILY_STREAMS[family]]).
+FAMILY_STREAMS: dict[str, int] = {name: i for i, name in enumerate(FAMILIES, start=1)}
+
+
+# --------------------------------------------------------------------------------- make
+
+
+def haar_orthogonal(d: int, rng: np.random.Generator) -> np.ndarray:
+    """A Haar-distributed d×d orthogonal matrix: Q from the QR of a standard Gaussian matrix, each
+    column multiplied by the sign of R's diagonal entry (so that R has a positive diagonal and the
+    factorization is unique, which makes Q Haar; Mezzadri 2007)."""
+    Q, R = np.linalg.qr(rng.standard_normal((d, d)))
+    signs = np.sign(np.diagonal(R))
+    signs[signs == 0] = 1.0
+    return Q * signs
+
+
+def _dtype(dtype) -> np.dtype:
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt not in (np.dtype(np.float32), np.dtype(np.float64)) or isinstance(dtype, bool):
+        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    return dt
+
+
+def make(family: str, d: int, seed: int = 0, dtype: str = "float64", **params) -> Spectrum:
+    """The ``family`` matrix of size d for ``seed``, rounded to ``dtype`` ("float32"/"float64").
+
+    ValueError (one line, naming the problem) for an unknown family or parameter, d < 2, a
+    negative or non-integer seed, a dtype other than float32/float64, or impossible parameters.
+    """
+    if not isinstance(family, str) or family not in FAMILIES:
+        raise ValueError(f"unknown spectrum family {family!r} (allowed: {', '.join(FAMILIES)})")
+    fn = FAMILIES[family]
+    allowed = [p for p in inspect.signature(fn).parameters if p not in ("d", "rng")]
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"unknown parameter {unknown[0]!r} for spectrum family {family!r} (allowed: {', '.join(allowed)})"
+        )
+    d = _int(family, "d", d, 2)
+    seed = _int(family, "seed", seed, 0)
+    dt = _dtype(dtype)
+
+    rng = np.random.default_rng(np.random.SeedSequence([seed, d, FAMILY_STREAMS[family]]))
+    draw = fn(d, rng, **params)
+    if draw.matrix is not None:
+        A, lam, Q = draw.matrix, None, None
+    else:
+        lam = np.asarray(draw.eigenvalues, dtype=np.float64)
+        Q = haar_orthogonal(d, rng)
+        A = (Q * lam) @ Q.T
+    A = (A + A.T) / 2  # exactly symmetric: IEEE addition commutes
+    if dt != A.dtype:
+        A = A.astype(dt)
+    return Spectrum(family=family, params={"d": d, "seed": seed, **draw.params}, matrix=A, eigenvalues=lam, basis=Q)

@@ -1,0 +1,192 @@
+"""The certified ground truth against independent computations.
+
+Independent checks: mpmath finite differences of the loss *value* (no Daleckii–Krein code), the
+other engine (mpmath.eigsy vs float64 eigh + Ogita–Aishima in integers), and eigenvalues known in
+closed form.
+"""
+
+import time
+
+import mpmath
+import numpy as np
+import pytest
+
+from stabkit import reference as R
+from stabkit.losses import LOSSES, make_loss
+from tests.conftest import build
+
+
+def rel(a, b):
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+def _loss(name, d, seed=0):
+    return make_loss(name, d, seed=seed, k=2)
+
+
+def _hp_rel(g1, g2):
+    with mpmath.workdps(120):
+        return float(max(abs(x - y) for x, y in zip(g1, g2)) / max(abs(y) for y in g2))
+
+
+SEPARATED = {4: [0.5, 1.3, 2.0, 3.7], 6: [0.3, 0.9, 1.6, 2.2, 3.1, 4.5]}
+
+
+@pytest.fixture(scope="module")
+def degenerate():
+    """d = 5, spectrum {1, 2, 2, 2, 4} before rounding: rounding splits the triple by ~1e-16."""
+    return build([1.0, 2.0, 2.0, 2.0, 4.0], seed=3)
+
+
+@pytest.mark.parametrize("d", [4, 6])
+@pytest.mark.parametrize("name", LOSSES)
+@pytest.mark.parametrize("engine", ["mpmath", "flint"])
+def test_matches_finite_differences(d, name, engine):
+    A = build(SEPARATED[d], seed=d)
+    loss = _loss(name, d, seed=1)
+    truth = R.ground_truth(A, loss, engine=engine)
+    fd = R.finite_difference_grad(A, loss)
+    assert truth.certified and truth.engine == engine
+    assert rel(truth.grad, fd) <= 1e-12
+    assert np.allclose(truth.grad, truth.grad.T, rtol=0, atol=1e-15 * np.abs(truth.grad).max())
+    np.testing.assert_allclose(truth.eigenvalues, SEPARATED[d], rtol=1e-14)
+
+
+@pytest.mark.parametrize("name", ["zca", "log"])
+@pytest.mark.parametrize("engine", ["mpmath", "flint"])
+def test_degenerate_spectral(degenerate, name, engine):
+    loss = _loss(name, 5, seed=2)
+    truth = R.ground_truth(degenerate, loss, engine=engine)
+    fd = R.finite_difference_grad(degenerate, loss)
+    assert truth.certified
+    assert truth.digits >= 20
+    assert rel(truth.grad, fd) <= 1e-12
+    # divided differences vs the closed form f(A) derivative: for f(A) with a repeated eigenvalue
+    # the gradient is smooth, finite and O(1) — no 1/gap blow-up
+    assert np.abs(truth.grad).max() < 100 * np.abs(loss.weight).max()
+
+
+@pytest.mark.parametrize("engine", ["mpmath", "flint"])
+def test_eigvec_loss_undefined_on_degenerate(degenerate, engine):
+    with pytest.raises(ValueError, match="degenerate"):
+        R.ground_truth(degenerate, _loss("eigvec", 5), engine=engine)
+
+
+@pytest.mark.parametrize("spectrum", ["separated", "clustered"])
+@pytest.mark.parametrize("name", ["zca", "eigvec", "projector"])
+def test_engines_agree(spectrum, name):
+    lam = np.linspace(1.0, 4.0, 12)
+    if spectrum == "clustered":
+        lam[5] = lam[4] * (1 + 1e-10)
+        lam[6] = lam[4] * (1 + 2e-10)
+    A = build(lam, seed=7)
+    loss = _loss(name, 12, seed=4)
+    g_mp, lam_mp, d_mp = R._hp_gradient(A, loss, "mpmath")
+    g_fl, lam_fl, d_fl = R._hp_gradient(A, loss, "flint")
+    assert d_mp >= 25 and d_fl >= 25
+    assert _hp_rel(g_fl, g_mp) <= 1e-25
+    np.testing.assert_array_equal(lam_mp, lam_fl)
+
+
+@pytest.mark.parametrize("engine", ["mpmath", "flint"])
+def test_digits_and_forced_low_precision(engine):
+    A = build([0.5, 1.0, 2.0, 3.0, 5.0, 8.0], seed=11)
+    loss = _loss("sqrt", 6, seed=5)
+    good = R.ground_truth(A, loss, engine=engine, cache=False)
+    assert good.digits >= 25 and good.certified
+    bad = R.ground_truth(A, loss, engine=engine, cache=False, _dps=4)
+    assert not bad.certified
+    assert bad.digits < R.MIN_DIGITS
+    # the reported digits are honest: the low-precision result is at least that accurate
+    assert rel(bad.grad, good.grad) <= 10.0 ** -(bad.digits - 1) or bad.digits == 0
+
+
+def test_rigorous_bound_is_not_vacuous_or_wrong():
+    """flint's certified digits never exceed the true accuracy (measured against mpmath at 2x)."""
+    A = build([0.7, 0.7 * (1 + 1e-8), 1.5, 2.0, 2.9, 3.3, 4.0, 6.0], seed=5)
+    for name in ("log", "projector"):
+        loss = _loss(name, 8, seed=6)
+        g_fl, _, d_fl = R._hp_gradient(A, loss, "flint", _dps=24)
+        g_mp, _, _ = R._hp_gradient(A, loss, "mpmath", _dps=80)
+        err = _hp_rel(g_fl, g_mp)
+        assert 15 <= d_fl
+        assert err <= 10.0 ** -d_fl
+
+
+@pytest.mark.parametrize("engine", ["mpmath", "flint"])
+def test_cache_identical_and_fast(engine, tmp_path, monkeypatch):
+    monkeypatch.setenv("STABKIT_CACHE", str(tmp_path / "cache"))
+    A = build(np.linspace(1, 3, 16), seed=2)
+    loss = _loss("log", 16, seed=3)
+    t = time.perf_counter()
+    first = R.ground_truth(A, loss, engine=engine)
+    t_first = time.perf_counter() - t
+    t = time.perf_counter()
+    second = R.ground_truth(A, loss, engine=engine)
+    t_second = time.perf_counter() - t
+    np.testing.assert_array_equal(first.grad, second.grad)
+    np.testing.assert_array_equal(first.eigenvalues, second.eigenvalues)
+    assert (first.digits, first.engine) == (second.digits, second.engine)
+    assert t_second < t_first / 5
+    assert not list((tmp_path / "cache").glob(".tmp-*"))
+    # the eigendecomposition is cached separately: a new loss on the same matrix reuses it
+    files = {p.name for p in (tmp_path / "cache").iterdir()}
+    assert any(f.startswith("eig-") for f in files) and any(f.startswith("grad-") for f in files)
+    other = R.ground_truth(A, _loss("projector", 16, seed=3), engine=engine)
+    assert other.certified
+    assert len([f for f in (tmp_path / "cache").iterdir() if f.name.startswith("eig-")]) == 1
+    # cache=False recomputes and writes nothing new
+    n = len(list((tmp_path / "cache").iterdir()))
+    again = R.ground_truth(A, loss, engine=engine, cache=False)
+    np.testing.assert_array_equal(again.grad, first.grad)
+    assert len(list((tmp_path / "cache").iterdir())) == n
+
+
+@pytest.mark.parametrize("engine", ["mpmath", "flint"])
+def test_float32_input_is_exact(engine):
+    A64 = build([0.4, 1.1, 2.5, 3.0, 5.5], seed=9)
+    A32 = A64.astype(np.float32)
+    loss = _loss("zca", 5, seed=8)
+    t32 = R.ground_truth(A32, loss, engine=engine)
+    exact = A32.astype(np.float64)
+    # independent: eigenvalues by mpmath of the widened matrix, gradient by finite differences
+    with mpmath.workdps(50):
+        ev = sorted(mpmath.eigsy(mpmath.matrix(exact.tolist()))[0])
+    np.testing.assert_array_equal(t32.eigenvalues, [float(x) for x in ev])
+    assert rel(t32.grad, R.finite_difference_grad(exact, loss)) <= 1e-12
+    # and it is not the float64 matrix's truth (the float32 rounding is visible)
+    assert rel(t32.grad, R.ground_truth(A64, loss, engine=engine).grad) > 1e-9
+
+
+def test_eigh_exact():
+    A = build([1.0, 2.0, 5.0], seed=4)
+    lam, U = R.eigh_exact(A, 40)
+    with mpmath.workdps(40):
+        M = mpmath.matrix(A.tolist())
+        assert mpmath.mnorm(M * U - U * mpmath.diag(lam), 1) < mpmath.mpf(10) ** -35
+        assert list(lam) == sorted(lam)
+
+
+def test_input_validation():
+    loss = _loss("zca", 3)
+    with pytest.raises(ValueError):
+        R.ground_truth(np.ones((3, 4)), loss)
+    with pytest.raises(ValueError, match="not symmetric"):
+        R.ground_truth(np.array([[1.0, 2.0, 0], [0, 1, 0], [0, 0, 1]]), loss)
+    with pytest.raises(ValueError, match="engine"):
+        R.ground_truth(np.eye(3) * 2, loss, engine="lapack")
+    with pytest.raises(ValueError, match="positive definite"):
+        R.ground_truth(np.diag([-1.0, 1.0, 2.0]), loss)
+
+
+@pytest.mark.parametrize("name", ["zca", "projector"])
+def test_exactly_repeated_eigenvalues(name):
+    """Exact ties in float64 (a duplicated block): no isolated enclosures, flint falls back to the
+    agreement of its last two iterates; both engines still match finite differences."""
+    A = np.kron(np.eye(2), np.array([[2.0, 0.5], [0.5, 3.0]]))
+    loss = make_loss(name, 4, seed=3, k=2)
+    fd = R.finite_difference_grad(A, loss)
+    for engine in ("mpmath", "flint"):
+        truth = R.ground_truth(A, loss, engine=engine, cache=False)
+        assert truth.certified
+        assert rel(truth.grad, fd) <= 1e-12

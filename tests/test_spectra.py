@@ -1,0 +1,279 @@
+"""Seeded test-matrix generators against their closed forms."""
+
+import math
+import time
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from stabkit import spectra
+
+EPS = np.finfo(np.float64).eps
+FAST = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SPECTRAL = [f for f in spectra.FAMILIES if f != "wishart"]
+
+
+def _documented_basis(family, d, seed):
+    """Q rebuilt from the documented seeding recipe (for families that draw nothing else)."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, d, spectra.FAMILY_STREAMS[family]]))
+    Q, R = np.linalg.qr(rng.standard_normal((d, d)))
+    return Q * np.where(np.diagonal(R) < 0, -1.0, 1.0)
+
+
+# ------------------------------------------------------------------ all families
+
+
+@pytest.mark.parametrize("family", list(spectra.FAMILIES))
+@pytest.mark.parametrize("d", [2, 7, 33])
+def test_shape_dtype_symmetry(family, d):
+    s64 = spectra.make(family, d, seed=5)
+    s32 = spectra.make(family, d, seed=5, dtype="float32")
+    assert s64.matrix.shape == (d, d) and s64.matrix.dtype == np.float64
+    assert s32.matrix.shape == (d, d) and s32.matrix.dtype == np.float32
+    assert np.array_equal(s64.matrix, s64.matrix.T) and np.array_equal(s32.matrix, s32.matrix.T)
+    assert np.array_equal(s32.matrix, s64.matrix.astype(np.float32))  # float32 = rounded float64
+    assert s64.family == family and s64.params["d"] == d and s64.params["seed"] == 5
+    if family == "wishart":
+        assert s64.eigenvalues is None and s64.basis is None
+    else:
+        assert s64.eigenvalues.dtype == np.float64 and s64.eigenvalues.shape == (d,)
+        assert (np.diff(s64.eigenvalues) >= 0).all()
+        assert s32.eigenvalues.dtype == np.float64 and s32.basis.dtype == np.float64
+
+
+def test_defaults_recorded_in_params():
+    assert spectra.make("separated", 4).params == {"d": 4, "seed": 0, "cond": 10.0}
+    assert spectra.make("cluster", 4).params == {"d": 4, "seed": 0, "k": 2, "delta": 1e-6}
+    assert spectra.make("degenerate", 4).params == {"d": 4, "seed": 0, "m": 2}
+    assert spectra.make("rank_deficient", 9).params == {"d": 9, "seed": 0, "r": 4, "n": None}
+    assert spectra.make("lapack", 4).params == {"d": 4, "seed": 0, "mode": 3, "cond": 1e4}
+    assert spectra.make("wishart", 5).params == {"d": 5, "seed": 0, "aspect": 0.5, "n": 10}
+    assert spectra.make("powerlaw", 4).params == {"d": 4, "seed": 0, "alpha": 1.0}
+    assert spectra.make("wishart", 30, aspect=0.1).params["n"] == 300  # no extra sample from rounding
+
+
+@settings(FAST)
+@given(family=st.sampled_from(SPECTRAL), d=st.integers(2, 40), seed=st.integers(0, 2**32))
+def test_matrix_is_the_rounded_construction(family, d, seed):
+    s = spectra.make(family, d, seed=seed)
+    lam, Q = s.eigenvalues, s.basis
+    scale = np.abs(lam).max()
+    assert np.abs(Q.T @ Q - np.eye(d)).max() <= 10 * d * EPS
+    assert np.abs(s.matrix - (Q * lam) @ Q.T).max() <= 10 * d * EPS * scale
+    assert np.abs(np.linalg.eigvalsh(s.matrix) - lam).max() <= 1e-13 * scale
+    assert scale == pytest.approx(1.0, abs=1e-6) or family == "rank_deficient"
+
+
+@pytest.mark.parametrize("family", SPECTRAL)
+def test_eigenvalues_match_at_d128(family):
+    s = spectra.make(family, 128, seed=2)
+    scale = np.abs(s.eigenvalues).max()
+    assert np.abs(np.linalg.eigvalsh(s.matrix) - s.eigenvalues).max() <= 1e-13 * scale
+
+
+@pytest.mark.parametrize("family", list(spectra.FAMILIES))
+def test_seeds(family):
+    a, b = spectra.make(family, 12, seed=3), spectra.make(family, 12, seed=3)
+    assert np.array_equal(a.matrix, b.matrix)
+    assert not np.array_equal(a.matrix, spectra.make(family, 12, seed=4).matrix)
+    np.random.seed(123)  # global state must not matter
+    assert np.array_equal(a.matrix, spectra.make(family, 12, seed=3).matrix)
+
+
+@pytest.mark.parametrize("family", ["separated", "cluster", "degenerate", "powerlaw"])
+def test_basis_follows_the_documented_seed_recipe(family):
+    s = spectra.make(family, 9, seed=11)
+    assert np.array_equal(s.basis, _documented_basis(family, 9, 11))
+    assert (np.diagonal(np.linalg.qr(s.basis)[1]) != 0).all()
+
+
+def test_basis_is_haar_not_raw_qr():
+    """Haar on O(3): each entry has mean 0, variance 1/3, and det = ±1 equally often. Raw
+    Householder QR (no sign fix) has Q[0, 0] < 0 always."""
+    qs = np.array([spectra.make("separated", 3, seed=s).basis for s in range(400)])
+    assert abs(qs[:, 0, 0].mean()) < 0.1 and abs(qs[:, 2, 1].mean()) < 0.1
+    assert np.mean(qs[:, 0, 0] ** 2) == pytest.approx(1 / 3, abs=0.06)
+    assert abs(np.mean(np.sign(np.linalg.det(qs)))) < 0.2
+
+
+def test_d1024_is_fast():
+    """make at d = 1024 costs about one QR plus one matrix product (~0.3 s on one idle core);
+    timed against those two on the same machine so that a loaded machine does not fail it."""
+    rng = np.random.default_rng(0)
+    spectra.make("separated", 64)  # warm-up
+    t0 = time.perf_counter()
+    G = rng.standard_normal((1024, 1024))
+    Q, _ = np.linalg.qr(G)
+    _ = (Q * G[0]) @ Q.T
+    t1 = time.perf_counter()
+    s = spectra.make("cluster", 1024, seed=1)
+    t2 = time.perf_counter()
+    assert s.matrix.shape == (1024, 1024)
+    assert t2 - t1 < 3 * (t1 - t0) + 0.2
+
+
+# ------------------------------------------------------------------ family closed forms
+
+
+@pytest.mark.parametrize("d,cond", [(2, 10.0), (17, 10.0), (40, 1e6)])
+def test_separated_closed_form(d, cond):
+    lam = spectra.make("separated", d, cond=cond).eigenvalues
+    expected = [1 / cond + (i - 1) / (d - 1) * (1 - 1 / cond) for i in range(1, d + 1)]
+    np.testing.assert_allclose(lam, expected, rtol=4 * EPS, atol=0)
+
+
+@settings(FAST)
+@given(d=st.integers(2, 60), k=st.integers(2, 8), log_delta=st.floats(-14, -5), seed=st.integers(0, 99))
+def test_cluster_gaps_are_delta_relative(d, k, log_delta, seed):
+    k = min(k, d)
+    delta = 10.0**log_delta
+    lam = spectra.make("cluster", d, seed=seed, k=k, delta=delta).eigenvalues
+    gaps = np.diff(lam)
+    assert (gaps > 0).all()  # k distinct float64 values, even at delta = 1e-14
+    small = np.flatnonzero(gaps < 1e-3)
+    assert small.size == k - 1 and (np.diff(small) == 1).all()
+    c = small[0] if k > 1 else 0
+    lam_c = lam[c]
+    # each gap is λ_c·delta up to the rounding of the two neighbours (≤ ulp(2λ_c) in all)
+    np.testing.assert_allclose(gaps[small], lam_c * delta, rtol=0, atol=4 * EPS * lam_c)
+    assert abs(c + (k - 1) / 2 - (d - 1) / 2) <= 1  # mid-spectrum
+    others = np.delete(gaps, small)
+    if others.size:
+        assert others.min() >= 0.5 * 0.9 / (d - k)  # the rest separated
+
+
+def test_cluster_at_1e14():
+    lam = spectra.make("cluster", 8, k=4, delta=1e-14).eigenvalues
+    assert np.unique(lam).size == 8
+    members = lam[2:6]
+    assert np.all(np.abs(np.diff(members) / members[0] - 1e-14) <= 0.05e-14)
+
+
+@pytest.mark.parametrize("d,m", [(2, 2), (9, 3), (30, 30), (31, 5)])
+def test_degenerate_exact_multiplicity(d, m):
+    s = spectra.make("degenerate", d, m=m)
+    values, counts = np.unique(s.eigenvalues, return_counts=True)
+    assert sorted(counts)[-1] == m and (np.sort(counts)[:-1] == 1).all() and values.size == d - m + 1
+    repeated = values[counts == m][0]
+    assert np.sum(np.abs(np.linalg.eigvalsh(s.matrix) - repeated) <= 1e-13) == m
+
+
+@pytest.mark.parametrize("d,r", [(2, 1), (10, 3), (33, 33), (64, None)])
+def test_rank_deficient_zeros(d, r):
+    s = spectra.make("rank_deficient", d, r=r)
+    r = d // 2 if r is None else r
+    assert np.count_nonzero(s.eigenvalues == 0) == d - r and (s.eigenvalues[d - r:] > 0).all()
+    np.testing.assert_array_equal(s.eigenvalues[d - r:], [1.0] if r == 1 else np.linspace(0.1, 1, r))
+    ev = np.linalg.eigvalsh(s.matrix)
+    assert np.sum(np.abs(ev) <= 1e-14) == d - r
+
+
+def test_rank_deficient_sample_covariance():
+    d, n = 64, 24
+    s = spectra.make("rank_deficient", d, seed=1, n=n)
+    assert s.params["r"] == n and s.params["n"] == n
+    assert np.count_nonzero(s.eigenvalues == 0) == d - n
+    scale = s.eigenvalues.max()
+    assert np.sum(np.abs(np.linalg.eigvalsh(s.matrix)) <= 1e-14 * scale) == d - n
+    # trace(X Xᵀ/n)/d = χ²_{nd}/(nd): mean 1, sd ≈ 0.03
+    assert np.trace(s.matrix) / d == pytest.approx(1.0, abs=0.15)
+
+
+@pytest.mark.parametrize("d", [2, 5, 40])
+@pytest.mark.parametrize("cond", [1.0, 10.0, 1e8])
+def test_lapack_modes_1_to_4_exact(d, cond):
+    n = d
+    closed = {
+        1: [1.0] + [1 / cond] * (n - 1),
+        2: [1.0] * (n - 1) + [1 / cond],
+        3: [cond ** (-(i - 1) / (n - 1)) for i in range(1, n + 1)],
+        4: [1 - (i - 1) / (n - 1) * (1 - 1 / cond) for i in range(1, n + 1)],
+    }
+    for mode, D in closed.items():
+        lam = spectra.make("lapack", d, mode=mode, cond=cond).eigenvalues
+        np.testing.assert_array_equal(lam, np.sort(D))
+
+
+def test_lapack_random_modes():
+    cond, d = 1e6, 300
+    lam5 = spectra.make("lapack", d, seed=1, mode=5, cond=cond).eigenvalues
+    lam6 = spectra.make("lapack", d, seed=1, mode=6, cond=cond).eigenvalues
+    assert (lam5 > 1 / cond).all() and (lam5 <= 1).all()
+    assert (lam6 > 1 / cond).all() and (lam6 <= 1).all()
+    u5 = -np.log(lam5) / math.log(cond)  # uniform(0, 1) if log-uniform
+    u6 = (lam6 - 1 / cond) / (1 - 1 / cond)  # uniform(0, 1) if uniform
+    grid = np.arange(1, d + 1) / d
+    assert np.abs(np.sort(u5) - grid).max() < 0.1  # Kolmogorov–Smirnov distance (95%: 0.078)
+    assert np.abs(np.sort(u6) - grid).max() < 0.1
+    assert not np.array_equal(lam5, spectra.make("lapack", d, seed=2, mode=5, cond=cond).eigenvalues)
+
+
+@pytest.mark.parametrize("aspect", [0.5, 0.25])
+def test_wishart_marchenko_pastur_support(aspect):
+    d = 512
+    s = spectra.make("wishart", d, seed=0, aspect=aspect)
+    assert s.params["n"] == math.ceil(d / aspect)
+    ev = np.linalg.eigvalsh(s.matrix)
+    lo, hi = (1 - math.sqrt(aspect)) ** 2, (1 + math.sqrt(aspect)) ** 2
+    assert ev[0] == pytest.approx(lo, abs=0.05) and ev[-1] == pytest.approx(hi, abs=0.1)
+    assert ev.mean() == pytest.approx(1.0, abs=0.02)  # MP mean
+    assert np.mean(ev ** 2) == pytest.approx(1 + aspect, abs=0.05)  # MP second moment
+
+
+@settings(FAST)
+@given(d=st.integers(2, 200), alpha=st.floats(0.05, 4.0))
+def test_powerlaw_ratios(d, alpha):
+    lam = spectra.make("powerlaw", d, alpha=alpha).eigenvalues
+    i = np.arange(1, d + 1, dtype=np.float64)
+    np.testing.assert_allclose(lam[::-1] / lam.max(), [k ** -alpha for k in range(1, d + 1)], rtol=1e-14)
+    np.testing.assert_allclose(lam[::-1][1:] / lam[::-1][:-1], ((i[1:]) / i[:-1]) ** -alpha, rtol=1e-13)
+    assert lam.max() == 1.0
+
+
+# ------------------------------------------------------------------ bad input
+
+BAD = [
+    (("nope", 4), {}, r"unknown spectrum family 'nope' \(allowed: separated, cluster, degenerate, "
+                      r"rank_deficient, lapack, wishart, powerlaw\)"),
+    (("cluster", 4), {"m": 2}, r"unknown parameter 'm' for spectrum family 'cluster' \(allowed: k, delta\)"),
+    (("lapack", 4), {"alpha": 2}, r"unknown parameter 'alpha' .*\(allowed: mode, cond\)"),
+    (("separated", 1), {}, r"d=1 is impossible \(need d >= 2\)"),
+    (("separated", 2.5), {}, r"d must be an integer"),
+    (("separated", 4, -1), {}, r"seed=-1 is impossible"),
+    (("separated", 4, 0, "float16"), {}, r"dtype must be 'float32' or 'float64', got 'float16'"),
+    (("separated", 4, 0, "int64"), {}, r"dtype must be 'float32' or 'float64'"),
+    (("separated", 4), {"cond": 0.5}, r"cond=0.5 is impossible \(need cond > 1\)"),
+    (("lapack", 4), {"cond": 0.5}, r"lapack: cond=0.5 is impossible \(need cond >= 1\)"),
+    (("lapack", 4), {"cond": math.inf}, r"cond must be finite"),
+    (("lapack", 4), {"mode": 0}, r"mode=0 is impossible \(need 1 <= mode <= 6\)"),
+    (("lapack", 4), {"mode": 7}, r"mode=7 is impossible \(need 1 <= mode <= 6\)"),
+    (("cluster", 4), {"k": 5}, r"k=5 is impossible \(need 2 <= k <= 4 for d=4\)"),
+    (("cluster", 4), {"delta": 0.0}, r"delta=0.0 is impossible \(need delta > 0\)"),
+    (("cluster", 4), {"delta": -1e-3}, r"delta=-0.001 is impossible"),
+    (("cluster", 10), {"delta": 0.5}, r"delta=0.5 is too large"),
+    (("degenerate", 3), {"m": 4}, r"m=4 is impossible \(need 2 <= m <= 3 for d=3\)"),
+    (("degenerate", 3), {"m": 1}, r"m=1 is impossible"),
+    (("rank_deficient", 3), {"r": 4}, r"r=4 is impossible \(need 1 <= r <= 3 for d=3\)"),
+    (("rank_deficient", 3), {"r": 0}, r"r=0 is impossible"),
+    (("rank_deficient", 3), {"n": 3}, r"n=3 is impossible \(need 1 <= n <= 2"),
+    (("rank_deficient", 3), {"n": 1, "r": 1}, r"not both"),
+    (("wishart", 3), {"aspect": 0}, r"aspect=0 is impossible \(need aspect > 0\)"),
+    (("powerlaw", 3), {"alpha": -1}, r"alpha=-1 is impossible \(need alpha > 0\)"),
+    (("powerlaw", 3), {"alpha": "big"}, r"alpha must be a real number"),
+    (("powerlaw", 1000), {"alpha": 500.0}, r"alpha=500.0 is too large for d=1000"),
+    (("cluster", 4), {"k": 2.5}, r"k must be an integer"),
+]
+
+
+@pytest.mark.parametrize("args,kwargs,message", BAD)
+def test_bad_input_raises_naming_the_problem(args, kwargs, message):
+    with pytest.raises(ValueError, match=message) as info:
+        spectra.make(*args, **kwargs)
+    assert "\n" not in str(info.value)
+
+
+def test_dtype_objects_accepted():
+    assert spectra.make("separated", 3, 0, np.float64).matrix.dtype == np.float64
+    assert spectra.make("separated", 3, 0, np.float32).matrix.dtype == np.float32
