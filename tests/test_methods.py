@@ -207,3 +207,14 @@ def test_torch_eigh_rejects_bad_input():
         eigh(torch.zeros(3, 4))
     with pytest.raises(ValueError, match="unknown method"):
         eigh(torch.eye(3), method="svd-magic")
+
+
+def test_resolved_params_round_trip_through_gradient():
+    """A (name, params) pair from parse_spec is accepted again (defaults of None included)."""
+    A = build([1.0, 2.0, 3.0])
+    loss = make_loss("zca", 3)
+    for name in methods.NAMES:
+        spec = methods.parse_spec(name)
+        g, _, _ = methods.gradient(spec, A, loss)
+        assert np.isfinite(g).all()
+    assert methods.parse_spec("degenerate:atol=1e-9")[1] == {"atol": 1e-9, "rtol": None}

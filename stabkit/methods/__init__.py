@@ -50,6 +50,8 @@ def resolve_params(name: str, params: dict | None = None) -> dict:
 
 
 def _convert(name, key, value, default):
+    if value is None or (isinstance(value, str) and value.lower() == "none"):
+        return None
     try:
         if isinstance(default, bool):
             return str(value).lower() in ("1", "true", "yes")
