@@ -1,0 +1,29 @@
+"""Structured layers of matrix backpropagation (Ionescu, Vantzos & Sminchisescu, ICCV 2015) and the
+declarative principal-feature layers (LESS, IED; Xu, Wang, Liu & Gould, PMaF).
+
+Every layer is a torch op with the paper's backward, batched over leading axes, float32/float64,
+CPU or CUDA:
+
+* :func:`svd` — thin SVD (U, σ, V), Prop. 1;  :func:`eig` — symmetric EIG, Prop. 2 via
+  ``stabkit.torch.eigh`` (``method=`` picks any registry backward);
+* :func:`svd_matrix_function` (Prop. 3), :func:`eig_matrix_function` (Prop. 4), :func:`o2p`
+  (DeepO2P, Corollary 1) for g ∈ {log, sqrt, power}; :func:`svd_dk_matrix_function` (SVD forward,
+  cancellation-free Daleckii–Krein backward — an extension, compared in the o2p_stability study);
+* :func:`projector` — Π_A = A A⁺, Lemma 1;
+* :func:`ncut_j1`, :func:`ncut_j2`, :func:`low_rank_affinity` — normalized cuts, Props. 5–6 and
+  eqs. 64–65;
+* :func:`less`, :func:`ied` — principal eigenvector(s) with the implicit (DDN) backward.
+"""
+
+from .eig import eig
+from .ied import ied
+from .less import less
+from .matrix_functions import eig_matrix_function, o2p, svd_dk_matrix_function, svd_matrix_function
+from .ncuts import low_rank_affinity, ncut_j1, ncut_j2
+from .projector import projector
+from .svd import svd
+
+__all__ = [
+    "svd", "eig", "svd_matrix_function", "svd_dk_matrix_function", "eig_matrix_function", "o2p", "projector",
+    "ncut_j1", "ncut_j2", "low_rank_affinity", "less", "ied",
+]

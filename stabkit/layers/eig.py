@@ -1,0 +1,17 @@
+"""EIG layer A = U diag(λ) Uᵀ for symmetric A, backward by Ionescu et al. (ICCV 2015) Prop. 2.
+
+Prop. 2 is exactly the registry's ``analytic`` method (``stabkit.methods._base.assemble`` with
+F_ij = 1/(λ_j − λ_i)); the layer routes through :func:`stabkit.torch.eigh`, so ``method=`` swaps
+in any registry backward (``taylor``, ``pi``, ``clip``, …) without touching the model.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .. import torch as sktorch
+
+
+def eig(A: torch.Tensor, method: str = "analytic", **params):
+    """(λ ascending, U) of the symmetric part of A (..., d, d); gradient by ``method``."""
+    return sktorch.eigh(sktorch.symmetrize(A), method=method, **params)

@@ -1,0 +1,109 @@
+"""Normalized-cuts losses of Ionescu, Vantzos & Sminchisescu (ICCV 2015), Sec. on normalized cuts.
+
+Affinity W ∈ ℝ^{m×m} (symmetric, nonnegative, positive degrees), ground-truth partition
+indicators E ∈ {0,1}^{m×k}, degrees D = diag(W 1):
+
+* J₁ = ½‖Π_M − Π_Ω‖²_F, M = D^-1/2 W D^-1/2, Ω = D^1/2 E Eᵀ D^1/2 (Π_Ω = projector onto
+  range(D^1/2 E)). Gradient (Prop. 5, derived here via Lemma 1 and the chain rule through D):
+  with G_M = 2(I − Π_M)(Π_M − Π_Ω)(M⁺)ᵀ, G_Ω = 2(I − Π_Ω)(Π_Ω − Π_M)(Ω⁺)ᵀ (Ω := D^1/2 E),
+  s = diag(D)^-1/2, t = diag(D)^1/2:
+      ∂J₁/∂W = diag(s) G_M diag(s) + (∂J₁/∂δ) 1ᵀ,   δ = W 1,
+      ∂J₁/∂δ = −½ δ^-3/2 ∘ ((G_M ∘ W) s + (G_Mᵀ ∘ Wᵀ) s) + ½ δ^-1/2 ∘ ((G_Ω ∘ E) 1).
+* J₂ = ½‖Π_W − Π_Ψ‖²_F with Ψ = E Eᵀ (so Π_Ψ = E(EᵀE)⁻¹Eᵀ, constant in W); Prop. 6:
+      ∂J₂/∂W = 2(I − Π_W)(Π_W − Π_Ψ)(W⁺)ᵀ = −2(I − Π_W) Π_Ψ (W⁺)ᵀ.
+* Low-rank affinity W = F Λ Fᵀ (F ∈ ℝ^{m×d}, Λ = diag(λ)), eqs. 64–65: with G = ∂J/∂W,
+      ∂J/∂F = (G + Gᵀ) F Λ,   ∂J/∂Λ = (Fᵀ G F)_diag.
+  For J₂, Fᵀ(I − Π_W) = 0 when F has full column rank and Λ is invertible, so ∂J₂/∂Λ = 0: Π_W
+  does not depend on Λ at all (the paper's remark).
+
+Both J's are only differentiable where the ranks of W (or M) stay constant; ``rank`` fixes it
+(default: numerical rank).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .projector import range_factors
+
+
+def _T(x):
+    return x.transpose(-1, -2)
+
+
+def _ncut_j1_parts(W, E, rank):
+    deg = W.sum(-1)
+    s, t = deg.rsqrt(), deg.sqrt()
+    M = s[..., :, None] * W * s[..., None, :]
+    Omega = t[..., :, None] * E
+    PM, Mp = range_factors(M, rank)
+    PO, Op = range_factors(Omega, E.shape[-1])
+    J = 0.5 * ((PM - PO) ** 2).sum((-2, -1))
+    return J, (W, E, deg, s, PM, Mp, PO, Op)
+
+
+def _ncut_j1_grad(W, E, deg, s, PM, Mp, PO, Op):
+    I = torch.eye(W.shape[-1], dtype=W.dtype, device=W.device)
+    GM = 2 * (I - PM) @ (PM - PO) @ _T(Mp)
+    GO = 2 * (I - PO) @ (PO - PM) @ _T(Op)
+    gs = ((GM * W) @ s[..., None] + (_T(GM) * _T(W)) @ s[..., None])[..., 0]
+    gt = (GO * E).sum(-1)
+    gdeg = -0.5 * deg ** -1.5 * gs + 0.5 * deg ** -0.5 * gt
+    return s[..., :, None] * GM * s[..., None, :] + gdeg[..., :, None]
+
+
+class _NcutJ1(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, W, E, rank):
+        J, parts = _ncut_j1_parts(W, E, rank)
+        ctx.parts = parts
+        return J
+
+    @staticmethod
+    def backward(ctx, gJ):
+        return gJ[..., None, None] * _ncut_j1_grad(*ctx.parts), None, None
+
+
+class _NcutJ2(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, W, E, rank):
+        PW, Wp = range_factors(W, rank)
+        PPsi, _ = range_factors(E, E.shape[-1])
+        ctx.save_for_backward(PW, Wp, PPsi)
+        return 0.5 * ((PW - PPsi) ** 2).sum((-2, -1))
+
+    @staticmethod
+    def backward(ctx, gJ):
+        PW, Wp, PPsi = ctx.saved_tensors
+        I = torch.eye(PW.shape[-1], dtype=PW.dtype, device=PW.device)
+        G = 2 * (I - PW) @ (PW - PPsi) @ _T(Wp)
+        return gJ[..., None, None] * G, None, None
+
+
+class _LowRankAffinity(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, F, lam):
+        ctx.save_for_backward(F, lam)
+        return (F * lam[..., None, :]) @ _T(F)
+
+    @staticmethod
+    def backward(ctx, G):
+        F, lam = ctx.saved_tensors
+        gF = ((G + _T(G)) @ F) * lam[..., None, :]          # eq. 64
+        glam = (F * (G @ F)).sum(-2)                       # eq. 65, (Fᵀ G F)_diag
+        return gF, glam
+
+
+def ncut_j1(W: torch.Tensor, E: torch.Tensor, rank: int | None = None) -> torch.Tensor:
+    """J₁ = ½‖Π_M − Π_Ω‖²_F per batch element (Prop. 5 backward)."""
+    return _NcutJ1.apply(W, E.to(W.dtype), rank)
+
+
+def ncut_j2(W: torch.Tensor, E: torch.Tensor, rank: int | None = None) -> torch.Tensor:
+    """J₂ = ½‖Π_W − Π_Ψ‖²_F per batch element (Prop. 6 backward)."""
+    return _NcutJ2.apply(W, E.to(W.dtype), rank)
+
+
+def low_rank_affinity(F: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """W = F diag(λ) Fᵀ with the backward of eqs. 64–65."""
+    return _LowRankAffinity.apply(F, lam)

@@ -1,0 +1,73 @@
+"""SVD layer X = U Σ Vᵀ (X ∈ ℝ^{m×n}, m ≥ n) with the backward of Ionescu, Vantzos & Sminchisescu,
+"Matrix backpropagation for deep networks with structured layers", ICCV 2015, Proposition 1.
+
+Choice: the *thin* SVD (U ∈ ℝ^{m×n}, Σ = diag(σ) ∈ ℝ^{n×n}, V ∈ ℝ^{n×n}); V is returned, not Vᵀ.
+Prop. 1 written for the thin factors, with K_ij = 1/(σ_i² − σ_j²) (i ≠ j), K_ii = 0:
+
+    ∂L/∂X = U [ diag(∂L/∂σ) − Σ (K ∘ (Vᵀ∂L/∂V − (Vᵀ∂L/∂V)ᵀ)) − (K ∘ (Uᵀ∂L/∂U − (Uᵀ∂L/∂U)ᵀ)) Σ ] Vᵀ
+            + (I_m − U Uᵀ) (∂L/∂U) Σ⁻¹ Vᵀ.
+
+The last term is the paper's D term: the part of ∂L/∂U outside span(U), i.e. what the m − n
+extra columns U₂ of the full U carry (U₂U₂ᵀ = I − UUᵀ); it is skipped when m = n. The
+antisymmetric parts are the paper's (·)_sym with K antisymmetric, written out. On exact ties
+σ_i² = σ_j² (i ≠ j) the paper's K is undefined; we set K_ij = 0, extending its K_ii = 0 — exact
+when the tied σ are 0 (rank-deficient X: Σ multiplies both K terms), an approximation for tied
+nonzero σ (the derivative does not exist there for general losses). Near-ties are computed as is.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _T(x):
+    return x.transpose(-1, -2)
+
+
+def ionescu_K(s2: torch.Tensor) -> torch.Tensor:
+    """K_ij = 1/(s2_i − s2_j) off the diagonal, 0 on it and on exact ties (shape (..., n, n))."""
+    diff = s2[..., :, None] - s2[..., None, :]
+    tie = diff == 0
+    return torch.where(tie, torch.zeros_like(diff), 1.0 / torch.where(tie, torch.ones_like(diff), diff))
+
+
+def svd_backward(U, S, V, gU, gS, gV):
+    """∂L/∂X of Prop. 1 (thin form) from the cotangents of (U, σ, V); any of them may be None."""
+    K = ionescu_K(S * S)
+    inner = torch.zeros(S.shape + S.shape[-1:], dtype=S.dtype, device=S.device)
+    if gS is not None:
+        inner = inner + torch.diag_embed(gS)
+    if gV is not None:
+        P = _T(V) @ gV
+        inner = inner - S[..., :, None] * (K * (P - _T(P)))
+    extra = None
+    if gU is not None:
+        J = _T(U) @ gU
+        inner = inner - (K * (J - _T(J))) * S[..., None, :]
+        if U.shape[-2] > U.shape[-1]:
+            extra = ((gU - U @ J) / S[..., None, :]) @ _T(V)
+    gX = U @ inner @ _T(V)
+    return gX if extra is None else gX + extra
+
+
+class _SVD(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, X):
+        U, S, Vh = torch.linalg.svd(X, full_matrices=False)
+        V = _T(Vh)
+        ctx.save_for_backward(U, S, V)
+        return U, S, V
+
+    @staticmethod
+    def backward(ctx, gU, gS, gV):
+        U, S, V = ctx.saved_tensors
+        return svd_backward(U, S, V, gU, gS, gV)
+
+
+def svd(X: torch.Tensor):
+    """(U, σ, V) of the thin SVD of X (..., m, n), m ≥ n, σ descending, with Prop. 1's backward."""
+    if not isinstance(X, torch.Tensor) or X.dtype not in (torch.float32, torch.float64):
+        raise ValueError("svd layer expects a float32/float64 torch.Tensor")
+    if X.ndim < 2 or X.shape[-2] < X.shape[-1] or X.shape[-1] == 0:
+        raise ValueError(f"svd layer expects (..., m, n) with m ≥ n ≥ 1, got shape {tuple(X.shape)}")
+    return _SVD.apply(X)

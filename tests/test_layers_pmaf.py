@@ -1,0 +1,126 @@
+"""LESS and IED (PMaF): principal vector = eigh's top eigenvector, implicit backward = the analytic
+gradient and the mpmath ground truth on separated spectra; batch, float32, k > 1, power solver."""
+
+import mpmath as mp
+import numpy as np
+import pytest
+import torch
+
+from stabkit import layers
+from stabkit import torch as sktorch
+from stabkit.layers.ied import fix_sign
+from tests.conftest import build
+from tests.test_layers_reference import mp_grad, mp_sym, rel, to_mp
+
+LAM = [0.2, 0.9, 1.7, 2.4, 4.0]
+B = np.random.default_rng(21).standard_normal((5, 5))
+W = np.random.default_rng(22).standard_normal(5)
+
+
+def _loss_y(y, lam):
+    # sign-invariant loss of the principal pair
+    Bt = torch.as_tensor(B, dtype=y.dtype)
+    return (y * (Bt @ y[..., None])[..., 0]).sum() + ((torch.as_tensor(W, dtype=y.dtype) * y).sum(-1) ** 2).sum() + (lam ** 2).sum()
+
+
+def _loss_mp(M):
+    S = mp_sym(M)
+    E, Q = mp.eigsy(S)
+    i = max(range(S.rows), key=lambda j: E[j])
+    y = Q[:, i]
+    return (y.T * to_mp(B) * y)[0] + mp.fsum(W[j] * y[j] for j in range(S.rows)) ** 2 + E[i] ** 2
+
+
+LAYERS = {
+    "less": lambda a: layers.less(a),
+    "ied-eigh": lambda a: (lambda r: (r[0][..., 0], r[1][..., 0]))(layers.ied(a)),
+    "ied-power": lambda a: (lambda r: (r[0][..., 0], r[1][..., 0]))(layers.ied(a, solver="power")),
+}
+
+
+def _analytic(a):
+    lam, U = sktorch.eigh(a, method="analytic")
+    return fix_sign(U[..., -1:])[..., 0], lam[..., -1]
+
+
+@pytest.mark.parametrize("name", list(LAYERS))
+def test_principal_vector_and_gradient_match_eigh_analytic_and_mpmath(name):
+    A = build(LAM, seed=5)
+    truth = mp_grad(_loss_mp, A)
+    a = torch.tensor(A, requires_grad=True)
+    y, lam = LAYERS[name](a)
+    (g,) = torch.autograd.grad(_loss_y(y, lam), a)
+    a2 = torch.tensor(A, requires_grad=True)
+    y2, lam2 = _analytic(a2)
+    (g2,) = torch.autograd.grad(_loss_y(y2, lam2), a2)
+    assert rel(y.detach().numpy(), y2.detach().numpy()) < 1e-12
+    assert abs(float(lam.detach()) - LAM[-1]) < 1e-12
+    assert rel(g.numpy(), g2.numpy()) < 1e-10
+    assert rel(g.numpy(), truth) < 1e-10
+    # torch autograd of torch.linalg.eigh on the distinct spectrum
+    a3 = torch.tensor(A, requires_grad=True)
+    lam3, U3 = torch.linalg.eigh(a3)
+    (g3,) = torch.autograd.grad(_loss_y(fix_sign(U3[..., -1:])[..., 0], lam3[..., -1]), a3)
+    assert rel(g.numpy(), g3.numpy()) < 1e-10
+
+
+@pytest.mark.parametrize("name", list(LAYERS))
+def test_batch_and_float32(name):
+    A = np.stack([build(np.array(LAM) * (1 + 0.1 * s), seed=s) for s in range(6)]).reshape(2, 3, 5, 5)
+    grads = {}
+    for dtype in (torch.float64, torch.float32):
+        a = torch.tensor(A, dtype=dtype, requires_grad=True)
+        y, lam = LAYERS[name](a)
+        assert y.shape == (2, 3, 5) and lam.shape == (2, 3)
+        (grads[dtype],) = torch.autograd.grad(_loss_y(y, lam), a)
+    a = torch.tensor(A, requires_grad=True)
+    y2, lam2 = _analytic(a)
+    (g2,) = torch.autograd.grad(_loss_y(y2, lam2), a)
+    assert rel(grads[torch.float64].numpy(), g2.numpy()) < 1e-10
+    assert rel(grads[torch.float32].double().numpy(), g2.numpy()) < 1e-4
+
+
+@pytest.mark.parametrize("solver", ["eigh", "power"])
+def test_ied_top_k_matches_analytic(solver):
+    A = build([0.1, 0.5, 1.2, 2.6, 3.9, 6.0], seed=8)        # PSD: power iteration's top-|λ| = top-λ
+    Bk = torch.as_tensor(np.random.default_rng(3).standard_normal((6, 6)))
+    a = torch.tensor(A, requires_grad=True)
+    Y, lam = layers.ied(a, k=3, solver=solver)
+    assert np.allclose(lam.detach().numpy(), [6.0, 3.9, 2.6], atol=1e-12)
+    loss = (Y * (Bk @ Y)).sum() + (lam ** 3).sum()
+    (g,) = torch.autograd.grad(loss, a)
+    a2 = torch.tensor(A, requires_grad=True)
+    lam2, U = sktorch.eigh(a2)
+    Y2 = fix_sign(U[..., -3:].flip(-1))
+    (g2,) = torch.autograd.grad((Y2 * (Bk @ Y2)).sum() + (lam2[-3:] ** 3).sum(), a2)
+    assert rel(Y.detach().numpy(), Y2.detach().numpy()) < 1e-11
+    assert rel(g.numpy(), g2.numpy()) < 1e-10
+
+
+def test_less_recovers_principal_vector_of_larger_indefinite_matrix():
+    rng = np.random.default_rng(4)
+    lam = np.concatenate([rng.uniform(-3, 2, 39), [3.0]])
+    A = build(lam, seed=6)
+    y, l = layers.less(torch.as_tensor(A))
+    ref = np.linalg.eigh(A)[1][:, -1]
+    assert abs(abs(float(y.numpy() @ ref)) - 1) < 1e-12
+    assert abs(float(l) - 3.0) < 1e-12
+
+
+def test_cholesky_path_d80_matches_analytic():
+    # d ≥ 64 takes the Cholesky branch of the implicit backward
+    lam = np.linspace(0.1, 3.0, 80)
+    lam[-1] = 4.0
+    A = build(lam, seed=13)
+    Bk = torch.as_tensor(np.random.default_rng(5).standard_normal((80, 80)))
+
+    def loss(y):
+        return (y * (Bk @ y)).sum()
+
+    a = torch.tensor(A, requires_grad=True)
+    y2 = fix_sign(sktorch.eigh(a)[1][..., -1:])[..., 0]
+    (g2,) = torch.autograd.grad(loss(y2), a)
+    for fn in (lambda x: layers.less(x)[0], lambda x: layers.ied(x)[0][..., 0]):
+        a = torch.tensor(A, requires_grad=True)
+        (g,) = torch.autograd.grad(loss(fn(a)), a)
+        assert rel(g.numpy(), g2.numpy()) < 1e-10
