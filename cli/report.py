@@ -1,0 +1,20 @@
+"""``stabkit report``: rebuild a study's README.md (and the reports index) from its results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from stabkit.studies import runner
+
+from ._common import user_errors
+
+
+@user_errors
+def report_command(
+    name: str = typer.Argument(..., help="Study name: the folder under --out holding results.parquet."),
+    out: Path = typer.Option(Path("reports"), "--out", help="Root folder of the reports."),
+):
+    """Rebuild reports/NAME/README.md and reports/README.md from results.parquet alone."""
+    print(runner.build_report(name, out))

@@ -1,0 +1,75 @@
+"""angle_surfaces: the discarded-energy closed form, the 3×3 angle bound, a tiny run with report."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from stabkit import metrics
+from stabkit.studies import angle_surfaces as ang
+
+
+@pytest.mark.parametrize("K", [0, 1, 9, 25])
+def test_discarded_share_is_one_minus_taylor_sum_over_exact(K):
+    r = np.array([0.01, 0.3, 0.5, 0.9, 0.99])
+    taylor_sum = np.array([sum(x ** k for k in range(K + 1)) for x in r])  # (1/λ_i)Σ r^k with λ_i = 1
+    exact = 1 / (1 - r)  # 1/(λ_i − λ_j)
+    independent = 1 - taylor_sum / exact
+    measured = ang.discarded_share(K, r)
+    np.testing.assert_allclose(measured, independent, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(measured, r ** (K + 1), rtol=1e-10, atol=1e-14)
+
+
+def test_kantorovich_bound_is_attained_and_respected():
+    m = 0.2
+    # equality case: k = (√m, 1), c = (1, m) gives cos θ = 2√m/(1+m) exactly
+    k = np.array([math.sqrt(m), 1.0])
+    c = np.array([1.0, m])
+    assert ang.kantorovich_angle_bound(c) == pytest.approx(metrics.angle_deg(c * k, k), abs=1e-10)
+    assert ang.kantorovich_angle_bound(c) == pytest.approx(math.degrees(math.acos(2 * math.sqrt(m) / (1 + m))), abs=1e-10)
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        k = rng.uniform(0.01, 5, 3)
+        c = rng.uniform(0.01, 1, 3)
+        assert metrics.angle_deg(c * k, k) <= ang.kantorovich_angle_bound(c) + 1e-9
+
+
+def test_angle3_bound_has_no_violation_and_known_values():
+    rows = pd.DataFrame(ang.angle3_rows(K=9, tau=10.0, points=41))
+    assert ((rows["angle_deg"] - rows["bound_deg"]) > 1e-9).sum() == 0
+    # Taylor with ratios ≤ 0.1: both factors are 1 − 1e-10 or closer → angle ≤ bound ≈ 0
+    small = rows[(rows["method"] == "taylor") & (rows["x"] <= 0.1)]
+    assert small["angle_deg"].max() < 1e-6
+    # clip with τ = 10 is inactive where 1 − λ₂/λ₁ ≥ 0.1 → exact column, angle 0
+    inactive = rows[(rows["method"] == "clip") & (rows["x"] <= 0.85)]
+    assert inactive["angle_deg"].max() == 0.0
+    # a point computed by hand: x = 0.95, y = 0.5, clip τ = 10 → column (20, 2) becomes (10, 2)
+    p = rows[(rows["method"] == "clip") & np.isclose(rows["x"], 0.95) & np.isclose(rows["y"], 0.5)].iloc[0]
+    expected = math.degrees(math.acos((20 * 10 + 2 * 2) / (math.hypot(20, 2) * math.hypot(10, 2))))
+    assert p["angle_deg"] == pytest.approx(expected, abs=1e-9)
+
+
+def test_tiny_grid_runs_and_reports(tmp_path):
+    grid = ang.validate({"energy_K": [1, 5, 9], "energy_ratios": 8, "ratio_points": 15, "k_values": [3, 9], "eps_values": [0.0, 1e-3],
+                         "cluster_d": 4, "gap_deltas": [1e-2, 1e-6], "gap_dims": [4, 6], "gap_methods": ["taylor", "analytic"]})
+    cells = ang.cells(grid)
+    assert len(cells) == 1 + 1 + 2 + 4
+    rows = pd.DataFrame([r for c in cells for r in ang.run_cell(c)])
+    k = rows[rows["part"] == "k_eps"]
+    assert len(k) == 4 and k["angle_deg"].notna().all()
+    # the analytic method is exact on a separated-enough cluster (gap 1e-2 relative)
+    gd = rows[(rows["part"] == "gap_d") & (rows["method"] == "analytic") & (rows["delta"] == 1e-2)]
+    assert gd["angle_deg"].max() < 1e-6
+    md = ang.report(rows, grid, tmp_path)
+    for name in ("energy_contour.png", "energy_surface.png", "angle3_taylor_contour.png", "k_eps_surface.png", "gap_d_taylor_contour.png"):
+        assert (tmp_path / name).stat().st_size > 0
+        assert name in md
+    assert "violated at 0 of" in md
+
+
+def test_validate_rejects_bad_method_and_part():
+    with pytest.raises(ValueError, match="unknown method"):
+        ang.validate({"gap_methods": ["nope"]})
+    with pytest.raises(ValueError, match="parts"):
+        ang.validate({"parts": ["volume"]})

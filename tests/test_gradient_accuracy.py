@@ -1,0 +1,130 @@
+"""The gradient_accuracy study kind: grid validation, cells, rows against the truth, report."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from stabkit import methods, spectra
+from stabkit.studies import gradient_accuracy as ga
+
+
+def test_defaults_are_the_full_grid():
+    grid = ga.validate({})
+    assert grid["methods"] == list(methods.NAMES)
+    assert grid["d"] == [4, 8, 16, 32, 64, 128, 256]
+    assert grid["dtypes"] == ["float32", "float64"] and grid["losses"] == ["zca", "eigvec", "sqrt"]
+    labels = [ga.family_label(f) for f in grid["families"]]
+    assert labels[:2] == ["separated", "cluster(delta=0.01)"] and "cluster(delta=1e-12)" in labels
+    assert [f.get("mode") for f in grid["families"] if f["family"] == "lapack"] == [1, 2, 3, 4, 5, 6]
+    assert len(labels) == 16
+    assert len(ga.cells(grid)) == 16 * 7 * 2 * 3 * 1
+
+
+def test_validate_normalises_and_names_the_bad_key():
+    grid = ga.validate({"methods": ["taylor:K=19", "analytic"], "families": "separated", "d": 4, "losses": "zca"})
+    assert grid["methods"] == ["taylor:K=19", "analytic"]
+    assert grid["families"] == [{"family": "separated"}] and grid["d"] == [4] and grid["losses"] == ["zca"]
+    cases = [
+        ({"methods": ["nope"]}, "'methods'"), ({"families": ["nope"]}, "'families'"),
+        ({"families": [{"delta": 1e-3}]}, "'families'"), ({"d": [1]}, "'d'"), ({"d": [4.5]}, "'d'"),
+        ({"d": [True]}, "'d'"), ({"seeds": [-1]}, "'seeds'"), ({"losses": ["l2"]}, "'losses'"),
+        ({"d": [4, 4]}, "twice"), ({"d": []}, "empty"), ({"size": [4]}, "'size'"),
+    ]
+    for grid, named in cases:
+        with pytest.raises(ValueError, match=named):
+            ga.validate(grid)
+    # an impossible family parameter is caught by building the family before any work
+    with pytest.raises(ValueError, match="'families'"):
+        ga.validate({"families": [{"family": "cluster", "nonexistent_parameter": 3}], "d": [4]})
+
+
+def test_cell_ids_are_unique_and_deterministic():
+    grid = ga.validate({"d": [4, 8], "seeds": [0, 1], "families": ["separated", {"family": "cluster", "delta": 1e-4}]})
+    ids = [c["cell_id"] for c in ga.cells(grid)]
+    assert len(ids) == len(set(ids)) == 2 * 2 * 2 * 3 * 2
+    assert ids == [c["cell_id"] for c in ga.cells(ga.validate(dict(grid)))]
+    assert ids[0] == "separated|d=4|float32|zca|seed=0"
+
+
+def _cell(family, d, dtype, loss, methods_=("analytic", "taylor:K=19", "clip"), **params):
+    return {"cell_id": "x", "family": family, "family_params": params, "d": d, "dtype": dtype, "loss": loss,
+            "seed": 0, "methods": list(methods_)}
+
+
+def test_rows_score_methods_against_the_truth():
+    rows = ga.run_cell(_cell("separated", 6, "float64", "sqrt"))
+    assert [r["method"] for r in rows] == ["analytic", "taylor:K=19", "clip"]
+    for row in rows:
+        assert set(row) == set(ga.COLUMNS)
+        assert row["truth_certified"] and row["truth_digits"] >= 12 and row["error"] is None
+    analytic = rows[0]
+    # the analytic formula is exact on a well separated float64 spectrum: at rounding level
+    assert analytic["finite"] and analytic["rel_err"] < 1e-9 and analytic["angle_deg"] < 1e-7
+    assert analytic["norm_ratio"] == pytest.approx(1, abs=1e-9)
+    # the diagnostics are those of the spectrum the cell built
+    lam = np.sort(spectra.make("separated", 6, seed=0).eigenvalues)
+    assert analytic["min_abs_gap"] == pytest.approx(np.diff(lam).min(), rel=1e-6)
+    assert analytic["max_abs_K"] == pytest.approx(1 / np.diff(lam).min(), rel=1e-6)
+    assert analytic["condition"] == pytest.approx(np.abs(lam).max() / np.abs(lam).min(), rel=1e-6)
+    assert analytic["numerical_rank"] == 6
+    # float32 input: analytic is exact only up to float32 rounding of the backward pass
+    rows32 = ga.run_cell(_cell("separated", 6, "float32", "sqrt"))
+    assert 0 < rows32[0]["rel_err"] < 1e-4
+
+
+def test_a_tight_cluster_breaks_the_bounded_approximations():
+    rows = {r["method"]: r for r in ga.run_cell(_cell("cluster", 6, "float64", "eigvec", delta=1e-8))}
+    assert rows["analytic"]["min_rel_gap"] < 1e-7 and rows["analytic"]["max_abs_K"] > 1e7
+    # For the eigenvector loss the truth is dominated by the cluster pair's (w_i − w_j)/(λ_i − λ_j)
+    # term, ~1e8 larger than the rest; Taylor (K=19) and clipping bound that factor, so they miss
+    # almost all of the gradient: rel_err → 1 as δ → 0, while the analytic formula stays accurate.
+    for name in ("taylor:K=19", "clip"):
+        assert rows[name]["rel_err"] > 0.99 and rows[name]["angle_deg"] > 10
+    assert rows["analytic"]["rel_err"] < 1e-6
+
+
+def test_undefined_losses_give_error_rows_not_crashes():
+    for family, loss in (("rank_deficient", "zca"), ("degenerate", "eigvec")):
+        rows = ga.run_cell(_cell(family, 6, "float64", loss))
+        assert len(rows) == 3
+        for row in rows:
+            assert row["error"].startswith("undefined:") and math.isnan(row["angle_deg"])
+            assert math.isnan(row["truth_digits"]) and not row["truth_certified"]
+
+
+def _synthetic():
+    """A results table with known medians: family A best=m1 (tie m2), family B best=m2, m3 NaN."""
+    rows = []
+    angles = {("A", "m1"): [1.0, 2.0, 3.0], ("A", "m2"): [2.0, 2.2, 2.4], ("A", "m3"): [50.0, 60.0, 70.0],
+              ("B", "m1"): [10.0, 20.0, 30.0], ("B", "m2"): [0.1, 0.2, 0.3], ("B", "m3"): [np.nan, np.nan, 1.0]}
+    for (fam, m), values in angles.items():
+        for i, a in enumerate(values):
+            rows.append({"cell_id": f"{fam}{i}", "family": fam, "family_params": "", "d": [4, 8, 16][i],
+                         "dtype": "float64", "loss": "zca", "seed": 0, "method": m, "angle_deg": a,
+                         "rel_err": a / 100, "norm_ratio": 1.0, "finite": not np.isnan(a), "seconds": 0.0,
+                         "truth_digits": 30.0, "truth_certified": True, "min_abs_gap": 10.0 ** -i,
+                         "min_rel_gap": 10.0 ** -i, "max_abs_K": 10.0 ** i, "numerical_rank": 4,
+                         "condition": 2.0, "error": None})
+    return pd.DataFrame(rows)
+
+
+def test_verdicts_and_report_from_known_numbers(tmp_path):
+    df = _synthetic()
+    v = ga.verdicts(df).set_index("variant")
+    assert v.loc["A", "best"] == "m1" and v.loc["A", "median_angle_deg"] == 2.0 and v.loc["A", "ties"] == ["m2"]
+    assert v.loc["B", "best"] == "m2" and v.loc["B", "median_angle_deg"] == pytest.approx(0.2)
+    assert v.loc["B", "ties"] == []
+    grid = {"methods": ["m1", "m2", "m3"], "families": [{"family": "A"}, {"family": "B"}]}
+    body = ga.report(df, grid, tmp_path)
+    for png in ("angle_by_family.png", "rel_err_by_family.png", "angle_vs_gap.png", "angle_vs_d.png"):
+        assert (tmp_path / png).stat().st_size > 1000 and f"]({png})" in body
+    assert "| A | m1 | 2° | m2 | 3 |" in body and "| B | m2 | 0.2° | — | 3 |" in body
+    # NaN/Inf rate: m3 non-finite on 2 of 3 cells of B, none of A; overall 2 of 6
+    assert "| B | 0% | 0% | 67% |" in body and "m3 33%" in body
+    # the reading states the overall extremes from the data: m2 median 1.15°, m3 non-finite-heavy median 65°
+    assert "lowest median angle is m2's (1.15°)" in body
+    assert ga.summary(df).startswith("6 scored cells; lowest median angle: m2 (1.15°)")

@@ -1,0 +1,66 @@
+"""projector_rank: Lemma 1 against finite differences, Lemma 2, J₂ descent, a tiny run with report."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from stabkit.studies import projector_rank as pr
+
+
+@pytest.mark.parametrize("d,r", [(5, 1), (6, 3), (8, 6)])
+def test_lemma1_directional_derivative_matches_mpmath_difference(d, r):
+    rows = pd.DataFrame(pr.lemma1_rows({"d": d, "r": r, "seed": 3, "directions": 3, "methods": ["analytic"]}))
+    dirn = rows[rows["check"] == "directional"]
+    assert len(dirn) == 3
+    assert dirn["rel_err"].max() <= 1e-8
+    # the eigenvector route (analytic kernel, projector loss) is sym(Lemma 1)
+    assert rows.loc[rows["check"] == "eigen-route", "rel_err"].item() <= 1e-8
+
+
+def test_lemma1_rank_one_closed_form():
+    # A = s v vᵀ, Π = v vᵀ, A⁺ = v vᵀ / s → ∂⟨G,Π⟩/∂A = 2 (I − v vᵀ) G_sym v vᵀ / s
+    rng = np.random.default_rng(0)
+    v = rng.standard_normal(4)
+    v /= np.linalg.norm(v)
+    s = 1.7
+    G = rng.standard_normal((4, 4))
+    g, P = pr.lemma1_gradient(s * np.outer(v, v), G)
+    expected = 2 * (np.eye(4) - np.outer(v, v)) @ ((G + G.T) / 2) @ np.outer(v, v) / s
+    np.testing.assert_allclose(P, np.outer(v, v), atol=1e-14)
+    np.testing.assert_allclose(g, expected, atol=1e-13)
+
+
+def test_lemma2_no_violation_and_distances():
+    rows = pd.DataFrame(pr.lemma2_rows({"d": 6, "pairs": 1500, "chunk": 0, "seed": 5}))
+    assert pr.lemma2_violations(rows) == 0
+    diff = rows[rows["rank_a"] != rows["rank_b"]]
+    same = rows[rows["rank_a"] == rows["rank_b"]]
+    assert len(diff) > 100 and len(same) > 100
+    np.testing.assert_allclose(diff["proj_dist"], 1.0, atol=1e-12)  # different ranks: exactly 1
+    close = same[same["sigma"] < 1e-3]
+    assert len(close) > 10 and close["proj_dist"].max() < 1e-2  # nearly equal ranges: small distance
+
+
+def test_descent_matches_ranks_and_j2_bound():
+    base = {"d": 8, "r": 3, "steps": 80, "lr": 0.5, "seed": 1}
+    lem = pd.DataFrame(pr.descent_rows({**base, "method": "lemma1", "k": 3}))
+    ana = pd.DataFrame(pr.descent_rows({**base, "method": "analytic", "k": 3}))
+    assert lem["J2"].iloc[-1] < 1e-3
+    np.testing.assert_allclose(ana["J2"], lem["J2"], rtol=1e-7, atol=1e-12)  # two exact gradients, one trajectory
+    over = pd.DataFrame(pr.descent_rows({**base, "method": "lemma1", "k": 4}))
+    assert over["J2"].min() >= 0.5 - 1e-12 and (over["rank_w"] == 4).all()
+    assert pr.descent_contradictions(pd.concat([lem, ana, over])) == 0
+
+
+def test_tiny_grid_runs_and_reports(tmp_path):
+    grid = pr.validate({"lemma1_dims": [5], "lemma1_ranks": [2], "lemma1_seeds": [0], "lemma1_directions": 2,
+                        "lemma1_methods": ["analytic", "clip"], "lemma2_pairs": 300, "lemma2_cells": 1,
+                        "descent_d": 6, "descent_target_rank": 2, "descent_k": [2, 3], "descent_steps": 20,
+                        "descent_methods": ["lemma1", "taylor:eps=0.001"]})
+    cells = pr.cells(grid)
+    assert len(cells) == 1 + 1 + 4
+    rows = pd.DataFrame([r for c in cells for r in pr.run_cell(c)])
+    md = pr.report(rows, grid, tmp_path)
+    assert "Violations (different ranks and ‖Π_A − Π_B‖₂ < 1 − 1e-10): **0**" in md
+    assert (tmp_path / "lemma2_hist.png").stat().st_size > 0 and (tmp_path / "descent.png").stat().st_size > 0
+    assert "Steps with J₂ < ½ but rank W ≠ rank Ψ: **0**" in md

@@ -1,0 +1,202 @@
+"""The study runner: end to end, resumption after kill -9, Dask = local, CLI user errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import app
+from stabkit.studies import runner
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "studies" / "tiny.toml"
+#: Columns that measure time, the only ones allowed to differ between two runs of the same grid.
+TIMING = ["seconds"]
+
+
+def _stable(table: pd.DataFrame) -> pd.DataFrame:
+    return table.drop(columns=TIMING).reset_index(drop=True)
+
+
+def _study(tmp_path: Path, grid: str, name: str = "mini") -> Path:
+    path = tmp_path / f"{name}.toml"
+    path.write_text(f'[study]\nname = "{name}"\nkind = "gradient_accuracy"\n[grid]\n{grid}\n')
+    return path
+
+
+MINI_GRID = """methods = ["analytic", "taylor:K=19", "clip"]
+families = ["separated", {family = "cluster", delta = 1e-6}]
+d = [4, 5, 6]
+dtypes = ["float64"]
+losses = ["zca", "sqrt"]
+"""
+
+
+def test_tiny_study_end_to_end(tmp_path):
+    result = CliRunner().invoke(app, ["run", str(TINY), "--out", str(tmp_path), "--jobs", "1", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "tiny"
+    for name in ("results.parquet", "results.csv", "README.md", "run.json", ".gitignore", "angle_vs_gap.png"):
+        assert (out / name).is_file(), name
+    table = pd.read_parquet(out / "results.parquet")
+    csv = pd.read_csv(out / "results.csv")
+    # 3 families × 2 sizes × 1 dtype × 2 losses = 12 cells, 4 methods each
+    assert table["cell_id"].nunique() == 12 and len(table) == 48 and len(csv) == 48
+    _, kind, grid = runner.load_study(TINY)
+    assert list(table["cell_id"].drop_duplicates()) == [c["cell_id"] for c in kind.cells(grid)]
+    assert (out / ".gitignore").read_text().strip() == "cells/"
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["command"].startswith("stabkit run") or "run" in meta["command"]
+    assert meta["cells_total"] == 12 and meta["cells_computed"] == 12 and meta["status"] == "finished"
+    assert meta["machine"]["cores"] == os.cpu_count()
+    readme = (out / "README.md").read_text()
+    assert meta["git_commit"] in readme and "## Verdict" in readme
+    index = (tmp_path / "README.md").read_text()
+    assert "[tiny](tiny/README.md)" in index
+
+    # a second run reuses every cell and gives the same table
+    again = runner.run_study(TINY, {}, jobs=1, out_root=tmp_path, progress=False)
+    assert json.loads((out / "run.json").read_text())["cells_computed"] == 0
+    pd.testing.assert_frame_equal(again, table)  # reused rows keep even their timings
+
+    assert "(0 computed in the last run, 12 reused, 0 failed)" in runner.build_report("tiny", tmp_path).read_text()
+
+    # the report is rebuilt from results.parquet (+ run.json) alone, identically
+    readme = (out / "README.md").read_text()
+    for name in ("README.md", "angle_vs_gap.png", "angle_vs_d.png"):
+        (out / name).unlink()
+    (tmp_path / "README.md").unlink()
+    assert CliRunner().invoke(app, ["report", "tiny", "--out", str(tmp_path)]).exit_code == 0
+    assert (out / "README.md").read_text() == readme
+    assert (out / "angle_vs_d.png").is_file() and (tmp_path / "README.md").read_text() == index
+
+
+def test_kill_9_midway_then_resume_gives_the_uninterrupted_table(tmp_path):
+    # sizes and seed used by no other test: the killed run meets a cold truth cache, so its cells
+    # take long enough (~0.1 s each) for the kill to land midway
+    study = _study(tmp_path, MINI_GRID.replace("d = [4, 5, 6]", "d = [9, 10, 11]") + "seeds = [7]\n")
+    killed_root = tmp_path / "killed"
+    cells_dir = killed_root / "mini" / "cells"
+    total = 2 * 3 * 2
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "run", str(study), "--out", str(killed_root), "--jobs", "1",
+         "--no-progress"],
+        cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 40
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if cells_dir.is_dir() and len(list(cells_dir.glob("*.json"))) >= 2:
+                break
+            time.sleep(0.005)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finished = len(list(cells_dir.glob("*.json")))
+    assert 2 <= finished < total, f"kill came too late or too early: {finished} of {total} cells"
+    assert not (killed_root / "mini" / "results.parquet").exists()
+
+    resumed = runner.run_study(study, {}, jobs=1, out_root=killed_root, progress=False)
+    meta = json.loads((killed_root / "mini" / "run.json").read_text())
+    assert meta["cells_reused"] == finished and meta["cells_computed"] == total - meta["cells_reused"]
+
+    clean = runner.run_study(study, {}, jobs=1, out_root=tmp_path / "clean", progress=False)
+    assert len(resumed) == len(clean) == total * 3
+    assert not resumed.duplicated(["cell_id", "method"]).any()
+    pd.testing.assert_frame_equal(_stable(resumed), _stable(clean))
+    pd.testing.assert_frame_equal(pd.read_parquet(killed_root / "mini" / "results.parquet"), resumed)
+
+
+def test_process_pool_and_dask_give_the_local_table(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    study = _study(tmp_path, MINI_GRID)
+    inline = runner.run_study(study, {"d": [4, 5]}, jobs=1, out_root=tmp_path / "inline", progress=False)
+    pool = runner.run_study(study, {"d": [4, 5]}, jobs=2, out_root=tmp_path / "pool", progress=False)
+    pd.testing.assert_frame_equal(_stable(pool), _stable(inline))
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cl:
+        dask = runner.run_study(study, {"d": [4, 5]}, scheduler=cl.scheduler_address, out_root=tmp_path / "dask",
+                                progress=False)
+    assert json.loads((tmp_path / "dask" / "mini" / "run.json").read_text())["scheduler"] == cl.scheduler_address
+    pd.testing.assert_frame_equal(_stable(dask), _stable(inline))
+
+
+def test_a_failing_cell_is_recorded_and_the_study_goes_on(tmp_path, monkeypatch):
+    from stabkit.studies import gradient_accuracy
+
+    real = gradient_accuracy.run_cell
+
+    def flaky(cell):
+        if cell["d"] == 5 and cell["loss"] == "sqrt":
+            raise RuntimeError(f"injected failure in {cell['cell_id']}")
+        return real(cell)
+
+    monkeypatch.setattr(gradient_accuracy, "run_cell", flaky)
+    study = _study(tmp_path, MINI_GRID)
+    table = runner.run_study(study, {}, jobs=1, out_root=tmp_path, progress=False)
+    failed = table[table["error"].fillna("").str.startswith("cell failed:")]
+    assert sorted(failed["cell_id"]) == sorted(
+        f"{fam}|d=5|float64|sqrt|seed=0" for fam in ("separated", "cluster(delta=1e-06)"))
+    assert failed["error"].str.contains("RuntimeError: injected failure").all()
+    assert len(table) == 10 * 3 + 2  # ten good cells × 3 methods, one row per failed cell
+    assert json.loads((tmp_path / "mini" / "run.json").read_text())["cells_failed"] == 2
+    # failed cells are retried by the next run: with the failure gone, the table is complete
+    monkeypatch.setattr(gradient_accuracy, "run_cell", real)
+    retried = runner.run_study(study, {}, jobs=1, out_root=tmp_path, progress=False)
+    assert len(retried) == 36 and retried["error"].isna().all()
+    assert json.loads((tmp_path / "mini" / "run.json").read_text())["cells_computed"] == 2
+
+
+@pytest.mark.parametrize(
+    "grid, extra, named",
+    [
+        ('colour = "red"', [], "'colour'"),
+        ('methods = ["analytic", "magic"]', [], "'magic'"),
+        ('methods = ["taylor:Q=3"]', [], "'Q'"),
+        ('families = ["separated", "banana"]', [], "'banana'"),
+        ("d = [1, 4]", [], "'d'"),
+        ('dtypes = ["float16"]', [], "'dtypes'"),
+        ("", ["--set", "d=[4,1]"], "'d'"),
+        ("", ["--set", "nonsense=3"], "'nonsense'"),
+    ],
+)
+def test_bad_study_files_exit_2_naming_the_key_before_any_work(tmp_path, grid, extra, named):
+    study = _study(tmp_path, grid)
+    result = CliRunner().invoke(app, ["run", str(study), "--out", str(tmp_path / "out"), *extra])
+    assert result.exit_code == 2, result.output
+    message = result.stderr if hasattr(result, "stderr") else result.output
+    assert message.startswith("error: ") and named in message and len(message.strip().splitlines()) == 1
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()  # failed before any work
+
+
+def test_bad_study_tables_and_missing_files(tmp_path):
+    bad_kind = tmp_path / "k.toml"
+    bad_kind.write_text('[study]\nname = "x"\nkind = "nope"\n')
+    no_name = tmp_path / "n.toml"
+    no_name.write_text('[study]\nkind = "gradient_accuracy"\n')
+    broken = tmp_path / "b.toml"
+    broken.write_text("[study\n")
+    for path, text in ((bad_kind, "unknown study kind 'nope'"), (no_name, "study.name"),
+                       (broken, "not valid TOML"), (tmp_path / "missing.toml", "not found")):
+        result = CliRunner().invoke(app, ["run", str(path), "--out", str(tmp_path / "out")])
+        assert result.exit_code == 2 and text in result.output, result.output
+    result = CliRunner().invoke(app, ["report", "ghost", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "ghost" in result.output
+
+
+def test_overrides_are_toml_literals():
+    assert runner.parse_override("d=[4, 8]") == ("d", [4, 8])
+    assert runner.parse_override("dtypes=['float32']") == ("dtypes", ["float32"])
+    assert runner.parse_override("losses=zca") == ("losses", "zca")
+    assert runner.parse_override("seeds=3") == ("seeds", 3)
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        runner.parse_override("d")
