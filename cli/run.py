@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Optional
 
@@ -24,8 +25,15 @@ def run_command(
 ):
     """Run every cell of STUDY not already finished; write results.parquet/csv and README.md."""
     overrides = dict(runner.parse_override(item) for item in set_ or [])
+    command = ["stabkit", "run", str(study), *(f"--set={item}" for item in set_ or [])]
+    if jobs is not None:
+        command.append(f"--jobs={jobs}")
+    if scheduler is not None:
+        command.append(f"--scheduler={scheduler}")
+    if out != Path("reports"):
+        command.append(f"--out={out}")
     table = runner.run_study(study, overrides, jobs=jobs, scheduler=scheduler, out_root=out,
-                             progress=not no_progress)
+                             progress=not no_progress, command=shlex.join(command))
     readme = runner.build_report(table.attrs["study_name"], out)
     failed = table["error"].fillna("").str.startswith("cell failed:").sum() if "error" in table else 0
     Console(stderr=True).print(f"{len(table)} rows ({failed} failed cells) → {readme}")

@@ -55,7 +55,7 @@ def test_tiny_study_end_to_end(tmp_path):
     assert list(table["cell_id"].drop_duplicates()) == [c["cell_id"] for c in kind.cells(grid)]
     assert (out / ".gitignore").read_text().strip() == "cells/"
     meta = json.loads((out / "run.json").read_text())
-    assert meta["command"].startswith("stabkit run") or "run" in meta["command"]
+    assert meta["command"] == f"stabkit run {TINY} --jobs=1 --out={tmp_path}"
     assert meta["cells_total"] == 12 and meta["cells_computed"] == 12 and meta["status"] == "finished"
     assert meta["machine"]["cores"] == os.cpu_count()
     readme = (out / "README.md").read_text()

@@ -1,0 +1,180 @@
+"""CIFAR-10 loading: ``load_cifar10(path=None, split="train") -> (images, labels)``.
+
+``images`` is a uint8 array (N, 32, 32, 3) (HWC, RGB), ``labels`` an int64 array (N,) with the
+standard class order airplane, automobile, bird, cat, deer, dog, frog, horse, ship, truck → 0..9.
+
+Two on-disk forms are accepted:
+
+(a) a JPEG archive ``*.tar.gz`` laid out as ``cifar10/{train,test}/<class>/NNNN.jpg`` — the
+    project's shared copy. Decoding 60 000 JPEGs takes ~24 s on 2 cores, so the decoded arrays
+    are cached as ``.npy`` files in ``$STABKIT_DATA_CACHE`` (default ``~/.cache/stabkit/cifar10``),
+    keyed by the archive's size and mtime: a changed archive is decoded afresh.
+(b) torchvision's ``cifar-10-batches-py`` folder (pickled ``data_batch_1..5`` / ``test_batch``,
+    rows of 3072 uint8 in CHW order) — either that folder or its parent.
+
+Default path: ``$STABKIT_CIFAR10`` or ``<repo>/../shared/data/cifar10-jpeg.tar.gz`` (see ``default_path``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import multiprocessing
+import os
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+SPLITS = ("train", "test")
+#: Per-channel mean / std of the CIFAR-10 training set (RGB, in [0, 1]).
+MEAN = (0.4914, 0.4822, 0.4465)
+STD = (0.2470, 0.2435, 0.2616)
+
+_REPO = Path(__file__).resolve().parent.parent
+_POOL_MIN = 2000  # fewer images than this are decoded in-process (a pool costs more than it saves)
+
+
+def default_path() -> Path:
+    """``$STABKIT_CIFAR10``, else ``<repo>/../shared/data/cifar10-jpeg.tar.gz`` (or, where a machine
+    places ``shared/`` inside the checkout, ``<repo>/shared/data/…``)."""
+    env = os.environ.get("STABKIT_CIFAR10")
+    if env:
+        return Path(env)
+    candidates = [base / "shared" / "data" / "cifar10-jpeg.tar.gz" for base in (_REPO.parent, _REPO)]
+    return next((c for c in candidates if c.exists()), candidates[0])
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("STABKIT_DATA_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "stabkit" / "cifar10"
+
+
+def load_cifar10(path=None, split: str = "train", *, workers: int | None = None, cache: bool = True):
+    """CIFAR-10 ``split`` ("train": 50 000 images, "test": 10 000) from ``path`` (see module doc).
+
+    Raises FileNotFoundError for a missing path, ValueError for an unknown split or a file or
+    folder that is not one of the two accepted forms (the message names what is wrong).
+    """
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}: choose 'train' or 'test'")
+    path = Path(path) if path is not None else default_path()
+    if not path.exists():
+        raise FileNotFoundError(f"CIFAR-10 not found at {path} (set STABKIT_CIFAR10 or pass a path to a cifar10 JPEG .tar.gz or a cifar-10-batches-py folder)")
+    if path.is_dir():
+        folder = path if (path / "test_batch").exists() else path / "cifar-10-batches-py"
+        if not (folder / "test_batch").exists():
+            raise ValueError(f"{path} is a folder but not a cifar-10-batches-py folder (no test_batch file in it or in cifar-10-batches-py/ under it)")
+        return _load_batches(folder, split)
+    if path.name.endswith((".tar.gz", ".tgz", ".tar")):
+        return _load_archive(path, split, workers, cache)
+    raise ValueError(f"{path}: expected a cifar10 JPEG .tar.gz archive or a cifar-10-batches-py folder")
+
+
+# ---------------------------------------------------------------------------- pickled batches
+def _load_batches(folder: Path, split: str):
+    names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    images, labels = [], []
+    for name in names:
+        file = folder / name
+        if not file.exists():
+            raise FileNotFoundError(f"{folder}: missing {name}")
+        try:
+            with open(file, "rb") as fh:
+                batch = pickle.load(fh, encoding="bytes")
+            data = np.asarray(batch[b"data"], dtype=np.uint8)
+            lab = np.asarray(batch[b"labels"], dtype=np.int64)
+        except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"{file}: not a CIFAR-10 pickled batch ({type(exc).__name__}: {exc})") from None
+        if data.ndim != 2 or data.shape[1] != 3072 or len(lab) != len(data):
+            raise ValueError(f"{file}: expected data rows of 3072 bytes and one label each, got data {data.shape}, {len(lab)} labels")
+        images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        labels.append(lab)
+    images, labels = np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels)
+    if labels.size and (labels.min() < 0 or labels.max() > 9):
+        raise ValueError(f"{folder}: labels outside 0..9")
+    return images, labels
+
+
+# ---------------------------------------------------------------------------- JPEG archive
+def _cache_files(path: Path, split: str):
+    st = path.stat()
+    key = hashlib.sha1(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    base = cache_dir() / f"{path.name.split('.')[0]}-{st.st_size}-{key}-{split}"
+    return Path(f"{base}-images.npy"), Path(f"{base}-labels.npy")
+
+
+def _load_archive(path: Path, split: str, workers, cache: bool):
+    img_file, lab_file = _cache_files(path, split)
+    if cache and img_file.exists() and lab_file.exists():
+        try:
+            images, labels = np.load(img_file), np.load(lab_file)
+            if images.dtype == np.uint8 and images.shape[1:] == (32, 32, 3) and len(images) == len(labels):
+                return images, labels
+        except (OSError, ValueError):
+            pass  # a damaged cache file: decode again
+    blobs, labels = _read_members(path, split)
+    images = _decode_all(blobs, workers, path)
+    if cache:
+        _save_atomic(img_file, images)
+        _save_atomic(lab_file, labels)
+    return images, labels
+
+
+def _read_members(path: Path, split: str):
+    entries = []
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            for member in tar:
+                parts = member.name.split("/")
+                if not member.isfile() or len(parts) < 3 or parts[-3] != split or parts[-2] not in CLASSES:
+                    continue
+                if not parts[-1].lower().endswith((".jpg", ".jpeg", ".png")):
+                    continue
+                entries.append((CLASSES.index(parts[-2]), parts[-1], tar.extractfile(member).read()))
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise ValueError(f"{path}: not a readable tar archive ({type(exc).__name__}: {exc})") from None
+    if not entries:
+        raise ValueError(f"{path}: no images found for split {split!r} (expected members cifar10/{split}/<class>/NNNN.jpg with class in {', '.join(CLASSES)})")
+    entries.sort(key=lambda e: (e[0], e[1]))
+    return [e[2] for e in entries], np.array([e[0] for e in entries], dtype=np.int64)
+
+
+def _decode_chunk(blobs):
+    from PIL import Image
+
+    out = np.empty((len(blobs), 32, 32, 3), dtype=np.uint8)
+    for i, blob in enumerate(blobs):
+        with Image.open(io.BytesIO(blob)) as im:
+            arr = np.asarray(im.convert("RGB"))
+        if arr.shape != (32, 32, 3):
+            raise ValueError(f"image {i} of a chunk has shape {arr.shape}, expected 32×32×3")
+        out[i] = arr
+    return out
+
+
+def _decode_all(blobs, workers, path):
+    workers = workers or os.cpu_count() or 1
+    try:
+        if workers <= 1 or len(blobs) < _POOL_MIN:
+            return _decode_chunk(blobs)
+        size = -(-len(blobs) // (4 * workers))
+        chunks = [blobs[i:i + size] for i in range(0, len(blobs), size)]
+        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        with multiprocessing.get_context(method).Pool(workers) as pool:
+            return np.concatenate(pool.map(_decode_chunk, chunks))
+    except (OSError, SyntaxError) as exc:  # PIL raises UnidentifiedImageError (an OSError) for junk
+        raise ValueError(f"{path}: an image could not be decoded ({type(exc).__name__}: {exc})") from None
+
+
+def _save_atomic(file: Path, array: np.ndarray):
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = file.with_name(f"{file.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as fh:
+            np.save(fh, array)
+        os.replace(tmp, file)
+    except OSError:
+        pass  # an unwritable cache only costs time

@@ -1,0 +1,259 @@
+"""One training run of the ZCA (or BatchNorm) ResNet-18 on CIFAR-10, with a classified outcome.
+
+Protocol (``DEFAULTS``): SGD, lr 0.1, momentum 0.9, weight decay 5e-4, batch 128 (last partial
+batch of an epoch dropped), step decay ×0.1 at 50 % and 75 % of the total steps (with the TPAMI
+paper's 350 epochs that is epochs 175 and 262). Data: CIFAR-10 decoded once (``stabkit.data``),
+put on the device as uint8 once per process and shared by every run (``device_data``, cached);
+random crop with 4-pixel zero padding + horizontal flip are tensor ops on the device; then
+per-channel normalisation. ``epochs`` sets the length, ``max_steps`` caps it (the "short"
+protocol of the study: a fixed number of steps on a ``limit_images`` subset).
+
+``train_run(config) -> dict`` never raises for a training failure; ``outcome`` is one of
+
+* ``ok`` — finished; ``test_error`` is set;
+* ``eigh-failed`` — the forward eigensolver raised (``torch.linalg.LinAlgError`` or a runtime
+  error from an eigen routine);
+* ``nonfinite-loss`` / ``nonfinite-grad`` — the loss / the global gradient norm became inf/NaN;
+* ``diverged`` — the loss exceeded ``diverge_loss`` (default 50, vs ln 10 ≈ 2.3 at chance), or
+  at step ``chance_step`` (default max(100, total/4), only if the run is longer) the training
+  accuracy of the last (up to) 50 steps was ≤ ``chance_acc`` (0.15), or a finished run of ≥ 100 steps
+  had a test error ≥ ``chance_error`` (0.88; chance is 0.9);
+
+with ``step`` the (0-based) step of the event. Losses and gradient norms stay on the device and
+are checked every ``check_every`` steps (no per-step synchronisation); the first bad step in that
+window is reported. Every run is watched by ``stabkit.monitor``: the result holds its diagnostic
+summary over the first ``early_frac`` of the steps (``early_*``) and over the whole run
+(``run_*``). Device: ``device="auto"`` picks CUDA when available, else CPU.
+
+``train_many(configs)`` runs configs one after another sharing one device copy of the data.
+Several runs at once on one GPU: run the study through ``stabkit run … --jobs K`` — K worker
+processes, each with its own CUDA context, data copy (184 MB of uint8) and monitor. Threads in
+one process are not used: the monitor patches process-global functions.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .. import data as cifar
+from .. import monitor
+from ..methods import NAMES, format_spec, resolve_params
+from .resnet import ResNet18
+
+DEFAULTS = {
+    "method": "analytic", "params": {}, "norm": "zca", "d": 16, "dtype": "float32", "eps": 1e-4,
+    "epochs": 1.0, "max_steps": None, "batch_size": 128, "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4,
+    "milestones": (0.5, 0.75), "gamma": 0.1, "limit_images": None, "limit_test": None, "data": None,
+    "device": "auto", "seed": 0, "width": 1.0, "diverge_loss": 50.0, "chance_step": None, "chance_acc": 0.15,
+    "chance_error": 0.88, "early_frac": 0.2, "check_every": 10, "eval_batch": 1000, "gap_threshold": 1e-5,
+}
+OUTCOMES = ("ok", "eigh-failed", "nonfinite-loss", "nonfinite-grad", "diverged")
+
+
+def resolve_config(config: dict) -> dict:
+    unknown = set(config) - set(DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown training option(s) {', '.join(sorted(unknown))}; allowed: {', '.join(DEFAULTS)}")
+    cfg = {**DEFAULTS, **config}
+    if cfg["method"] not in NAMES:
+        raise ValueError(f"unknown method {cfg['method']!r}: choose one of {', '.join(NAMES)}")
+    cfg["params"] = resolve_params(cfg["method"], cfg["params"] or {})
+    if cfg["norm"] not in ("zca", "bn"):
+        raise ValueError(f"unknown norm {cfg['norm']!r}: choose 'zca' or 'bn'")
+    if cfg["dtype"] not in ("float32", "float64"):
+        raise ValueError(f"unknown dtype {cfg['dtype']!r}: choose float32 or float64")
+    for key in ("epochs", "batch_size", "lr"):
+        if not float(cfg[key]) > 0:
+            raise ValueError(f"{key} must be > 0, got {cfg[key]}")
+    if cfg["limit_images"] is not None and int(cfg["limit_images"]) < int(cfg["batch_size"]):
+        raise ValueError(f"limit_images={cfg['limit_images']} is smaller than one batch ({cfg['batch_size']})")
+    cfg["device"] = pick_device(cfg["device"])
+    return cfg
+
+
+def pick_device(device: str = "auto") -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available")
+    if not (device == "cpu" or device.startswith("cuda")):
+        raise ValueError(f"unknown device {device!r}: choose auto, cpu or cuda[:N]")
+    return device
+
+
+@functools.lru_cache(maxsize=2)
+def device_data(path, device: str):
+    """CIFAR-10 train/test as uint8 (N, 3, 32, 32) + int64 labels on ``device``, in a fixed
+    seeded random order (so a ``limit_images`` prefix is a random subset). Cached per process."""
+    out = {}
+    for split in ("train", "test"):
+        images, labels = cifar.load_cifar10(path, split)
+        order = np.random.default_rng(0).permutation(len(images))
+        out[split] = (torch.from_numpy(images[order]).permute(0, 3, 1, 2).contiguous().to(device),
+                      torch.from_numpy(labels[order]).to(device))
+    return out
+
+
+def normalize(x_uint8: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor(cifar.MEAN, device=x_uint8.device).view(1, 3, 1, 1)
+    std = torch.tensor(cifar.STD, device=x_uint8.device).view(1, 3, 1, 1)
+    return (x_uint8.float() / 255 - mean) / std
+
+
+def augment(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Random crop (zero padding ``pad``) + horizontal flip of a uint8 batch (B, C, H, W), on its device."""
+    B, C, H, W = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    oy = torch.randint(0, 2 * pad + 1, (B,), generator=gen, device=x.device)
+    ox = torch.randint(0, 2 * pad + 1, (B,), generator=gen, device=x.device)
+    flip = torch.rand(B, generator=gen, device=x.device) < 0.5
+    cols = torch.arange(W, device=x.device)
+    cols = torch.where(flip[:, None], W - 1 - cols, cols) + ox[:, None]  # (B, W): flip folded into the gather
+    rows = torch.arange(H, device=x.device) + oy[:, None]  # (B, H)
+    b = torch.arange(B, device=x.device)[:, None, None]
+    return padded.permute(0, 2, 3, 1)[b, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+
+
+@torch.no_grad()
+def evaluate(model, images, labels, batch: int = 1000) -> float:
+    model.eval()
+    wrong = torch.zeros((), device=images.device)
+    for i in range(0, len(images), batch):
+        logits = model(normalize(images[i:i + batch]))
+        wrong += (logits.argmax(1) != labels[i:i + batch]).sum()
+    model.train()
+    return float(wrong) / max(1, len(images))
+
+
+def _is_eigen_failure(exc: BaseException) -> bool:
+    if isinstance(exc, torch.linalg.LinAlgError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(k in text for k in ("linalg", "eigh", "syevd", "syev", "failed to converge", "cusolver"))
+
+
+def _first_event(losses, gnorms, correct, upto, cfg, chance_step, batch):
+    """(outcome, step) of the first failure among steps < upto, or None."""
+    loss, gn = losses[:upto], gnorms[:upto]
+    bad_loss = ~torch.isfinite(loss)
+    big_loss = torch.isfinite(loss) & (loss > cfg["diverge_loss"])
+    bad_grad = ~torch.isfinite(gn)
+    events = []
+    for outcome, mask in (("nonfinite-loss", bad_loss), ("diverged", big_loss), ("nonfinite-grad", bad_grad)):
+        idx = torch.nonzero(mask)
+        if len(idx):
+            events.append((int(idx[0]), OUTCOMES.index(outcome), outcome))
+    if chance_step is not None and upto > chance_step:
+        window = correct[max(0, chance_step - 49):chance_step + 1]
+        if float(window.sum()) / (len(window) * batch) <= cfg["chance_acc"]:
+            events.append((chance_step, 99, "diverged"))
+    if not events:
+        return None
+    step, _, outcome = min(events)
+    return outcome, step
+
+
+def train_run(config: dict, data=None) -> dict:
+    """Train once with ``config`` (keys of ``DEFAULTS``); the result dict is described in the module doc."""
+    cfg = resolve_config(config)
+    device = cfg["device"]
+    start = time.perf_counter()
+    data = data if data is not None else device_data(cfg["data"], device)
+    train_x, train_y = data["train"]
+    test_x, test_y = data["test"]
+    if cfg["limit_images"]:
+        train_x, train_y = train_x[:int(cfg["limit_images"])], train_y[:int(cfg["limit_images"])]
+    limit_test = cfg["limit_test"] or (cfg["limit_images"] and min(len(test_x), int(cfg["limit_images"])))
+    if limit_test:
+        test_x, test_y = test_x[:int(limit_test)], test_y[:int(limit_test)]
+    batch = int(cfg["batch_size"])
+    if len(train_x) < batch:
+        raise ValueError(f"{len(train_x)} training images is less than one batch of {batch}")
+    per_epoch = len(train_x) // batch
+    total = max(1, int(math.ceil(float(cfg["epochs"]) * per_epoch)))
+    if cfg["max_steps"]:
+        total = min(total, int(cfg["max_steps"]))
+    chance_step = cfg["chance_step"] if cfg["chance_step"] is not None else max(100, total // 4)
+    chance_step = chance_step if 0 <= chance_step < total else None
+
+    torch.manual_seed(int(cfg["seed"]))
+    model = ResNet18(norm=cfg["norm"], d=int(cfg["d"]), method=cfg["method"], params=cfg["params"], eps=float(cfg["eps"]),
+                     dtype=cfg["dtype"], width=float(cfg["width"])).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
+    milestones = sorted(int(round(m * total)) for m in cfg["milestones"])
+    gen = torch.Generator(device=device)
+    gen.manual_seed(int(cfg["seed"]) + 1)
+    losses = torch.zeros(total, device=device)
+    gnorms = torch.zeros(total, device=device)
+    correct = torch.zeros(total, device=device)
+    params = [p for p in model.parameters()]
+    outcome, event_step, done = "ok", None, 0
+    spec = format_spec(cfg["method"], cfg["params"]) if cfg["norm"] == "zca" else None
+
+    with monitor.watch(bound=spec) as mon:
+        try:
+            for step in range(total):
+                if step % per_epoch == 0:
+                    perm = torch.randperm(len(train_x), generator=gen, device=device)
+                lr = cfg["lr"] * cfg["gamma"] ** sum(step >= m for m in milestones)
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                idx = perm[(step % per_epoch) * batch:(step % per_epoch + 1) * batch]
+                x = normalize(augment(train_x[idx], gen))
+                y = train_y[idx]
+                logits = model(x)
+                loss = F.cross_entropy(logits, y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                grads = [p.grad for p in params if p.grad is not None]
+                gnorm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+                losses[step], gnorms[step] = loss.detach(), gnorm
+                correct[step] = (logits.detach().argmax(1) == y).sum()
+                opt.step()
+                mon.step()
+                done = step + 1
+                if done % int(cfg["check_every"]) == 0 or done == total:
+                    event = _first_event(losses, gnorms, correct, done, cfg, chance_step, batch)
+                    if event:
+                        outcome, event_step = event
+                        break
+        except Exception as exc:  # noqa: BLE001 — classified below; anything else is a bug and re-raised
+            event = _first_event(losses, gnorms, correct, done, cfg, chance_step, batch)
+            if event:
+                outcome, event_step = event
+            elif _is_eigen_failure(exc):
+                outcome, event_step = "eigh-failed", done
+            else:
+                raise
+    test_error = None
+    if outcome == "ok":
+        test_error = evaluate(model, test_x, test_y, int(cfg["eval_batch"]))
+        if total >= 100 and test_error >= cfg["chance_error"]:
+            outcome, event_step = "diverged", total
+    records = mon.records
+    early = monitor.summarize(records, until_step=max(1, int(round(cfg["early_frac"] * total))), gap_threshold=cfg["gap_threshold"])
+    whole = monitor.summarize(records, gap_threshold=cfg["gap_threshold"])
+    finished = losses[:done]
+    return {
+        "outcome": outcome, "step": event_step, "test_error": test_error, "wall_s": time.perf_counter() - start,
+        "steps_total": total, "steps_done": done, "final_loss": float(finished[-1]) if done else float("nan"),
+        "method": cfg["method"], "spec": spec or "bn", "norm": cfg["norm"], "d": int(cfg["d"]), "dtype": cfg["dtype"],
+        "seed": int(cfg["seed"]), "device": device,
+        **{f"early_{k}": v for k, v in early.items()}, **{f"run_{k}": v for k, v in whole.items()},
+    }
+
+
+def train_many(configs, data=None) -> list[dict]:
+    """Run ``configs`` one after another on one shared device copy of the data (see module doc)."""
+    results = []
+    for config in configs:
+        cfg = resolve_config(config)
+        shared = data if data is not None else device_data(cfg["data"], cfg["device"])
+        results.append(train_run(config, data=shared))
+    return results

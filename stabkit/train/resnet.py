@@ -1,0 +1,59 @@
+"""ResNet-18 for CIFAR-10 with a ZCA whitening layer after conv1 (Wang et al., TPAMI 2021, Table II).
+
+conv1 3×3 stride 1 → 64 channels → ZCA whitening (replacing conv1's BatchNorm; every other norm
+stays BatchNorm) → ReLU → BasicBlocks [2, 2, 2, 2] with 64/128/256/512 channels and strides
+1/2/2/2 → 4×4 average pooling → linear 10. ``norm="bn"`` is the plain-BatchNorm baseline.
+``width`` scales the channel counts (64·width for conv1): tests use a narrow network.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import nn
+
+from .zca import ZCAWhitening
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ResNet18(nn.Module):
+    def __init__(self, norm: str = "zca", d: int = 16, method: str = "analytic", params: dict | None = None,
+                 eps: float = 1e-4, dtype: str = "float32", num_classes: int = 10, width: float = 1.0,
+                 blocks=(2, 2, 2, 2)):
+        super().__init__()
+        channels = [max(1, int(round(c * width))) for c in (64, 128, 256, 512)]
+        self.conv1 = nn.Conv2d(3, channels[0], 3, 1, 1, bias=False)
+        if norm == "zca":
+            self.norm1 = ZCAWhitening(channels[0], d=d, method=method, params=params, eps=eps, dtype=dtype)
+        elif norm == "bn":
+            self.norm1 = nn.BatchNorm2d(channels[0])
+        else:
+            raise ValueError(f"unknown norm {norm!r}: choose 'zca' or 'bn'")
+        layers, cin = [], channels[0]
+        for i, (cout, n) in enumerate(zip(channels, blocks)):
+            for j in range(n):
+                layers.append(BasicBlock(cin, cout, (1 if i == 0 else 2) if j == 0 else 1))
+                cin = cout
+        self.layers = nn.Sequential(*layers)
+        self.linear = nn.Linear(cin, num_classes)
+
+    def forward(self, x):
+        out = F.relu(self.norm1(self.conv1(x)))
+        out = self.layers(out)
+        out = F.adaptive_avg_pool2d(out, 1) if out.shape[-1] != 4 else F.avg_pool2d(out, 4)
+        return self.linear(out.flatten(1))

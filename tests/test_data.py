@@ -1,0 +1,140 @@
+"""stabkit.data.load_cifar10 on tiny synthetic archives/folders and on the real shared archive."""
+
+import io
+import os
+import pickle
+import tarfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from stabkit import data
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("STABKIT_DATA_CACHE", str(tmp_path / "cache"))
+
+
+def _jpeg(color):
+    buf = io.BytesIO()
+    Image.fromarray(np.full((32, 32, 3), color, dtype=np.uint8)).save(buf, format="JPEG", quality=100)
+    return buf.getvalue()
+
+
+def _make_archive(path, spec):
+    """spec: list of (split, class, name, color)."""
+    with tarfile.open(path, "w:gz") as tar:
+        for split, cls, name, color in spec:
+            blob = _jpeg(color)
+            info = tarfile.TarInfo(f"cifar10/{split}/{cls}/{name}")
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    return path
+
+
+SPEC = [
+    ("train", "truck", "0000.jpg", (200, 10, 10)),
+    ("train", "airplane", "0001.jpg", (10, 200, 10)),
+    ("train", "airplane", "0000.jpg", (10, 10, 200)),
+    ("train", "cat", "0000.jpg", (128, 128, 128)),
+    ("test", "frog", "0000.jpg", (50, 60, 70)),
+]
+
+
+def test_archive_labels_order_and_pixels(tmp_path):
+    path = _make_archive(tmp_path / "tiny.tar.gz", SPEC)
+    images, labels = data.load_cifar10(path, "train")
+    assert images.dtype == np.uint8 and images.shape == (4, 32, 32, 3)
+    assert labels.dtype == np.int64 and labels.tolist() == [0, 0, 3, 9]  # sorted by class, then file
+    # airplane/0000 is blue, airplane/0001 green, truck red (JPEG at q=100 is within a few levels)
+    assert np.abs(images[0].mean((0, 1)) - (10, 10, 200)).max() < 4
+    assert np.abs(images[1].mean((0, 1)) - (10, 200, 10)).max() < 4
+    assert np.abs(images[3].mean((0, 1)) - (200, 10, 10)).max() < 4
+    test_images, test_labels = data.load_cifar10(path, "test")
+    assert test_images.shape == (1, 32, 32, 3) and test_labels.tolist() == [6]
+
+
+def test_archive_cache_written_and_keyed_by_mtime(tmp_path):
+    path = _make_archive(tmp_path / "tiny.tar.gz", SPEC)
+    data.load_cifar10(path, "train")
+    cached = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    assert len(cached) == 2 and all(p.endswith(".npy") for p in cached)
+    # Overwrite the cached images with a sentinel: a second load must come from the cache.
+    img_file = [p for p in (tmp_path / "cache").iterdir() if p.name.endswith("-images.npy")][0]
+    np.save(img_file, np.full((4, 32, 32, 3), 7, dtype=np.uint8))
+    assert data.load_cifar10(path, "train")[0].max() == 7
+    # Touching the archive (new mtime) invalidates the cache → decoded afresh.
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert data.load_cifar10(path, "train")[0].max() > 100
+
+
+def test_archive_decoded_with_pool_matches_in_process(tmp_path, monkeypatch):
+    path = _make_archive(tmp_path / "tiny.tar.gz", SPEC)
+    serial = data.load_cifar10(path, "train", cache=False, workers=1)
+    monkeypatch.setattr(data, "_POOL_MIN", 1)
+    pooled = data.load_cifar10(path, "train", cache=False, workers=2)
+    np.testing.assert_array_equal(serial[0], pooled[0])
+    np.testing.assert_array_equal(serial[1], pooled[1])
+
+
+def _make_batches(folder, n_per_batch=3):
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    expected = {}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        chw = rng.integers(0, 256, size=(n_per_batch, 3, 32, 32), dtype=np.uint8)
+        labels = rng.integers(0, 10, size=n_per_batch).tolist()
+        with open(folder / name, "wb") as fh:
+            pickle.dump({b"data": chw.reshape(n_per_batch, 3072), b"labels": labels}, fh)
+        expected[name] = (chw, labels)
+    return expected
+
+
+def test_batches_folder_chw_to_hwc(tmp_path):
+    expected = _make_batches(tmp_path / "root" / "cifar-10-batches-py")
+    for path in (tmp_path / "root", tmp_path / "root" / "cifar-10-batches-py"):
+        images, labels = data.load_cifar10(path, "train")
+        assert images.shape == (15, 32, 32, 3) and labels.dtype == np.int64
+        chw, lab = expected["data_batch_2"]
+        np.testing.assert_array_equal(images[3:6], chw.transpose(0, 2, 3, 1))
+        assert labels[3:6].tolist() == lab
+        test_images, test_labels = data.load_cifar10(path, "test")
+        assert test_images.shape == (3, 32, 32, 3)
+        assert int(test_images[1, 5, 7, 2]) == int(expected["test_batch"][0][1, 2, 5, 7])
+
+
+def test_errors_name_the_problem(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        data.load_cifar10(tmp_path / "nope.tar.gz")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="cifar-10-batches-py"):
+        data.load_cifar10(tmp_path / "empty")
+    (tmp_path / "junk.tar.gz").write_bytes(b"this is not gzip")
+    with pytest.raises(ValueError, match="not a readable tar"):
+        data.load_cifar10(tmp_path / "junk.tar.gz")
+    wrong = _make_archive(tmp_path / "wrong.tar.gz", [("train", "unicorn", "0000.jpg", (1, 2, 3))])
+    with pytest.raises(ValueError, match="no images found"):
+        data.load_cifar10(wrong, "train")
+    (tmp_path / "x.csv").write_text("a,b")
+    with pytest.raises(ValueError, match="expected a cifar10"):
+        data.load_cifar10(tmp_path / "x.csv")
+    with pytest.raises(ValueError, match="unknown split"):
+        data.load_cifar10(tmp_path / "x.csv", split="val")
+    bad = tmp_path / "bad" / "cifar-10-batches-py"
+    _make_batches(bad)
+    (bad / "test_batch").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="not a CIFAR-10 pickled batch"):
+        data.load_cifar10(bad, "test")
+
+
+@pytest.mark.skipif(not data.default_path().exists(), reason="shared CIFAR-10 archive not present")
+def test_real_archive_test_split(monkeypatch):
+    monkeypatch.delenv("STABKIT_DATA_CACHE")  # the real decode is worth caching for the user
+    images, labels = data.load_cifar10(split="test")
+    assert images.shape == (10000, 32, 32, 3) and images.dtype == np.uint8
+    assert np.bincount(labels, minlength=10).tolist() == [1000] * 10
+    mean = images.reshape(-1, 3).mean(0)
+    np.testing.assert_allclose(mean, np.array([0.4913, 0.4821, 0.4465]) * 255, rtol=0.01)

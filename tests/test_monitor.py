@@ -1,0 +1,170 @@
+"""stabkit.monitor.watch: intercepts eigen calls in an unmodified model, logs the right numbers, restores."""
+
+import math
+
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+import stabkit.torch as sktorch
+from stabkit import monitor
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: on a shared 2-core machine torch's thread pool oversubscribes (100× slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+ORIGINALS = (torch.linalg.eigh, torch.linalg.eigvalsh, torch.linalg.svd, sktorch.eigh)
+
+
+def _sym(lams, seed=0):
+    Q, _ = torch.linalg.qr(torch.randn(len(lams), len(lams), generator=torch.Generator().manual_seed(seed), dtype=torch.float64))
+    return (Q * torch.tensor(lams, dtype=torch.float64)) @ Q.T
+
+
+class Tiny(nn.Module):
+    """A model that knows nothing about stabkit: it calls torch.linalg.eigh itself."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor([1.0, -2.0, 0.5, 3.0], dtype=torch.float64))
+
+    def forward(self, A):
+        lam, U = torch.linalg.eigh(A)
+        return (lam * self.w).sum() + U[:, 0].abs().sum()
+
+
+def test_logs_one_row_per_call_with_the_right_gap():
+    model = Tiny()
+    A = _sym([1.0, 2.0, 2.5, 5.0]).requires_grad_(True)
+    with monitor.watch() as mon:
+        model(A).backward()
+        model(A)
+        mon.step()
+        model(_sym([-3.0, 1e-3, 2e-3, 4.0], seed=1))
+    df = mon.records
+    assert len(df) == 3 and df["step"].tolist() == [0, 0, 1]
+    assert df["fn"].tolist() == ["eigh"] * 3
+    assert all(s.startswith("tests/test_monitor.py:") or "test_monitor.py:" in s for s in df["site"])
+    assert df["site"].nunique() == 1  # same line in Tiny.forward
+    first = df.iloc[0]
+    assert first["min_gap"] == pytest.approx(0.5, rel=1e-9)
+    assert first["min_rel_gap"] == pytest.approx(0.1, rel=1e-9)
+    assert first["max_K"] == pytest.approx(2.0, rel=1e-9)
+    assert first["lam_min"] == pytest.approx(1.0, rel=1e-9)
+    assert first["n"] == 4 and first["dtype"] == "float64" and not first["nonfinite"]
+    assert df.iloc[2]["min_gap"] == pytest.approx(1e-3, rel=1e-6)
+    assert df.iloc[2]["max_K"] == pytest.approx(1e3, rel=1e-6)
+    assert df.iloc[2]["lam_min"] == pytest.approx(-3.0, rel=1e-9)
+    # grad reaching the outputs: ∂/∂λ = w, ∂/∂U = sign(U[:,0]) in column 0 → norm √(|w|² + 4)
+    w = model.w.detach()
+    assert first["grad_norm"] == pytest.approx(math.sqrt(float((w ** 2).sum()) + 4.0), rel=1e-9)
+    assert math.isnan(df.iloc[1]["grad_norm"])  # no backward through the second call
+
+
+def test_functions_are_restored_even_after_an_error():
+    with pytest.raises(RuntimeError, match="boom"):
+        with monitor.watch():
+            assert torch.linalg.eigh is not ORIGINALS[0]
+            raise RuntimeError("boom")
+    assert (torch.linalg.eigh, torch.linalg.eigvalsh, torch.linalg.svd, sktorch.eigh) == ORIGINALS
+
+
+def test_eigvalsh_svd_batches_and_nonfinite_gradient():
+    with monitor.watch() as mon:
+        torch.linalg.eigvalsh(torch.stack([_sym([1.0, 4.0, 9.0]), _sym([1.0, 1.5, 9.0])]))
+        S = torch.diag(torch.tensor([3.0, 2.0, 1.0], dtype=torch.float64)).requires_grad_(True)
+        U, s, Vh = torch.linalg.svd(S)
+        (s.sum() * float("inf")).backward()
+    df = mon.records
+    assert df["fn"].tolist() == ["eigvalsh", "svd"]
+    assert df.iloc[0]["batch"] == 2 and df.iloc[0]["min_gap"] == pytest.approx(0.5)
+    assert df.iloc[1]["min_gap"] == pytest.approx(3.0)  # σ² = 9, 4, 1
+    assert df["nonfinite"].tolist() == [False, True]
+
+
+def test_stabkit_eigh_is_logged_once_and_bound_column():
+    A = _sym([1.0, 1.001, 3.0]).requires_grad_(True)
+    with monitor.watch(bound="clip:tau=50") as mon:
+        lam, U = sktorch.eigh(A, "taylor")
+        U.sum().backward()
+    df = mon.records
+    assert len(df) == 1 and df.iloc[0]["fn"] == "stabkit.eigh[taylor]"  # the inner torch.linalg.eigh is not logged again
+    assert df.iloc[0]["max_K"] == pytest.approx(1000.0, rel=1e-6)
+    assert df.iloc[0]["bound"] == pytest.approx(50.0)  # clip caps |F| at τ
+    assert df.iloc[0]["grad_norm"] == pytest.approx(3.0)  # ∂/∂U = ones(3, 3)
+
+
+def test_swap_backward_changes_the_gradient_only():
+    A0 = _sym([1.0, 1.0 + 1e-4, 3.0], seed=2)
+
+    def grad(swap):
+        A = A0.clone().requires_grad_(True)
+        with monitor.watch(swap_backward=swap):
+            lam, U = torch.linalg.eigh(A)
+            out = (U[:, 0] * torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)).sum() ** 2
+        out.backward()
+        return lam.detach(), A.grad
+
+    lam_a, g_analytic = grad(None)
+    lam_c, g_clip = grad("clip:tau=10")
+    torch.testing.assert_close(lam_a, lam_c)
+    A = A0.clone().requires_grad_(True)
+    lam, U = sktorch.eigh(A, "clip", tau=10)
+    ((U[:, 0] * torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)).sum() ** 2).backward()
+    torch.testing.assert_close(g_clip, A.grad)
+    assert g_analytic.abs().max() > 100 * g_clip.abs().max()
+
+
+def test_log_files_and_summary(tmp_path):
+    for name in ("eig.parquet", "eig.csv"):
+        with monitor.watch(log_path=tmp_path / name) as mon:
+            torch.linalg.eigh(_sym([1.0, 2.0]))
+            mon.step()
+            torch.linalg.eigh(_sym([1.0, 1.0 + 1e-7]))
+        df = pd.read_parquet(tmp_path / name) if name.endswith("parquet") else pd.read_csv(tmp_path / name)
+        assert len(df) == 2 and df["step"].tolist() == [0, 1]
+    summary = monitor.summarize(df, gap_threshold=1e-5)
+    assert summary["calls"] == 2 and summary["gap_events"] == 1
+    assert summary["max_K"] == pytest.approx(1e7, rel=1e-3)
+    assert monitor.summarize(df, until_step=1)["gap_events"] == 0
+
+
+def test_tensorboard_written_or_skipped_with_message(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is None:
+        with pytest.warns(UserWarning, match="tensorboard logging skipped"):
+            with monitor.watch(tensorboard_dir=tmp_path / "tb"):
+                torch.linalg.eigh(_sym([1.0, 2.0]))
+    else:
+        with monitor.watch(tensorboard_dir=tmp_path / "tb"):
+            torch.linalg.eigh(_sym([1.0, 2.0]))
+        assert any((tmp_path / "tb").iterdir())
+
+
+def _taylor_max(lams, K, eps):
+    """max over pairs of (1/hi) Σ_{k≤K} (lo/hi)^k on λ + ε — written out independently of stabkit."""
+    best = 0.0
+    for i, a in enumerate(lams):
+        for b in lams[i + 1:]:
+            lo, hi = sorted((a + eps, b + eps))
+            best = max(best, sum((lo / hi) ** k for k in range(K + 1)) / hi)
+    return best
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("analytic", 1 / 0.5),                              # 1 / min gap
+    ("clip:tau=1", 1.0),                                # capped at τ
+    ("pi", _taylor_max([1.0, 1.5, 2.0], 19, 1e-4)),     # T = 19 power-iteration steps, ε = 1e-4
+    ("taylor:K=2", _taylor_max([1.0, 1.5, 2.0], 2, 0.0)),  # pair (1, 1.5): (1 + 2/3 + 4/9)/1.5
+])
+def test_bound_column_per_method(spec, expected):
+    with monitor.watch(bound=spec) as mon:
+        torch.linalg.eigh(_sym([1.0, 1.5, 2.0]))
+    assert mon.records.iloc[0]["bound"] == pytest.approx(expected, rel=1e-9)

@@ -1,0 +1,216 @@
+"""Training loop: a short run succeeds; every failure outcome is produced by a constructed case."""
+
+import pytest
+import torch
+
+import stabkit.torch as sktorch
+from stabkit.train import loop
+from stabkit.train.loop import augment, train_many, train_run
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: on a shared 2-core machine torch's thread pool oversubscribes (100× slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+SMALL = {"width": 0.125, "d": 4, "batch_size": 32, "limit_test": 64, "check_every": 1}
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    """CIFAR-shaped uint8 data; class k images are brighter in channel k % 3 (learnable, cheap)."""
+    g = torch.Generator().manual_seed(0)
+
+    def split(n):
+        y = torch.randint(0, 10, (n,), generator=g)
+        x = torch.randint(0, 128, (n, 3, 32, 32), generator=g, dtype=torch.uint8)
+        x[torch.arange(n), y % 3] += 100
+        return x, y
+
+    return {"train": split(256), "test": split(64)}
+
+
+def test_two_step_run_is_ok(synthetic):
+    r = train_run({**SMALL, "method": "taylor", "batch_size": 128, "epochs": 1, "limit_images": 256}, data=synthetic)
+    assert r["outcome"] == "ok" and r["step"] is None
+    assert r["steps_total"] == 2 and r["steps_done"] == 2
+    assert 0.0 <= r["test_error"] <= 1.0 and r["wall_s"] > 0
+    assert r["run_calls"] == 2 and r["early_calls"] == 1  # one ZCA eigh per step
+    assert r["run_nonfinite_events"] == 0 and r["run_max_K"] > 0 and r["run_max_bound"] > 0
+
+
+def test_equal_eigenvalues_with_analytic_give_nonfinite_grad(synthetic):
+    # ε = 1e8 in float32 swamps the covariance: Σ = εI exactly, all eigenvalues tie, 1/0 in the backward
+    r = train_run({**SMALL, "method": "analytic", "eps": 1e8, "max_steps": 3}, data=synthetic)
+    assert (r["outcome"], r["step"]) == ("nonfinite-grad", 0)
+    assert r["run_min_gap"] == 0.0 and r["run_max_K"] == float("inf")
+    # the same case with the Taylor backward is finite
+    assert train_run({**SMALL, "method": "taylor", "eps": 1e8, "max_steps": 1}, data=synthetic)["outcome"] == "ok"
+
+
+def test_raising_eigensolver_gives_eigh_failed(synthetic, monkeypatch):
+    calls = []
+
+    def broken(A, method="analytic", **params):
+        calls.append(1)
+        if len(calls) == 2:
+            raise torch.linalg.LinAlgError("linalg.eigh: the algorithm failed to converge")
+        return sktorch.EighResult(*torch.linalg.eigh(A))
+
+    monkeypatch.setattr(sktorch, "eigh", broken)
+    r = train_run({**SMALL, "max_steps": 4}, data=synthetic)
+    assert (r["outcome"], r["step"], r["steps_done"]) == ("eigh-failed", 1, 1)
+
+
+def test_huge_learning_rate_fails(synthetic):
+    r = train_run({**SMALL, "norm": "bn", "lr": 1e8, "max_steps": 6}, data=synthetic)
+    assert r["outcome"] in ("diverged", "nonfinite-loss", "nonfinite-grad")
+    assert r["step"] is not None and 0 < r["step"] < 6
+
+
+def test_chance_accuracy_is_diverged(synthetic):
+    # lr 1e-9 learns nothing: at step 8 the training accuracy of steps 0..8 is at chance
+    r = train_run({**SMALL, "norm": "bn", "width": 0.0625, "batch_size": 16, "lr": 1e-9, "max_steps": 12,
+                   "chance_step": 8, "chance_acc": 0.2}, data=synthetic)
+    assert (r["outcome"], r["step"], r["steps_done"]) == ("diverged", 8, 9)
+    # the same run with a normal learning rate and an easy task passes the check
+    r = train_run({**SMALL, "norm": "bn", "width": 0.0625, "batch_size": 16, "lr": 0.05, "max_steps": 12,
+                   "chance_step": 8, "chance_acc": 0.0}, data=synthetic)
+    assert r["outcome"] == "ok"
+
+
+def test_train_many_sequential_and_deterministic(synthetic):
+    cfg = {**SMALL, "norm": "bn", "max_steps": 2}
+    a, b, c = train_many([cfg, cfg, {**cfg, "seed": 1}], data=synthetic)
+    assert a["final_loss"] == b["final_loss"] and a["test_error"] == b["test_error"]
+    assert a["final_loss"] != c["final_loss"]
+
+
+def test_augment_crops_and_flips_on_device():
+    x = torch.arange(2 * 3 * 32 * 32, dtype=torch.int64).reshape(2, 3, 32, 32).to(torch.uint8) | 1  # no zeros
+    out = augment(x, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and out.dtype == torch.uint8
+    for i in range(2):
+        # each output is a shifted (and maybe mirrored) window of the zero-padded input
+        padded = torch.nn.functional.pad(x[i], (4, 4, 4, 4))
+        hits = [(oy, ox, f) for oy in range(9) for ox in range(9) for f in (False, True)
+                if torch.equal(out[i], (padded[:, oy:oy + 32, ox:ox + 32].flip(-1) if f else padded[:, oy:oy + 32, ox:ox + 32]))]
+        assert len(hits) == 1
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="unknown training option"):
+        loop.resolve_config({"lr_decay": 3})
+    with pytest.raises(ValueError, match="unknown method"):
+        loop.resolve_config({"method": "svd"})
+    with pytest.raises(ValueError, match="smaller than one batch"):
+        loop.resolve_config({"limit_images": 10})
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            loop.pick_device("cuda")
+    assert loop.pick_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# ------------------------------------------------------------------ study kind and CLI
+import pickle  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
+
+from cli.main import app  # noqa: E402
+from stabkit.studies import zca_cifar10 as study  # noqa: E402
+
+
+@pytest.fixture()
+def tiny_batches(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        with open(folder / name, "wb") as fh:
+            pickle.dump({b"data": rng.integers(0, 256, (16, 3072), dtype=np.uint8), b"labels": rng.integers(0, 10, 16).tolist()}, fh)
+    return folder
+
+
+def test_wilson_interval_known_values():
+    lo, hi = study.wilson(5, 10)
+    assert (round(lo, 4), round(hi, 4)) == (0.2366, 0.7634)
+    lo, hi = study.wilson(0, 8)
+    assert lo == 0.0 and hi == pytest.approx(0.3244, abs=1e-4)
+
+
+def test_study_grid_cells_and_validation():
+    cells = study.cells({})
+    assert len(cells) == 5 * 5 * 2 * 8 + 8
+    assert len({c["cell_id"] for c in cells}) == len(cells)
+    assert cells[0]["cell_id"] == "analytic|d4|float32|s0"
+    assert study.cells({"methods": ["taylor:K=19"], "dims": [8], "dtypes": ["float64"], "seeds": 2, "bn_baseline": False})[1]["cell_id"] == "taylor:K=19|d8|float64|s1"
+    with pytest.raises(ValueError, match="dims must divide 64"):
+        study.validate({"dims": [48]})
+    with pytest.raises(ValueError, match="unknown grid key"):
+        study.validate({"runs": 3})
+    with pytest.raises(ValueError, match="unknown method"):
+        study.validate({"methods": ["svd"]})
+
+
+def test_run_cell_on_tiny_data(tiny_batches):
+    grid = {"methods": ["clip"], "dims": [4], "dtypes": ["float64"], "seeds": 1, "bn_baseline": False, "max_steps": 1,
+            "limit_images": 32, "limit_test": 16, "batch_size": 32, "width": 0.125, "data": str(tiny_batches), "device": "cpu"}
+    (cell,) = study.cells(grid)
+    (row,) = study.run_cell(cell)
+    assert row["outcome"] == "ok" and row["spec"] == "clip" and row["d"] == 4 and row["dtype"] == "float64"
+    assert np.isnan(row["step"]) and 0 <= row["test_error"] <= 1 and row["early_calls"] == 1
+
+
+def _synthetic_results():
+    rows = []
+    rng = np.random.default_rng(1)
+    for spec in ("analytic", "taylor"):
+        for d in (4, 8):
+            for seed in range(8):
+                fail = spec == "analytic" and (d == 8 or seed < 3)
+                max_k = 10 ** rng.uniform(7, 9) if fail else 10 ** rng.uniform(2, 4)
+                rows.append({"cell_id": f"{spec}|d{d}|float32|s{seed}", "norm": "zca", "spec": spec, "d": d, "dtype": "float32",
+                             "seed": seed, "outcome": "nonfinite-grad" if fail else "ok", "step": 3.0 if fail else np.nan,
+                             "test_error": np.nan if fail else 0.3 + 0.01 * seed, "early_max_K": max_k,
+                             "early_gap_events": int(fail) * 4, "early_max_bound": max_k if spec == "analytic" else 50.0, "error": None})
+    rows.append({"cell_id": "bn|s0", "norm": "bn", "spec": "bn", "d": 0, "dtype": "float32", "seed": 0, "outcome": "ok",
+                 "step": np.nan, "test_error": 0.25, "early_max_K": np.nan, "early_gap_events": 0, "early_max_bound": np.nan, "error": None})
+    return pd.DataFrame(rows)
+
+
+def test_report_on_synthetic_results(tmp_path):
+    results = _synthetic_results()
+    table = study.success_table(results)
+    row = table[(table["method"] == "analytic") & (table["d"] == 4)].iloc[0]
+    assert row["success %"] == pytest.approx(62.5) and row["paper %"] == 46.7 and row["Wilson 95% CI"] == "[31, 86]"
+    assert row["failures"] == "nonfinite-grad 3" and row["test error (ok runs)"] == pytest.approx(0.35)
+    assert table[(table["method"] == "analytic") & (table["d"] == 8)].iloc[0]["success %"] == 0.0
+    assert table[(table["method"] == "taylor") & (table["d"] == 8)].iloc[0]["paper %"] == 100.0
+    fit = study.link(results)
+    assert fit["n"] == 32 and fit["brier"] < 0.05 < fit["brier_base"]  # separable: the link is found
+    text = study.report(results, {"dims": [4, 8], "methods": ["analytic", "taylor"]}, tmp_path)
+    assert "Table IV" in text and "46.7" in text and "Brier score" in text and "BatchNorm baseline: 1/1 ok" in text
+    assert (tmp_path / "success_rates.png").stat().st_size > 0 and (tmp_path / "calibration.png").stat().st_size > 0
+    # all runs ok → no link, said so
+    ok = results.assign(outcome="ok")
+    assert study.link(ok) is None and "Not fitted" in study.report(ok, {}, tmp_path)
+
+
+def test_cli_train(tiny_batches):
+    runner = CliRunner()
+    args = ["train", "--method", "taylor", "--d", "4", "--width", "0.125", "--max-steps", "1", "--limit-images", "32",
+            "--batch-size", "32", "--data", str(tiny_batches), "--device", "cpu"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "taylor d=4 float32: ok (test error" in res.output and "1/1 steps" in res.output
+    bad = runner.invoke(app, [*args[:4], "5", *args[5:]])
+    assert bad.exit_code == 2 and "must divide" in bad.output
+    bad = runner.invoke(app, ["train", "--method", "svd", "--data", str(tiny_batches)])
+    assert bad.exit_code == 2 and "unknown method" in bad.output
+    bad = runner.invoke(app, ["train", "--data", str(tiny_batches.parent / "missing")])
+    assert bad.exit_code == 2 and "not found" in bad.output

@@ -1,0 +1,125 @@
+"""ZCA whitening layer: whitens, uses running statistics in eval, and every method's gradient is right."""
+
+import pytest
+import torch
+
+from stabkit.train.resnet import ResNet18
+from stabkit.train.zca import ZCAWhitening
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: on a shared 2-core machine torch's thread pool oversubscribes (100× slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+METHODS = ["analytic", "pi-forward", "pi", "taylor", "clip"]
+
+
+def _input(lams, groups=1, B=8, H=8, W=8, seed=0, dtype=torch.float64):
+    """X (B, d·groups, H, W) whose per-group sample covariance (1/m) is exactly Q diag(lams) Qᵀ."""
+    g = torch.Generator().manual_seed(seed)
+    d = len(lams)
+    blocks = []
+    for _ in range(groups):
+        z = torch.randn(d, B * H * W, generator=g, dtype=torch.float64)
+        z = z - z.mean(1, keepdim=True)
+        c = z @ z.T / z.shape[1]
+        lam_c, V = torch.linalg.eigh(c)
+        z = (V * lam_c.rsqrt()) @ V.T @ z  # sample covariance exactly I
+        Q, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
+        blocks.append(Q @ torch.diag(torch.tensor(lams, dtype=torch.float64).sqrt()) @ z + 3.0)
+    x = torch.cat(blocks).reshape(d * groups, B, H, W).transpose(0, 1)
+    return x.contiguous().to(dtype)
+
+
+def _group_cov(y, d):
+    C = y.shape[1]
+    yg = y.transpose(0, 1).reshape(C // d, d, -1)
+    yc = yg - yg.mean(-1, keepdim=True)
+    return yc @ yc.transpose(1, 2) / yc.shape[-1]
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_output_is_white_per_group(method, dtype):
+    x = _input([0.5, 1.0, 2.0, 4.0], groups=2).float()
+    layer = ZCAWhitening(8, d=4, method=method, dtype=dtype)
+    y = layer(x)
+    assert y.dtype == torch.float32
+    cov = _group_cov(y.double(), 4)
+    # (Σ + εI)^{-1/2} Σ (Σ + εI)^{-1/2} has eigenvalues λ/(λ + ε): within ε/λ_min = 2e-4 of I
+    err = (cov - torch.eye(4, dtype=torch.float64)).abs().max().item()
+    assert err < (2e-3 if method == "pi-forward" else 3e-4)  # pi-forward: 19 power iterations, approximate
+    if dtype == "float64" and method != "pi-forward":
+        lam = torch.tensor([0.5, 1.0, 2.0, 4.0], dtype=torch.float64)
+        got = torch.linalg.eigvalsh(cov)
+        torch.testing.assert_close(got, (lam / (lam + 1e-4)).expand(2, 4), rtol=0, atol=2e-6)
+
+
+def test_eval_uses_running_statistics():
+    x = _input([1.0, 2.0, 3.0, 5.0], groups=2)
+    layer = ZCAWhitening(8, d=4, momentum=1.0, dtype="float64").double()
+    y_train = layer(x)
+    layer.eval()
+    torch.testing.assert_close(layer(x), y_train, rtol=1e-10, atol=1e-10)
+    # eval on a shifted input is the same affine map (no batch statistics are recomputed)
+    torch.testing.assert_close(layer(x + 1.0) - layer(x), layer(torch.ones_like(x)) - layer(torch.zeros_like(x)))
+    # momentum 0.1: running mean moves a tenth of the way from 0 to the batch mean (= 3 here)
+    slow = ZCAWhitening(8, d=4, dtype="float64").double()
+    slow(x)
+    torch.testing.assert_close(slow.running_mean, torch.full((2, 4, 1), 0.3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_gradient_matches_autograd_reference(method):
+    # eigenvalue ratios 0.1: Taylor (K=9) truncation ~1e-10, power iteration converged, gaps ≥ 0.9 < clip's τ
+    x = _input([1.0, 10.0, 100.0, 1000.0], groups=2, B=4, H=4, W=4, seed=3).requires_grad_(True)
+    R = torch.randn(x.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+    def grads(m):
+        layer = ZCAWhitening(8, d=4, method=m, dtype="float64", eps=1e-4).double()
+        with torch.no_grad():
+            layer.weight.uniform_(0.5, 1.5, generator=torch.Generator().manual_seed(2))
+        (layer(x) * R).sum().backward()
+        out = x.grad.clone(), layer.weight.grad.clone()
+        x.grad = None
+        return out
+
+    gx, gw = grads(method)
+    rx, rw = grads("torch")  # torch autograd through torch.linalg.eigh, float64
+    assert rx.abs().max() > 1e-3
+    torch.testing.assert_close(gx, rx, rtol=1e-5, atol=1e-7 * rx.abs().max().item())
+    torch.testing.assert_close(gw, rw, rtol=1e-6, atol=1e-8)
+
+
+def test_reference_gradient_against_finite_differences():
+    x = _input([1.0, 2.0, 4.0, 8.0], B=2, H=3, W=3, seed=5).requires_grad_(True)
+    layer = ZCAWhitening(4, d=4, method="analytic", dtype="float64").double()
+    R = torch.randn(x.shape, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda t: (layer(t) * R).sum(), (x,), eps=1e-6, atol=1e-6)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="must divide"):
+        ZCAWhitening(64, d=48)
+    with pytest.raises(ValueError, match="dtype"):
+        ZCAWhitening(64, d=16, dtype="float16")
+    with pytest.raises(ValueError, match="no parameter"):
+        ZCAWhitening(64, d=16, method="taylor", params={"tau": 1})
+    with pytest.raises(ValueError, match="norm"):
+        ResNet18(norm="gn")
+
+
+def test_resnet_shapes_and_layout():
+    net = ResNet18(norm="zca", d=16, method="taylor")
+    assert isinstance(net.norm1, ZCAWhitening) and net.norm1.groups == 4
+    assert net.conv1.stride == (1, 1) and net.conv1.out_channels == 64
+    assert [b.conv1.stride[0] for b in net.layers] == [1, 1, 2, 1, 2, 1, 2, 1]
+    assert sum(isinstance(m, ZCAWhitening) for m in net.modules()) == 1
+    n_params = sum(p.numel() for p in ResNet18(norm="bn").parameters())
+    assert n_params == 11_173_962  # the standard CIFAR ResNet-18
+    small = ResNet18(norm="zca", d=4, width=0.125)
+    assert small(torch.randn(2, 3, 32, 32)).shape == (2, 10)
