@@ -16,3 +16,14 @@ def build(lam, seed=0):
     Q, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((lam.size, lam.size)))
     A = (Q * lam) @ Q.T
     return (A + A.T) / 2
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op torch thread: on a shared 2-core machine torch's pool oversubscribes badly."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

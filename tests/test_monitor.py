@@ -10,13 +10,7 @@ from torch import nn
 import stabkit.torch as sktorch
 from stabkit import monitor
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine torch's thread pool oversubscribes (100× slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 ORIGINALS = (torch.linalg.eigh, torch.linalg.eigvalsh, torch.linalg.svd, sktorch.eigh)

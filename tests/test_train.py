@@ -7,13 +7,7 @@ import stabkit.torch as sktorch
 from stabkit.train import loop
 from stabkit.train.loop import augment, train_many, train_run
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine torch's thread pool oversubscribes (100× slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 SMALL = {"width": 0.125, "d": 4, "batch_size": 32, "limit_test": 64, "check_every": 1}

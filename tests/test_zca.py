@@ -6,13 +6,7 @@ import torch
 from stabkit.train.resnet import ResNet18
 from stabkit.train.zca import ZCAWhitening
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine torch's thread pool oversubscribes (100× slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 METHODS = ["analytic", "pi-forward", "pi", "taylor", "clip"]

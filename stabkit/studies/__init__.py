@@ -33,3 +33,11 @@ def kind_module(kind: str):
     if kind not in KINDS:
         raise ValueError(f"unknown study kind {kind!r}: choose one of {', '.join(KINDS)}")
     return importlib.import_module(f"{__name__}.{kind}")
+
+
+def with_defaults(kind: str, grid: dict, defaults: dict) -> dict:
+    """``grid`` over ``defaults``; an unknown key is a ValueError naming it and the allowed keys."""
+    unknown = sorted(set(grid) - set(defaults))
+    if unknown:
+        raise ValueError(f"{kind}: unknown grid key {unknown[0]!r} (allowed: {', '.join(defaults)})")
+    return {**defaults, **grid}

@@ -35,6 +35,7 @@ import pandas as pd
 
 from .. import metrics
 from .._markdown import markdown_table
+from . import with_defaults
 from ..methods import analytic, clip, taylor
 
 PARTS = ("energy", "angle3", "k_eps", "gap_d")
@@ -67,11 +68,7 @@ GRID_DEFAULTS = {
 
 
 def validate(grid: dict) -> dict:
-    out = {**GRID_DEFAULTS}
-    for key, value in grid.items():
-        if key not in GRID_DEFAULTS:
-            raise ValueError(f"angle_surfaces: unknown grid key {key!r} (allowed: {', '.join(GRID_DEFAULTS)})")
-        out[key] = value
+    out = with_defaults("angle_surfaces", grid, GRID_DEFAULTS)
     bad = [p for p in out["parts"] if p not in PARTS]
     if bad:
         raise ValueError(f"angle_surfaces: parts {bad!r} not allowed: choose from {', '.join(PARTS)}")

@@ -46,6 +46,7 @@ import pandas as pd
 from scipy import integrate, linalg as sla
 
 from .._markdown import markdown_table
+from . import with_defaults
 
 SOURCES = ("gaussian", "cifar10")
 
@@ -70,11 +71,7 @@ Z95 = 1.959963984540054
 
 
 def validate(grid: dict) -> dict:
-    out = {**GRID_DEFAULTS}
-    for key, value in grid.items():
-        if key not in GRID_DEFAULTS:
-            raise ValueError(f"gap_probability: unknown grid key {key!r} (allowed: {', '.join(GRID_DEFAULTS)})")
-        out[key] = value
+    out = with_defaults("gap_probability", grid, GRID_DEFAULTS)
     bad = [s for s in out["sources"] if s not in SOURCES]
     if bad or not out["sources"]:
         raise ValueError(f"gap_probability: sources {bad or out['sources']!r} not allowed: choose from {', '.join(SOURCES)}")

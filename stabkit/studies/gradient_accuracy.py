@@ -20,6 +20,7 @@ import pandas as pd
 
 from .. import methods as _methods
 from ..losses import LOSSES
+from . import with_defaults
 
 GRID_DEFAULTS: dict = {
     "methods": list(_methods.NAMES),
@@ -124,10 +125,7 @@ def validate(grid: dict) -> dict:
     """The complete grid (defaults filled in), checked; ValueError naming the key and allowed values."""
     from .. import spectra
 
-    unknown = sorted(set(grid) - set(GRID_DEFAULTS))
-    if unknown:
-        raise ValueError(f"unknown grid key {unknown[0]!r} (allowed: {', '.join(GRID_DEFAULTS)})")
-    merged = {key: grid.get(key, default) for key, default in GRID_DEFAULTS.items()}
+    merged = with_defaults("gradient_accuracy", grid, GRID_DEFAULTS)
 
     specs = []
     for item in _as_list("methods", merged["methods"]):

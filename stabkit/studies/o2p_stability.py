@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import with_defaults
 from .gradient_accuracy import _as_list, _choice_list, _family_entry, _int_list, _no_duplicates, family_label
 
 DELTAS = (1e-2, 1e-4, 1e-6, 1e-8, 1e-10, 1e-12)
@@ -53,10 +54,7 @@ GRID_DEFAULTS: dict = {
 
 
 def validate(grid: dict) -> dict:
-    unknown = sorted(set(grid) - set(GRID_DEFAULTS))
-    if unknown:
-        raise ValueError(f"unknown grid key {unknown[0]!r} (allowed: {', '.join(GRID_DEFAULTS)})")
-    full = {**GRID_DEFAULTS, **grid}
+    full = with_defaults("o2p_stability", grid, GRID_DEFAULTS)
     families = [_family_entry(f) for f in _as_list("families", full["families"])]
     _no_duplicates("families", families)
     eps = []

@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from .._markdown import markdown_table
+from . import with_defaults
 
 PARTS = ("lemma1", "lemma2", "descent")
 PSEUDO = ("lemma1",)
@@ -67,11 +68,7 @@ GRID_DEFAULTS = {
 
 
 def validate(grid: dict) -> dict:
-    out = {**GRID_DEFAULTS}
-    for key, value in grid.items():
-        if key not in GRID_DEFAULTS:
-            raise ValueError(f"projector_rank: unknown grid key {key!r} (allowed: {', '.join(GRID_DEFAULTS)})")
-        out[key] = value
+    out = with_defaults("projector_rank", grid, GRID_DEFAULTS)
     bad = [p for p in out["parts"] if p not in PARTS]
     if bad:
         raise ValueError(f"projector_rank: parts {bad!r} not allowed: choose from {', '.join(PARTS)}")

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from .._markdown import markdown_table
+from . import with_defaults
 from ..methods import format_spec, parse_spec
 
 #: Wang et al., TPAMI 2021, Table IV: success rate (%) of 15 runs × 350 epochs per cell.
@@ -57,10 +58,7 @@ GRID_DEFAULTS = {
 
 
 def validate(grid: dict) -> dict:
-    unknown = set(grid) - set(GRID_DEFAULTS)
-    if unknown:
-        raise ValueError(f"zca_cifar10: unknown grid key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(GRID_DEFAULTS)}")
-    g = {**GRID_DEFAULTS, **grid}
+    g = with_defaults("zca_cifar10", grid, GRID_DEFAULTS)
     if not g["methods"]:
         raise ValueError("zca_cifar10: methods must list at least one method spec")
     g["methods"] = [format_spec(*parse_spec(str(m))) for m in g["methods"]]
