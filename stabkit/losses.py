@@ -43,8 +43,8 @@ class SpectralLoss:
     df_mp: Callable
     kind: str = field(default="spectral", init=False)
 
-    def check(self, lam) -> None:
-        """Raise ValueError if the loss is not differentiable at these eigenvalues."""
+    def check(self, lam, dtype=None) -> None:
+        """Raise ValueError if the loss is not differentiable at these eigenvalues (``dtype`` unused)."""
         lam_min = float(np.min(np.asarray(lam, dtype=np.float64)))
         if lam_min <= 0:
             raise ValueError(
@@ -73,15 +73,15 @@ class WeightedEigvecLoss:
     w: np.ndarray
     kind: str = field(default="weighted", init=False)
 
-    def check(self, lam) -> None:
+    def check(self, lam, dtype=None) -> None:
         """Raise ValueError where eigenvalues with different weights are numerically equal.
 
-        "Numerically equal" means a gap below d·eps·max|λ| of the dtype, the backward-error
-        level of a symmetric eigensolver: below it the float matrix does not determine the
-        eigenvectors that the loss weighs differently.
+        "Numerically equal" means a gap below d·eps·max|λ| of ``dtype`` (default: λ's own), the
+        backward-error level of a symmetric eigensolver working in that precision: below it the
+        matrix as stored does not determine the eigenvectors that the loss weighs differently.
         """
         lam = np.asarray(lam)
-        eps = np.finfo(lam.dtype if lam.dtype.kind == "f" else np.float64).eps
+        eps = np.finfo(dtype or (lam.dtype if lam.dtype.kind == "f" else np.float64)).eps
         lam64 = lam.astype(np.float64)
         tol = lam64.shape[-1] * eps * float(np.abs(lam64).max())
         gaps = np.diff(lam64, axis=-1)

@@ -235,6 +235,7 @@ def ground_truth(A, loss, *, engine: str = "auto", cache: bool = True, _dps: int
     tells how many significant digits are certified; check ``Truth.certified`` before use.
     ``_dps`` (private) forces the working precision in decimal digits, for tests.
     """
+    input_dtype = np.asarray(A).dtype
     A = _as_exact_float64(A)
     d = A.shape[0]
     if engine not in ENGINES:
@@ -245,10 +246,13 @@ def ground_truth(A, loss, *, engine: str = "auto", cache: bool = True, _dps: int
     gpath = _cache_dir() / f"{gkey}.npz"
     if cache and gpath.exists():
         with np.load(gpath) as z:
-            return Truth(z["grad"].copy(), z["eigenvalues"].copy(), float(z["digits"]), str(z["engine"]),
-                         float(z["seconds"]))
+            truth = Truth(z["grad"].copy(), z["eigenvalues"].copy(), float(z["digits"]), str(z["engine"]),
+                          float(z["seconds"]))
+        loss.check(truth.eigenvalues, dtype=input_dtype)
+        return truth
     start = time.perf_counter()
     grad, _, lam64, digits = _engine(A, loss, engine, cache, _dps)
+    loss.check(lam64, dtype=input_dtype)  # a float32 input resolves eigenvalues only to float32 level
     truth = Truth(grad, lam64, float(digits), engine, time.perf_counter() - start)
     if cache:
         import io

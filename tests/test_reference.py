@@ -190,3 +190,15 @@ def test_exactly_repeated_eigenvalues(name):
         truth = R.ground_truth(A, loss, engine=engine, cache=False)
         assert truth.certified
         assert rel(truth.grad, fd) <= 1e-12
+
+
+def test_eigvec_loss_definedness_follows_the_input_precision():
+    """Eigenvalues 1e-9 apart are distinct for a float64 matrix but not for a float32 one."""
+    lam = np.array([0.5, 1.0, 1.0 + 1e-9, 2.0])
+    Q, _ = np.linalg.qr(np.random.default_rng(0).standard_normal((4, 4)))
+    loss = make_loss("eigvec", 4, seed=0)
+    A64 = (Q * lam) @ Q.T
+    A64 = (A64 + A64.T) / 2
+    assert R.ground_truth(A64, loss).certified
+    with pytest.raises(ValueError, match="degenerate spectrum"):
+        R.ground_truth(A64.astype(np.float32), loss)
