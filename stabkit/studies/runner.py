@@ -284,7 +284,7 @@ def run_study(path_or_config, overrides: dict | None = None, jobs: int | None = 
     meta = {
         "study": study, "kind": study["kind"], "grid": grid,
         "command": command or _argv_command(),
-        "git_commit": _git_commit(), "machine": machine_info(),
+        "git_commit": _git_commit(out_root), "machine": machine_info(),
         "started_at": started_at, "jobs": jobs, "scheduler": scheduler,
         "cells_total": len(cells), "cells_reused": len(done), "cells_computed": 0, "cells_failed": 0,
         "status": "running",
@@ -398,12 +398,19 @@ def _argv_command() -> str:
     return shlex.join(argv)
 
 
-def _git_commit() -> str:
+def _git_commit(out_root: Path | None = None) -> str:
+    """HEAD, with "-dirty" if the checkout differs from it — outside ``out_root``, which a run writes."""
+    exclude = []
+    if out_root is not None:
+        try:
+            exclude = [f":(exclude){Path(out_root).resolve().relative_to(REPO)}"]
+        except ValueError:  # reports written outside the checkout
+            pass
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
                               timeout=20, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True,
-                               timeout=60, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", ".", *exclude], cwd=REPO,
+                               capture_output=True, text=True, timeout=60, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown (not a git checkout)"
     return head + ("-dirty" if dirty else "")
