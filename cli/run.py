@@ -32,8 +32,12 @@ def run_command(
         command.append(f"--scheduler={scheduler}")
     if out != Path("reports"):
         command.append(f"--out={out}")
-    table = runner.run_study(study, overrides, jobs=jobs, scheduler=scheduler, out_root=out,
-                             progress=not no_progress, command=shlex.join(command))
+    try:
+        table = runner.run_study(study, overrides, jobs=jobs, scheduler=scheduler, out_root=out,
+                                 progress=not no_progress, command=shlex.join(command))
+    except KeyboardInterrupt:
+        Console(stderr=True).print(f"interrupted: finished cells are kept; run `{shlex.join(command)}` again to resume")
+        raise typer.Exit(code=130) from None
     readme = runner.build_report(table.attrs["study_name"], out)
     failed = table["error"].fillna("").str.startswith("cell failed:").sum() if "error" in table else 0
     Console(stderr=True).print(f"{len(table)} rows ({failed} failed cells) → {readme}")

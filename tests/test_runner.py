@@ -116,6 +116,30 @@ def test_kill_9_midway_then_resume_gives_the_uninterrupted_table(tmp_path):
     pd.testing.assert_frame_equal(pd.read_parquet(killed_root / "mini" / "results.parquet"), resumed)
 
 
+def test_ctrl_c_stops_cleanly_and_resumes(tmp_path):
+    """SIGINT to a --jobs 2 run: exit 130 with a one-line hint, no traceback, finished cells kept."""
+    study = _study(tmp_path, MINI_GRID.replace("d = [4, 5, 6]", "d = [12, 13, 14]") + "seeds = [8]\n")
+    root = tmp_path / "interrupted"
+    cells_dir = root / "mini" / "cells"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "run", str(study), "--out", str(root), "--jobs", "2", "--no-progress"],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if cells_dir.is_dir() and len(list(cells_dir.glob("*.json"))) >= 1:
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "interrupted" in stderr and "again to resume" in stderr and "Traceback" not in stderr
+    kept = len(list(cells_dir.glob("*.json")))
+    runner.run_study(study, {}, jobs=1, out_root=root, progress=False)
+    meta = json.loads((root / "mini" / "run.json").read_text())
+    assert meta["cells_reused"] == kept and meta["status"] == "finished"
+
+
 def test_process_pool_and_dask_give_the_local_table(tmp_path):
     distributed = pytest.importorskip("distributed")
     study = _study(tmp_path, MINI_GRID)

@@ -23,6 +23,7 @@ import math
 import os
 import platform
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -176,6 +177,7 @@ def _failure_rows(cell: dict, error: str) -> list[dict]:
 
 
 def _worker_init() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     try:
         import torch
 
@@ -198,20 +200,24 @@ def _run_local(kind_name, todo, jobs, on_done):
     os.environ.update({v: "1" for v in _THREAD_VARS})  # one BLAS thread per worker process
     try:
         ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init) as pool:
-            futures = {pool.submit(_execute, kind_name, cell): cell for cell in todo}
-            try:
-                for fut in as_completed(futures):
-                    cell = futures[fut]
-                    try:
-                        rows, error = fut.result()
-                    except Exception as exc:  # noqa: BLE001 — e.g. a worker died
-                        rows, error = [], f"{type(exc).__name__}: {exc}"
-                    on_done(cell, rows, error)
-            except BaseException:
-                for fut in futures:
-                    fut.cancel()
-                raise
+        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init)
+        futures = {pool.submit(_execute, kind_name, cell): cell for cell in todo}
+        try:
+            for fut in as_completed(futures):
+                cell = futures[fut]
+                try:
+                    rows, error = fut.result()
+                except Exception as exc:  # noqa: BLE001 — e.g. a worker died
+                    rows, error = [], f"{type(exc).__name__}: {exc}"
+                on_done(cell, rows, error)
+        except BaseException:
+            # Ctrl-C or an error here: cells in flight would be lost anyway, so stop the workers now
+            # instead of waiting for them; finished cells are already on disk.
+            for process in list(getattr(pool, "_processes", {}).values()):
+                process.terminate()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
     finally:
         for var, value in saved.items():
             if value is None:
