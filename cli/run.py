@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+import signal
 from pathlib import Path
 from typing import Optional
 
@@ -32,6 +33,7 @@ def run_command(
         command.append(f"--scheduler={scheduler}")
     if out != Path("reports"):
         command.append(f"--out={out}")
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the workers too, like Ctrl-C
     try:
         table = runner.run_study(study, overrides, jobs=jobs, scheduler=scheduler, out_root=out,
                                  progress=not no_progress, command=shlex.join(command))
@@ -41,3 +43,7 @@ def run_command(
     readme = runner.build_report(table.attrs["study_name"], out)
     failed = table["error"].fillna("").str.startswith("cell failed:").sum() if "error" in table else 0
     Console(stderr=True).print(f"{len(table)} rows ({failed} failed cells) → {readme}")
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
