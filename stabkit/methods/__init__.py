@@ -93,9 +93,8 @@ def gradient(spec: str | tuple[str, dict], A, loss):
     """
     name, params = parse_spec(spec) if isinstance(spec, str) else (spec[0], resolve_params(*spec))
     method = get(name)
-    forward_params = {k: v for k, v in params.items()}
     with _xp.errstate():
-        lam, U, state = method.forward(A, **forward_params)
+        lam, U, state = method.forward(A, **params)
         gU, glam = loss.grads(U, lam)
         return method.backward(state, gU, glam, **params), lam, U
 

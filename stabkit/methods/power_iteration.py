@@ -152,19 +152,11 @@ def _pi_forward(A, steps=19, seed=0):
     return _forward(A, steps, "random", 0.0, seed)
 
 
-def _backward_svd_pi(state, gU, glam, steps=19, eps=1e-4):
-    return backward(state, gU, glam)
-
-
-def _backward_pi(state, gU, glam, steps=19, seed=0):
-    return backward(state, gU, glam)
-
-
 SVD_PI = Method(
-    "pi", _backward_svd_pi, {"steps": 19, "eps": 1e-4}, forward=_svd_pi_forward,
+    "pi", backward, {"steps": 19, "eps": 1e-4}, forward=_svd_pi_forward,
     paper="Wang et al., NeurIPS 2019 (SVD-PI)", summary="exact forward, backward through 19 PI steps with deflation",
 )
 PI_FORWARD = Method(
-    "pi-forward", _backward_pi, {"steps": 19, "seed": 0}, forward=_pi_forward,
+    "pi-forward", backward, {"steps": 19, "seed": 0}, forward=_pi_forward,
     paper="Wang et al., NeurIPS 2019 (PI baseline)", summary="power iteration with deflation, forward and backward",
 )
