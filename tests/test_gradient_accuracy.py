@@ -128,3 +128,17 @@ def test_verdicts_and_report_from_known_numbers(tmp_path):
     # the reading states the overall extremes from the data: m2 median 1.15°, m3 non-finite-heavy median 65°
     assert "lowest median angle is m2's (1.15°)" in body
     assert ga.summary(df).startswith("6 scored cells; lowest median angle: m2 (1.15°)")
+
+
+def test_uncertified_truths_are_listed_not_scored(tmp_path):
+    """A cell whose truth has < 12 digits changes no verdict and is named in the report."""
+    df = _synthetic()
+    extra = df[df["cell_id"] == "A0"].copy()
+    extra["cell_id"], extra["d"] = "A9", 32
+    extra["angle_deg"], extra["truth_digits"], extra["truth_certified"] = 0.0, 9.5, False
+    extra.loc[extra["method"] == "m3", "angle_deg"] = 0.0  # would make m3 best if it were scored
+    both = pd.concat([df, extra], ignore_index=True)
+    pd.testing.assert_frame_equal(ga.verdicts(both), ga.verdicts(df))
+    body = ga.report(both, {"methods": ["m1", "m2", "m3"], "families": [{"family": "A"}, {"family": "B"}]}, tmp_path)
+    assert "1 cells have a ground truth with fewer than 12" in body
+    assert "- A, loss zca, float64: d = 32 (9.5 digits)" in body

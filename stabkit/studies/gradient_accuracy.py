@@ -256,15 +256,24 @@ def _label_column(df: pd.DataFrame) -> pd.Series:
 
 
 def _scored(results: pd.DataFrame) -> pd.DataFrame:
-    """Rows where a ground truth exists (the loss is defined); non-finite angles count as +inf."""
+    """Rows with a certified ground truth (≥ 12 digits); non-finite angles count as +inf.
+
+    A truth below 12 certified digits is listed in the report, never scored against.
+    """
     df = results.copy()
     df["variant"] = _label_column(df)
-    defined = df["truth_digits"].notna() if "truth_digits" in df else pd.Series(False, index=df.index)
-    df = df[defined].copy()
+    certified = _uncertified_mask(df).eq(False) & df["truth_digits"].notna() if "truth_digits" in df \
+        else pd.Series(False, index=df.index)
+    df = df[certified].copy()
     df["angle_score"] = df["angle_deg"].where(df["angle_deg"].notna(), np.inf)
     df["raised"] = df["error"].notna()
     df["nonfinite"] = ~df["finite"].astype(bool) & ~df["raised"]
     return df
+
+
+def _uncertified_mask(df: pd.DataFrame) -> pd.Series:
+    """Rows whose ground truth exists but has fewer than 12 certified digits."""
+    return df["truth_digits"].notna() & ~df["truth_certified"].fillna(False).astype(bool)
 
 
 def _order(values, reference) -> list:
@@ -324,9 +333,11 @@ def report(results: pd.DataFrame, grid: dict, out_dir: Path) -> str:
     undefined = all_rows[all_rows["error"].fillna("").str.startswith("undefined:")]["cell_id"].nunique()
     failed = all_rows[all_rows["error"].fillna("").str.startswith("cell failed:")]["cell_id"].nunique()
     unbuilt_n = all_rows[all_rows["error"].fillna("").str.startswith("not built:")]["cell_id"].nunique()
+    uncertified_n = all_rows[_uncertified_mask(all_rows)]["cell_id"].nunique()
     lines.append(f"{n_cells} cells × {len(methods_order)} methods = {len(all_rows)} rows. "
                  f"{undefined} cells have a loss that is undefined on their spectrum (no ground truth; "
-                 f"listed below, not scored){f', {unbuilt_n} cells ask for a spectrum that does not exist at their size' if unbuilt_n else ''}"
+                 f"listed below, not scored), {uncertified_n} cells have a ground truth with fewer than 12 "
+                 f"certified digits (listed below, not scored){f', {unbuilt_n} cells ask for a spectrum that does not exist at their size' if unbuilt_n else ''}"
                  f"{f', {failed} cells failed' if failed else ''}. "
                  f"Angles are in degrees between a method's ∂L/∂A and the certified truth; a method whose "
                  f"gradient has NaN/Inf counts as +∞ in medians.\n")
@@ -397,6 +408,15 @@ def report(results: pd.DataFrame, grid: dict, out_dir: Path) -> str:
         for (variant, loss, dtype), group in grouped:
             lines.append(f"- {variant}, loss {loss}, {dtype}: d ∈ {{{', '.join(str(x) for x in sorted(set(group['d'])))}}} "
                          f"— e.g. {group['error'].iloc[0].removeprefix('undefined: ')[:160]}")
+        lines.append("")
+
+    # -- cells whose truth is not certified
+    uncertified = all_rows[_uncertified_mask(all_rows)].drop_duplicates("cell_id")
+    if not uncertified.empty:
+        lines.append("## Cells whose ground truth is not certified (not scored)\n")
+        for (variant, loss, dtype), group in uncertified.groupby(["variant", "loss", "dtype"], sort=False):
+            sizes = ", ".join(f"{d} ({digits:.1f} digits)" for d, digits in zip(group["d"], group["truth_digits"]))
+            lines.append(f"- {variant}, loss {loss}, {dtype}: d = {sizes}")
         lines.append("")
 
     # -- cells whose spectrum cannot exist at that size
@@ -485,11 +505,8 @@ def _reading(df: pd.DataFrame, methods_order: list) -> list[str]:
                    + (f"the median angle grows more than tenfold for {', '.join(grew)}."
                       if grew else "no method's median angle grows more than tenfold."))
 
-    uncertified = int((~df.drop_duplicates("cell_id")["truth_certified"].astype(bool)).sum())
     digits = df.drop_duplicates("cell_id")["truth_digits"]
-    out.append(f"Ground truths: {digits.min():.1f} to {digits.max():.1f} correct digits (a rigorous bound where "
-               f"certified, an agreement estimate otherwise); {uncertified} of {digits.size} truths are not "
-               f"certified.")
+    out.append(f"Scored ground truths carry {digits.min():.1f} to {digits.max():.1f} certified digits.")
     return out
 
 
