@@ -4,10 +4,14 @@ Refinement (Ogita & Aishima, JJIAM 35 (2018) 1007–1035; part II for clusters, 
 435–459).  Start from float64 ``numpy.linalg.eigh``; with R = I − XᵀX, S = XᵀAX,
 λ̃_i = s_ii/(1 − r_ii), E_ij = (s_ij + λ̃_j r_ij)/(λ̃_j − λ̃_i) for separated pairs and r_ij/2 inside
 a cluster (|λ̃_i − λ̃_j| ≤ ω = 2(‖S − diag S‖ + ‖A‖‖R‖)), update X ← X + XE; convergence is
-quadratic.  When the invariant subspace of a cluster has converged, a Rayleigh–Ritz step on the
+quadratic.  The cluster test compares *exact* λ̃ differences with ω: float64 λ̃ cannot resolve
+gaps below ulp(λ), and pairs it rounded together used to stay in a cluster for ever, their
+eigenvectors unresolved, leaving ~1e-13 eigenvector bounds (the cause of the 8–11 digits on LAPACK
+modes 1/2).  When the invariant subspace of a cluster has converged, a Rayleigh–Ritz step on the
 cluster block (float64 eigh of the shifted block, orthonormalized to full precision by
 Newton–Schulz) separates eigenvalues that differ by rounding only, after which the plain iteration
-resolves them.  X is a matrix of integers with an implicit scale 2^-s and A is scaled exactly to
+resolves them; sub-clusters the float64 block eigh could not split get a further Rayleigh–Ritz
+step (up to 4 in all).  X is a matrix of integers with an implicit scale 2^-s and A is scaled exactly to
 integers, so XᵀX, AX, XᵀAX are *exact* (``flint.fmpz_mat`` products, multi-modular).
 
 Certificate (all from exact integer quantities; final bound arithmetic in float64 with a safety
@@ -24,9 +28,24 @@ factor that covers its own rounding):
   max|f''| for spectral losses, exact quotient perturbation for weighted ones) plus the
   evaluation error of D̃.
 
-Where an enclosure is not isolated (exactly repeated eigenvalues) or the spectral f has no
-derivative table, no rigorous bound exists and the engine reports the agreement between the
-gradients of the last two iterates (an estimate, not a proof).
+* groups — enclosures that overlap (exactly repeated eigenvalues, or splits below the working
+  precision) form groups J, maximal runs whose unions I_J are disjoint (tested on exact integer
+  differences of the centres).  For |J| ≥ 2 the subspace Davis–Kahan sin Θ theorem (Davis &
+  Kahan, SIAM J. Numer. Anal. 7 (1970); Stewart & Sun, Matrix Perturbation Theory, Thm V.3.6),
+  with the exact residual W = AX_J − X_J(X_JᵀAX_J) and δ_J = distance of I_J to the other groups,
+  gives ε_J ≥ min_W ‖X_J − U_J W‖_F over orthogonal W (``_certify_groups``); the group's columns
+  get ε_i = ε_J.  In the gradient the eigenvalues of a group are replaced by its centre μ_J, with
+  radius r_J ≥ |λ_i − μ_J|: the resulting D⁰ is constant on group blocks, so U(D⁰∘UᵀGU)Uᵀ does
+  not depend on the basis inside a group, and |D − D⁰|_ij ≤ (r_i + r_j)/2 · max|f''| over the
+  enclosures (mean value theorem, ∂f[a,b]/∂a = f''(ξ)/2) bounds the rest (``_bound``).
+  Singletons are the case |J| = 1, μ = s_ii, r = η_i.
+
+Rigorous: all of the above — for zca/sqrt/log (f'', f''' tables) and weighted losses (exact
+quotient perturbation; finite only when the weights are equal inside every group) — whenever every
+enclosure or group is isolated and every sin bound is < 1/2; exact ties included.  Not rigorous:
+only the fallback — a group not isolated, a sin bound ≥ 1/2, or a spectral f without a derivative
+table — where the engine reports the agreement between the gradients of the last two iterates
+(an estimate, not a proof).
 """
 
 from __future__ import annotations
@@ -156,7 +175,7 @@ def _refine(A: np.ndarray, target_bits: int, lam0: np.ndarray, Q0: np.ndarray, m
     s = min(64, target_bits)  # float64 eigh is accurate to ~2^-50; less only when a low target is forced
     X = _round_to_int(Q0, s)
     prev = None
-    rr_done = False
+    rr_blocks, n_rr = None, 0
     cur = None
     for _ in range(max_iter):
         cur = _Pass(Af, a, X, s)
@@ -166,19 +185,23 @@ def _refine(A: np.ndarray, target_bits: int, lam0: np.ndarray, Q0: np.ndarray, m
             R2[i, i] += 1 << s2  # R = I − XᵀX at scale 2s (exact)
         Sd = np.diag(cur.S)
         P1d = np.diag(cur.P1)
-        lamf = np.array([int(Sd[i]) / (int(P1d[i]) << a) for i in range(d)])
         Rf = _to_float(R2, s2)
         Sf = _to_float(cur.S, a + s2)
         off = Sf - np.diag(np.diag(Sf))
         omega = 2.0 * (np.linalg.norm(off) + normA * np.linalg.norm(Rf))
-        denf = lamf[None, :] - lamf[:, None]
-        clus = np.abs(denf) <= omega
+        # clusters from *exact* λ̃ differences: float64 λ̃ cannot resolve gaps below ulp(λ̃), and
+        # pairs it rounds together would never be separated by the iteration
+        w0 = s2 + 16
+        lam = np.array([(int(Sd[i]) << w0) // (int(P1d[i]) << a) for i in range(d)], dtype=object)
+        den = lam[None, :] - lam[:, None]  # scale w0
+        om_int = int(math.ceil(math.ldexp(omega, w0))) + 1
+        clus = np.abs(den) <= om_int
         np.fill_diagonal(clus, True)
         sep = ~clus
         gapbits = 0
         if sep.any():
-            gmin = float(np.abs(denf[sep]).min()) / normA
-            gapbits = max(0, math.ceil(-math.log2(gmin))) if gmin > 0 else 0
+            gmin_int = int(np.abs(den[sep]).min())
+            gapbits = max(0, w0 - gmin_int.bit_length() + math.ceil(math.log2(normA)) + 1)
         # E at scale s2, from S, R exact and λ̃ at scale w: its error ≈ 2^-w / gap ≤ 2^-(2s+16)
         w = s2 + gapbits + 16
         lam = np.array([(int(Sd[i]) << w) // (int(P1d[i]) << a) for i in range(d)], dtype=object)
@@ -190,9 +213,12 @@ def _refine(A: np.ndarray, target_bits: int, lam0: np.ndarray, Q0: np.ndarray, m
         emax = float(np.abs(Ef).max())
         acc = -math.log2(emax) if emax > 0 else float(target_bits + 64)
         if acc >= target_bits:
+            # Rayleigh–Ritz on the clusters whose subspace has converged; again on the sub-clusters
+            # it leaves (eigenvalues split below the float64 resolution of the cluster block)
             blocks = _cluster_blocks(clus)
-            if blocks and not rr_done:
-                rr_done = True
+            if blocks and blocks != rr_blocks and n_rr < 4:
+                n_rr += 1
+                rr_blocks = blocks
                 prev = cur
                 X, s = _rayleigh_ritz(cur, blocks, s, target_bits)
                 continue
@@ -293,7 +319,93 @@ def _certify(p: _Pass):
         if sin < 0.5:
             r = _ub(abs(int(R2[i, i])), two_s)
             eps[i] = (math.sqrt(2) * sin + r) * _SAFE
-    return {"rho": rho, "eta": eta, "eps": eps}
+    grp = _groups(Sd, a + two_s, eta)
+    _certify_groups(p, grp, eta, rho, eps)
+    return {"rho": rho, "eta": eta, "eps": eps, "grp": grp}
+
+
+def _gap_lb(c: np.ndarray, q: int, eta: np.ndarray, i0: int, i1: int, i2: int) -> float:
+    """Lower bound on min_{k∈[i1,i2)} (c_k − η_k) − max_{i∈[i0,i1)} (c_i + η_i), c_i = C_i/2^q exact.
+
+    Offsets from the anchor c[i1] are exact integer differences rounded to float64 (relative
+    error ≤ 2^-53), so gaps far below ulp(c) are resolved."""
+    anchor = int(c[i1])
+    den = 1 << q
+    o = np.array([(int(v) - anchor) / den for v in c[i0:i2]])  # correctly rounded
+    slack = np.abs(o) * 2.0 ** -51 + 1e-300
+    e = eta[i0:i2] * _SAFE
+    n = i1 - i0
+    top = float(np.max(o[:n] + slack[:n] + e[:n]))
+    bot = float(np.min(o[n:] - slack[n:] - e[n:]))
+    gap = bot - top
+    return gap * (1 - 2.0 ** -40) if gap > 0 else gap * (1 + 2.0 ** -40) - 1e-300
+
+
+def _groups(c: np.ndarray, q: int, eta: np.ndarray) -> np.ndarray:
+    """Labels 0, 1, … of the maximal runs of overlapping enclosures [c_i ± η_i] (c_i = C_i/2^q
+    ascending, C exact ints).  Runs are merged until neighbouring unions are disjoint; for ascending
+    centres, disjoint neighbours imply pairwise disjoint unions."""
+    d = c.size
+    starts = [0]
+    for i in range(1, d):
+        if _gap_lb(c, q, eta, starts[-1], i, i + 1) <= 0:
+            continue
+        starts.append(i)
+    while True:
+        b = starts + [d]
+        bad = {k for k in range(1, len(starts)) if _gap_lb(c, q, eta, b[k - 1], b[k], b[k + 1]) <= 0}
+        if not bad:
+            break
+        starts = [st for k, st in enumerate(starts) if k not in bad]
+    grp = np.zeros(d, dtype=np.int64)
+    for k, st in enumerate(starts):
+        grp[st:] = k
+    return grp
+
+
+def _certify_groups(p: _Pass, grp: np.ndarray, eta: np.ndarray, rho: float, eps: np.ndarray) -> None:
+    """ε_J ≥ min_W ‖X_J − U_J W‖_F for every group J of ≥ 2 overlapping enclosures (in place).
+
+    Y = X_J, T = YᵀAY (exact), residual W = AY − YT (exact).  With N = (YᵀY)^½, Q = Y N⁻¹
+    orthonormal and M = QᵀAQ = N⁻¹TN⁻¹: AQ − QM = (W − Y((YᵀY)⁻¹ − I)T) N⁻¹, so
+    ‖AQ − QM‖_F ≤ (‖W‖_F + √(1+ρ) ρ/(1−ρ) ‖T‖_F)/√(1−ρ).  By Ostrowski and Weyl (as for the
+    single eigenvalues) eig(M) lies in the union I_J of the group's enclosures, and the other
+    eigenvalues of A lie in the other groups' unions, at distance ≥ δ_J from I_J.  Davis–Kahan
+    sin Θ (interval vs. exterior, constant 1): ‖sin Θ(Q, U_J)‖_F ≤ ‖AQ − QM‖_F / δ_J, and
+    min_W ‖Q − U_J W‖_F ≤ √2 ‖sin Θ‖_F, ‖Y − Q‖_F = ‖N − I‖_F ≤ ρ.
+    """
+    X, s, a = p.X, p.s, p.a
+    d = X.shape[0]
+    labels, starts = np.unique(grp, return_index=True)
+    if len(labels) == d or rho >= 0.25:
+        return
+    C = np.array([int(v) for v in np.diag(p.S)], dtype=object)
+    bounds = list(starts) + [d]
+    AX = None
+    for k in range(len(starts)):
+        i0, i1 = bounds[k], bounds[k + 1]
+        if i1 - i0 < 2:
+            continue
+        eps[i0:i1] = np.inf
+        gaps = [np.inf]
+        if k > 0:
+            gaps.append(_gap_lb(C, a + 2 * s, eta, bounds[k - 1], i0, i1))
+        if k + 1 < len(starts):
+            gaps.append(_gap_lb(C, a + 2 * s, eta, i0, i1, bounds[k + 2]))
+        delta = min(gaps)
+        if delta <= 0:
+            continue
+        if AX is None:
+            AX = p.AX
+        Yf = _fm(X[:, i0:i1])
+        Tm = p.S[i0:i1, i0:i1]
+        Wm = _fm(AX[:, i0:i1]) * (1 << (2 * s)) - Yf * _fm(Tm)  # scale a + 3s
+        wn = _ub_sqrt(sum(int(v) * int(v) for v in Wm.entries()), a + 3 * s)
+        tn = _ub_sqrt(int(np.sum(Tm * Tm)), a + 2 * s)
+        res = (wn + math.sqrt(1 + rho) * rho / (1 - rho) * tn) / math.sqrt(1 - rho) * _SAFE
+        sin = res / delta * _SAFE if np.isfinite(delta) else 0.0
+        if sin < 0.5:
+            eps[i0:i1] = (math.sqrt(2) * sin + rho) * _SAFE
 
 
 # ----------------------------------------------------------------------------------------------
@@ -322,9 +434,41 @@ def _table_for(loss):
 # gradient
 
 
+def _collapse(st: dict):
+    """Group-collapsed eigenvalues μ (ints at scale qc) and radii r_i ≥ |λ_i − μ_i|.
+
+    Singletons keep μ_i = c_i, r_i = η_i; a group J of overlapping enclosures gets one centre
+    μ_J = (min c_J + max c_J)/2 and r_J = max_{i∈J} (|c_i − μ_J| + η_i), so every true λ_i, i ∈ J,
+    lies in [μ_J ± r_J].
+    """
+    c, qc, eta = st["c"], st["qc"], st["eta"]
+    d = c.size
+    grp = st.get("grp")
+    if grp is None:
+        grp = np.arange(d)
+    mu = c.copy()
+    r = np.array(eta, dtype=np.float64).copy()
+    _, starts = np.unique(grp, return_index=True)
+    bounds = list(starts) + [d]
+    for k in range(len(starts)):
+        i0, i1 = bounds[k], bounds[k + 1]
+        if i1 - i0 < 2:
+            continue
+        m = (int(min(c[i0:i1])) + int(max(c[i0:i1]))) // 2
+        dev = _to_float(np.array([abs(int(v) - m) for v in c[i0:i1]], dtype=object), qc) * (1 + 2.0 ** -50)
+        mu[i0:i1] = m
+        r[i0:i1] = float(np.max(dev + r[i0:i1])) * _SAFE
+    return mu, r, grp, bounds
+
+
 def _gradient(st: dict, loss, G: np.ndarray, want_bound: bool):
-    """Daleckii–Krein gradient from a refined state; (exact numerator ints, scale, bound or None)."""
-    X, s, c, qc = st["X"], st["s"], st["c"], st["qc"]  # λ_i = c_i / 2^qc
+    """Daleckii–Krein gradient from a refined state; (exact numerator ints, scale, bound or None).
+
+    D̃ is evaluated at the group-collapsed eigenvalues μ (see ``_collapse``): inside a group of
+    overlapping enclosures the gradient is formed from the group's invariant subspace only.
+    """
+    X, s, qc = st["X"], st["s"], st["qc"]  # λ_i ≈ c_i / 2^qc
+    c, r, grp, bounds = _collapse(st)
     d = X.shape[0]
     G0, g0 = _float_exact_to_int(G)
     Gint, g = G0 + G0.T, g0 + 1  # G_sym = (G + Gᵀ)/2 exactly
@@ -347,15 +491,13 @@ def _gradient(st: dict, loss, G: np.ndarray, want_bound: bool):
         tD = int(target + 40 - math.floor(math.log2(Dmax)))
         zero = (dW == 0) | (dc == 0)
         D = np.where(zero, 0, _div_pow2(dW, qc + tD - sw, np.where(zero, 1, dc)))
-        evalerr = np.full((d, d), 2.0 ** -tD)
+        evalD = np.full((d, d), 2.0 ** -tD)
         if want_bound:
-            eta = st["eta"]
-            se = eta[:, None] + eta[None, :]
+            se = r[:, None] + r[None, :]
             h = np.abs(dcf)
             with np.errstate(divide="ignore", invalid="ignore"):
-                dD = np.where(dWf == 0, 0.0,
-                              np.where(h > se, np.abs(dWf) * se / (h * (h - se)), np.inf))
-            dD = dD * _SAFE + evalerr
+                dD0 = np.where(dWf == 0, 0.0,
+                               np.where(h > se, np.abs(dWf) * se / (h * (h - se)), np.inf))
     else:
         mags = np.maximum(np.abs(lamf), 1e-300)
         dfmax = max(abs(float(loss.df_mp(mpmath.mpf(float(x))))) for x in lamf)
@@ -376,25 +518,28 @@ def _gradient(st: dict, loss, G: np.ndarray, want_bound: bool):
             Fv = np.array(fvals, dtype=object)
             dF = Fv[:, None] - Fv[None, :]
             D = np.where(near, 0, _div_pow2(dF, qc + tD - tF, np.where(near, 1, dc)))
+            done = {}
             for i, j in zip(*np.nonzero(near)):
                 if j < i:
                     continue
-                m = (lam_mp[i] + lam_mp[j]) / 2
-                v = int(mpmath.nint(mpmath.ldexp(loss.df_mp(m), tD)))
-                D[i, j] = D[j, i] = v
+                key = (int(c[i]), int(c[j]))
+                if key not in done:
+                    m = (lam_mp[i] + lam_mp[j]) / 2
+                    done[key] = int(mpmath.nint(mpmath.ldexp(loss.df_mp(m), tD)))
+                D[i, j] = D[j, i] = done[key]
         h = np.abs(dcf)
         evalerr = np.full((d, d), 2.0 ** -tD) + np.where(near, 0.0, 4.0 * 2.0 ** -tF / np.where(near, 1.0, h))
         if want_bound:
             tab = _table_for(loss)
-            eta = st["eta"]
-            low = np.minimum(lamf[:, None], lamf[None, :]) * (1 - 1e-15) - np.maximum(eta[:, None], eta[None, :])
+            lo = lamf * (1 - 1e-15) - r
+            low = np.minimum(lo[:, None], lo[None, :])
             if tab is None or (low <= 0).any():
                 want_bound = False
             else:
                 f2 = np.vectorize(lambda x: float(tab[1](x)))(low)
                 f3 = np.vectorize(lambda x: float(tab[2](x)))(low)
-                se = eta[:, None] + eta[None, :]
-                dD = (se / 2 * f2 + np.where(near, h * h / 24 * f3, 0.0)) * _SAFE + evalerr * _SAFE
+                dD0 = (r[:, None] + r[None, :]) / 2 * f2 * _SAFE
+                evalD = (np.where(near, h * h / 24 * f3, 0.0) + evalerr) * _SAFE
     # M = D̃ ∘ K̃, rounded to scale tM
     Mfull = D * K  # scale tD + qK
     Mf_approx = _to_float(Mfull, tD + qK)
@@ -406,19 +551,39 @@ def _gradient(st: dict, loss, G: np.ndarray, want_bound: bool):
     gscale = 2 * s + tM
     bound = None
     if want_bound and np.isfinite(st["eps"]).all():
-        rho, eps = st["rho"], st["eps"]
-        Gn = float(np.linalg.norm(Gs)) * _SAFE
-        sq = math.sqrt(1 + rho) * _SAFE
-        kappa = Gn * (eps[:, None] + sq * eps[None, :]) * _SAFE
-        Kf = np.abs(_to_float(K, qK)) * _SAFE
-        Df = np.abs(_to_float(D, tD)) * _SAFE
-        dM = (np.linalg.norm(dD * (Kf + kappa)) + np.linalg.norm(Df * kappa) + d * 2.0 ** -tM) * _SAFE
-        M2 = (np.linalg.norm(_to_float(Mint, tM)) * _SAFE + dM) * _SAFE
-        dU = float(np.linalg.norm(eps)) * _SAFE
-        bound = (dU * (1 + sq) * M2 + (1 + rho) * dM) * _SAFE * 1.01
-        if not np.isfinite(bound):
-            bound = None
+        bound = _bound(st, grp, bounds, Gs, K, qK, D, tD, Mint, tM, dD0, evalD)
     return gnum, gscale, bound
+
+
+def _bound(st, grp, bounds, Gs, K, qK, D, tD, Mint, tM, dD0, evalD):
+    """Rigorous ‖∂L/∂A − X M̃ Xᵀ‖_F (see the module docstring), or None if not finite.
+
+    Ũ = U·blockdiag(W_J) with ‖Ũ_J − X_J‖_F ≤ ε_J; D⁰ = divided differences at the collapsed μ
+    (constant on group blocks, so U(D⁰∘UᵀGU)Uᵀ = Ũ(D⁰∘ŨᵀGŨ)Ũᵀ).  Then
+      ‖Γ − Γ⁰‖_F = ‖(D − D⁰)∘K‖_F ≤ (Σ_{J,J'} (max_{JJ'}|D − D⁰| (‖K̃_{JJ'}‖_F + κ_{JJ'}))²)^½,
+      ‖Γ⁰ − XM̃Xᵀ‖_F ≤ ‖ΔU‖_F(1 + √(1+ρ))‖M⁰‖₂ + (1+ρ)‖M⁰ − M̃‖_F,
+    κ_{JJ'} = ‖G‖(ε_J + √(1+ρ)ε_J') ≥ ‖Ũ_JᵀGŨ_J' − X_JᵀGX_J'‖_F (and entrywise).
+    """
+    d = Gs.shape[0]
+    rho, eps = st["rho"], st["eps"]
+    starts = np.array(bounds[:-1])
+    Gn = float(np.linalg.norm(Gs)) * _SAFE
+    sq = math.sqrt(1 + rho) * _SAFE
+    kappa = Gn * (eps[:, None] + sq * eps[None, :]) * _SAFE
+    Kf = np.abs(_to_float(K, qK)) * _SAFE
+    Df = np.abs(_to_float(D, tD)) * _SAFE
+    with np.errstate(invalid="ignore", over="ignore"):
+        # Γ − Γ⁰, block by block (dD0 and κ are constant on group blocks)
+        K2 = np.add.reduceat(np.add.reduceat(Kf * Kf, starts, axis=0), starts, axis=1)
+        blk = dD0[np.ix_(starts, starts)] * (np.sqrt(K2) * _SAFE + kappa[np.ix_(starts, starts)])
+        tA = float(np.linalg.norm(blk)) * _SAFE
+        # Γ⁰ − X M̃ Xᵀ
+        dM = (np.linalg.norm(evalD * (Kf + kappa)) + np.linalg.norm(Df * kappa) + d * 2.0 ** -tM) * _SAFE
+        M2 = (np.linalg.norm(_to_float(Mint, tM)) * _SAFE + dM) * _SAFE
+        epsJ = eps[starts]
+        dU = float(np.linalg.norm(epsJ)) * _SAFE
+        bound = (tA + dU * (1 + sq) * M2 + (1 + rho) * dM) * _SAFE * 1.01
+    return float(bound) if np.isfinite(bound) else None
 
 
 def _digits_from(bound: float, gnum: np.ndarray, gscale: int) -> float:
@@ -440,9 +605,10 @@ def _state_from_pass(p: _Pass, target_bits: int, certify: bool, k: int) -> dict:
           "qc": p.a + 2 * p.s + k, "target_bits": target_bits}
     cert = _certify(p) if certify else None
     if cert is not None:
-        st.update(rho=cert["rho"], eta=cert["eta"] * 2.0 ** -k, eps=cert["eps"])
+        st.update(rho=cert["rho"], eta=cert["eta"] * 2.0 ** -k, eps=cert["eps"], grp=cert["grp"])
     else:
-        st.update(rho=np.inf, eta=np.full(p.X.shape[0], np.inf), eps=np.full(p.X.shape[0], np.inf))
+        st.update(rho=np.inf, eta=np.full(p.X.shape[0], np.inf), eps=np.full(p.X.shape[0], np.inf),
+                  grp=np.arange(p.X.shape[0]))
     return st
 
 
@@ -465,7 +631,7 @@ def _save_states(path, states: list[dict], atomic_write) -> None:
         xb, xn = _ints_to_bytes(st["X"])
         cb, cn = _ints_to_bytes(st["c"])
         arrays[f"X{n}"], arrays[f"c{n}"] = xb, cb
-        arrays[f"eta{n}"], arrays[f"eps{n}"] = st["eta"], st["eps"]
+        arrays[f"eta{n}"], arrays[f"eps{n}"], arrays[f"grp{n}"] = st["eta"], st["eps"], st["grp"]
         meta.append({"s": st["s"], "qc": st["qc"], "target_bits": st["target_bits"], "rho": st["rho"],
                      "xn": xn, "cn": cn, "shape": list(st["X"].shape)})
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
@@ -483,7 +649,8 @@ def _load_states(path) -> list[dict]:
             out.append({"X": _ints_from_bytes(z[f"X{n}"], m["xn"], shape),
                         "c": _ints_from_bytes(z[f"c{n}"], m["cn"], (shape[1],)),
                         "s": m["s"], "qc": m["qc"], "target_bits": m["target_bits"], "rho": m["rho"],
-                        "eta": z[f"eta{n}"].copy(), "eps": z[f"eps{n}"].copy()})
+                        "eta": z[f"eta{n}"].copy(), "eps": z[f"eps{n}"].copy(),
+                        "grp": z[f"grp{n}"].copy()})
     return out
 
 

@@ -17,13 +17,16 @@ high-precision eigendecomposition A = U diag(λ) Uᵀ.  Two engines compute that
   for clustered eigenvalues, JJIAM 36, 2019) with all matrix products done *exactly* in integer
   fixed point (python-flint ``fmpz_mat``).  From the exact products the final X is certified
   (see ``stabkit._flint_eig``): Weyl + Ostrowski bounds on every eigenvalue, a Davis–Kahan sin θ
-  bound on every eigenvector whose eigenvalue enclosure is isolated, and a perturbation bound that
-  carries both through the Daleckii–Krein formula.  When all of these exist (every eigenvalue
-  enclosure isolated, loss with a known f''/f''' table — zca, sqrt, log — or weighted), ``digits``
-  is that rigorous bound (bound arithmetic in float64 with a safety factor covering its rounding).
-  Otherwise (exactly repeated eigenvalues, unknown spectral f) ``digits`` falls back to the
-  agreement between the gradients of the last two refinement iterates (precision ≈ P/2 and P),
-  which is an estimate only.
+  bound on every eigenvector whose eigenvalue enclosure is isolated, a subspace Davis–Kahan
+  sin Θ bound on the invariant subspace of every group of overlapping enclosures (exactly
+  repeated eigenvalues) that is isolated as a whole, and a perturbation bound that carries these
+  through the Daleckii–Krein formula (inside a group, D is replaced by its value at the group's
+  centre, with the mean-value bound max|f''|·radius on the difference).  When all of these exist
+  (loss with a known f''/f''' table — zca, sqrt, log — or weighted with equal weights inside every
+  group), ``digits`` is that rigorous bound (bound arithmetic in float64 with a safety factor
+  covering its rounding).  Otherwise (unknown spectral f, a weighted loss whose weights differ
+  inside a group, a group not isolated) ``digits`` falls back to the agreement between the
+  gradients of the last two refinement iterates (precision ≈ P/2 and P), an estimate only.
 
 Precision is chosen from the float64 spectrum: P = 30 + ⌈−log10(min relative gap)⌉ digits, so a
 spectrum that is degenerate before rounding (gaps ≈ 1e-16 relative) still gets ~30 digits.
@@ -33,7 +36,9 @@ square root of the working precision).
 
 Results are cached on disk (``$STABKIT_CACHE`` or ``~/.cache/stabkit/reference``): the
 eigendecomposition per input (sha256 of the float64 bytes and shape) and engine, the gradient per
-(input, engine, loss name, sha of weight, sha of w).  Files are written atomically.
+(input, engine, loss name, sha of weight, sha of w).  Every key carries ``_CACHE_VERSION`` and the
+engine's algorithm version (``ENGINE_VERSIONS``), so results of an older algorithm are not reused.
+Files are written atomically.
 """
 
 from __future__ import annotations
@@ -56,7 +61,12 @@ MIN_DIGITS = 12
 MAX_DIGITS = 60.0
 AUTO_MPMATH_MAX_D = 24
 ENGINES = ("auto", "mpmath", "flint")
-_CACHE_VERSION = "v1"
+_CACHE_VERSION = "v2"
+# Algorithm version of each engine, part of every cache key: bump when an engine's results change,
+# so that truths computed by an older algorithm are never reused.
+# flint 2: exact cluster test in the refinement, repeated Rayleigh–Ritz on sub-clusters, and the
+#          group (invariant-subspace) certificate for overlapping eigenvalue enclosures.
+ENGINE_VERSIONS = {"mpmath": "1", "flint": "2"}
 
 
 @dataclass(frozen=True)
@@ -340,7 +350,8 @@ def _matrix_hash(A: np.ndarray) -> str:
 
 
 def _eig_key(A: np.ndarray, engine: str, dps) -> str:
-    return f"eig-{_CACHE_VERSION}-{engine}-{_matrix_hash(A)[:32]}-{dps or 'auto'}".replace(" ", "")
+    ver = f"{_CACHE_VERSION}-{engine}{ENGINE_VERSIONS[engine]}"
+    return f"eig-{ver}-{_matrix_hash(A)[:32]}-{dps or 'auto'}".replace(" ", "")
 
 
 def _loss_id(loss) -> str:
@@ -351,7 +362,8 @@ def _loss_id(loss) -> str:
 
 
 def _grad_key(A: np.ndarray, engine: str, loss, dps) -> str:
-    return f"grad-{_CACHE_VERSION}-{engine}-{_matrix_hash(A)[:32]}-{_loss_id(loss)}-{dps or 'auto'}"
+    ver = f"{_CACHE_VERSION}-{engine}{ENGINE_VERSIONS[engine]}"
+    return f"grad-{ver}-{_matrix_hash(A)[:32]}-{_loss_id(loss)}-{dps or 'auto'}"
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from stabkit import reference as R
+from stabkit import spectra
 from stabkit.losses import LOSSES, make_loss
 from tests.conftest import build
 
@@ -181,8 +182,8 @@ def test_input_validation():
 
 @pytest.mark.parametrize("name", ["zca", "projector"])
 def test_exactly_repeated_eigenvalues(name):
-    """Exact ties in float64 (a duplicated block): no isolated enclosures, flint falls back to the
-    agreement of its last two iterates; both engines still match finite differences."""
+    """Exact ties (a duplicated block): no isolated single enclosures; flint certifies each tied
+    pair as one invariant subspace (rigorous), and both engines match finite differences."""
     A = np.kron(np.eye(2), np.array([[2.0, 0.5], [0.5, 3.0]]))
     loss = make_loss(name, 4, seed=3, k=2)
     fd = R.finite_difference_grad(A, loss)
@@ -190,6 +191,8 @@ def test_exactly_repeated_eigenvalues(name):
         truth = R.ground_truth(A, loss, engine=engine, cache=False)
         assert truth.certified
         assert rel(truth.grad, fd) <= 1e-12
+        if engine == "flint":
+            assert truth.digits >= 40
 
 
 def test_eigvec_loss_definedness_follows_the_input_precision():
@@ -202,3 +205,73 @@ def test_eigvec_loss_definedness_follows_the_input_precision():
     assert R.ground_truth(A64, loss).certified
     with pytest.raises(ValueError, match="degenerate spectrum"):
         R.ground_truth(A64.astype(np.float32), loss)
+
+
+# ----------------------------------------------------------------------------------------------
+# exactly repeated eigenvalues in the float64 sense: LAPACK xLATMS modes 1 and 2
+
+
+@pytest.mark.parametrize("mode", [1, 2])
+@pytest.mark.parametrize("name", ["zca", "sqrt"])
+def test_lapack_repeated_spectrum_certified(mode, name):
+    """d − 1 (mode 1) or d − 1 (mode 2) eigenvalues equal before rounding, split by ~1e-16 after:
+    the flint engine resolves the cluster and certifies the gradient rigorously."""
+    A = spectra.make("lapack", 32, mode=mode).matrix
+    truth = R.ground_truth(A, make_loss(name, 32), engine="flint", cache=False)
+    assert truth.engine == "flint"
+    assert truth.digits >= 20 and truth.certified
+
+
+@pytest.mark.parametrize("mode", [1, 2])
+@pytest.mark.parametrize("name", ["zca", "sqrt"])
+def test_lapack_repeated_spectrum_matches_mpmath(mode, name):
+    """d = 8: flint's certified result agrees with mpmath at 100 digits to ≥ 20 digits, and its
+    claimed digits never exceed the true accuracy."""
+    A = spectra.make("lapack", 8, mode=mode).matrix
+    loss = make_loss(name, 8)
+    g_fl, _, d_fl = R._hp_gradient(A, loss, "flint")
+    g_mp, _, _ = R._hp_gradient(A, loss, "mpmath", _dps=100)
+    err = _hp_rel(g_fl, g_mp)
+    assert d_fl >= 20
+    assert err <= 1e-20
+    assert err <= 10.0 ** -d_fl
+
+
+def _kron3():
+    return np.kron(np.eye(3), np.array([[2.0, 0.5], [0.5, 3.0]]))  # {(5 ± √2)/2} each 3 times
+
+
+@pytest.mark.parametrize("case", ["exact-ties", "lapack1-low", "lapack2-low", "lapack1-lower"])
+@pytest.mark.parametrize("name", ["zca", "sqrt", "log"])
+def test_group_bound_is_honest(case, name):
+    """The invariant-subspace (group) certificate never claims more digits than the true error,
+    measured against mpmath at 100 digits: exact ties (the group's radius is the enclosure width
+    only), and LAPACK spectra at a forced low precision where the ~1e-17 splits are not resolved
+    (the group's radius includes the true splitting, bounded by the mean-value term)."""
+    if case == "exact-ties":
+        A, dps = _kron3(), None
+    else:
+        A = spectra.make("lapack", 8, mode=1 if "1" in case else 2).matrix
+        dps = 8 if case.endswith("-low") else 4
+    d = A.shape[0]
+    loss = make_loss(name, d, seed=3)
+    st = __import__("stabkit._flint_eig", fromlist=["eig_states"]).eig_states(
+        R._as_exact_float64(A), dps=dps, cache=False)[0]
+    assert np.isfinite(st["eps"]).all() and len(np.unique(st["grp"])) < d  # the group path is used
+    g_fl, _, d_fl = R._hp_gradient(A, loss, "flint", _dps=dps)
+    g_mp, _, _ = R._hp_gradient(A, loss, "mpmath", _dps=100)
+    err = _hp_rel(g_fl, g_mp)
+    assert err <= 10.0 ** -d_fl
+    assert d_fl >= (40 if case == "exact-ties" else 2)
+
+
+def test_cache_keys_carry_the_engine_version(monkeypatch):
+    A = build([1.0, 2.0, 3.0], seed=1)
+    loss = _loss("zca", 3)
+    for engine in ("mpmath", "flint"):
+        k_eig, k_grad = R._eig_key(A, engine, None), R._grad_key(A, engine, loss, None)
+        assert f"-{engine}{R.ENGINE_VERSIONS[engine]}-" in k_eig and R._CACHE_VERSION in k_eig
+        assert f"-{engine}{R.ENGINE_VERSIONS[engine]}-" in k_grad and R._CACHE_VERSION in k_grad
+        monkeypatch.setitem(R.ENGINE_VERSIONS, engine, "bumped")
+        assert R._eig_key(A, engine, None) != k_eig
+        assert R._grad_key(A, engine, loss, None) != k_grad
