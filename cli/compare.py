@@ -47,7 +47,8 @@ def compare_command(
         built = spectra.make(spectrum, d, seed=seed, **parse_params(param))
         A, source = built.matrix, f"{spectrum} d={d} seed={seed} {built.params}"
     weight = _load_npy(loss_weight, "loss weight") if loss_weight is not None else None
-    result = compare(A, loss, method, dtype=dtype, seed=seed, weight=weight, k=k)
+    with Console(stderr=True).status(f"certified ground truth and {len(method or []) or 'all'} methods, d = {A.shape[-1]} …"):
+        result = compare(A, loss, method, dtype=dtype, seed=seed, weight=weight, k=k)
     if fmt is Format.json:
         for row in result.rows:
             print(json.dumps({"method": row["method"], **{key: _jsonable(row[key]) for key in ROW_KEYS}}))
