@@ -684,12 +684,13 @@ def eig_states(A: np.ndarray, *, dps: int | None = None, cache: bool = True, cac
     return states
 
 
-def engine(A: np.ndarray, loss, *, cache: bool, dps: int | None, cache_dir, key, atomic_write):
+def engine(A: np.ndarray, loss, *, cache: bool, dps: int | None, cache_dir, key, atomic_write,
+           input_dtype=np.float64):
     """(float64 gradient, thunk → mpf entries row-major, float64 eigenvalues, digits); see module doc."""
     states = eig_states(A, dps=dps, cache=cache, cache_dir=cache_dir, key=key, atomic_write=atomic_write)
     st = states[0]
     lam64 = _to_float(st["c"], st["qc"])
-    loss.check(lam64)
+    loss.check(lam64, dtype=input_dtype)  # a float32 input resolves λ only to float32 level
     G = np.asarray(loss.weight, dtype=np.float64)
     gnum, gscale, bound = _gradient(st, loss, G, want_bound=True)
     if bound is not None:

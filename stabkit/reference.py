@@ -219,12 +219,12 @@ def _signed_man(x) -> int:
     return -int(man) if sign else int(man)
 
 
-def _mp_engine(A: np.ndarray, loss, cache: bool, dps: int | None):
+def _mp_engine(A: np.ndarray, loss, cache: bool, dps: int | None, input_dtype=np.float64):
     P = dps or _choose_digits(A)
     P2 = math.ceil(1.5 * P) + 5
     (lam1, U1), (lam2, U2) = _eig_mp_cached(A, (P, P2), cache)
     lam64 = np.array([float(x) for x in lam2])
-    loss.check(lam64)
+    loss.check(lam64, dtype=input_dtype)
     g1 = _gradient_mp(lam1, U1, loss, P)
     g2 = _gradient_mp(lam2, U2, loss, P2)
     digits = _agreement_digits(g2, g1)
@@ -261,8 +261,7 @@ def ground_truth(A, loss, *, engine: str = "auto", cache: bool = True, _dps: int
         loss.check(truth.eigenvalues, dtype=input_dtype)
         return truth
     start = time.perf_counter()
-    grad, _, lam64, digits = _engine(A, loss, engine, cache, _dps)
-    loss.check(lam64, dtype=input_dtype)  # a float32 input resolves eigenvalues only to float32 level
+    grad, _, lam64, digits = _engine(A, loss, engine, cache, _dps, input_dtype)
     truth = Truth(grad, lam64, float(digits), engine, time.perf_counter() - start)
     if cache:
         import io
@@ -275,18 +274,19 @@ def ground_truth(A, loss, *, engine: str = "auto", cache: bool = True, _dps: int
 
 def _hp_gradient(A, loss, engine: str, cache: bool = False, _dps: int | None = None):
     """(gradient entries row-major as high-precision mpf numbers, float64 eigenvalues, digits)."""
-    _, hp, lam64, digits = _engine(_as_exact_float64(A), loss, engine, cache, _dps)
+    _, hp, lam64, digits = _engine(_as_exact_float64(A), loss, engine, cache, _dps, np.asarray(A).dtype)
     return hp(), lam64, digits
 
 
-def _engine(A, loss, engine: str, cache: bool, _dps: int | None):
+def _engine(A, loss, engine: str, cache: bool, _dps: int | None, input_dtype=np.float64):
     """(float64 gradient, thunk returning the high-precision entries, float64 eigenvalues, digits)."""
     if engine == "mpmath":
-        return _mp_engine(A, loss, cache, _dps)
+        return _mp_engine(A, loss, cache, _dps, input_dtype)
     if engine == "flint":
         from . import _flint_eig
         return _flint_eig.engine(A, loss, cache=cache, dps=_dps, cache_dir=_cache_dir(),
-                                 key=_eig_key(A, "flint", _dps), atomic_write=_atomic_write)
+                                 key=_eig_key(A, "flint", _dps), atomic_write=_atomic_write,
+                                 input_dtype=input_dtype)
     raise ValueError(f"unknown engine {engine!r}")
 
 

@@ -195,16 +195,17 @@ def test_exactly_repeated_eigenvalues(name):
             assert truth.digits >= 40
 
 
-def test_eigvec_loss_definedness_follows_the_input_precision():
+@pytest.mark.parametrize("engine", ["mpmath", "flint"])
+def test_eigvec_loss_definedness_follows_the_input_precision(engine):
     """Eigenvalues 1e-9 apart are distinct for a float64 matrix but not for a float32 one."""
     lam = np.array([0.5, 1.0, 1.0 + 1e-9, 2.0])
     Q, _ = np.linalg.qr(np.random.default_rng(0).standard_normal((4, 4)))
     loss = make_loss("eigvec", 4, seed=0)
     A64 = (Q * lam) @ Q.T
     A64 = (A64 + A64.T) / 2
-    assert R.ground_truth(A64, loss).certified
+    assert R.ground_truth(A64, loss, engine=engine).certified
     with pytest.raises(ValueError, match="degenerate spectrum"):
-        R.ground_truth(A64.astype(np.float32), loss)
+        R.ground_truth(A64.astype(np.float32), loss, engine=engine, cache=False)
 
 
 # ----------------------------------------------------------------------------------------------
