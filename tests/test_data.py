@@ -130,7 +130,10 @@ def test_errors_name_the_problem(tmp_path):
         data.load_cifar10(bad, "test")
 
 
-@pytest.mark.skipif(not data.default_path().exists(), reason="shared CIFAR-10 archive not present")
+# CI always has ../shared beside the checkout, so there the real archive must be read (a missing one
+# fails); a user's machine without it skips this one test.
+@pytest.mark.skipif(not data.default_path().exists() and not os.environ.get("CI"),
+                    reason="shared CIFAR-10 archive not present (outside CI)")
 def test_real_archive_test_split(monkeypatch):
     monkeypatch.delenv("STABKIT_DATA_CACHE")  # the real decode is worth caching for the user
     images, labels = data.load_cifar10(split="test")
