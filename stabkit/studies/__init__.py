@@ -35,6 +35,13 @@ def kind_module(kind: str):
     return importlib.import_module(f"{__name__}.{kind}")
 
 
+def check_choices(kind: str, key: str, values, allowed) -> None:
+    """ValueError unless ``values`` is a non-empty list drawn from ``allowed`` (naming both)."""
+    bad = [v for v in values if v not in allowed]
+    if bad or not values:
+        raise ValueError(f"{kind}: {key} {bad or list(values)!r} not allowed: choose from {', '.join(allowed)}")
+
+
 def with_defaults(kind: str, grid: dict, defaults: dict) -> dict:
     """``grid`` over ``defaults``; an unknown key is a ValueError naming it and the allowed keys."""
     unknown = sorted(set(grid) - set(defaults))

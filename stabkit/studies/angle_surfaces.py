@@ -35,7 +35,7 @@ import pandas as pd
 
 from .. import metrics
 from .._markdown import markdown_table
-from . import with_defaults
+from . import check_choices, with_defaults
 from ..methods import analytic, clip, taylor
 
 PARTS = ("energy", "angle3", "k_eps", "gap_d")
@@ -69,9 +69,7 @@ GRID_DEFAULTS = {
 
 def validate(grid: dict) -> dict:
     out = with_defaults("angle_surfaces", grid, GRID_DEFAULTS)
-    bad = [p for p in out["parts"] if p not in PARTS]
-    if bad:
-        raise ValueError(f"angle_surfaces: parts {bad!r} not allowed: choose from {', '.join(PARTS)}")
+    check_choices("angle_surfaces", "parts", out["parts"], PARTS)
     if any(int(k) != k or k < 0 for k in [*out["energy_K"], *out["k_values"], out["angle_K"]]):
         raise ValueError("angle_surfaces: energy_K, k_values and angle_K must be non-negative integers")
     if out["energy_ratios"] < 2 or out["ratio_points"] < 3:

@@ -46,7 +46,7 @@ import pandas as pd
 from scipy import integrate, linalg as sla
 
 from .._markdown import markdown_table
-from . import with_defaults
+from . import check_choices, with_defaults
 
 SOURCES = ("gaussian", "cifar10")
 
@@ -72,9 +72,7 @@ Z95 = 1.959963984540054
 
 def validate(grid: dict) -> dict:
     out = with_defaults("gap_probability", grid, GRID_DEFAULTS)
-    bad = [s for s in out["sources"] if s not in SOURCES]
-    if bad or not out["sources"]:
-        raise ValueError(f"gap_probability: sources {bad or out['sources']!r} not allowed: choose from {', '.join(SOURCES)}")
+    check_choices("gap_probability", "sources", out["sources"], SOURCES)
     if not out["dims"] or any(int(d) != d or d < 2 for d in out["dims"]):
         raise ValueError(f"gap_probability: dims must be integers ≥ 2, got {out['dims']!r}")
     if not out["taus"] or any(not (t > 0) for t in out["taus"]):

@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from .._markdown import markdown_table
-from . import with_defaults
+from . import check_choices, with_defaults
 
 PARTS = ("lemma1", "lemma2", "descent")
 PSEUDO = ("lemma1",)
@@ -69,9 +69,7 @@ GRID_DEFAULTS = {
 
 def validate(grid: dict) -> dict:
     out = with_defaults("projector_rank", grid, GRID_DEFAULTS)
-    bad = [p for p in out["parts"] if p not in PARTS]
-    if bad:
-        raise ValueError(f"projector_rank: parts {bad!r} not allowed: choose from {', '.join(PARTS)}")
+    check_choices("projector_rank", "parts", out["parts"], PARTS)
     for d in out["lemma1_dims"]:
         if any(not 1 <= r < d for r in out["lemma1_ranks"]):
             raise ValueError(f"projector_rank: lemma1_ranks must satisfy 1 ≤ r < d for every d in {out['lemma1_dims']}")
