@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from cli.main import app
@@ -58,8 +59,10 @@ def test_tiny_study_end_to_end(tmp_path):
     assert meta["command"] == f"stabkit run {TINY} --jobs=1 --out={tmp_path}"
     assert meta["cells_total"] == 12 and meta["cells_computed"] == 12 and meta["status"] == "finished"
     assert meta["machine"]["cores"] == os.cpu_count()
+    assert (meta["machine"]["gpu"] == "none") == (not torch.cuda.is_available())
     readme = (out / "README.md").read_text()
     assert meta["git_commit"] in readme and "## Verdict" in readme
+    assert f"| GPU | {meta['machine']['gpu']} |" in readme
     index = (tmp_path / "README.md").read_text()
     assert "[tiny](tiny/README.md)" in index
 
@@ -224,3 +227,14 @@ def test_overrides_are_toml_literals():
     assert runner.parse_override("seeds=3") == ("seeds", 3)
     with pytest.raises(ValueError, match="KEY=VALUE"):
         runner.parse_override("d")
+
+
+def test_commit_of_a_tree_copy_without_git_comes_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "REPO", tmp_path)  # a copy of the tree, no .git (as sent to a GPU machine)
+    monkeypatch.delenv("STABKIT_GIT_COMMIT", raising=False)
+    assert runner._git_commit() == "unknown (not a git checkout)"
+    monkeypatch.setenv("STABKIT_GIT_COMMIT", "0123abc")
+    assert runner._git_commit() == "0123abc (copy without .git; from STABKIT_GIT_COMMIT)"
+    monkeypatch.setattr(runner, "REPO", REPO)  # the real checkout ignores the variable
+    assert runner._git_commit().split("-")[0] == subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()

@@ -195,6 +195,33 @@ def test_report_on_synthetic_results(tmp_path):
     assert study.link(ok) is None and "Not fitted" in study.report(ok, {}, tmp_path)
 
 
+def test_schedule_comparison_against_a_sibling_report(tmp_path):
+    short = _synthetic_results().assign(steps_total=120)
+    # long schedule: analytic d=4 now fails in every seed, 5 of them after step 120; taylor unchanged
+    long = short.copy()
+    late = (long["spec"] == "analytic") & (long["d"] == 4)
+    long.loc[late, "outcome"] = "diverged"
+    long.loc[late, "step"] = [3.0, 3.0, 3.0, 400.0, 500.0, 600.0, 700.0, 800.0]
+    long = long.assign(steps_total=1200)
+    table = study.compare_schedules(short, long, horizon=120)
+    row = table[(table["method"] == "analytic") & (table["d"] == 4)].iloc[0]
+    assert row["short success"] == "5/8 [31, 86]" and row["long success"] == "0/8 [0, 32]"
+    # two-sided Fisher exact p for 5/8 vs 0/8: the only tables as unlikely put all 5 successes in one schedule
+    # (either one), so p = 2·C(8,5)/C(16,5) = 112/4368
+    assert row["Fisher p"] == pytest.approx(112 / 4368, rel=1e-12)
+    assert row["long fails after short horizon"] == 5
+    same = table[(table["method"] == "taylor") & (table["d"] == 8)].iloc[0]
+    assert same["Fisher p"] == pytest.approx(1.0) and same["long fails after short horizon"] == 0
+    # in the report: found beside it, or a clear note when the sibling has not been run
+    (tmp_path / "zca-cifar10").mkdir()
+    short.to_parquet(tmp_path / "zca-cifar10" / "results.parquet")
+    grid = {"dims": [4, 8], "methods": ["analytic", "taylor"], "baseline_study": "zca-cifar10"}
+    text = study.report(long, grid, tmp_path / "zca-cifar10-long")
+    assert "Against the schedule of `zca-cifar10`" in text and "long-run failures after step 120: 5" in text
+    assert "agree (Fisher p ≥ 0.05): 3/4" in text
+    assert "run that study first" in study.report(long, {**grid, "baseline_study": "absent"}, tmp_path / "x")
+
+
 def test_cli_train(tiny_batches):
     runner = CliRunner()
     args = ["train", "--method", "taylor", "--d", "4", "--width", "0.125", "--max-steps", "1", "--limit-images", "32",

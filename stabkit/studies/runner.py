@@ -405,7 +405,14 @@ def _argv_command() -> str:
 
 
 def _git_commit(out_root: Path | None = None) -> str:
-    """HEAD, with "-dirty" if the checkout differs from it — outside ``out_root``, which a run writes."""
+    """HEAD, with "-dirty" if the checkout differs from it — outside ``out_root``, which a run writes.
+
+    A copy of the tree without ``.git`` (e.g. sent to a GPU machine) takes the commit from the
+    environment variable ``STABKIT_GIT_COMMIT``, set by whoever made the copy, and says so.
+    """
+    if not (REPO / ".git").exists():
+        given = os.environ.get("STABKIT_GIT_COMMIT", "").strip()
+        return f"{given} (copy without .git; from STABKIT_GIT_COMMIT)" if given else "unknown (not a git checkout)"
     exclude = []
     if out_root is not None:
         try:
@@ -453,8 +460,21 @@ def machine_info() -> dict:
         torch_version = "not installed"
     return {
         "platform": platform.platform(), "cpu": _cpu_model(), "cores": os.cpu_count(), "ram_gib": _ram_gib(),
-        "python": platform.python_version(), "numpy": numpy.__version__, "torch": torch_version,
+        "python": platform.python_version(), "numpy": numpy.__version__, "torch": torch_version, "gpu": _gpu_names(),
     }
+
+
+def _gpu_names() -> str:
+    """The CUDA devices torch sees, e.g. "1× NVIDIA H100 80GB HBM3", or "none"."""
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return "none"
+        names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    except (ImportError, RuntimeError):
+        return "none"
+    return ", ".join(f"{names.count(n)}× {n}" for n in dict.fromkeys(names))
 
 
 def _read_json(path: Path) -> dict | None:
@@ -497,6 +517,7 @@ def _header(name: str, meta: dict, results: pd.DataFrame) -> str:
         f"| git commit | `{meta.get('git_commit', '?')}` |",
         f"| machine | {m.get('cpu', '?')}, {m.get('cores', '?')} cores, {m.get('ram_gib', '?')} GiB RAM; {m.get('platform', '?')} |",
         f"| versions | python {m.get('python', '?')}, numpy {m.get('numpy', '?')}, torch {m.get('torch', '?')} |",
+        f"| GPU | {m.get('gpu', 'not recorded')} |",
         f"| execution | {'Dask scheduler ' + meta['scheduler'] if meta.get('scheduler') else str(meta.get('jobs', '?')) + ' local process(es)'} |",
         f"| wall time | {_duration(wall)}"
         + (f" (this run {_duration(meta.get('wall_seconds'))}, resumed after {_duration(resumed)})" if resumed else "")

@@ -54,6 +54,7 @@ GRID_DEFAULTS = {
     "early_frac": 0.2,
     "data": "",
     "device": "auto",
+    "baseline_study": "",  # a sibling report (e.g. "zca-cifar10") whose cells this study reruns with another schedule
 }
 
 
@@ -74,6 +75,8 @@ def validate(grid: dict) -> dict:
     for key in ("epochs", "lr", "eps", "width", "early_frac"):
         if not float(g[key]) > 0:
             raise ValueError(f"zca_cifar10: {key} must be > 0, got {g[key]}")
+    if not isinstance(g["baseline_study"], str):
+        raise ValueError(f"zca_cifar10: baseline_study must be a report name (a string), got {g['baseline_study']!r}")
     if g["device"] != "auto" and not (g["device"] == "cpu" or str(g["device"]).startswith("cuda")):
         raise ValueError(f"zca_cifar10: device must be auto, cpu or cuda[:N], got {g['device']!r}")
     return g
@@ -186,14 +189,13 @@ def success_table(results: pd.DataFrame) -> pd.DataFrame:
     zca = results[results["norm"] == "zca"]
     for (spec, d, dtype), s in zca.groupby(["spec", "d", "dtype"], sort=False):
         n, k = len(s), int((s["outcome"] == "ok").sum())
-        lo, hi = wilson(k, n)
         name = parse_spec(spec)[0]
         paper = PAPER_TABLE_IV.get(name, {}).get(int(d), np.nan)
         ok = s[s["outcome"] == "ok"]
         fails = s["outcome"][s["outcome"] != "ok"].value_counts()
         rows.append({
             "method": spec, "paper name": PAPER_NAMES.get(name, "—"), "d": int(d), "dtype": dtype, "runs": n,
-            "success %": 100 * k / n, "Wilson 95% CI": f"[{100 * lo:.0f}, {100 * hi:.0f}]",
+            "success %": 100 * k / n, "Wilson 95% CI": _ci(k, n),
             "paper %": paper,
             "test error (ok runs)": float(ok["test_error"].median()) if len(ok) else np.nan,
             "failures": ", ".join(f"{o} {c}" for o, c in fails.items()) or "—",
@@ -203,6 +205,69 @@ def success_table(results: pd.DataFrame) -> pd.DataFrame:
             "early max bound (median)": float(pd.to_numeric(s["early_max_bound"]).median()),
         })
     return pd.DataFrame(rows)
+
+
+def compare_schedules(short: pd.DataFrame, long: pd.DataFrame, horizon: int) -> pd.DataFrame:
+    """Success of the same method × d × dtype under two schedules (one row per cell present in both).
+
+    ``Fisher p``: two-sided Fisher exact test of equal success probability (small p = the schedules
+    disagree); ``long fails after short horizon``: failures of the long runs at a step the short
+    runs (``horizon`` steps) never reached — the failures the short protocol cannot see.
+    """
+    from scipy.stats import fisher_exact
+
+    rows = []
+    keys = ["spec", "d", "dtype"]
+    short_zca, long_zca = short[short["norm"] == "zca"], long[long["norm"] == "zca"]
+    for key, lg in long_zca.groupby(keys, sort=False):
+        sh = short_zca[(short_zca[keys] == pd.Series(key, index=keys)).all(axis=1)]
+        if sh.empty:
+            continue
+        k_s, n_s = int((sh["outcome"] == "ok").sum()), len(sh)
+        k_l, n_l = int((lg["outcome"] == "ok").sum()), len(lg)
+        failed = lg[lg["outcome"] != "ok"]
+        late = int((pd.to_numeric(failed["step"]) >= horizon).sum())
+        rows.append({
+            "method": key[0], "d": int(key[1]), "dtype": key[2],
+            "short success": f"{k_s}/{n_s} {_ci(k_s, n_s)}", "long success": f"{k_l}/{n_l} {_ci(k_l, n_l)}",
+            "Fisher p": float(fisher_exact([[k_s, n_s - k_s], [k_l, n_l - k_l]])[1]),
+            "long fails after short horizon": late,
+        })
+    return pd.DataFrame(rows)
+
+
+def _ci(k: int, n: int) -> str:
+    lo, hi = wilson(k, n)
+    return f"[{100 * lo:.0f}, {100 * hi:.0f}]"
+
+
+def _schedule_section(results: pd.DataFrame, g: dict, out_dir: pathlib.Path) -> list[str]:
+    name = g["baseline_study"]
+    path = out_dir.parent / name / "results.parquet"
+    lines = [f"### Against the schedule of `{name}`", ""]
+    if not path.is_file():
+        return lines + [f"No results at `{path}`: run that study first, then `stabkit report {out_dir.name}`.", ""]
+    short = pd.read_parquet(path)
+    if "error" in short.columns:
+        short = short[short["error"].isna()]
+    horizon = int(pd.to_numeric(short["steps_total"]).max()) if len(short) else 0
+    table = compare_schedules(short, results, horizon)
+    if table.empty:
+        return lines + [f"No method × d × dtype of this study is in `{name}`.", ""]
+    agree = int((table["Fisher p"] >= 0.05).sum())
+    late = int(table["long fails after short horizon"].sum())
+    return lines + [
+        f"The same cells with `{name}`'s schedule ({horizon} steps) and this study's. Success counts with Wilson 95 % "
+        "intervals (%); Fisher's exact test of equal success probability. With a few runs per cell only large "
+        "differences are detectable, so the last column, failures that happened after the short schedule's last "
+        "step, is the direct evidence of what the short protocol misses.",
+        "",
+        markdown_table(table),
+        "",
+        f"Cells where the schedules agree (Fisher p ≥ 0.05): {agree}/{len(table)}; long-run failures after step "
+        f"{horizon}: {late}.",
+        "",
+    ]
 
 
 def _plots(table: pd.DataFrame, fit: dict | None, out_dir: pathlib.Path) -> list[str]:
@@ -290,6 +355,8 @@ def report(results: pd.DataFrame, grid: dict, out_dir: pathlib.Path) -> str:
                   "the study's wall time, with concurrent runs, is in the header).", ""]
     if len(crashed):
         lines += [f"{len(crashed)} cell(s) crashed (a bug, not a training outcome): " + "; ".join(crashed["cell_id"].astype(str)[:5]), ""]
+    if g["baseline_study"]:
+        lines += _schedule_section(results, g, out_dir)
     lines += ["### The link: do early diagnostics predict failure?", ""]
     if fit is None:
         lines += ["Not fitted: every ZCA run had the same outcome (or there were none), so there is nothing to predict.", ""]
