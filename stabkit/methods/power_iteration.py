@@ -17,6 +17,8 @@ so its forward is power iteration too, with no breaking conditions.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .. import _xp
@@ -24,7 +26,8 @@ from ._base import Method
 
 
 def _norm(x, xp):
-    return xp.sqrt((x * x).sum(-1, keepdims=True) if xp is np else (x * x).sum(-1, keepdim=True))
+    """‖x‖ over the last axis, kept as a length-1 axis (one kernel on either namespace)."""
+    return np.linalg.norm(x, axis=-1, keepdims=True) if xp is np else xp.linalg.vector_norm(x, dim=-1, keepdim=True)
 
 
 def _matvec(M, v):
@@ -36,30 +39,39 @@ def _outer(a, b):
 
 
 def _dot(a, b):
-    return (a * b).sum(-1)
+    """aᵀb over the last axis, kept as a length-1 axis."""
+    return (a[..., None, :] @ b[..., :, None])[..., 0]
+
+
+def _stack(items, axis, xp):
+    return (np.stack if xp is np else xp.stack)(items, axis)
 
 
 def _run(A, starts, steps, order, xp):
-    """Power iteration with deflation; returns trajectories and the deflated matrices' factors.
+    """Power iteration with deflation over the eigen-indices in ``order`` (largest first).
 
-    ``order`` lists eigen-indices (ascending numbering) from largest to smallest; starts[..., :, k]
-    is the start vector for index k.
+    starts[..., :, k] is the start vector of index k. Per index k it returns the iterates
+    v_0 … v_T stacked as (..., T + 1, d), the norms ‖M_k v_t‖ (t < T) as (..., T, 1), the
+    Rayleigh quotient λ̂_k and W_k = M_k v_T (the deflation is M_{k+1} = M_k − W_k v_Tᵀ).
     """
     M = A
-    traj, lam_hat, W = {}, {}, {}
+    paths, norms, lam_hat, W = {}, {}, {}, {}
     for k in order:
         v = starts[..., :, k]
-        path = [v]
+        path, ns = [v], []
         for _ in range(steps):
             w = _matvec(M, v)
-            v = w / _norm(w, xp)
+            n = _norm(w, xp)
+            v = w / n
             path.append(v)
-        traj[k] = path
+            ns.append(n)
+        paths[k] = _stack(path, -2, xp)
+        norms[k] = _stack(ns, -2, xp) if ns else None
         Mv = _matvec(M, v)
-        lam_hat[k] = _dot(v, Mv)
+        lam_hat[k] = _dot(v, Mv)[..., 0]
         W[k] = Mv
         M = M - _outer(Mv, v)
-    return traj, lam_hat, W
+    return paths, norms, lam_hat, W
 
 
 def _forward(A, steps, start: str, eps: float, seed: int):
@@ -68,39 +80,52 @@ def _forward(A, steps, start: str, eps: float, seed: int):
     order = list(range(d - 1, -1, -1))
     if start == "exact":
         lam, U = (np.linalg.eigh(A) if xp is np else xp.linalg.eigh(A))
+        kept = _energy_kept(lam, eps, xp)
+        # indices dropped by the λ-only breaking conditions in every batch element contribute
+        # nothing to the gradient and cannot influence larger ones: do not iterate them at all
+        order = order[:int(kept.sum(-1).max()) if math.prod(kept.shape) else 0]
         starts = U
     else:
         rng = np.random.default_rng(np.random.SeedSequence([seed, d, 0x91]))
         s = rng.standard_normal(A.shape)
         s /= np.linalg.norm(s, axis=-2, keepdims=True)
         starts = s.astype(A.dtype) if xp is np else xp.as_tensor(s, dtype=A.dtype, device=A.device)
-    traj, lam_hat, W = _run(A, starts, steps, order, xp)
-    ones = np.ones(A.shape[:-2] + (d,), dtype=bool)
-    active = ones if xp is np else xp.as_tensor(ones, device=A.device)
+    paths, norms, lam_hat, W = _run(A, starts, steps, order, xp)
     if start == "exact":
-        active = _breaking_mask(lam, lam_hat, eps, xp)
+        active = _rayleigh_kept(kept, lam, lam_hat, order, xp)
     else:
-        stack = xp.stack if xp is not np else np.stack
-        U = stack([traj[k][-1] for k in range(d)], -1)
-        lam = stack([lam_hat[k] for k in range(d)], -1)
-    state = {"A": A, "traj": traj, "lam_hat": lam_hat, "W": W, "order": order, "active": active}
+        U = _stack([paths[k][..., -1, :] for k in range(d)], -1, xp)
+        lam = _stack([lam_hat[k] for k in range(d)], -1, xp)
+        ones = np.ones(A.shape[:-2] + (d,), dtype=bool)
+        active = ones if xp is np else xp.as_tensor(ones, device=A.device)
+    state = {"A": A, "paths": paths, "norms": norms, "lam_hat": lam_hat, "W": W, "order": order, "active": active}
     return lam, U, state
 
 
-def _breaking_mask(lam, lam_hat, eps, xp):
-    """active[..., k]: eigen-index k is kept by SVD-PI's breaking conditions (paper, Sec. 4)."""
-    d = lam.shape[-1]
+def _energy_kept(lam, eps, xp):
+    """kept[..., k] by SVD-PI's λ-only breaking conditions (paper, Sec. 4): going down from the
+    largest, stop at the first λ_k ≤ ε or once the larger ones hold ≥ 1 − ε of the energy Σλ."""
     energy = lam.sum(-1)
-    kept = None
     captured = lam[..., 0] * 0
-    cols = [None] * d
-    for k in range(d - 1, -1, -1):
-        ok = (lam[..., k] > eps) & (xp.abs(lam_hat[k] - lam[..., k]) <= 0.1 * xp.abs(lam[..., k]))
-        ok = ok & (captured < (1 - eps) * energy)  # energy already captured by larger ones
+    kept, cols = None, [None] * lam.shape[-1]
+    for k in range(lam.shape[-1] - 1, -1, -1):
+        ok = (lam[..., k] > eps) & (captured < (1 - eps) * energy)
         captured = captured + lam[..., k]
         kept = ok if kept is None else kept & ok
         cols[k] = kept
-    return (np.stack if xp is np else xp.stack)(cols, -1)
+    return _stack(cols, -1, xp)
+
+
+def _rayleigh_kept(kept, lam, lam_hat, order, xp):
+    """``kept`` further cut at the first iterated index whose Rayleigh quotient is off by > 10 %
+    (the paper's third breaking condition); indices not iterated are dropped."""
+    active = kept & False
+    still = None
+    for k in order:
+        ok = xp.abs(lam_hat[k] - lam[..., k]) <= 0.1 * xp.abs(lam[..., k])
+        still = ok if still is None else still & ok
+        active[..., k] = kept[..., k] & still
+    return active
 
 
 def backward(state, gU, glam, **_):
@@ -109,7 +134,8 @@ def backward(state, gU, glam, **_):
     Dropped stages are skipped with ``where`` (not multiplied by 0), so the NaN that power
     iteration produces on a deflated-to-zero matrix cannot leak into the kept stages.
     """
-    A, traj, W, order, active = state["A"], state["traj"], state["W"], state["order"], state["active"]
+    A, paths, norms, W = state["A"], state["paths"], state["norms"], state["W"]
+    order, active = state["order"], state["active"]
     xp = _xp.namespace(A)
     zero = A[..., 0] * 0
 
@@ -118,28 +144,38 @@ def backward(state, gU, glam, **_):
         return xp.where(flag.reshape(flag.shape + (1,) * (x.ndim - flag.ndim)), x, fallback)
 
     W_kept = {k: keep(k, W[k], zero) for k in order}
-    v_kept = {k: keep(k, traj[k][-1], zero) for k in order}
+    v_kept = {k: keep(k, paths[k][..., -1, :], zero) for k in order}
     M = A
     for k in order:
         M = M - _outer(W_kept[k], v_kept[k])
     gM = A * 0
     for k in reversed(order):
-        v = traj[k][-1]
+        path, v = paths[k], paths[k][..., -1, :]
         M = M + _outer(W_kept[k], v_kept[k])  # M_k, rebuilt from M_{k+1}
+        MT = _xp.T(M)
         # deflation M_{k+1} = M_k − (M_k v) vᵀ
-        gv = -(_matvec(_xp.T(gM), W[k]) + _matvec(_xp.T(M), _matvec(gM, v)))
-        g = gM - _outer(_matvec(gM, v), v)
+        gMv = _matvec(gM, v)
+        gv = -(_matvec(_xp.T(gM), W[k]) + _matvec(MT, gMv))
+        g = gM - _outer(gMv, v)
         # Rayleigh quotient λ = vᵀ M_k v, then the loss's own gradient for column k
         gl = glam[..., k]
         g = g + gl[..., None, None] * _outer(v, v)
-        gv = gv + gl[..., None] * (_matvec(M, v) + _matvec(_xp.T(M), v)) + gU[..., :, k]
-        # the T power-iteration steps, backwards
-        path = traj[k]
-        for t in range(len(path) - 1, 0, -1):
-            w = _matvec(M, path[t - 1])
-            h = (gv - path[t] * _dot(path[t], gv)[..., None]) / _norm(w, xp)
-            g = g + _outer(h, path[t - 1])
-            gv = _matvec(_xp.T(M), h)
+        gv = gv + gl[..., None] * (_matvec(M, v) + _matvec(MT, v)) + gU[..., :, k]
+        # the T steps v_t = M v_{t−1} / ‖M v_{t−1}‖ backwards: h_t = C_t ∂v_t with
+        # C_t = (I − v_t v_tᵀ) / ‖M v_{t−1}‖, then ∂v_{t−1} = Mᵀ h_t and ∂M += h_t v_{t−1}ᵀ. The
+        # C_t and Mᵀ C_t of all steps are built at once, stacked, so each step is one product.
+        T = path.shape[-2] - 1
+        if T:
+            after = path[..., 1:, :]
+            C = (_xp.eye_like(M) - _outer(after, after)) / norms[k][..., None]
+            steps = (np.concatenate if xp is np else xp.cat)([C, MT[..., None, :, :] @ C], -2)  # (..., T, 2d, d)
+            d = M.shape[-1]
+            hs = []
+            for t in range(T - 1, -1, -1):
+                r = _matvec(steps[..., t, :, :], gv)
+                hs.append(r[..., :d])
+                gv = r[..., d:]
+            g = g + _stack(hs[::-1], -1, xp) @ path[..., :-1, :]
         gM = keep(k, g, gM)
     return _xp.sym(gM)
 
