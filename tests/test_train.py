@@ -189,6 +189,9 @@ def test_report_on_synthetic_results(tmp_path):
     assert fit["n"] == 32 and fit["brier"] < 0.05 < fit["brier_base"]  # separable: the link is found
     text = study.report(results, {"dims": [4, 8], "methods": ["analytic", "taylor"]}, tmp_path)
     assert "Table IV" in text and "46.7" in text and "Brier score" in text and "BatchNorm baseline: 1/1 ok" in text
+    # every synthetic failure is at step 3, inside the first 20 % of 120 steps (24)
+    windowed = study.report(results.assign(steps_total=120), {"dims": [4, 8], "methods": ["analytic", "taylor"]}, tmp_path)
+    assert "11 of the 11 failures happened inside the early window" in windowed
     assert (tmp_path / "success_rates.png").stat().st_size > 0 and (tmp_path / "calibration.png").stat().st_size > 0
     # all runs ok → no link, said so
     ok = results.assign(outcome="ok")

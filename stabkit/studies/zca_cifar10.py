@@ -270,6 +270,18 @@ def _schedule_section(results: pd.DataFrame, g: dict, out_dir: pathlib.Path) -> 
     ]
 
 
+def _inside_window_note(results: pd.DataFrame, g: dict) -> list[str]:
+    """How many failures happened inside the early window (their features stop at the failing step)."""
+    zca = results[(results["norm"] == "zca") & (results["outcome"] != "ok")]
+    if "steps_total" not in zca or zca.empty:
+        return []
+    end = np.maximum(1, np.round(g["early_frac"] * pd.to_numeric(zca["steps_total"])))
+    inside = int((pd.to_numeric(zca["step"]) < end).sum())
+    return [f"{inside} of the {len(zca)} failures happened inside the early window. Their features come from the steps up "
+            "to the failing one; every value is logged by a forward eigendecomposition, which runs before that step's "
+            "backward, so no feature is measured after the failure — but for these runs the prediction has no lead time.", ""]
+
+
 def _plots(table: pd.DataFrame, fit: dict | None, out_dir: pathlib.Path) -> list[str]:
     import matplotlib
 
@@ -367,6 +379,7 @@ def report(results: pd.DataFrame, grid: dict, out_dir: pathlib.Path) -> str:
             f"of each run's monitor diagnostics: log10 max|K̃| (= 1/min gap), log(1 + gap events with relative gap < 1e-5), "
             f"log10 of the method's gradient bound max|F_ij|. n = {fit['n']} runs. Coefficients: {coef}.",
             "",
+            *_inside_window_note(results, g),
             f"Brier score: in-sample {fit['brier']:.4f}, 5-fold cross-validated {fit['brier_cv']:.4f}, "
             f"base rate (predict the mean failure rate) {fit['brier_base']:.4f}. Lower is better; a link is only "
             "real if the cross-validated score beats the base rate.",
