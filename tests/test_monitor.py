@@ -1,6 +1,7 @@
 """stabkit.monitor.watch: intercepts eigen calls in an unmodified model, logs the right numbers, restores."""
 
 import math
+import sys
 
 import pandas as pd
 import pytest
@@ -129,17 +130,27 @@ def test_log_files_and_summary(tmp_path):
     assert monitor.summarize(df, until_step=1)["gap_events"] == 0
 
 
-def test_tensorboard_written_or_skipped_with_message(tmp_path):
-    import importlib.util
+def test_tensorboard_scalars_per_call_site_and_step(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    if importlib.util.find_spec("tensorboard") is None:
-        with pytest.warns(UserWarning, match="tensorboard logging skipped"):
-            with monitor.watch(tensorboard_dir=tmp_path / "tb"):
-                torch.linalg.eigh(_sym([1.0, 2.0]))
-    else:
-        with monitor.watch(tensorboard_dir=tmp_path / "tb"):
+    with monitor.watch(tensorboard_dir=tmp_path / "tb") as mon:
+        for lams in ([1.0, 2.0, 2.5], [1.0, 1.0 + 1e-3, 3.0]):  # min gap 0.5, then 1e-3; one call site
+            torch.linalg.eigh(_sym(lams))
+            mon.step()
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    (tag,) = [t for t in events.Tags()["scalars"] if t.endswith("/max_K")]
+    assert "test_monitor.py:" in tag  # the call site, file:line
+    values = {e.step: e.value for e in events.Scalars(tag)}
+    assert values[0] == pytest.approx(2.0, rel=1e-6) and values[1] == pytest.approx(1e3, rel=1e-6)
+
+
+def test_tensorboard_missing_is_a_warning_not_an_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if the package were not installed
+    with pytest.warns(UserWarning, match="tensorboard logging skipped"):
+        with monitor.watch(log_path=tmp_path / "eig.csv", tensorboard_dir=tmp_path / "tb"):
             torch.linalg.eigh(_sym([1.0, 2.0]))
-        assert any((tmp_path / "tb").iterdir())
+    assert len(pd.read_csv(tmp_path / "eig.csv")) == 1  # the other outputs are still written
 
 
 def _taylor_max(lams, K, eps):
