@@ -3,6 +3,12 @@ and the overhead of ``stabkit.monitor.watch``, all in one process; prints a Mark
 
     python benchmarks/bench_train_step.py                  # CPU defaults: width 0.5, batch 16, d ≤ 32
     python benchmarks/bench_train_step.py --device cuda    # GPU defaults: full ResNet-18, batch 128, d ≤ 64
+    python benchmarks/bench_train_step.py --device cuda --concurrency 1 2 4 8   # + throughput of K processes
+
+``--concurrency``: K processes (spawned, each with its own model and CUDA context, as the study's
+``--jobs K`` workers) train at once for ``--seconds`` after a common barrier; the table gives the
+summed steps per second and its ratio to one process, for the BatchNorm baseline and for
+``--concurrency-config`` (default ``pi-forward:64``, the most launch-bound configuration).
 
 One step = forward + cross-entropy + backward + SGD step on a fixed random batch (train mode);
 median over ``--repeats`` timed steps after ``--warmup`` untimed ones; CUDA is synchronised.
@@ -69,6 +75,9 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, help="torch intra-op threads (1 avoids oversubscription on a busy CPU)")
+    ap.add_argument("--concurrency", type=int, nargs="+", help="also measure the throughput of K concurrent processes")
+    ap.add_argument("--concurrency-config", default="pi-forward:64", help="METHOD:D of the ZCA run in the concurrency table")
+    ap.add_argument("--seconds", type=float, default=8.0, help="measured seconds per concurrency trial")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -110,6 +119,47 @@ def main(argv=None):
         print(f"| {label} | {d} | {ms:.1f} | {ratio:.2f} |")
     print()
     print(f"monitor overhead (taylor, d={d_mon}): {100 * (watched / plain - 1):+.1f} % per step")
+    if args.concurrency:
+        method, _, d = args.concurrency_config.partition(":")
+        print()
+        print(f"| processes | configuration | steps / s (all processes) | × one process |")
+        print("|---|---|---|---|")
+        for label, kw in (("BatchNorm baseline", {"norm": "bn"}), (f"ZCA {method} d={d}", {"norm": "zca", "method": method, "d": int(d)})):
+            single = None
+            for k in args.concurrency:
+                rate = concurrent_rate(k, dict(kw, width=width, dtype=args.dtype), device, batch, args.seconds)
+                single = single or rate
+                print(f"| {k} | {label} | {rate:.1f} | {rate / single:.2f} |")
+
+
+def concurrent_rate(processes: int, model_kw: dict, device: str, batch: int, seconds: float) -> float:
+    """Summed training steps per second of ``processes`` spawned workers running together."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(processes), ctx.Queue()
+    workers = [ctx.Process(target=_rate_worker, args=(model_kw, device, batch, seconds, barrier, results)) for _ in range(processes)]
+    for w in workers:
+        w.start()
+    counts = [results.get() for _ in workers]
+    for w in workers:
+        w.join()
+    return sum(counts) / seconds
+
+
+def _rate_worker(model_kw, device, batch, seconds, barrier, results):
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    stepper = Stepper(ResNet18(**model_kw).to(device), torch.randn(batch, 3, 32, 32).to(device),
+                      torch.randint(0, 10, (batch,)).to(device), device)
+    for _ in range(3):
+        stepper.step(record=False)
+    barrier.wait()
+    end, steps = time.perf_counter() + seconds, 0
+    while time.perf_counter() < end:
+        stepper.step(record=False)
+        steps += 1
+    results.put(steps)
 
 
 if __name__ == "__main__":

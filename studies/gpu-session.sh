@@ -5,7 +5,8 @@
 #
 #   bash studies/gpu-session.sh OUTDIR SECONDS PHASE...     PHASE: bench | zca-cifar10 | zca-cifar10-long
 #
-# bench: benchmarks/bench_train_step.py --device cuda → OUTDIR/bench_train_step.md.
+# bench: benchmarks/bench_train_step.py --device cuda (float32 with the throughput of 1, 4, 8
+#   concurrent processes — choose JOBS from it —, then float64) → OUTDIR/bench_train_step.md.
 # zca-cifar10, zca-cifar10-long: `stabkit run studies/<phase>.toml --jobs $JOBS` (default 4), stopped
 #   with SIGINT when SECONDS run out (finished cells are kept in reports/<phase>/cells); the chunk
 #   that finishes the grid writes the report, with the command, machine, GPU and the summed time.
@@ -39,7 +40,10 @@ for phase in "$@"; do
     fi
     case $phase in
         bench)
-            timeout -s INT -k 20 "$(left)" "$py" benchmarks/bench_train_step.py --device cuda | tee "$out/bench_train_step.md" ;;
+            timeout -s INT -k 20 "$(left)" "$py" benchmarks/bench_train_step.py --device cuda --concurrency 1 4 8 --seconds 5 \
+                | tee "$out/bench_train_step.md"
+            timeout -s INT -k 20 "$(left)" "$py" benchmarks/bench_train_step.py --device cuda --dtype float64 \
+                | tee -a "$out/bench_train_step.md" ;;
         zca-cifar10|zca-cifar10-long)
             timeout -s INT -k 60 "$(( $(left) - 20 ))" "$py" -m cli.main run "studies/$phase.toml" --jobs "${JOBS:-4}" --no-progress
             echo "gpu-session: $phase exited with $?  (124 = stopped at the deadline: run this phase again to resume)" ;;
