@@ -10,10 +10,11 @@
 # zca-cifar10, zca-cifar10-long: `stabkit run studies/<phase>.toml --jobs $JOBS` (default 4), stopped
 #   with SIGINT when SECONDS run out (finished cells are kept in reports/<phase>/cells); the chunk
 #   that finishes the grid writes the report, with the command, machine, GPU and the summed time.
-# At exit, OUTDIR/state.tar.gz holds reports/zca-cifar10*/ with their cells: unpack it into the
-# checkout before the next chunk (the cells/ folders are git-ignored, so carry them to the machine).
+# At exit, OUTDIR/state.tar.gz holds reports/zca-cifar10*/ with their cells; the next chunk starts
+# from it when RESUME_FROM names a copy of it (e.g. beside the archive in a folder sent along).
 # Environment: STABKIT_CIFAR10 (the archive; default ../shared/data/cifar10-jpeg.tar.gz),
-# STABKIT_GIT_COMMIT (the commit the copy was made from, for a copy without .git), JOBS, PYTHON.
+# STABKIT_GIT_COMMIT (the commit the copy was made from, for a copy without .git), RESUME_FROM,
+# JOBS (default 4), PYTHON (default python3).
 set -u
 out=${1:?usage: bash studies/gpu-session.sh OUTDIR SECONDS PHASE...}
 budget=${2:?usage: bash studies/gpu-session.sh OUTDIR SECONDS PHASE...}
@@ -29,6 +30,9 @@ save_state() {
     tar czf "$out/state.tar.gz" reports/zca-cifar10* 2>/dev/null || true
 }
 trap save_state EXIT
+if [[ -n ${RESUME_FROM:-} ]]; then
+    tar xzf "$RESUME_FROM" || exit 2
+fi
 
 "$py" -c "from stabkit.data import load_cifar10 as l; l(split='train'); l(split='test')" || exit 2  # decode once, cached
 "$py" -c "import torch; print('torch', torch.__version__, 'GPU', torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none')"
