@@ -105,27 +105,35 @@ def _forward(A, steps, start: str, eps: float, seed: int):
 def _energy_kept(lam, eps, xp):
     """kept[..., k] by SVD-PI's λ-only breaking conditions (paper, Sec. 4): going down from the
     largest, stop at the first λ_k ≤ ε or once the larger ones hold ≥ 1 − ε of the energy Σλ."""
-    energy = lam.sum(-1)
-    captured = lam[..., 0] * 0
-    kept, cols = None, [None] * lam.shape[-1]
-    for k in range(lam.shape[-1] - 1, -1, -1):
-        ok = (lam[..., k] > eps) & (captured < (1 - eps) * energy)
-        captured = captured + lam[..., k]
-        kept = ok if kept is None else kept & ok
-        cols[k] = kept
-    return _stack(cols, -1, xp)
+    desc = _flip(lam, xp)
+    captured_before = _cumsum(desc, xp) - desc
+    ok = (desc > eps) & (captured_before < (1 - eps) * lam.sum(-1)[..., None])
+    return _flip(_prefix_all(ok, xp), xp)
 
 
 def _rayleigh_kept(kept, lam, lam_hat, order, xp):
     """``kept`` further cut at the first iterated index whose Rayleigh quotient is off by > 10 %
     (the paper's third breaking condition); indices not iterated are dropped."""
     active = kept & False
-    still = None
-    for k in order:
-        ok = xp.abs(lam_hat[k] - lam[..., k]) <= 0.1 * xp.abs(lam[..., k])
-        still = ok if still is None else still & ok
-        active[..., k] = kept[..., k] & still
+    if order:
+        # order = d−1, d−2, …: the iterated indices are the last len(order) ones, largest first
+        lam_run = _flip(lam[..., lam.shape[-1] - len(order):], xp)
+        ok = xp.abs(_stack([lam_hat[k] for k in order], -1, xp) - lam_run) <= 0.1 * xp.abs(lam_run)
+        active[..., lam.shape[-1] - len(order):] = kept[..., lam.shape[-1] - len(order):] & _flip(_prefix_all(ok, xp), xp)
     return active
+
+
+def _flip(x, xp):
+    return np.flip(x, -1) if xp is np else xp.flip(x, (-1,))
+
+
+def _cumsum(x, xp):
+    return np.cumsum(x, -1) if xp is np else xp.cumsum(x, -1)
+
+
+def _prefix_all(ok, xp):
+    """out[..., i] = ok[..., 0] & … & ok[..., i]."""
+    return np.logical_and.accumulate(ok, -1) if xp is np else xp.cumprod(ok.to(xp.float32), -1) > 0
 
 
 def backward(state, gU, glam, **_):
