@@ -238,3 +238,11 @@ def test_commit_of_a_tree_copy_without_git_comes_from_the_environment(tmp_path, 
     monkeypatch.setattr(runner, "REPO", REPO)  # the real checkout ignores the variable
     assert runner._git_commit().split("-")[0] == subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "studies").glob("*.toml")), ids=lambda p: p.name)
+def test_every_shipped_study_file_loads_and_names_its_report(path):
+    study, kind, grid = runner.load_study(path)
+    cells = kind.cells(grid)
+    assert study["name"] == path.stem and cells  # `stabkit run studies/X.toml` writes reports/X/
+    assert len({c["cell_id"] for c in cells}) == len(cells)
