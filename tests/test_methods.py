@@ -135,6 +135,26 @@ def test_power_iteration_backward_is_reverse_mode_of_its_forward(name, lam, monk
         torch.testing.assert_close(U, torch.stack([state["paths"][k][-1] for k in range(5)], -1), rtol=0, atol=0)
 
 
+def test_analytic_zca_gradient_stays_bounded_as_a_gap_closes():
+    """Daleckii–Krein: for a matrix function such as ZCA's Σ^{-1/2} the true gradient is a divided
+    difference, bounded as λ_i → λ_j, and the analytic rule only amplifies rounding, by ~eps·λ_max/gap.
+    A loss on the eigenvectors themselves has a true gradient that grows like 1/gap."""
+    norms, errs = {}, {}
+    for delta in (1e-4, 1e-8):
+        A = spectra.make("cluster", 8, seed=1, delta=delta).matrix
+        lam = np.linalg.eigvalsh(A)
+        for name in ("zca", "eigvec"):
+            loss = make_loss(name, 8, seed=2)
+            truth = ground_truth(A, loss)
+            assert truth.certified
+            g, _, _ = methods.gradient("analytic", A, loss)
+            norms[name, delta] = np.linalg.norm(truth.grad)
+            errs[name, delta] = rel(g, truth.grad) / (np.finfo(float).eps * lam.max() / np.diff(lam).min())
+    assert norms["zca", 1e-8] == pytest.approx(norms["zca", 1e-4], rel=1e-3)
+    assert norms["eigvec", 1e-8] / norms["eigvec", 1e-4] == pytest.approx(1e4, rel=0.05)
+    assert max(errs.values()) < 10  # relative error within 10 × eps·λ_max/gap
+
+
 def test_svd_pi_breaking_drops_tiny_eigenvalues():
     """λ ≤ ε stops SVD-PI (Wang et al. 2019): the gradient loses exactly those eigenvectors."""
     lam = np.array([1e-6, 1.0, 2.0, 4.0])
