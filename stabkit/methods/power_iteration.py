@@ -169,20 +169,16 @@ def backward(state, gU, glam, **_):
         gl = glam[..., k]
         g = g + gl[..., None, None] * _outer(v, v)
         gv = gv + gl[..., None] * (_matvec(M, v) + _matvec(MT, v)) + gU[..., :, k]
-        # the T steps v_t = M v_{t−1} / ‖M v_{t−1}‖ backwards: h_t = C_t ∂v_t with
-        # C_t = (I − v_t v_tᵀ) / ‖M v_{t−1}‖, then ∂v_{t−1} = Mᵀ h_t and ∂M += h_t v_{t−1}ᵀ. The
-        # C_t and Mᵀ C_t of all steps are built at once, stacked, so each step is one product.
+        # the T steps v_t = M v_{t−1} / ‖M v_{t−1}‖ backwards: h_t = (I − v_t v_tᵀ) ∂v_t / ‖M v_{t−1}‖,
+        # then ∂v_{t−1} = Mᵀ h_t and ∂M += h_t v_{t−1}ᵀ (summed over t in one product at the end)
         T = path.shape[-2] - 1
         if T:
-            after = path[..., 1:, :]
-            C = (_xp.eye_like(M) - _outer(after, after)) / norms[k][..., None]
-            steps = (np.concatenate if xp is np else xp.cat)([C, MT[..., None, :, :] @ C], -2)  # (..., T, 2d, d)
-            d = M.shape[-1]
             hs = []
-            for t in range(T - 1, -1, -1):
-                r = _matvec(steps[..., t, :, :], gv)
-                hs.append(r[..., :d])
-                gv = r[..., d:]
+            for t in range(T, 0, -1):
+                vt = path[..., t, :]
+                h = (gv - vt * _dot(vt, gv)) / norms[k][..., t - 1, :]
+                hs.append(h)
+                gv = _matvec(MT, h)
             g = g + _stack(hs[::-1], -1, xp) @ path[..., :-1, :]
         gM = keep(k, g, gM)
     return _xp.sym(gM)
