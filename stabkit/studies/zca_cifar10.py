@@ -292,13 +292,17 @@ def _plots(table: pd.DataFrame, fit: dict | None, out_dir: pathlib.Path) -> list
     dtypes = list(dict.fromkeys(table["dtype"]))
     fig, axes = plt.subplots(1, len(dtypes), figsize=(5 * len(dtypes), 3.6), squeeze=False, sharey=True)
     for ax, dtype in zip(axes[0], dtypes):
-        for spec, s in table[table["dtype"] == dtype].groupby("method", sort=False):
+        groups = list(table[table["dtype"] == dtype].groupby("method", sort=False))
+        for i, (spec, s) in enumerate(groups):
             lo = [float(c.strip("[]").split(",")[0]) for c in s["Wilson 95% CI"]]
             hi = [float(c.strip("[]").split(",")[1]) for c in s["Wilson 95% CI"]]
             rate = s["success %"].to_numpy()
-            ax.errorbar(s["d"], rate, yerr=[rate - lo, np.asarray(hi) - rate], marker="o", capsize=3, label=spec)
-            ax.plot(s["d"], s["paper %"], ls=":", color=ax.lines[-1].get_color(), alpha=0.7)
+            x = s["d"].to_numpy() * 2.0 ** (0.08 * (i - (len(groups) - 1) / 2))  # side by side, not on top
+            ax.errorbar(x, rate, yerr=[rate - lo, np.asarray(hi) - rate], marker="o", capsize=3, label=spec)
+            ax.plot(x, s["paper %"], ls=":", color=ax.lines[-1].get_color(), alpha=0.7)
         ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted(set(table["d"])), [str(d) for d in sorted(set(table["d"]))], minor=False)
+        ax.minorticks_off()
         ax.set_xlabel("group size d")
         ax.set_title(f"{dtype} (dotted: paper Table IV)")
     axes[0][0].set_ylabel("success rate %")
