@@ -7,14 +7,14 @@
 #
 # bench: benchmarks/bench_train_step.py --device cuda (float32 with the throughput of 1, 4, 8
 #   concurrent processes — choose JOBS from it —, then float64) → OUTDIR/bench_train_step.md.
-# zca-cifar10, zca-cifar10-long: `stabkit run studies/<phase>.toml --jobs $JOBS` (default 4), stopped
+# zca-cifar10, zca-cifar10-long: `stabkit run studies/<phase>.toml --jobs $JOBS` (default 8), stopped
 #   with SIGINT when SECONDS run out (finished cells are kept in reports/<phase>/cells); the chunk
 #   that finishes the grid writes the report, with the command, machine, GPU and the summed time.
 # At exit, OUTDIR/state.tar.gz holds reports/zca-cifar10*/ with their cells; the next chunk starts
 # from it when RESUME_FROM names a copy of it (e.g. beside the archive in a folder sent along).
 # Environment: STABKIT_CIFAR10 (the archive; default ../shared/data/cifar10-jpeg.tar.gz),
 # STABKIT_GIT_COMMIT (the commit the copy was made from, for a copy without .git), RESUME_FROM,
-# JOBS (default 4), PYTHON (default python3).
+# JOBS (default 8), PYTHON (default python3).
 set -u
 out=${1:?usage: bash studies/gpu-session.sh OUTDIR SECONDS PHASE...}
 budget=${2:?usage: bash studies/gpu-session.sh OUTDIR SECONDS PHASE...}
@@ -49,7 +49,7 @@ for phase in "$@"; do
             timeout -s INT -k 20 "$(left)" "$py" benchmarks/bench_train_step.py --device cuda --dtype float64 \
                 | tee -a "$out/bench_train_step.md" ;;
         zca-cifar10|zca-cifar10-long)
-            timeout -s INT -k 60 "$(( $(left) - 20 ))" "$py" -m cli.main run "studies/$phase.toml" --jobs "${JOBS:-4}" --no-progress
+            timeout -s INT -k 60 "$(( $(left) - 20 ))" "$py" -m cli.main run "studies/$phase.toml" --jobs "${JOBS:-8}" --no-progress
             echo "gpu-session: $phase exited with $?  (124 = stopped at the deadline: run this phase again to resume)" ;;
         *)
             echo "gpu-session: unknown phase $phase (bench, zca-cifar10, zca-cifar10-long)" >&2

@@ -238,3 +238,21 @@ def test_cli_train(tiny_batches):
     assert bad.exit_code == 2 and "unknown method" in bad.output
     bad = runner.invoke(app, ["train", "--data", str(tiny_batches.parent / "missing")])
     assert bad.exit_code == 2 and "not found" in bad.output
+
+
+def test_forward_failures_and_index_summary_are_counted(tmp_path):
+    results = _synthetic_results()
+    # analytic d=8: seed 0 fails at step 0 with a negative λ_min, seed 1 at step 3 with λ_min = 0 (both ≤ 0)
+    results["run_lam_min"] = 1e-4
+    d8 = results.index[(results["spec"] == "analytic") & (results["d"] == 8)]
+    results.loc[d8[0], ["run_lam_min", "step"]] = [-2e-5, 0.0]
+    results.loc[d8[1], "run_lam_min"] = 0.0
+    table = study.success_table(results)
+    row = table[(table["method"] == "analytic") & (table["d"] == 8)].iloc[0]
+    assert row["runs with λ_min ≤ 0"] == 2 and row["… at step 0"] == 1
+    assert table["runs with λ_min ≤ 0"].sum() == 2
+    text = study.report(results, {"dims": [4, 8], "methods": ["analytic", "taylor"]}, tmp_path)
+    assert "in 2 runs the forward eigendecomposition returned λ_min ≤ 0" in text and "In the 1 of them" in text
+    assert "Forward failures" not in study.report(results.assign(run_lam_min=1e-4), {}, tmp_path)
+    # analytic: 16 runs, 5 ok (d=4 seeds 3–7); taylor all 16 ok; one BatchNorm run
+    assert study.summary(results) == "33 runs ok: analytic 5/16, taylor 16/16, BatchNorm 1/1"

@@ -203,8 +203,32 @@ def success_table(results: pd.DataFrame) -> pd.DataFrame:
             "early max K̃ (median)": float(pd.to_numeric(s["early_max_K"]).median()),
             "early gap events (mean)": float(pd.to_numeric(s["early_gap_events"]).mean()),
             "early max bound (median)": float(pd.to_numeric(s["early_max_bound"]).median()),
+            "runs with λ_min ≤ 0": _nonpositive_lam_runs(s),
+            "… at step 0": _nonpositive_lam_runs(s, first_step_only=True),
         })
     return pd.DataFrame(rows)
+
+
+def _nonpositive_lam_runs(s: pd.DataFrame, first_step_only: bool = False) -> int:
+    """Runs whose forward eigh returned λ_min ≤ 0 for Σ + εI (≥ ε in exact arithmetic), which makes λ^{-1/2} NaN
+    in the forward pass; with ``first_step_only``, those that failed at step 0, before any gradient was applied."""
+    if "run_lam_min" not in s:
+        return 0
+    bad = pd.to_numeric(s["run_lam_min"], errors="coerce") <= 0
+    if first_step_only:
+        bad &= pd.to_numeric(s["step"], errors="coerce") == 0
+    return int(bad.sum())
+
+
+def summary(results: pd.DataFrame) -> str:
+    """One line for the reports index: success per method (all d and dtypes pooled) and the BatchNorm baseline."""
+    ok = results["outcome"] == "ok"
+    zca = results["norm"] == "zca"
+    per = ok[zca].groupby(results.loc[zca, "spec"], sort=False).agg(["sum", "count"])
+    parts = [f"{spec} {k}/{n}" for spec, (k, n) in per.iterrows()]
+    if (~zca).any():
+        parts.append(f"BatchNorm {int(ok[~zca].sum())}/{int((~zca).sum())}")
+    return f"{len(results)} runs ok: " + ", ".join(parts)
 
 
 def compare_schedules(short: pd.DataFrame, long: pd.DataFrame, horizon: int) -> pd.DataFrame:
@@ -280,6 +304,17 @@ def _inside_window_note(results: pd.DataFrame, g: dict) -> list[str]:
     return [f"{inside} of the {len(zca)} failures happened inside the early window. Their features come from the steps up "
             "to the failing one; every value is logged by a forward eigendecomposition, which runs before that step's "
             "backward, so no feature is measured after the failure — but for these runs the prediction has no lead time.", ""]
+
+
+def _forward_failure_note(table: pd.DataFrame) -> list[str]:
+    if not len(table) or not table["runs with λ_min ≤ 0"].any():
+        return []
+    n_bad, n_first = int(table["runs with λ_min ≤ 0"].sum()), int(table["… at step 0"].sum())
+    return [f"Forward failures: in {n_bad} runs the forward eigendecomposition returned λ_min ≤ 0 for Σ + εI, whose "
+            "eigenvalues are ≥ ε in exact arithmetic, so λ^{-1/2} was NaN in the forward pass. In the "
+            f"{n_first} of them that failed at step 0 no gradient had been applied yet: those failures are the rounding "
+            "of the forward (covariance and eigensolver in the layer's dtype) alone, whatever the backward rule. In the "
+            "others a backward update came first, and a large update grows ‖Σ‖ and with it the rounding error.", ""]
 
 
 def _plots(table: pd.DataFrame, fit: dict | None, out_dir: pathlib.Path) -> list[str]:
@@ -359,6 +394,7 @@ def report(results: pd.DataFrame, grid: dict, out_dir: pathlib.Path) -> str:
     if figs:
         lines += [f"![success rates]({figs[0]})", ""]
     lines += ["### Success rate per method × d × dtype", "", markdown_table(table) if len(table) else "(no ZCA runs)", ""]
+    lines += _forward_failure_note(table)
     bn = results[results["norm"] == "bn"]
     if len(bn):
         k = int((bn["outcome"] == "ok").sum())
