@@ -11,12 +11,17 @@ each d-group's Σ + εI four ways, so that the two rounding sources separate:
   eigh32cpu(Σ32) the float32 covariance, float32 LAPACK on the CPU
 
     python benchmarks/zca_forward_rounding.py --device cuda [--data PATH]     # prints a Markdown table
+
+``--save DIR`` also writes the float64 Σ + εI of each d and seed's first group as
+``DIR/zca-cov-d{d}-seed{seed}.npy``, a real layer input for ``stabkit compare --matrix``.
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from stabkit.data import load_cifar10
@@ -40,6 +45,7 @@ def main() -> None:
     ap.add_argument("--dims", type=int, nargs="+", default=[16, 32, 64])
     ap.add_argument("--seeds", type=int, default=8)
     ap.add_argument("--eps", type=float, default=1e-4)
+    ap.add_argument("--save", type=Path, help="write each float64 Σ + εI (first group) here as .npy")
     args = ap.parse_args()
     images, _ = load_cifar10(args.data, "test")
     x = normalize(torch.from_numpy(images[:128]).permute(0, 3, 1, 2).contiguous().to(args.device))
@@ -57,6 +63,9 @@ def main() -> None:
                 s64 = group_cov(z.double(), d, args.eps)
                 vals = [torch.linalg.eigvalsh(s32), torch.linalg.eigvalsh(s32.double()), torch.linalg.eigvalsh(s64),
                         torch.linalg.eigvalsh(s32.cpu())]
+            if args.save:
+                args.save.mkdir(parents=True, exist_ok=True)
+                np.save(args.save / f"zca-cov-d{d}-seed{seed}.npy", s64[0].cpu().numpy())
             lam = [v.min().item() / args.eps for v in vals]
             norm = torch.linalg.eigvalsh(s64).max().item()
             print(f"| {d} | {seed} | {norm:.3g} | " + " | ".join(f"{v:.3g}" for v in lam) + " |")
