@@ -138,9 +138,14 @@ def test_ctrl_c_stops_cleanly_and_resumes(tmp_path):
     assert proc.returncode == 130, stderr
     assert "interrupted" in stderr and "again to resume" in stderr and "Traceback" not in stderr
     kept = len(list(cells_dir.glob("*.json")))
+    stopped = json.loads((root / "mini" / "run.json").read_text())
+    assert stopped["status"] == "interrupted" and stopped["wall_seconds"] > 0
     runner.run_study(study, {}, jobs=1, out_root=root, progress=False)
     meta = json.loads((root / "mini" / "run.json").read_text())
     assert meta["cells_reused"] == kept and meta["status"] == "finished"
+    # the interrupted run's time is carried into the total the report header shows
+    assert meta["wall_seconds_previous_runs"] == stopped["wall_seconds"]
+    assert meta["wall_seconds_total"] == pytest.approx(meta["wall_seconds"] + stopped["wall_seconds"], rel=1e-12)
 
 
 def test_process_pool_and_dask_give_the_local_table(tmp_path):

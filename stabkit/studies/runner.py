@@ -318,11 +318,21 @@ def run_study(path_or_config, overrides: dict | None = None, jobs: int | None = 
         failures += error is not None
         bar.advance(failed=failures)
 
-    with bar:
-        if client is not None:
-            _run_dask(study["kind"], todo, client, on_done)
-        elif todo:
-            _run_local(study["kind"], todo, min(jobs, len(todo)), on_done)
+    def record_time(status: str) -> None:
+        wall = time.perf_counter() - start
+        meta.update(status=status, wall_seconds=wall, cells_computed=len(done) - meta["cells_reused"],
+                    cells_failed=failures, wall_seconds_total=wall + meta.get("wall_seconds_previous_runs", 0.0))
+        _write_atomic(out_dir / "run.json", json.dumps(meta, indent=2, default=str))
+
+    try:
+        with bar:
+            if client is not None:
+                _run_dask(study["kind"], todo, client, on_done)
+            elif todo:
+                _run_local(study["kind"], todo, min(jobs, len(todo)), on_done)
+    except BaseException:
+        record_time("interrupted")  # the time spent is kept for the run that resumes
+        raise
 
     table = consolidate(cells, done)
     table.attrs["study_name"] = study["name"]
@@ -335,11 +345,8 @@ def run_study(path_or_config, overrides: dict | None = None, jobs: int | None = 
 
     table = pd.read_parquet(out_dir / "results.parquet")  # return exactly what is on disk
     table.attrs["study_name"] = study["name"]
-    wall = time.perf_counter() - start
-    meta.update(status="finished", finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                wall_seconds=wall, cells_computed=len(todo), cells_failed=failures,
-                wall_seconds_total=wall + meta.get("wall_seconds_previous_runs", 0.0))
-    _write_atomic(out_dir / "run.json", json.dumps(meta, indent=2, default=str))
+    meta["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    record_time("finished")
     return table
 
 
