@@ -27,15 +27,12 @@ import torch
 from stabkit.data import load_cifar10
 from stabkit.train.loop import normalize
 from stabkit.train.resnet import ResNet18
+from stabkit.train.zca import group_covariance
 
 
 def group_cov(z: torch.Tensor, d: int, eps: float) -> torch.Tensor:
-    """Σ + εI per group of d channels, as ``stabkit.train.zca`` forms it, in z's dtype."""
-    C = z.shape[1]
-    zg = z.transpose(0, 1).reshape(C // d, d, -1)
-    zc = zg - zg.mean(-1, keepdim=True)
-    cov = zc @ zc.transpose(1, 2) / zc.shape[-1] + eps * torch.eye(d, dtype=z.dtype, device=z.device)
-    return (cov + cov.transpose(1, 2)) / 2
+    """Σ + εI per group of d channels of a conv output z (B, C, H, W), formed as the ZCA layer forms it."""
+    return group_covariance(z.transpose(0, 1).reshape(z.shape[1] // d, d, -1), eps)[2]
 
 
 def main() -> None:

@@ -32,6 +32,16 @@ from ..methods import resolve_params
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
+
+def group_covariance(xg: torch.Tensor, eps: float):
+    """Mean μ (G, d, 1), centred samples X_g − μ and Σ + εI (G, d, d) of grouped samples xg (G, d, m),
+    in xg's dtype; Σ is symmetrised so that rounding cannot make it asymmetric."""
+    mean = xg.mean(-1, keepdim=True)
+    xc = xg - mean
+    eye = torch.eye(xg.shape[1], dtype=xg.dtype, device=xg.device)
+    cov = xc @ xc.transpose(1, 2) / xc.shape[-1] + eps * eye
+    return mean, xc, (cov + cov.transpose(1, 2)) / 2
+
 class ZCAWhitening(nn.Module):
     def __init__(self, num_features: int, d: int = 16, method: str = "analytic", params: dict | None = None,
                  eps: float = 1e-4, momentum: float = 0.1, dtype: str = "float32", affine: bool = True):
@@ -63,11 +73,7 @@ class ZCAWhitening(nn.Module):
             raise ValueError(f"expected {self.num_features} channels, got {C}")
         xg = x.to(self.compute_dtype).transpose(0, 1).reshape(self.groups, self.d, -1)  # G, d, m
         if self.training:
-            mean = xg.mean(-1, keepdim=True)
-            xc = xg - mean
-            eye = torch.eye(self.d, dtype=xc.dtype, device=xc.device)
-            cov = xc @ xc.transpose(1, 2) / xc.shape[-1] + self.eps * eye
-            cov = (cov + cov.transpose(1, 2)) / 2
+            mean, xc, cov = group_covariance(xg, self.eps)
             lam, U = sktorch.eigh(cov, self.method, **self.params)
             whitening = (U * lam.rsqrt()[:, None, :]) @ U.transpose(1, 2)
             with torch.no_grad():
