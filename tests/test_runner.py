@@ -81,6 +81,14 @@ def test_tiny_study_end_to_end(tmp_path):
     assert CliRunner().invoke(app, ["report", "tiny", "--out", str(tmp_path)]).exit_code == 0
     assert (out / "README.md").read_text() == readme
     assert (out / "angle_vs_d.png").is_file() and (tmp_path / "README.md").read_text() == index
+    assert "| report text |" not in readme  # built by the run's own commit
+
+    # results from another commit: the header names the code that rebuilt the text beside the run's
+    meta = json.loads((out / "run.json").read_text())
+    (out / "run.json").write_text(json.dumps({**meta, "git_commit": "0123abc"}))
+    rebuilt = runner.build_report("tiny", tmp_path).read_text()
+    assert "| git commit | `0123abc` |" in rebuilt
+    assert f"by `stabkit report tiny` at commit `{runner._git_commit(tmp_path)}` |" in rebuilt
 
 
 def test_kill_9_midway_then_resume_gives_the_uninterrupted_table(tmp_path):

@@ -506,13 +506,14 @@ def build_report(name: str, out_root=Path("reports")) -> Path:
     kind = kind_module(meta["kind"])
     results = pd.read_parquet(results_path)
     body = kind.report(results, meta["grid"], out_dir)
-    text = _header(name, meta, results) + "\n" + body.rstrip() + "\n"
+    text = _header(name, meta, results, report_commit=_git_commit(out_root)) + "\n" + body.rstrip() + "\n"
     _write_atomic(out_dir / "README.md", text)
     build_index(out_root)
     return out_dir / "README.md"
 
 
-def _header(name: str, meta: dict, results: pd.DataFrame) -> str:
+def _header(name: str, meta: dict, results: pd.DataFrame, report_commit: str | None = None) -> str:
+    """The run's record; ``report_commit``, when it is not the run's commit, is the code that wrote the text."""
     m = meta.get("machine", {})
     wall = meta.get("wall_seconds_total", meta.get("wall_seconds"))
     resumed = meta.get("wall_seconds_previous_runs")
@@ -522,6 +523,8 @@ def _header(name: str, meta: dict, results: pd.DataFrame) -> str:
         "| | |", "|---|---|",
         f"| command | `{meta.get('command', '?')}` |",
         f"| git commit | `{meta.get('git_commit', '?')}` |",
+        *([f"| report text | rebuilt from these results by `stabkit report {name}` at commit `{report_commit}` |"]
+          if report_commit and report_commit != meta.get("git_commit") else []),
         f"| machine | {m.get('cpu', '?')}, {m.get('cores', '?')} cores, {m.get('ram_gib', '?')} GiB RAM; {m.get('platform', '?')} |",
         f"| versions | python {m.get('python', '?')}, numpy {m.get('numpy', '?')}, torch {m.get('torch', '?')} |",
         f"| GPU | {m.get('gpu', 'not recorded')} |",
