@@ -44,13 +44,19 @@ def test_output_is_white_per_group(method, dtype):
     y = layer(x)
     assert y.dtype == torch.float32
     cov = _group_cov(y.double(), 4)
-    # (Σ + εI)^{-1/2} Σ (Σ + εI)^{-1/2} has eigenvalues λ/(λ + ε): within ε/λ_min = 2e-4 of I
-    err = (cov - torch.eye(4, dtype=torch.float64)).abs().max().item()
+    # (Σ + εI)^{-1/2} Σ (Σ + εI)^{-1/2} has eigenvalues λ/(λ + ε): within ε/λ_min = 2e-4 of I.
+    # SVD-PI whitens with its kept pairs only (NeurIPS 2019 Alg. 1); its energy ratio γ_k includes
+    # λ_k, so the smallest pair is dropped and the output covariance is the projector on the other 3.
+    kept = torch.tensor([0.0, 1.0, 1.0, 1.0] if method == "pi" else [1.0] * 4, dtype=torch.float64)
+    x_cov = _group_cov(x.double(), 4)
+    _, V = torch.linalg.eigh(x_cov)
+    target = (V * kept) @ V.transpose(1, 2)
+    err = (cov - target).abs().max().item()
     assert err < (2e-3 if method == "pi-forward" else 3e-4)  # pi-forward: 19 power iterations, approximate
     if dtype == "float64" and method != "pi-forward":
         lam = torch.tensor([0.5, 1.0, 2.0, 4.0], dtype=torch.float64)
         got = torch.linalg.eigvalsh(cov)
-        torch.testing.assert_close(got, (lam / (lam + 1e-4)).expand(2, 4), rtol=0, atol=2e-6)
+        torch.testing.assert_close(got, (kept * lam / (lam + 1e-4)).expand(2, 4), rtol=0, atol=2e-6)
 
 
 def test_eval_uses_running_statistics():
@@ -83,10 +89,30 @@ def test_gradient_matches_autograd_reference(method):
         return out
 
     gx, gw = grads(method)
-    rx, rw = grads("torch")  # torch autograd through torch.linalg.eigh, float64
+    if method == "pi":  # SVD-PI's function: whitening with its kept pairs (here all but the smallest)
+        rx, rw = _truncated_reference_grads(x, R, layer_weight_seed=2, drop=1)
+    else:
+        rx, rw = grads("torch")  # torch autograd through torch.linalg.eigh, float64
     assert rx.abs().max() > 1e-3
     torch.testing.assert_close(gx, rx, rtol=1e-5, atol=1e-7 * rx.abs().max().item())
     torch.testing.assert_close(gw, rw, rtol=1e-6, atol=1e-8)
+
+
+def _truncated_reference_grads(x, R, layer_weight_seed, drop):
+    """Autograd through torch.linalg.eigh of a hand-written ZCA whitening that drops the ``drop``
+    smallest eigenpairs of each group (the function SVD-PI computes), float64, ε = 1e-4."""
+    x = x.detach().clone().requires_grad_(True)
+    weight = torch.ones(x.shape[1], dtype=torch.float64).uniform_(
+        0.5, 1.5, generator=torch.Generator().manual_seed(layer_weight_seed)).requires_grad_(True)
+    C = x.shape[1]
+    xg = x.transpose(0, 1).reshape(C // 4, 4, -1)
+    xc = xg - xg.mean(-1, keepdim=True)
+    cov = xc @ xc.transpose(1, 2) / xc.shape[-1] + 1e-4 * torch.eye(4, dtype=torch.float64)
+    lam, U = torch.linalg.eigh((cov + cov.transpose(1, 2)) / 2)
+    U, lam = U[..., drop:], lam[..., drop:]
+    y = ((U * lam.rsqrt()[:, None, :]) @ U.transpose(1, 2) @ xc).reshape(C, *x.shape[:1], *x.shape[2:]).transpose(0, 1)
+    ((y * weight[None, :, None, None]) * R).sum().backward()
+    return x.grad, weight.grad
 
 
 def test_reference_gradient_against_finite_differences():

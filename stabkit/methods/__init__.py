@@ -18,6 +18,7 @@ REGISTRY: dict[str, Method] = {
         taylor.METHOD,
         power_iteration.SVD_PI,
         power_iteration.PI_FORWARD,
+        power_iteration.PI_LEGACY,
         clip.METHOD,
         lorentzian.METHOD,
         pade.METHOD,
@@ -89,14 +90,20 @@ def gradient(spec: str | tuple[str, dict], A, loss):
     """∂L/∂A by method ``spec`` for probe loss ``loss`` at matrix A (numpy or torch, batched ok).
 
     Returns (grad, lam, U): the method's forward decides (λ, U) — exact eigh for most, power
-    iteration for ``pi-forward`` — and the loss gradient is taken there.
+    iteration for ``pi-forward`` — and the loss gradient is taken there. For a truncating method
+    (see :func:`evaluate`) this is the gradient of the loss restricted to its kept pairs.
     """
+    return evaluate(spec, A, loss)[:3]
+
+
+def evaluate(spec: str | tuple[str, dict], A, loss):
+    """(grad, lam, U, kept): :func:`gradient` plus the method's kept mask (``Method.kept``)."""
     name, params = parse_spec(spec) if isinstance(spec, str) else (spec[0], resolve_params(*spec))
     method = get(name)
     with _xp.errstate():
         lam, U, state = method.forward(A, **params)
         gU, glam = loss.grads(U, lam)
-        return method.backward(state, gU, glam, **params), lam, U
+        return method.backward(state, gU, glam, **params), lam, U, method.kept(state, lam)
 
 
-__all__ = ["Method", "REGISTRY", "NAMES", "get", "parse_spec", "format_spec", "resolve_params", "gradient", "assemble"]
+__all__ = ["Method", "REGISTRY", "NAMES", "get", "parse_spec", "format_spec", "resolve_params", "gradient", "evaluate", "assemble"]

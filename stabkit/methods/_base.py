@@ -76,6 +76,17 @@ class Method:
     paper: str = ""
     summary: str = ""
 
+    @staticmethod
+    def kept(state: dict, lam):
+        """bool (..., d): True for the eigenpairs the method keeps — ``state["kept"]`` from its
+        forward, all True when absent. A truncating method's function is the decomposition
+        restricted to these pairs (a spectral function f becomes f·1[kept])."""
+        kept = state.get("kept")
+        if kept is not None:
+            return kept
+        xp = _xp.namespace(lam)
+        return np.ones(lam.shape, dtype=bool) if xp is np else xp.ones(lam.shape, dtype=xp.bool, device=lam.device)
+
 
 def kernel_method(name: str, kernel: Callable, defaults: dict, paper: str, summary: str) -> Method:
     """A method defined by its approximation F(λ; params) of the matrix 1/(λ_j − λ_i)."""

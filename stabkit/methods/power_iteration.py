@@ -1,18 +1,47 @@
-"""``pi`` (SVD-PI) and ``pi-forward`` (PI): gradients through power iteration with deflation.
+"""``pi`` (SVD-PI), ``pi-forward`` (PI) and ``pi-legacy``: gradients through power iteration.
 
-Wang, Chen, Salzmann & Fua, "Backpropagation-Friendly Eigendecomposition", NeurIPS 2019.
+Wang, Chen, Salzmann & Fua, "Backpropagation-Friendly Eigendecomposition", NeurIPS 2019, Alg. 1.
 For eigenvectors in decreasing eigenvalue order k = 1, 2, …, with M_1 = A:
 
     v_{t+1} = M_k v_t / ‖M_k v_t‖  (t = 0 … T−1),   u_k = v_T,   λ_k = u_kᵀ M_k u_k,
-    M_{k+1} = M_k − M_k u_k u_kᵀ                     (deflation, as in the paper's code),
+    M_{k+1} = M_k − M_k u_k u_kᵀ                     (deflation, as in the authors' code),
 
-and the gradient is back-propagated through every step. ``pi`` (SVD-PI) takes v_0 = the exact
-eigenvector, so the forward is the exact eigendecomposition and only the backward goes through
-the T = 19 iterations; it stops at the first k where λ_k ≤ ε, the Rayleigh quotient is off by
-more than 10 %, or the eigenvalues kept so far hold ≥ 1 − ε of the energy (Σλ), and drops that
-and every smaller eigenvector (their gradient contributions are zero). Default ε = 1e-4, the
-ZCA layer's ε in the paper. ``pi-forward`` (the PI baseline) starts from seeded random vectors,
-so its forward is power iteration too, with no breaking conditions.
+and the gradient is back-propagated through every step (T = 19).
+
+``pi`` (SVD-PI). v_0 = the exact eigenvector (a constant), so the forward is the exact
+eigendecomposition. Going down from the largest, pair k is kept while λ_k > ε and the energy
+ratio γ_k = Σ_{i≤k} λ_i / Σ_i λ_i stays below 1 − ε (γ_k includes λ_k, as in the paper's Sec. 4
+and the authors' ZCANormPI, so the smallest pair is always dropped); every later pair is dropped.
+The forward's state carries that ``kept`` mask (``Method.kept``): the function SVD-PI computes is
+the decomposition truncated to the kept pairs (the ZCA layer whitens with W = U diag(kept·λ^-½) Uᵀ,
+Alg. 1), and its backward is the reverse mode of the T iterations of the kept stages only.
+
+Closed form of that reverse mode. From the exact start the iterates stay at u_k, ‖M_k u_k‖ = λ_k
+and M_k = Σ_{i not deflated} λ_i u_i u_iᵀ, so the whole reverse pass is diagonal in the eigenbasis
+and is the kernel rule ∂L/∂A = sym(U (F ∘ Uᵀ∂L/∂U + diag(kept·∂L/∂λ)) Uᵀ) with, writing
+S_n(r) = Σ_{s<n} r^s and indices ascending (index i > k is iterated before k):
+
+    F_ik =  kept_k · S_T(λ_i/λ_k) / λ_k               (i < k),
+    F_ik = −kept_i kept_k · S_{T−1}(λ_k/λ_i) / λ_i       (i > k),      F_kk = 0.
+
+It equals autograd through a plain implementation of the T iterations to ≤ 1e-12 (float64,
+``tests/test_power_iteration.py``, ``benchmarks/bench_pi.py``) as long as no eigenvalue of M_k
+exceeds λ_k in magnitude (true for the positive semi-definite matrices SVD-PI is meant for; on an
+indefinite matrix the plain iterates leave u_k through rounding, this is their exact-arithmetic
+value). For the same reason the paper's third breaking condition (a Rayleigh quotient off by
+more than 10 %) cannot fire from the exact start and is not evaluated. Default ε = 1e-4, the ZCA
+layer's ε in the paper.
+
+``pi-legacy``: stabkit's ``pi`` up to commit 7f6dbbd, kept only to reproduce older results. Its
+forward is the full decomposition (no ``kept``: a layer whitens with all d pairs) while its
+backward drops pairs by λ ≤ ε, by an energy rule without λ_k (Σ_{i<k} λ_i ≥ (1 − ε) Σ λ) and by the
+Rayleigh condition, iterating in the forward: it differentiates a different function from the
+one it returns.
+
+``pi-forward`` (the PI baseline) starts from seeded random vectors, so its forward is power
+iteration too. ``stop=true`` adds the authors' stopping rule (ZCANormPIunstable in their public
+code): after the first stage, stop at the first whose Rayleigh quotient is < ε or larger than
+the previous stage's; the stopped pairs are dropped (``kept``). Default: no stopping rule.
 """
 
 from __future__ import annotations
@@ -22,7 +51,7 @@ import math
 import numpy as np
 
 from .. import _xp
-from ._base import Method
+from ._base import Method, assemble, exact_forward
 
 
 def _norm(x, xp):
@@ -31,7 +60,8 @@ def _norm(x, xp):
 
 
 def _matvec(M, v):
-    return (M @ v[..., :, None])[..., 0]
+    """M v over a batch, in the row form vᵀMᵀ (several times faster than M @ v[..., None] in torch)."""
+    return (v[..., None, :] @ _xp.T(M))[..., 0, :]
 
 
 def _outer(a, b):
@@ -74,7 +104,8 @@ def _run(A, starts, steps, order, xp):
     return paths, norms, lam_hat, W
 
 
-def _forward(A, steps, start: str, eps: float, seed: int):
+def _forward(A, steps, start: str, eps: float, seed: int, stop: bool = False):
+    """Iterating forward of ``pi-legacy`` (start="exact") and ``pi-forward`` (start="random")."""
     xp = _xp.namespace(A)
     d = A.shape[-1]
     order = list(range(d - 1, -1, -1))
@@ -91,20 +122,46 @@ def _forward(A, steps, start: str, eps: float, seed: int):
         s /= np.linalg.norm(s, axis=-2, keepdims=True)
         starts = s.astype(A.dtype) if xp is np else xp.as_tensor(s, dtype=A.dtype, device=A.device)
     paths, norms, lam_hat, W = _run(A, starts, steps, order, xp)
+    state = {"A": A, "paths": paths, "norms": norms, "lam_hat": lam_hat, "W": W, "order": order}
     if start == "exact":
-        active = _rayleigh_kept(kept, lam, lam_hat, order, xp)
+        state["active"] = _rayleigh_kept(kept, lam, lam_hat, order, xp)
     else:
         U = _stack([paths[k][..., -1, :] for k in range(d)], -1, xp)
         lam = _stack([lam_hat[k] for k in range(d)], -1, xp)
-        ones = np.ones(A.shape[:-2] + (d,), dtype=bool)
-        active = ones if xp is np else xp.as_tensor(ones, device=A.device)
-    state = {"A": A, "paths": paths, "norms": norms, "lam_hat": lam_hat, "W": W, "order": order, "active": active}
+        if stop:
+            state["active"] = state["kept"] = _stopped_kept(lam, eps, xp)
+        else:
+            ones = np.ones(A.shape[:-2] + (d,), dtype=bool)
+            state["active"] = ones if xp is np else xp.as_tensor(ones, device=A.device)
     return lam, U, state
 
 
+def paper_kept(lam, eps: float):
+    """SVD-PI's kept pairs (paper Sec. 4, authors' ZCANormPI) for ascending λ (..., d).
+
+    Going down from the largest, pair k is kept while λ_k > ε and Σ_{i≤k} λ_i / Σλ < 1 − ε (γ_k
+    includes λ_k), evaluated as "the smaller pairs still hold more than ε·Σλ" (a sum of the pairs
+    below k, which is exactly 0 for the smallest: it is always dropped, whatever the rounding).
+    """
+    xp = _xp.namespace(lam)
+    below = _cumsum(lam, xp) - lam  # Σ_{j<i} λ_j; exactly 0 at i = 0 (x − x)
+    ok = (lam > eps) & (below > eps * lam.sum(-1)[..., None])
+    return _flip(_prefix_all(_flip(ok, xp), xp), xp)
+
+
+def _stopped_kept(lam_hat, eps: float, xp):
+    """``pi-forward:stop=true``: in stage order (index d−1 first) keep the first stage, then stop at
+    the first Rayleigh quotient below ε or above the previous stage's (authors' PI baseline)."""
+    desc = _flip(lam_hat, xp)
+    ok = desc >= eps
+    ok[..., 1:] &= desc[..., 1:] <= desc[..., :-1]
+    ok[..., 0] = True
+    return _flip(_prefix_all(ok, xp), xp)
+
+
 def _energy_kept(lam, eps, xp):
-    """kept[..., k] by SVD-PI's λ-only breaking conditions (paper, Sec. 4): going down from the
-    largest, stop at the first λ_k ≤ ε or once the larger ones hold ≥ 1 − ε of the energy Σλ."""
+    """``pi-legacy``'s λ-only breaking conditions: going down from the largest, stop at the first
+    λ_k ≤ ε or once the larger ones (λ_k excluded, unlike the paper) hold ≥ 1 − ε of Σλ."""
     desc = _flip(lam, xp)
     captured_before = _cumsum(desc, xp) - desc
     ok = (desc > eps) & (captured_before < (1 - eps) * lam.sum(-1)[..., None])
@@ -184,19 +241,63 @@ def backward(state, gU, glam, **_):
     return _xp.sym(gM)
 
 
+def _series(r, n: int, xp):
+    """S_n(r) = Σ_{s<n} r^s by Horner (0 for n = 0)."""
+    if n <= 0:
+        return r * 0
+    total = xp.ones_like(r)
+    for _ in range(n - 1):
+        total = 1 + r * total
+    return total
+
+
+def kernel(lam, kept, steps: int):
+    """SVD-PI's F (see the module docstring) for ascending λ (..., d) and the kept mask."""
+    xp = _xp.namespace(lam)
+    li, lk = lam[..., :, None], lam[..., None, :]
+    order = _xp.index_sign(li * lk)  # +1 where i < k (i is iterated after k), −1 where i > k
+    later, earlier = order > 0, order < 0
+    r = xp.where(later, li, lk) / xp.where(later, lk, li)  # λ of the later stage / λ of the earlier
+    s_short = _series(r, steps - 1, xp)
+    s_full = 1 + r * s_short if steps > 0 else s_short
+    zero = xp.zeros_like(r)
+    upper = xp.where(later & kept[..., None, :], s_full / lk, zero)
+    lower = xp.where(earlier & kept[..., :, None] & kept[..., None, :], -s_short / li, zero)
+    return upper + lower
+
+
 def _svd_pi_forward(A, steps=19, eps=1e-4):
+    lam, U, _ = exact_forward(A)
+    return lam, U, {"U": U, "lam": lam, "kept": paper_kept(lam, eps)}
+
+
+def _svd_pi_backward(state, gU, glam, steps=19, **_):
+    xp = _xp.namespace(gU)
+    with _xp.errstate():
+        kept = state["kept"]
+        F = kernel(state["lam"], kept, int(steps))
+        return assemble(state["U"], F, gU, xp.where(kept, glam, glam * 0))
+
+
+def _legacy_forward(A, steps=19, eps=1e-4):
     return _forward(A, steps, "exact", eps, 0)
 
 
-def _pi_forward(A, steps=19, seed=0):
-    return _forward(A, steps, "random", 0.0, seed)
+def _pi_forward(A, steps=19, seed=0, stop=False, eps=1e-4):
+    return _forward(A, steps, "random", eps, seed, stop=bool(stop))
 
 
 SVD_PI = Method(
-    "pi", backward, {"steps": 19, "eps": 1e-4}, forward=_svd_pi_forward,
-    paper="Wang et al., NeurIPS 2019 (SVD-PI)", summary="exact forward, backward through 19 PI steps with deflation",
+    "pi", _svd_pi_backward, {"steps": 19, "eps": 1e-4}, forward=_svd_pi_forward,
+    paper="Wang et al., NeurIPS 2019 (SVD-PI), Alg. 1",
+    summary="exact forward truncated to the kept pairs, backward of 19 PI steps with deflation",
+)
+PI_LEGACY = Method(
+    "pi-legacy", backward, {"steps": 19, "eps": 1e-4}, forward=_legacy_forward,
+    paper="stabkit's pi up to 7f6dbbd (not the paper)",
+    summary="full forward, backward dropping pairs (old energy rule): differentiates another function",
 )
 PI_FORWARD = Method(
-    "pi-forward", backward, {"steps": 19, "seed": 0}, forward=_pi_forward,
+    "pi-forward", backward, {"steps": 19, "seed": 0, "stop": False, "eps": 1e-4}, forward=_pi_forward,
     paper="Wang et al., NeurIPS 2019 (PI baseline)", summary="power iteration with deflation, forward and backward",
 )

@@ -74,8 +74,10 @@ class ZCAWhitening(nn.Module):
         xg = x.to(self.compute_dtype).transpose(0, 1).reshape(self.groups, self.d, -1)  # G, d, m
         if self.training:
             mean, xc, cov = group_covariance(xg, self.eps)
-            lam, U = sktorch.eigh(cov, self.method, **self.params)
-            whitening = (U * lam.rsqrt()[:, None, :]) @ U.transpose(1, 2)
+            lam, U, kept = sktorch.eigh_kept(cov, self.method, **self.params)
+            # W = U diag(kept·λ^-½) Uᵀ: only the pairs the method keeps (SVD-PI, NeurIPS 2019 Alg. 1)
+            scale = torch.where(kept, torch.where(kept, lam, torch.ones_like(lam)).rsqrt(), torch.zeros_like(lam))
+            whitening = (U * scale[:, None, :]) @ U.transpose(1, 2)
             with torch.no_grad():
                 m = self.momentum
                 self.running_mean.mul_(1 - m).add_(m * mean.to(self.running_mean.dtype))
