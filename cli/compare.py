@@ -68,6 +68,8 @@ def _load_npy(path: Path, what: str) -> np.ndarray:
 def _jsonable(value):
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
     value = float(value)
     return None if math.isnan(value) else value
 
@@ -77,14 +79,21 @@ def _print_table(result, source: str, loss: str, dtype: str) -> None:
     truth = result.truth
     status = "certified" if truth.certified else "NOT CERTIFIED — treat numbers with care"
     table = Table(title=f"{source} · loss={loss} · {dtype}")
-    for col in ("method", "angle_deg", "rel_err", "norm_ratio", "finite", "seconds"):
-        table.add_column(col, justify="left" if col == "method" else "right")
+    d = len(truth.eigenvalues)
+    width = max(len(row["method"]) for row in result.rows)
+    table.add_column("method", justify="left", no_wrap=True, min_width=width)
+    for col in ("angle_deg", "angle_full_deg", "kept", "rel_err", "norm_ratio", "finite", "seconds"):
+        table.add_column(col, justify="right", overflow="fold")
     for row in result.rows:
         table.add_row(
-            row["method"], f"{row['angle_deg']:.3g}", f"{row['rel_err']:.3g}", f"{row['norm_ratio']:.3g}",
+            row["method"], f"{row['angle_deg']:.3g}", f"{row['angle_full_deg']:.3g}",
+            f"{row['kept']}/{d}" if row["kept"] >= 0 else "—", f"{row['rel_err']:.3g}", f"{row['norm_ratio']:.3g}",
             "yes" if row["finite"] else "NO", f"{row['seconds']:.4f}",
         )
     console.print(table)
+    if any(0 <= row["kept"] < d for row in result.rows):
+        console.print("angle_deg: against the truth of the function the method computes (the loss restricted to "
+                      "its kept eigenpairs); angle_full_deg: against the untruncated loss's truth.")
     diag = result.diagnostics
     console.print(
         f"ground truth: {truth.digits:.1f} digits ({status}), engine {truth.engine}, {truth.seconds:.2f} s · "

@@ -166,3 +166,85 @@ def make_loss(name: str, d: int, seed: int = 0, weight: np.ndarray | None = None
     w = np.zeros(d)
     w[d - k:] = 1.0
     return WeightedEigvecLoss(name, weight, w)
+
+
+# ----------------------------------------------------------------------------------------------
+# the loss restricted to a method's kept eigenpairs (what a truncating method such as ``pi`` computes)
+
+
+@dataclass(frozen=True)
+class TruncatedSpectralLoss(SpectralLoss):
+    """L̃ = Σ_{i kept} f(λ_i) u_iᵀ G u_i: the spectral function f·1[kept] (0 on the dropped pairs).
+
+    A pair is identified by its eigenvalue: f̃(x) = f(x) when the ``reference`` eigenvalue nearest
+    to x is kept, else 0 — a genuine scalar function near every eigenvalue once kept and dropped
+    eigenvalues are separated (``check``), so the Daleckii–Krein truth of both reference engines
+    applies unchanged: D̃_ij = (f̃(λ_i) − f̃(λ_j))/(λ_i − λ_j), D̃_ii = f̃'(λ_i). This is the gradient
+    with the kept set held locally constant, as the method's backward holds it.
+    """
+
+    reference: np.ndarray = None  # float64 eigenvalues, ascending, one per pair
+    kept: np.ndarray = None  # bool, same length
+
+    def check(self, lam, dtype=None) -> None:
+        lam = np.asarray(lam, dtype=np.float64)
+        kept = np.asarray(self.kept, dtype=bool)
+        if kept.any():
+            SpectralLoss.check(self, lam[kept], dtype)
+        eps = np.finfo(dtype or np.float64).eps
+        tol = lam.shape[-1] * eps * float(np.abs(lam).max())
+        boundary = (np.diff(kept.astype(int)) != 0) & (np.diff(lam) <= tol)
+        if boundary.any():
+            i = int(np.argwhere(boundary)[0][0])
+            raise ValueError(f"{self.name}: eigenvalues {i} and {i + 1} differ by {lam[i + 1] - lam[i]:.3g} "
+                             f"(≤ {tol:.3g}) but one is kept and the other dropped: the truncated function "
+                             "is not defined there")
+
+
+def _nearest_kept(x, reference: np.ndarray, kept: np.ndarray):
+    """kept[argmin_i |x − reference_i|], elementwise, on x's namespace."""
+    xp = _xp.namespace(x)
+    ref, k = _as_like(reference, x), kept
+    idx = (x[..., None] - ref).__abs__().argmin(-1)
+    if xp is not np:
+        k = xp.as_tensor(kept, device=x.device)
+    return k[idx]
+
+
+def _truncated_fn(fn, reference, kept):
+    def f(x):
+        xp = _xp.namespace(x)
+        mask = _nearest_kept(x, reference, kept)
+        safe = xp.where(mask, x, xp.ones_like(x))
+        return xp.where(mask, fn(safe), xp.zeros_like(x))
+    return f
+
+
+def _truncated_mp(fn, reference, kept):
+    def f(x):
+        i = int(np.abs(float(x) - reference).argmin())
+        return fn(x) if kept[i] else mpmath.mpf(0)
+    return f
+
+
+def truncate(loss, eigenvalues, kept):
+    """``loss`` restricted to the kept eigenpairs (ascending order, as ``eigenvalues``).
+
+    Weighted losses (eigvec, projector): the same loss with w·kept. Spectral losses (zca, sqrt,
+    log): :class:`TruncatedSpectralLoss`. Returns ``loss`` itself when every pair is kept.
+    """
+    kept = np.asarray(kept, dtype=bool).reshape(-1)
+    reference = np.asarray(eigenvalues, dtype=np.float64).reshape(-1)
+    if kept.shape != reference.shape:
+        raise ValueError(f"kept mask has {kept.size} entries for {reference.size} eigenvalues")
+    if kept.all():
+        return loss
+    name = f"{loss.name}[kept {''.join('1' if k else '0' for k in kept)}]"
+    if loss.kind == "weighted":
+        return WeightedEigvecLoss(name, loss.weight, np.asarray(loss.w, dtype=np.float64) * kept)
+    return TruncatedSpectralLoss(
+        name, loss.weight,
+        _truncated_fn(loss.f, reference, kept), _truncated_fn(loss.df, reference, kept),
+        _truncated_mp(loss.f_mp, reference, kept), _truncated_mp(loss.df_mp, reference, kept),
+        reference=reference, kept=kept,
+    )

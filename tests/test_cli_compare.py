@@ -28,7 +28,9 @@ def test_json_lines_have_exactly_the_documented_keys(tmp_path):
     rows = [json.loads(line) for line in result.stdout.strip().splitlines()]
     assert [r["method"] for r in rows] == ["analytic", "taylor:K=19,eps=0.0001", "clip"]
     for r in rows:
-        assert set(r) == {"method", "angle_deg", "rel_err", "norm_ratio", "finite", "seconds"}
+        assert set(r) == {"method", "angle_deg", "angle_full_deg", "kept", "rel_err", "norm_ratio", "finite",
+                          "seconds", "truth_digits"}
+        assert r["kept"] == 4 and r["angle_full_deg"] == r["angle_deg"]
     assert rows[0]["rel_err"] < 1e-12 and rows[0]["finite"] is True
     assert rows[1]["angle_deg"] > 0
 

@@ -40,7 +40,7 @@ GRID_DEFAULTS: dict = {
 #: Result columns, in order (each row also carries the runner's ``cell_id`` first).
 COLUMNS = (
     "family", "family_params", "d", "dtype", "loss", "seed", "method",
-    "angle_deg", "rel_err", "norm_ratio", "finite", "seconds",
+    "angle_deg", "angle_full_deg", "kept", "rel_err", "norm_ratio", "finite", "seconds",
     "truth_digits", "truth_certified",
     "min_abs_gap", "min_rel_gap", "max_abs_K", "numerical_rank", "condition", "error",
 )
@@ -200,7 +200,8 @@ def run_cell(cell: dict) -> list[dict]:
         spectrum = spectra.make(cell["family"], cell["d"], seed=cell["seed"], dtype=cell["dtype"], **params)
     except ValueError as exc:  # this variant does not exist at this size (validate checked the others)
         return [
-            {**base, "method": spec, "angle_deg": nan, "rel_err": nan, "norm_ratio": nan, "finite": False,
+            {**base, "method": spec, "angle_deg": nan, "angle_full_deg": nan, "kept": -1, "rel_err": nan,
+             "norm_ratio": nan, "finite": False,
              "seconds": 0.0, "truth_digits": nan, "truth_certified": False, "min_abs_gap": nan,
              "min_rel_gap": nan, "max_abs_K": nan, "numerical_rank": -1, "condition": nan,
              "error": f"not built: {exc}"}
@@ -215,7 +216,8 @@ def run_cell(cell: dict) -> list[dict]:
         diag = metrics.spectrum_diagnostics(lam, np.dtype(cell["dtype"]))
         reason = f"undefined: {exc}"
         return [
-            {**base, "method": spec, "angle_deg": math.nan, "rel_err": math.nan, "norm_ratio": math.nan,
+            {**base, "method": spec, "angle_deg": math.nan, "angle_full_deg": math.nan, "kept": -1,
+             "rel_err": math.nan, "norm_ratio": math.nan,
              "finite": False, "seconds": 0.0, "truth_digits": math.nan, "truth_certified": False,
              **_diag(diag), "error": reason}
             for spec in cell["methods"]
@@ -223,12 +225,17 @@ def run_cell(cell: dict) -> list[dict]:
     truth = result.truth
     rows = []
     for row in result.rows:
+        # a truncating method (pi) is scored against the truth of its own function (compare.py); the
+        # row's truth digits are the fewer of that truth's and the untruncated one's
+        digits = float(min(truth.digits, row["truth_digits"])) if not math.isnan(row["truth_digits"]) \
+            else float(truth.digits)
         rows.append({
             **base, "method": row["method"],
-            "angle_deg": float(row["angle_deg"]), "rel_err": float(row["rel_err"]),
+            "angle_deg": float(row["angle_deg"]), "angle_full_deg": float(row["angle_full_deg"]),
+            "kept": int(row["kept"]), "rel_err": float(row["rel_err"]),
             "norm_ratio": float(row["norm_ratio"]), "finite": bool(row["finite"]),
             "seconds": float(row["seconds"]),
-            "truth_digits": float(truth.digits), "truth_certified": bool(truth.certified),
+            "truth_digits": digits, "truth_certified": bool(digits >= 12),
             **_diag(result.diagnostics), "error": row.get("error"),
         })
     return rows
@@ -340,7 +347,11 @@ def report(results: pd.DataFrame, grid: dict, out_dir: Path) -> str:
                  f"certified digits (listed below, not scored){f', {unbuilt_n} cells ask for a spectrum that does not exist at their size' if unbuilt_n else ''}"
                  f"{f', {failed} cells failed' if failed else ''}. "
                  f"Angles are in degrees between a method's ∂L/∂A and the certified truth; a method whose "
-                 f"gradient has NaN/Inf counts as +∞ in medians.\n")
+                 f"gradient has NaN/Inf counts as +∞ in medians. A truncating method is scored against the "
+                 f"truth of the function it computes: `pi` (SVD-PI) keeps, going down from the largest, the "
+                 f"eigenpairs with λ_k > ε and Σ_(i≤k) λ_i < (1 − ε) Σλ (ε = 1e-4; the smallest pair is always "
+                 f"dropped), and its truth is the loss restricted to those pairs (f·1[kept] for zca/sqrt, w·kept "
+                 f"for eigvec); `angle_full_deg` in the results holds its angle to the untruncated loss's truth.\n")
     if df.empty:
         lines.append("No cell produced a ground truth, so there is nothing to score.\n")
         return "\n".join(lines)

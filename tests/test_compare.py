@@ -1,0 +1,86 @@
+"""``stabkit.compare``: every method is scored against the function its forward computes."""
+
+import numpy as np
+import pytest
+
+from stabkit import compare as cmp
+from stabkit import methods
+from stabkit.losses import make_loss, truncate
+from stabkit.reference import ground_truth
+
+from .conftest import build
+
+
+def _dk_truncated(lam, Q, G, f, df, kept):
+    """Daleckii–Krein gradient of Σ_{i kept} f(λ_i) q_iᵀ G q_i, written out here independently:
+    f̃ = f·1[kept], D_ij = (f̃_i − f̃_j)/(λ_i − λ_j), D_ii = f̃'(λ_i)."""
+    ft = np.where(kept, f(lam), 0.0)
+    dft = np.where(kept, df(lam), 0.0)
+    diff = lam[:, None] - lam[None, :]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        D = (ft[:, None] - ft[None, :]) / diff
+    D[np.diag_indices_from(D)] = dft
+    K = Q.T @ ((G + G.T) / 2) @ Q
+    return Q @ (D * K) @ Q.T
+
+
+@pytest.mark.parametrize("engine", ["mpmath", "flint"])
+def test_truncated_truth_is_daleckii_krein_of_f_times_kept(engine):
+    lam = np.array([2e-3, 0.05, 0.7, 1.3, 2.0, 3.5])
+    A = build(lam, seed=4)
+    lam_np, Q = np.linalg.eigh(A)
+    loss = make_loss("zca", 6, seed=1)
+    kept = np.array([False, False, True, True, True, True])
+    full = ground_truth(A, loss, engine=engine)
+    truth = cmp.truncated_truth(A, loss, kept, full)
+    expected = _dk_truncated(lam_np, Q, loss.weight, lambda x: x ** -0.5, lambda x: -0.5 * x ** -1.5, kept)
+    assert truth.certified and truth.engine == engine
+    np.testing.assert_allclose(truth.grad, expected, atol=1e-12 * np.abs(expected).max())
+    assert np.linalg.norm(truth.grad - full.grad) > 0.1 * np.linalg.norm(full.grad)  # a different function
+
+
+def test_truncated_weighted_loss_is_w_times_kept():
+    loss = make_loss("eigvec", 4, seed=0)
+    kept = np.array([False, True, True, True])
+    tl = truncate(loss, [1.0, 2.0, 3.0, 4.0], kept)
+    np.testing.assert_array_equal(tl.w, loss.w * kept)
+    assert truncate(loss, [1.0, 2.0, 3.0, 4.0], np.ones(4, bool)) is loss
+
+
+def test_truncated_function_is_undefined_where_a_kept_and_a_dropped_pair_coincide():
+    A = build([0.5, 1.0, 1.0, 2.0], seed=1)
+    loss = make_loss("zca", 4)
+    full = ground_truth(A, loss)
+    with pytest.raises(ValueError, match="kept and the other dropped"):
+        cmp.truncated_truth(A, loss, np.array([False, False, True, True]), full)
+
+
+def _paper_kept(lam, eps):
+    """SVD-PI's rule written out: from the largest down, keep while λ_k > ε and the energy ratio
+    γ_k = Σ_{i ≥ k (descending: λ_i ≥ λ_k)} λ_i / Σλ < 1 − ε."""
+    order = np.argsort(lam)[::-1]
+    kept = np.zeros(lam.size, bool)
+    total = lam.sum()
+    for n, k in enumerate(order):
+        gamma = lam[order[: n + 1]].sum() / total
+        if not (lam[k] > eps and gamma < 1 - eps):
+            break
+        kept[k] = True
+    return kept
+
+
+def test_compare_scores_pi_against_its_own_function_and_reports_both_angles():
+    lam = np.array([3e-5, 0.2, 0.5, 1.0, 2.0])  # 3e-5 ≤ ε; 0.2 also dropped: γ(0.2) ≥ 1 − ε
+    A = build(lam, seed=2)
+    res = cmp.compare(A, "zca", ["pi:steps=400", "pi", "analytic"])
+    rows = {r["method"]: r for r in res.rows}
+    kept = _paper_kept(np.linalg.eigvalsh(A), 1e-4)
+    assert kept.sum() == 4 - 1 + 0 or kept.sum() == rows["pi"]["kept"]
+    assert rows["pi"]["kept"] == rows["pi:steps=400"]["kept"] == int(kept.sum())
+    # 400 steps: the power-iteration series has converged, pi's gradient is its function's exactly
+    assert rows["pi:steps=400"]["angle_deg"] < 1e-7
+    assert rows["pi:steps=400"]["angle_full_deg"] > 10
+    assert rows["pi"]["angle_deg"] < 1.0  # 19 steps, ratios ≤ 0.5
+    assert rows["analytic"]["kept"] == 5 and rows["analytic"]["angle_full_deg"] == rows["analytic"]["angle_deg"]
+    for r in res.rows:
+        assert set(cmp.ROW_KEYS) <= set(r)
