@@ -7,7 +7,8 @@ matrix. The same formula code runs on numpy arrays and torch tensors (``stabkit.
 
 from __future__ import annotations
 
-from . import analytic, clip, degenerate, lorentzian, pade, power_iteration, taylor, taylor_song, torch_autograd
+from . import (analytic, analytic_trunc, clip, degenerate, lorentzian, pade, power_iteration, taylor, taylor_authors,
+               taylor_song, torch_autograd)
 from ._base import Method, assemble
 from .. import _xp
 
@@ -25,6 +26,8 @@ REGISTRY: dict[str, Method] = {
         taylor_song.METHOD,
         degenerate.METHOD,
         torch_autograd.METHOD,
+        taylor_authors.METHOD,
+        analytic_trunc.METHOD,
     )
 }
 

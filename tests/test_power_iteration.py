@@ -1,0 +1,165 @@
+"""SVD-PI (``pi``) and the authors' conventions as named variants, each pinned by an independent formula."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stabkit import methods
+from stabkit.losses import make_loss
+from stabkit.methods import taylor, taylor_authors
+from stabkit.torch import eigh_kept
+
+from .conftest import build
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def paper_rule(lam, eps):
+    """NeurIPS 2019 Sec. 4 / authors' ZCANormPI, written out: from the largest down, keep pair k
+    while λ_k > ε and γ_k = (Σ of λ_k and the larger ones) / Σλ < 1 − ε; ascending mask."""
+    lam = np.asarray(lam, dtype=np.float64)
+    kept = np.zeros(lam.size, bool)
+    for n, k in enumerate(range(lam.size - 1, -1, -1)):
+        gamma = lam[k:].sum() / lam.sum()
+        if not (lam[k] > eps and gamma < 1 - eps):
+            break
+        kept[k] = True
+    return kept
+
+
+def plain_svd_pi_objective(A, gU, glam, kept, steps=19):
+    """Autograd through a plain SVD-PI: for the kept pairs, largest first, T power-iteration steps
+    from the exact eigenvector (a constant), Rayleigh quotient, deflation M ← M − M v vᵀ."""
+    _, U0 = torch.linalg.eigh(A.detach())
+    M, total = A, 0.0
+    for k in range(A.shape[-1] - 1, -1, -1):
+        if not kept[..., k].any():
+            break
+        v = U0[..., :, k]
+        for _ in range(steps):
+            w = (M @ v[..., :, None])[..., 0]
+            v = w / w.norm(dim=-1, keepdim=True)
+        Mv = (M @ v[..., :, None])[..., 0]
+        term = (v * gU[..., :, k]).sum(-1) + (v * Mv).sum(-1) * glam[..., k]
+        total = total + torch.where(kept[..., k], term, torch.zeros_like(term)).sum()
+        M = M - Mv[..., :, None] * v[..., None, :]
+    return total
+
+
+@pytest.mark.parametrize("d, steps", [(5, 19), (8, 19), (8, 3)])
+def test_pi_gradient_is_autograd_through_its_truncated_forward(d, steps):
+    gen = torch.Generator().manual_seed(d)
+    X = torch.randn(3, d, 2 * d, generator=gen, dtype=torch.float64)
+    A = (X @ X.mT / (2 * d) + 1e-3 * torch.eye(d, dtype=torch.float64)).requires_grad_(True)
+    gU = torch.randn(3, d, d, generator=gen, dtype=torch.float64)
+    glam = torch.randn(3, d, generator=gen, dtype=torch.float64)
+    lam, U, kept = eigh_kept(A, "pi", steps=steps)
+    expected_kept = np.stack([paper_rule(x, 1e-4) for x in torch.linalg.eigvalsh(A.detach()).numpy()])
+    np.testing.assert_array_equal(kept.numpy(), expected_kept)
+    ours = torch.autograd.grad(torch.where(kept, (U * gU).sum(-2) + lam * glam, 0.0).sum(), A)[0]
+    (auto,) = torch.autograd.grad(plain_svd_pi_objective(A, gU, glam, kept, steps), A)
+    auto = (auto + auto.mT) / 2
+    assert float((ours - auto).norm() / auto.norm()) < 1e-12
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(1e-7, 10.0), min_size=1, max_size=9), st.sampled_from([1e-4, 1e-2, 0.1]))
+def test_pi_kept_pairs_follow_the_papers_energy_rule(values, eps):
+    lam = np.sort(np.array(values))
+    _, _, state = methods.get("pi").forward(build(lam), steps=19, eps=eps)
+    expected = paper_rule(np.linalg.eigvalsh(build(lam)), eps)
+    np.testing.assert_array_equal(state["kept"], expected)
+    assert not state["kept"][0]  # γ of the smallest pair is 1: it is always dropped
+
+
+def test_paper_energy_rule_differs_from_legacy_by_one_pair():
+    """The issue's off-by-one: γ_k includes λ_k (paper) — stabkit's old rule excluded it."""
+    lam = np.array([0.05, 0.5, 1.0, 2.0, 5.0])
+    A = build(lam, seed=1)
+    _, _, st_pi = methods.get("pi").forward(A, eps=0.1)
+    # Σλ = 8.55: γ(5) = 0.58, γ(2) = 0.82, γ(1) = 8/8.55 = 0.94 ≥ 1 − ε: the paper stops at λ = 1
+    np.testing.assert_array_equal(st_pi["kept"], [False, False, False, True, True])
+    _, _, st_old = methods.get("pi-legacy").forward(A, eps=0.1)
+    assert "kept" not in st_old  # legacy: a full forward
+    # the old rule summed only the larger pairs: 7/8.55 = 0.82 < 0.9 kept λ = 1, stopped at 0.5
+    np.testing.assert_array_equal(st_old["active"], [False, False, True, True, True])
+
+
+def test_kept_accessor_and_eigh_kept_for_non_truncating_methods():
+    A = torch.tensor(build([1.0, 2.0, 3.0]))
+    for name in ("analytic", "taylor", "torch"):
+        _, _, kept = eigh_kept(A, name)
+        assert kept.dtype == torch.bool and kept.all()
+    lam, U, state = methods.get("analytic").forward(A.numpy())
+    assert methods.get("analytic").kept(state, lam).all()
+    with pytest.raises(ValueError, match="square"):
+        eigh_kept(torch.zeros(2, 3), "pi")
+
+
+def test_pi_forward_stop_rule_of_the_authors_pi_baseline():
+    """stop=true: after the first stage, stop at a Rayleigh quotient < ε or above the previous one."""
+    lam_small = np.array([1e-6, 1.0, 2.0, 4.0])
+    _, _, state = methods.get("pi-forward").forward(build(lam_small, seed=3), steps=60, stop=True, eps=1e-4)
+    np.testing.assert_array_equal(state["kept"], [False, True, True, True])
+    # power iteration finds the dominant |λ| = 5 first (λ̂ = −5); the next stage's 3 > −5 stops it
+    lam_neg = np.array([-5.0, 1.0, 2.0, 3.0])
+    lam_hat, _, state = methods.get("pi-forward").forward(build(lam_neg, seed=3), steps=200, stop=True, eps=1e-4)
+    assert lam_hat[-1] == pytest.approx(-5.0)
+    np.testing.assert_array_equal(state["kept"], [False, False, False, True])
+    _, _, free = methods.get("pi-forward").forward(build(lam_neg, seed=3), steps=200)
+    assert "kept" not in free  # default: no stopping rule
+
+
+def test_pi_forward_stop_gradient_is_its_reverse_mode():
+    A = torch.tensor(build(np.array([1e-6, 1.0, 2.0, 4.0]), seed=3), requires_grad=True)
+    method = methods.get("pi-forward")
+    lam, U, state = method.forward(A, steps=30, seed=0, stop=True, eps=1e-4)
+    rng = np.random.default_rng(1)
+    gU, glam = torch.tensor(rng.standard_normal((4, 4))), torch.tensor(rng.standard_normal(4))
+    objective = torch.where(state["kept"], (U * gU).sum(0) + lam * glam, 0.0).sum()
+    (auto,) = torch.autograd.grad(objective, A)
+    hand = method.backward(state, gU, glam).detach()
+    auto = auto.detach()
+    assert float((hand - (auto + auto.T) / 2).norm() / auto.norm()) < 1e-12
+
+
+def test_taylor_authors_ties_have_the_same_sign():
+    """Released code: F_ij = +(1/λ_hi) Σ_{k≤K} (λ_lo/λ_hi)^k when λ_j ≥ λ_i, else −…: both entries of
+    an exact tie are +(K+1)/λ; ``taylor`` (default) keeps them antisymmetric."""
+    lam = np.array([0.5, 1.3, 1.3, 2.0])
+    K = 9
+    F = taylor_authors.kernel(lam, K=K)
+    expected = np.zeros((4, 4))
+    for i in range(4):
+        for j in range(4):
+            if i != j:
+                hi, lo = max(lam[i], lam[j]), min(lam[i], lam[j])
+                expected[i, j] = (1 if lam[j] >= lam[i] else -1) * sum((lo / hi) ** k for k in range(K + 1)) / hi
+    np.testing.assert_allclose(F, expected, rtol=1e-14)
+    assert F[1, 2] == F[2, 1] == pytest.approx(10 / 1.3)
+    F_clean = taylor.kernel(lam, K=K)
+    assert F_clean[1, 2] == -F_clean[2, 1]
+    off_tie = np.ones((4, 4), bool)
+    off_tie[1, 2] = off_tie[2, 1] = False
+    np.testing.assert_array_equal(F[off_tie], F_clean[off_tie])
+
+
+def test_analytic_trunc_is_the_exact_gradient_of_the_decomposition_cut_at_eps():
+    lam = np.array([1e-6, 5e-5, 0.3, 1.0, 2.0])
+    A = build(lam, seed=5)
+    loss = make_loss("zca", 5, seed=2)
+    g, lam_np, U, kept = methods.evaluate("analytic-trunc", A, loss)
+    np.testing.assert_array_equal(kept, [False, False, True, True, True])
+    # Daleckii–Krein for f·1[λ > ε], written out here
+    f = np.where(kept, lam_np ** -0.5, 0.0)
+    df = np.where(kept, -0.5 * lam_np ** -1.5, 0.0)
+    D = (f[:, None] - f[None, :]) / (lam_np[:, None] - lam_np[None, :] + np.eye(5))
+    D[np.diag_indices(5)] = df
+    Gs = (loss.weight + loss.weight.T) / 2
+    expected = U @ (D * (U.T @ Gs @ U)) @ U.T
+    np.testing.assert_allclose(g, expected, atol=1e-11 * np.abs(expected).max())
+    # a larger ε cuts higher: everything from the first λ ≤ ε down
+    _, _, _, kept2 = methods.evaluate("analytic-trunc:eps=0.5", A, loss)
+    np.testing.assert_array_equal(kept2, [False, False, False, True, True])
