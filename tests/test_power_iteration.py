@@ -163,3 +163,16 @@ def test_analytic_trunc_is_the_exact_gradient_of_the_decomposition_cut_at_eps():
     # a larger ε cuts higher: everything from the first λ ≤ ε down
     _, _, _, kept2 = methods.evaluate("analytic-trunc:eps=0.5", A, loss)
     np.testing.assert_array_equal(kept2, [False, False, False, True, True])
+
+
+def test_o2p_principal_vector_scoring_refuses_a_dropped_principal_pair():
+    """pi's function on a spectrum where the top pair holds ≥ 1 − ε of the energy has no principal
+    vector (γ_1 ≥ 1 − ε drops it): the o2p study records that instead of scoring a zero gradient."""
+    from stabkit.studies.o2p_stability import _pc_grad
+
+    rng = np.random.default_rng(0)
+    B, w = rng.standard_normal((3, 3)), rng.standard_normal(3)
+    with pytest.raises(ValueError, match="drops the principal eigenpair"):
+        _pc_grad(build([1e-5, 2e-5, 1.0]), B, w, "pi", torch.float64)
+    g = _pc_grad(build([0.2, 0.5, 1.0]), B, w, "pi", torch.float64)
+    assert np.isfinite(g).all()

@@ -12,6 +12,9 @@ has exactly the family's spectrum up to rounding), rounds F to each dtype, and s
   Daleckii–Krein backward; stabkit's extension, :func:`stabkit.layers.svd_dk_matrix_function`);
 * part ``pc``: ∂L/∂A for the principal eigenvector y of A = C (rounded to the dtype),
   L = yᵀBy + (wᵀy)², by LESS, IED (eigh / power forward) and registry eigen-gradient methods.
+  A truncating method (``pi``) computes the loss restricted to its kept pairs; this loss depends
+  on the principal pair only, so while that pair is kept its function is the loss itself and the
+  truth below is its truth; a cell where it drops the principal pair is recorded as an error.
 
 Ground truth (mpmath, 50 digits, on the very float input the layer sees): for O2P, with
 FᵀF + εI = Q diag(μ) Qᵀ, ∂L/∂F = 2F Q (D ∘ Qᵀ G_sym Q) Qᵀ, D_ij = (log μ_i − log μ_j)/(μ_i − μ_j)
@@ -179,7 +182,10 @@ def _pc_grad(A, B, w, method, dtype):
         Y, _ = layers.ied(a, solver="eigh" if method == "ied" else "power")
         y = Y[..., 0]
     else:
-        _, U = sktorch.eigh(sktorch.symmetrize(a), method=method)
+        _, U, kept = sktorch.eigh_kept(sktorch.symmetrize(a), method=method)
+        if not bool(kept[..., -1].all()):
+            # a truncating method (pi) that drops the principal pair does not compute this loss at all
+            raise ValueError(f"{method} drops the principal eigenpair here: its function has no principal vector")
         y = fix_sign(U[..., -1:])[..., 0]
     Bt, wt = torch.as_tensor(B, dtype=dtype), torch.as_tensor(w, dtype=dtype)
     loss = (y * (Bt @ y)).sum() + (wt * y).sum() ** 2
