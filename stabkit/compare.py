@@ -5,7 +5,9 @@ loss itself; a truncating method (``pi``: SVD-PI's breaking conditions; ``Method
 the loss restricted to its kept eigenpairs (``losses.truncate``: f·1[kept] for a spectral loss,
 w·kept for a weighted one), so ``angle_deg``/``rel_err``/``norm_ratio`` are against the truth of
 that function, and ``angle_full_deg`` is the angle to the truth of the untruncated loss (equal to
-``angle_deg`` for a method that keeps every pair). ``kept`` is the number of pairs kept.
+``angle_deg`` for a method that keeps every pair). ``kept`` is the number of pairs kept;
+``truth_digits`` the certified digits of the truth ``angle_deg`` is measured against (NaN when the
+truncated function has no truth there: a kept and a dropped eigenvalue numerically equal).
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ def compare(A, loss_name: str, method_specs=None, *, dtype="float64", seed: int 
             row["angle_full_deg"] = metrics.angle_deg(g, truth.grad)
         except (ValueError, np.linalg.LinAlgError, RuntimeError) as exc:
             row.update(angle_deg=math.nan, angle_full_deg=math.nan, kept=-1, rel_err=math.nan, norm_ratio=math.nan,
-                       finite=False, truth_digits=math.nan, error=f"{type(exc).__name__}: {exc}")
+                       finite=False, truth_digits=float(truth.digits), error=f"{type(exc).__name__}: {exc}")
         row["seconds"] = time.perf_counter() - start
         rows.append(row)
     return Comparison(truth, rows, metrics.spectrum_diagnostics(truth.eigenvalues, dt))

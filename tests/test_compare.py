@@ -84,3 +84,16 @@ def test_compare_scores_pi_against_its_own_function_and_reports_both_angles():
     assert rows["analytic"]["kept"] == 5 and rows["analytic"]["angle_full_deg"] == rows["analytic"]["angle_deg"]
     for r in res.rows:
         assert set(cmp.ROW_KEYS) <= set(r)
+
+
+def test_gradient_accuracy_rows_carry_both_angles_and_score_pi_against_its_function():
+    from stabkit.studies import gradient_accuracy as ga
+
+    cell = {"family": "lapack", "family_params": {"mode": 3}, "d": 8, "dtype": "float64", "loss": "zca", "seed": 0,
+            "methods": ["pi", "analytic"]}
+    rows = {r["method"]: r for r in ga.run_cell(cell)}
+    # mode 3: λ_min = 1/cond = 1e-4 = ε, so pi drops pairs; scored against its own function
+    assert rows["pi"]["kept"] < 8 and rows["pi"]["truth_certified"]
+    assert rows["pi"]["angle_deg"] < 1.0 < rows["pi"]["angle_full_deg"]
+    assert rows["analytic"]["kept"] == 8 and rows["analytic"]["angle_full_deg"] == rows["analytic"]["angle_deg"]
+    assert set(ga.COLUMNS) <= set(rows["pi"]) | {"cell_id"}

@@ -226,9 +226,9 @@ def run_cell(cell: dict) -> list[dict]:
     rows = []
     for row in result.rows:
         # a truncating method (pi) is scored against the truth of its own function (compare.py); the
-        # row's truth digits are the fewer of that truth's and the untruncated one's
-        digits = float(min(truth.digits, row["truth_digits"])) if not math.isnan(row["truth_digits"]) \
-            else float(truth.digits)
+        # row's truth digits are the fewer of that truth's and the untruncated one's (NaN: no truth
+        # of the truncated function, so the row is not scored)
+        digits = math.nan if math.isnan(row["truth_digits"]) else float(min(truth.digits, row["truth_digits"]))
         rows.append({
             **base, "method": row["method"],
             "angle_deg": float(row["angle_deg"]), "angle_full_deg": float(row["angle_full_deg"]),
