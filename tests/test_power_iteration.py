@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from stabkit import methods
@@ -67,10 +67,11 @@ def test_pi_gradient_is_autograd_through_its_truncated_forward(d, steps):
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.floats(1e-7, 10.0), min_size=1, max_size=9), st.sampled_from([1e-4, 1e-2, 0.1]))
 def test_pi_kept_pairs_follow_the_papers_energy_rule(values, eps):
-    lam = np.sort(np.array(values))
-    _, _, state = methods.get("pi").forward(build(lam), steps=19, eps=eps)
-    expected = paper_rule(np.linalg.eigvalsh(build(lam)), eps)
-    np.testing.assert_array_equal(state["kept"], expected)
+    lam, _, state = methods.get("pi").forward(build(np.sort(np.array(values))), steps=19, eps=eps)
+    gammas = np.cumsum(lam[::-1]) / lam.sum()
+    # a γ_k or λ_k within rounding of its threshold may go either way: not this test's subject
+    assume(np.abs(gammas - (1 - eps)).min() > 1e-9 and np.abs(lam - eps).min() > 1e-9 * eps)
+    np.testing.assert_array_equal(state["kept"], paper_rule(lam, eps))
     assert not state["kept"][0]  # γ of the smallest pair is 1: it is always dropped
 
 
