@@ -97,3 +97,21 @@ def test_gradient_accuracy_rows_carry_both_angles_and_score_pi_against_its_funct
     assert rows["pi"]["angle_deg"] < 1.0 < rows["pi"]["angle_full_deg"]
     assert rows["analytic"]["kept"] == 8 and rows["analytic"]["angle_full_deg"] == rows["analytic"]["angle_deg"]
     assert set(ga.COLUMNS) <= set(rows["pi"]) | {"cell_id"}
+
+
+def test_gradient_accuracy_report_lists_both_angles_of_a_truncating_method(tmp_path):
+    import pandas as pd
+
+    from stabkit.studies import gradient_accuracy as ga
+
+    base = {"family": "separated", "family_params": "", "d": 4, "dtype": "float64", "loss": "zca", "seed": 0,
+            "rel_err": 0.1, "norm_ratio": 1.0, "finite": True, "seconds": 0.0, "truth_digits": 30.0,
+            "truth_certified": True, "min_abs_gap": 1.0, "min_rel_gap": 0.1, "max_abs_K": 1.0,
+            "numerical_rank": 4, "condition": 10.0, "error": None}
+    rows = [{**base, "cell_id": f"c{i}", "seed": i, "method": m, "angle_deg": a, "angle_full_deg": f, "kept": k}
+            for i in range(3)
+            for m, a, f, k in (("pi", 1.0 + i, 80.0 + i, 3), ("analytic", 0.0, 0.0, 4))]
+    body = ga.report(pd.DataFrame(rows), {"methods": ["pi", "analytic"], "families": [{"family": "separated"}]}, tmp_path)
+    section = body[body.index("## Truncating methods"):].split("\n## ")[0]
+    assert "| separated | 2° / 81° |" in section  # medians of 1, 2, 3 and 80, 81, 82
+    assert "analytic" not in section  # it keeps every pair

@@ -380,6 +380,9 @@ def report(results: pd.DataFrame, grid: dict, out_dir: Path) -> str:
     lines.extend(_markdown_matrix(med, variants, methods_order, lambda x: "∞" if not np.isfinite(x) else f"{x:.2g}"))
     lines.append("")
 
+    # -- truncating methods: their own function against the untruncated loss
+    lines.extend(_truncation_section(df, variants))
+
     # -- NaN/Inf rate
     lines.append("## NaN/Inf rate per method × family\n")
     lines.append("Share of scored cells where the method's gradient contains NaN or Inf; in brackets the share "
@@ -448,6 +451,30 @@ def report(results: pd.DataFrame, grid: dict, out_dir: Path) -> str:
             lines.append(f"- {method} ({n} rows): {str(error).splitlines()[0][:200]}")
         lines.append("")
     return "\n".join(lines)
+
+
+def _truncation_section(df: pd.DataFrame, variants) -> list[str]:
+    """Median angle to the method's own (truncated) function and to the untruncated loss, for the
+    methods that dropped eigenpairs in some scored cell (older results lack the columns: none)."""
+    if "kept" not in df or "angle_full_deg" not in df:
+        return []
+    trunc = df[(df["kept"] >= 0) & (df["kept"] < df["d"])]
+    if trunc.empty:
+        return []
+    out = ["## Truncating methods: own function vs untruncated loss\n",
+           "Median angle (°) to the truth of the function the method computes (the loss restricted to its "
+           "kept eigenpairs) and, after the slash, to the truth of the untruncated loss; cells where the "
+           "method dropped at least one pair.\n"]
+    by = trunc.groupby(["variant", "method"])
+    own = by["angle_score"].median().unstack("method")
+    full = by["angle_full_deg"].apply(lambda a: float(a.fillna(np.inf).median())).unstack("method")
+    text = own.copy().astype(object)
+    for r in text.index:
+        for c in text.columns:
+            text.loc[r, c] = "—" if pd.isna(own.loc[r, c]) else f"{_deg(own.loc[r, c])} / {_deg(full.loc[r, c])}"
+    out.extend(_markdown_matrix(text, variants, list(text.columns), str))
+    out.append("")
+    return out
 
 
 def _markdown_matrix(table: pd.DataFrame, rows, cols, fmt) -> list[str]:
