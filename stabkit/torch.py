@@ -65,43 +65,13 @@ def symmetrize(A: torch.Tensor) -> torch.Tensor:
     return _xp.sym(A)
 
 
-class _EighKept(torch.autograd.Function):
-    """Like ``_Eigh``, also returning the forward's kept mask (non-differentiable)."""
-
-    @staticmethod
-    def forward(ctx, A, name, params):
-        method = get(name)
-        lam, U, state = method.forward(A, **params)
-        kept = method.kept(state, lam)
-        ctx.mark_non_differentiable(kept)
-        ctx.method, ctx.params, ctx.state = method, params, state
-        return lam, U, kept
-
-    @staticmethod
-    def backward(ctx, glam, gU, _gkept):
-        state = ctx.state
-        ref = state.get("U", state.get("A"))
-        glam = torch.zeros(ref.shape[:-1], dtype=ref.dtype, device=ref.device) if glam is None else glam
-        gU = torch.zeros_like(ref) if gU is None else gU
-        return ctx.method.backward(state, gU, glam, **ctx.params), None, None
-
-
 def eigh_kept(A: torch.Tensor, method: str = "analytic", **params):
     """(eigenvalues, eigenvectors, kept) — :func:`eigh` plus the bool mask (..., d) of the
     eigenpairs the method keeps (``pi`` drops pairs by SVD-PI's breaking conditions; for most
     methods it is all True). A layer computing f(A) should use U diag(kept·f(λ)) Uᵀ: that is the
-    function the method's backward differentiates (Wang et al., NeurIPS 2019, Alg. 1)."""
-    if not isinstance(A, torch.Tensor):
-        raise ValueError(f"expected a torch.Tensor, got {type(A).__name__}")
-    if method == "torch":
-        lam, U = eigh(A, method, **params)
-        return lam, U, torch.ones(lam.shape, dtype=torch.bool, device=lam.device)
-    _check(A)
-    return _EighKept.apply(A, method, resolve_params(method, params))
-
-
-def _check(A: torch.Tensor) -> None:
-    if A.dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"unsupported dtype {A.dtype}: use float32 or float64")
-    if A.ndim < 2 or A.shape[-1] != A.shape[-2] or A.shape[-1] == 0:
-        raise ValueError(f"expected a batch of non-empty square matrices (..., d, d), got shape {tuple(A.shape)}")
+    function the method's backward differentiates (Wang et al., NeurIPS 2019, Alg. 1). The mask is
+    the method's own rule (``Method.kept_of``) applied to the eigenvalues its forward returned."""
+    lam, U = eigh(A, method, **params)
+    with torch.no_grad():
+        kept = get(method).kept_of(lam.detach(), resolve_params(method, params))
+    return lam, U, kept

@@ -97,6 +97,13 @@ def test_kept_accessor_and_eigh_kept_for_non_truncating_methods():
     assert methods.get("analytic").kept(state, lam).all()
     with pytest.raises(ValueError, match="square"):
         eigh_kept(torch.zeros(2, 3), "pi")
+    # the forward's state and the rule eigh_kept applies to the returned λ agree
+    A = build([1e-6, 1e-3, 0.5, 1.0, 3.0], seed=2)
+    for spec in ("pi", "pi:eps=0.2", "analytic-trunc:eps=0.01", "pi-forward:stop=true,steps=60"):
+        name, params = methods.parse_spec(spec)
+        lam, _, state = methods.get(name).forward(A, **params)
+        np.testing.assert_array_equal(state["kept"], methods.get(name).kept_of(lam, params))
+        np.testing.assert_array_equal(state["kept"], eigh_kept(torch.tensor(A), name, **params)[2].numpy())
 
 
 def test_pi_forward_stop_rule_of_the_authors_pi_baseline():

@@ -75,13 +75,19 @@ class Method:
     forward: Callable = exact_forward
     paper: str = ""
     summary: str = ""
+    kept_rule: Callable | None = None  # (λ from forward, **params) → bool mask, for truncating methods
 
-    @staticmethod
-    def kept(state: dict, lam):
+    def kept(self, state: dict, lam):
         """bool (..., d): True for the eigenpairs the method keeps — ``state["kept"]`` from its
         forward, all True when absent. A truncating method's function is the decomposition
         restricted to these pairs (a spectral function f becomes f·1[kept])."""
         kept = state.get("kept")
+        return self.kept_of(lam, None) if kept is None else kept
+
+    def kept_of(self, lam, params: dict | None):
+        """The kept mask from the λ the forward returned (the rule its forward applies); all True
+        for a method without a ``kept_rule`` or when ``params`` is None."""
+        kept = self.kept_rule(lam, **params) if self.kept_rule is not None and params is not None else None
         if kept is not None:
             return kept
         xp = _xp.namespace(lam)

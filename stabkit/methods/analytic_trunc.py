@@ -45,4 +45,5 @@ METHOD = Method(
     "analytic-trunc", backward, {"eps": 1e-4}, forward=_forward,
     paper="Wang et al., NeurIPS 2019 (SVD baseline, truncated at σ ≤ ε)",
     summary="exact gradient of the decomposition cut at the first λ ≤ ε",
+    kept_rule=lambda lam, eps=1e-4: kept_above(lam, eps),
 )

@@ -271,6 +271,14 @@ def _svd_pi_forward(A, steps=19, eps=1e-4):
     return lam, U, {"U": U, "lam": lam, "kept": paper_kept(lam, eps)}
 
 
+def _svd_pi_kept(lam, eps=1e-4, **_):
+    return paper_kept(lam, eps)
+
+
+def _pi_forward_kept(lam, stop=False, eps=1e-4, **_):
+    return _stopped_kept(lam, eps, _xp.namespace(lam)) if stop else None
+
+
 def _svd_pi_backward(state, gU, glam, steps=19, **_):
     xp = _xp.namespace(gU)
     with _xp.errstate():
@@ -291,6 +299,7 @@ SVD_PI = Method(
     "pi", _svd_pi_backward, {"steps": 19, "eps": 1e-4}, forward=_svd_pi_forward,
     paper="Wang et al., NeurIPS 2019 (SVD-PI), Alg. 1",
     summary="exact forward truncated to the kept pairs, backward of 19 PI steps with deflation",
+    kept_rule=_svd_pi_kept,
 )
 PI_LEGACY = Method(
     "pi-legacy", backward, {"steps": 19, "eps": 1e-4}, forward=_legacy_forward,
@@ -300,4 +309,5 @@ PI_LEGACY = Method(
 PI_FORWARD = Method(
     "pi-forward", backward, {"steps": 19, "seed": 0, "stop": False, "eps": 1e-4}, forward=_pi_forward,
     paper="Wang et al., NeurIPS 2019 (PI baseline)", summary="power iteration with deflation, forward and backward",
+    kept_rule=_pi_forward_kept,
 )
