@@ -184,3 +184,53 @@ def test_o2p_principal_vector_scoring_refuses_a_dropped_principal_pair():
         _pc_grad(build([1e-5, 2e-5, 1.0]), B, w, "pi", torch.float64)
     g = _pc_grad(build([0.2, 0.5, 1.0]), B, w, "pi", torch.float64)
     assert np.isfinite(g).all()
+
+
+class _SeriesPI(torch.autograd.Function):
+    """Identity forward on an exact eigenvector v; backward ∂M = (Σ_{s<n} (M/‖Mv‖)^s (I − vvᵀ)/‖Mv‖) ∂v vᵀ —
+    the n-term geometric-series form of the power-iteration gradient (the form of the PI layer in the
+    authors' Power-Iteration-SVD code, whose default sums n = 10 terms)."""
+
+    @staticmethod
+    def forward(ctx, M, v, n):
+        ctx.save_for_backward(M, v)
+        ctx.n = n
+        return v.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        M, v = ctx.saved_tensors
+        norm = (M @ v).norm()
+        term = (torch.eye(M.shape[0], dtype=M.dtype) - v @ v.T) / norm
+        total = term.clone()
+        for _ in range(ctx.n - 1):
+            term = M @ term / norm
+            total = total + term
+        return total @ g @ v.T, None, None
+
+
+@pytest.mark.parametrize("n", [10, 19])
+def test_pi_steps_equal_the_geometric_series_layer_through_a_truncated_whitening(n):
+    """T power-iteration steps from the exact start = an n = T-term series per stage (with deflation
+    and the truncated whitening W = Σ_kept λ^-½ v vᵀ around it): ``pi:steps=10`` is that layer."""
+    d = 6
+    gen = torch.Generator().manual_seed(7)
+    X = torch.randn(d, 2 * d, generator=gen, dtype=torch.float64)
+    A = (X @ X.T / (2 * d) + 1e-3 * torch.eye(d, dtype=torch.float64)).requires_grad_(True)
+    G = torch.randn(d, d, generator=gen, dtype=torch.float64)
+    _, U0 = torch.linalg.eigh(A.detach())
+    kept = paper_rule(torch.linalg.eigvalsh(A.detach()).numpy(), 1e-4)
+    M, W = A, torch.zeros(d, d, dtype=torch.float64)
+    for k in range(d - 1, -1, -1):
+        if not kept[k]:
+            break
+        v = _SeriesPI.apply(M, U0[:, k:k + 1].clone(), n)
+        lam = (M @ v).T @ v
+        W = W + lam.rsqrt() * (v @ v.T)
+        M = M - M @ v @ v.T
+    (expected,) = torch.autograd.grad((G * W).sum(), A)
+    lam, U, kp = eigh_kept(A, "pi", steps=n)
+    W_pi = (U * (torch.where(kp, lam, torch.ones_like(lam)).rsqrt() * kp)) @ U.T
+    (ours,) = torch.autograd.grad((G * W_pi).sum(), A)
+    expected = (expected + expected.T) / 2
+    assert float((ours - expected).norm() / expected.norm()) < 1e-12
