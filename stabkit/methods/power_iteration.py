@@ -30,7 +30,9 @@ exceeds λ_k in magnitude (true for the positive semi-definite matrices SVD-PI i
 indefinite matrix the plain iterates leave u_k through rounding, this is their exact-arithmetic
 value). For the same reason the paper's third breaking condition (a Rayleigh quotient off by
 more than 10 %) cannot fire from the exact start and is not evaluated. Default ε = 1e-4, the ZCA
-layer's ε in the paper.
+layer's ε in the paper. The same F is T power-iteration steps or a T-term geometric series per stage:
+the authors' public SVD-PI layer (ZCANormPI, github.com/cvlab-epfl/Power-Iteration-SVD, version
+1e6a6e7) back-propagates a 10-term series by default, which is ``pi:steps=10`` (tested).
 
 ``pi-legacy``: stabkit's ``pi`` up to commit 7f6dbbd, kept only to reproduce older results. Its
 forward is the full decomposition (no ``kept``: a layer whitens with all d pairs) while its
