@@ -27,7 +27,9 @@ with ``step`` the (0-based) step of the event. ``stop_on="any"`` (stabkit) stops
 ``stop_on="nan-loss"`` (paper) keeps training through non-finite gradients and "diverged" events
 (as the authors' script, which stopped only at ``isnan(loss)``) and stops at a NaN loss. Either way
 the paper's criterion is recorded beside the outcome, never merged into it: ``nan_loss_step``
-(first step with a NaN loss, or None) and ``paper_outcome`` — ``nan-loss``, ``ok`` (no NaN loss
+(first step with a NaN loss, or None; ``nan_loss_note`` says when it is inferred: the
+eigensolver raised on a covariance made NaN by non-finite weights, where the authors' SVD returned
+NaN and their loss was NaN) and ``paper_outcome`` — ``nan-loss``, ``ok`` (no NaN loss
 over the whole horizon), ``eigh-failed``, or ``censored`` (stopped by another outcome before the
 horizon without a NaN loss). Every record also stores the preset, ε, lr, milestones (as given and
 as steps), width, image subset, input std, the TF32 flags in force and the git commit. Losses and gradient norms stay on the device and
@@ -283,6 +285,11 @@ def train_run(config: dict, data=None) -> dict:
             outcome, event_step = event
     nan_steps = torch.nonzero(torch.isnan(losses[:done]))
     nan_loss_step = int(nan_steps[0]) if len(nan_steps) else None
+    nan_loss_note = ""
+    if nan_loss_step is None and eigen_error and not all(bool(torch.isfinite(p).all()) for p in params):
+        # the eigensolver raised on a NaN covariance (non-finite weights from an earlier step's NaN
+        # gradient): the authors' torch.svd returned NaN there and their loss was NaN at this step
+        nan_loss_step, nan_loss_note = done, "inferred: eigensolver raised on non-finite weights"
     test_error = None
     if outcome == "ok" or (not stop_any and nan_loss_step is None and not eigen_error and done == total):
         test_error = evaluate(model, test_x, test_y, int(cfg["eval_batch"]), std)
@@ -304,7 +311,7 @@ def train_run(config: dict, data=None) -> dict:
         "steps_total": total, "steps_done": done, "final_loss": float(finished[-1]) if done else float("nan"),
         "method": cfg["method"], "spec": spec or "bn", "norm": cfg["norm"], "d": int(cfg["d"]), "dtype": cfg["dtype"],
         "seed": int(cfg["seed"]), "device": device,
-        "nan_loss_step": nan_loss_step, "paper_outcome": paper_outcome, **run_settings(cfg, milestones, model, tf32_used),
+        "nan_loss_step": nan_loss_step, "nan_loss_note": nan_loss_note, "paper_outcome": paper_outcome, **run_settings(cfg, milestones, model, tf32_used),
         **{f"early_{k}": v for k, v in early.items()}, **{f"run_{k}": v for k, v in whole.items()},
     }
 
