@@ -217,6 +217,39 @@ def test_run_cell_on_tiny_data(tiny_batches):
     assert np.isnan(row["step"]) and 0 <= row["test_error"] <= 1 and row["early_calls"] == 1
 
 
+def test_paper_preset_study_cells_run_and_report(tiny_batches, tmp_path):
+    grid = {"preset": "paper", "methods": ["taylor", "pi"], "dims": [4], "dtypes": ["float32"], "seeds": 1, "bn_baseline": False,
+            "max_steps": 1, "limit_images": 32, "limit_test": 16, "batch_size": 32, "width": 0.125,
+            "data": str(tiny_batches), "device": "cpu"}
+    cells = study.cells(grid)
+    assert [c["cell_id"] for c in cells] == ["taylor|d4|float32|s0", "pi|d4|float32|s0"]
+    assert cells[0]["preset"] == "paper" and cells[0]["eps"] is None and "stop_on" not in cells[0]
+    assert "preset" not in study.cells({"seeds": 1})[0]  # the stabkit studies' cells are unchanged
+    (row,) = study.run_cell(cells[0])
+    assert (row["spec"], row["backward"], row["eps"], row["preset"], row["paper_outcome"]) == ("taylor", "taylor-song:K=9", 1e-2, "paper", "ok")
+    with pytest.raises(ValueError, match="no row for method 'lorentzian'"):
+        study.validate({"preset": "paper", "methods": ["lorentzian"]})
+    with pytest.raises(ValueError, match="fixes the backward"):
+        study.validate({"preset": "paper", "methods": ["taylor:K=19"]})
+    with pytest.raises(ValueError, match="unknown preset"):
+        study.validate({"preset": "paperr"})
+    # report: the NaN-loss rate is the one beside Table IV; our outcomes are listed beside it
+    results = _synthetic_results()
+    results["paper_outcome"] = np.where(results["outcome"] == "ok", "ok", "nan-loss")
+    results.loc[(results["spec"] == "analytic") & (results["d"] == 8) & (results["seed"] < 2), "paper_outcome"] = "censored"
+    table = study.success_table(results)
+    row = table[(table["method"] == "analytic") & (table["d"] == 8)].iloc[0]
+    assert (row["NaN loss (paper criterion)"], row["censored"], row["no NaN loss %"]) == ("6/8", 2, 0.0)
+    row = table[(table["method"] == "analytic") & (table["d"] == 4)].iloc[0]
+    assert row["no NaN loss %"] == pytest.approx(62.5) and row["no NaN loss CI"] == "[31, 86]"
+    text = study.report(results, {"preset": "paper", "dims": [4, 8], "methods": ["analytic", "taylor"]}, tmp_path)
+    assert "Preset `paper`" in text and "taylor-song:K=9" in text and "ZCANormPIv2" in text
+    assert "Remaining differences from the authors' code" in text and "last partial batch" in text
+    assert "no NaN loss %" in text and "nonfinite-grad" in text
+    # results recorded before the paper criterion existed: no such columns
+    assert "no NaN loss %" not in study.success_table(_synthetic_results())
+
+
 def _synthetic_results():
     rows = []
     rng = np.random.default_rng(1)
