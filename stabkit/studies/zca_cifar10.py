@@ -425,7 +425,7 @@ def report(results: pd.DataFrame, grid: dict, out_dir: pathlib.Path) -> str:
     paper_rate = preset.stop_on == "nan-loss" and "no NaN loss %" in table
     figs = _plots(table, fit, out_dir, paper_rate) if len(table) else []
     if preset.name != "stabkit":
-        return _preset_report(results, g, preset, table, fit, figs, crashed)
+        return _preset_report(results, g, preset, table, fit, figs, crashed, out_dir)
     steps = f"{g['max_steps']} steps" if g["max_steps"] else f"{g['epochs']:g} epochs"
     eps = "the preset's" if g["eps"] is None else f"{g['eps']:g}"
     lines = [
@@ -480,7 +480,7 @@ def report(results: pd.DataFrame, grid: dict, out_dir: pathlib.Path) -> str:
     return "\n".join(lines)
 
 
-def _preset_report(results, g, preset, table, fit, figs, crashed) -> str:
+def _preset_report(results, g, preset, table, fit, figs, crashed, out_dir) -> str:
     """The report of a study under a non-default preset (``paper``): its conventions, the NaN-loss
     rate compared with Table IV, our outcomes beside it, and the deviations from the authors' code."""
     from ..train.preset import PAPER_DEVIATIONS
@@ -518,6 +518,10 @@ def _preset_report(results, g, preset, table, fit, figs, crashed) -> str:
         lines += [f"BatchNorm baseline: {k}/{len(bn)} ok.", ""]
     if len(crashed):
         lines += [f"{len(crashed)} cell(s) crashed (a bug, not a training outcome): " + "; ".join(crashed["cell_id"].astype(str)[:5]), ""]
+    if g["baseline_study"]:
+        lines += _schedule_section(results, g, out_dir)
+        lines += [f"(Here the two studies differ in the layer — preset `{preset.name}` against `{g['baseline_study']}`'s — "
+                  "and both columns count this toolkit's outcome, the first failure event of any kind.)", ""]
     lines += ["### Remaining differences from the authors' code", "",
               markdown_table(pd.DataFrame(PAPER_DEVIATIONS, columns=["item", "authors' code", "this preset"])), ""]
     if fit is not None:
