@@ -304,3 +304,22 @@ def test_paper_init_kaiming_fan_out_and_uniform_gamma():
     default = ResNet18(d=16)
     assert abs(default.layers[-1].conv2.weight.std().item() / math.sqrt(2 / (512 * 9)) - 1) > 0.3  # torch's own init
     assert torch.equal(default.norm1.weight.detach(), torch.ones(64))
+
+
+def test_paper_layer_runs_today_with_a_labelled_fallback_for_missing_variants():
+    layer = ZCAWhitening(8, d=4, config=PRESETS["paper"].layer("clip"), dtype="float64")
+    if layer.spec == "clip:ties=zero":  # registered by the method-variants work
+        assert layer.spec_note == ""
+    else:
+        assert layer.spec == "clip" and layer.spec_note == "clip:ties=zero not in the method registry yet; ran clip"
+    assert ZCAWhitening(8, d=4, config=PRESETS["paper"].layer("taylor")).spec_note == ""
+
+
+def test_pi_baseline_draws_fresh_start_vectors_every_forward():
+    # close eigenvalues (ratio 0.95): 19 iterations do not converge, so the start vectors show
+    x = spectrum_input([[1.0, 0.95, 0.9, 0.85], [1.0, 0.95, 0.9, 0.85]])
+    layer = ZCAWhitening(8, d=4, config=PRESETS["paper"].layer("pi-forward"), dtype="float64").double()
+    y1, y2 = layer(x), layer(x)
+    assert layer.forward_calls == 2 and (y1 - y2).abs().max() > 1e-6
+    fixed = ZCAWhitening(8, d=4, method="pi-forward", dtype="float64").double()  # stabkit: one seeded start
+    assert torch.equal(fixed(x), fixed(x))
