@@ -82,7 +82,7 @@ def test_paper_preset_run_record(synthetic):
     assert r["commit"] and r["outcome"] == "ok"
     r = train_run({**SMALL, "preset": "paper", "method": "pi", "eps": 1e-3, "max_steps": 1, "lr": 0.05,
                    "milestones": (0.5,), "milestone_unit": "fraction"}, data=synthetic)
-    assert (r["eps"], r["spec"], r["zca_truncation"], r["lr"], r["milestone_steps"]) == (1e-3, "pi:steps=20", "svd-pi", 0.05, "0")
+    assert (r["eps"], r["spec"], r["zca_truncation"], r["lr"], r["milestone_steps"]) == (1e-3, "pi:steps=20,eps=0.001", "svd-pi", 0.05, "0")
     # the stabkit preset's record: today's values
     r = train_run({**SMALL, "method": "taylor", "max_steps": 1}, data=synthetic)
     assert (r["preset"], r["eps"], r["milestones"], r["milestone_steps"], r["stop_on"]) == ("stabkit", 1e-4, "0.5,0.75", "0,1", "any")

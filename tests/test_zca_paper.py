@@ -267,6 +267,8 @@ def test_paper_preset_rows():
     assert paper.input_std == PAPER_STD == (0.2023, 0.1994, 0.2010)
     assert (paper.epochs, paper.milestones, paper.milestone_unit, paper.gamma) == (350.0, (100, 200, 300), "epoch", 0.1)
     assert (paper.conv_init, paper.stop_on, paper.tf32) == ("kaiming-fan-out", "nan-loss", False)
+    assert PRESETS["paper"].layer("pi", eps=1e-3).spec == "pi:steps=20,eps=0.001"  # one ε for layer and truncation
+    assert PRESETS["paper"].layer("taylor", eps=1e-3).spec == "taylor-song:K=9"
     assert PRESETS["paper-svd-head"].layer("analytic").truncation == "svd-head"
     assert PRESETS["paper-svd-head"].layer("taylor") == rows["taylor"]
 

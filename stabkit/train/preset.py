@@ -171,7 +171,12 @@ class Preset:
         if params and format_spec(method, params) != method:
             raise ValueError(f"preset {self.name!r} fixes the backward of {method!r} to {row.spec!r}; "
                              f"got parameters {format_spec(method, params)!r} (use preset 'stabkit' to vary them)")
-        return ZCAConfig(spec=row.spec, eps=row.eps if eps is None else float(eps), solver=row.solver,
+        eps = row.eps if eps is None else float(eps)
+        spec = row.spec
+        if spec.partition(":")[0] == "pi":  # the authors' SVD-PI uses the layer's ε as its truncation threshold too
+            name, row_params = parse_spec(spec)
+            spec = format_spec(name, {**row_params, "eps": eps})
+        return ZCAConfig(spec=spec, eps=eps, solver=row.solver,
                          lam_floor=row.lam_floor, truncation=row.truncation, fresh_starts=row.fresh_starts,
                          source=row.source, **common)
 
