@@ -32,9 +32,10 @@ eigensolver raised on a covariance made NaN by non-finite weights, where the aut
 NaN and their loss was NaN) and ``paper_outcome`` — ``nan-loss``, ``ok`` (no NaN loss
 over the whole horizon), ``eigh-failed``, or ``censored`` (stopped by another outcome before the
 horizon without a NaN loss). Every record also stores the preset, ε, lr, milestones (as given and
-as steps), width, image subset, input std, the TF32 flags in force and the git commit. Losses and gradient norms stay on the device and
-are checked every ``check_every`` steps (no per-step synchronisation); the first bad step in that
-window is reported. Every run is watched by ``stabkit.monitor``: the result holds its diagnostic
+as steps), width, image subset, input std, the TF32 flags in force and the git commit.
+
+Losses and gradient norms stay on the device and are checked every ``check_every`` steps (no
+per-step synchronisation); the first bad step in that window is reported. Every run is watched by ``stabkit.monitor``: the result holds its diagnostic
 summary over the first ``early_frac`` of the steps (``early_*``) and over the whole run
 (``run_*``). Device: ``device="auto"`` picks CUDA when available, else CPU.
 
@@ -311,7 +312,8 @@ def train_run(config: dict, data=None) -> dict:
         "steps_total": total, "steps_done": done, "final_loss": float(finished[-1]) if done else float("nan"),
         "method": cfg["method"], "spec": spec or "bn", "norm": cfg["norm"], "d": int(cfg["d"]), "dtype": cfg["dtype"],
         "seed": int(cfg["seed"]), "device": device,
-        "nan_loss_step": nan_loss_step, "nan_loss_note": nan_loss_note, "paper_outcome": paper_outcome, **run_settings(cfg, milestones, model, tf32_used),
+        "nan_loss_step": nan_loss_step, "nan_loss_note": nan_loss_note, "paper_outcome": paper_outcome,
+        **run_settings(cfg, milestones, model, tf32_used),
         **{f"early_{k}": v for k, v in early.items()}, **{f"run_{k}": v for k, v in whole.items()},
     }
 
@@ -339,9 +341,9 @@ def _set_tf32(value):
 
 @functools.lru_cache(maxsize=1)
 def _commit() -> str:
-    from ..studies.runner import _git_commit  # the runner's rule (STABKIT_GIT_COMMIT in a copy without .git)
+    from ..studies.runner import REPO, _git_commit  # the runner's rule (STABKIT_GIT_COMMIT in a copy without .git)
 
-    return _git_commit()
+    return _git_commit(REPO / "reports")  # a study writing its cells there does not make the checkout "dirty"
 
 
 def run_settings(cfg: dict, milestone_steps_: list[int], model, tf32_used: dict) -> dict:
