@@ -83,6 +83,11 @@ def test_paper_preset_run_record(synthetic):
     r = train_run({**SMALL, "preset": "paper", "method": "pi", "eps": 1e-3, "max_steps": 1, "lr": 0.05,
                    "milestones": (0.5,), "milestone_unit": "fraction"}, data=synthetic)
     assert (r["eps"], r["spec"], r["zca_truncation"], r["lr"], r["milestone_steps"]) == (1e-3, "pi:steps=20,eps=0.001", "svd-pi", 0.05, "0")
+    # the paper's DataLoader keeps an epoch's last partial batch: 80 images in batches of 32 → 32, 32, 16
+    r = train_run({**SMALL, "preset": "paper", "method": "taylor", "epochs": 1, "limit_images": 80}, data=synthetic)
+    assert (r["steps_total"], r["drop_last"], r["outcome"]) == (3, False, "ok")
+    r = train_run({**SMALL, "method": "taylor", "epochs": 1, "limit_images": 80}, data=synthetic)
+    assert (r["steps_total"], r["drop_last"]) == (2, True)
     # the stabkit preset's record: today's values
     r = train_run({**SMALL, "method": "taylor", "max_steps": 1}, data=synthetic)
     assert (r["preset"], r["eps"], r["milestones"], r["milestone_steps"], r["stop_on"]) == ("stabkit", 1e-4, "0.5,0.75", "0,1", "any")
@@ -244,7 +249,7 @@ def test_paper_preset_study_cells_run_and_report(tiny_batches, tmp_path):
     assert row["no NaN loss %"] == pytest.approx(62.5) and row["no NaN loss CI"] == "[31, 86]"
     text = study.report(results, {"preset": "paper", "dims": [4, 8], "methods": ["analytic", "taylor"]}, tmp_path)
     assert "Preset `paper`" in text and "taylor-song:K=9" in text and "ZCANormPIv2" in text
-    assert "Remaining differences from the authors' code" in text and "last partial batch" in text
+    assert "Remaining differences from the authors' code" in text and "data pipeline" in text
     assert "no NaN loss %" in text and "nonfinite-grad" in text
     # results recorded before the paper criterion existed: no such columns
     assert "no NaN loss %" not in study.success_table(_synthetic_results())

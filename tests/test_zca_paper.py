@@ -266,7 +266,7 @@ def test_paper_preset_rows():
     assert all(c.weight_init == "uniform" and c.source for c in rows.values())
     assert paper.input_std == PAPER_STD == (0.2023, 0.1994, 0.2010)
     assert (paper.epochs, paper.milestones, paper.milestone_unit, paper.gamma) == (350.0, (100, 200, 300), "epoch", 0.1)
-    assert (paper.conv_init, paper.stop_on, paper.tf32) == ("kaiming-fan-out", "nan-loss", False)
+    assert (paper.conv_init, paper.stop_on, paper.tf32, paper.drop_last) == ("kaiming-fan-out", "nan-loss", False, False)
     assert PRESETS["paper"].layer("pi", eps=1e-3).spec == "pi:steps=20,eps=0.001"  # one ε for layer and truncation
     assert PRESETS["paper"].layer("taylor", eps=1e-3).spec == "taylor-song:K=9"
     assert PRESETS["paper-svd-head"].layer("analytic").truncation == "svd-head"
@@ -277,7 +277,7 @@ def test_stabkit_preset_is_the_old_layer():
     s = PRESETS["stabkit"]
     assert s.layer("taylor") == ZCAConfig(spec="taylor", eps=1e-4)
     assert s.layer("taylor", {"K": 19}, eps=1e-3) == ZCAConfig(spec="taylor:K=19", eps=1e-3)
-    assert (s.input_std, s.milestones, s.milestone_unit, s.stop_on, s.tf32, s.conv_init) == (
+    assert s.drop_last and (s.input_std, s.milestones, s.milestone_unit, s.stop_on, s.tf32, s.conv_init) == (
         (0.2470, 0.2435, 0.2616), (0.5, 0.75), "fraction", "any", None, "torch-default")
     x = spectrum_input(LAMS)
     old = ZCAWhitening(8, d=4, method="taylor", eps=1e-4, dtype="float64")

@@ -1,7 +1,7 @@
 """One training run of the ZCA (or BatchNorm) ResNet-18 on CIFAR-10, with a classified outcome.
 
-Protocol (``DEFAULTS``): SGD, lr 0.1, momentum 0.9, weight decay 5e-4, batch 128 (last partial
-batch of an epoch dropped), step decay ×``gamma`` at ``milestones``. ``preset`` (``stabkit``,
+Protocol (``DEFAULTS``): SGD, lr 0.1, momentum 0.9, weight decay 5e-4, batch 128 (the last partial
+batch of an epoch dropped under ``stabkit``, kept under ``paper``: 391 steps per 50 000-image epoch), step decay ×``gamma`` at ``milestones``. ``preset`` (``stabkit``,
 default, or ``paper``: ``stabkit.train.preset``) supplies every option left at None: the ZCA
 layer's conventions and ε per method, the conv init, the input std, the schedule (``stabkit``: ×0.1
 at 50 % and 75 % of the steps, ``milestone_unit="fraction"``; ``paper``: StepLR ×0.1 at epochs
@@ -64,7 +64,7 @@ from .resnet import ResNet18
 DEFAULTS = {
     "method": "analytic", "params": {}, "norm": "zca", "d": 16, "dtype": "float32", "preset": "stabkit", "eps": None,
     "epochs": None, "max_steps": None, "batch_size": 128, "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4,
-    "milestones": None, "milestone_unit": None, "gamma": None, "stop_on": None, "tf32": None, "input_std": None,
+    "milestones": None, "milestone_unit": None, "gamma": None, "stop_on": None, "tf32": None, "input_std": None, "drop_last": None,
     "limit_images": None, "limit_test": None, "data": None,
     "device": "auto", "seed": 0, "width": 1.0, "diverge_loss": 50.0, "chance_step": None, "chance_acc": 0.15,
     "chance_error": 0.88, "early_frac": 0.2, "check_every": 10, "eval_batch": 1000, "gap_threshold": 1e-5,
@@ -80,7 +80,7 @@ def resolve_config(config: dict) -> dict:
     preset = cfg["preset"] = get_preset(cfg["preset"])
     for key, value in (("epochs", preset.epochs), ("milestones", preset.milestones), ("gamma", preset.gamma),
                        ("milestone_unit", preset.milestone_unit), ("stop_on", preset.stop_on), ("tf32", preset.tf32),
-                       ("input_std", preset.input_std)):
+                       ("input_std", preset.input_std), ("drop_last", preset.drop_last)):
         if cfg[key] is None:
             cfg[key] = value
     if cfg["method"] not in NAMES:
@@ -213,7 +213,7 @@ def train_run(config: dict, data=None) -> dict:
     batch = int(cfg["batch_size"])
     if len(train_x) < batch:
         raise ValueError(f"{len(train_x)} training images is less than one batch of {batch}")
-    per_epoch = len(train_x) // batch
+    per_epoch = len(train_x) // batch if cfg["drop_last"] else -(-len(train_x) // batch)  # ceil: a last, smaller batch
     total = max(1, int(math.ceil(float(cfg["epochs"]) * per_epoch)))
     if cfg["max_steps"]:
         total = min(total, int(cfg["max_steps"]))
@@ -356,6 +356,7 @@ def run_settings(cfg: dict, milestone_steps_: list[int], model, tf32_used: dict)
         "max_steps": cfg["max_steps"], "width": float(cfg["width"]), "limit_images": cfg["limit_images"],
         "limit_test": cfg["limit_test"], "batch_size": int(cfg["batch_size"]),
         "input_std": ",".join(f"{v:g}" for v in cfg["input_std"]), "stop_on": cfg["stop_on"],
+        "drop_last": bool(cfg["drop_last"]),
         "zca_solver": zca.solver if zca else None, "zca_truncation": zca.truncation if zca else None,
         "zca_covariance": zca.covariance if zca else None, "zca_lam_floor": zca.lam_floor if zca else None,
         "spec_note": getattr(getattr(model, "norm1", None), "spec_note", "") or "",

@@ -51,7 +51,8 @@ covariance is one C×C product ``x xᵀ/(N·H·W) + εI`` whose diagonal d×d bl
 symmetrisation); affine γ ~ U(0, 1), β = 0; every conv Kaiming-normal (fan_out, ReLU), BatchNorm
 γ = 1, β = 0 (``models/resnet.py::ResNet.__init__``); input normalised with mean (0.4914, 0.4822,
 0.4465) and std (0.2023, 0.1994, 0.2010); SGD lr 0.1, momentum 0.9, wd 5e-4, batch 128,
-``StepLR(step_size=100, gamma=0.1)`` stepped per epoch over 350 epochs (PI-SVD ``main.py``);
+``StepLR(step_size=100, gamma=0.1)`` stepped per epoch over 350 epochs, the DataLoader keeping the
+last partial batch (391 steps per epoch) (PI-SVD ``main.py``);
 failure = NaN loss (``isnan(loss)`` before the backward, then ``sys.exit``). The remaining
 differences are in :data:`PAPER_DEVIATIONS` and in ``studies/zca-cifar10-paper.toml``.
 """
@@ -150,6 +151,7 @@ class Preset:
     gamma: float
     stop_on: str                     # "any": stop at the first failure event; "nan-loss": only at NaN loss
     tf32: bool | None                # None: leave torch's setting alone
+    drop_last: bool = True           # drop an epoch's last partial batch (the authors' DataLoader keeps it)
     default_eps: float = 1e-4
     rows: tuple = field(default_factory=tuple)  # ((method name, Row), …)
     description: str = ""
@@ -218,7 +220,7 @@ PRESETS = {
     "paper": Preset(
         name="paper", covariance="full", symmetrize=False, weight_init="uniform", conv_init="kaiming-fan-out",
         input_std=PAPER_STD, epochs=350.0, milestones=(100, 200, 300), milestone_unit="epoch", gamma=0.1,
-        stop_on="nan-loss", tf32=False, rows=PAPER_ROWS,
+        stop_on="nan-loss", tf32=False, drop_last=False, rows=PAPER_ROWS,
         description="the authors' public layers per Table IV row (see stabkit.train.preset)"),
 }
 PRESETS["paper-svd-head"] = replace(
@@ -235,7 +237,6 @@ PAPER_DEVIATIONS = (
     ("SVD-PI whitening", "λ̃ = Rayleigh quotient on the deflated matrix; stops when |λ̃ − σ|/σ > 0.1 or λ̃ < 0",
      "σ; the Rayleigh stop is the method's (pi), not the layer's"),
     ("PI random starts", "torch.randn_like from the global RNG", "numpy generator seeded by the step counter"),
-    ("last partial batch", "kept (391 steps per epoch: 390 × 128 + 80)", "dropped (390 steps)"),
     ("data pipeline", "torchvision RandomCrop(32, padding=4) + flip, DataLoader shuffle",
      "the same transforms as tensor ops on the device, own shuffle order"),
     ("multi-GPU wrapper", "nn.DataParallel, cudnn.benchmark", "one device, cudnn defaults"),
