@@ -444,6 +444,11 @@ def report(results: pd.DataFrame, grid: dict, out_dir: pathlib.Path) -> str:
     if figs:
         lines += [f"![success rates]({figs[0]})", ""]
     lines += ["### Success rate per method × d × dtype", "", markdown_table(table) if len(table) else "(no ZCA runs)", ""]
+    if "no NaN loss %" in table:
+        lines += ["The paper's criterion beside ours: `NaN loss (paper criterion)` counts runs whose loss became NaN; "
+                  "`censored` runs stopped at another outcome (above) before any NaN loss, so their fate under the "
+                  "paper's rule is unknown; `no NaN loss %` is over the other runs. `success %` is this toolkit's "
+                  "(any failure event counts).", ""]
     lines += _forward_failure_note(table)
     bn = results[results["norm"] == "bn"]
     if len(bn):
