@@ -40,8 +40,9 @@ version produced each row:
   and ``geometric_approximation`` (K = 9: 1 + p + … + p⁹; at exact ties both F_ij and F_ji are
   +(K+1)/σ), ``torch.svd`` forward, σ clamped ≥ 1e-10, ε = 1e-2 (the layer's default; RDS's
   ``main_imgnet.py`` logs as "group1e-2taylor9"). Not the PI-SVD 1e6a6e7 ``geometric_approximation``
-  (``range(19)``, a1 += a1·p^k, a product ∏(1 + p^k), not the series: RDS keeps it as
-  ``bug_geometric_approximation``/``geometric_approximation_old``) nor RDS ``v3geometric_approximation``.
+  (``range(19)``, a1 += a1·p^k: the product ∏_{k=1..19}(1 + p^k), not the series; RDS keeps that form
+  with 9 factors as ``bug_geometric_approximation``), nor RDS ``geometric_approximation_old`` (squares p)
+  or ``v3geometric_approximation``.
 * SVD-Clip (``clip``): RDS HEAD ``ZCANorm.py::ZCANormPIv2Clip`` with ``svdv2clip`` and ``clip``
   (F_ij = 1/max(σ_i − σ_j, 0.01) for σ_i > σ_j, i.e. τ = 100; 0 at exact ties), σ clamped ≥ 1e-5,
   ε = 1e-2.
