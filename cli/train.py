@@ -15,12 +15,25 @@ def train_command(
     method: str = typer.Option("taylor", "--method", "-m", help="Backward method spec, e.g. taylor or 'taylor:K=19'."),
     d: int = typer.Option(16, "--d", help="ZCA group size (divides 64)."),
     norm: str = typer.Option("zca", "--norm", help="zca or bn (plain BatchNorm baseline)."),
-    epochs: float = typer.Option(1.0, "--epochs", help="Training epochs (fractions allowed)."),
+    preset: str = typer.Option("stabkit", "--preset", help="stabkit (today's layer) or paper (the authors' layers "
+                               "per method, their init, std, StepLR schedule, NaN-loss stop); paper-svd-head: paper "
+                               "with the later truncated SVD baseline."),
+    eps: Optional[float] = typer.Option(None, "--eps", help="ZCA εI (default: the preset's, per method for paper)."),
+    epochs: Optional[float] = typer.Option(None, "--epochs", help="Training epochs, fractions allowed (default: the "
+                                           "preset's: stabkit 1, paper 350)."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many SGD steps."),
     limit_images: Optional[int] = typer.Option(None, "--limit-images", help="Train on a random subset of this size."),
     limit_test: Optional[int] = typer.Option(None, "--limit-test", help="Test images (default: all, or --limit-images)."),
     batch_size: int = typer.Option(128, "--batch-size"),
     lr: float = typer.Option(0.1, "--lr"),
+    milestones: Optional[str] = typer.Option(None, "--milestones", help="lr ×gamma at these points, comma-separated "
+                                             "(default: the preset's: stabkit 0.5,0.75 of the steps; paper 100,200,300 epochs)."),
+    milestone_unit: Optional[str] = typer.Option(None, "--milestone-unit", help="fraction (of the steps), epoch or step."),
+    gamma: Optional[float] = typer.Option(None, "--gamma", help="lr factor at each milestone (default 0.1)."),
+    stop_on: Optional[str] = typer.Option(None, "--stop-on", help="any (stop at the first failure event) or nan-loss "
+                                          "(the paper's: train on until the loss is NaN). Default: the preset's."),
+    tf32: Optional[bool] = typer.Option(None, "--tf32/--no-tf32", help="TF32 matmuls/convolutions on CUDA (default: "
+                                        "stabkit leaves torch's setting, paper turns it off)."),
     seed: int = typer.Option(0, "--seed"),
     data: Optional[str] = typer.Option(None, "--data", help="CIFAR-10 .tar.gz or cifar-10-batches-py folder."),
     dtype: str = typer.Option("float32", "--dtype", help="ZCA computation dtype: float32 or float64."),
@@ -33,9 +46,17 @@ def train_command(
     from stabkit.train.loop import train_run
 
     name, params = parse_spec(method)
+    parsed_milestones = None
+    if milestones is not None:
+        try:
+            parsed_milestones = tuple(float(m) for m in milestones.split(",") if m.strip())
+        except ValueError:
+            raise ValueError(f"--milestones must be comma-separated numbers, got {milestones!r}") from None
     config = {"method": name, "params": params, "d": d, "norm": norm, "epochs": epochs, "max_steps": max_steps,
               "limit_images": limit_images, "limit_test": limit_test, "batch_size": batch_size, "lr": lr, "seed": seed,
-              "data": data, "dtype": dtype, "device": device, "width": width}
+              "data": data, "dtype": dtype, "device": device, "width": width, "preset": preset, "eps": eps,
+              "milestones": parsed_milestones, "milestone_unit": milestone_unit, "gamma": gamma, "stop_on": stop_on,
+              "tf32": tf32}
     result = train_run(config)
     if as_json:
         print(json.dumps(result, default=float, indent=1))
@@ -44,6 +65,12 @@ def train_command(
     detail = f"test error {result['test_error']:.4f}" if result["outcome"] == "ok" else f"at step {result['step']}"
     print(f"{what}: {result['outcome']} ({detail}); {result['steps_done']}/{result['steps_total']} steps in "
           f"{result['wall_s']:.1f} s on {result['device']}")
+    nan = "none" if result["nan_loss_step"] is None else f"at step {result['nan_loss_step']}"
+    print(f"paper criterion (NaN loss): {result['paper_outcome']} (NaN loss {nan}); preset {result['preset']}, "
+          f"ε {result['eps'] if result['eps'] is None else format(result['eps'], 'g')}, lr {result['lr']:g} ×{result['gamma']:g} "
+          f"at steps [{result['milestone_steps']}], std ({result['input_std']}), TF32 "
+          f"{'on' if result['tf32_matmul'] else 'off'}/{'on' if result['tf32_cudnn'] else 'off'} (matmul/cudnn)"
+          + (f"; {result['spec_note']}" if result["spec_note"] else ""))
     print(f"early diagnostics: max|K̃| {result['early_max_K']:.3g}, min gap {result['early_min_gap']:.3g}, "
           f"gap events {result['early_gap_events']}, method bound {result['early_max_bound']:.3g}, "
           f"non-finite events {result['early_nonfinite_events']}")

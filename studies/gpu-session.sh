@@ -3,7 +3,7 @@
 # for a GPU machine that gets a copy of this checkout (no `pip install`, maybe no .git) and gives back
 # only what one folder holds.
 #
-#   bash studies/gpu-session.sh OUTDIR SECONDS PHASE...     PHASE: bench | zca-cifar10 | zca-cifar10-long
+#   bash studies/gpu-session.sh OUTDIR SECONDS PHASE...     PHASE: bench | zca-cifar10 | zca-cifar10-long | zca-cifar10-paper
 #
 # bench: benchmarks/bench_train_step.py --device cuda (float32 with the throughput of 1, 4, 8
 #   concurrent processes — choose JOBS from it —, then float64) → OUTDIR/bench_train_step.md.
@@ -48,11 +48,11 @@ for phase in "$@"; do
                 | tee "$out/bench_train_step.md"
             timeout -s INT -k 20 "$(left)" "$py" benchmarks/bench_train_step.py --device cuda --dtype float64 \
                 | tee -a "$out/bench_train_step.md" ;;
-        zca-cifar10|zca-cifar10-long)
+        zca-cifar10|zca-cifar10-long|zca-cifar10-paper)
             timeout -s INT -k 60 "$(( $(left) - 20 ))" "$py" -m cli.main run "studies/$phase.toml" --jobs "${JOBS:-8}" --no-progress
             echo "gpu-session: $phase exited with $?  (124 = stopped at the deadline: run this phase again to resume)" ;;
         *)
-            echo "gpu-session: unknown phase $phase (bench, zca-cifar10, zca-cifar10-long)" >&2
+            echo "gpu-session: unknown phase $phase (bench, zca-cifar10, zca-cifar10-long, zca-cifar10-paper)" >&2
             exit 2 ;;
     esac
 done

@@ -45,6 +45,55 @@ def test_equal_eigenvalues_with_analytic_give_nonfinite_grad(synthetic):
     assert train_run({**SMALL, "method": "taylor", "eps": 1e8, "max_steps": 1}, data=synthetic)["outcome"] == "ok"
 
 
+def test_nan_loss_is_recorded_beside_the_outcome_never_merged(synthetic):
+    # the same tie case: stabkit stops at the non-finite gradient (step 0), before any NaN loss, so the
+    # paper's criterion is censored; stop_on="nan-loss" trains on, the SGD step spreads the NaN
+    # gradient into the weights, and at step 1 the eigensolver raises on the NaN covariance: where the
+    # authors' SVD returned NaN, so their loss of step 1 was NaN — the paper's failure, inferred, at step 1
+    case = {**SMALL, "method": "analytic", "eps": 1e8, "max_steps": 4}
+    r = train_run(case, data=synthetic)
+    assert (r["outcome"], r["step"], r["steps_done"]) == ("nonfinite-grad", 0, 1)
+    assert (r["paper_outcome"], r["nan_loss_step"]) == ("censored", None)
+    r = train_run({**case, "stop_on": "nan-loss"}, data=synthetic)
+    assert (r["outcome"], r["step"]) == ("nonfinite-grad", 0)
+    assert (r["paper_outcome"], r["nan_loss_step"], r["steps_done"]) == ("nan-loss", 1, 1)
+    assert r["nan_loss_note"].startswith("inferred") and r["test_error"] is None
+    # a finite run under the paper's rule: ok on both counts
+    r = train_run({**SMALL, "method": "taylor", "max_steps": 2, "stop_on": "nan-loss"}, data=synthetic)
+    assert (r["outcome"], r["paper_outcome"], r["nan_loss_step"]) == ("ok", "ok", None) and r["test_error"] is not None
+
+
+def test_milestones_by_fraction_epoch_or_step():
+    assert loop.milestone_steps((0.5, 0.75), "fraction", 120, 30) == [60, 90]
+    assert loop.milestone_steps((100, 200, 300), "epoch", 136500, 390) == [39000, 78000, 117000]
+    assert loop.milestone_steps((7, 3), "step", 10, 5) == [3, 7]
+
+
+def test_paper_preset_run_record(synthetic):
+    before = loop._tf32_flags()
+    r = train_run({**SMALL, "preset": "paper", "method": "taylor", "max_steps": 2}, data=synthetic)
+    assert loop._tf32_flags() == before  # restored after the run
+    assert (r["preset"], r["eps"], r["spec"], r["lr"], r["gamma"]) == ("paper", 1e-2, "taylor-song:K=9", 0.1, 0.1)
+    # 256 images / 32 per batch = 8 steps per epoch: StepLR every 100 epochs over 350
+    assert (r["milestones"], r["milestone_unit"], r["milestone_steps"], r["epochs"]) == ("100,200,300", "epoch", "800,1600,2400", 350.0)
+    assert (r["steps_total"], r["width"], r["limit_images"], r["input_std"]) == (2, 0.125, None, "0.2023,0.1994,0.201")
+    assert (r["tf32_matmul"], r["tf32_cudnn"], r["stop_on"]) == (False, False, "nan-loss")
+    assert (r["zca_solver"], r["zca_truncation"], r["zca_covariance"], r["zca_lam_floor"]) == ("svd", "none", "full", 1e-10)
+    assert r["commit"] and r["outcome"] == "ok"
+    r = train_run({**SMALL, "preset": "paper", "method": "pi", "eps": 1e-3, "max_steps": 1, "lr": 0.05,
+                   "milestones": (0.5,), "milestone_unit": "fraction"}, data=synthetic)
+    assert (r["eps"], r["spec"], r["zca_truncation"], r["lr"], r["milestone_steps"]) == (1e-3, "pi:steps=20,eps=0.001", "svd-pi", 0.05, "0")
+    # the paper's DataLoader keeps an epoch's last partial batch: 80 images in batches of 32 → 32, 32, 16
+    r = train_run({**SMALL, "preset": "paper", "method": "taylor", "epochs": 1, "limit_images": 80}, data=synthetic)
+    assert (r["steps_total"], r["drop_last"], r["outcome"]) == (3, False, "ok")
+    r = train_run({**SMALL, "method": "taylor", "epochs": 1, "limit_images": 80}, data=synthetic)
+    assert (r["steps_total"], r["drop_last"]) == (2, True)
+    # the stabkit preset's record: today's values
+    r = train_run({**SMALL, "method": "taylor", "max_steps": 1}, data=synthetic)
+    assert (r["preset"], r["eps"], r["milestones"], r["milestone_steps"], r["stop_on"]) == ("stabkit", 1e-4, "0.5,0.75", "0,1", "any")
+    assert r["input_std"] == "0.247,0.2435,0.2616" and r["zca_covariance"] == "grouped"
+
+
 def test_raising_eigensolver_gives_eigh_failed(synthetic, monkeypatch):
     calls = []
 
@@ -102,6 +151,18 @@ def test_config_errors():
         loop.resolve_config({"method": "svd"})
     with pytest.raises(ValueError, match="smaller than one batch"):
         loop.resolve_config({"limit_images": 10})
+    with pytest.raises(ValueError, match="unknown preset"):
+        loop.resolve_config({"preset": "authors"})
+    with pytest.raises(ValueError, match="no row for method 'lorentzian'"):
+        loop.resolve_config({"preset": "paper", "method": "lorentzian"})
+    with pytest.raises(ValueError, match="unknown milestone unit"):
+        loop.resolve_config({"milestone_unit": "hour"})
+    with pytest.raises(ValueError, match="out of range"):
+        loop.resolve_config({"milestones": (0.5, 2)})
+    with pytest.raises(ValueError, match="unknown stop_on"):
+        loop.resolve_config({"stop_on": "never"})
+    with pytest.raises(ValueError, match="eps must be"):
+        loop.resolve_config({"eps": -1})
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             loop.pick_device("cuda")
@@ -109,6 +170,7 @@ def test_config_errors():
 
 
 # ------------------------------------------------------------------ study kind and CLI
+import json  # noqa: E402
 import pickle  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -158,6 +220,39 @@ def test_run_cell_on_tiny_data(tiny_batches):
     (row,) = study.run_cell(cell)
     assert row["outcome"] == "ok" and row["spec"] == "clip" and row["d"] == 4 and row["dtype"] == "float64"
     assert np.isnan(row["step"]) and 0 <= row["test_error"] <= 1 and row["early_calls"] == 1
+
+
+def test_paper_preset_study_cells_run_and_report(tiny_batches, tmp_path):
+    grid = {"preset": "paper", "methods": ["taylor", "pi"], "dims": [4], "dtypes": ["float32"], "seeds": 1, "bn_baseline": False,
+            "max_steps": 1, "limit_images": 32, "limit_test": 16, "batch_size": 32, "width": 0.125,
+            "data": str(tiny_batches), "device": "cpu"}
+    cells = study.cells(grid)
+    assert [c["cell_id"] for c in cells] == ["taylor|d4|float32|s0", "pi|d4|float32|s0"]
+    assert cells[0]["preset"] == "paper" and cells[0]["eps"] is None and "stop_on" not in cells[0]
+    assert "preset" not in study.cells({"seeds": 1})[0]  # the stabkit studies' cells are unchanged
+    (row,) = study.run_cell(cells[0])
+    assert (row["spec"], row["backward"], row["eps"], row["preset"], row["paper_outcome"]) == ("taylor", "taylor-song:K=9", 1e-2, "paper", "ok")
+    with pytest.raises(ValueError, match="no row for method 'lorentzian'"):
+        study.validate({"preset": "paper", "methods": ["lorentzian"]})
+    with pytest.raises(ValueError, match="fixes the backward"):
+        study.validate({"preset": "paper", "methods": ["taylor:K=19"]})
+    with pytest.raises(ValueError, match="unknown preset"):
+        study.validate({"preset": "paperr"})
+    # report: the NaN-loss rate is the one beside Table IV; our outcomes are listed beside it
+    results = _synthetic_results()
+    results["paper_outcome"] = np.where(results["outcome"] == "ok", "ok", "nan-loss")
+    results.loc[(results["spec"] == "analytic") & (results["d"] == 8) & (results["seed"] < 2), "paper_outcome"] = "censored"
+    table = study.success_table(results)
+    row = table[(table["method"] == "analytic") & (table["d"] == 8)].iloc[0]
+    assert (row["NaN loss (paper criterion)"], row["censored"], row["no NaN loss %"]) == ("6/8", 2, 0.0)
+    row = table[(table["method"] == "analytic") & (table["d"] == 4)].iloc[0]
+    assert row["no NaN loss %"] == pytest.approx(62.5) and row["no NaN loss CI"] == "[31, 86]"
+    text = study.report(results, {"preset": "paper", "dims": [4, 8], "methods": ["analytic", "taylor"]}, tmp_path)
+    assert "Preset `paper`" in text and "taylor-song:K=9" in text and "ZCANormPIv2" in text
+    assert "Remaining differences from the authors' code" in text and "data pipeline" in text
+    assert "no NaN loss %" in text and "nonfinite-grad" in text
+    # results recorded before the paper criterion existed: no such columns
+    assert "no NaN loss %" not in study.success_table(_synthetic_results())
 
 
 def _synthetic_results():
@@ -238,6 +333,17 @@ def test_cli_train(tiny_batches):
     assert bad.exit_code == 2 and "unknown method" in bad.output
     bad = runner.invoke(app, ["train", "--data", str(tiny_batches.parent / "missing")])
     assert bad.exit_code == 2 and "not found" in bad.output
+    res = runner.invoke(app, [*args, "--preset", "paper", "--eps", "0.001", "--milestones", "1,2", "--milestone-unit", "step",
+                              "--lr", "0.05", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert (out["preset"], out["eps"], out["milestone_steps"], out["lr"], out["paper_outcome"]) == ("paper", 0.001, "1,2", 0.05, "ok")
+    res = runner.invoke(app, [*args, "--preset", "paper"])
+    assert res.exit_code == 0 and "paper criterion (NaN loss): ok" in res.output and "ε 0.01" in res.output
+    for extra, message in ((["--preset", "paper", "--method", "lorentzian"], "no row for method"),
+                           (["--milestones", "a,b"], "comma-separated numbers"), (["--stop-on", "x"], "unknown stop_on")):
+        bad = runner.invoke(app, [*args, *extra])
+        assert bad.exit_code == 2 and message in bad.output and "Traceback" not in bad.output
 
 
 def test_forward_failures_and_index_summary_are_counted(tmp_path):

@@ -143,3 +143,42 @@ def test_resnet_shapes_and_layout():
     assert n_params == 11_173_962  # the standard CIFAR ResNet-18
     small = ResNet18(norm="zca", d=4, width=0.125)
     assert small(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+# ------------------------------------------------------------------ the paper preset's building blocks
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from stabkit.train.zca import block_covariance, group_covariance, kept_mask  # noqa: E402
+
+
+@settings(max_examples=25, deadline=None)
+@given(G=st.integers(1, 4), d=st.integers(1, 5), m=st.integers(2, 40), seed=st.integers(0, 2**31 - 1))
+def test_block_covariance_equals_grouped_covariance(G, d, m, seed):
+    # one C×C product and its diagonal blocks = one product per group, up to float64 rounding
+    xg = torch.randn(G, d, m, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * 3 + 1
+    mean_a, xc_a, cov_a = block_covariance(xg, 1e-4)
+    mean_b, xc_b, cov_b = group_covariance(xg, 1e-4)
+    torch.testing.assert_close(mean_a, mean_b, rtol=0, atol=1e-12)
+    torch.testing.assert_close(xc_a, xc_b, rtol=0, atol=1e-12)
+    torch.testing.assert_close(cov_a, cov_b, rtol=1e-12, atol=1e-12)
+    # and the blocks are the covariance computed by hand for each group
+    for g in range(G):
+        xcg = xg[g] - xg[g].mean(1, keepdim=True)
+        torch.testing.assert_close(cov_a[g], xcg @ xcg.T / m + 1e-4 * torch.eye(d, dtype=torch.float64), rtol=1e-12, atol=1e-12)
+
+
+@settings(max_examples=50, deadline=None)
+@given(lam=st.lists(st.floats(1e-6, 10.0), min_size=1, max_size=8), eps=st.sampled_from([1e-4, 1e-2, 0.5]),
+       rule=st.sampled_from(["svd-pi", "svd-head"]))
+def test_truncation_keeps_the_largest_pairs(lam, eps, rule):
+    t = torch.tensor(lam, dtype=torch.float64)
+    kept = kept_mask(t[None], rule, eps)[0]
+    n = int(kept.sum())
+    if 0 < n < len(lam):
+        assert t[kept].min() >= t[~kept].max()  # the kept pairs are the largest ones
+    if rule == "svd-pi":
+        assert n < len(lam)  # γ of the last pair is 1 ≥ 1 − ε: the smallest pair always goes
+        assert bool((t[kept] > eps).all())
+    else:
+        assert n >= 1 and (n == 1 or t[kept].min() <= eps)  # down to the first σ ≤ ε, or just the largest

@@ -8,6 +8,13 @@ see ``studies/zca-cifar10.toml`` for the time arithmetic), so our failure rates 
 early in training: a lower bound on the 350-epoch rates, comparable to Table IV where the paper's
 failures happen early (SVD at d ≥ 8, PI at d ≥ 8).
 
+``preset`` (grid key; ``stabkit.train.preset``) chooses the ZCA layer and protocol: ``stabkit``
+(the committed studies) or ``paper`` (the authors' public layers per method, with per-method ε;
+``studies/zca-cifar10-paper.toml``). Failure outcomes: the paper's criterion is a NaN loss; every
+run records it (``paper_outcome``, ``nan_loss_step``) beside this toolkit's outcome (non-finite
+loss or gradient, eigensolver error, "diverged"), and the report gives both, in separate columns:
+under the ``paper`` preset the rate compared with Table IV is the NaN-loss one.
+
 The report gives success rates with Wilson 95 % intervals per method × d × dtype beside Table IV,
 the test error of successful runs, the monitor's early diagnostics per cell, and "the link": a
 logistic model predicting failure from the first ``early_frac`` of each run's diagnostics
@@ -26,6 +33,7 @@ import pandas as pd
 from .._markdown import markdown_table
 from . import with_defaults
 from ..methods import format_spec, parse_spec
+from ..train.preset import get_preset
 
 #: Wang et al., TPAMI 2021, Table IV: success rate (%) of 15 runs × 350 epochs per cell.
 PAPER_TABLE_IV = {
@@ -49,7 +57,12 @@ GRID_DEFAULTS = {
     "limit_test": 2000,
     "batch_size": 128,
     "lr": 0.1,
-    "eps": 1e-4,
+    "eps": None,        # None: the preset's ε (stabkit 1e-4; paper per method)
+    "preset": "stabkit",
+    "milestones": None,      # None: the preset's schedule
+    "milestone_unit": None,
+    "stop_on": None,
+    "tf32": None,
     "width": 1.0,
     "early_frac": 0.2,
     "data": "",
@@ -73,8 +86,15 @@ def validate(grid: dict) -> dict:
     if int(g["seeds"]) < 1:
         raise ValueError(f"zca_cifar10: seeds must be ≥ 1, got {g['seeds']}")
     for key in ("epochs", "lr", "eps", "width", "early_frac"):
-        if not float(g[key]) > 0:
+        if g[key] is not None and not float(g[key]) > 0:
             raise ValueError(f"zca_cifar10: {key} must be > 0, got {g[key]}")
+    preset = get_preset(g["preset"])  # ValueError naming the presets
+    if preset.rows:
+        for spec in g["methods"]:
+            name, params = parse_spec(spec)
+            preset.layer(name, params)  # ValueError: no row / parameters fixed by the preset
+    if g["milestones"] is not None:
+        g["milestones"] = [float(m) for m in g["milestones"]]
     if not isinstance(g["baseline_study"], str):
         raise ValueError(f"zca_cifar10: baseline_study must be a report name (a string), got {g['baseline_study']!r}")
     if g["device"] != "auto" and not (g["device"] == "cpu" or str(g["device"]).startswith("cuda")):
@@ -82,10 +102,15 @@ def validate(grid: dict) -> dict:
     return g
 
 
+OPTIONAL_KEYS = ("preset", "milestones", "milestone_unit", "stop_on", "tf32")
+
+
 def cells(grid: dict) -> list[dict]:
     g = validate(grid)
     common = {k: g[k] for k in ("epochs", "max_steps", "limit_images", "limit_test", "batch_size", "lr", "eps", "width",
                                 "early_frac", "data", "device")}
+    # keys beyond the original grid only when set, so the committed studies' cells stay as they were
+    common.update({k: g[k] for k in OPTIONAL_KEYS if g[k] is not None and not (k == "preset" and g[k] == "stabkit")})
     out = []
     for spec in g["methods"]:
         for d in g["dims"]:
@@ -104,11 +129,15 @@ def run_cell(cell: dict) -> list[dict]:
 
     config = {k: cell[k] for k in ("epochs", "max_steps", "limit_images", "limit_test", "batch_size", "lr", "eps", "width",
                                    "early_frac", "device", "seed", "dtype", "norm")}
+    config.update({k: cell[k] for k in OPTIONAL_KEYS if k in cell})
+    if "milestones" in config:
+        config["milestones"] = tuple(config["milestones"])
     config["data"] = cell["data"] or None
     if cell["norm"] == "zca":
         name, params = parse_spec(cell["spec"])
         config.update(method=name, params=params, d=cell["d"])
     result = train_run(config)
+    result["backward"] = result["spec"]  # the backward the layer ran (under the paper preset: the row's spec)
     result["spec"] = cell["spec"]
     return [{k: (np.nan if v is None else v) for k, v in result.items()}]
 
@@ -205,8 +234,23 @@ def success_table(results: pd.DataFrame) -> pd.DataFrame:
             "early max bound (median)": float(pd.to_numeric(s["early_max_bound"]).median()),
             "runs with λ_min ≤ 0": _nonpositive_lam_runs(s),
             "… at step 0": _nonpositive_lam_runs(s, first_step_only=True),
+            **_paper_criterion(s),
         })
     return pd.DataFrame(rows)
+
+
+def _paper_criterion(s: pd.DataFrame) -> dict:
+    """The paper's criterion beside ours: runs with a NaN loss, runs whose eigensolver raised, runs
+    stopped by another outcome before the horizon without a NaN loss (censored: unknown under the
+    paper's rule), and the NaN-free rate over the uncensored runs, with its Wilson interval. Empty
+    for results recorded before ``paper_outcome`` existed."""
+    if "paper_outcome" not in s or s["paper_outcome"].isna().all():
+        return {}
+    po = s["paper_outcome"]
+    nan, eig, cens, ok = (int((po == o).sum()) for o in ("nan-loss", "eigh-failed", "censored", "ok"))
+    known = len(s) - cens
+    return {"NaN loss (paper criterion)": f"{nan}/{len(s)}", "eigensolver raised": eig, "censored": cens,
+            "no NaN loss %": 100 * ok / known if known else np.nan, "no NaN loss CI": _ci(ok, known) if known else "—"}
 
 
 def _nonpositive_lam_runs(s: pd.DataFrame, first_step_only: bool = False) -> int:
@@ -317,7 +361,7 @@ def _forward_failure_note(table: pd.DataFrame) -> list[str]:
             "others a backward update came first, and a large update grows ‖Σ‖ and with it the rounding error.", ""]
 
 
-def _plots(table: pd.DataFrame, fit: dict | None, out_dir: pathlib.Path) -> list[str]:
+def _plots(table: pd.DataFrame, fit: dict | None, out_dir: pathlib.Path, paper_rate: bool = False) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -329,9 +373,10 @@ def _plots(table: pd.DataFrame, fit: dict | None, out_dir: pathlib.Path) -> list
     for ax, dtype in zip(axes[0], dtypes):
         groups = list(table[table["dtype"] == dtype].groupby("method", sort=False))
         for i, (spec, s) in enumerate(groups):
-            lo = [float(c.strip("[]").split(",")[0]) for c in s["Wilson 95% CI"]]
-            hi = [float(c.strip("[]").split(",")[1]) for c in s["Wilson 95% CI"]]
-            rate = s["success %"].to_numpy()
+            ci, rate_col = ("no NaN loss CI", "no NaN loss %") if paper_rate else ("Wilson 95% CI", "success %")
+            lo = [float(c.strip("[]").split(",")[0]) if c != "—" else np.nan for c in s[ci]]
+            hi = [float(c.strip("[]").split(",")[1]) if c != "—" else np.nan for c in s[ci]]
+            rate = s[rate_col].to_numpy(float)
             x = s["d"].to_numpy() * 2.0 ** (0.08 * (i - (len(groups) - 1) / 2))  # side by side, not on top
             ax.errorbar(x, rate, yerr=[rate - lo, np.asarray(hi) - rate], marker="o", capsize=3, label=spec)
             ax.plot(x, s["paper %"], ls=":", color=ax.lines[-1].get_color(), alpha=0.7)
@@ -340,7 +385,7 @@ def _plots(table: pd.DataFrame, fit: dict | None, out_dir: pathlib.Path) -> list
         ax.minorticks_off()
         ax.set_xlabel("group size d")
         ax.set_title(f"{dtype} (dotted: paper Table IV)")
-    axes[0][0].set_ylabel("success rate %")
+    axes[0][0].set_ylabel("runs without NaN loss %" if paper_rate else "success rate %")
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out_dir / "success_rates.png", dpi=120)
@@ -376,13 +421,18 @@ def report(results: pd.DataFrame, grid: dict, out_dir: pathlib.Path) -> str:
         crashed = results.iloc[:0]
     table = success_table(results)
     fit = link(results)
-    figs = _plots(table, fit, out_dir) if len(table) else []
+    preset = get_preset(g["preset"])
+    paper_rate = preset.stop_on == "nan-loss" and "no NaN loss %" in table
+    figs = _plots(table, fit, out_dir, paper_rate) if len(table) else []
+    if preset.name != "stabkit":
+        return _preset_report(results, g, preset, table, fit, figs, crashed, out_dir)
     steps = f"{g['max_steps']} steps" if g["max_steps"] else f"{g['epochs']:g} epochs"
+    eps = "the preset's" if g["eps"] is None else f"{g['eps']:g}"
     lines = [
         "## ZCA whitening in ResNet-18 on CIFAR-10: training success per backward (Wang et al., TPAMI 2021, Table IV)",
         "",
         f"One run per cell: ResNet-18 (conv1 → ZCA(d) → …), SGD lr {g['lr']:g}, momentum 0.9, wd 5e-4, batch "
-        f"{g['batch_size']}, ε = {g['eps']:g}, {steps} on {g['limit_images'] or 50000} training images (step decay ×0.1 at 50 % "
+        f"{g['batch_size']}, ε = {eps}, {steps} on {g['limit_images'] or 50000} training images (step decay ×0.1 at 50 % "
         f"and 75 % of the steps), test error on {g['limit_test'] or 10000} test images; {g['seeds']} seeds per cell. "
         "The paper: 350 epochs, 15 runs per cell, one dtype — its numbers are shown beside both of ours. Our short "
         "protocol sees only failures early in training, so our success rates are upper bounds of the long-run ones.",
@@ -394,6 +444,11 @@ def report(results: pd.DataFrame, grid: dict, out_dir: pathlib.Path) -> str:
     if figs:
         lines += [f"![success rates]({figs[0]})", ""]
     lines += ["### Success rate per method × d × dtype", "", markdown_table(table) if len(table) else "(no ZCA runs)", ""]
+    if "no NaN loss %" in table:
+        lines += ["The paper's criterion beside ours: `NaN loss (paper criterion)` counts runs whose loss became NaN; "
+                  "`censored` runs stopped at another outcome (above) before any NaN loss, so their fate under the "
+                  "paper's rule is unknown; `no NaN loss %` is over the other runs. `success %` is this toolkit's "
+                  "(any failure event counts).", ""]
     lines += _forward_failure_note(table)
     bn = results[results["norm"] == "bn"]
     if len(bn):
@@ -427,4 +482,54 @@ def report(results: pd.DataFrame, grid: dict, out_dir: pathlib.Path) -> str:
         ]
         if len(figs) > 1:
             lines += [f"![calibration]({figs[1]})", ""]
+    return "\n".join(lines)
+
+
+def _preset_report(results, g, preset, table, fit, figs, crashed, out_dir) -> str:
+    """The report of a study under a non-default preset (``paper``): its conventions, the NaN-loss
+    rate compared with Table IV, our outcomes beside it, and the deviations from the authors' code."""
+    from ..train.preset import PAPER_DEVIATIONS
+
+    steps = f"{g['max_steps']} steps (of {g['epochs']:g} epochs)" if g["max_steps"] else f"{g['epochs']:g} epochs"
+    rows = []
+    for method, row in preset.rows:
+        rows.append({"method": method, "paper name": PAPER_NAMES.get(method, "—"), "backward": row.spec,
+                     "ε": row.eps if g["eps"] is None else g["eps"], "forward": row.solver,
+                     "σ floor": row.lam_floor if row.lam_floor is not None else "—", "whitening": row.truncation,
+                     "authors' code": row.source})
+    lines = [
+        "## ZCA whitening in ResNet-18 on CIFAR-10 with the authors' layers (Wang et al., TPAMI 2021, Table IV)",
+        "",
+        f"Preset `{preset.name}`: {preset.description}. SGD lr {g['lr']:g}, momentum 0.9, wd 5e-4, batch "
+        f"{g['batch_size']}, {steps} on {g['limit_images'] or 50000} training images, lr ×{preset.gamma:g} at "
+        f"{', '.join(f'{m:g}' for m in (g['milestones'] or preset.milestones))} "
+        f"({g['milestone_unit'] or preset.milestone_unit}s), input std {preset.input_std}, convs Kaiming-normal fan_out, "
+        f"ZCA γ ~ U(0, 1), TF32 {'off' if preset.tf32 is False else 'as torch'}; {g['seeds']} seeds per cell.",
+        "",
+        markdown_table(pd.DataFrame(rows)),
+        "",
+        "Failure is the paper's criterion: a NaN loss (`no NaN loss %` over the runs whose fate under that rule is "
+        "known, compared with `paper %`). Our other outcomes are counted beside it, not merged into it: "
+        "`failures` lists the first event of each failed run (nonfinite-grad, nonfinite-loss, eigh-failed, "
+        "diverged), and runs go on training through them as the authors' script did.",
+        "",
+    ]
+    if figs:
+        lines += [f"![success rates]({figs[0]})", ""]
+    lines += ["### Per method × d × dtype", "", markdown_table(table) if len(table) else "(no ZCA runs)", ""]
+    bn = results[results["norm"] == "bn"]
+    if len(bn):
+        k = int((bn["outcome"] == "ok").sum())
+        lines += [f"BatchNorm baseline: {k}/{len(bn)} ok.", ""]
+    if len(crashed):
+        lines += [f"{len(crashed)} cell(s) crashed (a bug, not a training outcome): " + "; ".join(crashed["cell_id"].astype(str)[:5]), ""]
+    if g["baseline_study"]:
+        lines += _schedule_section(results, g, out_dir)
+        lines += [f"(Here the two studies differ in the layer — preset `{preset.name}` against `{g['baseline_study']}`'s — "
+                  "and both columns count this toolkit's outcome, the first failure event of any kind.)", ""]
+    lines += ["### Remaining differences from the authors' code", "",
+              markdown_table(pd.DataFrame(PAPER_DEVIATIONS, columns=["item", "authors' code", "this preset"])), ""]
+    if fit is not None:
+        lines += [f"Link (early diagnostics → failure of any kind): Brier in-sample {fit['brier']:.4f}, 5-fold CV "
+                  f"{fit['brier_cv']:.4f}, base rate {fit['brier_base']:.4f}; n = {fit['n']}.", ""]
     return "\n".join(lines)

@@ -1,8 +1,12 @@
 """One training run of the ZCA (or BatchNorm) ResNet-18 on CIFAR-10, with a classified outcome.
 
-Protocol (``DEFAULTS``): SGD, lr 0.1, momentum 0.9, weight decay 5e-4, batch 128 (last partial
-batch of an epoch dropped), step decay ×0.1 at 50 % and 75 % of the total steps (with the TPAMI
-paper's 350 epochs that is epochs 175 and 262). Data: CIFAR-10 decoded once (``stabkit.data``),
+Protocol (``DEFAULTS``): SGD, lr 0.1, momentum 0.9, weight decay 5e-4, batch 128 (the last partial
+batch of an epoch dropped under ``stabkit``, kept under ``paper``: 391 steps per 50 000-image epoch), step decay ×``gamma`` at ``milestones``. ``preset`` (``stabkit``,
+default, or ``paper``: ``stabkit.train.preset``) supplies every option left at None: the ZCA
+layer's conventions and ε per method, the conv init, the input std, the schedule (``stabkit``: ×0.1
+at 50 % and 75 % of the steps, ``milestone_unit="fraction"``; ``paper``: StepLR ×0.1 at epochs
+100, 200, 300 of 350), when a run stops (``stop_on``) and TF32. Milestones are fractions of the
+total steps, epochs or steps (``milestone_unit``). Data: CIFAR-10 decoded once (``stabkit.data``),
 put on the device as uint8 once per process and shared by every run (``device_data``, cached);
 random crop with 4-pixel zero padding + horizontal flip are tensor ops on the device; then
 per-channel normalisation. ``epochs`` sets the length, ``max_steps`` caps it (the "short"
@@ -19,9 +23,19 @@ protocol of the study: a fixed number of steps on a ``limit_images`` subset).
   accuracy of the last (up to) 50 steps was ≤ ``chance_acc`` (0.15), or a finished run of ≥ 100 steps
   had a test error ≥ ``chance_error`` (0.88; chance is 0.9);
 
-with ``step`` the (0-based) step of the event. Losses and gradient norms stay on the device and
-are checked every ``check_every`` steps (no per-step synchronisation); the first bad step in that
-window is reported. Every run is watched by ``stabkit.monitor``: the result holds its diagnostic
+with ``step`` the (0-based) step of the event. ``stop_on="any"`` (stabkit) stops at that event;
+``stop_on="nan-loss"`` (paper) keeps training through non-finite gradients and "diverged" events
+(as the authors' script, which stopped only at ``isnan(loss)``) and stops at a NaN loss. Either way
+the paper's criterion is recorded beside the outcome, never merged into it: ``nan_loss_step``
+(first step with a NaN loss, or None; ``nan_loss_note`` says when it is inferred: the
+eigensolver raised on a covariance made NaN by non-finite weights, where the authors' SVD returned
+NaN and their loss was NaN) and ``paper_outcome`` — ``nan-loss``, ``ok`` (no NaN loss
+over the whole horizon), ``eigh-failed``, or ``censored`` (stopped by another outcome before the
+horizon without a NaN loss). Every record also stores the preset, ε, lr, milestones (as given and
+as steps), width, image subset, input std, the TF32 flags in force and the git commit.
+
+Losses and gradient norms stay on the device and are checked every ``check_every`` steps (no
+per-step synchronisation); the first bad step in that window is reported. Every run is watched by ``stabkit.monitor``: the result holds its diagnostic
 summary over the first ``early_frac`` of the steps (``early_*``) and over the whole run
 (``run_*``). Device: ``device="auto"`` picks CUDA when available, else CPU.
 
@@ -43,13 +57,15 @@ import torch.nn.functional as F
 
 from .. import data as cifar
 from .. import monitor
-from ..methods import NAMES, format_spec, resolve_params
+from ..methods import NAMES, resolve_params
+from .preset import MILESTONE_UNITS, STOP_ON, get_preset
 from .resnet import ResNet18
 
 DEFAULTS = {
-    "method": "analytic", "params": {}, "norm": "zca", "d": 16, "dtype": "float32", "eps": 1e-4,
-    "epochs": 1.0, "max_steps": None, "batch_size": 128, "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4,
-    "milestones": (0.5, 0.75), "gamma": 0.1, "limit_images": None, "limit_test": None, "data": None,
+    "method": "analytic", "params": {}, "norm": "zca", "d": 16, "dtype": "float32", "preset": "stabkit", "eps": None,
+    "epochs": None, "max_steps": None, "batch_size": 128, "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4,
+    "milestones": None, "milestone_unit": None, "gamma": None, "stop_on": None, "tf32": None, "input_std": None, "drop_last": None,
+    "limit_images": None, "limit_test": None, "data": None,
     "device": "auto", "seed": 0, "width": 1.0, "diverge_loss": 50.0, "chance_step": None, "chance_acc": 0.15,
     "chance_error": 0.88, "early_frac": 0.2, "check_every": 10, "eval_batch": 1000, "gap_threshold": 1e-5,
 }
@@ -61,6 +77,12 @@ def resolve_config(config: dict) -> dict:
     if unknown:
         raise ValueError(f"unknown training option(s) {', '.join(sorted(unknown))}; allowed: {', '.join(DEFAULTS)}")
     cfg = {**DEFAULTS, **config}
+    preset = cfg["preset"] = get_preset(cfg["preset"])
+    for key, value in (("epochs", preset.epochs), ("milestones", preset.milestones), ("gamma", preset.gamma),
+                       ("milestone_unit", preset.milestone_unit), ("stop_on", preset.stop_on), ("tf32", preset.tf32),
+                       ("input_std", preset.input_std), ("drop_last", preset.drop_last)):
+        if cfg[key] is None:
+            cfg[key] = value
     if cfg["method"] not in NAMES:
         raise ValueError(f"unknown method {cfg['method']!r}: choose one of {', '.join(NAMES)}")
     cfg["params"] = resolve_params(cfg["method"], cfg["params"] or {})
@@ -71,6 +93,22 @@ def resolve_config(config: dict) -> dict:
     for key in ("epochs", "batch_size", "lr"):
         if not float(cfg[key]) > 0:
             raise ValueError(f"{key} must be > 0, got {cfg[key]}")
+    if cfg["milestone_unit"] not in MILESTONE_UNITS:
+        raise ValueError(f"unknown milestone unit {cfg['milestone_unit']!r}: choose {', '.join(MILESTONE_UNITS)}")
+    try:
+        cfg["milestones"] = tuple(float(m) for m in cfg["milestones"])
+    except (TypeError, ValueError):
+        raise ValueError(f"milestones must be a list of numbers, got {cfg['milestones']!r}") from None
+    if any(m < 0 for m in cfg["milestones"]) or (cfg["milestone_unit"] == "fraction" and any(m > 1 for m in cfg["milestones"])):
+        raise ValueError(f"milestones {cfg['milestones']} out of range for unit {cfg['milestone_unit']!r}")
+    if cfg["stop_on"] not in STOP_ON:
+        raise ValueError(f"unknown stop_on {cfg['stop_on']!r}: choose {', '.join(STOP_ON)}")
+    if len(tuple(cfg["input_std"])) != 3 or not all(float(v) > 0 for v in cfg["input_std"]):
+        raise ValueError(f"input_std must be three positive numbers, got {cfg['input_std']!r}")
+    cfg["input_std"] = tuple(float(v) for v in cfg["input_std"])
+    if cfg["norm"] == "zca":
+        cfg["zca"] = preset.layer(cfg["method"], cfg["params"], cfg["eps"])  # ValueError for a bad method/ε
+        cfg["eps"] = cfg["zca"].eps
     if cfg["limit_images"] is not None and int(cfg["limit_images"]) < int(cfg["batch_size"]):
         raise ValueError(f"limit_images={cfg['limit_images']} is smaller than one batch ({cfg['batch_size']})")
     cfg["device"] = pick_device(cfg["device"])
@@ -100,9 +138,9 @@ def device_data(path, device: str):
     return out
 
 
-def normalize(x_uint8: torch.Tensor) -> torch.Tensor:
+def normalize(x_uint8: torch.Tensor, std=cifar.STD) -> torch.Tensor:
     mean = torch.tensor(cifar.MEAN, device=x_uint8.device).view(1, 3, 1, 1)
-    std = torch.tensor(cifar.STD, device=x_uint8.device).view(1, 3, 1, 1)
+    std = torch.tensor(std, device=x_uint8.device).view(1, 3, 1, 1)
     return (x_uint8.float() / 255 - mean) / std
 
 
@@ -121,11 +159,11 @@ def augment(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor
 
 
 @torch.no_grad()
-def evaluate(model, images, labels, batch: int = 1000) -> float:
+def evaluate(model, images, labels, batch: int = 1000, std=cifar.STD) -> float:
     model.eval()
     wrong = torch.zeros((), device=images.device)
     for i in range(0, len(images), batch):
-        logits = model(normalize(images[i:i + batch]))
+        logits = model(normalize(images[i:i + batch], std))
         wrong += (logits.argmax(1) != labels[i:i + batch]).sum()
     model.train()
     return float(wrong) / max(1, len(images))
@@ -175,7 +213,7 @@ def train_run(config: dict, data=None) -> dict:
     batch = int(cfg["batch_size"])
     if len(train_x) < batch:
         raise ValueError(f"{len(train_x)} training images is less than one batch of {batch}")
-    per_epoch = len(train_x) // batch
+    per_epoch = len(train_x) // batch if cfg["drop_last"] else -(-len(train_x) // batch)  # ceil: a last, smaller batch
     total = max(1, int(math.ceil(float(cfg["epochs"]) * per_epoch)))
     if cfg["max_steps"]:
         total = min(total, int(cfg["max_steps"]))
@@ -183,10 +221,14 @@ def train_run(config: dict, data=None) -> dict:
     chance_step = chance_step if 0 <= chance_step < total else None
 
     torch.manual_seed(int(cfg["seed"]))
-    model = ResNet18(norm=cfg["norm"], d=int(cfg["d"]), method=cfg["method"], params=cfg["params"], eps=float(cfg["eps"]),
-                     dtype=cfg["dtype"], width=float(cfg["width"])).to(device)
+    preset = cfg["preset"]
+    model = ResNet18(norm=cfg["norm"], d=int(cfg["d"]), method=cfg["method"], params=cfg["params"],
+                     dtype=cfg["dtype"], width=float(cfg["width"]), zca=cfg.get("zca"), conv_init=preset.conv_init).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
-    milestones = sorted(int(round(m * total)) for m in cfg["milestones"])
+    milestones = milestone_steps(cfg["milestones"], cfg["milestone_unit"], total, per_epoch)
+    std = cfg["input_std"]
+    tf32_before = _set_tf32(cfg["tf32"])
+    tf32_used = _tf32_flags()
     gen = torch.Generator(device=device)
     gen.manual_seed(int(cfg["seed"]) + 1)
     losses = torch.zeros(total, device=device)
@@ -194,7 +236,8 @@ def train_run(config: dict, data=None) -> dict:
     correct = torch.zeros(total, device=device)
     params = [p for p in model.parameters()]
     outcome, event_step, done = "ok", None, 0
-    spec = format_spec(cfg["method"], cfg["params"]) if cfg["norm"] == "zca" else None
+    spec = model.norm1.spec if cfg["norm"] == "zca" else None
+    stop_any = cfg["stop_on"] == "any"
 
     with monitor.watch(bound=spec) as mon:
         try:
@@ -205,7 +248,7 @@ def train_run(config: dict, data=None) -> dict:
                 for group in opt.param_groups:
                     group["lr"] = lr
                 idx = perm[(step % per_epoch) * batch:(step % per_epoch + 1) * batch]
-                x = normalize(augment(train_x[idx], gen))
+                x = normalize(augment(train_x[idx], gen), std)
                 y = train_y[idx]
                 logits = model(x)
                 loss = F.cross_entropy(logits, y)
@@ -220,22 +263,46 @@ def train_run(config: dict, data=None) -> dict:
                 done = step + 1
                 if done % int(cfg["check_every"]) == 0 or done == total:
                     event = _first_event(losses, gnorms, correct, done, cfg, chance_step, batch)
-                    if event:
+                    if event and stop_any:
                         outcome, event_step = event
+                        break
+                    if not stop_any and bool(torch.isnan(losses[:done]).any()):
                         break
         except Exception as exc:  # noqa: BLE001 — classified below; anything else is a bug and re-raised
             event = _first_event(losses, gnorms, correct, done, cfg, chance_step, batch)
             if event:
                 outcome, event_step = event
+                eigen_error = _is_eigen_failure(exc)
             elif _is_eigen_failure(exc):
-                outcome, event_step = "eigh-failed", done
+                outcome, event_step, eigen_error = "eigh-failed", done, True
             else:
+                _set_tf32(tf32_before)
                 raise
+        else:
+            eigen_error = False
+    if not stop_any and outcome == "ok":
+        event = _first_event(losses, gnorms, correct, done, cfg, chance_step, batch)
+        if event:
+            outcome, event_step = event
+    nan_steps = torch.nonzero(torch.isnan(losses[:done]))
+    nan_loss_step = int(nan_steps[0]) if len(nan_steps) else None
+    nan_loss_note = ""
+    if nan_loss_step is None and eigen_error and not all(bool(torch.isfinite(p).all()) for p in params):
+        # the eigensolver raised on a NaN covariance (non-finite weights from an earlier step's NaN
+        # gradient): the authors' torch.svd returned NaN there and their loss was NaN at this step
+        nan_loss_step, nan_loss_note = done, "inferred: eigensolver raised on non-finite weights"
     test_error = None
-    if outcome == "ok":
-        test_error = evaluate(model, test_x, test_y, int(cfg["eval_batch"]))
-        if total >= 100 and test_error >= cfg["chance_error"]:
+    if outcome == "ok" or (not stop_any and nan_loss_step is None and not eigen_error and done == total):
+        test_error = evaluate(model, test_x, test_y, int(cfg["eval_batch"]), std)
+        if outcome == "ok" and total >= 100 and test_error >= cfg["chance_error"]:
             outcome, event_step = "diverged", total
+    _set_tf32(tf32_before)
+    if nan_loss_step is not None:
+        paper_outcome = "nan-loss"
+    elif eigen_error:
+        paper_outcome = "eigh-failed"
+    else:
+        paper_outcome = "ok" if done == total else "censored"
     records = mon.records
     early = monitor.summarize(records, until_step=max(1, int(round(cfg["early_frac"] * total))), gap_threshold=cfg["gap_threshold"])
     whole = monitor.summarize(records, gap_threshold=cfg["gap_threshold"])
@@ -245,7 +312,55 @@ def train_run(config: dict, data=None) -> dict:
         "steps_total": total, "steps_done": done, "final_loss": float(finished[-1]) if done else float("nan"),
         "method": cfg["method"], "spec": spec or "bn", "norm": cfg["norm"], "d": int(cfg["d"]), "dtype": cfg["dtype"],
         "seed": int(cfg["seed"]), "device": device,
+        "nan_loss_step": nan_loss_step, "nan_loss_note": nan_loss_note, "paper_outcome": paper_outcome,
+        **run_settings(cfg, milestones, model, tf32_used),
         **{f"early_{k}": v for k, v in early.items()}, **{f"run_{k}": v for k, v in whole.items()},
+    }
+
+
+def milestone_steps(milestones, unit: str, total: int, per_epoch: int) -> list[int]:
+    """The steps at which the lr is multiplied by gamma: milestones as fractions of ``total``, epochs
+    (``per_epoch`` steps each, as StepLR stepped once per epoch) or steps."""
+    scale = {"fraction": total, "epoch": per_epoch, "step": 1}[unit]
+    return sorted(int(round(float(m) * scale)) for m in milestones)
+
+
+def _tf32_flags() -> dict:
+    return {"tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32), "tf32_cudnn": bool(torch.backends.cudnn.allow_tf32)}
+
+
+def _set_tf32(value):
+    """Set both TF32 flags (None: leave them); returns the previous flags for restoring."""
+    before = _tf32_flags()
+    if isinstance(value, dict):
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = value["tf32_matmul"], value["tf32_cudnn"]
+    elif value is not None:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(value)
+    return before
+
+
+@functools.lru_cache(maxsize=1)
+def _commit() -> str:
+    from ..studies.runner import REPO, _git_commit  # the runner's rule (STABKIT_GIT_COMMIT in a copy without .git)
+
+    return _git_commit(REPO / "reports")  # a study writing its cells there does not make the checkout "dirty"
+
+
+def run_settings(cfg: dict, milestone_steps_: list[int], model, tf32_used: dict) -> dict:
+    """What a run record must carry to be reproduced: preset, ε, schedule, subset, width, std, TF32, commit."""
+    zca = cfg.get("zca")
+    return {
+        "preset": cfg["preset"].name, "eps": cfg["eps"], "lr": float(cfg["lr"]), "gamma": float(cfg["gamma"]),
+        "milestones": ",".join(f"{m:g}" for m in cfg["milestones"]), "milestone_unit": cfg["milestone_unit"],
+        "milestone_steps": ",".join(str(m) for m in milestone_steps_), "epochs": float(cfg["epochs"]),
+        "max_steps": cfg["max_steps"], "width": float(cfg["width"]), "limit_images": cfg["limit_images"],
+        "limit_test": cfg["limit_test"], "batch_size": int(cfg["batch_size"]),
+        "input_std": ",".join(f"{v:g}" for v in cfg["input_std"]), "stop_on": cfg["stop_on"],
+        "drop_last": bool(cfg["drop_last"]),
+        "zca_solver": zca.solver if zca else None, "zca_truncation": zca.truncation if zca else None,
+        "zca_covariance": zca.covariance if zca else None, "zca_lam_floor": zca.lam_floor if zca else None,
+        "spec_note": getattr(getattr(model, "norm1", None), "spec_note", "") or "",
+        **tf32_used, "commit": _commit(),
     }
 
 

@@ -4,6 +4,9 @@ conv1 3×3 stride 1 → 64 channels → ZCA whitening (replacing conv1's BatchNo
 stays BatchNorm) → ReLU → BasicBlocks [2, 2, 2, 2] with 64/128/256/512 channels and strides
 1/2/2/2 → 4×4 average pooling → linear 10. ``norm="bn"`` is the plain-BatchNorm baseline.
 ``width`` scales the channel counts (64·width for conv1): tests use a narrow network.
+``zca`` (a :class:`stabkit.train.preset.ZCAConfig`) sets the ZCA layer's conventions, overriding
+``method``/``params``/``eps``; ``conv_init="kaiming-fan-out"`` initialises every conv
+Kaiming-normal (fan_out, ReLU) as the authors' ``models/resnet.py`` (default: torch's own init).
 """
 
 from __future__ import annotations
@@ -34,12 +37,12 @@ class BasicBlock(nn.Module):
 class ResNet18(nn.Module):
     def __init__(self, norm: str = "zca", d: int = 16, method: str = "analytic", params: dict | None = None,
                  eps: float = 1e-4, dtype: str = "float32", num_classes: int = 10, width: float = 1.0,
-                 blocks=(2, 2, 2, 2)):
+                 blocks=(2, 2, 2, 2), zca=None, conv_init: str = "torch-default"):
         super().__init__()
         channels = [max(1, int(round(c * width))) for c in (64, 128, 256, 512)]
         self.conv1 = nn.Conv2d(3, channels[0], 3, 1, 1, bias=False)
         if norm == "zca":
-            self.norm1 = ZCAWhitening(channels[0], d=d, method=method, params=params, eps=eps, dtype=dtype)
+            self.norm1 = ZCAWhitening(channels[0], d=d, method=method, params=params, eps=eps, dtype=dtype, config=zca)
         elif norm == "bn":
             self.norm1 = nn.BatchNorm2d(channels[0])
         else:
@@ -51,6 +54,12 @@ class ResNet18(nn.Module):
                 cin = cout
         self.layers = nn.Sequential(*layers)
         self.linear = nn.Linear(cin, num_classes)
+        if conv_init == "kaiming-fan-out":
+            for m in self.modules():
+                if isinstance(m, nn.Conv2d):
+                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif conv_init != "torch-default":
+            raise ValueError(f"unknown conv_init {conv_init!r}: choose torch-default or kaiming-fan-out")
 
     def forward(self, x):
         out = F.relu(self.norm1(self.conv1(x)))

@@ -15,6 +15,12 @@ SVD-PI = ``pi``, SVD-Taylor = ``taylor``, SVD-Clip = ``clip``, …).
 default energy threshold): it bounds Λ^{-1/2} ≤ 100 and keeps Σ positive definite, but it does not
 separate close eigenvalues, so it does not bound the analytic gradient's 1/(λ_i − λ_j).
 
+Conventions (εI, forward solver, clamp, covariance, truncation of the whitening to kept pairs, γ
+init) come from a frozen :class:`stabkit.train.preset.ZCAConfig`; without one the layer is the
+``stabkit`` preset's (``method``/``params``/``eps`` as given), as before. With a truncation rule the
+whitening keeps only the pairs the rule keeps: W = Σ_{i kept} λ_i^{-1/2} u_i u_iᵀ (the NeurIPS 2019
+paper's Alg. 1), so no gradient reaches the dropped pairs through the output.
+
 Eval mode uses the running mean and running whitening matrix, updated in training as
 running ← (1 − momentum)·running + momentum·batch (momentum 0.1, as BatchNorm). ``dtype`` sets
 the computation dtype of covariance, eigendecomposition and whitening (float32 or float64; the
@@ -27,36 +33,114 @@ import torch
 from torch import nn
 
 from .. import torch as sktorch
-from ..methods import resolve_params
+from ..methods import format_spec, parse_spec, resolve_params
+from .preset import ZCAConfig, available_spec
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
-
-def group_covariance(xg: torch.Tensor, eps: float):
+def group_covariance(xg: torch.Tensor, eps: float, symmetrize: bool = True):
     """Mean μ (G, d, 1), centred samples X_g − μ and Σ + εI (G, d, d) of grouped samples xg (G, d, m),
-    in xg's dtype; Σ is symmetrised so that rounding cannot make it asymmetric."""
+    in xg's dtype; Σ is symmetrised (by default) so that rounding cannot make it asymmetric."""
     mean = xg.mean(-1, keepdim=True)
     xc = xg - mean
     eye = torch.eye(xg.shape[1], dtype=xg.dtype, device=xg.device)
     cov = xc @ xc.transpose(1, 2) / xc.shape[-1] + eps * eye
-    return mean, xc, (cov + cov.transpose(1, 2)) / 2
+    return mean, xc, ((cov + cov.transpose(1, 2)) / 2 if symmetrize else cov)
+
+
+def block_covariance(xg: torch.Tensor, eps: float):
+    """As :func:`group_covariance`, the authors' way: one C×C product X Xᵀ/m + εI over all C = G·d
+    channels, then its G diagonal d×d blocks; not symmetrised."""
+    G, d, m = xg.shape
+    x = xg.reshape(G * d, m)
+    mean = x.mean(-1, keepdim=True)
+    xc = x - mean
+    full = xc @ xc.T / m + eps * torch.eye(G * d, dtype=x.dtype, device=x.device)
+    blocks = torch.diagonal(full.reshape(G, d, G, d), dim1=0, dim2=2).permute(2, 0, 1)
+    return mean.reshape(G, d, 1), xc.reshape(G, d, m), blocks
+
+
+def _prefix(ok: torch.Tensor) -> torch.Tensor:
+    """kept[..., j] = ok[..., 0] & … & ok[..., j]."""
+    return torch.cumprod(ok.to(torch.int8), dim=-1).bool()
+
+
+@torch.no_grad()
+def kept_mask(lam: torch.Tensor, rule: str, eps: float) -> torch.Tensor | None:
+    """Which eigenpairs (same index order as ``lam``, (..., d)) the whitening keeps; None = all.
+
+    ``svd-pi`` (SVD-PI, NeurIPS 2019 Alg. 1): going down from the largest, stop at the first j with
+    σ_j ≤ ε or γ_j = Σ_{k≤j} σ_k / Σ σ ≥ 1 − ε (γ_j includes σ_j). ``svd-head`` (the SVD baseline of
+    the authors' later code): keep down to and including the first σ_j ≤ ε, only the largest if
+    none. ``pi-stop`` (PI baseline): ``lam`` in power iteration's index order (index d − 1 found
+    first); the first is kept, then stop at the first λ_j > λ_{j−1} or λ_j < ε.
+    """
+    if rule == "none":
+        return None
+    d = lam.shape[-1]
+    if rule == "pi-stop":
+        e = torch.flip(lam, (-1,))
+        ok = torch.ones_like(e, dtype=torch.bool)
+        ok[..., 1:] = (e[..., 1:] <= e[..., :-1]) & (e[..., 1:] >= eps)
+        return torch.flip(_prefix(ok), (-1,))
+    desc, order = torch.sort(lam, dim=-1, descending=True)
+    if rule == "svd-pi":
+        ratio = torch.cumsum(desc, -1) / desc.sum(-1, keepdim=True)
+        kept_sorted = _prefix((ratio < 1 - eps) & (desc > eps))
+    elif rule == "svd-head":
+        low = desc <= eps
+        count = torch.where(low.any(-1), low.to(torch.int64).argmax(-1) + 1, torch.ones_like(low[..., 0], dtype=torch.int64))
+        kept_sorted = torch.arange(d, device=lam.device) < count[..., None]
+    else:
+        raise ValueError(f"unknown truncation rule {rule!r}")
+    return torch.zeros_like(kept_sorted).scatter(-1, order, kept_sorted)
+
+
+def whitening_matrix(lam: torch.Tensor, U: torch.Tensor, config: ZCAConfig,
+                     method_kept: torch.Tensor | None = None) -> torch.Tensor:
+    """U diag(s^{-1/2}) Uᵀ over the kept pairs, s = λ (eigh) or |λ| (svd) raised to the floor.
+    A pair is kept when the layer's truncation rule and the method's forward (``method_kept``,
+    e.g. SVD-PI's pairs, NeurIPS 2019 Alg. 1) both keep it.
+    The floor acts on the forward value only: its gradient passes straight through, as in the
+    authors' svdv2 (they clamp σ after the SVD and back-propagate ∂L/∂σ unchanged)."""
+    s = lam.abs() if config.solver == "svd" else lam
+    if config.lam_floor is not None:
+        s = s + (s.clamp_min(config.lam_floor) - s).detach()
+    kept = kept_mask(s.detach() if config.truncation != "pi-stop" else lam.detach(), config.truncation, config.eps)
+    if method_kept is not None:
+        kept = method_kept if kept is None else kept & method_kept
+    if kept is None:
+        return (U * s.rsqrt()[:, None, :]) @ U.transpose(1, 2)
+    inv = torch.where(kept, torch.where(kept, s, torch.ones_like(s)).rsqrt(), torch.zeros_like(s))
+    return (U * inv[:, None, :]) @ U.transpose(1, 2)
+
 
 class ZCAWhitening(nn.Module):
     def __init__(self, num_features: int, d: int = 16, method: str = "analytic", params: dict | None = None,
-                 eps: float = 1e-4, momentum: float = 0.1, dtype: str = "float32", affine: bool = True):
+                 eps: float = 1e-4, momentum: float = 0.1, dtype: str = "float32", affine: bool = True,
+                 config: ZCAConfig | None = None):
         super().__init__()
         if d < 1 or num_features % d:
             raise ValueError(f"group size d={d} must divide the number of channels {num_features}")
         if dtype not in DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}: choose float32 or float64")
-        if not eps >= 0:
-            raise ValueError(f"eps must be ≥ 0, got {eps}")
+        if config is None:
+            if not eps >= 0:
+                raise ValueError(f"eps must be ≥ 0, got {eps}")
+            config = ZCAConfig(spec=format_spec(method, resolve_params(method, params)), eps=float(eps))
+        spec, self.spec_note = available_spec(config.spec)
+        self.config = config
         self.num_features, self.d, self.groups = num_features, d, num_features // d
-        self.method, self.params = method, resolve_params(method, params)
-        self.eps, self.momentum, self.compute_dtype = float(eps), float(momentum), DTYPES[dtype]
+        self.method, self.params = parse_spec(spec)
+        self.spec = format_spec(self.method, self.params)
+        self.eps, self.momentum, self.compute_dtype = float(config.eps), float(momentum), DTYPES[dtype]
+        self.forward_calls = 0
         if affine:
             self.weight = nn.Parameter(torch.ones(num_features))
+            if config.weight_init == "uniform":
+                with torch.no_grad():
+                    self.weight.uniform_()
             self.bias = nn.Parameter(torch.zeros(num_features))
         else:
             self.register_parameter("weight", None)
@@ -65,7 +149,10 @@ class ZCAWhitening(nn.Module):
         self.register_buffer("running_whitening", torch.eye(d).expand(self.groups, d, d).clone())
 
     def extra_repr(self):
-        return f"{self.num_features}, d={self.d}, method={self.method}, eps={self.eps:g}, dtype={self.compute_dtype}"
+        c = self.config
+        extra = "" if (c.solver, c.truncation, c.covariance) == ("eigh", "none", "grouped") else \
+            f", solver={c.solver}, floor={c.lam_floor}, truncation={c.truncation}, covariance={c.covariance}"
+        return f"{self.num_features}, d={self.d}, method={self.spec}, eps={self.eps:g}, dtype={self.compute_dtype}{extra}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
@@ -73,11 +160,16 @@ class ZCAWhitening(nn.Module):
             raise ValueError(f"expected {self.num_features} channels, got {C}")
         xg = x.to(self.compute_dtype).transpose(0, 1).reshape(self.groups, self.d, -1)  # G, d, m
         if self.training:
-            mean, xc, cov = group_covariance(xg, self.eps)
-            lam, U, kept = sktorch.eigh_kept(cov, self.method, **self.params)
-            # W = U diag(kept·λ^-½) Uᵀ: only the pairs the method keeps (SVD-PI, NeurIPS 2019 Alg. 1)
-            scale = torch.where(kept, torch.where(kept, lam, torch.ones_like(lam)).rsqrt(), torch.zeros_like(lam))
-            whitening = (U * scale[:, None, :]) @ U.transpose(1, 2)
+            cfg = self.config
+            if cfg.covariance == "full":
+                mean, xc, cov = block_covariance(xg, self.eps)
+                cov = (cov + cov.transpose(1, 2)) / 2 if cfg.symmetrize else cov
+            else:
+                mean, xc, cov = group_covariance(xg, self.eps, cfg.symmetrize)
+            params = {**self.params, "seed": self.forward_calls} if cfg.fresh_starts and "seed" in self.params else self.params
+            self.forward_calls += 1
+            lam, U, kept = sktorch.eigh_kept(cov, self.method, **params)
+            whitening = whitening_matrix(lam, U, cfg, kept)
             with torch.no_grad():
                 m = self.momentum
                 self.running_mean.mul_(1 - m).add_(m * mean.to(self.running_mean.dtype))

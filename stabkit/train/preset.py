@@ -1,0 +1,257 @@
+"""Presets of the ZCA layer and the training protocol: ``stabkit`` (default) and ``paper``.
+
+A preset is parsed once, at the edge (``get_preset("paper")``), and travels as a frozen
+:class:`Preset`; ``Preset.layer(method)`` gives the frozen :class:`ZCAConfig` one ZCA layer needs.
+Backward rules stay in the method registry (``stabkit.methods``): a preset only names a method
+spec per Table IV row (:data:`PAPER_BACKWARD_SPECS`, the one place where those specs are listed).
+
+``stabkit`` is the layer the committed reports used: εI = 1e-4 for every method, torch.linalg.eigh
+forward with no clamp, one batched covariance product per group shape (symmetrised), the full
+whitening, γ = 1, torch's default conv init, input std (0.2470, 0.2435, 0.2616), ×0.1 at 50 % and
+75 % of the steps, and a run stops at its first failure event of any kind.
+
+``paper`` reproduces the authors' public layers, row by row of Wang et al., TPAMI 2021, Table IV
+(CIFAR-10, ResNet-18, ZCA after conv1, 15 runs × 350 epochs, float32). Sources, read at
+github.com/cvlab-epfl/Power-Iteration-SVD ("PI-SVD", CIFAR-10 code of the NeurIPS 2019 paper) and
+github.com/WeiWangTrento/Robust-Differentiable-SVD ("RDS", code of the TPAMI paper), and which
+version produced each row:
+
+* SVD (``analytic``): PI-SVD commit a3f2e1f (2019-05-27), ``ZCANorm.py::ZCANormOrg`` — autograd
+  through ``torch.svd`` of each diagonal block, the full whitening V diag(σ^{-1/2}) Vᵀ, ε = 1e-4.
+  Evidence: the NeurIPS draft committed a week earlier (a5bc13f, ``Nips/tex/3_experiments.tex``)
+  already reports SVD as NaN for G1–G8 and 4.43 % error for G16 (d = 4), and that layer had no
+  truncation. The truncation loop of the later versions (PI-SVD 1e6a6e7 ``ZCANormOrg``, HEAD
+  ``ZCANormSVDunstable``, RDS ``ZCANormOrg``: keep pairs up to and *including* the first σ ≤ ε,
+  and only the largest pair when no σ ≤ ε) appeared in September 2019, after the table; it is
+  kept as the separate preset ``paper-svd-head`` (truncation ``svd-head``).
+* PI (``pi-forward``): PI-SVD HEAD ``ZCANorm.py::ZCANormPIunstable`` with
+  ``torch_utils.py::power_iteration_unstable`` (19 iterations, backprop through all of them,
+  deflation M ← M − M v vᵀ), fresh ``randn`` start vectors at every forward, ε = 1e-4, no SVD.
+  Stopping rule (truncation ``pi-stop``): the first pair is always kept; pair j ≥ 1 stops the
+  loop when its Rayleigh quotient exceeds the previous one or is < ε.
+* SVD-PI (``pi``): PI-SVD HEAD ``ZCANorm.py::ZCANormSVDPI`` with
+  ``torch_utils.py::power_iteration_once`` (num_iter = 19: the backward sums (M/‖Mv‖)^i for
+  i = 0…19, i.e. 20 power-iteration steps from the exact eigenvector), ε = 1e-4. Forward
+  truncated (truncation ``svd-pi``): going down from the largest σ, stop at the first j with
+  γ_j = Σ_{k≤j} σ_k / Σ σ ≥ 1 − ε (γ_j includes σ_j, so the smallest pair is always dropped) or
+  σ_j ≤ ε — the NeurIPS paper's Alg. 1 with ε = 1e-4, K = 19 (draft a5bc13f, ``2_method.tex``).
+  The RDS copy ``ZCANormPI`` (ε = 1e-10, num_iter = 9) is a later ImageNet variant, not this row.
+* SVD-Taylor (``taylor``): RDS HEAD ``ZCANorm.py::ZCANormPIv2`` with ``torch_utils.py::svdv2``
+  and ``geometric_approximation`` (K = 9: 1 + p + … + p⁹; at exact ties both F_ij and F_ji are
+  +(K+1)/σ), ``torch.svd`` forward, σ clamped ≥ 1e-10, ε = 1e-2 (the layer's default; RDS's
+  ``main_imgnet.py`` logs as "group1e-2taylor9"). Not the PI-SVD 1e6a6e7 ``geometric_approximation``
+  (``range(19)``, a1 += a1·p^k: the product ∏_{k=1..19}(1 + p^k), not the series; RDS keeps that form
+  with 9 factors as ``bug_geometric_approximation``), nor RDS ``geometric_approximation_old`` (squares p)
+  or ``v3geometric_approximation``.
+* SVD-Clip (``clip``): RDS HEAD ``ZCANorm.py::ZCANormPIv2Clip`` with ``svdv2clip`` and ``clip``
+  (F_ij = 1/max(σ_i − σ_j, 0.01) for σ_i > σ_j, i.e. τ = 100; 0 at exact ties), σ clamped ≥ 1e-5,
+  ε = 1e-2.
+
+Common to all rows: ``groups`` in the authors' layers is the number of groups G (d = 64/G); the
+covariance is one C×C product ``x xᵀ/(N·H·W) + εI`` whose diagonal d×d blocks are taken (no
+symmetrisation); affine γ ~ U(0, 1), β = 0; every conv Kaiming-normal (fan_out, ReLU), BatchNorm
+γ = 1, β = 0 (``models/resnet.py::ResNet.__init__``); input normalised with mean (0.4914, 0.4822,
+0.4465) and std (0.2023, 0.1994, 0.2010); SGD lr 0.1, momentum 0.9, wd 5e-4, batch 128,
+``StepLR(step_size=100, gamma=0.1)`` stepped per epoch over 350 epochs, the DataLoader keeping the
+last partial batch (391 steps per epoch) (PI-SVD ``main.py``);
+failure = NaN loss (``isnan(loss)`` before the backward, then ``sys.exit``). The remaining
+differences are in :data:`PAPER_DEVIATIONS` and in ``studies/zca-cifar10-paper.toml``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from ..methods import format_spec, parse_spec
+
+#: Table IV method (registry name used by the study) → backward spec of the authors' code. The
+#: ``ties=zero`` variant of clip is added by the fid-methods work; until it exists the layer uses
+#: :data:`FALLBACK_SPECS` and the run record says so (``spec`` and ``spec_note``).
+PAPER_BACKWARD_SPECS = {
+    "analytic": "analytic",          # SVD: autograd through torch.svd = the analytic rule on kept pairs
+    "pi-forward": "pi-forward",      # PI: 19 iterations, random starts (fresh every forward)
+    "pi": "pi:steps=20",             # SVD-PI: power_iteration_once sums 20 terms (num_iter = 19)
+    "taylor": "taylor-song:K=9",     # SVD-Taylor: K = 9 with same-sign ties = geometric_approximation
+    "clip": "clip:ties=zero",        # SVD-Clip: F = 0 at exact ties
+}
+FALLBACK_SPECS = {"clip:ties=zero": "clip"}
+
+PAPER_STD = (0.2023, 0.1994, 0.2010)
+STABKIT_STD = (0.2470, 0.2435, 0.2616)
+SOLVERS = ("eigh", "svd")
+TRUNCATIONS = ("none", "svd-head", "svd-pi", "pi-stop")
+MILESTONE_UNITS = ("fraction", "epoch", "step")
+STOP_ON = ("any", "nan-loss")
+
+
+@dataclass(frozen=True)
+class ZCAConfig:
+    """Everything one ZCA layer needs, resolved for one method (see ``stabkit.train.zca``)."""
+
+    spec: str = "analytic"           # registry spec of the backward
+    eps: float = 1e-4                # εI added to Σ, and the truncation threshold
+    solver: str = "eigh"             # "svd": σ = |λ| (singular values of symmetric Σ), then the floor
+    lam_floor: float | None = None   # forward clamp σ ≥ floor; the gradient passes straight through
+    truncation: str = "none"         # which pairs the whitening keeps (TRUNCATIONS)
+    covariance: str = "grouped"      # "grouped": one product per group; "full": C×C, diagonal blocks
+    symmetrize: bool = True          # (Σ + Σᵀ)/2 after the product
+    weight_init: str = "ones"        # affine γ: "ones" or "uniform" (U(0, 1))
+    fresh_starts: bool = False       # pi-forward: new random start vectors at every forward
+    source: str = ""                 # where the convention comes from
+
+    def __post_init__(self):
+        if self.solver not in SOLVERS:
+            raise ValueError(f"unknown ZCA solver {self.solver!r}: choose {', '.join(SOLVERS)}")
+        if self.truncation not in TRUNCATIONS:
+            raise ValueError(f"unknown ZCA truncation {self.truncation!r}: choose {', '.join(TRUNCATIONS)}")
+        if self.covariance not in ("grouped", "full"):
+            raise ValueError(f"unknown ZCA covariance {self.covariance!r}: choose grouped or full")
+        if self.weight_init not in ("ones", "uniform"):
+            raise ValueError(f"unknown ZCA weight init {self.weight_init!r}: choose ones or uniform")
+        if not self.eps >= 0:
+            raise ValueError(f"eps must be ≥ 0, got {self.eps}")
+        if self.lam_floor is not None and not self.lam_floor >= 0:
+            raise ValueError(f"lam_floor must be ≥ 0, got {self.lam_floor}")
+
+    @property
+    def method(self) -> str:
+        return parse_spec(self.spec)[0]
+
+    @property
+    def params(self) -> dict:
+        return parse_spec(self.spec)[1]
+
+
+@dataclass(frozen=True)
+class Row:
+    """One method's layer-side conventions within a preset (the backward is ``spec``)."""
+
+    spec: str
+    eps: float
+    solver: str = "eigh"
+    lam_floor: float | None = None
+    truncation: str = "none"
+    fresh_starts: bool = False
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named layer + protocol convention; ``rows`` maps a Table IV method name to its :class:`Row`
+    (empty: any registry spec, with ``default_eps``)."""
+
+    name: str
+    covariance: str
+    symmetrize: bool
+    weight_init: str
+    conv_init: str                   # "torch-default" or "kaiming-fan-out"
+    input_std: tuple
+    epochs: float
+    milestones: tuple
+    milestone_unit: str
+    gamma: float
+    stop_on: str                     # "any": stop at the first failure event; "nan-loss": only at NaN loss
+    tf32: bool | None                # None: leave torch's setting alone
+    drop_last: bool = True           # drop an epoch's last partial batch (the authors' DataLoader keeps it)
+    default_eps: float = 1e-4
+    rows: tuple = field(default_factory=tuple)  # ((method name, Row), …)
+    description: str = ""
+
+    def row(self, method: str) -> Row | None:
+        return dict(self.rows).get(method)
+
+    def layer(self, method: str, params: dict | None = None, eps: float | None = None) -> ZCAConfig:
+        """The ZCA layer config of ``method`` (a registry name) under this preset; ``eps`` overrides
+        the preset's ε. The paper preset fixes each row's backward: params must be the defaults."""
+        common = {"covariance": self.covariance, "symmetrize": self.symmetrize, "weight_init": self.weight_init}
+        if not self.rows:
+            spec = format_spec(*parse_spec(method)) if params is None else format_spec(method, params)
+            return ZCAConfig(spec=spec, eps=self.default_eps if eps is None else float(eps), **common)
+        row = self.row(method)
+        if row is None:
+            raise ValueError(f"preset {self.name!r} has no row for method {method!r}: choose one of "
+                             f"{', '.join(m for m, _ in self.rows)} (or preset 'stabkit')")
+        if params and format_spec(method, params) != method:
+            raise ValueError(f"preset {self.name!r} fixes the backward of {method!r} to {row.spec!r}; "
+                             f"got parameters {format_spec(method, params)!r} (use preset 'stabkit' to vary them)")
+        eps = row.eps if eps is None else float(eps)
+        spec = row.spec
+        if spec.partition(":")[0] == "pi":  # the authors' SVD-PI uses the layer's ε as its truncation threshold too
+            name, row_params = parse_spec(spec)
+            spec = format_spec(name, {**row_params, "eps": eps})
+        return ZCAConfig(spec=spec, eps=eps, solver=row.solver,
+                         lam_floor=row.lam_floor, truncation=row.truncation, fresh_starts=row.fresh_starts,
+                         source=row.source, **common)
+
+
+def available_spec(spec: str) -> tuple[str, str]:
+    """(spec the registry can run, note): a variant not registered yet falls back, with a note."""
+    try:
+        parse_spec(spec)
+        return spec, ""
+    except ValueError:
+        fallback = FALLBACK_SPECS.get(spec)
+        if fallback is None:
+            raise
+        return fallback, f"{spec} not in the method registry yet; ran {fallback}"
+
+
+_PI_SVD = "cvlab-epfl/Power-Iteration-SVD"
+_RDS = "WeiWangTrento/Robust-Differentiable-SVD"
+
+PAPER_ROWS = (
+    ("analytic", Row(PAPER_BACKWARD_SPECS["analytic"], 1e-4, solver="svd",
+                     source=f"{_PI_SVD}@a3f2e1f ZCANorm.py::ZCANormOrg")),
+    ("pi-forward", Row(PAPER_BACKWARD_SPECS["pi-forward"], 1e-4, truncation="pi-stop", fresh_starts=True,
+                       source=f"{_PI_SVD} ZCANorm.py::ZCANormPIunstable, torch_utils.py::power_iteration_unstable")),
+    ("pi", Row(PAPER_BACKWARD_SPECS["pi"], 1e-4, solver="svd", truncation="svd-pi",
+               source=f"{_PI_SVD} ZCANorm.py::ZCANormSVDPI, torch_utils.py::power_iteration_once")),
+    ("taylor", Row(PAPER_BACKWARD_SPECS["taylor"], 1e-2, solver="svd", lam_floor=1e-10,
+                   source=f"{_RDS} ZCANorm.py::ZCANormPIv2, torch_utils.py::svdv2/geometric_approximation")),
+    ("clip", Row(PAPER_BACKWARD_SPECS["clip"], 1e-2, solver="svd", lam_floor=1e-5,
+                 source=f"{_RDS} ZCANorm.py::ZCANormPIv2Clip, torch_utils.py::svdv2clip/clip")),
+)
+
+PRESETS = {
+    "stabkit": Preset(
+        name="stabkit", covariance="grouped", symmetrize=True, weight_init="ones", conv_init="torch-default",
+        input_std=STABKIT_STD, epochs=1.0, milestones=(0.5, 0.75), milestone_unit="fraction", gamma=0.1,
+        stop_on="any", tf32=None, default_eps=1e-4,
+        description="today's layer: ε = 1e-4, eigh, grouped covariance, full whitening, γ = 1"),
+    "paper": Preset(
+        name="paper", covariance="full", symmetrize=False, weight_init="uniform", conv_init="kaiming-fan-out",
+        input_std=PAPER_STD, epochs=350.0, milestones=(100, 200, 300), milestone_unit="epoch", gamma=0.1,
+        stop_on="nan-loss", tf32=False, drop_last=False, rows=PAPER_ROWS,
+        description="the authors' public layers per Table IV row (see stabkit.train.preset)"),
+}
+PRESETS["paper-svd-head"] = replace(
+    PRESETS["paper"], name="paper-svd-head",
+    rows=tuple((m, replace(r, truncation="svd-head", source=f"{_PI_SVD} ZCANorm.py::ZCANormSVDunstable"))
+               if m == "analytic" else (m, r) for m, r in PAPER_ROWS),
+    description="paper, with the SVD baseline of PI-SVD HEAD (truncated through the first σ ≤ ε, else one pair)")
+
+#: Differences between the ``paper`` preset and the authors' code that remain (also in the study file).
+PAPER_DEVIATIONS = (
+    ("forward solver", "torch.svd of each block", "eigh, σ = |λ| (equal in exact arithmetic for symmetric Σ); "
+     "other rounding, ascending order"),
+    ("clamp and backward", "kernel evaluated at the clamped σ", "kernel at |λ|; differs only where |λ| < floor"),
+    ("SVD-PI whitening", "λ̃ = Rayleigh quotient on the deflated matrix; stops when |λ̃ − σ|/σ > 0.1 or λ̃ < 0",
+     "σ; the Rayleigh stop is the method's (pi), not the layer's"),
+    ("PI random starts", "torch.randn_like from the global RNG", "numpy generator seeded by the step counter"),
+    ("data pipeline", "torchvision RandomCrop(32, padding=4) + flip, DataLoader shuffle",
+     "the same transforms as tensor ops on the device, own shuffle order"),
+    ("multi-GPU wrapper", "nn.DataParallel, cudnn.benchmark", "one device, cudnn defaults"),
+    ("clip ties", "F = 0 at exact ties", "needs the clip:ties=zero variant; until registered, clip (±τ at ties)"),
+)
+
+
+def get_preset(preset) -> Preset:
+    """``Preset`` from a name (or a Preset, returned as is); ValueError naming the choices."""
+    if isinstance(preset, Preset):
+        return preset
+    if preset is None:
+        return PRESETS["stabkit"]
+    try:
+        return PRESETS[str(preset)]
+    except KeyError:
+        raise ValueError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}") from None
