@@ -11,7 +11,10 @@ modes 1/2).  When the invariant subspace of a cluster has converged, a Rayleigh�
 cluster block (float64 eigh of the shifted block, orthonormalized to full precision by
 Newton–Schulz) separates eigenvalues that differ by rounding only, after which the plain iteration
 resolves them; sub-clusters the float64 block eigh could not split get a further Rayleigh–Ritz
-step (up to 4 in all).  X is a matrix of integers with an implicit scale 2^-s and A is scaled exactly to
+step (up to 4 in all).  A separated pair whose correction |E_ij| exceeds 2^-10 lies outside the
+Newton region (its gap is below the mixing of its still arbitrary vectors — exactly repeated
+eigenvalues split by rounding, once ω drops below the split); its run is refined as one cluster
+until the Rayleigh–Ritz step resolves it, instead of cycling.  X is a matrix of integers with an implicit scale 2^-s and A is scaled exactly to
 integers, so XᵀX, AX, XᵀAX are *exact* (``flint.fmpz_mat`` products, multi-modular).
 
 Certificate (all from exact integer quantities; final bound arithmetic in float64 with a safety
@@ -60,6 +63,7 @@ import numpy as np
 
 MAX_DIGITS = 60.0
 _SAFE = 1.0 + 1e-9  # covers float64 rounding in the bound arithmetic (≪ 1e-9 relative in total)
+_NEWTON_MAX = 2.0 ** -10  # largest |E_ij| of a separated pair that the refinement applies as is
 
 
 # ----------------------------------------------------------------------------------------------
@@ -210,6 +214,16 @@ def _refine(A: np.ndarray, target_bits: int, lam0: np.ndarray, Q0: np.ndarray, m
         N = _shift(cur.S, w - a) + R2 * lam[None, :]  # scale w + 2s
         E = np.where(clus, R2 // 2, N // den_safe)  # scale 2s
         Ef = _to_float(E, s2)
+        # A pair split by the cluster test whose correction is not small lies outside the Newton
+        # region: its eigenvalues are closer than the mixing of its (not yet resolved) vectors.
+        # Updating it would throw the iterate away (it cycled on exactly repeated eigenvalues split
+        # by rounding); treat its run as one cluster instead, so that its invariant subspace
+        # converges and the Rayleigh–Ritz step below resolves it.
+        big = ~clus & (np.abs(Ef) > _NEWTON_MAX)
+        if big.any():
+            clus = _merge_runs(clus, big)
+            E = np.where(clus, R2 // 2, N // np.where(clus, 1, den))
+            Ef = _to_float(E, s2)
         emax = float(np.abs(Ef).max())
         acc = -math.log2(emax) if emax > 0 else float(target_bits + 64)
         if acc >= target_bits:
@@ -229,6 +243,38 @@ def _refine(A: np.ndarray, target_bits: int, lam0: np.ndarray, Q0: np.ndarray, m
         s = s_new
         prev = cur
     return cur, prev
+
+
+def _merge_runs(clus: np.ndarray, big: np.ndarray) -> np.ndarray:
+    """clus with every run [min, max] of a connected component of clus ∪ big that holds a big pair
+    made one full block (indices are sorted by λ̃, so a run is a set of neighbouring eigenvalues)."""
+    d = clus.shape[0]
+    parent = list(range(d))
+
+    def find(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, j in zip(*np.nonzero(clus | big)):
+        parent[find(int(i))] = find(int(j))
+    hit = {find(int(i)) for i in np.nonzero(big.any(axis=1))[0]}
+    runs = []
+    for root in hit:
+        members = [i for i in range(d) if find(i) == root]
+        runs.append([min(members), max(members)])
+    runs.sort()
+    merged = []
+    for lo, hi in runs:
+        if merged and lo <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], hi)
+        else:
+            merged.append([lo, hi])
+    out = clus.copy()
+    for lo, hi in merged:
+        out[lo:hi + 1, lo:hi + 1] = True
+    return out
 
 
 def _cluster_blocks(clus: np.ndarray) -> list[list[int]]:

@@ -66,7 +66,9 @@ _CACHE_VERSION = "v2"
 # so that truths computed by an older algorithm are never reused.
 # flint 2: exact cluster test in the refinement, repeated Rayleigh–Ritz on sub-clusters, and the
 #          group (invariant-subspace) certificate for overlapping eigenvalue enclosures.
-ENGINE_VERSIONS = {"mpmath": "1", "flint": "2"}
+# flint 3: pairs outside the Newton region (large correction) are refined as one cluster and
+#          resolved by Rayleigh–Ritz (exactly repeated eigenvalues split by rounding cycled).
+ENGINE_VERSIONS = {"mpmath": "1", "flint": "3"}
 
 
 @dataclass(frozen=True)
