@@ -99,11 +99,15 @@ def _round_to_int(a: np.ndarray, s: int) -> np.ndarray:
 
 
 def _to_float(N: np.ndarray, scale: int) -> np.ndarray:
-    """N / 2^scale correctly rounded (int/int true division)."""
-    if scale >= 0:
-        den = 1 << scale
-        return np.array([v / den for v in N.ravel()], dtype=np.float64).reshape(N.shape)
-    return np.array([float(v << -scale) for v in N.ravel()], dtype=np.float64).reshape(N.shape)
+    """N / 2^scale correctly rounded (int/int true division); ±inf beyond the float64 range."""
+    def one(v, den):
+        try:
+            return v / den if den else float(v << -scale)
+        except OverflowError:
+            return math.copysign(math.inf, v)
+
+    den = 1 << scale if scale >= 0 else 0
+    return np.array([one(v, den) for v in N.ravel()], dtype=np.float64).reshape(N.shape)
 
 
 def _shift(N: np.ndarray, k: int) -> np.ndarray:
@@ -118,6 +122,10 @@ def _div_pow2(num: np.ndarray, e: int, den: np.ndarray) -> np.ndarray:
     if e >= 0:
         return (num * (1 << e)) // den
     return num // (den * (1 << -e))
+
+
+def _bits(n) -> int:
+    return abs(int(n)).bit_length()
 
 
 def _ub(n: int, scale: int) -> float:
@@ -533,11 +541,14 @@ def _gradient(st: dict, loss, G: np.ndarray, want_bound: bool):
         dcf = _to_float(dc, qc)
         with np.errstate(divide="ignore", invalid="ignore"):
             Dapprox = np.where(dWf != 0, dWf / np.where(dcf == 0, np.inf, dcf), 0.0)
-        Dmax = float(np.abs(Dapprox).max()) or 1.0
-        tD = int(target + 40 - math.floor(math.log2(Dmax)))
+        nz = (dW != 0) & (dc != 0)
+        # ⌊log2 max|D|⌋ within one bit from the integers (a float quotient can overflow)
+        Dbits = max((_bits(w) - sw - _bits(h) + qc for w, h in zip(dW[nz], dc[nz])), default=0)
+        tD = int(target + 40 - Dbits)
         zero = (dW == 0) | (dc == 0)
         D = np.where(zero, 0, _div_pow2(dW, qc + tD - sw, np.where(zero, 1, dc)))
-        evalD = np.full((d, d), 2.0 ** -tD)
+        want_bound = want_bound and tD > -1000  # the bound arithmetic is float64: |D| must fit
+        evalD = np.full((d, d), 2.0 ** -tD) if want_bound else None
         if want_bound:
             se = r[:, None] + r[None, :]
             h = np.abs(dcf)
@@ -546,8 +557,10 @@ def _gradient(st: dict, loss, G: np.ndarray, want_bound: bool):
                                np.where(h > se, np.abs(dWf) * se / (h * (h - se)), np.inf))
     else:
         mags = np.maximum(np.abs(lamf), 1e-300)
-        dfmax = max(abs(float(loss.df_mp(mpmath.mpf(float(x))))) for x in lamf)
-        tD = int(target + 40 - math.floor(math.log2(dfmax or 1.0)))
+        with mpmath.workprec(64):  # f'(λ) can exceed the float64 range (zca at λ = 1e-300)
+            dfmax = max(abs(loss.df_mp(mpmath.mpf((int(ci), -qc)))) for ci in c)
+            dbits = int(mpmath.floor(mpmath.log(dfmax, 2))) if dfmax > 0 else 0
+        tD = int(target + 40 - dbits)
         half = max(tD, target) // 2 + 8
         dc = c[:, None] - c[None, :]
         dcf = _to_float(dc, qc)
@@ -574,23 +587,24 @@ def _gradient(st: dict, loss, G: np.ndarray, want_bound: bool):
                     done[key] = int(mpmath.nint(mpmath.ldexp(loss.df_mp(m), tD)))
                 D[i, j] = D[j, i] = done[key]
         h = np.abs(dcf)
-        evalerr = np.full((d, d), 2.0 ** -tD) + np.where(near, 0.0, 4.0 * 2.0 ** -tF / np.where(near, 1.0, h))
+        want_bound = want_bound and tD > -1000 and tF > -1000  # the bound arithmetic is float64
         if want_bound:
+            evalerr = np.full((d, d), 2.0 ** -tD) + np.where(near, 0.0, 4.0 * 2.0 ** -tF / np.where(near, 1.0, h))
             tab = _table_for(loss)
             lo = lamf * (1 - 1e-15) - r
             low = np.minimum(lo[:, None], lo[None, :])
             if tab is None or (low <= 0).any():
                 want_bound = False
             else:
-                f2 = np.vectorize(lambda x: float(tab[1](x)))(low)
-                f3 = np.vectorize(lambda x: float(tab[2](x)))(low)
-                dD0 = (r[:, None] + r[None, :]) / 2 * f2 * _SAFE
-                evalD = (np.where(near, h * h / 24 * f3, 0.0) + evalerr) * _SAFE
+                with np.errstate(over="ignore", invalid="ignore"):  # beyond float64: no bound
+                    f2 = np.vectorize(lambda x: float(tab[1](x)))(low)
+                    f3 = np.vectorize(lambda x: float(tab[2](x)))(low)
+                    dD0 = (r[:, None] + r[None, :]) / 2 * f2 * _SAFE
+                    evalD = (np.where(near, h * h / 24 * f3, 0.0) + evalerr) * _SAFE
     # M = D̃ ∘ K̃, rounded to scale tM
     Mfull = D * K  # scale tD + qK
-    Mf_approx = _to_float(Mfull, tD + qK)
-    Mmax = float(np.abs(Mf_approx).max()) or 1.0
-    tM = int(target + 40 - math.floor(math.log2(Mmax)))
+    Mtop = int(np.abs(Mfull).max())
+    tM = int(target + 40 - (_bits(Mtop) - 1 - tD - qK if Mtop else 0))
     Mint = _shift(Mfull, tM - tD - qK)
     Mf = _fm(Mint)
     gnum = _obj(Xf * (Mf * Xf.transpose()))  # scale 2s + tM
@@ -633,12 +647,14 @@ def _bound(st, grp, bounds, Gs, K, qK, D, tD, Mint, tM, dD0, evalD):
 
 
 def _digits_from(bound: float, gnum: np.ndarray, gscale: int) -> float:
-    gmax = float(np.abs(_to_float(gnum, gscale)).max())
-    if gmax == 0:
+    top = int(np.abs(gnum).max())
+    if top == 0:
         return MAX_DIGITS if bound == 0 else 0.0
     if bound <= 0:
         return MAX_DIGITS
-    return float(min(MAX_DIGITS, max(0.0, -math.log10(bound / gmax))))
+    with mpmath.workprec(64):  # max|g| may lie outside the float64 range
+        lg = mpmath.log10(mpmath.mpf((top, -gscale)))
+        return float(min(MAX_DIGITS, max(0.0, lg - mpmath.log10(bound))))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -687,7 +703,12 @@ def _save_states(path, states: list[dict], atomic_write) -> None:
 
 
 def _load_states(path) -> list[dict]:
-    with np.load(path) as z:
+    with open(path, "rb") as fh:
+        return _states_from_bytes(fh.read())
+
+
+def _states_from_bytes(raw: bytes) -> list[dict]:
+    with np.load(io.BytesIO(raw)) as z:
         meta = json.loads(z["meta"].tobytes().decode())
         out = []
         for n, m in enumerate(meta):
@@ -709,11 +730,19 @@ def _choose_bits(lam: np.ndarray, dps: int | None) -> int:
 
 
 def eig_states(A: np.ndarray, *, dps: int | None = None, cache: bool = True, cache_dir=None, key=None,
-               atomic_write=None) -> list[dict]:
-    """Refined + certified eigendecomposition of A (cached): [final state] or [final, previous]."""
+               atomic_write=None, cache_read=None) -> list[dict]:
+    """Refined + certified eigendecomposition of A (cached): [final state] or [final, previous].
+
+    ``cache_read(path, parse)`` (from ``reference``) returns the parsed entry, or None when it is
+    missing or fails its checksum; without it the file is read as is."""
     path = cache_dir / f"{key}.npz" if cache and cache_dir is not None else None
-    if path is not None and path.exists():
-        return _load_states(path)
+    if path is not None:
+        if cache_read is not None:
+            states = cache_read(path, _states_from_bytes)
+            if states is not None:
+                return states
+        elif path.exists():
+            return _load_states(path)
     amax = float(np.abs(A).max())
     k = -math.frexp(amax)[1] if amax > 0 else 0  # A' = 2^k A has max|A'| in [0.5, 1): exact
     A2 = np.ldexp(A, k)
@@ -731,9 +760,10 @@ def eig_states(A: np.ndarray, *, dps: int | None = None, cache: bool = True, cac
 
 
 def engine(A: np.ndarray, loss, *, cache: bool, dps: int | None, cache_dir, key, atomic_write,
-           input_dtype=np.float64):
+           input_dtype=np.float64, cache_read=None):
     """(float64 gradient, thunk → mpf entries row-major, float64 eigenvalues, digits); see module doc."""
-    states = eig_states(A, dps=dps, cache=cache, cache_dir=cache_dir, key=key, atomic_write=atomic_write)
+    states = eig_states(A, dps=dps, cache=cache, cache_dir=cache_dir, key=key, atomic_write=atomic_write,
+                        cache_read=cache_read)
     st = states[0]
     lam64 = _to_float(st["c"], st["qc"])
     loss.check(lam64, dtype=input_dtype)  # a float32 input resolves λ only to float32 level
