@@ -11,7 +11,7 @@ modes 1/2).  When the invariant subspace of a cluster has converged, a Rayleigh�
 cluster block (float64 eigh of the shifted block, orthonormalized to full precision by
 Newton–Schulz) separates eigenvalues that differ by rounding only, after which the plain iteration
 resolves them; sub-clusters the float64 block eigh could not split get a further Rayleigh–Ritz
-step (up to 4 in all).  A separated pair whose correction |E_ij| exceeds 2^-10 lies outside the
+step (up to 4 in all, one more per 16 bits of target beyond 200 for graded spectra).  A separated pair whose correction |E_ij| exceeds 2^-10 lies outside the
 Newton region (its gap is below the mixing of its still arbitrary vectors — exactly repeated
 eigenvalues split by rounding, once ω drops below the split); its run is refined as one cluster
 until the Rayleigh–Ritz step resolves it, instead of cycling.  X is a matrix of integers with an implicit scale 2^-s and A is scaled exactly to
@@ -43,6 +43,13 @@ factor that covers its own rounding):
   enclosures (mean value theorem, ∂f[a,b]/∂a = f''(ξ)/2) bounds the rest (``_bound``).
   Singletons are the case |J| = 1, μ = s_ii, r = η_i.
 
+Precision: the refinement's error is absolute (~2^-bits ‖A‖), so for spectral losses (f depends on
+λ itself) ``engine`` raises the target until the smallest |λ| is enclosed to ~25 digits (up to
+``MAX_DPS``, stopping when a step brings no progress): float64 cannot see a condition beyond ~1e16,
+and λ_min = 1e-150 used to come out as 4.7e-150.  The iteration's own scalars (ω, ‖E‖) are kept
+in integers so that targets beyond the float64 exponent range work.  Bounds beyond the float64
+range (f'' of zca at λ = 1e-150) are not formed: the result is then not certified.
+
 Rigorous: all of the above — for zca/sqrt/log (f'', f''' tables) and weighted losses (exact
 quotient perturbation; finite only when the weights are equal inside every group) — whenever every
 enclosure or group is isolated and every sin bound is < 1/2; exact ties included.  Not rigorous:
@@ -56,6 +63,7 @@ from __future__ import annotations
 import io
 import json
 import math
+from fractions import Fraction
 
 import flint
 import mpmath
@@ -63,7 +71,7 @@ import numpy as np
 
 MAX_DIGITS = 60.0
 _SAFE = 1.0 + 1e-9  # covers float64 rounding in the bound arithmetic (≪ 1e-9 relative in total)
-_NEWTON_MAX = 2.0 ** -10  # largest |E_ij| of a separated pair that the refinement applies as is
+_NEWTON_MAX_BITS = 10  # largest |E_ij| of a separated pair that the refinement applies as is: 2^-10
 
 
 # ----------------------------------------------------------------------------------------------
@@ -95,6 +103,8 @@ def _float_exact_to_int(a: np.ndarray) -> tuple[np.ndarray, int]:
 
 def _round_to_int(a: np.ndarray, s: int) -> np.ndarray:
     """round(a · 2^s) for a float64 array, as Python ints."""
+    if s > 960:  # 2^s beyond the float64 range: exact rational arithmetic
+        return np.array([round(Fraction(float(v)) * (1 << s)) for v in a.ravel()], dtype=object).reshape(a.shape)
     return np.array([int(round(math.ldexp(float(v), s))) for v in a.ravel()], dtype=object).reshape(a.shape)
 
 
@@ -104,7 +114,7 @@ def _to_float(N: np.ndarray, scale: int) -> np.ndarray:
         try:
             return v / den if den else float(v << -scale)
         except OverflowError:
-            return math.copysign(math.inf, v)
+            return math.inf if v > 0 else -math.inf
 
     den = 1 << scale if scale >= 0 else 0
     return np.array([one(v, den) for v in N.ravel()], dtype=np.float64).reshape(N.shape)
@@ -126,6 +136,13 @@ def _div_pow2(num: np.ndarray, e: int, den: np.ndarray) -> np.ndarray:
 
 def _bits(n) -> int:
     return abs(int(n)).bit_length()
+
+
+def _sqrt_ub(n: int, q: int, w: int) -> int:
+    """An integer ≥ sqrt(n) / 2^q · 2^w (n ≥ 0)."""
+    if w >= q:
+        return math.isqrt(n << (2 * (w - q))) + 1
+    return (math.isqrt(n) >> (q - w)) + 1
 
 
 def _ub(n: int, scale: int) -> float:
@@ -189,7 +206,8 @@ def _refine(A: np.ndarray, target_bits: int, lam0: np.ndarray, Q0: np.ndarray, m
     prev = None
     rr_blocks, n_rr = None, 0
     cur = None
-    for _ in range(max_iter):
+    extra = max(0, target_bits - 200) // 16  # graded spectra: one Rayleigh–Ritz per ~16 digits
+    for _ in range(max_iter + 2 * extra):
         cur = _Pass(Af, a, X, s)
         s2 = 2 * s
         R2 = -cur.P1
@@ -197,16 +215,19 @@ def _refine(A: np.ndarray, target_bits: int, lam0: np.ndarray, Q0: np.ndarray, m
             R2[i, i] += 1 << s2  # R = I − XᵀX at scale 2s (exact)
         Sd = np.diag(cur.S)
         P1d = np.diag(cur.P1)
-        Rf = _to_float(R2, s2)
-        Sf = _to_float(cur.S, a + s2)
-        off = Sf - np.diag(np.diag(Sf))
-        omega = 2.0 * (np.linalg.norm(off) + normA * np.linalg.norm(Rf))
         # clusters from *exact* λ̃ differences: float64 λ̃ cannot resolve gaps below ulp(λ̃), and
         # pairs it rounds together would never be separated by the iteration
         w0 = s2 + 16
         lam = np.array([(int(Sd[i]) << w0) // (int(P1d[i]) << a) for i in range(d)], dtype=object)
         den = lam[None, :] - lam[:, None]  # scale w0
-        om_int = int(math.ceil(math.ldexp(omega, w0))) + 1
+        # ω = 2(‖S − diag S‖_F + ‖A‖‖R‖_F) as an integer upper bound at scale w0 (in integers: at
+        # high targets 2^-2s and 2^w0 leave the float64 range)
+        soff = cur.S.copy()
+        for i in range(d):
+            soff[i, i] = 0
+        norm_a = int(math.ceil(math.ldexp(normA, 20)))
+        om_int = 2 * (_sqrt_ub(int(np.sum(soff * soff)), a + s2, w0)
+                      + ((norm_a * _sqrt_ub(int(np.sum(R2 * R2)), s2, w0)) >> 20) + 1) + 1
         clus = np.abs(den) <= om_int
         np.fill_diagonal(clus, True)
         sep = ~clus
@@ -221,24 +242,22 @@ def _refine(A: np.ndarray, target_bits: int, lam0: np.ndarray, Q0: np.ndarray, m
         den_safe = np.where(clus, 1, den)
         N = _shift(cur.S, w - a) + R2 * lam[None, :]  # scale w + 2s
         E = np.where(clus, R2 // 2, N // den_safe)  # scale 2s
-        Ef = _to_float(E, s2)
         # A pair split by the cluster test whose correction is not small lies outside the Newton
         # region: its eigenvalues are closer than the mixing of its (not yet resolved) vectors.
         # Updating it would throw the iterate away (it cycled on exactly repeated eigenvalues split
         # by rounding); treat its run as one cluster instead, so that its invariant subspace
         # converges and the Rayleigh–Ritz step below resolves it.
-        big = ~clus & (np.abs(Ef) > _NEWTON_MAX)
+        big = ~clus & (np.abs(E) > (1 << (s2 - _NEWTON_MAX_BITS)))
         if big.any():
             clus = _merge_runs(clus, big)
             E = np.where(clus, R2 // 2, N // np.where(clus, 1, den))
-            Ef = _to_float(E, s2)
-        emax = float(np.abs(Ef).max())
-        acc = -math.log2(emax) if emax > 0 else float(target_bits + 64)
+        emax = int(np.abs(E).max())  # scale 2s
+        acc = s2 - math.log2(emax) if emax > 0 else float(target_bits + 64)
         if acc >= target_bits:
             # Rayleigh–Ritz on the clusters whose subspace has converged; again on the sub-clusters
             # it leaves (eigenvalues split below the float64 resolution of the cluster block)
             blocks = _cluster_blocks(clus)
-            if blocks and blocks != rr_blocks and n_rr < 4:
+            if blocks and blocks != rr_blocks and n_rr < 4 + extra:
                 n_rr += 1
                 rr_blocks = blocks
                 prev = cur
@@ -307,11 +326,11 @@ def _rayleigh_ritz(p: _Pass, blocks, s: int, target_bits: int):
         Sb = p.S[np.ix_(idx, idx)]
         mu = Sb[0, 0]
         Mb = Sb - np.diag([mu] * len(b))
-        Mf = _to_float(Mb, 0)
-        scale = float(np.abs(Mf).max())
-        if scale == 0:
+        top = int(np.abs(Mb).max())
+        if top == 0:
             continue
-        Mf = Mf / scale
+        Mf = _to_float(Mb, top.bit_length() - 60)  # only the direction matters: keep it in range
+        Mf = Mf / float(np.abs(Mf).max())
         _, W = np.linalg.eigh((Mf + Mf.T) / 2)
         Y = _round_to_int(W, sw)
         for _ in range(12):  # Newton–Schulz: Y ← Y(3I − YᵀY)/2, quadratic to an orthogonal matrix
@@ -325,7 +344,7 @@ def _rayleigh_ritz(p: _Pass, blocks, s: int, target_bits: int):
             err = G.copy()
             for i in range(k):
                 err[i, i] -= 1 << (2 * sw)
-            if np.abs(_to_float(err, 2 * sw)).max() < 2.0 ** -(sw - 8):
+            if int(np.abs(err).max()).bit_length() < sw + 8:  # ‖YᵀY − I‖_max < 2^-(sw-8)
                 break
         Xb = _obj(_fm(X[:, idx]) * _fm(Y))
         X[:, idx] = _shift(Xb, -sw)
@@ -473,6 +492,13 @@ _TABLES = {
 }
 
 
+def _float_or_inf(fn, x) -> float:
+    try:
+        return float(fn(float(x)))
+    except OverflowError:  # the derivative bound exceeds float64 (tiny λ): no float64 bound
+        return math.inf
+
+
 def _table_for(loss):
     t = _TABLES.get(loss.name)
     if t is None:
@@ -597,10 +623,10 @@ def _gradient(st: dict, loss, G: np.ndarray, want_bound: bool):
                 want_bound = False
             else:
                 with np.errstate(over="ignore", invalid="ignore"):  # beyond float64: no bound
-                    f2 = np.vectorize(lambda x: float(tab[1](x)))(low)
-                    f3 = np.vectorize(lambda x: float(tab[2](x)))(low)
+                    f2 = np.vectorize(lambda x: _float_or_inf(tab[1], x))(low)
+                    f3 = np.vectorize(lambda x: _float_or_inf(tab[2], x))(low)
                     dD0 = (r[:, None] + r[None, :]) / 2 * f2 * _SAFE
-                    evalD = (np.where(near, h * h / 24 * f3, 0.0) + evalerr) * _SAFE
+                    evalD = (np.where(near & (h > 0), h * h / 24 * f3, 0.0) + evalerr) * _SAFE
     # M = D̃ ∘ K̃, rounded to scale tM
     Mfull = D * K  # scale tD + qK
     Mtop = int(np.abs(Mfull).max())
@@ -729,6 +755,38 @@ def _choose_bits(lam: np.ndarray, dps: int | None) -> int:
     return math.ceil(dps * math.log2(10)) + 16
 
 
+MAX_DPS = 400  # the precision the condition loop may raise the target to (decimal digits)
+
+
+def _lmin_spread(st: dict) -> float:
+    """η/|λ| of the eigenvalue nearest 0, as an mpf (inf when η is not finite or λ = 0)."""
+    c, qc, eta = st["c"], st["qc"], st["eta"]
+    i = int(np.argmin([abs(int(v)) for v in c]))
+    if not np.isfinite(eta[i]) or c[i] == 0:
+        return mpmath.inf
+    with mpmath.workprec(64):
+        return mpmath.mpf(float(eta[i])) / abs(mpmath.mpf((int(c[i]), -qc)))
+
+
+def _more_dps(st: dict) -> int | None:
+    """Target precision (decimal digits) that resolves the smallest |λ| to ~25 digits — the
+    refinement's error is absolute, ~2^-bits ‖A‖ — or None when it is already resolved (or the
+    enclosure is not finite: the certificate failed for another reason)."""
+    c, qc, eta = st["c"], st["qc"], st["eta"]
+    i = int(np.argmin([abs(int(v)) for v in c]))
+    if not np.isfinite(eta[i]):
+        return None
+    with mpmath.workprec(64):
+        lmin = abs(mpmath.mpf((int(c[i]), -qc)))
+        e = mpmath.mpf(float(eta[i]))
+        if e <= lmin * mpmath.mpf(10) ** -25:
+            return None
+        cur = (st["target_bits"] - 16) / math.log2(10)
+        new = 2 * cur if e >= lmin else cur + float(mpmath.log10(e / lmin)) + 27
+    new = math.ceil(new)
+    return new if new <= MAX_DPS else None
+
+
 def eig_states(A: np.ndarray, *, dps: int | None = None, cache: bool = True, cache_dir=None, key=None,
                atomic_write=None, cache_read=None) -> list[dict]:
     """Refined + certified eigendecomposition of A (cached): [final state] or [final, previous].
@@ -762,8 +820,21 @@ def eig_states(A: np.ndarray, *, dps: int | None = None, cache: bool = True, cac
 def engine(A: np.ndarray, loss, *, cache: bool, dps: int | None, cache_dir, key, atomic_write,
            input_dtype=np.float64, cache_read=None):
     """(float64 gradient, thunk → mpf entries row-major, float64 eigenvalues, digits); see module doc."""
-    states = eig_states(A, dps=dps, cache=cache, cache_dir=cache_dir, key=key, atomic_write=atomic_write,
+    keyf = key if callable(key) else (lambda _dps: key)
+    states = eig_states(A, dps=dps, cache=cache, cache_dir=cache_dir, key=keyf(dps), atomic_write=atomic_write,
                         cache_read=cache_read)
+    if dps is None and loss.kind == "spectral":
+        # f depends on λ itself: λ_min must be resolved relatively, beyond what float64 sees
+        spread = _lmin_spread(states[0])
+        for _ in range(6):
+            more = _more_dps(states[0])
+            if more is None:
+                break
+            new = eig_states(A, dps=more, cache=cache, cache_dir=cache_dir, key=keyf(more),
+                             atomic_write=atomic_write, cache_read=cache_read)
+            if not _lmin_spread(new[0]) < spread / 10:
+                break  # no progress (the refinement does not resolve this spectrum): keep the last
+            states, spread = new, _lmin_spread(new[0])
     st = states[0]
     lam64 = _to_float(st["c"], st["qc"])
     loss.check(lam64, dtype=input_dtype)  # a float32 input resolves λ only to float32 level

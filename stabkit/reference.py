@@ -35,7 +35,8 @@ spectrum that is degenerate before rounding (gaps ≈ 1e-16 relative) still gets
 spectral losses (f depends on λ itself) the mpmath engine adds ⌈log10(‖A‖/λ_min)⌉ read from its
 own high-precision eigenvalues, raising P until it covers the condition (up to ``MAX_DPS``): the
 eigensolver's absolute error ~10^-P ‖A‖ must be small against λ_min, which float64 cannot see
-beyond a condition of ~1e16.
+beyond a condition of ~1e16.  The flint engine does the same with its certified enclosure of
+λ_min (``_flint_eig.engine``).
 Divided differences of near-equal eigenvalues are evaluated without cancellation (extra working
 precision, or the mean-value/midpoint expansion f'((λ_i+λ_j)/2) when the pair is closer than the
 square root of the working precision).
@@ -81,9 +82,10 @@ _CACHE_VERSION = "v3"  # v3: checksummed entries
 # so that truths computed by an older algorithm are never reused.
 # flint 2: exact cluster test in the refinement, repeated Rayleigh–Ritz on sub-clusters, and the
 #          group (invariant-subspace) certificate for overlapping eigenvalue enclosures.
+# mpmath 2: precision covers the condition; digits capped by it.
 # flint 3: pairs outside the Newton region (large correction) are refined as one cluster and
 #          resolved by Rayleigh–Ritz (exactly repeated eigenvalues split by rounding cycled).
-ENGINE_VERSIONS = {"mpmath": "1", "flint": "3"}
+ENGINE_VERSIONS = {"mpmath": "2", "flint": "3"}
 
 
 @dataclass(frozen=True)
@@ -378,7 +380,7 @@ def _engine(A, loss, engine: str, cache: bool, _dps: int | None, input_dtype=np.
         from . import _flint_eig
         cdir = _cache_path("", cache)
         out = _flint_eig.engine(A, loss, cache=cdir is not None, dps=_dps, cache_dir=cdir,
-                                key=_eig_key(A, "flint", _dps), atomic_write=_cache_write,
+                                key=lambda dps: _eig_key(A, "flint", dps), atomic_write=_cache_write,
                                 input_dtype=input_dtype, cache_read=_cache_read) + ("",)
     else:
         raise ValueError(f"unknown engine {engine!r}")

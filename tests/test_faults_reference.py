@@ -232,3 +232,26 @@ def test_compare_survives_a_corrupt_cache(tmp_path, monkeypatch):
         second = compare(A, "zca", ["analytic"])
     np.testing.assert_array_equal(first.truth.grad, second.truth.grad)
     assert second.truth.certified
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_flint_dcd_condition_1e150(seed):
+    """The flint engine refined to absolute accuracy ~1e-50 only: λ_min of an SPD matrix with
+    condition 1e150 came out as 4.7e-150 instead of 8.86e-151 (0 digits, and the wrong eigenvalues
+    in ``Truth.eigenvalues``).  For spectral losses its precision now follows λ_min too; the result
+    is rigorous and matches the mpmath engine at 500 digits."""
+    A = _dcd(seed)
+    loss = make_loss("log", 8, seed=0)
+    g_fl, lam, digits = R._hp_gradient(A, loss, "flint")
+    g_mp, lam_mp, _ = R._hp_gradient(A, loss, "mpmath", _dps=500)
+    np.testing.assert_allclose(lam, lam_mp, rtol=1e-14)
+    assert digits >= 30
+    assert _hp_rel(g_fl, g_mp) <= 10.0 ** -digits
+
+
+def test_flint_condition_1e120():
+    A = np.array([[1.0, 1e-61], [1e-61, 1e-120]])
+    loss = make_loss("log", 2, seed=0)
+    truth = R.ground_truth(A, loss, engine="flint", cache=False)
+    fd = R.finite_difference_grad(A, loss, dps=400, h="1e-200")
+    assert truth.certified and rel(truth.grad, fd) <= 1e-12
