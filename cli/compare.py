@@ -76,6 +76,8 @@ def _print_table(result, source: str, loss: str, dtype: str) -> None:
     console = Console()
     truth = result.truth
     status = "certified" if truth.certified else "NOT CERTIFIED — treat numbers with care"
+    if getattr(truth, "note", ""):
+        status += f"; {truth.note}"
     table = Table(title=f"{source} · loss={loss} · {dtype}")
     for col in ("method", "angle_deg", "rel_err", "norm_ratio", "finite", "seconds"):
         table.add_column(col, justify="left" if col == "method" else "right")

@@ -11,6 +11,8 @@ import warnings
 import mpmath
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from stabkit import reference as R
 from stabkit.compare import compare
@@ -115,6 +117,15 @@ def test_exact_power_of_two_scaling(engine):
         t = R.ground_truth(np.ldexp(A, k), make_loss("zca", 4, seed=1), engine=engine, cache=False)
         assert not t.certified and t.digits == 0
         assert what in t.note
+
+
+@pytest.mark.parametrize("engine", ["mpmath", "flint"])
+def test_matrix_scaled_by_1e300(engine):
+    """The reported case: A·1e300 with the zca loss — the truth (~1e-450) underflows to 0 and was
+    reported certified with angle 0 for every method."""
+    A = build([1.0, 2.0, 3.0, 4.0], seed=0) * 1e300
+    t = R.ground_truth(A, make_loss("zca", 4, seed=1), engine=engine, cache=False)
+    assert not t.grad.any() and not t.certified and "underflows" in t.note
 
 
 def test_truth_keeps_its_old_constructor():
@@ -255,3 +266,27 @@ def test_flint_condition_1e120():
     truth = R.ground_truth(A, loss, engine="flint", cache=False)
     fd = R.finite_difference_grad(A, loss, dps=400, h="1e-200")
     assert truth.certified and rel(truth.grad, fd) <= 1e-12
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cut=st.floats(0.0, 1.0), flips=st.lists(st.tuples(st.floats(0.0, 1.0), st.integers(1, 255)), max_size=3),
+       which=st.sampled_from(["grad", "eig"]))
+def test_any_damage_to_an_entry_is_harmless(cut, flips, which, tmp_path_factory, monkeypatch):
+    """Property: whatever is done to a cache entry (truncated anywhere, any bytes changed), the truth
+    equals the freshly computed one and nothing raises."""
+    cache = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("STABKIT_CACHE", str(cache))
+    A = build([0.5, 1.0, 2.5], seed=7)
+    loss = make_loss("zca", 3, seed=1)
+    ref = R.ground_truth(A, loss, engine="mpmath", cache=False)
+    R.ground_truth(A, loss, engine="mpmath")
+    f = next(p for p in _entries(cache) if p.name.startswith(which))
+    b = bytearray(f.read_bytes())
+    for pos, x in flips:
+        b[min(int(pos * len(b)), len(b) - 1)] ^= x
+    f.write_bytes(bytes(b[: int(cut * len(b))] if cut < 1 else b))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", R.ReferenceCacheWarning)
+        again = R.ground_truth(A, loss, engine="mpmath")
+    np.testing.assert_array_equal(again.grad, ref.grad)
+    assert again.digits == ref.digits
