@@ -282,9 +282,9 @@ def _mp_engine(A: np.ndarray, loss, cache: bool, dps: int | None, input_dtype=np
     gap_dig = _gap_digits(A)
     with mpmath.workdps(40):
         normA = mpmath.sqrt(mpmath.fsum(mpmath.mpf(float(x)) ** 2 for x in A.ravel()))
-    lam64 = np.abs(np.linalg.eigvalsh(A))
+    mag = np.abs(np.linalg.eigvalsh(A))
     # the float64 condition (seen up to ~1e16), for every loss so that all share one cached solve
-    cond64 = math.ceil(math.log10(lam64.max() / max(lam64.min(), 1e-16 * lam64.max()))) if lam64.max() else 0
+    cond64 = math.ceil(math.log10(mag.max() / max(mag.min(), 1e-16 * mag.max()))) if mag.max() else 0
     P = dps or 30 + gap_dig + cond64
     while True:
         P2 = math.ceil(1.5 * P) + 5
