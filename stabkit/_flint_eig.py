@@ -11,11 +11,12 @@ modes 1/2).  When the invariant subspace of a cluster has converged, a Rayleigh�
 cluster block (float64 eigh of the shifted block, orthonormalized to full precision by
 Newton–Schulz) separates eigenvalues that differ by rounding only, after which the plain iteration
 resolves them; sub-clusters the float64 block eigh could not split get a further Rayleigh–Ritz
-step (up to 4 in all, one more per 16 bits of target beyond 200 for graded spectra).  A separated pair whose correction |E_ij| exceeds 2^-10 lies outside the
-Newton region (its gap is below the mixing of its still arbitrary vectors — exactly repeated
-eigenvalues split by rounding, once ω drops below the split); its run is refined as one cluster
-until the Rayleigh–Ritz step resolves it, instead of cycling.  X is a matrix of integers with an implicit scale 2^-s and A is scaled exactly to
-integers, so XᵀX, AX, XᵀAX are *exact* (``flint.fmpz_mat`` products, multi-modular).
+step (up to 4 in all, one more per 16 bits of target beyond 200 for graded spectra).  A separated
+pair whose correction |E_ij| exceeds 2^-10 lies outside the Newton region (its gap is below the
+mixing of its still arbitrary vectors — exactly repeated eigenvalues split by rounding, once ω
+drops below the split); its run is refined as one cluster until the Rayleigh–Ritz step resolves
+it, instead of cycling.  X is a matrix of integers with an implicit scale 2^-s and A is scaled
+exactly to integers, so XᵀX, AX, XᵀAX are *exact* (``flint.fmpz_mat`` products, multi-modular).
 
 Certificate (all from exact integer quantities; final bound arithmetic in float64 with a safety
 factor that covers its own rounding):
