@@ -6,6 +6,7 @@ law, or the mpmath engine at a forced, much higher precision.
 """
 
 import errno
+import os
 import warnings
 
 import mpmath
@@ -229,6 +230,35 @@ def test_unwritable_cache_never_fails(engine, tmp_path, monkeypatch):
     monkeypatch.setenv("STABKIT_CACHE", str(blocker / "cache"))
     truth, msgs = _compute(engine, A, loss, expect_warning="without caching")
     np.testing.assert_array_equal(truth.grad, ref.grad)
+
+
+@pytest.mark.parametrize("engine", ["mpmath", "flint"])
+def test_read_only_cache_never_fails(engine, tmp_path, monkeypatch):
+    """A read-only cache directory: EACCES from the temporary file (simulated, as root ignores
+    permissions), and a real chmod 0o555 directory where the tests do not run as root."""
+    A = build([0.5, 1.0, 2.0, 3.5], seed=8)
+    loss = make_loss("zca", 4, seed=2)
+    ref = R.ground_truth(A, loss, engine=engine, cache=False)
+    cache = tmp_path / "ro"
+    cache.mkdir()
+    monkeypatch.setenv("STABKIT_CACHE", str(cache))
+
+    def denied(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(cache))
+
+    with monkeypatch.context() as m:
+        m.setattr(R.tempfile, "mkstemp", denied)
+        truth, msgs = _compute(engine, A, loss, expect_warning="going on without caching")
+    assert "Permission denied" in msgs[0]
+    np.testing.assert_array_equal(truth.grad, ref.grad)
+    assert not list(cache.iterdir())
+    if os.geteuid() != 0:
+        cache.chmod(0o555)
+        try:
+            truth, _ = _compute(engine, A, loss, expect_warning="going on without caching")
+            np.testing.assert_array_equal(truth.grad, ref.grad)
+        finally:
+            cache.chmod(0o755)
 
 
 def test_compare_survives_a_corrupt_cache(tmp_path, monkeypatch):
