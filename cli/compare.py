@@ -78,6 +78,8 @@ def _print_table(result, source: str, loss: str, dtype: str) -> None:
     console = Console()
     truth = result.truth
     status = "certified" if truth.certified else "NOT CERTIFIED — treat numbers with care"
+    if getattr(truth, "note", ""):
+        status += f"; {truth.note}"
     table = Table(title=f"{source} · loss={loss} · {dtype}")
     d = len(truth.eigenvalues)
     width = max(len(row["method"]) for row in result.rows)

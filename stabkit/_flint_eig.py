@@ -11,8 +11,12 @@ modes 1/2).  When the invariant subspace of a cluster has converged, a Rayleigh�
 cluster block (float64 eigh of the shifted block, orthonormalized to full precision by
 Newton–Schulz) separates eigenvalues that differ by rounding only, after which the plain iteration
 resolves them; sub-clusters the float64 block eigh could not split get a further Rayleigh–Ritz
-step (up to 4 in all).  X is a matrix of integers with an implicit scale 2^-s and A is scaled exactly to
-integers, so XᵀX, AX, XᵀAX are *exact* (``flint.fmpz_mat`` products, multi-modular).
+step (up to 4 in all, one more per 16 bits of target beyond 200 for graded spectra).  A separated
+pair whose correction |E_ij| exceeds 2^-10 lies outside the Newton region (its gap is below the
+mixing of its still arbitrary vectors — exactly repeated eigenvalues split by rounding, once ω
+drops below the split); its run is refined as one cluster until the Rayleigh–Ritz step resolves
+it, instead of cycling.  X is a matrix of integers with an implicit scale 2^-s and A is scaled
+exactly to integers, so XᵀX, AX, XᵀAX are *exact* (``flint.fmpz_mat`` products, multi-modular).
 
 Certificate (all from exact integer quantities; final bound arithmetic in float64 with a safety
 factor that covers its own rounding):
@@ -40,6 +44,13 @@ factor that covers its own rounding):
   enclosures (mean value theorem, ∂f[a,b]/∂a = f''(ξ)/2) bounds the rest (``_bound``).
   Singletons are the case |J| = 1, μ = s_ii, r = η_i.
 
+Precision: the refinement's error is absolute (~2^-bits ‖A‖), so for spectral losses (f depends on
+λ itself) ``engine`` raises the target until the smallest |λ| is enclosed to ~25 digits (up to
+``MAX_DPS``, stopping when a step brings no progress): float64 cannot see a condition beyond ~1e16,
+and λ_min = 1e-150 used to come out as 4.7e-150.  The iteration's own scalars (ω, ‖E‖) are kept
+in integers so that targets beyond the float64 exponent range work.  Bounds beyond the float64
+range (f'' of zca at λ = 1e-150) are not formed: the result is then not certified.
+
 Rigorous: all of the above — for zca/sqrt/log (f'', f''' tables) and weighted losses (exact
 quotient perturbation; finite only when the weights are equal inside every group) — whenever every
 enclosure or group is isolated and every sin bound is < 1/2; exact ties included.  Not rigorous:
@@ -53,6 +64,7 @@ from __future__ import annotations
 import io
 import json
 import math
+from fractions import Fraction
 
 import flint
 import mpmath
@@ -60,6 +72,7 @@ import numpy as np
 
 MAX_DIGITS = 60.0
 _SAFE = 1.0 + 1e-9  # covers float64 rounding in the bound arithmetic (≪ 1e-9 relative in total)
+_NEWTON_MAX_BITS = 10  # largest |E_ij| of a separated pair that the refinement applies as is: 2^-10
 
 
 # ----------------------------------------------------------------------------------------------
@@ -91,15 +104,21 @@ def _float_exact_to_int(a: np.ndarray) -> tuple[np.ndarray, int]:
 
 def _round_to_int(a: np.ndarray, s: int) -> np.ndarray:
     """round(a · 2^s) for a float64 array, as Python ints."""
+    if s > 960:  # 2^s beyond the float64 range: exact rational arithmetic
+        return np.array([round(Fraction(float(v)) * (1 << s)) for v in a.ravel()], dtype=object).reshape(a.shape)
     return np.array([int(round(math.ldexp(float(v), s))) for v in a.ravel()], dtype=object).reshape(a.shape)
 
 
 def _to_float(N: np.ndarray, scale: int) -> np.ndarray:
-    """N / 2^scale correctly rounded (int/int true division)."""
-    if scale >= 0:
-        den = 1 << scale
-        return np.array([v / den for v in N.ravel()], dtype=np.float64).reshape(N.shape)
-    return np.array([float(v << -scale) for v in N.ravel()], dtype=np.float64).reshape(N.shape)
+    """N / 2^scale correctly rounded (int/int true division); ±inf beyond the float64 range."""
+    def one(v, den):
+        try:
+            return v / den if den else float(v << -scale)
+        except OverflowError:
+            return math.inf if v > 0 else -math.inf
+
+    den = 1 << scale if scale >= 0 else 0
+    return np.array([one(v, den) for v in N.ravel()], dtype=np.float64).reshape(N.shape)
 
 
 def _shift(N: np.ndarray, k: int) -> np.ndarray:
@@ -114,6 +133,17 @@ def _div_pow2(num: np.ndarray, e: int, den: np.ndarray) -> np.ndarray:
     if e >= 0:
         return (num * (1 << e)) // den
     return num // (den * (1 << -e))
+
+
+def _bits(n) -> int:
+    return abs(int(n)).bit_length()
+
+
+def _sqrt_ub(n: int, q: int, w: int) -> int:
+    """An integer ≥ sqrt(n) / 2^q · 2^w (n ≥ 0)."""
+    if w >= q:
+        return math.isqrt(n << (2 * (w - q))) + 1
+    return (math.isqrt(n) >> (q - w)) + 1
 
 
 def _ub(n: int, scale: int) -> float:
@@ -177,7 +207,8 @@ def _refine(A: np.ndarray, target_bits: int, lam0: np.ndarray, Q0: np.ndarray, m
     prev = None
     rr_blocks, n_rr = None, 0
     cur = None
-    for _ in range(max_iter):
+    extra = max(0, target_bits - 200) // 16  # graded spectra: one Rayleigh–Ritz per ~16 digits
+    for _ in range(max_iter + 2 * extra):
         cur = _Pass(Af, a, X, s)
         s2 = 2 * s
         R2 = -cur.P1
@@ -185,16 +216,19 @@ def _refine(A: np.ndarray, target_bits: int, lam0: np.ndarray, Q0: np.ndarray, m
             R2[i, i] += 1 << s2  # R = I − XᵀX at scale 2s (exact)
         Sd = np.diag(cur.S)
         P1d = np.diag(cur.P1)
-        Rf = _to_float(R2, s2)
-        Sf = _to_float(cur.S, a + s2)
-        off = Sf - np.diag(np.diag(Sf))
-        omega = 2.0 * (np.linalg.norm(off) + normA * np.linalg.norm(Rf))
         # clusters from *exact* λ̃ differences: float64 λ̃ cannot resolve gaps below ulp(λ̃), and
         # pairs it rounds together would never be separated by the iteration
         w0 = s2 + 16
         lam = np.array([(int(Sd[i]) << w0) // (int(P1d[i]) << a) for i in range(d)], dtype=object)
         den = lam[None, :] - lam[:, None]  # scale w0
-        om_int = int(math.ceil(math.ldexp(omega, w0))) + 1
+        # ω = 2(‖S − diag S‖_F + ‖A‖‖R‖_F) as an integer upper bound at scale w0 (in integers: at
+        # high targets 2^-2s and 2^w0 leave the float64 range)
+        soff = cur.S.copy()
+        for i in range(d):
+            soff[i, i] = 0
+        norm_a = int(math.ceil(math.ldexp(normA, 20)))
+        om_int = 2 * (_sqrt_ub(int(np.sum(soff * soff)), a + s2, w0)
+                      + ((norm_a * _sqrt_ub(int(np.sum(R2 * R2)), s2, w0)) >> 20) + 1) + 1
         clus = np.abs(den) <= om_int
         np.fill_diagonal(clus, True)
         sep = ~clus
@@ -209,14 +243,22 @@ def _refine(A: np.ndarray, target_bits: int, lam0: np.ndarray, Q0: np.ndarray, m
         den_safe = np.where(clus, 1, den)
         N = _shift(cur.S, w - a) + R2 * lam[None, :]  # scale w + 2s
         E = np.where(clus, R2 // 2, N // den_safe)  # scale 2s
-        Ef = _to_float(E, s2)
-        emax = float(np.abs(Ef).max())
-        acc = -math.log2(emax) if emax > 0 else float(target_bits + 64)
+        # A pair split by the cluster test whose correction is not small lies outside the Newton
+        # region: its eigenvalues are closer than the mixing of its (not yet resolved) vectors.
+        # Updating it would throw the iterate away (it cycled on exactly repeated eigenvalues split
+        # by rounding); treat its run as one cluster instead, so that its invariant subspace
+        # converges and the Rayleigh–Ritz step below resolves it.
+        big = ~clus & (np.abs(E) > (1 << (s2 - _NEWTON_MAX_BITS)))
+        if big.any():
+            clus = _merge_runs(clus, big)
+            E = np.where(clus, R2 // 2, N // np.where(clus, 1, den))
+        emax = int(np.abs(E).max())  # scale 2s
+        acc = s2 - math.log2(emax) if emax > 0 else float(target_bits + 64)
         if acc >= target_bits:
             # Rayleigh–Ritz on the clusters whose subspace has converged; again on the sub-clusters
             # it leaves (eigenvalues split below the float64 resolution of the cluster block)
             blocks = _cluster_blocks(clus)
-            if blocks and blocks != rr_blocks and n_rr < 4:
+            if blocks and blocks != rr_blocks and n_rr < 4 + extra:
                 n_rr += 1
                 rr_blocks = blocks
                 prev = cur
@@ -229,6 +271,38 @@ def _refine(A: np.ndarray, target_bits: int, lam0: np.ndarray, Q0: np.ndarray, m
         s = s_new
         prev = cur
     return cur, prev
+
+
+def _merge_runs(clus: np.ndarray, big: np.ndarray) -> np.ndarray:
+    """clus with every run [min, max] of a connected component of clus ∪ big that holds a big pair
+    made one full block (indices are sorted by λ̃, so a run is a set of neighbouring eigenvalues)."""
+    d = clus.shape[0]
+    parent = list(range(d))
+
+    def find(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, j in zip(*np.nonzero(clus | big)):
+        parent[find(int(i))] = find(int(j))
+    hit = {find(int(i)) for i in np.nonzero(big.any(axis=1))[0]}
+    runs = []
+    for root in hit:
+        members = [i for i in range(d) if find(i) == root]
+        runs.append([min(members), max(members)])
+    runs.sort()
+    merged = []
+    for lo, hi in runs:
+        if merged and lo <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], hi)
+        else:
+            merged.append([lo, hi])
+    out = clus.copy()
+    for lo, hi in merged:
+        out[lo:hi + 1, lo:hi + 1] = True
+    return out
 
 
 def _cluster_blocks(clus: np.ndarray) -> list[list[int]]:
@@ -253,11 +327,11 @@ def _rayleigh_ritz(p: _Pass, blocks, s: int, target_bits: int):
         Sb = p.S[np.ix_(idx, idx)]
         mu = Sb[0, 0]
         Mb = Sb - np.diag([mu] * len(b))
-        Mf = _to_float(Mb, 0)
-        scale = float(np.abs(Mf).max())
-        if scale == 0:
+        top = int(np.abs(Mb).max())
+        if top == 0:
             continue
-        Mf = Mf / scale
+        Mf = _to_float(Mb, top.bit_length() - 60)  # only the direction matters: keep it in range
+        Mf = Mf / float(np.abs(Mf).max())
         _, W = np.linalg.eigh((Mf + Mf.T) / 2)
         Y = _round_to_int(W, sw)
         for _ in range(12):  # Newton–Schulz: Y ← Y(3I − YᵀY)/2, quadratic to an orthogonal matrix
@@ -271,7 +345,7 @@ def _rayleigh_ritz(p: _Pass, blocks, s: int, target_bits: int):
             err = G.copy()
             for i in range(k):
                 err[i, i] -= 1 << (2 * sw)
-            if np.abs(_to_float(err, 2 * sw)).max() < 2.0 ** -(sw - 8):
+            if int(np.abs(err).max()).bit_length() < sw + 8:  # ‖YᵀY − I‖_max < 2^-(sw-8)
                 break
         Xb = _obj(_fm(X[:, idx]) * _fm(Y))
         X[:, idx] = _shift(Xb, -sw)
@@ -419,6 +493,13 @@ _TABLES = {
 }
 
 
+def _float_or_inf(fn, x) -> float:
+    try:
+        return float(fn(float(x)))
+    except OverflowError:  # the derivative bound exceeds float64 (tiny λ): no float64 bound
+        return math.inf
+
+
 def _table_for(loss):
     t = _TABLES.get(loss.name)
     if t is None:
@@ -487,11 +568,14 @@ def _gradient(st: dict, loss, G: np.ndarray, want_bound: bool):
         dcf = _to_float(dc, qc)
         with np.errstate(divide="ignore", invalid="ignore"):
             Dapprox = np.where(dWf != 0, dWf / np.where(dcf == 0, np.inf, dcf), 0.0)
-        Dmax = float(np.abs(Dapprox).max()) or 1.0
-        tD = int(target + 40 - math.floor(math.log2(Dmax)))
+        nz = (dW != 0) & (dc != 0)
+        # ⌊log2 max|D|⌋ within one bit from the integers (a float quotient can overflow)
+        Dbits = max((_bits(w) - sw - _bits(h) + qc for w, h in zip(dW[nz], dc[nz])), default=0)
+        tD = int(target + 40 - Dbits)
         zero = (dW == 0) | (dc == 0)
         D = np.where(zero, 0, _div_pow2(dW, qc + tD - sw, np.where(zero, 1, dc)))
-        evalD = np.full((d, d), 2.0 ** -tD)
+        want_bound = want_bound and tD > -1000  # the bound arithmetic is float64: |D| must fit
+        evalD = np.full((d, d), 2.0 ** -tD) if want_bound else None
         if want_bound:
             se = r[:, None] + r[None, :]
             h = np.abs(dcf)
@@ -500,8 +584,10 @@ def _gradient(st: dict, loss, G: np.ndarray, want_bound: bool):
                                np.where(h > se, np.abs(dWf) * se / (h * (h - se)), np.inf))
     else:
         mags = np.maximum(np.abs(lamf), 1e-300)
-        dfmax = max(abs(float(loss.df_mp(mpmath.mpf(float(x))))) for x in lamf)
-        tD = int(target + 40 - math.floor(math.log2(dfmax or 1.0)))
+        with mpmath.workprec(64):  # f'(λ) can exceed the float64 range (zca at λ = 1e-300)
+            dfmax = max(abs(loss.df_mp(mpmath.mpf((int(ci), -qc)))) for ci in c)
+            dbits = int(mpmath.floor(mpmath.log(dfmax, 2))) if dfmax > 0 else 0
+        tD = int(target + 40 - dbits)
         half = max(tD, target) // 2 + 8
         dc = c[:, None] - c[None, :]
         dcf = _to_float(dc, qc)
@@ -528,23 +614,24 @@ def _gradient(st: dict, loss, G: np.ndarray, want_bound: bool):
                     done[key] = int(mpmath.nint(mpmath.ldexp(loss.df_mp(m), tD)))
                 D[i, j] = D[j, i] = done[key]
         h = np.abs(dcf)
-        evalerr = np.full((d, d), 2.0 ** -tD) + np.where(near, 0.0, 4.0 * 2.0 ** -tF / np.where(near, 1.0, h))
+        want_bound = want_bound and tD > -1000 and tF > -1000  # the bound arithmetic is float64
         if want_bound:
+            evalerr = np.full((d, d), 2.0 ** -tD) + np.where(near, 0.0, 4.0 * 2.0 ** -tF / np.where(near, 1.0, h))
             tab = _table_for(loss)
             lo = lamf * (1 - 1e-15) - r
             low = np.minimum(lo[:, None], lo[None, :])
             if tab is None or (low <= 0).any():
                 want_bound = False
             else:
-                f2 = np.vectorize(lambda x: float(tab[1](x)))(low)
-                f3 = np.vectorize(lambda x: float(tab[2](x)))(low)
-                dD0 = (r[:, None] + r[None, :]) / 2 * f2 * _SAFE
-                evalD = (np.where(near, h * h / 24 * f3, 0.0) + evalerr) * _SAFE
+                with np.errstate(over="ignore", invalid="ignore"):  # beyond float64: no bound
+                    f2 = np.vectorize(lambda x: _float_or_inf(tab[1], x))(low)
+                    f3 = np.vectorize(lambda x: _float_or_inf(tab[2], x))(low)
+                    dD0 = (r[:, None] + r[None, :]) / 2 * f2 * _SAFE
+                    evalD = (np.where(near & (h > 0), h * h / 24 * f3, 0.0) + evalerr) * _SAFE
     # M = D̃ ∘ K̃, rounded to scale tM
     Mfull = D * K  # scale tD + qK
-    Mf_approx = _to_float(Mfull, tD + qK)
-    Mmax = float(np.abs(Mf_approx).max()) or 1.0
-    tM = int(target + 40 - math.floor(math.log2(Mmax)))
+    Mtop = int(np.abs(Mfull).max())
+    tM = int(target + 40 - (_bits(Mtop) - 1 - tD - qK if Mtop else 0))
     Mint = _shift(Mfull, tM - tD - qK)
     Mf = _fm(Mint)
     gnum = _obj(Xf * (Mf * Xf.transpose()))  # scale 2s + tM
@@ -587,12 +674,14 @@ def _bound(st, grp, bounds, Gs, K, qK, D, tD, Mint, tM, dD0, evalD):
 
 
 def _digits_from(bound: float, gnum: np.ndarray, gscale: int) -> float:
-    gmax = float(np.abs(_to_float(gnum, gscale)).max())
-    if gmax == 0:
+    top = int(np.abs(gnum).max())
+    if top == 0:
         return MAX_DIGITS if bound == 0 else 0.0
     if bound <= 0:
         return MAX_DIGITS
-    return float(min(MAX_DIGITS, max(0.0, -math.log10(bound / gmax))))
+    with mpmath.workprec(64):  # max|g| may lie outside the float64 range
+        lg = mpmath.log10(mpmath.mpf((top, -gscale)))
+        return float(min(MAX_DIGITS, max(0.0, lg - mpmath.log10(bound))))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -641,7 +730,12 @@ def _save_states(path, states: list[dict], atomic_write) -> None:
 
 
 def _load_states(path) -> list[dict]:
-    with np.load(path) as z:
+    with open(path, "rb") as fh:
+        return _states_from_bytes(fh.read())
+
+
+def _states_from_bytes(raw: bytes) -> list[dict]:
+    with np.load(io.BytesIO(raw)) as z:
         meta = json.loads(z["meta"].tobytes().decode())
         out = []
         for n, m in enumerate(meta):
@@ -662,12 +756,52 @@ def _choose_bits(lam: np.ndarray, dps: int | None) -> int:
     return math.ceil(dps * math.log2(10)) + 16
 
 
+MAX_DPS = 400  # the precision the condition loop may raise the target to (decimal digits)
+
+
+def _lmin_spread(st: dict) -> float:
+    """η/|λ| of the eigenvalue nearest 0, as an mpf (inf when η is not finite or λ = 0)."""
+    c, qc, eta = st["c"], st["qc"], st["eta"]
+    i = int(np.argmin([abs(int(v)) for v in c]))
+    if not np.isfinite(eta[i]) or c[i] == 0:
+        return mpmath.inf
+    with mpmath.workprec(64):
+        return mpmath.mpf(float(eta[i])) / abs(mpmath.mpf((int(c[i]), -qc)))
+
+
+def _more_dps(st: dict) -> int | None:
+    """Target precision (decimal digits) that resolves the smallest |λ| to ~25 digits — the
+    refinement's error is absolute, ~2^-bits ‖A‖ — or None when it is already resolved (or the
+    enclosure is not finite: the certificate failed for another reason)."""
+    c, qc, eta = st["c"], st["qc"], st["eta"]
+    i = int(np.argmin([abs(int(v)) for v in c]))
+    if not np.isfinite(eta[i]):
+        return None
+    with mpmath.workprec(64):
+        lmin = abs(mpmath.mpf((int(c[i]), -qc)))
+        e = mpmath.mpf(float(eta[i]))
+        if e <= lmin * mpmath.mpf(10) ** -25:
+            return None
+        cur = (st["target_bits"] - 16) / math.log2(10)
+        new = 2 * cur if e >= lmin else cur + float(mpmath.log10(e / lmin)) + 27
+    new = math.ceil(new)
+    return new if new <= MAX_DPS else None
+
+
 def eig_states(A: np.ndarray, *, dps: int | None = None, cache: bool = True, cache_dir=None, key=None,
-               atomic_write=None) -> list[dict]:
-    """Refined + certified eigendecomposition of A (cached): [final state] or [final, previous]."""
+               atomic_write=None, cache_read=None) -> list[dict]:
+    """Refined + certified eigendecomposition of A (cached): [final state] or [final, previous].
+
+    ``cache_read(path, parse)`` (from ``reference``) returns the parsed entry, or None when it is
+    missing or fails its checksum; without it the file is read as is."""
     path = cache_dir / f"{key}.npz" if cache and cache_dir is not None else None
-    if path is not None and path.exists():
-        return _load_states(path)
+    if path is not None:
+        if cache_read is not None:
+            states = cache_read(path, _states_from_bytes)
+            if states is not None:
+                return states
+        elif path.exists():
+            return _load_states(path)
     amax = float(np.abs(A).max())
     k = -math.frexp(amax)[1] if amax > 0 else 0  # A' = 2^k A has max|A'| in [0.5, 1): exact
     A2 = np.ldexp(A, k)
@@ -685,9 +819,23 @@ def eig_states(A: np.ndarray, *, dps: int | None = None, cache: bool = True, cac
 
 
 def engine(A: np.ndarray, loss, *, cache: bool, dps: int | None, cache_dir, key, atomic_write,
-           input_dtype=np.float64):
+           input_dtype=np.float64, cache_read=None):
     """(float64 gradient, thunk → mpf entries row-major, float64 eigenvalues, digits); see module doc."""
-    states = eig_states(A, dps=dps, cache=cache, cache_dir=cache_dir, key=key, atomic_write=atomic_write)
+    keyf = key if callable(key) else (lambda _dps: key)
+    states = eig_states(A, dps=dps, cache=cache, cache_dir=cache_dir, key=keyf(dps), atomic_write=atomic_write,
+                        cache_read=cache_read)
+    if dps is None and loss.kind == "spectral":
+        # f depends on λ itself: λ_min must be resolved relatively, beyond what float64 sees
+        spread = _lmin_spread(states[0])
+        for _ in range(6):
+            more = _more_dps(states[0])
+            if more is None:
+                break
+            new = eig_states(A, dps=more, cache=cache, cache_dir=cache_dir, key=keyf(more),
+                             atomic_write=atomic_write, cache_read=cache_read)
+            if not _lmin_spread(new[0]) < spread / 10:
+                break  # no progress (the refinement does not resolve this spectrum): keep the last
+            states, spread = new, _lmin_spread(new[0])
     st = states[0]
     lam64 = _to_float(st["c"], st["qc"])
     loss.check(lam64, dtype=input_dtype)  # a float32 input resolves λ only to float32 level
