@@ -1,65 +1,257 @@
-"""``stabkit.torch.eigh(A, method=..., **params)``: torch.linalg.eigh with a chosen backward.
+"""``stabkit.torch``: ``torch.linalg.eigh / eigvalsh / svd / svdvals`` with a chosen backward.
 
-A drop-in for ``torch.linalg.eigh`` inside any model: returns (eigenvalues ascending,
-eigenvectors), accepts any batch shape, float32/float64, CPU or CUDA. The backward is the
-registry method's formula — the very code the numpy path runs (``stabkit.methods``).
+Drop-ins for the ``torch.linalg`` functions of the same names — same positional arguments
+(``UPLO``, ``full_matrices``, ``driver``), same return types (``torch.return_types.linalg_eigh``,
+``linalg_svd``), any batch shape, float32/float64, CPU or CUDA — plus ``method=`` (a registry
+name, ``stabkit.methods.NAMES``), the method's parameters as keywords, and ``check=``:
+
+    lam, U = stabkit.torch.eigh(A, method="taylor", K=9)
+    U, S, Vh = stabkit.torch.svd(X, full_matrices=False, method="clip", tau=100)
+
+The backward is the registry method's formula, the very code the numpy path runs. For the SVD
+X = U diag(σ) Vᵀ the rule is Ionescu, Vantzos & Sminchisescu (ICCV 2015), Prop. 1, with the
+method's kernel F(σ²) in place of 1/(σ_j² − σ_i²) (the papers' rules applied to σ² gaps) and the
+D term for the part of ∂L/∂U (∂L/∂V) outside span(U) (span(V)) when m ≠ n — the formula torch's
+own SVD backward uses. ``method="torch"`` is torch.linalg itself.
+
+Works under ``torch.func`` (vmap, grad, jacrev, hessian), ``torch.compile(fullgraph=True)``
+(no numpy on the torch path) and plain autograd. **Second derivatives** (double backward,
+Hessian-vector products) are the exact derivative of the method's first-order gradient map:
+when the backward runs with grad mode on, it recomputes the decomposition from A with
+differentiable ops and applies the method's backward to it, so ``gradgradcheck`` holds for
+every method. Near-degenerate spectra make that derivative large for every method, bounded
+kernels included: a bounded first derivative does not bound its own derivative.
+
+**Input contract** (``check=True``, the default): a ValueError naming the problem for a
+non-tensor, a non-float dtype, a non-square (eigh) or empty input, NaN or ±Inf entries, and (eigh,
+eigvalsh) a matrix that is not symmetric within max|A − Aᵀ| ≤ √eps·max|A| (eps of the dtype).
+The check costs one reduction and one device→host sync; ``check=False`` skips it (inside layers
+that symmetrize their input). Under ``torch.compile`` and ``torch.func`` transforms the value
+checks are skipped (tensor values cannot steer Python there); dtype and shape are always checked.
+``out=`` is refused with a ValueError.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 
 from . import _xp
-from .methods import get, resolve_params
+from .methods import NAMES, get, resolve_params
+
+SVD_METHODS = tuple(n for n in NAMES if n == "torch" or hasattr(get(n).backward, "kernel"))
 
 
-class EighResult(NamedTuple):
-    eigenvalues: torch.Tensor
-    eigenvectors: torch.Tensor
+def EighResult(eigenvalues: torch.Tensor, eigenvectors: torch.Tensor):
+    """``torch.return_types.linalg_eigh`` — the type ``torch.linalg.eigh`` returns."""
+    return torch.return_types.linalg_eigh((eigenvalues, eigenvectors))
 
+
+def SVDResult(U: torch.Tensor, S: torch.Tensor, Vh: torch.Tensor):
+    """``torch.return_types.linalg_svd`` — the type ``torch.linalg.svd`` returns."""
+    return torch.return_types.linalg_svd((U, S, Vh))
+
+
+# ---------------------------------------------------------------- input contract
+
+def _check_tensor(A, fn: str, square: bool, out) -> None:
+    if out is not None:
+        raise ValueError(f"{fn}: out= is not supported (assign the result instead)")
+    if not isinstance(A, torch.Tensor):
+        raise ValueError(f"{fn}: expected a torch.Tensor, got {type(A).__name__}")
+    if A.dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"{fn}: unsupported dtype {A.dtype}: use float32 or float64")
+    if A.ndim < 2 or A.shape[-1] == 0 or A.shape[-2] == 0 or (square and A.shape[-1] != A.shape[-2]):
+        kind = "non-empty square matrices (..., d, d)" if square else "non-empty matrices (..., m, n)"
+        raise ValueError(f"{fn}: expected a batch of {kind}, got shape {tuple(A.shape)}")
+
+
+def check_values(A: torch.Tensor, fn: str = "eigh", symmetric: bool = True) -> None:
+    """ValueError if A holds NaN/Inf or (``symmetric``) max|A − Aᵀ| > √eps·max|A|.
+
+    Skipped under torch.compile and torch.func transforms (see the module docstring).
+    """
+    if _xp.is_traced(A):
+        return
+    A = A.detach()
+    finite = torch.isfinite(A)
+    if not bool(finite.all()):
+        n_nan, n_inf = int(torch.isnan(A).sum()), int(torch.isinf(A).sum())
+        what = ", ".join(f"{n} {k}" for n, k in ((n_nan, "NaN"), (n_inf, "Inf")) if n)
+        raise ValueError(f"{fn}: input has non-finite entries ({what} of {A.numel()})")
+    if symmetric:
+        scale = float(A.abs().amax())
+        asym = float((A - A.mT).abs().amax())
+        tol = _xp.finfo_eps(A.dtype) ** 0.5 * scale
+        if asym > tol:
+            raise ValueError(f"{fn}: input is not symmetric: max|A − Aᵀ| = {asym:.3g} > {tol:.3g} "
+                             f"(√eps·max|A|); symmetrize it (stabkit.torch.symmetrize) or pass check=False")
+
+
+def _split_method(UPLO, method: str, fn: str) -> tuple[str, str]:
+    """(UPLO, method), also accepting the older call ``eigh(A, "taylor")`` (method second)."""
+    if isinstance(UPLO, str) and UPLO.upper() in ("L", "U"):
+        return UPLO.upper(), method
+    if isinstance(UPLO, str) and UPLO in NAMES and method == "analytic":
+        return "L", UPLO
+    raise ValueError(f"{fn}: UPLO must be 'L' or 'U', got {UPLO!r}")
+
+
+# ---------------------------------------------------------------- eigh
 
 class _Eigh(torch.autograd.Function):
+    """(λ, U) = method.forward(A); backward = method.backward; recomputed from A when grad mode is
+    on in the backward (double backward), so the second derivative differentiates the rule itself."""
+
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, A, name, params):
-        method = get(name)
-        lam, U, state = method.forward(A, **params)
-        ctx.method, ctx.params, ctx.state = method, params, state
+    def forward(A, name, params):
+        lam, U, _ = get(name).forward(A, **dict(params))
         return lam, U
 
     @staticmethod
+    def setup_context(ctx, inputs, output):
+        A, name, params = inputs
+        ctx.save_for_backward(A, *output)
+        ctx.name, ctx.params = name, dict(params)
+
+    @staticmethod
     def backward(ctx, glam, gU):
-        state = ctx.state
-        ref = state.get("U", state.get("A"))
-        if glam is None:
-            glam = torch.zeros(ref.shape[:-1], dtype=ref.dtype, device=ref.device)
-        if gU is None:
-            gU = torch.zeros_like(ref)
-        gA = ctx.method.backward(state, gU, glam, **ctx.params)
-        return gA, None, None
+        A, lam, U = ctx.saved_tensors
+        method = get(ctx.name)
+        if hasattr(method.backward, "kernel"):
+            if torch.is_grad_enabled():
+                lam, U_new = torch.linalg.eigh(A)
+                U = U_new * _same_sign(U_new, U)
+            state = {"U": U, "lam": lam}
+        else:  # power iteration: its state (iterates, norms) is rebuilt from A
+            _, _, state = method.forward(A, **ctx.params)
+        return method.backward(state, gU, glam, **ctx.params), None, None
 
 
-def eigh(A: torch.Tensor, method: str = "analytic", **params) -> EighResult:
-    """Eigendecomposition of symmetric A (..., d, d) whose gradient follows ``method``.
+def _same_sign(new, old):
+    """±1 per column making ``new``'s columns point like ``old``'s (a recomputed basis)."""
+    s = torch.sign((new * old).sum(-2, keepdim=True))
+    return torch.where(s == 0, torch.ones_like(s), s).detach()
 
-    ``method="torch"`` is torch.linalg.eigh itself. Raises ValueError for an unknown method or
-    parameter, a non-float dtype, or a non-square input.
+
+def eigh(A: torch.Tensor, UPLO: str = "L", *, out=None, method: str = "analytic", check: bool = True, **params):
+    """``torch.linalg.eigh(A, UPLO)`` (ascending eigenvalues, eigenvectors) whose gradient follows ``method``.
+
+    ``params`` are the method's parameters (e.g. ``K=9`` for taylor); ``check`` the input contract
+    of the module docstring. ``eigh(A, "taylor")`` (method second, the older spelling) still works.
     """
-    if not isinstance(A, torch.Tensor):
-        raise ValueError(f"expected a torch.Tensor, got {type(A).__name__}")
-    if A.dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"unsupported dtype {A.dtype}: use float32 or float64")
-    if A.ndim < 2 or A.shape[-1] != A.shape[-2] or A.shape[-1] == 0:
-        raise ValueError(f"expected a batch of non-empty square matrices (..., d, d), got shape {tuple(A.shape)}")
+    UPLO, method = _split_method(UPLO, method, "eigh")
+    _check_tensor(A, "eigh", True, out)
     resolved = resolve_params(method, params)
+    if check:
+        check_values(A, "eigh")
     if method == "torch":
-        lam, U = torch.linalg.eigh(A)
-        return EighResult(lam, U)
-    lam, U = _Eigh.apply(A, method, resolved)
+        return torch.linalg.eigh(A, UPLO=UPLO)
+    lam, U = _Eigh.apply(A if UPLO == "L" else A.mT, method, tuple(resolved.items()))
     return EighResult(lam, U)
+
+
+def eigvalsh(A: torch.Tensor, UPLO: str = "L", *, out=None, method: str = "analytic", check: bool = True, **params):
+    """``torch.linalg.eigvalsh``: the eigenvalues of :func:`eigh` (their gradient U diag(∂L/∂λ) Uᵀ
+    is the same for every kernel method; ``pi-forward`` differentiates its own iteration)."""
+    UPLO, method = _split_method(UPLO, method, "eigvalsh")
+    _check_tensor(A, "eigvalsh", True, out)
+    resolved = resolve_params(method, params)
+    if check:
+        check_values(A, "eigvalsh")
+    if method == "torch":
+        return torch.linalg.eigvalsh(A, UPLO=UPLO)
+    return _Eigh.apply(A if UPLO == "L" else A.mT, method, tuple(resolved.items()))[0]
 
 
 def symmetrize(A: torch.Tensor) -> torch.Tensor:
     """(A + Aᵀ)/2 — what a layer should feed to ``eigh`` when A is only symmetric up to rounding."""
     return _xp.sym(A)
+
+
+# ---------------------------------------------------------------- svd
+
+def svd_backward(U, S, Vh, gU, gS, gVh, F):
+    """∂L/∂X for the thin SVD X = U diag(S) Vh (U: m×k, Vh: k×n, k = min(m, n)).
+
+    Ionescu et al., ICCV 2015, Prop. 1, written as torch writes it, with F_ij ≈ 1/(σ_j² − σ_i²):
+
+        ∂L/∂X = U [ diag(∂L/∂σ) + (F ∘ skew(Uᵀ∂L/∂U)) Σ + Σ (F ∘ skew(Vᵀ∂L/∂V)) ] Vᵀ
+                + (I − UUᵀ) ∂L/∂U Σ⁻¹ Vᵀ + U Σ⁻¹ (∂L/∂V)ᵀ (I − VVᵀ),   skew(M) = M − Mᵀ.
+
+    The last two terms are the D term (zero when m = n); the exact F is the analytic method's.
+    """
+    J = U.mT @ gU
+    P = Vh @ gVh.mT  # Vᵀ ∂L/∂V with V = Vhᵀ, ∂L/∂V = gVhᵀ
+    inner = torch.diag_embed(gS) + (F * (J - J.mT)) * S[..., None, :] + S[..., :, None] * (F * (P - P.mT))
+    gX = U @ inner @ Vh
+    m, n = U.shape[-2], Vh.shape[-1]
+    if m > S.shape[-1]:
+        gX = gX + ((gU - U @ J) / S[..., None, :]) @ Vh
+    if n > S.shape[-1]:
+        gX = gX + U @ ((gVh - (gVh @ Vh.mT) @ Vh) / S[..., :, None])
+    return gX
+
+
+class _SVD(torch.autograd.Function):
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(X, full_matrices, driver, name, params):
+        U, S, Vh = torch.linalg.svd(X, full_matrices=full_matrices, driver=driver)
+        return U, S, Vh
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        X, full_matrices, driver, name, params = inputs
+        ctx.save_for_backward(X, *output)
+        ctx.driver, ctx.name, ctx.params = driver, name, dict(params)
+
+    @staticmethod
+    def backward(ctx, gU, gS, gVh):
+        X, U, S, Vh = ctx.saved_tensors
+        k = S.shape[-1]
+        U, Vh, gU, gVh = U[..., :, :k], Vh[..., :k, :], gU[..., :, :k], gVh[..., :k, :]
+        if torch.is_grad_enabled():  # double backward: the factors as differentiable functions of X
+            U_new, S, Vh_new = torch.linalg.svd(X, full_matrices=False, driver=ctx.driver)
+            sign = _same_sign(U_new, U)
+            U, Vh = U_new * sign, Vh_new * sign.mT
+        F = get(ctx.name).backward.kernel(S * S, **ctx.params)
+        return svd_backward(U, S, Vh, gU, gS, gVh, F), None, None, None, None
+
+
+def _svd_method(method: str, params: dict, fn: str) -> dict:
+    if method not in SVD_METHODS:
+        if method in NAMES:
+            raise ValueError(f"{fn}: method {method!r} has no SVD rule; choose one of {', '.join(SVD_METHODS)}")
+        get(method)  # the registry's unknown-method error
+    return resolve_params(method, params)
+
+
+def svd(A: torch.Tensor, full_matrices: bool = True, *, driver=None, out=None, method: str = "analytic",
+        check: bool = True, **params):
+    """``torch.linalg.svd(A, full_matrices)`` → (U, S, Vh) whose gradient follows ``method``.
+
+    A is any real (..., m, n). As in torch, with ``full_matrices=True`` the gradient ignores the
+    columns of U and rows of Vh beyond min(m, n) (they are an arbitrary basis).
+    """
+    _check_tensor(A, "svd", False, out)
+    resolved = _svd_method(method, params, "svd")
+    if check:
+        check_values(A, "svd", symmetric=False)
+    if method == "torch":
+        return torch.linalg.svd(A, full_matrices=full_matrices, driver=driver)
+    U, S, Vh = _SVD.apply(A, bool(full_matrices), driver, method, tuple(resolved.items()))
+    return SVDResult(U, S, Vh)
+
+
+def svdvals(A: torch.Tensor, *, driver=None, out=None, method: str = "analytic", check: bool = True, **params):
+    """``torch.linalg.svdvals``: singular values, descending (gradient U diag(∂L/∂σ) Vᵀ)."""
+    _check_tensor(A, "svdvals", False, out)
+    resolved = _svd_method(method, params, "svdvals")
+    if check:
+        check_values(A, "svdvals", symmetric=False)
+    if method == "torch":
+        return torch.linalg.svdvals(A, driver=driver)
+    return _SVD.apply(A, False, driver, method, tuple(resolved.items()))[1]

@@ -11,8 +11,11 @@ eigenvector, so the forward is the exact eigendecomposition and only the backwar
 the T = 19 iterations; it stops at the first k where λ_k ≤ ε, the Rayleigh quotient is off by
 more than 10 %, or the eigenvalues kept so far hold ≥ 1 − ε of the energy (Σλ), and drops that
 and every smaller eigenvector (their gradient contributions are zero). Default ε = 1e-4, the
-ZCA layer's ε in the paper. ``pi-forward`` (the PI baseline) starts from seeded random vectors,
-so its forward is power iteration too, with no breaking conditions.
+ZCA layer's ε in the paper. ``pi-forward`` (the PI baseline) starts from seeded pseudo-random
+vectors, so its forward is power iteration too, with no breaking conditions. Its start vectors
+come from a small integer hash of (row, column, seed) — bit-identical in numpy and torch, the
+same for every matrix of a batch (so ``vmap`` and a batched call agree), and free of numpy
+calls on the torch path (``torch.compile(fullgraph=True)``).
 """
 
 from __future__ import annotations
@@ -74,6 +77,25 @@ def _run(A, starts, steps, order, xp):
     return paths, norms, lam_hat, W
 
 
+def start_vectors(A, seed: int):
+    """Unit start vectors (columns of a d×d matrix, broadcast to A's shape) from an LCG hash of
+    (row·d + column, seed): uniform in [−½, ½) before normalising, exact integer arithmetic."""
+    xp = _xp.namespace(A)
+    d = A.shape[-1]
+    modulus = 2**31
+    if xp is np:
+        x = np.arange(d * d, dtype=np.int64).reshape(d, d)
+    else:
+        x = xp.arange(d * d, dtype=xp.int64, device=A.device).reshape(d, d)
+    x = (x * 1103515245 + (int(seed) % modulus) * 2531011 + 0x91) % modulus
+    for _ in range(3):
+        x = (x * 1103515245 + 12345) % modulus
+    s = (x if xp is np else x.to(xp.float64)) / modulus - 0.5
+    s = s / _norm(_xp.T(s), xp)[..., 0]
+    s = s.astype(A.dtype) if xp is np else s.to(A.dtype)
+    return (np.broadcast_to if xp is np else xp.broadcast_to)(s, A.shape)
+
+
 def _forward(A, steps, start: str, eps: float, seed: int):
     xp = _xp.namespace(A)
     d = A.shape[-1]
@@ -83,21 +105,20 @@ def _forward(A, steps, start: str, eps: float, seed: int):
         kept = _energy_kept(lam, eps, xp)
         # indices dropped by the λ-only breaking conditions in every batch element contribute
         # nothing to the gradient and cannot influence larger ones: do not iterate them at all
-        order = order[:int(kept.sum(-1).max()) if math.prod(kept.shape) else 0]
+        # (under torch.compile / vmap the count is data, not a Python int: iterate them all,
+        # ``active`` masks them out of the gradient the same way)
+        if not _xp.is_traced(A):
+            order = order[:int(kept.sum(-1).max()) if math.prod(kept.shape) else 0]
         starts = U
     else:
-        rng = np.random.default_rng(np.random.SeedSequence([seed, d, 0x91]))
-        s = rng.standard_normal(A.shape)
-        s /= np.linalg.norm(s, axis=-2, keepdims=True)
-        starts = s.astype(A.dtype) if xp is np else xp.as_tensor(s, dtype=A.dtype, device=A.device)
+        starts = start_vectors(A, seed)
     paths, norms, lam_hat, W = _run(A, starts, steps, order, xp)
     if start == "exact":
         active = _rayleigh_kept(kept, lam, lam_hat, order, xp)
     else:
         U = _stack([paths[k][..., -1, :] for k in range(d)], -1, xp)
         lam = _stack([lam_hat[k] for k in range(d)], -1, xp)
-        ones = np.ones(A.shape[:-2] + (d,), dtype=bool)
-        active = ones if xp is np else xp.as_tensor(ones, device=A.device)
+        active = np.ones(lam.shape, dtype=bool) if xp is np else xp.ones_like(lam, dtype=xp.bool)
     state = {"A": A, "paths": paths, "norms": norms, "lam_hat": lam_hat, "W": W, "order": order, "active": active}
     return lam, U, state
 
