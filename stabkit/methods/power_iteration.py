@@ -78,8 +78,9 @@ def _run(A, starts, steps, order, xp):
 
 
 def start_vectors(A, seed: int):
-    """Unit start vectors (columns of a d×d matrix, broadcast to A's shape) from an LCG hash of
-    (row·d + column, seed): uniform in [−½, ½) before normalising, exact integer arithmetic."""
+    """Unit start vectors (columns of a d×d matrix, broadcast to A's shape) from an integer hash of
+    (row·d + column, seed) — an LCG step then xor-shift-multiply rounds, all exact in int64 below
+    2^62 — mapped to [−½, ½) before normalising."""
     xp = _xp.namespace(A)
     d = A.shape[-1]
     modulus = 2**31
@@ -88,8 +89,10 @@ def start_vectors(A, seed: int):
     else:
         x = xp.arange(d * d, dtype=xp.int64, device=A.device).reshape(d, d)
     x = (x * 1103515245 + (int(seed) % modulus) * 2531011 + 0x91) % modulus
-    for _ in range(3):
-        x = (x * 1103515245 + 12345) % modulus
+    for multiplier in (0x2C1B3C6D, 0x297A2D39):  # xor-shift-multiply rounds: not affine in the index
+        x = x ^ (x >> 15)
+        x = (x * multiplier) % modulus
+    x = x ^ (x >> 15)
     s = (x if xp is np else x.to(xp.float64)) / modulus - 0.5
     s = s / _norm(_xp.T(s), xp)[..., 0]
     s = s.astype(A.dtype) if xp is np else s.to(A.dtype)
