@@ -99,8 +99,8 @@ def _split_method(UPLO, method: str, fn: str) -> tuple[str, str]:
 # ---------------------------------------------------------------- eigh
 
 class _Eigh(torch.autograd.Function):
-    """(λ, U) = method.forward(A); backward = method.backward; recomputed from A when grad mode is
-    on in the backward (double backward), so the second derivative differentiates the rule itself."""
+    """(λ, U) = method.forward(A); backward = method.backward, on factors recomputed from A when the
+    backward is itself differentiated, so the second derivative differentiates the rule itself."""
 
     generate_vmap_rule = True
 
@@ -113,6 +113,7 @@ class _Eigh(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         A, name, params = inputs
         ctx.save_for_backward(A, *output)
+        ctx.save_for_forward(*output)
         ctx.name, ctx.params = name, dict(params)
 
     @staticmethod
@@ -120,13 +121,44 @@ class _Eigh(torch.autograd.Function):
         A, lam, U = ctx.saved_tensors
         method = get(ctx.name)
         if hasattr(method.backward, "kernel"):
-            if torch.is_grad_enabled():
+            if _differentiating_backward(A):
                 lam, U_new = torch.linalg.eigh(A)
                 U = U_new * _same_sign(U_new, U)
             state = {"U": U, "lam": lam}
         else:  # power iteration: its state (iterates, norms) is rebuilt from A
             _, _, state = method.forward(A, **ctx.params)
         return method.backward(state, gU, glam, **ctx.params), None, None
+
+
+class _EighJvp(_Eigh):
+    """_Eigh with forward mode (torch.func.jvp / jacfwd / hessian). Dynamo cannot trace a custom
+    jvp, so under torch.compile the plain _Eigh is used."""
+
+    @staticmethod
+    def jvp(ctx, dA, _name, _params):
+        """Forward mode, the transpose of the backward rule: with M = Uᵀ sym(dA) U,
+        dλ = diag(M), dU = U (F ∘ M) (exact for the analytic F)."""
+        lam, U = ctx.saved_tensors
+        kernel = getattr(get(ctx.name).backward, "kernel", None)
+        if kernel is None:
+            raise RuntimeError(f"stabkit.torch.eigh(method={ctx.name!r}): forward-mode AD (torch.func.jvp, jacfwd, "
+                               "hessian) is not implemented for power iteration; use reverse mode, e.g. "
+                               "torch.func.jacrev(torch.func.jacrev(f)) for a Hessian")
+        M = U.mT @ _xp.sym(dA) @ U
+        return _xp.diagonal(M), U @ (kernel(lam, **ctx.params) * M)
+
+
+def _op(plain, with_jvp):
+    return plain if torch.compiler.is_compiling() else with_jvp
+
+
+def _differentiating_backward(A) -> bool:
+    """The backward itself is being differentiated (double backward, or a torch.func transform
+    that may apply forward mode to it): the decomposition must then be rebuilt from A with ops
+    whose derivatives are exact, instead of using the saved, constant factors."""
+    if torch.is_grad_enabled():
+        return True
+    return not torch.compiler.is_compiling() and bool(torch._C._functorch.is_functorch_wrapped_tensor(A))
 
 
 def _same_sign(new, old):
@@ -148,7 +180,7 @@ def eigh(A: torch.Tensor, UPLO: str = "L", *, out=None, method: str = "analytic"
         check_values(A, "eigh")
     if method == "torch":
         return torch.linalg.eigh(A, UPLO=UPLO)
-    lam, U = _Eigh.apply(A if UPLO == "L" else A.mT, method, tuple(resolved.items()))
+    lam, U = _op(_Eigh, _EighJvp).apply(A if UPLO == "L" else A.mT, method, tuple(resolved.items()))
     return EighResult(lam, U)
 
 
@@ -162,7 +194,7 @@ def eigvalsh(A: torch.Tensor, UPLO: str = "L", *, out=None, method: str = "analy
         check_values(A, "eigvalsh")
     if method == "torch":
         return torch.linalg.eigvalsh(A, UPLO=UPLO)
-    return _Eigh.apply(A if UPLO == "L" else A.mT, method, tuple(resolved.items()))[0]
+    return _op(_Eigh, _EighJvp).apply(A if UPLO == "L" else A.mT, method, tuple(resolved.items()))[0]
 
 
 def symmetrize(A: torch.Tensor) -> torch.Tensor:
@@ -206,6 +238,7 @@ class _SVD(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         X, full_matrices, driver, name, params = inputs
         ctx.save_for_backward(X, *output)
+        ctx.save_for_forward(*output)
         ctx.driver, ctx.name, ctx.params = driver, name, dict(params)
 
     @staticmethod
@@ -213,12 +246,38 @@ class _SVD(torch.autograd.Function):
         X, U, S, Vh = ctx.saved_tensors
         k = S.shape[-1]
         U, Vh, gU, gVh = U[..., :, :k], Vh[..., :k, :], gU[..., :, :k], gVh[..., :k, :]
-        if torch.is_grad_enabled():  # double backward: the factors as differentiable functions of X
+        if _differentiating_backward(X):  # the factors as differentiable functions of X
             U_new, S, Vh_new = torch.linalg.svd(X, full_matrices=False, driver=ctx.driver)
             sign = _same_sign(U_new, U)
             U, Vh = U_new * sign, Vh_new * sign.mT
         F = get(ctx.name).backward.kernel(S * S, **ctx.params)
         return svd_backward(U, S, Vh, gU, gS, gVh, F), None, None, None, None
+
+class _SVDJvp(_SVD):
+    """_SVD with forward mode; plain _SVD under torch.compile (no custom jvp in Dynamo)."""
+
+    @staticmethod
+    def jvp(ctx, dX, _full, _driver, _name, _params):
+        """Forward mode, the transpose of :func:`svd_backward`: with M = Uᵀ dX V, G = F ∘ (M Σ),
+        H = F ∘ (Σ M): dσ = diag(M), dU = U (G − Gᵀ) + (I − UUᵀ) dX V Σ⁻¹,
+        dV = V (H − Hᵀ) + (I − VVᵀ) dXᵀ U Σ⁻¹; columns beyond min(m, n) get no tangent."""
+        U_all, S, Vh_all = ctx.saved_tensors
+        k = S.shape[-1]
+        U, Vh = U_all[..., :, :k], Vh_all[..., :k, :]
+        V = Vh.mT
+        F = get(ctx.name).backward.kernel(S * S, **ctx.params)
+        XV, XtU = dX @ V, dX.mT @ U
+        M = U.mT @ XV
+        G, H = F * (M * S[..., None, :]), F * (S[..., :, None] * M)
+        dU = U @ (G - G.mT) + (XV - U @ M) / S[..., None, :]
+        dV = V @ (H - H.mT) + (XtU - V @ M.mT) / S[..., None, :]
+        pad_u, pad_v = U_all.shape[-1] - k, Vh_all.shape[-2] - k
+        if pad_u:
+            dU = torch.cat([dU, torch.zeros_like(U_all[..., :, k:])], -1)
+        dVh = dV.mT
+        if pad_v:
+            dVh = torch.cat([dVh, torch.zeros_like(Vh_all[..., k:, :])], -2)
+        return dU, _xp.diagonal(M), dVh
 
 
 def _svd_method(method: str, params: dict, fn: str) -> dict:
@@ -242,7 +301,7 @@ def svd(A: torch.Tensor, full_matrices: bool = True, *, driver=None, out=None, m
         check_values(A, "svd", symmetric=False)
     if method == "torch":
         return torch.linalg.svd(A, full_matrices=full_matrices, driver=driver)
-    U, S, Vh = _SVD.apply(A, bool(full_matrices), driver, method, tuple(resolved.items()))
+    U, S, Vh = _op(_SVD, _SVDJvp).apply(A, bool(full_matrices), driver, method, tuple(resolved.items()))
     return SVDResult(U, S, Vh)
 
 
@@ -254,4 +313,4 @@ def svdvals(A: torch.Tensor, *, driver=None, out=None, method: str = "analytic",
         check_values(A, "svdvals", symmetric=False)
     if method == "torch":
         return torch.linalg.svdvals(A, driver=driver)
-    return _SVD.apply(A, False, driver, method, tuple(resolved.items()))[1]
+    return _op(_SVD, _SVDJvp).apply(A, False, driver, method, tuple(resolved.items()))[1]

@@ -358,3 +358,23 @@ def test_svd_analytic_gradient_equals_torch_property(seed, full, m, n):
     torch.testing.assert_close(grad_of(lambda x: svd_loss(*sk.svd(x, full)), X),
                                grad_of(lambda x: svd_loss(*torch.linalg.svd(x, full_matrices=full)), X),
                                rtol=1e-10, atol=1e-11)
+
+
+@pytest.mark.parametrize("method", [m for m in EIG_METHODS if m not in ("pi", "pi-forward")])
+def test_eigh_jvp_is_the_transpose_of_the_backward(method):
+    """jacfwd (the op's jvp) = jacrev (its backward) for every kernel rule, clipping active for clip."""
+    A = separated(4, seed=3)
+    p = {"tau": 0.5} if method == "clip" else {"K": 2} if method == "taylor" else {}
+    f = lambda a: tuple(sk.eigh(sym(a), method=method, **p))  # noqa: E731
+    for jf, jr in zip(torch.func.jacfwd(f)(A), torch.func.jacrev(f)(A)):
+        torch.testing.assert_close(jf, jr, rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("method", SVD_METHODS)
+@pytest.mark.parametrize("shape,full", [((5, 3), False), ((3, 5), True), ((4, 4), True)])
+def test_svd_jvp_is_the_transpose_of_the_backward(method, shape, full):
+    X = general(*shape, seed=4)
+    k = min(shape)
+    f = lambda x: (lambda U, S, Vh: (U[..., :, :k], S, Vh[..., :k, :]))(*sk.svd(x, full, method=method))  # noqa: E731
+    for jf, jr in zip(torch.func.jacfwd(f)(X), torch.func.jacrev(f)(X)):
+        torch.testing.assert_close(jf, jr, rtol=0, atol=1e-12)
