@@ -14,13 +14,19 @@ method's kernel F(σ²) in place of 1/(σ_j² − σ_i²) (the papers' rules app
 D term for the part of ∂L/∂U (∂L/∂V) outside span(U) (span(V)) when m ≠ n — the formula torch's
 own SVD backward uses. ``method="torch"`` is torch.linalg itself.
 
-Works under ``torch.func`` (vmap, grad, jacrev, hessian), ``torch.compile(fullgraph=True)``
-(no numpy on the torch path) and plain autograd. **Second derivatives** (double backward,
-Hessian-vector products) are the exact derivative of the method's first-order gradient map:
-when the backward runs with grad mode on, it recomputes the decomposition from A with
-differentiable ops and applies the method's backward to it, so ``gradgradcheck`` holds for
-every method. Near-degenerate spectra make that derivative large for every method, bounded
-kernels included: a bounded first derivative does not bound its own derivative.
+Works under ``torch.func`` (vmap, grad, jacrev, jacfwd, hessian), ``torch.compile(fullgraph=True)``
+(no numpy on the torch path) and plain autograd. Forward mode (jvp) is the transpose of the
+backward rule; power iteration (``pi``, ``pi-forward``) has none and says so (use reverse mode).
+
+**Second derivatives** (double backward, Hessian-vector products). When the backward is itself
+differentiated it rebuilds the decomposition from A with exactly differentiable ops and applies
+the method's rule to it, so the op's double backward is the exact derivative of the method's
+rule A, (∂L/∂λ, ∂L/∂U) ↦ ∂L/∂A — ``gradgradcheck`` holds for every method. Through a loss that
+is nonlinear in U, autograd differentiates ∂L/∂U(U(A)) with the op's own (the method's) rule
+again, so for an approximate rule (taylor, clip when it clips, pi) a Hessian carries the method's
+approximation error, of the order of its first-order error, and is not symmetric; for the exact
+rules it is the exact Hessian. Near-degenerate spectra make second derivatives large for every
+method, bounded kernels included: a bounded first derivative does not bound its own derivative.
 
 **Input contract** (``check=True``, the default): a ValueError naming the problem for a
 non-tensor, a non-float dtype, a non-square (eigh) or empty input, NaN or ±Inf entries, and (eigh,
