@@ -378,3 +378,22 @@ def test_svd_jvp_is_the_transpose_of_the_backward(method, shape, full):
     f = lambda x: (lambda U, S, Vh: (U[..., :, :k], S, Vh[..., :k, :]))(*sk.svd(x, full, method=method))  # noqa: E731
     for jf, jr in zip(torch.func.jacfwd(f)(X), torch.func.jacrev(f)(X)):
         torch.testing.assert_close(jf, jr, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(6, 4), (4, 4)])
+def test_svd_gradient_matches_certified_truth(shape):
+    """SVD gradient against the certified truth: for a loss L(V, σ²) = ℓ(eigenvectors, eigenvalues
+    of A = XᵀX) (ℓ the gauge-invariant eigvec probe), ∂L/∂X = 2X·∂ℓ/∂A with ∂ℓ/∂A certified."""
+    m, n = shape
+    rng = np.random.default_rng(11)
+    U0, _ = np.linalg.qr(rng.standard_normal((m, n)))
+    V0, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    X = (U0 * np.array([3.0, 2.2, 1.5, 0.8])) @ V0.T
+    loss = make_loss("eigvec", n, seed=2)
+    truth = ground_truth(X.T @ X, loss)
+    assert truth.certified
+    expected = 2 * X @ truth.grad
+    leaf = torch.tensor(X, requires_grad=True)
+    _, S, Vh = sk.svd(leaf, full_matrices=False)
+    (g,) = torch.autograd.grad(loss.value(Vh.mT.flip(-1), (S * S).flip(-1)).sum(), leaf)  # ascending order
+    assert np.linalg.norm(g.numpy() - expected) <= 1e-12 * np.linalg.norm(expected)
