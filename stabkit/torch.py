@@ -42,7 +42,7 @@ from __future__ import annotations
 import torch
 
 from . import _xp
-from .methods import NAMES, get, resolve_params
+from .methods import NAMES, get, power_iteration, resolve_params
 
 SVD_METHODS = tuple(n for n in NAMES if n == "torch" or hasattr(get(n).backward, "kernel"))
 
@@ -131,6 +131,8 @@ class _Eigh(torch.autograd.Function):
                 lam, U_new = torch.linalg.eigh(A)
                 U = U_new * _same_sign(U_new, U)
             state = {"U": U, "lam": lam}
+        elif ctx.name == "pi" and not _differentiating_backward(A):  # iterates rebuilt from the saved (λ, U)
+            state = power_iteration.svd_pi_state(A, lam, U, **ctx.params)
         else:  # power iteration: its state (iterates, norms) is rebuilt from A
             _, _, state = method.forward(A, **ctx.params)
         return method.backward(state, gU, glam, **ctx.params), None, None

@@ -99,12 +99,12 @@ def start_vectors(A, seed: int):
     return (np.broadcast_to if xp is np else xp.broadcast_to)(s, A.shape)
 
 
-def _forward(A, steps, start: str, eps: float, seed: int):
+def _forward(A, steps, start: str, eps: float, seed: int, eig=None):
     xp = _xp.namespace(A)
     d = A.shape[-1]
     order = list(range(d - 1, -1, -1))
     if start == "exact":
-        lam, U = (np.linalg.eigh(A) if xp is np else xp.linalg.eigh(A))
+        lam, U = eig if eig is not None else (np.linalg.eigh(A) if xp is np else xp.linalg.eigh(A))
         kept = _energy_kept(lam, eps, xp)
         # indices dropped by the λ-only breaking conditions in every batch element contribute
         # nothing to the gradient and cannot influence larger ones: do not iterate them at all
@@ -210,6 +210,12 @@ def backward(state, gU, glam, **_):
 
 def _svd_pi_forward(A, steps=19, eps=1e-4):
     return _forward(A, steps, "exact", eps, 0)
+
+
+def svd_pi_state(A, lam, U, steps=19, eps=1e-4):
+    """SVD-PI's backward state from an eigendecomposition (λ, U) of A already at hand (the torch
+    op's saved outputs), without a second eigh."""
+    return _forward(A, steps, "exact", eps, 0, eig=(lam, U))[2]
 
 
 def _pi_forward(A, steps=19, seed=0):
