@@ -397,3 +397,44 @@ def test_svd_gradient_matches_certified_truth(shape):
     _, S, Vh = sk.svd(leaf, full_matrices=False)
     (g,) = torch.autograd.grad(loss.value(Vh.mT.flip(-1), (S * S).flip(-1)).sum(), leaf)  # ascending order
     assert np.linalg.norm(g.numpy() - expected) <= 1e-12 * np.linalg.norm(expected)
+
+
+@pytest.mark.parametrize("method", EIG_METHODS)
+def test_every_eigh_method_equals_torch_on_a_widely_separated_spectrum(method):
+    """λ = 1, 3, 9, 27, 81: ratios ≤ 1/3, so every approximation is exact to ~1e-8 (taylor's
+    (1/3)^10, power iteration's (1/3)^19 per step count) and the gradients must agree with torch's."""
+    A = torch.tensor(build([1.0, 3.0, 9.0, 27.0, 81.0], seed=12), dtype=F64)
+    g = grad_of(lambda a: eig_loss(*sk.eigh(sym(a), method=method)), A)
+    ref = grad_of(lambda a: eig_loss(*torch.linalg.eigh(sym(a))), A)
+    assert (g - ref).norm() <= 1e-6 * ref.norm()
+
+
+@pytest.mark.parametrize("method", SVD_METHODS)
+@pytest.mark.parametrize("shape", [(6, 4), (4, 6)])
+def test_every_svd_method_equals_torch_on_a_widely_separated_spectrum(method, shape):
+    rng = np.random.default_rng(13)
+    m, n = shape
+    U0, _ = np.linalg.qr(rng.standard_normal((m, 4)))
+    V0, _ = np.linalg.qr(rng.standard_normal((n, 4)))
+    X = torch.tensor((U0 * np.array([27.0, 9.0, 3.0, 1.0])) @ V0.T)
+    g = grad_of(lambda x: svd_loss(*sk.svd(x, False, method=method)), X)
+    ref = grad_of(lambda x: svd_loss(*torch.linalg.svd(x, full_matrices=False)), X)
+    assert (g - ref).norm() <= 1e-8 * ref.norm()
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=hst.integers(0, 10**6), d=hst.integers(2, 8), log_rel=hst.floats(-16, 0),
+       dtype=hst.sampled_from([torch.float32, F64]))
+def test_symmetry_check_threshold_property(seed, d, log_rel, dtype):
+    """An off-diagonal asymmetry δ is refused iff |δ| > √eps·max|A| (up to a factor 2 margin)."""
+    rng = np.random.default_rng(seed)
+    A = torch.tensor(build(rng.uniform(0.5, 5.0, d), seed=seed), dtype=dtype)
+    rel = 10.0**log_rel
+    tol_rel = torch.finfo(dtype).eps ** 0.5
+    B = A.clone()
+    B[0, d - 1] += rel * A.abs().max()
+    if rel > 2 * tol_rel:
+        with pytest.raises(ValueError, match="not symmetric"):
+            sk.eigh(B)
+    elif rel < tol_rel / 2:
+        sk.eigh(B)
