@@ -31,7 +31,7 @@ method, bounded kernels included: a bounded first derivative does not bound its 
 **Input contract** (``check=True``, the default): a ValueError naming the problem for a
 non-tensor, a non-float dtype, a non-square (eigh) or empty input, NaN or ±Inf entries, and (eigh,
 eigvalsh) a matrix that is not symmetric within max|A − Aᵀ| ≤ √eps·max|A| (eps of the dtype).
-The check costs one reduction and one device→host sync; ``check=False`` skips it (inside layers
+The check costs a few reductions and one device→host sync; ``check=False`` skips it (inside layers
 that symmetrize their input). Under ``torch.compile`` and ``torch.func`` transforms the value
 checks are skipped (tensor values cannot steer Python there); dtype and shape are always checked.
 ``out=`` is refused with a ValueError.
@@ -79,17 +79,18 @@ def check_values(A: torch.Tensor, fn: str = "eigh", symmetric: bool = True) -> N
     if _xp.is_traced(A):
         return
     A = A.detach()
-    finite = torch.isfinite(A)
-    if not bool(finite.all()):
+    stats = [(~torch.isfinite(A)).any().to(A.dtype), A.abs().amax()]
+    if symmetric:
+        stats.append((A - A.mT).abs().amax())
+    values = torch.stack(stats).tolist()  # one device→host sync
+    if values[0]:
         n_nan, n_inf = int(torch.isnan(A).sum()), int(torch.isinf(A).sum())
         what = ", ".join(f"{n} {k}" for n, k in ((n_nan, "NaN"), (n_inf, "Inf")) if n)
         raise ValueError(f"{fn}: input has non-finite entries ({what} of {A.numel()})")
     if symmetric:
-        scale = float(A.abs().amax())
-        asym = float((A - A.mT).abs().amax())
-        tol = _xp.finfo_eps(A.dtype) ** 0.5 * scale
-        if asym > tol:
-            raise ValueError(f"{fn}: input is not symmetric: max|A − Aᵀ| = {asym:.3g} > {tol:.3g} "
+        tol = _xp.finfo_eps(A.dtype) ** 0.5 * values[1]
+        if values[2] > tol:
+            raise ValueError(f"{fn}: input is not symmetric: max|A − Aᵀ| = {values[2]:.3g} > {tol:.3g} "
                              f"(√eps·max|A|); symmetrize it (stabkit.torch.symmetrize) or pass check=False")
 
 
