@@ -6,6 +6,8 @@ two share, plus the helpers below for the few that are spelled differently.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 
@@ -67,6 +69,36 @@ def index_sign(x):
     return xp.sign(idx[None, :] - idx[:, None]).to(x.dtype)
 
 
-def errstate():
-    """Silence numpy's divide/invalid warnings: infinities are a result here, not an accident."""
+def errstate(x=None):
+    """Silence numpy's divide/invalid warnings: infinities are a result here, not an accident.
+
+    A no-op when ``x`` is a torch tensor: torch does not warn, and a numpy context manager on the
+    torch path would stop ``torch.compile(fullgraph=True)``.
+    """
+    if x is not None and is_torch(namespace(x)):
+        return contextlib.nullcontext()
     return np.errstate(divide="ignore", invalid="ignore", over="ignore")
+
+
+def is_traced(x) -> bool:
+    """True when ``x`` is seen by ``torch.compile`` or a ``torch.func`` transform (vmap, grad, …).
+
+    Python control flow on tensor values (``if t.any()``, ``int(t.max())``) is not allowed there;
+    code that takes such a shortcut in eager mode takes the value-independent route instead.
+    """
+    if not is_torch(namespace(x)):
+        return False
+    import torch
+
+    if torch.compiler.is_compiling():
+        return True
+    return bool(torch._C._functorch.is_functorch_wrapped_tensor(x))
+
+
+def finfo_eps(dtype) -> float:
+    """Machine epsilon of a numpy or torch floating dtype (no numpy call for a torch dtype)."""
+    if type(dtype).__module__.startswith("torch"):
+        import torch
+
+        return float(torch.finfo(dtype).eps)
+    return float(np.finfo(dtype).eps)

@@ -1,63 +1,207 @@
-"""``stabkit.torch.eigh(A, method=..., **params)``: torch.linalg.eigh with a chosen backward.
+"""``stabkit.torch``: ``torch.linalg.eigh / eigvalsh / svd / svdvals`` with a chosen backward.
 
-A drop-in for ``torch.linalg.eigh`` inside any model: returns (eigenvalues ascending,
-eigenvectors), accepts any batch shape, float32/float64, CPU or CUDA. The backward is the
-registry method's formula — the very code the numpy path runs (``stabkit.methods``).
+Drop-ins for the ``torch.linalg`` functions of the same names — same positional arguments
+(``UPLO``, ``full_matrices``, ``driver``), same return types (``torch.return_types.linalg_eigh``,
+``linalg_svd``), any batch shape, float32/float64, CPU or CUDA — plus ``method=`` (a registry
+name, ``stabkit.methods.NAMES``), the method's parameters as keywords, and ``check=``:
+
+    lam, U = stabkit.torch.eigh(A, method="taylor", K=9)
+    U, S, Vh = stabkit.torch.svd(X, full_matrices=False, method="clip", tau=100)
+
+The backward is the registry method's formula, the very code the numpy path runs. For the SVD
+X = U diag(σ) Vᵀ the rule is Ionescu, Vantzos & Sminchisescu (ICCV 2015), Prop. 1, with the
+method's kernel F(σ²) in place of 1/(σ_j² − σ_i²) (the papers' rules applied to σ² gaps) and the
+D term for the part of ∂L/∂U (∂L/∂V) outside span(U) (span(V)) when m ≠ n — the formula torch's
+own SVD backward uses. ``method="torch"`` is torch.linalg itself.
+
+Works under ``torch.func`` (vmap, grad, jacrev, jacfwd, hessian), ``torch.compile(fullgraph=True)``
+(no numpy on the torch path) and plain autograd. Forward mode (jvp) is the transpose of the
+backward rule; power iteration (``pi``, ``pi-forward``) has none and says so (use reverse mode).
+
+**Second derivatives** (double backward, Hessian-vector products). When the backward is itself
+differentiated it rebuilds the decomposition from A with exactly differentiable ops and applies
+the method's rule to it, so the op's double backward is the exact derivative of the method's
+rule A, (∂L/∂λ, ∂L/∂U) ↦ ∂L/∂A — ``gradgradcheck`` holds for every method. Through a loss that
+is nonlinear in U, autograd differentiates ∂L/∂U(U(A)) with the op's own (the method's) rule
+again, so for an approximate rule (taylor, clip when it clips, pi) a Hessian carries the method's
+approximation error, of the order of its first-order error, and is not symmetric; for the exact
+rules it is the exact Hessian. Near-degenerate spectra make second derivatives large for every
+method, bounded kernels included: a bounded first derivative does not bound its own derivative.
+
+**Input contract** (``check=True``, the default): a ValueError naming the problem for a
+non-tensor, a non-float dtype, a non-square (eigh) or empty input, NaN or ±Inf entries, and (eigh,
+eigvalsh) a matrix that is not symmetric within max|A − Aᵀ| ≤ √eps·max|A| (eps of the dtype).
+The check costs a few reductions and one device→host sync; ``check=False`` skips it (inside layers
+that symmetrize their input). Under ``torch.compile`` and ``torch.func`` transforms the value
+checks are skipped (tensor values cannot steer Python there); dtype and shape are always checked.
+``out=`` is refused with a ValueError.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 
 from . import _xp
-from .methods import get, resolve_params
+from .methods import NAMES, get, resolve_params
+
+SVD_METHODS = tuple(n for n in NAMES if n == "torch" or hasattr(get(n).backward, "kernel"))
 
 
-class EighResult(NamedTuple):
-    eigenvalues: torch.Tensor
-    eigenvectors: torch.Tensor
+def EighResult(eigenvalues: torch.Tensor, eigenvectors: torch.Tensor):
+    """``torch.return_types.linalg_eigh`` — the type ``torch.linalg.eigh`` returns."""
+    return torch.return_types.linalg_eigh((eigenvalues, eigenvectors))
 
+
+def SVDResult(U: torch.Tensor, S: torch.Tensor, Vh: torch.Tensor):
+    """``torch.return_types.linalg_svd`` — the type ``torch.linalg.svd`` returns."""
+    return torch.return_types.linalg_svd((U, S, Vh))
+
+
+# ---------------------------------------------------------------- input contract
+
+def _check_tensor(A, fn: str, square: bool, out) -> None:
+    if out is not None:
+        raise ValueError(f"{fn}: out= is not supported (assign the result instead)")
+    if not isinstance(A, torch.Tensor):
+        raise ValueError(f"{fn}: expected a torch.Tensor, got {type(A).__name__}")
+    if A.dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"{fn}: unsupported dtype {A.dtype}: use float32 or float64")
+    if A.ndim < 2 or A.shape[-1] == 0 or A.shape[-2] == 0 or (square and A.shape[-1] != A.shape[-2]):
+        kind = "non-empty square matrices (..., d, d)" if square else "non-empty matrices (..., m, n)"
+        raise ValueError(f"{fn}: expected a batch of {kind}, got shape {tuple(A.shape)}")
+
+
+def check_values(A: torch.Tensor, fn: str = "eigh", symmetric: bool = True) -> None:
+    """ValueError if A holds NaN/Inf or (``symmetric``) max|A − Aᵀ| > √eps·max|A|.
+
+    Skipped under torch.compile and torch.func transforms (see the module docstring).
+    """
+    if _xp.is_traced(A):
+        return
+    A = A.detach()
+    stats = [(~torch.isfinite(A)).any().to(A.dtype), A.abs().amax()]
+    if symmetric:
+        stats.append((A - A.mT).abs().amax())
+    values = torch.stack(stats).tolist()  # one device→host sync
+    if values[0]:
+        n_nan, n_inf = int(torch.isnan(A).sum()), int(torch.isinf(A).sum())
+        what = ", ".join(f"{n} {k}" for n, k in ((n_nan, "NaN"), (n_inf, "Inf")) if n)
+        raise ValueError(f"{fn}: input has non-finite entries ({what} of {A.numel()})")
+    if symmetric:
+        tol = _xp.finfo_eps(A.dtype) ** 0.5 * values[1]
+        if values[2] > tol:
+            raise ValueError(f"{fn}: input is not symmetric: max|A − Aᵀ| = {values[2]:.3g} > {tol:.3g} "
+                             f"(√eps·max|A|); symmetrize it (stabkit.torch.symmetrize) or pass check=False")
+
+
+def _split_method(UPLO, method: str, fn: str) -> tuple[str, str]:
+    """(UPLO, method), also accepting the older call ``eigh(A, "taylor")`` (method second)."""
+    if isinstance(UPLO, str) and UPLO.upper() in ("L", "U"):
+        return UPLO.upper(), method
+    if isinstance(UPLO, str) and UPLO in NAMES and method == "analytic":
+        return "L", UPLO
+    raise ValueError(f"{fn}: UPLO must be 'L' or 'U', got {UPLO!r}")
+
+
+# ---------------------------------------------------------------- eigh
 
 class _Eigh(torch.autograd.Function):
+    """(λ, U) = method.forward(A); backward = method.backward, on factors recomputed from A when the
+    backward is itself differentiated, so the second derivative differentiates the rule itself."""
+
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, A, name, params):
-        method = get(name)
-        lam, U, state = method.forward(A, **params)
-        ctx.method, ctx.params, ctx.state = method, params, state
+    def forward(A, name, params):
+        lam, U, _ = get(name).forward(A, **dict(params))
         return lam, U
 
     @staticmethod
+    def setup_context(ctx, inputs, output):
+        A, name, params = inputs
+        ctx.save_for_backward(A, *output)
+        ctx.save_for_forward(*output)
+        ctx.name, ctx.params = name, dict(params)
+
+    @staticmethod
     def backward(ctx, glam, gU):
-        state = ctx.state
-        ref = state.get("U", state.get("A"))
-        if glam is None:
-            glam = torch.zeros(ref.shape[:-1], dtype=ref.dtype, device=ref.device)
-        if gU is None:
-            gU = torch.zeros_like(ref)
-        gA = ctx.method.backward(state, gU, glam, **ctx.params)
-        return gA, None, None
+        A, lam, U = ctx.saved_tensors
+        method = get(ctx.name)
+        if getattr(method.backward, "exact_state", False):  # the rule needs only the exact (λ, U)
+            if _differentiating_backward(A):
+                lam, U_new = torch.linalg.eigh(A)
+                U = U_new * _same_sign(U_new, U)
+            state = {"U": U, "lam": lam}
+        else:  # power iteration: its state (iterates, norms) is rebuilt from A
+            _, _, state = method.forward(A, **ctx.params)
+        return method.backward(state, gU, glam, **ctx.params), None, None
 
 
-def eigh(A: torch.Tensor, method: str = "analytic", **params) -> EighResult:
-    """Eigendecomposition of symmetric A (..., d, d) whose gradient follows ``method``.
+class _EighJvp(_Eigh):
+    """_Eigh with forward mode (torch.func.jvp / jacfwd / hessian). Dynamo cannot trace a custom
+    jvp, so under torch.compile the plain _Eigh is used."""
 
-    ``method="torch"`` is torch.linalg.eigh itself. Raises ValueError for an unknown method or
-    parameter, a non-float dtype, or a non-square input.
+    @staticmethod
+    def jvp(ctx, dA, _name, _params):
+        """Forward mode, the transpose of the backward rule: with M = Uᵀ sym(dA) U,
+        dλ = diag(M), dU = U (F ∘ M) (exact for the analytic F)."""
+        lam, U = ctx.saved_tensors
+        kernel = getattr(get(ctx.name).backward, "kernel", None)
+        if kernel is None:
+            raise RuntimeError(f"stabkit.torch.eigh(method={ctx.name!r}): forward-mode AD (torch.func.jvp, jacfwd, "
+                               "hessian) is not implemented for power iteration; use reverse mode, e.g. "
+                               "torch.func.jacrev(torch.func.jacrev(f)) for a Hessian")
+        M = U.mT @ _xp.sym(dA) @ U
+        return _xp.diagonal(M), U @ (kernel(lam, **ctx.params) * M)
+
+
+def _op(plain, with_jvp):
+    return plain if torch.compiler.is_compiling() else with_jvp
+
+
+def _differentiating_backward(A) -> bool:
+    """The backward itself is being differentiated (double backward, or a torch.func transform
+    that may apply forward mode to it): the decomposition must then be rebuilt from A with ops
+    whose derivatives are exact, instead of using the saved, constant factors."""
+    if torch.is_grad_enabled():
+        return True
+    return not torch.compiler.is_compiling() and bool(torch._C._functorch.is_functorch_wrapped_tensor(A))
+
+
+def _same_sign(new, old):
+    """±1 per column making ``new``'s columns point like ``old``'s (a recomputed basis)."""
+    s = torch.sign((new * old).sum(-2, keepdim=True))
+    return torch.where(s == 0, torch.ones_like(s), s).detach()
+
+
+def eigh(A: torch.Tensor, UPLO: str = "L", *, out=None, method: str = "analytic", check: bool = True, **params):
+    """``torch.linalg.eigh(A, UPLO)`` (ascending eigenvalues, eigenvectors) whose gradient follows ``method``.
+
+    ``params`` are the method's parameters (e.g. ``K=9`` for taylor); ``check`` the input contract
+    of the module docstring. ``eigh(A, "taylor")`` (method second, the older spelling) still works.
     """
-    if not isinstance(A, torch.Tensor):
-        raise ValueError(f"expected a torch.Tensor, got {type(A).__name__}")
-    if A.dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"unsupported dtype {A.dtype}: use float32 or float64")
-    if A.ndim < 2 or A.shape[-1] != A.shape[-2] or A.shape[-1] == 0:
-        raise ValueError(f"expected a batch of non-empty square matrices (..., d, d), got shape {tuple(A.shape)}")
+    UPLO, method = _split_method(UPLO, method, "eigh")
+    _check_tensor(A, "eigh", True, out)
     resolved = resolve_params(method, params)
+    if check:
+        check_values(A, "eigh")
     if method == "torch":
-        lam, U = torch.linalg.eigh(A)
-        return EighResult(lam, U)
-    lam, U = _Eigh.apply(A, method, resolved)
+        return torch.linalg.eigh(A, UPLO=UPLO)
+    lam, U = _op(_Eigh, _EighJvp).apply(A if UPLO == "L" else A.mT, method, tuple(resolved.items()))
     return EighResult(lam, U)
+
+
+def eigvalsh(A: torch.Tensor, UPLO: str = "L", *, out=None, method: str = "analytic", check: bool = True, **params):
+    """``torch.linalg.eigvalsh``: the eigenvalues of :func:`eigh` (their gradient U diag(∂L/∂λ) Uᵀ
+    is the same for every kernel method; ``pi-forward`` differentiates its own iteration)."""
+    UPLO, method = _split_method(UPLO, method, "eigvalsh")
+    _check_tensor(A, "eigvalsh", True, out)
+    resolved = resolve_params(method, params)
+    if check:
+        check_values(A, "eigvalsh")
+    if method == "torch":
+        return torch.linalg.eigvalsh(A, UPLO=UPLO)
+    return _op(_Eigh, _EighJvp).apply(A if UPLO == "L" else A.mT, method, tuple(resolved.items()))[0]
 
 
 def symmetrize(A: torch.Tensor) -> torch.Tensor:
@@ -65,13 +209,127 @@ def symmetrize(A: torch.Tensor) -> torch.Tensor:
     return _xp.sym(A)
 
 
-def eigh_kept(A: torch.Tensor, method: str = "analytic", **params):
+# ---------------------------------------------------------------- svd
+
+def svd_backward(U, S, Vh, gU, gS, gVh, F):
+    """∂L/∂X for the thin SVD X = U diag(S) Vh (U: m×k, Vh: k×n, k = min(m, n)).
+
+    Ionescu et al., ICCV 2015, Prop. 1, written as torch writes it, with F_ij ≈ 1/(σ_j² − σ_i²):
+
+        ∂L/∂X = U [ diag(∂L/∂σ) + (F ∘ skew(Uᵀ∂L/∂U)) Σ + Σ (F ∘ skew(Vᵀ∂L/∂V)) ] Vᵀ
+                + (I − UUᵀ) ∂L/∂U Σ⁻¹ Vᵀ + U Σ⁻¹ (∂L/∂V)ᵀ (I − VVᵀ),   skew(M) = M − Mᵀ.
+
+    The last two terms are the D term (zero when m = n); the exact F is the analytic method's.
+    """
+    J = U.mT @ gU
+    P = Vh @ gVh.mT  # Vᵀ ∂L/∂V with V = Vhᵀ, ∂L/∂V = gVhᵀ
+    inner = torch.diag_embed(gS) + (F * (J - J.mT)) * S[..., None, :] + S[..., :, None] * (F * (P - P.mT))
+    gX = U @ inner @ Vh
+    m, n = U.shape[-2], Vh.shape[-1]
+    if m > S.shape[-1]:
+        gX = gX + ((gU - U @ J) / S[..., None, :]) @ Vh
+    if n > S.shape[-1]:
+        gX = gX + U @ ((gVh - (gVh @ Vh.mT) @ Vh) / S[..., :, None])
+    return gX
+
+
+class _SVD(torch.autograd.Function):
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(X, full_matrices, driver, name, params):
+        U, S, Vh = torch.linalg.svd(X, full_matrices=full_matrices, driver=driver)
+        return U, S, Vh
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        X, full_matrices, driver, name, params = inputs
+        ctx.save_for_backward(X, *output)
+        ctx.save_for_forward(*output)
+        ctx.driver, ctx.name, ctx.params = driver, name, dict(params)
+
+    @staticmethod
+    def backward(ctx, gU, gS, gVh):
+        X, U, S, Vh = ctx.saved_tensors
+        k = S.shape[-1]
+        U, Vh, gU, gVh = U[..., :, :k], Vh[..., :k, :], gU[..., :, :k], gVh[..., :k, :]
+        if _differentiating_backward(X):  # the factors as differentiable functions of X
+            U_new, S, Vh_new = torch.linalg.svd(X, full_matrices=False, driver=ctx.driver)
+            sign = _same_sign(U_new, U)
+            U, Vh = U_new * sign, Vh_new * sign.mT
+        F = get(ctx.name).backward.kernel(S * S, **ctx.params)
+        return svd_backward(U, S, Vh, gU, gS, gVh, F), None, None, None, None
+
+class _SVDJvp(_SVD):
+    """_SVD with forward mode; plain _SVD under torch.compile (no custom jvp in Dynamo)."""
+
+    @staticmethod
+    def jvp(ctx, dX, _full, _driver, _name, _params):
+        """Forward mode, the transpose of :func:`svd_backward`: with M = Uᵀ dX V, G = F ∘ (M Σ),
+        H = F ∘ (Σ M): dσ = diag(M), dU = U (G − Gᵀ) + (I − UUᵀ) dX V Σ⁻¹,
+        dV = V (H − Hᵀ) + (I − VVᵀ) dXᵀ U Σ⁻¹; columns beyond min(m, n) get no tangent."""
+        U_all, S, Vh_all = ctx.saved_tensors
+        k = S.shape[-1]
+        U, Vh = U_all[..., :, :k], Vh_all[..., :k, :]
+        V = Vh.mT
+        F = get(ctx.name).backward.kernel(S * S, **ctx.params)
+        XV, XtU = dX @ V, dX.mT @ U
+        M = U.mT @ XV
+        G, H = F * (M * S[..., None, :]), F * (S[..., :, None] * M)
+        dU = U @ (G - G.mT) + (XV - U @ M) / S[..., None, :]
+        dV = V @ (H - H.mT) + (XtU - V @ M.mT) / S[..., None, :]
+        pad_u, pad_v = U_all.shape[-1] - k, Vh_all.shape[-2] - k
+        if pad_u:
+            dU = torch.cat([dU, torch.zeros_like(U_all[..., :, k:])], -1)
+        dVh = dV.mT
+        if pad_v:
+            dVh = torch.cat([dVh, torch.zeros_like(Vh_all[..., k:, :])], -2)
+        return dU, _xp.diagonal(M), dVh
+
+
+def _svd_method(method: str, params: dict, fn: str) -> dict:
+    if method not in SVD_METHODS:
+        if method in NAMES:
+            raise ValueError(f"{fn}: method {method!r} has no SVD rule; choose one of {', '.join(SVD_METHODS)}")
+        get(method)  # the registry's unknown-method error
+    return resolve_params(method, params)
+
+
+def svd(A: torch.Tensor, full_matrices: bool = True, *, driver=None, out=None, method: str = "analytic",
+        check: bool = True, **params):
+    """``torch.linalg.svd(A, full_matrices)`` → (U, S, Vh) whose gradient follows ``method``.
+
+    A is any real (..., m, n). As in torch, with ``full_matrices=True`` the gradient ignores the
+    columns of U and rows of Vh beyond min(m, n) (they are an arbitrary basis).
+    """
+    _check_tensor(A, "svd", False, out)
+    resolved = _svd_method(method, params, "svd")
+    if check:
+        check_values(A, "svd", symmetric=False)
+    if method == "torch":
+        return torch.linalg.svd(A, full_matrices=full_matrices, driver=driver)
+    U, S, Vh = _op(_SVD, _SVDJvp).apply(A, bool(full_matrices), driver, method, tuple(resolved.items()))
+    return SVDResult(U, S, Vh)
+
+
+def svdvals(A: torch.Tensor, *, driver=None, out=None, method: str = "analytic", check: bool = True, **params):
+    """``torch.linalg.svdvals``: singular values, descending (gradient U diag(∂L/∂σ) Vᵀ)."""
+    _check_tensor(A, "svdvals", False, out)
+    resolved = _svd_method(method, params, "svdvals")
+    if check:
+        check_values(A, "svdvals", symmetric=False)
+    if method == "torch":
+        return torch.linalg.svdvals(A, driver=driver)
+    return _op(_SVD, _SVDJvp).apply(A, False, driver, method, tuple(resolved.items()))[1]
+
+
+def eigh_kept(A: torch.Tensor, method: str = "analytic", *, check: bool = True, **params):
     """(eigenvalues, eigenvectors, kept) — :func:`eigh` plus the bool mask (..., d) of the
     eigenpairs the method keeps (``pi`` drops pairs by SVD-PI's breaking conditions; for most
     methods it is all True). A layer computing f(A) should use U diag(kept·f(λ)) Uᵀ: that is the
     function the method's backward differentiates (Wang et al., NeurIPS 2019, Alg. 1). The mask is
     the method's own rule (``Method.kept_of``) applied to the eigenvalues its forward returned."""
-    lam, U = eigh(A, method, **params)
+    lam, U = eigh(A, method=method, check=check, **params)
     with torch.no_grad():
         kept = get(method).kept_of(lam.detach(), resolve_params(method, params))
     return lam, U, kept

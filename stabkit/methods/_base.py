@@ -26,7 +26,7 @@ def quiet(func):
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
-        with _xp.errstate():
+        with _xp.errstate(args[0] if args else None):
             return func(*args, **kwargs)
 
     return wrapper
@@ -65,6 +65,14 @@ def offdiag(F):
     return xp.where(eye == 1, xp.zeros_like(F), F)
 
 
+def safe_diagonal(x, fill=1.0):
+    """x with its diagonal replaced by ``fill``: a denominator whose diagonal (zeroed later by
+    ``offdiag``) must not be 0, since 1/0 there would turn a second derivative into 0·∞ = NaN."""
+    xp = _xp.namespace(x)
+    eye = _xp.eye_like(x)
+    return xp.where(eye == 1, xp.ones_like(x) * fill, x)
+
+
 @dataclass(frozen=True)
 class Method:
     """A registered gradient method: forward (A → λ, U, state) and backward (state, ∂U, ∂λ → ∂A)."""
@@ -98,8 +106,9 @@ def kernel_method(name: str, kernel: Callable, defaults: dict, paper: str, summa
     """A method defined by its approximation F(λ; params) of the matrix 1/(λ_j − λ_i)."""
 
     def backward(state, gU, glam, **params):
-        with _xp.errstate():
+        with _xp.errstate(state["U"]):
             return assemble(state["U"], kernel(state["lam"], **params), gU, glam)
 
     backward.kernel = kernel
+    backward.exact_state = True  # the rule needs only the exact (λ, U) of the forward
     return Method(name, backward, defaults, paper=paper, summary=summary)

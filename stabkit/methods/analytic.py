@@ -5,12 +5,12 @@ layers", ICCV 2015, Prop. 2 (their K̃_ij = 1/(λ_i − λ_j) is our Fᵀ). Infi
 eigenvalues, which is what makes training with it fail.
 """
 
-from ._base import kernel_method, quiet, offdiag, pair_diff
+from ._base import kernel_method, quiet, offdiag, pair_diff, safe_diagonal
 
 
 @quiet
 def kernel(lam):
-    return offdiag(1 / pair_diff(lam))
+    return offdiag(1 / safe_diagonal(pair_diff(lam)))
 
 
 METHOD = kernel_method("analytic", kernel, {}, "Ionescu et al., ICCV 2015, Prop. 2", "exact 1/(λ_j − λ_i)")

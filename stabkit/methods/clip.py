@@ -2,6 +2,8 @@
 
 The gradient-clipping baseline (SVD-Clip) of Wang et al., "Robust Differentiable SVD",
 TPAMI 2021, Sec. 5; default τ = 100. Exact ties take the index-order sign.
+The cap is taken where |Δ| ≤ 1/τ before dividing, so no 1/0 is ever formed (a clipped ∞ would
+still make the second derivative 0·∞ = NaN).
 """
 
 from .. import _xp
@@ -11,7 +13,9 @@ from ._base import kernel_method, quiet, offdiag, pair_diff, pair_sign
 @quiet
 def kernel(lam, tau=100.0):
     xp = _xp.namespace(lam)
-    magnitude = xp.clip(1 / xp.abs(pair_diff(lam)), None, tau)
+    gap = xp.abs(pair_diff(lam))
+    capped = gap * tau <= 1
+    magnitude = xp.where(capped, xp.ones_like(gap) * tau, 1 / xp.where(capped, xp.ones_like(gap), gap))
     return offdiag(pair_sign(lam) * magnitude)
 
 

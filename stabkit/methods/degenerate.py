@@ -8,14 +8,12 @@ degenerate eigenspace. Defaults atol = eps^0.6, rtol = eps^0.4 of the dtype. The
 (instead of |λ_i|) keeps F antisymmetric.
 """
 
-import numpy as np
-
 from .. import _xp
 from ._base import kernel_method, quiet, offdiag, pair_diff
 
 
 def default_tolerances(dtype) -> tuple[float, float]:
-    eps = float(np.finfo(np.float32 if "32" in str(dtype) else np.float64).eps)
+    eps = _xp.finfo_eps(dtype)
     return eps**0.6, eps**0.4
 
 

@@ -12,7 +12,8 @@ it is the published overflow handling, applied here per sample (``_overflow``). 
 the published code (both entries positive).
 """
 
-from ._base import kernel_method, quiet, offdiag
+from .. import _xp
+from ._base import kernel_method, quiet, offdiag, safe_diagonal
 from ._overflow import replace_nonfinite_per_sample
 from .taylor_song import song_sign_and_ratio
 
@@ -31,8 +32,13 @@ def _poly(coeffs, x):
 @quiet
 def kernel_raw(lam):
     """F before the overflow handling: exactly the analytic F up to rounding."""
+    xp = _xp.namespace(lam)
     inv_hi, ratio = song_sign_and_ratio(lam)
-    return offdiag(inv_hi * _poly(PADE_P, ratio) / _poly(PADE_Q, ratio))
+    q = safe_diagonal(_poly(PADE_Q, ratio))
+    tie = q == 0  # exact off-diagonal ties: F is ±∞ there, set without forming 1/0 (a NaN second derivative)
+    value = inv_hi * _poly(PADE_P, ratio) / xp.where(tie, xp.ones_like(q), q)
+    infinity = xp.sign(inv_hi) * (xp.ones_like(q) * float("inf"))  # sign(·) passes back zeros, never 0·∞
+    return offdiag(xp.where(tie, infinity, value))
 
 
 @quiet

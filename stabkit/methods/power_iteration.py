@@ -43,7 +43,10 @@ one it returns.
 ``pi-forward`` (the PI baseline) starts from seeded random vectors, so its forward is power
 iteration too. ``stop=true`` adds the authors' stopping rule (ZCANormPIunstable in their public
 code): after the first stage, stop at the first whose Rayleigh quotient is < ε or larger than
-the previous stage's; the stopped pairs are dropped (``kept``). Default: no stopping rule.
+the previous stage's; the stopped pairs are dropped (``kept``). Default: no stopping rule. Its random start vectors come
+from a small integer hash of (row, column, seed) — bit-identical in numpy and torch, the same
+for every matrix of a batch (so ``vmap`` and a batched call agree), and free of numpy calls on
+the torch path (``torch.compile(fullgraph=True)``).
 """
 
 from __future__ import annotations
@@ -106,6 +109,28 @@ def _run(A, starts, steps, order, xp):
     return paths, norms, lam_hat, W
 
 
+def start_vectors(A, seed: int):
+    """Unit start vectors (columns of a d×d matrix, broadcast to A's shape) from an integer hash of
+    (row·d + column, seed) — an LCG step then xor-shift-multiply rounds, all exact in int64 below
+    2^62 — mapped to [−½, ½) before normalising."""
+    xp = _xp.namespace(A)
+    d = A.shape[-1]
+    modulus = 2**31
+    if xp is np:
+        x = np.arange(d * d, dtype=np.int64).reshape(d, d)
+    else:
+        x = xp.arange(d * d, dtype=xp.int64, device=A.device).reshape(d, d)
+    x = (x * 1103515245 + (int(seed) % modulus) * 2531011 + 0x91) % modulus
+    for multiplier in (0x2C1B3C6D, 0x297A2D39):  # xor-shift-multiply rounds: not affine in the index
+        x = x ^ (x >> 15)
+        x = (x * multiplier) % modulus
+    x = x ^ (x >> 15)
+    s = (x if xp is np else x.to(xp.float64)) / modulus - 0.5
+    s = s / _norm(_xp.T(s), xp)[..., 0]
+    s = s.astype(A.dtype) if xp is np else s.to(A.dtype)
+    return (np.broadcast_to if xp is np else xp.broadcast_to)(s, A.shape)
+
+
 def _forward(A, steps, start: str, eps: float, seed: int, stop: bool = False):
     """Iterating forward of ``pi-legacy`` (start="exact") and ``pi-forward`` (start="random")."""
     xp = _xp.namespace(A)
@@ -116,13 +141,13 @@ def _forward(A, steps, start: str, eps: float, seed: int, stop: bool = False):
         kept = _energy_kept(lam, eps, xp)
         # indices dropped by the λ-only breaking conditions in every batch element contribute
         # nothing to the gradient and cannot influence larger ones: do not iterate them at all
-        order = order[:int(kept.sum(-1).max()) if math.prod(kept.shape) else 0]
+        # (under torch.compile / vmap the count is data, not a Python int: iterate them all,
+        # ``active`` masks them out of the gradient the same way)
+        if not _xp.is_traced(A):
+            order = order[:int(kept.sum(-1).max()) if math.prod(kept.shape) else 0]
         starts = U
     else:
-        rng = np.random.default_rng(np.random.SeedSequence([seed, d, 0x91]))
-        s = rng.standard_normal(A.shape)
-        s /= np.linalg.norm(s, axis=-2, keepdims=True)
-        starts = s.astype(A.dtype) if xp is np else xp.as_tensor(s, dtype=A.dtype, device=A.device)
+        starts = start_vectors(A, seed)
     paths, norms, lam_hat, W = _run(A, starts, steps, order, xp)
     state = {"A": A, "paths": paths, "norms": norms, "lam_hat": lam_hat, "W": W, "order": order}
     if start == "exact":
@@ -133,8 +158,7 @@ def _forward(A, steps, start: str, eps: float, seed: int, stop: bool = False):
         if stop:
             state["active"] = state["kept"] = _stopped_kept(lam, eps, xp)
         else:
-            ones = np.ones(A.shape[:-2] + (d,), dtype=bool)
-            state["active"] = ones if xp is np else xp.as_tensor(ones, device=A.device)
+            state["active"] = np.ones(lam.shape, dtype=bool) if xp is np else xp.ones_like(lam, dtype=xp.bool)
     return lam, U, state
 
 
@@ -281,10 +305,10 @@ def _pi_forward_kept(lam, stop=False, eps=1e-4, **_):
     return _stopped_kept(lam, eps, _xp.namespace(lam)) if stop else None
 
 
-def _svd_pi_backward(state, gU, glam, steps=19, **_):
+def _svd_pi_backward(state, gU, glam, steps=19, eps=1e-4, **_):
     xp = _xp.namespace(gU)
     with _xp.errstate():
-        kept = state["kept"]
+        kept = state["kept"] if "kept" in state else paper_kept(state["lam"], eps)
         F = kernel(state["lam"], kept, int(steps))
         return assemble(state["U"], F, gU, xp.where(kept, glam, glam * 0))
 
@@ -296,6 +320,8 @@ def _legacy_forward(A, steps=19, eps=1e-4):
 def _pi_forward(A, steps=19, seed=0, stop=False, eps=1e-4):
     return _forward(A, steps, "random", eps, seed, stop=bool(stop))
 
+
+_svd_pi_backward.exact_state = True  # needs only the exact (λ, U): see Method / stabkit.torch
 
 SVD_PI = Method(
     "pi", _svd_pi_backward, {"steps": 19, "eps": 1e-4}, forward=_svd_pi_forward,

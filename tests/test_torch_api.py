@@ -1,0 +1,440 @@
+"""stabkit.torch as a drop-in for torch.linalg: forward, gradients, transforms, compile, input contract."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as hst
+
+import stabkit.torch as sk
+from stabkit import methods
+from stabkit.losses import make_loss
+from stabkit.methods.power_iteration import start_vectors
+from stabkit.reference import ground_truth
+
+from .conftest import build
+
+F64 = torch.float64
+EIG_METHODS = methods.NAMES
+SVD_METHODS = sk.SVD_METHODS
+SMALL = {"pi": {"steps": 3}, "pi-forward": {"steps": 3}}  # short power iterations keep the traced graphs small
+
+
+def sym(X):
+    return (X + X.mT) / 2
+
+
+def separated(d=5, batch=(), seed=0, dtype=F64):
+    """Batch of symmetric matrices with eigenvalues 1, 2, …, d (well separated)."""
+    mats = [build(np.arange(1.0, d + 1), seed=seed + i) for i in range(int(np.prod(batch, dtype=int)))]
+    return torch.tensor(np.array(mats).reshape(*batch, d, d), dtype=dtype)
+
+
+def general(m, n, batch=(), seed=0, dtype=F64):
+    """Real (…, m, n) with singular values 1.0, 1.7, 2.4, … (separated) and seeded factors."""
+    rng = np.random.default_rng(seed)
+    k = min(m, n)
+    out = []
+    for _ in range(int(np.prod(batch, dtype=int))):
+        U, _ = np.linalg.qr(rng.standard_normal((m, m)))
+        V, _ = np.linalg.qr(rng.standard_normal((n, n)))
+        out.append((U[:, :k] * (1.0 + 0.7 * np.arange(k))) @ V[:, :k].T)
+    return torch.tensor(np.array(out).reshape(*batch, m, n), dtype=dtype)
+
+
+def eig_loss(lam, U):
+    """Sign-invariant: weighted squares of eigenvector entries plus a weighted eigenvalue sum."""
+    d = U.shape[-1]
+    W = torch.arange(1.0, d * d + 1, dtype=U.dtype).reshape(d, d).cos()
+    return (U * U * W).sum() + (lam * torch.arange(1.0, d + 1, dtype=lam.dtype)).sum()
+
+
+def svd_loss(U, S, Vh):
+    k = S.shape[-1]
+    Wu = torch.arange(1.0, U.shape[-2] * k + 1, dtype=U.dtype).reshape(-1, k).sin()
+    Wv = torch.arange(1.0, k * Vh.shape[-1] + 1, dtype=U.dtype).reshape(k, -1).cos()
+    return (U[..., :, :k] ** 2 * Wu).sum() + (Vh[..., :k, :] ** 2 * Wv).sum() + (S * S.new_tensor(range(1, k + 1))).sum()
+
+
+def grad_of(fn, X):
+    leaf = X.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(fn(leaf), leaf)
+    return g
+
+
+# ------------------------------------------------------------------ forward and return types
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_eigh_eigvalsh_forward_and_types_match_torch(dtype):
+    A = separated(5, (2, 3), dtype=dtype)
+    for method in ("analytic", "taylor", "pi"):
+        res = sk.eigh(A, method=method)
+        ref = torch.linalg.eigh(A)
+        assert type(res) is type(ref)
+        assert res.eigenvalues.dtype == dtype and res.eigenvectors.shape == (2, 3, 5, 5)
+        torch.testing.assert_close(res.eigenvalues, ref.eigenvalues, rtol=0, atol=0)
+        torch.testing.assert_close(res.eigenvectors, ref.eigenvectors, rtol=0, atol=0)
+        torch.testing.assert_close(sk.eigvalsh(A, method=method), torch.linalg.eigvalsh(A))
+
+
+@pytest.mark.parametrize("shape", [(6, 4), (4, 6), (5, 5)])
+@pytest.mark.parametrize("full", [True, False])
+def test_svd_svdvals_forward_and_types_match_torch(shape, full):
+    X = general(*shape, batch=(2,))
+    res = sk.svd(X, full, method="taylor")
+    ref = torch.linalg.svd(X, full_matrices=full)
+    assert type(res) is type(ref)
+    for a, b in zip(res, ref):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    torch.testing.assert_close(sk.svdvals(X), torch.linalg.svdvals(X))
+    # S is what general() put in, descending
+    torch.testing.assert_close(res.S[0], torch.tensor([1.0 + 0.7 * i for i in range(min(shape))], dtype=F64).flip(0))
+
+
+def test_uplo_reads_the_named_triangle_like_torch():
+    A = separated(4, seed=2)
+    upper_only = torch.triu(A)
+    for uplo in ("U", "u"):
+        ours = sk.eigh(upper_only, uplo, check=False)
+        ref = torch.linalg.eigh(upper_only, UPLO="U")
+        torch.testing.assert_close(ours.eigenvalues, ref.eigenvalues)
+        torch.testing.assert_close(ours.eigenvectors.abs(), ref.eigenvectors.abs())
+    torch.testing.assert_close(sk.eigvalsh(torch.tril(A), UPLO="L", check=False), torch.linalg.eigvalsh(A))
+    # the gradient through UPLO="U" is the full symmetric one
+    g_u = grad_of(lambda a: eig_loss(*sk.eigh(sym(a), "U")), A)
+    g_l = grad_of(lambda a: eig_loss(*sk.eigh(sym(a), "L")), A)
+    torch.testing.assert_close(g_u, g_l)
+
+
+def test_method_second_positional_still_works():
+    A = separated(4)
+    g_old = grad_of(lambda a: eig_loss(*sk.eigh(a, "taylor", K=3)), A)
+    g_new = grad_of(lambda a: eig_loss(*sk.eigh(a, method="taylor", K=3)), A)
+    torch.testing.assert_close(g_old, g_new, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="UPLO must be 'L' or 'U'"):
+        sk.eigh(A, "X")
+
+
+def test_out_and_bad_methods_refused():
+    A = separated(3)
+    for call in (lambda: sk.eigh(A, out=(A, A)), lambda: sk.eigvalsh(A, out=A),
+                 lambda: sk.svd(A, out=(A, A, A)), lambda: sk.svdvals(A, out=A)):
+        with pytest.raises(ValueError, match="out= is not supported"):
+            call()
+    with pytest.raises(ValueError, match="has no SVD rule"):
+        sk.svd(A, method="pi")
+    with pytest.raises(ValueError, match="unknown method"):
+        sk.svdvals(A, method="nope")
+    with pytest.raises(ValueError, match="no parameter 'K'"):
+        sk.svd(A, method="clip", K=3)
+
+
+# ------------------------------------------------------------------ gradients
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_eigh_analytic_gradient_equals_torch(dtype):
+    A = separated(6, (3,), seed=4, dtype=dtype)
+    tol = 1e-12 if dtype == F64 else 2e-5
+    for fn_ours, fn_ref in [(lambda a: eig_loss(*sk.eigh(sym(a))), lambda a: eig_loss(*torch.linalg.eigh(sym(a)))),
+                            (lambda a: (sk.eigvalsh(sym(a)) ** 3).sum(), lambda a: (torch.linalg.eigvalsh(sym(a)) ** 3).sum())]:
+        g, ref = grad_of(fn_ours, A), grad_of(fn_ref, A)
+        assert g.dtype == dtype
+        torch.testing.assert_close(g, ref, rtol=0, atol=tol * ref.abs().max().item())
+
+
+def test_eigh_analytic_matches_certified_truth():
+    A = build([0.5, 1.0, 2.0, 3.5, 5.0], seed=7)
+    loss = make_loss("eigvec", 5, seed=1)
+    truth = ground_truth(A, loss)
+    assert truth.certified
+    leaf = torch.tensor(A, requires_grad=True)
+    lam, U = sk.eigh(leaf)
+    (g,) = torch.autograd.grad(loss.value(U, lam).sum(), leaf)
+    assert np.linalg.norm(g.numpy() - truth.grad) <= 1e-10 * np.linalg.norm(truth.grad)
+
+
+@pytest.mark.parametrize("shape", [(6, 4), (4, 6), (5, 5)])
+@pytest.mark.parametrize("full", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_svd_analytic_gradient_equals_torch(shape, full, dtype):
+    X = general(*shape, batch=(2,), seed=5, dtype=dtype)
+    g = grad_of(lambda x: svd_loss(*sk.svd(x, full)), X)
+    ref = grad_of(lambda x: svd_loss(*torch.linalg.svd(x, full_matrices=full)), X)
+    tol = 1e-12 if dtype == F64 else 2e-5
+    torch.testing.assert_close(g, ref, rtol=0, atol=tol * ref.abs().max().item())
+    gs = grad_of(lambda x: (sk.svdvals(x) ** 3).sum(), X)
+    torch.testing.assert_close(gs, grad_of(lambda x: (torch.linalg.svdvals(x) ** 3).sum(), X), rtol=0, atol=tol * 10)
+
+
+@pytest.mark.parametrize("shape", [(6, 4), (4, 6)])
+def test_svd_analytic_gradient_equals_finite_differences(shape):
+    X = general(*shape, seed=6).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x: svd_loss(*sk.svd(x, False)), (X,))
+
+
+@pytest.mark.parametrize("method", [m for m in SVD_METHODS if m not in ("torch", "pade", "taylor-song")])
+@pytest.mark.parametrize("side", ["V", "U"])
+def test_svd_rule_is_the_eigh_rule_on_squared_singular_values(method, side):
+    """The SVD kernel rule on σ² gaps = the same method's eigh rule on XᵀX (V side) or XXᵀ (U side),
+    chained by hand: for a loss of (σ, V) only, ∂L/∂X = 2X·∂L/∂(XᵀX); of (σ, U), 2·∂L/∂(XXᵀ)·X.
+    (pade and taylor-song: their F is not antisymmetric at ties by design; skipped.)"""
+    X = general(5, 5, seed=9) * 0.9
+    k = 5
+    W = torch.arange(1.0, k * k + 1, dtype=F64).reshape(k, k).cos()
+    c = torch.arange(1.0, k + 1, dtype=F64)
+    params = {"K": 5} if method == "taylor" else {}
+
+    def via_svd(x):
+        U, S, Vh = sk.svd(x, method=method, **params)
+        Q = Vh.mT if side == "V" else U
+        return (Q * Q * W).sum() + (S * S * c).sum()
+
+    def via_eigh(x):
+        gram = x.mT @ x if side == "V" else x @ x.mT
+        lam, Q = sk.eigh(sym(gram), method=method, **params)  # ascending: flip to σ's descending order
+        return (Q.flip(-1) ** 2 * W).sum() + (lam.flip(-1) * c).sum()
+
+    torch.testing.assert_close(grad_of(via_svd, X), grad_of(via_eigh, X), rtol=0, atol=1e-11)
+
+
+def test_taylor_svd_gradient_differs_from_exact_and_converges_with_K():
+    """The chosen backward really is used: taylor's SVD gradient departs from the exact one at small K
+    and approaches it as K grows (σ² ratios ≤ (2.4/3.1)² here)."""
+    X = general(5, 4, seed=3)
+    exact = grad_of(lambda x: svd_loss(*torch.linalg.svd(x, full_matrices=False)), X)
+    errs = [(grad_of(lambda x: svd_loss(*sk.svd(x, False, method="taylor", K=K)), X) - exact).norm().item()
+            for K in (1, 9, 60)]
+    assert errs[0] > 1e-2 * exact.norm().item()
+    assert errs[0] > errs[1] > errs[2]
+    assert errs[2] < 1e-6 * exact.norm().item()
+
+
+# ------------------------------------------------------------------ torch.func and torch.compile
+
+@pytest.mark.parametrize("method", EIG_METHODS)
+def test_eigh_under_vmap_grad_jacrev(method, one_torch_thread):
+    A = separated(4, (3,), seed=1)
+    p = SMALL.get(method, {})
+    batched = sk.eigh(A, method=method, **p)
+    mapped = torch.func.vmap(lambda a: sk.eigh(a, method=method, **p))(A)
+    torch.testing.assert_close(mapped.eigenvalues, batched.eigenvalues, rtol=0, atol=1e-14)
+    torch.testing.assert_close(mapped.eigenvectors, batched.eigenvectors, rtol=0, atol=1e-14)
+    f = lambda a: eig_loss(*sk.eigh(sym(a), method=method, **p))  # noqa: E731
+    g = torch.func.grad(f)(A[0])
+    torch.testing.assert_close(g, grad_of(f, A[0]), rtol=0, atol=1e-13)
+    gv = torch.func.vmap(torch.func.grad(f))(A)
+    torch.testing.assert_close(gv[2], grad_of(f, A[2]), rtol=0, atol=1e-13)
+    J = torch.func.jacrev(lambda a: sk.eigvalsh(sym(a), method=method, **p))(A[0])
+    rows = torch.stack([grad_of(lambda a: sk.eigvalsh(sym(a), method=method, **p)[i], A[0]) for i in range(4)])
+    torch.testing.assert_close(J, rows, rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("method", SVD_METHODS)
+def test_svd_under_vmap_grad_jacrev(method, one_torch_thread):
+    X = general(5, 3, batch=(3,), seed=2)
+    mapped = torch.func.vmap(lambda x: sk.svd(x, False, method=method))(X)
+    for a, b in zip(mapped, torch.linalg.svd(X, full_matrices=False)):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-14)
+    f = lambda x: svd_loss(*sk.svd(x, False, method=method))  # noqa: E731
+    torch.testing.assert_close(torch.func.grad(f)(X[1]), grad_of(f, X[1]), rtol=0, atol=1e-13)
+    J = torch.func.jacrev(lambda x: sk.svdvals(x, method=method))(X[0])
+    assert J.shape == (3, 5, 3)
+    torch.testing.assert_close(J[0], grad_of(lambda x: sk.svdvals(x, method=method)[0], X[0]), rtol=0, atol=1e-13)
+
+
+def test_fullgraph_compile_every_method(one_torch_thread):
+    """Dynamo traces every method's forward in one graph: no numpy, no data-dependent Python."""
+    torch._dynamo.reset()
+    A, X = separated(4, (2,)), general(5, 4, batch=(2,))
+
+    def f(A, X):
+        total = 0
+        for m in EIG_METHODS:
+            total = total + eig_loss(*sk.eigh(A, method=m, **SMALL.get(m, {})))
+        for m in SVD_METHODS:
+            total = total + svd_loss(*sk.svd(X, False, method=m)) + sk.svdvals(X, method=m).sum()
+        return total
+
+    compiled = torch.compile(f, fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(A, X), f(A, X), rtol=1e-13, atol=0)
+
+
+def test_fullgraph_compile_model_forward_and_backward(one_torch_thread):
+    """A small model (covariance → eigh → whitening, then an SVD) compiled with fullgraph and
+    AOT autograd: same loss and same parameter gradients as eager."""
+    torch._dynamo.reset()
+
+    class Whiten(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 4, dtype=F64)
+
+        def forward(self, x):
+            h = self.lin(x)
+            h = h - h.mean(0)
+            cov = h.mT @ h / h.shape[0] + 1e-3 * torch.eye(4, dtype=F64)
+            lam, U = sk.eigh(cov, method="taylor", check=False)
+            white = h @ U @ torch.diag_embed(lam.rsqrt()) @ U.mT
+            return white.pow(3).mean() + sk.svdvals(h, method="clip").sum()
+
+    torch.manual_seed(0)
+    model, x = Whiten(), torch.randn(32, 4, dtype=F64)
+    eager = model(x)
+    g_eager = torch.autograd.grad(eager, list(model.parameters()))
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    out = compiled(x)
+    g_comp = torch.autograd.grad(out, list(model.parameters()))
+    torch.testing.assert_close(out, eager, rtol=1e-12, atol=0)
+    for a, b in zip(g_comp, g_eager):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-14)
+
+
+# ------------------------------------------------------------------ input contract
+
+@pytest.mark.parametrize("fn", [sk.eigh, sk.eigvalsh])
+def test_eigh_input_contract(fn):
+    A = separated(4)
+    bad_nan, bad_inf = A.clone(), A.clone()
+    bad_nan[1, 2] = float("nan")
+    bad_inf[0, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"non-finite entries \(1 NaN of 16\)"):
+        fn(bad_nan)
+    with pytest.raises(ValueError, match=r"non-finite entries \(1 Inf of 16\)"):
+        fn(bad_inf)
+    skew = A.clone()
+    skew[0, 3] += 1e-3 * A.abs().max()
+    with pytest.raises(ValueError, match="not symmetric"):
+        fn(skew)
+    fn(skew, check=False)  # opt-out: torch's reading of the lower triangle
+    for dtype in (torch.float32, F64):  # rounding-level asymmetry (what X Xᵀ may leave) passes
+        noisy = A.to(dtype).clone()
+        noisy[0, 3] += 50 * torch.finfo(dtype).eps * A.abs().max().item()
+        fn(noisy)
+    for bad, needle in [(torch.eye(3, dtype=torch.int64), "unsupported dtype"), (torch.zeros(3, 4), "square"),
+                        (torch.zeros(0, 0), "non-empty"), (np.eye(3), "torch.Tensor")]:
+        with pytest.raises(ValueError, match=needle):
+            fn(bad)
+
+
+def test_svd_input_contract():
+    X = general(4, 3)
+    X[2, 1] = float("nan")
+    for fn in (sk.svd, sk.svdvals):
+        with pytest.raises(ValueError, match="non-finite"):
+            fn(X)
+        with pytest.raises(ValueError, match="non-empty"):
+            fn(torch.zeros(3, 0))
+    torch.testing.assert_close(sk.svdvals(general(4, 3)), torch.tensor([2.4, 1.7, 1.0], dtype=F64))
+
+
+def test_check_is_skipped_under_transforms():
+    """Under vmap the value check cannot run (documented): a non-symmetric input is not refused there."""
+    A = separated(3, (2,))
+    A[:, 0, 2] += 0.5
+    with pytest.raises(ValueError, match="not symmetric"):
+        sk.eigh(A)
+    torch.func.vmap(sk.eigh)(A)
+
+
+# ------------------------------------------------------------------ pi-forward's start vectors
+
+@settings(max_examples=25, deadline=None)
+@given(d=hst.integers(1, 12), seed=hst.integers(0, 2**40))
+def test_start_vectors_identical_in_numpy_and_torch(d, seed):
+    s_np = start_vectors(np.zeros((2, d, d)), seed)
+    s_t = start_vectors(torch.zeros(3, d, d, dtype=F64), seed)
+    assert s_np.shape == (2, d, d) and s_t.shape == (3, d, d)
+    np.testing.assert_array_equal(s_t[0].numpy(), s_np[0])
+    np.testing.assert_array_equal(s_np[0], s_np[1])  # the same for every batch member
+    np.testing.assert_allclose(np.linalg.norm(s_np[0], axis=0), 1.0, rtol=1e-15)
+    if d > 1:
+        assert np.linalg.matrix_rank(s_np[0]) == d  # linearly independent: no eigenvector missed
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=hst.integers(0, 10**6), full=hst.booleans(), m=hst.integers(1, 5), n=hst.integers(1, 5))
+def test_svd_analytic_gradient_equals_torch_property(seed, full, m, n):
+    X = general(m, n, seed=seed)
+    torch.testing.assert_close(grad_of(lambda x: svd_loss(*sk.svd(x, full)), X),
+                               grad_of(lambda x: svd_loss(*torch.linalg.svd(x, full_matrices=full)), X),
+                               rtol=1e-10, atol=1e-11)
+
+
+@pytest.mark.parametrize("method", [m for m in EIG_METHODS if m not in ("pi", "pi-forward")])
+def test_eigh_jvp_is_the_transpose_of_the_backward(method):
+    """jacfwd (the op's jvp) = jacrev (its backward) for every kernel rule, clipping active for clip."""
+    A = separated(4, seed=3)
+    p = {"tau": 0.5} if method == "clip" else {"K": 2} if method == "taylor" else {}
+    f = lambda a: tuple(sk.eigh(sym(a), method=method, **p))  # noqa: E731
+    for jf, jr in zip(torch.func.jacfwd(f)(A), torch.func.jacrev(f)(A)):
+        torch.testing.assert_close(jf, jr, rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("method", SVD_METHODS)
+@pytest.mark.parametrize("shape,full", [((5, 3), False), ((3, 5), True), ((4, 4), True)])
+def test_svd_jvp_is_the_transpose_of_the_backward(method, shape, full):
+    X = general(*shape, seed=4)
+    k = min(shape)
+    f = lambda x: (lambda U, S, Vh: (U[..., :, :k], S, Vh[..., :k, :]))(*sk.svd(x, full, method=method))  # noqa: E731
+    for jf, jr in zip(torch.func.jacfwd(f)(X), torch.func.jacrev(f)(X)):
+        torch.testing.assert_close(jf, jr, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(6, 4), (4, 4)])
+def test_svd_gradient_matches_certified_truth(shape):
+    """SVD gradient against the certified truth: for a loss L(V, σ²) = ℓ(eigenvectors, eigenvalues
+    of A = XᵀX) (ℓ the gauge-invariant eigvec probe), ∂L/∂X = 2X·∂ℓ/∂A with ∂ℓ/∂A certified."""
+    m, n = shape
+    rng = np.random.default_rng(11)
+    U0, _ = np.linalg.qr(rng.standard_normal((m, n)))
+    V0, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    X = (U0 * np.array([3.0, 2.2, 1.5, 0.8])) @ V0.T
+    loss = make_loss("eigvec", n, seed=2)
+    truth = ground_truth(X.T @ X, loss)
+    assert truth.certified
+    expected = 2 * X @ truth.grad
+    leaf = torch.tensor(X, requires_grad=True)
+    _, S, Vh = sk.svd(leaf, full_matrices=False)
+    (g,) = torch.autograd.grad(loss.value(Vh.mT.flip(-1), (S * S).flip(-1)).sum(), leaf)  # ascending order
+    assert np.linalg.norm(g.numpy() - expected) <= 1e-12 * np.linalg.norm(expected)
+
+
+@pytest.mark.parametrize("method", EIG_METHODS)
+def test_every_eigh_method_equals_torch_on_a_widely_separated_spectrum(method):
+    """λ = 1, 3, 9, 27, 81: ratios ≤ 1/3, so every approximation is exact to ~1e-8 (taylor's
+    (1/3)^10, power iteration's (1/3)^19 per step count) and the gradients must agree with torch's."""
+    A = torch.tensor(build([1.0, 3.0, 9.0, 27.0, 81.0], seed=12), dtype=F64)
+    g = grad_of(lambda a: eig_loss(*sk.eigh(sym(a), method=method)), A)
+    ref = grad_of(lambda a: eig_loss(*torch.linalg.eigh(sym(a))), A)
+    assert (g - ref).norm() <= 1e-6 * ref.norm()
+
+
+@pytest.mark.parametrize("method", SVD_METHODS)
+@pytest.mark.parametrize("shape", [(6, 4), (4, 6)])
+def test_every_svd_method_equals_torch_on_a_widely_separated_spectrum(method, shape):
+    rng = np.random.default_rng(13)
+    m, n = shape
+    U0, _ = np.linalg.qr(rng.standard_normal((m, 4)))
+    V0, _ = np.linalg.qr(rng.standard_normal((n, 4)))
+    X = torch.tensor((U0 * np.array([27.0, 9.0, 3.0, 1.0])) @ V0.T)
+    g = grad_of(lambda x: svd_loss(*sk.svd(x, False, method=method)), X)
+    ref = grad_of(lambda x: svd_loss(*torch.linalg.svd(x, full_matrices=False)), X)
+    assert (g - ref).norm() <= 1e-8 * ref.norm()
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=hst.integers(0, 10**6), d=hst.integers(2, 8), log_rel=hst.floats(-16, 0),
+       dtype=hst.sampled_from([torch.float32, F64]))
+def test_symmetry_check_threshold_property(seed, d, log_rel, dtype):
+    """An off-diagonal asymmetry δ is refused iff |δ| > √eps·max|A| (up to a factor 2 margin)."""
+    rng = np.random.default_rng(seed)
+    A = torch.tensor(build(rng.uniform(0.5, 5.0, d), seed=seed), dtype=dtype)
+    rel = 10.0**log_rel
+    tol_rel = torch.finfo(dtype).eps ** 0.5
+    B = A.clone()
+    B[0, d - 1] += rel * A.abs().max()
+    if rel > 2 * tol_rel:
+        with pytest.raises(ValueError, match="not symmetric"):
+            sk.eigh(B)
+    elif rel < tol_rel / 2:
+        sk.eigh(B)
