@@ -149,7 +149,7 @@ class _EighJvp(_Eigh):
         kernel = getattr(get(ctx.name).backward, "kernel", None)
         if kernel is None:
             raise RuntimeError(f"stabkit.torch.eigh(method={ctx.name!r}): forward-mode AD (torch.func.jvp, jacfwd, "
-                               "hessian) is not implemented for power iteration; use reverse mode, e.g. "
+                               "hessian) is implemented only for rules given by a kernel F(λ); use reverse mode, e.g. "
                                "torch.func.jacrev(torch.func.jacrev(f)) for a Hessian")
         M = U.mT @ _xp.sym(dA) @ U
         return _xp.diagonal(M), U @ (kernel(lam, **ctx.params) * M)

@@ -31,15 +31,18 @@ def _forward(A, eps=1e-4):
     return lam, U, state
 
 
-def backward(state, gU, glam, **_):
+def backward(state, gU, glam, eps=1e-4, **_):
     xp = _xp.namespace(gU)
     with _xp.errstate():
-        lam, kept = state["lam"], state["kept"]
+        lam = state["lam"]
+        kept = state["kept"] if "kept" in state else kept_above(lam, eps)
         diff = pair_diff(lam)
         col = kept[..., None, :] & (_xp.eye_like(diff) == 0)
         F = xp.where(col, 1 / xp.where(col, diff, xp.ones_like(diff)), xp.zeros_like(diff))
         return assemble(state["U"], F, gU, xp.where(kept, glam, xp.zeros_like(glam)))
 
+
+backward.exact_state = True  # needs only the exact (λ, U): see stabkit.torch
 
 METHOD = Method(
     "analytic-trunc", backward, {"eps": 1e-4}, forward=_forward,
