@@ -50,7 +50,7 @@ def normalize(df: pd.DataFrame) -> pd.DataFrame:
     for col in _BOOLS:
         df[col] = df[col].map(lambda v: str(v).strip().lower() in ("true", "1", "1.0")).astype(bool)
     for col in _STRS:
-        df[col] = df[col].fillna("").astype(str)
+        df[col] = df[col].astype(object).where(df[col].notna(), "").astype(str)
     return df[COLUMNS + [c for c in df.columns if c not in COLUMNS]]
 
 

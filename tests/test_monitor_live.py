@@ -1,0 +1,184 @@
+"""The monitor's live log: flushed every N steps, a row for calls that raise, optimizer steps
+counted when the user never calls mon.step(), one file per DDP rank."""
+
+import math
+import os
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import torch
+from torch import nn
+
+import stabkit.torch as sktorch
+from stabkit import monitor
+from stabkit.monitor_log import COLUMNS, read_log, rank_file_name
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _sym(lams):
+    return torch.diag(torch.tensor(lams, dtype=torch.float64))
+
+
+def test_csv_is_flushed_every_n_steps_while_the_block_runs(tmp_path):
+    path = tmp_path / "eig.csv"
+    seen = []
+    with monitor.watch(log_path=path, every=2) as mon:
+        for step in range(5):
+            torch.linalg.eigh(_sym([1.0, 2.0 + step]))
+            torch.linalg.eigh(_sym([1.0, 3.0]))
+            mon.step()
+            seen.append(len(read_log(path)) if path.exists() else 0)
+    # two calls per step; after steps 2 and 4 are finished, the rows of all finished steps are in
+    assert seen == [0, 4, 4, 8, 8]
+    df = read_log(path)
+    assert len(df) == 10 and list(df.columns[: len(COLUMNS)]) == COLUMNS
+    assert df["step"].tolist() == [s for s in range(5) for _ in range(2)]
+    assert df["min_gap"].tolist()[::2] == [1.0, 2.0, 3.0, 4.0, 5.0]
+
+
+def test_parquet_gets_one_row_group_per_flush(tmp_path):
+    path = tmp_path / "eig.parquet"
+    with monitor.watch(log_path=path, every=1) as mon:
+        for lam in (2.0, 3.0, 4.0):
+            torch.linalg.eigh(_sym([1.0, lam]))
+            mon.step()
+    assert pq.ParquetFile(path).num_row_groups == 3
+    assert pd.read_parquet(path)["min_gap"].tolist() == [1.0, 2.0, 3.0]
+
+
+def test_a_call_that_raises_is_logged_and_flushed_at_once(tmp_path, monkeypatch):
+    """eigh failing on a NaN input is LAPACK-dependent, so a stand-in original raises as it does."""
+
+    def failing_eigh(A, *args, **kwargs):
+        if not torch.isfinite(A).all():
+            raise torch._C._LinAlgError("linalg.eigh: The algorithm failed to converge (error code: 2).")
+        return real_eigh(A, *args, **kwargs)
+
+    real_eigh = torch.linalg.eigh
+    monkeypatch.setattr(torch.linalg, "eigh", failing_eigh)
+    path = tmp_path / "eig.csv"
+    bad = torch.full((3, 3), float("nan"), dtype=torch.float64)
+    with pytest.raises(torch._C._LinAlgError, match="failed to converge"):
+        with monitor.watch(log_path=path, every=100) as mon:
+            torch.linalg.eigh(_sym([1.0, 2.0]))
+            mon.step()
+            try:
+                torch.linalg.eigh(bad)
+            finally:
+                on_disk = read_log(path)  # before the block exits: flushed with the error
+    assert len(on_disk) == 2
+    err = on_disk.iloc[1]
+    assert err["error"].startswith("_LinAlgError: linalg.eigh: The algorithm failed to converge")
+    assert err["step"] == 1 and err["n"] == 3 and err["input_nonfinite"] and err["nonfinite"]
+    assert math.isnan(err["lam_min"])
+    assert on_disk.iloc[0]["error"] == "" and not on_disk.iloc[0]["nonfinite"]
+
+
+def test_a_genuine_torch_error_is_logged_and_propagates():
+    with pytest.raises(RuntimeError):
+        with monitor.watch() as mon:
+            torch.linalg.eigh(torch.zeros(2, 3))  # not square
+    (row,) = mon.records.itertuples()
+    assert row.error.startswith(("RuntimeError", "_LinAlgError")) and row.n == 3 and not row.input_nonfinite
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(3, 3, dtype=torch.float64)
+
+    def forward(self, x):
+        h = self.lin(x)
+        lam, U = torch.linalg.eigh(h.T @ h + torch.eye(3, dtype=torch.float64))
+        return lam.sum() + U.abs().sum()
+
+
+def _train(steps, optimizers, manual=False):
+    torch.manual_seed(0)
+    net = Net()
+    opts = [torch.optim.SGD(net.parameters(), lr=1e-3) for _ in range(optimizers)]
+    x = torch.randn(8, 3, dtype=torch.float64)
+    with monitor.watch() as mon:
+        for _ in range(steps):
+            net(x).backward()
+            for opt in opts:
+                opt.step()
+                opt.zero_grad()
+            if manual:
+                mon.step(10)
+    return mon
+
+
+def test_steps_are_optimizer_steps_when_mon_step_is_never_called():
+    assert _train(3, optimizers=1).records["step"].tolist() == [0, 1, 2]
+    assert _train(3, optimizers=2).records["step"].tolist() == [0, 1, 2]  # two optimizers, one iteration each
+    assert _train(3, optimizers=1, manual=True).records["step"].tolist() == [0, 10, 20]  # mon.step() wins
+    # the global optimizer hook is removed with the last watch
+    from torch.optim import optimizer as optim_mod
+
+    assert monitor._optimizer_hook not in list(optim_mod._global_optimizer_post_hooks.values())
+
+
+def test_grad_norm_of_a_step_reaches_the_log(tmp_path):
+    path = tmp_path / "eig.csv"
+    torch.manual_seed(0)
+    net = Net()
+    opt = torch.optim.SGD(net.parameters(), lr=1e-3)
+    x = torch.randn(8, 3, dtype=torch.float64)
+    with monitor.watch(log_path=path) as mon:
+        net(x).backward()
+        opt.step()
+        on_disk = read_log(path)
+        expected = mon.records.iloc[0]["grad_norm"]
+    # ∂L/∂λ = 1 (3 entries), ∂L/∂U = sign(U) (9 entries, no zeros): ‖·‖ = √12
+    assert on_disk.iloc[0]["grad_norm"] == pytest.approx(math.sqrt(12.0)) == expected
+
+
+def test_tensorboard_is_flushed_during_the_run(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    with monitor.watch(tensorboard_dir=tmp_path / "tb") as mon:
+        torch.linalg.eigh(_sym([1.0, 1.25]))
+        mon.step()
+        events = EventAccumulator(str(tmp_path / "tb"))
+        events.Reload()
+        (tag,) = [t for t in events.Tags()["scalars"] if t.endswith("/max_K")]
+        assert [e.value for e in events.Scalars(tag)] == [pytest.approx(4.0)]
+
+
+@pytest.mark.parametrize("env, expected", [({}, "eig-rank0.csv"), ({"RANK": "3"}, "eig-rank3.csv"),
+                                           ({"LOCAL_RANK": "1"}, "eig-rank1.csv"), ({"RANK": "2", "LOCAL_RANK": "0"}, "eig-rank2.csv")])
+def test_one_log_per_rank(monkeypatch, env, expected):
+    for key in ("RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert rank_file_name() == expected
+
+
+def test_process_monitor_writes_its_rank_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("RANK", "5")
+    mon = monitor.start_process_monitor(tmp_path, every=1)
+    try:
+        torch.linalg.eigh(_sym([1.0, 3.0]))
+        mon.step()
+        sktorch.eigh(_sym([1.0, 4.0]), "taylor")
+    finally:
+        monitor._deactivate(mon)
+        mon.close()
+    assert os.listdir(tmp_path) == ["eig-rank5.csv"]
+    df = read_log(tmp_path / "eig-rank5.csv")
+    assert df["fn"].tolist() == ["eigh", "stabkit.eigh[taylor]"] and df["step"].tolist() == [0, 1]
+    assert df["backward"].tolist() == ["analytic", "taylor"]
+    assert mon.records.empty  # keep_records=False: flushed rows are not kept in memory
+
+
+def test_read_log_drops_a_torn_last_line(tmp_path):
+    path = tmp_path / "eig.csv"
+    with monitor.watch(log_path=path):
+        torch.linalg.eigh(_sym([1.0, 2.0]))
+    with open(path, "a") as f:
+        f.write("3,site.py:1,eigh,analytic,1,2,float")  # a write cut mid-line
+    assert len(read_log(path)) == 1
