@@ -18,7 +18,8 @@ site (``file:line`` of the first caller frame outside torch and stabkit's eigen 
 * ``max_K``: max |K̃_ij| = 1 / min_gap, the analytic backward's largest coefficient;
 * ``lam_min``: smallest eigenvalue; ``bound``: max |F_ij| of ``bound``'s method (see ``watch``);
 * ``grad_norm``: the norm of the gradient reaching the outputs (a tensor hook; NaN until the
-  backward ran, or when the outputs do not require grad);
+  backward ran, or when the outputs do not require grad); ``grad_in_norm``: the norm of ∂L/∂A,
+  the gradient this call's backward hands on (through every use of A; NaN when A is a leaf);
 * ``input_nonfinite``: the input held inf/NaN; ``nonfinite``: input, output or incoming gradient did;
 * ``backward``: the rule the call's backward uses (``analytic`` for torch's own, the registry spec
   otherwise, ``values`` for eigvalsh whose backward has no 1/(λ_i − λ_j));
@@ -175,13 +176,15 @@ class Monitor:
             row = {"step": self.current_step, "site": _call_site(), "fn": fn, "backward": backward,
                    "batch": int(lam.shape[0]), "n": int(lam.shape[-1]), "dtype": str(A.dtype).replace("torch.", ""),
                    "min_gap": min_gap, "min_rel_gap": min_rel, "max_K": 1.0 / min_gap, "lam_min": s[:, 0].amin(),
-                   "bound": np.nan, "grad_norm": np.nan, "input_nonfinite": ~input_finite, "nonfinite": ~finite, "error": ""}
+                   "bound": np.nan, "grad_norm": np.nan, "grad_in_norm": np.nan, "input_nonfinite": ~input_finite, "nonfinite": ~finite, "error": ""}
             if self._bound is not None and s.shape[-1] > 1:
                 row["bound"] = self._bound(s).amax()
         self._rows.append(row)
         for out in outputs:
             if isinstance(out, torch.Tensor) and out.requires_grad:
                 out.register_hook(lambda g, row=row: self._on_grad(g, row))
+        if A.requires_grad and A.grad_fn is not None:  # a leaf would keep the hook for good
+            A.register_hook(lambda g, row=row: self._on_input_grad(g, row))
         return row
 
     def _log_error(self, fn, backward, A, exc: BaseException):
@@ -193,7 +196,7 @@ class Monitor:
                "batch": int(np.prod(shape[:-2])) if len(shape) >= 2 else 1, "n": int(shape[-1]) if shape else 0,
                "dtype": str(A.dtype).replace("torch.", "") if A is not None else "?",
                "min_gap": np.nan, "min_rel_gap": np.nan, "max_K": np.nan, "lam_min": np.nan, "bound": np.nan,
-               "grad_norm": np.nan, "input_nonfinite": not input_finite, "nonfinite": True,
+               "grad_norm": np.nan, "grad_in_norm": np.nan, "input_nonfinite": not input_finite, "nonfinite": True,
                "error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]}
         self._rows.append(row)
         if self.log is not None:
@@ -207,6 +210,14 @@ class Monitor:
         row["_sq"] = row.get("_sq", 0.0) + (g.detach().double() ** 2).sum()
         row["grad_norm"] = torch.sqrt(row["_sq"])
         row["nonfinite"] = row["nonfinite"] | ~torch.isfinite(row["grad_norm"])
+
+    @staticmethod
+    def _on_input_grad(g, row):
+        """‖∂L/∂A‖ (through every use of A): non-finite with a finite incoming gradient means this
+        call's own backward made it so."""
+        if g is not None:
+            row["grad_in_norm"] = torch.linalg.vector_norm(g.detach().double())
+            row["nonfinite"] = row["nonfinite"] | ~torch.isfinite(row["grad_in_norm"])
 
     @property
     def records(self) -> pd.DataFrame:

@@ -20,8 +20,8 @@ import numpy as np
 import pandas as pd
 
 COLUMNS = ["step", "site", "fn", "backward", "batch", "n", "dtype", "min_gap", "min_rel_gap", "max_K", "lam_min",
-           "bound", "grad_norm", "input_nonfinite", "nonfinite", "error"]
-_FLOATS = ["min_gap", "min_rel_gap", "max_K", "lam_min", "bound", "grad_norm"]
+           "bound", "grad_norm", "grad_in_norm", "input_nonfinite", "nonfinite", "error"]
+_FLOATS = ["min_gap", "min_rel_gap", "max_K", "lam_min", "bound", "grad_norm", "grad_in_norm"]
 _BOOLS = ["input_nonfinite", "nonfinite"]
 _INTS = ["step", "batch", "n"]
 _STRS = ["site", "fn", "backward", "dtype", "error"]

@@ -182,3 +182,25 @@ def test_read_log_drops_a_torn_last_line(tmp_path):
     with open(path, "a") as f:
         f.write("3,site.py:1,eigh,analytic,1,2,float")  # a write cut mid-line
     assert len(read_log(path)) == 1
+
+
+def test_grad_in_norm_is_the_gradient_the_backward_hands_on():
+    X = torch.tensor([[2.0, 0.3], [0.3, 1.0]], dtype=torch.float64, requires_grad=True)
+    with monitor.watch() as mon:
+        A = X * 1.5  # not a leaf: the monitor hooks its gradient
+        A.retain_grad()
+        lam, U = torch.linalg.eigh(A)
+        (lam[1] + U[0, 0] ** 2).backward()
+    row = mon.records.iloc[0]
+    assert row["grad_in_norm"] == pytest.approx(float(torch.linalg.vector_norm(A.grad)), rel=1e-12)
+    assert not row["nonfinite"]
+
+
+def test_a_non_finite_gradient_made_by_the_analytic_backward_is_flagged():
+    X = torch.eye(3, dtype=torch.float64, requires_grad=True)
+    with monitor.watch() as mon:
+        lam, U = torch.linalg.eigh(X * 2.0)  # λ = 2, 2, 2: K̃ = 1/0
+        U[:, 0].sum().backward()
+    row = mon.records.iloc[0]
+    assert row["max_K"] == math.inf and row["grad_norm"] == pytest.approx(math.sqrt(3.0))  # the incoming gradient is finite
+    assert not math.isfinite(row["grad_in_norm"]) and row["nonfinite"] and not row["input_nonfinite"]
