@@ -20,6 +20,7 @@ site (``file:line`` of the first caller frame outside torch and stabkit's eigen 
 * ``grad_norm``: the norm of the gradient reaching the outputs (a tensor hook; NaN until the
   backward ran, or when the outputs do not require grad); ``grad_in_norm``: the norm of ∂L/∂A,
   the gradient this call's backward hands on (through every use of A; NaN when A is a leaf);
+  both are ∞ when the gradient held inf or NaN (so a CSV keeps "non-finite" apart from "none");
 * ``input_nonfinite``: the input held inf/NaN; ``nonfinite``: input, output or incoming gradient did;
 * ``backward``: the rule the call's backward uses (``analytic`` for torch's own, the registry spec
   otherwise, ``values`` for eigvalsh whose backward has no 1/(λ_i − λ_j));
@@ -208,16 +209,18 @@ class Monitor:
         if g is None:
             return
         row["_sq"] = row.get("_sq", 0.0) + (g.detach().double() ** 2).sum()
-        row["grad_norm"] = torch.sqrt(row["_sq"])
-        row["nonfinite"] = row["nonfinite"] | ~torch.isfinite(row["grad_norm"])
+        norm = torch.sqrt(row["_sq"])
+        row["grad_norm"] = torch.where(torch.isfinite(norm), norm, torch.full_like(norm, float("inf")))
+        row["nonfinite"] = row["nonfinite"] | ~torch.isfinite(norm)
 
     @staticmethod
     def _on_input_grad(g, row):
         """‖∂L/∂A‖ (through every use of A): non-finite with a finite incoming gradient means this
         call's own backward made it so."""
         if g is not None:
-            row["grad_in_norm"] = torch.linalg.vector_norm(g.detach().double())
-            row["nonfinite"] = row["nonfinite"] | ~torch.isfinite(row["grad_in_norm"])
+            norm = torch.linalg.vector_norm(g.detach().double())
+            row["grad_in_norm"] = torch.where(torch.isfinite(norm), norm, torch.full_like(norm, float("inf")))
+            row["nonfinite"] = row["nonfinite"] | ~torch.isfinite(norm)
 
     @property
     def records(self) -> pd.DataFrame:

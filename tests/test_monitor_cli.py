@@ -1,0 +1,101 @@
+"""`stabkit watch -- python examples/monitor_training.py` writes a live log (kept when the run is
+killed) and `stabkit monitor report` turns it into Markdown + PNG."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import app
+from stabkit.monitor_log import read_log
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "monitor_training.py"
+
+
+def _env():
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    return env
+
+
+def _watch(log, *script_args, **popen):
+    cmd = [sys.executable, "-m", "cli.main", "watch", "--log", str(log), "--", sys.executable, str(EXAMPLE), *script_args]
+    return cmd
+
+
+def test_watch_logs_an_unmodified_script_and_report_reads_it(tmp_path):
+    log = tmp_path / "watch"
+    done = subprocess.run(_watch(log, "--steps", "4"), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert [line.split()[1] for line in done.stdout.splitlines() if line.startswith("step")] == ["0", "1", "2", "3"]
+    assert sorted(os.listdir(log)) == ["eig-rank0.csv"]
+    df = read_log(log / "eig-rank0.csv")
+    # the script does `from torch.linalg import eigh` at import: still caught, once per step, steps = optimizer steps
+    assert df["step"].tolist() == [0, 1, 2, 3]
+    assert df["site"].str.endswith("monitor_training.py:37").all() and (df["fn"] == "eigh").all()
+    assert (df["batch"] == 64).all() and (df["n"] == 6).all() and (df["dtype"] == "float32").all()
+    assert (df["grad_norm"] > 0).all() and not df["nonfinite"].any()
+    assert "next: stabkit monitor report" in done.stderr
+
+    report = subprocess.run([sys.executable, "-m", "cli.main", "monitor", "report", str(log)], cwd=ROOT, env=_env(),
+                            capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr
+    md = (log / "report.md").read_text()
+    assert report.stdout.strip() == str(log / "report.md")
+    assert "monitor_training.py:37" in md and "![timelines](site-01.png)" in md
+    assert (log / "site-01.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"| {len(df)} |" in md  # the calls column
+
+
+def test_killing_the_watched_run_keeps_every_finished_step(tmp_path):
+    log = tmp_path / "watch"
+    proc = subprocess.Popen(_watch(log, "--steps", "1000", "--sleep", "0.3"), cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    printed = []
+    try:
+        deadline = time.monotonic() + 240
+        while len(printed) < 4 and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if line.startswith("step"):
+                printed.append(int(line.split()[1]))  # printed after opt.step(): the step is finished
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # kill -9 of `stabkit watch` and the script
+        proc.wait(30)
+    assert printed == [0, 1, 2, 3]
+    df = read_log(log / "eig-rank0.csv")
+    steps = sorted(set(df["step"]))
+    assert steps[: len(printed)] == printed  # every finished step is in the log …
+    assert len(steps) <= len(printed) + 1  # … and at most the step running at the kill follows
+
+
+def test_watch_returns_the_commands_exit_code(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "cli.main", "watch", "--log", str(tmp_path / "w"), "--", sys.executable, "-c",
+                           "import sys; sys.exit(3)"], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 3
+    assert "no eigh/eigvalsh/svd call was logged" in done.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "no command to watch"),
+    (["--every", "0", "--", "python"], "--every must be ≥ 1"),
+    (["--swap-backward", "nosuch", "--", "python"], "nosuch"),
+    (["--", "no-such-program-xyz"], "command not found: no-such-program-xyz"),
+])
+def test_watch_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
+    result = CliRunner().invoke(app, ["watch", "--log", str(tmp_path / "w"), *args])
+    assert result.exit_code == 2
+    out = result.output.strip()
+    assert message in out and out.startswith("error:") and len(out.splitlines()) == 1 and "Traceback" not in out
+
+
+def test_report_on_a_folder_without_logs_is_one_line_and_exit_2(tmp_path):
+    result = CliRunner().invoke(app, ["monitor", "report", str(tmp_path)])
+    assert result.exit_code == 2 and "no monitor log" in result.output and len(result.output.strip().splitlines()) == 1
+    result = CliRunner().invoke(app, ["monitor", "report", str(tmp_path / "missing")])
+    assert result.exit_code == 2 and "no such folder" in result.output
