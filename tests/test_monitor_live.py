@@ -204,3 +204,26 @@ def test_a_non_finite_gradient_made_by_the_analytic_backward_is_flagged():
     row = mon.records.iloc[0]
     assert row["max_K"] == math.inf and row["grad_norm"] == pytest.approx(math.sqrt(3.0))  # the incoming gradient is finite
     assert not math.isfinite(row["grad_in_norm"]) and row["nonfinite"] and not row["input_nonfinite"]
+
+
+def test_process_monitor_from_environment_swaps_the_backward(tmp_path, monkeypatch):
+    """What `stabkit watch --swap-backward clip:tau=10 --every 2` hands to the watched process."""
+    import json
+
+    monkeypatch.setenv(monitor.ENV_VAR, json.dumps({"log_dir": str(tmp_path), "every": 2, "swap_backward": "clip:tau=10"}))
+    A0 = torch.tensor([[2.0, 1e-3], [1e-3, 2.0 + 1e-5]], dtype=torch.float64)
+    mon = monitor.start_from_environment()
+    try:
+        A = A0.clone().requires_grad_(True)
+        lam, U = torch.linalg.eigh(A)
+        (U[0, 0] * 3.0 + U[1, 0]).backward()
+        assert mon.every == 2 and mon.all_threads
+    finally:
+        monitor._deactivate(mon)
+        mon.close()
+    B = A0.clone().requires_grad_(True)
+    lam, U = sktorch.eigh(B, "clip", tau=10)
+    (U[0, 0] * 3.0 + U[1, 0]).backward()
+    torch.testing.assert_close(A.grad, B.grad)
+    df = read_log(tmp_path / "eig-rank0.csv")
+    assert df["backward"].tolist() == ["clip:tau=10"] and df["bound"].tolist() == [pytest.approx(10.0)]
