@@ -55,6 +55,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import json
+import math
 import os
 import signal
 import sys
@@ -81,13 +82,30 @@ _hook_handle = None
 ENV_VAR = "STABKIT_WATCH"
 
 
+_site_of_file: dict = {}
+
+
+def _site_file(filename: str):
+    """The name a call site is shown with, or None for files to look through (cached per file)."""
+    try:
+        return _site_of_file[filename]
+    except KeyError:
+        file = os.path.abspath(filename)
+        if file in _SKIP_FILES or any(p in file for p in _SKIP_PARTS) or "autograd" in file:
+            shown = None
+        else:
+            rel = os.path.relpath(file)
+            shown = rel if not rel.startswith("..") else file
+        _site_of_file[filename] = shown
+        return shown
+
+
 def _call_site() -> str:
     frame_ = sys._getframe(2)
     while frame_ is not None:
-        file = os.path.abspath(frame_.f_code.co_filename)
-        if file not in _SKIP_FILES and not any(p in file for p in _SKIP_PARTS) and "autograd" not in file:
-            rel = os.path.relpath(file)
-            return f"{rel if not rel.startswith('..') else file}:{frame_.f_lineno}"
+        shown = _site_file(frame_.f_code.co_filename)
+        if shown is not None:
+            return f"{shown}:{frame_.f_lineno}"
         frame_ = frame_.f_back
     return "?"
 
@@ -164,8 +182,7 @@ class Monitor:
             lam = lam.detach()
             if lam.ndim == 1:
                 lam = lam[None]
-            lam = lam.reshape(-1, lam.shape[-1])
-            s, _ = torch.sort(lam, dim=-1)
+            s = lam.reshape(-1, lam.shape[-1])  # ascending (the callers pass σ² flipped)
             input_finite = torch.isfinite(A.detach()).all()
             finite = input_finite & torch.isfinite(lam).all()
             if s.shape[-1] > 1:
@@ -175,7 +192,7 @@ class Monitor:
             else:
                 min_gap = min_rel = torch.full((), float("inf"), dtype=s.dtype, device=s.device)
             row = {"step": self.current_step, "site": _call_site(), "fn": fn, "backward": backward,
-                   "batch": int(lam.shape[0]), "n": int(lam.shape[-1]), "dtype": str(A.dtype).replace("torch.", ""),
+                   "batch": int(s.shape[0]), "n": int(s.shape[-1]), "dtype": str(A.dtype).replace("torch.", ""),
                    "min_gap": min_gap, "min_rel_gap": min_rel, "max_K": 1.0 / min_gap, "lam_min": s[:, 0].amin(),
                    "bound": np.nan, "grad_norm": np.nan, "grad_in_norm": np.nan, "input_nonfinite": ~input_finite, "nonfinite": ~finite, "error": ""}
             if self._bound is not None and s.shape[-1] > 1:
@@ -206,26 +223,32 @@ class Monitor:
     @staticmethod
     def _on_grad(g, row):
         """Accumulate ‖∂L/∂output‖² over the call's outputs (only a scalar is kept, never the gradient)."""
-        if g is None:
-            return
-        row["_sq"] = row.get("_sq", 0.0) + (g.detach().double() ** 2).sum()
-        norm = torch.sqrt(row["_sq"])
-        row["grad_norm"] = torch.where(torch.isfinite(norm), norm, torch.full_like(norm, float("inf")))
-        row["nonfinite"] = row["nonfinite"] | ~torch.isfinite(norm)
+        if g is not None:
+            sq = g.detach().double().square().sum()
+            row["_sq"] = row["_sq"] + sq if "_sq" in row else sq
 
     @staticmethod
     def _on_input_grad(g, row):
-        """‖∂L/∂A‖ (through every use of A): non-finite with a finite incoming gradient means this
+        """‖∂L/∂A‖² (through every use of A): non-finite with a finite incoming gradient means this
         call's own backward made it so."""
         if g is not None:
-            norm = torch.linalg.vector_norm(g.detach().double())
-            row["grad_in_norm"] = torch.where(torch.isfinite(norm), norm, torch.full_like(norm, float("inf")))
-            row["nonfinite"] = row["nonfinite"] | ~torch.isfinite(norm)
+            row["_sq_in"] = g.detach().double().square().sum()
+
+    @staticmethod
+    def _materialize(row: dict) -> dict:
+        """A row of Python scalars: gradient norms from the squared sums (∞ when non-finite)."""
+        out = {k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in row.items() if not k.startswith("_sq")}
+        for key, sq in (("grad_norm", row.get("_sq")), ("grad_in_norm", row.get("_sq_in"))):
+            if sq is not None:
+                sq = float(sq)
+                out[key] = math.sqrt(sq) if math.isfinite(sq) else math.inf
+                out["nonfinite"] = bool(out["nonfinite"]) or not math.isfinite(sq)
+        return out
 
     @property
     def records(self) -> pd.DataFrame:
         """Every row so far (with ``keep_records=False``: only those not yet flushed)."""
-        return frame(list(self._rows))
+        return frame([self._materialize(r) for r in list(self._rows)])
 
     # --- live log ------------------------------------------------------------------------------
     def flush(self, upto_step: int | None = None):
@@ -246,7 +269,7 @@ class Monitor:
                 self._last_flush_step = upto_step
             if end <= self._flushed:
                 return
-            chunk = frame(rows[self._flushed:end])
+            chunk = frame([self._materialize(r) for r in rows[self._flushed:end]])
             try:
                 self.log.append(chunk)
             except Exception as exc:  # noqa: BLE001 — reported, never allowed to stop the training
@@ -376,7 +399,7 @@ def _svd_call(mons, A=None, *args, **kwargs):
     if A is None:
         A = kwargs.pop("input")
     out = _originals_or_live("svd")(A, *args, **kwargs)
-    return out, "analytic", A, out[1] ** 2, tuple(out)
+    return out, "analytic", A, (out[1] ** 2).flip(-1), tuple(out)
 
 
 def _sk_call(mons, A, method="analytic", **params):
