@@ -99,3 +99,37 @@ def test_report_on_a_folder_without_logs_is_one_line_and_exit_2(tmp_path):
     assert result.exit_code == 2 and "no monitor log" in result.output and len(result.output.strip().splitlines()) == 1
     result = CliRunner().invoke(app, ["monitor", "report", str(tmp_path / "missing")])
     assert result.exit_code == 2 and "no such folder" in result.output
+
+
+def test_one_log_per_rank_when_several_processes_are_watched(tmp_path):
+    """As under torchrun: every process has its RANK; each writes its own file."""
+    log = tmp_path / "watch"
+    script = (f"RANK=0 {sys.executable} {EXAMPLE} --steps 2 & RANK=1 {sys.executable} {EXAMPLE} --steps 3; wait")
+    done = subprocess.run([sys.executable, "-m", "cli.main", "watch", "--log", str(log), "--", "bash", "-c", script], cwd=ROOT,
+                          env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert sorted(os.listdir(log)) == ["eig-rank0.csv", "eig-rank1.csv"]
+    assert read_log(log / "eig-rank0.csv")["step"].tolist() == [0, 1]
+    assert read_log(log / "eig-rank1.csv")["step"].tolist() == [0, 1, 2]
+
+
+def test_sigterm_to_watch_reaches_the_script_and_pending_rows_are_flushed(tmp_path):
+    log = tmp_path / "watch"
+    cmd = [sys.executable, "-m", "cli.main", "watch", "--every", "1000", "--log", str(log), "--", sys.executable, str(EXAMPLE),
+           "--steps", "1000", "--sleep", "0.3"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    printed = []
+    try:
+        deadline = time.monotonic() + 240
+        while len(printed) < 3 and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if line.startswith("step"):
+                printed.append(int(line.split()[1]))
+        proc.send_signal(signal.SIGTERM)  # to `stabkit watch` only: it forwards to the script
+        code = proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert printed == [0, 1, 2] and code == 128 + signal.SIGTERM
+    steps = sorted(set(read_log(log / "eig-rank0.csv")["step"]))
+    assert steps[:3] == [0, 1, 2]  # nothing was flushed by --every 1000: the exit flushed them
