@@ -417,7 +417,7 @@ def _optimizer_hook(optimizer, args, kwargs):
 def _activate(mon: Monitor):
     global _active, _originals, _hook_handle
     with _lock:
-        if not _active:
+        if _originals is None:
             _originals = {name: get_() for name, get_ in _TORCH_FUNCS.items()}
             torch.linalg.eigh = _watched("eigh", _eigh_call)
             torch.linalg.eigvalsh = _watched("eigvalsh", _eigvalsh_call)
@@ -485,11 +485,13 @@ def start_process_monitor(log_dir, every: int = 1, swap_backward: str | None = N
     the first flush, so processes that never call an eigen function leave no file. SIGTERM exits
     through ``atexit`` (when no handler was set), which flushes the pending rows.
     """
-    name = rank_file_name()
+    name = rank_file_name(pid=_forked_child)
     tb = os.path.join(str(log_dir), "tensorboard", name.rsplit(".", 1)[0]) if tensorboard else None
     log = LiveLog(os.path.join(str(log_dir), name), tb, write_empty=False)
     mon = Monitor(bound=bound or swap_backward, swap_backward=swap_backward, all_threads=True, log=log, every=every,
                   keep_records=False)
+    mon.process_settings = {"log_dir": log_dir, "every": every, "swap_backward": swap_backward, "bound": bound,
+                            "tensorboard": tensorboard}
     _activate(mon)
 
     def _finish():
@@ -502,6 +504,31 @@ def start_process_monitor(log_dir, every: int = 1, swap_backward: str | None = N
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, lambda signum, frame_: sys.exit(128 + signum))
     return mon
+
+
+_forked_child = False
+
+
+def _after_fork_in_child():
+    """A forked child (e.g. a DataLoader worker) drops the monitors it inherited — their rows and
+    log belong to the parent — and, under ``stabkit watch``, starts its own with ``-pid{PID}``
+    in the file name. The wrappers stay installed and pass calls through."""
+    global _active, _lock, _forked_child
+    _lock = threading.RLock()
+    inherited, _active = _active, ()
+    for mon in inherited:
+        mon.log, mon._rows = None, []
+    settings = next((m.process_settings for m in inherited if getattr(m, "process_settings", None)), None)
+    if settings is not None:
+        _forked_child = True
+        try:
+            start_process_monitor(**settings)
+        except Exception as exc:  # noqa: BLE001 — never break the child over its log
+            print(f"stabkit watch: monitoring not started in forked child {os.getpid()} ({exc})", file=sys.stderr)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def start_from_environment() -> Monitor | None:

@@ -54,12 +54,13 @@ def normalize(df: pd.DataFrame) -> pd.DataFrame:
     return df[COLUMNS + [c for c in df.columns if c not in COLUMNS]]
 
 
-def rank_file_name(prefix: str = "eig", suffix: str = ".csv") -> str:
+def rank_file_name(prefix: str = "eig", suffix: str = ".csv", pid: bool = False) -> str:
     """``eig-rank{R}.csv``: R from ``RANK``, else ``LOCAL_RANK``, else 0; a multiprocessing child
-    (e.g. a DataLoader worker started by spawn) adds ``-pid{PID}`` so it never shares a file."""
+    (e.g. a DataLoader worker) or ``pid=True`` (a forked child) adds ``-pid{PID}`` so it never
+    shares a file."""
     rank = os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))
     rank = rank if rank.isdigit() else "0"
-    child = multiprocessing.parent_process() is not None
+    child = pid or multiprocessing.parent_process() is not None
     return f"{prefix}-rank{rank}{f'-pid{os.getpid()}' if child else ''}{suffix}"
 
 

@@ -227,3 +227,40 @@ def test_process_monitor_from_environment_swaps_the_backward(tmp_path, monkeypat
     torch.testing.assert_close(A.grad, B.grad)
     df = read_log(tmp_path / "eig-rank0.csv")
     assert df["backward"].tolist() == ["clip:tau=10"] and df["bound"].tolist() == [pytest.approx(10.0)]
+
+
+def _child_calls_eigh():
+    torch.linalg.eigh(_sym([1.0, 9.0]))
+    for mon in monitor._active:
+        mon.close()  # a worker leaves through os._exit: flush explicitly, as its exit would
+
+
+def test_a_forked_child_never_writes_into_the_parents_log(tmp_path, monkeypatch):
+    import multiprocessing
+
+    monkeypatch.setenv("RANK", "0")
+    mon = monitor.start_process_monitor(tmp_path, every=1)
+    try:
+        torch.linalg.eigh(_sym([1.0, 3.0]))
+        mon.step()
+        child = multiprocessing.get_context("fork").Process(target=_child_calls_eigh)
+        child.start()
+        child.join(60)
+        assert child.exitcode == 0
+        torch.linalg.eigh(_sym([1.0, 4.0]))
+    finally:
+        monitor._deactivate(mon)
+        mon.close()
+    assert read_log(tmp_path / "eig-rank0.csv")["min_gap"].tolist() == [2.0, 3.0]  # the parent's rows, intact
+    (child_log,) = [p for p in tmp_path.iterdir() if p.name.startswith("eig-rank0-pid")]
+    assert child_log.name == f"eig-rank0-pid{child.pid}.csv"
+    assert read_log(child_log)["min_gap"].tolist() == [8.0]
+    assert not hasattr(torch.linalg.eigh, "__wrapped__") and monitor._originals is None  # the originals are back
+
+
+def test_a_log_path_with_another_suffix_is_a_value_error(tmp_path):
+    before = torch.linalg.eigh
+    with pytest.raises(ValueError, match=r"\.csv or \.parquet"):
+        with monitor.watch(log_path=tmp_path / "eig.txt"):
+            pass
+    assert torch.linalg.eigh is before
