@@ -74,10 +74,18 @@ def test_killing_the_watched_run_keeps_every_finished_step(tmp_path):
     assert len(steps) <= len(printed) + 1  # … and at most the step running at the kill follows
 
 
-def test_watch_returns_the_commands_exit_code(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "cli.main", "watch", "--log", str(tmp_path / "w"), "--", sys.executable, "-c",
-                           "import sys; sys.exit(3)"], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+def test_watch_returns_the_commands_exit_code_and_keeps_another_sitecustomize(tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "sitecustomize.py").write_text("import os\nos.environ['OTHER_SITECUSTOMIZE'] = 'ran'\n")
+    env = _env()
+    env["PYTHONPATH"] += os.pathsep + str(other)
+    probe = ("import os, sys, torch; print(os.environ.get('OTHER_SITECUSTOMIZE'), hasattr(torch.linalg.eigh, '__wrapped__')); "
+             "sys.exit(3)")
+    done = subprocess.run([sys.executable, "-m", "cli.main", "watch", "--log", str(tmp_path / "w"), "--", sys.executable, "-c", probe],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 3
+    assert done.stdout.split() == ["ran", "True"]  # the user's own sitecustomize ran, and torch was patched at start-up
     assert "no eigh/eigvalsh/svd call was logged" in done.stderr
 
 
