@@ -236,6 +236,11 @@ def build_report(folder, out=None) -> Path:
              f"steps {int(df['step'].min())}–{int(df['step'].max())}.", "",
              "| # | log | site | function | backward | dtype | n | calls | min rel. gap | max\\|K̃\\| | λ_min | max ‖∂L/∂out‖ | non-finite | raised | first bad step |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    firsts = [int(g.loc[bad_steps(g), "step"].min()) for _, g in df.groupby(["log", "site", "fn"]) if bad_steps(g).any()]
+    if firsts:
+        lines[2] += f" First bad step over all sites: {min(firsts)}."
+    else:
+        lines[2] += " No bad step at any site."
     sections = []
     for i, ((log, site, fn), g) in enumerate(df.groupby(["log", "site", "fn"], sort=True), start=1):
         g = g.sort_values("step", kind="stable")

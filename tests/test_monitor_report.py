@@ -88,4 +88,4 @@ def test_report_files_per_log_and_site(tmp_path):
     assert table[0].startswith("| 1 | eig-rank0 | `net.py:10` | eigh |") and table[0].endswith("| 1 |")  # first bad step 1
     assert table[1].startswith("| 2 | eig-rank0 | `net.py:20` | svd |") and table[1].endswith("| – |")
     assert md.count("nothing to change") == 2  # the svd site and rank 1
-    assert "5 logged calls in 2 log(s)" in md
+    assert "5 logged calls in 2 log(s)" in md and "First bad step over all sites: 1." in md
