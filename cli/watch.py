@@ -4,7 +4,10 @@ COMMAND runs as a child process whose Python starts the monitor before the user'
 (``stabkit/_watch_shim/sitecustomize.py`` first on PYTHONPATH, settings in ``$STABKIT_WATCH``), so
 ``from torch.linalg import eigh`` is watched too. Steps are optimizer steps. Every process of the
 command writes ``LOG/eig-rank{RANK}.csv`` (one per DDP rank), appended every ``--every`` steps,
-so a killed run keeps the log of every flushed step. The exit code is the command's.
+so a killed run keeps the log of every flushed step. The exit code is the command's; SIGINT and
+SIGTERM are passed on to it (the watched Python then flushes its pending rows on the way out).
+Every Python process started under COMMAND imports torch at start-up, and only those that call
+an eigen function write a log.
 """
 
 from __future__ import annotations

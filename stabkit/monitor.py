@@ -41,7 +41,9 @@ where the process may be killed). ``tensorboard_dir`` gets per-site scalars at e
 active in any thread and the originals come back when the last one exits, whatever the order.
 A ``watch`` records the calls of the thread that entered it (``all_threads=True``: every thread);
 nested watches in one thread both record each call. A call made from inside a watched call
-(stabkit.torch.eigh's own torch.linalg.eigh) is not logged twice.
+(stabkit.torch.eigh's own torch.linalg.eigh) is not logged twice. A forked child process (a
+DataLoader worker) drops the monitors it inherited, so it never writes into its parent's log;
+under ``stabkit watch`` it starts its own (``eig-rank{R}-pid{PID}.csv``).
 
 Callers that imported the function object before ``watch`` (``from torch.linalg import eigh``)
 are not intercepted by ``watch``; ``stabkit watch`` patches before the user's code runs, so they
