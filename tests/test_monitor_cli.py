@@ -43,11 +43,10 @@ def test_watch_logs_an_unmodified_script_and_report_reads_it(tmp_path):
     assert (df["grad_norm"] > 0).all() and not df["nonfinite"].any()
     assert "next: stabkit monitor report" in done.stderr
 
-    report = subprocess.run([sys.executable, "-m", "cli.main", "monitor", "report", str(log)], cwd=ROOT, env=_env(),
-                            capture_output=True, text=True, timeout=300)
-    assert report.returncode == 0, report.stderr
+    report = CliRunner().invoke(app, ["monitor", "report", str(log)])
+    assert report.exit_code == 0, report.output
     md = (log / "report.md").read_text()
-    assert report.stdout.strip() == str(log / "report.md")
+    assert report.output.strip() == str(log / "report.md")
     assert "monitor_training.py:37" in md and "![timelines](site-01.png)" in md
     assert (log / "site-01.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"| {len(df)} |" in md  # the calls column
