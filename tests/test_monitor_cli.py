@@ -31,10 +31,12 @@ def _watch(log, *script_args, **popen):
 
 def test_watch_logs_an_unmodified_script_and_report_reads_it(tmp_path):
     log = tmp_path / "watch"
-    done = subprocess.run(_watch(log, "--steps", "4"), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    cmd = _watch(log, "--steps", "4")
+    cmd.insert(cmd.index("--"), "--tensorboard")
+    done = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert [line.split()[1] for line in done.stdout.splitlines() if line.startswith("step")] == ["0", "1", "2", "3"]
-    assert sorted(os.listdir(log)) == ["eig-rank0.csv"]
+    assert sorted(os.listdir(log)) == ["eig-rank0.csv", "tensorboard"]
     df = read_log(log / "eig-rank0.csv")
     # the script does `from torch.linalg import eigh` at import: still caught, once per step, steps = optimizer steps
     assert df["step"].tolist() == [0, 1, 2, 3]
@@ -42,6 +44,15 @@ def test_watch_logs_an_unmodified_script_and_report_reads_it(tmp_path):
     assert (df["batch"] == 64).all() and (df["n"] == 6).all() and (df["dtype"] == "float32").all()
     assert (df["grad_norm"] > 0).all() and not df["nonfinite"].any()
     assert "next: stabkit monitor report" in done.stderr
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(log / "tensorboard" / "eig-rank0"))
+    events.Reload()
+    (tag,) = [t for t in events.Tags()["scalars"] if t.endswith("/max_K")]
+    assert "monitor_training.py:37" in tag
+    assert [e.step for e in events.Scalars(tag)] == [0, 1, 2, 3]
+    assert [e.value for e in events.Scalars(tag)] == pytest.approx(df["max_K"].tolist(), rel=1e-6)
 
     report = CliRunner().invoke(app, ["monitor", "report", str(log)])
     assert report.exit_code == 0, report.output
