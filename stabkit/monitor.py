@@ -450,13 +450,15 @@ def watch(log_path=None, tensorboard_dir=None, swap_backward: str | None = None,
     """Monitor eigen calls inside the block (see module doc). Yields the :class:`Monitor`.
 
     ``log_path``: ``.csv`` (append per flush) or ``.parquet`` (row group per flush), flushed every
-    ``every`` steps and at exit. ``tensorboard_dir``: scalars per call site at each flush if
+    ``every`` steps and at exit; ``{rank}`` in it becomes the DDP rank (``RANK``/``LOCAL_RANK``). ``tensorboard_dir``: scalars per call site at each flush if
     ``torch.utils.tensorboard`` imports (else a warning says so). ``swap_backward``: a method spec
     for ``torch.linalg.eigh``'s backward. ``bound``: a method spec whose max |F_ij| is logged as
     ``bound`` (default: ``swap_backward``). ``all_threads``: record every thread's calls, not only
     this thread's. A log write error never replaces an exception raised in the block: it is
     warned about and the block's exception propagates; without one it is raised at exit.
     """
+    if log_path is not None and "{rank}" in str(log_path):
+        log_path = str(log_path).replace("{rank}", rank_file_name(prefix="", suffix="").removeprefix("-rank"))
     log = LiveLog(log_path, tensorboard_dir) if (log_path is not None or tensorboard_dir is not None) else None
     mon = Monitor(bound=bound or swap_backward, swap_backward=swap_backward, all_threads=all_threads, log=log, every=every)
     _activate(mon)

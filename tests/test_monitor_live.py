@@ -264,3 +264,11 @@ def test_a_log_path_with_another_suffix_is_a_value_error(tmp_path):
         with monitor.watch(log_path=tmp_path / "eig.txt"):
             pass
     assert torch.linalg.eigh is before
+
+
+def test_rank_placeholder_in_log_path(tmp_path, monkeypatch):
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setenv("RANK", "7")
+    with monitor.watch(log_path=tmp_path / "eig-{rank}.csv"):
+        torch.linalg.eigh(_sym([1.0, 2.0]))
+    assert os.listdir(tmp_path) == ["eig-7.csv"] and len(read_log(tmp_path / "eig-7.csv")) == 1
