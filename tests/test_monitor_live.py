@@ -272,3 +272,21 @@ def test_rank_placeholder_in_log_path(tmp_path, monkeypatch):
     with monitor.watch(log_path=tmp_path / "eig-{rank}.csv"):
         torch.linalg.eigh(_sym([1.0, 2.0]))
     assert os.listdir(tmp_path) == ["eig-7.csv"] and len(read_log(tmp_path / "eig-7.csv")) == 1
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.lists(st.integers(-1000, 1000), min_size=3, max_size=3, unique=True), min_size=1, max_size=3))
+def test_gap_columns_match_a_direct_computation(spectra):
+    """Diagonal matrices (eigenvalues exact in any LAPACK): the row's numbers from sorted lists."""
+    A = torch.stack([torch.diag(torch.tensor(s, dtype=torch.float64)) for s in spectra])
+    with monitor.watch() as mon:
+        torch.linalg.eigh(A)
+    row = mon.records.iloc[0]
+    gaps = [min(b - a for a, b in zip(sorted(s), sorted(s)[1:])) for s in spectra]
+    rel = [g / max(abs(v) for v in s) for g, s in zip(gaps, spectra)]
+    assert row["batch"] == len(spectra) and row["min_gap"] == min(gaps)
+    assert row["min_rel_gap"] == pytest.approx(min(rel), rel=1e-15) and row["max_K"] == pytest.approx(1 / min(gaps), rel=1e-15)
+    assert row["lam_min"] == min(min(s) for s in spectra)

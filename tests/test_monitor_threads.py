@@ -153,3 +153,36 @@ def test_all_threads_records_other_threads_too():
         torch.linalg.eigh(_sym([1.0, 2.0]))
         _call_in_other_thread(7.0)
     assert sorted(mon.records["min_gap"].tolist()) == [1.0, 6.0]
+
+
+def test_many_threads_entering_and_leaving_at_random():
+    """8 threads × 15 watches each, entered and left while the others run: every watch records
+    exactly its own thread's calls, and the originals are back at the end."""
+    import random
+
+    errors = []
+    barrier = threading.Barrier(8)
+
+    def worker(k):
+        rng = random.Random(k)
+        try:
+            barrier.wait(10)
+            for _ in range(15):
+                calls = rng.randint(0, 3)
+                with monitor.watch() as mon:
+                    for _ in range(calls):
+                        torch.linalg.eigvalsh(_sym([0.0, float(k + 1)]))
+                gaps = mon.records["min_gap"].tolist()
+                if gaps != [float(k + 1)] * calls:
+                    errors.append((k, calls, gaps))
+                torch.linalg.eigvalsh(_sym([0.0, 1.0]))  # maybe patched by another thread: must pass through
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert _patched_now() == ORIGINALS
