@@ -261,6 +261,16 @@ def build_report(folder, out=None) -> Path:
             sec += [f"- **{f.rule}** (from step {_fmt(f.step)}): {f.what}", f"  - *What to do:* {f.action}",
                     f"  - *Evidence:* {f.evidence}"]
         sections += sec + [""]
+    footer = ["## How to read this", "",
+              "- *min rel. gap*: smallest |λ_i − λ_j| / max|λ| over the call's batch (svd: of σ²); *max|K̃|* = 1 / smallest gap, "
+              "the analytic backward's largest coefficient; *‖∂L/∂out‖*: the gradient reaching the call's outputs; ‖∂L/∂A‖ "
+              "(in the plots): the gradient its backward hands on — non-finite there with a finite ‖∂L/∂out‖ means this "
+              "call's backward made it so.",
+              "- *first bad step*: the first step with an error, a non-finite value, or λ_min ≤ 0 at a site whose matrices are "
+              "positive definite at most calls (the λ rule is not applied to svd or to sites indefinite by design).",
+              "- Each rule names the finding of this project it rests on (README, \"Training and the instability monitor\"; "
+              "`reports/zca-cifar10`). Those findings come from ZCA whitening in ResNet-18 on CIFAR-10; on another model "
+              "they are a starting point, not a guarantee.", ""]
     path = out / "report.md"
-    path.write_text("\n".join(lines + [""] + sections))
+    path.write_text("\n".join(lines + [""] + sections + footer))
     return path
