@@ -307,6 +307,22 @@ def _watchers() -> tuple:
     return tuple(m for m in _active if m.watches(tid))
 
 
+_warned_internal = False
+
+
+@contextlib.contextmanager
+def _never_fails():
+    """The monitor's own bookkeeping never breaks the user's call: a failure there is warned about once."""
+    global _warned_internal
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001
+        if not _warned_internal:
+            _warned_internal = True
+            warnings.warn(f"stabkit monitor: a call could not be logged ({type(exc).__name__}: {exc}); "
+                          f"the call itself went through", stacklevel=4)
+
+
 def _watched(fn_name: str, call):
     """Wrap ``call(mons, *args, **kwargs) -> (result, backward, A, lam, outputs)`` of a torch function."""
 
@@ -319,12 +335,14 @@ def _watched(fn_name: str, call):
             try:
                 result, backward, A, lam, outputs = call(mons, *args, **kwargs)
             except Exception as exc:
-                backward = _backward_of(fn_name, mons, args, kwargs)
-                for mon in mons:
-                    mon._log_error(_label(fn_name, args, kwargs), backward, args[0] if args else kwargs.get("A"), exc)
+                with _never_fails():
+                    backward = _backward_of(fn_name, mons, args, kwargs)
+                    for mon in mons:
+                        mon._log_error(_label(fn_name, args, kwargs), backward, args[0] if args else kwargs.get("A"), exc)
                 raise
-            for mon in mons:
-                mon._log(_label(fn_name, args, kwargs), backward, A, lam, outputs)
+            with _never_fails():
+                for mon in mons:
+                    mon._log(_label(fn_name, args, kwargs), backward, A, lam, outputs)
             return result
         finally:
             _local.inside = False

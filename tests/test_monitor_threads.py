@@ -186,3 +186,16 @@ def test_many_threads_entering_and_leaving_at_random():
         t.join(60)
     assert errors == []
     assert _patched_now() == ORIGINALS
+
+
+def test_a_failure_of_the_monitors_bookkeeping_never_breaks_the_call(monkeypatch):
+    monkeypatch.setattr(monitor, "_warned_internal", False)
+
+    def broken_log(self, *args, **kwargs):
+        raise RuntimeError("bookkeeping bug")
+
+    monkeypatch.setattr(monitor.Monitor, "_log", broken_log)
+    with pytest.warns(UserWarning, match="could not be logged"):
+        with monitor.watch():
+            lam, U = torch.linalg.eigh(_sym([1.0, 2.0]))
+    assert lam.tolist() == [1.0, 2.0]
