@@ -390,7 +390,11 @@ def _backward_of(fn_name, mons, args, kwargs):
 
 
 def _swap_applies(args, kwargs):
-    return len(args) == 1 and set(kwargs) <= {"UPLO"} and kwargs.get("UPLO", "L") == "L"
+    """The swap covers what stabkit.torch.eigh covers: real float32/float64 input, UPLO="L", no out=;
+    any other call goes to torch unchanged."""
+    A = args[0] if args else None
+    return (len(args) == 1 and set(kwargs) <= {"UPLO"} and kwargs.get("UPLO", "L") == "L"
+            and isinstance(A, torch.Tensor) and A.dtype in (torch.float32, torch.float64))
 
 
 def _eigh_call(mons, A=None, *args, **kwargs):

@@ -290,3 +290,11 @@ def test_gap_columns_match_a_direct_computation(spectra):
     assert row["batch"] == len(spectra) and row["min_gap"] == min(gaps)
     assert row["min_rel_gap"] == pytest.approx(min(rel), rel=1e-15) and row["max_K"] == pytest.approx(1 / min(gaps), rel=1e-15)
     assert row["lam_min"] == min(min(s) for s in spectra)
+
+
+def test_swap_backward_leaves_complex_input_to_torch():
+    H = torch.tensor([[2.0, 1j], [-1j, 3.0]], dtype=torch.complex128)
+    with monitor.watch(swap_backward="taylor") as mon:
+        lam, U = torch.linalg.eigh(H)
+    torch.testing.assert_close(lam, torch.tensor([2.5 - 5 ** 0.5 / 2, 2.5 + 5 ** 0.5 / 2], dtype=torch.float64))
+    assert mon.records["backward"].tolist() == ["analytic"]
