@@ -6,7 +6,7 @@
     mon.records          # pandas DataFrame, one row per call
 
 or, for a script that is not edited at all, ``stabkit watch -- python train.py`` (see
-:func:`start_process_monitor`).
+:mod:`stabkit.monitor_process`).
 
 Inside ``watch`` the functions ``torch.linalg.eigh``, ``torch.linalg.eigvalsh``,
 ``torch.linalg.svd`` and ``stabkit.torch.eigh`` are replaced by wrappers (restored when the last
@@ -43,7 +43,7 @@ A ``watch`` records the calls of the thread that entered it (``all_threads=True`
 nested watches in one thread both record each call. A call made from inside a watched call
 (stabkit.torch.eigh's own torch.linalg.eigh) is not logged twice. A forked child process (a
 DataLoader worker) drops the monitors it inherited, so it never writes into its parent's log;
-under ``stabkit watch`` it starts its own (``eig-rank{R}-pid{PID}.csv``).
+under ``stabkit watch`` it starts its own (``eig-rank{R}-pid{PID}.csv``, :mod:`.monitor_process`).
 
 Callers that imported the function object before ``watch`` (``from torch.linalg import eigh``)
 are not intercepted by ``watch``; ``stabkit watch`` patches before the user's code runs, so they
@@ -54,12 +54,9 @@ with that registry method's backward. Scalars stay on the device until a flush o
 
 from __future__ import annotations
 
-import atexit
 import contextlib
-import json
 import math
 import os
-import signal
 import sys
 import threading
 import warnings
@@ -81,7 +78,6 @@ _lock = threading.RLock()
 _active: tuple = ()            # the monitors now watching (copy-on-write under _lock)
 _originals: dict | None = None  # the functions the wrappers replaced, while installed
 _hook_handle = None
-ENV_VAR = "STABKIT_WATCH"
 
 
 _site_of_file: dict = {}
@@ -501,70 +497,19 @@ def watch(log_path=None, tensorboard_dir=None, swap_backward: str | None = None,
                 raise error
 
 
-# --- a whole process: `stabkit watch -- python train.py` ------------------------------------------
-def start_process_monitor(log_dir, every: int = 1, swap_backward: str | None = None, bound: str | None = None,
-                          tensorboard: bool = False) -> Monitor:
-    """Watch every thread of this process until it exits (what ``stabkit watch`` runs first).
-
-    The log is ``log_dir/eig-rank{R}.csv`` with R from ``RANK`` or ``LOCAL_RANK`` (0 if neither:
-    one log per process under DDP; a multiprocessing child adds ``-pid{PID}``). It is created at
-    the first flush, so processes that never call an eigen function leave no file. SIGTERM exits
-    through ``atexit`` (when no handler was set), which flushes the pending rows.
-    """
-    name = rank_file_name(pid=_forked_child)
-    tb = os.path.join(str(log_dir), "tensorboard", name.rsplit(".", 1)[0]) if tensorboard else None
-    log = LiveLog(os.path.join(str(log_dir), name), tb, write_empty=False)
-    mon = Monitor(bound=bound or swap_backward, swap_backward=swap_backward, all_threads=True, log=log, every=every,
-                  keep_records=False)
-    mon.process_settings = {"log_dir": log_dir, "every": every, "swap_backward": swap_backward, "bound": bound,
-                            "tensorboard": tensorboard}
-    _activate(mon)
-
-    def _finish():
-        _deactivate(mon)
-        error = mon.close()
-        if error is not None:
-            print(f"stabkit watch: the log was not written completely ({type(error).__name__}: {error})", file=sys.stderr)
-
-    atexit.register(_finish)
-    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, lambda signum, frame_: sys.exit(128 + signum))
-    return mon
-
-
-_forked_child = False
-
-
+# --- fork ---------------------------------------------------------------------------------------
 def _after_fork_in_child():
     """A forked child (e.g. a DataLoader worker) drops the monitors it inherited — their rows and
-    log belong to the parent — and, under ``stabkit watch``, starts its own with ``-pid{PID}``
-    in the file name. The wrappers stay installed and pass calls through."""
-    global _active, _lock, _forked_child
+    log belong to the parent. The wrappers stay installed and pass calls through."""
+    global _active, _lock
     _lock = threading.RLock()
     inherited, _active = _active, ()
     for mon in inherited:
         mon.log, mon._rows = None, []
-    settings = next((m.process_settings for m in inherited if getattr(m, "process_settings", None)), None)
-    if settings is not None:
-        _forked_child = True
-        try:
-            start_process_monitor(**settings)
-        except Exception as exc:  # noqa: BLE001 — never break the child over its log
-            print(f"stabkit watch: monitoring not started in forked child {os.getpid()} ({exc})", file=sys.stderr)
 
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def start_from_environment() -> Monitor | None:
-    """``start_process_monitor`` with the settings ``stabkit watch`` put in ``$STABKIT_WATCH``."""
-    raw = os.environ.get(ENV_VAR)
-    if not raw:
-        return None
-    cfg = json.loads(raw)
-    return start_process_monitor(cfg["log_dir"], every=cfg.get("every", 1), swap_backward=cfg.get("swap_backward"),
-                                 bound=cfg.get("bound"), tensorboard=cfg.get("tensorboard", False))
 
 
 def summarize(df: pd.DataFrame, until_step: int | None = None, gap_threshold: float = 1e-5) -> dict:
@@ -590,4 +535,4 @@ def summarize(df: pd.DataFrame, until_step: int | None = None, gap_threshold: fl
     }
 
 
-__all__ = ["COLUMNS", "Monitor", "watch", "start_process_monitor", "start_from_environment", "summarize", "bound_kernel"]
+__all__ = ["COLUMNS", "Monitor", "watch", "summarize", "bound_kernel"]

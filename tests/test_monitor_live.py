@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import stabkit.torch as sktorch
-from stabkit import monitor
+from stabkit import monitor, monitor_process
 from stabkit.monitor_log import COLUMNS, read_log, rank_file_name
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -160,14 +160,13 @@ def test_one_log_per_rank(monkeypatch, env, expected):
 
 def test_process_monitor_writes_its_rank_file(tmp_path, monkeypatch):
     monkeypatch.setenv("RANK", "5")
-    mon = monitor.start_process_monitor(tmp_path, every=1)
+    mon = monitor_process.start_process_monitor(tmp_path, every=1)
     try:
         torch.linalg.eigh(_sym([1.0, 3.0]))
         mon.step()
         sktorch.eigh(_sym([1.0, 4.0]), "taylor")
     finally:
-        monitor._deactivate(mon)
-        mon.close()
+        assert monitor_process.stop_process_monitor(mon) is None
     assert os.listdir(tmp_path) == ["eig-rank5.csv"]
     df = read_log(tmp_path / "eig-rank5.csv")
     assert df["fn"].tolist() == ["eigh", "stabkit.eigh[taylor]"] and df["step"].tolist() == [0, 1]
@@ -210,17 +209,16 @@ def test_process_monitor_from_environment_swaps_the_backward(tmp_path, monkeypat
     """What `stabkit watch --swap-backward clip:tau=10 --every 2` hands to the watched process."""
     import json
 
-    monkeypatch.setenv(monitor.ENV_VAR, json.dumps({"log_dir": str(tmp_path), "every": 2, "swap_backward": "clip:tau=10"}))
+    monkeypatch.setenv(monitor_process.ENV_VAR, json.dumps({"log_dir": str(tmp_path), "every": 2, "swap_backward": "clip:tau=10"}))
     A0 = torch.tensor([[2.0, 1e-3], [1e-3, 2.0 + 1e-5]], dtype=torch.float64)
-    mon = monitor.start_from_environment()
+    mon = monitor_process.start_from_environment()
     try:
         A = A0.clone().requires_grad_(True)
         lam, U = torch.linalg.eigh(A)
         (U[0, 0] * 3.0 + U[1, 0]).backward()
         assert mon.every == 2 and mon.all_threads
     finally:
-        monitor._deactivate(mon)
-        mon.close()
+        assert monitor_process.stop_process_monitor(mon) is None
     B = A0.clone().requires_grad_(True)
     lam, U = sktorch.eigh(B, "clip", tau=10)
     (U[0, 0] * 3.0 + U[1, 0]).backward()
@@ -239,7 +237,7 @@ def test_a_forked_child_never_writes_into_the_parents_log(tmp_path, monkeypatch)
     import multiprocessing
 
     monkeypatch.setenv("RANK", "0")
-    mon = monitor.start_process_monitor(tmp_path, every=1)
+    mon = monitor_process.start_process_monitor(tmp_path, every=1)
     try:
         torch.linalg.eigh(_sym([1.0, 3.0]))
         mon.step()
@@ -249,8 +247,7 @@ def test_a_forked_child_never_writes_into_the_parents_log(tmp_path, monkeypatch)
         assert child.exitcode == 0
         torch.linalg.eigh(_sym([1.0, 4.0]))
     finally:
-        monitor._deactivate(mon)
-        mon.close()
+        assert monitor_process.stop_process_monitor(mon) is None
     assert read_log(tmp_path / "eig-rank0.csv")["min_gap"].tolist() == [2.0, 3.0]  # the parent's rows, intact
     (child_log,) = [p for p in tmp_path.iterdir() if p.name.startswith("eig-rank0-pid")]
     assert child_log.name == f"eig-rank0-pid{child.pid}.csv"
