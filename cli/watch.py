@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import List, Optional
 
@@ -60,7 +61,7 @@ def watch_command(
     env["PYTHONPATH"] = os.pathsep.join([str(SHIM), root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     env["STABKIT_WATCH"] = json.dumps({"log_dir": str(log.resolve()), "every": every, "swap_backward": swap_backward,
                                        "bound": bound, "tensorboard": tensorboard})
-    before = {p.name for p in log.glob("eig-*.csv")}
+    started = time.time()
     child = subprocess.Popen(command, env=env)
     forwarded = {sig: signal.signal(sig, lambda signum, frame: child.send_signal(signum)) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -68,9 +69,9 @@ def watch_command(
     finally:
         for sig, handler in forwarded.items():
             signal.signal(sig, handler)
-    logs = sorted(p.name for p in log.glob("eig-*.csv"))
+    logs = sorted(p.name for p in log.glob("eig-*.csv") if p.stat().st_mtime >= started - 1.0)
     if logs:
         print(f"stabkit watch: {len(logs)} log(s) in {log}: {', '.join(logs)}; next: stabkit monitor report {log}", file=sys.stderr)
-    elif not before:
-        print(f"stabkit watch: no eigh/eigvalsh/svd call was logged (a Python started with -S or -I skips the monitor)", file=sys.stderr)
+    else:
+        print("stabkit watch: no eigh/eigvalsh/svd call was logged (a Python started with -S or -I skips the monitor)", file=sys.stderr)
     raise typer.Exit(code=code if code >= 0 else 128 - code)
