@@ -61,6 +61,10 @@ def watch_command(
     env["PYTHONPATH"] = os.pathsep.join([str(SHIM), root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     env["STABKIT_WATCH"] = json.dumps({"log_dir": str(log.resolve()), "every": every, "swap_backward": swap_backward,
                                        "bound": bound, "tensorboard": tensorboard})
+    stale = sorted(p.name for p in log.glob("eig-*.csv"))
+    if stale:
+        print(f"stabkit watch: {log} already holds {', '.join(stale)}; a process of the same rank overwrites its file, "
+              f"the others stay and `stabkit monitor report` reads them too", file=sys.stderr)
     started = time.time()
     child = subprocess.Popen(command, env=env)
     forwarded = {sig: signal.signal(sig, lambda signum, frame: child.send_signal(signum)) for sig in (signal.SIGINT, signal.SIGTERM)}
