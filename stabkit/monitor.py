@@ -21,7 +21,8 @@ site (``file:line`` of the first caller frame outside torch and stabkit's eigen 
   backward ran, or when the outputs do not require grad); ``grad_in_norm``: the norm of ∂L/∂A,
   the gradient this call's backward hands on (through every use of A; NaN when A is a leaf);
   both are ∞ when the gradient held inf or NaN (so a CSV keeps "non-finite" apart from "none");
-* ``input_nonfinite``: the input held inf/NaN; ``nonfinite``: input, output or incoming gradient did;
+* ``input_nonfinite``: the input held inf/NaN; ``nonfinite``: input, output, incoming gradient or
+  ∂L/∂A did;
 * ``backward``: the rule the call's backward uses (``analytic`` for torch's own, the registry spec
   otherwise, ``values`` for eigvalsh whose backward has no 1/(λ_i − λ_j));
 * ``error``: empty, or ``Type: message`` when the call raised (e.g. eigh on a NaN input): the call
@@ -35,7 +36,9 @@ switches the monitor to manual counting for good.
 **Live logs.** With ``log_path`` the rows of finished steps are appended every ``every`` steps
 (``.csv``: one append per flush, so a killed process leaves every flushed step readable;
 ``.parquet``: one row group per flush, readable only once the file is closed — prefer ``.csv``
-where the process may be killed). ``tensorboard_dir`` gets per-site scalars at each flush.
+where the process may be killed). ``tensorboard_dir`` gets per-site scalars at each flush. A
+step's rows are written once the step is over, so its backward's gradient norms are in them; a
+backward run after that (gradient accumulation over steps) reaches ``records`` but not the log.
 
 **Threads.** Patching is reference-counted: the wrappers stay installed while any ``watch`` is
 active in any thread and the originals come back when the last one exits, whatever the order.
