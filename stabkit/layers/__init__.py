@@ -12,7 +12,18 @@ CPU or CUDA:
 * :func:`projector` — Π_A = A A⁺, Lemma 1;
 * :func:`ncut_j1`, :func:`ncut_j2`, :func:`low_rank_affinity` — normalized cuts, Props. 5–6 and
   eqs. 64–65;
-* :func:`less`, :func:`ied` — principal eigenvector(s) with the implicit (DDN) backward.
+* :func:`less`, :func:`ied` — principal eigenvector(s) with the implicit (DDN) backward;
+* :class:`CovariancePooling` — second-order pooling g(Σ), g = √ or log, of a (B, C, H, W) map;
+  :class:`ZCAWhitening` — decorrelated batch normalization (``stabkit.train.zca``), e.g.
+
+      >>> import torch
+      >>> from stabkit.layers import ZCAWhitening
+      >>> zca = ZCAWhitening(16, d=8, method="taylor", params={"K": 9}, dtype="float64")
+      >>> y = zca(torch.randn(32, 16, 4, 4))   # each group of 8 channels: identity covariance
+      >>> y.shape
+      torch.Size([32, 16, 4, 4])
+
+  Both take ``method=`` (the eigendecomposition's backward, any registry method).
 """
 
 from .eig import eig
@@ -21,9 +32,11 @@ from .less import less
 from .matrix_functions import eig_matrix_function, o2p, svd_dk_matrix_function, svd_matrix_function
 from .ncuts import low_rank_affinity, ncut_j1, ncut_j2
 from .projector import projector
+from .pooling import CovariancePooling
 from .svd import svd
+from ..train.zca import ZCAWhitening
 
 __all__ = [
     "svd", "eig", "svd_matrix_function", "svd_dk_matrix_function", "eig_matrix_function", "o2p", "projector",
-    "ncut_j1", "ncut_j2", "low_rank_affinity", "less", "ied",
+    "ncut_j1", "ncut_j2", "low_rank_affinity", "less", "ied", "CovariancePooling", "ZCAWhitening",
 ]

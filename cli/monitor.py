@@ -1,0 +1,25 @@
+"""``stabkit monitor report DIR``: Markdown + PNG per call site from the logs of ``stabkit watch``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ._common import user_errors
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Read the instability monitor's logs.")
+
+
+@app.command("report")
+@user_errors
+def report_command(
+    folder: Path = typer.Argument(..., help="The --log folder of `stabkit watch` (eig-rank*.csv) or any folder of monitor logs."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Where report.md and the PNGs go (default: FOLDER)."),
+):
+    """Timelines per call site (gap, max|K̃|, λ_min, gradient norms, events) and what to do."""
+    from stabkit.monitor_report import build_report
+
+    path = build_report(folder, out)
+    print(path)

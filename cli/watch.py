@@ -1,0 +1,81 @@
+"""``stabkit watch [OPTIONS] -- COMMAND ARGS``: monitor the eigendecompositions of an unmodified script.
+
+COMMAND runs as a child process whose Python starts the monitor before the user's code
+(``stabkit/_watch_shim/sitecustomize.py`` first on PYTHONPATH, settings in ``$STABKIT_WATCH``), so
+``from torch.linalg import eigh`` is watched too. Steps are optimizer steps. Every process of the
+command writes ``LOG/eig-rank{RANK}.csv`` (one per DDP rank), appended every ``--every`` steps,
+so a killed run keeps the log of every flushed step. The exit code is the command's; SIGINT and
+SIGTERM are passed on to it (the watched Python then flushes its pending rows on the way out).
+Every Python process started under COMMAND imports torch at start-up, and only those that call
+an eigen function write a log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+import stabkit
+from stabkit.methods import parse_spec
+
+from ._common import user_errors
+
+CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True}
+SHIM = Path(stabkit.__file__).resolve().parent / "_watch_shim"
+
+
+@user_errors
+def watch_command(
+    command: Optional[List[str]] = typer.Argument(None, help="The command to run, after --, e.g. -- python train.py --lr 0.1."),
+    swap_backward: Optional[str] = typer.Option(None, "--swap-backward", help="Route torch.linalg.eigh through this registry method's backward, e.g. taylor:K=9."),
+    log: Path = typer.Option(Path("stabkit-watch"), "--log", help="Folder of the logs (eig-rank{R}.csv per process)."),
+    every: int = typer.Option(1, "--every", help="Append the log every N optimizer steps."),
+    bound: Optional[str] = typer.Option(None, "--bound", help="Also log max|F_ij| of this method's backward (default: --swap-backward's)."),
+    tensorboard: bool = typer.Option(False, "--tensorboard", help="Also write TensorBoard scalars under LOG/tensorboard/."),
+):
+    """Run COMMAND with every eigh/eigvalsh/svd call logged live; then `stabkit monitor report LOG`."""
+    command = list(command or [])
+    if not command:
+        raise ValueError("no command to watch: stabkit watch [OPTIONS] -- python train.py ARGS")
+    if every < 1:
+        raise ValueError(f"--every must be ≥ 1, got {every}")
+    for spec in (swap_backward, bound):
+        if spec:
+            parse_spec(spec)
+    if shutil.which(command[0]) is None:
+        raise FileNotFoundError(f"command not found: {command[0]}")
+    if log.exists() and not log.is_dir():
+        raise ValueError(f"--log {log} exists and is not a folder")
+    log.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    root = str(SHIM.parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join([str(SHIM), root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env["STABKIT_WATCH"] = json.dumps({"log_dir": str(log.resolve()), "every": every, "swap_backward": swap_backward,
+                                       "bound": bound, "tensorboard": tensorboard})
+    stale = sorted(p.name for p in log.glob("eig-*.csv"))
+    if stale:
+        print(f"stabkit watch: {log} already holds {', '.join(stale)}; a process of the same rank overwrites its file, "
+              f"the others stay and `stabkit monitor report` reads them too", file=sys.stderr)
+    started = time.time()
+    child = subprocess.Popen(command, env=env)
+    forwarded = {sig: signal.signal(sig, lambda signum, frame: child.send_signal(signum)) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = child.wait()
+    finally:
+        for sig, handler in forwarded.items():
+            signal.signal(sig, handler)
+    logs = sorted(p.name for p in log.glob("eig-*.csv") if p.stat().st_mtime >= started - 1.0)
+    if logs:
+        print(f"stabkit watch: {len(logs)} log(s) in {log}: {', '.join(logs)}; next: stabkit monitor report {log}", file=sys.stderr)
+    else:
+        print("stabkit watch: no eigh/eigvalsh/svd call was logged (a Python started with -S or -I skips the monitor)", file=sys.stderr)
+    raise typer.Exit(code=code if code >= 0 else 128 - code)

@@ -1,0 +1,81 @@
+"""Covariance (second-order) pooling with a chosen eigendecomposition backward.
+
+For a feature map X (B, C, H, W), with x_m ∈ ℝ^C the features at pixel m and M = H·W,
+
+    μ = (1/M) Σ_m x_m,   Σ = (1/M) Σ_m (x_m − μ)(x_m − μ)ᵀ + εI,   Σ = U Λ Uᵀ,
+    out = g(Σ) = U g(Λ) Uᵀ ∈ ℝ^{C×C},   g = √· (``"sqrt"``) or log (``"log"``).
+
+g = √·: matrix power normalization, MPN-COV (Li, Xie, Wang & Zuo, "Is Second-order Information
+Helpful for Large-scale Visual Recognition?", ICCV 2017). g = log: second-order pooling O2P
+(Carreira, Caseiro, Batista & Sminchisescu, ECCV 2012), trained end to end by matrix
+backpropagation (Ionescu, Vantzos & Sminchisescu, ICCV 2015, Prop. 4). The eigendecomposition is
+``stabkit.torch.eigh(Σ, method, **params)``, so ``method=`` picks the backward (``analytic`` =
+Prop. 2, ``taylor``, ``clip``, ``pade``, …; see ``stabkit methods``/README "Methods").
+
+ε > 0 keeps Σ positive definite (Σ has rank ≤ M − 1, so with fewer pixels than channels it is
+singular without it); √ of a matrix with a zero eigenvalue has an infinite derivative and log one
+has no value, whatever the backward rule.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .. import torch as sktorch
+from ..methods import resolve_params
+
+FUNCTIONS = {"sqrt": torch.sqrt, "log": torch.log}
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def channel_covariance(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """Σ + εI (B, C, C) of the C channels of x (B, C, H, W) over its H·W pixels, symmetrised."""
+    B, C = x.shape[:2]
+    xf = x.reshape(B, C, -1)
+    xc = xf - xf.mean(-1, keepdim=True)
+    cov = xc @ xc.transpose(1, 2) / xf.shape[-1] + eps * torch.eye(C, dtype=x.dtype, device=x.device)
+    return (cov + cov.transpose(1, 2)) / 2
+
+
+class CovariancePooling(nn.Module):
+    """(B, C, H, W) → g(Σ) (B, C, C): the matrix square root or logarithm of the channel covariance.
+
+    >>> import torch
+    >>> from stabkit.layers import CovariancePooling
+    >>> pool = CovariancePooling(function="sqrt", method="taylor", params={"K": 9}, eps=1e-3)
+    >>> pool(torch.randn(2, 8, 5, 5)).shape
+    torch.Size([2, 8, 8])
+
+    ``method``/``params``: the eigendecomposition's backward (a registry method). ``eps``: ridge
+    ε added to Σ. ``dtype``: computation dtype (``"float32"``, ``"float64"``; default the input's),
+    the result is cast back to the input's dtype.
+    """
+
+    def __init__(self, function: str = "sqrt", method: str = "analytic", params: dict | None = None,
+                 eps: float = 1e-5, dtype: str | None = None):
+        super().__init__()
+        if function not in FUNCTIONS:
+            raise ValueError(f"unknown matrix function {function!r}: choose one of {', '.join(FUNCTIONS)}")
+        if not (isinstance(eps, (int, float)) and eps >= 0 and eps < float("inf")):
+            raise ValueError(f"eps must be a finite number ≥ 0, got {eps!r}")
+        if dtype is not None and dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}: choose float32 or float64")
+        self.function, self.method = function, method
+        self.params = resolve_params(method, params or {})
+        self.eps = float(eps)
+        self.compute_dtype = DTYPES[dtype] if dtype else None
+
+    def extra_repr(self):
+        return f"function={self.function}, method={self.method}, eps={self.eps:g}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4:
+            raise ValueError(f"expected a feature map (B, C, H, W), got shape {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise ValueError(f"expected a float feature map, got {x.dtype}")
+        dtype = self.compute_dtype or x.dtype
+        cov = channel_covariance(x.to(dtype), self.eps)
+        lam, U = sktorch.eigh(cov, self.method, **self.params)
+        out = (U * FUNCTIONS[self.function](lam)[:, None, :]) @ U.transpose(1, 2)
+        return out.to(x.dtype)

@@ -1,0 +1,162 @@
+"""The monitor's live log: rows appended as training runs, readable after a kill.
+
+* ``.csv``: each flush is one append of complete lines, so a killed process leaves every flushed
+  row readable (:func:`read_log` drops a torn last line, should one ever exist);
+* ``.parquet``: one row group per flush through ``pyarrow.parquet.ParquetWriter``; the file is
+  readable only once closed (Parquet's footer is written last);
+* TensorBoard: per call site and step, the step's min gap, max|K̃|, λ_min, gradient norm and
+  non-finite count, ``flush()``-ed with every append.
+"""
+
+from __future__ import annotations
+
+import io
+import multiprocessing
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+COLUMNS = ["step", "site", "fn", "backward", "batch", "n", "dtype", "min_gap", "min_rel_gap", "max_K", "lam_min",
+           "bound", "grad_norm", "grad_in_norm", "input_nonfinite", "nonfinite", "error"]
+_FLOATS = ["min_gap", "min_rel_gap", "max_K", "lam_min", "bound", "grad_norm", "grad_in_norm"]
+_BOOLS = ["input_nonfinite", "nonfinite"]
+_INTS = ["step", "batch", "n"]
+_STRS = ["site", "fn", "backward", "dtype", "error"]
+
+
+def _scalar(value):
+    return value.item() if hasattr(value, "item") and not isinstance(value, (str, bytes)) else value
+
+
+def frame(rows: list[dict]) -> pd.DataFrame:
+    """Monitor rows (tensor scalars allowed) → a DataFrame with :data:`COLUMNS` and fixed dtypes."""
+    df = pd.DataFrame([{k: _scalar(r.get(k)) for k in COLUMNS} for r in rows], columns=COLUMNS)
+    return normalize(df)
+
+
+def normalize(df: pd.DataFrame) -> pd.DataFrame:
+    """Fixed dtypes; logs written before a column existed get its neutral value."""
+    df = df.copy()
+    for col in COLUMNS:
+        if col not in df:
+            df[col] = "" if col in _STRS else (False if col in _BOOLS else np.nan)
+    for col in _FLOATS:
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
+    for col in _INTS:
+        df[col] = pd.to_numeric(df[col], errors="coerce").fillna(0).astype("int64")
+    for col in _BOOLS:
+        df[col] = df[col].map(lambda v: str(v).strip().lower() in ("true", "1", "1.0")).astype(bool)
+    for col in _STRS:
+        df[col] = df[col].astype(object).where(df[col].notna(), "").astype(str)
+    return df[COLUMNS + [c for c in df.columns if c not in COLUMNS]]
+
+
+def rank_file_name(prefix: str = "eig", suffix: str = ".csv", pid: bool = False) -> str:
+    """``eig-rank{R}.csv``: R from ``RANK``, else ``LOCAL_RANK``, else 0; a multiprocessing child
+    (e.g. a DataLoader worker) or ``pid=True`` (a forked child) adds ``-pid{PID}`` so it never
+    shares a file."""
+    rank = os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))
+    rank = rank if rank.isdigit() else "0"
+    child = pid or multiprocessing.parent_process() is not None
+    return f"{prefix}-rank{rank}{f'-pid{os.getpid()}' if child else ''}{suffix}"
+
+
+class LiveLog:
+    """Appends DataFrames of monitor rows to ``path`` (.csv or .parquet) and TensorBoard."""
+
+    def __init__(self, path=None, tensorboard_dir=None, write_empty: bool = True):
+        self.write_empty = write_empty
+        self.path = Path(path) if path is not None else None
+        if self.path is not None and self.path.suffix not in (".csv", ".parquet"):
+            raise ValueError(f"monitor log must end in .csv or .parquet, got {self.path.name!r}")
+        self.tensorboard_dir = tensorboard_dir
+        self._started = False
+        self._parquet = None
+        self._tb = None
+        self._tb_failed = False
+
+    def append(self, df: pd.DataFrame):
+        if df.empty:
+            return
+        if self.path is not None:
+            if self.path.suffix == ".csv":
+                self._append_csv(df)
+            else:
+                self._append_parquet(df)
+        if self.tensorboard_dir is not None:
+            self._append_tensorboard(df)
+
+    def _append_csv(self, df):
+        buf = io.StringIO()
+        df.to_csv(buf, index=False, header=not self._started)
+        data = buf.getvalue().encode()
+        if not self._started:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if self._started else os.O_TRUNC)
+        fd = os.open(self.path, flags, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+        self._started = True
+
+    def _append_parquet(self, df):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.Table.from_pandas(df, preserve_index=False)
+        if self._parquet is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._parquet = pq.ParquetWriter(str(self.path), table.schema)
+        self._parquet.write_table(table)
+        self._started = True
+
+    def _append_tensorboard(self, df):
+        if self._tb_failed:
+            return
+        if self._tb is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as exc:
+                self._tb_failed = True
+                warnings.warn(f"tensorboard logging skipped: torch.utils.tensorboard is not importable ({exc}); "
+                              f"install the 'tensorboard' package", stacklevel=5)
+                return
+            self._tb = SummaryWriter(str(self.tensorboard_dir))
+        for site, group in df.groupby("site"):
+            per_step = group.groupby("step").agg(min_gap=("min_gap", "min"), max_K=("max_K", "max"), lam_min=("lam_min", "min"),
+                                                 grad_norm=("grad_norm", "max"), nonfinite=("nonfinite", "sum"))
+            for step, row in per_step.iterrows():
+                for key, value in row.items():
+                    self._tb.add_scalar(f"{site}/{key}", float(value), int(step))
+        self._tb.flush()
+
+    def close(self):
+        if self.write_empty and self.path is not None and self.path.suffix == ".parquet" and self._parquet is None:
+            self._append_parquet(frame([]))  # an empty run still leaves a readable file with the columns
+        if self.write_empty and self.path is not None and self.path.suffix == ".csv" and not self._started:
+            self._append_csv(frame([]))
+        if self._parquet is not None:
+            self._parquet.close()
+            self._parquet = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def read_log(path) -> pd.DataFrame:
+    """One monitor log (.csv, possibly cut by a kill, or .parquet) as a normalized DataFrame."""
+    path = Path(path)
+    if path.suffix == ".parquet":
+        return normalize(pd.read_parquet(path))
+    text = path.read_text()
+    if text and not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]  # a torn last line
+    if not text.strip():
+        return frame([])
+    return normalize(pd.read_csv(io.StringIO(text), keep_default_na=False, na_values=["", "nan", "NaN"]))

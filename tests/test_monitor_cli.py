@@ -1,0 +1,153 @@
+"""`stabkit watch -- python examples/monitor_training.py` writes a live log (kept when the run is
+killed) and `stabkit monitor report` turns it into Markdown + PNG."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import app
+from stabkit.monitor_log import read_log
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "monitor_training.py"
+
+
+def _env():
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    return env
+
+
+def _watch(log, *script_args, **popen):
+    cmd = [sys.executable, "-m", "cli.main", "watch", "--log", str(log), "--", sys.executable, str(EXAMPLE), *script_args]
+    return cmd
+
+
+def test_watch_logs_an_unmodified_script_and_report_reads_it(tmp_path):
+    log = tmp_path / "watch"
+    cmd = _watch(log, "--steps", "4")
+    cmd.insert(cmd.index("--"), "--tensorboard")
+    done = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert [line.split()[1] for line in done.stdout.splitlines() if line.startswith("step")] == ["0", "1", "2", "3"]
+    assert sorted(os.listdir(log)) == ["eig-rank0.csv", "tensorboard"]
+    df = read_log(log / "eig-rank0.csv")
+    # the script does `from torch.linalg import eigh` at import: still caught, once per step, steps = optimizer steps
+    assert df["step"].tolist() == [0, 1, 2, 3]
+    assert df["site"].str.endswith("monitor_training.py:37").all() and (df["fn"] == "eigh").all()
+    assert (df["batch"] == 64).all() and (df["n"] == 6).all() and (df["dtype"] == "float32").all()
+    assert (df["grad_norm"] > 0).all() and not df["nonfinite"].any()
+    assert "next: stabkit monitor report" in done.stderr
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(log / "tensorboard" / "eig-rank0"))
+    events.Reload()
+    (tag,) = [t for t in events.Tags()["scalars"] if t.endswith("/max_K")]
+    assert "monitor_training.py:37" in tag
+    assert [e.step for e in events.Scalars(tag)] == [0, 1, 2, 3]
+    assert [e.value for e in events.Scalars(tag)] == pytest.approx(df["max_K"].tolist(), rel=1e-6)
+
+    report = CliRunner().invoke(app, ["monitor", "report", str(log)])
+    assert report.exit_code == 0, report.output
+    md = (log / "report.md").read_text()
+    assert report.output.strip() == str(log / "report.md")
+    assert "monitor_training.py:37" in md and "![timelines](site-01.png)" in md
+    assert (log / "site-01.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"| {len(df)} |" in md  # the calls column
+
+
+def test_killing_the_watched_run_keeps_every_finished_step(tmp_path):
+    log = tmp_path / "watch"
+    proc = subprocess.Popen(_watch(log, "--steps", "1000", "--sleep", "0.3"), cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    printed = []
+    try:
+        deadline = time.monotonic() + 240
+        while len(printed) < 4 and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if line.startswith("step"):
+                printed.append(int(line.split()[1]))  # printed after opt.step(): the step is finished
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # kill -9 of `stabkit watch` and the script
+        proc.wait(30)
+    assert printed == [0, 1, 2, 3]
+    df = read_log(log / "eig-rank0.csv")
+    steps = sorted(set(df["step"]))
+    assert steps[: len(printed)] == printed  # every finished step is in the log …
+    assert len(steps) <= len(printed) + 1  # … and at most the step running at the kill follows
+
+
+def test_watch_returns_the_commands_exit_code_and_keeps_another_sitecustomize(tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "sitecustomize.py").write_text("import os\nos.environ['OTHER_SITECUSTOMIZE'] = 'ran'\n")
+    env = _env()
+    env["PYTHONPATH"] += os.pathsep + str(other)
+    probe = ("import os, sys, torch; print(os.environ.get('OTHER_SITECUSTOMIZE'), hasattr(torch.linalg.eigh, '__wrapped__')); "
+             "sys.exit(3)")
+    done = subprocess.run([sys.executable, "-m", "cli.main", "watch", "--log", str(tmp_path / "w"), "--", sys.executable, "-c", probe],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 3
+    assert done.stdout.split() == ["ran", "True"]  # the user's own sitecustomize ran, and torch was patched at start-up
+    assert "no eigh/eigvalsh/svd call was logged" in done.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "no command to watch"),
+    (["--every", "0", "--", "python"], "--every must be ≥ 1"),
+    (["--swap-backward", "nosuch", "--", "python"], "nosuch"),
+    (["--", "no-such-program-xyz"], "command not found: no-such-program-xyz"),
+])
+def test_watch_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
+    result = CliRunner().invoke(app, ["watch", "--log", str(tmp_path / "w"), *args])
+    assert result.exit_code == 2
+    out = result.output.strip()
+    assert message in out and out.startswith("error:") and len(out.splitlines()) == 1 and "Traceback" not in out
+
+
+def test_report_on_a_folder_without_logs_is_one_line_and_exit_2(tmp_path):
+    result = CliRunner().invoke(app, ["monitor", "report", str(tmp_path)])
+    assert result.exit_code == 2 and "no monitor log" in result.output and len(result.output.strip().splitlines()) == 1
+    result = CliRunner().invoke(app, ["monitor", "report", str(tmp_path / "missing")])
+    assert result.exit_code == 2 and "no such folder" in result.output
+
+
+def test_one_log_per_rank_when_several_processes_are_watched(tmp_path):
+    """As under torchrun: every process has its RANK; each writes its own file."""
+    log = tmp_path / "watch"
+    script = (f"RANK=0 {sys.executable} {EXAMPLE} --steps 2 & RANK=1 {sys.executable} {EXAMPLE} --steps 3; wait")
+    done = subprocess.run([sys.executable, "-m", "cli.main", "watch", "--log", str(log), "--", "bash", "-c", script], cwd=ROOT,
+                          env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert sorted(os.listdir(log)) == ["eig-rank0.csv", "eig-rank1.csv"]
+    assert read_log(log / "eig-rank0.csv")["step"].tolist() == [0, 1]
+    assert read_log(log / "eig-rank1.csv")["step"].tolist() == [0, 1, 2]
+
+
+def test_sigterm_to_watch_reaches_the_script_and_pending_rows_are_flushed(tmp_path):
+    log = tmp_path / "watch"
+    cmd = [sys.executable, "-m", "cli.main", "watch", "--every", "1000", "--log", str(log), "--", sys.executable, str(EXAMPLE),
+           "--steps", "1000", "--sleep", "0.3"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    printed = []
+    try:
+        deadline = time.monotonic() + 240
+        while len(printed) < 3 and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if line.startswith("step"):
+                printed.append(int(line.split()[1]))
+        proc.send_signal(signal.SIGTERM)  # to `stabkit watch` only: it forwards to the script
+        code = proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert printed == [0, 1, 2] and code == 128 + signal.SIGTERM
+    steps = sorted(set(read_log(log / "eig-rank0.csv")["step"]))
+    assert steps[:3] == [0, 1, 2]  # nothing was flushed by --every 1000: the exit flushed them

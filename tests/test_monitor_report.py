@@ -1,0 +1,91 @@
+"""stabkit.monitor_report: which rule fires on which log, the first bad step, the files written."""
+
+import math
+
+import pytest
+
+from stabkit.monitor_log import frame
+from stabkit.monitor_report import bad_steps, build_report, findings
+
+INF, NAN = math.inf, math.nan
+
+
+def _row(step, lam_min=1.0, rel=0.1, dtype="float32", backward="analytic", n=8, grad=1.0, grad_in=1.0,
+         input_nonfinite=False, error="", site="net.py:10", fn="eigh"):
+    nonfinite = input_nonfinite or bool(error) or not math.isfinite(grad) or not math.isfinite(grad_in)
+    return {"step": step, "site": site, "fn": fn, "backward": backward, "batch": 2, "n": n, "dtype": dtype,
+            "min_gap": rel, "min_rel_gap": rel, "max_K": 1 / rel if rel else INF, "lam_min": lam_min, "bound": NAN,
+            "grad_norm": grad, "grad_in_norm": grad_in, "input_nonfinite": input_nonfinite, "nonfinite": nonfinite,
+            "error": error}
+
+
+def _rules(rows):
+    return {f.rule: f for f in findings(frame(rows))}
+
+
+def test_lam_min_le_0_in_float32_points_to_float64_and_names_the_study():
+    rules = _rules([_row(0), _row(1), _row(2, lam_min=-1e-7), _row(3, lam_min=0.0)])
+    f = rules["lam_min≤0 (float32)"]
+    assert f.step == 2 and "2 of 4 float32 calls" in f.what
+    assert "float64" in f.action and "83 of the 107" in f.evidence
+    assert bad_steps(frame([_row(0), _row(1, lam_min=-1.0)])).tolist() == [False, True]
+
+
+def test_an_indefinite_site_is_not_flagged_for_lam_min():
+    rows = [_row(s, lam_min=-3.0) for s in range(3)]
+    assert _rules(rows) == {}
+    assert not bad_steps(frame(rows)).any()
+
+
+def test_a_call_that_raised_on_a_nan_input_points_upstream():
+    rows = [_row(0), _row(1), _row(2, lam_min=NAN, rel=NAN, input_nonfinite=True, grad=NAN, grad_in=NAN,
+                                   error="_LinAlgError: failed to converge")]
+    rules = _rules(rows)
+    assert set(rules) == {"call raised"}
+    f = rules["call raised"]
+    assert f.step == 2 and "input already held NaN/Inf" in f.what and "backward rule cannot repair" in f.action
+
+
+def test_a_non_finite_gradient_made_by_the_analytic_rule_recommends_a_bounded_rule():
+    rows = [_row(0), _row(1, rel=0.0, grad=2.0, grad_in=INF), _row(2, input_nonfinite=True, grad=NAN, grad_in=NAN)]
+    rules = _rules(rows)
+    made = rules["non-finite gradient made here"]
+    assert made.step == 1 and "max|K̃| = ∞" in made.what and "--swap-backward taylor" in made.action
+    assert "3/8" in made.evidence and "8/8" in made.evidence
+    nf = rules["non-finite input"]  # the update driven by that gradient is blamed, not something upstream
+    assert nf.step == 2 and "Fix the gradient first" in nf.action
+
+
+def test_a_bounded_rule_gets_no_unfounded_advice():
+    rows = [_row(0, backward="taylor"), _row(1, backward="taylor", grad=2.0, grad_in=INF)]
+    f = _rules(rows)["non-finite gradient made here"]
+    assert "no measured fix" in f.action and f.evidence == "—"
+
+
+def test_a_non_finite_incoming_gradient_points_after_the_call():
+    f = _rules([_row(0), _row(1, grad=INF, grad_in=INF)])["non-finite incoming gradient"]
+    assert f.step == 1 and "after this call" in f.action
+
+
+def test_power_iteration_backward_at_d16():
+    rules = _rules([_row(0, backward="pi", n=16)])
+    assert "73.6°" in rules["power-iteration backward at d ≥ 16"].evidence
+    assert _rules([_row(0, backward="pi", n=8)]) == {}
+
+
+def test_small_gaps_alone_are_reported_as_no_reason_to_act():
+    f = _rules([_row(0, rel=1e-3), _row(1, rel=1e-7), _row(2, rel=1e-8)])["small gaps, no failure from them"]
+    assert f.step == 1 and "2 of 3 calls" in f.what and "Nothing to change" in f.action and "5·10¹⁸" in f.evidence
+
+
+def test_report_files_per_log_and_site(tmp_path):
+    frame([_row(0), _row(1, lam_min=-1e-6), _row(0, site="net.py:20", fn="svd")]).to_csv(tmp_path / "eig-rank0.csv", index=False)
+    frame([_row(0), _row(1)]).to_csv(tmp_path / "eig-rank1.csv", index=False)
+    md = build_report(tmp_path, tmp_path / "out").read_text()
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["site-01.png", "site-02.png", "site-03.png"]
+    table = [line for line in md.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert len(table) == 3
+    assert table[0].startswith("| 1 | eig-rank0 | `net.py:10` | eigh |") and table[0].endswith("| 1 |")  # first bad step 1
+    assert table[1].startswith("| 2 | eig-rank0 | `net.py:20` | svd |") and table[1].endswith("| – |")
+    assert md.count("nothing to change") == 2  # the svd site and rank 1
+    assert "5 logged calls in 2 log(s)" in md and "First bad step over all sites: 1." in md

@@ -1,0 +1,201 @@
+"""Issue 13, monitor: reference-counted patching across threads, nested watches, the user's
+exception never masked by a log error, and only the watching thread recorded."""
+
+import threading
+import warnings
+
+import pytest
+import torch
+
+import stabkit.torch as sktorch
+from stabkit import monitor
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+ORIGINALS = (torch.linalg.eigh, torch.linalg.eigvalsh, torch.linalg.svd, sktorch.eigh)
+
+
+def _patched_now():
+    return (torch.linalg.eigh, torch.linalg.eigvalsh, torch.linalg.svd, sktorch.eigh)
+
+
+def _sym(lams):
+    return torch.diag(torch.tensor(lams, dtype=torch.float64))
+
+
+def _run_interleaved(exit_order):
+    """Thread a enters, thread b enters, then they exit in ``exit_order``; each calls eigh while
+    both are inside and once more after the other one left (if it is still inside)."""
+    entered = {name: threading.Event() for name in "ab"}
+    go_exit = {name: threading.Event() for name in "ab"}
+    exited = {name: threading.Event() for name in "ab"}
+    rows, errors = {}, []
+
+    def worker(name, lam):
+        try:
+            with monitor.watch() as mon:
+                entered[name].set()
+                torch.linalg.eigh(_sym([1.0, lam]))
+                go_exit[name].wait(10)
+                torch.linalg.eigh(_sym([1.0, lam]))
+            rows[name] = mon.records
+        except Exception as exc:  # noqa: BLE001 — reported by the test
+            errors.append(exc)
+        finally:
+            exited[name].set()
+
+    threads = {"a": threading.Thread(target=worker, args=("a", 2.0)), "b": threading.Thread(target=worker, args=("b", 5.0))}
+    threads["a"].start()
+    assert entered["a"].wait(10)
+    threads["b"].start()
+    assert entered["b"].wait(10)
+    for name in exit_order:
+        go_exit[name].set()
+        assert exited[name].wait(10)
+    for t in threads.values():
+        t.join(10)
+    assert not errors
+    return rows
+
+
+@pytest.mark.parametrize("exit_order", ["ab", "ba"])
+def test_interleaved_watches_in_two_threads_restore_the_originals(exit_order):
+    rows = _run_interleaved(exit_order)
+    assert _patched_now() == ORIGINALS
+    # each thread saw its own two calls, and only those (λ = (1, 2) in a, (1, 5) in b)
+    assert rows["a"]["min_gap"].tolist() == [1.0, 1.0]
+    assert rows["b"]["min_gap"].tolist() == [4.0, 4.0]
+
+
+def test_nested_watches_both_record_every_call():
+    with monitor.watch() as outer:
+        torch.linalg.eigh(_sym([1.0, 2.0]))
+        with monitor.watch() as inner:
+            torch.linalg.eigh(_sym([1.0, 3.0]))
+            sktorch.eigh(_sym([1.0, 4.0]), "taylor")
+        torch.linalg.eigh(_sym([1.0, 5.0]))
+        assert torch.linalg.eigh is not ORIGINALS[0]  # the outer watch is still active
+    assert _patched_now() == ORIGINALS
+    assert outer.records["min_gap"].tolist() == [1.0, 2.0, 3.0, 4.0]
+    assert inner.records["min_gap"].tolist() == [2.0, 3.0]
+    assert inner.records["fn"].tolist() == ["eigh", "stabkit.eigh[taylor]"]
+
+
+def test_nested_swap_backward_applies_inside_only():
+    A0 = torch.tensor([[2.0, 1e-3], [1e-3, 2.0 + 1e-5]], dtype=torch.float64)
+
+    def grad():
+        A = A0.clone().requires_grad_(True)
+        lam, U = torch.linalg.eigh(A)
+        (U[0, 0] * 3.0 + U[1, 0]).backward()
+        return A.grad
+
+    with monitor.watch() as outer:
+        g_outer = grad()
+        with monitor.watch(swap_backward="clip:tau=10"):
+            g_inner = grad()
+    A = A0.clone().requires_grad_(True)
+    lam, U = sktorch.eigh(A, "clip", tau=10)
+    (U[0, 0] * 3.0 + U[1, 0]).backward()
+    torch.testing.assert_close(g_inner, A.grad)
+    assert g_outer.abs().max() > 10 * g_inner.abs().max()
+    assert outer.records["backward"].tolist() == ["analytic", "clip:tau=10"]
+
+
+def test_a_log_write_error_never_replaces_the_users_exception(tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the log's folder should be")
+    with pytest.warns(UserWarning, match="log was not written"):
+        with pytest.raises(RuntimeError, match="the user's own error"):
+            with monitor.watch(log_path=blocker / "eig.csv"):
+                torch.linalg.eigh(_sym([1.0, 2.0]))
+                raise RuntimeError("the user's own error")
+    assert _patched_now() == ORIGINALS
+
+
+def test_a_log_write_error_without_a_user_exception_is_raised(tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    with pytest.raises(OSError), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with monitor.watch(log_path=blocker / "eig.csv"):
+            torch.linalg.eigh(_sym([1.0, 2.0]))
+    assert _patched_now() == ORIGINALS
+
+
+def test_a_log_write_error_mid_run_warns_and_training_goes_on(tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    with pytest.raises(OSError):
+        with pytest.warns(UserWarning, match="writing the log failed"):
+            with monitor.watch(log_path=blocker / "eig.csv") as mon:
+                for lam in (2.0, 3.0, 4.0):
+                    torch.linalg.eigh(_sym([1.0, lam]))
+                    mon.step()  # the first flush fails; later steps still run and are recorded
+    assert mon.records["min_gap"].tolist() == [1.0, 2.0, 3.0]
+
+
+def _call_in_other_thread(lam):
+    t = threading.Thread(target=torch.linalg.eigh, args=(_sym([1.0, lam]),))
+    t.start()
+    t.join(10)
+
+
+def test_calls_from_unrelated_threads_are_not_recorded():
+    with monitor.watch() as mon:
+        torch.linalg.eigh(_sym([1.0, 2.0]))
+        _call_in_other_thread(7.0)
+    assert mon.records["min_gap"].tolist() == [1.0]
+
+
+def test_all_threads_records_other_threads_too():
+    with monitor.watch(all_threads=True) as mon:
+        torch.linalg.eigh(_sym([1.0, 2.0]))
+        _call_in_other_thread(7.0)
+    assert sorted(mon.records["min_gap"].tolist()) == [1.0, 6.0]
+
+
+def test_many_threads_entering_and_leaving_at_random():
+    """8 threads × 15 watches each, entered and left while the others run: every watch records
+    exactly its own thread's calls, and the originals are back at the end."""
+    import random
+
+    errors = []
+    barrier = threading.Barrier(8)
+
+    def worker(k):
+        rng = random.Random(k)
+        try:
+            barrier.wait(10)
+            for _ in range(15):
+                calls = rng.randint(0, 3)
+                with monitor.watch() as mon:
+                    for _ in range(calls):
+                        torch.linalg.eigvalsh(_sym([0.0, float(k + 1)]))
+                gaps = mon.records["min_gap"].tolist()
+                if gaps != [float(k + 1)] * calls:
+                    errors.append((k, calls, gaps))
+                torch.linalg.eigvalsh(_sym([0.0, 1.0]))  # maybe patched by another thread: must pass through
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert _patched_now() == ORIGINALS
+
+
+def test_a_failure_of_the_monitors_bookkeeping_never_breaks_the_call(monkeypatch):
+    monkeypatch.setattr(monitor, "_warned_internal", False)
+
+    def broken_log(self, *args, **kwargs):
+        raise RuntimeError("bookkeeping bug")
+
+    monkeypatch.setattr(monitor.Monitor, "_log", broken_log)
+    with pytest.warns(UserWarning, match="could not be logged"):
+        with monitor.watch():
+            lam, U = torch.linalg.eigh(_sym([1.0, 2.0]))
+    assert lam.tolist() == [1.0, 2.0]
