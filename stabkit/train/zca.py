@@ -168,7 +168,9 @@ class ZCAWhitening(nn.Module):
                 mean, xc, cov = group_covariance(xg, self.eps, cfg.symmetrize)
             params = {**self.params, "seed": self.forward_calls} if cfg.fresh_starts and "seed" in self.params else self.params
             self.forward_calls += 1
-            lam, U, kept = sktorch.eigh_kept(cov, self.method, **params)
+            # check=False: Σ is symmetrised here, and a NaN Σ must reach the eigensolver (the training
+            # loop classifies its error as the paper's NaN outcome); it also avoids a host sync per step
+            lam, U, kept = sktorch.eigh_kept(cov, self.method, check=False, **params)
             whitening = whitening_matrix(lam, U, cfg, kept)
             with torch.no_grad():
                 m = self.momentum
