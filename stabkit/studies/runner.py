@@ -48,9 +48,9 @@ import pandas as pd
 
 from . import kind_module
 
-if sys.version_info >= (3, 11):
+try:
     import tomllib
-else:  # Python 3.10: the same parser, published as tomli (a dependency only there)
+except ModuleNotFoundError:  # Python 3.10: the same parser, published as tomli (a dependency only there)
     import tomli as tomllib
 
 STUDY_KEYS = ("name", "kind", "description")
