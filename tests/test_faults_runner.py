@@ -430,13 +430,19 @@ def test_python_3_10_is_supported_through_tomli():
 def test_the_default_job_count_stays_inline_for_cheap_cells_and_pools_long_ones(tmp_path, monkeypatch):
     study = _study(tmp_path)
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))  # an idle machine
     inline = runner.run_study(study, {}, out_root=tmp_path / "cheap", progress=False)
     assert json.loads((tmp_path / "cheap" / "faults" / "run.json").read_text())["workers"] == 1
-    # cells that take longer than the workers' start-up: the rest goes to a pool of 2
+    # cells that take longer than the workers' start-up: the rest goes to a pool of 2 ...
     monkeypatch.setattr(runner, "WORKER_STARTUP_SECONDS", 0.0)
     pooled = runner.run_study(study, {}, out_root=tmp_path / "long", progress=False)
     assert json.loads((tmp_path / "long" / "faults" / "run.json").read_text())["workers"] == 2
     pd.testing.assert_frame_equal(_stable(pooled), _stable(inline))
+    # ... unless other work keeps the cores busy (load 3 on 2 cores: one free core at most)
+    monkeypatch.setattr(os, "getloadavg", lambda: (3.0, 3.0, 3.0))
+    runner.run_study(study, {}, out_root=tmp_path / "busy", progress=False)
+    assert json.loads((tmp_path / "busy" / "faults" / "run.json").read_text())["workers"] == 1
+    assert runner._free_cores(2) == 1.0 and runner._free_cores(16) == 14.0
 
 
 def test_each_method_is_warmed_once_per_process_before_it_is_timed(monkeypatch):

@@ -396,11 +396,22 @@ def _run_pool(kind_name, todo, jobs, on_done):
                 os.environ[var] = value
 
 
+def _free_cores(cores: int) -> float:
+    """Cores not busy with other work: ``cores`` minus the 1-minute load average, not counting
+    the ~1 this process adds itself (all of them where the load average is unknown)."""
+    try:
+        load = os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return float(cores)
+    return max(1.0, cores - max(0.0, load - 1.0))
+
+
 def _run_local(kind_name, todo, jobs, on_done, auto: bool = False) -> int:
     """Run ``todo`` inline (jobs = 1) or on a pool of ``jobs`` spawned processes; return the most
-    processes used. ``auto``: start inline and move the rest to a pool only once the measured cell
-    time says the pool saves more than twice the workers' start-up (so the default job count is
-    never much slower than ``--jobs 1`` on a small study)."""
+    processes used. ``auto`` (the default job count): start inline, and move the rest to a pool only
+    once the measured cell time (first cell excluded: it pays imports and warm-up) says that the
+    pool, on the cores other work leaves free, saves more than twice the workers' start-up — so the
+    default is never much slower than ``--jobs 1`` on a small study or a loaded machine."""
     if jobs <= 1 or not todo:
         for cell in todo:
             on_done(cell, *_execute(kind_name, cell))
@@ -412,12 +423,15 @@ def _run_local(kind_name, todo, jobs, on_done, auto: bool = False) -> int:
     for i, cell in enumerate(todo):
         rest = len(todo) - i
         workers = min(jobs, rest)
-        if i and workers >= 2 and (spent / i) * rest * (1 - 1 / workers) > 2 * WORKER_STARTUP_SECONDS:
-            _run_pool(kind_name, todo[i:], workers, on_done)
-            return workers
+        if i >= 2 and workers >= 2:
+            speedup = min(workers, _free_cores(os.cpu_count() or 1))
+            if speedup >= 1.5 and spent / (i - 1) * rest * (1 - 1 / speedup) > 2 * WORKER_STARTUP_SECONDS:
+                _run_pool(kind_name, todo[i:], workers, on_done)
+                return workers
         t0 = time.perf_counter()
         on_done(cell, *_execute(kind_name, cell))
-        spent += time.perf_counter() - t0
+        if i:
+            spent += time.perf_counter() - t0
     return 1
 
 
