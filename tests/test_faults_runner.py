@@ -466,3 +466,23 @@ def test_each_method_is_warmed_once_per_process_before_it_is_timed(monkeypatch):
     calls.clear()
     runner._execute("gradient_accuracy", cell)
     assert calls == [("analytic", "float32"), ("torch", "float32")]  # warmed already: no second warm-up
+
+
+def test_inline_cells_run_with_one_torch_thread_like_the_workers_and_the_setting_is_restored(tmp_path, monkeypatch):
+    import torch
+
+    seen = []
+    real = gradient_accuracy.run_cell
+
+    def spy(cell):
+        seen.append(torch.get_num_threads())
+        return real(cell)
+
+    monkeypatch.setattr(gradient_accuracy, "run_cell", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        runner.run_study(_study(tmp_path), {}, jobs=1, out_root=tmp_path, progress=False)
+        assert seen == [1] * N_CELLS and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -327,6 +327,8 @@ def _execute(kind_name: str, cell: dict) -> tuple[list[dict], str | None, str]:
     """Run one cell (in any process): (rows, error text or None, sources hash of this process)."""
     try:
         _warm_up(kind_name, cell)
+        if _OneTorchThread.active is not None:
+            _OneTorchThread.active.apply()
         rows = kind_module(kind_name).run_cell(cell)
         return [dict(r) for r in rows], None, sources_hash()
     except Exception as exc:  # noqa: BLE001 — a failing cell must not stop the study
@@ -406,7 +408,39 @@ def _free_cores(cores: int) -> float:
     return max(1.0, cores - max(0.0, load - 1.0))
 
 
+class _OneTorchThread:
+    """Inline cells run with one torch thread, like the pool's workers: the timings a study records
+    then do not depend on --jobs (on a busy 2-core machine torch's thread pool made the ``torch``
+    method ~40× slower inline than in a worker on the quickstart). Applied once torch is imported
+    (after a cell's warm-up at the latest, before anything is timed); the caller's setting is restored."""
+
+    active = None
+
+    def __enter__(self):
+        self.before = None
+        _OneTorchThread.active = self
+        self.apply()
+        return self
+
+    def apply(self) -> None:
+        torch = sys.modules.get("torch")
+        if torch is not None and self.before is None:
+            self.before = torch.get_num_threads()
+            torch.set_num_threads(1)
+
+    def __exit__(self, *exc):
+        _OneTorchThread.active = None
+        torch = sys.modules.get("torch")
+        if torch is not None and self.before is not None:
+            torch.set_num_threads(self.before)
+
+
 def _run_local(kind_name, todo, jobs, on_done, auto: bool = False) -> int:
+    with _OneTorchThread():
+        return _run_local_inner(kind_name, todo, jobs, on_done, auto)
+
+
+def _run_local_inner(kind_name, todo, jobs, on_done, auto: bool = False) -> int:
     """Run ``todo`` inline (jobs = 1) or on a pool of ``jobs`` spawned processes; return the most
     processes used. ``auto`` (the default job count): start inline, and move the rest to a pool only
     once the measured cell time (first cell excluded: it pays imports and warm-up) says that the
