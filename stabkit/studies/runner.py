@@ -153,14 +153,6 @@ def sources_hash() -> str:
 # ----------------------------------------------------------------------------- one writer per study
 
 
-def _process_start(pid: int) -> str | None:
-    """The kernel's start time of ``pid`` (Linux), to tell a live holder from a reused pid."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
 class _StudyLock:
     """An exclusive ``flock`` on ``cells/.writer.lock``: the kernel drops it when its holder dies
     (even by kill -9), so a lock left by a dead process is simply taken over. The file keeps the
@@ -190,8 +182,7 @@ class _StudyLock:
             raise StudyLocked(f"study {self.study_name!r} is being written by {who} (lock {self.path}); "
                               "wait for that run to end or stop it, then run again") from None
         info = {"pid": os.getpid(), "host": socket.gethostname(),
-                "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "process_start": _process_start(os.getpid())}
+                "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, json.dumps(info).encode(), 0)
