@@ -445,6 +445,20 @@ def test_the_default_job_count_stays_inline_for_cheap_cells_and_pools_long_ones(
     assert runner._free_cores(2) == 1.0 and runner._free_cores(16) == 14.0
 
 
+def test_the_default_job_count_pools_after_one_long_cell(monkeypatch):
+    """A first cell far longer than the workers' start-up sends the rest to the pool at once."""
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    monkeypatch.setattr(runner, "WORKER_STARTUP_SECONDS", 0.01)
+    pooled = []
+    monkeypatch.setattr(runner, "_run_pool", lambda kind, todo, jobs, on_done: pooled.append((len(todo), jobs)))
+    monkeypatch.setattr(runner, "_execute", lambda kind, cell: (time.sleep(0.05), ([], None, "x"))[1])
+    done = []
+    used = runner._run_local("gradient_accuracy", [{"cell_id": str(i)} for i in range(5)], 2,
+                             lambda cell, *rest: done.append(cell["cell_id"]), auto=True)
+    assert used == 2 and done == ["0"] and pooled == [(4, 2)]
+
+
 def test_each_method_is_warmed_once_per_process_before_it_is_timed(monkeypatch):
     from stabkit import methods
 

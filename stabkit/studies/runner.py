@@ -444,19 +444,24 @@ def _run_local_inner(kind_name, todo, jobs, on_done, auto: bool = False) -> int:
     if not auto:
         _run_pool(kind_name, todo, jobs, on_done)
         return jobs
-    spent = 0.0
+    spent, first = 0.0, 0.0
     for i, cell in enumerate(todo):
         rest = len(todo) - i
         workers = min(jobs, rest)
-        if i >= 2 and workers >= 2:
+        # the cell time: the mean after the first cell, or the first cell itself when it is so long
+        # that its one-off costs hardly matter (long cells should not wait for a second one)
+        per_cell = spent / (i - 1) if i >= 2 else first if i == 1 and first > 4 * WORKER_STARTUP_SECONDS else 0.0
+        if per_cell and workers >= 2:
             speedup = min(workers, _free_cores(os.cpu_count() or 1))
-            if speedup >= 1.5 and spent / (i - 1) * rest * (1 - 1 / speedup) > 2 * WORKER_STARTUP_SECONDS:
+            if speedup >= 1.5 and per_cell * rest * (1 - 1 / speedup) > 2 * WORKER_STARTUP_SECONDS:
                 _run_pool(kind_name, todo[i:], workers, on_done)
                 return workers
         t0 = time.perf_counter()
         on_done(cell, *_execute(kind_name, cell))
         if i:
             spent += time.perf_counter() - t0
+        else:
+            first = time.perf_counter() - t0
     return 1
 
 
