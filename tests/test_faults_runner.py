@@ -433,15 +433,25 @@ def test_the_default_job_count_stays_inline_for_cheap_cells_and_pools_long_ones(
     monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))  # an idle machine
     inline = runner.run_study(study, {}, out_root=tmp_path / "cheap", progress=False)
     assert json.loads((tmp_path / "cheap" / "faults" / "run.json").read_text())["workers"] == 1
-    # cells that take longer than the workers' start-up: the rest goes to a pool of 2 ...
+    # cells that take longer than the workers' start-up: the rest goes to a pool of 2 (run here inline,
+    # recorded: test_runner checks that a real pool gives the inline table) ...
     monkeypatch.setattr(runner, "WORKER_STARTUP_SECONDS", 0.0)
+    pools = []
+
+    def fake_pool(kind, todo, jobs, on_done):
+        pools.append((len(todo), jobs))
+        for cell in todo:
+            on_done(cell, *runner._execute(kind, cell))
+
+    monkeypatch.setattr(runner, "_run_pool", fake_pool)
     pooled = runner.run_study(study, {}, out_root=tmp_path / "long", progress=False)
     assert json.loads((tmp_path / "long" / "faults" / "run.json").read_text())["workers"] == 2
+    assert pools == [(N_CELLS - 1, 2)]  # one cell inline, measured far longer than the start-up: the rest pooled
     pd.testing.assert_frame_equal(_stable(pooled), _stable(inline))
     # ... unless other work keeps the cores busy (load 3 on 2 cores: one free core at most)
     monkeypatch.setattr(os, "getloadavg", lambda: (3.0, 3.0, 3.0))
     runner.run_study(study, {}, out_root=tmp_path / "busy", progress=False)
-    assert json.loads((tmp_path / "busy" / "faults" / "run.json").read_text())["workers"] == 1
+    assert json.loads((tmp_path / "busy" / "faults" / "run.json").read_text())["workers"] == 1 and len(pools) == 1
     assert runner._free_cores(2) == 1.0 and runner._free_cores(16) == 14.0
 
 
