@@ -22,7 +22,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
-from stabkit.studies import gradient_accuracy, runner
+from stabkit.studies import _store, gradient_accuracy, runner
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,7 +37,7 @@ N_CELLS = 4
 #: Runs a study inline in a subprocess with every cell slowed by a sleep (argv: study, out, seconds).
 SLOW_RUNNER = """
 import sys, time
-from stabkit.studies import gradient_accuracy, runner
+from stabkit.studies import _store, gradient_accuracy, runner
 real = gradient_accuracy.run_cell
 def slow(cell):
     time.sleep(float(sys.argv[3]))
@@ -141,7 +141,7 @@ def test_the_sources_hash_follows_every_byte_of_the_package(tmp_path, monkeypatc
     (package / "methods").mkdir(parents=True)
     (package / "__init__.py").write_text("")
     (package / "methods" / "clip.py").write_text("TAU = 1e-3\n")
-    monkeypatch.setattr(runner, "PACKAGE", package)
+    monkeypatch.setattr(_store, "PACKAGE", package)
 
     def fresh():
         runner.sources_hash.cache_clear()
