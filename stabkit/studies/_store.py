@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import socket
+import warnings
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
@@ -56,6 +57,11 @@ class _StudyLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
+            if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):  # e.g. NFS without locks
+                os.close(fd)
+                warnings.warn(f"{self.path.parent} cannot be locked ({exc.strerror}): nothing stops a second run "
+                              "on this study from writing at the same time", RuntimeWarning, stacklevel=2)
+                return
             if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 os.close(fd)
                 raise
