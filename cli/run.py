@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import shlex
 import signal
+import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 
 from stabkit.studies import runner
 
@@ -19,12 +19,16 @@ from ._common import user_errors
 def run_command(
     study: Path = typer.Argument(..., help="A study TOML file, e.g. studies/gradient-accuracy.toml."),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="Override a grid key, value as a TOML literal (repeatable), e.g. --set d=[4,8]."),
-    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="Local worker processes (default: number of cores; 1 runs inline)."),
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="Local worker processes (default: up to the number of cores, started only when the cells are long enough to repay the workers' start-up; 1 runs inline)."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Dask distributed scheduler address (runs the cells there instead)."),
     out: Path = typer.Option(Path("reports"), "--out", help="Root folder of the reports."),
-    no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress (a bar on a terminal, else a line every few cells, on stderr)."),
+    reuse_stale: bool = typer.Option(False, "--reuse-stale", help="Keep finished cells computed by other code (another version of the stabkit sources)."),
+    recompute_stale: bool = typer.Option(False, "--recompute-stale", help="Recompute finished cells computed by other code."),
 ):
     """Run every cell of STUDY not already finished; write results.parquet/csv and README.md."""
+    if reuse_stale and recompute_stale:
+        raise ValueError("--reuse-stale and --recompute-stale exclude each other")
     overrides = dict(runner.parse_override(item) for item in set_ or [])
     command = ["stabkit", "run", str(study), *(f"--set={item}" for item in set_ or [])]
     if jobs is not None:
@@ -33,16 +37,27 @@ def run_command(
         command.append(f"--scheduler={scheduler}")
     if out != Path("reports"):
         command.append(f"--out={out}")
+    if reuse_stale or recompute_stale:
+        command.append("--reuse-stale" if reuse_stale else "--recompute-stale")
+    resume = shlex.join(command)
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the workers too, like Ctrl-C
     try:
         table = runner.run_study(study, overrides, jobs=jobs, scheduler=scheduler, out_root=out,
-                                 progress=not no_progress, command=shlex.join(command))
+                                 progress=not no_progress, command=shlex.join(command),
+                                 stale="reuse" if reuse_stale else "recompute" if recompute_stale else "refuse")
     except KeyboardInterrupt:
-        Console(stderr=True).print(f"interrupted: finished cells are kept; run `{shlex.join(command)}` again to resume")
+        print(f"interrupted: finished cells are kept; run `{resume}` again to resume", file=sys.stderr)
         raise typer.Exit(code=130) from None
     readme = runner.build_report(table.attrs["study_name"], out)
-    failed = table["error"].fillna("").str.startswith("cell failed:").sum() if "error" in table else 0
-    Console(stderr=True).print(f"{len(table)} rows ({failed} failed cells) → {readme}")
+    failure = runner.first_failure(table)
+    if failure is not None and failure[2] == len(table):
+        cell_id, error, n = failure
+        print(f"error: all {n} cells failed; the first ({cell_id}): {error}", file=sys.stderr)
+        raise typer.Exit(code=1)
+    failed = failure[2] if failure else 0
+    print(f"{len(table)} rows ({failed} failed cells) → {readme}", file=sys.stderr)
+    if failure is not None:
+        print(f"first failure ({failure[0]}): {failure[1]}", file=sys.stderr)
 
 
 def _interrupt(signum, frame):

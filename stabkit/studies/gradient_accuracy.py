@@ -241,6 +241,32 @@ def run_cell(cell: dict) -> list[dict]:
     return rows
 
 
+_WARMED: set = set()
+
+
+def warm_up(cell: dict) -> None:
+    """Call each method of the cell once, in this process, on a small separated matrix of the
+    cell's dtype and loss (the runner's hook, before each cell): first-call costs — torch's lazy
+    initialisation, ~0.6 s for the ``torch`` method — are then not timed as the method's cost."""
+    todo = [spec for spec in cell["methods"] if (spec, cell["dtype"], cell["loss"]) not in _WARMED]
+    if not todo:
+        return
+    from .. import methods
+    from ..losses import make_loss
+
+    d = 4
+    Q, _ = np.linalg.qr(np.random.default_rng(0).standard_normal((d, d)))
+    A = ((Q * np.arange(1.0, d + 1)) @ Q.T).astype(cell["dtype"])
+    A = (A + A.T) / 2
+    loss = make_loss(cell["loss"], d, seed=0)
+    for spec in todo:
+        _WARMED.add((spec, cell["dtype"], cell["loss"]))
+        try:
+            methods.gradient(spec, A, loss)
+        except Exception:  # noqa: BLE001 — the cell itself reports a method's error
+            pass
+
+
 def _diag(diag: dict) -> dict:
     return {
         "min_abs_gap": float(diag["min_abs_gap"]), "min_rel_gap": float(diag["min_rel_gap"]),
@@ -253,8 +279,12 @@ def _diag(diag: dict) -> dict:
 
 #: Angles below this are drawn at it on log axes (an exact 0° has no logarithm).
 ANGLE_FLOOR = 1e-14
-#: A method ties with the best of a family when its median angle is ≤ TIE_FACTOR × best (or both ≤ ANGLE_FLOOR).
+#: Tolerance of every ranking: a method ties with the best when its median angle is ≤ TIE_FACTOR × best
+#: (or both ≤ ANGLE_FLOOR). Rounding noise moves float32 angles by ~1e-5 relative between BLAS
+#: builds; a factor 1.25 absorbs it, so rankings do not flip between machines.
 TIE_FACTOR = 1.25
+#: Where a NaN/Inf median is drawn on the angle axes: above 180°, the largest possible angle.
+NONFINITE_Y = 1e3
 
 
 def _label_column(df: pd.DataFrame) -> pd.Series:
@@ -289,29 +319,46 @@ def _order(values, reference) -> list:
     return ranked + [v for v in present if v not in ranked]
 
 
+def _tie_group(med: pd.Series) -> list:
+    """Methods of ``med`` (median angle per method, +inf = non-finite) tied with the lowest, lowest first."""
+    med = med.sort_values(kind="stable")
+    best = float(med.iloc[0])
+    return [med.index[0]] + [m for m, v in med.iloc[1:].items()
+                             if np.isfinite(v) and (v <= TIE_FACTOR * best or (v <= ANGLE_FLOOR and best <= ANGLE_FLOOR))]
+
+
 def verdicts(results: pd.DataFrame) -> pd.DataFrame:
     """Best method per family variant by median angle (non-finite = +inf), with the tied methods."""
     df = _scored(results)
     out = []
     for variant, group in df.groupby("variant", sort=False):
         med = group.groupby("method", sort=False)["angle_score"].median().sort_values(kind="stable")
-        best_method, best = med.index[0], float(med.iloc[0])
-        ties = [m for m, v in med.iloc[1:].items()
-                if np.isfinite(v) and (v <= TIE_FACTOR * best or (v <= ANGLE_FLOOR and best <= ANGLE_FLOOR))]
-        out.append({"variant": variant, "best": best_method, "median_angle_deg": best, "ties": ties,
+        tied = _tie_group(med)
+        out.append({"variant": variant, "best": tied[0], "median_angle_deg": float(med.iloc[0]), "ties": tied[1:],
                     "cells": int(group["cell_id"].nunique()) if "cell_id" in group else len(group)})
     return pd.DataFrame(out, columns=["variant", "best", "median_angle_deg", "ties", "cells"])
 
 
 def summary(results: pd.DataFrame) -> str:
-    """One line for the reports index (optional hook read by the runner)."""
+    """One line for the reports index (optional hook read by the runner). Ties (median angles
+    within TIE_FACTOR, NaN/Inf counts within one cell) are named together, in name order, so the
+    line does not change with rounding noise between machines."""
     df = _scored(results)
     if df.empty:
         return f"{len(results)} rows, no cell with a defined loss"
-    med = df.groupby("method")["angle_score"].median().sort_values(kind="stable")
-    nonfinite = df.groupby("method")["nonfinite"].mean().sort_values(ascending=False, kind="stable")
-    return (f"{df['cell_id'].nunique()} scored cells; lowest median angle: {med.index[0]} ({_deg(med.iloc[0])}); "
-            f"highest NaN/Inf rate: {nonfinite.index[0]} ({_pct(nonfinite.iloc[0])})")
+    n_cells = df["cell_id"].nunique()
+    med = df.groupby("method")["angle_score"].median()
+    tied = _tie_group(med)
+    best = (f"{tied[0]} ({_deg(med[tied[0]])})" if len(tied) == 1 else
+            f"{', '.join(sorted(tied))} (tied within ×{TIE_FACTOR:g}: {_deg(med[tied].min())}–{_deg(med[tied].max())})")
+    counts = df.groupby("method")["nonfinite"].sum()
+    top = int(counts.max())
+    if top == 0:
+        return f"{n_cells} scored cells; lowest median angle: {best}; no NaN/Inf gradient"
+    worst = sorted(m for m, n in counts.items() if n > 0 and n >= top - 1)
+    return (f"{n_cells} scored cells; lowest median angle: {best}; highest NaN/Inf rate: "
+            + ", ".join(f"{m} ({_pct(counts[m] / n_cells)})" for m in worst)
+            + (" (within one cell: tied)" if len(worst) > 1 else ""))
 
 
 def _deg(value: float) -> str:
@@ -363,15 +410,20 @@ def report(results: pd.DataFrame, grid: dict, out_dir: Path) -> str:
 
     # -- verdicts
     lines.append("## Verdict: best method per family (median angle)\n")
-    lines.append(f"Ties: methods whose median angle is within a factor {TIE_FACTOR:g} of the best "
-                 f"(or both below {ANGLE_FLOOR:g}°).\n")
+    lines.append(f"Ties: methods whose median angle is within a factor {TIE_FACTOR:g} of the lowest (or both "
+                 f"below {ANGLE_FLOOR:g}°) — wider than the rounding noise between machines (~1e-5 relative in "
+                 f"float32), so the verdict does not flip with the BLAS build. Tied methods are listed in the "
+                 f"grid's order, with the range of their medians.\n")
     lines.append("| family | best | median angle | tied with | scored cells |")
     lines.append("|---|---|---|---|---|")
     v = verdicts(results).set_index("variant")
+    scored_med = df.groupby(["variant", "method"])["angle_score"].median()
     for variant in [x for x in variants if x in v.index]:
         row = v.loc[variant]
-        lines.append(f"| {variant} | {row['best']} | {_deg(row['median_angle_deg'])} | "
-                     f"{', '.join(row['ties']) or '—'} | {row['cells']} |")
+        group = [m for m in methods_order if m == row["best"] or m in row["ties"]]
+        values = [float(scored_med[(variant, m)]) for m in group]
+        angle = _deg(min(values)) if len(group) == 1 else f"{_deg(min(values)).rstrip('°')}–{_deg(max(values))}"
+        lines.append(f"| {variant} | {group[0]} | {angle} | {', '.join(group[1:]) or '—'} | {row['cells']} |")
     lines.append("")
 
     # -- median angle table
@@ -396,20 +448,27 @@ def report(results: pd.DataFrame, grid: dict, out_dir: Path) -> str:
     lines.extend(_markdown_matrix(text, variants, methods_order, str))
     lines.append("")
 
-    # -- figures
+    # -- relative error table (a table says what a second box-plot figure said, at no drawing cost)
+    lines.append("## Median relative error ‖g − g*‖/‖g*‖ per method × family\n")
+    rel = df.assign(rel_score=df["rel_err"].where(np.isfinite(df["rel_err"]), np.inf)).pivot_table(
+        index="variant", columns="method", values="rel_score", aggfunc="median")
+    lines.extend(_markdown_matrix(rel, variants, methods_order, lambda x: "∞" if not np.isfinite(x) else f"{x:.2g}"))
+    lines.append("")
+
+    # -- figures: float32 and float64 in separate panels, failures drawn beside the medians
     figures = [
-        ("angle_by_family.png", "Angle to the truth per method, one panel per family",
-         lambda p: _box_panels(plt, df, "angle_deg", "angle (deg)", variants, methods_order, p)),
-        ("rel_err_by_family.png", "Relative error ‖g − g*‖/‖g*‖ per method, one panel per family",
-         lambda p: _box_panels(plt, df, "rel_err", "relative error", variants, methods_order, p)),
-        ("angle_vs_gap.png", "Angle against the minimum relative eigengap (log–log)",
+        ("angle_by_family.png", "Median angle to the truth per method and family (bar: min–max over the cells), "
+         "one panel per dtype; the percentage above a marker is the share of cells whose gradient was NaN/Inf",
+         lambda p: _angle_panels(plt, df, variants, methods_order, p)),
+        ("angle_vs_gap.png", "Angle against the minimum relative eigengap (log–log), one panel per dtype",
          lambda p: _scatter_gap(plt, df, methods_order, p)),
-        ("angle_vs_d.png", "Median angle against the matrix size d",
+        ("angle_vs_d.png", "Median angle against the matrix size d, one panel per dtype",
          lambda p: _lines_d(plt, df, methods_order, p)),
     ]
     lines.append("## Figures\n")
-    lines.append(f"Angles below {ANGLE_FLOOR:g}° (including exact zeros) are drawn at {ANGLE_FLOOR:g}°; "
-                 "non-finite gradients are not drawn (see the NaN/Inf table).\n")
+    lines.append(f"Angles below {ANGLE_FLOOR:g}° (including exact zeros) are drawn at {ANGLE_FLOOR:g}°; a NaN/Inf "
+                 f"gradient (or a median that is NaN/Inf, counted as +∞) is drawn as × on the dotted line at "
+                 f"{NONFINITE_Y:g}°, above the largest possible angle (180°).\n")
     for filename, caption, draw in figures:
         draw(out_dir / filename)
         lines.append(f"### {caption}\n\n![{caption}]({filename})\n")
@@ -492,8 +551,12 @@ def _reading(df: pd.DataFrame, methods_order: list) -> list[str]:
     """Sentences whose every number comes from the results."""
     out = []
     med = df.groupby("method")["angle_score"].median().reindex(methods_order).dropna().sort_values(kind="stable")
-    out.append(f"Over all {df['cell_id'].nunique()} scored cells, the lowest median angle is {med.index[0]}'s "
-               f"({_deg(med.iloc[0])}) and the highest is {med.index[-1]}'s ({_deg(med.iloc[-1])}).")
+    tied = [m for m in methods_order if m in _tie_group(med)]
+    lowest = (f"{med.index[0]}'s ({_deg(med.iloc[0])})" if len(tied) == 1 else
+              f"shared by {', '.join(tied)} ({_deg(med[tied].min())} to {_deg(med[tied].max())}, within the tie factor "
+              f"{TIE_FACTOR:g})")
+    out.append(f"Over all {df['cell_id'].nunique()} scored cells, the lowest median angle is {lowest} and the "
+               f"highest is {med.index[-1]}'s ({_deg(med.iloc[-1])}).")
 
     nonfinite = df.groupby("method")["nonfinite"].mean().reindex(methods_order).dropna()
     bad = nonfinite[nonfinite > 0].sort_values(ascending=False, kind="stable")
@@ -548,72 +611,145 @@ def _reading(df: pd.DataFrame, methods_order: list) -> list[str]:
     return out
 
 
-def _clip_angles(values: pd.Series) -> np.ndarray:
-    v = values.to_numpy(dtype=float)
-    v = v[np.isfinite(v)]
-    return np.maximum(v, ANGLE_FLOOR)
+def _dtypes(df) -> list[str]:
+    return [t for t in DTYPES if t in set(df["dtype"])]
 
 
-def _box_panels(plt, df, column, ylabel, variants, methods_order, path) -> None:
-    present = [v for v in variants if v in set(df["variant"])]
-    ncols = min(4, len(present))
-    nrows = math.ceil(len(present) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), squeeze=False, sharey=True)
-    rng = np.random.default_rng(0)
-    for ax, variant in zip(axes.flat, present):
-        sub = df[df["variant"] == variant]
-        data = [_clip_angles(sub[sub["method"] == m][column]) for m in methods_order]
-        positions = [i for i, x in enumerate(data) if x.size]
-        if positions:
-            ax.boxplot([data[i] for i in positions], positions=positions, widths=0.6, showfliers=False)
-            for i in positions:
-                ax.scatter(i + rng.uniform(-0.18, 0.18, data[i].size), data[i], s=6, alpha=0.5)
-        ax.set_yscale("log")
-        ax.set_xticks(range(len(methods_order)))
-        ax.set_xticklabels(methods_order, rotation=60, ha="right", fontsize=7)
-        ax.set_title(variant, fontsize=9)
-        ax.set_ylabel(ylabel, fontsize=8)
-    for ax in list(axes.flat)[len(present):]:
-        ax.set_visible(False)
-    fig.tight_layout()
+def _draw_y(values) -> np.ndarray:
+    """Angles for a log axis: floored at ANGLE_FLOOR, non-finite at NONFINITE_Y."""
+    v = np.asarray(values, dtype=float)
+    return np.where(np.isfinite(v), np.maximum(v, ANGLE_FLOOR), NONFINITE_Y)
+
+
+def _plain_log(axis, decades) -> None:
+    """A log axis with ticks at the given powers of ten, labelled as plain text ("1e-06"): the
+    default 10^k labels go through mathtext, the slowest part of drawing these figures."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    axis.set_major_locator(FixedLocator([10.0 ** k for k in decades]))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0e}".replace("e+0", "e").replace("e-0", "e-")))
+    axis.set_minor_locator(NullLocator())
+
+
+def _angle_axis(ax) -> None:
+    ax.set_yscale("log")
+    ax.set_ylim(ANGLE_FLOOR / 5, NONFINITE_Y * 5)
+    _plain_log(ax.yaxis, range(-14, 3, 4))
+    ax.axhline(NONFINITE_Y, color="0.5", lw=0.8, ls=":")
+    ax.text(0.005, NONFINITE_Y * 1.4, "NaN/Inf", transform=ax.get_yaxis_transform(), fontsize=6, color="0.4")
+
+
+def _save(fig, path) -> None:
     fig.savefig(path, dpi=90)
+    import matplotlib.pyplot as plt
+
     plt.close(fig)
+
+
+def _angle_panels(plt, df, variants, methods_order, path) -> None:
+    """One panel per dtype: median angle (marker; × on the NaN/Inf line when the median is
+    non-finite) and min–max over the finite cells (bar) per method, one colour per family, and
+    next to the marker the share of cells whose gradient was NaN/Inf or raised, when any. Fixed
+    margins, no tight_layout, no shared axes: drawing is the costly part of a report."""
+    present = [v for v in variants if v in set(df["variant"])]
+    methods = [m for m in methods_order if m in set(df["method"])]
+    dtypes = _dtypes(df)
+    n_f, n_m = len(present), len(methods)
+    slot = 0.8 / max(n_f, 1)
+    offsets = (np.arange(n_f) - (n_f - 1) / 2) * slot
+    colours = plt.get_cmap("tab10" if n_f <= 10 else "tab20").colors
+    height = 3.2 * len(dtypes) + 1.2
+    fig, axes = plt.subplots(len(dtypes), 1, figsize=(max(7.0, 0.7 * n_m + 2.5), height), squeeze=False)
+    df = df.assign(failed=df["nonfinite"] | df["raised"],
+                   finite_angle=df["angle_score"].where(np.isfinite(df["angle_score"])))
+    x_of = {m: i for i, m in enumerate(methods)}
+    for ax, dtype in zip(axes[:, 0], dtypes):
+        stats = df[df["dtype"] == dtype].groupby(["variant", "method"]).agg(
+            med=("angle_score", "median"), lo=("finite_angle", "min"), hi=("finite_angle", "max"),
+            failed=("failed", "mean"))
+        for j, variant in enumerate(present):
+            if variant not in stats.index.get_level_values(0):
+                continue
+            st = stats.loc[variant]
+            x = np.array([x_of[m] for m in st.index]) + offsets[j]
+            c = colours[j % len(colours)]
+            ok = st["lo"].notna().to_numpy()
+            ax.vlines(x[ok], _draw_y(st["lo"][ok]), _draw_y(st["hi"][ok]), color=c, lw=1.2)
+            med = st["med"].to_numpy(float)
+            fin = np.isfinite(med)
+            # markers through plot(), not scatter(): a Line2D draws several times faster than a collection
+            ax.plot(x[fin], _draw_y(med[fin]), ls="", marker="o", ms=4.5, color=c, zorder=3,
+                    label=variant if ax is axes[0, 0] else None)
+            if not fin.all():
+                ax.plot(x[~fin], _draw_y(med[~fin]), ls="", marker="x", ms=6, color=c, zorder=3)
+            failed = st["failed"].to_numpy(float)
+            y = _draw_y(np.maximum(med, st["hi"].fillna(0).to_numpy(float)))
+            for xi, yi, share in zip(x, y, failed):
+                if share > 0:
+                    ax.text(xi, yi * 4, f"{100 * share:.0f}%", rotation=90, fontsize=6, color=c, ha="center",
+                            va="bottom")
+        _angle_axis(ax)
+        ax.set_ylim(ANGLE_FLOOR / 5, NONFINITE_Y * 1e3)  # room for the failure shares above the NaN/Inf line
+        ax.set_ylabel(f"{dtype}: angle (deg)", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.set_xlim(-0.6, n_m - 0.4)
+        if ax is not axes[-1, 0]:
+            ax.set_xticks([])
+    axes[0, 0].legend(fontsize=7, ncol=min(4, n_f), loc="lower left", bbox_to_anchor=(0, 1.0), frameon=False)
+    axes[-1, 0].set_xticks(range(n_m))
+    axes[-1, 0].set_xticklabels(methods, rotation=45, ha="right", fontsize=8)
+    fig.subplots_adjust(left=0.09, right=0.99, top=1 - 0.45 / height, bottom=0.95 / height, hspace=0.08)
+    _save(fig, path)
 
 
 def _scatter_gap(plt, df, methods_order, path) -> None:
-    fig, ax = plt.subplots(figsize=(8, 5))
+    dtypes = _dtypes(df)
+    fig, axes = plt.subplots(1, len(dtypes), figsize=(5.2 * len(dtypes), 4.6), sharey=True, squeeze=False)
     gap_floor = 1e-18
-    for m in methods_order:
-        sub = df[(df["method"] == m) & np.isfinite(df["angle_deg"])]
-        if sub.empty:
-            continue
-        ax.scatter(np.maximum(sub["min_rel_gap"].to_numpy(float), gap_floor), _clip_angles(sub["angle_deg"]),
-                   s=8, alpha=0.6, label=m)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel(f"min relative eigengap (gaps below {gap_floor:g} drawn at it)")
-    ax.set_ylabel("angle to truth (deg)")
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    for ax, dtype in zip(axes[0], dtypes):
+        sub_d = df[df["dtype"] == dtype]
+        for m in methods_order:
+            sub = sub_d[sub_d["method"] == m]
+            if sub.empty:
+                continue
+            gap = np.maximum(sub["min_rel_gap"].to_numpy(float), gap_floor)
+            angle = sub["angle_score"].to_numpy(float)
+            fin = np.isfinite(angle)
+            (line,) = ax.plot(gap[fin], _draw_y(angle[fin]), ls="", marker="o", ms=3, alpha=0.6, label=m)
+            if not fin.all():
+                ax.plot(gap[~fin], _draw_y(angle[~fin]), ls="", marker="x", ms=5, color=line.get_color())
+        ax.set_xscale("log")
+        lo = np.log10(max(gap_floor, float(np.nanmin(np.maximum(df["min_rel_gap"].to_numpy(float), gap_floor)))))
+        _plain_log(ax.xaxis, range(int(np.floor(lo)), 1, max(1, int(np.ceil(-lo / 6)))))
+        _angle_axis(ax)
+        ax.set_title(dtype, fontsize=9)
+        ax.set_xlabel(f"min relative eigengap (below {gap_floor:g} drawn at it)", fontsize=8)
+    axes[0, 0].set_ylabel("angle to truth (deg)", fontsize=8)
+    axes[0, -1].legend(fontsize=7, ncol=2)
+    fig.subplots_adjust(left=0.08, right=0.99, top=0.93, bottom=0.12, wspace=0.05)
+    _save(fig, path)
 
 
 def _lines_d(plt, df, methods_order, path) -> None:
-    fig, ax = plt.subplots(figsize=(8, 5))
-    med = df.groupby(["method", "d"])["angle_deg"].median()
-    for m in methods_order:
-        if m not in med.index.get_level_values(0):
-            continue
-        series = med.loc[m].dropna()
-        if series.empty:
-            continue
-        ax.plot(series.index, np.maximum(series.to_numpy(float), ANGLE_FLOOR), marker="o", label=m)
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("d")
-    ax.set_ylabel("median angle over finite gradients (deg)")
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    dtypes = _dtypes(df)
+    fig, axes = plt.subplots(1, len(dtypes), figsize=(5.2 * len(dtypes), 4.6), sharey=True, squeeze=False)
+    for ax, dtype in zip(axes[0], dtypes):
+        med = df[df["dtype"] == dtype].groupby(["method", "d"])["angle_score"].median()
+        for m in methods_order:
+            if m not in med.index.get_level_values(0):
+                continue
+            series = med.loc[m]
+            ax.plot(series.index, _draw_y(series.to_numpy(float)), marker="o", ms=4, label=m)
+        ax.set_xscale("log", base=2)
+        from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
+
+        ax.xaxis.set_major_locator(FixedLocator(sorted(set(df["d"]))))
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_locator(NullLocator())
+        _angle_axis(ax)
+        ax.set_title(dtype, fontsize=9)
+        ax.set_xlabel("d", fontsize=8)
+    axes[0, 0].set_ylabel("median angle, NaN/Inf counted as +∞ (deg)", fontsize=8)
+    axes[0, -1].legend(fontsize=7, ncol=2)
+    fig.subplots_adjust(left=0.08, right=0.99, top=0.93, bottom=0.12, wspace=0.05)
+    _save(fig, path)

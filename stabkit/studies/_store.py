@@ -1,0 +1,186 @@
+"""Storage of a study's cells: one writer per study directory, atomic writes, a checksum and the
+code version (a hash of the ``stabkit`` sources) in every cell file. Used by :mod:`.runner`."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import socket
+import warnings
+from datetime import datetime, timezone
+from functools import lru_cache
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1]
+LOCK_NAME = ".writer.lock"
+
+
+class StudyLocked(ValueError):
+    """Another process is writing this study."""
+
+
+# ----------------------------------------------------------------------------- code version
+
+
+@lru_cache(maxsize=1)
+def sources_hash() -> str:
+    """SHA-256 (16 hex digits) of every ``stabkit/**/*.py`` file, path and content: the code that
+    computes a cell, committed or not. Cached per process (a worker hashes the code it imported)."""
+    h = hashlib.sha256()
+    for path in sorted(PACKAGE.rglob("*.py")):
+        h.update(path.relative_to(PACKAGE).as_posix().encode() + b"\0")
+        h.update(path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- one writer per study
+
+
+class _StudyLock:
+    """An exclusive ``flock`` on ``cells/.writer.lock``: the kernel drops it when its holder dies
+    (even by kill -9), so a lock left by a dead process is simply taken over. The file keeps the
+    holder's pid, host and start time for the message a second writer gets."""
+
+    def __init__(self, cells_dir: Path, study_name: str):
+        self.path = cells_dir / LOCK_NAME
+        self.study_name = study_name
+        self.fd = None
+
+    def acquire(self) -> None:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock (documented limitation)
+            return
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):  # e.g. NFS without locks
+                os.close(fd)
+                warnings.warn(f"{self.path.parent} cannot be locked ({exc.strerror}): nothing stops a second run "
+                              "on this study from writing at the same time", RuntimeWarning, stacklevel=2)
+                return
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                os.close(fd)
+                raise
+            holder = _read_json(self.path) or {}
+            os.close(fd)
+            who = (f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')} since "
+                   f"{holder.get('started_at', '?')}") if holder else "another process"
+            raise StudyLocked(f"study {self.study_name!r} is being written by {who} (lock {self.path}); "
+                              "wait for that run to end or stop it, then run again") from None
+        info = {"pid": os.getpid(), "host": socket.gethostname(),
+                "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(info).encode(), 0)
+        except OSError:
+            os.close(fd)
+            raise
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing drops the flock; the file stays (unlinking it would race)
+            self.fd = None
+
+
+# ----------------------------------------------------------------------------- cell storage
+
+
+def _cell_path(cells_dir: Path, cell_id: str) -> Path:
+    return cells_dir / (hashlib.sha256(cell_id.encode()).hexdigest()[:20] + ".json")
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:  # make a rename durable
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file; on any failure the temporary is removed."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def _checksum(record: dict) -> str:
+    body = {k: v for k, v in record.items() if k != "sha256"}
+    return hashlib.sha256(_dumps(body).encode()).hexdigest()
+
+
+def _scan_cells(cells_dir: Path, cells: list[dict], sources: str) -> dict[str, dict]:
+    """Classify the cell files of the grid's cells (failed ones are simply retried).
+
+    Returns {"done": {cell_id: record}, "stale": {cell_id: record}, "damaged": [file names]}:
+    ``stale`` = valid records computed by other code (another sources hash, or none recorded);
+    ``damaged`` = files that are unreadable or whose checksum does not match (edited, truncated).
+    """
+    wanted = {c["cell_id"]: _jsonable(c) for c in cells}
+    out = {"done": {}, "stale": {}, "damaged": []}
+    if not cells_dir.is_dir():
+        return out
+    for path in sorted(cells_dir.iterdir()):
+        if path.name.endswith(".tmp"):
+            path.unlink(missing_ok=True)  # a write interrupted by a kill
+            continue
+        if path.suffix != ".json":
+            continue
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(record, dict):
+                raise ValueError("not a cell record")
+        except (OSError, ValueError):
+            out["damaged"].append(path.name)
+            continue
+        cid = record.get("cell_id")
+        if cid not in wanted or record.get("cell") != wanted[cid] or record.get("failed"):
+            continue
+        if "sha256" in record and record["sha256"] != _checksum(record):
+            out["damaged"].append(path.name)
+        elif "sha256" in record and record.get("code", {}).get("sources") == sources:
+            out["done"][cid] = record
+        else:  # other code, or written before code versions were recorded
+            out["stale"][cid] = record
+    return out
+
+
+def _json_default(obj):
+    """numpy scalars (np.int64, np.bool_, ...) in a kind's rows become plain Python values."""
+    if hasattr(obj, "item") and getattr(obj, "shape", None) == ():
+        return obj.item()
+    raise TypeError(f"row value {obj!r} of type {type(obj).__name__} is not a scalar")
+
+
+def _dumps(obj) -> str:
+    return json.dumps(obj, allow_nan=True, default=_json_default)
+
+
+def _jsonable(obj):
+    return json.loads(_dumps(obj))
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
