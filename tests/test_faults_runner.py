@@ -474,12 +474,12 @@ def test_each_method_is_warmed_once_per_process_before_it_is_timed(monkeypatch):
     from stabkit import methods
 
     calls = []
-    real = methods.gradient
+    real = methods.evaluate
     def counted(spec, A, loss):
         calls.append((spec if isinstance(spec, str) else methods.format_spec(*spec), A.dtype.name))
         return real(spec, A, loss)
 
-    monkeypatch.setattr(methods, "gradient", counted)
+    monkeypatch.setattr(methods, "evaluate", counted)
     monkeypatch.setattr(gradient_accuracy, "_WARMED", set())
     cell = gradient_accuracy.cells(gradient_accuracy.validate(
         {"methods": ["analytic", "torch"], "families": ["separated"], "d": [6], "dtypes": ["float32"],
