@@ -35,15 +35,26 @@ def _check_counts(k, n) -> tuple[int, int]:
     return k, n
 
 
-def wilson(k, n, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval for k successes in n trials; (nan, nan) when n = 0."""
-    k, n = _check_counts(k, n)
-    if n == 0:
-        return (float("nan"), float("nan"))
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
+def wilson(k, n, z: float = Z95):
+    """Wilson score interval (lo, hi) for k successes in n trials: floats for scalar counts, arrays
+    for arrays; exactly 0 at k = 0 and 1 at k = n; (nan, nan) when n = 0."""
+    if np.ndim(k) == 0 and np.ndim(n) == 0:
+        k, n = _check_counts(k, n)
+        if n == 0:
+            return (float("nan"), float("nan"))
+    k, n = np.asarray(k, dtype=float), np.asarray(n, dtype=float)
+    if np.any((k < 0) | (k > n)):
+        raise ValueError("counts need 0 ≤ k ≤ n")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = k / n
+        denom = 1 + z ** 2 / n
+        centre = (p + z ** 2 / (2 * n)) / denom
+        half = z / denom * np.sqrt(p * (1 - p) / n + z ** 2 / (4 * n ** 2))
+        lo = np.where(k == 0, 0.0, np.clip(centre - half, 0, 1))  # exact 0 (not rounding residue) for k = 0
+        hi = np.where(k == n, 1.0, np.clip(centre + half, 0, 1))
+    if lo.ndim == 0:
+        return (float(lo), float(hi))
+    return lo, hi
 
 
 def clopper_pearson(k, n, alpha: float = 0.05) -> tuple[float, float]:
