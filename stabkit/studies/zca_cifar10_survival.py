@@ -85,6 +85,10 @@ def validate(grid: dict) -> dict:
     if len({tuple(c) for c in cells}) != len(cells):
         raise ValueError(f"{kind}: cells lists a [method, d] pair twice")
     g["cells"] = cells
+    channels = int(round(64 * float(g["width"])))
+    for spec, d in cells:
+        if channels % d:
+            raise ValueError(f"{kind}: d = {d} ({spec}) must divide conv1's {channels} channels at width {g['width']}")
     for t in g["dtypes"]:
         if t not in ("float32", "float64"):
             raise ValueError(f"{kind}: dtypes must be float32/float64, got {t!r}")
