@@ -61,7 +61,7 @@ def test_validation_names_the_problem():
                        ({"cells": [["nope", 8]]}, "nope"), ({"extend": ["analytic|d8|float32|s1000|e100"]}, "extend_epochs is 0"),
                        ({"extend_epochs": 350.0, "extend": ["analytic|d8|float32|s5|e100"]}, "not a cell"),
                        ({"extend_epochs": 50.0}, "must exceed"), ({"landmarks": [0]}, "landmarks"), ({"seeds": 0}, "seeds"),
-                       ({"width": 0.125}, "divide conv1's 8 channels")]:
+                       ({"cells": [["taylor", 16]], "width": 0.125}, "divide conv1.s 8 channels")]:
         with pytest.raises(ValueError, match=match):
             surv.validate({**base, **bad})
 
