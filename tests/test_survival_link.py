@@ -132,3 +132,11 @@ def test_cell_rates_leave_one_out_by_hand():
     # run 0: cell a without itself 0/2 → (0 + 2·0.5)/(2 + 2); run 1: 1/2 → (1 + 1)/4; run 3: 0/0 → 0.5
     assert got == pytest.approx([1 / 4, 2 / 4, 2 / 4, pbar])
     assert _landmark.cell_rates(cells, y, np.array(["a", "c"]), prior=2.0) == pytest.approx([(1 + 1) / 5, 0.5])
+
+
+def test_records_without_a_log_fit_only_the_cell():
+    runs = _runs("informative", n_per_cell=20).assign(epoch_log=None)
+    out = _landmark.landmark_link(runs, L, repeats=2)
+    assert out["fit"]["features"] == [] and not out["fit"]["adds"]
+    assert "no diagnostic was recorded before L" in out["sentence"]
+    assert out["fit"]["brier"]["cell+diag"] == pytest.approx(out["fit"]["brier"]["cell"], abs=1e-3)

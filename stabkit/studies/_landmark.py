@@ -242,6 +242,10 @@ def sentence(L: float, table: pd.DataFrame, left_out: dict, fit: dict | None) ->
         return (f"Landmark {L:g} epochs: {len(table)} runs alive, {k} of them failed later — too few of each outcome to "
                 f"fit anything; the diagnostics' value beyond the cell is not measurable here ({gone}).")
     b = fit["brier"]
+    if not fit["features"]:
+        return (f"Landmark {L:g} epochs: n = {fit['n']} runs alive at L, {fit['failures']} with a NaN loss after L, but no "
+                f"diagnostic was recorded before L (no per-epoch log): only the cell model is measurable, Brier "
+                f"{b['cell']:.4f} against the base rate's {b['base']:.4f} ({gone}).")
     verdict = ("the diagnostics add to the cell" if fit["adds"] else "the diagnostics add nothing measurable beyond the cell")
     return (f"Landmark {L:g} epochs: n = {fit['n']} runs alive at L in {fit['cells']} cells, {fit['failures']} with a NaN "
             f"loss after L. Cross-validated Brier ({fit['repeats']}× {fit['folds']}-fold): base rate {b['base']:.4f}, cell "
