@@ -147,6 +147,7 @@ def test_kaplan_meier_and_accuracy_tables():
     svd = km.iloc[0]
     # S = 2/3 after 2.5, 1/3 after 7 (3 at risk, then 2)
     assert list(curves["analytic d=8 float32"][0]["survival"]) == pytest.approx([2 / 3, 1 / 3])
+    assert sorted(curves["taylor d=16 float32"][2]) == [40.0, 100.0, 100.0, 100.0]  # censoring times
     assert svd["NaN losses"] == 2 and svd["first NaN (epoch)"] == 2.5 and svd["median time to NaN (epochs)"] == 7.0
     assert km.iloc[1]["NaN losses"] == 0 and km.iloc[1]["horizon reached (epochs)"] == 100.0
     acc = surv.accuracy_table(res)

@@ -287,7 +287,7 @@ def km_table(results: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
         spec, d, dtype, horizon = key
         km = _stats.kaplan_meier(s["reached"].to_numpy(float), s["event"].to_numpy(bool))
         label = f"{spec} d={int(d)} {dtype}" + (f" ({float(horizon):g} ep)" if r["horizon_epochs"].nunique() > 1 else "")
-        curves[label] = (km, float(s["reached"].max()))
+        curves[label] = (km, float(s["reached"].max()), s.loc[~s["event"], "reached"].to_numpy(float))
         idx = len(km["time"]) - 1
         rows.append({"cell": label, "runs": km["n"], "NaN losses": int(km["events"].sum()),
                      "first NaN (epoch)": float(km["time"][0]) if len(km["time"]) else np.nan,
@@ -343,7 +343,7 @@ def _plots(results: pd.DataFrame, curves: dict, out_dir: pathlib.Path) -> list[s
 
     names = []
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    for label, (km, end) in curves.items():
+    for label, (km, end, censored) in curves.items():
         t = np.concatenate([[0.0], km["time"], [max(end, km["time"][-1] if len(km["time"]) else 0.0)]])
         s = np.concatenate([[1.0], km["survival"], [km["survival"][-1] if len(km["survival"]) else 1.0]])
         line, = ax.step(t, s, where="post", label=label)
@@ -351,8 +351,10 @@ def _plots(results: pd.DataFrame, curves: dict, out_dir: pathlib.Path) -> list[s
             lo = np.concatenate([[1.0], km["lo"], [km["lo"][-1]]])
             hi = np.concatenate([[1.0], km["hi"], [km["hi"][-1]]])
             ax.fill_between(t, lo, hi, step="post", color=line.get_color(), alpha=0.12)
+        if len(censored):  # censoring ticks at S(t)
+            ax.plot(censored, [_stats.survival_at(km, c) for c in censored], "|", color=line.get_color(), ms=9)
     ax.set_xlabel("epochs")
-    ax.set_ylabel("runs without NaN loss (Kaplan–Meier)")
+    ax.set_ylabel("runs without NaN loss (Kaplan–Meier; | censored)")
     ax.set_ylim(-0.02, 1.02)
     ax.legend(fontsize=7)
     fig.tight_layout()
