@@ -66,6 +66,17 @@ def test_validation_names_the_problem():
             surv.validate({**base, **bad})
 
 
+def test_fast_path_keys_pass_only_when_set():
+    base = {"cells": [["taylor", 16]], "seeds": 1}
+    assert surv.cells(base)[0]["train_options"] == {}
+    opts = surv.cells({**base, "fast": True, "eval_every": 5, "compile": "default", "train_options": {"check_every": 50}})
+    assert opts[0]["train_options"] == {"fast": True, "eval_every": 5, "compile": "default", "check_every": 50}
+    _, _, grid = runner.load_study(STUDY)
+    assert grid["fast"] is True and grid["eval_every"] == 1  # the study file: the fast path, accuracy every epoch
+    with pytest.raises(ValueError, match="fast must be"):
+        surv.validate({**base, "fast": "yes"})
+
+
 def test_extension_runs_come_last():
     grid = {"cells": [["taylor", 16], ["analytic", 8]], "seeds": 2, "extend_epochs": 350.0,
             "extend": ["taylor|d16|float32|s1001|e100"]}
@@ -198,7 +209,7 @@ def test_runner_runs_the_cells_in_file_order_and_reports(tmp_path, monkeypatch):
     assert order == [("taylor", 1000), ("taylor", 1001), ("analytic", 1000), ("analytic", 1001),
                      ("taylor", 1002), ("taylor", 1003), ("analytic", 1002), ("analytic", 1003)]
     assert all(c["preset"] == "paper" and c["epochs"] == 6.0 and c["limit_images"] is None and c["check_every"] == 5
-               for c in calls)
+               and "fast" not in c and "eval_every" not in c for c in calls)
     stored = pd.read_parquet(tmp_path / "surv-test" / "results.parquet")
     assert len(stored) == 8 and isinstance(stored["epoch_log"].iloc[0], str)
     assert json.loads(stored["epoch_log"].iloc[0])[0]["epoch"] == 1

@@ -63,7 +63,10 @@ GRID_DEFAULTS = {
     "eps": None,               # None: the preset's per-method ε
     "width": 1.0,
     "landmarks": [5.0, 10.0, 25.0],   # epochs
-    "train_options": {},       # more train_run options, passed as they are (e.g. the fast path's)
+    "fast": False,             # train_run's fast path (bf16 trunk, ...): passed only when true
+    "eval_every": 1,           # test evaluation every N epochs: passed only when not 1
+    "compile": None,           # torch.compile mode of the fast path: passed only when set
+    "train_options": {},       # more train_run options, passed as they are
     "data": "",
     "device": "auto",
 }
@@ -108,6 +111,10 @@ def validate(grid: dict) -> dict:
         raise ValueError(f"{kind}: extend lists runs but extend_epochs is 0")
     if not all(float(x) > 0 for x in g["landmarks"]):
         raise ValueError(f"{kind}: landmarks must be positive epochs, got {g['landmarks']}")
+    if not isinstance(g["fast"], bool):
+        raise ValueError(f"{kind}: fast must be true or false, got {g['fast']!r}")
+    if int(g["eval_every"]) < 0:
+        raise ValueError(f"{kind}: eval_every must be ≥ 0 epochs, got {g['eval_every']}")
     if not isinstance(g["train_options"], dict):
         raise ValueError(f"{kind}: train_options must be a table of train_run options, got {g['train_options']!r}")
     preset = get_preset(g["preset"])
@@ -137,7 +144,11 @@ def cells(grid: dict) -> list[dict]:
     g = validate(grid)
     common = {k: g[k] for k in ("preset", "limit_images", "limit_test", "batch_size", "lr", "eps", "width", "data",
                                 "device")}
-    common["train_options"] = dict(g["train_options"])
+    # the fast-path keys only when they differ from train_run's defaults, so a loop without them runs the rest
+    common["train_options"] = {**({"fast": True} if g["fast"] else {}),
+                               **({"eval_every": int(g["eval_every"])} if int(g["eval_every"]) != 1 else {}),
+                               **({"compile": g["compile"]} if g["compile"] is not None else {}),
+                               **g["train_options"]}
     seeds, block = _seeds(g), int(g["seed_block"])
     out = []
     for b in range(0, len(seeds), block):
