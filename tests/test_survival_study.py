@@ -218,3 +218,9 @@ def test_runner_runs_the_cells_in_file_order_and_reports(tmp_path, monkeypatch):
     assert "| taylor | SVD-Taylor | 16 | float32 | 6 | 4 | 0 | 4/4 |" in readme
     assert "| analytic | SVD | 8 | float32 | 6 | 4 | 4 | 0/4 |" in readme
     assert out["spec"].tolist()[:2] == ["taylor", "taylor"]
+
+
+def test_report_with_only_crashed_cells(tmp_path):
+    crashed = pd.DataFrame([{"cell_id": "taylor|d16|float32|s1000|e100", "spec": "taylor", "error": "cell failed: X"}])
+    text = surv.report(crashed, {"cells": [["taylor", 16]]}, tmp_path)
+    assert "No finished runs yet." in text and "1 cell(s) crashed" in text

@@ -230,6 +230,9 @@ def _runs(results: pd.DataFrame) -> pd.DataFrame:
     r = results.copy()
     if "error" in r.columns:
         r = r[r["error"].isna()]
+    for col in ("time_to_nan_loss_epochs", "censored_at_epochs", "epochs", "epoch_log", "spec", "d", "dtype"):
+        if col not in r:  # only crashed cells so far: no run columns
+            r[col] = pd.Series(np.nan, index=r.index, dtype=object if col in ("epoch_log", "spec", "dtype") else float)
     if "horizon_epochs" not in r:
         r["horizon_epochs"] = _num(r["epochs"])
     r["t_nan"] = _num(r["time_to_nan_loss_epochs"])
@@ -415,8 +418,10 @@ def report(results: pd.DataFrame, grid: dict, out_dir: pathlib.Path) -> str:
         "cell. Failure is the paper's criterion: the first NaN loss; time to it in epochs = (step + 1) / steps per epoch.",
         "",
     ]
+    crash_note = ([f"{len(crashed)} cell(s) crashed (a bug, not a training outcome): "
+                   + "; ".join(crashed["cell_id"].astype(str)[:5]), ""] if len(crashed) else [])
     if r.empty:
-        return "\n".join(lines + ["No finished runs yet."])
+        return "\n".join(lines + ["No finished runs yet.", ""] + crash_note)
     horizon_lines = []
     for h, s in r.groupby("horizon_epochs"):
         done = s[~s["event"]]
@@ -477,7 +482,4 @@ def report(results: pd.DataFrame, grid: dict, out_dir: pathlib.Path) -> str:
     for L in g["landmarks"]:
         lines += ["- " + _landmark.landmark_link(base, float(L), repeats=10)["sentence"]]
     lines += [""]
-    if len(crashed):
-        lines += [f"{len(crashed)} cell(s) crashed (a bug, not a training outcome): "
-                  + "; ".join(crashed["cell_id"].astype(str)[:5]), ""]
-    return "\n".join(lines)
+    return "\n".join(lines + crash_note)
