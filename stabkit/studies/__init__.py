@@ -25,7 +25,8 @@ and the report header (command, git commit, machine).
 
 import importlib
 
-KINDS = ("gradient_accuracy", "gap_probability", "angle_surfaces", "projector_rank", "zca_cifar10", "o2p_stability")
+KINDS = ("gradient_accuracy", "gap_probability", "angle_surfaces", "projector_rank", "zca_cifar10", "o2p_stability",
+         "zca_cifar10_survival")
 
 
 def kind_module(kind: str):

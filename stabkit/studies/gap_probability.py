@@ -46,7 +46,7 @@ import pandas as pd
 from scipy import integrate, linalg as sla
 
 from .._markdown import markdown_table
-from . import check_choices, with_defaults
+from . import _stats, check_choices, with_defaults
 
 SOURCES = ("gaussian", "cifar10")
 
@@ -185,16 +185,7 @@ def cifar_eigvals(d, count, rng, *, batch, pool, path, eps, conv_seed, sub=8) ->
 # ---------------------------------------------------------------- statistics
 
 
-def wilson(k, n, z: float = Z95):
-    """Wilson score interval (lo, hi) for k successes in n Bernoulli trials (arrays ok)."""
-    k, n = np.asarray(k, dtype=float), np.asarray(n, dtype=float)
-    p = k / n
-    denom = 1 + z ** 2 / n
-    centre = (p + z ** 2 / (2 * n)) / denom
-    half = z / denom * np.sqrt(p * (1 - p) / n + z ** 2 / (4 * n ** 2))
-    lo = np.where(k == 0, 0.0, np.clip(centre - half, 0, 1))  # exact 0 (not rounding residue) for k = 0
-    hi = np.where(k == n, 1.0, np.clip(centre + half, 0, 1))
-    return lo, hi
+wilson = _stats.wilson  # Wilson score interval (lo, hi), arrays ok: the shared one
 
 
 def mp_edges(gamma: float):

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from .._markdown import markdown_table
-from . import with_defaults
+from . import _stats, with_defaults
 from ..methods import format_spec, parse_spec
 from ..train.preset import get_preset
 
@@ -144,13 +144,8 @@ def run_cell(cell: dict) -> list[dict]:
 
 # ------------------------------------------------------------------------------------------ report
 def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """Wilson score interval for k successes in n trials (Wilson, JASA 1927)."""
-    if n == 0:
-        return (float("nan"), float("nan"))
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    """Wilson score interval for k successes in n trials (Wilson, JASA 1927): ``_stats.wilson``."""
+    return _stats.wilson(k, n, z)
 
 
 FEATURES = ["log10_max_K", "log1p_gap_events", "log10_bound"]

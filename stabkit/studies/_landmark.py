@@ -1,0 +1,253 @@
+"""The link without leakage: do a run's diagnostics before a landmark predict its NaN loss after it,
+beyond what its cell (method × d × dtype) already says?
+
+Landmark design (van Houwelingen, Scand. J. Statist. 2007): fix a landmark L (epochs). Only runs
+still alive at L (no NaN loss at or before L, and trained past L) enter; the outcome is a NaN loss
+after L, within the run's horizon. A run that stopped between L and its horizon without a NaN loss
+has an unknown outcome and is left out (counted). Features come only from the per-epoch log
+entries that end at or before step L·steps_per_epoch, so nothing measured after L is used.
+
+Three predictors, scored by the Brier score of repeated stratified K-fold cross-validation:
+
+* base rate — the training folds' failure rate;
+* cell — the cell's smoothed failure rate (k_c + a·p̄)/(n_c + a) on the training folds (a = ``prior``
+  pseudo-runs at the training folds' rate p̄): the baseline to beat;
+* cell + diagnostics — ridge logistic regression on the standardised features with the cell model's
+  logit as an offset, logit P = logit p_c + β₀ + βᵀx. For a training run the offset is its cell rate
+  without itself (leave-one-out), so the fit does not learn from its own outcome through the offset.
+  Means and standard deviations for the standardisation come from the training folds only.
+
+Verdict: the diagnostics add something beyond the cell when the mean per-run Brier improvement of
+cell + diagnostics over cell exceeds twice its standard error (per-run squared errors averaged over
+the repeats; paired over runs).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+
+import numpy as np
+import pandas as pd
+
+#: per-epoch log keys → features: (name, key, how to aggregate over the epochs before L, transform)
+FEATURES = (
+    ("log10_max_K", "max_abs_K", "max", "log10"),
+    ("log10_min_rel_gap", "min_rel_gap", "min", "log10"),
+    ("log10_lam_max_over_eps", "lam_max_over_eps", "max", "log10"),
+    ("log10_lam_min", "lam_min", "min", "log10"),
+    ("log10_grad_norm_max", "grad_norm_max", "max", "log10"),
+    ("log1p_nonfinite_events", "nonfinite_events", "sum", "log1p"),
+    ("last_train_loss", "train_loss", "last", "none"),
+    ("log_conv1_norm_growth", "conv1_weight_norm", "growth", "none"),
+)
+FEATURE_NAMES = tuple(f[0] for f in FEATURES)
+CELL_KEYS = ("spec", "d", "dtype")
+_CAP = 1e30
+
+
+def epoch_log(value) -> list[dict]:
+    """A record's ``epoch_log`` (JSON text as stored in results, or already a list)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return []
+    if isinstance(value, str):
+        return json.loads(value) if value else []
+    return list(value)
+
+
+def _number(v) -> float:
+    if v is None:
+        return float("nan")
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _aggregate(entries: list[dict], key: str, how: str, transform: str) -> float:
+    vals = np.array([_number(e.get(key)) for e in entries], dtype=float)
+    vals = np.where(np.isposinf(vals), _CAP, vals)
+    vals = vals[~np.isnan(vals) & ~np.isneginf(vals)]
+    if not len(vals):
+        return float("nan")
+    if how == "growth":
+        first, last = vals[0], vals[-1]
+        return float(math.log(last / first)) if first > 0 and last > 0 else float("nan")
+    v = {"max": vals.max, "min": vals.min, "sum": vals.sum, "last": lambda: vals[-1]}[how]()
+    if transform == "log10":
+        return float(math.log10(min(max(v, 1e-30), _CAP)))
+    if transform == "log1p":
+        return float(math.log1p(max(v, 0.0)))
+    return float(v)
+
+
+def features_before(entries: list[dict], last_step: float) -> dict:
+    """The features from the log entries that end at or before ``last_step`` (steps done)."""
+    kept = [e for e in entries if _number(e.get("step")) <= last_step]
+    return {name: _aggregate(kept, key, how, tr) for name, key, how, tr in FEATURES}
+
+
+def landmark_table(results: pd.DataFrame, landmark_epochs: float) -> tuple[pd.DataFrame, dict]:
+    """One row per ZCA run alive at the landmark: the cell, the features, ``y`` (NaN loss after L).
+
+    Needs per run: ``epoch_log``, ``steps_per_epoch``, ``time_to_nan_loss_epochs``,
+    ``censored_at_epochs`` and the horizon ``epochs``. Returns (table, counts of runs left out).
+    """
+    L = float(landmark_epochs)
+    if not L > 0:
+        raise ValueError(f"landmark must be > 0 epochs, got {landmark_epochs}")
+    runs = results[results["norm"] == "zca"] if "norm" in results else results
+    rows, counts = [], {"failed_before": 0, "stopped_before": 0, "unknown_after": 0}
+    for _, r in runs.iterrows():
+        t_nan = _number(r.get("time_to_nan_loss_epochs"))
+        reached = _number(r.get("censored_at_epochs"))
+        horizon = _number(r.get("epochs"))
+        if not math.isnan(t_nan) and t_nan <= L:
+            counts["failed_before"] += 1
+            continue
+        if math.isnan(t_nan):
+            if not reached > L:
+                counts["stopped_before"] += 1
+                continue
+            if reached < horizon - 1e-9:  # stopped after L, before its horizon, with no NaN loss: fate unknown
+                counts["unknown_after"] += 1
+                continue
+        spe = _number(r.get("steps_per_epoch"))
+        feats = features_before(epoch_log(r.get("epoch_log")), L * spe)
+        rows.append({**{k: r[k] for k in CELL_KEYS}, "seed": r.get("seed"), **feats,
+                     "y": float(not math.isnan(t_nan))})
+    table = pd.DataFrame(rows, columns=[*CELL_KEYS, "seed", *FEATURE_NAMES, "y"])
+    return table, counts
+
+
+# -------------------------------------------------------------------------------------- models
+def fit_logistic(X: np.ndarray, y: np.ndarray, offset: np.ndarray | None = None, l2: float = 1.0,
+                 iters: int = 50) -> np.ndarray:
+    """Ridge logistic regression (unpenalised intercept) with an optional offset, by Newton's method."""
+    Xb = np.column_stack([np.ones(len(X)), X])
+    off = np.zeros(len(X)) if offset is None else offset
+    beta = np.zeros(Xb.shape[1])
+    penalty = l2 * np.eye(Xb.shape[1])
+    penalty[0, 0] = 0.0
+    for _ in range(iters):
+        p = 1 / (1 + np.exp(-np.clip(off + Xb @ beta, -35, 35)))
+        grad = Xb.T @ (p - y) + penalty @ beta
+        hess = (Xb * (p * (1 - p))[:, None]).T @ Xb + penalty + 1e-9 * np.eye(len(beta))
+        step = np.linalg.solve(hess, grad)
+        beta -= step
+        if np.abs(step).max() < 1e-10:
+            break
+    return beta
+
+
+def _predict(beta, X, offset):
+    return 1 / (1 + np.exp(-np.clip(offset + np.column_stack([np.ones(len(X)), X]) @ beta, -35, 35)))
+
+
+def _logit(p):
+    p = np.clip(p, 1e-3, 1 - 1e-3)
+    return np.log(p / (1 - p))
+
+
+def cell_rates(train_cells: np.ndarray, train_y: np.ndarray, query_cells: np.ndarray, prior: float,
+               leave_one_out: bool = False) -> np.ndarray:
+    """Smoothed failure rate per cell from the training runs; ``leave_one_out``: ``query_cells`` are
+    the training runs themselves and each one's own outcome is taken out of its cell's count."""
+    pbar = float(train_y.mean())
+    k = pd.Series(train_y).groupby(train_cells).sum()
+    n = pd.Series(train_y).groupby(train_cells).count()
+    kq = k.reindex(query_cells).fillna(0).to_numpy(float)
+    nq = n.reindex(query_cells).fillna(0).to_numpy(float)
+    if leave_one_out:
+        kq, nq = kq - train_y, nq - 1
+    return (kq + prior * pbar) / (nq + prior)
+
+
+def _standardise(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Impute NaN with the training median, then centre and scale with the training mean and sd."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN column: imputed with 0 below
+        med = np.nanmedian(train, axis=0)
+    med = np.where(np.isnan(med), 0.0, med)
+    tr = np.where(np.isnan(train), med, train)
+    te = np.where(np.isnan(test), med, test)
+    mu, sd = tr.mean(0), tr.std(0)
+    sd = np.where(sd > 0, sd, 1.0)
+    return (tr - mu) / sd, (te - mu) / sd
+
+
+def stratified_folds(y: np.ndarray, folds: int, rng: np.random.Generator) -> np.ndarray:
+    """Fold index per run, failures and survivors each dealt round-robin in a random order."""
+    fold = np.empty(len(y), dtype=int)
+    for value in (0.0, 1.0):
+        idx = np.flatnonzero(y == value)
+        idx = idx[rng.permutation(len(idx))]
+        start = int(rng.integers(folds))
+        fold[idx] = (start + np.arange(len(idx))) % folds
+    return fold
+
+
+def cross_validate(table: pd.DataFrame, folds: int = 5, repeats: int = 20, seed: int = 0, prior: float = 2.0,
+                   l2: float = 1.0) -> dict | None:
+    """Cross-validated predictions of the three models (see the module doc); None with fewer than
+    2 failures or 2 survivors (nothing to learn)."""
+    y = table["y"].to_numpy(float)
+    n_fail = int(y.sum())
+    if n_fail < 2 or len(y) - n_fail < 2:
+        return None
+    folds = max(2, min(folds, n_fail, len(y) - n_fail))
+    cells = table[list(CELL_KEYS)].astype(str).agg("|".join, axis=1).to_numpy()
+    X = table[list(FEATURE_NAMES)].to_numpy(float)
+    usable = ~np.isnan(X).all(0)
+    X = X[:, usable]
+    rng = np.random.default_rng(seed)
+    preds = {m: np.zeros((repeats, len(y))) for m in ("base", "cell", "cell+diag")}
+    for rep in range(repeats):
+        fold = stratified_folds(y, folds, rng)
+        for k in range(folds):
+            te, tr = fold == k, fold != k
+            preds["base"][rep, te] = y[tr].mean()
+            p_cell_te = cell_rates(cells[tr], y[tr], cells[te], prior)
+            preds["cell"][rep, te] = p_cell_te
+            p_cell_tr = cell_rates(cells[tr], y[tr], cells[tr], prior, leave_one_out=True)
+            Xtr, Xte = _standardise(X[tr], X[te])
+            beta = fit_logistic(Xtr, y[tr], _logit(p_cell_tr), l2)
+            preds["cell+diag"][rep, te] = _predict(beta, Xte, _logit(p_cell_te))
+    sq = {m: ((p - y) ** 2).mean(0) for m, p in preds.items()}  # per-run, averaged over repeats
+    gain = sq["cell"] - sq["cell+diag"]
+    se = float(gain.std(ddof=1) / math.sqrt(len(y)))
+    return {
+        "n": len(y), "failures": n_fail, "cells": len(set(cells)), "folds": folds, "repeats": repeats,
+        "features": [f for f, u in zip(FEATURE_NAMES, usable) if u],
+        "brier": {m: float(s.mean()) for m, s in sq.items()}, "gain": float(gain.mean()), "gain_se": se,
+        "adds": bool(gain.mean() > 2 * se and gain.mean() > 0), "pred": {m: p.mean(0) for m, p in preds.items()},
+        "y": y,
+    }
+
+
+def landmark_link(results: pd.DataFrame, landmark_epochs: float, **cv) -> dict:
+    """The table at the landmark and its cross-validation, with a plain sentence."""
+    table, left_out = landmark_table(results, landmark_epochs)
+    fit = cross_validate(table, **cv) if len(table) else None
+    return {"landmark": float(landmark_epochs), "table": table, "left_out": left_out, "fit": fit,
+            "sentence": sentence(float(landmark_epochs), table, left_out, fit)}
+
+
+def sentence(L: float, table: pd.DataFrame, left_out: dict, fit: dict | None) -> str:
+    gone = (f"left out: {left_out['failed_before']} runs with a NaN loss by epoch {L:g}, {left_out['stopped_before']} "
+            f"stopped before it, {left_out['unknown_after']} stopped after it before their horizon without a NaN loss")
+    if fit is None:
+        k = int(table["y"].sum()) if len(table) else 0
+        return (f"Landmark {L:g} epochs: {len(table)} runs alive, {k} of them failed later — too few of each outcome to "
+                f"fit anything; the diagnostics' value beyond the cell is not measurable here ({gone}).")
+    b = fit["brier"]
+    if not fit["features"]:
+        return (f"Landmark {L:g} epochs: n = {fit['n']} runs alive at L, {fit['failures']} with a NaN loss after L, but no "
+                f"diagnostic was recorded before L (no per-epoch log): only the cell model is measurable, Brier "
+                f"{b['cell']:.4f} against the base rate's {b['base']:.4f} ({gone}).")
+    verdict = ("the diagnostics add to the cell" if fit["adds"] else "the diagnostics add nothing measurable beyond the cell")
+    return (f"Landmark {L:g} epochs: n = {fit['n']} runs alive at L in {fit['cells']} cells, {fit['failures']} with a NaN "
+            f"loss after L. Cross-validated Brier ({fit['repeats']}× {fit['folds']}-fold): base rate {b['base']:.4f}, cell "
+            f"{b['cell']:.4f}, cell + diagnostics {b['cell+diag']:.4f}; improvement over the cell {fit['gain']:+.4f} "
+            f"± {fit['gain_se']:.4f} (SE): {verdict}. ({gone}.)")

@@ -1,0 +1,184 @@
+"""Small-sample statistics shared by the studies: binomial intervals, Fisher's exact test, Holm,
+power, and the Kaplan–Meier estimator.
+
+* Wilson score interval (Wilson, JASA 1927): centre (p̂ + z²/2n)/(1 + z²/n), half-width
+  z·sqrt(p̂(1−p̂)/n + z²/4n²)/(1 + z²/n).
+* Clopper–Pearson interval (Biometrika 1934), exact: [B(α/2; k, n−k+1), B(1−α/2; k+1, n−k)] with
+  B the Beta quantile; lower 0 at k = 0, upper 1 at k = n.
+* Fisher's exact test of a 2×2 table, two-sided as in R's ``fisher.test``: the sum of the
+  hypergeometric probabilities of every table with the observed margins that is no more probable
+  than the observed one (relative tolerance 1e-7).
+* Holm's step-down correction (Scand. J. Statist. 1979): sort the m p-values, p_(i) ↦
+  max_{j ≤ i} min(1, (m − j + 1) p_(j)).
+* Power of Fisher's test: exact, by enumerating both binomial samples (n₁ runs at rate p₁, n₂ at p₂),
+  the probability that the two-sided p-value is ≤ α.
+* Kaplan–Meier (JASA 1958) with right censoring: S(t) = Π_{t_i ≤ t} (1 − d_i/n_i); Greenwood's
+  variance Var S = S² Σ d_i/(n_i(n_i − d_i)); the confidence band on the log(−log S) scale
+  (Kalbfleisch & Prentice), which stays inside [0, 1]: S^{exp(±z σ)}, σ² = Σ d_i/(n_i(n_i−d_i)) / (log S)².
+  Events and censorings at the same time: the events count first (censored ones are still at risk).
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import numpy as np
+
+Z95 = 1.959963984540054
+
+
+def _check_counts(k, n) -> tuple[int, int]:
+    k, n = int(k), int(n)
+    if n < 0 or k < 0 or k > n:
+        raise ValueError(f"counts need 0 ≤ k ≤ n, got k={k}, n={n}")
+    return k, n
+
+
+def wilson(k, n, z: float = Z95):
+    """Wilson score interval (lo, hi) for k successes in n trials: floats for scalar counts, arrays
+    for arrays; exactly 0 at k = 0 and 1 at k = n; (nan, nan) when n = 0."""
+    if np.ndim(k) == 0 and np.ndim(n) == 0:
+        k, n = _check_counts(k, n)
+        if n == 0:
+            return (float("nan"), float("nan"))
+    k, n = np.asarray(k, dtype=float), np.asarray(n, dtype=float)
+    if np.any((k < 0) | (k > n)):
+        raise ValueError("counts need 0 ≤ k ≤ n")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = k / n
+        denom = 1 + z ** 2 / n
+        centre = (p + z ** 2 / (2 * n)) / denom
+        half = z / denom * np.sqrt(p * (1 - p) / n + z ** 2 / (4 * n ** 2))
+        lo = np.where(k == 0, 0.0, np.clip(centre - half, 0, 1))  # exact 0 (not rounding residue) for k = 0
+        hi = np.where(k == n, 1.0, np.clip(centre + half, 0, 1))
+    if lo.ndim == 0:
+        return (float(lo), float(hi))
+    return lo, hi
+
+
+def clopper_pearson(k, n, alpha: float = 0.05) -> tuple[float, float]:
+    """Exact (Clopper–Pearson) interval for k successes in n trials; (nan, nan) when n = 0."""
+    from scipy.stats import beta
+
+    k, n = _check_counts(k, n)
+    if n == 0:
+        return (float("nan"), float("nan"))
+    lo = 0.0 if k == 0 else float(beta.ppf(alpha / 2, k, n - k + 1))
+    hi = 1.0 if k == n else float(beta.ppf(1 - alpha / 2, k + 1, n - k))
+    return (lo, hi)
+
+
+def _log_comb(n: int, k: int) -> float:
+    return math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
+
+
+def fisher_exact(a, b, c, d) -> float:
+    """Two-sided p-value of Fisher's exact test for the table [[a, b], [c, d]] (rows: samples,
+    columns: success/failure)."""
+    a, b, c, d = (int(x) for x in (a, b, c, d))
+    if min(a, b, c, d) < 0:
+        raise ValueError(f"a 2×2 table needs non-negative counts, got {[[a, b], [c, d]]}")
+    return _fisher(a, b, c, d)
+
+
+@lru_cache(maxsize=65536)
+def _fisher(a: int, b: int, c: int, d: int) -> float:
+    r1, r2, c1 = a + b, c + d, a + c
+    n = r1 + r2
+    lo, hi = max(0, c1 - r2), min(r1, c1)
+    if lo == hi:
+        return 1.0
+    xs = np.arange(lo, hi + 1)
+    log_p = np.array([_log_comb(r1, x) + _log_comb(r2, c1 - x) - _log_comb(n, c1) for x in xs])
+    p = np.exp(log_p - log_p.max())
+    p /= p.sum()
+    observed = p[a - lo]
+    return float(min(1.0, p[p <= observed * (1 + 1e-7)].sum()))
+
+
+def holm(pvalues) -> np.ndarray:
+    """Holm-adjusted p-values (same order as given; NaN entries stay NaN and do not count in m)."""
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full_like(p, np.nan)
+    ok = np.flatnonzero(~np.isnan(p))
+    m = len(ok)
+    if m == 0:
+        return out
+    order = ok[np.argsort(p[ok], kind="stable")]
+    running = 0.0
+    for i, idx in enumerate(order):
+        running = max(running, min(1.0, (m - i) * p[idx]))
+        out[idx] = running
+    return out
+
+
+def fisher_power(n1: int, p1: float, n2: int, p2: float, alpha: float = 0.05) -> float:
+    """Exact power of the two-sided Fisher test (level ``alpha``) for k1 ~ Bin(n1, p1) against
+    k2 ~ Bin(n2, p2): P(p-value ≤ alpha)."""
+    from scipy.stats import binom
+
+    n1, n2 = int(n1), int(n2)
+    if n1 < 1 or n2 < 1:
+        raise ValueError(f"power needs n1, n2 ≥ 1, got {n1}, {n2}")
+    for name, p in (("p1", p1), ("p2", p2)):
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"{name} must be a probability in [0, 1], got {p}")
+    w1 = binom.pmf(np.arange(n1 + 1), n1, p1)
+    w2 = binom.pmf(np.arange(n2 + 1), n2, p2)
+    return float(w1 @ _rejects(n1, n2, float(alpha)) @ w2)
+
+
+@lru_cache(maxsize=256)
+def _rejects(n1: int, n2: int, alpha: float) -> np.ndarray:
+    """R[k1, k2] = 1 where Fisher's two-sided p-value of k1/n1 against k2/n2 is ≤ alpha."""
+    return np.array([[float(_fisher(k1, n1 - k1, k2, n2 - k2) <= alpha) for k2 in range(n2 + 1)] for k1 in range(n1 + 1)])
+
+
+def smallest_detectable(n1: int, n2: int, p2: float, power: float = 0.8, alpha: float = 0.05,
+                        grid: int = 200) -> tuple[float | None, float | None]:
+    """The rates p1 nearest to p2, below and above it, at which Fisher's test of n1 runs against
+    n2 runs at rate p2 reaches ``power`` (searched on a grid of step 1/grid); None on a side where
+    no rate in [0, 1] does."""
+    rates = np.linspace(0.0, 1.0, grid + 1)
+    below = [r for r in rates if r < p2 and fisher_power(n1, r, n2, p2, alpha) >= power]
+    above = [r for r in rates if r > p2 and fisher_power(n1, r, n2, p2, alpha) >= power]
+    return (float(max(below)) if below else None, float(min(above)) if above else None)
+
+
+def kaplan_meier(times, events, z: float = Z95) -> dict:
+    """Kaplan–Meier estimate from right-censored data.
+
+    ``times``: time of the event or of censoring per subject; ``events``: True for an event (here:
+    NaN loss), False for censored. Returns arrays over the distinct event times: ``time``,
+    ``at_risk``, ``events``, ``survival``, ``se`` (Greenwood), ``lo``/``hi`` (log−log band), plus
+    ``n`` and ``median`` (first time with S ≤ 0.5, None if never).
+    """
+    t = np.asarray(times, dtype=float)
+    e = np.asarray(events, dtype=bool)
+    if t.shape != e.shape or t.ndim != 1:
+        raise ValueError(f"times and events must be 1-D of the same length, got {t.shape} and {e.shape}")
+    if np.isnan(t).any() or (t < 0).any():
+        raise ValueError("times must be non-negative numbers (no NaN)")
+    uniq = np.unique(t[e])
+    at_risk = np.array([(t >= u).sum() for u in uniq], dtype=float)
+    deaths = np.array([(e & (t == u)).sum() for u in uniq], dtype=float)
+    surv = np.cumprod(1 - deaths / at_risk) if len(uniq) else np.array([])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        gw = np.cumsum(deaths / (at_risk * (at_risk - deaths))) if len(uniq) else np.array([])
+        se = surv * np.sqrt(gw)
+        sigma = np.sqrt(gw) / np.abs(np.log(surv))
+        lo = surv ** np.exp(z * sigma)
+        hi = surv ** np.exp(-z * sigma)
+    # S = 1 (no variance) and S = 0 (log undefined): the band collapses to S
+    lo = np.where(np.isfinite(lo), lo, surv)
+    hi = np.where(np.isfinite(hi), hi, surv)
+    below = np.flatnonzero(surv <= 0.5)
+    return {"time": uniq, "at_risk": at_risk, "events": deaths, "survival": surv, "se": se, "lo": lo, "hi": hi,
+            "n": int(len(t)), "median": float(uniq[below[0]]) if len(below) else None}
+
+
+def survival_at(km: dict, t: float) -> float:
+    """S(t) of a ``kaplan_meier`` result (a step function, right-continuous; 1 before the first event)."""
+    idx = np.searchsorted(km["time"], t, side="right") - 1
+    return 1.0 if idx < 0 else float(km["survival"][idx])

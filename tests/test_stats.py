@@ -1,0 +1,171 @@
+"""stabkit.studies._stats against closed forms and independent computations written here."""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from scipy import stats as sps
+
+from stabkit.studies import _stats
+
+
+# ------------------------------------------------------------------------------------ intervals
+@pytest.mark.parametrize("k,n", [(0, 15), (1, 15), (7, 15), (15, 15), (3, 8), (40, 41)])
+def test_wilson_endpoints_solve_the_score_equation(k, n):
+    # the Wilson bounds are the roots in p of (p̂ − p)² = z² p (1 − p) / n
+    z, ph = _stats.Z95, k / n
+    a, b, c = 1 + z * z / n, -(2 * ph + z * z / n), ph * ph
+    roots = sorted(np.roots([a, b, c]).real)
+    lo, hi = _stats.wilson(k, n)
+    assert lo == pytest.approx(max(0.0, roots[0]), abs=1e-12)
+    assert hi == pytest.approx(min(1.0, roots[1]), abs=1e-12)
+
+
+def test_wilson_value_7_of_15():
+    # by hand: p̂ = 7/15, z = 1.96: centre 0.4708…, half 0.2279… → [0.2481, 0.6988]
+    lo, hi = _stats.wilson(7, 15)
+    assert (round(lo, 4), round(hi, 4)) == (0.2481, 0.6988)
+
+
+@pytest.mark.parametrize("n", [1, 8, 15, 50])
+def test_clopper_pearson_closed_forms_at_the_edges(n):
+    assert _stats.clopper_pearson(0, n) == pytest.approx((0.0, 1 - 0.025 ** (1 / n)), rel=1e-10)
+    assert _stats.clopper_pearson(n, n) == pytest.approx((0.025 ** (1 / n), 1.0), rel=1e-10)
+
+
+@given(st.integers(1, 60).flatmap(lambda n: st.tuples(st.integers(1, n - 1) if n > 1 else st.just(0), st.just(n))))
+@settings(max_examples=40, deadline=None)
+def test_clopper_pearson_binomial_tails_are_alpha_half(kn):
+    k, n = kn
+    if k == 0:
+        return
+    lo, hi = _stats.clopper_pearson(k, n)
+    # exact definition: P(X ≥ k | lo) = α/2 and P(X ≤ k | hi) = α/2 (binomial tails, not Beta quantiles)
+    assert sps.binom.sf(k - 1, n, lo) == pytest.approx(0.025, rel=1e-6)
+    assert sps.binom.cdf(k, n, hi) == pytest.approx(0.025, rel=1e-6)
+    assert lo <= _stats.wilson(k, n)[1] and hi >= _stats.wilson(k, n)[0]
+
+
+def test_intervals_reject_bad_counts():
+    with pytest.raises(ValueError, match="0 ≤ k ≤ n"):
+        _stats.wilson(5, 3)
+    with pytest.raises(ValueError, match="0 ≤ k ≤ n"):
+        _stats.clopper_pearson(-1, 3)
+
+
+# ------------------------------------------------------------------------------------- Fisher
+def test_fisher_extreme_table_closed_form():
+    # [[0, 15], [15, 0]]: only this table and its mirror are as extreme → p = 2 / C(30, 15)
+    assert _stats.fisher_exact(0, 15, 15, 0) == pytest.approx(2 / math.comb(30, 15), rel=1e-12)
+    assert _stats.fisher_exact(3, 3, 3, 3) == 1.0
+
+
+@given(st.integers(0, 20), st.integers(0, 20), st.integers(0, 20), st.integers(0, 20))
+@settings(max_examples=150, deadline=None)
+def test_fisher_matches_scipy(a, b, c, d):
+    assert _stats.fisher_exact(a, b, c, d) == pytest.approx(sps.fisher_exact([[a, b], [c, d]])[1], rel=1e-9, abs=1e-14)
+
+
+def test_holm_worked_example():
+    # sorted: 0.005·4 = 0.02, 0.01·3 = 0.03, 0.03·2 = 0.06, 0.04·1 = 0.04 → running max 0.06
+    got = _stats.holm([0.01, 0.04, 0.03, 0.005])
+    assert got == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    nan_kept = _stats.holm([0.01, float("nan"), 0.04])
+    assert np.isnan(nan_kept[1]) and nan_kept[[0, 2]] == pytest.approx([0.02, 0.04])
+
+
+@given(st.lists(st.floats(0, 1), min_size=1, max_size=12))
+def test_holm_is_between_raw_and_bonferroni_and_monotone(p):
+    p = np.array(p)
+    adj = _stats.holm(p)
+    assert (adj >= p - 1e-15).all() and (adj <= np.minimum(1, len(p) * p) + 1e-15).all()
+    order = np.argsort(p, kind="stable")
+    assert (np.diff(adj[order]) >= -1e-15).all()
+
+
+def _power_by_scipy(n1, p1, n2, p2, alpha):
+    total = 0.0
+    for k1 in range(n1 + 1):
+        for k2 in range(n2 + 1):
+            if sps.fisher_exact([[k1, n1 - k1], [k2, n2 - k2]])[1] <= alpha:
+                total += sps.binom.pmf(k1, n1, p1) * sps.binom.pmf(k2, n2, p2)
+    return total
+
+
+@pytest.mark.parametrize("n1,p1,n2,p2", [(6, 0.9, 15, 0.0), (3, 0.5, 15, 1.0), (15, 0.2, 15, 0.8), (8, 0.4667, 15, 0.4667)])
+def test_fisher_power_matches_enumeration_with_scipy(n1, p1, n2, p2):
+    assert _stats.fisher_power(n1, p1, n2, p2) == pytest.approx(_power_by_scipy(n1, p1, n2, p2, 0.05), abs=1e-12)
+
+
+def test_fisher_power_edges():
+    # all 15 succeed vs all 15 fail, with certainty: p = 2/C(30,15) ≪ 0.05 → power exactly 1
+    assert _stats.fisher_power(15, 1.0, 15, 0.0) == pytest.approx(1.0)
+    # equal rates: the test is conservative, the rejection rate is at most α
+    assert _stats.fisher_power(15, 0.5, 15, 0.5) <= 0.05
+    # 3 runs against the paper's 0/15 (one success column margin c1 = k1): 3/3 → p = 1/C(18,3) = 1/816;
+    # 2/3 → p = C(3,2)/C(18,2) = 3/153; 1/3 → p = 3/18; so the test rejects for k1 ≥ 2 and the power is
+    # P(Bin(3, p1) ≥ 2) = 3 p1² (1 − p1) + p1³
+    assert _stats.fisher_exact(3, 0, 0, 15) == pytest.approx(1 / 816)
+    assert _stats.fisher_exact(2, 1, 0, 15) == pytest.approx(3 / 153)
+    assert _stats.fisher_exact(1, 2, 0, 15) == pytest.approx(3 / 18)
+    assert _stats.fisher_power(3, 0.7, 15, 0.0) == pytest.approx(3 * 0.7 ** 2 * 0.3 + 0.7 ** 3)
+    with pytest.raises(ValueError, match="probability"):
+        _stats.fisher_power(3, 1.5, 15, 0.0)
+
+
+def test_smallest_detectable_brackets_the_power():
+    lo, hi = _stats.smallest_detectable(15, 15, 0.0, grid=100)
+    assert lo is None  # nothing below a rate of 0
+    assert _stats.fisher_power(15, hi, 15, 0.0) >= 0.8 > _stats.fisher_power(15, hi - 0.01, 15, 0.0)
+
+
+# --------------------------------------------------------------------------------- Kaplan–Meier
+def test_kaplan_meier_hand_example():
+    # t: 1 2 2+ 3 4+ 5; at risk 6, 5, 3, 1 at event times 1, 2, 3, 5
+    km = _stats.kaplan_meier([1, 2, 2, 3, 4, 5], [1, 1, 0, 1, 0, 1])
+    assert list(km["time"]) == [1, 2, 3, 5]
+    assert list(km["at_risk"]) == [6, 5, 3, 1]
+    assert km["survival"] == pytest.approx([5 / 6, 2 / 3, 4 / 9, 0.0])
+    # Greenwood at t = 3: (4/9)² (1/30 + 1/20 + 1/6) = (4/9)² / 4 → se = 2/9
+    assert km["se"][2] == pytest.approx(2 / 9)
+    # log−log band at t = 1: σ = sqrt(1/30) / |log(5/6)|
+    sigma = math.sqrt(1 / 30) / abs(math.log(5 / 6))
+    assert km["lo"][0] == pytest.approx((5 / 6) ** math.exp(_stats.Z95 * sigma))
+    assert km["hi"][0] == pytest.approx((5 / 6) ** math.exp(-_stats.Z95 * sigma))
+    assert km["median"] == 3.0
+    assert _stats.survival_at(km, 0.5) == 1.0 and _stats.survival_at(km, 2.5) == pytest.approx(2 / 3)
+
+
+def _km_by_subjects(times, events):
+    """Product-limit by walking subjects in time order (events before censorings at ties)."""
+    order = sorted(range(len(times)), key=lambda i: (times[i], not events[i]))
+    s, n, out = 1.0, len(times), {}
+    for i in order:
+        if events[i]:
+            s *= (n - 1) / n
+            out[times[i]] = s
+        n -= 1
+    return out
+
+
+@given(st.lists(st.tuples(st.integers(0, 12), st.booleans()), min_size=1, max_size=30))
+@settings(max_examples=80, deadline=None)
+def test_kaplan_meier_matches_subject_walk(data):
+    times = [float(t) for t, _ in data]
+    events = [e for _, e in data]
+    km = _stats.kaplan_meier(times, events)
+    ref = _km_by_subjects(times, events)
+    assert list(km["time"]) == sorted(ref)
+    assert km["survival"] == pytest.approx([ref[t] for t in sorted(ref)], abs=1e-12)
+    assert ((km["lo"] <= km["survival"] + 1e-12) & (km["survival"] <= km["hi"] + 1e-12)).all()
+    if all(events):  # no censoring: S(t) = fraction of subjects with time > t
+        for t, s in zip(km["time"], km["survival"]):
+            assert s == pytest.approx(np.mean(np.array(times) > t))
+
+
+def test_kaplan_meier_all_censored_and_bad_input():
+    km = _stats.kaplan_meier([3.0, 4.0], [False, False])
+    assert len(km["time"]) == 0 and km["median"] is None and _stats.survival_at(km, 10) == 1.0
+    with pytest.raises(ValueError, match="non-negative"):
+        _stats.kaplan_meier([1.0, float("nan")], [True, False])

@@ -1,0 +1,142 @@
+"""The landmark link on constructed runs whose answer is known: the diagnostic informative beyond the
+cell, not informative beyond it, and measured after the landmark (leakage)."""
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from stabkit.studies import _landmark
+
+SPE = 10          # steps per epoch
+HORIZON = 20      # epochs
+L = 5             # landmark (epochs)
+CELLS = [("analytic", 8, "float32", -1.0), ("analytic", 16, "float32", 0.8), ("taylor", 16, "float32", -2.0),
+         ("pi", 16, "float32", -0.3)]
+
+
+def _entry(epoch, K, fail_flag):
+    return {"epoch": epoch, "step": epoch * SPE, "train_loss": 1.5, "test_acc": 0.5, "conv1_weight_norm": 3.0,
+            "lam_max_over_eps": 1e3, "lam_min": 1e-3, "min_rel_gap": 1 / K, "max_abs_K": K, "grad_norm_max": 2.0,
+            "nonfinite_events": 0}
+
+
+def _runs(mode, n_per_cell=70, seed=0):
+    """mode: 'informative' (failure after L depends on x, measured before L), 'cell-only' (x is the
+    cell's level plus noise, failure depends on the cell only), 'leak' (x before L is noise; after L
+    max|K̃| equals the outcome)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for spec, d, dtype, level in CELLS:
+        for s in range(n_per_cell):
+            x = rng.standard_normal()
+            logit = level + (2.5 * x if mode == "informative" else 0.0)
+            fails = rng.random() < 1 / (1 + math.exp(-logit))
+            if mode == "cell-only":
+                x = level + 0.3 * rng.standard_normal()
+            t_fail = rng.uniform(L + 0.5, HORIZON) if fails else None
+            last_epoch = math.ceil(t_fail) if fails else HORIZON
+            log = []
+            for e in range(1, last_epoch + 1):
+                before = e <= L
+                K = 10 ** (3 + x) if before or mode != "leak" else (1e20 if fails else 1e2)
+                log.append(_entry(e, K, fails))
+            rows.append({"norm": "zca", "spec": spec, "d": d, "dtype": dtype, "seed": s, "epochs": float(HORIZON),
+                         "steps_per_epoch": SPE, "epoch_log": json.dumps(log),
+                         "time_to_nan_loss_epochs": t_fail, "censored_at_epochs": None if fails else float(HORIZON)})
+    return pd.DataFrame(rows)
+
+
+def test_informative_diagnostic_is_found():
+    out = _landmark.landmark_link(_runs("informative"), L, repeats=4)
+    fit = out["fit"]
+    assert fit["adds"], out["sentence"]
+    assert fit["brier"]["cell+diag"] < fit["brier"]["cell"] - 0.02
+    assert "the diagnostics add to the cell" in out["sentence"] and f"n = {fit['n']}" in out["sentence"]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_cell_level_diagnostic_adds_nothing(seed):
+    runs = _runs("cell-only", seed=seed)
+    out = _landmark.landmark_link(runs, L, repeats=4)
+    fit = out["fit"]
+    assert not fit["adds"], out["sentence"]
+    assert "add nothing measurable beyond the cell" in out["sentence"]
+    # the cell model is the one that carries the signal: it beats the base rate
+    assert fit["brier"]["cell"] < fit["brier"]["base"]
+    # and the diagnostic alone does carry the cell's signal (it is not a useless feature)
+    tab = out["table"]
+    corr = np.corrcoef(tab["log10_max_K"], tab["y"])[0, 1]
+    assert corr > 0.1
+
+
+def test_feature_after_the_landmark_is_not_used():
+    runs = _runs("leak")
+    out = _landmark.landmark_link(runs, L, repeats=4)
+    assert not out["fit"]["adds"], out["sentence"]
+    # the features equal those computed from the entries up to L only, whatever comes after
+    cut = runs.copy()
+    cut["epoch_log"] = [json.dumps([e for e in json.loads(t) if e["step"] <= L * SPE]) for t in runs["epoch_log"]]
+    cut_table, _ = _landmark.landmark_table(cut, L)
+    cols = list(_landmark.FEATURE_NAMES)
+    pd.testing.assert_frame_equal(out["table"][cols], cut_table[cols])
+    # the leak is real: at a later landmark the leaked epochs (6…15) are before it, legitimately, and found
+    assert _landmark.landmark_link(runs, 15, repeats=2)["fit"]["adds"]
+
+
+def test_eligibility_at_the_landmark():
+    runs = pd.DataFrame([
+        # failed at 3 ≤ L: out; failed at 7 > L: in, y = 1; survived to the horizon: in, y = 0;
+        # stopped at 4 without NaN: out; stopped at 12 < horizon without NaN: out (unknown)
+        {"time_to_nan_loss_epochs": 3.0, "censored_at_epochs": None},
+        {"time_to_nan_loss_epochs": 7.0, "censored_at_epochs": None},
+        {"time_to_nan_loss_epochs": None, "censored_at_epochs": 20.0},
+        {"time_to_nan_loss_epochs": None, "censored_at_epochs": 4.0},
+        {"time_to_nan_loss_epochs": None, "censored_at_epochs": 12.0},
+    ]).assign(norm="zca", spec="analytic", d=8, dtype="float32", seed=range(5), epochs=20.0, steps_per_epoch=SPE,
+              epoch_log=json.dumps([_entry(e, 10.0 ** e, False) for e in range(1, 21)]))
+    table, left = _landmark.landmark_table(runs, L)
+    assert list(table["y"]) == [1.0, 0.0]
+    assert left == {"failed_before": 1, "stopped_before": 1, "unknown_after": 1}
+    # max|K̃| over epochs 1..5 is 1e5
+    assert table["log10_max_K"].tolist() == [5.0, 5.0]
+    assert _landmark.cross_validate(table) is None  # one failure: nothing to fit
+    assert "not measurable" in _landmark.landmark_link(runs, L)["sentence"]
+
+
+def test_standardisation_inside_the_fold():
+    runs = _runs("informative", n_per_cell=30)
+    table, _ = _landmark.landmark_table(runs, L)
+    base = _landmark.cross_validate(table, repeats=1, seed=3)
+    # fold assignment depends only on y and the seed: recompute it, move one run's features far away
+    fold = _landmark.stratified_folds(table["y"].to_numpy(float), base["folds"], np.random.default_rng(3))
+    i = 0
+    moved = table.copy()
+    moved.loc[i, list(_landmark.FEATURE_NAMES)] += 1e3
+    after = _landmark.cross_validate(moved, repeats=1, seed=3)
+    same_fold = (fold == fold[i]) & (np.arange(len(fold)) != i)
+    # the other test runs of that fold are predicted by models that never saw run i (not even its
+    # mean or sd): their predictions do not move
+    np.testing.assert_array_equal(after["pred"]["cell+diag"][same_fold], base["pred"]["cell+diag"][same_fold])
+    other = fold != fold[i]
+    assert not np.allclose(after["pred"]["cell+diag"][other], base["pred"]["cell+diag"][other])
+
+
+def test_cell_rates_leave_one_out_by_hand():
+    cells = np.array(["a", "a", "a", "b"])
+    y = np.array([1.0, 0.0, 0.0, 1.0])
+    pbar = 0.5
+    got = _landmark.cell_rates(cells, y, cells, prior=2.0, leave_one_out=True)
+    # run 0: cell a without itself 0/2 → (0 + 2·0.5)/(2 + 2); run 1: 1/2 → (1 + 1)/4; run 3: 0/0 → 0.5
+    assert got == pytest.approx([1 / 4, 2 / 4, 2 / 4, pbar])
+    assert _landmark.cell_rates(cells, y, np.array(["a", "c"]), prior=2.0) == pytest.approx([(1 + 1) / 5, 0.5])
+
+
+def test_records_without_a_log_fit_only_the_cell():
+    runs = _runs("informative", n_per_cell=20).assign(epoch_log=None)
+    out = _landmark.landmark_link(runs, L, repeats=2)
+    assert out["fit"]["features"] == [] and not out["fit"]["adds"]
+    assert "no diagnostic was recorded before L" in out["sentence"]
+    assert out["fit"]["brier"]["cell+diag"] == pytest.approx(out["fit"]["brier"]["cell"], abs=1e-3)

@@ -1,0 +1,226 @@
+"""Study kind zca_cifar10_survival: the study file's order and seeds, the runner keeping that order, and
+the report's numbers from constructed run records (train_run replaced by a fake in these tests only)."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as sps
+
+from stabkit.studies import runner, zca_cifar10_survival as surv
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDY = ROOT / "studies" / "zca-cifar10-survival.toml"
+SPE = 391
+
+
+def test_study_file_cells_in_the_issues_order():
+    _, kind, grid = runner.load_study(STUDY)
+    assert kind is surv
+    assert grid["preset"] == "paper" and grid["dtypes"] == ["float32"] and grid["epochs"] == 100.0
+    assert grid["cells"][:7] == [["analytic", 8], ["analytic", 16], ["taylor", 16], ["pi-forward", 4],
+                                 ["pi-forward", 8], ["pi", 16], ["pi", 64]]
+    # the rest of Table IV: all 25 method × d pairs, once each
+    assert sorted(map(tuple, grid["cells"])) == sorted((m, d) for m in ("analytic", "pi-forward", "pi", "taylor", "clip")
+                                                       for d in (4, 8, 16, 32, 64))
+    cells = kind.cells(grid)
+    ids = [c["cell_id"] for c in cells]
+    # the first chunk: SVD d = 8 and d = 16, three seeds each
+    assert ids[:6] == [f"analytic|d{d}|float32|s{s}|e100" for d in (8, 16) for s in (1000, 1001, 1002)]
+    # every cell gets its first seed block before any cell gets a second
+    first_late = min(i for i, c in enumerate(cells) if c["seed"] >= 1003)
+    assert first_late == 25 * 3 and {c["seed"] for c in cells[:first_late]} == {1000, 1001, 1002}
+    assert len(cells) == 25 * 15 and len(set(ids)) == len(ids)
+
+
+def test_seeds_disjoint_from_the_other_training_studies():
+    _, kind, grid = runner.load_study(STUDY)
+    ours = {c["seed"] for c in kind.cells(grid)}
+    for path in sorted((ROOT / "studies").glob("zca-cifar10*.toml")):
+        if path == STUDY:
+            continue
+        _, k, g = runner.load_study(path)
+        theirs = {c["seed"] for c in k.cells(g)}
+        assert theirs and not ours & theirs, path.name
+
+
+def test_paper_counts_are_table_iv():
+    # the counts the issue quotes (7/15, 0/15, 1/15, 15/15) and the rest of the table, from percentages
+    assert surv.PAPER_COUNTS["analytic"] == {4: 7, 8: 0, 16: 0, 32: 0, 64: 0}
+    assert surv.PAPER_COUNTS["pi-forward"] == {4: 15, 8: 1, 16: 0, 32: 0, 64: 0}
+    for m in ("pi", "taylor", "clip"):
+        assert set(surv.PAPER_COUNTS[m].values()) == {15}
+
+
+def test_validation_names_the_problem():
+    base = {"cells": [["analytic", 8]]}
+    for bad, match in [({"cells": [["analytic", 12]]}, "divide 64"), ({"cells": [["analytic", 8], ["analytic", 8]]}, "twice"),
+                       ({"cells": [["nope", 8]]}, "nope"), ({"extend": ["analytic|d8|float32|s1000|e100"]}, "extend_epochs is 0"),
+                       ({"extend_epochs": 350.0, "extend": ["analytic|d8|float32|s5|e100"]}, "not a cell"),
+                       ({"extend_epochs": 50.0}, "must exceed"), ({"landmarks": [0]}, "landmarks"), ({"seeds": 0}, "seeds"),
+                       ({"cells": [["taylor", 16]], "width": 0.125}, "divide conv1.s 8 channels")]:
+        with pytest.raises(ValueError, match=match):
+            surv.validate({**base, **bad})
+
+
+def test_fast_path_keys_pass_only_when_set():
+    base = {"cells": [["taylor", 16]], "seeds": 1}
+    assert surv.cells(base)[0]["train_options"] == {}
+    opts = surv.cells({**base, "fast": True, "eval_every": 5, "compile": "default", "train_options": {"check_every": 50}})
+    assert opts[0]["train_options"] == {"fast": True, "eval_every": 5, "compile": "default", "check_every": 50}
+    _, _, grid = runner.load_study(STUDY)
+    assert grid["fast"] is True and grid["eval_every"] == 1  # the study file: the fast path, accuracy every epoch
+    with pytest.raises(ValueError, match="fast must be"):
+        surv.validate({**base, "fast": "yes"})
+
+
+def test_extension_runs_come_last():
+    grid = {"cells": [["taylor", 16], ["analytic", 8]], "seeds": 2, "extend_epochs": 350.0,
+            "extend": ["taylor|d16|float32|s1001|e100"]}
+    cells = surv.cells(grid)
+    assert [c["cell_id"] for c in cells][-1] == "taylor|d16|float32|s1001|e350"
+    assert cells[-1]["epochs"] == 350.0 and cells[-1]["seed"] == 1001 and len(cells) == 5
+
+
+def test_survival_fields_from_an_older_record():
+    rec = {"nan_loss_step": 390, "steps_done": 391, "batch_size": 128, "limit_images": None, "drop_last": False}
+    out = surv.survival_fields(rec)
+    assert out["steps_per_epoch"] == SPE and out["time_to_nan_loss_epochs"] == 1.0 and out["censored_at_epochs"] is None
+    out = surv.survival_fields({"nan_loss_step": None, "steps_done": 782, "batch_size": 128, "limit_images": 15360,
+                                "drop_last": True})
+    assert out["steps_per_epoch"] == 120 and out["censored_at_epochs"] == pytest.approx(782 / 120)
+
+
+# ------------------------------------------------------------------------------ constructed runs
+def _record(spec, d, seed, t_nan=None, reached=100.0, horizon=100.0, acc=0.85, K=1e3, dtype="float32"):
+    """A run record as schema12 describes it: NaN loss at epoch t_nan, or no NaN loss up to ``reached``."""
+    end = t_nan if t_nan is not None else reached
+    n_epochs = math.ceil(end)
+    log = [{"epoch": e, "step": min(e * SPE, round(end * SPE)), "train_loss": 1.0, "test_acc": acc * e / n_epochs,
+            "conv1_weight_norm": 3.0, "lam_max_over_eps": 1e3, "lam_min": 1e-3, "min_rel_gap": 1e-3, "max_abs_K": K,
+            "grad_norm_max": 2.0, "nonfinite_events": 0} for e in range(1, n_epochs + 1)]
+    steps_done = round(end * SPE)
+    return {"outcome": "ok" if t_nan is None else "nonfinite-loss", "spec": spec, "norm": "zca", "d": d, "dtype": dtype,
+            "seed": seed, "epochs": horizon, "steps_per_epoch": SPE, "steps_done": steps_done,
+            "epochs_done": steps_done / SPE, "nan_loss_step": None if t_nan is None else steps_done - 1,
+            "paper_outcome": "nan-loss" if t_nan is not None else ("ok" if reached >= horizon else "censored"),
+            "time_to_nan_loss_epochs": t_nan, "censored_at_epochs": None if t_nan is not None else reached,
+            "test_error": None if t_nan is not None else 1 - acc, "epoch_log": log}
+
+
+def _results(records, order):
+    rows = []
+    for r in records:
+        row = surv.flatten(surv.survival_fields(r))
+        row.update(order=order[r["spec"], r["d"]], horizon_epochs=r["epochs"],
+                   cell_id=f"{r['spec']}|d{r['d']}|{r['dtype']}|s{r['seed']}|e{r['epochs']:g}")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+RECORDS = [
+    # SVD d = 8 (paper 0/15): NaN loss at 2.5 and 7 epochs, one run to 100 epochs
+    _record("analytic", 8, 1000, t_nan=2.5), _record("analytic", 8, 1001, t_nan=7.0), _record("analytic", 8, 1002),
+    # SVD-Taylor d = 16 (paper 15/15): three to 100 epochs, one stopped at 40 without a NaN loss
+    _record("taylor", 16, 1000), _record("taylor", 16, 1001), _record("taylor", 16, 1002),
+    _record("taylor", 16, 1003, reached=40.0),
+]
+ORDER = {("analytic", 8): 0, ("taylor", 16): 1}
+
+
+def test_success_table_numbers():
+    table = surv.success_table(_results(RECORDS, ORDER))
+    svd, tay = table.iloc[0], table.iloc[1]
+    assert (svd["method"], svd["d"], tay["method"]) == ("analytic", 8, "taylor")
+    assert svd["no NaN loss"] == "1/3" and svd["NaN loss"] == 2 and svd["paper (350 epochs)"] == "0/15"
+    assert tay["no NaN loss"] == "3/3" and tay["stopped early, no NaN"] == 1
+    # Wilson for 1/3 from the closed form; Clopper–Pearson for 3/3: lower (0.025)^(1/3)
+    z = 1.959963984540054
+    c, h = (1 / 3 + z * z / 6) / (1 + z * z / 3), z * math.sqrt(2 / 27 + z * z / 36) / (1 + z * z / 3)
+    assert svd["Wilson 95 %"] == f"[{100 * (c - h):.0f}, {100 * (c + h):.0f}]"
+    assert tay["Clopper–Pearson 95 %"] == f"[{100 * 0.025 ** (1 / 3):.0f}, 100]"
+    p_svd = sps.fisher_exact([[1, 2], [0, 15]])[1]
+    p_tay = sps.fisher_exact([[3, 0], [15, 0]])[1]
+    assert svd["Fisher p"] == pytest.approx(p_svd) and tay["Fisher p"] == pytest.approx(p_tay) == 1.0
+    assert svd["Holm p"] == pytest.approx(min(1, 2 * p_svd)) and tay["Holm p"] == 1.0
+    # 3 runs against 0/15 reject only at k ≥ 2 (p(2/3) = 3/153; p(1/3) = 1/6): power ≥ 0.8 needs
+    # 3r²(1 − r) + r³ ≥ 0.8, i.e. r ≥ 0.71…, so the first grid rate (step 0.01) is 72 %
+    r = next(x / 100 for x in range(101) if 3 * (x / 100) ** 2 * (1 - x / 100) + (x / 100) ** 3 >= 0.8)
+    assert svd["80 % power if our rate"] == f"≥ {100 * r:.0f} %"
+
+
+def test_kaplan_meier_and_accuracy_tables():
+    res = _results(RECORDS, ORDER)
+    km, curves = surv.km_table(res)
+    svd = km.iloc[0]
+    # S = 2/3 after 2.5, 1/3 after 7 (3 at risk, then 2)
+    assert list(curves["analytic d=8 float32"][0]["survival"]) == pytest.approx([2 / 3, 1 / 3])
+    assert sorted(curves["taylor d=16 float32"][2]) == [40.0, 100.0, 100.0, 100.0]  # censoring times
+    assert svd["NaN losses"] == 2 and svd["first NaN (epoch)"] == 2.5 and svd["median time to NaN (epochs)"] == 7.0
+    assert km.iloc[1]["NaN losses"] == 0 and km.iloc[1]["horizon reached (epochs)"] == 100.0
+    acc = surv.accuracy_table(res)
+    assert list(acc["surviving runs"]) == [1, 4]
+    assert acc.iloc[1]["test acc, last (median)"] == pytest.approx(0.85)
+    assert acc.iloc[1]["last evaluated epoch"] == 40
+    assert surv.survivors(res) == ["analytic|d8|float32|s1002|e100", "taylor|d16|float32|s1000|e100",
+                                   "taylor|d16|float32|s1001|e100", "taylor|d16|float32|s1002|e100"]
+
+
+def test_report_from_records(tmp_path):
+    res = _results(RECORDS + [_record("taylor", 16, 1000, horizon=350.0, reached=350.0, acc=0.93)], ORDER)
+    grid = {"cells": [["analytic", 8], ["taylor", 16]], "seeds": 4, "extend_epochs": 350.0,
+            "extend": ["taylor|d16|float32|s1000|e100"]}
+    text = surv.report(res, grid, tmp_path)
+    assert (tmp_path / "km_time_to_nan.png").stat().st_size > 1000 and (tmp_path / "test_accuracy.png").is_file()
+    assert "7 runs to a horizon of 100 epochs: 2 with a NaN loss, 4 reached 100 epochs without one, 1 stopped earlier" in text
+    assert "(censored at 40.0 epochs)." in text and "0 stopped earlier without one." in text and "The longest run reached 350.0 epochs, the paper's 350." in text
+    assert "| analytic | SVD | 8 | float32 | 100 | 3 | 2 | 1/3 |" in text
+    # extended run: its final test error
+    assert "| taylor | 16 | float32 | 1 | 0.07 |" in text
+    assert "GPU" in text and "rates, not seeds" in text
+    assert text.count("- Landmark ") == 3 and "not measurable" in text
+
+
+def _fake_train_run(calls):
+    """train_run's stand-in: a record that follows the schema, NaN loss at epoch 3 for SVD, none else."""
+    def fake(config):
+        calls.append(config)
+        t_nan = 3.0 if config["method"] == "analytic" else None
+        rec = _record(config["method"], config["d"], config["seed"], t_nan=t_nan, reached=config["epochs"],
+                      horizon=config["epochs"])
+        rec.update(backward=config["method"], spec=config["method"], commit="test")
+        return rec
+    return fake
+
+
+def test_runner_runs_the_cells_in_file_order_and_reports(tmp_path, monkeypatch):
+    from stabkit.train import loop
+
+    calls = []
+    monkeypatch.setattr(loop, "train_run", _fake_train_run(calls))
+    config = {"study": {"name": "surv-test", "kind": "zca_cifar10_survival"},
+              "grid": {"cells": [["taylor", 16], ["analytic", 8]], "seeds": 4, "seed_block": 2, "epochs": 6.0,
+                       "landmarks": [1.0], "device": "cpu", "train_options": {"check_every": 5}}}
+    out = runner.run_study(config, jobs=1, out_root=tmp_path, progress=False)
+    order = [(c["method"], c["seed"]) for c in calls]
+    assert order == [("taylor", 1000), ("taylor", 1001), ("analytic", 1000), ("analytic", 1001),
+                     ("taylor", 1002), ("taylor", 1003), ("analytic", 1002), ("analytic", 1003)]
+    assert all(c["preset"] == "paper" and c["epochs"] == 6.0 and c["limit_images"] is None and c["check_every"] == 5
+               and "fast" not in c and "eval_every" not in c for c in calls)
+    stored = pd.read_parquet(tmp_path / "surv-test" / "results.parquet")
+    assert len(stored) == 8 and isinstance(stored["epoch_log"].iloc[0], str)
+    assert json.loads(stored["epoch_log"].iloc[0])[0]["epoch"] == 1
+    assert list(stored["cell_id"][:2]) == ["taylor|d16|float32|s1000|e6", "taylor|d16|float32|s1001|e6"]
+    readme = runner.build_report("surv-test", out_root=tmp_path).read_text()
+    assert "| taylor | SVD-Taylor | 16 | float32 | 6 | 4 | 0 | 4/4 |" in readme
+    assert "| analytic | SVD | 8 | float32 | 6 | 4 | 4 | 0/4 |" in readme
+    assert out["spec"].tolist()[:2] == ["taylor", "taylor"]
+
+
+def test_report_with_only_crashed_cells(tmp_path):
+    crashed = pd.DataFrame([{"cell_id": "taylor|d16|float32|s1000|e100", "spec": "taylor", "error": "cell failed: X"}])
+    text = surv.report(crashed, {"cells": [["taylor", 16]]}, tmp_path)
+    assert "No finished runs yet." in text and "1 cell(s) crashed" in text
