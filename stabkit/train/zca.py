@@ -24,7 +24,7 @@ paper's Alg. 1), so no gradient reaches the dropped pairs through the output.
 Eval mode uses the running mean and running whitening matrix, updated in training as
 running ← (1 − momentum)·running + momentum·batch (momentum 0.1, as BatchNorm). ``dtype`` sets
 the computation dtype of covariance, eigendecomposition and whitening (float32 or float64; the
-input is cast in and the result cast back).
+input is cast in and the result cast back), autocast or not: the layer disables autocast inside.
 """
 
 from __future__ import annotations
@@ -136,6 +136,7 @@ class ZCAWhitening(nn.Module):
         self.spec = format_spec(self.method, self.params)
         self.eps, self.momentum, self.compute_dtype = float(config.eps), float(momentum), DTYPES[dtype]
         self.forward_calls = 0
+        self.last_lam_max = None
         if affine:
             self.weight = nn.Parameter(torch.ones(num_features))
             if config.weight_init == "uniform":
@@ -155,6 +156,12 @@ class ZCAWhitening(nn.Module):
         return f"{self.num_features}, d={self.d}, method={self.spec}, eps={self.eps:g}, dtype={self.compute_dtype}{extra}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # under autocast (the fast training path) the layer still computes in its own dtype:
+        # covariance, eigendecomposition and whitening never drop to bf16/fp16
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
         if C != self.num_features:
             raise ValueError(f"expected {self.num_features} channels, got {C}")
@@ -169,6 +176,7 @@ class ZCAWhitening(nn.Module):
             params = {**self.params, "seed": self.forward_calls} if cfg.fresh_starts and "seed" in self.params else self.params
             self.forward_calls += 1
             lam, U, kept = sktorch.eigh_kept(cov, self.method, **params)
+            self.last_lam_max = lam.detach().amax()  # λ_max of Σ + εI (the loop's per-epoch diagnostics)
             whitening = whitening_matrix(lam, U, cfg, kept)
             with torch.no_grad():
                 m = self.momentum
