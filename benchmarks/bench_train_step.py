@@ -162,26 +162,31 @@ def fast_path_table(args, device: str, batch: int, width: float) -> None:
             "device": device, "eval_every": 0, "epochs": 10_000, "max_steps": 10**6}
     plain, fast = dict(base), dict(base, fast=True)
     trials = [("today", 1, 1, plain), ("fast", 1, 1, fast)]
-    if args.compile:
-        trials.append((f"fast + compile {args.compile}", 1, 1, dict(fast, compile=args.compile)))
     for k in args.concurrency or []:
         if k > 1:
             trials += [("today", k, k, plain), ("fast", k, k, fast)]
-            if args.compile:
-                trials.append((f"fast + compile {args.compile}", k, k, dict(fast, compile=args.compile)))
     for k in args.interleave:
         trials.append(("fast, interleaved", k, 1, fast))
-    rows = []
-    for label, runs, procs, cfg in trials:
-        if procs == 1:
-            rate, warm_s = loop_rate(cfg, runs, args.seconds)
-        else:
-            rate, warm_s = concurrent_loop_rate(procs, cfg, args.seconds)
-        rows.append({"path": label, "runs": runs, "processes": procs, "steps_per_s": rate, "warmup_s": warm_s,
-                     "config": {k: v for k, v in cfg.items() if k not in ("epochs", "max_steps")}})
-        print(f"  {label}, {runs} run(s) in {procs} process(es): {rate:.1f} steps/s", file=sys.stderr, flush=True)
-    today = rows[0]["steps_per_s"]
+    if args.compile:  # last: its compilation may take most of a time-boxed bench
+        trials.append((f"fast + compile {args.compile}", 1, 1, dict(fast, compile=args.compile)))
     name = torch.cuda.get_device_name() if device.startswith("cuda") else (platform.processor() or platform.machine())
+    rows = []
+    try:
+        for label, runs, procs, cfg in trials:
+            if procs == 1:
+                rate, warm_s = loop_rate(cfg, runs, args.seconds)
+            else:
+                rate, warm_s = concurrent_loop_rate(procs, cfg, args.seconds)
+            rows.append({"path": label, "runs": runs, "processes": procs, "steps_per_s": rate, "warmup_s": warm_s,
+                         "config": {k: v for k, v in cfg.items() if k not in ("epochs", "max_steps")}})
+            print(f"  {label}, {runs} run(s) in {procs} process(es): {rate:.1f} steps/s", file=sys.stderr, flush=True)
+            if args.json:  # after every row: a bench cut by its time box still leaves what it measured
+                Path(args.json).write_text(json.dumps({"device": device, "gpu": name, "torch": torch.__version__, "rows": rows}, indent=1))
+    except KeyboardInterrupt:
+        print(f"  interrupted: {len(rows)} of {len(trials)} rows measured", file=sys.stderr)
+    if not rows:
+        return
+    today = rows[0]["steps_per_s"]
     print(f"training loop, {args.fast_config} ({args.dtype} ZCA), width {width:g}, batch {batch}, on {device} ({name}), "
           f"torch {torch.__version__}; {args.seconds:g} s per row after warm-up; today = fast=False, check_every 10")
     print()
@@ -190,8 +195,6 @@ def fast_path_table(args, device: str, batch: int, width: float) -> None:
     for r in rows:
         print(f"| {r['path']} | {r['runs']} | {r['processes']} | {r['steps_per_s']:.1f} | {r['steps_per_s'] / today:.2f} | {r['warmup_s']:.1f} |")
     print()
-    if args.json:
-        Path(args.json).write_text(json.dumps({"device": device, "gpu": name, "torch": torch.__version__, "rows": rows}, indent=1))
 
 
 def _bench_data(device: str, n: int = 2560):

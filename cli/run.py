@@ -23,6 +23,8 @@ def run_command(
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Dask distributed scheduler address (runs the cells there instead)."),
     out: Path = typer.Option(Path("reports"), "--out", help="Root folder of the reports."),
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
+    max_cells: Optional[int] = typer.Option(None, "--max-cells", help="Compute at most N of the cells still to do "
+                                            "(grid order); the others resume on a later run."),
 ):
     """Run every cell of STUDY not already finished; write results.parquet/csv and README.md."""
     overrides = dict(runner.parse_override(item) for item in set_ or [])
@@ -33,10 +35,12 @@ def run_command(
         command.append(f"--scheduler={scheduler}")
     if out != Path("reports"):
         command.append(f"--out={out}")
+    if max_cells is not None:
+        command.append(f"--max-cells={max_cells}")
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the workers too, like Ctrl-C
     try:
         table = runner.run_study(study, overrides, jobs=jobs, scheduler=scheduler, out_root=out,
-                                 progress=not no_progress, command=shlex.join(command))
+                                 progress=not no_progress, command=shlex.join(command), max_cells=max_cells)
     except KeyboardInterrupt:
         Console(stderr=True).print(f"interrupted: finished cells are kept; run `{shlex.join(command)}` again to resume")
         raise typer.Exit(code=130) from None

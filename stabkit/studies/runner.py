@@ -258,12 +258,14 @@ def _run_dask(kind_name, todo, client, on_done):
 
 
 def run_study(path_or_config, overrides: dict | None = None, jobs: int | None = None, scheduler: str | None = None,
-              out_root=Path("reports"), progress: bool = True, command: str | None = None) -> pd.DataFrame:
+              out_root=Path("reports"), progress: bool = True, command: str | None = None,
+              max_cells: int | None = None) -> pd.DataFrame:
     """Run (or resume) a study; return the consolidated table, written to results.parquet/csv.
 
     ``jobs``: local worker processes (None = all cores, 1 = inline); ``scheduler``: a Dask
     scheduler address, used instead of local processes. ``command``: the command line recorded
-    in run.json (default: this process's argv).
+    in run.json (default: this process's argv). ``max_cells``: compute at most this many of the
+    cells still to do, in the grid's order (a time-boxed chunk of whole runs; the rest resume later).
     """
     study, kind, grid = load_study(path_or_config, overrides)
     cells = kind.cells(grid)
@@ -284,6 +286,10 @@ def run_study(path_or_config, overrides: dict | None = None, jobs: int | None = 
 
     done = _load_done(cells_dir, cells)
     todo = [c for c in cells if c["cell_id"] not in done]
+    if max_cells is not None:
+        if int(max_cells) < 0:
+            raise ValueError(f"--max-cells must be ≥ 0, got {max_cells}")
+        todo = todo[:int(max_cells)]
     start = time.perf_counter()
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     previous = _read_json(out_dir / "run.json")

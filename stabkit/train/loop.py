@@ -435,7 +435,7 @@ class _Run:
             "steps_per_epoch": per_epoch, "epochs_done": done / per_epoch,
             "time_to_nan_loss_epochs": None if nan_loss_step is None else (nan_loss_step + 1) / per_epoch,
             "censored_at_epochs": done / per_epoch if nan_loss_step is None else None,
-            "epoch_log": log,
+            "epoch_log": log, "eig_dtypes": ",".join(sorted(set(records["dtype"]))),
             **run_settings(cfg, self.milestones, self.model, self.tf32_used),
             **{f"early_{k}": v for k, v in early.items()}, **{f"run_{k}": v for k, v in whole.items()},
         }
