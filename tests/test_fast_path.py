@@ -205,3 +205,36 @@ def test_fast_defaults():
     assert loop.resolve_config({"fast": True, "device": "cpu"})["check_every"] == 100
     assert loop.resolve_config({"device": "cpu"})["check_every"] == 10
     assert loop.resolve_config({"compile": True, "device": "cpu"})["compile"] == "default"
+
+
+@pytest.fixture()
+def tiny_batches(tmp_path):
+    import pickle
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        with open(folder / name, "wb") as fh:
+            pickle.dump({b"data": rng.integers(0, 256, (16, 3072), dtype=np.uint8), b"labels": rng.integers(0, 10, 16).tolist()}, fh)
+    return folder
+
+
+def test_cli_train_fast_options(tiny_batches):
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    runner = CliRunner()
+    args = ["train", "--method", "taylor", "--d", "4", "--width", "0.125", "--epochs", "2", "--limit-images", "64",
+            "--batch-size", "32", "--data", str(tiny_batches), "--device", "cpu", "--fast", "--check-every", "3"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "epoch 1 (step 2): loss" in res.output and "epoch 2 (step 4)" in res.output and "λmax/ε" in res.output
+    out = json.loads(runner.invoke(app, [*args, "--json", "--eval-every", "0"]).output)
+    assert (out["fast"], out["check_every"], out["eval_every"], out["steps_done"]) == (True, 3, 0, 4)
+    assert out["epoch_log"][0]["test_acc"] is None and out["epoch_log"][1]["test_acc"] == pytest.approx(1 - out["test_error"])
+    for extra, message in ((["--compile", "fastest"], "unknown compile mode"), (["--check-every", "0"], "check_every"),
+                           (["--eval-every", "-2"], "eval_every")):
+        bad = runner.invoke(app, [*args, *extra])
+        assert bad.exit_code == 2 and message in bad.output and "Traceback" not in bad.output
