@@ -19,7 +19,9 @@
 #   starts exactly those (`stabkit run … --max-cells N`), and asks again while a wave still fits
 #   (runs that stopped at a NaN loss leave time). A run cut by the deadline is never written: the
 #   runner writes a cell only when its run finished, so nothing half-done is counted. $SURVIVAL_SET:
-#   extra `--set key=value` arguments (e.g. "--set epochs=60" when 100 epochs do not fit).
+#   extra `--set key=value` arguments (e.g. "--set epochs=60" when 100 epochs do not fit);
+#   FIT_HORIZON=1: when not even one wave of the study's horizon fits, run the most whole epochs that
+#   one wave can finish (`python -m stabkit.train.session … --fit-epochs`; each run records its horizon).
 # zca-cifar10, zca-cifar10-long, zca-cifar10-paper: `stabkit run studies/<phase>.toml --jobs $JOBS`
 #   (default 8), stopped with SIGINT when SECONDS run out (finished cells are kept in
 #   reports/<phase>/cells); the chunk that finishes the grid writes the report.
@@ -60,6 +62,16 @@ survival() {
             n=$("$py" -m stabkit.train.session "$study" --seconds "$avail" --jobs "$jobs" --run-s "$RUN_S") || return 2
         else
             n=$("$py" -m stabkit.train.session "$study" --seconds "$avail" --jobs "$jobs" --bench "$bench") || return 2
+        fi
+        if (( n == 0 )) && [[ -n ${FIT_HORIZON:-} && -z ${RUN_S:-} && ${SURVIVAL_SET:-} != *epochs=* ]]; then
+            # the study's horizon does not fit one wave: the longest whole-epoch horizon that does
+            local e
+            e=$("$py" -m stabkit.train.session "$study" --seconds "$avail" --jobs "$jobs" --bench "$bench" --fit-epochs) || return 2
+            if (( e > 0 )); then
+                SURVIVAL_SET="${SURVIVAL_SET:-} --set epochs=$e"
+                echo "gpu-session: survival: the study's horizon does not fit; running $e epoch(s) instead"
+                n=$jobs
+            fi
         fi
         (( n > 0 )) || { echo "gpu-session: survival: no whole wave of $jobs runs fits in ${avail} s"; break; }
         # shellcheck disable=SC2086  # SURVIVAL_SET is a list of arguments

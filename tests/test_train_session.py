@@ -136,3 +136,18 @@ def test_fastcheck_configs_pair_the_paths():
     cfgs = fastcheck.configs(cells=[("paper", "analytic", 16)], seeds=2, device="cpu")
     assert [(c["seed"], c["fast"]) for c in cfgs] == [(0, False), (0, True), (1, False), (1, True)]
     assert all(c["max_steps"] == 120 and c["limit_images"] == 15360 and c["dtype"] == "float32" for c in cfgs)
+
+
+def test_fit_epochs_from_the_bench(tmp_path):
+    study = tmp_path / "surv.toml"
+    study.write_text('[study]\nname = "surv"\nkind = "zca_cifar10"\n[grid]\npreset = "paper"\nepochs = 100.0\nfast = true\neval_every = 0\n')
+    bench = tmp_path / "bench.json"
+    bench.write_text(json.dumps({"rows": [{"path": "fast", "runs": 6, "processes": 6, "steps_per_s": 600.0}]}))
+    # one run: ((391 E + 10 000/128/3) / 100 + 60) × 1.2 s ≤ 540 s  ⇔  391 E ≤ 39 000 − 26.04  ⇔  E ≤ 99.67
+    assert (39_000 - 10_000 / 128 / 3) / 391 == pytest.approx(99.68, abs=0.01)
+    assert session.fit_epochs(study, 540, 6, bench, reports=tmp_path) == 99
+    assert session.fit_epochs(study, 10_000, 6, bench, reports=tmp_path) == 100  # never beyond the study's horizon
+    assert session.fit_epochs(study, 50, 6, bench, reports=tmp_path) == 0
+    run_s, how = session.estimate(study, 6, bench, reports=tmp_path)
+    assert run_s == pytest.approx(((39_100 + 10_000 / 128 / 3) / 100 + 60) * 1.2) and "bench" in how
+    assert session.plan(540, 6, run_s) == 0  # the full horizon does not fit: the script falls back to 99 epochs

@@ -18,7 +18,10 @@ finished), so nothing half-done is counted.
 
     python -m stabkit.train.session STUDY.toml --seconds 500 --jobs 6 [--bench bench.json] [--reports reports]
 
-prints the number of runs to start (0: none fits) and, on stderr, how it was estimated.
+prints the number of runs to start (0: none fits) and, on stderr, how it was estimated; with
+``--fit-epochs`` it prints the most epochs (≤ the study's) one wave can finish — the fallback
+horizon when the study's does not fit (``FIT_HORIZON=1`` in the session script: ``--set epochs=E``;
+each run records its horizon, and a survival analysis censors it there).
 """
 
 from __future__ import annotations
@@ -90,10 +93,14 @@ def plan(seconds: float, jobs: int, run_s: float) -> int:
     return jobs * max(0, int(seconds // run_s))
 
 
-def estimate(study_path, jobs: int, bench_path=None, reports="reports", overhead_s: float = 60.0) -> tuple[float | None, str]:
-    """(seconds per run, how it was estimated) for the study at ``study_path``."""
+def estimate(study_path, jobs: int, bench_path=None, reports="reports", overhead_s: float = 60.0,
+             epochs: float | None = None) -> tuple[float | None, str]:
+    """(seconds per run, how it was estimated) for the study at ``study_path`` (``epochs``: in place
+    of the grid's)."""
     study = tomllib.loads(Path(study_path).read_text())
-    grid, name = study.get("grid", {}), study["study"]["name"]
+    grid, name = dict(study.get("grid", {})), study["study"]["name"]
+    if epochs is not None:
+        grid["epochs"] = epochs
     steps = planned_steps(grid)
     seen = observed_run_s(Path(reports) / name / "cells", steps)
     if seen is not None:
@@ -106,6 +113,21 @@ def estimate(study_path, jobs: int, bench_path=None, reports="reports", overhead
     return None, f"{steps} steps per run: no finished run and no bench row to estimate the time of one"
 
 
+def fit_epochs(study_path, seconds: float, jobs: int, bench_path=None, reports="reports", overhead_s: float = 60.0) -> int:
+    """The largest whole number of epochs (≤ the grid's) for which one wave of ``jobs`` runs fits in
+    ``seconds`` (0: not even one epoch) — the fallback horizon when the study's does not fit."""
+    grid = tomllib.loads(Path(study_path).read_text()).get("grid", {})
+    lo, hi = 0, int(float(grid.get("epochs") or 1))
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        run_s, _ = estimate(study_path, jobs, bench_path, reports, overhead_s, epochs=mid)
+        if run_s is not None and plan(seconds, jobs, run_s) >= jobs:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="How many whole runs of a training study fit in SECONDS.")
     ap.add_argument("study")
@@ -115,8 +137,14 @@ def main(argv=None) -> int:
     ap.add_argument("--reports", default="reports")
     ap.add_argument("--overhead-s", type=float, default=60.0)
     ap.add_argument("--run-s", type=float, default=None, help="seconds per run (skips the estimate)")
+    ap.add_argument("--fit-epochs", action="store_true", help="print instead the most epochs one wave can finish")
     args = ap.parse_args(argv)
     try:
+        if args.fit_epochs:
+            e = fit_epochs(args.study, args.seconds, args.jobs, args.bench, args.reports, args.overhead_s)
+            print(f"session plan: one wave of {args.jobs} runs fits {e} epoch(s) in {args.seconds:.0f} s", file=sys.stderr)
+            print(e)
+            return 0
         if args.run_s is not None:
             run_s, how = args.run_s, f"{args.run_s:.0f} s per run (given)"
         else:
