@@ -34,15 +34,39 @@ over the whole horizon), ``eigh-failed``, or ``censored`` (stopped by another ou
 horizon without a NaN loss). Every record also stores the preset, ε, lr, milestones (as given and
 as steps), width, image subset, input std, the TF32 flags in force and the git commit.
 
-Losses and gradient norms stay on the device and are checked every ``check_every`` steps (no
-per-step synchronisation); the first bad step in that window is reported. Every run is watched by ``stabkit.monitor``: the result holds its diagnostic
-summary over the first ``early_frac`` of the steps (``early_*``) and over the whole run
-(``run_*``). Device: ``device="auto"`` picks CUDA when available, else CPU.
+Losses and gradient norms stay on the device and are checked every ``check_every`` steps
+(default 10, 100 on the fast path; no per-step synchronisation); the first bad step in that window
+is reported, and the record is cut there as if every step had been checked: ``steps_done``,
+outcomes, the monitor's records and the epoch log never include the steps run between a stopping
+event and its check (so ``check_every`` does not change a record). Every run is watched by
+``stabkit.monitor``: the result holds its diagnostic summary over the first ``early_frac`` of the
+steps (``early_*``) and over the whole run (``run_*``), both from records cut at the stop, and
+``eig_dtypes``, the dtypes the eigensolver saw. Device: ``device="auto"`` picks CUDA when available, else CPU.
 
-``train_many(configs)`` runs configs one after another sharing one device copy of the data.
-Several runs at once on one GPU: run the study through ``stabkit run … --jobs K`` — K worker
-processes, each with its own CUDA context, data copy (184 MB of uint8) and monitor. Threads in
-one process are not used: the monitor patches process-global functions.
+Fast path (``fast=True``, default off so that committed reports stay reproducible): bf16 autocast
+for the trunk while the ZCA layer computes its covariance, eigendecomposition and whitening in its
+own ``dtype`` (autocast disabled inside the layer), channels_last, checks read back every 100 steps;
+``compile`` (``default``, ``reduce-overhead``, …) adds ``torch.compile`` of the trunk after the ZCA
+layer (the eigendecomposition stays eager). The record stores ``fast``, ``compile``, ``check_every``
+and ``eval_every``; ``wall_s`` is the whole run, ``train_s`` the host time spent in the steps.
+
+Per-epoch log (issue 12): ``steps_per_epoch``, ``epochs_done`` (steps_done / steps_per_epoch),
+``time_to_nan_loss_epochs`` ((nan_loss_step + 1) / steps_per_epoch, or None),
+``censored_at_epochs`` (epochs reached when no NaN loss happened, else None) and ``epoch_log``: one
+dict per epoch (the last one partial at a stop) with ``epoch`` (1-based), ``step`` (steps done at
+its end), ``train_loss`` (mean of its finite losses), ``test_acc`` (every ``eval_every`` epochs and
+at the end of a finished run, None otherwise and for the epoch of a stop; 0: only at the end),
+``conv1_weight_norm`` (after its last step), and over its steps, from the monitor's records of the
+first ZCA layer: ``lam_max_over_eps`` (λ_max of Σ + εI over ε, from the layer), ``lam_min``,
+``min_rel_gap``, ``max_abs_K``, ``grad_norm_max``, ``nonfinite_events`` (None for BatchNorm).
+``epoch_log_json`` gives the JSON text stored in a results column.
+
+``train_many(configs)`` runs configs one after another sharing one device copy of the data;
+``interleave=True`` runs them all at once in this process, one step of each in turn on one stream
+(same results as one after another). Several runs at once on one GPU in separate processes: run the
+study through ``stabkit run … --jobs K`` — K worker processes, each with its own CUDA context, data
+copy (184 MB of uint8) and monitor. Threads in one process are not used: the monitor patches
+process-global functions (interleaved runs share one patch and keep separate records).
 """
 
 from __future__ import annotations

@@ -186,6 +186,8 @@ class ZCAWhitening(nn.Module):
             xc = xg - self.running_mean.to(xg.dtype)
             whitening = self.running_whitening.to(xg.dtype)
         y = (whitening @ xc).reshape(C, B, H, W).transpose(0, 1).to(x.dtype)
+        if x.is_contiguous(memory_format=torch.channels_last):  # the fast path: hand the trunk its layout
+            y = y.contiguous(memory_format=torch.channels_last)
         if self.weight is not None:
             y = y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
         return y
