@@ -25,6 +25,10 @@
 # zca-cifar10, zca-cifar10-long, zca-cifar10-paper: `stabkit run studies/<phase>.toml --jobs $JOBS`
 #   (default 8), stopped with SIGINT when SECONDS run out (finished cells are kept in
 #   reports/<phase>/cells); the chunk that finishes the grid writes the report.
+# A GPU window (≈ 15 min with the machine's start): the bench, then one ≤ 9-minute command of whole runs;
+# the second command reads the first one's bench from the same (still warm) machine's /tmp:
+#   JOBS=6 BENCH_S=100 bash studies/gpu-session.sh "$OUT" 130 bench-fast; cp "$OUT/bench_fast.json" /tmp/
+#   JOBS=6 FIT_HORIZON=1 BENCH_JSON=/tmp/bench_fast.json bash studies/gpu-session.sh "$OUT" 530 survival
 # At exit, OUTDIR/state.tar.gz holds reports/zca-cifar10*/ with their cells; the next chunk starts
 # from it when RESUME_FROM names a copy of it (e.g. beside the archive in a folder sent along).
 # Environment: STABKIT_CIFAR10 (the archive; default ../shared/data/cifar10-jpeg.tar.gz),
@@ -108,7 +112,7 @@ for phase in "$@"; do
         bench-fast)
             b=${BENCH_S:-120}; (( b < $(left) )) || b=$(left)
             timeout -s INT -k 10 "$b" "$py" benchmarks/bench_train_step.py --device cuda --skip-methods --fast-path \
-                --concurrency 1 "${JOBS:-6}" --interleave "${JOBS:-6}" --compile "${COMPILE:-reduce-overhead}" --seconds 4 \
+                --concurrency 1 "${JOBS:-6}" --interleave "${JOBS:-6}" --compile "${COMPILE:-reduce-overhead}" --seconds 3 \
                 --json "$out/bench_fast.json" | tee "$out/bench_fast.md"
             echo "gpu-session: bench-fast exited with ${PIPESTATUS[0]} (124 = cut at ${b} s)" ;;
         fastcheck)
