@@ -119,10 +119,10 @@ def test_fastcheck_compare_on_constructed_outcomes():
                          "paper_outcome": "nan-loss" if seed in (3, 5) else "ok",
                          "outcome": "diverged" if seed == 0 else ("nonfinite-loss" if seed in (3, 5) else "ok"), "eig_dtypes": "float32"})
     result = fastcheck.compare(rows)
-    a = result["cells"]["stabkit|analytic|d64"]["nan_loss"]
+    a = result["cells"]["stabkit analytic d=64"]["nan_loss"]
     assert (a["plain_failed"], a["fast_failed"], a["same_seed_agree"]) == (7, 1, 2)
     assert a["fisher_p"] == pytest.approx(_fisher_two_sided(7, 1, 1, 7)) and a["fisher_p"] < 0.05
-    b = result["cells"]["paper|taylor|d16"]
+    b = result["cells"]["paper taylor d=16"]
     assert (b["nan_loss"]["plain_failed"], b["nan_loss"]["fast_failed"], b["nan_loss"]["fisher_p"]) == (2, 2, 1.0)
     assert (b["any"]["plain_failed"], b["any"]["same_seed_agree"]) == (3, 8)
     pooled = result["pooled"]

@@ -68,7 +68,7 @@ def compare(rows: list[dict]) -> dict:
 
     cells = {}
     for r in rows:
-        cells.setdefault(f"{r['preset']}|{r['method']}|d{r['d']}", []).append(r)
+        cells.setdefault(f"{r['preset']} {r['method']} d={r['d']}", []).append(r)
     per_cell = {key: summary(group) for key, group in cells.items()}
     # pooled over cells: seeds are renumbered so that each (cell, seed) is one pair
     pooled_rows = [{**r, "seed": (key, r["seed"])} for key, group in cells.items() for r in group]
