@@ -238,3 +238,8 @@ def test_cli_train_fast_options(tiny_batches):
                            (["--eval-every", "-2"], "eval_every")):
         bad = runner.invoke(app, [*args, *extra])
         assert bad.exit_code == 2 and message in bad.output and "Traceback" not in bad.output
+
+
+def test_interleaved_runs_must_share_tf32(synthetic):
+    with pytest.raises(ValueError, match="share device, data and TF32"):
+        train_many([{**SMALL, "tf32": True}, {**SMALL, "tf32": False}], data=synthetic, interleave=True)
