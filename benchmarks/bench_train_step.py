@@ -10,6 +10,18 @@ and the overhead of ``stabkit.monitor.watch``, all in one process; prints a Mark
 summed steps per second and its ratio to one process, for the BatchNorm baseline and for
 ``--concurrency-config`` (default ``pi-forward:64``, the most launch-bound configuration).
 
+``--fast-path``: today's training loop and the fast one (``fast=True``: bf16 autocast trunk, ZCA layer
+in its own dtype, channels_last, device-side checks read back every 100 steps), side by side in one
+run: the real loop (``stabkit.train.loop``: device augmentation, checks, monitor) on device-resident
+random CIFAR-shaped data, ``--fast-config`` (default the survival study's ``paper`` preset, SVD =
+``analytic`` d = 16, float32); rows for one process, ``--concurrency`` K processes of either path,
+``--interleave`` K runs interleaved step by step in one process (fast path), and ``--compile MODE``
+(fast path + torch.compile of the trunk; compile time excluded, reported apart). Each row: summed
+steps/s over all runs and its ratio to today's path in one process. ``--skip-methods`` skips the
+per-method table; ``--json PATH`` writes the rows (the GPU session script sizes its runs from it).
+
+    python benchmarks/bench_train_step.py --device cuda --skip-methods --fast-path --concurrency 1 6 --interleave 6 --compile reduce-overhead --json bench.json
+
 One step = forward + cross-entropy + backward + SGD step on a fixed random batch (train mode);
 median over ``--repeats`` timed steps after ``--warmup`` untimed ones; CUDA is synchronised.
 """
@@ -18,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import platform
 import statistics
 import sys
@@ -30,6 +43,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from stabkit import monitor  # noqa: E402
+from stabkit.train import loop  # noqa: E402
 from stabkit.train.loop import pick_device  # noqa: E402
 from stabkit.train.resnet import ResNet18  # noqa: E402
 
@@ -78,6 +92,12 @@ def main(argv=None):
     ap.add_argument("--concurrency", type=int, nargs="+", help="also measure the throughput of K concurrent processes")
     ap.add_argument("--concurrency-config", default="pi-forward:64", help="METHOD:D of the ZCA run in the concurrency table")
     ap.add_argument("--seconds", type=float, default=8.0, help="measured seconds per concurrency trial")
+    ap.add_argument("--fast-path", action="store_true", help="also time today's loop against the fast path, side by side")
+    ap.add_argument("--fast-config", default="paper:analytic:16", help="PRESET:METHOD:D of the fast-path table")
+    ap.add_argument("--interleave", type=int, nargs="+", default=[], help="fast path: K runs interleaved in one process")
+    ap.add_argument("--compile", default=None, help="fast path + torch.compile(trunk, mode=MODE): default or reduce-overhead")
+    ap.add_argument("--skip-methods", action="store_true", help="skip the per-method table")
+    ap.add_argument("--json", default=None, help="write the fast-path rows to this JSON file")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -87,6 +107,10 @@ def main(argv=None):
     width = args.width or (1.0 if gpu else 0.5)
     channels = int(round(64 * width))
     dims = args.dims or [d for d in (4, 8, 16, 32, 64) if d <= channels and channels % d == 0]
+    if args.fast_path:
+        fast_path_table(args, device, batch, width)
+    if args.skip_methods:
+        return
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 3, 32, 32, generator=g).to(device)
     y = torch.randint(0, 10, (batch,), generator=g).to(device)
@@ -130,6 +154,105 @@ def main(argv=None):
                 rate = concurrent_rate(k, dict(kw, width=width, dtype=args.dtype), device, batch, args.seconds)
                 single = single or rate
                 print(f"| {k} | {label} | {rate:.1f} | {rate / single:.2f} |")
+
+
+def fast_path_table(args, device: str, batch: int, width: float) -> None:
+    preset, method, d = args.fast_config.split(":")
+    base = {"preset": preset, "method": method, "d": int(d), "dtype": args.dtype, "width": width, "batch_size": batch,
+            "device": device, "eval_every": 0, "epochs": 10_000, "max_steps": 10**6}
+    plain, fast = dict(base), dict(base, fast=True)
+    trials = [("today", 1, 1, plain), ("fast", 1, 1, fast)]
+    for k in args.concurrency or []:
+        if k > 1:
+            trials += [("today", k, k, plain), ("fast", k, k, fast)]
+    for k in args.interleave:
+        trials.append(("fast, interleaved", k, 1, fast))
+    if args.compile:  # last: its compilation may take most of a time-boxed bench
+        trials.append((f"fast + compile {args.compile}", 1, 1, dict(fast, compile=args.compile)))
+    name = torch.cuda.get_device_name() if device.startswith("cuda") else (platform.processor() or platform.machine())
+    rows = []
+    try:
+        for label, runs, procs, cfg in trials:
+            if procs == 1:
+                rate, warm_s = loop_rate(cfg, runs, args.seconds)
+            else:
+                rate, warm_s = concurrent_loop_rate(procs, cfg, args.seconds)
+            rows.append({"path": label, "runs": runs, "processes": procs, "steps_per_s": rate, "warmup_s": warm_s,
+                         "config": {k: v for k, v in cfg.items() if k not in ("epochs", "max_steps")}})
+            print(f"  {label}, {runs} run(s) in {procs} process(es): {rate:.1f} steps/s", file=sys.stderr, flush=True)
+            if args.json:  # after every row: a bench cut by its time box still leaves what it measured
+                Path(args.json).write_text(json.dumps({"device": device, "gpu": name, "torch": torch.__version__, "rows": rows}, indent=1))
+    except KeyboardInterrupt:
+        print(f"  interrupted: {len(rows)} of {len(trials)} rows measured", file=sys.stderr)
+    if not rows:
+        return
+    today = rows[0]["steps_per_s"]
+    print(f"training loop, {args.fast_config} ({args.dtype} ZCA), width {width:g}, batch {batch}, on {device} ({name}), "
+          f"torch {torch.__version__}; {args.seconds:g} s per row after warm-up; today = fast=False, check_every 10")
+    print()
+    print("| path | runs | processes | steps / s (all runs) | × today, 1 process | warm-up s |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['path']} | {r['runs']} | {r['processes']} | {r['steps_per_s']:.1f} | {r['steps_per_s'] / today:.2f} | {r['warmup_s']:.1f} |")
+    print()
+
+
+def _bench_data(device: str, n: int = 2560):
+    g = torch.Generator().manual_seed(0)
+    split = lambda m: (torch.randint(0, 256, (m, 3, 32, 32), generator=g, dtype=torch.uint8).to(device),  # noqa: E731
+                       torch.randint(0, 10, (m,), generator=g).to(device))
+    return {"train": split(n), "test": split(256)}
+
+
+def loop_rate(cfg: dict, runs: int, seconds: float, barrier=None) -> tuple[float, float]:
+    """Summed steps/s of ``runs`` training loops interleaved in this process (a run that stops, e.g.
+    at a NaN loss, is replaced by a fresh one), and the warm-up seconds (first steps, compilation)."""
+    device = cfg["device"]
+    data = _bench_data(device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    seeds = iter(range(10**6))
+    active = [loop._Run(dict(cfg, seed=next(seeds)), data) for _ in range(runs)]
+    with monitor.watch() as mon:
+        def one_round():
+            for i, run in enumerate(active):
+                if not run.active:
+                    active[i] = run = loop._Run(dict(cfg, seed=next(seeds)), data)
+                loop._activate(mon, run.mon)
+                run.step()
+                if len(run.mon._rows) > 256:
+                    del run.mon._rows[:-1]  # keep the bench's memory flat
+        t0 = time.perf_counter()
+        for _ in range(5):
+            one_round()
+        sync()
+        warm_s = time.perf_counter() - t0
+        if barrier is not None:
+            barrier.wait()
+        t0, done = time.perf_counter(), 0
+        while time.perf_counter() - t0 < seconds:
+            one_round()
+            done += runs
+        sync()
+        return done / (time.perf_counter() - t0), warm_s
+
+
+def concurrent_loop_rate(processes: int, cfg: dict, seconds: float) -> tuple[float, float]:
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(processes), ctx.Queue()
+    workers = [ctx.Process(target=_loop_worker, args=(cfg, seconds, barrier, results)) for _ in range(processes)]
+    for w in workers:
+        w.start()
+    out = [results.get() for _ in workers]
+    for w in workers:
+        w.join()
+    return sum(r for r, _ in out), max(w for _, w in out)
+
+
+def _loop_worker(cfg, seconds, barrier, results):
+    torch.set_num_threads(1)
+    results.put(loop_rate(cfg, 1, seconds, barrier))
 
 
 def concurrent_rate(processes: int, model_kw: dict, device: str, batch: int, seconds: float) -> float:

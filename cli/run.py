@@ -25,6 +25,8 @@ def run_command(
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress (a bar on a terminal, else a line every few cells, on stderr)."),
     reuse_stale: bool = typer.Option(False, "--reuse-stale", help="Keep finished cells computed by other code (another version of the stabkit sources)."),
     recompute_stale: bool = typer.Option(False, "--recompute-stale", help="Recompute finished cells computed by other code."),
+    max_cells: Optional[int] = typer.Option(None, "--max-cells", help="Compute at most N of the cells still to do "
+                                            "(grid order); the others resume on a later run."),
 ):
     """Run every cell of STUDY not already finished; write results.parquet/csv and README.md."""
     if reuse_stale and recompute_stale:
@@ -39,12 +41,15 @@ def run_command(
         command.append(f"--out={out}")
     if reuse_stale or recompute_stale:
         command.append("--reuse-stale" if reuse_stale else "--recompute-stale")
+    if max_cells is not None:
+        command.append(f"--max-cells={max_cells}")
     resume = shlex.join(command)
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the workers too, like Ctrl-C
     try:
         table = runner.run_study(study, overrides, jobs=jobs, scheduler=scheduler, out_root=out,
                                  progress=not no_progress, command=shlex.join(command),
-                                 stale="reuse" if reuse_stale else "recompute" if recompute_stale else "refuse")
+                                 stale="reuse" if reuse_stale else "recompute" if recompute_stale else "refuse",
+                                 max_cells=max_cells)
     except KeyboardInterrupt:
         print(f"interrupted: finished cells are kept; run `{resume}` again to resume", file=sys.stderr)
         raise typer.Exit(code=130) from None

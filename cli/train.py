@@ -39,6 +39,13 @@ def train_command(
     dtype: str = typer.Option("float32", "--dtype", help="ZCA computation dtype: float32 or float64."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
     width: float = typer.Option(1.0, "--width", help="Channel-width multiplier (1 = ResNet-18)."),
+    fast: bool = typer.Option(False, "--fast/--no-fast", help="Fast path: bf16 autocast for the trunk (the ZCA layer "
+                              "keeps --dtype), channels_last, device-side checks read back every 100 steps."),
+    compile_mode: Optional[str] = typer.Option(None, "--compile", help="torch.compile the trunk after the ZCA layer: "
+                                               "default or reduce-overhead (CUDA graphs)."),
+    eval_every: int = typer.Option(1, "--eval-every", help="Test accuracy every N epochs (0: only at the end)."),
+    check_every: Optional[int] = typer.Option(None, "--check-every", help="Read the failure checks back every N steps "
+                                              "(default 10, fast 100); the failing step is exact either way."),
     as_json: bool = typer.Option(False, "--json", help="Print the full result as JSON."),
 ):
     """Train once and print the outcome (ok / eigh-failed / nonfinite-loss / nonfinite-grad / diverged)."""
@@ -56,7 +63,7 @@ def train_command(
               "limit_images": limit_images, "limit_test": limit_test, "batch_size": batch_size, "lr": lr, "seed": seed,
               "data": data, "dtype": dtype, "device": device, "width": width, "preset": preset, "eps": eps,
               "milestones": parsed_milestones, "milestone_unit": milestone_unit, "gamma": gamma, "stop_on": stop_on,
-              "tf32": tf32}
+              "tf32": tf32, "fast": fast, "compile": compile_mode, "eval_every": eval_every, "check_every": check_every}
     result = train_run(config)
     if as_json:
         print(json.dumps(result, default=float, indent=1))
@@ -71,6 +78,15 @@ def train_command(
           f"at steps [{result['milestone_steps']}], std ({result['input_std']}), TF32 "
           f"{'on' if result['tf32_matmul'] else 'off'}/{'on' if result['tf32_cudnn'] else 'off'} (matmul/cudnn)"
           + (f"; {result['spec_note']}" if result["spec_note"] else ""))
+    for e in result["epoch_log"]:
+        print(f"epoch {e['epoch']} (step {e['step']}): loss {_fmt(e['train_loss'])}, test acc {_fmt(e['test_acc'])}, "
+              f"|conv1| {_fmt(e['conv1_weight_norm'])}" + ("" if e["lam_min"] is None and e["lam_max_over_eps"] is None else
+              f", λmax/ε {_fmt(e['lam_max_over_eps'])}, λmin {_fmt(e['lam_min'])}, min rel gap {_fmt(e['min_rel_gap'])}, "
+              f"max|K̃| {_fmt(e['max_abs_K'])}, non-finite {e['nonfinite_events']}"))
     print(f"early diagnostics: max|K̃| {result['early_max_K']:.3g}, min gap {result['early_min_gap']:.3g}, "
           f"gap events {result['early_gap_events']}, method bound {result['early_max_bound']:.3g}, "
           f"non-finite events {result['early_nonfinite_events']}")
+
+
+def _fmt(value) -> str:
+    return "—" if value is None else f"{value:.4g}"

@@ -3,18 +3,37 @@
 # for a GPU machine that gets a copy of this checkout (no `pip install`, maybe no .git) and gives back
 # only what one folder holds.
 #
-#   bash studies/gpu-session.sh OUTDIR SECONDS PHASE...     PHASE: bench | zca-cifar10 | zca-cifar10-long | zca-cifar10-paper
+#   bash studies/gpu-session.sh OUTDIR SECONDS PHASE...
+#   PHASE: bench | bench-fast | fastcheck | survival | zca-cifar10 | zca-cifar10-long | zca-cifar10-paper
 #
 # bench: benchmarks/bench_train_step.py --device cuda (float32 with the throughput of 1, 4, 8
 #   concurrent processes — choose JOBS from it —, then float64) → OUTDIR/bench_train_step.md.
-# zca-cifar10, zca-cifar10-long: `stabkit run studies/<phase>.toml --jobs $JOBS` (default 8), stopped
-#   with SIGINT when SECONDS run out (finished cells are kept in reports/<phase>/cells); the chunk
-#   that finishes the grid writes the report, with the command, machine, GPU and the summed time.
+# bench-fast: today's training loop vs the fast path side by side (1 process, JOBS processes, JOBS
+#   runs interleaved in one process, torch.compile of the trunk), at most BENCH_S (120) seconds
+#   → OUTDIR/bench_fast.md and OUTDIR/bench_fast.json (the survival phase sizes its runs from it).
+# fastcheck: the same short-protocol cells on the plain and the fast path, failure counts compared by
+#   Fisher's exact test (python -m stabkit.train.fastcheck) → OUTDIR/fastcheck.{md,json}.
+# survival: WHOLE runs of studies/zca-cifar10-survival.toml (or $SURVIVAL_STUDY): asks
+#   `python -m stabkit.train.session` how many runs fit in the time left (JOBS at once; time per run
+#   from the study's finished runs, else from OUTDIR/bench_fast.json or $BENCH_JSON, else $RUN_S),
+#   starts exactly those (`stabkit run … --max-cells N`), and asks again while a wave still fits
+#   (runs that stopped at a NaN loss leave time). A run cut by the deadline is never written: the
+#   runner writes a cell only when its run finished, so nothing half-done is counted. $SURVIVAL_SET:
+#   extra `--set key=value` arguments (e.g. "--set epochs=60" when 100 epochs do not fit);
+#   FIT_HORIZON=1: when not even one wave of the study's horizon fits, run the most whole epochs that
+#   one wave can finish (`python -m stabkit.train.session … --fit-epochs`; each run records its horizon).
+# zca-cifar10, zca-cifar10-long, zca-cifar10-paper: `stabkit run studies/<phase>.toml --jobs $JOBS`
+#   (default 8), stopped with SIGINT when SECONDS run out (finished cells are kept in
+#   reports/<phase>/cells); the chunk that finishes the grid writes the report.
+# A GPU window (≈ 15 min with the machine's start): the bench, then one ≤ 9-minute command of whole runs;
+# the second command reads the first one's bench from the same (still warm) machine's /tmp:
+#   JOBS=6 BENCH_S=100 bash studies/gpu-session.sh "$OUT" 130 bench-fast; cp "$OUT/bench_fast.json" /tmp/
+#   JOBS=6 FIT_HORIZON=1 BENCH_JSON=/tmp/bench_fast.json bash studies/gpu-session.sh "$OUT" 530 survival
 # At exit, OUTDIR/state.tar.gz holds reports/zca-cifar10*/ with their cells; the next chunk starts
 # from it when RESUME_FROM names a copy of it (e.g. beside the archive in a folder sent along).
 # Environment: STABKIT_CIFAR10 (the archive; default ../shared/data/cifar10-jpeg.tar.gz),
 # STABKIT_GIT_COMMIT (the commit the copy was made from, for a copy without .git), RESUME_FROM,
-# JOBS (default 8), PYTHON (default python3).
+# JOBS (default 8; survival and bench-fast: 6), PYTHON (default python3).
 set -u
 out=${1:?usage: bash studies/gpu-session.sh OUTDIR SECONDS PHASE...}
 budget=${2:?usage: bash studies/gpu-session.sh OUTDIR SECONDS PHASE...}
@@ -37,6 +56,48 @@ fi
 "$py" -c "from stabkit.data import load_cifar10 as l; l(split='train'); l(split='test')" || exit 2  # decode once, cached
 "$py" -c "import torch; print('torch', torch.__version__, 'GPU', torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none')"
 
+survival() {
+    local study=${SURVIVAL_STUDY:-studies/zca-cifar10-survival.toml} jobs=${JOBS:-6} bench=${BENCH_JSON:-$out/bench_fast.json}
+    local margin=30 n rc
+    while :; do
+        local avail=$(( $(left) - margin ))
+        (( avail > 0 )) || break
+        if [[ -n ${RUN_S:-} ]]; then
+            n=$("$py" -m stabkit.train.session "$study" --seconds "$avail" --jobs "$jobs" --run-s "$RUN_S") || return 2
+        else
+            n=$("$py" -m stabkit.train.session "$study" --seconds "$avail" --jobs "$jobs" --bench "$bench") || return 2
+        fi
+        if (( n == 0 )) && [[ -n ${FIT_HORIZON:-} && -z ${RUN_S:-} && ${SURVIVAL_SET:-} != *epochs=* ]]; then
+            # the study's horizon does not fit one wave: the longest whole-epoch horizon that does
+            local e
+            e=$("$py" -m stabkit.train.session "$study" --seconds "$avail" --jobs "$jobs" --bench "$bench" --fit-epochs) || return 2
+            if (( e > 0 )); then
+                SURVIVAL_SET="${SURVIVAL_SET:-} --set epochs=$e"
+                echo "gpu-session: survival: the study's horizon does not fit; running $e epoch(s) instead"
+                n=$jobs
+            fi
+        fi
+        (( n > 0 )) || { echo "gpu-session: survival: no whole wave of $jobs runs fits in ${avail} s"; break; }
+        # shellcheck disable=SC2086  # SURVIVAL_SET is a list of arguments
+        timeout -s INT -k 60 "$avail" "$py" -m cli.main run "$study" --jobs "$jobs" --max-cells "$n" --no-progress ${SURVIVAL_SET:-}
+        rc=$?
+        echo "gpu-session: survival chunk of $n run(s) exited with $rc"
+        (( rc == 0 )) || break
+        # stop when the grid is done: the runner then has nothing left to start
+        "$py" - "$study" ${SURVIVAL_SET:-} <<'PY' || break
+import sys
+from pathlib import Path
+from stabkit.studies import runner
+args = sys.argv[2:]
+overrides = dict(runner.parse_override(a.removeprefix("--set=")) for a in args if a not in ("--set",))
+study, kind, grid = runner.load_study(sys.argv[1], overrides)
+cells = kind.cells(grid)
+done = runner._load_done(Path("reports") / study["name"] / "cells", cells)
+sys.exit(0 if len(done) < len(cells) else 1)
+PY
+    done
+}
+
 for phase in "$@"; do
     if (( $(left) < 30 )); then
         echo "gpu-session: out of time before phase $phase"
@@ -48,11 +109,22 @@ for phase in "$@"; do
                 | tee "$out/bench_train_step.md"
             timeout -s INT -k 20 "$(left)" "$py" benchmarks/bench_train_step.py --device cuda --dtype float64 \
                 | tee -a "$out/bench_train_step.md" ;;
+        bench-fast)
+            b=${BENCH_S:-120}; (( b < $(left) )) || b=$(left)
+            timeout -s INT -k 10 "$b" "$py" benchmarks/bench_train_step.py --device cuda --skip-methods --fast-path \
+                --concurrency 1 "${JOBS:-6}" --interleave "${JOBS:-6}" --compile "${COMPILE:-reduce-overhead}" --seconds 3 \
+                --json "$out/bench_fast.json" | tee "$out/bench_fast.md"
+            echo "gpu-session: bench-fast exited with ${PIPESTATUS[0]} (124 = cut at ${b} s)" ;;
+        fastcheck)
+            timeout -s INT -k 20 "$(( $(left) - 10 ))" "$py" -m stabkit.train.fastcheck --out "$out" --jobs "${JOBS:-8}" --device cuda
+            echo "gpu-session: fastcheck exited with $?" ;;
+        survival)
+            survival ;;
         zca-cifar10|zca-cifar10-long|zca-cifar10-paper)
             timeout -s INT -k 60 "$(( $(left) - 20 ))" "$py" -m cli.main run "studies/$phase.toml" --jobs "${JOBS:-8}" --no-progress
             echo "gpu-session: $phase exited with $?  (124 = stopped at the deadline: run this phase again to resume)" ;;
         *)
-            echo "gpu-session: unknown phase $phase (bench, zca-cifar10, zca-cifar10-long, zca-cifar10-paper)" >&2
+            echo "gpu-session: unknown phase $phase (bench, bench-fast, fastcheck, survival, zca-cifar10, zca-cifar10-long, zca-cifar10-paper)" >&2
             exit 2 ;;
     esac
 done

@@ -350,7 +350,7 @@ def _storage_error(exc: OSError, command: str) -> StorageError:
 
 def run_study(path_or_config, overrides: dict | None = None, jobs: int | None = None, scheduler: str | None = None,
               out_root=Path("reports"), progress: bool = True, command: str | None = None,
-              stale: str = "refuse", log=_stderr) -> pd.DataFrame:
+              stale: str = "refuse", log=_stderr, max_cells: int | None = None) -> pd.DataFrame:
     """Run (or resume) a study; return the consolidated table, written to results.parquet/csv.
 
     ``jobs``: local worker processes (None = up to all cores, a pool started only when the cells
@@ -360,6 +360,8 @@ def run_study(path_or_config, overrides: dict | None = None, jobs: int | None = 
     hash of the stabkit sources): "refuse" (StaleCells, before any work), "reuse" or "recompute".
     ``log``: where one-line notices go (default stderr). Raises StudyLocked when another process
     writes the study, StorageError (one line with the resume hint) when the output cannot be written.
+    ``max_cells``: compute at most this many of the cells still to do, in the grid's order (a
+    time-boxed chunk of whole runs; the rest resume later).
     """
     if stale not in STALE_POLICIES:
         raise ValueError(f"stale must be one of {', '.join(STALE_POLICIES)}, got {stale!r}")
@@ -393,7 +395,7 @@ def run_study(path_or_config, overrides: dict | None = None, jobs: int | None = 
         raise
     try:
         return _run_locked(study, kind, grid, cells, jobs, auto_jobs, scheduler, client, out_root, out_dir,
-                           cells_dir, progress, command, stale, log)
+                           cells_dir, progress, command, stale, log, max_cells)
     except OSError as exc:
         if exc.errno in STORAGE_ERRNOS:
             raise _storage_error(exc, command) from None
@@ -403,7 +405,7 @@ def run_study(path_or_config, overrides: dict | None = None, jobs: int | None = 
 
 
 def _run_locked(study, kind, grid, cells, jobs, auto_jobs, scheduler, client, out_root, out_dir, cells_dir,
-                progress, command, stale, log) -> pd.DataFrame:
+                progress, command, stale, log, max_cells=None) -> pd.DataFrame:
     try:
         for leftover in out_dir.glob(".*.tmp"):  # temporaries of a run killed while writing
             leftover.unlink(missing_ok=True)
@@ -431,6 +433,10 @@ def _run_locked(study, kind, grid, cells, jobs, auto_jobs, scheduler, client, ou
     if scan["stale"] and stale == "recompute":
         log(f"recomputing {len(scan['stale'])} cell(s) of {study['name']!r} computed by other code")
     todo = [c for c in cells if c["cell_id"] not in done]
+    if max_cells is not None:
+        if int(max_cells) < 0:
+            raise ValueError(f"--max-cells must be ≥ 0, got {max_cells}")
+        todo = todo[:int(max_cells)]
     commit = _git_commit(out_root)
 
     start = time.perf_counter()

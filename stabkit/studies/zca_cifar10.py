@@ -125,7 +125,7 @@ def cells(grid: dict) -> list[dict]:
 
 
 def run_cell(cell: dict) -> list[dict]:
-    from ..train.loop import train_run
+    from ..train.loop import epoch_log_json, train_run
 
     config = {k: cell[k] for k in ("epochs", "max_steps", "limit_images", "limit_test", "batch_size", "lr", "eps", "width",
                                    "early_frac", "device", "seed", "dtype", "norm")}
@@ -137,6 +137,7 @@ def run_cell(cell: dict) -> list[dict]:
         name, params = parse_spec(cell["spec"])
         config.update(method=name, params=params, d=cell["d"])
     result = train_run(config)
+    result["epoch_log"] = epoch_log_json(result["epoch_log"])  # results hold scalar columns: JSON text
     result["backward"] = result["spec"]  # the backward the layer ran (under the paper preset: the row's spec)
     result["spec"] = cell["spec"]
     return [{k: (np.nan if v is None else v) for k, v in result.items()}]

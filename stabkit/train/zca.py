@@ -24,7 +24,7 @@ paper's Alg. 1), so no gradient reaches the dropped pairs through the output.
 Eval mode uses the running mean and running whitening matrix, updated in training as
 running ← (1 − momentum)·running + momentum·batch (momentum 0.1, as BatchNorm). ``dtype`` sets
 the computation dtype of covariance, eigendecomposition and whitening (float32 or float64; the
-input is cast in and the result cast back).
+input is cast in and the result cast back), autocast or not: the layer disables autocast inside.
 """
 
 from __future__ import annotations
@@ -136,6 +136,7 @@ class ZCAWhitening(nn.Module):
         self.spec = format_spec(self.method, self.params)
         self.eps, self.momentum, self.compute_dtype = float(config.eps), float(momentum), DTYPES[dtype]
         self.forward_calls = 0
+        self.last_lam_max = None
         if affine:
             self.weight = nn.Parameter(torch.ones(num_features))
             if config.weight_init == "uniform":
@@ -155,6 +156,12 @@ class ZCAWhitening(nn.Module):
         return f"{self.num_features}, d={self.d}, method={self.spec}, eps={self.eps:g}, dtype={self.compute_dtype}{extra}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # under autocast (the fast training path) the layer still computes in its own dtype:
+        # covariance, eigendecomposition and whitening never drop to bf16/fp16
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
         if C != self.num_features:
             raise ValueError(f"expected {self.num_features} channels, got {C}")
@@ -171,6 +178,7 @@ class ZCAWhitening(nn.Module):
             # check=False: Σ is symmetrised here, and a NaN Σ must reach the eigensolver (the training
             # loop classifies its error as the paper's NaN outcome); it also avoids a host sync per step
             lam, U, kept = sktorch.eigh_kept(cov, self.method, check=False, **params)
+            self.last_lam_max = lam.detach().amax()  # λ_max of Σ + εI (the loop's per-epoch diagnostics)
             whitening = whitening_matrix(lam, U, cfg, kept)
             with torch.no_grad():
                 m = self.momentum
@@ -180,6 +188,8 @@ class ZCAWhitening(nn.Module):
             xc = xg - self.running_mean.to(xg.dtype)
             whitening = self.running_whitening.to(xg.dtype)
         y = (whitening @ xc).reshape(C, B, H, W).transpose(0, 1).to(x.dtype)
+        if x.is_contiguous(memory_format=torch.channels_last):  # the fast path: hand the trunk its layout
+            y = y.contiguous(memory_format=torch.channels_last)
         if self.weight is not None:
             y = y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
         return y

@@ -1,0 +1,117 @@
+"""Does the fast training path change what it measures? The same short-protocol cells both ways.
+
+Each cell (preset, method, d, float32) runs ``seeds`` times on the plain path (today's loop) and on
+the fast path (``fast=True``: bf16 autocast trunk, channels_last, checks read back every 100
+steps, the ZCA layer in its own dtype). Per cell the failure counts are compared by Fisher's exact
+test (two-sided, on the 2×2 table failed/not × plain/fast; Fisher 1922), and over all cells pooled;
+beside it the same-seed agreement (not expected to be complete on a GPU: its nondeterminism alone
+changes which seeds fail) and the dtypes the eigensolver saw (the monitor's records). Failure:
+the paper's criterion (a NaN loss, ``paper_outcome == "nan-loss"``) and, reported apart, any
+stabkit failure outcome. Default cells: the short protocol of ``studies/zca-cifar10.toml``
+(120 steps on 15 360 images), chosen where that study's float32 success rates were mixed or
+one-sided (SVD d = 64: 25 %, PI d = 8: 62 %, SVD-Clip d = 16: 62 %, SVD d = 32: 0 %, SVD-Taylor
+d = 8: 100 %), plus the survival study's first cell (paper preset, SVD d = 16).
+
+    python -m stabkit.train.fastcheck --out OUT [--jobs 8] [--seeds 8] [--device cuda]
+
+writes OUT/fastcheck.json (every run's summary) and OUT/fastcheck.md (the table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from scipy.stats import fisher_exact
+
+SHORT = {"max_steps": 120, "limit_images": 15360, "limit_test": 2000, "epochs": 1.0}
+CELLS = [("stabkit", "analytic", 64), ("stabkit", "pi-forward", 8), ("stabkit", "clip", 16),
+         ("stabkit", "analytic", 32), ("stabkit", "taylor", 8), ("paper", "analytic", 16)]
+KEEP = ("outcome", "step", "paper_outcome", "nan_loss_step", "steps_done", "test_error", "wall_s", "eig_dtypes", "fast")
+
+
+def configs(cells=CELLS, seeds: int = 8, device: str = "auto", protocol: dict | None = None) -> list[dict]:
+    """Both paths' run configs, plain then fast, cell by cell and seed by seed."""
+    out = []
+    for preset, method, d in cells:
+        for seed in range(seeds):
+            for fast in (False, True):
+                out.append({**(protocol or SHORT), "preset": preset, "method": method, "d": d, "dtype": "float32",
+                            "seed": seed, "fast": fast, "device": device})
+    return out
+
+
+def _run(config: dict) -> dict:
+    from .loop import train_run
+
+    result = train_run(config)
+    return {"preset": config["preset"], "method": config["method"], "d": config["d"], "seed": config["seed"],
+            **{k: result[k] for k in KEEP}}
+
+
+def compare(rows: list[dict]) -> dict:
+    """Per cell and pooled: failures plain vs fast, Fisher's exact p, same-seed agreement."""
+    def summary(group):
+        plain = {r["seed"]: r for r in group if not r["fast"]}
+        fast = {r["seed"]: r for r in group if r["fast"]}
+        seeds = sorted(set(plain) & set(fast))
+        out = {"n": len(seeds)}
+        for name, failed in (("nan_loss", lambda r: r["paper_outcome"] == "nan-loss"), ("any", lambda r: r["outcome"] != "ok")):
+            k_plain = sum(failed(plain[s]) for s in seeds)
+            k_fast = sum(failed(fast[s]) for s in seeds)
+            p = fisher_exact([[k_plain, len(seeds) - k_plain], [k_fast, len(seeds) - k_fast]])[1] if seeds else float("nan")
+            out[name] = {"plain_failed": k_plain, "fast_failed": k_fast, "fisher_p": float(p),
+                         "same_seed_agree": sum(failed(plain[s]) == failed(fast[s]) for s in seeds)}
+        return out
+
+    cells = {}
+    for r in rows:
+        cells.setdefault(f"{r['preset']} {r['method']} d={r['d']}", []).append(r)
+    per_cell = {key: summary(group) for key, group in cells.items()}
+    # pooled over cells: seeds are renumbered so that each (cell, seed) is one pair
+    pooled_rows = [{**r, "seed": (key, r["seed"])} for key, group in cells.items() for r in group]
+    return {"cells": per_cell, "pooled": summary(pooled_rows),
+            "eig_dtypes": sorted({t for r in rows for t in str(r.get("eig_dtypes") or "").split(",") if t})}
+
+
+def markdown(result: dict) -> str:
+    lines = ["| cell | runs per path | NaN loss plain | NaN loss fast | Fisher p | same seed agrees | any failure plain | "
+             "any failure fast | Fisher p |", "|---|---|---|---|---|---|---|---|---|"]
+    for key, c in [*result["cells"].items(), ("pooled", result["pooled"])]:
+        a, b = c["nan_loss"], c["any"]
+        lines.append(f"| {key} | {c['n']} | {a['plain_failed']} | {a['fast_failed']} | {a['fisher_p']:.3g} | "
+                     f"{a['same_seed_agree']}/{c['n']} | {b['plain_failed']} | {b['fast_failed']} | {b['fisher_p']:.3g} |")
+    lines.append("")
+    lines.append(f"eigensolver input dtypes seen (monitor): {', '.join(result['eig_dtypes']) or 'none'}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="Same failure outcomes on the plain and the fast training path?")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--jobs", type=int, default=8)
+    ap.add_argument("--seeds", type=int, default=8)
+    ap.add_argument("--device", default="auto")
+    args = ap.parse_args(argv)
+    todo = configs(seeds=args.seeds, device=args.device)
+    if args.jobs > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            rows = list(pool.map(_run, todo))
+    else:
+        rows = [_run(c) for c in todo]
+    result = compare(rows)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "fastcheck.json").write_text(json.dumps({"runs": rows, **result}, indent=1, default=str))
+    (out / "fastcheck.md").write_text(markdown(result))
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""How many WHOLE training runs fit in a GPU window (``studies/gpu-session.sh``).
+
+A run must finish inside one command (a checkpoint is too big to carry between GPU windows), so a
+chunk starts only the runs it can finish: with ``jobs`` concurrent runs each taking ``run_s``
+seconds, ``seconds`` hold ⌊seconds / run_s⌋ waves of ``jobs`` runs. The script asks again after
+each chunk (runs that stopped early at a NaN loss leave time for more) and stops when not even one
+wave fits. A run cut by the deadline is never written (the runner writes a cell only when it
+finished), so nothing half-done is counted.
+
+``run_s`` is estimated, in this order, from
+
+1. finished runs of the study (``reports/<name>/cells/*.json``) that ran their whole horizon
+   (``steps_done == steps_total``, same ``steps_total`` as planned): the longest ``wall_s`` × 1.1;
+2. the throughput bench (``bench_train_step.py --fast-path --json``): the row with ``processes ==
+   jobs`` (else the nearest) of the path the study uses; per run ``steps / (rate / runs)``, plus
+   the test evaluations (``eval_every``: each ≈ ``limit_test / batch / 3`` steps: a forward is a
+   third of a step) and ``overhead_s`` (process start, data to the device, compilation), × 1.2.
+
+    python -m stabkit.train.session STUDY.toml --seconds 500 --jobs 6 [--bench bench.json] [--reports reports]
+
+prints the number of runs to start (0: none fits) and, on stderr, how it was estimated; with
+``--fit-epochs`` it prints the most epochs (≤ the study's) one wave can finish — the fallback
+horizon when the study's does not fit (``FIT_HORIZON=1`` in the session script: ``--set epochs=E``;
+each run records its horizon, and a survival analysis censors it there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tomllib
+from pathlib import Path
+
+CIFAR10_TRAIN, CIFAR10_TEST = 50_000, 10_000
+
+
+def planned_steps(grid: dict) -> int:
+    """Steps of one full-horizon run of a CIFAR-10 training study's grid (the ``paper`` preset keeps
+    an epoch's last partial batch: 391 steps per 50 000-image epoch; ``stabkit`` drops it)."""
+    images = int(grid.get("limit_images") or CIFAR10_TRAIN)
+    batch = int(grid.get("batch_size") or 128)
+    keep_last = grid.get("preset", "stabkit") != "stabkit"
+    per_epoch = -(-images // batch) if keep_last else images // batch
+    epochs = float(grid.get("epochs") or 1)
+    steps = max(1, math.ceil(epochs * per_epoch))
+    return min(steps, int(grid["max_steps"])) if grid.get("max_steps") else steps
+
+
+def eval_steps(grid: dict, steps: int) -> float:
+    """Test evaluations of one run in step-equivalents (a forward pass ≈ a third of a step)."""
+    images = int(grid.get("limit_images") or CIFAR10_TRAIN)
+    batch = int(grid.get("batch_size") or 128)
+    per_epoch = -(-images // batch)
+    every = int(grid.get("eval_every", 1) or 0)
+    evals = (steps // per_epoch) // every + 1 if every else 1
+    test = int(grid.get("limit_test") or CIFAR10_TEST)
+    return evals * test / batch / 3
+
+
+def observed_run_s(cells_dir: Path, steps: int) -> float | None:
+    """Longest wall time of the study's finished full-horizon runs of ``steps`` steps, or None."""
+    walls = []
+    for path in sorted(Path(cells_dir).glob("*.json")) if Path(cells_dir).is_dir() else []:
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        for row in record.get("rows") or []:
+            if row.get("steps_total") == steps and row.get("steps_done") == steps and isinstance(row.get("wall_s"), (int, float)):
+                walls.append(float(row["wall_s"]))
+    return max(walls) * 1.1 if walls else None
+
+
+def bench_run_s(bench: dict, jobs: int, steps: int, extra_steps: float, fast: bool, overhead_s: float = 60.0) -> float | None:
+    """Seconds of one run when ``jobs`` run at once, from the bench's rows (None if no row fits)."""
+    path = "fast" if fast else "today"
+    rows = [r for r in bench.get("rows", []) if r.get("path") == path and r.get("steps_per_s", 0) > 0]
+    if not rows:
+        return None
+    row = min(rows, key=lambda r: (abs(r["processes"] - jobs), -r["processes"]))
+    per_run_rate = row["steps_per_s"] / row["runs"]
+    if row["processes"] < jobs:  # fewer processes measured than planned: assume no further gain in total
+        per_run_rate = row["steps_per_s"] / jobs
+    return ((steps + extra_steps) / per_run_rate + overhead_s) * 1.2
+
+
+def plan(seconds: float, jobs: int, run_s: float) -> int:
+    """Runs to start: ``jobs`` per whole wave that fits in ``seconds``."""
+    if jobs < 1 or not run_s > 0:
+        raise ValueError(f"jobs must be ≥ 1 and run_s > 0, got jobs={jobs}, run_s={run_s}")
+    return jobs * max(0, int(seconds // run_s))
+
+
+def estimate(study_path, jobs: int, bench_path=None, reports="reports", overhead_s: float = 60.0,
+             epochs: float | None = None) -> tuple[float | None, str]:
+    """(seconds per run, how it was estimated) for the study at ``study_path`` (``epochs``: in place
+    of the grid's)."""
+    study = tomllib.loads(Path(study_path).read_text())
+    grid, name = dict(study.get("grid", {})), study["study"]["name"]
+    if epochs is not None:
+        grid["epochs"] = epochs
+    steps = planned_steps(grid)
+    seen = observed_run_s(Path(reports) / name / "cells", steps)
+    if seen is not None:
+        return seen, f"{steps} steps per run; longest finished full-horizon run of {name} × 1.1 = {seen:.0f} s"
+    if bench_path and Path(bench_path).is_file():
+        bench = json.loads(Path(bench_path).read_text())
+        run_s = bench_run_s(bench, jobs, steps, eval_steps(grid, steps), bool(grid.get("fast", False)), overhead_s)
+        if run_s is not None:
+            return run_s, f"{steps} steps per run at {jobs} concurrent runs, from the bench {bench_path}: {run_s:.0f} s"
+    return None, f"{steps} steps per run: no finished run and no bench row to estimate the time of one"
+
+
+def fit_epochs(study_path, seconds: float, jobs: int, bench_path=None, reports="reports", overhead_s: float = 60.0) -> int:
+    """The largest whole number of epochs (≤ the grid's) for which one wave of ``jobs`` runs fits in
+    ``seconds`` (0: not even one epoch) — the fallback horizon when the study's does not fit."""
+    grid = tomllib.loads(Path(study_path).read_text()).get("grid", {})
+    lo, hi = 0, int(float(grid.get("epochs") or 1))
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        run_s, _ = estimate(study_path, jobs, bench_path, reports, overhead_s, epochs=mid)
+        if run_s is not None and plan(seconds, jobs, run_s) >= jobs:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="How many whole runs of a training study fit in SECONDS.")
+    ap.add_argument("study")
+    ap.add_argument("--seconds", type=float, required=True)
+    ap.add_argument("--jobs", type=int, required=True)
+    ap.add_argument("--bench", default=None)
+    ap.add_argument("--reports", default="reports")
+    ap.add_argument("--overhead-s", type=float, default=60.0)
+    ap.add_argument("--run-s", type=float, default=None, help="seconds per run (skips the estimate)")
+    ap.add_argument("--fit-epochs", action="store_true", help="print instead the most epochs one wave can finish")
+    args = ap.parse_args(argv)
+    try:
+        if args.fit_epochs:
+            e = fit_epochs(args.study, args.seconds, args.jobs, args.bench, args.reports, args.overhead_s)
+            print(f"session plan: one wave of {args.jobs} runs fits {e} epoch(s) in {args.seconds:.0f} s", file=sys.stderr)
+            print(e)
+            return 0
+        if args.run_s is not None:
+            run_s, how = args.run_s, f"{args.run_s:.0f} s per run (given)"
+        else:
+            run_s, how = estimate(args.study, args.jobs, args.bench, args.reports, args.overhead_s)
+        if run_s is None:
+            print(f"session plan: {how}; start none", file=sys.stderr)
+            print(0)
+            return 0
+        n = plan(args.seconds, args.jobs, run_s)
+    except (OSError, ValueError, KeyError, tomllib.TOMLDecodeError) as exc:
+        print(f"session plan: {exc}", file=sys.stderr)
+        return 2
+    print(f"session plan: {how}; {args.seconds:.0f} s hold {n // args.jobs} wave(s) of {args.jobs}: start {n} run(s)", file=sys.stderr)
+    print(n)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,245 @@
+"""Fast training path and per-epoch logs (issue 12): the ZCA layer keeps its dtype under autocast,
+the fast path gives the same failure outcomes as the plain one, the stop point does not depend on
+how often the device is read back, interleaved runs equal sequential ones, and every epoch_log
+field is checked against an independent computation."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import stabkit.torch as sktorch
+from stabkit.train import loop
+from stabkit.train.loop import epoch_log_json, train_many, train_run
+from stabkit.train.resnet import ResNet18
+from stabkit.train.zca import ZCAWhitening
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+SMALL = {"width": 0.125, "d": 4, "batch_size": 32, "limit_test": 64, "check_every": 1}
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    """CIFAR-shaped uint8 data; class k images are brighter in channel k % 3 (learnable, cheap)."""
+    g = torch.Generator().manual_seed(0)
+
+    def split(n):
+        y = torch.randint(0, 10, (n,), generator=g)
+        x = torch.randint(0, 128, (n, 3, 32, 32), generator=g, dtype=torch.uint8)
+        x[torch.arange(n), y % 3] += 100
+        return x, y
+
+    return {"train": split(256), "test": split(64)}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_zca_layer_keeps_its_dtype_under_autocast(dtype, monkeypatch):
+    seen = []
+    original = torch.linalg.eigh
+
+    def spy(A, *args, **kwargs):
+        seen.append(A.dtype)
+        return original(A, *args, **kwargs)
+
+    monkeypatch.setattr(torch.linalg, "eigh", spy)
+    torch.manual_seed(0)
+    layer = ZCAWhitening(16, d=4, method="taylor", dtype=dtype, affine=False)
+    x = torch.randn(8, 16, 5, 5).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y_auto = layer(x)
+    plain = ZCAWhitening(16, d=4, method="taylor", dtype=dtype, affine=False)
+    y_plain = plain(x.float())
+    want = {"float32": torch.float32, "float64": torch.float64}[dtype]
+    assert seen == [want, want]  # the covariance handed to the eigensolver, with and without autocast
+    # the whitening itself ran in the layer's dtype: only the final cast to the input's bf16 differs
+    assert y_auto.dtype == torch.bfloat16
+    assert torch.equal(y_auto, y_plain.bfloat16())
+
+
+def test_fast_run_eigensolver_sees_the_requested_dtype(synthetic, monkeypatch):
+    seen = []
+    original = torch.linalg.eigh
+
+    def spy(A, *args, **kwargs):
+        seen.append(A.dtype)
+        return original(A, *args, **kwargs)
+
+    monkeypatch.setattr(torch.linalg, "eigh", spy)
+    r = train_run({**SMALL, "method": "analytic", "dtype": "float64", "fast": True, "max_steps": 3}, data=synthetic)
+    assert r["outcome"] == "ok" and r["fast"] is True and r["check_every"] == 1
+    assert seen == [torch.float64] * 3
+
+
+# constructed cases with a known outcome (see tests/test_train.py): Σ = εI exactly (all eigenvalues
+# tie) gives a non-finite analytic gradient at step 0; the paper's rule then infers a NaN loss at
+# step 1; the Taylor backward stays finite; BatchNorm at lr 1e8 blows up.
+CASES = [
+    ({**SMALL, "method": "analytic", "eps": 1e8, "max_steps": 6}, ("nonfinite-grad", 0, "censored", None)),
+    ({**SMALL, "method": "analytic", "eps": 1e8, "max_steps": 6, "stop_on": "nan-loss"}, ("nonfinite-grad", 0, "nan-loss", 1)),
+    ({**SMALL, "preset": "paper", "method": "analytic", "eps": 1e8, "max_steps": 6}, ("nonfinite-grad", 0, "nan-loss", 1)),
+    ({**SMALL, "method": "taylor", "eps": 1e8, "max_steps": 4}, ("ok", None, "ok", None)),
+    ({**SMALL, "preset": "paper", "method": "taylor", "max_steps": 4}, ("ok", None, "ok", None)),
+]
+
+
+@pytest.mark.parametrize("case,expected", CASES)
+def test_fast_and_plain_paths_give_the_same_outcome(synthetic, case, expected):
+    plain = train_run(case, data=synthetic)
+    fast = train_run({**case, "fast": True, "check_every": 5}, data=synthetic)  # read back every 5 steps
+    for r in (plain, fast):
+        assert (r["outcome"], r["step"], r["paper_outcome"], r["nan_loss_step"]) == expected
+    assert plain["steps_done"] == fast["steps_done"]
+    assert len(plain["epoch_log"]) == len(fast["epoch_log"])
+
+
+def test_bn_blow_up_fails_both_ways(synthetic):
+    case = {**SMALL, "norm": "bn", "lr": 1e8, "max_steps": 6}
+    for r in (train_run(case, data=synthetic), train_run({**case, "fast": True}, data=synthetic)):
+        assert r["outcome"] in ("diverged", "nonfinite-loss", "nonfinite-grad") and 0 < r["step"] < 6
+
+
+@pytest.mark.parametrize("case,_", CASES[:3])
+def test_stop_point_does_not_depend_on_check_every(synthetic, case, _):
+    every = train_run(case, data=synthetic)
+    rarely = train_run({**case, "check_every": 50}, data=synthetic)  # runs on past the failure, then cuts
+    keys = ("outcome", "step", "steps_done", "nan_loss_step", "paper_outcome", "run_calls", "run_nonfinite_events",
+            "time_to_nan_loss_epochs", "censored_at_epochs")
+    assert {k: every[k] for k in keys} == {k: rarely[k] for k in keys}
+    assert epoch_log_json(every["epoch_log"]) == epoch_log_json(rarely["epoch_log"])
+
+
+def test_failure_record_epochs(synthetic):
+    # 256 images / 32 = 8 steps per epoch; the inferred NaN loss at step 1 is 2/8 epoch in
+    r = train_run(CASES[1][0], data=synthetic)
+    assert (r["steps_per_epoch"], r["steps_done"], r["epochs_done"]) == (8, 1, 1 / 8)
+    assert (r["time_to_nan_loss_epochs"], r["censored_at_epochs"]) == (2 / 8, None)
+    (entry,) = r["epoch_log"]  # the partial epoch at the stop
+    assert (entry["epoch"], entry["step"], entry["test_acc"]) == (1, 1, None)
+    # Σ = εI: all eigenvalues tie at step 0, K̃ = 1/0 (the NaN arises inside the backward, not in its inputs)
+    assert (entry["max_abs_K"], entry["min_rel_gap"], entry["nonfinite_events"]) == (float("inf"), 0.0, 0)
+    assert entry["lam_max_over_eps"] == pytest.approx(1.0) and entry["lam_min"] == pytest.approx(1e8)
+    ok = train_run(CASES[3][0], data=synthetic)
+    assert (ok["time_to_nan_loss_epochs"], ok["censored_at_epochs"]) == (None, 4 / 8)
+
+
+def test_epoch_log_against_independent_computation(synthetic, monkeypatch):
+    losses, covs = [], []
+    real_ce, real_eigh = loop.F.cross_entropy, sktorch.eigh
+
+    def ce(logits, y):
+        loss = real_ce(logits, y)
+        losses.append(float(loss.detach()))
+        return loss
+
+    def eigh(A, method="analytic", **params):
+        covs.append(A.detach().double().numpy().copy())
+        return real_eigh(A, method, **params)
+
+    monkeypatch.setattr(loop.F, "cross_entropy", ce)
+    monkeypatch.setattr(sktorch, "eigh", eigh)
+    # lr 1e-30 (it must be > 0) and no weight decay: no float32 conv weight moves, so conv1 keeps its
+    # initial weights; 20 steps = epochs of 8, 8 and 4 steps
+    config = {**SMALL, "method": "taylor", "lr": 1e-30, "weight_decay": 0.0, "epochs": 3, "max_steps": 20, "eval_every": 2, "seed": 3}
+    r = train_run(config, data=synthetic)
+    log = r["epoch_log"]
+    assert [e["epoch"] for e in log] == [1, 2, 3] and [e["step"] for e in log] == [8, 16, 20]
+    assert len(losses) == 20 and len(covs) == 20
+    for e, (a, b) in zip(log, [(0, 8), (8, 16), (16, 20)]):
+        assert e["train_loss"] == pytest.approx(np.mean(losses[a:b]), rel=1e-6)
+        lam = np.linalg.eigvalsh(np.stack(covs[a:b]))  # (steps, groups, d), float64
+        gaps = np.diff(lam, axis=-1).min(-1) / np.abs(lam).max(-1)
+        assert e["lam_min"] == pytest.approx(lam.min(), rel=1e-4)
+        assert e["lam_max_over_eps"] == pytest.approx(lam.max() / 1e-4, rel=1e-4)
+        assert e["min_rel_gap"] == pytest.approx(gaps.min(), rel=1e-2)
+        assert e["max_abs_K"] == pytest.approx(1 / np.diff(lam, axis=-1).min(), rel=1e-2)
+        assert e["nonfinite_events"] == 0 and 0 < e["grad_norm_max"] < np.inf
+    torch.manual_seed(3)
+    conv1 = ResNet18(width=0.125, d=4).conv1.weight
+    assert [e["conv1_weight_norm"] for e in log] == pytest.approx([float(conv1.detach().norm())] * 3, rel=1e-6)
+    # test accuracy every 2nd epoch and at the end; the last one is the run's test error
+    assert log[0]["test_acc"] is None and 0 <= log[1]["test_acc"] <= 1
+    assert log[2]["test_acc"] == pytest.approx(1 - r["test_error"])
+    assert json.loads(epoch_log_json(log)) == log
+
+
+def test_bn_epoch_log_has_no_zca_diagnostics(synthetic):
+    r = train_run({**SMALL, "norm": "bn", "epochs": 2, "max_steps": 9, "eval_every": 0}, data=synthetic)
+    first, last = r["epoch_log"]
+    assert (first["step"], last["step"], first["test_acc"]) == (8, 9, None)  # eval_every 0: only at the end
+    assert last["test_acc"] == pytest.approx(1 - r["test_error"])
+    assert all(first[k] is None for k in ("lam_max_over_eps", "lam_min", "min_rel_gap", "max_abs_K", "grad_norm_max",
+                                         "nonfinite_events"))
+
+
+def test_interleaved_runs_equal_sequential_runs(synthetic):
+    configs = [{**SMALL, "method": "taylor", "max_steps": 10}, CASES[1][0],
+               {**SMALL, "method": "pi-forward", "max_steps": 7, "seed": 2, "fast": True}]
+    before = loop._tf32_flags()
+    one_by_one = train_many(configs, data=synthetic)
+    together = train_many(configs, data=synthetic, interleave=True)
+    assert loop._tf32_flags() == before
+    for a, b in zip(one_by_one, together):
+        for key in ("outcome", "step", "steps_done", "nan_loss_step", "final_loss", "test_error", "run_calls", "run_max_K"):
+            assert a[key] == b[key] or (a[key] != a[key] and b[key] != b[key]), key
+        assert epoch_log_json(a["epoch_log"]) == epoch_log_json(b["epoch_log"])
+
+
+def test_fast_smoke_run(synthetic):
+    # the tiny-width fast path end to end: two epochs, learns the synthetic task's signal
+    r = train_run({**SMALL, "method": "taylor", "fast": True, "epochs": 2, "lr": 0.05}, data=synthetic)
+    assert r["outcome"] == "ok" and r["steps_done"] == 16 and r["check_every"] == 1 and r["compile"] == ""
+    assert r["epoch_log"][-1]["train_loss"] < r["epoch_log"][0]["train_loss"]
+    assert r["train_s"] > 0 and r["wall_s"] >= r["train_s"]
+
+
+@pytest.mark.parametrize("bad,needle", [({"check_every": 0}, "check_every"), ({"eval_every": -1}, "eval_every"),
+                                        ({"compile": "fastest"}, "compile mode"), ({"check_every": 2.5}, "check_every")])
+def test_fast_options_are_validated(bad, needle):
+    with pytest.raises(ValueError, match=needle):
+        loop.resolve_config({**SMALL, **bad})
+
+
+def test_fast_defaults():
+    assert loop.resolve_config({"fast": True, "device": "cpu"})["check_every"] == 100
+    assert loop.resolve_config({"device": "cpu"})["check_every"] == 10
+    assert loop.resolve_config({"compile": True, "device": "cpu"})["compile"] == "default"
+
+
+@pytest.fixture()
+def tiny_batches(tmp_path):
+    import pickle
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        with open(folder / name, "wb") as fh:
+            pickle.dump({b"data": rng.integers(0, 256, (16, 3072), dtype=np.uint8), b"labels": rng.integers(0, 10, 16).tolist()}, fh)
+    return folder
+
+
+def test_cli_train_fast_options(tiny_batches):
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    runner = CliRunner()
+    args = ["train", "--method", "taylor", "--d", "4", "--width", "0.125", "--epochs", "2", "--limit-images", "64",
+            "--batch-size", "32", "--data", str(tiny_batches), "--device", "cpu", "--fast", "--check-every", "3"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "epoch 1 (step 2): loss" in res.output and "epoch 2 (step 4)" in res.output and "λmax/ε" in res.output
+    out = json.loads(runner.invoke(app, [*args, "--json", "--eval-every", "0"]).output)
+    assert (out["fast"], out["check_every"], out["eval_every"], out["steps_done"]) == (True, 3, 0, 4)
+    assert out["epoch_log"][0]["test_acc"] is None and out["epoch_log"][1]["test_acc"] == pytest.approx(1 - out["test_error"])
+    for extra, message in ((["--compile", "fastest"], "unknown compile mode"), (["--check-every", "0"], "check_every"),
+                           (["--eval-every", "-2"], "eval_every")):
+        bad = runner.invoke(app, [*args, *extra])
+        assert bad.exit_code == 2 and message in bad.output and "Traceback" not in bad.output
+
+
+def test_interleaved_runs_must_share_tf32(synthetic):
+    with pytest.raises(ValueError, match="share device, data and TF32"):
+        train_many([{**SMALL, "tf32": True}, {**SMALL, "tf32": False}], data=synthetic, interleave=True)

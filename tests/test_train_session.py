@@ -1,0 +1,153 @@
+"""GPU-window planning (stabkit.train.session), `stabkit run --max-cells`, and the plain-vs-fast
+comparison's Fisher test (stabkit.train.fastcheck) on constructed inputs with known answers."""
+
+import json
+import math
+import pickle
+
+import numpy as np
+import pytest
+
+from stabkit.studies import runner
+from stabkit.train import fastcheck, session
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def test_planned_steps_of_the_protocols():
+    # the paper's DataLoader keeps the last partial batch: ⌈50 000 / 128⌉ = 391 steps per epoch
+    assert session.planned_steps({"preset": "paper", "epochs": 100}) == 39_100
+    assert session.planned_steps({"preset": "paper", "epochs": 350}) == 136_850
+    # stabkit drops it: ⌊50 000 / 128⌋ = 390; the short protocol caps at max_steps
+    assert session.planned_steps({"epochs": 1}) == 390
+    assert session.planned_steps({"epochs": 350, "max_steps": 120, "limit_images": 15360}) == 120
+
+
+def test_plan_counts_whole_waves_only():
+    assert session.plan(540, 6, 250) == 12       # two waves of six
+    assert session.plan(540, 6, 541) == 0        # not even one: start nothing
+    assert session.plan(540, 1, 100) == 5
+    with pytest.raises(ValueError, match="jobs"):
+        session.plan(540, 0, 100)
+
+
+def test_bench_estimate():
+    bench = {"rows": [{"path": "today", "runs": 1, "processes": 1, "steps_per_s": 50.0},
+                      {"path": "fast", "runs": 1, "processes": 1, "steps_per_s": 150.0},
+                      {"path": "fast", "runs": 6, "processes": 6, "steps_per_s": 600.0}]}
+    # six fast runs at once: 100 steps/s each; 39 100 steps + 1000 step-equivalents of evaluation
+    assert session.bench_run_s(bench, 6, 39_100, 1000, fast=True, overhead_s=60) == pytest.approx((401 + 60) * 1.2)
+    # plain path, only one process measured: the total rate is assumed not to grow with processes
+    assert session.bench_run_s(bench, 6, 39_100, 0, fast=False, overhead_s=0) == pytest.approx(39_100 / (50 / 6) * 1.2)
+    assert session.bench_run_s({"rows": []}, 6, 100, 0, fast=True) is None
+    # 100 evaluations of 10 000 test images (plus the final one), a forward = a third of a step of 128
+    assert session.eval_steps({"preset": "paper", "epochs": 100}, 39_100) == pytest.approx(101 * 10_000 / 128 / 3)
+
+
+@pytest.fixture()
+def tiny_batches(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        with open(folder / name, "wb") as fh:
+            pickle.dump({b"data": rng.integers(0, 256, (16, 3072), dtype=np.uint8), b"labels": rng.integers(0, 10, 16).tolist()}, fh)
+    return folder
+
+
+def test_max_cells_chunks_and_the_plan_from_finished_runs(tiny_batches, tmp_path, capsys):
+    study = tmp_path / "chunked.toml"
+    study.write_text(f'''[study]
+name = "chunked"
+kind = "zca_cifar10"
+[grid]
+methods = ["taylor", "clip"]
+dims = [4]
+dtypes = ["float32"]
+seeds = 2
+bn_baseline = false
+epochs = 1.0
+max_steps = 2
+limit_images = 64
+limit_test = 16
+batch_size = 32
+width = 0.125
+data = "{tiny_batches}"
+device = "cpu"
+''')
+    out = tmp_path / "reports"
+    table = runner.run_study(study, jobs=1, out_root=out, progress=False, max_cells=3)
+    cells_dir = out / "chunked" / "cells"
+    assert len(list(cells_dir.glob("*.json"))) == 3 and len(table) == 3
+    assert json.loads((out / "chunked" / "run.json").read_text())["cells_computed"] == 3
+    rows = [json.loads(p.read_text())["rows"][0] for p in cells_dir.glob("*.json")]
+    assert all(json.loads(r["epoch_log"])[-1]["step"] == 2 for r in rows)  # stored as JSON text
+    # the plan reads the finished full-horizon runs: the longest wall time × 1.1
+    run_s, how = session.estimate(study, 2, reports=out)
+    assert run_s == pytest.approx(max(r["wall_s"] for r in rows) * 1.1) and "finished" in how
+    assert session.main([str(study), "--seconds", str(10.5 * run_s), "--jobs", "2", "--reports", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == "20"  # 10 whole waves of 2 runs
+    # the next chunk computes only what is left
+    runner.run_study(study, jobs=1, out_root=out, progress=False, max_cells=5)
+    meta = json.loads((out / "chunked" / "run.json").read_text())
+    assert (meta["cells_reused"], meta["cells_computed"]) == (3, 1)
+    with pytest.raises(ValueError, match="max-cells"):
+        runner.run_study(study, jobs=1, out_root=out, progress=False, max_cells=-1)
+
+
+def _fisher_two_sided(a, b, c, d):
+    """Fisher's exact test from the hypergeometric law, written out: the sum of the probabilities of
+    all tables with the same margins that are no more likely than the observed one."""
+    n1, n2, k = a + b, c + d, a + c
+    p = lambda x: math.comb(n1, x) * math.comb(n2, k - x) / math.comb(n1 + n2, k)  # noqa: E731
+    observed = p(a)
+    return sum(p(x) for x in range(max(0, k - n2), min(k, n1) + 1) if p(x) <= observed * (1 + 1e-12))
+
+
+def test_fastcheck_compare_on_constructed_outcomes():
+    rows = []
+    # cell A: plain fails 7/8, fast fails 1/8 (a real difference); cell B: both 2/8, same seeds
+    for seed in range(8):
+        rows.append({"preset": "stabkit", "method": "analytic", "d": 64, "seed": seed, "fast": False,
+                     "paper_outcome": "nan-loss" if seed < 7 else "ok", "outcome": "nonfinite-loss" if seed < 7 else "ok",
+                     "eig_dtypes": "float32"})
+        rows.append({"preset": "stabkit", "method": "analytic", "d": 64, "seed": seed, "fast": True,
+                     "paper_outcome": "nan-loss" if seed < 1 else "ok", "outcome": "nonfinite-loss" if seed < 1 else "ok",
+                     "eig_dtypes": "float32"})
+        for fast in (False, True):
+            rows.append({"preset": "paper", "method": "taylor", "d": 16, "seed": seed, "fast": fast,
+                         "paper_outcome": "nan-loss" if seed in (3, 5) else "ok",
+                         "outcome": "diverged" if seed == 0 else ("nonfinite-loss" if seed in (3, 5) else "ok"), "eig_dtypes": "float32"})
+    result = fastcheck.compare(rows)
+    a = result["cells"]["stabkit analytic d=64"]["nan_loss"]
+    assert (a["plain_failed"], a["fast_failed"], a["same_seed_agree"]) == (7, 1, 2)
+    assert a["fisher_p"] == pytest.approx(_fisher_two_sided(7, 1, 1, 7)) and a["fisher_p"] < 0.05
+    b = result["cells"]["paper taylor d=16"]
+    assert (b["nan_loss"]["plain_failed"], b["nan_loss"]["fast_failed"], b["nan_loss"]["fisher_p"]) == (2, 2, 1.0)
+    assert (b["any"]["plain_failed"], b["any"]["same_seed_agree"]) == (3, 8)
+    pooled = result["pooled"]
+    assert pooled["n"] == 16 and (pooled["nan_loss"]["plain_failed"], pooled["nan_loss"]["fast_failed"]) == (9, 3)
+    assert pooled["nan_loss"]["fisher_p"] == pytest.approx(_fisher_two_sided(9, 7, 3, 13))
+    assert result["eig_dtypes"] == ["float32"]
+    assert "| pooled | 16 | 9 | 3 |" in fastcheck.markdown(result)
+
+
+def test_fastcheck_configs_pair_the_paths():
+    cfgs = fastcheck.configs(cells=[("paper", "analytic", 16)], seeds=2, device="cpu")
+    assert [(c["seed"], c["fast"]) for c in cfgs] == [(0, False), (0, True), (1, False), (1, True)]
+    assert all(c["max_steps"] == 120 and c["limit_images"] == 15360 and c["dtype"] == "float32" for c in cfgs)
+
+
+def test_fit_epochs_from_the_bench(tmp_path):
+    study = tmp_path / "surv.toml"
+    study.write_text('[study]\nname = "surv"\nkind = "zca_cifar10"\n[grid]\npreset = "paper"\nepochs = 100.0\nfast = true\neval_every = 0\n')
+    bench = tmp_path / "bench.json"
+    bench.write_text(json.dumps({"rows": [{"path": "fast", "runs": 6, "processes": 6, "steps_per_s": 600.0}]}))
+    # one run: ((391 E + 10 000/128/3) / 100 + 60) × 1.2 s ≤ 540 s  ⇔  391 E ≤ 39 000 − 26.04  ⇔  E ≤ 99.67
+    assert (39_000 - 10_000 / 128 / 3) / 391 == pytest.approx(99.68, abs=0.01)
+    assert session.fit_epochs(study, 540, 6, bench, reports=tmp_path) == 99
+    assert session.fit_epochs(study, 10_000, 6, bench, reports=tmp_path) == 100  # never beyond the study's horizon
+    assert session.fit_epochs(study, 50, 6, bench, reports=tmp_path) == 0
+    run_s, how = session.estimate(study, 6, bench, reports=tmp_path)
+    assert run_s == pytest.approx(((39_100 + 10_000 / 128 / 3) / 100 + 60) * 1.2) and "bench" in how
+    assert session.plan(540, 6, run_s) == 0  # the full horizon does not fit: the script falls back to 99 epochs
