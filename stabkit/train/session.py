@@ -30,8 +30,9 @@ import argparse
 import json
 import math
 import sys
-import tomllib
 from pathlib import Path
+
+from ..studies.runner import tomllib  # tomllib, or tomli on Python 3.10
 
 CIFAR10_TRAIN, CIFAR10_TEST = 50_000, 10_000
 
