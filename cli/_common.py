@@ -7,6 +7,8 @@ import sys
 
 import typer
 
+from stabkit._assign import split_assignments
+
 #: Exceptions that mean "the user asked for something impossible", not a bug.
 USER_ERRORS = (ValueError, FileNotFoundError, KeyError, IsADirectoryError, PermissionError)
 
@@ -26,15 +28,9 @@ def user_errors(func):
     return wrapper
 
 
-def parse_params(items: list[str] | None) -> dict:
+def parse_params(items: list[str] | None, what: str = "--param") -> dict:
     """``["k=2", "delta=1e-8"]`` → {"k": 2, "delta": 1e-08} (ints stay ints, else floats, else text)."""
-    params = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"expected NAME=VALUE, got {item!r}")
-        params[key.strip()] = _number(value.strip())
-    return params
+    return {key: _number(value) for key, value in split_assignments(items or [], what).items()}
 
 
 def _number(text: str):

@@ -5,7 +5,7 @@ TPAMI 2021, Sec. 5; default τ = 100. Exact ties take the index-order sign.
 """
 
 from .. import _xp
-from ._base import kernel_method, quiet, offdiag, pair_diff, pair_sign
+from ._base import kernel_method, quiet, offdiag, pair_diff, pair_sign, real
 
 
 @quiet
@@ -15,4 +15,5 @@ def kernel(lam, tau=100.0):
     return offdiag(pair_sign(lam) * magnitude)
 
 
-METHOD = kernel_method("clip", kernel, {"tau": 100.0}, "Wang et al., TPAMI 2021, SVD-Clip", "|F| capped at τ")
+METHOD = kernel_method("clip", kernel, {"tau": 100.0}, "Wang et al., TPAMI 2021, SVD-Clip", "|F| capped at τ",
+                       domains={"tau": real(positive=True)})

@@ -22,7 +22,7 @@ import math
 import numpy as np
 
 from .. import _xp
-from ._base import Method
+from ._base import MAX_STEPS, Method, integer, real
 
 
 def _norm(x, xp):
@@ -195,8 +195,10 @@ def _pi_forward(A, steps=19, seed=0):
 SVD_PI = Method(
     "pi", backward, {"steps": 19, "eps": 1e-4}, forward=_svd_pi_forward,
     paper="Wang et al., NeurIPS 2019 (SVD-PI)", summary="exact forward, backward through 19 PI steps with deflation",
+    domains={"steps": integer(1, MAX_STEPS), "eps": real(0.0, 1.0)},
 )
 PI_FORWARD = Method(
     "pi-forward", backward, {"steps": 19, "seed": 0}, forward=_pi_forward,
     paper="Wang et al., NeurIPS 2019 (PI baseline)", summary="power iteration with deflation, forward and backward",
+    domains={"steps": integer(1, MAX_STEPS), "seed": integer(0)},
 )

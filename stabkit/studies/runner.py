@@ -36,6 +36,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import kind_module
+from .._assign import split_assignment
 
 STUDY_KEYS = ("name", "kind", "description")
 TOP_KEYS = ("study", "grid")
@@ -87,14 +88,11 @@ def load_study(path_or_config, overrides: dict | None = None) -> tuple[dict, obj
 
 def parse_override(item: str) -> tuple[str, object]:
     """``"d=[4,8]"`` → ("d", [4, 8]): the value is a TOML literal, or else plain text."""
-    key, sep, value = item.partition("=")
-    key = key.strip()
-    if not sep or not key:
-        raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+    key, value = split_assignment(item, "--set")
     try:
-        return key, tomllib.loads(f"v = {value.strip()}")["v"]
+        return key, tomllib.loads(f"v = {value}")["v"]
     except tomllib.TOMLDecodeError:
-        return key, value.strip()
+        return key, value
 
 
 # ----------------------------------------------------------------------------- cell storage
