@@ -8,9 +8,6 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
-
-from stabkit.studies import runner
 
 from ._common import user_errors
 
@@ -25,6 +22,10 @@ def run_command(
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
 ):
     """Run every cell of STUDY not already finished; write results.parquet/csv and README.md."""
+    from rich.console import Console
+
+    from stabkit.studies import runner
+
     overrides = dict(runner.parse_override(item) for item in set_ or [])
     command = ["stabkit", "run", str(study), *(f"--set={item}" for item in set_ or [])]
     if jobs is not None:

@@ -110,3 +110,122 @@ def test_one_key_value_grammar():
         methods.parse_spec("taylor:K=1,K=2")
     with pytest.raises(ValueError, match="given twice"):
         parse_params(["k=1", "k=2"])
+
+
+# ---------------------------------------------------------------------------- the command line
+from typer.testing import CliRunner  # noqa: E402
+
+from cli.main import app  # noqa: E402
+
+cli = CliRunner()
+
+
+def _one_line_exit_2(result, needle):
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and "╭" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ") and needle in lines[0], lines[0]
+
+
+def _npy(tmp_path, array, name="m.npy"):
+    path = tmp_path / name
+    np.save(path, array)
+    return str(path)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["compare", "--dtype", "foo"], "unsupported dtype 'foo'"),
+    (["compare", "--format", "xml"], "'xml' is not one of"),
+    (["compare", "--d", "abc"], "--d"),
+    (["compare", "--d", "1"], "d = 1"),
+    (["compare", "--nosuch"], "No such option"),
+    (["compare", "-m", "taylor:K=1e9"], "K=1e9"),
+    (["compare", "-m", "clip:tau=0"], "tau=0"),
+    (["nosuch"], "No such command"),
+    (["run"], "Missing argument"),
+    (["bench", "--device", "foo"], "unknown device 'foo'"),
+    (["bench", "--device", "cuda:99"], "cuda"),
+    (["bench", "--repeats", "0"], "repeats must be at least 1"),
+    (["bench", "--batch", "-1"], "batch must be at least 1"),
+    (["bench", "--dtype", "float16"], "unsupported dtype"),
+    (["bench", "--d", "100000"], "GiB"),
+    (["bench", "-m", "magic"], "unknown method"),
+])
+def test_cli_bad_options_are_one_line_exit_2(args, needle):
+    _one_line_exit_2(cli.invoke(app, args), needle)
+
+
+def test_cli_huge_d_refused_before_allocating():
+    """--d 100000 would need 80 GB for the matrix alone (MemoryError traceback before): refused at once."""
+    import time
+
+    start = time.perf_counter()
+    result = cli.invoke(app, ["compare", "--d", "100000"])
+    _one_line_exit_2(result, "d = 100000")
+    assert "GiB" in result.stderr and time.perf_counter() - start < 5
+
+
+def test_cli_slow_truth_refused_without_force():
+    """--d 5000 ran silently for an hour: refused (by its memory or its estimated time), one line."""
+    result = cli.invoke(app, ["compare", "--d", "5000"])
+    _one_line_exit_2(result, "d = 5000")
+    assert "--force" in result.stderr or "GiB" in result.stderr
+
+
+def test_truth_cost_guard():
+    from stabkit.compare import TRUTH_SECONDS_LIMIT, check_truth_cost, truth_cost
+
+    big = 1e13  # bytes: memory is no limit here
+    seconds, _ = truth_cost(2048)
+    assert seconds > TRUTH_SECONDS_LIMIT
+    with pytest.raises(ValueError, match="--force") as info:
+        check_truth_cost(2048, memory_bytes=big)
+    assert f"~{seconds / 60:.0f} min" in str(info.value)
+    check_truth_cost(2048, force=True, memory_bytes=big)  # forced: allowed
+    check_truth_cost(64, memory_bytes=big)  # ~0.1 s: allowed
+    with pytest.raises(ValueError, match="GiB"):
+        check_truth_cost(100_000, force=True, memory_bytes=64 * 2**30)  # never fits, even forced
+    # the model is monotone and scales as documented: ×2 in d → ×2^2.5 in time, ×4 in memory
+    (t1, m1), (t2, m2) = truth_cost(300), truth_cost(600)
+    assert t2 / t1 == pytest.approx(2**2.5) and m2 / m1 == pytest.approx(4.0)
+
+
+@pytest.mark.parametrize("make, needle", [
+    (lambda p: np.save(p, np.array(3.0)), "shape ()"),                  # 0-d (IndexError before)
+    (lambda p: np.save(p, np.arange(3.0)), "shape (3,)"),               # 1-d
+    (lambda p: np.save(p, np.ones((2, 2, 2))), "shape (2, 2, 2)"),      # 3-d
+    (lambda p: open(p, "wb").close(), "empty"),                         # empty ("Aborted.", exit 1 before)
+    (lambda p: open(p, "wb").write(b"not numpy at all"), "as .npy"),    # junk
+    (lambda p: np.save(p, np.array(["a", "b"], dtype=object), allow_pickle=True), "as .npy"),  # pickled
+    (lambda p: p.mkdir(), "folder"),                                    # a directory
+])
+def test_cli_bad_matrix_files(tmp_path, make, needle):
+    path = tmp_path / "m.npy"
+    make(path)
+    _one_line_exit_2(cli.invoke(app, ["compare", "--matrix", str(path)]), needle)
+
+
+def test_cli_unreadable_file(tmp_path, monkeypatch):
+    """A file the user may not read (simulated: this test may run as root, who reads everything)."""
+    path = _npy(tmp_path, np.eye(3))
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(np, "load", denied)
+    _one_line_exit_2(cli.invoke(app, ["compare", "--matrix", path]), "Permission denied")
+
+
+def test_library_refuses_bad_dtype_and_bench_args():
+    from stabkit.bench import check_bench_args
+    from stabkit.validation import check_dtype
+
+    with pytest.raises(ValueError, match="unsupported dtype 'foo'"):
+        check_dtype("foo")
+    for kwargs, needle in [({"device": "foo"}, "unknown device"), ({"repeats": 0}, "repeats"),
+                           ({"batch": -1}, "batch"), ({"dims": [1]}, "at least 2"), ({"dtype": "int8"}, "dtype")]:
+        args = {"dims": [4], "batch": 2, "dtype": "float32", "device": "cpu", "repeats": 1, **kwargs}
+        with pytest.raises(ValueError, match=needle):
+            check_bench_args(**args)
+    check_bench_args([4], 2, "float64", "cpu", 1, ["taylor"])  # valid: no error
