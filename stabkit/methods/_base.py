@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -80,7 +81,7 @@ class Domain:
     def contains(self, value) -> bool:
         if value is None:
             return self.optional
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not math.isfinite(value):
             return False
         if self.kind is int and value != int(value):
             return False
@@ -133,7 +134,8 @@ class Method:
 
     def __post_init__(self):
         if set(self.domains) != set(self.defaults):
-            raise TypeError(f"method {self.name!r}: domains {sorted(self.domains)} do not match parameters {sorted(self.defaults)}")
+            raise TypeError(f"method {self.name!r}: domains {sorted(self.domains)} do not match parameters "
+                            f"{sorted(self.defaults)}; declare one Domain per parameter (domains={{'K': integer(0, 1000)}})")
         for key, default in self.defaults.items():
             if not self.domains[key].contains(default):
                 raise TypeError(f"method {self.name!r}: default {key}={default!r} is outside its domain")
