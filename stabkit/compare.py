@@ -89,16 +89,25 @@ def _physical_memory() -> float | None:
         return None
 
 
+#: (method name, dtype) pairs already run once in this process (see ``_warm_up``).
+_WARM: set = set()
+
+
 def _warm_up(specs, loss_name: str, dtype, seed: int) -> None:
-    """Run each method once on a tiny matrix, untimed, so first-call costs (torch's lazy
-    initialisation: 0.6–1.1 s for the ``torch`` method) are not counted as the method's time."""
+    """Run each method once per process and dtype on a tiny matrix, untimed, so first-call costs
+    (torch's lazy initialisation: 0.6–1.1 s for the ``torch`` method) are not counted as the
+    method's time."""
+    todo = [spec for spec in specs if (spec[0], np.dtype(dtype).str) not in _WARM]
+    if not todo:
+        return
     A = np.diag(np.arange(1.0, 4.0)).astype(dtype)
     try:
         loss = make_loss(loss_name, 3, seed=seed)
     except ValueError:
         return
-    for spec in specs:
+    for spec in todo:
         try:
             methods.gradient(spec, A, loss)
         except (ValueError, np.linalg.LinAlgError, RuntimeError):
             pass
+        _WARM.add((spec[0], np.dtype(dtype).str))

@@ -69,8 +69,16 @@ def test_compare_warms_each_method_up_before_timing_it(monkeypatch):
         return real(spec, A, loss)
 
     monkeypatch.setattr(compare_mod.methods, "gradient", recording)
+    monkeypatch.setattr(compare_mod, "_WARM", set())
     A = build([1.0, 2.0, 3.0, 5.0, 8.0])
     result = compare_mod.compare(A, "zca", ["torch", "taylor"])
     assert [row["method"] for row in result.rows] == ["torch", "taylor"]
     assert calls == [("torch", 3), ("taylor", 3), ("torch", 5), ("taylor", 5)]
     assert all(np.isfinite(row["seconds"]) for row in result.rows)
+    # once per process and dtype: a second comparison runs no warm-up, a new dtype does
+    calls.clear()
+    compare_mod.compare(A, "zca", ["torch", "taylor"])
+    assert calls == [("torch", 5), ("taylor", 5)]
+    calls.clear()
+    compare_mod.compare(A, "zca", ["taylor"], dtype="float32")
+    assert calls == [("taylor", 3), ("taylor", 5)]
