@@ -41,7 +41,6 @@ def compare_command(
     force: bool = typer.Option(False, "--force", help="Run even when the certified truth is estimated to take long."),
 ):
     """Compare gradient methods on one matrix against the mpmath/flint ground truth."""
-    import numpy as np
     from rich.console import Console
 
     from stabkit import spectra
@@ -51,14 +50,14 @@ def compare_command(
     check_dtype(dtype)
     specs = _method_specs(method)
     if matrix is not None:
-        A = check_symmetric(_load_npy(matrix, "matrix", np), "matrix")
+        A = check_symmetric(_load_npy(matrix, "matrix"), "matrix")
         source = str(matrix)
         check_truth_cost(A.shape[-1], force)
     else:
         check_truth_cost(d, force)
         built = spectra.make(spectrum, d, seed=seed, **parse_params(param))
         A, source = built.matrix, f"{spectrum} d={d} seed={seed} {built.params}"
-    weight = _load_npy(loss_weight, "loss weight", np) if loss_weight is not None else None
+    weight = _load_npy(loss_weight, "loss weight") if loss_weight is not None else None
     size = A.shape[-1]
     seconds, _ = truth_cost(size)
     eta = f" (truth estimated ~{_duration(seconds)})" if seconds > 10 else ""
@@ -78,7 +77,9 @@ def _method_specs(method):
     return [parse_spec(s) for s in method] if method else None
 
 
-def _load_npy(path: Path, what: str, np):
+def _load_npy(path: Path, what: str):
+    import numpy as np
+
     if not path.exists():
         raise FileNotFoundError(f"{what} file not found: {path}")
     if path.is_dir():

@@ -199,6 +199,7 @@ def test_truth_cost_guard():
     (lambda p: open(p, "wb").write(b"not numpy at all"), "as .npy"),    # junk
     (lambda p: np.save(p, np.array(["a", "b"], dtype=object), allow_pickle=True), "as .npy"),  # pickled
     (lambda p: p.mkdir(), "folder"),                                    # a directory
+    (lambda p: np.savez(open(p, "wb"), a=np.eye(2)), ".npz archive"),    # an .npz under a .npy name
 ])
 def test_cli_bad_matrix_files(tmp_path, make, needle):
     path = tmp_path / "m.npy"
