@@ -1,4 +1,8 @@
-"""What every command shares: user errors become one line on stderr and exit code 2."""
+"""What every command shares: user errors become one line on stderr and exit code 2.
+
+Kept light on purpose (typer and the standard library only): every ``--help`` imports this module,
+so numpy, torch, pandas and the rest are imported inside the commands that need them.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,9 @@ import functools
 import sys
 
 import typer
+from typer.core import TyperGroup
+
+from stabkit._assign import split_assignments
 
 #: Exceptions that mean "the user asked for something impossible", not a bug.
 USER_ERRORS = (ValueError, FileNotFoundError, KeyError, IsADirectoryError, PermissionError)
@@ -20,21 +27,52 @@ def user_errors(func):
             return func(*args, **kwargs)
         except USER_ERRORS as exc:
             message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-            print(f"error: {message}", file=sys.stderr)
-            raise typer.Exit(code=2) from None
+            fail(str(message))
 
     return wrapper
 
 
-def parse_params(items: list[str] | None) -> dict:
+def fail(message: str, code: int = 2):
+    """Print ``error: message`` (one line) on stderr and exit with ``code``."""
+    print(f"error: {one_line(message)}", file=sys.stderr)
+    raise typer.Exit(code=code)
+
+
+def one_line(message: str) -> str:
+    return "; ".join(line.strip() for line in str(message).splitlines() if line.strip())
+
+
+# Typer ≥ 0.16 vendors click (typer._click), older Typer uses click itself: take the classes from
+# where Typer's own BadParameter lives.
+_CLICK = sys.modules[typer.BadParameter.__module__]
+_NO_ARGS = getattr(_CLICK, "NoArgsIsHelpError", ())
+
+
+class OneLineErrors(TyperGroup):
+    """The command group of ``stabkit``: a usage error (bad option value, unknown option, missing
+    argument, unreadable file) is one ``error:`` line and exit 2, never Typer's multi-line box."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _NO_ARGS as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except _CLICK.ClickException as exc:
+            where = f" (see `{exc.ctx.command_path} --help`)" if getattr(exc, "ctx", None) is not None else ""
+            print(f"error: {one_line(exc.format_message())}{where}", file=sys.stderr)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            print("Aborted.", file=sys.stderr)
+            sys.exit(1)
+        sys.exit(result if isinstance(result, int) else 0)
+
+
+def parse_params(items: list[str] | None, what: str = "--param") -> dict:
     """``["k=2", "delta=1e-8"]`` → {"k": 2, "delta": 1e-08} (ints stay ints, else floats, else text)."""
-    params = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"expected NAME=VALUE, got {item!r}")
-        params[key.strip()] = _number(value.strip())
-    return params
+    return {key: _number(value) for key, value in split_assignments(items or [], what).items()}
 
 
 def _number(text: str):

@@ -7,10 +7,8 @@ from typing import Optional
 
 import typer
 
-from stabkit._markdown import markdown_table
-from stabkit.bench import bench_methods
-
 from ._common import user_errors
+from .methods import method_names
 
 
 @user_errors
@@ -18,22 +16,16 @@ def bench_command(
     d: Optional[list[int]] = typer.Option(None, "--d", help="Matrix sizes (repeatable); default 4 16 64."),
     batch: int = typer.Option(64, "--batch", help="Matrices per batch."),
     dtype: str = typer.Option("float32", "--dtype", help="float32 or float64."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda[:N]."),
     repeats: int = typer.Option(5, "--repeats", help="Timed repetitions (median reported)."),
-    method: Optional[list[str]] = typer.Option(None, "--method", "-m", help="Methods (repeatable); default all."),
+    method: Optional[list[str]] = typer.Option(None, "--method", "-m", help=f"Methods (repeatable); default all: {method_names()}."),
 ):
     """Time each method's batched torch backward; print a Markdown table with ratios to torch's."""
-    if dtype not in ("float32", "float64"):
-        raise ValueError(f"unsupported dtype {dtype}: use float32 or float64")
-    if device.startswith("cuda"):
-        import torch
+    from stabkit._markdown import markdown_table
+    from stabkit.bench import bench_methods, check_bench_args
 
-        if not torch.cuda.is_available():
-            raise ValueError("--device cuda asked for, but torch sees no CUDA device")
     dims = d or [4, 16, 64]
-    if min(dims) < 2:
-        raise ValueError("--d must be at least 2")
+    check_bench_args(dims, batch, dtype, device, repeats, method)
     table = bench_methods(dims, batch, dtype, device, repeats, method)
     print(f"machine: {platform.platform()}, {platform.processor() or platform.machine()}; batch {batch}, {dtype}, {device}")
     print(markdown_table(table))
-

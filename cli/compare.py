@@ -8,16 +8,13 @@ from enum import Enum
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from stabkit import spectra
-from stabkit.compare import ROW_KEYS, compare
 from stabkit.losses import LOSSES
+from stabkit.spectra import FAMILIES
 
 from ._common import parse_params, user_errors
+from .methods import method_names
 
 
 class Format(str, Enum):
@@ -28,53 +25,111 @@ class Format(str, Enum):
 @user_errors
 def compare_command(
     matrix: Optional[Path] = typer.Option(None, "--matrix", help="A .npy file holding a symmetric matrix."),
-    spectrum: str = typer.Option("cluster", "--spectrum", help=f"Generated family: {', '.join(spectra.FAMILIES)}."),
+    spectrum: str = typer.Option("cluster", "--spectrum", help=f"Generated family: {', '.join(FAMILIES)}."),
     d: int = typer.Option(8, "--d", help="Matrix size for --spectrum."),
     seed: int = typer.Option(0, "--seed", help="Seed of the generated matrix and of the loss weight."),
     param: Optional[list[str]] = typer.Option(None, "--param", "-p", help="Family parameter NAME=VALUE (repeatable), e.g. -p delta=1e-8."),
     loss: str = typer.Option("zca", "--loss", help=f"Probe loss: {', '.join(LOSSES)}."),
     k: int = typer.Option(1, "--k", help="Rank of the projector loss."),
-    method: Optional[list[str]] = typer.Option(None, "--method", "-m", help="Method spec, repeatable (default all), e.g. taylor:K=19,eps=1e-4."),
+    method: Optional[list[str]] = typer.Option(
+        None, "--method", "-m",
+        help=f"Method spec NAME[:KEY=VALUE,...], repeatable (default all), e.g. taylor:K=19,eps=1e-4. "
+             f"Methods: {method_names()} (see `stabkit methods`)."),
     dtype: str = typer.Option("float64", "--dtype", help="float32 or float64."),
     loss_weight: Optional[Path] = typer.Option(None, "--loss-weight", help="A .npy d×d weight G replacing the seeded one."),
     fmt: Format = typer.Option(Format.table, "--format", help="table, or json (one object per method per line)."),
+    force: bool = typer.Option(False, "--force", help="Run even when the certified truth is estimated to take long."),
 ):
     """Compare gradient methods on one matrix against the mpmath/flint ground truth."""
+    from rich.console import Console
+
+    from stabkit import spectra
+    from stabkit.compare import check_truth_cost, compare, truth_cost
+    from stabkit.validation import check_dtype, check_symmetric
+
+    check_dtype(dtype)
+    specs = _method_specs(method)
     if matrix is not None:
-        A = _load_npy(matrix, "matrix")
+        A = check_symmetric(_load_npy(matrix, "matrix"), "matrix")
         source = str(matrix)
+        check_truth_cost(A.shape[-1], force)
     else:
+        check_truth_cost(d, force)
         built = spectra.make(spectrum, d, seed=seed, **parse_params(param))
         A, source = built.matrix, f"{spectrum} d={d} seed={seed} {built.params}"
     weight = _load_npy(loss_weight, "loss weight") if loss_weight is not None else None
-    with Console(stderr=True).status(f"certified ground truth and {len(method or []) or 'all'} methods, d = {A.shape[-1]} …"):
-        result = compare(A, loss, method, dtype=dtype, seed=seed, weight=weight, k=k)
+    size = A.shape[-1]
+    seconds, _ = truth_cost(size)
+    eta = f" (truth estimated ~{_duration(seconds)})" if seconds > 10 else ""
+    with Console(stderr=True).status(f"certified ground truth and {len(specs or []) or 'all'} methods, d = {size}{eta} …"):
+        result = compare(A, loss, specs, dtype=dtype, seed=seed, weight=weight, k=k)
     if fmt is Format.json:
-        for row in result.rows:
-            print(json.dumps({"method": row["method"], **{key: _jsonable(row[key]) for key in ROW_KEYS}}))
+        for row in json_rows(result, source, loss, dtype):
+            print(json.dumps(row))
         return
     _print_table(result, source, loss, dtype)
 
 
-def _load_npy(path: Path, what: str) -> np.ndarray:
+def _method_specs(method):
+    """Parse every ``--method`` once, before any work (a bad spec fails in a second, not after the truth)."""
+    from stabkit.methods import parse_spec
+
+    return [parse_spec(s) for s in method] if method else None
+
+
+def _load_npy(path: Path, what: str):
+    import numpy as np
+
     if not path.exists():
         raise FileNotFoundError(f"{what} file not found: {path}")
+    if path.is_dir():
+        raise ValueError(f"{what} file {path} is a folder, not a .npy file")
     try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"cannot read {what} file {path} as .npy: {exc}") from None
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        detail = "the file is empty" if isinstance(exc, EOFError) or path.stat().st_size == 0 else f"{type(exc).__name__}: {exc}"
+        raise ValueError(f"cannot read {what} file {path} as .npy: {detail}") from None
+    if not isinstance(array, np.ndarray):  # an .npz archive
+        raise ValueError(f"{what} file {path} is an .npz archive; save a single array with numpy.save")
+    if array.ndim != 2:
+        raise ValueError(f"{what} in {path} must be a 2-D square matrix, got shape {array.shape}")
+    return array
+
+
+def json_rows(result, source: str, loss: str, dtype: str) -> list[dict]:
+    """One JSON object per method with everything the table shows: the method's scores and error,
+    the truth's certified digits, engine and time, and the spectrum's gap diagnostics."""
+    truth, diag = result.truth, result.diagnostics
+    shared = {"matrix": source, "loss": loss, "dtype": dtype,
+              "truth_digits": _jsonable(truth.digits), "truth_certified": bool(truth.certified),
+              "truth_engine": truth.engine, "truth_seconds": _jsonable(truth.seconds),
+              **{key: _jsonable(value) for key, value in diag.items()}}
+    from stabkit.compare import ROW_KEYS
+
+    return [{"method": row["method"], **{key: _jsonable(row[key]) for key in ROW_KEYS},
+             "error": row.get("error"), **shared} for row in result.rows]
 
 
 def _jsonable(value):
-    if isinstance(value, (bool, np.bool_)):
+    """JSON has no NaN/Infinity: NaN → null, ±inf → the strings "inf"/"-inf"."""
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
         return bool(value)
     if isinstance(value, (int, np.integer)):
         return int(value)
     value = float(value)
-    return None if math.isnan(value) else value
+    if math.isnan(value):
+        return None
+    return value if math.isfinite(value) else ("inf" if value > 0 else "-inf")
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
 def _print_table(result, source: str, loss: str, dtype: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
     console = Console()
     truth = result.truth
     status = "certified" if truth.certified else "NOT CERTIFIED — treat numbers with care"

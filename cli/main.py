@@ -1,12 +1,16 @@
 """Entry point of the ``stabkit`` console script: one line per command module."""
 
+from typing import Optional
+
 import typer
 
 from . import bench, compare, report, run
 from . import train
-from . import monitor, watch
+from . import methods, monitor, watch
+from ._common import OneLineErrors
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__ and "stabkit: stability of differentiable eigendecomposition.")
+app = typer.Typer(add_completion=False, no_args_is_help=True, cls=OneLineErrors, rich_markup_mode=None,
+                  help=__doc__ and "stabkit: stability of differentiable eigendecomposition.")
 app.command("compare")(compare.compare_command)
 app.command("bench")(bench.bench_command)
 app.command("run")(run.run_command)
@@ -14,6 +18,14 @@ app.command("report")(report.report_command)
 app.command("train")(train.train_command)
 app.command("watch", context_settings=watch.CONTEXT)(watch.watch_command)
 app.add_typer(monitor.app, name="monitor")
+app.command("methods")(methods.methods_command)
+
+
+@app.callback()
+def _main(version: Optional[bool] = typer.Option(None, "--version", is_eager=True, callback=methods.print_version,
+                                                 help="Print the stabkit version and exit.")):
+    """stabkit: stability of differentiable eigendecomposition."""
+
 
 if __name__ == "__main__":
     app()

@@ -6,8 +6,6 @@ from pathlib import Path
 
 import typer
 
-from stabkit.studies import runner
-
 from ._common import user_errors
 
 
@@ -17,4 +15,6 @@ def report_command(
     out: Path = typer.Option(Path("reports"), "--out", help="Root folder of the reports."),
 ):
     """Rebuild reports/NAME/README.md and reports/README.md from results.parquet alone."""
+    from stabkit.studies import runner
+
     print(runner.build_report(name, out))

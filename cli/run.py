@@ -10,8 +10,6 @@ from typing import Optional
 
 import typer
 
-from stabkit.studies import runner
-
 from ._common import user_errors
 
 
@@ -29,6 +27,8 @@ def run_command(
                                             "(grid order); the others resume on a later run."),
 ):
     """Run every cell of STUDY not already finished; write results.parquet/csv and README.md."""
+    from stabkit.studies import runner
+
     if reuse_stale and recompute_stale:
         raise ValueError("--reuse-stale and --recompute-stale exclude each other")
     overrides = dict(runner.parse_override(item) for item in set_ or [])

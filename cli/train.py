@@ -8,11 +8,12 @@ from typing import Optional
 import typer
 
 from ._common import user_errors
+from .methods import method_names
 
 
 @user_errors
 def train_command(
-    method: str = typer.Option("taylor", "--method", "-m", help="Backward method spec, e.g. taylor or 'taylor:K=19'."),
+    method: str = typer.Option("taylor", "--method", "-m", help=f"Backward method spec, e.g. taylor or 'taylor:K=19'; one of {method_names()}."),
     d: int = typer.Option(16, "--d", help="ZCA group size (divides 64)."),
     norm: str = typer.Option("zca", "--norm", help="zca or bn (plain BatchNorm baseline)."),
     preset: str = typer.Option("stabkit", "--preset", help="stabkit (today's layer) or paper (the authors' layers "

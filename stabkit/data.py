@@ -33,6 +33,11 @@ SPLITS = ("train", "test")
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
 
+#: Images per class in each split of CIFAR-10 (so 50 000 train, 10 000 test). A JPEG archive must
+#: hold exactly these: a plain ``.tar`` cut at a member boundary reads without any error, and only
+#: the count tells.
+PER_CLASS = {"train": 5000, "test": 1000}
+
 _REPO = Path(__file__).resolve().parent.parent
 _POOL_MIN = 2000  # fewer images than this are decoded in-process (a pool costs more than it saves)
 
@@ -52,11 +57,16 @@ def cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "stabkit" / "cifar10"
 
 
-def load_cifar10(path=None, split: str = "train", *, workers: int | None = None, cache: bool = True):
+def load_cifar10(path=None, split: str = "train", *, workers: int | None = None, cache: bool = True,
+                 per_class: int | None | str = "standard"):
     """CIFAR-10 ``split`` ("train": 50 000 images, "test": 10 000) from ``path`` (see module doc).
 
     Raises FileNotFoundError for a missing path, ValueError for an unknown split or a file or
-    folder that is not one of the two accepted forms (the message names what is wrong).
+    folder that is not one of the two accepted forms (the message names what is wrong). A JPEG
+    archive must hold ``per_class`` images of every class ("standard": 5 000 train / 1 000 test,
+    ``PER_CLASS``; an int for small synthetic archives; None: no count check). A cached decode that
+    does not pass the same checks (wrong shape, dtype, labels, counts; an empty or damaged file) is
+    decoded again and replaced.
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}: choose 'train' or 'test'")
@@ -69,7 +79,10 @@ def load_cifar10(path=None, split: str = "train", *, workers: int | None = None,
             raise ValueError(f"{path} is a folder but not a cifar-10-batches-py folder (no test_batch file in it or in cifar-10-batches-py/ under it)")
         return _load_batches(folder, split)
     if path.name.endswith((".tar.gz", ".tgz", ".tar")):
-        return _load_archive(path, split, workers, cache)
+        expected = PER_CLASS[split] if per_class == "standard" else per_class
+        if expected is not None and (isinstance(expected, bool) or not isinstance(expected, int) or expected < 1):
+            raise ValueError(f"per_class must be a positive int, None or 'standard', got {per_class!r}")
+        return _load_archive(path, split, workers, cache, expected)
     raise ValueError(f"{path}: expected a cifar10 JPEG .tar.gz archive or a cifar-10-batches-py folder")
 
 
@@ -106,21 +119,46 @@ def _cache_files(path: Path, split: str):
     return Path(f"{base}-images.npy"), Path(f"{base}-labels.npy")
 
 
-def _load_archive(path: Path, split: str, workers, cache: bool):
+def _load_archive(path: Path, split: str, workers, cache: bool, per_class: int | None):
     img_file, lab_file = _cache_files(path, split)
     if cache and img_file.exists() and lab_file.exists():
         try:
-            images, labels = np.load(img_file), np.load(lab_file)
-            if images.dtype == np.uint8 and images.shape[1:] == (32, 32, 3) and len(images) == len(labels):
+            images, labels = np.load(img_file, allow_pickle=False), np.load(lab_file, allow_pickle=False)
+            if _check_arrays(images, labels, per_class) is None:
                 return images, labels
-        except (OSError, ValueError):
-            pass  # a damaged cache file: decode again
+        except (OSError, ValueError, EOFError):
+            pass  # an empty or damaged cache file: decode again
     blobs, labels = _read_members(path, split)
+    problem = _check_counts(labels, per_class)
+    if problem:
+        raise ValueError(f"{path}: {split} split {problem} — the archive is incomplete (truncated?) or not CIFAR-10")
     images = _decode_all(blobs, workers, path)
     if cache:
         _save_atomic(img_file, images)
         _save_atomic(lab_file, labels)
     return images, labels
+
+
+def _check_arrays(images, labels, per_class: int | None) -> str | None:
+    """What is wrong with decoded (images, labels), or None: uint8 (N, 32, 32, 3), int64 (N,) in 0..9."""
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (32, 32, 3):
+        return f"images {images.dtype} {images.shape}, expected uint8 (N, 32, 32, 3)"
+    if labels.dtype != np.int64 or labels.shape != (len(images),):
+        return f"labels {labels.dtype} {labels.shape}, expected int64 ({len(images)},)"
+    if labels.size and (labels.min() < 0 or labels.max() > 9):
+        return "labels outside 0..9"
+    return _check_counts(labels, per_class)
+
+
+def _check_counts(labels, per_class: int | None) -> str | None:
+    """None when every class has ``per_class`` images (or per_class is None), else what differs."""
+    if per_class is None:
+        return None
+    counts = np.bincount(labels, minlength=len(CLASSES))
+    if len(counts) == len(CLASSES) and (counts == per_class).all():
+        return None
+    short = ", ".join(f"{CLASSES[i]} {n}" for i, n in enumerate(counts[:len(CLASSES)]) if n != per_class)
+    return f"has {int(counts.sum())} images, expected {per_class * len(CLASSES)} ({per_class} per class; {short})"
 
 
 def _read_members(path: Path, split: str):

@@ -11,7 +11,10 @@ SYMMETRY_RTOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-10}
 
 
 def check_dtype(dtype) -> np.dtype:
-    dt = np.dtype(dtype)
+    try:
+        dt = np.dtype(dtype)
+    except (TypeError, ValueError):
+        raise ValueError(f"unsupported dtype {dtype!r}: use float32 or float64") from None
     if dt not in (np.dtype(t) for t in SUPPORTED_DTYPES):
         raise ValueError(f"unsupported dtype {dt}: use float32 or float64")
     return dt

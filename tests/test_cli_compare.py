@@ -20,6 +20,11 @@ def _npy(tmp_path, name, array):
     return str(path)
 
 
+JSON_KEYS = {"method", "angle_deg", "angle_full_deg", "kept", "rel_err", "norm_ratio", "finite", "seconds", "error",
+             "matrix", "loss", "dtype", "truth_digits", "truth_certified", "truth_engine", "truth_seconds",
+             "min_abs_gap", "min_rel_gap", "max_abs_K", "numerical_rank", "condition"}
+
+
 def test_json_lines_have_exactly_the_documented_keys(tmp_path):
     path = _npy(tmp_path, "a.npy", build([1.0, 2.0, 3.5, 5.0]))
     result = runner.invoke(app, ["compare", "--matrix", path, "--loss", "zca", "--format", "json",
@@ -28,11 +33,43 @@ def test_json_lines_have_exactly_the_documented_keys(tmp_path):
     rows = [json.loads(line) for line in result.stdout.strip().splitlines()]
     assert [r["method"] for r in rows] == ["analytic", "taylor:K=19,eps=0.0001", "clip"]
     for r in rows:
-        assert set(r) == {"method", "angle_deg", "angle_full_deg", "kept", "rel_err", "norm_ratio", "finite",
-                          "seconds", "truth_digits"}
+        assert set(r) == JSON_KEYS
         assert r["kept"] == 4 and r["angle_full_deg"] == r["angle_deg"]
     assert rows[0]["rel_err"] < 1e-12 and rows[0]["finite"] is True
     assert rows[1]["angle_deg"] > 0
+
+
+def test_json_carries_what_the_table_shows(tmp_path):
+    """Truth digits/engine and the gap diagnostics, checked against an independent computation:
+    eigenvalues 1, 2, 3.5, 5 → min gap 1, min rel gap 1/5, max|K̃| 1, condition 5."""
+    from stabkit.losses import make_loss
+    from stabkit.reference import ground_truth
+
+    A = build([1.0, 2.0, 3.5, 5.0])
+    path = _npy(tmp_path, "a.npy", A)
+    result = runner.invoke(app, ["compare", "--matrix", path, "--format", "json", "-m", "analytic"])
+    assert result.exit_code == 0, result.output
+    (row,) = [json.loads(line) for line in result.stdout.strip().splitlines()]
+    truth = ground_truth(A, make_loss("zca", 4, seed=0))
+    assert row["truth_digits"] == pytest.approx(truth.digits) and row["truth_digits"] > 15
+    assert row["truth_certified"] is True and row["truth_engine"] == truth.engine
+    assert row["min_abs_gap"] == pytest.approx(1.0, rel=1e-12)
+    assert row["min_rel_gap"] == pytest.approx(0.2, rel=1e-12)
+    assert row["max_abs_K"] == pytest.approx(1.0, rel=1e-12)
+    assert row["condition"] == pytest.approx(5.0, rel=1e-12)
+    assert row["numerical_rank"] == 4 and row["error"] is None
+    assert row["matrix"] == path and row["loss"] == "zca" and row["dtype"] == "float64"
+
+
+def test_json_is_strict_json_when_a_gap_is_zero(tmp_path):
+    """An exact tie makes max|K̃| infinite: written as the string "inf", never the invalid token Infinity."""
+    path = _npy(tmp_path, "tie.npy", np.diag([1.0, 2.0, 2.0, 3.0]))
+    result = runner.invoke(app, ["compare", "--matrix", path, "--format", "json", "-m", "clip", "--loss", "sqrt"])
+    assert result.exit_code == 0, result.output
+    line = result.stdout.strip().splitlines()[0]
+    assert "Infinity" not in line and "NaN" not in line
+    row = json.loads(line)
+    assert row["max_abs_K"] == "inf" and row["min_abs_gap"] == 0.0
 
 
 def test_table_lists_every_method_and_truth_digits(tmp_path):

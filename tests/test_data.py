@@ -24,8 +24,8 @@ def _jpeg(color):
 
 
 def _make_archive(path, spec):
-    """spec: list of (split, class, name, color)."""
-    with tarfile.open(path, "w:gz") as tar:
+    """spec: list of (split, class, name, color); a plain tar when ``path`` ends in .tar."""
+    with tarfile.open(path, "w" if str(path).endswith(".tar") else "w:gz") as tar:
         for split, cls, name, color in spec:
             blob = _jpeg(color)
             info = tarfile.TarInfo(f"cifar10/{split}/{cls}/{name}")
@@ -45,37 +45,37 @@ SPEC = [
 
 def test_archive_labels_order_and_pixels(tmp_path):
     path = _make_archive(tmp_path / "tiny.tar.gz", SPEC)
-    images, labels = data.load_cifar10(path, "train")
+    images, labels = data.load_cifar10(path, "train", per_class=None)
     assert images.dtype == np.uint8 and images.shape == (4, 32, 32, 3)
     assert labels.dtype == np.int64 and labels.tolist() == [0, 0, 3, 9]  # sorted by class, then file
     # airplane/0000 is blue, airplane/0001 green, truck red (JPEG at q=100 is within a few levels)
     assert np.abs(images[0].mean((0, 1)) - (10, 10, 200)).max() < 4
     assert np.abs(images[1].mean((0, 1)) - (10, 200, 10)).max() < 4
     assert np.abs(images[3].mean((0, 1)) - (200, 10, 10)).max() < 4
-    test_images, test_labels = data.load_cifar10(path, "test")
+    test_images, test_labels = data.load_cifar10(path, "test", per_class=None)
     assert test_images.shape == (1, 32, 32, 3) and test_labels.tolist() == [6]
 
 
 def test_archive_cache_written_and_keyed_by_mtime(tmp_path):
     path = _make_archive(tmp_path / "tiny.tar.gz", SPEC)
-    data.load_cifar10(path, "train")
+    data.load_cifar10(path, "train", per_class=None)
     cached = sorted(p.name for p in (tmp_path / "cache").iterdir())
     assert len(cached) == 2 and all(p.endswith(".npy") for p in cached)
     # Overwrite the cached images with a sentinel: a second load must come from the cache.
     img_file = [p for p in (tmp_path / "cache").iterdir() if p.name.endswith("-images.npy")][0]
     np.save(img_file, np.full((4, 32, 32, 3), 7, dtype=np.uint8))
-    assert data.load_cifar10(path, "train")[0].max() == 7
+    assert data.load_cifar10(path, "train", per_class=None)[0].max() == 7
     # Touching the archive (new mtime) invalidates the cache → decoded afresh.
     st = os.stat(path)
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-    assert data.load_cifar10(path, "train")[0].max() > 100
+    assert data.load_cifar10(path, "train", per_class=None)[0].max() > 100
 
 
 def test_archive_decoded_with_pool_matches_in_process(tmp_path, monkeypatch):
     path = _make_archive(tmp_path / "tiny.tar.gz", SPEC)
-    serial = data.load_cifar10(path, "train", cache=False, workers=1)
+    serial = data.load_cifar10(path, "train", cache=False, workers=1, per_class=None)
     monkeypatch.setattr(data, "_POOL_MIN", 1)
-    pooled = data.load_cifar10(path, "train", cache=False, workers=2)
+    pooled = data.load_cifar10(path, "train", cache=False, workers=2, per_class=None)
     np.testing.assert_array_equal(serial[0], pooled[0])
     np.testing.assert_array_equal(serial[1], pooled[1])
 
@@ -141,3 +141,71 @@ def test_real_archive_test_split(monkeypatch):
     assert np.bincount(labels, minlength=10).tolist() == [1000] * 10
     mean = images.reshape(-1, 3).mean(0)
     np.testing.assert_allclose(mean, np.array([0.4913, 0.4821, 0.4465]) * 255, rtol=0.01)
+
+
+# ---------------------------------------------------------------------------- incomplete data, bad caches
+def _balanced_spec(per_class, split="train"):
+    """per_class images of every class, each a distinct flat colour."""
+    return [(split, cls, f"{i:04d}.jpg", (20 * c, 10 * i, 200 - 15 * c))
+            for c, cls in enumerate(data.CLASSES) for i in range(per_class)]
+
+
+def _truncate_at_member_boundary(path, keep_members):
+    """Cut a plain tar right after its ``keep_members``-th member (no end-of-archive blocks):
+    tarfile then reads the first members without any error."""
+    with tarfile.open(path) as tar:
+        members = tar.getmembers()
+    end = members[keep_members].offset  # header of the first member dropped
+    with open(path, "r+b") as fh:
+        fh.truncate(end)
+    with tarfile.open(path) as tar:  # the truncated tar really reads silently
+        assert len(tar.getmembers()) == keep_members
+
+
+def test_truncated_plain_tar_is_detected_by_the_counts(tmp_path):
+    path = _make_archive(tmp_path / "c.tar", _balanced_spec(3))
+    images, labels = data.load_cifar10(path, "train", per_class=3)
+    assert images.shape == (30, 32, 32, 3) and np.bincount(labels).tolist() == [3] * 10
+    _truncate_at_member_boundary(path, 25)  # 25 of 30 images: 2 classes short (loaded silently before)
+    with pytest.raises(ValueError, match=r"has 25 images, expected 30 \(3 per class; ship 1, truck 0\)"):
+        data.load_cifar10(path, "train", per_class=3, cache=False)
+    with pytest.raises(ValueError, match="expected 50000"):  # the standard count for the real data set
+        data.load_cifar10(path, "train", cache=False)
+
+
+def test_standard_counts_are_cifar10s():
+    assert {split: n * len(data.CLASSES) for split, n in data.PER_CLASS.items()} == {"train": 50_000, "test": 10_000}
+
+
+def _cache_pair(tmp_path):
+    files = sorted((tmp_path / "cache").iterdir())
+    return [f for f in files if f.name.endswith("-images.npy")][0], [f for f in files if f.name.endswith("-labels.npy")][0]
+
+
+@pytest.mark.parametrize("damage", [
+    lambda img, lab: np.save(lab, np.array(42)),                                   # labels cache holds 42
+    lambda img, lab: np.save(lab, np.full(20, 42, dtype=np.int64)),                # 42s of the right length
+    lambda img, lab: np.save(lab, np.zeros(20, dtype=np.int64)),                   # valid labels, wrong counts
+    lambda img, lab: open(img, "wb").close(),                                      # zero-length images (EOFError before)
+    lambda img, lab: open(lab, "wb").write(b"\x93NUMPY garbage"),                  # damaged header
+    lambda img, lab: np.save(img, np.zeros((20, 32, 32), dtype=np.uint8)),         # wrong shape
+])
+def test_bad_cache_is_decoded_again_and_replaced(tmp_path, damage):
+    path = _make_archive(tmp_path / "c.tar.gz", _balanced_spec(2))
+    first = data.load_cifar10(path, "train", per_class=2)
+    img_file, lab_file = _cache_pair(tmp_path)
+    damage(img_file, lab_file)
+    again = data.load_cifar10(path, "train", per_class=2)
+    np.testing.assert_array_equal(again[0], first[0])
+    np.testing.assert_array_equal(again[1], first[1])
+    assert np.bincount(again[1]).tolist() == [2] * 10
+    # …and the cache is whole again
+    np.testing.assert_array_equal(np.load(lab_file), first[1])
+    np.testing.assert_array_equal(np.load(img_file), first[0])
+
+
+def test_per_class_argument_is_checked(tmp_path):
+    path = _make_archive(tmp_path / "c.tar.gz", _balanced_spec(1))
+    for bad in (0, -3, 2.5, True, "lots"):
+        with pytest.raises(ValueError, match="per_class"):
+            data.load_cifar10(path, "train", per_class=bad)

@@ -480,13 +480,14 @@ def test_each_method_is_warmed_once_per_process_before_it_is_timed(monkeypatch):
         return real(spec, A, loss)
 
     monkeypatch.setattr(methods, "evaluate", counted)
-    monkeypatch.setattr(gradient_accuracy, "_WARMED", set())
+    from stabkit import compare as compare_module
+    monkeypatch.setattr(compare_module, "_WARM", set())
     cell = gradient_accuracy.cells(gradient_accuracy.validate(
         {"methods": ["analytic", "torch"], "families": ["separated"], "d": [6], "dtypes": ["float32"],
          "losses": ["zca"]}))[0]
     rows, error, sources = runner._execute("gradient_accuracy", cell)
     assert error is None and len(rows) == 2 and sources == runner.sources_hash()
-    # warm-up calls on a 4×4 first, then the timed calls of the cell itself
+    # warm-up calls (compare's, on a 3×3) first, then the timed calls of the cell itself
     assert calls == [("analytic", "float32"), ("torch", "float32")] * 2
     calls.clear()
     runner._execute("gradient_accuracy", cell)

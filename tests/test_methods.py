@@ -247,7 +247,7 @@ def test_parse_spec():
     assert methods.parse_spec("taylor:K=19,eps=1e-4") == ("taylor", {"K": 19, "eps": 1e-4})
     assert methods.format_spec(*methods.parse_spec("clip:tau=10")) == "clip:tau=10"
     for bad, needle in [("nope", "unknown method"), ("taylor:Q=1", "no parameter 'Q'"),
-                        ("taylor:K=a", "not a number"), ("taylor:K=1.5", "not a number"), ("clip:tau", "key=value")]:
+                        ("taylor:K=a", "not a number"), ("taylor:K=1.5", "not an integer"), ("clip:tau", "KEY=VALUE")]:
         with pytest.raises(ValueError, match=needle):
             methods.parse_spec(bad)
 

@@ -13,6 +13,8 @@ import math
 import pytest
 import torch
 
+from stabkit import methods
+
 from stabkit.train.preset import PAPER_STD, PRESETS, ZCAConfig, get_preset
 from stabkit.train.resnet import ResNet18
 from stabkit.train.zca import ZCAWhitening, kept_mask
@@ -308,13 +310,18 @@ def test_paper_init_kaiming_fan_out_and_uniform_gamma():
     assert torch.equal(default.norm1.weight.detach(), torch.ones(64))
 
 
-def test_paper_layer_runs_today_with_a_labelled_fallback_for_missing_variants():
+def test_paper_clip_row_runs_the_authors_clip_zero_at_ties():
     layer = ZCAWhitening(8, d=4, config=PRESETS["paper"].layer("clip"), dtype="float64")
-    if layer.spec == "clip:ties=zero":  # registered by the method-variants work
-        assert layer.spec_note == ""
-    else:
-        assert layer.spec == "clip" and layer.spec_note == "clip:ties=zero not in the method registry yet; ran clip"
+    assert (layer.spec, layer.spec_note) == ("clip-authors", "")
     assert ZCAWhitening(8, d=4, config=PRESETS["paper"].layer("taylor")).spec_note == ""
+    # the authors' clip helper, written out: F_ij = sign(λ_j − λ_i)/max(|λ_j − λ_i|, 1/τ), 0 at exact ties
+    lam = torch.tensor([0.5, 1.3, 1.3, 1.3 + 1e-4, 2.0], dtype=torch.float64)
+    F = methods.get("clip-authors").backward.kernel(lam, tau=100.0)
+    for i in range(5):
+        for j in range(5):
+            gap = float(lam[j] - lam[i])
+            want = 0.0 if gap == 0 else math.copysign(1 / max(abs(gap), 0.01), gap)
+            assert float(F[i, j]) == pytest.approx(want, rel=1e-12)
 
 
 def test_pi_baseline_draws_fresh_start_vectors_every_forward():

@@ -7,7 +7,12 @@ matrix. The same formula code runs on numpy arrays and torch tensors (``stabkit.
 
 from __future__ import annotations
 
-from . import (analytic, analytic_trunc, clip, degenerate, lorentzian, pade, power_iteration, taylor, taylor_authors,
+import math
+
+import numpy as np
+
+from .._assign import split_assignments
+from . import (analytic, analytic_trunc, clip, clip_authors, degenerate, lorentzian, pade, power_iteration, taylor, taylor_authors,
                taylor_song, torch_autograd)
 from ._base import Method, assemble
 from .. import _xp
@@ -28,6 +33,7 @@ REGISTRY: dict[str, Method] = {
         torch_autograd.METHOD,
         taylor_authors.METHOD,
         analytic_trunc.METHOD,
+        clip_authors.METHOD,
     )
 }
 
@@ -42,43 +48,50 @@ def get(name: str) -> Method:
 
 
 def resolve_params(name: str, params: dict | None = None) -> dict:
-    """The method's defaults overridden by ``params``, checked and converted to the default's type."""
+    """The method's defaults overridden by ``params``, converted to the default's type and checked
+    against the parameter's declared domain (``Method.domains``): ValueError naming the method, the
+    parameter, the value and the domain otherwise."""
     method = get(name)
     merged = dict(method.defaults)
     for key, value in (params or {}).items():
         if key not in method.defaults:
             allowed = ", ".join(method.defaults) or "none"
             raise ValueError(f"method {name!r} has no parameter {key!r} (allowed: {allowed})")
-        merged[key] = _convert(name, key, value, method.defaults[key])
+        domain = method.domains[key]
+        converted = _convert(name, key, value, domain)
+        if not domain.contains(converted):
+            raise ValueError(f"method {name!r}: parameter {key}={value} is out of range (must be {domain})")
+        merged[key] = converted
     return merged
 
 
-def _convert(name, key, value, default):
-    if value is None or (isinstance(value, str) and value.lower() == "none"):
+def _convert(name, key, value, domain):
+    """Text or number → the domain's type (None stays None; the domain decides whether it may)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == "none"):
         return None
+    if domain.kind is bool:
+        text = str(value).strip().lower()
+        if isinstance(value, (bool, np.bool_)) or text in ("true", "false", "1", "0", "yes", "no"):
+            return bool(value) if isinstance(value, (bool, np.bool_)) else text in ("true", "1", "yes")
+        raise ValueError(f"method {name!r}: parameter {key}={value} is not a switch (must be {domain})")
     try:
-        if isinstance(default, bool):
-            return str(value).lower() in ("1", "true", "yes")
-        if isinstance(default, int):
-            number = float(value)
-            if number != int(number):
-                raise ValueError
-            return int(number)
-        return float(value)
+        if isinstance(value, bool):
+            raise TypeError
+        number = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"method {name!r}: parameter {key}={value!r} is not a number") from None
+        raise ValueError(f"method {name!r}: parameter {key}={value} is not a number (must be {domain})") from None
+    if domain.kind is int and math.isfinite(number):
+        if number != int(number):
+            raise ValueError(f"method {name!r}: parameter {key}={value} is not an integer (must be {domain})")
+        return int(number)
+    return number
 
 
 def parse_spec(spec: str) -> tuple[str, dict]:
     """``"taylor:K=19,eps=1e-4"`` → ("taylor", {"K": 19, "eps": 1e-4}), validated."""
     name, _, rest = spec.partition(":")
     name = name.strip()
-    params = {}
-    for item in filter(None, (p.strip() for p in rest.split(","))):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"method spec {spec!r}: expected key=value, got {item!r}")
-        params[key.strip()] = value.strip()
+    params = split_assignments(rest.split(","), f"method spec {spec!r}")
     return name, resolve_params(name, params)
 
 

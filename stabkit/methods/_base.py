@@ -13,6 +13,8 @@ whole rule.
 from __future__ import annotations
 
 import functools
+import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -74,8 +76,70 @@ def safe_diagonal(x, fill=1.0):
 
 
 @dataclass(frozen=True)
+class Domain:
+    """The values a method parameter accepts: a finite int or float in [lo, hi] (lo excluded when
+    ``lo_open``), or None where ``optional`` (None then means the method's own default rule)."""
+
+    kind: type = float
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    optional: bool = False
+
+    def contains(self, value) -> bool:
+        if value is None:
+            return self.optional
+        if self.kind is bool:
+            return isinstance(value, (bool, np.bool_))
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            return False
+        if self.kind is int and value != int(value):
+            return False
+        if self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo):
+            return False
+        return self.hi is None or value <= self.hi
+
+    def __str__(self) -> str:
+        if self.kind is bool:
+            return "true or false"
+        kind = "an integer" if self.kind is int else "a finite number"
+        if self.lo is not None and self.hi is not None and not self.lo_open:
+            text = f"{kind} from {self.lo:g} to {self.hi:g}"
+        elif self.lo is not None:
+            text = f"{kind} {'>' if self.lo_open else '≥'} {self.lo:g}" + (f" and ≤ {self.hi:g}" if self.hi is not None else "")
+        else:
+            text = kind + (f" ≤ {self.hi:g}" if self.hi is not None else "")
+        return text + (", or none (the default rule)" if self.optional else "")
+
+
+def real(lo=None, hi=None, *, positive: bool = False, optional: bool = False) -> Domain:
+    """A finite float domain; ``positive`` means > lo (lo defaults to 0 then)."""
+    return Domain(float, 0.0 if positive and lo is None else lo, hi, lo_open=positive, optional=optional)
+
+
+def integer(lo=None, hi=None) -> Domain:
+    return Domain(int, lo, hi)
+
+
+def boolean() -> Domain:
+    """A switch: true/false (also 1/0, yes/no in a spec)."""
+    return Domain(bool)
+
+
+#: The largest series degree (K) and power-iteration step count accepted: far past any useful
+#: value (the papers use K ≤ 100, 19 steps), small enough that a typo (K=1e9) is refused instead
+#: of running for hours.
+MAX_TERMS = 1000
+MAX_STEPS = 10_000
+
+
+@dataclass(frozen=True)
 class Method:
-    """A registered gradient method: forward (A → λ, U, state) and backward (state, ∂U, ∂λ → ∂A)."""
+    """A registered gradient method: forward (A → λ, U, state) and backward (state, ∂U, ∂λ → ∂A).
+
+    ``domains`` declares, per parameter in ``defaults``, the values it accepts; ``resolve_params``
+    checks every value against it once, where the method is chosen.
+    """
 
     name: str
     backward: Callable
@@ -84,6 +148,15 @@ class Method:
     paper: str = ""
     summary: str = ""
     kept_rule: Callable | None = None  # (λ from forward, **params) → bool mask, for truncating methods
+    domains: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if set(self.domains) != set(self.defaults):
+            raise TypeError(f"method {self.name!r}: domains {sorted(self.domains)} do not match parameters "
+                            f"{sorted(self.defaults)}; declare one Domain per parameter (domains={{'K': integer(0, 1000)}})")
+        for key, default in self.defaults.items():
+            if not self.domains[key].contains(default):
+                raise TypeError(f"method {self.name!r}: default {key}={default!r} is outside its domain")
 
     def kept(self, state: dict, lam):
         """bool (..., d): True for the eigenpairs the method keeps — ``state["kept"]`` from its
@@ -102,7 +175,7 @@ class Method:
         return np.ones(lam.shape, dtype=bool) if xp is np else xp.ones(lam.shape, dtype=xp.bool, device=lam.device)
 
 
-def kernel_method(name: str, kernel: Callable, defaults: dict, paper: str, summary: str) -> Method:
+def kernel_method(name: str, kernel: Callable, defaults: dict, paper: str, summary: str, domains: dict | None = None) -> Method:
     """A method defined by its approximation F(λ; params) of the matrix 1/(λ_j − λ_i)."""
 
     def backward(state, gU, glam, **params):
@@ -111,4 +184,4 @@ def kernel_method(name: str, kernel: Callable, defaults: dict, paper: str, summa
 
     backward.kernel = kernel
     backward.exact_state = True  # the rule needs only the exact (λ, U) of the forward
-    return Method(name, backward, defaults, paper=paper, summary=summary)
+    return Method(name, backward, defaults, paper=paper, summary=summary, domains=domains or {})

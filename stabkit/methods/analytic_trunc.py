@@ -15,7 +15,7 @@ pair ≤ ε as well and keeps a single pair when none is ≤ ε; this method is 
 """
 
 from .. import _xp
-from ._base import Method, assemble, exact_forward, pair_diff
+from ._base import Method, assemble, exact_forward, pair_diff, real
 from .power_iteration import _flip, _prefix_all
 
 
@@ -48,5 +48,5 @@ METHOD = Method(
     "analytic-trunc", backward, {"eps": 1e-4}, forward=_forward,
     paper="Wang et al., NeurIPS 2019 (SVD baseline, truncated at σ ≤ ε)",
     summary="exact gradient of the decomposition cut at the first λ ≤ ε",
-    kept_rule=lambda lam, eps=1e-4: kept_above(lam, eps),
+    kept_rule=lambda lam, eps=1e-4: kept_above(lam, eps), domains={"eps": real(0.0)},
 )

@@ -7,7 +7,7 @@ still make the second derivative 0·∞ = NaN).
 """
 
 from .. import _xp
-from ._base import kernel_method, quiet, offdiag, pair_diff, pair_sign
+from ._base import kernel_method, quiet, offdiag, pair_diff, pair_sign, real
 
 
 @quiet
@@ -19,4 +19,5 @@ def kernel(lam, tau=100.0):
     return offdiag(pair_sign(lam) * magnitude)
 
 
-METHOD = kernel_method("clip", kernel, {"tau": 100.0}, "Wang et al., TPAMI 2021, SVD-Clip", "|F| capped at τ")
+METHOD = kernel_method("clip", kernel, {"tau": 100.0}, "Wang et al., TPAMI 2021, SVD-Clip", "|F| capped at τ",
+                       domains={"tau": real(positive=True)})

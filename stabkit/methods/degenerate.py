@@ -9,7 +9,7 @@ degenerate eigenspace. Defaults atol = eps^0.6, rtol = eps^0.4 of the dtype. The
 """
 
 from .. import _xp
-from ._base import kernel_method, quiet, offdiag, pair_diff
+from ._base import kernel_method, quiet, offdiag, pair_diff, real
 
 
 def default_tolerances(dtype) -> tuple[float, float]:
@@ -34,4 +34,5 @@ def kernel(lam, atol=None, rtol=None):
 METHOD = kernel_method(
     "degenerate", kernel, {"atol": None, "rtol": None},
     "Kasim, arXiv:2011.04366 (xitorch)", "analytic F, zero on degenerate pairs",
+    domains={"atol": real(0.0, optional=True), "rtol": real(0.0, optional=True)},
 )

@@ -5,7 +5,7 @@ electronic-structure codes (Liao, Liu, Wang & Xiang, "Differentiable Programming
 Networks", PRX 2019). Bounded by 1/(2√ε); equals the analytic F when Δ² ≫ ε. Default ε = 1e-12.
 """
 
-from ._base import kernel_method, quiet, offdiag, pair_diff
+from ._base import kernel_method, quiet, offdiag, pair_diff, real
 
 
 @quiet
@@ -15,5 +15,6 @@ def kernel(lam, eps=1e-12):
 
 
 METHOD = kernel_method(
-    "lorentzian", kernel, {"eps": 1e-12}, "Liao et al., PRX 2019 (Lorentzian broadening)", "Δ/(Δ² + ε)"
+    "lorentzian", kernel, {"eps": 1e-12}, "Liao et al., PRX 2019 (Lorentzian broadening)", "Δ/(Δ² + ε)",
+    domains={"eps": real(positive=True)},
 )

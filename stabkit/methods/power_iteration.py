@@ -56,7 +56,7 @@ import math
 import numpy as np
 
 from .. import _xp
-from ._base import Method, assemble, exact_forward
+from ._base import MAX_STEPS, Method, assemble, boolean, exact_forward, integer, real
 
 
 def _norm(x, xp):
@@ -327,15 +327,17 @@ SVD_PI = Method(
     "pi", _svd_pi_backward, {"steps": 19, "eps": 1e-4}, forward=_svd_pi_forward,
     paper="Wang et al., NeurIPS 2019 (SVD-PI), Alg. 1",
     summary="exact forward truncated to the kept pairs, backward of 19 PI steps with deflation",
-    kept_rule=_svd_pi_kept,
+    kept_rule=_svd_pi_kept, domains={"steps": integer(1, MAX_STEPS), "eps": real(0.0, 1.0)},
 )
 PI_LEGACY = Method(
     "pi-legacy", backward, {"steps": 19, "eps": 1e-4}, forward=_legacy_forward,
     paper="stabkit's pi up to 7f6dbbd (not the paper)",
     summary="full forward, backward dropping pairs (old energy rule): differentiates another function",
+    domains={"steps": integer(1, MAX_STEPS), "eps": real(0.0, 1.0)},
 )
 PI_FORWARD = Method(
     "pi-forward", backward, {"steps": 19, "seed": 0, "stop": False, "eps": 1e-4}, forward=_pi_forward,
     paper="Wang et al., NeurIPS 2019 (PI baseline)", summary="power iteration with deflation, forward and backward",
     kept_rule=_pi_forward_kept,
+    domains={"steps": integer(1, MAX_STEPS), "seed": integer(0), "stop": boolean(), "eps": real(0.0, 1.0)},
 )

@@ -13,7 +13,7 @@ Needs λ + ε > 0; a zero or negative shifted eigenvalue gives a non-finite F.
 """
 
 from .. import _xp
-from ._base import kernel_method, quiet, offdiag, pair_sign
+from ._base import MAX_TERMS, integer, kernel_method, quiet, offdiag, pair_sign, real
 
 
 def geometric_magnitude(lam, K: int, eps: float):
@@ -37,4 +37,5 @@ def kernel(lam, K=9, eps=0.0):
 METHOD = kernel_method(
     "taylor", kernel, {"K": 9, "eps": 0.0},
     "Wang et al., Robust Differentiable SVD, TPAMI 2021, eq. 13", "degree-K Taylor of 1/(λ_i − λ_j) on λ + ε",
+    domains={"K": integer(0, MAX_TERMS), "eps": real(0.0)},
 )

@@ -14,7 +14,7 @@ layer's forward, not this gradient rule.
 """
 
 from .. import _xp
-from ._base import kernel_method, quiet, offdiag, pair_diff
+from ._base import MAX_TERMS, integer, kernel_method, quiet, offdiag, pair_diff, real
 from .taylor import geometric_magnitude
 
 
@@ -29,4 +29,5 @@ METHOD = kernel_method(
     "taylor-authors", kernel, {"K": 9, "eps": 0.0},
     "Wang et al., TPAMI 2021, eq. 13, released code (same-sign ties)",
     "degree-K Taylor on λ + ε, exact ties both +(K+1)/λ as in the authors' code",
+    domains={"K": integer(0, MAX_TERMS), "eps": real(0.0)},
 )

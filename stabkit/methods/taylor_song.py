@@ -7,7 +7,7 @@ antisymmetric), and non-finite entries are replaced by the sample's extreme fini
 """
 
 from .. import _xp
-from ._base import kernel_method, quiet, offdiag
+from ._base import MAX_TERMS, integer, kernel_method, quiet, offdiag
 from ._overflow import replace_nonfinite_per_sample
 
 
@@ -31,5 +31,6 @@ def kernel(lam, K=100):
 
 
 METHOD = kernel_method(
-    "taylor-song", kernel, {"K": 100}, "Song, Sebe & Wang, ICCV 2021 (SVD-Taylor)", "degree-100 Taylor, published tie signs"
+    "taylor-song", kernel, {"K": 100}, "Song, Sebe & Wang, ICCV 2021 (SVD-Taylor)", "degree-100 Taylor, published tie signs",
+    domains={"K": integer(0, MAX_TERMS)},
 )

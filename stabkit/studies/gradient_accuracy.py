@@ -241,32 +241,6 @@ def run_cell(cell: dict) -> list[dict]:
     return rows
 
 
-_WARMED: set = set()
-
-
-def warm_up(cell: dict) -> None:
-    """Call each method of the cell once, in this process, on a small separated matrix of the
-    cell's dtype and loss (the runner's hook, before each cell): first-call costs — torch's lazy
-    initialisation, ~0.6 s for the ``torch`` method — are then not timed as the method's cost."""
-    todo = [spec for spec in cell["methods"] if (spec, cell["dtype"], cell["loss"]) not in _WARMED]
-    if not todo:
-        return
-    from .. import methods
-    from ..losses import make_loss
-
-    d = 4
-    Q, _ = np.linalg.qr(np.random.default_rng(0).standard_normal((d, d)))
-    A = ((Q * np.arange(1.0, d + 1)) @ Q.T).astype(cell["dtype"])
-    A = (A + A.T) / 2
-    loss = make_loss(cell["loss"], d, seed=0)
-    for spec in todo:
-        _WARMED.add((spec, cell["dtype"], cell["loss"]))
-        try:
-            methods.evaluate(spec, A, loss)
-        except Exception:  # noqa: BLE001 — the cell itself reports a method's error
-            pass
-
-
 def _diag(diag: dict) -> dict:
     return {
         "min_abs_gap": float(diag["min_abs_gap"]), "min_rel_gap": float(diag["min_rel_gap"]),

@@ -53,6 +53,7 @@ try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10: the same parser, published as tomli (a dependency only there)
     import tomli as tomllib
+from .._assign import split_assignment
 
 STUDY_KEYS = ("name", "kind", "description")
 TOP_KEYS = ("study", "grid")
@@ -121,14 +122,11 @@ def load_study(path_or_config, overrides: dict | None = None) -> tuple[dict, obj
 
 def parse_override(item: str) -> tuple[str, object]:
     """``"d=[4,8]"`` → ("d", [4, 8]): the value is a TOML literal, or else plain text."""
-    key, sep, value = item.partition("=")
-    key = key.strip()
-    if not sep or not key:
-        raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+    key, value = split_assignment(item, "--set")
     try:
-        return key, tomllib.loads(f"v = {value.strip()}")["v"]
+        return key, tomllib.loads(f"v = {value}")["v"]
     except tomllib.TOMLDecodeError:
-        return key, value.strip()
+        return key, value
 
 
 # ----------------------------------------------------------------------------- execution

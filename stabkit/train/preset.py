@@ -64,17 +64,17 @@ from dataclasses import dataclass, field, replace
 
 from ..methods import format_spec, parse_spec
 
-#: Table IV method (registry name used by the study) → backward spec of the authors' code. The
-#: ``ties=zero`` variant of clip is added by the fid-methods work; until it exists the layer uses
-#: :data:`FALLBACK_SPECS` and the run record says so (``spec`` and ``spec_note``).
+#: Table IV method (registry name used by the study) → backward spec of the authors' code. A spec
+#: the registry lacks falls back through :data:`FALLBACK_SPECS`, and the run record says so
+#: (``spec`` and ``spec_note``).
 PAPER_BACKWARD_SPECS = {
     "analytic": "analytic",          # SVD: autograd through torch.svd = the analytic rule on kept pairs
     "pi-forward": "pi-forward",      # PI: 19 iterations, random starts (fresh every forward)
     "pi": "pi:steps=20",             # SVD-PI: power_iteration_once sums 20 terms (num_iter = 19)
     "taylor": "taylor-song:K=9",     # SVD-Taylor: K = 9 with same-sign ties = geometric_approximation
-    "clip": "clip:ties=zero",        # SVD-Clip: F = 0 at exact ties
+    "clip": "clip-authors",          # SVD-Clip: F = 0 at exact ties
 }
-FALLBACK_SPECS = {"clip:ties=zero": "clip"}
+FALLBACK_SPECS: dict[str, str] = {}
 
 PAPER_STD = (0.2023, 0.1994, 0.2010)
 STABKIT_STD = (0.2470, 0.2435, 0.2616)
@@ -241,7 +241,6 @@ PAPER_DEVIATIONS = (
     ("data pipeline", "torchvision RandomCrop(32, padding=4) + flip, DataLoader shuffle",
      "the same transforms as tensor ops on the device, own shuffle order"),
     ("multi-GPU wrapper", "nn.DataParallel, cudnn.benchmark", "one device, cudnn defaults"),
-    ("clip ties", "F = 0 at exact ties", "needs the clip:ties=zero variant; until registered, clip (±τ at ties)"),
 )
 
 

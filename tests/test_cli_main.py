@@ -1,0 +1,84 @@
+"""The ``stabkit`` entry point: --version, ``stabkit methods``, help texts, a light import."""
+
+import json
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+from typer.testing import CliRunner
+
+import stabkit
+from cli.main import app
+from stabkit import compare as compare_mod
+from stabkit import methods
+
+from .conftest import build
+
+runner = CliRunner()
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_version_matches_the_package_metadata():
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.stdout.strip() == f"stabkit {stabkit.__version__}"
+    assert stabkit.__version__ == metadata.version("stabkit")
+
+
+def test_methods_lists_the_registry_with_defaults_domains_and_papers():
+    result = runner.invoke(app, ["methods", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {row["name"]: row for row in map(json.loads, result.stdout.strip().splitlines())}
+    assert tuple(rows) == methods.NAMES
+    assert rows["taylor"]["params"]["K"] == {"default": 9, "domain": "an integer from 0 to 1000"}
+    assert rows["clip"]["params"]["tau"] == {"default": 100.0, "domain": "a finite number > 0"}
+    assert rows["analytic"]["params"] == {} and "Ionescu" in rows["analytic"]["paper"]
+    text = runner.invoke(app, ["methods"]).stdout
+    for name in methods.NAMES:
+        assert f"{name}: " in text
+    assert "eps = 1e-12  (a finite number > 0)" in text  # lorentzian
+
+
+def test_method_help_lists_every_method():
+    for command in ("compare", "bench", "train"):
+        out = runner.invoke(app, [command, "--help"], env={"COLUMNS": "400"}).stdout
+        for name in methods.NAMES:
+            assert name in out, (command, name)
+
+
+def test_importing_the_cli_imports_no_heavy_library():
+    """`stabkit --help` must not pay for torch/pandas/matplotlib/scipy/flint (2 s before)."""
+    code = ("import sys, cli.main; "
+            "print(' '.join(m for m in ('torch', 'pandas', 'matplotlib', 'scipy', 'flint', 'pyarrow', 'PIL') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True,
+                         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert out.stdout.strip() == ""
+
+
+def test_compare_warms_each_method_up_before_timing_it(monkeypatch):
+    """The timed call of every method comes after an untimed call on a small matrix, so the
+    `torch` row no longer carries torch's first-call cost (0.6–1.1 s before)."""
+    calls = []
+    real = methods.gradient
+
+    def recording(spec, A, loss):
+        calls.append((spec[0] if isinstance(spec, tuple) else spec, A.shape[-1]))
+        return real(spec, A, loss)
+
+    monkeypatch.setattr(compare_mod.methods, "gradient", recording)
+    monkeypatch.setattr(compare_mod, "_WARM", set())
+    A = build([1.0, 2.0, 3.0, 5.0, 8.0])
+    result = compare_mod.compare(A, "zca", ["torch", "taylor"])
+    assert [row["method"] for row in result.rows] == ["torch", "taylor"]
+    assert calls == [("torch", 3), ("taylor", 3), ("torch", 5), ("taylor", 5)]
+    assert all(np.isfinite(row["seconds"]) for row in result.rows)
+    # once per process and dtype: a second comparison runs no warm-up, a new dtype does
+    calls.clear()
+    compare_mod.compare(A, "zca", ["torch", "taylor"])
+    assert calls == [("torch", 5), ("taylor", 5)]
+    calls.clear()
+    compare_mod.compare(A, "zca", ["taylor"], dtype="float32")
+    assert calls == [("taylor", 3), ("taylor", 5)]
