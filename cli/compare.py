@@ -114,7 +114,7 @@ def _jsonable(value):
     """JSON has no NaN/Infinity: NaN → null, ±inf → the strings "inf"/"-inf"."""
     if isinstance(value, bool) or type(value).__name__ == "bool_":
         return bool(value)
-    if isinstance(value, (int, np.integer)):
+    if isinstance(value, int) or type(value).__name__.startswith(("int", "uint")):  # numpy ints, no numpy import
         return int(value)
     value = float(value)
     if math.isnan(value):
