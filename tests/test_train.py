@@ -362,3 +362,13 @@ def test_forward_failures_and_index_summary_are_counted(tmp_path):
     assert "Forward failures" not in study.report(results.assign(run_lam_min=1e-4), {}, tmp_path)
     # analytic: 16 runs, 5 ok (d=4 seeds 3–7); taylor all 16 ok; one BatchNorm run
     assert study.summary(results) == "33 runs ok: analytic 5/16, taylor 16/16, BatchNorm 1/1"
+
+
+def test_cell_alone_brier_is_leave_one_out_by_hand():
+    """Cell A fails 2 of 3, cell B 0 of 2: LOO predictions 1/2, 1/2, 1 for A and 0, 0 for B, so the
+    Brier score is (1/4 + 1/4 + 1 + 0 + 0) / 5 = 0.3."""
+    runs = pd.DataFrame({"spec": ["analytic"] * 3 + ["taylor"] * 2, "d": [8] * 5, "dtype": ["float32"] * 5})
+    y = np.array([1.0, 1.0, 0.0, 0.0, 0.0])
+    assert study.cell_brier(runs, y) == pytest.approx(0.3)
+    fit = study.link(_synthetic_results())
+    assert 0 <= fit["brier_cell"] <= 1
