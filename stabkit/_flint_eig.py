@@ -50,9 +50,11 @@ table — where the engine reports the agreement between the gradients of the la
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
+import os
 
 import flint
 import mpmath
@@ -66,13 +68,45 @@ _SAFE = 1.0 + 1e-9  # covers float64 rounding in the bound arithmetic (≪ 1e-9 
 # integer matrix helpers
 
 
+def flint_threads() -> int:
+    """Threads for flint's multi-modular products: ``STABKIT_FLINT_THREADS`` or the usable cores."""
+    env = os.environ.get("STABKIT_FLINT_THREADS", "").strip()
+    if env:
+        try:
+            n = int(env)
+        except ValueError:
+            raise ValueError(f"STABKIT_FLINT_THREADS must be a positive integer, got {env!r}") from None
+        if n < 1:
+            raise ValueError(f"STABKIT_FLINT_THREADS must be a positive integer, got {env!r}")
+        return n
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@contextlib.contextmanager
+def _threads():
+    before = flint.ctx.threads
+    flint.ctx.threads = flint_threads()
+    try:
+        yield
+    finally:
+        flint.ctx.threads = before
+
+
 def _fm(X: np.ndarray) -> flint.fmpz_mat:
+    """Object (or integer) array → fmpz_mat.  Entries already ``flint.fmpz`` (what ``_obj`` returns
+    and what arithmetic on them keeps) are copied without a Python-int round trip."""
     r, c = X.shape
-    return flint.fmpz_mat(r, c, [int(v) for v in X.ravel()])
+    return flint.fmpz_mat(r, c, X.ravel().tolist())
 
 
 def _obj(M: flint.fmpz_mat) -> np.ndarray:
-    return np.array([int(v) for v in M.entries()], dtype=object).reshape(M.nrows(), M.ncols())
+    """fmpz_mat → object array of ``flint.fmpz`` (exact; no conversion to Python ints)."""
+    out = np.empty(M.nrows() * M.ncols(), dtype=object)
+    out[:] = M.entries()
+    return out.reshape(M.nrows(), M.ncols())
 
 
 def _float_exact_to_int(a: np.ndarray) -> tuple[np.ndarray, int]:
@@ -84,22 +118,49 @@ def _float_exact_to_int(a: np.ndarray) -> tuple[np.ndarray, int]:
     if not nz.any():
         return np.zeros(a.shape, dtype=object), 0
     e = int((53 - ex[nz]).max())
-    shifts = (e - 53 + ex).ravel()
-    flat = [int(v) << int(sh) if v else 0 for v, sh in zip(mant.ravel(), shifts)]
-    return np.array(flat, dtype=object).reshape(a.shape), e
+    shifts = np.where(nz, e - 53 + ex, 0)  # ≥ 0 on the nonzeros by the choice of e
+    return np.left_shift(mant.astype(object), shifts.astype(object)), e
 
 
 def _round_to_int(a: np.ndarray, s: int) -> np.ndarray:
-    """round(a · 2^s) for a float64 array, as Python ints."""
-    return np.array([int(round(math.ldexp(float(v), s))) for v in a.ravel()], dtype=object).reshape(a.shape)
+    """round(a · 2^s) (half to even, as Python's round) for a float64 array, as Python ints."""
+    r = np.rint(np.ldexp(np.asarray(a, dtype=np.float64), s))  # exact: scaling by 2^s, then an integer
+    m, ex = np.frexp(r)
+    mant = (m * 2.0 ** 53).astype(np.int64)  # r = mant · 2^(ex − 53) exactly
+    sh = ex - 53
+    small = sh <= 0  # |r| < 2^53: r itself is an int64
+    big = np.left_shift(mant.astype(object), np.where(small, 0, sh).astype(object))
+    return np.where(small, np.where(small, r, 0.0).astype(np.int64).astype(object), big)
+
+
+_TINY = 2.0 ** -1022
 
 
 def _to_float(N: np.ndarray, scale: int) -> np.ndarray:
-    """N / 2^scale correctly rounded (int/int true division)."""
+    """N / 2^scale correctly rounded.
+
+    Bulk path: float(N_ij) is correctly rounded (Python ints and ``flint.fmpz`` alike) and the
+    scaling by 2^-scale is exact for normal results; entries that over- or underflow there are
+    recomputed one by one with exact int/int division."""
+    N = np.asarray(N)
+    try:
+        with np.errstate(over="ignore", under="ignore"):
+            f = N.astype(np.float64)
+            out = np.ldexp(f, -scale)
+        bad = np.isinf(out) | ((f != 0) & (np.abs(out) < _TINY))
+    except OverflowError:  # an entry ≥ 2^1024
+        out = np.zeros(N.shape, dtype=np.float64)
+        bad = np.ones(N.shape, dtype=bool)
+    if bad.any():
+        idx = np.nonzero(bad)
+        out[idx] = [_to_float_exact(int(v), scale) for v in N[idx]]
+    return out
+
+
+def _to_float_exact(v: int, scale: int) -> float:
     if scale >= 0:
-        den = 1 << scale
-        return np.array([v / den for v in N.ravel()], dtype=np.float64).reshape(N.shape)
-    return np.array([float(v << -scale) for v in N.ravel()], dtype=np.float64).reshape(N.shape)
+        return v / (1 << scale)
+    return float(v << -scale)
 
 
 def _shift(N: np.ndarray, k: int) -> np.ndarray:
@@ -141,10 +202,10 @@ class _Pass:
 
     def __init__(self, Af, a, X, s):
         self.X, self.s, self.a = X, s, a
-        Xf = _fm(X)
-        XT = Xf.transpose()
-        self.P1 = _obj(XT * Xf)  # XᵀX, scale 2s
-        self._AXf = Af * Xf  # scale a + s; converted only when certifying
+        self.Xf = _fm(X)  # columns in the order of X as given (before ``sort``)
+        XT = self.Xf.transpose()
+        self.P1 = _obj(XT * self.Xf)  # XᵀX, scale 2s
+        self._AXf = Af * self.Xf  # scale a + s; converted only when certifying
         self.S = _obj(XT * self._AXf)  # XᵀAX, scale a + 2s
         self.order = None
         self.sort()
@@ -153,6 +214,14 @@ class _Pass:
     def AX(self) -> np.ndarray:
         AX = _obj(self._AXf)
         return AX if self.order is None else AX[:, self.order]
+
+    def times(self, E: np.ndarray) -> np.ndarray:
+        """X·E for the sorted X, from the unsorted product already in flint: X[:, o] E = X (P E)."""
+        if self.order is not None:
+            PE = np.empty_like(E)
+            PE[self.order] = E
+            E = PE
+        return _obj(self.Xf * _fm(E))
 
     def sort(self):
         d = self.X.shape[1]
@@ -224,8 +293,11 @@ def _refine(A: np.ndarray, target_bits: int, lam0: np.ndarray, Q0: np.ndarray, m
                 continue
             break
         s_new = int(min(target_bits + 32, max(s, 2 * acc + 48, s + 8)))
-        XE = _obj(_fm(cur.X) * _fm(E))  # scale 3s
-        X = _shift(cur.X, s_new - s) + _shift(XE, s_new - 3 * s)
+        # E to absolute 2^-(s_new + guard) is all the update needs (Σ_j |x_ij| ≤ √d): dropping its
+        # lower bits makes X·E cheaper without changing X beyond its own rounding at 2^-s_new
+        tE = min(s2, s_new + 8 + math.ceil(math.log2(d)))
+        XE = cur.times(_shift(E, tE - s2))  # scale s + tE
+        X = _shift(cur.X, s_new - s) + _shift(XE, s_new - s - tE)
         s = s_new
         prev = cur
     return cur, prev
@@ -662,6 +734,7 @@ def _choose_bits(lam: np.ndarray, dps: int | None) -> int:
     return math.ceil(dps * math.log2(10)) + 16
 
 
+@_threads()
 def eig_states(A: np.ndarray, *, dps: int | None = None, cache: bool = True, cache_dir=None, key=None,
                atomic_write=None) -> list[dict]:
     """Refined + certified eigendecomposition of A (cached): [final state] or [final, previous]."""
@@ -684,6 +757,7 @@ def eig_states(A: np.ndarray, *, dps: int | None = None, cache: bool = True, cac
     return states
 
 
+@_threads()
 def engine(A: np.ndarray, loss, *, cache: bool, dps: int | None, cache_dir, key, atomic_write,
            input_dtype=np.float64):
     """(float64 gradient, thunk → mpf entries row-major, float64 eigenvalues, digits); see module doc."""
