@@ -223,6 +223,13 @@ class _Pass:
             E = PE
         return _obj(self.Xf * _fm(E))
 
+    def slim(self) -> "_Pass":
+        """Drop what only this pass's own update and certificate use (a previous pass keeps X and diag S)."""
+        self.Xf = self._AXf = None
+        self.P1 = None
+        self.S = np.diag(np.diag(self.S))
+        return self
+
     def sort(self):
         d = self.X.shape[1]
         sd = list(np.diag(self.S))
@@ -247,6 +254,8 @@ def _refine(A: np.ndarray, target_bits: int, lam0: np.ndarray, Q0: np.ndarray, m
     rr_blocks, n_rr = None, 0
     cur = None
     for _ in range(max_iter):
+        if prev is not None:
+            prev.slim()  # only its X and diag S are used again (as the fallback state)
         cur = _Pass(Af, a, X, s)
         s2 = 2 * s
         R2 = -cur.P1
@@ -275,9 +284,14 @@ def _refine(A: np.ndarray, target_bits: int, lam0: np.ndarray, Q0: np.ndarray, m
         w = s2 + gapbits + 16
         lam = np.array([(int(Sd[i]) << w) // (int(P1d[i]) << a) for i in range(d)], dtype=object)
         den = lam[None, :] - lam[:, None]  # scale w
-        den_safe = np.where(clus, 1, den)
-        N = _shift(cur.S, w - a) + R2 * lam[None, :]  # scale w + 2s
-        E = np.where(clus, R2 // 2, N // den_safe)  # scale 2s
+        den[clus] = 1
+        N = _shift(cur.S, w - a)
+        N += R2 * lam[None, :]  # scale w + 2s
+        N //= den
+        del den
+        N[clus] = R2[clus] // 2
+        E, N = N, None  # scale 2s
+        del R2, Rf, Sf, off
         Ef = _to_float(E, s2)
         emax = float(np.abs(Ef).max())
         acc = -math.log2(emax) if emax > 0 else float(target_bits + 64)
@@ -297,7 +311,10 @@ def _refine(A: np.ndarray, target_bits: int, lam0: np.ndarray, Q0: np.ndarray, m
         # lower bits makes X·E cheaper without changing X beyond its own rounding at 2^-s_new
         tE = min(s2, s_new + 8 + math.ceil(math.log2(d)))
         XE = cur.times(_shift(E, tE - s2))  # scale s + tE
-        X = _shift(cur.X, s_new - s) + _shift(XE, s_new - s - tE)
+        del E
+        X = _shift(XE, s_new - s - tE)
+        del XE
+        X += _shift(cur.X, s_new - s)
         s = s_new
         prev = cur
     return cur, prev
