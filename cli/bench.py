@@ -19,10 +19,10 @@ def bench_command(
     batch: int = typer.Option(64, "--batch", help="Matrices per batch."),
     dtype: str = typer.Option("float32", "--dtype", help="float32 or float64."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
-    repeats: int = typer.Option(5, "--repeats", help="Timed repetitions (median reported)."),
+    repeats: int = typer.Option(5, "--repeats", help="Timed rounds; each times every method once (interleaved, after one warm-up call)."),
     method: Optional[list[str]] = typer.Option(None, "--method", "-m", help="Methods (repeatable); default all."),
 ):
-    """Time each method's batched torch backward; print a Markdown table with ratios to torch's."""
+    """Time each method's batched torch backward; print a Markdown table with ratios to torch's (min/median/max over rounds)."""
     if dtype not in ("float32", "float64"):
         raise ValueError(f"unsupported dtype {dtype}: use float32 or float64")
     if device.startswith("cuda"):
@@ -34,6 +34,8 @@ def bench_command(
     if min(dims) < 2:
         raise ValueError("--d must be at least 2")
     table = bench_methods(dims, batch, dtype, device, repeats, method)
-    print(f"machine: {platform.platform()}, {platform.processor() or platform.machine()}; batch {batch}, {dtype}, {device}")
+    print(f"machine: {platform.platform()}, {platform.processor() or platform.machine()}; batch {batch}, {dtype}, {device}; "
+          f"{repeats} interleaved round(s) after a warm-up call per method: backward_ms = median, "
+          f"ratio_to_torch = median (ratio_min/ratio_max = spread) of the per-round ratio")
     print(markdown_table(table))
 
