@@ -124,7 +124,10 @@ def _float_exact_to_int(a: np.ndarray) -> tuple[np.ndarray, int]:
 
 def _round_to_int(a: np.ndarray, s: int) -> np.ndarray:
     """round(a · 2^s) (half to even, as Python's round) for a float64 array, as Python ints."""
-    r = np.rint(np.ldexp(np.asarray(a, dtype=np.float64), s))  # exact: scaling by 2^s, then an integer
+    with np.errstate(over="ignore"):
+        r = np.rint(np.ldexp(np.asarray(a, dtype=np.float64), s))  # exact: scaling by 2^s, then an integer
+    if not np.isfinite(r).all():
+        raise OverflowError(f"_round_to_int: a · 2^{s} overflows float64")
     m, ex = np.frexp(r)
     mant = (m * 2.0 ** 53).astype(np.int64)  # r = mant · 2^(ex − 53) exactly
     sh = ex - 53
