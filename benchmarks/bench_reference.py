@@ -55,11 +55,11 @@ def _child(d: int, engine: str, loss_name: str, seed: int, baseline: str | None)
     A = matrix(d, seed)
     loss = make_loss(loss_name, d, seed=seed, k=max(1, d // 4))
     rss0_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     tr = ground_truth(A, loss, engine="flint" if engine.startswith("flint") else engine, cache=False)
-    sec = time.perf_counter() - t
+    sec, cpu = time.perf_counter() - t, time.process_time() - c
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    return {"seconds": sec, "digits": tr.digits, "peak_mb": peak_kb / 1024, "import_mb": rss0_kb / 1024}
+    return {"seconds": sec, "cpu_s": cpu, "digits": tr.digits, "peak_mb": peak_kb / 1024, "import_mb": rss0_kb / 1024}
 
 
 def _run_child(d, engine, args) -> dict:
@@ -106,24 +106,28 @@ def main(argv=None) -> int:
                     continue
                 r = _run_child(d, eng, args)
                 runs.setdefault((d, eng), []).append(r)
-                print(f"[{rep + 1}/{args.repeats}] d={d} {eng}: {r['seconds']:.2f} s, {r['digits']:.1f} digits, "
+                print(f"[{rep + 1}/{args.repeats}] d={d} {eng}: {r['seconds']:.2f} s ({r['cpu_s']:.2f} s CPU), "
+                      f"{r['digits']:.1f} digits, "
                       f"peak {r['peak_mb']:.0f} MB", file=sys.stderr, flush=True)
     print(f"loss {args.loss}, seed {args.seed}, median of {args.repeats} run(s), each in its own process; "
-          f"flint threads {args.threads or 'default (usable cores)'}; peak = max resident set size incl. imports")
+          f"flint threads {args.threads or 'default (usable cores)'}; CPU = process CPU time (all threads); "
+          f"peak = max resident set size incl. imports")
     ratio = bool(args.baseline)
-    print("| d | engine | seconds | digits | peak MB |" + (" baseline / flint |" if ratio else ""))
-    print("|---:|---|---:|---:|---:|" + ("---:|" if ratio else ""))
+    print("| d | engine | seconds | CPU s | digits | peak MB |" + (" baseline / flint (wall, CPU) |" if ratio else ""))
+    print("|---:|---|---:|---:|---:|---:|" + ("---:|" if ratio else ""))
     for (d, eng), rs in runs.items():
         sec = statistics.median(r["seconds"] for r in rs)
+        cpu = statistics.median(r["cpu_s"] for r in rs)
         dig = min(r["digits"] for r in rs)
         peak = max(r["peak_mb"] for r in rs)
         extra = ""
         if ratio and eng == "flint-baseline" and (d, "flint") in runs:
-            new = [r["seconds"] for r in runs[(d, "flint")]]
-            extra = f" {sec / statistics.median(new):.2f}× |"
+            new = runs[(d, "flint")]
+            extra = (f" {sec / statistics.median(r['seconds'] for r in new):.2f}×, "
+                     f"{cpu / statistics.median(r['cpu_s'] for r in new):.2f}× |")
         elif ratio:
             extra = " |"
-        print(f"| {d} | {eng} | {sec:.2f} | {dig:.1f} | {peak:.0f} |" + extra)
+        print(f"| {d} | {eng} | {sec:.2f} | {cpu:.2f} | {dig:.1f} | {peak:.0f} |" + extra)
     return 0
 
 

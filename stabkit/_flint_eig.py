@@ -50,6 +50,7 @@ table — where the engine reports the agreement between the gradients of the la
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import io
 import json
@@ -273,15 +274,11 @@ def _refine(A: np.ndarray, target_bits: int, lam0: np.ndarray, Q0: np.ndarray, m
         # clusters from *exact* λ̃ differences: float64 λ̃ cannot resolve gaps below ulp(λ̃), and
         # pairs it rounds together would never be separated by the iteration
         w0 = s2 + 16
-        lam = np.array([(int(Sd[i]) << w0) // (int(P1d[i]) << a) for i in range(d)], dtype=object)
-        den = lam[None, :] - lam[:, None]  # scale w0
+        lam = [(int(Sd[i]) << w0) // (int(P1d[i]) << a) for i in range(d)]  # scale w0
         om_int = int(math.ceil(math.ldexp(omega, w0))) + 1
-        clus = np.abs(den) <= om_int
-        np.fill_diagonal(clus, True)
-        sep = ~clus
+        clus, gmin_int = _cluster_mask(lam, om_int)
         gapbits = 0
-        if sep.any():
-            gmin_int = int(np.abs(den[sep]).min())
+        if gmin_int is not None:
             gapbits = max(0, w0 - gmin_int.bit_length() + math.ceil(math.log2(normA)) + 1)
         # E at scale s2, from S, R exact and λ̃ at scale w: its error ≈ 2^-w / gap ≤ 2^-(2s+16)
         w = s2 + gapbits + 16
@@ -295,8 +292,7 @@ def _refine(A: np.ndarray, target_bits: int, lam0: np.ndarray, Q0: np.ndarray, m
         N[clus] = R2[clus] // 2
         E, N = N, None  # scale 2s
         del R2, Rf, Sf, off
-        Ef = _to_float(E, s2)
-        emax = float(np.abs(Ef).max())
+        emax = float(_to_float(np.array([np.abs(E).max()], dtype=object), s2)[0])  # = max|float(E)|
         acc = -math.log2(emax) if emax > 0 else float(target_bits + 64)
         if acc >= target_bits:
             # Rayleigh–Ritz on the clusters whose subspace has converged; again on the sub-clusters
@@ -321,6 +317,22 @@ def _refine(A: np.ndarray, target_bits: int, lam0: np.ndarray, Q0: np.ndarray, m
         s = s_new
         prev = cur
     return cur, prev
+
+
+def _cluster_mask(lam: list, om_int: int):
+    """(clus, gmin): clus_ij = |λ_j − λ_i| ≤ ω and the least |λ_j − λ_i| > ω (None if none), from
+    the exact integers λ (same scale as ω) — sorted, so each row's cluster is a contiguous band of
+    ranks found by bisection, without forming the d² differences."""
+    d = len(lam)
+    order = sorted(range(d), key=lam.__getitem__)
+    v = [lam[i] for i in order]
+    lo = np.array([bisect.bisect_left(v, x - om_int) for x in v])
+    hi = np.array([bisect.bisect_right(v, x + om_int) - 1 for x in v])
+    rank = np.empty(d, dtype=np.int64)
+    rank[order] = np.arange(d)
+    clus = (rank[None, :] >= lo[rank][:, None]) & (rank[None, :] <= hi[rank][:, None])
+    gaps = [v[h + 1] - x for x, h in zip(v, hi) if h + 1 < d]
+    return clus, (min(gaps) if gaps else None)
 
 
 def _cluster_blocks(clus: np.ndarray) -> list[list[int]]:
@@ -628,8 +640,13 @@ def _gradient(st: dict, loss, G: np.ndarray, want_bound: bool):
             if tab is None or (low <= 0).any():
                 want_bound = False
             else:
-                f2 = np.vectorize(lambda x: float(tab[1](x)))(low)
-                f3 = np.vectorize(lambda x: float(tab[2](x)))(low)
+                # low_ij = min(lo_i, lo_j) is lo_i or lo_j: evaluate the tables on the d values of lo
+                # only (d² Python calls before); same numbers entry by entry
+                pick_i = lo[:, None] <= lo[None, :]
+                f2v = np.array([float(tab[1](x)) for x in lo])
+                f3v = np.array([float(tab[2](x)) for x in lo])
+                f2 = np.where(pick_i, f2v[:, None], f2v[None, :])
+                f3 = np.where(pick_i, f3v[:, None], f3v[None, :])
                 dD0 = (r[:, None] + r[None, :]) / 2 * f2 * _SAFE
                 evalD = (np.where(near, h * h / 24 * f3, 0.0) + evalerr) * _SAFE
     # M = D̃ ∘ K̃, rounded to scale tM
