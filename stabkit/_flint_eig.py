@@ -168,7 +168,10 @@ def _to_float_exact(v: int, scale: int) -> float:
 
 
 def _shift(N: np.ndarray, k: int) -> np.ndarray:
-    """N · 2^k, floor for negative k."""
+    """N · 2^k, floor for negative k.  On ``flint.fmpz`` entries the scalar is an fmpz too (mixed
+    fmpz/int operations convert the int every time), and floor division beats fmpz's >>."""
+    if N.size and isinstance(N.flat[0], flint.fmpz):
+        return N * flint.fmpz(1 << k) if k >= 0 else N // flint.fmpz(1 << -k)
     if k >= 0:
         return N * (1 << k)
     return N >> (-k)
@@ -282,9 +285,10 @@ def _refine(A: np.ndarray, target_bits: int, lam0: np.ndarray, Q0: np.ndarray, m
             gapbits = max(0, w0 - gmin_int.bit_length() + math.ceil(math.log2(normA)) + 1)
         # E at scale s2, from S, R exact and λ̃ at scale w: its error ≈ 2^-w / gap ≤ 2^-(2s+16)
         w = s2 + gapbits + 16
-        lam = np.array([(int(Sd[i]) << w) // (int(P1d[i]) << a) for i in range(d)], dtype=object)
+        lam = np.empty(d, dtype=object)
+        lam[:] = [flint.fmpz((int(Sd[i]) << w) // (int(P1d[i]) << a)) for i in range(d)]
         den = lam[None, :] - lam[:, None]  # scale w
-        den[clus] = 1
+        den[clus] = flint.fmpz(1)
         N = _shift(cur.S, w - a)
         N += R2 * lam[None, :]  # scale w + 2s
         N //= den
