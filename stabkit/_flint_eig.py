@@ -12,7 +12,11 @@ cluster block (float64 eigh of the shifted block, orthonormalized to full precis
 Newton–Schulz) separates eigenvalues that differ by rounding only, after which the plain iteration
 resolves them; sub-clusters the float64 block eigh could not split get a further Rayleigh–Ritz
 step (up to 4 in all).  X is a matrix of integers with an implicit scale 2^-s and A is scaled exactly to
-integers, so XᵀX, AX, XᵀAX are *exact* (``flint.fmpz_mat`` products, multi-modular).
+integers, so XᵀX, AX, XᵀAX are *exact* (``flint.fmpz_mat`` products, multi-modular, on
+``STABKIT_FLINT_THREADS`` threads, default the usable cores).  Entries stay ``flint.fmpz`` between
+the products and the elementwise steps (object arrays of fmpz; no Python-int round trips), floats
+are taken in bulk (``float(fmpz)`` is correctly rounded), and a pass that is only the fallback
+keeps just X and diag S.
 
 Certificate (all from exact integer quantities; final bound arithmetic in float64 with a safety
 factor that covers its own rounding):
