@@ -70,3 +70,22 @@ def test_bench_interleaves_methods_after_a_warmup_and_reports_the_ratio_spread(m
     # backward_ms: median over the timed rounds of (1 + m)(r + 1), r = 1..4 → (1 + m) · 3.5 s
     assert abs(row["taylor"].backward_ms - 2 * 3.5e3) < 1e-9
     assert CliRunner().invoke(app, ["bench", "--repeats", "0"]).exit_code == 2
+
+
+def test_bench_reference_reports_seconds_digits_and_peak_memory_per_run():
+    """One subprocess per run; --baseline times another copy of the engine in the same run."""
+    args = ["--d", "8", "--engines", "flint", "--baseline", str(REPO / "stabkit" / "_flint_eig.py"), "--threads", "1"]
+    run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_reference.py"), *args], capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    rows = {line.split("|")[2].strip(): line.split("|") for line in run.stdout.splitlines() if line.startswith("| 8 ")}
+    assert set(rows) == {"flint", "flint-baseline"}
+    for r in rows.values():
+        seconds, cpu, digits, peak_mb = (float(r[k]) for k in (3, 4, 5, 6))
+        assert seconds > 0 and cpu > 0 and digits >= 30 and peak_mb > 10
+    # same engine file twice: the same certified digits
+    assert rows["flint"][5] == rows["flint-baseline"][5]
+    assert rows["flint-baseline"][7].strip().endswith("×")
+    bad = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_reference.py"), "--baseline", "/nonexistent.py"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "no such file" in bad.stderr
