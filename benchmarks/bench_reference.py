@@ -127,7 +127,7 @@ def main(argv=None) -> int:
                      f"{cpu / statistics.median(r['cpu_s'] for r in new):.2f}× |")
         elif ratio:
             extra = " |"
-        print(f"| {d} | {eng} | {sec:.2f} | {cpu:.2f} | {dig:.1f} | {peak:.0f} |" + extra)
+        print(f"| {d} | {eng} | {sec:.3g} | {cpu:.3g} | {dig:.1f} | {peak:.0f} |" + extra)
     return 0
 
 
