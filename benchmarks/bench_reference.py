@@ -1,7 +1,7 @@
 """Time ``stabkit.reference.ground_truth`` (cache off) per matrix size and engine: seconds, digits, peak memory.
 
     python benchmarks/bench_reference.py --d 64 256 512 [--engines mpmath flint] [--loss zca]
-        [--repeats 3] [--baseline path/to/old_flint_eig.py] [--threads 2]
+        [--repeats 3] [--baseline path/to/old_flint_eig.py]
 
 Every (d, engine, repeat) runs in a fresh subprocess, so its peak resident memory
 (``resource.getrusage(...).ru_maxrss``, imports included) is that computation's own; the runs are
@@ -67,10 +67,7 @@ def _run_child(d, engine, args) -> dict:
            "--seed", str(args.seed)]
     if engine == "flint-baseline":
         cmd += ["--baseline", args.baseline]
-    env = dict(os.environ)
-    if args.threads:
-        env["STABKIT_FLINT_THREADS"] = str(args.threads)
-    run = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    run = subprocess.run(cmd, capture_output=True, text=True)
     if run.returncode != 0:
         raise SystemExit(f"d={d} {engine} failed:\n{run.stderr.strip()}")
     return json.loads(run.stdout.strip().splitlines()[-1])
@@ -85,7 +82,6 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=1, help="runs per (d, engine); the median is reported")
     ap.add_argument("--baseline", help="another _flint_eig.py to time as engine 'flint-baseline' in the same run")
-    ap.add_argument("--threads", type=int, help="STABKIT_FLINT_THREADS for the runs (default: usable cores)")
     ap.add_argument("--child", nargs=2, metavar=("D", "ENGINE"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -110,7 +106,7 @@ def main(argv=None) -> int:
                       f"{r['digits']:.1f} digits, "
                       f"peak {r['peak_mb']:.0f} MB", file=sys.stderr, flush=True)
     print(f"loss {args.loss}, seed {args.seed}, median of {args.repeats} run(s), each in its own process; "
-          f"flint threads {args.threads or 'default (usable cores)'}; CPU = process CPU time (all threads); "
+          f"CPU = process CPU time (all threads); "
           f"peak = max resident set size incl. imports")
     ratio = bool(args.baseline)
     print("| d | engine | seconds | CPU s | digits | peak MB |" + (" baseline / flint (wall, CPU) |" if ratio else ""))

@@ -74,7 +74,7 @@ def test_bench_interleaves_methods_after_a_warmup_and_reports_the_ratio_spread(m
 
 def test_bench_reference_reports_seconds_digits_and_peak_memory_per_run():
     """One subprocess per run; --baseline times another copy of the engine in the same run."""
-    args = ["--d", "8", "--engines", "flint", "--baseline", str(REPO / "stabkit" / "_flint_eig.py"), "--threads", "1"]
+    args = ["--d", "8", "--engines", "flint", "--baseline", str(REPO / "stabkit" / "_flint_eig.py")]
     run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_reference.py"), *args], capture_output=True,
                          text=True, timeout=300)
     assert run.returncode == 0, run.stderr
