@@ -1,25 +1,31 @@
-"""Time ``stabkit.reference.ground_truth`` (cache off) per matrix size and engine.
+"""Time ``stabkit.reference.ground_truth`` (cache off) per matrix size and engine: seconds, digits, peak memory.
 
-    python benchmarks/bench_reference.py --d 16 64 256 [--engines mpmath flint] [--loss zca]
+    python benchmarks/bench_reference.py --d 64 256 512 [--engines mpmath flint] [--loss zca]
+        [--repeats 3] [--baseline path/to/old_flint_eig.py]
 
-Prints a Markdown table (d, engine, seconds, digits).  Matrices are Q diag(λ) Qᵀ with a seeded
-orthogonal Q and λ log-spaced in [1e-2, 1e2] (SPD, well separated).  The mpmath engine is only run
-up to ``--mpmath-max-d`` (default 64): it is O(d³) in pure Python.
+Every (d, engine, repeat) runs in a fresh subprocess, so its peak resident memory
+(``resource.getrusage(...).ru_maxrss``, imports included) is that computation's own; the runs are
+interleaved (repeat by repeat, engine by engine) so that load from elsewhere hits all of them alike,
+and the table gives the median seconds.  ``--baseline FILE`` adds the engine "flint-baseline": the
+flint engine with ``stabkit._flint_eig`` replaced by FILE (e.g. an older copy), timed in the same
+run, with the ratio baseline/flint per d.  Matrices are Q diag(λ) Qᵀ with a seeded orthogonal Q
+and λ log-spaced in [1e-2, 1e2] (SPD, well separated).  The mpmath engine is only run up to
+``--mpmath-max-d`` (default 64): it is O(d³) in pure Python.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from stabkit.losses import make_loss  # noqa: E402
-from stabkit.reference import ground_truth  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def matrix(d: int, seed: int = 0) -> np.ndarray:
@@ -30,6 +36,42 @@ def matrix(d: int, seed: int = 0) -> np.ndarray:
     return (A + A.T) / 2
 
 
+def _child(d: int, engine: str, loss_name: str, seed: int, baseline: str | None) -> dict:
+    """One timed ground truth in this (fresh) process."""
+    import resource
+
+    sys.path.insert(0, str(REPO))
+    if baseline:
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("stabkit._flint_eig", baseline)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules["stabkit._flint_eig"] = mod
+        spec.loader.exec_module(mod)
+    from stabkit.losses import make_loss
+    from stabkit.reference import ground_truth
+
+    A = matrix(d, seed)
+    loss = make_loss(loss_name, d, seed=seed, k=max(1, d // 4))
+    rss0_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t, c = time.perf_counter(), time.process_time()
+    tr = ground_truth(A, loss, engine="flint" if engine.startswith("flint") else engine, cache=False)
+    sec, cpu = time.perf_counter() - t, time.process_time() - c
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return {"seconds": sec, "cpu_s": cpu, "digits": tr.digits, "peak_mb": peak_kb / 1024, "import_mb": rss0_kb / 1024}
+
+
+def _run_child(d, engine, args) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(d), engine, "--loss", args.loss,
+           "--seed", str(args.seed)]
+    if engine == "flint-baseline":
+        cmd += ["--baseline", args.baseline]
+    run = subprocess.run(cmd, capture_output=True, text=True)
+    if run.returncode != 0:
+        raise SystemExit(f"d={d} {engine} failed:\n{run.stderr.strip()}")
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--d", type=int, nargs="+", default=[16, 64, 256])
@@ -37,23 +79,50 @@ def main(argv=None) -> int:
     ap.add_argument("--loss", default="zca")
     ap.add_argument("--mpmath-max-d", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--repeats", type=int, default=1, help="runs per (d, engine); the median is reported")
+    ap.add_argument("--baseline", help="another _flint_eig.py to time as engine 'flint-baseline' in the same run")
+    ap.add_argument("--child", nargs=2, metavar=("D", "ENGINE"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    rows = []
-    for d in args.d:
-        A = matrix(d, args.seed)
-        loss = make_loss(args.loss, d, seed=args.seed, k=max(1, d // 4))
-        for eng in args.engines:
-            if eng == "mpmath" and d > args.mpmath_max_d:
-                continue
-            t = time.perf_counter()
-            tr = ground_truth(A, loss, engine=eng, cache=False)
-            sec = time.perf_counter() - t
-            rows.append((d, eng, sec, tr.digits))
-            print(f"d={d} {eng}: {sec:.2f} s, {tr.digits:.1f} digits", file=sys.stderr, flush=True)
-    print(f"| d | engine | seconds | digits |  (loss {args.loss})")
-    print("|---:|---|---:|---:|")
-    for d, eng, sec, dig in rows:
-        print(f"| {d} | {eng} | {sec:.2f} | {dig:.1f} |")
+    if args.child:
+        print(json.dumps(_child(int(args.child[0]), args.child[1], args.loss, args.seed, args.baseline)))
+        return 0
+    if args.repeats < 1:
+        ap.error("--repeats must be at least 1")
+    engines = list(args.engines)
+    if args.baseline:
+        if not Path(args.baseline).is_file():
+            ap.error(f"--baseline {args.baseline}: no such file")
+        engines.append("flint-baseline")
+    runs: dict[tuple[int, str], list[dict]] = {}
+    for rep in range(args.repeats):
+        for d in args.d:
+            for eng in engines:
+                if eng == "mpmath" and d > args.mpmath_max_d:
+                    continue
+                r = _run_child(d, eng, args)
+                runs.setdefault((d, eng), []).append(r)
+                print(f"[{rep + 1}/{args.repeats}] d={d} {eng}: {r['seconds']:.2f} s ({r['cpu_s']:.2f} s CPU), "
+                      f"{r['digits']:.1f} digits, "
+                      f"peak {r['peak_mb']:.0f} MB", file=sys.stderr, flush=True)
+    print(f"loss {args.loss}, seed {args.seed}, median of {args.repeats} run(s), each in its own process; "
+          f"CPU = process CPU time (all threads); "
+          f"peak = max resident set size incl. imports")
+    ratio = bool(args.baseline)
+    print("| d | engine | seconds | CPU s | digits | peak MB |" + (" baseline / flint (wall, CPU) |" if ratio else ""))
+    print("|---:|---|---:|---:|---:|---:|" + ("---:|" if ratio else ""))
+    for (d, eng), rs in runs.items():
+        sec = statistics.median(r["seconds"] for r in rs)
+        cpu = statistics.median(r["cpu_s"] for r in rs)
+        dig = min(r["digits"] for r in rs)
+        peak = max(r["peak_mb"] for r in rs)
+        extra = ""
+        if ratio and eng == "flint-baseline" and (d, "flint") in runs:
+            new = runs[(d, "flint")]
+            extra = (f" {sec / statistics.median(r['seconds'] for r in new):.2f}×, "
+                     f"{cpu / statistics.median(r['cpu_s'] for r in new):.2f}× |")
+        elif ratio:
+            extra = " |"
+        print(f"| {d} | {eng} | {sec:.3g} | {cpu:.3g} | {dig:.1f} | {peak:.0f} |" + extra)
     return 0
 
 

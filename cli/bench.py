@@ -17,15 +17,17 @@ def bench_command(
     batch: int = typer.Option(64, "--batch", help="Matrices per batch."),
     dtype: str = typer.Option("float32", "--dtype", help="float32 or float64."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda[:N]."),
-    repeats: int = typer.Option(5, "--repeats", help="Timed repetitions (median reported)."),
+    repeats: int = typer.Option(5, "--repeats", help="Timed rounds; each times every method once (interleaved, after one warm-up call)."),
     method: Optional[list[str]] = typer.Option(None, "--method", "-m", help=f"Methods (repeatable); default all: {method_names()}."),
 ):
-    """Time each method's batched torch backward; print a Markdown table with ratios to torch's."""
+    """Time each method's batched torch backward; print a Markdown table with ratios to torch's (min/median/max over rounds)."""
     from stabkit._markdown import markdown_table
     from stabkit.bench import bench_methods, check_bench_args
 
     dims = d or [4, 16, 64]
     check_bench_args(dims, batch, dtype, device, repeats, method)
     table = bench_methods(dims, batch, dtype, device, repeats, method)
-    print(f"machine: {platform.platform()}, {platform.processor() or platform.machine()}; batch {batch}, {dtype}, {device}")
+    print(f"machine: {platform.platform()}, {platform.processor() or platform.machine()}; batch {batch}, {dtype}, {device}; "
+          f"{repeats} interleaved round(s) after a warm-up call per method: backward_ms = median, "
+          f"ratio_to_torch = median (ratio_min/ratio_max = spread) of the per-round ratio")
     print(markdown_table(table))

@@ -39,3 +39,53 @@ def test_bench_train_step_table_and_concurrency():
              for line in out.splitlines() if line.startswith("| 1 ") or line.startswith("| 2 ")}
     assert set(rates) == {(k, c) for k in ("1", "2") for c in ("BatchNorm baseline", "ZCA pi d=4")}
     assert all(rate > 0 for rate in rates.values())
+
+
+def test_bench_interleaves_methods_after_a_warmup_and_reports_the_ratio_spread(monkeypatch):
+    """Every round times every method once (rotated start), after one untimed call per method; the
+    ratios are paired within a round, so min/median/max come from the per-round ratios."""
+    from stabkit import bench
+
+    calls = []
+    # method m in round r (0 = warm-up) takes (1 + m) * (r + 1) "seconds": every per-round ratio of
+    # method m to torch (m = 0) is 1 + m, although the absolute times grow 5× over the rounds
+    def fake(name, A, loss):
+        calls.append(name)
+        order = ["torch", "taylor", "pi"]
+        r = (len(calls) - 1) // len(order)
+        return (1 + order.index(name)) * (r + 1) + (0.5 if (name == "pi" and r == 2) else 0.0)
+
+    monkeypatch.setattr(bench, "backward_seconds", fake)
+    table = bench.bench_methods(dims=(3,), batch=2, repeats=4, names=["taylor", "pi", "torch"])
+    assert calls[:3] == ["torch", "taylor", "pi"]  # warm-up, not timed
+    rounds = [calls[3 + 3 * r: 6 + 3 * r] for r in range(4)]
+    assert rounds == [["torch", "taylor", "pi"], ["taylor", "pi", "torch"], ["pi", "torch", "taylor"],
+                      ["torch", "taylor", "pi"]]
+    row = {m: table[table.method == m].iloc[0] for m in ("torch", "taylor", "pi")}
+    assert row["torch"].ratio_to_torch == row["torch"].ratio_min == row["torch"].ratio_max == 1.0
+    assert row["taylor"].ratio_min == row["taylor"].ratio_max == 2.0
+    # pi: ratios 3, 3 + 0.5/3 (round index 1 → fake round 2), 3, 3 → median 3, max 3 + 1/6
+    assert row["pi"].ratio_min == 3.0 and row["pi"].ratio_to_torch == 3.0
+    assert abs(row["pi"].ratio_max - (3 + 0.5 / 3)) < 1e-12
+    # backward_ms: median over the timed rounds of (1 + m)(r + 1), r = 1..4 → (1 + m) · 3.5 s
+    assert abs(row["taylor"].backward_ms - 2 * 3.5e3) < 1e-9
+    assert CliRunner().invoke(app, ["bench", "--repeats", "0"]).exit_code == 2
+
+
+def test_bench_reference_reports_seconds_digits_and_peak_memory_per_run():
+    """One subprocess per run; --baseline times another copy of the engine in the same run."""
+    args = ["--d", "8", "--engines", "flint", "--baseline", str(REPO / "stabkit" / "_flint_eig.py")]
+    run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_reference.py"), *args], capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    rows = {line.split("|")[2].strip(): line.split("|") for line in run.stdout.splitlines() if line.startswith("| 8 ")}
+    assert set(rows) == {"flint", "flint-baseline"}
+    for r in rows.values():
+        seconds, cpu, digits, peak_mb = (float(r[k]) for k in (3, 4, 5, 6))
+        assert seconds > 0 and cpu > 0 and digits >= 30 and peak_mb > 10
+    # same engine file twice: the same certified digits
+    assert rows["flint"][5] == rows["flint-baseline"][5]
+    assert rows["flint-baseline"][7].strip().endswith("×")
+    bad = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_reference.py"), "--baseline", "/nonexistent.py"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "no such file" in bad.stderr
