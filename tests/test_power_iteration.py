@@ -188,8 +188,8 @@ def test_o2p_principal_vector_scoring_refuses_a_dropped_principal_pair():
 
 class _SeriesPI(torch.autograd.Function):
     """Identity forward on an exact eigenvector v; backward ∂M = (Σ_{s<n} (M/‖Mv‖)^s (I − vvᵀ)/‖Mv‖) ∂v vᵀ —
-    the n-term geometric-series form of the power-iteration gradient (the form of the PI layer in the
-    authors' Power-Iteration-SVD code, whose default sums n = 10 terms)."""
+    the n-term geometric-series form of the power-iteration gradient (the form of ``power_iteration_once``
+    in the authors' Power-Iteration-SVD code, whose default num_iter = 19 sums n = 20 terms)."""
 
     @staticmethod
     def forward(ctx, M, v, n):
@@ -209,10 +209,11 @@ class _SeriesPI(torch.autograd.Function):
         return total @ g @ v.T, None, None
 
 
-@pytest.mark.parametrize("n", [10, 19])
+@pytest.mark.parametrize("n", [10, 20])
 def test_pi_steps_equal_the_geometric_series_layer_through_a_truncated_whitening(n):
     """T power-iteration steps from the exact start = an n = T-term series per stage (with deflation
-    and the truncated whitening W = Σ_kept λ^-½ v vᵀ around it): ``pi:steps=10`` is that layer."""
+    and the truncated whitening W = Σ_kept λ^-½ v vᵀ around it): ``pi:steps=20`` is the authors' layer
+    at its default (num_iter = 19, 20 terms), ``pi:steps=10`` Robust-Differentiable-SVD's copy."""
     d = 6
     gen = torch.Generator().manual_seed(7)
     X = torch.randn(d, 2 * d, generator=gen, dtype=torch.float64)

@@ -31,8 +31,11 @@ indefinite matrix the plain iterates leave u_k through rounding, this is their e
 value). For the same reason the paper's third breaking condition (a Rayleigh quotient off by
 more than 10 %) cannot fire from the exact start and is not evaluated. Default ε = 1e-4, the ZCA
 layer's ε in the paper. The same F is T power-iteration steps or a T-term geometric series per stage:
-the authors' public SVD-PI layer (ZCANormPI, github.com/cvlab-epfl/Power-Iteration-SVD, version
-1e6a6e7) back-propagates a 10-term series by default, which is ``pi:steps=10`` (tested).
+the authors' public SVD-PI layers (ZCANormSVDPI / ZCANormPI with ``power_iteration_once``,
+github.com/cvlab-epfl/Power-Iteration-SVD, every version from 1e6a6e7 to the last) sum
+num_iter + 1 = 20 terms by default (num_iter = 19), which is ``pi:steps=20`` — the ``paper``
+preset's SVD-PI row; the copy in Robust-Differentiable-SVD defaults to num_iter = 9, i.e. 10 terms
+(the series form equals ``pi:steps=n`` for n terms: tested).
 
 ``pi-legacy``: stabkit's ``pi`` up to commit 7f6dbbd, kept only to reproduce older results. Its
 forward is the full decomposition (no ``kept``: a layer whitens with all d pairs) while its
