@@ -284,6 +284,9 @@ def test_report_on_synthetic_results(tmp_path):
     assert fit["n"] == 32 and fit["brier"] < 0.05 < fit["brier_base"]  # separable: the link is found
     text = study.report(results, {"dims": [4, 8], "methods": ["analytic", "taylor"]}, tmp_path)
     assert "Table IV" in text and "46.7" in text and "Brier score" in text and "BatchNorm baseline: 1/1 ok" in text
+    # results without a preset column predate the presets and the SVD-PI fix: the report says so
+    assert "Conventions of these runs" in text and "pi-legacy" in text
+    assert "Conventions of these runs" not in study.report(results.assign(preset="stabkit"), {"dims": [4, 8]}, tmp_path)
     # every synthetic failure is at step 3, inside the first 20 % of 120 steps (24)
     windowed = study.report(results.assign(steps_total=120), {"dims": [4, 8], "methods": ["analytic", "taylor"]}, tmp_path)
     assert "11 of the 11 failures happened inside the early window" in windowed
