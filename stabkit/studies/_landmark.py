@@ -31,6 +31,8 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from ._stats import fit_logistic, predict_logistic
+
 #: per-epoch log keys → features: (name, key, how to aggregate over the epochs before L, transform)
 FEATURES = (
     ("log10_max_K", "max_abs_K", "max", "log10"),
@@ -122,29 +124,6 @@ def landmark_table(results: pd.DataFrame, landmark_epochs: float) -> tuple[pd.Da
 
 
 # -------------------------------------------------------------------------------------- models
-def fit_logistic(X: np.ndarray, y: np.ndarray, offset: np.ndarray | None = None, l2: float = 1.0,
-                 iters: int = 50) -> np.ndarray:
-    """Ridge logistic regression (unpenalised intercept) with an optional offset, by Newton's method."""
-    Xb = np.column_stack([np.ones(len(X)), X])
-    off = np.zeros(len(X)) if offset is None else offset
-    beta = np.zeros(Xb.shape[1])
-    penalty = l2 * np.eye(Xb.shape[1])
-    penalty[0, 0] = 0.0
-    for _ in range(iters):
-        p = 1 / (1 + np.exp(-np.clip(off + Xb @ beta, -35, 35)))
-        grad = Xb.T @ (p - y) + penalty @ beta
-        hess = (Xb * (p * (1 - p))[:, None]).T @ Xb + penalty + 1e-9 * np.eye(len(beta))
-        step = np.linalg.solve(hess, grad)
-        beta -= step
-        if np.abs(step).max() < 1e-10:
-            break
-    return beta
-
-
-def _predict(beta, X, offset):
-    return 1 / (1 + np.exp(-np.clip(offset + np.column_stack([np.ones(len(X)), X]) @ beta, -35, 35)))
-
-
 def _logit(p):
     p = np.clip(p, 1e-3, 1 - 1e-3)
     return np.log(p / (1 - p))
@@ -213,7 +192,7 @@ def cross_validate(table: pd.DataFrame, folds: int = 5, repeats: int = 20, seed:
             p_cell_tr = cell_rates(cells[tr], y[tr], cells[tr], prior, leave_one_out=True)
             Xtr, Xte = _standardise(X[tr], X[te])
             beta = fit_logistic(Xtr, y[tr], _logit(p_cell_tr), l2)
-            preds["cell+diag"][rep, te] = _predict(beta, Xte, _logit(p_cell_te))
+            preds["cell+diag"][rep, te] = predict_logistic(beta, Xte, _logit(p_cell_te))
     sq = {m: ((p - y) ** 2).mean(0) for m, p in preds.items()}  # per-run, averaged over repeats
     gain = sq["cell"] - sq["cell+diag"]
     se = float(gain.std(ddof=1) / math.sqrt(len(y)))

@@ -182,3 +182,29 @@ def survival_at(km: dict, t: float) -> float:
     """S(t) of a ``kaplan_meier`` result (a step function, right-continuous; 1 before the first event)."""
     idx = np.searchsorted(km["time"], t, side="right") - 1
     return 1.0 if idx < 0 else float(km["survival"][idx])
+
+
+def fit_logistic(X: np.ndarray, y: np.ndarray, offset: np.ndarray | None = None, l2: float = 1e-2,
+                 iters: int = 100) -> np.ndarray:
+    """Ridge logistic regression (unpenalised intercept, optional offset) by Newton's method; X gets an
+    intercept column. Returns β."""
+    Xb = np.column_stack([np.ones(len(X)), X])
+    off = np.zeros(len(X)) if offset is None else offset
+    beta = np.zeros(Xb.shape[1])
+    penalty = l2 * np.eye(Xb.shape[1])
+    penalty[0, 0] = 0.0
+    for _ in range(iters):
+        p = 1 / (1 + np.exp(-np.clip(off + Xb @ beta, -35, 35)))
+        grad = Xb.T @ (p - y) + penalty @ beta
+        hess = (Xb * (p * (1 - p))[:, None]).T @ Xb + penalty + 1e-9 * np.eye(len(beta))
+        step = np.linalg.solve(hess, grad)
+        beta -= step
+        if np.abs(step).max() < 1e-10:
+            break
+    return beta
+
+
+def predict_logistic(beta: np.ndarray, X: np.ndarray, offset: np.ndarray | None = None) -> np.ndarray:
+    """P(y = 1) of :func:`fit_logistic`'s model."""
+    off = 0.0 if offset is None else offset
+    return 1 / (1 + np.exp(-np.clip(off + np.column_stack([np.ones(len(X)), X]) @ beta, -35, 35)))

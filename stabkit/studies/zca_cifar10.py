@@ -32,6 +32,7 @@ import pandas as pd
 
 from .._markdown import markdown_table
 from . import _stats, with_defaults
+from ._stats import fit_logistic, predict_logistic
 from ..methods import format_spec, parse_spec
 from ..train.preset import get_preset
 
@@ -165,27 +166,6 @@ def features(results: pd.DataFrame) -> pd.DataFrame:
     }, index=results.index)
 
 
-def fit_logistic(X: np.ndarray, y: np.ndarray, l2: float = 1e-2, iters: int = 100) -> np.ndarray:
-    """Ridge-penalised logistic regression by Newton's method; X gets an intercept column. Returns β."""
-    Xb = np.column_stack([np.ones(len(X)), X])
-    beta = np.zeros(Xb.shape[1])
-    penalty = l2 * np.eye(Xb.shape[1])
-    penalty[0, 0] = 0.0
-    for _ in range(iters):
-        p = 1 / (1 + np.exp(-np.clip(Xb @ beta, -35, 35)))
-        grad = Xb.T @ (p - y) + penalty @ beta
-        hess = (Xb * (p * (1 - p))[:, None]).T @ Xb + penalty + 1e-9 * np.eye(len(beta))
-        step = np.linalg.solve(hess, grad)
-        beta -= step
-        if np.abs(step).max() < 1e-10:
-            break
-    return beta
-
-
-def predict(beta: np.ndarray, X: np.ndarray) -> np.ndarray:
-    return 1 / (1 + np.exp(-np.clip(np.column_stack([np.ones(len(X)), X]) @ beta, -35, 35)))
-
-
 def link(results: pd.DataFrame, folds: int = 5, seed: int = 0) -> dict | None:
     """Fit failure ~ early diagnostics on the ZCA runs. None when only one outcome occurred."""
     zca = results[results["norm"] == "zca"]
@@ -198,13 +178,13 @@ def link(results: pd.DataFrame, folds: int = 5, seed: int = 0) -> dict | None:
     mu, sd = F.mean().to_numpy(), F.std(ddof=0).replace(0, 1).to_numpy()
     X = (F.to_numpy() - mu) / sd
     beta = fit_logistic(X, y)
-    p = predict(beta, X)
+    p = predict_logistic(beta, X)
     cv = np.empty_like(y)
     order = np.random.default_rng(seed).permutation(len(y))
     for k in range(folds):
         test = order[k::folds]
         train = np.setdiff1d(order, test)
-        cv[test] = predict(fit_logistic(X[train], y[train]), X[test]) if len(np.unique(y[train])) > 1 else y[train].mean()
+        cv[test] = predict_logistic(fit_logistic(X[train], y[train]), X[test]) if len(np.unique(y[train])) > 1 else y[train].mean()
     return {"beta": beta, "p": p, "p_cv": cv, "y": y, "brier": float(np.mean((p - y) ** 2)),
             "brier_cv": float(np.mean((cv - y) ** 2)), "brier_base": float(np.mean((y.mean() - y) ** 2)), "n": len(y),
             "brier_cell": cell_brier(zca, y)}
