@@ -106,7 +106,10 @@ def json_rows(result, source: str, loss: str, dtype: str) -> list[dict]:
               **{key: _jsonable(value) for key, value in diag.items()}}
     from stabkit.compare import ROW_KEYS
 
-    return [{"method": row["method"], **{key: _jsonable(row[key]) for key in ROW_KEYS},
+    # the row's own truth_digits are those of the truth its angle_deg is measured against (for a
+    # truncating method, the truncated function's); "truth_digits" is the untruncated truth's
+    return [{"method": row["method"], **{key: _jsonable(row[key]) for key in ROW_KEYS if key != "truth_digits"},
+             "angle_truth_digits": _jsonable(row.get("truth_digits", truth.digits)),
              "error": row.get("error"), **shared} for row in result.rows]
 
 

@@ -20,7 +20,7 @@ def _npy(tmp_path, name, array):
     return str(path)
 
 
-JSON_KEYS = {"method", "angle_deg", "angle_full_deg", "kept", "rel_err", "norm_ratio", "finite", "seconds", "error",
+JSON_KEYS = {"method", "angle_deg", "angle_full_deg", "kept", "angle_truth_digits", "rel_err", "norm_ratio", "finite", "seconds", "error",
              "matrix", "loss", "dtype", "truth_digits", "truth_certified", "truth_engine", "truth_seconds",
              "min_abs_gap", "min_rel_gap", "max_abs_K", "numerical_rank", "condition"}
 
