@@ -139,14 +139,25 @@ def findings(g: pd.DataFrame) -> list[Finding]:
                            f"the gradient reaching this call's outputs was non-finite in {int(grad_out_bad.sum())} call(s), first at step {s}.",
                            "The cause is after this call in the forward (closer to the loss): a later layer or the loss itself.",
                            "The monitor's hook measures ∂L/∂output before this call's backward runs; this needs no study."))
-    pi_rows = g["backward"].str.startswith("pi") & (g["n"] >= 16)
-    if pi_rows.any():
-        out.append(Finding("power-iteration backward at d ≥ 16", first(pi_rows),
-                           f"the backward is {backward} on {n}×{n} matrices.",
-                           "Prefer `taylor` (SVD-Taylor) at this size.",
-                           "In the ZCA study SVD-PI (`pi`) failed from d = 16 on in both dtypes (float64 runs that succeeded: 4/8 at "
-                           "d = 16, 0/8 at d = 32 and 64); on the layer's step-0 covariance its gradient is 73.6° (d = 16) and 126° (d = 32) from the "
-                           "certified truth, SVD-Taylor's 1.5° / 23.7°."))
+    rule_name = g["backward"].astype(str).str.split(":").str[0]
+    legacy = (rule_name == "pi-legacy") & (g["n"] >= 16)
+    if legacy.any():
+        out.append(Finding("SVD-PI backward of another function", first(legacy),
+                           f"the backward is {backward} on {n}×{n} matrices: it whitens with every pair but "
+                           "differentiates the decomposition without the pairs it drops.",
+                           "Use `pi` (its forward returns the truncated decomposition it differentiates) or `taylor`.",
+                           "On the ZCA layer's step-0 covariance, `pi-legacy`'s gradient is 73.6° (d = 16) and 126° "
+                           "(d = 32) from the certified truth of what it returns; `pi` is 0.007° / 4.6° from the truth of "
+                           "its truncated function (README, Training)."))
+    truncating = (rule_name == "pi") & (g["n"] >= 16)
+    if truncating.any():
+        out.append(Finding("SVD-PI computes a truncated decomposition", first(truncating),
+                           f"the backward is {backward} on {n}×{n} matrices: the layer's function keeps only the pairs "
+                           "SVD-PI's energy rule keeps (the smallest is always dropped).",
+                           "Nothing to fix if the truncation is intended (NeurIPS 2019, Alg. 1); if the layer should use "
+                           "every pair, use `taylor` instead.",
+                           "On the ZCA layer's step-0 covariance `pi` is 0.007° (d = 16) / 4.6° (d = 32) from the truth of "
+                           "its own function and 85° / 117° from full whitening (`stabkit compare`, README, Training)."))
     gap = g["min_rel_gap"] < GAP_EVENT
     if gap.any() and not any(f.rule == "non-finite gradient made here" for f in out):
         out.append(Finding("small gaps, no failure from them", first(gap),

@@ -67,10 +67,13 @@ def test_a_non_finite_incoming_gradient_points_after_the_call():
     assert f.step == 1 and "after this call" in f.action
 
 
-def test_power_iteration_backward_at_d16():
-    rules = _rules([_row(0, backward="pi", n=16)])
-    assert "73.6°" in rules["power-iteration backward at d ≥ 16"].evidence
-    assert _rules([_row(0, backward="pi", n=8)]) == {}
+def test_svd_pi_rules_at_d16():
+    legacy = _rules([_row(0, backward="pi-legacy", n=16)])["SVD-PI backward of another function"]
+    assert "73.6°" in legacy.evidence and "`pi`" in legacy.action
+    truncating = _rules([_row(0, backward="pi:steps=20", n=16)])
+    assert "85°" in truncating["SVD-PI computes a truncated decomposition"].evidence
+    assert "SVD-PI backward of another function" not in truncating
+    assert _rules([_row(0, backward="pi", n=8)]) == {} and _rules([_row(0, backward="pi-forward", n=16)]) == {}
 
 
 def test_small_gaps_alone_are_reported_as_no_reason_to_act():
