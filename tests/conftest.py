@@ -27,3 +27,38 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+#: the smallest training run that still exercises the loop (tests of stabkit.train)
+SMALL_RUN = {"width": 0.125, "d": 4, "batch_size": 32, "limit_test": 64, "check_every": 1}
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    """CIFAR-shaped uint8 data; class k images are brighter in channel k % 3 (learnable, cheap)."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+
+    def split(n):
+        y = torch.randint(0, 10, (n,), generator=g)
+        x = torch.randint(0, 128, (n, 3, 32, 32), generator=g, dtype=torch.uint8)
+        x[torch.arange(n), y % 3] += 100
+        return x, y
+
+    return {"train": split(256), "test": split(64)}
+
+
+@pytest.fixture()
+def tiny_batches(tmp_path):
+    """A torchvision-style ``cifar-10-batches-py`` folder with 16 random images per batch file."""
+    import pickle
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        with open(folder / name, "wb") as fh:
+            pickle.dump({b"data": rng.integers(0, 256, (16, 3072), dtype=np.uint8), b"labels": rng.integers(0, 10, 16).tolist()}, fh)
+    return folder
+

@@ -14,24 +14,11 @@ from stabkit.train import loop
 from stabkit.train.loop import epoch_log_json, train_many, train_run
 from stabkit.train.resnet import ResNet18
 from stabkit.train.zca import ZCAWhitening
+from tests.conftest import SMALL_RUN
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-SMALL = {"width": 0.125, "d": 4, "batch_size": 32, "limit_test": 64, "check_every": 1}
-
-
-@pytest.fixture(scope="module")
-def synthetic():
-    """CIFAR-shaped uint8 data; class k images are brighter in channel k % 3 (learnable, cheap)."""
-    g = torch.Generator().manual_seed(0)
-
-    def split(n):
-        y = torch.randint(0, 10, (n,), generator=g)
-        x = torch.randint(0, 128, (n, 3, 32, 32), generator=g, dtype=torch.uint8)
-        x[torch.arange(n), y % 3] += 100
-        return x, y
-
-    return {"train": split(256), "test": split(64)}
+SMALL = SMALL_RUN
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -206,19 +193,6 @@ def test_fast_defaults():
     assert loop.resolve_config({"fast": True, "device": "cpu"})["check_every"] == 100
     assert loop.resolve_config({"device": "cpu"})["check_every"] == 10
     assert loop.resolve_config({"compile": True, "device": "cpu"})["compile"] == "default"
-
-
-@pytest.fixture()
-def tiny_batches(tmp_path):
-    import pickle
-
-    folder = tmp_path / "cifar-10-batches-py"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        with open(folder / name, "wb") as fh:
-            pickle.dump({b"data": rng.integers(0, 256, (16, 3072), dtype=np.uint8), b"labels": rng.integers(0, 10, 16).tolist()}, fh)
-    return folder
 
 
 def test_cli_train_fast_options(tiny_batches):

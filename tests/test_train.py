@@ -6,25 +6,12 @@ import torch
 import stabkit.torch as sktorch
 from stabkit.train import loop
 from stabkit.train.loop import augment, train_many, train_run
+from tests.conftest import SMALL_RUN
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-SMALL = {"width": 0.125, "d": 4, "batch_size": 32, "limit_test": 64, "check_every": 1}
-
-
-@pytest.fixture(scope="module")
-def synthetic():
-    """CIFAR-shaped uint8 data; class k images are brighter in channel k % 3 (learnable, cheap)."""
-    g = torch.Generator().manual_seed(0)
-
-    def split(n):
-        y = torch.randint(0, 10, (n,), generator=g)
-        x = torch.randint(0, 128, (n, 3, 32, 32), generator=g, dtype=torch.uint8)
-        x[torch.arange(n), y % 3] += 100
-        return x, y
-
-    return {"train": split(256), "test": split(64)}
+SMALL = SMALL_RUN
 
 
 def test_two_step_run_is_ok(synthetic):
@@ -171,7 +158,6 @@ def test_config_errors():
 
 # ------------------------------------------------------------------ study kind and CLI
 import json  # noqa: E402
-import pickle  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -179,17 +165,6 @@ from typer.testing import CliRunner  # noqa: E402
 
 from cli.main import app  # noqa: E402
 from stabkit.studies import zca_cifar10 as study  # noqa: E402
-
-
-@pytest.fixture()
-def tiny_batches(tmp_path):
-    folder = tmp_path / "cifar-10-batches-py"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        with open(folder / name, "wb") as fh:
-            pickle.dump({b"data": rng.integers(0, 256, (16, 3072), dtype=np.uint8), b"labels": rng.integers(0, 10, 16).tolist()}, fh)
-    return folder
 
 
 def test_wilson_interval_known_values():

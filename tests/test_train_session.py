@@ -3,9 +3,7 @@ comparison's Fisher test (stabkit.train.fastcheck) on constructed inputs with kn
 
 import json
 import math
-import pickle
 
-import numpy as np
 import pytest
 
 from stabkit.studies import runner
@@ -42,17 +40,6 @@ def test_bench_estimate():
     assert session.bench_run_s({"rows": []}, 6, 100, 0, fast=True) is None
     # 100 evaluations of 10 000 test images (plus the final one), a forward = a third of a step of 128
     assert session.eval_steps({"preset": "paper", "epochs": 100}, 39_100) == pytest.approx(101 * 10_000 / 128 / 3)
-
-
-@pytest.fixture()
-def tiny_batches(tmp_path):
-    folder = tmp_path / "cifar-10-batches-py"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        with open(folder / name, "wb") as fh:
-            pickle.dump({b"data": rng.integers(0, 256, (16, 3072), dtype=np.uint8), b"labels": rng.integers(0, 10, 16).tolist()}, fh)
-    return folder
 
 
 def test_max_cells_chunks_and_the_plan_from_finished_runs(tiny_batches, tmp_path, capsys):
