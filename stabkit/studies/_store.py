@@ -105,14 +105,12 @@ def _fsync_dir(directory: Path) -> None:
         pass
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file; on any failure the temporary is removed."""
+def _replace_atomic(path: Path, write) -> None:
+    """``write(tmp)`` a temporary file beside ``path``, then rename it over ``path``; on any failure
+    the temporary is removed and the old ``path`` stays as it was."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -121,6 +119,17 @@ def _write_atomic(path: Path, text: str) -> None:
             pass
         raise
     _fsync_dir(path.parent)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (:func:`_replace_atomic`), synced to disk."""
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    _replace_atomic(path, write)
 
 
 def _checksum(record: dict) -> str:

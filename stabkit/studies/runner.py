@@ -47,7 +47,7 @@ import pandas as pd
 
 from . import kind_module
 from ._store import (LOCK_NAME, StudyLocked, _cell_path, _checksum, _dumps, _jsonable,  # noqa: F401 (re-exported)
-                     _read_json, _scan_cells, _StudyLock, _write_atomic, sources_hash)
+                     _read_json, _replace_atomic, _scan_cells, _StudyLock, _write_atomic, sources_hash)
 
 try:
     import tomllib
@@ -557,18 +557,8 @@ def _write_meta_last(write_meta, status: str, out_dir: Path) -> None:
 
 
 def _write_table(table: pd.DataFrame, out_dir: Path) -> None:
-    for name, write in (("results.parquet", lambda p: table.to_parquet(p, index=False)),
-                        ("results.csv", lambda p: table.to_csv(p, index=False))):
-        tmp = out_dir / f".{name}.{os.getpid()}.tmp"
-        try:
-            write(tmp)
-            os.replace(tmp, out_dir / name)
-        except BaseException:
-            try:
-                tmp.unlink(missing_ok=True)
-            except OSError:
-                pass
-            raise
+    _replace_atomic(out_dir / "results.parquet", lambda p: table.to_parquet(p, index=False))
+    _replace_atomic(out_dir / "results.csv", lambda p: table.to_csv(p, index=False))
 
 
 def consolidate(cells: list[dict], done: dict[str, dict]) -> pd.DataFrame:
