@@ -71,6 +71,7 @@ import torch
 
 from . import torch as sktorch
 from .methods import format_spec, get, parse_spec
+from .methods import spec as methods_spec
 from .monitor_log import COLUMNS, LiveLog, frame, rank_file_name
 
 _SKIP_PARTS = (os.sep + "torch" + os.sep, os.sep + "stabkit" + os.sep + "methods" + os.sep)
@@ -120,16 +121,10 @@ def bound_kernel(spec: str | None):
     """
     if not spec:
         return None
-    name, params = parse_spec(spec)
-    if name in ("pi", "pi-forward"):
-        from .methods import taylor
-
-        eps = params.get("eps", 0.0)
-        return lambda lam: taylor.kernel(lam, K=params["steps"], eps=0.0 if name == "pi-forward" else eps).abs().amax((-2, -1))
-    kernel = getattr(get(name).backward, "kernel", None)
-    if kernel is None:
+    bound = methods_spec(spec)
+    if bound.method.kernel is None and bound.method.bound_kernel is None:
         return None
-    return lambda lam: torch.nan_to_num(kernel(lam, **params).abs(), nan=float("inf")).amax((-2, -1))
+    return bound.bound
 
 
 class Monitor:

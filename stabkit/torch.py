@@ -44,7 +44,7 @@ import torch
 from . import _xp
 from .methods import NAMES, get, resolve_params
 
-SVD_METHODS = tuple(n for n in NAMES if n == "torch" or hasattr(get(n).backward, "kernel"))
+SVD_METHODS = tuple(n for n in NAMES if get(n).has_svd_rule)
 
 
 def EighResult(eigenvalues: torch.Tensor, eigenvectors: torch.Tensor):
@@ -127,7 +127,7 @@ class _Eigh(torch.autograd.Function):
     def backward(ctx, glam, gU):
         A, lam, U = ctx.saved_tensors
         method = get(ctx.name)
-        if getattr(method.backward, "exact_state", False):  # the rule needs only the exact (λ, U)
+        if method.exact_state:  # the rule needs only the exact (λ, U)
             if _differentiating_backward(A):
                 lam, U_new = torch.linalg.eigh(A)
                 U = U_new * _same_sign(U_new, U)
@@ -146,7 +146,7 @@ class _EighJvp(_Eigh):
         """Forward mode, the transpose of the backward rule: with M = Uᵀ sym(dA) U,
         dλ = diag(M), dU = U (F ∘ M) (exact for the analytic F)."""
         lam, U = ctx.saved_tensors
-        kernel = getattr(get(ctx.name).backward, "kernel", None)
+        kernel = get(ctx.name).kernel
         if kernel is None:
             raise RuntimeError(f"stabkit.torch.eigh(method={ctx.name!r}): forward-mode AD (torch.func.jvp, jacfwd, "
                                "hessian) is implemented only for rules given by a kernel F(λ); use reverse mode, e.g. "
@@ -257,7 +257,7 @@ class _SVD(torch.autograd.Function):
             U_new, S, Vh_new = torch.linalg.svd(X, full_matrices=False, driver=ctx.driver)
             sign = _same_sign(U_new, U)
             U, Vh = U_new * sign, Vh_new * sign.mT
-        F = get(ctx.name).backward.kernel(S * S, **ctx.params)
+        F = get(ctx.name).kernel(S * S, **ctx.params)
         return svd_backward(U, S, Vh, gU, gS, gVh, F), None, None, None, None
 
 class _SVDJvp(_SVD):
@@ -272,7 +272,7 @@ class _SVDJvp(_SVD):
         k = S.shape[-1]
         U, Vh = U_all[..., :, :k], Vh_all[..., :k, :]
         V = Vh.mT
-        F = get(ctx.name).backward.kernel(S * S, **ctx.params)
+        F = get(ctx.name).kernel(S * S, **ctx.params)
         XV, XtU = dX @ V, dX.mT @ U
         M = U.mT @ XV
         G, H = F * (M * S[..., None, :]), F * (S[..., :, None] * M)

@@ -316,7 +316,7 @@ def test_paper_clip_row_runs_the_authors_clip_zero_at_ties():
     assert ZCAWhitening(8, d=4, config=PRESETS["paper"].layer("taylor")).spec_note == ""
     # the authors' clip helper, written out: F_ij = sign(λ_j − λ_i)/max(|λ_j − λ_i|, 1/τ), 0 at exact ties
     lam = torch.tensor([0.5, 1.3, 1.3, 1.3 + 1e-4, 2.0], dtype=torch.float64)
-    F = methods.get("clip-authors").backward.kernel(lam, tau=100.0)
+    F = methods.get("clip-authors").kernel(lam, tau=100.0)
     for i in range(5):
         for j in range(5):
             gap = float(lam[j] - lam[i])

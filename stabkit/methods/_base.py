@@ -149,6 +149,17 @@ class Method:
     summary: str = ""
     kept_rule: Callable | None = None  # (λ from forward, **params) → bool mask, for truncating methods
     domains: dict = field(default_factory=dict)
+    #: F(λ; **params) ≈ 1/(λ_j − λ_i) for a kernel method (its whole backward is ``assemble`` with it)
+    kernel: Callable | None = None
+    #: True when the backward needs only the exact (λ, U) of the forward, not iterates (stabkit.torch)
+    exact_state: bool = False
+    #: (λ, **params) → F whose magnitude bounds the backward's coefficients, where it is not
+    #: ``kernel`` itself (power iteration: the degree-T series); the monitor logs max |F|
+    bound_kernel: Callable | None = None
+    #: torch's own eigh/svd and their autograd, not a stabkit rule
+    native: bool = False
+    #: the name of this method in the paper that introduced it, where a study compares to it
+    paper_name: str | None = None
 
     def __post_init__(self):
         if set(self.domains) != set(self.defaults):
@@ -157,6 +168,11 @@ class Method:
         for key, default in self.defaults.items():
             if not self.domains[key].contains(default):
                 raise TypeError(f"method {self.name!r}: default {key}={default!r} is outside its domain")
+
+    @property
+    def has_svd_rule(self) -> bool:
+        """Whether ``stabkit.torch.svd`` can use it: a kernel rule, or torch's own."""
+        return self.kernel is not None or self.native
 
     def kept(self, state: dict, lam):
         """bool (..., d): True for the eigenpairs the method keeps — ``state["kept"]`` from its
@@ -175,13 +191,13 @@ class Method:
         return np.ones(lam.shape, dtype=bool) if xp is np else xp.ones(lam.shape, dtype=xp.bool, device=lam.device)
 
 
-def kernel_method(name: str, kernel: Callable, defaults: dict, paper: str, summary: str, domains: dict | None = None) -> Method:
+def kernel_method(name: str, kernel: Callable, defaults: dict, paper: str, summary: str, domains: dict | None = None,
+                  **fields) -> Method:
     """A method defined by its approximation F(λ; params) of the matrix 1/(λ_j − λ_i)."""
 
     def backward(state, gU, glam, **params):
         with _xp.errstate(state["U"]):
             return assemble(state["U"], kernel(state["lam"], **params), gU, glam)
 
-    backward.kernel = kernel
-    backward.exact_state = True  # the rule needs only the exact (λ, U) of the forward
-    return Method(name, backward, defaults, paper=paper, summary=summary, domains=domains or {})
+    return Method(name, backward, defaults, paper=paper, summary=summary, domains=domains or {}, kernel=kernel,
+                  exact_state=True, **fields)

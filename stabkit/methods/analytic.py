@@ -13,4 +13,5 @@ def kernel(lam):
     return offdiag(1 / safe_diagonal(pair_diff(lam)))
 
 
-METHOD = kernel_method("analytic", kernel, {}, "Ionescu et al., ICCV 2015, Prop. 2", "exact 1/(λ_j − λ_i)")
+METHOD = kernel_method("analytic", kernel, {}, "Ionescu et al., ICCV 2015, Prop. 2", "exact 1/(λ_j − λ_i)",
+                       paper_name="SVD")

@@ -42,11 +42,9 @@ def backward(state, gU, glam, eps=1e-4, **_):
         return assemble(state["U"], F, gU, xp.where(kept, glam, xp.zeros_like(glam)))
 
 
-backward.exact_state = True  # needs only the exact (λ, U): see stabkit.torch
-
 METHOD = Method(
     "analytic-trunc", backward, {"eps": 1e-4}, forward=_forward,
     paper="Wang et al., NeurIPS 2019 (SVD baseline, truncated at σ ≤ ε)",
     summary="exact gradient of the decomposition cut at the first λ ≤ ε",
-    kept_rule=lambda lam, eps=1e-4: kept_above(lam, eps), domains={"eps": real(0.0)},
+    kept_rule=lambda lam, eps=1e-4: kept_above(lam, eps), domains={"eps": real(0.0)}, exact_state=True,
 )

@@ -59,6 +59,7 @@ import math
 import numpy as np
 
 from .. import _xp
+from . import taylor
 from ._base import MAX_STEPS, Method, assemble, boolean, exact_forward, integer, real
 
 
@@ -324,13 +325,22 @@ def _pi_forward(A, steps=19, seed=0, stop=False, eps=1e-4):
     return _forward(A, steps, "random", eps, seed, stop=bool(stop))
 
 
-_svd_pi_backward.exact_state = True  # needs only the exact (λ, U): see Method / stabkit.torch
+def _series_bound(lam, steps=19, eps=0.0, **_):
+    """The degree-T Taylor magnitude (T = steps): the bound of back-propagation through T power
+    iterations (Wang et al., TPAMI 2021, Sec. 4), which the monitor logs."""
+    return taylor.kernel(lam, K=steps, eps=eps)
+
+
+def _pi_forward_bound(lam, steps=19, **_):
+    return taylor.kernel(lam, K=steps, eps=0.0)
+
 
 SVD_PI = Method(
     "pi", _svd_pi_backward, {"steps": 19, "eps": 1e-4}, forward=_svd_pi_forward,
     paper="Wang et al., NeurIPS 2019 (SVD-PI), Alg. 1",
     summary="exact forward truncated to the kept pairs, backward of 19 PI steps with deflation",
     kept_rule=_svd_pi_kept, domains={"steps": integer(1, MAX_STEPS), "eps": real(0.0, 1.0)},
+    exact_state=True, bound_kernel=_series_bound, paper_name="SVD-PI",
 )
 PI_LEGACY = Method(
     "pi-legacy", backward, {"steps": 19, "eps": 1e-4}, forward=_legacy_forward,
@@ -343,4 +353,5 @@ PI_FORWARD = Method(
     paper="Wang et al., NeurIPS 2019 (PI baseline)", summary="power iteration with deflation, forward and backward",
     kept_rule=_pi_forward_kept,
     domains={"steps": integer(1, MAX_STEPS), "seed": integer(0), "stop": boolean(), "eps": real(0.0, 1.0)},
+    bound_kernel=_pi_forward_bound, paper_name="PI",
 )

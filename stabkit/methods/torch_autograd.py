@@ -32,4 +32,5 @@ def backward(state, gU, glam):
     return gA.numpy() if state["numpy"] else gA
 
 
-METHOD = Method("torch", backward, {}, forward=forward, paper="PyTorch torch.linalg.eigh autograd", summary="torch's own eigh backward")
+METHOD = Method("torch", backward, {}, forward=forward, paper="PyTorch torch.linalg.eigh autograd", summary="torch's own eigh backward",
+                native=True)

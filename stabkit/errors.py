@@ -1,0 +1,31 @@
+"""The exceptions stabkit raises on purpose, so callers (and the CLI's one-line errors) can tell a
+user's mistake from a numerical event from a bug by type, never by matching message text.
+
+Each subclasses the builtin a caller would expect (ValueError for bad input, RuntimeError for a
+computation that could not finish), so ``except ValueError`` keeps working.
+"""
+
+from __future__ import annotations
+
+from .methods._spec import MethodSpecError
+
+
+class InputError(ValueError):
+    """A matrix or array the computation cannot accept: NaN/Inf, not square, not symmetric, wrong
+    dtype or shape. The message names the argument and what is wrong with it."""
+
+
+class StudyFileError(ValueError):
+    """A study file or ``--set`` override that names an unknown key, kind or value."""
+
+
+class EigensolverError(RuntimeError):
+    """An eigendecomposition did not converge or returned non-finite values (LAPACK / cuSOLVER
+    failure, or a NaN/Inf that reached the solver) — a numerical event, recorded by training."""
+
+
+class CertificationError(RuntimeError):
+    """The ground truth could not certify the digits it was asked for."""
+
+
+__all__ = ["InputError", "MethodSpecError", "StudyFileError", "EigensolverError", "CertificationError"]
