@@ -15,6 +15,6 @@ def report_command(
     out: Path = typer.Option(Path("reports"), "--out", help="Root folder of the reports."),
 ):
     """Rebuild reports/NAME/README.md and reports/README.md from results.parquet alone."""
-    from stabkit.studies import runner
+    from stabkit.studies import publish
 
-    print(runner.build_report(name, out))
+    print(publish.build_report(name, out))

@@ -27,11 +27,11 @@ def run_command(
                                             "(grid order); the others resume on a later run."),
 ):
     """Run every cell of STUDY not already finished; write results.parquet/csv and README.md."""
-    from stabkit.studies import runner
+    from stabkit.studies import _grid, publish, runner
 
     if reuse_stale and recompute_stale:
         raise ValueError("--reuse-stale and --recompute-stale exclude each other")
-    overrides = dict(runner.parse_override(item) for item in set_ or [])
+    overrides = dict(_grid.parse_override(item) for item in set_ or [])
     command = ["stabkit", "run", str(study), *(f"--set={item}" for item in set_ or [])]
     if jobs is not None:
         command.append(f"--jobs={jobs}")
@@ -53,8 +53,8 @@ def run_command(
     except KeyboardInterrupt:
         print(f"interrupted: finished cells are kept; run `{resume}` again to resume", file=sys.stderr)
         raise typer.Exit(code=130) from None
-    readme = runner.build_report(table.attrs["study_name"], out)
-    failure = runner.first_failure(table)
+    readme = publish.build_report(table.attrs["study_name"], out)
+    failure = publish.first_failure(table)
     if failure is not None and failure[2] == len(table):
         cell_id, error, n = failure
         print(f"error: all {n} cells failed; the first ({cell_id}): {error}", file=sys.stderr)

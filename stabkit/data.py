@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ._io import replace_atomic
+
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 SPLITS = ("train", "test")
 #: Per-channel mean / std of the CIFAR-10 training set (RGB, in [0, 1]).
@@ -208,11 +210,13 @@ def _decode_all(blobs, workers, path):
 
 
 def _save_atomic(file: Path, array: np.ndarray):
-    try:
-        file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = file.with_name(f"{file.name}.{os.getpid()}.tmp")
+    """Cache ``array`` in ``file`` (:func:`stabkit._io.replace_atomic`; a cache need not survive a crash)."""
+    def write(tmp):
         with open(tmp, "wb") as fh:
             np.save(fh, array)
-        os.replace(tmp, file)
+
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        replace_atomic(file, write, durable=False)
     except OSError:
         pass  # an unwritable cache only costs time

@@ -1,10 +1,10 @@
 """Faults the study runner must survive (issue 13): two writers, code changes between resumes,
 edited cell files, kill -9 of the parent, a full or read-only disk, every cell failing, lost wall
-time, progress on stdout, Python 3.10; and the default job count (issue 16)."""
+time, progress on stdout; and the default job count (issue 16). Python 3.10 (tomli): test_studies_grid;
+the sources hash: test_studies_store."""
 
 from __future__ import annotations
 
-import ast
 import builtins
 import errno
 import json
@@ -22,7 +22,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
-from stabkit.studies import _store, gradient_accuracy, runner
+from stabkit.studies import _store, _workers, gradient_accuracy, runner
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -97,7 +97,7 @@ def test_a_second_writer_exits_2_naming_the_holder_and_a_dead_holders_lock_is_ta
     finally:
         holder.kill()  # kill -9: the kernel drops its flock; the lock file stays behind
         holder.wait()
-    lock = json.loads((out_root / "faults" / "cells" / runner.LOCK_NAME).read_text())
+    lock = json.loads((out_root / "faults" / "cells" / _store.LOCK_NAME).read_text())
     assert lock["pid"] == holder.pid
     table = runner.run_study(study, {}, jobs=1, out_root=out_root, progress=False)
     assert len(table) == N_CELLS * 2 and table["error"].isna().all()
@@ -112,10 +112,10 @@ def test_cells_from_other_code_are_refused_then_recomputed_or_reused_on_request(
     out = tmp_path / "faults"
     records = [json.loads(p.read_text()) for p in _cell_files(out)]
     assert len(records) == N_CELLS
-    assert {r["code"]["sources"] for r in records} == {runner.sources_hash()}
+    assert {r["code"]["sources"] for r in records} == {_store.sources_hash()}
     assert {r["code"]["commit"] for r in records} == {json.loads((out / "run.json").read_text())["git_commit"]}
 
-    monkeypatch.setattr(runner, "sources_hash", lambda: "0123456789abcdef")  # the code changed
+    monkeypatch.setattr(_store, "sources_hash", lambda: "0123456789abcdef")  # the code changed
     result = CliRunner().invoke(app, ["run", str(study), "--out", str(tmp_path), "--jobs", "1", "--no-progress"])
     assert result.exit_code == 2, result.output
     assert len(result.output.strip().splitlines()) == 1
@@ -134,29 +134,6 @@ def test_cells_from_other_code_are_refused_then_recomputed_or_reused_on_request(
     assert notes == [f"recomputing {N_CELLS} cell(s) of 'faults' computed by other code"]
     assert {json.loads(p.read_text())["code"]["sources"] for p in _cell_files(out)} == {"0123456789abcdef"}
     pd.testing.assert_frame_equal(_stable(redone), _stable(first))
-
-
-def test_the_sources_hash_follows_every_byte_of_the_package(tmp_path, monkeypatch):
-    package = tmp_path / "stabkit"
-    (package / "methods").mkdir(parents=True)
-    (package / "__init__.py").write_text("")
-    (package / "methods" / "clip.py").write_text("TAU = 1e-3\n")
-    monkeypatch.setattr(_store, "PACKAGE", package)
-
-    def fresh():
-        runner.sources_hash.cache_clear()
-        return runner.sources_hash()
-
-    try:
-        before = fresh()
-        (package / "methods" / "clip.py").write_text("TAU = 1e-2\n")  # change clip's default τ
-        changed = fresh()
-        (package / "methods" / "clip.py").write_text("TAU = 1e-3\n")
-        assert changed != before and fresh() == before
-        (package / "methods" / "new.py").write_text("")  # an added file counts too
-        assert fresh() != before
-    finally:
-        runner.sources_hash.cache_clear()
 
 
 def test_an_edited_cell_file_is_detected_and_recomputed(tmp_path):
@@ -400,31 +377,6 @@ def test_the_cli_writes_nothing_to_stdout_during_a_run(tmp_path):
     assert f"faults: {N_CELLS}/{N_CELLS} cells (0 failed)" in proc.stderr and "README.md" in proc.stderr
 
 
-# ----------------------------------------------------------------------------- Python 3.10
-
-
-def test_python_3_10_is_supported_through_tomli():
-    text = (REPO / "pyproject.toml").read_text()
-    assert 'requires-python = ">=3.10"' in text
-    assert re.search(r'"tomli>=[\d.]+; python_version < \'3.11\'"', text)
-    # no module imports tomllib except the runner, whose fallback is exercised below
-    for path in [*(REPO / "stabkit").rglob("*.py"), *(REPO / "cli").rglob("*.py")]:
-        tree = ast.parse(path.read_text(), feature_version=(3, 10))  # no 3.11-only syntax either
-        imports = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-        imports |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
-        if "tomllib" in imports:
-            assert path.name == "runner.py", path
-    code = ("import sys, tomllib as real\n"
-            "sys.modules['tomllib'] = None\n"  # as on 3.10, where the module does not exist
-            "sys.modules['tomli'] = real\n"
-            "from stabkit.studies import runner\n"
-            "assert runner.tomllib is real\n"
-            "print(runner.load_study(sys.argv[1])[0]['name'])")
-    proc = subprocess.run([sys.executable, "-c", code, str(REPO / "studies" / "tiny.toml")], cwd=REPO,
-                          capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
-    assert proc.returncode == 0 and proc.stdout.strip() == "tiny", proc.stderr
-
-
 # ----------------------------------------------------------------------------- default job count, warm-up
 
 
@@ -436,15 +388,15 @@ def test_the_default_job_count_stays_inline_for_cheap_cells_and_pools_long_ones(
     assert json.loads((tmp_path / "cheap" / "faults" / "run.json").read_text())["workers"] == 1
     # cells that take longer than the workers' start-up: the rest goes to a pool of 2 (run here inline,
     # recorded: test_runner checks that a real pool gives the inline table) ...
-    monkeypatch.setattr(runner, "WORKER_STARTUP_SECONDS", 0.0)
+    monkeypatch.setattr(_workers, "WORKER_STARTUP_SECONDS", 0.0)
     pools = []
 
     def fake_pool(kind, todo, jobs, on_done):
         pools.append((len(todo), jobs))
         for cell in todo:
-            on_done(cell, *runner._execute(kind, cell))
+            on_done(cell, *_workers._execute(kind, cell))
 
-    monkeypatch.setattr(runner, "_run_pool", fake_pool)
+    monkeypatch.setattr(_workers, "_run_pool", fake_pool)
     pooled = runner.run_study(study, {}, out_root=tmp_path / "long", progress=False)
     assert json.loads((tmp_path / "long" / "faults" / "run.json").read_text())["workers"] == 2
     assert pools == [(N_CELLS - 1, 2)]  # one cell inline, measured far longer than the start-up: the rest pooled
@@ -453,21 +405,7 @@ def test_the_default_job_count_stays_inline_for_cheap_cells_and_pools_long_ones(
     monkeypatch.setattr(os, "getloadavg", lambda: (3.0, 3.0, 3.0))
     runner.run_study(study, {}, out_root=tmp_path / "busy", progress=False)
     assert json.loads((tmp_path / "busy" / "faults" / "run.json").read_text())["workers"] == 1 and len(pools) == 1
-    assert runner._free_cores(2) == 1.0 and runner._free_cores(16) == 14.0
-
-
-def test_the_default_job_count_pools_after_one_long_cell(monkeypatch):
-    """A first cell far longer than the workers' start-up sends the rest to the pool at once."""
-    monkeypatch.setattr(os, "cpu_count", lambda: 2)
-    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
-    monkeypatch.setattr(runner, "WORKER_STARTUP_SECONDS", 0.01)
-    pooled = []
-    monkeypatch.setattr(runner, "_run_pool", lambda kind, todo, jobs, on_done: pooled.append((len(todo), jobs)))
-    monkeypatch.setattr(runner, "_execute", lambda kind, cell: (time.sleep(0.05), ([], None, "x"))[1])
-    done = []
-    used = runner._run_local("gradient_accuracy", [{"cell_id": str(i)} for i in range(5)], 2,
-                             lambda cell, *rest: done.append(cell["cell_id"]), auto=True)
-    assert used == 2 and done == ["0"] and pooled == [(4, 2)]
+    assert _workers._free_cores(2) == 1.0 and _workers._free_cores(16) == 14.0
 
 
 def test_each_method_is_warmed_once_per_process_before_it_is_timed(monkeypatch):
@@ -485,12 +423,12 @@ def test_each_method_is_warmed_once_per_process_before_it_is_timed(monkeypatch):
     cell = gradient_accuracy.cells(gradient_accuracy.validate(
         {"methods": ["analytic", "torch"], "families": ["separated"], "d": [6], "dtypes": ["float32"],
          "losses": ["zca"]}))[0]
-    rows, error, sources = runner._execute("gradient_accuracy", cell)
-    assert error is None and len(rows) == 2 and sources == runner.sources_hash()
+    rows, error, sources = _workers._execute("gradient_accuracy", cell)
+    assert error is None and len(rows) == 2 and sources == _store.sources_hash()
     # warm-up calls (compare's, on a 3×3) first, then the timed calls of the cell itself
     assert calls == [("analytic", "float32"), ("torch", "float32")] * 2
     calls.clear()
-    runner._execute("gradient_accuracy", cell)
+    _workers._execute("gradient_accuracy", cell)
     assert calls == [("analytic", "float32"), ("torch", "float32")]  # warmed already: no second warm-up
 
 

@@ -1,4 +1,5 @@
-"""The study runner: end to end, resumption after kill -9, Dask = local, CLI user errors."""
+"""The study runner: end to end, resumption after kill -9, Dask = local, failing cells. Study files and
+their user errors: test_studies_grid; the commit rule: test_studies_provenance."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import torch
 from typer.testing import CliRunner
 
 from cli.main import app
-from stabkit.studies import runner
+from stabkit.studies import provenance, runner
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "studies" / "tiny.toml"
@@ -88,7 +89,7 @@ def test_tiny_study_end_to_end(tmp_path):
     (out / "run.json").write_text(json.dumps({**meta, "git_commit": "0123abc"}))
     rebuilt = runner.build_report("tiny", tmp_path).read_text()
     assert "| git commit | `0123abc` |" in rebuilt
-    assert f"by `stabkit report tiny` at commit `{runner._git_commit(tmp_path)}` |" in rebuilt
+    assert f"by `stabkit report tiny` at commit `{provenance.git_commit(tmp_path)}` |" in rebuilt
 
 
 def test_kill_9_midway_then_resume_gives_the_uninterrupted_table(tmp_path):
@@ -193,69 +194,3 @@ def test_a_failing_cell_is_recorded_and_the_study_goes_on(tmp_path, monkeypatch)
     retried = runner.run_study(study, {}, jobs=1, out_root=tmp_path, progress=False)
     assert len(retried) == 36 and retried["error"].isna().all()
     assert json.loads((tmp_path / "mini" / "run.json").read_text())["cells_computed"] == 2
-
-
-@pytest.mark.parametrize(
-    "grid, extra, named",
-    [
-        ('colour = "red"', [], "'colour'"),
-        ('methods = ["analytic", "magic"]', [], "'magic'"),
-        ('methods = ["taylor:Q=3"]', [], "'Q'"),
-        ('families = ["separated", "banana"]', [], "'banana'"),
-        ("d = [1, 4]", [], "'d'"),
-        ('dtypes = ["float16"]', [], "'dtypes'"),
-        ("", ["--set", "d=[4,1]"], "'d'"),
-        ("", ["--set", "nonsense=3"], "'nonsense'"),
-    ],
-)
-def test_bad_study_files_exit_2_naming_the_key_before_any_work(tmp_path, grid, extra, named):
-    study = _study(tmp_path, grid)
-    result = CliRunner().invoke(app, ["run", str(study), "--out", str(tmp_path / "out"), *extra])
-    assert result.exit_code == 2, result.output
-    message = result.stderr if hasattr(result, "stderr") else result.output
-    assert message.startswith("error: ") and named in message and len(message.strip().splitlines()) == 1
-    assert "Traceback" not in result.output
-    assert not (tmp_path / "out").exists()  # failed before any work
-
-
-def test_bad_study_tables_and_missing_files(tmp_path):
-    bad_kind = tmp_path / "k.toml"
-    bad_kind.write_text('[study]\nname = "x"\nkind = "nope"\n')
-    no_name = tmp_path / "n.toml"
-    no_name.write_text('[study]\nkind = "gradient_accuracy"\n')
-    broken = tmp_path / "b.toml"
-    broken.write_text("[study\n")
-    for path, text in ((bad_kind, "unknown study kind 'nope'"), (no_name, "study.name"),
-                       (broken, "not valid TOML"), (tmp_path / "missing.toml", "not found")):
-        result = CliRunner().invoke(app, ["run", str(path), "--out", str(tmp_path / "out")])
-        assert result.exit_code == 2 and text in result.output, result.output
-    result = CliRunner().invoke(app, ["report", "ghost", "--out", str(tmp_path)])
-    assert result.exit_code == 2 and "ghost" in result.output
-
-
-def test_overrides_are_toml_literals():
-    assert runner.parse_override("d=[4, 8]") == ("d", [4, 8])
-    assert runner.parse_override("dtypes=['float32']") == ("dtypes", ["float32"])
-    assert runner.parse_override("losses=zca") == ("losses", "zca")
-    assert runner.parse_override("seeds=3") == ("seeds", 3)
-    with pytest.raises(ValueError, match="KEY=VALUE"):
-        runner.parse_override("d")
-
-
-def test_commit_of_a_tree_copy_without_git_comes_from_the_environment(tmp_path, monkeypatch):
-    monkeypatch.setattr(runner, "REPO", tmp_path)  # a copy of the tree, no .git (as sent to a GPU machine)
-    monkeypatch.delenv("STABKIT_GIT_COMMIT", raising=False)
-    assert runner._git_commit() == "unknown (not a git checkout)"
-    monkeypatch.setenv("STABKIT_GIT_COMMIT", "0123abc")
-    assert runner._git_commit() == "0123abc (copy without .git; from STABKIT_GIT_COMMIT)"
-    monkeypatch.setattr(runner, "REPO", REPO)  # the real checkout ignores the variable
-    assert runner._git_commit().split("-")[0] == subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
-
-
-@pytest.mark.parametrize("path", sorted((REPO / "studies").glob("*.toml")), ids=lambda p: p.name)
-def test_every_shipped_study_file_loads_and_names_its_report(path):
-    study, kind, grid = runner.load_study(path)
-    cells = kind.cells(grid)
-    assert study["name"] == path.stem and cells  # `stabkit run studies/X.toml` writes reports/X/
-    assert len({c["cell_id"] for c in cells}) == len(cells)

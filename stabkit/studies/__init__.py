@@ -11,7 +11,8 @@ A study file names its ``kind`` (a module of this package) and that kind's grid:
 Every kind module provides
 
 * ``GRID_DEFAULTS: dict`` — the allowed grid keys with their defaults;
-* ``validate(grid: dict) -> dict`` — raise ValueError naming the key and the allowed values;
+* ``validate(grid: dict) -> dict`` — raise ValueError (a :class:`~stabkit.errors.StudyFileError`
+  by :func:`check_choices` / :func:`with_defaults`) naming the key and the allowed values;
 * ``cells(grid: dict) -> list[dict]`` — JSON-able cell parameters, each with a unique,
   deterministic ``"cell_id"`` string (the unit of resumption and of parallel work);
 * ``run_cell(cell: dict) -> list[dict]`` — the result rows of one cell (flat, scalar values);
@@ -19,33 +20,37 @@ Every kind module provides
 * ``report(results: pandas.DataFrame, grid: dict, out_dir: pathlib.Path) -> str`` — Markdown
   body (figures saved into ``out_dir``, referenced by relative path).
 
-``runner`` does loading, overrides, resumable storage, process-pool / Dask execution, progress
-and the report header (command, git commit, machine).
+The machinery around the kinds: ``_grid`` (study file, ``--set`` overrides, cells), ``runner``
+(runs the cells resumably, inline, on a process pool or on Dask — ``_workers`` — and stores them —
+``_store``), ``provenance`` (command, commit, machine: run.json and the report header) and
+``publish`` (a study's README.md and the reports index).
 """
 
 import importlib
+
+from ..errors import StudyFileError
 
 KINDS = ("gradient_accuracy", "gap_probability", "angle_surfaces", "projector_rank", "zca_cifar10", "o2p_stability",
          "zca_cifar10_survival")
 
 
 def kind_module(kind: str):
-    """The module implementing study kind ``kind`` (ValueError naming the allowed kinds)."""
+    """The module implementing study kind ``kind`` (StudyFileError naming the allowed kinds)."""
     if kind not in KINDS:
-        raise ValueError(f"unknown study kind {kind!r}: choose one of {', '.join(KINDS)}")
+        raise StudyFileError(f"unknown study kind {kind!r}: choose one of {', '.join(KINDS)}")
     return importlib.import_module(f"{__name__}.{kind}")
 
 
 def check_choices(kind: str, key: str, values, allowed) -> None:
-    """ValueError unless ``values`` is a non-empty list drawn from ``allowed`` (naming both)."""
+    """StudyFileError unless ``values`` is a non-empty list drawn from ``allowed`` (naming both)."""
     bad = [v for v in values if v not in allowed]
     if bad or not values:
-        raise ValueError(f"{kind}: {key} {bad or list(values)!r} not allowed: choose from {', '.join(allowed)}")
+        raise StudyFileError(f"{kind}: {key} {bad or list(values)!r} not allowed: choose from {', '.join(allowed)}")
 
 
 def with_defaults(kind: str, grid: dict, defaults: dict) -> dict:
-    """``grid`` over ``defaults``; an unknown key is a ValueError naming it and the allowed keys."""
+    """``grid`` over ``defaults``; an unknown key is a StudyFileError naming it and the allowed keys."""
     unknown = sorted(set(grid) - set(defaults))
     if unknown:
-        raise ValueError(f"{kind}: unknown grid key {unknown[0]!r} (allowed: {', '.join(defaults)})")
+        raise StudyFileError(f"{kind}: unknown grid key {unknown[0]!r} (allowed: {', '.join(defaults)})")
     return {**defaults, **grid}

@@ -1,5 +1,6 @@
-"""Storage of a study's cells: one writer per study directory, atomic writes, a checksum and the
-code version (a hash of the ``stabkit`` sources) in every cell file. Used by :mod:`.runner`."""
+"""Storage of a study's cells: one writer per study directory, atomic writes (:mod:`stabkit._io`),
+a checksum and the code version (a hash of the ``stabkit`` sources) in every cell file, and the
+consolidated results table. Used by :mod:`.runner`."""
 
 from __future__ import annotations
 
@@ -12,6 +13,10 @@ import warnings
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
+
+import pandas as pd
+
+from .._io import replace_atomic, write_text_atomic
 
 PACKAGE = Path(__file__).resolve().parents[1]
 LOCK_NAME = ".writer.lock"
@@ -94,42 +99,29 @@ def _cell_path(cells_dir: Path, cell_id: str) -> Path:
     return cells_dir / (hashlib.sha256(cell_id.encode()).hexdigest()[:20] + ".json")
 
 
-def _fsync_dir(directory: Path) -> None:
-    try:  # make a rename durable
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
-
-
-def _replace_atomic(path: Path, write) -> None:
-    """``write(tmp)`` a temporary file beside ``path``, then rename it over ``path``; on any failure
-    the temporary is removed and the old ``path`` stays as it was."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+def cell_record(cell: dict, rows: list[dict], error: str | None, code: dict) -> tuple[dict, str | None]:
+    """(the record stored for a finished cell, its error): a failed cell keeps one row naming the
+    error; rows a kind returned with a non-scalar value make the cell failed (a TypeError)."""
+    record = {"cell_id": cell["cell_id"], "cell": _jsonable(cell), "failed": error is not None, "code": code,
+              "rows": rows if error is None else failure_rows(cell, error)}
     try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(path.parent)
+        _dumps(record)
+    except TypeError as exc:
+        error = f"TypeError: {exc}"
+        record.update(failed=True, rows=failure_rows(cell, error))
+    record["sha256"] = _checksum(record)
+    return record, error
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (:func:`_replace_atomic`), synced to disk."""
-    def write(tmp):
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
+def failure_rows(cell: dict, error: str) -> list[dict]:
+    """The one row a failed cell leaves: its scalar parameters and ``error``."""
+    scalars = {k: v for k, v in cell.items() if k != "cell_id" and isinstance(v, (str, int, float, bool))}
+    return [{**scalars, "error": f"cell failed: {error}"}]
 
-    _replace_atomic(path, write)
+
+def write_cell(cells_dir: Path, record: dict) -> None:
+    """Write a cell's record to its file, atomically and synced to disk."""
+    write_text_atomic(_cell_path(cells_dir, record["cell_id"]), _dumps(record))
 
 
 def _checksum(record: dict) -> str:
@@ -193,3 +185,32 @@ def _read_json(path: Path) -> dict | None:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+
+
+# ----------------------------------------------------------------------------- the results table
+
+
+def consolidate(cells: list[dict], done: dict[str, dict]) -> pd.DataFrame:
+    """All rows in cell order (then the kind's row order), ``cell_id`` first and ``error`` last."""
+    rows = []
+    for cell in cells:
+        record = done.get(cell["cell_id"])
+        if record is None:
+            continue
+        for row in record["rows"]:
+            rows.append({"cell_id": cell["cell_id"], **row})
+    columns = ["cell_id"]
+    for row in rows:
+        columns.extend(k for k in row if k not in columns)
+    if "error" in columns:
+        columns.remove("error")
+    columns.append("error")
+    table = pd.DataFrame(rows, columns=columns)
+    table["error"] = table["error"].astype(object).where(table["error"].notna(), None)
+    return table
+
+
+def write_table(table: pd.DataFrame, out_dir: Path) -> None:
+    """results.parquet and results.csv, each replaced atomically."""
+    replace_atomic(out_dir / "results.parquet", lambda p: table.to_parquet(p, index=False))
+    replace_atomic(out_dir / "results.csv", lambda p: table.to_csv(p, index=False))

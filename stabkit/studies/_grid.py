@@ -1,0 +1,94 @@
+"""A study file's grid: read and checked (:func:`load_study`), changed by ``--set`` overrides
+(:func:`parse_override`), expanded into cells (:func:`expand`).
+
+Every mistake a user can make in a study file or an override is a
+:class:`stabkit.errors.StudyFileError` (a ValueError) naming the key and what is allowed, raised
+before any work; a missing file is a FileNotFoundError.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser, published as tomli (a dependency only there)
+    import tomli as tomllib
+
+from .._assign import split_assignment
+from ..errors import StudyFileError
+from . import kind_module
+
+STUDY_KEYS = ("name", "kind", "description")
+TOP_KEYS = ("study", "grid")
+
+
+def load_study(path_or_config, overrides: dict | None = None) -> tuple[dict, object, dict]:
+    """(study table, kind module, validated grid) — every check happens here, before any work."""
+    config = path_or_config if isinstance(path_or_config, dict) else read_study_file(path_or_config)
+    study = check_study_table(config)
+    kind = kind_module(study["kind"])
+    grid = config.get("grid", {})
+    if not isinstance(grid, dict):
+        raise StudyFileError("[grid] must be a table")
+    grid = kind.validate(apply_overrides(kind, grid, overrides))
+    return dict(study), kind, grid
+
+
+def read_study_file(path) -> dict:
+    """The TOML document at ``path`` (FileNotFoundError, or StudyFileError when it is not TOML)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"study file not found: {path}")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise StudyFileError(f"{path}: not valid TOML: {exc}") from None
+
+
+def check_study_table(config: dict) -> dict:
+    """The ``[study]`` table, once its keys, ``name`` and ``kind`` are checked."""
+    unknown = sorted(set(config) - set(TOP_KEYS))
+    if unknown:
+        raise StudyFileError(f"unknown study table [{unknown[0]}] (allowed: {', '.join(TOP_KEYS)})")
+    study = config.get("study")
+    if not isinstance(study, dict):
+        raise StudyFileError("the study file needs a [study] table with 'name' and 'kind'")
+    bad = sorted(set(study) - set(STUDY_KEYS))
+    if bad:
+        raise StudyFileError(f"unknown key study.{bad[0]} (allowed: {', '.join(STUDY_KEYS)})")
+    for key in ("name", "kind"):
+        if not isinstance(study.get(key), str) or not study[key].strip():
+            raise StudyFileError(f"study.{key} is required and must be text")
+    name = study["name"]
+    if "/" in name or "\\" in name or name.startswith(".") or name != name.strip():
+        raise StudyFileError(f"study.name {name!r} must be a plain directory name")
+    return study
+
+
+def apply_overrides(kind, grid: dict, overrides: dict | None) -> dict:
+    """A copy of ``grid`` with the ``--set`` overrides in place; each key must be one of the kind's."""
+    grid = dict(grid)
+    for key, value in (overrides or {}).items():
+        if key not in kind.GRID_DEFAULTS:
+            raise StudyFileError(f"--set: unknown grid key {key!r} (allowed: {', '.join(kind.GRID_DEFAULTS)})")
+        grid[key] = value
+    return grid
+
+
+def parse_override(item: str) -> tuple[str, object]:
+    """``"d=[4,8]"`` → ("d", [4, 8]): the value is a TOML literal, or else plain text."""
+    key, value = split_assignment(item, "--set", StudyFileError)
+    try:
+        return key, tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        return key, value
+
+
+def expand(study: dict, kind, grid: dict) -> list[dict]:
+    """The kind's cells of ``grid``, in its order; their ids must be unique (the unit of resumption)."""
+    cells = kind.cells(grid)
+    ids = [c["cell_id"] for c in cells]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"study kind {study['kind']!r} produced duplicate cell ids")
+    return cells

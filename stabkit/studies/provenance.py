@@ -1,0 +1,259 @@
+"""Where a study's results come from: the command line, the git commit, the machine (CPU, cores,
+RAM, GPU) and the library versions — recorded in ``run.json`` while a run lasts (:class:`RunRecord`,
+kept up to date by a heartbeat, so a kill -9 loses no time) and shown as the header of its report
+(:func:`header`)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shlex
+import socket
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .._io import write_text_atomic
+from ._store import _read_json
+
+REPO = Path(__file__).resolve().parents[2]
+#: Seconds between run.json updates while a run lasts (STABKIT_HEARTBEAT_SECONDS overrides).
+HEARTBEAT_SECONDS = 10.0
+
+
+# ----------------------------------------------------------------------------- command, commit, machine
+
+
+def argv_command() -> str:
+    """This process's command line, ``stabkit`` for the entry point's own name."""
+    argv = list(sys.argv)
+    if argv and Path(argv[0]).name in ("stabkit", "main.py", "__main__.py"):
+        argv[0] = "stabkit"
+    return shlex.join(argv)
+
+
+def git_commit(out_root: Path | None = None) -> str:
+    """HEAD, with "-dirty" if the checkout differs from it — outside ``out_root``, which a run writes.
+
+    A copy of the tree without ``.git`` (e.g. sent to a GPU machine) takes the commit from the
+    environment variable ``STABKIT_GIT_COMMIT``, set by whoever made the copy, and says so.
+    """
+    if not (REPO / ".git").exists():
+        given = os.environ.get("STABKIT_GIT_COMMIT", "").strip()
+        return f"{given} (copy without .git; from STABKIT_GIT_COMMIT)" if given else "unknown (not a git checkout)"
+    exclude = []
+    if out_root is not None:
+        try:
+            exclude = [f":(exclude){Path(out_root).resolve().relative_to(REPO)}"]
+        except ValueError:  # reports written outside the checkout
+            pass
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              timeout=20, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", ".", *exclude], cwd=REPO,
+                               capture_output=True, text=True, timeout=60, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (not a git checkout)"
+    return head + ("-dirty" if dirty else "")
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _ram_gib() -> float:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / 2**20, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return math.nan
+
+
+def machine_info() -> dict:
+    """Platform, CPU model, cores, RAM, GPUs and the versions of python, numpy and torch."""
+    import numpy
+
+    try:
+        import torch
+
+        torch_version = torch.__version__
+    except ImportError:
+        torch_version = "not installed"
+    return {
+        "platform": platform.platform(), "cpu": _cpu_model(), "cores": os.cpu_count(), "ram_gib": _ram_gib(),
+        "python": platform.python_version(), "numpy": numpy.__version__, "torch": torch_version, "gpu": _gpu_names(),
+    }
+
+
+def _gpu_names() -> str:
+    """The CUDA devices torch sees, e.g. "1× NVIDIA H100 80GB HBM3", or "none"."""
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return "none"
+        names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    except (ImportError, RuntimeError):
+        return "none"
+    return ", ".join(f"{names.count(n)}× {n}" for n in dict.fromkeys(names))
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# ----------------------------------------------------------------------------- run.json
+
+
+class RunRecord:
+    """``out_dir/run.json`` of one run: written at its start (:meth:`write`), every few seconds by a
+    heartbeat while it lasts, and with its final status at the end. A resumed run of the same grid
+    carries the time of the runs before it (a killed run's last heartbeat included)."""
+
+    def __init__(self, out_dir: Path, study: dict, grid: dict, *, command: str, commit: str, sources: str,
+                 jobs: int, scheduler: str | None, cells_total: int, cells_reused: int, reused_other_code: int = 0):
+        self.path = Path(out_dir) / "run.json"
+        self.start = time.perf_counter()
+        started_at = _now()
+        previous = _read_json(self.path)
+        self.meta = {
+            "study": study, "kind": study["kind"], "grid": grid,
+            "command": command, "git_commit": commit, "sources_hash": sources, "machine": machine_info(),
+            "started_at": started_at, "jobs": jobs, "scheduler": scheduler,
+            "cells_total": cells_total, "cells_reused": cells_reused, "cells_computed": 0, "cells_failed": 0,
+            "status": "running", "pid": os.getpid(), "host": socket.gethostname(),
+        }
+        if reused_other_code:
+            self.meta["cells_reused_from_other_code"] = reused_other_code
+        if previous and previous.get("grid") == grid and cells_reused:
+            self.meta["wall_seconds_previous_runs"] = previous.get("wall_seconds_total", previous.get("wall_seconds", 0.0))
+        self.computed = self.failed = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._beat = None
+
+    def cell_finished(self, failed: bool) -> None:
+        """Count a cell this run computed (and whether it failed)."""
+        self.computed += 1
+        self.failed += failed
+
+    def write(self, status: str | None = None) -> None:
+        """Bring the wall time, counts and heartbeat up to date (and ``status``), then write run.json."""
+        with self._lock:
+            wall = time.perf_counter() - self.start
+            self.meta.update(wall_seconds=wall, cells_computed=self.computed, cells_failed=self.failed,
+                             wall_seconds_total=wall + self.meta.get("wall_seconds_previous_runs", 0.0),
+                             heartbeat_at=_now())
+            if status is not None:
+                self.meta["status"] = status
+            write_text_atomic(self.path, json.dumps(self.meta, indent=2, default=str))
+
+    def start_heartbeat(self) -> None:
+        """Rewrite run.json every STABKIT_HEARTBEAT_SECONDS (default :data:`HEARTBEAT_SECONDS`)."""
+        interval = float(os.environ.get("STABKIT_HEARTBEAT_SECONDS", HEARTBEAT_SECONDS))
+
+        def beat():
+            while not self._stop.wait(interval):
+                try:
+                    self.write()
+                except OSError:  # the main thread meets the same error on its next write and reports it
+                    pass
+
+        self._beat = threading.Thread(target=beat, daemon=True, name="stabkit-heartbeat")
+        self._beat.start()
+
+    def stop_heartbeat(self) -> None:
+        self._stop.set()
+        if self._beat is not None:
+            self._beat.join()
+
+    def finish(self) -> None:
+        self.meta["finished_at"] = _now()
+        self.write("finished")
+
+    def write_last(self, status: str) -> None:
+        """Record the final status; when even that cannot be written (disk full), overwrite run.json's
+        status in place, which needs no new space, so it is never left "running"."""
+        try:
+            self.write(status)
+            return
+        except OSError:
+            pass
+        try:
+            with open(self.path, "r+b") as fh:
+                text = fh.read()
+                marker = b'"status": "running"'
+                at = text.find(marker)
+                if at >= 0:
+                    fh.seek(at)
+                    fh.write(b'"status": "stopped"'.ljust(len(marker)))
+        except OSError:
+            pass
+
+
+# ----------------------------------------------------------------------------- the report header
+
+
+def header(name: str, meta: dict, report_commit: str | None = None) -> str:
+    """The run's record; ``report_commit``, when it is not the run's commit, is the code that wrote the text."""
+    m = meta.get("machine", {})
+    description = meta.get("study", {}).get("description")
+    lines = [
+        f"# {name}", "",
+        f"Study kind `{meta['kind']}`" + (f" — {meta['study']['description']}" if description else "") + ".", "",
+        "| | |", "|---|---|",
+        f"| command | `{meta.get('command', '?')}` |",
+        f"| git commit | `{meta.get('git_commit', '?')}` |",
+        *([f"| report text | rebuilt from these results by `stabkit report {name}` at commit `{report_commit}` |"]
+          if report_commit and report_commit != meta.get("git_commit") else []),
+        f"| machine | {m.get('cpu', '?')}, {m.get('cores', '?')} cores, {m.get('ram_gib', '?')} GiB RAM; {m.get('platform', '?')} |",
+        f"| versions | python {m.get('python', '?')}, numpy {m.get('numpy', '?')}, torch {m.get('torch', '?')} |",
+        f"| GPU | {m.get('gpu', 'not recorded')} |",
+        f"| execution | {_execution(meta)} |",
+        f"| wall time | {_wall_time(meta)} |",
+        f"| cells | {meta.get('cells_total', '?')} ({meta.get('cells_computed', '?')} computed in the last run, "
+        f"{meta.get('cells_reused', '?')} reused, {meta.get('cells_failed', '?')} failed) |",
+        f"| finished | {meta.get('finished_at', 'not finished')} |",
+        "", "Effective grid (study file + `--set` overrides, defaults filled in):", "",
+        "```json", json.dumps(meta.get("grid", {}), indent=None, default=str), "```", "",
+    ]
+    if meta.get("status") != "finished":
+        lines.insert(2, "**The run that wrote these results did not finish; the table is partial.**\n")
+    return "\n".join(lines)
+
+
+def _execution(meta: dict) -> str:
+    if meta.get("scheduler"):
+        return "Dask scheduler " + meta["scheduler"]
+    return str(meta.get("jobs", "?")) + " local process(es)"
+
+
+def _wall_time(meta: dict) -> str:
+    wall = meta.get("wall_seconds_total", meta.get("wall_seconds"))
+    resumed = meta.get("wall_seconds_previous_runs")
+    if not resumed:
+        return duration(wall)
+    return f"{duration(wall)} (this run {duration(meta.get('wall_seconds'))}, resumed after {duration(resumed)})"
+
+
+def duration(seconds) -> str:
+    """``12.3 s`` below two minutes, else ``4.5 min``; ``?`` when unknown."""
+    if seconds is None or not isinstance(seconds, (int, float)):
+        return "?"
+    seconds = float(seconds)
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    return f"{seconds / 60:.1f} min"

@@ -1,0 +1,155 @@
+"""A study file's grid (stabkit.studies._grid): loading and its user errors (StudyFileError, one line
+and exit 2 from the CLI, before any work), --set overrides, cells, Python 3.10 through tomli."""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import app
+from stabkit.errors import StudyFileError
+from stabkit.studies import _grid, check_choices, kind_module, with_defaults
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _study(tmp_path: Path, grid: str, name: str = "mini") -> Path:
+    path = tmp_path / f"{name}.toml"
+    path.write_text(f'[study]\nname = "{name}"\nkind = "gradient_accuracy"\n[grid]\n{grid}\n')
+    return path
+
+
+@pytest.mark.parametrize(
+    "grid, extra, named",
+    [
+        ('colour = "red"', [], "'colour'"),
+        ('methods = ["analytic", "magic"]', [], "'magic'"),
+        ('methods = ["taylor:Q=3"]', [], "'Q'"),
+        ('families = ["separated", "banana"]', [], "'banana'"),
+        ("d = [1, 4]", [], "'d'"),
+        ('dtypes = ["float16"]', [], "'dtypes'"),
+        ("", ["--set", "d=[4,1]"], "'d'"),
+        ("", ["--set", "nonsense=3"], "'nonsense'"),
+    ],
+)
+def test_bad_study_files_exit_2_naming_the_key_before_any_work(tmp_path, grid, extra, named):
+    study = _study(tmp_path, grid)
+    result = CliRunner().invoke(app, ["run", str(study), "--out", str(tmp_path / "out"), *extra])
+    assert result.exit_code == 2, result.output
+    message = result.stderr if hasattr(result, "stderr") else result.output
+    assert message.startswith("error: ") and named in message and len(message.strip().splitlines()) == 1
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()  # failed before any work
+
+
+def test_bad_study_tables_and_missing_files(tmp_path):
+    bad_kind = tmp_path / "k.toml"
+    bad_kind.write_text('[study]\nname = "x"\nkind = "nope"\n')
+    no_name = tmp_path / "n.toml"
+    no_name.write_text('[study]\nkind = "gradient_accuracy"\n')
+    broken = tmp_path / "b.toml"
+    broken.write_text("[study\n")
+    for path, text in ((bad_kind, "unknown study kind 'nope'"), (no_name, "study.name"),
+                       (broken, "not valid TOML"), (tmp_path / "missing.toml", "not found")):
+        result = CliRunner().invoke(app, ["run", str(path), "--out", str(tmp_path / "out")])
+        assert result.exit_code == 2 and text in result.output, result.output
+    result = CliRunner().invoke(app, ["report", "ghost", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "ghost" in result.output
+
+
+GOOD = {"name": "x", "kind": "gradient_accuracy"}
+
+
+@pytest.mark.parametrize(
+    "config, overrides, message",
+    [
+        ({"study": GOOD, "extra": {}}, None, r"unknown study table \[extra\]"),
+        ({"grid": {}}, None, r"needs a \[study\] table"),
+        ({"study": {**GOOD, "owner": "me"}}, None, "unknown key study.owner"),
+        ({"study": {"name": "x"}}, None, "study.kind is required"),
+        ({"study": {**GOOD, "name": "../x"}}, None, "plain directory name"),
+        ({"study": {**GOOD, "kind": "nope"}}, None, "unknown study kind 'nope'"),
+        ({"study": GOOD, "grid": [1]}, None, r"\[grid\] must be a table"),
+        ({"study": GOOD}, {"nonsense": 3}, "--set: unknown grid key 'nonsense'"),
+        ({"study": GOOD, "grid": {"colour": "red"}}, None, "unknown grid key 'colour'"),
+    ],
+)
+def test_every_study_file_mistake_is_a_study_file_error(config, overrides, message):
+    with pytest.raises(StudyFileError, match=message) as caught:
+        _grid.load_study(config, overrides)
+    assert isinstance(caught.value, ValueError)  # existing `except ValueError` handlers keep working
+
+
+def test_the_shared_grid_checks_raise_study_file_errors():
+    with pytest.raises(StudyFileError, match="choose one of"):
+        kind_module("nope")
+    with pytest.raises(StudyFileError, match=r"k: x \['c'\] not allowed: choose from a, b"):
+        check_choices("k", "x", ["a", "c"], ("a", "b"))
+    with pytest.raises(StudyFileError, match="not allowed"):
+        check_choices("k", "x", [], ("a", "b"))
+    with pytest.raises(StudyFileError, match=r"k: unknown grid key 'z' \(allowed: a\)"):
+        with_defaults("k", {"z": 1}, {"a": 0})
+    assert with_defaults("k", {"a": 2}, {"a": 0, "b": 1}) == {"a": 2, "b": 1}
+
+
+def test_overrides_are_toml_literals():
+    assert _grid.parse_override("d=[4, 8]") == ("d", [4, 8])
+    assert _grid.parse_override("dtypes=['float32']") == ("dtypes", ["float32"])
+    assert _grid.parse_override("losses=zca") == ("losses", "zca")
+    assert _grid.parse_override("seeds=3") == ("seeds", 3)
+    assert _grid.parse_override(" d = [4, 8] ") == ("d", [4, 8])  # the one grammar: stabkit._assign
+    with pytest.raises(StudyFileError, match="--set: expected KEY=VALUE, got 'd'"):
+        _grid.parse_override("d")
+
+
+def test_overrides_replace_grid_keys_before_validation():
+    study, kind, grid = _grid.load_study({"study": GOOD, "grid": {"d": [4, 6]}}, {"d": [5]})
+    assert study == GOOD and kind is kind_module("gradient_accuracy") and grid["d"] == [5]
+
+
+def test_expand_keeps_the_kinds_order_and_refuses_duplicate_cell_ids():
+    class Kind:
+        @staticmethod
+        def cells(grid):
+            return [{"cell_id": c} for c in grid["ids"]]
+
+    assert [c["cell_id"] for c in _grid.expand({"kind": "k"}, Kind, {"ids": ["b", "a"]})] == ["b", "a"]
+    with pytest.raises(ValueError, match="study kind 'k' produced duplicate cell ids"):
+        _grid.expand({"kind": "k"}, Kind, {"ids": ["a", "a"]})
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "studies").glob("*.toml")), ids=lambda p: p.name)
+def test_every_shipped_study_file_loads_and_names_its_report(path):
+    study, kind, grid = _grid.load_study(path)
+    cells = _grid.expand(study, kind, grid)
+    assert study["name"] == path.stem and cells  # `stabkit run studies/X.toml` writes reports/X/
+    assert len({c["cell_id"] for c in cells}) == len(cells)
+
+
+def test_python_3_10_is_supported_through_tomli():
+    text = (REPO / "pyproject.toml").read_text()
+    assert 'requires-python = ">=3.10"' in text
+    assert re.search(r'"tomli>=[\d.]+; python_version < \'3.11\'"', text)
+    # no module imports tomllib except the grid's, whose fallback is exercised below
+    for path in [*(REPO / "stabkit").rglob("*.py"), *(REPO / "cli").rglob("*.py")]:
+        tree = ast.parse(path.read_text(), feature_version=(3, 10))  # no 3.11-only syntax either
+        imports = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        imports |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        if "tomllib" in imports:
+            assert path.relative_to(REPO).as_posix() == "stabkit/studies/_grid.py", path
+    code = ("import sys, tomllib as real\n"
+            "sys.modules['tomllib'] = None\n"  # as on 3.10, where the module does not exist
+            "sys.modules['tomli'] = real\n"
+            "from stabkit.studies import _grid, runner\n"
+            "assert _grid.tomllib is real and runner.tomllib is real\n"
+            "print(_grid.load_study(sys.argv[1])[0]['name'])")
+    proc = subprocess.run([sys.executable, "-c", code, str(REPO / "studies" / "tiny.toml")], cwd=REPO,
+                          capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0 and proc.stdout.strip() == "tiny", proc.stderr

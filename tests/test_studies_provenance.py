@@ -1,0 +1,118 @@
+"""Provenance of a study's results (stabkit.studies.provenance): the commit rule, the machine, run.json
+(RunRecord) and the report header."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from stabkit.studies import provenance
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_commit_of_a_tree_copy_without_git_comes_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setattr(provenance, "REPO", tmp_path)  # a copy of the tree, no .git (as sent to a GPU machine)
+    monkeypatch.delenv("STABKIT_GIT_COMMIT", raising=False)
+    assert provenance.git_commit() == "unknown (not a git checkout)"
+    monkeypatch.setenv("STABKIT_GIT_COMMIT", "0123abc")
+    assert provenance.git_commit() == "0123abc (copy without .git; from STABKIT_GIT_COMMIT)"
+    monkeypatch.setattr(provenance, "REPO", REPO)  # the real checkout ignores the variable
+    assert provenance.git_commit().split("-")[0] == subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_the_runner_keeps_the_commit_rule_under_its_former_names():
+    from stabkit.studies import runner
+
+    assert runner._git_commit is provenance.git_commit and runner.REPO == provenance.REPO
+
+
+def test_machine_info_names_the_cores_and_versions():
+    info = provenance.machine_info()
+    assert info["cores"] == os.cpu_count() and info["python"] and info["numpy"]
+    assert set(info) == {"platform", "cpu", "cores", "ram_gib", "python", "numpy", "torch", "gpu"}
+
+
+def _record(out_dir: Path, **extra) -> provenance.RunRecord:
+    fields = dict(command="stabkit run x", commit="abc", sources="0123", jobs=1, scheduler=None, cells_total=3,
+                  cells_reused=0)
+    return provenance.RunRecord(out_dir, {"name": "x", "kind": "gradient_accuracy"}, {"d": [4]}, **{**fields, **extra})
+
+
+def test_run_record_counts_cells_and_carries_the_time_of_earlier_runs(tmp_path):
+    record = _record(tmp_path)
+    record.write()
+    record.cell_finished(failed=False)
+    record.cell_finished(failed=True)
+    record.write("interrupted")
+    first = json.loads((tmp_path / "run.json").read_text())
+    assert first["cells_computed"] == 2 and first["cells_failed"] == 1 and first["status"] == "interrupted"
+    assert list(first)[:8] == ["study", "kind", "grid", "command", "git_commit", "sources_hash", "machine", "started_at"]
+    again = _record(tmp_path, cells_reused=2, reused_other_code=2)  # a resumed run of the same grid
+    again.finish()
+    meta = json.loads((tmp_path / "run.json").read_text())
+    assert meta["status"] == "finished" and meta["finished_at"] and meta["cells_reused_from_other_code"] == 2
+    assert meta["wall_seconds_previous_runs"] == first["wall_seconds_total"]
+    assert meta["wall_seconds_total"] == pytest.approx(meta["wall_seconds"] + first["wall_seconds_total"], rel=1e-12)
+
+
+def test_the_last_status_is_written_in_place_when_run_json_cannot_be_replaced(tmp_path, monkeypatch):
+    record = _record(tmp_path)
+    record.write()
+
+    def full(status=None):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(record, "write", full)
+    record.write_last("stopped: disk full")
+    assert json.loads((tmp_path / "run.json").read_text())["status"] == "stopped"
+
+
+def test_the_heartbeat_rewrites_run_json_while_the_run_lasts(tmp_path, monkeypatch):
+    monkeypatch.setenv("STABKIT_HEARTBEAT_SECONDS", "0.01")
+    record = _record(tmp_path)
+    record.write()
+    record.start_heartbeat()
+    try:
+        record.cell_finished(failed=False)  # counted in memory; only the heartbeat writes it
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and json.loads((tmp_path / "run.json").read_text())["cells_computed"] == 0:
+            time.sleep(0.01)
+    finally:
+        record.stop_heartbeat()
+    assert json.loads((tmp_path / "run.json").read_text())["cells_computed"] == 1
+
+
+META = {
+    "kind": "gradient_accuracy", "study": {"description": "a demo"}, "command": "stabkit run x", "git_commit": "abc",
+    "machine": {"cpu": "CPU", "cores": 2, "ram_gib": 4.0, "platform": "Linux", "python": "3.11", "numpy": "2",
+                "torch": "2", "gpu": "none"},
+    "jobs": 1, "wall_seconds": 3.0, "wall_seconds_total": 200.0, "wall_seconds_previous_runs": 197.0,
+    "cells_total": 3, "cells_computed": 1, "cells_reused": 2, "cells_failed": 0, "finished_at": "today",
+    "status": "finished", "grid": {"d": [4]},
+}
+
+
+def test_the_header_states_command_commit_machine_and_time():
+    text = provenance.header("demo", META, report_commit="abc")
+    assert text.startswith("# demo\n\nStudy kind `gradient_accuracy` — a demo.\n")
+    assert "| git commit | `abc` |" in text and "| report text |" not in text
+    assert "| execution | 1 local process(es) |" in text
+    assert "| wall time | 3.3 min (this run 3.0 s, resumed after 3.3 min) |" in text
+    assert '```json\n{"d": [4]}\n```' in text
+    other = provenance.header("demo", {**META, "scheduler": "tcp://x:1", "status": "running"}, report_commit="def")
+    assert "by `stabkit report demo` at commit `def` |" in other
+    assert "| execution | Dask scheduler tcp://x:1 |" in other
+    assert other.splitlines()[2] == "**The run that wrote these results did not finish; the table is partial.**"
+
+
+def test_durations_read_in_seconds_then_minutes():
+    assert provenance.duration(None) == "?" and provenance.duration("x") == "?"
+    assert provenance.duration(3) == "3.0 s" and provenance.duration(119.94) == "119.9 s"
+    assert provenance.duration(120) == "2.0 min"
