@@ -412,12 +412,13 @@ def test_each_method_is_warmed_once_per_process_before_it_is_timed(monkeypatch):
     from stabkit import methods
 
     calls = []
-    real = methods.evaluate
+    real = methods.Spec.evaluate
+
     def counted(spec, A, loss):
-        calls.append((spec if isinstance(spec, str) else methods.format_spec(*spec), A.dtype.name))
+        calls.append((str(spec), A.dtype.name))
         return real(spec, A, loss)
 
-    monkeypatch.setattr(methods, "evaluate", counted)
+    monkeypatch.setattr(methods.Spec, "evaluate", counted)  # every evaluation goes through a Spec
     from stabkit import compare as compare_module
     monkeypatch.setattr(compare_module, "_WARM", set())
     cell = gradient_accuracy.cells(gradient_accuracy.validate(

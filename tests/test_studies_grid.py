@@ -87,6 +87,26 @@ def test_every_study_file_mistake_is_a_study_file_error(config, overrides, messa
     assert isinstance(caught.value, ValueError)  # existing `except ValueError` handlers keep working
 
 
+def test_a_kinds_validation_error_becomes_a_study_file_error_and_a_method_spec_error_stays_one():
+    from stabkit.errors import MethodSpecError
+
+    class Kind:
+        @staticmethod
+        def validate(grid):
+            if grid.get("spec"):
+                raise MethodSpecError("bad spec")
+            raise ValueError("k: d [1] not allowed")
+
+    with pytest.raises(StudyFileError, match=r"^k: d \[1\] not allowed$"):
+        _grid.validate(Kind, {})
+    with pytest.raises(MethodSpecError) as caught:
+        _grid.validate(Kind, {"spec": 1})
+    assert not isinstance(caught.value, StudyFileError)
+    for grid in ({"d": [1, 4]}, {"dtypes": ["float16"]}):
+        with pytest.raises(StudyFileError):
+            _grid.load_study({"study": GOOD, "grid": grid})
+
+
 def test_the_shared_grid_checks_raise_study_file_errors():
     with pytest.raises(StudyFileError, match="choose one of"):
         kind_module("nope")

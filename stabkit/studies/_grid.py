@@ -16,7 +16,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, published as tomli 
     import tomli as tomllib
 
 from .._assign import split_assignment
-from ..errors import StudyFileError
+from ..errors import MethodSpecError, StudyFileError
 from . import kind_module
 
 STUDY_KEYS = ("name", "kind", "description")
@@ -31,7 +31,7 @@ def load_study(path_or_config, overrides: dict | None = None) -> tuple[dict, obj
     grid = config.get("grid", {})
     if not isinstance(grid, dict):
         raise StudyFileError("[grid] must be a table")
-    grid = kind.validate(apply_overrides(kind, grid, overrides))
+    grid = validate(kind, apply_overrides(kind, grid, overrides))
     return dict(study), kind, grid
 
 
@@ -74,6 +74,17 @@ def apply_overrides(kind, grid: dict, overrides: dict | None) -> dict:
             raise StudyFileError(f"--set: unknown grid key {key!r} (allowed: {', '.join(kind.GRID_DEFAULTS)})")
         grid[key] = value
     return grid
+
+
+def validate(kind, grid: dict) -> dict:
+    """The kind's ``validate(grid)``; a ValueError it raises is the study file's mistake, so it becomes
+    a StudyFileError with the same message (a MethodSpecError keeps its own type)."""
+    try:
+        return kind.validate(grid)
+    except (StudyFileError, MethodSpecError):
+        raise
+    except ValueError as exc:
+        raise StudyFileError(*exc.args) from exc
 
 
 def parse_override(item: str) -> tuple[str, object]:
