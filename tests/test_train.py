@@ -95,6 +95,19 @@ def test_raising_eigensolver_gives_eigh_failed(synthetic, monkeypatch):
     assert (r["outcome"], r["step"], r["steps_done"]) == ("eigh-failed", 1, 1)
 
 
+def test_an_untyped_error_is_a_bug_not_an_outcome(synthetic, monkeypatch):
+    # the failure is recognised by its type (EigensolverError, raised by the ZCA layer from torch's
+    # LinAlgError), never by its text: a RuntimeError that only mentions the solver is re-raised
+    def broken(A, method="analytic", **params):
+        raise RuntimeError("linalg.eigh: cusolver error")
+
+    monkeypatch.setattr(sktorch, "eigh", broken)
+    before = loop.tf32_flags()
+    with pytest.raises(RuntimeError, match="cusolver"):
+        train_run({**SMALL, "max_steps": 2}, data=synthetic)
+    assert loop.tf32_flags() == before
+
+
 def test_huge_learning_rate_fails(synthetic):
     r = train_run({**SMALL, "norm": "bn", "lr": 1e8, "max_steps": 6}, data=synthetic)
     assert r["outcome"] in ("diverged", "nonfinite-loss", "nonfinite-grad")
