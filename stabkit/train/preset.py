@@ -1,9 +1,11 @@
 """Presets of the ZCA layer and the training protocol: ``stabkit`` (default) and ``paper``.
 
 A preset is parsed once, at the edge (``get_preset("paper")``), and travels as a frozen
-:class:`Preset`; ``Preset.layer(method)`` gives the frozen :class:`ZCAConfig` one ZCA layer needs.
-Backward rules stay in the method registry (``stabkit.methods``): a preset only names a method
-spec per Table IV row (:data:`PAPER_BACKWARD_SPECS`, the one place where those specs are listed).
+:class:`Preset`; ``Preset.layer(spec)`` gives the frozen :class:`ZCAConfig` one ZCA layer needs
+(its backward a :class:`stabkit.methods.Spec`). Backward rules stay in the method registry
+(``stabkit.methods``): the paper preset's rows are keyed by the Table IV names (``Method.paper_name``,
+``stabkit.train.table_iv``), and the backward of the authors' code for a row is the method's
+``paper_variant`` when it differs from the method itself (:data:`PAPER_BACKWARD_SPECS`).
 
 ``stabkit`` is the layer the committed reports used: εI = 1e-4 for every method, torch.linalg.eigh
 forward with no clamp, one batched covariance product per group shape (symmetrised), the full
