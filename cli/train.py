@@ -7,13 +7,15 @@ from typing import Optional
 
 import typer
 
+from stabkit.methods import TRAIN_DEFAULT
+
 from ._common import user_errors
 from .methods import method_names
 
 
 @user_errors
 def train_command(
-    method: str = typer.Option("taylor", "--method", "-m", help=f"Backward method spec, e.g. taylor or 'taylor:K=19'; one of {method_names()}."),
+    method: str = typer.Option(TRAIN_DEFAULT, "--method", "-m", help=f"Backward method spec, e.g. taylor or 'taylor:K=19'; one of {method_names()}."),
     d: int = typer.Option(16, "--d", help="ZCA group size (divides 64)."),
     norm: str = typer.Option("zca", "--norm", help="zca or bn (plain BatchNorm baseline)."),
     preset: str = typer.Option("stabkit", "--preset", help="stabkit (today's layer) or paper (the authors' layers "
@@ -50,17 +52,17 @@ def train_command(
     as_json: bool = typer.Option(False, "--json", help="Print the full result as JSON."),
 ):
     """Train once and print the outcome (ok / eigh-failed / nonfinite-loss / nonfinite-grad / diverged)."""
-    from stabkit.methods import parse_spec
+    from stabkit import methods
     from stabkit.train.loop import train_run
 
-    name, params = parse_spec(method)
+    spec = methods.spec(method)  # the CLI edge: parsed once, the run carries the Spec
     parsed_milestones = None
     if milestones is not None:
         try:
             parsed_milestones = tuple(float(m) for m in milestones.split(",") if m.strip())
         except ValueError:
             raise ValueError(f"--milestones must be comma-separated numbers, got {milestones!r}") from None
-    config = {"method": name, "params": params, "d": d, "norm": norm, "epochs": epochs, "max_steps": max_steps,
+    config = {"method": spec, "d": d, "norm": norm, "epochs": epochs, "max_steps": max_steps,
               "limit_images": limit_images, "limit_test": limit_test, "batch_size": batch_size, "lr": lr, "seed": seed,
               "data": data, "dtype": dtype, "device": device, "width": width, "preset": preset, "eps": eps,
               "milestones": parsed_milestones, "milestone_unit": milestone_unit, "gamma": gamma, "stop_on": stop_on,

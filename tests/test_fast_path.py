@@ -164,10 +164,10 @@ def test_bn_epoch_log_has_no_zca_diagnostics(synthetic):
 def test_interleaved_runs_equal_sequential_runs(synthetic):
     configs = [{**SMALL, "method": "taylor", "max_steps": 10}, CASES[1][0],
                {**SMALL, "method": "pi-forward", "max_steps": 7, "seed": 2, "fast": True}]
-    before = loop._tf32_flags()
+    before = loop.tf32_flags()
     one_by_one = train_many(configs, data=synthetic)
     together = train_many(configs, data=synthetic, interleave=True)
-    assert loop._tf32_flags() == before
+    assert loop.tf32_flags() == before
     for a, b in zip(one_by_one, together):
         for key in ("outcome", "step", "steps_done", "nan_loss_step", "final_loss", "test_error", "run_calls", "run_max_K"):
             assert a[key] == b[key] or (a[key] != a[key] and b[key] != b[key]), key

@@ -57,9 +57,9 @@ def test_milestones_by_fraction_epoch_or_step():
 
 
 def test_paper_preset_run_record(synthetic):
-    before = loop._tf32_flags()
+    before = loop.tf32_flags()
     r = train_run({**SMALL, "preset": "paper", "method": "taylor", "max_steps": 2}, data=synthetic)
-    assert loop._tf32_flags() == before  # restored after the run
+    assert loop.tf32_flags() == before  # restored after the run
     assert (r["preset"], r["eps"], r["spec"], r["lr"], r["gamma"]) == ("paper", 1e-2, "taylor-song:K=9", 0.1, 0.1)
     # 256 images / 32 per batch = 8 steps per epoch: StepLR every 100 epochs over 350
     assert (r["milestones"], r["milestone_unit"], r["milestone_steps"], r["epochs"]) == ("100,200,300", "epoch", "800,1600,2400", 350.0)
@@ -93,6 +93,19 @@ def test_raising_eigensolver_gives_eigh_failed(synthetic, monkeypatch):
     monkeypatch.setattr(sktorch, "eigh", broken)
     r = train_run({**SMALL, "max_steps": 4}, data=synthetic)
     assert (r["outcome"], r["step"], r["steps_done"]) == ("eigh-failed", 1, 1)
+
+
+def test_an_untyped_error_is_a_bug_not_an_outcome(synthetic, monkeypatch):
+    # the failure is recognised by its type (EigensolverError, raised by the ZCA layer from torch's
+    # LinAlgError), never by its text: a RuntimeError that only mentions the solver is re-raised
+    def broken(A, method="analytic", **params):
+        raise RuntimeError("linalg.eigh: cusolver error")
+
+    monkeypatch.setattr(sktorch, "eigh", broken)
+    before = loop.tf32_flags()
+    with pytest.raises(RuntimeError, match="cusolver"):
+        train_run({**SMALL, "max_steps": 2}, data=synthetic)
+    assert loop.tf32_flags() == before
 
 
 def test_huge_learning_rate_fails(synthetic):
@@ -168,9 +181,11 @@ from stabkit.studies import zca_cifar10 as study  # noqa: E402
 
 
 def test_wilson_interval_known_values():
-    lo, hi = study.wilson(5, 10)
+    from stabkit.studies import _stats  # the one Wilson interval the study's tables use
+
+    lo, hi = _stats.wilson(5, 10)
     assert (round(lo, 4), round(hi, 4)) == (0.2366, 0.7634)
-    lo, hi = study.wilson(0, 8)
+    lo, hi = _stats.wilson(0, 8)
     assert lo == 0.0 and hi == pytest.approx(0.3244, abs=1e-4)
 
 
@@ -350,3 +365,88 @@ def test_cell_alone_brier_is_leave_one_out_by_hand():
     assert study.cell_brier(runs, y) == pytest.approx(0.3)
     fit = study.link(_synthetic_results())
     assert 0 <= fit["brier_cell"] <= 1
+
+
+# ------------------------------------------------------------------ the method spec is parsed once, at the edge
+def _count_spec_entries(monkeypatch):
+    """Counters on ``methods.parse`` and ``methods.bind`` (both the registry's names and _spec's):
+    one entry per outermost call, attributed to the first caller outside ``stabkit/methods/``."""
+    import sys
+
+    from stabkit import methods
+    from stabkit.methods import _spec
+
+    entries, depth = [], [0]
+
+    def origin() -> str:
+        frame = sys._getframe(2)
+        while frame is not None and "stabkit/methods/" in frame.f_code.co_filename.replace("\\", "/"):
+            frame = frame.f_back
+        return "?" if frame is None else frame.f_code.co_filename.replace("\\", "/")
+
+    def counted(kind, real):
+        def wrapper(*args, **kwargs):
+            if depth[0]:
+                return real(*args, **kwargs)
+            entries.append((kind, origin()))
+            depth[0] += 1
+            try:
+                return real(*args, **kwargs)
+            finally:
+                depth[0] -= 1
+        return wrapper
+
+    for kind in ("parse", "bind"):
+        wrapped = counted(kind, getattr(_spec, kind))
+        monkeypatch.setattr(_spec, kind, wrapped)
+        monkeypatch.setattr(methods, kind, wrapped)
+    return entries
+
+
+def _below_the_edge(entries):
+    """The entries that come from below the edge. ``stabkit.torch`` converts its ``method=`` once at its
+    own edge; while it cannot take a Spec yet, the ZCA layer hands it the name and the validated
+    parameters, and what stabkit.torch and the monitor's wrapper of it do with them is not counted —
+    once it takes a Spec, it is, and the layer must pass ``method=spec`` (stabkit/train/zca.py, ``eigh_kept``)."""
+    from stabkit import methods
+
+    entries = list(entries)  # before the probe below adds its own
+    try:
+        sktorch.eigh(torch.eye(2, dtype=torch.float64), method=methods.spec("analytic"))
+        exempt = ()
+    except Exception:  # noqa: BLE001 — a stabkit.torch that takes only names
+        exempt = ("stabkit/torch.py", "stabkit/monitor.py")
+    return [(kind, where) for kind, where in entries if not (exempt and where.endswith(exempt))]
+
+
+def test_a_training_step_parses_no_method_spec(synthetic, monkeypatch):
+    from stabkit import methods
+
+    spec = methods.spec("taylor:K=19")  # the edge (CLI option, study cell, Python call)
+    entries = _count_spec_entries(monkeypatch)
+    r = train_run({**SMALL, "method": spec, "max_steps": 1}, data=synthetic)
+    assert r["outcome"] == "ok" and r["spec"] == "taylor:K=19" and r["method"] == "taylor"
+    assert _below_the_edge(entries) == []
+
+
+def test_a_study_cell_parses_its_spec_once(tiny_batches, monkeypatch):
+    grid = {"methods": ["taylor:K=19"], "dims": [4], "dtypes": ["float32"], "seeds": 1, "bn_baseline": False,
+            "max_steps": 1, "limit_images": 32, "limit_test": 16, "batch_size": 32, "width": 0.125,
+            "data": str(tiny_batches), "device": "cpu"}
+    (cell,) = study.cells(grid)
+    entries = _count_spec_entries(monkeypatch)
+    (row,) = study.run_cell(cell)
+    assert row["outcome"] == "ok" and row["spec"] == "taylor:K=19"
+    below = _below_the_edge(entries)
+    assert [kind for kind, _ in below] == ["parse"] and below[0][1].endswith("stabkit/studies/zca_cifar10/__init__.py")
+
+
+def test_the_cli_parses_the_method_once(monkeypatch):
+    from stabkit.train import loop as train_loop
+
+    seen = []
+    monkeypatch.setattr(train_loop, "train_run", lambda config: seen.append(config) or (_ for _ in ()).throw(SystemExit(0)))
+    CliRunner().invoke(app, ["train", "--method", "clip:tau=50", "--max-steps", "1"])
+    from stabkit import methods
+
+    assert isinstance(seen[0]["method"], methods.Spec) and str(seen[0]["method"]) == "clip:tau=50"

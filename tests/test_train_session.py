@@ -7,7 +7,7 @@ import math
 import pytest
 
 from stabkit.studies import runner
-from stabkit.train import fastcheck, session
+from stabkit.train import fastcheck, session, table_iv
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -120,8 +120,12 @@ def test_fastcheck_compare_on_constructed_outcomes():
 
 
 def test_fastcheck_configs_pair_the_paths():
-    cfgs = fastcheck.configs(cells=[("paper", "analytic", 16)], seeds=2, device="cpu")
+    cfgs = fastcheck.configs(cells=[("paper", "SVD", 16)], seeds=2, device="cpu")  # cells name Table IV rows
     assert [(c["seed"], c["fast"]) for c in cfgs] == [(0, False), (0, True), (1, False), (1, True)]
+    assert all(c["method"] == "analytic" for c in cfgs)
+    assert [(p, table_iv.method(row).name, d) for p, row, d in fastcheck.CELLS] == [
+        ("stabkit", "analytic", 64), ("stabkit", "pi-forward", 8), ("stabkit", "clip", 16),
+        ("stabkit", "analytic", 32), ("stabkit", "taylor", 8), ("paper", "analytic", 16)]
     assert all(c["max_steps"] == 120 and c["limit_images"] == 15360 and c["dtype"] == "float32" for c in cfgs)
 
 

@@ -182,3 +182,18 @@ def test_truncation_keeps_the_largest_pairs(lam, eps, rule):
         assert bool((t[kept] > eps).all())
     else:
         assert n >= 1 and (n == 1 or t[kept].min() <= eps)  # down to the first σ ≤ ε, or just the largest
+
+
+# ------------------------------------------------------------------ a solver failure is typed
+def test_a_solver_failure_is_an_eigensolver_error(monkeypatch):
+    import stabkit.torch as sktorch
+    from stabkit.errors import EigensolverError
+
+    def broken(*args, **kwargs):
+        raise torch.linalg.LinAlgError("linalg.eigh: the algorithm failed to converge")
+
+    monkeypatch.setattr(sktorch, "eigh_kept", broken)
+    layer = ZCAWhitening(8, d=4)
+    with pytest.raises(EigensolverError, match="ZCA whitening: the eigensolver failed") as info:
+        layer(torch.randn(4, 8, 2, 2))
+    assert isinstance(info.value, RuntimeError) and isinstance(info.value.__cause__, torch.linalg.LinAlgError)

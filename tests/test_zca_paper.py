@@ -183,7 +183,7 @@ def spectrum_input(lams_per_group, B=2, H=4, W=4, seed=0):
 
 
 def compare(method, x, preset="paper", truncation="none", rtol=1e-9, atol=1e-11):
-    config = get_preset(preset).layer(method)
+    config = get_preset(preset).layer(methods.spec(method))
     layer = ZCAWhitening(x.shape[1], d=4, config=config, dtype="float64").double()
     R = torch.randn(x.shape, generator=torch.Generator().manual_seed(7), dtype=D64)
     x1 = x.clone().requires_grad_(True)
@@ -257,33 +257,36 @@ def test_kept_mask_rules_on_constructed_spectra():
 # ----------------------------------------------------------------------------- preset rows pinned
 def test_paper_preset_rows():
     paper = PRESETS["paper"]
-    rows = {m: paper.layer(m) for m in ("analytic", "pi-forward", "pi", "taylor", "clip")}
+    rows = {m: paper.layer(methods.spec(m)) for m in ("analytic", "pi-forward", "pi", "taylor", "clip")}
     assert {m: c.eps for m, c in rows.items()} == {"analytic": 1e-4, "pi-forward": 1e-4, "pi": 1e-4, "taylor": 1e-2, "clip": 1e-2}
     assert {m: c.lam_floor for m, c in rows.items()} == {"analytic": None, "pi-forward": None, "pi": None, "taylor": 1e-10, "clip": 1e-5}
     assert {m: c.solver for m, c in rows.items()} == {"analytic": "svd", "pi-forward": "eigh", "pi": "svd", "taylor": "svd", "clip": "svd"}
     assert {m: c.truncation for m, c in rows.items()} == {"analytic": "none", "pi-forward": "pi-stop", "pi": "svd-pi",
                                                          "taylor": "none", "clip": "none"}
-    assert rows["taylor"].spec == "taylor-song:K=9" and rows["pi"].spec == "pi:steps=20"
+    assert str(rows["taylor"].spec) == "taylor-song:K=9" and str(rows["pi"].spec) == "pi:steps=20"
     assert rows["pi-forward"].fresh_starts and all(c.covariance == "full" and not c.symmetrize for c in rows.values())
     assert all(c.weight_init == "uniform" and c.source for c in rows.values())
     assert paper.input_std == PAPER_STD == (0.2023, 0.1994, 0.2010)
     assert (paper.epochs, paper.milestones, paper.milestone_unit, paper.gamma) == (350.0, (100, 200, 300), "epoch", 0.1)
     assert (paper.conv_init, paper.stop_on, paper.tf32, paper.drop_last) == ("kaiming-fan-out", "nan-loss", False, False)
-    assert PRESETS["paper"].layer("pi", eps=1e-3).spec == "pi:steps=20,eps=0.001"  # one ε for layer and truncation
-    assert PRESETS["paper"].layer("taylor", eps=1e-3).spec == "taylor-song:K=9"
-    assert PRESETS["paper-svd-head"].layer("analytic").truncation == "svd-head"
-    assert PRESETS["paper-svd-head"].layer("taylor") == rows["taylor"]
+    assert str(PRESETS["paper"].layer(methods.spec("pi"), eps=1e-3).spec) == "pi:steps=20,eps=0.001"  # one ε for layer and truncation
+    assert str(PRESETS["paper"].layer(methods.spec("taylor"), eps=1e-3).spec) == "taylor-song:K=9"
+    assert PRESETS["paper-svd-head"].layer(methods.spec("analytic")).truncation == "svd-head"
+    assert PRESETS["paper-svd-head"].layer(methods.spec("taylor")) == rows["taylor"]
+    # the rows are keyed by the paper's own names, in the paper's order
+    assert [name for name, _ in paper.rows] == ["SVD", "PI", "SVD-PI", "SVD-Taylor", "SVD-Clip"]
+    assert paper.row_methods() == ["analytic", "pi-forward", "pi", "taylor", "clip"]
 
 
 def test_stabkit_preset_is_the_old_layer():
     s = PRESETS["stabkit"]
-    assert s.layer("taylor") == ZCAConfig(spec="taylor", eps=1e-4)
-    assert s.layer("taylor", {"K": 19}, eps=1e-3) == ZCAConfig(spec="taylor:K=19", eps=1e-3)
+    assert s.layer(methods.spec("taylor")) == ZCAConfig(spec=methods.spec("taylor"), eps=1e-4)
+    assert s.layer(methods.spec("taylor:K=19"), eps=1e-3) == ZCAConfig(spec=methods.spec("taylor:K=19"), eps=1e-3)
     assert s.drop_last and (s.input_std, s.milestones, s.milestone_unit, s.stop_on, s.tf32, s.conv_init) == (
         (0.2470, 0.2435, 0.2616), (0.5, 0.75), "fraction", "any", None, "torch-default")
     x = spectrum_input(LAMS)
     old = ZCAWhitening(8, d=4, method="taylor", eps=1e-4, dtype="float64")
-    new = ZCAWhitening(8, d=4, config=s.layer("taylor"), dtype="float64")
+    new = ZCAWhitening(8, d=4, config=s.layer(methods.spec("taylor")), dtype="float64")
     assert torch.equal(old(x), new(x))
 
 
@@ -291,16 +294,18 @@ def test_preset_errors():
     with pytest.raises(ValueError, match="unknown preset 'papers'"):
         get_preset("papers")
     with pytest.raises(ValueError, match="no row for method 'lorentzian'"):
-        PRESETS["paper"].layer("lorentzian")
+        PRESETS["paper"].layer(methods.spec("lorentzian"))
     with pytest.raises(ValueError, match="fixes the backward of 'taylor'"):
-        PRESETS["paper"].layer("taylor", {"K": 19})
+        PRESETS["paper"].layer(methods.spec("taylor:K=19"))
     with pytest.raises(ValueError, match="unknown ZCA truncation"):
         ZCAConfig(truncation="energy")
+    with pytest.raises(TypeError, match="must be a methods.Spec"):
+        ZCAConfig(spec="taylor")
 
 
 def test_paper_init_kaiming_fan_out_and_uniform_gamma():
     torch.manual_seed(0)
-    net = ResNet18(d=16, zca=PRESETS["paper"].layer("taylor"), conv_init="kaiming-fan-out")
+    net = ResNet18(d=16, zca=PRESETS["paper"].layer(methods.spec("taylor")), conv_init="kaiming-fan-out")
     w = net.layers[-1].conv2.weight  # 512 × 512 × 3 × 3: fan_out = 4608
     assert abs(w.std().item() / math.sqrt(2 / (512 * 9)) - 1) < 0.01
     gamma = net.norm1.weight.detach()
@@ -311,9 +316,8 @@ def test_paper_init_kaiming_fan_out_and_uniform_gamma():
 
 
 def test_paper_clip_row_runs_the_authors_clip_zero_at_ties():
-    layer = ZCAWhitening(8, d=4, config=PRESETS["paper"].layer("clip"), dtype="float64")
-    assert (layer.spec, layer.spec_note) == ("clip-authors", "")
-    assert ZCAWhitening(8, d=4, config=PRESETS["paper"].layer("taylor")).spec_note == ""
+    layer = ZCAWhitening(8, d=4, config=PRESETS["paper"].layer(methods.spec("clip")), dtype="float64")
+    assert str(layer.spec) == "clip-authors" and layer.spec is layer.config.spec
     # the authors' clip helper, written out: F_ij = sign(λ_j − λ_i)/max(|λ_j − λ_i|, 1/τ), 0 at exact ties
     lam = torch.tensor([0.5, 1.3, 1.3, 1.3 + 1e-4, 2.0], dtype=torch.float64)
     F = methods.get("clip-authors").kernel(lam, tau=100.0)
@@ -327,7 +331,7 @@ def test_paper_clip_row_runs_the_authors_clip_zero_at_ties():
 def test_pi_baseline_draws_fresh_start_vectors_every_forward():
     # close eigenvalues (ratio 0.95): 19 iterations do not converge, so the start vectors show
     x = spectrum_input([[1.0, 0.95, 0.9, 0.85], [1.0, 0.95, 0.9, 0.85]])
-    layer = ZCAWhitening(8, d=4, config=PRESETS["paper"].layer("pi-forward"), dtype="float64").double()
+    layer = ZCAWhitening(8, d=4, config=PRESETS["paper"].layer(methods.spec("pi-forward")), dtype="float64").double()
     y1, y2 = layer(x), layer(x)
     assert layer.forward_calls == 2 and (y1 - y2).abs().max() > 1e-6
     fixed = ZCAWhitening(8, d=4, method="pi-forward", dtype="float64").double()  # stabkit: one seeded start

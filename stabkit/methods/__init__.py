@@ -35,6 +35,11 @@ REGISTRY: dict[str, Method] = {
 
 NAMES = tuple(REGISTRY)
 
+#: the default method of a function signature or a Python call (the exact rule)
+DEFAULT = "analytic"
+#: the default of ``stabkit train`` (a bounded rule: a run is about training, not about the exact gradient)
+TRAIN_DEFAULT = "taylor"
+
 
 # --- transition: the tuple/str API below is replaced by Spec; removed once no caller uses it -------
 def resolve_params(name: str, params: dict | None = None) -> dict:
@@ -58,4 +63,4 @@ def evaluate(value, A, loss):
     return spec(value).evaluate(A, loss)
 
 
-__all__ = ["Method", "Spec", "MethodSpecError", "spec", "parse", "bind", "REGISTRY", "NAMES", "get", "parse_spec", "format_spec", "resolve_params", "gradient", "evaluate", "assemble"]
+__all__ = ["Method", "Spec", "MethodSpecError", "spec", "parse", "bind", "REGISTRY", "NAMES", "DEFAULT", "TRAIN_DEFAULT", "get", "parse_spec", "format_spec", "resolve_params", "gradient", "evaluate", "assemble"]

@@ -160,6 +160,9 @@ class Method:
     native: bool = False
     #: the name of this method in the paper that introduced it, where a study compares to it
     paper_name: str | None = None
+    #: the backward of the paper's released code for this row, where it is another spec than the
+    #: method itself (e.g. SVD-Taylor's layer is ``taylor-song:K=9``); None: the method as registered
+    paper_variant: str | None = None
 
     def __post_init__(self):
         if set(self.domains) != set(self.defaults):

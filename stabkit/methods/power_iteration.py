@@ -341,6 +341,7 @@ SVD_PI = Method(
     summary="exact forward truncated to the kept pairs, backward of 19 PI steps with deflation",
     kept_rule=_svd_pi_kept, domains={"steps": integer(1, MAX_STEPS), "eps": real(0.0, 1.0)},
     exact_state=True, bound_kernel=_series_bound, paper_name="SVD-PI",
+    paper_variant="pi:steps=20",
 )
 PI_LEGACY = Method(
     "pi-legacy", backward, {"steps": 19, "eps": 1e-4}, forward=_legacy_forward,

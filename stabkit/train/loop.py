@@ -1,5 +1,8 @@
 """One training run of the ZCA (or BatchNorm) ResNet-18 on CIFAR-10, with a classified outcome.
 
+The method arrives as ``config["method"]``: a :class:`stabkit.methods.Spec` (parsed once by the
+caller's edge) or text / a Method with ``params`` (converted once by ``resolve_config``).
+
 Protocol (``DEFAULTS``): SGD, lr 0.1, momentum 0.9, weight decay 5e-4, batch 128 (the last partial
 batch of an epoch dropped under ``stabkit``, kept under ``paper``: 391 steps per 50 000-image epoch), step decay ×``gamma`` at ``milestones``. ``preset`` (``stabkit``,
 default, or ``paper``: ``stabkit.train.preset``) supplies every option left at None: the ZCA
@@ -15,8 +18,8 @@ protocol of the study: a fixed number of steps on a ``limit_images`` subset).
 ``train_run(config) -> dict`` never raises for a training failure; ``outcome`` is one of
 
 * ``ok`` — finished; ``test_error`` is set;
-* ``eigh-failed`` — the forward eigensolver raised (``torch.linalg.LinAlgError`` or a runtime
-  error from an eigen routine);
+* ``eigh-failed`` — the forward eigensolver raised (``torch.linalg.LinAlgError``, raised by the
+  ZCA layer as :class:`stabkit.errors.EigensolverError` and recognised by that type);
 * ``nonfinite-loss`` / ``nonfinite-grad`` — the loss / the global gradient norm became inf/NaN;
 * ``diverged`` — the loss exceeded ``diverge_loss`` (default 50, vs ln 10 ≈ 2.3 at chance), or
   at step ``chance_step`` (default max(100, total/4), only if the run is longer) the training
@@ -67,183 +70,39 @@ first ZCA layer: ``lam_max_over_eps`` (λ_max of Σ + εI over ε, from the laye
 study through ``stabkit run … --jobs K`` — K worker processes, each with its own CUDA context, data
 copy (184 MB of uint8) and monitor. Threads in one process are not used: the monitor patches
 process-global functions (interleaved runs share one patch and keep separate records).
+
+The parts live beside this module: options and their checks in ``config``, the data on the
+device in ``batches``, failure detection in ``outcomes``, the per-epoch log in ``epoch_log``; this
+module runs the steps. Their public names are importable from here as before.
 """
 
 from __future__ import annotations
 
-import functools
-import json
 import math
 import time
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import data as cifar
 from .. import monitor
-from ..methods import NAMES, resolve_params
-from .preset import MILESTONE_UNITS, STOP_ON, get_preset
+from .batches import augment, device_data, evaluate, normalize, wrong_predictions
+from .config import (COMPILE_MODES, DEFAULTS, method_spec, milestone_steps, pick_device, resolve_config, run_settings,
+                     set_tf32, tf32_flags)
+from .epoch_log import epoch_log, epoch_log_json
+from .outcomes import OUTCOMES, first_event, is_eigen_failure, paper_outcome
 from .resnet import ResNet18
 
-DEFAULTS = {
-    "method": "analytic", "params": {}, "norm": "zca", "d": 16, "dtype": "float32", "preset": "stabkit", "eps": None,
-    "epochs": None, "max_steps": None, "batch_size": 128, "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4,
-    "milestones": None, "milestone_unit": None, "gamma": None, "stop_on": None, "tf32": None, "input_std": None, "drop_last": None,
-    "limit_images": None, "limit_test": None, "data": None,
-    "device": "auto", "seed": 0, "width": 1.0, "diverge_loss": 50.0, "chance_step": None, "chance_acc": 0.15,
-    "chance_error": 0.88, "early_frac": 0.2, "check_every": None, "eval_batch": 1000, "gap_threshold": 1e-5,
-    "fast": False, "compile": None, "eval_every": 1,
-}
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-OUTCOMES = ("ok", "eigh-failed", "nonfinite-loss", "nonfinite-grad", "diverged")
-
-
-def resolve_config(config: dict) -> dict:
-    unknown = set(config) - set(DEFAULTS)
-    if unknown:
-        raise ValueError(f"unknown training option(s) {', '.join(sorted(unknown))}; allowed: {', '.join(DEFAULTS)}")
-    cfg = {**DEFAULTS, **config}
-    preset = cfg["preset"] = get_preset(cfg["preset"])
-    for key, value in (("epochs", preset.epochs), ("milestones", preset.milestones), ("gamma", preset.gamma),
-                       ("milestone_unit", preset.milestone_unit), ("stop_on", preset.stop_on), ("tf32", preset.tf32),
-                       ("input_std", preset.input_std), ("drop_last", preset.drop_last)):
-        if cfg[key] is None:
-            cfg[key] = value
-    if cfg["method"] not in NAMES:
-        raise ValueError(f"unknown method {cfg['method']!r}: choose one of {', '.join(NAMES)}")
-    cfg["params"] = resolve_params(cfg["method"], cfg["params"] or {})
-    if cfg["norm"] not in ("zca", "bn"):
-        raise ValueError(f"unknown norm {cfg['norm']!r}: choose 'zca' or 'bn'")
-    if cfg["dtype"] not in ("float32", "float64"):
-        raise ValueError(f"unknown dtype {cfg['dtype']!r}: choose float32 or float64")
-    for key in ("epochs", "batch_size", "lr"):
-        if not float(cfg[key]) > 0:
-            raise ValueError(f"{key} must be > 0, got {cfg[key]}")
-    if cfg["milestone_unit"] not in MILESTONE_UNITS:
-        raise ValueError(f"unknown milestone unit {cfg['milestone_unit']!r}: choose {', '.join(MILESTONE_UNITS)}")
-    try:
-        cfg["milestones"] = tuple(float(m) for m in cfg["milestones"])
-    except (TypeError, ValueError):
-        raise ValueError(f"milestones must be a list of numbers, got {cfg['milestones']!r}") from None
-    if any(m < 0 for m in cfg["milestones"]) or (cfg["milestone_unit"] == "fraction" and any(m > 1 for m in cfg["milestones"])):
-        raise ValueError(f"milestones {cfg['milestones']} out of range for unit {cfg['milestone_unit']!r}")
-    if cfg["stop_on"] not in STOP_ON:
-        raise ValueError(f"unknown stop_on {cfg['stop_on']!r}: choose {', '.join(STOP_ON)}")
-    if len(tuple(cfg["input_std"])) != 3 or not all(float(v) > 0 for v in cfg["input_std"]):
-        raise ValueError(f"input_std must be three positive numbers, got {cfg['input_std']!r}")
-    cfg["input_std"] = tuple(float(v) for v in cfg["input_std"])
-    if cfg["norm"] == "zca":
-        cfg["zca"] = preset.layer(cfg["method"], cfg["params"], cfg["eps"])  # ValueError for a bad method/ε
-        cfg["eps"] = cfg["zca"].eps
-    if cfg["limit_images"] is not None and int(cfg["limit_images"]) < int(cfg["batch_size"]):
-        raise ValueError(f"limit_images={cfg['limit_images']} is smaller than one batch ({cfg['batch_size']})")
-    cfg["fast"] = bool(cfg["fast"])
-    cfg["check_every"] = (100 if cfg["fast"] else 10) if cfg["check_every"] is None else cfg["check_every"]
-    if int(cfg["check_every"]) != cfg["check_every"] or int(cfg["check_every"]) < 1:
-        raise ValueError(f"check_every must be an integer ≥ 1, got {cfg['check_every']!r}")
-    if int(cfg["eval_every"]) != cfg["eval_every"] or int(cfg["eval_every"]) < 0:
-        raise ValueError(f"eval_every must be an integer ≥ 0 (0: test only at the end), got {cfg['eval_every']!r}")
-    compile_mode = {True: "default", False: None, "": None, "none": None}.get(cfg["compile"], cfg["compile"])
-    if compile_mode is not None and compile_mode not in COMPILE_MODES:
-        raise ValueError(f"unknown compile mode {cfg['compile']!r}: choose none, {', '.join(COMPILE_MODES)}")
-    cfg["compile"] = compile_mode
-    cfg["device"] = pick_device(cfg["device"])
-    return cfg
-
-
-def pick_device(device: str = "auto") -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available")
-    if not (device == "cpu" or device.startswith("cuda")):
-        raise ValueError(f"unknown device {device!r}: choose auto, cpu or cuda[:N]")
-    return device
-
-
-@functools.lru_cache(maxsize=2)
-def device_data(path, device: str):
-    """CIFAR-10 train/test as uint8 (N, 3, 32, 32) + int64 labels on ``device``, in a fixed
-    seeded random order (so a ``limit_images`` prefix is a random subset). Cached per process."""
-    out = {}
-    for split in ("train", "test"):
-        images, labels = cifar.load_cifar10(path, split)
-        order = np.random.default_rng(0).permutation(len(images))
-        out[split] = (torch.from_numpy(images[order]).permute(0, 3, 1, 2).contiguous().to(device),
-                      torch.from_numpy(labels[order]).to(device))
-    return out
-
-
-def normalize(x_uint8: torch.Tensor, std=cifar.STD) -> torch.Tensor:
-    mean = torch.tensor(cifar.MEAN, device=x_uint8.device).view(1, 3, 1, 1)
-    std = torch.tensor(std, device=x_uint8.device).view(1, 3, 1, 1)
-    return (x_uint8.float() / 255 - mean) / std
-
-
-def augment(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
-    """Random crop (zero padding ``pad``) + horizontal flip of a uint8 batch (B, C, H, W), on its device."""
-    B, C, H, W = x.shape
-    padded = F.pad(x, (pad, pad, pad, pad))
-    oy = torch.randint(0, 2 * pad + 1, (B,), generator=gen, device=x.device)
-    ox = torch.randint(0, 2 * pad + 1, (B,), generator=gen, device=x.device)
-    flip = torch.rand(B, generator=gen, device=x.device) < 0.5
-    cols = torch.arange(W, device=x.device)
-    cols = torch.where(flip[:, None], W - 1 - cols, cols) + ox[:, None]  # (B, W): flip folded into the gather
-    rows = torch.arange(H, device=x.device) + oy[:, None]  # (B, H)
-    b = torch.arange(B, device=x.device)[:, None, None]
-    return padded.permute(0, 2, 3, 1)[b, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
-
-
-@torch.no_grad()
-def wrong_predictions(model, images, labels, batch: int = 1000, std=cifar.STD, channels_last: bool = False) -> torch.Tensor:
-    """Number of misclassified images (a device scalar: no synchronisation), the model in eval mode."""
-    model.eval()
-    wrong = torch.zeros((), device=images.device)
-    for i in range(0, len(images), batch):
-        x = normalize(images[i:i + batch], std)
-        logits = model(x.contiguous(memory_format=torch.channels_last) if channels_last else x)
-        wrong += (logits.argmax(1) != labels[i:i + batch]).sum()
-    model.train()
-    return wrong
-
-
-def evaluate(model, images, labels, batch: int = 1000, std=cifar.STD) -> float:
-    """Test error of ``model`` on ``images``."""
-    return float(wrong_predictions(model, images, labels, batch, std)) / max(1, len(images))
-
-
-def _is_eigen_failure(exc: BaseException) -> bool:
-    if isinstance(exc, torch.linalg.LinAlgError):
-        return True
-    text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and any(k in text for k in ("linalg", "eigh", "syevd", "syev", "failed to converge", "cusolver"))
-
-
-def _first_event(losses, gnorms, correct, upto, cfg, chance_step, batch):
-    """(outcome, step) of the first failure among steps < upto, or None."""
-    loss, gn = losses[:upto], gnorms[:upto]
-    bad_loss = ~torch.isfinite(loss)
-    big_loss = torch.isfinite(loss) & (loss > cfg["diverge_loss"])
-    bad_grad = ~torch.isfinite(gn)
-    events = []
-    for outcome, mask in (("nonfinite-loss", bad_loss), ("diverged", big_loss), ("nonfinite-grad", bad_grad)):
-        idx = torch.nonzero(mask)
-        if len(idx):
-            events.append((int(idx[0]), OUTCOMES.index(outcome), outcome))
-    if chance_step is not None and upto > chance_step:
-        window = correct[max(0, chance_step - 49):chance_step + 1]
-        if float(window.sum()) / (len(window) * batch) <= cfg["chance_acc"]:
-            events.append((chance_step, 99, "diverged"))
-    if not events:
-        return None
-    step, _, outcome = min(events)
-    return outcome, step
+__all__ = ["DEFAULTS", "COMPILE_MODES", "OUTCOMES", "train_run", "train_many", "resolve_config", "method_spec",
+           "pick_device", "device_data", "normalize", "augment", "wrong_predictions", "evaluate", "epoch_log",
+           "epoch_log_json", "milestone_steps", "run_settings", "tf32_flags", "set_tf32"]
 
 
 def train_run(config: dict, data=None) -> dict:
     """Train once with ``config`` (keys of ``DEFAULTS``); the result dict is described in the module doc."""
-    run = _Run(config, data)
+    return _train(_Run(config, data))
+
+
+def _train(run: "_Run") -> dict:
     with monitor.watch() as shared:
         while run.active:
             _activate(shared, run.mon)
@@ -261,8 +120,8 @@ class _Run:
     """One run's state; ``step()`` trains one step (and checks every ``check_every``), ``finish()``
     gives the result dict. Used by :func:`train_run` and, several at once, :func:`train_many`."""
 
-    def __init__(self, config: dict, data=None):
-        cfg = self.cfg = resolve_config(config)
+    def __init__(self, config: dict, data=None, cfg: dict | None = None):
+        cfg = self.cfg = cfg if cfg is not None else resolve_config(config)
         device = self.device = cfg["device"]
         self.start = time.perf_counter()
         data = data if data is not None else device_data(cfg["data"], device)
@@ -287,7 +146,7 @@ class _Run:
 
         torch.manual_seed(int(cfg["seed"]))
         preset = cfg["preset"]
-        model = ResNet18(norm=cfg["norm"], d=int(cfg["d"]), method=cfg["method"], params=cfg["params"],
+        model = ResNet18(norm=cfg["norm"], d=int(cfg["d"]), method=cfg["method"],
                          dtype=cfg["dtype"], width=float(cfg["width"]), zca=cfg.get("zca"), conv_init=preset.conv_init).to(device)
         self.fast = bool(cfg["fast"])
         if self.fast:
@@ -298,8 +157,8 @@ class _Run:
             model.layers = torch.compile(model.layers, mode=None if cfg["compile"] == "default" else cfg["compile"])
         self.milestones = milestone_steps(cfg["milestones"], cfg["milestone_unit"], total, per_epoch)
         self.std = cfg["input_std"]
-        self.tf32_before = _set_tf32(cfg["tf32"])
-        self.tf32_used = _tf32_flags()
+        self.tf32_before = set_tf32(cfg["tf32"])
+        self.tf32_used = tf32_flags()
         self.gen = torch.Generator(device=device)
         self.gen.manual_seed(int(cfg["seed"]) + 1)
         self.losses = torch.zeros(total, device=device)
@@ -375,7 +234,7 @@ class _Run:
     def _check(self) -> None:
         """The device-side failure checks, read back once per ``check_every`` steps."""
         if self.stop_any:
-            event = _first_event(self.losses, self.gnorms, self.correct, self.done, self.cfg, self.chance_step, self.batch)
+            event = first_event(self.losses, self.gnorms, self.correct, self.done, self.cfg, self.chance_step, self.batch)
             if event:
                 self.outcome, self.event_step = event
                 self.active = False
@@ -383,14 +242,14 @@ class _Run:
             self.active = False
 
     def _on_exception(self, exc: BaseException) -> None:
-        event = _first_event(self.losses, self.gnorms, self.correct, self.done, self.cfg, self.chance_step, self.batch)
+        event = first_event(self.losses, self.gnorms, self.correct, self.done, self.cfg, self.chance_step, self.batch)
         if event:
             self.outcome, self.event_step = event
-            self.eigen_error = _is_eigen_failure(exc)
-        elif _is_eigen_failure(exc):
+            self.eigen_error = is_eigen_failure(exc)
+        elif is_eigen_failure(exc):
             self.outcome, self.event_step, self.eigen_error = "eigh-failed", self.done, True
         else:
-            _set_tf32(self.tf32_before)
+            set_tf32(self.tf32_before)
             raise exc
 
     def _wrong_predictions(self) -> torch.Tensor:
@@ -414,7 +273,7 @@ class _Run:
         self._stop_point()
         done = self.done
         if not self.stop_any and self.outcome == "ok":
-            event = _first_event(losses, self.gnorms, self.correct, done, cfg, self.chance_step, self.batch)
+            event = first_event(losses, self.gnorms, self.correct, done, cfg, self.chance_step, self.batch)
             if event:
                 self.outcome, self.event_step = event
         outcome, event_step, eigen_error = self.outcome, self.event_step, self.eigen_error
@@ -433,13 +292,7 @@ class _Run:
             test_error = float(wrong) / max(1, len(self.test_x))
             if outcome == "ok" and total >= 100 and test_error >= cfg["chance_error"]:
                 outcome, event_step = "diverged", total
-        _set_tf32(self.tf32_before)
-        if nan_loss_step is not None:
-            paper_outcome = "nan-loss"
-        elif eigen_error:
-            paper_outcome = "eigh-failed"
-        else:
-            paper_outcome = "ok" if done == total else "censored"
+        set_tf32(self.tf32_before)
         stopped = done < total or nan_loss_step is not None
         # the monitor's records end with the last step kept (a failing step included, what followed it not)
         records = self.mon.records
@@ -453,9 +306,9 @@ class _Run:
             "outcome": outcome, "step": event_step, "test_error": test_error, "wall_s": time.perf_counter() - self.start,
             "train_s": self.train_s, "steps_total": total, "steps_done": done,
             "final_loss": float(finished[-1]) if done else float("nan"),
-            "method": cfg["method"], "spec": self.spec or "bn", "norm": cfg["norm"], "d": int(cfg["d"]), "dtype": cfg["dtype"],
+            "method": cfg["method"].name, "spec": str(self.spec) if self.spec is not None else "bn", "norm": cfg["norm"], "d": int(cfg["d"]), "dtype": cfg["dtype"],
             "seed": int(cfg["seed"]), "device": self.device,
-            "nan_loss_step": nan_loss_step, "nan_loss_note": nan_loss_note, "paper_outcome": paper_outcome,
+            "nan_loss_step": nan_loss_step, "nan_loss_note": nan_loss_note, "paper_outcome": paper_outcome(nan_loss_step, eigen_error, done, total),
             "steps_per_epoch": per_epoch, "epochs_done": done / per_epoch,
             "time_to_nan_loss_epochs": None if nan_loss_step is None else (nan_loss_step + 1) / per_epoch,
             "censored_at_epochs": done / per_epoch if nan_loss_step is None else None,
@@ -465,100 +318,6 @@ class _Run:
         }
 
 
-def _zca_site(records):
-    """Records of the first ZCA layer: the call site of the first logged call."""
-    return records[records["site"] == records["site"].iloc[0]] if len(records) else records
-
-
-def _num(value):
-    value = float(value)
-    return None if math.isnan(value) else value
-
-
-def epoch_log(run: "_Run", records, done: int, stopped: bool) -> list[dict]:
-    """One dict per epoch of steps [0, done) (the last one partial at a stop): see ``schema12``
-    in the module doc. Losses, norms and λ_max are read back once, here."""
-    per_epoch = run.per_epoch
-    losses = run.losses[:done].double().cpu().numpy()
-    norms = run.conv1_norms[:done].double().cpu().numpy()
-    lam_max = run.lam_max[:done].cpu().numpy()
-    zca = run.spec is not None
-    site = _zca_site(records) if zca else None
-    eps = float(run.cfg["eps"]) if zca else None
-    out = []
-    for epoch in range(1, -(-done // per_epoch) + 1):
-        a, b = (epoch - 1) * per_epoch, min(epoch * per_epoch, done)
-        finite = losses[a:b][np.isfinite(losses[a:b])]
-        last = b == done
-        wrong = run.evals.get(epoch)
-        acc = None if wrong is None or (last and stopped) else 1.0 - float(wrong) / max(1, len(run.test_x))
-        entry = {"epoch": epoch, "step": b, "train_loss": float(finite.mean()) if len(finite) else None, "test_acc": acc,
-                 "conv1_weight_norm": _num(norms[b - 1])}
-        diag = dict.fromkeys(("lam_max_over_eps", "lam_min", "min_rel_gap", "max_abs_K", "grad_norm_max", "nonfinite_events"))
-        if zca:
-            rows = site[(site["step"] >= a) & (site["step"] < b)]
-            window = lam_max[a:b]
-            if len(rows):
-                diag.update(lam_min=_num(rows["lam_min"].min()), min_rel_gap=_num(rows["min_rel_gap"].min()),
-                            max_abs_K=_num(rows["max_K"].max()), grad_norm_max=_num(rows["grad_norm"].max()),
-                            nonfinite_events=int(rows["nonfinite"].sum()))
-            if len(window) and not np.isnan(window).all():
-                diag["lam_max_over_eps"] = float(np.nanmax(window)) / eps if eps > 0 else float("inf")
-        out.append({**entry, **diag})
-    return out
-
-
-def epoch_log_json(log: list[dict]) -> str:
-    """The epoch log as JSON text (the results column); ±inf as Python's json writes them (Infinity)."""
-    return json.dumps(log)
-
-
-def milestone_steps(milestones, unit: str, total: int, per_epoch: int) -> list[int]:
-    """The steps at which the lr is multiplied by gamma: milestones as fractions of ``total``, epochs
-    (``per_epoch`` steps each, as StepLR stepped once per epoch) or steps."""
-    scale = {"fraction": total, "epoch": per_epoch, "step": 1}[unit]
-    return sorted(int(round(float(m) * scale)) for m in milestones)
-
-
-def _tf32_flags() -> dict:
-    return {"tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32), "tf32_cudnn": bool(torch.backends.cudnn.allow_tf32)}
-
-
-def _set_tf32(value):
-    """Set both TF32 flags (None: leave them); returns the previous flags for restoring."""
-    before = _tf32_flags()
-    if isinstance(value, dict):
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = value["tf32_matmul"], value["tf32_cudnn"]
-    elif value is not None:
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(value)
-    return before
-
-
-@functools.lru_cache(maxsize=1)
-def _commit() -> str:
-    from ..studies.runner import REPO, _git_commit  # the runner's rule (STABKIT_GIT_COMMIT in a copy without .git)
-
-    return _git_commit(REPO / "reports")  # a study writing its cells there does not make the checkout "dirty"
-
-
-def run_settings(cfg: dict, milestone_steps_: list[int], model, tf32_used: dict) -> dict:
-    """What a run record must carry to be reproduced: preset, ε, schedule, subset, width, std, TF32, commit."""
-    zca = cfg.get("zca")
-    return {
-        "preset": cfg["preset"].name, "eps": cfg["eps"], "lr": float(cfg["lr"]), "gamma": float(cfg["gamma"]),
-        "milestones": ",".join(f"{m:g}" for m in cfg["milestones"]), "milestone_unit": cfg["milestone_unit"],
-        "milestone_steps": ",".join(str(m) for m in milestone_steps_), "epochs": float(cfg["epochs"]),
-        "max_steps": cfg["max_steps"], "width": float(cfg["width"]), "limit_images": cfg["limit_images"],
-        "limit_test": cfg["limit_test"], "batch_size": int(cfg["batch_size"]),
-        "input_std": ",".join(f"{v:g}" for v in cfg["input_std"]), "stop_on": cfg["stop_on"],
-        "drop_last": bool(cfg["drop_last"]), "fast": bool(cfg["fast"]), "compile": cfg["compile"] or "",
-        "check_every": int(cfg["check_every"]), "eval_every": int(cfg["eval_every"]),
-        "zca_solver": zca.solver if zca else None, "zca_truncation": zca.truncation if zca else None,
-        "zca_covariance": zca.covariance if zca else None, "zca_lam_floor": zca.lam_floor if zca else None,
-        "spec_note": getattr(getattr(model, "norm1", None), "spec_note", "") or "",
-        **tf32_used, "commit": _commit(),
-    }
-
 
 def train_many(configs, data=None, interleave: bool = False) -> list[dict]:
     """Run ``configs`` on one shared device copy of the data (see module doc): one after another,
@@ -567,12 +326,12 @@ def train_many(configs, data=None, interleave: bool = False) -> list[dict]:
     configs = list(configs)
     resolved = [resolve_config(c) for c in configs]
     if not interleave:
-        return [train_run(config, data=data if data is not None else device_data(cfg["data"], cfg["device"]))
+        return [_train(_Run(config, data if data is not None else device_data(cfg["data"], cfg["device"]), cfg))
                 for config, cfg in zip(configs, resolved)]
     if len({(c["device"], str(c["data"]), str(c["tf32"])) for c in resolved}) > 1:
         raise ValueError("interleaved runs must share device, data and TF32 setting")
     shared = data if data is not None or not resolved else device_data(resolved[0]["data"], resolved[0]["device"])
-    runs = [_Run(config, shared) for config in configs]
+    runs = [_Run(config, shared, cfg) for config, cfg in zip(configs, resolved)]
     with monitor.watch() as mon:
         while any(run.active for run in runs):
             for run in runs:

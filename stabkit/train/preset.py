@@ -1,9 +1,11 @@
 """Presets of the ZCA layer and the training protocol: ``stabkit`` (default) and ``paper``.
 
 A preset is parsed once, at the edge (``get_preset("paper")``), and travels as a frozen
-:class:`Preset`; ``Preset.layer(method)`` gives the frozen :class:`ZCAConfig` one ZCA layer needs.
-Backward rules stay in the method registry (``stabkit.methods``): a preset only names a method
-spec per Table IV row (:data:`PAPER_BACKWARD_SPECS`, the one place where those specs are listed).
+:class:`Preset`; ``Preset.layer(spec)`` gives the frozen :class:`ZCAConfig` one ZCA layer needs
+(its backward a :class:`stabkit.methods.Spec`). Backward rules stay in the method registry
+(``stabkit.methods``): the paper preset's rows are keyed by the Table IV names (``Method.paper_name``,
+``stabkit.train.table_iv``), and the backward of the authors' code for a row is the method's
+``paper_variant`` when it differs from the method itself (:data:`PAPER_BACKWARD_SPECS`).
 
 ``stabkit`` is the layer the committed reports used: εI = 1e-4 for every method, torch.linalg.eigh
 forward with no clamp, one batched covariance product per group shape (symmetrised), the full
@@ -62,19 +64,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from ..methods import format_spec, parse_spec
+from .. import methods
+from ..methods import Spec
+from . import table_iv
 
-#: Table IV method (registry name used by the study) → backward spec of the authors' code. A spec
-#: the registry lacks falls back through :data:`FALLBACK_SPECS`, and the run record says so
-#: (``spec`` and ``spec_note``).
-PAPER_BACKWARD_SPECS = {
-    "analytic": "analytic",          # SVD: autograd through torch.svd = the analytic rule on kept pairs
-    "pi-forward": "pi-forward",      # PI: 19 iterations, random starts (fresh every forward)
-    "pi": "pi:steps=20",             # SVD-PI: power_iteration_once sums 20 terms (num_iter = 19)
-    "taylor": "taylor-song:K=9",     # SVD-Taylor: K = 9 with same-sign ties = geometric_approximation
-    "clip": "clip-authors",          # SVD-Clip: F = 0 at exact ties
-}
-FALLBACK_SPECS: dict[str, str] = {}
+#: Table IV row (``Method.paper_name``) → backward of the authors' code: the row's method, or its
+#: ``paper_variant`` where their layer ran another rule (SVD-PI ``pi:steps=20``: power_iteration_once
+#: sums 20 terms; SVD-Taylor ``taylor-song:K=9``: same-sign ties = geometric_approximation; SVD-Clip
+#: ``clip-authors``: F = 0 at exact ties). Parsed once, here; the run record names it (``spec``).
+PAPER_BACKWARD_SPECS: dict[str, Spec] = {
+    row: methods.spec(table_iv.method(row).paper_variant or table_iv.method(row)) for row in table_iv.ROWS}
 
 PAPER_STD = (0.2023, 0.1994, 0.2010)
 STABKIT_STD = (0.2470, 0.2435, 0.2616)
@@ -88,7 +87,7 @@ STOP_ON = ("any", "nan-loss")
 class ZCAConfig:
     """Everything one ZCA layer needs, resolved for one method (see ``stabkit.train.zca``)."""
 
-    spec: str = "analytic"           # registry spec of the backward
+    spec: Spec = methods.spec(methods.DEFAULT)  # the backward (a Spec: parsed once, at an edge)
     eps: float = 1e-4                # εI added to Σ, and the truncation threshold
     solver: str = "eigh"             # "svd": σ = |λ| (singular values of symmetric Σ), then the floor
     lam_floor: float | None = None   # forward clamp σ ≥ floor; the gradient passes straight through
@@ -108,6 +107,8 @@ class ZCAConfig:
             raise ValueError(f"unknown ZCA covariance {self.covariance!r}: choose grouped or full")
         if self.weight_init not in ("ones", "uniform"):
             raise ValueError(f"unknown ZCA weight init {self.weight_init!r}: choose ones or uniform")
+        if not isinstance(self.spec, Spec):
+            raise TypeError(f"ZCAConfig.spec must be a methods.Spec (parse at the edge: methods.spec(...)), got {self.spec!r}")
         if not self.eps >= 0:
             raise ValueError(f"eps must be ≥ 0, got {self.eps}")
         if self.lam_floor is not None and not self.lam_floor >= 0:
@@ -115,30 +116,31 @@ class ZCAConfig:
 
     @property
     def method(self) -> str:
-        return parse_spec(self.spec)[0]
+        return self.spec.name
 
     @property
     def params(self) -> dict:
-        return parse_spec(self.spec)[1]
+        return self.spec.params
 
 
 @dataclass(frozen=True)
 class Row:
     """One method's layer-side conventions within a preset (the backward is ``spec``)."""
 
-    spec: str
+    spec: Spec
     eps: float
     solver: str = "eigh"
     lam_floor: float | None = None
     truncation: str = "none"
     fresh_starts: bool = False
+    shares_eps: bool = False         # the backward's own ``eps`` is the layer's ε (the authors' SVD-PI)
     source: str = ""
 
 
 @dataclass(frozen=True)
 class Preset:
-    """A named layer + protocol convention; ``rows`` maps a Table IV method name to its :class:`Row`
-    (empty: any registry spec, with ``default_eps``)."""
+    """A named layer + protocol convention; ``rows`` maps a Table IV row name (``Method.paper_name``)
+    to its :class:`Row` (empty: any registry spec, with ``default_eps``)."""
 
     name: str
     covariance: str
@@ -154,62 +156,54 @@ class Preset:
     tf32: bool | None                # None: leave torch's setting alone
     drop_last: bool = True           # drop an epoch's last partial batch (the authors' DataLoader keeps it)
     default_eps: float = 1e-4
-    rows: tuple = field(default_factory=tuple)  # ((method name, Row), …)
+    rows: tuple = field(default_factory=tuple)  # ((Table IV row name, Row), …)
     description: str = ""
 
-    def row(self, method: str) -> Row | None:
-        return dict(self.rows).get(method)
+    def row(self, spec: Spec) -> Row | None:
+        """The row of ``spec``'s method (by its Table IV name), None when this preset has none."""
+        return dict(self.rows).get(table_iv.row_of(spec))
 
-    def layer(self, method: str, params: dict | None = None, eps: float | None = None) -> ZCAConfig:
-        """The ZCA layer config of ``method`` (a registry name) under this preset; ``eps`` overrides
-        the preset's ε. The paper preset fixes each row's backward: params must be the defaults."""
+    def row_methods(self) -> list[str]:
+        """The registry names of this preset's rows, in row order."""
+        return [table_iv.method(row).name for row, _ in self.rows]
+
+    def layer(self, spec: Spec, eps: float | None = None) -> ZCAConfig:
+        """The ZCA layer config of ``spec`` under this preset; ``eps`` overrides the preset's ε.
+        The paper preset fixes each row's backward: the spec's parameters must be the defaults."""
         common = {"covariance": self.covariance, "symmetrize": self.symmetrize, "weight_init": self.weight_init}
         if not self.rows:
-            spec = format_spec(*parse_spec(method)) if params is None else format_spec(method, params)
             return ZCAConfig(spec=spec, eps=self.default_eps if eps is None else float(eps), **common)
-        row = self.row(method)
+        row = self.row(spec)
         if row is None:
-            raise ValueError(f"preset {self.name!r} has no row for method {method!r}: choose one of "
-                             f"{', '.join(m for m, _ in self.rows)} (or preset 'stabkit')")
-        if params and format_spec(method, params) != method:
-            raise ValueError(f"preset {self.name!r} fixes the backward of {method!r} to {row.spec!r}; "
-                             f"got parameters {format_spec(method, params)!r} (use preset 'stabkit' to vary them)")
+            raise ValueError(f"preset {self.name!r} has no row for method {spec.name!r}: choose one of "
+                             f"{', '.join(self.row_methods())} (or preset 'stabkit')")
+        if str(spec) != spec.name:
+            raise ValueError(f"preset {self.name!r} fixes the backward of {spec.name!r} to {str(row.spec)!r}; "
+                             f"got parameters {str(spec)!r} (use preset 'stabkit' to vary them)")
         eps = row.eps if eps is None else float(eps)
-        spec = row.spec
-        if spec.partition(":")[0] == "pi":  # the authors' SVD-PI uses the layer's ε as its truncation threshold too
-            name, row_params = parse_spec(spec)
-            spec = format_spec(name, {**row_params, "eps": eps})
-        return ZCAConfig(spec=spec, eps=eps, solver=row.solver,
+        backward = row.spec
+        if row.shares_eps and backward.params["eps"] != eps:  # one ε for the layer and the truncation
+            backward = backward.replace(eps=eps)
+        return ZCAConfig(spec=backward, eps=eps, solver=row.solver,
                          lam_floor=row.lam_floor, truncation=row.truncation, fresh_starts=row.fresh_starts,
                          source=row.source, **common)
-
-
-def available_spec(spec: str) -> tuple[str, str]:
-    """(spec the registry can run, note): a variant not registered yet falls back, with a note."""
-    try:
-        parse_spec(spec)
-        return spec, ""
-    except ValueError:
-        fallback = FALLBACK_SPECS.get(spec)
-        if fallback is None:
-            raise
-        return fallback, f"{spec} not in the method registry yet; ran {fallback}"
 
 
 _PI_SVD = "cvlab-epfl/Power-Iteration-SVD"
 _RDS = "WeiWangTrento/Robust-Differentiable-SVD"
 
+#: (Table IV row, Row) in the paper's order
 PAPER_ROWS = (
-    ("analytic", Row(PAPER_BACKWARD_SPECS["analytic"], 1e-4, solver="svd",
-                     source=f"{_PI_SVD}@a3f2e1f ZCANorm.py::ZCANormOrg")),
-    ("pi-forward", Row(PAPER_BACKWARD_SPECS["pi-forward"], 1e-4, truncation="pi-stop", fresh_starts=True,
-                       source=f"{_PI_SVD} ZCANorm.py::ZCANormPIunstable, torch_utils.py::power_iteration_unstable")),
-    ("pi", Row(PAPER_BACKWARD_SPECS["pi"], 1e-4, solver="svd", truncation="svd-pi",
-               source=f"{_PI_SVD} ZCANorm.py::ZCANormSVDPI, torch_utils.py::power_iteration_once")),
-    ("taylor", Row(PAPER_BACKWARD_SPECS["taylor"], 1e-2, solver="svd", lam_floor=1e-10,
-                   source=f"{_RDS} ZCANorm.py::ZCANormPIv2, torch_utils.py::svdv2/geometric_approximation")),
-    ("clip", Row(PAPER_BACKWARD_SPECS["clip"], 1e-2, solver="svd", lam_floor=1e-5,
-                 source=f"{_RDS} ZCANorm.py::ZCANormPIv2Clip, torch_utils.py::svdv2clip/clip")),
+    ("SVD", Row(PAPER_BACKWARD_SPECS["SVD"], 1e-4, solver="svd",
+                source=f"{_PI_SVD}@a3f2e1f ZCANorm.py::ZCANormOrg")),
+    ("PI", Row(PAPER_BACKWARD_SPECS["PI"], 1e-4, truncation="pi-stop", fresh_starts=True,
+               source=f"{_PI_SVD} ZCANorm.py::ZCANormPIunstable, torch_utils.py::power_iteration_unstable")),
+    ("SVD-PI", Row(PAPER_BACKWARD_SPECS["SVD-PI"], 1e-4, solver="svd", truncation="svd-pi", shares_eps=True,
+                   source=f"{_PI_SVD} ZCANorm.py::ZCANormSVDPI, torch_utils.py::power_iteration_once")),
+    ("SVD-Taylor", Row(PAPER_BACKWARD_SPECS["SVD-Taylor"], 1e-2, solver="svd", lam_floor=1e-10,
+                       source=f"{_RDS} ZCANorm.py::ZCANormPIv2, torch_utils.py::svdv2/geometric_approximation")),
+    ("SVD-Clip", Row(PAPER_BACKWARD_SPECS["SVD-Clip"], 1e-2, solver="svd", lam_floor=1e-5,
+                     source=f"{_RDS} ZCANorm.py::ZCANormPIv2Clip, torch_utils.py::svdv2clip/clip")),
 )
 
 PRESETS = {
@@ -227,7 +221,7 @@ PRESETS = {
 PRESETS["paper-svd-head"] = replace(
     PRESETS["paper"], name="paper-svd-head",
     rows=tuple((m, replace(r, truncation="svd-head", source=f"{_PI_SVD} ZCANorm.py::ZCANormSVDunstable"))
-               if m == "analytic" else (m, r) for m, r in PAPER_ROWS),
+               if m == "SVD" else (m, r) for m, r in PAPER_ROWS),
     description="paper, with the SVD baseline of PI-SVD HEAD (truncated through the first σ ≤ ε, else one pair)")
 
 #: Differences between the ``paper`` preset and the authors' code that remain (also in the study file).

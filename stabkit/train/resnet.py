@@ -4,8 +4,8 @@ conv1 3×3 stride 1 → 64 channels → ZCA whitening (replacing conv1's BatchNo
 stays BatchNorm) → ReLU → BasicBlocks [2, 2, 2, 2] with 64/128/256/512 channels and strides
 1/2/2/2 → 4×4 average pooling → linear 10. ``norm="bn"`` is the plain-BatchNorm baseline.
 ``width`` scales the channel counts (64·width for conv1): tests use a narrow network.
-``zca`` (a :class:`stabkit.train.preset.ZCAConfig`) sets the ZCA layer's conventions, overriding
-``method``/``params``/``eps``; ``conv_init="kaiming-fan-out"`` initialises every conv
+``zca`` (a :class:`stabkit.train.preset.ZCAConfig`, its backward a Spec) sets the ZCA layer's
+conventions, overriding ``method`` (text or a Spec) / ``params`` / ``eps``; ``conv_init="kaiming-fan-out"`` initialises every conv
 Kaiming-normal (fan_out, ReLU) as the authors' ``models/resnet.py`` (default: torch's own init).
 """
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
+from .. import methods
 from .zca import ZCAWhitening
 
 
@@ -35,7 +36,7 @@ class BasicBlock(nn.Module):
 
 
 class ResNet18(nn.Module):
-    def __init__(self, norm: str = "zca", d: int = 16, method: str = "analytic", params: dict | None = None,
+    def __init__(self, norm: str = "zca", d: int = 16, method=methods.DEFAULT, params: dict | None = None,
                  eps: float = 1e-4, dtype: str = "float32", num_classes: int = 10, width: float = 1.0,
                  blocks=(2, 2, 2, 2), zca=None, conv_init: str = "torch-default"):
         super().__init__()

@@ -7,9 +7,13 @@ the C channels are split into G = C/d groups of d; for each group, with m = B·H
     μ = mean(X_g),  Σ = (X_g − μ)(X_g − μ)ᵀ / m + εI,  Σ = U Λ Uᵀ,  W = U Λ^{-1/2} Uᵀ,
     Y_g = W (X_g − μ),   out = γ ∘ Y + β   (per-channel affine).
 
-The eigendecomposition is ``stabkit.torch.eigh(Σ, method, **params)`` batched over the G
+The eigendecomposition is ``stabkit.torch.eigh_kept(Σ, method=spec)`` batched over the G
 groups, so the backward is the chosen registry method's (SVD = ``analytic``, PI = ``pi-forward``,
-SVD-PI = ``pi``, SVD-Taylor = ``taylor``, SVD-Clip = ``clip``, …).
+SVD-PI = ``pi``, SVD-Taylor = ``taylor``, SVD-Clip = ``clip``, …). The method arrives as a
+:class:`stabkit.methods.Spec` (in the :class:`ZCAConfig`, or converted once in ``__init__`` from the
+``method``/``params`` given); the layer never parses it again. A failure of the solver
+(``torch.linalg.LinAlgError``) is raised as :class:`stabkit.errors.EigensolverError`, which the
+training loop records by type.
 
 ε defaults to 1e-4, the value of the TPAMI paper's experiments (it is also the ``pi`` method's
 default energy threshold): it bounds Λ^{-1/2} ≤ 100 and keeps Σ positive definite, but it does not
@@ -32,9 +36,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .. import methods
 from .. import torch as sktorch
-from ..methods import format_spec, parse_spec, resolve_params
-from .preset import ZCAConfig, available_spec
+from ..errors import EigensolverError
+from ..methods import Spec
+from .preset import ZCAConfig
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -116,8 +122,29 @@ def whitening_matrix(lam: torch.Tensor, U: torch.Tensor, config: ZCAConfig,
     return (U * inv[:, None, :]) @ U.transpose(1, 2)
 
 
+def _with_seed(spec: Spec, seed: int) -> Spec:
+    """``spec`` with its ``seed`` parameter set to the counter ``seed`` (≥ 0, always in the domain of
+    an integer seed): the per-forward fresh start of the authors' PI, without re-validating a Spec."""
+    return Spec(spec.method, tuple((k, seed if k == "seed" else v) for k, v in spec.items))
+
+
+def eigh_kept(cov: torch.Tensor, spec: Spec):
+    """(λ, U, kept) of ``cov`` with ``spec``'s backward — the one place the layer calls the solver.
+
+    ``check=False``: Σ is symmetrised by the layer, and a NaN Σ must reach the eigensolver (its
+    failure is the training loop's NaN outcome); it also avoids a host sync per step. A solver
+    failure is raised as :class:`EigensolverError` (typed, so the loop never matches message text).
+    """
+    try:
+        # stabkit.torch converts ``method`` once at its edge; a Spec is forwarded there as it is once it
+        # accepts one (method=spec); until then it gets the name and the already validated parameters
+        return sktorch.eigh_kept(cov, spec.name, check=False, **spec.params)
+    except torch.linalg.LinAlgError as exc:
+        raise EigensolverError(f"ZCA whitening: the eigensolver failed on Σ ({spec}): {exc}") from exc
+
+
 class ZCAWhitening(nn.Module):
-    def __init__(self, num_features: int, d: int = 16, method: str = "analytic", params: dict | None = None,
+    def __init__(self, num_features: int, d: int = 16, method: "str | Spec" = methods.DEFAULT, params: dict | None = None,
                  eps: float = 1e-4, momentum: float = 0.1, dtype: str = "float32", affine: bool = True,
                  config: ZCAConfig | None = None):
         super().__init__()
@@ -128,12 +155,12 @@ class ZCAWhitening(nn.Module):
         if config is None:
             if not eps >= 0:
                 raise ValueError(f"eps must be ≥ 0, got {eps}")
-            config = ZCAConfig(spec=format_spec(method, resolve_params(method, params)), eps=float(eps))
-        spec, self.spec_note = available_spec(config.spec)
+            spec = methods.spec(method)  # the Python edge: text, a Method or a Spec, converted once
+            config = ZCAConfig(spec=spec.replace(**params) if params else spec, eps=float(eps))
         self.config = config
         self.num_features, self.d, self.groups = num_features, d, num_features // d
-        self.method, self.params = parse_spec(spec)
-        self.spec = format_spec(self.method, self.params)
+        self.spec: Spec = config.spec
+        self.method, self.params = self.spec.name, self.spec.params
         self.eps, self.momentum, self.compute_dtype = float(config.eps), float(momentum), DTYPES[dtype]
         self.forward_calls = 0
         self.last_lam_max = None
@@ -173,11 +200,9 @@ class ZCAWhitening(nn.Module):
                 cov = (cov + cov.transpose(1, 2)) / 2 if cfg.symmetrize else cov
             else:
                 mean, xc, cov = group_covariance(xg, self.eps, cfg.symmetrize)
-            params = {**self.params, "seed": self.forward_calls} if cfg.fresh_starts and "seed" in self.params else self.params
+            spec = _with_seed(self.spec, self.forward_calls) if cfg.fresh_starts and "seed" in self.params else self.spec
             self.forward_calls += 1
-            # check=False: Σ is symmetrised here, and a NaN Σ must reach the eigensolver (the training
-            # loop classifies its error as the paper's NaN outcome); it also avoids a host sync per step
-            lam, U, kept = sktorch.eigh_kept(cov, self.method, check=False, **params)
+            lam, U, kept = eigh_kept(cov, spec)
             self.last_lam_max = lam.detach().amax()  # λ_max of Σ + εI (the loop's per-epoch diagnostics)
             whitening = whitening_matrix(lam, U, cfg, kept)
             with torch.no_grad():

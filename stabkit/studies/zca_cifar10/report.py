@@ -1,0 +1,282 @@
+"""The ``zca_cifar10`` report: the protocol, the success table beside Table IV, the paper's
+criterion, forward failures, two schedules compared, the link, and for a non-default preset the
+authors' layers and the remaining deviations. Tables: ``tables``; figures: ``_plots``."""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+import pandas as pd
+
+from ..._markdown import markdown_table
+from ...train import table_iv
+from ...train.preset import PAPER_DEVIATIONS, get_preset
+from .. import _stats
+from . import validate
+from .tables import FEATURES, compare_schedules, link, success_table
+
+def report(results: pd.DataFrame, grid: dict, out_dir: pathlib.Path) -> str:
+    g = validate(grid)
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if "error" in results.columns:
+        crashed = results[results["error"].notna()]
+        results = results[results["error"].isna()]
+    else:
+        crashed = results.iloc[:0]
+    table = success_table(results)
+    fit = link(results)
+    preset = get_preset(g["preset"])
+    paper_rate = preset.stop_on == "nan-loss" and "no NaN loss %" in table
+    figs = _plots(table, fit, out_dir, paper_rate) if len(table) else []
+    if preset.name != "stabkit":
+        return _preset_report(results, g, preset, table, fit, figs, crashed, out_dir)
+    lines = _intro(results, g)
+    if figs:
+        lines += [f"![success rates]({figs[0]})", ""]
+    lines += _success_section(table, results, crashed)
+    if g["baseline_study"]:
+        lines += _schedule_section(results, g, out_dir)
+    lines += _link_section(fit, results, g, figs)
+    return "\n".join(lines)
+
+
+def _intro(results: pd.DataFrame, g: dict) -> list[str]:
+    """The protocol of the stabkit-preset study and the outcomes it records."""
+    steps = f"{g['max_steps']} steps" if g["max_steps"] else f"{g['epochs']:g} epochs"
+    eps = "the preset's" if g["eps"] is None else f"{g['eps']:g}"
+    return [
+        "## ZCA whitening in ResNet-18 on CIFAR-10: training success per backward (Wang et al., TPAMI 2021, Table IV)",
+        "",
+        f"One run per cell: ResNet-18 (conv1 → ZCA(d) → …), SGD lr {g['lr']:g}, momentum 0.9, wd 5e-4, batch "
+        f"{g['batch_size']}, ε = {eps}, {steps} on {g['limit_images'] or 50000} training images (step decay ×0.1 at 50 % "
+        f"and 75 % of the steps), test error on {g['limit_test'] or 10000} test images; {g['seeds']} seeds per cell. "
+        "The paper: 350 epochs, 15 runs per cell, one dtype — its numbers are shown beside both of ours. Our short "
+        "protocol sees only failures early in training, so our success rates are upper bounds of the long-run ones.",
+        "",
+        "Outcomes: ok; eigh-failed (forward eigensolver raised); nonfinite-loss; nonfinite-grad; diverged (loss > 50, "
+        "or training accuracy ≤ 15 % at step max(100, steps/4), or final test error ≥ 88 %).",
+        "",
+        *_legacy_note(results),
+    ]
+
+
+def _success_section(table: pd.DataFrame, results: pd.DataFrame, crashed: pd.DataFrame) -> list[str]:
+    """The success table, the paper's criterion beside it, forward failures, the BatchNorm baseline,
+    the cost and the crashed cells."""
+    lines = ["### Success rate per method × d × dtype", "", markdown_table(table) if len(table) else "(no ZCA runs)", ""]
+    if "no NaN loss %" in table:
+        lines += ["The paper's criterion beside ours: `NaN loss (paper criterion)` counts runs whose loss became NaN; "
+                  "`censored` runs stopped at another outcome (above) before any NaN loss, so their fate under the "
+                  "paper's rule is unknown; `no NaN loss %` is over the other runs. `success %` is this toolkit's "
+                  "(any failure event counts).", ""]
+    lines += _forward_failure_note(table)
+    bn = results[results["norm"] == "bn"]
+    if len(bn):
+        k = int((bn["outcome"] == "ok").sum())
+        lo, hi = _stats.wilson(k, len(bn))
+        lines += [f"BatchNorm baseline: {k}/{len(bn)} ok [{100 * lo:.0f}, {100 * hi:.0f}] %, median test error "
+                  f"{bn.loc[bn['outcome'] == 'ok', 'test_error'].median():.3f}.", ""]
+    if "wall_s" in results.columns and len(results):
+        wall = pd.to_numeric(results["wall_s"], errors="coerce")
+        lines += [f"Cost: {len(results)} runs, {wall.sum() / 60:.1f} min of summed run time (median {wall.median():.1f} s per run; "
+                  "the study's wall time, with concurrent runs, is in the header).", ""]
+    return lines + _crashed_note(crashed)
+
+
+def _crashed_note(crashed: pd.DataFrame) -> list[str]:
+    if not len(crashed):
+        return []
+    return [f"{len(crashed)} cell(s) crashed (a bug, not a training outcome): " + "; ".join(crashed["cell_id"].astype(str)[:5]), ""]
+
+
+def _link_section(fit: dict | None, results: pd.DataFrame, g: dict, figs: list[str]) -> list[str]:
+    """The link: the logistic model's coefficients and Brier scores against the base rate and the cell."""
+    lines = ["### The link: do early diagnostics predict failure?", ""]
+    if fit is None:
+        return lines + ["Not fitted: every ZCA run had the same outcome (or there were none), so there is nothing to predict.", ""]
+    coef = ", ".join(f"{name} {b:+.2f}" for name, b in zip(["intercept"] + FEATURES, fit["beta"]))
+    lines += [
+        f"Logistic regression (ridge 1e-2, standardised features) of failure on the first {100 * g['early_frac']:.0f} % "
+        f"of each run's monitor diagnostics: log10 max|K̃| (= 1/min gap), log(1 + gap events with relative gap < 1e-5), "
+        f"log10 of the method's gradient bound max|F_ij|. n = {fit['n']} runs. Coefficients: {coef}.",
+        "",
+        *_inside_window_note(results, g),
+        f"Brier score: in-sample {fit['brier']:.4f}, 5-fold cross-validated {fit['brier_cv']:.4f}, "
+        f"base rate (predict the mean failure rate) {fit['brier_base']:.4f}, the cell alone (leave-one-out failure "
+        f"rate of the run's method × d × dtype) {fit['brier_cell']:.4f}. Lower is better. The diagnostics add "
+        "something only if the cross-validated score beats both the base rate and the cell alone"
+        + (" — here they do not." if fit["brier_cv"] >= fit["brier_cell"] else "."),
+        "",
+    ]
+    if len(figs) > 1:
+        lines += [f"![calibration]({figs[1]})", ""]
+    return lines
+
+
+def _legacy_note(results: pd.DataFrame) -> list[str]:
+    """Runs recorded before presets and SVD-PI's truncated forward existed carry no ``preset``
+    column: say what their layer and their ``pi`` were, so no row is read as today's method."""
+    if "preset" in results.columns:
+        return []
+    return ["**Conventions of these runs.** They predate the `paper` preset and the SVD-PI fix: the layer is the "
+            "`stabkit` preset (ε = 1e-4 for every method, eigh without a clamp, γ = 1, torch's default init), and "
+            "`pi` in these rows is today's `pi-legacy` (whitening with all d pairs, backward dropping pairs: it "
+            "differentiates another function than the one it returns). Outcomes other than a NaN loss are this "
+            "toolkit's and are not the paper's criterion; at this horizon the successful networks have barely "
+            "started to train (see the test errors), so no row is a test of Table IV.", ""]
+
+
+def _schedule_section(results: pd.DataFrame, g: dict, out_dir: pathlib.Path) -> list[str]:
+    name = g["baseline_study"]
+    path = out_dir.parent / name / "results.parquet"
+    lines = [f"### Against the schedule of `{name}`", ""]
+    if not path.is_file():
+        return lines + [f"No results at `{path}`: run that study first, then `stabkit report {out_dir.name}`.", ""]
+    short = pd.read_parquet(path)
+    if "error" in short.columns:
+        short = short[short["error"].isna()]
+    horizon = int(pd.to_numeric(short["steps_total"]).max()) if len(short) else 0
+    table = compare_schedules(short, results, horizon)
+    if table.empty:
+        return lines + [f"No method × d × dtype of this study is in `{name}`.", ""]
+    agree = int((table["Fisher p"] >= 0.05).sum())
+    late = int(table["long fails after short horizon"].sum())
+    return lines + [
+        f"The same cells with `{name}`'s schedule ({horizon} steps) and this study's. Success counts with Wilson 95 % "
+        "intervals (%); Fisher's exact test of equal success probability. With a few runs per cell only large "
+        "differences are detectable, so the last column, failures that happened after the short schedule's last "
+        "step, is the direct evidence of what the short protocol misses.",
+        "",
+        markdown_table(table),
+        "",
+        f"Cells where the schedules agree (Fisher p ≥ 0.05): {agree}/{len(table)}; long-run failures after step "
+        f"{horizon}: {late}.",
+        "",
+    ]
+
+
+def _inside_window_note(results: pd.DataFrame, g: dict) -> list[str]:
+    """How many failures happened inside the early window (their features stop at the failing step)."""
+    zca = results[(results["norm"] == "zca") & (results["outcome"] != "ok")]
+    if "steps_total" not in zca or zca.empty:
+        return []
+    end = np.maximum(1, np.round(g["early_frac"] * pd.to_numeric(zca["steps_total"])))
+    inside = int((pd.to_numeric(zca["step"]) < end).sum())
+    return [f"{inside} of the {len(zca)} failures happened inside the early window. Their features come from the steps up "
+            "to the failing one; every value is logged by a forward eigendecomposition, which runs before that step's "
+            "backward, so no feature is measured after the failure — but for these runs the prediction has no lead time.", ""]
+
+
+def _forward_failure_note(table: pd.DataFrame) -> list[str]:
+    if not len(table) or not table["runs with λ_min ≤ 0"].any():
+        return []
+    n_bad, n_first = int(table["runs with λ_min ≤ 0"].sum()), int(table["… at step 0"].sum())
+    return [f"Forward failures: in {n_bad} runs the forward eigendecomposition returned λ_min ≤ 0 for Σ + εI, whose "
+            "eigenvalues are ≥ ε in exact arithmetic, so λ^{-1/2} was NaN in the forward pass. In the "
+            f"{n_first} of them that failed at step 0 no gradient had been applied yet: those failures are the rounding "
+            "of the forward (covariance and eigensolver in the layer's dtype) alone, whatever the backward rule. In the "
+            "others a backward update came first, and a large update grows ‖Σ‖ and with it the rounding error.", ""]
+
+
+def _plots(table: pd.DataFrame, fit: dict | None, out_dir: pathlib.Path, paper_rate: bool = False) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = []
+    dtypes = list(dict.fromkeys(table["dtype"]))
+    fig, axes = plt.subplots(1, len(dtypes), figsize=(5 * len(dtypes), 3.6), squeeze=False, sharey=True)
+    for ax, dtype in zip(axes[0], dtypes):
+        groups = list(table[table["dtype"] == dtype].groupby("method", sort=False))
+        for i, (spec, s) in enumerate(groups):
+            ci, rate_col = ("no NaN loss CI", "no NaN loss %") if paper_rate else ("Wilson 95% CI", "success %")
+            lo = [float(c.strip("[]").split(",")[0]) if c != "—" else np.nan for c in s[ci]]
+            hi = [float(c.strip("[]").split(",")[1]) if c != "—" else np.nan for c in s[ci]]
+            rate = s[rate_col].to_numpy(float)
+            x = s["d"].to_numpy() * 2.0 ** (0.08 * (i - (len(groups) - 1) / 2))  # side by side, not on top
+            ax.errorbar(x, rate, yerr=[rate - lo, np.asarray(hi) - rate], marker="o", capsize=3, label=spec)
+            ax.plot(x, s["paper %"], ls=":", color=ax.lines[-1].get_color(), alpha=0.7)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted(set(table["d"])), [str(d) for d in sorted(set(table["d"]))], minor=False)
+        ax.minorticks_off()
+        ax.set_xlabel("group size d")
+        ax.set_title(f"{dtype} (dotted: paper Table IV)")
+    axes[0][0].set_ylabel("runs without NaN loss %" if paper_rate else "success rate %")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_dir / "success_rates.png", dpi=120)
+    plt.close(fig)
+    names.append("success_rates.png")
+    if fit is not None:
+        fig, ax = plt.subplots(figsize=(4, 4))
+        for key, label in (("p", "in-sample"), ("p_cv", "5-fold CV")):
+            bins = np.linspace(0, 1, 6)
+            idx = np.clip(np.digitize(fit[key], bins) - 1, 0, 4)
+            xs = [fit[key][idx == b].mean() for b in range(5) if (idx == b).any()]
+            ys = [fit["y"][idx == b].mean() for b in range(5) if (idx == b).any()]
+            ax.plot(xs, ys, marker="o", label=f"{label} (Brier {fit['brier' if key == 'p' else 'brier_cv']:.3f})")
+        ax.plot([0, 1], [0, 1], "k:", lw=1)
+        ax.set_xlabel("predicted P(failure)")
+        ax.set_ylabel("observed failure rate")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out_dir / "calibration.png", dpi=120)
+        plt.close(fig)
+        names.append("calibration.png")
+    return names
+
+
+def _preset_report(results, g, preset, table, fit, figs, crashed, out_dir) -> str:
+    """The report of a study under a non-default preset (``paper``): its conventions, the NaN-loss
+    rate compared with Table IV, our outcomes beside it, and the deviations from the authors' code."""
+    steps = f"{g['max_steps']} steps (of {g['epochs']:g} epochs)" if g["max_steps"] else f"{g['epochs']:g} epochs"
+    lines = [
+        "## ZCA whitening in ResNet-18 on CIFAR-10 with the authors' layers (Wang et al., TPAMI 2021, Table IV)",
+        "",
+        f"Preset `{preset.name}`: {preset.description}. SGD lr {g['lr']:g}, momentum 0.9, wd 5e-4, batch "
+        f"{g['batch_size']}, {steps} on {g['limit_images'] or 50000} training images, lr ×{preset.gamma:g} at "
+        f"{', '.join(f'{m:g}' for m in (g['milestones'] or preset.milestones))} "
+        f"({g['milestone_unit'] or preset.milestone_unit}s), input std {preset.input_std}, convs Kaiming-normal fan_out, "
+        f"ZCA γ ~ U(0, 1), TF32 {'off' if preset.tf32 is False else 'as torch'}; {g['seeds']} seeds per cell.",
+        "",
+        markdown_table(_preset_rows(preset, g)),
+        "",
+        "Failure is the paper's criterion: a NaN loss (`no NaN loss %` over the runs whose fate under that rule is "
+        "known, compared with `paper %`). Our other outcomes are counted beside it, not merged into it: "
+        "`failures` lists the first event of each failed run (nonfinite-grad, nonfinite-loss, eigh-failed, "
+        "diverged), and runs go on training through them as the authors' script did.",
+        "",
+    ]
+    if figs:
+        lines += [f"![success rates]({figs[0]})", ""]
+    lines += ["### Per method × d × dtype", "", markdown_table(table) if len(table) else "(no ZCA runs)", ""]
+    bn = results[results["norm"] == "bn"]
+    if len(bn):
+        k = int((bn["outcome"] == "ok").sum())
+        lines += [f"BatchNorm baseline: {k}/{len(bn)} ok.", ""]
+    lines += _crashed_note(crashed)
+    if g["baseline_study"]:
+        lines += _schedule_section(results, g, out_dir)
+        lines += [f"(Here the two studies differ in the layer — preset `{preset.name}` against `{g['baseline_study']}`'s — "
+                  "and both columns count this toolkit's outcome, the first failure event of any kind.)", ""]
+    lines += ["### Remaining differences from the authors' code", "",
+              markdown_table(pd.DataFrame(PAPER_DEVIATIONS, columns=["item", "authors' code", "this preset"])), ""]
+    if fit is not None:
+        lines += [f"Link (early diagnostics → failure of any kind): Brier in-sample {fit['brier']:.4f}, 5-fold CV "
+                  f"{fit['brier_cv']:.4f}, base rate {fit['brier_base']:.4f}, cell alone (leave-one-out) "
+                  f"{fit['brier_cell']:.4f}; n = {fit['n']}.", ""]
+    return "\n".join(lines)
+
+
+def _preset_rows(preset, g: dict) -> pd.DataFrame:
+    """One row per Table IV row of the preset: the method, the authors' backward and layer conventions."""
+    rows = []
+    for name, row in preset.rows:
+        rows.append({"method": table_iv.method(name).name, "paper name": name, "backward": str(row.spec),
+                     "ε": row.eps if g["eps"] is None else g["eps"], "forward": row.solver,
+                     "σ floor": row.lam_floor if row.lam_floor is not None else "—", "whitening": row.truncation,
+                     "authors' code": row.source})
+    return pd.DataFrame(rows)

@@ -1,0 +1,178 @@
+"""The ``zca_cifar10_survival`` report: the protocol, the horizon reached, Kaplan–Meier curves,
+runs without a NaN loss against Table IV, test accuracy of the survivors, extended runs, and the
+landmark link. Tables: ``tables``."""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+import pandas as pd
+
+from ..._markdown import markdown_table
+from ...train.preset import get_preset
+from .. import _landmark, _stats
+from . import validate
+from .tables import PAPER_RUNS, _runs, accuracy_table, km_table, success_table, survivors
+
+def report(results: pd.DataFrame, grid: dict, out_dir: pathlib.Path) -> str:
+    g = validate(grid)
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    crashed = results[results["error"].notna()] if "error" in results.columns else results.iloc[:0]
+    r = _runs(results)
+    preset = get_preset(g["preset"])
+    lines = _intro(g, preset)
+    crash_note = ([f"{len(crashed)} cell(s) crashed (a bug, not a training outcome): "
+                   + "; ".join(crashed["cell_id"].astype(str)[:5]), ""] if len(crashed) else [])
+    if r.empty:
+        return "\n".join(lines + ["No finished runs yet.", ""] + crash_note)
+    lines += _horizon_section(r)
+    km, curves = km_table(results)
+    figs = _plots(results, curves, out_dir)
+    lines += ["### Kaplan–Meier: time to the first NaN loss", "", f"![Kaplan–Meier]({figs[0]})", "",
+              "Per cell, censored at the epochs each run reached without a NaN loss; band: Greenwood's variance on the "
+              "log(−log S) scale, 95 %.", "", markdown_table(km), ""]
+    lines += _table_section(results)
+    lines += _accuracy_section(results, figs)
+    lines += _extension_section(results, r, g)
+    lines += ["### Which seeds fail is not reproducible on a GPU", "",
+              "cuDNN and cuBLAS pick kernels and summation orders that vary between runs and machines, so the same seed "
+              "does not give the same sequence of weights twice: a rerun of a cell can fail where the first run survived "
+              "and the reverse. Only the failure *rate* of a cell is a reproducible quantity; compare rates, not seeds.", ""]
+    lines += _link_section(r, g)
+    return "\n".join(lines + crash_note)
+
+
+def _intro(g: dict, preset) -> list[str]:
+    return [
+        "## ZCA-whitened ResNet-18 on CIFAR-10 at the paper's horizon: time to a NaN loss (Wang et al., TPAMI 2021, Table IV)",
+        "",
+        f"Preset `{preset.name}` ({preset.description}); SGD lr {g['lr']:g}, momentum 0.9, wd 5e-4, batch {g['batch_size']}, "
+        f"{g['limit_images'] or 50000} training images per epoch, test accuracy on {g['limit_test'] or 10000} test images, "
+        f"lr ×{preset.gamma:g} at epochs {', '.join(f'{m:g}' for m in preset.milestones)} (StepLR by epoch). "
+        f"Seeds {g['seed_start']}…{g['seed_start'] + g['seeds'] - 1} (disjoint from the short studies' 0…7), one run per "
+        "cell. Failure is the paper's criterion: the first NaN loss; time to it in epochs = (step + 1) / steps per epoch.",
+        "",
+    ]
+
+
+def _horizon_section(r: pd.DataFrame) -> list[str]:
+    """How far the runs got: per horizon, NaN losses, runs that reached it, runs stopped earlier."""
+    horizon_lines = []
+    for h, s in r.groupby("horizon_epochs"):
+        done = s[~s["event"]]
+        full = int((done["reached"] >= h - 1e-9).sum())
+        early = sorted(done.loc[done["reached"] < h - 1e-9, "reached"])
+        horizon_lines.append(f"{len(s)} runs to a horizon of {h:g} epochs: {int(s['event'].sum())} with a NaN loss, {full} "
+                             f"reached {h:g} epochs without one, {len(early)} stopped earlier without one"
+                             + (f" (censored at {', '.join(f'{x:.1f}' for x in early)} epochs)." if early else "."))
+    max_reached = float(r["reached"].max())
+    return ["**Horizon reached.** " + " ".join(horizon_lines) + f" The longest run reached {max_reached:.1f} epochs"
+            + ("; the paper trained 350 epochs with lr drops at 100, 200 and 300, so these runs cover only its lr = 0.1 "
+               "phase and their success is an upper bound of a 350-epoch success." if max_reached < 350 - 1e-9 else
+               ", the paper's 350.") + " Runs not yet done are not counted anywhere.", ""]
+
+
+def _table_section(results: pd.DataFrame) -> list[str]:
+    table = success_table(results)
+    return ["### Runs without a NaN loss against Table IV", "", markdown_table(table), "",
+            "`no NaN loss`: runs that reached the horizon without a NaN loss, over those whose fate is known (a run "
+            "stopped earlier without a NaN loss is left out and counted in `stopped early, no NaN`). Intervals: Wilson "
+            "and Clopper–Pearson (exact), 95 %. `Fisher p`: two-sided Fisher exact test of our count against the paper's "
+            f"count of {PAPER_RUNS} runs; `Holm p`: Holm's correction over the cells of "
+            "one horizon. `80 % power if our rate`: the true rates at which this test, with our number of runs against "
+            f"the paper's {PAPER_RUNS}, would reject at 5 % with probability ≥ 0.8 (exact, both samples binomial) — "
+            "rates between those bounds would usually go undetected, so a large p is not agreement. At a horizon "
+            "shorter than the paper's 350 epochs a failure after it is not seen: more runs without a NaN loss than the "
+            "paper's is what a shorter horizon gives anyway, fewer is evidence against Table IV.", ""]
+
+
+def _accuracy_section(results: pd.DataFrame, figs: list[str]) -> list[str]:
+    acc = accuracy_table(results)
+    lines = ["### Test accuracy of the runs without a NaN loss", "", f"![test accuracy]({figs[1]})", ""]
+    lines += [markdown_table(acc), ""] if len(acc) else ["No surviving run has a test accuracy recorded.", ""]
+    return lines + ["A ResNet-18 held at lr 0.1 plateaus well above 80 % test accuracy when it really trains; runs far below "
+                    "that trained poorly even without a NaN loss.", ""]
+
+
+def _extension_section(results: pd.DataFrame, r: pd.DataFrame, g: dict) -> list[str]:
+    """Final test errors of the runs extended past the lr drops, or which survivors could be."""
+    ext = r[(r["horizon_epochs"] > float(g["epochs"]) + 1e-9) & ~r["event"]]
+    lines = ["### Runs extended past the lr drops", ""]
+    if len(ext):
+        err = ext.groupby(["spec", "d", "dtype"], sort=False)["test_error"].agg(["count", "median", "min", "max"]).reset_index()
+        err.columns = ["method", "d", "dtype", "runs", "final test error (median)", "min", "max"]
+        lines += [markdown_table(err), "", "The paper's final errors for these cells are not transcribed in this "
+                  "repository; compare them with Table IV of the paper directly.", ""]
+    else:
+        lines += [f"None yet: extending survivors to {g['extend_epochs'] or 350:g} epochs needs `extend_epochs` and `extend` "
+                  "in the study file.", ""]
+    cand = survivors(results)
+    if cand and not g["extend"]:
+        lines += ["Survivors that could be extended (`extend = [...]`): " + ", ".join(f"`{c}`" for c in cand[:20])
+                  + (f" … ({len(cand)} in all)" if len(cand) > 20 else ""), ""]
+    return lines
+
+
+def _link_section(r: pd.DataFrame, g: dict) -> list[str]:
+    lines = ["### The link: do diagnostics before a landmark predict a NaN loss after it, beyond the cell?", "",
+             "Landmark design (`stabkit.studies._landmark`): runs alive at L only; features from the per-epoch "
+             "diagnostics of the epochs that ended by L (" + ", ".join(_landmark.FEATURE_NAMES) + "); standardised "
+             "inside each cross-validation fold; the cell's smoothed failure rate as the baseline to beat.", ""]
+    base = r[np.isclose(r["horizon_epochs"], float(g["epochs"]))]  # one record per seed: the base horizon's
+    for L in g["landmarks"]:
+        lines += ["- " + _landmark.landmark_link(base, float(L), repeats=10)["sentence"]]
+    return lines + [""]
+
+
+# ------------------------------------------------------------------------------------------ figures
+def _plots(results: pd.DataFrame, curves: dict, out_dir: pathlib.Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = []
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for label, (km, end, censored) in curves.items():
+        t = np.concatenate([[0.0], km["time"], [max(end, km["time"][-1] if len(km["time"]) else 0.0)]])
+        s = np.concatenate([[1.0], km["survival"], [km["survival"][-1] if len(km["survival"]) else 1.0]])
+        line, = ax.step(t, s, where="post", label=label)
+        if len(km["time"]):
+            lo = np.concatenate([[1.0], km["lo"], [km["lo"][-1]]])
+            hi = np.concatenate([[1.0], km["hi"], [km["hi"][-1]]])
+            ax.fill_between(t, lo, hi, step="post", color=line.get_color(), alpha=0.12)
+        if len(censored):  # censoring ticks at S(t)
+            ax.plot(censored, [_stats.survival_at(km, c) for c in censored], "|", color=line.get_color(), ms=9)
+    ax.set_xlabel("epochs")
+    ax.set_ylabel("runs without NaN loss (Kaplan–Meier; | censored)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_dir / "km_time_to_nan.png", dpi=120)
+    plt.close(fig)
+    names.append("km_time_to_nan.png")
+
+    r = _runs(results)
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    colours = {}
+    for _, run in r[~r["event"]].iterrows():
+        acc = [(e["epoch"], e["test_acc"]) for e in _landmark.epoch_log(run.get("epoch_log")) if e.get("test_acc") is not None]
+        if not acc:
+            continue
+        label = f"{run['spec']} d={int(run['d'])} {run['dtype']}"
+        x, y = zip(*acc)
+        kw = {"color": colours[label]} if label in colours else {"label": label}
+        line, = ax.plot(x, y, lw=0.8, alpha=0.8, **kw)
+        colours.setdefault(label, line.get_color())
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test accuracy")
+    ax.set_title("runs without a NaN loss")
+    if colours:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_dir / "test_accuracy.png", dpi=120)
+    plt.close(fig)
+    names.append("test_accuracy.png")
+    return names

@@ -1,0 +1,144 @@
+"""The tables of the ``zca_cifar10_survival`` report: runs without a NaN loss against Table IV
+(Wilson, Clopper–Pearson, Fisher + Holm, power), Kaplan–Meier per cell, test accuracy of the
+survivors, the survivors' ids and the one-line summary."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from ... import methods
+from ...train import table_iv
+from .. import _landmark, _stats
+
+PAPER_RUNS = table_iv.RUNS
+
+# ------------------------------------------------------------------------------------------ tables
+def _num(s) -> np.ndarray:
+    return pd.to_numeric(s, errors="coerce").to_numpy(float)
+
+
+def _runs(results: pd.DataFrame) -> pd.DataFrame:
+    r = results.copy()
+    if "error" in r.columns:
+        r = r[r["error"].isna()]
+    for col in ("time_to_nan_loss_epochs", "censored_at_epochs", "epochs", "epoch_log", "spec", "d", "dtype"):
+        if col not in r:  # only crashed cells so far: no run columns
+            r[col] = pd.Series(np.nan, index=r.index, dtype=object if col in ("epoch_log", "spec", "dtype") else float)
+    if "horizon_epochs" not in r:
+        r["horizon_epochs"] = _num(r["epochs"])
+    r["t_nan"] = _num(r["time_to_nan_loss_epochs"])
+    r["reached"] = np.where(np.isnan(r["t_nan"]), _num(r["censored_at_epochs"]), r["t_nan"])
+    r["event"] = ~np.isnan(r["t_nan"])
+    if "order" not in r:
+        r["order"] = 0
+    return r
+
+
+def _groups(r: pd.DataFrame):
+    keys = ["spec", "d", "dtype", "horizon_epochs"]
+    return sorted(r.groupby(keys, sort=False), key=lambda kv: (kv[0][3], int(kv[1]["order"].min()), kv[0][2]))
+
+
+def _pct(lo_hi) -> str:
+    lo, hi = lo_hi
+    return "—" if math.isnan(lo) else f"[{100 * lo:.0f}, {100 * hi:.0f}]"
+
+
+def success_table(results: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
+    """Per cell (method, d, dtype, horizon): runs without a NaN loss to the horizon with Wilson and
+    Clopper–Pearson intervals, the paper's count, Fisher's two-sided p and its Holm adjustment
+    across the cells compared, and the rates detectable with 80 % power against the paper's."""
+    r = _runs(results)
+    rows = []
+    for (spec, d, dtype, horizon), s in _groups(r):
+        row = table_iv.row_of(methods.spec(spec))  # stored text, read back: the report's edge
+        nan = int(s["event"].sum())
+        reached = int(((~s["event"]) & (s["reached"] >= horizon - 1e-9)).sum())
+        unknown = len(s) - nan - reached  # stopped before the horizon without a NaN loss
+        n = nan + reached
+        paper = table_iv.COUNTS.get(row, {}).get(int(d))
+        p = _stats.fisher_exact(reached, nan, paper, PAPER_RUNS - paper) if paper is not None and n else np.nan
+        power = _power(n, paper, alpha) if paper is not None and n else "—"
+        rows.append({
+            "method": spec, "paper name": row or "—", "d": int(d), "dtype": dtype,
+            "horizon (epochs)": float(horizon), "runs": len(s), "NaN loss": nan,
+            "no NaN loss": f"{reached}/{n}", "no NaN loss %": 100 * reached / n if n else np.nan,
+            "Wilson 95 %": _pct(_stats.wilson(reached, n)) if n else "—",
+            "Clopper–Pearson 95 %": _pct(_stats.clopper_pearson(reached, n)) if n else "—",
+            "stopped early, no NaN": unknown,
+            "paper (350 epochs)": f"{paper}/{PAPER_RUNS}" if paper is not None else "—",
+            "Fisher p": p, "80 % power if our rate": power,
+        })
+    table = pd.DataFrame(rows)
+    if len(table):  # Holm over the cells of one horizon (one family of comparisons with Table IV)
+        holm = np.full(len(table), np.nan)
+        for _, idx in table.groupby("horizon (epochs)").groups.items():
+            holm[idx] = _stats.holm(table.loc[idx, "Fisher p"].to_numpy(float))
+        table.insert(table.columns.get_loc("Fisher p") + 1, "Holm p", holm)
+    return table
+
+
+def _power(n: int, paper: int, alpha: float) -> str:
+    """The true rates at which Fisher's test of n runs against the paper's count rejects with power 0.8."""
+    lo, hi = _stats.smallest_detectable(n, PAPER_RUNS, paper / PAPER_RUNS, 0.8, alpha, grid=100)
+    power = (f"≤ {100 * lo:.0f} %" if lo is not None else "") + (" or " if lo is not None and hi is not None else "") + \
+            (f"≥ {100 * hi:.0f} %" if hi is not None else "")
+    return power or "none"
+
+
+def km_table(results: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """Kaplan–Meier per cell: runs, NaN losses, S at the horizon with its log−log 95 % band, median."""
+    r = _runs(results)
+    rows, curves = [], {}
+    for key, s in _groups(r):
+        spec, d, dtype, horizon = key
+        km = _stats.kaplan_meier(s["reached"].to_numpy(float), s["event"].to_numpy(bool))
+        label = f"{spec} d={int(d)} {dtype}" + (f" ({float(horizon):g} ep)" if r["horizon_epochs"].nunique() > 1 else "")
+        curves[label] = (km, float(s["reached"].max()), s.loc[~s["event"], "reached"].to_numpy(float))
+        idx = len(km["time"]) - 1
+        rows.append({"cell": label, "runs": km["n"], "NaN losses": int(km["events"].sum()),
+                     "first NaN (epoch)": float(km["time"][0]) if len(km["time"]) else np.nan,
+                     "S(last event)": float(km["survival"][idx]) if idx >= 0 else 1.0,
+                     "95 % band": f"[{km['lo'][idx]:.2f}, {km['hi'][idx]:.2f}]" if idx >= 0 else "—",
+                     "median time to NaN (epochs)": km["median"] if km["median"] is not None else "not reached",
+                     "horizon reached (epochs)": float(s["reached"][~s["event"]].max()) if (~s["event"]).any() else np.nan})
+    return pd.DataFrame(rows), curves
+
+
+def accuracy_table(results: pd.DataFrame) -> pd.DataFrame:
+    """Test accuracy of the runs without a NaN loss: per cell, the median over runs of the last
+    evaluated accuracy and of the best, with the epoch of the last evaluation."""
+    r = _runs(results)
+    rows = []
+    for (spec, d, dtype, horizon), s in _groups(r):
+        last, best, epochs = [], [], []
+        for _, run in s[~s["event"]].iterrows():
+            acc = [(e["epoch"], e["test_acc"]) for e in _landmark.epoch_log(run.get("epoch_log"))
+                   if e.get("test_acc") is not None]
+            if acc:
+                last.append(acc[-1][1])
+                best.append(max(a for _, a in acc))
+                epochs.append(acc[-1][0])
+        if last:
+            rows.append({"cell": f"{spec} d={int(d)} {dtype}", "horizon (epochs)": float(horizon), "surviving runs": len(last),
+                         "last evaluated epoch": int(min(epochs)), "test acc, last (median)": float(np.median(last)),
+                         "test acc, best (median)": float(np.median(best))})
+    return pd.DataFrame(rows)
+
+
+def survivors(results: pd.DataFrame) -> list[str]:
+    """Cell ids of the base-horizon runs that reached it without a NaN loss (candidates for ``extend``)."""
+    r = _runs(results)
+    base = r["horizon_epochs"] == r["horizon_epochs"].min()
+    ok = base & ~r["event"] & (r["reached"] >= r["horizon_epochs"] - 1e-9)
+    return [str(c) for c in r.loc[ok, "cell_id"]] if "cell_id" in r else []
+
+
+def summary(results: pd.DataFrame) -> str:
+    r = _runs(results)
+    parts = [f"{spec} d={int(d)}: {int((~s['event']).sum())}/{len(s)} without NaN to {float(h):g} ep"
+             for (spec, d, _, h), s in _groups(r)]
+    return f"{len(r)} runs; " + ", ".join(parts[:6]) + (" …" if len(parts) > 6 else "")

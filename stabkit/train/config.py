@@ -1,0 +1,163 @@
+"""A training run's options: ``DEFAULTS``, their validation (``resolve_config``), the device, the
+lr schedule in steps, the TF32 flags and what a run record carries to be reproduced
+(``run_settings``). The option keys and their meaning: ``stabkit.train.loop``'s module doc.
+
+The backward arrives as ``config["method"]``: a :class:`stabkit.methods.Spec` (what the CLI and the
+study kinds pass: parsed once at their edge) is used as it is; text or a Method (a Python call, with
+``params``) is converted once, here, and the run carries the Spec from then on.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from .. import methods
+from ..methods import Spec
+from .preset import MILESTONE_UNITS, STOP_ON, get_preset
+
+DEFAULTS = {
+    "method": methods.DEFAULT, "params": {}, "norm": "zca", "d": 16, "dtype": "float32", "preset": "stabkit", "eps": None,
+    "epochs": None, "max_steps": None, "batch_size": 128, "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4,
+    "milestones": None, "milestone_unit": None, "gamma": None, "stop_on": None, "tf32": None, "input_std": None, "drop_last": None,
+    "limit_images": None, "limit_test": None, "data": None,
+    "device": "auto", "seed": 0, "width": 1.0, "diverge_loss": 50.0, "chance_step": None, "chance_acc": 0.15,
+    "chance_error": 0.88, "early_frac": 0.2, "check_every": None, "eval_batch": 1000, "gap_threshold": 1e-5,
+    "fast": False, "compile": None, "eval_every": 1,
+}
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def method_spec(method, params: dict | None = None) -> Spec:
+    """The run's backward as a Spec: a Spec without ``params`` passes unchanged; text, a Method or a
+    Spec with ``params`` is converted (validated) once — the Python-call edge of ``train_run``."""
+    if isinstance(method, Spec) and not params:
+        return method
+    spec = methods.spec(method)
+    return spec.replace(**params) if params else spec
+
+
+def resolve_config(config: dict) -> dict:
+    """``config`` over ``DEFAULTS`` with the preset's values filled in, checked (ValueError naming
+    the option and the allowed values); ``method`` becomes a Spec, ``zca`` the layer's ZCAConfig."""
+    unknown = set(config) - set(DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown training option(s) {', '.join(sorted(unknown))}; allowed: {', '.join(DEFAULTS)}")
+    cfg = {**DEFAULTS, **config}
+    preset = cfg["preset"] = get_preset(cfg["preset"])
+    for key, value in (("epochs", preset.epochs), ("milestones", preset.milestones), ("gamma", preset.gamma),
+                       ("milestone_unit", preset.milestone_unit), ("stop_on", preset.stop_on), ("tf32", preset.tf32),
+                       ("input_std", preset.input_std), ("drop_last", preset.drop_last)):
+        if cfg[key] is None:
+            cfg[key] = value
+    cfg["method"] = method_spec(cfg["method"], cfg["params"])
+    cfg["params"] = cfg["method"].params
+    _check_model(cfg)
+    _check_schedule(cfg)
+    if cfg["norm"] == "zca":
+        cfg["zca"] = preset.layer(cfg["method"], cfg["eps"])  # ValueError for a method without a row / a bad ε
+        cfg["eps"] = cfg["zca"].eps
+    if cfg["limit_images"] is not None and int(cfg["limit_images"]) < int(cfg["batch_size"]):
+        raise ValueError(f"limit_images={cfg['limit_images']} is smaller than one batch ({cfg['batch_size']})")
+    _check_path(cfg)
+    cfg["device"] = pick_device(cfg["device"])
+    return cfg
+
+
+def _check_model(cfg: dict) -> None:
+    if cfg["norm"] not in ("zca", "bn"):
+        raise ValueError(f"unknown norm {cfg['norm']!r}: choose 'zca' or 'bn'")
+    if cfg["dtype"] not in ("float32", "float64"):
+        raise ValueError(f"unknown dtype {cfg['dtype']!r}: choose float32 or float64")
+    for key in ("epochs", "batch_size", "lr"):
+        if not float(cfg[key]) > 0:
+            raise ValueError(f"{key} must be > 0, got {cfg[key]}")
+
+
+def _check_schedule(cfg: dict) -> None:
+    if cfg["milestone_unit"] not in MILESTONE_UNITS:
+        raise ValueError(f"unknown milestone unit {cfg['milestone_unit']!r}: choose {', '.join(MILESTONE_UNITS)}")
+    try:
+        cfg["milestones"] = tuple(float(m) for m in cfg["milestones"])
+    except (TypeError, ValueError):
+        raise ValueError(f"milestones must be a list of numbers, got {cfg['milestones']!r}") from None
+    if any(m < 0 for m in cfg["milestones"]) or (cfg["milestone_unit"] == "fraction" and any(m > 1 for m in cfg["milestones"])):
+        raise ValueError(f"milestones {cfg['milestones']} out of range for unit {cfg['milestone_unit']!r}")
+    if cfg["stop_on"] not in STOP_ON:
+        raise ValueError(f"unknown stop_on {cfg['stop_on']!r}: choose {', '.join(STOP_ON)}")
+    if len(tuple(cfg["input_std"])) != 3 or not all(float(v) > 0 for v in cfg["input_std"]):
+        raise ValueError(f"input_std must be three positive numbers, got {cfg['input_std']!r}")
+    cfg["input_std"] = tuple(float(v) for v in cfg["input_std"])
+
+
+def _check_path(cfg: dict) -> None:
+    """The fast path's options: check/eval intervals and the compile mode."""
+    cfg["fast"] = bool(cfg["fast"])
+    cfg["check_every"] = (100 if cfg["fast"] else 10) if cfg["check_every"] is None else cfg["check_every"]
+    if int(cfg["check_every"]) != cfg["check_every"] or int(cfg["check_every"]) < 1:
+        raise ValueError(f"check_every must be an integer ≥ 1, got {cfg['check_every']!r}")
+    if int(cfg["eval_every"]) != cfg["eval_every"] or int(cfg["eval_every"]) < 0:
+        raise ValueError(f"eval_every must be an integer ≥ 0 (0: test only at the end), got {cfg['eval_every']!r}")
+    compile_mode = {True: "default", False: None, "": None, "none": None}.get(cfg["compile"], cfg["compile"])
+    if compile_mode is not None and compile_mode not in COMPILE_MODES:
+        raise ValueError(f"unknown compile mode {cfg['compile']!r}: choose none, {', '.join(COMPILE_MODES)}")
+    cfg["compile"] = compile_mode
+
+
+def pick_device(device: str = "auto") -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available")
+    if not (device == "cpu" or device.startswith("cuda")):
+        raise ValueError(f"unknown device {device!r}: choose auto, cpu or cuda[:N]")
+    return device
+
+
+def milestone_steps(milestones, unit: str, total: int, per_epoch: int) -> list[int]:
+    """The steps at which the lr is multiplied by gamma: milestones as fractions of ``total``, epochs
+    (``per_epoch`` steps each, as StepLR stepped once per epoch) or steps."""
+    scale = {"fraction": total, "epoch": per_epoch, "step": 1}[unit]
+    return sorted(int(round(float(m) * scale)) for m in milestones)
+
+
+def tf32_flags() -> dict:
+    return {"tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32), "tf32_cudnn": bool(torch.backends.cudnn.allow_tf32)}
+
+
+def set_tf32(value):
+    """Set both TF32 flags (None: leave them); returns the previous flags for restoring."""
+    before = tf32_flags()
+    if isinstance(value, dict):
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = value["tf32_matmul"], value["tf32_cudnn"]
+    elif value is not None:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(value)
+    return before
+
+
+@functools.lru_cache(maxsize=1)
+def _commit() -> str:
+    from ..studies.runner import REPO, _git_commit  # the runner's rule (STABKIT_GIT_COMMIT in a copy without .git)
+
+    return _git_commit(REPO / "reports")  # a study writing its cells there does not make the checkout "dirty"
+
+
+def run_settings(cfg: dict, milestone_steps_: list[int], model, tf32_used: dict) -> dict:
+    """What a run record must carry to be reproduced: preset, ε, schedule, subset, width, std, TF32, commit."""
+    zca = cfg.get("zca")
+    return {
+        "preset": cfg["preset"].name, "eps": cfg["eps"], "lr": float(cfg["lr"]), "gamma": float(cfg["gamma"]),
+        "milestones": ",".join(f"{m:g}" for m in cfg["milestones"]), "milestone_unit": cfg["milestone_unit"],
+        "milestone_steps": ",".join(str(m) for m in milestone_steps_), "epochs": float(cfg["epochs"]),
+        "max_steps": cfg["max_steps"], "width": float(cfg["width"]), "limit_images": cfg["limit_images"],
+        "limit_test": cfg["limit_test"], "batch_size": int(cfg["batch_size"]),
+        "input_std": ",".join(f"{v:g}" for v in cfg["input_std"]), "stop_on": cfg["stop_on"],
+        "drop_last": bool(cfg["drop_last"]), "fast": bool(cfg["fast"]), "compile": cfg["compile"] or "",
+        "check_every": int(cfg["check_every"]), "eval_every": int(cfg["eval_every"]),
+        "zca_solver": zca.solver if zca else None, "zca_truncation": zca.truncation if zca else None,
+        "zca_covariance": zca.covariance if zca else None, "zca_lam_floor": zca.lam_floor if zca else None,
+        # every backward of a preset is a registered spec now, so nothing falls back: kept for the schema
+        "spec_note": getattr(getattr(model, "norm1", None), "spec_note", "") or "",
+        **tf32_used, "commit": _commit(),
+    }
