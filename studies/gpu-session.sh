@@ -86,14 +86,10 @@ survival() {
         # stop when the grid is done: the runner then has nothing left to start
         "$py" - "$study" ${SURVIVAL_SET:-} <<'PY' || break
 import sys
-from pathlib import Path
 from stabkit.studies import runner
 args = sys.argv[2:]
 overrides = dict(runner.parse_override(a.removeprefix("--set=")) for a in args if a not in ("--set",))
-study, kind, grid = runner.load_study(sys.argv[1], overrides)
-cells = kind.cells(grid)
-done = runner._load_done(Path("reports") / study["name"] / "cells", cells)
-sys.exit(0 if len(done) < len(cells) else 1)
+sys.exit(0 if runner.unfinished_cells(sys.argv[1], overrides) else 1)
 PY
     done
 }

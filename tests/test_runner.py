@@ -194,3 +194,15 @@ def test_a_failing_cell_is_recorded_and_the_study_goes_on(tmp_path, monkeypatch)
     retried = runner.run_study(study, {}, jobs=1, out_root=tmp_path, progress=False)
     assert len(retried) == 36 and retried["error"].isna().all()
     assert json.loads((tmp_path / "mini" / "run.json").read_text())["cells_computed"] == 2
+
+
+def test_unfinished_cells_counts_down_to_nothing(tmp_path):
+    """What a time-boxed GPU session asks before each chunk: the cells a run would still compute."""
+    study = REPO / "studies" / "tiny.toml"
+    before = runner.unfinished_cells(study, out_root=tmp_path)
+    assert before and len(before) == len({c["cell_id"] for c in before})
+    runner.run_study(study, {}, jobs=1, out_root=tmp_path, progress=False, max_cells=1)
+    after = runner.unfinished_cells(study, out_root=tmp_path)
+    assert len(after) == len(before) - 1
+    runner.run_study(study, {}, jobs=1, out_root=tmp_path, progress=False)
+    assert runner.unfinished_cells(study, out_root=tmp_path) == []

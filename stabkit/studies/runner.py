@@ -61,6 +61,15 @@ class StorageError(ValueError):
     """The study directory cannot be written (disk full, read-only, permissions)."""
 
 
+def unfinished_cells(path_or_config, overrides: dict | None = None, out_root: Path = Path("reports")) -> list[dict]:
+    """The grid's cells that have no finished record of today's code under ``out_root``: what a
+    ``run_study`` of the same study would compute (a time-boxed session loops until this is empty)."""
+    study, kind, grid = load_study(path_or_config, overrides or {})
+    cells = expand(study, kind, grid)
+    done = _scan_cells(Path(out_root) / study["name"] / "cells", cells, _store.sources_hash())["done"]
+    return [c for c in cells if c["cell_id"] not in done]
+
+
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 

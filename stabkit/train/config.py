@@ -138,9 +138,9 @@ def set_tf32(value):
 
 @functools.lru_cache(maxsize=1)
 def _commit() -> str:
-    from ..studies.runner import REPO, _git_commit  # the runner's rule (STABKIT_GIT_COMMIT in a copy without .git)
+    from ..studies.provenance import REPO, git_commit  # the runner's rule (STABKIT_GIT_COMMIT in a copy without .git)
 
-    return _git_commit(REPO / "reports")  # a study writing its cells there does not make the checkout "dirty"
+    return git_commit(REPO / "reports")  # a study writing its cells there does not make the checkout "dirty"
 
 
 def run_settings(cfg: dict, milestone_steps_: list[int], model, tf32_used: dict) -> dict:

@@ -32,7 +32,7 @@ import math
 import sys
 from pathlib import Path
 
-from ..studies.runner import tomllib  # tomllib, or tomli on Python 3.10
+from ..studies._grid import tomllib  # tomllib, or tomli on Python 3.10
 
 CIFAR10_TRAIN, CIFAR10_TEST = 50_000, 10_000
 
