@@ -256,7 +256,7 @@ def test_group_bound_is_honest(case, name):
         dps = 8 if case.endswith("-low") else 4
     d = A.shape[0]
     loss = make_loss(name, d, seed=3)
-    st = __import__("stabkit._flint_eig", fromlist=["eig_states"]).eig_states(
+    st = __import__("stabkit.reference._flint", fromlist=["eig_states"]).eig_states(
         R._as_exact_float64(A), dps=dps, cache=False)[0]
     assert np.isfinite(st["eps"]).all() and len(np.unique(st["grp"])) < d  # the group path is used
     g_fl, _, d_fl = R._hp_gradient(A, loss, "flint", _dps=dps)
@@ -283,7 +283,7 @@ def test_repeated_eigenvalues_certified_from_any_start(spectrum):
     """A triple (quadruple) split only by rounding is resolved and certified whatever basis of the
     cluster the float64 eigh returns: seeded matrices, the start vectors rotated inside the cluster
     and perturbed (so the result does not hang on one LAPACK's rounding)."""
-    from stabkit import _flint_eig as F
+    from stabkit.reference import _flint as F
 
     lam = np.asarray(spectrum)
     cl = np.nonzero(lam == lam[1])[0]

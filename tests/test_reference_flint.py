@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stabkit import _flint_eig as F
+from stabkit.reference import _flint as F
 from stabkit import reference as R
 from stabkit.losses import make_loss
 from tests.conftest import build

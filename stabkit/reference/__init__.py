@@ -18,7 +18,7 @@ high-precision eigendecomposition A = U diag(λ) Uᵀ.  Two engines compute that
   Aishima, "Iterative refinement for symmetric eigenvalue decomposition", JJIAM 35, 2018; part II
   for clustered eigenvalues, JJIAM 36, 2019) with all matrix products done *exactly* in integer
   fixed point (python-flint ``fmpz_mat``).  From the exact products the final X is certified
-  (see ``stabkit._flint_eig``): Weyl + Ostrowski bounds on every eigenvalue, a Davis–Kahan sin θ
+  (see ``stabkit.reference._flint``): Weyl + Ostrowski bounds on every eigenvalue, a Davis–Kahan sin θ
   bound on every eigenvector whose eigenvalue enclosure is isolated, a subspace Davis–Kahan
   sin Θ bound on the invariant subspace of every group of overlapping enclosures (exactly
   repeated eigenvalues) that is isolated as a whole, and a perturbation bound that carries these
@@ -36,7 +36,7 @@ spectral losses (f depends on λ itself) the mpmath engine adds ⌈log10(‖A‖
 own high-precision eigenvalues, raising P until it covers the condition (up to ``MAX_DPS``): the
 eigensolver's absolute error ~10^-P ‖A‖ must be small against λ_min, which float64 cannot see
 beyond a condition of ~1e16.  The flint engine does the same with its certified enclosure of
-λ_min (``_flint_eig.engine``).
+λ_min (``_flint.engine``).
 Divided differences of near-equal eigenvalues are evaluated without cancellation (extra working
 precision, or the mean-value/midpoint expansion f'((λ_i+λ_j)/2) when the pair is closer than the
 square root of the working precision).
@@ -70,7 +70,7 @@ from pathlib import Path
 import mpmath
 import numpy as np
 
-from .validation import check_symmetric
+from ..validation import check_symmetric
 
 MIN_DIGITS = 12
 MAX_DIGITS = 60.0
@@ -377,9 +377,9 @@ def _engine(A, loss, engine: str, cache: bool, _dps: int | None, input_dtype=np.
     if engine == "mpmath":
         out = _mp_engine(A, loss, cache, _dps, input_dtype)
     elif engine == "flint":
-        from . import _flint_eig
+        from . import _flint
         cdir = _cache_path("", cache)
-        out = _flint_eig.engine(A, loss, cache=cdir is not None, dps=_dps, cache_dir=cdir,
+        out = _flint.engine(A, loss, cache=cdir is not None, dps=_dps, cache_dir=cdir,
                                 key=lambda dps: _eig_key(A, "flint", dps), atomic_write=_cache_write,
                                 input_dtype=input_dtype, cache_read=_cache_read) + ("",)
     else:
