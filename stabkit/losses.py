@@ -25,6 +25,7 @@ import mpmath
 import numpy as np
 
 from . import _xp
+from .errors import InputError
 
 
 def _weight(d: int, seed: int) -> np.ndarray:
@@ -142,9 +143,9 @@ def make_loss(name: str, d: int, seed: int = 0, weight: np.ndarray | None = None
     else:
         weight = np.asarray(weight, dtype=np.float64)
         if weight.shape != (d, d):
-            raise ValueError(f"loss weight must have shape ({d}, {d}), got {weight.shape}")
+            raise InputError(f"loss weight must have shape ({d}, {d}), got {weight.shape}")
         if not np.isfinite(weight).all():
-            raise ValueError("loss weight contains non-finite entries")
+            raise InputError("loss weight contains non-finite entries")
     # the last two: |f''| and |f'''| at x, which bound them on [x, ∞) (both decrease on (0, ∞) here)
     if name == "zca":
         return _spectral(
@@ -245,7 +246,7 @@ def truncate(loss, eigenvalues, kept):
     kept = np.asarray(kept, dtype=bool).reshape(-1)
     reference = np.asarray(eigenvalues, dtype=np.float64).reshape(-1)
     if kept.shape != reference.shape:
-        raise ValueError(f"kept mask has {kept.size} entries for {reference.size} eigenvalues")
+        raise InputError(f"kept mask has {kept.size} entries for {reference.size} eigenvalues")
     if kept.all():
         return loss
     name = f"{loss.name}[kept {''.join('1' if k else '0' for k in kept)}]"

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from stabkit.errors import InputError
 from stabkit.losses import LOSSES, make_loss, truncate
 
 from .conftest import build
@@ -52,8 +53,10 @@ def test_domains_and_bad_parameters():
     make_loss("projector", 3, k=1).check(np.array([1.0, 1.0, 2.0]))  # equal weights inside the tie: defined
     with pytest.raises(ValueError, match="unknown loss"):
         make_loss("nuclear", 3)
-    with pytest.raises(ValueError, match="shape"):
+    with pytest.raises(InputError, match="shape"):  # a ValueError, typed: a bad input matrix
         make_loss("zca", 3, weight=np.ones((2, 2)))
+    with pytest.raises(InputError, match="non-finite"):
+        make_loss("zca", 2, weight=np.array([[1.0, np.nan], [0.0, 1.0]]))
     with pytest.raises(ValueError, match="rank k"):
         make_loss("projector", 3, k=3)
 
@@ -78,3 +81,8 @@ def test_losses_without_higher_derivative_bounds():
     cut = truncate(loss, np.array([0.5, 1.0, 2.0]), [False, True, True])
     assert cut.d2_bound is None and cut.d3_bound is None
     assert dataclasses.replace(loss, d2_bound=None).d2_bound is None
+
+
+def test_truncate_rejects_a_mask_of_the_wrong_size():
+    with pytest.raises(InputError, match="kept mask has 2 entries for 3 eigenvalues"):
+        truncate(make_loss("zca", 3), np.array([0.5, 1.0, 2.0]), [True, False])
