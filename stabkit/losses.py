@@ -25,6 +25,7 @@ import mpmath
 import numpy as np
 
 from . import _xp
+from .errors import InputError
 
 
 def _weight(d: int, seed: int) -> np.ndarray:
@@ -41,6 +42,11 @@ class SpectralLoss:
     df: Callable
     f_mp: Callable  # the same functions on mpmath numbers, for the reference
     df_mp: Callable
+    # x ↦ upper bounds on |f''| and |f'''| over [x, ∞) (float in, float out; OverflowError beyond
+    # the float64 range): what the flint reference engine needs to certify the divided differences
+    # rigorously. None (unknown): that engine reports an agreement estimate only.
+    d2_bound: Callable | None = None
+    d3_bound: Callable | None = None
     kind: str = field(default="spectral", init=False)
 
     def check(self, lam, dtype=None) -> None:
@@ -114,8 +120,8 @@ def _as_like(a: np.ndarray, like):
     return xp.as_tensor(a, dtype=like.dtype, device=like.device)
 
 
-def _spectral(name, weight, f, df, f_mp, df_mp):
-    return SpectralLoss(name, weight, f, df, f_mp, df_mp)
+def _spectral(name, weight, f, df, f_mp, df_mp, d2_bound=None, d3_bound=None):
+    return SpectralLoss(name, weight, f, df, f_mp, df_mp, d2_bound, d3_bound)
 
 
 def _ns(lam):
@@ -137,26 +143,30 @@ def make_loss(name: str, d: int, seed: int = 0, weight: np.ndarray | None = None
     else:
         weight = np.asarray(weight, dtype=np.float64)
         if weight.shape != (d, d):
-            raise ValueError(f"loss weight must have shape ({d}, {d}), got {weight.shape}")
+            raise InputError(f"loss weight must have shape ({d}, {d}), got {weight.shape}")
         if not np.isfinite(weight).all():
-            raise ValueError("loss weight contains non-finite entries")
+            raise InputError("loss weight contains non-finite entries")
+    # the last two: |f''| and |f'''| at x, which bound them on [x, ∞) (both decrease on (0, ∞) here)
     if name == "zca":
         return _spectral(
             name, weight,
             lambda x: _ns(x).sqrt(x) ** -1, lambda x: -0.5 * _ns(x).sqrt(x) ** -3,
-            lambda x: 1 / mpmath.sqrt(x), lambda x: -mpmath.mpf(1) / 2 * x ** mpmath.mpf(-1.5)
+            lambda x: 1 / mpmath.sqrt(x), lambda x: -mpmath.mpf(1) / 2 * x ** mpmath.mpf(-1.5),
+            lambda x: 0.75 * x ** -2.5, lambda x: 1.875 * x ** -3.5,
         )
     if name == "sqrt":
         return _spectral(
             name, weight,
             lambda x: _ns(x).sqrt(x), lambda x: 0.5 / _ns(x).sqrt(x),
-            mpmath.sqrt, lambda x: 1 / (2 * mpmath.sqrt(x))
+            mpmath.sqrt, lambda x: 1 / (2 * mpmath.sqrt(x)),
+            lambda x: 0.25 * x ** -1.5, lambda x: 0.375 * x ** -2.5,
         )
     if name == "log":
         return _spectral(
             name, weight,
             lambda x: _ns(x).log(x), lambda x: 1 / x,
-            mpmath.log, lambda x: 1 / x
+            mpmath.log, lambda x: 1 / x,
+            lambda x: x ** -2.0, lambda x: 2.0 * x ** -3.0,
         )
     if name == "eigvec":
         w = np.random.default_rng(np.random.SeedSequence([seed, d, 0xE16])).standard_normal(d)
@@ -236,7 +246,7 @@ def truncate(loss, eigenvalues, kept):
     kept = np.asarray(kept, dtype=bool).reshape(-1)
     reference = np.asarray(eigenvalues, dtype=np.float64).reshape(-1)
     if kept.shape != reference.shape:
-        raise ValueError(f"kept mask has {kept.size} entries for {reference.size} eigenvalues")
+        raise InputError(f"kept mask has {kept.size} entries for {reference.size} eigenvalues")
     if kept.all():
         return loss
     name = f"{loss.name}[kept {''.join('1' if k else '0' for k in kept)}]"

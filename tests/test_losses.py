@@ -1,10 +1,14 @@
 """Probe losses: their (∂L/∂U, ∂L/∂λ) against finite differences, and their domains."""
 
+import dataclasses
+
+import mpmath
 import numpy as np
 import pytest
 import torch
 
-from stabkit.losses import LOSSES, make_loss
+from stabkit.errors import InputError
+from stabkit.losses import LOSSES, make_loss, truncate
 
 from .conftest import build
 
@@ -49,7 +53,36 @@ def test_domains_and_bad_parameters():
     make_loss("projector", 3, k=1).check(np.array([1.0, 1.0, 2.0]))  # equal weights inside the tie: defined
     with pytest.raises(ValueError, match="unknown loss"):
         make_loss("nuclear", 3)
-    with pytest.raises(ValueError, match="shape"):
+    with pytest.raises(InputError, match="shape"):  # a ValueError, typed: a bad input matrix
         make_loss("zca", 3, weight=np.ones((2, 2)))
+    with pytest.raises(InputError, match="non-finite"):
+        make_loss("zca", 2, weight=np.array([[1.0, np.nan], [0.0, 1.0]]))
     with pytest.raises(ValueError, match="rank k"):
         make_loss("projector", 3, k=3)
+
+
+@pytest.mark.parametrize("name", ["zca", "sqrt", "log"])
+def test_spectral_losses_carry_bounds_on_their_higher_derivatives(name):
+    """d2_bound(x), d3_bound(x) are |f''|, |f'''| at x (tight) and bound them on [x, ∞) — what the
+    flint reference engine needs to certify divided differences; checked against mpmath's own
+    numerical derivatives of f_mp."""
+    loss = make_loss(name, 3)
+    with mpmath.workdps(40):
+        for x in (1e-3, 0.37, 1.0, 2.5, 1e4):
+            for bound, order in ((loss.d2_bound, 2), (loss.d3_bound, 3)):
+                at = [abs(float(mpmath.diff(loss.f_mp, mpmath.mpf(y), order))) for y in (x, 1.5 * x, 10 * x)]
+                assert bound(x) == pytest.approx(at[0], rel=1e-12)
+                assert all(v <= bound(x) * (1 + 1e-12) for v in at)
+
+
+def test_losses_without_higher_derivative_bounds():
+    """The truncated spectral function f·1[kept] has no such bounds (not one smooth f): None."""
+    loss = make_loss("zca", 3)
+    cut = truncate(loss, np.array([0.5, 1.0, 2.0]), [False, True, True])
+    assert cut.d2_bound is None and cut.d3_bound is None
+    assert dataclasses.replace(loss, d2_bound=None).d2_bound is None
+
+
+def test_truncate_rejects_a_mask_of_the_wrong_size():
+    with pytest.raises(InputError, match="kept mask has 2 entries for 3 eigenvalues"):
+        truncate(make_loss("zca", 3), np.array([0.5, 1.0, 2.0]), [True, False])

@@ -70,6 +70,8 @@ import flint
 import mpmath
 import numpy as np
 
+from . import _cache
+
 MAX_DIGITS = 60.0
 _SAFE = 1.0 + 1e-9  # covers float64 rounding in the bound arithmetic (≪ 1e-9 relative in total)
 _NEWTON_MAX_BITS = 10  # largest |E_ij| of a separated pair that the refinement applies as is: 2^-10
@@ -483,14 +485,8 @@ def _certify_groups(p: _Pass, grp: np.ndarray, eta: np.ndarray, rho: float, eps:
 
 
 # ----------------------------------------------------------------------------------------------
-# derivative tables for the bounds of the spectral divided differences
-
-_TABLES = {
-    # name: (f, |f''| on [x, ∞), |f'''| on [x, ∞)) — |f''|, |f'''| decrease on (0, ∞) for all three
-    "zca": (lambda x: 1 / mpmath.sqrt(x), lambda x: 0.75 * x ** -2.5, lambda x: 1.875 * x ** -3.5),
-    "sqrt": (mpmath.sqrt, lambda x: 0.25 * x ** -1.5, lambda x: 0.375 * x ** -2.5),
-    "log": (mpmath.log, lambda x: x ** -2.0, lambda x: 2.0 * x ** -3.0),
-}
+# the bounds of the spectral divided differences: |f''|, |f'''| on [x, ∞), carried by the loss
+# (``SpectralLoss.d2_bound``/``d3_bound``; a loss without them gets no rigorous bound)
 
 
 def _float_or_inf(fn, x) -> float:
@@ -498,17 +494,6 @@ def _float_or_inf(fn, x) -> float:
         return float(fn(float(x)))
     except OverflowError:  # the derivative bound exceeds float64 (tiny λ): no float64 bound
         return math.inf
-
-
-def _table_for(loss):
-    t = _TABLES.get(loss.name)
-    if t is None:
-        return None
-    with mpmath.workdps(40):
-        for x in (mpmath.mpf("0.37"), mpmath.mpf("2.5")):
-            if abs(loss.f_mp(x) - t[0](x)) > mpmath.mpf(10) ** -30 * abs(t[0](x)):
-                return None
-    return t
 
 
 # ----------------------------------------------------------------------------------------------
@@ -617,15 +602,15 @@ def _gradient(st: dict, loss, G: np.ndarray, want_bound: bool):
         want_bound = want_bound and tD > -1000 and tF > -1000  # the bound arithmetic is float64
         if want_bound:
             evalerr = np.full((d, d), 2.0 ** -tD) + np.where(near, 0.0, 4.0 * 2.0 ** -tF / np.where(near, 1.0, h))
-            tab = _table_for(loss)
+            d2, d3 = loss.d2_bound, loss.d3_bound
             lo = lamf * (1 - 1e-15) - r
             low = np.minimum(lo[:, None], lo[None, :])
-            if tab is None or (low <= 0).any():
+            if d2 is None or d3 is None or (low <= 0).any():
                 want_bound = False
             else:
                 with np.errstate(over="ignore", invalid="ignore"):  # beyond float64: no bound
-                    f2 = np.vectorize(lambda x: _float_or_inf(tab[1], x))(low)
-                    f3 = np.vectorize(lambda x: _float_or_inf(tab[2], x))(low)
+                    f2 = np.vectorize(lambda x: _float_or_inf(d2, x))(low)
+                    f3 = np.vectorize(lambda x: _float_or_inf(d3, x))(low)
                     dD0 = (r[:, None] + r[None, :]) / 2 * f2 * _SAFE
                     evalD = (np.where(near & (h > 0), h * h / 24 * f3, 0.0) + evalerr) * _SAFE
     # M = D̃ ∘ K̃, rounded to scale tM
@@ -729,11 +714,6 @@ def _save_states(path, states: list[dict], atomic_write) -> None:
     atomic_write(path, buf.getvalue())
 
 
-def _load_states(path) -> list[dict]:
-    with open(path, "rb") as fh:
-        return _states_from_bytes(fh.read())
-
-
 def _states_from_bytes(raw: bytes) -> list[dict]:
     with np.load(io.BytesIO(raw)) as z:
         meta = json.loads(z["meta"].tobytes().decode())
@@ -788,20 +768,15 @@ def _more_dps(st: dict) -> int | None:
     return new if new <= MAX_DPS else None
 
 
-def eig_states(A: np.ndarray, *, dps: int | None = None, cache: bool = True, cache_dir=None, key=None,
-               atomic_write=None, cache_read=None) -> list[dict]:
+def eig_states(A: np.ndarray, *, dps: int | None = None, cache: bool = True) -> list[dict]:
     """Refined + certified eigendecomposition of A (cached): [final state] or [final, previous].
 
-    ``cache_read(path, parse)`` (from ``reference``) returns the parsed entry, or None when it is
-    missing or fails its checksum; without it the file is read as is."""
-    path = cache_dir / f"{key}.npz" if cache and cache_dir is not None else None
+    A cache entry that is missing, fails its checksum or cannot be parsed is recomputed (``_cache``)."""
+    path = _cache.path_for(f"{_cache.eig_key(A, 'flint', dps)}.npz", cache)
     if path is not None:
-        if cache_read is not None:
-            states = cache_read(path, _states_from_bytes)
-            if states is not None:
-                return states
-        elif path.exists():
-            return _load_states(path)
+        states = _cache.read(path, _states_from_bytes)
+        if states is not None:
+            return states
     amax = float(np.abs(A).max())
     k = -math.frexp(amax)[1] if amax > 0 else 0  # A' = 2^k A has max|A'| in [0.5, 1): exact
     A2 = np.ldexp(A, k)
@@ -814,16 +789,13 @@ def eig_states(A: np.ndarray, *, dps: int | None = None, cache: bool = True, cac
     if not rigorous and prev is not None:
         states.append(_state_from_pass(prev, bits, certify=False, k=k))
     if path is not None:
-        _save_states(path, states, atomic_write)
+        _save_states(path, states, _cache.write)
     return states
 
 
-def engine(A: np.ndarray, loss, *, cache: bool, dps: int | None, cache_dir, key, atomic_write,
-           input_dtype=np.float64, cache_read=None):
+def engine(A: np.ndarray, loss, *, cache: bool, dps: int | None, input_dtype=np.float64):
     """(float64 gradient, thunk → mpf entries row-major, float64 eigenvalues, digits); see module doc."""
-    keyf = key if callable(key) else (lambda _dps: key)
-    states = eig_states(A, dps=dps, cache=cache, cache_dir=cache_dir, key=keyf(dps), atomic_write=atomic_write,
-                        cache_read=cache_read)
+    states = eig_states(A, dps=dps, cache=cache)
     if dps is None and loss.kind == "spectral":
         # f depends on λ itself: λ_min must be resolved relatively, beyond what float64 sees
         spread = _lmin_spread(states[0])
@@ -831,8 +803,7 @@ def engine(A: np.ndarray, loss, *, cache: bool, dps: int | None, cache_dir, key,
             more = _more_dps(states[0])
             if more is None:
                 break
-            new = eig_states(A, dps=more, cache=cache, cache_dir=cache_dir, key=keyf(more),
-                             atomic_write=atomic_write, cache_read=cache_read)
+            new = eig_states(A, dps=more, cache=cache)
             if not _lmin_spread(new[0]) < spread / 10:
                 break  # no progress (the refinement does not resolve this spectrum): keep the last
             states, spread = new, _lmin_spread(new[0])

@@ -1,0 +1,49 @@
+"""What the API, the mpmath engine and the finite differences share: the input made exact float64,
+the precision chosen from the float64 spectrum, and the agreement of two high-precision results."""
+
+from __future__ import annotations
+
+import math
+
+import mpmath
+import numpy as np
+
+from ..errors import InputError
+from ..validation import check_symmetric
+
+MAX_DIGITS = 60.0  # certified digits are capped here
+
+
+def as_exact_float64(A) -> np.ndarray:
+    """Validate A and return it as float64, symmetrized exactly (float32 widens exactly)."""
+    a = np.asarray(A)
+    check_symmetric(a)
+    if a.ndim != 2:
+        raise InputError(f"matrix must be a single d×d matrix, got shape {a.shape}")
+    a = a.astype(np.float64)
+    return (a + a.T) / 2  # exact for float32 input; for float64 the same as check_symmetric
+
+
+def gap_digits(A: np.ndarray) -> int:
+    """⌈−log10(min relative gap)⌉ of the float64 spectrum (gaps below 1e-17 count as 1e-17)."""
+    lam = np.linalg.eigvalsh(A)
+    scale = float(np.abs(lam).max()) or 1.0
+    gaps = np.diff(lam) / scale if lam.size > 1 else np.array([1.0])
+    g = max(float(gaps.min()), 1e-17)
+    return max(0, math.ceil(-math.log10(g)))
+
+
+def choose_digits(A: np.ndarray) -> int:
+    """P = 30 + ⌈−log10(min relative gap)⌉ from a float64 estimate of the spectrum."""
+    return 30 + gap_digits(A)
+
+
+def agreement_digits(hi: list, lo: list) -> float:
+    """−log10(max|hi − lo| / max|hi|), capped at MAX_DIGITS."""
+    scale = max(abs(x) for x in hi)
+    diff = max(abs(x - y) for x, y in zip(hi, lo))
+    if scale == 0:
+        return MAX_DIGITS if diff == 0 else 0.0
+    if diff == 0:
+        return MAX_DIGITS
+    return float(min(MAX_DIGITS, max(0.0, -mpmath.log10(diff / scale))))
