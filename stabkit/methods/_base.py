@@ -192,6 +192,11 @@ class Method:
             if not self.domains[key].contains(default):
                 raise TypeError(f"method {self.name!r}: default {key}={default!r} is outside its domain")
 
+    def __hash__(self) -> int:
+        """By name (its dict fields are not hashable): a registered method is one object, and a
+        :class:`Spec` holding it is a dict key and a ``torch.compile`` constant."""
+        return hash(self.name)
+
     @property
     def has_svd_rule(self) -> bool:
         """Whether ``stabkit.torch.svd`` can use it: a kernel rule, or torch's own."""
