@@ -1,11 +1,11 @@
-"""stabkit.monitor_report: which rule fires on which log, the first bad step, the files written."""
+"""stabkit.monitor.report: which rule fires on which log, the first bad step, the files written."""
 
 import math
 
 import pytest
 
-from stabkit.monitor_log import frame
-from stabkit.monitor_report import bad_steps, build_report, findings
+from stabkit.monitor.log import frame
+from stabkit.monitor.report import bad_steps, build_report, findings
 
 INF, NAN = math.inf, math.nan
 
