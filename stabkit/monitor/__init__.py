@@ -53,6 +53,10 @@ are not intercepted by ``watch``; ``stabkit watch`` patches before the user's co
 are. ``swap_backward="taylor:K=9"`` routes ``torch.linalg.eigh`` through ``stabkit.torch.eigh``
 with that registry method's backward. Scalars stay on the device until a flush or ``records``
 (no synchronisation per call).
+
+The package: :mod:`.hooks` (the patching and :func:`watch`), :mod:`.records` (:class:`Monitor`,
+:func:`summarize`), :mod:`.log` (the live log), :mod:`.process` (``stabkit watch``'s side in the
+watched process), :mod:`.report` (``stabkit monitor report``).
 """
 
 from .hooks import watch

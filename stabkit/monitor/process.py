@@ -17,6 +17,7 @@ import signal
 import sys
 import threading
 
+from ..methods import Spec
 from . import hooks
 from .log import LiveLog, rank_file_name
 from .records import Monitor
@@ -25,7 +26,7 @@ ENV_VAR = "STABKIT_WATCH"
 _settings: dict | None = None   # the settings of this process's monitor, once started
 
 
-def start_process_monitor(log_dir, every: int = 1, swap_backward: str | None = None, bound: str | None = None,
+def start_process_monitor(log_dir, every: int = 1, swap_backward: Spec | str | None = None, bound: Spec | str | None = None,
                           tensorboard: bool = False, _pid_in_name: bool = False) -> Monitor:
     """Watch every thread of this process until it exits; returns the :class:`~stabkit.monitor.Monitor`.
 
