@@ -21,12 +21,14 @@ def bench_command(
     method: Optional[list[str]] = typer.Option(None, "--method", "-m", help=f"Methods (repeatable); default all: {method_names()}."),
 ):
     """Time each method's batched torch backward; print a Markdown table with ratios to torch's (min/median/max over rounds)."""
+    from stabkit import methods
     from stabkit._markdown import markdown_table
     from stabkit.bench import bench_methods, check_bench_args
 
     dims = d or [4, 16, 64]
-    check_bench_args(dims, batch, dtype, device, repeats, method)
-    table = bench_methods(dims, batch, dtype, device, repeats, method)
+    check_bench_args(dims, batch, dtype, device, repeats)
+    specs = [methods.spec(m) for m in method] if method else None  # parsed once, here
+    table = bench_methods(dims, batch, dtype, device, repeats, specs)
     print(f"machine: {platform.platform()}, {platform.processor() or platform.machine()}; batch {batch}, {dtype}, {device}; "
           f"{repeats} interleaved round(s) after a warm-up call per method: backward_ms = median, "
           f"ratio_to_torch = median (ratio_min/ratio_max = spread) of the per-round ratio")

@@ -72,9 +72,9 @@ def compare_command(
 
 def _method_specs(method):
     """Parse every ``--method`` once, before any work (a bad spec fails in a second, not after the truth)."""
-    from stabkit.methods import parse_spec
+    from stabkit import methods
 
-    return [parse_spec(s) for s in method] if method else None
+    return [methods.spec(s) for s in method] if method else None
 
 
 def _load_npy(path: Path, what: str):

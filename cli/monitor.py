@@ -19,7 +19,7 @@ def report_command(
     out: Optional[Path] = typer.Option(None, "--out", help="Where report.md and the PNGs go (default: FOLDER)."),
 ):
     """Timelines per call site (gap, max|K̃|, λ_min, gradient norms, events) and what to do."""
-    from stabkit.monitor_report import build_report
+    from stabkit.monitor.report import build_report
 
     path = build_report(folder, out)
     print(path)

@@ -25,7 +25,7 @@ from typing import List, Optional
 import typer
 
 import stabkit
-from stabkit.methods import parse_spec
+from stabkit import methods
 
 from ._common import user_errors
 
@@ -48,9 +48,8 @@ def watch_command(
         raise ValueError("no command to watch: stabkit watch [OPTIONS] -- python train.py ARGS")
     if every < 1:
         raise ValueError(f"--every must be ≥ 1, got {every}")
-    for spec in (swap_backward, bound):
-        if spec:
-            parse_spec(spec)
+    # parsed once, here; the watched process gets the canonical text (its Monitor makes it a Spec again)
+    swap_backward, bound = (str(methods.spec(text)) if text else None for text in (swap_backward, bound))
     if shutil.which(command[0]) is None:
         raise FileNotFoundError(f"command not found: {command[0]}")
     if log.exists() and not log.is_dir():

@@ -3,7 +3,8 @@
 Timed in the same process and run, on the same inputs (forward excluded: every method but
 ``pi-forward`` shares the exact eigh forward), so the ratio is what a model pays for switching.
 The methods are interleaved: after one untimed warm-up call of every method, each repeat times
-every method once (in a rotated order), and the ratio to ``torch`` is taken within that repeat,
+every method once (in a rotated order), and the ratio to the native method (``Method.native``:
+torch's own backward) is taken within that repeat,
 so load from elsewhere that comes and goes hits all methods alike.  The table gives the median
 backward time and the min / median / max over the repeats of the per-repeat ratio.
 """
@@ -18,6 +19,7 @@ import torch
 
 from . import methods
 from .losses import make_loss
+from .methods import Spec
 from .torch import eigh
 
 
@@ -26,10 +28,15 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def backward_seconds(name: str, A: torch.Tensor, loss) -> float:
-    """Seconds of one backward through ``eigh(A, method=name)`` and the loss (forward not timed)."""
+def baseline() -> Spec:
+    """The native method (torch.linalg.eigh's own backward): the denominator of every ratio."""
+    return methods.spec(next(name for name in methods.NAMES if methods.get(name).native))
+
+
+def backward_seconds(spec: Spec, A: torch.Tensor, loss) -> float:
+    """Seconds of one backward through ``eigh(A, method=spec)`` and the loss (forward not timed)."""
     leaf = A.detach().clone().requires_grad_(True)
-    lam, U = eigh(leaf, method=name)
+    lam, U = eigh(leaf, method=spec)
     value = loss.value(U, lam).sum()
     _sync(A.device)
     start = time.perf_counter()
@@ -38,23 +45,23 @@ def backward_seconds(name: str, A: torch.Tensor, loss) -> float:
     return time.perf_counter() - start
 
 
-def time_interleaved(names: list[str], A: torch.Tensor, loss, repeats: int) -> dict[str, list[float]]:
+def time_interleaved(specs: list[Spec], A: torch.Tensor, loss, repeats: int) -> dict[Spec, list[float]]:
     """Per method, ``repeats`` backward times taken round-robin (repeat r times every method once,
     starting at method r mod n); one untimed warm-up call of every method first."""
-    for name in names:
-        backward_seconds(name, A, loss)
-    times: dict[str, list[float]] = {name: [] for name in names}
+    for spec in specs:
+        backward_seconds(spec, A, loss)
+    times: dict[Spec, list[float]] = {spec: [] for spec in specs}
     for r in range(repeats):
-        k = r % len(names)
-        for name in names[k:] + names[:k]:
-            times[name].append(backward_seconds(name, A, loss))
+        k = r % len(specs)
+        for spec in specs[k:] + specs[:k]:
+            times[spec].append(backward_seconds(spec, A, loss))
     return times
 
 
 def check_bench_args(dims, batch, dtype, device, repeats, names=None) -> None:
     """ValueError (one line) for arguments ``bench_methods`` cannot run: sizes < 2 or so large that
     the batch would not fit in memory, batch < 1, repeats < 1, a dtype other than float32/float64,
-    a device torch does not know or cannot see, an unknown method."""
+    a device torch does not know or cannot see, an unknown method or invalid method spec."""
     if dtype not in ("float32", "float64"):
         raise ValueError(f"unsupported dtype {dtype!r}: use float32 or float64")
     if not dims or min(dims) < 2:
@@ -79,28 +86,31 @@ def check_bench_args(dims, batch, dtype, device, repeats, names=None) -> None:
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ValueError(f"--device {device}: torch sees only {torch.cuda.device_count()} CUDA device(s)")
     for name in names or ():
-        methods.get(name)
+        methods.spec(name)
 
 
 def bench_methods(dims=(4, 16, 64), batch: int = 64, dtype: str = "float32", device: str = "cpu",
                   repeats: int = 5, names=None, seed: int = 0) -> pd.DataFrame:
-    """One row per (d, method): median backward ms and the spread of the per-repeat ratio to ``torch``."""
+    """One row per (d, method): median backward ms and the spread of the per-repeat ratio to the
+    native method's. ``names``: methods (names, spec texts or Specs; default all), made Specs once here."""
     check_bench_args(dims, batch, dtype, device, repeats, names)
+    chosen = [methods.spec(name) for name in (names or methods.NAMES)]
+    base_spec = baseline()
     dev = torch.device(device)
     tdtype = getattr(torch, dtype)
     rows = []
     gen = torch.Generator().manual_seed(seed)
-    order = ["torch"] + [n for n in (names or methods.NAMES) if n != "torch"]
+    order = [base_spec] + [spec for spec in chosen if spec != base_spec]
     for d in dims:
         X = torch.randn(batch, d, 2 * d, generator=gen, dtype=torch.float64)
         A = (X @ X.transpose(-1, -2) / (2 * d) + 1e-3 * torch.eye(d, dtype=torch.float64)).to(dev, tdtype)
         loss = make_loss("zca", d, seed=seed)
         times = time_interleaved(order, A, loss, repeats)
-        base = times["torch"]
-        for name in names or methods.NAMES:
-            ratios = [t / b for t, b in zip(times[name], base)]
-            rows.append({"d": d, "batch": batch, "dtype": dtype, "device": str(dev), "method": name,
-                         "backward_ms": 1e3 * statistics.median(times[name]),
+        base = times[base_spec]
+        for spec in chosen:
+            ratios = [t / b for t, b in zip(times[spec], base)]
+            rows.append({"d": d, "batch": batch, "dtype": dtype, "device": str(dev), "method": str(spec),
+                         "backward_ms": 1e3 * statistics.median(times[spec]),
                          "ratio_to_torch": statistics.median(ratios),
                          "ratio_min": min(ratios), "ratio_max": max(ratios)})
     return pd.DataFrame(rows)

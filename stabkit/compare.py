@@ -48,22 +48,24 @@ def compare(A, loss_name: str, method_specs=None, *, dtype="float64", seed: int 
     """Gradient of probe loss ``loss_name`` by each method in ``dtype``, against the truth.
 
     The truth is that of the matrix actually fed to the methods (A rounded to ``dtype``), so the
-    comparison measures the backward rule, not the rounding of the input. Methods default to all.
+    comparison measures the backward rule, not the rounding of the input. ``method_specs``: Specs
+    (or anything ``methods.spec`` takes: spec text, a (name, params) pair), made Specs once here;
+    default every registered method.
     """
     dt = check_dtype(dtype)
     A = check_symmetric(np.asarray(A)).astype(dt)
     d = A.shape[-1]
     loss = make_loss(loss_name, d, seed=seed, weight=weight, k=k)
-    specs = [methods.parse_spec(s) if isinstance(s, str) else s for s in (method_specs or methods.NAMES)]
+    specs = [methods.spec(s) for s in (method_specs or methods.NAMES)]
     truth = truth or ground_truth(A, loss)
     own_truths: dict[bytes, Truth | ValueError] = {}
     _warm_up(specs, loss_name, dt, seed)
     rows = []
-    for name, params in specs:
-        row = {"method": methods.format_spec(name, params)}
+    for spec in specs:
+        row = {"method": str(spec)}
         start = time.perf_counter()
         try:
-            g, _, _, kept = methods.evaluate((name, params), A, loss)
+            g, _, _, kept = spec.evaluate(A, loss)
             kept = np.asarray(kept, dtype=bool)
             row["kept"] = int(kept.sum())
             own = truth
@@ -148,7 +150,7 @@ def _warm_up(specs, loss_name: str, dtype, seed: int) -> None:
     """Run each method once per process and dtype on a tiny matrix, untimed, so first-call costs
     (torch's lazy initialisation: 0.6–1.1 s for the ``torch`` method) are not counted as the
     method's time."""
-    todo = [spec for spec in specs if (spec[0], np.dtype(dtype).str) not in _WARM]
+    todo = [spec for spec in specs if (spec.name, np.dtype(dtype).str) not in _WARM]
     if not todo:
         return
     A = np.diag(np.arange(1.0, 4.0)).astype(dtype)
@@ -158,7 +160,7 @@ def _warm_up(specs, loss_name: str, dtype, seed: int) -> None:
         return
     for spec in todo:
         try:
-            methods.evaluate(spec, A, loss)
+            spec.evaluate(A, loss)
         except (ValueError, np.linalg.LinAlgError, RuntimeError):
             pass
-        _WARM.add((spec[0], np.dtype(dtype).str))
+        _WARM.add((spec.name, np.dtype(dtype).str))

@@ -2,17 +2,22 @@
 
 Drop-ins for the ``torch.linalg`` functions of the same names — same positional arguments
 (``UPLO``, ``full_matrices``, ``driver``), same return types (``torch.return_types.linalg_eigh``,
-``linalg_svd``), any batch shape, float32/float64, CPU or CUDA — plus ``method=`` (a registry
-name, ``stabkit.methods.NAMES``), the method's parameters as keywords, and ``check=``:
+``linalg_svd``), any batch shape, float32/float64, CPU or CUDA — plus ``method=`` (a
+:class:`stabkit.methods.Spec`, or a registry name / spec text, ``stabkit.methods.NAMES``, with the
+method's parameters as keywords) and ``check=``:
 
     lam, U = stabkit.torch.eigh(A, method="taylor", K=9)
     U, S, Vh = stabkit.torch.svd(X, full_matrices=False, method="clip", tau=100)
+    spec = stabkit.methods.spec("taylor:K=9"); lam, U = stabkit.torch.eigh(A, method=spec)
+
+Text and keywords are turned into a Spec once, at the top of the call; a Spec passes through as
+is (keywords given with it change its parameters) and travels into the autograd Function.
 
 The backward is the registry method's formula, the very code the numpy path runs. For the SVD
 X = U diag(σ) Vᵀ the rule is Ionescu, Vantzos & Sminchisescu (ICCV 2015), Prop. 1, with the
 method's kernel F(σ²) in place of 1/(σ_j² − σ_i²) (the papers' rules applied to σ² gaps) and the
 D term for the part of ∂L/∂U (∂L/∂V) outside span(U) (span(V)) when m ≠ n — the formula torch's
-own SVD backward uses. ``method="torch"`` is torch.linalg itself.
+own SVD backward uses. A native method (``Method.native``: ``torch``) is torch.linalg itself.
 
 Works under ``torch.func`` (vmap, grad, jacrev, jacfwd, hessian), ``torch.compile(fullgraph=True)``
 (no numpy on the torch path) and plain autograd. Forward mode (jvp) is the transpose of the
@@ -28,23 +33,25 @@ approximation error, of the order of its first-order error, and is not symmetric
 rules it is the exact Hessian. Near-degenerate spectra make second derivatives large for every
 method, bounded kernels included: a bounded first derivative does not bound its own derivative.
 
-**Input contract** (``check=True``, the default): a ValueError naming the problem for a
+**Input contract** (``check=True``, the default): a ValueError (``stabkit.errors.InputError``)
+naming the problem for a
 non-tensor, a non-float dtype, a non-square (eigh) or empty input, NaN or ±Inf entries, and (eigh,
 eigvalsh) a matrix that is not symmetric within max|A − Aᵀ| ≤ √eps·max|A| (eps of the dtype).
 The check costs a few reductions and one device→host sync; ``check=False`` skips it (inside layers
 that symmetrize their input). Under ``torch.compile`` and ``torch.func`` transforms the value
 checks are skipped (tensor values cannot steer Python there); dtype and shape are always checked.
-``out=`` is refused with a ValueError.
+``out=`` is refused with a ValueError (InputError).
 """
 
 from __future__ import annotations
 
 import torch
 
-from . import _xp
-from .methods import NAMES, get, resolve_params
+from . import _xp, methods
+from .errors import InputError
+from .methods import DEFAULT, NAMES, Spec
 
-SVD_METHODS = tuple(n for n in NAMES if get(n).has_svd_rule)
+SVD_METHODS = tuple(n for n in NAMES if methods.get(n).has_svd_rule)
 
 
 def EighResult(eigenvalues: torch.Tensor, eigenvectors: torch.Tensor):
@@ -61,18 +68,18 @@ def SVDResult(U: torch.Tensor, S: torch.Tensor, Vh: torch.Tensor):
 
 def _check_tensor(A, fn: str, square: bool, out) -> None:
     if out is not None:
-        raise ValueError(f"{fn}: out= is not supported (assign the result instead)")
+        raise InputError(f"{fn}: out= is not supported (assign the result instead)")
     if not isinstance(A, torch.Tensor):
-        raise ValueError(f"{fn}: expected a torch.Tensor, got {type(A).__name__}")
+        raise InputError(f"{fn}: expected a torch.Tensor, got {type(A).__name__}")
     if A.dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"{fn}: unsupported dtype {A.dtype}: use float32 or float64")
+        raise InputError(f"{fn}: unsupported dtype {A.dtype}: use float32 or float64")
     if A.ndim < 2 or A.shape[-1] == 0 or A.shape[-2] == 0 or (square and A.shape[-1] != A.shape[-2]):
         kind = "non-empty square matrices (..., d, d)" if square else "non-empty matrices (..., m, n)"
-        raise ValueError(f"{fn}: expected a batch of {kind}, got shape {tuple(A.shape)}")
+        raise InputError(f"{fn}: expected a batch of {kind}, got shape {tuple(A.shape)}")
 
 
 def check_values(A: torch.Tensor, fn: str = "eigh", symmetric: bool = True) -> None:
-    """ValueError if A holds NaN/Inf or (``symmetric``) max|A − Aᵀ| > √eps·max|A|.
+    """InputError (a ValueError) if A holds NaN/Inf or (``symmetric``) max|A − Aᵀ| > √eps·max|A|.
 
     Skipped under torch.compile and torch.func transforms (see the module docstring).
     """
@@ -86,21 +93,30 @@ def check_values(A: torch.Tensor, fn: str = "eigh", symmetric: bool = True) -> N
     if values[0]:
         n_nan, n_inf = int(torch.isnan(A).sum()), int(torch.isinf(A).sum())
         what = ", ".join(f"{n} {k}" for n, k in ((n_nan, "NaN"), (n_inf, "Inf")) if n)
-        raise ValueError(f"{fn}: input has non-finite entries ({what} of {A.numel()})")
+        raise InputError(f"{fn}: input has non-finite entries ({what} of {A.numel()})")
     if symmetric:
         tol = _xp.finfo_eps(A.dtype) ** 0.5 * values[1]
         if values[2] > tol:
-            raise ValueError(f"{fn}: input is not symmetric: max|A − Aᵀ| = {values[2]:.3g} > {tol:.3g} "
+            raise InputError(f"{fn}: input is not symmetric: max|A − Aᵀ| = {values[2]:.3g} > {tol:.3g} "
                              f"(√eps·max|A|); symmetrize it (stabkit.torch.symmetrize) or pass check=False")
 
 
-def _split_method(UPLO, method: str, fn: str) -> tuple[str, str]:
-    """(UPLO, method), also accepting the older call ``eigh(A, "taylor")`` (method second)."""
+def _split_method(UPLO, method, fn: str):
+    """(UPLO, method), also accepting the older call ``eigh(A, "taylor")`` (method second: a
+    registry name, spec text or a Spec)."""
     if isinstance(UPLO, str) and UPLO.upper() in ("L", "U"):
         return UPLO.upper(), method
-    if isinstance(UPLO, str) and UPLO in NAMES and method == "analytic":
+    second = isinstance(UPLO, Spec) or (isinstance(UPLO, str) and UPLO.partition(":")[0] in NAMES)
+    if second and isinstance(method, str) and method == DEFAULT:
         return "L", UPLO
-    raise ValueError(f"{fn}: UPLO must be 'L' or 'U', got {UPLO!r}")
+    raise InputError(f"{fn}: UPLO must be 'L' or 'U', got {UPLO!r}")
+
+
+def _spec_of(method, params: dict) -> Spec:
+    """The call's one conversion: a Spec as is (keyword parameters replace its own), text or a
+    name with keyword parameters bound and validated (MethodSpecError otherwise)."""
+    spec = methods.spec(method)
+    return spec.replace(**params) if params else spec
 
 
 # ---------------------------------------------------------------- eigh
@@ -112,29 +128,29 @@ class _Eigh(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(A, name, params):
-        lam, U, _ = get(name).forward(A, **dict(params))
+    def forward(A, spec):
+        lam, U, _ = spec.forward(A)
         return lam, U
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        A, name, params = inputs
+        A, spec = inputs
         ctx.save_for_backward(A, *output)
         ctx.save_for_forward(*output)
-        ctx.name, ctx.params = name, dict(params)
+        ctx.spec = spec
 
     @staticmethod
     def backward(ctx, glam, gU):
         A, lam, U = ctx.saved_tensors
-        method = get(ctx.name)
-        if method.exact_state:  # the rule needs only the exact (λ, U)
+        spec = ctx.spec
+        if spec.method.exact_state:  # the rule needs only the exact (λ, U)
             if _differentiating_backward(A):
                 lam, U_new = torch.linalg.eigh(A)
                 U = U_new * _same_sign(U_new, U)
             state = {"U": U, "lam": lam}
         else:  # power iteration: its state (iterates, norms) is rebuilt from A
-            _, _, state = method.forward(A, **ctx.params)
-        return method.backward(state, gU, glam, **ctx.params), None, None
+            _, _, state = spec.forward(A)
+        return spec.backward(state, gU, glam), None
 
 
 class _EighJvp(_Eigh):
@@ -142,17 +158,16 @@ class _EighJvp(_Eigh):
     jvp, so under torch.compile the plain _Eigh is used."""
 
     @staticmethod
-    def jvp(ctx, dA, _name, _params):
+    def jvp(ctx, dA, _spec):
         """Forward mode, the transpose of the backward rule: with M = Uᵀ sym(dA) U,
         dλ = diag(M), dU = U (F ∘ M) (exact for the analytic F)."""
         lam, U = ctx.saved_tensors
-        kernel = get(ctx.name).kernel
-        if kernel is None:
-            raise RuntimeError(f"stabkit.torch.eigh(method={ctx.name!r}): forward-mode AD (torch.func.jvp, jacfwd, "
+        if ctx.spec.method.kernel is None:
+            raise RuntimeError(f"stabkit.torch.eigh(method={ctx.spec.name!r}): forward-mode AD (torch.func.jvp, jacfwd, "
                                "hessian) is implemented only for rules given by a kernel F(λ); use reverse mode, e.g. "
                                "torch.func.jacrev(torch.func.jacrev(f)) for a Hessian")
         M = U.mT @ _xp.sym(dA) @ U
-        return _xp.diagonal(M), U @ (kernel(lam, **ctx.params) * M)
+        return _xp.diagonal(M), U @ (ctx.spec.kernel(lam) * M)
 
 
 def _op(plain, with_jvp):
@@ -174,34 +189,35 @@ def _same_sign(new, old):
     return torch.where(s == 0, torch.ones_like(s), s).detach()
 
 
-def eigh(A: torch.Tensor, UPLO: str = "L", *, out=None, method: str = "analytic", check: bool = True, **params):
+def eigh(A: torch.Tensor, UPLO: str = "L", *, out=None, method: str | Spec = DEFAULT, check: bool = True, **params):
     """``torch.linalg.eigh(A, UPLO)`` (ascending eigenvalues, eigenvectors) whose gradient follows ``method``.
 
-    ``params`` are the method's parameters (e.g. ``K=9`` for taylor); ``check`` the input contract
-    of the module docstring. ``eigh(A, "taylor")`` (method second, the older spelling) still works.
+    ``method``: a Spec, or a registry name / spec text with ``params`` its parameters (e.g. ``K=9``
+    for taylor); ``check`` the input contract of the module docstring. ``eigh(A, "taylor")``
+    (method second, the older spelling) still works.
     """
     UPLO, method = _split_method(UPLO, method, "eigh")
     _check_tensor(A, "eigh", True, out)
-    resolved = resolve_params(method, params)
+    spec = _spec_of(method, params)
     if check:
         check_values(A, "eigh")
-    if method == "torch":
+    if spec.method.native:
         return torch.linalg.eigh(A, UPLO=UPLO)
-    lam, U = _op(_Eigh, _EighJvp).apply(A if UPLO == "L" else A.mT, method, tuple(resolved.items()))
+    lam, U = _op(_Eigh, _EighJvp).apply(A if UPLO == "L" else A.mT, spec)
     return EighResult(lam, U)
 
 
-def eigvalsh(A: torch.Tensor, UPLO: str = "L", *, out=None, method: str = "analytic", check: bool = True, **params):
+def eigvalsh(A: torch.Tensor, UPLO: str = "L", *, out=None, method: str | Spec = DEFAULT, check: bool = True, **params):
     """``torch.linalg.eigvalsh``: the eigenvalues of :func:`eigh` (their gradient U diag(∂L/∂λ) Uᵀ
     is the same for every kernel method; ``pi-forward`` differentiates its own iteration)."""
     UPLO, method = _split_method(UPLO, method, "eigvalsh")
     _check_tensor(A, "eigvalsh", True, out)
-    resolved = resolve_params(method, params)
+    spec = _spec_of(method, params)
     if check:
         check_values(A, "eigvalsh")
-    if method == "torch":
+    if spec.method.native:
         return torch.linalg.eigvalsh(A, UPLO=UPLO)
-    return _op(_Eigh, _EighJvp).apply(A if UPLO == "L" else A.mT, method, tuple(resolved.items()))[0]
+    return _op(_Eigh, _EighJvp).apply(A if UPLO == "L" else A.mT, spec)[0]
 
 
 def symmetrize(A: torch.Tensor) -> torch.Tensor:
@@ -237,16 +253,16 @@ class _SVD(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(X, full_matrices, driver, name, params):
+    def forward(X, full_matrices, driver, spec):
         U, S, Vh = torch.linalg.svd(X, full_matrices=full_matrices, driver=driver)
         return U, S, Vh
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        X, full_matrices, driver, name, params = inputs
+        X, full_matrices, driver, spec = inputs
         ctx.save_for_backward(X, *output)
         ctx.save_for_forward(*output)
-        ctx.driver, ctx.name, ctx.params = driver, name, dict(params)
+        ctx.driver, ctx.spec = driver, spec
 
     @staticmethod
     def backward(ctx, gU, gS, gVh):
@@ -257,14 +273,14 @@ class _SVD(torch.autograd.Function):
             U_new, S, Vh_new = torch.linalg.svd(X, full_matrices=False, driver=ctx.driver)
             sign = _same_sign(U_new, U)
             U, Vh = U_new * sign, Vh_new * sign.mT
-        F = get(ctx.name).kernel(S * S, **ctx.params)
-        return svd_backward(U, S, Vh, gU, gS, gVh, F), None, None, None, None
+        F = ctx.spec.kernel(S * S)
+        return svd_backward(U, S, Vh, gU, gS, gVh, F), None, None, None
 
 class _SVDJvp(_SVD):
     """_SVD with forward mode; plain _SVD under torch.compile (no custom jvp in Dynamo)."""
 
     @staticmethod
-    def jvp(ctx, dX, _full, _driver, _name, _params):
+    def jvp(ctx, dX, _full, _driver, _spec):
         """Forward mode, the transpose of :func:`svd_backward`: with M = Uᵀ dX V, G = F ∘ (M Σ),
         H = F ∘ (Σ M): dσ = diag(M), dU = U (G − Gᵀ) + (I − UUᵀ) dX V Σ⁻¹,
         dV = V (H − Hᵀ) + (I − VVᵀ) dXᵀ U Σ⁻¹; columns beyond min(m, n) get no tangent."""
@@ -272,7 +288,7 @@ class _SVDJvp(_SVD):
         k = S.shape[-1]
         U, Vh = U_all[..., :, :k], Vh_all[..., :k, :]
         V = Vh.mT
-        F = get(ctx.name).kernel(S * S, **ctx.params)
+        F = ctx.spec.kernel(S * S)
         XV, XtU = dX @ V, dX.mT @ U
         M = U.mT @ XV
         G, H = F * (M * S[..., None, :]), F * (S[..., :, None] * M)
@@ -287,15 +303,15 @@ class _SVDJvp(_SVD):
         return dU, _xp.diagonal(M), dVh
 
 
-def _svd_method(method: str, params: dict, fn: str) -> dict:
-    if method not in SVD_METHODS:
-        if method in NAMES:
-            raise ValueError(f"{fn}: method {method!r} has no SVD rule; choose one of {', '.join(SVD_METHODS)}")
-        get(method)  # the registry's unknown-method error
-    return resolve_params(method, params)
+def _svd_spec(method, params: dict, fn: str) -> Spec:
+    """:func:`_spec_of` for the SVD: the method must have an SVD rule (``Method.has_svd_rule``)."""
+    spec = _spec_of(method, params)
+    if not spec.method.has_svd_rule:
+        raise methods.MethodSpecError(f"{fn}: method {spec.name!r} has no SVD rule; choose one of {', '.join(SVD_METHODS)}")
+    return spec
 
 
-def svd(A: torch.Tensor, full_matrices: bool = True, *, driver=None, out=None, method: str = "analytic",
+def svd(A: torch.Tensor, full_matrices: bool = True, *, driver=None, out=None, method: str | Spec = DEFAULT,
         check: bool = True, **params):
     """``torch.linalg.svd(A, full_matrices)`` → (U, S, Vh) whose gradient follows ``method``.
 
@@ -303,33 +319,34 @@ def svd(A: torch.Tensor, full_matrices: bool = True, *, driver=None, out=None, m
     columns of U and rows of Vh beyond min(m, n) (they are an arbitrary basis).
     """
     _check_tensor(A, "svd", False, out)
-    resolved = _svd_method(method, params, "svd")
+    spec = _svd_spec(method, params, "svd")
     if check:
         check_values(A, "svd", symmetric=False)
-    if method == "torch":
+    if spec.method.native:
         return torch.linalg.svd(A, full_matrices=full_matrices, driver=driver)
-    U, S, Vh = _op(_SVD, _SVDJvp).apply(A, bool(full_matrices), driver, method, tuple(resolved.items()))
+    U, S, Vh = _op(_SVD, _SVDJvp).apply(A, bool(full_matrices), driver, spec)
     return SVDResult(U, S, Vh)
 
 
-def svdvals(A: torch.Tensor, *, driver=None, out=None, method: str = "analytic", check: bool = True, **params):
+def svdvals(A: torch.Tensor, *, driver=None, out=None, method: str | Spec = DEFAULT, check: bool = True, **params):
     """``torch.linalg.svdvals``: singular values, descending (gradient U diag(∂L/∂σ) Vᵀ)."""
     _check_tensor(A, "svdvals", False, out)
-    resolved = _svd_method(method, params, "svdvals")
+    spec = _svd_spec(method, params, "svdvals")
     if check:
         check_values(A, "svdvals", symmetric=False)
-    if method == "torch":
+    if spec.method.native:
         return torch.linalg.svdvals(A, driver=driver)
-    return _op(_SVD, _SVDJvp).apply(A, False, driver, method, tuple(resolved.items()))[1]
+    return _op(_SVD, _SVDJvp).apply(A, False, driver, spec)[1]
 
 
-def eigh_kept(A: torch.Tensor, method: str = "analytic", *, check: bool = True, **params):
+def eigh_kept(A: torch.Tensor, method: str | Spec = DEFAULT, *, check: bool = True, **params):
     """(eigenvalues, eigenvectors, kept) — :func:`eigh` plus the bool mask (..., d) of the
     eigenpairs the method keeps (``pi`` drops pairs by SVD-PI's breaking conditions; for most
     methods it is all True). A layer computing f(A) should use U diag(kept·f(λ)) Uᵀ: that is the
     function the method's backward differentiates (Wang et al., NeurIPS 2019, Alg. 1). The mask is
     the method's own rule (``Method.kept_of``) applied to the eigenvalues its forward returned."""
-    lam, U = eigh(A, method=method, check=check, **params)
+    spec = _spec_of(method, params)
+    lam, U = eigh(A, method=spec, check=check)
     with torch.no_grad():
-        kept = get(method).kept_of(lam.detach(), resolve_params(method, params))
+        kept = spec.kept_of(lam.detach())
     return lam, U, kept

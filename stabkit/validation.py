@@ -1,8 +1,11 @@
-"""Checks on user input, raising ``ValueError`` with a one-line message naming the problem."""
+"""Checks on user input, raising ``stabkit.errors.InputError`` (a ValueError) with a one-line message
+naming the problem."""
 
 from __future__ import annotations
 
 import numpy as np
+
+from .errors import InputError
 
 SUPPORTED_DTYPES = (np.float32, np.float64)
 
@@ -14,9 +17,9 @@ def check_dtype(dtype) -> np.dtype:
     try:
         dt = np.dtype(dtype)
     except (TypeError, ValueError):
-        raise ValueError(f"unsupported dtype {dtype!r}: use float32 or float64") from None
+        raise InputError(f"unsupported dtype {dtype!r}: use float32 or float64") from None
     if dt not in (np.dtype(t) for t in SUPPORTED_DTYPES):
-        raise ValueError(f"unsupported dtype {dt}: use float32 or float64")
+        raise InputError(f"unsupported dtype {dt}: use float32 or float64")
     return dt
 
 
@@ -28,23 +31,23 @@ def check_symmetric(a, name: str = "matrix") -> np.ndarray:
     """
     a = np.asarray(a)
     if a.dtype.kind not in "fiu":
-        raise ValueError(f"{name} has unsupported dtype {a.dtype}: use float32 or float64")
+        raise InputError(f"{name} has unsupported dtype {a.dtype}: use float32 or float64")
     check_dtype(a.dtype)
     if a.ndim < 2:
-        raise ValueError(f"{name} must be a square matrix, got shape {a.shape}")
+        raise InputError(f"{name} must be a square matrix, got shape {a.shape}")
     if a.shape[-1] != a.shape[-2]:
-        raise ValueError(f"{name} is not square: shape {a.shape}")
+        raise InputError(f"{name} is not square: shape {a.shape}")
     if a.size == 0 or a.shape[-1] == 0:
-        raise ValueError(f"{name} is empty: shape {a.shape}")
+        raise InputError(f"{name} is empty: shape {a.shape}")
     finite = np.isfinite(a)
     if not finite.all():
         n_nan, n_inf = int(np.isnan(a).sum()), int(np.isinf(a).sum())
-        raise ValueError(f"{name} contains non-finite entries ({n_nan} NaN, {n_inf} Inf)")
+        raise InputError(f"{name} contains non-finite entries ({n_nan} NaN, {n_inf} Inf)")
     scale = float(np.abs(a).max())
     asym = float(np.abs(a - a.swapaxes(-1, -2)).max())
     tol = SYMMETRY_RTOL[a.dtype] * max(scale, np.finfo(a.dtype).tiny)
     if asym > tol:
-        raise ValueError(
+        raise InputError(
             f"{name} is not symmetric: max|A - Aᵀ| = {asym:.3g} exceeds "
             f"{SYMMETRY_RTOL[a.dtype]:.0e} × max|A| = {tol:.3g}"
         )

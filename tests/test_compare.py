@@ -115,3 +115,38 @@ def test_gradient_accuracy_report_lists_both_angles_of_a_truncating_method(tmp_p
     section = body[body.index("## Truncating methods"):].split("\n## ")[0]
     assert "| separated | 2° / 81° |" in section  # medians of 1, 2, 3 and 80, 81, 82
     assert "analytic" not in section  # it keeps every pair
+
+
+def test_compare_warms_each_method_up_before_timing_it_and_takes_specs_as_is(monkeypatch):
+    """The timed call of every method comes after an untimed call on a small matrix (once per
+    process and dtype), so the native row no longer carries torch's first-call cost; text and Specs
+    give the same rows, and a Spec is evaluated as it is (no parse or bind inside compare)."""
+    calls = []
+    real = methods.Spec.evaluate
+
+    def recording(self, A, loss):
+        calls.append((str(self), A.shape[-1]))
+        return real(self, A, loss)
+
+    monkeypatch.setattr(methods.Spec, "evaluate", recording)
+    monkeypatch.setattr(cmp, "_WARM", set())
+    native = next(name for name in methods.NAMES if methods.get(name).native)
+    A = build([1.0, 2.0, 3.0, 5.0, 8.0])
+    result = cmp.compare(A, "zca", [native, "taylor:K=3"])
+    assert [row["method"] for row in result.rows] == [native, "taylor:K=3"]
+    assert calls == [(native, 3), ("taylor:K=3", 3), (native, 5), ("taylor:K=3", 5)]
+    assert all(np.isfinite(row["seconds"]) for row in result.rows)
+    calls.clear()
+    specs = [methods.spec(native), methods.spec("taylor:K=3")]
+    from stabkit.methods import _spec
+
+    counted = []
+    for name in ("parse", "bind"):
+        original = getattr(_spec, name)
+        monkeypatch.setattr(_spec, name, lambda *a, _f=original, _n=name, **k: counted.append(_n) or _f(*a, **k))
+    again = cmp.compare(A, "zca", specs, truth=result.truth)
+    assert counted == [] and calls == [(native, 5), ("taylor:K=3", 5)]  # warm already: no warm-up call
+    assert [row["angle_deg"] for row in again.rows] == [row["angle_deg"] for row in result.rows]
+    calls.clear()
+    cmp.compare(A, "zca", ["taylor:K=3"], dtype="float32")
+    assert calls == [("taylor:K=3", 3), ("taylor:K=3", 5)]

@@ -32,7 +32,7 @@ def test_analytic_matches_certified_truth(d, loss_name):
     loss = make_loss(loss_name, d, seed=1)
     truth = ground_truth(A, loss)
     assert truth.certified
-    g, _, _ = methods.gradient("analytic", A, loss)
+    g, _, _ = methods.spec("analytic").gradient(A, loss)
     assert rel(g, truth.grad) <= 1e-10
 
 
@@ -47,7 +47,7 @@ def test_torch_op_equals_numpy_twin(name, dtype):
     leaf = A.clone().requires_grad_(True)
     lam, U = eigh(leaf, method=name)
     loss.value(U, lam).sum().backward()
-    g_numpy, _, _ = methods.gradient(name, A.numpy(), loss)
+    g_numpy, _, _ = methods.spec(name).gradient(A.numpy(), loss)
     tol = 1e-12 if dtype == torch.float64 else 2e-4
     assert leaf.grad.dtype == dtype
     np.testing.assert_allclose(leaf.grad.numpy(), g_numpy, atol=tol * np.abs(g_numpy).max())
@@ -57,8 +57,8 @@ def test_taylor_converges_to_analytic_as_K_grows():
     lam = np.array([1.0, 1.5, 2.0, 2.2, 3.0])  # largest ratio 2.0/2.2 ≈ 0.91
     A = build(lam)
     loss = make_loss("zca", 5)
-    exact, _, _ = methods.gradient("analytic", A, loss)
-    errors = [rel(methods.gradient(("taylor", {"K": K}), A, loss)[0], exact) for K in (1, 5, 20, 80, 300)]
+    exact, _, _ = methods.spec("analytic").gradient(A, loss)
+    errors = [rel(methods.spec(("taylor", {"K": K})).gradient(A, loss)[0], exact) for K in (1, 5, 20, 80, 300)]
     assert all(b < a for a, b in zip(errors, errors[1:]))
     assert errors[-1] < 1e-10
     # the truncation error of one entry is exactly the discarded tail (λ_lo/λ_hi)^(K+1) of the series
@@ -95,22 +95,22 @@ def test_dominant_eigenvector_taylor_equals_power_iteration(K):
     w = np.zeros(5)
     w[-1] = 1.0
     loss = WeightedEigvecLoss("top", np.random.default_rng(5).standard_normal((5, 5)), w)
-    g_taylor, _, _ = methods.gradient(("taylor", {"K": K}), A, loss)
-    g_pi, _, _ = methods.gradient(("pi", {"steps": K + 1}), A, loss)
+    g_taylor, _, _ = methods.spec(("taylor", {"K": K})).gradient(A, loss)
+    g_pi, _, _ = methods.spec(("pi", {"steps": K + 1})).gradient(A, loss)
     assert rel(g_pi, g_taylor) < 1e-12
 
 
 def test_power_iteration_methods_converge_to_analytic_with_many_steps():
     A = build([1.0, 2.0, 3.0, 4.5, 6.0], seed=7)
     loss = make_loss("eigvec", 5, seed=3)
-    exact, _, _ = methods.gradient("analytic", A, loss)
+    exact, _, _ = methods.spec("analytic").gradient(A, loss)
     # pi keeps all but the smallest pair here (its energy ratio includes λ_k): its function is the
     # loss without that pair, whose exact gradient is the analytic rule on w·[0, 1, 1, 1, 1]
     truncated = WeightedEigvecLoss("top4", loss.weight, loss.w * np.array([0.0, 1, 1, 1, 1]))
-    exact_truncated, _, _ = methods.gradient("analytic", A, truncated)
-    assert rel(methods.gradient("pi:steps=400", A, loss)[0], exact_truncated) < 1e-10
-    assert rel(methods.gradient("pi-legacy:steps=400", A, loss)[0], exact) < 1e-10
-    assert rel(methods.gradient("pi-forward:steps=2000", A, loss)[0], exact) < 1e-8
+    exact_truncated, _, _ = methods.spec("analytic").gradient(A, truncated)
+    assert rel(methods.spec("pi:steps=400").gradient(A, loss)[0], exact_truncated) < 1e-10
+    assert rel(methods.spec("pi-legacy:steps=400").gradient(A, loss)[0], exact) < 1e-10
+    assert rel(methods.spec("pi-forward:steps=2000").gradient(A, loss)[0], exact) < 1e-8
 
 
 @pytest.mark.parametrize("name, lam", [
@@ -152,7 +152,7 @@ def test_analytic_zca_gradient_stays_bounded_as_a_gap_closes():
             loss = make_loss(name, 8, seed=2)
             truth = ground_truth(A, loss)
             assert truth.certified
-            g, _, _ = methods.gradient("analytic", A, loss)
+            g, _, _ = methods.spec("analytic").gradient(A, loss)
             norms[name, delta] = np.linalg.norm(truth.grad)
             errs[name, delta] = rel(g, truth.grad) / (np.finfo(float).eps * lam.max() / np.diff(lam).min())
     assert norms["zca", 1e-8] == pytest.approx(norms["zca", 1e-4], rel=1e-3)
@@ -165,12 +165,12 @@ def test_svd_pi_breaking_drops_tiny_eigenvalues():
     lam = np.array([1e-6, 1.0, 2.0, 4.0])
     A = build(lam, seed=2)
     loss = make_loss("eigvec", 4, seed=0)
-    g, _, _ = methods.gradient("pi", A, loss)
+    g, _, _ = methods.spec("pi").gradient(A, loss)
     assert np.isfinite(g).all()
     # nothing flows through the dropped eigenvector's own weight: perturbing w_0 changes nothing
     w = loss.w.copy()
     w[0] += 10.0
-    g2, _, _ = methods.gradient("pi", A, WeightedEigvecLoss("w", loss.weight, w))
+    g2, _, _ = methods.spec("pi").gradient(A, WeightedEigvecLoss("w", loss.weight, w))
     np.testing.assert_allclose(g, g2, atol=1e-12)
 
 
@@ -239,17 +239,25 @@ def test_kernels_are_antisymmetric_with_zero_diagonal(values, name):
 @given(st.integers(0, 10_000), st.sampled_from(list(methods.NAMES)))
 def test_every_gradient_is_symmetric(seed, name):
     A = build(np.linspace(1.0, 2.0, 4) + np.random.default_rng(seed).uniform(0, 0.1, 4), seed=seed)
-    g, _, _ = methods.gradient(name, A, make_loss("sqrt", 4, seed=seed))
+    g, _, _ = methods.spec(name).gradient(A, make_loss("sqrt", 4, seed=seed))
     np.testing.assert_allclose(g, g.T, atol=1e-14 * np.abs(g).max())
 
 
 def test_parse_spec():
-    assert methods.parse_spec("taylor:K=19,eps=1e-4") == ("taylor", {"K": 19, "eps": 1e-4})
-    assert methods.format_spec(*methods.parse_spec("clip:tau=10")) == "clip:tau=10"
+    spec = methods.parse("taylor:K=19,eps=1e-4")
+    assert (spec.name, spec.params) == ("taylor", {"K": 19, "eps": 1e-4})
+    assert str(methods.parse("clip:tau=10")) == "clip:tau=10"
     for bad, needle in [("nope", "unknown method"), ("taylor:Q=1", "no parameter 'Q'"),
                         ("taylor:K=a", "not a number"), ("taylor:K=1.5", "not an integer"), ("clip:tau", "KEY=VALUE")]:
-        with pytest.raises(ValueError, match=needle):
-            methods.parse_spec(bad)
+        with pytest.raises(methods.MethodSpecError, match=needle):
+            methods.parse(bad)
+
+
+def test_specs_are_hashable_and_equal_by_method_and_params():
+    """A Spec is a dict key and a torch.compile constant: equal specs hash alike whatever the spelling."""
+    a, b = methods.spec("taylor:K=9"), methods.bind("taylor", {"K": "9"})
+    assert a == b and hash(a) == hash(b) and len({a, b, methods.spec("taylor:K=3")}) == 2
+    assert methods.spec(("clip", {"tau": 10})) == methods.spec("clip:tau=10")
 
 
 def test_torch_eigh_rejects_bad_input():
@@ -262,11 +270,11 @@ def test_torch_eigh_rejects_bad_input():
 
 
 def test_resolved_params_round_trip_through_gradient():
-    """A (name, params) pair from parse_spec is accepted again (defaults of None included)."""
+    """A (name, params) pair from a Spec is accepted again (defaults of None included)."""
     A = build([1.0, 2.0, 3.0])
     loss = make_loss("zca", 3)
     for name in methods.NAMES:
-        spec = methods.parse_spec(name)
-        g, _, _ = methods.gradient(spec, A, loss)
+        spec = methods.parse(name)
+        g, _, _ = methods.spec((spec.name, spec.params)).gradient(A, loss)
         assert np.isfinite(g).all()
-    assert methods.parse_spec("degenerate:atol=1e-9")[1] == {"atol": 1e-9, "rtol": None}
+    assert methods.parse("degenerate:atol=1e-9").params == {"atol": 1e-9, "rtol": None}

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import stabkit.torch as sktorch
-from stabkit import monitor
+from stabkit import methods, monitor
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -173,3 +173,39 @@ def test_bound_column_per_method(spec, expected):
     with monitor.watch(bound=spec) as mon:
         torch.linalg.eigh(_sym([1.0, 1.5, 2.0]))
     assert mon.records.iloc[0]["bound"] == pytest.approx(expected, rel=1e-9)
+
+
+def test_public_names_and_a_method_without_a_coefficient_matrix_logs_no_bound():
+    from stabkit.monitor import COLUMNS, Monitor, summarize, watch  # noqa: F401 — the public API
+
+    assert "bound" in COLUMNS
+    native = next(name for name in methods.NAMES if methods.get(name).native)
+    with monitor.watch(bound=native) as mon:
+        torch.linalg.eigh(_sym([1.0, 1.5, 2.0]))
+    assert math.isnan(mon.records.iloc[0]["bound"])
+
+
+def test_specs_are_taken_as_is_and_stabkit_eigh_calls_are_labelled_by_their_spec(monkeypatch):
+    """watch(swap_backward=Spec, bound=Spec) and stabkit.torch.eigh(A, method=Spec) under the monitor:
+    no parse or bind per call; the backward column is the Spec's text, the function its method's name."""
+    from stabkit.methods import _spec
+
+    swap, spec = methods.spec("clip:tau=10"), methods.spec("taylor:K=3")
+    calls = []
+    for name in ("parse", "bind"):
+        original = getattr(_spec, name)
+        monkeypatch.setattr(_spec, name, lambda *a, _f=original, _n=name, **k: calls.append(_n) or _f(*a, **k))
+    with monitor.watch(swap_backward=swap, bound=swap) as mon:
+        torch.linalg.eigh(_sym([1.0, 1.5, 2.0]))
+        sktorch.eigh(_sym([1.0, 2.0, 4.0]), method=spec)
+        sktorch.eigh_kept(_sym([1.0, 2.0, 4.0]), spec, check=False)
+    assert calls == []
+    df = mon.records
+    assert df["fn"].tolist() == ["eigh", "stabkit.eigh[taylor]", "stabkit.eigh[taylor]"]
+    assert df["backward"].tolist() == ["clip:tau=10", "taylor:K=3", "taylor:K=3"]
+    assert df["bound"].tolist() == [pytest.approx(2.0), pytest.approx(1.0), pytest.approx(1.0)]  # 1/min gap, below τ
+    with monitor.watch() as mon:  # text and keywords: the same labels as before Specs existed
+        sktorch.eigh(_sym([1.0, 2.0, 4.0]), "taylor", K=3)
+        sktorch.eigh(_sym([1.0, 2.0, 4.0]), method="taylor:K=3")
+    assert mon.records["fn"].tolist() == ["stabkit.eigh[taylor]", "stabkit.eigh[taylor:K=3]"]
+    assert mon.records["backward"].tolist() == ["taylor:K=3", "taylor:K=3"]

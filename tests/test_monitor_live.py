@@ -11,8 +11,9 @@ import torch
 from torch import nn
 
 import stabkit.torch as sktorch
-from stabkit import monitor, monitor_process
-from stabkit.monitor_log import COLUMNS, read_log, rank_file_name
+from stabkit import monitor
+from stabkit.monitor import hooks, process as monitor_process
+from stabkit.monitor.log import COLUMNS, read_log, rank_file_name
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -118,7 +119,7 @@ def test_steps_are_optimizer_steps_when_mon_step_is_never_called():
     # the global optimizer hook is removed with the last watch
     from torch.optim import optimizer as optim_mod
 
-    assert monitor._optimizer_hook not in list(optim_mod._global_optimizer_post_hooks.values())
+    assert hooks._optimizer_hook not in list(optim_mod._global_optimizer_post_hooks.values())
 
 
 def test_grad_norm_of_a_step_reaches_the_log(tmp_path):
@@ -229,7 +230,7 @@ def test_process_monitor_from_environment_swaps_the_backward(tmp_path, monkeypat
 
 def _child_calls_eigh():
     torch.linalg.eigh(_sym([1.0, 9.0]))
-    for mon in monitor._active:
+    for mon in hooks._active:
         mon.close()  # a worker leaves through os._exit: flush explicitly, as its exit would
 
 
@@ -252,7 +253,7 @@ def test_a_forked_child_never_writes_into_the_parents_log(tmp_path, monkeypatch)
     (child_log,) = [p for p in tmp_path.iterdir() if p.name.startswith("eig-rank0-pid")]
     assert child_log.name == f"eig-rank0-pid{child.pid}.csv"
     assert read_log(child_log)["min_gap"].tolist() == [8.0]
-    assert not hasattr(torch.linalg.eigh, "__wrapped__") and monitor._originals is None  # the originals are back
+    assert not hasattr(torch.linalg.eigh, "__wrapped__") and hooks._originals is None  # the originals are back
 
 
 def test_a_log_path_with_another_suffix_is_a_value_error(tmp_path):

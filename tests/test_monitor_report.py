@@ -1,11 +1,11 @@
-"""stabkit.monitor_report: which rule fires on which log, the first bad step, the files written."""
+"""stabkit.monitor.report: which rule fires on which log, the first bad step, the files written."""
 
 import math
 
 import pytest
 
-from stabkit.monitor_log import frame
-from stabkit.monitor_report import bad_steps, build_report, findings
+from stabkit.monitor.log import frame
+from stabkit.monitor.report import bad_steps, build_report, findings
 
 INF, NAN = math.inf, math.nan
 
@@ -92,3 +92,20 @@ def test_report_files_per_log_and_site(tmp_path):
     assert table[1].startswith("| 2 | eig-rank0 | `net.py:20` | svd |") and table[1].endswith("| – |")
     assert md.count("nothing to change") == 2  # the svd site and rank 1
     assert "5 logged calls in 2 log(s)" in md and "First bad step over all sites: 1." in md
+
+
+def test_bounded_and_caveats_come_from_the_method_not_from_its_name(monkeypatch):
+    """A method registered with ``bounded`` gets no bounded-rule advice; one with a Caveat gets its
+    finding at n ≥ min_n, the text formatted with the site's backward and size."""
+    from stabkit import methods
+    from stabkit.methods import Caveat, Method
+
+    plain = methods.get(methods.DEFAULT)
+    caveat = Caveat("a rule", "backward {backward} on {n}×{n}", "do this", "because", min_n=4)
+    monkeypatch.setitem(methods.REGISTRY, "new-rule", Method("new-rule", plain.backward, bounded=True, caveat=caveat))
+    rows = [_row(0, backward="new-rule:x=1", n=4), _row(1, backward="new-rule:x=1", n=4, grad=2.0, grad_in=INF)]
+    rules = _rules(rows)
+    assert "--swap-backward" not in rules["non-finite gradient made here"].action
+    found = rules["a rule"]
+    assert (found.step, found.what, found.action, found.evidence) == (0, "backward new-rule:x=1 on 4×4", "do this", "because")
+    assert "a rule" not in _rules([_row(0, backward="new-rule", n=3)])

@@ -189,7 +189,9 @@ def test_many_threads_entering_and_leaving_at_random():
 
 
 def test_a_failure_of_the_monitors_bookkeeping_never_breaks_the_call(monkeypatch):
-    monkeypatch.setattr(monitor, "_warned_internal", False)
+    from stabkit.monitor import hooks
+
+    monkeypatch.setattr(hooks, "_warned_internal", False)
 
     def broken_log(self, *args, **kwargs):
         raise RuntimeError("bookkeeping bug")

@@ -100,10 +100,11 @@ def test_kept_accessor_and_eigh_kept_for_non_truncating_methods():
     # the forward's state and the rule eigh_kept applies to the returned λ agree
     A = build([1e-6, 1e-3, 0.5, 1.0, 3.0], seed=2)
     for spec in ("pi", "pi:eps=0.2", "analytic-trunc:eps=0.01", "pi-forward:stop=true,steps=60"):
-        name, params = methods.parse_spec(spec)
-        lam, _, state = methods.get(name).forward(A, **params)
-        np.testing.assert_array_equal(state["kept"], methods.get(name).kept_of(lam, params))
-        np.testing.assert_array_equal(state["kept"], eigh_kept(torch.tensor(A), name, **params)[2].numpy())
+        spec = methods.parse(spec)
+        lam, _, state = spec.forward(A)
+        np.testing.assert_array_equal(state["kept"], spec.kept_of(lam))
+        np.testing.assert_array_equal(state["kept"], eigh_kept(torch.tensor(A), spec.name, **spec.params)[2].numpy())
+        np.testing.assert_array_equal(state["kept"], eigh_kept(torch.tensor(A), spec)[2].numpy())
 
 
 def test_pi_forward_stop_rule_of_the_authors_pi_baseline():
@@ -158,7 +159,7 @@ def test_analytic_trunc_is_the_exact_gradient_of_the_decomposition_cut_at_eps():
     lam = np.array([1e-6, 5e-5, 0.3, 1.0, 2.0])
     A = build(lam, seed=5)
     loss = make_loss("zca", 5, seed=2)
-    g, lam_np, U, kept = methods.evaluate("analytic-trunc", A, loss)
+    g, lam_np, U, kept = methods.spec("analytic-trunc").evaluate(A, loss)
     np.testing.assert_array_equal(kept, [False, False, True, True, True])
     # Daleckii–Krein for f·1[λ > ε], written out here
     f = np.where(kept, lam_np ** -0.5, 0.0)
@@ -169,7 +170,7 @@ def test_analytic_trunc_is_the_exact_gradient_of_the_decomposition_cut_at_eps():
     expected = U @ (D * (U.T @ Gs @ U)) @ U.T
     np.testing.assert_allclose(g, expected, atol=1e-11 * np.abs(expected).max())
     # a larger ε cuts higher: everything from the first λ ≤ ε down
-    _, _, _, kept2 = methods.evaluate("analytic-trunc:eps=0.5", A, loss)
+    _, _, _, kept2 = methods.spec("analytic-trunc:eps=0.5").evaluate(A, loss)
     np.testing.assert_array_equal(kept2, [False, False, False, True, True])
 
 

@@ -8,6 +8,7 @@ from hypothesis import strategies as hst
 
 import stabkit.torch as sk
 from stabkit import methods
+from stabkit.errors import InputError
 from stabkit.losses import make_loss
 from stabkit.methods.power_iteration import start_vectors
 from stabkit.reference import ground_truth
@@ -113,6 +114,55 @@ def test_method_second_positional_still_works():
     torch.testing.assert_close(g_old, g_new, rtol=0, atol=0)
     with pytest.raises(ValueError, match="UPLO must be 'L' or 'U'"):
         sk.eigh(A, "X")
+
+
+def test_method_may_be_a_spec_made_once_and_passed_unchanged(monkeypatch):
+    """A Spec goes into the autograd Function as is: no parse or bind in the forward or backward;
+    text + keywords give the same Spec (made once, at the call's top); keywords replace a Spec's."""
+    A, X = separated(4), general(5, 4)
+    spec = methods.spec("taylor:K=3")
+    g_text = grad_of(lambda a: eig_loss(*sk.eigh(a, method="taylor", K=3)), A)
+    g_svd_text = grad_of(lambda x: svd_loss(*sk.svd(x, False, method="taylor", K=3)), X)
+    g_kwargs = grad_of(lambda a: eig_loss(*sk.eigh(a, method=methods.spec("taylor"), K=3)), A)
+    from stabkit.methods import _spec
+
+    calls = []
+    for name in ("parse", "bind"):
+        original = getattr(_spec, name)
+        monkeypatch.setattr(_spec, name, lambda *a, _f=original, _n=name, **k: calls.append(_n) or _f(*a, **k))
+    seen = []
+    forward = sk._Eigh.forward
+    monkeypatch.setattr(sk._Eigh, "forward", staticmethod(lambda a, s: seen.append(s) or forward(a, s)))
+    g_spec = grad_of(lambda a: eig_loss(*sk.eigh(a, method=spec)), A)
+    g_second = grad_of(lambda a: eig_loss(*sk.eigh(a, spec)), A)  # the older spelling, method second
+    g_svd = grad_of(lambda x: svd_loss(*sk.svd(x, False, method=spec)), X)
+    lam, U, kept = sk.eigh_kept(A, spec)
+    assert calls == [] and seen and all(s is spec for s in seen)
+    for g in (g_spec, g_second, g_kwargs):
+        torch.testing.assert_close(g, g_text, rtol=0, atol=0)
+    torch.testing.assert_close(g_svd, g_svd_text, rtol=0, atol=0)
+    assert kept.all()
+    torch.testing.assert_close(sk.eigh(A, method=methods.spec(methods.NAMES[0]))[0], torch.linalg.eigh(A)[0])
+
+
+def test_a_spec_compiles_with_fullgraph(one_torch_thread):
+    torch._dynamo.reset()
+    A = separated(4, (2,))
+    spec = methods.spec("clip:tau=10")
+    f = lambda a: eig_loss(*sk.eigh(a, method=spec))
+    compiled = torch.compile(f, fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(A), f(A), rtol=1e-13, atol=0)
+    torch.testing.assert_close(grad_of(compiled, A), grad_of(f, A), rtol=1e-13, atol=0)
+
+
+def test_bad_input_is_an_input_error():
+    A = separated(3)
+    for call in (lambda: sk.eigh(A.int()), lambda: sk.eigh(A[:2]), lambda: sk.eigh(A + torch.triu(A, 1)),
+                 lambda: sk.eigvalsh(A * float("nan")), lambda: sk.svd(A, out=(A, A, A)), lambda: sk.eigh(A, "X")):
+        with pytest.raises(InputError):
+            call()
+    with pytest.raises(methods.MethodSpecError, match="has no SVD rule"):
+        sk.svd(A, method="pi")
 
 
 def test_out_and_bad_methods_refused():
@@ -403,7 +453,7 @@ WIDE = [1.0, 3.0, 9.0, 27.0, 81.0]
 #: methods whose forward keeps every pair of WIDE (``pi`` always drops the smallest: it computes another
 #: function, checked against autograd through its truncated forward in test_power_iteration)
 UNTRUNCATED_ON_WIDE = [m for m in EIG_METHODS
-                       if methods.get(m).kept_of(np.array(WIDE), methods.resolve_params(m, {})).all()]
+                       if methods.spec(m).kept_of(np.array(WIDE)).all()]
 
 
 def test_only_truncating_methods_are_left_out_of_the_wide_spectrum_check():

@@ -8,7 +8,7 @@ import os
 import sys
 
 try:
-    from stabkit.monitor_process import start_from_environment
+    from stabkit.monitor.process import start_from_environment
 
     start_from_environment()
 except Exception as exc:  # noqa: BLE001 — never stop the user's program because of the monitor

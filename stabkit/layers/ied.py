@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import InputError
+
 
 def _T(x):
     return x.transpose(-1, -2)
@@ -117,7 +119,7 @@ def ied(A: torch.Tensor, k: int = 1, solver: str = "eigh", max_iter: int = 1000,
         seed: int = 0):
     """Top-k eigenvectors Y (..., d, k) and eigenvalues (..., k), descending, of symmetric A."""
     if not isinstance(A, torch.Tensor) or A.dtype not in (torch.float32, torch.float64):
-        raise ValueError("ied expects a float32/float64 torch.Tensor")
+        raise InputError("ied expects a float32/float64 torch.Tensor")
     if A.ndim < 2 or A.shape[-1] != A.shape[-2] or not 1 <= k <= A.shape[-1]:
-        raise ValueError(f"ied expects square (..., d, d) input and 1 ≤ k ≤ d, got {tuple(A.shape)}, k={k}")
+        raise InputError(f"ied expects square (..., d, d) input and 1 ≤ k ≤ d, got {tuple(A.shape)}, k={k}")
     return _IED.apply(A, k, solver, max_iter, tol, seed)

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import InputError
+
 from .ied import fix_sign, principal_backward
 
 
@@ -93,7 +95,7 @@ class _LESS(torch.autograd.Function):
 def less(A: torch.Tensor, y0: torch.Tensor | None = None, max_iter: int = 5000, tol: float | None = None):
     """Principal eigenvector y (..., d) and eigenvalue λ = yᵀAy (...) of symmetric A (..., d, d)."""
     if not isinstance(A, torch.Tensor) or A.dtype not in (torch.float32, torch.float64):
-        raise ValueError("less expects a float32/float64 torch.Tensor")
+        raise InputError("less expects a float32/float64 torch.Tensor")
     if A.ndim < 2 or A.shape[-1] != A.shape[-2]:
-        raise ValueError(f"less expects square (..., d, d) input, got {tuple(A.shape)}")
+        raise InputError(f"less expects square (..., d, d) input, got {tuple(A.shape)}")
     return _LESS.apply(A, y0, max_iter, tol)

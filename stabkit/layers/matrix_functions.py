@@ -28,6 +28,7 @@ import torch
 
 from . import svd as _svd
 from .. import torch as sktorch
+from ..methods import DEFAULT, Spec
 
 FUNCTIONS = ("log", "sqrt", "power")
 
@@ -108,14 +109,14 @@ def svd_dk_matrix_function(F: torch.Tensor, fn: str = "log", eps: float = 0.0, p
 
 
 def eig_matrix_function(A: torch.Tensor, fn: str = "log", eps: float = 0.0, p: float | None = None,
-                        method: str = "analytic", **params):
+                        method: str | Spec = DEFAULT, **params):
     """C = U g(Λ + εI) Uᵀ from the EIG of symmetric A (..., d, d) — Prop. 4 (backward: ``method``)."""
     g = scalar_function(fn, p)
     lam, U = sktorch.eigh(sktorch.symmetrize(A), method=method, **params)
     return (U * g(lam + eps)[..., None, :]) @ U.transpose(-1, -2)
 
 
-def o2p(F: torch.Tensor, eps: float = 1e-3, route: str = "svd", method: str = "analytic", **params):
+def o2p(F: torch.Tensor, eps: float = 1e-3, route: str = "svd", method: str | Spec = DEFAULT, **params):
     """DeepO2P, log(FᵀF + εI) (Corollary 1): SVD route (Prop. 3), EIG route (Prop. 4) or ``svd-dk``."""
     if route == "svd":
         return svd_matrix_function(F, "log", eps)

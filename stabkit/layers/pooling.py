@@ -22,8 +22,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .. import methods
+from ..errors import InputError
 from .. import torch as sktorch
-from ..methods import resolve_params
+from ..methods import DEFAULT, Spec
 
 FUNCTIONS = {"sqrt": torch.sqrt, "log": torch.log}
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -47,12 +49,13 @@ class CovariancePooling(nn.Module):
     >>> pool(torch.randn(2, 8, 5, 5)).shape
     torch.Size([2, 8, 8])
 
-    ``method``/``params``: the eigendecomposition's backward (a registry method). ``eps``: ridge
+    ``method``/``params``: the eigendecomposition's backward (a :class:`~stabkit.methods.Spec`, or
+    a registry name or spec text with ``params`` its parameters; made a Spec once, here). ``eps``: ridge
     ε added to Σ. ``dtype``: computation dtype (``"float32"``, ``"float64"``; default the input's),
     the result is cast back to the input's dtype.
     """
 
-    def __init__(self, function: str = "sqrt", method: str = "analytic", params: dict | None = None,
+    def __init__(self, function: str = "sqrt", method: str | Spec = DEFAULT, params: dict | None = None,
                  eps: float = 1e-5, dtype: str | None = None):
         super().__init__()
         if function not in FUNCTIONS:
@@ -61,21 +64,21 @@ class CovariancePooling(nn.Module):
             raise ValueError(f"eps must be a finite number ≥ 0, got {eps!r}")
         if dtype is not None and dtype not in DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}: choose float32 or float64")
-        self.function, self.method = function, method
-        self.params = resolve_params(method, params or {})
+        spec = methods.spec(method)
+        self.function, self.spec = function, spec.replace(**params) if params else spec
         self.eps = float(eps)
         self.compute_dtype = DTYPES[dtype] if dtype else None
 
     def extra_repr(self):
-        return f"function={self.function}, method={self.method}, eps={self.eps:g}"
+        return f"function={self.function}, method={self.spec}, eps={self.eps:g}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4:
-            raise ValueError(f"expected a feature map (B, C, H, W), got shape {tuple(x.shape)}")
+            raise InputError(f"expected a feature map (B, C, H, W), got shape {tuple(x.shape)}")
         if not x.is_floating_point():
-            raise ValueError(f"expected a float feature map, got {x.dtype}")
+            raise InputError(f"expected a float feature map, got {x.dtype}")
         dtype = self.compute_dtype or x.dtype
         cov = channel_covariance(x.to(dtype), self.eps)
-        lam, U = sktorch.eigh(cov, self.method, **self.params)
+        lam, U = sktorch.eigh(cov, method=self.spec)
         out = (U * FUNCTIONS[self.function](lam)[:, None, :]) @ U.transpose(1, 2)
         return out.to(x.dtype)

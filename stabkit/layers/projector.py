@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import InputError
+
 
 def _T(x):
     return x.transpose(-1, -2)
@@ -60,5 +62,5 @@ class _Projector(torch.autograd.Function):
 def projector(A: torch.Tensor, rank: int | None = None, rtol: float | None = None) -> torch.Tensor:
     """Π_A = A A⁺ (..., m, m) for A (..., m, n) of constant rank; Lemma 1 backward."""
     if not isinstance(A, torch.Tensor) or A.dtype not in (torch.float32, torch.float64) or A.ndim < 2:
-        raise ValueError("projector expects a float32/float64 tensor of shape (..., m, n)")
+        raise InputError("projector expects a float32/float64 tensor of shape (..., m, n)")
     return _Projector.apply(A, rank, rtol)

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import InputError
+
 
 def _T(x):
     return x.transpose(-1, -2)
@@ -67,7 +69,7 @@ class _SVD(torch.autograd.Function):
 def svd(X: torch.Tensor):
     """(U, σ, V) of the thin SVD of X (..., m, n), m ≥ n, σ descending, with Prop. 1's backward."""
     if not isinstance(X, torch.Tensor) or X.dtype not in (torch.float32, torch.float64):
-        raise ValueError("svd layer expects a float32/float64 torch.Tensor")
+        raise InputError("svd layer expects a float32/float64 torch.Tensor")
     if X.ndim < 2 or X.shape[-2] < X.shape[-1] or X.shape[-1] == 0:
-        raise ValueError(f"svd layer expects (..., m, n) with m ≥ n ≥ 1, got shape {tuple(X.shape)}")
+        raise InputError(f"svd layer expects (..., m, n) with m ≥ n ≥ 1, got shape {tuple(X.shape)}")
     return _SVD.apply(X)

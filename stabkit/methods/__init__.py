@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from . import (analytic, analytic_trunc, clip, clip_authors, degenerate, lorentzian, pade, power_iteration, taylor, taylor_authors,
                taylor_song, torch_autograd)
-from ._base import Method, assemble
+from ._base import Caveat, Method, assemble
 from ._spec import MethodSpecError, Spec, bind, get, parse, spec
 
 REGISTRY: dict[str, Method] = {
@@ -35,8 +35,10 @@ REGISTRY: dict[str, Method] = {
 
 NAMES = tuple(REGISTRY)
 
-#: the default method of a function signature or a Python call (the exact rule)
+#: The method a function or layer uses when the caller names none: the exact rule (Prop. 2).
 DEFAULT = "analytic"
+#: The rule torch's own eigh/svd backward computes (what the monitor labels a plain torch.linalg call).
+EXACT = "analytic"
 #: the default of ``stabkit train`` (a bounded rule: a run is about training, not about the exact gradient)
 TRAIN_DEFAULT = "taylor"
 
@@ -63,4 +65,4 @@ def evaluate(value, A, loss):
     return spec(value).evaluate(A, loss)
 
 
-__all__ = ["Method", "Spec", "MethodSpecError", "spec", "parse", "bind", "REGISTRY", "NAMES", "DEFAULT", "TRAIN_DEFAULT", "get", "parse_spec", "format_spec", "resolve_params", "gradient", "evaluate", "assemble"]
+__all__ = ["Method", "Caveat", "Spec", "DEFAULT", "EXACT", "TRAIN_DEFAULT", "MethodSpecError", "spec", "parse", "bind", "REGISTRY", "NAMES", "get", "parse_spec", "format_spec", "resolve_params", "gradient", "evaluate", "assemble"]

@@ -134,6 +134,23 @@ MAX_STEPS = 10_000
 
 
 @dataclass(frozen=True)
+class Caveat:
+    """A finding of this project about a method, stated once where the method is defined and shown
+    by ``stabkit monitor report`` for every call site whose backward is that method.
+
+    ``what`` may name ``{backward}`` (the site's backward specs) and ``{n}`` (its matrix size);
+    ``min_n``: the smallest matrix size the finding is about; a ``warning`` (the gradient is not
+    what the layer needs) is listed before a ``note`` (worth knowing, maybe intended)."""
+
+    rule: str
+    what: str
+    action: str
+    evidence: str
+    min_n: int = 0
+    warning: bool = False
+
+
+@dataclass(frozen=True)
 class Method:
     """A registered gradient method: forward (A → λ, U, state) and backward (state, ∂U, ∂λ → ∂A).
 
@@ -163,6 +180,12 @@ class Method:
     #: the backward of the paper's released code for this row, where it is another spec than the
     #: method itself (e.g. SVD-Taylor's layer is ``taylor-song:K=9``); None: the method as registered
     paper_variant: str | None = None
+    #: its backward's coefficients stay finite on any spectrum, ties included (a series, a cap on
+    #: |F|, zeros on ties, overflow handling): the fix ``stabkit monitor report`` recommends for a
+    #: non-finite gradient, and not needed where the backward already is one
+    bounded: bool = False
+    #: what a user of this method should know when it runs on a layer (``stabkit monitor report``)
+    caveat: Caveat | None = None
 
     def __post_init__(self):
         if set(self.domains) != set(self.defaults):
@@ -171,6 +194,11 @@ class Method:
         for key, default in self.defaults.items():
             if not self.domains[key].contains(default):
                 raise TypeError(f"method {self.name!r}: default {key}={default!r} is outside its domain")
+
+    def __hash__(self) -> int:
+        """By name (its dict fields are not hashable): a registered method is one object, and a
+        :class:`Spec` holding it is a dict key and a ``torch.compile`` constant."""
+        return hash(self.name)
 
     @property
     def has_svd_rule(self) -> bool:

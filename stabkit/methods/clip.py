@@ -20,5 +20,5 @@ def kernel(lam, tau=100.0):
 
 
 METHOD = kernel_method("clip", kernel, {"tau": 100.0}, "Wang et al., TPAMI 2021, SVD-Clip", "|F| capped at τ",
-                       domains={"tau": real(positive=True)}, paper_name="SVD-Clip",
+                       domains={"tau": real(positive=True)}, paper_name="SVD-Clip", bounded=True,
                        paper_variant="clip-authors")

@@ -22,4 +22,4 @@ def kernel(lam, tau=100.0):
 
 
 METHOD = kernel_method("clip-authors", kernel, {"tau": 100.0}, "Wang et al., TPAMI 2021, SVD-Clip, released code",
-                       "|F| capped at τ, zero at exact ties (the authors' code)", domains={"tau": real(positive=True)})
+                       "|F| capped at τ, zero at exact ties (the authors' code)", domains={"tau": real(positive=True)}, bounded=True)

@@ -34,5 +34,5 @@ def kernel(lam, atol=None, rtol=None):
 METHOD = kernel_method(
     "degenerate", kernel, {"atol": None, "rtol": None},
     "Kasim, arXiv:2011.04366 (xitorch)", "analytic F, zero on degenerate pairs",
-    domains={"atol": real(0.0, optional=True), "rtol": real(0.0, optional=True)},
+    domains={"atol": real(0.0, optional=True), "rtol": real(0.0, optional=True)}, bounded=True,
 )

@@ -16,5 +16,5 @@ def kernel(lam, eps=1e-12):
 
 METHOD = kernel_method(
     "lorentzian", kernel, {"eps": 1e-12}, "Liao et al., PRX 2019 (Lorentzian broadening)", "Δ/(Δ² + ε)",
-    domains={"eps": real(positive=True)},
+    domains={"eps": real(positive=True)}, bounded=True,
 )

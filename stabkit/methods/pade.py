@@ -48,5 +48,5 @@ def kernel(lam):
 
 METHOD = kernel_method(
     "pade", kernel, {}, "Song, Sebe & Wang, ICCV 2021 (SVD-Padé)",
-    "[50/50] Padé of 1/(1 − λ_lo/λ_hi) with per-sample overflow handling",
+    "[50/50] Padé of 1/(1 − λ_lo/λ_hi) with per-sample overflow handling", bounded=True,
 )

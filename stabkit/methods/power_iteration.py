@@ -60,7 +60,7 @@ import numpy as np
 
 from .. import _xp
 from . import taylor
-from ._base import MAX_STEPS, Method, assemble, boolean, exact_forward, integer, real
+from ._base import MAX_STEPS, Caveat, Method, assemble, boolean, exact_forward, integer, real
 
 
 def _norm(x, xp):
@@ -335,19 +335,41 @@ def _pi_forward_bound(lam, steps=19, **_):
     return taylor.kernel(lam, K=steps, eps=0.0)
 
 
+#: What ``stabkit monitor report`` says where a layer runs ``pi`` or ``pi-legacy`` (README, Training).
+TRUNCATION_CAVEAT = Caveat(
+    "SVD-PI computes a truncated decomposition",
+    "the backward is {backward} on {n}×{n} matrices: the layer's function keeps only the pairs "
+    "SVD-PI's energy rule keeps (the smallest is always dropped).",
+    "Nothing to fix if the truncation is intended (NeurIPS 2019, Alg. 1); if the layer should use "
+    "every pair, use `taylor` instead.",
+    "On the ZCA layer's step-0 covariance `pi` is 0.007° (d = 16) / 4.6° (d = 32) from the truth of "
+    "its own function and 85° / 117° from full whitening (`stabkit compare`, README, Training).",
+    min_n=16,
+)
+LEGACY_CAVEAT = Caveat(
+    "SVD-PI backward of another function",
+    "the backward is {backward} on {n}×{n} matrices: it whitens with every pair but "
+    "differentiates the decomposition without the pairs it drops.",
+    "Use `pi` (its forward returns the truncated decomposition it differentiates) or `taylor`.",
+    "On the ZCA layer's step-0 covariance, `pi-legacy`'s gradient is 73.6° (d = 16) and 126° "
+    "(d = 32) from the certified truth of what it returns; `pi` is 0.007° / 4.6° from the truth of "
+    "its truncated function (README, Training).",
+    min_n=16, warning=True,
+)
+
 SVD_PI = Method(
     "pi", _svd_pi_backward, {"steps": 19, "eps": 1e-4}, forward=_svd_pi_forward,
     paper="Wang et al., NeurIPS 2019 (SVD-PI), Alg. 1",
     summary="exact forward truncated to the kept pairs, backward of 19 PI steps with deflation",
     kept_rule=_svd_pi_kept, domains={"steps": integer(1, MAX_STEPS), "eps": real(0.0, 1.0)},
-    exact_state=True, bound_kernel=_series_bound, paper_name="SVD-PI",
+    exact_state=True, bound_kernel=_series_bound, paper_name="SVD-PI", caveat=TRUNCATION_CAVEAT,
     paper_variant="pi:steps=20",
 )
 PI_LEGACY = Method(
     "pi-legacy", backward, {"steps": 19, "eps": 1e-4}, forward=_legacy_forward,
     paper="stabkit's pi up to 7f6dbbd (not the paper)",
     summary="full forward, backward dropping pairs (old energy rule): differentiates another function",
-    domains={"steps": integer(1, MAX_STEPS), "eps": real(0.0, 1.0)},
+    domains={"steps": integer(1, MAX_STEPS), "eps": real(0.0, 1.0)}, caveat=LEGACY_CAVEAT,
 )
 PI_FORWARD = Method(
     "pi-forward", backward, {"steps": 19, "seed": 0, "stop": False, "eps": 1e-4}, forward=_pi_forward,

@@ -29,5 +29,5 @@ METHOD = kernel_method(
     "taylor-authors", kernel, {"K": 9, "eps": 0.0},
     "Wang et al., TPAMI 2021, eq. 13, released code (same-sign ties)",
     "degree-K Taylor on λ + ε, exact ties both +(K+1)/λ as in the authors' code",
-    domains={"K": integer(0, MAX_TERMS), "eps": real(0.0)},
+    domains={"K": integer(0, MAX_TERMS), "eps": real(0.0)}, bounded=True,
 )

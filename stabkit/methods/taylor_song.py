@@ -32,5 +32,5 @@ def kernel(lam, K=100):
 
 METHOD = kernel_method(
     "taylor-song", kernel, {"K": 100}, "Song, Sebe & Wang, ICCV 2021 (SVD-Taylor)", "degree-100 Taylor, published tie signs",
-    domains={"K": integer(0, MAX_TERMS)},
+    domains={"K": integer(0, MAX_TERMS)}, bounded=True,
 )

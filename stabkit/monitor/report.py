@@ -20,11 +20,23 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .monitor_log import read_log
+from .. import methods
+from .log import read_log
 
 #: relative gap under which a call counts as a gap event (the ZCA study's threshold)
 GAP_EVENT = 1e-5
-_BOUNDED = ("taylor", "clip", "lorentzian", "degenerate", "taylor-song", "pade")
+
+
+def _method_of(backward: str) -> methods.Method | None:
+    """The registered method a logged ``backward`` label names (``name`` or ``name:params``), or
+    None for a label that is not a method (``values``, an invalid spec)."""
+    return methods.REGISTRY.get(str(backward).split(":")[0])
+
+
+def _caveated() -> list[methods.Method]:
+    """The methods with a :class:`~stabkit.methods.Caveat`: warnings first, then registry order."""
+    found = [m for m in methods.REGISTRY.values() if m.caveat is not None]
+    return sorted(found, key=lambda m: not m.caveat.warning)
 
 
 @dataclass
@@ -114,7 +126,7 @@ def findings(g: pd.DataFrame) -> list[Finding]:
                            "Logged by the monitor; no study in this project measured this case." if not row["input_nonfinite"] else
                            "A NaN/Inf input makes every eigensolver's output NaN or an error; this needs no study."))
     if made_here is not None and (upstream is None or made_here < upstream):
-        bounded = any(b.startswith(_BOUNDED) for b in g["backward"])
+        bounded = any(m is not None and m.bounded for m in map(_method_of, g["backward"]))
         inf_k = bool(np.isinf(g.loc[grad_in_bad, "max_K"]).any())
         out.append(Finding("non-finite gradient made here", made_here,
                            f"this call's backward turned a finite incoming gradient into a non-finite ∂L/∂A "
@@ -140,24 +152,12 @@ def findings(g: pd.DataFrame) -> list[Finding]:
                            "The cause is after this call in the forward (closer to the loss): a later layer or the loss itself.",
                            "The monitor's hook measures ∂L/∂output before this call's backward runs; this needs no study."))
     rule_name = g["backward"].astype(str).str.split(":").str[0]
-    legacy = (rule_name == "pi-legacy") & (g["n"] >= 16)
-    if legacy.any():
-        out.append(Finding("SVD-PI backward of another function", first(legacy),
-                           f"the backward is {backward} on {n}×{n} matrices: it whitens with every pair but "
-                           "differentiates the decomposition without the pairs it drops.",
-                           "Use `pi` (its forward returns the truncated decomposition it differentiates) or `taylor`.",
-                           "On the ZCA layer's step-0 covariance, `pi-legacy`'s gradient is 73.6° (d = 16) and 126° "
-                           "(d = 32) from the certified truth of what it returns; `pi` is 0.007° / 4.6° from the truth of "
-                           "its truncated function (README, Training)."))
-    truncating = (rule_name == "pi") & (g["n"] >= 16)
-    if truncating.any():
-        out.append(Finding("SVD-PI computes a truncated decomposition", first(truncating),
-                           f"the backward is {backward} on {n}×{n} matrices: the layer's function keeps only the pairs "
-                           "SVD-PI's energy rule keeps (the smallest is always dropped).",
-                           "Nothing to fix if the truncation is intended (NeurIPS 2019, Alg. 1); if the layer should use "
-                           "every pair, use `taylor` instead.",
-                           "On the ZCA layer's step-0 covariance `pi` is 0.007° (d = 16) / 4.6° (d = 32) from the truth of "
-                           "its own function and 85° / 117° from full whitening (`stabkit compare`, README, Training)."))
+    for method in _caveated():  # what this project found about the method itself
+        caveat = method.caveat
+        mask = (rule_name == method.name) & (g["n"] >= caveat.min_n)
+        if mask.any():
+            out.append(Finding(caveat.rule, first(mask), caveat.what.format(backward=backward, n=n),
+                               caveat.action, caveat.evidence))
     gap = g["min_rel_gap"] < GAP_EVENT
     if gap.any() and not any(f.rule == "non-finite gradient made here" for f in out):
         out.append(Finding("small gaps, no failure from them", first(gap),

@@ -17,15 +17,17 @@ import signal
 import sys
 import threading
 
-from . import monitor as _monitor
-from .monitor_log import LiveLog, rank_file_name
+from ..methods import Spec
+from . import hooks
+from .log import LiveLog, rank_file_name
+from .records import Monitor
 
 ENV_VAR = "STABKIT_WATCH"
 _settings: dict | None = None   # the settings of this process's monitor, once started
 
 
-def start_process_monitor(log_dir, every: int = 1, swap_backward: str | None = None, bound: str | None = None,
-                          tensorboard: bool = False, _pid_in_name: bool = False) -> _monitor.Monitor:
+def start_process_monitor(log_dir, every: int = 1, swap_backward: Spec | str | None = None, bound: Spec | str | None = None,
+                          tensorboard: bool = False, _pid_in_name: bool = False) -> Monitor:
     """Watch every thread of this process until it exits; returns the :class:`~stabkit.monitor.Monitor`.
 
     The log is created at the first flush, so processes that never call an eigen function leave
@@ -35,13 +37,13 @@ def start_process_monitor(log_dir, every: int = 1, swap_backward: str | None = N
     name = rank_file_name(pid=_pid_in_name)
     tb = os.path.join(str(log_dir), "tensorboard", name.rsplit(".", 1)[0]) if tensorboard else None
     log = LiveLog(os.path.join(str(log_dir), name), tb, write_empty=False)
-    mon = _monitor.Monitor(bound=bound or swap_backward, swap_backward=swap_backward, all_threads=True, log=log,
+    mon = Monitor(bound=bound or swap_backward, swap_backward=swap_backward, all_threads=True, log=log,
                            every=every, keep_records=False)
-    _monitor._activate(mon)
+    hooks._activate(mon)
     _settings = {"log_dir": log_dir, "every": every, "swap_backward": swap_backward, "bound": bound, "tensorboard": tensorboard}
 
     def _finish():
-        _monitor._deactivate(mon)
+        hooks._deactivate(mon)
         error = mon.close()
         if error is not None:
             print(f"stabkit watch: the log was not written completely ({type(error).__name__}: {error})", file=sys.stderr)
@@ -56,17 +58,17 @@ def _exit_on_sigterm(signum, frame_):
     sys.exit(128 + signum)
 
 
-def stop_process_monitor(mon: _monitor.Monitor):
+def stop_process_monitor(mon: Monitor):
     """Undo :func:`start_process_monitor` before the process exits (flush, close, unpatch); returns the log error, if any."""
     global _settings
-    _monitor._deactivate(mon)
+    hooks._deactivate(mon)
     _settings = None
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is _exit_on_sigterm:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
     return mon.close()
 
 
-def start_from_environment() -> _monitor.Monitor | None:
+def start_from_environment() -> Monitor | None:
     """:func:`start_process_monitor` with the settings ``stabkit watch`` put in ``$STABKIT_WATCH``."""
     raw = os.environ.get(ENV_VAR)
     if not raw:
@@ -77,7 +79,7 @@ def start_from_environment() -> _monitor.Monitor | None:
 
 
 def _after_fork_in_child():
-    """Runs after :func:`stabkit.monitor._after_fork_in_child` has dropped the inherited monitors."""
+    """Runs after :func:`stabkit.monitor.hooks._after_fork_in_child` has dropped the inherited monitors."""
     if _settings is None:
         return
     try:

@@ -1,0 +1,66 @@
+"""Instability monitor: log what every eigendecomposition in a model sees, without touching the model.
+
+    with stabkit.monitor.watch(log_path="eig.csv") as mon:
+        for x, y in loader:
+            loss = criterion(model(x), y); loss.backward(); opt.step(); opt.zero_grad()
+    mon.records          # pandas DataFrame, one row per call
+
+or, for a script that is not edited at all, ``stabkit watch -- python train.py`` (see
+:mod:`stabkit.monitor.process`).
+
+Inside ``watch`` the functions ``torch.linalg.eigh``, ``torch.linalg.eigvalsh``,
+``torch.linalg.svd`` and ``stabkit.torch.eigh`` are replaced by wrappers (restored when the last
+``watch`` exits, so outside it they are the originals: zero overhead). Each call logs, per call
+site (``file:line`` of the first caller frame outside torch and stabkit's eigen internals) and step:
+
+* ``min_gap``: smallest |λ_i − λ_j| over the batch (for svd: of σ², the eigenvalues of AᵀA);
+* ``min_rel_gap``: min gap / max |λ| of the same matrix (minimum over the batch);
+* ``max_K``: max |K̃_ij| = 1 / min_gap, the analytic backward's largest coefficient;
+* ``lam_min``: smallest eigenvalue; ``bound``: max |F_ij| of ``bound``'s method (see ``watch``);
+* ``grad_norm``: the norm of the gradient reaching the outputs (a tensor hook; NaN until the
+  backward ran, or when the outputs do not require grad); ``grad_in_norm``: the norm of ∂L/∂A,
+  the gradient this call's backward hands on (through every use of A; NaN when A is a leaf);
+  both are ∞ when the gradient held inf or NaN (so a CSV keeps "non-finite" apart from "none");
+* ``input_nonfinite``: the input held inf/NaN; ``nonfinite``: input, output, incoming gradient or
+  ∂L/∂A did;
+* ``backward``: the rule the call's backward uses (``analytic`` for torch's own, the registry spec
+  otherwise, ``values`` for eigvalsh whose backward has no 1/(λ_i − λ_j));
+* ``error``: empty, or ``Type: message`` when the call raised (e.g. eigh on a NaN input): the call
+  is logged, the log is flushed at once, and the exception propagates unchanged.
+
+**Steps.** ``mon.step()`` advances the step. A user who never calls it gets optimizer steps: a
+global ``torch.optim`` post-step hook counts each optimizer's steps and the step is the largest
+count (several optimizers stepping once per iteration count once). The first ``mon.step()`` call
+switches the monitor to manual counting for good.
+
+**Live logs.** With ``log_path`` the rows of finished steps are appended every ``every`` steps
+(``.csv``: one append per flush, so a killed process leaves every flushed step readable;
+``.parquet``: one row group per flush, readable only once the file is closed — prefer ``.csv``
+where the process may be killed). ``tensorboard_dir`` gets per-site scalars at each flush. A
+step's rows are written once the step is over, so its backward's gradient norms are in them; a
+backward run after that (gradient accumulation over steps) reaches ``records`` but not the log.
+
+**Threads.** Patching is reference-counted: the wrappers stay installed while any ``watch`` is
+active in any thread and the originals come back when the last one exits, whatever the order.
+A ``watch`` records the calls of the thread that entered it (``all_threads=True``: every thread);
+nested watches in one thread both record each call. A call made from inside a watched call
+(stabkit.torch.eigh's own torch.linalg.eigh) is not logged twice. A forked child process (a
+DataLoader worker) drops the monitors it inherited, so it never writes into its parent's log;
+under ``stabkit watch`` it starts its own (``eig-rank{R}-pid{PID}.csv``, :mod:`.process`).
+
+Callers that imported the function object before ``watch`` (``from torch.linalg import eigh``)
+are not intercepted by ``watch``; ``stabkit watch`` patches before the user's code runs, so they
+are. ``swap_backward="taylor:K=9"`` routes ``torch.linalg.eigh`` through ``stabkit.torch.eigh``
+with that registry method's backward. Scalars stay on the device until a flush or ``records``
+(no synchronisation per call).
+
+The package: :mod:`.hooks` (the patching and :func:`watch`), :mod:`.records` (:class:`Monitor`,
+:func:`summarize`), :mod:`.log` (the live log), :mod:`.process` (``stabkit watch``'s side in the
+watched process), :mod:`.report` (``stabkit monitor report``).
+"""
+
+from .hooks import watch
+from .log import COLUMNS, LiveLog, read_log
+from .records import Monitor, summarize
+
+__all__ = ["COLUMNS", "Monitor", "watch", "summarize", "LiveLog", "read_log"]

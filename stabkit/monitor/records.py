@@ -1,0 +1,252 @@
+"""A :class:`Monitor`: the rows of one ``watch`` (one per eigen call: gap, max|K̃|, λ_min, the
+bound, gradient norms, errors), its step counting and its live log; :func:`summarize` for the
+per-run diagnostics. The patching that feeds it is :mod:`.hooks`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sys
+import threading
+import warnings
+import weakref
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .. import methods
+from .. import torch as sktorch
+from .log import LiveLog, frame
+
+#: files a call site is looked through: torch, the method registry, this package, stabkit.torch, _xp
+_SKIP_PARTS = (os.sep + torch.__name__ + os.sep, os.sep + "stabkit" + os.sep + "methods" + os.sep,
+               os.path.dirname(os.path.abspath(__file__)) + os.sep)
+_SKIP_FILES = {os.path.abspath(sktorch.__file__),
+               os.path.abspath(os.path.join(os.path.dirname(os.path.dirname(__file__)), "_xp.py"))}
+
+_site_of_file: dict = {}
+
+
+def _site_file(filename: str):
+    """The name a call site is shown with, or None for files to look through (cached per file)."""
+    try:
+        return _site_of_file[filename]
+    except KeyError:
+        file = os.path.abspath(filename)
+        if file in _SKIP_FILES or any(p in file for p in _SKIP_PARTS) or "autograd" in file:
+            shown = None
+        else:
+            rel = os.path.relpath(file)
+            shown = rel if not rel.startswith("..") else file
+        _site_of_file[filename] = shown
+        return shown
+
+
+def _call_site() -> str:
+    frame_ = sys._getframe(2)
+    while frame_ is not None:
+        shown = _site_file(frame_.f_code.co_filename)
+        if shown is not None:
+            return f"{shown}:{frame_.f_lineno}"
+        frame_ = frame_.f_back
+    return "?"
+
+
+
+class Monitor:
+    """The rows of one ``watch``; ``step()`` advances the step (see :mod:`stabkit.monitor`).
+
+    ``bound`` and ``swap_backward``: method specs (a Spec or text), made Specs once, here. ``bound``
+    is the method whose max |F_ij| (``Spec.bound``) is logged per call; ``swap_backward`` the rule
+    a watched ``torch.linalg.eigh`` is routed through.
+    """
+
+    def __init__(self, bound: methods.Spec | str | None = None, swap_backward: methods.Spec | str | None = None,
+                 all_threads: bool = False, log: LiveLog | None = None, every: int = 1, keep_records: bool = True):
+        if int(every) < 1:
+            raise ValueError(f"every must be ≥ 1 step, got {every}")
+        self._rows: list[dict] = []
+        self._flushed = 0            # rows[:_flushed] are in the log
+        self._manual = None          # step count of mon.step() once it has been called
+        self._opt_counts: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._last_flush_step = 0
+        self.bound = methods.spec(bound) if bound else None
+        self.swap = methods.spec(swap_backward) if swap_backward else None
+        self.swap_spec = str(self.swap) if self.swap else None
+        self.thread = threading.get_ident()
+        self.all_threads = all_threads
+        self.log, self.every, self.keep_records = log, int(every), keep_records
+        self.log_error: BaseException | None = None
+        self._flush_lock = threading.Lock()
+
+    # --- steps ---------------------------------------------------------------------------------
+    def step(self, n: int = 1):
+        self._manual = (self._manual if self._manual is not None else 0) + n
+        self._advanced()
+
+    @property
+    def current_step(self) -> int:
+        if self._manual is not None:
+            return self._manual
+        return max(self._opt_counts.values(), default=0)
+
+    def _on_optimizer_step(self, optimizer):
+        self._opt_counts[optimizer] = self._opt_counts.get(optimizer, 0) + 1
+        if self._manual is None:
+            self._advanced()
+
+    def _advanced(self):
+        if self.log is not None and self.current_step - self._last_flush_step >= self.every:
+            self.flush(upto_step=self.current_step)
+
+    def watches(self, thread_id: int) -> bool:
+        return self.all_threads or thread_id == self.thread
+
+    # --- rows ----------------------------------------------------------------------------------
+    def _log(self, fn, backward, A, lam, outputs):
+        with torch.no_grad():
+            lam = lam.detach()
+            if lam.ndim == 1:
+                lam = lam[None]
+            s = lam.reshape(-1, lam.shape[-1])  # ascending (the callers pass σ² flipped)
+            input_finite = torch.isfinite(A.detach()).all()
+            finite = input_finite & torch.isfinite(lam).all()
+            if s.shape[-1] > 1:
+                gaps = (s[:, 1:] - s[:, :-1]).abs().amin(-1)
+                scale = s.abs().amax(-1).clamp_min(torch.finfo(s.dtype).tiny)
+                min_gap, min_rel = gaps.amin(), (gaps / scale).amin()
+            else:
+                min_gap = min_rel = torch.full((), float("inf"), dtype=s.dtype, device=s.device)
+            row = {"step": self.current_step, "site": _call_site(), "fn": fn, "backward": backward,
+                   "batch": int(s.shape[0]), "n": int(s.shape[-1]), "dtype": str(A.dtype).replace("torch.", ""),
+                   "min_gap": min_gap, "min_rel_gap": min_rel, "max_K": 1.0 / min_gap, "lam_min": s[:, 0].amin(),
+                   "bound": np.nan, "grad_norm": np.nan, "grad_in_norm": np.nan, "input_nonfinite": ~input_finite, "nonfinite": ~finite, "error": ""}
+            bound = self.bound.bound(s) if self.bound is not None and s.shape[-1] > 1 else None
+            if bound is not None:  # None: the method has no coefficient matrix F
+                row["bound"] = bound.amax()
+        self._rows.append(row)
+        for out in outputs:
+            if isinstance(out, torch.Tensor) and out.requires_grad:
+                out.register_hook(lambda g, row=row: self._on_grad(g, row))
+        if A.requires_grad and A.grad_fn is not None:  # a leaf would keep the hook for good
+            A.register_hook(lambda g, row=row: self._on_input_grad(g, row))
+        return row
+
+    def _log_error(self, fn, backward, A, exc: BaseException):
+        """A call that raised: one row with the error, flushed at once (the run is likely to end)."""
+        A = A.detach() if isinstance(A, torch.Tensor) else None
+        input_finite = bool(torch.isfinite(A).all()) if A is not None and A.is_floating_point() else True
+        shape = tuple(A.shape) if A is not None else ()
+        row = {"step": self.current_step, "site": _call_site(), "fn": fn, "backward": backward,
+               "batch": int(np.prod(shape[:-2])) if len(shape) >= 2 else 1, "n": int(shape[-1]) if shape else 0,
+               "dtype": str(A.dtype).replace("torch.", "") if A is not None else "?",
+               "min_gap": np.nan, "min_rel_gap": np.nan, "max_K": np.nan, "lam_min": np.nan, "bound": np.nan,
+               "grad_norm": np.nan, "grad_in_norm": np.nan, "input_nonfinite": not input_finite, "nonfinite": True,
+               "error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]}
+        self._rows.append(row)
+        if self.log is not None:
+            self.flush()
+
+    @staticmethod
+    def _on_grad(g, row):
+        """Accumulate ‖∂L/∂output‖² over the call's outputs (only a scalar is kept, never the gradient)."""
+        if g is not None:
+            sq = g.detach().double().square().sum()
+            row["_sq"] = row["_sq"] + sq if "_sq" in row else sq
+
+    @staticmethod
+    def _on_input_grad(g, row):
+        """‖∂L/∂A‖² (through every use of A): non-finite with a finite incoming gradient means this
+        call's own backward made it so."""
+        if g is not None:
+            row["_sq_in"] = g.detach().double().square().sum()
+
+    @staticmethod
+    def _materialize(row: dict) -> dict:
+        """A row of Python scalars: gradient norms from the squared sums (∞ when non-finite)."""
+        out = {k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in row.items() if not k.startswith("_sq")}
+        for key, sq in (("grad_norm", row.get("_sq")), ("grad_in_norm", row.get("_sq_in"))):
+            if sq is not None:
+                sq = float(sq)
+                out[key] = math.sqrt(sq) if math.isfinite(sq) else math.inf
+                out["nonfinite"] = bool(out["nonfinite"]) or not math.isfinite(sq)
+        return out
+
+    @property
+    def records(self) -> pd.DataFrame:
+        """Every row so far (with ``keep_records=False``: only those not yet flushed)."""
+        return frame([self._materialize(r) for r in list(self._rows)])
+
+    # --- live log ------------------------------------------------------------------------------
+    def flush(self, upto_step: int | None = None):
+        """Append the rows not yet logged (those of steps < ``upto_step`` if given) to the log.
+
+        A write error is kept in ``log_error`` and warned about once; the log is then off (the
+        training is never stopped by its log).
+        """
+        if self.log is None:
+            return
+        with self._flush_lock:
+            rows = self._rows
+            end = len(rows)
+            if upto_step is not None:
+                while end > self._flushed and rows[end - 1]["step"] >= upto_step:
+                    end -= 1
+            if upto_step is not None:
+                self._last_flush_step = upto_step
+            if end <= self._flushed:
+                return
+            chunk = frame([self._materialize(r) for r in rows[self._flushed:end]])
+            try:
+                self.log.append(chunk)
+            except Exception as exc:  # noqa: BLE001 — reported, never allowed to stop the training
+                self.log_error = exc
+                log, self.log = self.log, None
+                warnings.warn(f"stabkit monitor: writing the log failed ({type(exc).__name__}: {exc}); logging stopped", stacklevel=2)
+                with contextlib.suppress(Exception):
+                    log.close()
+                return
+            if self.keep_records:
+                self._flushed = end
+            else:
+                del rows[:end]
+                self._flushed = 0
+
+    def close(self):
+        """Flush every pending row and close the log; returns the write error, if any."""
+        self.flush()
+        if self.log is not None:
+            try:
+                self.log.close()
+            except Exception as exc:  # noqa: BLE001
+                self.log_error = exc
+            self.log = None
+        return self.log_error
+
+
+
+def summarize(df: pd.DataFrame, until_step: int | None = None, gap_threshold: float = 1e-5) -> dict:
+    """Per-run diagnostics from monitor records (optionally only steps < ``until_step``).
+
+    ``gap_events``: calls whose min relative gap fell below ``gap_threshold``.
+    """
+    if until_step is not None:
+        df = df[df["step"] < until_step]
+    if df.empty:
+        return {"calls": 0, "min_gap": np.nan, "min_rel_gap": np.nan, "max_K": np.nan, "lam_min": np.nan,
+                "max_bound": np.nan, "max_grad_norm": np.nan, "gap_events": 0, "nonfinite_events": 0}
+    return {
+        "calls": int(len(df)),
+        "min_gap": float(df["min_gap"].min()),
+        "min_rel_gap": float(df["min_rel_gap"].min()),
+        "max_K": float(df["max_K"].max()),
+        "lam_min": float(df["lam_min"].min()),
+        "max_bound": float(df["bound"].max()),
+        "max_grad_norm": float(df["grad_norm"].max()),
+        "gap_events": int((df["min_rel_gap"] < gap_threshold).sum()),
+        "nonfinite_events": int(df["nonfinite"].sum()),
+    }
+
