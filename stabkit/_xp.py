@@ -167,15 +167,15 @@ def astype(x: Array, dtype: DType) -> Array:
     return x.to(dtype)
 
 
-def amax(x: Array, axis: tuple[int, ...]) -> Array:
-    """Maximum over ``axis``, the reduced axes kept with length 1."""
+def amax(x: Array, axis: tuple[int, ...], keepdims: bool = True) -> Array:
+    """Maximum over ``axis`` (the reduced axes kept with length 1 unless ``keepdims`` is False)."""
     if namespace(x) is np:
-        return x.max(axis=axis, keepdims=True)
-    return x.amax(dim=axis, keepdim=True)
+        return x.max(axis=axis, keepdims=keepdims)
+    return x.amax(dim=axis, keepdim=keepdims)
 
 
-def amin(x: Array, axis: tuple[int, ...]) -> Array:
-    """Minimum over ``axis``, the reduced axes kept with length 1."""
+def amin(x: Array, axis: tuple[int, ...], keepdims: bool = True) -> Array:
+    """Minimum over ``axis`` (the reduced axes kept with length 1 unless ``keepdims`` is False)."""
     if namespace(x) is np:
-        return x.min(axis=axis, keepdims=True)
-    return x.amin(dim=axis, keepdim=True)
+        return x.min(axis=axis, keepdims=keepdims)
+    return x.amin(dim=axis, keepdim=keepdims)
