@@ -7,11 +7,23 @@ two share, plus the helpers below for the few that are spelled differently.
 from __future__ import annotations
 
 import contextlib
+import types
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
+if TYPE_CHECKING:
+    import torch
 
-def namespace(x):
+#: A numpy array or a torch tensor: what formula code receives and returns.
+Array = Union[np.ndarray, "torch.Tensor"]
+#: The numpy or the torch module, as returned by :func:`namespace`.
+Namespace = types.ModuleType
+#: A numpy or a torch dtype (``np.float64``, ``torch.float32``, …).
+DType = Any
+
+
+def namespace(x: Array) -> Namespace:
     """The module (numpy or torch) that owns array ``x``."""
     if type(x).__module__.startswith("torch"):
         import torch
@@ -20,28 +32,29 @@ def namespace(x):
     return np
 
 
-def is_torch(xp) -> bool:
+def is_torch(xp: Namespace) -> bool:
+    """Whether ``xp`` is the torch module (not numpy)."""
     return xp is not np
 
 
-def T(x):
+def T(x: Array) -> Array:
     """Transpose of the last two axes."""
     return x.swapaxes(-1, -2)
 
 
-def sym(x):
+def sym(x: Array) -> Array:
     """Symmetric part (X + Xᵀ)/2 of the last two axes."""
     return (x + T(x)) / 2
 
 
-def diagonal(x):
+def diagonal(x: Array) -> Array:
     """The diagonals of a batch of square matrices, shape (..., d)."""
     if isinstance(x, np.ndarray):
         return np.diagonal(x, axis1=-2, axis2=-1)
     return x.diagonal(dim1=-2, dim2=-1)
 
 
-def diag_embed(v):
+def diag_embed(v: Array) -> Array:
     """Batch of diagonal matrices with diagonals v (..., d)."""
     xp = namespace(v)
     d = v.shape[-1]
@@ -49,7 +62,7 @@ def diag_embed(v):
     return v[..., :, None] * eye
 
 
-def eye_like(x):
+def eye_like(x: Array) -> Array:
     """Identity of the matrix size, dtype and device of x (..., d, d)."""
     xp = namespace(x)
     d = x.shape[-1]
@@ -58,7 +71,7 @@ def eye_like(x):
     return xp.eye(d, dtype=x.dtype, device=x.device)
 
 
-def index_sign(x):
+def index_sign(x: Array) -> Array:
     """S_ij = sign(j - i): +1 above the diagonal, -1 below, 0 on it, shaped like x (..., d, d)."""
     xp = namespace(x)
     d = x.shape[-1]
@@ -69,7 +82,7 @@ def index_sign(x):
     return xp.sign(idx[None, :] - idx[:, None]).to(x.dtype)
 
 
-def errstate(x=None):
+def errstate(x: Array | None = None) -> contextlib.AbstractContextManager:
     """Silence numpy's divide/invalid warnings: infinities are a result here, not an accident.
 
     A no-op when ``x`` is a torch tensor: torch does not warn, and a numpy context manager on the
@@ -80,7 +93,7 @@ def errstate(x=None):
     return np.errstate(divide="ignore", invalid="ignore", over="ignore")
 
 
-def is_traced(x) -> bool:
+def is_traced(x: Array) -> bool:
     """True when ``x`` is seen by ``torch.compile`` or a ``torch.func`` transform (vmap, grad, …).
 
     Python control flow on tensor values (``if t.any()``, ``int(t.max())``) is not allowed there;
@@ -95,10 +108,74 @@ def is_traced(x) -> bool:
     return bool(torch._C._functorch.is_functorch_wrapped_tensor(x))
 
 
-def finfo_eps(dtype) -> float:
+def finfo_eps(dtype: DType) -> float:
     """Machine epsilon of a numpy or torch floating dtype (no numpy call for a torch dtype)."""
     if type(dtype).__module__.startswith("torch"):
         import torch
 
         return float(torch.finfo(dtype).eps)
     return float(np.finfo(dtype).eps)
+
+
+# --- operations the two namespaces spell differently ---------------------------------------------
+
+
+def vector_norm(x: Array) -> Array:
+    """The Euclidean norm over the last axis, kept as a length-1 axis."""
+    xp = namespace(x)
+    if xp is np:
+        return np.linalg.norm(x, axis=-1, keepdims=True)
+    return xp.linalg.vector_norm(x, dim=-1, keepdim=True)
+
+
+def flip(x: Array) -> Array:
+    """``x`` with its last axis reversed."""
+    xp = namespace(x)
+    if xp is np:
+        return np.flip(x, -1)
+    return xp.flip(x, (-1,))
+
+
+def cumall(ok: Array) -> Array:
+    """Running AND over the last axis of a bool array: out[..., i] = ok[..., 0] & … & ok[..., i]."""
+    xp = namespace(ok)
+    if xp is np:
+        return np.logical_and.accumulate(ok, -1)
+    return xp.cumprod(ok.to(xp.float32), -1) > 0
+
+
+def true_like(x: Array) -> Array:
+    """An all-True bool array of the shape (and device) of ``x``."""
+    xp = namespace(x)
+    if xp is np:
+        return np.ones(x.shape, dtype=bool)
+    return xp.ones_like(x, dtype=xp.bool)
+
+
+def arange(n: int, like: Array, dtype: DType) -> Array:
+    """0, 1, …, n − 1 of ``dtype`` in the namespace (and on the device) of ``like``."""
+    xp = namespace(like)
+    if xp is np:
+        return np.arange(n, dtype=dtype)
+    return xp.arange(n, dtype=dtype, device=like.device)
+
+
+def astype(x: Array, dtype: DType) -> Array:
+    """``x`` converted to ``dtype`` (a dtype of its own namespace)."""
+    if namespace(x) is np:
+        return x.astype(dtype)
+    return x.to(dtype)
+
+
+def amax(x: Array, axis: tuple[int, ...], keepdims: bool = True) -> Array:
+    """Maximum over ``axis`` (the reduced axes kept with length 1 unless ``keepdims`` is False)."""
+    if namespace(x) is np:
+        return x.max(axis=axis, keepdims=keepdims)
+    return x.amax(dim=axis, keepdim=keepdims)
+
+
+def amin(x: Array, axis: tuple[int, ...], keepdims: bool = True) -> Array:
+    """Minimum over ``axis`` (the reduced axes kept with length 1 unless ``keepdims`` is False)."""
+    if namespace(x) is np:
+        return x.min(axis=axis, keepdims=keepdims)
+    return x.amin(dim=axis, keepdim=keepdims)

@@ -8,11 +8,15 @@ Gradient metrics compare g (a method's ∂L/∂A) with g* (the certified truth),
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike, DTypeLike
 
-def angle_deg(g, g_true) -> float:
+
+def angle_deg(g: ArrayLike, g_true: ArrayLike) -> float:
     """Angle between g and g* in degrees, by Kahan's 2·atan2(‖â − b̂‖, ‖â + b̂‖) (exact near 0°)."""
     g, g_true = np.asarray(g, dtype=np.float64), np.asarray(g_true, dtype=np.float64)
     if not np.isfinite(g).all():
@@ -24,7 +28,7 @@ def angle_deg(g, g_true) -> float:
     return math.degrees(2 * math.atan2(np.linalg.norm(a - b), np.linalg.norm(a + b)))
 
 
-def rel_err(g, g_true) -> float:
+def rel_err(g: ArrayLike, g_true: ArrayLike) -> float:
     """‖g − g*‖_F / ‖g*‖_F (NaN if g is not finite)."""
     g, g_true = np.asarray(g, dtype=np.float64), np.asarray(g_true, dtype=np.float64)
     if not np.isfinite(g).all():
@@ -32,7 +36,7 @@ def rel_err(g, g_true) -> float:
     return float(np.linalg.norm(g - g_true) / np.linalg.norm(g_true))
 
 
-def norm_ratio(g, g_true) -> float:
+def norm_ratio(g: ArrayLike, g_true: ArrayLike) -> float:
     """‖g‖_F / ‖g*‖_F (NaN if g is not finite)."""
     g = np.asarray(g, dtype=np.float64)
     if not np.isfinite(g).all():
@@ -40,11 +44,13 @@ def norm_ratio(g, g_true) -> float:
     return float(np.linalg.norm(g) / np.linalg.norm(np.asarray(g_true, dtype=np.float64)))
 
 
-def finite(g) -> bool:
+def finite(g: ArrayLike) -> bool:
+    """No NaN or Inf anywhere in g."""
     return bool(np.isfinite(np.asarray(g)).all())
 
 
-def gradient_metrics(g, g_true) -> dict:
+def gradient_metrics(g: ArrayLike, g_true: ArrayLike) -> dict[str, float | bool]:
+    """The four gradient metrics of the module docstring, by name."""
     return {
         "angle_deg": angle_deg(g, g_true),
         "rel_err": rel_err(g, g_true),
@@ -53,7 +59,7 @@ def gradient_metrics(g, g_true) -> dict:
     }
 
 
-def spectrum_diagnostics(lam, dtype=np.float64) -> dict:
+def spectrum_diagnostics(lam: ArrayLike, dtype: DTypeLike = np.float64) -> dict[str, float | int]:
     """Gap and conditioning numbers of an ascending eigenvalue vector.
 
     min_abs_gap = min_i (λ_{i+1} − λ_i); min_rel_gap = min_abs_gap / max|λ|; max_abs_K =

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from cli.main import app
+from stabkit.cli.main import app
 from stabkit import methods
 
 REPO = Path(__file__).resolve().parents[1]

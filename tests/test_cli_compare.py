@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
+from stabkit.cli.main import app
 from stabkit import methods
 
 from .conftest import build

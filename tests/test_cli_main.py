@@ -10,7 +10,7 @@ import numpy as np
 from typer.testing import CliRunner
 
 import stabkit
-from cli.main import app
+from stabkit.cli.main import app
 from stabkit import compare as compare_mod
 from stabkit import methods
 
@@ -50,7 +50,7 @@ def test_method_help_lists_every_method():
 
 def test_importing_the_cli_imports_no_heavy_library():
     """`stabkit --help` must not pay for torch/pandas/matplotlib/scipy/flint (2 s before)."""
-    code = ("import sys, cli.main; "
+    code = ("import sys, stabkit.cli.main; "
             "print(' '.join(m for m in ('torch', 'pandas', 'matplotlib', 'scipy', 'flint', 'pyarrow', 'PIL') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True,

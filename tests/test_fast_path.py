@@ -198,7 +198,7 @@ def test_fast_defaults():
 def test_cli_train_fast_options(tiny_batches):
     from typer.testing import CliRunner
 
-    from cli.main import app
+    from stabkit.cli.main import app
 
     runner = CliRunner()
     args = ["train", "--method", "taylor", "--d", "4", "--width", "0.125", "--epochs", "2", "--limit-images", "64",

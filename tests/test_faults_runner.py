@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
+from stabkit.cli.main import app
 from stabkit.studies import _store, _workers, gradient_accuracy, runner
 
 REPO = Path(__file__).resolve().parents[1]
@@ -183,7 +183,7 @@ def test_kill_9_of_the_parent_takes_the_pool_workers_with_it(tmp_path):
     grid = grid.replace('losses = ["zca"]', 'losses = ["zca", "sqrt"]')
     study = _study(tmp_path, grid)
     out_root = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "run", str(study), "--out", str(out_root), "--jobs", "2",
+    proc = subprocess.Popen([sys.executable, "-m", "stabkit.cli.main", "run", str(study), "--out", str(out_root), "--jobs", "2",
                              "--no-progress"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "STABKIT_CACHE": str(tmp_path / "cache")})
     children = []
@@ -370,7 +370,7 @@ def test_progress_goes_to_stderr_one_plain_line_per_cell_group_when_not_a_termin
 
 def test_the_cli_writes_nothing_to_stdout_during_a_run(tmp_path):
     study = _study(tmp_path)
-    proc = subprocess.run([sys.executable, "-m", "cli.main", "run", str(study), "--out", str(tmp_path), "--jobs", "1"],
+    proc = subprocess.run([sys.executable, "-m", "stabkit.cli.main", "run", str(study), "--out", str(tmp_path), "--jobs", "1"],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == ""

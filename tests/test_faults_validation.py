@@ -97,7 +97,7 @@ def test_every_parameter_has_a_domain_holding_its_default():
 
 
 def test_one_key_value_grammar():
-    from cli._common import parse_params
+    from stabkit.cli._common import parse_params
     from stabkit.studies.runner import parse_override
 
     assert parse_params([" delta = 1e-8", "k=2"]) == {"delta": 1e-8, "k": 2}
@@ -115,7 +115,7 @@ def test_one_key_value_grammar():
 # ---------------------------------------------------------------------------- the command line
 from typer.testing import CliRunner  # noqa: E402
 
-from cli.main import app  # noqa: E402
+from stabkit.cli.main import app  # noqa: E402
 
 cli = CliRunner()
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
+from stabkit.cli.main import app
 from stabkit.monitor.log import read_log
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,7 +25,7 @@ def _env():
 
 
 def _watch(log, *script_args, **popen):
-    cmd = [sys.executable, "-m", "cli.main", "watch", "--log", str(log), "--", sys.executable, str(EXAMPLE), *script_args]
+    cmd = [sys.executable, "-m", "stabkit.cli.main", "watch", "--log", str(log), "--", sys.executable, str(EXAMPLE), *script_args]
     return cmd
 
 
@@ -92,7 +92,7 @@ def test_watch_returns_the_commands_exit_code_and_keeps_another_sitecustomize(tm
     env["PYTHONPATH"] += os.pathsep + str(other)
     probe = ("import os, sys, torch; print(os.environ.get('OTHER_SITECUSTOMIZE'), hasattr(torch.linalg.eigh, '__wrapped__')); "
              "sys.exit(3)")
-    done = subprocess.run([sys.executable, "-m", "cli.main", "watch", "--log", str(tmp_path / "w"), "--", sys.executable, "-c", probe],
+    done = subprocess.run([sys.executable, "-m", "stabkit.cli.main", "watch", "--log", str(tmp_path / "w"), "--", sys.executable, "-c", probe],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 3
     assert done.stdout.split() == ["ran", "True"]  # the user's own sitecustomize ran, and torch was patched at start-up
@@ -123,7 +123,7 @@ def test_one_log_per_rank_when_several_processes_are_watched(tmp_path):
     """As under torchrun: every process has its RANK; each writes its own file."""
     log = tmp_path / "watch"
     script = (f"RANK=0 {sys.executable} {EXAMPLE} --steps 2 & RANK=1 {sys.executable} {EXAMPLE} --steps 3; wait")
-    done = subprocess.run([sys.executable, "-m", "cli.main", "watch", "--log", str(log), "--", "bash", "-c", script], cwd=ROOT,
+    done = subprocess.run([sys.executable, "-m", "stabkit.cli.main", "watch", "--log", str(log), "--", "bash", "-c", script], cwd=ROOT,
                           env=_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert sorted(os.listdir(log)) == ["eig-rank0.csv", "eig-rank1.csv"]
@@ -133,7 +133,7 @@ def test_one_log_per_rank_when_several_processes_are_watched(tmp_path):
 
 def test_sigterm_to_watch_reaches_the_script_and_pending_rows_are_flushed(tmp_path):
     log = tmp_path / "watch"
-    cmd = [sys.executable, "-m", "cli.main", "watch", "--every", "1000", "--log", str(log), "--", sys.executable, str(EXAMPLE),
+    cmd = [sys.executable, "-m", "stabkit.cli.main", "watch", "--every", "1000", "--log", str(log), "--", sys.executable, str(EXAMPLE),
            "--steps", "1000", "--sleep", "0.3"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     printed = []

@@ -16,7 +16,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cli.main import app
+from stabkit.cli.main import app
 from stabkit.studies import provenance, runner
 
 REPO = Path(__file__).resolve().parents[1]
@@ -100,7 +100,7 @@ def test_kill_9_midway_then_resume_gives_the_uninterrupted_table(tmp_path):
     cells_dir = killed_root / "mini" / "cells"
     total = 2 * 3 * 2
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "run", str(study), "--out", str(killed_root), "--jobs", "1",
+        [sys.executable, "-m", "stabkit.cli.main", "run", str(study), "--out", str(killed_root), "--jobs", "1",
          "--no-progress"],
         cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
@@ -134,7 +134,7 @@ def test_ctrl_c_stops_cleanly_and_resumes(tmp_path):
     root = tmp_path / "interrupted"
     cells_dir = root / "mini" / "cells"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "run", str(study), "--out", str(root), "--jobs", "2", "--no-progress"],
+        [sys.executable, "-m", "stabkit.cli.main", "run", str(study), "--out", str(root), "--jobs", "2", "--no-progress"],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     deadline = time.monotonic() + 60

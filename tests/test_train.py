@@ -176,7 +176,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
-from cli.main import app  # noqa: E402
+from stabkit.cli.main import app  # noqa: E402
 from stabkit.studies import zca_cifar10 as study  # noqa: E402
 
 

@@ -16,14 +16,17 @@ import functools
 import math
 import numbers
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, TypeVar
 
 import numpy as np
 
 from .. import _xp
+from .._xp import Array
+
+_F = TypeVar("_F", bound=Callable[..., Array])
 
 
-def quiet(func):
+def quiet(func: _F) -> _F:
     """Run a kernel with numpy's divide/invalid warnings off: infinities are its result, not a bug."""
 
     @functools.wraps(func)
@@ -31,28 +34,27 @@ def quiet(func):
         with _xp.errstate(args[0] if args else None):
             return func(*args, **kwargs)
 
-    return wrapper
+    return wrapper  # type: ignore[return-value]
 
 
-def exact_forward(A, **_):
+def exact_forward(A: Array, **_) -> tuple[Array, Array, dict]:
     """Exact symmetric eigendecomposition (ascending λ) by LAPACK / torch.linalg.eigh."""
-    xp = _xp.namespace(A)
-    lam, U = (np.linalg.eigh(A) if xp is np else xp.linalg.eigh(A))
+    lam, U = _xp.namespace(A).linalg.eigh(A)
     return lam, U, {"U": U, "lam": lam}
 
 
-def assemble(U, F, gU, glam):
+def assemble(U: Array, F: Array, gU: Array, glam: Array) -> Array:
     """∂L/∂A = sym(U (F ∘ Uᵀ gU + diag(gλ)) Uᵀ) — the common final step (Prop. 2)."""
     inner = F * (_xp.T(U) @ gU) + _xp.diag_embed(glam)
     return _xp.sym(U @ inner @ _xp.T(U))
 
 
-def pair_diff(lam):
+def pair_diff(lam: Array) -> Array:
     """Δ_ij = λ_j − λ_i, shape (..., d, d)."""
     return lam[..., None, :] - lam[..., :, None]
 
 
-def pair_sign(lam):
+def pair_sign(lam: Array) -> Array:
     """sign(λ_j − λ_i), with exact ties broken by index order so the result is antisymmetric."""
     xp = _xp.namespace(lam)
     diff = pair_diff(lam)
@@ -60,14 +62,14 @@ def pair_sign(lam):
     return xp.where(s == 0, _xp.index_sign(diff), s)
 
 
-def offdiag(F):
+def offdiag(F: Array) -> Array:
     """F with its diagonal set to zero (also where it held inf or NaN)."""
     xp = _xp.namespace(F)
     eye = _xp.eye_like(F)
     return xp.where(eye == 1, xp.zeros_like(F), F)
 
 
-def safe_diagonal(x, fill=1.0):
+def safe_diagonal(x: Array, fill: float = 1.0) -> Array:
     """x with its diagonal replaced by ``fill``: a denominator whose diagonal (zeroed later by
     ``offdiag``) must not be 0, since 1/0 there would turn a second derivative into 0·∞ = NaN."""
     xp = _xp.namespace(x)
@@ -86,7 +88,7 @@ class Domain:
     lo_open: bool = False
     optional: bool = False
 
-    def contains(self, value) -> bool:
+    def contains(self, value: object) -> bool:
         if value is None:
             return self.optional
         if self.kind is bool:
@@ -112,12 +114,13 @@ class Domain:
         return text + (", or none (the default rule)" if self.optional else "")
 
 
-def real(lo=None, hi=None, *, positive: bool = False, optional: bool = False) -> Domain:
+def real(lo: float | None = None, hi: float | None = None, *, positive: bool = False, optional: bool = False) -> Domain:
     """A finite float domain; ``positive`` means > lo (lo defaults to 0 then)."""
     return Domain(float, 0.0 if positive and lo is None else lo, hi, lo_open=positive, optional=optional)
 
 
-def integer(lo=None, hi=None) -> Domain:
+def integer(lo: int | None = None, hi: int | None = None) -> Domain:
+    """An integer domain [lo, hi] (either end open-ended when None)."""
     return Domain(int, lo, hi)
 
 
@@ -187,7 +190,7 @@ class Method:
     #: what a user of this method should know when it runs on a layer (``stabkit monitor report``)
     caveat: Caveat | None = None
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if set(self.domains) != set(self.defaults):
             raise TypeError(f"method {self.name!r}: domains {sorted(self.domains)} do not match parameters "
                             f"{sorted(self.defaults)}; declare one Domain per parameter (domains={{'K': integer(0, 1000)}})")
@@ -205,28 +208,25 @@ class Method:
         """Whether ``stabkit.torch.svd`` can use it: a kernel rule, or torch's own."""
         return self.kernel is not None or self.native
 
-    def kept(self, state: dict, lam):
+    def kept(self, state: dict, lam: Array) -> Array:
         """bool (..., d): True for the eigenpairs the method keeps — ``state["kept"]`` from its
         forward, all True when absent. A truncating method's function is the decomposition
         restricted to these pairs (a spectral function f becomes f·1[kept])."""
         kept = state.get("kept")
         return self.kept_of(lam, None) if kept is None else kept
 
-    def kept_of(self, lam, params: dict | None):
+    def kept_of(self, lam: Array, params: dict | None) -> Array:
         """The kept mask from the λ the forward returned (the rule its forward applies); all True
         for a method without a ``kept_rule`` or when ``params`` is None."""
         kept = self.kept_rule(lam, **params) if self.kept_rule is not None and params is not None else None
-        if kept is not None:
-            return kept
-        xp = _xp.namespace(lam)
-        return np.ones(lam.shape, dtype=bool) if xp is np else xp.ones(lam.shape, dtype=xp.bool, device=lam.device)
+        return _xp.true_like(lam) if kept is None else kept
 
 
 def kernel_method(name: str, kernel: Callable, defaults: dict, paper: str, summary: str, domains: dict | None = None,
                   **fields) -> Method:
     """A method defined by its approximation F(λ; params) of the matrix 1/(λ_j − λ_i)."""
 
-    def backward(state, gU, glam, **params):
+    def backward(state: dict, gU: Array, glam: Array, **params) -> Array:
         with _xp.errstate(state["U"]):
             return assemble(state["U"], kernel(state["lam"], **params), gU, glam)
 

@@ -6,24 +6,18 @@ maximum lets one ill-conditioned sample rescale every other sample's gradient, s
 sample (each matrix in the batch) uses only its own finite entries.
 """
 
-import numpy as np
-
 from .. import _xp
+from .._xp import Array
 
 
-def replace_nonfinite_per_sample(F):
+def replace_nonfinite_per_sample(F: Array) -> Array:
+    """F with +Inf/NaN → the sample's largest finite entry and −Inf → its smallest (per matrix)."""
     xp = _xp.namespace(F)
     inf = float("inf")
     finite = xp.isfinite(F)
-    hi = _reduce(xp.where(finite, F, xp.full_like(F, -inf)), "max")
-    lo = _reduce(xp.where(finite, F, xp.full_like(F, inf)), "min")
+    hi = _xp.amax(xp.where(finite, F, xp.full_like(F, -inf)), (-2, -1))
+    lo = _xp.amin(xp.where(finite, F, xp.full_like(F, inf)), (-2, -1))
     out = xp.where(F == inf, hi, F)
     out = xp.where(F == -inf, lo, out)
     return xp.where(xp.isnan(F), hi, out)
 
-
-def _reduce(x, how: str):
-    """Max or min over the last two axes, kept as (..., 1, 1)."""
-    if isinstance(x, np.ndarray):
-        return getattr(x, how)(axis=(-2, -1), keepdims=True)
-    return getattr(x, "a" + how)(dim=(-2, -1), keepdim=True)

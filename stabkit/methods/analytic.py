@@ -5,11 +5,12 @@ layers", ICCV 2015, Prop. 2 (their K̃_ij = 1/(λ_i − λ_j) is our Fᵀ). Infi
 eigenvalues, which is what makes training with it fail.
 """
 
+from .._xp import Array
 from ._base import kernel_method, quiet, offdiag, pair_diff, safe_diagonal
 
 
 @quiet
-def kernel(lam):
+def kernel(lam: Array) -> Array:
     return offdiag(1 / safe_diagonal(pair_diff(lam)))
 
 

@@ -15,23 +15,22 @@ pair ≤ ε as well and keeps a single pair when none is ≤ ε; this method is 
 """
 
 from .. import _xp
+from .._xp import Array
 from ._base import Method, assemble, exact_forward, pair_diff, real
-from .power_iteration import _flip, _prefix_all
 
 
-def kept_above(lam, eps: float):
+def kept_above(lam: Array, eps: float) -> Array:
     """Ascending λ (..., d): True above the first λ_k ≤ ε met going down from the largest."""
-    xp = _xp.namespace(lam)
-    return _flip(_prefix_all(_flip(lam > eps, xp), xp), xp)
+    return _xp.flip(_xp.cumall(_xp.flip(lam > eps)))
 
 
-def _forward(A, eps=1e-4):
+def _forward(A: Array, eps: float = 1e-4) -> tuple[Array, Array, dict]:
     lam, U, state = exact_forward(A)
     state["kept"] = kept_above(lam, eps)
     return lam, U, state
 
 
-def backward(state, gU, glam, eps=1e-4, **_):
+def backward(state: dict, gU: Array, glam: Array, eps: float = 1e-4, **_) -> Array:
     xp = _xp.namespace(gU)
     with _xp.errstate():
         lam = state["lam"]

@@ -7,11 +7,12 @@ still make the second derivative 0·∞ = NaN).
 """
 
 from .. import _xp
+from .._xp import Array
 from ._base import kernel_method, quiet, offdiag, pair_diff, pair_sign, real
 
 
 @quiet
-def kernel(lam, tau=100.0):
+def kernel(lam: Array, tau: float = 100.0) -> Array:
     xp = _xp.namespace(lam)
     gap = xp.abs(pair_diff(lam))
     capped = gap * tau <= 1

@@ -8,11 +8,12 @@ everywhere else.
 """
 
 from .. import _xp
+from .._xp import Array
 from ._base import kernel_method, offdiag, pair_diff, quiet, real
 
 
 @quiet
-def kernel(lam, tau=100.0):
+def kernel(lam: Array, tau: float = 100.0) -> Array:
     xp = _xp.namespace(lam)
     diff = pair_diff(lam)
     gap = xp.abs(diff)

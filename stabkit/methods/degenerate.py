@@ -9,16 +9,18 @@ degenerate eigenspace. Defaults atol = eps^0.6, rtol = eps^0.4 of the dtype. The
 """
 
 from .. import _xp
+from .._xp import Array, DType
 from ._base import kernel_method, quiet, offdiag, pair_diff, real
 
 
-def default_tolerances(dtype) -> tuple[float, float]:
+def default_tolerances(dtype: DType) -> tuple[float, float]:
+    """(atol, rtol) = (eps^0.6, eps^0.4) of a numpy or torch floating dtype."""
     eps = _xp.finfo_eps(dtype)
     return eps**0.6, eps**0.4
 
 
 @quiet
-def kernel(lam, atol=None, rtol=None):
+def kernel(lam: Array, atol: float | None = None, rtol: float | None = None) -> Array:
     xp = _xp.namespace(lam)
     d_atol, d_rtol = default_tolerances(lam.dtype)
     atol = d_atol if atol is None else atol

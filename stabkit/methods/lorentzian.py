@@ -5,11 +5,12 @@ electronic-structure codes (Liao, Liu, Wang & Xiang, "Differentiable Programming
 Networks", PRX 2019). Bounded by 1/(2√ε); equals the analytic F when Δ² ≫ ε. Default ε = 1e-12.
 """
 
+from .._xp import Array
 from ._base import kernel_method, quiet, offdiag, pair_diff, real
 
 
 @quiet
-def kernel(lam, eps=1e-12):
+def kernel(lam: Array, eps: float = 1e-12) -> Array:
     diff = pair_diff(lam)
     return offdiag(diff / (diff * diff + eps))
 

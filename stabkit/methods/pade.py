@@ -13,6 +13,7 @@ the published code (both entries positive).
 """
 
 from .. import _xp
+from .._xp import Array
 from ._base import kernel_method, quiet, offdiag, safe_diagonal
 from ._overflow import replace_nonfinite_per_sample
 from .taylor_song import song_sign_and_ratio
@@ -22,7 +23,7 @@ PADE_P = (1.0,)
 PADE_Q = (1.0, -1.0)
 
 
-def _poly(coeffs, x):
+def _poly(coeffs: tuple[float, ...], x: Array) -> Array:
     total = x * 0 + coeffs[-1]
     for c in coeffs[-2::-1]:
         total = total * x + c
@@ -30,7 +31,7 @@ def _poly(coeffs, x):
 
 
 @quiet
-def kernel_raw(lam):
+def kernel_raw(lam: Array) -> Array:
     """F before the overflow handling: exactly the analytic F up to rounding."""
     xp = _xp.namespace(lam)
     inv_hi, ratio = song_sign_and_ratio(lam)
@@ -42,7 +43,7 @@ def kernel_raw(lam):
 
 
 @quiet
-def kernel(lam):
+def kernel(lam: Array) -> Array:
     return replace_nonfinite_per_sample(kernel_raw(lam))
 
 

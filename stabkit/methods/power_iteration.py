@@ -56,16 +56,10 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 from .. import _xp
+from .._xp import Array
 from . import taylor
 from ._base import MAX_STEPS, Caveat, Method, assemble, boolean, exact_forward, integer, real
-
-
-def _norm(x, xp):
-    """‖x‖ over the last axis, kept as a length-1 axis (one kernel on either namespace)."""
-    return np.linalg.norm(x, axis=-1, keepdims=True) if xp is np else xp.linalg.vector_norm(x, dim=-1, keepdim=True)
 
 
 def _matvec(M, v):
@@ -82,17 +76,14 @@ def _dot(a, b):
     return (a[..., None, :] @ b[..., :, None])[..., 0]
 
 
-def _stack(items, axis, xp):
-    return (np.stack if xp is np else xp.stack)(items, axis)
-
-
-def _run(A, starts, steps, order, xp):
+def _run(A, starts, steps, order):
     """Power iteration with deflation over the eigen-indices in ``order`` (largest first).
 
     starts[..., :, k] is the start vector of index k. Per index k it returns the iterates
     v_0 … v_T stacked as (..., T + 1, d), the norms ‖M_k v_t‖ (t < T) as (..., T, 1), the
     Rayleigh quotient λ̂_k and W_k = M_k v_T (the deflation is M_{k+1} = M_k − W_k v_Tᵀ).
     """
+    xp = _xp.namespace(A)
     M = A
     paths, norms, lam_hat, W = {}, {}, {}, {}
     for k in order:
@@ -100,12 +91,12 @@ def _run(A, starts, steps, order, xp):
         path, ns = [v], []
         for _ in range(steps):
             w = _matvec(M, v)
-            n = _norm(w, xp)
+            n = _xp.vector_norm(w)
             v = w / n
             path.append(v)
             ns.append(n)
-        paths[k] = _stack(path, -2, xp)
-        norms[k] = _stack(ns, -2, xp) if ns else None
+        paths[k] = xp.stack(path, -2)
+        norms[k] = xp.stack(ns, -2) if ns else None
         Mv = _matvec(M, v)
         lam_hat[k] = _dot(v, Mv)[..., 0]
         W[k] = Mv
@@ -113,36 +104,32 @@ def _run(A, starts, steps, order, xp):
     return paths, norms, lam_hat, W
 
 
-def start_vectors(A, seed: int):
+def start_vectors(A: Array, seed: int) -> Array:
     """Unit start vectors (columns of a d×d matrix, broadcast to A's shape) from an integer hash of
     (row·d + column, seed) — an LCG step then xor-shift-multiply rounds, all exact in int64 below
     2^62 — mapped to [−½, ½) before normalising."""
     xp = _xp.namespace(A)
     d = A.shape[-1]
     modulus = 2**31
-    if xp is np:
-        x = np.arange(d * d, dtype=np.int64).reshape(d, d)
-    else:
-        x = xp.arange(d * d, dtype=xp.int64, device=A.device).reshape(d, d)
+    x = _xp.arange(d * d, like=A, dtype=xp.int64).reshape(d, d)
     x = (x * 1103515245 + (int(seed) % modulus) * 2531011 + 0x91) % modulus
     for multiplier in (0x2C1B3C6D, 0x297A2D39):  # xor-shift-multiply rounds: not affine in the index
         x = x ^ (x >> 15)
         x = (x * multiplier) % modulus
     x = x ^ (x >> 15)
-    s = (x if xp is np else x.to(xp.float64)) / modulus - 0.5
-    s = s / _norm(_xp.T(s), xp)[..., 0]
-    s = s.astype(A.dtype) if xp is np else s.to(A.dtype)
-    return (np.broadcast_to if xp is np else xp.broadcast_to)(s, A.shape)
+    s = _xp.astype(x, xp.float64) / modulus - 0.5
+    s = s / _xp.vector_norm(_xp.T(s))[..., 0]
+    return xp.broadcast_to(_xp.astype(s, A.dtype), A.shape)
 
 
-def _forward(A, steps, start: str, eps: float, seed: int, stop: bool = False):
+def _forward(A: Array, steps: int, start: str, eps: float, seed: int, stop: bool = False) -> tuple[Array, Array, dict]:
     """Iterating forward of ``pi-legacy`` (start="exact") and ``pi-forward`` (start="random")."""
     xp = _xp.namespace(A)
     d = A.shape[-1]
     order = list(range(d - 1, -1, -1))
     if start == "exact":
-        lam, U = (np.linalg.eigh(A) if xp is np else xp.linalg.eigh(A))
-        kept = _energy_kept(lam, eps, xp)
+        lam, U = xp.linalg.eigh(A)
+        kept = _energy_kept(lam, eps)
         # indices dropped by the λ-only breaking conditions in every batch element contribute
         # nothing to the gradient and cannot influence larger ones: do not iterate them at all
         # (under torch.compile / vmap the count is data, not a Python int: iterate them all,
@@ -152,21 +139,21 @@ def _forward(A, steps, start: str, eps: float, seed: int, stop: bool = False):
         starts = U
     else:
         starts = start_vectors(A, seed)
-    paths, norms, lam_hat, W = _run(A, starts, steps, order, xp)
+    paths, norms, lam_hat, W = _run(A, starts, steps, order)
     state = {"A": A, "paths": paths, "norms": norms, "lam_hat": lam_hat, "W": W, "order": order}
     if start == "exact":
-        state["active"] = _rayleigh_kept(kept, lam, lam_hat, order, xp)
+        state["active"] = _rayleigh_kept(kept, lam, lam_hat, order)
     else:
-        U = _stack([paths[k][..., -1, :] for k in range(d)], -1, xp)
-        lam = _stack([lam_hat[k] for k in range(d)], -1, xp)
+        U = xp.stack([paths[k][..., -1, :] for k in range(d)], -1)
+        lam = xp.stack([lam_hat[k] for k in range(d)], -1)
         if stop:
-            state["active"] = state["kept"] = _stopped_kept(lam, eps, xp)
+            state["active"] = state["kept"] = _stopped_kept(lam, eps)
         else:
-            state["active"] = np.ones(lam.shape, dtype=bool) if xp is np else xp.ones_like(lam, dtype=xp.bool)
+            state["active"] = _xp.true_like(lam)
     return lam, U, state
 
 
-def paper_kept(lam, eps: float):
+def paper_kept(lam: Array, eps: float) -> Array:
     """SVD-PI's kept pairs (paper Sec. 4, authors' ZCANormPI) for ascending λ (..., d).
 
     Going down from the largest, pair k is kept while λ_k > ε and Σ_{i≤k} λ_i / Σλ < 1 − ε (γ_k
@@ -174,56 +161,45 @@ def paper_kept(lam, eps: float):
     below k, which is exactly 0 for the smallest: it is always dropped, whatever the rounding).
     """
     xp = _xp.namespace(lam)
-    below = _cumsum(lam, xp) - lam  # Σ_{j<i} λ_j; exactly 0 at i = 0 (x − x)
+    below = xp.cumsum(lam, -1) - lam  # Σ_{j<i} λ_j; exactly 0 at i = 0 (x − x)
     ok = (lam > eps) & (below > eps * lam.sum(-1)[..., None])
-    return _flip(_prefix_all(_flip(ok, xp), xp), xp)
+    return _xp.flip(_xp.cumall(_xp.flip(ok)))
 
 
-def _stopped_kept(lam_hat, eps: float, xp):
+def _stopped_kept(lam_hat, eps: float):
     """``pi-forward:stop=true``: in stage order (index d−1 first) keep the first stage, then stop at
     the first Rayleigh quotient below ε or above the previous stage's (authors' PI baseline)."""
-    desc = _flip(lam_hat, xp)
+    desc = _xp.flip(lam_hat)
     ok = desc >= eps
     ok[..., 1:] &= desc[..., 1:] <= desc[..., :-1]
     ok[..., 0] = True
-    return _flip(_prefix_all(ok, xp), xp)
+    return _xp.flip(_xp.cumall(ok))
 
 
-def _energy_kept(lam, eps, xp):
+def _energy_kept(lam, eps):
     """``pi-legacy``'s λ-only breaking conditions: going down from the largest, stop at the first
     λ_k ≤ ε or once the larger ones (λ_k excluded, unlike the paper) hold ≥ 1 − ε of Σλ."""
-    desc = _flip(lam, xp)
-    captured_before = _cumsum(desc, xp) - desc
+    xp = _xp.namespace(lam)
+    desc = _xp.flip(lam)
+    captured_before = xp.cumsum(desc, -1) - desc
     ok = (desc > eps) & (captured_before < (1 - eps) * lam.sum(-1)[..., None])
-    return _flip(_prefix_all(ok, xp), xp)
+    return _xp.flip(_xp.cumall(ok))
 
 
-def _rayleigh_kept(kept, lam, lam_hat, order, xp):
+def _rayleigh_kept(kept, lam, lam_hat, order):
     """``kept`` further cut at the first iterated index whose Rayleigh quotient is off by > 10 %
     (the paper's third breaking condition); indices not iterated are dropped."""
     active = kept & False
     if order:
         # order = d−1, d−2, …: the iterated indices are the last len(order) ones, largest first
-        lam_run = _flip(lam[..., lam.shape[-1] - len(order):], xp)
-        ok = xp.abs(_stack([lam_hat[k] for k in order], -1, xp) - lam_run) <= 0.1 * xp.abs(lam_run)
-        active[..., lam.shape[-1] - len(order):] = kept[..., lam.shape[-1] - len(order):] & _flip(_prefix_all(ok, xp), xp)
+        xp = _xp.namespace(lam)
+        lam_run = _xp.flip(lam[..., lam.shape[-1] - len(order):])
+        ok = xp.abs(xp.stack([lam_hat[k] for k in order], -1) - lam_run) <= 0.1 * xp.abs(lam_run)
+        active[..., lam.shape[-1] - len(order):] = kept[..., lam.shape[-1] - len(order):] & _xp.flip(_xp.cumall(ok))
     return active
 
 
-def _flip(x, xp):
-    return np.flip(x, -1) if xp is np else xp.flip(x, (-1,))
-
-
-def _cumsum(x, xp):
-    return np.cumsum(x, -1) if xp is np else xp.cumsum(x, -1)
-
-
-def _prefix_all(ok, xp):
-    """out[..., i] = ok[..., 0] & … & ok[..., i]."""
-    return np.logical_and.accumulate(ok, -1) if xp is np else xp.cumprod(ok.to(xp.float32), -1) > 0
-
-
-def backward(state, gU, glam, **_):
+def backward(state: dict, gU: Array, glam: Array, **_) -> Array:
     """Reverse-mode through the iterations and deflations of ``_run`` (no autograd needed).
 
     Dropped stages are skipped with ``where`` (not multiplied by 0), so the NaN that power
@@ -266,7 +242,7 @@ def backward(state, gU, glam, **_):
                 h = (gv - vt * _dot(vt, gv)) / norms[k][..., t - 1, :]
                 hs.append(h)
                 gv = _matvec(MT, h)
-            g = g + _stack(hs[::-1], -1, xp) @ path[..., :-1, :]
+            g = g + xp.stack(hs[::-1], -1) @ path[..., :-1, :]
         gM = keep(k, g, gM)
     return _xp.sym(gM)
 
@@ -281,7 +257,7 @@ def _series(r, n: int, xp):
     return total
 
 
-def kernel(lam, kept, steps: int):
+def kernel(lam: Array, kept: Array, steps: int) -> Array:
     """SVD-PI's F (see the module docstring) for ascending λ (..., d) and the kept mask."""
     xp = _xp.namespace(lam)
     li, lk = lam[..., :, None], lam[..., None, :]
@@ -306,7 +282,7 @@ def _svd_pi_kept(lam, eps=1e-4, **_):
 
 
 def _pi_forward_kept(lam, stop=False, eps=1e-4, **_):
-    return _stopped_kept(lam, eps, _xp.namespace(lam)) if stop else None
+    return _stopped_kept(lam, eps) if stop else None
 
 
 def _svd_pi_backward(state, gU, glam, steps=19, eps=1e-4, **_):

@@ -13,10 +13,11 @@ Needs λ + ε > 0; a zero or negative shifted eigenvalue gives a non-finite F.
 """
 
 from .. import _xp
+from .._xp import Array
 from ._base import MAX_TERMS, integer, kernel_method, quiet, offdiag, pair_sign, real
 
 
-def geometric_magnitude(lam, K: int, eps: float):
+def geometric_magnitude(lam: Array, K: int, eps: float) -> Array:
     """(1/hi) Σ_{k=0..K} (lo/hi)^k with hi/lo the larger/smaller of λ_i + ε, λ_j + ε."""
     xp = _xp.namespace(lam)
     shifted = lam + eps
@@ -30,7 +31,7 @@ def geometric_magnitude(lam, K: int, eps: float):
 
 
 @quiet
-def kernel(lam, K=9, eps=0.0):
+def kernel(lam: Array, K: int = 9, eps: float = 0.0) -> Array:
     return offdiag(pair_sign(lam) * geometric_magnitude(lam, K, eps))
 
 

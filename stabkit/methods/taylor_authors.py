@@ -14,12 +14,13 @@ layer's forward, not this gradient rule.
 """
 
 from .. import _xp
+from .._xp import Array
 from ._base import MAX_TERMS, integer, kernel_method, quiet, offdiag, pair_diff, real
 from .taylor import geometric_magnitude
 
 
 @quiet
-def kernel(lam, K=9, eps=0.0):
+def kernel(lam: Array, K: int = 9, eps: float = 0.0) -> Array:
     xp = _xp.namespace(lam)
     sign = xp.where(pair_diff(lam) >= 0, xp.ones_like(pair_diff(lam)), -xp.ones_like(pair_diff(lam)))
     return offdiag(sign * geometric_magnitude(lam, K, eps))

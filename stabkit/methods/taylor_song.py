@@ -7,11 +7,12 @@ antisymmetric), and non-finite entries are replaced by the sample's extreme fini
 """
 
 from .. import _xp
+from .._xp import Array
 from ._base import MAX_TERMS, integer, kernel_method, quiet, offdiag
 from ._overflow import replace_nonfinite_per_sample
 
 
-def song_sign_and_ratio(lam):
+def song_sign_and_ratio(lam: Array) -> tuple[Array, Array]:
     """(signed 1/λ_hi, λ_lo/λ_hi) per pair, sign + when λ_j ≥ λ_i (ties included, as published)."""
     xp = _xp.namespace(lam)
     li, lj = lam[..., :, None], lam[..., None, :]
@@ -22,7 +23,7 @@ def song_sign_and_ratio(lam):
 
 
 @quiet
-def kernel(lam, K=100):
+def kernel(lam: Array, K: int = 100) -> Array:
     inv_hi, ratio = song_sign_and_ratio(lam)
     total = _xp.namespace(lam).ones_like(ratio)
     for _ in range(int(K)):

@@ -7,10 +7,11 @@ with ties and float32 in practice. The gradient is symmetrized like every other 
 import numpy as np
 
 from .. import _xp
+from .._xp import Array
 from ._base import Method
 
 
-def forward(A, **_):
+def forward(A: Array, **_) -> tuple[Array, Array, dict]:
     import torch
 
     is_numpy = isinstance(A, np.ndarray)
@@ -23,7 +24,7 @@ def forward(A, **_):
     return lam.detach(), U.detach(), state
 
 
-def backward(state, gU, glam):
+def backward(state: dict, gU: Array, glam: Array) -> Array:
     import torch
 
     to_t = (lambda x: torch.from_numpy(np.ascontiguousarray(x))) if state["numpy"] else (lambda x: x)
