@@ -2,12 +2,12 @@
 
     python benchmarks/bench_cli_startup.py [--repeat 7]
 
-Times, as fresh processes, ``python -c pass`` (the baseline) and ``python -m cli.main --help`` plus
+Times, as fresh processes, ``python -c pass`` (the baseline) and ``python -m stabkit --help`` plus
 every subcommand's ``--help``, interleaved round by round so machine load hits all alike; prints the
 median and minimum wall seconds of each, the median CPU seconds (user + sys of the child: what the
 command costs, much less sensitive to other load on a shared machine than wall time) and the ratio
 of medians to the baseline (issue 16's target: every ``--help`` under 0.5 s). Also lists heavy modules (torch, pandas, matplotlib, scipy, mpmath…)
-that ``import cli.main`` pulls in — none should be, except what the help texts need.
+that ``import stabkit.cli.main`` pulls in — none should be, except what the help texts need.
 """
 
 from __future__ import annotations
@@ -41,14 +41,14 @@ def main() -> None:
     args = parser.parse_args()
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     py = sys.executable
-    commands = {"python -c pass": [py, "-c", "pass"], "stabkit --help": [py, "-m", "cli.main", "--help"]}
+    commands = {"python -c pass": [py, "-c", "pass"], "stabkit --help": [py, "-m", "stabkit", "--help"]}
     sys.path.insert(0, str(REPO))
     from typer.main import get_command
 
-    from cli.main import app
+    from stabkit.cli.main import app
 
     for name in get_command(app).commands:
-        commands[f"stabkit {name} --help"] = [py, "-m", "cli.main", name, "--help"]
+        commands[f"stabkit {name} --help"] = [py, "-m", "stabkit", name, "--help"]
     times = {name: [] for name in commands}
     cpu = {name: [] for name in commands}
     for _ in range(args.repeat):
@@ -65,9 +65,9 @@ def main() -> None:
         median, median_cpu = statistics.median(values), statistics.median(cpu[name])
         print(f"| `{name}` | {median:.3f} | {min(values):.3f} | {median_cpu:.3f} | {median / base:.1f}× | {median_cpu / base_cpu:.1f}× |")
     worst = max(statistics.median(v) for k, v in times.items() if k != "python -c pass")
-    probe = subprocess.run([py, "-c", "import sys, cli.main; print(' '.join(m for m in %r if m in sys.modules))" % (HEAVY,)],
+    probe = subprocess.run([py, "-c", "import sys, stabkit.cli.main; print(' '.join(m for m in %r if m in sys.modules))" % (HEAVY,)],
                            cwd=REPO, env=env, capture_output=True, text=True, check=True).stdout.split()
-    print(f"slowest --help: {worst:.3f} s (target < 0.5 s); heavy modules imported by `import cli.main`: {', '.join(probe) or 'none'}")
+    print(f"slowest --help: {worst:.3f} s (target < 0.5 s); heavy modules imported by `import stabkit.cli.main`: {', '.join(probe) or 'none'}")
 
 
 if __name__ == "__main__":

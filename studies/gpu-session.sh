@@ -79,7 +79,7 @@ survival() {
         fi
         (( n > 0 )) || { echo "gpu-session: survival: no whole wave of $jobs runs fits in ${avail} s"; break; }
         # shellcheck disable=SC2086  # SURVIVAL_SET is a list of arguments
-        timeout -s INT -k 60 "$avail" "$py" -m cli.main run "$study" --jobs "$jobs" --max-cells "$n" --no-progress ${SURVIVAL_SET:-}
+        timeout -s INT -k 60 "$avail" "$py" -m stabkit run "$study" --jobs "$jobs" --max-cells "$n" --no-progress ${SURVIVAL_SET:-}
         rc=$?
         echo "gpu-session: survival chunk of $n run(s) exited with $rc"
         (( rc == 0 )) || break
@@ -117,7 +117,7 @@ for phase in "$@"; do
         survival)
             survival ;;
         zca-cifar10|zca-cifar10-long|zca-cifar10-paper)
-            timeout -s INT -k 60 "$(( $(left) - 20 ))" "$py" -m cli.main run "studies/$phase.toml" --jobs "${JOBS:-8}" --no-progress
+            timeout -s INT -k 60 "$(( $(left) - 20 ))" "$py" -m stabkit run "studies/$phase.toml" --jobs "${JOBS:-8}" --no-progress
             echo "gpu-session: $phase exited with $?  (124 = stopped at the deadline: run this phase again to resume)" ;;
         *)
             echo "gpu-session: unknown phase $phase (bench, bench-fast, fastcheck, survival, zca-cifar10, zca-cifar10-long, zca-cifar10-paper)" >&2

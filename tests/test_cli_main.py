@@ -56,29 +56,3 @@ def test_importing_the_cli_imports_no_heavy_library():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True,
                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
     assert out.stdout.strip() == ""
-
-
-def test_compare_warms_each_method_up_before_timing_it(monkeypatch):
-    """The timed call of every method comes after an untimed call on a small matrix, so the
-    `torch` row no longer carries torch's first-call cost (0.6–1.1 s before)."""
-    calls = []
-    real = methods.evaluate
-
-    def recording(spec, A, loss):
-        calls.append((spec[0] if isinstance(spec, tuple) else spec, A.shape[-1]))
-        return real(spec, A, loss)
-
-    monkeypatch.setattr(compare_mod.methods, "evaluate", recording)
-    monkeypatch.setattr(compare_mod, "_WARM", set())
-    A = build([1.0, 2.0, 3.0, 5.0, 8.0])
-    result = compare_mod.compare(A, "zca", ["torch", "taylor"])
-    assert [row["method"] for row in result.rows] == ["torch", "taylor"]
-    assert calls == [("torch", 3), ("taylor", 3), ("torch", 5), ("taylor", 5)]
-    assert all(np.isfinite(row["seconds"]) for row in result.rows)
-    # once per process and dtype: a second comparison runs no warm-up, a new dtype does
-    calls.clear()
-    compare_mod.compare(A, "zca", ["torch", "taylor"])
-    assert calls == [("torch", 5), ("taylor", 5)]
-    calls.clear()
-    compare_mod.compare(A, "zca", ["taylor"], dtype="float32")
-    assert calls == [("taylor", 3), ("taylor", 5)]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
+from stabkit.cli.main import app
 from stabkit.errors import StudyFileError
 from stabkit.studies import _grid, check_choices, kind_module, with_defaults
 

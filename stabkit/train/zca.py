@@ -37,9 +37,9 @@ import torch
 from torch import nn
 
 from .. import methods
-from .. import torch as sktorch
 from ..errors import EigensolverError
 from ..methods import Spec
+from ..torch import eigh_kept as _eigh_kept
 from .preset import ZCAConfig
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -136,9 +136,7 @@ def eigh_kept(cov: torch.Tensor, spec: Spec):
     failure is raised as :class:`EigensolverError` (typed, so the loop never matches message text).
     """
     try:
-        # stabkit.torch converts ``method`` once at its edge; a Spec is forwarded there as it is once it
-        # accepts one (method=spec); until then it gets the name and the already validated parameters
-        return sktorch.eigh_kept(cov, spec.name, check=False, **spec.params)
+        return _eigh_kept(cov, spec, check=False)
     except torch.linalg.LinAlgError as exc:
         raise EigensolverError(f"ZCA whitening: the eigensolver failed on Σ ({spec}): {exc}") from exc
 
