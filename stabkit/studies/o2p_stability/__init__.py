@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import with_defaults
-from .gradient_accuracy import _as_list, _choice_list, _family_entry, _int_list, _no_duplicates, family_label
+from .. import with_defaults
+from ..gradient_accuracy import _as_list, _choice_list, _family_entry, _int_list, _no_duplicates, family_label
 
 DELTAS = (1e-2, 1e-4, 1e-6, 1e-8, 1e-10, 1e-12)
 PC_METHODS = ("less", "ied", "ied-power", "analytic", "pi", "taylor", "clip", "torch")
@@ -146,7 +146,7 @@ def pc_truth(A: np.ndarray, B: np.ndarray, w: np.ndarray):
 
 
 def _inputs(cell):
-    from .. import spectra
+    from ... import spectra
     entry = dict(cell["family"])
     family = entry.pop("family")
     sp = spectra.make(family, cell["d"], seed=cell["seed"], dtype="float64", **entry)
@@ -164,7 +164,7 @@ def _inputs(cell):
 
 def _o2p_grad(F, G, eps, route, dtype):
     import torch
-    from .. import layers
+    from ... import layers
     f = torch.tensor(F, dtype=dtype, requires_grad=True)
     (g,) = torch.autograd.grad((torch.as_tensor(G, dtype=dtype) * layers.o2p(f, eps=eps, route=route)).sum(), f)
     return g.double().numpy()
@@ -172,9 +172,9 @@ def _o2p_grad(F, G, eps, route, dtype):
 
 def _pc_grad(A, B, w, method, dtype):
     import torch
-    from .. import layers
-    from .. import torch as sktorch
-    from ..layers.ied import fix_sign
+    from ... import layers
+    from ... import torch as sktorch
+    from ...layers.ied import fix_sign
     a = torch.tensor(A, dtype=dtype, requires_grad=True)
     if method == "less":
         y, _ = layers.less(a)
@@ -195,8 +195,8 @@ def _pc_grad(A, B, w, method, dtype):
 
 def run_cell(cell: dict) -> list[dict]:
     import torch
-    from .. import metrics
-    from .gradient_accuracy import family_params_text
+    from ... import metrics
+    from ..gradient_accuracy import family_params_text
 
     torch.set_num_threads(1)
     sp, F, G, B, w = _inputs(cell)
@@ -257,7 +257,7 @@ def report(results: pd.DataFrame, grid: dict, out_dir: Path) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .._markdown import markdown_table
+    from ..._markdown import markdown_table
 
     out_dir = Path(out_dir)
     df = results.copy()

@@ -45,8 +45,8 @@ import numpy as np
 import pandas as pd
 from scipy import integrate, linalg as sla
 
-from .._markdown import markdown_table
-from . import _stats, check_choices, with_defaults
+from ..._markdown import markdown_table
+from .. import _stats, check_choices, with_defaults
 
 SOURCES = ("gaussian", "cifar10")
 
@@ -149,7 +149,7 @@ def dense_wishart_eigvals(d: int, n: int, count: int, rng, batch: int = 64) -> n
 
 @functools.lru_cache(maxsize=2)
 def _cifar_pool(path: str, pool: int) -> np.ndarray:
-    from .. import data
+    from ... import data
 
     images, _ = data.load_cifar10(path or None, split="train")
     # a seeded random subset: the archive's training split is stored class by class

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import methods as _methods
-from ..losses import LOSSES
-from . import with_defaults
+from ... import methods as _methods
+from ...losses import LOSSES
+from .. import with_defaults
 
 GRID_DEFAULTS: dict = {
     "methods": list(_methods.NAMES),
@@ -88,7 +88,7 @@ def _choice_list(key: str, value, allowed) -> list[str]:
 
 
 def _family_entry(item) -> dict:
-    from .. import spectra
+    from ... import spectra
 
     if isinstance(item, str):
         entry = {"family": item}
@@ -123,7 +123,7 @@ def family_label(entry: dict) -> str:
 
 def validate(grid: dict) -> dict:
     """The complete grid (defaults filled in), checked; ValueError naming the key and allowed values."""
-    from .. import spectra
+    from ... import spectra
 
     merged = with_defaults("gradient_accuracy", grid, GRID_DEFAULTS)
 
@@ -186,8 +186,8 @@ def cells(grid: dict) -> list[dict]:
 
 def run_cell(cell: dict) -> list[dict]:
     """Every method of the cell against the shared ground truth: one row per method."""
-    from .. import metrics, spectra
-    from ..compare import compare
+    from ... import metrics, spectra
+    from ...compare import compare
 
     params = dict(cell["family_params"])
     base = {

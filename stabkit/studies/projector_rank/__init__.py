@@ -35,8 +35,8 @@ import mpmath
 import numpy as np
 import pandas as pd
 
-from .._markdown import markdown_table
-from . import check_choices, with_defaults
+from ..._markdown import markdown_table
+from .. import check_choices, with_defaults
 
 PARTS = ("lemma1", "lemma2", "descent")
 PSEUDO = ("lemma1",)
@@ -79,7 +79,7 @@ def validate(grid: dict) -> dict:
         raise ValueError("projector_rank: descent_target_rank and descent_k must lie in [1, descent_d)")
     if out["descent_steps"] < 1 or not out["descent_lr"] > 0:
         raise ValueError("projector_rank: descent_steps ≥ 1 and descent_lr > 0 required")
-    from .. import methods
+    from ... import methods
 
     for spec in [*out["lemma1_methods"], *(m for m in out["descent_methods"] if m not in PSEUDO)]:
         methods.parse_spec(spec)
@@ -154,7 +154,7 @@ def _f64_loss(G, V, X, t):
 
 
 def lemma1_rows(cell):
-    from .. import losses, methods
+    from ... import losses, methods
 
     d, r = cell["d"], cell["r"]
     rng = np.random.default_rng(np.random.SeedSequence([cell["seed"], d, r, 0x1E1]))
@@ -245,7 +245,7 @@ def _proj_lemma1(W):
 def descent_rows(cell):
     import torch
 
-    from .. import torch as stk
+    from ... import torch as stk
 
     d, r, k, steps, lr = cell["d"], cell["r"], cell["k"], cell["steps"], cell["lr"]
     E, F0 = _target(d, r, cell["seed"])

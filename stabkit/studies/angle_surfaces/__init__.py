@@ -33,10 +33,10 @@ import pathlib
 import numpy as np
 import pandas as pd
 
-from .. import metrics
-from .._markdown import markdown_table
-from . import check_choices, with_defaults
-from ..methods import analytic, clip, taylor
+from ... import metrics
+from ..._markdown import markdown_table
+from .. import check_choices, with_defaults
+from ...methods import analytic, clip, taylor
 
 PARTS = ("energy", "angle3", "k_eps", "gap_d")
 
@@ -78,7 +78,7 @@ def validate(grid: dict) -> dict:
         raise ValueError("angle_surfaces: angle_tau and gap_deltas must be positive, eps_values ≥ 0")
     if any(int(d) != d or d < 2 for d in [*out["gap_dims"], out["cluster_d"]]):
         raise ValueError("angle_surfaces: gap_dims and cluster_d must be integers ≥ 2")
-    from .. import methods
+    from ... import methods
 
     for spec in out["gap_methods"]:
         methods.parse_spec(spec)  # raises ValueError naming the allowed methods / parameters
@@ -156,7 +156,7 @@ def angle3_rows(K: int, tau: float, points: int) -> list[dict]:
 
 
 def _spectrum(family, d, seed, params):
-    from .. import spectra
+    from ... import spectra
 
     return spectra.make(family, d, seed=seed, dtype="float64", **params)
 
@@ -169,7 +169,7 @@ def _eigenvalues(sp):
 
 
 def _angle_vs_truth(spec, A, loss, truth_grad):
-    from .. import methods
+    from ... import methods
 
     g, _, _ = methods.gradient(spec, A, loss)
     return metrics.gradient_metrics(g, truth_grad)
@@ -188,7 +188,7 @@ def run_cell(cell: dict) -> list[dict]:
         return rows
     if part == "angle3":
         return angle3_rows(cell["K"], cell["tau"], cell["points"])
-    from .. import losses, reference
+    from ... import losses, reference
 
     if part == "k_eps":
         sp = _spectrum(cell["family"], cell["d"], cell["seed"], cell["params"])
