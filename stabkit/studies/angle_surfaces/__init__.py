@@ -34,8 +34,6 @@ from ... import methods, metrics
 from .. import _specs, check_choices, with_defaults
 
 PARTS = ("energy", "angle3", "k_eps", "gap_d")
-#: The angle3 grid keys that set a compared method's parameter of that name.
-ANGLE_PARAMS = {"K": "angle_K", "tau": "angle_tau"}
 
 GRID_DEFAULTS = {
     "parts": list(PARTS),
