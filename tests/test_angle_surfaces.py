@@ -73,3 +73,18 @@ def test_validate_rejects_bad_method_and_part():
         ang.validate({"gap_methods": ["nope"]})
     with pytest.raises(ValueError, match="parts"):
         ang.validate({"parts": ["volume"]})
+    with pytest.raises(ValueError, match="series_method 'clip' must be a kernel method with a degree K"):
+        ang.validate({"series_method": "clip"})
+    with pytest.raises(ValueError, match="angle_methods: torch has no kernel"):
+        ang.validate({"angle_methods": ["torch"]})
+
+
+def test_the_compared_methods_are_grid_data():
+    grid = ang.validate({})
+    assert grid["series_method"] == "taylor" and grid["angle_methods"] == ["taylor", "clip"]
+    cell = [c for c in ang.cells({**grid, "parts": ["angle3"], "angle_methods": ["clip"], "ratio_points": 9})][0]
+    rows = pd.DataFrame(ang.run_cell(cell))
+    assert set(rows["method"]) == {"clip"} and (rows["tau"] == grid["angle_tau"]).all()
+    # the series method's own parameters travel with it: a shift eps changes the discarded share
+    r = np.array([0.5])
+    assert ang.discarded_share(3, r, "taylor:eps=0.1")[0] != ang.discarded_share(3, r)[0]

@@ -1,4 +1,5 @@
-"""gap_probability: Wilson intervals, the Laguerre model, the MP/Wigner prediction, a tiny run."""
+"""gap_probability: the Wilson intervals it reports (the shared ``_stats.wilson``), the Laguerre model, the
+MP/Wigner prediction, a tiny run."""
 
 import math
 
@@ -7,12 +8,13 @@ import pandas as pd
 import pytest
 from scipy import integrate, stats
 
+from stabkit.studies import _stats
 from stabkit.studies import gap_probability as gp
 
 
 def test_wilson_zero_successes_closed_form():
-    n, z = 400, gp.Z95
-    lo, hi = gp.wilson(0, n)
+    n, z = 400, _stats.Z95
+    lo, hi = _stats.wilson(0, n)
     assert lo == 0.0
     assert hi == pytest.approx(z ** 2 / (n + z ** 2), rel=1e-12)
 
@@ -21,7 +23,7 @@ def test_wilson_covers_known_p_in_bernoulli_simulation():
     rng = np.random.default_rng(1)
     p, n, reps = 0.03, 2000, 400
     k = rng.binomial(n, p, reps)
-    lo, hi = gp.wilson(k, n)
+    lo, hi = _stats.wilson(k, n)
     coverage = np.mean((lo <= p) & (p <= hi))
     assert 0.92 <= coverage <= 0.98  # nominal 95%
 
@@ -55,7 +57,7 @@ def test_prediction_inside_measured_interval_gaussian_d16():
     cell = gp.cells({"sources": ["gaussian"], "dims": [16], "taus": [1e-3], "n_matrices": 4000, "chunk_size": 4000})[0]
     rows = pd.DataFrame(gp.run_cell(cell))
     r = rows[(rows["event"] == "abs")].iloc[0]
-    lo, hi = gp.wilson(r["count"], r["n"])
+    lo, hi = _stats.wilson(r["count"], r["n"])
     assert r["count"] > 50
     assert lo <= r["pred_mp"] <= hi
     assert r["pred_unfold"] == pytest.approx(r["count"] / r["n"], rel=0.15)  # cruder: unfolded with chunk means

@@ -180,7 +180,7 @@ def test_the_angle_figure_separates_dtypes_and_shows_the_failure_share(tmp_path,
     def keep(fig, path):
         figures[path.name] = fig
 
-    monkeypatch.setattr(ga, "_save", keep)
+    monkeypatch.setattr(ga._plots, "save", keep)
     ga.report(_two_dtypes(1.0, 2.0), {"methods": ["m1", "m2", "m3"], "families": [{"family": "A"}]}, tmp_path)
     fig = figures["angle_by_family.png"]
     assert [ax.get_ylabel() for ax in fig.axes] == ["float32: angle (deg)", "float64: angle (deg)"]

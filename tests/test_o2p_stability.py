@@ -40,6 +40,9 @@ def test_validate_and_cells():
         study.validate({"bogus": 1})
     with pytest.raises(ValueError, match="eps"):
         study.validate({"eps": [0.0]})
+    with pytest.raises(ValueError, match="'nope' is neither a declarative layer"):
+        study.validate({"pc_methods": ["less", "nope"]})
+    assert study.validate({"pc_methods": ["ied", "taylor:K=19"]})["pc_methods"] == ["ied", "taylor:K=19"]
     grid = study.validate({"d": [4], "seeds": [0], "eps": [1e-3]})
     ids = [c["cell_id"] for c in study.cells(grid)]
     assert len(ids) == len(set(ids)) == 8

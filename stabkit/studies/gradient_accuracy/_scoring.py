@@ -1,0 +1,96 @@
+"""Scoring the gradient-accuracy rows: which rows count (certified truth), median angles with
+NaN/Inf as +∞, ties, the per-family verdicts and the one-line summary of the reports index."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .._checks import variant_labels
+
+#: Angles below this are drawn at it on log axes (an exact 0° has no logarithm).
+ANGLE_FLOOR = 1e-14
+#: Tolerance of every ranking: a method ties with the best when its median angle is ≤ TIE_FACTOR × best
+#: (or both ≤ ANGLE_FLOOR). Rounding noise moves float32 angles by ~1e-5 relative between BLAS
+#: builds; a factor 1.25 absorbs it, so rankings do not flip between machines.
+TIE_FACTOR = 1.25
+#: Where a NaN/Inf median is drawn on the angle axes: above 180°, the largest possible angle.
+NONFINITE_Y = 1e3
+
+
+def scored(results: pd.DataFrame) -> pd.DataFrame:
+    """Rows with a certified ground truth (≥ 12 digits); non-finite angles count as +inf.
+
+    A truth below 12 certified digits is listed in the report, never scored against.
+    """
+    df = results.copy()
+    df["variant"] = variant_labels(df)
+    certified = uncertified_mask(df).eq(False) & df["truth_digits"].notna() if "truth_digits" in df \
+        else pd.Series(False, index=df.index)
+    df = df[certified].copy()
+    df["angle_score"] = df["angle_deg"].where(df["angle_deg"].notna(), np.inf)
+    df["raised"] = df["error"].notna()
+    df["nonfinite"] = ~df["finite"].astype(bool) & ~df["raised"]
+    return df
+
+
+def uncertified_mask(df: pd.DataFrame) -> pd.Series:
+    """Rows whose ground truth exists but has fewer than 12 certified digits."""
+    return df["truth_digits"].notna() & ~df["truth_certified"].fillna(False).astype(bool)
+
+
+def order(values, reference) -> list:
+    """The distinct ``values``: those in ``reference`` in its order, then the others as they come."""
+    present = list(dict.fromkeys(values))
+    ranked = [v for v in reference if v in present]
+    return ranked + [v for v in present if v not in ranked]
+
+
+def tie_group(med: pd.Series) -> list:
+    """Methods of ``med`` (median angle per method, +inf = non-finite) tied with the lowest, lowest first."""
+    med = med.sort_values(kind="stable")
+    best = float(med.iloc[0])
+    return [med.index[0]] + [m for m, v in med.iloc[1:].items()
+                             if np.isfinite(v) and (v <= TIE_FACTOR * best or (v <= ANGLE_FLOOR and best <= ANGLE_FLOOR))]
+
+
+def verdicts(results: pd.DataFrame) -> pd.DataFrame:
+    """Best method per family variant by median angle (non-finite = +inf), with the tied methods."""
+    df = scored(results)
+    out = []
+    for variant, group in df.groupby("variant", sort=False):
+        med = group.groupby("method", sort=False)["angle_score"].median().sort_values(kind="stable")
+        tied = tie_group(med)
+        out.append({"variant": variant, "best": tied[0], "median_angle_deg": float(med.iloc[0]), "ties": tied[1:],
+                    "cells": int(group["cell_id"].nunique()) if "cell_id" in group else len(group)})
+    return pd.DataFrame(out, columns=["variant", "best", "median_angle_deg", "ties", "cells"])
+
+
+def summary(results: pd.DataFrame) -> str:
+    """One line for the reports index (optional hook read by the runner). Ties (median angles
+    within TIE_FACTOR, NaN/Inf counts within one cell) are named together, in name order, so the
+    line does not change with rounding noise between machines."""
+    df = scored(results)
+    if df.empty:
+        return f"{len(results)} rows, no cell with a defined loss"
+    n_cells = df["cell_id"].nunique()
+    med = df.groupby("method")["angle_score"].median()
+    tied = tie_group(med)
+    best = (f"{tied[0]} ({deg(med[tied[0]])})" if len(tied) == 1 else
+            f"{', '.join(sorted(tied))} (tied within ×{TIE_FACTOR:g}: {deg(med[tied].min())}–{deg(med[tied].max())})")
+    counts = df.groupby("method")["nonfinite"].sum()
+    top = int(counts.max())
+    if top == 0:
+        return f"{n_cells} scored cells; lowest median angle: {best}; no NaN/Inf gradient"
+    worst = sorted(m for m, n in counts.items() if n > 0 and n >= top - 1)
+    return (f"{n_cells} scored cells; lowest median angle: {best}; highest NaN/Inf rate: "
+            + ", ".join(f"{m} ({pct(counts[m] / n_cells)})" for m in worst)
+            + (" (within one cell: tied)" if len(worst) > 1 else ""))
+
+
+def deg(value: float) -> str:
+    return "non-finite" if not np.isfinite(value) else f"{value:.3g}°"
+
+
+def pct(value: float) -> str:
+    return f"{100 * value:.0f}%" if value in (0, 1) or value >= 0.01 else f"{100 * value:.2g}%"

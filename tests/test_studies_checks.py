@@ -1,0 +1,31 @@
+"""stabkit.studies._checks: the grid values the kinds share and the one family-variant label."""
+
+import pandas as pd
+import pytest
+
+from stabkit.studies import _checks
+
+
+def test_lists_integers_and_choices_name_the_key():
+    assert _checks.as_list("d", 4) == [4]
+    with pytest.raises(ValueError, match="grid key 'd' is empty"):
+        _checks.as_list("d", [])
+    assert _checks.int_list("d", [4, 8.0], 2, "matrix size") == [4, 8]
+    with pytest.raises(ValueError, match="grid key 'd': matrix size must be an integer ≥ 2, got 1"):
+        _checks.int_list("d", [1], 2, "matrix size")
+    with pytest.raises(ValueError, match="appears twice"):
+        _checks.int_list("seeds", [0, 0], 0, "seed")
+    with pytest.raises(ValueError, match=r"unknown value 'float16' \(allowed: float32, float64\)"):
+        _checks.choice_list("dtypes", ["float16"], ("float32", "float64"))
+
+
+def test_family_entries_and_labels():
+    entry = _checks.family_entry({"family": "cluster", "delta": 1e-8})
+    assert _checks.family_label(entry) == "cluster(delta=1e-08)"
+    assert _checks.family_label(_checks.family_entry("separated")) == "separated"
+    with pytest.raises(ValueError, match="unknown spectrum family 'nope'"):
+        _checks.family_entry("nope")
+    with pytest.raises(ValueError, match="must be a scalar"):
+        _checks.family_entry({"family": "cluster", "delta": [1e-8]})
+    rows = pd.DataFrame({"family": ["cluster", "separated"], "family_params": ["delta=1e-08", None]})
+    assert list(_checks.variant_labels(rows)) == ["cluster(delta=1e-08)", "separated"]
