@@ -179,3 +179,10 @@ def amin(x: Array, axis: tuple[int, ...], keepdims: bool = True) -> Array:
     if namespace(x) is np:
         return x.min(axis=axis, keepdims=keepdims)
     return x.amin(dim=axis, keepdim=keepdims)
+
+
+def as_like(a: np.ndarray, like: Array) -> Array:
+    """The numpy constant ``a`` as an array of ``like``'s namespace, dtype and device."""
+    if namespace(like) is np:
+        return a.astype(like.dtype, copy=False)
+    return namespace(like).as_tensor(a, dtype=like.dtype, device=like.device)

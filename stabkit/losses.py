@@ -114,10 +114,7 @@ class WeightedEigvecLoss:
 
 def _as_like(a: np.ndarray, like):
     """The constant ``a`` as an array of like's namespace, dtype and device."""
-    xp = _xp.namespace(like)
-    if xp is np:
-        return a.astype(like.dtype, copy=False)
-    return xp.as_tensor(a, dtype=like.dtype, device=like.device)
+    return _xp.as_like(a, like)
 
 
 def _spectral(name, weight, f, df, f_mp, df_mp, d2_bound=None, d3_bound=None):

@@ -32,7 +32,7 @@ OUT_OF_RANGE = [
 def test_out_of_range_parameter_is_refused_naming_method_parameter_and_domain(spec, needle):
     name = spec.partition(":")[0]
     with pytest.raises(ValueError) as info:
-        methods.parse_spec(spec)
+        methods.parse(spec)
     message = str(info.value)
     assert f"method {name!r}" in message and needle.split("=")[0] + "=" in message
     assert "must be" in message  # the domain is stated
@@ -42,25 +42,25 @@ def test_out_of_range_parameter_is_refused_naming_method_parameter_and_domain(sp
 def test_domain_is_checked_for_python_calls_too():
     A = build([1.0, 2.0, 4.0])
     with pytest.raises(ValueError, match="tau=0"):
-        methods.gradient(("clip", {"tau": 0}), A, make_loss("zca", 3))
+        methods.spec(("clip", {"tau": 0})).gradient(A, make_loss("zca", 3))
     with pytest.raises(ValueError, match="eps=-1"):
         eigh(torch.eye(3, dtype=torch.float64), method="lorentzian", eps=-1.0)
     with pytest.raises(ValueError, match="K=True"):
-        methods.resolve_params("taylor", {"K": True})
+        methods.bind("taylor", {"K": True}).params
 
 
 def test_domain_edges_are_accepted_and_give_the_closed_form():
     """The smallest legal values: taylor K=0 is F_ij = sign/λ_hi; clip with a tiny τ is ±τ."""
     lam = np.array([1.0, 2.0, 4.0])
-    params = methods.resolve_params("taylor", {"K": "0", "eps": "0"})
+    params = methods.bind("taylor", {"K": "0", "eps": "0"}).params
     assert params == {"K": 0, "eps": 0.0}
     F = methods.get("taylor").kernel(lam, **params)
     assert F[0, 1] == pytest.approx(1 / 2) and F[1, 0] == pytest.approx(-1 / 2) and F[0, 2] == pytest.approx(1 / 4)
-    tau = methods.resolve_params("clip", {"tau": "1e-300"})["tau"]
+    tau = methods.bind("clip", {"tau": "1e-300"}).params["tau"]
     F = methods.get("clip").kernel(lam, tau=tau)
     assert F[0, 1] == 1e-300 and F[2, 0] == -1e-300
-    assert methods.resolve_params("pi", {"steps": "1", "eps": "1"}) == {"steps": 1, "eps": 1.0}
-    assert methods.resolve_params("taylor", {"K": "1000"})["K"] == 1000
+    assert methods.bind("pi", {"steps": "1", "eps": "1"}).params == {"steps": 1, "eps": 1.0}
+    assert methods.bind("taylor", {"K": "1000"}).params["K"] == 1000
 
 
 @settings(max_examples=60, deadline=None)
@@ -68,7 +68,7 @@ def test_domain_edges_are_accepted_and_give_the_closed_form():
 def test_taylor_K_accepted_exactly_on_the_integers_0_to_1000(value):
     legal = math.isfinite(value) and value == int(value) and 0 <= value <= 1000
     try:
-        K = methods.resolve_params("taylor", {"K": repr(value)})["K"]
+        K = methods.bind("taylor", {"K": repr(value)}).params["K"]
     except ValueError as exc:
         assert not legal, exc
         assert "taylor" in str(exc) and "K=" in str(exc)
@@ -81,7 +81,7 @@ def test_taylor_K_accepted_exactly_on_the_integers_0_to_1000(value):
 def test_clip_tau_accepted_exactly_when_finite_and_positive(value):
     legal = math.isfinite(value) and value > 0
     try:
-        tau = methods.resolve_params("clip", {"tau": value})["tau"]
+        tau = methods.bind("clip", {"tau": value}).params["tau"]
     except ValueError:
         assert not legal
     else:
@@ -102,12 +102,12 @@ def test_one_key_value_grammar():
 
     assert parse_params([" delta = 1e-8", "k=2"]) == {"delta": 1e-8, "k": 2}
     assert parse_override(" d = [4, 8]") == ("d", [4, 8])
-    assert methods.parse_spec("taylor: K = 19 , eps = 1e-4") == ("taylor", {"K": 19, "eps": 1e-4})
-    for call in (lambda: parse_params(["delta"]), lambda: parse_override("d"), lambda: methods.parse_spec("taylor:K")):
+    assert methods.parse("taylor: K = 19 , eps = 1e-4").params == {"K": 19, "eps": 1e-4}
+    for call in (lambda: parse_params(["delta"]), lambda: parse_override("d"), lambda: methods.parse("taylor:K")):
         with pytest.raises(ValueError, match="expected KEY=VALUE"):
             call()
     with pytest.raises(ValueError, match="given twice"):
-        methods.parse_spec("taylor:K=1,K=2")
+        methods.parse("taylor:K=1,K=2")
     with pytest.raises(ValueError, match="given twice"):
         parse_params(["k=1", "k=2"])
 

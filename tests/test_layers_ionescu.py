@@ -9,7 +9,7 @@ import torch
 
 from stabkit import layers
 from tests.conftest import build
-from tests.test_layers_reference import (
+from tests._helpers import (
     DPS, mp_grad, mp_inner, mp_matfun, mp_range_projector, mp_sym, rel, to_mp,
 )
 

@@ -10,7 +10,7 @@ from stabkit import layers
 from stabkit import torch as sktorch
 from stabkit.layers.ied import fix_sign
 from tests.conftest import build
-from tests.test_layers_reference import mp_grad, mp_sym, rel, to_mp
+from tests._helpers import mp_grad, mp_sym, rel, to_mp
 
 LAM = [0.2, 0.9, 1.7, 2.4, 4.0]
 B = np.random.default_rng(21).standard_normal((5, 5))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from stabkit.studies import o2p_stability as study
-from tests.test_layers_reference import mp_grad, mp_inner, mp_matfun, mp_sym, rel, to_mp
+from tests._helpers import mp_grad, mp_inner, mp_matfun, mp_sym, rel, to_mp
 
 
 def test_o2p_truth_matches_finite_differences():

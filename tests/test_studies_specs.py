@@ -15,5 +15,3 @@ def test_exact_rule_and_one_conversion_per_list():
     assert _specs.exact() == methods.spec("analytic")
     specs = _specs.specs(["taylor:K=19", methods.spec("clip")])
     assert [str(s) for s in specs] == ["taylor:K=19", "clip"]
-    assert _specs.pairs(specs)[0] == ("taylor", {"K": 19, "eps": 0.0})
-    assert _specs.torch_kwargs(specs[0]) == {"method": "taylor", "K": 19, "eps": 0.0}

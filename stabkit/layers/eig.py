@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import torch
 
-from .. import torch as sktorch
+import stabkit.torch
 from ..methods import DEFAULT, Spec
 
 
 def eig(A: torch.Tensor, method: str | Spec = DEFAULT, **params):
     """(λ ascending, U) of the symmetric part of A (..., d, d); gradient by ``method`` (a Spec, or a
     registry name / spec text with ``params``, made a Spec once inside ``stabkit.torch.eigh``)."""
-    return sktorch.eigh(sktorch.symmetrize(A), method=method, **params)
+    return stabkit.torch.eigh(stabkit.torch.symmetrize(A), method=method, **params)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 
 from . import svd as _svd
-from .. import torch as sktorch
+import stabkit.torch
 from ..methods import DEFAULT, Spec
 
 FUNCTIONS = ("log", "sqrt", "power")
@@ -112,7 +112,7 @@ def eig_matrix_function(A: torch.Tensor, fn: str = "log", eps: float = 0.0, p: f
                         method: str | Spec = DEFAULT, **params):
     """C = U g(Λ + εI) Uᵀ from the EIG of symmetric A (..., d, d) — Prop. 4 (backward: ``method``)."""
     g = scalar_function(fn, p)
-    lam, U = sktorch.eigh(sktorch.symmetrize(A), method=method, **params)
+    lam, U = stabkit.torch.eigh(stabkit.torch.symmetrize(A), method=method, **params)
     return (U * g(lam + eps)[..., None, :]) @ U.transpose(-1, -2)
 
 

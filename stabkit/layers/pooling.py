@@ -24,7 +24,7 @@ from torch import nn
 
 from .. import methods
 from ..errors import InputError
-from .. import torch as sktorch
+import stabkit.torch
 from ..methods import DEFAULT, Spec
 
 FUNCTIONS = {"sqrt": torch.sqrt, "log": torch.log}
@@ -79,6 +79,6 @@ class CovariancePooling(nn.Module):
             raise InputError(f"expected a float feature map, got {x.dtype}")
         dtype = self.compute_dtype or x.dtype
         cov = channel_covariance(x.to(dtype), self.eps)
-        lam, U = sktorch.eigh(cov, method=self.spec)
+        lam, U = stabkit.torch.eigh(cov, method=self.spec)
         out = (U * FUNCTIONS[self.function](lam)[:, None, :]) @ U.transpose(1, 2)
         return out.to(x.dtype)

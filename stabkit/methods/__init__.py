@@ -43,26 +43,4 @@ EXACT = "analytic"
 TRAIN_DEFAULT = "taylor"
 
 
-# --- transition: the tuple/str API below is replaced by Spec; removed once no caller uses it -------
-def resolve_params(name: str, params: dict | None = None) -> dict:
-    return bind(name, params).params
-
-
-def parse_spec(text: str) -> tuple[str, dict]:
-    s = parse(text)
-    return s.name, s.params
-
-
-def format_spec(name: str, params: dict) -> str:
-    return str(bind(name, params))
-
-
-def gradient(value, A, loss):
-    return spec(value).gradient(A, loss)
-
-
-def evaluate(value, A, loss):
-    return spec(value).evaluate(A, loss)
-
-
-__all__ = ["Method", "Caveat", "Spec", "DEFAULT", "EXACT", "TRAIN_DEFAULT", "MethodSpecError", "spec", "parse", "bind", "REGISTRY", "NAMES", "get", "parse_spec", "format_spec", "resolve_params", "gradient", "evaluate", "assemble"]
+__all__ = ["Method", "Caveat", "Spec", "DEFAULT", "EXACT", "TRAIN_DEFAULT", "MethodSpecError", "spec", "parse", "bind", "REGISTRY", "NAMES", "get", "assemble"]

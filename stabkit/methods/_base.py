@@ -157,7 +157,7 @@ class Caveat:
 class Method:
     """A registered gradient method: forward (A → λ, U, state) and backward (state, ∂U, ∂λ → ∂A).
 
-    ``domains`` declares, per parameter in ``defaults``, the values it accepts; ``resolve_params``
+    ``domains`` declares, per parameter in ``defaults``, the values it accepts; ``bind``
     checks every value against it once, where the method is chosen.
     """
 

@@ -78,15 +78,14 @@ class Spec:
     def bound(self, lam):
         """max_ij |F_ij| per matrix (shape λ.shape[:-1]): the largest coefficient the backward can
         multiply an incoming gradient by, NaN counted as ∞; None where the method has no F."""
-        xp = _xp.namespace(lam)
         if self.method.bound_kernel is not None:  # a series: finite wherever λ is
             F = abs(self.method.bound_kernel(lam, **self.params))
         elif self.method.kernel is not None:
             F = abs(self.method.kernel(lam, **self.params))
-            F = np.nan_to_num(F, nan=np.inf) if xp is np else xp.nan_to_num(F, nan=float("inf"))
+            F = _xp.namespace(F).nan_to_num(F, nan=math.inf)
         else:
             return None
-        return F.max(axis=(-2, -1)) if xp is np else F.amax((-2, -1))
+        return _xp.amax(F, (-2, -1), keepdims=False)
 
     def evaluate(self, A, loss):
         """(grad, lam, U, kept) for probe loss ``loss`` at A: the forward decides (λ, U), the loss

@@ -18,7 +18,7 @@ import warnings
 import torch
 
 from .. import methods
-from .. import torch as sktorch
+import stabkit.torch
 from ..methods import DEFAULT, EXACT, Spec
 from .log import LiveLog, rank_file_name
 from .records import Monitor
@@ -86,7 +86,7 @@ def _watched(fn_name: str, call):
 
 _TORCH_FUNCS = {
     "eigh": lambda: torch.linalg.eigh, "eigvalsh": lambda: torch.linalg.eigvalsh,
-    "svd": lambda: torch.linalg.svd, "sk": lambda: sktorch.eigh,
+    "svd": lambda: torch.linalg.svd, "sk": lambda: stabkit.torch.eigh,
 }
 
 
@@ -151,7 +151,7 @@ def _eigh_call(mons, A=None, *args, **kwargs):
     swapper = _swap_of(mons)
     if swapper is not None and _swap_applies((A, *args), kwargs):
         lam, U = _originals_or_live("sk")(A, method=swapper.swap)
-        result = sktorch.EighResult(lam, U)
+        result = stabkit.torch.EighResult(lam, U)
         backward = swapper.swap_spec
     else:
         result = _originals_or_live("eigh")(A, *args, **kwargs)
@@ -194,7 +194,7 @@ def _activate(mon: Monitor):
             torch.linalg.eigh = _watched("eigh", _eigh_call)
             torch.linalg.eigvalsh = _watched("eigvalsh", _eigvalsh_call)
             torch.linalg.svd = _watched("svd", _svd_call)
-            sktorch.eigh = _watched("sk", _sk_call)
+            stabkit.torch.eigh = _watched("sk", _sk_call)
             from torch.optim.optimizer import register_optimizer_step_post_hook
 
             _hook_handle = register_optimizer_step_post_hook(_optimizer_hook)
@@ -207,7 +207,7 @@ def _deactivate(mon: Monitor):
         _active = tuple(m for m in _active if m is not mon)
         if not _active and _originals is not None:
             torch.linalg.eigh, torch.linalg.eigvalsh, torch.linalg.svd = _originals["eigh"], _originals["eigvalsh"], _originals["svd"]
-            sktorch.eigh = _originals["sk"]
+            stabkit.torch.eigh = _originals["sk"]
             _originals = None
             if _hook_handle is not None:
                 _hook_handle.remove()

@@ -18,13 +18,13 @@ import pandas as pd
 import torch
 
 from .. import methods
-from .. import torch as sktorch
+import stabkit.torch
 from .log import LiveLog, frame
 
 #: files a call site is looked through: torch, the method registry, this package, stabkit.torch, _xp
 _SKIP_PARTS = (os.sep + torch.__name__ + os.sep, os.sep + "stabkit" + os.sep + "methods" + os.sep,
                os.path.dirname(os.path.abspath(__file__)) + os.sep)
-_SKIP_FILES = {os.path.abspath(sktorch.__file__),
+_SKIP_FILES = {os.path.abspath(stabkit.torch.__file__),
                os.path.abspath(os.path.join(os.path.dirname(os.path.dirname(__file__)), "_xp.py"))}
 
 _site_of_file: dict = {}

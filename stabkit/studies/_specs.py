@@ -30,15 +30,3 @@ def exact() -> methods.Spec:
 def specs(values) -> list[methods.Spec]:
     """Each method spec (text or Spec) as a Spec: the one conversion of a grid's or a cell's list."""
     return [methods.spec(v) for v in values]
-
-
-# --- transition: stabkit.compare and stabkit.torch take (name, params) on main; once they take a
-# Spec (the "api" branch), pass the Spec itself and delete these two ---------------------------
-def pairs(spec_list) -> list[tuple[str, dict]]:
-    """Specs as (name, params) pairs for ``stabkit.compare.compare``."""
-    return [(s.name, s.params) for s in spec_list]
-
-
-def torch_kwargs(spec: methods.Spec) -> dict:
-    """``method=`` and the parameters of a Spec, for ``stabkit.torch.eigh``/``eigh_kept``."""
-    return {"method": spec.name, **spec.params}

@@ -136,7 +136,7 @@ def run_cell(cell: dict) -> list[dict]:
     except ValueError as exc:  # this variant does not exist at this size (validate checked the others)
         return _unbuilt_rows(base, specs, exc)
     try:
-        result = compare(spectrum.matrix, cell["loss"], _specs.pairs(specs), dtype=cell["dtype"], seed=cell["seed"])
+        result = compare(spectrum.matrix, cell["loss"], specs, dtype=cell["dtype"], seed=cell["seed"])
     except ValueError as exc:  # the loss is undefined on this spectrum: record why, per method
         return _undefined_rows(base, specs, spectrum, cell["dtype"], exc)
     return [_scored_row(base, row, result) for row in result.rows]

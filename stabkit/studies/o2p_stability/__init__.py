@@ -142,7 +142,7 @@ def _pc_grad(A, B, w, method, dtype):
     name or a method (Spec, or text parsed here once)."""
     import torch
     from ... import layers
-    from ... import torch as sktorch
+    from ...torch import eigh_kept, symmetrize
     from ...layers.ied import fix_sign
     a = torch.tensor(A, dtype=dtype, requires_grad=True)
     if method == "less":
@@ -152,7 +152,7 @@ def _pc_grad(A, B, w, method, dtype):
         y = Y[..., 0]
     else:
         spec = methods.spec(method)
-        _, U, kept = sktorch.eigh_kept(sktorch.symmetrize(a), **_specs.torch_kwargs(spec))
+        _, U, kept = eigh_kept(symmetrize(a), spec)
         if not bool(kept[..., -1].all()):
             # a truncating method (pi) that drops the principal pair does not compute this loss at all
             raise ValueError(f"{spec} drops the principal eigenpair here: its function has no principal vector")

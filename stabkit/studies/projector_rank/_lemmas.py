@@ -169,12 +169,12 @@ def _method_step(F, P_psi, d, spec):
     numerically nonzero eigenvalues, the gradient by the method's backward."""
     import torch
 
-    from ... import torch as stk
+    from ...torch import eigh
 
     Ft = torch.tensor(F, dtype=torch.float64, requires_grad=True)
     Wt = Ft @ Ft.T
     Wt = (Wt + Wt.T) / 2
-    lam, U = stk.eigh(Wt, **_specs.torch_kwargs(spec))
+    lam, U = eigh(Wt, spec)
     tol = d * np.finfo(np.float64).eps * float(lam.detach().abs().max())
     mask = (lam > tol).to(torch.float64)
     P = (U * mask) @ U.T

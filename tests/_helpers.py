@@ -1,8 +1,9 @@
-"""mpmath ground truth for the layer tests: high-precision central finite differences.
+"""Shared test helpers: mpmath ground truth for the layer tests by high-precision central finite
+differences (checked against closed forms in tests/test_mp_helpers.py).
 
 ``mp_grad(fun, x)`` differentiates a scalar mpmath function of a float64 array at 40 digits with
 step h = 1e-12: truncation error ~h²·|L'''| ≈ 1e-24 and rounding ≈ 1e-40/h = 1e-28, far below the
-1e-10 tolerance the layers are held to. The helpers are checked here against closed forms.
+1e-10 tolerance the layers are held to.
 """
 
 import mpmath as mp
@@ -62,25 +63,3 @@ def mp_range_projector(B):
 
 def rel(a, b):
     return float(np.linalg.norm(np.asarray(a) - np.asarray(b)) / np.linalg.norm(np.asarray(b)))
-
-
-def test_mp_grad_matches_closed_form_of_log_det():
-    # ∂ log det(X) / ∂X = X^-T
-    rng = np.random.default_rng(1)
-    X = rng.standard_normal((4, 4)) + 4 * np.eye(4)
-    g = mp_grad(lambda M: mp.log(mp.det(M)), X)
-    assert rel(g, np.linalg.inv(X).T) < 1e-13
-
-
-def test_mp_matfun_and_projector_closed_forms():
-    rng = np.random.default_rng(2)
-    Q, _ = np.linalg.qr(rng.standard_normal((4, 4)))
-    A = (Q * np.array([0.5, 1.0, 2.0, 3.0])) @ Q.T
-    with mp.workdps(DPS):
-        L = mp_matfun(to_mp(mp_sym(A)), mp.log)
-        expected = (Q * np.log([0.5, 1.0, 2.0, 3.0])) @ Q.T
-        assert rel(np.array(L.tolist(), dtype=float), expected) < 1e-14
-        B = rng.standard_normal((5, 2))
-        P = np.array(mp_range_projector(to_mp(B)).tolist(), dtype=float)
-        assert rel(P, B @ np.linalg.pinv(B)) < 1e-13
-        assert np.allclose(P @ P, P, atol=1e-14)
