@@ -70,6 +70,8 @@ import flint
 import mpmath
 import numpy as np
 
+from ._flint_mul import IntMat, matmul
+
 MAX_DIGITS = 60.0
 _SAFE = 1.0 + 1e-9  # covers float64 rounding in the bound arithmetic (≪ 1e-9 relative in total)
 _NEWTON_MAX_BITS = 10  # largest |E_ij| of a separated pair that the refinement applies as is: 2^-10
@@ -111,6 +113,18 @@ def _round_to_int(a: np.ndarray, s: int) -> np.ndarray:
 
 def _to_float(N: np.ndarray, scale: int) -> np.ndarray:
     """N / 2^scale correctly rounded (int/int true division); ±inf beyond the float64 range."""
+    N = np.asarray(N)
+    try:  # float(int) is correctly rounded, and so is ·2^-scale unless the result is subnormal
+        F = N.astype(np.float64)
+    except OverflowError:
+        F = None
+    if F is not None and F.size and np.isfinite(F).all():
+        nz = np.abs(F[F != 0])
+        if nz.size == 0 or math.frexp(float(nz.min()))[1] - scale > -1021:
+            out = np.ldexp(F, -scale)
+            if np.isfinite(out).all():
+                return out
+
     def one(v, den):
         try:
             return v / den if den else float(v << -scale)
@@ -169,20 +183,21 @@ def _lb_sqrt(n: int, scale2: int) -> float:
 class _Pass:
     """Exact products of one refinement pass for X (scale 2^-s)."""
 
-    def __init__(self, Af, a, X, s):
+    def __init__(self, Ai: IntMat, a, X, s):
         self.X, self.s, self.a = X, s, a
-        Xf = _fm(X)
-        XT = Xf.transpose()
-        self.P1 = _obj(XT * Xf)  # XᵀX, scale 2s
-        self._AXf = Af * Xf  # scale a + s; converted only when certifying
-        self.S = _obj(XT * self._AXf)  # XᵀAX, scale a + 2s
+        Xi = IntMat(X)
+        self.P1 = matmul(Xi.T, Xi)  # XᵀX, scale 2s
+        self.S = matmul(Xi.T, Ai, Xi)  # XᵀAX, scale a + 2s
+        self._Ai, self._Xi = Ai, Xi  # AX (scale a + s) is formed only when certifying
+        self._AX = None
         self.order = None
         self.sort()
 
     @property
     def AX(self) -> np.ndarray:
-        AX = _obj(self._AXf)
-        return AX if self.order is None else AX[:, self.order]
+        if self._AX is None:
+            self._AX = matmul(self._Ai, self._Xi)
+        return self._AX if self.order is None else self._AX[:, self.order]
 
     def sort(self):
         d = self.X.shape[1]
@@ -200,7 +215,7 @@ def _refine(A: np.ndarray, target_bits: int, lam0: np.ndarray, Q0: np.ndarray, m
     """Ogita–Aishima refinement of (lam0, Q0) = eigh(A) to ~target_bits; returns (last pass, previous pass)."""
     d = A.shape[0]
     Aint, a = _float_exact_to_int(A)
-    Af = _fm(Aint)
+    Ai = IntMat(Aint)
     normA = float(np.abs(lam0).max()) or 1.0
     s = min(64, target_bits)  # float64 eigh is accurate to ~2^-50; less only when a low target is forced
     X = _round_to_int(Q0, s)
@@ -209,7 +224,7 @@ def _refine(A: np.ndarray, target_bits: int, lam0: np.ndarray, Q0: np.ndarray, m
     cur = None
     extra = max(0, target_bits - 200) // 16  # graded spectra: one Rayleigh–Ritz per ~16 digits
     for _ in range(max_iter + 2 * extra):
-        cur = _Pass(Af, a, X, s)
+        cur = _Pass(Ai, a, X, s)
         s2 = 2 * s
         R2 = -cur.P1
         for i in range(d):
@@ -266,7 +281,7 @@ def _refine(A: np.ndarray, target_bits: int, lam0: np.ndarray, Q0: np.ndarray, m
                 continue
             break
         s_new = int(min(target_bits + 32, max(s, 2 * acc + 48, s + 8)))
-        XE = _obj(_fm(cur.X) * _fm(E))  # scale 3s
+        XE = matmul(cur.X, E)  # scale 3s
         X = _shift(cur.X, s_new - s) + _shift(XE, s_new - 3 * s)
         s = s_new
         prev = cur
@@ -554,8 +569,8 @@ def _gradient(st: dict, loss, G: np.ndarray, want_bound: bool):
     G0, g0 = _float_exact_to_int(G)
     Gint, g = G0 + G0.T, g0 + 1  # G_sym = (G + Gᵀ)/2 exactly
     Gs = _to_float(Gint, g)
-    Xf = _fm(X)
-    K = _obj(Xf.transpose() * (_fm(Gint) * Xf))  # scale 2s + g
+    Xi = IntMat(X)
+    K = matmul(Xi.T, Gint, Xi)  # scale 2s + g
     qK = 2 * s + g
     lamf = _to_float(c, qc)
     target = st["target_bits"]
@@ -624,8 +639,12 @@ def _gradient(st: dict, loss, G: np.ndarray, want_bound: bool):
                 want_bound = False
             else:
                 with np.errstate(over="ignore", invalid="ignore"):  # beyond float64: no bound
-                    f2 = np.vectorize(lambda x: _float_or_inf(tab[1], x))(low)
-                    f3 = np.vectorize(lambda x: _float_or_inf(tab[2], x))(low)
+                    # the tabulated bounds decrease on (0, inf): at min(lo_i, lo_j) they are the
+                    # larger of their values at lo_i and lo_j
+                    f2v = np.array([_float_or_inf(tab[1], x) for x in lo])
+                    f3v = np.array([_float_or_inf(tab[2], x) for x in lo])
+                    f2 = np.maximum(f2v[:, None], f2v[None, :])
+                    f3 = np.maximum(f3v[:, None], f3v[None, :])
                     dD0 = (r[:, None] + r[None, :]) / 2 * f2 * _SAFE
                     evalD = (np.where(near & (h > 0), h * h / 24 * f3, 0.0) + evalerr) * _SAFE
     # M = D̃ ∘ K̃, rounded to scale tM
@@ -633,8 +652,7 @@ def _gradient(st: dict, loss, G: np.ndarray, want_bound: bool):
     Mtop = int(np.abs(Mfull).max())
     tM = int(target + 40 - (_bits(Mtop) - 1 - tD - qK if Mtop else 0))
     Mint = _shift(Mfull, tM - tD - qK)
-    Mf = _fm(Mint)
-    gnum = _obj(Xf * (Mf * Xf.transpose()))  # scale 2s + tM
+    gnum = matmul(Xi, Mint, Xi.T)  # scale 2s + tM
     gscale = 2 * s + tM
     bound = None
     if want_bound and np.isfinite(st["eps"]).all():
