@@ -36,7 +36,9 @@ import numpy as np
 
 _LB = 16  # limb bits
 _LMASK = (1 << _LB) - 1
-_ROWS = 1 << 18  # entries per chunk in the limb ↔ residue conversions (memory)
+_ROWS = 1 << 18  # entries per chunk in the limb → residue conversion (memory)
+_CHUNK = 1 << 16  # entries per chunk in the reconstruction (memory)
+_GROUP = 8  # primes whose residues are formed together
 
 
 def _is_prime(n: int) -> bool:
@@ -140,7 +142,8 @@ class IntMat:
         return (c, r) if self.transposed else (r, c)
 
     def _table(self, primes: tuple[int, ...]) -> np.ndarray:
-        """Residues |r| ≤ p/2 + 2, int32, (primes × entries), of the source matrix (cached: the last)."""
+        """Residues |r| ≤ p/2 + 2, int32, (primes × entries), of the source matrix (cached while
+        that group of primes is in use: ``release`` frees it)."""
         src = self.src
         if src._res[0] == primes:
             return src._res[1]
@@ -159,8 +162,11 @@ class IntMat:
         src._res = (primes, R)
         return R
 
+    def release(self) -> None:
+        self.src._res = (None, None)
+
     def residue(self, primes: tuple[int, ...], i: int) -> np.ndarray:
-        """The balanced residues mod primes[i] as a float64 matrix in this orientation."""
+        """The residues mod primes[i] as a float64 matrix in this orientation."""
         m = self._table(primes)[i].reshape(self.src.shape0).astype(np.float64)
         return m.T if self.transposed else m
 
@@ -200,60 +206,80 @@ def matmul(*factors, out: str = "object"):
         return Z if out == "int64" else Z.astype(object)
     bits = sum(M.bits for M in mats) + sum(math.ceil(math.log2(kk)) for kk in inner)
     primes = _primes_for(bits, k)
-    W = np.empty((len(primes), rows * cols), dtype=np.float64)
-    for i, p in enumerate(primes):
-        acc = mats[0].residue(primes, i)
-        for M in mats[1:]:
-            acc = _mod(acc @ M.residue(primes, i), p)  # exact: see the module doc
-        W[i] = acc.ravel()
+    W = np.empty((len(primes), rows * cols), dtype=np.int32)  # |residues| ≤ p/2 + 2 < 2^26
+    for g in range(0, len(primes), _GROUP):
+        grp = primes[g:g + _GROUP]
+        for i, p in enumerate(grp):
+            acc = mats[0].residue(grp, i)
+            for M in mats[1:]:
+                acc = _mod(acc @ M.residue(grp, i), p)  # exact: see the module doc
+            W[g + i] = acc.ravel()
+        for M in mats:
+            M.release()
     return _reconstruct(W, primes, (rows, cols), out)
 
 
 @lru_cache(maxsize=64)
 def _crt_tables(primes: tuple[int, ...]):
+    """inv_i = (M/p_i)⁻¹ mod p_i, the limbs of M/p_i and of M (base 2^lb), lb and the limb count.
+
+    lb = 24 where n·(max p/2 + 3)·2^24 < 2^52 (every limb column sum stays exact), else 16; 16
+    also when M < 2^61, so that the result can be read as int64."""
     M = math.prod(primes)
-    nl = (M.bit_length() + _LB - 1) // _LB
+    n, pmax = len(primes), max(primes)
+    lb = 24 if n * (pmax // 2 + 3) * (1 << 24) < (1 << 52) and M.bit_length() > 61 else 16
+    mask = (1 << lb) - 1
+    nl = (M.bit_length() + lb - 1) // lb
     Mi = [M // p for p in primes]
     inv = np.array([pow(mi % p, -1, p) for mi, p in zip(Mi, primes)], dtype=np.float64)
-    lim = np.array([[(mi >> (_LB * j)) & _LMASK for j in range(nl)] for mi in Mi], dtype=np.float64)
-    mu = np.array([(M >> (_LB * j)) & _LMASK for j in range(nl)], dtype=np.float64)
-    return inv, lim, mu, nl
+    lim = np.array([[(mi >> (lb * j)) & mask for j in range(nl)] for mi in Mi], dtype=np.float64)
+    mu = np.array([(M >> (lb * j)) & mask for j in range(nl)], dtype=np.float64)
+    return inv, lim, mu, lb, nl
 
 
 def _reconstruct(W: np.ndarray, primes, shape, out: str):
-    """Residues (balanced; row i mod primes[i], one column per entry) → the integers, by the CRT
-    described in the module doc."""
-    inv, lim, mu, nl = _crt_tables(tuple(primes))
+    """Residues (row i mod primes[i], one column per entry) → the integers, by the CRT described
+    in the module doc; chunk by chunk (memory)."""
+    inv, lim, mu, lb, nl = _crt_tables(tuple(primes))
     ps = np.array(primes, dtype=np.float64)[:, None]
     n = W.shape[1]
-    nl_out = max(nl, 4)
-    limbs = np.empty((nl_out, n), dtype=np.uint16)
-    for a in range(0, n, _ROWS):
-        b = min(n, a + _ROWS)
+    small = lb == 16 and nl <= 4  # |x| < 2^61: read as int64
+    if out == "int64" and not small:
+        raise OverflowError("product entries exceed int64")
+    res = np.empty(n, dtype=np.int64 if small else object)
+    for a in range(0, n, _CHUNK):
+        b = min(n, a + _CHUNK)
         w = _mod(W[:, a:b] * inv[:, None], ps)  # |r·inv| < 2^52: exact; any representative will do
         t = np.rint((w / ps).sum(axis=0))
-        cols = lim.T @ w  # exact: |terms| < 2^16 · 2^25
+        cols = lim.T @ w  # exact: see _crt_tables
         cols -= mu[:, None] * t[None, :]
-        cols = cols.astype(np.int64)
-        carry = np.zeros(b - a, dtype=np.int64)
-        for j in range(nl):
-            v = cols[j]
-            v += carry
-            limbs[j, a:b] = v & _LMASK
-            carry = v >> _LB
-        # |x| < M/8 < 2^(16 nl − 3): the final carry is the sign, 0 or −1
-        limbs[nl:, a:b] = (carry & _LMASK)[None, :]
-    limbs = np.ascontiguousarray(limbs.T)
-    if nl_out == 4:
-        vals = limbs.view("<i8").reshape(shape)
-        return vals.copy() if out == "int64" else vals.astype(object)
-    if out == "int64":
-        raise OverflowError("product entries exceed int64")
-    w = 2 * nl_out
-    limbs[:, -1] ^= 0x8000  # two's complement + 2^(16 nl_out − 1): unsigned (faster to read)
-    buf = limbs.tobytes()
-    fb, off = int.from_bytes, 1 << (16 * nl_out - 1)
-    flat = [fb(buf[i:i + w], "little") - off for i in range(0, len(buf), w)]
-    res = np.empty(n, dtype=object)
-    res[:] = flat
-    return res.reshape(shape)
+        res[a:b] = _carry_to_ints(cols.astype(np.int64), lb, small)
+    res = res.reshape(shape)
+    return res if out == "int64" or not small else res.astype(object)
+
+
+def _carry_to_ints(cols: np.ndarray, lb: int, small: bool):
+    """Σ_j cols[j] 2^(lb j) (int64 columns, |x| < 2^(lb nl − 3)) as int64 or a list of Python ints."""
+    nl, m = cols.shape
+    mask = (1 << lb) - 1
+    nl_out = 4 if small else nl
+    limbs = np.empty((m, nl_out), dtype=np.uint16 if lb == 16 else np.uint32)
+    carry = np.zeros(m, dtype=np.int64)
+    for j in range(nl):
+        v = cols[j]
+        v += carry
+        limbs[:, j] = v & mask
+        carry = v >> lb
+    # the final carry is the sign (0 or −1); the top bit of lb·nl_out bits is the sign bit
+    limbs[:, nl:] = (carry & mask)[:, None]
+    if small:
+        return limbs.view("<i8").ravel()
+    if lb == 16:
+        by = limbs.view(np.uint8).reshape(m, -1)
+    else:
+        by = np.ascontiguousarray(limbs.view(np.uint8).reshape(m, nl_out, 4)[:, :, :3]).reshape(m, -1)
+    w = by.shape[1]
+    by[:, -1] ^= 0x80  # two's complement + 2^(8w − 1): unsigned (faster to read)
+    buf = by.tobytes()
+    fb, off = int.from_bytes, 1 << (8 * w - 1)
+    return [fb(buf[i:i + w], "little") - off for i in range(0, len(buf), w)]
