@@ -61,6 +61,7 @@ table — where the engine reports the agreement between the gradients of the la
 
 from __future__ import annotations
 
+import bisect
 import io
 import json
 import math
@@ -234,40 +235,41 @@ def _refine(A: np.ndarray, target_bits: int, lam0: np.ndarray, Q0: np.ndarray, m
         # clusters from *exact* λ̃ differences: float64 λ̃ cannot resolve gaps below ulp(λ̃), and
         # pairs it rounds together would never be separated by the iteration
         w0 = s2 + 16
-        lam = np.array([(int(Sd[i]) << w0) // (int(P1d[i]) << a) for i in range(d)], dtype=object)
-        den = lam[None, :] - lam[:, None]  # scale w0
+        lam = [(int(Sd[i]) << w0) // (int(P1d[i]) << a) for i in range(d)]  # scale w0
         # ω = 2(‖S − diag S‖_F + ‖A‖‖R‖_F) as an integer upper bound at scale w0 (in integers: at
         # high targets 2^-2s and 2^w0 leave the float64 range)
-        soff = cur.S.copy()
-        for i in range(d):
-            soff[i, i] = 0
+        soff2 = int(np.dot(cur.S.ravel(), cur.S.ravel())) - sum(int(v) * int(v) for v in Sd)
         norm_a = int(math.ceil(math.ldexp(normA, 20)))
-        om_int = 2 * (_sqrt_ub(int(np.sum(soff * soff)), a + s2, w0)
-                      + ((norm_a * _sqrt_ub(int(np.sum(R2 * R2)), s2, w0)) >> 20) + 1) + 1
-        clus = np.abs(den) <= om_int
-        np.fill_diagonal(clus, True)
-        sep = ~clus
+        om_int = 2 * (_sqrt_ub(soff2, a + s2, w0)
+                      + ((norm_a * _sqrt_ub(int(np.dot(R2.ravel(), R2.ravel())), s2, w0)) >> 20) + 1) + 1
+        clus, gmin_int = _cluster_test(lam, om_int)
         gapbits = 0
-        if sep.any():
-            gmin_int = int(np.abs(den[sep]).min())
+        if gmin_int is not None:
             gapbits = max(0, w0 - gmin_int.bit_length() + math.ceil(math.log2(normA)) + 1)
         # E at scale s2, from S, R exact and λ̃ at scale w: its error ≈ 2^-w / gap ≤ 2^-(2s+16)
         w = s2 + gapbits + 16
         lam = np.array([(int(Sd[i]) << w) // (int(P1d[i]) << a) for i in range(d)], dtype=object)
         den = lam[None, :] - lam[:, None]  # scale w
-        den_safe = np.where(clus, 1, den)
-        N = _shift(cur.S, w - a) + R2 * lam[None, :]  # scale w + 2s
-        E = np.where(clus, R2 // 2, N // den_safe)  # scale 2s
+        den[clus] = 1
+        N = _shift(cur.S, w - a)
+        N += R2 * lam[None, :]  # scale w + 2s
+        E = N // den  # scale 2s
+        E[clus] = R2[clus] // 2
         # A pair split by the cluster test whose correction is not small lies outside the Newton
         # region: its eigenvalues are closer than the mixing of its (not yet resolved) vectors.
         # Updating it would throw the iterate away (it cycled on exactly repeated eigenvalues split
         # by rounding); treat its run as one cluster instead, so that its invariant subspace
         # converges and the Rayleigh–Ritz step below resolves it.
-        big = ~clus & (np.abs(E) > (1 << (s2 - _NEWTON_MAX_BITS)))
+        absE = np.abs(E)
+        big = ~clus & (absE > (1 << (s2 - _NEWTON_MAX_BITS)))
         if big.any():
             clus = _merge_runs(clus, big)
-            E = np.where(clus, R2 // 2, N // np.where(clus, 1, den))
-        emax = int(np.abs(E).max())  # scale 2s
+            E = N // np.where(clus, 1, den)
+            E[clus] = R2[clus] // 2
+            absE = np.abs(E)
+        del N, den
+        emax = int(absE.max())  # scale 2s
+        del absE
         acc = s2 - math.log2(emax) if emax > 0 else float(target_bits + 64)
         if acc >= target_bits:
             # Rayleigh–Ritz on the clusters whose subspace has converged; again on the sub-clusters
@@ -286,6 +288,22 @@ def _refine(A: np.ndarray, target_bits: int, lam0: np.ndarray, Q0: np.ndarray, m
         s = s_new
         prev = cur
     return cur, prev
+
+
+def _cluster_test(lam: list[int], om: int):
+    """clus_ij = |λ_i − λ_j| ≤ ω and the smallest |λ_i − λ_j| > ω (None if there is none), for exact
+    integers λ, from the sorted order (O(d log d) integer operations; the pairs within ω of λ_i
+    are a contiguous run of the sorted values)."""
+    d = len(lam)
+    order = sorted(range(d), key=lam.__getitem__)
+    srt = [lam[i] for i in order]
+    rank = np.empty(d, dtype=np.int64)
+    rank[order] = np.arange(d)
+    lo = np.array([bisect.bisect_left(srt, v - om) for v in lam], dtype=np.int64)
+    hi = np.array([bisect.bisect_right(srt, v + om) for v in lam], dtype=np.int64)
+    clus = (rank[None, :] >= lo[:, None]) & (rank[None, :] < hi[:, None])
+    gaps = [v - srt[l - 1] for v, l in zip(lam, lo) if l > 0] + [srt[h] - v for v, h in zip(lam, hi) if h < d]
+    return clus, (min(gaps) if gaps else None)
 
 
 def _merge_runs(clus: np.ndarray, big: np.ndarray) -> np.ndarray:
