@@ -194,6 +194,10 @@ class _Pass:
         self.order = None
         self.sort()
 
+    def Xint(self) -> IntMat:
+        """X (in its sorted column order) as an ``IntMat``."""
+        return self._Xi if self.order is None else self._Xi.take_cols(self.order)
+
     @property
     def AX(self) -> np.ndarray:
         if self._AX is None:
@@ -587,7 +591,7 @@ def _gradient(st: dict, loss, G: np.ndarray, want_bound: bool):
     G0, g0 = _float_exact_to_int(G)
     Gint, g = G0 + G0.T, g0 + 1  # G_sym = (G + Gᵀ)/2 exactly
     Gs = _to_float(Gint, g)
-    Xi = IntMat(X)
+    Xi = st["_Xint"] if "_Xint" in st else IntMat(X)  # not in a state read from the cache
     K = matmul(Xi.T, Gint, Xi)  # scale 2s + g
     qK = 2 * s + g
     lamf = _to_float(c, qc)
@@ -727,7 +731,7 @@ def _digits_from(bound: float, gnum: np.ndarray, gscale: int) -> float:
 def _state_from_pass(p: _Pass, target_bits: int, certify: bool, k: int) -> dict:
     """What the gradient needs: X (scale 2^-s), λ_i ≈ c_i / 2^qc of A = 2^-k A', and the bounds."""
     st = {"X": p.X, "s": p.s, "c": np.array([int(v) for v in np.diag(p.S)], dtype=object),
-          "qc": p.a + 2 * p.s + k, "target_bits": target_bits}
+          "qc": p.a + 2 * p.s + k, "target_bits": target_bits, "_Xint": p.Xint()}
     cert = _certify(p) if certify else None
     if cert is not None:
         st.update(rho=cert["rho"], eta=cert["eta"] * 2.0 ** -k, eps=cert["eps"], grp=cert["grp"])

@@ -162,6 +162,19 @@ class IntMat:
         src._res = (primes, R)
         return R
 
+    def take_cols(self, order) -> "IntMat":
+        """The matrix with its columns permuted (source orientation only)."""
+        if self.transposed:
+            raise ValueError("take_cols of a transposed view")
+        r, c = self.shape0
+        out = IntMat.__new__(IntMat)
+        out.src, out.transposed, out.shape0, out._res = out, False, (r, c), (None, None)
+        out.bits = self.bits
+        nl = self.limbs.shape[1]
+        out.limbs = np.ascontiguousarray(self.limbs.reshape(r, c, nl)[:, order, :]).reshape(r * c, nl)
+        out.neg = np.ascontiguousarray(self.neg.reshape(r, c)[:, order]).ravel()
+        return out
+
     def release(self) -> None:
         self.src._res = (None, None)
 
