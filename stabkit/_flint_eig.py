@@ -100,16 +100,21 @@ def _float_exact_to_int(a: np.ndarray) -> tuple[np.ndarray, int]:
     if not nz.any():
         return np.zeros(a.shape, dtype=object), 0
     e = int((53 - ex[nz]).max())
-    shifts = (e - 53 + ex).ravel()
-    flat = [int(v) << int(sh) if v else 0 for v, sh in zip(mant.ravel(), shifts)]
-    return np.array(flat, dtype=object).reshape(a.shape), e
+    shifts = np.where(nz, e - 53 + ex, 0)  # ≥ 0 on the nonzero entries
+    return mant.astype(object) << shifts.astype(object), e
 
 
 def _round_to_int(a: np.ndarray, s: int) -> np.ndarray:
     """round(a · 2^s) for a float64 array, as Python ints."""
     if s > 960:  # 2^s beyond the float64 range: exact rational arithmetic
         return np.array([round(Fraction(float(v)) * (1 << s)) for v in a.ravel()], dtype=object).reshape(a.shape)
-    return np.array([int(round(math.ldexp(float(v), s))) for v in a.ravel()], dtype=object).reshape(a.shape)
+    with np.errstate(over="ignore"):
+        r = np.round(np.ldexp(np.asarray(a, dtype=np.float64), s))  # exact scaling; half to even, as round()
+    if not np.isfinite(r).all():
+        raise OverflowError("round(a · 2^s) beyond the float64 range")
+    out = np.empty(r.size, dtype=object)
+    out[:] = [int(v) for v in r.ravel().tolist()]
+    return out.reshape(r.shape)
 
 
 def _to_float(N: np.ndarray, scale: int) -> np.ndarray:
@@ -287,7 +292,7 @@ def _refine(A: np.ndarray, target_bits: int, lam0: np.ndarray, Q0: np.ndarray, m
                 continue
             break
         s_new = int(min(target_bits + 32, max(s, 2 * acc + 48, s + 8)))
-        XE = matmul(cur.X, E)  # scale 3s
+        XE = matmul(cur.Xint(), E)  # scale 3s
         X = _shift(cur.X, s_new - s) + _shift(XE, s_new - 3 * s)
         s = s_new
         prev = cur
