@@ -16,7 +16,14 @@ pair whose correction |E_ij| exceeds 2^-10 lies outside the Newton region (its g
 mixing of its still arbitrary vectors — exactly repeated eigenvalues split by rounding, once ω
 drops below the split); its run is refined as one cluster until the Rayleigh–Ritz step resolves
 it, instead of cycling.  X is a matrix of integers with an implicit scale 2^-s and A is scaled
-exactly to integers, so XᵀX, AX, XᵀAX are *exact* (``flint.fmpz_mat`` products, multi-modular).
+exactly to integers, so XᵀX, AX, XᵀAX are *exact* integer products.
+
+Products: every d × d product (XᵀX, XᵀAX, AX, XE, XᵀGX, XM̃Xᵀ) is an exact integer product formed
+by ``_flint_mul.matmul``: multi-modular with primes ≈ 2^22 on float64 BLAS (each dgemm exact by
+construction, CRT reconstruction exact; see that module).  It returns the same integers that
+``flint.fmpz_mat`` multiplication returns — only faster (issue #16: the fmpz_mat products and the
+Python-integer round trips around them took most of the time at d ≥ 512) — so nothing below depends on it;
+``flint`` is kept for the small cluster blocks (Rayleigh–Ritz, group residuals).
 
 Certificate (all from exact integer quantities; final bound arithmetic in float64 with a safety
 factor that covers its own rounding):

@@ -105,17 +105,17 @@ def test_blas_product_extremes():
 @settings(max_examples=40, deadline=None)
 @given(st.integers(1, 1 << 14))
 def test_prime_table_keeps_dgemms_exact(k):
-    """Every prime p = 2h + 1 − 2j of the table satisfies k (h + 3)² < 2^53 (residues are reduced
-    to |r| ≤ p/2 + 2) and p < 2^26."""
+    """Every prime p = 2h + 1 − 2j of the table satisfies k (h + 3)² < 2^53 − 2^27 (residues are
+    reduced to |r| ≤ p/2 + 2, and r − qp must stay exact) and p < 2^26."""
     ps = FM._prime_list(k, 8)
-    assert all(k * (p // 2 + 3) ** 2 < 2 ** 53 and p < 2 ** 26 for p in ps)
+    assert all(k * (p // 2 + 3) ** 2 < 2 ** 53 - 2 ** 27 and p < 2 ** 26 for p in ps)
     assert all(FM._is_prime(p) == flint.fmpz(p).is_prime() for p in range(ps[-1], ps[0] + 1, 2))
 
 
 def test_mod_bound():
     """_mod leaves |r| ≤ p/2 + 2 for integers up to 2^53, including quotients at half-integers."""
     p = float(FM._prime_list(2048, 1)[0])
-    r = np.array([2.0 ** 53 - 1, -(2.0 ** 53) + 1, p * 1e6 + (p - 1) / 2, -(p * 7 + (p + 1) / 2), 0.0,
+    r = np.array([2.0 ** 53 - 2 ** 27, -(2.0 ** 53) + 2 ** 27, p * 1e6 + (p - 1) / 2, -(p * 7 + (p + 1) / 2), 0.0,
                   p, 3 * p + 1], dtype=np.float64)
     exact = [int(v) for v in r]
     out = FM._mod(r.copy(), p)
