@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -48,6 +49,8 @@ def _child(d: int, engine: str, loss_name: str, seed: int, baseline: str | None)
         mod = importlib.util.module_from_spec(spec)
         sys.modules["stabkit._flint_eig"] = mod
         spec.loader.exec_module(mod)
+    elif engine == "flint":
+        import stabkit._flint_eig  # noqa: F401  (imported before the clock, as the baseline is)
     from stabkit.losses import make_loss
     from stabkit.reference import ground_truth
 
@@ -94,6 +97,7 @@ def main(argv=None) -> int:
             ap.error(f"--baseline {args.baseline}: no such file")
         engines.append("flint-baseline")
     runs: dict[tuple[int, str], list[dict]] = {}
+    load0 = os.getloadavg()
     for rep in range(args.repeats):
         for d in args.d:
             for eng in engines:
@@ -104,9 +108,13 @@ def main(argv=None) -> int:
                 print(f"[{rep + 1}/{args.repeats}] d={d} {eng}: {r['seconds']:.2f} s ({r['cpu_s']:.2f} s CPU), "
                       f"{r['digits']:.1f} digits, "
                       f"peak {r['peak_mb']:.0f} MB", file=sys.stderr, flush=True)
+    load1 = os.getloadavg()
+    threads = {k: os.environ[k] for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS") if k in os.environ}
     print(f"loss {args.loss}, seed {args.seed}, median of {args.repeats} run(s), each in its own process; "
           f"CPU = process CPU time (all threads); "
-          f"peak = max resident set size incl. imports")
+          f"peak = max resident set size incl. imports; {os.cpu_count()} CPUs, load average (1 min) "
+          f"{load0[0]:.2f} at the start, {load1[0]:.2f} at the end; BLAS threads: "
+          f"{threads or 'library default'}")
     ratio = bool(args.baseline)
     print("| d | engine | seconds | CPU s | digits | peak MB |" + (" baseline / flint (wall, CPU) |" if ratio else ""))
     print("|---:|---|---:|---:|---:|---:|" + ("---:|" if ratio else ""))

@@ -199,8 +199,8 @@ class _Pass:
     def __init__(self, Ai: IntMat, a, X, s):
         self.X, self.s, self.a = X, s, a
         Xi = IntMat(X)
-        self.P1 = matmul(Xi.T, Xi)  # XᵀX, scale 2s
-        self.S = matmul(Xi.T, Ai, Xi)  # XᵀAX, scale a + 2s
+        self.P1 = matmul(Xi.T, Xi, sym=True)  # XᵀX, scale 2s
+        self.S = matmul(Xi.T, Ai, Xi, sym=Ai.symmetric)  # XᵀAX, scale a + 2s
         self._Ai, self._Xi = Ai, Xi  # AX (scale a + s) is formed only when certifying
         self._AX = None
         self.order = None
@@ -233,6 +233,7 @@ def _refine(A: np.ndarray, target_bits: int, lam0: np.ndarray, Q0: np.ndarray, m
     d = A.shape[0]
     Aint, a = _float_exact_to_int(A)
     Ai = IntMat(Aint)
+    Ai.symmetric = bool(np.array_equal(A, A.T))  # XᵀAX is then symmetric: half its reconstruction
     normA = float(np.abs(lam0).max()) or 1.0
     s = min(64, target_bits)  # float64 eigh is accurate to ~2^-50; less only when a low target is forced
     X = _round_to_int(Q0, s)
@@ -604,7 +605,7 @@ def _gradient(st: dict, loss, G: np.ndarray, want_bound: bool):
     Gint, g = G0 + G0.T, g0 + 1  # G_sym = (G + Gᵀ)/2 exactly
     Gs = _to_float(Gint, g)
     Xi = st["_Xint"] if "_Xint" in st else IntMat(X)  # not in a state read from the cache
-    K = matmul(Xi.T, Gint, Xi)  # scale 2s + g
+    K = matmul(Xi.T, Gint, Xi, sym=True)  # scale 2s + g (G_sym is symmetric)
     qK = 2 * s + g
     lamf = _to_float(c, qc)
     target = st["target_bits"]
@@ -686,7 +687,9 @@ def _gradient(st: dict, loss, G: np.ndarray, want_bound: bool):
     Mtop = int(np.abs(Mfull).max())
     tM = int(target + 40 - (_bits(Mtop) - 1 - tD - qK if Mtop else 0))
     Mint = _shift(Mfull, tM - tD - qK)
-    gnum = matmul(Xi, Mint, Xi.T)  # scale 2s + tM
+    # D̃ and K̃ are symmetric (divided differences of exact ints, floor quotients of negated
+    # pairs agree), hence M̃; checked, as the product's symmetric reconstruction relies on it
+    gnum = matmul(Xi, Mint, Xi.T, sym=bool((Mint == Mint.T).all()))  # scale 2s + tM
     gscale = 2 * s + tM
     bound = None
     if want_bound and np.isfinite(st["eps"]).all():

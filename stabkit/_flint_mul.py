@@ -204,11 +204,13 @@ def _as_intmat(M) -> IntMat:
     return M if isinstance(M, IntMat) else IntMat(M)
 
 
-def matmul(*factors, out: str = "object"):
+def matmul(*factors, out: str = "object", sym: bool = False):
     """The exact product of a chain of 2 or 3 integer matrices (int64 / object arrays or ``IntMat``).
 
     ``out="object"``: numpy object array of Python ints; ``out="int64"``: int64 array (raises
-    OverflowError when an entry does not fit)."""
+    OverflowError when an entry does not fit).  ``sym=True``: the caller guarantees that the
+    product is symmetric (XᵀX, XᵀAX with A = Aᵀ, …); only its upper triangle is reconstructed and
+    mirrored (half the reconstruction and conversion work)."""
     mats = [_as_intmat(M) for M in factors]
     if not 2 <= len(mats) <= 3:
         raise ValueError("matmul takes 2 or 3 factors")
@@ -223,17 +225,27 @@ def matmul(*factors, out: str = "object"):
         return Z if out == "int64" else Z.astype(object)
     bits = sum(M.bits for M in mats) + sum(math.ceil(math.log2(kk)) for kk in inner)
     primes = _primes_for(bits, k)
-    W = np.empty((len(primes), rows * cols), dtype=np.int32)  # |residues| ≤ p/2 + 2 < 2^26
+    if sym and rows != cols:
+        raise ValueError("sym=True needs a square product")
+    iu = np.triu_indices(rows) if sym else None
+    sel = iu[0] * cols + iu[1] if sym else slice(None)
+    W = np.empty((len(primes), len(iu[0]) if sym else rows * cols), dtype=np.int32)  # |r| ≤ p/2 + 2 < 2^26
     for g in range(0, len(primes), _GROUP):
         grp = primes[g:g + _GROUP]
         for i, p in enumerate(grp):
             acc = mats[0].residue(grp, i)
             for M in mats[1:]:
                 acc = _mod(acc @ M.residue(grp, i), p)  # exact: see the module doc
-            W[g + i] = acc.ravel()
+            W[g + i] = acc.ravel()[sel]
         for M in mats:
             M.release()
-    return _reconstruct(W, primes, (rows, cols), out)
+    if not sym:
+        return _reconstruct(W, primes, (rows, cols), out)
+    vals = _reconstruct(W, primes, (W.shape[1],), out)
+    res = np.empty((rows, cols), dtype=vals.dtype)
+    res[iu] = vals
+    res[iu[1], iu[0]] = vals
+    return res
 
 
 @lru_cache(maxsize=64)

@@ -82,6 +82,10 @@ def test_blas_product_is_exact(m, k, n, b1, b2):
     assert (FM.matmul(P, Q, R) == _flint_product(P, Q, R)).all()
     X = FM.IntMat(P)
     assert (FM.matmul(X.T, X) == _flint_product(P.T, P)).all()
+    assert (FM.matmul(X.T, X, sym=True) == _flint_product(P.T, P)).all()
+    if n == k:
+        Qs = Q + Q.T
+        assert (FM.matmul(X.T, Qs, X, sym=True) == _flint_product(P.T, Qs, P)).all()
     assert (FM.matmul(X, X.T) == _flint_product(P, P.T)).all()
 
 
