@@ -182,19 +182,25 @@ class IntMat:
     def release(self) -> None:
         self.src._res = (None, None)
 
-    def residue(self, primes: tuple[int, ...], i: int) -> np.ndarray:
-        """The residues mod primes[i] as a float64 matrix in this orientation."""
-        m = self._table(primes)[i].reshape(self.src.shape0).astype(np.float64)
-        return m.T if self.transposed else m
+    def residue(self, primes: tuple[int, ...], i: int, buf: np.ndarray | None = None) -> np.ndarray:
+        """The residues mod primes[i] as a float64 matrix in this orientation (written into
+        ``buf``, shaped as the source, when given: d × d temporaries at d = 2048 exceed glibc's
+        mmap threshold, and fresh pages for each prime cost more system time than the copy)."""
+        t = self._table(primes)[i].reshape(self.src.shape0)
+        if buf is None:
+            buf = np.empty(t.shape, dtype=np.float64)
+        np.copyto(buf, t)
+        return buf.T if self.transposed else buf
 
 
-def _mod(r: np.ndarray, p) -> np.ndarray:
+def _mod(r: np.ndarray, p, q: np.ndarray | None = None) -> np.ndarray:
     """A residue of r mod p with |·| ≤ p/2 + 2, for exact integers |r| < 2^53 in float64 (in
     place).  q = rint(r·(1/p)): the computed quotient is within 2/p of r/p (two roundings,
     |r/p| < 2^53/p), so q is the nearest integer to r/p unless r/p lies within 2/p of a half-integer,
     and in both cases |r − qp| ≤ p/2 + 2; qp and r − qp are exact when |r| + p < 2^53."""
     p = np.asarray(p, dtype=np.float64)
-    q = np.rint(r * (1.0 / p))
+    q = np.multiply(r, 1.0 / p, out=q)
+    np.rint(q, out=q)
     q *= p
     r -= q
     return r
@@ -230,12 +236,26 @@ def matmul(*factors, out: str = "object", sym: bool = False):
     iu = np.triu_indices(rows) if sym else None
     sel = iu[0] * cols + iu[1] if sym else slice(None)
     W = np.empty((len(primes), len(iu[0]) if sym else rows * cols), dtype=np.int32)  # |r| ≤ p/2 + 2 < 2^26
+    # buffers reused for every prime (see IntMat.residue); factors that share a source (Xᵀ … X)
+    # share one residue buffer
+    rbuf = {}
+    for M in mats:
+        rbuf.setdefault(id(M.src), np.empty(M.src.shape0, dtype=np.float64))
+    outs = [np.empty((rows, M.shape[1]), dtype=np.float64) for M in mats[1:]]
+    qbuf = [np.empty_like(o) for o in outs]
     for g in range(0, len(primes), _GROUP):
         grp = primes[g:g + _GROUP]
         for i, p in enumerate(grp):
-            acc = mats[0].residue(grp, i)
-            for M in mats[1:]:
-                acc = _mod(acc @ M.residue(grp, i), p)  # exact: see the module doc
+            base = {}
+            for M in mats:
+                key = id(M.src)
+                if key not in base:
+                    base[key] = M.src.residue(grp, i, rbuf[key])  # source orientation
+            res = [base[id(M.src)].T if M.transposed else base[id(M.src)] for M in mats]
+            acc = res[0]
+            for f in range(1, len(mats)):
+                np.matmul(acc, res[f], out=outs[f - 1])
+                acc = _mod(outs[f - 1], p, qbuf[f - 1])  # exact: see the module doc
             W[g + i] = acc.ravel()[sel]
         for M in mats:
             M.release()
