@@ -200,9 +200,11 @@ class _Pass:
         self.X, self.s, self.a = X, s, a
         Xi = IntMat(X)
         self.P1 = matmul(Xi.T, Xi, sym=True)  # XᵀX, scale 2s
-        self.S = matmul(Xi.T, Ai, Xi, sym=Ai.symmetric)  # XᵀAX, scale a + 2s
+        keep = [] if Ai.symmetric else None  # then (XᵀA)ᵀ = AX, from the chain's own residues
+        self.S = matmul(Xi.T, Ai, Xi, sym=Ai.symmetric, keep=keep)  # XᵀAX, scale a + 2s
         self._Ai, self._Xi = Ai, Xi  # AX (scale a + s) is formed only when certifying
         self._AX = None
+        self._XtA = keep[0] if keep else None
         self.order = None
         self.sort()
 
@@ -213,7 +215,8 @@ class _Pass:
     @property
     def AX(self) -> np.ndarray:
         if self._AX is None:
-            self._AX = matmul(self._Ai, self._Xi)
+            self._AX = self._XtA().T.copy() if self._XtA is not None else matmul(self._Ai, self._Xi)
+            self._XtA = None
         return self._AX if self.order is None else self._AX[:, self.order]
 
     def sort(self):
@@ -296,6 +299,7 @@ def _refine(A: np.ndarray, target_bits: int, lam0: np.ndarray, Q0: np.ndarray, m
                 n_rr += 1
                 rr_blocks = blocks
                 prev = cur
+                prev._XtA = None  # only the last pass is certified: free its kept residues
                 X, s = _rayleigh_ritz(cur, blocks, s, target_bits)
                 continue
             break
@@ -304,6 +308,7 @@ def _refine(A: np.ndarray, target_bits: int, lam0: np.ndarray, Q0: np.ndarray, m
         X = _shift(cur.X, s_new - s) + _shift(XE, s_new - 3 * s)
         s = s_new
         prev = cur
+        prev._XtA = None  # only the last pass is certified: free its kept residues
     return cur, prev
 
 

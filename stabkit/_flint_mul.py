@@ -210,13 +210,15 @@ def _as_intmat(M) -> IntMat:
     return M if isinstance(M, IntMat) else IntMat(M)
 
 
-def matmul(*factors, out: str = "object", sym: bool = False):
+def matmul(*factors, out: str = "object", sym: bool = False, keep: list | None = None):
     """The exact product of a chain of 2 or 3 integer matrices (int64 / object arrays or ``IntMat``).
 
     ``out="object"``: numpy object array of Python ints; ``out="int64"``: int64 array (raises
     OverflowError when an entry does not fit).  ``sym=True``: the caller guarantees that the
     product is symmetric (XᵀX, XᵀAX with A = Aᵀ, …); only its upper triangle is reconstructed and
-    mirrored (half the reconstruction and conversion work)."""
+    mirrored (half the reconstruction and conversion work).  ``keep`` (a list, 3 factors): a
+    function is appended to it that returns the exact P₁P₂ (object array) from the residues the
+    chain formed anyway — no further dgemm (the flint engine's AX = (XᵀA)ᵀ for its certificate)."""
     mats = [_as_intmat(M) for M in factors]
     if not 2 <= len(mats) <= 3:
         raise ValueError("matmul takes 2 or 3 factors")
@@ -243,6 +245,12 @@ def matmul(*factors, out: str = "object", sym: bool = False):
         rbuf.setdefault(id(M.src), np.empty(M.src.shape0, dtype=np.float64))
     outs = [np.empty((rows, M.shape[1]), dtype=np.float64) for M in mats[1:]]
     qbuf = [np.empty_like(o) for o in outs]
+    if keep is not None:
+        if len(mats) != 3:
+            raise ValueError("keep needs 3 factors")
+        # P₁P₂'s primes: a prefix of the chain's (same table, fewer bits)
+        kp = _primes_for(mats[0].bits + mats[1].bits + math.ceil(math.log2(inner[0])), k)
+        K2 = np.empty((len(kp), rows * mats[1].shape[1]), dtype=np.int32)
     for g in range(0, len(primes), _GROUP):
         grp = primes[g:g + _GROUP]
         for i, p in enumerate(grp):
@@ -256,9 +264,14 @@ def matmul(*factors, out: str = "object", sym: bool = False):
             for f in range(1, len(mats)):
                 np.matmul(acc, res[f], out=outs[f - 1])
                 acc = _mod(outs[f - 1], p, qbuf[f - 1])  # exact: see the module doc
+                if f == 1 and keep is not None and g + i < len(kp):
+                    K2[g + i] = acc.ravel()
             W[g + i] = acc.ravel()[sel]
         for M in mats:
             M.release()
+    if keep is not None:
+        shape2 = (rows, mats[1].shape[1])
+        keep.append(lambda: _reconstruct(K2, kp, shape2, "object"))
     if not sym:
         return _reconstruct(W, primes, (rows, cols), out)
     vals = _reconstruct(W, primes, (W.shape[1],), out)

@@ -85,7 +85,9 @@ def test_blas_product_is_exact(m, k, n, b1, b2):
     assert (FM.matmul(X.T, X, sym=True) == _flint_product(P.T, P)).all()
     if n == k:
         Qs = Q + Q.T
-        assert (FM.matmul(X.T, Qs, X, sym=True) == _flint_product(P.T, Qs, P)).all()
+        keep = []
+        assert (FM.matmul(X.T, Qs, X, sym=True, keep=keep) == _flint_product(P.T, Qs, P)).all()
+        assert (keep[0]() == _flint_product(P.T, Qs)).all()
     assert (FM.matmul(X, X.T) == _flint_product(P, P.T)).all()
 
 
