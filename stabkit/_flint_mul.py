@@ -145,7 +145,7 @@ class IntMat:
         r, c = self.src.shape0
         return (c, r) if self.transposed else (r, c)
 
-    def _table(self, primes: tuple[int, ...]) -> np.ndarray:
+    def _table(self, primes: tuple[int, ...], out: np.ndarray | None = None) -> np.ndarray:
         """Residues |r| ≤ p/2 + 2, int32, (primes × entries), of the source matrix (cached while
         that group of primes is in use: ``release`` frees it)."""
         src = self.src
@@ -157,7 +157,7 @@ class IntMat:
         C = np.array([[pow(2, _LB * j, p) for p in primes] for j in range(nl)], dtype=np.float64)
         top = np.array([pow(2, _LB * nl, p) for p in primes], dtype=np.float64)
         n = limbs.shape[0]
-        R = np.empty((len(primes), n), dtype=np.int32)
+        R = out[:len(primes)] if out is not None else np.empty((len(primes), n), dtype=np.int32)
         for a in range(0, n, _ROWS):
             b = min(n, a + _ROWS)
             r = C.T @ limbs[a:b].T.astype(np.float64)  # exact: terms < 2^42, nl < 2^11 of them
@@ -182,11 +182,12 @@ class IntMat:
     def release(self) -> None:
         self.src._res = (None, None)
 
-    def residue(self, primes: tuple[int, ...], i: int, buf: np.ndarray | None = None) -> np.ndarray:
+    def residue(self, primes: tuple[int, ...], i: int, buf: np.ndarray | None = None,
+                table: np.ndarray | None = None) -> np.ndarray:
         """The residues mod primes[i] as a float64 matrix in this orientation (written into
         ``buf``, shaped as the source, when given: d × d temporaries at d = 2048 exceed glibc's
         mmap threshold, and fresh pages for each prime cost more system time than the copy)."""
-        t = self._table(primes)[i].reshape(self.src.shape0)
+        t = self._table(primes, table)[i].reshape(self.src.shape0)
         if buf is None:
             buf = np.empty(t.shape, dtype=np.float64)
         np.copyto(buf, t)
@@ -240,9 +241,10 @@ def matmul(*factors, out: str = "object", sym: bool = False, keep: list | None =
     W = np.empty((len(primes), len(iu[0]) if sym else rows * cols), dtype=np.int32)  # |r| ≤ p/2 + 2 < 2^26
     # buffers reused for every prime (see IntMat.residue); factors that share a source (Xᵀ … X)
     # share one residue buffer
-    rbuf = {}
+    rbuf, tbuf = {}, {}
     for M in mats:
         rbuf.setdefault(id(M.src), np.empty(M.src.shape0, dtype=np.float64))
+        tbuf.setdefault(id(M.src), np.empty((min(_GROUP, len(primes)), M.src.limbs.shape[0]), dtype=np.int32))
     outs = [np.empty((rows, M.shape[1]), dtype=np.float64) for M in mats[1:]]
     qbuf = [np.empty_like(o) for o in outs]
     if keep is not None:
@@ -258,7 +260,7 @@ def matmul(*factors, out: str = "object", sym: bool = False, keep: list | None =
             for M in mats:
                 key = id(M.src)
                 if key not in base:
-                    base[key] = M.src.residue(grp, i, rbuf[key])  # source orientation
+                    base[key] = M.src.residue(grp, i, rbuf[key], tbuf[key])  # source orientation
             res = [base[id(M.src)].T if M.transposed else base[id(M.src)] for M in mats]
             acc = res[0]
             for f in range(1, len(mats)):
