@@ -134,7 +134,8 @@ def _to_float(N: np.ndarray, scale: int) -> np.ndarray:
     if F is not None and F.size and np.isfinite(F).all():
         nz = np.abs(F[F != 0])
         if nz.size == 0 or math.frexp(float(nz.min()))[1] - scale > -1021:
-            out = np.ldexp(F, -scale)
+            with np.errstate(over="ignore"):
+                out = np.ldexp(F, -scale)
             if np.isfinite(out).all():
                 return out
 
