@@ -7,8 +7,12 @@ Every (d, engine, repeat) runs in a fresh subprocess, so its peak resident memor
 (``resource.getrusage(...).ru_maxrss``, imports included) is that computation's own; the runs are
 interleaved (repeat by repeat, engine by engine) so that load from elsewhere hits all of them alike,
 and the table gives the median seconds.  ``--baseline FILE`` adds the engine "flint-baseline": the
-flint engine with ``stabkit._flint_eig`` replaced by FILE (e.g. an older copy), timed in the same
-run, with the ratio baseline/flint per d.  Matrices are Q diag(λ) Qᵀ with a seeded orthogonal Q
+flint engine with ``stabkit._flint_eig`` replaced by FILE (e.g. an older copy:
+``git show 772c7a7:stabkit/_flint_eig.py > /tmp/flint_old.py``), timed in the same run, with the
+ratio baseline/flint per d; both engines are imported before the clock starts.  The header line
+gives the load average before and after the run and the BLAS thread setting (the flint engine's
+products run on BLAS: ``OPENBLAS_NUM_THREADS`` changes its speed, and under heavy load one thread
+can beat two).  Matrices are Q diag(λ) Qᵀ with a seeded orthogonal Q
 and λ log-spaced in [1e-2, 1e2] (SPD, well separated).  The mpmath engine is only run up to
 ``--mpmath-max-d`` (default 64): it is O(d³) in pure Python.
 """
