@@ -7,7 +7,8 @@ Every (d, engine, repeat) runs in a fresh subprocess, so its peak resident memor
 (``resource.getrusage(...).ru_maxrss``, imports included) is that computation's own; the runs are
 interleaved (repeat by repeat, engine by engine) so that load from elsewhere hits all of them alike,
 and the table gives the median seconds.  ``--baseline FILE`` adds the engine "flint-baseline": the
-flint engine with ``stabkit._flint_eig`` replaced by FILE (e.g. an older copy:
+flint engine with its module (``stabkit._flint_eig``, or ``stabkit.reference._flint`` where that
+exists) replaced by FILE (e.g. an older copy:
 ``git show 772c7a7:stabkit/_flint_eig.py > /tmp/flint_old.py``), timed in the same run, with the
 ratio baseline/flint per d; both engines are imported before the clock starts.  The header line
 gives the load average before and after the run and the BLAS thread setting (the flint engine's
@@ -20,6 +21,8 @@ and λ log-spaced in [1e-2, 1e2] (SPD, well separated).  The mpmath engine is on
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import json
 import os
 import statistics
@@ -31,6 +34,9 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+# the flint engine's module (it moves to stabkit/reference/_flint.py with issue #14's house plan)
+ENGINE_MODULE = ("stabkit.reference._flint" if (REPO / "stabkit" / "reference" / "_flint.py").is_file()
+                 else "stabkit._flint_eig")
 
 
 def matrix(d: int, seed: int = 0) -> np.ndarray:
@@ -47,14 +53,12 @@ def _child(d: int, engine: str, loss_name: str, seed: int, baseline: str | None)
 
     sys.path.insert(0, str(REPO))
     if baseline:
-        import importlib.util
-
-        spec = importlib.util.spec_from_file_location("stabkit._flint_eig", baseline)
+        spec = importlib.util.spec_from_file_location(ENGINE_MODULE, baseline)
         mod = importlib.util.module_from_spec(spec)
-        sys.modules["stabkit._flint_eig"] = mod
+        sys.modules[ENGINE_MODULE] = mod
         spec.loader.exec_module(mod)
     elif engine == "flint":
-        import stabkit._flint_eig  # noqa: F401  (imported before the clock, as the baseline is)
+        importlib.import_module(ENGINE_MODULE)  # imported before the clock, as the baseline is
     from stabkit.losses import make_loss
     from stabkit.reference import ground_truth
 
