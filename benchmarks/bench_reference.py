@@ -1,14 +1,19 @@
 """Time ``stabkit.reference.ground_truth`` (cache off) per matrix size and engine: seconds, digits, peak memory.
 
     python benchmarks/bench_reference.py --d 64 256 512 [--engines mpmath flint] [--loss zca]
-        [--repeats 3] [--baseline path/to/old_flint_eig.py]
+        [--repeats 3] [--baseline 772c7a7]
 
 Every (d, engine, repeat) runs in a fresh subprocess, so its peak resident memory
 (``resource.getrusage(...).ru_maxrss``, imports included) is that computation's own; the runs are
 interleaved (repeat by repeat, engine by engine) so that load from elsewhere hits all of them alike,
-and the table gives the median seconds.  ``--baseline FILE`` adds the engine "flint-baseline": the
-flint engine with ``stabkit._flint_eig`` replaced by FILE (e.g. an older copy), timed in the same
-run, with the ratio baseline/flint per d.  Matrices are Q diag(λ) Qᵀ with a seeded orthogonal Q
+and the table gives the median seconds.  ``--baseline REV`` adds the engine "flint-baseline": the
+whole ``stabkit`` package of git revision REV (exported once into a temporary folder, so an older
+engine runs with the reference code it was written for), timed in the same run through the same
+``ground_truth(..., engine="flint", cache=False)`` call, with the ratio baseline/flint per d; both
+engines are imported before the clock starts.  The header line
+gives the load average before and after the run and the BLAS thread setting (the flint engine's
+products run on BLAS: ``OPENBLAS_NUM_THREADS`` changes its speed, and under heavy load one thread
+can beat two).  Matrices are Q diag(λ) Qᵀ with a seeded orthogonal Q
 and λ log-spaced in [1e-2, 1e2] (SPD, well separated).  The mpmath engine is only run up to
 ``--mpmath-max-d`` (default 64): it is O(d³) in pure Python.
 """
@@ -16,16 +21,33 @@ and λ log-spaced in [1e-2, 1e2] (SPD, well separated).  The mpmath engine is on
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def _engine_module(root: Path) -> str:
+    """The flint engine's module in the tree at ``root`` (it moved with issue #14's house plan)."""
+    return "stabkit.reference._flint" if (root / "stabkit" / "reference" / "_flint.py").is_file() else "stabkit._flint_eig"
+
+
+def export_revision(rev: str, into: Path) -> Path:
+    """``stabkit/`` of git revision ``rev`` under ``into`` (git archive); ValueError if git cannot."""
+    run = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", rev, "stabkit"], capture_output=True)
+    if run.returncode != 0:
+        raise ValueError(f"--baseline {rev}: {run.stderr.decode().strip() or 'git archive failed'}")
+    subprocess.run(["tar", "-x", "-C", str(into)], input=run.stdout, check=True)
+    return into
 
 
 def matrix(d: int, seed: int = 0) -> np.ndarray:
@@ -40,14 +62,10 @@ def _child(d: int, engine: str, loss_name: str, seed: int, baseline: str | None)
     """One timed ground truth in this (fresh) process."""
     import resource
 
-    sys.path.insert(0, str(REPO))
-    if baseline:
-        import importlib.util
-
-        spec = importlib.util.spec_from_file_location("stabkit._flint_eig", baseline)
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules["stabkit._flint_eig"] = mod
-        spec.loader.exec_module(mod)
+    root = Path(baseline) if baseline else REPO
+    sys.path.insert(0, str(root))
+    if engine.startswith("flint"):
+        importlib.import_module(_engine_module(root))  # imported before the clock, in both trees
     from stabkit.losses import make_loss
     from stabkit.reference import ground_truth
 
@@ -65,7 +83,7 @@ def _run_child(d, engine, args) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(d), engine, "--loss", args.loss,
            "--seed", str(args.seed)]
     if engine == "flint-baseline":
-        cmd += ["--baseline", args.baseline]
+        cmd += ["--baseline", str(args.baseline_root)]
     run = subprocess.run(cmd, capture_output=True, text=True)
     if run.returncode != 0:
         raise SystemExit(f"d={d} {engine} failed:\n{run.stderr.strip()}")
@@ -80,7 +98,7 @@ def main(argv=None) -> int:
     ap.add_argument("--mpmath-max-d", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=1, help="runs per (d, engine); the median is reported")
-    ap.add_argument("--baseline", help="another _flint_eig.py to time as engine 'flint-baseline' in the same run")
+    ap.add_argument("--baseline", help="a git revision whose flint engine is timed as 'flint-baseline' in the same run")
     ap.add_argument("--child", nargs=2, metavar=("D", "ENGINE"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -90,10 +108,14 @@ def main(argv=None) -> int:
         ap.error("--repeats must be at least 1")
     engines = list(args.engines)
     if args.baseline:
-        if not Path(args.baseline).is_file():
-            ap.error(f"--baseline {args.baseline}: no such file")
+        tmp = tempfile.TemporaryDirectory(prefix="stabkit-baseline-")
+        try:
+            args.baseline_root = export_revision(args.baseline, Path(tmp.name))
+        except ValueError as exc:
+            ap.error(str(exc))
         engines.append("flint-baseline")
     runs: dict[tuple[int, str], list[dict]] = {}
+    load0 = os.getloadavg()
     for rep in range(args.repeats):
         for d in args.d:
             for eng in engines:
@@ -104,9 +126,13 @@ def main(argv=None) -> int:
                 print(f"[{rep + 1}/{args.repeats}] d={d} {eng}: {r['seconds']:.2f} s ({r['cpu_s']:.2f} s CPU), "
                       f"{r['digits']:.1f} digits, "
                       f"peak {r['peak_mb']:.0f} MB", file=sys.stderr, flush=True)
+    load1 = os.getloadavg()
+    threads = {k: os.environ[k] for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS") if k in os.environ}
     print(f"loss {args.loss}, seed {args.seed}, median of {args.repeats} run(s), each in its own process; "
           f"CPU = process CPU time (all threads); "
-          f"peak = max resident set size incl. imports")
+          f"peak = max resident set size incl. imports; {os.cpu_count()} CPUs, load average (1 min) "
+          f"{load0[0]:.2f} at the start, {load1[0]:.2f} at the end; BLAS threads: "
+          f"{threads or 'library default'}")
     ratio = bool(args.baseline)
     print("| d | engine | seconds | CPU s | digits | peak MB |" + (" baseline / flint (wall, CPU) |" if ratio else ""))
     print("|---:|---|---:|---:|---:|---:|" + ("---:|" if ratio else ""))

@@ -16,7 +16,14 @@ pair whose correction |E_ij| exceeds 2^-10 lies outside the Newton region (its g
 mixing of its still arbitrary vectors — exactly repeated eigenvalues split by rounding, once ω
 drops below the split); its run is refined as one cluster until the Rayleigh–Ritz step resolves
 it, instead of cycling.  X is a matrix of integers with an implicit scale 2^-s and A is scaled
-exactly to integers, so XᵀX, AX, XᵀAX are *exact* (``flint.fmpz_mat`` products, multi-modular).
+exactly to integers, so XᵀX, AX, XᵀAX are *exact* integer products.
+
+Products: every d × d product (XᵀX, XᵀAX, AX, XE, XᵀGX, XM̃Xᵀ) is an exact integer product formed
+by ``_flint_mul.matmul``: multi-modular with primes ≈ 2^22 on float64 BLAS (each dgemm exact by
+construction, CRT reconstruction exact; see that module).  It returns the same integers that
+``flint.fmpz_mat`` multiplication returns — only faster (issue #16: the fmpz_mat products and the
+Python-integer round trips around them took most of the time at d ≥ 512) — so nothing below depends on it;
+``flint`` is kept for the small cluster blocks (Rayleigh–Ritz, group residuals).
 
 Certificate (all from exact integer quantities; final bound arithmetic in float64 with a safety
 factor that covers its own rounding):
@@ -61,6 +68,7 @@ table — where the engine reports the agreement between the gradients of the la
 
 from __future__ import annotations
 
+import bisect
 import io
 import json
 import math
@@ -71,6 +79,7 @@ import mpmath
 import numpy as np
 
 from . import _cache
+from ._flint_mul import IntMat, matmul
 
 MAX_DIGITS = 60.0
 _SAFE = 1.0 + 1e-9  # covers float64 rounding in the bound arithmetic (≪ 1e-9 relative in total)
@@ -99,20 +108,38 @@ def _float_exact_to_int(a: np.ndarray) -> tuple[np.ndarray, int]:
     if not nz.any():
         return np.zeros(a.shape, dtype=object), 0
     e = int((53 - ex[nz]).max())
-    shifts = (e - 53 + ex).ravel()
-    flat = [int(v) << int(sh) if v else 0 for v, sh in zip(mant.ravel(), shifts)]
-    return np.array(flat, dtype=object).reshape(a.shape), e
+    shifts = np.where(nz, e - 53 + ex, 0)  # ≥ 0 on the nonzero entries
+    return mant.astype(object) << shifts.astype(object), e
 
 
 def _round_to_int(a: np.ndarray, s: int) -> np.ndarray:
     """round(a · 2^s) for a float64 array, as Python ints."""
     if s > 960:  # 2^s beyond the float64 range: exact rational arithmetic
         return np.array([round(Fraction(float(v)) * (1 << s)) for v in a.ravel()], dtype=object).reshape(a.shape)
-    return np.array([int(round(math.ldexp(float(v), s))) for v in a.ravel()], dtype=object).reshape(a.shape)
+    with np.errstate(over="ignore"):
+        r = np.round(np.ldexp(np.asarray(a, dtype=np.float64), s))  # exact scaling; half to even, as round()
+    if not np.isfinite(r).all():
+        raise OverflowError("round(a · 2^s) beyond the float64 range")
+    out = np.empty(r.size, dtype=object)
+    out[:] = [int(v) for v in r.ravel().tolist()]
+    return out.reshape(r.shape)
 
 
 def _to_float(N: np.ndarray, scale: int) -> np.ndarray:
     """N / 2^scale correctly rounded (int/int true division); ±inf beyond the float64 range."""
+    N = np.asarray(N)
+    try:  # float(int) is correctly rounded, and so is ·2^-scale unless the result is subnormal
+        F = N.astype(np.float64)
+    except OverflowError:
+        F = None
+    if F is not None and F.size and np.isfinite(F).all():
+        nz = np.abs(F[F != 0])
+        if nz.size == 0 or math.frexp(float(nz.min()))[1] - scale > -1021:
+            with np.errstate(over="ignore"):
+                out = np.ldexp(F, -scale)
+            if np.isfinite(out).all():
+                return out
+
     def one(v, den):
         try:
             return v / den if den else float(v << -scale)
@@ -171,20 +198,28 @@ def _lb_sqrt(n: int, scale2: int) -> float:
 class _Pass:
     """Exact products of one refinement pass for X (scale 2^-s)."""
 
-    def __init__(self, Af, a, X, s):
+    def __init__(self, Ai: IntMat, a, X, s):
         self.X, self.s, self.a = X, s, a
-        Xf = _fm(X)
-        XT = Xf.transpose()
-        self.P1 = _obj(XT * Xf)  # XᵀX, scale 2s
-        self._AXf = Af * Xf  # scale a + s; converted only when certifying
-        self.S = _obj(XT * self._AXf)  # XᵀAX, scale a + 2s
+        Xi = IntMat(X)
+        self.P1 = matmul(Xi.T, Xi, sym=True)  # XᵀX, scale 2s
+        keep = [] if Ai.symmetric else None  # then (XᵀA)ᵀ = AX, from the chain's own residues
+        self.S = matmul(Xi.T, Ai, Xi, sym=Ai.symmetric, keep=keep)  # XᵀAX, scale a + 2s
+        self._Ai, self._Xi = Ai, Xi  # AX (scale a + s) is formed only when certifying
+        self._AX = None
+        self._XtA = keep[0] if keep else None
         self.order = None
         self.sort()
 
+    def Xint(self) -> IntMat:
+        """X (in its sorted column order) as an ``IntMat``."""
+        return self._Xi if self.order is None else self._Xi.take_cols(self.order)
+
     @property
     def AX(self) -> np.ndarray:
-        AX = _obj(self._AXf)
-        return AX if self.order is None else AX[:, self.order]
+        if self._AX is None:
+            self._AX = self._XtA().T.copy() if self._XtA is not None else matmul(self._Ai, self._Xi)
+            self._XtA = None
+        return self._AX if self.order is None else self._AX[:, self.order]
 
     def sort(self):
         d = self.X.shape[1]
@@ -202,7 +237,8 @@ def _refine(A: np.ndarray, target_bits: int, lam0: np.ndarray, Q0: np.ndarray, m
     """Ogita–Aishima refinement of (lam0, Q0) = eigh(A) to ~target_bits; returns (last pass, previous pass)."""
     d = A.shape[0]
     Aint, a = _float_exact_to_int(A)
-    Af = _fm(Aint)
+    Ai = IntMat(Aint)
+    Ai.symmetric = bool(np.array_equal(A, A.T))  # XᵀAX is then symmetric: half its reconstruction
     normA = float(np.abs(lam0).max()) or 1.0
     s = min(64, target_bits)  # float64 eigh is accurate to ~2^-50; less only when a low target is forced
     X = _round_to_int(Q0, s)
@@ -211,7 +247,7 @@ def _refine(A: np.ndarray, target_bits: int, lam0: np.ndarray, Q0: np.ndarray, m
     cur = None
     extra = max(0, target_bits - 200) // 16  # graded spectra: one Rayleigh–Ritz per ~16 digits
     for _ in range(max_iter + 2 * extra):
-        cur = _Pass(Af, a, X, s)
+        cur = _Pass(Ai, a, X, s)
         s2 = 2 * s
         R2 = -cur.P1
         for i in range(d):
@@ -221,40 +257,41 @@ def _refine(A: np.ndarray, target_bits: int, lam0: np.ndarray, Q0: np.ndarray, m
         # clusters from *exact* λ̃ differences: float64 λ̃ cannot resolve gaps below ulp(λ̃), and
         # pairs it rounds together would never be separated by the iteration
         w0 = s2 + 16
-        lam = np.array([(int(Sd[i]) << w0) // (int(P1d[i]) << a) for i in range(d)], dtype=object)
-        den = lam[None, :] - lam[:, None]  # scale w0
+        lam = [(int(Sd[i]) << w0) // (int(P1d[i]) << a) for i in range(d)]  # scale w0
         # ω = 2(‖S − diag S‖_F + ‖A‖‖R‖_F) as an integer upper bound at scale w0 (in integers: at
         # high targets 2^-2s and 2^w0 leave the float64 range)
-        soff = cur.S.copy()
-        for i in range(d):
-            soff[i, i] = 0
+        soff2 = int(np.dot(cur.S.ravel(), cur.S.ravel())) - sum(int(v) * int(v) for v in Sd)
         norm_a = int(math.ceil(math.ldexp(normA, 20)))
-        om_int = 2 * (_sqrt_ub(int(np.sum(soff * soff)), a + s2, w0)
-                      + ((norm_a * _sqrt_ub(int(np.sum(R2 * R2)), s2, w0)) >> 20) + 1) + 1
-        clus = np.abs(den) <= om_int
-        np.fill_diagonal(clus, True)
-        sep = ~clus
+        om_int = 2 * (_sqrt_ub(soff2, a + s2, w0)
+                      + ((norm_a * _sqrt_ub(int(np.dot(R2.ravel(), R2.ravel())), s2, w0)) >> 20) + 1) + 1
+        clus, gmin_int = _cluster_test(lam, om_int)
         gapbits = 0
-        if sep.any():
-            gmin_int = int(np.abs(den[sep]).min())
+        if gmin_int is not None:
             gapbits = max(0, w0 - gmin_int.bit_length() + math.ceil(math.log2(normA)) + 1)
         # E at scale s2, from S, R exact and λ̃ at scale w: its error ≈ 2^-w / gap ≤ 2^-(2s+16)
         w = s2 + gapbits + 16
         lam = np.array([(int(Sd[i]) << w) // (int(P1d[i]) << a) for i in range(d)], dtype=object)
         den = lam[None, :] - lam[:, None]  # scale w
-        den_safe = np.where(clus, 1, den)
-        N = _shift(cur.S, w - a) + R2 * lam[None, :]  # scale w + 2s
-        E = np.where(clus, R2 // 2, N // den_safe)  # scale 2s
+        den[clus] = 1
+        N = _shift(cur.S, w - a)
+        N += R2 * lam[None, :]  # scale w + 2s
+        E = N // den  # scale 2s
+        E[clus] = R2[clus] // 2
         # A pair split by the cluster test whose correction is not small lies outside the Newton
         # region: its eigenvalues are closer than the mixing of its (not yet resolved) vectors.
         # Updating it would throw the iterate away (it cycled on exactly repeated eigenvalues split
         # by rounding); treat its run as one cluster instead, so that its invariant subspace
         # converges and the Rayleigh–Ritz step below resolves it.
-        big = ~clus & (np.abs(E) > (1 << (s2 - _NEWTON_MAX_BITS)))
+        absE = np.abs(E)
+        big = ~clus & (absE > (1 << (s2 - _NEWTON_MAX_BITS)))
         if big.any():
             clus = _merge_runs(clus, big)
-            E = np.where(clus, R2 // 2, N // np.where(clus, 1, den))
-        emax = int(np.abs(E).max())  # scale 2s
+            E = N // np.where(clus, 1, den)
+            E[clus] = R2[clus] // 2
+            absE = np.abs(E)
+        del N, den
+        emax = int(absE.max())  # scale 2s
+        del absE
         acc = s2 - math.log2(emax) if emax > 0 else float(target_bits + 64)
         if acc >= target_bits:
             # Rayleigh–Ritz on the clusters whose subspace has converged; again on the sub-clusters
@@ -264,15 +301,33 @@ def _refine(A: np.ndarray, target_bits: int, lam0: np.ndarray, Q0: np.ndarray, m
                 n_rr += 1
                 rr_blocks = blocks
                 prev = cur
+                prev._XtA = None  # only the last pass is certified: free its kept residues
                 X, s = _rayleigh_ritz(cur, blocks, s, target_bits)
                 continue
             break
         s_new = int(min(target_bits + 32, max(s, 2 * acc + 48, s + 8)))
-        XE = _obj(_fm(cur.X) * _fm(E))  # scale 3s
+        XE = matmul(cur.Xint(), E)  # scale 3s
         X = _shift(cur.X, s_new - s) + _shift(XE, s_new - 3 * s)
         s = s_new
         prev = cur
+        prev._XtA = None  # only the last pass is certified: free its kept residues
     return cur, prev
+
+
+def _cluster_test(lam: list[int], om: int):
+    """clus_ij = |λ_i − λ_j| ≤ ω and the smallest |λ_i − λ_j| > ω (None if there is none), for exact
+    integers λ, from the sorted order (O(d log d) integer operations; the pairs within ω of λ_i
+    are a contiguous run of the sorted values)."""
+    d = len(lam)
+    order = sorted(range(d), key=lam.__getitem__)
+    srt = [lam[i] for i in order]
+    rank = np.empty(d, dtype=np.int64)
+    rank[order] = np.arange(d)
+    lo = np.array([bisect.bisect_left(srt, v - om) for v in lam], dtype=np.int64)
+    hi = np.array([bisect.bisect_right(srt, v + om) for v in lam], dtype=np.int64)
+    clus = (rank[None, :] >= lo[:, None]) & (rank[None, :] < hi[:, None])
+    gaps = [v - srt[l - 1] for v, l in zip(lam, lo) if l > 0] + [srt[h] - v for v, h in zip(lam, hi) if h < d]
+    return clus, (min(gaps) if gaps else None)
 
 
 def _merge_runs(clus: np.ndarray, big: np.ndarray) -> np.ndarray:
@@ -539,8 +594,8 @@ def _gradient(st: dict, loss, G: np.ndarray, want_bound: bool):
     G0, g0 = _float_exact_to_int(G)
     Gint, g = G0 + G0.T, g0 + 1  # G_sym = (G + Gᵀ)/2 exactly
     Gs = _to_float(Gint, g)
-    Xf = _fm(X)
-    K = _obj(Xf.transpose() * (_fm(Gint) * Xf))  # scale 2s + g
+    Xi = st["_Xint"] if "_Xint" in st else IntMat(X)  # not in a state read from the cache
+    K = matmul(Xi.T, Gint, Xi, sym=True)  # scale 2s + g (G_sym is symmetric)
     qK = 2 * s + g
     lamf = _to_float(c, qc)
     target = st["target_bits"]
@@ -609,8 +664,12 @@ def _gradient(st: dict, loss, G: np.ndarray, want_bound: bool):
                 want_bound = False
             else:
                 with np.errstate(over="ignore", invalid="ignore"):  # beyond float64: no bound
-                    f2 = np.vectorize(lambda x: _float_or_inf(d2, x))(low)
-                    f3 = np.vectorize(lambda x: _float_or_inf(d3, x))(low)
+                    # the tabulated bounds decrease on (0, inf): at min(lo_i, lo_j) they are the
+                    # larger of their values at lo_i and lo_j
+                    f2v = np.array([_float_or_inf(d2, x) for x in lo])
+                    f3v = np.array([_float_or_inf(d3, x) for x in lo])
+                    f2 = np.maximum(f2v[:, None], f2v[None, :])
+                    f3 = np.maximum(f3v[:, None], f3v[None, :])
                     dD0 = (r[:, None] + r[None, :]) / 2 * f2 * _SAFE
                     evalD = (np.where(near & (h > 0), h * h / 24 * f3, 0.0) + evalerr) * _SAFE
     # M = D̃ ∘ K̃, rounded to scale tM
@@ -618,8 +677,9 @@ def _gradient(st: dict, loss, G: np.ndarray, want_bound: bool):
     Mtop = int(np.abs(Mfull).max())
     tM = int(target + 40 - (_bits(Mtop) - 1 - tD - qK if Mtop else 0))
     Mint = _shift(Mfull, tM - tD - qK)
-    Mf = _fm(Mint)
-    gnum = _obj(Xf * (Mf * Xf.transpose()))  # scale 2s + tM
+    # D̃ and K̃ are symmetric (divided differences of exact ints, floor quotients of negated
+    # pairs agree), hence M̃; checked, as the product's symmetric reconstruction relies on it
+    gnum = matmul(Xi, Mint, Xi.T, sym=bool((Mint == Mint.T).all()))  # scale 2s + tM
     gscale = 2 * s + tM
     bound = None
     if want_bound and np.isfinite(st["eps"]).all():
@@ -676,7 +736,7 @@ def _digits_from(bound: float, gnum: np.ndarray, gscale: int) -> float:
 def _state_from_pass(p: _Pass, target_bits: int, certify: bool, k: int) -> dict:
     """What the gradient needs: X (scale 2^-s), λ_i ≈ c_i / 2^qc of A = 2^-k A', and the bounds."""
     st = {"X": p.X, "s": p.s, "c": np.array([int(v) for v in np.diag(p.S)], dtype=object),
-          "qc": p.a + 2 * p.s + k, "target_bits": target_bits}
+          "qc": p.a + 2 * p.s + k, "target_bits": target_bits, "_Xint": p.Xint()}
     cert = _certify(p) if certify else None
     if cert is not None:
         st.update(rho=cert["rho"], eta=cert["eta"] * 2.0 ** -k, eps=cert["eps"], grp=cert["grp"])
