@@ -17,6 +17,7 @@ from stabkit import reference as R
 from stabkit import spectra
 from stabkit.losses import make_loss
 from stabkit.reference import _flint as F
+from stabkit.reference import _flint_gradient, _flint_ints, _flint_refine
 from stabkit.reference._common import as_exact_float64
 from tests.conftest import build
 
@@ -27,13 +28,13 @@ finite = st.floats(allow_nan=False, allow_infinity=False, allow_subnormal=True)
 @given(st.lists(finite, min_size=1, max_size=12), st.integers(0, 300))
 def test_float_to_int_helpers_are_exact(values, s):
     a = np.array(values, dtype=np.float64)
-    N, e = F._float_exact_to_int(a)
+    N, e = _flint_ints._float_exact_to_int(a)
     assert [Fraction(int(n)) / Fraction(2) ** e for n in N] == [Fraction(v) for v in values]
     if any(abs(Fraction(v)) * 2 ** s >= 2 ** 1024 for v in values):
         with pytest.raises(OverflowError):
-            F._round_to_int(a, s)
+            _flint_ints._round_to_int(a, s)
         return
-    r = F._round_to_int(a, s)
+    r = _flint_ints._round_to_int(a, s)
     assert [int(v) for v in r] == [round(Fraction(v) * 2 ** s) for v in values]  # half to even
 
 
@@ -124,15 +125,15 @@ def test_repeated_eigenvalues_certified_from_any_start(spectrum):
         Q0[:, cl] = Q0[:, cl] @ Z
         Q0 += rng.standard_normal(Q0.shape) * 10.0 ** rng.uniform(-15, -10)
         bits = F._choose_bits(lam0, None)
-        last, _ = F._refine(A2, bits, lam0, Q0)
+        last, _ = _flint_refine._refine(A2, bits, lam0, Q0)
         st = F._state_from_pass(last, bits, certify=True, k=k)
         loss = make_loss("zca", d, seed=2, k=2)
-        g, scale, bound = F._gradient(st, loss, np.asarray(loss.weight, dtype=np.float64), True)
+        g, scale, bound = _flint_gradient._gradient(st, loss, np.asarray(loss.weight, dtype=np.float64), True)
         assert bound is not None, seed
-        assert F._digits_from(bound, g, scale) >= 20, seed
+        assert _flint_gradient._digits_from(bound, g, scale) >= 20, seed
         # and the certified gradient is the true one (finite differences, independent of the engine)
         if seed < 2:
-            assert rel(F._to_float(g, scale), R.finite_difference_grad(A, loss)) <= 1e-12
+            assert rel(_flint_ints._to_float(g, scale), R.finite_difference_grad(A, loss)) <= 1e-12
 
 
 def test_certificate_takes_the_derivative_bounds_from_the_loss():
@@ -142,10 +143,10 @@ def test_certificate_takes_the_derivative_bounds_from_the_loss():
     st = F.eig_states(A, cache=False)[0]
     loss = make_loss("zca", 4, seed=1)
     G = np.asarray(loss.weight, dtype=np.float64)
-    g, scale, bound = F._gradient(st, loss, G, True)
-    assert bound is not None and F._digits_from(bound, g, scale) >= 30
+    g, scale, bound = _flint_gradient._gradient(st, loss, G, True)
+    assert bound is not None and _flint_gradient._digits_from(bound, g, scale) >= 30
     bare = dataclasses.replace(loss, d2_bound=None, d3_bound=None)
-    g2, scale2, bound2 = F._gradient(st, bare, G, True)
+    g2, scale2, bound2 = _flint_gradient._gradient(st, bare, G, True)
     assert bound2 is None
     np.testing.assert_array_equal(g2, g)  # the same numbers, only uncertified
     assert scale2 == scale
@@ -175,10 +176,10 @@ from stabkit.reference import _flint_mul as FM  # noqa: E402
 
 
 def _flint_product(*mats):
-    out = F._fm(np.asarray(mats[0], dtype=object))
+    out = _flint_ints._fm(np.asarray(mats[0], dtype=object))
     for m in mats[1:]:
-        out = out * F._fm(np.asarray(m, dtype=object))
-    return F._obj(out)
+        out = out * _flint_ints._fm(np.asarray(m, dtype=object))
+    return _flint_ints._obj(out)
 
 
 def _rand_ints(rng, shape, bits):
@@ -249,7 +250,7 @@ def test_to_float_matches_exact_division():
     falls back (subnormal results, beyond the float64 range)."""
     vals = np.array([0, 1, -3, 2 ** 200 + 1, -(2 ** 1100), 2 ** 60 + 3, 7], dtype=object)
     for scale in (0, 5, 300, 1100, -20):
-        got = F._to_float(vals, scale)
+        got = _flint_ints._to_float(vals, scale)
         for v, g in zip(vals, got):
             try:
                 want = v / (1 << scale) if scale >= 0 else float(v << -scale)
@@ -290,7 +291,7 @@ def test_engine_is_unchanged_by_the_blas_products(monkeypatch):
             keep.append(lambda: _flint_product(vals[0], vals[1]))
         return _flint_product(*vals)
 
-    monkeypatch.setattr(F, "matmul", flint_matmul)
+    monkeypatch.setattr(FM, "matmul", flint_matmul)
     slow = [run(loss) for loss in losses]
     for (g1, h1, l1, d1), (g2, h2, l2, d2) in zip(fast, slow):
         np.testing.assert_array_equal(g1, g2)
