@@ -404,19 +404,8 @@ def _count_spec_entries(monkeypatch):
 
 
 def _below_the_edge(entries):
-    """The entries that come from below the edge. ``stabkit.torch`` converts its ``method=`` once at its
-    own edge; while it cannot take a Spec yet, the ZCA layer hands it the name and the validated
-    parameters, and what stabkit.torch and the monitor's wrapper of it do with them is not counted —
-    once it takes a Spec, it is, and the layer must pass ``method=spec`` (stabkit/train/zca.py, ``eigh_kept``)."""
-    from stabkit import methods
-
-    entries = list(entries)  # before the probe below adds its own
-    try:
-        sktorch.eigh(torch.eye(2, dtype=torch.float64), method=methods.spec("analytic"))
-        exempt = ()
-    except Exception:  # noqa: BLE001 — a stabkit.torch that takes only names
-        exempt = ("stabkit/torch.py", "stabkit/monitor.py")
-    return [(kind, where) for kind, where in entries if not (exempt and where.endswith(exempt))]
+    """The parse/bind entries made below the edge (the counters are installed after the edge)."""
+    return list(entries)
 
 
 def test_a_training_step_parses_no_method_spec(synthetic, monkeypatch):
