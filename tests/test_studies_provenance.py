@@ -116,3 +116,10 @@ def test_durations_read_in_seconds_then_minutes():
     assert provenance.duration(None) == "?" and provenance.duration("x") == "?"
     assert provenance.duration(3) == "3.0 s" and provenance.duration(119.94) == "119.9 s"
     assert provenance.duration(120) == "2.0 min"
+
+
+def test_the_header_names_the_processes_the_cells_ran_in():
+    """The default job count may keep a small study inline: the header says 1, not the cores."""
+    assert provenance._execution({"jobs": 2, "workers": 1}) == "1 local process(es)"
+    assert provenance._execution({"jobs": 2}) == "2 local process(es)"
+    assert provenance._execution({"jobs": 2, "scheduler": "tcp://h:1"}) == "Dask scheduler tcp://h:1"

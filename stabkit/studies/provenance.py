@@ -238,7 +238,9 @@ def header(name: str, meta: dict, report_commit: str | None = None) -> str:
 def _execution(meta: dict) -> str:
     if meta.get("scheduler"):
         return "Dask scheduler " + meta["scheduler"]
-    return str(meta.get("jobs", "?")) + " local process(es)"
+    # the processes the cells actually ran in ("workers": the default may stay inline), else the
+    # job count asked for (runs recorded before "workers" existed)
+    return str(meta.get("workers", meta.get("jobs", "?"))) + " local process(es)"
 
 
 def _wall_time(meta: dict) -> str:
