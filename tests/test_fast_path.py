@@ -21,16 +21,21 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 SMALL = SMALL_RUN
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_zca_layer_keeps_its_dtype_under_autocast(dtype, monkeypatch):
-    seen = []
-    original = torch.linalg.eigh
+def _record_eigh_dtypes(monkeypatch) -> list:
+    """The dtypes of the matrices handed to torch.linalg.eigh from now on (appended per call)."""
+    seen, original = [], torch.linalg.eigh
 
     def spy(A, *args, **kwargs):
         seen.append(A.dtype)
         return original(A, *args, **kwargs)
 
     monkeypatch.setattr(torch.linalg, "eigh", spy)
+    return seen
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_zca_layer_keeps_its_dtype_under_autocast(dtype, monkeypatch):
+    seen = _record_eigh_dtypes(monkeypatch)
     torch.manual_seed(0)
     layer = ZCAWhitening(16, d=4, method="taylor", dtype=dtype, affine=False)
     x = torch.randn(8, 16, 5, 5).bfloat16()
@@ -46,14 +51,7 @@ def test_zca_layer_keeps_its_dtype_under_autocast(dtype, monkeypatch):
 
 
 def test_fast_run_eigensolver_sees_the_requested_dtype(synthetic, monkeypatch):
-    seen = []
-    original = torch.linalg.eigh
-
-    def spy(A, *args, **kwargs):
-        seen.append(A.dtype)
-        return original(A, *args, **kwargs)
-
-    monkeypatch.setattr(torch.linalg, "eigh", spy)
+    seen = _record_eigh_dtypes(monkeypatch)
     r = train_run({**SMALL, "method": "analytic", "dtype": "float64", "fast": True, "max_steps": 3}, data=synthetic)
     assert r["outcome"] == "ok" and r["fast"] is True and r["check_every"] == 1
     assert seen == [torch.float64] * 3
