@@ -79,8 +79,7 @@ def train_command(
     print(f"paper criterion (NaN loss): {result['paper_outcome']} (NaN loss {nan}); preset {result['preset']}, "
           f"ε {result['eps'] if result['eps'] is None else format(result['eps'], 'g')}, lr {result['lr']:g} ×{result['gamma']:g} "
           f"at steps [{result['milestone_steps']}], std ({result['input_std']}), TF32 "
-          f"{'on' if result['tf32_matmul'] else 'off'}/{'on' if result['tf32_cudnn'] else 'off'} (matmul/cudnn)"
-          + (f"; {result['spec_note']}" if result["spec_note"] else ""))
+          f"{'on' if result['tf32_matmul'] else 'off'}/{'on' if result['tf32_cudnn'] else 'off'} (matmul/cudnn)")
     for e in result["epoch_log"]:
         print(f"epoch {e['epoch']} (step {e['step']}): loss {_fmt(e['train_loss'])}, test acc {_fmt(e['test_acc'])}, "
               f"|conv1| {_fmt(e['conv1_weight_norm'])}" + ("" if e["lam_min"] is None and e["lam_max_over_eps"] is None else

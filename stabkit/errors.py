@@ -24,8 +24,4 @@ class EigensolverError(RuntimeError):
     failure, or a NaN/Inf that reached the solver) — a numerical event, recorded by training."""
 
 
-class CertificationError(RuntimeError):
-    """The ground truth could not certify the digits it was asked for."""
-
-
-__all__ = ["InputError", "MethodSpecError", "StudyFileError", "EigensolverError", "CertificationError"]
+__all__ = ["InputError", "MethodSpecError", "StudyFileError", "EigensolverError"]

@@ -86,9 +86,9 @@ survival() {
         # stop when the grid is done: the runner then has nothing left to start
         "$py" - "$study" ${SURVIVAL_SET:-} <<'PY' || break
 import sys
-from stabkit.studies import runner
+from stabkit.studies import _grid, runner
 args = sys.argv[2:]
-overrides = dict(runner.parse_override(a.removeprefix("--set=")) for a in args if a not in ("--set",))
+overrides = dict(_grid.parse_override(a.removeprefix("--set=")) for a in args if a not in ("--set",))
 sys.exit(0 if runner.unfinished_cells(sys.argv[1], overrides) else 1)
 PY
     done

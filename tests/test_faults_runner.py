@@ -22,7 +22,7 @@ import pytest
 from typer.testing import CliRunner
 
 from stabkit.cli.main import app
-from stabkit.studies import _store, _workers, gradient_accuracy, runner
+from stabkit.studies import _grid, _store, _workers, gradient_accuracy, runner
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -322,7 +322,7 @@ def test_when_every_cell_fails_the_first_real_error_is_printed(tmp_path, monkeyp
     study = _study(tmp_path)
     result = CliRunner().invoke(app, ["run", str(study), "--out", str(tmp_path), "--jobs", "1", "--no-progress"])
     assert result.exit_code == 1, result.output
-    first = gradient_accuracy.cells(runner.load_study(study)[2])[0]["cell_id"]
+    first = gradient_accuracy.cells(_grid.load_study(study)[2])[0]["cell_id"]
     line = result.output.strip().splitlines()[-1]
     assert line.startswith(f"error: all {N_CELLS} cells failed; the first ({first}): "
                            f"RuntimeError: injected failure in {first} (at test_faults_runner.py:")

@@ -98,7 +98,7 @@ def test_every_parameter_has_a_domain_holding_its_default():
 
 def test_one_key_value_grammar():
     from stabkit.cli._common import parse_params
-    from stabkit.studies.runner import parse_override
+    from stabkit.studies._grid import parse_override
 
     assert parse_params([" delta = 1e-8", "k=2"]) == {"delta": 1e-8, "k": 2}
     assert parse_override(" d = [4, 8]") == ("d", [4, 8])

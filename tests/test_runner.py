@@ -17,7 +17,7 @@ import torch
 from typer.testing import CliRunner
 
 from stabkit.cli.main import app
-from stabkit.studies import provenance, runner
+from stabkit.studies import _grid, provenance, publish, runner
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "studies" / "tiny.toml"
@@ -53,7 +53,7 @@ def test_tiny_study_end_to_end(tmp_path):
     csv = pd.read_csv(out / "results.csv")
     # 3 families × 2 sizes × 1 dtype × 2 losses = 12 cells, 4 methods each
     assert table["cell_id"].nunique() == 12 and len(table) == 48 and len(csv) == 48
-    _, kind, grid = runner.load_study(TINY)
+    _, kind, grid = _grid.load_study(TINY)
     assert list(table["cell_id"].drop_duplicates()) == [c["cell_id"] for c in kind.cells(grid)]
     assert (out / ".gitignore").read_text().strip() == "cells/"
     meta = json.loads((out / "run.json").read_text())
@@ -72,7 +72,7 @@ def test_tiny_study_end_to_end(tmp_path):
     assert json.loads((out / "run.json").read_text())["cells_computed"] == 0
     pd.testing.assert_frame_equal(again, table)  # reused rows keep even their timings
 
-    assert "(0 computed in the last run, 12 reused, 0 failed)" in runner.build_report("tiny", tmp_path).read_text()
+    assert "(0 computed in the last run, 12 reused, 0 failed)" in publish.build_report("tiny", tmp_path).read_text()
 
     # the report is rebuilt from results.parquet (+ run.json) alone, identically
     readme = (out / "README.md").read_text()
@@ -87,7 +87,7 @@ def test_tiny_study_end_to_end(tmp_path):
     # results from another commit: the header names the code that rebuilt the text beside the run's
     meta = json.loads((out / "run.json").read_text())
     (out / "run.json").write_text(json.dumps({**meta, "git_commit": "0123abc"}))
-    rebuilt = runner.build_report("tiny", tmp_path).read_text()
+    rebuilt = publish.build_report("tiny", tmp_path).read_text()
     assert "| git commit | `0123abc` |" in rebuilt
     assert f"by `stabkit report tiny` at commit `{provenance.git_commit(tmp_path)}` |" in rebuilt
 

@@ -27,12 +27,6 @@ def test_commit_of_a_tree_copy_without_git_comes_from_the_environment(tmp_path, 
         ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
 
 
-def test_the_runner_keeps_the_commit_rule_under_its_former_names():
-    from stabkit.studies import runner
-
-    assert runner._git_commit is provenance.git_commit and runner.REPO == provenance.REPO
-
-
 def test_machine_info_names_the_cores_and_versions():
     info = provenance.machine_info()
     assert info["cores"] == os.cpu_count() and info["python"] and info["numpy"]

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from stabkit.studies import runner, zca_cifar10_survival as surv
+from stabkit.studies import _grid, publish, runner, zca_cifar10_survival as surv
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = ROOT / "studies" / "zca-cifar10-survival.toml"
@@ -18,7 +18,7 @@ SPE = 391
 
 
 def test_study_file_cells_in_the_issues_order():
-    _, kind, grid = runner.load_study(STUDY)
+    _, kind, grid = _grid.load_study(STUDY)
     assert kind is surv
     assert grid["preset"] == "paper" and grid["dtypes"] == ["float32"] and grid["epochs"] == 100.0
     assert grid["cells"][:7] == [["analytic", 8], ["analytic", 16], ["taylor", 16], ["pi-forward", 4],
@@ -37,12 +37,12 @@ def test_study_file_cells_in_the_issues_order():
 
 
 def test_seeds_disjoint_from_the_other_training_studies():
-    _, kind, grid = runner.load_study(STUDY)
+    _, kind, grid = _grid.load_study(STUDY)
     ours = {c["seed"] for c in kind.cells(grid)}
     for path in sorted((ROOT / "studies").glob("zca-cifar10*.toml")):
         if path == STUDY:
             continue
-        _, k, g = runner.load_study(path)
+        _, k, g = _grid.load_study(path)
         theirs = {c["seed"] for c in k.cells(g)}
         assert theirs and not ours & theirs, path.name
 
@@ -75,7 +75,7 @@ def test_fast_path_keys_pass_only_when_set():
     assert surv.cells(base)[0]["train_options"] == {}
     opts = surv.cells({**base, "fast": True, "eval_every": 5, "compile": "default", "train_options": {"check_every": 50}})
     assert opts[0]["train_options"] == {"fast": True, "eval_every": 5, "compile": "default", "check_every": 50}
-    _, _, grid = runner.load_study(STUDY)
+    _, _, grid = _grid.load_study(STUDY)
     assert grid["fast"] is True and grid["eval_every"] == 1  # the study file: the fast path, accuracy every epoch
     with pytest.raises(ValueError, match="fast must be"):
         surv.validate({**base, "fast": "yes"})
@@ -219,7 +219,7 @@ def test_runner_runs_the_cells_in_file_order_and_reports(tmp_path, monkeypatch):
     assert len(stored) == 8 and isinstance(stored["epoch_log"].iloc[0], str)
     assert json.loads(stored["epoch_log"].iloc[0])[0]["epoch"] == 1
     assert list(stored["cell_id"][:2]) == ["taylor|d16|float32|s1000|e6", "taylor|d16|float32|s1001|e6"]
-    readme = runner.build_report("surv-test", out_root=tmp_path).read_text()
+    readme = publish.build_report("surv-test", out_root=tmp_path).read_text()
     assert "| taylor | SVD-Taylor | 16 | float32 | 6 | 4 | 0 | 4/4 |" in readme
     assert "| analytic | SVD | 8 | float32 | 6 | 4 | 4 | 0/4 |" in readme
     assert out["spec"].tolist()[:2] == ["taylor", "taylor"]

@@ -24,7 +24,7 @@ def native_names() -> list[str]:
 
 def exact() -> methods.Spec:
     """The exact rule F_ij = 1/(λ_j − λ_i): the plain SVD/eigen backward of the papers."""
-    return methods.spec(by_paper_name("SVD")[0])
+    return methods.spec(methods.EXACT)
 
 
 def specs(values) -> list[methods.Spec]:

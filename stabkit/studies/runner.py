@@ -39,14 +39,10 @@ import pandas as pd
 
 from .._io import write_text_atomic
 from . import _store
-from ._grid import expand, load_study, parse_override, tomllib  # noqa: F401 (re-exported for callers)
-from ._store import StudyLocked, _scan_cells, _StudyLock, cell_record, consolidate, write_cell, write_table  # noqa: F401
+from ._grid import expand, load_study
+from ._store import _scan_cells, _StudyLock, cell_record, consolidate, write_cell, write_table
 from ._workers import dask_client, run_dask, run_local
-from .provenance import REPO, RunRecord, argv_command, duration, git_commit, machine_info  # noqa: F401
-from .publish import build_index, build_report, first_failure  # noqa: F401 (re-exported for callers)
-
-#: The commit rule of the runner, under its former name (``stabkit.train`` imports it from here).
-_git_commit = git_commit
+from .provenance import RunRecord, argv_command, duration, git_commit
 #: How to treat finished cells computed by other code: refuse to run, reuse them, or recompute them.
 STALE_POLICIES = ("refuse", "reuse", "recompute")
 #: errno values that mean "the output cannot be written" (not a bug): one line and a resume hint.

@@ -157,7 +157,5 @@ def run_settings(cfg: dict, milestone_steps_: list[int], model, tf32_used: dict)
         "check_every": int(cfg["check_every"]), "eval_every": int(cfg["eval_every"]),
         "zca_solver": zca.solver if zca else None, "zca_truncation": zca.truncation if zca else None,
         "zca_covariance": zca.covariance if zca else None, "zca_lam_floor": zca.lam_floor if zca else None,
-        # every backward of a preset is a registered spec now, so nothing falls back: kept for the schema
-        "spec_note": getattr(getattr(model, "norm1", None), "spec_note", "") or "",
         **tf32_used, "commit": _commit(),
     }
