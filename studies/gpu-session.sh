@@ -84,13 +84,16 @@ survival() {
         echo "gpu-session: survival chunk of $n run(s) exited with $rc"
         (( rc == 0 )) || break
         # stop when the grid is done: the runner then has nothing left to start
-        "$py" - "$study" ${SURVIVAL_SET:-} <<'PY' || break
+        "$py" - "$study" ${SURVIVAL_SET:-} <<'PY'
 import sys
 from stabkit.studies import _grid, runner
 args = sys.argv[2:]
 overrides = dict(_grid.parse_override(a.removeprefix("--set=")) for a in args if a not in ("--set",))
-sys.exit(0 if runner.unfinished_cells(sys.argv[1], overrides) else 1)
+sys.exit(0 if runner.unfinished_cells(sys.argv[1], overrides) else 3)
 PY
+        rc=$?
+        (( rc == 3 )) && { echo "gpu-session: survival: every cell of $study is finished"; break; }
+        (( rc == 0 )) || { echo "gpu-session: survival: could not read which cells are left (exit $rc)"; break; }
     done
 }
 

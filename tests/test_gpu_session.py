@@ -1,0 +1,107 @@
+"""studies/gpu-session.sh's survival phase, end to end on a CPU: the script that a short GPU window runs
+once, on a copy of the checkout without .git. Real (tiny) training runs of a survival study; the plan
+is given (RUN_S) or read from a bench file, so what the script starts does not depend on this
+machine's speed."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+STUDY = "zca-cifar10-tiny-survival"  # the script saves reports/zca-cifar10*/ as its state
+
+pytestmark = pytest.mark.skipif(not (shutil.which("bash") and shutil.which("timeout")), reason="needs bash and coreutils' timeout")
+
+
+def _checkout(tmp_path, tiny_batches, seeds, epochs=2.0):
+    """A copy of the package and the script, and a survival study of 2 cells × `seeds` tiny runs."""
+    root = tmp_path / "copy"
+    shutil.copytree(REPO / "stabkit", root / "stabkit", ignore=shutil.ignore_patterns("__pycache__"))
+    (root / "studies").mkdir()
+    shutil.copy(REPO / "studies" / "gpu-session.sh", root / "studies")
+    (root / "studies" / f"{STUDY}.toml").write_text(f'''[study]
+name = "{STUDY}"
+kind = "zca_cifar10_survival"
+[grid]
+cells = [["analytic", 4], ["taylor", 4]]
+seeds = {seeds}
+seed_block = {seeds}
+epochs = {epochs}
+limit_images = 64
+limit_test = 16
+batch_size = 32
+width = 0.125
+landmarks = [1.0]
+fast = true
+eval_every = 1
+data = "{tiny_batches}"
+device = "cpu"
+''')
+    return root
+
+
+def _session(root, out, seconds, **env):
+    env = {**os.environ, "PYTHON": sys.executable, "STABKIT_GIT_COMMIT": "0" * 40, "OMP_NUM_THREADS": "1",
+           "STABKIT_DATA_CACHE": str(root / "data-cache"), "SURVIVAL_STUDY": f"studies/{STUDY}.toml", "JOBS": "2", **env}
+    # the script decodes $STABKIT_CIFAR10 once before any run: the study's own data
+    env["STABKIT_CIFAR10"] = next(line.split('"')[1] for line in (root / "studies" / f"{STUDY}.toml").read_text().splitlines()
+                                  if line.startswith("data ="))
+    done = subprocess.run(["bash", "studies/gpu-session.sh", str(out), str(seconds), "survival"], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=600)
+    return done.returncode, done.stdout + done.stderr
+
+
+def _cells(root, name=STUDY):
+    return [json.loads(p.read_text()) for p in sorted((root / "reports" / name / "cells").glob("*.json"))]
+
+
+def test_survival_chunks_until_the_grid_is_done_and_saves_its_state(tmp_path, tiny_batches):
+    root = _checkout(tmp_path, tiny_batches, seeds=3)
+    # a run is planned at 1 000 s: 2 065 s of the 2 100 hold two waves of 2 runs, then the 2 left
+    rc, log = _session(root, tmp_path / "out", 2100, RUN_S="1000")
+    assert rc == 0, log
+    assert "survival chunk of 4 run(s) exited with 0" in log and log.count("survival chunk of") == 2, log
+    assert f"every cell of studies/{STUDY}.toml is finished" in log, log
+    cells = _cells(root)
+    assert len(cells) == 6
+    rows = [c["rows"][0] for c in cells]
+    assert sorted((r["spec"], r["seed"]) for r in rows) == [(m, s) for m in ("analytic", "taylor") for s in (1000, 1001, 1002)]
+    assert all(r["steps_done"] == r["steps_total"] == 4 for r in rows), rows  # ⌈64/32⌉ × 2 epochs, whole runs
+    meta = json.loads((root / "reports" / STUDY / "run.json").read_text())
+    assert (meta["cells_reused"], meta["cells_computed"]) == (4, 2)
+    with tarfile.open(tmp_path / "out" / "state.tar.gz") as tar:
+        saved = [n for n in tar.getnames() if n.startswith(f"reports/{STUDY}/cells/") and n.endswith(".json")]
+    assert len(saved) == 6
+
+
+def test_nothing_starts_when_no_whole_wave_fits_and_a_resumed_state_is_kept(tmp_path, tiny_batches):
+    first = _checkout(tmp_path / "a", tiny_batches, seeds=1)
+    assert _session(first, tmp_path / "out1", 2100, RUN_S="1000")[0] == 0
+    # a fresh copy of the checkout, the state of the last window, a larger grid, too little time
+    root = _checkout(tmp_path / "b", tiny_batches, seeds=2)
+    rc, log = _session(root, tmp_path / "out2", 500, RUN_S="1000", RESUME_FROM=str(tmp_path / "out1" / "state.tar.gz"))
+    assert rc == 0, log
+    assert "no whole wave of 2 runs fits" in log and "survival chunk" not in log, log
+    assert len(_cells(root)) == 2  # the two runs of the last window, nothing new, nothing half-done
+    with tarfile.open(tmp_path / "out2" / "state.tar.gz") as tar:
+        assert len([n for n in tar.getnames() if n.startswith(f"reports/{STUDY}/cells/") and n.endswith(".json")]) == 2
+
+
+def test_fit_horizon_runs_the_longest_horizon_one_wave_finishes(tmp_path, tiny_batches):
+    root = _checkout(tmp_path, tiny_batches, seeds=1)
+    bench = tmp_path / "bench.json"
+    bench.write_text(json.dumps({"rows": [{"path": "fast", "runs": 2, "processes": 2, "steps_per_s": 0.02}]}))
+    # 0.01 steps/s per run; a paper-preset epoch of 64 images is ⌈64/32⌉ = 2 steps, each test pass
+    # 16/32/3 step-equivalents, + 60 s start: 2 epochs ((4 + 3/6)/0.01 + 60) × 1.2 = 612 s do not fit
+    # in 500 − 30 s, 1 epoch ((2 + 2/6)/0.01 + 60) × 1.2 = 352 s does
+    rc, log = _session(root, tmp_path / "out", 500, BENCH_JSON=str(bench), FIT_HORIZON="1")
+    assert rc == 0, log
+    assert "running 1 epoch(s) instead" in log and "survival chunk of 2 run(s) exited with 0" in log, log
+    rows = [c["rows"][0] for c in _cells(root)]
+    assert len(rows) == 2 and all(r["steps_done"] == r["steps_total"] == 2 for r in rows), rows
