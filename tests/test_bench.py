@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from stabkit.cli.main import app
@@ -39,6 +41,30 @@ def test_bench_train_step_table_and_concurrency():
              for line in out.splitlines() if line.startswith("| 1 ") or line.startswith("| 2 ")}
     assert set(rates) == {(k, c) for k in ("1", "2") for c in ("BatchNorm baseline", "ZCA pi d=4")}
     assert all(rate > 0 for rate in rates.values())
+
+
+def test_bench_fast_path_table_feeds_the_gpu_session_plan(tmp_path):
+    """The first command of a GPU window (gpu-session.sh bench-fast) on a CPU: every row measured, the
+    JSON written, and the plan of the survival phase (stabkit.train.session) reads it."""
+    from stabkit.train import session
+
+    bench = tmp_path / "bench_fast.json"
+    args = ["--device", "cpu", "--skip-methods", "--fast-path", "--fast-config", "paper:analytic:4", "--width", "0.125",
+            "--batch", "8", "--threads", "1", "--concurrency", "1", "2", "--interleave", "2", "--seconds", "0.3",
+            "--json", str(bench)]
+    run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_train_step.py"), *args], capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    rows = json.loads(bench.read_text())["rows"]
+    assert [(r["path"], r["runs"], r["processes"]) for r in rows] == [
+        ("today", 1, 1), ("fast", 1, 1), ("today", 2, 2), ("fast", 2, 2), ("fast, interleaved", 2, 1)]
+    assert all(r["steps_per_s"] > 0 and r["config"]["d"] == 4 for r in rows)
+    table = [line.split("|") for line in run.stdout.splitlines() if line.startswith("| fast") or line.startswith("| today")]
+    assert [float(r[4]) for r in table] == pytest.approx([r["steps_per_s"] for r in rows], abs=0.051)
+    # the plan for two concurrent fast runs of 100 steps: the measured two-process rate, shared by two runs
+    fast2 = rows[3]["steps_per_s"]
+    assert session.bench_run_s(json.loads(bench.read_text()), 2, 100, 0, fast=True, overhead_s=0) == pytest.approx(
+        100 / (fast2 / 2) * 1.2)
 
 
 def test_bench_interleaves_methods_after_a_warmup_and_reports_the_ratio_spread(monkeypatch):
