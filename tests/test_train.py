@@ -270,20 +270,26 @@ def test_report_on_synthetic_results(tmp_path):
     assert row["failures"] == "nonfinite-grad 3" and row["test error (ok runs)"] == pytest.approx(0.35)
     assert table[(table["method"] == "analytic") & (table["d"] == 8)].iloc[0]["success %"] == 0.0
     assert table[(table["method"] == "taylor") & (table["d"] == 8)].iloc[0]["paper %"] == 100.0
-    fit = study.link(results)
-    assert fit["n"] == 32 and fit["brier"] < 0.05 < fit["brier_base"]  # separable: the link is found
     text = study.report(results, {"dims": [4, 8], "methods": ["analytic", "taylor"]}, tmp_path)
-    assert "Table IV" in text and "46.7" in text and "Brier score" in text and "BatchNorm baseline: 1/1 ok" in text
+    assert "Table IV" in text and "46.7" in text and "BatchNorm baseline: 1/1 ok" in text
     # results without a preset column predate the presets and the SVD-PI fix: the report says so
     assert "Conventions of these runs" in text and "pi-legacy" in text
     assert "Conventions of these runs" not in study.report(results.assign(preset="stabkit"), {"dims": [4, 8]}, tmp_path)
-    # every synthetic failure is at step 3, inside the first 20 % of 120 steps (24)
+    # every synthetic failure is at step 3, before the landmark (20 % of 120 steps = 24): nothing to predict
     windowed = study.report(results.assign(steps_total=120), {"dims": [4, 8], "methods": ["analytic", "taylor"]}, tmp_path)
-    assert "11 of the 11 failures happened inside the early window" in windowed
+    assert "Left out: 11 runs that failed before L" in windowed and "Not fitted" in windowed
+    # failures after the landmark, separable by the early max|K̃| inside the mixed cell: the link is found
+    late = results.assign(steps_total=120, step=np.where(results["outcome"] == "ok", np.nan, 60.0))
+    late.loc[(late["spec"] == "analytic") & (late["d"] == 8) & (late["seed"] < 4), "step"] = 3.0
+    fit = study.link(late, 0.2, repeats=5)["fit"]
+    assert (fit["n"], fit["failures"], fit["cells"]) == (28, 7, 4)
+    assert fit["brier"]["cell+diag"] < fit["brier"]["cell"] < fit["brier"]["base"]
+    text = study.report(late, {"dims": [4, 8], "methods": ["analytic", "taylor"]}, tmp_path)
+    assert "28 runs, of which 7 failed at a step ≥ L (nonfinite-grad 7)" in text and "cell + diagnostics" in text
     assert (tmp_path / "success_rates.png").stat().st_size > 0 and (tmp_path / "calibration.png").stat().st_size > 0
     # all runs ok → no link, said so
-    ok = results.assign(outcome="ok")
-    assert study.link(ok) is None and "Not fitted" in study.report(ok, {}, tmp_path)
+    ok = results.assign(outcome="ok", steps_total=120)
+    assert study.link(ok, 0.2)["fit"] is None and "Not fitted" in study.report(ok, {}, tmp_path)
 
 
 def test_schedule_comparison_against_a_sibling_report(tmp_path):
@@ -357,14 +363,23 @@ def test_forward_failures_and_index_summary_are_counted(tmp_path):
     assert study.summary(results) == "33 runs ok: analytic 5/16, taylor 16/16, BatchNorm 1/1"
 
 
-def test_cell_alone_brier_is_leave_one_out_by_hand():
-    """Cell A fails 2 of 3, cell B 0 of 2: LOO predictions 1/2, 1/2, 1 for A and 0, 0 for B, so the
-    Brier score is (1/4 + 1/4 + 1 + 0 + 0) / 5 = 0.3."""
-    runs = pd.DataFrame({"spec": ["analytic"] * 3 + ["taylor"] * 2, "d": [8] * 5, "dtype": ["float32"] * 5})
-    y = np.array([1.0, 1.0, 0.0, 0.0, 0.0])
-    assert study.cell_brier(runs, y) == pytest.approx(0.3)
-    fit = study.link(_synthetic_results())
-    assert 0 <= fit["brier_cell"] <= 1
+def test_landmark_table_by_hand():
+    """L = max(1, round(0.2 · steps)): 24 of 120 steps, 1 of 2. A failure at a step < L is left out
+    (no lead time), at a step ≥ L it is y = 1, a failure without a step is left out as unknown; the
+    BatchNorm run never enters; features are the early-window columns, log-transformed."""
+    rows = [("ok", np.nan, 120, 1e3, 0), ("nonfinite-loss", 23, 120, 1e9, 2), ("nonfinite-loss", 24, 120, 1e5, 0),
+            ("diverged", 119, 120, np.inf, 0), ("nonfinite-grad", np.nan, 120, 1e4, 0), ("ok", np.nan, 2, 10.0, 0),
+            ("nonfinite-loss", 0, 2, 1e2, 0)]
+    runs = pd.DataFrame([{"norm": "zca", "spec": "analytic", "d": 8, "dtype": "float32", "seed": i, "outcome": o, "step": st,
+                          "steps_total": n, "early_max_K": k, "early_gap_events": ev} for i, (o, st, n, k, ev) in enumerate(rows)])
+    runs = pd.concat([runs, pd.DataFrame([{"norm": "bn", "spec": "bn", "d": 0, "dtype": "float32", "seed": 9, "outcome": "ok",
+                                           "step": np.nan, "steps_total": 120}])], ignore_index=True)
+    table, left_out = study.landmark_table(runs, 0.2)
+    assert left_out == {"failed_before": 2, "step_unknown": 1}
+    assert table["seed"].tolist() == [0, 2, 3, 5] and table["y"].tolist() == [0.0, 1.0, 1.0, 0.0]
+    assert table["log10_max_K"].tolist() == pytest.approx([3.0, 5.0, 30.0, 1.0])  # +inf capped at 1e30
+    assert table["log1p_gap_events"].tolist() == [0.0] * 4
+    assert table["log10_bound"].isna().all()  # a column the results lack: left to the fold's imputation
 
 
 # ------------------------------------------------------------------ the method spec is parsed once, at the edge

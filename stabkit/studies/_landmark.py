@@ -168,16 +168,16 @@ def stratified_folds(y: np.ndarray, folds: int, rng: np.random.Generator) -> np.
 
 
 def cross_validate(table: pd.DataFrame, folds: int = 5, repeats: int = 20, seed: int = 0, prior: float = 2.0,
-                   l2: float = 1.0) -> dict | None:
-    """Cross-validated predictions of the three models (see the module doc); None with fewer than
-    2 failures or 2 survivors (nothing to learn)."""
+                   l2: float = 1.0, features: tuple[str, ...] = FEATURE_NAMES) -> dict | None:
+    """Cross-validated predictions of the three models (see the module doc) from the ``features``
+    columns of ``table``; None with fewer than 2 failures or 2 survivors (nothing to learn)."""
     y = table["y"].to_numpy(float)
     n_fail = int(y.sum())
     if n_fail < 2 or len(y) - n_fail < 2:
         return None
     folds = max(2, min(folds, n_fail, len(y) - n_fail))
     cells = table[list(CELL_KEYS)].astype(str).agg("|".join, axis=1).to_numpy()
-    X = table[list(FEATURE_NAMES)].to_numpy(float)
+    X = table[list(features)].to_numpy(float)
     usable = ~np.isnan(X).all(0)
     X = X[:, usable]
     rng = np.random.default_rng(seed)
@@ -198,7 +198,7 @@ def cross_validate(table: pd.DataFrame, folds: int = 5, repeats: int = 20, seed:
     se = float(gain.std(ddof=1) / math.sqrt(len(y)))
     return {
         "n": len(y), "failures": n_fail, "cells": len(set(cells)), "folds": folds, "repeats": repeats,
-        "features": [f for f, u in zip(FEATURE_NAMES, usable) if u],
+        "features": [f for f, u in zip(features, usable) if u],
         "brier": {m: float(s.mean()) for m, s in sq.items()}, "gain": float(gain.mean()), "gain_se": se,
         "adds": bool(gain.mean() > 2 * se and gain.mean() > 0), "pred": {m: p.mean(0) for m, p in preds.items()},
         "y": y,

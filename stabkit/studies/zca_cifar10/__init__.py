@@ -135,7 +135,7 @@ def run_cell(cell: dict) -> list[dict]:
 
 # the report and its tables (after the grid: they validate it)
 from .report import report  # noqa: E402
-from .tables import FEATURES, cell_brier, compare_schedules, features, link, success_table, summary  # noqa: E402
+from .tables import FEATURES, compare_schedules, landmark_table, link, success_table, summary  # noqa: E402
 
 __all__ = ["GRID_DEFAULTS", "OPTIONAL_KEYS", "validate", "cells", "run_cell", "report", "summary", "success_table",
-           "link", "cell_brier", "compare_schedules", "features", "FEATURES"]
+           "link", "landmark_table", "compare_schedules", "FEATURES"]

@@ -26,19 +26,19 @@ def report(results: pd.DataFrame, grid: dict, out_dir: pathlib.Path) -> str:
     else:
         crashed = results.iloc[:0]
     table = success_table(results)
-    fit = link(results)
+    linked = link(results, g["early_frac"])
     preset = get_preset(g["preset"])
     paper_rate = preset.stop_on == "nan-loss" and "no NaN loss %" in table
-    figs = _plots(table, fit, out_dir, paper_rate) if len(table) else []
+    figs = _plots(table, linked["fit"], out_dir, paper_rate) if len(table) else []
     if preset.name != "stabkit":
-        return _preset_report(results, g, preset, table, fit, figs, crashed, out_dir)
+        return _preset_report(results, g, preset, table, linked, figs, crashed, out_dir)
     lines = _intro(results, g)
     if figs:
         lines += [f"![success rates]({figs[0]})", ""]
     lines += _success_section(table, results, crashed)
     if g["baseline_study"]:
         lines += _schedule_section(results, g, out_dir)
-    lines += _link_section(fit, results, g, figs)
+    lines += _link_section(linked, g, figs)
     return "\n".join(lines)
 
 
@@ -91,23 +91,40 @@ def _crashed_note(crashed: pd.DataFrame) -> list[str]:
     return [f"{len(crashed)} cell(s) crashed (a bug, not a training outcome): " + "; ".join(crashed["cell_id"].astype(str)[:5]), ""]
 
 
-def _link_section(fit: dict | None, results: pd.DataFrame, g: dict, figs: list[str]) -> list[str]:
-    """The link: the logistic model's coefficients and Brier scores against the base rate and the cell."""
-    lines = ["### The link: do early diagnostics predict failure?", ""]
-    if fit is None:
-        return lines + ["Not fitted: every ZCA run had the same outcome (or there were none), so there is nothing to predict.", ""]
-    coef = ", ".join(f"{name} {b:+.2f}" for name, b in zip(["intercept"] + FEATURES, fit["beta"]))
+def _link_section(link: dict, g: dict, figs: list[str]) -> list[str]:
+    """The link at a landmark: who enters, the features, and the cross-validated Brier scores of the
+    base rate, the cell alone and the cell + diagnostics, with the verdict."""
+    lines = ["### The link: do early diagnostics predict a later failure, beyond the cell?", ""]
+    table, fit, out = link["table"], link["fit"], link["left_out"]
+    at = "/".join(str(s) for s in link["landmark_steps"]) or "—"
+    later = table.loc[table["y"] == 1, "outcome"].value_counts()
     lines += [
-        f"Logistic regression (ridge 1e-2, standardised features) of failure on the first {100 * g['early_frac']:.0f} % "
-        f"of each run's monitor diagnostics: log10 max|K̃| (= 1/min gap), log(1 + gap events with relative gap < 1e-5), "
-        f"log10 of the method's gradient bound max|F_ij|. n = {fit['n']} runs. Coefficients: {coef}.",
+        f"Landmark design (`stabkit.studies._landmark`; van Houwelingen, Scand. J. Statist. 2007): the landmark L is the "
+        f"end of the early window, the first {100 * g['early_frac']:.0f} % of the steps (L = {at} steps). Only ZCA runs "
+        f"still alive at L enter: {len(table)} runs, of which {int(table['y'].sum())} failed at a step ≥ L ("
+        + (", ".join(f"{o} {n}" for o, n in later.items()) or "none") + "). Left out: "
+        f"{out['failed_before']} runs that failed before L (no lead time to predict them) and {out['step_unknown']} "
+        "failures without a recorded step. Features, from the monitor's records of the steps before L only: "
+        + ", ".join(f"`{f}`" for f in FEATURES) + ". Models, scored by the Brier score of repeated stratified "
+        "cross-validation with the standardisation fitted inside each training fold: the base rate; the cell "
+        "(method × d × dtype; its smoothed failure rate in the training folds) — the baseline to beat; the cell + "
+        "diagnostics (ridge logistic regression with the cell's logit as offset).",
         "",
-        *_inside_window_note(results, g),
-        f"Brier score: in-sample {fit['brier']:.4f}, 5-fold cross-validated {fit['brier_cv']:.4f}, "
-        f"base rate (predict the mean failure rate) {fit['brier_base']:.4f}, the cell alone (leave-one-out failure "
-        f"rate of the run's method × d × dtype) {fit['brier_cell']:.4f}. Lower is better. The diagnostics add "
-        "something only if the cross-validated score beats both the base rate and the cell alone"
-        + (" — here they do not." if fit["brier_cv"] >= fit["brier_cell"] else "."),
+    ]
+    if fit is None:
+        return lines + ["Not fitted: fewer than two runs of each outcome among the runs alive at L, so there is "
+                        "nothing to learn; whether the diagnostics add anything beyond the cell is not measurable here.", ""]
+    b, z = fit["brier"], fit["gain"] / fit["gain_se"] if fit["gain_se"] > 0 else float("nan")
+    verdict = ("the diagnostics add to the cell: the improvement exceeds 2 SE" if fit["adds"] else
+               "the improvement is not above 2 SE, so at this n the diagnostics are not shown to add anything "
+               "beyond the cell")
+    if 1.5 <= z <= 2.5:
+        verdict += " — but it lies close to that threshold, where another split of the folds can tip the verdict"
+    lines += [
+        f"n = {fit['n']} runs in {fit['cells']} cells, {fit['failures']} failures after L; {fit['repeats']}× "
+        f"{fit['folds']}-fold. Brier: base rate {b['base']:.4f}, cell {b['cell']:.4f}, cell + diagnostics "
+        f"{b['cell+diag']:.4f}; improvement of cell + diagnostics over the cell {fit['gain']:+.4f} ± {fit['gain_se']:.4f} "
+        f"(SE, paired over runs; {z:.2f} SE): {verdict}.",
         "",
     ]
     if len(figs) > 1:
@@ -157,18 +174,6 @@ def _schedule_section(results: pd.DataFrame, g: dict, out_dir: pathlib.Path) -> 
     ]
 
 
-def _inside_window_note(results: pd.DataFrame, g: dict) -> list[str]:
-    """How many failures happened inside the early window (their features stop at the failing step)."""
-    zca = results[(results["norm"] == "zca") & (results["outcome"] != "ok")]
-    if "steps_total" not in zca or zca.empty:
-        return []
-    end = np.maximum(1, np.round(g["early_frac"] * pd.to_numeric(zca["steps_total"])))
-    inside = int((pd.to_numeric(zca["step"]) < end).sum())
-    return [f"{inside} of the {len(zca)} failures happened inside the early window. Their features come from the steps up "
-            "to the failing one; every value is logged by a forward eigendecomposition, which runs before that step's "
-            "backward, so no feature is measured after the failure — but for these runs the prediction has no lead time.", ""]
-
-
 def _forward_failure_note(table: pd.DataFrame) -> list[str]:
     if not len(table) or not table["runs with λ_min ≤ 0"].any():
         return []
@@ -212,14 +217,15 @@ def _plots(table: pd.DataFrame, fit: dict | None, out_dir: pathlib.Path, paper_r
     names.append("success_rates.png")
     if fit is not None:
         fig, ax = plt.subplots(figsize=(4, 4))
-        for key, label in (("p", "in-sample"), ("p_cv", "5-fold CV")):
-            bins = np.linspace(0, 1, 6)
-            idx = np.clip(np.digitize(fit[key], bins) - 1, 0, 4)
-            xs = [fit[key][idx == b].mean() for b in range(5) if (idx == b).any()]
+        bins = np.linspace(0, 1, 6)
+        for key, label in (("cell", "cell"), ("cell+diag", "cell + diagnostics")):
+            p = fit["pred"][key]
+            idx = np.clip(np.digitize(p, bins) - 1, 0, 4)
+            xs = [p[idx == b].mean() for b in range(5) if (idx == b).any()]
             ys = [fit["y"][idx == b].mean() for b in range(5) if (idx == b).any()]
-            ax.plot(xs, ys, marker="o", label=f"{label} (Brier {fit['brier' if key == 'p' else 'brier_cv']:.3f})")
+            ax.plot(xs, ys, marker="o", label=f"{label} (CV Brier {fit['brier'][key]:.3f})")
         ax.plot([0, 1], [0, 1], "k:", lw=1)
-        ax.set_xlabel("predicted P(failure)")
+        ax.set_xlabel("predicted P(failure after the landmark)")
         ax.set_ylabel("observed failure rate")
         ax.legend(fontsize=7)
         fig.tight_layout()
@@ -229,7 +235,7 @@ def _plots(table: pd.DataFrame, fit: dict | None, out_dir: pathlib.Path, paper_r
     return names
 
 
-def _preset_report(results, g, preset, table, fit, figs, crashed, out_dir) -> str:
+def _preset_report(results, g, preset, table, linked, figs, crashed, out_dir) -> str:
     """The report of a study under a non-default preset (``paper``): its conventions, the NaN-loss
     rate compared with Table IV, our outcomes beside it, and the deviations from the authors' code."""
     steps = f"{g['max_steps']} steps (of {g['epochs']:g} epochs)" if g["max_steps"] else f"{g['epochs']:g} epochs"
@@ -264,10 +270,7 @@ def _preset_report(results, g, preset, table, fit, figs, crashed, out_dir) -> st
                   "and both columns count this toolkit's outcome, the first failure event of any kind.)", ""]
     lines += ["### Remaining differences from the authors' code", "",
               markdown_table(pd.DataFrame(PAPER_DEVIATIONS, columns=["item", "authors' code", "this preset"])), ""]
-    if fit is not None:
-        lines += [f"Link (early diagnostics → failure of any kind): Brier in-sample {fit['brier']:.4f}, 5-fold CV "
-                  f"{fit['brier_cv']:.4f}, base rate {fit['brier_base']:.4f}, cell alone (leave-one-out) "
-                  f"{fit['brier_cell']:.4f}; n = {fit['n']}.", ""]
+    lines += _link_section(linked, g, figs)
     return "\n".join(lines)
 
 

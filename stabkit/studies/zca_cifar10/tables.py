@@ -1,6 +1,6 @@
 """The tables of the ``zca_cifar10`` report: success per method × d × dtype beside Table IV, the
 paper's NaN-loss criterion beside ours, two schedules compared, and the link (failure ~ early
-diagnostics, a ridge logistic model with cross-validated Brier scores)."""
+diagnostics at a landmark, cross-validated against the cell alone)."""
 
 from __future__ import annotations
 
@@ -9,57 +9,58 @@ import pandas as pd
 
 from ... import methods
 from ...train import table_iv
-from .. import _stats
-from .._stats import fit_logistic, predict_logistic
+from .. import _landmark, _stats
 
-FEATURES = ["log10_max_K", "log1p_gap_events", "log10_bound"]
-
-
-def features(results: pd.DataFrame) -> pd.DataFrame:
-    """The link's inputs from the early diagnostics (infinite/NaN values clipped to finite caps)."""
-    def log10(col, cap=1e30):
-        v = pd.to_numeric(results[col], errors="coerce").astype(float).to_numpy()
-        v = np.where(np.isnan(v), cap, v)
-        return np.log10(np.clip(v, 1e-30, cap))
-    return pd.DataFrame({
-        "log10_max_K": log10("early_max_K"),
-        "log1p_gap_events": np.log1p(pd.to_numeric(results["early_gap_events"], errors="coerce").fillna(0).to_numpy(float)),
-        "log10_bound": log10("early_max_bound"),
-    }, index=results.index)
+#: the early-window summary of a run (``early_*``, stabkit.monitor.summarize over steps < L) → the
+#: link's features: (name, column, transform)
+EARLY_FEATURES = (
+    ("log10_max_K", "early_max_K", "log10"),                 # max|K̃| = 1 / min gap
+    ("log10_min_rel_gap", "early_min_rel_gap", "log10"),
+    ("log10_lam_min", "early_lam_min", "log10"),
+    ("log10_bound", "early_max_bound", "log10"),             # the method's max|F_ij|
+    ("log10_grad_norm_max", "early_max_grad_norm", "log10"),
+    ("log1p_gap_events", "early_gap_events", "log1p"),       # relative gap < 1e-5
+    ("log1p_nonfinite_events", "early_nonfinite_events", "log1p"),
+)
+FEATURES = tuple(f[0] for f in EARLY_FEATURES)
+_CAP = 1e30
 
 
-def link(results: pd.DataFrame, folds: int = 5, seed: int = 0) -> dict | None:
-    """Fit failure ~ early diagnostics on the ZCA runs. None when only one outcome occurred."""
+def landmark_step(steps_total, early_frac: float) -> np.ndarray:
+    """The end of the early window in steps done, as the training loop cuts it: max(1, round(f·steps))."""
+    return np.maximum(1, np.round(early_frac * pd.to_numeric(steps_total, errors="coerce").to_numpy(float)))
+
+
+def landmark_table(results: pd.DataFrame, early_frac: float) -> tuple[pd.DataFrame, dict]:
+    """The ZCA runs alive at the landmark L = the end of the early window — no failure at a step < L —
+    with their early diagnostics (logged at steps < L only) and ``y`` = a failure of any kind at a
+    step ≥ L. Returns (table, {"failed_before": …, "step_unknown": …} runs left out)."""
     zca = results[results["norm"] == "zca"]
-    if zca.empty:
-        return None
-    y = (zca["outcome"] != "ok").to_numpy(float)
-    if y.min() == y.max():
-        return None
-    F = features(zca)
-    mu, sd = F.mean().to_numpy(), F.std(ddof=0).replace(0, 1).to_numpy()
-    X = (F.to_numpy() - mu) / sd
-    beta = fit_logistic(X, y)
-    p = predict_logistic(beta, X)
-    cv = np.empty_like(y)
-    order = np.random.default_rng(seed).permutation(len(y))
-    for k in range(folds):
-        test = order[k::folds]
-        train = np.setdiff1d(order, test)
-        cv[test] = predict_logistic(fit_logistic(X[train], y[train]), X[test]) if len(np.unique(y[train])) > 1 else y[train].mean()
-    return {"beta": beta, "p": p, "p_cv": cv, "y": y, "brier": float(np.mean((p - y) ** 2)),
-            "brier_cv": float(np.mean((cv - y) ** 2)), "brier_base": float(np.mean((y.mean() - y) ** 2)), "n": len(y),
-            "brier_cell": cell_brier(zca, y)}
+    failed = (zca["outcome"] != "ok").to_numpy()
+    step = pd.to_numeric(zca["step"], errors="coerce").to_numpy(float) if len(zca) else np.zeros(0)
+    L = landmark_step(zca["steps_total"], early_frac) if "steps_total" in zca else np.full(len(zca), np.nan)
+    before = failed & (step < L)
+    unknown = failed & (np.isnan(step) | np.isnan(L))
+    keep = ~before & ~unknown
+    runs = zca[keep]
+    table = pd.DataFrame({k: runs[k].to_numpy() for k in _landmark.CELL_KEYS})
+    table["seed"] = runs["seed"].to_numpy() if "seed" in runs else np.nan
+    table["outcome"] = runs["outcome"].to_numpy()
+    for name, col, transform in EARLY_FEATURES:
+        v = pd.to_numeric(runs[col], errors="coerce").to_numpy(float) if col in runs else np.full(len(runs), np.nan)
+        v = np.where(np.isposinf(v), _CAP, v)
+        table[name] = np.log10(np.clip(v, 1e-30, _CAP)) if transform == "log10" else np.log1p(np.clip(v, 0, None))
+    table["y"] = failed[keep].astype(float)
+    return table, {"failed_before": int(before.sum()), "step_unknown": int((unknown & ~before).sum())}
 
 
-def cell_brier(runs: pd.DataFrame, y: np.ndarray) -> float:
-    """Leave-one-out Brier score of the cell-identity model: each run predicted by the failure rate of
-    the other runs of its cell (method, d, dtype) — what the diagnostics must beat to add anything."""
-    cell = runs["spec"].astype(str) + "|" + runs["d"].astype(str) + "|" + runs["dtype"].astype(str)
-    fails = pd.Series(y, index=runs.index).groupby(cell).transform("sum").to_numpy()
-    size = cell.groupby(cell).transform("size").to_numpy()
-    p = np.where(size > 1, (fails - y) / np.maximum(size - 1, 1), y.mean())
-    return float(np.mean((p - y) ** 2))
+def link(results: pd.DataFrame, early_frac: float, repeats: int = 100) -> dict:
+    """The landmark link of the short protocol (``stabkit.studies._landmark``): the table at the end
+    of the early window and its cross-validated Brier scores — base rate, cell, cell + diagnostics."""
+    table, left_out = landmark_table(results, early_frac)
+    fit = _landmark.cross_validate(table, repeats=repeats, features=FEATURES) if len(table) else None
+    L = landmark_step(results.loc[results["norm"] == "zca", "steps_total"], early_frac) if "steps_total" in results else []
+    return {"table": table, "left_out": left_out, "fit": fit, "landmark_steps": sorted({int(x) for x in L if x == x})}
 
 
 def success_table(results: pd.DataFrame) -> pd.DataFrame:
