@@ -29,10 +29,12 @@
 # the second command reads the first one's bench from the same (still warm) machine's /tmp:
 #   JOBS=6 BENCH_S=100 bash studies/gpu-session.sh "$OUT" 130 bench-fast; cp "$OUT/bench_fast.json" /tmp/
 #   JOBS=6 FIT_HORIZON=1 BENCH_JSON=/tmp/bench_fast.json bash studies/gpu-session.sh "$OUT" 530 survival
+# (each with STABKIT_GIT_COMMIT exported when the copy has no .git)
 # At exit, OUTDIR/state.tar.gz holds reports/zca-cifar10*/ with their cells; the next chunk starts
 # from it when RESUME_FROM names a copy of it (e.g. beside the archive in a folder sent along).
 # Environment: STABKIT_CIFAR10 (the archive; default ../shared/data/cifar10-jpeg.tar.gz),
-# STABKIT_GIT_COMMIT (the commit the copy was made from, for a copy without .git), RESUME_FROM,
+# STABKIT_GIT_COMMIT (the commit the copy was made from; required in a copy without .git, in every
+# command: the device runs each command in a fresh shell), RESUME_FROM,
 # JOBS (default 8; survival and bench-fast: 6), PYTHON (default python3).
 set -u
 out=${1:?usage: bash studies/gpu-session.sh OUTDIR SECONDS PHASE...}
@@ -43,6 +45,11 @@ left() { echo $(( deadline - $(date +%s) )); }
 py=${PYTHON:-python3}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 mkdir -p "$out"
+if [[ ! -e .git && -z ${STABKIT_GIT_COMMIT:-} ]]; then
+    # every run records the commit it ran: a copy without .git must be told (each command, again)
+    echo "gpu-session: no .git here and STABKIT_GIT_COMMIT is not set: export STABKIT_GIT_COMMIT=<the commit this copy is of>" >&2
+    exit 2
+fi
 
 save_state() {
     # the reports and their cells, whatever happened

@@ -105,3 +105,10 @@ def test_fit_horizon_runs_the_longest_horizon_one_wave_finishes(tmp_path, tiny_b
     assert "running 1 epoch(s) instead" in log and "survival chunk of 2 run(s) exited with 0" in log, log
     rows = [c["rows"][0] for c in _cells(root)]
     assert len(rows) == 2 and all(r["steps_done"] == r["steps_total"] == 2 for r in rows), rows
+
+
+def test_a_copy_without_git_must_name_its_commit(tmp_path, tiny_batches):
+    root = _checkout(tmp_path, tiny_batches, seeds=1)
+    rc, log = _session(root, tmp_path / "out", 100, RUN_S="1000", STABKIT_GIT_COMMIT="")
+    assert rc == 2 and "export STABKIT_GIT_COMMIT" in log, log
+    assert not (root / "reports").exists()  # nothing ran
