@@ -101,7 +101,8 @@ def _link_section(link: dict, g: dict, figs: list[str]) -> list[str]:
     lines += [
         f"Landmark design (`stabkit.studies._landmark`; van Houwelingen, Scand. J. Statist. 2007): the landmark L is the "
         f"end of the early window, the first {100 * g['early_frac']:.0f} % of the steps (L = {at} steps). Only ZCA runs "
-        f"still alive at L enter: {len(table)} runs, of which {int(table['y'].sum())} failed at a step ≥ L ("
+        f"still alive at L enter: {len(table)} run{'' if len(table) == 1 else 's'}, of which {int(table['y'].sum())} "
+        f"failed at a step ≥ L ("
         + (", ".join(f"{o} {n}" for o, n in later.items()) or "none") + "). Left out: "
         f"{out['failed_before']} runs that failed before L (no lead time to predict them) and {out['step_unknown']} "
         "failures without a recorded step. Features, from the monitor's records of the steps before L only: "
