@@ -25,11 +25,17 @@
 # zca-cifar10, zca-cifar10-long, zca-cifar10-paper: `stabkit run studies/<phase>.toml --jobs $JOBS`
 #   (default 8), stopped with SIGINT when SECONDS run out (finished cells are kept in
 #   reports/<phase>/cells); the chunk that finishes the grid writes the report.
-# A GPU window (≈ 15 min with the machine's start): the bench, then one ≤ 9-minute command of whole runs;
-# the second command reads the first one's bench from the same (still warm) machine's /tmp:
-#   JOBS=6 BENCH_S=100 bash studies/gpu-session.sh "$OUT" 130 bench-fast; cp "$OUT/bench_fast.json" /tmp/
-#   JOBS=6 FIT_HORIZON=1 BENCH_JSON=/tmp/bench_fast.json bash studies/gpu-session.sh "$OUT" 530 survival
-# (each with STABKIT_GIT_COMMIT exported when the copy has no .git)
+# A GPU window (≈ 15 min with the machine's start): the bench, then one ≤ 9-minute command of whole runs.
+# OUTDIR is emptied before each device command and a machine left idle goes back within seconds, so the
+# bench travels back and forth: copy the first command's bench_fast.json into the carried folder (it
+# then reaches the second command even on a freshly started machine):
+#   JOBS=6 BENCH_S=100 bash studies/gpu-session.sh "$OUT" 130 bench-fast
+#   JOBS=6 FIT_HORIZON=1 BENCH_JSON=shared/data/bench_fast.json bash studies/gpu-session.sh "$OUT" S survival
+# (each with STABKIT_GIT_COMMIT exported when the copy has no .git). S must end inside the device time
+# that is left: the command is killed at its limit and a SIGKILL skips the state.tar.gz of the EXIT trap,
+# so take S ≤ (device seconds left) − 60 s (− 180 s more if the machine must start again), at most 530
+# (the state is also saved after each wave of the survival phase).
+# Without a bench the survival phase starts nothing ("no whole wave fits").
 # At exit, OUTDIR/state.tar.gz holds reports/zca-cifar10*/ with their cells; the next chunk starts
 # from it when RESUME_FROM names a copy of it (e.g. beside the archive in a folder sent along).
 # Environment: STABKIT_CIFAR10 (the archive; default ../shared/data/cifar10-jpeg.tar.gz),
@@ -52,8 +58,9 @@ if [[ ! -e .git && -z ${STABKIT_GIT_COMMIT:-} ]]; then
 fi
 
 save_state() {
-    # the reports and their cells, whatever happened
-    tar czf "$out/state.tar.gz" reports/zca-cifar10* 2>/dev/null || true
+    # the reports and their cells, whatever happened; renamed into place, so a kill mid-write leaves the last one
+    tar czf "$out/state.tar.gz.part" reports/zca-cifar10* 2>/dev/null && mv -f "$out/state.tar.gz.part" "$out/state.tar.gz"
+    rm -f "$out/state.tar.gz.part"
 }
 trap save_state EXIT
 if [[ -n ${RESUME_FROM:-} ]]; then
@@ -89,6 +96,7 @@ survival() {
         timeout -s INT -k 60 "$avail" "$py" -m stabkit run "$study" --jobs "$jobs" --max-cells "$n" --no-progress ${SURVIVAL_SET:-}
         rc=$?
         echo "gpu-session: survival chunk of $n run(s) exited with $rc"
+        save_state  # this wave's runs come back even if a later one is killed at the device's limit
         (( rc == 0 )) || break
         # stop when the grid is done: the runner then has nothing left to start
         "$py" - "$study" ${SURVIVAL_SET:-} <<'PY'

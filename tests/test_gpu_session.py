@@ -6,6 +6,7 @@ machine's speed."""
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -46,13 +47,17 @@ device = "cpu"
     return root
 
 
-def _session(root, out, seconds, **env):
+def _env(root, **env):
     env = {**os.environ, "PYTHON": sys.executable, "STABKIT_GIT_COMMIT": "0" * 40, "OMP_NUM_THREADS": "1",
            "STABKIT_DATA_CACHE": str(root / "data-cache"), "SURVIVAL_STUDY": f"studies/{STUDY}.toml", "JOBS": "2", **env}
     # the script decodes $STABKIT_CIFAR10 once before any run: the study's own data
     env["STABKIT_CIFAR10"] = next(line.split('"')[1] for line in (root / "studies" / f"{STUDY}.toml").read_text().splitlines()
                                   if line.startswith("data ="))
-    done = subprocess.run(["bash", "studies/gpu-session.sh", str(out), str(seconds), "survival"], cwd=root, env=env,
+    return env
+
+
+def _session(root, out, seconds, **env):
+    done = subprocess.run(["bash", "studies/gpu-session.sh", str(out), str(seconds), "survival"], cwd=root, env=_env(root, **env),
                           capture_output=True, text=True, timeout=600)
     return done.returncode, done.stdout + done.stderr
 
@@ -78,6 +83,30 @@ def test_survival_chunks_until_the_grid_is_done_and_saves_its_state(tmp_path, ti
     with tarfile.open(tmp_path / "out" / "state.tar.gz") as tar:
         saved = [n for n in tar.getnames() if n.startswith(f"reports/{STUDY}/cells/") and n.endswith(".json")]
     assert len(saved) == 6
+
+
+def test_a_wave_s_runs_come_back_when_a_later_wave_is_killed(tmp_path, tiny_batches):
+    # the device kills a command at its limit with SIGKILL, which skips the EXIT trap: the state
+    # must already hold every finished wave when the next one starts
+    root = _checkout(tmp_path, tiny_batches, seeds=3)
+    out = tmp_path / "out"
+    proc = subprocess.Popen(["bash", "studies/gpu-session.sh", str(out), "2100", "survival"], cwd=root,
+                            env=_env(root, RUN_S="1000"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    plans, log = 0, []
+    try:
+        for line in proc.stdout:  # the second plan is printed when the first wave is done and saved
+            log.append(line)
+            plans += line.startswith("session plan:")
+            if plans == 2:
+                break
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    assert plans == 2, "".join(log)
+    with tarfile.open(out / "state.tar.gz") as tar:
+        saved = [n for n in tar.getnames() if n.startswith(f"reports/{STUDY}/cells/") and n.endswith(".json")]
+    assert len(saved) == 4, "".join(log)
 
 
 def test_nothing_starts_when_no_whole_wave_fits_and_a_resumed_state_is_kept(tmp_path, tiny_batches):
