@@ -107,10 +107,9 @@ def main(argv=None):
     width = args.width or (1.0 if gpu else 0.5)
     channels = int(round(64 * width))
     dims = args.dims or [d for d in (4, 8, 16, 32, 64) if d <= channels and channels % d == 0]
-    if args.fast_path:
-        fast_path_table(args, device, batch, width)
+    failed = args.fast_path and fast_path_table(args, device, batch, width)
     if args.skip_methods:
-        return
+        return int(failed)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 3, 32, 32, generator=g).to(device)
     y = torch.randint(0, 10, (batch,), generator=g).to(device)
@@ -154,9 +153,11 @@ def main(argv=None):
                 rate = concurrent_rate(k, dict(kw, width=width, dtype=args.dtype), device, batch, args.seconds)
                 single = single or rate
                 print(f"| {k} | {label} | {rate:.1f} | {rate / single:.2f} |")
+    return int(failed)
 
 
-def fast_path_table(args, device: str, batch: int, width: float) -> None:
+def fast_path_table(args, device: str, batch: int, width: float) -> bool:
+    """Prints the fast-path table (and writes --json after each row); True if a row failed."""
     preset, method, d = args.fast_config.split(":")
     base = {"preset": preset, "method": method, "d": int(d), "dtype": args.dtype, "width": width, "batch_size": batch,
             "device": device, "eval_every": 0, "epochs": 10_000, "max_steps": 10**6}
@@ -170,13 +171,18 @@ def fast_path_table(args, device: str, batch: int, width: float) -> None:
     if args.compile:  # last: its compilation may take most of a time-boxed bench
         trials.append((f"fast + compile {args.compile}", 1, 1, dict(fast, compile=args.compile)))
     name = torch.cuda.get_device_name() if device.startswith("cuda") else (platform.processor() or platform.machine())
-    rows = []
+    rows, failed = [], []
     try:
         for label, runs, procs, cfg in trials:
-            if procs == 1:
-                rate, warm_s = loop_rate(cfg, runs, args.seconds)
-            else:
-                rate, warm_s = concurrent_loop_rate(procs, cfg, args.seconds)
+            try:
+                if procs == 1:
+                    rate, warm_s = loop_rate(cfg, runs, args.seconds)
+                else:
+                    rate, warm_s = concurrent_loop_rate(procs, cfg, args.seconds)
+            except Exception as exc:  # e.g. a compile mode this GPU's toolchain lacks: the other rows still count
+                failed.append(f"{label}, {runs} run(s) in {procs} process(es): {type(exc).__name__}: {exc}")
+                print(f"  FAILED {failed[-1]}", file=sys.stderr, flush=True)
+                continue
             rows.append({"path": label, "runs": runs, "processes": procs, "steps_per_s": rate, "warmup_s": warm_s,
                          "config": {k: v for k, v in cfg.items() if k not in ("epochs", "max_steps")}})
             print(f"  {label}, {runs} run(s) in {procs} process(es): {rate:.1f} steps/s", file=sys.stderr, flush=True)
@@ -185,7 +191,7 @@ def fast_path_table(args, device: str, batch: int, width: float) -> None:
     except KeyboardInterrupt:
         print(f"  interrupted: {len(rows)} of {len(trials)} rows measured", file=sys.stderr)
     if not rows:
-        return
+        return bool(failed)
     today = rows[0]["steps_per_s"]
     print(f"training loop, {args.fast_config} ({args.dtype} ZCA), width {width:g}, batch {batch}, on {device} ({name}), "
           f"torch {torch.__version__}; {args.seconds:g} s per row after warm-up; today = fast=False, check_every 10")
@@ -195,6 +201,9 @@ def fast_path_table(args, device: str, batch: int, width: float) -> None:
     for r in rows:
         print(f"| {r['path']} | {r['runs']} | {r['processes']} | {r['steps_per_s']:.1f} | {r['steps_per_s'] / today:.2f} | {r['warmup_s']:.1f} |")
     print()
+    for f in failed:
+        print(f"failed row: {f}")
+    return bool(failed)
 
 
 def _bench_data(device: str, n: int = 2560):
@@ -244,15 +253,27 @@ def concurrent_loop_rate(processes: int, cfg: dict, seconds: float) -> tuple[flo
     workers = [ctx.Process(target=_loop_worker, args=(cfg, seconds, barrier, results)) for _ in range(processes)]
     for w in workers:
         w.start()
-    out = [results.get() for _ in workers]
-    for w in workers:
-        w.join()
+    try:
+        # every worker answers once (a rate or its error); a worker that died without answering is waited for no longer than this
+        out = [results.get(timeout=seconds + 600) for _ in workers]
+    finally:
+        for w in workers:
+            w.join(timeout=10)
+            if w.is_alive():
+                w.terminate()
+    errors = [o for o in out if isinstance(o, str)]
+    if errors:
+        raise RuntimeError(f"{len(errors)} of {processes} workers failed; first: {errors[0]}")
     return sum(r for r, _ in out), max(w for _, w in out)
 
 
 def _loop_worker(cfg, seconds, barrier, results):
     torch.set_num_threads(1)
-    results.put(loop_rate(cfg, 1, seconds, barrier))
+    try:
+        results.put(loop_rate(cfg, 1, seconds, barrier))
+    except Exception as exc:
+        barrier.abort()  # the others stop waiting for this one (BrokenBarrierError) and answer too
+        results.put(f"{type(exc).__name__}: {exc}")
 
 
 def concurrent_rate(processes: int, model_kw: dict, device: str, batch: int, seconds: float) -> float:
@@ -286,4 +307,4 @@ def _rate_worker(model_kw, device, batch, seconds, barrier, results):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -67,7 +67,11 @@ if [[ -n ${RESUME_FROM:-} ]]; then
     tar xzf "$RESUME_FROM" || exit 2
 fi
 
-"$py" -c "from stabkit.data import load_cifar10 as l; l(split='train'); l(split='test')" || exit 2  # decode once, cached
+needs_data=0  # the benches train on random data: only the other phases read CIFAR-10
+for phase in "$@"; do [[ $phase == bench || $phase == bench-fast ]] || needs_data=1; done
+if (( needs_data )); then
+    "$py" -c "from stabkit.data import load_cifar10 as l; l(split='train'); l(split='test')" || exit 2  # decode once, cached
+fi
 "$py" -c "import torch; print('torch', torch.__version__, 'GPU', torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none')"
 
 survival() {
@@ -92,6 +96,8 @@ survival() {
             fi
         fi
         (( n > 0 )) || { echo "gpu-session: survival: no whole wave of $jobs runs fits in ${avail} s"; break; }
+        avail=$(( $(left) - margin ))  # the planning above took a few seconds (and `timeout 0` would never stop)
+        (( avail > 0 )) || break
         # shellcheck disable=SC2086  # SURVIVAL_SET is a list of arguments
         timeout -s INT -k 60 "$avail" "$py" -m stabkit run "$study" --jobs "$jobs" --max-cells "$n" --no-progress ${SURVIVAL_SET:-}
         rc=$?

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from stabkit.cli.main import app
@@ -65,6 +66,39 @@ def test_bench_fast_path_table_feeds_the_gpu_session_plan(tmp_path):
     fast2 = rows[3]["steps_per_s"]
     assert session.bench_run_s(json.loads(bench.read_text()), 2, 100, 0, fast=True, overhead_s=0) == pytest.approx(
         100 / (fast2 / 2) * 1.2)
+
+
+def test_a_failing_bench_row_keeps_the_others(tmp_path):
+    """A row that raises (here a compile mode torch does not know) is reported and skipped: the rows
+    before it stay in the table and the JSON, and the exit code says a row failed."""
+    bench = tmp_path / "bench_fast.json"
+    args = ["--device", "cpu", "--skip-methods", "--fast-path", "--fast-config", "paper:analytic:4", "--width", "0.125",
+            "--batch", "8", "--threads", "1", "--seconds", "0.2", "--compile", "no-such-mode", "--json", str(bench)]
+    run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_train_step.py"), *args], capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 1, run.stderr
+    assert [r["path"] for r in json.loads(bench.read_text())["rows"]] == ["today", "fast"]
+    assert "| today | 1 | 1 |" in run.stdout and "failed row: fast + compile no-such-mode" in run.stdout, run.stdout
+
+
+def test_a_failing_bench_worker_answers_and_frees_the_others():
+    """A worker that fails before the common start breaks the barrier (the others stop waiting) and
+    answers with its error, so the parent never waits for an answer that cannot come."""
+    import multiprocessing
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import bench_train_step
+
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(2), ctx.Queue()
+    threads = torch.get_num_threads()  # the worker sets one thread for its process: this one's is restored
+    try:
+        bench_train_step._loop_worker({"method": "no-such-method", "device": "cpu"}, 0.1, barrier, results)
+    finally:
+        torch.set_num_threads(threads)
+    assert barrier.broken
+    answer = results.get(timeout=10)
+    assert isinstance(answer, str) and "no-such-method" in answer, answer
 
 
 def test_bench_interleaves_methods_after_a_warmup_and_reports_the_ratio_spread(monkeypatch):

@@ -50,6 +50,22 @@ def test_zca_layer_keeps_its_dtype_under_autocast(dtype, monkeypatch):
     assert torch.equal(y_auto, y_plain.bfloat16())
 
 
+def test_the_stem_runs_in_float32_under_autocast():
+    """Under the fast path's autocast conv1 and the ZCA layer run in float32: the layer whitens
+    exactly the plain network's conv1 output and hands float32 on; the trunk after it is bf16."""
+    torch.manual_seed(0)
+    model = ResNet18(width=0.125, d=4, method="taylor")
+    x = torch.randn(4, 3, 32, 32)
+    seen = {}
+    model.norm1.register_forward_hook(lambda m, inp, out: seen.update(inp=inp[0], out=out))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(x)
+    assert seen["inp"].dtype == seen["out"].dtype == torch.float32
+    with torch.no_grad():
+        assert torch.equal(seen["inp"], model.conv1(x))  # no bf16 rounding before the covariance
+    assert logits.dtype == torch.bfloat16  # the trunk still autocasts
+
+
 def test_fast_run_eigensolver_sees_the_requested_dtype(synthetic, monkeypatch):
     seen = _record_eigh_dtypes(monkeypatch)
     r = train_run({**SMALL, "method": "analytic", "dtype": "float64", "fast": True, "max_steps": 3}, data=synthetic)

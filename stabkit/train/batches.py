@@ -27,9 +27,15 @@ def device_data(path, device: str):
 
 
 def normalize(x_uint8: torch.Tensor, std=cifar.STD) -> torch.Tensor:
-    mean = torch.tensor(cifar.MEAN, device=x_uint8.device).view(1, 3, 1, 1)
-    std = torch.tensor(std, device=x_uint8.device).view(1, 3, 1, 1)
+    mean, std = _channel_constants(tuple(cifar.MEAN), tuple(std), x_uint8.device)
     return (x_uint8.float() / 255 - mean) / std
+
+
+@functools.lru_cache(maxsize=8)
+def _channel_constants(mean: tuple, std: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-channel mean and std as (1, 3, 1, 1) tensors on ``device``, made once: a host-to-device
+    copy per step would synchronise the GPU every step (the fast path reads back only every N steps)."""
+    return (torch.tensor(mean, device=device).view(1, 3, 1, 1), torch.tensor(std, device=device).view(1, 3, 1, 1))
 
 
 def augment(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:

@@ -47,8 +47,9 @@ steps (``early_*``) and over the whole run (``run_*``), both from records cut at
 ``eig_dtypes``, the dtypes the eigensolver saw. Device: ``device="auto"`` picks CUDA when available, else CPU.
 
 Fast path (``fast=True``, default off so that committed reports stay reproducible): bf16 autocast
-for the trunk while the ZCA layer computes its covariance, eigendecomposition and whitening in its
-own ``dtype`` (autocast disabled inside the layer), channels_last, checks read back every 100 steps;
+for the trunk after the stem, while conv1 runs in float32 and the ZCA layer computes its covariance,
+eigendecomposition and whitening in its own ``dtype`` (autocast disabled in the stem), channels_last,
+checks read back every 100 steps;
 ``compile`` (``default``, ``reduce-overhead``, …) adds ``torch.compile`` of the trunk after the ZCA
 layer (the eigendecomposition stays eager). The record stores ``fast``, ``compile``, ``check_every``
 and ``eval_every``; ``wall_s`` is the whole run, ``train_s`` the host time spent in the steps.

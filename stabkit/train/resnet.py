@@ -11,6 +11,7 @@ Kaiming-normal (fan_out, ReLU) as the authors' ``models/resnet.py`` (default: to
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -63,7 +64,10 @@ class ResNet18(nn.Module):
             raise ValueError(f"unknown conv_init {conv_init!r}: choose torch-default or kaiming-fan-out")
 
     def forward(self, x):
-        out = F.relu(self.norm1(self.conv1(x)))
+        # the stem in full precision even under autocast (the fast path): the ZCA layer then whitens
+        # the float32 network's conv1 output, not a bf16-rounded one, and hands the trunk float32
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            out = F.relu(self.norm1(self.conv1(x)))
         out = self.layers(out)
         out = F.adaptive_avg_pool2d(out, 1) if out.shape[-1] != 4 else F.avg_pool2d(out, 4)
         return self.linear(out.flatten(1))
