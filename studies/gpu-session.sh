@@ -18,7 +18,9 @@
 #   from the study's finished runs, else from OUTDIR/bench_fast.json or $BENCH_JSON, else $RUN_S),
 #   starts exactly those (`stabkit run … --max-cells N`), and asks again while a wave still fits
 #   (runs that stopped at a NaN loss leave time). A run cut by the deadline is never written: the
-#   runner writes a cell only when its run finished, so nothing half-done is counted. $SURVIVAL_SET:
+#   runner writes a cell only when its run finished, so nothing half-done is counted; and each run
+#   ends itself at an epoch's end before the deadline (STABKIT_RUN_DEADLINE, stabkit.train.loop) when
+#   the plan was too hopeful: it is then written as a run censored at the epochs it reached. $SURVIVAL_SET:
 #   extra `--set key=value` arguments (e.g. "--set epochs=60" when 100 epochs do not fit);
 #   FIT_HORIZON=1: when not even one wave of the study's horizon fits, run the most whole epochs that
 #   one wave can finish (`python -m stabkit.train.session … --fit-epochs`; each run records its horizon).
@@ -98,7 +100,11 @@ survival() {
         (( n > 0 )) || { echo "gpu-session: survival: no whole wave of $jobs runs fits in ${avail} s"; break; }
         avail=$(( $(left) - margin ))  # the planning above took a few seconds (and `timeout 0` would never stop)
         (( avail > 0 )) || break
+        # each run also stops at an epoch's end when the next would pass this deadline (60 s before the
+        # wave's timeout, for the last test pass and the write): if the plan was too hopeful, the runs come
+        # back as shorter censored runs instead of being killed with nothing written
         # shellcheck disable=SC2086  # SURVIVAL_SET is a list of arguments
+        STABKIT_RUN_DEADLINE=$(( $(date +%s) + avail - 60 )) \
         timeout -s INT -k 60 "$avail" "$py" -m stabkit run "$study" --jobs "$jobs" --max-cells "$n" --no-progress ${SURVIVAL_SET:-}
         rc=$?
         echo "gpu-session: survival chunk of $n run(s) exited with $rc"

@@ -4,6 +4,7 @@ how often the device is read back, interleaved runs equal sequential ones, and e
 field is checked against an independent computation."""
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -109,6 +110,25 @@ def test_stop_point_does_not_depend_on_check_every(synthetic, case, _):
             "time_to_nan_loss_epochs", "censored_at_epochs")
     assert {k: every[k] for k in keys} == {k: rarely[k] for k in keys}
     assert epoch_log_json(every["epoch_log"]) == epoch_log_json(rarely["epoch_log"])
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_a_run_stops_at_an_epoch_end_before_its_deadline(synthetic, monkeypatch, fast):
+    """STABKIT_RUN_DEADLINE already passed: the run ends itself after its first whole epoch, as a run
+    censored there (its test error from that epoch's pass); far away: the whole run, as without one."""
+    cfg = {**SMALL, "method": "taylor", "fast": fast, "epochs": 3.0, "eval_every": 1, "seed": 5}
+    free = train_run(cfg, data=synthetic)
+    monkeypatch.setenv("STABKIT_RUN_DEADLINE", str(time.time() + 3600))
+    far = train_run(cfg, data=synthetic)
+    monkeypatch.setenv("STABKIT_RUN_DEADLINE", str(time.time() - 1))
+    cut = train_run(cfg, data=synthetic)
+    per_epoch = 256 // 32
+    assert free["steps_done"] == far["steps_done"] == 3 * per_epoch and not free["deadline_stop"] and not far["deadline_stop"]
+    assert far["final_loss"] == free["final_loss"] and far["test_error"] == free["test_error"]
+    assert cut["deadline_stop"] and cut["steps_done"] == per_epoch and cut["censored_at_epochs"] == 1.0
+    assert cut["paper_outcome"] == "censored" and cut["nan_loss_step"] is None
+    first = json.loads(epoch_log_json(free["epoch_log"]))[0]
+    assert cut["test_error"] == pytest.approx(1 - first["test_acc"])  # the same weights after epoch 1, the same pass
 
 
 def test_failure_record_epochs(synthetic):

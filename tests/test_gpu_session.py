@@ -109,6 +109,18 @@ def test_a_wave_s_runs_come_back_when_a_later_wave_is_killed(tmp_path, tiny_batc
     assert len(saved) == 4, "".join(log)
 
 
+def test_runs_end_themselves_before_the_deadline_when_the_plan_was_too_hopeful(tmp_path, tiny_batches):
+    # planned at 1 s per run, 80 s leave 50 s for the wave; its runs get a deadline 60 s before the
+    # wave's end, already past: each ends after its first epoch, written as censored there
+    root = _checkout(tmp_path, tiny_batches, seeds=1)
+    rc, log = _session(root, tmp_path / "out", 80, RUN_S="1")
+    assert rc == 0 and "survival chunk of" in log, log
+    rows = [c["rows"][0] for c in _cells(root)]
+    assert len(rows) == 2, log
+    assert all(r["deadline_stop"] and r["steps_done"] == 2 and r["steps_total"] == 4 and r["censored_at_epochs"] == 1.0
+               and r["paper_outcome"] == "censored" for r in rows), rows
+
+
 def test_nothing_starts_when_no_whole_wave_fits_and_a_resumed_state_is_kept(tmp_path, tiny_batches):
     first = _checkout(tmp_path / "a", tiny_batches, seeds=1)
     assert _session(first, tmp_path / "out1", 2100, RUN_S="1000")[0] == 0

@@ -174,13 +174,14 @@ def test_kaplan_meier_and_accuracy_tables():
 
 
 def test_report_from_records(tmp_path):
-    res = _results(RECORDS + [_record("taylor", 16, 1000, horizon=350.0, reached=350.0, acc=0.93)], ORDER)
+    records = RECORDS[:-1] + [dict(RECORDS[-1], deadline_stop=True)]  # the run stopped at 40 epochs ended at a deadline
+    res = _results(records + [_record("taylor", 16, 1000, horizon=350.0, reached=350.0, acc=0.93)], ORDER)
     grid = {"cells": [["analytic", 8], ["taylor", 16]], "seeds": 4, "extend_epochs": 350.0,
             "extend": ["taylor|d16|float32|s1000|e100"]}
     text = surv.report(res, grid, tmp_path)
     assert (tmp_path / "km_time_to_nan.png").stat().st_size > 1000 and (tmp_path / "test_accuracy.png").is_file()
     assert "7 runs to a horizon of 100 epochs: 2 with a NaN loss, 4 reached 100 epochs without one, 1 stopped earlier" in text
-    assert "(censored at 40.0 epochs)." in text and "0 stopped earlier without one." in text and "The longest run reached 350.0 epochs, the paper's 350." in text
+    assert "1 stopped earlier without one (1 of them at the GPU command's deadline) (censored at 40.0 epochs)." in text and "0 stopped earlier without one." in text and "The longest run reached 350.0 epochs, the paper's 350." in text
     assert "| analytic | SVD | 8 | float32 | 100 | 3 | 2 | 1/3 |" in text
     # extended run: its final test error
     assert "| taylor | 16 | float32 | 1 | 0.07 |" in text

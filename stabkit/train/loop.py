@@ -72,6 +72,11 @@ study through ``stabkit run … --jobs K`` — K worker processes, each with its
 copy (184 MB of uint8) and monitor. Threads in one process are not used: the monitor patches
 process-global functions (interleaved runs share one patch and keep separate records).
 
+Time box: when ``STABKIT_RUN_DEADLINE`` (Unix seconds; set by ``studies/gpu-session.sh`` for a wave of
+runs) is set, a run stops at the end of an epoch when the next epoch, at 1.25 × the last one's wall
+time, would end after it. It is then a run of fewer epochs without a NaN loss (``censored_at_epochs``,
+``paper_outcome`` ``censored``, ``deadline_stop`` True) instead of a run killed with the GPU command.
+
 The parts live beside this module: options and their checks in ``config``, the data on the
 device in ``batches``, failure detection in ``outcomes``, the per-epoch log in ``epoch_log``; this
 module runs the steps. Their public names are importable from here as before.
@@ -80,6 +85,7 @@ module runs the steps. Their public names are importable from here as before.
 from __future__ import annotations
 
 import math
+import os
 import time
 
 import torch
@@ -176,6 +182,9 @@ class _Run:
         self.evals: dict[int, torch.Tensor] = {}  # epoch → wrong test predictions (a device scalar)
         self.mon = monitor.Monitor(bound=self.spec)
         self.active, self.train_s = True, 0.0
+        deadline = os.environ.get("STABKIT_RUN_DEADLINE")
+        self.deadline = float(deadline) if deadline else None
+        self.deadline_stop, self.epoch_t0 = False, time.time()
 
     def _autocast(self):
         return torch.autocast(device_type=self.device.split(":")[0], dtype=torch.bfloat16, enabled=self.fast)
@@ -202,8 +211,17 @@ class _Run:
             epoch = -(-self.done // self.per_epoch)
             if self.done == self.total or (self.eval_every > 0 and epoch % self.eval_every == 0):
                 self.evals[epoch] = self._wrong_predictions()
+            if self.deadline is not None and self.done < self.total:
+                self._stop_before_the_deadline()
         if self.done == self.total:
             self.active = False
+
+    def _stop_before_the_deadline(self) -> None:
+        """At an epoch's end: stop when one more epoch (1.25 × this one) would end after the deadline."""
+        now = time.time()
+        epoch_s, self.epoch_t0 = now - self.epoch_t0, now
+        if now + 1.25 * epoch_s > self.deadline:
+            self.active, self.deadline_stop = False, True
 
     def _train_step(self, step: int) -> None:
         cfg, model, per_epoch, batch = self.cfg, self.model, self.per_epoch, self.batch
@@ -288,7 +306,7 @@ class _Run:
         test_error = None
         last_epoch = -(-done // self.per_epoch)
         if outcome == "ok" or (not self.stop_any and nan_loss_step is None and not eigen_error and done == total):
-            wrong = self.evals.get(last_epoch) if done == total else None
+            wrong = self.evals.get(last_epoch) if done == total or done % self.per_epoch == 0 else None
             wrong = wrong if wrong is not None else self._wrong_predictions()
             test_error = float(wrong) / max(1, len(self.test_x))
             if outcome == "ok" and total >= 100 and test_error >= cfg["chance_error"]:
@@ -312,7 +330,7 @@ class _Run:
             "nan_loss_step": nan_loss_step, "nan_loss_note": nan_loss_note, "paper_outcome": paper_outcome(nan_loss_step, eigen_error, done, total),
             "steps_per_epoch": per_epoch, "epochs_done": done / per_epoch,
             "time_to_nan_loss_epochs": None if nan_loss_step is None else (nan_loss_step + 1) / per_epoch,
-            "censored_at_epochs": done / per_epoch if nan_loss_step is None else None,
+            "censored_at_epochs": done / per_epoch if nan_loss_step is None else None, "deadline_stop": self.deadline_stop,
             "epoch_log": log, "eig_dtypes": ",".join(sorted(set(records["dtype"]))),
             **run_settings(cfg, self.milestones, self.model, self.tf32_used),
             **{f"early_{k}": v for k, v in early.items()}, **{f"run_{k}": v for k, v in whole.items()},

@@ -63,9 +63,13 @@ def _horizon_section(r: pd.DataFrame) -> list[str]:
     for h, s in r.groupby("horizon_epochs"):
         done = s[~s["event"]]
         full = int((done["reached"] >= h - 1e-9).sum())
-        early = sorted(done.loc[done["reached"] < h - 1e-9, "reached"])
+        early_runs = done[done["reached"] < h - 1e-9]
+        early = sorted(early_runs["reached"])
+        # runs that ended themselves before the GPU command's deadline (stabkit.train.loop, STABKIT_RUN_DEADLINE)
+        at_deadline = int(early_runs["deadline_stop"].map(lambda v: v is True or v == 1).sum()) if "deadline_stop" in s else 0
         horizon_lines.append(f"{len(s)} runs to a horizon of {h:g} epochs: {int(s['event'].sum())} with a NaN loss, {full} "
                              f"reached {h:g} epochs without one, {len(early)} stopped earlier without one"
+                             + (f" ({at_deadline} of them at the GPU command's deadline)" if at_deadline else "")
                              + (f" (censored at {', '.join(f'{x:.1f}' for x in early)} epochs)." if early else "."))
     max_reached = float(r["reached"].max())
     return ["**Horizon reached.** " + " ".join(horizon_lines) + f" The longest run reached {max_reached:.1f} epochs"
