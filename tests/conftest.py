@@ -29,6 +29,27 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture()
+def exact_ties(monkeypatch):
+    """Training runs whose ZCA layer sees all its eigenvalues tie exactly, on any LAPACK: conv1's weight
+    is zeroed after its init, so the layer's input is exactly 0 and its covariance Σ + εI is εI, a
+    diagonal matrix every eigensolver returns exactly (a large ε alone is not enough: the off-diagonal
+    covariances stay O(1), and whether the computed eigenvalues of εI + O(1) tie depends on the LAPACK)."""
+    import torch
+
+    from stabkit.train import loop
+
+    real = loop.ResNet18
+
+    def zero_stem(*args, **kwargs):
+        model = real(*args, **kwargs)
+        with torch.no_grad():
+            model.conv1.weight.zero_()
+        return model
+
+    monkeypatch.setattr(loop, "ResNet18", zero_stem)
+
+
 #: the smallest training run that still exercises the loop (tests of stabkit.train)
 SMALL_RUN = {"width": 0.125, "d": 4, "batch_size": 32, "limit_test": 64, "check_every": 1}
 

@@ -23,21 +23,21 @@ def test_two_step_run_is_ok(synthetic):
     assert r["run_nonfinite_events"] == 0 and r["run_max_K"] > 0 and r["run_max_bound"] > 0
 
 
-def test_equal_eigenvalues_with_analytic_give_nonfinite_grad(synthetic):
-    # ε = 1e8 in float32 swamps the covariance: Σ = εI exactly, all eigenvalues tie, 1/0 in the backward
-    r = train_run({**SMALL, "method": "analytic", "eps": 1e8, "max_steps": 3}, data=synthetic)
+def test_equal_eigenvalues_with_analytic_give_nonfinite_grad(synthetic, exact_ties):
+    # conv1 = 0 (the fixture): Σ + εI = εI exactly, all eigenvalues tie, 1/0 in the backward
+    r = train_run({**SMALL, "method": "analytic", "max_steps": 3}, data=synthetic)
     assert (r["outcome"], r["step"]) == ("nonfinite-grad", 0)
     assert r["run_min_gap"] == 0.0 and r["run_max_K"] == float("inf")
     # the same case with the Taylor backward is finite
-    assert train_run({**SMALL, "method": "taylor", "eps": 1e8, "max_steps": 1}, data=synthetic)["outcome"] == "ok"
+    assert train_run({**SMALL, "method": "taylor", "max_steps": 1}, data=synthetic)["outcome"] == "ok"
 
 
-def test_nan_loss_is_recorded_beside_the_outcome_never_merged(synthetic):
+def test_nan_loss_is_recorded_beside_the_outcome_never_merged(synthetic, exact_ties):
     # the same tie case: stabkit stops at the non-finite gradient (step 0), before any NaN loss, so the
     # paper's criterion is censored; stop_on="nan-loss" trains on, the SGD step spreads the NaN
     # gradient into the weights, and at step 1 the eigensolver raises on the NaN covariance: where the
     # authors' SVD returned NaN, so their loss of step 1 was NaN — the paper's failure, inferred, at step 1
-    case = {**SMALL, "method": "analytic", "eps": 1e8, "max_steps": 4}
+    case = {**SMALL, "method": "analytic", "max_steps": 4}
     r = train_run(case, data=synthetic)
     assert (r["outcome"], r["step"], r["steps_done"]) == ("nonfinite-grad", 0, 1)
     assert (r["paper_outcome"], r["nan_loss_step"]) == ("censored", None)
