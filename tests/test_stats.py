@@ -114,10 +114,31 @@ def test_fisher_power_edges():
         _stats.fisher_power(3, 1.5, 15, 0.0)
 
 
+def _power_vs_count_by_scipy(n1, p1, k2, n2, alpha):
+    return sum(sps.binom.pmf(k1, n1, p1) for k1 in range(n1 + 1)
+               if sps.fisher_exact([[k1, n1 - k1], [k2, n2 - k2]])[1] <= alpha)
+
+
+@pytest.mark.parametrize("n1,p1,k2", [(6, 0.9, 7), (9, 0.05, 1), (9, 0.6, 14), (3, 0.7, 0), (15, 0.3, 15)])
+def test_power_against_a_published_count_matches_scipy(n1, p1, k2):
+    assert _stats.fisher_power_vs_count(n1, p1, k2, 15) == pytest.approx(_power_vs_count_by_scipy(n1, p1, k2, 15, 0.05),
+                                                                          abs=1e-12)
+
+
+def test_power_against_a_published_count_is_not_power_against_a_rate():
+    # 6 runs against the paper's 7/15 held fixed: only 6/6 rejects at 5 % (0/6 gives p = 0.061), so the
+    # power at rate r is r⁶; with the paper's runs redrawn at 7/15 as well, no rate reaches 0.8
+    assert sps.fisher_exact([[6, 0], [7, 8]])[1] <= 0.05
+    assert all(sps.fisher_exact([[k, 6 - k], [7, 8]])[1] > 0.05 for k in range(6))
+    assert _stats.fisher_power_vs_count(6, 0.97, 7, 15) == pytest.approx(0.97 ** 6)
+    assert _stats.smallest_detectable(6, 7, 15, grid=100) == (None, 0.97)  # 0.96⁶ = 0.78 < 0.8 ≤ 0.97⁶ = 0.83
+    assert max(_stats.fisher_power(6, r / 100, 15, 7 / 15) for r in range(101)) < 0.8
+
+
 def test_smallest_detectable_brackets_the_power():
-    lo, hi = _stats.smallest_detectable(15, 15, 0.0, grid=100)
+    lo, hi = _stats.smallest_detectable(15, 0, 15, grid=100)
     assert lo is None  # nothing below a rate of 0
-    assert _stats.fisher_power(15, hi, 15, 0.0) >= 0.8 > _stats.fisher_power(15, hi - 0.01, 15, 0.0)
+    assert _stats.fisher_power_vs_count(15, hi, 0, 15) >= 0.8 > _stats.fisher_power_vs_count(15, hi - 0.01, 0, 15)
 
 
 # --------------------------------------------------------------------------------- Kaplan–Meier
@@ -158,7 +179,10 @@ def test_kaplan_meier_matches_subject_walk(data):
     ref = _km_by_subjects(times, events)
     assert list(km["time"]) == sorted(ref)
     assert km["survival"] == pytest.approx([ref[t] for t in sorted(ref)], abs=1e-12)
-    assert ((km["lo"] <= km["survival"] + 1e-12) & (km["survival"] <= km["hi"] + 1e-12)).all()
+    positive = km["survival"] > 0
+    s, lo, hi = km["survival"][positive], km["lo"][positive], km["hi"][positive]
+    assert ((lo <= s + 1e-12) & (s <= hi + 1e-12)).all()
+    assert np.isnan(km["lo"][~positive]).all() and np.isnan(km["hi"][~positive]).all()  # no band at S = 0
     if all(events):  # no censoring: S(t) = fraction of subjects with time > t
         for t, s in zip(km["time"], km["survival"]):
             assert s == pytest.approx(np.mean(np.array(times) > t))

@@ -127,10 +127,10 @@ def test_standardisation_inside_the_fold():
 def test_cell_rates_leave_one_out_by_hand():
     cells = np.array(["a", "a", "a", "b"])
     y = np.array([1.0, 0.0, 0.0, 1.0])
-    pbar = 0.5
     got = _landmark.cell_rates(cells, y, cells, prior=2.0, leave_one_out=True)
-    # run 0: cell a without itself 0/2 → (0 + 2·0.5)/(2 + 2); run 1: 1/2 → (1 + 1)/4; run 3: 0/0 → 0.5
-    assert got == pytest.approx([1 / 4, 2 / 4, 2 / 4, pbar])
+    # each run's own outcome leaves its cell's count and the prior's rate p̄ (of the other 3 runs):
+    # run 0: cell a 0/2, p̄ = 1/3 → (0 + 2/3)/4; runs 1, 2: 1/2, p̄ = 2/3 → (1 + 4/3)/4; run 3: 0/0, p̄ = 1/3
+    assert got == pytest.approx([(2 / 3) / 4, (7 / 3) / 4, (7 / 3) / 4, 1 / 3])
     assert _landmark.cell_rates(cells, y, np.array(["a", "c"]), prior=2.0) == pytest.approx([(1 + 1) / 5, 0.5])
 
 

@@ -140,20 +140,41 @@ def test_success_table_numbers():
     svd, tay = table.iloc[0], table.iloc[1]
     assert (svd["method"], svd["d"], tay["method"]) == ("analytic", 8, "taylor")
     assert svd["no NaN loss"] == "1/3" and svd["NaN loss"] == 2 and svd["paper (350 epochs)"] == "0/15"
-    assert tay["no NaN loss"] == "3/3" and tay["stopped early, no NaN"] == 1
-    # Wilson for 1/3 from the closed form; Clopper–Pearson for 3/3: lower (0.025)^(1/3)
+    # the Taylor run stopped at 40 epochs is counted both ways: 3 or 4 of 4
+    assert tay["no NaN loss"] == "3–4/4" and tay["stopped early, no NaN"] == 1 and tay["KM S(horizon) %"] == 100.0
+    # Wilson for 1/3 from the closed form; Clopper–Pearson from 3/4 (lower) to 4/4 (upper, 1)
     z = 1.959963984540054
     c, h = (1 / 3 + z * z / 6) / (1 + z * z / 3), z * math.sqrt(2 / 27 + z * z / 36) / (1 + z * z / 3)
     assert svd["Wilson 95 %"] == f"[{100 * (c - h):.0f}, {100 * (c + h):.0f}]"
-    assert tay["Clopper–Pearson 95 %"] == f"[{100 * 0.025 ** (1 / 3):.0f}, 100]"
+    assert tay["Clopper–Pearson 95 %"] == f"[{100 * sps.beta.ppf(0.025, 3, 2):.0f}, 100]"
     p_svd = sps.fisher_exact([[1, 2], [0, 15]])[1]
-    p_tay = sps.fisher_exact([[3, 0], [15, 0]])[1]
+    p_tay = max(sps.fisher_exact([[k, 4 - k], [15, 0]])[1] for k in (3, 4))
     assert svd["Fisher p"] == pytest.approx(p_svd) and tay["Fisher p"] == pytest.approx(p_tay) == 1.0
     assert svd["Holm p"] == pytest.approx(min(1, 2 * p_svd)) and tay["Holm p"] == 1.0
     # 3 runs against 0/15 reject only at k ≥ 2 (p(2/3) = 3/153; p(1/3) = 1/6): power ≥ 0.8 needs
     # 3r²(1 − r) + r³ ≥ 0.8, i.e. r ≥ 0.71…, so the first grid rate (step 0.01) is 72 %
     r = next(x / 100 for x in range(101) if 3 * (x / 100) ** 2 * (1 - x / 100) + (x / 100) ** 3 >= 0.8)
     assert svd["80 % power if our rate"] == f"≥ {100 * r:.0f} %"
+
+
+def test_a_stopped_run_is_counted_both_ways_never_dropped():
+    """Dropping a run stopped early without a NaN loss would bias the count towards failure (the runs
+    that failed before its stop all stay): the count is a range, Fisher's p the largest over it."""
+    table = surv.success_table(_results(RECORDS + [_record("analytic", 8, 1003, reached=50.0)], ORDER))
+    svd = table.iloc[0]
+    assert svd["no NaN loss"] == "1–2/4" and svd["runs"] == 4 and svd["stopped early, no NaN"] == 1
+    assert svd["Fisher p"] == pytest.approx(max(sps.fisher_exact([[k, 4 - k], [0, 15]])[1] for k in (1, 2)))
+    lo = sps.binomtest(1, 4).proportion_ci(method="exact").low
+    hi = sps.binomtest(2, 4).proportion_ci(method="exact").high
+    assert svd["Clopper–Pearson 95 %"] == f"[{100 * lo:.0f}, {100 * hi:.0f}]"
+    # Kaplan–Meier: NaN losses at 2.5 (4 at risk) and 7 (3 at risk), censored at 50 and 100 → S(100) = 3/4 · 2/3
+    assert svd["KM S(horizon) %"] == pytest.approx(50.0)
+
+
+def test_kaplan_meier_band_is_not_claimed_at_zero():
+    every = [_record("analytic", 8, 1000 + i, t_nan=2.0 + i) for i in range(3)]
+    km, _ = surv.km_table(_results(every, ORDER))
+    assert km.iloc[0]["S(last event)"] == 0.0 and km.iloc[0]["95 % band"] == "—"
 
 
 def test_kaplan_meier_and_accuracy_tables():

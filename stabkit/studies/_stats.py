@@ -11,10 +11,12 @@ power, and the Kaplan–Meier estimator.
 * Holm's step-down correction (Scand. J. Statist. 1979): sort the m p-values, p_(i) ↦
   max_{j ≤ i} min(1, (m − j + 1) p_(j)).
 * Power of Fisher's test: exact, by enumerating both binomial samples (n₁ runs at rate p₁, n₂ at p₂),
-  the probability that the two-sided p-value is ≤ α.
+  the probability that the two-sided p-value is ≤ α; against a published count, with that count
+  fixed and only our n₁ runs binomial.
 * Kaplan–Meier (JASA 1958) with right censoring: S(t) = Π_{t_i ≤ t} (1 − d_i/n_i); Greenwood's
   variance Var S = S² Σ d_i/(n_i(n_i − d_i)); the confidence band on the log(−log S) scale
-  (Kalbfleisch & Prentice), which stays inside [0, 1]: S^{exp(±z σ)}, σ² = Σ d_i/(n_i(n_i−d_i)) / (log S)².
+  (Kalbfleisch & Prentice), which stays inside [0, 1]: S^{exp(±z σ)}, σ² = Σ d_i/(n_i(n_i−d_i)) / (log S)²;
+  not defined (NaN) where S = 0.
   Events and censorings at the same time: the events count first (censored ones are still at risk).
 """
 
@@ -37,7 +39,7 @@ def _check_counts(k, n) -> tuple[int, int]:
 
 def wilson(k, n, z: float = Z95):
     """Wilson score interval (lo, hi) for k successes in n trials: floats for scalar counts, arrays
-    for arrays; exactly 0 at k = 0 and 1 at k = n; (nan, nan) when n = 0."""
+    for arrays; exactly 0 at k = 0 and 1 at k = n; NaN where n = 0."""
     if np.ndim(k) == 0 and np.ndim(n) == 0:
         k, n = _check_counts(k, n)
         if n == 0:
@@ -52,6 +54,7 @@ def wilson(k, n, z: float = Z95):
         half = z / denom * np.sqrt(p * (1 - p) / n + z ** 2 / (4 * n ** 2))
         lo = np.where(k == 0, 0.0, np.clip(centre - half, 0, 1))  # exact 0 (not rounding residue) for k = 0
         hi = np.where(k == n, 1.0, np.clip(centre + half, 0, 1))
+        lo, hi = np.where(n == 0, np.nan, lo), np.where(n == 0, np.nan, hi)
     if lo.ndim == 0:
         return (float(lo), float(hi))
     return lo, hi
@@ -135,14 +138,30 @@ def _rejects(n1: int, n2: int, alpha: float) -> np.ndarray:
     return np.array([[float(_fisher(k1, n1 - k1, k2, n2 - k2) <= alpha) for k2 in range(n2 + 1)] for k1 in range(n1 + 1)])
 
 
-def smallest_detectable(n1: int, n2: int, p2: float, power: float = 0.8, alpha: float = 0.05,
+def fisher_power_vs_count(n1: int, p1: float, k2: int, n2: int, alpha: float = 0.05) -> float:
+    """Exact power of the two-sided Fisher test (level ``alpha``) of k1 ~ Bin(n1, p1) against a fixed,
+    already published count k2 of n2: P(p-value ≤ alpha) over k1 only."""
+    from scipy.stats import binom
+
+    k2, n2 = _check_counts(k2, n2)
+    n1 = int(n1)
+    if n1 < 1 or n2 < 1:
+        raise ValueError(f"power needs n1, n2 ≥ 1, got {n1}, {n2}")
+    if not 0.0 <= p1 <= 1.0:
+        raise ValueError(f"p1 must be a probability in [0, 1], got {p1}")
+    w1 = binom.pmf(np.arange(n1 + 1), n1, p1)
+    return float(w1 @ _rejects(n1, n2, float(alpha))[:, k2])
+
+
+def smallest_detectable(n1: int, k2: int, n2: int, power: float = 0.8, alpha: float = 0.05,
                         grid: int = 200) -> tuple[float | None, float | None]:
-    """The rates p1 nearest to p2, below and above it, at which Fisher's test of n1 runs against
-    n2 runs at rate p2 reaches ``power`` (searched on a grid of step 1/grid); None on a side where
-    no rate in [0, 1] does."""
+    """The rates p1 nearest to k2/n2, below and above it, at which Fisher's test of n1 runs against
+    the fixed count k2 of n2 (:func:`fisher_power_vs_count`) reaches ``power`` (searched on a grid of
+    step 1/grid); None on a side where no rate in [0, 1] does."""
     rates = np.linspace(0.0, 1.0, grid + 1)
-    below = [r for r in rates if r < p2 and fisher_power(n1, r, n2, p2, alpha) >= power]
-    above = [r for r in rates if r > p2 and fisher_power(n1, r, n2, p2, alpha) >= power]
+    p2 = k2 / n2
+    below = [r for r in rates if r < p2 and fisher_power_vs_count(n1, r, k2, n2, alpha) >= power]
+    above = [r for r in rates if r > p2 and fisher_power_vs_count(n1, r, k2, n2, alpha) >= power]
     return (float(max(below)) if below else None, float(min(above)) if above else None)
 
 
@@ -170,9 +189,11 @@ def kaplan_meier(times, events, z: float = Z95) -> dict:
         sigma = np.sqrt(gw) / np.abs(np.log(surv))
         lo = surv ** np.exp(z * sigma)
         hi = surv ** np.exp(-z * sigma)
-    # S = 1 (no variance) and S = 0 (log undefined): the band collapses to S
-    lo = np.where(np.isfinite(lo), lo, surv)
-    hi = np.where(np.isfinite(hi), hi, surv)
+    # S = 0 (every subject at risk had the event): the log−log band is not defined there, NaN — it is
+    # not [0, 0], which would claim certainty; 0 < S < 1 always has a finite band
+    lo = np.where(surv > 0, lo, np.nan)
+    hi = np.where(surv > 0, hi, np.nan)
+    se = np.where(surv > 0, se, np.nan)
     below = np.flatnonzero(surv <= 0.5)
     return {"time": uniq, "at_risk": at_risk, "events": deaths, "survival": surv, "se": se, "lo": lo, "hi": hi,
             "n": int(len(t)), "median": float(uniq[below[0]]) if len(below) else None}

@@ -50,7 +50,14 @@ def _pct(lo_hi) -> str:
 def success_table(results: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
     """Per cell (method, d, dtype, horizon): runs without a NaN loss to the horizon with Wilson and
     Clopper–Pearson intervals, the paper's count, Fisher's two-sided p and its Holm adjustment
-    across the cells compared, and the rates detectable with 80 % power against the paper's."""
+    across the cells compared, and the rates detectable with 80 % power against the paper's count.
+
+    A run stopped before the horizon without a NaN loss has an unknown outcome there. Leaving it out
+    would bias the count towards failure (the runs that failed before its stop are all kept), so it
+    is counted both ways: the count is the range k…k+u of n, the intervals run from the lower bound
+    at k to the upper bound at k+u, and Fisher's p is the largest over that range — nothing assumed
+    about the stopped runs. ``KM S(horizon)``: the Kaplan–Meier estimate, which counts them as
+    censored (valid when stopping does not depend on the run's fate, as a wall-clock deadline)."""
     r = _runs(results)
     rows = []
     for (spec, d, dtype, horizon), s in _groups(r):
@@ -58,16 +65,19 @@ def success_table(results: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
         nan = int(s["event"].sum())
         reached = int(((~s["event"]) & (s["reached"] >= horizon - 1e-9)).sum())
         unknown = len(s) - nan - reached  # stopped before the horizon without a NaN loss
-        n = nan + reached
+        n, top = len(s), reached + unknown
+        km = _stats.kaplan_meier(s["reached"].to_numpy(float), s["event"].to_numpy(bool))
         paper = table_iv.COUNTS.get(row, {}).get(int(d))
-        p = _stats.fisher_exact(reached, nan, paper, PAPER_RUNS - paper) if paper is not None and n else np.nan
-        power = _power(n, paper, alpha) if paper is not None and n else "—"
+        p = max(_stats.fisher_exact(k, n - k, paper, PAPER_RUNS - paper) for k in range(reached, top + 1)) \
+            if paper is not None else np.nan
+        power = _power(n, paper, alpha) if paper is not None else "—"
         rows.append({
             "method": spec, "paper name": row or "—", "d": int(d), "dtype": dtype,
-            "horizon (epochs)": float(horizon), "runs": len(s), "NaN loss": nan,
-            "no NaN loss": f"{reached}/{n}", "no NaN loss %": 100 * reached / n if n else np.nan,
-            "Wilson 95 %": _pct(_stats.wilson(reached, n)) if n else "—",
-            "Clopper–Pearson 95 %": _pct(_stats.clopper_pearson(reached, n)) if n else "—",
+            "horizon (epochs)": float(horizon), "runs": n, "NaN loss": nan,
+            "no NaN loss": f"{reached}/{n}" if not unknown else f"{reached}–{top}/{n}",
+            "KM S(horizon) %": 100 * _stats.survival_at(km, float(horizon)),
+            "Wilson 95 %": _pct((_stats.wilson(reached, n)[0], _stats.wilson(top, n)[1])),
+            "Clopper–Pearson 95 %": _pct((_stats.clopper_pearson(reached, n)[0], _stats.clopper_pearson(top, n)[1])),
             "stopped early, no NaN": unknown,
             "paper (350 epochs)": f"{paper}/{PAPER_RUNS}" if paper is not None else "—",
             "Fisher p": p, "80 % power if our rate": power,
@@ -82,8 +92,9 @@ def success_table(results: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
 
 
 def _power(n: int, paper: int, alpha: float) -> str:
-    """The true rates at which Fisher's test of n runs against the paper's count rejects with power 0.8."""
-    lo, hi = _stats.smallest_detectable(n, PAPER_RUNS, paper / PAPER_RUNS, 0.8, alpha, grid=100)
+    """The true rates at which Fisher's test of n runs against the paper's published count rejects
+    with power 0.8 (the count held fixed)."""
+    lo, hi = _stats.smallest_detectable(n, paper, PAPER_RUNS, 0.8, alpha, grid=100)
     power = (f"≤ {100 * lo:.0f} %" if lo is not None else "") + (" or " if lo is not None and hi is not None else "") + \
             (f"≥ {100 * hi:.0f} %" if hi is not None else "")
     return power or "none"
@@ -102,7 +113,7 @@ def km_table(results: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
         rows.append({"cell": label, "runs": km["n"], "NaN losses": int(km["events"].sum()),
                      "first NaN (epoch)": float(km["time"][0]) if len(km["time"]) else np.nan,
                      "S(last event)": float(km["survival"][idx]) if idx >= 0 else 1.0,
-                     "95 % band": f"[{km['lo'][idx]:.2f}, {km['hi'][idx]:.2f}]" if idx >= 0 else "—",
+                     "95 % band": f"[{km['lo'][idx]:.2f}, {km['hi'][idx]:.2f}]" if idx >= 0 and km["survival"][idx] > 0 else "—",
                      "median time to NaN (epochs)": km["median"] if km["median"] is not None else "not reached",
                      "horizon reached (epochs)": float(s["reached"][~s["event"]].max()) if (~s["event"]).any() else np.nan})
     return pd.DataFrame(rows), curves
