@@ -178,6 +178,9 @@ class Method:
     bound_kernel: Callable | None = None
     #: torch's own eigh/svd and their autograd, not a stabkit rule
     native: bool = False
+    #: its forward is an iteration that stops short of the exact decomposition (power iteration from
+    #: random starts): its own function is L∘forward, scored against that (``compare.iterated_truth``)
+    approximate_forward: bool = False
     #: the name of this method in the paper that introduced it, where a study compares to it
     paper_name: str | None = None
     #: the backward of the paper's released code for this row, where it is another spec than the

@@ -8,8 +8,17 @@ Padé approximants are unique as rational functions, and 1/(1 − x) is itself o
 [50/50]: the approximant *is* P/Q = 1/(1 − x) (the [50/50] linear system is singular; the
 published code gets a non-singular one only from mpmath's numerically differentiated Taylor
 coefficients). So this method reproduces the analytic F, infinite at exact ties, and what bounds
-it is the published overflow handling, applied here per sample (``_overflow``). Tie signs follow
-the published code (both entries positive).
+it is the published overflow handling, applied here per sample (``_overflow``).
+
+At an exact tie both entries are +∞ here (then the sample's largest finite |F|), the same-sign
+convention of ``taylor-song``. The published code's value there is set by rounding: x = 1 and its
+Q(1) = Σ q_i of coefficients that mpmath solved, at 20 digits, from a singular system rounds to 0
+or to a tiny number of either sign. Rebuilt with mpmath 1.3.0 it is 0.0 with P(1) < 0, so −∞ and
+the batch's smallest entry; other mpmath versions may differ, so that sign is not reproduced.
+
+Precision: F is formed as (1/λ_hi)/(1 − λ_lo/λ_hi), as in the published code, not as 1/(λ_hi − λ_lo):
+the subtraction loses about log10(λ/gap) digits near a tie (float32, gaps of a few ulp: F off by up
+to ~50 %; float64 at a relative gap of 1e-9: ~1e-7), where the analytic kernel stays exact.
 """
 
 from .. import _xp
@@ -32,7 +41,7 @@ def _poly(coeffs: tuple[float, ...], x: Array) -> Array:
 
 @quiet
 def kernel_raw(lam: Array) -> Array:
-    """F before the overflow handling: exactly the analytic F up to rounding."""
+    """F before the overflow handling: the analytic F, with the cancellation the module doc states."""
     xp = _xp.namespace(lam)
     inv_hi, ratio = song_sign_and_ratio(lam)
     q = safe_diagonal(_poly(PADE_Q, ratio))

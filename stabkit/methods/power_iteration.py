@@ -352,5 +352,5 @@ PI_FORWARD = Method(
     paper="Wang et al., NeurIPS 2019 (PI baseline)", summary="power iteration with deflation, forward and backward",
     kept_rule=_pi_forward_kept,
     domains={"steps": integer(1, MAX_STEPS), "seed": integer(0), "stop": boolean(), "eps": real(0.0, 1.0)},
-    bound_kernel=_pi_forward_bound, paper_name="PI",
+    bound_kernel=_pi_forward_bound, paper_name="PI", approximate_forward=True,
 )
