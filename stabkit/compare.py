@@ -73,7 +73,7 @@ def compare(A, loss_name: str, method_specs=None, *, dtype="float64", seed: int 
             kept = np.asarray(kept, dtype=bool)
             row["kept"] = int(kept.sum())
             own = truth
-            if spec.method.approximate_forward:
+            if spec.method.approximate_forward and metrics.finite(g):  # a NaN/Inf gradient fails either way
                 try:
                     own = iterated_truth(A, loss, spec)
                 except ValueError as exc:

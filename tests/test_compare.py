@@ -183,3 +183,26 @@ def test_compare_warms_each_method_up_before_timing_it_and_takes_specs_as_is(mon
     calls.clear()
     cmp.compare(A, "zca", ["taylor:K=3"], dtype="float32")
     assert calls == [("taylor:K=3", 3), ("taylor:K=3", 5)]
+
+
+def test_rankings_leave_out_rows_scored_against_another_function(tmp_path):
+    """A method exact for its own function (pi-forward: power iteration) or for a truncated one (pi,
+    dropping pairs) is not the best gradient of the loss: verdict and summary rank the loss's rows."""
+    import pandas as pd
+
+    from stabkit.studies import gradient_accuracy as ga
+
+    base = {"family": "separated", "family_params": "", "d": 4, "dtype": "float64", "loss": "zca",
+            "rel_err": 0.1, "norm_ratio": 1.0, "finite": True, "seconds": 0.0, "truth_digits": 30.0,
+            "truth_certified": True, "min_abs_gap": 1.0, "min_rel_gap": 0.1, "max_abs_K": 1.0,
+            "numerical_rank": 4, "condition": 10.0, "error": None}
+    rows = [{**base, "cell_id": f"c{i}", "seed": i, "method": m, "angle_deg": a, "angle_full_deg": f, "kept": k}
+            for i in range(3)
+            for m, a, f, k in (("analytic", 1.0, 1.0, 4), ("pi-forward", 1e-12, 60.0, 4), ("pi", 0.5, 70.0, 3))]
+    df = pd.DataFrame(rows)
+    verdict = ga.verdicts(df).iloc[0]
+    assert verdict["best"] == "analytic" and verdict["ties"] == []
+    assert ga.summary(df).startswith("3 scored cells; lowest median angle: analytic (1°)")
+    body = ga.report(df, {"methods": ["analytic", "pi-forward", "pi"], "families": [{"family": "separated"}]}, tmp_path)
+    section = body[body.index("## Own function vs the exact loss"):].split("\n## ")[0]
+    assert "| separated | 0.5° / 70° | 1e-12° / 60° |" in section

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ... import methods
 from .._checks import variant_labels
 
 #: Angles below this are drawn at it on log axes (an exact 0° has no logarithm).
@@ -34,6 +35,27 @@ def scored(results: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
+def own_function_mask(df: pd.DataFrame) -> pd.Series:
+    """Rows scored against a function other than the loss: the method dropped eigenpairs, or its
+    forward is not the exact decomposition (its angles to its own function and to the loss differ).
+    Rankings leave them out — a method can be exact for a function that is not the one asked for."""
+    if "kept" not in df or "angle_full_deg" not in df:
+        return pd.Series(False, index=df.index)
+    truncated = (df["kept"] >= 0) & (df["kept"] < df["d"])
+    iterating = {m: methods.spec(m).method.approximate_forward for m in df["method"].unique()}
+    return truncated | df["method"].map(iterating).astype(bool)
+
+
+def uncertified_cells(df: pd.DataFrame) -> pd.Series:
+    """Rows of cells whose ground truth of the loss has fewer than 12 certified digits (then no row
+    of the cell has more). A row whose own-function truth alone falls short is not scored either,
+    but its cell is certified."""
+    if df.empty:
+        return pd.Series(False, index=df.index)
+    best = df.groupby("cell_id")["truth_certified"].transform(lambda c: c.fillna(False).astype(bool).any())
+    return df["truth_digits"].notna() & ~best.astype(bool)
+
+
 def uncertified_mask(df: pd.DataFrame) -> pd.Series:
     """Rows whose ground truth exists but has fewer than 12 certified digits."""
     return df["truth_digits"].notna() & ~df["truth_certified"].fillna(False).astype(bool)
@@ -57,6 +79,7 @@ def tie_group(med: pd.Series) -> list:
 def verdicts(results: pd.DataFrame) -> pd.DataFrame:
     """Best method per family variant by median angle (non-finite = +inf), with the tied methods."""
     df = scored(results)
+    df = df[~own_function_mask(df)]
     out = []
     for variant, group in df.groupby("variant", sort=False):
         med = group.groupby("method", sort=False)["angle_score"].median().sort_values(kind="stable")
@@ -74,7 +97,7 @@ def summary(results: pd.DataFrame) -> str:
     if df.empty:
         return f"{len(results)} rows, no cell with a defined loss"
     n_cells = df["cell_id"].nunique()
-    med = df.groupby("method")["angle_score"].median()
+    med = df[~own_function_mask(df)].groupby("method")["angle_score"].median()
     tied = tie_group(med)
     best = (f"{tied[0]} ({deg(med[tied[0]])})" if len(tied) == 1 else
             f"{', '.join(sorted(tied))} (tied within ×{TIE_FACTOR:g}: {deg(med[tied].min())}–{deg(med[tied].max())})")

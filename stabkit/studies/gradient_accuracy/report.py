@@ -12,7 +12,8 @@ import pandas as pd
 from .. import _figures
 from .._checks import family_label, variant_labels
 from . import _plots
-from ._scoring import ANGLE_FLOOR, NONFINITE_Y, TIE_FACTOR, deg, order, pct, scored, tie_group, uncertified_mask, verdicts
+from ._scoring import (ANGLE_FLOOR, NONFINITE_Y, TIE_FACTOR, deg, order, own_function_mask, pct, scored, tie_group,
+                       uncertified_cells, uncertified_mask, verdicts)
 
 
 def report(results: pd.DataFrame, grid: dict, out_dir: Path) -> str:
@@ -51,18 +52,24 @@ def _intro(all_rows: pd.DataFrame, methods_order: list) -> str:
     undefined = _cells_with(all_rows, "undefined:")
     failed = _cells_with(all_rows, "cell failed:")
     unbuilt_n = _cells_with(all_rows, "not built:")
-    uncertified_n = all_rows[uncertified_mask(all_rows)]["cell_id"].nunique()
+    uncertified_n = all_rows[uncertified_cells(all_rows)]["cell_id"].nunique()
+    own_short = int((uncertified_mask(all_rows) & ~uncertified_cells(all_rows)).sum())
     return (f"{n_cells} cells × {len(methods_order)} methods = {len(all_rows)} rows. "
             f"{undefined} cells have a loss that is undefined on their spectrum (no ground truth; "
             f"listed below, not scored), {uncertified_n} cells have a ground truth with fewer than 12 "
             f"certified digits (listed below, not scored){f', {unbuilt_n} cells ask for a spectrum that does not exist at their size' if unbuilt_n else ''}"
-            f"{f', {failed} cells failed' if failed else ''}. "
+            f"{f', {failed} cells failed' if failed else ''}"
+            f"{f'; {own_short} rows of certified cells have an own-function truth with fewer than 12 digits (not scored)' if own_short else ''}. "
             f"Angles are in degrees between a method's ∂L/∂A and the certified truth; a method whose "
             f"gradient has NaN/Inf counts as +∞ in medians. A truncating method is scored against the "
             f"truth of the function it computes: `pi` (SVD-PI) keeps, going down from the largest, the "
             f"eigenpairs with λ_k > ε and Σ_(i≤k) λ_i < (1 − ε) Σλ (ε = 1e-4; the smallest pair is always "
             f"dropped), and its truth is the loss restricted to those pairs (f·1[kept] for zca/sqrt, w·kept "
-            f"for eigvec); `angle_full_deg` in the results holds its angle to the untruncated loss's truth.\n")
+            f"for eigvec); `angle_full_deg` in the results holds its angle to the untruncated loss's truth. "
+            f"A method whose forward is power iteration from random starts computes the loss at its own (λ̂, Û) "
+            f"and is scored against the float64 reverse mode of that forward (digits: agreement with its own "
+            f"backward). Rankings (verdict, lowest/highest median) use only rows scored against the loss itself; "
+            f"the rows scored against another function are compared in 'Own function vs the exact loss'.\n")
 
 
 # ----------------------------------------------------------------------------- tables
@@ -70,6 +77,8 @@ def _intro(all_rows: pd.DataFrame, methods_order: list) -> str:
 
 def _verdict_section(results, df, variants, methods_order) -> list[str]:
     lines = ["## Verdict: best method per family (median angle)\n",
+             "Rows scored against the loss itself only (not those of a method that dropped pairs or iterates "
+             "its forward: see 'Own function vs the exact loss').\n",
              f"Ties: methods whose median angle is within a factor {TIE_FACTOR:g} of the lowest (or both "
              f"below {ANGLE_FLOOR:g}°) — wider than the rounding noise between machines (~1e-5 relative in "
              f"float32), so the verdict does not flip with the BLAS build. Tied methods are listed in the "
@@ -77,7 +86,7 @@ def _verdict_section(results, df, variants, methods_order) -> list[str]:
              "| family | best | median angle | tied with | scored cells |",
              "|---|---|---|---|---|"]
     v = verdicts(results).set_index("variant")
-    scored_med = df.groupby(["variant", "method"])["angle_score"].median()
+    scored_med = df[~own_function_mask(df)].groupby(["variant", "method"])["angle_score"].median()
     for variant in [x for x in variants if x in v.index]:
         row = v.loc[variant]
         group = [m for m in methods_order if m == row["best"] or m in row["ties"]]
@@ -95,6 +104,8 @@ def _angle_text(x) -> str:
 def _median_angle_section(df, variants, methods_order) -> list[str]:
     med = df.pivot_table(index="variant", columns="method", values="angle_score", aggfunc="median")
     return ["## Median angle (degrees) per method × family\n",
+            "Each method against the function it computes: for a truncating or iterating method that is not "
+            "always the loss (both angles: 'Own function vs the exact loss').\n",
             *_markdown_matrix(med, variants, methods_order, _angle_text), ""]
 
 
@@ -125,8 +136,7 @@ def _truncation_section(df: pd.DataFrame, variants) -> list[str]:
     decomposition (the two angles then differ; older results lack the columns: none)."""
     if "kept" not in df or "angle_full_deg" not in df:
         return []
-    own_function = df["angle_deg"].notna() & df["angle_full_deg"].notna() & (df["angle_deg"] != df["angle_full_deg"])
-    trunc = df[((df["kept"] >= 0) & (df["kept"] < df["d"])) | own_function]
+    trunc = df[own_function_mask(df)]
     if trunc.empty:
         return []
     out = ["## Own function vs the exact loss: truncating and iterating methods\n",
@@ -203,7 +213,7 @@ def _undefined_section(all_rows: pd.DataFrame) -> list[str]:
 
 
 def _uncertified_section(all_rows: pd.DataFrame) -> list[str]:
-    uncertified = all_rows[uncertified_mask(all_rows)].drop_duplicates("cell_id")
+    uncertified = all_rows[uncertified_cells(all_rows)].drop_duplicates("cell_id")
     if uncertified.empty:
         return []
     lines = ["## Cells whose ground truth is not certified (not scored)\n"]
@@ -256,13 +266,13 @@ def _reading(df: pd.DataFrame, methods_order: list) -> list[str]:
 
 
 def _extremes_sentence(df, methods_order) -> str:
-    med = df.groupby("method")["angle_score"].median().reindex(methods_order).dropna().sort_values(kind="stable")
+    med = df[~own_function_mask(df)].groupby("method")["angle_score"].median().reindex(methods_order).dropna().sort_values(kind="stable")
     tied = [m for m in methods_order if m in tie_group(med)]
     lowest = (f"{med.index[0]}'s ({deg(med.iloc[0])})" if len(tied) == 1 else
               f"shared by {', '.join(tied)} ({deg(med[tied].min())} to {deg(med[tied].max())}, within the tie factor "
               f"{TIE_FACTOR:g})")
     return (f"Over all {df['cell_id'].nunique()} scored cells, the lowest median angle is {lowest} and the "
-            f"highest is {med.index[-1]}'s ({deg(med.iloc[-1])}).")
+            f"highest is {med.index[-1]}'s ({deg(med.iloc[-1])}) (rows scored against the loss itself).")
 
 
 def _failure_sentences(df, methods_order) -> list[str]:
