@@ -24,14 +24,17 @@ def run_command(
     reuse_stale: bool = typer.Option(False, "--reuse-stale", help="Keep finished cells computed by other code (another version of the stabkit sources)."),
     recompute_stale: bool = typer.Option(False, "--recompute-stale", help="Recompute finished cells computed by other code."),
     max_cells: Optional[int] = typer.Option(None, "--max-cells", help="Compute at most N of the cells still to do "
-                                            "(grid order); the others resume on a later run."),
+                                            "(grid order); the others resume on a later run. 0 computes "
+                                            "nothing: it checks the study and says how many cells are left."),
+    force: bool = typer.Option(False, "--force", help="Run even when a certified truth is estimated to take long "
+                                                      "(a grid whose truth cannot fit in memory is always refused)."),
 ):
     """Run every cell of STUDY not already finished; write results.parquet/csv and README.md."""
-    from stabkit.studies import _grid, publish, runner
+    from stabkit.studies import _grid, provenance, publish, runner
 
     if reuse_stale and recompute_stale:
         raise ValueError("--reuse-stale and --recompute-stale exclude each other")
-    overrides = dict(_grid.parse_override(item) for item in set_ or [])
+    overrides = _grid.parse_overrides(set_)
     command = ["stabkit", "run", str(study), *(f"--set={item}" for item in set_ or [])]
     if jobs is not None:
         command.append(f"--jobs={jobs}")
@@ -41,6 +44,8 @@ def run_command(
         command.append(f"--out={out}")
     if reuse_stale or recompute_stale:
         command.append("--reuse-stale" if reuse_stale else "--recompute-stale")
+    if force:
+        command.append("--force")
     if max_cells is not None:
         command.append(f"--max-cells={max_cells}")
     resume = shlex.join(command)
@@ -49,10 +54,16 @@ def run_command(
         table = runner.run_study(study, overrides, jobs=jobs, scheduler=scheduler, out_root=out,
                                  progress=not no_progress, command=shlex.join(command),
                                  stale="reuse" if reuse_stale else "recompute" if recompute_stale else "refuse",
-                                 max_cells=max_cells)
+                                 max_cells=max_cells, force=force)
     except KeyboardInterrupt:
         print(f"interrupted: finished cells are kept; run `{resume}` again to resume", file=sys.stderr)
         raise typer.Exit(code=130) from None
+    left = table.attrs.get("cells_left", 0)
+    finish = f"; {left} cells not computed yet: run `{provenance.finishing_command(resume)}` to compute them" if left else ""
+    if table.empty:
+        publish.build_index(out)
+        print(f"nothing computed{finish}", file=sys.stderr)
+        return
     readme = publish.build_report(table.attrs["study_name"], out)
     failure = publish.first_failure(table)
     if failure is not None and failure[2] == len(table):
@@ -60,7 +71,7 @@ def run_command(
         print(f"error: all {n} cells failed; the first ({cell_id}): {error}", file=sys.stderr)
         raise typer.Exit(code=1)
     failed = failure[2] if failure else 0
-    print(f"{len(table)} rows ({failed} failed cells) → {readme}", file=sys.stderr)
+    print(f"{len(table)} rows ({failed} failed cells){finish} → {readme}", file=sys.stderr)
     if failure is not None:
         print(f"first failure ({failure[0]}): {failure[1]}", file=sys.stderr)
 

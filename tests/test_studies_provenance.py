@@ -117,3 +117,15 @@ def test_the_header_names_the_processes_the_cells_ran_in():
     assert provenance._execution({"jobs": 2, "workers": 1}) == "1 local process(es)"
     assert provenance._execution({"jobs": 2}) == "2 local process(es)"
     assert provenance._execution({"jobs": 2, "scheduler": "tcp://h:1"}) == "Dask scheduler tcp://h:1"
+
+
+def test_the_finishing_command_drops_max_cells_and_the_header_counts_what_is_left():
+    assert provenance.finishing_command("stabkit run s.toml --max-cells=3 '--set=d=[4, 8]'") == \
+        "stabkit run s.toml '--set=d=[4, 8]'"
+    assert provenance.finishing_command("stabkit run s.toml --max-cells 3 --jobs=1") == "stabkit run s.toml --jobs=1"
+    meta = {"kind": "k", "status": "finished", "command": "stabkit run s.toml --max-cells=3",
+            "cells_total": 12, "cells_reused": 2, "cells_computed": 3, "cells_failed": 1}
+    text = provenance.header("s", meta)
+    assert "7 of 12 cells are not computed yet; `stabkit run s.toml` computes them" in text
+    assert "(3 computed in the last run, 2 reused, 1 failed, 7 not computed yet)" in text
+    assert "not computed" not in provenance.header("s", {**meta, "cells_computed": 10})

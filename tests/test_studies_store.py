@@ -63,6 +63,19 @@ def test_cell_files_are_classified_done_stale_or_damaged(tmp_path):
     assert _store._scan_cells(cells_dir, [{"cell_id": "b", "d": 7}], "v0")["done"] == {}
 
 
+def test_a_file_that_is_no_cell_of_the_grid_is_left_alone(tmp_path):
+    cells_dir = tmp_path / "cells"
+    cells_dir.mkdir()
+    _write(cells_dir, CELLS[0], [{"x": 1.0}])
+    (cells_dir / "zzz.json").write_text("{not json")  # a stray file, not named after a cell
+    (cells_dir / "notes.json").write_text("[1, 2]")
+    _write(cells_dir, {"cell_id": "z", "d": 9}, [{"x": 2.0}])  # a cell of another grid
+    _store._cell_path(cells_dir, "b").write_text("{truncated")  # a cell of this grid, damaged
+    scan = _store._scan_cells(cells_dir, CELLS, "v1")
+    assert list(scan["done"]) == ["a"] and scan["damaged"] == [_store._cell_path(cells_dir, "b").name]
+    assert (cells_dir / "zzz.json").read_text() == "{not json"
+
+
 def test_a_failed_cell_keeps_one_row_and_a_non_scalar_row_fails_the_cell(tmp_path):
     record, error = _store.cell_record({"cell_id": "a", "d": 4, "grid": [1]}, [], "RuntimeError: boom",
                                        {"commit": "abc", "sources": "v1"})

@@ -20,6 +20,9 @@ Every kind module provides
 * ``report(results: pandas.DataFrame, grid: dict, out_dir: pathlib.Path) -> str`` — Markdown
   body (figures saved into ``out_dir``, referenced by relative path).
 
+Optionally, ``check_cost(grid: dict, force: bool)`` refuses, before ``validate`` builds anything, a
+grid too big for memory or (unless ``force``) too long to compute.
+
 The machinery around the kinds: ``_grid`` (study file, ``--set`` overrides, cells), ``runner``
 (runs the cells resumably, inline, on a process pool or on Dask — ``_workers`` — and stores them —
 ``_store``), ``provenance`` (command, commit, machine: run.json and the report header) and

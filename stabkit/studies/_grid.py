@@ -23,25 +23,33 @@ STUDY_KEYS = ("name", "kind", "description")
 TOP_KEYS = ("study", "grid")
 
 
-def load_study(path_or_config, overrides: dict | None = None) -> tuple[dict, object, dict]:
-    """(study table, kind module, validated grid) — every check happens here, before any work."""
+def load_study(path_or_config, overrides: dict | None = None, force: bool = True) -> tuple[dict, object, dict]:
+    """(study table, kind module, validated grid) — every check happens here, before any work.
+
+    A kind's optional ``check_cost(grid, force)`` hook runs first, before validation builds anything:
+    it refuses a grid too big for memory, and (``force=False``) one estimated to take too long.
+    """
     config = path_or_config if isinstance(path_or_config, dict) else read_study_file(path_or_config)
     study = check_study_table(config)
     kind = kind_module(study["kind"])
     grid = config.get("grid", {})
     if not isinstance(grid, dict):
         raise StudyFileError("[grid] must be a table")
-    grid = validate(kind, apply_overrides(kind, grid, overrides))
+    grid = validate(kind, apply_overrides(kind, grid, overrides), force)
     return dict(study), kind, grid
 
 
 def read_study_file(path) -> dict:
     """The TOML document at ``path`` (FileNotFoundError, or StudyFileError when it is not TOML)."""
     path = Path(path)
+    if path.is_dir():
+        raise StudyFileError(f"study file {path} is a directory, not a TOML file")
     if not path.is_file():
         raise FileNotFoundError(f"study file not found: {path}")
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise StudyFileError(f"study file {path} is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     except tomllib.TOMLDecodeError as exc:
         raise StudyFileError(f"{path}: not valid TOML: {exc}") from None
 
@@ -76,15 +84,29 @@ def apply_overrides(kind, grid: dict, overrides: dict | None) -> dict:
     return grid
 
 
-def validate(kind, grid: dict) -> dict:
-    """The kind's ``validate(grid)``; a ValueError it raises is the study file's mistake, so it becomes
-    a StudyFileError with the same message (a MethodSpecError keeps its own type)."""
+def validate(kind, grid: dict, force: bool = True) -> dict:
+    """The kind's ``check_cost(grid, force)`` (when it has one), then its ``validate(grid)``; a
+    ValueError they raise is the study file's mistake, so it becomes a StudyFileError with the same
+    message (a MethodSpecError keeps its own type)."""
     try:
+        if hasattr(kind, "check_cost"):
+            kind.check_cost(grid, force)
         return kind.validate(grid)
     except (StudyFileError, MethodSpecError):
         raise
     except ValueError as exc:
         raise StudyFileError(*exc.args) from exc
+
+
+def parse_overrides(items: list[str] | None) -> dict:
+    """Every ``--set`` item parsed (:func:`parse_override`); a key given twice is a StudyFileError."""
+    overrides: dict = {}
+    for item in items or []:
+        key, value = parse_override(item)
+        if key in overrides:
+            raise StudyFileError(f"--set: {key!r} given twice")
+        overrides[key] = value
+    return overrides
 
 
 def parse_override(item: str) -> tuple[str, object]:

@@ -135,8 +135,10 @@ def _scan_cells(cells_dir: Path, cells: list[dict], sources: str) -> dict[str, d
     Returns {"done": {cell_id: record}, "stale": {cell_id: record}, "damaged": [file names]}:
     ``stale`` = valid records computed by other code (another sources hash, or none recorded);
     ``damaged`` = files that are unreadable or whose checksum does not match (edited, truncated).
+    Only the files named after a cell of the grid are read; any other file is left alone.
     """
     wanted = {c["cell_id"]: _jsonable(c) for c in cells}
+    names = {_cell_path(cells_dir, cid).name for cid in wanted}
     out = {"done": {}, "stale": {}, "damaged": []}
     if not cells_dir.is_dir():
         return out
@@ -144,7 +146,7 @@ def _scan_cells(cells_dir: Path, cells: list[dict], sources: str) -> dict[str, d
         if path.name.endswith(".tmp"):
             path.unlink(missing_ok=True)  # a write interrupted by a kill
             continue
-        if path.suffix != ".json":
+        if path.name not in names:  # another grid's cell, or a file that is no cell of this grid
             continue
         try:
             record = json.loads(path.read_text(encoding="utf-8"))

@@ -37,6 +37,29 @@ def argv_command() -> str:
     return shlex.join(argv)
 
 
+def finishing_command(command: str) -> str:
+    """``command`` without its ``--max-cells`` option: the run that computes every cell still to do."""
+    words = shlex.split(command)
+    kept = []
+    skip = False
+    for word in words:
+        if skip:
+            skip = False
+        elif word == "--max-cells":
+            skip = True  # its value is the next word
+        elif not word.startswith("--max-cells="):
+            kept.append(word)
+    return shlex.join(kept)
+
+
+def cells_left(meta: dict) -> int:
+    """Cells of the grid that no run has computed yet (0 when run.json lacks the counts)."""
+    try:
+        return max(0, int(meta["cells_total"]) - int(meta["cells_reused"]) - int(meta["cells_computed"]))
+    except (KeyError, TypeError, ValueError):
+        return 0
+
+
 def git_commit(out_root: Path | None = None) -> str:
     """HEAD, with "-dirty" if the checkout differs from it — outside ``out_root``, which a run writes.
 
@@ -225,13 +248,17 @@ def header(name: str, meta: dict, report_commit: str | None = None) -> str:
         f"| execution | {_execution(meta)} |",
         f"| wall time | {_wall_time(meta)} |",
         f"| cells | {meta.get('cells_total', '?')} ({meta.get('cells_computed', '?')} computed in the last run, "
-        f"{meta.get('cells_reused', '?')} reused, {meta.get('cells_failed', '?')} failed) |",
+        f"{meta.get('cells_reused', '?')} reused, {meta.get('cells_failed', '?')} failed"
+        f"{f', {cells_left(meta)} not computed yet' if cells_left(meta) else ''}) |",
         f"| finished | {meta.get('finished_at', 'not finished')} |",
         "", "Effective grid (study file + `--set` overrides, defaults filled in):", "",
         "```json", json.dumps(meta.get("grid", {}), indent=None, default=str), "```", "",
     ]
     if meta.get("status") != "finished":
         lines.insert(2, "**The run that wrote these results did not finish; the table is partial.**\n")
+    elif cells_left(meta):
+        lines.insert(2, f"**Partial: {cells_left(meta)} of {meta['cells_total']} cells are not computed yet; "
+                        f"`{finishing_command(meta.get('command', 'stabkit run STUDY'))}` computes them.**\n")
     return "\n".join(lines)
 
 

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -24,7 +25,10 @@ def build_report(name: str, out_root=Path("reports")) -> Path:
     if meta is None:
         raise ValueError(f"{out_dir / 'run.json'} is missing or unreadable: rerun the study to record it")
     kind = kind_module(meta["kind"])
-    results = pd.read_parquet(results_path)
+    results = read_results(results_path)
+    if results.empty:
+        raise NothingComputed(f"study {name!r} has no computed cells yet ({results_path} holds no rows): "
+                              "run the study to compute them")
     if _all_failed(results):
         body = _all_failed_body(results)  # the kind's report needs at least one computed row
     else:
@@ -33,6 +37,18 @@ def build_report(name: str, out_root=Path("reports")) -> Path:
     write_text_atomic(out_dir / "README.md", text)
     build_index(out_root)
     return out_dir / "README.md"
+
+
+class NothingComputed(ValueError):
+    """A study's results hold no cell yet, so there is nothing to report."""
+
+
+def read_results(path: Path) -> pd.DataFrame:
+    """results.parquet at ``path``; a damaged file is a ValueError naming it."""
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path} is unreadable ({exc}): run the study again to rebuild it from its cells") from None
 
 
 def first_failure(results: pd.DataFrame) -> tuple[str, str, int] | None:
@@ -59,8 +75,13 @@ def _all_failed_body(results: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def build_index(out_root=Path("reports")) -> Path:
-    """``out_root/README.md``: one line per report (name, kind, summary, link)."""
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def build_index(out_root=Path("reports"), log=_warn) -> Path:
+    """``out_root/README.md``: one line per report (name, kind, summary, link); a study whose results
+    cannot be read is left out, with one ``log`` line naming it."""
     out_root = Path(out_root)
     entries = []
     for path in sorted(out_root.glob("*/run.json")):
@@ -68,8 +89,13 @@ def build_index(out_root=Path("reports")) -> Path:
         if meta is None:
             continue
         name = path.parent.name
+        try:
+            summary = _summary(meta, path.parent)
+        except ValueError as exc:
+            log(f"reports index: study {name!r} left out: {exc}")
+            continue
         link = f"{name}/README.md" if (path.parent / "README.md").is_file() else f"{name}/"
-        entries.append(f"| [{name}]({link}) | `{meta.get('kind', '?')}` | {_summary(meta, path.parent)} |")
+        entries.append(f"| [{name}]({link}) | `{meta.get('kind', '?')}` | {summary} |")
     text = "\n".join(["# Reports", "", "Built by `stabkit report NAME`; each report states the command, commit and "
                       "machine that produced it.", "", "| report | kind | summary |", "|---|---|---|", *entries, ""])
     write_text_atomic(out_root / "README.md", text)
@@ -81,7 +107,9 @@ def _summary(meta: dict, out_dir: Path) -> str:
     results_path = out_dir / "results.parquet"
     if not results_path.is_file():
         return "no results yet"
-    results = pd.read_parquet(results_path)
+    results = read_results(results_path)
+    if results.empty:
+        return "no cells computed yet"
     try:
         hook = getattr(kind_module(meta["kind"]), "summary", None)
     except (ValueError, ImportError):

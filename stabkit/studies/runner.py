@@ -76,12 +76,19 @@ def _storage_error(exc: OSError, command: str) -> StorageError:
                         f"permissions, then run `{command}` again to resume")
 
 
+def _check_directories(path: Path) -> None:
+    """StorageError naming the first part of ``path`` that exists but is not a directory."""
+    for part in reversed([path, *path.parents]):
+        if part.exists() and not part.is_dir():
+            raise StorageError(f"{part} is not a directory: the study's results cannot be written under it")
+
+
 # ----------------------------------------------------------------------------- a run
 
 
 def run_study(path_or_config, overrides: dict | None = None, jobs: int | None = None, scheduler: str | None = None,
               out_root=Path("reports"), progress: bool = True, command: str | None = None,
-              stale: str = "refuse", log=_stderr, max_cells: int | None = None) -> pd.DataFrame:
+              stale: str = "refuse", log=_stderr, max_cells: int | None = None, force: bool = False) -> pd.DataFrame:
     """Run (or resume) a study; return the consolidated table, written to results.parquet/csv.
 
     ``jobs``: local worker processes (None = up to all cores, a pool started only when the cells
@@ -92,11 +99,13 @@ def run_study(path_or_config, overrides: dict | None = None, jobs: int | None = 
     ``log``: where one-line notices go (default stderr). Raises StudyLocked when another process
     writes the study, StorageError (one line with the resume hint) when the output cannot be written.
     ``max_cells``: compute at most this many of the cells still to do, in the grid's order (a
-    time-boxed chunk of whole runs; the rest resume later).
+    time-boxed chunk of whole runs; the rest resume later; ``table.attrs["cells_left"]`` counts them).
+    ``force``: run a grid whose certified truths are estimated to take long (one that cannot fit in
+    memory is always refused).
     """
     if stale not in STALE_POLICIES:
         raise ValueError(f"stale must be one of {', '.join(STALE_POLICIES)}, got {stale!r}")
-    study, kind, grid = load_study(path_or_config, overrides)
+    study, kind, grid = load_study(path_or_config, overrides, force=force)
     cells = expand(study, kind, grid)
     auto_jobs = jobs is None and scheduler is None
     jobs = (os.cpu_count() or 1) if jobs is None else int(jobs)
@@ -104,6 +113,7 @@ def run_study(path_or_config, overrides: dict | None = None, jobs: int | None = 
         raise ValueError(f"--jobs must be ≥ 1, got {jobs}")
     run = _Run(study, grid, cells, Path(out_root), command or argv_command(), jobs, scheduler)
     run.client = dask_client(scheduler) if scheduler else None  # fail before any work if unreachable
+    _check_directories(run.cells_dir)
     lock = _StudyLock(run.cells_dir, study["name"])
     try:
         try:
@@ -219,6 +229,7 @@ class _Run:
             self.record.write_last(status)
             raise
         table.attrs["study_name"] = name
+        table.attrs["cells_left"] = sum(c["cell_id"] not in self.done for c in self.cells)
         self.record.finish()
         return table
 

@@ -60,9 +60,19 @@ def validate(grid: dict) -> dict:
     seeds = int_list("seeds", merged["seeds"], 0, "seed")
     families = [family_entry(item) for item in as_list("families", merged["families"])]
     no_duplicates("families", [family_label(f) for f in families])
+    check_cost({"d": d_values}, force=True)  # a d whose truth cannot fit is refused before any build
     _check_buildable(families, d_values, seeds[0])
     return {"methods": specs, "families": families, "d": d_values, "dtypes": dtypes, "losses": losses,
             "seeds": seeds}
+
+
+def check_cost(grid: dict, force: bool = False) -> None:
+    """Refuse, before any matrix is built, a largest d whose certified truth cannot fit in memory or
+    (unless ``force``) is estimated to take too long (:func:`stabkit.compare.check_truth_cost`)."""
+    from ...compare import check_truth_cost
+
+    merged = with_defaults("gradient_accuracy", grid, GRID_DEFAULTS)
+    check_truth_cost(max(int_list("d", merged["d"], 2, "matrix size d")), force)
 
 
 def _method_texts(value) -> list[str]:

@@ -1,0 +1,101 @@
+"""``stabkit run`` and ``stabkit report``: a mistake is one ``error:`` line and exit 2, a partial or
+empty run says what is left, and a damaged study does not break the others."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from stabkit import compare, spectra
+from stabkit.cli.main import app
+
+TINY = Path(__file__).resolve().parents[1] / "studies" / "tiny.toml"
+
+
+def _invoke(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def _one_error_line(result, *words):
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+def test_a_truth_too_big_for_memory_is_refused_before_any_matrix_is_built(tmp_path, monkeypatch):
+    def no_build(*args, **kwargs):
+        raise AssertionError("a matrix was built")
+
+    monkeypatch.setattr(spectra, "make", no_build)
+    for extra in ([], ["--force"]):  # memory that cannot fit is refused even with --force
+        result = _invoke("run", TINY, "--set", "d=[100000]", "--out", tmp_path / "out", *extra)
+        _one_error_line(result, "d = 100000", "GiB")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_long_truth_needs_force(tmp_path, monkeypatch):
+    monkeypatch.setattr(compare, "TRUTH_SECONDS_LIMIT", 0.0)  # every truth counts as too long
+    out = tmp_path / "out"
+    _one_error_line(_invoke("run", TINY, "--set", "d=[6]", "--out", out), "d = 6", "--force")
+    assert not out.exists()
+    result = _invoke("run", TINY, "--set", "d=[6]", "--out", out, "--force", "--max-cells", "1", "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert "--force" in (out / "tiny" / "run.json").read_text()  # the recorded command reruns it
+
+
+def test_an_out_path_that_is_a_file_is_one_line(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    _one_error_line(_invoke("run", TINY, "--out", afile), str(afile), "not a directory")
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda p: p.write_bytes(b"\xff\xfe[study]\n"), ["not UTF-8"]),
+    (lambda p: p.mkdir(), ["is a directory"]),
+], ids=["not-utf8", "directory"])
+def test_a_study_file_that_cannot_be_read_is_named(tmp_path, make, words):
+    path = tmp_path / "bad.toml"
+    make(path)
+    _one_error_line(_invoke("run", path, "--out", tmp_path / "out"), str(path), *words)
+
+
+def test_a_grid_key_set_twice_is_refused(tmp_path):
+    _one_error_line(_invoke("run", TINY, "--set", "d=[4]", "--set", "d=[6]", "--out", tmp_path), "'d' given twice")
+
+
+def test_partial_and_empty_runs_say_what_is_left_and_how_to_finish(tmp_path):
+    out = tmp_path / "out"
+    finish = f"stabkit run {TINY} --out={out}"
+    result = _invoke("run", TINY, "--out", out, "--max-cells", "0", "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert "nothing computed" in result.stderr and "12 cells not computed yet" in result.stderr
+    assert f"`{finish}`" in result.stderr
+    _one_error_line(_invoke("report", "tiny", "--out", out), "no computed cells yet")
+
+    result = _invoke("run", TINY, "--out", out, "--max-cells", "3", "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert "9 cells not computed yet" in result.stderr and f"`{finish}`" in result.stderr
+    readme = (out / "tiny" / "README.md").read_text()
+    assert f"9 of 12 cells are not computed yet; `{finish}` computes them" in readme
+    assert "0 failed, 9 not computed yet)" in readme
+
+
+def test_a_damaged_study_is_left_out_of_the_index_and_breaks_no_other(tmp_path):
+    out = tmp_path / "out"
+    assert _invoke("run", TINY, "--out", out, "--max-cells", "2", "--no-progress").exit_code == 0
+    other = out / "other"
+    other.mkdir()
+    (other / "run.json").write_text((out / "tiny" / "run.json").read_text())
+    (other / "results.parquet").write_text("not parquet")
+    for args in (["run", TINY, "--out", out, "--max-cells", "1", "--no-progress"], ["report", "tiny", "--out", out]):
+        result = _invoke(*args)
+        assert result.exit_code == 0, result.output
+        warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+        assert len(warnings) == 1 and "'other'" in warnings[0], result.stderr
+        index = (out / "README.md").read_text()
+        assert "[tiny](tiny/README.md)" in index and "other" not in index
+    _one_error_line(_invoke("report", "other", "--out", out), str(other / "results.parquet"), "unreadable")
