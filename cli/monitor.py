@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -19,7 +20,16 @@ def report_command(
     out: Optional[Path] = typer.Option(None, "--out", help="Where report.md and the PNGs go (default: FOLDER)."),
 ):
     """Timelines per call site (gap, max|K̃|, λ_min, gradient norms, events) and what to do."""
-    from stabkit.monitor.report import build_report
+    import warnings
 
-    path = build_report(folder, out)
+    from stabkit.monitor.report import EmptyLogWarning, build_report
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", EmptyLogWarning)
+        path = build_report(folder, out)
+    for w in caught:
+        if issubclass(w.category, EmptyLogWarning):
+            print(f"note: {w.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     print(path)

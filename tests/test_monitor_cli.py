@@ -119,6 +119,51 @@ def test_report_on_a_folder_without_logs_is_one_line_and_exit_2(tmp_path):
     assert result.exit_code == 2 and "no such folder" in result.output
 
 
+
+def _one_error_line(result, *expected):
+    out = result.output.strip()
+    assert result.exit_code == 2, out
+    assert out.startswith("error:") and len(out.splitlines()) == 1 and "Traceback" not in out, out
+    for text in expected:
+        assert text in out, out
+
+
+def _log_with_one_call(folder):
+    from stabkit.monitor.log import frame
+
+    folder.mkdir()
+    frame([{"step": 0, "site": "net.py:1", "fn": "eigh", "backward": "analytic", "batch": 1, "n": 2, "dtype": "float64",
+            "min_gap": 1.0, "min_rel_gap": 0.5, "max_K": 1.0, "lam_min": 1.0, "grad_norm": 1.0, "grad_in_norm": 1.0,
+            "input_nonfinite": False, "nonfinite": False, "error": ""}]).to_csv(folder / "eig-rank0.csv", index=False)
+    return folder
+
+
+def test_report_into_an_existing_file_is_one_line_and_exit_2(tmp_path):
+    log = _log_with_one_call(tmp_path / "log")
+    (tmp_path / "afile").write_text("")
+    _one_error_line(CliRunner().invoke(app, ["monitor", "report", str(log), "--out", str(tmp_path / "afile")]),
+                    str(tmp_path / "afile"))
+
+
+def test_report_on_a_csv_that_is_not_a_monitor_log_is_one_line_and_exit_2(tmp_path):
+    (tmp_path / "eig-rank0.csv").write_text("a,b\n1,2\nx")
+    _one_error_line(CliRunner().invoke(app, ["monitor", "report", str(tmp_path)]),
+                    f"{tmp_path / 'eig-rank0.csv'} is not a stabkit monitor log (missing columns step, site, fn")
+    assert not (tmp_path / "report.md").exists()
+
+
+def test_report_skips_an_empty_log_with_a_note_and_fails_clearly_when_all_are_empty(tmp_path):
+    log = tmp_path / "log"
+    log.mkdir()
+    (log / "eig-rank1.csv").write_text("")
+    _one_error_line(CliRunner().invoke(app, ["monitor", "report", str(log)]), "hold no calls yet", "eig-rank1.csv")
+    _log_with_one_call(tmp_path / "full")
+    (tmp_path / "full" / "eig-rank1.csv").write_text("")
+    result = CliRunner().invoke(app, ["monitor", "report", str(tmp_path / "full")])
+    assert result.exit_code == 0, result.output
+    assert "note: skipped empty monitor log(s)" in result.stderr and "eig-rank1.csv" in result.stderr
+    assert result.stdout.strip() == str(tmp_path / "full" / "report.md")
+
 def test_one_log_per_rank_when_several_processes_are_watched(tmp_path):
     """As under torchrun: every process has its RANK; each writes its own file."""
     log = tmp_path / "watch"

@@ -109,3 +109,31 @@ def test_bounded_and_caveats_come_from_the_method_not_from_its_name(monkeypatch)
     found = rules["a rule"]
     assert (found.step, found.what, found.action, found.evidence) == (0, "backward new-rule:x=1 on 4×4", "do this", "because")
     assert "a rule" not in _rules([_row(0, backward="new-rule", n=3)])
+
+
+def test_a_csv_that_is_not_a_monitor_log_is_named_with_its_missing_columns(tmp_path):
+    (tmp_path / "eig-rank0.csv").write_text("a,b\n1,2\nx")
+    with pytest.raises(ValueError, match=r"eig-rank0.csv is not a stabkit monitor log \(missing columns step, site, fn"):
+        build_report(tmp_path)
+    assert not (tmp_path / "report.md").exists()
+
+
+def test_an_empty_log_is_skipped_with_a_warning_and_only_empty_logs_are_an_error(tmp_path):
+    from stabkit.monitor.report import EmptyLogWarning
+
+    (tmp_path / "eig-rank1.csv").write_text("")
+    with pytest.raises(ValueError, match="hold no calls yet"):
+        build_report(tmp_path)
+    frame([_row(0), _row(1)]).to_csv(tmp_path / "eig-rank0.csv", index=False)
+    with pytest.warns(EmptyLogWarning, match="eig-rank1.csv"):
+        md = build_report(tmp_path).read_text()
+    assert "2 logged calls in 1 log(s) (eig-rank0)" in md
+
+
+def test_an_existing_file_as_the_output_folder_is_a_value_error(tmp_path):
+    frame([_row(0)]).to_csv(tmp_path / "eig-rank0.csv", index=False)
+    (tmp_path / "afile").write_text("keep me")
+    for out in (tmp_path / "afile", tmp_path / "afile" / "sub"):
+        with pytest.raises(ValueError, match=f"cannot write the report into {out}"):
+            build_report(tmp_path, out)
+    assert (tmp_path / "afile").read_text() == "keep me"

@@ -19,12 +19,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..errors import InputError
+
 COLUMNS = ["step", "site", "fn", "backward", "batch", "n", "dtype", "min_gap", "min_rel_gap", "max_K", "lam_min",
            "bound", "grad_norm", "grad_in_norm", "input_nonfinite", "nonfinite", "error"]
 _FLOATS = ["min_gap", "min_rel_gap", "max_K", "lam_min", "bound", "grad_norm", "grad_in_norm"]
 _BOOLS = ["input_nonfinite", "nonfinite"]
 _INTS = ["step", "batch", "n"]
 _STRS = ["site", "fn", "backward", "dtype", "error"]
+#: the columns every version of the monitor has written: a file without them is not a monitor log
+REQUIRED = ["step", "site", "fn", "batch", "n", "dtype", "min_gap", "min_rel_gap", "max_K", "lam_min", "bound",
+            "grad_norm", "nonfinite"]
 
 
 def _scalar(value):
@@ -150,13 +155,22 @@ class LiveLog:
 
 
 def read_log(path) -> pd.DataFrame:
-    """One monitor log (.csv, possibly cut by a kill, or .parquet) as a normalized DataFrame."""
+    """One monitor log (.csv, possibly cut by a kill, or .parquet) as a normalized DataFrame; an empty
+    file gives no rows; a file without the monitor's columns raises :class:`~stabkit.errors.InputError`."""
     path = Path(path)
     if path.suffix == ".parquet":
-        return normalize(pd.read_parquet(path))
+        return normalize(_checked(pd.read_parquet(path), path))
     text = path.read_text()
     if text and not text.endswith("\n"):
         text = text[: text.rfind("\n") + 1]  # a torn last line
     if not text.strip():
         return frame([])
-    return normalize(pd.read_csv(io.StringIO(text), keep_default_na=False, na_values=["", "nan", "NaN"]))
+    raw = pd.read_csv(io.StringIO(text), keep_default_na=False, na_values=["", "nan", "NaN"])
+    return normalize(_checked(raw, path))
+
+
+def _checked(df: pd.DataFrame, path: Path) -> pd.DataFrame:
+    missing = [col for col in REQUIRED if col not in df.columns]
+    if missing:
+        raise InputError(f"{path} is not a stabkit monitor log (missing columns {', '.join(missing)})")
+    return df

@@ -14,6 +14,7 @@ covariance pooling; a site that is indefinite by design is never flagged for λ_
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from .. import methods
+from ..errors import InputError
 from .log import read_log
 
 #: relative gap under which a call counts as a gap event (the ZCA study's threshold)
@@ -48,21 +50,35 @@ class Finding:
     evidence: str    # the project finding behind the action
 
 
+class EmptyLogWarning(UserWarning):
+    """A monitor log with no rows was skipped."""
+
+
 def load_logs(folder) -> pd.DataFrame:
-    """Every ``*.csv`` / ``*.parquet`` monitor log in ``folder`` (not recursive), with a ``log`` column."""
+    """Every ``*.csv`` / ``*.parquet`` monitor log in ``folder`` (not recursive), with a ``log`` column.
+    An empty log (a rank killed before its first flush) is skipped with a warning."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"no such folder: {folder}")
     files = sorted(p for p in folder.iterdir() if p.suffix in (".csv", ".parquet") and p.is_file())
     if not files:
         raise ValueError(f"no monitor log (.csv or .parquet) in {folder}: run `stabkit watch --log {folder} -- python train.py` first")
-    frames = []
+    frames, empty = [], []
     for path in files:
         try:
             df = read_log(path)
+        except InputError:
+            raise
         except Exception as exc:  # noqa: BLE001 — name the file that is not a monitor log
             raise ValueError(f"{path} is not a readable monitor log ({type(exc).__name__}: {exc})") from None
-        frames.append(df.assign(log=path.stem))
+        if df.empty:
+            empty.append(path.name)
+        else:
+            frames.append(df.assign(log=path.stem))
+    if not frames:
+        raise ValueError(f"the monitor logs in {folder} hold no calls yet ({', '.join(empty)} empty)")
+    if empty:
+        warnings.warn(f"skipped empty monitor log(s) in {folder}: {', '.join(empty)}", EmptyLogWarning, stacklevel=2)
     return pd.concat(frames, ignore_index=True)
 
 
@@ -241,7 +257,10 @@ def build_report(folder, out=None) -> Path:
     """Write ``report.md`` and one PNG per call site into ``out`` (default: ``folder``); returns the Markdown path."""
     df = load_logs(folder)
     out = Path(out) if out is not None else Path(folder)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ValueError(f"cannot write the report into {out}: it or a folder above it is a file") from None
     lines = [f"# Monitor report: {Path(folder)}", "",
              f"{len(df)} logged calls in {df['log'].nunique()} log(s) ({', '.join(sorted(df['log'].unique()))}), "
              f"steps {int(df['step'].min())}–{int(df['step'].max())}.", "",
