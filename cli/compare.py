@@ -71,10 +71,19 @@ def compare_command(
 
 
 def _method_specs(method):
-    """Parse every ``--method`` once, before any work (a bad spec fails in a second, not after the truth)."""
+    """Parse every ``--method`` once, before any work (a bad spec fails in a second, not after the truth);
+    the same method given twice (``taylor`` and ``taylor:K=9`` are one method) is an error."""
     from stabkit import methods
 
-    return [methods.spec(s) for s in method] if method else None
+    if not method:
+        return None
+    given: dict = {}
+    for text in method:
+        spec = methods.spec(text)
+        if spec in given:
+            raise ValueError(f"--method {spec} is given twice (as {given[spec]!r} and {text!r})")
+        given[spec] = text
+    return list(given)
 
 
 def _load_npy(path: Path, what: str):
@@ -84,6 +93,10 @@ def _load_npy(path: Path, what: str):
         raise FileNotFoundError(f"{what} file not found: {path}")
     if path.is_dir():
         raise ValueError(f"{what} file {path} is a folder, not a .npy file")
+    with path.open("rb") as f:
+        magic = f.read(6)
+    if magic and not magic.startswith((b"\x93NUMPY", b"PK")):  # the .npy header / a zip (.npz)
+        raise ValueError(f"{what} file {path} is not a .npy file (no .npy header): save the matrix with numpy.save")
     try:
         array = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as exc:
@@ -131,26 +144,23 @@ def _duration(seconds: float) -> str:
 
 def _print_table(result, source: str, loss: str, dtype: str) -> None:
     from rich.console import Console
-    from rich.table import Table
 
     console = Console()
     truth = result.truth
     status = "certified" if truth.certified else "NOT CERTIFIED — treat numbers with care"
     if getattr(truth, "note", ""):
         status += f"; {truth.note}"
-    table = Table(title=f"{source} · loss={loss} · {dtype}")
+    title = f"{source} · loss={loss} · {dtype}"
     d = len(truth.eigenvalues)
-    width = max(len(row["method"]) for row in result.rows)
-    table.add_column("method", justify="left", no_wrap=True, min_width=width)
-    for col in ("angle_deg", "angle_full_deg", "kept", "rel_err", "norm_ratio", "finite", "seconds"):
-        table.add_column(col, justify="right", overflow="fold")
-    for row in result.rows:
-        table.add_row(
-            row["method"], f"{row['angle_deg']:.3g}", f"{row['angle_full_deg']:.3g}",
-            f"{row['kept']}/{d}" if row["kept"] >= 0 else "—", f"{row['rel_err']:.3g}", f"{row['norm_ratio']:.3g}",
-            "yes" if row["finite"] else "NO", f"{row['seconds']:.4f}",
-        )
-    console.print(table)
+    cells = [_cells(row, d) for row in result.rows]
+    table = _table(title, cells)
+    if _natural_width(console, table) <= console.width:
+        console.print(table)
+    else:  # too narrow for the table: one block per method, never a number cut in two
+        console.print(title, highlight=False)
+        for row in cells:
+            console.print(row[0], highlight=False)
+            console.print("  " + "  ".join(f"{key}={value}" for key, value in zip(TABLE_KEYS[1:], row[1:])), highlight=False)
     if any(0 <= row["kept"] < d for row in result.rows):
         console.print("angle_deg: against the truth of the function the method computes (the loss restricted to "
                       "its kept eigenpairs); angle_full_deg: against the untruncated loss's truth.")
@@ -162,3 +172,34 @@ def _print_table(result, source: str, loss: str, dtype: str) -> None:
     for row in result.rows:
         if "error" in row:
             console.print(f"[yellow]{row['method']}: {row['error']}[/yellow]")
+
+
+#: the table's columns, in order (the JSON keys of the same numbers)
+TABLE_KEYS = ("method", "angle_deg", "angle_full_deg", "kept", "rel_err", "norm_ratio", "finite", "seconds")
+
+
+def _cells(row, d: int) -> list[str]:
+    return [row["method"], f"{row['angle_deg']:.3g}", f"{row['angle_full_deg']:.3g}",
+            f"{row['kept']}/{d}" if row["kept"] >= 0 else "—", f"{row['rel_err']:.3g}", f"{row['norm_ratio']:.3g}",
+            "yes" if row["finite"] else "NO", f"{row['seconds']:.4f}"]
+
+
+def _table(title: str, cells: list[list[str]]):
+    """No cell ever wraps (a wrapped ``2.36e-10`` reads as ``2.36e-1``); headers break at ``_`` and
+    columns are two spaces apart, so every method at d < 10 fits 80 columns."""
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0))
+    for key in TABLE_KEYS:
+        header = key.replace("_deg", "_\ndeg").replace("_ratio", "_\nratio").replace("angle_full_\n", "angle_\nfull_")
+        table.add_column(header, justify="left" if key == "method" else "right", no_wrap=True)
+    for row in cells:
+        table.add_row(*row)
+    return table
+
+
+def _natural_width(console, table) -> int:
+    from rich.measure import Measurement
+
+    return Measurement.get(console, console.options.update_width(1 << 20), table).maximum

@@ -111,3 +111,71 @@ def test_missing_file_and_wrong_weight(tmp_path):
     weight = _npy(tmp_path, "w.npy", np.ones((2, 2)))
     result = runner.invoke(app, ["compare", "--matrix", path, "--loss-weight", weight])
     assert result.exit_code == 2 and "shape" in result.stderr
+
+
+NUMERIC = ("angle_deg", "angle_full_deg", "rel_err", "norm_ratio")
+
+
+def _computed(args):
+    """The numbers of the same run, from --format json (full precision), by method."""
+    result = runner.invoke(app, ["compare", *args, "--format", "json"])
+    assert result.exit_code == 0, result.output
+    return {row["method"]: row for row in map(json.loads, result.stdout.strip().splitlines())}
+
+
+def _check_numbers(printed: dict, computed: dict):
+    assert set(printed) == set(computed)
+    for name, values in printed.items():
+        for key in NUMERIC:
+            assert float(values[key]) == pytest.approx(computed[name][key], rel=6e-3), (name, key, values[key])
+        assert values["kept"].split("/")[0] == str(computed[name]["kept"])
+        float(values["seconds"])
+
+
+@pytest.mark.parametrize("args", [[], ["--d", "6", "-m", "analytic", "-m", "taylor"]])
+def test_table_on_80_columns_or_a_pipe_never_splits_a_number(args):
+    """Rich used to fold numeric cells: 2.36e-10 printed as "2.36e-1" with "0" on the next line."""
+    computed = _computed(args)
+    result = runner.invoke(app, ["compare", *args], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert max(map(len, lines)) <= 80
+    rows = [line.split() for line in lines if line.split() and line.split()[0] in computed]
+    assert len(rows) == len(computed)
+    keys = ("angle_deg", "angle_full_deg", "kept", "rel_err", "norm_ratio", "finite", "seconds")
+    for cells in rows:
+        assert len(cells) == 1 + len(keys), cells
+    _check_numbers({cells[0]: dict(zip(keys, cells[1:])) for cells in rows}, computed)
+
+
+def test_a_terminal_too_narrow_for_the_table_gets_one_block_per_method():
+    args = ["--d", "6", "-m", "analytic", "-m", "taylor:K=19"]
+    computed = _computed(args)
+    result = runner.invoke(app, ["compare", *args], env={"COLUMNS": "50"})
+    assert result.exit_code == 0, result.output
+    printed, name = {}, None
+    for word in result.stdout.split():
+        if word in computed:
+            name = word
+            printed[name] = {}
+        elif name and "=" in word and word.split("=")[0] in NUMERIC + ("kept", "finite", "seconds"):
+            key, value = word.split("=", 1)
+            printed[name][key] = value
+    assert all(len(values) == 7 for values in printed.values()), printed
+    _check_numbers(printed, computed)
+
+
+def test_a_text_file_as_matrix_is_named_as_not_npy(tmp_path):
+    for name in ("A.csv", "A.txt"):
+        (tmp_path / name).write_text("1,2\n2,1\n")
+        result = runner.invoke(app, ["compare", "--matrix", str(tmp_path / name)])
+        assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
+        assert f"{tmp_path / name} is not a .npy file" in result.stderr and "numpy.save" in result.stderr
+        assert "pickled" not in result.stderr
+
+
+def test_the_same_method_twice_is_rejected_before_any_work():
+    """taylor:K=9 is taylor with its default K: the same method."""
+    result = runner.invoke(app, ["compare", "-m", "taylor", "-m", "taylor:K=9", "-m", "analytic"])
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "taylor" in result.stderr and "twice" in result.stderr

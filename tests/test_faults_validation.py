@@ -196,7 +196,7 @@ def test_truth_cost_guard():
     (lambda p: np.save(p, np.arange(3.0)), "shape (3,)"),               # 1-d
     (lambda p: np.save(p, np.ones((2, 2, 2))), "shape (2, 2, 2)"),      # 3-d
     (lambda p: open(p, "wb").close(), "empty"),                         # empty ("Aborted.", exit 1 before)
-    (lambda p: open(p, "wb").write(b"not numpy at all"), "as .npy"),    # junk
+    (lambda p: open(p, "wb").write(b"not numpy at all"), "not a .npy file"),  # junk, e.g. a CSV
     (lambda p: np.save(p, np.array(["a", "b"], dtype=object), allow_pickle=True), "as .npy"),  # pickled
     (lambda p: p.mkdir(), "folder"),                                    # a directory
     (lambda p: np.savez(open(p, "wb"), a=np.eye(2)), ".npz archive"),    # an .npz under a .npy name
