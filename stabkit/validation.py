@@ -9,8 +9,9 @@ from .errors import InputError
 
 SUPPORTED_DTYPES = (np.float32, np.float64)
 
-#: Relative asymmetry max|A - Aᵀ| / max|A| accepted (and then symmetrized away), per dtype.
-SYMMETRY_RTOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-10}
+#: Relative asymmetry max|A - Aᵀ| / max|A| accepted (and then symmetrized away), per dtype: √eps,
+#: the tolerance of ``stabkit.torch.eigh`` too, so a matrix one accepts the other accepts.
+SYMMETRY_RTOL = {np.dtype(t): float(np.finfo(t).eps) ** 0.5 for t in SUPPORTED_DTYPES}
 
 
 def check_dtype(dtype) -> np.dtype:
@@ -48,7 +49,6 @@ def check_symmetric(a, name: str = "matrix") -> np.ndarray:
     tol = SYMMETRY_RTOL[a.dtype] * max(scale, np.finfo(a.dtype).tiny)
     if asym > tol:
         raise InputError(
-            f"{name} is not symmetric: max|A - Aᵀ| = {asym:.3g} exceeds "
-            f"{SYMMETRY_RTOL[a.dtype]:.0e} × max|A| = {tol:.3g}"
+            f"{name} is not symmetric: max|A - Aᵀ| = {asym:.3g} exceeds √eps·max|A| = {tol:.3g} ({a.dtype})"
         )
     return (a + a.swapaxes(-1, -2)) / a.dtype.type(2)

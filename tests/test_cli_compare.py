@@ -179,3 +179,14 @@ def test_the_same_method_twice_is_rejected_before_any_work():
     result = runner.invoke(app, ["compare", "-m", "taylor", "-m", "taylor:K=9", "-m", "analytic"])
     assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
     assert "taylor" in result.stderr and "twice" in result.stderr
+
+
+def test_a_matrix_eigh_accepts_is_accepted_by_compare(tmp_path):
+    """Asymmetry of 1e-9·max|A| in float64 is within √eps·max|A|, stabkit.torch.eigh's tolerance."""
+    A = build([1.0, 2.0, 3.5, 5.0])
+    A[0, 1] += 1e-9 * np.abs(A).max()
+    result = runner.invoke(app, ["compare", "--matrix", _npy(tmp_path, "a.npy", A), "-m", "analytic", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    A[0, 1] += 1e-7 * np.abs(A).max()
+    result = runner.invoke(app, ["compare", "--matrix", _npy(tmp_path, "b.npy", A), "-m", "analytic"])
+    assert result.exit_code == 2 and "not symmetric" in result.stderr and "√eps" in result.stderr

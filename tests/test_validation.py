@@ -29,3 +29,27 @@ def test_tiny_asymmetry_is_removed():
     A = np.array([[1.0, 2.0], [2.0 + 1e-15, 1.0]])
     S = check_symmetric(A)
     assert S[0, 1] == S[1, 0]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_symmetry_tolerance_is_sqrt_eps_as_in_torch_eigh(dtype):
+    """One tolerance everywhere: what stabkit.torch.eigh accepts, check_symmetric (compare, the
+    ground truth) accepts, and both refuse the same matrices."""
+    import torch
+
+    import stabkit.torch as st
+
+    sqrt_eps = float(np.finfo(dtype).eps) ** 0.5
+    for rel, accepted in ((sqrt_eps / 4, True), (sqrt_eps * 4, False)):
+        A = np.diag(np.arange(1.0, 5.0)).astype(dtype)
+        A[0, 3] = A[3, 0] = 1.0
+        A[3, 0] += dtype(rel * 4.0)  # max|A| = 4
+        if accepted:
+            S = check_symmetric(A)
+            assert (S == S.T).all()
+            st.eigh(torch.from_numpy(A))
+        else:
+            with pytest.raises(ValueError, match="not symmetric"):
+                check_symmetric(A)
+            with pytest.raises(ValueError, match="not symmetric"):
+                st.eigh(torch.from_numpy(A))
