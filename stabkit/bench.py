@@ -11,6 +11,7 @@ backward time and the min / median / max over the repeats of the per-repeat rati
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import time
 
@@ -45,16 +46,20 @@ def backward_seconds(spec: Spec, A: torch.Tensor, loss) -> float:
     return time.perf_counter() - start
 
 
-def time_interleaved(specs: list[Spec], A: torch.Tensor, loss, repeats: int) -> dict[Spec, list[float]]:
+def time_interleaved(specs: list[Spec], A: torch.Tensor, loss, repeats: int, tick=None) -> dict[Spec, list[float]]:
     """Per method, ``repeats`` backward times taken round-robin (repeat r times every method once,
-    starting at method r mod n); one untimed warm-up call of every method first."""
+    starting at method r mod n); one untimed warm-up call of every method first. ``tick()``, if
+    given, is called after every backward call (warm-up or timed)."""
+    tick = tick or (lambda: None)
     for spec in specs:
         backward_seconds(spec, A, loss)
+        tick()
     times: dict[Spec, list[float]] = {spec: [] for spec in specs}
     for r in range(repeats):
         k = r % len(specs)
         for spec in specs[k:] + specs[:k]:
             times[spec].append(backward_seconds(spec, A, loss))
+            tick()
     return times
 
 
@@ -90,9 +95,10 @@ def check_bench_args(dims, batch, dtype, device, repeats, names=None) -> None:
 
 
 def bench_methods(dims=(4, 16, 64), batch: int = 64, dtype: str = "float32", device: str = "cpu",
-                  repeats: int = 5, names=None, seed: int = 0) -> pd.DataFrame:
+                  repeats: int = 5, names=None, seed: int = 0, progress=None) -> pd.DataFrame:
     """One row per (d, method): median backward ms and the spread of the per-repeat ratio to the
-    native method's. ``names``: methods (names, spec texts or Specs; default all), made Specs once here."""
+    native method's. ``names``: methods (names, spec texts or Specs; default all), made Specs once here.
+    ``progress(d, done, total)``, if given, is called after every backward call (``total`` over all sizes)."""
     check_bench_args(dims, batch, dtype, device, repeats, names)
     chosen = [methods.spec(name) for name in (names or methods.NAMES)]
     base_spec = baseline()
@@ -101,11 +107,13 @@ def bench_methods(dims=(4, 16, 64), batch: int = 64, dtype: str = "float32", dev
     rows = []
     gen = torch.Generator().manual_seed(seed)
     order = [base_spec] + [spec for spec in chosen if spec != base_spec]
+    total, calls = len(dims) * (repeats + 1) * len(order), itertools.count(1)
     for d in dims:
         X = torch.randn(batch, d, 2 * d, generator=gen, dtype=torch.float64)
         A = (X @ X.transpose(-1, -2) / (2 * d) + 1e-3 * torch.eye(d, dtype=torch.float64)).to(dev, tdtype)
         loss = make_loss("zca", d, seed=seed)
-        times = time_interleaved(order, A, loss, repeats)
+        tick = None if progress is None else (lambda d=d: progress(d, next(calls), total))
+        times = time_interleaved(order, A, loss, repeats, tick)
         base = times[base_spec]
         for spec in chosen:
             ratios = [t / b for t, b in zip(times[spec], base)]

@@ -150,3 +150,25 @@ def test_bench_reference_reports_seconds_digits_and_peak_memory_per_run():
     bad = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_reference.py"), "--baseline", "/nonexistent.py"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "not a valid object name" in bad.stderr
+
+
+def test_bench_shows_progress_on_stderr_per_size_and_at_the_end():
+    """The default bench runs ~80 s: a line per matrix size on stderr (not a terminal), none on stdout."""
+    result = CliRunner().invoke(app, ["bench", "--d", "3", "--d", "5", "--batch", "2", "--repeats", "2", "-m", "taylor"])
+    assert result.exit_code == 0, result.output
+    total = 2 * (2 + 1) * 2  # sizes × (repeats + warm-up) × (taylor + the torch baseline)
+    lines = result.stderr.strip().splitlines()
+    assert [line.split(",")[0] for line in lines] == ["bench: d = 3", "bench: d = 5", "bench: d = 5"]
+    assert lines[-1].startswith(f"bench: d = 5, {total}/{total} backward calls")
+    assert "bench:" not in result.stdout
+
+
+def test_bench_methods_reports_every_backward_call_to_progress():
+    from stabkit.bench import bench_methods
+
+    seen = []
+    bench_methods([3, 4], batch=2, repeats=3, names=["taylor", "clip"], progress=lambda *a: seen.append(a))
+    total = 2 * (3 + 1) * 3
+    assert [done for _, done, _ in seen] == list(range(1, total + 1))
+    assert {t for _, _, t in seen} == {total}
+    assert [d for d, _, _ in seen] == [3] * (total // 2) + [4] * (total // 2)
