@@ -10,17 +10,17 @@ from typing import Optional
 import typer
 
 from ._common import user_errors
-from .methods import method_names
+from .methods import method_names_block
 
 
 @user_errors
 def bench_command(
-    d: Optional[list[int]] = typer.Option(None, "--d", help="Matrix sizes (repeatable); default 4 16 64."),
+    d: Optional[list[int]] = typer.Option(None, "--d", metavar="D", help="Matrix sizes (repeatable); default 4 16 64."),
     batch: int = typer.Option(64, "--batch", help="Matrices per batch."),
     dtype: str = typer.Option("float32", "--dtype", help="float32 or float64."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda[:N]."),
     repeats: int = typer.Option(5, "--repeats", help="Timed rounds; each times every method once (interleaved, after one warm-up call)."),
-    method: Optional[list[str]] = typer.Option(None, "--method", "-m", help=f"Methods (repeatable); default all: {method_names()}."),
+    method: Optional[list[str]] = typer.Option(None, "--method", "-m", metavar="METHOD", help="Methods (repeatable); default all:" + method_names_block()),
 ):
     """Time each method's batched torch backward; print a Markdown table with ratios to torch's (min/median/max over rounds)."""
     from stabkit import methods

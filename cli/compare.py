@@ -24,19 +24,19 @@ class Format(str, Enum):
 
 @user_errors
 def compare_command(
-    matrix: Optional[Path] = typer.Option(None, "--matrix", help="A .npy file holding a symmetric matrix."),
+    matrix: Optional[Path] = typer.Option(None, "--matrix", help="A .npy file holding a symmetric matrix (default: a --spectrum matrix)."),
     spectrum: str = typer.Option("cluster", "--spectrum", help=f"Generated family: {', '.join(FAMILIES)}."),
     d: int = typer.Option(8, "--d", help="Matrix size for --spectrum."),
     seed: int = typer.Option(0, "--seed", help="Seed of the generated matrix and of the loss weight."),
-    param: Optional[list[str]] = typer.Option(None, "--param", "-p", help="Family parameter NAME=VALUE (repeatable), e.g. -p delta=1e-8."),
+    param: Optional[list[str]] = typer.Option(None, "--param", "-p", metavar="NAME=VALUE", help="Family parameter NAME=VALUE (repeatable; default: the family's), e.g. -p delta=1e-8."),
     loss: str = typer.Option("zca", "--loss", help=f"Probe loss: {', '.join(LOSSES)}."),
     k: int = typer.Option(1, "--k", help="Rank of the projector loss."),
     method: Optional[list[str]] = typer.Option(
-        None, "--method", "-m",
+        None, "--method", "-m", metavar="METHOD",
         help=f"Method spec NAME[:KEY=VALUE,...], repeatable (default all), e.g. taylor:K=19,eps=1e-4. "
              f"Methods: {method_names()} (see `stabkit methods`)."),
     dtype: str = typer.Option("float64", "--dtype", help="float32 or float64."),
-    loss_weight: Optional[Path] = typer.Option(None, "--loss-weight", help="A .npy d×d weight G replacing the seeded one."),
+    loss_weight: Optional[Path] = typer.Option(None, "--loss-weight", help="A .npy d×d weight G (default: one drawn from --seed)."),
     fmt: Format = typer.Option(Format.table, "--format", help="table, or json (one object per method per line)."),
     force: bool = typer.Option(False, "--force", help="Run even when the certified truth is estimated to take long."),
 ):

@@ -24,28 +24,28 @@ def train_command(
     eps: Optional[float] = typer.Option(None, "--eps", help="ZCA εI (default: the preset's, per method for paper)."),
     epochs: Optional[float] = typer.Option(None, "--epochs", help="Training epochs, fractions allowed (default: the "
                                            "preset's: stabkit 1, paper 350)."),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many SGD steps."),
-    limit_images: Optional[int] = typer.Option(None, "--limit-images", help="Train on a random subset of this size."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many SGD steps (default: no cap)."),
+    limit_images: Optional[int] = typer.Option(None, "--limit-images", help="Train on a random subset of this size (default: all)."),
     limit_test: Optional[int] = typer.Option(None, "--limit-test", help="Test images (default: all, or --limit-images)."),
-    batch_size: int = typer.Option(128, "--batch-size"),
-    lr: float = typer.Option(0.1, "--lr"),
+    batch_size: int = typer.Option(128, "--batch-size", help="Training images per SGD step."),
+    lr: float = typer.Option(0.1, "--lr", help="Initial SGD learning rate."),
     milestones: Optional[str] = typer.Option(None, "--milestones", help="lr ×gamma at these points, comma-separated "
                                              "(default: the preset's: stabkit 0.5,0.75 of the steps; paper 100,200,300 epochs)."),
-    milestone_unit: Optional[str] = typer.Option(None, "--milestone-unit", help="fraction (of the steps), epoch or step."),
+    milestone_unit: Optional[str] = typer.Option(None, "--milestone-unit", help="fraction (of the steps), epoch or step (default: the preset's: stabkit fraction, paper epoch)."),
     gamma: Optional[float] = typer.Option(None, "--gamma", help="lr factor at each milestone (default 0.1)."),
     stop_on: Optional[str] = typer.Option(None, "--stop-on", help="any (stop at the first failure event) or nan-loss "
                                           "(the paper's: train on until the loss is NaN). Default: the preset's."),
     tf32: Optional[bool] = typer.Option(None, "--tf32/--no-tf32", help="TF32 matmuls/convolutions on CUDA (default: "
                                         "stabkit leaves torch's setting, paper turns it off)."),
-    seed: int = typer.Option(0, "--seed"),
-    data: Optional[str] = typer.Option(None, "--data", help="CIFAR-10 .tar.gz or cifar-10-batches-py folder."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the weights and of the data order."),
+    data: Optional[str] = typer.Option(None, "--data", help="CIFAR-10 .tar.gz or cifar-10-batches-py folder (default: $STABKIT_CIFAR10, else ../shared/data/cifar10-jpeg.tar.gz)."),
     dtype: str = typer.Option("float32", "--dtype", help="ZCA computation dtype: float32 or float64."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
     width: float = typer.Option(1.0, "--width", help="Channel-width multiplier (1 = ResNet-18)."),
     fast: bool = typer.Option(False, "--fast/--no-fast", help="Fast path: bf16 autocast for the trunk (the ZCA layer "
                               "keeps --dtype), channels_last, device-side checks read back every 100 steps."),
     compile_mode: Optional[str] = typer.Option(None, "--compile", help="torch.compile the trunk after the ZCA layer: "
-                                               "default or reduce-overhead (CUDA graphs)."),
+                                               "default or reduce-overhead (CUDA graphs); default: not compiled."),
     eval_every: int = typer.Option(1, "--eval-every", help="Test accuracy every N epochs (0: only at the end)."),
     check_every: Optional[int] = typer.Option(None, "--check-every", help="Read the failure checks back every N steps "
                                               "(default 10, fast 100); the failing step is exact either way."),

@@ -56,3 +56,22 @@ def test_importing_the_cli_imports_no_heavy_library():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True,
                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
     assert out.stdout.strip() == ""
+
+
+def test_every_option_is_described_with_its_default_and_a_plain_metavar():
+    """An option whose default is None (shown as nothing) says its default in words; repeatable
+    options show KEY=VALUE / D / METHOD, never a Python type such as <list[str]>."""
+    import typer
+
+    group = typer.main.get_command(app)
+    for name in ("compare", "bench", "train"):
+        for param in group.commands[name].params:
+            if param.param_type_name != "option" or param.name == "help":
+                continue
+            assert param.help, (name, param.opts)
+            if param.default is None and not param.is_flag:
+                assert "default" in param.help.lower(), (name, param.opts, param.help)
+        out = runner.invoke(app, [name, "--help"], env={"COLUMNS": "400"}).stdout
+        assert "list[" not in out, name
+    train = {p.name: p.help for p in group.commands["train"].params}
+    assert "STABKIT_CIFAR10" in train["data"] and "cifar10-jpeg.tar.gz" in train["data"]
