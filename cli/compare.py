@@ -120,7 +120,7 @@ def json_rows(result, source: str, loss: str, dtype: str) -> list[dict]:
     from stabkit.compare import ROW_KEYS
 
     # the row's own truth_digits are those of the truth its angle_deg is measured against (for a
-    # truncating method, the truncated function's); "truth_digits" is the untruncated truth's
+    # truncating or iterating method, its own function's); "truth_digits" is the untruncated truth's
     return [{"method": row["method"], **{key: _jsonable(row[key]) for key in ROW_KEYS if key != "truth_digits"},
              "angle_truth_digits": _jsonable(row.get("truth_digits", truth.digits)),
              "error": row.get("error"), **shared} for row in result.rows]
@@ -161,9 +161,11 @@ def _print_table(result, source: str, loss: str, dtype: str) -> None:
         for row in cells:
             console.print(row[0], highlight=False)
             console.print("  " + "  ".join(f"{key}={value}" for key, value in zip(TABLE_KEYS[1:], row[1:])), highlight=False)
-    if any(0 <= row["kept"] < d for row in result.rows):
+    if any(0 <= row["kept"] < d or row["angle_deg"] != row["angle_full_deg"] for row in result.rows
+           if row["angle_deg"] == row["angle_deg"]):
         console.print("angle_deg: against the truth of the function the method computes (the loss restricted to "
-                      "its kept eigenpairs); angle_full_deg: against the untruncated loss's truth.")
+                      "its kept eigenpairs, or at the (λ̂, Û) its power-iteration forward returns); angle_full_deg: "
+                      "against the exact, untruncated loss's truth.")
     diag = result.diagnostics
     console.print(
         f"ground truth: {truth.digits:.1f} digits ({status}), engine {truth.engine}, {truth.seconds:.2f} s · "
