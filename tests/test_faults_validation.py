@@ -39,6 +39,13 @@ def test_out_of_range_parameter_is_refused_naming_method_parameter_and_domain(sp
     assert "\n" not in message
 
 
+@pytest.mark.parametrize("text", ["taylor:", "taylor:K=3,,", "taylor:,K=3", "clip: "])
+def test_an_empty_parameter_in_a_spec_is_refused(text):
+    with pytest.raises(ValueError, match="empty parameter"):
+        methods.parse(text)
+    assert str(methods.parse("taylor")) == "taylor"  # no colon: the defaults
+
+
 def test_domain_is_checked_for_python_calls_too():
     A = build([1.0, 2.0, 4.0])
     with pytest.raises(ValueError, match="tau=0"):

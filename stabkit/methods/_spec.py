@@ -128,9 +128,12 @@ def bind(method: Method | str, params: Mapping | None = None) -> Spec:
 
 def parse(text: str) -> Spec:
     """``"taylor:K=19,eps=1e-4"`` → Spec(taylor, K=19, eps=1e-4), validated."""
-    name, _, rest = str(text).partition(":")
+    name, colon, rest = str(text).partition(":")
+    items = rest.split(",") if colon else []
+    if any(not item.strip() for item in items):  # "taylor:" or "taylor:K=3,," : a parameter left out
+        raise MethodSpecError(f"method spec {text!r} has an empty parameter: write name:key=value,key=value")
     try:
-        params = split_assignments(rest.split(","), f"method spec {text!r}")
+        params = split_assignments(items, f"method spec {text!r}")
     except ValueError as err:
         raise MethodSpecError(str(err)) from None
     return bind(name.strip(), params)
