@@ -1,5 +1,7 @@
 """``stabkit.compare``: every method is scored against the function its forward computes."""
 
+import math
+
 import numpy as np
 import pytest
 
@@ -206,3 +208,30 @@ def test_rankings_leave_out_rows_scored_against_another_function(tmp_path):
     body = ga.report(df, {"methods": ["analytic", "pi-forward", "pi"], "families": [{"family": "separated"}]}, tmp_path)
     section = body[body.index("## Own function vs the exact loss"):].split("\n## ")[0]
     assert "| separated | 0.5° / 70° | 1e-12° / 60° |" in section
+
+
+def test_nan_rates_count_finite_runs_whose_own_truth_is_short():
+    """A finite gradient whose own-function truth has < 12 digits cannot be scored, but it is still a
+    run that did not fail: the NaN/Inf rate counts it (1 failure in 4 runs, not 1 in 1)."""
+    import pandas as pd
+
+    from stabkit.studies import gradient_accuracy as ga
+    from stabkit.studies.gradient_accuracy._scoring import attempted, scored
+
+    base = {"family": "separated", "family_params": "", "d": 4, "dtype": "float64", "loss": "zca",
+            "rel_err": 0.1, "norm_ratio": 1.0, "seconds": 0.0, "min_abs_gap": 1.0, "min_rel_gap": 0.1,
+            "max_abs_K": 1.0, "numerical_rank": 4, "condition": 10.0, "error": None, "kept": 4}
+    rows = []
+    for i in range(4):
+        cell = {**base, "cell_id": f"c{i}", "seed": i}
+        rows.append({**cell, "method": "analytic", "angle_deg": 1.0, "angle_full_deg": 1.0, "finite": True,
+                     "truth_digits": 30.0, "truth_certified": True})
+        failed = i == 0
+        rows.append({**cell, "method": "pi-forward", "angle_deg": math.nan if failed else 1e-12,
+                     "angle_full_deg": math.nan if failed else 60.0, "finite": not failed,
+                     "truth_digits": 30.0 if failed else 5.0, "truth_certified": failed})
+    df = pd.DataFrame(rows)
+    ran = attempted(df)
+    assert ran.groupby("method")["nonfinite"].mean().to_dict() == {"analytic": 0.0, "pi-forward": 0.25}
+    assert len(scored(df).query("method == 'pi-forward'")) == 1  # only the failure has an angle
+    assert ga.summary(df).endswith("highest NaN/Inf rate: pi-forward (25%)")

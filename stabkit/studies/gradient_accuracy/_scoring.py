@@ -35,6 +35,22 @@ def scored(results: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
+def attempted(results: pd.DataFrame) -> pd.DataFrame:
+    """Rows where the method ran on a cell whose truth of the loss is certified: the denominator of
+    the NaN/Inf and raised rates. A NaN/Inf gradient is a failure whatever the truth of the method's
+    own function, so a row is kept even when that truth is missing or short of 12 digits (leaving
+    those out would inflate the failure share)."""
+    df = results.copy()
+    df["variant"] = variant_labels(df)
+    err = df["error"].fillna("").astype(str)
+    own_missing = err.str.startswith("no truth for the method's own function")
+    ran = ~err.str.match(r"(undefined|not built|cell failed):")
+    df = df[ran & ~uncertified_cells(df) & (df["truth_digits"].notna() | own_missing)].copy()
+    df["raised"] = df["error"].notna() & ~own_missing[df.index]
+    df["nonfinite"] = ~df["finite"].astype(bool) & ~df["raised"]
+    return df
+
+
 def own_function_mask(df: pd.DataFrame) -> pd.Series:
     """Rows scored against a function other than the loss: the method dropped eigenpairs, or its
     forward is not the exact decomposition (its angles to its own function and to the loss differ).
@@ -101,13 +117,14 @@ def summary(results: pd.DataFrame) -> str:
     tied = tie_group(med)
     best = (f"{tied[0]} ({deg(med[tied[0]])})" if len(tied) == 1 else
             f"{', '.join(sorted(tied))} (tied within ×{TIE_FACTOR:g}: {deg(med[tied].min())}–{deg(med[tied].max())})")
-    counts = df.groupby("method")["nonfinite"].sum()
+    ran = attempted(results)
+    counts = ran.groupby("method")["nonfinite"].sum()
     top = int(counts.max())
     if top == 0:
         return f"{n_cells} scored cells; lowest median angle: {best}; no NaN/Inf gradient"
     worst = sorted(m for m, n in counts.items() if n > 0 and n >= top - 1)
     return (f"{n_cells} scored cells; lowest median angle: {best}; highest NaN/Inf rate: "
-            + ", ".join(f"{m} ({pct(counts[m] / n_cells)})" for m in worst)
+            + ", ".join(f"{m} ({pct(counts[m] / ran['cell_id'].nunique())})" for m in worst)
             + (" (within one cell: tied)" if len(worst) > 1 else ""))
 
 

@@ -12,7 +12,8 @@ import pandas as pd
 from .. import _figures
 from .._checks import family_label, variant_labels
 from . import _plots
-from ._scoring import (ANGLE_FLOOR, NONFINITE_Y, TIE_FACTOR, deg, order, own_function_mask, pct, scored, tie_group,
+from ._scoring import (ANGLE_FLOOR, NONFINITE_Y, TIE_FACTOR, attempted, deg, order, own_function_mask, pct, scored,
+                       tie_group,
                        uncertified_cells, uncertified_mask, verdicts)
 
 
@@ -29,11 +30,11 @@ def report(results: pd.DataFrame, grid: dict, out_dir: Path) -> str:
     if df.empty:
         lines.append("No cell produced a ground truth, so there is nothing to score.\n")
         return "\n".join(lines)
-    lines += ["## Reading\n", *(f"- {s}" for s in _reading(df, methods_order)), ""]
+    lines += ["## Reading\n", *(f"- {s}" for s in _reading(df, attempted(results), methods_order)), ""]
     lines += _verdict_section(results, df, variants, methods_order)
     lines += _median_angle_section(df, variants, methods_order)
     lines += _truncation_section(df, variants)
-    lines += _nonfinite_section(df, variants, methods_order)
+    lines += _nonfinite_section(attempted(results), variants, methods_order)
     lines += _rel_err_section(df, variants, methods_order)
     lines += _figure_section(plt, df, variants, methods_order, out_dir)
     lines += _undefined_section(all_rows)
@@ -117,8 +118,8 @@ def _nonfinite_section(df, variants, methods_order) -> list[str]:
         for c in text.columns:
             text.loc[r, c] = pct(nf.loc[r, c]) + (f" ({pct(raised.loc[r, c])} raised)" if raised.loc[r, c] > 0 else "")
     return ["## NaN/Inf rate per method × family\n",
-            "Share of scored cells where the method's gradient contains NaN or Inf; in brackets the share "
-            "where the method raised an error instead (listed at the end).\n",
+            "Share of the cells with a certified truth of the loss where the method's gradient contains NaN or "
+            "Inf; in brackets the share where the method raised an error instead (listed at the end).\n",
             *_markdown_matrix(text, variants, methods_order, str), ""]
 
 
@@ -144,7 +145,10 @@ def _truncation_section(df: pd.DataFrame, variants) -> list[str]:
            "kept eigenpairs, or the loss at the (λ̂, Û) its power-iteration forward returns (that truth: float64 "
            "reverse mode through the forward, digits by agreement with the method's own backward) — and, after "
            "the slash, to the truth of the exact, untruncated loss; cells where the method dropped at least one "
-           "pair or its forward is not the exact decomposition.\n"]
+           "pair or its forward is not the exact decomposition. A NaN/Inf gradient counts as +∞; a finite one "
+           "whose own-function truth has fewer than 12 digits cannot be scored and is left out, so where many "
+           "are (ill-conditioned matrices, on which the float64 iteration itself is unstable) the median leans "
+           "towards +∞ — the NaN/Inf table below counts every run.\n"]
     by = trunc.groupby(["variant", "method"])
     own = by["angle_score"].median().unstack("method")
     full = by["angle_full_deg"].apply(lambda a: float(a.fillna(np.inf).median())).unstack("method")
@@ -253,10 +257,10 @@ def _errors_section(all_rows: pd.DataFrame) -> list[str]:
 # ----------------------------------------------------------------------------- reading
 
 
-def _reading(df: pd.DataFrame, methods_order: list) -> list[str]:
-    """Sentences whose every number comes from the results."""
+def _reading(df: pd.DataFrame, ran: pd.DataFrame, methods_order: list) -> list[str]:
+    """Sentences whose every number comes from the results (``ran``: :func:`attempted`, for the rates)."""
     out = [_extremes_sentence(df, methods_order)]
-    out += _failure_sentences(df, methods_order)
+    out += _failure_sentences(ran, methods_order)
     out += _gap_sentences(df, methods_order)
     out += _dtype_sentence(df)
     out += _size_sentence(df, methods_order)
@@ -282,14 +286,15 @@ def _failure_sentences(df, methods_order) -> list[str]:
     raised = df.groupby("method")["raised"].mean().reindex(methods_order).dropna()
     raised = raised[raised > 0].sort_values(ascending=False, kind="stable")
     if not raised.empty:
-        out.append("Methods that raised an error instead of returning a gradient (share of scored cells): "
+        out.append("Methods that raised an error instead of returning a gradient (share of the cells with a "
+                   "certified truth of the loss): "
                    + ", ".join(f"{m} {pct(r)}" for m, r in raised.items()) + " — counted as +∞ in medians.")
     if bad.empty:
         out.append("No method produced a NaN/Inf gradient on any scored cell.")
     else:
         parts = ", ".join(f"{m} {pct(r)}" for m, r in bad.items())
         clean = [m for m in methods_order if m in nonfinite.index and nonfinite[m] == 0 and m not in raised.index]
-        out.append(f"NaN/Inf gradients returned (share of scored cells): {parts}"
+        out.append(f"NaN/Inf gradients returned (share of the cells with a certified truth of the loss): {parts}"
                    + (f"; always finite: {', '.join(clean)}." if clean else "."))
     return out
 
