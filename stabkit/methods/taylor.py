@@ -37,7 +37,7 @@ def kernel(lam: Array, K: int = 9, eps: float = 0.0) -> Array:
 
 METHOD = kernel_method(
     "taylor", kernel, {"K": 9, "eps": 0.0},
-    "Wang et al., Robust Differentiable SVD, TPAMI 2021, eq. 13", "degree-K Taylor of 1/(λ_i − λ_j) on λ + ε",
+    "Wang et al., Robust Differentiable SVD, TPAMI 2021, eq. 13", "degree-K Taylor of F = 1/(λ_j − λ_i) on λ + ε",
     domains={"K": integer(0, MAX_TERMS), "eps": real(0.0)}, paper_name="SVD-Taylor", bounded=True,
     paper_variant="taylor-song:K=9",
 )
