@@ -50,6 +50,7 @@ import torch
 from . import _xp, methods
 from .errors import InputError
 from .methods import DEFAULT, NAMES, Spec
+from .validation import symmetry_rtol
 
 SVD_METHODS = tuple(n for n in NAMES if methods.get(n).has_svd_rule)
 
@@ -95,7 +96,7 @@ def check_values(A: torch.Tensor, fn: str = "eigh", symmetric: bool = True) -> N
         what = ", ".join(f"{n} {k}" for n, k in ((n_nan, "NaN"), (n_inf, "Inf")) if n)
         raise InputError(f"{fn}: input has non-finite entries ({what} of {A.numel()})")
     if symmetric:
-        tol = _xp.finfo_eps(A.dtype) ** 0.5 * values[1]
+        tol = symmetry_rtol(_xp.finfo_eps(A.dtype)) * values[1]
         if values[2] > tol:
             raise InputError(f"{fn}: input is not symmetric: max|A − Aᵀ| = {values[2]:.3g} > {tol:.3g} "
                              f"(√eps·max|A|); symmetrize it (stabkit.torch.symmetrize) or pass check=False")

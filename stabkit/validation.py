@@ -9,9 +9,13 @@ from .errors import InputError
 
 SUPPORTED_DTYPES = (np.float32, np.float64)
 
-#: Relative asymmetry max|A - Aᵀ| / max|A| accepted (and then symmetrized away), per dtype: √eps,
-#: the tolerance of ``stabkit.torch.eigh`` too, so a matrix one accepts the other accepts.
-SYMMETRY_RTOL = {np.dtype(t): float(np.finfo(t).eps) ** 0.5 for t in SUPPORTED_DTYPES}
+def symmetry_rtol(eps: float) -> float:
+    """Relative asymmetry max|A - Aᵀ| / max|A| accepted (then symmetrized away) for a dtype of
+    machine epsilon ``eps``: √eps, here and in ``stabkit.torch``'s checks alike."""
+    return float(eps) ** 0.5
+
+
+SYMMETRY_RTOL = {np.dtype(t): symmetry_rtol(np.finfo(t).eps) for t in SUPPORTED_DTYPES}
 
 
 def check_dtype(dtype) -> np.dtype:

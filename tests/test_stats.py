@@ -93,25 +93,18 @@ def _power_by_scipy(n1, p1, n2, p2, alpha):
     return total
 
 
-@pytest.mark.parametrize("n1,p1,n2,p2", [(6, 0.9, 15, 0.0), (3, 0.5, 15, 1.0), (15, 0.2, 15, 0.8), (8, 0.4667, 15, 0.4667)])
-def test_fisher_power_matches_enumeration_with_scipy(n1, p1, n2, p2):
-    assert _stats.fisher_power(n1, p1, n2, p2) == pytest.approx(_power_by_scipy(n1, p1, n2, p2, 0.05), abs=1e-12)
-
-
-def test_fisher_power_edges():
-    # all 15 succeed vs all 15 fail, with certainty: p = 2/C(30,15) ≪ 0.05 → power exactly 1
-    assert _stats.fisher_power(15, 1.0, 15, 0.0) == pytest.approx(1.0)
-    # equal rates: the test is conservative, the rejection rate is at most α
-    assert _stats.fisher_power(15, 0.5, 15, 0.5) <= 0.05
+def test_power_against_a_count_edges():
+    # 15 runs all succeeding against the paper's 0/15: p = 2/C(30,15) ≪ 0.05 → power exactly 1 at rate 1
+    assert _stats.fisher_power_vs_count(15, 1.0, 0, 15) == pytest.approx(1.0)
     # 3 runs against the paper's 0/15 (one success column margin c1 = k1): 3/3 → p = 1/C(18,3) = 1/816;
     # 2/3 → p = C(3,2)/C(18,2) = 3/153; 1/3 → p = 3/18; so the test rejects for k1 ≥ 2 and the power is
     # P(Bin(3, p1) ≥ 2) = 3 p1² (1 − p1) + p1³
     assert _stats.fisher_exact(3, 0, 0, 15) == pytest.approx(1 / 816)
     assert _stats.fisher_exact(2, 1, 0, 15) == pytest.approx(3 / 153)
     assert _stats.fisher_exact(1, 2, 0, 15) == pytest.approx(3 / 18)
-    assert _stats.fisher_power(3, 0.7, 15, 0.0) == pytest.approx(3 * 0.7 ** 2 * 0.3 + 0.7 ** 3)
+    assert _stats.fisher_power_vs_count(3, 0.7, 0, 15) == pytest.approx(3 * 0.7 ** 2 * 0.3 + 0.7 ** 3)
     with pytest.raises(ValueError, match="probability"):
-        _stats.fisher_power(3, 1.5, 15, 0.0)
+        _stats.fisher_power_vs_count(3, 1.5, 0, 15)
 
 
 def _power_vs_count_by_scipy(n1, p1, k2, n2, alpha):
@@ -132,7 +125,7 @@ def test_power_against_a_published_count_is_not_power_against_a_rate():
     assert all(sps.fisher_exact([[k, 6 - k], [7, 8]])[1] > 0.05 for k in range(6))
     assert _stats.fisher_power_vs_count(6, 0.97, 7, 15) == pytest.approx(0.97 ** 6)
     assert _stats.smallest_detectable(6, 7, 15, grid=100) == (None, 0.97)  # 0.96⁶ = 0.78 < 0.8 ≤ 0.97⁶ = 0.83
-    assert max(_stats.fisher_power(6, r / 100, 15, 7 / 15) for r in range(101)) < 0.8
+    assert max(_power_by_scipy(6, r / 10, 15, 7 / 15, 0.05) for r in range(11)) < 0.8
 
 
 def test_smallest_detectable_brackets_the_power():

@@ -10,9 +10,8 @@ power, and the Kaplan–Meier estimator.
   than the observed one (relative tolerance 1e-7).
 * Holm's step-down correction (Scand. J. Statist. 1979): sort the m p-values, p_(i) ↦
   max_{j ≤ i} min(1, (m − j + 1) p_(j)).
-* Power of Fisher's test: exact, by enumerating both binomial samples (n₁ runs at rate p₁, n₂ at p₂),
-  the probability that the two-sided p-value is ≤ α; against a published count, with that count
-  fixed and only our n₁ runs binomial.
+* Power of Fisher's test against a published count: exact, that count fixed and our n₁ runs
+  binomial at rate p₁, the probability that the two-sided p-value is ≤ α.
 * Kaplan–Meier (JASA 1958) with right censoring: S(t) = Π_{t_i ≤ t} (1 − d_i/n_i); Greenwood's
   variance Var S = S² Σ d_i/(n_i(n_i − d_i)); the confidence band on the log(−log S) scale
   (Kalbfleisch & Prentice), which stays inside [0, 1]: S^{exp(±z σ)}, σ² = Σ d_i/(n_i(n_i−d_i)) / (log S)²;
@@ -114,22 +113,6 @@ def holm(pvalues) -> np.ndarray:
         running = max(running, min(1.0, (m - i) * p[idx]))
         out[idx] = running
     return out
-
-
-def fisher_power(n1: int, p1: float, n2: int, p2: float, alpha: float = 0.05) -> float:
-    """Exact power of the two-sided Fisher test (level ``alpha``) for k1 ~ Bin(n1, p1) against
-    k2 ~ Bin(n2, p2): P(p-value ≤ alpha)."""
-    from scipy.stats import binom
-
-    n1, n2 = int(n1), int(n2)
-    if n1 < 1 or n2 < 1:
-        raise ValueError(f"power needs n1, n2 ≥ 1, got {n1}, {n2}")
-    for name, p in (("p1", p1), ("p2", p2)):
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"{name} must be a probability in [0, 1], got {p}")
-    w1 = binom.pmf(np.arange(n1 + 1), n1, p1)
-    w2 = binom.pmf(np.arange(n2 + 1), n2, p2)
-    return float(w1 @ _rejects(n1, n2, float(alpha)) @ w2)
 
 
 @lru_cache(maxsize=256)

@@ -30,11 +30,12 @@ def report(results: pd.DataFrame, grid: dict, out_dir: Path) -> str:
     if df.empty:
         lines.append("No cell produced a ground truth, so there is nothing to score.\n")
         return "\n".join(lines)
-    lines += ["## Reading\n", *(f"- {s}" for s in _reading(df, attempted(results), methods_order)), ""]
+    ran = attempted(results)  # the denominator of the NaN/Inf and raised rates
+    lines += ["## Reading\n", *(f"- {s}" for s in _reading(df, ran, methods_order)), ""]
     lines += _verdict_section(results, df, variants, methods_order)
     lines += _median_angle_section(df, variants, methods_order)
     lines += _truncation_section(df, variants)
-    lines += _nonfinite_section(attempted(results), variants, methods_order)
+    lines += _nonfinite_section(ran, variants, methods_order)
     lines += _rel_err_section(df, variants, methods_order)
     lines += _figure_section(plt, df, variants, methods_order, out_dir)
     lines += _undefined_section(all_rows)
