@@ -178,9 +178,10 @@ class Method:
     bound_kernel: Callable | None = None
     #: torch's own eigh/svd and their autograd, not a stabkit rule
     native: bool = False
-    #: its forward is an iteration that stops short of the exact decomposition (power iteration from
-    #: random starts): its own function is L∘forward, scored against that (``compare.iterated_truth``)
-    approximate_forward: bool = False
+    #: (A as the forward gets it, **params) → (start vectors as float64 columns, steps) where the
+    #: forward is power iteration with deflation that stops short of the exact decomposition (random
+    #: starts): its own function is L∘forward, whose truth ``reference.iterated_truth`` computes
+    iteration: Callable | None = None
     #: the name of this method in the paper that introduced it, where a study compares to it
     paper_name: str | None = None
     #: the backward of the paper's released code for this row, where it is another spec than the
@@ -205,6 +206,11 @@ class Method:
         """By name (its dict fields are not hashable): a registered method is one object, and a
         :class:`Spec` holding it is a dict key and a ``torch.compile`` constant."""
         return hash(self.name)
+
+    @property
+    def approximate_forward(self) -> bool:
+        """Whether its forward stops short of the exact decomposition (see ``iteration``)."""
+        return self.iteration is not None
 
     @property
     def has_svd_rule(self) -> bool:

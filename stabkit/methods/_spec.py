@@ -65,6 +65,10 @@ class Spec:
         """∂L/∂A from the forward's state and the incoming ∂L/∂U, ∂L/∂λ."""
         return self.method.backward(state, gU, glam, **self.params)
 
+    def iteration(self, A):
+        """(start vectors, steps) of its power-iteration forward at A (``Method.iteration``), or None."""
+        return None if self.method.iteration is None else self.method.iteration(A, **self.params)
+
     def kept(self, state: dict, lam):
         return self.method.kept(state, lam)
 
@@ -168,8 +172,8 @@ def _convert(name: str, key: str, value, domain: Domain):
         number = float(value)
     except (TypeError, ValueError):
         raise MethodSpecError(f"method {name!r}: parameter {key}={value} is not a number (must be {domain})") from None
-    if domain.kind is int and math.isfinite(number):
-        if number != int(number):
+    if domain.kind is int:
+        if not math.isfinite(number) or number != int(number):
             raise MethodSpecError(f"method {name!r}: parameter {key}={value} is not an integer (must be {domain})")
         return int(number)
     return number

@@ -56,6 +56,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from .. import _xp
 from .._xp import Array
 from . import taylor
@@ -301,6 +303,11 @@ def _pi_forward(A, steps=19, seed=0, stop=False, eps=1e-4):
     return _forward(A, steps, "random", eps, seed, stop=bool(stop))
 
 
+def _pi_forward_iteration(A, steps=19, seed=0, **_):
+    """The starts (in A's dtype, as the forward makes them, widened exactly) and step count."""
+    return np.asarray(start_vectors(A, seed), dtype=np.float64), int(steps)
+
+
 def _series_bound(lam, steps=19, eps=0.0, **_):
     """The degree-T Taylor magnitude (T = steps): the bound of back-propagation through T power
     iterations (Wang et al., TPAMI 2021, Sec. 4), which the monitor logs."""
@@ -352,5 +359,5 @@ PI_FORWARD = Method(
     paper="Wang et al., NeurIPS 2019 (PI baseline)", summary="power iteration with deflation, forward and backward",
     kept_rule=_pi_forward_kept,
     domains={"steps": integer(1, MAX_STEPS), "seed": integer(0), "stop": boolean(), "eps": real(0.0, 1.0)},
-    bound_kernel=_pi_forward_bound, paper_name="PI", approximate_forward=True,
+    bound_kernel=_pi_forward_bound, paper_name="PI", iteration=_pi_forward_iteration,
 )

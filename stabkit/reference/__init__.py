@@ -57,6 +57,10 @@ threshold at most the digits the subnormal spacing leaves.
 The package: this module is the public API (``ground_truth``, ``Truth``); ``_mpmath`` and
 ``_flint`` are the engines, ``_cache`` the checksummed cache (keys, versions, reads, writes),
 ``_finite_diff`` the independent finite-difference check, ``_common`` what they share.
+
+``iterated_truth`` is the truth of another function: L at the (λ̂, Û) that T steps of power
+iteration with deflation return (the forward of an iterating method, ``Method.iteration``), by
+reverse mode in P-bit arithmetic (``_power_iteration``; engine "arb", digits an agreement estimate).
 """
 
 from __future__ import annotations
@@ -83,7 +87,7 @@ ENGINES = ("auto", "mpmath", "flint")
 _choose_digits = choose_digits
 _agreement_digits = agreement_digits
 
-__all__ = ["ground_truth", "Truth", "finite_difference_grad", "eigh_exact", "ReferenceCacheWarning",
+__all__ = ["ground_truth", "iterated_truth", "Truth", "finite_difference_grad", "eigh_exact", "ReferenceCacheWarning",
            "MIN_DIGITS", "MAX_DIGITS", "MAX_DPS", "AUTO_MPMATH_MAX_D", "ENGINES", "ENGINE_VERSIONS"]
 
 
@@ -133,6 +137,34 @@ def ground_truth(A, loss, *, engine: str = "auto", cache: bool = True, _dps: int
     return truth
 
 
+def iterated_truth(A, loss, starts, steps: int, kept=None, *, cache: bool = True) -> Truth:
+    """∂/∂A of L(λ̂(A), Û(A)) where (λ̂, Û) are ``steps`` power-iteration steps with deflation from
+    ``starts`` (columns, index order; exactly as given, like A), L seeing only the ``kept`` pairs
+    (default all), rounded to float64. ``digits``: agreement of two precisions (P, 2P bits).
+    Raises ValueError where the loss is undefined at λ̂ or the iteration breaks down."""
+    from . import _power_iteration  # python-flint is imported only when this engine runs
+
+    A = as_exact_float64(A)
+    d = A.shape[0]
+    starts = np.asarray(starts, dtype=np.float64)
+    kept = np.ones(d, dtype=bool) if kept is None else np.asarray(kept, dtype=bool).reshape(d)
+    if starts.shape != (d, d) or not np.isfinite(starts).all():
+        raise ValueError(f"start vectors must be a finite ({d}, {d}) array, got shape {starts.shape}")
+    path = _cache.path_for(f"{_cache.iterated_key(A, starts, int(steps), kept, loss)}.npz", cache)
+    if path is not None:
+        truth = _cache.read(path, _truth_from_bytes)
+        if truth is not None:
+            return truth
+    start = time.perf_counter()
+    grad, lam, digits, bits = _power_iteration.gradient(A, starts, int(steps), kept, loss)
+    digits, note = _float64_digits(grad, lambda: [mpmath.mpf(float(x)) for x in grad.ravel()], digits)
+    truth = Truth(grad, lam, float(digits), "arb", time.perf_counter() - start,
+                  "; ".join(n for n in (note, f"{bits} bits; digits: agreement with {bits // 2} bits") if n))
+    if path is not None:
+        _cache.write(path, _truth_to_bytes(truth))
+    return truth
+
+
 # ----------------------------------------------------------------------------------------------
 # the gradient entry of the cache (an npz archive)
 
@@ -149,7 +181,7 @@ def _truth_from_bytes(raw: bytes) -> Truth:
         t = Truth(z["grad"].copy(), z["eigenvalues"].copy(), float(z["digits"]), str(z["engine"]),
                   float(z["seconds"]), str(z["note"]))
     d = t.eigenvalues.shape[0]
-    if t.grad.shape != (d, d) or t.engine not in ENGINES:
+    if t.grad.shape != (d, d) or t.engine not in ENGINES + ("arb",):
         raise ValueError(f"entry holds a {t.grad.shape} gradient for {d} eigenvalues, engine {t.engine!r}")
     return t
 

@@ -33,7 +33,8 @@ CACHE_VERSION = "v3"  # v3: checksummed entries
 # mpmath 2: precision covers the condition; digits capped by it.
 # flint 3: pairs outside the Newton region (large correction) are refined as one cluster and
 #          resolved by Rayleigh–Ritz (exactly repeated eigenvalues split by rounding cycled).
-ENGINE_VERSIONS = {"mpmath": "2", "flint": "3"}
+# arb 1: reverse mode of power iteration with deflation (``iterated_truth``), P and 2P bits.
+ENGINE_VERSIONS = {"mpmath": "2", "flint": "3", "arb": "1"}
 
 MAGIC = b"stabkit-reference-cache 1 sha256="
 
@@ -138,3 +139,9 @@ def _loss_id(loss) -> str:
 def grad_key(A: np.ndarray, engine: str, loss, dps) -> str:
     """Key of the gradient of ``loss`` at A by ``engine`` at precision ``dps`` (None: automatic)."""
     return f"grad-{_version(engine)}-{_matrix_hash(A)[:32]}-{_loss_id(loss)}-{dps or 'auto'}"
+
+
+def iterated_key(A: np.ndarray, starts: np.ndarray, steps: int, kept: np.ndarray, loss) -> str:
+    """Key of the gradient of L∘(``steps`` power-iteration steps from ``starts``) at A, ``kept`` pairs."""
+    kept_hex = _sha(np.packbits(np.asarray(kept, dtype=bool)).tobytes())[:16]
+    return f"pi-{_version('arb')}-{_matrix_hash(A)[:32]}-{_matrix_hash(starts)[:16]}-{steps}-{kept_hex}-{_loss_id(loss)}"

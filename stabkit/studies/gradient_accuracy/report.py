@@ -69,8 +69,8 @@ def _intro(all_rows: pd.DataFrame, methods_order: list) -> str:
             f"dropped), and its truth is the loss restricted to those pairs (f·1[kept] for zca/sqrt, w·kept "
             f"for eigvec); `angle_full_deg` in the results holds its angle to the untruncated loss's truth. "
             f"A method whose forward is power iteration from random starts computes the loss at its own (λ̂, Û) "
-            f"and is scored against the float64 reverse mode of that forward (digits: agreement with its own "
-            f"backward). Rankings (verdict, lowest/highest median) use only rows scored against the loss itself; "
+            f"and is scored against the reverse mode of that iteration in 128–4096-bit arithmetic (digits: agreement "
+            f"of two precisions). Rankings (verdict, lowest/highest median) use only rows scored against the loss itself; "
             f"the rows scored against another function are compared in 'Own function vs the exact loss'.\n")
 
 

@@ -1,0 +1,124 @@
+"""``reference.iterated_truth``: the P-bit reverse mode of power iteration with deflation, checked
+against a closed form, against high-precision central differences of a forward written here in
+mpmath, and on a spectrum where 128 bits are not enough."""
+
+import mpmath
+import numpy as np
+import pytest
+
+from stabkit import spectra
+from stabkit.losses import make_loss
+from stabkit.reference import _power_iteration, iterated_truth
+
+from .conftest import build
+
+
+def _loss_after_iteration(A, starts, steps, loss, kept, dps):
+    """L(λ̂, Û) after ``steps`` power-iteration steps with deflation from ``starts``, all in mpmath at
+    ``dps`` digits, written out independently of the module (indices largest first, M ← M − M u uᵀ)."""
+    with mpmath.workdps(dps):
+        d = A.rows
+        M = A.copy()
+        W = mpmath.matrix(loss.weight.tolist())
+        total = mpmath.mpf(0)
+        for k in range(d - 1, -1, -1):
+            v = mpmath.matrix(starts[:, k].tolist())
+            for _ in range(steps):
+                w = M * v
+                v = w / mpmath.norm(w)
+            Mv = M * v
+            lam = (v.T * Mv)[0]
+            if kept[k]:
+                quad = (v.T * W * v)[0]
+                total += (loss.f_mp(lam) if loss.kind == "spectral" else mpmath.mpf(float(loss.w[k]))) * quad
+            M = M - Mv * v.T
+        return total
+
+
+def _directional_fd(A, starts, steps, loss, kept, E, dps=80, h=mpmath.mpf(10) ** -30):
+    """Central difference of the mpmath forward along the symmetric direction E (error ~h² + 10^-dps/h)."""
+    with mpmath.workdps(dps):
+        Am, Em = mpmath.matrix(A.tolist()), mpmath.matrix(E.tolist())
+        up = _loss_after_iteration(Am + h * Em, starts, steps, loss, kept, dps)
+        down = _loss_after_iteration(Am - h * Em, starts, steps, loss, kept, dps)
+        return (up - down) / (2 * h)
+
+
+def _directions(d, seed, n=3):
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        E = rng.standard_normal((d, d))
+        yield (E + E.T) / 2
+
+
+@pytest.mark.parametrize("loss_name,kept", [("zca", [1, 1, 1, 1, 1]), ("eigvec", [1, 1, 1, 1, 1]),
+                                            ("sqrt", [0, 0, 1, 1, 1])])
+def test_matches_high_precision_central_differences(loss_name, kept):
+    """⟨∂L/∂A, E⟩ equals the 80-digit central difference of an independent mpmath forward to ≥ 25
+    digits, for random starts (the iteration has not converged: 4 steps), dropped pairs included."""
+    A = build([0.2, 0.5, 0.9, 1.4, 2.0], seed=3)
+    starts = np.random.default_rng(7).standard_normal((5, 5))
+    kept = np.array(kept, dtype=bool)
+    loss = make_loss(loss_name, 5, seed=2)
+    truth = iterated_truth(A, loss, starts, 4, kept)
+    assert truth.engine == "arb" and truth.digits >= 30
+    for E in _directions(5, seed=11):
+        fd = float(_directional_fd(A, starts, 4, loss, kept, E))
+        assert abs(float((truth.grad * E).sum()) - fd) <= 1e-14 * max(1.0, abs(fd))
+
+
+def test_exact_starts_on_a_diagonal_matrix_give_the_power_iteration_closed_form():
+    """A = diag(λ), starts e_k: every iterate stays e_k, and reverse mode through T steps is the series
+    F_ik = S_T(λ_i/λ_k)/λ_k (i < k), −S_{T−1}(λ_k/λ_i)/λ_i (i > k), S_n(r) = Σ_{s<n} r^s
+    (the closed form in ``stabkit.methods.power_iteration``, written out here): ∂L/∂A = sym(F ∘ gU + diag(gλ))."""
+    lam = np.array([0.3, 0.7, 1.1, 2.5])
+    T = 6
+    loss = make_loss("zca", 4, seed=5)
+    truth = iterated_truth(np.diag(lam), loss, np.eye(4), T)
+    G = loss.weight
+    gU = 2 * ((G + G.T) / 2) * lam ** -0.5  # ∂L/∂U at U = I: column k scaled by f(λ_k)
+    glam = -0.5 * lam ** -1.5 * np.diag(G)
+    F = np.zeros((4, 4))
+    for i in range(4):
+        for k in range(4):
+            if i < k:
+                F[i, k] = sum((lam[i] / lam[k]) ** s for s in range(T)) / lam[k]
+            elif i > k:
+                F[i, k] = -sum((lam[k] / lam[i]) ** s for s in range(T - 1)) / lam[i]
+    expected = F * gU + np.diag(glam)
+    expected = (expected + expected.T) / 2
+    np.testing.assert_allclose(truth.grad, expected, rtol=0, atol=1e-14 * np.abs(expected).max())
+    np.testing.assert_allclose(truth.eigenvalues, lam, rtol=1e-15)
+
+
+def test_raises_precision_until_two_precisions_agree():
+    """On an arithmetic spectrum (LAPACK mode 4, d = 16) 19 steps with deflation are so sensitive
+    that 128 bits agree with 256 on no digit; the engine doubles until they do and the answer
+    matches a 150-digit central difference of the independent forward."""
+    A = spectra.make("lapack", 16, seed=0, mode=4).matrix
+    starts = np.random.default_rng(1).uniform(-0.5, 0.5, (16, 16))
+    loss = make_loss("eigvec", 16, seed=0)
+    kept = np.ones(16, dtype=bool)
+    lo, _ = _power_iteration._at_precision(A, starts, 19, kept, loss, 128)
+    hi, _ = _power_iteration._at_precision(A, starts, 19, kept, loss, 256)
+    assert _power_iteration.agreement_digits(hi, lo) < 10
+    truth = iterated_truth(A, loss, starts, 19)
+    assert truth.digits >= 30 and "128 bits" not in truth.note
+    E = next(_directions(16, seed=4, n=1))
+    fd = float(_directional_fd(A, starts, 19, loss, kept, E, dps=150, h=mpmath.mpf(10) ** -60))
+    assert abs(float((truth.grad * E).sum()) - fd) <= 1e-12 * max(1.0, abs(fd))
+
+
+def test_refuses_what_is_undefined_and_reuses_its_cache():
+    A = build([0.2, 0.5, 0.9], seed=1)
+    loss = make_loss("zca", 3, seed=0)
+    with pytest.raises(ValueError, match="start vectors"):
+        iterated_truth(A, loss, np.eye(2), 3)
+    with pytest.raises(ValueError, match="zero"):
+        iterated_truth(np.zeros((3, 3)), loss, np.eye(3), 3)
+    indefinite = build([-0.9, -0.5, -0.2], seed=1)
+    with pytest.raises(ValueError, match="positive definite"):
+        iterated_truth(indefinite, loss, np.eye(3), 25)
+    first = iterated_truth(A, loss, np.eye(3), 3)
+    again = iterated_truth(A, loss, np.eye(3), 3)
+    assert again.seconds == first.seconds and np.array_equal(again.grad, first.grad)
