@@ -98,12 +98,53 @@ def test_eligibility_at_the_landmark():
     ]).assign(norm="zca", spec="analytic", d=8, dtype="float32", seed=range(5), epochs=20.0, steps_per_epoch=SPE,
               epoch_log=json.dumps([_entry(e, 10.0 ** e, False) for e in range(1, 21)]))
     table, left = _landmark.landmark_table(runs, L)
-    assert list(table["y"]) == [1.0, 0.0]
+    np.testing.assert_array_equal(table["y"], [1.0, 0.0, np.nan])  # the last: stopped at 12, unknown
     assert left == {"failed_before": 1, "stopped_before": 1, "unknown_after": 1}
     # max|K̃| over epochs 1..5 is 1e5
-    assert table["log10_max_K"].tolist() == [5.0, 5.0]
-    assert _landmark.cross_validate(table) is None  # one failure: nothing to fit
+    assert table["log10_max_K"].tolist() == [5.0, 5.0, 5.0]
+    with pytest.raises(ValueError, match="every outcome known"):
+        _landmark.cross_validate(table)
+    assert _landmark.cross_validate(table.iloc[:2]) is None  # one failure: nothing to fit
     assert "not measurable" in _landmark.landmark_link(runs, L)["sentence"]
+
+
+def _stop_some_failures(runs, every=4):
+    """Every ``every``-th run that failed after L instead stops (no NaN loss) halfway to its failure."""
+    runs = runs.copy()
+    failed = np.flatnonzero(runs["time_to_nan_loss_epochs"].notna().to_numpy())[::every]
+    for i in failed:
+        stop = (L + runs.at[i, "time_to_nan_loss_epochs"]) / 2
+        runs.at[i, "time_to_nan_loss_epochs"] = None
+        runs.at[i, "censored_at_epochs"] = stop
+    return runs, len(failed)
+
+
+def test_runs_stopped_after_the_landmark_are_counted_both_ways():
+    """Runs of unknown outcome are neither dropped nor guessed: the link is fitted with them as failures
+    and as survivors (the failure counts differ by exactly their number), and the verdict is stated
+    only as far as both fits agree."""
+    runs, k = _stop_some_failures(_runs("informative"))
+    out = _landmark.landmark_link(runs, L, repeats=3)
+    fits = out["fits"]
+    assert out["fit"] is None and out["left_out"]["unknown_after"] == k > 0
+    assert fits["as failures"]["n"] == fits["as survivors"]["n"] == len(out["table"])
+    assert fits["as failures"]["failures"] - fits["as survivors"]["failures"] == k
+    assert all(f["adds"] for f in fits.values())
+    assert "add to the cell either way" in out["sentence"] and f"{k} runs alive at L stopped" in out["sentence"]
+    runs, k = _stop_some_failures(_runs("cell-only", seed=1))
+    out = _landmark.landmark_link(runs, L, repeats=3)
+    assert not any(f["adds"] for f in out["fits"].values())
+    assert "add nothing measurable beyond the cell either way" in out["sentence"]
+
+
+def test_a_verdict_that_depends_on_the_unknown_runs_is_not_stated():
+    fits = {"as failures": {"adds": True}, "as survivors": {"adds": False}}
+    for f in fits.values():
+        f.update(n=50, failures=10, cells=2, folds=5, repeats=2, features=["x"], gain=0.01, gain_se=0.004,
+                 brier={"base": 0.2, "cell": 0.15, "cell+diag": 0.14})
+    text = _landmark.both_ways_sentence(5.0, {"failed_before": 0, "stopped_before": 0, "unknown_after": 3}, fits)
+    assert "depends on the 3 runs of unknown outcome" in text
+    assert "either way" not in text
 
 
 def test_standardisation_inside_the_fold():

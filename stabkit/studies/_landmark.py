@@ -4,8 +4,11 @@ beyond what its cell (method × d × dtype) already says?
 Landmark design (van Houwelingen, Scand. J. Statist. 2007): fix a landmark L (epochs). Only runs
 still alive at L (no NaN loss at or before L, and trained past L) enter; the outcome is a NaN loss
 after L, within the run's horizon. A run that stopped between L and its horizon without a NaN loss
-has an unknown outcome and is left out (counted). Features come only from the per-epoch log
-entries that end at or before step L·steps_per_epoch, so nothing measured after L is used.
+has an unknown outcome (y = NaN in the table): leaving it out would keep the runs that failed
+early and drop those that might have survived, so the link is fitted twice, with those runs counted
+as failures and as survivors, and a verdict is stated only where both fits agree. Features come
+only from the per-epoch log entries that end at or before step L·steps_per_epoch, so nothing
+measured after L is used.
 
 Three predictors, scored by the Brier score of repeated stratified K-fold cross-validation:
 
@@ -95,10 +98,12 @@ def features_before(entries: list[dict], last_step: float) -> dict:
 
 
 def landmark_table(results: pd.DataFrame, landmark_epochs: float) -> tuple[pd.DataFrame, dict]:
-    """One row per ZCA run alive at the landmark: the cell, the features, ``y`` (NaN loss after L).
+    """One row per ZCA run alive at the landmark: the cell, the features, ``y`` (NaN loss after L;
+    NaN where unknown: stopped after L, before its horizon, without a NaN loss).
 
     Needs per run: ``epoch_log``, ``steps_per_epoch``, ``time_to_nan_loss_epochs``,
-    ``censored_at_epochs`` and the horizon ``epochs``. Returns (table, counts of runs left out).
+    ``censored_at_epochs`` and the horizon ``epochs``. Returns (table, counts: runs left out —
+    failed or stopped by L — and runs of unknown outcome, ``unknown_after``).
     """
     L = float(landmark_epochs)
     if not L > 0:
@@ -112,17 +117,17 @@ def landmark_table(results: pd.DataFrame, landmark_epochs: float) -> tuple[pd.Da
         if not math.isnan(t_nan) and t_nan <= L:
             counts["failed_before"] += 1
             continue
+        y = float(not math.isnan(t_nan))
         if math.isnan(t_nan):
             if not reached > L:
                 counts["stopped_before"] += 1
                 continue
             if reached < horizon - 1e-9:  # stopped after L, before its horizon, with no NaN loss: fate unknown
                 counts["unknown_after"] += 1
-                continue
+                y = math.nan
         spe = _number(r.get("steps_per_epoch"))
         feats = features_before(epoch_log(r.get("epoch_log")), L * spe)
-        rows.append({**{k: r[k] for k in CELL_KEYS}, "seed": r.get("seed"), **feats,
-                     "y": float(not math.isnan(t_nan))})
+        rows.append({**{k: r[k] for k in CELL_KEYS}, "seed": r.get("seed"), **feats, "y": y})
     table = pd.DataFrame(rows, columns=[*CELL_KEYS, "seed", *FEATURE_NAMES, "y"])
     return table, counts
 
@@ -177,6 +182,8 @@ def cross_validate(table: pd.DataFrame, folds: int = 5, repeats: int = 20, seed:
     """Cross-validated predictions of the three models (see the module doc) from the ``features``
     columns of ``table``; None with fewer than 2 failures or 2 survivors (nothing to learn)."""
     y = table["y"].to_numpy(float)
+    if np.isnan(y).any():
+        raise ValueError("cross_validate needs every outcome known: complete the unknown ones first (landmark_link)")
     n_fail = int(y.sum())
     if n_fail < 2 or len(y) - n_fail < 2:
         return None
@@ -211,16 +218,56 @@ def cross_validate(table: pd.DataFrame, folds: int = 5, repeats: int = 20, seed:
 
 
 def landmark_link(results: pd.DataFrame, landmark_epochs: float, **cv) -> dict:
-    """The table at the landmark and its cross-validation, with a plain sentence."""
-    table, left_out = landmark_table(results, landmark_epochs)
-    fit = cross_validate(table, **cv) if len(table) else None
-    return {"landmark": float(landmark_epochs), "table": table, "left_out": left_out, "fit": fit,
-            "sentence": sentence(float(landmark_epochs), table, left_out, fit)}
+    """The table at the landmark and its cross-validation, with a plain sentence. Where some runs'
+    outcome after L is unknown, ``fit`` is None and ``fits`` holds the two completions
+    ("as failures", "as survivors"); the sentence states a verdict only where they agree."""
+    L = float(landmark_epochs)
+    table, left_out = landmark_table(results, L)
+    unknown = table["y"].isna()
+    if not unknown.any():
+        fit = cross_validate(table, **cv) if len(table) else None
+        return {"landmark": L, "table": table, "left_out": left_out, "fit": fit, "fits": None,
+                "sentence": sentence(L, table, left_out, fit)}
+    fits = {label: cross_validate(table.assign(y=table["y"].fillna(value)), **cv)
+            for label, value in (("as failures", 1.0), ("as survivors", 0.0))}
+    return {"landmark": L, "table": table, "left_out": left_out, "fit": None, "fits": fits,
+            "sentence": both_ways_sentence(L, left_out, fits)}
+
+
+def _gone(L: float, left_out: dict) -> str:
+    return (f"left out: {left_out['failed_before']} runs with a NaN loss by epoch {L:g}, "
+            f"{left_out['stopped_before']} stopped before it")
+
+
+def _scores(fit: dict) -> str:
+    b = fit["brier"]
+    return (f"n = {fit['n']}, {fit['failures']} failures, Brier base rate {b['base']:.4f}, cell {b['cell']:.4f}, "
+            f"cell + diagnostics {b['cell+diag']:.4f}, improvement {fit['gain']:+.4f} ± {fit['gain_se']:.4f}")
+
+
+def both_ways_sentence(L: float, left_out: dict, fits: dict) -> str:
+    """The link with the runs of unknown outcome counted both ways; a verdict only where both agree."""
+    k = left_out["unknown_after"]
+    if any(f is None for f in fits.values()):
+        return (f"Landmark {L:g} epochs: with the {k} runs stopped after L without a NaN loss counted one way, too "
+                f"few of each outcome remain to fit anything; the diagnostics' value beyond the cell is not "
+                f"measurable here ({_gone(L, left_out)}).")
+    if any(not f["features"] for f in fits.values()):
+        return (f"Landmark {L:g} epochs: no diagnostic was recorded before L (no per-epoch log): only the cell "
+                f"model is measurable ({_gone(L, left_out)}).")
+    adds = [f["adds"] for f in fits.values()]
+    verdict = ("the diagnostics add to the cell either way" if all(adds) else
+               "the diagnostics add nothing measurable beyond the cell either way" if not any(adds) else
+               f"whether the diagnostics add to the cell depends on the {k} runs of unknown outcome")
+    parts = "; ".join(f"{label}: {_scores(f)}" for label, f in fits.items())
+    repeats, folds = next(iter(fits.values()))["repeats"], next(iter(fits.values()))["folds"]
+    return (f"Landmark {L:g} epochs: {k} runs alive at L stopped before their horizon without a NaN loss, so "
+            f"their outcome is unknown; counted both ways (cross-validated Brier, {repeats}× {folds}-fold; "
+            f"SE approximate, runs treated as independent) — {parts}: {verdict}. ({_gone(L, left_out)}.)")
 
 
 def sentence(L: float, table: pd.DataFrame, left_out: dict, fit: dict | None) -> str:
-    gone = (f"left out: {left_out['failed_before']} runs with a NaN loss by epoch {L:g}, {left_out['stopped_before']} "
-            f"stopped before it, {left_out['unknown_after']} stopped after it before their horizon without a NaN loss")
+    gone = _gone(L, left_out)
     if fit is None:
         k = int(table["y"].sum()) if len(table) else 0
         return (f"Landmark {L:g} epochs: {len(table)} runs alive, {k} of them failed later — too few of each outcome to "
