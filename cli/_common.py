@@ -7,6 +7,7 @@ so numpy, torch, pandas and the rest are imported inside the commands that need 
 from __future__ import annotations
 
 import functools
+import importlib
 import sys
 
 import typer
@@ -46,6 +47,32 @@ def one_line(message: str) -> str:
 # where Typer's own BadParameter lives.
 _CLICK = sys.modules[typer.BadParameter.__module__]
 _NO_ARGS = getattr(_CLICK, "NoArgsIsHelpError", ())
+
+
+def _wrap_at_spaces_only() -> None:
+    """Help text wraps at spaces only: click's wrapper (and the copy of click that newer Typer
+    versions carry) splits a method name such as ``pi-forward`` at its hyphen, and a reader who
+    copies ``pi-`` from the help gets no method."""
+    for name in ("click._textwrap", "typer._click._textwrap"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:  # a version without this module wraps its own way
+            continue
+        base = module.TextWrapper
+        if getattr(base, "whole_hyphenated_words", False):
+            continue
+
+        class WholeWords(base):
+            whole_hyphenated_words = True
+
+            def __init__(self, *args, **kwargs):
+                kwargs.setdefault("break_on_hyphens", False)
+                super().__init__(*args, **kwargs)
+
+        module.TextWrapper = WholeWords
+
+
+_wrap_at_spaces_only()
 
 
 class OneLineErrors(TyperGroup):

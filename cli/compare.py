@@ -56,7 +56,7 @@ def compare_command(
     else:
         check_truth_cost(d, force)
         built = spectra.make(spectrum, d, seed=seed, **parse_params(param))
-        A, source = built.matrix, f"{spectrum} d={d} seed={seed} {built.params}"
+        A, source = built.matrix, built.label
     weight = _load_npy(loss_weight, "loss weight") if loss_weight is not None else None
     size = A.shape[-1]
     seconds, _ = truth_cost(size)

@@ -48,6 +48,15 @@ class Spectrum:
     eigenvalues: np.ndarray | None
     basis: np.ndarray | None
 
+    @property
+    def label(self) -> str:
+        """"family d=… seed=… name=value…" with the family's own parameters that are set (what
+        ``make`` accepts; values it derives, such as wishart's sample count n, left out)."""
+        own = [p for p in inspect.signature(FAMILIES[self.family]).parameters if p not in ("d", "rng")]
+        shown = [f"{k}={self.params[k]:g}" if isinstance(self.params[k], float) else f"{k}={self.params[k]}"
+                 for k in own if self.params.get(k) is not None]
+        return " ".join([self.family, f"d={self.params['d']}", f"seed={self.params['seed']}", *shown])
+
 
 class _Draw(NamedTuple):
     """What a family function returns: ascending eigenvalues (or None), a sampled matrix (or

@@ -48,6 +48,23 @@ def test_method_help_lists_every_method():
             assert name in out, (command, name)
 
 
+def test_help_never_splits_a_method_name_at_its_hyphen():
+    """At any terminal width each method name is printed whole (click's wrapper used to break
+    ``pi-forward`` into ``pi-`` / ``forward``; at width 71 the compare help ended a line in ``taylor-``)."""
+    import typer
+
+    group = typer.main.get_command(app)
+    heads = tuple(f"{n.split('-')[0]}-" for n in methods.NAMES if "-" in n)
+    for command in ("compare", "bench", "train"):
+        cmd = group.commands[command]
+        for width in range(48, 121):
+            out = cmd.get_help(cmd.context_class(cmd, info_name=command, terminal_width=width))
+            assert not any(line.rstrip().endswith(heads) for line in out.splitlines()), (command, width)
+            words = out.split()
+            for name in methods.NAMES:
+                assert any(w.strip(",.()`") == name for w in words), (command, width, name)
+
+
 def test_importing_the_cli_imports_no_heavy_library():
     """`stabkit --help` must not pay for torch/pandas/matplotlib/scipy/flint (2 s before)."""
     code = ("import sys, stabkit.cli.main; "

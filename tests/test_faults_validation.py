@@ -39,6 +39,13 @@ def test_out_of_range_parameter_is_refused_naming_method_parameter_and_domain(sp
     assert "\n" not in message
 
 
+@pytest.mark.parametrize("text", ["taylor:K=nan", "taylor:K=inf", "taylor:K=2.5", "pi-forward:seed=-inf"])
+def test_an_integer_parameter_that_is_no_integer_says_so(text):
+    """NaN, ±∞ and fractions are refused as "not an integer", not as "out of range"."""
+    with pytest.raises(ValueError, match="is not an integer"):
+        methods.parse(text)
+
+
 @pytest.mark.parametrize("text", ["taylor:", "taylor:K=3,,", "taylor:,K=3", "clip: "])
 def test_an_empty_parameter_in_a_spec_is_refused(text):
     with pytest.raises(ValueError, match="empty parameter"):

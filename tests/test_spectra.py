@@ -277,3 +277,11 @@ def test_bad_input_raises_naming_the_problem(args, kwargs, message):
 def test_dtype_objects_accepted():
     assert spectra.make("separated", 3, 0, np.float64).matrix.dtype == np.float64
     assert spectra.make("separated", 3, 0, np.float32).matrix.dtype == np.float32
+
+
+def test_label_names_the_family_parameters_that_make_accepts():
+    """The label shows d, seed and the family's own parameters as set, not what the family derives
+    (wishart's sample count n) nor an unset option (rank_deficient's n)."""
+    assert spectra.make("wishart", 6, seed=1).label == "wishart d=6 seed=1 aspect=0.5"
+    assert spectra.make("rank_deficient", 6, seed=2).label == "rank_deficient d=6 seed=2 r=3"
+    assert spectra.make("cluster", 5, delta=1e-8).label == "cluster d=5 seed=0 k=2 delta=1e-08"
