@@ -43,23 +43,24 @@ def compare_command(
     """Compare gradient methods on one matrix against the mpmath/flint ground truth."""
     from rich.console import Console
 
-    from stabkit import spectra
+    from stabkit import methods, spectra
     from stabkit.compare import check_truth_cost, compare, truth_cost
     from stabkit.validation import check_dtype, check_symmetric
 
     check_dtype(dtype)
     specs = _method_specs(method)
+    iterating = any(s.method.approximate_forward for s in (specs or map(methods.spec, methods.NAMES)))
     if matrix is not None:
         A = check_symmetric(_load_npy(matrix, "matrix"), "matrix")
         source = str(matrix)
-        check_truth_cost(A.shape[-1], force)
+        check_truth_cost(A.shape[-1], force, iterating=iterating)
     else:
-        check_truth_cost(d, force)
+        check_truth_cost(d, force, iterating=iterating)
         built = spectra.make(spectrum, d, seed=seed, **parse_params(param))
         A, source = built.matrix, built.label
     weight = _load_npy(loss_weight, "loss weight") if loss_weight is not None else None
     size = A.shape[-1]
-    seconds, _ = truth_cost(size)
+    seconds, _ = truth_cost(size, iterating)
     eta = f" (truth estimated ~{_duration(seconds)})" if seconds > 10 else ""
     with Console(stderr=True).status(f"certified ground truth and {len(specs or []) or 'all'} methods, d = {size}{eta} …"):
         result = compare(A, loss, specs, dtype=dtype, seed=seed, weight=weight, k=k)

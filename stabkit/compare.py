@@ -36,6 +36,10 @@ ROW_KEYS = ("angle_deg", "angle_full_deg", "kept", "rel_err", "norm_ratio", "fin
 #: starting hour-long or impossible runs by accident; a faster engine only makes it pessimistic.
 TRUTH_SECONDS_AT_1024 = 80.5
 TRUTH_BYTES_AT_1024 = 2.1e9
+#: The truth of an iterating method's own function (``reference.iterated_truth``: d stages of T = 19
+#: steps, forward and reverse, at two precisions; 54 s at d = 256 on 2 cores), growing like d³; a
+#: spectrum that needs more than 256 bits costs a few times more.
+ITERATED_SECONDS_AT_256 = 54.0
 #: Above this estimate ``check_truth_cost`` refuses unless forced.
 TRUTH_SECONDS_LIMIT = 120.0
 
@@ -136,24 +140,31 @@ def truncated_truth(A, loss, kept, full: Truth) -> Truth:
     return Truth(grad, lam64, float(digits), "flint", time.perf_counter() - start)
 
 
-def truth_cost(d: int) -> tuple[float, float]:
-    """Rough (seconds, peak bytes) of the certified truth of a d×d matrix (see TRUTH_SECONDS_AT_1024)."""
+def truth_cost(d: int, iterating: bool = False) -> tuple[float, float]:
+    """Rough (seconds, peak bytes) of the certified truth of a d×d matrix (see TRUTH_SECONDS_AT_1024),
+    plus the own-function truth of an ``iterating`` method (ITERATED_SECONDS_AT_256)."""
     scale = max(d, 1) / 1024
-    return TRUTH_SECONDS_AT_1024 * scale**2.5, TRUTH_BYTES_AT_1024 * scale**2
+    seconds = TRUTH_SECONDS_AT_1024 * scale**2.5
+    if iterating:
+        seconds += ITERATED_SECONDS_AT_256 * (max(d, 1) / 256) ** 3
+    return seconds, TRUTH_BYTES_AT_1024 * scale**2
 
 
-def check_truth_cost(d: int, force: bool = False, memory_bytes: float | None = None) -> None:
+def check_truth_cost(d: int, force: bool = False, memory_bytes: float | None = None, iterating: bool = False) -> None:
     """ValueError before anything is allocated when the truth at size d cannot fit in memory, or
-    (unless ``force``) is estimated to take longer than TRUTH_SECONDS_LIMIT."""
+    (unless ``force``) is estimated to take longer than TRUTH_SECONDS_LIMIT; ``iterating``: an
+    iterating method (``Method.iteration``) is among those compared, whose own function has a truth too."""
     if d < 2:
         raise ValueError(f"matrix size d = {d}: need d ≥ 2")
-    seconds, peak = truth_cost(d)
+    seconds, peak = truth_cost(d, iterating)
     memory = memory_bytes if memory_bytes is not None else _physical_memory()
     if memory and peak > 0.8 * memory:
         raise ValueError(f"d = {d}: the certified truth needs ~{peak / 2**30:.0f} GiB, this machine has "
                          f"{memory / 2**30:.0f} GiB; use a smaller d")
     if seconds > TRUTH_SECONDS_LIMIT and not force:
-        raise ValueError(f"d = {d}: the certified truth is estimated to take ~{seconds / 60:.0f} min "
+        what = ("the certified truth and an iterating method's own-function truth are" if iterating
+                else "the certified truth is")
+        raise ValueError(f"d = {d}: {what} estimated to take ~{seconds / 60:.0f} min "
                          f"(limit {TRUTH_SECONDS_LIMIT:.0f} s); pass --force to run it anyway, or use a smaller d")
 
 

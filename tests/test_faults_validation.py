@@ -203,6 +203,24 @@ def test_truth_cost_guard():
     # the model is monotone and scales as documented: ×2 in d → ×2^2.5 in time, ×4 in memory
     (t1, m1), (t2, m2) = truth_cost(300), truth_cost(600)
     assert t2 / t1 == pytest.approx(2**2.5) and m2 / m1 == pytest.approx(4.0)
+    # an iterating method's own-function truth adds ~d³: fine at 256 (the study's largest), not at 512
+    check_truth_cost(256, memory_bytes=big, iterating=True)
+    check_truth_cost(512, memory_bytes=big)
+    with pytest.raises(ValueError, match="own-function truth are estimated"):
+        check_truth_cost(512, memory_bytes=big, iterating=True)
+    assert truth_cost(512, True)[0] - truth_cost(512)[0] == pytest.approx(8 * (truth_cost(256, True)[0] - truth_cost(256)[0]))
+
+
+def test_compare_and_run_count_the_own_function_truth_of_an_iterating_method(tmp_path):
+    """`stabkit compare` at d = 512 runs analytic alone but refuses pi-forward (its power-iteration
+    truth ~7 min) in one line, exit 2; a gradient-accuracy grid with pi-forward at d = 512 likewise."""
+    from stabkit.studies import gradient_accuracy
+
+    result = cli.invoke(app, ["compare", "--d", "512", "-m", "pi-forward"])
+    _one_line_exit_2(result, "own-function truth")
+    gradient_accuracy.check_cost({"d": [512], "methods": ["analytic"]})
+    with pytest.raises(ValueError, match="own-function truth"):
+        gradient_accuracy.check_cost({"d": [512], "methods": ["analytic", "pi-forward"]})
 
 
 @pytest.mark.parametrize("make, needle", [

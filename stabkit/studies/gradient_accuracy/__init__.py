@@ -72,7 +72,11 @@ def check_cost(grid: dict, force: bool = False) -> None:
     from ...compare import check_truth_cost
 
     merged = with_defaults("gradient_accuracy", grid, GRID_DEFAULTS)
-    check_truth_cost(max(int_list("d", merged["d"], 2, "matrix size d")), force)
+    try:
+        iterating = any(_methods.spec(m).method.approximate_forward for m in as_list("methods", merged["methods"]))
+    except ValueError:  # a bad method spec: ``validate`` names it
+        iterating = False
+    check_truth_cost(max(int_list("d", merged["d"], 2, "matrix size d")), force, iterating=iterating)
 
 
 def _method_texts(value) -> list[str]:
