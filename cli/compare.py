@@ -49,18 +49,18 @@ def compare_command(
 
     check_dtype(dtype)
     specs = _method_specs(method)
-    iterating = any(s.method.approximate_forward for s in (specs or map(methods.spec, methods.NAMES)))
+    compared = specs or [methods.spec(name) for name in methods.NAMES]
     if matrix is not None:
         A = check_symmetric(_load_npy(matrix, "matrix"), "matrix")
         source = str(matrix)
-        check_truth_cost(A.shape[-1], force, iterating=iterating)
+        check_truth_cost(A.shape[-1], force, specs=compared)
     else:
-        check_truth_cost(d, force, iterating=iterating)
+        check_truth_cost(d, force, specs=compared)
         built = spectra.make(spectrum, d, seed=seed, **parse_params(param))
         A, source = built.matrix, built.label
     weight = _load_npy(loss_weight, "loss weight") if loss_weight is not None else None
     size = A.shape[-1]
-    seconds, _ = truth_cost(size, iterating)
+    seconds, _ = truth_cost(size, compared)
     eta = f" (truth estimated ~{_duration(seconds)})" if seconds > 10 else ""
     with Console(stderr=True).status(f"certified ground truth and {len(specs or []) or 'all'} methods, d = {size}{eta} …"):
         result = compare(A, loss, specs, dtype=dtype, seed=seed, weight=weight, k=k)

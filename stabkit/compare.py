@@ -4,7 +4,10 @@ Every method is scored against the function its forward computes. Most methods c
 loss itself; a method whose forward stops short of the exact decomposition (power iteration from
 random starts, ``Method.iteration``) computes L at its own (λ̂, Û) and is scored against the
 reverse mode of that iteration in high precision (:func:`iterated_truth`), so its ``angle_deg``
-measures its backward and its ``angle_full_deg`` (against the exact loss) its forward's error as well; a
+measures its backward and the float64 rounding of its forward (on ill-conditioned iterations the
+rounding dominates: LAPACK mode 4, d = 16, the last λ̂ is −4e-4 where the exact iteration gives 1e-4,
+and the gradient is 29° from its own function's), and
+its ``angle_full_deg`` (against the exact loss) its forward's error as well; a
 truncating method (SVD-PI's breaking conditions; ``Method.kept``) computes
 the loss restricted to its kept eigenpairs (``losses.truncate``: f·1[kept] for a spectral loss,
 w·kept for a weighted one), so ``angle_deg``/``rel_err``/``norm_ratio`` are against the truth of
@@ -36,9 +39,10 @@ ROW_KEYS = ("angle_deg", "angle_full_deg", "kept", "rel_err", "norm_ratio", "fin
 #: starting hour-long or impossible runs by accident; a faster engine only makes it pessimistic.
 TRUTH_SECONDS_AT_1024 = 80.5
 TRUTH_BYTES_AT_1024 = 2.1e9
-#: The truth of an iterating method's own function (``reference.iterated_truth``: d stages of T = 19
-#: steps, forward and reverse, at two precisions; 54 s at d = 256 on 2 cores), growing like d³; a
-#: spectrum that needs more than 256 bits costs a few times more.
+#: The truth of an iterating method's own function (``reference.iterated_truth``: d stages of T
+#: steps, forward and reverse, at two precisions): 54 s at d = 256 with T = 19 on 2 cores, growing like
+#: T·d³, one per iterating method compared. At 256 bits; a spectrum that needs more bits costs more
+#: (rank_deficient at d = 32 needs 4096 bits: 24× the 256-bit time), so this is a lower estimate.
 ITERATED_SECONDS_AT_256 = 54.0
 #: Above this estimate ``check_truth_cost`` refuses unless forced.
 TRUTH_SECONDS_LIMIT = 120.0
@@ -140,29 +144,32 @@ def truncated_truth(A, loss, kept, full: Truth) -> Truth:
     return Truth(grad, lam64, float(digits), "flint", time.perf_counter() - start)
 
 
-def truth_cost(d: int, iterating: bool = False) -> tuple[float, float]:
+def truth_cost(d: int, specs=()) -> tuple[float, float]:
     """Rough (seconds, peak bytes) of the certified truth of a d×d matrix (see TRUTH_SECONDS_AT_1024),
-    plus the own-function truth of an ``iterating`` method (ITERATED_SECONDS_AT_256)."""
+    plus the own-function truth of each iterating method among ``specs`` (ITERATED_SECONDS_AT_256)."""
     scale = max(d, 1) / 1024
     seconds = TRUTH_SECONDS_AT_1024 * scale**2.5
-    if iterating:
-        seconds += ITERATED_SECONDS_AT_256 * (max(d, 1) / 256) ** 3
+    for spec in specs:
+        if spec.method.approximate_forward:
+            _, steps = spec.iteration(np.eye(2))  # the step count does not depend on the matrix
+            seconds += ITERATED_SECONDS_AT_256 * steps / 19 * (max(d, 1) / 256) ** 3
     return seconds, TRUTH_BYTES_AT_1024 * scale**2
 
 
-def check_truth_cost(d: int, force: bool = False, memory_bytes: float | None = None, iterating: bool = False) -> None:
+def check_truth_cost(d: int, force: bool = False, memory_bytes: float | None = None, specs=()) -> None:
     """ValueError before anything is allocated when the truth at size d cannot fit in memory, or
-    (unless ``force``) is estimated to take longer than TRUTH_SECONDS_LIMIT; ``iterating``: an
-    iterating method (``Method.iteration``) is among those compared, whose own function has a truth too."""
+    (unless ``force``) is estimated to take longer than TRUTH_SECONDS_LIMIT; ``specs``: the methods
+    compared (an iterating one, ``Method.iteration``, has a truth of its own function too)."""
     if d < 2:
         raise ValueError(f"matrix size d = {d}: need d ≥ 2")
-    seconds, peak = truth_cost(d, iterating)
+    seconds, peak = truth_cost(d, specs)
     memory = memory_bytes if memory_bytes is not None else _physical_memory()
     if memory and peak > 0.8 * memory:
         raise ValueError(f"d = {d}: the certified truth needs ~{peak / 2**30:.0f} GiB, this machine has "
                          f"{memory / 2**30:.0f} GiB; use a smaller d")
     if seconds > TRUTH_SECONDS_LIMIT and not force:
-        what = ("the certified truth and an iterating method's own-function truth are" if iterating
+        iterating = any(s.method.approximate_forward for s in specs)
+        what = ("the certified truth and the iterating methods' own-function truths are" if iterating
                 else "the certified truth is")
         raise ValueError(f"d = {d}: {what} estimated to take ~{seconds / 60:.0f} min "
                          f"(limit {TRUTH_SECONDS_LIMIT:.0f} s); pass --force to run it anyway, or use a smaller d")

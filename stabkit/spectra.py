@@ -39,7 +39,8 @@ class Spectrum:
     float64 orthogonal Q) are the exact values used in that construction, so the matrix's own
     eigenvalues differ from them by rounding, ~d·eps·max|λ|. Both are None when the matrix is
     sampled directly rather than built from a spectrum (``wishart``). ``params`` holds the family
-    parameters actually used, defaults filled in, plus ``d`` and ``seed``.
+    parameters actually used, defaults filled in, plus ``d`` and ``seed``; ``derived`` names those
+    the family worked out itself rather than took as arguments.
     """
 
     family: str
@@ -47,15 +48,25 @@ class Spectrum:
     matrix: np.ndarray
     eigenvalues: np.ndarray | None
     basis: np.ndarray | None
+    derived: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:
-        """"family d=… seed=… name=value…" with the family's own parameters that are set (what
-        ``make`` accepts; values it derives, such as wishart's sample count n, left out)."""
-        own = [p for p in inspect.signature(FAMILIES[self.family]).parameters if p not in ("d", "rng")]
-        shown = [f"{k}={self.params[k]:g}" if isinstance(self.params[k], float) else f"{k}={self.params[k]}"
-                 for k in own if self.params.get(k) is not None]
+        """"family d=… seed=… name=value…": the ``make`` arguments that rebuild this matrix — the
+        family's own parameters that are set, values it derived (``derived``, e.g. rank_deficient's
+        r from n; wishart's n is not a parameter at all) left out, numbers not rounded."""
+        own = [p for p in inspect.signature(FAMILIES[self.family]).parameters if p not in ("d", "rng", *self.derived)]
+        shown = [f"{k}={_exact_text(self.params[k])}" for k in own if self.params.get(k) is not None]
         return " ".join([self.family, f"d={self.params['d']}", f"seed={self.params['seed']}", *shown])
+
+
+def _exact_text(value) -> str:
+    """A number as text that reads back as the same number: '%g' where that is exact (1e-06, 10000),
+    else the shortest round-trip repr (1.0000001)."""
+    if isinstance(value, float):
+        short = f"{value:g}"
+        return short if float(short) == value else repr(value)
+    return str(value)
 
 
 class _Draw(NamedTuple):
@@ -65,6 +76,7 @@ class _Draw(NamedTuple):
     eigenvalues: np.ndarray | None
     matrix: np.ndarray | None
     params: dict
+    derived: tuple[str, ...] = ()  # params the family worked out itself (not make's arguments)
 
 
 # ------------------------------------------------------------------------------ checks
@@ -174,7 +186,7 @@ def rank_deficient(d: int, rng: np.random.Generator, *, r: int | None = None, n:
         X = rng.standard_normal((d, n))
         s = np.linalg.svd(X, compute_uv=False)
         lam = np.concatenate([np.zeros(d - n), np.sort(s * s / n)])
-        return _Draw(lam, None, {"r": n, "n": n})
+        return _Draw(lam, None, {"r": n, "n": n}, derived=("r",))
     r = d // 2 if r is None else _int("rank_deficient", "r", r, 1, d, why=f" for d={d}")
     lam = np.concatenate([np.zeros(d - r), _even(0.1, 1.0, r)])
     return _Draw(lam, None, {"r": r, "n": None})
@@ -303,4 +315,5 @@ def make(family: str, d: int, seed: int = 0, dtype: str = "float64", **params) -
     A = (A + A.T) / 2  # exactly symmetric: IEEE addition commutes
     if dt != A.dtype:
         A = A.astype(dt)
-    return Spectrum(family=family, params={"d": d, "seed": seed, **draw.params}, matrix=A, eigenvalues=lam, basis=Q)
+    return Spectrum(family=family, params={"d": d, "seed": seed, **draw.params}, matrix=A, eigenvalues=lam, basis=Q,
+                    derived=draw.derived)

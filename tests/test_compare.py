@@ -152,6 +152,22 @@ def test_an_iterating_forward_is_scored_against_its_own_function(text):
     assert row["angle_full_deg"] > 0.5 and np.abs(truth.grad - exact).max() > 1e-3 * np.abs(exact).max()
 
 
+@pytest.mark.parametrize("A, loss_name, steps, kept", [
+    # one step of stop=true keeps 3 pairs of this positive definite matrix and drops three, two with λ̂ < 0
+    (build([4.8e-06, 9.1e-06, 2.2e-04, 7.5e-04, 1.26e-03, 2.55e-02], seed=0), "zca", 1, 3),
+    # the first stage deflates diag(2, 0) to exactly 0: the second would break down, and stop=true drops it
+    (np.diag([2.0, 0.0]), "eigvec", 19, 1),
+])
+def test_a_stopping_forward_is_scored_whatever_its_stopped_stages_do(A, loss_name, steps, kept):
+    """pi-forward:stop=true drops the stages after it stops; they never reach the loss, so neither a
+    stopped pair outside the loss's domain nor a stopped stage that breaks down may leave its row
+    unscored: the gradient is finite and its own function's truth exists."""
+    (row,) = cmp.compare(A, loss_name, [f"pi-forward:stop=true,steps={steps}"]).rows
+    assert "error" not in row, row.get("error")
+    assert row["kept"] == kept and row["finite"]
+    assert row["angle_deg"] < 1e-6 and row["truth_digits"] >= 25
+
+
 def test_a_method_is_timed_without_the_truth_of_its_own_function(monkeypatch):
     """``seconds`` is the method's evaluation only: the high-precision truth of an iterating forward
     (here made to take 0.5 s) is not charged to it."""

@@ -451,3 +451,33 @@ def test_inline_cells_run_with_one_torch_thread_like_the_workers_and_the_setting
         assert seen == [1] * N_CELLS and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_process_runs_one_cell_at_a_time_even_from_several_threads(monkeypatch):
+    """A Dask worker with several threads calls ``_execute`` concurrently; mpmath's and flint's
+    precision is process-wide, so cells must not overlap: at most one is inside run_cell at a time."""
+    import threading
+
+    inside, most = [0], [0]
+    guard = threading.Lock()
+
+    class Kind:
+        @staticmethod
+        def run_cell(cell):
+            with guard:
+                inside[0] += 1
+                most[0] = max(most[0], inside[0])
+            time.sleep(0.05)
+            with guard:
+                inside[0] -= 1
+            return [{"cell": cell["i"]}]
+
+    monkeypatch.setattr(_workers, "kind_module", lambda name: Kind)
+    monkeypatch.setattr(_workers, "_warm_up", lambda *a: None)
+    results = []
+    threads = [threading.Thread(target=lambda i=i: results.append(_workers._execute("fake", {"i": i}))) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert most[0] == 1 and sorted(r[0][0]["cell"] for r in results) == [0, 1, 2, 3]

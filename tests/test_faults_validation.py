@@ -204,11 +204,18 @@ def test_truth_cost_guard():
     (t1, m1), (t2, m2) = truth_cost(300), truth_cost(600)
     assert t2 / t1 == pytest.approx(2**2.5) and m2 / m1 == pytest.approx(4.0)
     # an iterating method's own-function truth adds ~d³: fine at 256 (the study's largest), not at 512
-    check_truth_cost(256, memory_bytes=big, iterating=True)
+    pi = [methods.spec("pi-forward")]
+    check_truth_cost(256, memory_bytes=big, specs=pi)
     check_truth_cost(512, memory_bytes=big)
-    with pytest.raises(ValueError, match="own-function truth are estimated"):
-        check_truth_cost(512, memory_bytes=big, iterating=True)
-    assert truth_cost(512, True)[0] - truth_cost(512)[0] == pytest.approx(8 * (truth_cost(256, True)[0] - truth_cost(256)[0]))
+    with pytest.raises(ValueError, match="own-function truths are estimated"):
+        check_truth_cost(512, memory_bytes=big, specs=pi)
+    own = {d: truth_cost(d, pi)[0] - truth_cost(d)[0] for d in (256, 512)}
+    assert own[512] == pytest.approx(8 * own[256])
+    # ∝ T: 2000 steps cost 2000/19 times the default's; two iterating methods, two truths
+    long = [methods.spec("pi-forward:steps=2000")]
+    assert truth_cost(256, long)[0] - truth_cost(256)[0] == pytest.approx(own[256] * 2000 / 19)
+    assert truth_cost(256, pi + long)[0] - truth_cost(256)[0] == pytest.approx(own[256] * 2019 / 19)
+    assert truth_cost(256, [methods.spec("taylor")]) == truth_cost(256)  # no iteration, no own truth
 
 
 def test_compare_and_run_count_the_own_function_truth_of_an_iterating_method(tmp_path):
@@ -262,3 +269,21 @@ def test_library_refuses_bad_dtype_and_bench_args():
         with pytest.raises(ValueError, match=needle):
             check_bench_args(**args)
     check_bench_args([4], 2, "float64", "cpu", 1, ["taylor"])  # valid: no error
+
+
+def test_the_guard_counts_the_steps_of_an_iterating_method(monkeypatch):
+    """pi-forward:steps=2000 at d = 256 (~95 min of own-function truth) is refused by the grid check and
+    by `stabkit compare` (one line, exit 2, before any work), unless forced."""
+    import stabkit.compare
+    from stabkit.studies import gradient_accuracy
+
+    gradient_accuracy.check_cost({"d": [256], "methods": ["pi-forward"]})  # ~1 min: allowed
+    with pytest.raises(ValueError, match="own-function truths"):
+        gradient_accuracy.check_cost({"d": [256], "methods": ["pi-forward:steps=2000"]})
+    gradient_accuracy.check_cost({"d": [256], "methods": ["pi-forward:steps=2000"]}, force=True)
+
+    def never(*args, **kwargs):
+        raise AssertionError("the guard let a ~95 min truth through")
+
+    monkeypatch.setattr(stabkit.compare, "compare", never)
+    _one_line_exit_2(cli.invoke(app, ["compare", "--d", "256", "-m", "pi-forward:steps=2000"]), "own-function truths")

@@ -253,6 +253,13 @@ def test_parse_spec():
             methods.parse(bad)
 
 
+def test_an_integer_parameter_is_read_exactly():
+    """Past 2**53 a float cannot hold every integer: 2**53 + 1 must not become a different seed."""
+    assert methods.parse("pi-forward:seed=9007199254740993").params["seed"] == 2**53 + 1
+    assert methods.spec(("pi-forward", {"seed": 2**53 + 1})).params["seed"] == 2**53 + 1
+    assert methods.parse("taylor:K=+7").params["K"] == 7 and methods.parse("taylor:K=7.0").params["K"] == 7
+
+
 def test_specs_are_hashable_and_equal_by_method_and_params():
     """A Spec is a dict key and a torch.compile constant: equal specs hash alike whatever the spelling."""
     a, b = methods.spec("taylor:K=9"), methods.bind("taylor", {"K": "9"})

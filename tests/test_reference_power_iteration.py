@@ -116,9 +116,77 @@ def test_refuses_what_is_undefined_and_reuses_its_cache():
         iterated_truth(A, loss, np.eye(2), 3)
     with pytest.raises(ValueError, match="zero"):
         iterated_truth(np.zeros((3, 3)), loss, np.eye(3), 3)
+    for steps in (0, -3, 2.5):
+        with pytest.raises(ValueError, match="steps"):
+            iterated_truth(A, loss, np.eye(3), steps)
     indefinite = build([-0.9, -0.5, -0.2], seed=1)
     with pytest.raises(ValueError, match="positive definite"):
         iterated_truth(indefinite, loss, np.eye(3), 25)
     first = iterated_truth(A, loss, np.eye(3), 3)
     again = iterated_truth(A, loss, np.eye(3), 3)
     assert again.seconds == first.seconds and np.array_equal(again.grad, first.grad)
+
+
+def test_a_dropped_pair_outside_the_loss_domain_does_not_block_the_truth():
+    """Eigenvalues 1, −1.5, 2: the middle stage finds the pair at −1.5 (the largest |λ| left), which
+    is dropped, and the last stage is kept. L = Σ_kept λ̂^-½ ûᵀWû is smooth at A and its gradient
+    matches the 80-digit central difference; only the kept λ̂ must be in zca's domain."""
+    A = build([-1.5, 1.0, 2.0], seed=4)
+    starts = np.random.default_rng(0).standard_normal((3, 3))
+    kept = np.array([True, False, True])
+    loss = make_loss("zca", 3, seed=1)
+    truth = iterated_truth(A, loss, starts, 25, kept, cache=False)
+    assert truth.eigenvalues[1] < 0 < truth.eigenvalues[[0, 2]].min()
+    for E in _directions(3, seed=2, n=2):
+        fd = float(_directional_fd(A, starts, 25, loss, kept, E))
+        assert abs(float((truth.grad * E).sum()) - fd) <= 1e-13 * max(1.0, abs(fd))
+
+
+def test_stages_after_the_last_kept_pair_are_not_run():
+    """diag(2, 0) from exact starts: the first stage deflates M to exactly 0, so a second stage would
+    break down; with only the first pair kept it is not run (λ̂ NaN there) and the gradient is the
+    closed form ∂(u₁ᵀWu₁)/∂A of the top pair's converged eigenvector e₁ on a diagonal matrix."""
+    A = np.diag([0.0, 2.0])
+    loss = make_loss("eigvec", 2, seed=0)
+    with pytest.raises(ValueError, match="zero"):
+        iterated_truth(A, loss, np.eye(2), 5, cache=False)
+    truth = iterated_truth(A, loss, np.eye(2), 5, [False, True], cache=False)
+    assert np.isnan(truth.eigenvalues[0]) and truth.eigenvalues[1] == 2.0
+    # against a central difference of the kept stage alone (5 normalised steps from e₂), written here
+    E = np.array([[0.3, 1.0], [1.0, -0.2]])
+    with mpmath.workdps(60):
+        h = mpmath.mpf(10) ** -25
+        def f(t):
+            M = mpmath.matrix(A.tolist()) + t * mpmath.matrix(E.tolist())
+            v = mpmath.matrix([0, 1])
+            for _ in range(5):
+                v = M * v / mpmath.norm(M * v)
+            W = mpmath.matrix(loss.weight.tolist())
+            return (v.T * W * v)[0] * mpmath.mpf(float(loss.w[1]))
+        fd = float((f(h) - f(-h)) / (2 * h))
+    assert abs(float((truth.grad * E).sum()) - fd) <= 1e-13 * max(1.0, abs(fd))
+
+
+def test_truths_computed_in_several_threads_equal_the_serial_ones():
+    """The working precision is process-wide: truths computed at once in threads (a threaded Dask
+    worker, a user's thread pool) must still be those computed one after another."""
+    import threading
+
+    # a spectrum settled at 128/256 bits beside ones that need 1024 bits and more (exact zeros)
+    families = [("separated", {}), ("rank_deficient", {}), ("separated", {"cond": 3.0}), ("rank_deficient", {"r": 2})]
+    cases = [(spectra.make(f, 8, seed=s, **p).matrix, np.random.default_rng(s).standard_normal((8, 8)))
+             for s, (f, p) in enumerate(families)]
+    loss = make_loss("eigvec", 8, seed=0)
+    serial = [iterated_truth(A, loss, S, 19, cache=False).grad for A, S in cases]
+    together = [None] * len(cases)
+
+    def work(i):
+        together[i] = iterated_truth(*cases[i][:1], loss, cases[i][1], 19, cache=False).grad
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(cases))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for a, b in zip(serial, together):
+        np.testing.assert_array_equal(a, b)

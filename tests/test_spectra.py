@@ -285,3 +285,26 @@ def test_label_names_the_family_parameters_that_make_accepts():
     assert spectra.make("wishart", 6, seed=1).label == "wishart d=6 seed=1 aspect=0.5"
     assert spectra.make("rank_deficient", 6, seed=2).label == "rank_deficient d=6 seed=2 r=3"
     assert spectra.make("cluster", 5, delta=1e-8).label == "cluster d=5 seed=0 k=2 delta=1e-08"
+
+
+def _rebuilt(s):
+    """The matrix that the label's own text builds (as compare reads a spectrum given on the command line)."""
+    from stabkit.cli._common import parse_params
+    family, d, seed, *rest = s.label.split()
+    assert (family, d, seed) == (s.family, f"d={s.params['d']}", f"seed={s.params['seed']}")
+    return spectra.make(s.family, s.params["d"], seed=s.params["seed"], **parse_params(rest))
+
+
+def test_a_sample_covariance_label_names_n_not_the_rank_it_derives():
+    s = spectra.make("rank_deficient", 6, seed=1, n=3)
+    assert s.label == "rank_deficient d=6 seed=1 n=3"  # make refuses r and n together
+    assert np.array_equal(_rebuilt(s).matrix, s.matrix)
+
+
+@pytest.mark.parametrize("family, params", [("separated", {"cond": 1.0000001}), ("cluster", {"k": 3, "delta": 1.23456789e-7}),
+                                            ("lapack", {"mode": 5, "cond": 12345678.9}), ("powerlaw", {"alpha": 1 / 3}),
+                                            ("wishart", {"aspect": 0.3}), ("degenerate", {"m": 3})])
+def test_a_label_rebuilds_its_matrix_exactly(family, params):
+    """No rounding of the values: '%g' would show cond=1.0000001 as cond=1, a value lapack refuses."""
+    s = spectra.make(family, 6, seed=1, **params)
+    assert np.array_equal(_rebuilt(s).matrix, s.matrix), s.label

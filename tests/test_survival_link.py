@@ -63,7 +63,7 @@ def test_cell_level_diagnostic_adds_nothing(seed):
     out = _landmark.landmark_link(runs, L, repeats=4)
     fit = out["fit"]
     assert not fit["adds"], out["sentence"]
-    assert "add nothing measurable beyond the cell" in out["sentence"]
+    assert "no gain of the diagnostics over the cell is shown at 2 SE" in out["sentence"]
     # the cell model is the one that carries the signal: it beats the base rate
     assert fit["brier"]["cell"] < fit["brier"]["base"]
     # and the diagnostic alone does carry the cell's signal (it is not a useless feature)
@@ -108,6 +108,15 @@ def test_eligibility_at_the_landmark():
     assert "not measurable" in _landmark.landmark_link(runs, L)["sentence"]
 
 
+def test_a_run_without_a_recorded_horizon_that_stopped_after_l_is_of_unknown_outcome():
+    runs = pd.DataFrame([{"time_to_nan_loss_epochs": None, "censored_at_epochs": 19.99, "epochs": np.nan},
+                         {"time_to_nan_loss_epochs": None, "censored_at_epochs": 20.0, "epochs": 20.0}]).assign(
+        norm="zca", spec="analytic", d=8, dtype="float32", seed=range(2), steps_per_epoch=SPE, epoch_log="[]")
+    table, left = _landmark.landmark_table(runs, L)
+    np.testing.assert_array_equal(table["y"], [np.nan, 0.0])
+    assert left["unknown_after"] == 1
+
+
 def _stop_some_failures(runs, every=4):
     """Every ``every``-th run that failed after L instead stops (no NaN loss) halfway to its failure."""
     runs = runs.copy()
@@ -130,11 +139,13 @@ def test_runs_stopped_after_the_landmark_are_counted_both_ways():
     assert fits["as failures"]["n"] == fits["as survivors"]["n"] == len(out["table"])
     assert fits["as failures"]["failures"] - fits["as survivors"]["failures"] == k
     assert all(f["adds"] for f in fits.values())
-    assert "add to the cell either way" in out["sentence"] and f"{k} runs alive at L stopped" in out["sentence"]
+    assert "add to the cell in both completions" in out["sentence"] and f"{k} runs alive at L stopped" in out["sentence"]
+    assert "other completions" in out["sentence"]  # a statement about two completions, not a bound over all
     runs, k = _stop_some_failures(_runs("cell-only", seed=1))
     out = _landmark.landmark_link(runs, L, repeats=3)
     assert not any(f["adds"] for f in out["fits"].values())
-    assert "add nothing measurable beyond the cell either way" in out["sentence"]
+    assert "neither completion shows a gain over the cell at 2 SE" in out["sentence"]
+    assert f"other completions of the {k} runs of unknown outcome may" in out["sentence"]
 
 
 def test_a_verdict_that_depends_on_the_unknown_runs_is_not_stated():
@@ -144,7 +155,7 @@ def test_a_verdict_that_depends_on_the_unknown_runs_is_not_stated():
                  brier={"base": 0.2, "cell": 0.15, "cell+diag": 0.14})
     text = _landmark.both_ways_sentence(5.0, {"failed_before": 0, "stopped_before": 0, "unknown_after": 3}, fits)
     assert "depends on the 3 runs of unknown outcome" in text
-    assert "either way" not in text
+    assert "both completions" not in text and "neither completion" not in text
 
 
 def test_standardisation_inside_the_fold():
@@ -181,3 +192,43 @@ def test_records_without_a_log_fit_only_the_cell():
     assert out["fit"]["features"] == [] and not out["fit"]["adds"]
     assert "no diagnostic was recorded before L" in out["sentence"]
     assert out["fit"]["brier"]["cell+diag"] == pytest.approx(out["fit"]["brier"]["cell"], abs=1e-3)
+
+
+def _deadline(runs, share, seed):
+    """Independent censoring, as a wall-clock deadline does: a ``share`` of the runs stop at a uniform time
+    in (L + 0.5, HORIZON − 0.5); one stopped before its NaN loss has an unknown outcome. Returns the
+    runs and the hidden outcomes by (spec, d, seed)."""
+    rng = np.random.default_rng(seed)
+    runs, hidden = runs.copy(), {}
+    for i in range(len(runs)):
+        if rng.random() < share:
+            stop = rng.uniform(L + 0.5, HORIZON - 0.5)
+            t = runs.at[i, "time_to_nan_loss_epochs"]
+            failed = t is not None and not math.isnan(t)
+            if not failed or t > stop:
+                hidden[runs.at[i, "spec"], runs.at[i, "d"], runs.at[i, "seed"]] = float(failed)
+                runs.at[i, "time_to_nan_loss_epochs"] = None
+                runs.at[i, "censored_at_epochs"] = stop
+    return runs, hidden
+
+
+def test_a_link_the_unknown_runs_hide_is_not_called_absent():
+    """The two constant completions bound neither the Brier gain nor its verdict: here both miss a link
+    that the runs' real outcomes show, so the sentence may say it was not shown, never that it is absent."""
+    runs, hidden = _deadline(_runs("informative", seed=0), 0.9, seed=10)
+    out = _landmark.landmark_link(runs, L, repeats=2)
+    assert not any(f["adds"] for f in out["fits"].values())
+    tab = out["table"]
+    real = tab["y"].to_numpy().copy()
+    unknown = np.isnan(real)
+    real[unknown] = [hidden[k] for k in zip(tab["spec"][unknown], tab["d"][unknown], tab["seed"][unknown])]
+    assert _landmark.cross_validate(tab.assign(y=real), repeats=2)["adds"]
+    assert "neither completion shows a gain" in out["sentence"] and "add nothing" not in out["sentence"]
+
+
+def test_counts_in_the_sentences_agree_in_number():
+    one = {"failed_before": 1, "stopped_before": 0, "unknown_after": 1}
+    fits = {"as failures": None, "as survivors": {"adds": False}}
+    text = _landmark.both_ways_sentence(5.0, one, fits)
+    assert "the 1 run stopped after L" in text and "1 run with a NaN loss by epoch 5" in text
+    assert "counted as failures," in text  # which completion left too few to fit

@@ -10,6 +10,7 @@ the method's defaults, in the method's parameter order.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -166,6 +167,10 @@ def _convert(name: str, key: str, value, domain: Domain):
         if isinstance(value, (bool, np.bool_)) or text in ("true", "false", "1", "0", "yes", "no"):
             return bool(value) if isinstance(value, (bool, np.bool_)) else text in ("true", "1", "yes")
         raise MethodSpecError(f"method {name!r}: parameter {key}={value} is not a switch (must be {domain})")
+    if domain.kind is int and isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        return int(value)
+    if domain.kind is int and isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
+        return int(value)  # exact past 2**53, where float() would round
     try:
         if isinstance(value, bool):
             raise TypeError

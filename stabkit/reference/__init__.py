@@ -61,12 +61,18 @@ The package: this module is the public API (``ground_truth``, ``Truth``); ``_mpm
 ``iterated_truth`` is the truth of another function: L at the (λ̂, Û) that T steps of power
 iteration with deflation return (the forward of an iterating method, ``Method.iteration``), by
 reverse mode in P-bit arithmetic (``_power_iteration``; engine "arb", digits an agreement estimate).
+
+mpmath's and flint's working precision is one setting per process, not per thread: two truths
+computed at once in two threads would set it under each other (a wrong result, reported with 0
+digits at best). ``ground_truth`` and ``iterated_truth`` therefore run one at a time per process
+(``_ONE_PRECISION``); the study workers run one cell at a time per process for the same reason.
 """
 
 from __future__ import annotations
 
 import io
 import math
+import threading
 import time
 from dataclasses import dataclass
 
@@ -80,6 +86,7 @@ from ._finite_diff import finite_difference_grad
 from ._mpmath import MAX_DPS, eigh_exact
 
 MIN_DIGITS = 12
+_ONE_PRECISION = threading.RLock()  # see the module doc: the working precision is process-wide
 AUTO_MPMATH_MAX_D = 24
 ENGINES = ("auto", "mpmath", "flint")
 
@@ -94,9 +101,13 @@ __all__ = ["ground_truth", "iterated_truth", "Truth", "finite_difference_grad", 
 @dataclass(frozen=True)
 class Truth:
     grad: np.ndarray  # float64 (d, d): ∂L/∂A rounded from the high-precision result
-    eigenvalues: np.ndarray  # float64: exact eigenvalues of the input, rounded, ascending
-    digits: float  # certified significant digits of grad (relative to max|grad|), capped at 60
-    engine: str  # "mpmath" or "flint"
+    # float64: exact eigenvalues of the input, rounded, ascending; engine "arb" (iterated_truth): the
+    # iteration's λ̂ in index order, NaN for the stages after the last kept pair (not run)
+    eigenvalues: np.ndarray
+    # significant digits of grad (relative to max|grad|), capped at 60: certified by the mpmath and
+    # flint engines; for "arb" the agreement of two precisions, an estimate
+    digits: float
+    engine: str  # "mpmath", "flint", or "arb" (iterated_truth)
     seconds: float  # wall time of the (uncached) computation
     note: str = ""  # why digits is low or 0 where that is not the precision (overflow, underflow…)
 
@@ -125,12 +136,13 @@ def ground_truth(A, loss, *, engine: str = "auto", cache: bool = True, _dps: int
         engine = "mpmath" if d <= AUTO_MPMATH_MAX_D else "flint"
     gpath = _cache.path_for(f"{_cache.grad_key(A, engine, loss, _dps)}.npz", cache)
     if gpath is not None:
-        truth = _cache.read(gpath, _truth_from_bytes)
+        truth = _cache.read(gpath, lambda raw: _truth_from_bytes(raw, ENGINES))
         if truth is not None:
             loss.check(truth.eigenvalues, dtype=input_dtype)
             return truth
     start = time.perf_counter()
-    grad, _, lam64, digits, note = _engine(A, loss, engine, gpath is not None, _dps, input_dtype)
+    with _ONE_PRECISION:
+        grad, _, lam64, digits, note = _engine(A, loss, engine, gpath is not None, _dps, input_dtype)
     truth = Truth(grad, lam64, float(digits), engine, time.perf_counter() - start, note)
     if gpath is not None:
         _cache.write(gpath, _truth_to_bytes(truth))
@@ -150,13 +162,16 @@ def iterated_truth(A, loss, starts, steps: int, kept=None, *, cache: bool = True
     kept = np.ones(d, dtype=bool) if kept is None else np.asarray(kept, dtype=bool).reshape(d)
     if starts.shape != (d, d) or not np.isfinite(starts).all():
         raise ValueError(f"start vectors must be a finite ({d}, {d}) array, got shape {starts.shape}")
+    if int(steps) != steps or steps < 1:
+        raise ValueError(f"power iteration needs a whole number of steps ≥ 1, got {steps}")
     path = _cache.path_for(f"{_cache.iterated_key(A, starts, int(steps), kept, loss)}.npz", cache)
     if path is not None:
-        truth = _cache.read(path, _truth_from_bytes)
+        truth = _cache.read(path, lambda raw: _truth_from_bytes(raw, ("arb",)))
         if truth is not None:
             return truth
     start = time.perf_counter()
-    grad, lam, digits, bits = _power_iteration.gradient(A, starts, int(steps), kept, loss)
+    with _ONE_PRECISION:
+        grad, lam, digits, bits = _power_iteration.gradient(A, starts, int(steps), kept, loss)
     digits, note = _float64_digits(grad, lambda: [mpmath.mpf(float(x)) for x in grad.ravel()], digits)
     truth = Truth(grad, lam, float(digits), "arb", time.perf_counter() - start,
                   "; ".join(n for n in (note, f"{bits} bits; digits: agreement with {bits // 2} bits") if n))
@@ -176,12 +191,14 @@ def _truth_to_bytes(t: Truth) -> bytes:
     return buf.getvalue()
 
 
-def _truth_from_bytes(raw: bytes) -> Truth:
+def _truth_from_bytes(raw: bytes, engines: tuple[str, ...]) -> Truth:
+    """The Truth of a cache entry; ValueError (the cache then recomputes) unless shaped as one of
+    ``engines`` writes it."""
     with np.load(io.BytesIO(raw)) as z:
         t = Truth(z["grad"].copy(), z["eigenvalues"].copy(), float(z["digits"]), str(z["engine"]),
                   float(z["seconds"]), str(z["note"]))
     d = t.eigenvalues.shape[0]
-    if t.grad.shape != (d, d) or t.engine not in ENGINES + ("arb",):
+    if t.grad.shape != (d, d) or t.engine not in engines:
         raise ValueError(f"entry holds a {t.grad.shape} gradient for {d} eigenvalues, engine {t.engine!r}")
     return t
 

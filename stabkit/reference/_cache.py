@@ -34,7 +34,7 @@ CACHE_VERSION = "v3"  # v3: checksummed entries
 # flint 3: pairs outside the Newton region (large correction) are refined as one cluster and
 #          resolved by Rayleigh–Ritz (exactly repeated eigenvalues split by rounding cycled).
 # arb 1: reverse mode of power iteration with deflation (``iterated_truth``), P and 2P bits.
-ENGINE_VERSIONS = {"mpmath": "2", "flint": "3", "arb": "1"}
+ENGINE_VERSIONS = {"mpmath": "2", "flint": "3", "arb": "2"}
 
 MAGIC = b"stabkit-reference-cache 1 sha256="
 
@@ -143,5 +143,9 @@ def grad_key(A: np.ndarray, engine: str, loss, dps) -> str:
 
 def iterated_key(A: np.ndarray, starts: np.ndarray, steps: int, kept: np.ndarray, loss) -> str:
     """Key of the gradient of L∘(``steps`` power-iteration steps from ``starts``) at A, ``kept`` pairs."""
+    from ._power_iteration import MAX_BITS, START_BITS, TARGET_DIGITS  # the precision schedule is part of the result
+
     kept_hex = _sha(np.packbits(np.asarray(kept, dtype=bool)).tobytes())[:16]
-    return f"pi-{_version('arb')}-{_matrix_hash(A)[:32]}-{_matrix_hash(starts)[:16]}-{steps}-{kept_hex}-{_loss_id(loss)}"
+    schedule = f"{START_BITS}.{MAX_BITS}.{TARGET_DIGITS:g}"
+    return (f"pi-{_version('arb')}-{schedule}-{_matrix_hash(A)[:32]}-{_matrix_hash(starts)[:16]}-{steps}-{kept_hex}-"
+            f"{_loss_id(loss)}")

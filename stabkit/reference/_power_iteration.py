@@ -46,8 +46,9 @@ def gradient(A: np.ndarray, starts: np.ndarray, steps: int, kept: np.ndarray, lo
     """(∂L/∂A float64, λ̂ float64, digits, bits) of L∘(power iteration) at A exactly as given.
 
     ``starts[:, k]`` is the start vector of index k, ``kept`` the pairs the loss sees (a dropped
-    pair's ∂L/∂u and ∂L/∂λ are 0). Raises ValueError where the loss is undefined at λ̂ (a spectral
-    loss needs λ̂ > 0) or the iteration breaks down (a zero iterate).
+    pair's ∂L/∂u and ∂L/∂λ are 0). Stages after the last kept one (lower indices) cannot reach the
+    loss and are not run: their λ̂ is NaN. Raises ValueError where the loss is undefined at a kept λ̂
+    (a spectral loss needs λ̂ > 0) or a stage that is run breaks down (a zero iterate).
     """
     bits, lo = START_BITS, None
     while True:
@@ -71,7 +72,7 @@ def _at_precision(A, starts, steps, kept, loss, bits):
             G, lam = _reverse_mode(A, starts, steps, kept, loss, bits)
             d = A.shape[0]
             entries = [_mpf((G[i, j] + G[j, i]) / 2) for i in range(d) for j in range(d)]
-            return entries, [_mpf(x) for x in lam]
+            return entries, [mpmath.nan if x is None else _mpf(x) for x in lam]
     finally:
         ctx.prec = old
 
@@ -80,7 +81,8 @@ def _reverse_mode(A, starts, steps, kept, loss, bits):
     d = A.shape[0]
     M = arb_mat(A.tolist())
     stages = []  # per index (largest first): iterates V (T+1 columns), norms, u, m
-    for k in range(d - 1, -1, -1):
+    last = int(np.flatnonzero(kept).min()) if np.any(kept) else d  # later stages never reach the loss
+    for k in range(d - 1, last - 1, -1):
         v = _column(starts[:, k])
         V, N = [v], []
         for _ in range(steps):
@@ -109,15 +111,15 @@ def _reverse_mode(A, starts, steps, kept, loss, bits):
             right.append(V[t])
             vbar = (Mt * wbar).mid()
         Mbar = (Mbar + _columns(left) * _columns(right).transpose()).mid()
-    return Mbar, [lam[k] for k in range(d)]
+    return Mbar, [lam.get(k) for k in range(d)]
 
 
 def _loss_grads(loss, U: dict, lam: dict, kept, bits):
     """(∂L/∂u_k, ∂L/∂λ_k) per index, as ``loss.grads`` but in P bits, zero on dropped pairs."""
     W = arb_mat(np.asarray(loss.weight, dtype=np.float64).tolist())
     Ws = (W + W.transpose()) * arb(0.5)
-    if loss.kind == "spectral":
-        loss.check(np.array([float(lam[k]) for k in sorted(lam)]), np.float64)
+    if loss.kind == "spectral" and any(kept[k] for k in lam):  # only the pairs the loss sees need its domain
+        loss.check(np.array([float(lam[k]) for k in sorted(lam) if kept[k]]), np.float64)
     gU, glam = {}, {}
     for k, u in U.items():
         if not kept[k]:

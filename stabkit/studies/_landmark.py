@@ -102,7 +102,8 @@ def landmark_table(results: pd.DataFrame, landmark_epochs: float) -> tuple[pd.Da
     NaN where unknown: stopped after L, before its horizon, without a NaN loss).
 
     Needs per run: ``epoch_log``, ``steps_per_epoch``, ``time_to_nan_loss_epochs``,
-    ``censored_at_epochs`` and the horizon ``epochs``. Returns (table, counts: runs left out —
+    ``censored_at_epochs`` and the horizon ``epochs`` (a run without a recorded horizon that stopped
+    after L without a NaN loss is of unknown outcome). Returns (table, counts: runs left out —
     failed or stopped by L — and runs of unknown outcome, ``unknown_after``).
     """
     L = float(landmark_epochs)
@@ -122,7 +123,7 @@ def landmark_table(results: pd.DataFrame, landmark_epochs: float) -> tuple[pd.Da
             if not reached > L:
                 counts["stopped_before"] += 1
                 continue
-            if reached < horizon - 1e-9:  # stopped after L, before its horizon, with no NaN loss: fate unknown
+            if not reached >= horizon - 1e-9:  # stopped after L before its horizon (or none recorded): fate unknown
                 counts["unknown_after"] += 1
                 y = math.nan
         spe = _number(r.get("steps_per_epoch"))
@@ -234,9 +235,13 @@ def landmark_link(results: pd.DataFrame, landmark_epochs: float, **cv) -> dict:
             "sentence": both_ways_sentence(L, left_out, fits)}
 
 
+def _runs(n: int, what: str = "run") -> str:
+    return f"{n} {what}" + ("" if n == 1 else "s")
+
+
 def _gone(L: float, left_out: dict) -> str:
-    return (f"left out: {left_out['failed_before']} runs with a NaN loss by epoch {L:g}, "
-            f"{left_out['stopped_before']} stopped before it")
+    return (f"left out: {_runs(left_out['failed_before'])} with a NaN loss by epoch {L:g}, "
+            f"{left_out['stopped_before']} stopped at or before it")
 
 
 def _scores(fit: dict) -> str:
@@ -246,23 +251,28 @@ def _scores(fit: dict) -> str:
 
 
 def both_ways_sentence(L: float, left_out: dict, fits: dict) -> str:
-    """The link with the runs of unknown outcome counted both ways; a verdict only where both agree."""
+    """The link with the runs of unknown outcome counted both ways; a verdict only where both agree,
+    and worded as what it is: a statement about these two completions, not a bound over all of them
+    (the Brier gain does not move monotonically as unknown outcomes are filled in)."""
     k = left_out["unknown_after"]
-    if any(f is None for f in fits.values()):
-        return (f"Landmark {L:g} epochs: with the {k} runs stopped after L without a NaN loss counted one way, too "
-                f"few of each outcome remain to fit anything; the diagnostics' value beyond the cell is not "
-                f"measurable here ({_gone(L, left_out)}).")
+    unfit = [label for label, f in fits.items() if f is None]
+    if unfit:
+        return (f"Landmark {L:g} epochs: with the {_runs(k)} stopped after L without a NaN loss counted "
+                f"{' and '.join(unfit)}, too few of each outcome remain to fit anything; the diagnostics' value "
+                f"beyond the cell is not measurable here ({_gone(L, left_out)}).")
     if any(not f["features"] for f in fits.values()):
         return (f"Landmark {L:g} epochs: no diagnostic was recorded before L (no per-epoch log): only the cell "
                 f"model is measurable ({_gone(L, left_out)}).")
     adds = [f["adds"] for f in fits.values()]
-    verdict = ("the diagnostics add to the cell either way" if all(adds) else
-               "the diagnostics add nothing measurable beyond the cell either way" if not any(adds) else
-               f"whether the diagnostics add to the cell depends on the {k} runs of unknown outcome")
+    verdict = (f"the diagnostics add to the cell in both completions (other completions of the {_runs(k)} of "
+               f"unknown outcome were not tried)" if all(adds) else
+               f"neither completion shows a gain over the cell at 2 SE (other completions of the {_runs(k)} of "
+               f"unknown outcome may)" if not any(adds) else
+               f"whether the diagnostics add to the cell depends on the {_runs(k)} of unknown outcome")
     parts = "; ".join(f"{label}: {_scores(f)}" for label, f in fits.items())
     repeats, folds = next(iter(fits.values()))["repeats"], next(iter(fits.values()))["folds"]
-    return (f"Landmark {L:g} epochs: {k} runs alive at L stopped before their horizon without a NaN loss, so "
-            f"their outcome is unknown; counted both ways (cross-validated Brier, {repeats}× {folds}-fold; "
+    return (f"Landmark {L:g} epochs: {_runs(k)} alive at L stopped before the horizon without a NaN loss, so "
+            f"the outcome is unknown; counted both ways (cross-validated Brier, {repeats}× {folds}-fold; "
             f"SE approximate, runs treated as independent) — {parts}: {verdict}. ({_gone(L, left_out)}.)")
 
 
@@ -270,15 +280,15 @@ def sentence(L: float, table: pd.DataFrame, left_out: dict, fit: dict | None) ->
     gone = _gone(L, left_out)
     if fit is None:
         k = int(table["y"].sum()) if len(table) else 0
-        return (f"Landmark {L:g} epochs: {len(table)} runs alive, {k} of them failed later — too few of each outcome to "
+        return (f"Landmark {L:g} epochs: {_runs(len(table))} alive, {k} of them failed later — too few of each outcome to "
                 f"fit anything; the diagnostics' value beyond the cell is not measurable here ({gone}).")
     b = fit["brier"]
     if not fit["features"]:
-        return (f"Landmark {L:g} epochs: n = {fit['n']} runs alive at L, {fit['failures']} with a NaN loss after L, but no "
+        return (f"Landmark {L:g} epochs: n = {_runs(fit['n'])} alive at L, {fit['failures']} with a NaN loss after L, but no "
                 f"diagnostic was recorded before L (no per-epoch log): only the cell model is measurable, Brier "
                 f"{b['cell']:.4f} against the base rate's {b['base']:.4f} ({gone}).")
-    verdict = ("the diagnostics add to the cell" if fit["adds"] else "the diagnostics add nothing measurable beyond the cell")
-    return (f"Landmark {L:g} epochs: n = {fit['n']} runs alive at L in {fit['cells']} cells, {fit['failures']} with a NaN "
+    verdict = ("the diagnostics add to the cell" if fit["adds"] else "no gain of the diagnostics over the cell is shown at 2 SE")
+    return (f"Landmark {L:g} epochs: n = {_runs(fit['n'])} alive at L in {_runs(fit['cells'], 'cell')}, {fit['failures']} with a NaN "
             f"loss after L. Cross-validated Brier ({fit['repeats']}× {fit['folds']}-fold): base rate {b['base']:.4f}, cell "
             f"{b['cell']:.4f}, cell + diagnostics {b['cell+diag']:.4f}; improvement over the cell {fit['gain']:+.4f} "
             f"± {fit['gain_se']:.4f} (SE, approximate: runs treated as independent): {verdict}. ({gone}.)")

@@ -52,8 +52,19 @@ def _error_text(exc: BaseException) -> str:
     return text
 
 
+#: One cell at a time per process: a Dask worker with several threads would otherwise run cells side by
+#: side, and mpmath's and flint's working precision is process-wide (two truths at once corrupt each
+#: other). The cells are CPU-bound Python, so threads would gain nothing anyway: use processes.
+_ONE_CELL = threading.Lock()
+
+
 def _execute(kind_name: str, cell: dict) -> tuple[list[dict], str | None, str]:
     """Run one cell (in any process): (rows, error text or None, sources hash of this process)."""
+    with _ONE_CELL:
+        return _execute_alone(kind_name, cell)
+
+
+def _execute_alone(kind_name: str, cell: dict) -> tuple[list[dict], str | None, str]:
     try:
         _warm_up(kind_name, cell)
         if _OneTorchThread.active is not None:

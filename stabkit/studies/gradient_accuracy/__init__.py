@@ -73,10 +73,10 @@ def check_cost(grid: dict, force: bool = False) -> None:
 
     merged = with_defaults("gradient_accuracy", grid, GRID_DEFAULTS)
     try:
-        iterating = any(_methods.spec(m).method.approximate_forward for m in as_list("methods", merged["methods"]))
+        specs = [_methods.spec(m) for m in as_list("methods", merged["methods"])]
     except ValueError:  # a bad method spec: ``validate`` names it
-        iterating = False
-    check_truth_cost(max(int_list("d", merged["d"], 2, "matrix size d")), force, iterating=iterating)
+        specs = []
+    check_truth_cost(max(int_list("d", merged["d"], 2, "matrix size d")), force, specs=specs)
 
 
 def _method_texts(value) -> list[str]:
