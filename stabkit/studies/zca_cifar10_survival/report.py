@@ -129,7 +129,8 @@ def _link_section(r: pd.DataFrame, g: dict) -> list[str]:
              "diagnostics of the epochs that ended by L (" + ", ".join(_landmark.FEATURE_NAMES) + "); standardised "
              "inside each cross-validation fold; the cell's smoothed failure rate as the baseline to beat. A run "
              "stopped after L before its horizon without a NaN loss is counted both ways (as a failure and as a "
-             "survivor), and a verdict is stated only where both fits agree.", ""]
+             "survivor), and a verdict is stated only where both fits agree — a statement about those two "
+             "completions, not a bound over every outcome the unknown runs could have had.", ""]
     base = r[np.isclose(r["horizon_epochs"], float(g["epochs"]))]  # one record per seed: the base horizon's
     for L in g["landmarks"]:
         lines += ["- " + _landmark.landmark_link(base, float(L), repeats=10)["sentence"]]
