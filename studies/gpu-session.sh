@@ -20,7 +20,9 @@
 #   (runs that stopped at a NaN loss leave time). A run cut by the deadline is never written: the
 #   runner writes a cell only when its run finished, so nothing half-done is counted; and each run
 #   ends itself at an epoch's end before the deadline (STABKIT_RUN_DEADLINE, stabkit.train.loop) when
-#   the plan was too hopeful: it is then written as a run censored at the epochs it reached. $SURVIVAL_SET:
+#   the plan was too hopeful: it is then written as a run censored at the epochs it reached (a run that
+#   would start after that deadline does not start: its cell is recorded as an error and run again in a
+#   later window). $SURVIVAL_SET:
 #   extra `--set key=value` arguments (e.g. "--set epochs=60" when 100 epochs do not fit);
 #   FIT_HORIZON=1: when not even one wave of the study's horizon fits, run the most whole epochs that
 #   one wave can finish (`python -m stabkit.train.session … --fit-epochs`; each run records its horizon).
@@ -82,10 +84,13 @@ survival() {
     while :; do
         local avail=$(( $(left) - margin ))
         (( avail > 0 )) || break
+        # plan for the horizon the runs will get: the study's, or the epochs=E of SURVIVAL_SET (a fallback's)
+        local horizon=()
+        [[ ${SURVIVAL_SET:-} =~ epochs=([0-9.]+) ]] && horizon=(--epochs "${BASH_REMATCH[1]}")
         if [[ -n ${RUN_S:-} ]]; then
             n=$("$py" -m stabkit.train.session "$study" --seconds "$avail" --jobs "$jobs" --run-s "$RUN_S") || return 2
         else
-            n=$("$py" -m stabkit.train.session "$study" --seconds "$avail" --jobs "$jobs" --bench "$bench") || return 2
+            n=$("$py" -m stabkit.train.session "$study" --seconds "$avail" --jobs "$jobs" --bench "$bench" ${horizon[@]+"${horizon[@]}"}) || return 2
         fi
         if (( n == 0 )) && [[ -n ${FIT_HORIZON:-} && -z ${RUN_S:-} && ${SURVIVAL_SET:-} != *epochs=* ]]; then
             # the study's horizon does not fit one wave: the longest whole-epoch horizon that does
@@ -99,7 +104,8 @@ survival() {
         fi
         (( n > 0 )) || { echo "gpu-session: survival: no whole wave of $jobs runs fits in ${avail} s"; break; }
         avail=$(( $(left) - margin ))  # the planning above took a few seconds (and `timeout 0` would never stop)
-        (( avail > 0 )) || break
+        # the runs' deadline is 60 s before the wave's end: with no more left, not one could start
+        (( avail > 60 )) || { echo "gpu-session: survival: ${avail} s left: too little for a wave's runs to start"; break; }
         # each run also stops at an epoch's end when the next would pass this deadline (60 s before the
         # wave's timeout, for the last test pass and the write): if the plan was too hopeful, the runs come
         # back as shorter censored runs instead of being killed with nothing written

@@ -115,14 +115,30 @@ def test_stop_point_does_not_depend_on_check_every(synthetic, exact_ties, case, 
 
 @pytest.mark.parametrize("fast", [False, True])
 def test_a_run_stops_at_an_epoch_end_before_its_deadline(synthetic, monkeypatch, fast):
-    """STABKIT_RUN_DEADLINE already passed: the run ends itself after its first whole epoch, as a run
-    censored there (its test error from that epoch's pass); far away: the whole run, as without one."""
+    """The deadline passes during the first epoch (the loop's clock jumps an hour at its first test pass):
+    the run ends itself after that whole epoch, as a run censored there (its test error from that
+    epoch's pass); far away: the whole run, as without one; already passed: the run does not start."""
+    import types
+
+    from stabkit.train import loop
+
     cfg = {**SMALL, "method": "taylor", "fast": fast, "epochs": 3.0, "eval_every": 1, "seed": 5}
     free = train_run(cfg, data=synthetic)
     monkeypatch.setenv("STABKIT_RUN_DEADLINE", str(time.time() + 3600))
     far = train_run(cfg, data=synthetic)
-    monkeypatch.setenv("STABKIT_RUN_DEADLINE", str(time.time() - 1))
+    shift = [0.0]
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(time=lambda: time.time() + shift[0], perf_counter=time.perf_counter))
+    evaluate = loop._Run._wrong_predictions
+
+    def evaluate_then_jump(run):
+        wrong = evaluate(run)
+        shift[0] = 7200.0
+        return wrong
+
+    monkeypatch.setattr(loop._Run, "_wrong_predictions", evaluate_then_jump)
     cut = train_run(cfg, data=synthetic)
+    with pytest.raises(loop.RunNotStarted, match="passed before the run started"):
+        train_run(cfg, data=synthetic)  # the clock is past the deadline now
     per_epoch = 256 // 32
     assert free["steps_done"] == far["steps_done"] == 3 * per_epoch and not free["deadline_stop"] and not far["deadline_stop"]
     assert far["final_loss"] == free["final_loss"] and far["test_error"] == free["test_error"]
@@ -130,6 +146,9 @@ def test_a_run_stops_at_an_epoch_end_before_its_deadline(synthetic, monkeypatch,
     assert cut["paper_outcome"] == "censored" and cut["nan_loss_step"] is None
     first = json.loads(epoch_log_json(free["epoch_log"]))[0]
     assert cut["test_error"] == pytest.approx(1 - first["test_acc"])  # the same weights after epoch 1, the same pass
+    # and the epoch log keeps that pass: a clean stop at an epoch's end is no failure
+    (last,) = json.loads(epoch_log_json(cut["epoch_log"]))
+    assert last["epoch"] == 1 and last["test_acc"] == first["test_acc"]
 
 
 def test_failure_record_epochs(synthetic, exact_ties):

@@ -109,16 +109,14 @@ def test_a_wave_s_runs_come_back_when_a_later_wave_is_killed(tmp_path, tiny_batc
     assert len(saved) == 4, "".join(log)
 
 
-def test_runs_end_themselves_before_the_deadline_when_the_plan_was_too_hopeful(tmp_path, tiny_batches):
-    # planned at 1 s per run, 80 s leave 50 s for the wave; its runs get a deadline 60 s before the
-    # wave's end, already past: each ends after its first epoch, written as censored there
+def test_no_wave_starts_when_its_runs_deadline_has_already_passed(tmp_path, tiny_batches):
+    """Planned at 1 s per run, 80 s leave 50 s for a wave, but its runs would get a deadline 60 s before
+    the wave's end, already past: no wave starts and no run is spent (each would be censored at its
+    first epoch; the loop's own stop at an epoch's end is tested in test_fast_path)."""
     root = _checkout(tmp_path, tiny_batches, seeds=1)
     rc, log = _session(root, tmp_path / "out", 80, RUN_S="1")
-    assert rc == 0 and "survival chunk of" in log, log
-    rows = [c["rows"][0] for c in _cells(root)]
-    assert len(rows) == 2, log
-    assert all(r["deadline_stop"] and r["steps_done"] == 2 and r["steps_total"] == 4 and r["censored_at_epochs"] == 1.0
-               and r["paper_outcome"] == "censored" for r in rows), rows
+    assert rc == 0 and "too little for a wave's runs to start" in log and "survival chunk of" not in log, log
+    assert not (root / "reports" / STUDY / "cells").exists() or not _cells(root)
 
 
 def test_nothing_starts_when_no_whole_wave_fits_and_a_resumed_state_is_kept(tmp_path, tiny_batches):
@@ -146,6 +144,21 @@ def test_fit_horizon_runs_the_longest_horizon_one_wave_finishes(tmp_path, tiny_b
     assert "running 1 epoch(s) instead" in log and "survival chunk of 2 run(s) exited with 0" in log, log
     rows = [c["rows"][0] for c in _cells(root)]
     assert len(rows) == 2 and all(r["steps_done"] == r["steps_total"] == 2 for r in rows), rows
+
+
+def test_after_falling_back_the_next_waves_plan_for_the_fallback_horizon(tmp_path, tiny_batches):
+    """Once the script fell back to 1 epoch, its later waves are planned at 1 epoch too (not at the
+    study's 2, which never fit): the time the first wave left runs the other seeds' wave."""
+    root = _checkout(tmp_path, tiny_batches, seeds=2)
+    bench = tmp_path / "bench.json"
+    bench.write_text(json.dumps({"rows": [{"path": "fast", "runs": 2, "processes": 2, "steps_per_s": 0.02}]}))
+    # as above: 2 epochs (612 s) do not fit in 600 − 30 s, 1 epoch (352 s) does; the first wave's real runs
+    # take seconds, so at 1 epoch the second wave fits too (at the study's 2 epochs it would not)
+    rc, log = _session(root, tmp_path / "out", 600, BENCH_JSON=str(bench), FIT_HORIZON="1")
+    assert rc == 0, log
+    assert log.count("running 1 epoch(s) instead") == 1 and log.count("survival chunk of") >= 2, log
+    rows = [c["rows"][0] for c in _cells(root)]
+    assert len(rows) == 4 and all(r["steps_done"] == r["steps_total"] == 2 for r in rows), rows
 
 
 def test_a_copy_without_git_must_name_its_commit(tmp_path, tiny_batches):

@@ -171,6 +171,29 @@ def test_a_stopped_run_is_counted_both_ways_never_dropped():
     assert svd["KM S(horizon) %"] == pytest.approx(50.0)
 
 
+def test_the_one_line_summary_counts_as_the_success_table():
+    """reports/README.md's line must not count a run stopped early as one that reached the horizon."""
+    results = _results(RECORDS, ORDER)
+    assert "taylor d=16: 3–4/4 without NaN to 100 ep" in surv.summary(results)
+    assert "analytic d=8: 1/3 without NaN to 100 ep" in surv.summary(results)
+
+
+def test_eigensolver_failures_are_named_apart_from_clock_stops():
+    """A run whose eigensolver raised on a finite input stopped because of its own state: the report
+    names those runs and says Kaplan–Meier's censoring of them is informative."""
+    import importlib
+
+    from stabkit.studies.zca_cifar10_survival import tables
+
+    report = importlib.import_module("stabkit.studies.zca_cifar10_survival.report")  # the package exports a function of that name
+    raised = _record("taylor", 16, 1004, reached=12.0)
+    raised["paper_outcome"] = "eigh-failed"
+    text = " ".join(report._horizon_section(tables._runs(_results(RECORDS + [raised], ORDER))))
+    assert "2 stopped earlier without one" in text and "1 of the early stops are eigensolver failures" in text
+    assert "informative" in text
+    assert "eigensolver" not in " ".join(report._horizon_section(tables._runs(_results(RECORDS, ORDER))))
+
+
 def test_kaplan_meier_band_is_not_claimed_at_zero():
     every = [_record("analytic", 8, 1000 + i, t_nan=2.0 + i) for i in range(3)]
     km, _ = surv.km_table(_results(every, ORDER))
@@ -251,3 +274,13 @@ def test_report_with_only_crashed_cells(tmp_path):
     crashed = pd.DataFrame([{"cell_id": "taylor|d16|float32|s1000|e100", "spec": "taylor", "error": "cell failed: X"}])
     text = surv.report(crashed, {"cells": [["taylor", 16]]}, tmp_path)
     assert "No finished runs yet." in text and "1 cell(s) crashed" in text
+
+
+def test_an_interval_is_not_rounded_onto_0_or_100_percent():
+    """Clopper–Pearson for 1 of 15 starts at 0.17 %: printed as 0.2, not as 0 (a bound it does not reach)."""
+    from stabkit.studies.zca_cifar10_survival import tables
+
+    lo = sps.binomtest(1, 15).proportion_ci(method="exact").low
+    assert tables._pct((lo, 0.32)) == "[0.2, 32]"
+    assert tables._pct((0.0, 1.0)) == "[0, 100]" and tables._pct((0.004, 0.998)) == "[0.4, 99.8]"
+    assert tables._pct((0.006, 0.994)) == "[1, 99]"

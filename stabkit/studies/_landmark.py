@@ -257,11 +257,11 @@ def both_ways_sentence(L: float, left_out: dict, fits: dict) -> str:
     k = left_out["unknown_after"]
     unfit = [label for label, f in fits.items() if f is None]
     if unfit:
-        return (f"Landmark {L:g} epochs: with the {_runs(k)} stopped after L without a NaN loss counted "
+        return (f"Landmark at epoch {L:g}: with the {_runs(k)} stopped after L without a NaN loss counted "
                 f"{' and '.join(unfit)}, too few of each outcome remain to fit anything; the diagnostics' value "
                 f"beyond the cell is not measurable here ({_gone(L, left_out)}).")
     if any(not f["features"] for f in fits.values()):
-        return (f"Landmark {L:g} epochs: no diagnostic was recorded before L (no per-epoch log): only the cell "
+        return (f"Landmark at epoch {L:g}: no diagnostic was recorded before L (no per-epoch log): only the cell "
                 f"model is measurable ({_gone(L, left_out)}).")
     adds = [f["adds"] for f in fits.values()]
     verdict = (f"the diagnostics add to the cell in both completions (other completions of the {_runs(k)} of "
@@ -271,7 +271,7 @@ def both_ways_sentence(L: float, left_out: dict, fits: dict) -> str:
                f"whether the diagnostics add to the cell depends on the {_runs(k)} of unknown outcome")
     parts = "; ".join(f"{label}: {_scores(f)}" for label, f in fits.items())
     repeats, folds = next(iter(fits.values()))["repeats"], next(iter(fits.values()))["folds"]
-    return (f"Landmark {L:g} epochs: {_runs(k)} alive at L stopped before the horizon without a NaN loss, so "
+    return (f"Landmark at epoch {L:g}: {_runs(k)} alive at L stopped before the horizon without a NaN loss, so "
             f"the outcome is unknown; counted both ways (cross-validated Brier, {repeats}× {folds}-fold; "
             f"SE approximate, runs treated as independent) — {parts}: {verdict}. ({_gone(L, left_out)}.)")
 
@@ -280,15 +280,15 @@ def sentence(L: float, table: pd.DataFrame, left_out: dict, fit: dict | None) ->
     gone = _gone(L, left_out)
     if fit is None:
         k = int(table["y"].sum()) if len(table) else 0
-        return (f"Landmark {L:g} epochs: {_runs(len(table))} alive, {k} of them failed later — too few of each outcome to "
+        return (f"Landmark at epoch {L:g}: {_runs(len(table))} alive, {k} of them failed later — too few of each outcome to "
                 f"fit anything; the diagnostics' value beyond the cell is not measurable here ({gone}).")
     b = fit["brier"]
     if not fit["features"]:
-        return (f"Landmark {L:g} epochs: n = {_runs(fit['n'])} alive at L, {fit['failures']} with a NaN loss after L, but no "
+        return (f"Landmark at epoch {L:g}: n = {_runs(fit['n'])} alive at L, {fit['failures']} with a NaN loss after L, but no "
                 f"diagnostic was recorded before L (no per-epoch log): only the cell model is measurable, Brier "
                 f"{b['cell']:.4f} against the base rate's {b['base']:.4f} ({gone}).")
     verdict = ("the diagnostics add to the cell" if fit["adds"] else "no gain of the diagnostics over the cell is shown at 2 SE")
-    return (f"Landmark {L:g} epochs: n = {_runs(fit['n'])} alive at L in {_runs(fit['cells'], 'cell')}, {fit['failures']} with a NaN "
+    return (f"Landmark at epoch {L:g}: n = {_runs(fit['n'])} alive at L in {_runs(fit['cells'], 'cell')}, {fit['failures']} with a NaN "
             f"loss after L. Cross-validated Brier ({fit['repeats']}× {fit['folds']}-fold): base rate {b['base']:.4f}, cell "
             f"{b['cell']:.4f}, cell + diagnostics {b['cell+diag']:.4f}; improvement over the cell {fit['gain']:+.4f} "
             f"± {fit['gain_se']:.4f} (SE, approximate: runs treated as independent): {verdict}. ({gone}.)")

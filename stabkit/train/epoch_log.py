@@ -22,7 +22,9 @@ def _num(value):
 
 def epoch_log(run, records, done: int, stopped: bool) -> list[dict]:
     """One dict per epoch of steps [0, done) (the last one partial at a stop): see ``schema12``
-    in the module doc. Losses, norms and λ_max are read back once, here."""
+    in the module doc. ``stopped``: the run ended early in a way that makes its last test pass
+    untrustworthy (a failure, or a stop whose weights may be non-finite), so that pass is dropped; a
+    clean deadline stop at an epoch's end keeps it. Losses, norms and λ_max are read back once, here."""
     per_epoch = run.per_epoch
     losses = run.losses[:done].double().cpu().numpy()
     norms = run.conv1_norms[:done].double().cpu().numpy()

@@ -76,6 +76,8 @@ Time box: when ``STABKIT_RUN_DEADLINE`` (Unix seconds; set by ``studies/gpu-sess
 runs) is set, a run stops at the end of an epoch when the next epoch, at 1.25 × the last one's wall
 time, would end after it. It is then a run of fewer epochs without a NaN loss (``censored_at_epochs``,
 ``paper_outcome`` ``censored``, ``deadline_stop`` True) instead of a run killed with the GPU command.
+A run asked to start after the deadline raises ``RunNotStarted`` instead (the runner records an error
+and runs that cell again in a later window).
 
 The parts live beside this module: options and their checks in ``config``, the data on the
 device in ``batches``, failure detection in ``outcomes``, the per-epoch log in ``epoch_log``; this
@@ -102,6 +104,10 @@ from .resnet import ResNet18
 __all__ = ["DEFAULTS", "COMPILE_MODES", "OUTCOMES", "train_run", "train_many", "resolve_config", "method_spec",
            "pick_device", "device_data", "normalize", "augment", "wrong_predictions", "evaluate", "epoch_log",
            "epoch_log_json", "milestone_steps", "run_settings", "tf32_flags", "set_tf32"]
+
+
+class RunNotStarted(RuntimeError):
+    """The run's deadline (``STABKIT_RUN_DEADLINE``) had passed before its first step."""
 
 
 def train_run(config: dict, data=None) -> dict:
@@ -184,6 +190,10 @@ class _Run:
         self.active, self.train_s = True, 0.0
         deadline = os.environ.get("STABKIT_RUN_DEADLINE")
         self.deadline = float(deadline) if deadline else None
+        if self.deadline is not None and time.time() >= self.deadline:
+            # not even one epoch could end in time: start nothing, so the runner records an error and the
+            # cell (its seed) is run in a later window instead of being spent as a run censored at epoch 1
+            raise RunNotStarted(f"STABKIT_RUN_DEADLINE ({self.deadline:.0f}) passed before the run started")
         self.deadline_stop, self.epoch_t0 = False, time.time()
 
     def _autocast(self):
@@ -313,13 +323,17 @@ class _Run:
                 outcome, event_step = "diverged", total
         set_tf32(self.tf32_before)
         stopped = done < total or nan_loss_step is not None
+        # a deadline stop ends at an epoch's end after that epoch's test pass: the pass is the model's own
+        # when nothing failed and the weights it evaluated are finite (else a NaN may be one step away)
+        clean_stop = (self.deadline_stop and nan_loss_step is None and not eigen_error and done % self.per_epoch == 0
+                      and all(bool(torch.isfinite(p).all()) for p in params))
         # the monitor's records end with the last step kept (a failing step included, what followed it not)
         records = self.mon.records
         records = records[records["step"] < done]
         early = monitor.summarize(records, until_step=max(1, int(round(cfg["early_frac"] * total))), gap_threshold=cfg["gap_threshold"])
         whole = monitor.summarize(records, gap_threshold=cfg["gap_threshold"])
         finished = losses[:done]
-        log = epoch_log(self, records, done, stopped)
+        log = epoch_log(self, records, done, stopped and not clean_stop)
         per_epoch = self.per_epoch
         return {
             "outcome": outcome, "step": event_step, "test_error": test_error, "wall_s": time.perf_counter() - self.start,

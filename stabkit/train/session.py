@@ -21,7 +21,8 @@ finished), so nothing half-done is counted.
 prints the number of runs to start (0: none fits) and, on stderr, how it was estimated; with
 ``--fit-epochs`` it prints the most epochs (≤ the study's) one wave can finish — the fallback
 horizon when the study's does not fit (``FIT_HORIZON=1`` in the session script: ``--set epochs=E``;
-each run records its horizon, and a survival analysis censors it there).
+each run records its horizon, and a survival analysis censors it there); ``--epochs E`` plans runs
+of that horizon (the script's later waves, once it fell back).
 """
 
 from __future__ import annotations
@@ -139,6 +140,8 @@ def main(argv=None) -> int:
     ap.add_argument("--overhead-s", type=float, default=60.0)
     ap.add_argument("--run-s", type=float, default=None, help="seconds per run (skips the estimate)")
     ap.add_argument("--fit-epochs", action="store_true", help="print instead the most epochs one wave can finish")
+    ap.add_argument("--epochs", type=float, default=None, help="plan runs of this horizon instead of the study's "
+                    "(what `--set epochs=E` gives the runs)")
     args = ap.parse_args(argv)
     try:
         if args.fit_epochs:
@@ -149,13 +152,13 @@ def main(argv=None) -> int:
         if args.run_s is not None:
             run_s, how = args.run_s, f"{args.run_s:.0f} s per run (given)"
         else:
-            run_s, how = estimate(args.study, args.jobs, args.bench, args.reports, args.overhead_s)
+            run_s, how = estimate(args.study, args.jobs, args.bench, args.reports, args.overhead_s, args.epochs)
         if run_s is None:
             print(f"session plan: {how}; start none", file=sys.stderr)
             print(0)
             return 0
         n = plan(args.seconds, args.jobs, run_s)
-    except (OSError, ValueError, KeyError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, tomllib.TOMLDecodeError) as exc:  # a malformed bench too
         print(f"session plan: {exc}", file=sys.stderr)
         return 2
     print(f"session plan: {how}; {args.seconds:.0f} s hold {n // args.jobs} wave(s) of {args.jobs}: start {n} run(s)", file=sys.stderr)

@@ -44,7 +44,13 @@ def _groups(r: pd.DataFrame):
 
 def _pct(lo_hi) -> str:
     lo, hi = lo_hi
-    return "—" if math.isnan(lo) else f"[{100 * lo:.0f}, {100 * hi:.0f}]"
+    return "—" if math.isnan(lo) else f"[{_percent(lo)}, {_percent(hi)}]"
+
+
+def _percent(p: float) -> str:
+    """p in %, whole numbers, but never rounded onto 0 or 100 when it is not (0.3, 99.7)."""
+    x = 100 * p
+    return f"{x:.1f}" if (0 < x < 0.5 or 99.5 <= x < 100) else f"{x:.0f}"
 
 
 def success_table(results: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
@@ -150,6 +156,9 @@ def survivors(results: pd.DataFrame) -> list[str]:
 
 def summary(results: pd.DataFrame) -> str:
     r = _runs(results)
-    parts = [f"{spec} d={int(d)}: {int((~s['event']).sum())}/{len(s)} without NaN to {float(h):g} ep"
-             for (spec, d, _, h), s in _groups(r)]
+    parts = []
+    for (spec, d, _, h), s in _groups(r):  # the success table's count: runs stopped earlier make it a range
+        alive = ~s["event"]
+        k, top = int((alive & (s["reached"] >= h - 1e-9)).sum()), int(alive.sum())
+        parts.append(f"{spec} d={int(d)}: {k if k == top else f'{k}–{top}'}/{len(s)} without NaN to {float(h):g} ep")
     return f"{len(r)} runs; " + ", ".join(parts[:6]) + (" …" if len(parts) > 6 else "")
