@@ -26,6 +26,9 @@
 #   extra `--set key=value` arguments (e.g. "--set epochs=60" when 100 epochs do not fit);
 #   FIT_HORIZON=1: when not even one wave of the study's horizon fits, run the most whole epochs that
 #   one wave can finish (`python -m stabkit.train.session … --fit-epochs`; each run records its horizon).
+#   A fallback horizon E is a grid of its own (cell ids carry the horizon, and `stabkit report` shows the
+#   grid of the last run): in later windows pin it, SURVIVAL_SET="--set epochs=E" without FIT_HORIZON,
+#   so that the runs of every window accumulate in one grid instead of re-running the same seeds.
 # zca-cifar10, zca-cifar10-long, zca-cifar10-paper: `stabkit run studies/<phase>.toml --jobs $JOBS`
 #   (default 8), stopped with SIGINT when SECONDS run out (finished cells are kept in
 #   reports/<phase>/cells); the chunk that finishes the grid writes the report.
