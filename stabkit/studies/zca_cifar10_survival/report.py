@@ -52,8 +52,8 @@ def _intro(g: dict, preset) -> list[str]:
         f"Preset `{preset.name}` ({preset.description}); SGD lr {g['lr']:g}, momentum 0.9, wd 5e-4, batch {g['batch_size']}, "
         f"{g['limit_images'] or 50000} training images per epoch, test accuracy on {g['limit_test'] or 10000} test images, "
         f"lr ×{preset.gamma:g} at epochs {', '.join(f'{m:g}' for m in preset.milestones)} (StepLR by epoch). "
-        f"Seeds {g['seed_start']}…{g['seed_start'] + g['seeds'] - 1} (disjoint from the short studies' 0…7), one run per "
-        "cell. Failure is the paper's criterion: the first NaN loss; time to it in epochs = (step + 1) / steps per epoch.",
+        f"Seeds {g['seed_start']}…{g['seed_start'] + g['seeds'] - 1} planned (disjoint from the short studies' 0…7), one run "
+        "per cell; the tables count only the runs done so far (the header says how many are not). Failure is the paper's criterion: the first NaN loss; time to it in epochs = (step + 1) / steps per epoch.",
         "",
     ]
 
