@@ -130,11 +130,10 @@ def test_errors_name_the_problem(tmp_path):
         data.load_cifar10(bad, "test")
 
 
-# CI always has ../shared beside the checkout, so there the real archive must be read (a missing one
-# fails); a user's machine without it skips this one test.
-@pytest.mark.skipif(not data.default_path().exists() and not os.environ.get("CI"),
-                    reason="shared CIFAR-10 archive not present (outside CI)")
 def test_real_archive_test_split(monkeypatch):
+    """The real archive (../shared/data beside the checkout, in CI too, or $STABKIT_CIFAR10): its test
+    split's shape, class counts and per-channel means (CIFAR-10's published 0.4914/0.4822/0.4465)."""
+    assert data.default_path().exists(), f"CIFAR-10 archive missing at {data.default_path()}: set STABKIT_CIFAR10"
     monkeypatch.delenv("STABKIT_DATA_CACHE")  # the real decode is worth caching for the user
     images, labels = data.load_cifar10(split="test")
     assert images.shape == (10000, 32, 32, 3) and images.dtype == np.uint8

@@ -281,6 +281,9 @@ class _Run:
             set_tf32(self.tf32_before)
             raise exc
 
+    def _weights_finite(self) -> bool:
+        return all(bool(torch.isfinite(p).all()) for p in self.params)
+
     def _wrong_predictions(self) -> torch.Tensor:
         with self._autocast():
             return wrong_predictions(self.model, self.test_x, self.test_y, int(self.cfg["eval_batch"]), self.std,
@@ -298,7 +301,7 @@ class _Run:
                 self.done, self.eigen_error = int(nan_steps[0]) + 1, False
 
     def finish(self) -> dict:
-        cfg, total, losses, params = self.cfg, self.total, self.losses, self.params
+        cfg, total, losses = self.cfg, self.total, self.losses
         self._stop_point()
         done = self.done
         if not self.stop_any and self.outcome == "ok":
@@ -309,7 +312,7 @@ class _Run:
         nan_steps = torch.nonzero(torch.isnan(losses[:done]))
         nan_loss_step = int(nan_steps[0]) if len(nan_steps) else None
         nan_loss_note = ""
-        if nan_loss_step is None and eigen_error and not all(bool(torch.isfinite(p).all()) for p in params):
+        if nan_loss_step is None and eigen_error and not self._weights_finite():
             # the eigensolver raised on a NaN covariance (non-finite weights from an earlier step's NaN
             # gradient): the authors' torch.svd returned NaN there and their loss was NaN at this step
             nan_loss_step, nan_loss_note = done, "inferred: eigensolver raised on non-finite weights"
@@ -325,8 +328,7 @@ class _Run:
         stopped = done < total or nan_loss_step is not None
         # a deadline stop ends at an epoch's end after that epoch's test pass: the pass is the model's own
         # when nothing failed and the weights it evaluated are finite (else a NaN may be one step away)
-        clean_stop = (self.deadline_stop and nan_loss_step is None and not eigen_error and done % self.per_epoch == 0
-                      and all(bool(torch.isfinite(p).all()) for p in params))
+        clean_stop = self.deadline_stop and nan_loss_step is None and self._weights_finite()
         # the monitor's records end with the last step kept (a failing step included, what followed it not)
         records = self.mon.records
         records = records[records["step"] < done]
