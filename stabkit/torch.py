@@ -197,28 +197,29 @@ def eigh(A: torch.Tensor, UPLO: str = "L", *, out=None, method: str | Spec = DEF
     for taylor); ``check`` the input contract of the module docstring. ``eigh(A, "taylor")``
     (method second, the older spelling) still works.
     """
-    UPLO, method = _split_method(UPLO, method, "eigh")
-    _check_tensor(A, "eigh", True, out)
-    spec = _spec_of(method, params)
-    if check:
-        check_values(A, "eigh")
+    UPLO, spec = _eigh_call(A, UPLO, out, method, check, params, "eigh")
     if spec.method.native:
         return torch.linalg.eigh(A, UPLO=UPLO)
-    lam, U = _op(_Eigh, _EighJvp).apply(A if UPLO == "L" else A.mT, spec)
-    return EighResult(lam, U)
+    return EighResult(*_op(_Eigh, _EighJvp).apply(A if UPLO == "L" else A.mT, spec))
 
 
 def eigvalsh(A: torch.Tensor, UPLO: str = "L", *, out=None, method: str | Spec = DEFAULT, check: bool = True, **params):
     """``torch.linalg.eigvalsh``: the eigenvalues of :func:`eigh` (their gradient U diag(∂L/∂λ) Uᵀ
     is the same for every kernel method; ``pi-forward`` differentiates its own iteration)."""
-    UPLO, method = _split_method(UPLO, method, "eigvalsh")
-    _check_tensor(A, "eigvalsh", True, out)
-    spec = _spec_of(method, params)
-    if check:
-        check_values(A, "eigvalsh")
+    UPLO, spec = _eigh_call(A, UPLO, out, method, check, params, "eigvalsh")
     if spec.method.native:
         return torch.linalg.eigvalsh(A, UPLO=UPLO)
     return _op(_Eigh, _EighJvp).apply(A if UPLO == "L" else A.mT, spec)[0]
+
+
+def _eigh_call(A, UPLO, out, method, check: bool, params: dict, fn: str) -> tuple[str, Spec]:
+    """The checks and the one method conversion of an eigh-like call: (UPLO, Spec)."""
+    UPLO, method = _split_method(UPLO, method, fn)
+    _check_tensor(A, fn, True, out)
+    spec = _spec_of(method, params)
+    if check:
+        check_values(A, fn)
+    return UPLO, spec
 
 
 def symmetrize(A: torch.Tensor) -> torch.Tensor:

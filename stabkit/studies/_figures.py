@@ -3,6 +3,8 @@ figure, and a plain-text log axis."""
 
 from __future__ import annotations
 
+import pathlib
+
 
 def pyplot():
     """``matplotlib.pyplot`` on the non-interactive Agg backend (reports are written, not shown)."""
@@ -14,12 +16,13 @@ def pyplot():
     return plt
 
 
-def save(fig, path, dpi: int = 110) -> None:
-    """Write ``fig`` to ``path`` and release it."""
+def save(fig, path, dpi: int = 110) -> str:
+    """Write ``fig`` to ``path`` and release it; the file's name (for the report's list of figures)."""
     fig.savefig(path, dpi=dpi)
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+    return pathlib.Path(path).name
 
 
 def plain_log(axis, decades) -> None:

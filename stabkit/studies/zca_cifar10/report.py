@@ -12,7 +12,7 @@ import pandas as pd
 from ..._markdown import markdown_table
 from ...train import table_iv
 from ...train.preset import PAPER_DEVIATIONS, get_preset
-from .. import _stats
+from .. import _figures, _stats
 from . import validate
 from .tables import FEATURES, compare_schedules, link, success_table
 
@@ -189,11 +189,7 @@ def _forward_failure_note(table: pd.DataFrame) -> list[str]:
 
 
 def _plots(table: pd.DataFrame, fit: dict | None, out_dir: pathlib.Path, paper_rate: bool = False) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _figures.pyplot()
     names = []
     dtypes = list(dict.fromkeys(table["dtype"]))
     fig, axes = plt.subplots(1, len(dtypes), figsize=(5 * len(dtypes), 3.6), squeeze=False, sharey=True)
@@ -215,9 +211,7 @@ def _plots(table: pd.DataFrame, fit: dict | None, out_dir: pathlib.Path, paper_r
     axes[0][0].set_ylabel("runs without NaN loss %" if paper_rate else "success rate %")
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out_dir / "success_rates.png", dpi=120)
-    plt.close(fig)
-    names.append("success_rates.png")
+    names.append(_figures.save(fig, out_dir / "success_rates.png", dpi=120))
     if fit is not None:
         fig, ax = plt.subplots(figsize=(4, 4))
         bins = np.linspace(0, 1, 6)
@@ -232,9 +226,7 @@ def _plots(table: pd.DataFrame, fit: dict | None, out_dir: pathlib.Path, paper_r
         ax.set_ylabel("observed failure rate")
         ax.legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(out_dir / "calibration.png", dpi=120)
-        plt.close(fig)
-        names.append("calibration.png")
+        names.append(_figures.save(fig, out_dir / "calibration.png", dpi=120))
     return names
 
 

@@ -11,7 +11,7 @@ import pandas as pd
 
 from ..._markdown import markdown_table
 from ...train.preset import get_preset
-from .. import _landmark, _stats
+from .. import _figures, _landmark, _stats
 from . import validate
 from .tables import PAPER_RUNS, _runs, accuracy_table, km_table, success_table, survivors
 
@@ -148,11 +148,7 @@ def _link_section(r: pd.DataFrame, g: dict) -> list[str]:
 
 # ------------------------------------------------------------------------------------------ figures
 def _plots(results: pd.DataFrame, curves: dict, out_dir: pathlib.Path) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _figures.pyplot()
     names = []
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for label, (km, end, censored) in curves.items():
@@ -170,9 +166,7 @@ def _plots(results: pd.DataFrame, curves: dict, out_dir: pathlib.Path) -> list[s
     ax.set_ylim(-0.02, 1.02)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out_dir / "km_time_to_nan.png", dpi=120)
-    plt.close(fig)
-    names.append("km_time_to_nan.png")
+    names.append(_figures.save(fig, out_dir / "km_time_to_nan.png", dpi=120))
 
     r = _runs(results)
     fig, ax = plt.subplots(figsize=(6.5, 4))
@@ -192,7 +186,5 @@ def _plots(results: pd.DataFrame, curves: dict, out_dir: pathlib.Path) -> list[s
     if colours:
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out_dir / "test_accuracy.png", dpi=120)
-    plt.close(fig)
-    names.append("test_accuracy.png")
+    names.append(_figures.save(fig, out_dir / "test_accuracy.png", dpi=120))
     return names
