@@ -92,15 +92,16 @@ def _o2p_reading(sub: pd.DataFrame, dt: str) -> list[str]:
 
 
 def _pc_reading(pc: pd.DataFrame, declarative, pc_order: list) -> list[str]:
-    lines = []
+    lines = [f"- The top gap λ₁ − λ₂ ranges over [{pc['top_gap'].min():.3g}, {pc['top_gap'].max():.3g}], so the "
+             "principal vector's exact gradient is well conditioned in every cell. The worst angles below hold for "
+             "that range only: smaller top gaps, where the declarative layers' iterations converge slowly, are not "
+             "in this grid."]
     for dt in sorted(pc["dtype"].unique()):
         lines += _pc_dtype_reading(pc[pc["dtype"] == dt], dt, declarative)
-    lines.append(f"- The top gap λ₁ − λ₂ ranges over [{pc['top_gap'].min():.3g}, {pc['top_gap'].max():.3g}], so the "
-                 "principal vector's exact gradient is well conditioned in every cell.")
     worst = pc.groupby(["method", "dtype"])["angle_deg"].max().unstack()
     for m in [m for m in pc_order if methods.spec(m).method.paper_name in TRUNCATING]:
         if m in worst.index and {"float32", "float64"} <= set(worst.columns):
-            lines.append(f"  {m}'s worst angle is {worst.loc[m, 'float32']:.3g}° in float32 and "
+            lines.append(f"- {m}'s worst angle is {worst.loc[m, 'float32']:.3g}° in float32 and "
                          f"{worst.loc[m, 'float64']:.3g}° in float64: a truncation error of the method "
                          "(power-iteration steps / Taylor terms), not rounding.")
     return lines
