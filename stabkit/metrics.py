@@ -12,16 +12,19 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .errors import InputError
+
 if TYPE_CHECKING:
     from numpy.typing import ArrayLike, DTypeLike
 
 
 def angle_deg(g: ArrayLike, g_true: ArrayLike) -> float:
-    """Angle between g and g* in degrees, by Kahan's 2·atan2(‖â − b̂‖, ‖â + b̂‖) (exact near 0°)."""
-    g, g_true = np.asarray(g, dtype=np.float64), np.asarray(g_true, dtype=np.float64)
+    """Angle between g and g* in degrees, by Kahan's 2·atan2(‖â − b̂‖, ‖â + b̂‖) (exact near 0°);
+    90 when exactly one of them is zero, 0 when both are."""
+    g, g_true = _pair(g, g_true)
     if not np.isfinite(g).all():
         return math.nan
-    na, nb = np.linalg.norm(g), np.linalg.norm(g_true)
+    na, nb = _norm(g), _norm(g_true)
     if na == 0 or nb == 0:
         return 90.0 if na != nb else 0.0
     a, b = g / na, g_true / nb
@@ -29,19 +32,45 @@ def angle_deg(g: ArrayLike, g_true: ArrayLike) -> float:
 
 
 def rel_err(g: ArrayLike, g_true: ArrayLike) -> float:
-    """‖g − g*‖_F / ‖g*‖_F (NaN if g is not finite)."""
-    g, g_true = np.asarray(g, dtype=np.float64), np.asarray(g_true, dtype=np.float64)
+    """‖g − g*‖_F / ‖g*‖_F (NaN if g is not finite; inf if g* = 0 ≠ g, 0 if both are 0)."""
+    g, g_true = _pair(g, g_true)
     if not np.isfinite(g).all():
         return math.nan
-    return float(np.linalg.norm(g - g_true) / np.linalg.norm(g_true))
+    scale = max(_max_abs(g), _max_abs(g_true))  # both divided by one power of 2: the ratio is exact
+    return _ratio(_norm(g / scale - g_true / scale) if scale else 0.0, _norm(g_true / scale) if scale else 0.0)
 
 
 def norm_ratio(g: ArrayLike, g_true: ArrayLike) -> float:
-    """‖g‖_F / ‖g*‖_F (NaN if g is not finite)."""
-    g = np.asarray(g, dtype=np.float64)
+    """‖g‖_F / ‖g*‖_F (NaN if g is not finite; inf if g* = 0 ≠ g, 0 if both are 0)."""
+    g, g_true = _pair(g, g_true)
     if not np.isfinite(g).all():
         return math.nan
-    return float(np.linalg.norm(g) / np.linalg.norm(np.asarray(g_true, dtype=np.float64)))
+    return _ratio(_norm(g), _norm(g_true))
+
+
+def _pair(g, g_true) -> tuple[np.ndarray, np.ndarray]:
+    g, g_true = np.asarray(g, dtype=np.float64), np.asarray(g_true, dtype=np.float64)
+    if g.shape != g_true.shape:
+        raise InputError(f"gradient metrics: g has shape {g.shape} but the truth has {g_true.shape}")
+    return g, g_true
+
+
+def _max_abs(x: np.ndarray) -> float:
+    """max|x| rounded up to a power of two (dividing by it is exact), 0 for an empty or zero x."""
+    m = float(np.abs(x).max()) if x.size else 0.0
+    return 0.0 if m == 0 else 2.0 ** math.frexp(m)[1]
+
+
+def _norm(x: np.ndarray) -> float:
+    """‖x‖_F without overflow or underflow of the squares (entries beyond 1e154 or below 1e-162)."""
+    s = _max_abs(x)
+    return s * float(np.linalg.norm(x / s)) if s else 0.0
+
+
+def _ratio(num: float, den: float) -> float:
+    if den == 0:
+        return math.inf if num else 0.0
+    return num / den
 
 
 def finite(g: ArrayLike) -> bool:

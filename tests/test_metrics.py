@@ -27,6 +27,30 @@ def test_errors_and_ratios():
     assert out["finite"] is False and math.isnan(out["angle_deg"]) and math.isnan(out["rel_err"])
 
 
+@pytest.mark.parametrize("scale", [1e-200, 1e-170, 1e170, 1e250])
+def test_metrics_hold_far_outside_the_range_of_squares(scale):
+    """Entries whose squares over- or underflow (a certified truth can reach 1e164): the closed forms
+    of the 2×2 example above, at every scale."""
+    t = math.radians(30.0)
+    a = scale * np.array([[math.cos(t), math.sin(t)], [0.0, 0.0]])
+    b = scale * np.array([[3.0, 0.0], [0.0, 0.0]])
+    assert metrics.angle_deg(a, b) == pytest.approx(30.0, rel=1e-9)
+    assert metrics.angle_deg(-b, b) == pytest.approx(180.0, rel=1e-12)
+    g_true = scale * np.array([[3.0, 4.0], [4.0, 0.0]])
+    assert metrics.rel_err(2 * g_true, g_true) == pytest.approx(1.0, rel=1e-12)
+    assert metrics.rel_err(-g_true, g_true) == pytest.approx(2.0, rel=1e-12)
+    assert metrics.norm_ratio(g_true / 2, g_true) == pytest.approx(0.5, rel=1e-12)
+
+
+def test_zero_truth_and_shape_mismatch():
+    g = np.array([[1.0, 2.0], [2.0, 1.0]])
+    assert metrics.rel_err(g, 0 * g) == math.inf and metrics.norm_ratio(g, 0 * g) == math.inf
+    assert metrics.rel_err(0 * g, 0 * g) == 0.0 and metrics.angle_deg(0 * g, 0 * g) == 0.0
+    assert metrics.angle_deg(g, 0 * g) == 90.0
+    with pytest.raises(ValueError, match="shape"):
+        metrics.angle_deg(np.ones((3, 3)), np.ones(3))
+
+
 def test_spectrum_diagnostics():
     lam = np.array([0.0, 1.0, 1.001, 4.0])
     diag = metrics.spectrum_diagnostics(lam)
