@@ -81,12 +81,14 @@ class _Draw(NamedTuple):
 
 # ------------------------------------------------------------------------------ checks
 
+MAX_ENTRIES = 2**27  # the largest matrix (or wishart sample) a family builds: 1 GiB of float64
+
 
 def _int(family: str, name: str, value, lo: int, hi: int | None = None, why: str = "") -> int:
     """``value`` as an int in [lo, hi]; ValueError naming the family, parameter and bounds."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != value or (
-        isinstance(value, float) and (math.isinf(value) or value != int(value))
-    ):
+        not isinstance(value, numbers.Integral) and (math.isinf(value) or value != int(value))
+    ):  # any Real, not just float: np.float32(8.5) and Fraction(5, 2) are not integers either
         raise ValueError(f"{family}: {name} must be an integer, got {value!r}")
     v = int(value)
     if v < lo or (hi is not None and v > hi):
@@ -233,7 +235,7 @@ def wishart(d: int, rng: np.random.Generator, *, aspect: float = 0.5) -> _Draw:
     """
     aspect = _real("wishart", "aspect", aspect, gt=0.0)
     n = max(1, math.ceil(d / aspect * (1 - 1e-12)))  # 1e-12: no extra sample from d/aspect's rounding
-    if d * n > 2**27:
+    if d * n > MAX_ENTRIES:
         raise ValueError(f"wishart: aspect={aspect!r} is too small for d={d} (it needs n={n} samples)")
     X = rng.standard_normal((d, n))
     return _Draw(None, X @ X.T / n, {"aspect": aspect, "n": n})
@@ -300,7 +302,7 @@ def make(family: str, d: int, seed: int = 0, dtype: str = "float64", **params) -
         raise ValueError(
             f"unknown parameter {unknown[0]!r} for spectrum family {family!r} (allowed: {', '.join(allowed)})"
         )
-    d = _int(family, "d", d, 2)
+    d = _int(family, "d", d, 2, math.isqrt(MAX_ENTRIES), f": a d×d matrix of at most {MAX_ENTRIES} entries, 1 GiB")
     seed = _int(family, "seed", seed, 0)
     dt = _dtype(dtype)
 

@@ -150,6 +150,19 @@ def test_input_validation():
         R.ground_truth(np.diag([-1.0, 1.0, 2.0]), loss)
 
 
+@pytest.mark.parametrize("engine", ["mpmath", "flint", "auto"])
+@pytest.mark.parametrize("d_loss", [3, 1])
+def test_a_loss_built_for_another_d_is_refused(engine, d_loss):
+    """mpmath used to cut a 3×3 weight to A's 2×2 block and certify that loss; flint failed deep inside."""
+    with pytest.raises(InputError, match=r"weight has shape .* but A is 2×2"):
+        R.ground_truth(np.diag([1.0, 2.0]), make_loss("zca", d_loss), engine=engine, cache=False)
+
+
+def test_iterated_truth_refuses_a_loss_of_another_d():
+    with pytest.raises(InputError, match="weight has shape"):
+        R.iterated_truth(np.diag([1.0, 2.0]), make_loss("eigvec", 3), np.eye(2), 3, cache=False)
+
+
 @pytest.mark.parametrize("name", ["zca", "projector"])
 def test_exactly_repeated_eigenvalues(name):
     """Exact ties (a duplicated block): no isolated single enclosures; flint certifies each tied

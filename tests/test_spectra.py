@@ -2,6 +2,7 @@
 
 import math
 import time
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -239,7 +240,7 @@ BAD = [
                       r"rank_deficient, lapack, wishart, powerlaw\)"),
     (("cluster", 4), {"m": 2}, r"unknown parameter 'm' for spectrum family 'cluster' \(allowed: k, delta\)"),
     (("lapack", 4), {"alpha": 2}, r"unknown parameter 'alpha' .*\(allowed: mode, cond\)"),
-    (("separated", 1), {}, r"d=1 is impossible \(need d >= 2\)"),
+    (("separated", 1), {}, r"d=1 is impossible \(need 2 <= d <= 11585"),
     (("separated", 2.5), {}, r"d must be an integer"),
     (("separated", 4, -1), {}, r"seed=-1 is impossible"),
     (("separated", 4, 0, "float16"), {}, r"dtype must be 'float32' or 'float64', got 'float16'"),
@@ -264,6 +265,14 @@ BAD = [
     (("powerlaw", 3), {"alpha": "big"}, r"alpha must be a real number"),
     (("powerlaw", 1000), {"alpha": 500.0}, r"alpha=500.0 is too large for d=1000"),
     (("cluster", 4), {"k": 2.5}, r"k must be an integer"),
+    # numpy scalars and fractions are Reals too (they were truncated: 8.5 built d = 8)
+    (("cluster", np.float32(8.5)), {}, r"d must be an integer"),
+    (("degenerate", 8), {"m": np.float32(2.5)}, r"m must be an integer"),
+    (("lapack", 8), {"mode": np.float16(3.9)}, r"mode must be an integer"),
+    (("separated", 8, np.float32(1.7)), {}, r"seed must be an integer"),
+    (("cluster", 8), {"k": Fraction(5, 2)}, r"k must be an integer"),
+    # refused before anything is allocated (2**31 used to get the process killed)
+    (("separated", 2**31), {}, r"d=2147483648 is impossible \(need 2 <= d <= 11585: a d×d matrix of at most"),
 ]
 
 

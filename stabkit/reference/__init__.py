@@ -79,6 +79,7 @@ from dataclasses import dataclass
 import mpmath
 import numpy as np
 
+from ..errors import InputError
 from . import _cache, _mpmath
 from ._cache import ENGINE_VERSIONS, ReferenceCacheWarning
 from ._common import MAX_DIGITS, agreement_digits, as_exact_float64, choose_digits
@@ -104,8 +105,10 @@ class Truth:
     # float64: exact eigenvalues of the input, rounded, ascending; engine "arb" (iterated_truth): the
     # iteration's λ̂ in index order, NaN for the stages after the last kept pair (not run)
     eigenvalues: np.ndarray
-    # significant digits of grad (relative to max|grad|), capped at 60: certified by the mpmath and
-    # flint engines; for "arb" the agreement of two precisions, an estimate
+    # significant digits (relative to its max |entry|, capped at 60) of the high-precision ∂L/∂A that
+    # grad rounds: grad itself carries at most float64's ≈ 16 (relative error ≤ 10^-digits + 2^-53).
+    # flint: a rigorous interval bound; mpmath: the agreement of two precisions, capped by what a
+    # backward-stable solver delivers; "arb": the agreement of two precisions, an estimate
     digits: float
     engine: str  # "mpmath", "flint", or "arb" (iterated_truth)
     seconds: float  # wall time of the (uncached) computation
@@ -130,6 +133,7 @@ def ground_truth(A, loss, *, engine: str = "auto", cache: bool = True, _dps: int
     input_dtype = np.asarray(A).dtype
     A = as_exact_float64(A)
     d = A.shape[0]
+    _check_loss_size(loss, d)
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}: choose one of {', '.join(ENGINES)}")
     if engine == "auto":
@@ -158,6 +162,7 @@ def iterated_truth(A, loss, starts, steps: int, kept=None, *, cache: bool = True
 
     A = as_exact_float64(A)
     d = A.shape[0]
+    _check_loss_size(loss, d)
     starts = np.asarray(starts, dtype=np.float64)
     kept = np.ones(d, dtype=bool) if kept is None else np.asarray(kept, dtype=bool).reshape(d)
     if starts.shape != (d, d) or not np.isfinite(starts).all():
@@ -228,11 +233,19 @@ def _engine(A, loss, engine: str, cache: bool, _dps: int | None, input_dtype=np.
     return grad, hp, lam64, digits, "; ".join(n for n in (range_note, note) if n)
 
 
+def _check_loss_size(loss, d: int) -> None:
+    """A loss built for another d would be silently cut or broadcast by the engines."""
+    shape = np.shape(loss.weight)
+    if shape != (d, d):
+        raise InputError(f"the loss's weight has shape {shape} but A is {d}×{d}: build the loss for d = {d} "
+                         f"(make_loss(name, {d}))")
+
+
 _TINY = 2.0 ** -1074  # the smallest subnormal: the absolute rounding error of tiny float64 entries
 
 
 def _float64_digits(grad: np.ndarray, hp, digits: float) -> tuple[float, str]:
-    """Digits of the *float64* gradient: 0 if it overflowed (not finite) or underflowed to zero;
+    """``digits`` where the float64 gradient keeps them: 0 if it overflowed (not finite) or underflowed to zero;
     near the underflow threshold, at most what the subnormal spacing 2^-1074 leaves."""
     if not np.isfinite(grad).all():
         with mpmath.workprec(64):
