@@ -84,7 +84,7 @@ def check_values(A: torch.Tensor, fn: str = "eigh", symmetric: bool = True) -> N
 
     Skipped under torch.compile and torch.func transforms (see the module docstring).
     """
-    if _xp.is_traced(A):
+    if _xp.is_traced(A) or A.numel() == 0:  # an empty batch holds nothing to check
         return
     A = A.detach()
     stats = [(~torch.isfinite(A)).any().to(A.dtype), A.abs().amax()]
@@ -139,18 +139,21 @@ class _Eigh(torch.autograd.Function):
         ctx.save_for_backward(A, *output)
         ctx.save_for_forward(*output)
         ctx.spec = spec
+        ctx.set_materialize_grads(False)  # an unused U arrives as None, not as zeros (see backward)
 
     @staticmethod
     def backward(ctx, glam, gU):
         A, lam, U = ctx.saved_tensors
         spec = ctx.spec
+        glam = torch.zeros_like(lam) if glam is None else glam
         if spec.method.exact_state:  # the rule needs only the exact (λ, U)
             if _differentiating_backward(A):
                 lam, U_new = torch.linalg.eigh(A)
                 U = U_new * _same_sign(U_new, U)
-            state = {"U": U, "lam": lam}
+            state = {"U": U, "lam": lam}  # gU None (λ only) is the rule's to skip (methods.assemble)
         else:  # power iteration: its state (iterates, norms) is rebuilt from A
             _, _, state = spec.forward(A)
+            gU = torch.zeros_like(U) if gU is None else gU
         return spec.backward(state, gU, glam), None
 
 
@@ -205,7 +208,8 @@ def eigh(A: torch.Tensor, UPLO: str = "L", *, out=None, method: str | Spec = DEF
 
 def eigvalsh(A: torch.Tensor, UPLO: str = "L", *, out=None, method: str | Spec = DEFAULT, check: bool = True, **params):
     """``torch.linalg.eigvalsh``: the eigenvalues of :func:`eigh` (their gradient U diag(∂L/∂λ) Uᵀ
-    is the same for every kernel method; ``pi-forward`` differentiates its own iteration)."""
+    is the same for every kernel method, finite at exact ties; a truncating method such as ``pi``
+    gives its dropped pairs none; ``pi-forward`` differentiates its own iteration)."""
     UPLO, spec = _eigh_call(A, UPLO, out, method, check, params, "eigvalsh")
     if spec.method.native:
         return torch.linalg.eigvalsh(A, UPLO=UPLO)
@@ -238,15 +242,21 @@ def svd_backward(U, S, Vh, gU, gS, gVh, F):
                 + (I − UUᵀ) ∂L/∂U Σ⁻¹ Vᵀ + U Σ⁻¹ (∂L/∂V)ᵀ (I − VVᵀ),   skew(M) = M − Mᵀ.
 
     The last two terms are the D term (zero when m = n); the exact F is the analytic method's.
+    ``gU`` or ``gVh`` None (unused factor): its terms are left out, so a tie's ∞ in F never meets a
+    zero (∞ · 0).
     """
-    J = U.mT @ gU
-    P = Vh @ gVh.mT  # Vᵀ ∂L/∂V with V = Vhᵀ, ∂L/∂V = gVhᵀ
-    inner = torch.diag_embed(gS) + (F * (J - J.mT)) * S[..., None, :] + S[..., :, None] * (F * (P - P.mT))
-    gX = U @ inner @ Vh
+    inner = torch.diag_embed(gS)
     m, n = U.shape[-2], Vh.shape[-1]
-    if m > S.shape[-1]:
+    if gU is not None:
+        J = U.mT @ gU
+        inner = inner + (F * (J - J.mT)) * S[..., None, :]
+    if gVh is not None:
+        P = Vh @ gVh.mT  # Vᵀ ∂L/∂V with V = Vhᵀ, ∂L/∂V = gVhᵀ
+        inner = inner + S[..., :, None] * (F * (P - P.mT))
+    gX = U @ inner @ Vh
+    if gU is not None and m > S.shape[-1]:
         gX = gX + ((gU - U @ J) / S[..., None, :]) @ Vh
-    if n > S.shape[-1]:
+    if gVh is not None and n > S.shape[-1]:
         gX = gX + U @ ((gVh - (gVh @ Vh.mT) @ Vh) / S[..., :, None])
     return gX
 
@@ -265,16 +275,20 @@ class _SVD(torch.autograd.Function):
         ctx.save_for_backward(X, *output)
         ctx.save_for_forward(*output)
         ctx.driver, ctx.spec = driver, spec
+        ctx.set_materialize_grads(False)  # unused U, Vh arrive as None, not as zeros (see backward)
 
     @staticmethod
     def backward(ctx, gU, gS, gVh):
         X, U, S, Vh = ctx.saved_tensors
         k = S.shape[-1]
-        U, Vh, gU, gVh = U[..., :, :k], Vh[..., :k, :], gU[..., :, :k], gVh[..., :k, :]
+        U, Vh = U[..., :, :k], Vh[..., :k, :]
         if _differentiating_backward(X):  # the factors as differentiable functions of X
             U_new, S, Vh_new = torch.linalg.svd(X, full_matrices=False, driver=ctx.driver)
             sign = _same_sign(U_new, U)
             U, Vh = U_new * sign, Vh_new * sign.mT
+        gS = torch.zeros_like(S) if gS is None else gS
+        gU = None if gU is None else gU[..., :, :k]
+        gVh = None if gVh is None else gVh[..., :k, :]
         F = ctx.spec.kernel(S * S)
         return svd_backward(U, S, Vh, gU, gS, gVh, F), None, None, None
 

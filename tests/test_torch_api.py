@@ -339,7 +339,62 @@ def test_fullgraph_compile_model_forward_and_backward(one_torch_thread):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-14)
 
 
+@pytest.mark.parametrize("method", EIG_METHODS)
+def test_compiled_backward_matches_eager_for_every_method(method, one_torch_thread):
+    """fullgraph with AOT autograd traces each rule's backward too (a numpy context in it used to stop
+    Dynamo for pi and analytic-trunc)."""
+    torch._dynamo.reset()
+    A = separated(4, (2,)).requires_grad_()
+
+    def f(A):
+        return eig_loss(*sk.eigh(A, method=method, **SMALL.get(method, {})))
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(torch.autograd.grad(compiled(A), A)[0], torch.autograd.grad(f(A), A)[0],
+                               rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("method", EIG_METHODS)
+def test_eigenvalue_gradient_is_finite_at_exact_ties(method):
+    """L = Σλ + 3 λ_max at diag(1, 1, 2) (an exact tie): ∂L/∂A = U diag(w ∘ kept) Uᵀ, w = (1, 1, 4),
+    whatever F is at the tie (the unused U used to arrive as zeros: ∞ · 0 = NaN). A method that
+    differentiates its own iteration (19 steps from random starts) is that close, not exact."""
+    atol = 1e-12 if methods.spec(method).method.exact_state else 1e-6
+    A = torch.diag(torch.tensor([1.0, 1.0, 2.0], dtype=F64)).requires_grad_()
+    w = torch.tensor([1.0, 1.0, 4.0], dtype=F64)
+    _, _, kept = sk.eigh_kept(A.detach(), method=method)
+    lam, U = torch.linalg.eigh(A.detach())
+    expected = (U * (w * kept)) @ U.mT
+    for lam_of in (lambda A: sk.eigvalsh(A, method=method), lambda A: sk.eigh(A, method=method)[0]):
+        g = torch.autograd.grad((w * lam_of(A)).sum(), A)[0]
+        torch.testing.assert_close(g, expected, rtol=0, atol=atol)
+
+
+@pytest.mark.parametrize("method", SVD_METHODS)
+@pytest.mark.parametrize("shape", [(3, 3), (4, 3), (3, 4)])
+def test_singular_value_gradient_is_finite_at_exact_ties(method, shape):
+    """L = Σσ + 3 σ_max with σ = (2, 1, 1) exactly (and σ = 0 rows/columns beyond): U diag(w) Vᵀ,
+    as torch.linalg.svdvals gives it."""
+    X = torch.zeros(shape, dtype=F64)
+    X[0, 0], X[1, 1], X[2, 2] = 2.0, 1.0, 1.0
+    X.requires_grad_()
+    w = torch.tensor([4.0, 1.0, 1.0], dtype=F64)
+    expected = torch.autograd.grad((w * torch.linalg.svdvals(X)).sum(), X)[0]
+    for sigma_of in (lambda X: sk.svdvals(X, method=method), lambda X: sk.svd(X, False, method=method)[1]):
+        g = torch.autograd.grad((w * sigma_of(X)).sum(), X)[0]
+        torch.testing.assert_close(g, expected, rtol=0, atol=1e-12)
+
+
 # ------------------------------------------------------------------ input contract
+
+@pytest.mark.parametrize("method", ["analytic", "taylor"])
+def test_an_empty_batch_gives_empty_results_as_torch_does(method):
+    A, X = torch.zeros(0, 4, 4, dtype=F64), torch.zeros(0, 3, 2, dtype=F64)
+    lam, U = sk.eigh(A, method=method)
+    assert lam.shape == (0, 4) and U.shape == (0, 4, 4) and sk.eigvalsh(A, method=method).shape == (0, 4)
+    assert [t.shape for t in sk.svd(X, False, method=method)] == [t.shape for t in torch.linalg.svd(X, False)]
+    assert sk.svdvals(X, method=method).shape == (0, 2)
+
 
 @pytest.mark.parametrize("fn", [sk.eigh, sk.eigvalsh])
 def test_eigh_input_contract(fn):

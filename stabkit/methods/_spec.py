@@ -95,7 +95,7 @@ class Spec:
     def evaluate(self, A, loss):
         """(grad, lam, U, kept) for probe loss ``loss`` at A: the forward decides (λ, U), the loss
         gradient is taken there; a truncating method's grad is that of the loss on its kept pairs."""
-        with _xp.errstate():
+        with _xp.errstate(A):
             lam, U, state = self.forward(A)
             gU, glam = loss.grads(U, lam)
             return self.backward(state, gU, glam), lam, U, self.method.kept(state, lam)

@@ -31,8 +31,8 @@ def _forward(A: Array, eps: float = 1e-4) -> tuple[Array, Array, dict]:
 
 
 def backward(state: dict, gU: Array, glam: Array, eps: float = 1e-4, **_) -> Array:
-    xp = _xp.namespace(gU)
-    with _xp.errstate():
+    xp = _xp.namespace(glam)
+    with _xp.errstate(glam):  # no numpy context on the torch path (torch.compile fullgraph)
         lam = state["lam"]
         kept = state["kept"] if "kept" in state else kept_above(lam, eps)
         diff = pair_diff(lam)

@@ -288,8 +288,8 @@ def _pi_forward_kept(lam, stop=False, eps=1e-4, **_):
 
 
 def _svd_pi_backward(state, gU, glam, steps=19, eps=1e-4, **_):
-    xp = _xp.namespace(gU)
-    with _xp.errstate():
+    xp = _xp.namespace(glam)
+    with _xp.errstate(glam):  # no numpy context on the torch path (torch.compile fullgraph)
         kept = state["kept"] if "kept" in state else paper_kept(state["lam"], eps)
         F = kernel(state["lam"], kept, int(steps))
         return assemble(state["U"], F, gU, xp.where(kept, glam, glam * 0))
