@@ -63,3 +63,19 @@ def mp_range_projector(B):
 
 def rel(a, b):
     return float(np.linalg.norm(np.asarray(a) - np.asarray(b)) / np.linalg.norm(np.asarray(b)))
+
+
+def bad_matrices(d=3, n=None):
+    """(label, input, message pattern) of the inputs every layer must refuse with an InputError:
+    NaN, Inf, a 1-D tensor, an integer dtype, and (``n`` given, n ≠ d) a non-square (d, n) one."""
+    import torch
+
+    nan, inf = torch.eye(d, dtype=torch.float64), torch.eye(d, dtype=torch.float64)
+    nan[0, 1] = nan[1, 0] = float("nan")
+    inf[1, 1] = float("inf")
+    cases = [("nan", nan, "non-finite"), ("inf", inf, "non-finite"),
+             ("1-d", torch.ones(d, dtype=torch.float64), "shape"),
+             ("int", torch.eye(d, dtype=torch.int64), "dtype")]
+    if n is not None:
+        cases.append(("non-square", torch.ones(d, n, dtype=torch.float64), "shape"))
+    return cases
