@@ -23,7 +23,11 @@ CPU or CUDA:
       >>> y.shape
       torch.Size([32, 16, 4, 4])
 
-  Both take ``method=`` (the eigendecomposition's backward, any registry method).
+  Both take ``method=`` (the eigendecomposition's backward, any registry method; CovariancePooling's
+  default, None, is the exact Daleckii–Krein backward of g).
+
+Inputs are checked as :mod:`stabkit.torch` checks them (InputError); the iterative LESS and IED
+power solver raise EigensolverError when they do not converge.
 """
 
 from .eig import eig
