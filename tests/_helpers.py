@@ -63,3 +63,42 @@ def mp_range_projector(B):
 
 def rel(a, b):
     return float(np.linalg.norm(np.asarray(a) - np.asarray(b)) / np.linalg.norm(np.asarray(b)))
+
+
+def bad_matrices(d=3, n=None):
+    """(label, input, message pattern) of the inputs every layer must refuse with an InputError:
+    NaN, Inf, a 1-D tensor, an integer dtype, and (``n`` given, n ≠ d) a non-square (d, n) one."""
+    import torch
+
+    nan, inf = torch.eye(d, dtype=torch.float64), torch.eye(d, dtype=torch.float64)
+    nan[0, 1] = nan[1, 0] = float("nan")
+    inf[1, 1] = float("inf")
+    cases = [("nan", nan, "non-finite"), ("inf", inf, "non-finite"),
+             ("1-d", torch.ones(d, dtype=torch.float64), "shape"),
+             ("int", torch.eye(d, dtype=torch.int64), "dtype")]
+    if n is not None:
+        cases.append(("non-square", torch.ones(d, n, dtype=torch.float64), "shape"))
+    return cases
+
+
+def nonsymmetric(d=3):
+    """A float64 (d, d) matrix whose asymmetry is far above √eps·max|A|."""
+    import torch
+
+    A = torch.eye(d, dtype=torch.float64)
+    A[0, 1] = 0.5
+    return A
+
+
+def second_derivative(fn, A, seed=0):
+    """Differentiate the gradient of ⟨B, fn(A)²⟩ once more (a Hessian-vector product, random B and v;
+    the loss is nonlinear so that its cotangent depends on A)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    a = A.clone().requires_grad_()
+    out = fn(a)
+    B = torch.randn(out.shape, generator=gen, dtype=out.dtype)
+    (g,) = torch.autograd.grad((B * out * out).sum(), a, create_graph=True)
+    (g * torch.randn(a.shape, generator=gen, dtype=a.dtype)).sum().backward()
+    return a.grad

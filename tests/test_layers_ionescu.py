@@ -1,5 +1,5 @@
 """Ionescu et al. (ICCV 2015) layers: SVD (Prop. 1), EIG (Prop. 2), matrix functions (Props. 3–4,
-DeepO2P), projector (Lemma 1), normalized cuts (Props. 5–6, eqs. 64–65) — each backward against an
+DeepO2P), projector (Lemma 1), normalized cuts (Props. 5–6, low-rank affinity) — each backward against an
 mpmath finite-difference ground truth (≤ 1e-10 relative in float64) and torch autograd."""
 
 import mpmath as mp
@@ -278,7 +278,7 @@ def test_ncuts_gradients_for_F_and_Lambda_match_mpmath(which):
     truth_l = mp_grad(lambda v: _j_mp(which, to_mp(F), [v[0, i] for i in range(D_FEAT)]), lam)
     assert rel(gF.numpy(), truth_F) < 1e-10
     if which == 2:
-        # Prop. 6 / eq. 65: Π_W does not depend on Λ, so ∂J₂/∂Λ = 0 (up to rounding)
+        # Prop. 6: Π_W does not depend on Λ, so ∂J₂/∂Λ = 0 (up to rounding)
         assert np.abs(gl.numpy()).max() < 1e-13 * np.abs(gF.numpy()).max()
         assert np.abs(truth_l).max() < 1e-20
     else:

@@ -46,7 +46,7 @@ def test_sqrt_squares_back_to_the_covariance():
 
 
 @pytest.mark.parametrize("function", ["sqrt", "log"])
-def test_analytic_backward_passes_gradcheck(function):
+def test_default_backward_passes_gradcheck(function):
     x = _feature_map(B=2, C=3, H=2, W=3, seed=1).requires_grad_(True)
     pool = CovariancePooling(function, eps=0.1)
     assert torch.autograd.gradcheck(lambda t: pool(t), (x,), eps=1e-6, atol=1e-6, rtol=1e-5)
@@ -102,3 +102,34 @@ def test_zca_whitening_is_exported_and_docstring_examples_run():
     for module in (stabkit.layers, stabkit.layers.pooling):
         result = doctest.testmod(module)
         assert result.attempted > 0 and result.failed == 0
+
+
+@pytest.mark.parametrize("function, reference", [("sqrt", scipy.linalg.sqrtm), ("log", scipy.linalg.logm)])
+def test_dead_channels_gradient_matches_finite_differences(function, reference):
+    """Two constant channels: ε is a double eigenvalue of Σ + εI. g is smooth there, so the default
+    (exact) backward must give the derivative: directional derivatives against central differences
+    of a numpy/scipy forward."""
+    x0 = _feature_map(B=1, C=4, H=3, W=3, seed=0)
+    x0[:, 2:] = 0
+    G = np.random.default_rng(1).standard_normal((4, 4))
+    x = x0.clone().requires_grad_(True)
+    (torch.as_tensor(G) * CovariancePooling(function, eps=0.1)(x)).sum().backward()
+    loss = lambda t: float((G * np.real(reference(_numpy_covariance(t, 0.1)[0]))).sum())  # noqa: E731
+    for seed in range(3):
+        v = torch.randn(x0.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+        h = 1e-5
+        fd = (loss(x0 + h * v) - loss(x0 - h * v)) / (2 * h)
+        assert abs(float((x.grad * v).sum()) - fd) <= 1e-7 * max(1.0, abs(fd))
+
+
+@pytest.mark.parametrize("label, x, match", [
+    ("nan", torch.full((1, 2, 2, 2), float("nan"), dtype=torch.float64), "non-finite"),
+    ("inf", torch.full((1, 2, 2, 2), float("inf"), dtype=torch.float64), "non-finite"),
+    ("3-d", torch.ones(2, 2, 2, dtype=torch.float64), r"\(B, C, H, W\)"),
+    ("int", torch.ones(1, 2, 2, 2, dtype=torch.int64), "float"),
+], ids=["nan", "inf", "3-d", "int"])
+def test_bad_input_raises_input_error(label, x, match):
+    from stabkit.errors import InputError
+
+    with pytest.raises(InputError, match=match):
+        CovariancePooling()(x)

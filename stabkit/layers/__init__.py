@@ -11,7 +11,7 @@ CPU or CUDA:
   cancellation-free Daleckii–Krein backward — an extension, compared in the o2p_stability study);
 * :func:`projector` — Π_A = A A⁺, Lemma 1;
 * :func:`ncut_j1`, :func:`ncut_j2`, :func:`low_rank_affinity` — normalized cuts, Props. 5–6 and
-  eqs. 64–65;
+  the low-rank affinity derivatives;
 * :func:`less`, :func:`ied` — principal eigenvector(s) with the implicit (DDN) backward;
 * :class:`CovariancePooling` — second-order pooling g(Σ), g = √ or log, of a (B, C, H, W) map;
   :class:`ZCAWhitening` — decorrelated batch normalization (``stabkit.train.zca``), e.g.
@@ -23,7 +23,11 @@ CPU or CUDA:
       >>> y.shape
       torch.Size([32, 16, 4, 4])
 
-  Both take ``method=`` (the eigendecomposition's backward, any registry method).
+  Both take ``method=`` (the eigendecomposition's backward, any registry method; CovariancePooling's
+  default, None, is the exact Daleckii–Krein backward of g).
+
+Inputs are checked as :mod:`stabkit.torch` checks them (InputError); the iterative LESS and IED
+power solver raise EigensolverError when they do not converge.
 """
 
 from .eig import eig

@@ -2,7 +2,9 @@
 
 Prop. 2 is exactly the registry's ``analytic`` method (``stabkit.methods._base.assemble`` with
 F_ij = 1/(λ_j − λ_i)); the layer routes through :func:`stabkit.torch.eigh`, so ``method=`` swaps
-in any registry backward (``taylor``, ``pi``, ``clip``, …) without touching the model.
+in any registry backward (``taylor``, ``pi``, ``clip``, …) without touching the model. Input:
+stabkit.torch's contract — a matrix that is not symmetric within √eps·max|A| is an InputError;
+within it, its symmetric part is decomposed.
 """
 
 from __future__ import annotations
@@ -10,10 +12,12 @@ from __future__ import annotations
 import torch
 
 import stabkit.torch
+from ._checks import check_matrix
 from ..methods import DEFAULT, Spec
 
 
 def eig(A: torch.Tensor, method: str | Spec = DEFAULT, **params):
     """(λ ascending, U) of the symmetric part of A (..., d, d); gradient by ``method`` (a Spec, or a
     registry name / spec text with ``params``, made a Spec once inside ``stabkit.torch.eigh``)."""
-    return stabkit.torch.eigh(stabkit.torch.symmetrize(A), method=method, **params)
+    check_matrix(A, "eig", symmetric=True)
+    return stabkit.torch.eigh(stabkit.torch.symmetrize(A), method=method, check=False, **params)

@@ -15,14 +15,22 @@ symmetric positive definite (Cholesky for d ≥ 64, LU below); for the i-th of k
 indefinite but nonsingular when λ_i is simple (LU). Needs simple eigenvalues λ_1 > … > λ_k > λ_{k+1}.
 
 Forward solvers: ``"eigh"`` (LAPACK, then the top k) or ``"power"`` (orthogonal subspace
-iteration + Rayleigh–Ritz; finds the k eigenvalues of largest *magnitude* — the principal ones for
-PSD inputs such as covariances). Signs: each vector's largest-magnitude entry is made positive.
+iteration from a seeded random start + Rayleigh–Ritz; finds the k eigenvalues of largest
+*magnitude* — the principal ones for PSD inputs such as covariances). It stops when the Ritz
+residual ‖AY − YH‖_F ≤ tol·‖A‖_F and raises :class:`~stabkit.errors.EigensolverError` if that is not
+reached in ``max_iter`` steps (its rate is |λ_{k+1}/λ_k|: slow for near-ties in magnitude, none for
+λ_k = −λ_{k+1}). Signs: each vector's largest-magnitude entry is made positive.
+
+First derivatives only (``once_differentiable``): the backward uses the forward's Y and λ as
+constants, so differentiating it again would be wrong.
 """
 
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 
+from ._checks import check_iterations, check_matrix, not_converged
 from ..errors import InputError
 
 
@@ -66,21 +74,28 @@ def principal_backward(A, Y, lam, gY, glam):
     return gA + (G + _T(G)) / 2
 
 
+def seeded_normal(shape, seed: int, like: torch.Tensor) -> torch.Tensor:
+    """Standard normal numbers of ``shape`` from a CPU generator seeded with ``seed`` (the same on
+    every device), in ``like``'s dtype and device."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    return torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype=like.dtype, device=like.device)
+
+
 def _power(A, k, max_iter, tol, seed):
     d = A.shape[-1]
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    Y = torch.randn(A.shape[:-2] + (d, k), generator=gen, dtype=torch.float64).to(A.dtype).to(A.device)
-    Y, _ = torch.linalg.qr(Y)
-    scale = torch.linalg.matrix_norm(A)[..., None, None]
+    Y, _ = torch.linalg.qr(seeded_normal(A.shape[:-2] + (d, k), seed, A))
+    scale = torch.linalg.matrix_norm(A)
     for _ in range(max_iter):
-        Z = A @ Y
-        Ynew, _ = torch.linalg.qr(Z)
+        Y, _ = torch.linalg.qr(A @ Y)
         # convergence: residual of the Rayleigh–Ritz pairs
-        H = _T(Ynew) @ A @ Ynew
-        res = torch.linalg.matrix_norm(A @ Ynew - Ynew @ H)[..., None, None]
-        Y = Ynew
+        H = _T(Y) @ A @ Y
+        res = torch.linalg.matrix_norm(A @ Y - Y @ H)
         if bool((res <= tol * scale).all()):
             break
+    else:
+        rel = res / scale.clamp_min(torch.finfo(A.dtype).tiny)
+        raise not_converged("ied(solver='power')", rel, tol, max_iter,
+                            "the k-th and (k+1)-th eigenvalues are probably too close in magnitude (use solver='eigh')")
     H = _T(Y) @ A @ Y
     mu, W = torch.linalg.eigh((H + _T(H)) / 2)
     order = torch.argsort(mu.abs(), dim=-1, descending=True)
@@ -110,6 +125,7 @@ class _IED(torch.autograd.Function):
         return Y, lam
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, gY, glam):
         A, Y, lam = ctx.saved_tensors
         return principal_backward(A, Y, lam, gY, glam), None, None, None, None, None
@@ -118,8 +134,8 @@ class _IED(torch.autograd.Function):
 def ied(A: torch.Tensor, k: int = 1, solver: str = "eigh", max_iter: int = 1000, tol: float | None = None,
         seed: int = 0):
     """Top-k eigenvectors Y (..., d, k) and eigenvalues (..., k), descending, of symmetric A."""
-    if not isinstance(A, torch.Tensor) or A.dtype not in (torch.float32, torch.float64):
-        raise InputError("ied expects a float32/float64 torch.Tensor")
-    if A.ndim < 2 or A.shape[-1] != A.shape[-2] or not 1 <= k <= A.shape[-1]:
-        raise InputError(f"ied expects square (..., d, d) input and 1 ≤ k ≤ d, got {tuple(A.shape)}, k={k}")
+    check_matrix(A, "ied", symmetric=True)
+    check_iterations(max_iter, "ied")
+    if not 1 <= k <= A.shape[-1]:
+        raise InputError(f"ied: expected 1 ≤ k ≤ d = {A.shape[-1]}, got k={k}")
     return _IED.apply(A, k, solver, max_iter, tol, seed)

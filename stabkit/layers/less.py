@@ -3,99 +3,117 @@ declarative networks, "PMaF"): the principal eigenvector of symmetric A as
 
     y = argmin_{‖y‖ = 1} ½‖A − y yᵀ‖²_F  =  argmin_{‖y‖ = 1} −yᵀAy  (+ constants, since ‖y‖ = 1).
 
-Forward: Riemannian gradient descent on the unit sphere. Tangent gradient r = −2 (I − yyᵀ) A y;
-step y⁺ = (y − α r)/‖y − α r‖ (retraction). Each step starts from the current trial size α;
-a backtracking line search halves it until Armijo's condition f(y⁺) ≤ f(y) − c₁ α ‖r‖²
-holds (where f's change is below its rounding, Armijo is noise: there a step is
-accepted iff ‖r‖ decreases — an approximate-Armijo safeguard); an accepted first try lets α grow (×``grow``, adaptive steps) while a backtracked step
-keeps the reduced α (descent decay). Stops when ‖r‖ ≤ tol·‖A‖_F, per batch element.
+Forward: Riemannian steepest descent on the unit sphere with exact line search. The tangent
+gradient is r = −2 (I − yyᵀ) A y; the next iterate is the best point of the geodesic through y
+along r, i.e. the top eigenvector of A restricted to span(y, r̂) (a 2 × 2 problem in closed form),
+so f never increases and there is no step size to tune. Stops when ‖r‖ ≤ tol·‖A‖_F, per batch
+element.
+
+Start: the largest column of A (close to the top vector for PSD A) plus a seeded random nudge, so
+the start is not orthogonal to the top vector (a stationary point of descent is any eigenvector).
+
+Result checks, raising :class:`~stabkit.errors.EigensolverError`: ‖r‖ still above tol·‖A‖_F
+(descent converges at a rate set by the relative top gap, so near-ties can need more than
+``max_iter`` steps, or more than the dtype resolves); and y not principal, i.e. a Cholesky
+factorisation of (λ + m) I − A + ‖A‖_F yyᵀ fails, m = ‖Ay − λy‖ + 16·d·eps·‖A‖_F (it succeeds iff
+every eigenvalue of A but y's is below λ + m).
 
 Backward: the implicit-function rule of the bi-level problem, identical to IED's (see
 :mod:`.ied`): ∂L/∂A = sym(v yᵀ) + (∂L/∂λ) yyᵀ, v = (λI − A + c yyᵀ)⁻¹ (I − yyᵀ) ∂L/∂y — one
-Cholesky solve.
+solve. First derivatives only: the rule uses the forward's y and λ as constants.
 """
 
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 
-from ..errors import InputError
+from ._checks import check_iterations, check_matrix, not_converged
+from ..errors import EigensolverError
+from .ied import fix_sign, principal_backward, seeded_normal
 
-from .ied import fix_sign, principal_backward
+
+def _start(A, seed):
+    """Largest column of A, unit length, plus a seeded random nudge of length 1e-3."""
+    col = torch.linalg.vector_norm(A, dim=-2).argmax(-1)
+    y = torch.gather(A, -1, col[..., None, None].expand(A.shape[:-1] + (1,)))[..., 0]
+    y = y / torch.linalg.vector_norm(y, dim=-1, keepdim=True).clamp_min(torch.finfo(A.dtype).tiny)
+    z = seeded_normal(A.shape[:-1], seed, A)
+    return y + 1e-3 * z / torch.linalg.vector_norm(z, dim=-1, keepdim=True)
 
 
-def less_forward(A, y0=None, max_iter=5000, tol=None, grow=2.0, c1=1e-4):
+def less_forward(A, y0=None, max_iter=5000, tol=None, seed=0):
     A = (A + A.transpose(-1, -2)) / 2
     d = A.shape[-1]
     eps = torch.finfo(A.dtype).eps
     tol = 16 * eps if tol is None else tol
-    normA = torch.linalg.matrix_norm(A)[..., None]
-    if y0 is None:
-        col = torch.linalg.vector_norm(A, dim=-2).argmax(-1)
-        y = torch.gather(A, -1, col[..., None, None].expand(A.shape[:-1] + (1,)))[..., 0]
-        y = y + normA * 1e-3 / d ** 0.5   # nudge off any exact orthogonality to the top vector
-    else:
-        y = y0.to(A.dtype).expand(A.shape[:-1]).clone()
+    normA = torch.linalg.matrix_norm(A)
+    y = _start(A, seed) if y0 is None else y0.to(A.dtype).expand(A.shape[:-1]).clone()
     y = y / torch.linalg.vector_norm(y, dim=-1, keepdim=True)
-    alpha = 1.0 / normA.clamp_min(torch.finfo(A.dtype).tiny)
-    f = lambda z: -(z * (A @ z[..., None])[..., 0]).sum(-1, keepdim=True)
-
-    def accept(z, fy, a, rn2):
-        # Armijo; where f's change sinks below its rounding (near the optimum) Armijo is decided
-        # by noise, so there a step is accepted iff the tangent residual ‖r‖ decreases.
-        fz = f(z)
-        Az = (A @ z[..., None])[..., 0]
-        rz = Az - (z * Az).sum(-1, keepdim=True) * z
-        flat = (fz - fy).abs() <= 8 * eps * normA
-        return torch.where(flat, 4 * (rz * rz).sum(-1, keepdim=True) < rn2, fz <= fy - c1 * a * rn2)
-    for it in range(max_iter):
-        Ay = (A @ y[..., None])[..., 0]
-        rq = (y * Ay).sum(-1, keepdim=True)
-        r = -2 * (Ay - rq * y)
-        rn2 = (r * r).sum(-1, keepdim=True)
-        active = rn2.sqrt() > tol * normA
+    mv = lambda z: (A @ z[..., None])[..., 0]
+    dot = lambda u, v: (u * v).sum(-1)
+    for _ in range(max_iter):
+        Ay = mv(y)
+        a = dot(y, Ay)
+        g = Ay - a[..., None] * y                   # r = −2g
+        gn = torch.linalg.vector_norm(g, dim=-1)
+        active = 2 * gn > tol * normA
         if not bool(active.any()):
             break
-        fy = -rq
-        a = alpha.clone()
-        first = torch.ones_like(active)
-        for _ in range(60):
-            z = y - a * r
-            z = z / torch.linalg.vector_norm(z, dim=-1, keepdim=True)
-            ok = accept(z, fy, a, rn2)
-            if bool((ok | ~active).all()):
-                break
-            a = torch.where(ok, a, a / 2)
-            first = first & ok
-        ok = accept(z, fy, a, rn2)
-        y = torch.where(active & ok, z, y)
-        alpha = torch.where(active & first, a * grow, a)
-        if bool((active & ~ok).all()):
-            break  # no decrease even at tiny steps: at the rounding floor
-    Ay = (A @ y[..., None])[..., 0]
-    lam = (y * Ay).sum(-1)
-    return A, lam, fix_sign(y[..., None])[..., 0], it
+        q = g / gn[..., None]
+        # top eigenvector (cos θ, sin θ) of [[a, b], [b, c]] = [y, q]ᵀ A [y, q]: 2θ = atan2(2b, a − c)
+        theta = torch.atan2(2 * gn, a - dot(q, mv(q))) / 2
+        z = torch.cos(theta)[..., None] * y + torch.sin(theta)[..., None] * q
+        z = z / torch.linalg.vector_norm(z, dim=-1, keepdim=True)
+        y = torch.where(active[..., None], z, y)
+    Ay = mv(y)
+    lam = dot(y, Ay)
+    res = torch.linalg.vector_norm(Ay - lam[..., None] * y, dim=-1)
+    if bool((2 * res > tol * normA).any()):
+        rel = 2 * res / normA.clamp_min(torch.finfo(A.dtype).tiny)
+        raise not_converged("less", rel, tol, max_iter, "the top eigenvalues are probably too close for "
+                            "steepest descent (use ied, or a larger max_iter / tol)")
+    _check_principal(A, y, lam, res, normA, d, eps)
+    return A, lam, fix_sign(y[..., None])[..., 0]
+
+
+def _check_principal(A, y, lam, res, normA, d, eps):
+    """EigensolverError unless no eigenvalue of A exceeds λ + m (module docstring)."""
+    tiny = torch.finfo(A.dtype).tiny
+    m = (res + 16 * d * eps * normA).clamp_min(tiny)
+    eye = torch.eye(d, dtype=A.dtype, device=A.device)
+    B = (lam + m)[..., None, None] * eye - A + normA.clamp_min(tiny)[..., None, None] * (y[..., :, None] * y[..., None, :])
+    info = torch.linalg.cholesky_ex(B).info
+    if bool((info != 0).any()):
+        raise EigensolverError(f"less: converged to an eigenvector that is not the principal one (λ = "
+                               f"{float(lam[info != 0].flatten()[0]):.6g}; A has a larger eigenvalue) in "
+                               f"{int((info != 0).sum())} of {info.numel()} matrices; try another y0 or seed")
 
 
 class _LESS(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, A, y0, max_iter, tol):
-        As, lam, y, _ = less_forward(A, y0, max_iter, tol)
+    def forward(ctx, A, y0, max_iter, tol, seed):
+        As, lam, y = less_forward(A, y0, max_iter, tol, seed)
         ctx.save_for_backward(As, y, lam)
         return y, lam
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, gy, glam):
         A, y, lam = ctx.saved_tensors
         gA = principal_backward(A, y[..., None], lam[..., None], None if gy is None else gy[..., None],
                                 None if glam is None else glam[..., None])
-        return gA, None, None, None
+        return gA, None, None, None, None
 
 
-def less(A: torch.Tensor, y0: torch.Tensor | None = None, max_iter: int = 5000, tol: float | None = None):
-    """Principal eigenvector y (..., d) and eigenvalue λ = yᵀAy (...) of symmetric A (..., d, d)."""
-    if not isinstance(A, torch.Tensor) or A.dtype not in (torch.float32, torch.float64):
-        raise InputError("less expects a float32/float64 torch.Tensor")
-    if A.ndim < 2 or A.shape[-1] != A.shape[-2]:
-        raise InputError(f"less expects square (..., d, d) input, got {tuple(A.shape)}")
-    return _LESS.apply(A, y0, max_iter, tol)
+def less(A: torch.Tensor, y0: torch.Tensor | None = None, max_iter: int = 5000, tol: float | None = None,
+         seed: int = 0):
+    """Principal eigenvector y (..., d) and eigenvalue λ = yᵀAy (...) of symmetric A (..., d, d).
+
+    ``y0``: start vector (default: module docstring; ``seed`` seeds its nudge). ``tol``: stop at
+    ‖(I − yyᵀ) A y‖ ≤ tol·‖A‖_F/2 (default 16 eps). Raises EigensolverError if that is not reached
+    or y is not the principal vector.
+    """
+    check_matrix(A, "less", symmetric=True)
+    check_iterations(max_iter, "less")
+    return _LESS.apply(A, y0, max_iter, tol, seed)

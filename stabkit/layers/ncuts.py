@@ -11,20 +11,28 @@ indicators E ∈ {0,1}^{m×k}, degrees D = diag(W 1):
       ∂J₁/∂δ = −½ δ^-3/2 ∘ ((G_M ∘ W) s + (G_Mᵀ ∘ Wᵀ) s) + ½ δ^-1/2 ∘ ((G_Ω ∘ E) 1).
 * J₂ = ½‖Π_W − Π_Ψ‖²_F with Ψ = E Eᵀ (so Π_Ψ = E(EᵀE)⁻¹Eᵀ, constant in W); Prop. 6:
       ∂J₂/∂W = 2(I − Π_W)(Π_W − Π_Ψ)(W⁺)ᵀ = −2(I − Π_W) Π_Ψ (W⁺)ᵀ.
-* Low-rank affinity W = F Λ Fᵀ (F ∈ ℝ^{m×d}, Λ = diag(λ)), eqs. 64–65: with G = ∂J/∂W,
+* Low-rank affinity W = F Λ Fᵀ (F ∈ ℝ^{m×d}, Λ = diag(λ)), the low-rank affinity
+  derivatives of the normalized-cuts section of the extended version (arXiv:1509.07838; equation
+  numbers differ between versions, so none are cited): with G = ∂J/∂W,
       ∂J/∂F = (G + Gᵀ) F Λ,   ∂J/∂Λ = (Fᵀ G F)_diag.
   For J₂, Fᵀ(I − Π_W) = 0 when F has full column rank and Λ is invertible, so ∂J₂/∂Λ = 0: Π_W
   does not depend on Λ at all (the paper's remark).
 
 Both J's are only differentiable where the ranks of W (or M) stay constant; ``rank`` fixes it
-(default: numerical rank).
+(default: numerical rank). The formulas hold for any square W (no symmetry used); J₁ needs
+positive degrees. First derivatives only (``once_differentiable``) for J₁ and J₂: their backwards
+use the forward's projectors and pseudo-inverses as constants.
 """
 
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 
+from ._checks import check_matrix
 from .projector import range_factors
+from .. import _xp
+from ..errors import InputError
 
 
 def _T(x):
@@ -39,7 +47,7 @@ def _ncut_j1_parts(W, E, rank):
     PM, Mp = range_factors(M, rank)
     PO, Op = range_factors(Omega, E.shape[-1])
     J = 0.5 * ((PM - PO) ** 2).sum((-2, -1))
-    return J, (W, E, deg, s, PM, Mp, PO, Op)
+    return J, (deg, s, PM, Mp, PO, Op)
 
 
 def _ncut_j1_grad(W, E, deg, s, PM, Mp, PO, Op):
@@ -56,12 +64,13 @@ class _NcutJ1(torch.autograd.Function):
     @staticmethod
     def forward(ctx, W, E, rank):
         J, parts = _ncut_j1_parts(W, E, rank)
-        ctx.parts = parts
+        ctx.save_for_backward(W, E, *parts)
         return J
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, gJ):
-        return gJ[..., None, None] * _ncut_j1_grad(*ctx.parts), None, None
+        return gJ[..., None, None] * _ncut_j1_grad(*ctx.saved_tensors), None, None
 
 
 class _NcutJ2(torch.autograd.Function):
@@ -73,6 +82,7 @@ class _NcutJ2(torch.autograd.Function):
         return 0.5 * ((PW - PPsi) ** 2).sum((-2, -1))
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, gJ):
         PW, Wp, PPsi = ctx.saved_tensors
         I = torch.eye(PW.shape[-1], dtype=PW.dtype, device=PW.device)
@@ -89,21 +99,39 @@ class _LowRankAffinity(torch.autograd.Function):
     @staticmethod
     def backward(ctx, G):
         F, lam = ctx.saved_tensors
-        gF = ((G + _T(G)) @ F) * lam[..., None, :]          # eq. 64
-        glam = (F * (G @ F)).sum(-2)                       # eq. 65, (Fᵀ G F)_diag
+        gF = ((G + _T(G)) @ F) * lam[..., None, :]          # ∂J/∂F
+        glam = (F * (G @ F)).sum(-2)                       # ∂J/∂Λ = (Fᵀ G F)_diag
         return gF, glam
+
+
+def _check_affinity(W, E, fn: str) -> torch.Tensor:
+    """E in W's dtype after the input contract: W finite square float, E (..., m, k) finite."""
+    check_matrix(W, fn, square=True)
+    if not isinstance(E, torch.Tensor) or E.ndim < 2 or E.shape[-2] != W.shape[-1] or E.shape[-1] == 0:
+        raise InputError(f"{fn}: expected indicators E of shape (..., {W.shape[-1]}, k), got "
+                         f"{tuple(E.shape) if isinstance(E, torch.Tensor) else type(E).__name__}")
+    E = E.to(W.dtype)
+    check_matrix(E, fn)
+    return E
 
 
 def ncut_j1(W: torch.Tensor, E: torch.Tensor, rank: int | None = None) -> torch.Tensor:
     """J₁ = ½‖Π_M − Π_Ω‖²_F per batch element (Prop. 5 backward)."""
-    return _NcutJ1.apply(W, E.to(W.dtype), rank)
+    E = _check_affinity(W, E, "ncut_j1")
+    if not _xp.is_traced(W) and bool((W.detach().sum(-1) <= 0).any()):
+        raise InputError("ncut_j1: W has a node of zero or negative degree (a row sum ≤ 0): D^-1/2 is undefined")
+    return _NcutJ1.apply(W, E, rank)
 
 
 def ncut_j2(W: torch.Tensor, E: torch.Tensor, rank: int | None = None) -> torch.Tensor:
     """J₂ = ½‖Π_W − Π_Ψ‖²_F per batch element (Prop. 6 backward)."""
-    return _NcutJ2.apply(W, E.to(W.dtype), rank)
+    return _NcutJ2.apply(W, _check_affinity(W, E, "ncut_j2"), rank)
 
 
 def low_rank_affinity(F: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-    """W = F diag(λ) Fᵀ with the backward of eqs. 64–65."""
+    """W = F diag(λ) Fᵀ with the paper's low-rank affinity backward."""
+    check_matrix(F, "low_rank_affinity")
+    if not isinstance(lam, torch.Tensor) or lam.dtype != F.dtype or lam.shape[-1:] != F.shape[-1:]:
+        raise InputError(f"low_rank_affinity: expected λ (..., {F.shape[-1]}) of dtype {F.dtype}")
+    check_matrix(lam[..., None], "low_rank_affinity")
     return _LowRankAffinity.apply(F, lam)

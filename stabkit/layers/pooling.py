@@ -8,9 +8,15 @@ For a feature map X (B, C, H, W), with x_m ∈ ℝ^C the features at pixel m and
 g = √·: matrix power normalization, MPN-COV (Li, Xie, Wang & Zuo, "Is Second-order Information
 Helpful for Large-scale Visual Recognition?", ICCV 2017). g = log: second-order pooling O2P
 (Carreira, Caseiro, Batista & Sminchisescu, ECCV 2012), trained end to end by matrix
-backpropagation (Ionescu, Vantzos & Sminchisescu, ICCV 2015, Prop. 4). The eigendecomposition is
-``stabkit.torch.eigh(Σ, method, **params)``, so ``method=`` picks the backward (``analytic`` =
-Prop. 2, ``taylor``, ``clip``, ``pade``, …; see ``stabkit methods``/README "Methods").
+backpropagation (Ionescu, Vantzos & Sminchisescu, ICCV 2015, Prop. 4).
+
+Backward. Default (``method=None``): the exact gradient of g(Σ) in Daleckii–Krein form,
+U (D ∘ Uᵀ Ḡ U) Uᵀ with D the divided differences of g (Higham, "Functions of Matrices", 2008,
+Thm. 3.11) — defined on repeated eigenvalues too (dead channels make ε an eigenvalue of Σ + εI
+once per channel, where g is smooth but 1/(λ_i − λ_j) is not). With ``method`` given, the
+eigendecomposition is ``stabkit.torch.eigh(Σ, method, **params)`` and that registry backward is
+used (``taylor``, ``clip``, ``pade``, …, or the exact Prop. 2, which is infinite at exact ties;
+see ``stabkit methods``/README "Methods") — to study or use an approximate rule.
 
 ε > 0 keeps Σ positive definite (Σ has rank ≤ M − 1, so with fewer pixels than channels it is
 singular without it); √ of a matrix with a zero eigenvalue has an infinite derivative and log one
@@ -25,7 +31,9 @@ from torch import nn
 from .. import methods
 from ..errors import InputError
 import stabkit.torch
-from ..methods import DEFAULT, Spec
+from .matrix_functions import eig_dk_matrix_function
+from ..methods import Spec
+from ..torch import check_values
 
 FUNCTIONS = {"sqrt": torch.sqrt, "log": torch.log}
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -49,13 +57,14 @@ class CovariancePooling(nn.Module):
     >>> pool(torch.randn(2, 8, 5, 5)).shape
     torch.Size([2, 8, 8])
 
-    ``method``/``params``: the eigendecomposition's backward (a :class:`~stabkit.methods.Spec`, or
-    a registry name or spec text with ``params`` its parameters; made a Spec once, here). ``eps``: ridge
+    ``method``/``params``: None (default) for the exact Daleckii–Krein backward, or the
+    eigendecomposition's backward (a :class:`~stabkit.methods.Spec`, or a registry name or spec
+    text with ``params`` its parameters; made a Spec once, here). ``eps``: ridge
     ε added to Σ. ``dtype``: computation dtype (``"float32"``, ``"float64"``; default the input's),
     the result is cast back to the input's dtype.
     """
 
-    def __init__(self, function: str = "sqrt", method: str | Spec = DEFAULT, params: dict | None = None,
+    def __init__(self, function: str = "sqrt", method: str | Spec | None = None, params: dict | None = None,
                  eps: float = 1e-5, dtype: str | None = None):
         super().__init__()
         if function not in FUNCTIONS:
@@ -64,13 +73,15 @@ class CovariancePooling(nn.Module):
             raise ValueError(f"eps must be a finite number ≥ 0, got {eps!r}")
         if dtype is not None and dtype not in DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}: choose float32 or float64")
-        spec = methods.spec(method)
+        if method is None and params:
+            raise ValueError("params need a method (the exact backward has no parameters)")
+        spec = None if method is None else methods.spec(method)
         self.function, self.spec = function, spec.replace(**params) if params else spec
         self.eps = float(eps)
         self.compute_dtype = DTYPES[dtype] if dtype else None
 
     def extra_repr(self):
-        return f"function={self.function}, method={self.spec}, eps={self.eps:g}"
+        return f"function={self.function}, method={self.spec or 'exact (Daleckii–Krein)'}, eps={self.eps:g}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4:
@@ -79,6 +90,9 @@ class CovariancePooling(nn.Module):
             raise InputError(f"expected a float feature map, got {x.dtype}")
         dtype = self.compute_dtype or x.dtype
         cov = channel_covariance(x.to(dtype), self.eps)
+        if self.spec is None:
+            check_values(cov, "CovariancePooling")
+            return eig_dk_matrix_function(cov, self.function).to(x.dtype)
         lam, U = stabkit.torch.eigh(cov, method=self.spec)
         out = (U * FUNCTIONS[self.function](lam)[:, None, :]) @ U.transpose(1, 2)
         return out.to(x.dtype)

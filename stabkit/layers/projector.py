@@ -8,14 +8,16 @@ projector onto range(A) and, differentiating A A⁺ on the fixed-rank manifold,
 
 which is Lemma 1's 2(I − Π_A)(∂L/∂Π_A)_sym A⁺ for symmetric A (then (A⁺)ᵀ = A⁺). A⁺ and Π come
 from one thin SVD; the rank is ``rank`` if given, else #{σ_i > rtol·σ_max} with rtol =
-max(m, n)·eps(dtype) by default.
+max(m, n)·eps(dtype) by default. First derivatives only (``once_differentiable``): the backward
+uses the forward's A⁺ as a constant.
 """
 
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 
-from ..errors import InputError
+from ._checks import check_matrix
 
 
 def _T(x):
@@ -54,6 +56,7 @@ class _Projector(torch.autograd.Function):
         return P
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, gP):
         P, pinv = ctx.saved_tensors
         return projector_backward(P, pinv, gP), None, None
@@ -61,6 +64,5 @@ class _Projector(torch.autograd.Function):
 
 def projector(A: torch.Tensor, rank: int | None = None, rtol: float | None = None) -> torch.Tensor:
     """Π_A = A A⁺ (..., m, m) for A (..., m, n) of constant rank; Lemma 1 backward."""
-    if not isinstance(A, torch.Tensor) or A.dtype not in (torch.float32, torch.float64) or A.ndim < 2:
-        raise InputError("projector expects a float32/float64 tensor of shape (..., m, n)")
+    check_matrix(A, "projector")
     return _Projector.apply(A, rank, rtol)

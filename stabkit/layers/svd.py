@@ -10,15 +10,23 @@ Prop. 1 written for the thin factors, with K_ij = 1/(σ_i² − σ_j²) (i ≠ j
 The last term is the paper's D term: the part of ∂L/∂U outside span(U), i.e. what the m − n
 extra columns U₂ of the full U carry (U₂U₂ᵀ = I − UUᵀ); it is skipped when m = n. The
 antisymmetric parts are the paper's (·)_sym with K antisymmetric, written out. On exact ties
-σ_i² = σ_j² (i ≠ j) the paper's K is undefined; we set K_ij = 0, extending its K_ii = 0 — exact
-when the tied σ are 0 (rank-deficient X: Σ multiplies both K terms), an approximation for tied
-nonzero σ (the derivative does not exist there for general losses). Near-ties are computed as is.
+σ_i² = σ_j² (i ≠ j) the paper's K is undefined; we set K_ij = 0, extending its K_ii = 0. When the
+tied σ are 0 the value does not matter (Σ multiplies both K terms); for tied nonzero σ it is an
+approximation (the derivative does not exist there for general losses). Near-ties are computed as
+is.
+
+σ_i = 0 (rank-deficient X): u_i is then any unit vector orthogonal to the other columns, so L(U)
+has no derivative through the part of ∂L/∂u_i outside span(U). We use Σ⁺ (1/σ_i, and 0 where
+σ_i = 0) in the D term, i.e. drop that part: the result is the exact gradient whenever L does not
+depend on that direction of u_i (L a function of σ and V, for which torch passes zeros as ∂L/∂U,
+or of U diag(h(σ)) with h(0) = 0).
 """
 
 from __future__ import annotations
 
 import torch
 
+from ._checks import check_matrix
 from ..errors import InputError
 
 
@@ -47,7 +55,9 @@ def svd_backward(U, S, V, gU, gS, gV):
         J = _T(U) @ gU
         inner = inner - (K * (J - _T(J))) * S[..., None, :]
         if U.shape[-2] > U.shape[-1]:
-            extra = ((gU - U @ J) / S[..., None, :]) @ _T(V)
+            zero = S == 0
+            S_pinv = torch.where(zero, torch.zeros_like(S), 1 / torch.where(zero, torch.ones_like(S), S))
+            extra = ((gU - U @ J) * S_pinv[..., None, :]) @ _T(V)
     gX = U @ inner @ _T(V)
     return gX if extra is None else gX + extra
 
@@ -68,8 +78,7 @@ class _SVD(torch.autograd.Function):
 
 def svd(X: torch.Tensor):
     """(U, σ, V) of the thin SVD of X (..., m, n), m ≥ n, σ descending, with Prop. 1's backward."""
-    if not isinstance(X, torch.Tensor) or X.dtype not in (torch.float32, torch.float64):
-        raise InputError("svd layer expects a float32/float64 torch.Tensor")
-    if X.ndim < 2 or X.shape[-2] < X.shape[-1] or X.shape[-1] == 0:
-        raise InputError(f"svd layer expects (..., m, n) with m ≥ n ≥ 1, got shape {tuple(X.shape)}")
+    check_matrix(X, "svd layer")
+    if X.shape[-2] < X.shape[-1]:
+        raise InputError(f"svd layer: expected (..., m, n) with m ≥ n, got shape {tuple(X.shape)}")
     return _SVD.apply(X)

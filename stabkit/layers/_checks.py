@@ -1,0 +1,39 @@
+"""The layers' input contract — the one of :mod:`stabkit.torch`, reused: an
+:class:`~stabkit.errors.InputError` (a ValueError) naming a non-tensor, a dtype other than
+float32/float64, a wrong shape, NaN/Inf entries, or (symmetric inputs) max|A − Aᵀ| > √eps·max|A|.
+Value checks are skipped under torch.compile and torch.func transforms, as there.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..errors import EigensolverError, InputError
+from ..torch import _check_tensor, check_values
+
+
+def check_matrix(A, fn: str, square: bool = False, symmetric: bool = False) -> None:
+    """InputError unless A is a finite float32/float64 (..., m, n) tensor (square/symmetric if asked)."""
+    _check_tensor(A, fn, square or symmetric, None)
+    check_values(A, fn, symmetric)
+
+
+def check_eps(eps, fn: str) -> float:
+    """The ridge ε as a float; InputError unless it is a finite number ≥ 0."""
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps < math.inf:
+        raise InputError(f"{fn}: eps must be a finite number ≥ 0, got {eps!r}")
+    return float(eps)
+
+
+def check_iterations(max_iter, fn: str) -> None:
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise InputError(f"{fn}: max_iter must be a positive integer, got {max_iter!r}")
+
+
+def not_converged(fn: str, residual: torch.Tensor, tol: float, iterations: int, hint: str) -> EigensolverError:
+    """The error an iterative forward raises when its relative residual stayed above ``tol``."""
+    n, total = int((residual > tol).sum()), residual.numel()
+    return EigensolverError(f"{fn}: not converged after {iterations} iterations: relative residual "
+                            f"{float(residual.max()):.3g} > tol {tol:.3g} ({n} of {total} matrices); {hint}")

@@ -1,0 +1,71 @@
+"""LESS: the principal vector from any start or an error, never another eigenvector or a
+half-converged one; input contract; first derivatives only."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from stabkit import layers
+from stabkit.errors import EigensolverError, InputError
+from tests._helpers import bad_matrices, nonsymmetric, second_derivative
+from tests.conftest import build
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+# λ = 3 (vector (1, −1, 0)/√2), 1 ((1, 1, 0)/√2), −10 (e₃): the all-ones vector is orthogonal to
+# the principal vector, and e₃ (the largest column) is an eigenvector
+ORTHOGONAL_TO_ONES = torch.tensor([[2.0, -1.0, 0.0], [-1.0, 2.0, 0.0], [0.0, 0.0, -10.0]], dtype=torch.float64)
+
+
+def test_principal_vector_when_start_heuristics_sit_on_another_eigenvector():
+    y, lam = layers.less(ORTHOGONAL_TO_ONES)
+    assert abs(float(lam) - 3.0) < 1e-13
+    torch.testing.assert_close(y, torch.tensor([1.0, -1.0, 0.0], dtype=torch.float64) / math.sqrt(2), rtol=0, atol=1e-12)
+
+
+def test_start_on_a_non_principal_eigenvector_is_an_error():
+    with pytest.raises(EigensolverError, match="not the principal"):
+        layers.less(ORTHOGONAL_TO_ONES, y0=torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_near_tie_not_converged_is_an_error(dtype):
+    # relative top gap 1e-4: descent needs far more than max_iter steps; it must say so
+    A = torch.as_tensor(build([0.1, 0.575, 1.05, 2.0, 2.0002], seed=5), dtype=dtype)
+    with pytest.raises(EigensolverError, match="not converged after 5000 iterations: relative residual"):
+        layers.less(A)
+
+
+def test_well_separated_two_by_two_matches_closed_form():
+    # λ = (0.00036, 5.597): the step-size rule before exact line search oscillated here for 5000 steps
+    a, b, c = 5.3484, 1.1522, 0.2486
+    lam = (a + c) / 2 + math.hypot((a - c) / 2, b)
+    y, l = layers.less(torch.tensor([[a, b], [b, c]], dtype=torch.float64), max_iter=50)
+    v = np.array([b, lam - a]) / math.hypot(b, lam - a)
+    assert abs(float(l) - lam) < 1e-13 * lam
+    assert abs(abs(float(y.numpy() @ v)) - 1) < 1e-14
+
+
+def test_zero_matrix_gives_a_unit_vector_and_zero():
+    y, lam = layers.less(torch.zeros(3, 3, dtype=torch.float64))
+    assert float(lam) == 0.0 and abs(float(torch.linalg.vector_norm(y)) - 1) < 1e-15
+
+
+@pytest.mark.parametrize("label, A, match", bad_matrices(3, n=4) + [("non-symmetric", nonsymmetric(), "not symmetric")],
+                         ids=[c[0] for c in bad_matrices(3, n=4)] + ["non-symmetric"])
+def test_bad_input_raises_input_error(label, A, match):
+    with pytest.raises(InputError, match=match):
+        layers.less(A)
+
+
+def test_bad_max_iter_raises_input_error():
+    with pytest.raises(InputError, match="max_iter"):
+        layers.less(ORTHOGONAL_TO_ONES, max_iter=0)
+
+
+def test_second_derivative_is_refused():
+    A = torch.as_tensor(build([0.3, 1.0, 2.0, 4.0], seed=2))
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        second_derivative(lambda a: layers.less(a)[0], A)
