@@ -9,6 +9,14 @@ along r, i.e. the top eigenvector of A restricted to span(y, r̂) (a 2 × 2 prob
 so f never increases and there is no step size to tune. Stops when ‖r‖ ≤ tol·‖A‖_F, per batch
 element.
 
+Deviation from PMaF: the paper's forward takes adaptive steps with a backtracking (Armijo) line
+search and descent decay. Our earlier version of that rule stalled where f's change sinks below
+rounding (a 2 × 2 with λ = (0.00036, 5.597) ran 5000 steps at a step size where the retraction
+barely moves y; tests/test_layers_less.py), and the paper's growth and decay constants are not
+ours to guess, so the step is the exact minimiser along the geodesic instead. The fixed point
+(the principal vector) and the backward are the paper's; only the iterates and their number
+differ, and a forward that does not reach ``tol`` raises instead of returning its iterate.
+
 Start: the largest column of A (close to the top vector for PSD A) plus a seeded random nudge, so
 the start is not orthogonal to the top vector (a stationary point of descent is any eigenvector).
 
