@@ -255,10 +255,18 @@ def svd_backward(U, S, Vh, gU, gS, gVh, F):
         inner = inner + S[..., :, None] * (F * (P - P.mT))
     gX = U @ inner @ Vh
     if gU is not None and m > S.shape[-1]:
-        gX = gX + ((gU - U @ J) / S[..., None, :]) @ Vh
+        gX = gX + ((gU - U @ J) * pinv_diag(S)[..., None, :]) @ Vh
     if gVh is not None and n > S.shape[-1]:
-        gX = gX + U @ ((gVh - (gVh @ Vh.mT) @ Vh) / S[..., :, None])
+        gX = gX + U @ ((gVh - (gVh @ Vh.mT) @ Vh) * pinv_diag(S)[..., :, None])
     return gX
+
+
+def pinv_diag(S: torch.Tensor) -> torch.Tensor:
+    """Σ⁺'s diagonal: 1/σ, and 0 where σ = 0. In the D terms this drops the part of ∂L/∂U (∂L/∂V)
+    outside span(U) that belongs to a zero σ: u_i is then any unit vector orthogonal to the others,
+    so L has no derivative along it; the result is exact for every L that does not depend on it."""
+    zero = S == 0
+    return torch.where(zero, torch.zeros_like(S), 1 / torch.where(zero, torch.ones_like(S), S))
 
 
 class _SVD(torch.autograd.Function):

@@ -387,6 +387,21 @@ def test_singular_value_gradient_is_finite_at_exact_ties(method, shape):
 
 # ------------------------------------------------------------------ input contract
 
+@pytest.mark.parametrize("method", [m for m in SVD_METHODS if not methods.spec(m).method.native])
+@pytest.mark.parametrize("wide", [False, True])
+def test_svd_gradient_is_finite_at_a_zero_singular_value(method, wide):
+    """X with a zero column (a dead channel), L = ⟨G, U diag(σ²) Uᵀ⟩ = ⟨G, X Xᵀ⟩: ∂L/∂X = (G + Gᵀ) X,
+    although u for σ = 0 is arbitrary (its D term used to divide 0 by 0; torch's own still does).
+    Exact for the analytic F; an approximate F (taylor) is off by its truncation, ≈ 1e-6 here."""
+    X = general(5, 3, seed=4)
+    X[:, 1] = 0.0
+    X = (X.mT if wide else X).clone().requires_grad_()
+    G = torch.arange(1.0, 1 + X.shape[0] ** 2, dtype=F64).reshape(X.shape[0], -1).sin()
+    U, S, Vh = sk.svd(X, False, method=method)
+    g = torch.autograd.grad((G * ((U * S * S) @ U.mT)).sum(), X)[0]
+    torch.testing.assert_close(g, (G + G.mT) @ X.detach(), rtol=0, atol=1e-12 if method == "analytic" else 1e-4)
+
+
 @pytest.mark.parametrize("method", ["analytic", "taylor"])
 def test_an_empty_batch_gives_empty_results_as_torch_does(method):
     A, X = torch.zeros(0, 4, 4, dtype=F64), torch.zeros(0, 3, 2, dtype=F64)

@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import check_matrix
 from ..errors import InputError
+from ..torch import pinv_diag
+from ._checks import check_matrix
 
 
 def _T(x):
@@ -55,9 +56,7 @@ def svd_backward(U, S, V, gU, gS, gV):
         J = _T(U) @ gU
         inner = inner - (K * (J - _T(J))) * S[..., None, :]
         if U.shape[-2] > U.shape[-1]:
-            zero = S == 0
-            S_pinv = torch.where(zero, torch.zeros_like(S), 1 / torch.where(zero, torch.ones_like(S), S))
-            extra = ((gU - U @ J) * S_pinv[..., None, :]) @ _T(V)
+            extra = ((gU - U @ J) * pinv_diag(S)[..., None, :]) @ _T(V)
     gX = U @ inner @ _T(V)
     return gX if extra is None else gX + extra
 
