@@ -209,3 +209,35 @@ def test_specs_are_taken_as_is_and_stabkit_eigh_calls_are_labelled_by_their_spec
         sktorch.eigh(_sym([1.0, 2.0, 4.0]), method="taylor:K=3")
     assert mon.records["fn"].tolist() == ["stabkit.eigh[taylor]", "stabkit.eigh[taylor:K=3]"]
     assert mon.records["backward"].tolist() == ["taylor:K=3", "taylor:K=3"]
+
+
+def test_stabkit_eigvalsh_svd_svdvals_are_labelled_by_their_own_spec():
+    """Each stabkit.torch function is logged once, with the rule its backward uses and the gradient
+    reaching its outputs (not as the torch.linalg call it makes inside)."""
+    X = torch.randn(5, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64).requires_grad_(True)
+    A = X.detach().T @ X.detach()
+    with monitor.watch() as mon:
+        lam = sktorch.eigvalsh(A.requires_grad_(True), method="taylor")
+        U, S, Vh = sktorch.svd(X, full_matrices=False, method="clip", tau=5)
+        s = sktorch.svdvals(X, method="taylor")
+        (lam.sum() + S.sum() + U.sum() + s.sum()).backward()
+    df = mon.records
+    assert df["fn"].tolist() == ["stabkit.eigvalsh[taylor]", "stabkit.svd[clip]", "stabkit.svdvals[taylor]"]
+    assert df["backward"].tolist() == ["taylor", "clip:tau=5", "taylor"]
+    # ∂L/∂λ = 1 (3 values); ∂L/∂S = 1 and ∂L/∂U = 1 (5×3), nothing on Vh; ∂L/∂σ = 1
+    assert df["grad_norm"].tolist() == [pytest.approx(math.sqrt(3)), pytest.approx(math.sqrt(18)), pytest.approx(math.sqrt(3))]
+    lam_np = sorted(float(v) for v in torch.linalg.eigvalsh(A.detach()))  # outside watch: the original
+    gap = min(b - a for a, b in zip(lam_np, lam_np[1:]))
+    assert df["min_gap"].tolist() == [pytest.approx(gap, rel=1e-9)] * 3  # σ² of X are the eigenvalues of XᵀX
+
+
+@pytest.mark.parametrize("call", [lambda X: torch.linalg.eigh(X), lambda X: torch.linalg.eigh(input=X),
+                                  lambda X: sktorch.eigh(A=X)], ids=["positional", "input=", "A="])
+def test_a_failing_call_is_recorded_whatever_keyword_carries_its_input(call):
+    X = torch.full((2, 3, 3), float("nan"))
+    with pytest.raises((torch.linalg.LinAlgError, ValueError)):
+        with monitor.watch() as mon:
+            call(X)
+    row = mon.records.iloc[0]
+    assert (row["batch"], row["n"], row["dtype"], row["input_nonfinite"]) == (2, 3, "float32", True)
+    assert row["error"].split(":")[0] in ("_LinAlgError", "InputError")

@@ -9,9 +9,9 @@ or, for a script that is not edited at all, ``stabkit watch -- python train.py``
 :mod:`stabkit.monitor.process`).
 
 Inside ``watch`` the functions ``torch.linalg.eigh``, ``torch.linalg.eigvalsh``,
-``torch.linalg.svd`` and ``stabkit.torch.eigh`` are replaced by wrappers (restored when the last
-``watch`` exits, so outside it they are the originals: zero overhead). Each call logs, per call
-site (``file:line`` of the first caller frame outside torch and stabkit's eigen internals) and step:
+``torch.linalg.svd`` and ``stabkit.torch``'s ``eigh``, ``eigvalsh``, ``svd``, ``svdvals`` are
+replaced by wrappers (restored when the last ``watch`` exits, so outside it they are the
+originals: zero overhead). Each call logs, per call site (``file:line`` of the first caller frame outside torch and stabkit's eigen internals) and step:
 
 * ``min_gap``: smallest |λ_i − λ_j| over the batch (for svd: of σ², the eigenvalues of AᵀA);
 * ``min_rel_gap``: min gap / max |λ| of the same matrix (minimum over the batch);
@@ -24,7 +24,8 @@ site (``file:line`` of the first caller frame outside torch and stabkit's eigen 
 * ``input_nonfinite``: the input held inf/NaN; ``nonfinite``: input, output, incoming gradient or
   ∂L/∂A did;
 * ``backward``: the rule the call's backward uses (``analytic`` for torch's own, the registry spec
-  otherwise, ``values`` for eigvalsh whose backward has no 1/(λ_i − λ_j));
+  of a stabkit.torch call or of ``swap_backward``, ``values`` for torch.linalg.eigvalsh whose
+  backward has no 1/(λ_i − λ_j));
 * ``error``: empty, or ``Type: message`` when the call raised (e.g. eigh on a NaN input): the call
   is logged, the log is flushed at once, and the exception propagates unchanged.
 
