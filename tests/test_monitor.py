@@ -241,3 +241,27 @@ def test_a_failing_call_is_recorded_whatever_keyword_carries_its_input(call):
     row = mon.records.iloc[0]
     assert (row["batch"], row["n"], row["dtype"], row["input_nonfinite"]) == (2, 3, "float32", True)
     assert row["error"].split(":")[0] in ("_LinAlgError", "InputError")
+
+
+@pytest.mark.parametrize("which", ["torch", "stabkit"])
+def test_torch_compile_fullgraph_works_inside_watch_and_the_compiled_region_is_not_monitored(which):
+    """Dynamo cannot trace the monitor's bookkeeping: while it traces, the wrappers call the original."""
+    A0 = _sym([1.0, 2.0, 4.0])
+
+    def f(A):  # the functions are looked up at call time: the wrappers inside watch
+        lam, U = torch.linalg.eigh(A) if which == "torch" else sktorch.eigh(A, method="taylor")
+        return (U ** 3).sum() + (lam ** 2).sum()
+
+    torch._dynamo.reset()
+    try:
+        with monitor.watch() as mon:
+            A = A0.clone().requires_grad_(True)
+            y = torch.compile(f, fullgraph=True, backend="eager")(A)
+            y.backward()
+    finally:
+        torch._dynamo.reset()
+    B = A0.clone().requires_grad_(True)
+    f(B).backward()  # eager, outside the monitor
+    torch.testing.assert_close(y.detach(), f(A0))
+    torch.testing.assert_close(A.grad, B.grad)
+    assert mon.records.empty

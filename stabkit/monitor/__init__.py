@@ -11,7 +11,8 @@ or, for a script that is not edited at all, ``stabkit watch -- python train.py``
 Inside ``watch`` the functions ``torch.linalg.eigh``, ``torch.linalg.eigvalsh``,
 ``torch.linalg.svd`` and ``stabkit.torch``'s ``eigh``, ``eigvalsh``, ``svd``, ``svdvals`` are
 replaced by wrappers (restored when the last ``watch`` exits, so outside it they are the
-originals: zero overhead). Each call logs, per call site (``file:line`` of the first caller frame outside torch and stabkit's eigen internals) and step:
+originals: zero overhead). Each call logs, per call site (``file:line`` of the first caller frame
+outside torch and stabkit's eigen internals) and step:
 
 * ``min_gap``: smallest |λ_i − λ_j| over the batch (for svd: of σ², the eigenvalues of AᵀA);
 * ``min_rel_gap``: min gap / max |λ| of the same matrix (minimum over the batch);
@@ -51,9 +52,11 @@ under ``stabkit watch`` it starts its own (``eig-rank{R}-pid{PID}.csv``, :mod:`.
 
 Callers that imported the function object before ``watch`` (``from torch.linalg import eigh``)
 are not intercepted by ``watch``; ``stabkit watch`` patches before the user's code runs, so they
-are. ``swap_backward="taylor:K=9"`` routes ``torch.linalg.eigh`` through ``stabkit.torch.eigh``
-with that registry method's backward. Scalars stay on the device until a flush or ``records``
-(no synchronisation per call).
+are. Code compiled by ``torch.compile`` is neither monitored nor swapped: while Dynamo traces,
+the wrappers call the originals, so ``fullgraph=True`` works inside ``watch``.
+``swap_backward="taylor:K=9"`` routes ``torch.linalg.eigh`` through ``stabkit.torch.eigh`` with
+that registry method's backward. Scalars stay on the device until a flush or ``records`` (no
+synchronisation per call).
 
 The package: :mod:`.hooks` (the patching and :func:`watch`), :mod:`.records` (:class:`Monitor`,
 :func:`summarize`), :mod:`.log` (the live log), :mod:`.process` (``stabkit watch``'s side in the

@@ -61,9 +61,15 @@ def _tensor_arg(args, kwargs):
 
 
 def _watched(fn_name: str, call):
-    """Wrap ``call(mons, A, args, kwargs) -> (result, backward, lam, outputs)`` of a torch function."""
+    """Wrap ``call(mons, A, args, kwargs) -> (result, backward, lam, outputs)`` of a torch function.
+
+    While ``torch.compile`` traces, the original is called: a compiled region is not monitored
+    (Dynamo cannot trace the bookkeeping, and a monitor must not break ``fullgraph=True``).
+    """
 
     def wrapper(*args, **kwargs):
+        if torch.compiler.is_compiling():
+            return _originals_or_live(fn_name)(*args, **kwargs)
         mons = _watchers()
         if not mons:
             return _originals_or_live(fn_name)(*args, **kwargs)
