@@ -201,3 +201,23 @@ def test_a_failure_of_the_monitors_bookkeeping_never_breaks_the_call(monkeypatch
         with monitor.watch():
             lam, U = torch.linalg.eigh(_sym([1.0, 2.0]))
     assert lam.tolist() == [1.0, 2.0]
+
+
+def test_a_swapped_eigh_keeps_torchs_input_contract():
+    """swap_backward changes the backward only: torch's error type on a NaN input (code catching
+    torch.linalg.LinAlgError still works) and torch's reading of the lower triangle alone."""
+    nan = torch.full((3, 3), float("nan"), dtype=torch.float64)
+    with pytest.raises(torch.linalg.LinAlgError):
+        torch.linalg.eigh(nan)  # what torch itself does on this machine
+    with pytest.raises(torch.linalg.LinAlgError):
+        with monitor.watch(swap_backward="taylor") as mon:
+            torch.linalg.eigh(nan)
+    assert mon.records["backward"].tolist() == ["taylor"] and mon.records["error"].str.startswith("_LinAlgError").all()
+    L = torch.tril(torch.arange(1.0, 10.0, dtype=torch.float64).reshape(3, 3)) + 5 * torch.eye(3, dtype=torch.float64)
+    lam_torch = torch.linalg.eigh(L).eigenvalues
+    with monitor.watch(swap_backward="taylor") as mon:
+        lam = torch.linalg.eigh(L).eigenvalues
+    torch.testing.assert_close(lam, lam_torch, rtol=0, atol=0)
+    sym = torch.tril(L) + torch.tril(L, -1).mT  # the matrix torch decomposes
+    torch.testing.assert_close(lam, torch.linalg.eigvalsh(sym))
+    assert mon.records["backward"].tolist() == ["taylor"]

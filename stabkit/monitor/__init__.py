@@ -55,7 +55,9 @@ are not intercepted by ``watch``; ``stabkit watch`` patches before the user's co
 are. Code compiled by ``torch.compile`` is neither monitored nor swapped: while Dynamo traces,
 the wrappers call the originals, so ``fullgraph=True`` works inside ``watch``.
 ``swap_backward="taylor:K=9"`` routes ``torch.linalg.eigh`` through ``stabkit.torch.eigh`` with
-that registry method's backward. Scalars stay on the device until a flush or ``records`` (no
+that registry method's backward and ``check=False``: the call keeps torch's input contract (only
+the lower triangle is read by an exact forward; a NaN input raises torch's own ``LinAlgError``
+where torch raises one). Scalars stay on the device until a flush or ``records`` (no
 synchronisation per call).
 
 The package: :mod:`.hooks` (the patching and :func:`watch`), :mod:`.records` (:class:`Monitor`,
