@@ -81,6 +81,7 @@ class Monitor:
         self.log, self.every, self.keep_records = log, int(every), keep_records
         self.log_error: BaseException | None = None
         self._flush_lock = threading.Lock()
+        self._lock = threading.Lock()  # rows vs the gradient hooks, which may run in other threads
 
     # --- steps ---------------------------------------------------------------------------------
     def step(self, n: int = 1):
@@ -91,10 +92,12 @@ class Monitor:
     def current_step(self) -> int:
         if self._manual is not None:
             return self._manual
-        return max(self._opt_counts.values(), default=0)
+        with self._lock:  # another thread's optimizer may be added meanwhile
+            return max(self._opt_counts.values(), default=0)
 
     def _on_optimizer_step(self, optimizer):
-        self._opt_counts[optimizer] = self._opt_counts.get(optimizer, 0) + 1
+        with self._lock:
+            self._opt_counts[optimizer] = self._opt_counts.get(optimizer, 0) + 1
         if self._manual is None:
             self._advanced()
 
@@ -150,23 +153,29 @@ class Monitor:
         if self.log is not None:
             self.flush()
 
-    @staticmethod
-    def _on_grad(g, row):
+    def _on_grad(self, g, row):
         """Accumulate ‖∂L/∂output‖² over the call's outputs (only a scalar is kept, never the gradient)."""
         if g is not None:
             sq = g.detach().double().square().sum()
-            row["_sq"] = row["_sq"] + sq if "_sq" in row else sq
+            with self._lock:
+                row["_sq"] = row["_sq"] + sq if "_sq" in row else sq
 
-    @staticmethod
-    def _on_input_grad(g, row):
+    def _on_input_grad(self, g, row):
         """‖∂L/∂A‖² (through every use of A): non-finite with a finite incoming gradient means this
         call's own backward made it so."""
         if g is not None:
-            row["_sq_in"] = g.detach().double().square().sum()
+            sq = g.detach().double().square().sum()
+            with self._lock:
+                row["_sq_in"] = sq
+
+    def _snapshot(self, row: dict) -> dict:
+        """A copy of the row taken under the lock (a gradient hook in another thread may be adding to it)."""
+        with self._lock:
+            return dict(row)
 
     @staticmethod
     def _materialize(row: dict) -> dict:
-        """A row of Python scalars: gradient norms from the squared sums (∞ when non-finite)."""
+        """A row of Python scalars from a snapshot: gradient norms from the squared sums (∞ when non-finite)."""
         out = {k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in row.items() if not k.startswith("_sq")}
         for key, sq in (("grad_norm", row.get("_sq")), ("grad_in_norm", row.get("_sq_in"))):
             if sq is not None:
@@ -178,14 +187,14 @@ class Monitor:
     @property
     def records(self) -> pd.DataFrame:
         """Every row so far (with ``keep_records=False``: only those not yet flushed)."""
-        return frame([self._materialize(r) for r in list(self._rows)])
+        return frame([self._materialize(self._snapshot(r)) for r in list(self._rows)])
 
     # --- live log ------------------------------------------------------------------------------
     def flush(self, upto_step: int | None = None):
         """Append the rows not yet logged (those of steps < ``upto_step`` if given) to the log.
 
-        A write error is kept in ``log_error`` and warned about once; the log is then off (the
-        training is never stopped by its log).
+        An error (writing, or making the rows) is kept in ``log_error`` and warned about once; the
+        log is then off (the training is never stopped by its log).
         """
         if self.log is None:
             return
@@ -199,9 +208,8 @@ class Monitor:
                 self._last_flush_step = upto_step
             if end <= self._flushed:
                 return
-            chunk = frame([self._materialize(r) for r in rows[self._flushed:end]])
             try:
-                self.log.append(chunk)
+                self.log.append(frame([self._materialize(self._snapshot(r)) for r in rows[self._flushed:end]]))
             except Exception as exc:  # noqa: BLE001 — reported, never allowed to stop the training
                 self.log_error = exc
                 log, self.log = self.log, None
