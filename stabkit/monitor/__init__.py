@@ -58,7 +58,8 @@ the wrappers call the originals, so ``fullgraph=True`` works inside ``watch``.
 that registry method's backward and ``check=False``: the call keeps torch's input contract (only
 the lower triangle is read by an exact forward; a NaN input raises torch's own ``LinAlgError``
 where torch raises one). Scalars stay on the device until a flush or ``records`` (no
-synchronisation per call).
+synchronisation per call), which turns them into Python scalars (a row kept for ``records``
+holds no device memory once logged or read).
 
 The package: :mod:`.hooks` (the patching and :func:`watch`), :mod:`.records` (:class:`Monitor`,
 :func:`summarize`), :mod:`.log` (the live log), :mod:`.process` (``stabkit watch``'s side in the

@@ -168,15 +168,20 @@ class Monitor:
             with self._lock:
                 row["_sq_in"] = sq
 
-    def _snapshot(self, row: dict) -> dict:
-        """A copy of the row taken under the lock (a gradient hook in another thread may be adding to it)."""
+    def _settled(self, row: dict) -> dict:
+        """Under the lock (a gradient hook in another thread may be adding to the row): the row's
+        tensors replaced by Python scalars in place, so a row once read or logged holds no device
+        memory, and a copy of it."""
         with self._lock:
+            for key, value in row.items():
+                if isinstance(value, torch.Tensor):
+                    row[key] = value.item()
             return dict(row)
 
     @staticmethod
     def _materialize(row: dict) -> dict:
-        """A row of Python scalars from a snapshot: gradient norms from the squared sums (∞ when non-finite)."""
-        out = {k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in row.items() if not k.startswith("_sq")}
+        """The row as logged, from a settled copy: gradient norms from the squared sums (∞ when non-finite)."""
+        out = {k: v for k, v in row.items() if not k.startswith("_sq")}
         for key, sq in (("grad_norm", row.get("_sq")), ("grad_in_norm", row.get("_sq_in"))):
             if sq is not None:
                 sq = float(sq)
@@ -187,7 +192,7 @@ class Monitor:
     @property
     def records(self) -> pd.DataFrame:
         """Every row so far (with ``keep_records=False``: only those not yet flushed)."""
-        return frame([self._materialize(self._snapshot(r)) for r in list(self._rows)])
+        return frame([self._materialize(self._settled(r)) for r in list(self._rows)])
 
     # --- live log ------------------------------------------------------------------------------
     def flush(self, upto_step: int | None = None):
@@ -209,7 +214,7 @@ class Monitor:
             if end <= self._flushed:
                 return
             try:
-                self.log.append(frame([self._materialize(self._snapshot(r)) for r in rows[self._flushed:end]]))
+                self.log.append(frame([self._materialize(self._settled(r)) for r in rows[self._flushed:end]]))
             except Exception as exc:  # noqa: BLE001 — reported, never allowed to stop the training
                 self.log_error = exc
                 log, self.log = self.log, None
