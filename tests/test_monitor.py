@@ -265,3 +265,16 @@ def test_torch_compile_fullgraph_works_inside_watch_and_the_compiled_region_is_n
     torch.testing.assert_close(y.detach(), f(A0))
     torch.testing.assert_close(A.grad, B.grad)
     assert mon.records.empty
+
+
+@pytest.mark.parametrize("folder", ["my_autograd_tests", "torch"])
+def test_a_user_file_in_a_folder_named_like_torch_is_its_call_site(tmp_path, folder):
+    """Frames are looked through by where torch and stabkit are installed, not by words in the path."""
+    path = tmp_path / folder / "model.py"
+    path.parent.mkdir()
+    path.write_text("import torch\n\n\ndef run(A):\n    return torch.linalg.eigh(A)\n")
+    namespace = {}
+    exec(compile(path.read_text(), str(path), "exec"), namespace)
+    with monitor.watch() as mon:
+        namespace["run"](_sym([1.0, 2.0]))
+    assert mon.records["site"].tolist() == [f"{path}:5"]

@@ -17,15 +17,19 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import methods
+from .. import _xp, methods
 import stabkit.torch
 from .log import LiveLog, frame
 
-#: files a call site is looked through: torch, the method registry, this package, stabkit.torch, _xp
-_SKIP_PARTS = (os.sep + torch.__name__ + os.sep, os.sep + "stabkit" + os.sep + "methods" + os.sep,
-               os.path.dirname(os.path.abspath(__file__)) + os.sep)
-_SKIP_FILES = {os.path.abspath(stabkit.torch.__file__),
-               os.path.abspath(os.path.join(os.path.dirname(os.path.dirname(__file__)), "_xp.py"))}
+def _folder(path: str) -> str:
+    return os.path.dirname(os.path.realpath(path)) + os.sep
+
+
+#: frames a call site is looked through, by where the code is installed (never by a name in the
+#: path: a user's folder may be called ``torch`` or ``my_autograd_tests``): torch's package, the
+#: method registry, this package, stabkit.torch, _xp
+_SKIP_FOLDERS = (_folder(torch.__file__), _folder(methods.__file__), _folder(__file__))
+_SKIP_FILES = {os.path.realpath(stabkit.torch.__file__), os.path.realpath(_xp.__file__)}
 
 _site_of_file: dict = {}
 
@@ -35,10 +39,11 @@ def _site_file(filename: str):
     try:
         return _site_of_file[filename]
     except KeyError:
-        file = os.path.abspath(filename)
-        if file in _SKIP_FILES or any(p in file for p in _SKIP_PARTS) or "autograd" in file:
+        real = os.path.realpath(filename)
+        if real in _SKIP_FILES or real.startswith(_SKIP_FOLDERS):
             shown = None
         else:
+            file = os.path.abspath(filename)
             rel = os.path.relpath(file)
             shown = rel if not rel.startswith("..") else file
         _site_of_file[filename] = shown
