@@ -166,7 +166,7 @@ def _taylor_max(lams, K, eps):
 @pytest.mark.parametrize("spec, expected", [
     ("analytic", 1 / 0.5),                              # 1 / min gap
     ("clip:tau=1", 1.0),                                # capped at τ
-    ("pi", _taylor_max([1.0, 1.5, 2.0], 19, 1e-4)),     # T = 19 power-iteration steps, ε = 1e-4
+    ("pi", 3 * (1 - (2 / 3) ** 19) / 1.5),             # SVD-PI's F_ik = Σ_{s<19} (λ_i/λ_k)^s / λ_k at (1, 1.5)
     ("taylor:K=2", _taylor_max([1.0, 1.5, 2.0], 2, 0.0)),  # pair (1, 1.5): (1 + 2/3 + 4/9)/1.5
 ])
 def test_bound_column_per_method(spec, expected):
