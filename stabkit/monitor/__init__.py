@@ -50,15 +50,15 @@ nested watches in one thread both record each call. A call made from inside a wa
 DataLoader worker) drops the monitors it inherited, so it never writes into its parent's log;
 under ``stabkit watch`` it starts its own (``eig-rank{R}-pid{PID}.csv``, :mod:`.process`).
 
-Callers that imported the function object before ``watch`` (``from torch.linalg import eigh``)
-are not intercepted by ``watch``; ``stabkit watch`` patches before the user's code runs, so they
-are. Code compiled by ``torch.compile`` is neither monitored nor swapped: while Dynamo traces,
-the wrappers call the originals, so ``fullgraph=True`` works inside ``watch``.
+Callers that imported the function object before ``watch`` (``from torch.linalg import eigh``) are
+not intercepted by ``watch``; ``stabkit watch`` patches before the user's code runs, so they are.
+Code compiled by ``torch.compile`` is neither monitored nor swapped: while Dynamo traces, the
+wrappers call the originals, so ``fullgraph=True`` works inside ``watch``.
 ``swap_backward="taylor:K=9"`` routes ``torch.linalg.eigh`` through ``stabkit.torch.eigh`` with
-that registry method's backward and ``check=False``: the call keeps torch's input contract (only
-the lower triangle is read by an exact forward; a NaN input raises torch's own ``LinAlgError``
-where torch raises one). Scalars stay on the device until a flush or ``records`` (no
-synchronisation per call), which turns them into Python scalars (a row kept for ``records``
+that registry method's backward and ``check=False``: the call keeps torch's input contract (no
+symmetry check, an exact forward reads the lower triangle, a NaN input gets torch's own
+``LinAlgError`` where torch raises one). Scalars stay on the device until a flush or ``records``
+(no synchronisation per call), which turns them into Python scalars (a row kept for ``records``
 holds no device memory once logged or read).
 
 The package: :mod:`.hooks` (the patching and :func:`watch`), :mod:`.records` (:class:`Monitor`,
