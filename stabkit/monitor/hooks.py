@@ -166,7 +166,7 @@ def _swap_applies(A, args, kwargs):
 def _eigh_call(mons, A, args, kwargs):
     swapper = _swap_of(mons)
     if swapper is not None and _swap_applies(A, args, kwargs):
-        # torch's contract, not stabkit's check: one triangle read, torch's own error on NaN, no sync
+        # torch's contract, not stabkit's check: no symmetry test, torch's own error on NaN, no sync
         result = _originals_or_live("sk_eigh")(A, method=swapper.swap, check=False)
         backward = swapper.swap_spec
     else:
