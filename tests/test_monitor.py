@@ -166,7 +166,7 @@ def _taylor_max(lams, K, eps):
 @pytest.mark.parametrize("spec, expected", [
     ("analytic", 1 / 0.5),                              # 1 / min gap
     ("clip:tau=1", 1.0),                                # capped at τ
-    ("pi", _taylor_max([1.0, 1.5, 2.0], 19, 1e-4)),     # T = 19 power-iteration steps, ε = 1e-4
+    ("pi", 3 * (1 - (2 / 3) ** 19) / 1.5),             # SVD-PI's F_ik = Σ_{s<19} (λ_i/λ_k)^s / λ_k at (1, 1.5)
     ("taylor:K=2", _taylor_max([1.0, 1.5, 2.0], 2, 0.0)),  # pair (1, 1.5): (1 + 2/3 + 4/9)/1.5
 ])
 def test_bound_column_per_method(spec, expected):
@@ -209,3 +209,72 @@ def test_specs_are_taken_as_is_and_stabkit_eigh_calls_are_labelled_by_their_spec
         sktorch.eigh(_sym([1.0, 2.0, 4.0]), method="taylor:K=3")
     assert mon.records["fn"].tolist() == ["stabkit.eigh[taylor]", "stabkit.eigh[taylor:K=3]"]
     assert mon.records["backward"].tolist() == ["taylor:K=3", "taylor:K=3"]
+
+
+def test_stabkit_eigvalsh_svd_svdvals_are_labelled_by_their_own_spec():
+    """Each stabkit.torch function is logged once, with the rule its backward uses and the gradient
+    reaching its outputs (not as the torch.linalg call it makes inside)."""
+    X = torch.randn(5, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64).requires_grad_(True)
+    A = X.detach().T @ X.detach()
+    with monitor.watch() as mon:
+        lam = sktorch.eigvalsh(A.requires_grad_(True), method="taylor")
+        U, S, Vh = sktorch.svd(X, full_matrices=False, method="clip", tau=5)
+        s = sktorch.svdvals(X, method="taylor")
+        (lam.sum() + S.sum() + U.sum() + s.sum()).backward()
+    df = mon.records
+    assert df["fn"].tolist() == ["stabkit.eigvalsh[taylor]", "stabkit.svd[clip]", "stabkit.svdvals[taylor]"]
+    assert df["backward"].tolist() == ["taylor", "clip:tau=5", "taylor"]
+    # ∂L/∂λ = 1 (3 values); ∂L/∂S = 1 and ∂L/∂U = 1 (5×3), nothing on Vh; ∂L/∂σ = 1
+    assert df["grad_norm"].tolist() == [pytest.approx(math.sqrt(3)), pytest.approx(math.sqrt(18)), pytest.approx(math.sqrt(3))]
+    lam_np = sorted(float(v) for v in torch.linalg.eigvalsh(A.detach()))  # outside watch: the original
+    gap = min(b - a for a, b in zip(lam_np, lam_np[1:]))
+    assert df["min_gap"].tolist() == [pytest.approx(gap, rel=1e-9)] * 3  # σ² of X are the eigenvalues of XᵀX
+
+
+@pytest.mark.parametrize("call", [lambda X: torch.linalg.eigh(X), lambda X: torch.linalg.eigh(input=X),
+                                  lambda X: sktorch.eigh(A=X)], ids=["positional", "input=", "A="])
+def test_a_failing_call_is_recorded_whatever_keyword_carries_its_input(call):
+    X = torch.full((2, 3, 3), float("nan"))
+    with pytest.raises((torch.linalg.LinAlgError, ValueError)):
+        with monitor.watch() as mon:
+            call(X)
+    row = mon.records.iloc[0]
+    assert (row["batch"], row["n"], row["dtype"], row["input_nonfinite"]) == (2, 3, "float32", True)
+    assert row["error"].split(":")[0] in ("_LinAlgError", "InputError")
+
+
+@pytest.mark.parametrize("which", ["torch", "stabkit"])
+def test_torch_compile_fullgraph_works_inside_watch_and_the_compiled_region_is_not_monitored(which):
+    """Dynamo cannot trace the monitor's bookkeeping: while it traces, the wrappers call the original."""
+    A0 = _sym([1.0, 2.0, 4.0])
+
+    def f(A):  # the functions are looked up at call time: the wrappers inside watch
+        lam, U = torch.linalg.eigh(A) if which == "torch" else sktorch.eigh(A, method="taylor")
+        return (U ** 3).sum() + (lam ** 2).sum()
+
+    torch._dynamo.reset()
+    try:
+        with monitor.watch() as mon:
+            A = A0.clone().requires_grad_(True)
+            y = torch.compile(f, fullgraph=True, backend="eager")(A)
+            y.backward()
+    finally:
+        torch._dynamo.reset()
+    B = A0.clone().requires_grad_(True)
+    f(B).backward()  # eager, outside the monitor
+    torch.testing.assert_close(y.detach(), f(A0))
+    torch.testing.assert_close(A.grad, B.grad)
+    assert mon.records.empty
+
+
+@pytest.mark.parametrize("folder", ["my_autograd_tests", "torch"])
+def test_a_user_file_in_a_folder_named_like_torch_is_its_call_site(tmp_path, folder):
+    """Frames are looked through by where torch and stabkit are installed, not by words in the path."""
+    path = tmp_path / folder / "model.py"
+    path.parent.mkdir()
+    path.write_text("import torch\n\n\ndef run(A):\n    return torch.linalg.eigh(A)\n")
+    namespace = {}
+    exec(compile(path.read_text(), str(path), "exec"), namespace)
+    with monitor.watch() as mon:
+        namespace["run"](_sym([1.0, 2.0]))
+    assert mon.records["site"].tolist() == [f"{path}:5"]

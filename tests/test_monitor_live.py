@@ -296,3 +296,23 @@ def test_swap_backward_leaves_complex_input_to_torch():
         lam, U = torch.linalg.eigh(H)
     torch.testing.assert_close(lam, torch.tensor([2.5 - 5 ** 0.5 / 2, 2.5 + 5 ** 0.5 / 2], dtype=torch.float64))
     assert mon.records["backward"].tolist() == ["analytic"]
+
+
+def test_rows_hold_no_tensors_once_flushed(tmp_path):
+    """A watch keeps every row for ``records``; once logged a row holds Python scalars, not 0-d
+    tensors (device memory under CUDA), and a backward run later still reaches ``records``."""
+    A = _sym([1.0, 3.0]).requires_grad_(True)
+    with monitor.watch(log_path=tmp_path / "eig.csv") as mon:
+        lam, U = torch.linalg.eigh(A * 1.0)
+        mon.step()  # the step's row is flushed
+        assert [k for row in mon._rows for k, v in row.items() if isinstance(v, torch.Tensor)] == []
+        lam, U = torch.linalg.eigh(A * 1.0)
+        lam2, _ = torch.linalg.eigh(A * 1.0)
+        mon.step()
+        assert [k for row in mon._rows for k, v in row.items() if isinstance(v, torch.Tensor)] == []
+        (lam * torch.tensor([3.0, 4.0], dtype=torch.float64)).sum().backward()  # after its step was logged
+    df = mon.records
+    assert df["min_gap"].tolist() == [2.0, 2.0, 2.0]
+    assert df["grad_norm"].tolist()[1] == pytest.approx(5.0)  # ‖(3, 4)‖
+    assert math.isnan(df["grad_norm"].tolist()[2])
+    assert read_log(tmp_path / "eig.csv")["grad_norm"].isna().all()  # logged before that backward

@@ -137,3 +137,12 @@ def test_an_existing_file_as_the_output_folder_is_a_value_error(tmp_path):
         with pytest.raises(ValueError, match=f"cannot write the report into {out}"):
             build_report(tmp_path, out)
     assert (tmp_path / "afile").read_text() == "keep me"
+
+
+def test_a_stabkit_svd_site_is_not_flagged_for_a_zero_singular_value():
+    """σ² ≥ 0 always: a zero singular value is no loss of definiteness (as for torch.linalg.svd)."""
+    rows = [_row(s, lam_min=1.0, fn=fn, backward="clip:tau=5") for s in range(3)
+            for fn in ("stabkit.svd[clip]", "stabkit.svdvals[clip]")]
+    rows.append(_row(3, lam_min=0.0, fn="stabkit.svd[clip]", backward="clip:tau=5"))
+    assert _rules(rows) == {}
+    assert not bad_steps(frame(rows)).any()

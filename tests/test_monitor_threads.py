@@ -201,3 +201,81 @@ def test_a_failure_of_the_monitors_bookkeeping_never_breaks_the_call(monkeypatch
         with monitor.watch():
             lam, U = torch.linalg.eigh(_sym([1.0, 2.0]))
     assert lam.tolist() == [1.0, 2.0]
+
+
+def test_a_swapped_eigh_keeps_torchs_input_contract():
+    """swap_backward changes the backward only: torch's error type on a NaN input (code catching
+    torch.linalg.LinAlgError still works) and torch's reading of the lower triangle alone."""
+    nan = torch.full((3, 3), float("nan"), dtype=torch.float64)
+    with pytest.raises(torch.linalg.LinAlgError):
+        torch.linalg.eigh(nan)  # what torch itself does on this machine
+    with pytest.raises(torch.linalg.LinAlgError):
+        with monitor.watch(swap_backward="taylor") as mon:
+            torch.linalg.eigh(nan)
+    assert mon.records["backward"].tolist() == ["taylor"] and mon.records["error"].str.startswith("_LinAlgError").all()
+    L = torch.tril(torch.arange(1.0, 10.0, dtype=torch.float64).reshape(3, 3)) + 5 * torch.eye(3, dtype=torch.float64)
+    lam_torch = torch.linalg.eigh(L).eigenvalues
+    with monitor.watch(swap_backward="taylor") as mon:
+        lam = torch.linalg.eigh(L).eigenvalues
+    torch.testing.assert_close(lam, lam_torch, rtol=0, atol=0)
+    sym = torch.tril(L) + torch.tril(L, -1).mT  # the matrix torch decomposes
+    torch.testing.assert_close(lam, torch.linalg.eigvalsh(sym))
+    assert mon.records["backward"].tolist() == ["taylor"]
+
+
+class _HookMidRead(torch.Tensor):
+    """A row value whose first ``.item()`` lets ``hook`` run in another thread meanwhile (waiting for
+    it at most 0.5 s): a read of the rows and a backward hook then overlap on every run."""
+
+    hook, threads = None, []
+
+    def item(self):
+        hook, _HookMidRead.hook = _HookMidRead.hook, None
+        if hook is not None:
+            t = threading.Thread(target=hook)
+            _HookMidRead.threads.append(t)
+            t.start()
+            t.join(0.5)  # a reader that holds the rows' lock makes the hook wait for it
+        return super().item()
+
+
+@pytest.mark.parametrize("read", ["records", "flush"])
+def test_a_gradient_hook_in_another_thread_while_rows_are_read(tmp_path, read):
+    """With all_threads=True (what `stabkit watch` uses) a backward in another thread adds a gradient
+    norm to a row while mon.records or mon.step()'s flush reads it: neither raises, nothing is lost."""
+    g_lam = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    g_in = torch.tensor([[3.0, 0.0], [0.0, 4.0]], dtype=torch.float64)
+    with monitor.watch(log_path=tmp_path / "eig.csv", all_threads=True) as mon:
+        torch.linalg.eigh(_sym([1.0, 2.0]))
+        row = mon._rows[0]
+        _HookMidRead.threads = []
+        _HookMidRead.hook = lambda: (mon._on_grad(g_lam, row), mon._on_input_grad(g_in, row))
+        row["min_gap"] = row["min_gap"].as_subclass(_HookMidRead)
+        if read == "records":
+            assert mon.records["min_gap"].tolist() == [1.0]
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # not even a warning: the log is written
+                mon.step()
+        for t in _HookMidRead.threads:
+            t.join(5)
+    assert len(_HookMidRead.threads) == 1 and not _HookMidRead.threads[0].is_alive()
+    got = mon.records.iloc[0]
+    assert (got["min_gap"], got["grad_norm"], got["grad_in_norm"]) == (1.0, pytest.approx(5 ** 0.5), pytest.approx(5.0))
+    assert mon.log_error is None
+
+
+def test_a_failure_to_make_the_rows_never_reaches_the_users_step(tmp_path, monkeypatch):
+    """flush is called from mon.step() and the optimizer's step: whatever fails in it is warned about
+    and turns the log off, as a write error does."""
+    def broken(row):
+        raise RuntimeError("materialize bug")
+
+    monkeypatch.setattr(monitor.Monitor, "_materialize", staticmethod(broken))
+    with pytest.raises(RuntimeError, match="materialize bug"):  # raised at exit, as a write error is
+        with pytest.warns(UserWarning, match="writing the log failed .*materialize bug"):
+            with monitor.watch(log_path=tmp_path / "eig.csv") as mon:
+                for lam in (2.0, 3.0):
+                    torch.linalg.eigh(_sym([1.0, lam]))
+                    mon.step()  # does not raise
+    assert len(mon._rows) == 2 and isinstance(mon.log_error, RuntimeError)

@@ -236,3 +236,31 @@ def test_pi_steps_equal_the_geometric_series_layer_through_a_truncated_whitening
     (ours,) = torch.autograd.grad((G * W_pi).sum(), A)
     expected = (expected + expected.T) / 2
     assert float((ours - expected).norm() / expected.norm()) < 1e-12
+
+
+@pytest.mark.parametrize("lam, spec", [
+    ([1.5e-4, 1.6e-4, 1e-3, 1.0], "pi"),       # the review's spectrum: max|F| 70 660, an ε-shifted series gave 54 361
+    ([1.0, 1.5, 2.0], "pi"),
+    ([0.01, 0.5, 0.5001, 2.0, 3.0], "pi"),
+    ([1e-3, 0.2, 0.2 + 1e-6, 1.0], "pi:steps=5,eps=0.01"),
+])
+def test_pi_bound_is_the_max_coefficient_of_autograd_through_plain_svd_pi(lam, spec):
+    """The bound the monitor logs for ``pi`` is max_ij |F_ij| of the rule: each F_ij measured by
+    autograd through the plain iteration at A = diag(λ), with ∂L/∂U = u_i e_jᵀ (then
+    ∂L/∂A = F_ij sym(u_i u_jᵀ), so F_ij = 2 u_iᵀ sym(∂L/∂A) u_j)."""
+    spec = methods.spec(spec)
+    d = len(lam)
+    A = torch.diag(torch.tensor(lam, dtype=torch.float64)).requires_grad_(True)
+    U = torch.linalg.eigh(A.detach()).eigenvectors
+    kept = torch.tensor(paper_rule(lam, spec.params["eps"]))
+    F = np.zeros((d, d))
+    for i in range(d):
+        for j in range(d):
+            if i != j:
+                gU = torch.zeros(d, d, dtype=torch.float64)
+                gU[:, j] = U[:, i]
+                (G,) = torch.autograd.grad(plain_svd_pi_objective(A, gU, torch.zeros(d, dtype=torch.float64), kept,
+                                                                  spec.params["steps"]), A)
+                F[i, j] = float(2 * U[:, i] @ ((G + G.mT) / 2) @ U[:, j])
+    bound = float(spec.bound(torch.tensor(lam, dtype=torch.float64)))
+    assert bound == pytest.approx(np.abs(F).max(), rel=1e-9)

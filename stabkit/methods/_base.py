@@ -175,7 +175,8 @@ class Method:
     #: True when the backward needs only the exact (λ, U) of the forward, not iterates (stabkit.torch)
     exact_state: bool = False
     #: (λ, **params) → F whose magnitude bounds the backward's coefficients, where it is not
-    #: ``kernel`` itself (power iteration: the degree-T series); the monitor logs max |F|
+    #: ``kernel`` itself (SVD-PI: its own F on the kept pairs; PI: the degree-T series); the
+    #: monitor logs max |F|
     bound_kernel: Callable | None = None
     #: torch's own eigh/svd and their autograd, not a stabkit rule
     native: bool = False

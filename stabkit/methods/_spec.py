@@ -83,7 +83,7 @@ class Spec:
     def bound(self, lam):
         """max_ij |F_ij| per matrix (shape λ.shape[:-1]): the largest coefficient the backward can
         multiply an incoming gradient by, NaN counted as ∞; None where the method has no F."""
-        if self.method.bound_kernel is not None:  # a series: finite wherever λ is
+        if self.method.bound_kernel is not None:  # power iteration's F: finite wherever λ is
             F = abs(self.method.bound_kernel(lam, **self.params))
         elif self.method.kernel is not None:
             F = abs(self.method.kernel(lam, **self.params))

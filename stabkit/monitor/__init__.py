@@ -9,9 +9,10 @@ or, for a script that is not edited at all, ``stabkit watch -- python train.py``
 :mod:`stabkit.monitor.process`).
 
 Inside ``watch`` the functions ``torch.linalg.eigh``, ``torch.linalg.eigvalsh``,
-``torch.linalg.svd`` and ``stabkit.torch.eigh`` are replaced by wrappers (restored when the last
-``watch`` exits, so outside it they are the originals: zero overhead). Each call logs, per call
-site (``file:line`` of the first caller frame outside torch and stabkit's eigen internals) and step:
+``torch.linalg.svd`` and ``stabkit.torch``'s ``eigh``, ``eigvalsh``, ``svd``, ``svdvals`` are
+replaced by wrappers (restored when the last ``watch`` exits, so outside it they are the
+originals: zero overhead). Each call logs, per call site (``file:line`` of the first caller frame
+outside torch and stabkit's eigen internals) and step:
 
 * ``min_gap``: smallest |λ_i − λ_j| over the batch (for svd: of σ², the eigenvalues of AᵀA);
 * ``min_rel_gap``: min gap / max |λ| of the same matrix (minimum over the batch);
@@ -24,7 +25,8 @@ site (``file:line`` of the first caller frame outside torch and stabkit's eigen 
 * ``input_nonfinite``: the input held inf/NaN; ``nonfinite``: input, output, incoming gradient or
   ∂L/∂A did;
 * ``backward``: the rule the call's backward uses (``analytic`` for torch's own, the registry spec
-  otherwise, ``values`` for eigvalsh whose backward has no 1/(λ_i − λ_j));
+  of a stabkit.torch call or of ``swap_backward``, ``values`` for torch.linalg.eigvalsh whose
+  backward has no 1/(λ_i − λ_j));
 * ``error``: empty, or ``Type: message`` when the call raised (e.g. eigh on a NaN input): the call
   is logged, the log is flushed at once, and the exception propagates unchanged.
 
@@ -48,11 +50,16 @@ nested watches in one thread both record each call. A call made from inside a wa
 DataLoader worker) drops the monitors it inherited, so it never writes into its parent's log;
 under ``stabkit watch`` it starts its own (``eig-rank{R}-pid{PID}.csv``, :mod:`.process`).
 
-Callers that imported the function object before ``watch`` (``from torch.linalg import eigh``)
-are not intercepted by ``watch``; ``stabkit watch`` patches before the user's code runs, so they
-are. ``swap_backward="taylor:K=9"`` routes ``torch.linalg.eigh`` through ``stabkit.torch.eigh``
-with that registry method's backward. Scalars stay on the device until a flush or ``records``
-(no synchronisation per call).
+Callers that imported the function object before ``watch`` (``from torch.linalg import eigh``) are
+not intercepted by ``watch``; ``stabkit watch`` patches before the user's code runs, so they are.
+Code compiled by ``torch.compile`` is neither monitored nor swapped: while Dynamo traces, the
+wrappers call the originals, so ``fullgraph=True`` works inside ``watch``.
+``swap_backward="taylor:K=9"`` routes ``torch.linalg.eigh`` through ``stabkit.torch.eigh`` with
+that registry method's backward and ``check=False``: the call keeps torch's input contract (no
+symmetry check, an exact forward reads the lower triangle, a NaN input gets torch's own
+``LinAlgError`` where torch raises one). Scalars stay on the device until a flush or ``records``
+(no synchronisation per call), which turns them into Python scalars (a row kept for ``records``
+holds no device memory once logged or read).
 
 The package: :mod:`.hooks` (the patching and :func:`watch`), :mod:`.records` (:class:`Monitor`,
 :func:`summarize`), :mod:`.log` (the live log), :mod:`.process` (``stabkit watch``'s side in the

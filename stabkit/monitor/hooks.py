@@ -1,11 +1,12 @@
 """The patching behind :func:`watch`: one set of wrappers around ``torch.linalg.eigh``,
-``eigvalsh``, ``svd`` and ``stabkit.torch.eigh``, installed while any monitor is active (reference
-counted over threads), each call handed to the monitors that watch the calling thread; the
-optimizer post-step hook that counts steps; what a forked child does with inherited monitors.
+``eigvalsh``, ``svd`` and ``stabkit.torch``'s ``eigh``, ``eigvalsh``, ``svd``, ``svdvals``,
+installed while any monitor is active (reference counted over threads), each call handed to the
+monitors that watch the calling thread; the optimizer post-step hook that counts steps; what a
+forked child does with inherited monitors.
 
 The rule a call's backward uses is labelled without naming methods: a plain torch.linalg call
-with ``methods.EXACT`` (torch's own backward is the exact rule), a ``stabkit.torch.eigh`` call with
-its Spec's text, ``values`` for eigvalsh.
+with ``methods.EXACT`` (torch's own backward is the exact rule), a ``stabkit.torch`` call with its
+Spec's text, ``values`` for torch.linalg.eigvalsh.
 """
 
 from __future__ import annotations
@@ -54,22 +55,34 @@ def _never_fails():
                           f"the call itself went through", stacklevel=4)
 
 
+def _tensor_arg(args, kwargs):
+    """The matrix a call decomposes, given positionally, as ``A=`` or as ``input=`` (None if absent)."""
+    return args[0] if args else kwargs.get("A", kwargs.get("input"))
+
+
 def _watched(fn_name: str, call):
-    """Wrap ``call(mons, *args, **kwargs) -> (result, backward, A, lam, outputs)`` of a torch function."""
+    """Wrap ``call(mons, A, args, kwargs) -> (result, backward, lam, outputs)`` of a torch function.
+
+    While ``torch.compile`` traces, the original is called: a compiled region is not monitored
+    (Dynamo cannot trace the bookkeeping, and a monitor must not break ``fullgraph=True``).
+    """
 
     def wrapper(*args, **kwargs):
+        if torch.compiler.is_compiling():
+            return _originals_or_live(fn_name)(*args, **kwargs)
         mons = _watchers()
         if not mons:
             return _originals_or_live(fn_name)(*args, **kwargs)
+        A = _tensor_arg(args, kwargs)
         _local.inside = True
         try:
             try:
-                result, backward, A, lam, outputs = call(mons, *args, **kwargs)
+                result, backward, lam, outputs = call(mons, A, args, kwargs)
             except Exception as exc:
                 with _never_fails():
-                    backward = _backward_of(fn_name, mons, args, kwargs)
+                    backward = _backward_of(fn_name, mons, A, args, kwargs)
                     for mon in mons:
-                        mon._log_error(_label(fn_name, args, kwargs), backward, args[0] if args else kwargs.get("A"), exc)
+                        mon._log_error(_label(fn_name, args, kwargs), backward, A, exc)
                 raise
             with _never_fails():
                 for mon in mons:
@@ -78,42 +91,48 @@ def _watched(fn_name: str, call):
         finally:
             _local.inside = False
 
-    wrapper.__wrapped__ = _TORCH_FUNCS[fn_name]()
-    wrapper.__name__ = fn_name
+    wrapper.__wrapped__ = _live(fn_name)
+    wrapper.__name__ = _TARGETS[fn_name][1]
     wrapper.__doc__ = getattr(wrapper.__wrapped__, "__doc__", None)
     return wrapper
 
 
-_TORCH_FUNCS = {
-    "eigh": lambda: torch.linalg.eigh, "eigvalsh": lambda: torch.linalg.eigvalsh,
-    "svd": lambda: torch.linalg.svd, "sk": lambda: stabkit.torch.eigh,
+#: the functions watch replaces: name → (module, attribute); ``sk_*`` are stabkit.torch's
+_TARGETS = {
+    "eigh": (torch.linalg, "eigh"), "eigvalsh": (torch.linalg, "eigvalsh"), "svd": (torch.linalg, "svd"),
+    "sk_eigh": (stabkit.torch, "eigh"), "sk_eigvalsh": (stabkit.torch, "eigvalsh"),
+    "sk_svd": (stabkit.torch, "svd"), "sk_svdvals": (stabkit.torch, "svdvals"),
 }
+
+
+def _live(name):
+    return getattr(*_TARGETS[name])
 
 
 def _originals_or_live(name):
     orig = _originals
-    return orig[name] if orig is not None else _TORCH_FUNCS[name]()
+    return orig[name] if orig is not None else _live(name)
 
 
-#: keywords of ``stabkit.torch.eigh`` itself (not method parameters)
-_SK_OWN = ("method", "check", "out", "UPLO")
+#: keywords of stabkit.torch's functions themselves (not method parameters)
+_SK_OWN = ("A", "method", "check", "out", "UPLO", "full_matrices", "driver")
 
 
-def _sk_method(args, kwargs):
-    """The method of a ``stabkit.torch.eigh(A, ...)`` call as given: ``method=``, else the second
+def _sk_method(fn_name, args, kwargs):
+    """The method of a stabkit.torch call as given: ``method=``, else (eigh, eigvalsh) the second
     positional (the older spelling) unless it is UPLO, else the default."""
     if "method" in kwargs:
         return kwargs["method"]
-    second = args[1] if len(args) > 1 else None
+    second = args[1] if len(args) > 1 and fn_name in ("sk_eigh", "sk_eigvalsh") else None
     if second is None or (isinstance(second, str) and second.upper() in ("L", "U")):
         return DEFAULT
     return second
 
 
 def _label(fn_name, args, kwargs):
-    if fn_name == "sk":
-        method = _sk_method(args, kwargs)
-        return f"stabkit.eigh[{method.name if isinstance(method, Spec) else method}]"
+    if fn_name.startswith("sk_"):
+        method = _sk_method(fn_name, args, kwargs)
+        return f"stabkit.{_TARGETS[fn_name][1]}[{method.name if isinstance(method, Spec) else method}]"
     return fn_name
 
 
@@ -121,62 +140,70 @@ def _swap_of(mons):
     return next((m for m in reversed(mons) if m.swap is not None), None)
 
 
-def _backward_of(fn_name, mons, args, kwargs):
+def _backward_of(fn_name, mons, A, args, kwargs):
     if fn_name == "eigvalsh":
         return "values"
-    if fn_name == "sk":  # the Spec the call makes of its method and parameters, as text
-        method = _sk_method(args, kwargs)
+    if fn_name.startswith("sk_"):  # the Spec the call makes of its method and parameters, as text
+        method = _sk_method(fn_name, args, kwargs)
         params = {k: v for k, v in kwargs.items() if k not in _SK_OWN}
         try:
             spec = methods.spec(method)
             return str(spec.replace(**params) if params else spec)
         except Exception:  # noqa: BLE001 — an invalid spec raises in the call itself
             return str(method)
-    if fn_name == "eigh" and _swap_applies(args, kwargs) and _swap_of(mons) is not None:
+    if fn_name == "eigh" and _swap_of(mons) is not None and _swap_applies(A, args, kwargs):
         return _swap_of(mons).swap_spec
     return EXACT
 
 
-def _swap_applies(args, kwargs):
+def _swap_applies(A, args, kwargs):
     """The swap covers what stabkit.torch.eigh covers: real float32/float64 input, UPLO="L", no out=;
     any other call goes to torch unchanged."""
-    A = args[0] if args else None
-    return (len(args) == 1 and set(kwargs) <= {"UPLO"} and kwargs.get("UPLO", "L") == "L"
+    return (len(args) <= 1 and set(kwargs) - {"A", "input"} <= {"UPLO"} and kwargs.get("UPLO", "L") == "L"
             and isinstance(A, torch.Tensor) and A.dtype in (torch.float32, torch.float64))
 
 
-def _eigh_call(mons, A=None, *args, **kwargs):
-    if A is None:
-        A = kwargs.pop("input")
+def _eigh_call(mons, A, args, kwargs):
     swapper = _swap_of(mons)
-    if swapper is not None and _swap_applies((A, *args), kwargs):
-        lam, U = _originals_or_live("sk")(A, method=swapper.swap)
-        result = stabkit.torch.EighResult(lam, U)
+    if swapper is not None and _swap_applies(A, args, kwargs):
+        # torch's contract, not stabkit's check: no symmetry test, torch's own error on NaN, no sync
+        result = _originals_or_live("sk_eigh")(A, method=swapper.swap, check=False)
         backward = swapper.swap_spec
     else:
-        result = _originals_or_live("eigh")(A, *args, **kwargs)
-        lam, U = result
+        result = _originals_or_live("eigh")(*args, **kwargs)
         backward = EXACT
-    return result, backward, A, lam, (lam, U)
+    lam, U = result
+    return result, backward, lam, (lam, U)
 
 
-def _eigvalsh_call(mons, A=None, *args, **kwargs):
-    if A is None:
-        A = kwargs.pop("input")
-    lam = _originals_or_live("eigvalsh")(A, *args, **kwargs)
-    return lam, "values", A, lam, (lam,)
+def _eigvalsh_call(mons, A, args, kwargs):
+    lam = _originals_or_live("eigvalsh")(*args, **kwargs)
+    return lam, "values", lam, (lam,)
 
 
-def _svd_call(mons, A=None, *args, **kwargs):
-    if A is None:
-        A = kwargs.pop("input")
-    out = _originals_or_live("svd")(A, *args, **kwargs)
-    return out, EXACT, A, (out[1] ** 2).flip(-1), tuple(out)
+def _svd_call(mons, A, args, kwargs):
+    out = _originals_or_live("svd")(*args, **kwargs)
+    return out, EXACT, (out[1] ** 2).flip(-1), tuple(out)
 
 
-def _sk_call(mons, A, *args, **kwargs):
-    out = _originals_or_live("sk")(A, *args, **kwargs)
-    return out, _backward_of("sk", mons, (A, *args), kwargs), A, out[0], tuple(out)
+def _sk_call(fn_name, eigenvalues):
+    """The call of a stabkit.torch function; ``eigenvalues(result)``: its λ ascending (σ² for the SVD)."""
+
+    def call(mons, A, args, kwargs):
+        out = _originals_or_live(fn_name)(*args, **kwargs)
+        return (out, _backward_of(fn_name, mons, A, args, kwargs), eigenvalues(out),
+                tuple(out) if isinstance(out, tuple) else (out,))
+
+    return call
+
+
+_CALLS = {
+    "eigh": _eigh_call, "eigvalsh": _eigvalsh_call, "svd": _svd_call,
+    "sk_eigh": _sk_call("sk_eigh", lambda out: out[0]),
+    "sk_eigvalsh": _sk_call("sk_eigvalsh", lambda lam: lam),
+    "sk_svd": _sk_call("sk_svd", lambda out: (out[1] ** 2).flip(-1)),
+    "sk_svdvals": _sk_call("sk_svdvals", lambda S: (S ** 2).flip(-1)),
+}
 
 
 def _optimizer_hook(optimizer, args, kwargs):
@@ -190,11 +217,9 @@ def _activate(mon: Monitor):
     global _active, _originals, _hook_handle
     with _lock:
         if _originals is None:
-            _originals = {name: get_() for name, get_ in _TORCH_FUNCS.items()}
-            torch.linalg.eigh = _watched("eigh", _eigh_call)
-            torch.linalg.eigvalsh = _watched("eigvalsh", _eigvalsh_call)
-            torch.linalg.svd = _watched("svd", _svd_call)
-            stabkit.torch.eigh = _watched("sk", _sk_call)
+            _originals = {name: _live(name) for name in _TARGETS}
+            for name, (module, attr) in _TARGETS.items():
+                setattr(module, attr, _watched(name, _CALLS[name]))
             from torch.optim.optimizer import register_optimizer_step_post_hook
 
             _hook_handle = register_optimizer_step_post_hook(_optimizer_hook)
@@ -206,8 +231,8 @@ def _deactivate(mon: Monitor):
     with _lock:
         _active = tuple(m for m in _active if m is not mon)
         if not _active and _originals is not None:
-            torch.linalg.eigh, torch.linalg.eigvalsh, torch.linalg.svd = _originals["eigh"], _originals["eigvalsh"], _originals["svd"]
-            stabkit.torch.eigh = _originals["sk"]
+            for name, (module, attr) in _TARGETS.items():
+                setattr(module, attr, _originals[name])
             _originals = None
             if _hook_handle is not None:
                 _hook_handle.remove()

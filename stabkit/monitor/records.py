@@ -17,15 +17,19 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import methods
+from .. import _xp, methods
 import stabkit.torch
 from .log import LiveLog, frame
 
-#: files a call site is looked through: torch, the method registry, this package, stabkit.torch, _xp
-_SKIP_PARTS = (os.sep + torch.__name__ + os.sep, os.sep + "stabkit" + os.sep + "methods" + os.sep,
-               os.path.dirname(os.path.abspath(__file__)) + os.sep)
-_SKIP_FILES = {os.path.abspath(stabkit.torch.__file__),
-               os.path.abspath(os.path.join(os.path.dirname(os.path.dirname(__file__)), "_xp.py"))}
+def _folder(path: str) -> str:
+    return os.path.dirname(os.path.realpath(path)) + os.sep
+
+
+#: frames a call site is looked through, by where the code is installed (never by a name in the
+#: path: a user's folder may be called ``torch`` or ``my_autograd_tests``): torch's package, the
+#: method registry, this package, stabkit.torch, _xp
+_SKIP_FOLDERS = (_folder(torch.__file__), _folder(methods.__file__), _folder(__file__))
+_SKIP_FILES = {os.path.realpath(stabkit.torch.__file__), os.path.realpath(_xp.__file__)}
 
 _site_of_file: dict = {}
 
@@ -35,10 +39,11 @@ def _site_file(filename: str):
     try:
         return _site_of_file[filename]
     except KeyError:
-        file = os.path.abspath(filename)
-        if file in _SKIP_FILES or any(p in file for p in _SKIP_PARTS) or "autograd" in file:
+        real = os.path.realpath(filename)
+        if real in _SKIP_FILES or real.startswith(_SKIP_FOLDERS):
             shown = None
         else:
+            file = os.path.abspath(filename)
             rel = os.path.relpath(file)
             shown = rel if not rel.startswith("..") else file
         _site_of_file[filename] = shown
@@ -81,6 +86,7 @@ class Monitor:
         self.log, self.every, self.keep_records = log, int(every), keep_records
         self.log_error: BaseException | None = None
         self._flush_lock = threading.Lock()
+        self._lock = threading.Lock()  # rows vs the gradient hooks, which may run in other threads
 
     # --- steps ---------------------------------------------------------------------------------
     def step(self, n: int = 1):
@@ -91,10 +97,12 @@ class Monitor:
     def current_step(self) -> int:
         if self._manual is not None:
             return self._manual
-        return max(self._opt_counts.values(), default=0)
+        with self._lock:  # another thread's optimizer may be added meanwhile
+            return max(self._opt_counts.values(), default=0)
 
     def _on_optimizer_step(self, optimizer):
-        self._opt_counts[optimizer] = self._opt_counts.get(optimizer, 0) + 1
+        with self._lock:
+            self._opt_counts[optimizer] = self._opt_counts.get(optimizer, 0) + 1
         if self._manual is None:
             self._advanced()
 
@@ -150,24 +158,35 @@ class Monitor:
         if self.log is not None:
             self.flush()
 
-    @staticmethod
-    def _on_grad(g, row):
+    def _on_grad(self, g, row):
         """Accumulate ‖∂L/∂output‖² over the call's outputs (only a scalar is kept, never the gradient)."""
         if g is not None:
             sq = g.detach().double().square().sum()
-            row["_sq"] = row["_sq"] + sq if "_sq" in row else sq
+            with self._lock:
+                row["_sq"] = row["_sq"] + sq if "_sq" in row else sq
 
-    @staticmethod
-    def _on_input_grad(g, row):
+    def _on_input_grad(self, g, row):
         """‖∂L/∂A‖² (through every use of A): non-finite with a finite incoming gradient means this
         call's own backward made it so."""
         if g is not None:
-            row["_sq_in"] = g.detach().double().square().sum()
+            sq = g.detach().double().square().sum()
+            with self._lock:
+                row["_sq_in"] = sq
+
+    def _settled(self, row: dict) -> dict:
+        """Under the lock (a gradient hook in another thread may be adding to the row): the row's
+        tensors replaced by Python scalars in place, so a row once read or logged holds no device
+        memory, and a copy of it."""
+        with self._lock:
+            for key, value in row.items():
+                if isinstance(value, torch.Tensor):
+                    row[key] = value.item()
+            return dict(row)
 
     @staticmethod
     def _materialize(row: dict) -> dict:
-        """A row of Python scalars: gradient norms from the squared sums (∞ when non-finite)."""
-        out = {k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in row.items() if not k.startswith("_sq")}
+        """The row as logged, from a settled copy: gradient norms from the squared sums (∞ when non-finite)."""
+        out = {k: v for k, v in row.items() if not k.startswith("_sq")}
         for key, sq in (("grad_norm", row.get("_sq")), ("grad_in_norm", row.get("_sq_in"))):
             if sq is not None:
                 sq = float(sq)
@@ -178,14 +197,14 @@ class Monitor:
     @property
     def records(self) -> pd.DataFrame:
         """Every row so far (with ``keep_records=False``: only those not yet flushed)."""
-        return frame([self._materialize(r) for r in list(self._rows)])
+        return frame([self._materialize(self._settled(r)) for r in list(self._rows)])
 
     # --- live log ------------------------------------------------------------------------------
     def flush(self, upto_step: int | None = None):
         """Append the rows not yet logged (those of steps < ``upto_step`` if given) to the log.
 
-        A write error is kept in ``log_error`` and warned about once; the log is then off (the
-        training is never stopped by its log).
+        An error (writing, or making the rows) is kept in ``log_error`` and warned about once; the
+        log is then off (the training is never stopped by its log).
         """
         if self.log is None:
             return
@@ -199,9 +218,8 @@ class Monitor:
                 self._last_flush_step = upto_step
             if end <= self._flushed:
                 return
-            chunk = frame([self._materialize(r) for r in rows[self._flushed:end]])
             try:
-                self.log.append(chunk)
+                self.log.append(frame([self._materialize(self._settled(r)) for r in rows[self._flushed:end]]))
             except Exception as exc:  # noqa: BLE001 — reported, never allowed to stop the training
                 self.log_error = exc
                 log, self.log = self.log, None

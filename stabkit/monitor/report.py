@@ -84,7 +84,7 @@ def load_logs(folder) -> pd.DataFrame:
 
 def _positive_site(g: pd.DataFrame) -> bool:
     lam = g["lam_min"].dropna()
-    return bool(len(lam)) and bool((lam > 0).mean() >= 0.5) and not g["fn"].eq("svd").all()
+    return bool(len(lam)) and bool((lam > 0).mean() >= 0.5) and not g["fn"].str.contains("svd").all()
 
 
 def bad_steps(g: pd.DataFrame) -> pd.Series:
