@@ -29,6 +29,15 @@ def test_power_solver_converged_matches_eigh():
     assert abs(abs(float(Y[:, 0] @ U)) - 1) < 1e-14
 
 
+def test_power_solver_at_the_rounding_floor_is_converged():
+    """tol far below what float64 can resolve: the iteration runs to max_iter and stops at the
+    rounding floor d·eps; that is convergence, not an error (it was reported as one)."""
+    A = torch.as_tensor(build([0.1, 0.5, 1.0, 2.0, 3.0], seed=1))
+    Y, lam = layers.ied(A, solver="power", tol=1e-30, max_iter=200)
+    assert abs(float(lam[0]) - 3.0) < 1e-13
+    assert abs(abs(float(Y[:, 0] @ torch.linalg.eigh(A)[1][:, -1])) - 1) < 1e-14
+
+
 @pytest.mark.parametrize("solver", ["eigh", "power"])
 @pytest.mark.parametrize("label, A, match", bad_matrices(3, n=4) + [("non-symmetric", nonsymmetric(), "not symmetric")],
                          ids=[c[0] for c in bad_matrices(3, n=4)] + ["non-symmetric"])

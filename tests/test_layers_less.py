@@ -38,6 +38,14 @@ def test_near_tie_not_converged_is_an_error(dtype):
         layers.less(A)
 
 
+def test_less_at_the_rounding_floor_is_converged():
+    """As for IED: a tol below float64's resolution ends at the rounding floor, which is convergence."""
+    A = torch.as_tensor(build([0.1, 0.5, 1.0, 2.0, 3.0], seed=1))
+    y, lam = layers.less(A, tol=1e-30, max_iter=300)
+    assert abs(float(lam) - 3.0) < 1e-13
+    assert abs(abs(float(y @ torch.linalg.eigh(A)[1][:, -1])) - 1) < 1e-14
+
+
 def test_well_separated_two_by_two_matches_closed_form():
     # λ = (0.00036, 5.597): the step-size rule before exact line search oscillated here for 5000 steps
     a, b, c = 5.3484, 1.1522, 0.2486

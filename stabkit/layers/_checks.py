@@ -32,6 +32,13 @@ def check_iterations(max_iter, fn: str) -> None:
         raise InputError(f"{fn}: max_iter must be a positive integer, got {max_iter!r}")
 
 
+def failure_tol(tol: float, d: int, dtype: torch.dtype) -> float:
+    """The relative residual above which an iterative forward has failed: ``tol``, or the rounding
+    floor d·eps of a product A·y (Higham, "Accuracy and Stability of Numerical Algorithms", §3.5)
+    where that is larger — an iteration that stops short of ``tol`` only there has converged."""
+    return max(float(tol), d * torch.finfo(dtype).eps)
+
+
 def not_converged(fn: str, residual: torch.Tensor, tol: float, iterations: int, hint: str) -> EigensolverError:
     """The error an iterative forward raises when its relative residual stayed above ``tol``."""
     n, total = int((residual > tol).sum()), residual.numel()

@@ -18,8 +18,8 @@ Forward solvers: ``"eigh"`` (LAPACK, then the top k) or ``"power"`` (orthogonal 
 iteration from a seeded random start + Rayleigh–Ritz; finds the k eigenvalues of largest
 *magnitude* — the principal ones for PSD inputs such as covariances). It stops when the Ritz
 residual ‖AY − YH‖_F ≤ tol·‖A‖_F and raises :class:`~stabkit.errors.EigensolverError` if that is not
-reached in ``max_iter`` steps (its rate is |λ_{k+1}/λ_k|: slow for near-ties in magnitude, none for
-λ_k = −λ_{k+1}). Signs: each vector's largest-magnitude entry is made positive.
+reached in ``max_iter`` steps (its rate is |λ_{k+1}/λ_k|: slow for near-ties in magnitude, none
+for λ_k = −λ_{k+1}), unless the residual is within the rounding floor d·eps·‖A‖_F. Signs: each vector's largest-magnitude entry is made positive.
 
 First derivatives only (``once_differentiable``): the backward uses the forward's Y and λ as
 constants, so differentiating it again would be wrong.
@@ -30,8 +30,8 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from ._checks import check_iterations, check_matrix, not_converged
 from ..errors import InputError
+from ._checks import check_iterations, check_matrix, failure_tol, not_converged
 
 
 def _T(x):
@@ -94,8 +94,10 @@ def _power(A, k, max_iter, tol, seed):
             break
     else:
         rel = res / scale.clamp_min(torch.finfo(A.dtype).tiny)
-        raise not_converged("ied(solver='power')", rel, tol, max_iter,
-                            "the k-th and (k+1)-th eigenvalues are probably too close in magnitude (use solver='eigh')")
+        fail = failure_tol(tol, d, A.dtype)
+        if bool((rel > fail).any()):
+            raise not_converged("ied(solver='power')", rel, fail, max_iter, "the k-th and (k+1)-th eigenvalues "
+                                "are probably too close in magnitude (use solver='eigh')")
     H = _T(Y) @ A @ Y
     mu, W = torch.linalg.eigh((H + _T(H)) / 2)
     order = torch.argsort(mu.abs(), dim=-1, descending=True)

@@ -20,7 +20,8 @@ differ, and a forward that does not reach ``tol`` raises instead of returning it
 Start: the largest column of A (close to the top vector for PSD A) plus a seeded random nudge, so
 the start is not orthogonal to the top vector (a stationary point of descent is any eigenvector).
 
-Result checks, raising :class:`~stabkit.errors.EigensolverError`: ‖r‖ still above tol·‖A‖_F
+Result checks, raising :class:`~stabkit.errors.EigensolverError`: ‖r‖ still above tol·‖A‖_F (or
+above the rounding floor d·eps·‖A‖_F where that is larger: ``_checks.failure_tol``)
 (descent converges at a rate set by the relative top gap, so near-ties can need more than
 ``max_iter`` steps, or more than the dtype resolves); and y not principal, i.e. a Cholesky
 factorisation of (λ + m) I − A + ‖A‖_F yyᵀ fails, m = ‖Ay − λy‖ + 16·d·eps·‖A‖_F (it succeeds iff
@@ -36,8 +37,8 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from ._checks import check_iterations, check_matrix, not_converged
 from ..errors import EigensolverError
+from ._checks import check_iterations, check_matrix, failure_tol, not_converged
 from .ied import fix_sign, principal_backward, seeded_normal
 
 
@@ -77,9 +78,10 @@ def less_forward(A, y0=None, max_iter=5000, tol=None, seed=0):
     Ay = mv(y)
     lam = dot(y, Ay)
     res = torch.linalg.vector_norm(Ay - lam[..., None] * y, dim=-1)
-    if bool((2 * res > tol * normA).any()):
+    fail = failure_tol(tol, d, A.dtype)
+    if bool((2 * res > fail * normA).any()):
         rel = 2 * res / normA.clamp_min(torch.finfo(A.dtype).tiny)
-        raise not_converged("less", rel, tol, max_iter, "the top eigenvalues are probably too close for "
+        raise not_converged("less", rel, fail, max_iter, "the top eigenvalues are probably too close for "
                             "steepest descent (use ied, or a larger max_iter / tol)")
     _check_principal(A, y, lam, res, normA, d, eps)
     return A, lam, fix_sign(y[..., None])[..., 0]
