@@ -1,12 +1,14 @@
 """angle_surfaces: the discarded-energy closed form, the 3×3 angle bound, a tiny run with report."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from stabkit import metrics
+from stabkit.studies import _grid
 from stabkit.studies import angle_surfaces as ang
 
 
@@ -36,16 +38,16 @@ def test_kantorovich_bound_is_attained_and_respected():
 
 
 def test_angle3_bound_has_no_violation_and_known_values():
-    rows = pd.DataFrame(ang.angle3_rows(K=9, tau=10.0, points=41))
+    rows = pd.DataFrame(ang.angle3_rows(41, ["taylor", "clip:tau=10"]))
     assert ((rows["angle_deg"] - rows["bound_deg"]) > 1e-9).sum() == 0
     # Taylor with ratios ≤ 0.1: both factors are 1 − 1e-10 or closer → angle ≤ bound ≈ 0
     small = rows[(rows["method"] == "taylor") & (rows["x"] <= 0.1)]
     assert small["angle_deg"].max() < 1e-6
     # clip with τ = 10 is inactive where 1 − λ₂/λ₁ ≥ 0.1 → exact column, angle 0
-    inactive = rows[(rows["method"] == "clip") & (rows["x"] <= 0.85)]
+    inactive = rows[(rows["method"] == "clip:tau=10") & (rows["x"] <= 0.85)]
     assert inactive["angle_deg"].max() == 0.0
     # a point computed by hand: x = 0.95, y = 0.5, clip τ = 10 → column (20, 2) becomes (10, 2)
-    p = rows[(rows["method"] == "clip") & np.isclose(rows["x"], 0.95) & np.isclose(rows["y"], 0.5)].iloc[0]
+    p = rows[(rows["method"] == "clip:tau=10") & np.isclose(rows["x"], 0.95) & np.isclose(rows["y"], 0.5)].iloc[0]
     expected = math.degrees(math.acos((20 * 10 + 2 * 2) / (math.hypot(20, 2) * math.hypot(10, 2))))
     assert p["angle_deg"] == pytest.approx(expected, abs=1e-9)
 
@@ -84,7 +86,38 @@ def test_the_compared_methods_are_grid_data():
     assert grid["series_method"] == "taylor" and grid["angle_methods"] == ["taylor", "clip"]
     cell = [c for c in ang.cells({**grid, "parts": ["angle3"], "angle_methods": ["clip"], "ratio_points": 9})][0]
     rows = pd.DataFrame(ang.run_cell(cell))
-    assert set(rows["method"]) == {"clip"} and (rows["tau"] == grid["angle_tau"]).all()
+    assert set(rows["method"]) == {"clip"}
     # the series method's own parameters travel with it: a shift eps changes the discarded share
     r = np.array([0.5])
     assert ang.discarded_share(3, r, "taylor:eps=0.1")[0] != ang.discarded_share(3, r)[0]
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _independent_3x3(points, tau):
+    """Clip's λ₁ column angle and Kantorovich bound on the study's grid, computed here from scratch."""
+    t = np.linspace(0, 1, points)[1:-1]
+    x, y = (a.ravel() for a in np.meshgrid(t, t, indexing="ij"))
+    x, y = x[y < x], y[y < x]
+    k = np.stack([1 / (1 - x), 1 / (1 - y)], 1)
+    clipped = np.minimum(k, tau)
+    cos = (k * clipped).sum(1) / np.linalg.norm(k, axis=1) / np.linalg.norm(clipped, axis=1)
+    angle = np.degrees(np.arccos(np.clip(cos, -1, 1)))
+    c = clipped / k
+    m = c.min(1) / c.max(1)
+    bound = np.degrees(np.arccos(np.minimum(2 * np.sqrt(m) / (1 + m), 1)))
+    dom = x + y <= 1
+    return angle.max(), angle[dom].max(), bound[dom].max()
+
+
+def test_study_file_compares_clip_at_the_papers_tau_100():
+    study, kind, grid = _grid.load_study(REPO / "studies/angle-surfaces.toml")
+    cell = next(c for c in _grid.expand(study, kind, grid) if c["part"] == "angle3")
+    rows = pd.DataFrame(ang.run_cell({**cell, "methods": [m for m in cell["methods"] if m.startswith("clip")]}))
+    top, top_dom, bound_dom = _independent_3x3(cell["points"], 100.0)
+    assert top == pytest.approx(4.40, abs=0.01) and top_dom == pytest.approx(0.0963, abs=1e-4)  # the review's numbers
+    dom = rows[rows["energy_top"] >= 0.5]
+    assert rows["angle_deg"].max() == pytest.approx(top, abs=1e-9)
+    assert dom["angle_deg"].max() == pytest.approx(top_dom, abs=1e-9)
+    assert dom["bound_deg"].max() == pytest.approx(bound_dom, abs=1e-6)

@@ -10,7 +10,8 @@ Parts (the ``part`` column of the results):
 * ``angle3`` — the appendix analysis of the same paper (Fig. 11): for a 3×3 spectrum
   λ₁ ≥ λ₂ ≥ λ₃ > 0 (λ₁ = 1) the column of K̃ belonging to λ₁, k = (1/(λ₁ − λ₂), 1/(λ₁ − λ₃)),
   against its Taylor (degree K) and clipped (τ) versions over the (λ₂/λ₁, λ₃/λ₁) plane (the
-  methods of ``angle_methods``; a method's parameter K takes ``angle_K``, its τ ``angle_tau``).
+  methods of ``angle_methods``, each with the parameters of its spec: the registry defaults, the
+  paper's K = 9 and τ = 100, unless the spec text sets others, e.g. ``clip:tau=10``).
   Both approximations scale entry j of k by a factor c_j ∈ (0, 1] (Taylor: 1 − (λ_j/λ₁)^{K+1};
   clip: min(1, τ(λ₁ − λ_j))). The bound checked: by the Kantorovich inequality applied to the
   diagonal scaling D = diag(c), cos∠(k, Dk) ≥ 2√m / (1 + m) with m = min_j c_j / max_j c_j, i.e.
@@ -44,8 +45,6 @@ GRID_DEFAULTS = {
     "energy_ratios": 60,  # r on a uniform grid in [0.02, 0.99]
     # angle3: the approximations of F compared with the exact one (Wang et al.'s SVD-Taylor and SVD-Clip)
     "angle_methods": _specs.by_paper_name("SVD-Taylor", "SVD-Clip"),
-    "angle_K": 9,
-    "angle_tau": 10.0,  # clip threshold, in units where λ₁ = 1
     "ratio_points": 121,  # grid points per axis of the (λ₂/λ₁, λ₃/λ₁) plane
     # k_eps
     "cluster_family": "cluster",
@@ -68,12 +67,12 @@ GRID_DEFAULTS = {
 def validate(grid: dict) -> dict:
     out = with_defaults("angle_surfaces", grid, GRID_DEFAULTS)
     check_choices("angle_surfaces", "parts", out["parts"], PARTS)
-    if any(int(k) != k or k < 0 for k in [*out["energy_K"], *out["k_values"], out["angle_K"]]):
-        raise ValueError("angle_surfaces: energy_K, k_values and angle_K must be non-negative integers")
+    if any(int(k) != k or k < 0 for k in [*out["energy_K"], *out["k_values"]]):
+        raise ValueError("angle_surfaces: energy_K and k_values must be non-negative integers")
     if out["energy_ratios"] < 2 or out["ratio_points"] < 3:
         raise ValueError("angle_surfaces: energy_ratios must be ≥ 2 and ratio_points ≥ 3")
-    if out["angle_tau"] <= 0 or any(e < 0 for e in out["eps_values"]) or any(g <= 0 for g in out["gap_deltas"]):
-        raise ValueError("angle_surfaces: angle_tau and gap_deltas must be positive, eps_values ≥ 0")
+    if any(e < 0 for e in out["eps_values"]) or any(g <= 0 for g in out["gap_deltas"]):
+        raise ValueError("angle_surfaces: gap_deltas must be positive, eps_values ≥ 0")
     if any(int(d) != d or d < 2 for d in [*out["gap_dims"], out["cluster_d"]]):
         raise ValueError("angle_surfaces: gap_dims and cluster_d must be integers ≥ 2")
     _check_methods(out)
@@ -100,8 +99,8 @@ def cells(grid: dict) -> list[dict]:
         out.append({"cell_id": "energy", "part": "energy", "K": list(g["energy_K"]), "ratios": int(g["energy_ratios"]),
                     "method": g["series_method"]})
     if "angle3" in g["parts"]:
-        out.append({"cell_id": "angle3", "part": "angle3", "K": int(g["angle_K"]), "tau": float(g["angle_tau"]),
-                    "points": int(g["ratio_points"]), "methods": list(g["angle_methods"])})
+        out.append({"cell_id": "angle3", "part": "angle3", "points": int(g["ratio_points"]),
+                    "methods": list(g["angle_methods"])})
     if "k_eps" in g["parts"]:
         for seed in g["seeds"]:
             for K in g["k_values"]:
@@ -142,21 +141,19 @@ def kantorovich_angle_bound(c: np.ndarray) -> np.ndarray:
     return np.degrees(np.arctan2((hi - c.min(-1)) / hi, 2 * np.sqrt(m)))
 
 
-def angle3_rows(K: int, tau: float, points: int, compared=None) -> list[dict]:
+def angle3_rows(points: int, compared=None) -> list[dict]:
     """Angle and Kantorovich bound at every point of the (λ₂/λ₁, λ₃/λ₁) plane for each method of
-    ``compared`` (specs; default the grid's ``angle_methods``), its K set to ``K`` and τ to ``tau``."""
+    ``compared`` (specs with their own parameters; default the grid's ``angle_methods``)."""
     t = np.linspace(0, 1, points)[1:-1]  # open interval: λ₁ > λ₂, λ₃ > 0
     x, y = np.meshgrid(t, t, indexing="ij")
     keep = y < x  # λ₃ < λ₂
     x, y = x[keep], y[keep]
     lam = np.stack([y, x, np.ones_like(x)], axis=-1)  # ascending λ₃, λ₂, λ₁ = 1
     labels = list(GRID_DEFAULTS["angle_methods"] if compared is None else compared)
-    values = {"K": K, "tau": tau}
     with np.errstate(divide="ignore", invalid="ignore"):  # the kernels' diagonals are 1/0, then zeroed
         exact = _specs.exact().kernel(lam)[..., 2, :2]  # row of F for λ₁ = column of K̃ (F = K̃ᵀ)
         approxs = []
         for label, spec in zip(labels, _specs.specs(labels)):  # parsed once per cell
-            spec = spec.replace(**{k: v for k, v in values.items() if k in spec.params})
             approxs.append((label, spec.kernel(lam)[..., 2, :2]))
     rows = []
     for name, approx in approxs:
@@ -165,8 +162,7 @@ def angle3_rows(K: int, tau: float, points: int, compared=None) -> list[dict]:
         for i in range(x.size):
             angle = metrics.angle_deg(approx[i], exact[i])
             rows.append({"part": "angle3", "method": name, "x": float(x[i]), "y": float(y[i]), "angle_deg": angle,
-                         "bound_deg": float(bound[i]), "energy_top": float(1 / (1 + x[i] + y[i])),
-                         "K": K, "tau": tau})
+                         "bound_deg": float(bound[i]), "energy_top": float(1 / (1 + x[i] + y[i]))})
     return rows
 
 
@@ -235,7 +231,7 @@ def _gap_d_rows(cell: dict) -> list[dict]:
 def run_cell(cell: dict) -> list[dict]:
     part = cell["part"]
     if part == "angle3":
-        return angle3_rows(cell["K"], cell["tau"], cell["points"], cell["methods"])
+        return angle3_rows(cell["points"], cell["methods"])
     runs = {"energy": _energy_rows, "k_eps": _k_eps_rows, "gap_d": _gap_d_rows}
     if part not in runs:
         raise ValueError(f"angle_surfaces: unknown part {part!r}")

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from ..._markdown import markdown_table
-from .. import _figures
+from .. import _figures, _specs
 
 
 def _surface_pair(X, Y, Z, *, title, xlabel, ylabel, zlabel, out_dir, stem, levels=12, extra=None):
@@ -114,9 +114,11 @@ def _angle3_summary(method: str, s: pd.DataFrame) -> dict:
 
 
 def _angle3_section(a: pd.DataFrame, out_dir: pathlib.Path, points: int) -> list[str]:
-    K, tau = int(a["K"].iloc[0]), float(a["tau"].iloc[0])
+    labels = list(dict.fromkeys(a["method"]))
+    params = "; ".join(f"{label}: " + ", ".join(f"{k} = {v:g}" for k, v in spec.params.items())
+                       for label, spec in zip(labels, _specs.specs(labels)))
     md = ["## 3×3 spectra: angle between the λ₁ column of K̃ and its approximations (TPAMI 2021, appendix, Fig. 11)", "",
-          f"Taylor degree K = {K}, clip τ = {tau:g} (λ₁ = 1). Bound checked at every point: angle ≤ arccos(2√m/(1+m)), "
+          f"Parameters (λ₁ = 1): {params}. Bound checked at every point: angle ≤ arccos(2√m/(1+m)), "
           "m = min_j c_j / max_j c_j, c_j the factor by which the method scales entry j (Kantorovich inequality).", ""]
     summary = []
     for method, s in a.groupby("method"):
