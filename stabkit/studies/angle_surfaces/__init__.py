@@ -210,7 +210,7 @@ def _k_eps_rows(cell: dict) -> list[dict]:
     rows = []
     for eps in cell["eps"]:
         g, _, _ = series.replace(K=cell["K"], eps=eps).gradient(sp.matrix, loss)
-        rows.append({"part": "k_eps", "K": cell["K"], "eps": float(eps), "d": cell["d"], "seed": cell["seed"],
+        rows.append({"part": "k_eps", "method": cell["method"], "K": cell["K"], "eps": float(eps), "d": cell["d"], "seed": cell["seed"],
                      "family": cell["family"], "min_abs_gap": diag["min_abs_gap"], "truth_digits": float(truth.digits),
                      "certified": bool(truth.certified), **metrics.gradient_metrics(g, truth.grad)})
     return rows

@@ -57,7 +57,7 @@ def report(results: pd.DataFrame, grid: dict, out_dir: pathlib.Path) -> str:
         return "No results.\n"
     md = []
     sections = (("energy", _energy_section), ("angle3", lambda a, o: _angle3_section(a, o, int(g["ratio_points"]))),
-                ("k_eps", _k_eps_section), ("gap_d", _gap_d_section))
+                ("k_eps", _k_eps_section), ("gap_d", lambda a, o: _gap_d_section(a, o, g["gap_param"])))
     for part, section in sections:
         rows = results[results["part"] == part]
         if not rows.empty:
@@ -135,42 +135,90 @@ def _angle3_section(a: pd.DataFrame, out_dir: pathlib.Path, points: int) -> list
     return md
 
 
+def _seed_stats(s: pd.DataFrame, index: str, column: str) -> dict:
+    """Per (index, column) cell over the seeds: median, min, max and n, each a pivot table."""
+    grp = s.groupby([index, column])["angle_deg"]
+    return {stat: getattr(grp, stat)().unstack(column) for stat in ("median", "min", "max", "count")}
+
+
+def _seed_table(st: dict, index: str, header) -> pd.DataFrame:
+    """The median [min–max] of each cell (just the value where a cell has one seed)."""
+    def cell(i, c):
+        med, lo, hi, n = (st[k].loc[i, c] for k in ("median", "min", "max", "count"))
+        return f"{med:.3g}" if n == 1 else f"{med:.3g} [{lo:.3g}–{hi:.3g}]"
+
+    med = st["median"]
+    tab = pd.DataFrame({header(c): [cell(i, c) for i in med.index] for c in med.columns})
+    tab.insert(0, index, list(med.index))
+    return tab
+
+
+def _n_text(st: dict) -> str:
+    n = st["count"].to_numpy()
+    return f"n = {int(n.min())}" if n.min() == n.max() else f"n = {int(n.min())}–{int(n.max())}"
+
+
+def _extreme(st: dict, which: str, iname: str, cname: str) -> str:
+    """The table's smallest or largest median, where it is, and the cells within 1% of it."""
+    med = st["median"].stack()
+    val = med.min() if which == "smallest" else med.max()
+    i, c = med.idxmin() if which == "smallest" else med.idxmax()
+    near = med[(med - val).abs() <= 0.01 * abs(val)]
+    text = f"{which} median {val:.3g}° at {iname} = {i:g}, {cname} = {c:g}"
+    if len(near) > 1:
+        by = near.reset_index().groupby(near.index.names[0])[near.index.names[1]].apply(lambda v: ", ".join(f"{x:g}" for x in v))
+        text += (f" (within 1% of it in {len(near)} of {len(med)} cells: "
+                 + "; ".join(f"{iname} = {i:g} at {cname} = {v}" for i, v in by.items()) + ")")
+    return text
+
+
+def _range_text(st: dict) -> str:
+    return f"single seeds range {st['min'].to_numpy().min():.3g}°–{st['max'].to_numpy().max():.3g}°"
+
+
 def _k_eps_section(k: pd.DataFrame, out_dir: pathlib.Path) -> list[str]:
-    md = [f"## Measured gradient angle of taylor(K, ε) vs the certified truth (ZCA loss, {k['family'].iloc[0]} spectrum, d = {int(k['d'].iloc[0])})", ""]
-    piv = k.groupby(["K", "eps"])["angle_deg"].mean().unstack("eps")
+    seeds = sorted(int(x) for x in k["seed"].unique())
+    md = [f"## Measured gradient angle of {k['method'].iloc[0]}(K, ε) vs the certified truth (ZCA loss, {k['family'].iloc[0]} "
+          f"spectrum, d = {int(k['d'].iloc[0])})", ""]
+    st = _seed_stats(k, "K", "eps")
+    piv = st["median"]
     epsv = piv.columns.to_numpy(float)
     pos = epsv[epsv > 0]
     floor = pos.min() / 10 if pos.size else 1e-8
     Kx, Ey = np.meshgrid(piv.index.to_numpy(float), np.log10(np.where(epsv > 0, epsv, floor)))
     Z = np.log10(np.maximum(piv.to_numpy().T, 1e-12))
-    names = _surface_pair(Kx, Ey, Z, title="log10 angle (deg), taylor vs truth", xlabel="K",
+    names = _surface_pair(Kx, Ey, Z, title="log10 median angle (deg) vs truth", xlabel="K",
                           ylabel=f"log10 ε (ε = 0 drawn at {math.log10(floor):.0f})", zlabel="log10 angle",
                           out_dir=out_dir, stem="k_eps")
     _figs(md, names, "K-eps angle")
-    tab = piv.reset_index()
-    tab.columns = ["K"] + [f"ε={c:g}" for c in piv.columns]
-    md += ["Angle in degrees (mean over seeds):", "", markdown_table(tab), ""]
-    best = k.loc[k["angle_deg"].idxmin()]
-    worst = k.loc[k["angle_deg"].idxmax()]
-    md += [f"Smallest angle {best['angle_deg']:.3g}° at K = {int(best['K'])}, ε = {best['eps']:g}; largest {worst['angle_deg']:.3g}° "
-           f"at K = {int(worst['K'])}, ε = {worst['eps']:g}. Minimum eigenvalue gap of the matrix: {k['min_abs_gap'].min():.3g}; "
-           f"truth certified for {int(k['certified'].sum())} of {len(k)} rows (≥ {k['truth_digits'].min():.3g} digits).", ""]
+    md += [f"Angle in degrees, median [min–max] over the seeds ({_n_text(st)} per cell; seeds {', '.join(map(str, seeds))}: "
+           f"one spectrum, {len(seeds)} random bases):", "", markdown_table(_seed_table(st, "K", lambda c: f"ε={c:g}")), ""]
+    gaps = k["min_abs_gap"]
+    gap = f"{gaps.min():.3g}" if np.isclose(gaps.min(), gaps.max(), rtol=1e-6) else f"{gaps.min():.3g}–{gaps.max():.3g}"
+    md += [f"The {_extreme(st, 'smallest', 'K', 'ε')}; the {_extreme(st, 'largest', 'K', 'ε')}; {_range_text(st)}. "
+           f"Smallest eigenvalue gap of the {len(seeds)} matrices: {gap}; truth certified for {int(k['certified'].sum())} "
+           f"of {len(k)} rows (≥ {k['truth_digits'].min():.3g} digits).", ""]
     return md
 
 
-def _gap_d_section(gd: pd.DataFrame, out_dir: pathlib.Path) -> list[str]:
-    md = [f"## Measured gradient angle over (gap δ, d) ({gd['family'].iloc[0]} spectra, ZCA loss)", ""]
+def _gap_d_section(gd: pd.DataFrame, out_dir: pathlib.Path, param: str) -> list[str]:
+    ratio = gd["min_abs_gap"] / gd["delta"]
+    scale = f"{ratio.min():.3g}" if np.isclose(ratio.min(), ratio.max(), rtol=1e-6) else f"{ratio.min():.3g}–{ratio.max():.3g}"
+    seeds = sorted(int(x) for x in gd["seed"].unique())
+    md = [f"## Measured gradient angle over ({param}, d) ({gd['family'].iloc[0]} spectra, ZCA loss)", "",
+          f"{param} is the family's relative parameter: the smallest eigenvalue gap of every matrix is {scale} × {param}. "
+          f"Each cell: median [min–max] over seeds {', '.join(map(str, seeds))} (random bases).", ""]
     for method, s in gd.groupby("method"):
-        piv = s.groupby(["d", "delta"])["angle_deg"].mean().unstack("delta")
+        st = _seed_stats(s, "d", "delta")
+        piv = st["median"]
         D, L = np.meshgrid(np.log2(piv.index.to_numpy(float)), np.log10(piv.columns.to_numpy(float)))
         Z = np.log10(np.maximum(piv.to_numpy().T, 1e-12))
-        names = _surface_pair(D, L, Z, title=f"{method}: log10 angle (deg) vs truth", xlabel="log2 d", ylabel="log10 δ",
-                              zlabel="log10 angle", out_dir=out_dir, stem=f"gap_d_{method.replace(':', '_').replace('=', '').replace(',', '_')}")
+        names = _surface_pair(D, L, Z, title=f"{method}: log10 median angle (deg) vs truth", xlabel="log2 d",
+                              ylabel=f"log10 {param} (gap = {scale}·{param})", zlabel="log10 angle",
+                              out_dir=out_dir, stem=f"gap_d_{method.replace(':', '_').replace('=', '').replace(',', '_')}")
         _figs(md, names, f"{method} gap-d angle")
-        tab = piv.reset_index()
-        tab.columns = ["d"] + [f"δ={c:g}" for c in piv.columns]
-        md += [f"**{method}** — angle in degrees:", "", markdown_table(tab), ""]
-        worst = s.loc[s["angle_deg"].idxmax()]
-        md += [f"- {method}: angle ranges {s['angle_deg'].min():.3g}°–{worst['angle_deg']:.3g}° (largest at d = {int(worst['d'])}, "
-               f"δ = {worst['delta']:g}); non-finite gradients: {int((~s['finite'].astype(bool)).sum())}.", ""]
+        md += [f"**{method}** — angle in degrees, median [min–max] ({_n_text(st)} per cell):", "",
+               markdown_table(_seed_table(st, "d", lambda c: f"{param}={c:g}")), "",
+               f"- {method}: the {_extreme(st, 'largest', 'd', param)}; {_range_text(st)}; "
+               f"non-finite gradients: {int((~s['finite'].astype(bool)).sum())} of {len(s)}.", ""]
     return md
