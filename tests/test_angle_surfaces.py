@@ -124,6 +124,17 @@ def test_study_file_compares_clip_at_the_papers_tau_100():
     assert dom["bound_deg"].max() == pytest.approx(bound_dom, abs=1e-6)
 
 
+def test_energy_table_uses_the_closed_form_ratio(tmp_path):
+    grid = ang.validate({"parts": ["energy"], "energy_K": [9, 19], "energy_ratios": 60})
+    rows = pd.DataFrame([r for c in ang.cells(grid) for r in ang.run_cell(c)])
+    md = ang.report(rows, grid, tmp_path)
+    for K in (9, 19):
+        line = next(l for l in md.splitlines() if l.startswith(f"| {K} |"))
+        cells = [float(v) for v in line.strip("|").split("|")]
+        assert cells[1] == pytest.approx(0.5 ** (1 / (K + 1)), abs=5e-4)  # 0.933, 0.966 (the grid gave 0.941, 0.957)
+        assert cells[2] == pytest.approx(0.01 ** (1 / (K + 1)), abs=5e-4)
+
+
 def _table(md, header_start):
     """The rows of the markdown table after the line starting with ``header_start``, as lists of cells."""
     lines = md.splitlines()
