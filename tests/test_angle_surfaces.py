@@ -164,3 +164,11 @@ def test_seed_tables_state_spread_and_text_quotes_the_tables_extremes(tmp_path):
     bullet = next(l for l in md.splitlines() if l.startswith("- m:"))
     assert "largest median 7° at d = 64, delta = 0.01 (within 1% of it in 2 of 4 cells" in bullet  # 7.0 and 6.95
     assert "single seeds range 0.5°–10°" in bullet
+
+
+def test_deviations_table_lists_a_changed_parameter(tmp_path):
+    grid = ang.validate({"parts": ["angle3"], "ratio_points": 9, "angle_methods": ["taylor", "clip:tau=10"]})
+    rows = pd.DataFrame([r for c in ang.cells(grid) for r in ang.run_cell(c)])
+    md = ang.report(rows, grid, tmp_path)
+    assert "| 3×3 angle: clip | tau = 100 | tau = 10 |" in md
+    assert "3×3 angle: taylor" not in md  # at its paper (registry) defaults
