@@ -57,6 +57,8 @@ def test_lemma2_no_violation_and_distances():
     np.testing.assert_allclose(diff["proj_dist"], 1.0, atol=1e-12)  # different ranks: exactly 1
     close = same[same["sigma"] < 1e-3]
     assert len(close) > 10 and close["proj_dist"].max() < 1e-2  # nearly equal ranges: small distance
+    # the ranks are unambiguous: kept eigenvalues ~1e14 × the threshold d·eps·λ_max, dropped ones below it
+    assert rows["kept_over_tol"].min() > 1e12 and rows["dropped_over_tol"].max() < 1
 
 
 def test_descent_matches_ranks_and_j2_bound():
@@ -82,3 +84,7 @@ def test_tiny_grid_runs_and_reports(tmp_path):
     assert "Violations (different ranks and ‖Π_A − Π_B‖₂ < 1 − 1e-10): **0**" in md
     assert (tmp_path / "lemma2_hist.png").stat().st_size > 0 and (tmp_path / "descent.png").stat().st_size > 0
     assert "Steps with J₂ < ½ but rank W ≠ rank Ψ: **0**" in md
+    assert "This is a sanity check of the computed projectors, not evidence for the lemma" in md
+    assert "the kept eigenvalues (≥ 1.4e+14 × the threshold d·eps·λ_max)" in md
+    assert "Lemma 2 violations 0/300 (a sanity check)" in pr.summary(rows)
+    assert "Lemma 2's bound" not in md and "2 tr(Π_WΠ_Ψ) ≥ |rank W − rank Ψ|, a trace identity" in md

@@ -18,14 +18,15 @@ Parts (column ``part``):
   matrices of chosen ranks whose ranges are close (B's range is A's, truncated or extended,
   perturbed by σ·noise, σ log-uniform); ranks and projectors come from ``numpy.linalg.eigh`` of
   the matrices (numerical rank at d·eps·λ_max). A violation is a pair with different ranks and
-  ‖Π_A − Π_B‖₂ < 1 − 1e-10.
+  ‖Π_A − Π_B‖₂ < 1 − 1e-10: a sanity check only, as two orthogonal projectors of different ranks
+  are always exactly 1 apart; the rows give the rank margins (kept/dropped λ over the threshold).
 * ``descent`` — the J₂ objective of the normalized-cuts section: W = F Fᵀ (F d×k), target
   Ψ = E Eᵀ (E d×r), J₂ = ½‖Π_W − Π_Ψ‖²_F, plain gradient descent on F. Π_W is computed through
   ``stabkit.torch.eigh(W, method=...)``: the eigenvectors of the numerically nonzero eigenvalues
   (λ > d·eps·λ_max), so the gradient is the method's eigenvector backward; the pseudo-method
   ``lemma1`` instead uses Π_W = W W⁺ with the Lemma 1 gradient (numpy). Logged per step: J₂ and
-  rank(W). Since ‖Π_W − Π_Ψ‖²_F ≥ |rank W − rank Ψ|, J₂ < ½ forces rank W = rank Ψ (Lemma 2's
-  consequence); the report counts the steps that contradict it (must be zero).
+  rank(W). Since ‖Π_W − Π_Ψ‖²_F = rank W + rank Ψ − 2 tr(Π_WΠ_Ψ) ≥ |rank W − rank Ψ| (a trace
+  identity), J₂ < ½ forces rank W = rank Ψ; the report counts the steps that contradict it.
 """
 
 from __future__ import annotations

@@ -126,13 +126,24 @@ def _eigen_route(spec, A, loss, ref, d: int, r: int) -> dict:
 # ---------------------------------------------------------------- Lemma 2
 
 
-def projector_and_rank(M):
-    """(Π, rank) of symmetric PSD matrices M (..., d, d): eigenvectors with λ > d·eps·λ_max."""
+def _rank_split(M):
+    """(λ / (d·eps·λ_max), U, kept mask) of symmetric PSD matrices M (..., d, d)."""
     lam, U = np.linalg.eigh(M)
     tol = M.shape[-1] * np.finfo(np.float64).eps * np.abs(lam).max(-1, keepdims=True)
-    keep = (lam > tol).astype(np.float64)
+    return lam / tol, U, lam > tol
+
+
+def projector_and_rank(M):
+    """(Π, rank) of symmetric PSD matrices M (..., d, d): eigenvectors with λ > d·eps·λ_max."""
+    _, U, keep = _rank_split(M)
     P = (U * keep[..., None, :]) @ U.swapaxes(-1, -2)
     return P, keep.sum(-1).astype(int)
+
+
+def _margins(M):
+    """(smallest kept λ, largest dropped |λ|) per matrix, in units of the threshold d·eps·λ_max."""
+    ratio, _, keep = _rank_split(M)
+    return np.where(keep, ratio, np.inf).min(-1), np.where(keep, 0, np.abs(ratio)).max(-1)
 
 
 def lemma2_rows(cell):
@@ -154,8 +165,11 @@ def lemma2_rows(cell):
     PA, rank_a = projector_and_rank(A)
     PB, rank_b = projector_and_rank(B)
     norms = np.linalg.norm(PA - PB, ord=2, axis=(1, 2))
+    (ka, da), (kb, db) = _margins(A), _margins(B)
+    kept, dropped = np.minimum(ka, kb), np.maximum(da, db)
     return [{"part": "lemma2", "chunk": cell["chunk"], "pair": i, "d": d, "rank_a": int(rank_a[i]), "rank_b": int(rank_b[i]),
-             "sigma": float(sigma[i]), "proj_dist": float(norms[i])} for i in range(n)]
+             "sigma": float(sigma[i]), "proj_dist": float(norms[i]), "kept_over_tol": float(kept[i]),
+             "dropped_over_tol": float(dropped[i])} for i in range(n)]
 
 
 # ---------------------------------------------------------------- descent
