@@ -17,6 +17,24 @@ def test_lemma1_directional_derivative_matches_mpmath_difference(d, r):
     assert rows.loc[rows["check"] == "eigen-route", "rel_err"].item() <= 1e-8
 
 
+def test_lemma1_eigen_route_scores_each_method_against_its_own_function(tmp_path):
+    # d = 6, r = 3, seed 1: 19 power-iteration steps do not converge on the top 3 pairs, so the
+    # approximate forward's gradient is far from Lemma 1's but exact for the function it computes;
+    # the truncating method drops a top pair and is not scored (not a failure)
+    rows = pd.DataFrame(pr.lemma1_rows({"d": 6, "r": 3, "seed": 1, "directions": 1,
+                                        "methods": ["analytic", "pi-forward", "pi"]}))
+    eig = rows[rows["check"] == "eigen-route"].set_index("method")
+    assert eig.loc["pi-forward", "rel_err"] < 1e-12  # against Lemma 1 it would be 0.895
+    assert eig.loc["pi-forward", "full_rel_err"] > 0.5 and eig.loc["pi-forward", "scored"] == "own function"
+    assert eig.loc["analytic", "scored"] == "Lemma 1" and eig.loc["analytic", "rel_err"] < 1e-12
+    assert eig.loc["pi", "scored"] == "not scored" and np.isnan(eig.loc["pi", "rel_err"])
+    tab = pr.eigen_route_table(rows[rows["check"] == "eigen-route"]).set_index("method")
+    assert tab.loc["pi", "failed"] == 0 and tab.loc["pi", "not scored (why)"].startswith("1 (truncating")
+    assert tab.loc["pi-forward", "scored against"] == "own function" and tab.loc["pi-forward", "max_rel_err"] < 1e-12
+    md = pr.report(rows, pr.validate({"parts": ["lemma1"]}), tmp_path)
+    assert "Methods reproducing Lemma 1 to < 1e-8 on every matrix: analytic." in md
+
+
 def test_lemma1_rank_one_closed_form():
     # A = s v vᵀ, Π = v vᵀ, A⁺ = v vᵀ / s → ∂⟨G,Π⟩/∂A = 2 (I − v vᵀ) G_sym v vᵀ / s
     rng = np.random.default_rng(0)
@@ -39,6 +57,8 @@ def test_lemma2_no_violation_and_distances():
     np.testing.assert_allclose(diff["proj_dist"], 1.0, atol=1e-12)  # different ranks: exactly 1
     close = same[same["sigma"] < 1e-3]
     assert len(close) > 10 and close["proj_dist"].max() < 1e-2  # nearly equal ranges: small distance
+    # the ranks are unambiguous: kept eigenvalues ~1e14 × the threshold d·eps·λ_max, dropped ones below it
+    assert rows["kept_over_tol"].min() > 1e12 and rows["dropped_over_tol"].max() < 1
 
 
 def test_descent_matches_ranks_and_j2_bound():
@@ -64,3 +84,7 @@ def test_tiny_grid_runs_and_reports(tmp_path):
     assert "Violations (different ranks and ‖Π_A − Π_B‖₂ < 1 − 1e-10): **0**" in md
     assert (tmp_path / "lemma2_hist.png").stat().st_size > 0 and (tmp_path / "descent.png").stat().st_size > 0
     assert "Steps with J₂ < ½ but rank W ≠ rank Ψ: **0**" in md
+    assert "This is a sanity check of the computed projectors, not evidence for the lemma" in md
+    assert "the kept eigenvalues (≥ 1.4e+14 × the threshold d·eps·λ_max)" in md
+    assert "Lemma 2 violations 0/300 (a sanity check)" in pr.summary(rows)
+    assert "Lemma 2's bound" not in md and "2 tr(Π_WΠ_Ψ) ≥ |rank W − rank Ψ|, a trace identity" in md

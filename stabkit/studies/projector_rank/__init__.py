@@ -10,20 +10,23 @@ Parts (column ``part``):
   derivative ⟨∂L/∂A, Ȧ⟩ (float64, numpy pinv) against an mpmath central difference at 50 digits
   of L(t) = ⟨G, Y(YᵀY)⁻¹Yᵀ⟩, Y = (I + tX)V (h = 1e-15, truncation ~h²). A float64 central
   difference (h = 1e-6) is reported beside it. Also: every registry method's ∂L/∂A for the
-  ``projector`` loss (top-r eigenvectors, ``Spec.evaluate``) against sym(Lemma 1) — the eigen
-  route gives the same gradient on the symmetric matrices when it is exact.
+  ``projector`` loss (top-r eigenvectors, ``Spec.evaluate``) against the function its forward
+  computes: sym(Lemma 1) for an exact forward, L∘forward (``compare.iterated_truth``) for an
+  approximate one (``Method.approximate_forward``); a forward that drops a top-r pair computes
+  another function and is not scored.
 * ``lemma2`` — Lemma 2: ‖Π_A − Π_B‖₂ < 1 ⇒ rank A = rank B. Random pairs of symmetric PSD
   matrices of chosen ranks whose ranges are close (B's range is A's, truncated or extended,
   perturbed by σ·noise, σ log-uniform); ranks and projectors come from ``numpy.linalg.eigh`` of
   the matrices (numerical rank at d·eps·λ_max). A violation is a pair with different ranks and
-  ‖Π_A − Π_B‖₂ < 1 − 1e-10.
+  ‖Π_A − Π_B‖₂ < 1 − 1e-10: a sanity check only, as two orthogonal projectors of different ranks
+  are always exactly 1 apart; the rows give the rank margins (kept/dropped λ over the threshold).
 * ``descent`` — the J₂ objective of the normalized-cuts section: W = F Fᵀ (F d×k), target
   Ψ = E Eᵀ (E d×r), J₂ = ½‖Π_W − Π_Ψ‖²_F, plain gradient descent on F. Π_W is computed through
   ``stabkit.torch.eigh(W, method=...)``: the eigenvectors of the numerically nonzero eigenvalues
   (λ > d·eps·λ_max), so the gradient is the method's eigenvector backward; the pseudo-method
   ``lemma1`` instead uses Π_W = W W⁺ with the Lemma 1 gradient (numpy). Logged per step: J₂ and
-  rank(W). Since ‖Π_W − Π_Ψ‖²_F ≥ |rank W − rank Ψ|, J₂ < ½ forces rank W = rank Ψ (Lemma 2's
-  consequence); the report counts the steps that contradict it (must be zero).
+  rank(W). Since ‖Π_W − Π_Ψ‖²_F = rank W + rank Ψ − 2 tr(Π_WΠ_Ψ) ≥ |rank W − rank Ψ| (a trace
+  identity), J₂ < ½ forces rank W = rank Ψ; the report counts the steps that contradict it.
 """
 
 from __future__ import annotations
@@ -111,8 +114,8 @@ def run_cell(cell: dict) -> list[dict]:
 
 # ---------------------------------------------------------------- report (report.py)
 
-from .report import descent_contradictions, lemma2_violations, report, summary  # noqa: E402
+from .report import descent_contradictions, eigen_route_table, lemma2_violations, report, summary  # noqa: E402
 
 __all__ = ["PARTS", "PSEUDO", "GRID_DEFAULTS", "validate", "cells", "run_cell", "report", "summary",
            "lemma1_gradient", "lemma1_rows", "lemma2_rows", "descent_rows", "mp_directional_derivative",
-           "projector_and_rank", "random_rank_r", "lemma2_violations", "descent_contradictions"]
+           "projector_and_rank", "random_rank_r", "lemma2_violations", "descent_contradictions", "eigen_route_table"]

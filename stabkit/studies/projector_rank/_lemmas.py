@@ -82,37 +82,68 @@ def lemma1_rows(cell):
     ref = (g + g.T) / 2
     loss = losses.make_loss("projector", d, k=r, weight=G)
     for label, spec in zip(cell["methods"], _specs.specs(cell["methods"])):  # parsed once per cell
-        err, note = _eigen_route_error(spec, A, loss, ref, d, r)
         rows.append({"part": "lemma1", "check": "eigen-route", "d": d, "r": r, "seed": cell["seed"], "direction": -1,
-                     "method": label, "value": math.nan, "truth": math.nan, "rel_err": err, "fd64_rel_err": math.nan, "note": note})
+                     "method": label, "value": math.nan, "truth": math.nan, "fd64_rel_err": math.nan,
+                     **_eigen_route(spec, A, loss, ref, d, r)})
     return rows
 
 
-def _eigen_route_error(spec, A, loss, ref, d: int, r: int) -> tuple[float, str]:
-    """(relative error against sym(Lemma 1), note) of the method's projector-loss gradient."""
+def _rel(g, ref) -> float:
+    return float(np.linalg.norm(g - ref) / np.linalg.norm(ref))
+
+
+def _eigen_route(spec, A, loss, ref, d: int, r: int) -> dict:
+    """The method's projector-loss gradient scored against the function its forward computes:
+    ``scored`` is "Lemma 1" (sym(Lemma 1)), "own function" (L∘forward for an approximate forward,
+    ``compare.iterated_truth``), "not scored" or "failed" (``note``: why); ``full_rel_err`` is
+    the distance to sym(Lemma 1) whatever the function."""
+    from ... import compare
+
+    out = {"scored": "failed", "rel_err": math.nan, "full_rel_err": math.nan, "note": ""}
     try:
         gm, _, _, kept = spec.evaluate(A, loss)
-        kept = np.asarray(kept, dtype=bool)
-        if not kept[d - r:].all():
-            # a truncating method (SVD-PI) computes the projector onto fewer pairs: another function,
-            # not scored against Lemma 1 (its own function is scored in gradient-accuracy)
-            return math.nan, f"not scored: keeps {int(kept[d - r:].sum())} of the top {r} pairs"
-        err = float(np.linalg.norm(gm - ref) / np.linalg.norm(ref)) if np.isfinite(gm).all() else math.nan
-        return err, "" if np.isfinite(gm).all() else "non-finite gradient"
     except Exception as exc:  # a method may refuse this input; that is a result
-        return math.nan, f"{type(exc).__name__}: {exc}"[:120]
+        return {**out, "note": f"{type(exc).__name__}: {exc}"[:120]}
+    if not np.isfinite(gm).all():
+        return {**out, "note": "non-finite gradient"}
+    kept = np.asarray(kept, dtype=bool)
+    out["full_rel_err"] = _rel(gm, ref)
+    if spec.method.approximate_forward:
+        try:
+            own = compare.iterated_truth(A, loss, spec, kept)
+        except ValueError as exc:
+            return {**out, "scored": "not scored", "note": f"no truth for its own function: {exc}"[:120]}
+        if not own.digits >= 12:
+            return {**out, "scored": "not scored", "note": f"its own function's truth has {own.digits:.3g} digits"}
+        return {**out, "scored": "own function", "rel_err": _rel(gm, own.grad),
+                "note": "approximate forward: scored against L∘forward"}
+    if not kept[d - r:].all():
+        return {**out, "scored": "not scored",
+                "note": "truncating forward: drops some of the top r pairs, another function"}
+    return {**out, "scored": "Lemma 1", "rel_err": out["full_rel_err"]}
 
 
 # ---------------------------------------------------------------- Lemma 2
 
 
-def projector_and_rank(M):
-    """(Π, rank) of symmetric PSD matrices M (..., d, d): eigenvectors with λ > d·eps·λ_max."""
+def _rank_split(M):
+    """(λ / (d·eps·λ_max), U, kept mask) of symmetric PSD matrices M (..., d, d)."""
     lam, U = np.linalg.eigh(M)
     tol = M.shape[-1] * np.finfo(np.float64).eps * np.abs(lam).max(-1, keepdims=True)
-    keep = (lam > tol).astype(np.float64)
+    return lam / tol, U, lam > tol
+
+
+def projector_and_rank(M):
+    """(Π, rank) of symmetric PSD matrices M (..., d, d): eigenvectors with λ > d·eps·λ_max."""
+    _, U, keep = _rank_split(M)
     P = (U * keep[..., None, :]) @ U.swapaxes(-1, -2)
     return P, keep.sum(-1).astype(int)
+
+
+def _margins(M):
+    """(smallest kept λ, largest dropped |λ|) per matrix, in units of the threshold d·eps·λ_max."""
+    ratio, _, keep = _rank_split(M)
+    return np.where(keep, ratio, np.inf).min(-1), np.where(keep, 0, np.abs(ratio)).max(-1)
 
 
 def lemma2_rows(cell):
@@ -134,8 +165,11 @@ def lemma2_rows(cell):
     PA, rank_a = projector_and_rank(A)
     PB, rank_b = projector_and_rank(B)
     norms = np.linalg.norm(PA - PB, ord=2, axis=(1, 2))
+    (ka, da), (kb, db) = _margins(A), _margins(B)
+    kept, dropped = np.minimum(ka, kb), np.maximum(da, db)
     return [{"part": "lemma2", "chunk": cell["chunk"], "pair": i, "d": d, "rank_a": int(rank_a[i]), "rank_b": int(rank_b[i]),
-             "sigma": float(sigma[i]), "proj_dist": float(norms[i])} for i in range(n)]
+             "sigma": float(sigma[i]), "proj_dist": float(norms[i]), "kept_over_tol": float(kept[i]),
+             "dropped_over_tol": float(dropped[i])} for i in range(n)]
 
 
 # ---------------------------------------------------------------- descent
