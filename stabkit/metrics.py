@@ -24,10 +24,9 @@ def angle_deg(g: ArrayLike, g_true: ArrayLike) -> float:
     g, g_true = _pair(g, g_true)
     if not np.isfinite(g).all():
         return math.nan
-    na, nb = _norm(g), _norm(g_true)
-    if na == 0 or nb == 0:
-        return 90.0 if na != nb else 0.0
-    a, b = g / na, g_true / nb
+    a, b = _unit(g), _unit(g_true)
+    if a is None or b is None:
+        return 90.0 if (a is None) != (b is None) else 0.0
     return math.degrees(2 * math.atan2(np.linalg.norm(a - b), np.linalg.norm(a + b)))
 
 
@@ -36,8 +35,8 @@ def rel_err(g: ArrayLike, g_true: ArrayLike) -> float:
     g, g_true = _pair(g, g_true)
     if not np.isfinite(g).all():
         return math.nan
-    scale = max(_max_abs(g), _max_abs(g_true))  # both divided by one power of 2: the ratio is exact
-    return _ratio(_norm(g / scale - g_true / scale) if scale else 0.0, _norm(g_true / scale) if scale else 0.0)
+    e = max(_exponent(g), _exponent(g_true))  # g − g* in one power-of-2 scale: no overflow
+    return _ratio((float(np.linalg.norm(np.ldexp(g, -e) - np.ldexp(g_true, -e))), e), _norm(g_true))
 
 
 def norm_ratio(g: ArrayLike, g_true: ArrayLike) -> float:
@@ -55,22 +54,37 @@ def _pair(g, g_true) -> tuple[np.ndarray, np.ndarray]:
     return g, g_true
 
 
-def _max_abs(x: np.ndarray) -> float:
-    """max|x| rounded up to a power of two (dividing by it is exact), 0 for an empty or zero x."""
+# Norms are kept as (mantissa, exponent) pairs, ‖x‖ = m·2^e, with x scaled by 2^-e (exact) before
+# squaring: entries anywhere in float64's range (up to 2^1024, down to subnormals) neither
+# overflow nor underflow; only a final ratio beyond float64's range becomes inf or 0.
+
+def _exponent(x: np.ndarray) -> int:
+    """e with max|x| < 2^e ≤ 2·max|x| (frexp's exponent); 0 for an empty or zero x."""
     m = float(np.abs(x).max()) if x.size else 0.0
-    return 0.0 if m == 0 else 2.0 ** math.frexp(m)[1]
+    return math.frexp(m)[1]
 
 
-def _norm(x: np.ndarray) -> float:
-    """‖x‖_F without overflow or underflow of the squares (entries beyond 1e154 or below 1e-162)."""
-    s = _max_abs(x)
-    return s * float(np.linalg.norm(x / s)) if s else 0.0
+def _norm(x: np.ndarray) -> tuple[float, int]:
+    """‖x‖_F as (m, e) with ‖x‖_F = m·2^e."""
+    e = _exponent(x)
+    return float(np.linalg.norm(np.ldexp(x, -e))), e
 
 
-def _ratio(num: float, den: float) -> float:
-    if den == 0:
-        return math.inf if num else 0.0
-    return num / den
+def _unit(x: np.ndarray) -> np.ndarray | None:
+    """x/‖x‖_F (None for a zero x)."""
+    m, e = _norm(x)
+    return np.ldexp(x, -e) / m if m else None
+
+
+def _ratio(num: tuple[float, int], den: tuple[float, int]) -> float:
+    """(m₁·2^e₁)/(m₂·2^e₂), inf where it exceeds float64."""
+    (m1, e1), (m2, e2) = num, den
+    if m2 == 0:
+        return math.inf if m1 else 0.0
+    try:
+        return math.ldexp(m1 / m2, e1 - e2)
+    except OverflowError:
+        return math.inf
 
 
 def finite(g: ArrayLike) -> bool:

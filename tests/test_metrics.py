@@ -60,3 +60,16 @@ def test_spectrum_diagnostics():
     assert diag["numerical_rank"] == 3
     assert diag["condition"] == math.inf
     assert metrics.spectrum_diagnostics(np.array([0.5, 2.0]))["condition"] == pytest.approx(4.0)
+
+
+def test_metrics_at_the_top_of_float64s_range():
+    """Entries at or above 2^1023 (a power-of-2 scale there is 2^1024, itself not a float):
+    closed forms, and an honest inf where the ratio itself exceeds float64."""
+    big = 1e308
+    assert metrics.rel_err([big, 1.0], [1.0, 1.0]) == pytest.approx(math.hypot(big - 1, 0) / math.sqrt(2), rel=1e-12)
+    assert metrics.rel_err([-big, -big], [big, big]) == pytest.approx(2.0, rel=1e-12)
+    assert metrics.norm_ratio([big, big], [big / 4, big / 4]) == pytest.approx(4.0, rel=1e-12)
+    assert metrics.norm_ratio([big, 0.0], [1e-300, 0.0]) == math.inf
+    assert metrics.norm_ratio([1e-300, 0.0], [big, 0.0]) == 0.0  # 1e-608 underflows
+    assert metrics.angle_deg([big, big], [1.0, 1.0]) == pytest.approx(0.0, abs=1e-12)
+    assert metrics.angle_deg([big, 0.0], [0.0, 5e-324]) == pytest.approx(90.0, rel=1e-12)
