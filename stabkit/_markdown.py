@@ -15,8 +15,13 @@ def fmt(value, digits: int = 3) -> str:
     return str(value)
 
 
+def cell(text: str) -> str:
+    """A table cell's text: a raw ``|`` would end the cell, so it is escaped (``\\|``, rendered as ``|``)."""
+    return str(text).replace("\\|", "|").replace("|", "\\|").replace("\n", " ")
+
+
 def markdown_table(df: pd.DataFrame, digits: int = 3) -> str:
-    header = "| " + " | ".join(map(str, df.columns)) + " |"
+    header = "| " + " | ".join(cell(c) for c in df.columns) + " |"
     rule = "|" + "|".join("---" for _ in df.columns) + "|"
-    body = ["| " + " | ".join(fmt(v, digits) for v in row) + " |" for row in df.itertuples(index=False)]
+    body = ["| " + " | ".join(cell(fmt(v, digits)) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join([header, rule, *body])

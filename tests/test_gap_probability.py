@@ -54,7 +54,8 @@ def test_mp_density_normalised_and_cubic_integral():
 
 
 def test_prediction_inside_measured_interval_gaussian_d16():
-    cell = gp.cells({"sources": ["gaussian"], "dims": [16], "taus": [1e-3], "n_matrices": 4000, "chunk_size": 4000})[0]
+    cell = gp.cells({"sources": ["gaussian"], "dims": [16], "taus": [1e-3], "n_matrices": 4000, "chunk_size": 4000,
+                     "n_samples": 4096})[0]  # the small-gap regime: P ≈ 0.06
     rows = pd.DataFrame(gp.run_cell(cell))
     r = rows[(rows["event"] == "abs")].iloc[0]
     lo, hi = _stats.wilson(r["count"], r["n"])
@@ -89,3 +90,160 @@ def test_tiny_grid_runs_and_reports(tmp_path):
     assert "Wilson" in md and "gap_probability.png" in md
     assert (tmp_path / "gap_probability.png").stat().st_size > 0 and (tmp_path / "k_exceed.png").is_file()
     assert math.isfinite(agg["pred_mp"].dropna().max())
+
+
+# ---------------------------------------------------------------- CIFAR source: the authors' conventions
+
+import re
+
+import torch
+
+import importlib
+
+gp_report = importlib.import_module("stabkit.studies.gap_probability.report")  # the module (the package exports a function of that name)
+
+
+@pytest.fixture
+def synthetic_pool(monkeypatch):
+    """A 40-image uint8 stand-in for the CIFAR-10 pool (no dataset needed); the caches are cleared around it."""
+    images = np.random.default_rng(7).integers(0, 256, size=(40, 32, 32, 3), dtype=np.uint8)
+    gp._cifar_moments.cache_clear()
+    gp._cifar_padded.cache_clear()
+    monkeypatch.setattr(gp, "_cifar_images", lambda path, pool: images[:pool])
+    yield images
+    gp._cifar_moments.cache_clear()
+    gp._cifar_padded.cache_clear()
+
+
+def _torch_feature_cov(images, idx, w, relu):
+    """Independent route: torch conv2d (NCHW, padding 1) on the authors' normalisation, centred covariance."""
+    x = torch.tensor(images[idx], dtype=torch.float64).permute(0, 3, 1, 2) / 255.0
+    x = (x - torch.tensor(gp.CIFAR_MEAN, dtype=torch.float64)[:, None, None]) / torch.tensor(gp.CIFAR_STD, dtype=torch.float64)[:, None, None]
+    weight = torch.tensor(w.T.reshape(w.shape[1], 3, 3, 3))  # (C_out, C_in, kh, kw)
+    f = torch.nn.functional.conv2d(x, weight, padding=1)
+    if relu:
+        f = torch.relu(f)
+    f = f.permute(1, 0, 2, 3).reshape(w.shape[1], -1)
+    f = f - f.mean(1, keepdim=True)
+    return (f @ f.T / f.shape[1]).numpy()
+
+
+def test_defaults_follow_the_authors_code():
+    g = gp.validate({})
+    assert g["cifar_relu"] is False and g["cifar_trace_norm"] is False
+    assert g["cifar_batch"] == 128 and g["n_samples"] == 128 * 32 * 32 and g["zca_eps"] == 1e-2
+    assert "Dang" in gp.__doc__ and "Chen, Ma" not in gp.__doc__
+    with pytest.raises(ValueError, match="cifar_channels"):
+        gp.validate({"dims": [4, 1024]})
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_feature_covariance_matches_torch_conv2d(synthetic_pool, relu):
+    w = gp.conv_weights(12, seed=3)
+    idx = np.array([1, 5, 22])
+    got = gp.feature_covariance(w, idx, pool=40, relu=relu)
+    want = _torch_feature_cov(synthetic_pool, idx, w, relu)
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12 * np.abs(want).max())
+
+
+def test_channels_are_nested_across_d_from_one_conv(synthetic_pool):
+    w = gp.conv_weights(64, seed=0)
+    assert np.std(w) == pytest.approx(math.sqrt(2 / (9 * 64)), rel=0.05)  # Kaiming normal, fan_out, ReLU gain
+    idx = np.array([0, 3, 9, 17])
+    full = gp.feature_covariance(w, idx, pool=40)
+    for d in (4, 16, 32):
+        np.testing.assert_array_equal(gp.conv_weights(64, seed=0)[:, :d], w[:, :d])
+        np.testing.assert_allclose(gp.feature_covariance(w[:, :d], idx, pool=40), full[:d, :d], rtol=1e-12, atol=1e-15)
+    # the study's matrices: one seed → the d = 8 eigenvalues are those of the leading 8×8 block of the d = 32 covariance
+    kw = dict(batch=4, pool=40, path="", eps=1e-2, conv_seed=0, channels=64)
+    lam8 = gp.cifar_eigvals(8, 3, np.random.default_rng(5), **kw)
+    rng = np.random.default_rng(5)
+    for k in range(3):
+        idx = np.sort(rng.choice(40, size=4, replace=False))
+        block = gp.feature_covariance(w, idx, pool=40, eps=1e-2)[:8, :8]
+        np.testing.assert_allclose(lam8[k], np.linalg.eigvalsh(block), rtol=1e-12)
+
+
+@pytest.mark.parametrize("d", [16, 27, 32, 64])
+def test_pre_relu_eigenvalues_at_eps_count_is_d_minus_27(synthetic_pool, d):
+    eps = 1e-2
+    lam = gp.cifar_eigvals(d, 4, np.random.default_rng(1), batch=4, pool=40, path="", eps=eps, conv_seed=0, channels=64)
+    assert (gp.count_at(lam, eps) == max(d - 27, 0)).all()
+    gaps = np.diff(lam, axis=1).min(1)
+    if d > 27:
+        assert (gaps < 1e-12).all()  # below every τ of the study: P(min gap < τ) = 1 by construction
+    else:
+        assert (gaps > 1e-12).all()
+    relu = gp.cifar_eigvals(d, 2, np.random.default_rng(1), batch=4, pool=40, path="", eps=eps, conv_seed=0, channels=64,
+                            relu=True)
+    assert (gp.count_at(relu, eps) == 0).all()  # ReLU is not linear: no rank bound
+
+
+@pytest.mark.skipif(not __import__("os").environ.get("STABKIT_CIFAR10"), reason="needs STABKIT_CIFAR10")
+def test_pre_relu_rank_count_on_cifar10():
+    gp._cifar_moments.cache_clear()
+    lam = gp.cifar_eigvals(32, 3, np.random.default_rng(0), batch=4, pool=64, path="", eps=1e-2, conv_seed=0, channels=512)
+    assert (gp.count_at(lam, 1e-2) == 5).all()
+    assert (np.abs(lam[:, 5:] - 1e-2) > 1e-9).all()  # the other 27 are genuinely above ε
+    gp._cifar_moments.cache_clear()
+
+
+# ---------------------------------------------------------------- report: numbers and Markdown
+
+
+def test_interval_rounded_outward():
+    assert gp_report.round_down(0.0037123) == "0.0037" and gp_report.round_up(0.0037123) == "0.0038"
+    # near 1 the digits count from 1 − x: 1 − 0.999512 = 0.000488 keeps 2 significant digits
+    assert gp_report.round_down(0.999512) == "0.99951" and gp_report.round_up(0.999512) == "0.99952"
+    assert gp_report.round_down(0.0) == "0" and gp_report.round_up(1.0) == "1"
+    # the old ".2g" printed k = 9970 of 10000 as "0.997 [1, 1]": an interval above its own p̂
+    lo, hi = _stats.wilson(9970, 10000)
+    text = gp_report.interval_text(0.997, lo, hi)
+    plo, phi = (float(x) for x in re.match(r".*\[(.*), (.*)\]", text).groups())
+    assert plo <= lo < 0.997 < hi <= phi and plo > 0.99
+    rng = np.random.default_rng(0)
+    n = rng.integers(1, 100000, 3000)
+    k = rng.binomial(n, rng.uniform(0, 1, 3000) ** 4)
+    los, his = _stats.wilson(k, n)
+    for l, h in zip(los, his):
+        assert float(gp_report.round_down(l)) <= l and float(gp_report.round_up(h)) >= h
+
+
+def test_informative_points_and_chance_range():
+    grid = gp.validate({})
+    s = pd.DataFrame({"source": ["gaussian", "gaussian", "gaussian", "cifar10", "gaussian"], "d": [4, 8, 16, 64, 32],
+                      "count": [0, 0, 1000, 1000, 1000], "n": [1000] * 5,
+                      "pred_mp": [0.002, 0.004, 0.9995, 1.0, 0.99]})
+    # p̂ = 0 & pred < 3/N: out; p̂ = 0 & pred ≥ 3/N: in; both ≈ 1: out; rank-deficient: out; p̂ = 1 & pred = 0.99: in
+    assert gp_report.informative(s, "pred_mp", grid).tolist() == [False, True, False, False, True]
+    mean, lo, hi = gp_report.chance_range(40)
+    pmf = [math.comb(40, j) * 0.95 ** j * 0.05 ** (40 - j) for j in range(41)]
+    cdf = np.cumsum(pmf)
+    assert mean == pytest.approx(38.0)
+    assert lo == int(np.argmax(cdf >= 0.025)) and hi == int(np.argmax(cdf >= 0.975))
+
+
+def _columns(line):
+    return len(re.split(r"(?<!\\)\|", line.strip())) - 2
+
+
+def test_markdown_escapes_pipes_and_tables_have_consistent_columns(tmp_path):
+    from stabkit._markdown import markdown_table
+
+    t = markdown_table(pd.DataFrame({"max |K̃|": ["|K̃| > 1", "x"], "b": [1, 2]}))
+    assert {_columns(line) for line in t.splitlines()} == {2}
+    grid = gp.validate({"sources": ["gaussian"], "dims": [4, 8], "n_matrices": 300, "chunk_size": 150})
+    rows = pd.DataFrame([r for c in gp.cells(grid) for r in gp.run_cell(c)])
+    md = gp.report(rows, grid, tmp_path)
+    tables, current = [], []
+    for line in md.splitlines() + [""]:
+        if line.startswith("|"):
+            current.append(_columns(line))
+        elif current:
+            tables.append(current)
+            current = []
+    assert len(tables) >= 5
+    for cols in tables:
+        assert len(set(cols)) == 1, cols
+    assert "π²/12" not in md and "median over the 2 chunks of the chunk medians" in md
+    assert "Dang" in md and "Deviations" in md

@@ -1,6 +1,6 @@
 """``analytic-trunc`` (ε): the SVD baseline truncated at the first eigenvalue ≤ ε.
 
-The SVD baseline of Wang, Chen, Salzmann & Fua, "Backpropagation-Friendly Eigendecomposition",
+The SVD baseline of Wang, Dang, Hu, Fua & Salzmann, "Backpropagation-Friendly Eigendecomposition",
 NeurIPS 2019 (Sec. 5), as the authors' ZCA layer runs it: going down from the largest, the
 decomposition is cut at the first λ_k ≤ ε (σ_k of the SVD of the covariance), and only the pairs
 above are used (``kept``). Its gradient is the exact (Ionescu et al., ICCV 2015, Prop. 2) gradient

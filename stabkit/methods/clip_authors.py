@@ -1,6 +1,6 @@
 """``clip-authors`` (τ): SVD-Clip as the authors' released code computes it — zero at exact ties.
 
-Wang, Chen, Ma, Salzmann & Fua, "Robust Differentiable SVD", TPAMI 2021, Sec. 5 (SVD-Clip), as in
+Wang, Dang, Hu, Fua & Salzmann, "Robust Differentiable SVD", TPAMI 2021, Sec. 5 (SVD-Clip), as in
 their public ``clip`` helper (Robust-Differentiable-SVD, torch_utils.py): for λ_j ≠ λ_i,
 F_ij = sign(λ_j − λ_i) / max(|λ_j − λ_i|, 1/τ) (they clamp the gap at 0.01, i.e. τ = 100), and
 F_ij = 0 where λ_i = λ_j exactly. ``clip`` gives those ties ±τ (index-order sign); both agree

@@ -1,6 +1,6 @@
 """``pi`` (SVD-PI), ``pi-forward`` (PI) and ``pi-legacy``: gradients through power iteration.
 
-Wang, Chen, Salzmann & Fua, "Backpropagation-Friendly Eigendecomposition", NeurIPS 2019, Alg. 1.
+Wang, Dang, Hu, Fua & Salzmann, "Backpropagation-Friendly Eigendecomposition", NeurIPS 2019, Alg. 1.
 For eigenvectors in decreasing eigenvalue order k = 1, 2, …, with M_1 = A:
 
     v_{t+1} = M_k v_t / ‖M_k v_t‖  (t = 0 … T−1),   u_k = v_T,   λ_k = u_kᵀ M_k u_k,

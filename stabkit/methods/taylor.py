@@ -1,6 +1,6 @@
 """``taylor`` (K, ε): degree-K Taylor expansion of 1/(λ_i − λ_j).
 
-Wang, Chen, Ma, Salzmann & Fua, "Robust Differentiable SVD", IEEE TPAMI 2021, eq. (13):
+Wang, Dang, Hu, Fua & Salzmann, "Robust Differentiable SVD", IEEE TPAMI 2021, eq. (13):
 for λ_i > λ_j > 0,
 
     1/(λ_i − λ_j) = (1/λ_i) · 1/(1 − λ_j/λ_i) ≈ (1/λ_i) Σ_{k=0..K} (λ_j/λ_i)^k,

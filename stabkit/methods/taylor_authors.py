@@ -1,6 +1,6 @@
 """``taylor-authors`` (K, ε): ``taylor`` with the tie convention of the authors' released code.
 
-Wang, Chen, Ma, Salzmann & Fua, "Robust Differentiable SVD", TPAMI 2021, eq. (13), as released in
+Wang, Dang, Hu, Fua & Salzmann, "Robust Differentiable SVD", TPAMI 2021, eq. (13), as released in
 github.com/WeiWangTrento/Robust-Differentiable-SVD (``torch_utils.geometric_approximation``, used by
 ``svdv2``'s backward): the same degree-K series as ``taylor``,
 

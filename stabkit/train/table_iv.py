@@ -1,4 +1,4 @@
-"""Wang, Chen, Ma, Salzmann & Fua, "Robust Differentiable SVD", TPAMI 2021, Table IV, as data.
+"""Wang, Dang, Hu, Fua & Salzmann, "Robust Differentiable SVD", TPAMI 2021, Table IV, as data.
 
 The table's rows are keyed by the paper's own names (``Method.paper_name``: SVD, PI, SVD-PI,
 SVD-Taylor, SVD-Clip) in the paper's order; :func:`method` gives the registered method behind a

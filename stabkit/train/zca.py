@@ -1,7 +1,7 @@
 """ZCA whitening layer: decorrelated batch normalization with a chosen eigendecomposition backward.
 
-Huang, Yang, Lang & Deng, "Decorrelated Batch Normalization", CVPR 2018, and Wang, Chen, Ma,
-Salzmann & Fua, "Robust Differentiable SVD", TPAMI 2021, Alg. 2. For an input X (B, C, H, W)
+Huang, Yang, Lang & Deng, "Decorrelated Batch Normalization", CVPR 2018, and Wang, Dang, Hu,
+Fua & Salzmann, "Robust Differentiable SVD", TPAMI 2021, Alg. 2. For an input X (B, C, H, W)
 the C channels are split into G = C/d groups of d; for each group, with m = B·H·W samples,
 
     μ = mean(X_g),  Σ = (X_g − μ)(X_g − μ)ᵀ / m + εI,  Σ = U Λ Uᵀ,  W = U Λ^{-1/2} Uᵀ,

@@ -1,9 +1,23 @@
 """Study kind ``gap_probability``: how often a d×d covariance has two eigenvalues closer than τ.
 
-Reproduces the setting of Fig. 1(a) of Wang, Chen, Ma, Salzmann & Fua, "Robust Differentiable
-SVD", IEEE TPAMI 2021: the probability that the smallest eigenvalue gap of a covariance matrix
-falls below τ, as a function of the dimension d, which is the probability that the analytic
-eigenvector gradient has a factor max|K̃_ij| = 1/min gap above 1/τ.
+Reproduces the setting of Fig. 1(a) of Wei Wang, Zheng Dang, Yinlin Hu, Pascal Fua & Mathieu
+Salzmann, "Robust Differentiable SVD", IEEE TPAMI 2021: the probability that the smallest
+eigenvalue gap of a covariance matrix falls below τ, as a function of the dimension d, which is the
+probability that the analytic eigenvector gradient has a factor max abs(K̃_ij) = 1/min gap above 1/τ.
+
+The text of the paper could not be retrieved here; the conventions of the CIFAR-10 source are
+taken from the authors' public code (github.com/WeiWangTrento/Robust-Differentiable-SVD,
+``models/resnet.py``, ``ZCANorm.py``, ``main_imgnet.py``), which has no script for Fig. 1(a):
+
+* the whitening layer replaces the first BatchNorm, right after ``conv1`` (3×3, stride 1, padding 1,
+  no bias, 3 input channels) and *before* the ReLU: it sees the conv output, not ReLU(conv);
+* ``conv1`` is initialised Kaiming-normal, fan_out mode, ReLU gain: std = √(2 / (9·C_out));
+* the layer's covariance is xxᵀ/(N·H·W) of the channel-centred features plus ε·I, with no
+  trace normalisation (``ZCANormPIv2``, the class ``main_imgnet.py`` selects, has ε = 1e-2);
+* a group of d channels is a diagonal block of the covariance of ONE conv (``torch.chunk``): the
+  first group is the first d channels, so the d-channel features are nested across d;
+* inputs are ToTensor (/255) then Normalize(mean (0.4914, 0.4822, 0.4465), std (0.2023, 0.1994,
+  0.2010)); the argparse default batch size is 128.
 
 Sources (one cell = source × d × chunk of matrices, each chunk seeded by its index):
 
@@ -12,15 +26,28 @@ Sources (one cell = source × d × chunk of matrices, each chunk seeded by its i
   ensembles", J. Math. Phys. 2002): BBᵀ/n with B lower bidiagonal, B_ii ~ χ_{n−i},
   B_{i+1,i} ~ χ_{d−1−i}, which has exactly the eigenvalue law of XᵀX/n at O(d²) cost per matrix
   (``gaussian_model = "dense"`` forms XᵀX/n and runs batched ``numpy.linalg.eigvalsh`` instead).
-* ``cifar10``: the channel covariance that a ZCA layer sees after a first conv layer: a mini-batch
-  of ``cifar_batch`` CIFAR-10 training images (drawn from a seeded random pool of ``cifar_pool``) (pixels /255, standardized per channel), a fixed
-  seeded random 3×3 conv (He-normal weights, zero padding, no bias) to d channels, ReLU; the
-  n = batch·32·32 feature vectors are centred, C = XᵀX/n is scaled to mean eigenvalue 1
-  (trace/d = 1, so τ is in the same units as for the Gaussian source) and εI is added as a ZCA
-  layer does (``zca_eps``). Eigenvalues by batched float64 ``numpy.linalg.eigvalsh``.
+  The default n = 131072 is the n of the CIFAR source (128 images × 32 × 32 positions).
+* ``cifar10``: the channel covariance that a ZCA layer after the first conv sees: a mini-batch of
+  ``cifar_batch`` CIFAR-10 training images drawn without replacement from ``cifar_pool`` images
+  (a seeded random subset of the 50 000; all of them by default), normalised as above, zero padding,
+  ONE seeded 3×3 conv with ``cifar_channels`` output channels (Kaiming-normal fan_out as above) of
+  which the first d are kept; by default no ReLU (``cifar_relu = false``: the conv output, as the
+  authors' whitening layer sees it); the n = batch·32·32 feature vectors are centred,
+  C = XᵀX/n (scaled to trace/d = 1 only if ``cifar_trace_norm``), + ``zca_eps``·I. Eigenvalues by
+  batched float64 ``numpy.linalg.eigvalsh`` of the d×d matrix.
+
+  Without ReLU the features are a linear map of the 27-dim 3×3×3 input patch, so C = W_dᵀ P W_d
+  with P the 27×27 covariance of the batch's patches; P is assembled from per-image patch sums
+  (Σ ppᵀ and Σ p, computed once per process), which is exact and makes batch 128 affordable.
+  Consequence: rank C ≤ 27, so for d > 27 at least d − 27 eigenvalues of C + εI equal ε up to
+  rounding, the minimum gap is a rounding residue and P(min gap < τ) = 1 by construction.
+  With ``cifar_relu = true`` the features are formed explicitly (cost ∝ batch·1024·d², use a small
+  ``cifar_batch`` there).
 
 Events counted per matrix: min_i(λ_{i+1} − λ_i) < τ ("abs"), min gap / λ_max < τ ("rel"),
-max|K̃| = 1/min gap > ``k_threshold`` ("K"). Probabilities carry Wilson 95% score intervals.
+max abs(K̃) = 1/min gap > ``k_threshold`` ("K"). Probabilities carry Wilson 95% score intervals.
+Per cell the rows also carry the mean eigenvalue, λ_min, λ_max, the chunk's median min gap and the
+mean number of eigenvalues within 1e-9·λ_max of ε (``n_at_eps``).
 
 Random-matrix prediction (level repulsion). In unfolded units (spacings divided by the local mean
 spacing) the GOE nearest-neighbour law is close to the Wigner surmise p(s) = (π/2) s e^{−πs²/4},
@@ -54,15 +81,24 @@ GRID_DEFAULTS = {
     "n_matrices": 10000,  # matrices per (source, d) point
     "reduced": {},  # {"cifar10:512": 2000}: fewer matrices for named points (documented in the report)
     "chunk_size": 2500,  # matrices per cell
-    "n_samples": 4096,  # Gaussian: rows of X (n); 4096 = 4 images × 32 × 32 positions
+    "n_samples": 131072,  # Gaussian: rows of X (n); 131072 = 128 images × 32 × 32 positions, the CIFAR n
     "gaussian_model": "tridiagonal",  # or "dense"
-    "cifar_batch": 4,  # images per mini-batch → n = 4·32·32 = 4096 feature vectors
-    "cifar_pool": 5000,  # a seeded random subset of the training split that mini-batches are drawn from
+    "cifar_batch": 128,  # images per mini-batch (the authors' argparse default) → n = 128·32·32
+    "cifar_pool": 50000,  # mini-batches are drawn from a seeded random subset of this many training images
+    "cifar_channels": 512,  # output channels of the ONE conv; d-channel features are its first d channels
+    "cifar_relu": False,  # False: the conv output, which the authors' whitening layer sees (before ReLU)
+    "cifar_trace_norm": False,  # True: scale C to trace/d = 1 before adding ε (the authors do not)
     "cifar_path": "",  # "" → stabkit.data default location
-    "zca_eps": 1e-5,
+    "zca_eps": 1e-2,  # ε·I added to the CIFAR covariance: 1e-2 is ZCANormPIv2's default in the authors' code
     "k_threshold": 1e5,
     "seed": 0,
 }
+
+#: CIFAR-10 per-channel mean and std of the authors' transforms.Normalize (main_imgnet.py)
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2023, 0.1994, 0.2010)
+CIFAR_TRAIN = 50000
+PATCH = 27  # 3×3 kernel × 3 input channels: the rank bound of the pre-ReLU features
 
 
 def validate(grid: dict) -> dict:
@@ -72,7 +108,7 @@ def validate(grid: dict) -> dict:
         raise ValueError(f"gap_probability: dims must be integers ≥ 2, got {out['dims']!r}")
     if not out["taus"] or any(not (t > 0) for t in out["taus"]):
         raise ValueError(f"gap_probability: taus must be positive, got {out['taus']!r}")
-    for key in ("n_matrices", "chunk_size", "n_samples", "cifar_batch", "cifar_pool"):
+    for key in ("n_matrices", "chunk_size", "n_samples", "cifar_batch", "cifar_pool", "cifar_channels"):
         if int(out[key]) != out[key] or out[key] < 1:
             raise ValueError(f"gap_probability: {key} must be a positive integer, got {out[key]!r}")
     if out["gaussian_model"] not in ("tridiagonal", "dense"):
@@ -85,6 +121,16 @@ def validate(grid: dict) -> dict:
         src, _, d = str(key).partition(":")
         if src not in SOURCES or not d.isdigit() or int(value) < 1:
             raise ValueError(f"gap_probability: reduced key {key!r} = {value!r}: expected \"source:d\" = positive count")
+    for key in ("cifar_relu", "cifar_trace_norm"):
+        if not isinstance(out[key], bool):
+            raise ValueError(f"gap_probability: {key} must be true or false, got {out[key]!r}")
+    if "cifar10" in out["sources"]:
+        if out["cifar_channels"] < max(out["dims"]):
+            raise ValueError(f"gap_probability: cifar_channels={out['cifar_channels']} must be ≥ the largest d "
+                             "(each d takes the first d channels of one conv)")
+        if not out["cifar_batch"] <= out["cifar_pool"] <= CIFAR_TRAIN:
+            raise ValueError(f"gap_probability: need cifar_batch ≤ cifar_pool ≤ {CIFAR_TRAIN}, got "
+                             f"{out['cifar_batch']} and {out['cifar_pool']}")
     if out["zca_eps"] < 0 or out["k_threshold"] <= 0:
         raise ValueError("gap_probability: zca_eps must be ≥ 0 and k_threshold > 0")
     return out
@@ -109,6 +155,8 @@ def cells(grid: dict) -> list[dict]:
                     "taus": list(grid["taus"]), "n_samples": int(grid["n_samples"]),
                     "gaussian_model": grid["gaussian_model"], "cifar_batch": int(grid["cifar_batch"]),
                     "cifar_pool": int(grid["cifar_pool"]), "cifar_path": grid["cifar_path"],
+                    "cifar_channels": int(grid["cifar_channels"]), "cifar_relu": bool(grid["cifar_relu"]),
+                    "cifar_trace_norm": bool(grid["cifar_trace_norm"]),
                     "zca_eps": float(grid["zca_eps"]), "k_threshold": float(grid["k_threshold"]),
                     "seed": int(grid["seed"]),
                 })
@@ -142,37 +190,96 @@ def dense_wishart_eigvals(d: int, n: int, count: int, rng, batch: int = 64) -> n
     return out
 
 
-@functools.lru_cache(maxsize=2)
-def _cifar_pool(path: str, pool: int) -> np.ndarray:
+def _pool_indices(pool: int) -> np.ndarray:
+    # a seeded random subset of the training split (the archive stores it class by class)
+    return np.sort(np.random.default_rng(0xC1FA).permutation(CIFAR_TRAIN)[:pool])
+
+
+def normalise_images(images: np.ndarray) -> np.ndarray:
+    """uint8 (B, 32, 32, 3) → float64, /255 then the authors' per-channel Normalize, zero-padded by 1."""
+    x = (np.asarray(images, dtype=np.float64) / 255.0 - np.array(CIFAR_MEAN)) / np.array(CIFAR_STD)
+    return np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))  # the conv's zero padding, in normalised units
+
+
+@functools.lru_cache(maxsize=1)
+def _cifar_images(path: str, pool: int) -> np.ndarray:
     from ... import data
 
     images, _ = data.load_cifar10(path or None, split="train")
-    # a seeded random subset: the archive's training split is stored class by class
-    pick = np.sort(np.random.default_rng(0xC1FA).permutation(len(images))[:pool])
-    x = np.asarray(images[pick], dtype=np.float64) / 255.0
-    x = (x - x.mean((0, 1, 2))) / x.std((0, 1, 2))
-    return np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))  # zero padding for the 3×3 conv
+    if len(images) != CIFAR_TRAIN:
+        raise ValueError(f"expected {CIFAR_TRAIN} CIFAR-10 training images, got {len(images)}")
+    return images[_pool_indices(pool)]
+
+
+@functools.lru_cache(maxsize=1)
+def _cifar_padded(path: str, pool: int) -> np.ndarray:
+    return normalise_images(_cifar_images(path, pool))
 
 
 def cifar_patches(padded: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """3×3×3 patches at every position of images ``idx``: (len(idx)·32·32, 27)."""
+    """3×3×3 patches at every position of images ``idx``: (len(idx)·32·32, 27), order (channel, row, col)."""
     win = np.lib.stride_tricks.sliding_window_view(padded[idx], (3, 3), axis=(1, 2))  # B,32,32,3,3,3
-    return win.reshape(-1, 27)
+    return win.reshape(-1, PATCH)
 
 
-def cifar_eigvals(d, count, rng, *, batch, pool, path, eps, conv_seed, sub=8) -> np.ndarray:
-    padded = _cifar_pool(path, pool)
-    w = np.random.default_rng(np.random.SeedSequence([conv_seed, d, 0xC0])).standard_normal((27, d)) * math.sqrt(2 / 27)
+def patch_moments(images: np.ndarray, block: int = 500) -> tuple[np.ndarray, np.ndarray]:
+    """Per image: Σ_p ppᵀ (B, 27, 27) and Σ_p p (B, 27) over its 32·32 normalised, zero-padded patches."""
+    second = np.empty((len(images), PATCH, PATCH))
+    first = np.empty((len(images), PATCH))
+    for start in range(0, len(images), block):
+        x = normalise_images(images[start:start + block])
+        p = np.lib.stride_tricks.sliding_window_view(x, (3, 3), axis=(1, 2)).reshape(len(x), -1, PATCH)
+        second[start:start + len(x)] = p.swapaxes(1, 2) @ p
+        first[start:start + len(x)] = p.sum(1)
+    return second, first
+
+
+@functools.lru_cache(maxsize=1)
+def _cifar_moments(path: str, pool: int) -> tuple[np.ndarray, np.ndarray]:
+    return patch_moments(_cifar_images(path, pool))
+
+
+def conv_weights(channels: int, seed: int) -> np.ndarray:
+    """ONE 3×3 conv, 3 → ``channels``, as a (27, channels) matrix; Kaiming-normal, fan_out, ReLU gain
+    (std √(2/(9·channels))), as the authors initialise ``conv1``. Column k is filter k: a d-channel
+    source uses the first d columns, so the features are nested across d."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0xC0]))
+    return rng.standard_normal((PATCH, channels)) * math.sqrt(2.0 / (9 * channels))
+
+
+def patch_covariance(second: np.ndarray, first: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """27×27 covariance (1/n, centred) of the patches of images ``idx`` from their per-image sums."""
+    n = len(idx) * 32 * 32
+    mu = first[idx].sum(0) / n
+    return second[idx].sum(0) / n - np.outer(mu, mu)
+
+
+def feature_covariance(w: np.ndarray, idx: np.ndarray, *, path: str = "", pool: int = CIFAR_TRAIN,
+                       relu: bool = False, trace_norm: bool = False, eps: float = 0.0) -> np.ndarray:
+    """The d×d covariance (+ εI) of the conv features ``w`` (27×d) of the pool's images ``idx``."""
+    d = w.shape[1]
+    if relu:
+        feats = np.maximum(cifar_patches(_cifar_padded(path, pool), idx) @ w, 0)
+        feats -= feats.mean(0)
+        C = feats.T @ feats / feats.shape[0]
+    else:
+        C = w.T @ patch_covariance(*_cifar_moments(path, pool), idx) @ w
+        C = (C + C.T) / 2
+    if trace_norm:
+        C = C / (np.trace(C) / d)
+    return C + eps * np.eye(d)
+
+
+def cifar_eigvals(d, count, rng, *, batch, pool, path, eps, conv_seed, channels, relu=False, trace_norm=False,
+                  sub=16) -> np.ndarray:
+    w = conv_weights(channels, conv_seed)[:, :d]
     out = np.empty((count, d))
     for start in range(0, count, sub):
         m = min(sub, count - start)
         covs = np.empty((m, d, d))
         for k in range(m):
-            idx = rng.choice(padded.shape[0], size=batch, replace=False)
-            feats = np.maximum(cifar_patches(padded, idx) @ w, 0)
-            feats -= feats.mean(0)
-            C = feats.T @ feats / feats.shape[0]
-            covs[k] = C / (np.trace(C) / d) + eps * np.eye(d)
+            idx = np.sort(rng.choice(pool, size=batch, replace=False))
+            covs[k] = feature_covariance(w, idx, path=path, pool=pool, relu=relu, trace_norm=trace_norm, eps=eps)
         out[start:start + m] = np.linalg.eigvalsh(covs)
     return out
 
@@ -210,6 +317,11 @@ def unfolded_expected_small_gaps(tau: float, mean_gaps: np.ndarray) -> float:
     return float(math.pi / 4 * tau ** 2 * np.sum(1.0 / np.asarray(mean_gaps) ** 2))
 
 
+def count_at(lam: np.ndarray, value: float, rel_tol: float = 1e-9) -> np.ndarray:
+    """Per matrix (rows of ``lam``), the number of eigenvalues within rel_tol·λ_max of ``value``."""
+    return (np.abs(lam - value) <= rel_tol * np.abs(lam).max(1, keepdims=True)).sum(1)
+
+
 def run_cell(cell: dict) -> list[dict]:
     d, size = cell["d"], cell["size"]
     rng = np.random.default_rng(np.random.SeedSequence([cell["seed"], d, cell["chunk"], SOURCES.index(cell["source"])]))
@@ -221,7 +333,8 @@ def run_cell(cell: dict) -> list[dict]:
         n = cell["n_samples"]
     else:
         lam = cifar_eigvals(d, size, rng, batch=cell["cifar_batch"], pool=cell["cifar_pool"], path=cell["cifar_path"],
-                            eps=cell["zca_eps"], conv_seed=cell["seed"])
+                            eps=cell["zca_eps"], conv_seed=cell["seed"], channels=cell["cifar_channels"],
+                            relu=cell["cifar_relu"], trace_norm=cell["cifar_trace_norm"])
         n = cell["cifar_batch"] * 32 * 32
     gaps = np.diff(lam, axis=1)
     lmax = lam[:, -1]
@@ -231,7 +344,8 @@ def run_cell(cell: dict) -> list[dict]:
     mean_rel = (gaps / lmax[:, None]).mean(0)
     base = {"source": cell["source"], "d": d, "chunk": cell["chunk"], "n": size, "n_samples": n,
             "lam_max_mean": float(lmax.mean()), "lam_min_mean": float(lam[:, 0].mean()),
-            "median_min_gap": float(np.median(min_abs))}
+            "lam_mean": float(lam.mean()), "median_min_gap": float(np.median(min_abs)),
+            "n_at_eps": float(count_at(lam, cell["zca_eps"]).mean()) if cell["source"] == "cifar10" else math.nan}
     rows = []
     for tau in cell["taus"]:
         for kind, values, means in (("abs", min_abs, mean_abs), ("rel", min_rel, mean_rel)):
@@ -253,5 +367,6 @@ def run_cell(cell: dict) -> list[dict]:
 from .report import aggregate, report  # noqa: E402
 
 __all__ = ["SOURCES", "GRID_DEFAULTS", "validate", "cells", "run_cell", "report", "aggregate", "laguerre_eigvals",
-           "dense_wishart_eigvals", "cifar_patches", "cifar_eigvals", "mp_edges", "mp_density", "mp_cubic_integral",
+           "dense_wishart_eigvals", "cifar_patches", "cifar_eigvals", "conv_weights", "patch_moments",
+           "patch_covariance", "feature_covariance", "normalise_images", "count_at", "CIFAR_MEAN", "CIFAR_STD", "PATCH", "mp_edges", "mp_density", "mp_cubic_integral",
            "mp_expected_small_gaps", "unfolded_expected_small_gaps"]

@@ -1,6 +1,6 @@
 """Study kind ``zca_cifar10``: does ZCA-whitened ResNet-18 training on CIFAR-10 survive each backward?
 
-Wang, Chen, Ma, Salzmann & Fua, "Robust Differentiable SVD", TPAMI 2021, Table IV: success rate of
+Wang, Dang, Hu, Fua & Salzmann, "Robust Differentiable SVD", TPAMI 2021, Table IV: success rate of
 training (15 runs per cell, 350 epochs) with a ZCA layer of group size d after conv1. One cell here
 is one training run (``stabkit.train.train_run``): method × d × dtype × seed, plus a plain
 BatchNorm baseline per seed. The default protocol is *short* (a fixed step budget on a subset,

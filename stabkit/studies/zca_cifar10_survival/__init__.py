@@ -1,6 +1,6 @@
 """Study kind ``zca_cifar10_survival``: time to a NaN loss of ZCA-whitened ResNet-18s at the paper's horizon.
 
-Wang, Chen, Ma, Salzmann & Fua, "Robust Differentiable SVD", TPAMI 2021, Table IV: the success rate
+Wang, Dang, Hu, Fua & Salzmann, "Robust Differentiable SVD", TPAMI 2021, Table IV: the success rate
 (out of 15 runs of 350 epochs, failure = a NaN loss) of a ResNet-18 with a ZCA layer of group size
 d after conv1, per backward: SVD, PI, SVD-PI, SVD-Taylor, SVD-Clip. Here each run is one cell
 (``stabkit.train.train_run`` with the ``paper`` preset: the authors' layers, StepLR by epoch, full
