@@ -199,6 +199,7 @@ def test_interval_rounded_outward():
     # the old ".2g" printed k = 9970 of 10000 as "0.997 [1, 1]": an interval above its own p̂
     lo, hi = _stats.wilson(9970, 10000)
     text = gp_report.interval_text(0.997, lo, hi)
+    assert text.startswith("0.997 [")
     plo, phi = (float(x) for x in re.match(r".*\[(.*), (.*)\]", text).groups())
     assert plo <= lo < 0.997 < hi <= phi and plo > 0.99
     rng = np.random.default_rng(0)

@@ -75,8 +75,8 @@ def round_up(x: float, sig: int = 2) -> str:
 
 def interval_text(p: float, lo: float, hi: float, sig: int = 2) -> str:
     """p̂ [lo, hi] with the interval rounded outward: the printed interval contains the computed one.
-    p̂ = count/N is printed to 6 significant digits (exact for N ≤ 10⁶ up to trailing digits)."""
-    return f"{p:.6g} [{round_down(lo, sig)}, {round_up(hi, sig)}]"
+    p̂ is rounded to nearest, with sig + 1 significant digits of min(p̂, 1 − p̂)."""
+    return f"{_round_text(p, sig + 1, decimal.ROUND_HALF_EVEN)} [{round_down(lo, sig)}, {round_up(hi, sig)}]"
 
 
 def _cifar_note(grid):
@@ -332,6 +332,8 @@ def _comparison(agg: pd.DataFrame, grid: dict) -> pd.DataFrame:
             if s[col].isna().all():
                 continue
             inf = informative(s, col, grid)
+            if not inf.any():
+                continue
             ok = inf & (s[col] >= s["lo"]) & (s[col] <= s["hi"])
             ratio = (s["p"] / s[col]).where(inf & (s["count"] >= 20))
             comp.append({"source": source, "event": kind, "τ": tau, "unfolding": label,
@@ -346,7 +348,8 @@ def _prediction_section(agg: pd.DataFrame, grid: dict) -> list[str]:
     lines = ["", "### Random-matrix prediction (Wigner surmise, P(s < x) ≈ (π/4)x², unfolded)", "",
              "A point is informative unless p̂ = 0 and the prediction is below 3/N (rule of three), or p̂ = 1 and the "
              "prediction is above 1 − 3/N, or it is a rank-deficient CIFAR-10 point. \"Inside\" = the prediction lies in "
-             "the Wilson 95% interval of the measurement.", ""]
+             "the Wilson 95% interval of the measurement. (source, event, τ, unfolding) rows without an informative point are "
+             "omitted.", ""]
     comp_df = _comparison(agg, grid)
     if comp_df.empty:
         return lines
