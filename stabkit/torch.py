@@ -304,8 +304,9 @@ class _SVDJvp(_SVD):
     @staticmethod
     def jvp(ctx, dX, _full, _driver, _spec):
         """Forward mode, the transpose of :func:`svd_backward`: with M = Uᵀ dX V, G = F ∘ (M Σ),
-        H = F ∘ (Σ M): dσ = diag(M), dU = U (G − Gᵀ) + (I − UUᵀ) dX V Σ⁻¹,
-        dV = V (H − Hᵀ) + (I − VVᵀ) dXᵀ U Σ⁻¹; columns beyond min(m, n) get no tangent."""
+        H = F ∘ (Σ M): dσ = diag(M), dU = U (G − Gᵀ) + (I − UUᵀ) dX V Σ⁺,
+        dV = V (H − Hᵀ) + (I − VVᵀ) dXᵀ U Σ⁺; columns beyond min(m, n) get no tangent. Σ⁺ as in
+        the backward (0 where σ = 0), so the two stay transposes at a rank-deficient X."""
         U_all, S, Vh_all = ctx.saved_tensors
         k = S.shape[-1]
         U, Vh = U_all[..., :, :k], Vh_all[..., :k, :]
@@ -314,8 +315,9 @@ class _SVDJvp(_SVD):
         XV, XtU = dX @ V, dX.mT @ U
         M = U.mT @ XV
         G, H = _xp.kernel_product(F, M * S[..., None, :]), _xp.kernel_product(F, S[..., :, None] * M)
-        dU = U @ (G - G.mT) + (XV - U @ M) / S[..., None, :]
-        dV = V @ (H - H.mT) + (XtU - V @ M.mT) / S[..., None, :]
+        Sp = pinv_diag(S)[..., None, :]
+        dU = U @ (G - G.mT) + (XV - U @ M) * Sp
+        dV = V @ (H - H.mT) + (XtU - V @ M.mT) * Sp
         pad_u, pad_v = U_all.shape[-1] - k, Vh_all.shape[-2] - k
         if pad_u:
             dU = torch.cat([dU, torch.zeros_like(U_all[..., :, k:])], -1)

@@ -585,6 +585,47 @@ def test_svd_jvp_is_the_transpose_of_the_backward(method, shape, full):
         torch.testing.assert_close(jf, jr, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("wide", [False, True])
+def test_svd_jvp_equals_backward_at_an_exactly_rank_deficient_matrix(wide):
+    """X (5×3, or its 3×5 transpose) with a zero column (row), so σ₃ = 0 exactly; the loss does not
+    depend on the zero σ's arbitrary u₃ (v₃ when wide). Forward and reverse mode are transposes,
+    ⟨jvp(dX), (gU, gS, gVh)⟩ = ⟨dX, vjp(gU, gS, gVh)⟩, both finite (the jvp's D term used to divide
+    by σ₃ = 0: inf/NaN), and the vjp is the derivative a central difference gives (σ₃'s cotangent
+    zeroed there: σ₃ = |O(h)| has a kink)."""
+    X = general(5, 3, seed=4)
+    X[:, 1] = 0.0
+    X = X.mT.contiguous() if wide else X
+    f = lambda x: tuple(sk.svd(x, False))  # noqa: E731
+    U, S, Vh = f(X)
+    assert S[-1] == 0  # exactly rank-deficient
+    gen = torch.Generator().manual_seed(7)
+    dX = torch.randn(X.shape, generator=gen, dtype=F64)
+    gU, gS, gVh = (torch.randn(t.shape, generator=gen, dtype=F64) for t in (U, S, Vh))
+    if wide:
+        gVh[-1] = 0.0  # v₃ is any unit vector in the null space of X
+    else:
+        gU[:, -1] = 0.0  # u₃ is any unit vector orthogonal to range(X)
+    _, (dU, dS, dVh) = torch.func.jvp(f, (X,), (dX,))
+    _, vjp = torch.func.vjp(f, X)
+    forward = (dU * gU).sum() + (dS * gS).sum() + (dVh * gVh).sum()
+    reverse = (dX * vjp((gU, gS, gVh))[0]).sum()
+    assert torch.isfinite(forward) and torch.isfinite(reverse)
+    torch.testing.assert_close(forward, reverse, rtol=1e-12, atol=1e-12)
+
+    gS[-1] = 0.0
+
+    def loss(x):
+        """⟨gU, U⟩ + ⟨gS, σ⟩ + ⟨gVh, Vh⟩ with each pair's sign aligned to the factors at X."""
+        Ux, Sx, Vhx = torch.linalg.svd(x, full_matrices=False)
+        su = torch.sign((Ux * U).sum(-2))
+        sv = torch.sign((Vhx * Vh).sum(-1))
+        return (Ux * su * gU).sum() + (Sx * gS).sum() + (Vhx * sv[:, None] * gVh).sum()
+
+    h = 1e-6
+    central = (loss(X + h * dX) - loss(X - h * dX)) / (2 * h)
+    torch.testing.assert_close((dX * vjp((gU, gS, gVh))[0]).sum(), central, rtol=1e-7, atol=1e-8)
+
+
 @pytest.mark.parametrize("shape", [(6, 4), (4, 4)])
 def test_svd_gradient_matches_certified_truth(shape):
     """SVD gradient against the certified truth: for a loss L(V, σ²) = ℓ(eigenvectors, eigenvalues
