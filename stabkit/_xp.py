@@ -93,6 +93,17 @@ def errstate(x: Array | None = None) -> contextlib.AbstractContextManager:
     return np.errstate(divide="ignore", invalid="ignore", over="ignore")
 
 
+def kernel_product(F: Array, J: Array) -> Array:
+    """F ∘ J for a kernel F ≈ 1/(λ_j − λ_i) and a projected gradient or tangent J (Uᵀ ∂L/∂U, Uᵀ dA U),
+    with 0 where J = 0 and F = ±∞ (an exact tie): the term of Prop. 2 (Ionescu et al., ICCV 2015)
+    is then absent, not ∞ · 0 = NaN. A nonzero J at a tie still gives ±∞. One ``where``, no branch
+    on values (``torch.compile``-friendly); F is zeroed before the product, so a derivative of the
+    product through J stays finite there too."""
+    xp = namespace(F)
+    tie = (J == 0) & xp.isinf(F)
+    return xp.where(tie, xp.zeros_like(F), F) * J
+
+
 def is_traced(x: Array) -> bool:
     """True when ``x`` is seen by ``torch.compile`` or a ``torch.func`` transform (vmap, grad, …).
 

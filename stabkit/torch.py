@@ -23,6 +23,14 @@ Works under ``torch.func`` (vmap, grad, jacrev, jacfwd, hessian), ``torch.compil
 (no numpy on the torch path) and plain autograd. Forward mode (jvp) is the transpose of the
 backward rule; power iteration (``pi``, ``pi-forward``) has none and says so (use reverse mode).
 
+**Exact ties** (λ_i = λ_j bitwise, where the analytic F is ∞). The kernel multiplies the projected
+gradient Uᵀ∂L/∂U (and the tangent Uᵀ dA U in forward mode) through ``_xp.kernel_product``: an entry
+that is exactly 0 at a tie contributes 0, not ∞ · 0 = NaN. So a loss of λ (σ) alone, a U whose
+cotangent arrives as zeros (``torch.compile`` materializes it), or a used U with exactly zero
+projected gradient at an exact tie (a loss of the untied columns only) gives the finite, exact
+gradient; torch's own gives NaN there. A nonzero projected entry at a tie is still ±∞ for the
+analytic rule (the derivative does not exist); a bounded method is finite everywhere.
+
 **Second derivatives** (double backward, Hessian-vector products). When the backward is itself
 differentiated it rebuilds the decomposition from A with exactly differentiable ops and applies
 the method's rule to it, so the op's double backward is the exact derivative of the method's
@@ -139,21 +147,18 @@ class _Eigh(torch.autograd.Function):
         ctx.save_for_backward(A, *output)
         ctx.save_for_forward(*output)
         ctx.spec = spec
-        ctx.set_materialize_grads(False)  # an unused U arrives as None, not as zeros (see backward)
 
     @staticmethod
     def backward(ctx, glam, gU):
         A, lam, U = ctx.saved_tensors
         spec = ctx.spec
-        glam = torch.zeros_like(lam) if glam is None else glam
         if spec.method.exact_state:  # the rule needs only the exact (λ, U)
             if _differentiating_backward(A):
                 lam, U_new = torch.linalg.eigh(A)
                 U = U_new * _same_sign(U_new, U)
-            state = {"U": U, "lam": lam}  # gU None (λ only) is the rule's to skip (methods.assemble)
+            state = {"U": U, "lam": lam}
         else:  # power iteration: its state (iterates, norms) is rebuilt from A
             _, _, state = spec.forward(A)
-            gU = torch.zeros_like(U) if gU is None else gU
         return spec.backward(state, gU, glam), None
 
 
@@ -171,7 +176,7 @@ class _EighJvp(_Eigh):
                                "hessian) is implemented only for rules given by a kernel F(λ); use reverse mode, e.g. "
                                "torch.func.jacrev(torch.func.jacrev(f)) for a Hessian")
         M = U.mT @ _xp.sym(dA) @ U
-        return _xp.diagonal(M), U @ (ctx.spec.kernel(lam) * M)
+        return _xp.diagonal(M), U @ _xp.kernel_product(ctx.spec.kernel(lam), M)
 
 
 def _op(plain, with_jvp):
@@ -241,22 +246,19 @@ def svd_backward(U, S, Vh, gU, gS, gVh, F):
         ∂L/∂X = U [ diag(∂L/∂σ) + (F ∘ skew(Uᵀ∂L/∂U)) Σ + Σ (F ∘ skew(Vᵀ∂L/∂V)) ] Vᵀ
                 + (I − UUᵀ) ∂L/∂U Σ⁻¹ Vᵀ + U Σ⁻¹ (∂L/∂V)ᵀ (I − VVᵀ),   skew(M) = M − Mᵀ.
 
-    The last two terms are the D term (zero when m = n); the exact F is the analytic method's.
-    ``gU`` or ``gVh`` None (unused factor): its terms are left out, so a tie's ∞ in F never meets a
-    zero (∞ · 0).
+    The last two terms are the D term (zero when m = n), with Σ⁺ (:func:`pinv_diag`) for Σ⁻¹; the
+    exact F is the analytic method's. F multiplies through ``_xp.kernel_product``: an exactly zero
+    entry of skew(·) at a tie (an unused factor, whose cotangent is zeros) contributes 0, not ∞ · 0.
     """
-    inner = torch.diag_embed(gS)
     m, n = U.shape[-2], Vh.shape[-1]
-    if gU is not None:
-        J = U.mT @ gU
-        inner = inner + (F * (J - J.mT)) * S[..., None, :]
-    if gVh is not None:
-        P = Vh @ gVh.mT  # Vᵀ ∂L/∂V with V = Vhᵀ, ∂L/∂V = gVhᵀ
-        inner = inner + S[..., :, None] * (F * (P - P.mT))
+    J = U.mT @ gU
+    P = Vh @ gVh.mT  # Vᵀ ∂L/∂V with V = Vhᵀ, ∂L/∂V = gVhᵀ
+    inner = (torch.diag_embed(gS) + _xp.kernel_product(F, J - J.mT) * S[..., None, :]
+             + S[..., :, None] * _xp.kernel_product(F, P - P.mT))
     gX = U @ inner @ Vh
-    if gU is not None and m > S.shape[-1]:
+    if m > S.shape[-1]:
         gX = gX + ((gU - U @ J) * pinv_diag(S)[..., None, :]) @ Vh
-    if gVh is not None and n > S.shape[-1]:
+    if n > S.shape[-1]:
         gX = gX + U @ ((gVh - (gVh @ Vh.mT) @ Vh) * pinv_diag(S)[..., :, None])
     return gX
 
@@ -283,7 +285,6 @@ class _SVD(torch.autograd.Function):
         ctx.save_for_backward(X, *output)
         ctx.save_for_forward(*output)
         ctx.driver, ctx.spec = driver, spec
-        ctx.set_materialize_grads(False)  # unused U, Vh arrive as None, not as zeros (see backward)
 
     @staticmethod
     def backward(ctx, gU, gS, gVh):
@@ -294,11 +295,8 @@ class _SVD(torch.autograd.Function):
             U_new, S, Vh_new = torch.linalg.svd(X, full_matrices=False, driver=ctx.driver)
             sign = _same_sign(U_new, U)
             U, Vh = U_new * sign, Vh_new * sign.mT
-        gS = torch.zeros_like(S) if gS is None else gS
-        gU = None if gU is None else gU[..., :, :k]
-        gVh = None if gVh is None else gVh[..., :k, :]
         F = ctx.spec.kernel(S * S)
-        return svd_backward(U, S, Vh, gU, gS, gVh, F), None, None, None
+        return svd_backward(U, S, Vh, gU[..., :, :k], gS, gVh[..., :k, :], F), None, None, None
 
 class _SVDJvp(_SVD):
     """_SVD with forward mode; plain _SVD under torch.compile (no custom jvp in Dynamo)."""
@@ -306,8 +304,9 @@ class _SVDJvp(_SVD):
     @staticmethod
     def jvp(ctx, dX, _full, _driver, _spec):
         """Forward mode, the transpose of :func:`svd_backward`: with M = Uᵀ dX V, G = F ∘ (M Σ),
-        H = F ∘ (Σ M): dσ = diag(M), dU = U (G − Gᵀ) + (I − UUᵀ) dX V Σ⁻¹,
-        dV = V (H − Hᵀ) + (I − VVᵀ) dXᵀ U Σ⁻¹; columns beyond min(m, n) get no tangent."""
+        H = F ∘ (Σ M): dσ = diag(M), dU = U (G − Gᵀ) + (I − UUᵀ) dX V Σ⁺,
+        dV = V (H − Hᵀ) + (I − VVᵀ) dXᵀ U Σ⁺; columns beyond min(m, n) get no tangent. Σ⁺ as in
+        the backward (0 where σ = 0), so the two stay transposes at a rank-deficient X."""
         U_all, S, Vh_all = ctx.saved_tensors
         k = S.shape[-1]
         U, Vh = U_all[..., :, :k], Vh_all[..., :k, :]
@@ -315,9 +314,10 @@ class _SVDJvp(_SVD):
         F = ctx.spec.kernel(S * S)
         XV, XtU = dX @ V, dX.mT @ U
         M = U.mT @ XV
-        G, H = F * (M * S[..., None, :]), F * (S[..., :, None] * M)
-        dU = U @ (G - G.mT) + (XV - U @ M) / S[..., None, :]
-        dV = V @ (H - H.mT) + (XtU - V @ M.mT) / S[..., None, :]
+        G, H = _xp.kernel_product(F, M * S[..., None, :]), _xp.kernel_product(F, S[..., :, None] * M)
+        Sp = pinv_diag(S)[..., None, :]
+        dU = U @ (G - G.mT) + (XV - U @ M) * Sp
+        dV = V @ (H - H.mT) + (XtU - V @ M.mT) * Sp
         pad_u, pad_v = U_all.shape[-1] - k, Vh_all.shape[-2] - k
         if pad_u:
             dU = torch.cat([dU, torch.zeros_like(U_all[..., :, k:])], -1)

@@ -31,23 +31,25 @@ def one_torch_thread():
 
 @pytest.fixture()
 def exact_ties(monkeypatch):
-    """Training runs whose ZCA layer sees all its eigenvalues tie exactly, on any LAPACK: conv1's weight
-    is zeroed after its init, so the layer's input is exactly 0 and its covariance Σ + εI is εI, a
-    diagonal matrix every eigensolver returns exactly (a large ε alone is not enough: the off-diagonal
-    covariances stay O(1), and whether the computed eigenvalues of εI + O(1) tie depends on the LAPACK)."""
+    """Training runs whose ZCA layer sees all its eigenvalues tie exactly, on any LAPACK, and meets them
+    with a nonzero eigenvector gradient: the layer's covariance Σ + εI is replaced by 0·Σ + εI, a
+    diagonal matrix every eigensolver returns exactly, which still depends on the input (∂L/∂Σ reaches
+    conv1). The centred samples stay nonzero, so Uᵀ∂L/∂U is nonzero at the tied pairs and the analytic
+    rule's 1/0 there is non-finite. (Zeroing conv1 also gives εI, but then the samples, ∂L/∂W and
+    ∂L/∂U are exactly 0, and the exact rule's gradient at the tie is finite.)"""
     import torch
 
-    from stabkit.train import loop
+    from stabkit.train import zca
 
-    real = loop.ResNet18
+    def tied(covariance):
+        def wrapped(xg, eps, *args):
+            mean, xc, cov = covariance(xg, eps, *args)
+            eye = torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
+            return mean, xc, cov * 0 + eps * eye
+        return wrapped
 
-    def zero_stem(*args, **kwargs):
-        model = real(*args, **kwargs)
-        with torch.no_grad():
-            model.conv1.weight.zero_()
-        return model
-
-    monkeypatch.setattr(loop, "ResNet18", zero_stem)
+    monkeypatch.setattr(zca, "group_covariance", tied(zca.group_covariance))
+    monkeypatch.setattr(zca, "block_covariance", tied(zca.block_covariance))
 
 
 #: the smallest training run that still exercises the loop (tests of stabkit.train)

@@ -75,7 +75,7 @@ def test_fast_run_eigensolver_sees_the_requested_dtype(synthetic, monkeypatch):
 
 
 # constructed cases with a known outcome (see tests/test_train.py), run under the ``exact_ties``
-# fixture (conv1 = 0, so Σ + εI = εI exactly at step 0: all eigenvalues tie): the analytic gradient
+# fixture (the covariance is 0·Σ + εI = εI exactly: all eigenvalues tie): the analytic gradient
 # is non-finite at step 0 and the paper's rule then infers a NaN loss at step 1; the Taylor backward
 # stays finite at the ties (and after them); BatchNorm at lr 1e8 blows up.
 CASES = [

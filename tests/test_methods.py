@@ -83,6 +83,40 @@ def test_taylor_with_shift_uses_shifted_eigenvalues():
     assert abs(F[0, 1]) == pytest.approx(4 / 0.5)
 
 
+#: 1 ⊕ [[1.5, 0.5], [0.5, 1.5]]: eigenvalues exactly (1, 1, 2), u₃ = (e₂ + e₃)/√2 for the untied λ₃
+BLOCK_TIE = np.array([[1.0, 0.0, 0.0], [0.0, 1.5, 0.5], [0.0, 0.5, 1.5]])
+#: the methods whose backward is the kernel rule on the exact (λ, U) (``methods.assemble``)
+ASSEMBLED = [n for n in methods.NAMES if methods.get(n).exact_state]
+
+
+@pytest.mark.parametrize("name", ASSEMBLED)
+def test_eigenvalue_gradient_is_finite_at_an_exact_tie_with_zero_eigenvector_gradient(name):
+    """∂L/∂U = 0 (a loss of λ alone, with U's gradient passed as zeros) at an exact tie:
+    ∂L/∂A = U diag(kept ∘ ∂L/∂λ) Uᵀ, whatever F is at the tie (∞ · 0 = NaN before
+    ``_xp.kernel_product``)."""
+    spec = methods.spec(name)
+    lam, U, state = spec.forward(BLOCK_TIE)
+    assert lam[0] == lam[1] and lam[2] == 2.0  # the tie is exact
+    glam = np.array([1.0, 1.0, 4.0])
+    expected = (U * (glam * spec.kept(state, lam))) @ U.T
+    np.testing.assert_allclose(spec.backward(state, np.zeros((3, 3)), glam), expected, rtol=0, atol=1e-14)
+
+
+def test_eigenvector_gradient_through_the_untied_column_is_exact_at_a_tie():
+    """L = u₃ᵀ B u₃ (weight 0 on the tied pair): Uᵀ∂L/∂U is 0 at the tied entries, and the analytic
+    rule gives ∂L/∂A = sym(2 R B u₃ u₃ᵀ), R = (I − u₃u₃ᵀ)/(λ₃ − 1) the reduced resolvent; a weight on
+    a tied column has no derivative (±∞ in the rule)."""
+    B = np.cos(np.arange(9.0).reshape(3, 3))
+    loss = WeightedEigvecLoss("u3", B, np.array([0.0, 0.0, 1.0]))
+    g, lam, _ = methods.spec("analytic").gradient(BLOCK_TIE, loss)
+    assert lam[0] == lam[1]
+    u3 = np.array([0.0, 1.0, 1.0]) / np.sqrt(2)
+    G = 2 * (np.eye(3) - np.outer(u3, u3)) @ ((B + B.T) / 2) @ np.outer(u3, u3)
+    np.testing.assert_allclose(g, (G + G.T) / 2, rtol=0, atol=1e-14)
+    tied = WeightedEigvecLoss("u1", B, np.array([1.0, 0.0, 0.0]))
+    assert not np.isfinite(methods.spec("analytic").gradient(BLOCK_TIE, tied)[0]).all()
+
+
 @pytest.mark.parametrize("K", [0, 3, 9, 30])
 def test_dominant_eigenvector_taylor_equals_power_iteration(K):
     """TPAMI 2021 Sec. 3.3: for the dominant eigenvector, degree-K Taylor = power-iteration gradient.

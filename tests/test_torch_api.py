@@ -354,35 +354,106 @@ def test_compiled_backward_matches_eager_for_every_method(method, one_torch_thre
                                rtol=1e-10, atol=1e-13)
 
 
+def compiled(fn):
+    """``fn`` under torch.compile with AOT autograd, which materializes an unused output's cotangent as zeros."""
+    torch._dynamo.reset()
+    return torch.compile(fn, fullgraph=True, backend="aot_eager")
+
+
+def block_tie():
+    """1 ⊕ [[1.5, 0.5], [0.5, 1.5]]: eigenvalues exactly (1, 1, 2) from LAPACK, with an eigenvector
+    basis that is not the identity; u₃ = (e₂ + e₃)/√2 belongs to the untied λ₃ = 2."""
+    A = torch.zeros(3, 3, dtype=F64)
+    A[0, 0] = 1.0
+    A[1:, 1:] = torch.tensor([[1.5, 0.5], [0.5, 1.5]], dtype=F64)
+    lam = torch.linalg.eigvalsh(A)
+    assert lam[0] == lam[1] and lam[2] == 2.0  # the tie is exact (the premise of the tests below)
+    return A
+
+
 @pytest.mark.parametrize("method", EIG_METHODS)
-def test_eigenvalue_gradient_is_finite_at_exact_ties(method):
+def test_eigenvalue_gradient_is_finite_at_exact_ties(method, one_torch_thread):
     """L = Σλ + 3 λ_max at diag(1, 1, 2) (an exact tie): ∂L/∂A = U diag(w ∘ kept) Uᵀ, w = (1, 1, 4),
-    whatever F is at the tie (the unused U used to arrive as zeros: ∞ · 0 = NaN). A method that
-    differentiates its own iteration (19 steps from random starts) is that close, not exact."""
-    atol = 1e-12 if methods.spec(method).method.exact_state else 1e-6
+    whatever F is at the tie — also compiled, where the unused U's cotangent arrives as zeros (∞ · 0 = NaN
+    before ``_xp.kernel_product``). A method that differentiates its own iteration (19 steps from
+    random starts) is that close, not exact; its rule is not a kernel, so it is checked eagerly."""
+    exact = methods.spec(method).method.exact_state
     A = torch.diag(torch.tensor([1.0, 1.0, 2.0], dtype=F64)).requires_grad_()
     w = torch.tensor([1.0, 1.0, 4.0], dtype=F64)
     _, _, kept = sk.eigh_kept(A.detach(), method=method)
     lam, U = torch.linalg.eigh(A.detach())
     expected = (U * (w * kept)) @ U.mT
-    for lam_of in (lambda A: sk.eigvalsh(A, method=method), lambda A: sk.eigh(A, method=method)[0]):
+    lam_ofs = [lambda A: sk.eigvalsh(A, method=method), lambda A: sk.eigh(A, method=method)[0]]
+    if exact:
+        lam_ofs.append(compiled(lambda A: sk.eigh(A, method=method)[0]))
+    for lam_of in lam_ofs:
         g = torch.autograd.grad((w * lam_of(A)).sum(), A)[0]
-        torch.testing.assert_close(g, expected, rtol=0, atol=atol)
+        torch.testing.assert_close(g, expected, rtol=0, atol=1e-12 if exact else 1e-6)
+
+
+def test_eigenvector_gradient_through_the_untied_column_is_exact_at_a_tie(one_torch_thread):
+    """L = u₃ᵀ B u₃ + Σλ at an exact tie λ₁ = λ₂ = 1 < λ₃ = 2: Uᵀ∂L/∂U is exactly 0 at the tied pair,
+    and ∂L/∂A = sym(2 R B u₃ u₃ᵀ) + I with R = (I − u₃u₃ᵀ)/(λ₃ − 1) the reduced resolvent (first-order
+    perturbation of a simple eigenvector), eager and compiled. A loss of a tied column (u₁) still has
+    no derivative: the analytic rule gives ±∞ there."""
+    A = block_tie().requires_grad_()
+    B = torch.arange(1.0, 10.0, dtype=F64).reshape(3, 3).cos()
+    B = B + B.mT
+    u3 = torch.tensor([0.0, 1.0, 1.0], dtype=F64) / 2 ** 0.5
+    R = torch.eye(3, dtype=F64) - torch.outer(u3, u3)
+    G = 2 * R @ B @ torch.outer(u3, u3)
+    expected = (G + G.mT) / 2 + torch.eye(3, dtype=F64)
+
+    def loss(A):
+        lam, U = sk.eigh(A)
+        return U[:, 2] @ B @ U[:, 2] + lam.sum()
+
+    for fn in (loss, compiled(loss)):
+        torch.testing.assert_close(torch.autograd.grad(fn(A), A)[0], expected, rtol=0, atol=1e-12)
+    lam, U = sk.eigh(A)
+    assert not torch.isfinite(torch.autograd.grad(U[:, 0] @ B @ U[:, 0], A)[0]).all()
 
 
 @pytest.mark.parametrize("method", SVD_METHODS)
 @pytest.mark.parametrize("shape", [(3, 3), (4, 3), (3, 4)])
-def test_singular_value_gradient_is_finite_at_exact_ties(method, shape):
+def test_singular_value_gradient_is_finite_at_exact_ties(method, shape, one_torch_thread):
     """L = Σσ + 3 σ_max with σ = (2, 1, 1) exactly (and σ = 0 rows/columns beyond): U diag(w) Vᵀ,
-    as torch.linalg.svdvals gives it."""
+    as torch.linalg.svdvals gives it — also compiled, where the unused U, Vh arrive as zeros."""
     X = torch.zeros(shape, dtype=F64)
     X[0, 0], X[1, 1], X[2, 2] = 2.0, 1.0, 1.0
     X.requires_grad_()
     w = torch.tensor([4.0, 1.0, 1.0], dtype=F64)
     expected = torch.autograd.grad((w * torch.linalg.svdvals(X)).sum(), X)[0]
-    for sigma_of in (lambda X: sk.svdvals(X, method=method), lambda X: sk.svd(X, False, method=method)[1]):
+    for sigma_of in (lambda X: sk.svdvals(X, method=method), lambda X: sk.svd(X, False, method=method)[1],
+                     compiled(lambda X: sk.svd(X, False, method=method)[1])):
         g = torch.autograd.grad((w * sigma_of(X)).sum(), X)[0]
         torch.testing.assert_close(g, expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(3, 3), (4, 3), (3, 4)])
+def test_singular_vector_gradient_through_the_untied_pair_is_exact_at_a_tie(shape, one_torch_thread):
+    """L = u₁ᵀ B u₁ + v₁ᵀ C v₁ at σ = (2, 1, 1) exactly: u₁ (v₁) is the simple top eigenvector of
+    XXᵀ (XᵀX), so with b = R_u B u₁, R_u = pinv(4I − XXᵀ) (c = R_v C v₁ likewise),
+    ∂L/∂X = 2 (b u₁ᵀ + u₁ bᵀ) X + 2 X (c v₁ᵀ + v₁ cᵀ), eager and compiled."""
+    m, n = shape
+    X = torch.zeros(shape, dtype=F64)
+    X[0, 0], X[1, 1], X[2, 2] = 2.0, 1.0, 1.0
+    B = torch.arange(1.0, m * m + 1, dtype=F64).reshape(m, m).sin()
+    C = torch.arange(1.0, n * n + 1, dtype=F64).reshape(n, n).cos()
+    B, C = B + B.mT, C + C.mT
+    Xn = X.numpy()
+    u1, v1 = np.eye(m)[0], np.eye(n)[0]
+    b = np.linalg.pinv(4 * np.eye(m) - Xn @ Xn.T) @ B.numpy() @ u1
+    c = np.linalg.pinv(4 * np.eye(n) - Xn.T @ Xn) @ C.numpy() @ v1
+    expected = 2 * (np.outer(b, u1) + np.outer(u1, b)) @ Xn + 2 * Xn @ (np.outer(c, v1) + np.outer(v1, c))
+
+    def loss(X):
+        U, _, Vh = sk.svd(X, False)
+        return U[:, 0] @ B @ U[:, 0] + Vh[0] @ C @ Vh[0]
+
+    X.requires_grad_()
+    for fn in (loss, compiled(loss)):
+        np.testing.assert_allclose(torch.autograd.grad(fn(X), X)[0].numpy(), expected, rtol=0, atol=1e-12)
 
 
 # ------------------------------------------------------------------ input contract
@@ -490,6 +561,20 @@ def test_eigh_jvp_is_the_transpose_of_the_backward(method):
         torch.testing.assert_close(jf, jr, rtol=0, atol=1e-13)
 
 
+def test_eigh_jvp_is_finite_at_an_exact_tie_the_tangent_does_not_split():
+    """At diag(1, 1, 2) with dA[0, 1] = 0 (M = Uᵀ dA U is 0 at the tied pair): dλ = diag(dA) and
+    du_j = Σ_{k: λ_k ≠ λ_j} u_k u_kᵀ dA u_j / (λ_j − λ_k) (first-order perturbation theory; no
+    component inside the tie), not ∞ · 0 = NaN."""
+    A = torch.diag(torch.tensor([1.0, 1.0, 2.0], dtype=F64))
+    dA = torch.tensor([[0.3, 0.0, -0.7], [0.0, 1.1, 0.4], [-0.7, 0.4, 0.9]], dtype=F64)
+    (lam, U), (dlam, dU) = torch.func.jvp(lambda a: tuple(sk.eigh(a)), (A,), (dA,))
+    assert lam[0] == lam[1]
+    u3 = U[:, 2:]
+    expected = torch.cat([-(u3 @ u3.mT) @ dA @ U[:, :2], (torch.eye(3, dtype=F64) - u3 @ u3.mT) @ dA @ u3], -1)
+    torch.testing.assert_close(dlam, torch.diagonal(dA), rtol=0, atol=1e-15)
+    torch.testing.assert_close(dU, expected, rtol=0, atol=1e-15)
+
+
 @pytest.mark.parametrize("method", SVD_METHODS)
 @pytest.mark.parametrize("shape,full", [((5, 3), False), ((3, 5), True), ((4, 4), True)])
 def test_svd_jvp_is_the_transpose_of_the_backward(method, shape, full):
@@ -498,6 +583,47 @@ def test_svd_jvp_is_the_transpose_of_the_backward(method, shape, full):
     f = lambda x: (lambda U, S, Vh: (U[..., :, :k], S, Vh[..., :k, :]))(*sk.svd(x, full, method=method))  # noqa: E731
     for jf, jr in zip(torch.func.jacfwd(f)(X), torch.func.jacrev(f)(X)):
         torch.testing.assert_close(jf, jr, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("wide", [False, True])
+def test_svd_jvp_equals_backward_at_an_exactly_rank_deficient_matrix(wide):
+    """X (5×3, or its 3×5 transpose) with a zero column (row), so σ₃ = 0 exactly; the loss does not
+    depend on the zero σ's arbitrary u₃ (v₃ when wide). Forward and reverse mode are transposes,
+    ⟨jvp(dX), (gU, gS, gVh)⟩ = ⟨dX, vjp(gU, gS, gVh)⟩, both finite (the jvp's D term used to divide
+    by σ₃ = 0: inf/NaN), and the vjp is the derivative a central difference gives (σ₃'s cotangent
+    zeroed there: σ₃ = |O(h)| has a kink)."""
+    X = general(5, 3, seed=4)
+    X[:, 1] = 0.0
+    X = X.mT.contiguous() if wide else X
+    f = lambda x: tuple(sk.svd(x, False))  # noqa: E731
+    U, S, Vh = f(X)
+    assert S[-1] == 0  # exactly rank-deficient
+    gen = torch.Generator().manual_seed(7)
+    dX = torch.randn(X.shape, generator=gen, dtype=F64)
+    gU, gS, gVh = (torch.randn(t.shape, generator=gen, dtype=F64) for t in (U, S, Vh))
+    if wide:
+        gVh[-1] = 0.0  # v₃ is any unit vector in the null space of X
+    else:
+        gU[:, -1] = 0.0  # u₃ is any unit vector orthogonal to range(X)
+    _, (dU, dS, dVh) = torch.func.jvp(f, (X,), (dX,))
+    _, vjp = torch.func.vjp(f, X)
+    forward = (dU * gU).sum() + (dS * gS).sum() + (dVh * gVh).sum()
+    reverse = (dX * vjp((gU, gS, gVh))[0]).sum()
+    assert torch.isfinite(forward) and torch.isfinite(reverse)
+    torch.testing.assert_close(forward, reverse, rtol=1e-12, atol=1e-12)
+
+    gS[-1] = 0.0
+
+    def loss(x):
+        """⟨gU, U⟩ + ⟨gS, σ⟩ + ⟨gVh, Vh⟩ with each pair's sign aligned to the factors at X."""
+        Ux, Sx, Vhx = torch.linalg.svd(x, full_matrices=False)
+        su = torch.sign((Ux * U).sum(-2))
+        sv = torch.sign((Vhx * Vh).sum(-1))
+        return (Ux * su * gU).sum() + (Sx * gS).sum() + (Vhx * sv[:, None] * gVh).sum()
+
+    h = 1e-6
+    central = (loss(X + h * dX) - loss(X - h * dX)) / (2 * h)
+    torch.testing.assert_close((dX * vjp((gU, gS, gVh))[0]).sum(), central, rtol=1e-7, atol=1e-8)
 
 
 @pytest.mark.parametrize("shape", [(6, 4), (4, 4)])

@@ -24,7 +24,8 @@ def test_two_step_run_is_ok(synthetic):
 
 
 def test_equal_eigenvalues_with_analytic_give_nonfinite_grad(synthetic, exact_ties):
-    # conv1 = 0 (the fixture): Σ + εI = εI exactly, all eigenvalues tie, 1/0 in the backward
+    # the fixture: the layer's covariance is 0·Σ + εI = εI exactly, all eigenvalues tie, and the nonzero
+    # samples meet the analytic rule's 1/0 there
     r = train_run({**SMALL, "method": "analytic", "max_steps": 3}, data=synthetic)
     assert (r["outcome"], r["step"]) == ("nonfinite-grad", 0)
     assert r["run_min_gap"] == 0.0 and r["run_max_K"] == float("inf")

@@ -43,10 +43,11 @@ def exact_forward(A: Array, **_) -> tuple[Array, Array, dict]:
     return lam, U, {"U": U, "lam": lam}
 
 
-def assemble(U: Array, F: Array, gU: Array | None, glam: Array) -> Array:
-    """∂L/∂A = sym(U (F ∘ Uᵀ gU + diag(gλ)) Uᵀ) — the common final step (Prop. 2). ``gU`` None (a
-    loss of λ alone): the F term is left out, so an exact tie's ∞ in F never meets a zero (∞ · 0)."""
-    inner = _xp.diag_embed(glam) if gU is None else F * (_xp.T(U) @ gU) + _xp.diag_embed(glam)
+def assemble(U: Array, F: Array, gU: Array, glam: Array) -> Array:
+    """∂L/∂A = sym(U (F ∘ Uᵀ gU + diag(gλ)) Uᵀ) — the common final step (Prop. 2). The product is
+    ``_xp.kernel_product``: an entry of Uᵀ gU that is exactly 0 at an exact tie (gU = 0 for a loss
+    of λ alone, or a loss of the untied columns only) contributes 0, not ∞ · 0."""
+    inner = _xp.kernel_product(F, _xp.T(U) @ gU) + _xp.diag_embed(glam)
     return _xp.sym(U @ inner @ _xp.T(U))
 
 
