@@ -278,3 +278,28 @@ def test_a_user_file_in_a_folder_named_like_torch_is_its_call_site(tmp_path, fol
     with monitor.watch() as mon:
         namespace["run"](_sym([1.0, 2.0]))
     assert mon.records["site"].tolist() == [f"{path}:5"]
+
+
+def _hvp(decompose, A0, seed=0):
+    """v ↦ ∂/∂A ⟨∇L(A), V⟩ for L = ⟨B, f(A)²⟩ (nonlinear: its cotangent depends on A)."""
+    gen = torch.Generator().manual_seed(seed)
+    A = A0.clone().requires_grad_(True)
+    out = decompose(A)
+    B, V = torch.randn(out.shape, generator=gen, dtype=out.dtype), torch.randn(A.shape, generator=gen, dtype=A.dtype)
+    (g,) = torch.autograd.grad((B * out * out).sum(), A, create_graph=True)
+    return torch.autograd.grad((g * V).sum(), A)[0]
+
+
+def test_a_swapped_hessian_vector_product_equals_the_method_applied_directly_and_logs_one_row():
+    """The double backward rebuilds the decomposition from A: inside watch(swap_backward=…) that
+    rebuild is neither logged as a call nor swapped (with taylor:K=1 it used to move the HVP by ≈0.1)."""
+    A0 = _sym([1.0, 2.0, 2.5, 5.0])
+    X0 = torch.randn(5, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    with monitor.watch(swap_backward="taylor:K=1") as mon:
+        h_eigh = _hvp(lambda A: torch.linalg.eigh(A)[1], A0)
+        h_svd = _hvp(lambda X: sktorch.svd(X, full_matrices=False, method="taylor:K=1")[0], X0)
+    torch.testing.assert_close(h_eigh, _hvp(lambda A: sktorch.eigh(A, method="taylor:K=1")[1], A0), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(h_svd, _hvp(lambda X: sktorch.svd(X, full_matrices=False, method="taylor:K=1")[0], X0),
+                               rtol=1e-12, atol=1e-12)
+    assert mon.records["fn"].tolist() == ["eigh", "stabkit.svd[taylor:K=1]"]
+    assert mon.records["backward"].tolist() == ["taylor:K=1", "taylor:K=1"]
