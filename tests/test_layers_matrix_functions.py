@@ -1,10 +1,14 @@
 """Matrix-function layers (Props. 3–4, DeepO2P, SVD-DK): the divided difference at a zero
-eigenvalue, the input contract, first derivatives only."""
+eigenvalue, the input contract; the Daleckii–Krein routes' second derivatives, torch.func and ties."""
+
+import math
 
 import pytest
 import torch
+from torch.autograd import gradcheck, gradgradcheck
 
 from stabkit import layers
+from stabkit.layers import matrix_functions as mf
 from stabkit.errors import InputError
 from tests._helpers import bad_matrices, nonsymmetric, second_derivative
 from tests.conftest import build
@@ -68,7 +72,109 @@ def test_log_of_wide_F_without_ridge_is_refused(fn):
         fn(torch.randn(2, 4, dtype=D, generator=GEN(0)), "log")
 
 
-def test_svd_dk_second_derivative_is_refused():
+G_FUNCTIONS = [("log", None), ("sqrt", None), ("power", 0.5), ("power", -0.5)]
+G_IDS = ["log", "sqrt", "p=0.5", "p=-0.5"]
+
+
+def _eig_dk_sym(fn, p):
+    return lambda X: mf.eig_dk((X + X.mT) / 2, fn, p)[0]  # eigh reads one triangle: perturb both alike
+
+
+@pytest.mark.parametrize("fn, p", G_FUNCTIONS, ids=G_IDS)
+def test_eig_dk_gradcheck_and_gradgradcheck(fn, p):
+    A = torch.as_tensor(build([0.5, 1.0, 2.0, 4.0], seed=1)).requires_grad_()
+    assert gradcheck(_eig_dk_sym(fn, p), (A,))
+    assert gradgradcheck(_eig_dk_sym(fn, p), (A,))
+
+
+@pytest.mark.parametrize("shape, eps", [((5, 3), 0.0), ((4, 4), 0.0), ((2, 4), 0.1)], ids=["tall", "square", "wide"])
+@pytest.mark.parametrize("fn, p", G_FUNCTIONS, ids=G_IDS)
+def test_svd_dk_gradcheck_and_gradgradcheck(fn, p, shape, eps):
+    # wide: FᵀF + εI has the eigenvalue ε twice (a tie) — the second derivative is still exact
+    F = torch.randn(*shape, dtype=D, generator=GEN(7)).requires_grad_()
+    f = lambda x: layers.svd_dk_matrix_function(x, fn, eps=eps, p=p)  # noqa: E731
+    assert gradcheck(f, (F,))
+    assert gradgradcheck(f, (F,))
+
+
+def test_svd_dk_hessian_vector_product_matches_an_independent_log():
+    """log(FᵀF + εI) by torch.linalg.eigh of the explicit matrix (torch's own exact backward) as the
+    reference; this replaces the old refusal of a second derivative (``once_differentiable``)."""
     F = torch.as_tensor(build([0.3, 1.0, 2.0, 4.0], seed=2))
-    with pytest.raises(RuntimeError, match="differentiate twice"):
-        second_derivative(lambda f: layers.svd_dk_matrix_function(f, "log", eps=0.1), F)
+    eye = torch.eye(F.shape[-1], dtype=D)
+
+    def reference(f):
+        lam, U = torch.linalg.eigh(f.T @ f + 0.1 * eye)
+        return (U * torch.log(lam)) @ U.T
+
+    got = second_derivative(lambda f: layers.svd_dk_matrix_function(f, "log", eps=0.1), F)
+    torch.testing.assert_close(got, second_derivative(reference, F), rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("route", ["eig", "svd"])
+def test_vmap_of_grad_equals_the_loop(route):
+    X = torch.randn(3, 5, 4, dtype=D, generator=GEN(4))
+    B = torch.randn(4, 4, dtype=D, generator=GEN(5))
+    if route == "eig":
+        X = X.mT @ X + 0.1 * torch.eye(4, dtype=D)
+        f = lambda x: (B * mf.eig_dk(x, "log")[0]).sum() ** 2  # noqa: E731
+    else:
+        f = lambda x: (B * mf.svd_dk(x, "power", 0.1, -0.5)[0]).sum() ** 2  # noqa: E731
+    batched = torch.func.vmap(torch.func.grad(f))(X)
+    for x, g in zip(X, batched):
+        x = x.clone().requires_grad_()
+        torch.testing.assert_close(g, torch.autograd.grad(f(x), x)[0], rtol=1e-12, atol=1e-12)
+
+
+def test_forward_mode_is_not_implemented():
+    A = torch.as_tensor(build([0.5, 1.0, 2.0], seed=1))
+    with pytest.raises(NotImplementedError, match="jvp"):
+        torch.func.jvp(lambda a: mf.eig_dk(a, "log")[0], (A,), (A,))
+
+
+_G = {"log": (math.log, lambda x: 1 / x), "sqrt": (math.sqrt, lambda x: 0.5 / math.sqrt(x)),
+      "power": (lambda x: x ** 3, lambda x: 3 * x ** 2)}
+
+
+def _dd(fn, mu):
+    """Divided differences of g on μ from the closed forms: g'(μ_i) where μ_i = μ_j."""
+    g, dg = _G[fn]
+    return torch.tensor([[dg(a) if a == b else (g(a) - g(b)) / (a - b) for b in mu] for a in mu], dtype=D)
+
+
+@pytest.mark.parametrize("fn, p", [("log", None), ("sqrt", None), ("power", 3.0)], ids=["log", "sqrt", "p=3"])
+def test_first_derivative_at_an_exact_tie_is_the_closed_form(fn, p):
+    """A = P diag(1, 1, 3) Pᵀ (an exact permutation: λ = 1 is an exact double eigenvalue); the gradient
+    of ⟨G, g(A)⟩ is P (D ∘ Pᵀ sym(G) P) Pᵀ with D_ii = g'(λ_i) on the tie. Plain autograd and
+    torch.func.grad (which rebuilds λ, U from A) alike; F = P diag(1, 1, √3) Qᵀ for the SVD route."""
+    P = torch.eye(3, dtype=D)[[2, 0, 1]]
+    Q = torch.eye(3, dtype=D)[[1, 2, 0]]
+    G = torch.randn(3, 3, dtype=D, generator=GEN(6))
+    Gs = (G + G.T) / 2
+    A = P @ torch.diag(torch.tensor([1.0, 1.0, 3.0], dtype=D)) @ P.T
+    expected = P @ (_dd(fn, [1.0, 1.0, 3.0]) * (P.T @ Gs @ P)) @ P.T
+    loss = lambda a: (G * mf.eig_dk(a, fn, p)[0]).sum()  # noqa: E731
+    a = A.clone().requires_grad_()
+    torch.testing.assert_close(torch.autograd.grad(loss(a), a)[0], expected, rtol=1e-14, atol=1e-14)
+    torch.testing.assert_close(torch.func.grad(loss)(A), expected, rtol=1e-14, atol=1e-14)
+    # SVD route: FᵀF + εI = Q diag(1, 1, 3) Qᵀ + ε I, ∂L/∂F = 2 F L(G)
+    eps = 0.25
+    F = P @ torch.diag(torch.tensor([1.0, 1.0, math.sqrt(3.0)], dtype=D)) @ Q.T
+    L = Q @ (_dd(fn, [1.0 + eps, 1.0 + eps, 3.0 + eps]) * (Q.T @ Gs @ Q)) @ Q.T
+    loss = lambda f: (G * mf.svd_dk(f, fn, eps, p)[0]).sum()  # noqa: E731
+    f = F.clone().requires_grad_()
+    torch.testing.assert_close(torch.autograd.grad(loss(f), f)[0], 2 * F @ L, rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(torch.func.grad(loss)(F), 2 * F @ L, rtol=1e-13, atol=1e-13)
+
+
+def test_divided_differences_derivative_is_finite_beside_a_zero_and_a_tie():
+    """d/dμ of Σ W ∘ D for g = x³, where D_ij = μ_i² + μ_i μ_j + μ_j² (also on the diagonal and
+    the tie): the branches not taken (the expm1 form at μ = 0, g' off the tie) leave no NaN."""
+    mu = torch.tensor([0.0, 1.0, 1.0, 4.0], dtype=D, requires_grad=True)
+    W = torch.randn(4, 4, dtype=D, generator=GEN(8))
+    D_ = mf.divided_differences_of(mu, (mu[:, None] - mu[None, :]).abs(), "power", 3.0)
+    (got,) = torch.autograd.grad((W * D_).sum(), mu)
+    m = mu.detach().clone().requires_grad_()
+    (ref,) = torch.autograd.grad((W * (m[:, None] ** 2 + m[:, None] * m[None, :] + m[None, :] ** 2)).sum(), m)
+    torch.testing.assert_close(D_.detach(), (mu[:, None] ** 2 + mu[:, None] * mu[None, :] + mu[None, :] ** 2).detach())
+    torch.testing.assert_close(got, ref, rtol=1e-13, atol=1e-13)

@@ -278,3 +278,65 @@ def test_a_user_file_in_a_folder_named_like_torch_is_its_call_site(tmp_path, fol
     with monitor.watch() as mon:
         namespace["run"](_sym([1.0, 2.0]))
     assert mon.records["site"].tolist() == [f"{path}:5"]
+
+
+def _hvp(decompose, A0, seed=0):
+    """v ↦ ∂/∂A ⟨∇L(A), V⟩ for L = ⟨B, f(A)²⟩ (nonlinear: its cotangent depends on A)."""
+    gen = torch.Generator().manual_seed(seed)
+    A = A0.clone().requires_grad_(True)
+    out = decompose(A)
+    B, V = torch.randn(out.shape, generator=gen, dtype=out.dtype), torch.randn(A.shape, generator=gen, dtype=A.dtype)
+    (g,) = torch.autograd.grad((B * out * out).sum(), A, create_graph=True)
+    return torch.autograd.grad((g * V).sum(), A)[0]
+
+
+def test_a_swapped_hessian_vector_product_equals_the_method_applied_directly_and_logs_one_row():
+    """The double backward rebuilds the decomposition from A: inside watch(swap_backward=…) that
+    rebuild is neither logged as a call nor swapped (with taylor:K=1 it used to move the HVP by ≈0.1)."""
+    A0 = _sym([1.0, 2.0, 2.5, 5.0])
+    X0 = torch.randn(5, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    with monitor.watch(swap_backward="taylor:K=1") as mon:
+        h_eigh = _hvp(lambda A: torch.linalg.eigh(A)[1], A0)
+        h_svd = _hvp(lambda X: sktorch.svd(X, full_matrices=False, method="taylor:K=1")[0], X0)
+    torch.testing.assert_close(h_eigh, _hvp(lambda A: sktorch.eigh(A, method="taylor:K=1")[1], A0), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(h_svd, _hvp(lambda X: sktorch.svd(X, full_matrices=False, method="taylor:K=1")[0], X0),
+                               rtol=1e-12, atol=1e-12)
+    assert mon.records["fn"].tolist() == ["eigh", "stabkit.svd[taylor:K=1]"]
+    assert mon.records["backward"].tolist() == ["taylor:K=1", "taylor:K=1"]
+
+
+def test_a_daleckii_krein_layer_is_logged_as_itself_and_never_swapped():
+    """CovariancePooling's default and SVD-DK decompose inside their own autograd Function with the
+    exact Fréchet derivative of g as backward: inside watch(swap_backward=…) each is one row with the
+    DK label (not a swapped torch eigh/svd), its gradients — first and second — are the unwatched ones,
+    and its λ are those of g's argument (FᵀF + εI for SVD-DK)."""
+    from stabkit.layers import CovariancePooling, o2p
+    from stabkit.layers.matrix_functions import DK_BACKWARD
+
+    x0 = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    Q = _sym([1.0, 2.0, 3.0, 4.0, 5.0], seed=3)
+    Q = torch.linalg.eigh(Q)[1]
+    P = torch.linalg.eigh(_sym([1.0, 2.0, 3.0], seed=4))[1]
+    F0 = Q[:, :3] @ torch.diag(torch.tensor([2.0, 1.0, 0.5], dtype=torch.float64)) @ P.T  # σ = 2, 1, 0.5
+    pool = CovariancePooling(function="log", eps=1e-3)
+
+    def grads():
+        x = x0.clone().requires_grad_(True)
+        (gx,) = torch.autograd.grad((pool(x) ** 2).sum(), x)
+        return gx, _hvp(lambda F: o2p(F, eps=0.1, route="svd-dk"), F0)
+
+    outside = grads()
+    with monitor.watch(swap_backward="taylor:K=1") as mon:
+        inside = grads()
+    torch.testing.assert_close(inside[0], outside[0], rtol=0, atol=0)
+    torch.testing.assert_close(inside[1], outside[1], rtol=0, atol=0)
+    df = mon.records
+    assert df["fn"].tolist() == ["stabkit.layers.eig_dk", "stabkit.layers.svd_dk"]
+    assert df["backward"].tolist() == [DK_BACKWARD] * 2
+    svd_row = df.iloc[1]
+    line = next(i for i, text in enumerate(open(__file__), 1) if 'route="svd-dk"), F0)' in text)
+    assert svd_row["site"].endswith(f"test_monitor.py:{line}")  # the caller of the layer, not its module
+    assert svd_row["lam_min"] == pytest.approx(0.25 + 0.1, rel=1e-12)  # μ = σ² + ε = 0.35, 1.1, 4.1
+    assert svd_row["min_gap"] == pytest.approx(0.75, rel=1e-12)
+    assert df.iloc[0]["batch"] == 2 and df.iloc[0]["n"] == 3
+    assert df.iloc[0]["grad_norm"] > 0 and math.isfinite(df.iloc[0]["grad_in_norm"])

@@ -146,3 +146,16 @@ def test_a_stabkit_svd_site_is_not_flagged_for_a_zero_singular_value():
     rows.append(_row(3, lam_min=0.0, fn="stabkit.svd[clip]", backward="clip:tau=5"))
     assert _rules(rows) == {}
     assert not bad_steps(frame(rows)).any()
+
+
+def test_a_daleckii_krein_site_is_never_advised_to_swap_its_backward():
+    """Its backward is the exact derivative of g(A), which --swap-backward does not touch: a
+    non-finite gradient points at g's domain (ε, float64), small gaps need nothing."""
+    from stabkit.layers.matrix_functions import DK_BACKWARD
+
+    kw = {"backward": DK_BACKWARD, "fn": "stabkit.layers.eig_dk"}
+    made = _rules([_row(0, **kw), _row(1, rel=0.0, lam_min=0.0, grad=2.0, grad_in=INF, **kw)])["non-finite gradient made here"]
+    assert made.step == 1 and "--swap-backward does not change it" in made.action and "ε" in made.action
+    assert "Thm. 3.11" in made.evidence and "taylor" not in made.action
+    gaps = _rules([_row(0, rel=1e-3, **kw), _row(1, rel=1e-8, **kw)])["small gaps, no failure from them"]
+    assert "does not divide by gaps" in gaps.action and "Thm. 3.11" in gaps.evidence

@@ -16,12 +16,23 @@ g ∈ {``log``, ``sqrt``, ``power`` (x^p)}. DeepO2P (Corollary 1) is g = log of 
 Extension (not in the paper), ``route="svd-dk"``: the SVD forward with the Daleckii–Krein backward
 ∂L/∂F = 2 F V (D ∘ Vᵀ (∂L/∂C)_sym V) Vᵀ, D_ij = (g(μ_i) − g(μ_j))/(μ_i − μ_j), D_ii = g'(μ_i),
 μ = σ² + ε (full V, σ padded with zeros; Higham, "Functions of Matrices", 2008, Thm. 3.11 for the
-divided-difference form). The divided differences are evaluated without cancellation —
+divided-difference form), evaluated from the thin V (:func:`_thin_frechet`). The divided differences are evaluated without cancellation —
 log: log1p(Δ/m)/Δ; sqrt: 1/(√μ_i + √μ_j); x^p: m^p expm1(p log1p(Δ/m))/Δ, with m = min(μ_i, μ_j)
 and Δ = |μ_i − μ_j| = |σ_i − σ_j|(σ_i + σ_j) — so it needs no 1/(σ_i² − σ_j²) and is exact on ties;
 at m = 0 (ε = 0, singular FᵀF) it is (g(M) − g(0))/M, M = max(μ_i, μ_j): M^(p−1) for x^p, p > 0,
 and infinite for log and p < 0, where g(0) itself is. Prop. 1's K-form instead cancels two large
-terms (rounding of Vᵀ∂L/∂V's asymmetry times K). First derivatives only (``once_differentiable``).
+terms (rounding of Vᵀ∂L/∂V's asymmetry times K). :func:`eig_dk` is the same backward for a
+symmetric A (no SVD); :func:`svd_dk` and :func:`eig_dk` are the routes' one decomposition each,
+which ``stabkit.monitor.watch`` logs (``stabkit.layers.svd_dk`` / ``eig_dk``, backward
+:data:`DK_BACKWARD`) and never swaps: the backward is the exact Fréchet derivative of g, not an
+eigen-backward rule. They decompose with ``torch.ops.aten`` ops, which the monitor does not watch.
+
+Second derivatives of the DK routes: the backward (:func:`dk_frechet`) is made of differentiable
+ops; when it is itself differentiated (double backward, torch.func) it rebuilds λ, U (σ, V) from
+the input with the aten eigh (thin SVD), so ``gradgradcheck`` holds on separated spectra. At an
+exact tie the first derivative is exact but a second derivative goes through eigh's own
+derivative, which is infinite there: it may be NaN. ``torch.func`` vmap/grad/jacrev work (vmap
+rule generated); forward mode (jvp, jacfwd) is not implemented and raises NotImplementedError.
 
 Input: F a finite float32/float64 (..., n, d), ε a finite number ≥ 0, and an EIG-route A symmetric
 (stabkit.torch's contract, InputError otherwise). With ε = 0, log and x^p (p < 0) of a singular
@@ -31,15 +42,19 @@ FᵀF are infinite; a wide F (n < d) always makes FᵀF singular, so that case i
 from __future__ import annotations
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from . import svd as _svd
 import stabkit.torch
+from .. import _xp
+from ..torch import _differentiating_backward, _same_sign
 from ._checks import check_eps, check_matrix
 from ..errors import InputError
 from ..methods import DEFAULT, Spec
 
 FUNCTIONS = ("log", "sqrt", "power")
+
+#: the ``backward`` the monitor logs for :func:`eig_dk` and :func:`svd_dk` (never swapped)
+DK_BACKWARD = "daleckii-krein (exact g(A); no swap)"
 
 
 def scalar_function(fn: str, p: float | None = None):
@@ -90,79 +105,139 @@ def divided_differences(mu: torch.Tensor, sig: torch.Tensor, fn: str, p: float |
 
 
 def divided_differences_of(mu: torch.Tensor, delta: torch.Tensor, fn: str, p: float | None = None) -> torch.Tensor:
-    """D of :func:`divided_differences` given the gaps Δ_ij = |μ_i − μ_j| (ties: Δ = 0)."""
+    """D of :func:`divided_differences` given the gaps Δ_ij = |μ_i − μ_j| (ties: Δ = 0).
+
+    Differentiable: each ``where`` branch is fed a placeholder 1 where it is not taken (the "double
+    where"), so a branch that would be infinite there (1/0 on a tie, log1p(Δ/0)) leaves no NaN in
+    the derivative of the branch taken."""
     mi, mj = mu[..., :, None], mu[..., None, :]
     lo = torch.minimum(mi, mj)                      # D is symmetric: expand around the smaller μ
     tie = delta == 0
-    safe = torch.where(tie, torch.ones_like(delta), delta)
+    one = torch.ones_like(delta)
+    gap = torch.where(tie, one, delta)              # off-tie branch's Δ
+    lo_off, lo_on = torch.where(tie, one, lo), torch.where(tie, lo, one)
     if fn == "log":
-        off = torch.log1p(safe / lo) / safe
-        on = 1 / lo
+        off = torch.log1p(gap / lo_off) / gap
+        on = 1 / lo_on
     elif fn == "sqrt":
-        off = 1 / (mi.sqrt() + mj.sqrt())
-        on = 0.5 / lo.sqrt()
+        return 1 / (mi.sqrt() + mj.sqrt())          # = g'(μ) = 1/(2√μ) on ties too
     elif fn == "power":
         hi = torch.maximum(mi, mj)
-        at_zero = (hi ** p - lo ** p) / safe        # lo = 0: no cancellation (lo^p is 0, 1 or inf)
-        off = torch.where(lo == 0, at_zero, lo ** p * torch.expm1(p * torch.log1p(safe / lo)) / safe)
-        on = p * lo ** (p - 1)
+        at_zero = lo_off == 0
+        at_zero_dd = (hi ** p - lo_off ** p) / gap  # lo = 0: no cancellation (lo^p is 0, 1 or inf)
+        lo_pos = torch.where(at_zero, one, lo_off)
+        off = torch.where(at_zero, at_zero_dd, lo_pos ** p * torch.expm1(p * torch.log1p(gap / lo_pos)) / gap)
+        on = p * lo_on ** (p - 1)
     else:
         raise ValueError(f"unknown matrix function {fn!r}: choose one of {', '.join(FUNCTIONS)}")
-    return torch.where(tie, on.expand_as(off), off)
+    return torch.where(tie, on, off)
 
 
-class _SvdDK(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, F, fn, eps, p):
-        _, S, Vh = torch.linalg.svd(F, full_matrices=True)
-        V = Vh.transpose(-1, -2)
-        d = F.shape[-1]
-        sig = torch.zeros(F.shape[:-2] + (d,), dtype=F.dtype, device=F.device)
-        sig[..., : S.shape[-1]] = S
-        mu = sig * sig + eps
-        ctx.save_for_backward(F, V, sig, mu)
-        ctx.fn, ctx.p = fn, p
-        return (V * scalar_function(fn, p)(mu)[..., None, :]) @ V.transpose(-1, -2)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, gC):
-        F, V, sig, mu = ctx.saved_tensors
-        G = (gC + gC.transpose(-1, -2)) / 2
-        D = divided_differences(mu, sig, ctx.fn, ctx.p)
-        gA = V @ (D * (V.transpose(-1, -2) @ G @ V)) @ V.transpose(-1, -2)
-        return 2 * F @ gA, None, None, None
+def dk_frechet(U: torch.Tensor, D: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
+    """U (D ∘ Uᵀ sym(G) U) Uᵀ: the Fréchet derivative of A ↦ g(A) at A = U Λ Uᵀ applied to sym(G), D
+    the divided differences of g on Λ (Daleckii–Krein; Higham 2008, Thm. 3.11) — which is also the
+    gradient of ⟨G, g(A)⟩. Plain torch ops, so a backward built on it can be differentiated."""
+    return U @ (D * (U.mT @ _xp.sym(G) @ U)) @ U.mT
 
 
 class _EigDK(torch.autograd.Function):
-    """g(A) = U g(Λ) Uᵀ for symmetric A with the Daleckii–Krein backward U (D ∘ Uᵀ Ḡ U) Uᵀ."""
+    """(g(A), λ, U) for symmetric A (lower triangle read); backward :func:`dk_frechet` (λ, U: no gradient)."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, A, fn, p):
-        lam, U = torch.linalg.eigh(A)
-        ctx.save_for_backward(lam, U)
-        ctx.fn, ctx.p = fn, p
-        return (U * scalar_function(fn, p)(lam)[..., None, :]) @ U.transpose(-1, -2)
+    def forward(A, fn, p):
+        lam, U = torch.ops.aten.linalg_eigh(A, "L")
+        return (U * scalar_function(fn, p)(lam)[..., None, :]) @ U.mT, lam, U
 
     @staticmethod
-    @once_differentiable
-    def backward(ctx, gC):
-        lam, U = ctx.saved_tensors
-        G = (gC + gC.transpose(-1, -2)) / 2
+    def setup_context(ctx, inputs, output):
+        A, ctx.fn, ctx.p = inputs
+        _, lam, U = output
+        ctx.mark_non_differentiable(lam, U)
+        ctx.save_for_backward(A, lam, U)
+
+    @staticmethod
+    def backward(ctx, gC, _glam, _gU):
+        A, lam, U = ctx.saved_tensors
+        if _differentiating_backward(A):  # λ, U as differentiable functions of A (aten: not watched)
+            lam, U_new = torch.ops.aten.linalg_eigh(A, "L")
+            U = U_new * _same_sign(U_new, U)
         D = divided_differences_of(lam, (lam[..., :, None] - lam[..., None, :]).abs(), ctx.fn, ctx.p)
-        return U @ (D * (U.transpose(-1, -2) @ G @ U)) @ U.transpose(-1, -2), None, None
+        return dk_frechet(U, D, gC), None, None
 
 
-def eig_dk_matrix_function(A: torch.Tensor, fn: str, p: float | None = None) -> torch.Tensor:
-    """g(A) for symmetric A (used as is, unchecked) with the Daleckii–Krein backward, exact on ties
-    (Higham 2008, Thm. 3.11); for layers that compute a matrix function and need no eigen-backward."""
+class _SvdDK(torch.autograd.Function):
+    """(g(FᵀF + εI), σ, V) from the SVD of F (full V); backward ∂L/∂F = 2 F L(∂L/∂C), L the Fréchet
+    derivative of g at FᵀF + εI (σ, V: no gradient)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(F, fn, eps, p):
+        _, S, Vh = torch.ops.aten.linalg_svd(F, full_matrices=True)
+        V = Vh.mT
+        mu = _pad(S * S, F.shape[-1]) + eps         # σ = 0 for the directions beyond min(n, d)
+        return (V * scalar_function(fn, p)(mu)[..., None, :]) @ V.mT, S, V
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        F, ctx.fn, ctx.eps, ctx.p = inputs
+        _, S, V = output
+        ctx.mark_non_differentiable(S, V)
+        ctx.save_for_backward(F, S, V)
+
+    @staticmethod
+    def backward(ctx, gC, _gS, _gV):
+        F, S, V = ctx.saved_tensors
+        k = S.shape[-1]
+        V1 = V[..., :k]
+        if _differentiating_backward(F):
+            _, S, Vh = torch.ops.aten.linalg_svd(F, full_matrices=False)  # thin: see _thin_frechet
+            V1 = Vh.mT * _same_sign(Vh.mT, V1)
+        return 2 * F @ _thin_frechet(V1, S, F.shape[-1], gC, ctx.fn, ctx.eps, ctx.p), None, None, None
+
+
+def _pad(x, d):
+    return torch.nn.functional.pad(x, (0, d - x.shape[-1]))
+
+
+def _thin_frechet(V1, S, d, G, fn, eps, p):
+    """L(G) as far as F L(G) sees it, from the thin V1 (d × k) alone: on span(V1) :func:`dk_frechet`;
+    if k < d the complement (eigenvalue ε of FᵀF + εI) adds V1 diag(D_iε) V1ᵀ sym(G) (I − V1V1ᵀ) —
+    the other complement terms start with (I − V1V1ᵀ), which F annihilates. Written with V1 only so
+    that its derivative is exact (the complement basis of a full V is not a function of F)."""
+    k = S.shape[-1]
+    sig = _pad(S, min(d, k + 1))                    # one σ = 0 stands for the complement
+    D = divided_differences(sig * sig + eps, sig, fn, p)
+    L = dk_frechet(V1, D[..., :k, :k], G)
+    if k < d:
+        VtG = V1.mT @ _xp.sym(G)
+        L = L + V1 @ (D[..., :k, k:] * (VtG - (VtG @ V1) @ V1.mT))
+    return L
+
+
+def eig_dk(A: torch.Tensor, fn: str, p: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(g(A), λ) for symmetric A (lower triangle read, unchecked): g(A) = U g(Λ) Uᵀ with the
+    Daleckii–Krein backward :func:`dk_frechet`, exact on ties (Higham 2008, Thm. 3.11), and λ A's
+    eigenvalues (ascending, no gradient). The EIG-DK layers' one eigendecomposition: inside
+    ``stabkit.monitor.watch`` it is logged as ``stabkit.layers.eig_dk`` and never swapped."""
     scalar_function(fn, p)
-    return _EigDK.apply(A, fn, p)
+    C, lam, _ = _EigDK.apply(A, fn, p)
+    return C, lam
+
+
+def svd_dk(F: torch.Tensor, fn: str, eps: float = 0.0, p: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(g(FᵀF + εI), μ) from the SVD of F (unchecked) with the Daleckii–Krein backward, and μ the
+    eigenvalues of FᵀF + εI (ascending, no gradient); logged by the monitor as ``stabkit.layers.svd_dk``."""
+    scalar_function(fn, p)
+    C, S, _ = _SvdDK.apply(F, fn, eps, p)
+    return C, (_pad(S * S, F.shape[-1]) + eps).flip(-1)
 
 
 def svd_dk_matrix_function(F: torch.Tensor, fn: str = "log", eps: float = 0.0, p: float | None = None):
     """C = g(FᵀF + εI) from the SVD of F with the cancellation-free Daleckii–Krein backward."""
-    return _SvdDK.apply(F, fn, _check_features(F, fn, eps, p, "svd_dk_matrix_function"), p)
+    return svd_dk(F, fn, _check_features(F, fn, eps, p, "svd_dk_matrix_function"), p)[0]
 
 
 def eig_matrix_function(A: torch.Tensor, fn: str = "log", eps: float = 0.0, p: float | None = None,
@@ -186,5 +261,5 @@ def o2p(F: torch.Tensor, eps: float = 1e-3, route: str = "svd", method: str | Sp
     if route == "svd":
         return _svd_matrix_function(F, "log", eps, None)
     if route == "svd-dk":
-        return _SvdDK.apply(F, "log", eps, None)
+        return svd_dk(F, "log", eps)[0]
     return _eig_matrix_function(F.transpose(-1, -2) @ F, "log", eps, None, method, **params)

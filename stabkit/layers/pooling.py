@@ -13,7 +13,8 @@ backpropagation (Ionescu, Vantzos & Sminchisescu, ICCV 2015, Prop. 4).
 Backward. Default (``method=None``): the exact gradient of g(Σ) in Daleckii–Krein form,
 U (D ∘ Uᵀ Ḡ U) Uᵀ with D the divided differences of g (Higham, "Functions of Matrices", 2008,
 Thm. 3.11) — defined on repeated eigenvalues too (dead channels make ε an eigenvalue of Σ + εI
-once per channel, where g is smooth but 1/(λ_i − λ_j) is not). With ``method`` given, the
+once per channel, where g is smooth but 1/(λ_i − λ_j) is not); it has second derivatives too, and
+the monitor logs it as ``stabkit.layers.eig_dk`` and never swaps it (:mod:`.matrix_functions`). With ``method`` given, the
 eigendecomposition is ``stabkit.torch.eigh(Σ, method, **params)`` and that registry backward is
 used (``taylor``, ``clip``, ``pade``, …, or the exact Prop. 2, which is infinite at exact ties;
 see ``stabkit methods``/README "Methods") — to study or use an approximate rule.
@@ -31,7 +32,7 @@ from torch import nn
 from .. import methods
 from ..errors import InputError
 import stabkit.torch
-from .matrix_functions import eig_dk_matrix_function
+from . import matrix_functions
 from ..methods import Spec
 from ..torch import check_values
 
@@ -92,7 +93,7 @@ class CovariancePooling(nn.Module):
         cov = channel_covariance(x.to(dtype), self.eps)
         if self.spec is None:
             check_values(cov, "CovariancePooling")
-            return eig_dk_matrix_function(cov, self.function).to(x.dtype)
+            return matrix_functions.eig_dk(cov, self.function)[0].to(x.dtype)  # module attribute: watched
         lam, U = stabkit.torch.eigh(cov, method=self.spec)
         out = (U * FUNCTIONS[self.function](lam)[:, None, :]) @ U.transpose(1, 2)
         return out.to(x.dtype)

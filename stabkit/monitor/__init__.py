@@ -9,8 +9,10 @@ or, for a script that is not edited at all, ``stabkit watch -- python train.py``
 :mod:`stabkit.monitor.process`).
 
 Inside ``watch`` the functions ``torch.linalg.eigh``, ``torch.linalg.eigvalsh``,
-``torch.linalg.svd`` and ``stabkit.torch``'s ``eigh``, ``eigvalsh``, ``svd``, ``svdvals`` are
-replaced by wrappers (restored when the last ``watch`` exits, so outside it they are the
+``torch.linalg.svd``, ``stabkit.torch``'s ``eigh``, ``eigvalsh``, ``svd``, ``svdvals`` and the
+Daleckii–Krein layers' decompositions (``stabkit.layers.matrix_functions.eig_dk``, behind
+``CovariancePooling``'s default, and ``svd_dk``, behind SVD-DK; logged as ``stabkit.layers.eig_dk``
+/ ``svd_dk``) are replaced by wrappers (restored when the last ``watch`` exits, so outside it they are the
 originals: zero overhead). Each call logs, per call site (``file:line`` of the first caller frame
 outside torch and stabkit's eigen internals) and step:
 
@@ -26,7 +28,9 @@ outside torch and stabkit's eigen internals) and step:
   ∂L/∂A did;
 * ``backward``: the rule the call's backward uses (``analytic`` for torch's own, the registry spec
   of a stabkit.torch call or of ``swap_backward``, ``values`` for torch.linalg.eigvalsh whose
-  backward has no 1/(λ_i − λ_j));
+  backward has no 1/(λ_i − λ_j), ``daleckii-krein (exact g(A); no swap)`` for a Daleckii–Krein
+  layer: the exact derivative of its matrix function, finite on ties, never swapped; its λ are
+  those of g's argument, FᵀF + εI for SVD-DK, and ``grad_norm`` is that reaching g(A));
 * ``error``: empty, or ``Type: message`` when the call raised (e.g. eigh on a NaN input): the call
   is logged, the log is flushed at once, and the exception propagates unchanged.
 
@@ -46,7 +50,8 @@ backward run after that (gradient accumulation over steps) reaches ``records`` b
 active in any thread and the originals come back when the last one exits, whatever the order.
 A ``watch`` records the calls of the thread that entered it (``all_threads=True``: every thread);
 nested watches in one thread both record each call. A call made from inside a watched call
-(stabkit.torch.eigh's own torch.linalg.eigh) is not logged twice. A forked child process (a
+(stabkit.torch.eigh's own torch.linalg.eigh) is not logged twice, and the decomposition a double
+backward rebuilds from A (``torch.ops.aten``) is neither logged nor swapped. A forked child process (a
 DataLoader worker) drops the monitors it inherited, so it never writes into its parent's log;
 under ``stabkit watch`` it starts its own (``eig-rank{R}-pid{PID}.csv``, :mod:`.process`).
 

@@ -1,12 +1,14 @@
 """The patching behind :func:`watch`: one set of wrappers around ``torch.linalg.eigh``,
-``eigvalsh``, ``svd`` and ``stabkit.torch``'s ``eigh``, ``eigvalsh``, ``svd``, ``svdvals``,
+``eigvalsh``, ``svd``, ``stabkit.torch``'s ``eigh``, ``eigvalsh``, ``svd``, ``svdvals`` and the
+Daleckii–Krein layers' decompositions (``stabkit.layers.matrix_functions.eig_dk``, ``svd_dk``),
 installed while any monitor is active (reference counted over threads), each call handed to the
 monitors that watch the calling thread; the optimizer post-step hook that counts steps; what a
 forked child does with inherited monitors.
 
 The rule a call's backward uses is labelled without naming methods: a plain torch.linalg call
 with ``methods.EXACT`` (torch's own backward is the exact rule), a ``stabkit.torch`` call with its
-Spec's text, ``values`` for torch.linalg.eigvalsh.
+Spec's text, ``values`` for torch.linalg.eigvalsh, the layers' ``DK_BACKWARD`` for a
+Daleckii–Krein call (its backward is the exact derivative of g(A); ``swap_backward`` never touches it).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import torch
 
 from .. import methods
 import stabkit.torch
+from ..layers import matrix_functions
+from ..layers.matrix_functions import DK_BACKWARD
 from ..methods import DEFAULT, EXACT, Spec
 from .log import LiveLog, rank_file_name
 from .records import Monitor
@@ -56,8 +60,8 @@ def _never_fails():
 
 
 def _tensor_arg(args, kwargs):
-    """The matrix a call decomposes, given positionally, as ``A=`` or as ``input=`` (None if absent)."""
-    return args[0] if args else kwargs.get("A", kwargs.get("input"))
+    """The matrix a call decomposes, given positionally, as ``A=``, ``input=`` or (svd_dk) ``F=`` (None if absent)."""
+    return args[0] if args else kwargs.get("A", kwargs.get("input", kwargs.get("F")))
 
 
 def _watched(fn_name: str, call):
@@ -97,11 +101,13 @@ def _watched(fn_name: str, call):
     return wrapper
 
 
-#: the functions watch replaces: name → (module, attribute); ``sk_*`` are stabkit.torch's
+#: the functions watch replaces: name → (module, attribute); ``sk_*`` are stabkit.torch's, ``dk_*``
+#: the Daleckii–Krein layers' (their forward calls torch.ops.aten, which is not watched)
 _TARGETS = {
     "eigh": (torch.linalg, "eigh"), "eigvalsh": (torch.linalg, "eigvalsh"), "svd": (torch.linalg, "svd"),
     "sk_eigh": (stabkit.torch, "eigh"), "sk_eigvalsh": (stabkit.torch, "eigvalsh"),
     "sk_svd": (stabkit.torch, "svd"), "sk_svdvals": (stabkit.torch, "svdvals"),
+    "dk_eig": (matrix_functions, "eig_dk"), "dk_svd": (matrix_functions, "svd_dk"),
 }
 
 
@@ -130,6 +136,8 @@ def _sk_method(fn_name, args, kwargs):
 
 
 def _label(fn_name, args, kwargs):
+    if fn_name.startswith("dk_"):
+        return f"stabkit.layers.{_TARGETS[fn_name][1]}"
     if fn_name.startswith("sk_"):
         method = _sk_method(fn_name, args, kwargs)
         return f"stabkit.{_TARGETS[fn_name][1]}[{method.name if isinstance(method, Spec) else method}]"
@@ -143,6 +151,8 @@ def _swap_of(mons):
 def _backward_of(fn_name, mons, A, args, kwargs):
     if fn_name == "eigvalsh":
         return "values"
+    if fn_name.startswith("dk_"):
+        return DK_BACKWARD
     if fn_name.startswith("sk_"):  # the Spec the call makes of its method and parameters, as text
         method = _sk_method(fn_name, args, kwargs)
         params = {k: v for k, v in kwargs.items() if k not in _SK_OWN}
@@ -197,12 +207,24 @@ def _sk_call(fn_name, eigenvalues):
     return call
 
 
+def _dk_call(fn_name):
+    """The call of a Daleckii–Krein layer's ``(g(A), λ)``: its own label, never swapped; the
+    gradient norm is that reaching g(A)."""
+
+    def call(mons, A, args, kwargs):
+        C, lam = out = _originals_or_live(fn_name)(*args, **kwargs)
+        return out, DK_BACKWARD, lam, (C,)
+
+    return call
+
+
 _CALLS = {
     "eigh": _eigh_call, "eigvalsh": _eigvalsh_call, "svd": _svd_call,
     "sk_eigh": _sk_call("sk_eigh", lambda out: out[0]),
     "sk_eigvalsh": _sk_call("sk_eigvalsh", lambda lam: lam),
     "sk_svd": _sk_call("sk_svd", lambda out: (out[1] ** 2).flip(-1)),
     "sk_svdvals": _sk_call("sk_svdvals", lambda S: (S ** 2).flip(-1)),
+    "dk_eig": _dk_call("dk_eig"), "dk_svd": _dk_call("dk_svd"),
 }
 
 

@@ -19,6 +19,7 @@ import torch
 
 from .. import _xp, methods
 import stabkit.torch
+from ..layers import matrix_functions
 from .log import LiveLog, frame
 
 def _folder(path: str) -> str:
@@ -27,9 +28,10 @@ def _folder(path: str) -> str:
 
 #: frames a call site is looked through, by where the code is installed (never by a name in the
 #: path: a user's folder may be called ``torch`` or ``my_autograd_tests``): torch's package, the
-#: method registry, this package, stabkit.torch, _xp
+#: method registry, this package, stabkit.torch, _xp, the matrix-function layers (whose
+#: decompositions are logged: the site is the line that called the layer)
 _SKIP_FOLDERS = (_folder(torch.__file__), _folder(methods.__file__), _folder(__file__))
-_SKIP_FILES = {os.path.realpath(stabkit.torch.__file__), os.path.realpath(_xp.__file__)}
+_SKIP_FILES = {os.path.realpath(m.__file__) for m in (stabkit.torch, _xp, matrix_functions)}
 
 _site_of_file: dict = {}
 

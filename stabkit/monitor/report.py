@@ -23,10 +23,16 @@ import pandas as pd
 
 from .. import methods
 from ..errors import InputError
+from ..layers.matrix_functions import DK_BACKWARD
 from .log import read_log
 
 #: relative gap under which a call counts as a gap event (the ZCA study's threshold)
 GAP_EVENT = 1e-5
+
+#: why a Daleckii–Krein site gets no backward-rule advice (it is never swapped)
+DK_EVIDENCE = ("Its coefficients are divided differences of g (Daleckii–Krein; Higham, \"Functions of Matrices\", "
+               "2008, Thm. 3.11), bounded by max|g'| between the eigenvalues: small gaps do not enlarge them, "
+               "and a swap of the eigen-backward does not apply to them; this needs no study.")
 
 
 def _method_of(backward: str) -> methods.Method | None:
@@ -141,7 +147,16 @@ def findings(g: pd.DataFrame) -> list[Finding]:
                            "in float32; try float64.",
                            "Logged by the monitor; no study in this project measured this case." if not row["input_nonfinite"] else
                            "A NaN/Inf input makes every eigensolver's output NaN or an error; this needs no study."))
-    if made_here is not None and (upstream is None or made_here < upstream):
+    dk = bool(g["backward"].eq(DK_BACKWARD).all())
+    if made_here is not None and (upstream is None or made_here < upstream) and dk:
+        out.append(Finding("non-finite gradient made here", made_here,
+                           f"this call's backward turned a finite incoming gradient into a non-finite ∂L/∂A "
+                           f"({int(grad_in_bad.sum())} call(s); backward: {backward}).",
+                           "This backward is the exact derivative of g(A) and is infinite only where g' is "
+                           "(an eigenvalue ≤ 0 for log, = 0 for √ or x^p with p < 1; see λ_min): add a larger ε "
+                           "to the diagonal or compute in float64. --swap-backward does not change it.",
+                           DK_EVIDENCE))
+    elif made_here is not None and (upstream is None or made_here < upstream):
         bounded = any(m is not None and m.bounded for m in map(_method_of, g["backward"]))
         inf_k = bool(np.isinf(g.loc[grad_in_bad, "max_K"]).any())
         out.append(Finding("non-finite gradient made here", made_here,
@@ -175,7 +190,12 @@ def findings(g: pd.DataFrame) -> list[Finding]:
             out.append(Finding(caveat.rule, first(mask), caveat.what.format(backward=backward, n=n),
                                caveat.action, caveat.evidence))
     gap = g["min_rel_gap"] < GAP_EVENT
-    if gap.any() and not any(f.rule == "non-finite gradient made here" for f in out):
+    if gap.any() and dk:
+        out.append(Finding("small gaps, no failure from them", first(gap),
+                           f"{int(gap.sum())} of {len(g)} calls had a relative gap < {GAP_EVENT:g}.",
+                           "Nothing to change: this site's backward (Daleckii–Krein) does not divide by gaps; "
+                           "max|K̃| is the analytic rule's coefficient, not its own.", DK_EVIDENCE))
+    elif gap.any() and not any(f.rule == "non-finite gradient made here" for f in out):
         out.append(Finding("small gaps, no failure from them", first(gap),
                            f"{int(gap.sum())} of {len(g)} calls had a relative gap < {GAP_EVENT:g} (max|K̃| {g['max_K'].max():.3g}), "
                            "without a non-finite gradient made by this call.",
