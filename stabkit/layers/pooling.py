@@ -31,6 +31,7 @@ from torch import nn
 from .. import methods
 from ..errors import InputError
 import stabkit.torch
+from ._checks import method_params
 from .matrix_functions import eig_dk_matrix_function
 from ..methods import Spec
 from ..torch import check_values
@@ -73,6 +74,7 @@ class CovariancePooling(nn.Module):
             raise ValueError(f"eps must be a finite number ≥ 0, got {eps!r}")
         if dtype is not None and dtype not in DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}: choose float32 or float64")
+        params = method_params(params or {}, "CovariancePooling")
         if method is None and params:
             raise ValueError("params need a method (the exact backward has no parameters)")
         spec = None if method is None else methods.spec(method)
