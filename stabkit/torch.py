@@ -87,8 +87,10 @@ def _check_tensor(A, fn: str, square: bool, out) -> None:
         raise InputError(f"{fn}: expected a batch of {kind}, got shape {tuple(A.shape)}")
 
 
-def check_values(A: torch.Tensor, fn: str = "eigh", symmetric: bool = True) -> None:
-    """InputError (a ValueError) if A holds NaN/Inf or (``symmetric``) max|A − Aᵀ| > √eps·max|A|.
+def check_values(A: torch.Tensor, fn: str = "eigh", symmetric: bool = True,
+                 advice: str = "symmetrize it (stabkit.torch.symmetrize) or pass check=False") -> None:
+    """InputError (a ValueError) if A holds NaN/Inf or (``symmetric``) max|A − Aᵀ| > √eps·max|A|;
+    ``advice`` ends the non-symmetric message (a caller without ``check=`` gives its own).
 
     Skipped under torch.compile and torch.func transforms (see the module docstring).
     """
@@ -107,7 +109,7 @@ def check_values(A: torch.Tensor, fn: str = "eigh", symmetric: bool = True) -> N
         tol = symmetry_rtol(_xp.finfo_eps(A.dtype)) * values[1]
         if values[2] > tol:
             raise InputError(f"{fn}: input is not symmetric: max|A − Aᵀ| = {values[2]:.3g} > {tol:.3g} "
-                             f"(√eps·max|A|); symmetrize it (stabkit.torch.symmetrize) or pass check=False")
+                             f"(√eps·max|A|); {advice}")
 
 
 def _split_method(UPLO, method, fn: str):

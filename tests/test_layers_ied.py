@@ -6,19 +6,75 @@ import torch
 
 from stabkit import layers
 from stabkit.errors import EigensolverError, InputError
+from stabkit.layers.ied import default_max_iter
 from tests._helpers import bad_matrices, nonsymmetric, second_derivative
 from tests.conftest import build
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.mark.parametrize("lam", [[0.1, 0.5, 1.0, 2.0, 2.002], [-3.0, 1.0, 2.0, 3.0]], ids=["near-tie", "plus-minus-3"])
+@pytest.mark.parametrize("lam", [[0.1, 0.5, 1.0, 2.0, 2.0002], [-3.0, 1.0, 2.0, 3.0]], ids=["near-tie", "plus-minus-3"])
 def test_power_solver_not_converged_is_an_error(lam):
-    # |λ_2/λ_1| = 0.999 (1000 steps reach a residual ~1e-4) and λ = ±3 (no convergence at all:
-    # the iterate turns inside span(u₋₃, u₃) and its Rayleigh quotient is no eigenvalue)
+    # relative gap 1e-4 < MIN_GAP (the default budget leaves an error ~ (1 − 1e-4)^33948 ≈ 0.03) and
+    # λ = ±3 (no convergence at all: the iterate turns inside span(u₋₃, u₃) and its Rayleigh
+    # quotient is no eigenvalue)
     A = torch.as_tensor(build(lam, seed=1))
-    with pytest.raises(EigensolverError, match=r"not converged after 1000 iterations: relative residual"):
+    with pytest.raises(EigensolverError, match=r"not converged after 33948 iterations: relative residual"):
         layers.ied(A, solver="power")
+
+
+def test_default_budget_is_the_power_iteration_step_count_at_the_minimal_gap():
+    """(1 − g)^t ≤ tol at g = 1e-3 first holds at t = ⌈log tol / log(1 − g)⌉: 33948 steps at
+    float64's default tol 8·2⁻⁵², 13857 at float32's 8·2⁻²³."""
+    for tol, steps in ((8 * 2.0 ** -52, 33948), (8 * 2.0 ** -23, 13857)):
+        assert default_max_iter(tol) == steps
+        assert (1 - 1e-3) ** steps <= tol < (1 - 1e-3) ** (steps - 1)
+
+
+@pytest.mark.parametrize("dtype, seed, gap", [(torch.float64, 12, 0.0208), (torch.float32, 103, 0.0070)],
+                         ids=["float64", "float32"])
+def test_power_solver_converges_on_wishart_covariances(dtype, seed, gap):
+    """C = XᵀX/64, X 64 × 32 standard normal: draws with a top gap 1 − λ₂/λ₁ of 0.021 (float64) and
+    0.007 (float32) — about one draw in ten has a gap below 0.034 — raised EigensolverError with
+    the old fixed budget of 1000 steps. Checked against torch.linalg.eigh in float64: the
+    residual at the rounding floor d·eps·‖C‖_F, the vector within Davis–Kahan's sin θ ≤ ‖r‖/(λ₁ − λ₂)
+    (×2 for the rounding of r), the eigenvalue within a few eps."""
+    X = torch.randn(64, 32, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    C = X.T @ X / 64
+    Y, lam = layers.ied(C, solver="power")
+    Cd = C.double()
+    mu, U = torch.linalg.eigh(Cd)
+    assert abs(float(1 - mu[-2] / mu[-1]) - gap) < 1e-4
+    y, u = Y[:, 0].double(), U[:, -1]
+    eps = torch.finfo(dtype).eps
+    r = float(torch.linalg.vector_norm(Cd @ y - (y @ Cd @ y) * y))
+    assert r <= 32 * eps * float(torch.linalg.matrix_norm(Cd))
+    assert float(torch.linalg.vector_norm(y - (y @ u) * u)) <= 2 * r / float(mu[-1] - mu[-2])
+    assert abs(float(lam[0]) - float(mu[-1])) <= 8 * eps * float(mu[-1])
+
+
+def test_explicit_max_iter_is_honoured_and_validated():
+    A = torch.as_tensor(build([0.1, 0.5, 1.0, 2.0, 2.0002], seed=1))
+    with pytest.raises(EigensolverError, match=r"not converged after 50 iterations"):
+        layers.ied(A, solver="power", max_iter=50)
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(InputError, match="max_iter must be a positive integer"):
+            layers.ied(A, solver="power", max_iter=bad)
+    for bad in (0.0, -1e-3, 1.0, float("nan"), True):
+        with pytest.raises(InputError, match=r"tol must be a number in \(0, 1\)"):
+            layers.ied(A, solver="power", tol=bad)
+
+
+def test_exact_positive_tie_converges_to_an_eigenvector_of_the_tied_space():
+    """λ₁ = λ₂ = 3 (docstring): the forward is no error — the iterate is an eigenvector for 3 in
+    span(u₁, u₂), which one depending on the seed."""
+    A = torch.as_tensor(build([0.1, 0.5, 1.0, 3.0, 3.0], seed=1))
+    Y0, lam0 = layers.ied(A, solver="power", seed=0)
+    Y1, _ = layers.ied(A, solver="power", seed=1)
+    for Y in (Y0, Y1):
+        assert float(torch.linalg.vector_norm(A @ Y[:, 0] - 3.0 * Y[:, 0])) < 1e-13
+    assert abs(float(lam0[0]) - 3.0) < 1e-13
+    assert abs(float(Y0[:, 0] @ Y1[:, 0])) < 1 - 1e-3
 
 
 def test_power_solver_converged_matches_eigh():

@@ -1,7 +1,8 @@
 """The layers' input contract — the one of :mod:`stabkit.torch`, reused: an
 :class:`~stabkit.errors.InputError` (a ValueError) naming a non-tensor, a dtype other than
 float32/float64, a wrong shape, NaN/Inf entries, or (symmetric inputs) max|A − Aᵀ| > √eps·max|A|.
-Value checks are skipped under torch.compile and torch.func transforms, as there.
+Value checks are skipped under torch.compile and torch.func transforms, as there. A layer always
+checks its input, so it takes no ``check=`` (:func:`method_params`) and its messages do not offer one.
 """
 
 from __future__ import annotations
@@ -14,10 +15,23 @@ from ..errors import EigensolverError, InputError
 from ..torch import _check_tensor, check_values
 
 
+#: What a layer's non-symmetric-input message advises (a layer has no check= to turn off).
+SYMMETRIZE = "symmetrize it, e.g. (A + Aᵀ)/2 (stabkit.torch.symmetrize)"
+
+
 def check_matrix(A, fn: str, square: bool = False, symmetric: bool = False) -> None:
     """InputError unless A is a finite float32/float64 (..., m, n) tensor (square/symmetric if asked)."""
     _check_tensor(A, fn, square or symmetric, None)
-    check_values(A, fn, symmetric)
+    check_values(A, fn, symmetric, advice=SYMMETRIZE)
+
+
+def method_params(params: dict, fn: str) -> dict:
+    """``params`` — a layer's keywords for its eigendecomposition method — after refusing ``check``:
+    that is ``stabkit.torch.eigh``'s input check, which a layer always runs itself (InputError)."""
+    if "check" in params:
+        raise InputError(f"{fn}: check= is not a layer argument (the layer always checks its input); "
+                         f"pass only the method's parameters")
+    return params
 
 
 def check_eps(eps, fn: str) -> float:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 import stabkit.torch
-from ._checks import check_matrix
+from ._checks import check_matrix, method_params
 from ..methods import DEFAULT, Spec
 
 
@@ -20,4 +20,5 @@ def eig(A: torch.Tensor, method: str | Spec = DEFAULT, **params):
     """(λ ascending, U) of the symmetric part of A (..., d, d); gradient by ``method`` (a Spec, or a
     registry name / spec text with ``params``, made a Spec once inside ``stabkit.torch.eigh``)."""
     check_matrix(A, "eig", symmetric=True)
+    params = method_params(params, "eig")
     return stabkit.torch.eigh(stabkit.torch.symmetrize(A), method=method, check=False, **params)

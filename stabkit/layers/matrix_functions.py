@@ -47,7 +47,7 @@ from . import svd as _svd
 import stabkit.torch
 from .. import _xp
 from ..torch import _differentiating_backward, _same_sign
-from ._checks import check_eps, check_matrix
+from ._checks import check_eps, check_matrix, method_params
 from ..errors import InputError
 from ..methods import DEFAULT, Spec
 
@@ -244,6 +244,7 @@ def eig_matrix_function(A: torch.Tensor, fn: str = "log", eps: float = 0.0, p: f
                         method: str | Spec = DEFAULT, **params):
     """C = U g(Λ + εI) Uᵀ from the EIG of symmetric A (..., d, d) — Prop. 4 (backward: ``method``)."""
     check_matrix(A, "eig_matrix_function", symmetric=True)
+    params = method_params(params, "eig_matrix_function")
     return _eig_matrix_function(A, fn, check_eps(eps, "eig_matrix_function"), p, method, **params)
 
 
@@ -257,6 +258,7 @@ def o2p(F: torch.Tensor, eps: float = 1e-3, route: str = "svd", method: str | Sp
     """DeepO2P, log(FᵀF + εI) (Corollary 1): SVD route (Prop. 3), EIG route (Prop. 4) or ``svd-dk``."""
     if route not in ("svd", "svd-dk", "eig"):
         raise ValueError(f"unknown O2P route {route!r}: choose 'svd', 'svd-dk' or 'eig'")
+    params = method_params(params, "o2p")
     eps = _check_features(F, "log", eps, None, "o2p")
     if route == "svd":
         return _svd_matrix_function(F, "log", eps, None)

@@ -33,6 +33,7 @@ from .. import methods
 from ..errors import InputError
 import stabkit.torch
 from . import matrix_functions
+from ._checks import method_params
 from ..methods import Spec
 from ..torch import check_values
 
@@ -74,6 +75,7 @@ class CovariancePooling(nn.Module):
             raise ValueError(f"eps must be a finite number ≥ 0, got {eps!r}")
         if dtype is not None and dtype not in DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}: choose float32 or float64")
+        params = method_params(params or {}, "CovariancePooling")
         if method is None and params:
             raise ValueError("params need a method (the exact backward has no parameters)")
         spec = None if method is None else methods.spec(method)

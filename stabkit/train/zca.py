@@ -154,6 +154,9 @@ class ZCAWhitening(nn.Module):
             if not eps >= 0:
                 raise ValueError(f"eps must be ≥ 0, got {eps}")
             spec = methods.spec(method)  # the Python edge: text, a Method or a Spec, converted once
+            from ..layers._checks import method_params  # here: stabkit.layers imports this module
+
+            params = method_params(params or {}, "ZCAWhitening")
             config = ZCAConfig(spec=spec.replace(**params) if params else spec, eps=float(eps))
         self.config = config
         self.num_features, self.d, self.groups = num_features, d, num_features // d
