@@ -243,6 +243,30 @@ def test_fast_options_are_validated(bad, needle):
         loop.resolve_config({**SMALL, **bad})
 
 
+def test_fast_path_on_a_cpu_refuses_fewer_than_8_stem_channels():
+    # torch's CPU channels_last 1×1 stride-2 convolution corrupts the heap below 8 input channels
+    with pytest.raises(ValueError, match="width ≥ 0.125"):
+        loop.resolve_config({"fast": True, "device": "cpu", "width": 0.0625})
+    assert loop.resolve_config({"fast": True, "device": "cpu", "width": 0.125})["fast"]
+    assert not loop.resolve_config({"device": "cpu", "width": 0.0625})["fast"]
+
+
+def test_plain_path_feeds_the_network_nchw(synthetic, monkeypatch):
+    # augment's gather is channels_last-strided; the plain path hands conv1 a contiguous NCHW batch
+    layouts = []
+    real = torch.nn.Conv2d.forward
+
+    def spy(self, x):
+        if self.in_channels == 3:
+            layouts.append((x.is_contiguous(), x.is_contiguous(memory_format=torch.channels_last)))
+        return real(self, x)
+
+    monkeypatch.setattr(torch.nn.Conv2d, "forward", spy)
+    train_run({**SMALL, "norm": "bn", "max_steps": 1}, data=synthetic)
+    train_run({**SMALL, "norm": "bn", "max_steps": 1, "fast": True}, data=synthetic)
+    assert layouts[0] == (True, False) and layouts[-1] == (False, True)
+
+
 def test_fast_defaults():
     assert loop.resolve_config({"fast": True, "device": "cpu"})["check_every"] == 100
     assert loop.resolve_config({"device": "cpu"})["check_every"] == 10

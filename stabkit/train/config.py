@@ -62,7 +62,22 @@ def resolve_config(config: dict) -> dict:
         raise ValueError(f"limit_images={cfg['limit_images']} is smaller than one batch ({cfg['batch_size']})")
     _check_path(cfg)
     cfg["device"] = pick_device(cfg["device"])
+    _check_cpu_layout(cfg)
     return cfg
+
+
+# torch 2.13's CPU (oneDNN) backward of a channels_last 1×1 stride-2 convolution with fewer than 8
+# input channels corrupts the heap (reproduced on an AVX2 AMD EPYC: "double free or corruption", a
+# segfault or a hang): the fast path's channels_last needs ≥ 8 channels in the first stage on a CPU
+_CPU_CHANNELS_LAST_MIN = 8
+
+
+def _check_cpu_layout(cfg: dict) -> None:
+    stem = max(1, int(round(64 * float(cfg["width"]))))
+    if cfg["fast"] and cfg["device"].startswith("cpu") and stem < _CPU_CHANNELS_LAST_MIN:
+        raise ValueError(f"fast=True on a CPU needs width ≥ {_CPU_CHANNELS_LAST_MIN / 64} ({stem} stem channels "
+                         f"< {_CPU_CHANNELS_LAST_MIN}): torch's CPU channels_last 1×1 stride-2 convolution "
+                         "corrupts memory below that; use fast=False or a wider network")
 
 
 def _check_model(cfg: dict) -> None:

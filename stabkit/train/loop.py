@@ -241,9 +241,10 @@ class _Run:
         for group in self.opt.param_groups:
             group["lr"] = lr
         idx = self.perm[(step % per_epoch) * batch:(step % per_epoch + 1) * batch]
+        # augment's gather leaves the batch channels_last-strided: the plain path makes it NCHW (the
+        # layout of today's loop, and the one torch's CPU convolutions handle at every width)
         x = normalize(augment(self.train_x[idx], self.gen), self.std)
-        if self.fast:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last if self.fast else torch.contiguous_format)
         y = self.train_y[idx]
         with self._autocast():
             logits = model(x)
