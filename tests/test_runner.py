@@ -130,18 +130,22 @@ def test_kill_9_midway_then_resume_gives_the_uninterrupted_table(tmp_path):
 
 def test_ctrl_c_stops_cleanly_and_resumes(tmp_path):
     """SIGINT to a --jobs 2 run: exit 130 with a one-line hint, no traceback, finished cells kept."""
-    study = _study(tmp_path, MINI_GRID.replace("d = [4, 5, 6]", "d = [12, 13, 14]") + "seeds = [8]\n")
+    # a cold truth cache of its own (the session's may already hold these truths, and then the whole
+    # run can end before the signal) and 24 cells: the pool is still busy when Ctrl-C arrives
+    study = _study(tmp_path, MINI_GRID.replace("d = [4, 5, 6]", "d = [12, 13, 14]") + "seeds = [8, 9]\n")
     root = tmp_path / "interrupted"
     cells_dir = root / "mini" / "cells"
     proc = subprocess.Popen(
         [sys.executable, "-m", "stabkit.cli.main", "run", str(study), "--out", str(root), "--jobs", "2", "--no-progress"],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "STABKIT_CACHE": str(tmp_path / "cold-cache")},
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
         if cells_dir.is_dir() and len(list(cells_dir.glob("*.json"))) >= 1:
             break
         time.sleep(0.005)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
