@@ -31,8 +31,11 @@ Second derivatives of the DK routes: the backward (:func:`dk_frechet`) is made o
 ops; when it is itself differentiated (double backward, torch.func) it rebuilds λ, U (σ, V) from
 the input with the aten eigh (thin SVD), so ``gradgradcheck`` holds on separated spectra. At an
 exact tie the first derivative is exact but a second derivative goes through eigh's own
-derivative, which is infinite there: it may be NaN. ``torch.func`` vmap/grad/jacrev work (vmap
-rule generated); forward mode (jvp, jacfwd) is not implemented and raises NotImplementedError.
+derivative, which is infinite there: it may be NaN. ``torch.func`` vmap/grad/jacrev/jacfwd/hessian
+work (vmap rule generated). Forward mode is the same Fréchet derivative (it is self-adjoint): the
+EIG tangent of g(A) is :func:`dk_frechet` applied to sym(dA), the SVD one L(dFᵀF + FᵀdF) with L
+whole (:func:`_frechet`); under torch.compile the classes without a custom jvp are used (Dynamo
+traces none).
 
 Input: F a finite float32/float64 (..., n, d), ε a finite number ≥ 0, and an EIG-route A symmetric
 (stabkit.torch's contract, InputError otherwise). With ε = 0, log and x^p (p < 0) of a singular
@@ -46,7 +49,7 @@ import torch
 from . import svd as _svd
 import stabkit.torch
 from .. import _xp
-from ..torch import _differentiating_backward, _same_sign
+from ..torch import _differentiating_backward, _op, _same_sign
 from ._checks import check_eps, check_matrix, method_params
 from ..errors import InputError
 from ..methods import DEFAULT, Spec
@@ -156,15 +159,20 @@ class _EigDK(torch.autograd.Function):
         _, lam, U = output
         ctx.mark_non_differentiable(lam, U)
         ctx.save_for_backward(A, lam, U)
+        ctx.save_for_forward(A, lam, U)
 
     @staticmethod
     def backward(ctx, gC, _glam, _gU):
+        return _EigDK._frechet(ctx, gC), None, None
+
+    @staticmethod
+    def _frechet(ctx, G):
         A, lam, U = ctx.saved_tensors
         if _differentiating_backward(A):  # λ, U as differentiable functions of A (aten: not watched)
             lam, U_new = torch.ops.aten.linalg_eigh(A, "L")
             U = U_new * _same_sign(U_new, U)
         D = divided_differences_of(lam, (lam[..., :, None] - lam[..., None, :]).abs(), ctx.fn, ctx.p)
-        return dk_frechet(U, D, gC), None, None
+        return dk_frechet(U, D, G)
 
 
 class _SvdDK(torch.autograd.Function):
@@ -186,16 +194,42 @@ class _SvdDK(torch.autograd.Function):
         _, S, V = output
         ctx.mark_non_differentiable(S, V)
         ctx.save_for_backward(F, S, V)
+        ctx.save_for_forward(F, S, V)
 
     @staticmethod
     def backward(ctx, gC, _gS, _gV):
+        F, V1, S = _SvdDK._thin_factors(ctx)
+        return 2 * F @ _thin_frechet(V1, S, F.shape[-1], gC, ctx.fn, ctx.eps, ctx.p), None, None, None
+
+    @staticmethod
+    def _thin_factors(ctx):
+        """(F, thin V, σ): the saved ones, or rebuilt from F when the derivative is differentiated."""
         F, S, V = ctx.saved_tensors
-        k = S.shape[-1]
-        V1 = V[..., :k]
+        V1 = V[..., :S.shape[-1]]
         if _differentiating_backward(F):
             _, S, Vh = torch.ops.aten.linalg_svd(F, full_matrices=False)  # thin: see _thin_frechet
             V1 = Vh.mT * _same_sign(Vh.mT, V1)
-        return 2 * F @ _thin_frechet(V1, S, F.shape[-1], gC, ctx.fn, ctx.eps, ctx.p), None, None, None
+        return F, V1, S
+
+
+class _EigDKJvp(_EigDK):
+    """_EigDK with forward mode; plain _EigDK under torch.compile (Dynamo traces no custom jvp)."""
+
+    @staticmethod
+    def jvp(ctx, dA, _fn, _p):
+        """The Fréchet derivative is self-adjoint, so the tangent of g(A) is the backward's formula
+        applied to dA (read as sym(dA), the backward's convention)."""
+        return _EigDK._frechet(ctx, dA), None, None
+
+
+class _SvdDKJvp(_SvdDK):
+    """_SvdDK with forward mode; plain _SvdDK under torch.compile."""
+
+    @staticmethod
+    def jvp(ctx, dF, _fn, _eps, _p):
+        """dC = L(dFᵀF + FᵀdF), L the whole Fréchet derivative (:func:`_frechet`)."""
+        F, V1, S = _SvdDK._thin_factors(ctx)
+        return _frechet(V1, S, F.shape[-1], 2 * F.mT @ dF, ctx.fn, ctx.eps, ctx.p), None, None
 
 
 def _pad(x, d):
@@ -217,13 +251,26 @@ def _thin_frechet(V1, S, d, G, fn, eps, p):
     return L
 
 
+def _frechet(V1, S, d, G, fn, eps, p):
+    """The whole L(G) (d × d, symmetric) from the thin V1: :func:`_thin_frechet`'s T = A + B (A its
+    span(V1) block, B = V1 (D_iε ∘ V1ᵀ sym(G) P⊥), P⊥ = I − V1V1ᵀ) gives A + B + Bᵀ = T + Tᵀ − T V1V1ᵀ;
+    the complement block, one eigenvalue ε, adds g'(ε) P⊥ sym(G) P⊥."""
+    T = _thin_frechet(V1, S, d, G, fn, eps, p)
+    if S.shape[-1] == d:
+        return T
+    P1 = V1 @ V1.mT
+    Pc = torch.eye(d, dtype=V1.dtype, device=V1.device) - P1
+    zero = S.new_zeros(S.shape[:-1] + (1,))
+    return T + T.mT - T @ P1 + divided_differences(zero + eps, zero, fn, p) * (Pc @ _xp.sym(G) @ Pc)
+
+
 def eig_dk(A: torch.Tensor, fn: str, p: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(g(A), λ) for symmetric A (lower triangle read, unchecked): g(A) = U g(Λ) Uᵀ with the
     Daleckii–Krein backward :func:`dk_frechet`, exact on ties (Higham 2008, Thm. 3.11), and λ A's
     eigenvalues (ascending, no gradient). The EIG-DK layers' one eigendecomposition: inside
     ``stabkit.monitor.watch`` it is logged as ``stabkit.layers.eig_dk`` and never swapped."""
     scalar_function(fn, p)
-    C, lam, _ = _EigDK.apply(A, fn, p)
+    C, lam, _ = _op(_EigDK, _EigDKJvp).apply(A, fn, p)
     return C, lam
 
 
@@ -231,7 +278,7 @@ def svd_dk(F: torch.Tensor, fn: str, eps: float = 0.0, p: float | None = None) -
     """(g(FᵀF + εI), μ) from the SVD of F (unchecked) with the Daleckii–Krein backward, and μ the
     eigenvalues of FᵀF + εI (ascending, no gradient); logged by the monitor as ``stabkit.layers.svd_dk``."""
     scalar_function(fn, p)
-    C, S, _ = _SvdDK.apply(F, fn, eps, p)
+    C, S, _ = _op(_SvdDK, _SvdDKJvp).apply(F, fn, eps, p)
     return C, (_pad(S * S, F.shape[-1]) + eps).flip(-1)
 
 
