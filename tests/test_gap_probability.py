@@ -179,8 +179,8 @@ def test_pre_relu_eigenvalues_at_eps_count_is_d_minus_27(synthetic_pool, d):
     assert (gp.count_at(relu, eps) == 0).all()  # ReLU is not linear: no rank bound
 
 
-@pytest.mark.skipif(not __import__("os").environ.get("STABKIT_CIFAR10"), reason="needs STABKIT_CIFAR10")
 def test_pre_relu_rank_count_on_cifar10():
+    """On the real CIFAR-10 archive (data.default_path(), present in CI as for tests/test_data.py)."""
     gp._cifar_moments.cache_clear()
     lam = gp.cifar_eigvals(32, 3, np.random.default_rng(0), batch=4, pool=64, path="", eps=1e-2, conv_seed=0, channels=512)
     assert (gp.count_at(lam, 1e-2) == 5).all()
