@@ -67,6 +67,15 @@ def test_o2p_refuses_bad_eps(eps):
         layers.o2p(torch.randn(6, 4, dtype=D, generator=GEN(0)), eps=eps)
 
 
+@pytest.mark.parametrize("route", ["svd", "svd-dk"])
+@pytest.mark.parametrize("choice", [{"method": "taylor"}, {"K": 9}], ids=["method", "params"])
+def test_o2p_svd_routes_refuse_a_method_they_would_ignore(route, choice):
+    F = torch.randn(6, 4, dtype=D, generator=GEN(0))
+    with pytest.raises(ValueError, match="apply to route='eig' only"):
+        layers.o2p(F, route=route, **choice)
+    layers.o2p(F, route="eig", method="taylor", K=9)  # the EIG route takes both
+
+
 @pytest.mark.parametrize("fn", [layers.svd_matrix_function, layers.svd_dk_matrix_function])
 def test_log_of_wide_F_without_ridge_is_refused(fn):
     with pytest.raises(InputError, match="wide F"):

@@ -301,14 +301,18 @@ def _eig_matrix_function(A, fn, eps, p, method, **params):
     return (U * g(lam + eps)[..., None, :]) @ U.transpose(-1, -2)
 
 
-def o2p(F: torch.Tensor, eps: float = 1e-3, route: str = "svd", method: str | Spec = DEFAULT, **params):
-    """DeepO2P, log(FᵀF + εI) (Corollary 1): SVD route (Prop. 3), EIG route (Prop. 4) or ``svd-dk``."""
+def o2p(F: torch.Tensor, eps: float = 1e-3, route: str = "svd", method: str | Spec | None = None, **params):
+    """DeepO2P, log(FᵀF + εI) (Corollary 1): SVD route (Prop. 3), EIG route (Prop. 4) or ``svd-dk``.
+    ``method`` (default the exact rule) and its parameters choose the EIG route's backward; the
+    other routes have their own and refuse them."""
     if route not in ("svd", "svd-dk", "eig"):
         raise ValueError(f"unknown O2P route {route!r}: choose 'svd', 'svd-dk' or 'eig'")
     params = method_params(params, "o2p")
+    if route != "eig" and (method is not None or params):
+        raise ValueError(f"o2p: route={route!r} has its own backward; method= and its parameters apply to route='eig' only")
     eps = _check_features(F, "log", eps, None, "o2p")
     if route == "svd":
         return _svd_matrix_function(F, "log", eps, None)
     if route == "svd-dk":
         return svd_dk(F, "log", eps)[0]
-    return _eig_matrix_function(F.transpose(-1, -2) @ F, "log", eps, None, method, **params)
+    return _eig_matrix_function(F.transpose(-1, -2) @ F, "log", eps, None, method or DEFAULT, **params)
