@@ -128,8 +128,11 @@ def test_dead_channels_gradient_matches_finite_differences(function, reference):
     ("3-d", torch.ones(2, 2, 2, dtype=torch.float64), r"\(B, C, H, W\)"),
     ("int", torch.ones(1, 2, 2, 2, dtype=torch.int64), "float"),
 ], ids=["nan", "inf", "3-d", "int"])
-def test_bad_input_raises_input_error(label, x, match):
+@pytest.mark.parametrize("method", [None, "taylor"], ids=["exact", "taylor"])
+def test_bad_input_raises_input_error(label, x, match, method):
+    """The message names the layer, whichever backward it uses (with a method it used to name eigh)."""
     from stabkit.errors import InputError
 
-    with pytest.raises(InputError, match=match):
-        CovariancePooling()(x)
+    with pytest.raises(InputError, match=match) as err:
+        CovariancePooling(method=method)(x)
+    assert str(err.value).startswith("CovariancePooling:")

@@ -88,14 +88,14 @@ class CovariancePooling(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4:
-            raise InputError(f"expected a feature map (B, C, H, W), got shape {tuple(x.shape)}")
+            raise InputError(f"CovariancePooling: expected a feature map (B, C, H, W), got shape {tuple(x.shape)}")
         if not x.is_floating_point():
-            raise InputError(f"expected a float feature map, got {x.dtype}")
+            raise InputError(f"CovariancePooling: expected a float feature map, got {x.dtype}")
         dtype = self.compute_dtype or x.dtype
         cov = channel_covariance(x.to(dtype), self.eps)
+        check_values(cov, "CovariancePooling")
         if self.spec is None:
-            check_values(cov, "CovariancePooling")
             return matrix_functions.eig_dk(cov, self.function)[0].to(x.dtype)  # module attribute: watched
-        lam, U = stabkit.torch.eigh(cov, method=self.spec)
+        lam, U = stabkit.torch.eigh(cov, method=self.spec, check=False)  # checked above; symmetric by construction
         out = (U * FUNCTIONS[self.function](lam)[:, None, :]) @ U.transpose(1, 2)
         return out.to(x.dtype)
