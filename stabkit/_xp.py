@@ -32,6 +32,17 @@ def namespace(x: Array) -> Namespace:
     return np
 
 
+def eigh(A: Array) -> tuple[Array, Array]:
+    """(λ ascending, U) of symmetric A, lower triangle read. For torch the aten op, not
+    ``torch.linalg.eigh``: the library's own decompositions (a method's forward, a backward that
+    rebuilds its state) are then neither logged nor swapped by ``stabkit.monitor.watch``."""
+    if type(A).__module__.startswith("torch"):
+        import torch
+
+        return torch.ops.aten.linalg_eigh(A, "L")
+    return np.linalg.eigh(A)
+
+
 def is_torch(xp: Namespace) -> bool:
     """Whether ``xp`` is the torch module (not numpy)."""
     return xp is not np

@@ -156,7 +156,7 @@ class _Eigh(torch.autograd.Function):
         spec = ctx.spec
         if spec.method.exact_state:  # the rule needs only the exact (λ, U)
             if _differentiating_backward(A):
-                lam, U_new = _rebuild_eigh(A)
+                lam, U_new = _xp.eigh(A)  # aten: a watch neither logs nor swaps it (its derivative must be exact)
                 U = U_new * _same_sign(U_new, U)
             state = {"U": U, "lam": lam}
         else:  # power iteration: its state (iterates, norms) is rebuilt from A
@@ -192,13 +192,6 @@ def _differentiating_backward(A) -> bool:
     if torch.is_grad_enabled():
         return True
     return not torch.compiler.is_compiling() and bool(torch._C._functorch.is_functorch_wrapped_tensor(A))
-
-
-def _rebuild_eigh(A):
-    """(λ, U) of A for a backward that is differentiated: the aten op, not ``torch.linalg.eigh``,
-    so that a running ``stabkit.monitor.watch`` neither logs this internal rebuild as a user call
-    nor swaps its backward (the rebuild's derivative must be the exact one)."""
-    return torch.ops.aten.linalg_eigh(A, "L")
 
 
 def _same_sign(new, old):
@@ -300,7 +293,7 @@ class _SVD(torch.autograd.Function):
         X, U, S, Vh = ctx.saved_tensors
         k = S.shape[-1]
         U, Vh = U[..., :, :k], Vh[..., :k, :]
-        if _differentiating_backward(X):  # the factors as differentiable functions of X (aten: see _rebuild_eigh)
+        if _differentiating_backward(X):  # the factors as differentiable functions of X (aten: see _xp.eigh)
             U_new, S, Vh_new = torch.ops.aten.linalg_svd(X, full_matrices=False, driver=ctx.driver)
             sign = _same_sign(U_new, U)
             U, Vh = U_new * sign, Vh_new * sign.mT

@@ -95,6 +95,17 @@ def test_stabkit_eigh_is_logged_once_and_bound_column():
     assert df.iloc[0]["grad_norm"] == pytest.approx(3.0)  # ∂/∂U = ones(3, 3)
 
 
+@pytest.mark.parametrize("name", methods.NAMES)
+def test_every_method_is_one_row_forward_and_backward(name):
+    """A backward that rebuilds its state (pi-legacy re-runs its exact start) does not log a second,
+    internal eigh call (it used to add an ``eigh`` row)."""
+    A = _sym([1.0, 2.0, 4.0]).requires_grad_(True)
+    with monitor.watch() as mon:
+        lam, U = sktorch.eigh(A, method=name)
+        ((U.sum(0) ** 2).sum() + lam.sum()).backward()
+    assert list(mon.records["fn"]) == [f"stabkit.eigh[{name}]"]
+
+
 def test_swap_backward_changes_the_gradient_only():
     A0 = _sym([1.0, 1.0 + 1e-4, 3.0], seed=2)
 

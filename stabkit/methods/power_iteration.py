@@ -130,7 +130,7 @@ def _forward(A: Array, steps: int, start: str, eps: float, seed: int, stop: bool
     d = A.shape[-1]
     order = list(range(d - 1, -1, -1))
     if start == "exact":
-        lam, U = xp.linalg.eigh(A)
+        lam, U = _xp.eigh(A)  # not torch.linalg.eigh: a backward that rebuilds this state is not logged
         kept = _energy_kept(lam, eps)
         # indices dropped by the λ-only breaking conditions in every batch element contribute
         # nothing to the gradient and cannot influence larger ones: do not iterate them at all
