@@ -155,9 +155,7 @@ class _Eigh(torch.autograd.Function):
         A, lam, U = ctx.saved_tensors
         spec = ctx.spec
         if spec.method.exact_state:  # the rule needs only the exact (λ, U)
-            if _differentiating_backward(A):
-                lam, U_new = _xp.eigh(A)  # aten: a watch neither logs nor swaps it (its derivative must be exact)
-                U = U_new * _same_sign(U_new, U)
+            lam, U = _eigh_for_backward(A, lam, U)
             state = {"U": U, "lam": lam}
         else:  # power iteration: its state (iterates, norms) is rebuilt from A
             _, _, state = spec.forward(A)
@@ -192,6 +190,16 @@ def _differentiating_backward(A) -> bool:
     if torch.is_grad_enabled():
         return True
     return not torch.compiler.is_compiling() and bool(torch._C._functorch.is_functorch_wrapped_tensor(A))
+
+
+def _eigh_for_backward(A, lam, U):
+    """The saved (λ, U), or — when the backward is itself differentiated — (λ, U) rebuilt from A by
+    :func:`stabkit._xp.eigh` (a watch neither logs nor swaps it: its derivative must be exact),
+    the columns signed like the saved ones."""
+    if not _differentiating_backward(A):
+        return lam, U
+    lam, U_new = _xp.eigh(A)
+    return lam, U_new * _same_sign(U_new, U)
 
 
 def _same_sign(new, old):

@@ -33,8 +33,8 @@ the input with the aten eigh (thin SVD), so ``gradgradcheck`` holds on separated
 exact tie the first derivative is exact but a second derivative goes through eigh's own
 derivative, which is infinite there: it may be NaN. ``torch.func`` vmap/grad/jacrev/jacfwd/hessian
 work (vmap rule generated). Forward mode is the same Fréchet derivative (it is self-adjoint): the
-EIG tangent of g(A) is :func:`dk_frechet` applied to sym(dA), the SVD one L(dFᵀF + FᵀdF) with L
-whole (:func:`_frechet`); under torch.compile the classes without a custom jvp are used (Dynamo
+EIG tangent of g(A) is :func:`dk_frechet` applied to sym(dA), the SVD one L(dFᵀF + FᵀdF)
+(:func:`_gram_frechet`); under torch.compile the classes without a custom jvp are used (Dynamo
 traces none).
 
 Input: F a finite float32/float64 (..., n, d), ε a finite number ≥ 0, and an EIG-route A symmetric
@@ -49,7 +49,7 @@ import torch
 from . import svd as _svd
 import stabkit.torch
 from .. import _xp
-from ..torch import _differentiating_backward, _op, _same_sign
+from ..torch import _differentiating_backward, _eigh_for_backward, _op, _same_sign
 from ._checks import check_eps, check_matrix, method_params
 from ..errors import InputError
 from ..methods import DEFAULT, Spec
@@ -168,9 +168,7 @@ class _EigDK(torch.autograd.Function):
     @staticmethod
     def _frechet(ctx, G):
         A, lam, U = ctx.saved_tensors
-        if _differentiating_backward(A):  # λ, U as differentiable functions of A (aten: not watched)
-            lam, U_new = _xp.eigh(A)
-            U = U_new * _same_sign(U_new, U)
+        lam, U = _eigh_for_backward(A, lam, U)
         D = divided_differences_of(lam, (lam[..., :, None] - lam[..., None, :]).abs(), ctx.fn, ctx.p)
         return dk_frechet(U, D, G)
 
@@ -227,9 +225,9 @@ class _SvdDKJvp(_SvdDK):
 
     @staticmethod
     def jvp(ctx, dF, _fn, _eps, _p):
-        """dC = L(dFᵀF + FᵀdF), L the whole Fréchet derivative (:func:`_frechet`)."""
+        """dC = L(dFᵀF + FᵀdF), L the Fréchet derivative of g at FᵀF + εI (:func:`_gram_frechet`)."""
         F, V1, S = _SvdDK._thin_factors(ctx)
-        return _frechet(V1, S, F.shape[-1], 2 * F.mT @ dF, ctx.fn, ctx.eps, ctx.p), None, None
+        return _gram_frechet(V1, S, F.shape[-1], 2 * F.mT @ dF, ctx.fn, ctx.eps, ctx.p), None, None
 
 
 def _pad(x, d):
@@ -251,17 +249,14 @@ def _thin_frechet(V1, S, d, G, fn, eps, p):
     return L
 
 
-def _frechet(V1, S, d, G, fn, eps, p):
-    """The whole L(G) (d × d, symmetric) from the thin V1: :func:`_thin_frechet`'s T = A + B (A its
-    span(V1) block, B = V1 (D_iε ∘ V1ᵀ sym(G) P⊥), P⊥ = I − V1V1ᵀ) gives A + B + Bᵀ = T + Tᵀ − T V1V1ᵀ;
-    the complement block, one eigenvalue ε, adds g'(ε) P⊥ sym(G) P⊥."""
+def _gram_frechet(V1, S, d, G, fn, eps, p):
+    """L(G) (d × d, symmetric) from the thin V1, for G = 2FᵀdF (sym(G) = dFᵀF + FᵀdF, FᵀF's tangent):
+    :func:`_thin_frechet`'s T = A + B (A its span(V1) block, B = V1 (D_iε ∘ V1ᵀ sym(G) P⊥),
+    P⊥ = I − V1V1ᵀ) gives A + B + Bᵀ = T + Tᵀ − T V1V1ᵀ. The complement block g'(ε) P⊥ sym(G) P⊥ of a
+    general L is left out: it is 0 for such G (F P⊥ = 0), and g'(0) = ∞ (ε = 0, √x, x^p with
+    p < 1) times its rounding would be NaN."""
     T = _thin_frechet(V1, S, d, G, fn, eps, p)
-    if S.shape[-1] == d:
-        return T
-    P1 = V1 @ V1.mT
-    Pc = torch.eye(d, dtype=V1.dtype, device=V1.device) - P1
-    zero = S.new_zeros(S.shape[:-1] + (1,))
-    return T + T.mT - T @ P1 + divided_differences(zero + eps, zero, fn, p) * (Pc @ _xp.sym(G) @ Pc)
+    return T if S.shape[-1] == d else T + T.mT - T @ (V1 @ V1.mT)
 
 
 def eig_dk(A: torch.Tensor, fn: str, p: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
