@@ -345,8 +345,9 @@ def test_a_daleckii_krein_layer_is_logged_as_itself_and_never_swapped():
     assert df["fn"].tolist() == ["stabkit.layers.eig_dk", "stabkit.layers.svd_dk"]
     assert df["backward"].tolist() == [DK_BACKWARD] * 2
     svd_row = df.iloc[1]
-    line = next(i for i, text in enumerate(open(__file__), 1) if 'route="svd-dk"), F0)' in text)
-    assert svd_row["site"].endswith(f"test_monitor.py:{line}")  # the caller of the layer, not its module
+    for row, marker in ((df.iloc[0], "(pool(x) ** 2)"), (svd_row, 'route="svd-dk"), F0)')):
+        line = next(i for i, text in enumerate(open(__file__), 1) if marker in text)
+        assert row["site"].endswith(f"test_monitor.py:{line}")  # the caller of the layer, not its module
     assert svd_row["lam_min"] == pytest.approx(0.25 + 0.1, rel=1e-12)  # μ = σ² + ε = 0.35, 1.1, 4.1
     assert svd_row["min_gap"] == pytest.approx(0.75, rel=1e-12)
     assert df.iloc[0]["batch"] == 2 and df.iloc[0]["n"] == 3

@@ -28,10 +28,10 @@ def _folder(path: str) -> str:
 
 #: frames a call site is looked through, by where the code is installed (never by a name in the
 #: path: a user's folder may be called ``torch`` or ``my_autograd_tests``): torch's package, the
-#: method registry, this package, stabkit.torch, _xp, the matrix-function layers (whose
-#: decompositions are logged: the site is the line that called the layer)
-_SKIP_FOLDERS = (_folder(torch.__file__), _folder(methods.__file__), _folder(__file__))
-_SKIP_FILES = {os.path.realpath(m.__file__) for m in (stabkit.torch, _xp, matrix_functions)}
+#: method registry, this package, stabkit.torch, _xp, the layers (the site of a layer's
+#: decomposition is the line that called the layer)
+_SKIP_FOLDERS = (_folder(torch.__file__), _folder(methods.__file__), _folder(__file__), _folder(matrix_functions.__file__))
+_SKIP_FILES = {os.path.realpath(m.__file__) for m in (stabkit.torch, _xp)}
 
 _site_of_file: dict = {}
 
