@@ -108,11 +108,9 @@ def synthetic_pool(monkeypatch):
     """A 40-image uint8 stand-in for the CIFAR-10 pool (no dataset needed); the caches are cleared around it."""
     images = np.random.default_rng(7).integers(0, 256, size=(40, 32, 32, 3), dtype=np.uint8)
     gp._cifar_moments.cache_clear()
-    gp._cifar_padded.cache_clear()
     monkeypatch.setattr(gp, "_cifar_images", lambda path, pool: images[:pool])
     yield images
     gp._cifar_moments.cache_clear()
-    gp._cifar_padded.cache_clear()
 
 
 def _torch_feature_cov(images, idx, w, relu):

@@ -211,15 +211,11 @@ def _cifar_images(path: str, pool: int) -> np.ndarray:
     return images[_pool_indices(pool)]
 
 
-@functools.lru_cache(maxsize=1)
-def _cifar_padded(path: str, pool: int) -> np.ndarray:
-    return normalise_images(_cifar_images(path, pool))
-
-
-def cifar_patches(padded: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """3×3×3 patches at every position of images ``idx``: (len(idx)·32·32, 27), order (channel, row, col)."""
-    win = np.lib.stride_tricks.sliding_window_view(padded[idx], (3, 3), axis=(1, 2))  # B,32,32,3,3,3
-    return win.reshape(-1, PATCH)
+def cifar_patches(images: np.ndarray) -> np.ndarray:
+    """3×3×3 normalised patches at every position of uint8 images (B, 32, 32, 3): (B, 32·32, 27),
+    order (channel, row, col). Only these images are normalised (float64 costs 8× their bytes)."""
+    win = np.lib.stride_tricks.sliding_window_view(normalise_images(images), (3, 3), axis=(1, 2))  # B,32,32,3,3,3
+    return win.reshape(len(images), -1, PATCH)
 
 
 def patch_moments(images: np.ndarray, block: int = 500) -> tuple[np.ndarray, np.ndarray]:
@@ -227,10 +223,9 @@ def patch_moments(images: np.ndarray, block: int = 500) -> tuple[np.ndarray, np.
     second = np.empty((len(images), PATCH, PATCH))
     first = np.empty((len(images), PATCH))
     for start in range(0, len(images), block):
-        x = normalise_images(images[start:start + block])
-        p = np.lib.stride_tricks.sliding_window_view(x, (3, 3), axis=(1, 2)).reshape(len(x), -1, PATCH)
-        second[start:start + len(x)] = p.swapaxes(1, 2) @ p
-        first[start:start + len(x)] = p.sum(1)
+        p = cifar_patches(images[start:start + block])
+        second[start:start + len(p)] = p.swapaxes(1, 2) @ p
+        first[start:start + len(p)] = p.sum(1)
     return second, first
 
 
@@ -259,7 +254,7 @@ def feature_covariance(w: np.ndarray, idx: np.ndarray, *, path: str = "", pool: 
     """The d×d covariance (+ εI) of the conv features ``w`` (27×d) of the pool's images ``idx``."""
     d = w.shape[1]
     if relu:
-        feats = np.maximum(cifar_patches(_cifar_padded(path, pool), idx) @ w, 0)
+        feats = np.maximum(cifar_patches(_cifar_images(path, pool)[idx]).reshape(-1, PATCH) @ w, 0)
         feats -= feats.mean(0)
         C = feats.T @ feats / feats.shape[0]
     else:
