@@ -248,8 +248,10 @@ def test_fast_options_are_validated(bad, needle):
 
 def test_fast_path_on_a_cpu_refuses_fewer_than_8_stem_channels():
     # torch's CPU channels_last 1×1 stride-2 convolution corrupts the heap below 8 input channels
-    with pytest.raises(ValueError, match="width ≥ 0.125"):
+    with pytest.raises(ValueError, match="≥ 8 stem channels .* gives 4"):
         loop.resolve_config({"fast": True, "device": "cpu", "width": 0.0625})
+    with pytest.raises(ValueError, match="gives 7"):  # round(64 · 0.11) = 7: the channel count decides
+        loop.resolve_config({"fast": True, "device": "cpu", "width": 0.11})
     assert loop.resolve_config({"fast": True, "device": "cpu", "width": 0.125})["fast"]
     assert not loop.resolve_config({"device": "cpu", "width": 0.0625})["fast"]
 

@@ -16,6 +16,7 @@ import torch
 from .. import methods
 from ..methods import Spec
 from .preset import MILESTONE_UNITS, STOP_ON, get_preset
+from .resnet import stage_channels
 
 DEFAULTS = {
     "method": methods.DEFAULT, "params": {}, "norm": "zca", "d": 16, "dtype": "float32", "preset": "stabkit", "eps": None,
@@ -73,10 +74,10 @@ _CPU_CHANNELS_LAST_MIN = 8
 
 
 def _check_cpu_layout(cfg: dict) -> None:
-    stem = max(1, int(round(64 * float(cfg["width"]))))
+    stem = stage_channels(float(cfg["width"]))[0]
     if cfg["fast"] and cfg["device"].startswith("cpu") and stem < _CPU_CHANNELS_LAST_MIN:
-        raise ValueError(f"fast=True on a CPU needs width ≥ {_CPU_CHANNELS_LAST_MIN / 64} ({stem} stem channels "
-                         f"< {_CPU_CHANNELS_LAST_MIN}): torch's CPU channels_last 1×1 stride-2 convolution "
+        raise ValueError(f"fast=True on a CPU needs ≥ {_CPU_CHANNELS_LAST_MIN} stem channels (width ≥ ≈"
+                         f"{_CPU_CHANNELS_LAST_MIN / 64}; this width gives {stem}): torch's CPU channels_last 1×1 stride-2 convolution "
                          "corrupts memory below that; use fast=False or a wider network")
 
 

@@ -36,12 +36,17 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
+def stage_channels(width: float) -> list[int]:
+    """Channels of the four stages (64, 128, 256, 512 at width 1), each at least 1."""
+    return [max(1, int(round(c * width))) for c in (64, 128, 256, 512)]
+
+
 class ResNet18(nn.Module):
     def __init__(self, norm: str = "zca", d: int = 16, method=methods.DEFAULT, params: dict | None = None,
                  eps: float = 1e-4, dtype: str = "float32", num_classes: int = 10, width: float = 1.0,
                  blocks=(2, 2, 2, 2), zca=None, conv_init: str = "torch-default"):
         super().__init__()
-        channels = [max(1, int(round(c * width))) for c in (64, 128, 256, 512)]
+        channels = stage_channels(width)
         self.conv1 = nn.Conv2d(3, channels[0], 3, 1, 1, bias=False)
         if norm == "zca":
             self.norm1 = ZCAWhitening(channels[0], d=d, method=method, params=params, eps=eps, dtype=dtype, config=zca)
