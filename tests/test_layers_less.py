@@ -73,6 +73,13 @@ def test_bad_max_iter_raises_input_error():
         layers.less(ORTHOGONAL_TO_ONES, max_iter=0)
 
 
+@pytest.mark.parametrize("tol", [0.0, -1e-3, 1.0, float("nan"), True])
+def test_bad_tol_raises_input_error(tol):
+    """A tol outside (0, 1) is refused before iterating, as ied refuses it (less passed it through)."""
+    with pytest.raises(InputError, match=r"less: tol must be a number in \(0, 1\)"):
+        layers.less(ORTHOGONAL_TO_ONES, tol=tol)
+
+
 def test_second_derivative_is_refused():
     A = torch.as_tensor(build([0.3, 1.0, 2.0, 4.0], seed=2))
     with pytest.raises(RuntimeError, match="differentiate twice"):

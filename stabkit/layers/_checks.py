@@ -46,6 +46,12 @@ def check_iterations(max_iter, fn: str) -> None:
         raise InputError(f"{fn}: max_iter must be a positive integer, got {max_iter!r}")
 
 
+def check_tol(tol, fn: str) -> None:
+    """An iterative layer's relative tolerance: None (its default) or a number in (0, 1)."""
+    if tol is not None and (isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 < tol < 1):
+        raise InputError(f"{fn}: tol must be a number in (0, 1), got {tol!r}")
+
+
 def failure_tol(tol: float, d: int, dtype: torch.dtype) -> float:
     """The relative residual above which an iterative forward has failed: ``tol``, or the rounding
     floor d·eps of a product A·y (Higham, "Accuracy and Stability of Numerical Algorithms", §3.5)

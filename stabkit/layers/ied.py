@@ -42,7 +42,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from ..errors import InputError
-from ._checks import check_iterations, check_matrix, failure_tol, not_converged
+from ._checks import check_iterations, check_matrix, check_tol, failure_tol, not_converged
 
 
 #: The smallest relative gap 1 − |λ_{k+1}/λ_k| the power solver's default budget is sized for. Sample
@@ -167,8 +167,7 @@ def ied(A: torch.Tensor, k: int = 1, solver: str = "eigh", max_iter: int | None 
     check_matrix(A, "ied", symmetric=True)
     if max_iter is not None:
         check_iterations(max_iter, "ied")
-    if tol is not None and (isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 < tol < 1):
-        raise InputError(f"ied: tol must be a number in (0, 1), got {tol!r}")
+    check_tol(tol, "ied")
     if not 1 <= k <= A.shape[-1]:
         raise InputError(f"ied: expected 1 ≤ k ≤ d = {A.shape[-1]}, got k={k}")
     return _IED.apply(A, k, solver, max_iter, tol, seed)

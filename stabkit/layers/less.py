@@ -38,7 +38,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from ..errors import EigensolverError
-from ._checks import check_iterations, check_matrix, failure_tol, not_converged
+from ._checks import check_iterations, check_matrix, check_tol, failure_tol, not_converged
 from .ied import fix_sign, principal_backward, seeded_normal
 
 
@@ -121,9 +121,10 @@ def less(A: torch.Tensor, y0: torch.Tensor | None = None, max_iter: int = 5000, 
     """Principal eigenvector y (..., d) and eigenvalue λ = yᵀAy (...) of symmetric A (..., d, d).
 
     ``y0``: start vector (default: module docstring; ``seed`` seeds its nudge). ``tol``: stop at
-    ‖(I − yyᵀ) A y‖ ≤ tol·‖A‖_F/2 (default 16 eps). Raises EigensolverError if that is not reached
+    ‖(I − yyᵀ) A y‖ ≤ tol·‖A‖_F/2, tol in (0, 1) (default 16 eps). Raises EigensolverError if that is not reached
     or y is not the principal vector.
     """
     check_matrix(A, "less", symmetric=True)
     check_iterations(max_iter, "less")
+    check_tol(tol, "less")
     return _LESS.apply(A, y0, max_iter, tol, seed)
