@@ -213,8 +213,10 @@ def test_informative_points_and_chance_range():
     s = pd.DataFrame({"source": ["gaussian", "gaussian", "gaussian", "cifar10", "gaussian"], "d": [4, 8, 16, 64, 32],
                       "count": [0, 0, 1000, 1000, 1000], "n": [1000] * 5,
                       "pred_mp": [0.002, 0.004, 0.9995, 1.0, 0.99]})
+    s = gp_report.mark_rank_deficient(s, grid)
+    assert s["rank_deficient"].tolist() == [False, False, False, True, False]  # cifar10 pre-ReLU, d = 64 > 27
     # p̂ = 0 & pred < 3/N: out; p̂ = 0 & pred ≥ 3/N: in; both ≈ 1: out; rank-deficient: out; p̂ = 1 & pred = 0.99: in
-    assert gp_report.informative(s, "pred_mp", grid).tolist() == [False, True, False, False, True]
+    assert gp_report.informative(s, "pred_mp").tolist() == [False, True, False, False, True]
     mean, lo, hi = gp_report.chance_range(40)
     pmf = [math.comb(40, j) * 0.95 ** j * 0.05 ** (40 - j) for j in range(41)]
     cdf = np.cumsum(pmf)

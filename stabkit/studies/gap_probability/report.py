@@ -43,6 +43,13 @@ def rank_deficient(grid: dict, source: str, d: int) -> bool:
     return source == "cifar10" and not grid["cifar_relu"] and int(d) > PATCH
 
 
+def mark_rank_deficient(agg: pd.DataFrame, grid: dict) -> pd.DataFrame:
+    """``agg`` with a boolean column ``rank_deficient`` (:func:`rank_deficient` per row), which every
+    part of the report reads."""
+    flags = [rank_deficient(grid, source, d) for source, d in zip(agg["source"], agg["d"])]
+    return agg.assign(rank_deficient=np.array(flags, dtype=bool))
+
+
 # ---------------------------------------------------------------- number formatting
 
 
@@ -92,7 +99,7 @@ def _cifar_note(grid):
 # ---------------------------------------------------------------- figures
 
 
-def _probability_panel(ax, sub: pd.DataFrame, colors: dict, grid: dict) -> None:
+def _probability_panel(ax, sub: pd.DataFrame, colors: dict) -> None:
     for tau, color in colors.items():
         for source, style in (("gaussian", "-o"), ("cifar10", "--s")):
             s = sub[(sub["tau"] == tau) & (sub["source"] == source)].sort_values("d")
@@ -103,7 +110,7 @@ def _probability_panel(ax, sub: pd.DataFrame, colors: dict, grid: dict) -> None:
             yerr = [np.clip(p - np.maximum(s["lo"], floor * 0.5), 0, None), np.clip(np.maximum(s["hi"], floor) - p, 0, None)]
             ax.errorbar(s["d"], p, yerr=yerr,
                         fmt=style, color=color, ms=4, capsize=2, label=f"{source}, τ={tau:g}")
-            rd = np.array([rank_deficient(grid, source, d) for d in s["d"]], dtype=bool)
+            rd = s["rank_deficient"].to_numpy()
             if rd.any():  # P = 1 by construction (rank ≤ 27): drawn white-filled
                 ax.plot(s["d"][rd], p[rd], "s", ms=6, mfc="white", mec=color)
             if source == "gaussian":
@@ -111,11 +118,11 @@ def _probability_panel(ax, sub: pd.DataFrame, colors: dict, grid: dict) -> None:
                         label=f"Wigner surmise + MP, τ={tau:g}")
 
 
-def _probability_figure(plt, agg: pd.DataFrame, grid: dict, out_dir: pathlib.Path) -> str:
+def _probability_figure(plt, agg: pd.DataFrame, out_dir: pathlib.Path) -> str:
     colors = dict(zip(sorted(agg["tau"].unique(), reverse=True), plt.cm.viridis(np.linspace(0, 0.85, agg["tau"].nunique()))))
     fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
     for ax, kind in zip(axes, ("abs", "rel")):
-        _probability_panel(ax, agg[agg["event"] == kind], colors, grid)
+        _probability_panel(ax, agg[agg["event"] == kind], colors)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_ylim(1e-5, 1.5)
@@ -150,7 +157,7 @@ def _k_figure(plt, agg: pd.DataFrame, grid: dict, out_dir: pathlib.Path) -> str:
 
 def _plot(agg: pd.DataFrame, grid: dict, out_dir: pathlib.Path) -> list[str]:
     plt = _figures.pyplot()
-    return [_probability_figure(plt, agg, grid, out_dir), _k_figure(plt, agg, grid, out_dir)]
+    return [_probability_figure(plt, agg, out_dir), _k_figure(plt, agg, grid, out_dir)]
 
 
 # ---------------------------------------------------------------- text
@@ -166,20 +173,20 @@ def report(results: pd.DataFrame, grid: dict, out_dir: pathlib.Path) -> str:
     grid = validate(grid)
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    agg = aggregate(results)
+    agg = mark_rank_deficient(aggregate(results), grid)
     figs = _plot(agg, grid, out_dir)
-    lines = _intro(grid, figs)
+    lines = _intro(grid, figs, agg["rank_deficient"].any())
     lines += _deviations(grid)
-    lines += _event_tables(agg, grid)
+    lines += _event_tables(agg)
     lines += _rank_section(agg, grid)
     lines += _k_section(agg, grid, figs)
     lines += ["### Findings", ""]
     lines += [_finding(agg, source, grid) for source in agg["source"].unique()]
-    lines += _prediction_section(agg, grid)
+    lines += _prediction_section(agg)
     return "\n".join(lines) + "\n"
 
 
-def _intro(grid: dict, figs: list[str]) -> list[str]:
+def _intro(grid: dict, figs: list[str], any_rank_deficient: bool) -> list[str]:
     lines = [
         "## Probability of a small eigenvalue gap (Wang, Dang, Hu, Fua & Salzmann, \"Robust Differentiable SVD\", "
         "TPAMI 2021, Fig. 1(a))",
@@ -194,7 +201,7 @@ def _intro(grid: dict, figs: list[str]) -> list[str]:
         lines.append("Reduced sample sizes (time budget): " + ", ".join(f"{k}: {v}" for k, v in grid["reduced"].items()) + ".")
         lines.append("")
     hollow = " White-filled squares: CIFAR-10 points with d > 27, where P = 1 by construction (see below)." \
-        if not grid["cifar_relu"] and "cifar10" in grid["sources"] else ""
+        if any_rank_deficient else ""
     return lines + [f"![gap probability]({figs[0]})", "", f"Zero counts are drawn at ½/N.{hollow}", ""]
 
 
@@ -236,7 +243,7 @@ def _deviations(grid: dict) -> list[str]:
             "Fig. 1(a), so no column of paper values is shown and no point is compared with the paper.", ""]
 
 
-def _event_tables(agg: pd.DataFrame, grid: dict) -> list[str]:
+def _event_tables(agg: pd.DataFrame) -> list[str]:
     lines = []
     for kind, title in (("abs", "absolute gap min(λ_{i+1} − λ_i) < τ"), ("rel", "relative gap min gap / λ_max < τ")):
         sub = agg[agg["event"] == kind]
@@ -246,20 +253,20 @@ def _event_tables(agg: pd.DataFrame, grid: dict) -> list[str]:
             row = {"source": source, "d": d, "N": int(s["n"].iloc[0])}
             for r in s.sort_values("tau", ascending=False).itertuples():
                 row[f"τ={r.tau:g}"] = _cell_text(r)
-            row["note"] = "rank ≤ 27 < d: 1 by construction" if rank_deficient(grid, source, d) else ""
+            row["note"] = "rank ≤ 27 < d: 1 by construction" if s["rank_deficient"].iloc[0] else ""
             table.append(row)
         lines += [markdown_table(pd.DataFrame(table)), ""]
     return lines
 
 
 def _rank_section(agg: pd.DataFrame, grid: dict) -> list[str]:
-    if "cifar10" not in set(agg["source"]) or grid["cifar_relu"]:
+    if not agg["rank_deficient"].any():
         return []
     s = agg[(agg["source"] == "cifar10") & (agg["event"] == "K")].sort_values("d")
     table = pd.DataFrame([{"d": int(r.d), "d − 27 (if > 0)": max(int(r.d) - 27, 0),
                            "mean count of eigenvalues within 1e-9·λ_max of ε": f"{r.n_at_eps:.6g}",
                            "mean λ_min − ε": f"{r.lam_min - grid['zca_eps']:.3g}"} for r in s.itertuples()])
-    big = [int(d) for d in s["d"] if rank_deficient(grid, "cifar10", d)]
+    big = [int(d) for d in s.loc[s["rank_deficient"], "d"]]
     return ["### Rank of the pre-ReLU CIFAR-10 features: P = 1 by construction for d > 27", "",
             "A 3×3 conv over 3 input channels maps each 27-dim input patch linearly to d features, so the d×d "
             "covariance of the conv output has rank ≤ 27. For d > 27 at least d − 27 eigenvalues of C + εI equal ε "
@@ -276,14 +283,15 @@ def _rank_section(agg: pd.DataFrame, grid: dict) -> list[str]:
 def _k_section(agg: pd.DataFrame, grid: dict, figs: list[str]) -> list[str]:
     sub = agg[agg["event"] == "K"]
     table = pd.DataFrame([{"source": r.source, "d": r.d, "N": r.n, "P": _cell_text(r),
-                           "note": "1 by construction" if rank_deficient(grid, r.source, r.d) else ""} for r in sub.itertuples()])
+                           "note": "1 by construction" if r.rank_deficient else ""} for r in sub.itertuples()])
     return [f"### P(max abs(K̃_ij) > {grid['k_threshold']:g}) (identical to the absolute event at τ = {1 / grid['k_threshold']:g})", "",
             f"![K exceed]({figs[1]})", "", markdown_table(table), ""]
 
 
 def _finding(agg: pd.DataFrame, source: str, grid: dict) -> str:
     s = agg[(agg["source"] == source) & (agg["event"] == "abs")]
-    s = s[[not rank_deficient(grid, source, d) for d in s["d"]]]
+    some_rank_deficient = s["rank_deficient"].any()
+    s = s[~s["rank_deficient"]]
     if s.empty:
         return f"- {source}: no point outside the rank-deficient range."
     tmax = s["tau"].max()
@@ -293,7 +301,7 @@ def _finding(agg: pd.DataFrame, source: str, grid: dict) -> str:
     at = f"first reaches ≥ 50% at d = {int(first['d'].iloc[0])}" if not first.empty else f"stays below 50% up to d = {dmax}"
     kk = agg[(agg["source"] == source) & (agg["event"] == "K") & (agg["d"] == dmax)].iloc[0]
     lo_r, hi_r = big.iloc[0], big.iloc[-1]
-    scope = f" (d ≤ {dmax}: larger d are rank-deficient, see above)" if source == "cifar10" and not grid["cifar_relu"] else ""
+    scope = f" (d ≤ {dmax}: larger d are rank-deficient, see above)" if some_rank_deficient else ""
     return (f"- {source}{scope}: P(min gap < {tmax:g}) is {interval_text(lo_r.p, lo_r.lo, lo_r.hi)} at d = {int(lo_r.d)} and "
             f"{interval_text(hi_r.p, hi_r.lo, hi_r.hi)} at d = {int(hi_r.d)} (N = {int(hi_r.n)} each) and {at}; "
             f"P(max abs(K̃) > {grid['k_threshold']:g}) is {interval_text(kk.p, kk.lo, kk.hi)} at d = {dmax}. At d = {dmax}: "
@@ -305,13 +313,13 @@ def _finding(agg: pd.DataFrame, source: str, grid: dict) -> str:
 # ---------------------------------------------------------------- prediction against measurement
 
 
-def informative(s: pd.DataFrame, col: str, grid: dict) -> pd.Series:
-    """Points that can tell a prediction from another: not rank-deficient, a prediction, and neither
-    (p̂ = 0 and prediction < 3/N: rule of three) nor (p̂ = 1 and 1 − prediction < 3/N)."""
+def informative(s: pd.DataFrame, col: str) -> pd.Series:
+    """Points that can tell a prediction from another: not rank-deficient (:func:`mark_rank_deficient`),
+    a prediction, and neither (p̂ = 0 and prediction < 3/N: rule of three) nor (p̂ = 1 and
+    1 − prediction < 3/N)."""
     both0 = (s["count"] == 0) & (s[col] < 3 / s["n"])
     both1 = (s["count"] == s["n"]) & (1 - s[col] < 3 / s["n"])
-    rd = pd.Series([rank_deficient(grid, src, d) for src, d in zip(s["source"], s["d"])], index=s.index)
-    return s[col].notna() & ~both0 & ~both1 & ~rd
+    return s[col].notna() & ~both0 & ~both1 & ~s["rank_deficient"]
 
 
 def chance_range(n: int, coverage: float = 0.95) -> tuple[float, int, int]:
@@ -325,13 +333,13 @@ def chance_range(n: int, coverage: float = 0.95) -> tuple[float, int, int]:
     return coverage * n, int(b.ppf(0.025)), int(b.ppf(0.975))
 
 
-def _comparison(agg: pd.DataFrame, grid: dict) -> pd.DataFrame:
+def _comparison(agg: pd.DataFrame) -> pd.DataFrame:
     comp = []
     for (source, kind, tau), s in agg[agg["event"] != "K"].groupby(["source", "event", "tau"]):
         for col, label in (("pred_mp", "MP unfolding"), ("pred_unfold", "empirical unfolding")):
             if s[col].isna().all():
                 continue
-            inf = informative(s, col, grid)
+            inf = informative(s, col)
             if not inf.any():
                 continue
             ok = inf & (s[col] >= s["lo"]) & (s[col] <= s["hi"])
@@ -344,13 +352,13 @@ def _comparison(agg: pd.DataFrame, grid: dict) -> pd.DataFrame:
     return pd.DataFrame(comp)
 
 
-def _prediction_section(agg: pd.DataFrame, grid: dict) -> list[str]:
+def _prediction_section(agg: pd.DataFrame) -> list[str]:
     lines = ["", "### Random-matrix prediction (Wigner surmise, P(s < x) ≈ (π/4)x², unfolded)", "",
              "A point is informative unless p̂ = 0 and the prediction is below 3/N (rule of three), or p̂ = 1 and the "
              "prediction is above 1 − 3/N, or it is a rank-deficient CIFAR-10 point. \"Inside\" = the prediction lies in "
              "the Wilson 95% interval of the measurement. (source, event, τ, unfolding) rows without an informative point are "
              "omitted.", ""]
-    comp_df = _comparison(agg, grid)
+    comp_df = _comparison(agg)
     if comp_df.empty:
         return lines
     lines += [markdown_table(comp_df), ""]
