@@ -248,3 +248,18 @@ def test_markdown_escapes_pipes_and_tables_have_consistent_columns(tmp_path):
         assert len(set(cols)) == 1, cols
     assert "π²/12" not in md and "median over the 2 chunks of the chunk medians" in md
     assert "Dang" in md and "Deviations" in md
+
+
+@pytest.mark.parametrize("dims, relu", [([8, 32], False), ([8, 16], False), ([8, 32], True)],
+                         ids=["d32-pre-relu", "d16-pre-relu", "d32-relu"])
+def test_rank_deficiency_is_reported_only_where_a_point_has_it(synthetic_pool, tmp_path, dims, relu):
+    """The rank section, the findings' scope and the white squares appear only when some pre-ReLU CIFAR
+    point has d > 27 (with dims ≤ 27 the report used to print "larger d are rank-deficient")."""
+    grid = gp.validate({"sources": ["cifar10"], "dims": dims, "n_matrices": 4, "chunk_size": 4, "cifar_batch": 4,
+                        "cifar_pool": 40, "cifar_channels": 32, "cifar_relu": relu})
+    rows = pd.DataFrame([r for c in gp.cells(grid) for r in gp.run_cell(c)])
+    md = gp.report(rows, grid, tmp_path)
+    expected = dims[-1] > 27 and not relu
+    assert ("### Rank of the pre-ReLU CIFAR-10 features" in md) == expected
+    assert ("larger d are rank-deficient" in md) == expected
+    assert ("White-filled squares" in md) == expected
