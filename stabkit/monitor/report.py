@@ -148,27 +148,29 @@ def findings(g: pd.DataFrame) -> list[Finding]:
                            "Logged by the monitor; no study in this project measured this case." if not row["input_nonfinite"] else
                            "A NaN/Inf input makes every eigensolver's output NaN or an error; this needs no study."))
     dk = bool(g["backward"].eq(DK_BACKWARD).all())
-    if made_here is not None and (upstream is None or made_here < upstream) and dk:
-        out.append(Finding("non-finite gradient made here", made_here,
-                           f"this call's backward turned a finite incoming gradient into a non-finite ∂L/∂A "
-                           f"({int(grad_in_bad.sum())} call(s); backward: {backward}).",
-                           "This backward is the exact derivative of g(A) and is infinite only where g' is "
-                           "(an eigenvalue ≤ 0 for log, = 0 for √ or x^p with p < 1; see λ_min): add a larger ε "
-                           "to the diagonal or compute in float64. --swap-backward does not change it.",
-                           DK_EVIDENCE))
-    elif made_here is not None and (upstream is None or made_here < upstream):
+    gradient_made_here = made_here is not None and (upstream is None or made_here < upstream)
+    if gradient_made_here:
+        inf_k = not dk and bool(np.isinf(g.loc[grad_in_bad, "max_K"]).any())
         bounded = any(m is not None and m.bounded for m in map(_method_of, g["backward"]))
-        inf_k = bool(np.isinf(g.loc[grad_in_bad, "max_K"]).any())
+        if dk:
+            action = ("This backward is the exact derivative of g(A) and is infinite only where g' is "
+                      "(an eigenvalue ≤ 0 for log, = 0 for √ or x^p with p < 1; see λ_min): add a larger ε "
+                      "to the diagonal or compute in float64. --swap-backward does not change it.")
+            evidence = DK_EVIDENCE
+        elif not bounded:
+            action = ("Use a bounded backward rule: `stabkit watch --swap-backward taylor` (or "
+                      "`stabkit.torch.eigh(A, \"taylor\")` / `\"clip\"` in the layer).")
+            evidence = ("In the ZCA study, exactly equal computed eigenvalues at d = 64 in float32 made SVD (the analytic "
+                        "rule) fail with a non-finite gradient in 3/8 runs (K̃ = ∞); SVD-Taylor and SVD-Clip trained 8/8 "
+                        "on the same spectra.")
+        else:
+            action = ("The backward is already bounded; this project has no measured fix for a non-finite gradient "
+                      "through it (check the incoming gradient and the input).")
+            evidence = "—"
         out.append(Finding("non-finite gradient made here", made_here,
                            f"this call's backward turned a finite incoming gradient into a non-finite ∂L/∂A "
                            f"({int(grad_in_bad.sum())} call(s){', max|K̃| = ∞: exactly equal computed eigenvalues' if inf_k else ''}; backward: {backward}).",
-                           "Use a bounded backward rule: `stabkit watch --swap-backward taylor` (or "
-                           "`stabkit.torch.eigh(A, \"taylor\")` / `\"clip\"` in the layer)." if not bounded else
-                           "The backward is already bounded; this project has no measured fix for a non-finite gradient "
-                           "through it (check the incoming gradient and the input).",
-                           "In the ZCA study, exactly equal computed eigenvalues at d = 64 in float32 made SVD (the analytic "
-                           "rule) fail with a non-finite gradient in 3/8 runs (K̃ = ∞); SVD-Taylor and SVD-Clip trained 8/8 "
-                           "on the same spectra." if not bounded else "—"))
+                           action, evidence))
     if upstream is not None and not errors[input_bad].any():
         out.append(Finding("non-finite input", upstream,
                            f"the input held NaN/Inf in {int(input_bad.sum())} call(s), first at step {upstream}"
@@ -190,19 +192,20 @@ def findings(g: pd.DataFrame) -> list[Finding]:
             out.append(Finding(caveat.rule, first(mask), caveat.what.format(backward=backward, n=n),
                                caveat.action, caveat.evidence))
     gap = g["min_rel_gap"] < GAP_EVENT
-    if gap.any() and dk:
-        out.append(Finding("small gaps, no failure from them", first(gap),
-                           f"{int(gap.sum())} of {len(g)} calls had a relative gap < {GAP_EVENT:g}.",
-                           "Nothing to change: this site's backward (Daleckii–Krein) does not divide by gaps; "
-                           "max|K̃| is the analytic rule's coefficient, not its own.", DK_EVIDENCE))
-    elif gap.any() and not any(f.rule == "non-finite gradient made here" for f in out):
-        out.append(Finding("small gaps, no failure from them", first(gap),
-                           f"{int(gap.sum())} of {len(g)} calls had a relative gap < {GAP_EVENT:g} (max|K̃| {g['max_K'].max():.3g}), "
-                           "without a non-finite gradient made by this call.",
-                           "Nothing to change on this evidence alone; if a later run fails with a non-finite gradient here, "
-                           "a bounded rule (taylor, clip) is the fix the study measured.",
-                           "In the ZCA study SVD trained in 40/40 float64 runs with max|K̃| up to 5·10¹⁸, and the early gap "
-                           "diagnostics predicted failures only slightly better than the base rate (Brier 0.176 vs 0.196)."))
+    if gap.any() and not gradient_made_here:
+        if dk:
+            what = f"{int(gap.sum())} of {len(g)} calls had a relative gap < {GAP_EVENT:g}."
+            action = ("Nothing to change: this site's backward (Daleckii–Krein) does not divide by gaps; "
+                      "max|K̃| is the analytic rule's coefficient, not its own.")
+            evidence = DK_EVIDENCE
+        else:
+            what = (f"{int(gap.sum())} of {len(g)} calls had a relative gap < {GAP_EVENT:g} (max|K̃| {g['max_K'].max():.3g}), "
+                    "without a non-finite gradient made by this call.")
+            action = ("Nothing to change on this evidence alone; if a later run fails with a non-finite gradient here, "
+                      "a bounded rule (taylor, clip) is the fix the study measured.")
+            evidence = ("In the ZCA study SVD trained in 40/40 float64 runs with max|K̃| up to 5·10¹⁸, and the early gap "
+                        "diagnostics predicted failures only slightly better than the base rate (Brier 0.176 vs 0.196).")
+        out.append(Finding("small gaps, no failure from them", first(gap), what, action, evidence))
     return out
 
 
