@@ -55,8 +55,10 @@ def test_power_solver_converges_on_wishart_covariances(dtype, seed, gap):
 
 def test_explicit_max_iter_is_honoured_and_validated():
     A = torch.as_tensor(build([0.1, 0.5, 1.0, 2.0, 2.0002], seed=1))
-    with pytest.raises(EigensolverError, match=r"not converged after 50 iterations"):
+    with pytest.raises(EigensolverError, match=r"not converged after 50 iterations") as info:
         layers.ied(A, solver="power", max_iter=50)
+    # the hint names the default budget as the default, not as this call's budget
+    assert f"the default at this tol, {default_max_iter(8 * 2.0 ** -52)} steps" in str(info.value)
     for bad in (0, -1, 2.5, True):
         with pytest.raises(InputError, match="max_iter must be a positive integer"):
             layers.ied(A, solver="power", max_iter=bad)

@@ -120,8 +120,9 @@ def _power(A, k, max_iter, tol, seed):
         fail = failure_tol(tol, d, A.dtype)
         if bool((rel > fail).any()):
             raise not_converged("ied(solver='power')", rel, fail, max_iter, "the k-th and (k+1)-th eigenvalues "
-                                f"are probably closer in magnitude than the relative gap {MIN_GAP:g} the default "
-                                "max_iter is sized for (use solver='eigh', or a larger max_iter)")
+                                f"are probably too close in magnitude for this budget (the default at this tol, "
+                                f"{default_max_iter(tol)} steps, resolves a relative gap of {MIN_GAP:g}); use "
+                                "solver='eigh', or a larger max_iter")
     H = _T(Y) @ A @ Y
     mu, W = torch.linalg.eigh((H + _T(H)) / 2)
     order = torch.argsort(mu.abs(), dim=-1, descending=True)
