@@ -143,7 +143,7 @@ def test_matrix_functions_svd_and_eig_routes_match_mpmath(name):
 
 @pytest.mark.parametrize("name", list(FUNS))
 def test_divided_differences_are_cancellation_free(name):
-    from stabkit.layers.matrix_functions import divided_differences
+    from stabkit.layers.divided_differences import divided_differences
     kw, g_mp = FUNS[name]
     sig = np.array([1.0, 1.0 - 1e-9, 1e-3, 1e-3 * (1 + 1e-12), 0.0])
     eps = 1e-6

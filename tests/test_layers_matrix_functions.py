@@ -9,7 +9,7 @@ import torch
 from torch.autograd import gradcheck, gradgradcheck
 
 from stabkit import layers
-from stabkit.layers import matrix_functions as mf
+from stabkit.layers import divided_differences as dd, matrix_functions as mf
 from stabkit.errors import InputError
 from tests._helpers import bad_matrices, nonsymmetric, second_derivative
 from tests.conftest import build
@@ -233,9 +233,94 @@ def test_divided_differences_derivative_is_finite_beside_a_zero_and_a_tie():
     the tie): the branches not taken (the expm1 form at μ = 0, g' off the tie) leave no NaN."""
     mu = torch.tensor([0.0, 1.0, 1.0, 4.0], dtype=D, requires_grad=True)
     W = torch.randn(4, 4, dtype=D, generator=GEN(8))
-    D_ = mf.divided_differences_of(mu, (mu[:, None] - mu[None, :]).abs(), "power", 3.0)
+    D_ = dd.divided_differences_of(mu, (mu[:, None] - mu[None, :]).abs(), "power", 3.0)
     (got,) = torch.autograd.grad((W * D_).sum(), mu)
     m = mu.detach().clone().requires_grad_()
     (ref,) = torch.autograd.grad((W * (m[:, None] ** 2 + m[:, None] * m[None, :] + m[None, :] ** 2)).sum(), m)
     torch.testing.assert_close(D_.detach(), (mu[:, None] ** 2 + mu[:, None] * mu[None, :] + mu[None, :] ** 2).detach())
     torch.testing.assert_close(got, ref, rtol=1e-13, atol=1e-13)
+
+
+_G2 = {"log": lambda x: -1 / x ** 2, "sqrt": lambda x: -0.25 * x ** -1.5, "power": lambda x: 6 * x}
+
+
+def _dd2(fn, a, b, c):
+    """g[a, b, c] from the closed forms for the points {1, 3} (confluent cases by derivatives)."""
+    g, dg = _G[fn]
+    x, y, z = sorted((a, b, c))
+    if x == z:
+        return _G2[fn](x) / 2
+    first = lambda s, t: dg(s) if s == t else (g(s) - g(t)) / (s - t)  # noqa: E731
+    return (first(y, z) - first(x, y)) / (z - x)
+
+
+@pytest.mark.parametrize("fn, p", [("log", None), ("sqrt", None), ("power", 3.0)], ids=["log", "sqrt", "p=3"])
+def test_second_derivative_at_an_exact_tie_is_the_closed_form(fn, p):
+    """A = P diag(1, 1, 3) Pᵀ: the derivative of ∂⟨G, g(A)⟩/∂A along symmetric H is P M Pᵀ,
+    M_ab = Σ_c g[λ_a, λ_c, λ_b] (G̃_ac H̃_cb + H̃_ac G̃_cb), G̃ = Pᵀ sym(G) P (second-order Daleckii–Krein).
+    It used to be NaN: the backward was differentiated through eigh, infinite on the tie. Double
+    backward and torch.func.hessian (forward-over-reverse) alike; the SVD route for a square F."""
+    P = torch.eye(3, dtype=D)[[2, 0, 1]]
+    G = torch.randn(3, 3, dtype=D, generator=GEN(13))
+    H = torch.randn(3, 3, dtype=D, generator=GEN(14))
+    H = (H + H.T) / 2
+    lam = [1.0, 1.0, 3.0]
+    Gt, Ht = P.T @ ((G + G.T) / 2) @ P, P.T @ H @ P
+    M = torch.tensor([[sum(_dd2(fn, lam[a], lam[c], lam[b]) * (Gt[a, c] * Ht[c, b] + Ht[a, c] * Gt[c, b])
+                           for c in range(3)) for b in range(3)] for a in range(3)], dtype=D)
+    A = P @ torch.diag(torch.tensor(lam, dtype=D)) @ P.T
+    loss = lambda a: (G * mf.eig_dk(a, fn, p)[0]).sum()  # noqa: E731
+    a = A.clone().requires_grad_()
+    (g,) = torch.autograd.grad(loss(a), a, create_graph=True)
+    (hvp,) = torch.autograd.grad((g * H).sum(), a)
+    torch.testing.assert_close(hvp, P @ M @ P.T, rtol=1e-13, atol=1e-13)
+    hess = torch.func.hessian(loss)(A)
+    torch.testing.assert_close((hess * H).sum((-1, -2)), P @ M @ P.T, rtol=1e-13, atol=1e-13)
+    # SVD route, F square with FᵀF + εI = Q diag(1, 1, 3) Qᵀ: d/dt ∂/∂F along dF = K is
+    # 2 K L(G) + 2 F L₂(sym G, KᵀF + FᵀK)
+    Q = torch.eye(3, dtype=D)[[1, 2, 0]]
+    eps = 0.25
+    F = P @ torch.diag(torch.tensor([0.75, 0.75, 2.75], dtype=D).sqrt()) @ Q.T
+    K = torch.randn(3, 3, dtype=D, generator=GEN(15))
+    Gq, Sq = Q.T @ ((G + G.T) / 2) @ Q, Q.T @ (K.T @ F + F.T @ K) @ Q
+    M2 = torch.tensor([[sum(_dd2(fn, lam[a], lam[c], lam[b]) * (Gq[a, c] * Sq[c, b] + Sq[a, c] * Gq[c, b])
+                            for c in range(3)) for b in range(3)] for a in range(3)], dtype=D)
+    L = Q @ (_dd(fn, lam) * Gq) @ Q.T
+    f = F.clone().requires_grad_()
+    (g,) = torch.autograd.grad((G * mf.svd_dk(f, fn, eps, p)[0]).sum(), f, create_graph=True)
+    (hvp,) = torch.autograd.grad((g * K).sum(), f)
+    torch.testing.assert_close(hvp, 2 * K @ L + 2 * F @ Q @ M2 @ Q.T, rtol=1e-12, atol=1e-12)
+
+
+def test_second_derivative_on_a_rank_deficient_covariance_matches_extrapolated_differences():
+    """Σ + εI of 3 samples in d = 8: five eigenvalues at ε = 1e-3, apart only by rounding. The
+    Hessian-vector product of ⟨W, log(Σ + εI)⟩ equals Richardson-extrapolated central differences
+    of the layer's (exact) gradient to 1e-6; differentiating through eigh, as the layer used to, was
+    off by 4e-4 here."""
+    X = torch.randn(3, 8, dtype=D, generator=GEN(16))
+    A = X.T @ X + 1e-3 * torch.eye(8, dtype=D)
+    W, H = (torch.randn(8, 8, dtype=D, generator=GEN(s)) for s in (17, 18))
+    W, H = W + W.T, H + H.T
+    loss = lambda a: (W * mf.eig_dk(a, "log")[0]).sum()  # noqa: E731
+
+    def grad(a):
+        a = a.clone().requires_grad_()
+        return torch.autograd.grad(loss(a), a)[0]
+
+    a = A.clone().requires_grad_()
+    (g,) = torch.autograd.grad(loss(a), a, create_graph=True)
+    (hvp,) = torch.autograd.grad((g * H).sum(), a)
+    central = lambda h: (grad(A + h * H) - grad(A - h * H)) / (2 * h)  # noqa: E731
+    h = 1e-6
+    reference = (4 * central(h / 2) - central(h)) / 3
+    assert ((hvp - reference).norm() / reference.norm()).item() < 1e-6
+
+
+def test_third_derivative_is_refused():
+    """A second derivative with create_graph=True is fine; differentiating it again raises rather
+    than treat the saved λ, U as constants (a wrong number)."""
+    A = torch.as_tensor(build([0.5, 1.0, 2.0], seed=4)).requires_grad_()
+    (g,) = torch.autograd.grad(mf.eig_dk(A, "log")[0].pow(2).sum(), A, create_graph=True)
+    (h,) = torch.autograd.grad(g.pow(2).sum(), A, create_graph=True)
+    with pytest.raises(NotImplementedError, match="third derivatives"):
+        torch.autograd.grad(h.sum(), A)

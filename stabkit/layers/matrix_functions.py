@@ -27,15 +27,16 @@ which ``stabkit.monitor.watch`` logs (``stabkit.layers.svd_dk`` / ``eig_dk``, ba
 :data:`DK_BACKWARD`) and never swaps: the backward is the exact Fréchet derivative of g, not an
 eigen-backward rule. They decompose with ``torch.ops.aten`` ops, which the monitor does not watch.
 
-Second derivatives of the DK routes: the backward (:func:`dk_frechet`) is made of differentiable
-ops; when it is itself differentiated (double backward, torch.func) it rebuilds λ, U (σ, V) from
-the input with the aten eigh (thin SVD), so ``gradgradcheck`` holds on separated spectra. At an
-exact tie the first derivative is exact but a second derivative goes through eigh's own
-derivative, which is infinite there: it may be NaN. ``torch.func`` vmap/grad/jacrev/jacfwd/hessian
-work (vmap rule generated). Forward mode is the same Fréchet derivative (it is self-adjoint): the
-EIG tangent of g(A) is :func:`dk_frechet` applied to sym(dA), the SVD one L(dFᵀF + FᵀdF)
-(:func:`_gram_frechet`); under torch.compile the classes without a custom jvp are used (Dynamo
-traces none).
+Second derivatives of the DK routes: the EIG backward is an op (:class:`_Frechet`) whose own
+derivative is the second-order Daleckii–Krein formula with cancellation-free second divided
+differences (:mod:`.divided_differences`), exact on ties and near-ties, where differentiating an
+eigh is infinite or loses digits; the SVD route uses it at FᵀF + εI for a square or tall F. A wide
+F's backward is written with its thin V (:func:`_thin_frechet`), which is rebuilt from F when
+differentiated (ties among its nonzero σ: NaN). A third derivative raises NotImplementedError.
+``torch.func`` vmap/grad/jacrev/jacfwd/hessian work (vmap rules generated). Forward mode is the same
+Fréchet derivative (it is self-adjoint): the EIG tangent of g(A) is :func:`dk_frechet` applied to
+sym(dA), the SVD one L(dFᵀF + FᵀdF) (:func:`_gram_frechet`); under torch.compile the classes
+without a custom jvp are used (Dynamo traces none).
 
 Input: F a finite float32/float64 (..., n, d), ε a finite number ≥ 0, and an EIG-route A symmetric
 (stabkit.torch's contract, InputError otherwise). With ε = 0, log and x^p (p < 0) of a singular
@@ -49,12 +50,11 @@ import torch
 from . import svd as _svd
 import stabkit.torch
 from .. import _xp
-from ..torch import _differentiating_backward, _eigh_for_backward, _op, _same_sign
+from ..torch import _differentiating_backward, _op, _same_sign
 from ._checks import check_eps, check_matrix, method_params
+from .divided_differences import FUNCTIONS, divided_differences, dk_frechet, dk_second_frechet, eigen_divided_differences
 from ..errors import InputError
 from ..methods import DEFAULT, Spec
-
-FUNCTIONS = ("log", "sqrt", "power")
 
 #: the ``backward`` the monitor logs for :func:`eig_dk` and :func:`svd_dk` (never swapped)
 DK_BACKWARD = "daleckii-krein (exact g(A); no swap)"
@@ -101,48 +101,6 @@ def _svd_matrix_function(F, fn, eps, p):
     return C + base * torch.eye(d, dtype=F.dtype, device=F.device)
 
 
-def divided_differences(mu: torch.Tensor, sig: torch.Tensor, fn: str, p: float | None = None) -> torch.Tensor:
-    """D_ij = (g(μ_i) − g(μ_j))/(μ_i − μ_j), D_ii = g'(μ_i), without cancellation (μ = σ² + ε)."""
-    delta = ((sig[..., :, None] - sig[..., None, :]) * (sig[..., :, None] + sig[..., None, :])).abs()
-    return divided_differences_of(mu, delta, fn, p)
-
-
-def divided_differences_of(mu: torch.Tensor, delta: torch.Tensor, fn: str, p: float | None = None) -> torch.Tensor:
-    """D of :func:`divided_differences` given the gaps Δ_ij = |μ_i − μ_j| (ties: Δ = 0).
-
-    Differentiable: each ``where`` branch is fed a placeholder 1 where it is not taken (the "double
-    where"), so a branch that would be infinite there (1/0 on a tie, log1p(Δ/0)) leaves no NaN in
-    the derivative of the branch taken."""
-    mi, mj = mu[..., :, None], mu[..., None, :]
-    lo = torch.minimum(mi, mj)                      # D is symmetric: expand around the smaller μ
-    tie = delta == 0
-    one = torch.ones_like(delta)
-    gap = torch.where(tie, one, delta)              # off-tie branch's Δ
-    lo_off, lo_on = torch.where(tie, one, lo), torch.where(tie, lo, one)
-    if fn == "log":
-        off = torch.log1p(gap / lo_off) / gap
-        on = 1 / lo_on
-    elif fn == "sqrt":
-        return 1 / (mi.sqrt() + mj.sqrt())          # = g'(μ) = 1/(2√μ) on ties too
-    elif fn == "power":
-        hi = torch.maximum(mi, mj)
-        at_zero = lo_off == 0
-        at_zero_dd = (hi ** p - lo_off ** p) / gap  # lo = 0: no cancellation (lo^p is 0, 1 or inf)
-        lo_pos = torch.where(at_zero, one, lo_off)
-        off = torch.where(at_zero, at_zero_dd, lo_pos ** p * torch.expm1(p * torch.log1p(gap / lo_pos)) / gap)
-        on = p * lo_on ** (p - 1)
-    else:
-        raise ValueError(f"unknown matrix function {fn!r}: choose one of {', '.join(FUNCTIONS)}")
-    return torch.where(tie, on, off)
-
-
-def dk_frechet(U: torch.Tensor, D: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
-    """U (D ∘ Uᵀ sym(G) U) Uᵀ: the Fréchet derivative of A ↦ g(A) at A = U Λ Uᵀ applied to sym(G), D
-    the divided differences of g on Λ (Daleckii–Krein; Higham 2008, Thm. 3.11) — which is also the
-    gradient of ⟨G, g(A)⟩. Plain torch ops, so a backward built on it can be differentiated."""
-    return U @ (D * (U.mT @ _xp.sym(G) @ U)) @ U.mT
-
-
 class _EigDK(torch.autograd.Function):
     """(g(A), λ, U) for symmetric A (lower triangle read); backward :func:`dk_frechet` (λ, U: no gradient)."""
 
@@ -168,9 +126,63 @@ class _EigDK(torch.autograd.Function):
     @staticmethod
     def _frechet(ctx, G):
         A, lam, U = ctx.saved_tensors
-        lam, U = _eigh_for_backward(A, lam, U)
-        D = divided_differences_of(lam, (lam[..., :, None] - lam[..., None, :]).abs(), ctx.fn, ctx.p)
-        return dk_frechet(U, D, G)
+        return _op(_Frechet, _FrechetJvp).apply(A, G, lam, U, ctx.fn, ctx.p)
+
+
+class _Frechet(torch.autograd.Function):
+    """L_A(G) = :func:`dk_frechet` at A = U diag(λ) Uᵀ (λ, U given), the EIG-DK backward, as an op whose
+    own derivatives are the second-order Daleckii–Krein formula (:mod:`.divided_differences`):
+    ∂⟨W, L_A(G)⟩/∂A = L₂(G, W), ∂/∂G = L_A(W) — exact on ties, where differentiating an eigh is not.
+    A is not read (λ, U are its decomposition); it carries the gradient."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(A, G, lam, U, fn, p):
+        return dk_frechet(U, eigen_divided_differences(lam, fn, p), G)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, G, lam, U, ctx.fn, ctx.p = inputs
+        ctx.save_for_backward(G, lam, U)
+        ctx.save_for_forward(G, lam, U)
+
+    @staticmethod
+    def backward(ctx, W):
+        G, lam, U = ctx.saved_tensors
+        gA, gG = _SecondFrechet.apply(G, W, lam, U, ctx.fn, ctx.p)
+        return (gA if ctx.needs_input_grad[0] else None), (gG if ctx.needs_input_grad[1] else None), None, None, None, None
+
+
+class _SecondFrechet(torch.autograd.Function):
+    """(L₂(G, W), L_A(W)), :class:`_Frechet`'s backward, as an op whose own backward (a third
+    derivative of the layer) raises: plain ops on the saved λ, U would silently drop their
+    dependence on A."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(G, W, lam, U, fn, p):
+        return dk_second_frechet(U, lam, G, W, fn, p), dk_frechet(U, eigen_divided_differences(lam, fn, p), W)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, _gA, _gG):
+        raise NotImplementedError("third derivatives of the Daleckii–Krein layers (eig_dk, svd_dk, CovariancePooling's "
+                                  "default backward) are not implemented")
+
+
+class _FrechetJvp(_Frechet):
+    """_Frechet with forward mode (torch.func.hessian's forward-over-reverse)."""
+
+    @staticmethod
+    def jvp(ctx, dA, dG, _lam, _U, _fn, _p):
+        G, lam, U = ctx.saved_tensors
+        out = torch.zeros_like(G) if dA is None else dk_second_frechet(U, lam, G, dA, ctx.fn, ctx.p)
+        return out if dG is None else out + dk_frechet(U, eigen_divided_differences(lam, ctx.fn, ctx.p), dG)
 
 
 class _SvdDK(torch.autograd.Function):
@@ -196,6 +208,11 @@ class _SvdDK(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gC, _gS, _gV):
+        F, S, V = ctx.saved_tensors
+        if F.shape[-2] >= F.shape[-1] and _differentiating_backward(F):
+            # no complement (thin V = V): the EIG-DK op at A = FᵀF + εI, exact second derivative on ties
+            mu = S * S + ctx.eps
+            return 2 * F @ _op(_Frechet, _FrechetJvp).apply(F.mT @ F, gC, mu, V, ctx.fn, ctx.p), None, None, None
         F, V1, S = _SvdDK._thin_factors(ctx)
         return 2 * F @ _thin_frechet(V1, S, F.shape[-1], gC, ctx.fn, ctx.eps, ctx.p), None, None, None
 
