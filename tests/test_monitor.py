@@ -89,7 +89,7 @@ def test_stabkit_eigh_is_logged_once_and_bound_column():
         lam, U = sktorch.eigh(A, "taylor")
         U.sum().backward()
     df = mon.records
-    assert len(df) == 1 and df.iloc[0]["fn"] == "stabkit.eigh[taylor]"  # the inner torch.linalg.eigh is not logged again
+    assert len(df) == 1 and df.iloc[0]["fn"] == "stabkit.torch.eigh[taylor]"  # the inner torch.linalg.eigh is not logged again
     assert df.iloc[0]["max_K"] == pytest.approx(1000.0, rel=1e-6)
     assert df.iloc[0]["bound"] == pytest.approx(50.0)  # clip caps |F| at τ
     assert df.iloc[0]["grad_norm"] == pytest.approx(3.0)  # ∂/∂U = ones(3, 3)
@@ -103,7 +103,7 @@ def test_every_method_is_one_row_forward_and_backward(name):
     with monitor.watch() as mon:
         lam, U = sktorch.eigh(A, method=name)
         ((U.sum(0) ** 2).sum() + lam.sum()).backward()
-    assert list(mon.records["fn"]) == [f"stabkit.eigh[{name}]"]
+    assert list(mon.records["fn"]) == [f"stabkit.torch.eigh[{name}]"]
 
 
 def test_swap_backward_changes_the_gradient_only():
@@ -212,13 +212,13 @@ def test_specs_are_taken_as_is_and_stabkit_eigh_calls_are_labelled_by_their_spec
         sktorch.eigh_kept(_sym([1.0, 2.0, 4.0]), spec, check=False)
     assert calls == []
     df = mon.records
-    assert df["fn"].tolist() == ["eigh", "stabkit.eigh[taylor]", "stabkit.eigh[taylor]"]
+    assert df["fn"].tolist() == ["eigh", "stabkit.torch.eigh[taylor]", "stabkit.torch.eigh[taylor]"]
     assert df["backward"].tolist() == ["clip:tau=10", "taylor:K=3", "taylor:K=3"]
     assert df["bound"].tolist() == [pytest.approx(2.0), pytest.approx(1.0), pytest.approx(1.0)]  # 1/min gap, below τ
     with monitor.watch() as mon:  # text and keywords: the same labels as before Specs existed
         sktorch.eigh(_sym([1.0, 2.0, 4.0]), "taylor", K=3)
         sktorch.eigh(_sym([1.0, 2.0, 4.0]), method="taylor:K=3")
-    assert mon.records["fn"].tolist() == ["stabkit.eigh[taylor]", "stabkit.eigh[taylor:K=3]"]
+    assert mon.records["fn"].tolist() == ["stabkit.torch.eigh[taylor]", "stabkit.torch.eigh[taylor:K=3]"]
     assert mon.records["backward"].tolist() == ["taylor:K=3", "taylor:K=3"]
 
 
@@ -233,7 +233,7 @@ def test_stabkit_eigvalsh_svd_svdvals_are_labelled_by_their_own_spec():
         s = sktorch.svdvals(X, method="taylor")
         (lam.sum() + S.sum() + U.sum() + s.sum()).backward()
     df = mon.records
-    assert df["fn"].tolist() == ["stabkit.eigvalsh[taylor]", "stabkit.svd[clip]", "stabkit.svdvals[taylor]"]
+    assert df["fn"].tolist() == ["stabkit.torch.eigvalsh[taylor]", "stabkit.torch.svd[clip]", "stabkit.torch.svdvals[taylor]"]
     assert df["backward"].tolist() == ["taylor", "clip:tau=5", "taylor"]
     # ∂L/∂λ = 1 (3 values); ∂L/∂S = 1 and ∂L/∂U = 1 (5×3), nothing on Vh; ∂L/∂σ = 1
     assert df["grad_norm"].tolist() == [pytest.approx(math.sqrt(3)), pytest.approx(math.sqrt(18)), pytest.approx(math.sqrt(3))]
@@ -312,7 +312,7 @@ def test_a_swapped_hessian_vector_product_equals_the_method_applied_directly_and
     torch.testing.assert_close(h_eigh, _hvp(lambda A: sktorch.eigh(A, method="taylor:K=1")[1], A0), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(h_svd, _hvp(lambda X: sktorch.svd(X, full_matrices=False, method="taylor:K=1")[0], X0),
                                rtol=1e-12, atol=1e-12)
-    assert mon.records["fn"].tolist() == ["eigh", "stabkit.svd[taylor:K=1]"]
+    assert mon.records["fn"].tolist() == ["eigh", "stabkit.torch.svd[taylor:K=1]"]
     assert mon.records["backward"].tolist() == ["taylor:K=1", "taylor:K=1"]
 
 
@@ -342,7 +342,7 @@ def test_a_daleckii_krein_layer_is_logged_as_itself_and_never_swapped():
     torch.testing.assert_close(inside[0], outside[0], rtol=0, atol=0)
     torch.testing.assert_close(inside[1], outside[1], rtol=0, atol=0)
     df = mon.records
-    assert df["fn"].tolist() == ["stabkit.layers.eig_dk", "stabkit.layers.svd_dk"]
+    assert df["fn"].tolist() == ["stabkit.layers.matrix_functions.eig_dk", "stabkit.layers.matrix_functions.svd_dk"]
     assert df["backward"].tolist() == [DK_BACKWARD] * 2
     svd_row = df.iloc[1]
     for row, marker in ((df.iloc[0], "(pool(x) ** 2)"), (svd_row, 'route="svd-dk"), F0)')):

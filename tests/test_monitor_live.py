@@ -170,7 +170,7 @@ def test_process_monitor_writes_its_rank_file(tmp_path, monkeypatch):
         assert monitor_process.stop_process_monitor(mon) is None
     assert os.listdir(tmp_path) == ["eig-rank5.csv"]
     df = read_log(tmp_path / "eig-rank5.csv")
-    assert df["fn"].tolist() == ["eigh", "stabkit.eigh[taylor]"] and df["step"].tolist() == [0, 1]
+    assert df["fn"].tolist() == ["eigh", "stabkit.torch.eigh[taylor]"] and df["step"].tolist() == [0, 1]
     assert df["backward"].tolist() == ["analytic", "taylor"]
     assert mon.records.empty  # keep_records=False: flushed rows are not kept in memory
 

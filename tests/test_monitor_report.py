@@ -142,8 +142,8 @@ def test_an_existing_file_as_the_output_folder_is_a_value_error(tmp_path):
 def test_a_stabkit_svd_site_is_not_flagged_for_a_zero_singular_value():
     """σ² ≥ 0 always: a zero singular value is no loss of definiteness (as for torch.linalg.svd)."""
     rows = [_row(s, lam_min=1.0, fn=fn, backward="clip:tau=5") for s in range(3)
-            for fn in ("stabkit.svd[clip]", "stabkit.svdvals[clip]")]
-    rows.append(_row(3, lam_min=0.0, fn="stabkit.svd[clip]", backward="clip:tau=5"))
+            for fn in ("stabkit.torch.svd[clip]", "stabkit.torch.svdvals[clip]")]
+    rows.append(_row(3, lam_min=0.0, fn="stabkit.torch.svd[clip]", backward="clip:tau=5"))
     assert _rules(rows) == {}
     assert not bad_steps(frame(rows)).any()
 
@@ -153,7 +153,7 @@ def test_a_daleckii_krein_site_is_never_advised_to_swap_its_backward():
     non-finite gradient points at g's domain (ε, float64), small gaps need nothing."""
     from stabkit.layers.matrix_functions import DK_BACKWARD
 
-    kw = {"backward": DK_BACKWARD, "fn": "stabkit.layers.eig_dk"}
+    kw = {"backward": DK_BACKWARD, "fn": "stabkit.layers.matrix_functions.eig_dk"}
     rules = _rules([_row(0, **kw), _row(1, rel=0.0, lam_min=0.0, grad=2.0, grad_in=INF, **kw)])
     made = rules["non-finite gradient made here"]
     assert "small gaps, no failure from them" not in rules  # "nothing to change" would contradict it

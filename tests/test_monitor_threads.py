@@ -78,7 +78,7 @@ def test_nested_watches_both_record_every_call():
     assert _patched_now() == ORIGINALS
     assert outer.records["min_gap"].tolist() == [1.0, 2.0, 3.0, 4.0]
     assert inner.records["min_gap"].tolist() == [2.0, 3.0]
-    assert inner.records["fn"].tolist() == ["eigh", "stabkit.eigh[taylor]"]
+    assert inner.records["fn"].tolist() == ["eigh", "stabkit.torch.eigh[taylor]"]
 
 
 def test_nested_swap_backward_applies_inside_only():

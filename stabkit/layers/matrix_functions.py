@@ -23,7 +23,7 @@ at m = 0 (ε = 0, singular FᵀF) it is (g(M) − g(0))/M, M = max(μ_i, μ_j): 
 and infinite for log and p < 0, where g(0) itself is. Prop. 1's K-form instead cancels two large
 terms (rounding of Vᵀ∂L/∂V's asymmetry times K). :func:`eig_dk` is the same backward for a
 symmetric A (no SVD); :func:`svd_dk` and :func:`eig_dk` are the routes' one decomposition each,
-which ``stabkit.monitor.watch`` logs (``stabkit.layers.svd_dk`` / ``eig_dk``, backward
+which ``stabkit.monitor.watch`` logs (``stabkit.layers.matrix_functions.svd_dk`` / ``eig_dk``, backward
 :data:`DK_BACKWARD`) and never swaps: the backward is the exact Fréchet derivative of g, not an
 eigen-backward rule. They decompose with ``torch.ops.aten`` ops, which the monitor does not watch.
 
@@ -280,7 +280,7 @@ def eig_dk(A: torch.Tensor, fn: str, p: float | None = None) -> tuple[torch.Tens
     """(g(A), λ) for symmetric A (lower triangle read, unchecked): g(A) = U g(Λ) Uᵀ with the
     Daleckii–Krein backward :func:`dk_frechet`, exact on ties (Higham 2008, Thm. 3.11), and λ A's
     eigenvalues (ascending, no gradient). The EIG-DK layers' one eigendecomposition: inside
-    ``stabkit.monitor.watch`` it is logged as ``stabkit.layers.eig_dk`` and never swapped."""
+    ``stabkit.monitor.watch`` it is logged under its own name and never swapped."""
     scalar_function(fn, p)
     C, lam, _ = _op(_EigDK, _EigDKJvp).apply(A, fn, p)
     return C, lam
@@ -288,7 +288,7 @@ def eig_dk(A: torch.Tensor, fn: str, p: float | None = None) -> tuple[torch.Tens
 
 def svd_dk(F: torch.Tensor, fn: str, eps: float = 0.0, p: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(g(FᵀF + εI), μ) from the SVD of F (unchecked) with the Daleckii–Krein backward, and μ the
-    eigenvalues of FᵀF + εI (ascending, no gradient); logged by the monitor as ``stabkit.layers.svd_dk``."""
+    eigenvalues of FᵀF + εI (ascending, no gradient); logged by the monitor under its own name."""
     scalar_function(fn, p)
     C, S, _ = _op(_SvdDK, _SvdDKJvp).apply(F, fn, eps, p)
     return C, (_pad(S * S, F.shape[-1]) + eps).flip(-1)

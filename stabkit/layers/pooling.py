@@ -14,7 +14,7 @@ Backward. Default (``method=None``): the exact gradient of g(Σ) in Daleckii–K
 U (D ∘ Uᵀ Ḡ U) Uᵀ with D the divided differences of g (Higham, "Functions of Matrices", 2008,
 Thm. 3.11) — defined on repeated eigenvalues too (dead channels make ε an eigenvalue of Σ + εI
 once per channel, where g is smooth but 1/(λ_i − λ_j) is not); its second derivatives are exact there too, and
-the monitor logs it as ``stabkit.layers.eig_dk`` and never swaps it (:mod:`.matrix_functions`). With ``method`` given, the
+the monitor logs it as ``stabkit.layers.matrix_functions.eig_dk`` and never swaps it (:mod:`.matrix_functions`). With ``method`` given, the
 eigendecomposition is ``stabkit.torch.eigh(Σ, method, **params)`` and that registry backward is
 used (``taylor``, ``clip``, ``pade``, …, or the exact Prop. 2, which is infinite at exact ties;
 see ``stabkit methods``/README "Methods") — to study or use an approximate rule.

@@ -11,8 +11,7 @@ or, for a script that is not edited at all, ``stabkit watch -- python train.py``
 Inside ``watch`` the functions ``torch.linalg.eigh``, ``torch.linalg.eigvalsh``,
 ``torch.linalg.svd``, ``stabkit.torch``'s ``eigh``, ``eigvalsh``, ``svd``, ``svdvals`` and the
 Daleckii–Krein layers' decompositions (``stabkit.layers.matrix_functions.eig_dk``, behind
-``CovariancePooling``'s default, and ``svd_dk``, behind SVD-DK; logged as ``stabkit.layers.eig_dk``
-/ ``svd_dk``) are replaced by wrappers (restored when the last ``watch`` exits, so outside it they are the
+``CovariancePooling``'s default, and ``svd_dk``, behind SVD-DK; logged under those names) are replaced by wrappers (restored when the last ``watch`` exits, so outside it they are the
 originals: zero overhead). Each call logs, per call site (``file:line`` of the first caller frame
 outside torch and stabkit's eigen internals) and step:
 

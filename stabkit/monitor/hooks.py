@@ -136,11 +136,14 @@ def _sk_method(fn_name, args, kwargs):
 
 
 def _label(fn_name, args, kwargs):
+    """The ``fn`` column: torch's own functions by name (``eigh``); stabkit's by the dotted path they
+    are imported from (``stabkit.torch.eigh[taylor]``, with the call's rule; ``stabkit.layers.matrix_functions.eig_dk``)."""
+    module, attr = _TARGETS[fn_name]
     if fn_name.startswith("dk_"):
-        return f"stabkit.layers.{_TARGETS[fn_name][1]}"
+        return f"{module.__name__}.{attr}"
     if fn_name.startswith("sk_"):
         method = _sk_method(fn_name, args, kwargs)
-        return f"stabkit.{_TARGETS[fn_name][1]}[{method.name if isinstance(method, Spec) else method}]"
+        return f"{module.__name__}.{attr}[{method.name if isinstance(method, Spec) else method}]"
     return fn_name
 
 
