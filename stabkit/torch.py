@@ -202,6 +202,14 @@ def _eigh_for_backward(A, lam, U):
     return lam, U_new * _same_sign(U_new, U)
 
 
+def _rebuilt_svd(X, Vh, driver=None):
+    """X's thin (U, σ, Vᵀ) recomputed by the aten op (whose derivative is exact; a watch neither logs
+    nor swaps it) for a backward that is itself differentiated, each pair signed like ``Vh``'s rows."""
+    U, S, Vh_new = torch.ops.aten.linalg_svd(X, full_matrices=False, driver=driver)
+    sign = _same_sign(Vh_new.mT, Vh.mT)
+    return U * sign, S, Vh_new * sign.mT
+
+
 def _same_sign(new, old):
     """±1 per column making ``new``'s columns point like ``old``'s (a recomputed basis)."""
     s = torch.sign((new * old).sum(-2, keepdim=True))
@@ -301,10 +309,8 @@ class _SVD(torch.autograd.Function):
         X, U, S, Vh = ctx.saved_tensors
         k = S.shape[-1]
         U, Vh = U[..., :, :k], Vh[..., :k, :]
-        if _differentiating_backward(X):  # the factors as differentiable functions of X (aten: see _xp.eigh)
-            U_new, S, Vh_new = torch.ops.aten.linalg_svd(X, full_matrices=False, driver=ctx.driver)
-            sign = _same_sign(U_new, U)
-            U, Vh = U_new * sign, Vh_new * sign.mT
+        if _differentiating_backward(X):  # the factors as differentiable functions of X
+            U, S, Vh = _rebuilt_svd(X, Vh, ctx.driver)
         F = ctx.spec.kernel(S * S)
         return svd_backward(U, S, Vh, gU[..., :, :k], gS, gVh[..., :k, :], F), None, None, None
 

@@ -50,7 +50,7 @@ import torch
 from . import svd as _svd
 import stabkit.torch
 from .. import _xp
-from ..torch import _differentiating_backward, _op, _same_sign
+from ..torch import _differentiating_backward, _op, _rebuilt_svd
 from ._checks import check_eps, check_matrix, method_params
 from .divided_differences import FUNCTIONS, divided_differences, dk_frechet, dk_second_frechet, eigen_divided_differences
 from ..errors import InputError
@@ -221,9 +221,9 @@ class _SvdDK(torch.autograd.Function):
         """(F, thin V, σ): the saved ones, or rebuilt from F when the derivative is differentiated."""
         F, S, V = ctx.saved_tensors
         V1 = V[..., :S.shape[-1]]
-        if _differentiating_backward(F):
-            _, S, Vh = torch.ops.aten.linalg_svd(F, full_matrices=False)  # thin: see _thin_frechet
-            V1 = Vh.mT * _same_sign(Vh.mT, V1)
+        if _differentiating_backward(F):  # thin: see _thin_frechet
+            _, S, Vh = _rebuilt_svd(F, V1.mT)
+            V1 = Vh.mT
         return F, V1, S
 
 
