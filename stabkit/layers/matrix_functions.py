@@ -35,7 +35,8 @@ F's backward is written with its thin V (:func:`_thin_frechet`), which is rebuil
 differentiated (ties among its nonzero σ: NaN). A third derivative raises NotImplementedError.
 ``torch.func`` vmap/grad/jacrev/jacfwd/hessian work (vmap rules generated). Forward mode is the same
 Fréchet derivative (it is self-adjoint): the EIG tangent of g(A) is :func:`dk_frechet` applied to
-sym(dA), the SVD one L(dFᵀF + FᵀdF) (:func:`_gram_frechet`); under torch.compile the classes
+sym(dA), the SVD one L(dFᵀF + FᵀdF) (by that op for a square or tall F, :func:`_gram_frechet`
+for a wide one); under torch.compile the classes
 without a custom jvp are used (Dynamo traces none).
 
 Input: F a finite float32/float64 (..., n, d), ε a finite number ≥ 0, and an EIG-route A symmetric
@@ -208,13 +209,18 @@ class _SvdDK(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gC, _gS, _gV):
-        F, S, V = ctx.saved_tensors
+        F = ctx.saved_tensors[0]
         if F.shape[-2] >= F.shape[-1] and _differentiating_backward(F):
-            # no complement (thin V = V): the EIG-DK op at A = FᵀF + εI, exact second derivative on ties
-            mu = S * S + ctx.eps
-            return 2 * F @ _op(_Frechet, _FrechetJvp).apply(F.mT @ F, gC, mu, V, ctx.fn, ctx.p), None, None, None
+            return 2 * F @ _SvdDK._gram_op(ctx, gC), None, None, None
         F, V1, S = _SvdDK._thin_factors(ctx)
         return 2 * F @ _thin_frechet(V1, S, F.shape[-1], gC, ctx.fn, ctx.eps, ctx.p), None, None, None
+
+    @staticmethod
+    def _gram_op(ctx, G):
+        """L(G) at FᵀF + εI for a square or tall F (no complement: thin V = V) by the EIG-DK op, whose
+        derivative (exact on ties) reaches F through the gradient handle FᵀF."""
+        F, S, V = ctx.saved_tensors
+        return _op(_Frechet, _FrechetJvp).apply(F.mT @ F, G, S * S + ctx.eps, V, ctx.fn, ctx.p)
 
     @staticmethod
     def _thin_factors(ctx):
@@ -242,7 +248,10 @@ class _SvdDKJvp(_SvdDK):
 
     @staticmethod
     def jvp(ctx, dF, _fn, _eps, _p):
-        """dC = L(dFᵀF + FᵀdF), L the Fréchet derivative of g at FᵀF + εI (:func:`_gram_frechet`)."""
+        """dC = L(dFᵀF + FᵀdF), L the Fréchet derivative of g at FᵀF + εI (wide F: :func:`_gram_frechet`)."""
+        F = ctx.saved_tensors[0]
+        if F.shape[-2] >= F.shape[-1]:
+            return _SvdDK._gram_op(ctx, 2 * F.mT @ dF), None, None
         F, V1, S = _SvdDK._thin_factors(ctx)
         return _gram_frechet(V1, S, F.shape[-1], 2 * F.mT @ dF, ctx.fn, ctx.eps, ctx.p), None, None
 
