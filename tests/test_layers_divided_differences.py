@@ -1,6 +1,6 @@
-"""Second divided differences g[x, y, z] against 60-digit mpmath values (ties, near-ties, far points),
-the polynomial closed forms as a property, and the second-order Daleckii–Krein formula against
-finite differences of the first-order one."""
+"""The second-order Daleckii–Krein formula: against 60-digit mpmath divided differences (ties,
+near-ties, far points), the closed forms of x² and x³ as a property, and finite differences of the
+first-order formula."""
 
 import mpmath
 import pytest
@@ -13,73 +13,79 @@ D = torch.float64
 G_FUNCTIONS = [("log", None), ("sqrt", None), ("power", 0.5), ("power", -0.5), ("power", 3.0), ("power", -2.5)]
 G_IDS = ["log", "sqrt", "p=0.5", "p=-0.5", "p=3", "p=-2.5"]
 
-
-def _g_mp(fn, p):
-    return {"log": mpmath.log, "sqrt": mpmath.sqrt}.get(fn, lambda x: x ** p)
-
-
-def _second_mp(fn, p, pts):
-    """g[x, y, z] in 60 digits: the confluent cases from derivatives, else the difference quotients."""
-    g = _g_mp(fn, p)
-    with mpmath.workdps(60):
-        x, y, z = sorted(mpmath.mpf(t) for t in pts)
-        if x == z:
-            return mpmath.diff(g, x, 2) / 2
-
-        def first(a, b):
-            return mpmath.diff(g, a) if a == b else (g(a) - g(b)) / (a - b)
-        return (first(y, z) - first(x, y)) / (z - x)
-
-
-TRIPLES = {
-    "exact tie": (1.5, 1.5, 1.5),
-    "double tie": (1.0, 1.0, 3.0),
-    "near tie 1e-9": (1.0, 1.0 + 1e-9, 1.0 + 3e-9),
-    "near tie 1e-4": (2.0, 2.0 + 1e-4, 2.0 - 2e-4),
-    "just inside the series": (0.97, 1.0, 0.985),         # spread 0.03 ≤ τ = 1/32
-    "just outside the series": (0.96, 1.0, 0.98),
-    "cluster and a far point": (1e-3, 1e-3 * (1 + 1e-7), 10.0),
-    "far": (0.5, 2.0, 7.0),
+SPECTRA = {
+    "exact triple tie": [1.5, 1.5, 1.5, 4.0],
+    "double tie": [1.0, 1.0, 3.0],
+    "near tie 1e-9": [1.0, 1.0 + 1e-9, 1.0 + 3e-9, 2.0],
+    "near tie 1e-4": [2.0 - 2e-4, 2.0, 2.0 + 1e-4],
+    "inside the series": [0.97, 0.985, 1.0],            # spreads ≤ τ = 1/32
+    "just separated": [0.96, 0.98, 1.0],
+    "chain of near pairs": [1.0, 1.025, 1.05, 1.075],    # neighbours near, ends separated
+    "cluster and a far point": [1e-3, 1e-3 * (1 + 1e-7), 1e-3 * (1 + 3e-7), 10.0],
+    "wide spread": [1e-8, 1e-4, 1.0, 1e4],
 }
 
 
-@pytest.mark.parametrize("fn, p", G_FUNCTIONS, ids=G_IDS)
-@pytest.mark.parametrize("pts", list(TRIPLES.values()), ids=list(TRIPLES))
-def test_second_divided_difference_matches_mpmath(fn, p, pts):
-    x, y, z = (torch.tensor(t, dtype=D) for t in pts)
-    got = dd.second_divided_differences(x, y, z, fn, p).item()
-    expected = float(_second_mp(fn, p, pts))
-    # cancellation-free: the far branch loses at most about a factor 1/τ = 32 to rounding of g[·,·]
-    assert got == pytest.approx(expected, rel=1e-13, abs=0)
+def _second_mp(fn, p, pts):
+    """g[x, y, z] at mpmath's working precision: confluent cases by derivatives, else quotients."""
+    g = {"log": mpmath.log, "sqrt": mpmath.sqrt}.get(fn, lambda t: t ** p)
+    x, y, z = sorted(pts)
+    if x == z:
+        return mpmath.diff(g, x, 2) / 2
 
-
-@settings(max_examples=200, deadline=None)
-@given(st.lists(st.floats(1e-3, 1e3), min_size=3, max_size=3), st.sampled_from([0, 1, 2]))
-def test_second_divided_difference_of_polynomials_is_their_closed_form(pts, tie):
-    """x³: g[x, y, z] = x + y + z; x²: 1 — on any points, ties included (``tie`` copies one point)."""
-    pts = list(pts)
-    pts[tie] = pts[(tie + 1) % 3]
-    x, y, z = (torch.tensor(t, dtype=D) for t in pts)
-    assert dd.second_divided_differences(x, y, z, "power", 3.0).item() == pytest.approx(sum(pts), rel=1e-12)
-    assert dd.second_divided_differences(x, y, z, "power", 2.0).item() == pytest.approx(1.0, rel=1e-12)
+    def first(a, b):
+        return mpmath.diff(g, a) if a == b else (g(a) - g(b)) / (a - b)
+    return (first(y, z) - first(x, y)) / (z - x)
 
 
 @pytest.mark.parametrize("fn, p", G_FUNCTIONS, ids=G_IDS)
-def test_all_zero_points_give_the_second_derivative_at_zero(fn, p):
-    z = torch.zeros((), dtype=D)
-    got = dd.second_divided_differences(z, z, z, fn, p).item()
-    if fn != "power":
-        assert got == -float("inf")                       # g''(0) of log and √
-    else:                                                 # binom(p, 2)·0^(p−2)
-        assert got == (0.0 if p > 2 else p * (p - 1) / 2 * float("inf"))
+@pytest.mark.parametrize("lam", list(SPECTRA.values()), ids=list(SPECTRA))
+def test_second_frechet_matches_mpmath(fn, p, lam):
+    """A = diag(λ) (U = I): L₂(X, Y)_ab = Σ_c g[λ_a, λ_c, λ_b] (X_ac Y_cb + Y_ac X_cb), each g[·,·,·]
+    in 60 digits. Every regime (ties, near-ties, the series/quotient boundary, a chain of near
+    pairs, 12 decades of spread) holds to 1e-12."""
+    d = len(lam)
+    gen = torch.Generator().manual_seed(d)
+    X, Y = (torch.randn(d, d, dtype=D, generator=gen) for _ in range(2))
+    X, Y = (X + X.T) / 2, (Y + Y.T) / 2
+    with mpmath.workdps(60):
+        w = [mpmath.mpf(t) for t in lam]
+        ref = torch.tensor([[float(sum(_second_mp(fn, p, (w[a], w[c], w[b]))
+                                       * (float(X[a, c]) * float(Y[c, b]) + float(Y[a, c]) * float(X[c, b]))
+                                       for c in range(d))) for b in range(d)] for a in range(d)], dtype=D)
+    got = dd.dk_second_frechet(torch.eye(d, dtype=D), torch.tensor(lam, dtype=D), X, Y, fn, p)
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12 * ref.abs().max().item())
+
+
+_EIGENVALUES = st.one_of(st.just(0.0), st.floats(1e-3, 1e3))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(_EIGENVALUES, min_size=1, max_size=6), st.integers(0, 5), st.integers(0, 2 ** 31 - 1))
+def test_second_frechet_of_polynomials_is_their_closed_form(lam, tie, seed):
+    """x³: L₂(X, Y) = AXY + XAY + XYA + AYX + YAX + YXA; x²: XY + YX — for any spectrum, zeros and
+    ties included (``tie`` copies one eigenvalue onto its neighbour), any orthogonal U."""
+    lam = list(lam)
+    if len(lam) > 1:
+        lam[tie % len(lam)] = lam[(tie + 1) % len(lam)]
+    d = len(lam)
+    gen = torch.Generator().manual_seed(seed)
+    U, _ = torch.linalg.qr(torch.randn(d, d, dtype=D, generator=gen))
+    X, Y = (torch.randn(d, d, dtype=D, generator=gen) for _ in range(2))
+    X, Y = (X + X.T) / 2, (Y + Y.T) / 2
+    w = torch.tensor(lam, dtype=D)
+    A = U @ torch.diag(w) @ U.T
+    cubic = A @ X @ Y + X @ A @ Y + X @ Y @ A + A @ Y @ X + Y @ A @ X + Y @ X @ A
+    atol = 1e-12 * (1 + max(lam)) * X.abs().max().item() * Y.abs().max().item() * d ** 2
+    torch.testing.assert_close(dd.dk_second_frechet(U, w, X, Y, "power", 3.0), cubic, rtol=1e-10, atol=atol)
+    torch.testing.assert_close(dd.dk_second_frechet(U, w, X, Y, "power", 2.0), X @ Y + Y @ X, rtol=1e-10, atol=atol)
 
 
 @pytest.mark.parametrize("fn, p", G_FUNCTIONS, ids=G_IDS)
 @pytest.mark.parametrize("lam", [[0.5, 1.0, 2.0, 4.0], [1.0, 1.0, 1.0 + 1e-10, 3.0]], ids=["separated", "tie"])
 def test_second_frechet_is_the_derivative_of_the_first(fn, p, lam):
     """d/dt L_{A+tH}(X) at t = 0 (central differences of dk_frechet, its λ, U from eigh of A + tH)
-    equals L₂(X, H); under vmap (every pair summed term by term, in blocks of one middle index) it
-    is the same as the default path (matrix products for the separated pairs)."""
+    equals L₂(X, H); batched, each matrix's own."""
     gen = torch.Generator().manual_seed(0)
     Q, _ = torch.linalg.qr(torch.randn(4, 4, dtype=D, generator=gen))
     A = Q @ torch.diag(torch.tensor(lam, dtype=D)) @ Q.T
@@ -95,5 +101,5 @@ def test_second_frechet_is_the_derivative_of_the_first(fn, p, lam):
     w, U = torch.linalg.eigh(A)
     got = dd.dk_second_frechet(U, w, X, H, fn, p)
     torch.testing.assert_close(got, fd, rtol=1e-7, atol=1e-7)
-    dense = torch.func.vmap(lambda *t: dd.dk_second_frechet(*t, fn, p, block_elems=1))(U[None], w[None], X[None], H[None])
-    torch.testing.assert_close(dense[0], got, rtol=1e-12, atol=1e-12)
+    batched = dd.dk_second_frechet(torch.stack([U, -U]), torch.stack([w, w]), X, H, fn, p)
+    torch.testing.assert_close(batched, torch.stack([got, got]), rtol=1e-12, atol=1e-12)

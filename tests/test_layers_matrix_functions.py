@@ -295,8 +295,8 @@ def test_second_derivative_at_an_exact_tie_is_the_closed_form(fn, p):
 def test_second_derivative_on_a_rank_deficient_covariance_matches_extrapolated_differences():
     """Σ + εI of 3 samples in d = 8: five eigenvalues at ε = 1e-3, apart only by rounding. The
     Hessian-vector product of ⟨W, log(Σ + εI)⟩ equals Richardson-extrapolated central differences
-    of the layer's (exact) gradient to 1e-6; differentiating through eigh, as the layer used to, was
-    off by 4e-4 here."""
+    of the layer's (exact) gradient to 1e-6; differentiating through eigh, as the layer did before
+    the second-order formula, was off by 4e-4 here."""
     X = torch.randn(3, 8, dtype=D, generator=GEN(16))
     A = X.T @ X + 1e-3 * torch.eye(8, dtype=D)
     W, H = (torch.randn(8, 8, dtype=D, generator=GEN(s)) for s in (17, 18))

@@ -22,10 +22,10 @@ from .. import _xp
 
 FUNCTIONS = ("log", "sqrt", "power")
 
-#: near-tie threshold of the second divided difference: Taylor series when (max − min) ≤ τ·max of
-#: the three points, else the difference quotient, whose cancellation is then at most a factor 1/τ
+#: λ_a, λ_b are "near" when |λ_a − λ_b| ≤ τ·max(|λ_a|, |λ_b|): a quotient over a separated pair
+#: cancels at most about a factor 1/τ; near ones use the Taylor series (|y| ≤ τ/(1 − τ) = 1/31)
 _TAU = 1 / 32
-#: series terms: |y| ≤ τ/(1 − τ) = 1/31, so term n is below 31^-n times a low-degree polynomial in n
+#: series terms: term n is below 31^-n times a low-degree polynomial in n (< 1e-16 relative at 14)
 _TERMS = 14
 
 
@@ -78,73 +78,6 @@ def pair_divided_differences(mi, mj, delta, fn: str, p: float | None = None) -> 
     return torch.where(tie, on, off)
 
 
-def second_divided_differences(x, y, z, fn: str, p: float | None = None) -> torch.Tensor:
-    """g[x, y, z] elementwise (broadcast; = g''(x)/2 when x = y = z), for x, y, z ≥ 0.
-
-    √: the closed form −1/((√x + √y)(√y + √z)(√x + √z)). log, x^p: with lo ≤ mid ≤ hi the sorted
-    points, (g[mid, hi] − g[lo, mid])/(hi − lo) when hi − lo > τ·hi; otherwise the Taylor series of g
-    about mid, g[x, y, z] = Σ_{n≥2} g⁽ⁿ⁾(mid)/n! · h_{n−2}(x − mid, y − mid, z − mid), h_k the
-    complete homogeneous symmetric polynomial (the divided difference of (t − mid)ⁿ). Not
-    differentiable (it serves the second derivative only)."""
-    if fn == "sqrt":
-        return _second_sqrt(x, y, z)
-    pair = lambda s, t: pair_divided_differences(s, t, (s - t).abs(), fn, p)  # noqa: E731
-    return _second_from_pairs(x, y, z, pair(x, y), pair(y, z), pair(x, z), fn, p)
-
-
-def _second_sqrt(x, y, z):
-    rx, ry, rz = x.sqrt(), y.sqrt(), z.sqrt()
-    return -1 / ((rx + ry) * (ry + rz) * (rx + rz))
-
-
-def _second_from_pairs(x, y, z, gxy, gyz, gxz, fn, p):
-    """g[x, y, z] (log, x^p) given the first divided differences of the three pairs: the difference
-    quotient over the widest pair when it is wider than τ·max, else the Taylor series of the docstring."""
-    if fn not in FUNCTIONS:
-        raise _unknown(fn)
-    sxy, syz, sxz = (x - y).abs(), (y - z).abs(), (x - z).abs()
-    hi = torch.maximum(torch.maximum(x, y), z)
-    spread = torch.maximum(torch.maximum(sxy, syz), sxz)
-    near = spread <= _TAU * hi
-    one = torch.ones_like(spread)
-    # far: g[x,y,z] = g[x,z,y] = g[y,x,z], each a quotient over one pair; cancellation ≤ 1/τ for the widest
-    far = torch.where(sxz == spread, (gxy - gyz) / torch.where(near, one, x - z),
-                      torch.where(sxy == spread, (gxz - gyz) / torch.where(sxy == 0, one, x - y),
-                                  (gxy - gxz) / torch.where(syz == 0, one, y - z)))
-    # near: series in the relative offsets (t − mid)/mid, |·| ≤ τ/(1 − τ)
-    mid = torch.maximum(torch.minimum(x, y), torch.minimum(torch.maximum(x, y), z))
-    c = torch.where(near & (mid > 0), mid, one)
-    ys = [torch.where(near, (t - mid) / c, torch.zeros_like(t)) for t in (x, y, z)]
-    scale = c ** -2 if fn == "log" else c ** (p - 2)
-    near_value = torch.where(mid > 0, scale * _series(ys, fn, p), _second_at_zero(fn, p, spread))
-    return torch.where(near, near_value, far)
-
-
-def _series(ys, fn, p):
-    """Σ_{n≥2} a_n h_{n−2}(y0, y1, y2), a_n the Taylor coefficients of g(1 + t) (log: (−1)^{n+1}/n;
-    x^p: binom(p, n)). h_k by the recurrence over variables: A_k = y0^k, B_k = A_k + y1 B_{k−1},
-    C_k = B_k + y2 C_{k−1}."""
-    y0, y1, y2 = ys
-    A = B = C = torch.ones_like(y0)
-    coeff = p * (p - 1) / 2 if fn == "power" else -0.5
-    total = coeff * C
-    for n in range(3, _TERMS + 2):
-        A = y0 * A
-        B = A + y1 * B
-        C = B + y2 * C
-        coeff = coeff * (p - n + 1) / n if fn == "power" else (-1) ** (n + 1) / n
-        total = total + coeff * C
-    return total
-
-
-def _second_at_zero(fn, p, like):
-    """g''(0)/2 (all three points 0): −∞ for log, binom(p, 2)·0^{p−2} for x^p."""
-    if fn == "log":
-        return torch.full_like(like, -torch.inf)
-    binom = p * (p - 1) / 2
-    return torch.zeros_like(like) if binom == 0 else binom * torch.zeros_like(like) ** (p - 2)
-
-
 def dk_frechet(U: torch.Tensor, D: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
     """U (D ∘ Uᵀ sym(G) U) Uᵀ: the Fréchet derivative of A ↦ g(A) at A = U Λ Uᵀ applied to sym(G), D
     the divided differences of g on Λ (Daleckii–Krein; Higham 2008, Thm. 3.11) — which is also the
@@ -152,51 +85,83 @@ def dk_frechet(U: torch.Tensor, D: torch.Tensor, G: torch.Tensor) -> torch.Tenso
     return U @ (D * (U.mT @ _xp.sym(G) @ U)) @ U.mT
 
 
-def dk_second_frechet(U, lam, X, Y, fn: str, p: float | None = None, block_elems: int = 1 << 22) -> torch.Tensor:
+def dk_second_frechet(U, lam, X, Y, fn: str, p: float | None = None) -> torch.Tensor:
     """L₂(sym X, sym Y) = U (N + Nᵀ) Uᵀ at A = U diag(λ) Uᵀ, N_ab = Σ_c g[λ_a, λ_c, λ_b] X̃_ac Ỹ_cb (the
-    module docstring's M is N + Nᵀ: g[·,·,·] is symmetric and X̃, Ỹ are). For a pair with
-    |λ_a − λ_b| > τ·max, g[λ_a, λ_c, λ_b] = (D_ac − D_cb)/(λ_a − λ_b) for every c, so that row of N is
-    ((D∘X̃)Ỹ − X̃(D∘Ỹ))_ab/(λ_a − λ_b): two matrix products. Only the near pairs (the diagonal, ties,
-    clusters) are summed term by term, O(d) each; under torch.func transforms and torch.compile,
-    where their number cannot set a shape, all pairs are, in blocks of about ``block_elems`` entries."""
+    module docstring's M is N + Nᵀ: g[·,·,·] is symmetric and X̃, Ỹ are), by matrix products alone.
+
+    Each g[λ_a, λ_c, λ_b] is taken in a form without cancellation: the quotient over the triple's
+    widest pair, g[x, y, z] = (g[x, y] − g[y, z])/(x − z) (cancellation ≤ about 1/τ), when that pair is
+    separated (|x − z| > τ·max, τ = :data:`_TAU`); otherwise (all three near) the Taylor series of g
+    about λ_a, λ_a^{p−2} Σ_{n≥2} a_n Σ_{j+l=n−2} y_ac^j y_ab^l with y_ac = (λ_c − λ_a)/λ_a and a_n the
+    coefficients of g(1 + y) (log: λ_a^{−2}, (−1)^{n+1}/n; x^p: binom(p, n); √: p = ½). Which pair is
+    widest depends only on where λ_c lies against λ_a and λ_b (below both, between, above both), and
+    each of those masks factors into an (a, c) and a (c, b) part, so every case is a sum of products
+    like ((D∘X̃')(Ỹ'))_ab with X̃', Ỹ' masked and scaled copies of X̃, Ỹ.
+    """
     Xt, Yt = U.mT @ _xp.sym(X) @ U, U.mT @ _xp.sym(Y) @ U
     D = eigen_divided_differences(lam, fn, p)
-    gap = lam[..., :, None] - lam[..., None, :]
-    near = gap.abs() <= _TAU * torch.maximum(lam[..., :, None].abs(), lam[..., None, :].abs())
-    N = torch.where(near, 0, ((D * Xt) @ Yt - Xt @ (D * Yt)) / torch.where(near, 1, gap))
-    if torch.compiler.is_compiling() or torch._C._functorch.is_functorch_wrapped_tensor(lam):
-        N = torch.where(near, _near_terms_dense(lam, D, Xt, Yt, fn, p, block_elems), N)
-    else:
-        N = _add_near_terms(N, near, lam, D, Xt, Yt, fn, p)
+    la, lb = lam[..., :, None], lam[..., None, :]          # (a, b) — also (a, c) and (c, b) below
+    gap = la - lb
+    near = gap.abs() <= _TAU * torch.maximum(la.abs(), lb.abs())
+    one, zero = torch.ones_like(gap), torch.zeros_like(gap)
+    V = torch.where(near, zero, 1 / torch.where(near, one, gap))    # V_ij = 1/(λ_i − λ_j), 0 if near
+    fl = lambda m: m.to(Xt.dtype)  # noqa: E731
+    below, above = fl(lb <= la), fl(lb >= la)              # [λ_c ≤ λ_a] as an (a, c) mask, …
+    below_b, above_b = below.mT, above.mT                  # … [λ_c ≤ λ_b] as a (c, b) mask
+    strictly_below, strictly_above = 1 - above, 1 - below
+
+    def pair(XX, YY):                                      # Σ_c (D_ac − D_cb) XX_ac YY_cb
+        return (D * XX) @ YY - XX @ (D * YY)
+
+    # λ_a ≥ λ_b: below both → widest (c, a); above both → (b, c); between → (a, b)
+    XA, YB = V.mT * below * Xt, below_b * Yt               # V_ca as an (a, c) factor
+    low_a = XA @ (D * YB) - D * (XA @ YB)
+    XH, YC = above * Xt, -V * above_b * Yt                 # −V_cb = V_bc as a (c, b) factor
+    high_a = D * (XH @ YC) - (D * XH) @ YC
+    mid_a = V * pair(strictly_below * Xt, strictly_above.mT * Yt)
+    # λ_a < λ_b: below both → widest (c, b); above both → (a, c); between → (a, b)
+    XL, YB2 = below * Xt, V * below_b * Yt                 # V_cb as a (c, b) factor
+    low_b = (D * XL) @ YB2 - D * (XL @ YB2)
+    XD, YH = V * above * Xt, above_b * Yt                  # V_ac as an (a, c) factor
+    high_b = D * (XD @ YH) - XD @ (D * YH)
+    mid_b = V * pair(strictly_above * Xt, strictly_below.mT * Yt)
+    N = torch.where(la >= lb, low_a + high_a + mid_a, low_b + high_b + mid_b)
+    # all three near: the series about λ_a, Σ_j ((P_j ∘ X̃)(near ∘ Ỹ)) ∘ R_j, P_j = [near] y^j
+    at_zero = la == 0
+    y = torch.where(at_zero, zero, (lb - la) / torch.where(at_zero, one, la))   # y[a, c] = (λ_c − λ_a)/λ_a
+    coef = _taylor_coefficients(fn, p)
+    Yn = fl(near) * Yt
+    Pj, series = fl(near), zero
+    for j in range(_TERMS):
+        Rj = torch.full_like(y, coef[-1])
+        for c in reversed(coef[j:-1]):                     # Horner in y_ab
+            Rj = Rj * y + c
+        series = series + ((Pj * Xt) @ Yn) * Rj
+        Pj = Pj * y
+    power = -2.0 if fn == "log" else (0.5 if fn == "sqrt" else p) - 2.0
+    scale = torch.where(at_zero, zero, torch.where(at_zero, one, la) ** power)
+    zero_triples = _second_at_zero(fn, p, la) * ((fl(near) * Xt) @ Yn)
+    N = N + torch.where(near, torch.where(at_zero, zero_triples, scale * series), zero)
     return U @ (N + N.mT) @ U.mT
 
 
-def _second_of(la, lc, lb, Dac, Dcb, Dab, fn, p):
-    """g[λ_a, λ_c, λ_b] from the eigenvalues and the pairs' entries of D (no log per triple)."""
-    if fn == "sqrt":
-        return _second_sqrt(la, lc, lb)
-    return _second_from_pairs(la, lc, lb, Dac, Dcb, Dab, fn, p)
+def _taylor_coefficients(fn, p):
+    """a_2 … a_{_TERMS+1} of g(1 + y) = Σ a_n yⁿ (log: (−1)^{n+1}/n; x^p: binom(p, n); √: p = ½)."""
+    if fn == "log":
+        return [(-1) ** (n + 1) / n for n in range(2, _TERMS + 2)]
+    if fn not in FUNCTIONS:
+        raise _unknown(fn)
+    p = 0.5 if fn == "sqrt" else p
+    coef, out = p * (p - 1) / 2, []
+    for n in range(2, _TERMS + 2):
+        out.append(coef)
+        coef = coef * (p - n) / (n + 1)
+    return out
 
 
-def _add_near_terms(N, near, lam, D, Xt, Yt, fn, p):
-    """N_ab = Σ_c g[λ_a, λ_c, λ_b] X̃_ac Ỹ_cb for the near pairs (a, b), term by term."""
-    d = lam.shape[-1]
-    flat = lambda t: t.reshape(-1, *t.shape[-2:])  # noqa: E731
-    Nf, Df, Xf, Yf, lf = flat(N).clone(), flat(D), flat(Xt), flat(Yt), lam.reshape(-1, d)
-    k, a, b = near.reshape(-1, d, d).nonzero(as_tuple=True)
-    T = _second_of(lf[k, a][:, None], lf[k], lf[k, b][:, None], Df[k, a], Df[k, b], Df[k, a, b][:, None], fn, p)
-    Nf[k, a, b] = (T * Xf[k, a] * Yf[k, b]).sum(-1)             # Ỹ_cb = Ỹ_bc
-    return Nf.reshape(N.shape)
-
-
-def _near_terms_dense(lam, D, Xt, Yt, fn, p, block_elems):
-    """N of :func:`_add_near_terms` for every pair, summed over c in blocks (shapes set by d alone)."""
-    d = lam.shape[-1]
-    step = max(1, block_elems // max(1, d * d * max(1, lam[..., 0].numel())))
-    la, lb = lam[..., :, None, None], lam[..., None, None, :]
-    N = torch.zeros_like(Xt)
-    for c0 in range(0, d, step):
-        cs = slice(c0, min(d, c0 + step))
-        T = _second_of(la, lam[..., None, cs, None], lb, D[..., :, cs, None], D[..., None, cs, :], D[..., :, None, :], fn, p)
-        N = N + torch.einsum("...acb,...ac,...cb->...ab", T, Xt[..., :, cs], Yt[..., cs, :])
-    return N
+def _second_at_zero(fn, p, like):
+    """g''(0)/2 (all three points 0): −∞ for log and √, binom(p, 2)·0^{p−2} for x^p."""
+    if fn != "power":
+        return torch.full_like(like, -torch.inf)
+    binom = p * (p - 1) / 2
+    return torch.zeros_like(like) if binom == 0 else binom * torch.zeros_like(like) ** (p - 2)
