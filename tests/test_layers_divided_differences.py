@@ -57,14 +57,15 @@ def test_second_frechet_matches_mpmath(fn, p, lam):
     torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12 * ref.abs().max().item())
 
 
-_EIGENVALUES = st.one_of(st.just(0.0), st.floats(1e-3, 1e3))
+_EIGENVALUES = st.one_of(st.just(0.0), st.floats(1e-3, 1e3), st.floats(-1e3, -1e-3))
 
 
 @settings(max_examples=100, deadline=None)
 @given(st.lists(_EIGENVALUES, min_size=1, max_size=6), st.integers(0, 5), st.integers(0, 2 ** 31 - 1))
 def test_second_frechet_of_polynomials_is_their_closed_form(lam, tie, seed):
-    """x³: L₂(X, Y) = AXY + XAY + XYA + AYX + YAX + YXA; x²: XY + YX — for any spectrum, zeros and
-    ties included (``tie`` copies one eigenvalue onto its neighbour), any orthogonal U."""
+    """x³: L₂(X, Y) = AXY + XAY + XYA + AYX + YAX + YXA; x²: XY + YX — for any spectrum, zeros,
+    negative eigenvalues and ties included (``tie`` copies one eigenvalue onto its neighbour), any
+    orthogonal U."""
     lam = list(lam)
     if len(lam) > 1:
         lam[tie % len(lam)] = lam[(tie + 1) % len(lam)]
@@ -76,7 +77,7 @@ def test_second_frechet_of_polynomials_is_their_closed_form(lam, tie, seed):
     w = torch.tensor(lam, dtype=D)
     A = U @ torch.diag(w) @ U.T
     cubic = A @ X @ Y + X @ A @ Y + X @ Y @ A + A @ Y @ X + Y @ A @ X + Y @ X @ A
-    atol = 1e-12 * (1 + max(lam)) * X.abs().max().item() * Y.abs().max().item() * d ** 2
+    atol = 1e-12 * (1 + max(map(abs, lam))) * X.abs().max().item() * Y.abs().max().item() * d ** 2
     torch.testing.assert_close(dd.dk_second_frechet(U, w, X, Y, "power", 3.0), cubic, rtol=1e-10, atol=atol)
     torch.testing.assert_close(dd.dk_second_frechet(U, w, X, Y, "power", 2.0), X @ Y + Y @ X, rtol=1e-10, atol=atol)
 
@@ -103,3 +104,16 @@ def test_second_frechet_is_the_derivative_of_the_first(fn, p, lam):
     torch.testing.assert_close(got, fd, rtol=1e-7, atol=1e-7)
     batched = dd.dk_second_frechet(torch.stack([U, -U]), torch.stack([w, w]), X, H, fn, p)
     torch.testing.assert_close(batched, torch.stack([got, got]), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype, rtol", [(torch.float64, 1e-13), (torch.float32, 1e-5)], ids=["float64", "float32"])
+def test_spread_of_twelve_decades_keeps_the_closed_form(dtype, rtol):
+    """λ = 1e-8 … 1e4, x²: L₂ = XY + YX. A quotient over a pair that is not the widest of its triple
+    (λ_c = 1e4 beside λ_a, λ_b ≤ 1e-2) cancels about λ_c/|λ_a − λ_b|; the widest-pair form does not."""
+    gen = torch.Generator().manual_seed(0)
+    X, Y = (torch.randn(4, 4, dtype=torch.float64, generator=gen) for _ in range(2))
+    X, Y = ((M + M.T) / 2 for M in (X, Y))
+    w = torch.tensor([1e-8, 3e-8, 1e-2, 1e4], dtype=dtype)
+    got = dd.dk_second_frechet(torch.eye(4, dtype=dtype), w, X.to(dtype), Y.to(dtype), "power", 2.0)
+    expected = X @ Y + Y @ X
+    assert ((got.double() - expected).norm() / expected.norm()).item() < rtol

@@ -316,11 +316,89 @@ def test_second_derivative_on_a_rank_deficient_covariance_matches_extrapolated_d
     assert ((hvp - reference).norm() / reference.norm()).item() < 1e-6
 
 
-def test_third_derivative_is_refused():
-    """A second derivative with create_graph=True is fine; differentiating it again raises rather
-    than treat the saved λ, U as constants (a wrong number)."""
-    A = torch.as_tensor(build([0.5, 1.0, 2.0], seed=4)).requires_grad_()
-    (g,) = torch.autograd.grad(mf.eig_dk(A, "log")[0].pow(2).sum(), A, create_graph=True)
-    (h,) = torch.autograd.grad(g.pow(2).sum(), A, create_graph=True)
-    with pytest.raises(NotImplementedError, match="third derivatives"):
-        torch.autograd.grad(h.sum(), A)
+def _third_derivative(way, f, A):
+    V = torch.eye(A.shape[-1], dtype=D)
+    if way == "autograd":
+        a = A.clone().requires_grad_()
+        (g,) = torch.autograd.grad(f(a), a, create_graph=True)
+        (h,) = torch.autograd.grad((g * V).sum(), a, create_graph=True)
+        return torch.autograd.grad(h.sum(), a)
+    jac = {"jacrev³": lambda: torch.func.jacrev(torch.func.jacrev(torch.func.jacrev(f))),
+           "jacfwd(hessian)": lambda: torch.func.jacfwd(torch.func.hessian(f)),
+           "jacfwd³": lambda: torch.func.jacfwd(torch.func.jacfwd(torch.func.jacfwd(f)))}[way]()
+    return jac(A)
+
+
+@pytest.mark.parametrize("way", ["autograd", "jacrev³", "jacfwd(hessian)", "jacfwd³"])
+@pytest.mark.parametrize("route", ["eig", "svd"])
+def test_third_derivative_is_refused(way, route):
+    """Second derivatives are exact; a third raises in reverse and forward mode alike rather than
+    treat the saved λ, U as constants (which gave 0 for Σ_ab C_ab at diag(0.5, 1, 2, 4), not 18.28)."""
+    A = torch.diag(torch.tensor([0.5, 1.0, 2.0, 4.0], dtype=D))
+    layer = (lambda x: mf.eig_dk(x, "log")[0]) if route == "eig" else (lambda x: mf.svd_dk(x, "log", 0.1)[0])
+    f = lambda x: layer(x).sum()  # noqa: E731
+    with pytest.raises(NotImplementedError, match="third derivatives|tangent cannot be differentiated"):
+        _third_derivative(way, f, A)
+
+
+def test_svd_dk_forward_over_forward_is_refused_eig_dk_is_exact():
+    """jacfwd(jacfwd(·)): torch.func does not trace a custom jvp's own operations for the outer
+    level, so svd_dk's tangent, computed inline, gave a Hessian of 0; it now raises. eig_dk's jvp
+    passes its tensors straight to the Fréchet op, whose own jvp is exact: it equals torch.func.hessian."""
+    F = torch.randn(5, 4, dtype=D, generator=GEN(22))
+    W = torch.randn(4, 4, dtype=D, generator=GEN(23))
+    with pytest.raises(NotImplementedError, match="tangent cannot be differentiated"):
+        torch.func.jacfwd(torch.func.jacfwd(lambda f: (W * mf.svd_dk(f, "log", 0.1)[0]).sum()))(F)
+    A = F.T @ F + 0.1 * torch.eye(4, dtype=D)
+    g = lambda a: (W * mf.eig_dk(a, "log")[0]).sum()  # noqa: E731
+    torch.testing.assert_close(torch.func.jacfwd(torch.func.jacfwd(g))(A), torch.func.hessian(g)(A), rtol=1e-12, atol=1e-12)
+
+
+def test_second_derivative_of_negative_definite_integer_powers_is_the_closed_form():
+    """A = −diag(1, 2, 3), x^p with integer p (defined for negative λ): the derivative of the gradient
+    of Σ_ab g(A)_ab along I is M_ab = g[λ_a, λ_b, λ_b] + g[λ_a, λ_a, λ_b] (second-order Daleckii–Krein
+    with X̃ = 11ᵀ, Ỹ = I), from closed forms: x²: 1; x³: x + y + z; x⁻²: (xy + yz + zx)/(xyz)²."""
+    lam = [-1.0, -2.0, -3.0]
+    second = {2.0: lambda x, y, z: 1.0, 3.0: lambda x, y, z: x + y + z,
+              -2.0: lambda x, y, z: (x * y + y * z + z * x) / (x * y * z) ** 2}
+    for p, g2 in second.items():
+        a = torch.diag(torch.tensor(lam, dtype=D)).requires_grad_()
+        (g,) = torch.autograd.grad(mf.eig_dk(a, "power", p)[0].sum(), a, create_graph=True)
+        (h,) = torch.autograd.grad((g * torch.eye(3, dtype=D)).sum(), a)
+        M = torch.tensor([[g2(x, y, y) + g2(x, x, y) for y in lam] for x in lam], dtype=D)
+        torch.testing.assert_close(h, M, rtol=1e-13, atol=1e-13)
+
+
+def test_svd_dk_second_derivative_of_a_rank_deficient_tall_F_without_ridge():
+    """(FᵀF)² with ε = 0 and rank(F) = 3 < 4 (σ_min at rounding level): the Hessian-vector product and
+    torch.func.hessian of ⟨W, C⟩² equal those of the plain products (FᵀF)(FᵀF) to 1e-12."""
+    F = torch.randn(6, 4, dtype=D, generator=GEN(19))
+    F[:, 3] = F[:, 0] + F[:, 1]
+    W, K = torch.randn(4, 4, dtype=D, generator=GEN(20)), torch.randn(6, 4, dtype=D, generator=GEN(21))
+    layer = lambda f: mf.svd_dk(f, "power", 0.0, 2.0)[0]  # noqa: E731
+    plain = lambda f: (f.T @ f) @ (f.T @ f)  # noqa: E731
+
+    def hvp(c):
+        f = F.clone().requires_grad_()
+        (g,) = torch.autograd.grad(((W * c(f)).sum()) ** 2, f, create_graph=True)
+        return torch.autograd.grad((g * K).sum(), f)[0]
+
+    torch.testing.assert_close(hvp(layer), hvp(plain), rtol=1e-12, atol=1e-12 * hvp(plain).abs().max().item())
+    loss = lambda c: lambda f: ((W * c(f)).sum()) ** 2  # noqa: E731
+    ref = torch.func.hessian(loss(plain))(F)
+    torch.testing.assert_close(torch.func.hessian(loss(layer))(F), ref, rtol=1e-12, atol=1e-12 * ref.abs().max().item())
+
+
+@pytest.mark.parametrize("p", [2.0, 3.0, -1.0])
+def test_integer_power_of_an_indefinite_matrix_has_the_plain_gradient(p):
+    """x^p with integer p on λ = (−2, −0.5, 0.5, 3): the divided difference across a sign change is
+    the plain quotient (the log1p form of a same-sign pair is NaN there); the gradient equals
+    autograd of the matrix products (A⁻¹ by torch.linalg.inv for p = −1)."""
+    Q, _ = torch.linalg.qr(torch.randn(4, 4, dtype=D, generator=GEN(24)))
+    A = Q @ torch.diag(torch.tensor([-2.0, -0.5, 0.5, 3.0], dtype=D)) @ Q.T
+    G = torch.randn(4, 4, dtype=D, generator=GEN(25))
+    plain = {2.0: lambda a: a @ a, 3.0: lambda a: a @ a @ a, -1.0: torch.linalg.inv}[p]
+    a, b = A.clone().requires_grad_(), A.clone().requires_grad_()
+    (got,) = torch.autograd.grad((G * mf.eig_dk(a, "power", p)[0]).sum(), a)
+    (ref,) = torch.autograd.grad((G * plain((b + b.T) / 2)).sum(), b)
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)

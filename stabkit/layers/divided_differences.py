@@ -51,7 +51,8 @@ def eigen_divided_differences(lam: torch.Tensor, fn: str, p: float | None = None
 
 def pair_divided_differences(mi, mj, delta, fn: str, p: float | None = None) -> torch.Tensor:
     """g[μ_i, μ_j] elementwise (broadcast), Δ = |μ_i − μ_j| given: log1p(Δ/m)/Δ for log, 1/(√μ_i + √μ_j)
-    for √, m^p expm1(p log1p(Δ/m))/Δ for x^p (m = min(μ_i, μ_j); at m = 0, (M^p − 0^p)/M, M the max).
+    for √, m^p expm1(p log1p(Δ/m))/Δ for x^p (m = min(μ_i, μ_j); (M^p − m^p)/Δ, M the max, when
+    m ≤ 0 ≤ M: a zero, or, for integer p, opposite signs).
 
     Differentiable: each ``where`` branch is fed a placeholder 1 where it is not taken (the "double
     where"), so a branch that would be infinite there (1/0 on a tie, log1p(Δ/0)) leaves no NaN in
@@ -68,10 +69,12 @@ def pair_divided_differences(mi, mj, delta, fn: str, p: float | None = None) -> 
         return 1 / (mi.sqrt() + mj.sqrt())          # = g'(μ) = 1/(2√μ) on ties too
     elif fn == "power":
         hi = torch.maximum(mi, mj)
-        at_zero = lo_off == 0
-        at_zero_dd = (hi ** p - lo_off ** p) / gap  # lo = 0: no cancellation (lo^p is 0, 1 or inf)
-        lo_pos = torch.where(at_zero, one, lo_off)
-        off = torch.where(at_zero, at_zero_dd, lo_pos ** p * torch.expm1(p * torch.log1p(gap / lo_pos)) / gap)
+        # lo ≤ 0 ≤ hi (a zero, or opposite signs: integer p): Δ ≥ max(|lo|, |hi|), the plain quotient
+        # does not cancel (lo^p is 0, 1 or inf at lo = 0)
+        direct = (lo_off <= 0) & (hi >= 0)
+        direct_dd = (hi ** p - lo_off ** p) / gap
+        lo_same = torch.where(direct, one, lo_off)          # lo, hi of one sign: |Δ/lo| < 1
+        off = torch.where(direct, direct_dd, lo_same ** p * torch.expm1(p * torch.log1p(gap / lo_same)) / gap)
         on = p * lo_on ** (p - 1)
     else:
         raise _unknown(fn)

@@ -34,9 +34,9 @@ eigh is infinite or loses digits; the SVD route uses it at FᵀF + εI for a squ
 F's backward is written with its thin V (:func:`_thin_frechet`), which is rebuilt from F when
 differentiated (ties among its nonzero σ: NaN). A third derivative raises NotImplementedError.
 ``torch.func`` vmap/grad/jacrev/jacfwd/hessian work (vmap rules generated). Forward mode is the same
-Fréchet derivative (it is self-adjoint): the EIG tangent of g(A) is :func:`dk_frechet` applied to
-sym(dA), the SVD one L(dFᵀF + FᵀdF) (by that op for a square or tall F, :func:`_gram_frechet`
-for a wide one); under torch.compile the classes
+Fréchet derivative (it is self-adjoint): the EIG tangent of g(A) is that op applied to sym(dA)
+(so jacfwd of jacfwd is exact too), the SVD one L(dFᵀF + FᵀdF) (:class:`_SvdTangent`, which refuses
+to be differentiated); under torch.compile the classes
 without a custom jvp are used (Dynamo traces none).
 
 Input: F a finite float32/float64 (..., n, d), ε a finite number ≥ 0, and an EIG-route A symmetric
@@ -134,7 +134,7 @@ class _Frechet(torch.autograd.Function):
     """L_A(G) = :func:`dk_frechet` at A = U diag(λ) Uᵀ (λ, U given), the EIG-DK backward, as an op whose
     own derivatives are the second-order Daleckii–Krein formula (:mod:`.divided_differences`):
     ∂⟨W, L_A(G)⟩/∂A = L₂(G, W), ∂/∂G = L_A(W) — exact on ties, where differentiating an eigh is not.
-    A is not read (λ, U are its decomposition); it carries the gradient."""
+    A is not read (λ, U are its decomposition); it carries the derivatives."""
 
     generate_vmap_rule = True
 
@@ -144,36 +144,16 @@ class _Frechet(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        _, G, lam, U, ctx.fn, ctx.p = inputs
-        ctx.save_for_backward(G, lam, U)
-        ctx.save_for_forward(G, lam, U)
+        A, G, lam, U, ctx.fn, ctx.p = inputs
+        ctx.save_for_backward(A, G, lam, U)
+        ctx.save_for_forward(A, G, lam, U)
 
     @staticmethod
     def backward(ctx, W):
-        G, lam, U = ctx.saved_tensors
-        gA, gG = _SecondFrechet.apply(G, W, lam, U, ctx.fn, ctx.p)
-        return (gA if ctx.needs_input_grad[0] else None), (gG if ctx.needs_input_grad[1] else None), None, None, None, None
-
-
-class _SecondFrechet(torch.autograd.Function):
-    """(L₂(G, W), L_A(W)), :class:`_Frechet`'s backward, as an op whose own backward (a third
-    derivative of the layer) raises: plain ops on the saved λ, U would silently drop their
-    dependence on A."""
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(G, W, lam, U, fn, p):
-        return dk_second_frechet(U, lam, G, W, fn, p), dk_frechet(U, eigen_divided_differences(lam, fn, p), W)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        pass
-
-    @staticmethod
-    def backward(ctx, _gA, _gG):
-        raise NotImplementedError("third derivatives of the Daleckii–Krein layers (eig_dk, svd_dk, CovariancePooling's "
-                                  "default backward) are not implemented")
+        A, G, lam, U = ctx.saved_tensors
+        gA = _SecondFrechet.apply(A, G, W, lam, U, ctx.fn, ctx.p) if ctx.needs_input_grad[0] else None
+        gG = _op(_Frechet, _FrechetJvp).apply(A, W, lam, U, ctx.fn, ctx.p) if ctx.needs_input_grad[1] else None
+        return gA, gG, None, None, None, None
 
 
 class _FrechetJvp(_Frechet):
@@ -181,9 +161,37 @@ class _FrechetJvp(_Frechet):
 
     @staticmethod
     def jvp(ctx, dA, dG, _lam, _U, _fn, _p):
-        G, lam, U = ctx.saved_tensors
-        out = torch.zeros_like(G) if dA is None else dk_second_frechet(U, lam, G, dA, ctx.fn, ctx.p)
-        return out if dG is None else out + dk_frechet(U, eigen_divided_differences(lam, ctx.fn, ctx.p), dG)
+        A, G, lam, U = ctx.saved_tensors
+        out = torch.zeros_like(G) if dA is None else _SecondFrechet.apply(A, G, dA, lam, U, ctx.fn, ctx.p)
+        return out if dG is None else out + _FrechetJvp.apply(A, dG, lam, U, ctx.fn, ctx.p)
+
+
+_NO_THIRD = ("third derivatives of the Daleckii–Krein layers (eig_dk, svd_dk, CovariancePooling's default "
+             "backward) are not implemented")
+
+
+class _SecondFrechet(torch.autograd.Function):
+    """L₂(G, W) at A = U diag(λ) Uᵀ, as an op that takes A so that differentiating it (a third
+    derivative of the layer, reverse or forward mode) reaches it and raises: plain ops on the saved
+    λ, U would silently drop their dependence on A."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(A, G, W, lam, U, fn, p):
+        return dk_second_frechet(U, lam, G, W, fn, p)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, _gL):
+        raise NotImplementedError(_NO_THIRD)
+
+    @staticmethod
+    def jvp(ctx, *_tangents):
+        raise NotImplementedError(_NO_THIRD)
 
 
 class _SvdDK(torch.autograd.Function):
@@ -248,12 +256,42 @@ class _SvdDKJvp(_SvdDK):
 
     @staticmethod
     def jvp(ctx, dF, _fn, _eps, _p):
-        """dC = L(dFᵀF + FᵀdF), L the Fréchet derivative of g at FᵀF + εI (wide F: :func:`_gram_frechet`)."""
-        F = ctx.saved_tensors[0]
-        if F.shape[-2] >= F.shape[-1]:
-            return _SvdDK._gram_op(ctx, 2 * F.mT @ dF), None, None
-        F, V1, S = _SvdDK._thin_factors(ctx)
-        return _gram_frechet(V1, S, F.shape[-1], 2 * F.mT @ dF, ctx.fn, ctx.eps, ctx.p), None, None
+        F, S, V = ctx.saved_tensors
+        return _SvdTangent.apply(F, dF, S, V, ctx.fn, ctx.eps, ctx.p), None, None
+
+
+class _SvdTangent(torch.autograd.Function):
+    """dC = L(dFᵀF + FᵀdF), L the Fréchet derivative of g at FᵀF + εI (:func:`dk_frechet` with the full
+    V for a square or tall F, :func:`_gram_frechet` with the thin one for a wide F), as an op of (F, dF)
+    that refuses to be differentiated. torch.func does not trace a custom jvp's own operations for an
+    enclosing forward-mode level, so computed inline they made jacfwd(jacfwd(·)) silently 0; a
+    second derivative is available as torch.func.hessian (forward over reverse) or double backward."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(F, dF, S, V, fn, eps, p):
+        G = 2 * F.mT @ dF
+        k, d = S.shape[-1], F.shape[-1]
+        if k == d:
+            return dk_frechet(V, eigen_divided_differences(S * S + eps, fn, p), G)
+        return _gram_frechet(V[..., :k], S, d, G, fn, eps, p)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, _gT):
+        raise NotImplementedError(_SVD_TANGENT)
+
+    @staticmethod
+    def jvp(ctx, *_tangents):
+        raise NotImplementedError(_SVD_TANGENT)
+
+
+_SVD_TANGENT = ("svd_dk: the forward-mode tangent cannot be differentiated (jacfwd(jacfwd(·)), jacrev(jacfwd(·))); "
+                "for a second derivative use torch.func.hessian or double backward")
 
 
 def _pad(x, d):
