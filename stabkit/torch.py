@@ -175,12 +175,50 @@ class _EighJvp(_Eigh):
             raise RuntimeError(f"stabkit.torch.eigh(method={ctx.spec.name!r}): forward-mode AD (torch.func.jvp, jacfwd, "
                                "hessian) is implemented only for rules given by a kernel F(λ); use reverse mode, e.g. "
                                "torch.func.jacrev(torch.func.jacrev(f)) for a Hessian")
-        M = U.mT @ _xp.sym(dA) @ U
-        return _xp.diagonal(M), U @ _xp.kernel_product(ctx.spec.kernel(lam), M)
+        return tangent_op(_eigh_tangent, "stabkit.torch.eigh", lam, U, dA, ctx.spec)
+
+
+def _eigh_tangent(lam, U, dA, spec):
+    M = U.mT @ _xp.sym(dA) @ U
+    return _xp.diagonal(M), U @ _xp.kernel_product(spec.kernel(lam), M)
 
 
 def _op(plain, with_jvp):
     return plain if torch.compiler.is_compiling() else with_jvp
+
+
+class _Tangent(torch.autograd.Function):
+    """``formula(*args)`` — a custom jvp's tangent — as an op that refuses to be differentiated.
+    torch.func does not trace a custom jvp's own operations for an enclosing forward-mode level, so
+    jacfwd(jacfwd(·)) treated the saved factors as constants: a silently wrong second derivative."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(formula, name, *args):
+        return formula(*args)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.name = inputs[1]
+
+    @staticmethod
+    def backward(ctx, *_grads):
+        raise NotImplementedError(_untangent_message(ctx.name))
+
+    @staticmethod
+    def jvp(ctx, *_tangents):
+        raise NotImplementedError(_untangent_message(ctx.name))
+
+
+def _untangent_message(name):
+    return (f"{name}: the forward-mode tangent cannot be differentiated (jacfwd(jacfwd(·)), jacrev(jacfwd(·))); "
+            "for a second derivative use torch.func.hessian (forward over reverse) or double backward")
+
+
+def tangent_op(formula, name: str, *args):
+    """The tangent ``formula(*args)`` of a custom jvp, refusing to be differentiated (:class:`_Tangent`)."""
+    return _Tangent.apply(formula, name, *args)
 
 
 def _differentiating_backward(A) -> bool:
@@ -324,23 +362,27 @@ class _SVDJvp(_SVD):
         dV = V (H − Hᵀ) + (I − VVᵀ) dXᵀ U Σ⁺; columns beyond min(m, n) get no tangent. Σ⁺ as in
         the backward (0 where σ = 0), so the two stay transposes at a rank-deficient X."""
         U_all, S, Vh_all = ctx.saved_tensors
-        k = S.shape[-1]
-        U, Vh = U_all[..., :, :k], Vh_all[..., :k, :]
-        V = Vh.mT
-        F = ctx.spec.kernel(S * S)
-        XV, XtU = dX @ V, dX.mT @ U
-        M = U.mT @ XV
-        G, H = _xp.kernel_product(F, M * S[..., None, :]), _xp.kernel_product(F, S[..., :, None] * M)
-        Sp = pinv_diag(S)[..., None, :]
-        dU = U @ (G - G.mT) + (XV - U @ M) * Sp
-        dV = V @ (H - H.mT) + (XtU - V @ M.mT) * Sp
-        pad_u, pad_v = U_all.shape[-1] - k, Vh_all.shape[-2] - k
-        if pad_u:
-            dU = torch.cat([dU, torch.zeros_like(U_all[..., :, k:])], -1)
-        dVh = dV.mT
-        if pad_v:
-            dVh = torch.cat([dVh, torch.zeros_like(Vh_all[..., k:, :])], -2)
-        return dU, _xp.diagonal(M), dVh
+        return tangent_op(_svd_tangent, "stabkit.torch.svd", U_all, S, Vh_all, dX, ctx.spec)
+
+
+def _svd_tangent(U_all, S, Vh_all, dX, spec):
+    k = S.shape[-1]
+    U, Vh = U_all[..., :, :k], Vh_all[..., :k, :]
+    V = Vh.mT
+    F = spec.kernel(S * S)
+    XV, XtU = dX @ V, dX.mT @ U
+    M = U.mT @ XV
+    G, H = _xp.kernel_product(F, M * S[..., None, :]), _xp.kernel_product(F, S[..., :, None] * M)
+    Sp = pinv_diag(S)[..., None, :]
+    dU = U @ (G - G.mT) + (XV - U @ M) * Sp
+    dV = V @ (H - H.mT) + (XtU - V @ M.mT) * Sp
+    pad_u, pad_v = U_all.shape[-1] - k, Vh_all.shape[-2] - k
+    if pad_u:
+        dU = torch.cat([dU, torch.zeros_like(U_all[..., :, k:])], -1)
+    dVh = dV.mT
+    if pad_v:
+        dVh = torch.cat([dVh, torch.zeros_like(Vh_all[..., k:, :])], -2)
+    return dU, _xp.diagonal(M), dVh
 
 
 def _svd_spec(method, params: dict, fn: str) -> Spec:

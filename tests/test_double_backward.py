@@ -127,3 +127,21 @@ def test_bounded_kernel_does_not_bound_the_second_derivative():
     g_near, h_near = hv_norm(1e-4, "taylor")
     assert g_near < 10 * g_wide        # first order bounded
     assert h_near > 100 * h_wide       # second order not
+
+
+@pytest.mark.parametrize("op", ["eigh", "svd"])
+def test_forward_over_forward_is_refused(op):
+    """jacfwd(jacfwd(·)) through the ops' custom jvp: torch.func treated the saved factors as
+    constants there, so the Hessian came out silently wrong; it now raises, and torch.func.hessian
+    (forward over reverse) still agrees with reverse over reverse."""
+    X = torch.tensor(np.random.default_rng(5).standard_normal((5, 4)), dtype=F64)
+    if op == "eigh":
+        A = X.T @ X
+        f = lambda a: eig_loss(*sk.eigh(sym(a), method="analytic"))  # noqa: E731
+    else:
+        A = X
+        f = lambda a: (sk.svd(a, method="analytic")[1] ** 3).sum()  # noqa: E731
+    with pytest.raises(NotImplementedError, match="tangent cannot be differentiated"):
+        torch.func.jacfwd(torch.func.jacfwd(f))(A)
+    torch.testing.assert_close(torch.func.hessian(f)(A), torch.func.jacrev(torch.func.jacrev(f))(A),
+                               rtol=1e-10, atol=1e-10)

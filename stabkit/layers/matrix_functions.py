@@ -35,8 +35,8 @@ F's backward is written with its thin V (:func:`_thin_frechet`), which is rebuil
 differentiated (ties among its nonzero σ: NaN). A third derivative raises NotImplementedError.
 ``torch.func`` vmap/grad/jacrev/jacfwd/hessian work (vmap rules generated). Forward mode is the same
 Fréchet derivative (it is self-adjoint): the EIG tangent of g(A) is that op applied to sym(dA)
-(so jacfwd of jacfwd is exact too), the SVD one L(dFᵀF + FᵀdF) (:class:`_SvdTangent`, which refuses
-to be differentiated); under torch.compile the classes
+(so jacfwd of jacfwd is exact too), the SVD one L(dFᵀF + FᵀdF) (:func:`_svd_dk_tangent`, an op that
+refuses to be differentiated: ``stabkit.torch.tangent_op``); under torch.compile the classes
 without a custom jvp are used (Dynamo traces none).
 
 Input: F a finite float32/float64 (..., n, d), ε a finite number ≥ 0, and an EIG-route A symmetric
@@ -51,7 +51,7 @@ import torch
 from . import svd as _svd
 import stabkit.torch
 from .. import _xp
-from ..torch import _differentiating_backward, _op, _rebuilt_svd
+from ..torch import _differentiating_backward, _op, _rebuilt_svd, tangent_op
 from ._checks import check_eps, check_matrix, method_params
 from .divided_differences import FUNCTIONS, divided_differences, dk_frechet, dk_second_frechet, eigen_divided_differences
 from ..errors import InputError
@@ -257,41 +257,17 @@ class _SvdDKJvp(_SvdDK):
     @staticmethod
     def jvp(ctx, dF, _fn, _eps, _p):
         F, S, V = ctx.saved_tensors
-        return _SvdTangent.apply(F, dF, S, V, ctx.fn, ctx.eps, ctx.p), None, None
+        return tangent_op(_svd_dk_tangent, "svd_dk", F, dF, S, V, ctx.fn, ctx.eps, ctx.p), None, None
 
 
-class _SvdTangent(torch.autograd.Function):
-    """dC = L(dFᵀF + FᵀdF), L the Fréchet derivative of g at FᵀF + εI (:func:`dk_frechet` with the full
-    V for a square or tall F, :func:`_gram_frechet` with the thin one for a wide F), as an op of (F, dF)
-    that refuses to be differentiated. torch.func does not trace a custom jvp's own operations for an
-    enclosing forward-mode level, so computed inline they made jacfwd(jacfwd(·)) silently 0; a
-    second derivative is available as torch.func.hessian (forward over reverse) or double backward."""
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(F, dF, S, V, fn, eps, p):
-        G = 2 * F.mT @ dF
-        k, d = S.shape[-1], F.shape[-1]
-        if k == d:
-            return dk_frechet(V, eigen_divided_differences(S * S + eps, fn, p), G)
-        return _gram_frechet(V[..., :k], S, d, G, fn, eps, p)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        pass
-
-    @staticmethod
-    def backward(ctx, _gT):
-        raise NotImplementedError(_SVD_TANGENT)
-
-    @staticmethod
-    def jvp(ctx, *_tangents):
-        raise NotImplementedError(_SVD_TANGENT)
-
-
-_SVD_TANGENT = ("svd_dk: the forward-mode tangent cannot be differentiated (jacfwd(jacfwd(·)), jacrev(jacfwd(·))); "
-                "for a second derivative use torch.func.hessian or double backward")
+def _svd_dk_tangent(F, dF, S, V, fn, eps, p):
+    """dC = L(dFᵀF + FᵀdF), L the Fréchet derivative of g at FᵀF + εI: :func:`dk_frechet` with the full
+    V for a square or tall F, :func:`_gram_frechet` with the thin one for a wide F."""
+    G = 2 * F.mT @ dF
+    k, d = S.shape[-1], F.shape[-1]
+    if k == d:
+        return dk_frechet(V, eigen_divided_differences(S * S + eps, fn, p), G)
+    return _gram_frechet(V[..., :k], S, d, G, fn, eps, p)
 
 
 def _pad(x, d):
