@@ -56,6 +56,7 @@ from __future__ import annotations
 import torch
 
 from . import _xp, methods
+from ._autograd import differentiating_backward, eigh_for_backward, compile_safe, rebuilt_svd, tangent_op
 from .errors import InputError
 from .methods import DEFAULT, NAMES, Spec
 from .validation import symmetry_rtol
@@ -155,7 +156,7 @@ class _Eigh(torch.autograd.Function):
         A, lam, U = ctx.saved_tensors
         spec = ctx.spec
         if spec.method.exact_state:  # the rule needs only the exact (λ, U)
-            lam, U = _eigh_for_backward(A, lam, U)
+            lam, U = eigh_for_backward(A, lam, U)
             state = {"U": U, "lam": lam}
         else:  # power iteration: its state (iterates, norms) is rebuilt from A
             _, _, state = spec.forward(A)
@@ -183,77 +184,6 @@ def _eigh_tangent(lam, U, dA, spec):
     return _xp.diagonal(M), U @ _xp.kernel_product(spec.kernel(lam), M)
 
 
-def _op(plain, with_jvp):
-    return plain if torch.compiler.is_compiling() else with_jvp
-
-
-class _Tangent(torch.autograd.Function):
-    """``formula(*args)`` — a custom jvp's tangent — as an op that refuses to be differentiated.
-    torch.func does not trace a custom jvp's own operations for an enclosing forward-mode level, so
-    jacfwd(jacfwd(·)) treated the saved factors as constants: a silently wrong second derivative."""
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(formula, name, *args):
-        return formula(*args)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.name = inputs[1]
-
-    @staticmethod
-    def backward(ctx, *_grads):
-        raise NotImplementedError(_untangent_message(ctx.name))
-
-    @staticmethod
-    def jvp(ctx, *_tangents):
-        raise NotImplementedError(_untangent_message(ctx.name))
-
-
-def _untangent_message(name):
-    return (f"{name}: the forward-mode tangent cannot be differentiated (jacfwd(jacfwd(·)), jacrev(jacfwd(·))); "
-            "for a second derivative use torch.func.hessian (forward over reverse) or double backward")
-
-
-def tangent_op(formula, name: str, *args):
-    """The tangent ``formula(*args)`` of a custom jvp, refusing to be differentiated (:class:`_Tangent`)."""
-    return _Tangent.apply(formula, name, *args)
-
-
-def _differentiating_backward(A) -> bool:
-    """The backward itself is being differentiated (double backward, or a torch.func transform
-    that may apply forward mode to it): the decomposition must then be rebuilt from A with ops
-    whose derivatives are exact, instead of using the saved, constant factors."""
-    if torch.is_grad_enabled():
-        return True
-    return not torch.compiler.is_compiling() and bool(torch._C._functorch.is_functorch_wrapped_tensor(A))
-
-
-def _eigh_for_backward(A, lam, U):
-    """The saved (λ, U), or — when the backward is itself differentiated — (λ, U) rebuilt from A by
-    :func:`stabkit._xp.eigh` (a watch neither logs nor swaps it: its derivative must be exact),
-    the columns signed like the saved ones."""
-    if not _differentiating_backward(A):
-        return lam, U
-    lam, U_new = _xp.eigh(A)
-    return lam, U_new * _same_sign(U_new, U)
-
-
-def _rebuilt_svd(X, Vh, driver=None):
-    """X's thin (U, σ, Vᵀ) recomputed by the aten op (whose derivative is exact; a watch neither logs
-    nor swaps it) for a backward that is itself differentiated, each pair signed like ``Vh``'s rows."""
-    U, S, Vh_new = torch.ops.aten.linalg_svd(X, full_matrices=False, driver=driver)
-    sign = _same_sign(Vh_new.mT, Vh.mT)
-    return U * sign, S, Vh_new * sign.mT
-
-
-def _same_sign(new, old):
-    """±1 per column making ``new``'s columns point like ``old``'s (a recomputed basis)."""
-    s = torch.sign((new * old).sum(-2, keepdim=True))
-    return torch.where(s == 0, torch.ones_like(s), s).detach()
-
-
 def eigh(A: torch.Tensor, UPLO: str = "L", *, out=None, method: str | Spec = DEFAULT, check: bool = True, **params):
     """``torch.linalg.eigh(A, UPLO)`` (ascending eigenvalues, eigenvectors) whose gradient follows ``method``.
 
@@ -264,7 +194,7 @@ def eigh(A: torch.Tensor, UPLO: str = "L", *, out=None, method: str | Spec = DEF
     UPLO, spec = _eigh_call(A, UPLO, out, method, check, params, "eigh")
     if spec.method.native:
         return torch.linalg.eigh(A, UPLO=UPLO)
-    return EighResult(*_op(_Eigh, _EighJvp).apply(A if UPLO == "L" else A.mT, spec))
+    return EighResult(*compile_safe(_Eigh, _EighJvp).apply(A if UPLO == "L" else A.mT, spec))
 
 
 def eigvalsh(A: torch.Tensor, UPLO: str = "L", *, out=None, method: str | Spec = DEFAULT, check: bool = True, **params):
@@ -274,7 +204,7 @@ def eigvalsh(A: torch.Tensor, UPLO: str = "L", *, out=None, method: str | Spec =
     UPLO, spec = _eigh_call(A, UPLO, out, method, check, params, "eigvalsh")
     if spec.method.native:
         return torch.linalg.eigvalsh(A, UPLO=UPLO)
-    return _op(_Eigh, _EighJvp).apply(A if UPLO == "L" else A.mT, spec)[0]
+    return compile_safe(_Eigh, _EighJvp).apply(A if UPLO == "L" else A.mT, spec)[0]
 
 
 def _eigh_call(A, UPLO, out, method, check: bool, params: dict, fn: str) -> tuple[str, Spec]:
@@ -347,8 +277,8 @@ class _SVD(torch.autograd.Function):
         X, U, S, Vh = ctx.saved_tensors
         k = S.shape[-1]
         U, Vh = U[..., :, :k], Vh[..., :k, :]
-        if _differentiating_backward(X):  # the factors as differentiable functions of X
-            U, S, Vh = _rebuilt_svd(X, Vh, ctx.driver)
+        if differentiating_backward(X):  # the factors as differentiable functions of X
+            U, S, Vh = rebuilt_svd(X, Vh, ctx.driver)
         F = ctx.spec.kernel(S * S)
         return svd_backward(U, S, Vh, gU[..., :, :k], gS, gVh[..., :k, :], F), None, None, None
 
@@ -406,7 +336,7 @@ def svd(A: torch.Tensor, full_matrices: bool = True, *, driver=None, out=None, m
         check_values(A, "svd", symmetric=False)
     if spec.method.native:
         return torch.linalg.svd(A, full_matrices=full_matrices, driver=driver)
-    U, S, Vh = _op(_SVD, _SVDJvp).apply(A, bool(full_matrices), driver, spec)
+    U, S, Vh = compile_safe(_SVD, _SVDJvp).apply(A, bool(full_matrices), driver, spec)
     return SVDResult(U, S, Vh)
 
 
@@ -418,7 +348,7 @@ def svdvals(A: torch.Tensor, *, driver=None, out=None, method: str | Spec = DEFA
         check_values(A, "svdvals", symmetric=False)
     if spec.method.native:
         return torch.linalg.svdvals(A, driver=driver)
-    return _op(_SVD, _SVDJvp).apply(A, False, driver, spec)[1]
+    return compile_safe(_SVD, _SVDJvp).apply(A, False, driver, spec)[1]
 
 
 def eigh_kept(A: torch.Tensor, method: str | Spec = DEFAULT, *, check: bool = True, **params):

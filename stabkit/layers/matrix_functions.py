@@ -36,7 +36,7 @@ differentiated (ties among its nonzero σ: NaN). A third derivative raises NotIm
 ``torch.func`` vmap/grad/jacrev/jacfwd/hessian work (vmap rules generated). Forward mode is the same
 Fréchet derivative (it is self-adjoint): the EIG tangent of g(A) is that op applied to sym(dA)
 (so jacfwd of jacfwd is exact too), the SVD one L(dFᵀF + FᵀdF) (:func:`_svd_dk_tangent`, an op that
-refuses to be differentiated: ``stabkit.torch.tangent_op``); under torch.compile the classes
+refuses to be differentiated: ``stabkit._autograd.tangent_op``); under torch.compile the classes
 without a custom jvp are used (Dynamo traces none).
 
 Input: F a finite float32/float64 (..., n, d), ε a finite number ≥ 0, and an EIG-route A symmetric
@@ -51,7 +51,7 @@ import torch
 from . import svd as _svd
 import stabkit.torch
 from .. import _xp
-from ..torch import _differentiating_backward, _op, _rebuilt_svd, tangent_op
+from .._autograd import differentiating_backward, compile_safe, rebuilt_svd, tangent_op
 from ._checks import check_eps, check_matrix, method_params
 from .divided_differences import FUNCTIONS, divided_differences, dk_frechet, dk_second_frechet, eigen_divided_differences
 from ..errors import InputError
@@ -127,7 +127,7 @@ class _EigDK(torch.autograd.Function):
     @staticmethod
     def _frechet(ctx, G):
         A, lam, U = ctx.saved_tensors
-        return _op(_Frechet, _FrechetJvp).apply(A, G, lam, U, ctx.fn, ctx.p)
+        return compile_safe(_Frechet, _FrechetJvp).apply(A, G, lam, U, ctx.fn, ctx.p)
 
 
 class _Frechet(torch.autograd.Function):
@@ -152,7 +152,7 @@ class _Frechet(torch.autograd.Function):
     def backward(ctx, W):
         A, G, lam, U = ctx.saved_tensors
         gA = _SecondFrechet.apply(A, G, W, lam, U, ctx.fn, ctx.p) if ctx.needs_input_grad[0] else None
-        gG = _op(_Frechet, _FrechetJvp).apply(A, W, lam, U, ctx.fn, ctx.p) if ctx.needs_input_grad[1] else None
+        gG = compile_safe(_Frechet, _FrechetJvp).apply(A, W, lam, U, ctx.fn, ctx.p) if ctx.needs_input_grad[1] else None
         return gA, gG, None, None, None, None
 
 
@@ -218,7 +218,7 @@ class _SvdDK(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gC, _gS, _gV):
         F = ctx.saved_tensors[0]
-        if F.shape[-2] >= F.shape[-1] and _differentiating_backward(F):
+        if F.shape[-2] >= F.shape[-1] and differentiating_backward(F):
             return 2 * F @ _SvdDK._gram_op(ctx, gC), None, None, None
         F, V1, S = _SvdDK._thin_factors(ctx)
         return 2 * F @ _thin_frechet(V1, S, F.shape[-1], gC, ctx.fn, ctx.eps, ctx.p), None, None, None
@@ -228,15 +228,15 @@ class _SvdDK(torch.autograd.Function):
         """L(G) at FᵀF + εI for a square or tall F (no complement: thin V = V) by the EIG-DK op, whose
         derivative (exact on ties) reaches F through the gradient handle FᵀF."""
         F, S, V = ctx.saved_tensors
-        return _op(_Frechet, _FrechetJvp).apply(F.mT @ F, G, S * S + ctx.eps, V, ctx.fn, ctx.p)
+        return compile_safe(_Frechet, _FrechetJvp).apply(F.mT @ F, G, S * S + ctx.eps, V, ctx.fn, ctx.p)
 
     @staticmethod
     def _thin_factors(ctx):
         """(F, thin V, σ): the saved ones, or rebuilt from F when the derivative is differentiated."""
         F, S, V = ctx.saved_tensors
         V1 = V[..., :S.shape[-1]]
-        if _differentiating_backward(F):  # thin: see _thin_frechet
-            _, S, Vh = _rebuilt_svd(F, V1.mT)
+        if differentiating_backward(F):  # thin: see _thin_frechet
+            _, S, Vh = rebuilt_svd(F, V1.mT)
             V1 = Vh.mT
         return F, V1, S
 
@@ -305,7 +305,7 @@ def eig_dk(A: torch.Tensor, fn: str, p: float | None = None) -> tuple[torch.Tens
     eigenvalues (ascending, no gradient). The EIG-DK layers' one eigendecomposition: inside
     ``stabkit.monitor.watch`` it is logged under its own name and never swapped."""
     scalar_function(fn, p)
-    C, lam, _ = _op(_EigDK, _EigDKJvp).apply(A, fn, p)
+    C, lam, _ = compile_safe(_EigDK, _EigDKJvp).apply(A, fn, p)
     return C, lam
 
 
@@ -313,7 +313,7 @@ def svd_dk(F: torch.Tensor, fn: str, eps: float = 0.0, p: float | None = None) -
     """(g(FᵀF + εI), μ) from the SVD of F (unchecked) with the Daleckii–Krein backward, and μ the
     eigenvalues of FᵀF + εI (ascending, no gradient); logged by the monitor under its own name."""
     scalar_function(fn, p)
-    C, S, _ = _op(_SvdDK, _SvdDKJvp).apply(F, fn, eps, p)
+    C, S, _ = compile_safe(_SvdDK, _SvdDKJvp).apply(F, fn, eps, p)
     return C, (_pad(S * S, F.shape[-1]) + eps).flip(-1)
 
 
