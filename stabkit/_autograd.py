@@ -1,6 +1,6 @@
 """Helpers of stabkit's custom autograd ops (:mod:`stabkit.torch`, the Daleckii–Krein layers): the class
-to use under torch.compile, tangents that refuse to be differentiated, and factors rebuilt for a
-backward that is itself differentiated."""
+to use under torch.compile, results (tangents, second derivatives) that refuse to be differentiated,
+and factors rebuilt for a backward that is itself differentiated."""
 
 from __future__ import annotations
 
@@ -14,38 +14,41 @@ def compile_safe(plain, with_jvp):
     return plain if torch.compiler.is_compiling() else with_jvp
 
 
-class _Tangent(torch.autograd.Function):
-    """``formula(*args)`` — a custom jvp's tangent — as an op that refuses to be differentiated.
-    torch.func does not trace a custom jvp's own operations for an enclosing forward-mode level, so
-    jacfwd(jacfwd(·)) treated the saved factors as constants: a silently wrong second derivative."""
+class _Undifferentiable(torch.autograd.Function):
+    """``formula(*args)`` as an op whose backward and jvp raise NotImplementedError(``message``): for
+    a result computed from saved factors that would silently be treated as constants if differentiated."""
 
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(formula, name, *args):
+    def forward(formula, message, *args):
         return formula(*args)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        ctx.name = inputs[1]
+        ctx.message = inputs[1]
 
     @staticmethod
     def backward(ctx, *_grads):
-        raise NotImplementedError(_untangent_message(ctx.name))
+        raise NotImplementedError(ctx.message)
 
     @staticmethod
     def jvp(ctx, *_tangents):
-        raise NotImplementedError(_untangent_message(ctx.name))
+        raise NotImplementedError(ctx.message)
 
 
-def _untangent_message(name):
-    return (f"{name}: the forward-mode tangent cannot be differentiated (jacfwd(jacfwd(·)), jacrev(jacfwd(·))); "
-            "for a second derivative use torch.func.hessian (forward over reverse) or double backward")
+def undifferentiable(formula, message: str, *args):
+    """``formula(*args)``, refusing to be differentiated with ``message`` (:class:`_Undifferentiable`)."""
+    return _Undifferentiable.apply(formula, message, *args)
 
 
 def tangent_op(formula, name: str, *args):
-    """The tangent ``formula(*args)`` of a custom jvp, refusing to be differentiated (:class:`_Tangent`)."""
-    return _Tangent.apply(formula, name, *args)
+    """The tangent ``formula(*args)`` of a custom jvp, refusing to be differentiated. torch.func does not
+    trace a custom jvp's own operations for an enclosing forward-mode level, so jacfwd(jacfwd(·))
+    treated the saved factors as constants: a silently wrong second derivative."""
+    return undifferentiable(formula, f"{name}: the forward-mode tangent cannot be differentiated (jacfwd(jacfwd(·)), "
+                            "jacrev(jacfwd(·))); for a second derivative use torch.func.hessian (forward over reverse) "
+                            "or double backward", *args)
 
 
 def differentiating_backward(A) -> bool:

@@ -56,7 +56,7 @@ from __future__ import annotations
 import torch
 
 from . import _xp, methods
-from ._autograd import differentiating_backward, eigh_for_backward, compile_safe, rebuilt_svd, tangent_op
+from ._autograd import compile_safe, differentiating_backward, eigh_for_backward, rebuilt_svd, tangent_op
 from .errors import InputError
 from .methods import DEFAULT, NAMES, Spec
 from .validation import symmetry_rtol

@@ -51,7 +51,7 @@ import torch
 from . import svd as _svd
 import stabkit.torch
 from .. import _xp
-from .._autograd import differentiating_backward, compile_safe, rebuilt_svd, tangent_op
+from .._autograd import compile_safe, differentiating_backward, rebuilt_svd, tangent_op, undifferentiable
 from ._checks import check_eps, check_matrix, method_params
 from .divided_differences import FUNCTIONS, divided_differences, dk_frechet, dk_second_frechet, eigen_divided_differences
 from ..errors import InputError
@@ -151,7 +151,7 @@ class _Frechet(torch.autograd.Function):
     @staticmethod
     def backward(ctx, W):
         A, G, lam, U = ctx.saved_tensors
-        gA = _SecondFrechet.apply(A, G, W, lam, U, ctx.fn, ctx.p) if ctx.needs_input_grad[0] else None
+        gA = _second(A, G, W, lam, U, ctx.fn, ctx.p) if ctx.needs_input_grad[0] else None
         gG = compile_safe(_Frechet, _FrechetJvp).apply(A, W, lam, U, ctx.fn, ctx.p) if ctx.needs_input_grad[1] else None
         return gA, gG, None, None, None, None
 
@@ -162,36 +162,19 @@ class _FrechetJvp(_Frechet):
     @staticmethod
     def jvp(ctx, dA, dG, _lam, _U, _fn, _p):
         A, G, lam, U = ctx.saved_tensors
-        out = torch.zeros_like(G) if dA is None else _SecondFrechet.apply(A, G, dA, lam, U, ctx.fn, ctx.p)
+        out = torch.zeros_like(G) if dA is None else _second(A, G, dA, lam, U, ctx.fn, ctx.p)
         return out if dG is None else out + _FrechetJvp.apply(A, dG, lam, U, ctx.fn, ctx.p)
+
+
+def _second(A, G, W, lam, U, fn, p):
+    """L₂(G, W) at A = U diag(λ) Uᵀ as an op that takes A, so that differentiating it (a third
+    derivative of the layer, reverse or forward mode) reaches it and raises instead of treating the
+    saved λ, U as constants."""
+    return undifferentiable(lambda A, G, W, lam, U: dk_second_frechet(U, lam, G, W, fn, p), _NO_THIRD, A, G, W, lam, U)
 
 
 _NO_THIRD = ("third derivatives of the Daleckii–Krein layers (eig_dk, svd_dk, CovariancePooling's default "
              "backward) are not implemented")
-
-
-class _SecondFrechet(torch.autograd.Function):
-    """L₂(G, W) at A = U diag(λ) Uᵀ, as an op that takes A so that differentiating it (a third
-    derivative of the layer, reverse or forward mode) reaches it and raises: plain ops on the saved
-    λ, U would silently drop their dependence on A."""
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(A, G, W, lam, U, fn, p):
-        return dk_second_frechet(U, lam, G, W, fn, p)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        pass
-
-    @staticmethod
-    def backward(ctx, _gL):
-        raise NotImplementedError(_NO_THIRD)
-
-    @staticmethod
-    def jvp(ctx, *_tangents):
-        raise NotImplementedError(_NO_THIRD)
 
 
 class _SvdDK(torch.autograd.Function):
