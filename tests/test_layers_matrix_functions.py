@@ -317,7 +317,7 @@ def test_second_derivative_on_a_rank_deficient_covariance_matches_extrapolated_d
 
 
 def _third_derivative(way, f, A):
-    V = torch.eye(A.shape[-1], dtype=D)
+    V = torch.ones_like(A)
     if way == "autograd":
         a = A.clone().requires_grad_()
         (g,) = torch.autograd.grad(f(a), a, create_graph=True)
@@ -330,11 +330,13 @@ def _third_derivative(way, f, A):
 
 
 @pytest.mark.parametrize("way", ["autograd", "jacrev³", "jacfwd(hessian)", "jacfwd³"])
-@pytest.mark.parametrize("route", ["eig", "svd"])
+@pytest.mark.parametrize("route", ["eig", "svd", "svd-wide"])
 def test_third_derivative_is_refused(way, route):
     """Second derivatives are exact; a third raises in reverse and forward mode alike rather than
     treat the saved λ, U as constants (which gave 0 for Σ_ab C_ab at diag(0.5, 1, 2, 4), not 18.28)."""
     A = torch.diag(torch.tensor([0.5, 1.0, 2.0, 4.0], dtype=D))
+    if route == "svd-wide":
+        A = A[:2] + 0.1                                   # 2 × 4 F, ε > 0: the full-V route
     layer = (lambda x: mf.eig_dk(x, "log")[0]) if route == "eig" else (lambda x: mf.svd_dk(x, "log", 0.1)[0])
     f = lambda x: layer(x).sum()  # noqa: E731
     with pytest.raises(NotImplementedError, match="third derivatives|tangent cannot be differentiated"):
@@ -402,3 +404,48 @@ def test_integer_power_of_an_indefinite_matrix_has_the_plain_gradient(p):
     (got,) = torch.autograd.grad((G * mf.eig_dk(a, "power", p)[0]).sum(), a)
     (ref,) = torch.autograd.grad((G * plain((b + b.T) / 2)).sum(), b)
     torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_svd_dk_wide_F_with_ridge_second_derivative_at_a_rotated_tie():
+    """A 2 × 3 F with σ = (1, 1) up to rounding (a rotated tie), ε = 0.1: double backward and
+    torch.func.hessian equal the Hessian of eig_dk(FᵀF + εI) (the other route). Through the thin SVD
+    they differed by up to 40 % (review finding)."""
+    Q = torch.linalg.qr(torch.tensor([[1.0, 2, 3], [0, 1, 4], [5, 6, 0]], dtype=D))[0]
+    F = torch.tensor([[1.0, 0, 0], [0, 1, 0]], dtype=D) @ Q
+    W = torch.tensor([[1.0, 2, 0], [2, 3, 1], [0, 1, -1]], dtype=D)
+    V = torch.tensor([[0.3, -0.7, 0.1], [0.5, 0.2, -0.4]], dtype=D)
+    loss = lambda f: (mf.svd_dk(f, "log", 0.1)[0] * W).sum()  # noqa: E731
+    ref = lambda f: (mf.eig_dk(f.mT @ f + 0.1 * torch.eye(3, dtype=D), "log")[0] * W).sum()  # noqa: E731
+    expected = (torch.func.hessian(ref)(F) * V).sum((-1, -2))
+    f = F.clone().requires_grad_()
+    (g,) = torch.autograd.grad(loss(f), f, create_graph=True)
+    torch.testing.assert_close(torch.autograd.grad((g * V).sum(), f)[0], expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close((torch.func.hessian(loss)(F) * V).sum((-1, -2)), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_power_divided_difference_does_not_overflow_on_a_wide_ratio():
+    """float32, λ = (1e-5, 1), x⁸: g[λ₀, λ₁] = (1 − 1e-40)/(1 − 1e-5); lo^p·expm1(p log1p(Δ/lo)) overflowed
+    to NaN (review finding)."""
+    A = torch.diag(torch.tensor([1e-5, 1.0])).requires_grad_()
+    W = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    (g,) = torch.autograd.grad((mf.eig_dk(A, "power", 8.0)[0] * W).sum(), A)
+    assert g[0, 1].item() == pytest.approx(1 / (1 - 1e-5), rel=1e-6)
+
+
+def test_svd_dk_second_derivative_beside_an_exactly_zero_singular_value():
+    """F = e₁e₁ᵀ (3 × 2, σ = (1, 0) exactly), ε = 0, x^1.5: g''(0)/2 is infinite but meets an exact 0
+    (it gave NaN); the Hessian-vector product equals central differences of the gradient (whose error
+    here is O(h), not O(h²): the step crosses the zero singular value)."""
+    F = torch.tensor([[1.0, 0.0], [0.0, 0.0], [0.0, 0.0]], dtype=D)
+    W, V = torch.tensor([[1.0, 2.0], [2.0, 3.0]], dtype=D), torch.ones(3, 2, dtype=D)
+    loss = lambda f: (mf.svd_dk(f, "power", 0.0, 1.5)[0] * W).sum()  # noqa: E731
+
+    def grad(f0):
+        f = f0.clone().requires_grad_()
+        return torch.autograd.grad(loss(f), f)[0]
+
+    f = F.clone().requires_grad_()
+    (g,) = torch.autograd.grad(loss(f), f, create_graph=True)
+    (hvp,) = torch.autograd.grad((g * V).sum(), f)
+    h = 1e-7
+    torch.testing.assert_close(hvp, (grad(F + h * V) - grad(F - h * V)) / (2 * h), rtol=1e-5, atol=1e-5)

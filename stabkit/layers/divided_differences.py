@@ -51,8 +51,8 @@ def eigen_divided_differences(lam: torch.Tensor, fn: str, p: float | None = None
 
 def pair_divided_differences(mi, mj, delta, fn: str, p: float | None = None) -> torch.Tensor:
     """g[μ_i, μ_j] elementwise (broadcast), Δ = |μ_i − μ_j| given: log1p(Δ/m)/Δ for log, 1/(√μ_i + √μ_j)
-    for √, m^p expm1(p log1p(Δ/m))/Δ for x^p (m = min(μ_i, μ_j); (M^p − m^p)/Δ, M the max, when
-    m ≤ 0 ≤ M: a zero, or, for integer p, opposite signs).
+    for √, m^p expm1(p log1p(Δ/m))/Δ for x^p (m = min(μ_i, μ_j)); (M^p − m^p)/Δ, M the max, when
+    m ≤ 0 ≤ M (a zero, or, for integer p, opposite signs) or (M/m)^p is beyond e^{±1}.
 
     Differentiable: each ``where`` branch is fed a placeholder 1 where it is not taken (the "double
     where"), so a branch that would be infinite there (1/0 on a tie, log1p(Δ/0)) leaves no NaN in
@@ -69,12 +69,16 @@ def pair_divided_differences(mi, mj, delta, fn: str, p: float | None = None) -> 
         return 1 / (mi.sqrt() + mj.sqrt())          # = g'(μ) = 1/(2√μ) on ties too
     elif fn == "power":
         hi = torch.maximum(mi, mj)
-        # lo ≤ 0 ≤ hi (a zero, or opposite signs: integer p): Δ ≥ max(|lo|, |hi|), the plain quotient
-        # does not cancel (lo^p is 0, 1 or inf at lo = 0)
-        direct = (lo_off <= 0) & (hi >= 0)
+        # the plain quotient where it does not cancel much: lo ≤ 0 ≤ hi (a zero, or opposite signs for
+        # integer p; lo^p is 0, 1 or inf at lo = 0), or (hi/lo)^p beyond e^{±1} — where lo^p·expm1(·)
+        # would also overflow first
+        across = (lo_off <= 0) & (hi >= 0)
+        lo_same = torch.where(across, one, lo_off)          # lo, hi of one sign: |Δ/lo| < 1
+        t = p * torch.log1p(gap / lo_same)
+        direct = across | (t.abs() > 1)
         direct_dd = (hi ** p - lo_off ** p) / gap
-        lo_same = torch.where(direct, one, lo_off)          # lo, hi of one sign: |Δ/lo| < 1
-        off = torch.where(direct, direct_dd, lo_same ** p * torch.expm1(p * torch.log1p(gap / lo_same)) / gap)
+        t_small = torch.where(direct, torch.zeros_like(t), t)
+        off = torch.where(direct, direct_dd, lo_same ** p * torch.expm1(t_small) / gap)
         on = p * lo_on ** (p - 1)
     else:
         raise _unknown(fn)
@@ -143,7 +147,8 @@ def dk_second_frechet(U, lam, X, Y, fn: str, p: float | None = None) -> torch.Te
         Pj = Pj * y
     power = -2.0 if fn == "log" else (0.5 if fn == "sqrt" else p) - 2.0
     scale = torch.where(at_zero, zero, torch.where(at_zero, one, la) ** power)
-    zero_triples = _second_at_zero(fn, p, la) * ((fl(near) * Xt) @ Yn)
+    q0 = (fl(near) * Xt) @ Yn
+    zero_triples = torch.where(q0 == 0, zero, _second_at_zero(fn, p, la) * q0)  # g''(0) = ∞ times an exact 0
     N = N + torch.where(near, torch.where(at_zero, zero_triples, scale * series), zero)
     return U @ (N + N.mT) @ U.mT
 

@@ -30,9 +30,10 @@ eigen-backward rule. They decompose with ``torch.ops.aten`` ops, which the monit
 Second derivatives of the DK routes: the EIG backward is an op (:class:`_Frechet`) whose own
 derivative is the second-order Daleckii–Krein formula with cancellation-free second divided
 differences (:mod:`.divided_differences`), exact on ties and near-ties, where differentiating an
-eigh is infinite or loses digits; the SVD route uses it at FᵀF + εI for a square or tall F. A wide
-F's backward is written with its thin V (:func:`_thin_frechet`), which is rebuilt from F when
-differentiated (ties among its nonzero σ: NaN). A third derivative raises NotImplementedError.
+eigh is infinite or loses digits; the SVD route uses it at FᵀF + εI, except for a wide F with
+ε = 0, whose backward is written with its thin V (:func:`_thin_frechet`), rebuilt from F when
+differentiated (near-ties among its nonzero σ: wrong or NaN; no third-derivative refusal). A third
+derivative raises NotImplementedError.
 ``torch.func`` vmap/grad/jacrev/jacfwd/hessian work (vmap rules generated). Forward mode is the same
 Fréchet derivative (it is self-adjoint): the EIG tangent of g(A) is that op applied to sym(dA)
 (so jacfwd of jacfwd is exact too), the SVD one L(dFᵀF + FᵀdF) (:func:`_svd_dk_tangent`, an op that
@@ -201,17 +202,19 @@ class _SvdDK(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gC, _gS, _gV):
         F = ctx.saved_tensors[0]
-        if F.shape[-2] >= F.shape[-1] and differentiating_backward(F):
+        if (F.shape[-2] >= F.shape[-1] or ctx.eps > 0) and differentiating_backward(F):
             return 2 * F @ _SvdDK._gram_op(ctx, gC), None, None, None
         F, V1, S = _SvdDK._thin_factors(ctx)
         return 2 * F @ _thin_frechet(V1, S, F.shape[-1], gC, ctx.fn, ctx.eps, ctx.p), None, None, None
 
     @staticmethod
     def _gram_op(ctx, G):
-        """L(G) at FᵀF + εI for a square or tall F (no complement: thin V = V) by the EIG-DK op, whose
-        derivative (exact on ties) reaches F through the gradient handle FᵀF."""
+        """L(G) at FᵀF + εI from the full V by the EIG-DK op, whose derivative (exact on ties) reaches F
+        through the gradient handle FᵀF. Not for a wide F with ε = 0: the complement's g'(0) is
+        infinite for √ and x^p, p < 1 (the thin form never meets it)."""
         F, S, V = ctx.saved_tensors
-        return compile_safe(_Frechet, _FrechetJvp).apply(F.mT @ F, G, S * S + ctx.eps, V, ctx.fn, ctx.p)
+        mu = _pad(S * S, F.shape[-1]) + ctx.eps
+        return compile_safe(_Frechet, _FrechetJvp).apply(F.mT @ F, G, mu, V, ctx.fn, ctx.p)
 
     @staticmethod
     def _thin_factors(ctx):
