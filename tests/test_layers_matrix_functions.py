@@ -241,6 +241,18 @@ def test_divided_differences_derivative_is_finite_beside_a_zero_and_a_tie():
     torch.testing.assert_close(got, ref, rtol=1e-13, atol=1e-13)
 
 
+def _grad(loss, X):
+    x = X.clone().requires_grad_()
+    return torch.autograd.grad(loss(x), x)[0]
+
+
+def _hvp(loss, X, V):
+    """Double backward: the derivative of ⟨∂loss/∂X, V⟩."""
+    x = X.clone().requires_grad_()
+    (g,) = torch.autograd.grad(loss(x), x, create_graph=True)
+    return torch.autograd.grad((g * V).sum(), x)[0]
+
+
 _G2 = {"log": lambda x: -1 / x ** 2, "sqrt": lambda x: -0.25 * x ** -1.5, "power": lambda x: 6 * x}
 
 
@@ -302,15 +314,8 @@ def test_second_derivative_on_a_rank_deficient_covariance_matches_extrapolated_d
     W, H = (torch.randn(8, 8, dtype=D, generator=GEN(s)) for s in (17, 18))
     W, H = W + W.T, H + H.T
     loss = lambda a: (W * mf.eig_dk(a, "log")[0]).sum()  # noqa: E731
-
-    def grad(a):
-        a = a.clone().requires_grad_()
-        return torch.autograd.grad(loss(a), a)[0]
-
-    a = A.clone().requires_grad_()
-    (g,) = torch.autograd.grad(loss(a), a, create_graph=True)
-    (hvp,) = torch.autograd.grad((g * H).sum(), a)
-    central = lambda h: (grad(A + h * H) - grad(A - h * H)) / (2 * h)  # noqa: E731
+    hvp = _hvp(loss, A, H)
+    central = lambda h: (_grad(loss, A + h * H) - _grad(loss, A - h * H)) / (2 * h)  # noqa: E731
     h = 1e-6
     reference = (4 * central(h / 2) - central(h)) / 3
     assert ((hvp - reference).norm() / reference.norm()).item() < 1e-6
@@ -380,13 +385,9 @@ def test_svd_dk_second_derivative_of_a_rank_deficient_tall_F_without_ridge():
     layer = lambda f: mf.svd_dk(f, "power", 0.0, 2.0)[0]  # noqa: E731
     plain = lambda f: (f.T @ f) @ (f.T @ f)  # noqa: E731
 
-    def hvp(c):
-        f = F.clone().requires_grad_()
-        (g,) = torch.autograd.grad(((W * c(f)).sum()) ** 2, f, create_graph=True)
-        return torch.autograd.grad((g * K).sum(), f)[0]
-
-    torch.testing.assert_close(hvp(layer), hvp(plain), rtol=1e-12, atol=1e-12 * hvp(plain).abs().max().item())
     loss = lambda c: lambda f: ((W * c(f)).sum()) ** 2  # noqa: E731
+    expected = _hvp(loss(plain), F, K)
+    torch.testing.assert_close(_hvp(loss(layer), F, K), expected, rtol=1e-12, atol=1e-12 * expected.abs().max().item())
     ref = torch.func.hessian(loss(plain))(F)
     torch.testing.assert_close(torch.func.hessian(loss(layer))(F), ref, rtol=1e-12, atol=1e-12 * ref.abs().max().item())
 
@@ -439,13 +440,6 @@ def test_svd_dk_second_derivative_beside_an_exactly_zero_singular_value():
     F = torch.tensor([[1.0, 0.0], [0.0, 0.0], [0.0, 0.0]], dtype=D)
     W, V = torch.tensor([[1.0, 2.0], [2.0, 3.0]], dtype=D), torch.ones(3, 2, dtype=D)
     loss = lambda f: (mf.svd_dk(f, "power", 0.0, 1.5)[0] * W).sum()  # noqa: E731
-
-    def grad(f0):
-        f = f0.clone().requires_grad_()
-        return torch.autograd.grad(loss(f), f)[0]
-
-    f = F.clone().requires_grad_()
-    (g,) = torch.autograd.grad(loss(f), f, create_graph=True)
-    (hvp,) = torch.autograd.grad((g * V).sum(), f)
     h = 1e-7
-    torch.testing.assert_close(hvp, (grad(F + h * V) - grad(F - h * V)) / (2 * h), rtol=1e-5, atol=1e-5)
+    central = (_grad(loss, F + h * V) - _grad(loss, F - h * V)) / (2 * h)
+    torch.testing.assert_close(_hvp(loss, F, V), central, rtol=1e-5, atol=1e-5)
