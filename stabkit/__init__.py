@@ -35,6 +35,7 @@ _FROM = {
     "MethodSpecError": "stabkit.errors",
     "StudyFileError": "stabkit.errors",
     "EigensolverError": "stabkit.errors",
+    "UnsupportedDerivativeError": "stabkit.errors",
 }
 #: submodules reachable as attributes without an import statement (``stabkit.methods.get(…)``);
 #: ``compare`` is the module (``stabkit.compare.compare``): a function of the same name would be

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from . import _xp
+from .errors import UnsupportedDerivativeError
 
 
 def compile_safe(plain, with_jvp):
@@ -15,8 +16,8 @@ def compile_safe(plain, with_jvp):
 
 
 class _Undifferentiable(torch.autograd.Function):
-    """``formula(*args)`` as an op whose backward and jvp raise NotImplementedError(``message``): for
-    a result computed from saved factors that would silently be treated as constants if differentiated."""
+    """``formula(*args)`` as an op whose backward and jvp raise UnsupportedDerivativeError(``message``):
+    for a result computed from saved factors that would silently be treated as constants if differentiated."""
 
     generate_vmap_rule = True
 
@@ -30,11 +31,11 @@ class _Undifferentiable(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *_grads):
-        raise NotImplementedError(ctx.message)
+        raise UnsupportedDerivativeError(ctx.message)
 
     @staticmethod
     def jvp(ctx, *_tangents):
-        raise NotImplementedError(ctx.message)
+        raise UnsupportedDerivativeError(ctx.message)
 
 
 def undifferentiable(formula, message: str, *args):

@@ -24,4 +24,10 @@ class EigensolverError(RuntimeError):
     failure, or a NaN/Inf that reached the solver) — a numerical event, recorded by training."""
 
 
-__all__ = ["InputError", "MethodSpecError", "StudyFileError", "EigensolverError"]
+class UnsupportedDerivativeError(RuntimeError):
+    """A derivative stabkit refuses by design rather than return a wrong number: a third derivative
+    of the Daleckii–Krein layers, or a forward-mode tangent differentiated again (jacfwd of jacfwd),
+    where the saved factors would be treated as constants. The message names the alternative."""
+
+
+__all__ = ["InputError", "MethodSpecError", "StudyFileError", "EigensolverError", "UnsupportedDerivativeError"]

@@ -33,7 +33,7 @@ differences (:mod:`.divided_differences`), exact on ties and near-ties, where di
 eigh is infinite or loses digits; the SVD route uses it at FᵀF + εI, except for a wide F with
 ε = 0, whose backward is written with its thin V (:func:`_thin_frechet`), rebuilt from F when
 differentiated (near-ties among its nonzero σ: wrong or NaN; no third-derivative refusal). A third
-derivative raises NotImplementedError.
+derivative raises UnsupportedDerivativeError.
 ``torch.func`` vmap/grad/jacrev/jacfwd/hessian work (vmap rules generated). Forward mode is the same
 Fréchet derivative (it is self-adjoint): the EIG tangent of g(A) is that op applied to sym(dA)
 (so jacfwd of jacfwd is exact too), the SVD one L(dFᵀF + FᵀdF) (:func:`_svd_dk_tangent`, an op that
