@@ -49,7 +49,7 @@ def run_command(
     if max_cells is not None:
         command.append(f"--max-cells={max_cells}")
     resume = shlex.join(command)
-    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the workers too, like Ctrl-C
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the workers too, like Ctrl-C
     try:
         table = runner.run_study(study, overrides, jobs=jobs, scheduler=scheduler, out_root=out,
                                  progress=not no_progress, command=shlex.join(command),
@@ -58,6 +58,8 @@ def run_command(
     except KeyboardInterrupt:
         print(f"interrupted: finished cells are kept; run `{resume}` again to resume", file=sys.stderr)
         raise typer.Exit(code=130) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)  # an in-process caller keeps its own handler
     left = table.attrs.get("cells_left", 0)
     finish = f"; {left} cells not computed yet: run `{provenance.finishing_command(resume)}` to compute them" if left else ""
     if table.empty:

@@ -23,6 +23,8 @@ import multiprocessing
 import os
 import pickle
 import tarfile
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
@@ -196,17 +198,25 @@ def _decode_chunk(blobs):
 
 
 def _decode_all(blobs, workers, path):
+    """Decode JPEG ``blobs`` in-process, or in ``workers`` spawned processes for large sets.
+
+    Spawned, not forked: a fork copies a process with threads (torch's, a progress bar's, a Dask
+    client's) together with any lock one of them holds, and a child that then dies or hangs left
+    ``multiprocessing.Pool.map`` waiting forever (CI hung so). A spawned executor starts clean and
+    raises if a worker dies."""
     workers = workers or os.cpu_count() or 1
     try:
         if workers <= 1 or len(blobs) < _POOL_MIN:
             return _decode_chunk(blobs)
         size = -(-len(blobs) // (4 * workers))
         chunks = [blobs[i:i + size] for i in range(0, len(blobs), size)]
-        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-        with multiprocessing.get_context(method).Pool(workers) as pool:
-            return np.concatenate(pool.map(_decode_chunk, chunks))
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            return np.concatenate(list(pool.map(_decode_chunk, chunks)))
     except (OSError, SyntaxError) as exc:  # PIL raises UnidentifiedImageError (an OSError) for junk
         raise ValueError(f"{path}: an image could not be decoded ({type(exc).__name__}: {exc})") from None
+    except BrokenProcessPool as exc:
+        raise RuntimeError(f"{path}: a decoding worker process died ({exc}); "
+                           "retry with workers=1 to decode in this process") from None
 
 
 def _save_atomic(file: Path, array: np.ndarray):

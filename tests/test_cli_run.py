@@ -47,6 +47,23 @@ def test_a_long_truth_needs_force(tmp_path, monkeypatch):
     assert "--force" in (out / "tiny" / "run.json").read_text()  # the recorded command reruns it
 
 
+def test_run_restores_the_callers_sigterm_handler(tmp_path):
+    """``stabkit run`` turns SIGTERM into an interrupt only while it runs: a caller that runs it
+    in-process (these tests, a notebook) gets its own handler back."""
+    import signal
+
+    def own(signum, frame):
+        pass
+
+    previous = signal.signal(signal.SIGTERM, own)
+    try:
+        result = _invoke("run", TINY, "--set", "d=[4]", "--out", tmp_path / "out", "--max-cells", "1", "--no-progress")
+        assert result.exit_code == 0, result.output
+        assert signal.getsignal(signal.SIGTERM) is own
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def test_an_out_path_that_is_a_file_is_one_line(tmp_path):
     afile = tmp_path / "afile"
     afile.write_text("")

@@ -80,6 +80,32 @@ def test_archive_decoded_with_pool_matches_in_process(tmp_path, monkeypatch):
     np.testing.assert_array_equal(serial[1], pooled[1])
 
 
+_FORKED_CHILD_DIES = """
+import os, sys
+sys.path.insert(0, {tests!r})
+from test_data import SPEC, _make_archive
+from stabkit import data
+os.register_at_fork(after_in_child=lambda: os._exit(7))  # every forked child dies at birth
+data._POOL_MIN = 1
+images, labels = data.load_cifar10(_make_archive({archive!r}, SPEC), "train", cache=False, workers=2,
+                                   per_class=None)
+print(images.shape[0], labels.tolist())
+"""
+
+
+def test_pool_workers_do_not_inherit_the_process(tmp_path):
+    """The decoding workers start clean: a process whose forked children cannot run (as when another
+    thread holds a lock at the fork) still decodes. With forked ``multiprocessing.Pool`` workers
+    this waited forever (the CI hang of stop 28)."""
+    import subprocess
+    import sys
+
+    script = _FORKED_CHILD_DIES.format(tests=os.path.dirname(__file__), archive=str(tmp_path / "t.tar.gz"))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "4 [0, 0, 3, 9]"
+
+
 def _make_batches(folder, n_per_batch=3):
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
