@@ -117,3 +117,16 @@ def test_spread_of_twelve_decades_keeps_the_closed_form(dtype, rtol):
     got = dd.dk_second_frechet(torch.eye(4, dtype=dtype), w, X.to(dtype), Y.to(dtype), "power", 2.0)
     expected = X @ Y + Y @ X
     assert ((got.double() - expected).norm() / expected.norm()).item() < rtol
+
+
+def test_constant_and_identity_powers_on_zero_eigenvalues():
+    """x⁰ and x¹ on a spectrum with a tie at 0 and a negative eigenvalue: g[·,·] is 0 and 1, and
+    L₂ is 0 (x⁰ was NaN at the tie at 0, from 0·0⁻¹)."""
+    w = torch.tensor([0.0, 0.0, 1.0, -2.0], dtype=D)
+    gen = torch.Generator().manual_seed(1)
+    U, _ = torch.linalg.qr(torch.randn(4, 4, dtype=D, generator=gen))
+    X, Y = (torch.randn(4, 4, dtype=D, generator=gen) for _ in range(2))
+    for p, value in ((0.0, 0.0), (1.0, 1.0)):
+        torch.testing.assert_close(dd.eigen_divided_differences(w, "power", p), torch.full((4, 4), value, dtype=D))
+        torch.testing.assert_close(dd.dk_second_frechet(U, w, X, Y, "power", p), torch.zeros(4, 4, dtype=D),
+                                   rtol=0, atol=1e-14)

@@ -79,7 +79,7 @@ def pair_divided_differences(mi, mj, delta, fn: str, p: float | None = None) -> 
         direct_dd = (hi ** p - lo_off ** p) / gap
         t_small = torch.where(direct, torch.zeros_like(t), t)
         off = torch.where(direct, direct_dd, lo_same ** p * torch.expm1(t_small) / gap)
-        on = p * lo_on ** (p - 1)
+        on = p * lo_on ** (p - 1) if p != 0 else torch.zeros_like(lo_on)  # x⁰: 0·0⁻¹ would be NaN
     else:
         raise _unknown(fn)
     return torch.where(tie, on, off)
