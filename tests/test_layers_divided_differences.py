@@ -130,3 +130,25 @@ def test_constant_and_identity_powers_on_zero_eigenvalues():
         torch.testing.assert_close(dd.eigen_divided_differences(w, "power", p), torch.full((4, 4), value, dtype=D))
         torch.testing.assert_close(dd.dk_second_frechet(U, w, X, Y, "power", p), torch.zeros(4, 4, dtype=D),
                                    rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("p", [100.0, -100.0, 1000.0])
+@pytest.mark.parametrize("lam", [[0.97, 0.985, 1.0], [1.0, 1.0 + 1e-3, 1.002], [1.0, 1.0 + 1e-12, 1.01], [1.0, 1.2, 1.5]],
+                         ids=["1/32 wide", "1e-3 apart", "tie and 1e-2", "separated"])
+def test_large_powers_match_mpmath(p, lam):
+    """x^p for |p| ≫ 1: the series' terms grow like (|p|·y)ⁿ/n!, so the near test narrows to
+    1/(2|p|) (at 1/32, p = 1000 was 1e8 off). First and second divided differences to 1e-13."""
+    d = len(lam)
+    with mpmath.workdps(60):
+        w = [mpmath.mpf(t) for t in lam]
+        first = torch.tensor([[float(mpmath.diff(lambda t: t ** p, w[a]) if a == b else (w[a] ** p - w[b] ** p) / (w[a] - w[b]))
+                               for b in range(d)] for a in range(d)], dtype=D)
+        second = [[[float(_second_mp("power", p, (w[a], w[c], w[b]))) for b in range(d)] for c in range(d)] for a in range(d)]
+    torch.testing.assert_close(dd.eigen_divided_differences(torch.tensor(lam, dtype=D), "power", p), first, rtol=1e-13, atol=0)
+    gen = torch.Generator().manual_seed(d)
+    X, Y = (torch.randn(d, d, dtype=D, generator=gen) for _ in range(2))
+    X, Y = (X + X.T) / 2, (Y + Y.T) / 2
+    ref = torch.tensor([[sum(second[a][c][b] * (X[a, c] * Y[c, b] + Y[a, c] * X[c, b]).item() for c in range(d))
+                         for b in range(d)] for a in range(d)], dtype=D)
+    got = dd.dk_second_frechet(torch.eye(d, dtype=D), torch.tensor(lam, dtype=D), X, Y, "power", p)
+    torch.testing.assert_close(got, ref, rtol=1e-13, atol=1e-13 * ref.abs().max().item())

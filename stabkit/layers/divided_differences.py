@@ -29,6 +29,13 @@ _TAU = 1 / 32
 _TERMS = 14
 
 
+def _near_tau(fn: str, p: float | None) -> float:
+    """τ of the near test: :data:`_TAU`, or 1/(2|p|) for x^p with |p| > 16. The series' term n is about
+    (|p|·|y|)ⁿ/n! times its first, so |p|·|y| ≤ ½ keeps :data:`_TERMS` terms at rounding level for any p
+    (at τ = 1/32, p = 100 lost 6 digits); a quotient then cancels at most about 2|p|."""
+    return 1 / (2 * abs(p)) if fn == "power" and abs(p) > 16 else _TAU
+
+
 def _unknown(fn):
     return ValueError(f"unknown matrix function {fn!r}: choose one of {', '.join(FUNCTIONS)}")
 
@@ -98,7 +105,7 @@ def dk_second_frechet(U, lam, X, Y, fn: str, p: float | None = None) -> torch.Te
 
     Each g[λ_a, λ_c, λ_b] is taken in a form without cancellation: the quotient over the triple's
     widest pair, g[x, y, z] = (g[x, y] − g[y, z])/(x − z) (cancellation ≤ about 1/τ), when that pair is
-    separated (|x − z| > τ·max, τ = :data:`_TAU`); otherwise (all three near) the Taylor series of g
+    separated (|x − z| > τ·max, τ = :func:`_near_tau`); otherwise (all three near) the Taylor series of g
     about λ_a, λ_a^{p−2} Σ_{n≥2} a_n Σ_{j+l=n−2} y_ac^j y_ab^l with y_ac = (λ_c − λ_a)/λ_a and a_n the
     coefficients of g(1 + y) (log: λ_a^{−2}, (−1)^{n+1}/n; x^p: binom(p, n); √: p = ½). Which pair is
     widest depends only on where λ_c lies against λ_a and λ_b (below both, between, above both), and
@@ -109,7 +116,7 @@ def dk_second_frechet(U, lam, X, Y, fn: str, p: float | None = None) -> torch.Te
     D = eigen_divided_differences(lam, fn, p)
     la, lb = lam[..., :, None], lam[..., None, :]          # (a, b) — also (a, c) and (c, b) below
     gap = la - lb
-    near = gap.abs() <= _TAU * torch.maximum(la.abs(), lb.abs())
+    near = gap.abs() <= _near_tau(fn, p) * torch.maximum(la.abs(), lb.abs())
     one, zero = torch.ones_like(gap), torch.zeros_like(gap)
     V = torch.where(near, zero, 1 / torch.where(near, one, gap))    # V_ij = 1/(λ_i − λ_j), 0 if near
     fl = lambda m: m.to(Xt.dtype)  # noqa: E731
