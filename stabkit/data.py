@@ -180,28 +180,25 @@ def _read_members(path: Path, split: str):
     return [e[2] for e in entries], np.array([e[0] for e in entries], dtype=np.int64)
 
 
-def _decode_chunk(blobs):
+def _decode_all(blobs, path):
+    """Decode JPEG ``blobs`` to (N, 32, 32, 3) uint8, in this process. A worker pool halved the decode
+    on 2 cores (6.2 → 3.7 s for the training split; the result is cached) but cost more than it
+    saved: forked workers of a process with threads hung CI (a worker died, ``Pool.map`` waited
+    forever), and spawned ones re-run the caller's ``__main__`` (an unguarded script, ``python -``:
+    the workers die)."""
     from PIL import Image
 
     out = np.empty((len(blobs), 32, 32, 3), dtype=np.uint8)
     for i, blob in enumerate(blobs):
-        with Image.open(io.BytesIO(blob)) as im:
-            arr = np.asarray(im.convert("RGB"))
+        try:
+            with Image.open(io.BytesIO(blob)) as im:
+                arr = np.asarray(im.convert("RGB"))
+        except (OSError, SyntaxError) as exc:  # PIL raises UnidentifiedImageError (an OSError) for junk
+            raise ValueError(f"{path}: image {i} could not be decoded ({type(exc).__name__}: {exc})") from None
         if arr.shape != (32, 32, 3):
-            raise ValueError(f"image {i} of a chunk has shape {arr.shape}, expected 32×32×3")
+            raise ValueError(f"{path}: image {i} has shape {arr.shape}, expected 32×32×3")
         out[i] = arr
     return out
-
-
-def _decode_all(blobs, path):
-    """Decode JPEG ``blobs`` in this process. A worker pool halved the decode on 2 cores (6.2 → 3.7 s
-    for the training split; the result is cached) but cost more than it saved: forked workers of a
-    process with threads hung CI (a worker died, ``Pool.map`` waited forever), and spawned ones
-    re-run the caller's ``__main__`` (an unguarded script, ``python -`` from stdin: the workers die)."""
-    try:
-        return _decode_chunk(blobs)
-    except (OSError, SyntaxError) as exc:  # PIL raises UnidentifiedImageError (an OSError) for junk
-        raise ValueError(f"{path}: an image could not be decoded ({type(exc).__name__}: {exc})") from None
 
 
 def _save_atomic(file: Path, array: np.ndarray):

@@ -122,6 +122,23 @@ def test_batches_folder_chw_to_hwc(tmp_path):
         assert int(test_images[1, 5, 7, 2]) == int(expected["test_batch"][0][1, 2, 5, 7])
 
 
+def test_an_image_that_is_not_a_32x32_jpeg_is_named(tmp_path):
+    def archive(name, blob):
+        with tarfile.open(tmp_path / name, "w:gz") as tar:
+            for i, b in enumerate([_jpeg((1, 2, 3)), blob]):
+                info = tarfile.TarInfo(f"cifar10/train/cat/{i:04d}.jpg")
+                info.size = len(b)
+                tar.addfile(info, io.BytesIO(b))
+        return tmp_path / name
+
+    with pytest.raises(ValueError, match=r"junk\.tar\.gz: image 1 could not be decoded \(UnidentifiedImageError"):
+        data.load_cifar10(archive("junk.tar.gz", b"not a jpeg"), "train", per_class=None)
+    big = io.BytesIO()
+    Image.fromarray(np.zeros((8, 40, 3), dtype=np.uint8)).save(big, format="JPEG")
+    with pytest.raises(ValueError, match=r"image 1 has shape \(8, 40, 3\), expected 32×32×3"):
+        data.load_cifar10(archive("big.tar.gz", big.getvalue()), "train", per_class=None)
+
+
 def test_errors_name_the_problem(tmp_path):
     with pytest.raises(FileNotFoundError, match="not found"):
         data.load_cifar10(tmp_path / "nope.tar.gz")
