@@ -31,9 +31,8 @@ Second derivatives of the DK routes: the EIG backward is an op (:class:`_Frechet
 derivative is the second-order Daleckii–Krein formula with cancellation-free second divided
 differences (:mod:`.divided_differences`), exact on ties and near-ties, where differentiating an
 eigh is infinite or loses digits; the SVD route uses it at FᵀF + εI, except for a wide F with
-ε = 0, whose backward is written with its thin V (:func:`_thin_frechet`), rebuilt from F when
-differentiated (near-ties among its nonzero σ: wrong or NaN; no third-derivative refusal). A third
-derivative raises UnsupportedDerivativeError.
+ε = 0, whose differentiated backward uses it at the n × n FFᵀ instead (:func:`_row_gram_backward`;
+needs F of full row rank for √ and x^p, p < 2). A third derivative raises UnsupportedDerivativeError.
 ``torch.func`` vmap/grad/jacrev/jacfwd/hessian work (vmap rules generated). Forward mode is the same
 Fréchet derivative (it is self-adjoint): the EIG tangent of g(A) is that op applied to sym(dA)
 (so jacfwd of jacfwd is exact too), the SVD one L(dFᵀF + FᵀdF) (:func:`_svd_dk_tangent`, an op that
@@ -52,7 +51,7 @@ import torch
 from . import svd as _svd
 import stabkit.torch
 from .. import _xp
-from .._autograd import compile_safe, differentiating_backward, rebuilt_svd, tangent_op, undifferentiable
+from .._autograd import compile_safe, differentiating_backward, tangent_op, undifferentiable
 from ._checks import check_eps, check_matrix, method_params
 from .divided_differences import FUNCTIONS, divided_differences, dk_frechet, dk_second_frechet, eigen_divided_differences
 from ..errors import InputError
@@ -104,26 +103,24 @@ def _svd_matrix_function(F, fn, eps, p):
 
 
 class _EigDK(torch.autograd.Function):
-    """(g(A), λ, U) for symmetric A (lower triangle read); backward :func:`dk_frechet` (λ, U: no gradient)."""
+    """g(A) = U g(λ) Uᵀ for symmetric A = U diag(λ) Uᵀ (λ, U given, no gradient); backward
+    :func:`dk_frechet`. A is not read; it carries the derivatives."""
 
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(A, fn, p):
-        lam, U = _xp.eigh(A)
-        return (U * scalar_function(fn, p)(lam)[..., None, :]) @ U.mT, lam, U
+    def forward(A, lam, U, fn, p):
+        return (U * scalar_function(fn, p)(lam)[..., None, :]) @ U.mT
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        A, ctx.fn, ctx.p = inputs
-        _, lam, U = output
-        ctx.mark_non_differentiable(lam, U)
+        A, lam, U, ctx.fn, ctx.p = inputs
         ctx.save_for_backward(A, lam, U)
         ctx.save_for_forward(A, lam, U)
 
     @staticmethod
-    def backward(ctx, gC, _glam, _gU):
-        return _EigDK._frechet(ctx, gC), None, None
+    def backward(ctx, gC):
+        return _EigDK._frechet(ctx, gC), None, None, None, None
 
     @staticmethod
     def _frechet(ctx, G):
@@ -201,40 +198,49 @@ class _SvdDK(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gC, _gS, _gV):
-        F = ctx.saved_tensors[0]
-        if (F.shape[-2] >= F.shape[-1] or ctx.eps > 0) and differentiating_backward(F):
+        F, S, V = ctx.saved_tensors
+        if not differentiating_backward(F):
+            return 2 * F @ _thin_frechet(V[..., :S.shape[-1]], S, F.shape[-1], gC, ctx.fn, ctx.eps, ctx.p), None, None, None
+        if F.shape[-2] >= F.shape[-1] or ctx.eps > 0:
             return 2 * F @ _SvdDK._gram_op(ctx, gC), None, None, None
-        F, V1, S = _SvdDK._thin_factors(ctx)
-        return 2 * F @ _thin_frechet(V1, S, F.shape[-1], gC, ctx.fn, ctx.eps, ctx.p), None, None, None
+        return _row_gram_backward(F, gC, ctx.fn, ctx.p), None, None, None
 
     @staticmethod
     def _gram_op(ctx, G):
         """L(G) at FᵀF + εI from the full V by the EIG-DK op, whose derivative (exact on ties) reaches F
         through the gradient handle FᵀF. Not for a wide F with ε = 0: the complement's g'(0) is
-        infinite for √ and x^p, p < 1 (the thin form never meets it)."""
+        infinite for √ and x^p, p < 1 (:func:`_row_gram_backward` is used instead)."""
         F, S, V = ctx.saved_tensors
         mu = _pad(S * S, F.shape[-1]) + ctx.eps
         return compile_safe(_Frechet, _FrechetJvp).apply(F.mT @ F, G, mu, V, ctx.fn, ctx.p)
 
-    @staticmethod
-    def _thin_factors(ctx):
-        """(F, thin V, σ): the saved ones, or rebuilt from F when the derivative is differentiated."""
-        F, S, V = ctx.saved_tensors
-        V1 = V[..., :S.shape[-1]]
-        if differentiating_backward(F):  # thin: see _thin_frechet
-            _, S, Vh = rebuilt_svd(F, V1.mT)
-            V1 = Vh.mT
-        return F, V1, S
+
+def _row_gram_backward(F, G, fn, p):
+    """∂⟨G, g(FᵀF)⟩/∂F for a wide F (n < d) with ε = 0, g = √ or x^p (p ≥ 0), written through the
+    n × n M = FFᵀ so that its own derivative is exact on ties: g(FᵀF) = g(0) I + Fᵀ h(M) F with
+    h(x) = (g(x) − g(0))/x = x^(p−1) (√: p = ½; x⁰ is constant, h = 0), hence
+    ∂/∂F = 2 h(M) F S + 2 L_h(F S Fᵀ) F, S = sym(G), L_h the Fréchet derivative of h at M — both EIG-DK
+    ops at M, whose eigenpairs (σ², U) come from F's SVD. At FᵀF + εI itself the complement's g'(0) = ∞
+    (√, p < 1) meets −∞ in the second-order terms. Needs a full-row-rank F for p < 2 (h or h' is
+    infinite at a zero σ, where √ and x^p, p < 1, have no derivative either)."""
+    if fn == "power" and p == 0:
+        return 0 * F                                # still a function of F: its derivative is 0 too
+    U, S, _ = torch.ops.aten.linalg_svd(F.detach(), full_matrices=False)
+    lam, q = S * S, (0.5 if fn == "sqrt" else p) - 1
+    M, Sym = F @ F.mT, _xp.sym(G)
+    H = compile_safe(_EigDK, _EigDKJvp).apply(M, lam, U, "power", q)
+    L = compile_safe(_Frechet, _FrechetJvp).apply(M, F @ Sym @ F.mT, lam, U, "power", q)
+    return 2 * (H @ F @ Sym + L @ F)
 
 
 class _EigDKJvp(_EigDK):
     """_EigDK with forward mode; plain _EigDK under torch.compile (Dynamo traces no custom jvp)."""
 
     @staticmethod
-    def jvp(ctx, dA, _fn, _p):
+    def jvp(ctx, dA, _lam, _U, _fn, _p):
         """The Fréchet derivative is self-adjoint, so the tangent of g(A) is the backward's formula
         applied to dA (read as sym(dA), the backward's convention)."""
-        return _EigDK._frechet(ctx, dA), None, None
+        return _EigDK._frechet(ctx, dA)
 
 
 class _SvdDKJvp(_SvdDK):
@@ -263,8 +269,8 @@ def _pad(x, d):
 def _thin_frechet(V1, S, d, G, fn, eps, p):
     """L(G) as far as F L(G) sees it, from the thin V1 (d × k) alone: on span(V1) :func:`dk_frechet`;
     if k < d the complement (eigenvalue ε of FᵀF + εI) adds V1 diag(D_iε) V1ᵀ sym(G) (I − V1V1ᵀ) —
-    the other complement terms start with (I − V1V1ᵀ), which F annihilates. Written with V1 only so
-    that its derivative is exact (the complement basis of a full V is not a function of F)."""
+    the other complement terms start with (I − V1V1ᵀ), which F annihilates (and g'(0) = ∞ for √ and
+    x^p, p < 1, at ε = 0, would make them NaN)."""
     k = S.shape[-1]
     sig = _pad(S, min(d, k + 1))                    # one σ = 0 stands for the complement
     D = divided_differences(sig * sig + eps, sig, fn, p)
@@ -291,8 +297,8 @@ def eig_dk(A: torch.Tensor, fn: str, p: float | None = None) -> tuple[torch.Tens
     eigenvalues (ascending, no gradient). The EIG-DK layers' one eigendecomposition: inside
     ``stabkit.monitor.watch`` it is logged under its own name and never swapped."""
     scalar_function(fn, p)
-    C, lam, _ = compile_safe(_EigDK, _EigDKJvp).apply(A, fn, p)
-    return C, lam
+    lam, U = _xp.eigh(A.detach())
+    return compile_safe(_EigDK, _EigDKJvp).apply(A, lam, U, fn, p), lam
 
 
 def svd_dk(F: torch.Tensor, fn: str, eps: float = 0.0, p: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
