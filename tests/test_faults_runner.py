@@ -429,24 +429,35 @@ def test_each_method_is_warmed_once_per_process_before_it_is_timed(monkeypatch):
     assert calls == [("analytic", "float32"), ("torch", "float32")]  # warmed already: no second warm-up
 
 
-def test_inline_cells_run_with_one_torch_thread_like_the_workers_and_the_setting_is_restored(tmp_path, monkeypatch):
+def test_inline_cells_run_with_one_torch_and_one_blas_thread_like_the_workers_and_the_settings_are_restored(
+        tmp_path, monkeypatch):
+    """Every cell sees one torch thread and one thread in each BLAS/OpenMP library, whatever the caller
+    set (here 2): numpy's OpenBLAS at 2 threads inline rounded float32 results at d ≥ 128 differently
+    from the pool's single-threaded workers."""
     import torch
+    from threadpoolctl import threadpool_info, threadpool_limits
 
     seen = []
     real = gradient_accuracy.run_cell
 
     def spy(cell):
-        seen.append(torch.get_num_threads())
+        seen.append((torch.get_num_threads(), {lib["num_threads"] for lib in threadpool_info()}))
         return real(cell)
+
+    def threads():
+        return torch.get_num_threads(), {lib["num_threads"] for lib in threadpool_info()}
 
     monkeypatch.setattr(gradient_accuracy, "run_cell", spy)
     before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        runner.run_study(_study(tmp_path), {}, jobs=1, out_root=tmp_path, progress=False)
-        assert seen == [1] * N_CELLS and torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(before)
+    with threadpool_limits(limits=2):
+        torch.set_num_threads(2)
+        outside = threads()                 # (2, {2}), or less where a library has fewer cores to use
+        try:
+            runner.run_study(_study(tmp_path), {}, jobs=1, out_root=tmp_path, progress=False)
+            assert seen == [(1, {1})] * N_CELLS
+            assert threads() == outside
+        finally:
+            torch.set_num_threads(before)
 
 
 def test_a_process_runs_one_cell_at_a_time_even_from_several_threads(monkeypatch):

@@ -2,16 +2,17 @@
 
 Every backend calls ``on_done(cell, rows, error, sources)`` in the parent process for each cell as
 it finishes (``error`` is the text of the exception a cell raised, ``sources`` the code version of
-the process that ran it), so the runner stores each cell the moment it is done. Workers run with
-one BLAS/torch thread, ignore Ctrl-C (the parent's to handle) and die with their parent.
+the process that ran it), so the runner stores each cell the moment it is done. Every cell runs with
+one BLAS/torch thread, in any process; workers ignore Ctrl-C (the parent's to handle) and die with
+their parent.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
-import sys
 import threading
 import time
 import traceback
@@ -67,12 +68,31 @@ def _execute(kind_name: str, cell: dict) -> tuple[list[dict], str | None, str]:
 def _execute_alone(kind_name: str, cell: dict) -> tuple[list[dict], str | None, str]:
     try:
         _warm_up(kind_name, cell)
-        if _OneTorchThread.active is not None:
-            _OneTorchThread.active.apply()
-        rows = kind_module(kind_name).run_cell(cell)
+        with _one_thread():
+            rows = kind_module(kind_name).run_cell(cell)
         return [dict(r) for r in rows], None, _store.sources_hash()
     except Exception as exc:  # noqa: BLE001 — a failing cell must not stop the study
         return [], _error_text(exc), _store.sources_hash()
+
+
+@contextlib.contextmanager
+def _one_thread():
+    """One torch thread and one BLAS/OpenMP thread for a cell, in whatever process runs it (inline,
+    pool worker, Dask worker): its numbers and timings then do not depend on --jobs. Inline cells used
+    numpy's OpenBLAS with all cores (and torch too, for a study's first cell, before torch was imported),
+    which rounded float32 results at d ≥ 128 differently from the pool's (angles ~1e-5° apart); on a
+    busy 2-core machine torch's own pool made the ``torch`` method ~40× slower inline. Entered after the
+    warm-up, so that the libraries the cell uses are loaded; the caller's settings are restored."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(limits=1):
+            yield
+    finally:
+        torch.set_num_threads(before)
 
 
 # ----------------------------------------------------------------------------- a local process pool
@@ -150,48 +170,20 @@ def _free_cores(cores: int) -> float:
 # ----------------------------------------------------------------------------- inline, or inline then a pool
 
 
-class _OneTorchThread:
-    """Inline cells run with one torch thread, like the pool's workers: the timings a study records
-    then do not depend on --jobs (on a busy 2-core machine torch's thread pool made the ``torch``
-    method ~40× slower inline than in a worker on the quickstart). Applied once torch is imported
-    (after a cell's warm-up at the latest, before anything is timed); the caller's setting is restored."""
-
-    active = None
-
-    def __enter__(self):
-        self.before = None
-        _OneTorchThread.active = self
-        self.apply()
-        return self
-
-    def apply(self) -> None:
-        torch = sys.modules.get("torch")
-        if torch is not None and self.before is None:
-            self.before = torch.get_num_threads()
-            torch.set_num_threads(1)
-
-    def __exit__(self, *exc):
-        _OneTorchThread.active = None
-        torch = sys.modules.get("torch")
-        if torch is not None and self.before is not None:
-            torch.set_num_threads(self.before)
-
-
 def run_local(kind_name, todo, jobs, on_done, auto: bool = False) -> int:
     """Run ``todo`` inline (jobs = 1) or on a pool of ``jobs`` spawned processes; return the most
     processes used. ``auto`` (the default job count): start inline, and move the rest to a pool only
     once the measured cell time (first cell excluded: it pays imports and warm-up) says that the
     pool, on the cores other work leaves free, saves more than twice the workers' start-up — so the
     default is never much slower than ``--jobs 1`` on a small study or a loaded machine."""
-    with _OneTorchThread():
-        if jobs <= 1 or not todo:
-            for cell in todo:
-                on_done(cell, *_execute(kind_name, cell))
-            return 1
-        if not auto:
-            _run_pool(kind_name, todo, jobs, on_done)
-            return jobs
-        return _run_inline_then_pool(kind_name, todo, jobs, on_done)
+    if jobs <= 1 or not todo:
+        for cell in todo:
+            on_done(cell, *_execute(kind_name, cell))
+        return 1
+    if not auto:
+        _run_pool(kind_name, todo, jobs, on_done)
+        return jobs
+    return _run_inline_then_pool(kind_name, todo, jobs, on_done)
 
 
 def _run_inline_then_pool(kind_name, todo, jobs, on_done) -> int:
