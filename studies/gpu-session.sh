@@ -16,13 +16,15 @@
 # survival: WHOLE runs of studies/zca-cifar10-survival.toml (or $SURVIVAL_STUDY): asks
 #   `python -m stabkit.train.session` how many runs fit in the time left (JOBS at once; time per run
 #   from the study's finished runs, else from OUTDIR/bench_fast.json or $BENCH_JSON, else $RUN_S),
-#   starts exactly those (`stabkit run … --max-cells N`), and asks again while a wave still fits
+#   starts exactly those (`stabkit run … --max-cells N --reuse-stale`), and asks again while a wave still fits
 #   (runs that stopped at a NaN loss leave time). A run cut by the deadline is never written: the
 #   runner writes a cell only when its run finished, so nothing half-done is counted; and each run
 #   ends itself at an epoch's end before the deadline (STABKIT_RUN_DEADLINE, stabkit.train.loop) when
 #   the plan was too hopeful: it is then written as a run censored at the epochs it reached (a run that
 #   would start after that deadline does not start: its cell is recorded as an error and run again in a
-#   later window). $SURVIVAL_SET:
+#   later window). The survival study's cells are committed (its reports/…/.gitignore ignores only the
+#   lock), so a later window resumes from the checkout itself; runs made by earlier commits are kept
+#   (--reuse-stale: a run cannot be redone cheaply, and each cell records its own commit). $SURVIVAL_SET:
 #   extra `--set key=value` arguments (e.g. "--set epochs=60" when 100 epochs do not fit);
 #   FIT_HORIZON=1: when not even one wave of the study's horizon fits, run the most whole epochs that
 #   one wave can finish (`python -m stabkit.train.session … --fit-epochs`; each run records its horizon).
@@ -114,7 +116,7 @@ survival() {
         # back as shorter censored runs instead of being killed with nothing written
         # shellcheck disable=SC2086  # SURVIVAL_SET is a list of arguments
         STABKIT_RUN_DEADLINE=$(( $(date +%s) + avail - 60 )) \
-        timeout -s INT -k 60 "$avail" "$py" -m stabkit run "$study" --jobs "$jobs" --max-cells "$n" --no-progress ${SURVIVAL_SET:-}
+        timeout -s INT -k 60 "$avail" "$py" -m stabkit run "$study" --jobs "$jobs" --max-cells "$n" --no-progress --reuse-stale ${SURVIVAL_SET:-}
         rc=$?
         echo "gpu-session: survival chunk of $n run(s) exited with $rc"
         save_state  # this wave's runs come back even if a later one is killed at the device's limit
@@ -125,7 +127,7 @@ import sys
 from stabkit.studies import _grid, runner
 args = sys.argv[2:]
 overrides = dict(_grid.parse_override(a.removeprefix("--set=")) for a in args if a not in ("--set",))
-sys.exit(0 if runner.unfinished_cells(sys.argv[1], overrides) else 3)
+sys.exit(0 if runner.unfinished_cells(sys.argv[1], overrides, stale="reuse") else 3)
 PY
         rc=$?
         (( rc == 3 )) && { echo "gpu-session: survival: every cell of $study is finished"; break; }

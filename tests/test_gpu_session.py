@@ -132,6 +132,29 @@ def test_nothing_starts_when_no_whole_wave_fits_and_a_resumed_state_is_kept(tmp_
         assert len([n for n in tar.getnames() if n.startswith(f"reports/{STUDY}/cells/") and n.endswith(".json")]) == 2
 
 
+def test_a_later_window_resumes_from_cells_in_the_checkout_that_other_code_computed(tmp_path, tiny_batches):
+    """The survival study's cells are committed: the next window's checkout holds them, computed by an
+    earlier commit. They are kept (a run cannot be redone cheaply), only the missing seeds run, and the
+    loop stops when every cell has a record."""
+    root = _checkout(tmp_path, tiny_batches, seeds=1)
+    assert _session(root, tmp_path / "out1", 2100, RUN_S="1000")[0] == 0
+    first = {c["cell_id"]: c["code"]["sources"] for c in _cells(root)}
+    assert len(first) == 2
+    with open(root / "stabkit" / "__init__.py", "a") as f:
+        f.write("# a later commit\n")  # other code: another sources hash
+    toml = root / "studies" / f"{STUDY}.toml"
+    toml.write_text(toml.read_text().replace("seeds = 1\n", "seeds = 2\n"))
+    rc, log = _session(root, tmp_path / "out2", 2100, RUN_S="1000")
+    assert rc == 0, log
+    assert log.count("survival chunk of") == 1, log
+    assert f"every cell of studies/{STUDY}.toml is finished" in log, log
+    cells = {c["cell_id"]: c["code"]["sources"] for c in _cells(root)}
+    assert len(cells) == 4 and all(cells[k] == v for k, v in first.items())  # the old runs kept as they were
+    assert len(set(cells.values())) == 2
+    meta = json.loads((root / "reports" / STUDY / "run.json").read_text())
+    assert (meta["cells_computed"], meta["cells_reused_from_other_code"]) == (2, 2)
+
+
 def test_fit_horizon_runs_the_longest_horizon_one_wave_finishes(tmp_path, tiny_batches):
     root = _checkout(tmp_path, tiny_batches, seeds=1)
     bench = tmp_path / "bench.json"

@@ -17,7 +17,7 @@ import torch
 from typer.testing import CliRunner
 
 from stabkit.cli.main import app
-from stabkit.studies import _grid, provenance, publish, runner
+from stabkit.studies import _grid, _store, provenance, publish, runner
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "studies" / "tiny.toml"
@@ -215,3 +215,16 @@ def test_unfinished_cells_counts_down_to_nothing(tmp_path):
     assert len(after) == len(before) - 1
     runner.run_study(study, {}, jobs=1, out_root=tmp_path, progress=False)
     assert runner.unfinished_cells(study, out_root=tmp_path) == []
+
+
+def test_unfinished_cells_counts_cells_of_other_code_as_done_only_when_they_would_be_reused(tmp_path, monkeypatch):
+    """A GPU study accumulates runs across commits (gpu-session.sh runs it with --reuse-stale): its
+    loop must stop when every cell has a record, whoever computed it; a recomputing run would redo them."""
+    study = REPO / "studies" / "tiny.toml"
+    runner.run_study(study, {}, jobs=1, out_root=tmp_path, progress=False, max_cells=2)
+    total = len(runner.unfinished_cells(study, out_root=tmp_path)) + 2
+    monkeypatch.setattr(_store, "sources_hash", lambda: "0123456789abcdef")  # the code changed
+    assert len(runner.unfinished_cells(study, out_root=tmp_path)) == total
+    assert len(runner.unfinished_cells(study, out_root=tmp_path, stale="reuse")) == total - 2
+    with pytest.raises(ValueError, match="stale must be one of"):
+        runner.unfinished_cells(study, out_root=tmp_path, stale="keep")

@@ -57,12 +57,17 @@ class StorageError(ValueError):
     """The study directory cannot be written (disk full, read-only, permissions)."""
 
 
-def unfinished_cells(path_or_config, overrides: dict | None = None, out_root: Path = Path("reports")) -> list[dict]:
-    """The grid's cells that have no finished record of today's code under ``out_root``: what a
-    ``run_study`` of the same study would compute (a time-boxed session loops until this is empty)."""
+def unfinished_cells(path_or_config, overrides: dict | None = None, out_root: Path = Path("reports"),
+                     stale: str = "recompute") -> list[dict]:
+    """The grid's cells that a ``run_study`` of the same study with this ``stale`` policy would
+    compute (a time-boxed session loops until this is empty): those with no finished record under
+    ``out_root``, and, unless ``stale="reuse"``, those whose record other code computed."""
+    if stale not in STALE_POLICIES:
+        raise ValueError(f"stale must be one of {', '.join(STALE_POLICIES)}, got {stale!r}")
     study, kind, grid = load_study(path_or_config, overrides or {})
     cells = expand(study, kind, grid)
-    done = _scan_cells(Path(out_root) / study["name"] / "cells", cells, _store.sources_hash())["done"]
+    scan = _scan_cells(Path(out_root) / study["name"] / "cells", cells, _store.sources_hash())
+    done = {**scan["done"], **(scan["stale"] if stale == "reuse" else {})}
     return [c for c in cells if c["cell_id"] not in done]
 
 
