@@ -4,13 +4,15 @@
 # only what one folder holds.
 #
 #   bash studies/gpu-session.sh OUTDIR SECONDS PHASE...
-#   PHASE: bench | bench-fast | fastcheck | survival | zca-cifar10 | zca-cifar10-long | zca-cifar10-paper
+#   PHASE: bench | bench-fast | profile | fastcheck | survival | zca-cifar10 | zca-cifar10-long | zca-cifar10-paper
 #
 # bench: benchmarks/bench_train_step.py --device cuda (float32 with the throughput of 1, 4, 8
 #   concurrent processes — choose JOBS from it —, then float64) → OUTDIR/bench_train_step.md.
 # bench-fast: today's training loop vs the fast path side by side (1 process, JOBS processes, JOBS
 #   runs interleaved in one process, torch.compile of the trunk), at most BENCH_S (120) seconds
 #   → OUTDIR/bench_fast.md and OUTDIR/bench_fast.json (the survival phase sizes its runs from it).
+# profile: benchmarks/profile_train_step.py --device cuda: GPU-busy ms, kernels and host syncs per step and
+#   the top operators, today's loop and the fast path (≈ 1 min) → OUTDIR/profile_train_step.md.
 # fastcheck: the same short-protocol cells on the plain and the fast path, failure counts compared by
 #   Fisher's exact test (python -m stabkit.train.fastcheck) → OUTDIR/fastcheck.{md,json}.
 # survival: WHOLE runs of studies/zca-cifar10-survival.toml (or $SURVIVAL_STUDY): asks
@@ -77,7 +79,7 @@ if [[ -n ${RESUME_FROM:-} ]]; then
 fi
 
 needs_data=0  # the benches train on random data: only the other phases read CIFAR-10
-for phase in "$@"; do [[ $phase == bench || $phase == bench-fast ]] || needs_data=1; done
+for phase in "$@"; do [[ $phase == bench || $phase == bench-fast || $phase == profile ]] || needs_data=1; done
 if (( needs_data )); then
     "$py" -c "from stabkit.data import load_cifar10 as l; l(split='train'); l(split='test')" || exit 2  # decode once, cached
 fi
@@ -152,6 +154,9 @@ for phase in "$@"; do
                 --concurrency 1 "${JOBS:-6}" --interleave "${JOBS:-6}" --compile "${COMPILE:-reduce-overhead}" --seconds 3 \
                 --json "$out/bench_fast.json" | tee "$out/bench_fast.md"
             echo "gpu-session: bench-fast exited with ${PIPESTATUS[0]} (124 = cut at ${b} s)" ;;
+        profile)
+            timeout -s INT -k 10 "$(( $(left) - 5 ))" "$py" benchmarks/profile_train_step.py --device cuda --out "$out"
+            echo "gpu-session: profile exited with $?" ;;
         fastcheck)
             timeout -s INT -k 20 "$(( $(left) - 10 ))" "$py" -m stabkit.train.fastcheck --out "$out" --jobs "${JOBS:-8}" --device cuda
             echo "gpu-session: fastcheck exited with $?" ;;
@@ -161,7 +166,7 @@ for phase in "$@"; do
             timeout -s INT -k 60 "$(( $(left) - 20 ))" "$py" -m stabkit run "studies/$phase.toml" --jobs "${JOBS:-8}" --no-progress
             echo "gpu-session: $phase exited with $?  (124 = stopped at the deadline: run this phase again to resume)" ;;
         *)
-            echo "gpu-session: unknown phase $phase (bench, bench-fast, fastcheck, survival, zca-cifar10, zca-cifar10-long, zca-cifar10-paper)" >&2
+            echo "gpu-session: unknown phase $phase (bench, bench-fast, profile, fastcheck, survival, zca-cifar10, zca-cifar10-long, zca-cifar10-paper)" >&2
             exit 2 ;;
     esac
 done
