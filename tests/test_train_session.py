@@ -129,6 +129,35 @@ def test_fastcheck_configs_pair_the_paths():
     assert all(c["max_steps"] == 120 and c["limit_images"] == 15360 and c["dtype"] == "float32" for c in cfgs)
 
 
+def test_fastcheck_pools_further_seeds_with_an_earlier_window_and_refuses_a_run_twice(tmp_path, monkeypatch, capsys):
+    """A GPU window holds a few seeds: the next one runs other seeds (--seed-start) and pools them with
+    the earlier fastcheck.json (--add). Runs are faked (plain never fails; fast fails at odd seeds)."""
+    def fake_run(config):
+        failed = config["fast"] and config["seed"] % 2 == 1
+        return {"preset": config["preset"], "method": config["method"], "d": config["d"], "seed": config["seed"],
+                "fast": config["fast"], "outcome": "nonfinite-loss" if failed else "ok",
+                "paper_outcome": "nan-loss" if failed else "ok", "eig_dtypes": "float32"}
+
+    monkeypatch.setattr(fastcheck, "_run", fake_run)
+    first, second = tmp_path / "w1", tmp_path / "w2"
+    assert fastcheck.main(["--out", str(first), "--jobs", "1", "--seeds", "2", "--device", "cpu"]) == 0
+    assert fastcheck.main(["--out", str(second), "--jobs", "1", "--seeds", "3", "--seed-start", "2", "--device", "cpu",
+                           "--add", str(first / "fastcheck.json")]) == 0
+    pooled = json.loads((second / "fastcheck.json").read_text())
+    cells = len(fastcheck.CELLS)
+    assert len(pooled["runs"]) == 2 * 5 * cells  # two paths × seeds 0…4 × cells
+    assert sorted({r["seed"] for r in pooled["runs"]}) == [0, 1, 2, 3, 4]
+    c = pooled["cells"]["paper analytic d=16"]["nan_loss"]
+    assert pooled["cells"]["paper analytic d=16"]["n"] == 5 and (c["plain_failed"], c["fast_failed"]) == (0, 2)  # seeds 1, 3
+    assert c["fisher_p"] == pytest.approx(_fisher_two_sided(0, 5, 2, 3))
+    assert pooled["pooled"]["n"] == 5 * cells and pooled["pooled"]["nan_loss"]["fast_failed"] == 2 * cells
+    with pytest.raises(SystemExit) as exc:  # seeds 1…2 again: seed 1 is in the first window's file
+        fastcheck.main(["--out", str(tmp_path / "w3"), "--jobs", "1", "--seeds", "2", "--seed-start", "1", "--device", "cpu",
+                        "--add", str(first / "fastcheck.json")])
+    assert exc.value.code == 2 and "twice" in capsys.readouterr().err
+    assert not (tmp_path / "w3").exists()  # refused before any run
+
+
 def test_fit_epochs_from_the_bench(tmp_path):
     study = tmp_path / "surv.toml"
     study.write_text('[study]\nname = "surv"\nkind = "zca_cifar10"\n[grid]\npreset = "paper"\nepochs = 100.0\nfast = true\neval_every = 0\n')

@@ -12,9 +12,11 @@ stabkit failure outcome. Default cells: the short protocol of ``studies/zca-cifa
 one-sided (SVD d = 64: 25 %, PI d = 8: 62 %, SVD-Clip d = 16: 62 %, SVD d = 32: 0 %, SVD-Taylor
 d = 8: 100 %), plus the survival study's first cell (paper preset, SVD d = 16).
 
-    python -m stabkit.train.fastcheck --out OUT [--jobs 8] [--seeds 8] [--device cuda]
+    python -m stabkit.train.fastcheck --out OUT [--jobs 8] [--seeds 8] [--seed-start 0] [--add EARLIER.json ...] [--device cuda]
 
-writes OUT/fastcheck.json (every run's summary) and OUT/fastcheck.md (the table).
+writes OUT/fastcheck.json (every run's summary) and OUT/fastcheck.md (the table). A GPU window is
+short, so the evidence accumulates: ``--seed-start`` runs further seeds and ``--add`` pools the runs
+of earlier windows' fastcheck.json files with this window's (the same cell, seed and path twice is refused).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 from scipy.stats import fisher_exact
@@ -35,13 +38,14 @@ CELLS = [("stabkit", "SVD", 64), ("stabkit", "PI", 8), ("stabkit", "SVD-Clip", 1
 KEEP = ("outcome", "step", "paper_outcome", "nan_loss_step", "steps_done", "test_error", "wall_s", "eig_dtypes", "fast")
 
 
-def configs(cells=CELLS, seeds: int = 8, device: str = "auto", protocol: dict | None = None) -> list[dict]:
-    """Both paths' run configs, plain then fast, cell by cell and seed by seed (``method``: the
-    registry name of the cell's Table IV row, converted to a Spec by ``train_run``)."""
+def configs(cells=CELLS, seeds: int = 8, device: str = "auto", protocol: dict | None = None, seed_start: int = 0) -> list[dict]:
+    """Both paths' run configs, plain then fast, cell by cell and seed by seed (seeds ``seed_start``,
+    … ``seed_start + seeds − 1``; ``method``: the registry name of the cell's Table IV row, converted
+    to a Spec by ``train_run``)."""
     out = []
     for preset, row, d in cells:
         method = table_iv.method(row).name
-        for seed in range(seeds):
+        for seed in range(seed_start, seed_start + seeds):
             for fast in (False, True):
                 out.append({**(protocol or SHORT), "preset": preset, "method": method, "d": d, "dtype": "float32",
                             "seed": seed, "fast": fast, "device": device})
@@ -54,6 +58,10 @@ def _run(config: dict) -> dict:
     result = train_run(config)
     return {"preset": config["preset"], "method": config["method"], "d": config["d"], "seed": config["seed"],
             **{k: result[k] for k in KEEP}}
+
+
+def _key(run: dict) -> tuple:
+    return run["preset"], run["method"], int(run["d"]), int(run["seed"]), bool(run["fast"])
 
 
 def compare(rows: list[dict]) -> dict:
@@ -98,9 +106,18 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--jobs", type=int, default=8)
     ap.add_argument("--seeds", type=int, default=8)
+    ap.add_argument("--seed-start", type=int, default=0)
+    ap.add_argument("--add", action="append", default=[], metavar="FASTCHECK_JSON",
+                    help="pool the runs of an earlier fastcheck.json with this run's (repeatable)")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args(argv)
-    todo = configs(seeds=args.seeds, device=args.device)
+    todo = configs(seeds=args.seeds, device=args.device, seed_start=args.seed_start)
+    earlier = [r for path in args.add for r in json.loads(Path(path).read_text())["runs"]]
+    keys = Counter(_key(r) for r in [*earlier, *todo])
+    twice = sorted(k for k, n in keys.items() if n > 1)
+    if twice:
+        ap.error(f"{len(twice)} runs would be there twice (cell, seed and path; first: {twice[0]}): "
+                 "choose other seeds with --seed-start")
     if args.jobs > 1:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
@@ -109,6 +126,7 @@ def main(argv=None) -> int:
             rows = list(pool.map(_run, todo))
     else:
         rows = [_run(c) for c in todo]
+    rows = earlier + rows
     result = compare(rows)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
