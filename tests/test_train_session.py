@@ -156,6 +156,11 @@ def test_fastcheck_pools_further_seeds_with_an_earlier_window_and_refuses_a_run_
                         "--add", str(first / "fastcheck.json")])
     assert exc.value.code == 2 and "twice" in capsys.readouterr().err
     assert not (tmp_path / "w3").exists()  # refused before any run
+    (tmp_path / "bad.json").write_text('{"runs": [{"seed": 1}]}')
+    for bad in (tmp_path / "bad.json", tmp_path / "missing.json"):
+        with pytest.raises(SystemExit) as exc:
+            fastcheck.main(["--out", str(tmp_path / "w4"), "--jobs", "1", "--seeds", "1", "--add", str(bad)])
+        assert exc.value.code == 2 and f"--add {bad}: not a readable fastcheck.json" in capsys.readouterr().err
 
 
 def test_fit_epochs_from_the_bench(tmp_path):

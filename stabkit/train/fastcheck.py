@@ -112,8 +112,14 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="auto")
     args = ap.parse_args(argv)
     todo = configs(seeds=args.seeds, device=args.device, seed_start=args.seed_start)
-    earlier = [r for path in args.add for r in json.loads(Path(path).read_text())["runs"]]
-    keys = Counter(_key(r) for r in [*earlier, *todo])
+    earlier, keys = [], Counter(_key(c) for c in todo)
+    for path in args.add:
+        try:
+            runs = json.loads(Path(path).read_text())["runs"]
+            keys.update(_key(r) for r in runs)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            ap.error(f"--add {path}: not a readable fastcheck.json ({type(exc).__name__}: {exc})")
+        earlier += runs
     twice = sorted(k for k, n in keys.items() if n > 1)
     if twice:
         ap.error(f"{len(twice)} runs would be there twice (cell, seed and path; first: {twice[0]}): "
