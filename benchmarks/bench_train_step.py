@@ -145,7 +145,7 @@ def main(argv=None):
     if args.concurrency:
         method, _, d = args.concurrency_config.partition(":")
         print()
-        print(f"| processes | configuration | steps / s (all processes) | × one process |")
+        print("| processes | configuration | steps / s (all processes) | × one process |")
         print("|---|---|---|---|")
         for label, kw in (("BatchNorm baseline", {"norm": "bn"}), (f"ZCA {method} d={d}", {"norm": "zca", "method": method, "d": int(d)})):
             single = None
@@ -213,23 +213,32 @@ def _bench_data(device: str, n: int = 2560):
     return {"train": split(n), "test": split(256)}
 
 
+def interleaved_steps(cfg: dict, runs: int, data, mon):
+    """A function that trains one step of each of ``runs`` runs of ``cfg`` in turn, each logging into
+    its own records through ``mon`` (the process's ``monitor.watch``); a run that stops (e.g. at a NaN
+    loss on random data) is replaced by one with a fresh seed."""
+    seeds = iter(range(10**6))
+    active = [loop._Run(dict(cfg, seed=next(seeds)), data) for _ in range(runs)]
+
+    def one_round():
+        for i, run in enumerate(active):
+            if not run.active:
+                active[i] = run = loop._Run(dict(cfg, seed=next(seeds)), data)
+            loop._activate(mon, run.mon)
+            run.step()
+            if len(run.mon._rows) > 256:
+                del run.mon._rows[:-1]  # keep the bench's memory flat
+    return one_round
+
+
 def loop_rate(cfg: dict, runs: int, seconds: float, barrier=None) -> tuple[float, float]:
-    """Summed steps/s of ``runs`` training loops interleaved in this process (a run that stops, e.g.
-    at a NaN loss, is replaced by a fresh one), and the warm-up seconds (first steps, compilation)."""
+    """Summed steps/s of ``runs`` training loops interleaved in this process (:func:`interleaved_steps`),
+    and the warm-up seconds (first steps, compilation)."""
     device = cfg["device"]
     data = _bench_data(device)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    seeds = iter(range(10**6))
-    active = [loop._Run(dict(cfg, seed=next(seeds)), data) for _ in range(runs)]
     with monitor.watch() as mon:
-        def one_round():
-            for i, run in enumerate(active):
-                if not run.active:
-                    active[i] = run = loop._Run(dict(cfg, seed=next(seeds)), data)
-                loop._activate(mon, run.mon)
-                run.step()
-                if len(run.mon._rows) > 256:
-                    del run.mon._rows[:-1]  # keep the bench's memory flat
+        one_round = interleaved_steps(cfg, runs, data, mon)
         t0 = time.perf_counter()
         for _ in range(5):
             one_round()

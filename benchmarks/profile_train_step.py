@@ -9,8 +9,7 @@ data, as ``bench_train_step.py --fast-path``), after warm-up steps. Prints Markd
 
 Why: in the first H200 window (benchmarks/results/2026-12-04-h200-27291dc) the steps/s summed over
 3, 6 or 12 processes stayed at today's 46–48 and the fast path's 97–98, as if each step held the GPU
-≈ 21 ms / ≈ 10 ms — far above what ResNet-18's arithmetic at batch 128 needs. This says which
-kernels hold it, in one short device command.
+≈ 21 ms / ≈ 10 ms. This measures whether it does, and which kernels hold it, in one short device command.
 
     python benchmarks/profile_train_step.py --device cuda [--config paper:analytic:16] [--steps 30] [--out DIR]
 
@@ -30,9 +29,8 @@ import torch  # noqa: E402
 from torch.autograd import DeviceType  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
-from bench_train_step import _bench_data  # noqa: E402  (this folder is on sys.path when run as a script)
+from bench_train_step import _bench_data, interleaved_steps  # noqa: E402  (this folder is on sys.path when run as a script)
 from stabkit import monitor  # noqa: E402
-from stabkit.train import loop  # noqa: E402
 from stabkit.train.loop import pick_device  # noqa: E402
 
 
@@ -41,17 +39,8 @@ def profile_path(cfg: dict, steps: int, warmup: int, top: int = 15, trace: Path 
     device = cfg["device"]
     cuda = device.startswith("cuda")
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    data = _bench_data(device)
-    seeds = iter(range(10**6))
-    run = loop._Run(dict(cfg, seed=next(seeds)), data)
     with monitor.watch() as mon:
-        def step():
-            nonlocal run
-            if not run.active:  # a run that stopped (a NaN loss on random data) is replaced
-                run = loop._Run(dict(cfg, seed=next(seeds)), data)
-            loop._activate(mon, run.mon)
-            run.step()
-
+        step = interleaved_steps(cfg, 1, _bench_data(device), mon)
         for _ in range(warmup):
             step()
         sync()
