@@ -80,10 +80,13 @@ fi
 
 needs_data=0  # the benches train on random data: only the other phases read CIFAR-10
 for phase in "$@"; do [[ $phase == bench || $phase == bench-fast || $phase == profile ]] || needs_data=1; done
-if (( needs_data )); then
-    "$py" -c "from stabkit.data import load_cifar10 as l; l(split='train'); l(split='test')" || exit 2  # decode once, cached
-fi
-"$py" -c "import torch; print('torch', torch.__version__, 'GPU', torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none')"
+"$py" - "$needs_data" <<'PY' || exit 2
+import sys, torch
+print('torch', torch.__version__, 'GPU', torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none')
+if sys.argv[1] == '1':  # decode once, cached
+    from stabkit.data import load_cifar10
+    load_cifar10(split='train'); load_cifar10(split='test')
+PY
 
 survival() {
     local study=${SURVIVAL_STUDY:-studies/zca-cifar10-survival.toml} jobs=${JOBS:-6} bench=${BENCH_JSON:-$out/bench_fast.json}

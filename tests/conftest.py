@@ -72,16 +72,21 @@ def synthetic():
     return {"train": split(256), "test": split(64)}
 
 
-@pytest.fixture()
-def tiny_batches(tmp_path):
-    """A torchvision-style ``cifar-10-batches-py`` folder with 16 random images per batch file."""
+def write_tiny_batches(parent):
+    """A torchvision-style ``cifar-10-batches-py`` folder in ``parent`` with 16 random images per batch file."""
     import pickle
 
-    folder = tmp_path / "cifar-10-batches-py"
+    folder = parent / "cifar-10-batches-py"
     folder.mkdir()
     rng = np.random.default_rng(0)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         with open(folder / name, "wb") as fh:
             pickle.dump({b"data": rng.integers(0, 256, (16, 3072), dtype=np.uint8), b"labels": rng.integers(0, 10, 16).tolist()}, fh)
     return folder
+
+
+@pytest.fixture()
+def tiny_batches(tmp_path):
+    """A torchvision-style ``cifar-10-batches-py`` folder with 16 random images per batch file."""
+    return write_tiny_batches(tmp_path)
 

@@ -1,7 +1,8 @@
 """studies/gpu-session.sh's survival phase, end to end on a CPU: the script that a short GPU window runs
 once, on a copy of the checkout without .git. Real (tiny) training runs of a survival study; the plan
 is given (RUN_S) or read from a bench file, so what the script starts does not depend on this
-machine's speed."""
+machine's speed. Most sessions run one run at a time (JOBS=1: in the runner's process, no worker to
+start); the one killed mid-window runs a wave of two in worker processes, as on the GPU."""
 
 import json
 import os
@@ -13,6 +14,8 @@ import tarfile
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import write_tiny_batches
 
 REPO = Path(__file__).resolve().parents[1]
 STUDY = "zca-cifar10-tiny-survival"  # the script saves reports/zca-cifar10*/ as its state
@@ -49,7 +52,7 @@ device = "cpu"
 
 def _env(root, **env):
     env = {**os.environ, "PYTHON": sys.executable, "STABKIT_GIT_COMMIT": "0" * 40, "OMP_NUM_THREADS": "1",
-           "STABKIT_DATA_CACHE": str(root / "data-cache"), "SURVIVAL_STUDY": f"studies/{STUDY}.toml", "JOBS": "2", **env}
+           "STABKIT_DATA_CACHE": str(root / "data-cache"), "SURVIVAL_STUDY": f"studies/{STUDY}.toml", "JOBS": "1", **env}
     # the script decodes $STABKIT_CIFAR10 once before any run: the study's own data
     env["STABKIT_CIFAR10"] = next(line.split('"')[1] for line in (root / "studies" / f"{STUDY}.toml").read_text().splitlines()
                                   if line.startswith("data ="))
@@ -66,33 +69,51 @@ def _cells(root, name=STUDY):
     return [json.loads(p.read_text()) for p in sorted((root / "reports" / name / "cells").glob("*.json"))]
 
 
+def _saved_cells(state):
+    with tarfile.open(state) as tar:
+        return [n for n in tar.getnames() if n.startswith(f"reports/{STUDY}/cells/") and n.endswith(".json")]
+
+
+@pytest.fixture(scope="module")
+def earlier_window(tmp_path_factory):
+    """The runs of an earlier window (1 seed of each of the 2 cells), made here in process (the copy's
+    code is this code): its checkout and its saved state."""
+    from stabkit.studies import runner
+
+    tmp = tmp_path_factory.mktemp("earlier")
+    root = _checkout(tmp, write_tiny_batches(tmp), seeds=1)
+    runner.run_study(root / "studies" / f"{STUDY}.toml", {}, jobs=1, out_root=root / "reports", progress=False)
+    state = tmp / "state.tar.gz"
+    with tarfile.open(state, "w:gz") as tar:
+        tar.add(root / "reports" / STUDY, arcname=f"reports/{STUDY}")
+    assert len(_cells(root)) == 2 and len(_saved_cells(state)) == 2
+    return root, state
+
+
 def test_survival_chunks_until_the_grid_is_done_and_saves_its_state(tmp_path, tiny_batches):
-    root = _checkout(tmp_path, tiny_batches, seeds=3)
-    # a run is planned at 1 000 s: 2 065 s of the 2 100 hold two waves of 2 runs, then the 2 left
-    rc, log = _session(root, tmp_path / "out", 2100, RUN_S="1000")
+    root = _checkout(tmp_path, tiny_batches, seeds=1)
+    # a run is planned at 1 000 s: 1 370 s of the 1 400 hold one wave of 1 run, and so do the ≈ 1 350 s left after it
+    rc, log = _session(root, tmp_path / "out", 1400, RUN_S="1000")
     assert rc == 0, log
-    assert "survival chunk of 4 run(s) exited with 0" in log and log.count("survival chunk of") == 2, log
+    assert log.count("survival chunk of 1 run(s) exited with 0") == log.count("survival chunk of") == 2, log
     assert f"every cell of studies/{STUDY}.toml is finished" in log, log
-    cells = _cells(root)
-    assert len(cells) == 6
-    rows = [c["rows"][0] for c in cells]
-    assert sorted((r["spec"], r["seed"]) for r in rows) == [(m, s) for m in ("analytic", "taylor") for s in (1000, 1001, 1002)]
+    rows = [c["rows"][0] for c in _cells(root)]
+    assert sorted((r["spec"], r["seed"]) for r in rows) == [("analytic", 1000), ("taylor", 1000)]
     assert all(r["steps_done"] == r["steps_total"] == 4 for r in rows), rows  # ⌈64/32⌉ × 2 epochs, whole runs
     meta = json.loads((root / "reports" / STUDY / "run.json").read_text())
-    assert (meta["cells_reused"], meta["cells_computed"]) == (4, 2)
-    with tarfile.open(tmp_path / "out" / "state.tar.gz") as tar:
-        saved = [n for n in tar.getnames() if n.startswith(f"reports/{STUDY}/cells/") and n.endswith(".json")]
-    assert len(saved) == 6
+    assert (meta["cells_reused"], meta["cells_computed"]) == (1, 1)
+    assert len(_saved_cells(tmp_path / "out" / "state.tar.gz")) == 2
 
 
 def test_a_wave_s_runs_come_back_when_a_later_wave_is_killed(tmp_path, tiny_batches):
     # the device kills a command at its limit with SIGKILL, which skips the EXIT trap: the state
-    # must already hold every finished wave when the next one starts
-    root = _checkout(tmp_path, tiny_batches, seeds=3)
+    # must already hold every finished wave when the next one starts. A wave of 2 runs in 2 worker
+    # processes, as on the GPU (1 370 s hold one wave of 2 at 1 000 s per run; 4 cells)
+    root = _checkout(tmp_path, tiny_batches, seeds=2)
     out = tmp_path / "out"
-    proc = subprocess.Popen(["bash", "studies/gpu-session.sh", str(out), "2100", "survival"], cwd=root,
-                            env=_env(root, RUN_S="1000"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(["bash", "studies/gpu-session.sh", str(out), "1400", "survival"], cwd=root,
+                            env=_env(root, RUN_S="1000", JOBS="2"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
     plans, log = 0, []
     try:
         for line in proc.stdout:  # the second plan is printed when the first wave is done and saved
@@ -104,9 +125,8 @@ def test_a_wave_s_runs_come_back_when_a_later_wave_is_killed(tmp_path, tiny_batc
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=60)
     assert plans == 2, "".join(log)
-    with tarfile.open(out / "state.tar.gz") as tar:
-        saved = [n for n in tar.getnames() if n.startswith(f"reports/{STUDY}/cells/") and n.endswith(".json")]
-    assert len(saved) == 4, "".join(log)
+    assert "survival chunk of 2 run(s) exited with 0" in "".join(log), "".join(log)
+    assert len(_saved_cells(out / "state.tar.gz")) == 2, "".join(log)
 
 
 def test_no_wave_starts_when_its_runs_deadline_has_already_passed(tmp_path, tiny_batches):
@@ -119,35 +139,28 @@ def test_no_wave_starts_when_its_runs_deadline_has_already_passed(tmp_path, tiny
     assert not (root / "reports" / STUDY / "cells").exists() or not _cells(root)
 
 
-def test_nothing_starts_when_no_whole_wave_fits_and_a_resumed_state_is_kept(tmp_path, tiny_batches):
-    first = _checkout(tmp_path / "a", tiny_batches, seeds=1)
-    assert _session(first, tmp_path / "out1", 2100, RUN_S="1000")[0] == 0
-    # a fresh copy of the checkout, the state of the last window, a larger grid, too little time
-    root = _checkout(tmp_path / "b", tiny_batches, seeds=2)
-    rc, log = _session(root, tmp_path / "out2", 500, RUN_S="1000", RESUME_FROM=str(tmp_path / "out1" / "state.tar.gz"))
+def test_nothing_starts_when_no_whole_wave_fits_and_a_resumed_state_is_kept(tmp_path, tiny_batches, earlier_window):
+    # a fresh copy of the checkout, the state of the earlier window, a larger grid, too little time
+    root = _checkout(tmp_path, tiny_batches, seeds=2)
+    rc, log = _session(root, tmp_path / "out", 500, RUN_S="1000", RESUME_FROM=str(earlier_window[1]))
     assert rc == 0, log
-    assert "no whole wave of 2 runs fits" in log and "survival chunk" not in log, log
-    assert len(_cells(root)) == 2  # the two runs of the last window, nothing new, nothing half-done
-    with tarfile.open(tmp_path / "out2" / "state.tar.gz") as tar:
-        assert len([n for n in tar.getnames() if n.startswith(f"reports/{STUDY}/cells/") and n.endswith(".json")]) == 2
+    assert "no whole wave of 1 runs fits" in log and "survival chunk" not in log, log
+    assert len(_cells(root)) == 2  # the two runs of the earlier window, nothing new, nothing half-done
+    assert len(_saved_cells(tmp_path / "out" / "state.tar.gz")) == 2
 
 
-def test_a_later_window_resumes_from_cells_in_the_checkout_that_other_code_computed(tmp_path, tiny_batches):
+def test_a_later_window_resumes_from_cells_in_the_checkout_that_other_code_computed(tmp_path, earlier_window):
     """The survival study's cells are committed: the next window's checkout holds them, computed by an
     earlier commit. They are kept (a run cannot be redone cheaply), only the missing seeds run, and the
     loop stops when every cell has a record."""
-    from stabkit.studies import runner
-
-    root = _checkout(tmp_path, tiny_batches, seeds=1)
-    # the earlier window's runs, as committed (made here in this process: the copy's code is this code)
-    runner.run_study(root / "studies" / f"{STUDY}.toml", {}, jobs=1, out_root=root / "reports", progress=False)
+    root = tmp_path / "copy"
+    shutil.copytree(earlier_window[0], root)
     first = {c["cell_id"]: c["code"]["sources"] for c in _cells(root)}
-    assert len(first) == 2
     with open(root / "stabkit" / "__init__.py", "a") as f:
         f.write("# a later commit\n")  # other code: another sources hash
     toml = root / "studies" / f"{STUDY}.toml"
     toml.write_text(toml.read_text().replace("seeds = 1\n", "seeds = 2\n"))
-    rc, log = _session(root, tmp_path / "out2", 2100, RUN_S="1000")
+    rc, log = _session(root, tmp_path / "out2", 2100, RUN_S="1000")  # 2 waves of 1 fit: one chunk of 2 runs
     assert rc == 0, log
     assert log.count("survival chunk of") == 1, log
     assert f"every cell of studies/{STUDY}.toml is finished" in log, log
@@ -158,33 +171,23 @@ def test_a_later_window_resumes_from_cells_in_the_checkout_that_other_code_compu
     assert (meta["cells_computed"], meta["cells_reused_from_other_code"]) == (2, 2)
 
 
-def test_fit_horizon_runs_the_longest_horizon_one_wave_finishes(tmp_path, tiny_batches):
+def test_fit_horizon_falls_back_and_the_next_waves_plan_for_the_fallback_horizon(tmp_path, tiny_batches):
+    """When the study's horizon does not fit one wave, FIT_HORIZON runs the longest that does; once the
+    script fell back to 1 epoch, its later waves are planned at 1 epoch too (not at the study's 2, which
+    never fit): the time the first wave left runs the other cell's wave."""
     root = _checkout(tmp_path, tiny_batches, seeds=1)
     bench = tmp_path / "bench.json"
-    bench.write_text(json.dumps({"rows": [{"path": "fast", "runs": 2, "processes": 2, "steps_per_s": 0.02}]}))
+    bench.write_text(json.dumps({"rows": [{"path": "fast", "runs": 1, "processes": 1, "steps_per_s": 0.01}]}))
     # 0.01 steps/s per run; a paper-preset epoch of 64 images is ⌈64/32⌉ = 2 steps, each test pass
     # 16/32/3 step-equivalents, + 60 s start: 2 epochs ((4 + 3/6)/0.01 + 60) × 1.2 = 612 s do not fit
-    # in 500 − 30 s, 1 epoch ((2 + 2/6)/0.01 + 60) × 1.2 = 352 s does
-    rc, log = _session(root, tmp_path / "out", 500, BENCH_JSON=str(bench), FIT_HORIZON="1")
-    assert rc == 0, log
-    assert "running 1 epoch(s) instead" in log and "survival chunk of 2 run(s) exited with 0" in log, log
-    rows = [c["rows"][0] for c in _cells(root)]
-    assert len(rows) == 2 and all(r["steps_done"] == r["steps_total"] == 2 for r in rows), rows
-
-
-def test_after_falling_back_the_next_waves_plan_for_the_fallback_horizon(tmp_path, tiny_batches):
-    """Once the script fell back to 1 epoch, its later waves are planned at 1 epoch too (not at the
-    study's 2, which never fit): the time the first wave left runs the other seeds' wave."""
-    root = _checkout(tmp_path, tiny_batches, seeds=2)
-    bench = tmp_path / "bench.json"
-    bench.write_text(json.dumps({"rows": [{"path": "fast", "runs": 2, "processes": 2, "steps_per_s": 0.02}]}))
-    # as above: 2 epochs (612 s) do not fit in 600 − 30 s, 1 epoch (352 s) does; the first wave's real runs
-    # take seconds, so at 1 epoch the second wave fits too (at the study's 2 epochs it would not)
+    # in 600 − 30 s, 1 epoch ((2 + 2/6)/0.01 + 60) × 1.2 = 352 s does; the first wave's real run takes
+    # seconds, so at 1 epoch the second wave fits too (at the study's 2 epochs it would not)
     rc, log = _session(root, tmp_path / "out", 600, BENCH_JSON=str(bench), FIT_HORIZON="1")
     assert rc == 0, log
-    assert log.count("running 1 epoch(s) instead") == 1 and log.count("survival chunk of") >= 2, log
+    assert log.count("running 1 epoch(s) instead") == 1 and "survival chunk of 1 run(s) exited with 0" in log, log
+    assert log.count("survival chunk of") >= 2, log
     rows = [c["rows"][0] for c in _cells(root)]
-    assert len(rows) == 4 and all(r["steps_done"] == r["steps_total"] == 2 for r in rows), rows
+    assert len(rows) == 2 and all(r["steps_done"] == r["steps_total"] == 2 for r in rows), rows
 
 
 def test_a_copy_without_git_must_name_its_commit(tmp_path, tiny_batches):
