@@ -117,6 +117,21 @@ def test_fastcheck_compare_on_constructed_outcomes():
     assert pooled["nan_loss"]["fisher_p"] == pytest.approx(_fisher_two_sided(9, 7, 3, 13))
     assert result["eig_dtypes"] == ["float32"]
     assert "| pooled | 16 | 9 | 3 |" in fastcheck.markdown(result)
+    # the paired test: in cell A only plain failed at 6 seeds, only fast at none: 2 · ½⁶
+    assert a["mcnemar_p"] == pytest.approx(2 * 0.5 ** 6) and b["nan_loss"]["mcnemar_p"] == 1.0
+    assert pooled["nan_loss"]["mcnemar_p"] == pytest.approx(2 * 0.5 ** 6)
+    # a seed cut by the time box (cell A's seed 8 on the plain path only) changes nothing and is counted as left out
+    cut = fastcheck.compare(rows + [{**rows[0], "seed": 8}])
+    assert cut["whole_seeds"] == list(range(8)) and cut["runs_left_out"] == 1
+    assert cut["cells"] == result["cells"] and cut["pooled"] == result["pooled"]
+
+
+def test_fastcheck_mcnemar_against_the_binomial_sum():
+    for only_plain, only_fast in [(0, 0), (3, 0), (1, 4), (5, 5), (2, 9)]:
+        n, k = only_plain + only_fast, min(only_plain, only_fast)
+        tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
+        expected = min(1.0, 2 * tail) if n else 1.0
+        assert fastcheck.mcnemar_exact_p(only_plain, only_fast) == pytest.approx(expected)
 
 
 def test_fastcheck_configs_pair_the_paths():
@@ -161,6 +176,32 @@ def test_fastcheck_pools_further_seeds_with_an_earlier_window_and_refuses_a_run_
         with pytest.raises(SystemExit) as exc:
             fastcheck.main(["--out", str(tmp_path / "w4"), "--jobs", "1", "--seeds", "1", "--add", str(bad)])
         assert exc.value.code == 2 and f"--add {bad}: not a readable fastcheck.json" in capsys.readouterr().err
+
+
+def test_fastcheck_keeps_the_finished_runs_when_interrupted_and_counts_whole_seeds_only(tmp_path, monkeypatch, capsys):
+    """Runs go seed by seed; the JSON is rewritten after each one. A SIGINT during the second seed's
+    runs keeps the first seed whole and the second's finished runs, which the comparison leaves out."""
+    cells, order = len(fastcheck.CELLS), []
+
+    def fake_run(config):
+        if len(order) == 2 * cells + 3:
+            raise KeyboardInterrupt
+        order.append((config["seed"], config["preset"], config["method"], config["d"], config["fast"]))
+        failed = config["fast"] and config["method"] == "analytic"
+        return {"preset": config["preset"], "method": config["method"], "d": config["d"], "seed": config["seed"],
+                "fast": config["fast"], "outcome": "nonfinite-loss" if failed else "ok",
+                "paper_outcome": "nan-loss" if failed else "ok", "eig_dtypes": "float32"}
+
+    monkeypatch.setattr(fastcheck, "_run", fake_run)
+    assert fastcheck.main(["--out", str(tmp_path), "--jobs", "1", "--seeds", "3", "--device", "cpu"]) == 130
+    assert [o[0] for o in order] == [0] * (2 * cells) + [1] * 3  # a whole seed before the next
+    saved = json.loads((tmp_path / "fastcheck.json").read_text())
+    assert len(saved["runs"]) == 2 * cells + 3 and saved["whole_seeds"] == [0] and saved["runs_left_out"] == 3
+    assert saved["pooled"]["n"] == cells
+    c = saved["cells"]["paper analytic d=16"]
+    assert c["n"] == 1 and (c["nan_loss"]["plain_failed"], c["nan_loss"]["fast_failed"]) == (0, 1)
+    assert "runs of cut seeds left out: 3" in (tmp_path / "fastcheck.md").read_text()
+    assert f"interrupted after {2 * cells + 3} of {3 * 2 * cells} runs" in capsys.readouterr().err
 
 
 def test_fit_epochs_from_the_bench(tmp_path):

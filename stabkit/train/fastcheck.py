@@ -5,7 +5,9 @@ the fast path (``fast=True``: bf16 autocast trunk, channels_last, checks read ba
 steps, the ZCA layer in its own dtype). Per cell the failure counts are compared by Fisher's exact
 test (two-sided, on the 2×2 table failed/not × plain/fast; Fisher 1922), and over all cells pooled;
 beside it the same-seed agreement (not expected to be complete on a GPU: its nondeterminism alone
-changes which seeds fail) and the dtypes the eigensolver saw (the monitor's records). Failure:
+changes which seeds fail) with the exact McNemar test of the paired design (McNemar 1947: the
+seeds where only one path failed, two-sided binomial at ½), and the dtypes the eigensolver saw
+(the monitor's records). Failure:
 the paper's criterion (a NaN loss, ``paper_outcome == "nan-loss"``) and, reported apart, any
 stabkit failure outcome. Default cells: the short protocol of ``studies/zca-cifar10.toml``
 (120 steps on 15 360 images), chosen where that study's float32 success rates were mixed or
@@ -17,6 +19,10 @@ d = 8: 100 %), plus the survival study's first cell (paper preset, SVD d = 16).
 writes OUT/fastcheck.json (every run's summary) and OUT/fastcheck.md (the table). A GPU window is
 short, so the evidence accumulates: ``--seed-start`` runs further seeds and ``--add`` pools the runs
 of earlier windows' fastcheck.json files with this window's (the same cell, seed and path twice is refused).
+Runs go seed by seed (every cell and path of a seed, then the next seed), and fastcheck.json is
+rewritten after each finished run, so a command killed at its limit still leaves what it finished;
+the comparison counts only whole seeds (every cell on both paths), so a cut seed, whose quickly
+failing runs would be over-represented, is left out.
 """
 
 from __future__ import annotations
@@ -27,8 +33,9 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from scipy.stats import fisher_exact
+from scipy.stats import binomtest, fisher_exact
 
+from .. import _io
 from . import table_iv
 
 SHORT = {"max_steps": 120, "limit_images": 15360, "limit_test": 2000, "epochs": 1.0}
@@ -39,13 +46,13 @@ KEEP = ("outcome", "step", "paper_outcome", "nan_loss_step", "steps_done", "test
 
 
 def configs(cells=CELLS, seeds: int = 8, device: str = "auto", protocol: dict | None = None, seed_start: int = 0) -> list[dict]:
-    """Both paths' run configs, plain then fast, cell by cell and seed by seed (seeds ``seed_start``,
-    … ``seed_start + seeds − 1``; ``method``: the registry name of the cell's Table IV row, converted
-    to a Spec by ``train_run``)."""
+    """Both paths' run configs, plain then fast, seed by seed and within a seed cell by cell (seeds
+    ``seed_start``, … ``seed_start + seeds − 1``; ``method``: the registry name of the cell's Table IV
+    row, converted to a Spec by ``train_run``)."""
     out = []
-    for preset, row, d in cells:
-        method = table_iv.method(row).name
-        for seed in range(seed_start, seed_start + seeds):
+    for seed in range(seed_start, seed_start + seeds):
+        for preset, row, d in cells:
+            method = table_iv.method(row).name
             for fast in (False, True):
                 out.append({**(protocol or SHORT), "preset": preset, "method": method, "d": d, "dtype": "float32",
                             "seed": seed, "fast": fast, "device": device})
@@ -64,8 +71,28 @@ def _key(run: dict) -> tuple:
     return run["preset"], run["method"], int(run["d"]), int(run["seed"]), bool(run["fast"])
 
 
+def whole_seeds(rows: list[dict]) -> list[int]:
+    """The seeds that every cell of ``rows`` ran on both paths."""
+    cells = {_key(r)[:3] for r in rows}
+    have = {_key(r) for r in rows}
+    seeds = {int(r["seed"]) for r in rows}
+    return sorted(s for s in seeds if all((*c, s, fast) in have for c in cells for fast in (False, True)))
+
+
+def mcnemar_exact_p(only_plain: int, only_fast: int) -> float:
+    """Two-sided exact McNemar p: of the discordant pairs, how unlikely so lopsided a split is at ½."""
+    n = only_plain + only_fast
+    return float(binomtest(only_plain, n, 0.5).pvalue) if n else 1.0
+
+
 def compare(rows: list[dict]) -> dict:
-    """Per cell and pooled: failures plain vs fast, Fisher's exact p, same-seed agreement."""
+    """Per cell and pooled, over the whole seeds only: failures plain vs fast, Fisher's exact p,
+    same-seed agreement and McNemar's exact p."""
+    seeds_in = set(whole_seeds(rows))
+    left_out = len(rows)
+    rows = [r for r in rows if int(r["seed"]) in seeds_in]
+    left_out -= len(rows)
+
     def summary(group):
         plain = {r["seed"]: r for r in group if not r["fast"]}
         fast = {r["seed"]: r for r in group if r["fast"]}
@@ -75,8 +102,11 @@ def compare(rows: list[dict]) -> dict:
             k_plain = sum(failed(plain[s]) for s in seeds)
             k_fast = sum(failed(fast[s]) for s in seeds)
             p = fisher_exact([[k_plain, len(seeds) - k_plain], [k_fast, len(seeds) - k_fast]])[1] if seeds else float("nan")
+            only_plain = sum(failed(plain[s]) and not failed(fast[s]) for s in seeds)
+            only_fast = sum(failed(fast[s]) and not failed(plain[s]) for s in seeds)
             out[name] = {"plain_failed": k_plain, "fast_failed": k_fast, "fisher_p": float(p),
-                         "same_seed_agree": sum(failed(plain[s]) == failed(fast[s]) for s in seeds)}
+                         "same_seed_agree": len(seeds) - only_plain - only_fast,
+                         "mcnemar_p": mcnemar_exact_p(only_plain, only_fast)}
         return out
 
     cells = {}
@@ -85,18 +115,22 @@ def compare(rows: list[dict]) -> dict:
     per_cell = {key: summary(group) for key, group in cells.items()}
     # pooled over cells: seeds are renumbered so that each (cell, seed) is one pair
     pooled_rows = [{**r, "seed": (key, r["seed"])} for key, group in cells.items() for r in group]
-    return {"cells": per_cell, "pooled": summary(pooled_rows),
+    return {"cells": per_cell, "pooled": summary(pooled_rows), "whole_seeds": sorted(seeds_in), "runs_left_out": left_out,
             "eig_dtypes": sorted({t for r in rows for t in str(r.get("eig_dtypes") or "").split(",") if t})}
 
 
 def markdown(result: dict) -> str:
-    lines = ["| cell | runs per path | NaN loss plain | NaN loss fast | Fisher p | same seed agrees | any failure plain | "
-             "any failure fast | Fisher p |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| cell | runs per path | NaN loss plain | NaN loss fast | Fisher p | same seed agrees | McNemar p | "
+             "any failure plain | any failure fast | Fisher p |", "|---|---|---|---|---|---|---|---|---|---|"]
     for key, c in [*result["cells"].items(), ("pooled", result["pooled"])]:
         a, b = c["nan_loss"], c["any"]
         lines.append(f"| {key} | {c['n']} | {a['plain_failed']} | {a['fast_failed']} | {a['fisher_p']:.3g} | "
-                     f"{a['same_seed_agree']}/{c['n']} | {b['plain_failed']} | {b['fast_failed']} | {b['fisher_p']:.3g} |")
+                     f"{a['same_seed_agree']}/{c['n']} | {a['mcnemar_p']:.3g} | {b['plain_failed']} | {b['fast_failed']} | "
+                     f"{b['fisher_p']:.3g} |")
     lines.append("")
+    seeds = result["whole_seeds"]
+    lines.append(f"whole seeds counted: {len(seeds)} ({', '.join(map(str, seeds))}); runs of cut seeds left out: "
+                 f"{result['runs_left_out']}")
     lines.append(f"eigensolver input dtypes seen (monitor): {', '.join(result['eig_dtypes']) or 'none'}")
     return "\n".join(lines) + "\n"
 
@@ -124,21 +158,43 @@ def main(argv=None) -> int:
     if twice:
         ap.error(f"{len(twice)} runs would be there twice (cell, seed and path; first: {twice[0]}): "
                  "choose other seeds with --seed-start")
-    if args.jobs > 1:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            rows = list(pool.map(_run, todo))
-    else:
-        rows = [_run(c) for c in todo]
-    rows = earlier + rows
-    result = compare(rows)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "fastcheck.json").write_text(json.dumps({"runs": rows, **result}, indent=1, default=str))
-    (out / "fastcheck.md").write_text(markdown(result))
+    rows = list(earlier)
+
+    def save():  # after every run: a command killed at its limit keeps what finished
+        result = compare(rows)
+        _io.replace_atomic(out / "fastcheck.json", lambda tmp: tmp.write_text(json.dumps({"runs": rows, **result}, indent=1, default=str)),
+                           durable=False)
+        _io.replace_atomic(out / "fastcheck.md", lambda tmp: tmp.write_text(markdown(result)), durable=False)
+        return result
+
+    interrupted = False
+    try:
+        if args.jobs > 1:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+
+            with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+                futures = [pool.submit(_run, c) for c in todo]  # in order: whole seeds first
+                try:
+                    for future in as_completed(futures):
+                        rows.append(future.result())
+                        save()
+                except BaseException:
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    raise
+        else:
+            for config in todo:
+                rows.append(_run(config))
+                save()
+    except KeyboardInterrupt:  # SIGINT from a time box: the finished runs are saved
+        interrupted = True
+    result = save()
     print(markdown(result))
+    if interrupted:
+        print(f"fastcheck: interrupted after {len(rows) - len(earlier)} of {len(todo)} runs", file=sys.stderr)
+        return 130
     return 0
 
 
