@@ -15,7 +15,10 @@ in its own dtype, channels_last, device-side checks read back every 100 steps), 
 run: the real loop (``stabkit.train.loop``: device augmentation, checks, monitor) on device-resident
 random CIFAR-shaped data, ``--fast-config`` (default the survival study's ``paper`` preset, SVD =
 ``analytic`` d = 16, float32); rows for one process, ``--concurrency`` K processes of either path,
-``--interleave`` K runs interleaved step by step in one process (fast path), and ``--compile MODE``
+``--interleave`` K runs interleaved step by step in one process (fast path), ``--stacked R`` R runs
+stacked side by side in one network (fast path, ``stabkit.train.stacked``: grouped convolutions, one
+kernel for all R runs; per-run losses, gradient norms and correct counts kept on the device as the
+loop keeps them, without the loop's monitor; not yet a training loop), and ``--compile MODE``
 (fast path + torch.compile of the trunk; compile time excluded, reported apart). Each row: summed
 steps/s over all runs and its ratio to today's path in one process. ``--skip-methods`` skips the
 per-method table; ``--json PATH`` writes the rows (the GPU session script sizes its runs from it).
@@ -95,6 +98,7 @@ def main(argv=None):
     ap.add_argument("--fast-path", action="store_true", help="also time today's loop against the fast path, side by side")
     ap.add_argument("--fast-config", default="paper:analytic:16", help="PRESET:METHOD:D of the fast-path table")
     ap.add_argument("--interleave", type=int, nargs="+", default=[], help="fast path: K runs interleaved in one process")
+    ap.add_argument("--stacked", type=int, nargs="+", default=[], help="fast path: R runs stacked in one network")
     ap.add_argument("--compile", default=None, help="fast path + torch.compile(trunk, mode=MODE): default or reduce-overhead")
     ap.add_argument("--skip-methods", action="store_true", help="skip the per-method table")
     ap.add_argument("--json", default=None, help="write the fast-path rows to this JSON file")
@@ -168,6 +172,8 @@ def fast_path_table(args, device: str, batch: int, width: float) -> bool:
             trials += [("today", k, k, plain), ("fast", k, k, fast)]
     for k in args.interleave:
         trials.append(("fast, interleaved", k, 1, fast))
+    for k in args.stacked:
+        trials.append(("fast, stacked", k, 1, fast))
     if args.compile:  # last: its compilation may take most of a time-boxed bench
         trials.append((f"fast + compile {args.compile}", 1, 1, dict(fast, compile=args.compile)))
     name = torch.cuda.get_device_name() if device.startswith("cuda") else (platform.processor() or platform.machine())
@@ -175,7 +181,9 @@ def fast_path_table(args, device: str, batch: int, width: float) -> bool:
     try:
         for label, runs, procs, cfg in trials:
             try:
-                if procs == 1:
+                if label == "fast, stacked":
+                    rate, warm_s = stacked_rate(cfg, runs, args.seconds)
+                elif procs == 1:
                     rate, warm_s = loop_rate(cfg, runs, args.seconds)
                 else:
                     rate, warm_s = concurrent_loop_rate(procs, cfg, args.seconds)
@@ -252,6 +260,71 @@ def loop_rate(cfg: dict, runs: int, seconds: float, barrier=None) -> tuple[float
             done += runs
         sync()
         return done / (time.perf_counter() - t0), warm_s
+
+
+def stacked_steps(cfg: dict, runs: int, data):
+    """A function that trains one step of ``runs`` runs of ``cfg`` stacked into one network
+    (:func:`stabkit.train.stacked.stack` of the loop's own models): one augmented batch per run, the
+    runs' losses, gradient norms and correct counts kept on the device. A stack whose
+    eigendecomposition raises (a run's NaN on random data) is rebuilt with fresh seeds."""
+    from stabkit.errors import EigensolverError
+    from stabkit.train import stacked
+    from stabkit.train.batches import augment, normalize
+
+    seeds, state = iter(range(10**6)), {}
+    train_x, train_y = data["train"]
+    layout = torch.channels_last if cfg.get("fast") else torch.contiguous_format
+
+    def build():
+        own = [loop._Run(dict(cfg, seed=next(seeds)), data) for _ in range(runs)]
+        rc = own[0].cfg
+        net = stacked.stack([r.model for r in own]).to(memory_format=layout)
+        state.update(net=net, params=list(net.parameters()), std=rc["input_std"], batch=int(rc["batch_size"]),
+                     opt=torch.optim.SGD(net.parameters(), lr=rc["lr"], momentum=rc["momentum"], weight_decay=rc["weight_decay"]),
+                     gen=own[0].gen, autocast=own[0]._autocast)
+
+    def one_step():
+        s = state
+        b = s["batch"]
+        idx = torch.randint(len(train_x), (runs, b), generator=s["gen"], device=train_x.device)
+        x = normalize(augment(train_x[idx.flatten()], s["gen"]), s["std"])  # (R·B, 3, 32, 32), run-major
+        x = x.reshape(runs, b, *x.shape[1:]).transpose(0, 1).reshape(b, runs * x.shape[1], *x.shape[2:])
+        x = x.contiguous(memory_format=layout)
+        y = train_y[idx].T  # (B, R)
+        try:
+            with s["autocast"]():
+                logits = s["net"](x)
+            losses = stacked.run_losses(logits.float(), y)
+            s["opt"].zero_grad(set_to_none=True)
+            losses.sum().backward()
+        except EigensolverError:
+            build()
+            return
+        gnorms = torch.stack([stacked.run_slices(p.grad, runs).norm(dim=1) for p in s["params"]]).norm(dim=0)
+        correct = (logits.detach().argmax(2) == y).sum(0)
+        s["opt"].step()
+        s["last"] = (losses.detach(), gnorms, correct)
+
+    build()
+    return one_step
+
+
+def stacked_rate(cfg: dict, runs: int, seconds: float) -> tuple[float, float]:
+    """Summed steps/s of ``runs`` runs stacked in one network (:func:`stacked_steps`) and the warm-up seconds."""
+    device = cfg["device"]
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    one_step = stacked_steps(cfg, runs, _bench_data(device))
+    t0 = time.perf_counter()
+    for _ in range(5):
+        one_step()
+    sync()
+    warm_s = time.perf_counter() - t0
+    t0, done = time.perf_counter(), 0
+    while time.perf_counter() - t0 < seconds:
+        one_step()
+        done += runs
+    sync()
+    return done / (time.perf_counter() - t0), warm_s
 
 
 def concurrent_loop_rate(processes: int, cfg: dict, seconds: float) -> tuple[float, float]:

@@ -9,7 +9,8 @@
 # bench: benchmarks/bench_train_step.py --device cuda (float32 with the throughput of 1, 4, 8
 #   concurrent processes — choose JOBS from it —, then float64) → OUTDIR/bench_train_step.md.
 # bench-fast: today's training loop vs the fast path side by side (1 process, JOBS processes, JOBS
-#   runs interleaved in one process, torch.compile of the trunk), at most BENCH_S (120) seconds
+#   runs interleaved in one process, JOBS and 12 runs stacked in one network, torch.compile of the trunk),
+#   at most BENCH_S (120) seconds
 #   → OUTDIR/bench_fast.md and OUTDIR/bench_fast.json (the survival phase sizes its runs from it).
 # profile: benchmarks/profile_train_step.py --device cuda: GPU-busy ms, kernels and host syncs per step and
 #   the top operators, today's loop and the fast path (≈ 1 min) → OUTDIR/profile_train_step.md.
@@ -154,7 +155,7 @@ for phase in "$@"; do
         bench-fast)
             b=${BENCH_S:-120}; (( b < $(left) )) || b=$(left)
             timeout -s INT -k 10 "$b" "$py" benchmarks/bench_train_step.py --device cuda --skip-methods --fast-path \
-                --concurrency 1 "${JOBS:-6}" --interleave "${JOBS:-6}" --compile "${COMPILE:-reduce-overhead}" --seconds 3 \
+                --concurrency 1 "${JOBS:-6}" --interleave "${JOBS:-6}" --stacked "${JOBS:-6}" 12 --compile "${COMPILE:-reduce-overhead}" --seconds 3 \
                 --json "$out/bench_fast.json" | tee "$out/bench_fast.md"
             echo "gpu-session: bench-fast exited with ${PIPESTATUS[0]} (124 = cut at ${b} s)" ;;
         profile)

@@ -51,14 +51,14 @@ def test_bench_fast_path_table_feeds_the_gpu_session_plan(tmp_path):
 
     bench = tmp_path / "bench_fast.json"
     args = ["--device", "cpu", "--skip-methods", "--fast-path", "--fast-config", "paper:analytic:4", "--width", "0.125",
-            "--batch", "8", "--threads", "1", "--concurrency", "1", "2", "--interleave", "2", "--seconds", "0.3",
-            "--json", str(bench)]
+            "--batch", "8", "--threads", "1", "--concurrency", "1", "2", "--interleave", "2", "--stacked", "2",
+            "--seconds", "0.3", "--json", str(bench)]
     run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_train_step.py"), *args], capture_output=True,
                          text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     rows = json.loads(bench.read_text())["rows"]
     assert [(r["path"], r["runs"], r["processes"]) for r in rows] == [
-        ("today", 1, 1), ("fast", 1, 1), ("today", 2, 2), ("fast", 2, 2), ("fast, interleaved", 2, 1)]
+        ("today", 1, 1), ("fast", 1, 1), ("today", 2, 2), ("fast", 2, 2), ("fast, interleaved", 2, 1), ("fast, stacked", 2, 1)]
     assert all(r["steps_per_s"] > 0 and r["config"]["d"] == 4 for r in rows)
     table = [line.split("|") for line in run.stdout.splitlines() if line.startswith("| fast") or line.startswith("| today")]
     assert [float(r[4]) for r in table] == pytest.approx([r["steps_per_s"] for r in rows], abs=0.051)
