@@ -242,24 +242,26 @@ def interleaved_steps(cfg: dict, runs: int, data, mon):
 def loop_rate(cfg: dict, runs: int, seconds: float, barrier=None) -> tuple[float, float]:
     """Summed steps/s of ``runs`` training loops interleaved in this process (:func:`interleaved_steps`),
     and the warm-up seconds (first steps, compilation)."""
-    device = cfg["device"]
-    data = _bench_data(device)
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     with monitor.watch() as mon:
-        one_round = interleaved_steps(cfg, runs, data, mon)
-        t0 = time.perf_counter()
-        for _ in range(5):
-            one_round()
-        sync()
-        warm_s = time.perf_counter() - t0
-        if barrier is not None:
-            barrier.wait()
-        t0, done = time.perf_counter(), 0
-        while time.perf_counter() - t0 < seconds:
-            one_round()
-            done += runs
-        sync()
-        return done / (time.perf_counter() - t0), warm_s
+        return _timed(interleaved_steps(cfg, runs, _bench_data(cfg["device"]), mon), runs, seconds, cfg["device"], barrier)
+
+
+def _timed(one_round, runs: int, seconds: float, device: str, barrier=None) -> tuple[float, float]:
+    """Steps/s of ``one_round`` (``runs`` steps each) over ``seconds`` after 5 warm-up rounds, and the warm-up seconds."""
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    t0 = time.perf_counter()
+    for _ in range(5):
+        one_round()
+    sync()
+    warm_s = time.perf_counter() - t0
+    if barrier is not None:
+        barrier.wait()
+    t0, done = time.perf_counter(), 0
+    while time.perf_counter() - t0 < seconds:
+        one_round()
+        done += runs
+    sync()
+    return done / (time.perf_counter() - t0), warm_s
 
 
 def stacked_steps(cfg: dict, runs: int, data):
@@ -311,20 +313,7 @@ def stacked_steps(cfg: dict, runs: int, data):
 
 def stacked_rate(cfg: dict, runs: int, seconds: float) -> tuple[float, float]:
     """Summed steps/s of ``runs`` runs stacked in one network (:func:`stacked_steps`) and the warm-up seconds."""
-    device = cfg["device"]
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    one_step = stacked_steps(cfg, runs, _bench_data(device))
-    t0 = time.perf_counter()
-    for _ in range(5):
-        one_step()
-    sync()
-    warm_s = time.perf_counter() - t0
-    t0, done = time.perf_counter(), 0
-    while time.perf_counter() - t0 < seconds:
-        one_step()
-        done += runs
-    sync()
-    return done / (time.perf_counter() - t0), warm_s
+    return _timed(stacked_steps(cfg, runs, _bench_data(cfg["device"])), runs, seconds, cfg["device"])
 
 
 def concurrent_loop_rate(processes: int, cfg: dict, seconds: float) -> tuple[float, float]:
