@@ -13,7 +13,10 @@ R times the work. Every run still sees only its own weights, images and gradient
   of their own loss, and SGD (momentum, weight decay) acts elementwise.
 
 Every stacked parameter holds the runs' blocks one after another along its first dimension, so
-``p.reshape(R, -1)[r]`` is run r's parameter, flattened. Only the bench uses this today
+``p.reshape(R, -1)[r]`` is run r's parameter, flattened. The ZCA layer's eigendecomposition is
+batched over all runs' groups, so one run's non-finite weights make it raise for every run:
+:func:`retire` sets such a run aside (all its parameters, statistics and momentum zero, its
+gradients masked), after which the others train on unchanged. Only the bench uses this today
 (``benchmarks/bench_train_step.py --stacked R``): whether it is worth a training loop is what the
 next GPU window measures. Not handled: ``covariance = "full"`` computes its C × C product over all
 R runs' channels (the diagonal blocks it keeps are still each run's own, at R² the arithmetic).
@@ -131,3 +134,21 @@ def run_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 def run_slices(tensor: torch.Tensor, runs: int) -> torch.Tensor:
     """A stacked parameter (or its gradient) as (R, numel per run): row r is run r's, flattened."""
     return tensor.reshape(runs, -1)
+
+
+def retire(net: nn.Module, run: int, runs: int, optimizer: torch.optim.Optimizer | None = None) -> None:
+    """Set run ``run`` aside for good: its parameters, running statistics and momentum become zero and
+    its gradients are masked, so it stays zero (its covariance is then εI, which the batched
+    eigendecomposition takes) and never again touches the other runs' numbers."""
+    with torch.no_grad():
+        for tensor in [*net.parameters(), *(b for b in net.buffers() if b.is_floating_point())]:
+            run_slices(tensor, runs)[run].zero_()
+        for p in net.parameters():
+            if optimizer is not None and "momentum_buffer" in optimizer.state.get(p, {}):
+                buf = optimizer.state[p]["momentum_buffer"]
+                if buf is not None:
+                    run_slices(buf, runs)[run].zero_()
+            if getattr(p, "_stacked_mask", None) is None:
+                p._stacked_mask = torch.ones(runs, 1, dtype=p.dtype, device=p.device)
+                p.register_hook(lambda g, p=p: (run_slices(g, runs) * p._stacked_mask).reshape(g.shape))
+            p._stacked_mask[run] = 0
