@@ -132,8 +132,19 @@ def run_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def run_slices(tensor: torch.Tensor, runs: int) -> torch.Tensor:
-    """A stacked parameter (or its gradient) as (R, numel per run): row r is run r's, flattened."""
+    """A stacked parameter (or its gradient) as (R, numel per run): row r is run r's, flattened (a copy
+    where the layout needs one, e.g. channels_last: read it, do not write to it)."""
     return tensor.reshape(runs, -1)
+
+
+def run_block(tensor: torch.Tensor, runs: int, run: int) -> torch.Tensor:
+    """Run ``run``'s block of a stacked tensor, as a view in any memory layout (to write to)."""
+    return tensor.unflatten(0, (runs, -1))[run]
+
+
+def _masked(grad: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    runs = mask.numel()
+    return (grad.unflatten(0, (runs, -1)) * mask.view(runs, *[1] * grad.dim())).flatten(0, 1)
 
 
 def retire(net: nn.Module, run: int, runs: int, optimizer: torch.optim.Optimizer | None = None) -> None:
@@ -142,13 +153,12 @@ def retire(net: nn.Module, run: int, runs: int, optimizer: torch.optim.Optimizer
     eigendecomposition takes) and never again touches the other runs' numbers."""
     with torch.no_grad():
         for tensor in [*net.parameters(), *(b for b in net.buffers() if b.is_floating_point())]:
-            run_slices(tensor, runs)[run].zero_()
+            run_block(tensor, runs, run).zero_()
         for p in net.parameters():
-            if optimizer is not None and "momentum_buffer" in optimizer.state.get(p, {}):
-                buf = optimizer.state[p]["momentum_buffer"]
-                if buf is not None:
-                    run_slices(buf, runs)[run].zero_()
+            buf = optimizer.state.get(p, {}).get("momentum_buffer") if optimizer is not None else None
+            if buf is not None:
+                run_block(buf, runs, run).zero_()
             if getattr(p, "_stacked_mask", None) is None:
-                p._stacked_mask = torch.ones(runs, 1, dtype=p.dtype, device=p.device)
-                p.register_hook(lambda g, p=p: (run_slices(g, runs) * p._stacked_mask).reshape(g.shape))
+                p._stacked_mask = torch.ones(runs, dtype=p.dtype, device=p.device)
+                p.register_hook(lambda g, p=p: _masked(g, p._stacked_mask))
             p._stacked_mask[run] = 0
