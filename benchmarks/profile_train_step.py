@@ -7,6 +7,9 @@ data, as ``bench_train_step.py --fast-path``), after warm-up steps. Prints Markd
   kernels and host synchronisations (``cuda*Synchronize`` calls) per step;
 * per path, the ``--top`` operators by self device time (self CPU time on a CPU).
 
+``--stacked R`` (default 6; 0: none) adds the fast path with R runs stacked in one network
+(``bench_train_step.stacked_steps``, ``stabkit.train.stacked``): one of its steps trains all R runs.
+
 Why: in the first H200 window (benchmarks/results/2026-12-04-h200-27291dc) the steps/s summed over
 3, 6 or 12 processes stayed at today's 46–48 and the fast path's 97–98, as if each step held the GPU
 ≈ 21 ms / ≈ 10 ms. This measures whether it does, and which kernels hold it, in one short device command.
@@ -29,18 +32,21 @@ import torch  # noqa: E402
 from torch.autograd import DeviceType  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
-from bench_train_step import _bench_data, interleaved_steps  # noqa: E402  (this folder is on sys.path when run as a script)
+from bench_train_step import _bench_data, interleaved_steps, stacked_steps  # noqa: E402  (this folder is on sys.path when run as a script)
 from stabkit import monitor  # noqa: E402
 from stabkit.train.loop import pick_device  # noqa: E402
 
 
-def profile_path(cfg: dict, steps: int, warmup: int, top: int = 15, trace: Path | None = None) -> tuple[dict, str]:
-    """(summary per step, table of the ``top`` operators) of ``steps`` steps of one run of ``cfg``."""
+def profile_path(cfg: dict, steps: int, warmup: int, top: int = 15, trace: Path | None = None,
+                 stacked: int = 0) -> tuple[dict, str]:
+    """(summary per step, table of the ``top`` operators) of ``steps`` steps of one run of ``cfg``, or
+    of ``stacked`` runs stacked in one network (a step then trains all of them)."""
     device = cfg["device"]
     cuda = device.startswith("cuda")
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     with monitor.watch() as mon:
-        step = interleaved_steps(cfg, 1, _bench_data(device), mon)
+        data = _bench_data(device)
+        step = stacked_steps(cfg, stacked, data) if stacked else interleaved_steps(cfg, 1, data, mon)
         for _ in range(warmup):
             step()
         sync()
@@ -75,6 +81,7 @@ def main(argv=None) -> int:
     ap.add_argument("--top", type=int, default=15)
     ap.add_argument("--out", default=None)
     ap.add_argument("--trace", action="store_true", help="also write a Chrome trace per path into --out")
+    ap.add_argument("--stacked", type=int, default=6, help="also profile R runs stacked in one network (0: not)")
     args = ap.parse_args(argv)
     device = pick_device(args.device)
     preset, method, d = args.config.split(":")
@@ -86,13 +93,16 @@ def main(argv=None) -> int:
     name = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
     lines = [f"profile of {args.steps} steps after {args.warmup} warm-up steps, {args.config} (float32 ZCA), width "
              f"{args.width:g}, batch {args.batch}, on {device} ({name}), torch {torch.__version__}", "",
-             "| path | host ms / step | GPU-busy ms / step | busy fraction | kernels / step | host syncs / step |",
-             "|---|---|---|---|---|---|"]
+             "| path | runs per step | host ms / step | GPU-busy ms / step | busy fraction | kernels / step | host syncs / step |",
+             "|---|---|---|---|---|---|---|"]
     tables = []
-    for label, cfg in (("today", base), ("fast", dict(base, fast=True))):
-        trace = out / f"trace_{label}.json" if out is not None and args.trace else None
-        s, table = profile_path(cfg, args.steps, args.warmup, args.top, trace)
-        lines.append(f"| {label} | {s['host_ms']:.2f} | {s['gpu_busy_ms']:.2f} | {s['busy_frac']:.2f} | "
+    paths = [("today", base, 0), ("fast", dict(base, fast=True), 0)]
+    if args.stacked:
+        paths.append((f"fast, stacked {args.stacked}", dict(base, fast=True), args.stacked))
+    for label, cfg, stacked in paths:
+        trace = out / f"trace_{label.replace(', ', '_').replace(' ', '')}.json" if out is not None and args.trace else None
+        s, table = profile_path(cfg, args.steps, args.warmup, args.top, trace, stacked)
+        lines.append(f"| {label} | {stacked or 1} | {s['host_ms']:.2f} | {s['gpu_busy_ms']:.2f} | {s['busy_frac']:.2f} | "
                      f"{s['kernels']:.0f} | {s['syncs']:.1f} |")
         tables.append(f"\n### {label}: top {args.top} operators\n\n```\n{table}\n```")
         print(f"  {label}: {s['host_ms']:.2f} ms/step", file=sys.stderr, flush=True)

@@ -13,7 +13,8 @@
 #   at most BENCH_S (120) seconds
 #   → OUTDIR/bench_fast.md and OUTDIR/bench_fast.json (the survival phase sizes its runs from it).
 # profile: benchmarks/profile_train_step.py --device cuda: GPU-busy ms, kernels and host syncs per step and
-#   the top operators, today's loop and the fast path (≈ 1 min) → OUTDIR/profile_train_step.md.
+#   the top operators, today's loop, the fast path and 6 runs stacked in one network (≈ 1–2 min)
+#   → OUTDIR/profile_train_step.md.
 # fastcheck: the same short-protocol cells on the plain and the fast path, failure counts compared by
 #   Fisher's exact test (python -m stabkit.train.fastcheck) → OUTDIR/fastcheck.{md,json}.
 # survival: WHOLE runs of studies/zca-cifar10-survival.toml (or $SURVIVAL_STUDY): asks

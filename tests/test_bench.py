@@ -165,18 +165,20 @@ def test_bench_methods_reports_every_backward_call_to_progress():
 
 
 def test_profile_train_step_reports_both_paths_and_their_top_operators(tmp_path):
-    """The next GPU window's first question (where a step's GPU time goes), on a CPU: both paths
-    profiled, one summary row each, operator tables that name the convolutions, the file written."""
+    """The next GPU window's first question (where a step's GPU time goes), on a CPU: both paths and
+    the stacked one profiled, one summary row each, operator tables that name the convolutions, the
+    file written."""
     args = ["--device", "cpu", "--config", "paper:analytic:4", "--width", "0.125", "--batch", "8", "--steps", "2",
-            "--warmup", "1", "--top", "4", "--out", str(tmp_path)]
+            "--warmup", "1", "--top", "4", "--stacked", "2", "--out", str(tmp_path)]
     run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "profile_train_step.py"), *args], capture_output=True,
                          text=True, timeout=300)
     assert run.returncode == 0, run.stderr
-    rows = {line.split("|")[1].strip(): [float(v) for v in line.split("|")[2:7]]
+    rows = {line.split("|")[1].strip(): [float(v) for v in line.split("|")[2:8]]
             for line in run.stdout.splitlines() if line.startswith("| today") or line.startswith("| fast")}
-    assert set(rows) == {"today", "fast"}
-    assert all(r[0] > 0 and r[1:] == [0, 0, 0, 0] for r in rows.values())  # host ms; a CPU has no kernels or syncs
+    assert set(rows) == {"today", "fast", "fast, stacked 2"}
+    assert [r[0] for r in rows.values()] == [1, 1, 2]  # runs per step
+    assert all(r[1] > 0 and r[2:] == [0, 0, 0, 0] for r in rows.values())  # host ms; a CPU has no kernels or syncs
     tables = run.stdout.split("### ")[1:]
-    assert [t.split(":")[0] for t in tables] == ["today", "fast"]
+    assert [t.split(":")[0] for t in tables] == ["today", "fast", "fast, stacked 2"]
     assert all("conv" in t for t in tables)
     assert (tmp_path / "profile_train_step.md").read_text().strip() == run.stdout.strip()
