@@ -13,8 +13,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 RUNS = 3
 
 
-def _models(preset):
-    cfg = loop.resolve_config({"preset": preset, "method": "analytic", "d": 4, "width": 0.125, "dtype": "float64",
+def _models(preset, method="analytic"):
+    cfg = loop.resolve_config({"preset": preset, "method": method, "d": 4, "width": 0.125, "dtype": "float64",
                                "device": "cpu"})
     models = []
     for seed in range(RUNS):
@@ -28,9 +28,10 @@ def _sgd(params, cfg):
     return torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
 
 
+@pytest.mark.parametrize("method", ["analytic", "pi-forward", "pi"])  # the power iterations keep or drop pairs per matrix
 @pytest.mark.parametrize("preset", ["stabkit", "paper"])
-def test_stacked_runs_train_exactly_as_separate_runs(preset):
-    cfg, models = _models(preset)
+def test_stacked_runs_train_exactly_as_separate_runs(preset, method):
+    cfg, models = _models(preset, method)
     net = stacked.stack(models)  # a copy: the separate models train on below
     g = torch.Generator().manual_seed(7)
     xs = [torch.randn(8, 3, 32, 32, generator=g, dtype=torch.float64) for _ in range(RUNS)]
