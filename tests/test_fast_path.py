@@ -125,7 +125,7 @@ def test_a_run_stops_at_an_epoch_end_before_its_deadline(synthetic, monkeypatch,
 
     from stabkit.train import loop
 
-    cfg = {**SMALL, "method": "taylor", "fast": fast, "epochs": 2.0, "eval_every": 1, "seed": 5}
+    cfg = {**SMALL, "method": "taylor", "fast": fast, "epochs": 2.0, "eval_every": 1, "seed": 5, "limit_images": 128}
     free = train_run(cfg, data=synthetic)
     monkeypatch.setenv("STABKIT_RUN_DEADLINE", str(time.time() + 3600))
     far = train_run(cfg, data=synthetic)
@@ -142,7 +142,7 @@ def test_a_run_stops_at_an_epoch_end_before_its_deadline(synthetic, monkeypatch,
     cut = train_run(cfg, data=synthetic)
     with pytest.raises(loop.RunNotStarted, match="passed before the run started"):
         train_run(cfg, data=synthetic)  # the clock is past the deadline now
-    per_epoch = 256 // 32
+    per_epoch = 128 // 32
     assert free["steps_done"] == far["steps_done"] == 2 * per_epoch and not free["deadline_stop"] and not far["deadline_stop"]
     assert far["final_loss"] == free["final_loss"] and far["test_error"] == free["test_error"]
     assert cut["deadline_stop"] and cut["steps_done"] == per_epoch and cut["censored_at_epochs"] == 1.0
