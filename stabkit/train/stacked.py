@@ -1,9 +1,9 @@
 """R independent ResNet-18 runs as one network, side by side in its channels (issue 12's throughput).
 
-One training step of a CIFAR ResNet-18 at batch 128 launches about a thousand small kernels; on a
-large GPU their number, not their arithmetic, sets the pace, and several processes only take turns
-on the device (the first H200 window: no gain past 3 processes). Stacking R runs gives each kernel
-R times the work. Every run still sees only its own weights, images and gradients:
+One training step of a CIFAR ResNet-18 at batch 128 launches many small kernels; on a large GPU
+their number rather than their arithmetic may set the pace, and several processes only take turns
+on the device (the first H200 window: no gain past 3 processes; the cause is not yet measured).
+Stacking R runs gives each kernel R times the work. Every run still sees only its own weights, images and gradients:
 
 - a convolution with ``groups = R`` maps run r's input channels to run r's output channels only;
 - BatchNorm's statistics are per channel, and the ZCA layer's groups of d channels lie inside one
