@@ -16,9 +16,9 @@ run: the real loop (``stabkit.train.loop``: device augmentation, checks, monitor
 random CIFAR-shaped data, ``--fast-config`` (default the survival study's ``paper`` preset, SVD =
 ``analytic`` d = 16, float32); rows for one process, ``--concurrency`` K processes of either path,
 ``--interleave`` K runs interleaved step by step in one process (fast path), ``--stacked R`` R runs
-stacked side by side in one network (fast path, ``stabkit.train.stacked``: grouped convolutions, one
-kernel for all R runs; per-run losses, gradient norms and correct counts kept on the device as the
-loop keeps them, without the loop's monitor; not yet a training loop), and ``--compile MODE``
+stacked side by side in one network (fast path, the stacked training loop ``stabkit.train.stacked_loop``:
+grouped convolutions, one kernel and one eigendecomposition call for all R runs, each run's own data,
+checks and monitor records), and ``--compile MODE``
 (fast path + torch.compile of the trunk; compile time excluded, reported apart). Each row: summed
 steps/s over all runs and its ratio to today's path in one process. ``--skip-methods`` skips the
 per-method table; ``--json PATH`` writes the rows (the GPU session script sizes its runs from it).
@@ -265,47 +265,26 @@ def _timed(one_round, runs: int, seconds: float, device: str, barrier=None) -> t
 
 
 def stacked_steps(cfg: dict, runs: int, data):
-    """A function that trains one step of ``runs`` runs of ``cfg`` stacked into one network
-    (:func:`stabkit.train.stacked.stack` of the loop's own models): one augmented batch per run, the
-    runs' losses, gradient norms and correct counts kept on the device. A stack whose
-    eigendecomposition raises (a run's NaN on random data) is rebuilt with fresh seeds."""
-    from stabkit.errors import EigensolverError
-    from stabkit.train import stacked
-    from stabkit.train.batches import augment, normalize
+    """A function that trains one step of ``runs`` runs of ``cfg`` stacked into one network: the
+    training loop's own stacked step (:mod:`stabkit.train.stacked_loop`: the runs' own batches,
+    losses, gradient norms, checks and monitor records). When runs stop (e.g. at a NaN loss on random
+    data), the stack is rebuilt with fresh seeds."""
+    from stabkit.train import stacked_loop
 
     seeds, state = iter(range(10**6)), {}
-    train_x, train_y = data["train"]
-    layout = torch.channels_last if cfg.get("fast") else torch.contiguous_format
 
     def build():
-        own = [loop._Run(dict(cfg, seed=next(seeds)), data) for _ in range(runs)]
-        rc = own[0].cfg
-        net = stacked.stack([r.model for r in own]).to(memory_format=layout)
-        state.update(net=net, params=list(net.parameters()), std=rc["input_std"], batch=int(rc["batch_size"]),
-                     opt=torch.optim.SGD(net.parameters(), lr=rc["lr"], momentum=rc["momentum"], weight_decay=rc["weight_decay"]),
-                     gen=own[0].gen, autocast=own[0]._autocast)
+        state["group"] = stacked_loop._Stack([loop._Run(dict(cfg, seed=next(seeds)), data) for _ in range(runs)])
 
     def one_step():
-        s = state
-        b = s["batch"]
-        idx = torch.randint(len(train_x), (runs, b), generator=s["gen"], device=train_x.device)
-        x = normalize(augment(train_x[idx.flatten()], s["gen"]), s["std"])  # (R·B, 3, 32, 32), run-major
-        x = x.reshape(runs, b, *x.shape[1:]).transpose(0, 1).reshape(b, runs * x.shape[1], *x.shape[2:])
-        x = x.contiguous(memory_format=layout)
-        y = train_y[idx].T  # (B, R)
-        try:
-            with s["autocast"]():
-                logits = s["net"](x)
-            losses = stacked.run_losses(logits.float(), y)
-            s["opt"].zero_grad(set_to_none=True)
-            losses.sum().backward()
-        except EigensolverError:
+        group = state["group"]
+        if len(group.runs) < runs:
             build()
-            return
-        gnorms = torch.stack([stacked.run_slices(p.grad, runs).norm(dim=1) for p in s["params"]]).norm(dim=0)
-        correct = (logits.detach().argmax(2) == y).sum(0)
-        s["opt"].step()
-        s["last"] = (losses.detach(), gnorms, correct)
+            group = state["group"]
+        group.step()
+        for run in group.runs:
+            if len(run.mon._rows) > 256:
+                del run.mon._rows[:-1]  # keep the bench's memory flat
 
     build()
     return one_step

@@ -8,7 +8,8 @@ data, as ``bench_train_step.py --fast-path``), after warm-up steps. Prints Markd
 * per path, the ``--top`` operators by self device time (self CPU time on a CPU).
 
 ``--stacked R`` (default 6; 0: none) adds the fast path with R runs stacked in one network
-(``bench_train_step.stacked_steps``, ``stabkit.train.stacked``): one of its steps trains all R runs.
+(``bench_train_step.stacked_steps``: the stacked training loop, ``stabkit.train.stacked_loop``): one of
+its steps trains all R runs.
 
 Why: in the first H200 window (benchmarks/results/2026-12-04-h200-27291dc) the steps/s summed over
 3, 6 or 12 processes stayed at today's 46–48 and the fast path's 97–98, as if each step held the GPU
@@ -22,6 +23,7 @@ Why: in the first H200 window (benchmarks/results/2026-12-04-h200-27291dc) the s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -44,7 +46,8 @@ def profile_path(cfg: dict, steps: int, warmup: int, top: int = 15, trace: Path 
     device = cfg["device"]
     cuda = device.startswith("cuda")
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    with monitor.watch() as mon:
+    # a stacked step watches its runs itself (a SplitMonitor); one run needs the process's watch
+    with (contextlib.nullcontext() if stacked else monitor.watch()) as mon:
         data = _bench_data(device)
         step = stacked_steps(cfg, stacked, data) if stacked else interleaved_steps(cfg, 1, data, mon)
         for _ in range(warmup):

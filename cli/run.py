@@ -26,6 +26,9 @@ def run_command(
     max_cells: Optional[int] = typer.Option(None, "--max-cells", help="Compute at most N of the cells still to do "
                                             "(grid order); the others resume on a later run. 0 computes "
                                             "nothing: it checks the study and says how many cells are left."),
+    stack: int = typer.Option(1, "--stack", help="Train up to R consecutive runs of one training cell (seeds "
+                                                "apart) at once, stacked in one network by one process "
+                                                "(study kinds that can; stabkit.train.stacked_loop). Default 1: one run each."),
     force: bool = typer.Option(False, "--force", help="Run even when a certified truth is estimated to take long "
                                                       "(a grid whose truth cannot fit in memory is always refused)."),
 ):
@@ -44,6 +47,8 @@ def run_command(
         command.append(f"--out={out}")
     if reuse_stale or recompute_stale:
         command.append("--reuse-stale" if reuse_stale else "--recompute-stale")
+    if stack != 1:
+        command.append(f"--stack={stack}")
     if force:
         command.append("--force")
     if max_cells is not None:
@@ -54,7 +59,7 @@ def run_command(
         table = runner.run_study(study, overrides, jobs=jobs, scheduler=scheduler, out_root=out,
                                  progress=not no_progress, command=shlex.join(command),
                                  stale="reuse" if reuse_stale else "recompute" if recompute_stale else "refuse",
-                                 max_cells=max_cells, force=force)
+                                 max_cells=max_cells, force=force, stack=stack)
     except KeyboardInterrupt:
         print(f"interrupted: finished cells are kept; run `{resume}` again to resume", file=sys.stderr)
         raise typer.Exit(code=130) from None

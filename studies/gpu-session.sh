@@ -35,6 +35,9 @@
 #   A fallback horizon E is a grid of its own (cell ids carry the horizon, and `stabkit report` shows the
 #   grid of the last run): in later windows pin it, SURVIVAL_SET="--set epochs=E" without FIT_HORIZON,
 #   so that the runs of every window accumulate in one grid instead of re-running the same seeds.
+#   STACK=R: R runs at a time stacked in one network by one process (`stabkit run --jobs 1 --stack R`,
+#   stabkit.train.stacked_loop; the plan from the bench's `fast, stacked` rows); only consecutive
+#   cells of one method × d stack, so give the seed blocks that size too (SURVIVAL_SET="--set seed_block=R").
 # zca-cifar10, zca-cifar10-long, zca-cifar10-paper: `stabkit run studies/<phase>.toml --jobs $JOBS`
 #   (default 8), stopped with SIGINT when SECONDS run out (finished cells are kept in
 #   reports/<phase>/cells); the chunk that finishes the grid writes the report.
@@ -54,7 +57,7 @@
 # Environment: STABKIT_CIFAR10 (the archive; default ../shared/data/cifar10-jpeg.tar.gz),
 # STABKIT_GIT_COMMIT (the commit the copy was made from; required in a copy without .git, in every
 # command: the device runs each command in a fresh shell), RESUME_FROM,
-# JOBS (default 8; survival and bench-fast: 6), PYTHON (default python3).
+# JOBS (default 8; survival and bench-fast: 6), STACK (survival), PYTHON (default python3).
 set -u
 out=${1:?usage: bash studies/gpu-session.sh OUTDIR SECONDS PHASE...}
 budget=${2:?usage: bash studies/gpu-session.sh OUTDIR SECONDS PHASE...}
@@ -92,7 +95,11 @@ PY
 
 survival() {
     local study=${SURVIVAL_STUDY:-studies/zca-cifar10-survival.toml} jobs=${JOBS:-6} bench=${BENCH_JSON:-$out/bench_fast.json}
-    local margin=30 n rc
+    local margin=30 n rc stacking=() procs=${JOBS:-6}
+    if [[ -n ${STACK:-} ]] && (( STACK > 1 )); then
+        # STACK runs stacked in one process: waves of STACK runs, planned from the bench's stacked rows
+        jobs=$STACK procs=1 stacking=(--stack "$STACK")
+    fi
     while :; do
         local avail=$(( $(left) - margin ))
         (( avail > 0 )) || break
@@ -100,14 +107,14 @@ survival() {
         local horizon=()
         [[ ${SURVIVAL_SET:-} =~ epochs=([0-9.]+) ]] && horizon=(--epochs "${BASH_REMATCH[1]}")
         if [[ -n ${RUN_S:-} ]]; then
-            n=$("$py" -m stabkit.train.session "$study" --seconds "$avail" --jobs "$jobs" --run-s "$RUN_S") || return 2
+            n=$("$py" -m stabkit.train.session "$study" --seconds "$avail" --jobs "$jobs" --run-s "$RUN_S" ${stacking[@]+"${stacking[@]}"}) || return 2
         else
-            n=$("$py" -m stabkit.train.session "$study" --seconds "$avail" --jobs "$jobs" --bench "$bench" ${horizon[@]+"${horizon[@]}"}) || return 2
+            n=$("$py" -m stabkit.train.session "$study" --seconds "$avail" --jobs "$jobs" --bench "$bench" ${horizon[@]+"${horizon[@]}"} ${stacking[@]+"${stacking[@]}"}) || return 2
         fi
         if (( n == 0 )) && [[ -n ${FIT_HORIZON:-} && -z ${RUN_S:-} && ${SURVIVAL_SET:-} != *epochs=* ]]; then
             # the study's horizon does not fit one wave: the longest whole-epoch horizon that does
             local e
-            e=$("$py" -m stabkit.train.session "$study" --seconds "$avail" --jobs "$jobs" --bench "$bench" --fit-epochs) || return 2
+            e=$("$py" -m stabkit.train.session "$study" --seconds "$avail" --jobs "$jobs" --bench "$bench" --fit-epochs ${stacking[@]+"${stacking[@]}"}) || return 2
             if (( e > 0 )); then
                 SURVIVAL_SET="${SURVIVAL_SET:-} --set epochs=$e"
                 echo "gpu-session: survival: the study's horizon does not fit; running $e epoch(s) instead"
@@ -123,7 +130,7 @@ survival() {
         # back as shorter censored runs instead of being killed with nothing written
         # shellcheck disable=SC2086  # SURVIVAL_SET is a list of arguments
         STABKIT_RUN_DEADLINE=$(( $(date +%s) + avail - 60 )) \
-        timeout -s INT -k 60 "$avail" "$py" -m stabkit run "$study" --jobs "$jobs" --max-cells "$n" --no-progress --reuse-stale ${SURVIVAL_SET:-}
+        timeout -s INT -k 60 "$avail" "$py" -m stabkit run "$study" --jobs "$procs" ${stacking[@]+"${stacking[@]}"} --max-cells "$n" --no-progress --reuse-stale ${SURVIVAL_SET:-}
         rc=$?
         echo "gpu-session: survival chunk of $n run(s) exited with $rc"
         save_state  # this wave's runs come back even if a later one is killed at the device's limit

@@ -30,6 +30,19 @@ def one_torch_thread():
 
 
 @pytest.fixture()
+def float64():
+    """Networks and the training loop's arrays in float64 (torch's default dtype inside the test):
+    runs computed two ways then agree to the rounding of sums taken in another order, so any mix-up
+    of runs, steps or data shows."""
+    import torch
+
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(before)
+
+
+@pytest.fixture()
 def exact_ties(monkeypatch):
     """Training runs whose ZCA layer sees all its eigenvalues tie exactly, on any LAPACK, and meets them
     with a nonzero eigenvector gradient: the layer's covariance Σ + εI is replaced by 0·Σ + εI, a

@@ -387,9 +387,9 @@ def test_the_default_job_count_stays_inline_for_cheap_cells_and_pools_long_ones(
     monkeypatch.setattr(_workers, "WORKER_STARTUP_SECONDS", 0.0)
     pools = []
 
-    def fake_pool(kind, todo, jobs, on_done):
-        pools.append((len(todo), jobs))
-        for cell in todo:
+    def fake_pool(kind, units, jobs, on_done):
+        pools.append((len(units), jobs))
+        for (cell,) in units:
             on_done(cell, *_workers._execute(kind, cell))
 
     monkeypatch.setattr(_workers, "_run_pool", fake_pool)

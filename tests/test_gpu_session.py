@@ -105,6 +105,20 @@ def test_survival_chunks_until_the_grid_is_done_and_saves_its_state(tmp_path, ti
     assert len(_saved_cells(tmp_path / "out" / "state.tar.gz")) == 2
 
 
+def test_stacked_waves_train_a_cell_s_seeds_in_one_network(tmp_path, tiny_batches):
+    """STACK=2: each wave is one process training the 2 seeds of a cell stacked (`--stack 2`), planned
+    as waves of 2 runs."""
+    root = _checkout(tmp_path, tiny_batches, seeds=2)
+    rc, log = _session(root, tmp_path / "out", 1400, RUN_S="1000", STACK="2")
+    assert rc == 0, log
+    assert log.count("survival chunk of 2 run(s) exited with 0") == log.count("survival chunk of") == 2, log
+    rows = [c["rows"][0] for c in _cells(root)]
+    assert sorted((r["spec"], r["seed"], r["stacked_runs"]) for r in rows) == [
+        ("analytic", 1000, 2), ("analytic", 1001, 2), ("taylor", 1000, 2), ("taylor", 1001, 2)]
+    assert all(r["steps_done"] == r["steps_total"] == 4 for r in rows), rows
+    assert json.loads((root / "reports" / STUDY / "run.json").read_text())["stack"] == 2
+
+
 def test_a_wave_s_runs_come_back_when_a_later_wave_is_killed(tmp_path, tiny_batches):
     # the device kills a command at its limit with SIGKILL, which skips the EXIT trap: the state
     # must already hold every finished wave when the next one starts. A wave of 2 runs in 2 worker

@@ -92,6 +92,12 @@ def test_tiny_study_end_to_end(tmp_path):
     assert f"by `stabkit report tiny` at commit `{provenance.git_commit(tmp_path)}` |" in rebuilt
 
 
+def test_stack_below_one_exits_2_naming_it(tmp_path):
+    result = CliRunner().invoke(app, ["run", str(TINY), "--out", str(tmp_path), "--jobs", "1", "--stack", "0"])
+    assert result.exit_code == 2 and "--stack must be ≥ 1, got 0" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "tiny").exists()  # refused before any work
+
+
 def test_kill_9_midway_then_resume_gives_the_uninterrupted_table(tmp_path):
     # sizes and seed used by no other test: the killed run meets a cold truth cache, so its cells
     # take long enough (~0.1 s each) for the kill to land midway

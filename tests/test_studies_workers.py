@@ -47,3 +47,28 @@ def test_a_cell_that_raises_reports_type_message_and_where(monkeypatch):
     rows, error, sources = _workers._execute("gradient_accuracy", {"cell_id": "x"})
     assert rows == [] and sources == _store.sources_hash()
     assert error.startswith("RuntimeError: boom (at test_studies_workers.py:") and error.endswith("in broken)")
+
+
+def test_units_group_consecutive_cells_of_one_stack_key_up_to_the_stack_size():
+    """``--stack R``: runs of consecutive cells that the kind can train at once (same ``stack_key``),
+    at most R each, in the todo order; a kind without ``stack_key`` (or R = 1) keeps one cell per unit."""
+    from stabkit.studies import zca_cifar10_survival as surv
+
+    grid = {"cells": [["taylor", 16], ["analytic", 8]], "seeds": 5, "seed_block": 5}
+    todo = surv.cells(grid)
+    ids = lambda units: [[c["seed"] for c in u] for u in units]  # noqa: E731
+    units = _workers._units("zca_cifar10_survival", todo, 2)
+    assert ids(units) == [[1000, 1001], [1002, 1003], [1004], [1000, 1001], [1002, 1003], [1004]]
+    assert [u[0]["spec"] for u in units] == ["taylor"] * 3 + ["analytic"] * 3
+    assert ids(_workers._units("zca_cifar10_survival", todo, 1)) == [[c["seed"]] for c in todo]
+    assert ids(_workers._units("zca_cifar10_survival", todo[1:4] + todo[6:8], 6)) == [[1001, 1002, 1003], [1001, 1002]]
+    cells = [{"cell_id": str(i)} for i in range(3)]
+    assert _workers._units("gradient_accuracy", cells, 4) == [[c] for c in cells]
+
+
+def test_a_unit_that_raises_fails_each_of_its_cells(monkeypatch):
+    from stabkit.studies import zca_cifar10_survival as surv
+
+    monkeypatch.setattr(surv, "run_cells", lambda cells: (_ for _ in ()).throw(RuntimeError("stack broke")))
+    results = _workers._execute_unit("zca_cifar10_survival", [{"cell_id": "a"}, {"cell_id": "b"}])
+    assert [(rows, error.split(" (at")[0]) for rows, error, _ in results] == [([], "RuntimeError: stack broke")] * 2

@@ -1,5 +1,6 @@
 """Study kind zca_cifar10_survival: the study file's order and seeds, the runner keeping that order, and
-the report's numbers from constructed run records (train_run replaced by a fake in these tests only)."""
+the report's numbers from constructed run records (train_run replaced by a fake in these tests); runs
+stacked by ``--stack`` (real tiny runs) give the records of runs one by one."""
 
 import json
 import math
@@ -284,3 +285,34 @@ def test_an_interval_is_not_rounded_onto_0_or_100_percent():
     assert tables._pct((lo, 0.32)) == "[0.2, 32]"
     assert tables._pct((0.0, 1.0)) == "[0, 100]" and tables._pct((0.004, 0.998)) == "[0.4, 99.8]"
     assert tables._pct((0.006, 0.994)) == "[1, 99]"
+
+
+def test_stacked_seeds_give_the_rows_of_runs_one_by_one(tmp_path, tiny_batches, float64):
+    """``run_study(stack=2)``: the two seeds of each cell train at once, stacked in one network, and
+    store the rows that one run per seed stores (float64: to rounding), with ``stacked_runs`` 2."""
+    config = {"study": {"name": "surv-stack", "kind": "zca_cifar10_survival"},
+              "grid": {"cells": [["taylor", 4], ["analytic", 4]], "seeds": 2, "seed_block": 2, "epochs": 1.0,
+                       "width": 0.125, "batch_size": 16, "landmarks": [1.0], "device": "cpu",
+                       "data": str(tiny_batches), "dtypes": ["float64"]}}
+    alone = runner.run_study(config, jobs=1, out_root=tmp_path / "alone", progress=False)
+    stacked = runner.run_study(config, jobs=1, out_root=tmp_path / "stacked", progress=False, stack=2)
+    assert json.loads((tmp_path / "stacked" / "surv-stack" / "run.json").read_text())["stack"] == 2
+    assert alone["stacked_runs"].tolist() == [1] * 4 and stacked["stacked_runs"].tolist() == [2] * 4
+    assert alone["steps_done"].tolist() == [5] * 4  # 80 images, batch 16
+    skip = {"wall_s", "train_s", "stacked_runs", "seconds"}
+    for col in alone.columns:
+        if col in skip:
+            continue
+        a, b = alone[col].tolist(), stacked[col].tolist()
+        if col == "epoch_log":
+            a, b = [json.loads(x) for x in a], [json.loads(x) for x in b]
+            a = [{k: v for e in log for k, v in e.items()} for log in a]  # one epoch each
+            b = [{k: v for e in log for k, v in e.items()} for log in b]
+            for x, y in zip(a, b):
+                assert x.keys() == y.keys()
+                for k in x:
+                    assert x[k] == pytest.approx(y[k], rel=1e-9, nan_ok=True) if isinstance(x[k], float) else x[k] == y[k], k
+        elif pd.api.types.is_float_dtype(alone[col]):
+            np.testing.assert_allclose(a, b, rtol=1e-9, err_msg=col)
+        else:
+            assert a == b, col

@@ -38,6 +38,12 @@ def test_bench_estimate():
     # plain path, only one process measured: the total rate is assumed not to grow with processes
     assert session.bench_run_s(bench, 6, 39_100, 0, fast=False, overhead_s=0) == pytest.approx(39_100 / (50 / 6) * 1.2)
     assert session.bench_run_s({"rows": []}, 6, 100, 0, fast=True) is None
+    # six runs stacked in one process: the stacked row of 6 runs (not the 6-process row), 40 steps/s each;
+    # twelve stacked: only 6 measured, so the total is assumed not to grow
+    stacked = {"rows": [*bench["rows"], {"path": "fast, stacked", "runs": 6, "processes": 1, "steps_per_s": 240.0}]}
+    assert session.bench_run_s(stacked, 6, 4_000, 0, fast=True, overhead_s=0, stacked=True) == pytest.approx(100 * 1.2)
+    assert session.bench_run_s(stacked, 12, 4_000, 0, fast=True, overhead_s=0, stacked=True) == pytest.approx(200 * 1.2)
+    assert session.bench_run_s(bench, 6, 100, 0, fast=True, stacked=True) is None
     # 100 evaluations of 10 000 test images (plus the final one), a forward = a third of a step of 128
     assert session.eval_steps({"preset": "paper", "epochs": 100}, 39_100) == pytest.approx(101 * 10_000 / 128 / 3)
 
@@ -217,3 +223,16 @@ def test_fit_epochs_from_the_bench(tmp_path):
     run_s, how = session.estimate(study, 6, bench, reports=tmp_path)
     assert run_s == pytest.approx(((39_100 + 10_000 / 128 / 3) / 100 + 60) * 1.2) and "bench" in how
     assert session.plan(540, 6, run_s) == 0  # the full horizon does not fit: the script falls back to 99 epochs
+
+
+def test_finished_runs_plan_only_runs_stacked_the_same_way(tmp_path):
+    """A run trained alone and runs trained 3 at a time take different wall times: the plan for
+    ``--stack 3`` reads only the latter (records without ``stacked_runs`` ran alone)."""
+    rows = [{"steps_total": 100, "steps_done": 100, "wall_s": 50.0},
+            {"steps_total": 100, "steps_done": 100, "wall_s": 90.0, "stacked_runs": 3},
+            {"steps_total": 100, "steps_done": 40, "wall_s": 200.0, "stacked_runs": 3}]  # stopped early
+    for i, row in enumerate(rows):
+        (tmp_path / f"{i}.json").write_text(json.dumps({"rows": [row]}))
+    assert session.observed_run_s(tmp_path, 100) == pytest.approx(50 * 1.1)
+    assert session.observed_run_s(tmp_path, 100, stack=3) == pytest.approx(90 * 1.1)
+    assert session.observed_run_s(tmp_path, 100, stack=6) is None

@@ -67,9 +67,9 @@ def test_stacked_runs_train_exactly_as_separate_runs(preset, method):
 
 
 def test_one_runs_nan_weights_fail_the_whole_stack_s_eigendecomposition():
-    """The limit of stacking today: the ZCA layer's eigendecomposition is batched over every run's
-    groups, so one run's non-finite covariance makes it raise for all (a training loop would first
-    have to mask that run's groups)."""
+    """The ZCA layer's eigendecomposition is batched over every run's groups, so one run's non-finite
+    covariance makes it raise for all (the training loop then runs that step run by run:
+    tests/test_train_stacked_loop.py)."""
     _, models = _models("stabkit")
     net = stacked.stack(models)
     with torch.no_grad():
@@ -91,39 +91,21 @@ def test_only_known_layers_are_stacked():
         stacked.stack([torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3, groups=2)) for _ in range(2)])
 
 
-@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
-def test_a_retired_run_stays_zero_and_the_others_train_as_separate_runs(layout):
-    """Run 1's weights go NaN (its eigendecomposition would fail the stack); once retired, the stack
-    trains on and runs 0 and 2 match their separate networks step by step — also in the fast path's
-    channels_last layout, where a flattened run slice is a copy and writing must go through a view."""
-    cfg, models = _models("stabkit")
-    net = stacked.stack(models).to(memory_format=layout)
-    g = torch.Generator().manual_seed(3)
-    xs = [torch.randn(8, 3, 32, 32, generator=g, dtype=torch.float64) for _ in range(RUNS)]
-    ys = [torch.randint(0, 10, (8,), generator=g) for _ in range(RUNS)]
-    opts = [_sgd(m.parameters(), cfg) for m in models]
-    opt = _sgd(net.parameters(), cfg)
-    for step in range(3):
-        if step == 1:  # after a step with momentum: its buffers must be cleared too
-            with torch.no_grad():
-                stacked.run_block(net.conv1.weight, RUNS, 1).fill_(float("nan"))
-            assert not torch.isfinite(net.conv1.weight).all()
-            stacked.retire(net, 1, RUNS, opt)
-        separate = []
-        for r in (0, 2):
-            opts[r].zero_grad()
-            loss = F.cross_entropy(models[r](xs[r]), ys[r])
-            loss.backward()
-            opts[r].step()
-            separate.append(loss.detach())
-        opt.zero_grad()
-        losses = stacked.run_losses(net(stacked.stacked_input(xs).contiguous(memory_format=layout)), torch.stack(ys, 1))
-        losses.sum().backward()
-        opt.step()
-        torch.testing.assert_close(losses.detach()[[0, 2]], torch.stack(separate), rtol=1e-11, atol=0)
-    for name, p in net.named_parameters():
-        rows = stacked.run_slices(p.detach(), RUNS)
-        assert not rows[1].any(), name  # retired: zero, and kept zero by the masked gradient
-        for r in (0, 2):
-            torch.testing.assert_close(rows[r], dict(models[r].named_parameters())[name].detach().flatten(),
-                                       rtol=1e-9, atol=1e-12, msg=name)
+def test_each_stacked_run_gets_its_own_full_covariance_product():
+    """``covariance = "full"`` with R runs stacked: R products over each run's own channels, whose
+    diagonal blocks are those of each run's layer alone (and no product over R·C channels)."""
+    from stabkit.train.zca import block_covariance
+
+    g = torch.Generator().manual_seed(0)
+    runs, groups, d = 3, 4, 4
+    xg = torch.randn(runs * groups, d, 50, generator=g, dtype=torch.float64)
+    mean, xc, cov = block_covariance(xg, 1e-4, runs)
+    for r in range(runs):
+        own = slice(r * groups, (r + 1) * groups)
+        m, c, v = block_covariance(xg[own], 1e-4)
+        x = xg[own].reshape(groups * d, 50)  # the blocks, computed here from their definition
+        want = ((x - x.mean(1, keepdim=True)) @ (x - x.mean(1, keepdim=True)).T / 50).reshape(groups, d, groups, d)
+        want = torch.stack([want[k, :, k, :] for k in range(groups)]) + 1e-4 * torch.eye(d, dtype=torch.float64)
+        torch.testing.assert_close(v, want, rtol=1e-12, atol=1e-15)
+        torch.testing.assert_close(cov[own], v, rtol=1e-13, atol=1e-16)
+        assert torch.equal(mean[own], m) and torch.equal(xc[own], c)

@@ -54,6 +54,11 @@ backward rebuilds from A (``torch.ops.aten``) is neither logged nor swapped. A f
 DataLoader worker) drops the monitors it inherited, so it never writes into its parent's log;
 under ``stabkit watch`` it starts its own (``eig-rank{R}-pid{PID}.csv``, :mod:`.process`).
 
+**Stacked runs.** ``watching(mon)`` lets an existing :class:`Monitor` record inside a block (no
+log of its own); a :class:`SplitMonitor` splits each call's batch into R equal slices, one per run
+of R runs stacked in one network (``stabkit.train.stacked_loop``), and logs slice r into run r's
+own Monitor, as if that run had made the call alone.
+
 Callers that imported the function object before ``watch`` (``from torch.linalg import eigh``) are
 not intercepted by ``watch``; ``stabkit watch`` patches before the user's code runs, so they are.
 Code compiled by ``torch.compile`` is neither monitored nor swapped: while Dynamo traces, the
@@ -70,8 +75,8 @@ The package: :mod:`.hooks` (the patching and :func:`watch`), :mod:`.records` (:c
 watched process), :mod:`.report` (``stabkit monitor report``).
 """
 
-from .hooks import watch
+from .hooks import watch, watching
 from .log import COLUMNS, LiveLog, read_log
-from .records import Monitor, summarize
+from .records import Monitor, SplitMonitor, summarize
 
-__all__ = ["COLUMNS", "Monitor", "watch", "summarize", "LiveLog", "read_log"]
+__all__ = ["COLUMNS", "Monitor", "SplitMonitor", "watch", "watching", "summarize", "LiveLog", "read_log"]

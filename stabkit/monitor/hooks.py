@@ -299,6 +299,17 @@ def watch(log_path=None, tensorboard_dir=None, swap_backward: Spec | str | None 
                 raise error
 
 
+@contextlib.contextmanager
+def watching(mon: Monitor):
+    """Let an existing :class:`Monitor` (e.g. a run's own, or a :class:`SplitMonitor`) record the
+    calls of this thread inside the block; no log of its own is opened or closed."""
+    _activate(mon)
+    try:
+        yield mon
+    finally:
+        _deactivate(mon)
+
+
 # --- fork ---------------------------------------------------------------------------------------
 def _after_fork_in_child():
     """A forked child (e.g. a DataLoader worker) drops the monitors it inherited — their rows and

@@ -196,6 +196,12 @@ class Monitor:
                 out["nonfinite"] = bool(out["nonfinite"]) or not math.isfinite(sq)
         return out
 
+    def drop_from(self, step: int) -> None:
+        """Forget the rows of steps ≥ ``step`` that are not yet logged (a step about to be run again)."""
+        with self._lock:
+            while len(self._rows) > self._flushed and self._rows[-1]["step"] >= step:
+                self._rows.pop()
+
     @property
     def records(self) -> pd.DataFrame:
         """Every row so far (with ``keep_records=False``: only those not yet flushed)."""
@@ -246,6 +252,50 @@ class Monitor:
             self.log = None
         return self.log_error
 
+
+
+class SplitMonitor(Monitor):
+    """The monitor of R runs stacked in one network (``stabkit.train.stacked``): each call's batch
+    holds the runs' matrices one run after another, so run r's slice (the r-th of R equal parts of
+    the leading dimension) is logged into ``monitors[r]``, its own :class:`Monitor`, as if that run
+    had made the call alone; gradient norms are split the same way. ``monitors`` may be changed in
+    place (a run leaving the stack). A call whose batch does not split into R parts is logged whole
+    into every run's monitor. ``step()`` advances every run's monitor."""
+
+    def __init__(self, monitors: list[Monitor]):
+        super().__init__()
+        self.monitors = monitors
+
+    def step(self, n: int = 1):
+        for mon in self.monitors:
+            mon.step(n)
+
+    def _parts(self, tensor):
+        runs = len(self.monitors)
+        if tensor is None or tensor.ndim < 2 or tensor.shape[0] % runs:
+            return [tensor] * runs
+        return list(tensor.detach().unflatten(0, (runs, -1)))
+
+    def _log(self, fn, backward, A, lam, outputs):
+        mons = list(self.monitors)
+        lam_parts = self._parts(lam) if A.ndim >= 3 and lam.shape[0] == A.shape[0] else [lam] * len(mons)
+        rows = [mon._log(fn, backward, a, l.detach(), ()) for mon, a, l in zip(mons, self._parts(A), lam_parts)]
+        # a gradient reaches the whole call's outputs and input: split it into the runs' slices
+        for out in outputs:
+            if isinstance(out, torch.Tensor) and out.requires_grad:
+                out.register_hook(lambda g: self._split_grad(g, mons, rows, "_on_grad"))
+        if A.requires_grad and A.grad_fn is not None:
+            A.register_hook(lambda g: self._split_grad(g, mons, rows, "_on_input_grad"))
+        return rows
+
+    def _split_grad(self, g, mons, rows, handler):
+        parts = list(g.unflatten(0, (len(mons), -1))) if g.ndim >= 2 and g.shape[0] % len(mons) == 0 else [g] * len(mons)
+        for mon, part, row in zip(mons, parts, rows):
+            getattr(mon, handler)(part, row)
+
+    def _log_error(self, fn, backward, A, exc: BaseException):
+        for mon, a in zip(list(self.monitors), self._parts(A)):
+            mon._log_error(fn, backward, a, exc)
 
 
 def summarize(df: pd.DataFrame, until_step: int | None = None, gap_threshold: float = 1e-5) -> dict:

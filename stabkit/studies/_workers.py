@@ -75,6 +75,41 @@ def _execute_alone(kind_name: str, cell: dict) -> tuple[list[dict], str | None, 
         return [], _error_text(exc), _store.sources_hash()
 
 
+def _units(kind_name: str, todo: list[dict], stack: int) -> list[list[dict]]:
+    """The cells as units of work: one cell each, or with ``stack`` > 1 and a kind that can train
+    several cells at once (``stack_key(cell)``, not None for such a cell; ``run_cells(cells)``), up to
+    ``stack`` consecutive cells with the same key together (in the todo order: nothing runs earlier)."""
+    key = getattr(kind_module(kind_name), "stack_key", None) if stack > 1 else None
+    units: list[list[dict]] = []
+    for cell in todo:
+        k = key(cell) if key is not None else None
+        if k is not None and units and len(units[-1]) < stack and key(units[-1][0]) == k:
+            units[-1].append(cell)
+        else:
+            units.append([cell])
+    return units
+
+
+def _execute_unit(kind_name: str, unit: list[dict]) -> list[tuple[list[dict], str | None, str]]:
+    """Run a unit (in any process): one (rows, error, sources) per cell; several cells go to the kind's
+    ``run_cells`` at once, and an exception there fails every cell of the unit."""
+    if len(unit) == 1:
+        return [_execute(kind_name, unit[0])]
+    with _ONE_CELL:
+        try:
+            _warm_up(kind_name, unit[0])
+            with _one_thread():
+                per_cell = kind_module(kind_name).run_cells(unit)
+            return [([dict(r) for r in rows], None, _store.sources_hash()) for rows in per_cell]
+        except Exception as exc:  # noqa: BLE001 — a failing unit must not stop the study
+            return [([], _error_text(exc), _store.sources_hash())] * len(unit)
+
+
+def _deliver(unit: list[dict], results, on_done) -> None:
+    for cell, result in zip(unit, results):
+        on_done(cell, *result)
+
+
 @contextlib.contextmanager
 def _one_thread():
     """One torch thread and one BLAS/OpenMP thread for a cell, in whatever process runs it (inline,
@@ -119,7 +154,7 @@ def _worker_init(parent_pid: int | None = None) -> None:
         pass
 
 
-def _run_pool(kind_name, todo, jobs, on_done):
+def _run_pool(kind_name, units, jobs, on_done):
     import multiprocessing
 
     saved = {v: os.environ.get(v) for v in _THREAD_VARS}
@@ -128,15 +163,15 @@ def _run_pool(kind_name, todo, jobs, on_done):
         ctx = multiprocessing.get_context("spawn")
         pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init,
                                    initargs=(os.getpid(),))
-        futures = {pool.submit(_execute, kind_name, cell): cell for cell in todo}
+        futures = {pool.submit(_execute_unit, kind_name, unit): unit for unit in units}
         try:
             for fut in as_completed(futures):
-                cell = futures[fut]
+                unit = futures[fut]
                 try:
-                    rows, error, sources = fut.result()
+                    results = fut.result()
                 except Exception as exc:  # noqa: BLE001 — e.g. a worker died
-                    rows, error, sources = [], f"{type(exc).__name__}: {exc}", None
-                on_done(cell, rows, error, sources)
+                    results = [([], f"{type(exc).__name__}: {exc}", None)] * len(unit)
+                _deliver(unit, results, on_done)
         except BaseException:
             # Ctrl-C or an error here: cells in flight would be lost anyway, so stop the workers now
             # instead of waiting for them; finished cells are already on disk.
@@ -170,32 +205,35 @@ def _free_cores(cores: int) -> float:
 # ----------------------------------------------------------------------------- inline, or inline then a pool
 
 
-def run_local(kind_name, todo, jobs, on_done, auto: bool = False) -> int:
+def run_local(kind_name, todo, jobs, on_done, auto: bool = False, stack: int = 1) -> int:
     """Run ``todo`` inline (jobs = 1) or on a pool of ``jobs`` spawned processes; return the most
     processes used. ``auto`` (the default job count): start inline, and move the rest to a pool only
     once the measured cell time (first cell excluded: it pays imports and warm-up) says that the
     pool, on the cores other work leaves free, saves more than twice the workers' start-up — so the
-    default is never much slower than ``--jobs 1`` on a small study or a loaded machine."""
-    if jobs <= 1 or not todo:
-        for cell in todo:
-            on_done(cell, *_execute(kind_name, cell))
+    default is never much slower than ``--jobs 1`` on a small study or a loaded machine. ``stack``:
+    up to that many cells trained at once by one process (:func:`_units`)."""
+    units = _units(kind_name, todo, stack)
+    jobs = min(jobs, len(units))
+    if jobs <= 1 or not units:
+        for unit in units:
+            _deliver(unit, _execute_unit(kind_name, unit), on_done)
         return 1
     if not auto:
-        _run_pool(kind_name, todo, jobs, on_done)
+        _run_pool(kind_name, units, jobs, on_done)
         return jobs
-    return _run_inline_then_pool(kind_name, todo, jobs, on_done)
+    return _run_inline_then_pool(kind_name, units, jobs, on_done)
 
 
-def _run_inline_then_pool(kind_name, todo, jobs, on_done) -> int:
+def _run_inline_then_pool(kind_name, units, jobs, on_done) -> int:
     spent, first = 0.0, 0.0
-    for i, cell in enumerate(todo):
-        rest = len(todo) - i
+    for i, unit in enumerate(units):
+        rest = len(units) - i
         workers = min(jobs, rest)
         if workers >= 2 and _pool_pays(_cell_seconds(i, spent, first), workers, rest):
-            _run_pool(kind_name, todo[i:], workers, on_done)
+            _run_pool(kind_name, units[i:], workers, on_done)
             return workers
         t0 = time.perf_counter()
-        on_done(cell, *_execute(kind_name, cell))
+        _deliver(unit, _execute_unit(kind_name, unit), on_done)
         if i:
             spent += time.perf_counter() - t0
         else:
@@ -238,22 +276,23 @@ def dask_client(address: str):
         raise ValueError(f"cannot connect to the Dask scheduler at {address}: {exc}") from None
 
 
-def run_dask(kind_name, todo, client, on_done):
-    """Run ``todo`` on the cluster behind ``client`` (closed at the end)."""
+def run_dask(kind_name, todo, client, on_done, stack: int = 1):
+    """Run ``todo`` on the cluster behind ``client`` (closed at the end), in units of up to ``stack`` cells."""
     from distributed import as_completed as dask_completed
 
     try:
         futures = {}
-        for cell in todo:
-            key = "stabkit-cell-" + hashlib.sha256(f"{kind_name}|{cell['cell_id']}".encode()).hexdigest()[:24]
-            futures[client.submit(_execute, kind_name, cell, key=key, pure=False)] = cell
+        for unit in _units(kind_name, todo, stack):
+            ids = "|".join(c["cell_id"] for c in unit)
+            key = "stabkit-cell-" + hashlib.sha256(f"{kind_name}|{ids}".encode()).hexdigest()[:24]
+            futures[client.submit(_execute_unit, kind_name, unit, key=key, pure=False)] = unit
         for fut in dask_completed(list(futures)):
-            cell = futures[fut]
+            unit = futures[fut]
             try:
-                rows, error, sources = fut.result()
+                results = fut.result()
             except Exception as exc:  # noqa: BLE001 — a worker lost, a pickling error, ...
-                rows, error, sources = [], f"{type(exc).__name__}: {exc}", None
-            on_done(cell, rows, error, sources)
+                results = [([], f"{type(exc).__name__}: {exc}", None)] * len(unit)
+            _deliver(unit, results, on_done)
             fut.release()
     finally:
         client.close()

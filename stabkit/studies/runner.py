@@ -93,7 +93,8 @@ def _check_directories(path: Path) -> None:
 
 def run_study(path_or_config, overrides: dict | None = None, jobs: int | None = None, scheduler: str | None = None,
               out_root=Path("reports"), progress: bool = True, command: str | None = None,
-              stale: str = "refuse", log=_stderr, max_cells: int | None = None, force: bool = False) -> pd.DataFrame:
+              stale: str = "refuse", log=_stderr, max_cells: int | None = None, force: bool = False,
+              stack: int = 1) -> pd.DataFrame:
     """Run (or resume) a study; return the consolidated table, written to results.parquet/csv.
 
     ``jobs``: local worker processes (None = up to all cores, a pool started only when the cells
@@ -106,7 +107,9 @@ def run_study(path_or_config, overrides: dict | None = None, jobs: int | None = 
     ``max_cells``: compute at most this many of the cells still to do, in the grid's order (a
     time-boxed chunk of whole runs; the rest resume later; ``table.attrs["cells_left"]`` counts them).
     ``force``: run a grid whose certified truths are estimated to take long (one that cannot fit in
-    memory is always refused).
+    memory is always refused). ``stack``: up to that many consecutive cells that the kind can train
+    at once (``stack_key``/``run_cells``, e.g. the survival study's seeds of one cell, stacked in one
+    network) go to one process together; the cells and their records are the same as one by one.
     """
     if stale not in STALE_POLICIES:
         raise ValueError(f"stale must be one of {', '.join(STALE_POLICIES)}, got {stale!r}")
@@ -116,7 +119,9 @@ def run_study(path_or_config, overrides: dict | None = None, jobs: int | None = 
     jobs = (os.cpu_count() or 1) if jobs is None else int(jobs)
     if jobs < 1:
         raise ValueError(f"--jobs must be ≥ 1, got {jobs}")
-    run = _Run(study, grid, cells, Path(out_root), command or argv_command(), jobs, scheduler)
+    if int(stack) < 1:
+        raise ValueError(f"--stack must be ≥ 1, got {stack}")
+    run = _Run(study, grid, cells, Path(out_root), command or argv_command(), jobs, scheduler, int(stack))
     run.client = dask_client(scheduler) if scheduler else None  # fail before any work if unreachable
     _check_directories(run.cells_dir)
     lock = _StudyLock(run.cells_dir, study["name"])
@@ -143,9 +148,9 @@ class _Run:
     """One run of a study, once its directory is locked: what is done, what to do, the run record."""
 
     def __init__(self, study: dict, grid: dict, cells: list[dict], out_root: Path, command: str, jobs: int,
-                 scheduler: str | None):
+                 scheduler: str | None, stack: int = 1):
         self.study, self.grid, self.cells, self.out_root = study, grid, cells, out_root
-        self.command, self.jobs, self.scheduler, self.client = command, jobs, scheduler, None
+        self.command, self.jobs, self.scheduler, self.client, self.stack = command, jobs, scheduler, None, stack
         self.out_dir = out_root / study["name"]
         self.cells_dir = self.out_dir / "cells"
         self.done: dict[str, dict] = {}
@@ -206,12 +211,14 @@ class _Run:
         self.record.start_heartbeat()
         try:
             with self.bar:
+                if self.stack > 1:
+                    self.record.meta["stack"] = self.stack
                 if self.client is not None:
-                    run_dask(kind_name, todo, self.client, self.on_done)
+                    run_dask(kind_name, todo, self.client, self.on_done, stack=self.stack)
                     self.record.meta["workers"] = "dask"
                 elif todo:
                     self.record.meta["workers"] = run_local(kind_name, todo, min(self.jobs, len(todo)), self.on_done,
-                                                            auto=auto_jobs)
+                                                            auto=auto_jobs, stack=self.stack)
         except BaseException as exc:
             self.record.stop_heartbeat()
             status = "interrupted"

@@ -1,4 +1,5 @@
-"""Real training: ZCA-whitened ResNet-18 on CIFAR-10 (``zca``, ``resnet``, ``loop``, ``preset``).
+"""Real training: ZCA-whitened ResNet-18 on CIFAR-10 (``zca``, ``resnet``, ``loop``, ``preset``; R runs at
+once stacked in one network: ``stacked``, ``stacked_loop``).
 
 The names below load on first use, so the GPU session's planner (``python -m stabkit.train.session``)
 starts without importing torch.
@@ -10,7 +11,7 @@ import importlib
 
 #: public name → the submodule that defines it (imported on first access)
 _FROM = {
-    "DEFAULTS": "loop", "OUTCOMES": "loop", "train_many": "loop", "train_run": "loop",
+    "DEFAULTS": "loop", "OUTCOMES": "loop", "train_many": "loop", "train_run": "loop", "train_stacked": "stacked_loop",
     "PRESETS": "preset", "Preset": "preset", "ZCAConfig": "preset", "get_preset": "preset",
     "ResNet18": "resnet", "ZCAWhitening": "zca",
 }

@@ -28,7 +28,7 @@ def device_data(path, device: str):
 
 def normalize(x_uint8: torch.Tensor, std=cifar.STD) -> torch.Tensor:
     mean, std = _channel_constants(tuple(cifar.MEAN), tuple(std), x_uint8.device)
-    return (x_uint8.float() / 255 - mean) / std
+    return (x_uint8.to(torch.get_default_dtype()) / 255 - mean) / std  # float32, unless a test sets float64
 
 
 @functools.lru_cache(maxsize=8)

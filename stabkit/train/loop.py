@@ -70,7 +70,9 @@ first ZCA layer: ``lam_max_over_eps`` (λ_max of Σ + εI over ε, from the laye
 (same results as one after another). Several runs at once on one GPU in separate processes: run the
 study through ``stabkit run … --jobs K`` — K worker processes, each with its own CUDA context, data
 copy (184 MB of uint8) and monitor. Threads in one process are not used: the monitor patches
-process-global functions (interleaved runs share one patch and keep separate records).
+process-global functions (interleaved runs share one patch and keep separate records). Runs of one
+configuration, seeds apart, can also train stacked in one network, one kernel for all of them:
+``stabkit.train.stacked_loop`` (same records, built on this module's ``_Run``).
 
 Time box: when ``STABKIT_RUN_DEADLINE`` (Unix seconds; set by ``studies/gpu-session.sh`` for a wave of
 runs) is set, a run stops at the end of an epoch when the next epoch, at 1.25 × the last one's wall
@@ -214,13 +216,18 @@ class _Run:
             self.active = False
             self._on_exception(exc)
             return
+        self._after_step()
+
+    def _after_step(self, wrong_predictions=None) -> None:
+        """A step is done: the checks every ``check_every`` steps, the test pass at an epoch's end
+        (``wrong_predictions()``: its device scalar, by default this run's own model's), the deadline."""
         self.done += 1
         if self.done % self.check_every == 0 or self.done == self.total:
             self._check()
         if self.active and (self.done % self.per_epoch == 0 or self.done == self.total):
             epoch = -(-self.done // self.per_epoch)
             if self.done == self.total or (self.eval_every > 0 and epoch % self.eval_every == 0):
-                self.evals[epoch] = self._wrong_predictions()
+                self.evals[epoch] = (wrong_predictions or self._wrong_predictions)()
             if self.deadline is not None and self.done < self.total:
                 self._stop_before_the_deadline()
         if self.done == self.total:
@@ -233,19 +240,27 @@ class _Run:
         if now + 1.25 * epoch_s > self.deadline:
             self.active, self.deadline_stop = False, True
 
-    def _train_step(self, step: int) -> None:
-        cfg, model, per_epoch, batch = self.cfg, self.model, self.per_epoch, self.batch
+    def lr_at(self, step: int) -> float:
+        return self.cfg["lr"] * self.cfg["gamma"] ** sum(step >= m for m in self.milestones)
+
+    def batch_at(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step ``step``'s augmented, normalised images and labels, drawn from this run's generator
+        (a new permutation at each epoch's start)."""
+        per_epoch, batch = self.per_epoch, self.batch
         if step % per_epoch == 0:
             self.perm = torch.randperm(len(self.train_x), generator=self.gen, device=self.device)
-        lr = cfg["lr"] * cfg["gamma"] ** sum(step >= m for m in self.milestones)
-        for group in self.opt.param_groups:
-            group["lr"] = lr
         idx = self.perm[(step % per_epoch) * batch:(step % per_epoch + 1) * batch]
         # augment's gather leaves the batch channels_last-strided: the plain path makes it NCHW (the
         # layout of today's loop, and the one torch's CPU convolutions handle at every width)
         x = normalize(augment(self.train_x[idx], self.gen), self.std)
-        x = x.contiguous(memory_format=torch.channels_last if self.fast else torch.contiguous_format)
-        y = self.train_y[idx]
+        return x.contiguous(memory_format=torch.channels_last if self.fast else torch.contiguous_format), self.train_y[idx]
+
+    def _train_step(self, step: int) -> None:
+        model = self.model
+        lr = self.lr_at(step)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        x, y = self.batch_at(step)
         with self._autocast():
             logits = model(x)
             loss = F.cross_entropy(logits, y)
@@ -256,7 +271,7 @@ class _Run:
         self.losses[step], self.gnorms[step] = loss.detach(), gnorm
         self.correct[step] = (logits.detach().argmax(1) == y).sum()
         if self.spec is not None:
-            self.lam_max[step] = model.norm1.last_lam_max
+            self.lam_max[step] = model.norm1.last_lam.amax()
         self.opt.step()
         self.conv1_norms[step] = torch.linalg.vector_norm(model.conv1.weight.detach())
         self.mon.step()

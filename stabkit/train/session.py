@@ -22,7 +22,9 @@ prints the number of runs to start (0: none fits) and, on stderr, how it was est
 ``--fit-epochs`` it prints the most epochs (≤ the study's) one wave can finish — the fallback
 horizon when the study's does not fit (``FIT_HORIZON=1`` in the session script: ``--set epochs=E``;
 each run records its horizon, and a survival analysis censors it there); ``--epochs E`` plans runs
-of that horizon (the script's later waves, once it fell back).
+of that horizon (the script's later waves, once it fell back); ``--stack R`` plans waves of R runs
+stacked in one process (``--jobs R``; the bench's ``fast, stacked`` rows, or finished runs that were
+stacked R at a time).
 """
 
 from __future__ import annotations
@@ -61,8 +63,9 @@ def eval_steps(grid: dict, steps: int) -> float:
     return evals * test / batch / 3
 
 
-def observed_run_s(cells_dir: Path, steps: int) -> float | None:
-    """Longest wall time of the study's finished full-horizon runs of ``steps`` steps, or None."""
+def observed_run_s(cells_dir: Path, steps: int, stack: int = 1) -> float | None:
+    """Longest wall time of the study's finished full-horizon runs of ``steps`` steps, trained
+    ``stack`` at a time (``stacked_runs``; 1 for a run alone), or None."""
     walls = []
     for path in sorted(Path(cells_dir).glob("*.json")) if Path(cells_dir).is_dir() else []:
         try:
@@ -70,20 +73,25 @@ def observed_run_s(cells_dir: Path, steps: int) -> float | None:
         except (OSError, ValueError):
             continue
         for row in record.get("rows") or []:
-            if row.get("steps_total") == steps and row.get("steps_done") == steps and isinstance(row.get("wall_s"), (int, float)):
+            if (row.get("steps_total") == steps and row.get("steps_done") == steps and isinstance(row.get("wall_s"), (int, float))
+                    and (row.get("stacked_runs") or 1) == stack):
                 walls.append(float(row["wall_s"]))
     return max(walls) * 1.1 if walls else None
 
 
-def bench_run_s(bench: dict, jobs: int, steps: int, extra_steps: float, fast: bool, overhead_s: float = 60.0) -> float | None:
-    """Seconds of one run when ``jobs`` run at once, from the bench's rows (None if no row fits)."""
-    path = "fast" if fast else "today"
+def bench_run_s(bench: dict, jobs: int, steps: int, extra_steps: float, fast: bool, overhead_s: float = 60.0,
+                stacked: bool = False) -> float | None:
+    """Seconds of one run when ``jobs`` run at once, from the bench's rows (None if no row fits):
+    ``jobs`` processes, or with ``stacked`` ``jobs`` runs stacked in one process (the fast path's
+    ``fast, stacked`` rows)."""
+    path = "fast, stacked" if stacked else "fast" if fast else "today"
+    width = "runs" if stacked else "processes"  # what grows with jobs
     rows = [r for r in bench.get("rows", []) if r.get("path") == path and r.get("steps_per_s", 0) > 0]
     if not rows:
         return None
-    row = min(rows, key=lambda r: (abs(r["processes"] - jobs), -r["processes"]))
+    row = min(rows, key=lambda r: (abs(r[width] - jobs), -r[width]))
     per_run_rate = row["steps_per_s"] / row["runs"]
-    if row["processes"] < jobs:  # fewer processes measured than planned: assume no further gain in total
+    if row[width] < jobs:  # fewer measured than planned: assume no further gain in total
         per_run_rate = row["steps_per_s"] / jobs
     return ((steps + extra_steps) / per_run_rate + overhead_s) * 1.2
 
@@ -96,33 +104,35 @@ def plan(seconds: float, jobs: int, run_s: float) -> int:
 
 
 def estimate(study_path, jobs: int, bench_path=None, reports="reports", overhead_s: float = 60.0,
-             epochs: float | None = None) -> tuple[float | None, str]:
+             epochs: float | None = None, stack: int = 1) -> tuple[float | None, str]:
     """(seconds per run, how it was estimated) for the study at ``study_path`` (``epochs``: in place
-    of the grid's)."""
+    of the grid's); ``stack`` > 1: ``jobs`` = ``stack`` runs stacked in one process (``stabkit run --stack``)."""
     study = tomllib.loads(Path(study_path).read_text())
     grid, name = dict(study.get("grid", {})), study["study"]["name"]
     if epochs is not None:
         grid["epochs"] = epochs
     steps = planned_steps(grid)
-    seen = observed_run_s(Path(reports) / name / "cells", steps)
+    seen = observed_run_s(Path(reports) / name / "cells", steps, stack)
     if seen is not None:
         return seen, f"{steps} steps per run; longest finished full-horizon run of {name} × 1.1 = {seen:.0f} s"
     if bench_path and Path(bench_path).is_file():
         bench = json.loads(Path(bench_path).read_text())
-        run_s = bench_run_s(bench, jobs, steps, eval_steps(grid, steps), bool(grid.get("fast", False)), overhead_s)
+        run_s = bench_run_s(bench, jobs, steps, eval_steps(grid, steps), bool(grid.get("fast", False)), overhead_s, stack > 1)
         if run_s is not None:
-            return run_s, f"{steps} steps per run at {jobs} concurrent runs, from the bench {bench_path}: {run_s:.0f} s"
+            how = f"{jobs} runs stacked in one process" if stack > 1 else f"{jobs} concurrent runs"
+            return run_s, f"{steps} steps per run at {how}, from the bench {bench_path}: {run_s:.0f} s"
     return None, f"{steps} steps per run: no finished run and no bench row to estimate the time of one"
 
 
-def fit_epochs(study_path, seconds: float, jobs: int, bench_path=None, reports="reports", overhead_s: float = 60.0) -> int:
+def fit_epochs(study_path, seconds: float, jobs: int, bench_path=None, reports="reports", overhead_s: float = 60.0,
+               stack: int = 1) -> int:
     """The largest whole number of epochs (≤ the grid's) for which one wave of ``jobs`` runs fits in
     ``seconds`` (0: not even one epoch) — the fallback horizon when the study's does not fit."""
     grid = tomllib.loads(Path(study_path).read_text()).get("grid", {})
     lo, hi = 0, int(float(grid.get("epochs") or 1))
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        run_s, _ = estimate(study_path, jobs, bench_path, reports, overhead_s, epochs=mid)
+        run_s, _ = estimate(study_path, jobs, bench_path, reports, overhead_s, epochs=mid, stack=stack)
         if run_s is not None and plan(seconds, jobs, run_s) >= jobs:
             lo = mid
         else:
@@ -142,17 +152,19 @@ def main(argv=None) -> int:
     ap.add_argument("--fit-epochs", action="store_true", help="print instead the most epochs one wave can finish")
     ap.add_argument("--epochs", type=float, default=None, help="plan runs of this horizon instead of the study's "
                     "(what `--set epochs=E` gives the runs)")
+    ap.add_argument("--stack", type=int, default=1, help="runs stacked in one process (`stabkit run --stack R`): "
+                    "plan waves of R stacked runs (--jobs is then R) from the bench's `fast, stacked` rows")
     args = ap.parse_args(argv)
     try:
         if args.fit_epochs:
-            e = fit_epochs(args.study, args.seconds, args.jobs, args.bench, args.reports, args.overhead_s)
+            e = fit_epochs(args.study, args.seconds, args.jobs, args.bench, args.reports, args.overhead_s, args.stack)
             print(f"session plan: one wave of {args.jobs} runs fits {e} epoch(s) in {args.seconds:.0f} s", file=sys.stderr)
             print(e)
             return 0
         if args.run_s is not None:
             run_s, how = args.run_s, f"{args.run_s:.0f} s per run (given)"
         else:
-            run_s, how = estimate(args.study, args.jobs, args.bench, args.reports, args.overhead_s, args.epochs)
+            run_s, how = estimate(args.study, args.jobs, args.bench, args.reports, args.overhead_s, args.epochs, args.stack)
         if run_s is None:
             print(f"session plan: {how}; start none", file=sys.stderr)
             print(0)

@@ -10,16 +10,15 @@ Stacking R runs gives each kernel R times the work. Every run still sees only it
   run's block (d divides the run's channel count), so no statistic mixes runs;
 - the classifier is one weight matrix per run (:class:`StackedLinear`);
 - the loss is the sum of the runs' own losses, so each run's parameters get exactly the gradient
-  of their own loss, and SGD (momentum, weight decay) acts elementwise.
+  of their own loss, and SGD (momentum, weight decay) acts elementwise;
+- under ``covariance = "full"`` (the authors' C × C product) each run gets its own product
+  (``ZCAWhitening.runs``), as its separate layer computes it.
 
 Every stacked parameter holds the runs' blocks one after another along its first dimension, so
-``p.reshape(R, -1)[r]`` is run r's parameter, flattened. The ZCA layer's eigendecomposition is
-batched over all runs' groups, so one run's non-finite weights make it raise for every run:
-:func:`retire` sets such a run aside (all its parameters, statistics and momentum zero, its
-gradients masked), after which the others train on unchanged. Only the bench uses this today
-(``benchmarks/bench_train_step.py --stacked R``): whether it is worth a training loop is what the
-next GPU window measures. Not handled: ``covariance = "full"`` computes its C × C product over all
-R runs' channels (the diagonal blocks it keeps are still each run's own, at R² the arithmetic).
+``p.reshape(R, -1)[r]`` is run r's parameter, flattened (:func:`run_slices`; :func:`run_block` for a
+view to write to). The ZCA layer's eigendecomposition is batched over all runs' groups, so one run's
+non-finite weights make it raise for every run: the training loop (:mod:`stabkit.train.stacked_loop`)
+then runs that step again run by run and stacks the other runs again without the failed one.
 """
 
 from __future__ import annotations
@@ -76,6 +75,7 @@ def _stack_zca(layers: list[ZCAWhitening]) -> ZCAWhitening:
     out = ZCAWhitening(len(layers) * z.num_features, d=z.d, momentum=z.momentum, dtype=_DTYPE_NAMES[z.compute_dtype],
                        affine=z.weight is not None, config=z.config).to(z.running_mean.device, z.running_mean.dtype)
     out.forward_calls = z.forward_calls
+    out.runs = len(layers) * z.runs  # each run's own covariance product under covariance = "full"
     with torch.no_grad():
         for name in ("weight", "bias", "running_mean", "running_whitening"):
             if getattr(z, name) is not None:
@@ -140,25 +140,3 @@ def run_slices(tensor: torch.Tensor, runs: int) -> torch.Tensor:
 def run_block(tensor: torch.Tensor, runs: int, run: int) -> torch.Tensor:
     """Run ``run``'s block of a stacked tensor, as a view in any memory layout (to write to)."""
     return tensor.unflatten(0, (runs, -1))[run]
-
-
-def _masked(grad: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    runs = mask.numel()
-    return (grad.unflatten(0, (runs, -1)) * mask.view(runs, *[1] * grad.dim())).flatten(0, 1)
-
-
-def retire(net: nn.Module, run: int, runs: int, optimizer: torch.optim.Optimizer | None = None) -> None:
-    """Set run ``run`` aside for good: its parameters, running statistics and momentum become zero and
-    its gradients are masked, so it stays zero (its covariance is then εI, which the batched
-    eigendecomposition takes) and never again touches the other runs' numbers."""
-    with torch.no_grad():
-        for tensor in [*net.parameters(), *(b for b in net.buffers() if b.is_floating_point())]:
-            run_block(tensor, runs, run).zero_()
-        for p in net.parameters():
-            buf = optimizer.state.get(p, {}).get("momentum_buffer") if optimizer is not None else None
-            if buf is not None:
-                run_block(buf, runs, run).zero_()
-            if getattr(p, "_stacked_mask", None) is None:
-                p._stacked_mask = torch.ones(runs, dtype=p.dtype, device=p.device)
-                p.register_hook(lambda g, p=p: _masked(g, p._stacked_mask))
-            p._stacked_mask[run] = 0

@@ -55,15 +55,19 @@ def group_covariance(xg: torch.Tensor, eps: float, symmetrize: bool = True):
     return mean, xc, ((cov + cov.transpose(1, 2)) / 2 if symmetrize else cov)
 
 
-def block_covariance(xg: torch.Tensor, eps: float):
+def block_covariance(xg: torch.Tensor, eps: float, runs: int = 1):
     """As :func:`group_covariance`, the authors' way: one C×C product X Xᵀ/m + εI over all C = G·d
-    channels, then its G diagonal d×d blocks; not symmetrised."""
+    channels, then its G diagonal d×d blocks; not symmetrised. ``runs`` > 1 (R runs stacked in one
+    layer, ``stabkit.train.stacked``): the groups are R runs' G/R groups one after another, and each
+    run gets its own product over its own channels, as its separate layer would."""
     G, d, m = xg.shape
-    x = xg.reshape(G * d, m)
+    g, C = G // runs, G // runs * d
+    x = xg.reshape(runs, C, m)
     mean = x.mean(-1, keepdim=True)
     xc = x - mean
-    full = xc @ xc.T / m + eps * torch.eye(G * d, dtype=x.dtype, device=x.device)
-    blocks = torch.diagonal(full.reshape(G, d, G, d), dim1=0, dim2=2).permute(2, 0, 1)
+    gram = (xc[0] @ xc[0].T)[None] if runs == 1 else xc @ xc.transpose(1, 2)
+    full = gram / m + eps * torch.eye(C, dtype=x.dtype, device=x.device)
+    blocks = torch.diagonal(full.reshape(runs, g, d, g, d), dim1=1, dim2=3).permute(0, 3, 1, 2).reshape(G, d, d)
     return mean.reshape(G, d, 1), xc.reshape(G, d, m), blocks
 
 
@@ -164,7 +168,8 @@ class ZCAWhitening(nn.Module):
         self.method, self.params = self.spec.name, self.spec.params
         self.eps, self.momentum, self.compute_dtype = float(config.eps), float(momentum), DTYPES[dtype]
         self.forward_calls = 0
-        self.last_lam_max = None
+        self.runs = 1  # R > 1: R runs stacked in this layer (stabkit.train.stacked), groups run by run
+        self.last_lam = None
         if affine:
             self.weight = nn.Parameter(torch.ones(num_features))
             if config.weight_init == "uniform":
@@ -197,14 +202,14 @@ class ZCAWhitening(nn.Module):
         if self.training:
             cfg = self.config
             if cfg.covariance == "full":
-                mean, xc, cov = block_covariance(xg, self.eps)
+                mean, xc, cov = block_covariance(xg, self.eps, self.runs)
                 cov = (cov + cov.transpose(1, 2)) / 2 if cfg.symmetrize else cov
             else:
                 mean, xc, cov = group_covariance(xg, self.eps, cfg.symmetrize)
             spec = _with_seed(self.spec, self.forward_calls) if cfg.fresh_starts and "seed" in self.params else self.spec
             self.forward_calls += 1
             lam, U, kept = eigh_kept(cov, spec)
-            self.last_lam_max = lam.detach().amax()  # λ_max of Σ + εI (the loop's per-epoch diagnostics)
+            self.last_lam = lam.detach()  # the λ of Σ + εI (G, d): the loop's per-epoch λ_max
             whitening = whitening_matrix(lam, U, cfg, kept)
             with torch.no_grad():
                 m = self.momentum

@@ -176,21 +176,44 @@ def cells(grid: dict) -> list[dict]:
     return out
 
 
-def run_cell(cell: dict) -> list[dict]:
-    from ...train.loop import train_run
-
+def _config(cell: dict) -> dict:
     spec = methods.spec(cell["spec"])  # the cell's edge: parsed once, the run carries the Spec
-    config = {"preset": cell["preset"], "method": spec, "d": cell["d"], "dtype": cell["dtype"],
-              "norm": "zca", "seed": cell["seed"], "epochs": cell["epochs"], "batch_size": cell["batch_size"],
-              "lr": cell["lr"], "eps": cell["eps"], "width": cell["width"], "device": cell["device"],
-              "limit_images": cell["limit_images"] or None, "limit_test": cell["limit_test"] or None,
-              "data": cell["data"] or None, **cell.get("train_options", {})}
-    result = train_run(config)
+    return {"preset": cell["preset"], "method": spec, "d": cell["d"], "dtype": cell["dtype"],
+            "norm": "zca", "seed": cell["seed"], "epochs": cell["epochs"], "batch_size": cell["batch_size"],
+            "lr": cell["lr"], "eps": cell["eps"], "width": cell["width"], "device": cell["device"],
+            "limit_images": cell["limit_images"] or None, "limit_test": cell["limit_test"] or None,
+            "data": cell["data"] or None, **cell.get("train_options", {})}
+
+
+def _row(cell: dict, result: dict, stacked_runs: int) -> dict:
     result["backward"] = result.get("spec")
     result["spec"] = cell["spec"]
     result["order"] = cell["order"]
     result["horizon_epochs"] = cell["epochs"]
-    return [flatten(survival_fields(result))]
+    result["stacked_runs"] = stacked_runs
+    return flatten(survival_fields(result))
+
+
+def run_cell(cell: dict) -> list[dict]:
+    from ...train.loop import train_run
+
+    return [_row(cell, train_run(_config(cell)), 1)]
+
+
+def stack_key(cell: dict):
+    """Cells that may train at once, stacked in one network (``stabkit run --stack R``): the same run
+    but for its seed — every cell field except ``cell_id`` and ``seed``."""
+    return json.dumps({k: v for k, v in cell.items() if k not in ("cell_id", "seed")}, sort_keys=True, default=str)
+
+
+def run_cells(cells: list[dict]) -> list[list[dict]]:
+    """Cells of one ``stack_key`` trained at once, stacked in one network
+    (:func:`stabkit.train.stacked_loop.train_stacked`); each cell's rows as ``run_cell`` gives them,
+    with ``stacked_runs`` the number of runs it was stacked with."""
+    from ...train.stacked_loop import train_stacked
+
+    results = train_stacked([_config(c) for c in cells])
+    return [[_row(c, r, len(cells))] for c, r in zip(cells, results)]
 
 
 def survival_fields(result: dict) -> dict:
@@ -236,5 +259,6 @@ def _json_number(v):
 from .report import report  # noqa: E402
 from .tables import accuracy_table, km_table, success_table, summary, survivors  # noqa: E402
 
-__all__ = ["GRID_DEFAULTS", "FIRST_CELLS", "REST_CELLS", "validate", "cells", "run_cell", "survival_fields", "flatten",
+__all__ = ["GRID_DEFAULTS", "FIRST_CELLS", "REST_CELLS", "validate", "cells", "run_cell", "stack_key", "run_cells",
+           "survival_fields", "flatten",
            "report", "summary", "success_table", "km_table", "accuracy_table", "survivors"]

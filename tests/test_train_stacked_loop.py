@@ -1,0 +1,161 @@
+"""stabkit.train.stacked_loop: R runs trained stacked in one network give the records of the same
+runs trained separately (float64 throughout, so only the order of sums differs), through test
+passes, a run whose step fails and is replayed alone, runs stopped by their checks, and the
+monitor's records split by run."""
+
+import math
+
+import pytest
+import torch
+
+from stabkit import monitor
+from stabkit.train import stacked_loop
+from stabkit.train.loop import train_many
+from stabkit.train.stacked_loop import train_stacked
+from tests.conftest import SMALL_RUN
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+TIMES = ("wall_s", "train_s")
+
+
+def _same(a, b, where=""):
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            if k not in TIMES:
+                _same(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _same(x, y, f"{where}[{i}]")
+    elif isinstance(a, float) and isinstance(b, float):
+        assert (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, rel=1e-9, abs=1e-12), (where, a, b)
+    else:
+        assert a == b, (where, a, b)
+
+
+def _runs(seeds=(0, 1, 2), **over):
+    return [{**SMALL_RUN, "method": "taylor", "dtype": "float64", "epochs": 2, "limit_images": 64, "eval_every": 1,
+             "seed": s, **over} for s in seeds]
+
+
+@pytest.mark.parametrize("preset", ["stabkit", "paper"])
+def test_stacked_runs_give_the_records_of_separate_runs(synthetic, float64, preset):
+    configs = _runs(preset=preset)
+    alone = train_many(configs, data=synthetic)
+    stacked = train_stacked(configs, data=synthetic)
+    for a, b in zip(alone, stacked):
+        assert a["steps_done"] == 4 and a["outcome"] == "ok" and a["epoch_log"][0]["test_acc"] is not None
+        _same(a, b, f"seed {a['seed']}")
+
+
+@pytest.fixture()
+def poisoned(monkeypatch, synthetic):
+    """Seed 1's batch at step 1 is made of NaN (its run's covariance is then NaN, and the eigensolver
+    of the whole stack raises): the image that its generator puts in that batch is marked (all 255,
+    which no other image is), and augment returns NaN for a batch holding it, under seed 1 only."""
+    from stabkit.train import loop
+
+    x, y = synthetic["train"]
+    order = torch.randperm(64, generator=torch.Generator().manual_seed(1 + 1))  # seed 1's first permutation
+    x = x.clone()
+    x[order[1 * 32]] = 255
+    real = loop.augment
+
+    def augment(batch, gen, *args):
+        out = real(batch, gen, *args)
+        if gen.initial_seed() == 2 and bool((batch.flatten(1) == 255).all(1).any()):
+            return torch.full(out.shape, float("nan"))
+        return out
+
+    monkeypatch.setattr(loop, "augment", augment)
+    return {"train": (x, y), "test": synthetic["test"]}
+
+
+@pytest.mark.parametrize("preset", ["stabkit", "paper"])
+def test_a_run_whose_step_fails_is_replayed_alone_and_the_others_train_on(poisoned, float64, preset, monkeypatch):
+    replays = []
+    real = stacked_loop._Stack.replay
+    monkeypatch.setattr(stacked_loop._Stack, "replay", lambda self, undo: (replays.append(len(self.runs)), real(self, undo)))
+    configs = _runs(preset=preset)
+    alone = train_many(configs, data=poisoned)
+    stacked = train_stacked(configs, data=poisoned)
+    assert [r["outcome"] for r in alone] == ["ok", "eigh-failed", "ok"] and alone[1]["step"] == 1
+    assert replays == [3]  # the step of the NaN batch, run again by the three runs alone
+    for a, b in zip(alone, stacked):
+        _same(a, b, f"seed {a['seed']}")
+
+
+def test_a_step_that_raises_after_its_forward_is_undone_before_the_replay(synthetic, float64, monkeypatch):
+    """The second stacked step raises after its forward, which had moved BatchNorm's and the ZCA
+    layer's running statistics and the ZCA layer's call counter (PI under ``paper`` draws new start
+    vectors from it): undone, and run again by each run alone, the records are the separate runs'."""
+    from stabkit.errors import EigensolverError
+
+    real, calls = stacked_loop.run_losses, []
+
+    def raising_once(logits, targets):
+        calls.append(1)
+        if len(calls) == 2:
+            raise EigensolverError("raised after the forward")
+        return real(logits, targets)
+
+    monkeypatch.setattr(stacked_loop, "run_losses", raising_once)
+    configs = _runs(preset="paper", method="pi-forward")
+    alone = train_many(configs, data=synthetic)
+    stacked = train_stacked(configs, data=synthetic)
+    assert len(calls) == 4  # every step once stacked (the second raised: its replay is the runs' own code)
+    for a, b in zip(alone, stacked):
+        assert a["outcome"] == "ok"
+        _same(a, b, f"seed {a['seed']}")
+
+
+def test_runs_stopped_by_their_checks_leave_the_stack(synthetic, float64, exact_ties):
+    """All eigenvalues tie: the analytic gradient is non-finite at step 0. Checked every step, the runs
+    leave the stack at once; checked every 3rd, they run on, and the next step's eigendecomposition
+    of NaN weights raises (replayed alone, as each separate run meets it)."""
+    for every in (1, 3):
+        configs = _runs(method="analytic", max_steps=6, check_every=every)
+        alone = train_many(configs, data=synthetic)
+        stacked = train_stacked(configs, data=synthetic)
+        assert [(r["outcome"], r["step"]) for r in alone] == [("nonfinite-grad", 0)] * 3
+        for a, b in zip(alone, stacked):
+            _same(a, b, f"seed {a['seed']}, check_every {every}")
+
+
+def test_only_runs_that_differ_in_their_seed_are_stacked():
+    with pytest.raises(ValueError, match="differ only in their seed; these differ: method"):
+        train_stacked([{**SMALL_RUN, "method": "taylor"}, {**SMALL_RUN, "method": "analytic", "seed": 1}])
+    with pytest.raises(ValueError, match="not compiled"):
+        train_stacked([{**SMALL_RUN, "compile": "default"}, {**SMALL_RUN, "compile": "default", "seed": 1}])
+
+
+def test_split_monitor_logs_each_runs_slice_as_its_own_call():
+    """One eigh call on R runs' matrices, watched by a SplitMonitor, leaves in each run's monitor the
+    row a call on that run's matrices alone leaves (gaps, λ_min, input and output gradient norms)."""
+    g = torch.Generator().manual_seed(0)
+    runs, per_run = 3, 4
+    B = torch.randn(runs * per_run, 5, 5, generator=g, dtype=torch.float64)
+    A0 = B @ B.transpose(1, 2)
+    weights = torch.randn(runs * per_run, 5, 5, generator=g, dtype=torch.float64)
+
+    def loss(A, W):
+        lam, U = torch.linalg.eigh(A)
+        return (U * W).square().sum() + lam.sum()
+
+    own = [monitor.Monitor() for _ in range(runs)]
+    with monitor.watching(monitor.SplitMonitor(own)):
+        A = A0.clone().requires_grad_()
+        loss(A * 1.0, weights).backward()
+    for r in range(runs):
+        part = slice(r * per_run, (r + 1) * per_run)
+        with monitor.watch() as alone:
+            A = A0[part].clone().requires_grad_()
+            loss(A * 1.0, weights[part]).backward()
+        want, got = alone.records.iloc[0], own[r].records.iloc[0]
+        assert got["batch"] == per_run
+        for col in ("min_gap", "min_rel_gap", "max_K", "lam_min", "grad_norm", "grad_in_norm"):
+            assert got[col] == pytest.approx(want[col], rel=1e-12), col
+    own[0].drop_from(0)
+    assert own[0].records.empty and len(own[1].records) == 1
