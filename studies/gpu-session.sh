@@ -16,7 +16,8 @@
 #   the top operators, today's loop, the fast path and 6 runs stacked in one network (≈ 1–2 min)
 #   → OUTDIR/profile_train_step.md.
 # fastcheck: the same short-protocol cells on the plain and the fast path, failure counts compared by
-#   Fisher's exact test (python -m stabkit.train.fastcheck) → OUTDIR/fastcheck.{md,json}.
+#   Fisher's exact test (python -m stabkit.train.fastcheck) → OUTDIR/fastcheck.{md,json}; with STACK=R
+#   the fast runs train R seeds at a time stacked in one network (--stacked R).
 # survival: WHOLE runs of studies/zca-cifar10-survival.toml (or $SURVIVAL_STUDY): asks
 #   `python -m stabkit.train.session` how many runs fit in the time left (JOBS at once; time per run
 #   from the study's finished runs, else from OUTDIR/bench_fast.json or $BENCH_JSON, else $RUN_S),
@@ -170,7 +171,7 @@ for phase in "$@"; do
             timeout -s INT -k 10 "$(( $(left) - 5 ))" "$py" benchmarks/profile_train_step.py --device cuda --out "$out"
             echo "gpu-session: profile exited with $?" ;;
         fastcheck)
-            timeout -s INT -k 20 "$(( $(left) - 10 ))" "$py" -m stabkit.train.fastcheck --out "$out" --jobs "${JOBS:-8}" --device cuda
+            timeout -s INT -k 20 "$(( $(left) - 10 ))" "$py" -m stabkit.train.fastcheck --out "$out" --jobs "${JOBS:-8}" --device cuda ${STACK:+--stacked "$STACK"}
             echo "gpu-session: fastcheck exited with $?" ;;
         survival)
             survival ;;

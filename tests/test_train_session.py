@@ -236,3 +236,33 @@ def test_finished_runs_plan_only_runs_stacked_the_same_way(tmp_path):
     assert session.observed_run_s(tmp_path, 100) == pytest.approx(50 * 1.1)
     assert session.observed_run_s(tmp_path, 100, stack=3) == pytest.approx(90 * 1.1)
     assert session.observed_run_s(tmp_path, 100, stack=6) is None
+
+
+def test_fastcheck_stacked_units_keep_whole_seed_blocks():
+    """--stacked 2: blocks of 2 seeds; per cell the plain runs one by one, then the fast runs as one unit."""
+    todo = fastcheck.configs(cells=[("paper", "SVD", 16), ("stabkit", "SVD-Taylor", 8)], seeds=3, device="cpu")
+    got = [[(c["method"], c["seed"], c["fast"]) for c in u] for u in fastcheck.units(todo, 2)]
+    assert got == [[("analytic", 0, False)], [("analytic", 1, False)], [("analytic", 0, True), ("analytic", 1, True)],
+                   [("taylor", 0, False)], [("taylor", 1, False)], [("taylor", 0, True), ("taylor", 1, True)],
+                   [("analytic", 2, False)], [("analytic", 2, True)], [("taylor", 2, False)], [("taylor", 2, True)]]
+    assert fastcheck.units(todo, 1) == [[c] for c in todo]
+    assert sorted(map(str, (c for u in fastcheck.units(todo, 2) for c in u))) == sorted(map(str, todo))
+
+
+def test_fastcheck_stacked_runs_the_fast_path_stacked(tmp_path, monkeypatch, capsys, synthetic):
+    """A real (tiny) fastcheck with --stacked 2: the fast runs come from the stacked loop, recorded as such."""
+    from stabkit.train import loop
+
+    monkeypatch.setattr(fastcheck, "SHORT", {"max_steps": 2, "limit_images": 64, "limit_test": 16, "epochs": 1.0,
+                                             "width": 0.125, "batch_size": 32})
+    monkeypatch.setattr(fastcheck, "CELLS", [("stabkit", "SVD-Taylor", 4)])
+    monkeypatch.setattr(loop, "device_data", lambda path, device: synthetic)
+    assert fastcheck.main(["--out", str(tmp_path), "--jobs", "1", "--seeds", "2", "--device", "cpu", "--stacked", "2"]) == 0
+    saved = json.loads((tmp_path / "fastcheck.json").read_text())
+    assert sorted((r["seed"], r["fast"], r["stacked_runs"]) for r in saved["runs"]) == [
+        (0, False, 1), (0, True, 2), (1, False, 1), (1, True, 2)]
+    assert saved["fast_runs_by_stack"] == {"2": 2} and saved["whole_seeds"] == [0, 1]
+    assert "2 at a time: 2" in (tmp_path / "fastcheck.md").read_text()
+    with pytest.raises(SystemExit):
+        fastcheck.main(["--out", str(tmp_path), "--stacked", "0"])
+    assert "--stacked must be ≥ 1" in capsys.readouterr().err

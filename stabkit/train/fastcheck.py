@@ -14,7 +14,7 @@ stabkit failure outcome. Default cells: the short protocol of ``studies/zca-cifa
 one-sided (SVD d = 64: 25 %, PI d = 8: 62 %, SVD-Clip d = 16: 62 %, SVD d = 32: 0 %, SVD-Taylor
 d = 8: 100 %), plus the survival study's first cell (paper preset, SVD d = 16).
 
-    python -m stabkit.train.fastcheck --out OUT [--jobs 8] [--seeds 8] [--seed-start 0] [--add EARLIER.json ...] [--device cuda]
+    python -m stabkit.train.fastcheck --out OUT [--jobs 8] [--seeds 8] [--seed-start 0] [--add EARLIER.json ...] [--device cuda] [--stacked R]
 
 writes OUT/fastcheck.json (every run's summary) and OUT/fastcheck.md (the table). A GPU window is
 short, so the evidence accumulates: ``--seed-start`` runs further seeds and ``--add`` pools the runs
@@ -22,7 +22,9 @@ of earlier windows' fastcheck.json files with this window's (the same cell, seed
 Runs go seed by seed (every cell and path of a seed, then the next seed), and fastcheck.json is
 rewritten after each finished run, so a command killed at its limit still leaves what it finished;
 the comparison counts only whole seeds (every cell on both paths), so a cut seed, whose quickly
-failing runs would be over-represented, is left out.
+failing runs would be over-represented, is left out. ``--stacked R``: the fast path's runs train R
+seeds at a time stacked in one network (``stabkit.train.stacked_loop``, what ``stabkit run --stack R``
+does), so the comparison covers that way of training too; each run records ``stacked_runs``.
 """
 
 from __future__ import annotations
@@ -45,13 +47,13 @@ CELLS = [("stabkit", "SVD", 64), ("stabkit", "PI", 8), ("stabkit", "SVD-Clip", 1
 KEEP = ("outcome", "step", "paper_outcome", "nan_loss_step", "steps_done", "test_error", "wall_s", "eig_dtypes", "fast")
 
 
-def configs(cells=CELLS, seeds: int = 8, device: str = "auto", protocol: dict | None = None, seed_start: int = 0) -> list[dict]:
+def configs(cells=None, seeds: int = 8, device: str = "auto", protocol: dict | None = None, seed_start: int = 0) -> list[dict]:
     """Both paths' run configs, plain then fast, seed by seed and within a seed cell by cell (seeds
     ``seed_start``, … ``seed_start + seeds − 1``; ``method``: the registry name of the cell's Table IV
     row, converted to a Spec by ``train_run``)."""
     out = []
     for seed in range(seed_start, seed_start + seeds):
-        for preset, row, d in cells:
+        for preset, row, d in cells or CELLS:
             method = table_iv.method(row).name
             for fast in (False, True):
                 out.append({**(protocol or SHORT), "preset": preset, "method": method, "d": d, "dtype": "float32",
@@ -59,12 +61,43 @@ def configs(cells=CELLS, seeds: int = 8, device: str = "auto", protocol: dict | 
     return out
 
 
+def units(todo: list[dict], stacked: int = 1) -> list[list[dict]]:
+    """The runs in the order they run, as units of work: one run each; with ``stacked`` R > 1 the
+    fast path's runs of a cell train R seeds at a time stacked in one network
+    (:mod:`stabkit.train.stacked_loop`), so the order becomes blocks of R seeds: per cell, the plain
+    runs of the block's seeds one by one, then its fast runs as one unit."""
+    if stacked <= 1:
+        return [[c] for c in todo]
+    seeds = sorted({c["seed"] for c in todo})
+    cell = lambda c: (c["preset"], c["method"], c["d"])  # noqa: E731
+    out = []
+    for b in range(0, len(seeds), stacked):
+        block = set(seeds[b:b + stacked])
+        runs = [c for c in todo if c["seed"] in block]
+        for key in dict.fromkeys(cell(c) for c in runs):
+            mine = [c for c in runs if cell(c) == key]
+            out += [[c] for c in mine if not c["fast"]]
+            out.append([c for c in mine if c["fast"]])
+    return out
+
+
+def _summary(config: dict, result: dict, stacked_runs: int) -> dict:
+    return {"preset": config["preset"], "method": config["method"], "d": config["d"], "seed": config["seed"],
+            **{k: result[k] for k in KEEP}, "stacked_runs": stacked_runs}
+
+
 def _run(config: dict) -> dict:
     from .loop import train_run
 
-    result = train_run(config)
-    return {"preset": config["preset"], "method": config["method"], "d": config["d"], "seed": config["seed"],
-            **{k: result[k] for k in KEEP}}
+    return _summary(config, train_run(config), 1)
+
+
+def _run_unit(unit: list[dict]) -> list[dict]:
+    if len(unit) == 1:
+        return [_run(unit[0])]
+    from .stacked_loop import train_stacked
+
+    return [_summary(c, r, len(unit)) for c, r in zip(unit, train_stacked(unit))]
 
 
 def _key(run: dict) -> tuple:
@@ -115,8 +148,10 @@ def compare(rows: list[dict]) -> dict:
     per_cell = {key: summary(group) for key, group in cells.items()}
     # pooled over cells: seeds are renumbered so that each (cell, seed) is one pair
     pooled_rows = [{**r, "seed": (key, r["seed"])} for key, group in cells.items() for r in group]
+    stacked = Counter(int(r.get("stacked_runs") or 1) for r in rows if r["fast"])
     return {"cells": per_cell, "pooled": summary(pooled_rows), "whole_seeds": sorted(seeds_in), "runs_left_out": left_out,
-            "eig_dtypes": sorted({t for r in rows for t in str(r.get("eig_dtypes") or "").split(",") if t})}
+            "eig_dtypes": sorted({t for r in rows for t in str(r.get("eig_dtypes") or "").split(",") if t}),
+            "fast_runs_by_stack": {str(k): v for k, v in sorted(stacked.items())}}
 
 
 def markdown(result: dict) -> str:
@@ -132,6 +167,9 @@ def markdown(result: dict) -> str:
     lines.append(f"whole seeds counted: {len(seeds)} ({', '.join(map(str, seeds))}); runs of cut seeds left out: "
                  f"{result['runs_left_out']}")
     lines.append(f"eigensolver input dtypes seen (monitor): {', '.join(result['eig_dtypes']) or 'none'}")
+    by_stack = result.get("fast_runs_by_stack") or {}
+    lines.append("fast-path runs by how many were stacked in one network: "
+                 + (", ".join(f"{k} at a time: {n}" for k, n in by_stack.items()) or "none"))
     return "\n".join(lines) + "\n"
 
 
@@ -144,7 +182,11 @@ def main(argv=None) -> int:
     ap.add_argument("--add", action="append", default=[], metavar="FASTCHECK_JSON",
                     help="pool the runs of an earlier fastcheck.json with this run's (repeatable)")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--stacked", type=int, default=1, metavar="R",
+                    help="train the fast path's runs R seeds at a time stacked in one network (stabkit.train.stacked_loop)")
     args = ap.parse_args(argv)
+    if args.stacked < 1:
+        ap.error(f"--stacked must be ≥ 1, got {args.stacked}")
     todo = configs(seeds=args.seeds, device=args.device, seed_start=args.seed_start)
     earlier, keys = [], Counter(_key(c) for c in todo)
     for path in args.add:
@@ -176,17 +218,17 @@ def main(argv=None) -> int:
             from concurrent.futures import ProcessPoolExecutor, as_completed
 
             with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-                futures = [pool.submit(_run, c) for c in todo]  # in order: whole seeds first
+                futures = [pool.submit(_run_unit, u) for u in units(todo, args.stacked)]  # in order: whole seeds first
                 try:
                     for future in as_completed(futures):
-                        rows.append(future.result())
+                        rows.extend(future.result())
                         save()
                 except BaseException:
                     pool.shutdown(wait=False, cancel_futures=True)
                     raise
         else:
-            for config in todo:
-                rows.append(_run(config))
+            for unit in units(todo, args.stacked):
+                rows.extend(_run_unit(unit))
                 save()
     except KeyboardInterrupt:  # SIGINT from a time box: the finished runs are saved
         interrupted = True
