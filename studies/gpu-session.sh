@@ -39,6 +39,8 @@
 #   STACK=R: R runs at a time stacked in one network by one process (`stabkit run --jobs 1 --stack R`,
 #   stabkit.train.stacked_loop; the plan from the bench's `fast, stacked` rows); only consecutive
 #   cells of one method × d stack, so give the seed blocks that size too (SURVIVAL_SET="--set seed_block=R").
+#   STACK=auto: the bench chooses (`python -m stabkit.train.session --choose-stack`: the highest total
+#   steps/s of JOBS fast processes or a stacked row of ≥ JOBS runs), and seed_block follows.
 # zca-cifar10, zca-cifar10-long, zca-cifar10-paper: `stabkit run studies/<phase>.toml --jobs $JOBS`
 #   (default 8), stopped with SIGINT when SECONDS run out (finished cells are kept in
 #   reports/<phase>/cells); the chunk that finishes the grid writes the report.
@@ -97,6 +99,12 @@ PY
 survival() {
     local study=${SURVIVAL_STUDY:-studies/zca-cifar10-survival.toml} jobs=${JOBS:-6} bench=${BENCH_JSON:-$out/bench_fast.json}
     local margin=30 n rc stacking=() procs=${JOBS:-6}
+    if [[ ${STACK:-} == auto ]]; then
+        # the bench decides: runs stacked in one process, or JOBS processes (python -m stabkit.train.session --choose-stack)
+        STACK=$("$py" -m stabkit.train.session "$study" --seconds 0 --jobs "$jobs" --bench "$bench" --choose-stack) || return 2
+        echo "gpu-session: survival: STACK=auto → $STACK"
+        (( STACK > 1 )) && [[ ${SURVIVAL_SET:-} != *seed_block=* ]] && SURVIVAL_SET="${SURVIVAL_SET:-} --set seed_block=$STACK"
+    fi
     if [[ -n ${STACK:-} ]] && (( STACK > 1 )); then
         # STACK runs stacked in one process: waves of STACK runs, planned from the bench's stacked rows
         jobs=$STACK procs=1 stacking=(--stack "$STACK")

@@ -266,3 +266,17 @@ def test_fastcheck_stacked_runs_the_fast_path_stacked(tmp_path, monkeypatch, cap
     with pytest.raises(SystemExit):
         fastcheck.main(["--out", str(tmp_path), "--stacked", "0"])
     assert "--stacked must be ≥ 1" in capsys.readouterr().err
+
+
+def test_choose_stack_takes_the_fastest_way_to_run_at_least_jobs_runs():
+    rows = [{"path": "fast", "runs": 6, "processes": 6, "steps_per_s": 100.0},
+            {"path": "fast, stacked", "runs": 6, "processes": 1, "steps_per_s": 300.0},
+            {"path": "fast, stacked", "runs": 12, "processes": 1, "steps_per_s": 320.0},
+            {"path": "fast, stacked", "runs": 3, "processes": 1, "steps_per_s": 900.0}]  # fewer runs than jobs: not a candidate
+    assert session.choose_stack({"rows": rows}, 6) == 6    # 12 stacked is within 10 %: fewer runs, longer horizons
+    rows[2]["steps_per_s"] = 400.0
+    assert session.choose_stack({"rows": rows}, 6) == 12   # 12 stacked clearly faster in total
+    assert session.choose_stack({"rows": rows[:1]}, 6) == 1  # no stacked row: processes
+    rows[0]["steps_per_s"] = 390.0
+    assert session.choose_stack({"rows": rows}, 6) == 1    # processes within 10 % of the best: 6 runs at once, not 12
+    assert session.choose_stack({"rows": []}, 6) == 1

@@ -24,7 +24,7 @@ horizon when the study's does not fit (``FIT_HORIZON=1`` in the session script: 
 each run records its horizon, and a survival analysis censors it there); ``--epochs E`` plans runs
 of that horizon (the script's later waves, once it fell back); ``--stack R`` plans waves of R runs
 stacked in one process (``--jobs R``; the bench's ``fast, stacked`` rows, or finished runs that were
-stacked R at a time).
+stacked R at a time); ``--choose-stack`` prints the R the bench favours (1: processes instead).
 """
 
 from __future__ import annotations
@@ -96,6 +96,21 @@ def bench_run_s(bench: dict, jobs: int, steps: int, extra_steps: float, fast: bo
     return ((steps + extra_steps) / per_run_rate + overhead_s) * 1.2
 
 
+def choose_stack(bench: dict, jobs: int) -> int:
+    """How many runs to stack in one process (1: none, ``jobs`` processes instead), from the bench:
+    among the fast path at ``jobs`` processes and the ``fast, stacked`` rows of ≥ ``jobs`` runs, the
+    highest total steps/s wins; a candidate within 10 % of it with fewer runs at once is preferred
+    (fewer runs share the rate: each gets a longer horizon)."""
+    rows = [r for r in bench.get("rows", []) if r.get("steps_per_s", 0) > 0]
+    candidates = [(r["steps_per_s"], 1) for r in rows if r.get("path") == "fast" and r.get("processes") == jobs]
+    candidates += [(r["steps_per_s"], int(r["runs"])) for r in rows if r.get("path") == "fast, stacked" and r["runs"] >= jobs]
+    if not candidates:
+        return 1
+    best = max(rate for rate, _ in candidates)
+    near = [(jobs if stack == 1 else stack, stack) for rate, stack in candidates if rate >= 0.9 * best]
+    return min(near)[1]
+
+
 def plan(seconds: float, jobs: int, run_s: float) -> int:
     """Runs to start: ``jobs`` per whole wave that fits in ``seconds``."""
     if jobs < 1 or not run_s > 0:
@@ -150,12 +165,20 @@ def main(argv=None) -> int:
     ap.add_argument("--overhead-s", type=float, default=60.0)
     ap.add_argument("--run-s", type=float, default=None, help="seconds per run (skips the estimate)")
     ap.add_argument("--fit-epochs", action="store_true", help="print instead the most epochs one wave can finish")
+    ap.add_argument("--choose-stack", action="store_true", help="print instead how many runs to stack in one process "
+                    "(1: none) from the bench's rows (needs --bench)")
     ap.add_argument("--epochs", type=float, default=None, help="plan runs of this horizon instead of the study's "
                     "(what `--set epochs=E` gives the runs)")
     ap.add_argument("--stack", type=int, default=1, help="runs stacked in one process (`stabkit run --stack R`): "
                     "plan waves of R stacked runs (--jobs is then R) from the bench's `fast, stacked` rows")
     args = ap.parse_args(argv)
     try:
+        if args.choose_stack:
+            r = choose_stack(json.loads(Path(args.bench).read_text()), args.jobs) if args.bench and Path(args.bench).is_file() else 1
+            print(f"session plan: stack {r} run(s) per process" + ("" if args.bench and Path(args.bench).is_file() else " (no bench)"),
+                  file=sys.stderr)
+            print(r)
+            return 0
         if args.fit_epochs:
             e = fit_epochs(args.study, args.seconds, args.jobs, args.bench, args.reports, args.overhead_s, args.stack)
             print(f"session plan: one wave of {args.jobs} runs fits {e} epoch(s) in {args.seconds:.0f} s", file=sys.stderr)
