@@ -63,6 +63,32 @@ def _call_site() -> str:
 
 
 
+@torch.no_grad()
+def _call_stats(A, lam, bound, runs: int) -> dict:
+    """One call's statistics per run, each a (runs,) tensor (the call's batch split into ``runs`` equal
+    parts, one after another): the smallest gap, relative gap and λ of the part's matrices, whether its
+    input and its λ were finite, the largest |F_ij| of ``bound``'s method (absent without one); and
+    ``batch`` (matrices per part) and ``n`` (λ per matrix), plain ints."""
+    lam = lam.detach()
+    if lam.ndim == 1:
+        lam = lam[None]
+    n = lam.shape[-1]
+    s = lam.reshape(runs, -1, n)  # ascending (the callers pass σ² flipped)
+    input_finite = torch.isfinite(A.detach()).reshape(runs, -1).all(1)
+    out = {"batch": s.shape[1], "n": n, "input_finite": input_finite,
+           "finite": input_finite & torch.isfinite(s).reshape(runs, -1).all(1), "lam_min": s[..., 0].amin(1)}
+    if n > 1:
+        gaps = (s[..., 1:] - s[..., :-1]).abs().amin(-1)
+        scale = s.abs().amax(-1).clamp_min(torch.finfo(s.dtype).tiny)
+        out["min_gap"], out["min_rel_gap"] = gaps.amin(1), (gaps / scale).amin(1)
+    else:
+        out["min_gap"] = out["min_rel_gap"] = torch.full((runs,), float("inf"), dtype=s.dtype, device=s.device)
+    F = bound.bound(s.reshape(-1, n)) if bound is not None and n > 1 else None
+    if F is not None:  # None: the method has no coefficient matrix F
+        out["bound"] = F.reshape(runs, -1).amax(1)
+    return out
+
+
 class Monitor:
     """The rows of one ``watch``; ``step()`` advances the step (see :mod:`stabkit.monitor`).
 
@@ -117,32 +143,24 @@ class Monitor:
 
     # --- rows ----------------------------------------------------------------------------------
     def _log(self, fn, backward, A, lam, outputs):
-        with torch.no_grad():
-            lam = lam.detach()
-            if lam.ndim == 1:
-                lam = lam[None]
-            s = lam.reshape(-1, lam.shape[-1])  # ascending (the callers pass σ² flipped)
-            input_finite = torch.isfinite(A.detach()).all()
-            finite = input_finite & torch.isfinite(lam).all()
-            if s.shape[-1] > 1:
-                gaps = (s[:, 1:] - s[:, :-1]).abs().amin(-1)
-                scale = s.abs().amax(-1).clamp_min(torch.finfo(s.dtype).tiny)
-                min_gap, min_rel = gaps.amin(), (gaps / scale).amin()
-            else:
-                min_gap = min_rel = torch.full((), float("inf"), dtype=s.dtype, device=s.device)
-            row = {"step": self.current_step, "site": _call_site(), "fn": fn, "backward": backward,
-                   "batch": int(s.shape[0]), "n": int(s.shape[-1]), "dtype": str(A.dtype).replace("torch.", ""),
-                   "min_gap": min_gap, "min_rel_gap": min_rel, "max_K": 1.0 / min_gap, "lam_min": s[:, 0].amin(),
-                   "bound": np.nan, "grad_norm": np.nan, "grad_in_norm": np.nan, "input_nonfinite": ~input_finite, "nonfinite": ~finite, "error": ""}
-            bound = self.bound.bound(s) if self.bound is not None and s.shape[-1] > 1 else None
-            if bound is not None:  # None: the method has no coefficient matrix F
-                row["bound"] = bound.amax()
-        self._rows.append(row)
+        stats = _call_stats(A, lam, self.bound, 1)
+        row = self._add_row(fn, backward, A, {k: v if k in ("batch", "n") else v[0] for k, v in stats.items()}, _call_site())
         for out in outputs:
             if isinstance(out, torch.Tensor) and out.requires_grad:
                 out.register_hook(lambda g, row=row: self._on_grad(g, row))
         if A.requires_grad and A.grad_fn is not None:  # a leaf would keep the hook for good
             A.register_hook(lambda g, row=row: self._on_input_grad(g, row))
+        return row
+
+    def _add_row(self, fn, backward, A, stats: dict, site: str) -> dict:
+        """A call's row from its statistics (:func:`_call_stats` of one run: device scalars, read back
+        only when logged or read)."""
+        row = {"step": self.current_step, "site": site, "fn": fn, "backward": backward, "batch": int(stats["batch"]),
+               "n": int(stats["n"]), "dtype": str(A.dtype).replace("torch.", ""),
+               "min_gap": stats["min_gap"], "min_rel_gap": stats["min_rel_gap"], "max_K": 1.0 / stats["min_gap"],
+               "lam_min": stats["lam_min"], "bound": stats.get("bound", np.nan), "grad_norm": np.nan, "grad_in_norm": np.nan,
+               "input_nonfinite": ~stats["input_finite"], "nonfinite": ~stats["finite"], "error": ""}
+        self._rows.append(row)
         return row
 
     def _log_error(self, fn, backward, A, exc: BaseException):
@@ -270,32 +288,51 @@ class SplitMonitor(Monitor):
         for mon in self.monitors:
             mon.step(n)
 
-    def _parts(self, tensor):
+    def _splits(self, A, lam) -> bool:
         runs = len(self.monitors)
-        if tensor is None or tensor.ndim < 2 or tensor.shape[0] % runs:
-            return [tensor] * runs
-        return list(tensor.detach().unflatten(0, (runs, -1)))
+        return (A is not None and A.ndim >= 3 and A.shape[0] % runs == 0 and lam.ndim >= 2
+                and lam.shape[0] == A.shape[0])
 
     def _log(self, fn, backward, A, lam, outputs):
         mons = list(self.monitors)
-        lam_parts = self._parts(lam) if A.ndim >= 3 and lam.shape[0] == A.shape[0] else [lam] * len(mons)
-        rows = [mon._log(fn, backward, a, l.detach(), ()) for mon, a, l in zip(mons, self._parts(A), lam_parts)]
-        # a gradient reaches the whole call's outputs and input: split it into the runs' slices
+        if not mons:
+            return None
+        if not self._splits(A, lam):  # not one matrix batch of R runs: every run logs the whole call
+            return [mon._log(fn, backward, A, lam, outputs) for mon in mons]
+        runs = len(mons)
+        # the statistics of all runs at once (one set of kernels, not one per run); the runs share a method
+        stats = _call_stats(A, lam, mons[0].bound, runs)
+        site = _call_site()
+        rows = [mon._add_row(fn, backward, A, {k: v if k in ("batch", "n") else v[r] for k, v in stats.items()}, site)
+                for r, mon in enumerate(mons)]
+        # a gradient reaches the whole call's outputs and input: ‖·‖² per run at once, each row a view of it
+        total = {}
         for out in outputs:
             if isinstance(out, torch.Tensor) and out.requires_grad:
-                out.register_hook(lambda g: self._split_grad(g, mons, rows, "_on_grad"))
+                out.register_hook(lambda g: self._per_run_sq(g, rows, total, "_sq", accumulate=True))
         if A.requires_grad and A.grad_fn is not None:
-            A.register_hook(lambda g: self._split_grad(g, mons, rows, "_on_input_grad"))
+            A.register_hook(lambda g: self._per_run_sq(g, rows, total, "_sq_in", accumulate=False))
         return rows
 
-    def _split_grad(self, g, mons, rows, handler):
-        parts = list(g.unflatten(0, (len(mons), -1))) if g.ndim >= 2 and g.shape[0] % len(mons) == 0 else [g] * len(mons)
-        for mon, part, row in zip(mons, parts, rows):
-            getattr(mon, handler)(part, row)
+    def _per_run_sq(self, g, rows, total: dict, key: str, accumulate: bool) -> None:
+        """As :meth:`Monitor._on_grad` / ``_on_input_grad`` for every run's slice of ``g`` at once."""
+        if g is None:
+            return
+        sq = g.detach().double().square().reshape(len(rows), -1).sum(1)
+        with self._lock:
+            if accumulate and key in total:
+                total[key].add_(sq)  # the rows hold views of it
+                return
+            total[key] = sq
+            for r, row in enumerate(rows):
+                row[key] = sq[r]
 
     def _log_error(self, fn, backward, A, exc: BaseException):
-        for mon, a in zip(list(self.monitors), self._parts(A)):
-            mon._log_error(fn, backward, a, exc)
+        runs = len(self.monitors)
+        whole = not (isinstance(A, torch.Tensor) and A.ndim >= 3 and A.shape[0] % runs == 0)
+        parts = [A] * runs if whole else list(A.detach().unflatten(0, (runs, -1)))
+        for mon, part in zip(list(self.monitors), parts):
+            mon._log_error(fn, backward, part, exc)
 
 
 def summarize(df: pd.DataFrame, until_step: int | None = None, gap_threshold: float = 1e-5) -> dict:
