@@ -109,3 +109,14 @@ def test_each_stacked_run_gets_its_own_full_covariance_product():
         torch.testing.assert_close(v, want, rtol=1e-12, atol=1e-15)
         torch.testing.assert_close(cov[own], v, rtol=1e-13, atol=1e-16)
         assert torch.equal(mean[own], m) and torch.equal(xc[own], c)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_run_norms_are_each_runs_block_norm(layout):
+    g = torch.Generator().manual_seed(1)
+    blocks = [torch.randn(4, 3, 3, 3, generator=g, dtype=torch.float64) for _ in range(RUNS)]
+    stacked_weight = torch.cat(blocks).contiguous(memory_format=layout)
+    want = torch.stack([b.flatten().norm() for b in blocks])
+    torch.testing.assert_close(stacked.run_norms(stacked_weight, RUNS), want, rtol=1e-14, atol=0)
+    linear = torch.stack([b.reshape(4, 27) for b in blocks])  # (R, out, in), as StackedLinear's weight
+    torch.testing.assert_close(stacked.run_norms(linear, RUNS), want, rtol=1e-14, atol=0)

@@ -137,6 +137,12 @@ def run_slices(tensor: torch.Tensor, runs: int) -> torch.Tensor:
     return tensor.reshape(runs, -1)
 
 
+def run_norms(tensor: torch.Tensor, runs: int) -> torch.Tensor:
+    """Each run's 2-norm of its block of a stacked tensor, (R,): one reduction, no copy in any layout."""
+    blocks = tensor.unflatten(0, (runs, -1))
+    return torch.linalg.vector_norm(blocks, dim=tuple(range(1, blocks.dim())))
+
+
 def run_block(tensor: torch.Tensor, runs: int, run: int) -> torch.Tensor:
     """Run ``run``'s block of a stacked tensor, as a view in any memory layout (to write to)."""
     return tensor.unflatten(0, (runs, -1))[run]

@@ -33,7 +33,7 @@ from .. import monitor
 from .batches import device_data, normalize
 from .config import resolve_config
 from .loop import _Run
-from .stacked import run_block, run_losses, run_slices, stack, stacked_input
+from .stacked import run_block, run_losses, run_norms, stack, stacked_input
 from .zca import ZCAWhitening
 
 _PER_STEP = ("losses", "gnorms", "correct", "conv1_norms", "lam_max")
@@ -193,7 +193,7 @@ class _Stack:
             losses = run_losses(logits, y)
         opt.zero_grad(set_to_none=True)
         losses.sum().backward()
-        gnorms = torch.stack([run_slices(p.grad, R).norm(dim=1) for p in self.params if p.grad is not None]).norm(dim=0)
+        gnorms = torch.linalg.vector_norm(torch.stack([run_norms(p.grad, R) for p in self.params if p.grad is not None]), dim=0)
         index = self.index
         self.losses[index, step] = losses.detach().to(self.losses.dtype)
         self.gnorms[index, step] = gnorms.to(self.gnorms.dtype)
@@ -201,7 +201,7 @@ class _Stack:
         if self.zca:
             self.lam_max[index, step] = net.norm1.last_lam.reshape(R, -1).amax(1).to(self.lam_max.dtype)
         opt.step()
-        self.conv1_norms[index, step] = run_slices(net.conv1.weight.detach(), R).norm(dim=1).to(self.conv1_norms.dtype)
+        self.conv1_norms[index, step] = run_norms(net.conv1.weight.detach(), R).to(self.conv1_norms.dtype)
         self.monitor.step()
 
     @torch.no_grad()
