@@ -15,8 +15,8 @@ Stacking R runs gives each kernel R times the work. Every run still sees only it
   (``ZCAWhitening.runs``), as its separate layer computes it.
 
 Every stacked parameter holds the runs' blocks one after another along its first dimension, so
-``p.reshape(R, -1)[r]`` is run r's parameter, flattened (:func:`run_slices`; :func:`run_block` for a
-view to write to). The ZCA layer's eigendecomposition is batched over all runs' groups, so one run's
+``p.reshape(R, -1)[r]`` is run r's parameter, flattened (a copy in channels_last: :func:`run_block`
+gives a view to write to, :func:`run_norms` each run's norm). The ZCA layer's eigendecomposition is batched over all runs' groups, so one run's
 non-finite weights make it raise for every run: the training loop (:mod:`stabkit.train.stacked_loop`)
 then runs that step again run by run and stacks the other runs again without the failed one.
 """
@@ -129,12 +129,6 @@ def stacked_input(batches: list[torch.Tensor]) -> torch.Tensor:
 def run_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Each run's mean cross-entropy (R,) from logits (B, R, classes) and targets (B, R)."""
     return nn.functional.cross_entropy(logits.permute(0, 2, 1), targets, reduction="none").mean(0)
-
-
-def run_slices(tensor: torch.Tensor, runs: int) -> torch.Tensor:
-    """A stacked parameter (or its gradient) as (R, numel per run): row r is run r's, flattened (a copy
-    where the layout needs one, e.g. channels_last: read it, do not write to it)."""
-    return tensor.reshape(runs, -1)
 
 
 def run_norms(tensor: torch.Tensor, runs: int) -> torch.Tensor:
