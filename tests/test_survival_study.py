@@ -232,6 +232,9 @@ def test_report_from_records(tmp_path):
     assert "| taylor | 16 | float32 | 1 | 0.07 |" in text
     assert "GPU" in text and "rates, not seeds" in text
     assert text.count("- Landmark ") == 3 and "not measurable" in text
+    assert "stacked in one network" not in text  # every run here ran alone
+    res["stacked_runs"] = [3.0, 3.0, 3.0, 1.0, np.nan, 1.0, 1.0, 1.0]  # NaN: a record from before the column existed
+    assert "3 of these 8 runs were trained 3 at a time, stacked in one network" in surv.report(res, grid, tmp_path)
 
 
 def _fake_train_run(calls):

@@ -41,8 +41,21 @@ def report(results: pd.DataFrame, grid: dict, out_dir: pathlib.Path) -> str:
               "cuDNN and cuBLAS pick kernels and summation orders that vary between runs and machines, so the same seed "
               "does not give the same sequence of weights twice: a rerun of a cell can fail where the first run survived "
               "and the reverse. Only the failure *rate* of a cell is a reproducible quantity; compare rates, not seeds.", ""]
+    lines += _stacked_note(r)
     lines += _link_section(r, g)
     return "\n".join(lines + crash_note)
+
+
+def _stacked_note(r: pd.DataFrame) -> list[str]:
+    """How many runs were trained several at a time stacked in one network (``stabkit run --stack``)."""
+    stacked = pd.to_numeric(r["stacked_runs"], errors="coerce").fillna(1) if "stacked_runs" in r else pd.Series(dtype=float)
+    n = int((stacked > 1).sum())
+    if not n:
+        return []
+    sizes = ", ".join(str(int(k)) for k in sorted(stacked[stacked > 1].unique()))
+    return [f"{n} of these {len(r)} runs were trained {sizes} at a time, stacked in one network (`stabkit run --stack`, "
+            "`stabkit.train.stacked_loop`): each run computes what it would alone (tested to rounding in float64 on a CPU), "
+            "with the stacked kernels' own GPU rounding.", ""]
 
 
 def _intro(g: dict, preset) -> list[str]:
