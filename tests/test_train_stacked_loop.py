@@ -54,8 +54,18 @@ def test_stacked_runs_give_the_records_of_separate_runs(synthetic, float64, pres
 def poisoned(monkeypatch, synthetic):
     """Seed 1's batch at step 1 is made of NaN (its run's covariance is then NaN, and the eigensolver
     of the whole stack raises): the image that its generator puts in that batch is marked (all 255,
-    which no other image is), and augment returns NaN for a batch holding it, under seed 1 only."""
-    from stabkit.train import loop
+    which no other image is), and augment returns NaN for a batch holding it, under seed 1 only. The
+    solver is made to raise on a non-finite matrix, whatever a LAPACK would do with it."""
+    from stabkit.train import loop, zca
+
+    solver = zca._eigh_kept
+
+    def raising_on_nan(cov, *args, **kwargs):
+        if not bool(torch.isfinite(cov).all()):
+            raise torch.linalg.LinAlgError("non-finite input")
+        return solver(cov, *args, **kwargs)
+
+    monkeypatch.setattr(zca, "_eigh_kept", raising_on_nan)
 
     x, y = synthetic["train"]
     order = torch.randperm(64, generator=torch.Generator().manual_seed(1 + 1))  # seed 1's first permutation
