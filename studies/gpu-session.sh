@@ -36,9 +36,10 @@
 #   A fallback horizon E is a grid of its own (cell ids carry the horizon, and `stabkit report` shows the
 #   grid of the last run): in later windows pin it, SURVIVAL_SET="--set epochs=E" without FIT_HORIZON,
 #   so that the runs of every window accumulate in one grid instead of re-running the same seeds.
-#   STACK=R: R runs at a time stacked in one network by one process (`stabkit run --jobs 1 --stack R`,
-#   stabkit.train.stacked_loop; the plan from the bench's `fast, stacked` rows); only consecutive
-#   cells of one method × d stack, so give the seed blocks that size too (SURVIVAL_SET="--set seed_block=R").
+#   STACK=R: R runs at a time stacked in one network (`stabkit run --jobs R --stack R --max-cells R`, one
+#   wave per chunk: consecutive cells of one method × d form a stack, each stack its own process, so a
+#   wave split by finished seeds still runs all at once; stabkit.train.stacked_loop; the plan from the
+#   bench's `fast, stacked` rows); give the seed blocks that size too (SURVIVAL_SET="--set seed_block=R").
 #   STACK=auto: the bench chooses (`python -m stabkit.train.session --choose-stack`: the highest total
 #   steps/s of JOBS fast processes or a stacked row of ≥ JOBS runs), and seed_block follows.
 # zca-cifar10, zca-cifar10-long, zca-cifar10-paper: `stabkit run studies/<phase>.toml --jobs $JOBS`
@@ -107,7 +108,9 @@ survival() {
     fi
     if [[ -n ${STACK:-} ]] && (( STACK > 1 )); then
         # STACK runs stacked in one process: waves of STACK runs, planned from the bench's stacked rows
-        jobs=$STACK procs=1 stacking=(--stack "$STACK")
+        # one wave per chunk, its units side by side: the cells left of a seed block may split a wave
+        # into a few stacks (e.g. 3 + 3 where a block's first seeds are done), each in its own process
+        jobs=$STACK procs=$STACK stacking=(--stack "$STACK")
     fi
     while :; do
         local avail=$(( $(left) - margin ))
@@ -131,6 +134,7 @@ survival() {
             fi
         fi
         (( n > 0 )) || { echo "gpu-session: survival: no whole wave of $jobs runs fits in ${avail} s"; break; }
+        (( ${#stacking[@]} && n > jobs )) && n=$jobs  # stacked: one wave per chunk (then planned again)
         avail=$(( $(left) - margin ))  # the planning above took a few seconds (and `timeout 0` would never stop)
         # the runs' deadline is 60 s before the wave's end: with no more left, not one could start
         (( avail > 60 )) || { echo "gpu-session: survival: ${avail} s left: too little for a wave's runs to start"; break; }
