@@ -21,7 +21,8 @@ Start: the largest column of A (close to the top vector for PSD A) plus a seeded
 the start is not orthogonal to the top vector (a stationary point of descent is any eigenvector).
 
 Result checks, raising :class:`~stabkit.errors.EigensolverError`: ‖r‖ still above tol·‖A‖_F (or
-above the rounding floor d·eps·‖A‖_F where that is larger: ``_checks.failure_tol``)
+above the rounding floor d·eps·‖A‖_F where that is larger: ``_checks.failure_tol``; at that floor
+the iterates jitter, so where the last one lies above it the best iterate seen is returned)
 (descent converges at a rate set by the relative top gap, so near-ties can need more than
 ``max_iter`` steps, or more than the dtype resolves); and y not principal, i.e. a Cholesky
 factorisation of (λ + m) I − A + ‖A‖_F yyᵀ fails, m = ‖Ay − λy‖ + 16·d·eps·‖A‖_F (it succeeds iff
@@ -61,11 +62,14 @@ def less_forward(A, y0=None, max_iter=5000, tol=None, seed=0):
     y = y / torch.linalg.vector_norm(y, dim=-1, keepdim=True)
     mv = lambda z: (A @ z[..., None])[..., 0]
     dot = lambda u, v: (u * v).sum(-1)
+    best_y, best_gn = y, torch.full_like(normA, float("inf"))
     for _ in range(max_iter):
         Ay = mv(y)
         a = dot(y, Ay)
         g = Ay - a[..., None] * y                   # r = −2g
         gn = torch.linalg.vector_norm(g, dim=-1)
+        better = gn < best_gn
+        best_y, best_gn = torch.where(better[..., None], y, best_y), torch.where(better, gn, best_gn)
         active = 2 * gn > tol * normA
         if not bool(active.any()):
             break
@@ -75,10 +79,14 @@ def less_forward(A, y0=None, max_iter=5000, tol=None, seed=0):
         z = torch.cos(theta)[..., None] * y + torch.sin(theta)[..., None] * q
         z = z / torch.linalg.vector_norm(z, dim=-1, keepdim=True)
         y = torch.where(active[..., None], z, y)
+    fail = failure_tol(tol, d, A.dtype)
+    # at the rounding floor the iterates jitter (each step a rotation by a rounding-sized angle): where
+    # the last one lies above the floor, the best one seen is the result (it was there, so it converged)
+    final = torch.linalg.vector_norm(mv(y) - dot(y, mv(y))[..., None] * y, dim=-1)
+    y = torch.where((2 * final > fail * normA)[..., None], best_y, y)
     Ay = mv(y)
     lam = dot(y, Ay)
     res = torch.linalg.vector_norm(Ay - lam[..., None] * y, dim=-1)
-    fail = failure_tol(tol, d, A.dtype)
     if bool((2 * res > fail * normA).any()):
         rel = 2 * res / normA.clamp_min(torch.finfo(A.dtype).tiny)
         raise not_converged("less", rel, fail, max_iter, "the top eigenvalues are probably too close for "
