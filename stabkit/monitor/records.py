@@ -288,16 +288,15 @@ class SplitMonitor(Monitor):
         for mon in self.monitors:
             mon.step(n)
 
-    def _splits(self, A, lam) -> bool:
-        runs = len(self.monitors)
-        return (A is not None and A.ndim >= 3 and A.shape[0] % runs == 0 and lam.ndim >= 2
-                and lam.shape[0] == A.shape[0])
+    def _splits(self, A) -> bool:
+        """Whether ``A`` is a batch of matrices of R equal parts, one per run."""
+        return isinstance(A, torch.Tensor) and A.ndim >= 3 and A.shape[0] % len(self.monitors) == 0
 
     def _log(self, fn, backward, A, lam, outputs):
         mons = list(self.monitors)
         if not mons:
             return None
-        if not self._splits(A, lam):  # not one matrix batch of R runs: every run logs the whole call
+        if not (self._splits(A) and lam.ndim >= 2 and lam.shape[0] == A.shape[0]):  # every run logs the whole call
             return [mon._log(fn, backward, A, lam, outputs) for mon in mons]
         runs = len(mons)
         # the statistics of all runs at once (one set of kernels, not one per run); the runs share a method
@@ -329,8 +328,7 @@ class SplitMonitor(Monitor):
 
     def _log_error(self, fn, backward, A, exc: BaseException):
         runs = len(self.monitors)
-        whole = not (isinstance(A, torch.Tensor) and A.ndim >= 3 and A.shape[0] % runs == 0)
-        parts = [A] * runs if whole else list(A.detach().unflatten(0, (runs, -1)))
+        parts = list(A.detach().unflatten(0, (runs, -1))) if runs and self._splits(A) else [A] * runs
         for mon, part in zip(list(self.monitors), parts):
             mon._log_error(fn, backward, part, exc)
 
