@@ -45,6 +45,11 @@ def report(results: pd.DataFrame, grid: dict, out_dir: Path) -> str:
     lines.append("## Reading\n")
     for dt in sorted(o2p["dtype"].unique()):
         lines += _o2p_reading(o2p[o2p["dtype"] == dt], dt)
+    if len(o2p):
+        lines.append("- On clustered, degenerate and rank-deficient F the SVD and EIG routes' angles are set by the "
+                     "eigensolver's rounding inside the clusters, which moves with the LAPACK build and the CPU "
+                     "(tests/test_quickstart_reproducible.py): their counts and medians above hold for the machine "
+                     "in the header, not for every machine.")
     if len(pc):
         lines += _pc_reading(pc, DECLARATIVE, pc_order)
     lines.append("")
