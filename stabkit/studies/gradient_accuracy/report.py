@@ -85,7 +85,7 @@ def _verdict_section(results, df, variants, methods_order) -> list[str]:
              f"below {ANGLE_FLOOR:g}°) — wider than the rounding noise between machines (~1e-5 relative in "
              f"float32) where the gaps are resolved, so there the verdict does not flip with the BLAS build. On a "
              f"gap within 3e4 unit roundoffs (1e7 for an unbounded method) the eigensolver's basis inside the "
-             f"cluster, set by the LAPACK build and the CPU, moves the angles by more than that "
+             f"cluster, set by the LAPACK build and the CPU, can move the angles by more than that "
              f"(tests/test_quickstart_reproducible.py): a verdict there holds for the machine in the table above. Tied methods are listed in the "
              f"grid's order, with the range of their medians.\n",
              "| family | best | median angle | tied with | scored cells |",
