@@ -96,6 +96,27 @@ def test_power_solver_at_the_rounding_floor_is_converged():
     assert abs(abs(float(Y[:, 0] @ torch.linalg.eigh(A)[1][:, -1])) - 1) < 1e-14
 
 
+def test_power_solver_at_the_floor_returns_its_best_iterate(monkeypatch):
+    """At the rounding floor the residual jitters; an exhausted budget whose last iterate jitters
+    above the floor is still converged: the best iterate seen is returned. The jitter is made here
+    (the last QR's Q turned by 1e-12), so the test does not rest on one LAPACK's rounding."""
+    A = torch.as_tensor(build([0.1, 0.5, 1.0, 2.0, 3.0], seed=1))
+    max_iter, calls, qr = 200, [], torch.linalg.qr
+
+    def jittered_qr(M):
+        calls.append(M)
+        Q, R = qr(M)
+        if len(calls) == 1 + max_iter:  # the first call orthonormalises the start
+            Q, R = qr(Q + 1e-12 * torch.ones_like(Q))
+        return Q, R
+
+    monkeypatch.setattr(torch.linalg, "qr", jittered_qr)
+    Y, lam = layers.ied(A, solver="power", tol=1e-30, max_iter=max_iter)
+    assert len(calls) == 1 + max_iter
+    assert abs(float(lam[0]) - 3.0) < 1e-13
+    assert abs(abs(float(Y[:, 0] @ torch.linalg.eigh(A)[1][:, -1])) - 1) < 1e-14
+
+
 @pytest.mark.parametrize("solver", ["eigh", "power"])
 @pytest.mark.parametrize("label, A, match", bad_matrices(3, n=4) + [("non-symmetric", nonsymmetric(), "not symmetric")],
                          ids=[c[0] for c in bad_matrices(3, n=4)] + ["non-symmetric"])
