@@ -2,7 +2,7 @@
 runs trained separately (float64 throughout, so only the order of sums differs; every field of
 every record, epoch logs and test passes included), both presets, through a run whose step fails
 and is replayed alone while the others train on, a step undone after its forward, runs stopped by
-their checks, and the monitor's records split by run."""
+their checks, the monitor's records split by run, and the ZCA layer's dtype under the fast path."""
 
 import math
 
@@ -161,3 +161,23 @@ def test_split_monitor_logs_each_runs_slice_as_its_own_call():
             assert got[col] == pytest.approx(want[col], rel=1e-12), col
     own[0].drop_from(0)
     assert own[0].records.empty and len(own[1].records) == 1
+
+
+def test_stacked_fast_runs_whiten_in_the_requested_dtype(synthetic, monkeypatch):
+    """Under the fast path (bf16 autocast, channels_last) the stacked network's ZCA layer still hands
+    its eigensolver the requested dtype, in one batched call per step holding every run's groups."""
+    from stabkit import _xp
+
+    seen, original = [], _xp.eigh
+
+    def spy(A):
+        seen.append((A.dtype, A.shape))
+        return original(A)
+
+    monkeypatch.setattr(_xp, "eigh", spy)
+    configs = [{**SMALL_RUN, "method": "analytic", "dtype": "float64", "fast": True, "max_steps": 3, "seed": s}
+               for s in (0, 1)]
+    results = train_stacked(configs, data=synthetic)
+    assert [(r["outcome"], r["fast"], r["steps_done"]) for r in results] == [("ok", True, 3)] * 2
+    groups = 2 * round(64 * SMALL_RUN["width"]) // SMALL_RUN["d"]  # two runs' stems of 8 channels, groups of 4
+    assert seen == [(torch.float64, torch.Size([groups, SMALL_RUN["d"], SMALL_RUN["d"]]))] * 3
