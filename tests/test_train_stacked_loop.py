@@ -1,5 +1,5 @@
 """stabkit.train.stacked_loop: R runs trained stacked in one network give the records of the same
-runs trained separately (float64 throughout, so only the order of sums differs; every field of
+runs trained separately (compared in float64 throughout, so only the order of sums differs; every field of
 every record, epoch logs and test passes included), both presets, through a run whose step fails
 and is replayed alone while the others train on, a step undone after its forward, runs stopped by
 their checks, the monitor's records split by run, and the ZCA layer's dtype under the fast path."""
