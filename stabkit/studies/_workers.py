@@ -62,17 +62,20 @@ _ONE_CELL = threading.Lock()
 def _execute(kind_name: str, cell: dict) -> tuple[list[dict], str | None, str]:
     """Run one cell (in any process): (rows, error text or None, sources hash of this process)."""
     with _ONE_CELL:
-        return _execute_alone(kind_name, cell)
+        return _execute_alone(kind_name, [cell])[0]
 
 
-def _execute_alone(kind_name: str, cell: dict) -> tuple[list[dict], str | None, str]:
+def _execute_alone(kind_name: str, unit: list[dict]) -> list[tuple[list[dict], str | None, str]]:
+    """One (rows, error, sources) per cell of ``unit``: one cell by the kind's ``run_cell``, several at
+    once by its ``run_cells``; an exception fails every cell of the unit."""
     try:
-        _warm_up(kind_name, cell)
+        _warm_up(kind_name, unit[0])
         with _one_thread():
-            rows = kind_module(kind_name).run_cell(cell)
-        return [dict(r) for r in rows], None, _store.sources_hash()
+            kind = kind_module(kind_name)
+            per_cell = kind.run_cells(unit) if len(unit) > 1 else [kind.run_cell(unit[0])]
+        return [([dict(r) for r in rows], None, _store.sources_hash()) for rows in per_cell]
     except Exception as exc:  # noqa: BLE001 — a failing cell must not stop the study
-        return [], _error_text(exc), _store.sources_hash()
+        return [([], _error_text(exc), _store.sources_hash())] * len(unit)
 
 
 def _units(kind_name: str, todo: list[dict], stack: int) -> list[list[dict]]:
@@ -91,18 +94,11 @@ def _units(kind_name: str, todo: list[dict], stack: int) -> list[list[dict]]:
 
 
 def _execute_unit(kind_name: str, unit: list[dict]) -> list[tuple[list[dict], str | None, str]]:
-    """Run a unit (in any process): one (rows, error, sources) per cell; several cells go to the kind's
-    ``run_cells`` at once, and an exception there fails every cell of the unit."""
+    """Run a unit (in any process): one (rows, error, sources) per cell (:func:`_execute_alone`)."""
     if len(unit) == 1:
         return [_execute(kind_name, unit[0])]
     with _ONE_CELL:
-        try:
-            _warm_up(kind_name, unit[0])
-            with _one_thread():
-                per_cell = kind_module(kind_name).run_cells(unit)
-            return [([dict(r) for r in rows], None, _store.sources_hash()) for rows in per_cell]
-        except Exception as exc:  # noqa: BLE001 — a failing unit must not stop the study
-            return [([], _error_text(exc), _store.sources_hash())] * len(unit)
+        return _execute_alone(kind_name, unit)
 
 
 def _deliver(unit: list[dict], results, on_done) -> None:
