@@ -62,11 +62,15 @@ def less_forward(A, y0=None, max_iter=5000, tol=None, seed=0):
     y = y / torch.linalg.vector_norm(y, dim=-1, keepdim=True)
     mv = lambda z: (A @ z[..., None])[..., 0]
     dot = lambda u, v: (u * v).sum(-1)
+
+    def rayleigh(z):  # (zᵀAz, Az − (zᵀAz) z) of unit z
+        Az = mv(z)
+        a = dot(z, Az)
+        return a, Az - a[..., None] * z
+
     best_y, best_gn = y, torch.full_like(normA, float("inf"))
     for _ in range(max_iter):
-        Ay = mv(y)
-        a = dot(y, Ay)
-        g = Ay - a[..., None] * y                   # r = −2g
+        a, g = rayleigh(y)                          # r = −2g
         gn = torch.linalg.vector_norm(g, dim=-1)
         better = gn < best_gn
         best_y, best_gn = torch.where(better[..., None], y, best_y), torch.where(better, gn, best_gn)
@@ -82,11 +86,12 @@ def less_forward(A, y0=None, max_iter=5000, tol=None, seed=0):
     fail = failure_tol(tol, d, A.dtype)
     # at the rounding floor the iterates jitter (each step a rotation by a rounding-sized angle): where
     # the last one lies above the floor, the best one seen is the result (it was there, so it converged)
-    final = torch.linalg.vector_norm(mv(y) - dot(y, mv(y))[..., None] * y, dim=-1)
-    y = torch.where((2 * final > fail * normA)[..., None], best_y, y)
-    Ay = mv(y)
-    lam = dot(y, Ay)
-    res = torch.linalg.vector_norm(Ay - lam[..., None] * y, dim=-1)
+    lam, r = rayleigh(y)
+    above = 2 * torch.linalg.vector_norm(r, dim=-1) > fail * normA
+    if bool(above.any()):
+        y = torch.where(above[..., None], best_y, y)
+        lam, r = rayleigh(y)
+    res = torch.linalg.vector_norm(r, dim=-1)
     if bool((2 * res > fail * normA).any()):
         rel = 2 * res / normA.clamp_min(torch.finfo(A.dtype).tiny)
         raise not_converged("less", rel, fail, max_iter, "the top eigenvalues are probably too close for "
