@@ -27,15 +27,17 @@ def device_data(path, device: str):
 
 
 def normalize(x_uint8: torch.Tensor, std=cifar.STD) -> torch.Tensor:
-    mean, std = _channel_constants(tuple(cifar.MEAN), tuple(std), x_uint8.device)
-    return (x_uint8.to(torch.get_default_dtype()) / 255 - mean) / std  # float32, unless a test sets float64
+    dtype = torch.get_default_dtype()  # float32, unless a test sets float64
+    mean, std = _channel_constants(tuple(cifar.MEAN), tuple(std), x_uint8.device, dtype)
+    return (x_uint8.to(dtype) / 255 - mean) / std
 
 
 @functools.lru_cache(maxsize=8)
-def _channel_constants(mean: tuple, std: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The per-channel mean and std as (1, 3, 1, 1) tensors on ``device``, made once: a host-to-device
-    copy per step would synchronise the GPU every step (the fast path reads back only every N steps)."""
-    return (torch.tensor(mean, device=device).view(1, 3, 1, 1), torch.tensor(std, device=device).view(1, 3, 1, 1))
+def _channel_constants(mean: tuple, std: tuple, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-channel mean and std as (1, 3, 1, 1) tensors of ``dtype`` on ``device``, made once: a
+    host-to-device copy per step would synchronise the GPU every step (the fast path reads back only
+    every N steps)."""
+    return tuple(torch.tensor(v, dtype=dtype, device=device).view(1, 3, 1, 1) for v in (mean, std))
 
 
 def augment(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
