@@ -280,3 +280,18 @@ def test_choose_stack_takes_the_fastest_way_to_run_at_least_jobs_runs():
     rows[0]["steps_per_s"] = 390.0
     assert session.choose_stack({"rows": rows}, 6) == 1    # processes within 10 % of the best: 6 runs at once, not 12
     assert session.choose_stack({"rows": []}, 6) == 1
+
+
+def test_session_main_chooses_the_stack_from_the_bench_file_and_refuses_a_stack_below_one(tmp_path, capsys):
+    bench = tmp_path / "bench.json"
+    bench.write_text(json.dumps({"rows": [{"path": "fast", "runs": 6, "processes": 6, "steps_per_s": 100.0},
+                                          {"path": "fast, stacked", "runs": 6, "processes": 1, "steps_per_s": 300.0}]}))
+    args = ["study.toml", "--seconds", "0", "--jobs", "6", "--choose-stack"]
+    assert session.main([*args, "--bench", str(bench)]) == 0
+    assert capsys.readouterr().out.strip() == "6"
+    assert session.main([*args, "--bench", str(tmp_path / "missing.json")]) == 0
+    out = capsys.readouterr()
+    assert out.out.strip() == "1" and "(no bench)" in out.err
+    with pytest.raises(SystemExit) as exc:
+        session.main(["study.toml", "--seconds", "10", "--jobs", "6", "--stack", "0"])
+    assert exc.value.code == 2 and "--stack must be ≥ 1, got 0" in capsys.readouterr().err

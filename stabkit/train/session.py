@@ -172,11 +172,13 @@ def main(argv=None) -> int:
     ap.add_argument("--stack", type=int, default=1, help="runs stacked in one process (`stabkit run --stack R`): "
                     "plan waves of R stacked runs (--jobs is then R) from the bench's `fast, stacked` rows")
     args = ap.parse_args(argv)
+    if args.stack < 1:
+        ap.error(f"--stack must be ≥ 1, got {args.stack}")
     try:
         if args.choose_stack:
-            r = choose_stack(json.loads(Path(args.bench).read_text()), args.jobs) if args.bench and Path(args.bench).is_file() else 1
-            print(f"session plan: stack {r} run(s) per process" + ("" if args.bench and Path(args.bench).is_file() else " (no bench)"),
-                  file=sys.stderr)
+            bench = Path(args.bench) if args.bench and Path(args.bench).is_file() else None
+            r = choose_stack(json.loads(bench.read_text()), args.jobs) if bench else 1
+            print(f"session plan: stack {r} run(s) per process" + ("" if bench else " (no bench)"), file=sys.stderr)
             print(r)
             return 0
         if args.fit_epochs:
