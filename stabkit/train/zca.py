@@ -65,6 +65,7 @@ def block_covariance(xg: torch.Tensor, eps: float, runs: int = 1):
     x = xg.reshape(runs, C, m)
     mean = x.mean(-1, keepdim=True)
     xc = x - mean
+    # one run: the 2-D product a single layer has always computed (a batched one may sum in another order)
     gram = (xc[0] @ xc[0].T)[None] if runs == 1 else xc @ xc.transpose(1, 2)
     full = gram / m + eps * torch.eye(C, dtype=x.dtype, device=x.device)
     blocks = torch.diagonal(full.reshape(runs, g, d, g, d), dim1=1, dim2=3).permute(0, 3, 1, 2).reshape(G, d, d)
