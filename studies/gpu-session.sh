@@ -40,8 +40,10 @@
 #   wave per chunk: consecutive cells of one method × d form a stack, each stack its own process, so a
 #   wave split by finished seeds still runs all at once; stabkit.train.stacked_loop; the plan from the
 #   bench's `fast, stacked` rows); give the seed blocks that size too (SURVIVAL_SET="--set seed_block=R").
-#   STACK=auto: the bench chooses (`python -m stabkit.train.session --choose-stack`: the highest total
-#   steps/s of JOBS fast processes or a stacked row of ≥ JOBS runs), and seed_block follows.
+#   STACK=auto: the bench chooses, once (`python -m stabkit.train.session --choose-stack`: of JOBS fast
+#   processes and the stacked rows of ≥ JOBS runs, the ways that finish the most whole runs in the
+#   window, then the highest total steps/s), and seed_block follows. Every plan counts a run's time to
+#   its deadline (the time left − 60 s), not to the wave's end.
 # zca-cifar10, zca-cifar10-long, zca-cifar10-paper: `stabkit run studies/<phase>.toml --jobs $JOBS`
 #   (default 8), stopped with SIGINT when SECONDS run out (finished cells are kept in
 #   reports/<phase>/cells); the chunk that finishes the grid writes the report.
@@ -99,44 +101,49 @@ PY
 
 survival() {
     local study=${SURVIVAL_STUDY:-studies/zca-cifar10-survival.toml} jobs=${JOBS:-6} bench=${BENCH_JSON:-$out/bench_fast.json}
-    local margin=30 n rc stacking=() procs=${JOBS:-6}
-    if [[ ${STACK:-} == auto ]]; then
-        # the bench decides: runs stacked in one process, or JOBS processes (python -m stabkit.train.session --choose-stack)
-        STACK=$("$py" -m stabkit.train.session "$study" --seconds 0 --jobs "$jobs" --bench "$bench" --choose-stack) || return 2
-        echo "gpu-session: survival: STACK=auto → $STACK"
-        (( STACK > 1 )) && [[ ${SURVIVAL_SET:-} != *seed_block=* ]] && SURVIVAL_SET="${SURVIVAL_SET:-} --set seed_block=$STACK"
-    fi
-    if [[ -n ${STACK:-} ]] && (( STACK > 1 )); then
-        # STACK runs stacked in one process: waves of STACK runs, planned from the bench's stacked rows
-        # one wave per chunk, its units side by side: the cells left of a seed block may split a wave
-        # into a few stacks (e.g. 3 + 3 where a block's first seeds are done), each in its own process
-        jobs=$STACK procs=$STACK stacking=(--stack "$STACK")
-    fi
+    local margin=30 n rc stacking=() procs=${JOBS:-6} choose=
+    [[ ${STACK:-} == auto ]] && choose=1
     while :; do
         local avail=$(( $(left) - margin ))
-        (( avail > 0 )) || break
+        # a wave's runs get a deadline 60 s before its end (the last test pass and the write): they have
+        # avail − 60 s to finish, and with no more left, not one could start
+        (( avail > 60 )) || { echo "gpu-session: survival: ${avail} s left: too little for a wave's runs to start"; break; }
+        local run_time=$(( avail - 60 ))
         # plan for the horizon the runs will get: the study's, or the epochs=E of SURVIVAL_SET (a fallback's)
         local horizon=()
         [[ ${SURVIVAL_SET:-} =~ epochs=([0-9.]+) ]] && horizon=(--epochs "${BASH_REMATCH[1]}")
+        if [[ -n $choose ]]; then
+            # the bench decides, once: runs stacked in one process, or JOBS processes — among the ways
+            # that finish the most whole runs in this window (python -m stabkit.train.session --choose-stack)
+            STACK=$("$py" -m stabkit.train.session "$study" --seconds "$run_time" --jobs "$jobs" --bench "$bench" ${horizon[@]+"${horizon[@]}"} --choose-stack) || return 2
+            echo "gpu-session: survival: STACK=auto → $STACK"
+            (( STACK > 1 )) && [[ ${SURVIVAL_SET:-} != *seed_block=* ]] && SURVIVAL_SET="${SURVIVAL_SET:-} --set seed_block=$STACK"
+            choose=
+        fi
+        if [[ -n ${STACK:-} ]] && (( STACK > 1 )); then
+            # STACK runs stacked in one process: waves of STACK runs, planned from the bench's stacked rows
+            # one wave per chunk, its units side by side: the cells left of a seed block may split a wave
+            # into a few stacks (e.g. 3 + 3 where a block's first seeds are done), each in its own process
+            jobs=$STACK procs=$STACK stacking=(--stack "$STACK")
+        fi
         if [[ -n ${RUN_S:-} ]]; then
-            n=$("$py" -m stabkit.train.session "$study" --seconds "$avail" --jobs "$jobs" --run-s "$RUN_S" ${stacking[@]+"${stacking[@]}"}) || return 2
+            n=$("$py" -m stabkit.train.session "$study" --seconds "$run_time" --jobs "$jobs" --run-s "$RUN_S" ${stacking[@]+"${stacking[@]}"}) || return 2
         else
-            n=$("$py" -m stabkit.train.session "$study" --seconds "$avail" --jobs "$jobs" --bench "$bench" ${horizon[@]+"${horizon[@]}"} ${stacking[@]+"${stacking[@]}"}) || return 2
+            n=$("$py" -m stabkit.train.session "$study" --seconds "$run_time" --jobs "$jobs" --bench "$bench" ${horizon[@]+"${horizon[@]}"} ${stacking[@]+"${stacking[@]}"}) || return 2
         fi
         if (( n == 0 )) && [[ -n ${FIT_HORIZON:-} && -z ${RUN_S:-} && ${SURVIVAL_SET:-} != *epochs=* ]]; then
             # the study's horizon does not fit one wave: the longest whole-epoch horizon that does
             local e
-            e=$("$py" -m stabkit.train.session "$study" --seconds "$avail" --jobs "$jobs" --bench "$bench" --fit-epochs ${stacking[@]+"${stacking[@]}"}) || return 2
+            e=$("$py" -m stabkit.train.session "$study" --seconds "$run_time" --jobs "$jobs" --bench "$bench" --fit-epochs ${stacking[@]+"${stacking[@]}"}) || return 2
             if (( e > 0 )); then
                 SURVIVAL_SET="${SURVIVAL_SET:-} --set epochs=$e"
                 echo "gpu-session: survival: the study's horizon does not fit; running $e epoch(s) instead"
                 n=$jobs
             fi
         fi
-        (( n > 0 )) || { echo "gpu-session: survival: no whole wave of $jobs runs fits in ${avail} s"; break; }
+        (( n > 0 )) || { echo "gpu-session: survival: no whole wave of $jobs runs fits in ${run_time} s"; break; }
         (( ${#stacking[@]} && n > jobs )) && n=$jobs  # stacked: one wave per chunk (then planned again)
         avail=$(( $(left) - margin ))  # the planning above took a few seconds (and `timeout 0` would never stop)
-        # the runs' deadline is 60 s before the wave's end: with no more left, not one could start
         (( avail > 60 )) || { echo "gpu-session: survival: ${avail} s left: too little for a wave's runs to start"; break; }
         # each run also stops at an epoch's end when the next would pass this deadline (60 s before the
         # wave's timeout, for the last test pass and the write): if the plan was too hopeful, the runs come

@@ -92,7 +92,8 @@ def earlier_window(tmp_path_factory):
 
 def test_survival_chunks_until_the_grid_is_done_and_saves_its_state(tmp_path, tiny_batches):
     root = _checkout(tmp_path, tiny_batches, seeds=1)
-    # a run is planned at 1 000 s: 1 370 s of the 1 400 hold one wave of 1 run, and so do the ≈ 1 350 s left after it
+    # a run is planned at 1 000 s: of the 1 400 s, a wave's runs have 1 400 − 30 (margin) − 60 (their deadline)
+    # = 1 310 s, one wave of 1 run, and so do the ≈ 1 300 s left after it
     rc, log = _session(root, tmp_path / "out", 1400, RUN_S="1000")
     assert rc == 0, log
     assert log.count("survival chunk of 1 run(s) exited with 0") == log.count("survival chunk of") == 2, log
@@ -109,7 +110,8 @@ def test_stack_auto_lets_the_bench_choose_and_stacks_a_cell_s_seeds_in_one_netwo
     """STACK=auto: the bench's stacked row of 2 runs beats one process 10×, so each wave is one process
     training a cell's 2 seeds stacked (`--stack 2`, and `--set seed_block=2` over the study's 1),
     planned from that row: (4 steps + evaluations) / 50 steps/s + 60 s, × 1.2 ≈ 72 s per run; one wave
-    per chunk."""
+    per chunk. Both ways finish every run of the window's plan only if they fit: here both do (2 runs
+    per 72 s stacked, 1 per ≈ 73 s alone), so the window holds more runs stacked and the stack wins."""
     root = _checkout(tmp_path, tiny_batches, seeds=2)
     toml = root / "studies" / f"{STUDY}.toml"
     toml.write_text(toml.read_text().replace("seed_block = 2", "seed_block = 1"))
@@ -119,8 +121,8 @@ def test_stack_auto_lets_the_bench_choose_and_stacks_a_cell_s_seeds_in_one_netwo
     rc, log = _session(root, tmp_path / "out", 1400, STACK="auto", BENCH_JSON=str(bench))
     assert rc == 0, log
     assert "STACK=auto → 2" in log and "at 2 runs stacked in one process" in log, log
-    # the plan holds many waves (2 × ⌊(≈1370 s)/72 s⌋ runs), but stacked chunks are one wave each
-    assert "hold 19 wave(s) of 2" in log or "hold 18 wave(s) of 2" in log, log
+    # the plan holds many waves (2 × ⌊(≈1310 s)/72 s⌋ runs), but stacked chunks are one wave each
+    assert "hold 18 wave(s) of 2" in log or "hold 17 wave(s) of 2" in log, log
     assert log.count("survival chunk of 2 run(s) exited with 0") == log.count("survival chunk of") == 2, log
     rows = [c["rows"][0] for c in _cells(root)]
     assert sorted((r["spec"], r["seed"], r["stacked_runs"]) for r in rows) == [
@@ -132,7 +134,7 @@ def test_stack_auto_lets_the_bench_choose_and_stacks_a_cell_s_seeds_in_one_netwo
 def test_a_wave_s_runs_come_back_when_a_later_wave_is_killed(tmp_path, tiny_batches):
     # the device kills a command at its limit with SIGKILL, which skips the EXIT trap: the state
     # must already hold every finished wave when the next one starts. A wave of 2 runs in 2 worker
-    # processes, as on the GPU (1 370 s hold one wave of 2 at 1 000 s per run; 4 cells)
+    # processes, as on the GPU (1 310 s hold one wave of 2 at 1 000 s per run; 4 cells)
     root = _checkout(tmp_path, tiny_batches, seeds=2)
     out = tmp_path / "out"
     proc = subprocess.Popen(["bash", "studies/gpu-session.sh", str(out), "1400", "survival"], cwd=root,
@@ -155,8 +157,8 @@ def test_a_wave_s_runs_come_back_when_a_later_wave_is_killed(tmp_path, tiny_batc
 
 def test_no_wave_starts_when_its_runs_deadline_has_already_passed(tmp_path, tiny_batches):
     """Planned at 1 s per run, 80 s leave 50 s for a wave, but its runs would get a deadline 60 s before
-    the wave's end, already past: no wave starts and no run is spent (each would be censored at its
-    first epoch; the loop's own stop at an epoch's end is tested in test_fast_path)."""
+    the wave's end, already past: nothing is planned, no wave starts and no run is spent (each would be
+    censored at its first epoch; the loop's own stop at an epoch's end is tested in test_fast_path)."""
     root = _checkout(tmp_path, tiny_batches, seeds=1)
     rc, log = _session(root, tmp_path / "out", 80, RUN_S="1")
     assert rc == 0 and "too little for a wave's runs to start" in log and "survival chunk of" not in log, log
@@ -184,7 +186,7 @@ def test_a_later_window_resumes_from_cells_in_the_checkout_that_other_code_compu
         f.write("# a later commit\n")  # other code: another sources hash
     toml = root / "studies" / f"{STUDY}.toml"
     toml.write_text(toml.read_text().replace("seeds = 1\n", "seeds = 2\n"))
-    rc, log = _session(root, tmp_path / "out2", 2100, RUN_S="1000")  # 2 waves of 1 fit: one chunk of 2 runs
+    rc, log = _session(root, tmp_path / "out2", 2200, RUN_S="1000")  # 2 200 − 90 s hold 2 waves of 1: one chunk of 2 runs
     assert rc == 0, log
     assert log.count("survival chunk of") == 1, log
     assert f"every cell of studies/{STUDY}.toml is finished" in log, log
@@ -204,7 +206,7 @@ def test_fit_horizon_falls_back_and_the_next_waves_plan_for_the_fallback_horizon
     bench.write_text(json.dumps({"rows": [{"path": "fast", "runs": 1, "processes": 1, "steps_per_s": 0.01}]}))
     # 0.01 steps/s per run; a paper-preset epoch of 64 images is ⌈64/32⌉ = 2 steps, each test pass
     # 16/32/3 step-equivalents, + 60 s start: 2 epochs ((4 + 3/6)/0.01 + 60) × 1.2 = 612 s do not fit
-    # in 600 − 30 s, 1 epoch ((2 + 2/6)/0.01 + 60) × 1.2 = 352 s does; the first wave's real run takes
+    # in 600 − 30 − 60 s, 1 epoch ((2 + 2/6)/0.01 + 60) × 1.2 = 352 s does; the first wave's real run takes
     # seconds, so at 1 epoch the second wave fits too (at the study's 2 epochs it would not)
     rc, log = _session(root, tmp_path / "out", 600, BENCH_JSON=str(bench), FIT_HORIZON="1")
     assert rc == 0, log

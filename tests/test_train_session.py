@@ -282,6 +282,36 @@ def test_choose_stack_takes_the_fastest_way_to_run_at_least_jobs_runs():
     assert session.choose_stack({"rows": []}, 6) == 1
 
 
+def test_choose_stack_in_a_window_keeps_only_the_ways_that_finish_the_most_runs(tmp_path, capsys):
+    """A faster stack whose runs do not fit would start none: with a window, the choice is among the
+    ways that finish the most whole runs, and only then the fastest. 13 epochs of the paper preset:
+    5 083 steps + 14 test passes of 10 000/128/3 step-equivalents per run, + 60 s, × 1.2."""
+    study = tmp_path / "surv.toml"
+    study.write_text('[study]\nname = "surv"\nkind = "zca_cifar10"\n[grid]\npreset = "paper"\nepochs = 13.0\nfast = true\n')
+    rows = [{"path": "fast", "runs": 6, "processes": 6, "steps_per_s": 98.0},
+            {"path": "fast, stacked", "runs": 6, "processes": 1, "steps_per_s": 115.0},
+            {"path": "fast, stacked", "runs": 12, "processes": 1, "steps_per_s": 140.0}]
+    bench = tmp_path / "bench.json"
+    bench.write_text(json.dumps({"rows": rows}))
+    work = 13 * 391 + 14 * 10_000 / 128 / 3
+    run_s = {1: (work / (98 / 6) + 60) * 1.2, 6: (work / (115 / 6) + 60) * 1.2, 12: (work / (140 / 12) + 60) * 1.2}
+    assert [round(run_s[k]) for k in (1, 6, 12)] == [472, 413, 632]
+    assert session.choose_stack({"rows": rows}, 6) == 12  # by rate alone: 140 steps/s, more than 10 % above 115
+
+    def choose(seconds):
+        assert session.main(["--choose-stack", str(study), "--seconds", str(seconds), "--jobs", "6", "--bench", str(bench),
+                             "--reports", str(tmp_path)]) == 0
+        return int(capsys.readouterr().out)
+
+    assert choose(450) == 6    # only 6 stacked finishes its runs (413 s); 12 stacked (632 s) would start none
+    assert choose(500) == 6    # 6 processes fit too (472 s): 6 runs either way, and 6 stacked is > 10 % faster
+    assert choose(700) == 12   # 12 stacked finishes 12 runs
+    assert choose(400) == 12   # none fits: the rate decides (the script then finds no whole wave)
+    rows[1]["steps_per_s"] = 100.0
+    bench.write_text(json.dumps({"rows": rows}))
+    assert choose(500) == 1    # 6 runs either way and within 10 %: processes
+
+
 def test_session_main_chooses_the_stack_from_the_bench_file_and_refuses_a_stack_below_one(tmp_path, capsys):
     bench = tmp_path / "bench.json"
     bench.write_text(json.dumps({"rows": [{"path": "fast", "runs": 6, "processes": 6, "steps_per_s": 100.0},

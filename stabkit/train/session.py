@@ -24,7 +24,8 @@ horizon when the study's does not fit (``FIT_HORIZON=1`` in the session script: 
 each run records its horizon, and a survival analysis censors it there); ``--epochs E`` plans runs
 of that horizon (the script's later waves, once it fell back); ``--stack R`` plans waves of R runs
 stacked in one process (``--jobs R``; the bench's ``fast, stacked`` rows, or finished runs that were
-stacked R at a time); ``--choose-stack`` prints the R the bench favours (1: processes instead).
+stacked R at a time); ``--choose-stack`` prints the R the bench favours (1: processes instead) —
+with ``--seconds`` > 0 among the ways that finish the most whole runs in that time.
 """
 
 from __future__ import annotations
@@ -96,16 +97,21 @@ def bench_run_s(bench: dict, jobs: int, steps: int, extra_steps: float, fast: bo
     return ((steps + extra_steps) / per_run_rate + overhead_s) * 1.2
 
 
-def choose_stack(bench: dict, jobs: int) -> int:
-    """How many runs to stack in one process (1: none, ``jobs`` processes instead), from the bench:
-    among the fast path at ``jobs`` processes and the ``fast, stacked`` rows of ≥ ``jobs`` runs, the
-    highest total steps/s wins; a candidate within 10 % of it with fewer runs at once is preferred
-    (fewer runs share the rate: each gets a longer horizon)."""
+def choose_stack(bench: dict, jobs: int, runs_in_window=None) -> int:
+    """How many runs to stack in one process (1: none, ``jobs`` processes instead), from the bench.
+    Candidates: the fast path at ``jobs`` processes and the ``fast, stacked`` rows of ≥ ``jobs`` runs.
+    With ``runs_in_window(stack)`` (the whole runs that way finishes in the time left, as :func:`plan`
+    counts them) only the ways that finish the most runs stay: a faster stack whose runs do not fit
+    would start none. Among those the highest total steps/s wins; a candidate within 10 % of it with
+    fewer runs at once is preferred (fewer runs share the rate: each gets a longer horizon)."""
     rows = [r for r in bench.get("rows", []) if r.get("steps_per_s", 0) > 0]
     candidates = [(r["steps_per_s"], 1) for r in rows if r.get("path") == "fast" and r.get("processes") == jobs]
     candidates += [(r["steps_per_s"], int(r["runs"])) for r in rows if r.get("path") == "fast, stacked" and r["runs"] >= jobs]
     if not candidates:
         return 1
+    if runs_in_window is not None:
+        runs = {stack: runs_in_window(stack) for _, stack in candidates}
+        candidates = [(rate, stack) for rate, stack in candidates if runs[stack] == max(runs.values())]
     best = max(rate for rate, _ in candidates)
     near = [(jobs if stack == 1 else stack, stack) for rate, stack in candidates if rate >= 0.9 * best]
     return min(near)[1]
@@ -155,6 +161,15 @@ def fit_epochs(study_path, seconds: float, jobs: int, bench_path=None, reports="
     return lo
 
 
+def _runs_in_window(args):
+    """stack → the whole runs that way finishes in ``args.seconds`` (``--choose-stack`` with a window)."""
+    def runs(stack: int) -> int:
+        jobs = args.jobs if stack == 1 else stack
+        run_s, _ = estimate(args.study, jobs, args.bench, args.reports, args.overhead_s, args.epochs, stack)
+        return plan(args.seconds, jobs, run_s) if run_s is not None else 0
+    return runs
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="How many whole runs of a training study fit in SECONDS.")
     ap.add_argument("study")
@@ -166,7 +181,8 @@ def main(argv=None) -> int:
     ap.add_argument("--run-s", type=float, default=None, help="seconds per run (skips the estimate)")
     ap.add_argument("--fit-epochs", action="store_true", help="print instead the most epochs one wave can finish")
     ap.add_argument("--choose-stack", action="store_true", help="print instead how many runs to stack in one process "
-                    "(1: none) from the bench's rows (needs --bench)")
+                    "(1: none) from the bench's rows (needs --bench); with --seconds > 0, among the ways that "
+                    "finish the most whole runs in that time")
     ap.add_argument("--epochs", type=float, default=None, help="plan runs of this horizon instead of the study's "
                     "(what `--set epochs=E` gives the runs)")
     ap.add_argument("--stack", type=int, default=1, help="runs stacked in one process (`stabkit run --stack R`): "
@@ -177,7 +193,7 @@ def main(argv=None) -> int:
     try:
         if args.choose_stack:
             bench = Path(args.bench) if args.bench and Path(args.bench).is_file() else None
-            r = choose_stack(json.loads(bench.read_text()), args.jobs) if bench else 1
+            r = choose_stack(json.loads(bench.read_text()), args.jobs, _runs_in_window(args) if args.seconds > 0 else None) if bench else 1
             print(f"session plan: stack {r} run(s) per process" + ("" if bench else " (no bench)"), file=sys.stderr)
             print(r)
             return 0
