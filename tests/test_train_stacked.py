@@ -120,3 +120,25 @@ def test_run_norms_are_each_runs_block_norm(layout):
     torch.testing.assert_close(stacked.run_norms(stacked_weight, RUNS), want, rtol=1e-14, atol=0)
     linear = torch.stack([b.reshape(4, 27) for b in blocks])  # (R, out, in), as StackedLinear's weight
     torch.testing.assert_close(stacked.run_norms(linear, RUNS), want, rtol=1e-14, atol=0)
+
+
+def test_stacked_logits_are_the_separate_linears_logits_under_autocast():
+    """Under bf16 autocast a separate run's nn.Linear gives bf16 logits with its bias inside the GEMM;
+    the stacked head gives the same dtype and values within bf16 rounding (an einsum plus a float32
+    bias gave float32 logits)."""
+    g = torch.Generator().manual_seed(2)
+    heads = [torch.nn.Linear(16, 10) for _ in range(RUNS)]
+    for h in heads:
+        torch.nn.init.normal_(h.weight, generator=g)
+        torch.nn.init.normal_(h.bias, generator=g)
+    head = stacked.StackedLinear(torch.stack([h.weight.detach() for h in heads]), torch.stack([h.bias.detach() for h in heads]))
+    x = torch.randn(8, RUNS * 16, generator=g)
+    with torch.no_grad():
+        torch.testing.assert_close(head(x), torch.stack([h(x[:, 16 * r:16 * (r + 1)]) for r, h in enumerate(heads)], 1),
+                                   rtol=1e-6, atol=1e-6)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            want = torch.stack([h(x[:, 16 * r:16 * (r + 1)]) for r, h in enumerate(heads)], 1)
+            got = head(x)
+    assert got.dtype == want.dtype == torch.bfloat16
+    # the same GEMM in bf16: at most one rounding apart (bf16 keeps 8 significant bits), on any CPU's kernels
+    torch.testing.assert_close(got.float(), want.float(), rtol=2 ** -7, atol=2 ** -7)

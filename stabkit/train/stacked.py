@@ -43,7 +43,10 @@ class StackedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         runs, _, features = self.weight.shape
-        return torch.einsum("bri,roi->bro", x.reshape(x.shape[0], runs, features), self.weight) + self.bias
+        x = x.reshape(x.shape[0], runs, features).transpose(0, 1)  # (R, B, in)
+        # bias inside the batched GEMM, as nn.Linear's addmm: under autocast the logits are then in
+        # the autocast dtype like a separate run's (einsum + bias came out float32)
+        return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight.transpose(1, 2)).transpose(0, 1)
 
 
 def _stack_conv(convs: list[nn.Conv2d]) -> nn.Conv2d:
