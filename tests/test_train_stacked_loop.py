@@ -78,7 +78,7 @@ def poisoned(monkeypatch, synthetic):
 def test_a_run_whose_step_fails_is_replayed_alone_and_the_others_train_on(poisoned, float64, preset, monkeypatch):
     replays = []
     real = stacked_loop._Stack.replay
-    monkeypatch.setattr(stacked_loop._Stack, "replay", lambda self, undo: (replays.append(len(self.runs)), real(self, undo)))
+    monkeypatch.setattr(stacked_loop._Stack, "replay", lambda self, undo, exc: (replays.append(len(self.runs)), real(self, undo, exc)))
     configs = _runs(preset=preset)
     alone = train_many(configs, data=poisoned)
     stacked = train_stacked(configs, data=poisoned)
@@ -106,10 +106,41 @@ def test_a_step_that_raises_after_its_forward_is_undone_before_the_replay(synthe
     monkeypatch.setattr(stacked_loop, "run_losses", raising_once)
     configs = _runs(preset="paper", method="pi-forward")
     alone = train_many(configs, data=synthetic)
-    stacked = train_stacked(configs, data=synthetic)
+    with pytest.warns(RuntimeWarning, match="stacked step 1 raised EigensolverError: raised after the forward; every run's own"):
+        stacked = train_stacked(configs, data=synthetic)  # no run's own step raised: the stack alone, once
     assert len(calls) == 4  # every step once stacked (the second raised: its replay is the runs' own code)
     for a, b in zip(alone, stacked):
         assert a["outcome"] == "ok"
+        _same(a, b, f"seed {a['seed']}")
+
+
+def test_a_stacked_network_that_fails_where_the_runs_alone_do_not_raises_at_the_second_step(synthetic, float64, monkeypatch):
+    """A failure only the stacked network has (e.g. a kernel the stacked layers need) is not replayed
+    step after step unseen: the first is warned, the second in a row raises. Steps 1 and 3 raising
+    are each a single one (warned twice, trained on)."""
+    real = stacked_loop.run_losses
+
+    def failing_at(steps):
+        calls = []
+
+        def run_losses(logits, targets):
+            calls.append(1)
+            if len(calls) - 1 in steps:
+                raise RuntimeError("no kernel for the stacked layer")
+            return real(logits, targets)
+        return run_losses
+
+    configs = _runs(epochs=3)  # 6 steps
+    monkeypatch.setattr(stacked_loop, "run_losses", failing_at({1, 2}))
+    with pytest.warns(RuntimeWarning, match="stacked step 1 raised"), \
+            pytest.raises(RuntimeError, match="stacked network raised at steps 1 and 2, where every run's own step succeeded: "
+                                              "RuntimeError: no kernel for the stacked layer"):
+        train_stacked(configs, data=synthetic)
+    monkeypatch.setattr(stacked_loop, "run_losses", failing_at({1, 3}))  # call 3 is step 3: step 1 was replayed alone
+    with pytest.warns(RuntimeWarning) as warned:
+        stacked = train_stacked(configs, data=synthetic)
+    assert [str(w.message).split(" raised")[0] for w in warned] == ["stacked step 1", "stacked step 3"]
+    for a, b in zip(train_many(configs, data=synthetic), stacked):
         _same(a, b, f"seed {a['seed']}")
 
 
