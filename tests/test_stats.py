@@ -1,6 +1,7 @@
 """stabkit.studies._stats against closed forms and independent computations written here."""
 
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -152,15 +153,29 @@ def test_kaplan_meier_hand_example():
 
 
 def _km_by_subjects(times, events):
-    """Product-limit by walking subjects in time order (events before censorings at ties)."""
+    """Product-limit by walking subjects in time order (events before censorings at ties), in exact
+    fractions."""
     order = sorted(range(len(times)), key=lambda i: (times[i], not events[i]))
-    s, n, out = 1.0, len(times), {}
+    s, n, out = Fraction(1), len(times), {}
     for i in order:
         if events[i]:
-            s *= (n - 1) / n
+            s *= Fraction(n - 1, n)
             out[times[i]] = s
         n -= 1
     return out
+
+
+@pytest.mark.parametrize("times,events,median", [
+    # 15 runs at t = 1…15, those at 7, 8, 9 censored: S(10) = 9/15 · 5/6 = ½ exactly
+    (range(1, 16), [t not in (7, 8, 9) for t in range(1, 16)], 10.0),
+    # ties: 2 3 4 6+ 6 6 8+ 9 10+ 10+ 10 12 13 13 13 → S(10) = ½
+    ([2, 3, 4, 6, 6, 6, 8, 9, 10, 10, 10, 12, 13, 13, 13], [1, 1, 1, 0, 1, 1, 0, 1, 0, 0, 1, 1, 1, 1, 1], 10.0),
+    # 12 events at t = 1…12, then 12 censored: S(12) = 12/24
+    (range(1, 25), [t <= 12 for t in range(1, 25)], 12.0),
+])
+def test_kaplan_meier_median_where_s_is_exactly_one_half(times, events, median):
+    # the float product of the factors lands just above ½ in these cases (11, 12 and "not reached" before)
+    assert _stats.kaplan_meier([float(t) for t in times], [bool(e) for e in events])["median"] == median
 
 
 @given(st.lists(st.tuples(st.integers(0, 12), st.booleans()), min_size=1, max_size=30))
@@ -171,11 +186,13 @@ def test_kaplan_meier_matches_subject_walk(data):
     km = _stats.kaplan_meier(times, events)
     ref = _km_by_subjects(times, events)
     assert list(km["time"]) == sorted(ref)
-    assert km["survival"] == pytest.approx([ref[t] for t in sorted(ref)], abs=1e-12)
+    assert km["survival"] == pytest.approx([float(ref[t]) for t in sorted(ref)], abs=1e-12)
     positive = km["survival"] > 0
     s, lo, hi = km["survival"][positive], km["lo"][positive], km["hi"][positive]
     assert ((lo <= s + 1e-12) & (s <= hi + 1e-12)).all()
     assert np.isnan(km["lo"][~positive]).all() and np.isnan(km["hi"][~positive]).all()  # no band at S = 0
+    half = [t for t in sorted(ref) if ref[t] <= Fraction(1, 2)]
+    assert km["median"] == (half[0] if half else None)
     if all(events):  # no censoring: S(t) = fraction of subjects with time > t
         for t, s in zip(km["time"], km["survival"]):
             assert s == pytest.approx(np.mean(np.array(times) > t))

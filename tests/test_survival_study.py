@@ -288,6 +288,9 @@ def test_an_interval_is_not_rounded_onto_0_or_100_percent():
     assert tables._pct((lo, 0.32)) == "[0.2, 32]"
     assert tables._pct((0.0, 1.0)) == "[0, 100]" and tables._pct((0.004, 0.998)) == "[0.4, 99.8]"
     assert tables._pct((0.006, 0.994)) == "[1, 99]"
+    # Clopper–Pearson at k = 1 of 60 starts at 0.042 %, at 59 of 60 ends at 99.958 %: more digits, not 0.0 or 100.0
+    lo, hi = sps.binomtest(1, 60).proportion_ci(method="exact").low, sps.binomtest(59, 60).proportion_ci(method="exact").high
+    assert tables._pct((lo, hi)) == f"[{100 * lo:.2f}, {100 * hi:.2f}]" == "[0.04, 99.96]"
 
 
 def test_stacked_seeds_give_the_rows_of_runs_one_by_one(tmp_path, tiny_batches, float64):

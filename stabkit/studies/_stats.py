@@ -22,6 +22,7 @@ power, and the Kaplan–Meier estimator.
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from functools import lru_cache
 
 import numpy as np
@@ -154,7 +155,7 @@ def kaplan_meier(times, events, z: float = Z95) -> dict:
     ``times``: time of the event or of censoring per subject; ``events``: True for an event (here:
     NaN loss), False for censored. Returns arrays over the distinct event times: ``time``,
     ``at_risk``, ``events``, ``survival``, ``se`` (Greenwood), ``lo``/``hi`` (log−log band), plus
-    ``n`` and ``median`` (first time with S ≤ 0.5, None if never).
+    ``n`` and ``median`` (first time with S ≤ 0.5, S counted exactly; None if never).
     """
     t = np.asarray(times, dtype=float)
     e = np.asarray(events, dtype=bool)
@@ -177,9 +178,19 @@ def kaplan_meier(times, events, z: float = Z95) -> dict:
     lo = np.where(surv > 0, lo, np.nan)
     hi = np.where(surv > 0, hi, np.nan)
     se = np.where(surv > 0, se, np.nan)
-    below = np.flatnonzero(surv <= 0.5)
     return {"time": uniq, "at_risk": at_risk, "events": deaths, "survival": surv, "se": se, "lo": lo, "hi": hi,
-            "n": int(len(t)), "median": float(uniq[below[0]]) if len(below) else None}
+            "n": int(len(t)), "median": _median(uniq, at_risk, deaths)}
+
+
+def _median(times, at_risk, deaths) -> float | None:
+    """First time with S ≤ ½, S in exact fractions: S is often exactly ½ (e.g. 9/15 · 5/6), and the
+    float product lands either side of it."""
+    s = Fraction(1)
+    for u, n, d in zip(times, at_risk, deaths):
+        s *= Fraction(int(n - d), int(n))
+        if s <= Fraction(1, 2):
+            return float(u)
+    return None
 
 
 def survival_at(km: dict, t: float) -> float:

@@ -48,9 +48,14 @@ def _pct(lo_hi) -> str:
 
 
 def _percent(p: float) -> str:
-    """p in %, whole numbers, but never rounded onto 0 or 100 when it is not (0.3, 99.7)."""
+    """p in %, whole numbers, but never rounded onto 0 or 100 when it is not (0.3, 99.7, 0.04)."""
     x = 100 * p
-    return f"{x:.1f}" if (0 < x < 0.5 or 99.5 <= x < 100) else f"{x:.0f}"
+    if not (0 < x < 0.5 or 99.5 <= x < 100):
+        return f"{x:.0f}"
+    digits = 1
+    while f"{x:.{digits}f}" in (f"{0:.{digits}f}", f"{100:.{digits}f}") and digits < 12:
+        digits += 1
+    return f"{x:.{digits}f}"
 
 
 def success_table(results: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
