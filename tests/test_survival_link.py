@@ -72,6 +72,28 @@ def test_cell_level_diagnostic_adds_nothing(seed):
     assert corr > 0.1
 
 
+@pytest.mark.parametrize("seed", [1, 2, 4])
+def test_a_diagnostic_that_only_encodes_the_cell_is_not_credited_with_many_small_cells(seed):
+    """40 cells of 4 runs: the cells' smoothed rates are rough, and a feature equal to each cell's
+    true logit (the same for every run of the cell) would beat them by pooling across cells — raw
+    features were credited as adding "beyond the cell" on these seeds. Centred within the cells
+    (inside each fold), it carries nothing: cell + diagnostics scores as the cell model."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for c, level in enumerate(np.linspace(-3.5, 1.5, 40)):
+        for s in range(4):
+            fails = rng.random() < 1 / (1 + math.exp(-level))
+            t_fail = rng.uniform(L + 0.5, HORIZON) if fails else None
+            log = [_entry(e, 10 ** (3 + level), fails) for e in range(1, (math.ceil(t_fail) if fails else HORIZON) + 1)]
+            rows.append({"norm": "zca", "spec": "analytic", "d": c, "dtype": "float32", "seed": s, "epochs": float(HORIZON),
+                         "steps_per_epoch": SPE, "epoch_log": json.dumps(log), "time_to_nan_loss_epochs": t_fail,
+                         "censored_at_epochs": None if fails else float(HORIZON)})
+    out = _landmark.landmark_link(pd.DataFrame(rows), L, repeats=4)
+    fit = out["fit"]
+    assert fit["n"] == 160 and not fit["adds"], out["sentence"]
+    assert abs(fit["gain"]) < 1e-3  # only the fitted intercept differs from the cell model
+
+
 def test_feature_after_the_landmark_is_not_used():
     runs = _runs("leak")
     out = _landmark.landmark_link(runs, L, repeats=4)

@@ -287,6 +287,14 @@ def test_report_on_synthetic_results(tmp_path):
     assert fit["brier"]["cell+diag"] < fit["brier"]["cell"] < fit["brier"]["base"]
     text = study.report(late, {"dims": [4, 8], "methods": ["analytic", "taylor"]}, tmp_path)
     assert "28 runs, of which 7 failed at a step ≥ L (nonfinite-grad 7)" in text and "cell + diagnostics" in text
+    # a run stopped at a deadline before its last step without a failure has no known outcome: left out, counted
+    cut = late.assign(steps_done=120)
+    cut.loc[(cut["spec"] == "taylor") & (cut["d"] == 4) & (cut["seed"] == 0), "steps_done"] = 60
+    linked = study.link(cut, 0.2, repeats=5)
+    assert linked["fit"]["n"] == 27 and linked["left_out"]["stopped_early"] == 1
+    assert ("taylor", 4, 0) not in set(zip(linked["table"]["spec"], linked["table"]["d"], linked["table"]["seed"]))
+    assert "and 1 run stopped before the last step without a failure (outcome unknown)" in study.report(
+        cut, {"dims": [4, 8], "methods": ["analytic", "taylor"]}, tmp_path)
     assert (tmp_path / "success_rates.png").stat().st_size > 0 and (tmp_path / "calibration.png").stat().st_size > 0
     # all runs ok → no link, said so
     ok = results.assign(outcome="ok", steps_total=120)
@@ -376,7 +384,7 @@ def test_landmark_table_by_hand():
     runs = pd.concat([runs, pd.DataFrame([{"norm": "bn", "spec": "bn", "d": 0, "dtype": "float32", "seed": 9, "outcome": "ok",
                                            "step": np.nan, "steps_total": 120}])], ignore_index=True)
     table, left_out = study.landmark_table(runs, 0.2)
-    assert left_out == {"failed_before": 2, "step_unknown": 1}
+    assert left_out == {"failed_before": 2, "step_unknown": 1, "stopped_early": 0}  # no steps_done: none known stopped
     assert table["seed"].tolist() == [0, 2, 3, 5] and table["y"].tolist() == [0.0, 1.0, 1.0, 0.0]
     assert table["log10_max_K"].tolist() == pytest.approx([3.0, 5.0, 30.0, 1.0])  # +inf capped at 1e30
     assert table["log1p_gap_events"].tolist() == [0.0] * 4

@@ -12,7 +12,7 @@ import pandas as pd
 from ..._markdown import markdown_table
 from ...train import table_iv
 from ...train.preset import PAPER_DEVIATIONS, get_preset
-from .. import _figures, _stats
+from .. import _figures, _landmark, _stats
 from . import validate
 from .tables import FEATURES, compare_schedules, link, success_table
 
@@ -105,17 +105,20 @@ def _link_section(link: dict, g: dict, figs: list[str]) -> list[str]:
         f"still alive at L enter: {len(table)} run{'' if len(table) == 1 else 's'}, of which {int(table['y'].sum())} "
         f"failed at a step ≥ L ("
         + (", ".join(f"{o} {n}" for o, n in later.items()) or "none") + "). Left out: "
-        f"{out['failed_before']} runs that failed before L (no lead time to predict them) and {out['step_unknown']} "
-        "failures without a recorded step. Features, from the monitor's records of the steps before L only: "
+        f"{out['failed_before']} runs that failed before L (no lead time to predict them), {out['step_unknown']} "
+        f"failures without a recorded step and {out.get('stopped_early', 0)} run{'' if out.get('stopped_early', 0) == 1 else 's'} "
+        "stopped before the last step without a failure (outcome unknown). Features, from the monitor's records of the steps before L only: "
         + ", ".join(f"`{f}`" for f in FEATURES) + ". Models, scored by the Brier score of repeated stratified "
-        "cross-validation with the standardisation fitted inside each training fold: the base rate; the cell "
-        "(method × d × dtype; its smoothed failure rate in the training folds) — the baseline to beat; the cell + "
-        "diagnostics (ridge logistic regression with the cell's logit as offset).",
+        "cross-validation: the base rate; the cell (method × d × dtype; its smoothed failure rate in the training "
+        "folds) — the baseline to beat; the cell + diagnostics (ridge logistic regression with the cell's logit as "
+        "offset, each feature centred on its cell's mean and scaled, both from the training fold: only a run's "
+        "deviation from its cell can add to the cell).",
         "",
     ]
     if fit is None:
-        return lines + ["Not fitted: fewer than two runs of each outcome among the runs alive at L, so there is "
-                        "nothing to learn; whether the diagnostics add anything beyond the cell is not measurable here.", ""]
+        return lines + [f"Not fitted: fewer than {_landmark.MIN_EACH} runs of each outcome among the runs alive at L, so "
+                        "there is too little to learn from; whether the diagnostics add anything beyond the cell is not "
+                        "measurable here.", ""]
     b, z = fit["brier"], fit["gain"] / fit["gain_se"] if fit["gain_se"] > 0 else float("nan")
     verdict = ("the diagnostics add to the cell: the improvement exceeds 2 SE" if fit["adds"] else
                "the improvement is not above 2 SE, so at this n the diagnostics are not shown to add anything "

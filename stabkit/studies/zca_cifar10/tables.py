@@ -34,14 +34,19 @@ def landmark_step(steps_total, early_frac: float) -> np.ndarray:
 def landmark_table(results: pd.DataFrame, early_frac: float) -> tuple[pd.DataFrame, dict]:
     """The ZCA runs alive at the landmark L = the end of the early window — no failure at a step < L —
     with their early diagnostics (logged at steps < L only) and ``y`` = a failure of any kind at a
-    step ≥ L. Returns (table, {"failed_before": …, "step_unknown": …} runs left out)."""
+    step ≥ L. Returns (table, {"failed_before": …, "step_unknown": …, "stopped_early": …} runs left
+    out; ``stopped_early``: stopped before their last step without a failure (a deadline), whose
+    outcome is unknown)."""
     zca = results[results["norm"] == "zca"]
     failed = (zca["outcome"] != "ok").to_numpy()
     step = pd.to_numeric(zca["step"], errors="coerce").to_numpy(float) if len(zca) else np.zeros(0)
     L = landmark_step(zca["steps_total"], early_frac) if "steps_total" in zca else np.full(len(zca), np.nan)
     before = failed & (step < L)
     unknown = failed & (np.isnan(step) | np.isnan(L))
-    keep = ~before & ~unknown
+    done, total = (pd.to_numeric(zca[c], errors="coerce").to_numpy(float) if c in zca else np.full(len(zca), np.nan)
+                   for c in ("steps_done", "steps_total"))
+    stopped = ~failed & (done < total)
+    keep = ~before & ~unknown & ~stopped
     runs = zca[keep]
     table = pd.DataFrame({k: runs[k].to_numpy() for k in _landmark.CELL_KEYS})
     table["seed"] = runs["seed"].to_numpy() if "seed" in runs else np.nan
@@ -51,7 +56,8 @@ def landmark_table(results: pd.DataFrame, early_frac: float) -> tuple[pd.DataFra
         v = np.where(np.isposinf(v), _CAP, v)
         table[name] = np.log10(np.clip(v, 1e-30, _CAP)) if transform == "log10" else np.log1p(np.clip(v, 0, None))
     table["y"] = failed[keep].astype(float)
-    return table, {"failed_before": int(before.sum()), "step_unknown": int((unknown & ~before).sum())}
+    return table, {"failed_before": int(before.sum()), "step_unknown": int((unknown & ~before).sum()),
+                   "stopped_early": int(stopped.sum())}
 
 
 def link(results: pd.DataFrame, early_frac: float, repeats: int = 100) -> dict:

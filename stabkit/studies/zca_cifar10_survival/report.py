@@ -150,11 +150,14 @@ def _extension_section(results: pd.DataFrame, r: pd.DataFrame, g: dict) -> list[
 def _link_section(r: pd.DataFrame, g: dict) -> list[str]:
     lines = ["### The link: do diagnostics before a landmark predict a NaN loss after it, beyond the cell?", "",
              "Landmark design (`stabkit.studies._landmark`): runs alive at L only; features from the per-epoch "
-             "diagnostics of the epochs that ended by L (" + ", ".join(_landmark.FEATURE_NAMES) + "); standardised "
-             "inside each cross-validation fold; the cell's smoothed failure rate as the baseline to beat. A run "
+             "diagnostics of the epochs that ended by L (" + ", ".join(_landmark.FEATURE_NAMES) + "), each centred on "
+             "its cell's mean and scaled inside each cross-validation fold, so that only a run's deviation from its "
+             "cell can add to the cell; the cell's smoothed failure rate as the baseline to beat; fitted only with "
+             f"at least {_landmark.MIN_EACH} runs of each outcome. A run "
              "stopped after L before its horizon without a NaN loss is counted both ways (as a failure and as a "
              "survivor), and a verdict is stated only where both fits agree — a statement about those two "
-             "completions, not a bound over every outcome the unknown runs could have had.", ""]
+             "completions, not a bound over every outcome the unknown runs could have had. Each landmark is "
+             "tested on its own at 2 SE, with no correction for testing several.", ""]
     base = r[np.isclose(r["horizon_epochs"], float(g["epochs"]))]  # one record per seed: the base horizon's
     for L in g["landmarks"]:
         lines += ["- " + _landmark.landmark_link(base, float(L), repeats=10)["sentence"]]
