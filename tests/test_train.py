@@ -299,6 +299,7 @@ def test_report_on_synthetic_results(tmp_path):
     # all runs ok → no link, said so
     ok = results.assign(outcome="ok", steps_total=120)
     assert study.link(ok, 0.2)["fit"] is None and "Not fitted" in study.report(ok, {}, tmp_path)
+    assert not (tmp_path / "calibration.png").exists()  # the earlier report's figure does not outlive its link
 
 
 def test_schedule_comparison_against_a_sibling_report(tmp_path):

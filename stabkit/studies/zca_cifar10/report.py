@@ -230,6 +230,8 @@ def _plots(table: pd.DataFrame, fit: dict | None, out_dir: pathlib.Path, paper_r
         ax.legend(fontsize=7)
         fig.tight_layout()
         names.append(_figures.save(fig, out_dir / "calibration.png", dpi=120))
+    else:
+        (out_dir / "calibration.png").unlink(missing_ok=True)  # a rebuild's link may no longer be fitted
     return names
 
 
