@@ -57,7 +57,11 @@
 # that is left: the command is killed at its limit and a SIGKILL skips the state.tar.gz of the EXIT trap,
 # so take S ≤ (device seconds left) − 60 s (− 180 s more if the machine must start again), at most 530
 # (the state is also saved after each wave of the survival phase).
-# Without a bench the survival phase starts nothing ("no whole wave fits").
+# Or both in one command of timeout_s 600 (the survival phase ends ≥ 30 s before S, the bench at BENCH_S):
+#   JOBS=6 BENCH_S=100 STACK=auto SURVIVAL_SET="--set epochs=13" bash studies/gpu-session.sh "$OUT" 590 bench-fast survival
+# (590 − ≈15 s decoding − ≈100 s bench − 30 s margin − 60 s deadline reserve ≈ 385 s for a wave; 13-epoch runs,
+# 6 at a time, took 324 s on an H200, planned at × 1.1 = 357 s).
+# Without a bench or finished runs of the study the survival phase starts nothing ("no whole wave fits").
 # At exit, OUTDIR/state.tar.gz holds reports/zca-cifar10*/ with their cells; the next chunk starts
 # from it when RESUME_FROM names a copy of it (e.g. beside the archive in a folder sent along).
 # Environment: STABKIT_CIFAR10 (the archive; default ../shared/data/cifar10-jpeg.tar.gz),
