@@ -1,7 +1,6 @@
 """Seeded test-matrix generators against their closed forms."""
 
 import math
-import time
 from fractions import Fraction
 
 import numpy as np
@@ -99,20 +98,16 @@ def test_basis_is_haar_not_raw_qr():
     assert abs(np.mean(np.sign(np.linalg.det(qs)))) < 0.2
 
 
-def test_d1024_is_fast():
-    """make at d = 1024 costs about one QR plus one matrix product (~0.3 s on one idle core);
-    timed against those two on the same machine so that a loaded machine does not fail it."""
-    rng = np.random.default_rng(0)
-    spectra.make("separated", 64)  # warm-up
-    t0 = time.perf_counter()
-    G = rng.standard_normal((1024, 1024))
-    Q, _ = np.linalg.qr(G)
-    _ = (Q * G[0]) @ Q.T
-    t1 = time.perf_counter()
+def test_d1024_costs_one_qr_and_no_eigensolver(monkeypatch):
+    """make at d = 1024 is one QR (the Haar basis) and one matrix product: no eigensolver and no
+    second factorisation. Counted, not timed (its speed is then LAPACK's; a loaded machine failed
+    a timed version)."""
+    calls = []
+    for name in ("qr", "eigh", "eigvalsh", "eig", "eigvals", "svd", "solve", "inv", "cholesky"):
+        real = getattr(np.linalg, name)
+        monkeypatch.setattr(np.linalg, name, lambda *a, _n=name, _r=real, **k: (calls.append(_n), _r(*a, **k))[1])
     s = spectra.make("cluster", 1024, seed=1)
-    t2 = time.perf_counter()
-    assert s.matrix.shape == (1024, 1024)
-    assert t2 - t1 < 3 * (t1 - t0) + 0.2
+    assert s.matrix.shape == (1024, 1024) and calls == ["qr"]
 
 
 # ------------------------------------------------------------------ family closed forms
