@@ -3,7 +3,6 @@ damaged or unwritable cache that never fails a computation or gives a wrong answ
 
 import errno
 import os
-import time
 import warnings
 
 import numpy as np
@@ -51,20 +50,17 @@ def test_cache_keys_carry_the_engine_version(monkeypatch):
 
 
 @pytest.mark.parametrize("engine", ["mpmath", "flint"])
-def test_cache_identical_and_fast(engine, tmp_path, monkeypatch):
+def test_cache_identical_and_not_recomputed(engine, tmp_path, monkeypatch):
     monkeypatch.setenv("STABKIT_CACHE", str(tmp_path / "cache"))
     A = build(np.linspace(1, 3, 16), seed=2)
     loss = _loss("log", 16, seed=3)
-    t = time.perf_counter()
     first = R.ground_truth(A, loss, engine=engine)
-    t_first = time.perf_counter() - t
-    t = time.perf_counter()
-    second = R.ground_truth(A, loss, engine=engine)
-    t_second = time.perf_counter() - t
+    with monkeypatch.context() as m:  # the second call computes nothing (checked, not timed: load cannot fail it)
+        m.setattr(R, "_engine", lambda *a, **k: pytest.fail("the cached truth was computed again"))
+        second = R.ground_truth(A, loss, engine=engine)
     np.testing.assert_array_equal(first.grad, second.grad)
     np.testing.assert_array_equal(first.eigenvalues, second.eigenvalues)
     assert (first.digits, first.engine) == (second.digits, second.engine)
-    assert t_second < t_first / 5
     assert not [p for p in (tmp_path / "cache").iterdir() if p.name.startswith(".")]  # no temporaries left
     # the eigendecomposition is cached separately: a new loss on the same matrix reuses it
     files = {p.name for p in (tmp_path / "cache").iterdir()}
