@@ -254,3 +254,34 @@ def test_counts_in_the_sentences_agree_in_number():
     text = _landmark.both_ways_sentence(5.0, one, fits)
     assert "the 1 run stopped after L" in text and "1 run with a NaN loss by epoch 5" in text
     assert "counted as failures," in text  # which completion left too few to fit
+
+
+def test_calibration_draw_keeps_each_cells_runs_and_rate():
+    """benchmarks/landmark_calibration.py's null data: every drawn feature row is a real run's row of
+    the same cell, and the outcomes follow the cell model's smoothed rates (β = 0), not the features."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import landmark_calibration as lc
+
+    from stabkit.studies.zca_cifar10 import tables
+
+    rng = np.random.default_rng(3)
+    cells = np.repeat(["a|8|float32", "b|8|float32", "c|8|float32"], 40)
+    table = pd.DataFrame({"spec": [c.split("|")[0] for c in cells], "d": 8, "dtype": "float32", "cell": cells})
+    for f in tables.FEATURES:
+        table[f] = rng.standard_normal(len(cells)) + (table["spec"] == "b") * 5.0
+    table["y"] = np.r_[np.zeros(40), np.ones(10), np.zeros(30), np.ones(40)]
+    p_true = {"a": (0 + 2 * 50 / 120) / 42, "b": (10 + 2 * 50 / 120) / 42, "c": (40 + 2 * 50 / 120) / 42}
+
+    ys = {k: [] for k in p_true}
+    for i in range(300):
+        sim = lc.draw(table, 0.0, np.random.default_rng(i))
+        for c in ("a", "b", "c"):
+            real = {tuple(r) for r in table.loc[table["spec"] == c, list(tables.FEATURES)].to_numpy()}
+            drawn = sim.loc[sim["spec"] == c, list(tables.FEATURES)].to_numpy()
+            assert all(tuple(r) in real for r in drawn)
+            ys[c].append(sim.loc[sim["spec"] == c, "y"].mean())
+    for c, p in p_true.items():   # 300 × 40 draws per cell: SE of the mean ≤ 0.0046
+        assert abs(np.mean(ys[c]) - p) < 0.02, (c, np.mean(ys[c]), p)
