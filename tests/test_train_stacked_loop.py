@@ -212,3 +212,29 @@ def test_stacked_fast_runs_whiten_in_the_requested_dtype(synthetic, monkeypatch)
     assert [(r["outcome"], r["fast"], r["steps_done"]) for r in results] == [("ok", True, 3)] * 2
     groups = 2 * round(64 * SMALL_RUN["width"]) // SMALL_RUN["d"]  # two runs' stems of 8 channels, groups of 4
     assert seen == [(torch.float64, torch.Size([groups, SMALL_RUN["d"], SMALL_RUN["d"]]))] * 3
+
+
+def test_the_failed_stacked_step_s_tensors_are_freed_before_the_replay(synthetic, float64, monkeypatch):
+    """The exception kept for the replay must not keep the failed step's frames, and so its logits and
+    autograd graph (a whole stacked batch's activations on a GPU), alive while the runs replay alone."""
+    import weakref
+
+    from stabkit.errors import EigensolverError
+
+    real_losses, real_replay, calls, alive = stacked_loop.run_losses, stacked_loop._Stack.replay, [], []
+
+    def raising_once(logits, targets):
+        calls.append(weakref.ref(logits))
+        if len(calls) == 2:
+            raise EigensolverError("raised after the forward")
+        return real_losses(logits, targets)
+
+    def replay(self, undo, exc):
+        alive.append(calls[1]() is not None)
+        return real_replay(self, undo, exc)
+
+    monkeypatch.setattr(stacked_loop, "run_losses", raising_once)
+    monkeypatch.setattr(stacked_loop._Stack, "replay", replay)
+    with pytest.warns(RuntimeWarning, match="stacked step 1 raised"):
+        train_stacked(_runs(seeds=(0, 1)), data=synthetic)
+    assert alive == [False]

@@ -29,6 +29,7 @@ so rounding differs as between any two GPU runs (which seeds fail may change, as
 from __future__ import annotations
 
 import time
+import traceback
 import warnings
 
 import torch
@@ -149,6 +150,7 @@ class _Stack:
                 self._stacked_step(step)
             raised = None
         except Exception as exc:  # noqa: BLE001 — the runs' own steps classify it (or re-raise a bug)
+            traceback.clear_frames(exc.__traceback__)  # the failed step's activations and graph go before the replay
             raised = exc
         spent = time.perf_counter() - t0
         for r in runs:
