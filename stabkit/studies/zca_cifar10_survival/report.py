@@ -113,7 +113,8 @@ def _table_section(results: pd.DataFrame) -> list[str]:
             "of one horizon. `80 % power if our rate`: the true rates at which this test, with our number of runs against "
             f"the paper's published count (held fixed), would reject at 5 % with probability ≥ 0.8 (exact binomial "
             "power, searched on a 1 % grid: each true bound lies less than 1 point nearer the paper's rate) — rates "
-            "between those bounds would be detected with probability below 0.8, so a large p is not agreement. The "
+            "more than 1 point inside those bounds would be detected with probability below 0.8, so a large p is not "
+            "agreement. The "
             "horizon is a prefix of "
             "the paper's 350-epoch schedule, so a failure after it is not seen: more runs without a NaN loss than the "
             "paper's is what a shorter horizon gives anyway; fewer, with a small Holm p, is evidence against Table IV.", ""]
