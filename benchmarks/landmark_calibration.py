@@ -38,7 +38,7 @@ PRIOR = 2.0  # the link's default pseudo-runs
 
 def real_table(results: Path, early_frac: float) -> pd.DataFrame:
     table, _ = tables.landmark_table(pd.read_parquet(results), early_frac)
-    table["cell"] = table[list(_landmark.CELL_KEYS)].astype(str).agg("|".join, axis=1)
+    table["cell"] = _landmark.cell_ids(table)
     return table
 
 

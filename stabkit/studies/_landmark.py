@@ -145,6 +145,11 @@ def landmark_table(results: pd.DataFrame, landmark_epochs: float) -> tuple[pd.Da
 
 
 # -------------------------------------------------------------------------------------- models
+def cell_ids(table: pd.DataFrame) -> np.ndarray:
+    """Each run's cell (``CELL_KEYS`` joined by ``|``), the grouping of the cell model."""
+    return table[list(CELL_KEYS)].astype(str).agg("|".join, axis=1).to_numpy()
+
+
 def _logit(p):
     p = np.clip(p, 1e-3, 1 - 1e-3)
     return np.log(p / (1 - p))
@@ -212,7 +217,7 @@ def cross_validate(table: pd.DataFrame, folds: int = 5, repeats: int = 20, seed:
     if n_fail < MIN_EACH or len(y) - n_fail < MIN_EACH:
         return None
     folds = max(2, min(folds, n_fail, len(y) - n_fail))
-    cells = table[list(CELL_KEYS)].astype(str).agg("|".join, axis=1).to_numpy()
+    cells = cell_ids(table)
     X = table[list(features)].to_numpy(float)
     usable = ~np.isnan(X).all(0)
     X = X[:, usable]

@@ -106,7 +106,7 @@ def _link_section(link: dict, g: dict, figs: list[str]) -> list[str]:
         f"failed at a step ≥ L ("
         + (", ".join(f"{o} {n}" for o, n in later.items()) or "none") + "). Left out: "
         f"{out['failed_before']} runs that failed before L (no lead time to predict them), {out['step_unknown']} "
-        f"failures without a recorded step and {out.get('stopped_early', 0)} run{'' if out.get('stopped_early', 0) == 1 else 's'} "
+        f"failures without a recorded step and {out['stopped_early']} run{'' if out['stopped_early'] == 1 else 's'} "
         "stopped before the last step without a failure (outcome unknown). Features, from the monitor's records of the steps before L only: "
         + ", ".join(f"`{f}`" for f in FEATURES) + ". Models, scored by the Brier score of repeated stratified "
         "cross-validation: the base rate; the cell (method × d × dtype; its smoothed failure rate in the training "
