@@ -21,8 +21,9 @@ Three predictors, scored by the Brier score of repeated stratified K-fold cross-
   feature is centred on its cell's mean and scaled, both from the training folds only: x is a run's
   deviation from its cell. Raw features would let a diagnostic that merely encodes the cell (the
   same value for all its runs) beat the rough smoothed rates of cells with few runs by pooling
-  across cells, and be credited as adding "beyond the cell" (on constructed data of 40 cells × 4
-  runs, 3 of 6 data sets; ``tests/test_survival_link.py``).
+  across cells, and be credited as adding "beyond the cell" (constructed data of 40 cells × 4 runs:
+  seeds 1, 2 and 4 of 0–5 at 111651d, the last commit with raw features; ``tests/test_survival_link.py``
+  keeps those seeds).
 
 Verdict: the diagnostics add something beyond the cell when the mean per-run Brier improvement of
 cell + diagnostics over cell exceeds twice its standard error (per-run squared errors averaged over
@@ -31,11 +32,12 @@ scores are not (every run trains the others' models): it is an approximation.
 ``benchmarks/landmark_calibration.py`` measures the rule on data shaped like the zca-cifar10
 study's landmark table (319 runs, 41 cells, 26 failures; each cell's real feature rows resampled,
 outcomes from the cell rates plus β·z for an extra run-level feature z ~ N(0, 1); 20 repeats of
-5-fold; 500 data sets per β, run at f2d4bb9): the spread of the gain across data sets was 0.86–1.22
+5-fold, where the report uses 100; 500 data sets per β, run at f2d4bb9, output in
+``benchmarks/results/2026-12-05-cpu-f2d4bb9/``): the spread of the gain across data sets was 0.86–1.22
 of the mean reported SE, and the rule said "adds" in 0/500 data sets at β = 0 (Clopper–Pearson 95 %
 ≤ 0.7 %), 0/500 at β = 0.5, 3/500 at β = 1 and 124/500 (21–29 %) at β = 2 (odds ratio 7.4 per SD).
-So on such data the rule rarely calls noise useful, and misses most real run-level signals: a "not
-shown to add" verdict there is weak evidence of nothing to add.
+So on such data the rule rarely calls noise useful, and misses run-level signals up to odds ratio
+7.4 per SD in most data sets: a "not shown to add" verdict there is weak evidence of nothing to add.
 """
 
 from __future__ import annotations
