@@ -11,10 +11,12 @@ import pytest
 import torch
 
 import stabkit.torch as sktorch
-from stabkit.train import loop
+from stabkit import monitor
+from stabkit.train import loop, table_iv
 from stabkit.train.loop import epoch_log_json, train_many, train_run
 from stabkit.train.resnet import ResNet18
 from stabkit.train.zca import ZCAWhitening
+from tests._host_reads import count_host_reads
 from tests.conftest import SMALL_RUN
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -301,3 +303,22 @@ def test_cli_train_fast_options(tiny_batches):
 def test_interleaved_runs_must_share_tf32(synthetic):
     with pytest.raises(ValueError, match="share device, data and TF32"):
         train_many([{**SMALL, "tf32": True}, {**SMALL, "tf32": False}], data=synthetic, interleave=True)
+
+
+@pytest.mark.parametrize("preset,row", [("paper", r) for r in table_iv.ROWS] + [("stabkit", "SVD")])
+def test_fast_steps_read_nothing_back_between_their_checks(synthetic, preset, row):
+    # issue 12, "no host synchronisation per step": losses, norms and checks stay on the device and are
+    # read back only at every check_every-th step (an epoch's end, step 8 here, included). On CUDA each
+    # read-back waits for the device; on the CPU they are counted (backward rules included).
+    run = loop._Run({**SMALL, "preset": preset, "method": table_iv.method(row).name, "fast": True,
+                     "check_every": 5, "epochs": 2}, synthetic)
+    reads = []
+    with monitor.watch() as shared:
+        for _ in range(12):
+            loop._activate(shared, run.mon)
+            with count_host_reads() as seen:
+                run.step()
+            reads.append(sum(seen.values()))
+            assert run.active, (run.outcome, run.done)
+            assert all(site.startswith("train/") for _, site in seen), seen  # the checks' own reads only
+    assert [n > 0 for n in reads] == [done % 5 == 0 for done in range(1, 13)], reads

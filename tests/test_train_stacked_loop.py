@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from stabkit import monitor
-from stabkit.train import stacked_loop
+from stabkit.train import loop, stacked_loop, table_iv
 from stabkit.train.loop import train_many
 from stabkit.train.stacked_loop import train_stacked
+from tests._host_reads import count_host_reads
 from tests.conftest import SMALL_RUN
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -238,3 +239,20 @@ def test_the_failed_stacked_step_s_tensors_are_freed_before_the_replay(synthetic
     with pytest.warns(RuntimeWarning, match="stacked step 1 raised"):
         train_stacked(_runs(seeds=(0, 1)), data=synthetic)
     assert alive == [False]
+
+
+@pytest.mark.parametrize("row", table_iv.ROWS)
+def test_stacked_steps_read_nothing_back_between_their_checks(synthetic, row):
+    # as one run's fast steps (tests/test_fast_path.py): a stacked step of 3 runs reads back only at
+    # the runs' checks (every 5th step; an epoch's end, step 8, included), backward rules counted too
+    group = stacked_loop._Stack([loop._Run(c, synthetic) for c in _runs(
+        preset="paper", method=table_iv.method(row).name, dtype="float32", fast=True, limit_images=None,
+        check_every=5, eval_every=1)])
+    reads = []
+    for _ in range(12):
+        with count_host_reads() as seen:
+            group.step()
+        reads.append(sum(seen.values()))
+        assert len(group.runs) == 3, [(r.outcome, r.done) for r in group.runs]
+        assert all(site.startswith("train/") for _, site in seen), seen
+    assert [n > 0 for n in reads] == [done % 5 == 0 for done in range(1, 13)], reads
