@@ -77,6 +77,7 @@ def test_holm_worked_example():
 
 
 @given(st.lists(st.floats(0, 1), min_size=1, max_size=12))
+@settings(deadline=None)
 def test_holm_is_between_raw_and_bonferroni_and_monotone(p):
     p = np.array(p)
     adj = _stats.holm(p)

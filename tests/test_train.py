@@ -1,6 +1,10 @@
 """Training loop: a short run succeeds; every failure outcome is produced by a constructed case."""
 
+import math
+
+import numpy as np
 import pytest
+import scipy.stats
 import torch
 
 import stabkit.torch as sktorch
@@ -134,15 +138,27 @@ def test_train_many_sequential_and_deterministic(synthetic):
 
 
 def test_augment_crops_and_flips_on_device():
-    x = torch.arange(2 * 3 * 32 * 32, dtype=torch.int64).reshape(2, 3, 32, 32).to(torch.uint8) | 1  # no zeros
-    out = augment(x, torch.Generator().manual_seed(0))
-    assert out.shape == x.shape and out.dtype == torch.uint8
-    for i in range(2):
-        # each output is a shifted (and maybe mirrored) window of the zero-padded input
-        padded = torch.nn.functional.pad(x[i], (4, 4, 4, 4))
-        hits = [(oy, ox, f) for oy in range(9) for ox in range(9) for f in (False, True)
-                if torch.equal(out[i], (padded[:, oy:oy + 32, ox:ox + 32].flip(-1) if f else padded[:, oy:oy + 32, ox:ox + 32]))]
-        assert len(hits) == 1
+    # every output is one of the 162 windows of the zero-padded input (9 × 9 offsets, mirrored or not),
+    # and over 16 200 copies of one image each window is drawn about equally often (uniform offsets and
+    # a fair flip, as torchvision's RandomCrop(32, padding=4) + RandomHorizontalFlip)
+    x = (torch.arange(3 * 32 * 32, dtype=torch.int64).reshape(3, 32, 32) % 251 + 1).to(torch.uint8)  # no zeros
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    windows = [(oy, ox, f) for oy in range(9) for ox in range(9) for f in (False, True)]
+    views = torch.stack([padded[:, oy:oy + 32, ox:ox + 32].flip(-1) if f else padded[:, oy:oy + 32, ox:ox + 32]
+                         for oy, ox, f in windows])
+    assert len({v.numpy().tobytes() for v in views}) == 162  # the windows tell each other apart
+    n = 100 * len(windows)
+    out = augment(x.expand(n, 3, 32, 32).contiguous(), torch.Generator().manual_seed(0))
+    assert out.shape == (n, 3, 32, 32) and out.dtype == torch.uint8
+    key = torch.randint(1, 2**20, (3 * 32 * 32,), generator=torch.Generator().manual_seed(1), dtype=torch.int64)
+    index = {int(h): i for i, h in enumerate(views.flatten(1).long() @ key)}
+    drawn = [index.get(int(h), -1) for h in out.flatten(1).long() @ key]
+    assert min(drawn) >= 0
+    assert all(torch.equal(out[j], views[i]) for j, i in enumerate(drawn[:500]))  # the hash matched exactly
+    counts = np.bincount(drawn, minlength=len(windows))
+    assert scipy.stats.chisquare(counts).pvalue > 1e-4, counts
+    flips = counts[1::2].sum()
+    assert abs(flips - n / 2) < 4 * math.sqrt(n / 4), flips  # 4 SD
 
 
 def test_config_errors():
@@ -173,7 +189,6 @@ def test_config_errors():
 # ------------------------------------------------------------------ study kind and CLI
 import json  # noqa: E402
 
-import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 

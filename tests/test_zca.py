@@ -1,6 +1,8 @@
 """ZCA whitening layer: whitens, uses running statistics in eval, and every method's gradient is right."""
 
+import numpy as np
 import pytest
+import scipy.linalg
 import torch
 
 from stabkit.train.resnet import ResNet18
@@ -60,17 +62,27 @@ def test_output_is_white_per_group(method, dtype):
 
 
 def test_eval_uses_running_statistics():
+    # one training batch at momentum 0.1 moves the running statistics a tenth of the way from (0, I)
+    # to the batch's (mean 3, (Σ + εI)^{-1/2}); eval applies that affine map to another batch z, whose
+    # own statistics would whiten it differently
     x = _input([1.0, 2.0, 3.0, 5.0], groups=2)
-    layer = ZCAWhitening(8, d=4, momentum=1.0, dtype="float64").double()
-    y_train = layer(x)
+    layer = ZCAWhitening(8, d=4, dtype="float64").double()
+    with torch.no_grad():
+        layer.weight.copy_(torch.linspace(0.5, 2.0, 8))
+        layer.bias.copy_(torch.linspace(-1.0, 1.0, 8))
+    layer(x)
+    torch.testing.assert_close(layer.running_mean, torch.full((2, 4, 1), 0.3, dtype=torch.float64))
+    cov = (_group_cov(x, 4) + 1e-4 * torch.eye(4, dtype=torch.float64)).numpy()
+    batch_whitening = np.stack([np.linalg.inv(scipy.linalg.sqrtm(c).real) for c in cov])  # Schur, not eigh
+    running_whitening = 0.9 * np.eye(4) + 0.1 * batch_whitening
+    z = _input([0.3, 1.0, 4.0, 9.0], groups=2, seed=5) * 2 - 1
+    zg = z.transpose(0, 1).reshape(2, 4, -1).numpy()
+    expected = torch.from_numpy(running_whitening @ (zg - 0.3)).reshape(8, *z.shape[:1], *z.shape[2:]).transpose(0, 1)
+    expected = expected * layer.weight.detach()[None, :, None, None] + layer.bias.detach()[None, :, None, None]
     layer.eval()
-    torch.testing.assert_close(layer(x), y_train, rtol=1e-10, atol=1e-10)
-    # eval on a shifted input is the same affine map (no batch statistics are recomputed)
-    torch.testing.assert_close(layer(x + 1.0) - layer(x), layer(torch.ones_like(x)) - layer(torch.zeros_like(x)))
-    # momentum 0.1: running mean moves a tenth of the way from 0 to the batch mean (= 3 here)
-    slow = ZCAWhitening(8, d=4, dtype="float64").double()
-    slow(x)
-    torch.testing.assert_close(slow.running_mean, torch.full((2, 4, 1), 0.3, dtype=torch.float64))
+    torch.testing.assert_close(layer(z), expected, rtol=1e-9, atol=1e-9)
+    with torch.no_grad():
+        assert (layer.train()(z) - expected).abs().max() > 0.5  # the batch's own statistics: another map
 
 
 @pytest.mark.parametrize("method", METHODS)
