@@ -499,3 +499,38 @@ def test_svd_dk_second_derivative_beside_an_exactly_zero_singular_value():
     h = 1e-7
     central = (_grad(loss, F + h * V) - _grad(loss, F - h * V)) / (2 * h)
     torch.testing.assert_close(_hvp(loss, F, V), central, rtol=1e-5, atol=1e-5)
+
+
+def _near_degenerate_features(seed: int = 3) -> torch.Tensor:
+    """F (8 × 4) whose FᵀF has eigenvalues (1, 1.01, 2, 3): Taylor's truncated series is far from the
+    exact 1/(λ_i − λ_j) at the close pair, and its degree K shows."""
+    g = GEN(seed)
+    Qa, _ = torch.linalg.qr(torch.randn(8, 4, dtype=D, generator=g))
+    Qb, _ = torch.linalg.qr(torch.randn(4, 4, dtype=D, generator=g))
+    return Qa @ torch.diag(torch.tensor([1.0, 1.01, 2.0, 3.0], dtype=D).sqrt()) @ Qb.mT
+
+
+@pytest.mark.parametrize("layer", ["eig_matrix_function", "o2p"])
+def test_the_eig_route_s_method_and_params_reach_its_backward(layer):
+    import stabkit.torch as sktorch
+
+    F, R = _near_degenerate_features(), torch.randn(4, 4, dtype=D, generator=GEN(4))
+
+    def grad(**choice):
+        x = F.clone().requires_grad_(True)
+        C = (layers.o2p(x, eps=1e-3, route="eig", **choice) if layer == "o2p"
+             else layers.eig_matrix_function(x.mT @ x, "log", eps=1e-3, **choice))
+        return torch.autograd.grad((C * R).sum(), x)[0]
+
+    def written_here(spec: str):
+        # log(FᵀF + εI) = U log(Λ + εI) Uᵀ on stabkit.torch.eigh with the rule ``spec``
+        x = F.clone().requires_grad_(True)
+        lam, U = sktorch.eigh(sktorch.symmetrize(x.mT @ x), method=spec)
+        return torch.autograd.grad((((U * torch.log(lam + 1e-3)[None, :]) @ U.mT) * R).sum(), x)[0]
+
+    low, high = grad(method="taylor", K=1), grad(method="taylor", K=5)
+    torch.testing.assert_close(low, written_here("taylor:K=1"), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(high, written_here("taylor:K=5"), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(grad(), written_here("analytic"), rtol=1e-10, atol=1e-12)
+    # the three rules really differ here, so the checks above tell which one ran
+    assert (low - high).norm() > 0.01 * high.norm() and (high - grad()).norm() > 0.01 * grad().norm()

@@ -18,3 +18,16 @@ def test_second_derivative_is_refused():
     A = torch.randn(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     with pytest.raises(RuntimeError, match="differentiate twice"):
         second_derivative(layers.projector, A)
+
+
+@pytest.mark.parametrize("dtype, rtol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+def test_default_rank_is_the_numerical_rank(dtype, rtol):
+    # A = B Bᵀ with B 6 × 2: rank 2, its other four σ rounding-level, not 0. The default rule (σ >
+    # max(m, n)·eps·σ_max) keeps two and Π_A is the projector onto range(B), here from B's QR (in
+    # float32 the rounding of A tilts its range by ~eps₃₂/0.09, σ₂/σ₁ ≈ 0.09 here)
+    g = torch.Generator().manual_seed(7)
+    B = torch.randn(6, 2, dtype=torch.float64, generator=g) @ torch.diag(torch.tensor([1.0, 0.3], dtype=torch.float64))
+    Q, _ = torch.linalg.qr(B)
+    A = (B @ B.mT).to(dtype)
+    P = layers.projector(A)
+    torch.testing.assert_close(P.double(), Q @ Q.mT, rtol=0, atol=rtol)

@@ -62,6 +62,19 @@ def test_spectrum_diagnostics():
     assert metrics.spectrum_diagnostics(np.array([0.5, 2.0]))["condition"] == pytest.approx(4.0)
 
 
+def test_numerical_rank_threshold_is_d_eps_max_lambda_of_the_dtype():
+    # d = 4, max|λ| = 4: the threshold is 16·eps — 3.6e-15 in float64, 1.9e-6 in float32; a λ just
+    # above or below it counts or not, and a rounding-level λ (1e-10) counts in float64 only
+    for dtype in (np.float64, np.float32):
+        tol = 4 * float(np.finfo(dtype).eps) * 4.0
+        for small, counted in ((1.01 * tol, True), (0.99 * tol, False)):
+            lam = np.array([small, 1.0, 2.0, 4.0])
+            assert metrics.spectrum_diagnostics(lam, dtype=dtype)["numerical_rank"] == 3 + counted, (dtype, small)
+    lam = np.array([1e-10, 1.0, 2.0, 4.0])
+    assert metrics.spectrum_diagnostics(lam)["numerical_rank"] == 4
+    assert metrics.spectrum_diagnostics(lam, dtype=np.float32)["numerical_rank"] == 3
+
+
 def test_metrics_at_the_top_of_float64s_range():
     """Entries at or above 2^1023 (a power-of-2 scale there is 2^1024, itself not a float):
     closed forms, and an honest inf where the ratio itself exceeds float64."""

@@ -141,6 +141,20 @@ def test_log_files_and_summary(tmp_path):
     assert monitor.summarize(df, until_step=1)["gap_events"] == 0
 
 
+def test_summary_takes_each_diagnostic_s_worst_call():
+    # three calls whose extremes fall on different calls: the smallest gaps and λ_min, the largest
+    # max|K̃|, bound and gradient norm, the count of calls below the gap threshold and non-finite
+    df = pd.DataFrame({"step": [0, 1, 2],
+                       "min_gap": [0.5, 2e-6, 0.1], "min_rel_gap": [0.1, 1e-6, 2e-5],
+                       "max_K": [2.0, 5e5, 10.0], "lam_min": [0.3, 0.2, -0.01],
+                       "bound": [7.0, 3.0, 1.0], "grad_norm": [1.0, 4.0, math.nan], "nonfinite": [False, False, True]})
+    assert monitor.summarize(df, gap_threshold=1e-5) == {
+        "calls": 3, "min_gap": 2e-6, "min_rel_gap": 1e-6, "max_K": 5e5, "lam_min": -0.01, "max_bound": 7.0,
+        "max_grad_norm": 4.0, "gap_events": 1, "nonfinite_events": 1}
+    first = monitor.summarize(df, until_step=1)  # steps < 1: the first call alone
+    assert (first["min_gap"], first["lam_min"], first["max_grad_norm"], first["gap_events"]) == (0.5, 0.3, 1.0, 0)
+
+
 def test_tensorboard_scalars_per_call_site_and_step(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
