@@ -3,8 +3,11 @@ empty run says what is left, and a damaged study does not break the others."""
 
 from __future__ import annotations
 
+import io
+import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -116,3 +119,23 @@ def test_a_damaged_study_is_left_out_of_the_index_and_breaks_no_other(tmp_path):
         index = (out / "README.md").read_text()
         assert "[tiny](tiny/README.md)" in index and "other" not in index
     _one_error_line(_invoke("report", "other", "--out", out), str(other / "results.parquet"), "unreadable")
+
+
+def test_a_published_table_whose_cells_are_not_kept_is_never_cut_down(tmp_path):
+    # a fresh checkout: results.parquet is committed, cells/ is not. A check (--max-cells 0) or a
+    # short run would rewrite the table from the cell files alone and drop what only the table holds:
+    # refused before any work, the table untouched; the whole grid may run, and recomputes it all
+    out = tmp_path / "out"
+    assert _invoke("run", TINY, "--out", out, "--no-progress").exit_code == 0
+    published = out / "tiny" / "results.parquet"
+    before = published.read_bytes()
+    shutil.rmtree(out / "tiny" / "cells")
+    for short, dropped in (("0", 12), ("3", 9)):
+        _one_error_line(_invoke("run", TINY, "--out", out, "--max-cells", short, "--no-progress"),
+                        f"publishes {dropped} cell(s)", "no --max-cells")
+        assert published.read_bytes() == before
+    _one_error_line(_invoke("run", TINY, "--out", out, "--set", "d=[4]", "--no-progress"),
+                    "not cells of this grid")
+    assert published.read_bytes() == before
+    assert _invoke("run", TINY, "--out", out, "--no-progress").exit_code == 0
+    assert len(pd.read_parquet(published)) == len(pd.read_parquet(io.BytesIO(before)))

@@ -169,6 +169,7 @@ class _Run:
             if int(max_cells) < 0:
                 raise ValueError(f"--max-cells must be ≥ 0, got {max_cells}")
             todo = todo[:int(max_cells)]
+        self._refuse_to_drop_published_cells(todo)
         self.commit = git_commit(self.out_root)
         self.record = RunRecord(self.out_dir, self.study, self.grid, command=self.command, commit=self.commit,
                                 sources=self.sources, jobs=self.jobs, scheduler=self.scheduler,
@@ -176,6 +177,28 @@ class _Run:
                                 reused_other_code=other_code if stale == "reuse" else 0)
         self.record.write()
         return todo
+
+    def _refuse_to_drop_published_cells(self, todo: list[dict]) -> None:
+        """A run rewrites results.parquet from the cell files alone; in a fresh checkout the committed
+        table may be the only copy of its cells (``cells/`` is not committed). Refuse, before any work,
+        a run whose table would drop a published cell that no cell file keeps: one stopped short by
+        --max-cells, or of another grid."""
+        published = self.out_dir / "results.parquet"
+        if not published.exists():
+            return
+        try:
+            ids = set(pd.read_parquet(published, columns=["cell_id"])["cell_id"].astype(str))
+        except Exception:  # noqa: BLE001 — an unreadable table has nothing left to protect
+            return
+        kept = set(self.done) | {c["cell_id"] for c in todo}
+        lost = sorted(i for i in ids if i not in kept and not _store._cell_path(self.cells_dir, i).exists())
+        if lost:
+            short = len(todo) < sum(c["cell_id"] not in self.done for c in self.cells)
+            how = ("run the whole grid (no --max-cells) to recompute them" if short else
+                   "they are not cells of this grid; run the grid they belong to")
+            raise ValueError(f"{published} publishes {len(lost)} cell(s) (e.g. {lost[0]}) that this run would drop and "
+                             f"that no file in {self.cells_dir} keeps (cell files are not committed): {how}, or move "
+                             f"results.parquet away to start the table anew")
 
     def _load_finished(self, stale: str, log) -> int:
         """Fill ``done`` with the valid cell files of this grid; return how many came from other code."""
