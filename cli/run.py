@@ -25,7 +25,9 @@ def run_command(
     recompute_stale: bool = typer.Option(False, "--recompute-stale", help="Recompute finished cells computed by other code."),
     max_cells: Optional[int] = typer.Option(None, "--max-cells", help="Compute at most N of the cells still to do "
                                             "(grid order); the others resume on a later run. 0 computes "
-                                            "nothing: it checks the study and says how many cells are left."),
+                                            "nothing: it checks the study and says how many cells are left. Refused where "
+                                            "the published results.parquet holds cells that no cell file keeps (a fresh "
+                                            "checkout): the short run's table would drop them."),
     stack: int = typer.Option(1, "--stack", help="Train up to R consecutive runs of one training cell (seeds "
                                                 "apart) at once, stacked in one network by one process "
                                                 "(study kinds that can; stabkit.train.stacked_loop). Default 1: one run each."),
