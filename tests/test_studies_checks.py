@@ -11,8 +11,12 @@ def test_lists_integers_and_choices_name_the_key():
     with pytest.raises(ValueError, match="grid key 'd' is empty"):
         _checks.as_list("d", [])
     assert _checks.int_list("d", [4, 8.0], 2, "matrix size") == [4, 8]
-    with pytest.raises(ValueError, match="grid key 'd': matrix size must be an integer ≥ 2, got 1"):
+    with pytest.raises(ValueError, match=r"grid key 'd': matrix size must be an integer in \[2, 2\^63 − 1\], got 1"):
         _checks.int_list("d", [1], 2, "matrix size")
+    assert _checks.int_list("seeds", [2**63 - 1], 0, "seed") == [2**63 - 1]
+    for too_big in (2**63, 1e20, float("inf"), float("nan")):  # a results table stores int64
+        with pytest.raises(ValueError, match="grid key 'seeds': seed must be an integer in"):
+            _checks.int_list("seeds", [too_big], 0, "seed")
     with pytest.raises(ValueError, match="appears twice"):
         _checks.int_list("seeds", [0, 0], 0, "seed")
     with pytest.raises(ValueError, match=r"unknown value 'float16' \(allowed: float32, float64\)"):

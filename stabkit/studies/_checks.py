@@ -24,11 +24,16 @@ def no_duplicates(key: str, items: list) -> None:
         seen.add(marker)
 
 
+#: the largest integer a results table stores (Parquet int64)
+INT64_MAX = 2**63 - 1
+
+
 def int_list(key: str, value, minimum: int, what: str) -> list[int]:
     out = []
     for item in as_list(key, value):
-        if isinstance(item, bool) or not isinstance(item, (int, float)) or item != int(item) or item < minimum:
-            raise ValueError(f"grid key {key!r}: {what} must be an integer ≥ {minimum}, got {item!r}")
+        if (isinstance(item, bool) or not isinstance(item, (int, float)) or not minimum <= item <= INT64_MAX
+                or item != int(item)):  # range first: int() of NaN or ±inf raises
+            raise ValueError(f"grid key {key!r}: {what} must be an integer in [{minimum}, 2^63 − 1], got {item!r}")
         out.append(int(item))
     no_duplicates(key, out)
     return out
