@@ -161,6 +161,28 @@ def test_augment_crops_and_flips_on_device():
     assert abs(flips - n / 2) < 4 * math.sqrt(n / 4), flips  # 4 SD
 
 
+@pytest.mark.parametrize("option, value, needle", [
+    ("max_steps", -1, "max_steps must be an integer ≥ 0"), ("max_steps", 2.5, "max_steps must be an integer"),
+    ("limit_test", -1, "limit_test must be an integer ≥ 0"), ("limit_images", -64, "limit_images must be an integer ≥ 1"),
+    ("seed", -1, "seed must be an integer ≥ 0"), ("seed", 2**63, "seed must be an integer"),
+    ("lr", math.inf, "lr must be a finite number > 0"), ("gamma", math.nan, "gamma must be a finite number > 0"),
+    ("gamma", -1.0, "gamma must be"), ("width", 0.0, "width must be a finite number > 0"),
+    ("width", math.nan, "width must be"), ("eps", math.inf, "eps must be finite"),
+    ("momentum", -0.1, "momentum must be a finite number ≥ 0"), ("batch_size", 0, "batch_size must be"),
+    ("batch_size", 12.5, "batch_size must be an integer"), ("lr", "fast", "lr must be a number"),
+])
+def test_bad_numbers_are_refused_before_a_step(option, value, needle):
+    # each would otherwise crash mid-run (max_steps = −1: a negative tensor size), train on silently
+    # (lr = ∞: outcome "ok" with |conv1| = ∞) or be ignored (limit_test = −1)
+    with pytest.raises(ValueError, match=needle):
+        loop.resolve_config({"limit_images": 64, "batch_size": 32, option: value})
+
+
+def test_zero_caps_mean_none():
+    cfg = loop.resolve_config({"max_steps": 0, "limit_test": 0, "seed": np.int64(3)})
+    assert (cfg["max_steps"], cfg["limit_test"], cfg["seed"]) == (0, 0, 3)
+
+
 def test_config_errors():
     with pytest.raises(ValueError, match="unknown training option"):
         loop.resolve_config({"lr_decay": 3})

@@ -10,6 +10,8 @@ study kinds pass: parsed once at their edge) is used as it is; text or a Method 
 from __future__ import annotations
 
 import functools
+import math
+import numbers
 
 import torch
 
@@ -86,9 +88,36 @@ def _check_model(cfg: dict) -> None:
         raise ValueError(f"unknown norm {cfg['norm']!r}: choose 'zca' or 'bn'")
     if cfg["dtype"] not in ("float32", "float64"):
         raise ValueError(f"unknown dtype {cfg['dtype']!r}: choose float32 or float64")
-    for key in ("epochs", "batch_size", "lr"):
-        if not float(cfg[key]) > 0:
-            raise ValueError(f"{key} must be > 0, got {cfg[key]}")
+    for key in ("epochs", "batch_size", "lr", "width", "gamma"):
+        if not _number(cfg, key) > 0 or not math.isfinite(_number(cfg, key)):
+            raise ValueError(f"{key} must be a finite number > 0, got {cfg[key]}")
+    for key in ("momentum", "weight_decay"):
+        if not _number(cfg, key) >= 0 or not math.isfinite(_number(cfg, key)):
+            raise ValueError(f"{key} must be a finite number ≥ 0, got {cfg[key]}")
+    if cfg["eps"] is not None and not math.isfinite(_number(cfg, "eps")):
+        raise ValueError(f"eps must be finite, got {cfg['eps']}")
+    _check_count(cfg, "batch_size", 1, "")
+    _check_count(cfg, "seed", 0, "")
+    for key in ("max_steps", "limit_test"):  # 0 as None: no cap, all test images
+        _check_count(cfg, key, 0, " (0: none)")
+    _check_count(cfg, "limit_images", 1, " (or none)")
+
+
+def _number(cfg: dict, key: str) -> float:
+    try:
+        return float(cfg[key])
+    except (TypeError, ValueError):
+        raise ValueError(f"{key} must be a number, got {cfg[key]!r}") from None
+
+
+def _check_count(cfg: dict, key: str, minimum: int, note: str) -> None:
+    """An integer option (None allowed but for batch_size and seed) in [minimum, 2^63 − 1]."""
+    value = cfg[key]
+    if value is None and key not in ("batch_size", "seed"):
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not minimum <= value <= 2**63 - 1 \
+            or value != int(value):
+        raise ValueError(f"{key} must be an integer ≥ {minimum}{note}, got {value!r}")
 
 
 def _check_schedule(cfg: dict) -> None:
