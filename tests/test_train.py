@@ -210,6 +210,7 @@ def test_config_errors():
 
 # ------------------------------------------------------------------ study kind and CLI
 import json  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import pandas as pd  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
@@ -501,3 +502,19 @@ def test_the_cli_parses_the_method_once(monkeypatch):
     from stabkit import methods
 
     assert isinstance(seen[0]["method"], methods.Spec) and str(seen[0]["method"]) == "clip:tau=50"
+
+
+@pytest.mark.parametrize("study, setting, needle", [
+    ("zca-cifar10-cpu-pilot", "lr=inf", "lr must be a finite number > 0"),
+    ("zca-cifar10-cpu-pilot", "max_steps=-1", "max_steps must be an integer ≥ 0"),
+    ("zca-cifar10-cpu-pilot", 'data="/nonexistent/cifar"', "no such file or folder"),
+    ("zca-cifar10-survival", "lr=inf", "lr must be a finite number > 0"),
+    ("zca-cifar10-survival", "train_options={bogus=1}", "unknown training option"),
+])
+def test_a_training_study_s_bad_option_is_refused_before_its_first_cell(tmp_path, study, setting, needle):
+    # the check (--max-cells 0) sees what the first cell would meet: one line, exit 2, nothing written
+    path = Path(__file__).resolve().parents[1] / "studies" / f"{study}.toml"
+    result = CliRunner().invoke(app, ["run", str(path), "--out", str(tmp_path), "--max-cells", "0", "--set", setting,
+                                      "--no-progress"])
+    assert result.exit_code == 2 and needle in result.stderr, result.output
+    assert not list(tmp_path.rglob("results.parquet"))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import math
 import numbers
+import os
 
 import torch
 
@@ -67,6 +68,16 @@ def resolve_config(config: dict) -> dict:
     cfg["device"] = pick_device(cfg["device"])
     _check_cpu_layout(cfg)
     return cfg
+
+
+def check_config(config: dict) -> None:
+    """What ``resolve_config`` refuses, and a missing data path, before a study's cells start (a
+    training study otherwise meets a bad number in its first cell, exit 1). The device and the fast
+    path's layout are left to the run, on the machine that has them."""
+    resolve_config({**config, "device": "cpu", "fast": False})
+    data = config.get("data")
+    if data and not os.path.exists(data):
+        raise ValueError(f"data: no such file or folder: {data}")
 
 
 # torch 2.13's CPU (oneDNN) backward of a channels_last 1×1 stride-2 convolution with fewer than 8

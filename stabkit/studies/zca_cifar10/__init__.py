@@ -112,12 +112,14 @@ def cells(grid: dict) -> list[dict]:
     if g["bn_baseline"]:
         for seed in range(int(g["seeds"])):
             out.append({"cell_id": f"bn|s{seed}", "norm": "bn", "spec": "bn", "d": 0, "dtype": "float32", "seed": seed, **common})
+    from ...train.config import check_config
+
+    for first in {(c["spec"], c["d"], c["dtype"]): c for c in reversed(out)}.values():  # each distinct run, once
+        check_config(_config(first))
     return out
 
 
-def run_cell(cell: dict) -> list[dict]:
-    from ...train.loop import epoch_log_json, train_run
-
+def _config(cell: dict) -> dict:
     config = {k: cell[k] for k in ("epochs", "max_steps", "limit_images", "limit_test", "batch_size", "lr", "eps", "width",
                                    "early_frac", "device", "seed", "dtype", "norm")}
     config.update({k: cell[k] for k in OPTIONAL_KEYS if k in cell})
@@ -126,7 +128,13 @@ def run_cell(cell: dict) -> list[dict]:
     config["data"] = cell["data"] or None
     if cell["norm"] == "zca":
         config.update(method=methods.spec(cell["spec"]), d=cell["d"])  # the cell's edge: parsed once
-    result = train_run(config)
+    return config
+
+
+def run_cell(cell: dict) -> list[dict]:
+    from ...train.loop import epoch_log_json, train_run
+
+    result = train_run(_config(cell))
     result["epoch_log"] = epoch_log_json(result["epoch_log"])  # results hold scalar columns: JSON text
     result["backward"] = result["spec"]  # the backward the layer ran (under the paper preset: the row's spec)
     result["spec"] = cell["spec"]
