@@ -3,11 +3,23 @@ naming the problem."""
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from .errors import InputError
 
 SUPPORTED_DTYPES = (np.float32, np.float64)
+#: the largest integer a results table stores (Parquet int64)
+INT64_MAX = 2**63 - 1
+
+
+def is_count(value, minimum: int = 0) -> bool:
+    """Whether ``value`` is an integer (an int, an integral float or a numpy integer; not a bool) in
+    [minimum, 2^63 − 1]. The range is tested first: ``int()`` of NaN or ±inf raises."""
+    return bool(not isinstance(value, bool) and isinstance(value, numbers.Real) and minimum <= value <= INT64_MAX
+                and value == int(value))
+
 
 def symmetry_rtol(eps: float) -> float:
     """Relative asymmetry max|A - Aᵀ| / max|A| accepted (then symmetrized away) for a dtype of

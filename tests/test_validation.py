@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from stabkit import validation
 from stabkit.validation import check_symmetric
 
 
@@ -53,3 +54,12 @@ def test_symmetry_tolerance_is_sqrt_eps_as_in_torch_eigh(dtype):
                 check_symmetric(A)
             with pytest.raises(ValueError, match="not symmetric"):
                 st.eigh(torch.from_numpy(A))
+
+
+@pytest.mark.parametrize("value, minimum, ok", [
+    (0, 0, True), (3.0, 0, True), (np.int64(5), 1, True), (2**63 - 1, 0, True),
+    (-1, 0, False), (0, 1, False), (2.5, 0, False), (2**63, 0, False), (1e20, 0, False),
+    (float("inf"), 0, False), (float("nan"), 0, False), (True, 0, False), ("3", 0, False), (None, 0, False),
+])
+def test_is_count_is_an_integer_a_results_table_can_store(value, minimum, ok):
+    assert validation.is_count(value, minimum) is ok

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from ..validation import is_count
+
 
 def as_list(key: str, value) -> list:
     """``value`` as a non-empty list (a scalar becomes a one-element list)."""
@@ -24,15 +26,10 @@ def no_duplicates(key: str, items: list) -> None:
         seen.add(marker)
 
 
-#: the largest integer a results table stores (Parquet int64)
-INT64_MAX = 2**63 - 1
-
-
 def int_list(key: str, value, minimum: int, what: str) -> list[int]:
     out = []
     for item in as_list(key, value):
-        if (isinstance(item, bool) or not isinstance(item, (int, float)) or not minimum <= item <= INT64_MAX
-                or item != int(item)):  # range first: int() of NaN or ±inf raises
+        if not is_count(item, minimum):
             raise ValueError(f"grid key {key!r}: {what} must be an integer in [{minimum}, 2^63 − 1], got {item!r}")
         out.append(int(item))
     no_duplicates(key, out)

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import functools
 import math
-import numbers
 import os
 
 import torch
 
 from .. import methods
 from ..methods import Spec
+from ..validation import is_count
 from .preset import MILESTONE_UNITS, STOP_ON, get_preset
 from .resnet import stage_channels
 
@@ -107,11 +107,11 @@ def _check_model(cfg: dict) -> None:
             raise ValueError(f"{key} must be a finite number ≥ 0, got {cfg[key]}")
     if cfg["eps"] is not None and not math.isfinite(_number(cfg, "eps")):
         raise ValueError(f"eps must be finite, got {cfg['eps']}")
-    _check_count(cfg, "batch_size", 1, "")
-    _check_count(cfg, "seed", 0, "")
+    _check_count(cfg, "batch_size", 1)
+    _check_count(cfg, "seed", 0)
     for key in ("max_steps", "limit_test"):  # 0 as None: no cap, all test images
-        _check_count(cfg, key, 0, " (0: none)")
-    _check_count(cfg, "limit_images", 1, " (or none)")
+        _check_count(cfg, key, 0, " (0: none)", optional=True)
+    _check_count(cfg, "limit_images", 1, " (or none)", optional=True)
 
 
 def _number(cfg: dict, key: str) -> float:
@@ -121,13 +121,10 @@ def _number(cfg: dict, key: str) -> float:
         raise ValueError(f"{key} must be a number, got {cfg[key]!r}") from None
 
 
-def _check_count(cfg: dict, key: str, minimum: int, note: str) -> None:
-    """An integer option (None allowed but for batch_size and seed) in [minimum, 2^63 − 1]."""
+def _check_count(cfg: dict, key: str, minimum: int, note: str = "", optional: bool = False) -> None:
+    """An integer option in [minimum, 2^63 − 1] (``optional``: or None)."""
     value = cfg[key]
-    if value is None and key not in ("batch_size", "seed"):
-        return
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not minimum <= value <= 2**63 - 1 \
-            or value != int(value):
+    if not (optional and value is None) and not is_count(value, minimum):
         raise ValueError(f"{key} must be an integer ≥ {minimum}{note}, got {value!r}")
 
 

@@ -114,8 +114,11 @@ def cells(grid: dict) -> list[dict]:
             out.append({"cell_id": f"bn|s{seed}", "norm": "bn", "spec": "bn", "d": 0, "dtype": "float32", "seed": seed, **common})
     from ...train.config import check_config
 
-    for first in {(c["spec"], c["d"], c["dtype"]): c for c in reversed(out)}.values():  # each distinct run, once
-        check_config(_config(first))
+    seen = set()
+    for cell in out:  # each distinct run configuration, as the training loop will see it, before any cell starts
+        if (cell["spec"], cell["d"], cell["dtype"]) not in seen:
+            seen.add((cell["spec"], cell["d"], cell["dtype"]))
+            check_config(_config(cell))
     return out
 
 
