@@ -237,8 +237,8 @@ def test_disk_full_mid_run_is_one_line_with_the_resume_hint_and_leaves_nothing_b
     assert len(message.splitlines()) == 1 and "Traceback" not in result.output
     assert "No space left on device" in message
     assert f"run `stabkit run {study} --jobs=1 --out={tmp_path}` again to resume" in message
-    # run.json could not be rewritten (the disk is full), yet it does not claim to be running
-    assert json.loads((out / "run.json").read_text())["status"] != "running"
+    # the run's record could not be rewritten (the disk is full), yet it does not claim to be running
+    assert json.loads((out / "run.unfinished.json").read_text())["status"] != "running"
     assert _no_temporaries(tmp_path) == []
     assert not (out / "results.parquet").exists()
 
@@ -258,7 +258,8 @@ def test_a_results_write_that_fails_leaves_no_temporary_and_records_the_stop(tmp
     monkeypatch.setattr(pd.DataFrame, "to_parquet", no_space)
     with pytest.raises(runner.StorageError, match="No space left on device.*again to resume"):
         runner.run_study(study, {}, jobs=1, out_root=tmp_path, progress=False, command="stabkit run x")
-    assert json.loads((tmp_path / "faults" / "run.json").read_text())["status"].startswith("stopped")
+    assert json.loads((tmp_path / "faults" / "run.unfinished.json").read_text())["status"].startswith("stopped")
+    assert not (tmp_path / "faults" / "run.json").exists()
     assert _no_temporaries(tmp_path) == []
 
 
@@ -341,7 +342,7 @@ def test_the_time_of_a_killed_run_is_kept_in_the_total(tmp_path):
     finally:
         proc.kill()
         proc.wait()
-    killed = json.loads((out_root / "faults" / "run.json").read_text())
+    killed = json.loads((out_root / "faults" / "run.unfinished.json").read_text())
     assert killed["status"] == "running" and killed["pid"] == proc.pid
     assert killed["wall_seconds_total"] >= 0.8  # two cells of ≥ 0.4 s each were done
     runner.run_study(study, {}, jobs=1, out_root=out_root, progress=False)

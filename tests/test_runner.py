@@ -3,6 +3,7 @@ their user errors: test_studies_grid; the commit rule: test_studies_provenance."
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -55,7 +56,8 @@ def test_tiny_study_end_to_end(tmp_path):
     assert table["cell_id"].nunique() == 12 and len(table) == 48 and len(csv) == 48
     _, kind, grid = _grid.load_study(TINY)
     assert list(table["cell_id"].drop_duplicates()) == [c["cell_id"] for c in kind.cells(grid)]
-    assert (out / ".gitignore").read_text().strip() == "cells/"
+    assert (out / ".gitignore").read_text().split() == ["cells/", "run.unfinished.json"]
+    assert not (out / "run.unfinished.json").exists()  # the finished run's record is run.json
     meta = json.loads((out / "run.json").read_text())
     assert meta["command"] == f"stabkit run {TINY} --jobs=1 --out={tmp_path}"
     assert meta["cells_total"] == 12 and meta["cells_computed"] == 12 and meta["status"] == "finished"
@@ -162,14 +164,51 @@ def test_ctrl_c_stops_cleanly_and_resumes(tmp_path):
     assert proc.returncode == 130, stderr
     assert "interrupted" in stderr and "again to resume" in stderr and "Traceback" not in stderr
     kept = len(list(cells_dir.glob("*.json")))
-    stopped = json.loads((root / "mini" / "run.json").read_text())
+    stopped = json.loads((root / "mini" / "run.unfinished.json").read_text())
     assert stopped["status"] == "interrupted" and stopped["wall_seconds"] > 0
+    assert not (root / "mini" / "run.json").exists()  # no table was written, so no run describes one
     runner.run_study(study, {}, jobs=1, out_root=root, progress=False)
     meta = json.loads((root / "mini" / "run.json").read_text())
     assert meta["cells_reused"] == kept and meta["status"] == "finished"
+    assert not (root / "mini" / "run.unfinished.json").exists()
     # the interrupted run's time is carried into the total the report header shows
     assert meta["wall_seconds_previous_runs"] == stopped["wall_seconds"]
     assert meta["wall_seconds_total"] == pytest.approx(meta["wall_seconds"] + stopped["wall_seconds"], rel=1e-12)
+
+
+def test_a_run_stopped_in_a_fresh_checkout_leaves_the_published_report_as_it_was(tmp_path, monkeypatch):
+    """cells/ is not committed: a rerun in a fresh checkout that is stopped before its table leaves
+    results.parquet, run.json and the report they build exactly as committed; the stopped run's
+    record is apart, and the next whole run resumes from its cells and publishes both anew."""
+    study = _study(tmp_path, MINI_GRID.replace('"clip"]', '"clip"]\nseeds = [3]'))
+    out = tmp_path / "mini"
+    runner.run_study(study, {}, jobs=1, out_root=tmp_path, progress=False, command="stabkit run published")
+    readme = publish.build_report("mini", tmp_path).read_text()
+    published = {name: (out / name).read_bytes() for name in ("results.parquet", "run.json")}
+    for path in (out / "cells").glob("*.json"):  # as a fresh clone has it
+        path.unlink()
+
+    finished = runner._Run.on_done
+
+    def stopped_after_two_cells(self, *args, **kwargs):
+        finished(self, *args, **kwargs)
+        if self.record.computed == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner._Run, "on_done", stopped_after_two_cells)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_study(study, {}, jobs=1, out_root=tmp_path, progress=False, command="stabkit run stopped")
+    assert {name: (out / name).read_bytes() for name in published} == published
+    assert publish.build_report("mini", tmp_path).read_text() == readme
+    stopped = json.loads((out / "run.unfinished.json").read_text())
+    assert (stopped["status"], stopped["command"], stopped["cells_computed"]) == ("interrupted", "stabkit run stopped", 2)
+
+    monkeypatch.setattr(runner._Run, "on_done", finished)
+    table = runner.run_study(study, {}, jobs=1, out_root=tmp_path, progress=False, command="stabkit run resumed")
+    meta = json.loads((out / "run.json").read_text())
+    assert (meta["command"], meta["cells_reused"], meta["cells_computed"]) == ("stabkit run resumed", 2, 10)
+    assert not (out / "run.unfinished.json").exists()
+    pd.testing.assert_frame_equal(_stable(table), _stable(pd.read_parquet(io.BytesIO(published["results.parquet"]))))
 
 
 def test_process_pool_and_dask_give_the_local_table(tmp_path):

@@ -45,18 +45,20 @@ def test_run_record_counts_cells_and_carries_the_time_of_earlier_runs(tmp_path):
     record.cell_finished(failed=False)
     record.cell_finished(failed=True)
     record.write("interrupted")
-    first = json.loads((tmp_path / "run.json").read_text())
+    assert not (tmp_path / "run.json").exists()  # only a run that wrote its table has run.json
+    first = json.loads((tmp_path / "run.unfinished.json").read_text())
     assert first["cells_computed"] == 2 and first["cells_failed"] == 1 and first["status"] == "interrupted"
     assert list(first)[:8] == ["study", "kind", "grid", "command", "git_commit", "sources_hash", "machine", "started_at"]
     again = _record(tmp_path, cells_reused=2, reused_other_code=2)  # a resumed run of the same grid
     again.finish()
     meta = json.loads((tmp_path / "run.json").read_text())
+    assert not (tmp_path / "run.unfinished.json").exists()
     assert meta["status"] == "finished" and meta["finished_at"] and meta["cells_reused_from_other_code"] == 2
     assert meta["wall_seconds_previous_runs"] == first["wall_seconds_total"]
     assert meta["wall_seconds_total"] == pytest.approx(meta["wall_seconds"] + first["wall_seconds_total"], rel=1e-12)
 
 
-def test_the_last_status_is_written_in_place_when_run_json_cannot_be_replaced(tmp_path, monkeypatch):
+def test_the_last_status_is_written_in_place_when_the_record_cannot_be_replaced(tmp_path, monkeypatch):
     record = _record(tmp_path)
     record.write()
 
@@ -65,10 +67,10 @@ def test_the_last_status_is_written_in_place_when_run_json_cannot_be_replaced(tm
 
     monkeypatch.setattr(record, "write", full)
     record.write_last("stopped: disk full")
-    assert json.loads((tmp_path / "run.json").read_text())["status"] == "stopped"
+    assert json.loads((tmp_path / "run.unfinished.json").read_text())["status"] == "stopped"
 
 
-def test_the_heartbeat_rewrites_run_json_while_the_run_lasts(tmp_path, monkeypatch):
+def test_the_heartbeat_rewrites_the_record_while_the_run_lasts(tmp_path, monkeypatch):
     monkeypatch.setenv("STABKIT_HEARTBEAT_SECONDS", "0.01")
     record = _record(tmp_path)
     record.write()
@@ -76,11 +78,12 @@ def test_the_heartbeat_rewrites_run_json_while_the_run_lasts(tmp_path, monkeypat
     try:
         record.cell_finished(failed=False)  # counted in memory; only the heartbeat writes it
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and json.loads((tmp_path / "run.json").read_text())["cells_computed"] == 0:
+        while (time.monotonic() < deadline
+               and json.loads((tmp_path / "run.unfinished.json").read_text())["cells_computed"] == 0):
             time.sleep(0.01)
     finally:
         record.stop_heartbeat()
-    assert json.loads((tmp_path / "run.json").read_text())["cells_computed"] == 1
+    assert json.loads((tmp_path / "run.unfinished.json").read_text())["cells_computed"] == 1
 
 
 META = {

@@ -1,7 +1,7 @@
 """Where a study's results come from: the command line, the git commit, the machine (CPU, cores,
-RAM, GPU) and the library versions — recorded in ``run.json`` while a run lasts (:class:`RunRecord`,
-kept up to date by a heartbeat, so a kill -9 loses no time) and shown as the header of its report
-(:func:`header`)."""
+RAM, GPU) and the library versions — recorded while a run lasts in ``run.unfinished.json`` (kept
+up to date by a heartbeat, so a kill -9 loses no time), moved to ``run.json`` when the run writes
+its table (:class:`RunRecord`), and shown as the header of its report (:func:`header`)."""
 
 from __future__ import annotations
 
@@ -22,8 +22,10 @@ from .._io import write_text_atomic
 from ._store import _read_json
 
 REPO = Path(__file__).resolve().parents[2]
-#: Seconds between run.json updates while a run lasts (STABKIT_HEARTBEAT_SECONDS overrides).
+#: Seconds between heartbeat writes while a run lasts (STABKIT_HEARTBEAT_SECONDS overrides).
 HEARTBEAT_SECONDS = 10.0
+#: The record of a run that has not written its table yet (running, or stopped before it); ignored by git.
+UNFINISHED = "run.unfinished.json"
 
 
 # ----------------------------------------------------------------------------- command, commit, machine
@@ -142,16 +144,21 @@ def _now() -> str:
 
 
 class RunRecord:
-    """``out_dir/run.json`` of one run: written at its start (:meth:`write`), every few seconds by a
-    heartbeat while it lasts, and with its final status at the end. A resumed run of the same grid
-    carries the time of the runs before it (a killed run's last heartbeat included)."""
+    """The record of one run. ``out_dir/run.json`` describes the run that wrote results.parquet, so
+    it is written only by :meth:`finish`, after the table; until then the record lives in
+    ``out_dir/run.unfinished.json`` (:data:`UNFINISHED`): written at the start (:meth:`write`), every
+    few seconds by a heartbeat, and with the status a stopped run ended in. A run stopped or killed
+    before its table thus leaves the published pair (table, run.json) as it was — in a fresh
+    checkout, the committed report. A resumed run of the same grid carries the time of the runs
+    before it (a killed run's last heartbeat included)."""
 
     def __init__(self, out_dir: Path, study: dict, grid: dict, *, command: str, commit: str, sources: str,
                  jobs: int, scheduler: str | None, cells_total: int, cells_reused: int, reused_other_code: int = 0):
         self.path = Path(out_dir) / "run.json"
+        self.unfinished = Path(out_dir) / UNFINISHED
         self.start = time.perf_counter()
         started_at = _now()
-        previous = _read_json(self.path)
+        previous = _read_json(self.unfinished) or _read_json(self.path)
         self.meta = {
             "study": study, "kind": study["kind"], "grid": grid,
             "command": command, "git_commit": commit, "sources_hash": sources, "machine": machine_info(),
@@ -173,8 +180,9 @@ class RunRecord:
         self.computed += 1
         self.failed += failed
 
-    def write(self, status: str | None = None) -> None:
-        """Bring the wall time, counts and heartbeat up to date (and ``status``), then write run.json."""
+    def write(self, status: str | None = None, path: Path | None = None) -> None:
+        """Bring the wall time, counts and heartbeat up to date (and ``status``), then write the
+        record to ``path`` (default: the unfinished record)."""
         with self._lock:
             wall = time.perf_counter() - self.start
             self.meta.update(wall_seconds=wall, cells_computed=self.computed, cells_failed=self.failed,
@@ -182,10 +190,10 @@ class RunRecord:
                              heartbeat_at=_now())
             if status is not None:
                 self.meta["status"] = status
-            write_text_atomic(self.path, json.dumps(self.meta, indent=2, default=str))
+            write_text_atomic(path or self.unfinished, json.dumps(self.meta, indent=2, default=str))
 
     def start_heartbeat(self) -> None:
-        """Rewrite run.json every STABKIT_HEARTBEAT_SECONDS (default :data:`HEARTBEAT_SECONDS`)."""
+        """Rewrite the unfinished record every STABKIT_HEARTBEAT_SECONDS (default :data:`HEARTBEAT_SECONDS`)."""
         interval = float(os.environ.get("STABKIT_HEARTBEAT_SECONDS", HEARTBEAT_SECONDS))
 
         def beat():
@@ -204,19 +212,21 @@ class RunRecord:
             self._beat.join()
 
     def finish(self) -> None:
+        """The run wrote its table: its record becomes run.json, and the unfinished one goes."""
         self.meta["finished_at"] = _now()
-        self.write("finished")
+        self.write("finished", path=self.path)
+        self.unfinished.unlink(missing_ok=True)
 
     def write_last(self, status: str) -> None:
-        """Record the final status; when even that cannot be written (disk full), overwrite run.json's
-        status in place, which needs no new space, so it is never left "running"."""
+        """Record how an unfinished run stopped; when even that cannot be written (disk full),
+        overwrite its status in place, which needs no new space, so it is never left "running"."""
         try:
             self.write(status)
             return
         except OSError:
             pass
         try:
-            with open(self.path, "r+b") as fh:
+            with open(self.unfinished, "r+b") as fh:
                 text = fh.read()
                 marker = b'"status": "running"'
                 at = text.find(marker)

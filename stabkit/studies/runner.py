@@ -7,8 +7,10 @@ Layout under ``out_root/<name>/``::
                         ignored by git (a .gitignore is written next to it)
     cells/.writer.lock  held (flock) by the one process writing the study; names its pid and host
     results.parquet     all rows, consolidated in cell order (deterministic), plus results.csv
-    run.json            command line, effective grid, git commit, machine, wall time (kept up to
-                        date by a heartbeat while the run lasts, so a kill -9 loses no time)
+    run.json            command line, effective grid, git commit, machine, wall time of the run that
+                        wrote results.parquet (written after the table, so the two always agree)
+    run.unfinished.json the same record while a run lasts (a heartbeat keeps it up to date, so a
+                        kill -9 loses no time) or after it stopped early; ignored by git
     README.md           header from run.json + the kind's report body (:mod:`.publish`)
 
 Resumption: a rerun loads every cell file whose stored cell equals a cell of the grid and
@@ -42,7 +44,8 @@ from . import _store
 from ._grid import expand, load_study
 from ._store import _scan_cells, _StudyLock, cell_record, consolidate, write_cell, write_table
 from ._workers import dask_client, run_dask, run_local
-from .provenance import RunRecord, argv_command, duration, git_commit
+from .provenance import UNFINISHED, RunRecord, argv_command, duration, git_commit
+
 #: How to treat finished cells computed by other code: refuse to run, reuse them, or recompute them.
 STALE_POLICIES = ("refuse", "reuse", "recompute")
 #: errno values that mean "the output cannot be written" (not a bug): one line and a resume hint.
@@ -156,12 +159,12 @@ class _Run:
         self.done: dict[str, dict] = {}
 
     def prepare(self, stale: str, log, max_cells: int | None) -> list[dict]:
-        """Clean up after a killed run, load the finished cells, write run.json; return the cells to do."""
+        """Clean up after a killed run, load the finished cells, start the run's record; return the cells to do."""
         for leftover in self.out_dir.glob(".*.tmp"):  # temporaries of a run killed while writing
             leftover.unlink(missing_ok=True)
         gitignore = self.out_dir / ".gitignore"
-        if not gitignore.exists():
-            write_text_atomic(gitignore, "cells/\n")
+        if not gitignore.exists():  # an existing one is the user's (the survival study commits its cells)
+            write_text_atomic(gitignore, f"cells/\n{UNFINISHED}\n")
         self.sources = _store.sources_hash()
         other_code = self._load_finished(stale, log)
         todo = [c for c in self.cells if c["cell_id"] not in self.done]
@@ -252,20 +255,21 @@ class _Run:
         self.record.stop_heartbeat()
 
     def finish(self) -> pd.DataFrame:
-        """Consolidate, write results.parquet/csv and return exactly what is on disk; run.json "finished"."""
+        """Consolidate, write results.parquet/csv, then run.json (the record of the run that wrote
+        them); return exactly what is on disk."""
         name = self.study["name"]
         try:
             table = consolidate(self.cells, self.done)
             table.attrs["study_name"] = name
             write_table(table, self.out_dir)
             table = pd.read_parquet(self.out_dir / "results.parquet")
+            self.record.finish()
         except BaseException as exc:
             status = f"stopped: {exc.strerror or exc}" if isinstance(exc, OSError) else "interrupted"
             self.record.write_last(status)
             raise
         table.attrs["study_name"] = name
         table.attrs["cells_left"] = sum(c["cell_id"] not in self.done for c in self.cells)
-        self.record.finish()
         return table
 
 
