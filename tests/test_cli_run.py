@@ -139,3 +139,62 @@ def test_a_published_table_whose_cells_are_not_kept_is_never_cut_down(tmp_path):
     assert published.read_bytes() == before
     assert _invoke("run", TINY, "--out", out, "--no-progress").exit_code == 0
     assert len(pd.read_parquet(published)) == len(pd.read_parquet(io.BytesIO(before)))
+
+
+def _closed_port() -> int:
+    """A local TCP port nothing listens on (bound, then released)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _named(name):
+    """A study file: tiny.toml under another study.name."""
+    def write(folder):
+        path = folder / "named.toml"
+        path.write_text(TINY.read_text().replace('name = "tiny"', f"name = {name!r}"))
+        return path
+    return write
+
+
+@pytest.mark.parametrize("study, args, words", [
+    (None, ["--reuse-stale", "--recompute-stale"], ["--reuse-stale and --recompute-stale exclude each other"]),
+    (None, ["--jobs", "0"], ["--jobs must be ≥ 1, got 0"]),
+    (None, ["--max-cells", "-1"], ["--max-cells must be ≥ 0, got -1"]),
+    (_named(".."), [], ["study.name '..' must be a plain directory name"]),
+    (_named(".hidden"), [], ["study.name '.hidden' must be a plain directory name"]),
+    (None, ["--scheduler", "tcp://127.0.0.1:{port}"], ["cannot connect to the Dask scheduler at tcp://127.0.0.1:{port}"]),
+], ids=["reuse-and-recompute-stale", "jobs-0", "max-cells-negative", "name-dotdot", "name-hidden",
+        "scheduler-unreachable"])
+def test_a_bad_run_option_is_one_line_before_any_work(tmp_path, monkeypatch, study, args, words):
+    """Each is refused with one ``error:`` line naming it, exit 2, no traceback, before anything is
+    computed or written: no cell is run, the output root is not created, and nothing appears
+    anywhere else under tmp_path (a study named ".." would write its cells next to the root)."""
+    from stabkit.studies import _workers, runner
+
+    if "--scheduler" in args:
+        pytest.importorskip("distributed")
+        monkeypatch.setattr(_workers, "SCHEDULER_CONNECT_TIMEOUT", "1s")  # 20 s by default
+        port = _closed_port()
+        args = [a.format(port=port) for a in args]
+        words = [w.format(port=port) for w in words]
+    computed = []
+
+    def no_cells(*a, **k):
+        computed.append(a)
+        raise AssertionError("cells were computed")
+
+    monkeypatch.setattr(runner, "run_local", no_cells)
+    monkeypatch.setattr(runner, "run_dask", no_cells)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    path = study(inputs) if study else TINY
+    out = tmp_path / "root" / "out"
+    result = _invoke("run", path, "--set", "d=[4]", "--out", out, "--no-progress", *args)
+    _one_error_line(result, *words)
+    assert isinstance(result.exception, SystemExit) and "Traceback" not in result.output, result.output
+    assert not computed
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == \
+        ["in", *(["in/named.toml"] if study else [])]

@@ -27,6 +27,54 @@ def test_commit_of_a_tree_copy_without_git_comes_from_the_environment(tmp_path, 
         ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
 
 
+def _git(repo: Path, *args: str) -> str:
+    """git in ``repo``, with an identity and no signing, so it runs on a fresh CI machine."""
+    return subprocess.run(["git", "-c", "user.name=stabkit tests", "-c", "user.email=tests@stabkit.invalid",
+                           "-c", "commit.gpgsign=false", *args], cwd=repo, capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def test_the_commit_is_dirty_when_the_checkout_differs_outside_the_runs_own_output(tmp_path, monkeypatch):
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", os.devnull)  # no user setting (e.g. status.showUntrackedFiles)
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    repo = tmp_path.resolve() / "repo"  # provenance.REPO is a resolved path
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    (repo / "code.py").write_text("x = 1\n")
+    (repo / "reports").mkdir()
+    (repo / "reports" / "published.csv").write_text("a\n1\n")  # committed results, as in this repository
+    _git(repo, "add", "code.py", "reports/published.csv")
+    _git(repo, "commit", "-q", "-m", "first")
+    head = _git(repo, "rev-parse", "HEAD")
+    monkeypatch.setattr(provenance, "REPO", repo)
+    out = repo / "reports"
+    assert provenance.git_commit(out) == provenance.git_commit() == head
+
+    # what the run itself writes under out_root (new files, a committed table rewritten) is not "dirty"
+    (out / "tiny" / "cells").mkdir(parents=True)
+    (out / "tiny" / "cells" / "abc.json").write_text("{}")
+    (out / "published.csv").write_text("a\n2\n")
+    assert provenance.git_commit(out) == head
+    monkeypatch.chdir(repo)
+    assert provenance.git_commit(Path("reports")) == head  # the CLI's default --out, relative to the cwd
+    assert provenance.git_commit() == head + "-dirty"  # with no out_root, it counts
+    assert provenance.git_commit(tmp_path / "elsewhere") == head + "-dirty"  # nor with an out_root outside the repo
+
+    # any difference outside out_root is: an untracked file, or a tracked one modified
+    (repo / "notes.txt").write_text("untracked")
+    assert provenance.git_commit(out) == head + "-dirty"
+    (repo / "notes.txt").unlink()
+    assert provenance.git_commit(out) == head
+    (repo / "code.py").write_text("x = 2\n")
+    assert provenance.git_commit(out) == head + "-dirty"
+    _git(repo, "checkout", "-q", "code.py")
+    assert provenance.git_commit(out) == head
+    # out_root excludes only itself: a sibling sharing its name's prefix still counts
+    (repo / "reports-old").mkdir()
+    (repo / "reports-old" / "x").write_text("")
+    assert provenance.git_commit(out) == head + "-dirty"
+
+
 def test_machine_info_names_the_cores_and_versions():
     info = provenance.machine_info()
     assert info["cores"] == os.cpu_count() and info["python"] and info["numpy"]

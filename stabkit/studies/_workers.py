@@ -260,6 +260,10 @@ def _pool_pays(per_cell: float, workers: int, rest: int) -> bool:
 # ----------------------------------------------------------------------------- Dask
 
 
+#: How long :func:`dask_client` tries to reach the scheduler before it gives up (tests shorten it).
+SCHEDULER_CONNECT_TIMEOUT = "20s"
+
+
 def dask_client(address: str):
     """A client of the Dask scheduler at ``address`` (ValueError when missing or unreachable)."""
     try:
@@ -267,7 +271,7 @@ def dask_client(address: str):
     except ImportError:
         raise ValueError("--scheduler needs dask[distributed]: pip install 'stabkit[cluster]'") from None
     try:
-        return Client(address, timeout="20s")
+        return Client(address, timeout=SCHEDULER_CONNECT_TIMEOUT)
     except (OSError, TimeoutError) as exc:
         raise ValueError(f"cannot connect to the Dask scheduler at {address}: {exc}") from None
 

@@ -124,6 +124,8 @@ def run_study(path_or_config, overrides: dict | None = None, jobs: int | None = 
         raise ValueError(f"--jobs must be ≥ 1, got {jobs}")
     if int(stack) < 1:
         raise ValueError(f"--stack must be ≥ 1, got {stack}")
+    if max_cells is not None and int(max_cells) < 0:  # before the study's folder is made or locked
+        raise ValueError(f"--max-cells must be ≥ 0, got {max_cells}")
     run = _Run(study, grid, cells, Path(out_root), command or argv_command(), jobs, scheduler, int(stack))
     run.client = dask_client(scheduler) if scheduler else None  # fail before any work if unreachable
     _check_directories(run.cells_dir)
@@ -169,8 +171,6 @@ class _Run:
         other_code = self._load_finished(stale, log)
         todo = [c for c in self.cells if c["cell_id"] not in self.done]
         if max_cells is not None:
-            if int(max_cells) < 0:
-                raise ValueError(f"--max-cells must be ≥ 0, got {max_cells}")
             todo = todo[:int(max_cells)]
         self._refuse_to_drop_published_cells(todo)
         self.commit = git_commit(self.out_root)
