@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -73,6 +74,10 @@ def test_the_commit_is_dirty_when_the_checkout_differs_outside_the_runs_own_outp
     (repo / "reports-old").mkdir()
     (repo / "reports-old" / "x").write_text("")
     assert provenance.git_commit(out) == head + "-dirty"
+    # an out_root whose name reads as a pattern ("report*") is that folder, not every name it matches
+    shutil.rmtree(repo / "reports-old")
+    (repo / "report*").mkdir()
+    assert provenance.git_commit(repo / "report*") == head + "-dirty"  # reports/ was written above
 
 
 def test_machine_info_names_the_cores_and_versions():

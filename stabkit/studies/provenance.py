@@ -74,7 +74,7 @@ def git_commit(out_root: Path | None = None) -> str:
     exclude = []
     if out_root is not None:
         try:
-            exclude = [f":(exclude){Path(out_root).resolve().relative_to(REPO)}"]
+            exclude = [f":(exclude,literal){Path(out_root).resolve().relative_to(REPO)}"]
         except ValueError:  # reports written outside the checkout
             pass
     try:
