@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -167,6 +168,9 @@ def test_ctrl_c_stops_cleanly_and_resumes(tmp_path):
     stopped = json.loads((root / "mini" / "run.unfinished.json").read_text())
     assert stopped["status"] == "interrupted" and stopped["wall_seconds"] > 0
     assert not (root / "mini" / "run.json").exists()  # no table was written, so no run describes one
+    with pytest.raises(FileNotFoundError, match=re.escape(f"has not written it (status: interrupted); its finished "
+                                                          f"cells are kept and `{stopped['command']}` resumes it")):
+        publish.build_report("mini", root)
     runner.run_study(study, {}, jobs=1, out_root=root, progress=False)
     meta = json.loads((root / "mini" / "run.json").read_text())
     assert meta["cells_reused"] == kept and meta["status"] == "finished"

@@ -12,7 +12,7 @@ import pandas as pd
 from .._io import write_text_atomic
 from . import kind_module
 from ._store import _read_json
-from .provenance import git_commit, header
+from .provenance import UNFINISHED, git_commit, header
 
 
 def build_report(name: str, out_root=Path("reports")) -> Path:
@@ -20,7 +20,11 @@ def build_report(name: str, out_root=Path("reports")) -> Path:
     out_dir = Path(out_root) / name
     results_path = out_dir / "results.parquet"
     if not results_path.is_file():
-        raise FileNotFoundError(f"no results for study {name!r}: {results_path} does not exist (run it first)")
+        stopped = _read_json(out_dir / UNFINISHED)
+        hint = (f"the last run has not written it (status: {stopped.get('status', '?')}); its finished cells are "
+                f"kept and `{stopped['command']}` resumes it"
+                if stopped and stopped.get("command") else "run it first")
+        raise FileNotFoundError(f"no results for study {name!r}: {results_path} does not exist ({hint})")
     meta = _read_json(out_dir / "run.json")
     if meta is None:
         raise ValueError(f"{out_dir / 'run.json'} is missing or unreadable: rerun the study to record it")
