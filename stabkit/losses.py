@@ -138,7 +138,10 @@ def make_loss(name: str, d: int, seed: int = 0, weight: np.ndarray | None = None
     if weight is None:
         weight = _weight(d, seed)
     else:
-        weight = np.asarray(weight, dtype=np.float64)
+        weight = np.asarray(weight)
+        if weight.dtype.kind not in "biuf":  # a complex G would be cast to its real part, with only a warning
+            raise InputError(f"loss weight must be a real matrix, got dtype {weight.dtype}")
+        weight = weight.astype(np.float64, copy=False)
         if weight.shape != (d, d):
             raise InputError(f"loss weight must have shape ({d}, {d}), got {weight.shape}")
         if not np.isfinite(weight).all():

@@ -113,6 +113,15 @@ def test_missing_file_and_wrong_weight(tmp_path):
     assert result.exit_code == 2 and "shape" in result.stderr
 
 
+def test_a_complex_loss_weight_is_refused_not_cast_to_real(tmp_path):
+    """numpy would drop the imaginary part with a ComplexWarning and go on: refused, one line, exit 2."""
+    path = _npy(tmp_path, "a.npy", build([1.0, 2.0, 3.0]))
+    weight = _npy(tmp_path, "w.npy", np.eye(3) * (1 + 2j))
+    result = runner.invoke(app, ["compare", "--matrix", path, "--loss-weight", weight, "-m", "analytic"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip().splitlines() == ["error: loss weight must be a real matrix, got dtype complex128"]
+
+
 NUMERIC = ("angle_deg", "angle_full_deg", "rel_err", "norm_ratio")
 
 
