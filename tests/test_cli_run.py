@@ -121,6 +121,24 @@ def test_a_damaged_study_is_left_out_of_the_index_and_breaks_no_other(tmp_path):
     _one_error_line(_invoke("report", "other", "--out", out), str(other / "results.parquet"), "unreadable")
 
 
+def test_a_table_without_a_column_the_report_needs_names_the_column_the_file_and_the_fix(tmp_path):
+    """A results table that lacks a column its kind's report reads (an older table, an edited one):
+    `stabkit report` names the column and the file and says to rerun the study (before: `error:
+    angle_deg`), and the index leaves that study out with a warning instead of failing the others."""
+    out = tmp_path / "out"
+    assert _invoke("run", TINY, "--out", out, "--max-cells", "1", "--no-progress").exit_code == 0
+    old = out / "old"
+    shutil.copytree(out / "tiny", old)
+    table = old / "results.parquet"
+    pd.read_parquet(table).drop(columns=["angle_deg"]).to_parquet(table)
+    _one_error_line(_invoke("report", "old", "--out", out), f"{table} has no column 'angle_deg'",
+                    "gradient_accuracy report", f"rerun the study (`stabkit run {TINY} --out={out}`)")
+    result = _invoke("report", "tiny", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert result.stderr.strip().startswith("warning: reports index: study 'old' left out:"), result.stderr
+    assert "no column 'angle_deg'" in result.stderr and "[old]" not in (out / "README.md").read_text()
+
+
 def test_a_published_table_whose_cells_are_not_kept_is_never_cut_down(tmp_path):
     # a fresh checkout: results.parquet is committed, cells/ is not. A check (--max-cells 0) or a
     # short run would rewrite the table from the cell files alone and drop what only the table holds:

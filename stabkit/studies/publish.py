@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -12,7 +13,7 @@ import pandas as pd
 from .._io import write_text_atomic
 from . import kind_module
 from ._store import _read_json
-from .provenance import UNFINISHED, git_commit, header
+from .provenance import UNFINISHED, finishing_command, git_commit, header
 
 
 def build_report(name: str, out_root=Path("reports")) -> Path:
@@ -36,7 +37,8 @@ def build_report(name: str, out_root=Path("reports")) -> Path:
     if _all_failed(results):
         body = _all_failed_body(results)  # the kind's report needs at least one computed row
     else:
-        body = kind.report(results, meta["grid"], out_dir)
+        with _columns_needed(results, results_path, meta):
+            body = kind.report(results, meta["grid"], out_dir)
     text = header(name, meta, report_commit=git_commit(out_root)) + "\n" + body.rstrip() + "\n"
     write_text_atomic(out_dir / "README.md", text)
     build_index(out_root)
@@ -77,6 +79,22 @@ def _all_failed_body(results: pd.DataFrame) -> str:
     for error, row in counts.iterrows():
         lines.append(f"- {row['count']} cell(s), e.g. `{row['first']}`: {str(error).removeprefix('cell failed: ')}")
     return "\n".join(lines) + "\n"
+
+
+@contextmanager
+def _columns_needed(results: pd.DataFrame, path: Path, meta: dict):
+    """A KeyError naming a column the table lacks (a kind's report or summary reading it) becomes a
+    ValueError naming the column and the file, and saying how to rebuild the table; any other
+    KeyError passes unchanged."""
+    try:
+        yield
+    except KeyError as exc:
+        column = exc.args[0] if len(exc.args) == 1 else None
+        if not isinstance(column, str) or column in results.columns:
+            raise
+        rerun = finishing_command(meta.get("command", "stabkit run STUDY"))
+        raise ValueError(f"{path} has no column {column!r}, which the {meta.get('kind', '?')} report needs: "
+                         f"rerun the study (`{rerun}`) to rebuild the table") from None
 
 
 def _warn(message: str) -> None:
@@ -122,6 +140,7 @@ def _summary(meta: dict, out_dir: Path) -> str:
     if failed is not None and failed[2] == len(results):
         return f"all {len(results)} cells failed, e.g. {failed[1][:120]}"
     if hook is not None:
-        return hook(results)
+        with _columns_needed(results, results_path, meta):
+            return hook(results)
     n_cells = results["cell_id"].nunique() if "cell_id" in results else len(results)
     return f"{n_cells} cells, {len(results)} rows"
