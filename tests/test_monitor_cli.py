@@ -119,6 +119,14 @@ def test_report_on_a_folder_without_logs_is_one_line_and_exit_2(tmp_path):
     assert result.exit_code == 2 and "no such folder" in result.output
 
 
+def test_report_on_a_file_says_it_is_a_file_not_a_missing_folder(tmp_path):
+    log = tmp_path / "eig-rank0.csv"
+    log.write_text("")
+    result = CliRunner().invoke(app, ["monitor", "report", str(log)])
+    _one_error_line(result, f"{log} is a file, not a folder", f"the folder of monitor logs (e.g. {tmp_path})")
+    assert "no such folder" not in result.output
+
+
 
 def _one_error_line(result, *expected):
     out = result.output.strip()

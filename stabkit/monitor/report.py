@@ -64,6 +64,8 @@ def load_logs(folder) -> pd.DataFrame:
     """Every ``*.csv`` / ``*.parquet`` monitor log in ``folder`` (not recursive), with a ``log`` column.
     An empty log (a rank killed before its first flush) is skipped with a warning."""
     folder = Path(folder)
+    if folder.is_file():  # e.g. one of the logs: the report reads the folder that holds them
+        raise ValueError(f"{folder} is a file, not a folder: give the folder of monitor logs (e.g. {folder.parent})")
     if not folder.is_dir():
         raise FileNotFoundError(f"no such folder: {folder}")
     files = sorted(p for p in folder.iterdir() if p.suffix in (".csv", ".parquet") and p.is_file())
