@@ -45,9 +45,9 @@ def compare_command(
 
     from stabkit import methods, spectra
     from stabkit.compare import check_truth_cost, compare, truth_cost
-    from stabkit.validation import check_dtype, check_symmetric
+    from stabkit.validation import check_dtype_name, check_symmetric
 
-    check_dtype(dtype)
+    check_dtype_name(dtype)  # as `stabkit bench`: float32 or float64, never a numpy alias, is what the output records
     specs = _method_specs(method)
     compared = specs or [methods.spec(name) for name in methods.NAMES]
     if matrix is not None:

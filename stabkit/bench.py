@@ -22,6 +22,7 @@ from . import methods
 from .losses import make_loss
 from .methods import Spec
 from .torch import eigh
+from .validation import check_dtype_name
 
 
 def _sync(device):
@@ -67,8 +68,7 @@ def check_bench_args(dims, batch, dtype, device, repeats, names=None) -> None:
     """ValueError (one line) for arguments ``bench_methods`` cannot run: sizes < 2 or so large that
     the batch would not fit in memory, batch < 1, repeats < 1, a dtype other than float32/float64,
     a device torch does not know or cannot see, an unknown method or invalid method spec."""
-    if dtype not in ("float32", "float64"):
-        raise ValueError(f"unsupported dtype {dtype!r}: use float32 or float64")
+    check_dtype_name(dtype)
     if not dims or min(dims) < 2:
         raise ValueError(f"matrix sizes must be at least 2, got {list(dims)}")
     if batch < 1:

@@ -10,6 +10,8 @@ import numpy as np
 from .errors import InputError
 
 SUPPORTED_DTYPES = (np.float32, np.float64)
+#: the names of SUPPORTED_DTYPES, as a command or a study takes them
+DTYPE_NAMES = tuple(np.dtype(t).name for t in SUPPORTED_DTYPES)
 #: the largest integer a results table stores (Parquet int64)
 INT64_MAX = 2**63 - 1
 
@@ -28,6 +30,15 @@ def symmetry_rtol(eps: float) -> float:
 
 
 SYMMETRY_RTOL = {np.dtype(t): symmetry_rtol(np.finfo(t).eps) for t in SUPPORTED_DTYPES}
+
+
+def check_dtype_name(name) -> str:
+    """``name`` if it is "float32" or "float64", the dtype names the commands take; InputError for
+    anything else, numpy's aliases ("double", "f8", "single", …) included, so that what a command
+    records is always one of the two names."""
+    if not isinstance(name, str) or name not in DTYPE_NAMES:
+        raise InputError(f"unsupported dtype {name!r}: use float32 or float64")
+    return name
 
 
 def check_dtype(dtype) -> np.dtype:

@@ -122,6 +122,18 @@ def test_a_complex_loss_weight_is_refused_not_cast_to_real(tmp_path):
     assert result.stderr.strip().splitlines() == ["error: loss weight must be a real matrix, got dtype complex128"]
 
 
+
+@pytest.mark.parametrize("alias", ["double", "f8", "single"])
+def test_dtype_aliases_are_refused_as_by_bench(tmp_path, alias):
+    """--dtype takes what `stabkit bench --dtype` takes, parsed by the same function: before, compare
+    ran with a numpy alias and recorded the alias (e.g. "dtype": "double") in its output."""
+    path = _npy(tmp_path, "a.npy", build([1.0, 2.0, 3.0]))
+    refusals = [runner.invoke(app, args) for args in (["compare", "--matrix", path, "-m", "analytic", "--dtype", alias],
+                                                      ["bench", "--d", "3", "--batch", "1", "--repeats", "1", "--dtype", alias])]
+    for result in refusals:
+        assert result.exit_code == 2, result.output
+    assert [r.stderr.strip().splitlines() for r in refusals] == [[f"error: unsupported dtype {alias!r}: use float32 or float64"]] * 2
+
 NUMERIC = ("angle_deg", "angle_full_deg", "rel_err", "norm_ratio")
 
 
