@@ -71,6 +71,12 @@
 set -u
 out=${1:?usage: bash studies/gpu-session.sh OUTDIR SECONDS PHASE...}
 budget=${2:?usage: bash studies/gpu-session.sh OUTDIR SECONDS PHASE...}
+# a word would be read as a variable name by $(( )) (set -u: "unbound variable"), and a count ≤ 0 ran no phase
+if [[ ! $budget =~ ^[0-9]+$ ]] || (( 10#$budget == 0 )); then
+    echo "gpu-session: SECONDS must be a positive whole number of seconds, got '$budget'" >&2
+    exit 2
+fi
+budget=$(( 10#$budget ))
 shift 2
 deadline=$(( $(date +%s) + budget ))
 left() { echo $(( deadline - $(date +%s) )); }

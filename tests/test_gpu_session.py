@@ -221,3 +221,15 @@ def test_a_copy_without_git_must_name_its_commit(tmp_path, tiny_batches):
     rc, log = _session(root, tmp_path / "out", 100, RUN_S="1000", STABKIT_GIT_COMMIT="")
     assert rc == 2 and "export STABKIT_GIT_COMMIT" in log, log
     assert not (root / "reports").exists()  # nothing ran
+
+
+@pytest.mark.parametrize("seconds", ["abc", "-5", "0", "1.5"])
+def test_seconds_that_is_not_a_positive_integer_is_refused_before_anything(tmp_path, seconds):
+    """Before, a word ended in bash's "unbound variable" (exit 1) and a count ≤ 0 ran no phase and exited 0."""
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHON": sys.executable, "STABKIT_GIT_COMMIT": "0" * 40}
+    done = subprocess.run(["bash", str(REPO / "studies" / "gpu-session.sh"), str(out), seconds, "bench"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stdout == "", done.stdout + done.stderr
+    assert done.stderr.splitlines() == [f"gpu-session: SECONDS must be a positive whole number of seconds, got '{seconds}'"]
+    assert not out.exists()  # nothing ran, not even the OUTDIR was made
