@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from stabkit import compare, spectra
+from stabkit.studies import publish
 from stabkit.cli.main import app
 
 TINY = Path(__file__).resolve().parents[1] / "studies" / "tiny.toml"
@@ -137,6 +138,16 @@ def test_a_table_without_a_column_the_report_needs_names_the_column_the_file_and
     assert result.exit_code == 0, result.output
     assert result.stderr.strip().startswith("warning: reports index: study 'old' left out:"), result.stderr
     assert "no column 'angle_deg'" in result.stderr and "[old]" not in (out / "README.md").read_text()
+
+
+def test_only_a_column_pandas_cannot_find_is_reported_as_missing(tmp_path):
+    table = pd.DataFrame({"angle_deg": [1.0]})
+    with pytest.raises(ValueError, match="has no column 'rel_err'"):
+        with publish._columns_needed(table, tmp_path / "results.parquet", {"kind": "k"}):
+            table["rel_err"]
+    with pytest.raises(KeyError, match="rel_err"):  # a kind's own lookup is its own error
+        with publish._columns_needed(table, tmp_path / "results.parquet", {"kind": "k"}):
+            {}["rel_err"]
 
 
 def test_a_published_table_whose_cells_are_not_kept_is_never_cut_down(tmp_path):

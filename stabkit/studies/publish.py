@@ -83,18 +83,25 @@ def _all_failed_body(results: pd.DataFrame) -> str:
 
 @contextmanager
 def _columns_needed(results: pd.DataFrame, path: Path, meta: dict):
-    """A KeyError naming a column the table lacks (a kind's report or summary reading it) becomes a
-    ValueError naming the column and the file, and saying how to rebuild the table; any other
-    KeyError passes unchanged."""
+    """A KeyError pandas raises for a column the table lacks (a kind's report or summary reading it)
+    becomes a ValueError naming the column and the file, and saying how to rebuild the table; any
+    other KeyError (a kind's own dict lookup, say) passes unchanged."""
     try:
         yield
     except KeyError as exc:
         column = exc.args[0] if len(exc.args) == 1 else None
-        if not isinstance(column, str) or column in results.columns:
+        if not isinstance(column, str) or column in results.columns or not _raised_in_pandas(exc):
             raise
         rerun = finishing_command(meta.get("command", "stabkit run STUDY"))
         raise ValueError(f"{path} has no column {column!r}, which the {meta.get('kind', '?')} report needs: "
                          f"rerun the study (`{rerun}`) to rebuild the table") from None
+
+
+def _raised_in_pandas(exc: BaseException) -> bool:
+    tb = exc.__traceback__
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return str(tb.tb_frame.f_globals.get("__name__", "")).startswith("pandas")
 
 
 def _warn(message: str) -> None:
