@@ -263,3 +263,25 @@ def test_rank_deficiency_is_reported_only_where_a_point_has_it(synthetic_pool, t
     assert ("### Rank of the pre-ReLU CIFAR-10 features" in md) == expected
     assert ("larger d are rank-deficient" in md) == expected
     assert ("White-filled squares" in md) == expected
+
+
+def test_gaussian_ratio_line_counts_only_informative_points():
+    """The Gaussian measured/predicted line used every point with ≥ 20 events, p̂ = 1 points included that
+    the report's own rule calls uninformative; it now uses the informative ones and counts the rest."""
+    n = 1000
+    count = [100, 200, 500, n, n, 10]  # three informative, two p̂ = 1 with prediction > 1 − 3/N, one < 20 events
+    pred = [0.125, 0.2, 0.5, 0.9999, 0.9995, 0.01]
+    agg = pd.DataFrame({"source": "gaussian", "d": [4, 8, 16, 32, 64, 128], "event": "abs", "tau": 0.01,
+                        "count": count, "n": n, "pred_mp": pred, "pred_unfold": np.nan})
+    agg["p"] = agg["count"] / agg["n"]
+    agg["lo"], agg["hi"] = _stats.wilson(agg["count"], agg["n"])
+    agg = gp_report.mark_rank_deficient(agg, gp.validate({}))
+    assert gp_report.informative(agg, "pred_mp").tolist() == [True, True, True, False, False, True]
+    line = [x for x in gp_report._prediction_section(agg) if x.startswith("- Gaussian, absolute gap")]
+    assert len(line) == 1
+    line = line[0]
+    # ratios of the informative points: 0.8, 1.0, 1.0; worst at d = 4
+    assert "the 3 informative points with ≥ 20 events (2 more with ≥ 20 events are uninformative" in line
+    assert "ranges 0.80–1.00" in line and "d = 4," in line
+    lo, hi = _stats.wilson(100, n)
+    assert f"{lo / 0.125:.2f}–{hi / 0.125:.2f}, n = 1000 matrices" in line

@@ -373,11 +373,28 @@ def _prediction_section(agg: pd.DataFrame) -> list[str]:
                      f"points. Were the prediction the true probability at every point and the points independent, the "
                      f"count would be Binomial({n}, 0.95): mean {mean:.1f}, central 95% range {lo}–{hi}. The points are not "
                      "independent (the events and τ of one d share their matrices), so this range is a reference only.")
-    g = agg[(agg["source"] == "gaussian") & (agg["event"] == "abs") & (agg["count"] >= 20) & agg["pred_mp"].notna()]
-    if not g.empty:
-        r = g["p"] / g["pred_mp"]
-        worst = g.loc[(r - 1).abs().idxmax()]
-        lines.append(f"- Gaussian, absolute gap, the {len(g)} points with ≥ 20 events: measured/MP-predicted ranges "
-                     f"{r.min():.2f}–{r.max():.2f}; the largest deviation from 1 is at d = {int(worst['d'])}, "
-                     f"τ = {worst['tau']:g}. Its cause was not tested here.")
+    lines += _gaussian_ratio_line(agg)
     return lines
+
+
+def _gaussian_ratio_line(agg: pd.DataFrame) -> list[str]:
+    """Measured/MP-predicted over the Gaussian absolute-gap points with ≥ 20 events that are informative
+    (:func:`informative`); those left out as uninformative are counted, not used."""
+    g = agg[(agg["source"] == "gaussian") & (agg["event"] == "abs") & (agg["count"] >= 20) & agg["pred_mp"].notna()]
+    if g.empty:
+        return []
+    inf = informative(g, "pred_mp")
+    dropped = int((~inf).sum())
+    left_out = (f" ({dropped} more with ≥ 20 events are uninformative by the rule above and left out)"
+                if dropped else "")
+    g = g[inf]
+    if g.empty:
+        return [f"- Gaussian, absolute gap: none of the {dropped} points with ≥ 20 events is informative by the rule "
+                "above, so no measured/MP-predicted ratio is stated."]
+    r = g["p"] / g["pred_mp"]
+    worst = g.loc[(r - 1).abs().idxmax()]
+    return [f"- Gaussian, absolute gap, the {len(g)} informative points with ≥ 20 events{left_out}: measured/MP-predicted "
+            f"ranges {r.min():.2f}–{r.max():.2f}; the largest deviation from 1 is at d = {int(worst['d'])}, "
+            f"τ = {worst['tau']:g}, {worst['p'] / worst['pred_mp']:.2f} (Wilson 95% interval of p̂ over the prediction "
+            f"{worst['lo'] / worst['pred_mp']:.2f}–{worst['hi'] / worst['pred_mp']:.2f}, n = {int(worst['n'])} matrices). "
+            "Its cause was not tested here."]
