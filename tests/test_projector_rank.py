@@ -88,3 +88,34 @@ def test_tiny_grid_runs_and_reports(tmp_path):
     assert "the kept eigenvalues (≥ 1.4e+14 × the threshold d·eps·λ_max)" in md
     assert "Lemma 2 violations 0/300 (a sanity check)" in pr.summary(rows)
     assert "Lemma 2's bound" not in md and "2 tr(Π_WΠ_Ψ) ≥ |rank W − rank Ψ|, a trace identity" in md
+
+
+def _trajectory(method, k, seed, j2s, r=3):
+    return [{"part": "descent", "method": method, "k": k, "seed": seed, "d": 6, "target_rank": r, "step": i,
+             "J2": j, "rank_w": min(k, r) if j < 0.5 else k, "proj_rank": min(k, r) if j < 0.5 else k,
+             "finite": bool(np.isfinite(j))} for i, j in enumerate(j2s)]
+
+
+def test_descent_findings_state_the_number_of_seeds():
+    """The descent verdicts came from one trajectory per method × k and never said so; they now say n (seeds,
+    trajectories) and, per method, in how many seeds it reached J₂ < 1e-4 with a Clopper–Pearson interval."""
+    import importlib
+    rep = importlib.import_module("stabkit.studies.projector_rank.report")
+    rows = (_trajectory("a", 3, 0, [2.0, 0.3, 1e-6]) + _trajectory("a", 3, 1, [2.0, 0.2, 1e-7])
+            + _trajectory("b", 3, 0, [2.0, 0.4, 1e-6]) + _trajectory("b", 3, 1, [2.0, 0.6, 0.55])
+            + _trajectory("a", 4, 0, [2.0, 1.0, 0.5]) + _trajectory("a", 4, 1, [2.0, 1.0, 0.5])
+            + _trajectory("b", 4, 0, [2.0, 1.0, 0.5]) + _trajectory("b", 4, 1, [2.0, 1.0, 0.5]))
+    de = pd.DataFrame(rows)
+    tab = rep._descent_table(de)
+    assert len(tab) == 8 and "seed" in tab  # one row per trajectory, not one per method × k
+    md = "\n".join(rep._descent_findings(de, tab, 3))
+    lo2, hi2 = (0.158, 1.0)  # Clopper–Pearson 95% for 2 of 2: [0.025^(1/2), 1]
+    assert "of 24 logged steps, from 8 trajectories (2 methods × 2 values of k, n = 2 seeds" in md
+    assert f"a (2 of 2 seeds; Clopper–Pearson 95% interval of the per-seed rate {lo2:.2g}–{hi2:.2g})" in md
+    assert "b (1 of 2 seeds; Clopper–Pearson 95% interval of the per-seed rate 0.013–0.99)" in md
+    assert "diverged: none" in md
+    one = de[de["seed"] == 0]
+    md1 = "\n".join(rep._descent_findings(one, rep._descent_table(one), 3))
+    assert "seed" not in rep._descent_table(one)
+    assert "n = 1 seed, one trajectory per method × k × seed" in md1
+    assert "a, b (1 of 1 seed; Clopper–Pearson 95% interval of the per-seed rate 0.025–1)" in md1

@@ -185,28 +185,59 @@ def _descent_figure(plt, de: pd.DataFrame, r: int, out_dir: pathlib.Path) -> Non
     _figures.save(fig, out_dir / "descent.png")
 
 
+def _seeds(de: pd.DataFrame) -> list:
+    return sorted(de["seed"].dropna().unique()) if "seed" in de and de["seed"].notna().any() else [None]
+
+
 def _descent_table(de: pd.DataFrame) -> pd.DataFrame:
-    last = de.sort_values("step").groupby(["method", "k"], sort=False).tail(1)
-    first_below = de[de["J2"] < 0.5].groupby(["method", "k"])["step"].min()
+    """One row per trajectory (method, k, seed): its last logged step. A seed column only when there are several."""
+    n_seeds = len(_seeds(de))
+    de = de.assign(seed=de["seed"].fillna(-1) if "seed" in de else -1)  # a missing seed: one trajectory per method × k
+    keys = ["method", "k", "seed"]
+    last = de.sort_values("step").groupby(keys, sort=False).tail(1)
+    first_below = de[de["J2"] < 0.5].groupby(keys)["step"].min()
     tab = []
     for row in last.itertuples():
-        tab.append({"method": row.method, "k": row.k, "steps run": row.step, "final J₂": row.J2, "final rank W": row.rank_w,
-                    "first step J₂<½": first_below.get((row.method, row.k), math.nan), "diverged (NaN/Inf)": not row.finite})
-    return pd.DataFrame(tab).sort_values(["k", "method"], kind="stable")
+        tab.append({"method": row.method, "k": row.k, "seed": row.seed, "steps run": row.step, "final J₂": row.J2,
+                    "final rank W": row.rank_w,
+                    "first step J₂<½": first_below.get((row.method, row.k, row.seed), math.nan),
+                    "diverged (NaN/Inf)": not row.finite})
+    tab = pd.DataFrame(tab).sort_values(["k", "method", "seed"], kind="stable")
+    return tab if n_seeds > 1 else tab.drop(columns="seed")
+
+
+def _per_seed(tab: pd.DataFrame, mask: pd.Series, n: int) -> str:
+    """'m1, m2 (k of n seeds, Clopper–Pearson 95% interval lo–hi), …' for the methods where ``mask`` holds in some seed."""
+    from .._stats import clopper_pearson
+
+    hits = tab[mask].groupby("method", sort=False).size()
+    if hits.empty:
+        return ""
+    parts = []
+    for c in sorted(set(hits), reverse=True):
+        lo, hi = clopper_pearson(c, n)
+        parts.append(f"{', '.join(m for m in hits.index if hits[m] == c)} ({c} of {n} seed{'s' if n > 1 else ''}; "
+                     f"Clopper–Pearson 95% interval of the per-seed rate {lo:.2g}–{hi:.2g})")
+    return "; ".join(parts)
 
 
 def _descent_findings(de: pd.DataFrame, tab: pd.DataFrame, r: int) -> list[str]:
     bad = descent_contradictions(de)
     matched = tab[tab["k"] == r]
-    conv = matched[matched["final J₂"] < 1e-4]["method"].tolist()
     floor = tab[tab["k"] != r]
-    md = [f"- Steps with J₂ < ½ but rank W ≠ rank Ψ: **{bad}** of {len(de)} logged steps.",
-          f"- With k = rank Ψ = {r}, the final J₂ is below 1e-4 for: {', '.join(conv) if conv else 'no method'}; "
-          f"diverged: {', '.join(matched[matched['diverged (NaN/Inf)']]['method']) or 'none'}."]
+    n = len(_seeds(de))
+    n_traj = len(tab)
+    seeds = f"n = {n} seed{'s' if n > 1 else ''}, one trajectory per method × k × seed"
+    md = [f"- Steps with J₂ < ½ but rank W ≠ rank Ψ: **{bad}** of {len(de)} logged steps, from {n_traj} trajectories "
+          f"({tab['method'].nunique()} methods × {tab['k'].nunique()} values of k, {seeds}); the steps of one "
+          "trajectory are not independent samples.",
+          f"- With k = rank Ψ = {r} ({seeds}), the final J₂ is below 1e-4 for: "
+          f"{_per_seed(matched, matched['final J₂'] < 1e-4, n) or 'no method'}; "
+          f"diverged: {_per_seed(matched, matched['diverged (NaN/Inf)'], n) or 'none'}."]
     wrong = de[de["proj_rank"] != de["rank_w"]].groupby("method")["step"].size()
     if len(wrong):
         md.append("- Π_W built from a number of eigenvectors different from rank W (the method's forward did not "
-                  "resolve the zero eigenvalues): " + ", ".join(f"{m} in {n} steps" for m, n in wrong.items()) + ".")
+                  "resolve the zero eigenvalues): " + ", ".join(f"{m} in {c} steps" for m, c in wrong.items()) + ".")
     else:
         md.append("- Every method's forward resolved the zero eigenvalues: Π_W always used rank W eigenvectors.")
     if len(floor):
