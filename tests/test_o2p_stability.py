@@ -57,3 +57,81 @@ def test_one_cell_rows():
     assert by[("o2p", "float64", "svd-dk")]["angle_deg"] < 1e-9
     assert by[("pc", "float64", "ied")]["angle_deg"] < 1e-8
     assert all(r["finite"] for r in rows if r["method"] in ("svd-dk", "ied"))
+    assert by[("pc", "float64", "ied")]["a_norm"] == pytest.approx(1.0)  # ‖A‖₂: largest λ = 1 by construction
+
+
+def _pc_frame(angles, top_gap=0.1, a_norm=1.0, epss=(1e-3, 1e-8), nonfinite=()):
+    """Principal-vector rows on constructed data: ``angles[(method, dtype)]`` for every matrix (variant
+    'degenerate', d = 8, seeds 0..3), each repeated in every ε cell as the study does; ``nonfinite``:
+    (method, dtype, seed) whose gradient is NaN."""
+    import pandas as pd
+    rows = []
+    for eps in epss:
+        for seed in range(4):
+            for (method, dtype), angle in angles.items():
+                bad = (method, dtype, seed) in nonfinite
+                rows.append({"variant": "degenerate", "d": 8, "seed": seed, "eps": eps, "dtype": dtype,
+                             "method": method, "angle_deg": np.nan if bad else angle, "finite": not bad,
+                             "top_gap": top_gap, "a_norm": a_norm, "exact_ties": int(bad)})
+    return pd.DataFrame(rows)
+
+
+def _pc_text(pc, order=("pi", "taylor", "torch")):
+    import importlib
+    rep = importlib.import_module("stabkit.studies.o2p_stability.report")
+    return "\n".join(rep._pc_reading(pc, study.DECLARATIVE, list(order)))
+
+
+def test_truncation_is_claimed_only_where_float64_is_as_bad_as_float32():
+    """pi: 20° in both dtypes (truncation); taylor: 1e-3° in float32, 1e-11° in float64 (rounding): the
+    reading attributed both to truncation; now only pi, and taylor's numbers are stated without it."""
+    text = _pc_text(_pc_frame({("pi", "float32"): 20.0, ("pi", "float64"): 20.0,
+                               ("taylor", "float32"): 1e-3, ("taylor", "float64"): 1e-11}))
+    pi = [x for x in text.splitlines() if x.startswith("- pi's worst angle")]
+    taylor = [x for x in text.splitlines() if x.startswith("- taylor's worst angle")]
+    assert len(pi) == len(taylor) == 1
+    assert "truncation" not in taylor[0] and "truncation error" in pi[0]
+    assert "20° in float32 and 20° in float64 (over 4 matrices each)" in pi[0] and "truncation error" in pi[0]
+    assert taylor[0] == "- taylor's worst angle is 0.001° in float32 and 1e-11° in float64 (over 4 matrices each)."
+
+
+def test_top_gap_verdict_follows_the_condition_number():
+    """A top gap of 1e-12 (‖A‖₂ = 1) used to be called well conditioned; the verdict now compares
+    ‖A‖₂/(λ₁ − λ₂) with 1/√eps of each dtype."""
+    angles = {("pi", "float32"): 1.0, ("pi", "float64"): 1.0}
+    bad = _pc_text(_pc_frame(angles, top_gap=1e-12))
+    assert "well conditioned in every" not in bad and "well conditioned in all" not in bad
+    good = _pc_text(_pc_frame(angles, top_gap=0.1))
+    assert "ranges over [0.1, 0.1] (n = 4 matrices) and ‖A‖₂/(λ₁ − λ₂) = λ₁/(λ₁ − λ₂) over [10, 10]" in good
+    assert "that gradient is well conditioned in all 4 matrices" in good
+    assert "it is not in 4 of 4 matrices in float32, 4 of 4 matrices in float64" in bad
+    # between the bounds: 1/gap = 1e5 > 1/√eps(float32) ≈ 2.9e3 but < 1/√eps(float64) ≈ 6.7e7
+    mid = _pc_text(_pc_frame(angles, top_gap=1e-5))
+    assert "it is not in 4 of 4 matrices in float32, 0 of 4 matrices in float64" in mid
+    # ‖A‖₂ unknown: the range only
+    unknown = _pc_text(_pc_frame(angles, top_gap=0.1, a_norm=np.nan))
+    assert "‖A‖₂ is not known for every matrix, so its condition is not stated" in unknown
+    assert "well conditioned" not in unknown
+
+
+def test_nonfinite_principal_vectors_are_counted_per_matrix_not_per_eps_cell():
+    """The principal-vector part does not depend on ε but every ε cell recomputes it: one NaN matrix was
+    reported as '2 cells' (of 2 × 4); it is 1 of 4 matrices."""
+    pc = _pc_frame({("torch", "float64"): 1e-12, ("less", "float64"): 1e-12}, nonfinite={("torch", "float64", 2)})
+    text = _pc_text(pc, order=("torch",))
+    assert "in 2 cells" not in text
+    assert ("- torch (float64) returns NaN/Inf for the principal vector in 1 of 4 matrices (degenerate: 1 of 4); "
+            "in 1 of them") in text
+    assert "torch inf° (finite in 3 of 4 matrices)" in text
+    assert "each of the 2 ε cells recomputes it" in text
+
+
+def test_a_norm_falls_back_to_the_cells_spectrum():
+    """Results without the a_norm column (older runs): ‖A‖₂ is the largest eigenvalue of the spectrum the
+    cell was built from; unknown variants give NaN."""
+    import importlib
+    import pandas as pd
+    rep = importlib.import_module("stabkit.studies.o2p_stability.report")
+    mat = pd.DataFrame({"variant": ["degenerate", "cluster(delta=0.01)", "nope"], "d": [8, 32, 8], "seed": [0, 1, 0]})
+    got = rep._a_norm(mat, study.validate({})["families"])
+    assert got.iloc[:2].tolist() == pytest.approx([1.0, 1.0]) and np.isnan(got.iloc[2])

@@ -203,7 +203,7 @@ def _o2p_rows(base, Fd, G, eps, dtype_name, dtype) -> list[dict]:
     for route in ROUTES:
         scores, err = _timed(lambda: _o2p_grad(Fd, G, eps, route, dtype), truth)
         rows.append({**base, "part": "o2p", "dtype": dtype_name, "method": route, **scores,
-                     "top_gap": math.nan, "exact_ties": -1, "error": err})
+                     "top_gap": math.nan, "a_norm": math.nan, "exact_ties": -1, "error": err})
     return rows
 
 
@@ -212,11 +212,12 @@ def _pc_rows(base, Ad, B, w, pc_methods, dtype_name, dtype) -> list[dict]:
 
     truth, top_gap = pc_truth(Ad, B, w)
     ties = int((torch.diff(torch.linalg.eigh(torch.as_tensor(Ad)).eigenvalues) == 0).sum())  # as the methods see them
+    a_norm = float(np.abs(np.linalg.eigvalsh(Ad.astype(np.float64))).max())  # ‖A‖₂ of the float input
     rows = []
     for method in pc_methods:
         scores, err = _timed(lambda: _pc_grad(Ad, B, w, method, dtype), truth)
         rows.append({**base, "part": "pc", "dtype": dtype_name, "method": str(method), **scores,
-                     "top_gap": top_gap, "exact_ties": ties, "error": err})
+                     "top_gap": top_gap, "a_norm": a_norm, "exact_ties": ties, "error": err})
     return rows
 
 

@@ -15,8 +15,18 @@ from .. import _figures
 from .._checks import family_label, variant_labels
 
 #: The papers' methods whose error is a truncation (power-iteration steps, Taylor terms): the
-#: reading says so where their worst angle is as large in float64 as in float32.
+#: reading says so where their worst angle is as large in float64 as in float32 (see SAME_IN_FLOAT64).
 TRUNCATING = ("PI", "SVD-PI", "SVD-Taylor")
+#: "As large in float64 as in float32": the float64 worst angle is at least this fraction of the
+#: float32 one. An error from rounding would shrink by about eps(float64)/eps(float32) ≈ 1.9e-9.
+SAME_IN_FLOAT64 = 0.5
+#: The principal vector's exact gradient is called well conditioned at a dtype with machine epsilon u
+#: where ‖A‖₂/(λ₁ − λ₂) ≤ u^(−1/2): rounding A (relative size u) then moves the gradient by about
+#: u·‖A‖₂/(λ₁ − λ₂) ≤ √u relative (first order), at most half the dtype's digits.
+WELL_CONDITIONED_EXPONENT = -0.5
+#: The columns that identify the principal-vector part's input: A, B, w depend on (spectrum variant,
+#: d, seed) only, not on ε, yet every ε cell recomputes that part.
+PC_MATRIX = ["variant", "d", "seed"]
 
 
 def _med(s):
@@ -51,7 +61,7 @@ def report(results: pd.DataFrame, grid: dict, out_dir: Path) -> str:
                      "(tests/test_quickstart_reproducible.py): their counts and medians above hold for the machine "
                      "in the header, not for every machine.")
     if len(pc):
-        lines += _pc_reading(pc, DECLARATIVE, pc_order)
+        lines += _pc_reading(pc, DECLARATIVE, pc_order, full["families"])
     lines.append("")
     lines += _o2p_tables(o2p, order)
     if len(pc):
@@ -96,38 +106,118 @@ def _o2p_reading(sub: pd.DataFrame, dt: str) -> list[str]:
     return lines
 
 
-def _pc_reading(pc: pd.DataFrame, declarative, pc_order: list) -> list[str]:
-    lines = [f"- The top gap λ₁ − λ₂ ranges over [{pc['top_gap'].min():.3g}, {pc['top_gap'].max():.3g}], so the "
-             "principal vector's exact gradient is well conditioned in every cell. The worst angles below hold for "
-             "that range only: smaller top gaps, where the declarative layers' iterations converge slowly, are not "
-             "in this grid."]
-    for dt in sorted(pc["dtype"].unique()):
-        lines += _pc_dtype_reading(pc[pc["dtype"] == dt], dt, declarative)
-    worst = pc.groupby(["method", "dtype"])["angle_deg"].max().unstack()
+def pc_matrices(pc: pd.DataFrame) -> pd.DataFrame:
+    """The principal-vector rows with the ε duplication dropped: one row per (matrix, dtype, method),
+    matrix = PC_MATRIX. Its angle is the largest over the ε cells (NaN/Inf counted as +∞), finite
+    only if finite in all of them (they are the same computation, so these agree in practice)."""
+    agg = {"angle_deg": ("angle_deg", "max"), "finite": ("finite", "all"), "top_gap": ("top_gap", "first")}
+    for col, how in (("exact_ties", "max"), ("a_norm", "first")):
+        if col in pc:
+            agg[col] = (col, how)
+    return (pc.assign(angle_deg=pc["angle_deg"].fillna(np.inf))
+            .groupby([*PC_MATRIX, "dtype", "method"], as_index=False, sort=False).agg(**agg))
+
+
+def _a_norm(mat: pd.DataFrame, families) -> pd.Series:
+    """λ₁ = ‖A‖₂ per row of ``mat``: the results' ``a_norm`` where recorded, else the largest eigenvalue of
+    the spectrum the cell was built from (stabkit.spectra, same family, d and seed; the float input
+    differs from it by rounding). NaN where neither is available."""
+    if "a_norm" in mat and mat["a_norm"].notna().all():
+        return mat["a_norm"].astype(float)
+    from ... import spectra
+
+    entries = {family_label(e): e for e in families}
+    cache = {}
+
+    def one(variant, d, seed):
+        if (variant, d, seed) not in cache:
+            entry = dict(entries.get(variant, {}))
+            family = entry.pop("family", None)
+            try:
+                cache[variant, d, seed] = (float(np.max(spectra.make(family, int(d), seed=int(seed), **entry).eigenvalues))
+                                           if family else math.nan)
+            except Exception:
+                cache[variant, d, seed] = math.nan
+        return cache[variant, d, seed]
+
+    return pd.Series([one(v, d, s) for v, d, s in zip(mat["variant"], mat["d"], mat["seed"])], index=mat.index)
+
+
+def _gap_reading(mat: pd.DataFrame, families) -> str:
+    gaps = mat.drop_duplicates([*PC_MATRIX, "dtype"])
+    n = len(gaps.drop_duplicates(PC_MATRIX))
+    text = (f"- The top gap λ₁ − λ₂ ranges over [{gaps['top_gap'].min():.3g}, {gaps['top_gap'].max():.3g}] "
+            f"(n = {n} matrices)")
+    kappa = _a_norm(gaps, families) / gaps["top_gap"]
+    tail = (" The worst angles below hold for that range only: smaller top gaps, where the declarative layers' "
+            "iterations converge slowly, are not in this grid.")
+    if not kappa.notna().all():
+        return text + "; ‖A‖₂ is not known for every matrix, so its condition is not stated." + tail
+    text += (f" and ‖A‖₂/(λ₁ − λ₂) = λ₁/(λ₁ − λ₂) over [{kappa.min():.3g}, {kappa.max():.3g}]. To first order, rounding A "
+             "to a dtype with machine epsilon u moves the principal vector's exact gradient by about "
+             "u·‖A‖₂/(λ₁ − λ₂) relative; taken as well conditioned where ‖A‖₂/(λ₁ − λ₂) ≤ 1/√u (at most half the "
+             "digits lost)")
+    over = []
+    for dt in sorted(gaps["dtype"].unique()):
+        bound = float(np.finfo(dt).eps) ** WELL_CONDITIONED_EXPONENT
+        k = int((kappa[gaps["dtype"] == dt] > bound).sum())
+        over.append((dt, bound, k, int((gaps["dtype"] == dt).sum())))
+    bounds = ", ".join(f"{b:.2g} in {dt}" for dt, b, _, _ in over)
+    if not any(k for _, _, k, _ in over):
+        return text + f", with 1/√u = {bounds}, that gradient is well conditioned in all {n} matrices." + tail
+    return (text + f", with 1/√u = {bounds}, it is not in " + ", ".join(f"{k} of {m} matrices in {dt}" for dt, _, k, m in over)
+            + ": there rounding A alone can cost more than half the digits of the gradient, and the angles below "
+            "include that loss." + tail)
+
+
+def _pc_reading(pc: pd.DataFrame, declarative, pc_order: list, families=()) -> list[str]:
+    mat = pc_matrices(pc)
+    lines = [_gap_reading(mat, families)]
+    n_eps = pc["eps"].nunique() if "eps" in pc else 1
+    if n_eps > 1:
+        lines.append(f"- The principal-vector part does not depend on ε, and each of the {n_eps} ε cells recomputes "
+                     "it: below, each matrix is counted once.")
+    for dt in sorted(mat["dtype"].unique()):
+        lines += _pc_dtype_reading(mat[mat["dtype"] == dt], dt, declarative)
+    worst = mat.groupby(["method", "dtype"])["angle_deg"].max().unstack()
+    n = mat.groupby(["method", "dtype"]).size().unstack()
     for m in [m for m in pc_order if methods.spec(m).method.paper_name in TRUNCATING]:
         if m in worst.index and {"float32", "float64"} <= set(worst.columns):
-            lines.append(f"- {m}'s worst angle is {worst.loc[m, 'float32']:.3g}° in float32 and "
-                         f"{worst.loc[m, 'float64']:.3g}° in float64: a truncation error of the method "
-                         "(power-iteration steps / Taylor terms), not rounding.")
+            w32, w64 = worst.loc[m, "float32"], worst.loc[m, "float64"]
+            n32, n64 = int(n.loc[m, "float32"]), int(n.loc[m, "float64"])
+            text = (f"- {m}'s worst angle is {w32:.3g}° in float32 and {w64:.3g}° in float64 (over "
+                    + (f"{n32} matrices each)" if n32 == n64 else f"{n32} and {n64} matrices)"))
+            if np.isfinite(w32) and np.isfinite(w64) and w32 > 0 and w64 >= SAME_IN_FLOAT64 * w32:
+                text += (f": in float64 it is at least {SAME_IN_FLOAT64:g}× the float32 value, where a rounding error "
+                         f"would be about {np.finfo(np.float64).eps / np.finfo(np.float32).eps:.1g}× smaller: a "
+                         "truncation error of the method (power-iteration steps / Taylor terms), not rounding.")
+            else:
+                text += "."
+            lines.append(text)
     return lines
 
 
 def _pc_dtype_reading(sub: pd.DataFrame, dt: str, declarative) -> list[str]:
+    """``sub``: one dtype of :func:`pc_matrices` (one row per matrix and method)."""
     lines = []
-    worst = sub.groupby("method")["angle_deg"].apply(lambda s: float(s.fillna(np.inf).max()))
-    fin = sub.groupby("method")["finite"].mean()
+    worst = sub.groupby("method")["angle_deg"].max()
+    fin = sub.groupby("method")["finite"].agg(["sum", "size"])
     decl = [m for m in declarative if m in worst.index]
     others = [m for m in worst.index if m not in decl]
     for m, bad in sub[~sub["finite"]].groupby("method"):
         tied = int((bad["exact_ties"] > 0).sum()) if "exact_ties" in bad else 0
-        lines.append(f"- {m} ({dt}) returns NaN/Inf for the principal vector in {len(bad)} cells "
-                     f"({', '.join(sorted(bad['variant'].unique()))}); in {tied} of them eigh's eigenvalues hold "
+        every = sub[sub["method"] == m]
+        per = ", ".join(f"{v}: {int((bad['variant'] == v).sum())} of {int((every['variant'] == v).sum())}"
+                        for v in sorted(bad["variant"].unique()))
+        lines.append(f"- {m} ({dt}) returns NaN/Inf for the principal vector in {len(bad)} of {len(every)} matrices "
+                     f"({per}); in {tied} of them eigh's eigenvalues hold "
                      "an exact tie, where 1/(λ_j − λ_i) = ∞ meets a zero cotangent (∞ · 0 = NaN) although "
                      "that pair does not enter the principal vector's gradient.")
     if decl:
         lines.append(f"- Principal eigenvector, {dt}: worst angle of the declarative layers " + ", ".join(
             f"{m} {worst[m]:.3g}°" for m in decl) + "; of the eigen-gradient methods " + ", ".join(
-            f"{m} {worst[m]:.3g}° ({fin[m]:.0%} finite)" for m in others) + ".")
+            f"{m} {worst[m]:.3g}° (finite in {int(fin.loc[m, 'sum'])} of {int(fin.loc[m, 'size'])} matrices)"
+            for m in others) + ".")
     return lines
 
 
