@@ -12,6 +12,7 @@ import pytest
 from scipy import stats as sps
 
 from stabkit.studies import _grid, publish, runner, zca_cifar10_survival as surv
+from stabkit.train.preset import get_preset
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = ROOT / "studies" / "zca-cifar10-survival.toml"
@@ -146,8 +147,8 @@ def test_success_table_numbers():
     # Wilson for 1/3 from the closed form; Clopper–Pearson from 3/4 (lower) to 4/4 (upper, 1)
     z = 1.959963984540054
     c, h = (1 / 3 + z * z / 6) / (1 + z * z / 3), z * math.sqrt(2 / 27 + z * z / 36) / (1 + z * z / 3)
-    assert svd["Wilson 95 %"] == f"[{100 * (c - h):.0f}, {100 * (c + h):.0f}]"
-    assert tay["Clopper–Pearson 95 %"] == f"[{100 * sps.beta.ppf(0.025, 3, 2):.0f}, 100]"
+    assert svd["Wilson 95 %"] == "[6.1, 80]" and 6.1 <= 100 * (c - h) < 6.2 and 79 < 100 * (c + h) <= 80  # outward
+    assert tay["Clopper–Pearson 95 %"] == "[19, 100]" and 19 <= 100 * sps.beta.ppf(0.025, 3, 2) < 20
     p_svd = sps.fisher_exact([[1, 2], [0, 15]])[1]
     p_tay = max(sps.fisher_exact([[k, 4 - k], [15, 0]])[1] for k in (3, 4))
     assert svd["Fisher p"] == pytest.approx(p_svd) and tay["Fisher p"] == pytest.approx(p_tay) == 1.0
@@ -167,7 +168,7 @@ def test_a_stopped_run_is_counted_both_ways_never_dropped():
     assert svd["Fisher p"] == pytest.approx(max(sps.fisher_exact([[k, 4 - k], [0, 15]])[1] for k in (1, 2)))
     lo = sps.binomtest(1, 4).proportion_ci(method="exact").low
     hi = sps.binomtest(2, 4).proportion_ci(method="exact").high
-    assert svd["Clopper–Pearson 95 %"] == f"[{100 * lo:.0f}, {100 * hi:.0f}]"
+    assert svd["Clopper–Pearson 95 %"] == "[0.63, 93.3]" and 0.63 <= 100 * lo < 0.64 and 93.2 < 100 * hi <= 93.3
     # Kaplan–Meier: NaN losses at 2.5 (4 at risk) and 7 (3 at risk), censored at 50 and 100 → S(100) = 3/4 · 2/3
     assert svd["KM S(horizon) %"] == pytest.approx(50.0)
 
@@ -175,8 +176,8 @@ def test_a_stopped_run_is_counted_both_ways_never_dropped():
 def test_the_one_line_summary_counts_as_the_success_table():
     """reports/README.md's line must not count a run stopped early as one that reached the horizon."""
     results = _results(RECORDS, ORDER)
-    assert "taylor d=16: 3–4/4 without NaN to 100 ep" in surv.summary(results)
-    assert "analytic d=8: 1/3 without NaN to 100 ep" in surv.summary(results)
+    assert "taylor d=16: 3–4/4 [30, 100] % without NaN to 100 ep" in surv.summary(results)
+    assert "analytic d=8: 1/3 [6.1, 80] % without NaN to 100 ep" in surv.summary(results)
 
 
 def test_eigensolver_failures_are_named_apart_from_clock_stops():
@@ -189,10 +190,11 @@ def test_eigensolver_failures_are_named_apart_from_clock_stops():
     report = importlib.import_module("stabkit.studies.zca_cifar10_survival.report")  # the package exports a function of that name
     raised = _record("taylor", 16, 1004, reached=12.0)
     raised["paper_outcome"] = "eigh-failed"
-    text = " ".join(report._horizon_section(tables._runs(_results(RECORDS + [raised], ORDER))))
+    g, preset = surv.validate({"cells": [["analytic", 8]]}), get_preset("paper")
+    text = " ".join(report._horizon_section(tables._runs(_results(RECORDS + [raised], ORDER)), g, preset))
     assert "2 stopped earlier without one" in text and "1 of the early stops are eigensolver failures" in text
     assert "informative" in text
-    assert "eigensolver" not in " ".join(report._horizon_section(tables._runs(_results(RECORDS, ORDER))))
+    assert "eigensolver" not in " ".join(report._horizon_section(tables._runs(_results(RECORDS, ORDER)), g, preset))
 
 
 def test_kaplan_meier_band_is_not_claimed_at_zero():
@@ -230,7 +232,7 @@ def test_report_from_records(tmp_path):
     assert "| analytic | SVD | 8 | float32 | 100 | 3 | 2 | 1/3 |" in text
     # extended run: its final test error
     assert "| taylor | 16 | float32 | 1 | 0.07 |" in text
-    assert "GPU" in text and "rates, not seeds" in text
+    assert "GPU" in text and "which seeds fail may change" in text and "not measured here" in text
     assert text.count("- Landmark ") == 3 and "not measurable" in text
     assert "stacked in one network" not in text  # every run here ran alone
     res["stacked_runs"] = [3.0, 3.0, 3.0, 1.0, np.nan, 1.0, 1.0, 1.0]  # NaN: a record from before the column existed
@@ -281,16 +283,33 @@ def test_report_with_only_crashed_cells(tmp_path):
 
 
 def test_an_interval_is_not_rounded_onto_0_or_100_percent():
-    """Clopper–Pearson for 1 of 15 starts at 0.17 %: printed as 0.2, not as 0 (a bound it does not reach)."""
+    """Clopper–Pearson for 1 of 15 starts at 0.169 %: printed as 0.16, not as 0 (a bound it does not reach)
+    and not as 0.17 (above the bound: the printed interval would be narrower than the computed one)."""
     from stabkit.studies.zca_cifar10_survival import tables
 
     lo = sps.binomtest(1, 15).proportion_ci(method="exact").low
-    assert tables._pct((lo, 0.32)) == "[0.2, 32]"
+    assert tables._pct((lo, 0.3125)) == "[0.16, 32]"
     assert tables._pct((0.0, 1.0)) == "[0, 100]" and tables._pct((0.004, 0.998)) == "[0.4, 99.8]"
-    assert tables._pct((0.006, 0.994)) == "[1, 99]"
+    assert tables._pct((0.006, 0.994)) == "[0.6, 99.4]"  # nearest would print [1, 99], inside the interval
     # Clopper–Pearson at k = 1 of 60 starts at 0.042 %, at 59 of 60 ends at 99.958 %: more digits, not 0.0 or 100.0
     lo, hi = sps.binomtest(1, 60).proportion_ci(method="exact").low, sps.binomtest(59, 60).proportion_ci(method="exact").high
-    assert tables._pct((lo, hi)) == f"[{100 * lo:.2f}, {100 * hi:.2f}]" == "[0.04, 99.96]"
+    assert tables._pct((lo, hi)) == "[0.042, 99.958]" and 0.042 <= 100 * lo and 100 * hi <= 99.958
+
+
+def test_intervals_are_rounded_outward():
+    """3 of 3: Wilson's lower bound is 43.85 %, printed 43 (nearest, 44, would be narrower than computed);
+    every printed Wilson and Clopper–Pearson interval of k of n ≤ 15 contains the computed one."""
+    import re
+
+    from stabkit.studies import _stats
+    from stabkit.studies.zca_cifar10_survival import tables
+
+    assert tables._pct(_stats.wilson(3, 3)) == "[43, 100]"
+    for n in range(1, 16):
+        for k in range(n + 1):
+            for lo, hi in (_stats.wilson(k, n), _stats.clopper_pearson(k, n)):
+                plo, phi = (float(x) for x in re.fullmatch(r"\[(.*), (.*)\]", tables._pct((lo, hi))).groups())
+                assert plo <= 100 * lo + 1e-9 and phi >= 100 * hi - 1e-9, (k, n)
 
 
 def test_stacked_seeds_give_the_rows_of_runs_one_by_one(tmp_path, tiny_batches, float64):
@@ -322,3 +341,57 @@ def test_stacked_seeds_give_the_rows_of_runs_one_by_one(tmp_path, tiny_batches, 
             np.testing.assert_allclose(a, b, rtol=1e-9, err_msg=col)
         else:
             assert a == b, col
+
+
+# ------------------------------------------------------------------------------ the horizon sentence
+def _horizon_text(records, grid):
+    import importlib
+
+    from stabkit.studies.zca_cifar10_survival import tables
+
+    report = importlib.import_module("stabkit.studies.zca_cifar10_survival.report")
+    g = surv.validate({"cells": [["analytic", 8]], **grid})
+    return " ".join(report._horizon_section(tables._runs(_results(records, ORDER)), g, get_preset(g["preset"])))
+
+
+def test_horizon_sentence_follows_the_epochs_reached_and_the_schedule():
+    """Each clause from the data: 13 epochs lie inside the paper's first lr phase (its drops: 100, 200,
+    300, from the paper preset); 150 epochs are past the drop at 100 and not the others; the bound on a
+    350-epoch count holds only for runs that follow the paper's schedule (lr 0.1, full epochs)."""
+    short = [_record("analytic", 8, 1000 + i, reached=13.0, horizon=13.0) for i in range(3)]
+    text = _horizon_text(short, {"epochs": 13.0})
+    assert "The longest run reached 13.0 epochs of the paper's 350 (lr ×0.1 at epochs 100, 200, 300)" in text
+    assert "every run ended within the paper's first lr phase (lr 0.1, epochs 0–100), so none saw an lr drop" in text
+    assert "upper bound of what the same runs would count at 350 epochs" in text
+    past = [_record("analytic", 8, 1000, reached=150.0, horizon=150.0)]
+    text = _horizon_text(past, {"epochs": 150.0})
+    assert "the longest ran past the paper's lr drop at epoch 100" in text and "first lr phase" not in text
+    assert "200" not in text.split("past the paper's")[1].split(".")[0]
+    # another lr, or shortened epochs: not the paper's schedule, so no bound is claimed
+    for grid in ({"epochs": 13.0, "lr": 0.05}, {"epochs": 13.0, "limit_images": 15360}):
+        text = _horizon_text(short, grid)
+        assert "upper bound" not in text and "no bound of a 350-epoch count" in text, grid
+    full = [_record("analytic", 8, 1000, reached=350.0, horizon=350.0)]
+    text = _horizon_text(full, {"epochs": 350.0})
+    assert "The longest run reached 350.0 epochs, the paper's 350." in text and "upper bound" not in text
+
+
+def test_seed_caveat_is_a_caveat_not_a_measurement(tmp_path):
+    res = _results(RECORDS, ORDER)
+    text = surv.report(res, {"cells": [["analytic", 8], ["taylor", 16]], "seeds": 4}, tmp_path)
+    assert "is not reproducible" not in text and "Only the failure *rate*" not in text
+    assert "not bitwise deterministic" in text and "which seeds fail may change" in text
+    assert "No cell was rerun here to measure this" in text
+
+
+def test_index_line_says_partial_and_gives_intervals(tmp_path):
+    """369 of 375 cells not computed: the reports index says so, and each count has its Wilson interval."""
+    out = tmp_path / "surv"
+    out.mkdir()
+    _results([_record("analytic", 8, 1000 + i, reached=13.0, horizon=13.0) for i in range(3)], ORDER).to_parquet(
+        out / "results.parquet")
+    meta = {"kind": "zca_cifar10_survival", "cells_total": 375, "cells_reused": 0, "cells_computed": 6}
+    line = publish._summary(meta, out)
+    assert line.startswith("partial, 369 of 375 cells not computed: 3 runs (Wilson 95 %); ")
+    assert "analytic d=8: 3/3 [43, 100] % without NaN to 13 ep" in line
+    assert not publish._summary({**meta, "cells_computed": 375}, out).startswith("partial")

@@ -12,6 +12,8 @@ power, and the Kaplan–Meier estimator.
   max_{j ≤ i} min(1, (m − j + 1) p_(j)).
 * Power of Fisher's test against a published count: exact, that count fixed and our n₁ runs
   binomial at rate p₁, the probability that the two-sided p-value is ≤ α.
+* Interval text rounded outward (lower bound toward −∞, upper toward +∞), so that the printed
+  interval contains the computed one: ``round_down``, ``round_up``, ``percent_interval``.
 * Kaplan–Meier (JASA 1958) with right censoring: S(t) = Π_{t_i ≤ t} (1 − d_i/n_i); Greenwood's
   variance Var S = S² Σ d_i/(n_i(n_i − d_i)); the confidence band on the log(−log S) scale
   (Kalbfleisch & Prentice), which stays inside [0, 1]: S^{exp(±z σ)}, σ² = Σ d_i/(n_i(n_i−d_i)) / (log S)²;
@@ -21,6 +23,7 @@ power, and the Kaplan–Meier estimator.
 
 from __future__ import annotations
 
+import decimal
 import math
 from fractions import Fraction
 from functools import lru_cache
@@ -58,6 +61,44 @@ def wilson(k, n, z: float = Z95):
     if lo.ndim == 0:
         return (float(lo), float(hi))
     return lo, hi
+
+
+def _decimals(x: float, sig: int) -> int:
+    """Decimal places that keep ``sig`` significant digits of min(x, 1 − x) (a probability's distance
+    to the nearer end, so that 0.99931 keeps its 3s)."""
+    m = min(x, 1 - x)
+    if m <= 0:
+        return 0
+    return max(0, sig - 1 - math.floor(math.log10(m)))
+
+
+def round_text(x: float, sig: int, rounding, percent: bool = False) -> str:
+    """The probability ``x`` rounded with ``rounding`` (a ``decimal`` mode) to ``sig`` significant
+    digits of min(x, 1 − x); with ``percent``, the same digits shown in % (exactly ×100)."""
+    if x != x:
+        return "—"
+    q = decimal.Decimal(float(x)).quantize(decimal.Decimal(1).scaleb(-_decimals(float(x), sig)), rounding=rounding)
+    text = format(q.scaleb(2) if percent else q, "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def round_down(x: float, sig: int = 2, percent: bool = False) -> str:
+    """``x`` rounded toward −∞ (so the printed number is ≤ x), ``sig`` significant digits of min(x, 1 − x)."""
+    return round_text(x, sig, decimal.ROUND_FLOOR, percent)
+
+
+def round_up(x: float, sig: int = 2, percent: bool = False) -> str:
+    """``x`` rounded toward +∞ (so the printed number is ≥ x)."""
+    return round_text(x, sig, decimal.ROUND_CEILING, percent)
+
+
+def percent_interval(lo: float, hi: float, sig: int = 2) -> str:
+    """``[lo, hi]`` in %, rounded outward (lower bound down, upper bound up): the printed interval
+    contains the computed one, and a bound that is not 0 or 100 % is never printed as one
+    (``sig`` digits of min(x, 1 − x): 0.0017 → 0.16, 0.676 → 67, 0.99958 → 99.958); "—" for NaN."""
+    if lo != lo or hi != hi:
+        return "—"
+    return f"[{round_down(lo, sig, percent=True)}, {round_up(hi, sig, percent=True)}]"
 
 
 def clopper_pearson(k, n, alpha: float = 0.05) -> tuple[float, float]:

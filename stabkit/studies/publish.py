@@ -13,7 +13,7 @@ import pandas as pd
 from .._io import write_text_atomic
 from . import kind_module
 from ._store import _read_json
-from .provenance import UNFINISHED, finishing_command, git_commit, header
+from .provenance import UNFINISHED, cells_left, finishing_command, git_commit, header
 
 
 def build_report(name: str, out_root=Path("reports")) -> Path:
@@ -132,7 +132,14 @@ def build_index(out_root=Path("reports"), log=_warn) -> Path:
 
 
 def _summary(meta: dict, out_dir: Path) -> str:
-    """The index line of one study: the kind's ``summary(results)`` hook, else counts."""
+    """The index line of one study: the kind's ``summary(results)`` hook, else counts; for a partial
+    study (cells of its grid not computed yet), led by how many, as its README's header says."""
+    line = _counts_line(meta, out_dir)
+    left = cells_left(meta)
+    return f"partial, {left} of {meta['cells_total']} cells not computed: {line}" if left else line
+
+
+def _counts_line(meta: dict, out_dir: Path) -> str:
     results_path = out_dir / "results.parquet"
     if not results_path.is_file():
         return "no results yet"

@@ -5,7 +5,6 @@ against the measurement."""
 from __future__ import annotations
 
 import decimal
-import math
 import pathlib
 
 import numpy as np
@@ -51,39 +50,14 @@ def mark_rank_deficient(agg: pd.DataFrame, grid: dict) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------- number formatting
-
-
-def _decimals(x: float, sig: int) -> int:
-    """Decimal places that keep ``sig`` significant digits of min(x, 1 − x) (a probability's distance
-    to the nearer end, so that 0.99931 keeps its 3s)."""
-    m = min(x, 1 - x)
-    if m <= 0:
-        return 0
-    return max(0, sig - 1 - math.floor(math.log10(m)))
-
-
-def _round_text(x: float, sig: int, rounding) -> str:
-    if x != x:
-        return "—"
-    q = decimal.Decimal(float(x)).quantize(decimal.Decimal(1).scaleb(-_decimals(float(x), sig)), rounding=rounding)
-    text = format(q, "f")
-    return text.rstrip("0").rstrip(".") if "." in text else text
-
-
-def round_down(x: float, sig: int = 2) -> str:
-    """``x`` rounded toward −∞ (so the printed number is ≤ x), ``sig`` significant digits of min(x, 1 − x)."""
-    return _round_text(x, sig, decimal.ROUND_FLOOR)
-
-
-def round_up(x: float, sig: int = 2) -> str:
-    """``x`` rounded toward +∞ (so the printed number is ≥ x)."""
-    return _round_text(x, sig, decimal.ROUND_CEILING)
+# the outward rounding (lower bound down, upper bound up) is ``_stats``'s, shared with the ZCA studies
+round_down, round_up = _stats.round_down, _stats.round_up
 
 
 def interval_text(p: float, lo: float, hi: float, sig: int = 2) -> str:
     """p̂ [lo, hi] with the interval rounded outward: the printed interval contains the computed one.
     p̂ is rounded to nearest, with sig + 1 significant digits of min(p̂, 1 − p̂)."""
-    return f"{_round_text(p, sig + 1, decimal.ROUND_HALF_EVEN)} [{round_down(lo, sig)}, {round_up(hi, sig)}]"
+    return f"{_stats.round_text(p, sig + 1, decimal.ROUND_HALF_EVEN)} [{round_down(lo, sig)}, {round_up(hi, sig)}]"
 
 
 def _cifar_note(grid):

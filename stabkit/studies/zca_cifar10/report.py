@@ -14,7 +14,7 @@ from ...train import table_iv
 from ...train.preset import PAPER_DEVIATIONS, get_preset
 from .. import _figures, _landmark, _stats
 from . import validate
-from .tables import FEATURES, compare_schedules, link, success_table
+from .tables import FEATURES, ci, compare_schedules, largest_undetected, link, success_table
 
 def report(results: pd.DataFrame, grid: dict, out_dir: pathlib.Path) -> str:
     g = validate(grid)
@@ -42,6 +42,26 @@ def report(results: pd.DataFrame, grid: dict, out_dir: pathlib.Path) -> str:
     return "\n".join(lines)
 
 
+def _horizon(results: pd.DataFrame, g: dict) -> tuple[int | None, float]:
+    """The schedule's length: (steps, epochs). Steps: the longest ``steps_total`` recorded (else the
+    grid's ``max_steps``; None if neither); epochs: those steps × batch / training images (else the
+    grid's ``epochs``)."""
+    total = pd.to_numeric(results["steps_total"], errors="coerce").max() if "steps_total" in results else np.nan
+    steps = int(total) if total == total else (int(g["max_steps"]) if g["max_steps"] else None)
+    if steps is None:
+        return None, float(g["epochs"])
+    return steps, steps * int(g["batch_size"]) / int(g["limit_images"] or 50000)
+
+
+def _horizon_text(results: pd.DataFrame, g: dict) -> str:
+    """``1200 steps (10 epochs of 15360 images, 2.9 % of the paper's 350 epochs)``."""
+    steps, epochs = _horizon(results, g)
+    paper = get_preset("paper").epochs
+    ep = f"{epochs:.3g} epoch{'' if epochs == 1 else 's'} of {g['limit_images'] or 50000} images"
+    frac = f"{100 * epochs / paper:.2g} % of the paper's {paper:g} epochs"
+    return f"{steps} steps ({ep}, {frac})" if steps is not None else f"{ep} ({frac})"
+
+
 def _intro(results: pd.DataFrame, g: dict) -> list[str]:
     """The protocol of the stabkit-preset study and the outcomes it records."""
     steps = f"{g['max_steps']} steps" if g["max_steps"] else f"{g['epochs']:g} epochs"
@@ -52,14 +72,15 @@ def _intro(results: pd.DataFrame, g: dict) -> list[str]:
         f"One run per cell: ResNet-18 (conv1 → ZCA(d) → …), SGD lr {g['lr']:g}, momentum 0.9, wd 5e-4, batch "
         f"{g['batch_size']}, ε = {eps}, {steps} on {g['limit_images'] or 50000} training images (step decay ×0.1 at 50 % "
         f"and 75 % of the steps), test error on {g['limit_test'] or 10000} test images; {g['seeds']} seeds per cell. "
-        "The paper: 350 epochs, 15 runs per cell, one dtype — its numbers are shown beside both of ours. Our short "
-        "protocol is not a prefix of the paper's (its lr drops at 50 % and 75 % of the steps, and `diverged` is judged "
-        "at its end), so its success rates are neither upper nor lower bounds of the paper's.",
+        "The paper: 350 epochs, 15 runs per cell, one dtype — its numbers are shown beside both of ours. This "
+        f"schedule, {_horizon_text(results, g)}, is not a prefix of the paper's (its lr drops at 50 % and 75 % of "
+        "its steps, and `diverged` is judged at its end), so its success rates are neither upper nor lower bounds "
+        "of the paper's.",
         "",
         "Outcomes: ok; eigh-failed (forward eigensolver raised); nonfinite-loss; nonfinite-grad; diverged (loss > 50, "
         "or training accuracy ≤ 15 % at step max(100, steps/4), or final test error ≥ 88 %).",
         "",
-        *_legacy_note(results),
+        *_legacy_note(results, g),
     ]
 
 
@@ -76,8 +97,7 @@ def _success_section(table: pd.DataFrame, results: pd.DataFrame, crashed: pd.Dat
     bn = results[results["norm"] == "bn"]
     if len(bn):
         k = int((bn["outcome"] == "ok").sum())
-        lo, hi = _stats.wilson(k, len(bn))
-        lines += [f"BatchNorm baseline: {k}/{len(bn)} ok [{100 * lo:.0f}, {100 * hi:.0f}] %, median test error "
+        lines += [f"BatchNorm baseline: {k}/{len(bn)} ok {ci(k, len(bn))} % (Wilson 95 %), median test error "
                   f"{bn.loc[bn['outcome'] == 'ok', 'test_error'].median():.3f}.", ""]
     if "wall_s" in results.columns and len(results):
         wall = pd.to_numeric(results["wall_s"], errors="coerce")
@@ -138,17 +158,30 @@ def _link_section(link: dict, g: dict, figs: list[str]) -> list[str]:
     return lines
 
 
-def _legacy_note(results: pd.DataFrame) -> list[str]:
+def _legacy_note(results: pd.DataFrame, g: dict) -> list[str]:
     """Runs recorded before presets and SVD-PI's truncated forward existed carry no ``preset``
-    column: say what their layer and their ``pi`` were, so no row is read as today's method."""
+    column: say what their layer and their ``pi`` were, so no row is read as today's method, and
+    the horizon and the successful runs' test errors, measured, beside chance."""
     if "preset" in results.columns:
         return []
     return ["**Conventions of these runs.** They predate the `paper` preset and the SVD-PI fix: the layer is the "
             "`stabkit` preset (ε = 1e-4 for every method, eigh without a clamp, γ = 1, torch's default init), and "
             "`pi` in these rows is today's `pi-legacy` (whitening with all d pairs, backward dropping pairs: it "
             "differentiates another function than the one it returns). Outcomes other than a NaN loss are this "
-            "toolkit's and are not the paper's criterion; at this horizon the successful networks have barely "
-            "started to train (see the test errors), so no row is a test of Table IV.", ""]
+            f"toolkit's and are not the paper's criterion. The horizon is {_horizon_text(results, g)}; "
+            + _ok_errors_text(results) + " Because of that horizon and that layer, no row is a test of Table IV.", ""]
+
+
+def _ok_errors_text(results: pd.DataFrame) -> str:
+    """The test errors at the end of the successful ZCA runs: range, median and n, beside chance (0.9)."""
+    ok = results[(results["norm"] == "zca") & (results["outcome"] == "ok")] if len(results) else results
+    err = pd.to_numeric(ok["test_error"], errors="coerce").dropna() if "test_error" in ok else pd.Series(dtype=float)
+    if not len(err):
+        return "no successful ZCA run has a test error recorded."
+    if len(err) == 1:
+        return f"the 1 successful ZCA run ends at test error {err.iloc[0]:.2f} (chance: 0.90)."
+    return (f"the {len(err)} successful ZCA runs end at test errors {err.min():.2f}–{err.max():.2f} "
+            f"(median {err.median():.2f}; chance: 0.90).")
 
 
 def _schedule_section(results: pd.DataFrame, g: dict, out_dir: pathlib.Path) -> list[str]:
@@ -164,7 +197,7 @@ def _schedule_section(results: pd.DataFrame, g: dict, out_dir: pathlib.Path) -> 
     table = compare_schedules(short, results, horizon)
     if table.empty:
         return lines + [f"No method × d × dtype of this study is in `{name}`.", ""]
-    agree = int((table["Fisher p"] >= 0.05).sum())
+    table.insert(table.columns.get_loc("Fisher p") + 1, "Holm p", _stats.holm(table["Fisher p"].to_numpy(float)))
     late = int(table["long fails after short horizon"].sum())
     return lines + [
         f"The same cells with `{name}`'s schedule ({horizon} steps) and this study's. Success counts with Wilson 95 % "
@@ -172,23 +205,57 @@ def _schedule_section(results: pd.DataFrame, g: dict, out_dir: pathlib.Path) -> 
         "differences are detectable, so the last column, failures that happened after the short schedule's last "
         "step, is the direct evidence of what the short protocol misses.",
         "",
-        markdown_table(table),
+        markdown_table(table.drop(columns=["short runs", "long runs"])),
         "",
-        f"Cells where the schedules agree (Fisher p ≥ 0.05): {agree}/{len(table)}; long-run failures after step "
-        f"{horizon}: {late}.",
+        _schedule_verdict(table) + f" Long-run failures after step {horizon}: {late}.",
         "",
     ]
+
+
+def _schedule_verdict(table: pd.DataFrame, alpha: float = 0.05) -> str:
+    """How many cells show a difference at Holm-adjusted p < ``alpha``; for the others, "no difference
+    detected", with the runs per side and the largest difference of success rates that Fisher's test
+    does not reject at those sizes (so that no reader takes it for agreement)."""
+    m = len(table)
+    found = int((table["Holm p"] < alpha).sum())
+    sizes = sorted(set(zip(table["short runs"], table["long runs"])))
+    text = (f"Difference detected (Holm-adjusted Fisher p < {alpha:g} over the {m} cell{'' if m == 1 else 's'}): "
+            f"{found}/{m} cells.")
+    if found == m:
+        return text
+    blind = []
+    for n_s, n_l in sizes:
+        worst = largest_undetected(int(n_s), int(n_l), alpha)
+        if worst is None:
+            blind.append(f"{n_s} vs {n_l} runs: no pair of counts can reach p < {alpha:g}")
+        else:
+            k_s, k_l, p = worst
+            blind.append(f"at {n_s} vs {n_l} runs even {k_s}/{n_s} against {k_l}/{n_l}, {100 * k_s / n_s:.0f} % "
+                         f"against {100 * k_l / n_l:.0f} %, gives p = {p:.2g} in a single test, before Holm's correction")
+    rest = m - found
+    return (text + f" In the other {'cell' if rest == 1 else f'{rest} cells'} no difference is detected, which is not "
+            "agreement: with these runs per side only large differences are detectable (" + "; ".join(blind) + ").")
 
 
 def _forward_failure_note(table: pd.DataFrame) -> list[str]:
     if not len(table) or not table["runs with λ_min ≤ 0"].any():
         return []
     n_bad, n_first = int(table["runs with λ_min ≤ 0"].sum()), int(table["… at step 0"].sum())
-    return [f"Forward failures: in {n_bad} runs the forward eigendecomposition returned λ_min ≤ 0 for Σ + εI, whose "
-            "eigenvalues are ≥ ε in exact arithmetic, so λ^{-1/2} was NaN in the forward pass. In the "
-            f"{n_first} of them that failed at step 0 no gradient had been applied yet: those failures are the rounding "
-            "of the forward (covariance and eigensolver in the layer's dtype) alone, whatever the backward rule. In the "
-            "others a backward update came first, and a large update grows ‖Σ‖ and with it the rounding error.", ""]
+    later = n_bad - n_first
+    text = (f"Forward failures: in {n_bad} run{'' if n_bad == 1 else 's'} the forward eigendecomposition returned "
+            "λ_min ≤ 0 for Σ + εI, whose eigenvalues are ≥ ε in exact arithmetic, so λ^{-1/2} was NaN in the forward "
+            "pass. ")
+    if n_first:
+        text += (f"{n_first} of them failed at step 0, before any gradient had been applied: there the backward rule "
+                 "played no part, and the rounding of the forward computation (covariance and eigensolver in the "
+                 "layer's dtype) alone gave λ_min ≤ 0. ")
+    if later:
+        who = (f"The other {later}" if n_first else
+               "It failed after step 0" if n_bad == 1 else f"None of them failed at step 0: all {later}")
+        text += (f"{who}{'' if who.startswith('It') else ' failed at a later step'}, after backward updates had been "
+                 "applied; these records do not show what brought λ_min to ≤ 0 there (‖Σ‖ is not logged), so the "
+                 f"backward rule's part in {'it' if later == 1 else 'them'} is not measured.")
+    return [text.rstrip(), ""]
 
 
 def _plots(table: pd.DataFrame, fit: dict | None, out_dir: pathlib.Path, paper_rate: bool = False) -> list[str]:

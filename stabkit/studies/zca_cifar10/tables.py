@@ -137,7 +137,8 @@ def compare_schedules(short: pd.DataFrame, long: pd.DataFrame, horizon: int) -> 
 
     ``Fisher p``: two-sided Fisher exact test of equal success probability (small p = the schedules
     disagree); ``long fails after short horizon``: failures of the long runs at a step the short
-    runs (``horizon`` steps) never reached — the failures the short protocol cannot see.
+    runs (``horizon`` steps) never reached — the failures the short protocol cannot see; ``short runs``,
+    ``long runs``: the runs per side.
     """
     from scipy.stats import fisher_exact
 
@@ -156,12 +157,28 @@ def compare_schedules(short: pd.DataFrame, long: pd.DataFrame, horizon: int) -> 
             "method": key[0], "d": int(key[1]), "dtype": key[2],
             "short success": f"{k_s}/{n_s} {ci(k_s, n_s)}", "long success": f"{k_l}/{n_l} {ci(k_l, n_l)}",
             "Fisher p": float(fisher_exact([[k_s, n_s - k_s], [k_l, n_l - k_l]])[1]),
-            "long fails after short horizon": late,
+            "long fails after short horizon": late, "short runs": n_s, "long runs": n_l,
         })
     return pd.DataFrame(rows)
 
 
+def largest_undetected(n_s: int, n_l: int, alpha: float = 0.05) -> tuple[int, int, float] | None:
+    """The counts k_s/n_s, k_l/n_l with the largest difference of success rates whose two-sided
+    Fisher p is still ≥ ``alpha`` (ties: the smaller p); None if no two counts differ at all."""
+    best = None
+    for k_s in range(n_s + 1):
+        for k_l in range(n_l + 1):
+            diff = abs(k_s / n_s - k_l / n_l)
+            if diff == 0:
+                continue
+            p = _stats.fisher_exact(k_s, n_s - k_s, k_l, n_l - k_l)
+            if p >= alpha and (best is None or (diff, -p) > (best[0], -best[3])):
+                best = (diff, k_s, k_l, p)
+    return None if best is None else best[1:]
+
+
+
 def ci(k: int, n: int) -> str:
-    """The Wilson 95 % interval of k successes in n, in %, as text ``[lo, hi]``."""
-    lo, hi = _stats.wilson(k, n)
-    return f"[{100 * lo:.0f}, {100 * hi:.0f}]"
+    """The Wilson 95 % interval of k successes in n, in %, as text ``[lo, hi]``, rounded outward
+    (``_stats.percent_interval``): the printed interval contains the computed one."""
+    return _stats.percent_interval(*_stats.wilson(k, n))

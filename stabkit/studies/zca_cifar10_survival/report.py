@@ -15,6 +15,10 @@ from .. import _figures, _landmark, _stats
 from . import validate
 from .tables import PAPER_RUNS, _runs, accuracy_table, km_table, success_table, survivors
 
+#: the SGD learning rate of the paper's first phase and its batch size (the authors' script; the
+#: ``paper`` preset's lr drops are in ``stabkit.train.preset``)
+PAPER_LR, PAPER_BATCH = 0.1, 128
+
 def report(results: pd.DataFrame, grid: dict, out_dir: pathlib.Path) -> str:
     g = validate(grid)
     out_dir = pathlib.Path(out_dir)
@@ -27,20 +31,22 @@ def report(results: pd.DataFrame, grid: dict, out_dir: pathlib.Path) -> str:
                    + "; ".join(crashed["cell_id"].astype(str)[:5]), ""] if len(crashed) else [])
     if r.empty:
         return "\n".join(lines + ["No finished runs yet.", ""] + crash_note)
-    lines += _horizon_section(r)
+    lines += _horizon_section(r, g, preset)
     km, curves = km_table(results)
     figs = _plots(results, curves, out_dir)
     lines += ["### Kaplan–Meier: time to the first NaN loss", "", f"![Kaplan–Meier]({figs[0]})", "",
               "Per cell, censored at the epochs each run reached without a NaN loss; band: Greenwood's variance on the "
               "log(−log S) scale, 95 %, not defined (—) where S reaches 0 — there the success table's exact interval "
               "applies.", "", markdown_table(km), ""]
-    lines += _table_section(results)
+    lines += _table_section(results, _paper_prefix(g, preset))
     lines += _accuracy_section(results, figs)
     lines += _extension_section(results, r, g)
-    lines += ["### Which seeds fail is not reproducible on a GPU", "",
-              "cuDNN and cuBLAS pick kernels and summation orders that vary between runs and machines, so the same seed "
-              "does not give the same sequence of weights twice: a rerun of a cell can fail where the first run survived "
-              "and the reverse. Only the failure *rate* of a cell is a reproducible quantity; compare rates, not seeds.", ""]
+    lines += ["### Caveat: which seeds fail may change on a rerun (not measured here)", "",
+              "GPU kernels (cuDNN, cuBLAS) are not bitwise deterministic by default: their choice of kernel and "
+              "summation order may differ between runs and machines, so a rerun of the same seed need not follow the "
+              "same weights, and which seeds fail may change. No cell was rerun here to measure this; the failure "
+              "rate of a cell, not the fate of one seed, is what these runs estimate and what a rerun should be "
+              "compared on.", ""]
     lines += _stacked_note(r)
     lines += _link_section(r, g)
     return "\n".join(lines + crash_note)
@@ -71,7 +77,42 @@ def _intro(g: dict, preset) -> list[str]:
     ]
 
 
-def _horizon_section(r: pd.DataFrame) -> list[str]:
+def _paper_prefix(g: dict, preset) -> bool:
+    """Whether a run of this study follows the paper's schedule up to its horizon: the paper preset's
+    lr drops (same epochs, unit and factor), the paper's lr and batch size and full 50 000-image epochs."""
+    paper = get_preset("paper")
+    return (tuple(preset.milestones) == tuple(paper.milestones) and preset.milestone_unit == paper.milestone_unit
+            and preset.gamma == paper.gamma and float(g["lr"]) == PAPER_LR and int(g["batch_size"]) == PAPER_BATCH
+            and not g["limit_images"])
+
+
+def _reach_text(max_reached: float, g: dict, preset) -> str:
+    """The longest run against the paper's 350 epochs and its lr drops, each clause from the numbers:
+    which of the paper's lr phases the runs reached, and whether their count bounds a 350-epoch count
+    (only when the runs follow the paper's schedule up to their horizon)."""
+    paper = get_preset("paper")
+    text = f" The longest run reached {max_reached:.1f} epochs"
+    if max_reached >= paper.epochs - 1e-9:
+        return text + f", the paper's {paper.epochs:g}."
+    drops = [float(m) for m in paper.milestones]
+    passed = [m for m in drops if max_reached > m + 1e-9]
+    text += (f" of the paper's {paper.epochs:g} (lr ×{paper.gamma:g} at epochs "
+             + ", ".join(f"{m:g}" for m in drops) + ")")
+    if not passed:
+        text += (f": every run ended within the paper's first lr phase (lr {PAPER_LR:g}, epochs 0–{drops[0]:g}), "
+                 "so none saw an lr drop")
+    else:
+        text += (f": the longest ran past the paper's lr drop{'s' if len(passed) > 1 else ''} at epoch"
+                 f"{'s' if len(passed) > 1 else ''} " + ", ".join(f"{m:g}" for m in passed))
+    if _paper_prefix(g, preset):
+        return text + (". These runs follow the paper's schedule up to their horizon, so a run without a NaN loss to "
+                       "its horizon may still have one before epoch 350: each count of runs without a NaN loss is an "
+                       "upper bound of what the same runs would count at 350 epochs.")
+    return text + (". This study's schedule differs from the paper's (lr, batch size, lr drops or epoch length), so its counts are "
+                   "no bound of a 350-epoch count.")
+
+
+def _horizon_section(r: pd.DataFrame, g: dict, preset) -> list[str]:
     """How far the runs got: per horizon, NaN losses, runs that reached it, runs stopped earlier."""
     horizon_lines = []
     for h, s in r.groupby("horizon_epochs"):
@@ -94,13 +135,11 @@ def _horizon_section(r: pd.DataFrame) -> list[str]:
                                 f"not a clock, so Kaplan–Meier's censoring of them is informative and its S(horizon) "
                                 f"leans high; the success range counts them both ways." if eigh else ""))
     max_reached = float(r["reached"].max())
-    return ["**Horizon reached.** " + " ".join(horizon_lines) + f" The longest run reached {max_reached:.1f} epochs"
-            + ("; the paper trained 350 epochs with lr drops at 100, 200 and 300, so these runs cover only its lr = 0.1 "
-               "phase and their success is an upper bound of a 350-epoch success." if max_reached < 350 - 1e-9 else
-               ", the paper's 350.") + " Runs not yet done are not counted anywhere.", ""]
+    return ["**Horizon reached.** " + " ".join(horizon_lines) + _reach_text(max_reached, g, preset)
+            + " Runs not yet done are not counted anywhere.", ""]
 
 
-def _table_section(results: pd.DataFrame) -> list[str]:
+def _table_section(results: pd.DataFrame, prefix: bool = True) -> list[str]:
     table = success_table(results)
     return ["### Runs without a NaN loss against Table IV", "", markdown_table(table), "",
             "`no NaN loss`: runs that reached the horizon without a NaN loss, of all the cell's runs. A run stopped "
@@ -114,10 +153,11 @@ def _table_section(results: pd.DataFrame) -> list[str]:
             f"the paper's published count (held fixed), would reject at 5 % with probability ≥ 0.8 (exact binomial "
             "power, searched on a 1 % grid: each true bound lies less than 1 point nearer the paper's rate) — rates "
             "more than 1 point inside those bounds would be detected with probability below 0.8, so a large p is not "
-            "agreement. The "
-            "horizon is a prefix of "
-            "the paper's 350-epoch schedule, so a failure after it is not seen: more runs without a NaN loss than the "
-            "paper's is what a shorter horizon gives anyway; fewer, with a small Holm p, is evidence against Table IV.", ""]
+            "agreement. " + ("The horizon is a prefix of the paper's 350-epoch schedule, so a failure after it is not "
+                             "seen: more runs without a NaN loss than the paper's is what a shorter horizon gives anyway; "
+                             "fewer, with a small Holm p, is evidence against Table IV." if prefix else
+                             "This study's schedule is not a prefix of the paper's (see the horizon above), so neither "
+                             "direction of a difference is evidence about Table IV's 350-epoch count."), ""]
 
 
 def _accuracy_section(results: pd.DataFrame, figs: list[str]) -> list[str]:

@@ -4,7 +4,6 @@ survivors, the survivors' ids and the one-line summary."""
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pandas as pd
@@ -43,19 +42,9 @@ def _groups(r: pd.DataFrame):
 
 
 def _pct(lo_hi) -> str:
-    lo, hi = lo_hi
-    return "—" if math.isnan(lo) else f"[{_percent(lo)}, {_percent(hi)}]"
-
-
-def _percent(p: float) -> str:
-    """p in %, whole numbers, but never rounded onto 0 or 100 when it is not (0.3, 99.7, 0.04)."""
-    x = 100 * p
-    if not (0 < x < 0.5 or 99.5 <= x < 100):
-        return f"{x:.0f}"
-    digits = 1
-    while f"{x:.{digits}f}" in (f"{0:.{digits}f}", f"{100:.{digits}f}") and digits < 12:
-        digits += 1
-    return f"{x:.{digits}f}"
+    """An interval in %, rounded outward (``_stats.percent_interval``): the printed interval contains
+    the computed one, and a bound is never printed as 0 or 100 when it is not."""
+    return _stats.percent_interval(*lo_hi)
 
 
 def success_table(results: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
@@ -165,5 +154,6 @@ def summary(results: pd.DataFrame) -> str:
     for (spec, d, _, h), s in _groups(r):  # the success table's count: runs stopped earlier make it a range
         alive = ~s["event"]
         k, top = int((alive & (s["reached"] >= h - 1e-9)).sum()), int(alive.sum())
-        parts.append(f"{spec} d={int(d)}: {k if k == top else f'{k}–{top}'}/{len(s)} without NaN to {float(h):g} ep")
-    return f"{len(r)} runs; " + ", ".join(parts[:6]) + (" …" if len(parts) > 6 else "")
+        ci = _pct((_stats.wilson(k, len(s))[0], _stats.wilson(top, len(s))[1]))
+        parts.append(f"{spec} d={int(d)}: {k if k == top else f'{k}–{top}'}/{len(s)} {ci} % without NaN to {float(h):g} ep")
+    return f"{len(r)} runs (Wilson 95 %); " + ", ".join(parts[:6]) + (" …" if len(parts) > 6 else "")
