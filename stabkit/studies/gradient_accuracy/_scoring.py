@@ -107,25 +107,44 @@ def verdicts(results: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out, columns=["variant", "best", "median_angle_deg", "ties", "cells"])
 
 
+def ranked_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows a ranking compares (``df``: :func:`scored`): those scored against the loss itself, on the
+    cells where every method that has such a row has one — medians over the same cells, like for like.
+    A method scored against its own function on some cells (it dropped pairs there) would otherwise be
+    ranked on fewer, easier or harder, cells than the others."""
+    df = df[~own_function_mask(df)]
+    cells = [set(group) for _, group in df.groupby("method")["cell_id"]]
+    common = set.intersection(*cells) if cells else set()
+    return df[df["cell_id"].isin(common)]
+
+
 def summary(results: pd.DataFrame) -> str:
     """One line for the reports index (optional hook read by the runner). Ties (median angles
     within TIE_FACTOR, NaN/Inf counts within one cell) are named together, in name order, so the
-    line does not change with rounding noise between machines."""
+    line does not change with rounding noise between machines. Medians are over the cells common to
+    the ranked methods (:func:`ranked_rows`); their number is given when it is not every scored cell."""
     df = scored(results)
     if df.empty:
         return f"{len(results)} rows, no cell with a defined loss"
     n_cells = df["cell_id"].nunique()
-    med = df[~own_function_mask(df)].groupby("method")["angle_score"].median()
-    tied = tie_group(med)
-    best = (f"{tied[0]} ({deg(med[tied[0]])})" if len(tied) == 1 else
-            f"{', '.join(sorted(tied))} (tied within ×{TIE_FACTOR:g}: {deg(med[tied].min())}–{deg(med[tied].max())})")
+    ranked = ranked_rows(df)
+    n_common = ranked["cell_id"].nunique()
+    where = ("" if n_common == n_cells else
+             f" over the {n_common} cells common to all methods scored against the loss itself")
+    if ranked.empty:
+        best = "none (no cell has a row scored against the loss itself for every method)"
+    else:
+        med = ranked.groupby("method")["angle_score"].median()
+        tied = tie_group(med)
+        best = (f"{tied[0]} ({deg(med[tied[0]])})" if len(tied) == 1 else
+                f"{', '.join(sorted(tied))} (tied within ×{TIE_FACTOR:g}: {deg(med[tied].min())}–{deg(med[tied].max())})")
     ran = attempted(results)
     counts = ran.groupby("method")["nonfinite"].sum()
     top = int(counts.max())
     if top == 0:
-        return f"{n_cells} scored cells; lowest median angle: {best}; no NaN/Inf gradient"
+        return f"{n_cells} scored cells; lowest median angle{where}: {best}; no NaN/Inf gradient"
     worst = sorted(m for m, n in counts.items() if n > 0 and n >= top - 1)
-    return (f"{n_cells} scored cells; lowest median angle: {best}; highest NaN/Inf rate: "
+    return (f"{n_cells} scored cells; lowest median angle{where}: {best}; highest NaN/Inf rate: "
             + ", ".join(f"{m} ({pct(counts[m] / ran['cell_id'].nunique())})" for m in worst)
             + (" (within one cell: tied)" if len(worst) > 1 else ""))
 

@@ -12,9 +12,8 @@ import pandas as pd
 from .. import _figures
 from .._checks import family_label, variant_labels
 from . import _plots
-from ._scoring import (ANGLE_FLOOR, NONFINITE_Y, TIE_FACTOR, attempted, deg, order, own_function_mask, pct, scored,
-                       tie_group,
-                       uncertified_cells, uncertified_mask, verdicts)
+from ._scoring import (ANGLE_FLOOR, NONFINITE_Y, TIE_FACTOR, attempted, deg, order, own_function_mask, pct,
+                       ranked_rows, scored, tie_group, uncertified_cells, uncertified_mask, verdicts)
 
 
 def report(results: pd.DataFrame, grid: dict, out_dir: Path) -> str:
@@ -264,8 +263,11 @@ def _errors_section(all_rows: pd.DataFrame) -> list[str]:
 
 
 def _reading(df: pd.DataFrame, ran: pd.DataFrame, methods_order: list) -> list[str]:
-    """Sentences whose every number comes from the results (``ran``: :func:`attempted`, for the rates)."""
-    out = [_extremes_sentence(df, methods_order)]
+    """Sentences whose every number comes from the results (``ran``: :func:`attempted`, for the rates).
+    The extremes compare the rows scored against the loss itself on the cells all ranked methods share
+    (:func:`ranked_rows`)."""
+    ranked = ranked_rows(df)
+    out = [_extremes_sentence(df, ranked, methods_order)]
     out += _failure_sentences(ran, methods_order)
     out += _gap_sentences(df, methods_order)
     out += _dtype_sentence(df)
@@ -275,14 +277,23 @@ def _reading(df: pd.DataFrame, ran: pd.DataFrame, methods_order: list) -> list[s
     return out
 
 
-def _extremes_sentence(df, methods_order) -> str:
-    med = df[~own_function_mask(df)].groupby("method")["angle_score"].median().reindex(methods_order).dropna().sort_values(kind="stable")
+def _extremes_sentence(df, ranked, methods_order) -> str:
+    """Lowest and highest median angle, over the cells every ranked method has (``ranked``)."""
+    n_all, n = df["cell_id"].nunique(), ranked["cell_id"].nunique()
+    unranked = [m for m in methods_order if m in set(df["method"]) and m not in set(ranked["method"])]
+    left_out = (f"; not ranked (no row scored against the loss itself): {', '.join(unranked)}" if unranked else "")
+    if ranked.empty:
+        return (f"No cell of the {n_all} scored cells has a row scored against the loss itself for every method, "
+                f"so no method is ranked{left_out}.")
+    med = ranked.groupby("method")["angle_score"].median().reindex(methods_order).dropna().sort_values(kind="stable")
     tied = [m for m in methods_order if m in tie_group(med)]
     lowest = (f"{med.index[0]}'s ({deg(med.iloc[0])})" if len(tied) == 1 else
               f"shared by {', '.join(tied)} ({deg(med[tied].min())} to {deg(med[tied].max())}, within the tie factor "
               f"{TIE_FACTOR:g})")
-    return (f"Over all {df['cell_id'].nunique()} scored cells, the lowest median angle is {lowest} and the "
-            f"highest is {med.index[-1]}'s ({deg(med.iloc[-1])}) (rows scored against the loss itself).")
+    where, rule = ((f"Over all {n} scored cells", " (rows scored against the loss itself)") if n == n_all else
+                   (f"Over the {n} of {n_all} scored cells common to all methods scored against the loss itself", ""))
+    return (f"{where}, the lowest median angle is {lowest} and the highest is {med.index[-1]}'s "
+            f"({deg(med.iloc[-1])}){rule}{left_out}.")
 
 
 def _failure_sentences(df, methods_order) -> list[str]:
