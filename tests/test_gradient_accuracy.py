@@ -241,3 +241,32 @@ def test_the_lowest_median_is_taken_on_the_cells_every_method_shares(tmp_path):
             "highest is pi-legacy's (50°); not ranked (no row scored against the loss itself): pi.") in body
     assert ga.summary(df).startswith("5 scored cells; lowest median angle over the 3 cells common to all methods "
                                      "scored against the loss itself: analytic, analytic-trunc (tied within ×1.25: 2°–2°)")
+
+
+
+def test_the_gap_sentence_ranks_rows_scored_against_the_loss_and_says_its_metric(tmp_path):
+    # 8 cells, gaps 1 … 1e-7: a quarter of 2 cells at each end. pi drops a pair everywhere (scored against its
+    # own function: not ranked); by difference of medians pi-legacy (5° → 10°, +5°) rises most, by ratio analytic
+    # (1e-6° → 1°, ×1e6) would
+    df = _rows({"analytic": _full([1e-6, 1e-6, 0.1, 0.1, 0.1, 0.1, 1.0, 1.0]),
+                "pi-legacy": _full([5.0, 5.0, 7.0, 7.0, 7.0, 7.0, 10.0, 10.0]),
+                "taylor": _full([5.0, 5.0, 6.0, 6.0, 6.0, 6.0, 9.5, 9.5]),
+                "pi": [(a, 7 + i) for i, a in enumerate([1.0, 1.0, 5.0, 5.0, 5.0, 5.0, 60.0, 60.0])]})
+    body = ga.report(df, {"methods": ["analytic", "pi-legacy", "taylor", "pi"]}, tmp_path)
+    assert "pi 1° → 60°" not in body and "is pi." not in body  # pi's rows are scored against its own function
+    assert ("Over the same 8 cells, from the quarter with the largest relative gap (≥ 0.033, 2 cells) to the quarter "
+            "with the smallest (≤ 7.8e-06, 2 cells), the median angle moves: analytic 1e-06° → 1°; pi-legacy 5° → 10°; "
+            "taylor 5° → 9.5°.") in body
+    assert ("The largest rise of the median angle (small-gap quarter minus large-gap quarter, in degrees) is "
+            "pi-legacy's (+5°); within the tie factor 1.25 of it: taylor (+4.5°).") in body
+
+
+def test_a_median_turning_nonfinite_at_small_gaps_is_named(tmp_path):
+    # analytic's gradient is NaN/Inf on the 2 smallest-gap cells: its rise is +∞, not left out of the comparison
+    df = _rows({"analytic": _full([1e-6, 1e-6, 0.1, 0.1, 0.1, 0.1, None, None]),
+                "pi-legacy": _full([5.0, 5.0, 7.0, 7.0, 7.0, 7.0, 10.0, 10.0])})
+    df.loc[df["angle_deg"].isna(), ["truth_digits", "truth_certified", "error", "finite"]] = [30.0, True, None, False]
+    body = ga.report(df, {"methods": ["analytic", "pi-legacy"]}, tmp_path)
+    assert "the median angle moves: analytic 1e-06° → non-finite; pi-legacy 5° → 10°." in body
+    assert ("The median angle goes from finite in the large-gap quarter to NaN/Inf in the small-gap quarter for "
+            "analytic.") in body

@@ -264,12 +264,12 @@ def _errors_section(all_rows: pd.DataFrame) -> list[str]:
 
 def _reading(df: pd.DataFrame, ran: pd.DataFrame, methods_order: list) -> list[str]:
     """Sentences whose every number comes from the results (``ran``: :func:`attempted`, for the rates).
-    The extremes compare the rows scored against the loss itself on the cells all ranked methods share
-    (:func:`ranked_rows`)."""
+    The extremes and the gap dependence compare the rows scored against the loss itself on the cells all
+    ranked methods share (:func:`ranked_rows`)."""
     ranked = ranked_rows(df)
     out = [_extremes_sentence(df, ranked, methods_order)]
     out += _failure_sentences(ran, methods_order)
-    out += _gap_sentences(df, methods_order)
+    out += _gap_sentences(ranked, methods_order)
     out += _dtype_sentence(df)
     out += _size_sentence(df, methods_order)
     digits = df.drop_duplicates("cell_id")["truth_digits"]
@@ -316,21 +316,38 @@ def _failure_sentences(df, methods_order) -> list[str]:
     return out
 
 
-def _gap_sentences(df, methods_order) -> list[str]:
-    """Gap dependence: median angle in the smallest-gap quarter of cells against the largest-gap quarter."""
-    gaps = df.drop_duplicates("cell_id")["min_rel_gap"].clip(lower=0)
+def _gap_sentences(ranked, methods_order) -> list[str]:
+    """Gap dependence on the cells every ranked method has (``ranked``): median angle in the quarter of
+    those cells with the smallest gaps against the quarter with the largest, and the method whose median
+    rises most in degrees (ties: within TIE_FACTOR of the largest rise)."""
+    cells = ranked.drop_duplicates("cell_id")
+    gaps = cells["min_rel_gap"].clip(lower=0)
     if gaps.nunique() <= 3:
         return []
     low, high = gaps.quantile(0.25), gaps.quantile(0.75)
-    small = df[df["min_rel_gap"] <= low].groupby("method")["angle_score"].median()
-    large = df[df["min_rel_gap"] >= high].groupby("method")["angle_score"].median()
-    worst = (small - large.reindex(small.index)).replace([np.inf, -np.inf], np.nan)
-    sensitive = [m for m in methods_order if m in small.index]
-    phrases = [f"{m} {deg(large.get(m, np.nan))} → {deg(small[m])}" for m in sensitive]
-    out = [f"From the quarter of cells with the largest relative gap (≥ {high:.2g}) to the quarter "
-           f"with the smallest (≤ {low:.2g}), the median angle moves: " + "; ".join(phrases) + "."]
-    if worst.notna().any():
-        out.append(f"The method hurt most by small gaps is {worst.idxmax()}.")
+    n_small, n_large = int((cells["min_rel_gap"] <= low).sum()), int((cells["min_rel_gap"] >= high).sum())
+    small = ranked[ranked["min_rel_gap"] <= low].groupby("method")["angle_score"].median()
+    large = ranked[ranked["min_rel_gap"] >= high].groupby("method")["angle_score"].median()
+    names = [m for m in methods_order if m in small.index and m in large.index]
+    phrases = [f"{m} {deg(large[m])} → {deg(small[m])}" for m in names]
+    out = [f"Over the same {len(cells)} cells, from the quarter with the largest relative gap (≥ {high:.2g}, "
+           f"{n_large} cells) to the quarter with the smallest (≤ {low:.2g}, {n_small} cells), the median angle "
+           f"moves: " + "; ".join(phrases) + "."]
+    rise = (small[names] - large[names]).dropna()  # NaN: non-finite in both quarters, no rise to compare
+    to_nonfinite = [m for m in rise.index if np.isinf(rise[m]) and rise[m] > 0]
+    finite = rise[np.isfinite(rise)]
+    metric = "small-gap quarter minus large-gap quarter, in degrees"
+    if to_nonfinite:
+        out.append(f"The median angle goes from finite in the large-gap quarter to NaN/Inf in the small-gap quarter "
+                   f"for {', '.join(to_nonfinite)}.")
+    elif not finite.empty and finite.max() > 0:
+        top = finite.idxmax()
+        tied = [m for m in finite.index if m != top and finite[m] >= finite[top] / TIE_FACTOR]
+        out.append(f"The largest rise of the median angle ({metric}) is {top}'s (+{finite[top]:.3g}°)"
+                   + (f"; within the tie factor {TIE_FACTOR:g} of it: "
+                      + ", ".join(f"{m} (+{finite[m]:.3g}°)" for m in tied) if tied else "") + ".")
+    elif not finite.empty:
+        out.append("No method's median angle rises from the large-gap to the small-gap quarter.")
     return out
 
 
