@@ -243,6 +243,22 @@ def test_the_lowest_median_is_taken_on_the_cells_every_method_shares(tmp_path):
                                      "scored against the loss itself: analytic, analytic-trunc (tied within ×1.25: 2°–2°)")
 
 
+def test_the_dtype_ratio_is_taken_on_matched_cells(tmp_path):
+    # float64 has 4 cells more than float32 (the loss undefined there in float32): analytic's angle is
+    # 100° on them, so over all cells its ratio would be 1/100; on the 3 matched cells it is 1
+    f64 = _rows({"analytic": _full([1.0, 1.0, 1.0, 100.0, 100.0, 100.0, 100.0]),
+                 "pade": _full([6.0] * 7), "torch": _full([1.0] * 7), "taylor": _full([1.0] * 7)})
+    f32 = _rows({"analytic": _full([1.0] * 3), "pade": _full([3.0] * 3), "torch": _full([10.0] * 3),
+                 "taylor": _full([1.0, None, None])}, dtype="float32")
+    f32.loc[(f32["method"] == "taylor") & f32["angle_deg"].isna(), ["truth_digits", "truth_certified", "error",
+                                                                     "finite"]] = [30.0, True, None, False]
+    body = ga.report(pd.concat([f64, f32], ignore_index=True), {"methods": ["analytic", "pade", "torch", "taylor"]},
+                     tmp_path)
+    assert "(analytic" not in _reading_of(body, "float32 against float64")  # 1/100 only on unmatched cells
+    assert ("float32 against float64, each method on the cells scored in both dtypes (rows scored against the loss "
+            "itself): the ratio of median angles (float32 / float64) ranges from 0.5 (pade, 3 cell pairs) to 10 "
+            "(torch, 3 cell pairs); no finite ratio for taylor (float32 median non-finite, float64 1°).") in body
+
 
 def test_the_gap_sentence_ranks_rows_scored_against_the_loss_and_says_its_metric(tmp_path):
     # 8 cells, gaps 1 … 1e-7: a quarter of 2 cells at each end. pi drops a pair everywhere (scored against its
@@ -259,6 +275,7 @@ def test_the_gap_sentence_ranks_rows_scored_against_the_loss_and_says_its_metric
             "taylor 5° → 9.5°.") in body
     assert ("The largest rise of the median angle (small-gap quarter minus large-gap quarter, in degrees) is "
             "pi-legacy's (+5°); within the tie factor 1.25 of it: taylor (+4.5°).") in body
+
 
 
 def test_a_median_turning_nonfinite_at_small_gaps_is_named(tmp_path):

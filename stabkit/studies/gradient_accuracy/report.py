@@ -264,13 +264,13 @@ def _errors_section(all_rows: pd.DataFrame) -> list[str]:
 
 def _reading(df: pd.DataFrame, ran: pd.DataFrame, methods_order: list) -> list[str]:
     """Sentences whose every number comes from the results (``ran``: :func:`attempted`, for the rates).
-    The extremes and the gap dependence compare the rows scored against the loss itself on the cells all
-    ranked methods share (:func:`ranked_rows`)."""
+    Sentences that compare methods use the rows scored against the loss itself: the extremes and the gap
+    dependence on the cells all ranked methods share (:func:`ranked_rows`), the dtypes on matched cells."""
     ranked = ranked_rows(df)
     out = [_extremes_sentence(df, ranked, methods_order)]
     out += _failure_sentences(ran, methods_order)
     out += _gap_sentences(ranked, methods_order)
-    out += _dtype_sentence(df)
+    out += _dtype_sentence(df[~own_function_mask(df)], methods_order)
     out += _size_sentence(df, methods_order)
     digits = df.drop_duplicates("cell_id")["truth_digits"]
     out.append(f"Scored ground truths carry {digits.min():.1f} to {digits.max():.1f} certified digits.")
@@ -351,18 +351,30 @@ def _gap_sentences(ranked, methods_order) -> list[str]:
     return out
 
 
-def _dtype_sentence(df) -> list[str]:
-    if df["dtype"].nunique() <= 1:
+def _dtype_sentence(df, methods_order) -> list[str]:
+    """float32 / float64 median angle per method, each on the cells it was scored on in both dtypes."""
+    if df["dtype"].nunique() <= 1 or not {"float32", "float64"} <= set(df["dtype"]):
         return []
-    by_dtype = df.groupby(["method", "dtype"])["angle_score"].median().unstack("dtype")
-    if not {"float32", "float64"} <= set(by_dtype.columns):
+    def by_twin(dtype):  # the cell id without its dtype (cell ids: family|d=…|dtype|loss|seed=…)
+        rows = df[df["dtype"] == dtype]
+        twin = rows["cell_id"].str.replace(f"|{dtype}|", "|", regex=False)
+        return rows.set_index([twin, rows["method"]])["angle_score"].rename(dtype)
+
+    pairs = pd.concat([by_twin("float32"), by_twin("float64")], axis=1, join="inner").groupby(level=1)
+    med, n = pairs.median(), pairs.size()
+    ratio = med["float32"] / med["float64"]
+    ok = [m for m in methods_order if m in ratio.index and np.isfinite(ratio[m]) and ratio[m] > 0]
+    no_ratio = [m for m in methods_order if m in ratio.index and m not in ok]
+    if not ok:
         return []
-    ratio = (by_dtype["float32"] / by_dtype["float64"]).replace([np.inf, -np.inf], np.nan).dropna()
-    ratio = ratio[ratio > 0]
-    if ratio.empty:
-        return []
-    return [f"float32 against float64: the ratio of median angles (float32 / float64) ranges "
-            f"from {ratio.min():.2g} ({ratio.idxmin()}) to {ratio.max():.2g} ({ratio.idxmax()})."]
+    ratio = ratio[ok]
+    lo, hi = ratio.idxmin(), ratio.idxmax()
+    return [f"float32 against float64, each method on the cells scored in both dtypes (rows scored against the loss "
+            f"itself): the ratio of median angles (float32 / float64) ranges from {ratio[lo]:.2g} ({lo}, {n[lo]} "
+            f"cell pairs) to {ratio[hi]:.2g} ({hi}, {n[hi]} cell pairs)"
+            + (("; no finite ratio for " + ", ".join(f"{m} (float32 median {deg(med.loc[m, 'float32'])}, float64 "
+                                                      f"{deg(med.loc[m, 'float64'])})" for m in no_ratio))
+               if no_ratio else "") + "."]
 
 
 def _size_sentence(df, methods_order) -> list[str]:
