@@ -241,6 +241,9 @@ def test_the_lowest_median_is_taken_on_the_cells_every_method_shares(tmp_path):
             "highest is pi-legacy's (50°); not ranked (no row scored against the loss itself): pi.") in body
     assert ga.summary(df).startswith("5 scored cells; lowest median angle over the 3 cells common to all methods "
                                      "scored against the loss itself: analytic, analytic-trunc (tied within ×1.25: 2°–2°)")
+    # the family verdict and the size sentence compare the same cells too
+    assert "| F | analytic | 2–2° | analytic-trunc | 3 |" in body.splitlines()
+    assert "From d=8 (1 cells) to d=10 (1 cells), on the same cells for every method, no method's" in body
 
 
 def test_the_dtype_ratio_is_taken_on_matched_cells(tmp_path):

@@ -95,11 +95,14 @@ def tie_group(med: pd.Series) -> list:
 
 
 def verdicts(results: pd.DataFrame) -> pd.DataFrame:
-    """Best method per family variant by median angle (non-finite = +inf), with the tied methods."""
-    df = scored(results)
-    df = df[~own_function_mask(df)]
+    """Best method per family variant by median angle (non-finite = +inf), with the tied methods; the
+    medians over the variant's cells that every ranked method shares (:func:`ranked_rows`), whose
+    number is ``cells``. A variant with no such cell has no verdict."""
     out = []
-    for variant, group in df.groupby("variant", sort=False):
+    for variant, group in scored(results).groupby("variant", sort=False):
+        group = ranked_rows(group)
+        if group.empty:
+            continue
         med = group.groupby("method", sort=False)["angle_score"].median().sort_values(kind="stable")
         tied = tie_group(med)
         out.append({"variant": variant, "best": tied[0], "median_angle_deg": float(med.iloc[0]), "ties": tied[1:],

@@ -87,14 +87,15 @@ def _verdict_section(results, df, variants, methods_order) -> list[str]:
              f"cluster, set by the LAPACK build and the CPU, can move the angles by more than that "
              f"(tests/test_quickstart_reproducible.py): a verdict there holds for the machine in the table above. Tied methods are listed in the "
              f"grid's order, with the range of their medians.\n",
-             "| family | best | median angle | tied with | scored cells |",
+             "Medians over the family's cells where every ranked method has such a row (like for like).\n",
+             "| family | best | median angle | tied with | cells ranked |",
              "|---|---|---|---|---|"]
     v = verdicts(results).set_index("variant")
-    scored_med = df[~own_function_mask(df)].groupby(["variant", "method"])["angle_score"].median()
     for variant in [x for x in variants if x in v.index]:
         row = v.loc[variant]
         group = [m for m in methods_order if m == row["best"] or m in row["ties"]]
-        values = [float(scored_med[(variant, m)]) for m in group]
+        ranked = ranked_rows(df[df["variant"] == variant])
+        values = [float(ranked.loc[ranked["method"] == m, "angle_score"].median()) for m in group]
         angle = deg(min(values)) if len(group) == 1 else f"{deg(min(values)).rstrip('°')}–{deg(max(values))}"
         lines.append(f"| {variant} | {group[0]} | {angle} | {', '.join(group[1:]) or '—'} | {row['cells']} |")
     lines.append("")
@@ -271,7 +272,7 @@ def _reading(df: pd.DataFrame, ran: pd.DataFrame, methods_order: list) -> list[s
     out += _failure_sentences(ran, methods_order)
     out += _gap_sentences(ranked, methods_order)
     out += _dtype_sentence(df[~own_function_mask(df)], methods_order)
-    out += _size_sentence(df, methods_order)
+    out += _size_sentence(ranked, methods_order)
     digits = df.drop_duplicates("cell_id")["truth_digits"]
     out.append(f"Scored ground truths carry {digits.min():.1f} to {digits.max():.1f} certified digits.")
     return out
@@ -377,13 +378,15 @@ def _dtype_sentence(df, methods_order) -> list[str]:
                if no_ratio else "") + "."]
 
 
-def _size_sentence(df, methods_order) -> list[str]:
-    if df["d"].nunique() <= 1:
+def _size_sentence(ranked, methods_order) -> list[str]:
+    """Smallest against largest d, on the ranked rows (:func:`ranked_rows`: same cells for every method)."""
+    if ranked["d"].nunique() <= 1:
         return []
-    dmin, dmax = df["d"].min(), df["d"].max()
-    a = df[df["d"] == dmin].groupby("method")["angle_score"].median()
-    b = df[df["d"] == dmax].groupby("method")["angle_score"].median()
+    dmin, dmax = ranked["d"].min(), ranked["d"].max()
+    a = ranked[ranked["d"] == dmin].groupby("method")["angle_score"].median()
+    b = ranked[ranked["d"] == dmax].groupby("method")["angle_score"].median()
     grew = [m for m in methods_order if m in a.index and m in b.index and np.isfinite(a[m]) and b[m] > 10 * a[m]]
-    return [f"From d={dmin} to d={dmax}, "
+    n_min, n_max = (ranked.loc[ranked["d"] == x, "cell_id"].nunique() for x in (dmin, dmax))
+    return [f"From d={dmin} ({n_min} cells) to d={dmax} ({n_max} cells), on the same cells for every method, "
             + (f"the median angle grows more than tenfold for {', '.join(grew)}."
                if grew else "no method's median angle grows more than tenfold.")]
