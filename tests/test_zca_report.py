@@ -35,18 +35,18 @@ GRID = {"dims": [8, 16], "methods": ["analytic", "taylor"], "max_steps": 1200, "
 
 
 def test_legacy_note_states_the_horizon_and_the_test_errors_not_a_judgement(tmp_path):
-    """1200 steps of batch 128 on 15360 images are 10 epochs (10/350 = 2.9 % of the paper's); the ok runs'
+    """1200 steps of batch 128 on 15360 images are 10 epochs (153 600 images: 0.88 % of the paper's 350 × 50 000); the ok runs'
     test errors 0.33, 0.36, 0.44 are stated as such (range, median, n, chance), not as 'barely trained'."""
     results = _runs({("analytic", 8): [("ok", np.nan, 0.33, 1e-4), ("ok", np.nan, 0.36, 1e-4)],
                      ("taylor", 8): [("ok", np.nan, 0.44, 1e-4), ("nonfinite-loss", 30.0, np.nan, 1e-4)]})
     text = study.report(results, GRID, tmp_path)
     assert "barely" not in text and "Our short protocol" not in text
-    assert "The horizon is 1200 steps (10 epochs of 15360 images, 2.9 % of the paper's 350 epochs)" in text
+    assert "The horizon is 1200 steps (10 epochs of 15360 images, 0.88 % of the training images the paper's 350 epochs of 50000 show)" in text
     assert "the 3 successful ZCA runs end at test errors 0.33–0.44 (median 0.36; chance: 0.90)" in text
     assert "Because of that horizon and that layer, no row is a test of Table IV" in text
     # the intro names this schedule's horizon too (here a 120-step one: 1 epoch)
     short = study.report(results.assign(steps_total=120), {**GRID, "max_steps": 120, "epochs": 1.0}, tmp_path)
-    assert "This schedule, 120 steps (1 epoch of 15360 images, 0.29 % of the paper's 350 epochs)" in short
+    assert "This schedule, 120 steps (1 epoch of 15360 images, 0.088 % of the training images the paper's 350 epochs of 50000 show)" in short
 
 
 def test_forward_failure_note_states_counts_only():

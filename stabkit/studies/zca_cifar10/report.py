@@ -54,11 +54,13 @@ def _horizon(results: pd.DataFrame, g: dict) -> tuple[int | None, float]:
 
 
 def _horizon_text(results: pd.DataFrame, g: dict) -> str:
-    """``1200 steps (10 epochs of 15360 images, 2.9 % of the paper's 350 epochs)``."""
+    """``1200 steps (10 epochs of 15360 images, 0.88 % of the training images the paper's 350 epochs of
+    50000 show)``: the fraction counts images seen, since an epoch of a subset is not one of the paper's."""
     steps, epochs = _horizon(results, g)
     paper = get_preset("paper").epochs
-    ep = f"{epochs:.3g} epoch{'' if epochs == 1 else 's'} of {g['limit_images'] or 50000} images"
-    frac = f"{100 * epochs / paper:.2g} % of the paper's {paper:g} epochs"
+    images = g["limit_images"] or 50000
+    ep = f"{epochs:.3g} epoch{'' if epochs == 1 else 's'} of {images} images"
+    frac = f"{100 * epochs * images / (paper * 50000):.2g} % of the training images the paper's {paper:g} epochs of 50000 show"
     return f"{steps} steps ({ep}, {frac})" if steps is not None else f"{ep} ({frac})"
 
 
