@@ -124,14 +124,3 @@ def test_nonfinite_principal_vectors_are_counted_per_matrix_not_per_eps_cell():
             "in 1 of them") in text
     assert "torch inf° (finite in 3 of 4 matrices)" in text
     assert "each of the 2 ε cells recomputes it" in text
-
-
-def test_a_norm_falls_back_to_the_cells_spectrum():
-    """Results without the a_norm column (older runs): ‖A‖₂ is the largest eigenvalue of the spectrum the
-    cell was built from; unknown variants give NaN."""
-    import importlib
-    import pandas as pd
-    rep = importlib.import_module("stabkit.studies.o2p_stability.report")
-    mat = pd.DataFrame({"variant": ["degenerate", "cluster(delta=0.01)", "nope"], "d": [8, 32, 8], "seed": [0, 1, 0]})
-    got = rep._a_norm(mat, study.validate({})["families"])
-    assert got.iloc[:2].tolist() == pytest.approx([1.0, 1.0]) and np.isnan(got.iloc[2])

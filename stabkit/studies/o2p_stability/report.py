@@ -61,7 +61,7 @@ def report(results: pd.DataFrame, grid: dict, out_dir: Path) -> str:
                      "(tests/test_quickstart_reproducible.py): their counts and medians above hold for the machine "
                      "in the header, not for every machine.")
     if len(pc):
-        lines += _pc_reading(pc, DECLARATIVE, pc_order, full["families"])
+        lines += _pc_reading(pc, DECLARATIVE, pc_order)
     lines.append("")
     lines += _o2p_tables(o2p, order)
     if len(pc):
@@ -118,37 +118,13 @@ def pc_matrices(pc: pd.DataFrame) -> pd.DataFrame:
             .groupby([*PC_MATRIX, "dtype", "method"], as_index=False, sort=False).agg(**agg))
 
 
-def _a_norm(mat: pd.DataFrame, families) -> pd.Series:
-    """λ₁ = ‖A‖₂ per row of ``mat``: the results' ``a_norm`` where recorded, else the largest eigenvalue of
-    the spectrum the cell was built from (stabkit.spectra, same family, d and seed; the float input
-    differs from it by rounding). NaN where neither is available."""
-    if "a_norm" in mat and mat["a_norm"].notna().all():
-        return mat["a_norm"].astype(float)
-    from ... import spectra
-
-    entries = {family_label(e): e for e in families}
-    cache = {}
-
-    def one(variant, d, seed):
-        if (variant, d, seed) not in cache:
-            entry = dict(entries.get(variant, {}))
-            family = entry.pop("family", None)
-            try:
-                cache[variant, d, seed] = (float(np.max(spectra.make(family, int(d), seed=int(seed), **entry).eigenvalues))
-                                           if family else math.nan)
-            except Exception:
-                cache[variant, d, seed] = math.nan
-        return cache[variant, d, seed]
-
-    return pd.Series([one(v, d, s) for v, d, s in zip(mat["variant"], mat["d"], mat["seed"])], index=mat.index)
-
-
-def _gap_reading(mat: pd.DataFrame, families) -> str:
+def _gap_reading(mat: pd.DataFrame) -> str:
     gaps = mat.drop_duplicates([*PC_MATRIX, "dtype"])
     n = len(gaps.drop_duplicates(PC_MATRIX))
     text = (f"- The top gap λ₁ − λ₂ ranges over [{gaps['top_gap'].min():.3g}, {gaps['top_gap'].max():.3g}] "
             f"(n = {n} matrices)")
-    kappa = _a_norm(gaps, families) / gaps["top_gap"]
+    a_norm = gaps["a_norm"].astype(float) if "a_norm" in gaps else pd.Series(np.nan, index=gaps.index)
+    kappa = a_norm / gaps["top_gap"]
     tail = (" The worst angles below hold for that range only: smaller top gaps, where the declarative layers' "
             "iterations converge slowly, are not in this grid.")
     if not kappa.notna().all():
@@ -170,9 +146,9 @@ def _gap_reading(mat: pd.DataFrame, families) -> str:
             "include that loss." + tail)
 
 
-def _pc_reading(pc: pd.DataFrame, declarative, pc_order: list, families=()) -> list[str]:
+def _pc_reading(pc: pd.DataFrame, declarative, pc_order: list) -> list[str]:
     mat = pc_matrices(pc)
-    lines = [_gap_reading(mat, families)]
+    lines = [_gap_reading(mat)]
     n_eps = pc["eps"].nunique() if "eps" in pc else 1
     if n_eps > 1:
         lines.append(f"- The principal-vector part does not depend on ε, and each of the {n_eps} ε cells recomputes "
