@@ -83,7 +83,16 @@ def test_the_commit_is_dirty_when_the_checkout_differs_outside_the_runs_own_outp
 def test_machine_info_names_the_cores_and_versions():
     info = provenance.machine_info()
     assert info["cores"] == os.cpu_count() and info["python"] and info["numpy"]
-    assert set(info) == {"platform", "cpu", "cores", "ram_gib", "python", "numpy", "torch", "gpu"}
+    assert set(info) == {"platform", "cpu", "cores", "ram_gib", "python", "numpy", "torch", "gpu", "blas", "torch_cpu"}
+    # the BLAS numpy loaded, as threadpoolctl reports it (an independent reading, here in the test)
+    from threadpoolctl import threadpool_info
+
+    blas = [i for i in threadpool_info() if i.get("user_api") == "blas"]
+    if blas:
+        assert info["blas"].startswith(f"{blas[0]['internal_api']} {blas[0]['version']}")
+        if blas[0].get("architecture"):
+            assert f"({blas[0]['architecture']} kernels)" in info["blas"]
+    assert provenance.header("x", {"kind": "k", "machine": info}).count(f"numpy's BLAS {info['blas']}") == 1
 
 
 def _record(out_dir: Path, **extra) -> provenance.RunRecord:

@@ -108,19 +108,38 @@ def _ram_gib() -> float:
 
 
 def machine_info() -> dict:
-    """Platform, CPU model, cores, RAM, GPUs and the versions of python, numpy and torch."""
+    """Platform, CPU model, cores, RAM, GPUs, the versions of python, numpy and torch, and the kernels
+    the linear algebra runs: numpy's BLAS with the CPU kernels it picked, and torch's CPU capability.
+    The kernels set the last bits of float64 results (e.g. OpenBLAS's SkylakeX kernels on a CPU with
+    AVX-512, Haswell ones without), so two machines of one CPU name can round a study differently."""
     import numpy
 
     try:
         import torch
 
         torch_version = torch.__version__
-    except ImportError:
-        torch_version = "not installed"
+        torch_cpu = torch.backends.cpu.get_cpu_capability()
+    except (ImportError, AttributeError):
+        torch_version, torch_cpu = "not installed", "?"
     return {
         "platform": platform.platform(), "cpu": _cpu_model(), "cores": os.cpu_count(), "ram_gib": _ram_gib(),
         "python": platform.python_version(), "numpy": numpy.__version__, "torch": torch_version, "gpu": _gpu_names(),
+        "blas": _blas(), "torch_cpu": torch_cpu,
     }
+
+
+def _blas() -> str:
+    """numpy's BLAS library, version and CPU kernels, e.g. "openblas 0.3.31 (SkylakeX kernels)" (numpy is
+    imported by then: :func:`machine_info`)."""
+    try:
+        from threadpoolctl import threadpool_info
+
+        found = [" ".join(str(x) for x in (i.get("internal_api"), i.get("version")) if x)
+                 + (f" ({i['architecture']} kernels)" if i.get("architecture") else "")
+                 for i in threadpool_info() if i.get("user_api") == "blas"]
+    except Exception:  # noqa: BLE001 — provenance is best effort
+        return "unknown"
+    return ", ".join(dict.fromkeys(found)) or "unknown"
 
 
 def _gpu_names() -> str:
@@ -254,6 +273,7 @@ def header(name: str, meta: dict, report_commit: str | None = None) -> str:
           if report_commit and report_commit != meta.get("git_commit") else []),
         f"| machine | {m.get('cpu', '?')}, {m.get('cores', '?')} cores, {m.get('ram_gib', '?')} GiB RAM; {m.get('platform', '?')} |",
         f"| versions | python {m.get('python', '?')}, numpy {m.get('numpy', '?')}, torch {m.get('torch', '?')} |",
+        *([f"| linear algebra kernels | numpy's BLAS {m['blas']}; torch CPU {m.get('torch_cpu', '?')} |"] if "blas" in m else []),
         f"| GPU | {m.get('gpu', 'not recorded')} |",
         f"| execution | {_execution(meta)} |",
         f"| wall time | {_wall_time(meta)} |",
