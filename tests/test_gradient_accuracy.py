@@ -128,7 +128,10 @@ def test_verdicts_and_report_from_known_numbers(tmp_path):
     # NaN/Inf rate: m3 non-finite on 2 of 3 cells of B, none of A; overall 2 of 6
     assert "| B | 0% | 0% | 67% |" in body and "m3 33%" in body
     # the reading states the overall extremes from the data: m2 median 1.15°, m3 non-finite-heavy median 65°
-    assert "lowest median angle is m2's (1.15°)" in body
+    # with their distribution-free 95 % intervals: at n = 6 cells the binomial ranks are 1 and 6 (1/64 ≤ 0.025)
+    # — m2's [0.1°, 2.4°]; m3's upper end is one of its non-finite angles
+    assert ("lowest median angle is m2's (1.15°, 95 % CI [0.1°, 2.4°]) and the highest is m3's (65°, 95 % CI "
+            "[1°, non-finite])") in body
     assert ga.summary(df).startswith("6 scored cells; lowest median angle: m2 (1.15°)")
 
 
@@ -237,8 +240,9 @@ def test_the_lowest_median_is_taken_on_the_cells_every_method_shares(tmp_path):
     body = ga.report(df, {"methods": ["analytic", "analytic-trunc", "pi-legacy", "pi"]}, tmp_path)
     assert "lowest median angle is analytic-trunc's" not in body  # not a sole winner: a tie on like cells
     assert ("Over the 3 of 5 scored cells common to all methods scored against the loss itself, the lowest "
-            "median angle is shared by analytic, analytic-trunc (2° to 2°, within the tie factor 1.25) and the "
-            "highest is pi-legacy's (50°); not ranked (no row scored against the loss itself): pi.") in body
+            "median angle is shared by analytic, analytic-trunc (2° to 2°, within the tie factor 1.25; 95 % CIs "
+            "analytic none (too few cells), analytic-trunc none (too few cells)) and the highest is pi-legacy's "
+            "(50°, 95 % CI none (too few cells)); not ranked (no row scored against the loss itself): pi.") in body
     assert ga.summary(df).startswith("5 scored cells; lowest median angle over the 3 cells common to all methods "
                                      "scored against the loss itself: analytic, analytic-trunc (tied within ×1.25: 2°–2°)")
     # the family verdict and the size sentence compare the same cells too

@@ -204,3 +204,22 @@ def test_kaplan_meier_all_censored_and_bad_input():
     assert len(km["time"]) == 0 and km["median"] is None and _stats.survival_at(km, 10) == 1.0
     with pytest.raises(ValueError, match="non-negative"):
         _stats.kaplan_meier([1.0, float("nan")], [True, False])
+
+
+def test_median_interval_ranks_from_the_binomial_table():
+    # n = 10: P(B ≤ 1) = 11/1024 ≤ 0.025 < P(B ≤ 2) = 56/1024, so [x_(2), x_(9)]; n = 5: 2/32 > 0.025, none
+    assert _stats.median_interval(np.arange(1.0, 11.0)) == (2.0, 9.0)
+    assert all(math.isnan(v) for v in _stats.median_interval([1.0, 2.0, 3.0, 4.0, 5.0]))
+    assert _stats.median_interval([np.nan, *range(6)]) == (0.0, 5.0)  # n = 6: 1/64 ≤ 0.025 < 7/64
+    assert _stats.median_interval([1.0] * 8 + [np.inf] * 8)[1] == np.inf  # +inf is an order statistic
+
+
+@given(st.integers(6, 300))
+@settings(max_examples=60, deadline=None)
+def test_median_interval_coverage_is_at_least_95_percent_and_tight(n):
+    lo, hi = _stats.median_interval(np.arange(n, dtype=float))
+    r = int(lo) + 1  # 1-based rank of the lower end; the upper end is symmetric
+    assert hi == n - r
+    coverage = 1 - 2 * sps.binom.cdf(r - 1, n, 0.5)
+    assert coverage >= 0.95 - 1e-12
+    assert 1 - 2 * sps.binom.cdf(r, n, 0.5) < 0.95  # one rank further in would fall short

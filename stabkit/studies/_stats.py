@@ -12,6 +12,8 @@ power, and the Kaplan–Meier estimator.
   max_{j ≤ i} min(1, (m − j + 1) p_(j)).
 * Power of Fisher's test against a published count: exact, that count fixed and our n₁ runs
   binomial at rate p₁, the probability that the two-sided p-value is ≤ α.
+* The median's distribution-free interval: order statistics whose ranks come from Binomial(n, 1/2)
+  (``median_interval``).
 * Interval text rounded outward (lower bound toward −∞, upper toward +∞), so that the printed
   interval contains the computed one: ``round_down``, ``round_up``, ``percent_interval``.
 * Kaplan–Meier (JASA 1958) with right censoring: S(t) = Π_{t_i ≤ t} (1 − d_i/n_i); Greenwood's
@@ -99,6 +101,26 @@ def percent_interval(lo: float, hi: float, sig: int = 2) -> str:
     if lo != lo or hi != hi:
         return "—"
     return f"[{round_down(lo, sig, percent=True)}, {round_up(hi, sig, percent=True)}]"
+
+
+def median_interval(values, alpha: float = 0.05) -> tuple[float, float]:
+    """Distribution-free confidence interval of a median: the order statistics [x_(r), x_(n+1−r)]
+    (1-based), r the largest rank with P(B ≤ r − 1) ≤ α/2, B ~ Binomial(n, 1/2), so its coverage
+    1 − 2 P(B ≤ r − 1) is at least 1 − α for any continuous distribution (e.g. Conover, Practical
+    Nonparametric Statistics, §3.2). NaN values are dropped, ±inf kept; (nan, nan) when n is too
+    small for any interval (n ≤ 5 at α = 0.05)."""
+    x = np.sort(np.asarray(values, dtype=float))
+    x = x[~np.isnan(x)]
+    n = x.size
+    r, tail = 0, 0.0  # tail = P(B ≤ r − 1) for the next r, exactly
+    while n and r < n // 2:
+        tail += math.comb(n, r) / 2.0 ** n
+        if tail > alpha / 2:
+            break
+        r += 1
+    if r == 0:
+        return math.nan, math.nan
+    return float(x[r - 1]), float(x[n - r])
 
 
 def clopper_pearson(k, n, alpha: float = 0.05) -> tuple[float, float]:

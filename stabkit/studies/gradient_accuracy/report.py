@@ -11,6 +11,7 @@ import pandas as pd
 
 from .. import _figures
 from .._checks import family_label, variant_labels
+from .._stats import median_interval
 from . import _plots
 from ._scoring import (ANGLE_FLOOR, NONFINITE_Y, TIE_FACTOR, attempted, deg, order, own_function_mask, pct,
                        ranked_rows, scored, tie_group, uncertified_cells, uncertified_mask, verdicts)
@@ -288,13 +289,19 @@ def _extremes_sentence(df, ranked, methods_order) -> str:
                 f"so no method is ranked{left_out}.")
     med = ranked.groupby("method")["angle_score"].median().reindex(methods_order).dropna().sort_values(kind="stable")
     tied = [m for m in methods_order if m in tie_group(med)]
-    lowest = (f"{med.index[0]}'s ({deg(med.iloc[0])})" if len(tied) == 1 else
+
+    def ci(m) -> str:  # distribution-free 95 % interval of the method's median over the same cells
+        lo, hi = median_interval(ranked.loc[ranked["method"] == m, "angle_score"])
+        return "none (too few cells)" if lo != lo else f"[{deg(lo)}, {deg(hi)}]"
+
+    lowest = (f"{med.index[0]}'s ({deg(med.iloc[0])}, 95 % CI {ci(med.index[0])})" if len(tied) == 1 else
               f"shared by {', '.join(tied)} ({deg(med[tied].min())} to {deg(med[tied].max())}, within the tie factor "
-              f"{TIE_FACTOR:g})")
+              f"{TIE_FACTOR:g}; 95 % CIs {', '.join(f'{m} {ci(m)}' for m in tied)})")
     where, rule = ((f"Over all {n} scored cells", " (rows scored against the loss itself)") if n == n_all else
                    (f"Over the {n} of {n_all} scored cells common to all methods scored against the loss itself", ""))
     return (f"{where}, the lowest median angle is {lowest} and the highest is {med.index[-1]}'s "
-            f"({deg(med.iloc[-1])}){rule}{left_out}.")
+            f"({deg(med.iloc[-1])}, 95 % CI {ci(med.index[-1])}){rule}{left_out}. Intervals: distribution-free, "
+            "from the order statistics (binomial ranks).")
 
 
 def _failure_sentences(df, methods_order) -> list[str]:
