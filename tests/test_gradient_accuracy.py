@@ -122,7 +122,7 @@ def test_verdicts_and_report_from_known_numbers(tmp_path):
     body = ga.report(df, grid, tmp_path)
     for png in ("angle_by_family.png", "angle_vs_gap.png", "angle_vs_d.png"):
         assert (tmp_path / png).stat().st_size > 1000 and f"]({png})" in body
-    assert "| A | m1 | 2–2.2° | m2 | 3 |" in body and "| B | m2 | 0.2° | — | 3 |" in body
+    assert "| A | m1 | 2–2.2° | — | m2 | 3 |" in body and "| B | m2 | 0.2° | — | — | 3 |" in body  # 3 cells: no interval
     # the relative errors are a table (rel_err = angle / 100 in this table): medians 0.02, 0.022, 0.6 for A
     assert "| A | 0.02 | 0.022 | 0.6 |" in body and "| B | 0.2 | 0.002 | ∞ |" in body
     # NaN/Inf rate: m3 non-finite on 2 of 3 cells of B, none of A; overall 2 of 6
@@ -172,7 +172,7 @@ def test_rankings_treat_rounding_noise_as_ties(tmp_path):
     grid = {"methods": ["m1", "m2", "m3"], "families": [{"family": "A"}]}
     verdict = [line for line in ga.report(here, grid, tmp_path).splitlines() if line.startswith("| A |")][0]
     assert verdict == [line for line in ga.report(there, grid, tmp_path).splitlines() if line.startswith("| A |")][0]
-    assert verdict == "| A | m1 | 1–1° | m2 | 7 |"
+    assert verdict == "| A | m1 | 1–1° | [1°, 1°] | m2 | 7 |"  # 7 cells: ranks 1 and 7 (1/128 ≤ 0.025)
     # a real difference (×1.3 > TIE_FACTOR) is still a ranking
     assert ga.summary(_two_dtypes(1.0, 1.3)).startswith("7 scored cells; lowest median angle: m1 (1°)")
 
@@ -246,7 +246,7 @@ def test_the_lowest_median_is_taken_on_the_cells_every_method_shares(tmp_path):
     assert ga.summary(df).startswith("5 scored cells; lowest median angle over the 3 cells common to all methods "
                                      "scored against the loss itself: analytic, analytic-trunc (tied within ×1.25: 2°–2°)")
     # the family verdict and the size sentence compare the same cells too
-    assert "| F | analytic | 2–2° | analytic-trunc | 3 |" in body.splitlines()
+    assert "| F | analytic | 2–2° | — | analytic-trunc | 3 |" in body.splitlines()
     assert "From d=8 (1 cells) to d=10 (1 cells), on the same cells for every method, no method's" in body
 
 
