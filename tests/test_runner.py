@@ -168,8 +168,9 @@ def test_ctrl_c_stops_cleanly_and_resumes(tmp_path):
     stopped = json.loads((root / "mini" / "run.unfinished.json").read_text())
     assert stopped["status"] == "interrupted" and stopped["wall_seconds"] > 0
     assert not (root / "mini" / "run.json").exists()  # no table was written, so no run describes one
-    with pytest.raises(FileNotFoundError, match=re.escape(f"has not written it (status: interrupted); its finished "
-                                                          f"cells are kept and `{stopped['command']}` resumes it")):
+    with pytest.raises(FileNotFoundError, match=re.escape(
+            f"a run has not written its table yet (status: interrupted, started {stopped['started_at']}); its "
+            f"finished cells are kept and `{stopped['command']}` resumes it")):
         publish.build_report("mini", root)
     runner.run_study(study, {}, jobs=1, out_root=root, progress=False)
     meta = json.loads((root / "mini" / "run.json").read_text())
@@ -203,7 +204,11 @@ def test_a_run_stopped_in_a_fresh_checkout_leaves_the_published_report_as_it_was
     with pytest.raises(KeyboardInterrupt):
         runner.run_study(study, {}, jobs=1, out_root=tmp_path, progress=False, command="stabkit run stopped")
     assert {name: (out / name).read_bytes() for name in published} == published
-    assert publish.build_report("mini", tmp_path).read_text() == readme
+    said = []
+    assert publish.build_report("mini", tmp_path, log=said.append).read_text() == readme
+    assert said == ["study 'mini': the report describes the table of the last finished run; a run has not written "
+                    "its table yet (status: interrupted, started " + json.loads((out / "run.unfinished.json").read_text())[
+                        "started_at"] + "); its finished cells are kept and `stabkit run stopped` resumes it"]
     stopped = json.loads((out / "run.unfinished.json").read_text())
     assert (stopped["status"], stopped["command"], stopped["cells_computed"]) == ("interrupted", "stabkit run stopped", 2)
 

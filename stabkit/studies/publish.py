@@ -16,16 +16,16 @@ from ._store import _read_json
 from .provenance import UNFINISHED, cells_left, finishing_command, git_commit, header
 
 
-def build_report(name: str, out_root=Path("reports")) -> Path:
-    """(Re)build ``out_root/<name>/README.md`` from results.parquet + run.json, and the index."""
+def build_report(name: str, out_root=Path("reports"), log=None) -> Path:
+    """(Re)build ``out_root/<name>/README.md`` from results.parquet + run.json, and the index. A later
+    run that stopped before writing its table (``run.unfinished.json``) is named in one ``log`` line
+    (default: a warning on stderr): the report describes the table, not that run."""
     out_dir = Path(out_root) / name
     results_path = out_dir / "results.parquet"
+    stopped = _stopped_run(out_dir)
     if not results_path.is_file():
-        stopped = _read_json(out_dir / UNFINISHED)
-        hint = (f"the last run has not written it (status: {stopped.get('status', '?')}); its finished cells are "
-                f"kept and `{stopped['command']}` resumes it"
-                if stopped and stopped.get("command") else "run it first")
-        raise FileNotFoundError(f"no results for study {name!r}: {results_path} does not exist ({hint})")
+        raise FileNotFoundError(f"no results for study {name!r}: {results_path} does not exist "
+                                f"({stopped or 'run it first'})")
     meta = _read_json(out_dir / "run.json")
     if meta is None:
         raise ValueError(f"{out_dir / 'run.json'} is missing or unreadable: rerun the study to record it")
@@ -42,7 +42,18 @@ def build_report(name: str, out_root=Path("reports")) -> Path:
     text = header(name, meta, report_commit=git_commit(out_root)) + "\n" + body.rstrip() + "\n"
     write_text_atomic(out_dir / "README.md", text)
     build_index(out_root)
+    if stopped:
+        (log or _warn)(f"study {name!r}: the report describes the table of the last finished run; {stopped}")
     return out_dir / "README.md"
+
+
+def _stopped_run(out_dir: Path) -> str:
+    """A sentence on the run that has not written its table (``run.unfinished.json``), or ''."""
+    stopped = _read_json(out_dir / UNFINISHED)
+    if not stopped or not stopped.get("command"):
+        return ""
+    return (f"a run has not written its table yet (status: {stopped.get('status', '?')}, started "
+            f"{stopped.get('started_at', '?')}); its finished cells are kept and `{stopped['command']}` resumes it")
 
 
 class NothingComputed(ValueError):
