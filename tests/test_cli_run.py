@@ -148,6 +148,15 @@ def test_only_a_column_pandas_cannot_find_is_reported_as_missing(tmp_path):
     with pytest.raises(KeyError, match="rel_err"):  # a kind's own lookup is its own error
         with publish._columns_needed(table, tmp_path / "results.parquet", {"kind": "k"}):
             {}["rel_err"]
+    with pytest.raises(KeyError, match="torch"):  # so is a Series lookup inside pandas
+        with publish._columns_needed(table, tmp_path / "results.parquet", {"kind": "k"}):
+            pd.Series({"pi": 1.0})["torch"]
+    with pytest.raises(KeyError):  # and a list of columns, whose message is no column name
+        with publish._columns_needed(table, tmp_path / "results.parquet", {"kind": "k"}):
+            table[["rel_err"]]
+    with pytest.raises(ValueError, match="has no column 'rel_err'"):  # a frame derived from the table counts
+        with publish._columns_needed(table, tmp_path / "results.parquet", {"kind": "k"}):
+            table[table["angle_deg"] > 0]["rel_err"]
 
 
 def test_a_published_table_whose_cells_are_not_kept_is_never_cut_down(tmp_path):

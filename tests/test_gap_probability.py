@@ -190,10 +190,10 @@ def test_pre_relu_rank_count_on_cifar10():
 
 
 def test_interval_rounded_outward():
-    assert gp_report.round_down(0.0037123) == "0.0037" and gp_report.round_up(0.0037123) == "0.0038"
+    assert _stats.round_down(0.0037123) == "0.0037" and _stats.round_up(0.0037123) == "0.0038"
     # near 1 the digits count from 1 − x: 1 − 0.999512 = 0.000488 keeps 2 significant digits
-    assert gp_report.round_down(0.999512) == "0.99951" and gp_report.round_up(0.999512) == "0.99952"
-    assert gp_report.round_down(0.0) == "0" and gp_report.round_up(1.0) == "1"
+    assert _stats.round_down(0.999512) == "0.99951" and _stats.round_up(0.999512) == "0.99952"
+    assert _stats.round_down(0.0) == "0" and _stats.round_up(1.0) == "1"
     # the old ".2g" printed k = 9970 of 10000 as "0.997 [1, 1]": an interval above its own p̂
     lo, hi = _stats.wilson(9970, 10000)
     text = gp_report.interval_text(0.997, lo, hi)
@@ -205,7 +205,7 @@ def test_interval_rounded_outward():
     k = rng.binomial(n, rng.uniform(0, 1, 3000) ** 4)
     los, his = _stats.wilson(k, n)
     for l, h in zip(los, his):
-        assert float(gp_report.round_down(l)) <= l and float(gp_report.round_up(h)) >= h
+        assert float(_stats.round_down(l)) <= l and float(_stats.round_up(h)) >= h
 
 
 def test_informative_points_and_chance_range():

@@ -294,3 +294,15 @@ def test_a_median_turning_nonfinite_at_small_gaps_is_named(tmp_path):
     assert "the median angle moves: analytic 1e-06° → non-finite; pi-legacy 5° → 10°." in body
     assert ("The median angle goes from finite in the large-gap quarter to NaN/Inf in the small-gap quarter for "
             "analytic.") in body
+
+
+def test_extremes_with_one_or_no_ranked_method_say_so(tmp_path):
+    one = _rows({"analytic": _full([1.0, 2.0, 3.0]), "pi": [(1e-3, 1)] * 3})
+    body = ga.report(one, {"methods": ["analytic", "pi"]}, tmp_path)
+    assert "the highest is analytic's" not in body  # it used to be both the lowest and the highest
+    assert ("Over all 3 scored cells, only analytic is ranked: its median angle is 2° (95 % CI none (too few cells)) "
+            "(rows scored against the loss itself); not ranked (no row scored against the loss itself): pi.") in body
+    none = _rows({"pi": [(1e-3, 1)] * 3})
+    body = ga.report(none, {"methods": ["pi"]}, tmp_path)
+    assert "No method is ranked: no row is scored against the loss itself; not ranked" in body
+    assert ga.summary(none).startswith("3 scored cells; lowest median angle: none (no row is scored against the loss itself)")

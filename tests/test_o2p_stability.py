@@ -95,6 +95,18 @@ def test_truncation_is_claimed_only_where_float64_is_as_bad_as_float32():
     assert taylor[0] == "- taylor's worst angle is 0.001° in float32 and 1e-11° in float64 (over 4 matrices each)."
 
 
+def test_truncation_needs_both_dtypes_on_the_same_matrices():
+    """A method without float64 rows crashed the reading (NaN count); on fewer float64 matrices the
+    worst angles are over different sets, so no attribution is made."""
+    pc = _pc_frame({("pi", "float32"): 20.0, ("pi", "float64"): 20.0, ("taylor", "float32"): 1.0,
+                    ("taylor", "float64"): 1.0})
+    none64 = _pc_text(pc[~((pc["method"] == "pi") & (pc["dtype"] == "float64"))])
+    assert not [x for x in none64.splitlines() if x.startswith("- pi's worst angle")]
+    fewer = _pc_text(pc[~((pc["method"] == "pi") & (pc["dtype"] == "float64") & (pc["seed"] < 2))])
+    pi = [x for x in fewer.splitlines() if x.startswith("- pi's worst angle")]
+    assert pi == ["- pi's worst angle is 20° in float32 and 20° in float64 (over 4 and 2 matrices)."]
+
+
 def test_top_gap_verdict_follows_the_condition_number():
     """A top gap of 1e-12 (‖A‖₂ = 1) used to be called well conditioned; the verdict now compares
     ‖A‖₂/(λ₁ − λ₂) with 1/√eps of each dtype."""

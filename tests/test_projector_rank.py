@@ -119,3 +119,23 @@ def test_descent_findings_state_the_number_of_seeds():
     assert "seed" not in rep._descent_table(one)
     assert "n = 1 seed, one trajectory per method × k × seed" in md1
     assert "a, b (1 of 1 seed; Clopper–Pearson 95% interval of the per-seed rate 0.025–1)" in md1
+
+
+def test_descent_figure_draws_one_line_per_trajectory(tmp_path, monkeypatch):
+    """Two seeds of one method were drawn as one line jumping between them (steps 0, 0, 1, 1, …)."""
+    import importlib
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rep = importlib.import_module("stabkit.studies.projector_rank.report")
+    de = pd.DataFrame(_trajectory("a", 3, 0, [2.0, 0.3, 1e-6]) + _trajectory("a", 3, 1, [2.0, 0.2, 1e-7])
+                      + _trajectory("b", 3, 0, [2.0, 0.4, 1e-6]))
+    saved = []
+    monkeypatch.setattr(rep._figures, "save", lambda fig, path: saved.append(fig))
+    rep._descent_figure(plt, de, 3, tmp_path)
+    trajectories = [list(ln.get_xdata()) for ln in saved[0].axes[0].get_lines() if len(ln.get_xdata()) == 3]
+    assert trajectories == [[0, 1, 2]] * 3  # a seed 0, a seed 1, b seed 0: each its own line, steps in order
+    labels = [ln.get_label() for ln in saved[0].axes[0].get_lines() if not ln.get_label().startswith("_")]
+    assert labels == ["a", "b"]  # one legend entry per method
+    plt.close("all")

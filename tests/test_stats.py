@@ -223,3 +223,10 @@ def test_median_interval_coverage_is_at_least_95_percent_and_tight(n):
     coverage = 1 - 2 * sps.binom.cdf(r - 1, n, 0.5)
     assert coverage >= 0.95 - 1e-12
     assert 1 - 2 * sps.binom.cdf(r, n, 0.5) < 0.95  # one rank further in would fall short
+
+
+@pytest.mark.parametrize("n", [1029, 2000, 20000])
+def test_median_interval_ranks_at_large_n_match_scipy(n):
+    lo, _ = _stats.median_interval(np.arange(n, dtype=float))  # 2.0 ** n overflows a float from n = 1024
+    r = int(lo) + 1
+    assert sps.binom.cdf(r - 1, n, 0.5) <= 0.025 < sps.binom.cdf(r, n, 0.5)

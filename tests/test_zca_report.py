@@ -81,7 +81,9 @@ def test_schedule_comparison_says_no_difference_detected_not_agreement(tmp_path)
     text = study.report(long, {**GRID, "baseline_study": "base"}, tmp_path / "long")
     assert "schedules agree" not in text
     assert "Difference detected (Holm-adjusted Fisher p < 0.05 over the 2 cells): 0/2 cells" in text
-    assert "In the other 2 cells no difference is detected, which is not agreement" in text and "at 8 vs 4 runs" in text
+    assert "In all 2 cells no difference is detected, which is not agreement" in text and "at 8 vs 4 runs" in text
+    one = study.report(long[long["spec"] == "taylor"], {**GRID, "baseline_study": "base"}, tmp_path / "one")
+    assert "0/1 cells. In the cell no difference is detected" in one  # there is no "other" cell
     # the largest undetected difference at 8 vs 4, found independently
     best = max(((abs(a / 8 - b / 4), -sps.fisher_exact([[a, 8 - a], [b, 4 - b]])[1], a, b)
                 for a in range(9) for b in range(5) if a / 8 != b / 4

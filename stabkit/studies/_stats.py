@@ -112,11 +112,11 @@ def median_interval(values, alpha: float = 0.05) -> tuple[float, float]:
     x = np.sort(np.asarray(values, dtype=float))
     x = x[~np.isnan(x)]
     n = x.size
-    r, tail = 0, 0.0  # tail = P(B ≤ r − 1) for the next r, exactly
-    while n and r < n // 2:
-        tail += math.comb(n, r) / 2.0 ** n
-        if tail > alpha / 2:
-            break
+    bound = Fraction(alpha) / 2 * 2 ** n  # P(B ≤ r − 1) ≤ α/2  ⇔  Σ_{i < r} C(n, i) ≤ α/2 · 2ⁿ, in integers
+    r, count, term = 0, 0, 1  # term = C(n, r), count = Σ_{i < r} C(n, i)
+    while n and r < n // 2 and count + term <= bound:
+        count += term
+        term = term * (n - r) // (r + 1)
         r += 1
     if r == 0:
         return math.nan, math.nan

@@ -118,9 +118,12 @@ def machine_info() -> dict:
         import torch
 
         torch_version = torch.__version__
-        torch_cpu = torch.backends.cpu.get_cpu_capability()
-    except (ImportError, AttributeError):
-        torch_version, torch_cpu = "not installed", "?"
+    except ImportError:
+        torch, torch_version = None, "not installed"
+    try:
+        torch_cpu = torch.backends.cpu.get_cpu_capability() if torch is not None else "?"
+    except (AttributeError, RuntimeError):  # an older torch
+        torch_cpu = "?"
     return {
         "platform": platform.platform(), "cpu": _cpu_model(), "cores": os.cpu_count(), "ram_gib": _ram_gib(),
         "python": platform.python_version(), "numpy": numpy.__version__, "torch": torch_version, "gpu": _gpu_names(),

@@ -101,18 +101,24 @@ def _columns_needed(results: pd.DataFrame, path: Path, meta: dict):
         yield
     except KeyError as exc:
         column = exc.args[0] if len(exc.args) == 1 else None
-        if not isinstance(column, str) or column in results.columns or not _raised_in_pandas(exc):
+        if not isinstance(column, str) or column in results.columns or not _frame_lookup_failed(exc, column):
             raise
         rerun = finishing_command(meta.get("command", "stabkit run STUDY"))
         raise ValueError(f"{path} has no column {column!r}, which the {meta.get('kind', '?')} report needs: "
                          f"rerun the study (`{rerun}`) to rebuild the table") from None
 
 
-def _raised_in_pandas(exc: BaseException) -> bool:
+def _frame_lookup_failed(exc: BaseException, column: str) -> bool:
+    """Whether ``exc`` came from ``frame[column]`` on a DataFrame (a column lookup), not from a Series
+    or a dict lookup of the kind's own, nor from a list of columns."""
     tb = exc.__traceback__
-    while tb.tb_next is not None:
+    while tb is not None:
+        frame = tb.tb_frame
+        if (frame.f_code.co_name == "__getitem__" and isinstance(frame.f_locals.get("self"), pd.DataFrame)
+                and frame.f_locals.get("key") == column):
+            return True
         tb = tb.tb_next
-    return str(tb.tb_frame.f_globals.get("__name__", "")).startswith("pandas")
+    return False
 
 
 def _warn(message: str) -> None:

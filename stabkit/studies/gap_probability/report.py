@@ -51,13 +51,12 @@ def mark_rank_deficient(agg: pd.DataFrame, grid: dict) -> pd.DataFrame:
 
 # ---------------------------------------------------------------- number formatting
 # the outward rounding (lower bound down, upper bound up) is ``_stats``'s, shared with the ZCA studies
-round_down, round_up = _stats.round_down, _stats.round_up
 
 
 def interval_text(p: float, lo: float, hi: float, sig: int = 2) -> str:
     """p̂ [lo, hi] with the interval rounded outward: the printed interval contains the computed one.
     p̂ is rounded to nearest, with sig + 1 significant digits of min(p̂, 1 − p̂)."""
-    return f"{_stats.round_text(p, sig + 1, decimal.ROUND_HALF_EVEN)} [{round_down(lo, sig)}, {round_up(hi, sig)}]"
+    return f"{_stats.round_text(p, sig + 1, decimal.ROUND_HALF_EVEN)} [{_stats.round_down(lo, sig)}, {_stats.round_up(hi, sig)}]"
 
 
 def _cifar_note(grid):

@@ -135,7 +135,9 @@ def summary(results: pd.DataFrame) -> str:
     where = ("" if n_common == n_cells else
              f" over the {n_common} cells common to all methods scored against the loss itself")
     if ranked.empty:
-        best = "none (no cell has a row scored against the loss itself for every method)"
+        where = ""
+        best = ("none (no row is scored against the loss itself)" if own_function_mask(df).all() else
+                "none (no cell has a row scored against the loss itself for every method)")
     else:
         med = ranked.groupby("method")["angle_score"].median()
         tied = tie_group(med)

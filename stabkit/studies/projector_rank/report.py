@@ -168,11 +168,14 @@ def _descent_section(plt, de: pd.DataFrame, g: dict, out_dir: pathlib.Path) -> l
 def _descent_figure(plt, de: pd.DataFrame, r: int, out_dir: pathlib.Path) -> None:
     ks = sorted(de["k"].unique())
     fig, axes = plt.subplots(2, len(ks), figsize=(4.5 * len(ks), 7), sharex=True, squeeze=False)
+    de = de.assign(seed=de["seed"].fillna(-1) if "seed" in de else -1)
+    colours = {m: f"C{i % 10}" for i, m in enumerate(de["method"].unique())}
     for j, k in enumerate(ks):
-        for method, s in de[de["k"] == k].groupby("method", sort=False):
+        for (method, seed), s in de[de["k"] == k].groupby(["method", "seed"], sort=False):  # one line per trajectory
             s = s.sort_values("step")
-            axes[0, j].plot(s["step"], np.maximum(s["J2"], 1e-16), label=method, lw=1)
-            axes[1, j].plot(s["step"], s["rank_w"], label=method, lw=1)
+            label = method if seed == de.loc[de["method"] == method, "seed"].min() else None  # one legend entry
+            axes[0, j].plot(s["step"], np.maximum(s["J2"], 1e-16), label=label, color=colours[method], lw=1)
+            axes[1, j].plot(s["step"], s["rank_w"], label=label, color=colours[method], lw=1)
         axes[0, j].axhline(0.5, color="k", ls="--", lw=0.8)
         axes[0, j].set_yscale("log")
         axes[0, j].set_title(f"F is d×{int(k)}")

@@ -235,7 +235,9 @@ def _schedule_verdict(table: pd.DataFrame, alpha: float = 0.05) -> str:
             blind.append(f"at {n_s} vs {n_l} runs even {k_s}/{n_s} against {k_l}/{n_l}, {100 * k_s / n_s:.0f} % "
                          f"against {100 * k_l / n_l:.0f} %, gives p = {p:.2g} in a single test, before Holm's correction")
     rest = m - found
-    return (text + f" In the other {'cell' if rest == 1 else f'{rest} cells'} no difference is detected, which is not "
+    where = (("the cell" if m == 1 else f"all {m} cells") if found == 0 else
+             ("the other cell" if rest == 1 else f"the other {rest} cells"))
+    return (text + f" In {where} no difference is detected, which is not "
             "agreement: with these runs per side only large differences are detectable (" + "; ".join(blind) + ").")
 
 
