@@ -23,7 +23,7 @@ import pytest
 from typer.testing import CliRunner
 
 from stabkit.cli.main import app
-from stabkit.studies import _grid, _store, _workers, gradient_accuracy, runner
+from stabkit.studies import _grid, _store, _workers, gradient_accuracy, publish, runner
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -344,6 +344,9 @@ def test_the_time_of_a_killed_run_is_kept_in_the_total(tmp_path):
         proc.wait()
     killed = json.loads((out_root / "faults" / "run.unfinished.json").read_text())
     assert killed["status"] == "running" and killed["pid"] == proc.pid
+    # what is known of a killed run is its last heartbeat: the report says so, not that it is running
+    with pytest.raises(FileNotFoundError, match=re.escape(f"status: running at its last heartbeat, {killed['heartbeat_at']}")):
+        publish.build_report("faults", out_root)
     assert killed["wall_seconds_total"] >= 0.8  # two cells of ≥ 0.4 s each were done
     runner.run_study(study, {}, jobs=1, out_root=out_root, progress=False)
     meta = json.loads((out_root / "faults" / "run.json").read_text())

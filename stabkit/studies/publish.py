@@ -52,8 +52,11 @@ def _stopped_run(out_dir: Path) -> str:
     stopped = _read_json(out_dir / UNFINISHED)
     if not stopped or not stopped.get("command"):
         return ""
-    return (f"a run has not written its table yet (status: {stopped.get('status', '?')}, started "
-            f"{stopped.get('started_at', '?')}); its finished cells are kept and `{stopped['command']}` resumes it")
+    status = stopped.get("status", "?")
+    if status == "running":  # its heartbeat is all that is known: it may still run, or have been killed
+        status = f"running at its last heartbeat, {stopped.get('heartbeat_at', '?')}"
+    return (f"a run has not written its table yet (status: {status}, started {stopped.get('started_at', '?')}); "
+            f"its finished cells are kept and `{stopped['command']}` resumes it")
 
 
 class NothingComputed(ValueError):

@@ -47,7 +47,8 @@ def _extremes_sentence(df, ranked, methods_order) -> str:
               f"{TIE_FACTOR:g}; 95 % CIs {', '.join(f'{m} {ci(m)}' for m in tied)})")
     where, rule = ((f"Over all {n} scored cells", " (rows scored against the loss itself)") if n == n_all else
                    (f"Over the {n} of {n_all} scored cells common to all methods scored against the loss itself", ""))
-    note = " Intervals: distribution-free, from the order statistics (binomial ranks)."
+    note = (" Intervals: distribution-free, from the order statistics (binomial ranks); the cells are a designed "
+            "grid, not a random sample, so an interval shows how the medians spread over these cells.")
     if len(med) == 1:  # nothing to rank it against
         return (f"{where}, only {med.index[0]} is ranked: its median angle is {deg(med.iloc[0])} (95 % CI "
                 f"{ci(med.index[0])}){rule}{left_out}.{note}")

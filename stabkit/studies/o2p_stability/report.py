@@ -129,7 +129,7 @@ def _gap_reading(mat: pd.DataFrame) -> str:
             "iterations converge slowly, are not in this grid.")
     if not kappa.notna().all():
         return text + "; ‖A‖₂ is not known for every matrix, so its condition is not stated." + tail
-    text += (f" and ‖A‖₂/(λ₁ − λ₂) = λ₁/(λ₁ − λ₂) over [{kappa.min():.3g}, {kappa.max():.3g}]. To first order, rounding A "
+    text += (f" and ‖A‖₂/(λ₁ − λ₂) over [{kappa.min():.3g}, {kappa.max():.3g}]. To first order, rounding A "
              "to a dtype with machine epsilon u moves the principal vector's exact gradient by about "
              "u·‖A‖₂/(λ₁ − λ₂) relative; taken as well conditioned where ‖A‖₂/(λ₁ − λ₂) ≤ 1/√u (at most half the "
              "digits lost)")
