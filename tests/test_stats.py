@@ -214,19 +214,20 @@ def test_median_interval_ranks_from_the_binomial_table():
     assert _stats.median_interval([1.0] * 8 + [np.inf] * 8)[1] == np.inf  # +inf is an order statistic
 
 
+def _scipy_rank(n: int) -> int:
+    """The lower rank r of the median interval, from scipy alone: the number of k with P(B ≤ k) ≤ 0.025,
+    B ~ Binomial(n, 1/2) (those k are exactly 0 … r − 1; 0.025 is no dyadic rational, so no tie)."""
+    return int((sps.binom.cdf(np.arange(n + 1), n, 0.5) <= 0.025).sum())
+
+
 @given(st.integers(6, 300))
 @settings(max_examples=60, deadline=None)
-def test_median_interval_coverage_is_at_least_95_percent_and_tight(n):
-    lo, hi = _stats.median_interval(np.arange(n, dtype=float))
-    r = int(lo) + 1  # 1-based rank of the lower end; the upper end is symmetric
-    assert hi == n - r
-    coverage = 1 - 2 * sps.binom.cdf(r - 1, n, 0.5)
-    assert coverage >= 0.95 - 1e-12
-    assert 1 - 2 * sps.binom.cdf(r, n, 0.5) < 0.95  # one rank further in would fall short
+def test_median_interval_is_the_order_statistics_at_scipys_ranks(n):
+    r = _scipy_rank(n)
+    assert _stats.median_interval(np.arange(n, dtype=float)) == (r - 1, n - r)  # x_(r), x_(n+1−r), 0-based values
 
 
 @pytest.mark.parametrize("n", [1029, 2000, 20000])
 def test_median_interval_ranks_at_large_n_match_scipy(n):
-    lo, _ = _stats.median_interval(np.arange(n, dtype=float))  # 2.0 ** n overflows a float from n = 1024
-    r = int(lo) + 1
-    assert sps.binom.cdf(r - 1, n, 0.5) <= 0.025 < sps.binom.cdf(r, n, 0.5)
+    r = _scipy_rank(n)  # 2.0 ** n overflows a float from n = 1024: the interval counts in integers
+    assert _stats.median_interval(np.arange(n, dtype=float)) == (r - 1, n - r)
