@@ -5,6 +5,7 @@ against the measurement."""
 from __future__ import annotations
 
 import decimal
+import math
 import pathlib
 
 import numpy as np
@@ -369,5 +370,6 @@ def _gaussian_ratio_line(agg: pd.DataFrame) -> list[str]:
     return [f"- Gaussian, absolute gap, the {len(g)} informative points with ≥ 20 events{left_out}: measured/MP-predicted "
             f"ranges {r.min():.2f}–{r.max():.2f}; the largest deviation from 1 is at d = {int(worst['d'])}, "
             f"τ = {worst['tau']:g}, {worst['p'] / worst['pred_mp']:.2f} (Wilson 95% interval of p̂ over the prediction "
-            f"{worst['lo'] / worst['pred_mp']:.2f}–{worst['hi'] / worst['pred_mp']:.2f}, n = {int(worst['n'])} matrices). "
+            f"{math.floor(100 * worst['lo'] / worst['pred_mp']) / 100:.2f}–"  # rounded outward
+            f"{math.ceil(100 * worst['hi'] / worst['pred_mp']) / 100:.2f}, n = {int(worst['n'])} matrices). "
             "Its cause was not tested here."]
