@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from stabkit.studies import _grid, publish, runner, zca_cifar10_survival as surv
+from stabkit.studies import _grid, _stats, publish, runner, zca_cifar10_survival as surv
 from stabkit.train.preset import get_preset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -285,15 +285,13 @@ def test_report_with_only_crashed_cells(tmp_path):
 def test_an_interval_is_not_rounded_onto_0_or_100_percent():
     """Clopper–Pearson for 1 of 15 starts at 0.169 %: printed as 0.16, not as 0 (a bound it does not reach)
     and not as 0.17 (above the bound: the printed interval would be narrower than the computed one)."""
-    from stabkit.studies.zca_cifar10_survival import tables
-
     lo = sps.binomtest(1, 15).proportion_ci(method="exact").low
-    assert tables._pct((lo, 0.3125)) == "[0.16, 32]"
-    assert tables._pct((0.0, 1.0)) == "[0, 100]" and tables._pct((0.004, 0.998)) == "[0.4, 99.8]"
-    assert tables._pct((0.006, 0.994)) == "[0.6, 99.4]"  # nearest would print [1, 99], inside the interval
+    assert _stats.percent_interval(lo, 0.3125) == "[0.16, 32]"
+    assert _stats.percent_interval(0.0, 1.0) == "[0, 100]" and _stats.percent_interval(0.004, 0.998) == "[0.4, 99.8]"
+    assert _stats.percent_interval(0.006, 0.994) == "[0.6, 99.4]"  # nearest would print [1, 99], inside the interval
     # Clopper–Pearson at k = 1 of 60 starts at 0.042 %, at 59 of 60 ends at 99.958 %: more digits, not 0.0 or 100.0
     lo, hi = sps.binomtest(1, 60).proportion_ci(method="exact").low, sps.binomtest(59, 60).proportion_ci(method="exact").high
-    assert tables._pct((lo, hi)) == "[0.042, 99.958]" and 0.042 <= 100 * lo and 100 * hi <= 99.958
+    assert _stats.percent_interval(lo, hi) == "[0.042, 99.958]" and 0.042 <= 100 * lo and 100 * hi <= 99.958
 
 
 def test_intervals_are_rounded_outward():
@@ -301,14 +299,11 @@ def test_intervals_are_rounded_outward():
     every printed Wilson and Clopper–Pearson interval of k of n ≤ 15 contains the computed one."""
     import re
 
-    from stabkit.studies import _stats
-    from stabkit.studies.zca_cifar10_survival import tables
-
-    assert tables._pct(_stats.wilson(3, 3)) == "[43, 100]"
+    assert _stats.percent_interval(*_stats.wilson(3, 3)) == "[43, 100]"
     for n in range(1, 16):
         for k in range(n + 1):
             for lo, hi in (_stats.wilson(k, n), _stats.clopper_pearson(k, n)):
-                plo, phi = (float(x) for x in re.fullmatch(r"\[(.*), (.*)\]", tables._pct((lo, hi))).groups())
+                plo, phi = (float(x) for x in re.fullmatch(r"\[(.*), (.*)\]", _stats.percent_interval(lo, hi)).groups())
                 assert plo <= 100 * lo + 1e-9 and phi >= 100 * hi - 1e-9, (k, n)
 
 

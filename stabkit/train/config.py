@@ -70,6 +70,16 @@ def resolve_config(config: dict) -> dict:
     return cfg
 
 
+def check_configs(cells: list[dict], key, config) -> None:
+    """:func:`check_config` once for each distinct ``key(cell)`` of a study's cells, on ``config(cell)``
+    (the cell as the training loop will see it), before any cell starts."""
+    first = {}
+    for cell in cells:
+        first.setdefault(key(cell), cell)
+    for cell in first.values():
+        check_config(config(cell))
+
+
 def check_config(config: dict) -> None:
     """What ``resolve_config`` refuses, and a missing data path, before a study's cells start (a
     training study otherwise meets a bad number in its first cell, exit 1). The device and the fast

@@ -8,6 +8,7 @@ import pandas as pd
 
 from ... import methods
 from .._checks import variant_labels
+from .._stats import median_interval
 
 #: Angles below this are drawn at it on log axes (an exact 0° has no logarithm).
 ANGLE_FLOOR = 1e-14
@@ -97,17 +98,21 @@ def tie_group(med: pd.Series) -> list:
 def verdicts(results: pd.DataFrame) -> pd.DataFrame:
     """Best method per family variant by median angle (non-finite = +inf), with the tied methods; the
     medians over the variant's cells that every ranked method shares (:func:`ranked_rows`), whose
-    number is ``cells``. A variant with no such cell has no verdict."""
+    number is ``cells``; ``medians`` and ``intervals`` (distribution-free 95 %,
+    :func:`.._stats.median_interval`) of the best and tied methods. A variant with no such cell has no verdict."""
     out = []
     for variant, group in scored(results).groupby("variant", sort=False):
         group = ranked_rows(group)
         if group.empty:
             continue
-        med = group.groupby("method", sort=False)["angle_score"].median().sort_values(kind="stable")
+        angles = group.groupby("method", sort=False)["angle_score"]
+        med = angles.median().sort_values(kind="stable")
         tied = tie_group(med)
         out.append({"variant": variant, "best": tied[0], "median_angle_deg": float(med.iloc[0]), "ties": tied[1:],
-                    "cells": int(group["cell_id"].nunique()) if "cell_id" in group else len(group)})
-    return pd.DataFrame(out, columns=["variant", "best", "median_angle_deg", "ties", "cells"])
+                    "cells": int(group["cell_id"].nunique()) if "cell_id" in group else len(group),
+                    "medians": {m: float(med[m]) for m in tied},
+                    "intervals": {m: median_interval(angles.get_group(m)) for m in tied}})
+    return pd.DataFrame(out, columns=["variant", "best", "median_angle_deg", "ties", "cells", "medians", "intervals"])
 
 
 def ranked_rows(df: pd.DataFrame) -> pd.DataFrame:

@@ -11,11 +11,10 @@ import pandas as pd
 
 from .. import _figures
 from .._checks import family_label, variant_labels
-from .._stats import median_interval
 from . import _plots
 from ._reading import reading
 from ._scoring import (ANGLE_FLOOR, NONFINITE_Y, TIE_FACTOR, attempted, deg, order, own_function_mask, pct,
-                       ranked_rows, scored, uncertified_cells, uncertified_mask, verdicts)
+                       scored, uncertified_cells, uncertified_mask, verdicts)
 
 
 def report(results: pd.DataFrame, grid: dict, out_dir: Path) -> str:
@@ -89,8 +88,8 @@ def _verdict_section(results, df, variants, methods_order) -> list[str]:
              f"cluster, set by the LAPACK build and the CPU, can move the angles by more than that "
              f"(tests/test_quickstart_reproducible.py): a verdict there holds for the machine in the table above. Tied methods are listed in the "
              f"grid's order, with the range of their medians.\n",
-             "Medians over the family's cells where every ranked method has such a row (like for like); the best "
-             "method's median with its distribution-free 95 % interval (order statistics at binomial ranks; none "
+             "Medians over the family's cells where every ranked method has such a row (like for like); the median "
+             "of the method in the `best` column with its distribution-free 95 % interval (order statistics at binomial ranks; none "
              "below 6 cells).\n",
              "| family | best | median angle | 95 % CI (best) | tied with | cells ranked |",
              "|---|---|---|---|---|---|"]
@@ -98,10 +97,9 @@ def _verdict_section(results, df, variants, methods_order) -> list[str]:
     for variant in [x for x in variants if x in v.index]:
         row = v.loc[variant]
         group = [m for m in methods_order if m == row["best"] or m in row["ties"]]
-        ranked = ranked_rows(df[df["variant"] == variant])
-        values = [float(ranked.loc[ranked["method"] == m, "angle_score"].median()) for m in group]
+        values = [row["medians"][m] for m in group]
         angle = deg(min(values)) if len(group) == 1 else f"{deg(min(values)).rstrip('°')}–{deg(max(values))}"
-        lo, hi = median_interval(ranked.loc[ranked["method"] == group[0], "angle_score"])
+        lo, hi = row["intervals"][group[0]]
         ci = "—" if lo != lo else f"[{deg(lo)}, {deg(hi)}]"
         lines.append(f"| {variant} | {group[0]} | {angle} | {ci} | {', '.join(group[1:]) or '—'} | {row['cells']} |")
     lines.append("")

@@ -168,7 +168,7 @@ def _descent_section(plt, de: pd.DataFrame, g: dict, out_dir: pathlib.Path) -> l
 def _descent_figure(plt, de: pd.DataFrame, r: int, out_dir: pathlib.Path) -> None:
     ks = sorted(de["k"].unique())
     fig, axes = plt.subplots(2, len(ks), figsize=(4.5 * len(ks), 7), sharex=True, squeeze=False)
-    de = de.assign(seed=de["seed"].fillna(-1) if "seed" in de else -1)
+    de = _with_seed(de)
     colours = {m: f"C{i % 10}" for i, m in enumerate(de["method"].unique())}
     for j, k in enumerate(ks):
         for (method, seed), s in de[de["k"] == k].groupby(["method", "seed"], sort=False):  # one line per trajectory
@@ -188,6 +188,11 @@ def _descent_figure(plt, de: pd.DataFrame, r: int, out_dir: pathlib.Path) -> Non
     _figures.save(fig, out_dir / "descent.png")
 
 
+def _with_seed(de: pd.DataFrame) -> pd.DataFrame:
+    """``de`` with a seed on every row (-1 where none was logged: one trajectory per method × k)."""
+    return de.assign(seed=de["seed"].fillna(-1) if "seed" in de else -1)
+
+
 def _seeds(de: pd.DataFrame) -> list:
     return sorted(de["seed"].dropna().unique()) if "seed" in de and de["seed"].notna().any() else [None]
 
@@ -195,7 +200,7 @@ def _seeds(de: pd.DataFrame) -> list:
 def _descent_table(de: pd.DataFrame) -> pd.DataFrame:
     """One row per trajectory (method, k, seed): its last logged step. A seed column only when there are several."""
     n_seeds = len(_seeds(de))
-    de = de.assign(seed=de["seed"].fillna(-1) if "seed" in de else -1)  # a missing seed: one trajectory per method × k
+    de = _with_seed(de)
     keys = ["method", "k", "seed"]
     last = de.sort_values("step").groupby(keys, sort=False).tail(1)
     first_below = de[de["J2"] < 0.5].groupby(keys)["step"].min()

@@ -112,13 +112,9 @@ def cells(grid: dict) -> list[dict]:
     if g["bn_baseline"]:
         for seed in range(int(g["seeds"])):
             out.append({"cell_id": f"bn|s{seed}", "norm": "bn", "spec": "bn", "d": 0, "dtype": "float32", "seed": seed, **common})
-    from ...train.config import check_config
+    from ...train.config import check_configs
 
-    seen = set()
-    for cell in out:  # each distinct run configuration, as the training loop will see it, before any cell starts
-        if (cell["spec"], cell["d"], cell["dtype"]) not in seen:
-            seen.add((cell["spec"], cell["d"], cell["dtype"]))
-            check_config(_config(cell))
+    check_configs(out, key=lambda c: (c["spec"], c["d"], c["dtype"]), config=_config)
     return out
 
 

@@ -12,6 +12,7 @@ import pandas as pd
 from ..._markdown import markdown_table
 from ...train import table_iv
 from ...train.preset import PAPER_DEVIATIONS, get_preset
+from ...train.session import CIFAR10_TRAIN
 from .. import _figures, _landmark, _stats
 from . import validate
 from .tables import FEATURES, ci, compare_schedules, largest_undetected, link, success_table
@@ -50,7 +51,7 @@ def _horizon(results: pd.DataFrame, g: dict) -> tuple[int | None, float]:
     steps = int(total) if total == total else (int(g["max_steps"]) if g["max_steps"] else None)
     if steps is None:
         return None, float(g["epochs"])
-    return steps, steps * int(g["batch_size"]) / int(g["limit_images"] or 50000)
+    return steps, steps * int(g["batch_size"]) / int(g["limit_images"] or CIFAR10_TRAIN)
 
 
 def _horizon_text(results: pd.DataFrame, g: dict) -> str:
@@ -58,9 +59,10 @@ def _horizon_text(results: pd.DataFrame, g: dict) -> str:
     50000 show)``: the fraction counts images seen, since an epoch of a subset is not one of the paper's."""
     steps, epochs = _horizon(results, g)
     paper = get_preset("paper").epochs
-    images = g["limit_images"] or 50000
+    images = g["limit_images"] or CIFAR10_TRAIN
     ep = f"{epochs:.3g} epoch{'' if epochs == 1 else 's'} of {images} images"
-    frac = f"{100 * epochs * images / (paper * 50000):.2g} % of the training images the paper's {paper:g} epochs of 50000 show"
+    frac = (f"{100 * epochs * images / (paper * CIFAR10_TRAIN):.2g} % of the training images the paper's {paper:g} "
+            f"epochs of {CIFAR10_TRAIN} show")
     return f"{steps} steps ({ep}, {frac})" if steps is not None else f"{ep} ({frac})"
 
 
@@ -72,7 +74,7 @@ def _intro(results: pd.DataFrame, g: dict) -> list[str]:
         "## ZCA whitening in ResNet-18 on CIFAR-10: training success per backward (Wang et al., TPAMI 2021, Table IV)",
         "",
         f"One run per cell: ResNet-18 (conv1 → ZCA(d) → …), SGD lr {g['lr']:g}, momentum 0.9, wd 5e-4, batch "
-        f"{g['batch_size']}, ε = {eps}, {steps} on {g['limit_images'] or 50000} training images (step decay ×0.1 at 50 % "
+        f"{g['batch_size']}, ε = {eps}, {steps} on {g['limit_images'] or CIFAR10_TRAIN} training images (step decay ×0.1 at 50 % "
         f"and 75 % of the steps), test error on {g['limit_test'] or 10000} test images; {g['seeds']} seeds per cell. "
         "The paper: 350 epochs, 15 runs per cell, one dtype — its numbers are shown beside both of ours. This "
         f"schedule, {_horizon_text(results, g)}, is not a prefix of the paper's (its lr drops at 50 % and 75 % of "
@@ -314,7 +316,7 @@ def _preset_report(results, g, preset, table, linked, figs, crashed, out_dir) ->
         "## ZCA whitening in ResNet-18 on CIFAR-10 with the authors' layers (Wang et al., TPAMI 2021, Table IV)",
         "",
         f"Preset `{preset.name}`: {preset.description}. SGD lr {g['lr']:g}, momentum 0.9, wd 5e-4, batch "
-        f"{g['batch_size']}, {steps} on {g['limit_images'] or 50000} training images, lr ×{preset.gamma:g} at "
+        f"{g['batch_size']}, {steps} on {g['limit_images'] or CIFAR10_TRAIN} training images, lr ×{preset.gamma:g} at "
         f"{', '.join(f'{m:g}' for m in (g['milestones'] or preset.milestones))} "
         f"({g['milestone_unit'] or preset.milestone_unit}s), input std {preset.input_std}, convs Kaiming-normal fan_out, "
         f"ZCA γ ~ U(0, 1), TF32 {'off' if preset.tf32 is False else 'as torch'}; {g['seeds']} seeds per cell.",

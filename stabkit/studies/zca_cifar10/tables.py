@@ -175,7 +175,6 @@ def largest_undetected(n_s: int, n_l: int, alpha: float = 0.05) -> tuple[int, in
     return None if best is None else best[1:]
 
 
-
 def ci(k: int, n: int) -> str:
     """The Wilson 95 % interval of k successes in n, in %, as text ``[lo, hi]``, rounded outward
     (``_stats.percent_interval``): the printed interval contains the computed one."""

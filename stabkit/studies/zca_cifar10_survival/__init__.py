@@ -173,20 +173,10 @@ def cells(grid: dict) -> list[dict]:
         c = by_id[base]
         out.append({**c, "cell_id": _cell_id(c["spec"], c["d"], c["dtype"], c["seed"], float(g["extend_epochs"])),
                     "epochs": float(g["extend_epochs"])})
-    _check_training_options(out)
+    from ...train.config import check_configs
+
+    check_configs(out, key=lambda c: (c["spec"], c["d"], c["dtype"], c["epochs"]), config=_config)
     return out
-
-
-def _check_training_options(cells_: list[dict]) -> None:
-    """Each distinct run configuration as the training loop will see it, before any cell starts."""
-    from ...train.config import check_config
-
-    seen = set()
-    for cell in cells_:
-        key = (cell["spec"], cell["d"], cell["dtype"], cell["epochs"])
-        if key not in seen:
-            seen.add(key)
-            check_config(_config(cell))
 
 
 def _config(cell: dict) -> dict:

@@ -4,7 +4,6 @@ survivors, the survivors' ids and the one-line summary."""
 
 from __future__ import annotations
 
-
 import numpy as np
 import pandas as pd
 
@@ -41,10 +40,11 @@ def _groups(r: pd.DataFrame):
     return sorted(r.groupby(keys, sort=False), key=lambda kv: (kv[0][3], int(kv[1]["order"].min()), kv[0][2]))
 
 
-def _pct(lo_hi) -> str:
-    """An interval in %, rounded outward (``_stats.percent_interval``): the printed interval contains
-    the computed one, and a bound is never printed as 0 or 100 when it is not."""
-    return _stats.percent_interval(*lo_hi)
+def _range_interval(interval, k: int, top: int, n: int) -> str:
+    """The 95 % ``interval`` (``_stats.wilson`` or ``_stats.clopper_pearson``) of a count known only to
+    lie in k…top of n: from the lower bound at k to the upper bound at top, in %, rounded outward
+    (``_stats.percent_interval``: the printed interval contains the computed one)."""
+    return _stats.percent_interval(interval(k, n)[0], interval(top, n)[1])
 
 
 def success_table(results: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
@@ -76,8 +76,8 @@ def success_table(results: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
             "horizon (epochs)": float(horizon), "runs": n, "NaN loss": nan,
             "no NaN loss": f"{reached}/{n}" if not unknown else f"{reached}–{top}/{n}",
             "KM S(horizon) %": 100 * _stats.survival_at(km, float(horizon)),
-            "Wilson 95 %": _pct((_stats.wilson(reached, n)[0], _stats.wilson(top, n)[1])),
-            "Clopper–Pearson 95 %": _pct((_stats.clopper_pearson(reached, n)[0], _stats.clopper_pearson(top, n)[1])),
+            "Wilson 95 %": _range_interval(_stats.wilson, reached, top, n),
+            "Clopper–Pearson 95 %": _range_interval(_stats.clopper_pearson, reached, top, n),
             "stopped early, no NaN": unknown,
             "paper (350 epochs)": f"{paper}/{PAPER_RUNS}" if paper is not None else "—",
             "Fisher p": p, "80 % power if our rate": power,
@@ -154,6 +154,6 @@ def summary(results: pd.DataFrame) -> str:
     for (spec, d, _, h), s in _groups(r):  # the success table's count: runs stopped earlier make it a range
         alive = ~s["event"]
         k, top = int((alive & (s["reached"] >= h - 1e-9)).sum()), int(alive.sum())
-        ci = _pct((_stats.wilson(k, len(s))[0], _stats.wilson(top, len(s))[1]))
+        ci = _range_interval(_stats.wilson, k, top, len(s))
         parts.append(f"{spec} d={int(d)}: {k if k == top else f'{k}–{top}'}/{len(s)} {ci} % without NaN to {float(h):g} ep")
     return f"{len(r)} runs (Wilson 95 %); " + ", ".join(parts[:6]) + (" …" if len(parts) > 6 else "")
