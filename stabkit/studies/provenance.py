@@ -109,7 +109,8 @@ def _ram_gib() -> float:
 
 def machine_info() -> dict:
     """Platform, CPU model, cores, RAM, GPUs, the versions of python, numpy and torch, and the kernels
-    the linear algebra runs: numpy's BLAS with the CPU kernels it picked, and torch's CPU capability.
+    the linear algebra runs: the BLAS libraries loaded (numpy's, scipy's) with the CPU kernels they
+    picked, and torch's CPU capability.
     The kernels set the last bits of float64 results (e.g. OpenBLAS's SkylakeX kernels on a CPU with
     AVX-512, Haswell ones without), so two machines of one CPU name can round a study differently."""
     import numpy
@@ -132,8 +133,9 @@ def machine_info() -> dict:
 
 
 def _blas() -> str:
-    """numpy's BLAS library, version and CPU kernels, e.g. "openblas 0.3.31 (SkylakeX kernels)" (numpy is
-    imported by then: :func:`machine_info`)."""
+    """The BLAS libraries loaded in this process — numpy's, and scipy's or others' where imported — with
+    version and CPU kernels, e.g. "openblas 0.3.31 (SkylakeX kernels)" (numpy is imported by then:
+    :func:`machine_info`)."""
     try:
         from threadpoolctl import threadpool_info
 
@@ -276,7 +278,7 @@ def header(name: str, meta: dict, report_commit: str | None = None) -> str:
           if report_commit and report_commit != meta.get("git_commit") else []),
         f"| machine | {m.get('cpu', '?')}, {m.get('cores', '?')} cores, {m.get('ram_gib', '?')} GiB RAM; {m.get('platform', '?')} |",
         f"| versions | python {m.get('python', '?')}, numpy {m.get('numpy', '?')}, torch {m.get('torch', '?')} |",
-        *([f"| linear algebra kernels | numpy's BLAS {m['blas']}; torch CPU {m.get('torch_cpu', '?')} |"] if "blas" in m else []),
+        *([f"| linear algebra kernels | BLAS {m['blas']}; torch CPU {m.get('torch_cpu', '?')} |"] if "blas" in m else []),
         f"| GPU | {m.get('gpu', 'not recorded')} |",
         f"| execution | {_execution(meta)} |",
         f"| wall time | {_wall_time(meta)} |",
