@@ -281,7 +281,25 @@ def test_the_gap_sentence_ranks_rows_scored_against_the_loss_and_says_its_metric
             "with the smallest (≤ 7.8e-06, 2 cells), the median angle moves: analytic 1e-06° → 1°; pi-legacy 5° → 10°; "
             "taylor 5° → 9.5°.") in body
     assert ("The largest rise of the median angle (small-gap quarter minus large-gap quarter, in degrees) is "
-            "pi-legacy's (+5°); within the tie factor 1.25 of it: taylor (+4.5°).") in body
+            "pi-legacy's (+5°: 5° (95 % CI none (too few cells)) → 10° (95 % CI none (too few cells))); within the tie "
+            "factor 1.25 of it: taylor (+4.5°: 5° (95 % CI none (too few cells)) → 9.5° (95 % CI none (too few "
+            "cells))).") in body
+
+
+def test_the_gap_and_size_claims_carry_the_medians_intervals(tmp_path):
+    # 24 cells, d = 8 for the first 12 (the large gaps) and d = 32 for the last 12: a quarter is 6 cells, and for
+    # n ≤ 8 the distribution-free 95 % interval of a median is [min, max] (P(B = 0) = 2⁻ⁿ ≤ 0.025 < (n + 1)·2⁻ⁿ).
+    # (n = 12: ranks 3 and 10, as C(12, 0) + C(12, 1) + C(12, 2) = 79 ≤ 0.025 · 2¹² = 102.4 < 79 + C(12, 3)).
+    # analytic rises from 1…6° to 101…106° with the gap and from a median of 1° to 54° with d; taylor stays at 1°
+    analytic = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0] + [1.0] * 6 + [7.0] * 6 + [101.0, 102.0, 103.0, 104.0, 105.0, 106.0]
+    df = _rows({"analytic": _full(analytic), "taylor": _full([1.0] * 24)})
+    df["d"] = np.where(df["cell_id"].str.extract(r"d=(\d+)")[0].astype(int) < 20, 8, 32)
+    df["kept"] = df["d"]
+    body = ga.report(df, {"methods": ["analytic", "taylor"]}, tmp_path)
+    assert ("is analytic's (+100°: 3.5° (95 % CI [1°, 6°]) → 104° (95 % CI [101°, 106°]))."
+            in _reading_of(body, "The largest rise"))
+    assert ("the median angle grows more than tenfold for analytic (1° (95 % CI [1°, 4°]) → 54° "
+            "(95 % CI [7°, 104°]))." in _reading_of(body, "From d=8 (12 cells) to d=32 (12 cells)"))
 
 
 

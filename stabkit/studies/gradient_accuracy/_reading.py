@@ -38,9 +38,8 @@ def _extremes_sentence(df, ranked, methods_order) -> str:
     med = ranked.groupby("method")["angle_score"].median().reindex(methods_order).dropna().sort_values(kind="stable")
     tied = [m for m in methods_order if m in tie_group(med)]
 
-    def ci(m) -> str:  # distribution-free 95 % interval of the method's median over the same cells
-        lo, hi = median_interval(ranked.loc[ranked["method"] == m, "angle_score"])
-        return "none (too few cells)" if lo != lo else f"[{deg(lo)}, {deg(hi)}]"
+    def ci(m) -> str:
+        return _ci(ranked.loc[ranked["method"] == m, "angle_score"])
 
     lowest = (f"{med.index[0]}'s ({deg(med.iloc[0])}, 95 % CI {ci(med.index[0])})" if len(tied) == 1 else
               f"shared by {', '.join(tied)} ({deg(med[tied].min())} to {deg(med[tied].max())}, within the tie factor "
@@ -54,6 +53,16 @@ def _extremes_sentence(df, ranked, methods_order) -> str:
                 f"{ci(med.index[0])}){rule}{left_out}.{note}")
     return (f"{where}, the lowest median angle is {lowest} and the highest is {med.index[-1]}'s "
             f"({deg(med.iloc[-1])}, 95 % CI {ci(med.index[-1])}){rule}{left_out}.{note}")
+
+
+def _ci(angles) -> str:
+    """Distribution-free 95 % interval of the median of ``angles`` (degrees), as text."""
+    lo, hi = median_interval(angles)
+    return "none (too few cells)" if lo != lo else f"[{deg(lo)}, {deg(hi)}]"
+
+
+def _median_with_ci(angles) -> str:
+    return f"{deg(pd.Series(angles).median())} (95 % CI {_ci(angles)})"
 
 
 def _failure_sentences(df, methods_order) -> list[str]:
@@ -86,8 +95,14 @@ def _gap_sentences(ranked, methods_order) -> list[str]:
         return []
     low, high = gaps.quantile(0.25), gaps.quantile(0.75)
     n_small, n_large = int((cells["min_rel_gap"] <= low).sum()), int((cells["min_rel_gap"] >= high).sum())
-    small = ranked[ranked["min_rel_gap"] <= low].groupby("method")["angle_score"].median()
-    large = ranked[ranked["min_rel_gap"] >= high].groupby("method")["angle_score"].median()
+    small_rows, large_rows = ranked[ranked["min_rel_gap"] <= low], ranked[ranked["min_rel_gap"] >= high]
+    small = small_rows.groupby("method")["angle_score"].median()
+    large = large_rows.groupby("method")["angle_score"].median()
+
+    def moved(m) -> str:  # the method's medians in both quarters, with their intervals
+        return (f"{_median_with_ci(large_rows.loc[large_rows['method'] == m, 'angle_score'])} → "
+                f"{_median_with_ci(small_rows.loc[small_rows['method'] == m, 'angle_score'])}")
+
     names = [m for m in methods_order if m in small.index and m in large.index]
     phrases = [f"{m} {deg(large[m])} → {deg(small[m])}" for m in names]
     out = [f"Over the same {len(cells)} cells, from the quarter with the largest relative gap (≥ {high:.2g}, "
@@ -103,9 +118,9 @@ def _gap_sentences(ranked, methods_order) -> list[str]:
     elif not finite.empty and finite.max() > 0:
         top = finite.idxmax()
         tied = [m for m in finite.index if m != top and finite[m] >= finite[top] / TIE_FACTOR]
-        out.append(f"The largest rise of the median angle ({metric}) is {top}'s (+{finite[top]:.3g}°)"
+        out.append(f"The largest rise of the median angle ({metric}) is {top}'s (+{finite[top]:.3g}°: {moved(top)})"
                    + (f"; within the tie factor {TIE_FACTOR:g} of it: "
-                      + ", ".join(f"{m} (+{finite[m]:.3g}°)" for m in tied) if tied else "") + ".")
+                      + ", ".join(f"{m} (+{finite[m]:.3g}°: {moved(m)})" for m in tied) if tied else "") + ".")
     elif not finite.empty:
         out.append("No method's median angle rises from the large-gap to the small-gap quarter.")
     return out
@@ -142,10 +157,16 @@ def _size_sentence(ranked, methods_order) -> list[str]:
     if ranked["d"].nunique() <= 1:
         return []
     dmin, dmax = ranked["d"].min(), ranked["d"].max()
-    a = ranked[ranked["d"] == dmin].groupby("method")["angle_score"].median()
-    b = ranked[ranked["d"] == dmax].groupby("method")["angle_score"].median()
+    at_min, at_max = ranked[ranked["d"] == dmin], ranked[ranked["d"] == dmax]
+    a = at_min.groupby("method")["angle_score"].median()
+    b = at_max.groupby("method")["angle_score"].median()
     grew = [m for m in methods_order if m in a.index and m in b.index and np.isfinite(a[m]) and b[m] > 10 * a[m]]
-    n_min, n_max = (ranked.loc[ranked["d"] == x, "cell_id"].nunique() for x in (dmin, dmax))
+    n_min, n_max = at_min["cell_id"].nunique(), at_max["cell_id"].nunique()
+
+    def grown(m) -> str:  # the method's medians at both sizes, with their intervals
+        return (f"{m} ({_median_with_ci(at_min.loc[at_min['method'] == m, 'angle_score'])} → "
+                f"{_median_with_ci(at_max.loc[at_max['method'] == m, 'angle_score'])})")
+
     return [f"From d={dmin} ({n_min} cells) to d={dmax} ({n_max} cells), on the same cells for every method, "
-            + (f"the median angle grows more than tenfold for {', '.join(grew)}."
+            + (f"the median angle grows more than tenfold for {'; '.join(grown(m) for m in grew)}."
                if grew else "no method's median angle grows more than tenfold.")]
