@@ -282,3 +282,16 @@ def test_unfinished_cells_counts_cells_of_other_code_as_done_only_when_they_woul
     assert len(runner.unfinished_cells(study, out_root=tmp_path, stale="reuse")) == total - 2
     with pytest.raises(ValueError, match="stale must be one of"):
         runner.unfinished_cells(study, out_root=tmp_path, stale="keep")
+
+
+def test_a_study_folder_whose_gitignore_predates_the_unfinished_record_gets_its_line(tmp_path):
+    """A .gitignore written by an older stabkit (``cells/`` only) or by the user keeps its lines and gains
+    ``run.unfinished.json``, so a stopped run's record never shows as an untracked file; one that has it is kept."""
+    out = tmp_path / "tiny"
+    out.mkdir()
+    (out / ".gitignore").write_text("cells/\n*.png\n")
+    runner.run_study(TINY, {}, jobs=1, out_root=tmp_path, progress=False, max_cells=1)
+    assert (out / ".gitignore").read_text() == "cells/\n*.png\nrun.unfinished.json\n"
+    (out / ".gitignore").write_text("run.unfinished.json  \n")  # the user's own, already ignoring the record
+    runner.run_study(TINY, {}, jobs=1, out_root=tmp_path, progress=False, max_cells=1)
+    assert (out / ".gitignore").read_text() == "run.unfinished.json  \n"

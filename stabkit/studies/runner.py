@@ -160,13 +160,20 @@ class _Run:
         self.cells_dir = self.out_dir / "cells"
         self.done: dict[str, dict] = {}
 
+    def _ignore_unpublished(self) -> None:
+        """A ``.gitignore`` hiding ``cells/`` and the run's unfinished record from git; an existing one is the
+        user's (the survival study commits its cells) and only gets the record's line if it lacks it (written by
+        a stabkit from before the record had its own file)."""
+        gitignore = self.out_dir / ".gitignore"
+        lines = gitignore.read_text().splitlines() if gitignore.exists() else ["cells/"]
+        if UNFINISHED not in (line.strip() for line in lines):
+            write_text_atomic(gitignore, "\n".join([*lines, UNFINISHED]) + "\n")
+
     def prepare(self, stale: str, log, max_cells: int | None) -> list[dict]:
         """Clean up after a killed run, load the finished cells, start the run's record; return the cells to do."""
         for leftover in self.out_dir.glob(".*.tmp"):  # temporaries of a run killed while writing
             leftover.unlink(missing_ok=True)
-        gitignore = self.out_dir / ".gitignore"
-        if not gitignore.exists():  # an existing one is the user's (the survival study commits its cells)
-            write_text_atomic(gitignore, f"cells/\n{UNFINISHED}\n")
+        self._ignore_unpublished()
         self.sources = _store.sources_hash()
         other_code = self._load_finished(stale, log)
         todo = [c for c in self.cells if c["cell_id"] not in self.done]
