@@ -231,3 +231,11 @@ def test_median_interval_is_the_order_statistics_at_scipys_ranks(n):
 def test_median_interval_ranks_at_large_n_match_scipy(n):
     r = _scipy_rank(n)  # 2.0 ** n overflows a float from n = 1024: the interval counts in integers
     assert _stats.median_interval(np.arange(n, dtype=float)) == (r - 1, n - r)
+
+
+@pytest.mark.parametrize("lo, hi", [(-0.1, 0.5), (0.2, 1.5), (1.2, 1.3), (0.0, math.inf), (-math.inf, 0.5)])
+def test_percent_interval_refuses_bounds_outside_0_1(lo, hi):
+    """Bounds are probabilities: 1.5 printed '[20, 150]' (and −0.1 a negative percentage) before."""
+    with pytest.raises(ValueError, match="lo=.*hi="):
+        _stats.percent_interval(lo, hi)
+    assert _stats.percent_interval(0.0, 1.0) == "[0, 100]" and _stats.percent_interval(math.nan, 0.5) == "—"

@@ -97,9 +97,12 @@ def round_up(x: float, sig: int = 2, percent: bool = False) -> str:
 def percent_interval(lo: float, hi: float, sig: int = 2) -> str:
     """``[lo, hi]`` in %, rounded outward (lower bound down, upper bound up): the printed interval
     contains the computed one, and a bound that is not 0 or 100 % is never printed as one
-    (``sig`` digits of min(x, 1 − x): 0.0017 → 0.16, 0.676 → 67, 0.99958 → 99.958); "—" for NaN."""
+    (``sig`` digits of min(x, 1 − x): 0.0017 → 0.16, 0.676 → 67, 0.99958 → 99.958); "—" for NaN.
+    ValueError for a bound outside [0, 1]: the rounding is that of a probability."""
     if lo != lo or hi != hi:
         return "—"
+    if not (0 <= lo <= 1 and 0 <= hi <= 1):
+        raise ValueError(f"percent_interval: bounds must be probabilities in [0, 1], got lo={lo!r}, hi={hi!r}")
     return f"[{round_down(lo, sig, percent=True)}, {round_up(hi, sig, percent=True)}]"
 
 
