@@ -96,3 +96,11 @@ def test_study_kinds_do_not_borrow_private_names():
                         borrowed += [f"{path.relative_to(ROOT)}: {a.name} from {node.module}" for a in node.names
                                      if a.name.startswith("_")]
     assert not borrowed, "\n".join(borrowed)
+
+
+def test_the_dtype_names_are_spelled_once():
+    """float32/float64 as the names a command, a study grid or a config takes are
+    ``stabkit.validation.DTYPE_NAMES``: a module that spells the pair itself drifts from it."""
+    pair = '"float32", "float64"'
+    found = [str(p.relative_to(ROOT)) for p in SOURCES if pair in p.read_text(encoding="utf-8")]
+    assert not found, f"spell {pair} as stabkit.validation.DTYPE_NAMES in: {', '.join(found)}"

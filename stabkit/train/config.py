@@ -17,7 +17,7 @@ import torch
 
 from .. import methods
 from ..methods import Spec
-from ..validation import is_count
+from ..validation import DTYPE_NAMES, is_count
 from .preset import MILESTONE_UNITS, STOP_ON, get_preset
 from .resnet import stage_channels
 
@@ -107,7 +107,7 @@ def _check_cpu_layout(cfg: dict) -> None:
 def _check_model(cfg: dict) -> None:
     if cfg["norm"] not in ("zca", "bn"):
         raise ValueError(f"unknown norm {cfg['norm']!r}: choose 'zca' or 'bn'")
-    if cfg["dtype"] not in ("float32", "float64"):
+    if cfg["dtype"] not in DTYPE_NAMES:
         raise ValueError(f"unknown dtype {cfg['dtype']!r}: choose float32 or float64")
     for key in ("epochs", "batch_size", "lr", "width", "gamma"):
         if not _number(cfg, key) > 0 or not math.isfinite(_number(cfg, key)):

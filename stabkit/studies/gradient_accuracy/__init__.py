@@ -18,6 +18,7 @@ import numpy as np
 
 from ... import methods as _methods
 from ...losses import LOSSES
+from ...validation import DTYPE_NAMES
 from .. import _specs, with_defaults
 from .._checks import as_list, choice_list, family_entry, family_label, family_params_text, int_list, no_duplicates
 
@@ -31,7 +32,7 @@ GRID_DEFAULTS: dict = {
         + ["wishart"]
     ),
     "d": [4, 8, 16, 32, 64, 128, 256],
-    "dtypes": ["float32", "float64"],
+    "dtypes": list(DTYPE_NAMES),
     "losses": ["zca", "eigvec", "sqrt"],
     "seeds": [0],
 }
@@ -44,7 +45,7 @@ COLUMNS = (
     "min_abs_gap", "min_rel_gap", "max_abs_K", "numerical_rank", "condition", "error",
 )
 
-DTYPES = ("float32", "float64")
+DTYPES = DTYPE_NAMES
 
 
 # ----------------------------------------------------------------------------- grid

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ...validation import DTYPE_NAMES
 from .._stats import median_interval
 from ._scoring import TIE_FACTOR, deg, own_function_mask, pct, ranked_rows, tie_group
 
@@ -128,7 +129,7 @@ def _gap_sentences(ranked, methods_order) -> list[str]:
 
 def _dtype_sentence(df, methods_order) -> list[str]:
     """float32 / float64 median angle per method, each on the cells it was scored on in both dtypes."""
-    if df["dtype"].nunique() <= 1 or not {"float32", "float64"} <= set(df["dtype"]):
+    if df["dtype"].nunique() <= 1 or not set(DTYPE_NAMES) <= set(df["dtype"]):
         return []
     def by_twin(dtype):  # the cell id without its dtype (cell ids: family|d=…|dtype|loss|seed=…)
         rows = df[df["dtype"] == dtype]

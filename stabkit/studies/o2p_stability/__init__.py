@@ -34,6 +34,7 @@ import time
 import numpy as np
 
 from ... import methods
+from ...validation import DTYPE_NAMES
 from .. import _specs, with_defaults
 from .._checks import as_list, choice_list, family_entry, family_label, family_params_text, int_list, no_duplicates
 from ._truth import DPS, o2p_truth, pc_truth
@@ -41,7 +42,7 @@ from ._truth import DPS, o2p_truth, pc_truth
 DELTAS = (1e-2, 1e-4, 1e-6, 1e-8, 1e-10, 1e-12)
 #: The declarative layers scored on the principal eigenvector beside the registry methods.
 DECLARATIVE = ("less", "ied", "ied-power")
-DTYPES = ("float32", "float64")
+DTYPES = DTYPE_NAMES
 ROUTES = ("svd", "eig", "svd-dk")
 
 GRID_DEFAULTS: dict = {

@@ -11,6 +11,7 @@ import pandas as pd
 
 from ... import methods
 from ..._markdown import markdown_table
+from ...validation import DTYPE_NAMES
 from .. import _figures
 from .._checks import family_label, variant_labels
 
@@ -158,7 +159,7 @@ def _pc_reading(pc: pd.DataFrame, declarative, pc_order: list) -> list[str]:
     worst = mat.groupby(["method", "dtype"])["angle_deg"].max().unstack()
     n = mat.groupby(["method", "dtype"]).size().unstack()
     for m in [m for m in pc_order if methods.spec(m).method.paper_name in TRUNCATING]:
-        if m in worst.index and {"float32", "float64"} <= set(worst.columns) and n.loc[m].notna().all():
+        if m in worst.index and set(DTYPE_NAMES) <= set(worst.columns) and n.loc[m].notna().all():
             w32, w64 = worst.loc[m, "float32"], worst.loc[m, "float64"]
             n32, n64 = int(n.loc[m, "float32"]), int(n.loc[m, "float64"])
             text = (f"- {m}'s worst angle is {w32:.3g}° in float32 and {w64:.3g}° in float64 (over "

@@ -34,12 +34,13 @@ import numpy as np
 from ... import methods
 from ...train import table_iv
 from ...train.preset import get_preset
+from ...validation import DTYPE_NAMES
 from .. import with_defaults
 
 GRID_DEFAULTS = {
     "methods": table_iv.names(),  # registry specs, e.g. "taylor:K=9"; default: the Table IV rows' methods
     "dims": [4, 8, 16, 32, 64],
-    "dtypes": ["float32", "float64"],
+    "dtypes": list(DTYPE_NAMES),
     "seeds": 8,
     "bn_baseline": True,
     "epochs": 1.0,
@@ -73,7 +74,7 @@ def validate(grid: dict) -> dict:
             raise ValueError(f"zca_cifar10: dims must divide 64 (conv1's channels), got {d}")
     g["dims"] = [int(d) for d in g["dims"]]
     for t in g["dtypes"]:
-        if t not in ("float32", "float64"):
+        if t not in DTYPE_NAMES:
             raise ValueError(f"zca_cifar10: dtypes must be float32/float64, got {t!r}")
     if int(g["seeds"]) < 1:
         raise ValueError(f"zca_cifar10: seeds must be ≥ 1, got {g['seeds']}")

@@ -34,6 +34,7 @@ import numpy as np
 from ... import methods
 from ...train import table_iv
 from ...train.preset import get_preset
+from ...validation import DTYPE_NAMES
 from .. import with_defaults
 
 KIND = "zca_cifar10_survival"
@@ -115,7 +116,7 @@ def _check_cells(g: dict) -> list:
 def _check_numbers(g: dict) -> None:
     kind = KIND
     for t in g["dtypes"]:
-        if t not in ("float32", "float64"):
+        if t not in DTYPE_NAMES:
             raise ValueError(f"{kind}: dtypes must be float32/float64, got {t!r}")
     for key in ("seeds", "seed_block"):
         if int(g[key]) < 1:
