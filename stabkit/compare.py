@@ -29,7 +29,7 @@ import numpy as np
 from . import methods, metrics, reference
 from .losses import make_loss, truncate
 from .reference import Truth, ground_truth
-from .validation import check_dtype, check_symmetric
+from .validation import check_symmetric, dtype_name
 
 #: The row keys ``compare`` produces per method (the CLI's JSON lines add "method").
 ROW_KEYS = ("angle_deg", "angle_full_deg", "kept", "rel_err", "norm_ratio", "finite", "seconds", "truth_digits")
@@ -53,6 +53,7 @@ class Comparison:
     truth: Truth  # of the untruncated loss
     rows: list[dict]  # one per method: method + ROW_KEYS (+ "error" when the method raised)
     diagnostics: dict
+    dtype: str = "float64"  # the methods' dtype, by its name (validation.DTYPE_NAMES)
 
 
 def compare(A, loss_name: str, method_specs=None, *, dtype="float64", seed: int = 0, weight=None, k: int = 1,
@@ -62,9 +63,12 @@ def compare(A, loss_name: str, method_specs=None, *, dtype="float64", seed: int 
     The truth is that of the matrix actually fed to the methods (A rounded to ``dtype``), so the
     comparison measures the backward rule, not the rounding of the input. ``method_specs``: Specs
     (or anything ``methods.spec`` takes: spec text, a (name, params) pair), made Specs once here;
-    default every registered method.
+    default every registered method. ``dtype``: "float32" or "float64", or np.float32/np.float64
+    (or their np.dtype), recorded by name in ``Comparison.dtype``; numpy's text aliases ("double",
+    "f8") are refused, as on the command line.
     """
-    dt = check_dtype(dtype)
+    name = dtype_name(dtype)
+    dt = np.dtype(name)
     A = check_symmetric(np.asarray(A)).astype(dt)
     d = A.shape[-1]
     loss = make_loss(loss_name, d, seed=seed, weight=weight, k=k)
@@ -106,7 +110,7 @@ def compare(A, loss_name: str, method_specs=None, *, dtype="float64", seed: int 
                        finite=False, truth_digits=float(truth.digits), error=f"{type(exc).__name__}: {exc}")
         row.setdefault("seconds", time.perf_counter() - start)
         rows.append(row)
-    return Comparison(truth, rows, metrics.spectrum_diagnostics(truth.eigenvalues, dt))
+    return Comparison(truth, rows, metrics.spectrum_diagnostics(truth.eigenvalues, dt), name)
 
 
 def iterated_truth(A, loss, spec, kept=None) -> Truth:

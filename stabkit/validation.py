@@ -41,6 +41,17 @@ def check_dtype_name(name) -> str:
     return name
 
 
+def dtype_name(dtype) -> str:
+    """The name ("float32" or "float64") of a dtype as a Python caller passes it: that name, or
+    ``np.float32``/``np.float64`` or their ``np.dtype``; InputError for anything else, numpy's text
+    aliases ("double", "f8", …) included, as :func:`check_dtype_name`."""
+    if isinstance(dtype, np.dtype) or (isinstance(dtype, type) and issubclass(dtype, np.generic)):
+        dt = np.dtype(dtype)
+        if dt in (np.dtype(t) for t in SUPPORTED_DTYPES):  # native byte order only
+            return dt.name
+    return check_dtype_name(dtype)
+
+
 def check_dtype(dtype) -> np.dtype:
     try:
         dt = np.dtype(dtype)

@@ -276,3 +276,15 @@ def test_nan_rates_count_finite_runs_whose_own_truth_is_short():
     assert ran.groupby("method")["nonfinite"].mean().to_dict() == {"analytic": 0.0, "pi-forward": 0.25}
     assert len(scored(df).query("method == 'pi-forward'")) == 1  # only the failure has an angle
     assert ga.summary(df).endswith("highest NaN/Inf rate: pi-forward (25%)")
+
+
+@pytest.mark.parametrize("alias", ["double", "f8", "single", "float", np.float16, "float16", None, "torch.float32"])
+def test_compare_takes_the_dtypes_the_command_line_takes(alias):
+    """The library refuses numpy's aliases as `stabkit compare --dtype` does (it ran "double" as float64
+    and recorded nothing); a numpy float type or dtype is taken and recorded by its name."""
+    A = build([1.0, 2.0, 4.0])
+    with pytest.raises(ValueError, match="unsupported dtype"):
+        cmp.compare(A, "zca", ["analytic"], dtype=alias)
+    for given, name in [(np.float32, "float32"), (np.dtype("float64"), "float64"), ("float32", "float32")]:
+        result = cmp.compare(A, "zca", ["analytic"], dtype=given)
+        assert result.dtype == name and result.rows[0]["finite"]
