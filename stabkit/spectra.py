@@ -27,6 +27,8 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
+from .validation import dtype_name
+
 __all__ = ["Spectrum", "FAMILIES", "FAMILY_STREAMS", "make", "haar_orthogonal"]
 
 
@@ -278,13 +280,11 @@ def haar_orthogonal(d: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def _dtype(dtype) -> np.dtype:
+    """The dtype ``validation.dtype_name`` takes (a name, np.float32/np.float64 or their np.dtype)."""
     try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        dt = None
-    if dt not in (np.dtype(np.float32), np.dtype(np.float64)) or isinstance(dtype, bool):
-        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
-    return dt
+        return np.dtype(dtype_name(dtype))
+    except ValueError:
+        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}") from None
 
 
 def make(family: str, d: int, seed: int = 0, dtype: str = "float64", **params) -> Spectrum:

@@ -240,6 +240,11 @@ BAD = [
     (("separated", 4, -1), {}, r"seed=-1 is impossible"),
     (("separated", 4, 0, "float16"), {}, r"dtype must be 'float32' or 'float64', got 'float16'"),
     (("separated", 4, 0, "int64"), {}, r"dtype must be 'float32' or 'float64'"),
+    # a dtype numpy cannot read, or None, gave a float64 matrix without a word; aliases as the CLI refuses them
+    (("separated", 4, 0, "foo"), {}, r"dtype must be 'float32' or 'float64', got 'foo'"),
+    (("separated", 4, 0, None), {}, r"dtype must be 'float32' or 'float64', got None"),
+    (("separated", 4, 0, object()), {}, r"dtype must be 'float32' or 'float64', got <object"),
+    (("separated", 4, 0, "f4"), {}, r"dtype must be 'float32' or 'float64', got 'f4'"),
     (("separated", 4), {"cond": 0.5}, r"cond=0.5 is impossible \(need cond > 1\)"),
     (("lapack", 4), {"cond": 0.5}, r"lapack: cond=0.5 is impossible \(need cond >= 1\)"),
     (("lapack", 4), {"cond": math.inf}, r"cond must be finite"),
@@ -281,6 +286,7 @@ def test_bad_input_raises_naming_the_problem(args, kwargs, message):
 def test_dtype_objects_accepted():
     assert spectra.make("separated", 3, 0, np.float64).matrix.dtype == np.float64
     assert spectra.make("separated", 3, 0, np.float32).matrix.dtype == np.float32
+    assert spectra.make("separated", 3, 0, np.dtype("float32")).matrix.dtype == np.float32
 
 
 def test_label_names_the_family_parameters_that_make_accepts():
