@@ -65,8 +65,10 @@ def check_dtype(dtype) -> np.dtype:
 def check_symmetric(a, name: str = "matrix") -> np.ndarray:
     """Validate a real symmetric matrix (or batch, shape (..., d, d)); return it exactly symmetric.
 
-    Rejects: non-arrays, unsupported dtypes, fewer than 2 dimensions, non-square, empty, NaN/Inf,
-    asymmetry beyond ``SYMMETRY_RTOL``. Asymmetry within tolerance is removed by (A + Aᵀ)/2.
+    Rejects: non-arrays, unsupported dtypes, fewer than 2 dimensions, non-square, empty (d = 0),
+    NaN/Inf, asymmetry beyond ``SYMMETRY_RTOL``. Asymmetry within tolerance is removed by (A + Aᵀ)/2.
+    An empty batch (0, d, d) holds nothing to check and is returned as is, as ``stabkit.torch``
+    returns it.
     """
     a = np.asarray(a)
     if a.dtype.kind not in "fiu":
@@ -76,8 +78,10 @@ def check_symmetric(a, name: str = "matrix") -> np.ndarray:
         raise InputError(f"{name} must be a square matrix, got shape {a.shape}")
     if a.shape[-1] != a.shape[-2]:
         raise InputError(f"{name} is not square: shape {a.shape}")
-    if a.size == 0 or a.shape[-1] == 0:
+    if a.shape[-1] == 0:
         raise InputError(f"{name} is empty: shape {a.shape}")
+    if a.size == 0:
+        return a.copy()
     finite = np.isfinite(a)
     if not finite.all():
         n_nan, n_inf = int(np.isnan(a).sum()), int(np.isinf(a).sum())

@@ -26,6 +26,19 @@ def test_bad_input_is_named(bad, needle):
         check_symmetric(bad)
 
 
+def test_an_empty_batch_is_accepted_as_stabkit_torch_accepts_it():
+    """(0, d, d) was "empty" here while stabkit.torch.eigh returns empty factors for it; (0, 0) stays refused."""
+    import torch
+
+    import stabkit.torch as st
+
+    for shape in [(0, 3, 3), (2, 0, 3, 3)]:
+        assert check_symmetric(np.zeros(shape)).shape == shape
+        assert st.eigh(torch.zeros(shape, dtype=torch.float64)).eigenvalues.shape == shape[:-1]
+    with pytest.raises(ValueError, match="empty"):
+        check_symmetric(np.zeros((2, 0, 0)))
+
+
 def test_tiny_asymmetry_is_removed():
     A = np.array([[1.0, 2.0], [2.0 + 1e-15, 1.0]])
     S = check_symmetric(A)
