@@ -323,3 +323,20 @@ def test_resolved_params_round_trip_through_gradient():
         g, _, _ = methods.spec((spec.name, spec.params)).gradient(A, loss)
         assert np.isfinite(g).all()
     assert methods.parse("degenerate:atol=1e-9").params == {"atol": 1e-9, "rtol": None}
+
+
+@pytest.mark.parametrize("bad, needle", [
+    (np.array([[np.nan, 0.0], [0.0, 1.0]]), "NaN"),
+    (np.array([[2.0, 0.5], [0.5, 1.0]]) * (1 + 1j), "unsupported dtype .*complex128"),
+    (np.array([[2, 1], [1, 3]]), "unsupported dtype .*int64"),
+    (np.array([[2.0, 5.0], [1.0, 3.0]]), "not symmetric"),
+    (np.ones((2, 3)), "square"),
+])
+def test_evaluate_on_numpy_refuses_what_stabkit_torch_eigh_refuses(bad, needle):
+    """Spec.evaluate gave a NaN gradient for a NaN input, a complex one for a complex input and read
+    the lower triangle of a non-symmetric one, all without a word, where stabkit.torch.eigh refuses."""
+    loss = make_loss("zca", 2)
+    with pytest.raises(ValueError, match=needle):
+        methods.spec("taylor").evaluate(bad, loss)
+    with pytest.raises(ValueError, match=needle):
+        eigh(torch.from_numpy(bad))

@@ -94,7 +94,15 @@ class Spec:
 
     def evaluate(self, A, loss):
         """(grad, lam, U, kept) for probe loss ``loss`` at A: the forward decides (λ, U), the loss
-        gradient is taken there; a truncating method's grad is that of the loss on its kept pairs."""
+        gradient is taken there; a truncating method's grad is that of the loss on its kept pairs.
+
+        A numpy A meets the input contract of ``stabkit.torch.eigh`` (``validation.check_symmetric``:
+        InputError for NaN/Inf, a dtype other than float32/float64, a non-square or non-symmetric A);
+        a tensor is taken as is (``stabkit.torch`` checks its own calls)."""
+        if not _xp.is_torch(_xp.namespace(A)):
+            from ..validation import check_symmetric  # here: stabkit.errors imports this module
+
+            check_symmetric(A)
         with _xp.errstate(A):
             lam, U, state = self.forward(A)
             gU, glam = loss.grads(U, lam)
