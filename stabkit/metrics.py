@@ -48,7 +48,11 @@ def norm_ratio(g: ArrayLike, g_true: ArrayLike) -> float:
 
 
 def _pair(g, g_true) -> tuple[np.ndarray, np.ndarray]:
-    g, g_true = np.asarray(g, dtype=np.float64), np.asarray(g_true, dtype=np.float64)
+    g, g_true = np.asarray(g), np.asarray(g_true)
+    for what, x in (("g", g), ("the truth", g_true)):
+        if x.dtype.kind not in "biuf":  # a complex g would be cast to its real part, with only a warning
+            raise InputError(f"gradient metrics: {what} has dtype {x.dtype}; a real gradient is needed")
+    g, g_true = g.astype(np.float64), g_true.astype(np.float64)
     if g.shape != g_true.shape:
         raise InputError(f"gradient metrics: g has shape {g.shape} but the truth has {g_true.shape}")
     return g, g_true

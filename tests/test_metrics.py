@@ -86,3 +86,13 @@ def test_metrics_at_the_top_of_float64s_range():
     assert metrics.norm_ratio([1e-300, 0.0], [big, 0.0]) == 0.0  # 1e-608 underflows
     assert metrics.angle_deg([big, big], [1.0, 1.0]) == pytest.approx(0.0, abs=1e-12)
     assert metrics.angle_deg([big, 0.0], [0.0, 5e-324]) == pytest.approx(90.0, rel=1e-12)
+
+
+@pytest.mark.parametrize("metric", [metrics.angle_deg, metrics.rel_err, metrics.norm_ratio])
+def test_a_complex_gradient_is_refused_not_cast_to_its_real_part(metric):
+    """g = (1 + i)·g* scored angle 0° and rel_err 0 (numpy dropped the imaginary part with a warning)."""
+    g_true = np.eye(2)
+    for g, truth in ((g_true * (1 + 1j), g_true), (g_true, g_true * 1j), (np.array([["a", "b"], ["c", "d"]]), g_true)):
+        with pytest.raises(ValueError, match="a real gradient is needed"):
+            metric(g, truth)
+    assert metric(np.eye(2, dtype=np.float32), g_true) == metric(g_true, g_true)
