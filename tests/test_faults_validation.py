@@ -63,6 +63,17 @@ def test_domain_is_checked_for_python_calls_too():
         methods.bind("taylor", {"K": True}).params
 
 
+@pytest.mark.parametrize("call", [
+    lambda: methods.spec(("taylor", [("K", 3)])), lambda: methods.bind("taylor", "K=3"),
+    lambda: methods.spec((1, {})), lambda: methods.get(["taylor"]), lambda: methods.bind(None),
+])
+def test_a_method_or_parameters_of_the_wrong_type_are_a_method_spec_error(call):
+    """A list of pairs, spec text as parameters, or a number/list as the method gave AttributeError or
+    TypeError from inside bind/get."""
+    with pytest.raises(methods.MethodSpecError, match="method"):
+        call()
+
+
 def test_domain_edges_are_accepted_and_give_the_closed_form():
     """The smallest legal values: taylor K=0 is F_ij = sign/λ_hi; clip with a tiny τ is ±τ."""
     lam = np.array([1.0, 2.0, 4.0])

@@ -118,14 +118,16 @@ def get(name: str) -> Method:
 
     try:
         return REGISTRY[name]
-    except KeyError:
+    except (KeyError, TypeError):  # TypeError: an unhashable name (a list)
         raise MethodSpecError(f"unknown method {name!r}: choose one of {', '.join(NAMES)}") from None
 
 
 def bind(method: Method | str, params: Mapping | None = None) -> Spec:
     """A :class:`Spec` from a method (or its name) and parameter values (text or numbers), each
     converted to its domain's type and checked; MethodSpecError naming what is wrong otherwise."""
-    method = get(method) if isinstance(method, str) else method
+    method = method if isinstance(method, Method) else get(method)
+    if params is not None and not isinstance(params, Mapping):
+        raise MethodSpecError(f"method {method.name!r}: parameters must be a mapping such as {{'K': 19}}, got {params!r}")
     merged = dict(method.defaults)
     for key, value in (params or {}).items():
         if key not in method.defaults:
