@@ -26,6 +26,7 @@ import numpy as np
 
 from . import _xp
 from .errors import InputError
+from .validation import is_count
 
 
 def _weight(d: int, seed: int) -> np.ndarray:
@@ -135,6 +136,10 @@ def make_loss(name: str, d: int, seed: int = 0, weight: np.ndarray | None = None
     """
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}: choose one of {', '.join(LOSSES)}")
+    for what, value, least in (("matrix size d", d, 1), ("seed", seed, 0)):
+        if not is_count(value, least):
+            raise InputError(f"loss {name!r}: {what} must be an integer ≥ {least}, got {value!r}")
+    d, seed = int(d), int(seed)
     if weight is None:
         weight = _weight(d, seed)
     else:
@@ -171,10 +176,10 @@ def make_loss(name: str, d: int, seed: int = 0, weight: np.ndarray | None = None
     if name == "eigvec":
         w = np.random.default_rng(np.random.SeedSequence([seed, d, 0xE16])).standard_normal(d)
         return WeightedEigvecLoss(name, weight, w)
-    if not 1 <= k < d:
-        raise ValueError(f"projector rank k must satisfy 1 ≤ k < d = {d}, got {k}")
+    if not is_count(k, 1) or not k < d:
+        raise ValueError(f"projector rank k must be an integer with 1 ≤ k < d = {d}, got {k!r}")
     w = np.zeros(d)
-    w[d - k:] = 1.0
+    w[d - int(k):] = 1.0
     return WeightedEigvecLoss(name, weight, w)
 
 

@@ -86,3 +86,17 @@ def test_losses_without_higher_derivative_bounds():
 def test_truncate_rejects_a_mask_of_the_wrong_size():
     with pytest.raises(InputError, match="kept mask has 2 entries for 3 eigenvalues"):
         truncate(make_loss("zca", 3), np.array([0.5, 1.0, 2.0]), [True, False])
+
+
+@pytest.mark.parametrize("args, kwargs, needle", [
+    (("zca", -1), {}, "d must be an integer ≥ 1, got -1"), (("zca", 0), {}, "got 0"), (("zca", 2.5), {}, "got 2.5"),
+    (("zca", "3"), {}, "got '3'"), (("eigvec", 3, -1), {}, "seed must be an integer ≥ 0, got -1"),
+    (("zca", 3, 1.5), {}, "got 1.5"), (("zca", 3, None), {}, "got None"),
+    (("projector", 3), {"k": 1.5}, "got 1.5"), (("projector", 3), {"k": "1"}, "got '1'"),
+])
+def test_bad_size_seed_or_rank_is_named(args, kwargs, needle):
+    """numpy's "expected non-negative integer", "seed must be integer" or a slice TypeError before;
+    d = 0 gave a loss of an empty matrix."""
+    with pytest.raises(ValueError, match=needle):
+        make_loss(*args, **kwargs)
+    assert make_loss("projector", 4, seed=2.0, k=2.0).w.tolist() == [0, 0, 1, 1]
