@@ -336,3 +336,17 @@ def test_truth_keeps_its_old_constructor():
     """Truth gained a ``note`` field with a default: five-argument construction still works."""
     t = R.Truth(np.eye(2), np.ones(2), 30.0, "flint", 0.1)
     assert t.note == "" and t.certified
+
+
+def test_ground_truth_and_iterated_truth_name_a_bad_loss_steps_or_mask():
+    """AttributeError ('str' object has no attribute 'weight'), int(nan)/int(None) errors and a numpy
+    reshape error before."""
+    A = np.diag([1.0, 2.0, 3.0])
+    with pytest.raises(InputError, match="loss must be a probe loss .*'zca'"):
+        R.ground_truth(A, "zca", cache=False)
+    loss = make_loss("zca", 3)
+    for steps in (float("nan"), None, "3", 2.5, 0):
+        with pytest.raises(ValueError, match="whole number of steps"):
+            R.iterated_truth(A, loss, np.eye(3), steps, cache=False)
+    with pytest.raises(InputError, match="mask of the 3 eigenpairs"):
+        R.iterated_truth(A, loss, np.eye(3), 3, kept=[True], cache=False)

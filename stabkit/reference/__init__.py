@@ -80,6 +80,7 @@ import mpmath
 import numpy as np
 
 from ..errors import InputError
+from ..validation import is_count
 from . import _cache, _mpmath
 from ._cache import ENGINE_VERSIONS, ReferenceCacheWarning
 from ._common import MAX_DIGITS, agreement_digits, as_exact_float64, choose_digits
@@ -164,11 +165,13 @@ def iterated_truth(A, loss, starts, steps: int, kept=None, *, cache: bool = True
     d = A.shape[0]
     _check_loss_size(loss, d)
     starts = np.asarray(starts, dtype=np.float64)
-    kept = np.ones(d, dtype=bool) if kept is None else np.asarray(kept, dtype=bool).reshape(d)
+    kept = np.ones(d, dtype=bool) if kept is None else np.asarray(kept, dtype=bool)
+    if kept.shape != (d,):
+        raise InputError(f"kept must be a mask of the {d} eigenpairs, got shape {kept.shape}")
     if starts.shape != (d, d) or not np.isfinite(starts).all():
         raise ValueError(f"start vectors must be a finite ({d}, {d}) array, got shape {starts.shape}")
-    if int(steps) != steps or steps < 1:
-        raise ValueError(f"power iteration needs a whole number of steps ≥ 1, got {steps}")
+    if isinstance(steps, str) or not is_count(steps, 1):
+        raise ValueError(f"power iteration needs a whole number of steps ≥ 1, got {steps!r}")
     path = _cache.path_for(f"{_cache.iterated_key(A, starts, int(steps), kept, loss)}.npz", cache)
     if path is not None:
         truth = _cache.read(path, lambda raw: _truth_from_bytes(raw, ("arb",)))
@@ -235,6 +238,8 @@ def _engine(A, loss, engine: str, cache: bool, _dps: int | None, input_dtype=np.
 
 def _check_loss_size(loss, d: int) -> None:
     """A loss built for another d would be silently cut or broadcast by the engines."""
+    if not hasattr(loss, "weight"):
+        raise InputError(f"loss must be a probe loss (stabkit.losses.make_loss(name, {d})), got {loss!r}")
     shape = np.shape(loss.weight)
     if shape != (d, d):
         raise InputError(f"the loss's weight has shape {shape} but A is {d}×{d}: build the loss for d = {d} "

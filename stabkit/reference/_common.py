@@ -9,7 +9,7 @@ import mpmath
 import numpy as np
 
 from ..errors import InputError
-from ..validation import check_symmetric
+from ..validation import check_symmetric, is_count
 
 MAX_DIGITS = 60.0  # certified digits are capped here
 
@@ -22,6 +22,14 @@ def as_exact_float64(A) -> np.ndarray:
         raise InputError(f"matrix must be a single d×d matrix, got shape {a.shape}")
     a = a.astype(np.float64)
     return (a + a.T) / 2  # exact for float32 input; for float64 the same as check_symmetric
+
+
+def check_dps(dps, what: str = "dps") -> int:
+    """A working precision in decimal digits: an integer ≥ 1 (mpmath runs 0, −1 or 2.5 at its
+    minimum precision and returns wrong digits without a word); InputError otherwise."""
+    if not is_count(dps, 1):
+        raise InputError(f"{what} must be a whole number of decimal digits ≥ 1, got {dps!r}")
+    return int(dps)
 
 
 def gap_digits(A: np.ndarray) -> int:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import mpmath
 import numpy as np
 
-from ._common import as_exact_float64
+from ._common import as_exact_float64, check_dps
 
 
 def finite_difference_grad(A, loss, *, dps: int = 60, h: str = "1e-20") -> np.ndarray:
@@ -18,7 +18,7 @@ def finite_difference_grad(A, loss, *, dps: int = 60, h: str = "1e-20") -> np.nd
     A = as_exact_float64(A)
     d = A.shape[0]
     out = np.zeros((d, d))
-    with mpmath.workdps(dps):
+    with mpmath.workdps(check_dps(dps)):
         hh = mpmath.mpf(h)
         base = mpmath.matrix(A.tolist())
         W = mpmath.matrix(loss.weight.tolist())

@@ -13,7 +13,7 @@ import mpmath
 import numpy as np
 
 from . import _cache
-from ._common import agreement_digits, as_exact_float64, gap_digits
+from ._common import agreement_digits, as_exact_float64, check_dps, gap_digits
 
 MAX_DPS = 2000  # the mpmath engine's working precision never exceeds this (decimal digits)
 
@@ -22,7 +22,7 @@ def eigh_exact(A: np.ndarray, dps: int) -> tuple[mpmath.matrix, mpmath.matrix]:
     """(λ ascending as a column, U) of A exactly as given, computed by mpmath.eigsy at ``dps``."""
     A = as_exact_float64(A)
     d = A.shape[0]
-    with mpmath.workdps(dps):
+    with mpmath.workdps(check_dps(dps)):
         M = mpmath.matrix(A.tolist())  # float → mpf is exact
         E, Q = mpmath.eigsy(M)
         order = sorted(range(d), key=lambda i: E[i])
