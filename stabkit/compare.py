@@ -29,6 +29,7 @@ import numpy as np
 from . import methods, metrics, reference
 from .losses import make_loss, truncate
 from .reference import Truth, ground_truth
+from .errors import InputError
 from .validation import check_symmetric, dtype_name
 
 #: The row keys ``compare`` produces per method (the CLI's JSON lines add "method").
@@ -62,17 +63,23 @@ def compare(A, loss_name: str, method_specs=None, *, dtype="float64", seed: int 
 
     The truth is that of the matrix actually fed to the methods (A rounded to ``dtype``), so the
     comparison measures the backward rule, not the rounding of the input. ``method_specs``: Specs
-    (or anything ``methods.spec`` takes: spec text, a (name, params) pair), made Specs once here;
-    default every registered method. ``dtype``: "float32" or "float64", or np.float32/np.float64
-    (or their np.dtype), recorded by name in ``Comparison.dtype``; numpy's text aliases ("double",
-    "f8") are refused, as on the command line.
+    (or anything ``methods.spec`` takes: spec text, a (name, params) pair), made Specs once here, or
+    one of them; default (None or empty) every registered method. ``truth``: the Truth of A, to
+    reuse. ``dtype``: "float32" or "float64", or np.float32/np.float64 (or their np.dtype),
+    recorded by name in ``Comparison.dtype``; numpy's text aliases ("double", "f8") are refused, as
+    on the command line.
     """
     name = dtype_name(dtype)
     dt = np.dtype(name)
     A = check_symmetric(np.asarray(A)).astype(dt)
     d = A.shape[-1]
     loss = make_loss(loss_name, d, seed=seed, weight=weight, k=k)
+    if isinstance(method_specs, (str, methods.Spec)):  # one spec, not a list of its characters
+        method_specs = [method_specs]
     specs = [methods.spec(s) for s in (method_specs or methods.NAMES)]
+    if truth is not None and np.shape(getattr(truth, "grad", None)) != A.shape:
+        raise InputError(f"truth must be the Truth of this {d}×{d} matrix (reference.ground_truth), got "
+                         + (f"one of shape {truth.grad.shape}" if isinstance(truth, Truth) else repr(truth)))
     truth = truth or ground_truth(A, loss)
     own_truths: dict[bytes, Truth | ValueError] = {}
     _warm_up(specs, loss_name, dt, seed)

@@ -288,3 +288,15 @@ def test_compare_takes_the_dtypes_the_command_line_takes(alias):
     for given, name in [(np.float32, "float32"), (np.dtype("float64"), "float64"), ("float32", "float32")]:
         result = cmp.compare(A, "zca", ["analytic"], dtype=given)
         assert result.dtype == name and result.rows[0]["finite"]
+
+
+def test_one_spec_is_one_method_and_a_truth_of_another_matrix_is_refused():
+    """compare(A, "zca", "taylor") said "unknown method 't'" (it iterated the text); a truth of a 2×2
+    matrix for a 3×3 A was taken and every row failed on a shape mismatch."""
+    A = build([1.0, 2.0, 4.0])
+    assert [r["method"] for r in cmp.compare(A, "zca", "taylor:K=3").rows] == ["taylor:K=3"]
+    assert [r["method"] for r in cmp.compare(A, "zca", methods.spec("clip")).rows] == ["clip"]
+    other = ground_truth(build([1.0, 3.0]), make_loss("zca", 2))
+    for truth, needle in ((other, r"of shape \(2, 2\)"), ("x", "got 'x'")):
+        with pytest.raises(ValueError, match="truth must be the Truth of this 3×3 matrix .*" + needle):
+            cmp.compare(A, "zca", ["analytic"], truth=truth)
