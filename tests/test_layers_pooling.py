@@ -139,3 +139,19 @@ def test_bad_input_raises_input_error(label, x, match, method):
     with pytest.raises(InputError, match=match) as err:
         CovariancePooling(method=method)(x)
     assert str(err.value).startswith("CovariancePooling:")
+
+
+@pytest.mark.parametrize("x, needle", [
+    (torch.randn(2, 3, 4, 4).half(), "cannot compute in torch.float16: pass dtype="),
+    (torch.randn(2, 3, 4, 4).bfloat16(), "cannot compute in torch.bfloat16"),
+    (torch.randn(2, 0, 4, 4), r"C, H, W ≥ 1, got shape \(2, 0, 4, 4\)"),
+    (torch.randn(2, 3, 0, 0), r"got shape \(2, 3, 0, 0\)"),
+    ([[1.0]], "got list"),
+])
+def test_pooling_names_an_input_it_cannot_pool(x, needle):
+    """float16 reached eigh ('linalg_eigh_cpu not implemented for Half'), C = 0 a reshape error, H·W = 0
+    "non-finite entries" (the mean of no pixels), a list an AttributeError."""
+    with pytest.raises(ValueError, match=needle):
+        CovariancePooling()(x)
+    assert CovariancePooling(dtype="float32")(torch.randn(2, 3, 4, 4).half()).dtype == torch.float16
+    assert CovariancePooling()(torch.randn(0, 3, 4, 4, dtype=torch.float64)).shape == (0, 3, 3)  # an empty batch

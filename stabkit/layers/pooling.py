@@ -44,7 +44,7 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 def channel_covariance(x: torch.Tensor, eps: float) -> torch.Tensor:
     """Σ + εI (B, C, C) of the C channels of x (B, C, H, W) over its H·W pixels, symmetrised."""
     B, C = x.shape[:2]
-    xf = x.reshape(B, C, -1)
+    xf = x.flatten(2)  # (B, C, H·W); reshape(B, C, -1) cannot infer H·W when B = 0
     xc = xf - xf.mean(-1, keepdim=True)
     cov = xc @ xc.transpose(1, 2) / xf.shape[-1] + eps * torch.eye(C, dtype=x.dtype, device=x.device)
     return (cov + cov.transpose(1, 2)) / 2
@@ -87,11 +87,14 @@ class CovariancePooling(nn.Module):
         return f"function={self.function}, method={self.spec or 'exact (Daleckii–Krein)'}, eps={self.eps:g}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4:
-            raise InputError(f"CovariancePooling: expected a feature map (B, C, H, W), got shape {tuple(x.shape)}")
+        if not isinstance(x, torch.Tensor) or x.ndim != 4 or 0 in x.shape[1:]:
+            got = f"shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+            raise InputError(f"CovariancePooling: expected a feature map (B, C, H, W) with C, H, W ≥ 1, got {got}")
         if not x.is_floating_point():
             raise InputError(f"CovariancePooling: expected a float feature map, got {x.dtype}")
         dtype = self.compute_dtype or x.dtype
+        if dtype not in DTYPES.values():  # float16/bfloat16: no eigendecomposition in that dtype
+            raise InputError(f"CovariancePooling: cannot compute in {dtype}: pass dtype='float32' or 'float64'")
         cov = channel_covariance(x.to(dtype), self.eps)
         check_values(cov, "CovariancePooling")
         if self.spec is None:
