@@ -210,3 +210,18 @@ def test_a_solver_failure_is_an_eigensolver_error(monkeypatch):
     with pytest.raises(EigensolverError, match="ZCA whitening: the eigensolver failed") as info:
         layer(torch.randn(4, 8, 2, 2))
     assert isinstance(info.value, RuntimeError) and isinstance(info.value.__cause__, torch.linalg.LinAlgError)
+
+
+@pytest.mark.parametrize("x, needle", [
+    (torch.ones(4, 16, 3, 3, dtype=torch.complex64), "got a torch.complex64 tensor"),
+    (torch.ones(4, 16, 3, 3, dtype=torch.int64), "got a torch.int64 tensor"),
+    (torch.ones(4, 16), r"of shape \(4, 16\)"),
+    ([[1.0]], "got list"),
+])
+def test_zca_whitening_names_an_input_that_is_no_float_feature_map(x, needle):
+    """A complex map was whitened as its real part (torch's cast warning only) and returned complex, an
+    integer map returned float32, a 2-D input gave 'not enough values to unpack'."""
+    from stabkit.layers import ZCAWhitening
+
+    with pytest.raises(ValueError, match="ZCAWhitening: expected a float feature map .*" + needle):
+        ZCAWhitening(16, d=4)(x)

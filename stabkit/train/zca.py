@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from .. import methods
-from ..errors import EigensolverError
+from ..errors import EigensolverError, InputError
 from ..methods import Spec
 from ..torch import eigh_kept as _eigh_kept
 from .preset import ZCAConfig
@@ -190,6 +190,9 @@ class ZCAWhitening(nn.Module):
         return f"{self.num_features}, d={self.d}, method={self.spec}, eps={self.eps:g}, dtype={self.compute_dtype}{extra}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or x.ndim != 4 or not x.is_floating_point():
+            got = f"a {x.dtype} tensor of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+            raise InputError(f"ZCAWhitening: expected a float feature map (B, C, H, W), got {got}")
         # under autocast (the fast training path) the layer still computes in its own dtype:
         # covariance, eigendecomposition and whitening never drop to bf16/fp16
         with torch.autocast(device_type=x.device.type, enabled=False):
