@@ -52,3 +52,17 @@ def test_second_derivative_is_refused(fn):
     (g,) = torch.autograd.grad(fn(w, E, rank=2) ** 2, w, create_graph=True)
     with pytest.raises(RuntimeError, match="differentiate twice"):
         (g * torch.ones_like(g)).sum().backward()
+
+
+def test_indicators_and_weights_must_be_real_and_on_the_inputs_device():
+    """A complex E was cast to its real part (torch's warning only); an E or λ on another device (here
+    'meta') failed inside torch ('Cannot copy out of meta tensor')."""
+    W = torch.tensor([[2.0, 0.5, 0.1], [0.5, 1.5, 0.2], [0.1, 0.2, 1.0]], dtype=torch.float64)
+    E = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]], dtype=torch.float64)
+    for bad in (E.to(torch.complex128), E.to("meta")):
+        for fn in (layers.ncut_j1, layers.ncut_j2):
+            with pytest.raises(ValueError, match="expected real indicators E on W's device cpu"):
+                fn(W, bad)
+    with pytest.raises(ValueError, match="on cpu"):
+        layers.low_rank_affinity(E, torch.ones(2, dtype=torch.float64, device="meta"))
+    assert torch.isfinite(layers.ncut_j1(W, E.long()))  # integer indicators stay accepted

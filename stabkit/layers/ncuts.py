@@ -110,6 +110,8 @@ def _check_affinity(W, E, fn: str) -> torch.Tensor:
     if not isinstance(E, torch.Tensor) or E.ndim < 2 or E.shape[-2] != W.shape[-1] or E.shape[-1] == 0:
         raise InputError(f"{fn}: expected indicators E of shape (..., {W.shape[-1]}, k), got "
                          f"{tuple(E.shape) if isinstance(E, torch.Tensor) else type(E).__name__}")
+    if E.is_complex() or E.device != W.device:  # .to(W.dtype) would drop an imaginary part or fail later
+        raise InputError(f"{fn}: expected real indicators E on W's device {W.device}, got {E.dtype} on {E.device}")
     E = E.to(W.dtype)
     check_matrix(E, fn)
     return E
@@ -131,7 +133,7 @@ def ncut_j2(W: torch.Tensor, E: torch.Tensor, rank: int | None = None) -> torch.
 def low_rank_affinity(F: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
     """W = F diag(λ) Fᵀ with the paper's low-rank affinity backward."""
     check_matrix(F, "low_rank_affinity")
-    if not isinstance(lam, torch.Tensor) or lam.dtype != F.dtype or lam.shape[-1:] != F.shape[-1:]:
-        raise InputError(f"low_rank_affinity: expected λ (..., {F.shape[-1]}) of dtype {F.dtype}")
+    if not isinstance(lam, torch.Tensor) or lam.dtype != F.dtype or lam.shape[-1:] != F.shape[-1:] or lam.device != F.device:
+        raise InputError(f"low_rank_affinity: expected λ (..., {F.shape[-1]}) of dtype {F.dtype} on {F.device}")
     check_matrix(lam[..., None], "low_rank_affinity")
     return _LowRankAffinity.apply(F, lam)
