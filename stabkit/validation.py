@@ -3,6 +3,7 @@ naming the problem."""
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
@@ -21,6 +22,14 @@ def is_count(value, minimum: int = 0) -> bool:
     [minimum, 2^63 − 1]. The range is tested first: ``int()`` of NaN or ±inf raises."""
     return bool(not isinstance(value, bool) and isinstance(value, numbers.Real) and minimum <= value <= INT64_MAX
                 and value == int(value))
+
+
+def is_real(value) -> bool:
+    """Whether ``value`` is a finite real number (an int, a float or a numpy number; not a bool)."""
+    try:
+        return bool(not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value))
+    except OverflowError:  # an integer beyond any float
+        return False
 
 
 def symmetry_rtol(eps: float) -> float:

@@ -174,3 +174,42 @@ def test_python_3_10_is_supported_through_tomli():
     proc = subprocess.run([sys.executable, "-c", code, str(REPO / "studies" / "tiny.toml")], cwd=REPO,
                           capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.returncode == 0 and proc.stdout.strip() == "tiny", proc.stderr
+
+
+def _kind_study(tmp_path: Path, kind: str) -> Path:
+    path = tmp_path / f"{kind}.toml"
+    path.write_text(f'[study]\nname = "typed"\nkind = "{kind}"\n[grid]\n')
+    return path
+
+
+@pytest.mark.parametrize("kind, setting, message", [
+    ("gap_probability", "sources=0", "grid key 'sources': each value must be text, got 0"),
+    ("gap_probability", "n_matrices=inf", "grid key 'n_matrices' must be an integer, got inf"),
+    ("gap_probability", "cifar_batch=true", "grid key 'cifar_batch' must be an integer, got True"),
+    ("gap_probability", "zca_eps=nan", "grid key 'zca_eps' must be a finite number, got nan"),
+    ("gap_probability", "taus=[1e-3,1e-3]", "grid key 'taus': 0.001 appears twice"),
+    ("angle_surfaces", 'energy_ratios="x"', "grid key 'energy_ratios' must be an integer, got 'x'"),
+    ("angle_surfaces", "cluster_params=[]", "grid key 'cluster_params' must be a table, got []"),
+    ("projector_rank", "descent_k=[]", "grid key 'descent_k' is empty"),
+    ("projector_rank", "descent_steps=1.5", "grid key 'descent_steps' must be an integer, got 1.5"),
+    ("projector_rank", "descent_lr=inf", "grid key 'descent_lr' must be a finite number, got inf"),
+    ("zca_cifar10", "dims=true", "grid key 'dims': each value must be an integer, got True"),
+    ("zca_cifar10_survival", "seeds=[1,2]", "grid key 'seeds' must be an integer, got [1, 2]"),
+])
+def test_a_grid_value_of_the_wrong_type_is_named_for_every_kind(tmp_path, kind, setting, message):
+    """Each once raised a TypeError/OverflowError traceback (exit 1) in the kind's checks, or was
+    accepted (a NaN ε, an empty or duplicated list, a bool or a fraction as a count); now one line
+    naming the key and the value, exit 2, nothing written."""
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["run", str(_kind_study(tmp_path, kind)), "--set", setting, "--out", str(out),
+                                      "--max-cells", "0", "--no-progress"])
+    assert result.exit_code == 2 and result.stderr.startswith(f"error: {message}"), result.output
+    assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.output
+    assert not out.exists()
+
+
+def test_a_scalar_for_a_list_key_is_a_one_element_list_for_every_kind():
+    _, _, grid = _grid.load_study({"study": {"name": "x", "kind": "gap_probability"}}, {"dims": 4})
+    assert grid["dims"] == [4]
+    _, _, grid = _grid.load_study({"study": GOOD}, {"d": 4, "seeds": 0, "methods": "analytic"})
+    assert (grid["d"], grid["seeds"]) == ([4], [0])

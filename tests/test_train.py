@@ -507,10 +507,10 @@ def test_the_cli_parses_the_method_once(monkeypatch):
 
 
 @pytest.mark.parametrize("study, setting, needle", [
-    ("zca-cifar10-cpu-pilot", "lr=inf", "lr must be a finite number > 0"),
+    ("zca-cifar10-cpu-pilot", "lr=inf", "grid key 'lr' must be a finite number, got inf"),
     ("zca-cifar10-cpu-pilot", "max_steps=-1", "max_steps must be an integer ≥ 0"),
     ("zca-cifar10-cpu-pilot", 'data="/nonexistent/cifar"', "no such file or folder"),
-    ("zca-cifar10-survival", "lr=inf", "lr must be a finite number > 0"),
+    ("zca-cifar10-survival", "lr=inf", "grid key 'lr' must be a finite number, got inf"),
     ("zca-cifar10-survival", "train_options={bogus=1}", "unknown training option"),
 ])
 def test_a_training_study_s_bad_option_is_refused_before_its_first_cell(tmp_path, study, setting, needle):

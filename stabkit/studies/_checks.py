@@ -1,12 +1,63 @@
 """Grid values shared by the study kinds: lists, integers, choices and spectrum-family entries,
-each checked with a ValueError that names the grid key, the value and what is allowed; and the
-one text form of a family variant (``cluster(delta=1e-08)``) that cell ids, rows and reports use."""
+each checked with a ValueError that names the grid key, the value and what is allowed; every
+value's type checked against its default's (:func:`like_defaults`); and the one text form of a
+family variant (``cluster(delta=1e-08)``) that cell ids, rows and reports use."""
 
 from __future__ import annotations
 
+import numbers
+
 import pandas as pd
 
-from ..validation import is_count
+from ..validation import INT64_MAX, is_count, is_real
+
+#: what a default's type asks of a value: (test, the phrase naming it)
+_LIKE = {
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "int": (lambda v: is_real(v) and -INT64_MAX <= v <= INT64_MAX and v == int(v), "an integer"),
+    "real": (is_real, "a finite number"),
+    "text": (lambda v: isinstance(v, str), "text"),
+    "list": (lambda v: isinstance(v, list), "a list"),
+    "table": (lambda v: isinstance(v, dict), "a table"),
+}
+
+
+def _kind_of(value) -> str | None:
+    for name, python_type in (("bool", bool), ("int", numbers.Integral), ("real", numbers.Real), ("text", str),
+                              ("list", list), ("table", dict)):
+        if isinstance(value, python_type):
+            return name
+    return None
+
+
+def like_defaults(grid: dict, defaults: dict) -> dict:
+    """``grid`` with each value of a key in ``defaults`` checked against its default's type, before a
+    kind's own checks compare or convert it (a ValueError naming the key and the value): true/false,
+    an integer (an integral float too), a finite number, text, a table, or a list (a scalar becomes a
+    one-element list) whose values have the type the default's values share (if they do), none twice,
+    empty only if the default is. A default of None (the kind decides) is not checked."""
+    out = dict(grid)
+    for key, value in grid.items():
+        default = defaults.get(key)
+        if isinstance(default, list):
+            value = out[key] = value if isinstance(value, list) else [value]
+            if default:
+                as_list(key, value)
+            kinds = {_kind_of(item) for item in default}
+            if len(kinds) == 1:  # not where they differ (a family is a name or a table)
+                (item_kind,) = kinds
+                for item in value:
+                    _check_like(key, item, item_kind, ": each value")
+            no_duplicates(key, value)
+        elif default is not None:
+            _check_like(key, value, _kind_of(default), "")
+    return out
+
+
+def _check_like(key: str, value, kind: str | None, each: str) -> None:
+    test, phrase = _LIKE.get(kind, (lambda v: True, ""))
+    if not test(value):
+        raise ValueError(f"grid key {key!r}{each} must be {phrase}, got {value!r}")
 
 
 def as_list(key: str, value) -> list:

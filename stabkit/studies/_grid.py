@@ -18,6 +18,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, published as tomli 
 from .._assign import split_assignment
 from ..errors import MethodSpecError, StudyFileError
 from . import kind_module
+from ._checks import like_defaults
 
 STUDY_KEYS = ("name", "kind", "description")
 TOP_KEYS = ("study", "grid")
@@ -85,10 +86,12 @@ def apply_overrides(kind, grid: dict, overrides: dict | None) -> dict:
 
 
 def validate(kind, grid: dict, force: bool = True) -> dict:
-    """The kind's ``check_cost(grid, force)`` (when it has one), then its ``validate(grid)``; a
-    ValueError they raise is the study file's mistake, so it becomes a StudyFileError with the same
-    message (a MethodSpecError keeps its own type)."""
+    """Each value's type against the kind's ``GRID_DEFAULTS`` (:func:`._checks.like_defaults`), then the
+    kind's ``check_cost(grid, force)`` (when it has one), then its ``validate(grid)``; a ValueError
+    they raise is the study file's mistake, so it becomes a StudyFileError with the same message (a
+    MethodSpecError keeps its own type)."""
     try:
+        grid = like_defaults(grid, getattr(kind, "GRID_DEFAULTS", {}))
         if hasattr(kind, "check_cost"):
             kind.check_cost(grid, force)
         return kind.validate(grid)
