@@ -34,7 +34,7 @@ import numpy as np
 from ... import methods
 from ...train import table_iv
 from ...train.preset import get_preset
-from ...validation import DTYPE_NAMES
+from ...validation import DTYPE_NAMES, is_real
 from .. import with_defaults
 
 GRID_DEFAULTS = {
@@ -79,13 +79,15 @@ def validate(grid: dict) -> dict:
     if int(g["seeds"]) < 1:
         raise ValueError(f"zca_cifar10: seeds must be ≥ 1, got {g['seeds']}")
     for key in ("epochs", "lr", "eps", "width", "early_frac"):
-        if g[key] is not None and not float(g[key]) > 0:
+        if g[key] is not None and not (is_real(g[key]) and g[key] > 0):
             raise ValueError(f"zca_cifar10: {key} must be > 0, got {g[key]}")
     preset = get_preset(g["preset"])  # ValueError naming the presets
     if preset.rows:
         for spec in specs:
             preset.layer(spec)  # ValueError: no row / parameters fixed by the preset
     if g["milestones"] is not None:
+        if not isinstance(g["milestones"], list) or not all(map(is_real, g["milestones"])):
+            raise ValueError(f"zca_cifar10: milestones must be a list of numbers, got {g['milestones']!r}")
         g["milestones"] = [float(m) for m in g["milestones"]]
     if not isinstance(g["baseline_study"], str):
         raise ValueError(f"zca_cifar10: baseline_study must be a report name (a string), got {g['baseline_study']!r}")

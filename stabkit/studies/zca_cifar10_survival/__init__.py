@@ -34,7 +34,7 @@ import numpy as np
 from ... import methods
 from ...train import table_iv
 from ...train.preset import get_preset
-from ...validation import DTYPE_NAMES
+from ...validation import DTYPE_NAMES, is_real
 from .. import with_defaults
 
 KIND = "zca_cifar10_survival"
@@ -126,7 +126,7 @@ def _check_numbers(g: dict) -> None:
     for key in ("epochs", "lr", "width", "batch_size"):
         if not float(g[key]) > 0:
             raise ValueError(f"{kind}: {key} must be > 0, got {g[key]}")
-    if g["eps"] is not None and not float(g["eps"]) > 0:
+    if g["eps"] is not None and not (is_real(g["eps"]) and g["eps"] > 0):
         raise ValueError(f"{kind}: eps must be > 0, got {g['eps']}")
     if float(g["extend_epochs"]) and float(g["extend_epochs"]) <= float(g["epochs"]):
         raise ValueError(f"{kind}: extend_epochs ({g['extend_epochs']}) must exceed epochs ({g['epochs']}), or be 0")
