@@ -192,7 +192,7 @@ def _named(name):
     """A study file: tiny.toml under another study.name."""
     def write(folder):
         path = folder / "named.toml"
-        path.write_text(TINY.read_text().replace('name = "tiny"', f"name = {name!r}"))
+        path.write_text(TINY.read_text().replace('name = "tiny"', f'name = "{name}"'))
         return path
     return write
 
@@ -204,8 +204,10 @@ def _named(name):
     (_named(".."), [], ["study.name '..' must be a plain directory name"]),
     (_named(".hidden"), [], ["study.name '.hidden' must be a plain directory name"]),
     (None, ["--scheduler", "tcp://127.0.0.1:{port}"], ["cannot connect to the Dask scheduler at tcp://127.0.0.1:{port}"]),
+    (_named("a" * 256), [], ["study.name 'aaa", "must be a plain directory name"]),  # was OSError: name too long
+    (_named("\\u0000"), [], ["study.name '\\x00' must be a plain directory name"]),  # was 'embedded null byte'
 ], ids=["reuse-and-recompute-stale", "jobs-0", "max-cells-negative", "name-dotdot", "name-hidden",
-        "scheduler-unreachable"])
+        "scheduler-unreachable", "name-too-long", "name-nul"])
 def test_a_bad_run_option_is_one_line_before_any_work(tmp_path, monkeypatch, study, args, words):
     """Each is refused with one ``error:`` line naming it, exit 2, no traceback, before anything is
     computed or written: no cell is run, the output root is not created, and nothing appears

@@ -70,8 +70,9 @@ def check_study_table(config: dict) -> dict:
         if not isinstance(study.get(key), str) or not study[key].strip():
             raise StudyFileError(f"study.{key} is required and must be text")
     name = study["name"]
-    if "/" in name or "\\" in name or name.startswith(".") or name != name.strip():
-        raise StudyFileError(f"study.name {name!r} must be a plain directory name")
+    if ("/" in name or "\\" in name or name.startswith(".") or name != name.strip()
+            or not name.isprintable() or len(name.encode("utf-8")) > 255):
+        raise StudyFileError(f"study.name {name!r} must be a plain directory name (printable, at most 255 bytes)")
     return study
 
 
