@@ -96,10 +96,14 @@ def check_symmetric(a, name: str = "matrix") -> np.ndarray:
         n_nan, n_inf = int(np.isnan(a).sum()), int(np.isinf(a).sum())
         raise InputError(f"{name} contains non-finite entries ({n_nan} NaN, {n_inf} Inf)")
     scale = float(np.abs(a).max())
-    asym = float(np.abs(a - a.swapaxes(-1, -2)).max())
+    with np.errstate(over="ignore"):  # entries near the dtype's largest overflow A ± Aᵀ: refused below
+        asym = float(np.abs(a - a.swapaxes(-1, -2)).max())
+        symmetric = (a + a.swapaxes(-1, -2)) / a.dtype.type(2)
     tol = SYMMETRY_RTOL[a.dtype] * max(scale, np.finfo(a.dtype).tiny)
     if asym > tol:
         raise InputError(
             f"{name} is not symmetric: max|A - Aᵀ| = {asym:.3g} exceeds √eps·max|A| = {tol:.3g} ({a.dtype})"
         )
-    return (a + a.swapaxes(-1, -2)) / a.dtype.type(2)
+    if not np.isfinite(symmetric).all():
+        raise InputError(f"{name} is too large for {a.dtype}: max|A| = {scale:.3g} overflows A + Aᵀ; scale it down")
+    return symmetric
