@@ -175,7 +175,8 @@ def engine(A: np.ndarray, loss, cache: bool, dps: int | None, input_dtype=np.flo
         normA = mpmath.sqrt(mpmath.fsum(mpmath.mpf(float(x)) ** 2 for x in A.ravel()))
     mag = np.abs(np.linalg.eigvalsh(A))
     # the float64 condition (seen up to ~1e16), for every loss so that all share one cached solve
-    cond64 = math.ceil(math.log10(mag.max() / max(mag.min(), 1e-16 * mag.max()))) if mag.max() else 0
+    floor = max(mag.min(), 1e-16 * mag.max())  # 0 where an eigenvalue is 0 and 1e-16·max underflows (subnormal A)
+    cond64 = math.ceil(math.log10(mag.max() / floor)) if floor else 16 if mag.max() else 0
     P = dps or 30 + gap_dig + cond64
     while True:
         P2 = math.ceil(1.5 * P) + 5
