@@ -28,7 +28,7 @@ def bench_command(
     from stabkit.bench import bench_methods, check_bench_args
 
     dims = d or [4, 16, 64]
-    check_bench_args(dims, batch, dtype, device, repeats)
+    check_bench_args(dims, batch, dtype, device, repeats, method)
     specs = [methods.spec(m) for m in method] if method else None  # parsed once, here
     with _Progress(sys.stderr) as progress:
         table = bench_methods(dims, batch, dtype, device, repeats, specs, progress=progress.update)

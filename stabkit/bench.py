@@ -67,10 +67,14 @@ def time_interleaved(specs: list[Spec], A: torch.Tensor, loss, repeats: int, tic
 def check_bench_args(dims, batch, dtype, device, repeats, names=None) -> None:
     """ValueError (one line) for arguments ``bench_methods`` cannot run: sizes < 2 or so large that
     the batch would not fit in memory, batch < 1, repeats < 1, a dtype other than float32/float64,
-    a device torch does not know or cannot see, an unknown method or invalid method spec."""
+    a device torch does not know or cannot see, an unknown method or invalid method spec; and a size
+    or a method given twice (its rows would repeat in the table)."""
     check_dtype_name(dtype)
     if not dims or min(dims) < 2:
         raise ValueError(f"matrix sizes must be at least 2, got {list(dims)}")
+    twice = [d for i, d in enumerate(dims) if d in list(dims)[:i]]
+    if twice:
+        raise ValueError(f"matrix size {twice[0]} is given twice")
     if batch < 1:
         raise ValueError(f"batch must be at least 1, got {batch}")
     if repeats < 1:
@@ -90,8 +94,12 @@ def check_bench_args(dims, batch, dtype, device, repeats, names=None) -> None:
             raise ValueError(f"--device {device} asked for, but torch sees no CUDA device")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ValueError(f"--device {device}: torch sees only {torch.cuda.device_count()} CUDA device(s)")
+    given: dict = {}
     for name in names or ():
-        methods.spec(name)
+        spec = methods.spec(name)
+        if spec in given:
+            raise ValueError(f"method {spec} is given twice (as {given[spec]!r} and {name!r})")
+        given[spec] = name
 
 
 def bench_methods(dims=(4, 16, 64), batch: int = 64, dtype: str = "float32", device: str = "cpu",

@@ -182,3 +182,14 @@ def test_profile_train_step_reports_both_paths_and_their_top_operators(tmp_path)
     assert [t.split(":")[0] for t in tables] == ["today", "fast", "fast, stacked 2"]
     assert all("conv" in t for t in tables)
     assert (tmp_path / "profile_train_step.md").read_text().strip() == run.stdout.strip()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--d", "4", "--d", "4", "-m", "analytic"], "error: matrix size 4 is given twice"),
+    (["--d", "4", "-m", "taylor", "-m", "taylor:K=9"], "error: method taylor is given twice (as 'taylor' and 'taylor:K=9')"),
+])
+def test_a_size_or_a_method_given_twice_is_refused_before_any_timing(args, message):
+    """Each was timed twice and listed twice in the table, as if two rows; now one line, exit 2."""
+    result = CliRunner().invoke(app, ["bench", "--repeats", "1", "--batch", "2", *args])
+    assert result.exit_code == 2 and result.stderr.splitlines() == [message], result.output
+    assert result.stdout == ""
