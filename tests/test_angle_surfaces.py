@@ -172,3 +172,15 @@ def test_deviations_table_lists_a_changed_parameter(tmp_path):
     md = ang.report(rows, grid, tmp_path)
     assert "| 3×3 angle: clip | tau = 100 | tau = 10 |" in md
     assert "3×3 angle: taylor" not in md  # at its paper (registry) defaults
+
+
+@pytest.mark.parametrize("part, key", [("energy", "energy_K"), ("k_eps", "k_values"), ("k_eps", "eps_values"),
+                                       ("gap_d", "gap_deltas"), ("gap_d", "gap_dims")])
+def test_a_contour_axis_of_one_value_is_refused_before_any_cell(part, key):
+    """The report's contour plot of that part needs two values per axis: with one, every cell was
+    computed, then building the report raised matplotlib's TypeError (a traceback, exit 1)."""
+    one = [ang.GRID_DEFAULTS[key][-1]]
+    config = {"study": {"name": "a", "kind": "angle_surfaces"}, "grid": {"parts": [part], key: one}}
+    with pytest.raises(ValueError, match=f"angle_surfaces: {key} needs at least 2 values"):
+        _grid.load_study(config)
+    _grid.load_study({**config, "grid": {"parts": [p for p in ang.PARTS if p != part], key: one}})  # unused there

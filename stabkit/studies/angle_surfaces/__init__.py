@@ -75,6 +75,11 @@ def validate(grid: dict) -> dict:
         raise ValueError("angle_surfaces: gap_deltas must be positive, eps_values ≥ 0")
     if any(int(d) != d or d < 2 for d in [*out["gap_dims"], out["cluster_d"]]):
         raise ValueError("angle_surfaces: gap_dims and cluster_d must be integers ≥ 2")
+    for part, key in (("energy", "energy_K"), ("k_eps", "k_values"), ("k_eps", "eps_values"), ("gap_d", "gap_deltas"),
+                      ("gap_d", "gap_dims")):
+        if part in out["parts"] and len(out[key]) < 2:  # an axis of the part's contour plot
+            raise ValueError(f"angle_surfaces: {key} needs at least 2 values (an axis of the {part} contour plot), "
+                             f"got {out[key]}")
     _check_methods(out)
     return out
 
