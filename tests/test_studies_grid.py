@@ -218,3 +218,12 @@ def test_a_scalar_for_a_list_key_is_a_one_element_list_for_every_kind():
     assert grid["dims"] == [4]
     _, _, grid = _grid.load_study({"study": GOOD}, {"d": 4, "seeds": 0, "methods": "analytic"})
     assert (grid["d"], grid["seeds"]) == ([4], [0])
+
+
+@pytest.mark.parametrize("kind, key", [("gap_probability", "seed"), ("angle_surfaces", "seeds"),
+                                       ("angle_surfaces", "loss_seed"), ("projector_rank", "lemma1_seeds"),
+                                       ("projector_rank", "descent_seeds"), ("projector_rank", "seed")])
+def test_a_negative_seed_is_refused_before_any_cell(kind, key):
+    """It was accepted, then every cell it reached failed with numpy's 'expected non-negative integer'."""
+    with pytest.raises(StudyFileError, match=f"grid key '{key}': seed must be an integer in \\[0, 2\\^63 − 1\\], got -1"):
+        _grid.load_study({"study": {"name": "x", "kind": kind}}, {key: -1})

@@ -33,6 +33,7 @@ import numpy as np
 
 from ... import methods, metrics
 from .. import _specs, check_choices, with_defaults
+from .._checks import int_list
 
 PARTS = ("energy", "angle3", "k_eps", "gap_d")
 
@@ -80,6 +81,8 @@ def validate(grid: dict) -> dict:
         if part in out["parts"] and len(out[key]) < 2:  # an axis of the part's contour plot
             raise ValueError(f"angle_surfaces: {key} needs at least 2 values (an axis of the {part} contour plot), "
                              f"got {out[key]}")
+    for key in ("seeds", "loss_seed"):  # numpy's generators take no negative seed
+        int_list(key, out[key], 0, "seed")
     _check_methods(out)
     return out
 

@@ -71,6 +71,7 @@ import numpy as np
 from scipy import integrate, linalg as sla
 
 from .. import check_choices, with_defaults
+from .._checks import int_list
 
 SOURCES = ("gaussian", "cifar10")
 
@@ -133,6 +134,7 @@ def validate(grid: dict) -> dict:
                              f"{out['cifar_batch']} and {out['cifar_pool']}")
     if out["zca_eps"] < 0 or out["k_threshold"] <= 0:
         raise ValueError("gap_probability: zca_eps must be ≥ 0 and k_threshold > 0")
+    int_list("seed", out["seed"], 0, "seed")  # numpy's generators take no negative seed
     return out
 
 

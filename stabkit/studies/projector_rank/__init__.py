@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from ... import methods
 from .. import _specs, check_choices, with_defaults
+from .._checks import int_list
 from ._lemmas import (PSEUDO, descent_rows, lemma1_gradient, lemma1_rows, lemma2_rows, mp_directional_derivative,
                       projector_and_rank, random_rank_r)
 
@@ -74,6 +75,8 @@ def validate(grid: dict) -> dict:
         raise ValueError("projector_rank: descent_target_rank and descent_k must lie in [1, descent_d)")
     if out["descent_steps"] < 1 or not out["descent_lr"] > 0:
         raise ValueError("projector_rank: descent_steps ≥ 1 and descent_lr > 0 required")
+    for key in ("lemma1_seeds", "descent_seeds", "seed"):  # numpy's generators take no negative seed
+        int_list(key, out[key], 0, "seed")
     _specs.specs([*out["lemma1_methods"], *(m for m in out["descent_methods"] if m not in PSEUDO)])  # parsed once
     return out
 
