@@ -238,3 +238,16 @@ def test_a_bad_run_option_is_one_line_before_any_work(tmp_path, monkeypatch, stu
     assert not computed
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == \
         ["in", *(["in/named.toml"] if study else [])]
+
+
+def test_report_refuses_a_name_that_leads_out_of_the_reports_root(tmp_path):
+    """`run` refuses such a study.name; `report` rebuilt the README of the study it led to and wrote
+    an index entry pointing out of --out."""
+    other = tmp_path / "other"
+    result = _invoke("run", TINY, "--set", "d=[4]", "--out", other, "--max-cells", "1", "--no-progress")
+    assert result.exit_code == 0, result.output
+    (other / "tiny" / "README.md").unlink()
+    root = tmp_path / "root"
+    root.mkdir()
+    _one_error_line(_invoke("report", "../other/tiny", "--out", root), "'../other/tiny' must be a plain directory name")
+    assert not (other / "tiny" / "README.md").exists() and not list(root.iterdir())

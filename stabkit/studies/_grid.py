@@ -69,11 +69,16 @@ def check_study_table(config: dict) -> dict:
     for key in ("name", "kind"):
         if not isinstance(study.get(key), str) or not study[key].strip():
             raise StudyFileError(f"study.{key} is required and must be text")
-    name = study["name"]
+    check_study_name(study["name"])
+    return study
+
+
+def check_study_name(name: str) -> str:
+    """``name`` if it is a plain directory name (the study's folder under the reports' root)."""
     if ("/" in name or "\\" in name or name.startswith(".") or name != name.strip()
             or not name.isprintable() or len(name.encode("utf-8")) > 255):
         raise StudyFileError(f"study.name {name!r} must be a plain directory name (printable, at most 255 bytes)")
-    return study
+    return name
 
 
 def apply_overrides(kind, grid: dict, overrides: dict | None) -> dict:

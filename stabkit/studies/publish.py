@@ -12,6 +12,7 @@ import pandas as pd
 
 from .._io import write_text_atomic
 from . import kind_module
+from ._grid import check_study_name
 from ._store import _read_json
 from .provenance import UNFINISHED, cells_left, finishing_command, git_commit, header
 
@@ -20,7 +21,7 @@ def build_report(name: str, out_root=Path("reports"), log=None) -> Path:
     """(Re)build ``out_root/<name>/README.md`` from results.parquet + run.json, and the index. A later
     run that stopped before writing its table (``run.unfinished.json``) is named in one ``log`` line
     (default: a warning on stderr): the report describes the table, not that run."""
-    out_dir = Path(out_root) / name
+    out_dir = Path(out_root) / check_study_name(name)  # never a folder outside out_root
     results_path = out_dir / "results.parquet"
     stopped = _stopped_run(out_dir)
     if not results_path.is_file():
