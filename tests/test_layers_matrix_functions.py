@@ -534,3 +534,11 @@ def test_the_eig_route_s_method_and_params_reach_its_backward(layer):
     torch.testing.assert_close(grad(), written_here("analytic"), rtol=1e-10, atol=1e-12)
     # the three rules really differ here, so the checks above tell which one ran
     assert (low - high).norm() > 0.01 * high.norm() and (high - grad()).norm() > 0.01 * grad().norm()
+
+
+@pytest.mark.parametrize("p", [float("nan"), float("inf"), "2", True, None])
+@pytest.mark.parametrize("layer", [layers.eig_matrix_function, layers.svd_matrix_function])
+def test_the_power_exponent_must_be_a_finite_real_number(layer, p):
+    """p = NaN returned a NaN matrix and p = '2' failed inside torch; None has always been refused."""
+    with pytest.raises(ValueError, match="exponent p"):
+        layer(torch.eye(3, dtype=torch.float64), "power", p=p)

@@ -31,3 +31,14 @@ def test_default_rank_is_the_numerical_rank(dtype, rtol):
     A = (B @ B.mT).to(dtype)
     P = layers.projector(A)
     torch.testing.assert_close(P.double(), Q @ Q.mT, rtol=0, atol=rtol)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"rank": 1.5}, "rank must be an integer"), ({"rank": True}, "rank must be an integer"),
+    ({"rank": -1}, r"rank must be an integer in \[0, 3\]"), ({"rank": 4}, r"in \[0, 3\]"),
+    ({"rtol": -1.0}, "rtol must be a finite number"), ({"rtol": float("nan")}, "rtol"), ({"rtol": float("inf")}, "rtol"),
+    ({"rtol": "1e-6"}, "rtol")])
+def test_a_rank_or_rtol_outside_its_domain_is_named(kwargs, match):
+    """A fractional rank used to keep ⌈rank⌉ singular values and a negative or NaN rtol every or no σ, silently."""
+    with pytest.raises(InputError, match=match):
+        layers.projector(torch.eye(3, dtype=torch.float64), **kwargs)

@@ -5,6 +5,7 @@ import pytest
 import scipy.linalg
 import torch
 
+from stabkit.errors import InputError
 from stabkit.train.resnet import ResNet18
 from stabkit.train.zca import ZCAWhitening
 
@@ -143,6 +144,18 @@ def test_bad_arguments():
         ZCAWhitening(64, d=16, method="taylor", params={"tau": 1})
     with pytest.raises(ValueError, match="norm"):
         ResNet18(norm="gn")
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"d": "4"}, "d must be a positive integer"), ({"d": True}, "d must be"), ({"d": 0}, "d must be"),
+    ({"num_features": 64.0}, "num_features must be"), ({"eps": float("inf")}, "eps must be a finite number"),
+    ({"eps": float("nan")}, "eps"), ({"eps": "1e-4"}, "eps"), ({"momentum": float("nan")}, "momentum must be"),
+    ({"momentum": 1.5}, "momentum"), ({"momentum": -0.1}, "momentum")])
+def test_a_layer_argument_outside_its_domain_is_named(kwargs, match):
+    """d = '4' and eps = 'x' raised a bare TypeError; eps = inf and momentum = NaN were accepted (a zero or NaN
+    whitening, found only in training)."""
+    with pytest.raises(InputError, match=match):
+        ZCAWhitening(**{"num_features": 64, "d": 16, **kwargs})
 
 
 def test_resnet_shapes_and_layout():

@@ -56,6 +56,7 @@ from ._checks import check_eps, check_matrix, method_params
 from .divided_differences import FUNCTIONS, divided_differences, dk_frechet, dk_second_frechet, eigen_divided_differences
 from ..errors import InputError
 from ..methods import DEFAULT, Spec
+from ..validation import is_real
 
 #: the ``backward`` the monitor logs for :func:`eig_dk` and :func:`svd_dk` (never swapped)
 DK_BACKWARD = "daleckii-krein (exact g(A); no swap)"
@@ -70,6 +71,8 @@ def scalar_function(fn: str, p: float | None = None):
     if fn == "power":
         if p is None:
             raise ValueError("g = power needs the exponent p")
+        if not is_real(p):
+            raise InputError(f"g = power needs a finite real exponent p, got {p!r}")
         return lambda x: x ** p
     raise ValueError(f"unknown matrix function {fn!r}: choose one of {', '.join(FUNCTIONS)}")
 

@@ -14,9 +14,13 @@ uses the forward's A⁺ as a constant.
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 from torch.autograd.function import once_differentiable
 
+from ..errors import InputError
+from ..validation import is_real
 from ._checks import check_matrix
 
 
@@ -26,11 +30,13 @@ def _T(x):
 
 def range_factors(A: torch.Tensor, rank: int | None = None, rtol: float | None = None):
     """(Π_A, A⁺) from the thin SVD, keeping the top ``rank`` (or numerically nonzero) σ."""
+    k = min(A.shape[-2:])
+    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, numbers.Integral) or not 0 <= rank <= k):
+        raise InputError(f"projector: rank must be an integer in [0, {k}], got {rank!r}")
+    if rtol is not None and not (is_real(rtol) and rtol >= 0):
+        raise InputError(f"projector: rtol must be a finite number ≥ 0, got {rtol!r}")
     U, S, Vh = torch.linalg.svd(A, full_matrices=False)
-    k = S.shape[-1]
     if rank is not None:
-        if not 0 <= rank <= k:
-            raise ValueError(f"rank must be in [0, {k}], got {rank}")
         keep = (torch.arange(k, device=A.device) < rank).expand(S.shape)
     else:
         tol = (rtol if rtol is not None else max(A.shape[-2:]) * torch.finfo(A.dtype).eps) * S[..., :1]

@@ -33,6 +33,8 @@ input is cast in and the result cast back), autocast or not: the layer disables 
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 from torch import nn
 
@@ -40,6 +42,7 @@ from .. import methods
 from ..errors import EigensolverError, InputError
 from ..methods import Spec
 from ..torch import eigh_kept as _eigh_kept
+from ..validation import is_real
 from .preset import ZCAConfig
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -151,13 +154,18 @@ class ZCAWhitening(nn.Module):
                  eps: float = 1e-4, momentum: float = 0.1, dtype: str = "float32", affine: bool = True,
                  config: ZCAConfig | None = None):
         super().__init__()
-        if d < 1 or num_features % d:
+        for name, n in (("num_features", num_features), ("d", d)):
+            if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+                raise InputError(f"ZCAWhitening: {name} must be a positive integer, got {n!r}")
+        if num_features % d:
             raise ValueError(f"group size d={d} must divide the number of channels {num_features}")
+        if not (is_real(momentum) and 0 <= momentum <= 1):
+            raise InputError(f"ZCAWhitening: momentum must be a number in [0, 1], got {momentum!r}")
         if dtype not in DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}: choose float32 or float64")
         if config is None:
-            if not eps >= 0:
-                raise ValueError(f"eps must be ≥ 0, got {eps}")
+            if not (is_real(eps) and eps >= 0):
+                raise InputError(f"ZCAWhitening: eps must be a finite number ≥ 0, got {eps!r}")
             spec = methods.spec(method)  # the Python edge: text, a Method or a Spec, converted once
             from ..layers._checks import method_params  # here: stabkit.layers imports this module
 
