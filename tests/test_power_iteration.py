@@ -88,6 +88,22 @@ def test_paper_energy_rule_differs_from_legacy_by_one_pair():
     np.testing.assert_array_equal(st_old["active"], [False, False, True, True, True])
 
 
+def test_pi_stops_at_an_eigenvalue_at_or_below_eps_even_where_the_energy_rule_would_go_on():
+    """NeurIPS 2019 Sec. 4: λ_k ≤ ε breaks on its own. λ = (.04, .045, .05, .055, 1), ε = .06: the pairs
+    below .055 still hold .135 > ε·Σλ = .0714, so only the λ rule stops SVD-PI after the top pair."""
+    lam = np.array([0.04, 0.045, 0.05, 0.055, 1.0])
+    _, _, state = methods.get("pi").forward(build(lam, seed=2), eps=0.06)
+    np.testing.assert_array_equal(state["kept"], [False, False, False, False, True])
+    np.testing.assert_array_equal(state["kept"], paper_rule(np.linalg.eigvalsh(build(lam, seed=2)), 0.06))
+
+
+def test_pi_legacy_stops_at_an_eigenvalue_at_or_below_eps():
+    """``pi-legacy``'s λ_k ≤ ε break: λ = (5, 6, 7)·1e-5 and 0.1 with ε = 1e-4 — its energy rule alone
+    (larger pairs < (1 − ε)Σλ) would keep all four; λ = 7e-5 ≤ ε stops it after the top pair."""
+    _, _, state = methods.get("pi-legacy").forward(build([5e-5, 6e-5, 7e-5, 0.1], seed=1), eps=1e-4)
+    np.testing.assert_array_equal(state["active"], [False, False, False, True])
+
+
 def test_kept_accessor_and_eigh_kept_for_non_truncating_methods():
     A = torch.tensor(build([1.0, 2.0, 3.0]))
     for name in ("analytic", "taylor", "torch"):
