@@ -104,6 +104,37 @@ def test_pi_legacy_stops_at_an_eigenvalue_at_or_below_eps():
     np.testing.assert_array_equal(state["active"], [False, False, False, True])
 
 
+def test_pi_legacy_batch_equals_each_matrix_alone():
+    """A batch whose matrices keep different numbers of pairs (λ ≤ ε drops two in the first, none in
+    the second): the stages iterated must cover the matrix that keeps most, so each gradient is its own."""
+    A = np.stack([build([1e-6, 2e-6, 1.0, 2.0, 4.0], seed=3), build([0.5, 1.0, 2.0, 3.0, 5.0], seed=4)])
+    rng = np.random.default_rng(2)
+    gU, glam = rng.standard_normal((2, 5, 5)), rng.standard_normal((2, 5))
+    spec = methods.spec("pi-legacy")
+    _, _, state = spec.forward(A)
+    batch = spec.backward(state, gU, glam)
+    for b in range(2):
+        alone = spec.backward(spec.forward(A[b])[2], gU[b], glam[b])
+        np.testing.assert_allclose(batch[b], alone, rtol=0, atol=1e-12 * np.abs(alone).max())
+
+
+def test_pi_forward_start_vectors_are_the_documented_integer_hash():
+    """``start_vectors``: an LCG step on (row·d + column, seed) mod 2^31, then xor-shift-multiply rounds,
+    mapped to [−½, ½) and normalised per column — recomputed here in Python integers (d = 4, seed = 7)."""
+    from stabkit.methods.power_iteration import start_vectors
+
+    d, seed, mod = 4, 7, 2 ** 31
+    want = np.empty((d, d))
+    for row in range(d):
+        for col in range(d):
+            x = ((row * d + col) * 1103515245 + seed * 2531011 + 0x91) % mod
+            for multiplier in (0x2C1B3C6D, 0x297A2D39):
+                x = ((x ^ (x >> 15)) * multiplier) % mod
+            want[row, col] = (x ^ (x >> 15)) / mod - 0.5
+    want /= np.sqrt((want ** 2).sum(0))
+    np.testing.assert_allclose(start_vectors(np.zeros((d, d)), seed), want, rtol=1e-15, atol=1e-16)
+
+
 def test_kept_accessor_and_eigh_kept_for_non_truncating_methods():
     A = torch.tensor(build([1.0, 2.0, 3.0]))
     for name in ("analytic", "taylor", "torch"):
