@@ -136,6 +136,13 @@ def test_smallest_detectable_brackets_the_power():
     assert _stats.fisher_power_vs_count(15, hi, 0, 15) >= 0.8 > _stats.fisher_power_vs_count(15, hi - 0.01, 0, 15)
 
 
+def test_smallest_detectable_below_is_the_nearest_rate_with_enough_power():
+    """Against 15/15 published, the rate below it nearest to 1 with power ≥ 0.8 (scipy's Fisher test,
+    summed over Bin(15, p₁) here): the largest such grid rate, not the smallest (0)."""
+    lo, hi = _stats.smallest_detectable(15, 15, 15, grid=100)
+    assert hi is None  # nothing above a rate of 1
+    assert _power_vs_count_by_scipy(15, lo, 15, 15, 0.05) >= 0.8 > _power_vs_count_by_scipy(15, lo + 0.01, 15, 15, 0.05)
+
 # --------------------------------------------------------------------------------- Kaplan–Meier
 def test_kaplan_meier_hand_example():
     # t: 1 2 2+ 3 4+ 5; at risk 6, 5, 3, 1 at event times 1, 2, 3, 5
@@ -151,6 +158,16 @@ def test_kaplan_meier_hand_example():
     assert km["hi"][0] == pytest.approx((5 / 6) ** math.exp(-_stats.Z95 * sigma))
     assert km["median"] == 3.0
     assert _stats.survival_at(km, 0.5) == 1.0 and _stats.survival_at(km, 2.5) == pytest.approx(2 / 3)
+
+
+def test_survival_at_an_event_time_is_right_continuous():
+    """S(t) counts the events at t itself (Kaplan–Meier's step is right-continuous): in the hand example
+    S(1) = 5/6, S(2) = 2/3 and S(5) = 0 at the event times, 1 just before the first."""
+    km = _stats.kaplan_meier([1, 2, 2, 3, 4, 5], [1, 1, 0, 1, 0, 1])
+    assert _stats.survival_at(km, 1.0 - 1e-12) == 1.0
+    assert _stats.survival_at(km, 1.0) == pytest.approx(5 / 6, rel=1e-15)
+    assert _stats.survival_at(km, 2.0) == pytest.approx(2 / 3, rel=1e-15)
+    assert _stats.survival_at(km, 5.0) == 0.0
 
 
 def _km_by_subjects(times, events):
