@@ -96,3 +96,14 @@ def test_a_complex_gradient_is_refused_not_cast_to_its_real_part(metric):
         with pytest.raises(ValueError, match="a real gradient is needed"):
             metric(g, truth)
     assert metric(np.eye(2, dtype=np.float32), g_true) == metric(g_true, g_true)
+
+
+def test_spectrum_diagnostics_of_an_unsorted_indefinite_spectrum():
+    """λ given unsorted with negatives, (2, −8, ½, −1): sorted (−8, −1, ½, 2), smallest gap 1.5 (−1 → ½),
+    max|λ| = 8 (not max λ = 2), min|λ| = ½ (not min λ = −8): rel gap 0.1875, K = 1/1.5, condition 16."""
+    diag = metrics.spectrum_diagnostics(np.array([2.0, -8.0, 0.5, -1.0]))
+    assert diag["min_abs_gap"] == pytest.approx(1.5, rel=1e-15)
+    assert diag["min_rel_gap"] == pytest.approx(1.5 / 8, rel=1e-15)
+    assert diag["max_abs_K"] == pytest.approx(1 / 1.5, rel=1e-15)
+    assert diag["condition"] == pytest.approx(16.0, rel=1e-15)
+    assert diag["numerical_rank"] == 4
