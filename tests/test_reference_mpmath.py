@@ -37,3 +37,30 @@ def test_a_precision_that_is_no_digit_count_is_refused(dps):
         R.eigh_exact(A, dps)
     with pytest.raises(InputError, match="decimal digits"):
         R.finite_difference_grad(A, make_loss("zca", 3), dps=dps)
+
+
+def test_divided_differences_near_a_tie_and_apart():
+    """Daleckii–Krein's f[a, b] for f = log at 30 digits, against (log b − log a)/(b − a) at 80: b − a =
+    1e-20 takes the midpoint branch, f'((a + b)/2) (off by f'''h²/24 ≈ 1e-42; f'(a) by 2.5e-21),
+    b − a = 1e-10 and ½ the direct quotient, the first with 10 extra digits against its cancellation;
+    the diagonal is f'(λ) = 1/λ."""
+    from stabkit.reference._mpmath import _divided_differences_mp
+
+    loss = make_loss("log", 2)
+    for gap in ("1e-20", "1e-10", "0.5"):
+        with mpmath.workdps(30):
+            a, b = mpmath.mpf(2), 2 + mpmath.mpf(gap)
+            D = _divided_differences_mp([a, b], loss, 30)
+        with mpmath.workdps(80):
+            want = (mpmath.log(b) - mpmath.log(a)) / (b - a)
+            assert abs(D[0][1] - want) < mpmath.mpf("1e-28") * want and D[1][0] == D[0][1]
+            assert abs(D[1][1] - 1 / b) < mpmath.mpf("1e-29")
+
+
+def test_gap_digits_count_the_relative_gap_whatever_the_scale():
+    """P's gap digits: ⌈−log10(min gap / max|λ|)⌉ = ⌈−log10(1e-6/3)⌉ = 7 for λ = (1, 1 + 1e-6, 3)·c, for
+    c = 1e-8, 1 and 1e8 alike (an absolute gap would give 0 at c = 1e8 and 15 at c = 1e-8)."""
+    from stabkit.reference._common import gap_digits
+
+    for c in (1e-8, 1.0, 1e8):
+        assert gap_digits(np.diag([1.0, 1.0 + 1e-6, 3.0]) * c) == 7
