@@ -136,6 +136,20 @@ def test_float32_input_is_exact(engine):
     assert rel(t32.grad, R.ground_truth(A64, loss, engine=engine).grad) > 1e-9
 
 
+@pytest.mark.parametrize("engine", ["mpmath", "flint"])
+def test_asymmetry_within_tolerance_is_averaged_not_read_from_one_triangle(engine):
+    """A accepted with A₀₁ − A₁₀ = 1e-9 (below √eps·max|A|): its truth is that of (A + Aᵀ)/2 exactly, and
+    visibly not that of either triangle (mpmath.eigsy reads only the upper one)."""
+    A = build([0.5, 1.0, 2.0, 3.5], seed=6)
+    A[0, 1] += 1e-9
+    loss = _loss("zca", 4, seed=1)
+    sym = (A + A.T) / 2
+    upper = np.triu(A) + np.triu(A, 1).T
+    g = R.ground_truth(A, loss, engine=engine, cache=False).grad
+    np.testing.assert_allclose(g, R.ground_truth(sym, loss, engine=engine, cache=False).grad, rtol=1e-15, atol=0)
+    assert rel(g, R.ground_truth(upper, loss, engine=engine, cache=False).grad) > 1e-11
+
+
 def test_input_validation():
     loss = _loss("zca", 3)
     with pytest.raises(ValueError):
