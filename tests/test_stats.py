@@ -48,6 +48,16 @@ def test_clopper_pearson_binomial_tails_are_alpha_half(kn):
     assert lo <= _stats.wilson(k, n)[1] and hi >= _stats.wilson(k, n)[0]
 
 
+def test_wilson_is_exactly_0_at_no_successes_and_1_at_all():
+    """The documented exact ends, not centre ∓ half-width, which leaves ±3e-17 of rounding for
+    hundreds of n: lower bound 0.0 at k = 0 and upper 1.0 at k = n, scalar and array."""
+    n = np.arange(1, 501)
+    lo, _ = _stats.wilson(np.zeros_like(n), n)
+    _, hi = _stats.wilson(n, n)
+    assert (lo == 0.0).all() and (hi == 1.0).all()
+    assert _stats.wilson(0, 7)[0] == 0.0 and _stats.wilson(7, 7)[1] == 1.0
+
+
 def test_intervals_reject_bad_counts():
     with pytest.raises(ValueError, match="0 ≤ k ≤ n"):
         _stats.wilson(5, 3)
