@@ -4,6 +4,9 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from stabkit import metrics
 
@@ -107,3 +110,75 @@ def test_spectrum_diagnostics_of_an_unsorted_indefinite_spectrum():
     assert diag["max_abs_K"] == pytest.approx(1 / 1.5, rel=1e-15)
     assert diag["condition"] == pytest.approx(16.0, rel=1e-15)
     assert diag["numerical_rank"] == 4
+
+
+# ------------------------------------------------------------------------------ properties
+#: 3 × 3 gradients with entries of moderate size (no subnormals), norm ≥ 1e-3 (assumed where used)
+GRADS = hnp.arrays(np.float64, (3, 3), elements=st.floats(-100.0, 100.0, allow_subnormal=False))
+#: positive scales over most of float64's range: c·g neither overflows nor loses its direction
+SCALES = st.floats(1e-150, 1e150)
+
+
+def _nonzero(*gs):
+    assume(all(np.linalg.norm(g) >= 1e-3 for g in gs))
+
+
+@settings(max_examples=80, deadline=None)
+@given(g=GRADS, t=GRADS, c1=SCALES, c2=SCALES)
+def test_angle_is_a_symmetric_angle_between_directions(g, t, c1, c2):
+    """angle(c₁g, c₂t) = angle(g, t) for c > 0, symmetric, 0 for g = t, 180 for g = −t, and
+    angle(g, t) + angle(g, −t) = 180; the value is arccos of the cosine where that is well conditioned."""
+    _nonzero(g, t)
+    theta = metrics.angle_deg(g, t)
+    assert 0.0 <= theta <= 180.0
+    assert metrics.angle_deg(c1 * g, c2 * t) == pytest.approx(theta, abs=1e-9)
+    assert metrics.angle_deg(t, g) == theta
+    assert metrics.angle_deg(g, g) == 0.0 and metrics.angle_deg(g, -g) == 180.0
+    assert metrics.angle_deg(c1 * g, -c2 * g) == pytest.approx(180.0, abs=1e-9)
+    assert theta + metrics.angle_deg(g, -t) == pytest.approx(180.0, abs=1e-9)
+    cos = float((g * t).sum() / (np.linalg.norm(g) * np.linalg.norm(t)))
+    if abs(cos) < 0.99:
+        assert theta == pytest.approx(math.degrees(math.acos(cos)), abs=1e-8)
+
+
+@settings(max_examples=80, deadline=None)
+@given(g=GRADS, t=GRADS, c=SCALES)
+def test_rel_err_and_norm_ratio_scale_and_obey_the_law_of_cosines(g, t, c):
+    """rel_err(cg, ct) = rel_err(g, t), norm_ratio(cg, t) = c·norm_ratio(g, t), rel_err(g, g) = 0,
+    rel_err(−t, t) = 2, and the three metrics are one triangle: rel_err² = r² + 1 − 2r·cos θ."""
+    _nonzero(g, t)
+    err, ratio, theta = metrics.rel_err(g, t), metrics.norm_ratio(g, t), metrics.angle_deg(g, t)
+    assert err == pytest.approx(np.linalg.norm(g - t) / np.linalg.norm(t), rel=1e-12)
+    assert metrics.rel_err(c * g, c * t) == pytest.approx(err, rel=1e-12)
+    assert metrics.norm_ratio(c * g, t) == pytest.approx(c * ratio, rel=1e-12)
+    assert metrics.rel_err(g, g) == 0.0 and metrics.rel_err(-c * t, c * t) == pytest.approx(2.0, rel=1e-15)
+    law = ratio**2 + 1 - 2 * ratio * math.cos(math.radians(theta))
+    assert err**2 == pytest.approx(law, abs=1e-9 * (1 + ratio) ** 2)
+
+
+SPECTRUM = st.lists(st.integers(-10**6, 10**6).map(lambda v: v / 1024), min_size=1, max_size=12)
+
+
+def _same(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key] == b[key] or (math.isnan(a[key]) and math.isnan(b[key])), key
+
+
+@settings(max_examples=80, deadline=None)
+@given(lam=SPECTRUM, k=st.integers(-30, 30), perm_seed=st.integers(0, 2**31 - 1))
+def test_spectrum_diagnostics_invariances(lam, k, perm_seed):
+    """Invariant to the order of λ and to λ → −λ; under λ → 2^k λ (exact) the gap scales by 2^k, K by
+    2^−k, and the relative gap, rank and condition do not change; min_abs_gap is the smallest pairwise
+    |λ_i − λ_j| found by brute force."""
+    lam = np.array(lam)
+    base = metrics.spectrum_diagnostics(lam)
+    _same(metrics.spectrum_diagnostics(np.random.default_rng(perm_seed).permutation(lam)), base)
+    _same(metrics.spectrum_diagnostics(-lam), base)
+    c = 2.0**k
+    scaled = metrics.spectrum_diagnostics(c * lam)
+    _same({key: scaled[key] for key in ("min_rel_gap", "numerical_rank", "condition")},
+          {key: base[key] for key in ("min_rel_gap", "numerical_rank", "condition")})
+    assert scaled["min_abs_gap"] == c * base["min_abs_gap"] and scaled["max_abs_K"] == base["max_abs_K"] / c
+    pairs = [abs(a - b) for i, a in enumerate(lam) for b in lam[i + 1:]]
+    assert base["min_abs_gap"] == (min(pairs) if pairs else math.inf)
