@@ -5,7 +5,7 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import assume, given, settings, strategies as st
 from scipy import stats as sps
 
 from stabkit.studies import _stats
@@ -266,3 +266,67 @@ def test_percent_interval_refuses_bounds_outside_0_1(lo, hi):
     with pytest.raises(ValueError, match="lo=.*hi="):
         _stats.percent_interval(lo, hi)
     assert _stats.percent_interval(0.0, 1.0) == "[0, 100]" and _stats.percent_interval(math.nan, 0.5) == "—"
+
+
+# ------------------------------------------------------------------------------ properties
+@given(st.integers(1, 400))
+@settings(max_examples=60, deadline=None)
+def test_wilson_contains_the_rate_is_monotone_and_mirror_symmetric(n):
+    """For every k of n: 0 ≤ lo ≤ k/n ≤ hi ≤ 1, both ends strictly increasing in k, and swapping
+    successes and failures mirrors the interval: (lo, hi)(n − k) = (1 − hi, 1 − lo)(k)."""
+    k = np.arange(n + 1)
+    lo, hi = _stats.wilson(k, np.full_like(k, n))
+    assert ((0 <= lo) & (lo <= k / n) & (k / n <= hi) & (hi <= 1)).all()
+    assert (np.diff(lo) > 0).all() and (np.diff(hi) > 0).all()
+    np.testing.assert_allclose(lo[::-1], 1 - hi, rtol=0, atol=1e-13)
+    assert [_stats.wilson(int(j), n) for j in (0, n // 2, n)] == [(lo[j], hi[j]) for j in (0, n // 2, n)]
+
+
+@given(st.integers(1, 40))
+@settings(max_examples=25, deadline=None)
+def test_clopper_pearson_contains_the_rate_is_monotone_and_mirror_symmetric(n):
+    """The same three properties for the exact interval, which also contains the Wilson one's rate
+    at every k (both contain k/n)."""
+    lo, hi = np.array([_stats.clopper_pearson(k, n) for k in range(n + 1)]).T
+    rate = np.arange(n + 1) / n
+    assert ((0 <= lo) & (lo <= rate) & (rate <= hi) & (hi <= 1)).all()
+    assert (np.diff(lo) > 0).all() and (np.diff(hi) > 0).all()
+    np.testing.assert_allclose(lo[::-1], 1 - hi, rtol=0, atol=1e-12)
+
+
+@given(st.lists(st.one_of(st.floats(0, 1), st.just(float("nan"))), min_size=1, max_size=12),
+       st.integers(0, 2**31 - 1))
+@settings(max_examples=80, deadline=None)
+def test_holm_is_permutation_equivariant_and_ignores_nans(p, seed):
+    """holm(p[π]) = holm(p)[π] (ties included: tied p-values get one adjusted value), and each finite
+    entry's adjusted value is that of the p-values without the NaNs."""
+    p = np.array(p)
+    adj = _stats.holm(p)
+    perm = np.random.default_rng(seed).permutation(p.size)
+    np.testing.assert_array_equal(_stats.holm(p[perm]), adj[perm])
+    finite = ~np.isnan(p)
+    assert np.isnan(adj[~finite]).all()
+    np.testing.assert_array_equal(adj[finite], _stats.holm(p[finite]))
+    assert (adj[finite] <= 1).all()
+
+
+VALUES = st.lists(st.one_of(st.integers(-50, 50).map(float), st.floats(-1e6, 1e6), st.just(float("nan"))),
+                  min_size=6, max_size=80)
+
+
+@given(VALUES, st.integers(0, 2**31 - 1), st.sampled_from([0.5, 2.0, -1.0, -0.25]), st.integers(-8, 8).map(float))
+@settings(max_examples=80, deadline=None)
+def test_median_interval_brackets_the_median_and_follows_monotone_maps(values, seed, a, b):
+    """For any data (ties, NaN dropped): the interval is the order statistics at scipy's ranks, holds
+    the sample median, does not depend on the order of the data, and an affine map x → ax + b
+    (a power of 2 times ±1, so exact) carries it along — reversed for a < 0."""
+    x = np.array(values)
+    kept = np.sort(x[~np.isnan(x)])
+    assume(kept.size >= 6)
+    lo, hi = _stats.median_interval(x)
+    r = _scipy_rank(kept.size)
+    assert (lo, hi) == (kept[r - 1], kept[kept.size - r])
+    assert lo <= np.median(kept) <= hi
+    assert _stats.median_interval(np.random.default_rng(seed).permutation(x)) == (lo, hi)
+    mapped = _stats.median_interval(a * x + b)
+    assert mapped == ((a * lo + b, a * hi + b) if a > 0 else (a * hi + b, a * lo + b))
