@@ -6,7 +6,8 @@ Each follows from a method's documented formula (module docstrings of ``stabkit.
   ``exact_state`` method, ``pi-legacy``'s iterations from the exact eigenvectors, torch's own) gives
   Q G Qᵀ at Q A Qᵀ when the loss is rotated with A. ``pi-forward`` is left out: its random start
   vectors are fixed, not rotated with A, so its gradient is not equivariant;
-* the eigenvalue part is exact in every rule on the exact (λ, U): ∂L/∂U = 0 gives U diag(kept·∂L/∂λ) Uᵀ;
+* the eigenvalue part is exact in every rule on the exact (λ, U): ∂L/∂U = 0 gives U diag(kept·∂L/∂λ) Uᵀ
+  (torch's own backward too, but only away from exact ties, where it forms ∞ · 0);
 * scale covariance of the kernels, F(cλ; θ) = F(λ; θ_c)/c with the parameters rescaled as their
   formulas say (ε/c for Taylor's shift, cτ for the clip cap, ε/c² for the Lorentzian width, atol/c);
   so the rules whose F is homogeneous of degree −1 (analytic, taylor/taylor-authors at ε = 0,
@@ -74,10 +75,11 @@ def test_gradient_is_orthogonally_equivariant(lam, seed, name, loss_name):
 
 @settings(max_examples=40, deadline=None)
 @given(lam=st.lists(st.floats(0.01, 10.0), min_size=1, max_size=6), seed=st.integers(0, 2**31 - 1),
-       name=st.sampled_from([*ASSEMBLED, "torch", *BUSY, *TRUNCATING]))
+       name=st.sampled_from([*ASSEMBLED, *BUSY, *TRUNCATING]))
 def test_eigenvalue_part_is_exact_for_every_rule(lam, seed, name):
     """∂L/∂U = 0: ∂L/∂A = U diag(kept ∘ ∂L/∂λ) Uᵀ whatever F is — near-ties included (λ may repeat
-    or nearly: F huge or infinite there, but it multiplies exact zeros)."""
+    or nearly: F huge or infinite there, but it multiplies exact zeros). Not ``torch``: torch's own
+    backward forms ∞ · 0 = NaN at an exact tie even then — the shipped baseline, kept as it is."""
     lam = np.sort(lam)
     A = build(lam, seed=seed)
     glam = np.random.default_rng(seed).standard_normal(lam.size)
