@@ -238,3 +238,57 @@ def test_zca_whitening_names_an_input_that_is_no_float_feature_map(x, needle):
 
     with pytest.raises(ValueError, match="ZCAWhitening: expected a float feature map .*" + needle):
         ZCAWhitening(16, d=4)(x)
+
+
+# ------------------------------------------------------------------ whitening as a property (float64)
+def _grouped_numpy(x, d):
+    """(G, d, m) samples of x (B, C, H, W) per group of d channels, written with numpy."""
+    return x.detach().numpy().transpose(1, 0, 2, 3).reshape(x.shape[1] // d, d, -1)
+
+
+@st.composite
+def _feature_maps(draw):
+    """(x, d): G ∈ 1..3 groups of d ∈ 1..4 channels, m = B·H·W ∈ 2..36 samples, channel scales in
+    [0.3, 3] and offsets in [−5, 5] (Σ ⪰ 0, possibly singular when m ≤ d)."""
+    G, d = draw(st.integers(1, 3)), draw(st.integers(1, 4))
+    B, H, W = draw(st.integers(2, 4)), draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    rng = np.random.default_rng(draw(st.integers(0, 2**31 - 1)))
+    scale = rng.uniform(0.3, 3.0, (1, G * d, 1, 1))
+    offset = rng.uniform(-5.0, 5.0, (1, G * d, 1, 1))
+    return torch.from_numpy(rng.standard_normal((B, G * d, H, W)) * scale + offset), d
+
+
+@settings(max_examples=30, deadline=None)
+@given(xd=_feature_maps(), eps=st.floats(1e-3, 1.0), method=st.sampled_from(["analytic", "taylor", "clip", "degenerate"]))
+def test_training_output_covariance_is_sigma_over_sigma_plus_eps(xd, eps, method):
+    """Y_g = (Σ + εI)^{-1/2}(X_g − μ): per group, zero mean and covariance Σ(Σ + εI)^{-1} — the identity
+    within ε/(λ + ε) per eigenpair (exactly I only for ε = 0) — computed here with numpy."""
+    x, d = xd
+    layer = ZCAWhitening(x.shape[1], d=d, method=method, eps=eps, dtype="float64", affine=False)
+    y = layer(x)
+    yg = _grouped_numpy(y, d)
+    assert np.abs(yg.mean(-1)).max() <= 1e-10
+    for xg, got in zip(_grouped_numpy(x, d), yg):
+        m = xg.shape[-1]
+        xc = xg - xg.mean(-1, keepdims=True)
+        sigma = xc @ xc.T / m
+        expected = sigma @ np.linalg.inv(sigma + eps * np.eye(d))
+        np.testing.assert_allclose(got @ got.T / m, expected, rtol=0, atol=1e-9)
+        assert np.linalg.eigvalsh((expected + expected.T) / 2).max() < 1
+
+
+@settings(max_examples=30, deadline=None)
+@given(xd=_feature_maps(), eps=st.floats(1e-3, 1.0), seed=st.integers(0, 2**31 - 1))
+def test_training_output_ignores_channel_offsets_and_rotates_with_the_group(xd, eps, seed):
+    """ZCA (unlike PCA) whitening commutes with rotations: Q_g applied to each group's channels gives
+    Q_g Y_g; a constant added to a channel changes nothing (it is centred away)."""
+    x, d = xd
+    G = x.shape[1] // d
+    layer = ZCAWhitening(x.shape[1], d=d, eps=eps, dtype="float64", affine=False)
+    y = layer(x).detach()
+    rng = np.random.default_rng(seed)
+    shift = torch.from_numpy(rng.uniform(-10.0, 10.0, (1, x.shape[1], 1, 1)))
+    torch.testing.assert_close(layer(x + shift), y, rtol=0, atol=1e-9)
+    Q = torch.block_diag(*[torch.from_numpy(np.linalg.qr(rng.standard_normal((d, d)))[0]) for _ in range(G)])
+    rotated = torch.einsum("ij,bjhw->bihw", Q, x)
+    torch.testing.assert_close(layer(rotated), torch.einsum("ij,bjhw->bihw", Q, y), rtol=0, atol=1e-9)
