@@ -318,3 +318,20 @@ def test_a_label_rebuilds_its_matrix_exactly(family, params):
     """No rounding of the values: '%g' would show cond=1.0000001 as cond=1, a value lapack refuses."""
     s = spectra.make(family, 6, seed=1, **params)
     assert np.array_equal(_rebuilt(s).matrix, s.matrix), s.label
+
+
+@settings(FAST)
+@given(family=st.sampled_from(list(spectra.FAMILIES)), d=st.integers(2, 30), seed=st.integers(0, 2**32))
+def test_every_family_is_symmetric_reproducible_and_semidefinite_where_it_should_be(family, d, seed):
+    """For every family, d and seed: exactly symmetric, the same bits from the same seed, float32 the
+    rounded float64; a Wishart sample X Xᵀ/n is positive semi-definite (to d·eps·‖A‖) and the given
+    eigenvalues of the other families are ascending."""
+    s = spectra.make(family, d, seed=seed)
+    assert np.array_equal(s.matrix, s.matrix.T)
+    assert np.array_equal(spectra.make(family, d, seed=seed).matrix, s.matrix)
+    assert np.array_equal(spectra.make(family, d, seed=seed, dtype="float32").matrix, s.matrix.astype(np.float32))
+    if family == "wishart":
+        lam = np.linalg.eigvalsh(s.matrix)
+        assert lam.min() >= -10 * d * EPS * lam.max()
+    else:
+        assert (np.diff(s.eigenvalues) >= 0).all()
