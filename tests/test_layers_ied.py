@@ -67,6 +67,19 @@ def test_explicit_max_iter_is_honoured_and_validated():
             layers.ied(A, solver="power", tol=bad)
 
 
+@pytest.mark.parametrize("solver", ["eigh", "power"])
+def test_bad_k_and_seed_raise_input_error(solver):
+    """k must be an integer in [1, d] and seed one in [0, 2**64) (1.5 or seed='x' gave torch's errors)."""
+    A = torch.as_tensor(build([0.1, 0.5, 1.0, 2.0], seed=1))
+    for k in (1.5, 0, 5, True, "2"):
+        with pytest.raises(InputError, match=r"ied: k must be an integer with 1 ≤ k ≤ d = 4, got k="):
+            layers.ied(A, k=k, solver=solver)
+    for seed in ("x", 1.5, -1, False, 2 ** 70):
+        with pytest.raises(InputError, match=r"ied: seed must be an integer in \[0, 2\*\*64\)"):
+            layers.ied(A, seed=seed, solver=solver)
+    assert layers.ied(A, k=4, seed=2 ** 64 - 1, solver=solver)[0].shape == (4, 4)
+
+
 def test_exact_positive_tie_converges_to_an_eigenvector_of_the_tied_space():
     """λ₁ = λ₂ = 3 (docstring): the forward is no error — the iterate is an eigenvector for 3 in
     span(u₁, u₂), which one depending on the seed."""

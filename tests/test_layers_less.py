@@ -73,6 +73,43 @@ def test_bad_max_iter_raises_input_error():
         layers.less(ORTHOGONAL_TO_ONES, max_iter=0)
 
 
+@pytest.mark.parametrize("y0, match", [
+    ([1.0, 0.0, 0.0], "y0 must be a torch.Tensor or None, got list"),
+    (torch.ones(4, dtype=torch.float64), r"y0 must have shape \(d,\) or \(\.\.\., d\) broadcasting to A's \(3,\), got \(4,\)"),
+    (torch.ones(2, 3, dtype=torch.float64), r"y0 must have shape .* broadcasting to A's \(3,\), got \(2, 3\)"),
+    (torch.ones((), dtype=torch.float64), r"y0 must have shape .*, got \(\)"),
+    (torch.ones(3, dtype=torch.complex128), "y0 must be a real tensor, got dtype torch.complex128"),
+    (torch.ones(3, dtype=torch.float64, device="meta"), "y0 is on device meta, A on cpu"),
+    (torch.zeros(3, dtype=torch.float64), "y0 must be finite and non-zero"),
+    (torch.tensor([float("nan"), 1.0, 0.0], dtype=torch.float64), "y0 must be finite and non-zero"),
+], ids=["list", "wrong-d", "wrong-batch", "scalar", "complex", "other-device", "zero", "nan"])
+def test_bad_start_vector_raises_input_error(y0, match):
+    """y0 is checked before iterating (a list, a wrong shape or another device gave torch's traceback;
+    a zero or NaN start a misleading 'not the principal one (λ = nan)')."""
+    with pytest.raises(InputError, match="less: " + match):
+        layers.less(ORTHOGONAL_TO_ONES, y0=y0)
+
+
+def test_start_vector_of_another_dtype_or_broadcast_over_the_batch_is_accepted():
+    A = torch.stack([ORTHOGONAL_TO_ONES, 2 * ORTHOGONAL_TO_ONES])
+    y0 = torch.tensor([1.0, -0.9, 0.0], dtype=torch.float32)  # converted to A's float64
+    y, lam = layers.less(A, y0=y0)
+    torch.testing.assert_close(lam, torch.tensor([3.0, 6.0], dtype=torch.float64), rtol=0, atol=1e-12)
+    y32, lam32 = layers.less(ORTHOGONAL_TO_ONES.float(), y0=y0.double())
+    assert y32.dtype == torch.float32 and abs(float(lam32) - 3.0) < 1e-5
+
+
+@pytest.mark.parametrize("seed", [1.5, -1, True, "x", 2 ** 64])
+def test_bad_seed_raises_input_error(seed):
+    with pytest.raises(InputError, match=r"less: seed must be an integer in \[0, 2\*\*64\)"):
+        layers.less(ORTHOGONAL_TO_ONES, seed=seed)
+
+
+def test_seed_range_ends_are_accepted():
+    for seed in (0, 2 ** 64 - 1, np.int64(7)):
+        assert abs(float(layers.less(ORTHOGONAL_TO_ONES, seed=seed)[1]) - 3.0) < 1e-13
+
+
 @pytest.mark.parametrize("tol", [0.0, -1e-3, 1.0, float("nan"), True])
 def test_bad_tol_raises_input_error(tol):
     """A tol outside (0, 1) is refused before iterating, as ied refuses it (less passed it through)."""

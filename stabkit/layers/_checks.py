@@ -8,6 +8,7 @@ checks its input, so it takes no ``check=`` (:func:`method_params`) and its mess
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -50,6 +51,12 @@ def check_tol(tol, fn: str) -> None:
     """An iterative layer's relative tolerance: None (its default) or a number in (0, 1)."""
     if tol is not None and (isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 < tol < 1):
         raise InputError(f"{fn}: tol must be a number in (0, 1), got {tol!r}")
+
+
+def check_seed(seed, fn: str) -> None:
+    """A layer's random seed: an integer in [0, 2⁶⁴), the range of torch.Generator.manual_seed."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2 ** 64:
+        raise InputError(f"{fn}: seed must be an integer in [0, 2**64), got {seed!r}")
 
 
 def failure_tol(tol: float, d: int, dtype: torch.dtype) -> float:

@@ -43,7 +43,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from ..errors import InputError
-from ._checks import check_iterations, check_matrix, check_tol, failure_tol, not_converged
+from ._checks import check_iterations, check_matrix, check_seed, check_tol, failure_tol, not_converged
 
 
 #: The smallest relative gap 1 − |λ_{k+1}/λ_k| the power solver's default budget is sized for. Sample
@@ -101,7 +101,7 @@ def principal_backward(A, Y, lam, gY, glam):
 def seeded_normal(shape, seed: int, like: torch.Tensor) -> torch.Tensor:
     """Standard normal numbers of ``shape`` from a CPU generator seeded with ``seed`` (the same on
     every device), in ``like``'s dtype and device."""
-    gen = torch.Generator(device="cpu").manual_seed(seed)
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
     return torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype=like.dtype, device=like.device)
 
 
@@ -177,6 +177,7 @@ def ied(A: torch.Tensor, k: int = 1, solver: str = "eigh", max_iter: int | None 
     if max_iter is not None:
         check_iterations(max_iter, "ied")
     check_tol(tol, "ied")
-    if not 1 <= k <= A.shape[-1]:
-        raise InputError(f"ied: expected 1 ≤ k ≤ d = {A.shape[-1]}, got k={k}")
+    check_seed(seed, "ied")
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= A.shape[-1]:
+        raise InputError(f"ied: k must be an integer with 1 ≤ k ≤ d = {A.shape[-1]}, got k={k!r}")
     return _IED.apply(A, k, solver, max_iter, tol, seed)

@@ -38,8 +38,9 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from ..errors import EigensolverError
-from ._checks import check_iterations, check_matrix, check_tol, failure_tol, not_converged
+from .. import _xp
+from ..errors import EigensolverError, InputError
+from ._checks import check_iterations, check_matrix, check_seed, check_tol, failure_tol, not_converged
 from .ied import fix_sign, principal_backward, seeded_normal
 
 
@@ -50,6 +51,29 @@ def _start(A, seed):
     y = y / torch.linalg.vector_norm(y, dim=-1, keepdim=True).clamp_min(torch.finfo(A.dtype).tiny)
     z = seeded_normal(A.shape[:-1], seed, A)
     return y + 1e-3 * z / torch.linalg.vector_norm(z, dim=-1, keepdim=True)
+
+
+def _check_start(y0, A) -> None:
+    """InputError unless y0 is None or a real tensor (d,) or (..., d) broadcasting to A's batch, on A's
+    device, finite and non-zero in A's dtype (it is converted to that dtype)."""
+    if y0 is None:
+        return
+    if not isinstance(y0, torch.Tensor):
+        raise InputError(f"less: y0 must be a torch.Tensor or None, got {type(y0).__name__}")
+    if y0.is_complex():
+        raise InputError(f"less: y0 must be a real tensor, got dtype {y0.dtype}")
+    if y0.device != A.device:
+        raise InputError(f"less: y0 is on device {y0.device}, A on {A.device}: move y0 to A's device")
+    batch = tuple(A.shape[:-1])
+    if not 1 <= y0.ndim <= len(batch) or y0.shape[-1] != batch[-1] or any(
+            n not in (1, m) for n, m in zip(y0.shape[::-1], batch[::-1])):
+        raise InputError(f"less: y0 must have shape (d,) or (..., d) broadcasting to A's {batch}, got {tuple(y0.shape)}")
+    if _xp.is_traced(y0) or y0.numel() == 0:
+        return
+    norm = torch.linalg.vector_norm(y0.detach().to(A.dtype), dim=-1)
+    if not bool((torch.isfinite(norm) & (norm > 0)).all()):
+        raise InputError(f"less: y0 must be finite and non-zero in {A.dtype} (a start vector's norm is "
+                         f"{float(norm[~(torch.isfinite(norm) & (norm > 0))].flatten()[0])})")
 
 
 def less_forward(A, y0=None, max_iter=5000, tol=None, seed=0):
@@ -133,11 +157,14 @@ def less(A: torch.Tensor, y0: torch.Tensor | None = None, max_iter: int = 5000, 
          seed: int = 0):
     """Principal eigenvector y (..., d) and eigenvalue λ = yᵀAy (...) of symmetric A (..., d, d).
 
-    ``y0``: start vector (default: module docstring; ``seed`` seeds its nudge). ``tol``: stop at
+    ``y0``: start vector, a real tensor (d,) or (..., d) on A's device, converted to A's dtype (default:
+    module docstring; ``seed``, an integer in [0, 2⁶⁴), seeds its nudge). ``tol``: stop at
     ‖(I − yyᵀ) A y‖ ≤ tol·‖A‖_F/2, tol in (0, 1) (default 16 eps). Raises EigensolverError if that is not reached
     or y is not the principal vector.
     """
     check_matrix(A, "less", symmetric=True)
     check_iterations(max_iter, "less")
     check_tol(tol, "less")
+    check_seed(seed, "less")
+    _check_start(y0, A)
     return _LESS.apply(A, y0, max_iter, tol, seed)
