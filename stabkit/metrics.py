@@ -112,11 +112,26 @@ def spectrum_diagnostics(lam: ArrayLike, dtype: DTypeLike = np.float64) -> dict[
     min_abs_gap = min_i (λ_{i+1} − λ_i); min_rel_gap = min_abs_gap / max|λ|; max_abs_K =
     max_{i≠j} 1/|λ_i − λ_j| = 1/min_abs_gap (the largest factor of the analytic gradient);
     numerical_rank = #{|λ_i| > d·eps·max|λ|} (eps of ``dtype``); condition = max|λ| / min|λ|.
+    InputError unless ``lam`` is a non-empty 1-D vector of finite real numbers and ``dtype`` a
+    floating-point dtype.
     """
-    lam = np.sort(np.asarray(lam, dtype=np.float64))
+    lam = np.asarray(lam)
+    if lam.dtype.kind not in "biuf" or lam.ndim != 1 or lam.size == 0:
+        raise InputError(f"spectrum_diagnostics: expected a non-empty 1-D vector of real eigenvalues, got "
+                         f"shape {lam.shape} and dtype {lam.dtype}")
+    lam = np.sort(lam.astype(np.float64))
+    if not np.isfinite(lam).all():
+        raise InputError(f"spectrum_diagnostics: the eigenvalues have non-finite entries "
+                         f"({int((~np.isfinite(lam)).sum())} of {lam.size})")
+    try:
+        eps = float(np.finfo(np.dtype(dtype)).eps) if np.dtype(dtype).kind in "fc" else None
+    except TypeError:
+        eps = None
+    if eps is None:
+        raise InputError(f"spectrum_diagnostics: dtype must be a floating-point dtype (its eps sets the "
+                         f"numerical rank's threshold), got {dtype!r}")
     scale = float(np.abs(lam).max())
     gap = float(np.diff(lam).min()) if lam.size > 1 else math.inf
-    eps = float(np.finfo(dtype).eps)
     smallest = float(np.abs(lam).min())
     return {
         "min_abs_gap": gap,

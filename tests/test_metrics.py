@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from stabkit import metrics
+from stabkit.errors import InputError
 
 
 @pytest.mark.parametrize("theta_deg", [1e-7, 0.5, 30.0, 90.0, 179.0])
@@ -63,6 +64,27 @@ def test_spectrum_diagnostics():
     assert diag["numerical_rank"] == 3
     assert diag["condition"] == math.inf
     assert metrics.spectrum_diagnostics(np.array([0.5, 2.0]))["condition"] == pytest.approx(4.0)
+
+
+@pytest.mark.parametrize("lam, dtype, match", [
+    ([], np.float64, r"non-empty 1-D vector of real eigenvalues, got shape \(0,\)"),
+    (np.ones((2, 2)), np.float64, r"1-D vector .* got shape \(2, 2\)"),
+    (5.0, np.float64, r"1-D vector .* got shape \(\)"),
+    (np.array([1.0, 2.0j]), np.float64, "dtype complex128"),
+    ([1.0, np.nan, 3.0], np.float64, r"non-finite entries \(1 of 3\)"),
+    ([1.0, 2.0], np.int64, "dtype must be a floating-point dtype"),
+    ([1.0, 2.0], "int32", "dtype must be a floating-point dtype"),
+    ([1.0, 2.0], "x", "dtype must be a floating-point dtype"),
+], ids=["empty", "matrix", "scalar", "complex", "nan", "int64-dtype", "int32-dtype", "bad-dtype"])
+def test_spectrum_diagnostics_refuses_bad_input(lam, dtype, match):
+    """Before: numpy's ValueError (empty, integer dtype), AxisError (scalar), or silently mixed or
+    NaN numbers (a matrix, a NaN eigenvalue)."""
+    with pytest.raises(InputError, match="spectrum_diagnostics: .*" + match):
+        metrics.spectrum_diagnostics(lam, dtype=dtype)
+
+
+def test_spectrum_diagnostics_accepts_integer_eigenvalues():
+    assert metrics.spectrum_diagnostics(np.array([1, 2, 4]))["condition"] == 4.0
 
 
 def test_numerical_rank_threshold_is_d_eps_max_lambda_of_the_dtype():
