@@ -340,3 +340,16 @@ def test_evaluate_on_numpy_refuses_what_stabkit_torch_eigh_refuses(bad, needle):
         methods.spec("taylor").evaluate(bad, loss)
     with pytest.raises(ValueError, match=needle):
         eigh(torch.from_numpy(bad))
+
+
+@pytest.mark.parametrize("loss_name", ["zca", "eigvec", "projector"])
+def test_loss_built_for_another_size_is_refused_naming_both(loss_name):
+    """A loss for d = 5 at a 4 × 4 A raised numpy's matmul ValueError (torch's RuntimeError)."""
+    from stabkit.errors import InputError
+
+    A = spectra.make("separated", 4).matrix
+    loss = make_loss(loss_name, 5)
+    for a in (A, torch.as_tensor(A)):
+        with pytest.raises(InputError, match=rf"method 'taylor': the {loss_name} loss is built for d = 5 but A is "
+                                             r"4 × 4 \(d = 4\)"):
+            methods.spec("taylor").evaluate(a, loss)

@@ -98,11 +98,18 @@ class Spec:
 
         A numpy A meets the input contract of ``stabkit.torch.eigh`` (``validation.check_symmetric``:
         InputError for NaN/Inf, a dtype other than float32/float64, a non-square or non-symmetric A);
-        a tensor is taken as is (``stabkit.torch`` checks its own calls)."""
+        a tensor is taken as is (``stabkit.torch`` checks its own calls). Either way, InputError if
+        ``loss`` was built for another matrix size d than A's."""
+        from ..errors import InputError  # here: stabkit.errors imports this module
+
         if not _xp.is_torch(_xp.namespace(A)):
-            from ..validation import check_symmetric  # here: stabkit.errors imports this module
+            from ..validation import check_symmetric
 
             check_symmetric(A)
+        weight = getattr(loss, "weight", None)
+        if weight is not None and A.shape[-1:] != weight.shape[-1:]:
+            raise InputError(f"method '{self}': the {getattr(loss, 'name', 'probe')} loss is built for d = {weight.shape[-1]} "
+                             f"but A is {' × '.join(map(str, A.shape))} (d = {A.shape[-1]}): make the loss for A's size")
         with _xp.errstate(A):
             lam, U, state = self.forward(A)
             gU, glam = loss.grads(U, lam)
