@@ -170,6 +170,8 @@ def test_augment_crops_and_flips_on_device():
     ("width", math.nan, "width must be"), ("eps", math.inf, "eps must be finite"),
     ("momentum", -0.1, "momentum must be a finite number ≥ 0"), ("batch_size", 0, "batch_size must be"),
     ("batch_size", 12.5, "batch_size must be an integer"), ("lr", "fast", "lr must be a number"),
+    ("tf32", "x", "tf32 must be true or false"), ("tf32", "false", "tf32 must be true or false"),
+    ("tf32", 1, "tf32 must be true or false"),
 ])
 def test_bad_numbers_are_refused_before_a_step(option, value, needle):
     # each would otherwise crash mid-run (max_steps = −1: a negative tensor size), train on silently
@@ -240,6 +242,10 @@ def test_study_grid_cells_and_validation():
         study.validate({"runs": 3})
     with pytest.raises(ValueError, match="unknown method"):
         study.validate({"methods": ["svd"]})
+    # tf32 (default None: the preset's) was taken as bool(value) by every cell: "false" switched TF32 on
+    with pytest.raises(ValueError, match=r"tf32 must be true or false \(or none: torch's setting\), got 'x'"):
+        study.cells({"tf32": "x"})
+    assert study.cells({"tf32": False, "seeds": 1})[0]["tf32"] is False
 
 
 def test_run_cell_on_tiny_data(tiny_batches):

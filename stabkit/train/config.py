@@ -149,6 +149,8 @@ def _check_schedule(cfg: dict) -> None:
         raise ValueError(f"milestones {cfg['milestones']} out of range for unit {cfg['milestone_unit']!r}")
     if cfg["stop_on"] not in STOP_ON:
         raise ValueError(f"unknown stop_on {cfg['stop_on']!r}: choose {', '.join(STOP_ON)}")
+    if cfg["tf32"] is not None and not isinstance(cfg["tf32"], bool):  # set_tf32 would take bool("false") as on
+        raise ValueError(f"tf32 must be true or false (or none: torch's setting), got {cfg['tf32']!r}")
     if len(tuple(cfg["input_std"])) != 3 or not all(float(v) > 0 for v in cfg["input_std"]):
         raise ValueError(f"input_std must be three positive numbers, got {cfg['input_std']!r}")
     cfg["input_std"] = tuple(float(v) for v in cfg["input_std"])
