@@ -184,3 +184,20 @@ def test_a_contour_axis_of_one_value_is_refused_before_any_cell(part, key):
     with pytest.raises(ValueError, match=f"angle_surfaces: {key} needs at least 2 values"):
         _grid.load_study(config)
     _grid.load_study({**config, "grid": {"parts": [p for p in ang.PARTS if p != part], key: one}})  # unused there
+
+
+@pytest.mark.parametrize("part, grid, match", [
+    ("k_eps", {"cluster_family": "x"}, r"grid key 'cluster_family': unknown spectrum family 'x' \(allowed: separated, cluster"),
+    ("gap_d", {"gap_family": "x"}, r"grid key 'gap_family': unknown spectrum family 'x' \(allowed: separated, cluster"),
+    ("gap_d", {"gap_param": "x"}, r"grid key 'gap_param': 'x' is no parameter of spectrum family 'cluster' \(allowed: k, delta\)"),
+    ("gap_d", {"gap_family": "separated"}, r"grid key 'gap_param': 'delta' is no parameter of spectrum family 'separated' "
+                                           r"\(allowed: cond\)"),
+    ("k_eps", {"cluster_params": {"kk": 2}}, r"grid key 'cluster_params': 'kk' is no parameter of spectrum family 'cluster'"),
+], ids=["cluster_family", "gap_family", "gap_param", "gap_param-of-family", "cluster_params"])
+def test_unknown_spectrum_family_or_parameter_is_refused_before_any_cell(part, grid, match):
+    """Any text was accepted, then every cell of the part failed in spectra.make (or with a TypeError)."""
+    config = {"study": {"name": "a", "kind": "angle_surfaces"}, "grid": {"parts": [part], **grid}}
+    with pytest.raises(ValueError, match="angle_surfaces: " + match):
+        _grid.load_study(config)
+    _grid.load_study({**config, "grid": {"parts": [p for p in ang.PARTS if p != part], **grid}})  # unused there
+    ang.validate({"gap_family": "separated", "gap_param": "cond", "cluster_family": "powerlaw", "cluster_params": {"alpha": 2.0}})

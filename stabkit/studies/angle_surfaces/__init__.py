@@ -29,6 +29,8 @@ Figures are contour plots and 3-D surfaces (matplotlib, Agg backend).
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 
 from ... import methods, metrics
@@ -83,8 +85,33 @@ def validate(grid: dict) -> dict:
                              f"got {out[key]}")
     for key in ("seeds", "loss_seed"):  # numpy's generators take no negative seed
         int_list(key, out[key], 0, "seed")
+    _check_spectra(out)
     _check_methods(out)
     return out
+
+
+def _check_spectra(grid: dict) -> None:
+    """The spectrum family of each measured part in the grid, its parameter table's names and gap_d's
+    gap_param (the parameter δ sets) among ``stabkit.spectra``'s (a ValueError naming the key and the
+    allowed values), before any cell builds a spectrum."""
+    from ... import spectra
+
+    for part, family_key, params_key in (("k_eps", "cluster_family", "cluster_params"), ("gap_d", "gap_family", "gap_params")):
+        if part not in grid["parts"]:
+            continue
+        family = grid[family_key]
+        if not isinstance(family, str) or family not in spectra.FAMILIES:
+            raise ValueError(f"angle_surfaces: grid key {family_key!r}: unknown spectrum family {family!r} "
+                             f"(allowed: {', '.join(spectra.FAMILIES)})")
+        allowed = [p for p in inspect.signature(spectra.FAMILIES[family]).parameters if p not in ("d", "rng")]
+        named = [("gap_param", grid["gap_param"])] if part == "gap_d" else []
+        if not isinstance(grid[params_key], dict):
+            raise ValueError(f"angle_surfaces: grid key {params_key!r} must be a table, got {grid[params_key]!r}")
+        named += [(params_key, name) for name in grid[params_key]]
+        for key, name in named:
+            if not isinstance(name, str) or name not in allowed:
+                raise ValueError(f"angle_surfaces: grid key {key!r}: {name!r} is no parameter of spectrum family "
+                                 f"{family!r} (allowed: {', '.join(allowed)})")
 
 
 def _check_methods(grid: dict) -> None:
