@@ -138,7 +138,7 @@ def make_loss(name: str, d: int, seed: int = 0, weight: np.ndarray | None = None
         raise ValueError(f"unknown loss {name!r}: choose one of {', '.join(LOSSES)}")
     for what, value, least in (("matrix size d", d, 1), ("seed", seed, 0)):
         if not is_count(value, least):
-            raise InputError(f"loss {name!r}: {what} must be an integer ≥ {least}, got {value!r}")
+            raise InputError(f"loss {name!r}: {what} must be an integer in [{least}, 2^63 − 1], got {value!r}")
     d, seed = int(d), int(seed)
     if weight is None:
         weight = _weight(d, seed)

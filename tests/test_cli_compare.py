@@ -213,3 +213,11 @@ def test_a_matrix_eigh_accepts_is_accepted_by_compare(tmp_path):
     A[0, 1] += 1e-7 * np.abs(A).max()
     result = runner.invoke(app, ["compare", "--matrix", _npy(tmp_path, "b.npy", A), "-m", "analytic"])
     assert result.exit_code == 2 and "not symmetric" in result.stderr and "√eps" in result.stderr
+
+
+@pytest.mark.parametrize("seed", [2**63, 2**64, 2**70])
+def test_a_seed_beyond_int64_is_refused_naming_the_range(seed):
+    """A seed above 2^63 − 1 was refused as 'must be an integer ≥ 0', which it is."""
+    result = runner.invoke(app, ["compare", "--seed", str(seed), "-m", "analytic"])
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.output
+    assert f"seed must be an integer in [0, 2^63 − 1], got {seed}" in result.stderr

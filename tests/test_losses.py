@@ -89,10 +89,11 @@ def test_truncate_rejects_a_mask_of_the_wrong_size():
 
 
 @pytest.mark.parametrize("args, kwargs, needle", [
-    (("zca", -1), {}, "d must be an integer ≥ 1, got -1"), (("zca", 0), {}, "got 0"), (("zca", 2.5), {}, "got 2.5"),
-    (("zca", "3"), {}, "got '3'"), (("eigvec", 3, -1), {}, "seed must be an integer ≥ 0, got -1"),
+    (("zca", -1), {}, r"d must be an integer in \[1, 2\^63 − 1\], got -1"), (("zca", 0), {}, "got 0"), (("zca", 2.5), {}, "got 2.5"),
+    (("zca", "3"), {}, "got '3'"), (("eigvec", 3, -1), {}, r"seed must be an integer in \[0, 2\^63 − 1\], got -1"),
     (("zca", 3, 1.5), {}, "got 1.5"), (("zca", 3, None), {}, "got None"),
     (("projector", 3), {"k": 1.5}, "got 1.5"), (("projector", 3), {"k": "1"}, "got '1'"),
+    (("zca", 3, 2**70), {}, r"seed must be an integer in \[0, 2\^63 − 1\], got 1180591620717411303424"),
 ])
 def test_bad_size_seed_or_rank_is_named(args, kwargs, needle):
     """numpy's "expected non-negative integer", "seed must be integer" or a slice TypeError before;

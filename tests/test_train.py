@@ -162,9 +162,10 @@ def test_augment_crops_and_flips_on_device():
 
 
 @pytest.mark.parametrize("option, value, needle", [
-    ("max_steps", -1, "max_steps must be an integer ≥ 0"), ("max_steps", 2.5, "max_steps must be an integer"),
-    ("limit_test", -1, "limit_test must be an integer ≥ 0"), ("limit_images", -64, "limit_images must be an integer ≥ 1"),
-    ("seed", -1, "seed must be an integer ≥ 0"), ("seed", 2**63, "seed must be an integer"),
+    ("max_steps", -1, r"max_steps must be an integer in \[0, 2\^63 − 1\]"), ("max_steps", 2.5, "max_steps must be an integer"),
+    ("limit_test", -1, r"limit_test must be an integer in \[0, 2\^63 − 1\]"), ("limit_images", -64, r"limit_images must be an integer in \[1, 2\^63 − 1\]"),
+    ("seed", -1, r"seed must be an integer in \[0, 2\^63 − 1\]"), ("seed", 2**63, "seed must be an integer"),
+    ("seed", 2**70, r"seed must be an integer in \[0, 2\^63 − 1\], got 1180591620717411303424"),
     ("lr", math.inf, "lr must be a finite number > 0"), ("gamma", math.nan, "gamma must be a finite number > 0"),
     ("gamma", -1.0, "gamma must be"), ("width", 0.0, "width must be a finite number > 0"),
     ("width", math.nan, "width must be"), ("eps", math.inf, "eps must be finite"),
@@ -514,7 +515,7 @@ def test_the_cli_parses_the_method_once(monkeypatch):
 
 @pytest.mark.parametrize("study, setting, needle", [
     ("zca-cifar10-cpu-pilot", "lr=inf", "grid key 'lr' must be a finite number, got inf"),
-    ("zca-cifar10-cpu-pilot", "max_steps=-1", "max_steps must be an integer ≥ 0"),
+    ("zca-cifar10-cpu-pilot", "max_steps=-1", "max_steps must be an integer in [0, 2^63 − 1]"),
     ("zca-cifar10-cpu-pilot", 'data="/nonexistent/cifar"', "no such file or folder"),
     ("zca-cifar10-survival", "lr=inf", "grid key 'lr' must be a finite number, got inf"),
     ("zca-cifar10-survival", "train_options={bogus=1}", "unknown training option"),

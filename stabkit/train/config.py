@@ -135,7 +135,7 @@ def _check_count(cfg: dict, key: str, minimum: int, note: str = "", optional: bo
     """An integer option in [minimum, 2^63 − 1] (``optional``: or None)."""
     value = cfg[key]
     if not (optional and value is None) and not is_count(value, minimum):
-        raise ValueError(f"{key} must be an integer ≥ {minimum}{note}, got {value!r}")
+        raise ValueError(f"{key} must be an integer in [{minimum}, 2^63 − 1]{note}, got {value!r}")
 
 
 def _check_schedule(cfg: dict) -> None:
