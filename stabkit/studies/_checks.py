@@ -14,7 +14,7 @@ from ..validation import INT64_MAX, is_count, is_real
 #: what a default's type asks of a value: (test, the phrase naming it)
 _LIKE = {
     "bool": (lambda v: isinstance(v, bool), "true or false"),
-    "int": (lambda v: is_real(v) and -INT64_MAX <= v <= INT64_MAX and v == int(v), "an integer"),
+    "int": (lambda v: is_count(v, -INT64_MAX), "an integer"),
     "real": (is_real, "a finite number"),
     "text": (lambda v: isinstance(v, str), "text"),
     "list": (lambda v: isinstance(v, list), "a list"),
