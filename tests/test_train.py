@@ -173,6 +173,8 @@ def test_augment_crops_and_flips_on_device():
     ("batch_size", 12.5, "batch_size must be an integer"), ("lr", "fast", "lr must be a number"),
     ("tf32", "x", "tf32 must be true or false"), ("tf32", "false", "tf32 must be true or false"),
     ("tf32", 1, "tf32 must be true or false"),
+    ("check_every", 0, r"check_every must be an integer in \[1, 2\^63 − 1\], got 0"),
+    ("eval_every", 2**63, r"eval_every must be an integer in \[0, 2\^63 − 1\] \(0: test only at the end\), got 9223372036854775808"),
 ])
 def test_bad_numbers_are_refused_before_a_step(option, value, needle):
     # each would otherwise crash mid-run (max_steps = −1: a negative tensor size), train on silently

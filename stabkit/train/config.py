@@ -160,10 +160,8 @@ def _check_path(cfg: dict) -> None:
     """The fast path's options: check/eval intervals and the compile mode."""
     cfg["fast"] = bool(cfg["fast"])
     cfg["check_every"] = (100 if cfg["fast"] else 10) if cfg["check_every"] is None else cfg["check_every"]
-    if not is_count(cfg["check_every"], 1):
-        raise ValueError(f"check_every must be an integer ≥ 1, got {cfg['check_every']!r}")
-    if not is_count(cfg["eval_every"], 0):
-        raise ValueError(f"eval_every must be an integer ≥ 0 (0: test only at the end), got {cfg['eval_every']!r}")
+    _check_count(cfg, "check_every", 1)
+    _check_count(cfg, "eval_every", 0, " (0: test only at the end)")
     mode = cfg["compile"]
     compile_mode = {True: "default", False: None, "": None, "none": None}.get(mode, mode) if isinstance(mode, (bool, str)) else mode
     if compile_mode is not None and compile_mode not in COMPILE_MODES:
