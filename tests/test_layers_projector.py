@@ -1,5 +1,6 @@
 """Projector layer (Lemma 1): input contract, first derivatives only."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -42,3 +43,19 @@ def test_a_rank_or_rtol_outside_its_domain_is_named(kwargs, match):
     """A fractional rank used to keep ⌈rank⌉ singular values and a negative or NaN rtol every or no σ, silently."""
     with pytest.raises(InputError, match=match):
         layers.projector(torch.eye(3, dtype=torch.float64), **kwargs)
+
+
+def test_eps_and_rtol_share_one_rule_across_the_layers():
+    """ZCAWhitening's eps and the projector's rtol re-wrote check_eps (which refused a numpy float32 ε
+    that they took): one rule, a finite real number ≥ 0, numpy numbers included, bools refused."""
+    from stabkit.train.zca import ZCAWhitening
+
+    A = torch.eye(3, dtype=torch.float64)
+    small = np.float32(0.25)
+    torch.testing.assert_close(layers.eig_matrix_function(A, "sqrt", eps=small), 1.25 ** 0.5 * A)
+    assert ZCAWhitening(4, d=2, eps=small).eps == 0.25
+    torch.testing.assert_close(layers.projector(A, rtol=small), A)
+    for call in (lambda: layers.eig_matrix_function(A, "sqrt", eps=True), lambda: ZCAWhitening(4, d=2, eps=True),
+                 lambda: layers.projector(A, rtol=True)):
+        with pytest.raises(InputError, match=r"(eps|rtol) must be a finite number ≥ 0, got True"):
+            call()

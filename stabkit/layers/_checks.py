@@ -7,13 +7,13 @@ checks its input, so it takes no ``check=`` (:func:`method_params`) and its mess
 
 from __future__ import annotations
 
-import math
 import numbers
 
 import torch
 
 from ..errors import EigensolverError, InputError
 from ..torch import _check_tensor, check_values
+from ..validation import is_real
 
 
 #: What a layer's non-symmetric-input message advises (a layer has no check= to turn off).
@@ -35,10 +35,11 @@ def method_params(params: dict, fn: str) -> dict:
     return params
 
 
-def check_eps(eps, fn: str) -> float:
-    """The ridge ε as a float; InputError unless it is a finite number ≥ 0."""
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps < math.inf:
-        raise InputError(f"{fn}: eps must be a finite number ≥ 0, got {eps!r}")
+def check_eps(eps, fn: str, name: str = "eps") -> float:
+    """The ridge ε (or another value ``name`` under the same rule) as a float; InputError unless it is a
+    finite real number ≥ 0 (``validation.is_real``: a numpy number too, not a bool)."""
+    if not (is_real(eps) and eps >= 0):
+        raise InputError(f"{fn}: {name} must be a finite number ≥ 0, got {eps!r}")
     return float(eps)
 
 

@@ -20,8 +20,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from ..errors import InputError
-from ..validation import is_real
-from ._checks import check_matrix
+from ._checks import check_eps, check_matrix
 
 
 def _T(x):
@@ -33,8 +32,8 @@ def range_factors(A: torch.Tensor, rank: int | None = None, rtol: float | None =
     k = min(A.shape[-2:])
     if rank is not None and (isinstance(rank, bool) or not isinstance(rank, numbers.Integral) or not 0 <= rank <= k):
         raise InputError(f"projector: rank must be an integer in [0, {k}], got {rank!r}")
-    if rtol is not None and not (is_real(rtol) and rtol >= 0):
-        raise InputError(f"projector: rtol must be a finite number ≥ 0, got {rtol!r}")
+    if rtol is not None:
+        check_eps(rtol, "projector", "rtol")
     U, S, Vh = torch.linalg.svd(A, full_matrices=False)
     if rank is not None:
         keep = (torch.arange(k, device=A.device) < rank).expand(S.shape)

@@ -164,11 +164,10 @@ class ZCAWhitening(nn.Module):
         if dtype not in DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}: choose float32 or float64")
         if config is None:
-            if not (is_real(eps) and eps >= 0):
-                raise InputError(f"ZCAWhitening: eps must be a finite number ≥ 0, got {eps!r}")
-            spec = methods.spec(method)  # the Python edge: text, a Method or a Spec, converted once
-            from ..layers._checks import method_params  # here: stabkit.layers imports this module
+            from ..layers._checks import check_eps, method_params  # here: stabkit.layers imports this module
 
+            check_eps(eps, "ZCAWhitening")
+            spec = methods.spec(method)  # the Python edge: text, a Method or a Spec, converted once
             params = method_params(params or {}, "ZCAWhitening")
             config = ZCAConfig(spec=spec.replace(**params) if params else spec, eps=float(eps))
         self.config = config
