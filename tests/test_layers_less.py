@@ -121,3 +121,16 @@ def test_second_derivative_is_refused():
     A = torch.as_tensor(build([0.3, 1.0, 2.0, 4.0], seed=2))
     with pytest.raises(RuntimeError, match="differentiate twice"):
         second_derivative(lambda a: layers.less(a)[0], A)
+
+
+def test_max_iter_and_zca_sizes_share_one_positive_integer_rule():
+    """ZCAWhitening's d/num_features re-wrote check_iterations's rule (numpy integers taken there, refused
+    here): one helper, a Python or numpy integer ≥ 1, the same words."""
+    from stabkit.train.zca import ZCAWhitening
+
+    assert abs(float(layers.less(ORTHOGONAL_TO_ONES, max_iter=np.int64(5000))[1]) - 3.0) < 1e-13
+    assert ZCAWhitening(np.int64(4), d=np.int64(2)).groups == 2
+    for call, name in ((lambda: layers.less(ORTHOGONAL_TO_ONES, max_iter=2.0), "less: max_iter"),
+                       (lambda: ZCAWhitening(4, d=2.0), "ZCAWhitening: d")):
+        with pytest.raises(InputError, match=f"{name} must be a positive integer, got 2.0"):
+            call()

@@ -43,9 +43,14 @@ def check_eps(eps, fn: str, name: str = "eps") -> float:
     return float(eps)
 
 
+def check_positive_integer(value, fn: str, name: str) -> None:
+    """InputError unless ``value`` is an integer ≥ 1 (a Python or numpy integer, not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise InputError(f"{fn}: {name} must be a positive integer, got {value!r}")
+
+
 def check_iterations(max_iter, fn: str) -> None:
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-        raise InputError(f"{fn}: max_iter must be a positive integer, got {max_iter!r}")
+    check_positive_integer(max_iter, fn, "max_iter")
 
 
 def check_tol(tol, fn: str) -> None:

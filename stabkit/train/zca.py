@@ -33,8 +33,6 @@ input is cast in and the result cast back), autocast or not: the layer disables 
 
 from __future__ import annotations
 
-import numbers
-
 import torch
 from torch import nn
 
@@ -154,9 +152,10 @@ class ZCAWhitening(nn.Module):
                  eps: float = 1e-4, momentum: float = 0.1, dtype: str = "float32", affine: bool = True,
                  config: ZCAConfig | None = None):
         super().__init__()
-        for name, n in (("num_features", num_features), ("d", d)):
-            if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
-                raise InputError(f"ZCAWhitening: {name} must be a positive integer, got {n!r}")
+        from ..layers._checks import check_eps, check_positive_integer, method_params  # stabkit.layers imports this module
+
+        check_positive_integer(num_features, "ZCAWhitening", "num_features")
+        check_positive_integer(d, "ZCAWhitening", "d")
         if num_features % d:
             raise ValueError(f"group size d={d} must divide the number of channels {num_features}")
         if not (is_real(momentum) and 0 <= momentum <= 1):
@@ -164,8 +163,6 @@ class ZCAWhitening(nn.Module):
         if dtype not in DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}: choose float32 or float64")
         if config is None:
-            from ..layers._checks import check_eps, method_params  # here: stabkit.layers imports this module
-
             check_eps(eps, "ZCAWhitening")
             spec = methods.spec(method)  # the Python edge: text, a Method or a Spec, converted once
             params = method_params(params or {}, "ZCAWhitening")
