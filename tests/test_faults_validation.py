@@ -63,14 +63,20 @@ def test_domain_is_checked_for_python_calls_too():
         methods.bind("taylor", {"K": True}).params
 
 
-@pytest.mark.parametrize("call", [
-    lambda: methods.spec(("taylor", [("K", 3)])), lambda: methods.bind("taylor", "K=3"),
-    lambda: methods.spec((1, {})), lambda: methods.get(["taylor"]), lambda: methods.bind(None),
+MAPPING = r"method 'taylor': parameters must be a mapping such as \{'K': 19\}, got "
+
+
+@pytest.mark.parametrize("call, needle", [
+    (lambda: methods.spec(("taylor", [("K", 3)])), MAPPING + r"\[\('K', 3\)\]"),
+    (lambda: methods.bind("taylor", "K=3"), MAPPING + "'K=3'"),
+    (lambda: methods.spec((1, {})), "unknown method 1: choose one of analytic, "),
+    (lambda: methods.get(["taylor"]), r"unknown method \['taylor'\]: choose one of analytic, "),
+    (lambda: methods.bind(None), "unknown method None: choose one of analytic, "),
 ])
-def test_a_method_or_parameters_of_the_wrong_type_are_a_method_spec_error(call):
+def test_a_method_or_parameters_of_the_wrong_type_are_a_method_spec_error(call, needle):
     """A list of pairs, spec text as parameters, or a number/list as the method gave AttributeError or
     TypeError from inside bind/get."""
-    with pytest.raises(methods.MethodSpecError, match="method"):
+    with pytest.raises(methods.MethodSpecError, match=needle):
         call()
 
 
