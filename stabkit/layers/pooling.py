@@ -62,8 +62,8 @@ class CovariancePooling(nn.Module):
     ``method``/``params``: None (default) for the exact Daleckii–Krein backward, or the
     eigendecomposition's backward (a :class:`~stabkit.methods.Spec`, or a registry name or spec
     text with ``params`` its parameters; made a Spec once, here). ``eps``: ridge
-    ε added to Σ. ``dtype``: computation dtype (``"float32"``, ``"float64"``; default the input's),
-    the result is cast back to the input's dtype.
+    ε added to Σ. ``dtype``: computation dtype (``"float32"``, ``"float64"``; default the input's, so
+    a float16/bfloat16 map needs one: InputError otherwise), the result is cast back to the input's dtype.
     """
 
     def __init__(self, function: str = "sqrt", method: str | Spec | None = None, params: dict | None = None,
