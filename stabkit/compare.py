@@ -64,7 +64,8 @@ def compare(A, loss_name: str, method_specs=None, *, dtype="float64", seed: int 
     The truth is that of the matrix actually fed to the methods (A rounded to ``dtype``), so the
     comparison measures the backward rule, not the rounding of the input. ``method_specs``: Specs
     (or anything ``methods.spec`` takes: spec text, a (name, params) pair), made Specs once here, or
-    one of them; default (None or empty) every registered method. ``truth``: the Truth of A, to
+    one Spec or spec text alone (a lone pair is read as two specs: put it in a list); default (None or
+    empty) every registered method. ``truth``: the Truth of A, to
     reuse. ``dtype``: "float32" or "float64", or np.float32/np.float64 (or their np.dtype),
     recorded by name in ``Comparison.dtype``; numpy's text aliases ("double", "f8") are refused, as
     on the command line.
