@@ -1,6 +1,7 @@
 """IED: the power solver reports non-convergence instead of returning a non-eigenvector; input
 contract (the eigh solver included); first derivatives only."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -78,6 +79,8 @@ def test_bad_k_and_seed_raise_input_error(solver):
         with pytest.raises(InputError, match=r"ied: seed must be an integer in \[0, 2\*\*64\)"):
             layers.ied(A, seed=seed, solver=solver)
     assert layers.ied(A, k=4, seed=2 ** 64 - 1, solver=solver)[0].shape == (4, 4)
+    # a numpy integer is an integer, as the projector's rank and the other layers' counts accept
+    assert torch.equal(layers.ied(A, k=np.int64(2), solver=solver)[0], layers.ied(A, k=2, solver=solver)[0])
 
 
 def test_exact_positive_tie_converges_to_an_eigenvector_of_the_tied_space():

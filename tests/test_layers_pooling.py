@@ -85,6 +85,8 @@ def test_float64_compute_dtype_for_a_float32_map():
     ({"function": "exp"}, "unknown matrix function 'exp'"),
     ({"eps": -1.0}, "eps must be"),
     ({"eps": float("nan")}, "eps must be"),
+    ({"eps": True}, "eps must be a finite number"),
+    ({"eps": float("inf")}, "eps must be a finite number"),
     ({"dtype": "float16"}, "unknown dtype"),
     ({"method": "no-such-method"}, "no-such-method"),
 ])

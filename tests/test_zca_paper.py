@@ -301,6 +301,9 @@ def test_preset_errors():
         ZCAConfig(truncation="energy")
     with pytest.raises(TypeError, match="must be a methods.Spec"):
         ZCAConfig(spec="taylor")
+    for eps in (float("inf"), float("nan"), -1e-4, "1e-4"):  # inf was accepted: Σ + ∞·I whitens to zero
+        with pytest.raises(ValueError, match="eps must be a finite number ≥ 0"):
+            ZCAConfig(eps=eps)
 
 
 def test_paper_init_kaiming_fan_out_and_uniform_gamma():

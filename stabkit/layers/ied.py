@@ -38,6 +38,7 @@ constants, so differentiating it again would be wrong.
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -178,6 +179,6 @@ def ied(A: torch.Tensor, k: int = 1, solver: str = "eigh", max_iter: int | None 
         check_iterations(max_iter, "ied")
     check_tol(tol, "ied")
     check_seed(seed, "ied")
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= A.shape[-1]:
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 1 <= k <= A.shape[-1]:
         raise InputError(f"ied: k must be an integer with 1 ≤ k ≤ d = {A.shape[-1]}, got k={k!r}")
-    return _IED.apply(A, k, solver, max_iter, tol, seed)
+    return _IED.apply(A, int(k), solver, max_iter, tol, seed)

@@ -33,7 +33,7 @@ from .. import methods
 from ..errors import InputError
 import stabkit.torch
 from . import matrix_functions
-from ._checks import method_params
+from ._checks import check_eps, method_params
 from ..methods import Spec
 from ..torch import check_values
 
@@ -71,8 +71,7 @@ class CovariancePooling(nn.Module):
         super().__init__()
         if function not in FUNCTIONS:
             raise ValueError(f"unknown matrix function {function!r}: choose one of {', '.join(FUNCTIONS)}")
-        if not (isinstance(eps, (int, float)) and eps >= 0 and eps < float("inf")):
-            raise ValueError(f"eps must be a finite number ≥ 0, got {eps!r}")
+        check_eps(eps, "CovariancePooling")
         if dtype is not None and dtype not in DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}: choose float32 or float64")
         params = method_params(params or {}, "CovariancePooling")

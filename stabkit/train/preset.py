@@ -66,6 +66,7 @@ from dataclasses import dataclass, field, replace
 
 from .. import methods
 from ..methods import Spec
+from ..validation import is_real
 from . import table_iv
 
 #: Table IV row (``Method.paper_name``) → backward of the authors' code: the row's method, or its
@@ -109,8 +110,8 @@ class ZCAConfig:
             raise ValueError(f"unknown ZCA weight init {self.weight_init!r}: choose ones or uniform")
         if not isinstance(self.spec, Spec):
             raise TypeError(f"ZCAConfig.spec must be a methods.Spec (parse at the edge: methods.spec(...)), got {self.spec!r}")
-        if not self.eps >= 0:
-            raise ValueError(f"eps must be ≥ 0, got {self.eps}")
+        if not (is_real(self.eps) and self.eps >= 0):
+            raise ValueError(f"eps must be a finite number ≥ 0, got {self.eps!r}")
         if self.lam_floor is not None and not self.lam_floor >= 0:
             raise ValueError(f"lam_floor must be ≥ 0, got {self.lam_floor}")
 
