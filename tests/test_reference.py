@@ -346,6 +346,17 @@ def test_matrix_scaled_by_1e300(engine):
     assert not t.grad.any() and not t.certified and "underflows" in t.note
 
 
+@pytest.mark.parametrize("engine", ["mpmath", "flint"])
+@pytest.mark.parametrize("A", [np.array([[8.9e307, 8.9e307], [8.9e307, -8.9e307]]), np.full((3, 3), 8e307)],
+                         ids=["eigenvalues ±1.26e308", "eigenvalue 2.4e308"])
+def test_entries_whose_eigenvalues_or_gaps_may_overflow_are_refused(A, engine):
+    """A + Aᵀ is finite, but λ or the gaps between them leave float64 (|λ| ≤ d·max|a_ij|, a gap ≤ twice
+    that): mpmath's digit estimate raised 'cannot convert float NaN to integer', flint an OverflowError or
+    a 'degenerate (≤ inf)' verdict. Refused before any work, naming the bound."""
+    with pytest.raises(InputError, match=r"exceed .* = float64's largest / \(2d\)"):
+        R.ground_truth(A, make_loss("eigvec", A.shape[0], seed=0), engine=engine, cache=False)
+
+
 def test_truth_keeps_its_old_constructor():
     """Truth gained a ``note`` field with a default: five-argument construction still works."""
     t = R.Truth(np.eye(2), np.ones(2), 30.0, "flint", 0.1)

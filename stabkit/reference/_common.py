@@ -15,12 +15,17 @@ MAX_DIGITS = 60.0  # certified digits are capped here
 
 
 def as_exact_float64(A) -> np.ndarray:
-    """Validate A and return it as float64, symmetrized exactly (float32 widens exactly)."""
+    """Validate A and return it as float64, symmetrized exactly (float32 widens exactly); refused where
+    its eigenvalues or their gaps could overflow float64 (entries above float64's largest / 2d)."""
     a = np.asarray(A)
     check_symmetric(a)
     if a.ndim != 2:
         raise InputError(f"matrix must be a single d×d matrix, got shape {a.shape}")
     a = a.astype(np.float64)
+    limit = np.finfo(np.float64).max / (2 * max(a.shape[0], 1))
+    if a.size and np.abs(a).max() > limit:  # |λ| ≤ d·max|a_ij| (Gershgorin), so a gap is ≤ 2d·max|a_ij|
+        raise InputError(f"matrix entries up to {np.abs(a).max():.3g} exceed {limit:.3g} = float64's largest / (2d): "
+                         f"its eigenvalues or their gaps may overflow float64; scale the matrix")
     return (a + a.T) / 2  # exact for float32 input; for float64 the same as check_symmetric
 
 
