@@ -305,6 +305,16 @@ def test_specs_are_hashable_and_equal_by_method_and_params():
     assert methods.spec(("clip", {"tau": 10})) == methods.spec("clip:tau=10")
 
 
+def test_spec_bound_is_infinite_at_an_exact_tie():
+    """Spec.bound: max |F_ij|, an infinite F (the analytic rule at a tie) or a NaN one is ∞ — not the
+    dtype's largest finite number, which nan_to_num substitutes for ∞ by default."""
+    tie = [1.0, 1.0, 3.0]
+    assert methods.spec("analytic").bound(np.array(tie)) == np.inf
+    assert float(methods.spec("analytic").bound(torch.tensor(tie, dtype=torch.float32))) == np.inf
+    assert methods.spec("analytic").bound(np.array([1.0, np.nan, 3.0])) == np.inf
+    assert methods.spec("clip:tau=50").bound(np.array(tie)) == 50.0
+
+
 def test_torch_eigh_rejects_bad_input():
     with pytest.raises(ValueError, match="unsupported dtype"):
         eigh(torch.eye(3, dtype=torch.int64))

@@ -87,7 +87,7 @@ class Spec:
             F = abs(self.method.bound_kernel(lam, **self.params))
         elif self.method.kernel is not None:
             F = abs(self.method.kernel(lam, **self.params))
-            F = _xp.namespace(F).nan_to_num(F, nan=math.inf)
+            F = _xp.namespace(F).nan_to_num(F, nan=math.inf, posinf=math.inf)  # posinf: its default is the largest float
         else:
             return None
         return _xp.amax(F, (-2, -1), keepdims=False)
