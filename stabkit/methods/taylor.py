@@ -9,7 +9,8 @@ evaluated on λ + ε (adding εI to A shifts the eigenvalues and leaves eigenvec
 The truncation keeps |F_ij| ≤ (K+1)/(λ_max(i,j) + ε), so equal eigenvalues give a finite value;
 its sign follows λ_j − λ_i and, at exact ties, the index order, keeping F antisymmetric.
 Defaults K = 9 (the paper's choice) and ε = 0 (a layer adds its own ε to its covariance).
-Needs λ + ε > 0; a zero or negative shifted eigenvalue gives a non-finite F.
+Meant for λ + ε > 0: F is non-finite only where the larger shifted eigenvalue of a pair is 0, and
+a negative one gives finite values that are not a series of 1/Δ (λ + ε = (−2, −1): F_01 = −1023, not 1).
 """
 
 from .. import _xp
