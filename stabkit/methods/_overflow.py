@@ -1,7 +1,8 @@
 """Per-sample overflow handling of Song, Sebe & Wang (ICCV 2021) for F.
 
-Their released SVD-Padé / SVD-Taylor backward replaces +Inf entries of K̃ by the largest finite
-entry, −Inf by the smallest, and NaN by the largest — taken over the whole batch. A batch-wide
+Their released SVD-Padé / SVD-Taylor backward replaces +Inf entries of K̃ by the largest other
+entry and −Inf by the smallest, taken over the whole batch; its NaN → ``k.max()`` leaves NaN (torch's
+max propagates NaN), as do the first two where a NaN is present. A batch-wide
 maximum lets one ill-conditioned sample rescale every other sample's gradient, so here each
 sample (each matrix in the batch) uses only its own finite entries.
 """
