@@ -7,7 +7,7 @@
   If n < d the thin V spans only the row space; we use C = V (g(σ² + ε) − g(ε)) Vᵀ + g(ε) I
   (the same matrix), whose V-gradient runs through Prop. 1's D term (needs σ > 0).
 * EIG route (Prop. 4): symmetric A = U Λ Uᵀ, C = U g(Λ + εI) Uᵀ with ∂L/∂U = 2 (∂L/∂C)_sym U g,
-  ∂L/∂Λ = g'(Λ) (Uᵀ ∂L/∂C U)_diag, fed to Prop. 2 through :func:`stabkit.torch.eigh` — so any
+  ∂L/∂Λ = g'(Λ + εI) (Uᵀ ∂L/∂C U)_diag, fed to Prop. 2 through :func:`stabkit.torch.eigh` — so any
   registry method can replace the analytic backward (``method=``).
 
 g ∈ {``log``, ``sqrt``, ``power`` (x^p)}. DeepO2P (Corollary 1) is g = log of FᵀF + εI:
