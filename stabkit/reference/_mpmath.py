@@ -161,9 +161,10 @@ def _signed_man(x) -> int:
 def engine(A: np.ndarray, loss, cache: bool, dps: int | None, input_dtype=np.float64):
     """(float64 gradient, thunk → mpf entries row-major, float64 eigenvalues, digits, note).
 
-    Gradient at precisions P and ≈1.5P.  P = 30 + gap digits + condition digits (spectral losses):
-    the condition is read from the high-precision eigenvalues, and P is raised (at least doubled
-    while λ_min is below the eigensolver's noise floor) until it covers it, up to MAX_DPS.
+    Gradient at precisions P and ≈1.5P.  P starts at 30 + gap digits + the float64 condition's digits
+    (for every loss, so that all share one cached solve); for spectral losses the condition is then
+    read from the high-precision eigenvalues, and P is raised (at least doubled while λ_min is below
+    the eigensolver's noise floor) until it covers it, up to MAX_DPS.
 
     ``digits`` = min(agreement of the two gradients, P − 3 − gap digits − condition digits): the
     second term is the accuracy a backward-stable solver can deliver at P, so that two precisions
