@@ -363,3 +363,18 @@ def test_loss_built_for_another_size_is_refused_naming_both(loss_name):
         with pytest.raises(InputError, match=rf"method 'taylor': the {loss_name} loss is built for d = 5 but A is "
                                              r"4 × 4 \(d = 4\)"):
             methods.spec("taylor").evaluate(a, loss)
+
+
+@pytest.mark.parametrize("loss", ["zca", None, 3.0])
+def test_evaluate_refuses_what_is_not_a_probe_loss_as_ground_truth_does(loss):
+    """Spec.evaluate(A, "zca") raised AttributeError ('str' object has no attribute 'grads') where
+    ground_truth(A, "zca") raises InputError naming make_loss: the README's pair
+    ``taylor.evaluate(A, loss)``, ``stabkit.ground_truth(A, loss)`` now refuse alike."""
+    from stabkit.errors import InputError
+
+    A = spectra.make("separated", 4).matrix
+    for a in (A, torch.as_tensor(A)):
+        with pytest.raises(InputError, match=r"method 'taylor': loss must be a probe loss \(stabkit\.losses\.make_loss\(name, 4\)\)"):
+            methods.spec("taylor").evaluate(a, loss)
+    with pytest.raises(InputError, match=r"loss must be a probe loss \(stabkit\.losses\.make_loss\(name, 4\)\)"):
+        ground_truth(A, loss)

@@ -99,13 +99,17 @@ class Spec:
         A numpy A meets the input contract of ``stabkit.torch.eigh`` (``validation.check_symmetric``:
         InputError for NaN/Inf, a dtype other than float32/float64, a non-square or non-symmetric A);
         a tensor is taken as is (``stabkit.torch`` checks its own calls). Either way, InputError if
-        ``loss`` was built for another matrix size d than A's."""
+        ``loss`` is not a probe loss (``stabkit.losses.make_loss``; a loss name is refused, as by
+        ``ground_truth``) or was built for another matrix size d than A's."""
         from ..errors import InputError  # here: stabkit.errors imports this module
 
         if not _xp.is_torch(_xp.namespace(A)):
             from ..validation import check_symmetric
 
             check_symmetric(A)
+        if not callable(getattr(loss, "grads", None)):  # e.g. a loss name: ground_truth refuses it alike
+            raise InputError(f"method '{self}': loss must be a probe loss "
+                             f"(stabkit.losses.make_loss(name, {A.shape[-1]})), got {loss!r}")
         weight = getattr(loss, "weight", None)
         if weight is not None and A.shape[-1:] != weight.shape[-1:]:
             raise InputError(f"method '{self}': the {getattr(loss, 'name', 'probe')} loss is built for d = {weight.shape[-1]} "
