@@ -2,6 +2,7 @@
 
 import math
 import sys
+import warnings
 
 import pandas as pd
 import pytest
@@ -366,3 +367,21 @@ def test_a_daleckii_krein_layer_is_logged_as_itself_and_never_swapped():
     assert svd_row["min_gap"] == pytest.approx(0.75, rel=1e-12)
     assert df.iloc[0]["batch"] == 2 and df.iloc[0]["n"] == 3
     assert df.iloc[0]["grad_norm"] > 0 and math.isfinite(df.iloc[0]["grad_in_norm"])
+
+
+@pytest.mark.parametrize("call", [lambda: torch.linalg.eigh(torch.zeros(0, 3, 3)), lambda: torch.linalg.eigh(torch.zeros(2, 0, 0)),
+                                  lambda: torch.linalg.eigvalsh(torch.zeros(0, 0)), lambda: torch.linalg.svd(torch.zeros(0, 2, 3))],
+                         ids=["empty-batch", "0x0", "eigvalsh-0x0", "svd-empty-batch"])
+def test_an_empty_input_is_logged_without_a_warning(call, monkeypatch):
+    """torch decomposes an empty batch and 0×0 matrices: the call is one row with nothing measured,
+    never a 'could not be logged' warning (under -W error it raised into the user's call)."""
+    from stabkit.monitor import hooks
+
+    monkeypatch.setattr(hooks, "_warned_internal", False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with monitor.watch() as mon:
+            call()
+    row = mon.records.iloc[0]
+    assert len(mon.records) == 1 and row["error"] == "" and not row["nonfinite"]
+    assert math.isnan(row["min_gap"]) and math.isnan(row["lam_min"]) and math.isnan(row["max_K"])

@@ -73,6 +73,11 @@ def _call_stats(A, lam, bound, runs: int) -> dict:
     if lam.ndim == 1:
         lam = lam[None]
     n = lam.shape[-1]
+    if lam.numel() == 0:  # an empty batch or 0×0 matrices (torch decomposes them): nothing to measure
+        nan = torch.full((runs,), float("nan"), dtype=lam.dtype, device=lam.device)
+        ok = torch.ones(runs, dtype=torch.bool, device=lam.device)
+        return {"batch": lam.shape[:-1].numel() // runs, "n": n, "input_finite": ok, "finite": ok, "lam_min": nan,
+                "min_gap": nan, "min_rel_gap": nan}
     s = lam.reshape(runs, -1, n)  # ascending (the callers pass σ² flipped)
     input_finite = torch.isfinite(A.detach()).reshape(runs, -1).all(1)
     out = {"batch": s.shape[1], "n": n, "input_finite": input_finite,
