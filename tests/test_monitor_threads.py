@@ -223,6 +223,24 @@ def test_a_swapped_eigh_keeps_torchs_input_contract():
     assert mon.records["backward"].tolist() == ["taylor"]
 
 
+
+@pytest.mark.parametrize("A", [torch.ones(3, dtype=torch.float64), torch.ones(3, 4, dtype=torch.float64),
+                               torch.zeros(0, 0, dtype=torch.float64), torch.zeros(2, 0, 0)],
+                         ids=["1-D", "non-square", "0x0", "batch-of-0x0"])
+def test_a_swapped_eigh_gives_torchs_answer_to_a_malformed_shape(A):
+    """A shape torch refuses (its RuntimeError, its message) or decomposes (0×0) is torch's alone:
+    swap_backward never turns it into stabkit's InputError."""
+    def call():
+        try:
+            return tuple(t.shape for t in torch.linalg.eigh(A))
+        except Exception as exc:  # noqa: BLE001
+            return type(exc), str(exc)
+
+    expected = call()
+    with monitor.watch(swap_backward="taylor"):
+        assert call() == expected
+
+
 class _HookMidRead(torch.Tensor):
     """A row value whose first ``.item()`` lets ``hook`` run in another thread meanwhile (waiting for
     it at most 0.5 s): a read of the rows and a backward hook then overlap on every run."""
