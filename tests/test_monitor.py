@@ -385,3 +385,22 @@ def test_an_empty_input_is_logged_without_a_warning(call, monkeypatch):
     row = mon.records.iloc[0]
     assert len(mon.records) == 1 and row["error"] == "" and not row["nonfinite"]
     assert math.isnan(row["min_gap"]) and math.isnan(row["lam_min"]) and math.isnan(row["max_K"])
+
+
+def test_calls_inside_torch_func_transforms_are_logged_and_readable(tmp_path):
+    """Inside vmap (and jacrev, which vmaps its backward) the call sees batched wrappers: the row is
+    taken over every matrix decomposed and gradient norms over every cotangent, never a wrapper that
+    cannot be read once the transform is over (that turned the log off for the rest of the run)."""
+    A = torch.stack([_sym([1.0, 2.0, 4.0]), _sym([1.0, 1.5, 9.0], seed=1)])
+    with monitor.watch(log_path=tmp_path / "eig.csv") as mon:
+        lam = torch.func.vmap(torch.linalg.eigvalsh)(A)
+        mon.step()
+        jac = torch.func.jacrev(torch.linalg.eigvalsh)(A[0])
+        mon.step()
+    torch.testing.assert_close(lam, torch.linalg.eigvalsh(A))
+    assert mon.log_error is None
+    df = monitor.read_log(tmp_path / "eig.csv")
+    assert df["batch"].tolist() == [2, 1] and df["min_gap"].tolist() == [pytest.approx(0.5), pytest.approx(1.0)]
+    assert df["lam_min"].tolist() == [pytest.approx(1.0), pytest.approx(1.0)]
+    assert df.iloc[1]["grad_norm"] == pytest.approx(math.sqrt(3.0))  # the cotangents: the rows of I₃
+    assert jac.shape == (3, 3, 3)

@@ -61,7 +61,8 @@ own Monitor, as if that run had made the call alone.
 
 Callers that imported the function object before ``watch`` (``from torch.linalg import eigh``) are
 not intercepted by ``watch``; ``stabkit watch`` patches before the user's code runs, so they are.
-Code compiled by ``torch.compile`` is neither monitored nor swapped: while Dynamo traces, the
+Inside ``torch.func`` transforms (``vmap``, ``grad``, ``jacrev``) a call is logged once, over every
+matrix it decomposed (gradient norms over every cotangent). Code compiled by ``torch.compile`` is neither monitored nor swapped: while Dynamo traces, the
 wrappers call the originals, so ``fullgraph=True`` works inside ``watch``.
 ``swap_backward="taylor:K=9"`` routes ``torch.linalg.eigh`` through ``stabkit.torch.eigh`` with
 that registry method's backward and ``check=False``: the call keeps torch's input contract (no

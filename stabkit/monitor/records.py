@@ -63,6 +63,15 @@ def _call_site() -> str:
 
 
 
+def _physical(t):
+    """The plain tensor under torch.func's wrappers (vmap's batched tensors, grad's): the statistics of
+    a call inside a transform are taken over every matrix it decomposed, and a row never holds a
+    wrapper that cannot be read once the transform is over. The eigenvalue dimension stays last."""
+    while isinstance(t, torch.Tensor) and torch._C._functorch.is_functorch_wrapped_tensor(t):
+        t = torch._C._functorch.get_unwrapped(t)
+    return t
+
+
 @torch.no_grad()
 def _call_stats(A, lam, bound, runs: int) -> dict:
     """One call's statistics per run, each a (runs,) tensor (the call's batch split into ``runs`` equal
@@ -148,7 +157,7 @@ class Monitor:
 
     # --- rows ----------------------------------------------------------------------------------
     def _log(self, fn, backward, A, lam, outputs):
-        stats = _call_stats(A, lam, self.bound, 1)
+        stats = _call_stats(_physical(A), _physical(lam), self.bound, 1)
         row = self._add_row(fn, backward, A, {k: v if k in ("batch", "n") else v[0] for k, v in stats.items()}, _call_site())
         for out in outputs:
             if isinstance(out, torch.Tensor) and out.requires_grad:
@@ -170,7 +179,7 @@ class Monitor:
 
     def _log_error(self, fn, backward, A, exc: BaseException):
         """A call that raised: one row with the error, flushed at once (the run is likely to end)."""
-        A = A.detach() if isinstance(A, torch.Tensor) else None
+        A = _physical(A).detach() if isinstance(A, torch.Tensor) else None
         input_finite = bool(torch.isfinite(A).all()) if A is not None and A.is_floating_point() else True
         shape = tuple(A.shape) if A is not None else ()
         row = {"step": self.current_step, "site": _call_site(), "fn": fn, "backward": backward,
@@ -186,7 +195,7 @@ class Monitor:
     def _on_grad(self, g, row):
         """Accumulate ‖∂L/∂output‖² over the call's outputs (only a scalar is kept, never the gradient)."""
         if g is not None:
-            sq = g.detach().double().square().sum()
+            sq = _physical(g).detach().double().square().sum()
             with self._lock:
                 row["_sq"] = row["_sq"] + sq if "_sq" in row else sq
 
@@ -194,7 +203,7 @@ class Monitor:
         """‖∂L/∂A‖² (through every use of A): non-finite with a finite incoming gradient means this
         call's own backward made it so."""
         if g is not None:
-            sq = g.detach().double().square().sum()
+            sq = _physical(g).detach().double().square().sum()
             with self._lock:
                 row["_sq_in"] = sq
 
@@ -305,7 +314,7 @@ class SplitMonitor(Monitor):
             return [mon._log(fn, backward, A, lam, outputs) for mon in mons]
         runs = len(mons)
         # the statistics of all runs at once (one set of kernels, not one per run); the runs share a method
-        stats = _call_stats(A, lam, mons[0].bound, runs)
+        stats = _call_stats(_physical(A), _physical(lam), mons[0].bound, runs)
         site = _call_site()
         rows = [mon._add_row(fn, backward, A, {k: v if k in ("batch", "n") else v[r] for k, v in stats.items()}, site)
                 for r, mon in enumerate(mons)]
@@ -322,7 +331,7 @@ class SplitMonitor(Monitor):
         """As :meth:`Monitor._on_grad` / ``_on_input_grad`` for every run's slice of ``g`` at once."""
         if g is None:
             return
-        sq = g.detach().double().square().reshape(len(rows), -1).sum(1)
+        sq = _physical(g).detach().double().square().reshape(len(rows), -1).sum(1)
         with self._lock:
             if accumulate and key in total:
                 total[key].add_(sq)  # the rows hold views of it
