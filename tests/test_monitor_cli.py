@@ -99,6 +99,34 @@ def test_watch_returns_the_commands_exit_code_and_keeps_another_sitecustomize(tm
     assert "no eigh/eigvalsh/svd call was logged" in done.stderr
 
 
+SPAWNS = """
+import multiprocessing, torch
+
+def child():
+    torch.linalg.eigh(torch.eye(3) * 2)
+
+if __name__ == "__main__":
+    torch.linalg.eigh(torch.eye(2))
+    p = multiprocessing.get_context("spawn").Process(target=child)
+    p.start(); p.join()
+    torch.linalg.eigh(torch.eye(4))
+"""
+
+
+def test_a_spawned_child_writes_its_own_log_not_its_parents(tmp_path):
+    """A spawned child (torch.multiprocessing.spawn, spawn DataLoader workers) runs sitecustomize before
+    multiprocessing knows it is a child: it used to take eig-rank0.csv and truncate the parent's rows."""
+    script = tmp_path / "spawns.py"
+    script.write_text(SPAWNS)
+    log = tmp_path / "w"
+    done = subprocess.run([sys.executable, "-m", "stabkit.cli.main", "watch", "--log", str(log), "--", sys.executable, str(script)],
+                          cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert read_log(log / "eig-rank0.csv")["n"].tolist() == [2, 4]  # the parent's rows, intact
+    (child,) = [p for p in log.iterdir() if p.name.startswith("eig-rank0-pid")]
+    assert read_log(child)["n"].tolist() == [3]
+
+
 @pytest.mark.parametrize("args, message", [
     ([], "no command to watch"),
     (["--every", "0", "--", "python"], "--every must be ≥ 1"),

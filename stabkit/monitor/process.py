@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import threading
+from pathlib import Path
 
 from ..methods import Spec
 from . import hooks
@@ -34,9 +35,7 @@ def start_process_monitor(log_dir, every: int = 1, swap_backward: Spec | str | N
     no file.
     """
     global _settings
-    name = rank_file_name(pid=_pid_in_name)
-    tb = os.path.join(str(log_dir), "tensorboard", name.rsplit(".", 1)[0]) if tensorboard else None
-    log = LiveLog(os.path.join(str(log_dir), name), tb, write_empty=False)
+    log = _ProcessLog(log_dir, tensorboard, _pid_in_name)
     mon = Monitor(bound=bound or swap_backward, swap_backward=swap_backward, all_threads=True, log=log,
                            every=every, keep_records=False)
     hooks._activate(mon)
@@ -52,6 +51,26 @@ def start_process_monitor(log_dir, every: int = 1, swap_backward: Spec | str | N
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
     return mon
+
+
+class _ProcessLog(LiveLog):
+    """The log of one process, named at its first write: a child started by ``spawn``
+    (``torch.multiprocessing.spawn``, DataLoader workers in a spawn context) runs ``sitecustomize``
+    before multiprocessing knows it is a child, and named then it took (and truncated) its parent's
+    ``eig-rank{R}.csv``; a ``RANK`` the script sets itself counts too."""
+
+    def __init__(self, log_dir, tensorboard: bool, pid_in_name: bool):
+        super().__init__(os.path.join(str(log_dir), rank_file_name(pid=pid_in_name)), None, write_empty=False)
+        self._dir, self._with_tb, self._pid_in_name, self._named = str(log_dir), tensorboard, pid_in_name, False
+
+    def append(self, df):
+        if not self._named and not df.empty:
+            self._named = True
+            name = rank_file_name(pid=self._pid_in_name)
+            self.path = Path(self._dir) / name
+            if self._with_tb:
+                self.tensorboard_dir = os.path.join(self._dir, "tensorboard", name.rsplit(".", 1)[0])
+        super().append(df)
 
 
 def _exit_on_sigterm(signum, frame_):
