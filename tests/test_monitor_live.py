@@ -256,6 +256,27 @@ def test_a_forked_child_never_writes_into_the_parents_log(tmp_path, monkeypatch)
     assert not hasattr(torch.linalg.eigh, "__wrapped__") and hooks._originals is None  # the originals are back
 
 
+def _worker_calls_eigh():
+    torch.linalg.eigh(_sym([1.0, 6.0]))  # and leaves through os._exit, past atexit, as a DataLoader worker does
+
+
+def test_a_multiprocessing_child_flushes_its_log_on_its_way_out(tmp_path, monkeypatch):
+    """A forked multiprocessing child (a DataLoader worker) ends in os._exit: its monitor is finished
+    by multiprocessing's exit finalizers (it used to write nothing at all)."""
+    import multiprocessing
+
+    monkeypatch.setenv("RANK", "0")
+    mon = monitor_process.start_process_monitor(tmp_path, every=1)
+    try:
+        child = multiprocessing.get_context("fork").Process(target=_worker_calls_eigh)
+        child.start()
+        child.join(60)
+        assert child.exitcode == 0
+    finally:
+        assert monitor_process.stop_process_monitor(mon) is None
+    assert read_log(tmp_path / f"eig-rank0-pid{child.pid}.csv")["min_gap"].tolist() == [5.0]
+
+
 def test_a_log_path_with_another_suffix_is_a_value_error(tmp_path):
     before = torch.linalg.eigh
     with pytest.raises(ValueError, match=r"\.csv or \.parquet"):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import multiprocessing.util
 import os
 import signal
 import sys
@@ -25,6 +26,7 @@ from .records import Monitor
 
 ENV_VAR = "STABKIT_WATCH"
 _settings: dict | None = None   # the settings of this process's monitor, once started
+_finish_this_process = None     # flushes, closes and unpatches this process's monitor (once)
 
 
 def start_process_monitor(log_dir, every: int = 1, swap_backward: Spec | str | None = None, bound: Spec | str | None = None,
@@ -34,7 +36,7 @@ def start_process_monitor(log_dir, every: int = 1, swap_backward: Spec | str | N
     The log is created at the first flush, so processes that never call an eigen function leave
     no file.
     """
-    global _settings
+    global _settings, _finish_this_process
     log = _ProcessLog(log_dir, tensorboard, _pid_in_name)
     mon = Monitor(bound=bound or swap_backward, swap_backward=swap_backward, all_threads=True, log=log,
                            every=every, keep_records=False)
@@ -42,12 +44,15 @@ def start_process_monitor(log_dir, every: int = 1, swap_backward: Spec | str | N
     _settings = {"log_dir": log_dir, "every": every, "swap_backward": swap_backward, "bound": bound, "tensorboard": tensorboard}
 
     def _finish():
+        if mon.log is None and mon not in hooks._active:
+            return  # already finished (a multiprocessing child runs both its finalizers and atexit)
         hooks._deactivate(mon)
         error = mon.close()
         if error is not None:
             print(f"stabkit watch: the log was not written completely ({type(error).__name__}: {error})", file=sys.stderr)
 
     atexit.register(_finish)
+    _finish_this_process = _finish
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
     return mon
@@ -99,6 +104,8 @@ def start_from_environment() -> Monitor | None:
 
 def _after_fork_in_child():
     """Runs after :func:`stabkit.monitor.hooks._after_fork_in_child` has dropped the inherited monitors."""
+    global _finish_this_process
+    _finish_this_process = None
     if _settings is None:
         return
     try:
@@ -107,5 +114,14 @@ def _after_fork_in_child():
         print(f"stabkit watch: monitoring not started in forked child {os.getpid()} ({exc})", file=sys.stderr)
 
 
+def _finish_at_multiprocessing_exit(_module):
+    """In a multiprocessing child (a DataLoader worker), after multiprocessing dropped the exit
+    finalizers it inherited: such a child leaves through ``os._exit``, past ``atexit``, so its
+    monitor is finished by multiprocessing's own exit finalizers (or it would never write a row)."""
+    if _finish_this_process is not None:
+        multiprocessing.util.Finalize(None, _finish_this_process, exitpriority=0)
+
+
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+multiprocessing.util.register_after_fork(sys.modules[__name__], _finish_at_multiprocessing_exit)
