@@ -203,6 +203,30 @@ def test_a_failure_of_the_monitors_bookkeeping_never_breaks_the_call(monkeypatch
     assert lam.tolist() == [1.0, 2.0]
 
 
+def test_the_monitors_own_warnings_never_raise_where_warnings_are_errors(tmp_path, monkeypatch, capsys):
+    """Under -W error (or a test suite's filterwarnings = error) the monitor's warnings about itself
+    used to raise into the user's eigh call, optimizer step, or in place of the block's own exception;
+    they now go to stderr."""
+    from stabkit.monitor import hooks
+
+    monkeypatch.setattr(hooks, "_warned_internal", False)
+    monkeypatch.setattr(monitor.Monitor, "_log", lambda self, *a, **k: 1 / 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with monitor.watch():
+            lam, U = torch.linalg.eigh(_sym([1.0, 2.0]))  # the call goes through
+        assert lam.tolist() == [1.0, 2.0]
+        monkeypatch.undo()
+        (tmp_path / "not-a-dir").write_text("")
+        with pytest.raises(KeyError, match="the user's"):  # the block's own exception, not the warning
+            with monitor.watch(log_path=tmp_path / "not-a-dir" / "eig.csv") as mon:
+                torch.linalg.eigh(_sym([1.0, 2.0]))
+                mon.step()  # the write fails here: warned, not raised
+                raise KeyError("the user's")
+    err = capsys.readouterr().err
+    assert "could not be logged (ZeroDivisionError" in err and "writing the log failed" in err
+
+
 def test_a_swapped_eigh_keeps_torchs_input_contract():
     """swap_backward changes the backward only: torch's error type on a NaN input (code catching
     torch.linalg.LinAlgError still works) and torch's reading of the lower triangle alone."""

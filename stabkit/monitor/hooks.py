@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-import warnings
 
 import torch
 
@@ -25,7 +24,7 @@ import stabkit.torch
 from ..layers import matrix_functions
 from ..layers.matrix_functions import DK_BACKWARD
 from ..methods import DEFAULT, EXACT, Spec
-from .log import LiveLog, rank_file_name
+from .log import LiveLog, rank_file_name, warn
 from .records import Monitor
 
 _local = threading.local()
@@ -55,8 +54,8 @@ def _never_fails():
     except Exception as exc:  # noqa: BLE001
         if not _warned_internal:
             _warned_internal = True
-            warnings.warn(f"stabkit monitor: a call could not be logged ({type(exc).__name__}: {exc}); "
-                          f"the call itself went through", stacklevel=4)
+            warn(f"stabkit monitor: a call could not be logged ({type(exc).__name__}: {exc}); "
+                 f"the call itself went through", stacklevel=4)
 
 
 def _tensor_arg(args, kwargs):
@@ -294,8 +293,8 @@ def watch(log_path=None, tensorboard_dir=None, swap_backward: Spec | str | None 
         error = mon.close() if log is not None else None
         if error is not None:
             if user_exc is not None:
-                warnings.warn(f"stabkit monitor: the log was not written ({type(error).__name__}: {error}); "
-                              f"the block's own exception follows", stacklevel=3)
+                warn(f"stabkit monitor: the log was not written ({type(error).__name__}: {error}); "
+                     f"the block's own exception follows", stacklevel=3)
             else:
                 raise error
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import multiprocessing
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -30,6 +31,15 @@ _STRS = ["site", "fn", "backward", "dtype", "error"]
 #: the columns every version of the monitor has written: a file without them is not a monitor log
 REQUIRED = ["step", "site", "fn", "batch", "n", "dtype", "min_gap", "min_rel_gap", "max_K", "lam_min", "bound",
             "grad_norm", "nonfinite"]
+
+
+def warn(message: str, stacklevel: int = 1) -> None:
+    """``warnings.warn`` for the monitor's own trouble, which never raises into the user's code: where
+    warnings are errors (``-W error``) the message goes to stderr instead."""
+    try:
+        warnings.warn(message, stacklevel=stacklevel + 1)
+    except Warning:
+        print(f"warning: {message}", file=sys.stderr)
 
 
 def _scalar(value):
@@ -129,8 +139,8 @@ class LiveLog:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as exc:
                 self._tb_failed = True
-                warnings.warn(f"tensorboard logging skipped: torch.utils.tensorboard is not importable ({exc}); "
-                              f"install the 'tensorboard' package", stacklevel=5)
+                warn(f"tensorboard logging skipped: torch.utils.tensorboard is not importable ({exc}); "
+                     f"install the 'tensorboard' package", stacklevel=5)
                 return
             self._tb = SummaryWriter(str(self.tensorboard_dir))
         for site, group in df.groupby("site"):

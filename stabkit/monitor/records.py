@@ -10,7 +10,6 @@ import math
 import os
 import sys
 import threading
-import warnings
 import weakref
 
 import numpy as np
@@ -20,7 +19,7 @@ import torch
 from .. import _xp, methods
 import stabkit.torch
 from ..layers import matrix_functions
-from .log import LiveLog, frame
+from .log import LiveLog, frame, warn
 
 def _folder(path: str) -> str:
     return os.path.dirname(os.path.realpath(path)) + os.sep
@@ -263,7 +262,7 @@ class Monitor:
             except Exception as exc:  # noqa: BLE001 — reported, never allowed to stop the training
                 self.log_error = exc
                 log, self.log = self.log, None
-                warnings.warn(f"stabkit monitor: writing the log failed ({type(exc).__name__}: {exc}); logging stopped", stacklevel=2)
+                warn(f"stabkit monitor: writing the log failed ({type(exc).__name__}: {exc}); logging stopped", stacklevel=2)
                 with contextlib.suppress(Exception):
                     log.close()
                 return
