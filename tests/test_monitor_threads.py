@@ -265,6 +265,23 @@ def test_a_swapped_eigh_gives_torchs_answer_to_a_malformed_shape(A):
         assert call() == expected
 
 
+@pytest.mark.parametrize("keyword", ["input", "A"])
+def test_a_swapped_eigh_takes_the_keywords_torch_takes(keyword):
+    """torch.linalg.eigh(input=X) is swapped; torch.linalg.eigh(A=X) is torch's TypeError, watched or not."""
+    X = _sym([1.0, 2.0])
+    try:
+        expected = torch.linalg.eigh(**{keyword: X}).eigenvalues.tolist()
+    except TypeError as exc:
+        expected = str(exc)
+    with monitor.watch(swap_backward="taylor") as mon:
+        try:
+            got = torch.linalg.eigh(**{keyword: X}).eigenvalues.tolist()
+        except TypeError as exc:
+            got = str(exc)
+    assert got == expected
+    assert mon.records["backward"].tolist() == ["taylor" if isinstance(expected, list) else "analytic"]
+
+
 class _HookMidRead(torch.Tensor):
     """A row value whose first ``.item()`` lets ``hook`` run in another thread meanwhile (waiting for
     it at most 0.5 s): a read of the rows and a backward hook then overlap on every run."""

@@ -170,8 +170,9 @@ def _backward_of(fn_name, mons, A, args, kwargs):
 
 def _swap_applies(A, args, kwargs):
     """The swap covers what stabkit.torch.eigh covers: real float32/float64 non-empty square matrices,
-    UPLO="L", no out=; any other call (a 1-D or non-square input: torch's own error) goes to torch unchanged."""
-    return (len(args) <= 1 and set(kwargs) - {"A", "input"} <= {"UPLO"} and kwargs.get("UPLO", "L") == "L"
+    given positionally or as ``input=`` (torch's keyword: ``A=`` is torch's TypeError), UPLO="L", no out=;
+    any other call (a 1-D or non-square input: torch's own error) goes to torch unchanged."""
+    return (len(args) <= 1 and set(kwargs) - {"input"} <= {"UPLO"} and kwargs.get("UPLO", "L") == "L"
             and isinstance(A, torch.Tensor) and A.dtype in (torch.float32, torch.float64)
             and A.ndim >= 2 and A.shape[-1] == A.shape[-2] > 0)
 
