@@ -404,3 +404,19 @@ def test_calls_inside_torch_func_transforms_are_logged_and_readable(tmp_path):
     assert df["lam_min"].tolist() == [pytest.approx(1.0), pytest.approx(1.0)]
     assert df.iloc[1]["grad_norm"] == pytest.approx(math.sqrt(3.0))  # the cotangents: the rows of I₃
     assert jac.shape == (3, 3, 3)
+
+
+def test_a_call_on_meta_tensors_is_logged_without_values_and_the_log_goes_on(tmp_path):
+    """A meta tensor (deferred initialisation) has shapes, no values: its row measures nothing, where
+    its unreadable scalars used to turn the log off at the next flush and raise at the block's exit."""
+    with monitor.watch(log_path=tmp_path / "eig.csv") as mon:
+        A = torch.randn(3, 3, device="meta", requires_grad=True)
+        lam, U = torch.linalg.eigh(A @ A.mT)
+        (lam.sum() + U.sum()).backward()
+        mon.step()
+        torch.linalg.eigh(_sym([1.0, 3.0]))
+        mon.step()
+    assert mon.log_error is None
+    df = monitor.read_log(tmp_path / "eig.csv")
+    assert df["n"].tolist() == [3, 2] and math.isnan(df.iloc[0]["min_gap"]) and df.iloc[1]["min_gap"] == pytest.approx(2.0)
+    assert math.isnan(df.iloc[0]["grad_norm"]) and not df["nonfinite"].any()

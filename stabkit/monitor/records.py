@@ -81,9 +81,10 @@ def _call_stats(A, lam, bound, runs: int) -> dict:
     if lam.ndim == 1:
         lam = lam[None]
     n = lam.shape[-1]
-    if lam.numel() == 0:  # an empty batch or 0×0 matrices (torch decomposes them): nothing to measure
-        nan = torch.full((runs,), float("nan"), dtype=lam.dtype, device=lam.device)
-        ok = torch.ones(runs, dtype=torch.bool, device=lam.device)
+    if lam.numel() == 0 or lam.is_meta:  # an empty batch, 0×0 matrices, a tensor without values: nothing to measure
+        device = "cpu" if lam.is_meta else lam.device
+        nan = torch.full((runs,), float("nan"), dtype=lam.dtype, device=device)
+        ok = torch.ones(runs, dtype=torch.bool, device=device)
         return {"batch": lam.shape[:-1].numel() // runs, "n": n, "input_finite": ok, "finite": ok, "lam_min": nan,
                 "min_gap": nan, "min_rel_gap": nan}
     s = lam.reshape(runs, -1, n)  # ascending (the callers pass σ² flipped)
@@ -179,7 +180,7 @@ class Monitor:
     def _log_error(self, fn, backward, A, exc: BaseException):
         """A call that raised: one row with the error, flushed at once (the run is likely to end)."""
         A = _physical(A).detach() if isinstance(A, torch.Tensor) else None
-        input_finite = bool(torch.isfinite(A).all()) if A is not None and A.is_floating_point() else True
+        input_finite = bool(torch.isfinite(A).all()) if A is not None and A.is_floating_point() and not A.is_meta else True
         shape = tuple(A.shape) if A is not None else ()
         row = {"step": self.current_step, "site": _call_site(), "fn": fn, "backward": backward,
                "batch": int(np.prod(shape[:-2])) if len(shape) >= 2 else 1, "n": int(shape[-1]) if shape else 0,
@@ -193,7 +194,7 @@ class Monitor:
 
     def _on_grad(self, g, row):
         """Accumulate ‖∂L/∂output‖² over the call's outputs (only a scalar is kept, never the gradient)."""
-        if g is not None:
+        if g is not None and not g.is_meta:
             sq = _physical(g).detach().double().square().sum()
             with self._lock:
                 row["_sq"] = row["_sq"] + sq if "_sq" in row else sq
@@ -201,7 +202,7 @@ class Monitor:
     def _on_input_grad(self, g, row):
         """‖∂L/∂A‖² (through every use of A): non-finite with a finite incoming gradient means this
         call's own backward made it so."""
-        if g is not None:
+        if g is not None and not g.is_meta:
             sq = _physical(g).detach().double().square().sum()
             with self._lock:
                 row["_sq_in"] = sq
@@ -328,7 +329,7 @@ class SplitMonitor(Monitor):
 
     def _per_run_sq(self, g, rows, total: dict, key: str, accumulate: bool) -> None:
         """As :meth:`Monitor._on_grad` / ``_on_input_grad`` for every run's slice of ``g`` at once."""
-        if g is None:
+        if g is None or g.is_meta:
             return
         sq = _physical(g).detach().double().square().reshape(len(rows), -1).sum(1)
         with self._lock:
