@@ -56,6 +56,15 @@ def test_a_non_finite_gradient_made_by_the_analytic_rule_recommends_a_bounded_ru
     assert nf.step == 2 and "Fix the gradient first" in nf.action
 
 
+@pytest.mark.parametrize("fn, call", [("svd", "stabkit.torch.svd(A"), ("stabkit.torch.eigh[analytic]", "stabkit.torch.eigh(A")])
+def test_swap_backward_is_advised_only_where_it_applies(fn, call):
+    """--swap-backward reroutes torch.linalg.eigh alone: a non-finite gradient made by an svd or a
+    stabkit.torch call is pointed at that call's own method, not at a flag that leaves it unchanged."""
+    rows = [_row(0, fn=fn), _row(1, fn=fn, rel=0.0, grad=2.0, grad_in=INF)]
+    action = _rules(rows)["non-finite gradient made here"].action
+    assert "--swap-backward taylor" not in action and call in action and "torch.linalg.eigh only" in action
+
+
 def test_a_bounded_rule_gets_no_unfounded_advice():
     rows = [_row(0, backward="taylor"), _row(1, backward="taylor", grad=2.0, grad_in=INF)]
     f = _rules(rows)["non-finite gradient made here"]

@@ -160,8 +160,13 @@ def findings(g: pd.DataFrame) -> list[Finding]:
                       "to the diagonal or compute in float64. --swap-backward does not change it.")
             evidence = DK_EVIDENCE
         elif not bounded:
-            action = ("Use a bounded backward rule: `stabkit watch --swap-backward taylor` (or "
-                      "`stabkit.torch.eigh(A, \"taylor\")` / `\"clip\"` in the layer).")
+            if set(g["fn"]) == {"eigh"}:
+                action = ("Use a bounded backward rule: `stabkit watch --swap-backward taylor` (or "
+                          "`stabkit.torch.eigh(A, \"taylor\")` / `\"clip\"` in the layer).")
+            else:  # --swap-backward reroutes torch.linalg.eigh alone: not svd, eigvalsh or a stabkit.torch call
+                fn = str(g["fn"].iloc[0]).removeprefix("stabkit.torch.").split("[")[0]
+                action = (f"Use a bounded backward rule where this call is made: `stabkit.torch.{fn}(A, method=\"taylor\")` "
+                          f"(or `\"clip\"`); `--swap-backward` reroutes torch.linalg.eigh only, not this call.")
             evidence = ("In the ZCA study, exactly equal computed eigenvalues at d = 64 in float32 made SVD (the analytic "
                         "rule) fail with a non-finite gradient in 3/8 runs (K̃ = ∞); SVD-Taylor and SVD-Clip trained 8/8 "
                         "on the same spectra.")
