@@ -1,6 +1,7 @@
 """stabkit.monitor.report: which rule fires on which log, the first bad step, the files written."""
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -87,7 +88,19 @@ def test_svd_pi_rules_at_d16():
 
 def test_small_gaps_alone_are_reported_as_no_reason_to_act():
     f = _rules([_row(0, rel=1e-3), _row(1, rel=1e-7), _row(2, rel=1e-8)])["small gaps, no failure from them"]
-    assert f.step == 1 and "2 of 3 calls" in f.what and "Nothing to change" in f.action and "5·10¹⁸" in f.evidence
+    assert f.step == 1 and "2 of 3 calls" in f.what and "Nothing to change" in f.action and "5.2·10¹⁸" in f.evidence
+
+
+def test_the_evidence_quotes_the_committed_zca_report():
+    """The advice cites the ZCA study: its numbers are those of reports/zca-cifar10 (the landmark link, not the
+    first version's leaky Brier 0.176 vs 0.196, and the d = 64 float64 SVD row's early max K̃ median)."""
+    report = (Path(__file__).parents[1] / "reports" / "zca-cifar10" / "README.md").read_text()
+    gaps = _rules([_row(0, rel=1e-8)])["small gaps, no failure from them"].evidence
+    assert "0.176" not in gaps
+    assert "Brier: base rate 0.0749, cell 0.0306, cell + diagnostics 0.0326" in report and "0.0326" in gaps
+    assert "-0.0020 ± 0.0022" in report and "−0.0020 ± 0.0022" in gaps
+    assert "319 runs" in report and "26 failed at a step ≥ L" in report and "(L = 24 steps)" in report
+    assert "| analytic | SVD | 64 | float64 | 8 | 100 | [67, 100] | 0 | 0.708 | — | — | 5.17e+18 |" in report
 
 
 def test_report_files_per_log_and_site(tmp_path):

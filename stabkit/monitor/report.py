@@ -167,9 +167,9 @@ def findings(g: pd.DataFrame) -> list[Finding]:
                 fn = str(g["fn"].iloc[0]).removeprefix("stabkit.torch.").split("[")[0]
                 action = (f"Use a bounded backward rule where this call is made: `stabkit.torch.{fn}(A, method=\"taylor\")` "
                           f"(or `\"clip\"`); `--swap-backward` reroutes torch.linalg.eigh only, not this call.")
-            evidence = ("In the ZCA study, exactly equal computed eigenvalues at d = 64 in float32 made SVD (the analytic "
-                        "rule) fail with a non-finite gradient in 3/8 runs (K̃ = ∞); SVD-Taylor and SVD-Clip trained 8/8 "
-                        "on the same spectra.")
+            evidence = ("In the ZCA study (120 steps), exactly equal computed eigenvalues at d = 64 in float32 made SVD "
+                        "(the analytic rule) fail with a non-finite gradient in 3/8 runs (K̃ = ∞); SVD-Taylor and SVD-Clip, "
+                        "same seeds, finished 8/8 (the same tied spectrum only at step 0, where 2 of the 3 failures were).")
         else:
             action = ("The backward is already bounded; this project has no measured fix for a non-finite gradient "
                       "through it (check the incoming gradient and the input).")
@@ -210,8 +210,11 @@ def findings(g: pd.DataFrame) -> list[Finding]:
                     "without a non-finite gradient made by this call.")
             action = ("Nothing to change on this evidence alone; if a later run fails with a non-finite gradient here, "
                       "a bounded rule (taylor, clip) is the fix the study measured.")
-            evidence = ("In the ZCA study SVD trained in 40/40 float64 runs with max|K̃| up to 5·10¹⁸, and the early gap "
-                        "diagnostics predicted failures only slightly better than the base rate (Brier 0.176 vs 0.196).")
+            evidence = ("In the ZCA study (120 steps) SVD finished 40/40 float64 runs; at d = 64 their early max|K̃| had a median "
+                        "of 5.2·10¹⁸ (8 runs). At a "
+                        "landmark (319 runs alive at step 24, 26 later failures) the early diagnostics were not shown to "
+                        "predict failure beyond the cell (method × d × dtype): cross-validated Brier 0.0326 with them, "
+                        "0.0306 without (gain −0.0020 ± 0.0022 SE).")
         out.append(Finding("small gaps, no failure from them", first(gap), what, action, evidence))
     return out
 
