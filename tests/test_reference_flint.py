@@ -107,6 +107,28 @@ def test_group_bound_is_honest(case, name):
     assert d_fl >= (40 if case == "exact-ties" else 2)
 
 
+@pytest.mark.parametrize("name", ["zca", "eigvec"])
+@pytest.mark.parametrize("case", ["weight-2^-950", "matrix-2^620"])
+def test_tiny_gradient_is_not_falsely_certified(case, name):
+    """A gradient near the float64 underflow (max|∂L/∂A| ~ 1e-286) put the bound's error terms below
+    the float64 range, where they vanished: 60 digits certified, ~45 right.  Reference: the mpmath
+    engine at 120 digits on the O(1) problem, through exact power-of-two laws (L is linear in the
+    weight; zca's ∂L/∂A scales as α^-3/2 and eigvec's as α^-1 when A is scaled by α)."""
+    A = build([0.5, 1.3, 2.0, 3.7], seed=4)
+    G = make_loss(name, 4, seed=1).weight
+    if case.startswith("weight"):
+        As, Gs, factor = A, G * 2.0 ** -950, mpmath.mpf(2) ** -950
+    else:
+        As, Gs, factor = A * 2.0 ** 620, G, mpmath.mpf(2) ** (-930 if name == "zca" else -620)
+    g_fl, _, d_fl = R._hp_gradient(As, make_loss(name, 4, seed=1, weight=Gs), "flint")
+    g_mp, _, _ = R._hp_gradient(A, make_loss(name, 4, seed=1, weight=G), "mpmath", _dps=120)
+    with mpmath.workdps(120):
+        ref = [x * factor for x in g_mp]  # exact: a power of two
+    err = _hp_rel(g_fl, ref)
+    assert err <= 10.0 ** -d_fl
+    assert d_fl >= R.MIN_DIGITS  # still certified
+
+
 @pytest.mark.parametrize("spectrum", [[1.0, 2.0, 2.0, 2.0, 4.0], [0.5, 1.0, 1.0, 1.0, 1.0, 3.0]])
 def test_repeated_eigenvalues_certified_from_any_start(spectrum):
     """A triple (quadruple) split only by rounding is resolved and certified whatever basis of the

@@ -20,11 +20,19 @@ MAX_DIGITS = 60.0
 # (``SpectralLoss.d2_bound``/``d3_bound``; a loss without them gets no rigorous bound)
 
 
-def _float_or_inf(fn, x) -> float:
+def _float_or_inf(fn, x, e: int = 0, x2: bool = False) -> float:
+    # fn(x)·2^e (times x² if x2) as a float64, computed on an mpf so that neither fn(x) nor the
+    # product leaves the exponent range on the way (sqrt's |f''| at λ = 1e300 is 1e-450); inf where
+    # the bound is not finite or fn returned a float64 that may have underflowed
     try:
-        return float(fn(float(x)))
+        v = fn(mpmath.mpf(float(x)))
     except OverflowError:  # the derivative bound exceeds float64 (tiny λ): no float64 bound
         return math.inf
+    if isinstance(v, float) and not (math.isfinite(v) and abs(v) >= 2.0 ** -1000):
+        return math.inf
+    with mpmath.workprec(64):
+        v = mpmath.ldexp(abs(mpmath.mpf(v)) * (mpmath.mpf(float(x)) ** 2 if x2 else 1), e)
+        return float(v * (1 + mpmath.mpf(2) ** -50))  # float(±huge mpf) is inf
 
 
 # ----------------------------------------------------------------------------------------------
@@ -69,7 +77,11 @@ def _gradient(st: dict, loss, G: np.ndarray, want_bound: bool):
     d = X.shape[0]
     G0, g0 = _float_exact_to_int(G)
     Gint, g = G0 + G0.T, g0 + 1  # G_sym = (G + Gᵀ)/2 exactly
-    Gs = _to_float(Gint, g)
+    # the bound's float64 arithmetic runs in units scaled to O(1): G-like quantities times 2^gs,
+    # D-like ones times 2^ds (set below); a tiny ∂L/∂A (a weight of 1e-285, zca at λ = 1e186) put its
+    # error terms below the float64 range, where they vanished and 60 digits were certified
+    gs = g - _bits(int(np.abs(Gint).max()))
+    Gs = _to_float(Gint, g - gs)
     Xi = st["_Xint"] if "_Xint" in st else IntMat(X)  # not in a state read from the cache
     K = _flint_mul.matmul(Xi.T, Gint, Xi, sym=True)  # scale 2s + g (G_sym is symmetric)
     qK = 2 * s + g
@@ -86,22 +98,25 @@ def _gradient(st: dict, loss, G: np.ndarray, want_bound: bool):
         # ⌊log2 max|D|⌋ within one bit from the integers (a float quotient can overflow)
         Dbits = max((_bits(w) - sw - _bits(h) + qc for w, h in zip(dW[nz], dc[nz])), default=0)
         tD = int(target + 40 - Dbits)
+        ds = tD - target - 40
         zero = (dW == 0) | (dc == 0)
         D = np.where(zero, 0, _div_pow2(dW, qc + tD - sw, np.where(zero, 1, dc)))
         want_bound = want_bound and tD > -1000  # the bound arithmetic is float64: |D| must fit
-        evalD = np.full((d, d), 2.0 ** -tD) if want_bound else None
+        evalD = np.full((d, d), math.ldexp(1.0, -(target + 40))) if want_bound else None
         if want_bound:
             se = r[:, None] + r[None, :]
             h = np.abs(dcf)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                dD0 = np.where(dWf == 0, 0.0,
-                               np.where(h > se, np.abs(dWf) * se / (h * (h - se)), np.inf))
+            # |D⁰_ij| ≤ (|D̃_ij| + 1)·2^-tD (floor quotient), scaled by 2^ds
+            D0 = _to_float(np.abs(D) + 1, tD - ds) * (1 + 2.0 ** -50)
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                dD0 = np.where(dWf == 0, 0.0, np.where(h > se, D0 * (se / (h - se)), np.inf))
     else:
         mags = np.maximum(np.abs(lamf), 1e-300)
         with mpmath.workprec(64):  # f'(λ) can exceed the float64 range (zca at λ = 1e-300)
             dfmax = max(abs(loss.df_mp(mpmath.mpf((int(ci), -qc)))) for ci in c)
             dbits = int(mpmath.floor(mpmath.log(dfmax, 2))) if dfmax > 0 else 0
         tD = int(target + 40 - dbits)
+        ds = tD - target - 40
         half = max(tD, target) // 2 + 8
         dc = c[:, None] - c[None, :]
         dcf = _to_float(dc, qc)
@@ -130,7 +145,9 @@ def _gradient(st: dict, loss, G: np.ndarray, want_bound: bool):
         h = np.abs(dcf)
         want_bound = want_bound and tD > -1000 and tF > -1000  # the bound arithmetic is float64
         if want_bound:
-            evalerr = np.full((d, d), 2.0 ** -tD) + np.where(near, 0.0, 4.0 * 2.0 ** -tF / np.where(near, 1.0, h))
+            with np.errstate(divide="ignore", over="ignore", under="ignore"):  # 0 or inf: see the module doc
+                evalerr = (math.ldexp(1.0, -(target + 40))
+                           + np.where(near, 0.0, np.ldexp(4.0 / np.where(near, 1.0, h), ds - tF)))
             d2, d3 = loss.d2_bound, loss.d3_bound
             lo = lamf * (1 - 1e-15) - r
             low = np.minimum(lo[:, None], lo[None, :])
@@ -140,12 +157,15 @@ def _gradient(st: dict, loss, G: np.ndarray, want_bound: bool):
                 with np.errstate(over="ignore", invalid="ignore"):  # beyond float64: no bound
                     # the tabulated bounds decrease on (0, inf): at min(lo_i, lo_j) they are the
                     # larger of their values at lo_i and lo_j
-                    f2v = np.array([_float_or_inf(d2, x) for x in lo])
-                    f3v = np.array([_float_or_inf(d3, x) for x in lo])
+                    f2v = np.array([_float_or_inf(d2, x, ds) for x in lo])  # |f''|·2^ds
+                    q3v = np.array([_float_or_inf(d3, x, ds, x2=True) for x in lo])  # x² |f'''|·2^ds
                     f2 = np.maximum(f2v[:, None], f2v[None, :])
-                    f3 = np.maximum(f3v[:, None], f3v[None, :])
+                    first = lo[:, None] <= lo[None, :]
+                    lom = np.where(first, lo[:, None], lo[None, :])
+                    q3 = np.where(first, q3v[:, None], q3v[None, :])  # h² |f'''(lo_m)| = (h/lo_m)² q3
                     dD0 = (r[:, None] + r[None, :]) / 2 * f2 * _SAFE
-                    evalD = (np.where(near & (h > 0), h * h / 24 * f3, 0.0) + evalerr) * _SAFE
+                    hr = (h / lom) * (1 + 2.0 ** -50)
+                    evalD = (np.where(near & (h > 0), hr * hr / 24 * q3, 0.0) + evalerr) * _SAFE
     # M = D̃ ∘ K̃, rounded to scale tM
     Mfull = D * K  # scale tD + qK
     Mtop = int(np.abs(Mfull).max())
@@ -156,8 +176,12 @@ def _gradient(st: dict, loss, G: np.ndarray, want_bound: bool):
     gnum = _flint_mul.matmul(Xi, Mint, Xi.T, sym=bool((Mint == Mint.T).all()))  # scale 2s + tM
     gscale = 2 * s + tM
     bound = None
-    if want_bound and np.isfinite(st["eps"]).all():
-        bound = _bound(st, grp, bounds, Gs, K, qK, D, tD, Mint, tM, dD0, evalD)
+    # radii that underflowed (max|A| ≲ 1e-250) cannot bound anything
+    if want_bound and np.isfinite(st["eps"]).all() and (r >= 2.0 ** -1000).all():
+        bound = _bound(st, grp, bounds, Gs, K, qK - gs, D, tD - ds, Mint, tM - ds - gs, dD0, evalD)
+        if bound is not None:
+            with mpmath.workprec(64):
+                bound = mpmath.ldexp(mpmath.mpf(bound), -(ds + gs))
     return gnum, gscale, bound
 
 
