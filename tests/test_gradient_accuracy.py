@@ -281,9 +281,9 @@ def test_the_gap_sentence_ranks_rows_scored_against_the_loss_and_says_its_metric
             "with the smallest (≤ 7.8e-06, 2 cells), the median angle moves: analytic 1e-06° → 1°; pi-legacy 5° → 10°; "
             "taylor 5° → 9.5°.") in body
     assert ("The largest rise of the median angle (small-gap quarter minus large-gap quarter, in degrees) is "
-            "pi-legacy's (+5°: 5° (95 % CI none (too few cells)) → 10° (95 % CI none (too few cells))); within the tie "
-            "factor 1.25 of it: taylor (+4.5°: 5° (95 % CI none (too few cells)) → 9.5° (95 % CI none (too few "
-            "cells))).") in body
+            "pi-legacy's (+5°: 5° (2 cells, too few for a 95 % CI) → 10° (2 cells, too few for a 95 % CI)); within "
+            "the tie factor 1.25 of it: taylor (+4.5°: 5° (2 cells, too few for a 95 % CI) → 9.5° (2 cells, too few "
+            "for a 95 % CI)).") in body
 
 
 def test_the_gap_and_size_claims_carry_the_medians_intervals(tmp_path):

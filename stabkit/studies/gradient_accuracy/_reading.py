@@ -63,7 +63,11 @@ def _ci(angles) -> str:
 
 
 def _median_with_ci(angles) -> str:
-    return f"{deg(pd.Series(angles).median())} (95 % CI {_ci(angles)})"
+    """The median of ``angles`` (degrees) with its 95 % interval, or its n where n is too small for one."""
+    angles = pd.Series(angles).dropna()
+    lo, _ = median_interval(angles)
+    why = f"{len(angles)} cells, too few for a 95 % CI" if lo != lo else f"95 % CI {_ci(angles)}"
+    return f"{deg(angles.median())} ({why})"
 
 
 def _failure_sentences(df, methods_order) -> list[str]:
