@@ -91,6 +91,17 @@ def test_small_gaps_alone_are_reported_as_no_reason_to_act():
     assert f.step == 1 and "2 of 3 calls" in f.what and "Nothing to change" in f.action and "5.2·10¹⁸" in f.evidence
 
 
+@pytest.mark.parametrize("fn", ["eigvalsh", "stabkit.torch.eigvalsh", "stabkit.torch.svdvals"])
+def test_small_gaps_at_a_values_only_call_need_no_bounded_rule(fn):
+    """An eigvalsh/svdvals call's backward U diag(∂L/∂λ) Uᵀ has no 1/(λ_i − λ_j): the advice used to say a bounded
+    rule would be the fix if it failed later."""
+    f = _rules([_row(0, rel=1e-8, fn=fn), _row(1, rel=1e-9, fn=fn)])["small gaps, no failure from them"]
+    assert "eigen- or singular values only" in f.action and "bounded rule" not in f.action
+    assert "Weyl" in f.evidence
+    mixed = _rules([_row(0, rel=1e-8, fn=fn), _row(1, rel=1e-9, fn="eigh")])["small gaps, no failure from them"]
+    assert "bounded rule (taylor, clip)" in mixed.action  # an eigh call at the same site keeps the advice
+
+
 def test_the_evidence_quotes_the_committed_zca_report():
     """The advice cites the ZCA study: its numbers are those of reports/zca-cifar10 (the landmark link, not the
     first version's leaky Brier 0.176 vs 0.196, and the d = 64 float64 SVD row's early max K̃ median)."""

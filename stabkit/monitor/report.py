@@ -30,6 +30,11 @@ from .log import read_log
 GAP_EVENT = 1e-5
 
 #: why a Daleckii–Krein site gets no backward-rule advice (it is never swapped)
+#: calls whose backward is the eigenvalues' alone (no eigenvector rule, no 1/(λ_i − λ_j))
+VALUES_ONLY = {"eigvalsh", "svdvals"}
+VALUES_EVIDENCE = ("∂λ_i/∂A = u_i u_iᵀ for a simple eigenvalue (first-order perturbation theory), and eigenvalues are "
+                   "1-Lipschitz in A even at ties (Weyl's inequality): small gaps do not enlarge this gradient; "
+                   "this needs no study.")
 DK_EVIDENCE = ("Its coefficients are divided differences of g (Daleckii–Krein; Higham, \"Functions of Matrices\", "
                "2008, Thm. 3.11), bounded by max|g'| between the eigenvalues: small gaps do not enlarge them, "
                "and a swap of the eigen-backward does not apply to them; this needs no study.")
@@ -199,12 +204,16 @@ def findings(g: pd.DataFrame) -> list[Finding]:
             out.append(Finding(caveat.rule, first(mask), caveat.what.format(backward=backward, n=n),
                                caveat.action, caveat.evidence))
     gap = g["min_rel_gap"] < GAP_EVENT
+    values_only = set(g["fn"].astype(str).str.removeprefix("stabkit.torch.").str.split("[").str[0]) <= VALUES_ONLY
     if gap.any() and not gradient_made_here:
-        if dk:
+        if dk or values_only:
             what = f"{int(gap.sum())} of {len(g)} calls had a relative gap < {GAP_EVENT:g}."
             action = ("Nothing to change: this site's backward (Daleckii–Krein) does not divide by gaps; "
-                      "max|K̃| is the analytic rule's coefficient, not its own.")
-            evidence = DK_EVIDENCE
+                      "max|K̃| is the analytic rule's coefficient, not its own." if dk else
+                      "Nothing to change: this call returns eigen- or singular values only, whose backward "
+                      "(U diag(∂L/∂λ) Uᵀ) does not divide by gaps; max|K̃| is the eigenvector rule's coefficient, "
+                      "which it does not use.")
+            evidence = DK_EVIDENCE if dk else VALUES_EVIDENCE
         else:
             what = (f"{int(gap.sum())} of {len(g)} calls had a relative gap < {GAP_EVENT:g} (max|K̃| {g['max_K'].max():.3g}), "
                     "without a non-finite gradient made by this call.")
