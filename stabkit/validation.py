@@ -24,6 +24,12 @@ def is_count(value, minimum: int = 0) -> bool:
                 and value == int(value))
 
 
+def is_integer(value, low: int, high: int) -> bool:
+    """Whether ``value`` is an int or a numpy integer (not a bool, not a float) in [low, high]: the
+    layers' counts, ranks and seeds (a study grid's counts, read from TOML, are :func:`is_count`)."""
+    return bool(not isinstance(value, bool) and isinstance(value, numbers.Integral) and low <= value <= high)
+
+
 def is_real(value) -> bool:
     """Whether ``value`` is a finite real number (an int, a float or a numpy number; not a bool)."""
     try:

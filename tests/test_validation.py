@@ -76,3 +76,11 @@ def test_symmetry_tolerance_is_sqrt_eps_as_in_torch_eigh(dtype):
 ])
 def test_is_count_is_an_integer_a_results_table_can_store(value, minimum, ok):
     assert validation.is_count(value, minimum) is ok
+
+
+def test_is_integer_takes_python_and_numpy_integers_in_range_only():
+    """The layers' counts, ranks and seeds: no bool, no float (not even 2.0), both ends inclusive."""
+    import numpy as np
+    from stabkit.validation import is_integer
+    assert is_integer(3, 1, 3) and is_integer(np.int64(1), 1, 3) and is_integer(2 ** 64 - 1, 0, 2 ** 64 - 1)
+    assert not any(is_integer(v, 1, 3) for v in (0, 4, True, 2.0, "2", None, np.float64(2.0)))

@@ -7,13 +7,13 @@ checks its input, so it takes no ``check=`` (:func:`method_params`) and its mess
 
 from __future__ import annotations
 
-import numbers
+import math
 
 import torch
 
 from ..errors import EigensolverError, InputError
 from ..torch import _check_tensor, check_values
-from ..validation import is_real
+from ..validation import is_integer, is_real
 
 
 #: What a layer's non-symmetric-input message advises (a layer has no check= to turn off).
@@ -45,7 +45,7 @@ def check_eps(eps, fn: str, name: str = "eps") -> float:
 
 def check_positive_integer(value, fn: str, name: str) -> None:
     """InputError unless ``value`` is an integer ≥ 1 (a Python or numpy integer, not a bool)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+    if not is_integer(value, 1, math.inf):
         raise InputError(f"{fn}: {name} must be a positive integer, got {value!r}")
 
 
@@ -61,7 +61,7 @@ def check_tol(tol, fn: str) -> None:
 
 def check_seed(seed, fn: str) -> None:
     """A layer's random seed: an integer in [0, 2⁶⁴), the range of torch.Generator.manual_seed."""
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2 ** 64:
+    if not is_integer(seed, 0, 2 ** 64 - 1):
         raise InputError(f"{fn}: seed must be an integer in [0, 2**64), got {seed!r}")
 
 

@@ -38,12 +38,12 @@ constants, so differentiating it again would be wrong.
 from __future__ import annotations
 
 import math
-import numbers
 
 import torch
 from torch.autograd.function import once_differentiable
 
 from ..errors import InputError
+from ..validation import is_integer
 from ._checks import check_iterations, check_matrix, check_seed, check_tol, failure_tol, not_converged
 
 
@@ -179,6 +179,6 @@ def ied(A: torch.Tensor, k: int = 1, solver: str = "eigh", max_iter: int | None 
         check_iterations(max_iter, "ied")
     check_tol(tol, "ied")
     check_seed(seed, "ied")
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 1 <= k <= A.shape[-1]:
+    if not is_integer(k, 1, A.shape[-1]):
         raise InputError(f"ied: k must be an integer with 1 ≤ k ≤ d = {A.shape[-1]}, got k={k!r}")
     return _IED.apply(A, int(k), solver, max_iter, tol, seed)

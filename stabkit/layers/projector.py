@@ -14,12 +14,11 @@ uses the forward's A⁺ as a constant.
 
 from __future__ import annotations
 
-import numbers
-
 import torch
 from torch.autograd.function import once_differentiable
 
 from ..errors import InputError
+from ..validation import is_integer
 from ._checks import check_eps, check_matrix
 
 
@@ -30,7 +29,7 @@ def _T(x):
 def range_factors(A: torch.Tensor, rank: int | None = None, rtol: float | None = None):
     """(Π_A, A⁺) from the thin SVD, keeping the top ``rank`` (or numerically nonzero) σ."""
     k = min(A.shape[-2:])
-    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, numbers.Integral) or not 0 <= rank <= k):
+    if rank is not None and not is_integer(rank, 0, k):
         raise InputError(f"projector: rank must be an integer in [0, {k}], got {rank!r}")
     if rtol is not None:
         check_eps(rtol, "projector", "rtol")

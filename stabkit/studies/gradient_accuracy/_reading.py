@@ -56,18 +56,17 @@ def _extremes_sentence(df, ranked, methods_order) -> str:
             f"({deg(med.iloc[-1])}, 95 % CI {ci(med.index[-1])}){rule}{left_out}.{note}")
 
 
-def _ci(angles) -> str:
-    """Distribution-free 95 % interval of the median of ``angles`` (degrees), as text."""
+def _ci(angles, too_few: str = "none (too few cells)") -> str:
+    """Distribution-free 95 % interval of the median of ``angles`` (degrees), as text (``too_few`` if none)."""
     lo, hi = median_interval(angles)
-    return "none (too few cells)" if lo != lo else f"[{deg(lo)}, {deg(hi)}]"
+    return too_few if lo != lo else f"[{deg(lo)}, {deg(hi)}]"
 
 
 def _median_with_ci(angles) -> str:
     """The median of ``angles`` (degrees) with its 95 % interval, or its n where n is too small for one."""
     angles = pd.Series(angles).dropna()
-    lo, _ = median_interval(angles)
-    why = f"{len(angles)} cells, too few for a 95 % CI" if lo != lo else f"95 % CI {_ci(angles)}"
-    return f"{deg(angles.median())} ({why})"
+    ci = _ci(angles, "")
+    return f"{deg(angles.median())} ({f'95 % CI {ci}' if ci else f'{len(angles)} cells, too few for a 95 % CI'})"
 
 
 def _failure_sentences(df, methods_order) -> list[str]:
