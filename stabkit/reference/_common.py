@@ -22,9 +22,9 @@ def as_exact_float64(A) -> np.ndarray:
     if a.ndim != 2:
         raise InputError(f"matrix must be a single d×d matrix, got shape {a.shape}")
     a = a.astype(np.float64)
-    limit = np.finfo(np.float64).max / (2 * max(a.shape[0], 1))
-    if a.size and np.abs(a).max() > limit:  # |λ| ≤ d·max|a_ij| (Gershgorin), so a gap is ≤ 2d·max|a_ij|
-        raise InputError(f"matrix entries up to {np.abs(a).max():.3g} exceed {limit:.3g} = float64's largest / (2d): "
+    top, limit = np.abs(a).max(), np.finfo(np.float64).max / (2 * a.shape[0])  # d ≥ 1: check_symmetric
+    if top > limit:  # |λ| ≤ d·max|a_ij| (Gershgorin), so a gap is ≤ 2d·max|a_ij|
+        raise InputError(f"matrix entries up to {top:.3g} exceed {limit:.3g} = float64's largest / (2d): "
                          f"its eigenvalues or their gaps may overflow float64; scale the matrix")
     return (a + a.T) / 2  # exact for float32 input; for float64 the same as check_symmetric
 
