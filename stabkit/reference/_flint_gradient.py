@@ -160,11 +160,10 @@ def _gradient(st: dict, loss, G: np.ndarray, want_bound: bool):
                     f2v = np.array([_float_or_inf(d2, x, ds) for x in lo])  # |f''|·2^ds
                     q3v = np.array([_float_or_inf(d3, x, ds, x2=True) for x in lo])  # x² |f'''|·2^ds
                     f2 = np.maximum(f2v[:, None], f2v[None, :])
-                    first = lo[:, None] <= lo[None, :]
-                    lom = np.where(first, lo[:, None], lo[None, :])
-                    q3 = np.where(first, q3v[:, None], q3v[None, :])  # h² |f'''(lo_m)| = (h/lo_m)² q3
+                    # q3v at low = min(lo_i, lo_j); h² |f'''(low)| = (h / low)² · q3
+                    q3 = np.where(lo[:, None] <= lo[None, :], q3v[:, None], q3v[None, :])
                     dD0 = (r[:, None] + r[None, :]) / 2 * f2 * _SAFE
-                    hr = (h / lom) * (1 + 2.0 ** -50)
+                    hr = (h / low) * (1 + 2.0 ** -50)
                     evalD = (np.where(near & (h > 0), hr * hr / 24 * q3, 0.0) + evalerr) * _SAFE
     # M = D̃ ∘ K̃, rounded to scale tM
     Mfull = D * K  # scale tD + qK
