@@ -88,11 +88,24 @@ def test_machine_info_names_the_cores_and_versions():
     from threadpoolctl import threadpool_info
 
     blas = [i for i in threadpool_info() if i.get("user_api") == "blas"]
-    if blas:
-        assert info["blas"].startswith(f"{blas[0]['internal_api']} {blas[0]['version']}")
-        if blas[0].get("architecture"):
-            assert f"({blas[0]['architecture']} kernels)" in info["blas"]
+    for lib in blas:
+        assert f"{lib['internal_api']} {lib['version']}" in info["blas"]
+        if lib.get("architecture"):
+            assert f"({lib['architecture']} kernels)" in info["blas"]
     assert provenance.header("x", {"kind": "k", "machine": info}).count(f"| BLAS {info['blas']};") == 1
+
+
+def test_the_blas_libraries_are_named_in_one_order_whatever_order_they_were_loaded_in(monkeypatch):
+    import threadpoolctl
+
+    libs = [{"user_api": "blas", "internal_api": "openblas", "version": "0.3.27", "architecture": "Haswell"},
+            {"user_api": "openmp", "internal_api": "openmp", "version": None},
+            {"user_api": "blas", "internal_api": "mkl", "version": "2024.1"}]
+    seen = []
+    for order in (libs, libs[::-1]):
+        monkeypatch.setattr(threadpoolctl, "threadpool_info", lambda order=order: order)
+        seen.append(provenance._blas())
+    assert seen == ["mkl 2024.1, openblas 0.3.27 (Haswell kernels)"] * 2
 
 
 def _record(out_dir: Path, **extra) -> provenance.RunRecord:

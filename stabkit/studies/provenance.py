@@ -135,7 +135,8 @@ def machine_info() -> dict:
 def _blas() -> str:
     """The BLAS libraries loaded in this process — numpy's, and scipy's or others' where imported — with
     version and CPU kernels, e.g. "openblas 0.3.31 (SkylakeX kernels)" (numpy is imported by then:
-    :func:`machine_info`)."""
+    :func:`machine_info`); sorted, so that two runs on one machine write the same header whatever
+    order the libraries were loaded in."""
     try:
         from threadpoolctl import threadpool_info
 
@@ -144,7 +145,7 @@ def _blas() -> str:
                  for i in threadpool_info() if i.get("user_api") == "blas"]
     except Exception:  # noqa: BLE001 — provenance is best effort
         return "unknown"
-    return ", ".join(dict.fromkeys(found)) or "unknown"
+    return ", ".join(sorted(set(found))) or "unknown"
 
 
 def _gpu_names() -> str:
