@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -227,3 +228,93 @@ def test_a_negative_seed_is_refused_before_any_cell(kind, key):
     """It was accepted, then every cell it reached failed with numpy's 'expected non-negative integer'."""
     with pytest.raises(StudyFileError, match=f"grid key '{key}': seed must be an integer in \\[0, 2\\^63 − 1\\], got -1"):
         _grid.load_study({"study": {"name": "x", "kind": kind}}, {key: -1})
+
+
+def _survival_extension() -> dict:
+    """A survival grid of 2 seeds with its first run extended to 350 epochs."""
+    study, kind, grid = _grid.load_study({"study": {"name": "x", "kind": "zca_cifar10_survival"}}, {"seeds": 2})
+    return {"seeds": 2, "extend_epochs": 350.0, "extend": [_grid.expand(study, kind, grid)[0]["cell_id"]]}
+
+
+CELL_GRIDS = [
+    ("gradient_accuracy", {}), ("gradient_accuracy", {"d": [4, 8], "seeds": [0, 1, 2], "losses": ["zca"]}),
+    ("o2p_stability", {}), ("o2p_stability", {"eps": [0.5], "seeds": [0], "d": [4, 8, 16]}),
+    ("angle_surfaces", {}), ("angle_surfaces", {"parts": ["energy", "gap_d"], "seeds": [0, 1]}),
+    ("angle_surfaces", {"parts": ["angle3"]}), ("angle_surfaces", {"parts": ["k_eps"], "k_values": [1, 2, 3]}),
+    ("projector_rank", {}), ("projector_rank", {"parts": ["lemma2"], "lemma2_cells": 7}),
+    ("projector_rank", {"parts": ["lemma1", "descent"], "descent_seeds": [0, 1], "lemma1_dims": [6]}),
+    ("gap_probability", {}), ("gap_probability", {"reduced": {"cifar10:512": 2000}}),
+    ("gap_probability", {"sources": ["gaussian"], "n_matrices": 10, "chunk_size": 3,
+                         "reduced": {"gaussian:4": 7, "gaussian:8": 1, "cifar10:4": 50}}),
+    ("zca_cifar10", {}), ("zca_cifar10", {"bn_baseline": False, "seeds": 3, "dtypes": ["float32"]}),
+    ("zca_cifar10_survival", {}), ("zca_cifar10_survival", "extended"),
+]
+
+
+@pytest.mark.parametrize("kind_name, overrides", CELL_GRIDS, ids=lambda v: str(v)[:40])
+def test_the_cell_count_is_the_number_of_cells_the_kind_builds(kind_name, overrides):
+    """_grid.cell_count reads the grid (defaults filled in, nothing validated or built); its count is
+    exactly len(cells), counted here by building them."""
+    overrides = _survival_extension() if overrides == "extended" else overrides
+    study, kind, grid = _grid.load_study({"study": {"name": "x", "kind": kind_name}}, overrides)
+    count, formula = _grid.cell_count(kind, overrides)
+    assert count == len(_grid.expand(study, kind, grid)) > 0, formula
+
+
+def test_every_kind_counts_its_cells():
+    from stabkit.studies import KINDS
+
+    assert {kind for kind, _ in CELL_GRIDS} == set(KINDS)
+    assert all(callable(getattr(kind_module(kind), "cell_axes", None)) for kind in KINDS)
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "studies").glob("*.toml")), ids=lambda p: p.name)
+def test_every_shipped_study_file_is_far_below_the_cell_cap(path):
+    study, kind, grid = _grid.load_study(path)
+    count, _ = _grid.cell_count(kind, _grid.read_study_file(path).get("grid", {}))
+    assert count == len(_grid.expand(study, kind, grid)) and 1000 * count <= _grid.MAX_CELLS
+
+
+@pytest.mark.parametrize("kind_name, overrides, named", [
+    ("gradient_accuracy", {"seeds": list(range(100_000)), "d": [4, 8]},
+     ["exactly 19,200,000 cells", "families (16) × d (2) × dtypes (2) × losses (3) × seeds (100000)"]),
+    ("zca_cifar10", {"seeds": 19_000_000},
+     ["exactly 969,000,000 cells", "methods (5) × dims (5) × dtypes (2) × seeds (19000000) + bn_baseline (1) × seeds"]),
+    ("zca_cifar10_survival", {"seeds": 19_000_000, "cells": [["svd", 8]]},
+     ["exactly 19,000,000 cells", "cells (1) × dtypes (1) × seeds (19000000)"]),
+    ("gap_probability", {"chunk_size": 1, "n_matrices": 1_000_000, "reduced": {"cifar10:512": 5}},
+     ["exactly 15,000,005 cells", "sources × dims not in reduced (15) × ⌈n_matrices / chunk_size⌉ (1000000)",
+      "⌈reduced cifar10:512 / chunk_size⌉ (5)"]),
+])
+def test_a_grid_past_the_cap_is_refused_before_any_cell_is_built(monkeypatch, kind_name, overrides, named):
+    """A grid of 19 million cells was expanded in silence (gigabytes, minutes) before any message;
+    now it is refused at once, counted without the kind's validate or cells, naming the count and
+    the grid keys whose sizes multiply to it."""
+    kind = kind_module(kind_name)
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("the grid was validated or expanded")
+
+    monkeypatch.setattr(kind, "cells", no_build)
+    monkeypatch.setattr(kind, "validate", no_build)
+    start = time.perf_counter()
+    with pytest.raises(StudyFileError, match="more than the 1,000,000 a study may have") as caught:
+        _grid.load_study({"study": {"name": "x", "kind": kind_name}}, overrides, force=True)
+    assert time.perf_counter() - start < 5
+    for words in named:
+        assert words in str(caught.value), str(caught.value)
+
+
+def test_the_cli_refuses_a_grid_past_the_cap_in_one_line(tmp_path, monkeypatch):
+    def no_build(*args, **kwargs):
+        raise AssertionError("the grid was expanded")
+
+    monkeypatch.setattr(kind_module("zca_cifar10"), "cells", no_build)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["run", str(_kind_study(tmp_path, "zca_cifar10")), "--set", "seeds=19000000",
+                                      "--out", str(out), "--force", "--no-progress"])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: the grid expands into exactly 969,000,000 cells = "), lines
+    assert "seeds (19000000)" in lines[0] and "MAX_CELLS" in lines[0] and "Traceback" not in result.output
+    assert not out.exists()

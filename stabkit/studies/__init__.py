@@ -18,7 +18,12 @@ Every kind module provides
 * ``run_cell(cell: dict) -> list[dict]`` — the result rows of one cell (flat, scalar values);
   pure and deterministic given the cell (seeded), safe to run in another process;
 * ``report(results: pandas.DataFrame, grid: dict, out_dir: pathlib.Path) -> str`` — Markdown
-  body (figures saved into ``out_dir``, referenced by relative path).
+  body (figures saved into ``out_dir``, referenced by relative path);
+* ``cell_axes(grid: dict) -> list[dict]`` — how many cells ``cells(grid)`` builds, exactly, as a
+  sum of products: one ``{grid key: its size}`` table per term (``{}``: one cell), read from the
+  grid's lists and counts without building a cell; the grid it gets has the defaults filled in and
+  each value's type checked, nothing more. A grid of more than ``_grid.MAX_CELLS`` cells is refused
+  before ``validate`` (``_grid.cell_count``).
 
 Optionally, ``check_cost(grid: dict, force: bool)`` refuses, before ``validate`` builds anything, a
 grid too big for memory or (unless ``force``) too long to compute.

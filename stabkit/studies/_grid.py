@@ -1,6 +1,15 @@
 """A study file's grid: read and checked (:func:`load_study`), changed by ``--set`` overrides
 (:func:`parse_override`), expanded into cells (:func:`expand`).
 
+A grid may expand into at most :data:`MAX_CELLS` cells (one million). The count is each kind's
+``cell_axes(grid)`` multiplied out (:func:`cell_count`), read from the grid's lists without building
+a cell, and a larger grid is refused before the kind validates or expands anything: expanding costs
+about 1 KB of memory and a few microseconds per cell before the first cell runs or any progress
+shows (19 million cells: about 19 GB, in silence), and every cell becomes a file of the study. The
+largest committed study (``studies/gradient-accuracy.toml``) has 672 cells, so the cap is about
+1 500 times what any study here needs; a grid past it is almost always a list typed too long (a
+``seeds`` range, one axis too many), and a real sweep that large belongs in several study files.
+
 Every mistake a user can make in a study file or an override is a
 :class:`stabkit.errors.StudyFileError` (a ValueError) naming the key and what is allowed, raised
 before any work; a missing file is a FileNotFoundError.
@@ -8,6 +17,7 @@ before any work; a missing file is a FileNotFoundError.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 try:
@@ -22,13 +32,17 @@ from ._checks import like_defaults
 
 STUDY_KEYS = ("name", "kind", "description")
 TOP_KEYS = ("study", "grid")
+#: The most cells a study's grid may expand into (see the module's docstring for why one million).
+MAX_CELLS = 1_000_000
 
 
 def load_study(path_or_config, overrides: dict | None = None, force: bool = True) -> tuple[dict, object, dict]:
     """(study table, kind module, validated grid) — every check happens here, before any work.
 
-    A kind's optional ``check_cost(grid, force)`` hook runs first, before validation builds anything:
-    it refuses a grid too big for memory, and (``force=False``) one estimated to take too long.
+    A grid of more than :data:`MAX_CELLS` cells is refused first, counted without building one
+    (:func:`check_cell_count`; ``force`` does not lift it). Then a kind's optional
+    ``check_cost(grid, force)`` hook runs, before validation builds anything: it refuses a grid too big
+    for memory, and (``force=False``) one estimated to take too long.
     """
     config = path_or_config if isinstance(path_or_config, dict) else read_study_file(path_or_config)
     study = check_study_table(config)
@@ -93,11 +107,12 @@ def apply_overrides(kind, grid: dict, overrides: dict | None) -> dict:
 
 def validate(kind, grid: dict, force: bool = True) -> dict:
     """Each value's type against the kind's ``GRID_DEFAULTS`` (:func:`._checks.like_defaults`), then the
-    kind's ``check_cost(grid, force)`` (when it has one), then its ``validate(grid)``; a ValueError
-    they raise is the study file's mistake, so it becomes a StudyFileError with the same message (a
-    MethodSpecError keeps its own type)."""
+    number of cells (:func:`check_cell_count`), then the kind's ``check_cost(grid, force)`` (when it has
+    one), then its ``validate(grid)``; a ValueError they raise is the study file's mistake, so it
+    becomes a StudyFileError with the same message (a MethodSpecError keeps its own type)."""
     try:
         grid = like_defaults(grid, getattr(kind, "GRID_DEFAULTS", {}))
+        check_cell_count(kind, grid)
         if hasattr(kind, "check_cost"):
             kind.check_cost(grid, force)
         return kind.validate(grid)
@@ -105,6 +120,37 @@ def validate(kind, grid: dict, force: bool = True) -> dict:
         raise
     except ValueError as exc:
         raise StudyFileError(*exc.args) from exc
+
+
+def cell_count(kind, grid: dict) -> tuple[int, str] | None:
+    """(number of cells, the sum of products it is) of ``grid`` over the kind's defaults, from the kind's
+    ``cell_axes(grid)``: a list of terms, each ``{axis: size}`` whose sizes multiply to that term's
+    cells (``{}`` is one cell), e.g. ``[{"families": 16, "d": 7, "dtypes": 2, "losses": 3, "seeds": 1}]``;
+    the count is exact (the cells ``cells(grid)`` would build). None where the kind has no
+    ``cell_axes`` or the grid holds a value it cannot read (the kind's ``validate`` names that value)."""
+    axes = getattr(kind, "cell_axes", None)
+    if axes is None:
+        return None
+    try:
+        terms = [{key: max(0, int(size)) for key, size in term.items()}
+                 for term in axes({**getattr(kind, "GRID_DEFAULTS", {}), **grid})]
+    except (TypeError, ValueError, ArithmeticError, KeyError):
+        return None
+    count = sum(math.prod(term.values()) for term in terms)
+    shown = [t for t in terms if math.prod(t.values())] or terms
+    formula = " + ".join(" × ".join(f"{key} ({size})" for key, size in t.items()) or "1" for t in shown)
+    return count, formula
+
+
+def check_cell_count(kind, grid: dict) -> None:
+    """StudyFileError when ``grid`` expands into more than :data:`MAX_CELLS` cells (:func:`cell_count`),
+    naming the exact count and the grid keys whose sizes multiply to it; nothing is built."""
+    counted = cell_count(kind, grid)
+    if counted and counted[0] > MAX_CELLS:
+        count, formula = counted
+        raise StudyFileError(f"the grid expands into exactly {count:,} cells = {formula}, more than the "
+                             f"{MAX_CELLS:,} a study may have (stabkit.studies._grid.MAX_CELLS): give those keys "
+                             "fewer values, or split the sweep into several study files")
 
 
 def parse_overrides(items: list[str] | None) -> dict:

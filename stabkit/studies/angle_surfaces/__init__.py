@@ -127,6 +127,13 @@ def _check_methods(grid: dict) -> None:
     _specs.specs(grid["gap_methods"])
 
 
+def cell_axes(grid: dict) -> list[dict]:
+    """The number of cells as a sum of products (``stabkit.studies._grid.cell_count``): one cell each for
+    energy and angle3, seeds × k_values for k_eps, seeds × gap_dims × gap_deltas for gap_d."""
+    axes = {"energy": (), "angle3": (), "k_eps": ("seeds", "k_values"), "gap_d": ("seeds", "gap_dims", "gap_deltas")}
+    return [{key: len(grid[key]) for key in keys} for part, keys in axes.items() if part in grid["parts"]]
+
+
 def cells(grid: dict) -> list[dict]:
     g = validate(grid)
     out = []
@@ -277,5 +284,5 @@ def run_cell(cell: dict) -> list[dict]:
 
 from .report import report  # noqa: E402
 
-__all__ = ["PARTS", "GRID_DEFAULTS", "validate", "cells", "run_cell", "report", "discarded_share",
+__all__ = ["PARTS", "GRID_DEFAULTS", "validate", "cell_axes", "cells", "run_cell", "report", "discarded_share",
            "kantorovich_angle_bound", "angle3_rows"]

@@ -142,6 +142,19 @@ def _count(grid, source, d):
     return int(grid["reduced"].get(f"{source}:{d}", grid["n_matrices"]))
 
 
+def cell_axes(grid: dict) -> list[dict]:
+    """The number of cells as a sum of products (``stabkit.studies._grid.cell_count``): ⌈matrices /
+    chunk_size⌉ chunks per (source, d) point, its matrices n_matrices or the point's ``reduced`` count."""
+    chunk = int(grid["chunk_size"])
+    points = [(source, d) for source in grid["sources"] for d in grid["dims"]]
+    named = [(source, d) for source, d in points if f"{source}:{d}" in grid["reduced"]]
+    chunks = {"⌈n_matrices / chunk_size⌉": math.ceil(int(grid["n_matrices"]) / chunk)}
+    rest = [{"sources": len(grid["sources"]), "dims": len(grid["dims"]), **chunks}] if not named else [
+        {"sources × dims not in reduced": len(points) - len(named), **chunks}]
+    return rest + [{f"⌈reduced {source}:{d} / chunk_size⌉": math.ceil(_count(grid, source, d) / chunk)}
+                   for source, d in named]
+
+
 def cells(grid: dict) -> list[dict]:
     grid = validate(grid)
     out = []
@@ -363,7 +376,7 @@ def run_cell(cell: dict) -> list[dict]:
 
 from .report import aggregate, report  # noqa: E402
 
-__all__ = ["SOURCES", "GRID_DEFAULTS", "validate", "cells", "run_cell", "report", "aggregate", "laguerre_eigvals",
+__all__ = ["SOURCES", "GRID_DEFAULTS", "validate", "cell_axes", "cells", "run_cell", "report", "aggregate", "laguerre_eigvals",
            "dense_wishart_eigvals", "cifar_patches", "cifar_eigvals", "conv_weights", "patch_moments",
            "patch_covariance", "feature_covariance", "normalise_images", "count_at", "CIFAR_MEAN", "CIFAR_STD", "PATCH", "mp_edges", "mp_density", "mp_cubic_integral",
            "mp_expected_small_gaps", "unfolded_expected_small_gaps"]

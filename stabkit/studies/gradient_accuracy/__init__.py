@@ -113,6 +113,11 @@ def _check_buildable(families: list[dict], d_values: list[int], seed: int) -> No
             raise ValueError(f"grid key 'families': {family_label(entry)} cannot be built: {errors[0]}")
 
 
+def cell_axes(grid: dict) -> list[dict]:
+    """The sizes whose product is the number of cells (``stabkit.studies._grid.cell_count``)."""
+    return [{key: len(grid[key]) for key in ("families", "d", "dtypes", "losses", "seeds")}]
+
+
 def cells(grid: dict) -> list[dict]:
     """One cell per (family variant, d, dtype, loss, seed), in that nesting order."""
     out = []
@@ -215,5 +220,5 @@ def _diag(diag: dict) -> dict:
 from ._scoring import ANGLE_FLOOR, NONFINITE_Y, TIE_FACTOR, summary, verdicts  # noqa: E402
 from .report import report  # noqa: E402
 
-__all__ = ["GRID_DEFAULTS", "COLUMNS", "DTYPES", "validate", "cells", "run_cell", "report", "summary", "verdicts",
+__all__ = ["GRID_DEFAULTS", "COLUMNS", "DTYPES", "validate", "cell_axes", "cells", "run_cell", "report", "summary", "verdicts",
            "family_label", "family_params_text", "ANGLE_FLOOR", "NONFINITE_Y", "TIE_FACTOR"]

@@ -95,6 +95,11 @@ def _pc_methods(value) -> list[str]:
     return out
 
 
+def cell_axes(grid: dict) -> list[dict]:
+    """The sizes whose product is the number of cells (``stabkit.studies._grid.cell_count``)."""
+    return [{key: len(grid[key]) for key in ("families", "d", "eps", "seeds")}]
+
+
 def cells(grid: dict) -> list[dict]:
     grid = validate(grid)
     out = []
@@ -226,5 +231,5 @@ def _pc_rows(base, Ad, B, w, pc_methods, dtype_name, dtype) -> list[dict]:
 
 from .report import report  # noqa: E402
 
-__all__ = ["GRID_DEFAULTS", "DECLARATIVE", "DTYPES", "ROUTES", "DPS", "validate", "cells", "run_cell", "report",
+__all__ = ["GRID_DEFAULTS", "DECLARATIVE", "DTYPES", "ROUTES", "DPS", "validate", "cell_axes", "cells", "run_cell", "report",
            "o2p_truth", "pc_truth"]

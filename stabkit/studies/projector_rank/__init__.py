@@ -81,6 +81,16 @@ def validate(grid: dict) -> dict:
     return out
 
 
+def cell_axes(grid: dict) -> list[dict]:
+    """The number of cells as a sum of products (``stabkit.studies._grid.cell_count``), one term per part."""
+    terms = {"lemma1": {"lemma1_dims": len(grid["lemma1_dims"]), "lemma1_ranks": len(grid["lemma1_ranks"]),
+                        "lemma1_seeds": len(grid["lemma1_seeds"])},
+             "lemma2": {"lemma2_cells": grid["lemma2_cells"]},
+             "descent": {"descent_methods": len(grid["descent_methods"]), "descent_k": len(grid["descent_k"]),
+                         "descent_seeds": len(grid["descent_seeds"])}}
+    return [term for part, term in terms.items() if part in grid["parts"]]
+
+
 def cells(grid: dict) -> list[dict]:
     g = validate(grid)
     out = []
@@ -119,6 +129,6 @@ def run_cell(cell: dict) -> list[dict]:
 
 from .report import descent_contradictions, eigen_route_table, lemma2_violations, report, summary  # noqa: E402
 
-__all__ = ["PARTS", "PSEUDO", "GRID_DEFAULTS", "validate", "cells", "run_cell", "report", "summary",
+__all__ = ["PARTS", "PSEUDO", "GRID_DEFAULTS", "validate", "cell_axes", "cells", "run_cell", "report", "summary",
            "lemma1_gradient", "lemma1_rows", "lemma2_rows", "descent_rows", "mp_directional_derivative",
            "projector_and_rank", "random_rank_r", "lemma2_violations", "descent_contradictions", "eigen_route_table"]

@@ -99,6 +99,13 @@ def validate(grid: dict) -> dict:
 OPTIONAL_KEYS = ("preset", "milestones", "milestone_unit", "stop_on", "tf32")
 
 
+def cell_axes(grid: dict) -> list[dict]:
+    """The number of cells as a sum of products (``stabkit.studies._grid.cell_count``): the ZCA runs,
+    then the BatchNorm baseline's seeds."""
+    return [{"methods": len(grid["methods"]), "dims": len(grid["dims"]), "dtypes": len(grid["dtypes"]),
+             "seeds": grid["seeds"]}, {"bn_baseline": bool(grid["bn_baseline"]), "seeds": grid["seeds"]}]
+
+
 def cells(grid: dict) -> list[dict]:
     g = validate(grid)
     common = {k: g[k] for k in ("epochs", "max_steps", "limit_images", "limit_test", "batch_size", "lr", "eps", "width",
@@ -147,5 +154,5 @@ def run_cell(cell: dict) -> list[dict]:
 from .report import report  # noqa: E402
 from .tables import FEATURES, compare_schedules, landmark_table, link, success_table, summary  # noqa: E402
 
-__all__ = ["GRID_DEFAULTS", "OPTIONAL_KEYS", "validate", "cells", "run_cell", "report", "summary", "success_table",
+__all__ = ["GRID_DEFAULTS", "OPTIONAL_KEYS", "validate", "cell_axes", "cells", "run_cell", "report", "summary", "success_table",
            "link", "landmark_table", "compare_schedules", "FEATURES"]

@@ -150,6 +150,13 @@ def _cell_id(spec: str, d: int, dtype: str, seed: int, epochs: float) -> str:
     return f"{spec}|d{d}|{dtype}|s{seed}|e{epochs:g}"
 
 
+def cell_axes(grid: dict) -> list[dict]:
+    """The number of cells as a sum of products (``stabkit.studies._grid.cell_count``): every run to the
+    horizon, then the extension runs."""
+    return [{"cells": len(grid["cells"]), "dtypes": len(grid["dtypes"]), "seeds": grid["seeds"]},
+            {"extend": len(grid["extend"])}]
+
+
 def cells(grid: dict) -> list[dict]:
     """Every run, in run order: seed blocks outermost, then the file's cells, dtypes, seeds; the
     extension runs (if any) after all of them."""
@@ -263,6 +270,6 @@ def _json_number(v):
 from .report import report  # noqa: E402
 from .tables import accuracy_table, km_table, success_table, summary, survivors  # noqa: E402
 
-__all__ = ["GRID_DEFAULTS", "FIRST_CELLS", "REST_CELLS", "validate", "cells", "run_cell", "stack_key", "run_cells",
+__all__ = ["GRID_DEFAULTS", "FIRST_CELLS", "REST_CELLS", "validate", "cell_axes", "cells", "run_cell", "stack_key", "run_cells",
            "survival_fields", "flatten",
            "report", "summary", "success_table", "km_table", "accuracy_table", "survivors"]
