@@ -406,6 +406,25 @@ def test_calls_inside_torch_func_transforms_are_logged_and_readable(tmp_path):
     assert jac.shape == (3, 3, 3)
 
 
+def test_gradient_norms_of_a_call_under_vmap_with_autograd_outside_it():
+    """vmap's batched wrapper never requires grad, so no hook attached and both norms stayed NaN
+    through ``vmap(f)(X).sum().backward()``: they are the norms over the batch, as a loop's."""
+    X = torch.stack([_sym([1.0, 2.0, 4.0]), _sym([0.5, 3.0, 3.5], seed=1)]).requires_grad_(True)
+
+    def f(a):
+        lam, U = torch.linalg.eigh(a)
+        return (U ** 3).sum() + (lam * torch.tensor([1.0, -2.0, 0.5], dtype=a.dtype)).sum()
+
+    with monitor.watch() as batched:
+        torch.func.vmap(f)(X * 2).sum().backward()
+    with monitor.watch() as looped:
+        sum(f(x) for x in X * 2).backward()
+    (row,), rows = batched.records.to_dict("records"), looped.records
+    assert row["batch"] == 2 and not row["nonfinite"]
+    for col in ("grad_norm", "grad_in_norm"):
+        assert row[col] == pytest.approx(math.sqrt((rows[col] ** 2).sum()), rel=1e-12)
+
+
 def test_a_call_on_meta_tensors_is_logged_without_values_and_the_log_goes_on(tmp_path):
     """A meta tensor (deferred initialisation) has shapes, no values: its row measures nothing, where
     its unreadable scalars used to turn the log off at the next flush and raise at the block's exit."""

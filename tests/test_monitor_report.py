@@ -127,6 +127,17 @@ def test_report_files_per_log_and_site(tmp_path):
     assert "5 logged calls in 2 log(s)" in md and "First bad step over all sites: 1." in md
 
 
+def test_a_gradient_norm_that_was_not_measured_is_said_so_not_left_out(tmp_path):
+    """NaN grad_norm (no gradient reached the outputs) was dropped by max(): the table showed the largest of
+    the others as if every call had one, or a bare "–"."""
+    frame([_row(0, grad=2.0), _row(1, grad=NAN, grad_in=NAN), _row(0, site="net.py:20", grad=NAN, grad_in=NAN)]
+          ).to_csv(tmp_path / "eig-rank0.csv", index=False)
+    md = build_report(tmp_path).read_text()
+    table = [line for line in md.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert "| 2 (1 of 2 calls measured) |" in table[0] and "| not measured |" in table[1]
+    assert "*not measured*" in md and "no gradient reached the outputs" in md
+
+
 def test_bounded_and_caveats_come_from_the_method_not_from_its_name(monkeypatch):
     """A method registered with ``bounded`` gets no bounded-rule advice; one with a Caveat gets its
     finding at n ≥ min_n, the text formatted with the site's backward and size."""

@@ -20,7 +20,8 @@ outside torch and stabkit's eigen internals) and step:
 * ``max_K``: max |K̃_ij| = 1 / min_gap, the analytic backward's largest coefficient;
 * ``lam_min``: smallest eigenvalue; ``bound``: max |F_ij| of ``bound``'s method (see ``watch``);
 * ``grad_norm``: the norm of the gradient reaching the outputs (a tensor hook; NaN until the
-  backward ran, or when the outputs do not require grad); ``grad_in_norm``: the norm of ∂L/∂A,
+  backward ran, or when the outputs do not require grad; the report shows it as "not measured");
+  ``grad_in_norm``: the norm of ∂L/∂A,
   the gradient this call's backward hands on (through every use of A; NaN when A is a leaf);
   both are ∞ when the gradient held inf or NaN (so a CSV keeps "non-finite" apart from "none");
 * ``input_nonfinite``: the input held inf/NaN; ``nonfinite``: input, output, incoming gradient or
@@ -62,7 +63,9 @@ own Monitor, as if that run had made the call alone.
 Callers that imported the function object before ``watch`` (``from torch.linalg import eigh``) are
 not intercepted by ``watch``; ``stabkit watch`` patches before the user's code runs, so they are.
 Inside ``torch.func`` transforms (``vmap``, ``grad``, ``jacrev``) a call is logged once, over every
-matrix it decomposed (gradient norms over every cotangent). Code compiled by ``torch.compile`` is neither monitored nor swapped: while Dynamo traces, the
+matrix it decomposed (gradient norms over every cotangent; under ``vmap`` with ordinary autograd outside it,
+``vmap(f)(X).sum().backward()``, over the whole batch: the hooks go on the tensor vmap batches, as its
+wrapper never requires grad). Code compiled by ``torch.compile`` is neither monitored nor swapped: while Dynamo traces, the
 wrappers call the originals, so ``fullgraph=True`` works inside ``watch``.
 ``swap_backward="taylor:K=9"`` routes ``torch.linalg.eigh`` through ``stabkit.torch.eigh`` with
 that registry method's backward and ``check=False``: the call keeps torch's input contract (no

@@ -71,6 +71,32 @@ def _physical(t):
     return t
 
 
+def _hookable(t):
+    """The tensor a gradient hook attaches to: ``t``, or under torch.func's wrappers the outermost level
+    that requires grad. A vmap BatchedTensor never requires grad, even when the tensor it batches is in
+    an ordinary autograd graph outside the vmap (``vmap(f)(X).sum().backward()``): hooked on that
+    tensor, the gradient of every matrix of the batch is measured. None where no level requires grad."""
+    while isinstance(t, torch.Tensor):
+        if t.requires_grad:
+            return t
+        if not torch._C._functorch.is_functorch_wrapped_tensor(t):
+            return None
+        t = torch._C._functorch.get_unwrapped(t)
+    return None
+
+
+def _grad_hooks(outputs, A, on_out, on_in) -> None:
+    """``on_out`` on every output that gradient reaches, ``on_in`` on ∂L/∂A where A is not a leaf
+    (a leaf would keep the hook for good); at the level :func:`_hookable` finds."""
+    for out in outputs:
+        out = _hookable(out)
+        if out is not None:
+            out.register_hook(on_out)
+    A = _hookable(A)
+    if A is not None and A.grad_fn is not None:
+        A.register_hook(on_in)
+
+
 @torch.no_grad()
 def _call_stats(A, lam, bound, runs: int) -> dict:
     """One call's statistics per run, each a (runs,) tensor (the call's batch split into ``runs`` equal
@@ -159,11 +185,7 @@ class Monitor:
     def _log(self, fn, backward, A, lam, outputs):
         stats = _call_stats(_physical(A), _physical(lam), self.bound, 1)
         row = self._add_row(fn, backward, A, {k: v if k in ("batch", "n") else v[0] for k, v in stats.items()}, _call_site())
-        for out in outputs:
-            if isinstance(out, torch.Tensor) and out.requires_grad:
-                out.register_hook(lambda g, row=row: self._on_grad(g, row))
-        if A.requires_grad and A.grad_fn is not None:  # a leaf would keep the hook for good
-            A.register_hook(lambda g, row=row: self._on_input_grad(g, row))
+        _grad_hooks(outputs, A, lambda g: self._on_grad(g, row), lambda g: self._on_input_grad(g, row))
         return row
 
     def _add_row(self, fn, backward, A, stats: dict, site: str) -> dict:
@@ -320,11 +342,8 @@ class SplitMonitor(Monitor):
                 for r, mon in enumerate(mons)]
         # a gradient reaches the whole call's outputs and input: ‖·‖² per run at once, each row a view of it
         total = {}
-        for out in outputs:
-            if isinstance(out, torch.Tensor) and out.requires_grad:
-                out.register_hook(lambda g: self._per_run_sq(g, rows, total, "_sq", accumulate=True))
-        if A.requires_grad and A.grad_fn is not None:
-            A.register_hook(lambda g: self._per_run_sq(g, rows, total, "_sq_in", accumulate=False))
+        _grad_hooks(outputs, A, lambda g: self._per_run_sq(g, rows, total, "_sq", accumulate=True),
+                    lambda g: self._per_run_sq(g, rows, total, "_sq_in", accumulate=False))
         return rows
 
     def _per_run_sq(self, g, rows, total: dict, key: str, accumulate: bool) -> None:

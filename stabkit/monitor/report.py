@@ -295,6 +295,17 @@ def _fmt(x) -> str:
     return str(x)
 
 
+def _grad_cell(g: pd.DataFrame) -> str:
+    """The largest ‖∂L/∂out‖ over the calls that have one, saying how many had none: a gradient not
+    measured (NaN in the log) is absent, never a number and never left out silently."""
+    grad = g["grad_norm"]
+    measured = int(grad.notna().sum())
+    if measured == 0:
+        return "not measured"
+    largest = _fmt(float(grad.max()))
+    return largest if measured == len(g) else f"{largest} ({measured} of {len(g)} calls measured)"
+
+
 def build_report(folder, out=None) -> Path:
     """Write ``report.md`` and one PNG per call site into ``out`` (default: ``folder``); returns the Markdown path."""
     df = load_logs(folder)
@@ -320,7 +331,7 @@ def build_report(folder, out=None) -> Path:
         first_bad = int(g.loc[bad, "step"].min()) if bad.any() else None
         lines.append(f"| {i} | {log} | `{site}` | {fn} | {', '.join(sorted(set(g['backward'])))} | {', '.join(sorted(set(g['dtype'])))} "
                      f"| {int(g['n'].max())} | {len(g)} | {_fmt(float(g['min_rel_gap'].min()))} | {_fmt(float(g['max_K'].max()))} "
-                     f"| {_fmt(float(g['lam_min'].min()))} | {_fmt(float(g['grad_norm'].max()))} | {int(g['nonfinite'].sum())} "
+                     f"| {_fmt(float(g['lam_min'].min()))} | {_grad_cell(g)} | {int(g['nonfinite'].sum())} "
                      f"| {int(g['error'].ne('').sum())} | {_fmt(first_bad)} |")
         png = f"site-{i:02d}.png"
         _plot(g, f"{log}  {site}  {fn}", out / png, first_bad)
@@ -337,7 +348,8 @@ def build_report(folder, out=None) -> Path:
               "- *min rel. gap*: smallest |λ_i − λ_j| / max|λ| over the call's batch (svd: of σ²); *max|K̃|* = 1 / smallest gap, "
               "the analytic backward's largest coefficient; *‖∂L/∂out‖*: the gradient reaching the call's outputs; ‖∂L/∂A‖ "
               "(in the plots): the gradient its backward hands on — non-finite there with a finite ‖∂L/∂out‖ means this "
-              "call's backward made it so.",
+              "call's backward made it so. *not measured* (or *k of N calls measured*): no gradient reached the outputs of "
+              "those calls — they did not require grad (no_grad, an evaluation pass), or no backward ran after them.",
               "- *first bad step*: the first step with an error, a non-finite value, or λ_min ≤ 0 at a site whose matrices are "
               "positive definite at most calls (the λ rule is not applied to svd or to sites indefinite by design).",
               "- Each rule names the finding of this project it rests on (README, \"Training and the instability monitor\"; "
