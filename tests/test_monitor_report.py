@@ -32,6 +32,16 @@ def test_lam_min_le_0_in_float32_points_to_float64_and_names_the_study():
     assert bad_steps(frame([_row(0), _row(1, lam_min=-1.0)])).tolist() == [False, True]
 
 
+def test_a_site_is_taken_as_positive_definite_at_half_its_calls_and_the_report_says_so():
+    """The text used to say "positive definite at most calls" for ≥ 50 %: it gives the count, and exactly
+    half counts (a covariance bad from its midpoint is flagged); calls without a λ_min are not counted."""
+    f = _rules([_row(0), _row(1, lam_min=-1e-7), _row(2, lam_min=NAN, error="E: x")])["lam_min≤0 (float32)"]
+    assert "λ_min > 0 at 1 of 2 calls (half or more)" in f.what and "most calls" not in f.what
+    assert bad_steps(frame([_row(0), _row(1, lam_min=-1e-7)])).tolist() == [False, True]
+    below_half = [_row(0), _row(1, lam_min=-1e-7), _row(2, lam_min=-1e-7)]
+    assert "lam_min≤0 (float32)" not in _rules(below_half) and not bad_steps(frame(below_half)).any()
+
+
 def test_an_indefinite_site_is_not_flagged_for_lam_min():
     rows = [_row(s, lam_min=-3.0) for s in range(3)]
     assert _rules(rows) == {}

@@ -7,8 +7,9 @@ cites the finding of this project it rests on (README, "Training and the instabi
 ``reports/zca-cifar10``) and says no more than that finding supports.
 
 The first bad step of a site is the first step with an error, a non-finite value, or λ_min ≤ 0
-at a site whose matrices are positive definite at most calls (a covariance, as in ZCA or
-covariance pooling; a site that is indefinite by design is never flagged for λ_min).
+at a positive-definite site: one whose λ_min > 0 at half or more of its calls with a λ_min (a
+covariance, as in ZCA or covariance pooling; a site that is indefinite by design, or an svd, is
+never flagged for λ_min). Half counts, so a covariance that stays bad from its midpoint is flagged.
 """
 
 from __future__ import annotations
@@ -95,9 +96,16 @@ def load_logs(folder) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def _positive_site(g: pd.DataFrame) -> bool:
+def _positive_calls(g: pd.DataFrame) -> tuple[int, int]:
+    """(calls with λ_min > 0, calls with a λ_min): a raised or empty call has none."""
     lam = g["lam_min"].dropna()
-    return bool(len(lam)) and bool((lam > 0).mean() >= 0.5) and not g["fn"].str.contains("svd").all()
+    return int((lam > 0).sum()), len(lam)
+
+
+def _positive_site(g: pd.DataFrame) -> bool:
+    """λ_min > 0 at half or more of the calls with a λ_min (integers: exactly half counts), not svd."""
+    positive, measured = _positive_calls(g)
+    return measured > 0 and 2 * positive >= measured and not g["fn"].str.contains("svd").all()
 
 
 def bad_steps(g: pd.DataFrame) -> pd.Series:
@@ -114,6 +122,7 @@ def findings(g: pd.DataFrame) -> list[Finding]:
     backward = ", ".join(sorted(set(g["backward"])))
     n = int(g["n"].max()) if len(g) else 0
     positive = _positive_site(g)
+    positive_calls, measured_calls = _positive_calls(g)
 
     def first(mask):
         return int(g.loc[mask, "step"].min()) if mask.any() else None
@@ -141,7 +150,8 @@ def findings(g: pd.DataFrame) -> list[Finding]:
                           "Add a larger ε to the diagonal or check what makes the matrix lose definiteness.")
                 out.append(Finding(f"lam_min≤0 ({dtype})", first(mask),
                                    f"λ_min ≤ 0 in {int(mask.sum())} of {int((g['dtype'] == dtype).sum())} {dtype} calls "
-                                   f"(smallest {g.loc[mask, 'lam_min'].min():.3g}) at a site that is positive definite at most calls.",
+                                   f"(smallest {g.loc[mask, 'lam_min'].min():.3g}) at a site taken as positive definite: λ_min > 0 "
+                                   f"at {positive_calls} of {measured_calls} calls (half or more).",
                                    action, evidence))
     if errors.any():
         row = g.loc[errors].iloc[0]
@@ -350,8 +360,9 @@ def build_report(folder, out=None) -> Path:
               "(in the plots): the gradient its backward hands on — non-finite there with a finite ‖∂L/∂out‖ means this "
               "call's backward made it so. *not measured* (or *k of N calls measured*): no gradient reached the outputs of "
               "those calls — they did not require grad (no_grad, an evaluation pass), or no backward ran after them.",
-              "- *first bad step*: the first step with an error, a non-finite value, or λ_min ≤ 0 at a site whose matrices are "
-              "positive definite at most calls (the λ rule is not applied to svd or to sites indefinite by design).",
+              "- *first bad step*: the first step with an error, a non-finite value, or λ_min ≤ 0 at a site taken as positive "
+              "definite: λ_min > 0 at half or more of its calls with a λ_min (the λ rule is not applied to svd or to sites "
+              "where λ_min ≤ 0 at more than half of the calls, indefinite by design).",
               "- Each rule names the finding of this project it rests on (README, \"Training and the instability monitor\"; "
               "`reports/zca-cifar10`). Those findings come from ZCA whitening in ResNet-18 on CIFAR-10; on another model "
               "they are a starting point, not a guarantee.", ""]
