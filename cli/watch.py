@@ -7,13 +7,17 @@ command writes ``LOG/eig-rank{RANK}.csv`` (one per DDP rank), appended every ``-
 so a killed run keeps the log of every flushed step. The exit code is the command's; SIGINT and
 SIGTERM are passed on to it (the watched Python then flushes its pending rows on the way out).
 Every Python process started under COMMAND imports torch at start-up, and only those that call
-an eigen function write a log.
+an eigen function write a log. A COMMAND that starts Python with ``-E``, ``-I`` or ``-S`` (alone or
+combined, e.g. ``python3.11 -IE``) is refused: those options skip PYTHONPATH or ``site``, so the
+monitor could not start and the log would stay empty; a Python started so further down (``bash -c``)
+is only named in the closing note.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -31,6 +35,37 @@ from ._common import user_errors
 
 CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True}
 SHIM = Path(stabkit.__file__).resolve().parent / "_watch_shim"
+
+
+#: the interpreter options that keep the shim from running, and why
+SKIPS_MONITOR = {"E": "ignores PYTHONPATH", "I": "(isolated mode) ignores PYTHONPATH", "S": "does not import site"}
+_PYTHON = re.compile(r"(python|pypy)[0-9.]*[a-z]?(\.exe)?")
+
+
+def monitor_skipping_options(command: List[str]) -> List[str]:
+    """The options among a ``python ...`` command's own (before the script, ``-c``, ``-m``, ``-`` or
+    ``--``) that skip the monitor: ``-IE`` gives ``["-I", "-E"]``; ``-W``/``-X`` arguments and
+    the script's own arguments are not options."""
+    if not command or not _PYTHON.fullmatch(os.path.basename(command[0])):
+        return []
+    found, i = [], 1
+    while i < len(command):
+        arg = command[i]
+        if not arg.startswith("-") or arg in ("-", "--"):
+            break
+        if arg.startswith("--"):
+            i += 2 if arg == "--check-hash-based-pycs" else 1
+            continue
+        for j, flag in enumerate(arg[1:], start=1):
+            if flag in "cm":  # the code or module follows: the options end here
+                return found
+            if flag in "WX":  # its argument is the rest of this word, or the next one
+                i += j == len(arg) - 1
+                break
+            if flag in SKIPS_MONITOR and f"-{flag}" not in found:
+                found.append(f"-{flag}")
+        i += 1
+    return found
 
 
 @user_errors
@@ -52,6 +87,12 @@ def watch_command(
     swap_backward, bound = (str(methods.spec(text)) if text else None for text in (swap_backward, bound))
     if shutil.which(command[0]) is None:
         raise FileNotFoundError(f"command not found: {command[0]}")
+    skipping = monitor_skipping_options(command)
+    if skipping:
+        why = "; ".join(f"{flag} {SKIPS_MONITOR[flag[1]]}" for flag in skipping)
+        raise ValueError(f"`{os.path.basename(command[0])} {' '.join(skipping)}` would run without the monitor, which stabkit "
+                         f"watch starts through PYTHONPATH and site's sitecustomize ({why}): the log would stay empty; "
+                         f"drop {' and '.join(skipping)}, or call stabkit.monitor.watch in the script")
     if log.exists() and not log.is_dir():
         raise ValueError(f"--log {log} exists and is not a folder")
     log.mkdir(parents=True, exist_ok=True)
@@ -76,5 +117,5 @@ def watch_command(
     if logs:
         print(f"stabkit watch: {len(logs)} log(s) in {log}: {', '.join(logs)}; next: stabkit monitor report {log}", file=sys.stderr)
     else:
-        print("stabkit watch: no eigh/eigvalsh/svd call was logged (a Python started with -S or -I skips the monitor)", file=sys.stderr)
+        print("stabkit watch: no eigh/eigvalsh/svd call was logged (a Python started with -E, -I or -S skips the monitor)", file=sys.stderr)
     raise typer.Exit(code=code if code >= 0 else 128 - code)

@@ -90,12 +90,13 @@ def test_watch_returns_the_commands_exit_code_and_keeps_another_sitecustomize(tm
     (other / "sitecustomize.py").write_text("import os\nos.environ['OTHER_SITECUSTOMIZE'] = 'ran'\n")
     env = _env()
     env["PYTHONPATH"] += os.pathsep + str(other)
-    probe = ("import os, sys, torch; print(os.environ.get('OTHER_SITECUSTOMIZE'), hasattr(torch.linalg.eigh, '__wrapped__')); "
-             "sys.exit(3)")
-    done = subprocess.run([sys.executable, "-m", "stabkit.cli.main", "watch", "--log", str(tmp_path / "w"), "--", sys.executable, "-c", probe],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    probe = ("import os, sys, torch; print(os.environ.get('OTHER_SITECUSTOMIZE'), hasattr(torch.linalg.eigh, '__wrapped__'), "
+             "*sys.argv[1:]); sys.exit(3)")
+    done = subprocess.run([sys.executable, "-m", "stabkit.cli.main", "watch", "--log", str(tmp_path / "w"), "--", sys.executable, "-c", probe,
+                           "-E", "-IS"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 3
-    assert done.stdout.split() == ["ran", "True"]  # the user's own sitecustomize ran, and torch was patched at start-up
+    # the user's own sitecustomize ran, torch was patched at start-up, and -E -IS after -c are the script's own arguments
+    assert done.stdout.split() == ["ran", "True", "-E", "-IS"]
     assert "no eigh/eigvalsh/svd call was logged" in done.stderr
 
 
@@ -138,6 +139,25 @@ def test_watch_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     assert result.exit_code == 2
     out = result.output.strip()
     assert message in out and out.startswith("error:") and len(out.splitlines()) == 1 and "Traceback" not in out
+
+
+@pytest.mark.parametrize("python_args, named", [(["-E"], "drop -E"), (["-bIE"], "drop -I and -E"),
+                                                (["-W", "ignore", "-X", "dev", "-S", "-c", "pass"], "drop -S")])
+def test_watch_refuses_a_python_whose_options_skip_the_monitor(tmp_path, python_args, named):
+    """-E and -I ignore PYTHONPATH, -S skips site, through which the monitor starts: such a run used
+    to go ahead and leave an empty log, said only in a note at its end."""
+    result = CliRunner().invoke(app, ["watch", "--log", str(tmp_path / "w"), "--", sys.executable, *python_args, "train.py"])
+    _one_error_line(result, "would run without the monitor", named)
+    assert not (tmp_path / "w").exists()
+
+
+def test_only_pythons_own_options_count_as_skipping_the_monitor():
+    from stabkit.cli.watch import monitor_skipping_options as skipping
+
+    assert skipping(["python3.11", "-E", "train.py"]) == ["-E"] and skipping(["/usr/bin/python3", "-Ec", "1"]) == ["-E"]
+    for command in (["python", "train.py", "-E"], ["python", "-m", "pkg", "-S"], ["python", "-c", "1", "-I"],
+                    ["python", "-W", "-E", "x.py"], ["python", "--", "-E"], ["bash", "-c", "python -E x.py"]):
+        assert skipping(command) == [], command
 
 
 def test_report_on_a_folder_without_logs_is_one_line_and_exit_2(tmp_path):
