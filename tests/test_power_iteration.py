@@ -181,6 +181,64 @@ def test_pi_forward_stop_gradient_is_its_reverse_mode():
     assert float((hand - (auto + auto.T) / 2).norm() / auto.norm()) < 1e-12
 
 
+class _ReleasedStep(torch.autograd.Function):
+    """One step v ↦ M v / ‖M v‖ whose backward hands the gradient back as the released PI layer
+    does: ∂M = h vᵀ and ∂v = M h (reverse mode would be Mᵀ h), h = (I − v′v′ᵀ) ∂v′ / ‖M v‖."""
+
+    @staticmethod
+    def forward(ctx, M, v):
+        w = M @ v
+        norm = w.norm()
+        out = w / norm
+        ctx.save_for_backward(M, v, out, norm)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        M, v, out, norm = ctx.saved_tensors
+        h = (g - out * (out @ g)) / norm
+        return torch.outer(h, v), M @ h
+
+
+def released_pi_objective(A, starts, gU, glam, steps):
+    """⟨gU, U⟩ + ⟨glam, λ⟩ through the released PI layer: stages largest first from ``starts``,
+    ``steps`` steps of :class:`_ReleasedStep`, Rayleigh quotient, deflation M ← M − M v vᵀ."""
+    M, total = A, 0.0
+    for k in range(A.shape[-1] - 1, -1, -1):
+        v = starts[:, k]
+        for _ in range(steps):
+            v = _ReleasedStep.apply(M, v)
+        Mv = M @ v
+        total = total + v @ gU[:, k] + (v @ Mv) * glam[k]
+        M = M - torch.outer(Mv, v)
+    return total
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+def test_pi_authors_is_autograd_through_the_released_layer_and_not_pi_forward_once_a_stage_is_unconverged(seed):
+    # near-tied pairs and 4 steps: no stage converges, so every deflated M_k is not symmetric
+    A = torch.tensor(build(np.array([0.5, 0.52, 1.0, 1.04, 1.1]), seed=5), requires_grad=True)
+    steps = 4
+    rng = np.random.default_rng(seed)
+    gU, glam = torch.tensor(rng.standard_normal((5, 5))), torch.tensor(rng.standard_normal(5))
+    starts = torch.as_tensor(methods.power_iteration.start_vectors(A.detach(), seed))
+    (auto,) = torch.autograd.grad(released_pi_objective(A, starts, gU, glam, steps), A)
+    auto = (auto + auto.T) / 2
+    grads = {}
+    for name in ("pi-authors", "pi-forward"):
+        method = methods.get(name)
+        lam, U, state = method.forward(A.detach(), steps=steps, seed=seed)
+        grads[name] = method.backward(state, gU, glam, steps=steps, seed=seed)
+    assert float((grads["pi-authors"] - auto).norm() / auto.norm()) < 1e-12
+    assert float((grads["pi-forward"] - auto).norm() / auto.norm()) > 1e-3
+    # from the largest pair alone only the first stage (M = A, symmetric) is differentiated: both agree
+    only_first = torch.zeros(5, 5, dtype=torch.float64)
+    only_first[:, 4] = gU[:, 4]
+    first = [methods.get(name).backward(methods.get(name).forward(A.detach(), steps=steps, seed=seed)[2],
+                                        only_first, glam * 0, steps=steps, seed=seed) for name in ("pi-authors", "pi-forward")]
+    assert float((first[0] - first[1]).norm() / first[1].norm()) < 1e-13
+
+
 def test_taylor_authors_ties_have_the_same_sign():
     """Released code: F_ij = +(1/λ_hi) Σ_{k≤K} (λ_lo/λ_hi)^k when λ_j ≥ λ_i, else −…: both entries of
     an exact tie are +(K+1)/λ; ``taylor`` (default) keeps them antisymmetric."""

@@ -235,6 +235,12 @@ def test_report_from_records(tmp_path):
     assert "GPU" in text and "which seeds fail may change" in text and "not measured here" in text
     assert text.count("- Landmark ") == 3 and "not measurable" in text
     assert "stacked in one network" not in text  # every run here ran alone
+    # the paper preset's remaining differences from the authors' code, one table row each
+    from stabkit.train.preset import PAPER_DEVIATIONS
+    assert "### Remaining differences from the authors' code" in text
+    cell = lambda text: text.replace("|", "\\|")  # noqa: E731 — a pipe inside a table cell is escaped
+    assert all(f"| {item} | {cell(authors)} | {cell(ours)} |" in text for item, authors, ours in PAPER_DEVIATIONS)
+    assert "Remaining differences" not in surv.report(res, {**grid, "preset": "stabkit"}, tmp_path)
     res["stacked_runs"] = [3.0, 3.0, 3.0, 1.0, np.nan, 1.0, 1.0, 1.0]  # NaN: a record from before the column existed
     assert "3 of these 8 runs were trained 3 at a time, stacked in one network" in surv.report(res, grid, tmp_path)
 

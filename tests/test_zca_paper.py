@@ -264,6 +264,7 @@ def test_paper_preset_rows():
     assert {m: c.truncation for m, c in rows.items()} == {"analytic": "none", "pi-forward": "pi-stop", "pi": "svd-pi",
                                                          "taylor": "none", "clip": "none"}
     assert str(rows["taylor"].spec) == "taylor-song:K=9" and str(rows["pi"].spec) == "pi:steps=20"
+    assert rows["pi-forward"].spec == methods.spec("pi-authors:stop=true")  # the released PI layer's backward
     assert rows["pi-forward"].fresh_starts and all(c.covariance == "full" and not c.symmetrize for c in rows.values())
     assert all(c.weight_init == "uniform" and c.source for c in rows.values())
     assert paper.input_std == PAPER_STD == (0.2023, 0.1994, 0.2010)

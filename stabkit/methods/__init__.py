@@ -8,8 +8,8 @@ torch tensors (``stabkit.torch``).
 
 from __future__ import annotations
 
-from . import (analytic, analytic_trunc, clip, clip_authors, degenerate, lorentzian, pade, power_iteration, taylor, taylor_authors,
-               taylor_song, torch_autograd)
+from . import (analytic, analytic_trunc, clip, clip_authors, degenerate, lorentzian, pade, pi_authors, power_iteration, taylor,
+               taylor_authors, taylor_song, torch_autograd)
 from ._base import Caveat, Method, assemble
 from ._spec import MethodSpecError, Spec, bind, get, parse, spec
 
@@ -30,6 +30,7 @@ REGISTRY: dict[str, Method] = {
         taylor_authors.METHOD,
         analytic_trunc.METHOD,
         clip_authors.METHOD,
+        pi_authors.METHOD,
     )
 }
 

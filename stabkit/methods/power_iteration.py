@@ -201,11 +201,12 @@ def _rayleigh_kept(kept, lam, lam_hat, order):
     return active
 
 
-def backward(state: dict, gU: Array, glam: Array, **_) -> Array:
+def backward(state: dict, gU: Array, glam: Array, *, authors_step: bool = False, **_) -> Array:
     """Reverse-mode through the iterations and deflations of ``_run`` (no autograd needed).
 
     Dropped stages are skipped with ``where`` (not multiplied by 0), so the NaN that power
     iteration produces on a deflated-to-zero matrix cannot leak into the kept stages.
+    ``authors_step``: hand each step's gradient back as M h_t instead of Mᵀ h_t (``pi-authors``).
     """
     A, paths, norms, W = state["A"], state["paths"], state["norms"], state["W"]
     order, active = state["order"], state["active"]
@@ -226,6 +227,7 @@ def backward(state: dict, gU: Array, glam: Array, **_) -> Array:
         path, v = paths[k], paths[k][..., -1, :]
         M = M + _outer(W_kept[k], v_kept[k])  # M_k, rebuilt from M_{k+1}
         MT = _xp.T(M)
+        step = M if authors_step else MT
         # deflation M_{k+1} = M_k − (M_k v) vᵀ
         gMv = _matvec(gM, v)
         gv = -(_matvec(_xp.T(gM), W[k]) + _matvec(MT, gMv))
@@ -243,7 +245,7 @@ def backward(state: dict, gU: Array, glam: Array, **_) -> Array:
                 vt = path[..., t, :]
                 h = (gv - vt * _dot(vt, gv)) / norms[k][..., t - 1, :]
                 hs.append(h)
-                gv = _matvec(MT, h)
+                gv = _matvec(step, h)
             g = g + xp.stack(hs[::-1], -1) @ path[..., :-1, :]
         gM = keep(k, g, gM)
     return _xp.sym(gM)
@@ -361,5 +363,5 @@ PI_FORWARD = Method(
     paper="Wang et al., NeurIPS 2019 (PI baseline)", summary="power iteration with deflation, forward and backward",
     kept_rule=_pi_forward_kept,
     domains={"steps": integer(1, MAX_STEPS), "seed": integer(0), "stop": boolean(), "eps": real(0.0, 1.0)},
-    bound_kernel=_pi_forward_bound, paper_name="PI", iteration=_pi_forward_iteration,
+    bound_kernel=_pi_forward_bound, paper_name="PI", iteration=_pi_forward_iteration, paper_variant="pi-authors:stop=true",
 )

@@ -26,11 +26,14 @@ version produced each row:
   ``ZCANormSVDunstable``, RDS ``ZCANormOrg``: keep pairs up to and *including* the first σ ≤ ε,
   and only the largest pair when no σ ≤ ε) appeared in September 2019, after the table; it is
   kept as the separate preset ``paper-svd-head`` (truncation ``svd-head``).
-* PI (``pi-forward``): PI-SVD HEAD ``ZCANorm.py::ZCANormPIunstable`` with
-  ``torch_utils.py::power_iteration_unstable`` (19 iterations, backprop through all of them,
+* PI (``pi-forward``, run as ``pi-authors:stop=true``): PI-SVD HEAD ``ZCANorm.py::ZCANormPIunstable``
+  with ``torch_utils.py::power_iteration_unstable`` (19 iterations, backprop through all of them,
   deflation M ← M − M v vᵀ), fresh ``randn`` start vectors at every forward, ε = 1e-4, no SVD.
-  Stopping rule (truncation ``pi-stop``): the first pair is always kept; pair j ≥ 1 stops the
-  loop when its Rayleigh quotient exceeds the previous one or is < ε.
+  Its backward hands each step's gradient back through M where reverse mode has Mᵀ
+  (``pi-authors``; the two differ once a deflated M is not symmetric). Stopping rule (truncation
+  ``pi-stop``, and the method's ``stop=true`` so that the stopped pairs are not back-propagated,
+  as the released layer never computes them): the first pair is always kept; pair j ≥ 1 stops
+  the loop when its Rayleigh quotient exceeds the previous one or is < ε.
 * SVD-PI (``pi``): PI-SVD HEAD ``ZCANorm.py::ZCANormSVDPI`` with
   ``torch_utils.py::power_iteration_once`` (num_iter = 19: the backward sums (M/‖Mv‖)^i for
   i = 0…19, i.e. 20 power-iteration steps from the exact eigenvector), ε = 1e-4. Forward
@@ -227,15 +230,22 @@ PRESETS["paper-svd-head"] = replace(
 
 #: Differences between the ``paper`` preset and the authors' code that remain (also in the study file).
 PAPER_DEVIATIONS = (
-    ("forward solver", "torch.svd of each block", "eigh, σ = |λ| (equal in exact arithmetic for symmetric Σ); "
-     "other rounding, ascending order"),
-    ("clamp and backward", "kernel evaluated at the clamped σ", "kernel at |λ|; differs only where |λ| < floor"),
+    ("forward solver", "torch.svd of each block, autograd through its backward",
+     "eigh, σ = |λ| (equal in exact arithmetic for symmetric Σ); other rounding, ascending order; the "
+     "SVD row's kernel 1/(λ_i − λ_j) is torch.svd's backward in exact arithmetic off ties"),
+    ("clamp and backward", "kernel evaluated at the clamped σ",
+     "kernel at the signed eigh λ (the forward whitens with |λ|); differs only where λ < 0 or |λ| < floor"),
     ("SVD-PI whitening", "λ̃ = Rayleigh quotient on the deflated matrix; stops when |λ̃ − σ|/σ > 0.1 or λ̃ < 0",
      "σ; the Rayleigh stop is the method's (pi), not the layer's"),
-    ("PI random starts", "torch.randn_like from the global RNG", "numpy generator seeded by the step counter"),
+    ("PI random starts", "torch.randn_like per group, pair and forward, from the global RNG (unseeded)",
+     "uniform [−½, ½) from an integer hash of (entry, forward count), normalised: one start set per forward, "
+     "shared by the layer's groups and by every run of a cell (stacked runs need one set)"),
+    ("PI step norm", "‖M v‖ clamped at ≥ 1e-5 in every step", "no clamp: differs only at a step where ‖M v‖ < 1e-5"),
     ("data pipeline", "torchvision RandomCrop(32, padding=4) + flip, DataLoader shuffle",
      "the same transforms as tensor ops on the device, own shuffle order"),
     ("multi-GPU wrapper", "nn.DataParallel, cudnn.benchmark", "one device, cudnn defaults"),
+    ("SVD-Taylor non-finite F", "left as computed", "taylor-song replaces a non-finite F entry by the sample's extreme "
+     "finite one; reached only where a σ is 0 or not finite (floor 1e-10)"),
 )
 
 

@@ -308,6 +308,12 @@ def _plots(table: pd.DataFrame, fit: dict | None, out_dir: pathlib.Path, paper_r
     return names
 
 
+def deviations_section() -> list[str]:
+    """The differences between the ``paper`` preset and the authors' code that remain (``PAPER_DEVIATIONS``)."""
+    return ["### Remaining differences from the authors' code", "",
+            markdown_table(pd.DataFrame(PAPER_DEVIATIONS, columns=["item", "authors' code", "this preset"])), ""]
+
+
 def _preset_report(results, g, preset, table, linked, figs, crashed, out_dir) -> str:
     """The report of a study under a non-default preset (``paper``): its conventions, the NaN-loss
     rate compared with Table IV, our outcomes beside it, and the deviations from the authors' code."""
@@ -341,8 +347,7 @@ def _preset_report(results, g, preset, table, linked, figs, crashed, out_dir) ->
         lines += _schedule_section(results, g, out_dir)
         lines += [f"(Here the two studies differ in the layer — preset `{preset.name}` against `{g['baseline_study']}`'s — "
                   "and both columns count this toolkit's outcome, the first failure event of any kind.)", ""]
-    lines += ["### Remaining differences from the authors' code", "",
-              markdown_table(pd.DataFrame(PAPER_DEVIATIONS, columns=["item", "authors' code", "this preset"])), ""]
+    lines += deviations_section()
     lines += _link_section(linked, g, figs)
     return "\n".join(lines)
 

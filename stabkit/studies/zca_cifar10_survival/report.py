@@ -12,6 +12,7 @@ import pandas as pd
 from ..._markdown import markdown_table
 from ...train.preset import get_preset
 from .. import _figures, _landmark, _stats
+from ..zca_cifar10.report import deviations_section
 from . import validate
 from .tables import PAPER_RUNS, _runs, accuracy_table, km_table, success_table, survivors
 
@@ -41,6 +42,7 @@ def report(results: pd.DataFrame, grid: dict, out_dir: pathlib.Path) -> str:
     lines += _table_section(results, _paper_prefix(g, preset))
     lines += _accuracy_section(results, figs)
     lines += _extension_section(results, r, g)
+    lines += deviations_section() if preset.rows else []
     lines += ["### Caveat: which seeds fail may change on a rerun (not measured here)", "",
               "GPU kernels (cuDNN, cuBLAS) are not bitwise deterministic by default: their choice of kernel and "
               "summation order may differ between runs and machines, so a rerun of the same seed need not follow the "
