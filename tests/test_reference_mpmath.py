@@ -64,3 +64,55 @@ def test_gap_digits_count_the_relative_gap_whatever_the_scale():
 
     for c in (1e-8, 1.0, 1e8):
         assert gap_digits(np.diag([1.0, 1.0 + 1e-6, 3.0]) * c) == 7
+
+
+def _weighted_truth(A, loss, dps):
+    """∂L/∂A row-major for a weighted loss, independently: mpmath.eigsy at ``dps`` and the sum
+    Σ_{w_i ≠ w_j} (w_i − w_j)/(λ_i − λ_j) (u_iᵀ G_sym u_j) u_i u_jᵀ written out term by term."""
+    d = A.shape[0]
+    with mpmath.workdps(dps):
+        E, Q = mpmath.eigsy(mpmath.matrix(A.tolist()))
+        order = sorted(range(d), key=lambda i: E[i])
+        lam, u = [E[i] for i in order], [Q[:, i] for i in order]
+        Gs = (mpmath.matrix(loss.weight.tolist()) + mpmath.matrix(loss.weight.T.tolist())) / 2
+        w = [mpmath.mpf(x) for x in loss.w]
+        g = mpmath.zeros(d, d)
+        for i in range(d):
+            for j in range(d):
+                if w[i] != w[j]:
+                    g += (w[i] - w[j]) / (lam[i] - lam[j]) * (u[i].T * Gs * u[j])[0, 0] * (u[i] * u[j].T)
+        return [g[r, c] for r in range(d) for c in range(d)]
+
+
+def _true_digits(hp, exact, dps):
+    with mpmath.workdps(dps):
+        err = max(abs(x - y) for x, y in zip(hp, exact)) / max(abs(y) for y in exact)
+        return 60.0 if err == 0 else float(min(60, max(0, -mpmath.log10(err))))
+
+
+_TINY_COUPLING = {
+    # 1e-61 is below both precisions' deflation threshold (P = 32, P2 = 53): both return diagonal
+    # eigenvectors and agree to 60 digits on ∂L/∂A = 0; the truth is ±2e-61 (0 digits right)
+    "coupling 1e-61": (np.array([[1.0, 1e-61], [1e-61, 2.0]]), np.diag([1.0, 3.0])),
+    # the same beside a genuine 5e-51 from G's 1e-50: both agree on the 5e-51 and miss the 2e-61 (10.4 right)
+    "coupling 1e-61 beside 1e-50": (np.array([[1.0, 0, 0], [0, 2.0, 1e-61], [0, 1e-61, 3.0]]),
+                                    np.array([[1.0, 0, 1e-50], [0, 3.0, 0], [1e-50, 0, 5.0]])),
+    # ∂L/∂A ≈ 1e-12 of its terms' scale (G = I + 2^-40 e₃e₃ᵀ: L nearly constant): P and P2 differ, and
+    # without the cancellation term only their agreement (19.7 digits, not the cap's 28) caught it
+    "G = I + 2^-40 e3 e3^T": (build([1.0, 2.0, 3.0], seed=1), np.diag([1.0, 1.0, 1.0 + 2.0 ** -40])),
+}
+
+
+@pytest.mark.parametrize("case", list(_TINY_COUPLING))
+def test_mpmath_digits_never_exceed_the_truth_for_a_gradient_small_by_cancellation(case):
+    """The cap P − 3 − gap − cond is on the scale of the gradient's terms (max|D|·‖G_sym‖_F ≈ 3–6 here),
+    the agreement relative to ∂L/∂A itself: where ∂L/∂A is 1e-50 or 0 of that scale and both precisions
+    make the same (backward-stable) error, they agree exactly and 28 digits were certified. The cap now
+    loses the cancellation's digits too. Checked against an independent truth at 160 digits."""
+    A, G = _TINY_COUPLING[case]
+    loss = make_loss("projector", A.shape[0], weight=G)
+    hp, _, digits = R._hp_gradient(A, loss, "mpmath")
+    assert digits <= _true_digits(hp, _weighted_truth(A, loss, 160), 160)
+    if case.startswith("coupling"):
+        assert not R.ground_truth(A, loss, engine="mpmath", cache=False).certified
+

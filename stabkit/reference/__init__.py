@@ -11,7 +11,8 @@ high-precision eigendecomposition A = U diag(λ) Uᵀ.  Two engines compute that
 * ``mpmath`` — ``mpmath.eigsy`` (Jacobi/QL in arbitrary precision) at two precisions P and ≈1.5P,
   the gradient in mpmath arithmetic.  ``digits`` is the number of significant digits on which the
   two results agree, capped by what a backward-stable solver delivers at P (P − 3 − gap digits −
-  condition digits), so two precisions making the same error cannot certify it.  This is an
+  condition digits − the digits a gradient small by cancellation loses against the scale of its
+  terms), so two precisions making the same error cannot certify it.  This is an
   *agreement estimate*, not a proof.  Independent of the flint
   engine and of the float64 code paths; fine up to d ≈ 64.
 * ``flint`` — float64 ``numpy.linalg.eigh`` refined by the Ogita–Aishima iteration (Ogita &

@@ -88,8 +88,9 @@ def _divided_differences_mp(lam: list, loss, dps: int) -> list[list]:
     return D
 
 
-def _gradient_mp(lam: list, U: mpmath.matrix, loss, dps: int) -> list:
-    """Daleckii–Krein gradient in mpmath at ``dps``; returns the d×d entries row-major."""
+def _gradient_mp(lam: list, U: mpmath.matrix, loss, dps: int) -> tuple[list, mpmath.mpf]:
+    """Daleckii–Krein gradient in mpmath at ``dps``: (the d×d entries row-major, max|D_ij|·‖G_sym‖_F,
+    the scale of its terms: a backward error ε moves it by ~ε·cond·that scale, whatever its size)."""
     d = len(lam)
     with mpmath.workdps(dps):
         G = loss.weight
@@ -102,7 +103,17 @@ def _gradient_mp(lam: list, U: mpmath.matrix, loss, dps: int) -> list:
             for j in range(d):
                 M[i, j] = D[i][j] * K[i, j]
         g = U * M * U.T
-        return [g[i, j] for i in range(d) for j in range(d)]
+        scale = max(abs(x) for row in D for x in row) * mpmath.mnorm(Gs, "f")
+        return [g[i, j] for i in range(d) for j in range(d)], scale
+
+
+def _cancellation_digits(g: list, scale) -> float:
+    """log10(scale / max|∂L/∂A|) ≥ 0: the digits that the solver's absolute error, relative to the scale of
+    the gradient's terms, loses relative to a gradient that is smaller by cancellation (∞ if it is 0)."""
+    top = max(abs(x) for x in g)
+    if scale == 0:
+        return 0.0
+    return math.inf if top == 0 else max(0.0, float(mpmath.log10(scale / top)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -166,10 +177,12 @@ def engine(A: np.ndarray, loss, cache: bool, dps: int | None, input_dtype=np.flo
     read from the high-precision eigenvalues, and P is raised (at least doubled while λ_min is below
     the eigensolver's noise floor) until it covers it, up to MAX_DPS.
 
-    ``digits`` = min(agreement of the two gradients, P − 3 − gap digits − condition digits): the
-    second term is the accuracy a backward-stable solver can deliver at P, so that two precisions
-    making the same error (e.g. both treating an off-diagonal of 1e-61 against 1 as negligible)
-    cannot certify a wrong number."""
+    ``digits`` = min(agreement of the two gradients, P − 3 − gap digits − condition digits −
+    cancellation digits): the second term is the accuracy a backward-stable solver can deliver at P,
+    so that two precisions making the same error (e.g. both treating an off-diagonal of 1e-61 against
+    1 as negligible) cannot certify a wrong number.  That error is absolute, on the scale of the
+    gradient's terms (max|D|·‖G_sym‖_F); a gradient smaller by cancellation loses the difference
+    (0 digits for a computed 0: two precisions that both drop a 1e-61 coupling agree on exactly 0)."""
     d = A.shape[0]
     gap_dig = gap_digits(A)
     with mpmath.workdps(40):
@@ -193,9 +206,10 @@ def engine(A: np.ndarray, loss, cache: bool, dps: int | None, input_dtype=np.flo
         P = int(min(MAX_DPS, max(need, 2 * P) if abs(lmin) <= noise else need))
     lam64 = np.array([float(x) for x in lam2])
     loss.check(lam64, dtype=input_dtype)
-    g1 = _gradient_mp(lam1, U1, loss, P)
-    g2 = _gradient_mp(lam2, U2, loss, P2)
-    digits = min(agreement_digits(g2, g1), max(0.0, P - 3 - gap_dig - cond_dig))
+    g1, _ = _gradient_mp(lam1, U1, loss, P)
+    g2, scale = _gradient_mp(lam2, U2, loss, P2)
+    cap = P - 3 - gap_dig - cond_dig - _cancellation_digits(g2, scale)
+    digits = min(agreement_digits(g2, g1), max(0.0, cap))
     note = ""
     if dps is None and P < need:
         note = (f"the condition needs {need} working digits, more than MAX_DPS = {MAX_DPS}"
