@@ -116,3 +116,16 @@ def test_mpmath_digits_never_exceed_the_truth_for_a_gradient_small_by_cancellati
     if case.startswith("coupling"):
         assert not R.ground_truth(A, loss, engine="mpmath", cache=False).certified
 
+
+@pytest.mark.parametrize("dps", [5, 6])
+def test_mpmath_weights_are_exact_at_a_small_forced_precision(dps):
+    """mpmath.mpf(float) rounds to the working precision: at dps 5 and 6 (P2 = 13, 14: below 53 bits) the
+    weights 1 and 1 + 2^-52 became equal at both precisions, ∂L/∂A = 0 at both, and the cap's 1–2 digits
+    were certified for a gradient with 0 right. The weights (and G) now enter exactly."""
+    from stabkit.losses import WeightedEigvecLoss
+
+    A = np.array([[1.0, 0.5], [0.5, 2.0]])
+    loss = WeightedEigvecLoss("eigvec", np.array([[1.0, 0.0], [0.3, 1.0]]), np.array([1.0, 1.0 + 2.0 ** -52]))
+    hp, _, digits = R._hp_gradient(A, loss, "mpmath", _dps=dps)
+    assert digits <= _true_digits(hp, _weighted_truth(A, loss, 60), 60)
+    assert max(abs(x) for x in hp) > 0

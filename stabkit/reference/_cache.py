@@ -36,7 +36,8 @@ CACHE_VERSION = "v3"  # v3: checksummed entries
 # flint 4: the certificate's float64 bound arithmetic runs in units scaled to O(1) (its error terms
 #          underflowed for tiny ∂L/∂A, e.g. a weight of 1e-285: 60 digits certified, 45 right).
 # mpmath 3: digits capped by the cancellation too (a gradient far below max|D|·‖G_sym‖_F, e.g. an
-#          exact 0 at both precisions where the truth is 1e-61, certified 28 digits).
+#          exact 0 at both precisions where the truth is 1e-61, certified 28 digits); the weights w and
+#          G enter exactly at a forced dps ≤ 15 (they were rounded to it).
 # arb 1: reverse mode of power iteration with deflation (``iterated_truth``), P and 2P bits.
 ENGINE_VERSIONS = {"mpmath": "3", "flint": "4", "arb": "2"}
 

@@ -58,13 +58,20 @@ def _noise_floor(normA, d: int, dps: int):
 # the gradient
 
 
+def _exact(x) -> mpmath.mpf:
+    """A float64 as an mpf without rounding: ``mpmath.mpf`` rounds to the working precision, which a forced
+    dps ≤ 15 puts below 53 bits (weights 1 and 1 + 2^-52 became equal at both P = 6 and P2 = 14)."""
+    with mpmath.workprec(53):
+        return mpmath.mpf(float(x))
+
+
 def _divided_differences_mp(lam: list, loss, dps: int) -> list[list]:
     """D_ij of the Daleckii–Krein formula at ``dps`` digits, without catastrophic cancellation."""
     d = len(lam)
     D = [[mpmath.mpf(0)] * d for _ in range(d)]
     with mpmath.workdps(dps):
         if loss.kind == "weighted":
-            w = [mpmath.mpf(float(x)) for x in loss.w]
+            w = [_exact(x) for x in loss.w]
             for i in range(d):
                 for j in range(d):
                     if i != j and w[i] != w[j]:
@@ -94,7 +101,7 @@ def _gradient_mp(lam: list, U: mpmath.matrix, loss, dps: int) -> tuple[list, mpm
     d = len(lam)
     with mpmath.workdps(dps):
         G = loss.weight
-        Gs = mpmath.matrix([[(mpmath.mpf(float(G[i, j])) + mpmath.mpf(float(G[j, i]))) / 2
+        Gs = mpmath.matrix([[(_exact(G[i, j]) + _exact(G[j, i])) / 2
                              for j in range(d)] for i in range(d)])
         K = U.T * Gs * U
         D = _divided_differences_mp(lam, loss, dps)
