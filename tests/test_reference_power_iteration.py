@@ -99,8 +99,8 @@ def test_raises_precision_until_two_precisions_agree():
     starts = np.random.default_rng(1).uniform(-0.5, 0.5, (16, 16))
     loss = make_loss("eigvec", 16, seed=0)
     kept = np.ones(16, dtype=bool)
-    lo, _ = _power_iteration._at_precision(A, starts, 19, kept, loss, 128)
-    hi, _ = _power_iteration._at_precision(A, starts, 19, kept, loss, 256)
+    lo = _power_iteration._at_precision(A, starts, 19, kept, loss, 128)[0]
+    hi = _power_iteration._at_precision(A, starts, 19, kept, loss, 256)[0]
     assert _power_iteration.agreement_digits(hi, lo) < 10
     truth = iterated_truth(A, loss, starts, 19)
     assert truth.digits >= 30 and "128 bits" not in truth.note
@@ -190,3 +190,46 @@ def test_truths_computed_in_several_threads_equal_the_serial_ones():
         t.join()
     for a, b in zip(serial, together):
         np.testing.assert_array_equal(a, b)
+
+
+# a weight entry of 1e-100 beside 1 is lost alike at P and 2P bits; ∂L/∂A consists of nothing else
+_LOST_ALIKE = {
+    # one stage from (1/2, 1): W = I contributes exactly 0 at 128 and 256 bits (û's norm rounds to 1), the
+    # 1e-100 is lost in W_sym û at both: ∂L/∂A = 0 twice, 60 digits certified; the truth is ±4.2e-101
+    "exact zero": (np.array([[1.0, 1e-100], [1e-100, 2.0]]), np.array([[1.0, 0.5], [0.25, 1.0]]),
+                   np.array([[1.0, 1e-100], [1e-100, 1.0]]), [False, True]),
+    # the same beside an exact 1e-150 from a stage on e₃ (λ = 4): both return the 2.5e-151 alone,
+    # agreeing to 38 digits; the truth is 4.2e-101 (0 right)
+    "beside 1e-150": (np.array([[1.0, 1e-100, 0], [1e-100, 2.0, 0], [0, 0, 4.0]]),
+                      np.array([[1.0, 0.5, 0], [0.25, 1.0, 0], [0, 0, 1.0]]),
+                      np.array([[1.0, 1e-100, 1e-150], [1e-100, 1.0, 0], [1e-150, 0, 1.0]]), [False, True, True]),
+}
+
+
+@pytest.mark.parametrize("case", list(_LOST_ALIKE))
+def test_digits_never_exceed_the_truth_for_a_gradient_small_by_cancellation(case):
+    """The agreement of P and 2P bits cannot see what both lose alike: information below 2^-2P of the
+    terms. ``digits`` is now capped by what 2P bits leave of max|∂L/∂A| against the magnitude of the
+    terms summed into it, so the engine doubles on (here to 1024 bits). Truth: a 400-digit central
+    difference (h = 1e-150) of the independent forward, per entry."""
+    A, starts, W, kept = _LOST_ALIKE[case]
+    d = A.shape[0]
+    kept = np.array(kept)
+    loss = make_loss("projector", d, weight=W, k=int(kept.sum()))
+    _, _, digits, bits = _power_iteration.gradient(A, starts, 1, kept, loss)
+    hi = _power_iteration._at_precision(A, starts, 1, kept, loss, bits)[0]
+    with mpmath.workdps(400):
+        exact = [[None] * d for _ in range(d)]
+        for i in range(d):
+            for j in range(i, d):
+                E = np.zeros((d, d))
+                E[i, j] = E[j, i] = 1.0
+                fd = _directional_fd(A, starts, 1, loss, kept, E, dps=400, h=mpmath.mpf(10) ** -150)
+                exact[i][j] = exact[j][i] = fd if i == j else fd / 2
+        exact = [x for row in exact for x in row]
+        err = max(abs(x - y) for x, y in zip(hi, exact)) / max(abs(y) for y in exact)
+        true_digits = float(min(60, max(0, -mpmath.log10(err)))) if err else 60.0
+    assert digits <= true_digits
+    truth = iterated_truth(A, loss, starts, 1, kept, cache=False)
+    top = float(max(exact, key=abs))
+    assert truth.certified and abs(truth.grad.flat[np.argmax(np.abs(truth.grad))] - top) <= 1e-14 * abs(top)

@@ -158,7 +158,8 @@ def ground_truth(A, loss, *, engine: str = "auto", cache: bool = True, _dps: int
 def iterated_truth(A, loss, starts, steps: int, kept=None, *, cache: bool = True) -> Truth:
     """∂/∂A of L(λ̂(A), Û(A)) where (λ̂, Û) are ``steps`` power-iteration steps with deflation from
     ``starts`` (columns, index order; exactly as given, like A), L seeing only the ``kept`` pairs
-    (default all), rounded to float64. ``digits``: agreement of two precisions (P, 2P bits).
+    (default all), rounded to float64. ``digits``: agreement of two precisions (P, 2P bits), capped
+    by the cancellation against the magnitude of the terms (``_power_iteration._cancellation_cap``).
     Raises ValueError where the loss is undefined at λ̂ or the iteration breaks down."""
     from . import _power_iteration  # python-flint is imported only when this engine runs
 

@@ -39,7 +39,9 @@ CACHE_VERSION = "v3"  # v3: checksummed entries
 #          exact 0 at both precisions where the truth is 1e-61, certified 28 digits); the weights w and
 #          G enter exactly at a forced dps ≤ 15 (they were rounded to it).
 # arb 1: reverse mode of power iteration with deflation (``iterated_truth``), P and 2P bits.
-ENGINE_VERSIONS = {"mpmath": "3", "flint": "4", "arb": "2"}
+# arb 3: digits capped by the cancellation too (a weight entry of 1e-100 beside 1 is lost alike at P and
+#        2P bits: both returned exactly 0 where the truth is 4e-101, and 60 digits were certified).
+ENGINE_VERSIONS = {"mpmath": "3", "flint": "4", "arb": "3"}
 
 MAGIC = b"stabkit-reference-cache 1 sha256="
 

@@ -22,11 +22,13 @@ and the loss weight; M at a stage is rebuilt in the reverse pass by undoing the 
 Why midpoints and not Arb's balls: through T normalisations per stage and d chained deflations
 the ball radii grow past any use (the wrapping effect: 36 digits lost at d = 8 with 512 bits,
 infinite radii at d = 16) while the midpoints agree to the last bit. ``digits`` is therefore the
-agreement of the results at P and 2P bits (P = 128, 256, …, doubled until ≥ ``TARGET_DIGITS`` agree
-or ``MAX_BITS``), an estimate as the mpmath engine's, not a proof. The precision matters: on an
-arithmetic spectrum (LAPACK mode 4, d = 16, eigvec loss) the function is so sensitive that 128
-bits get not one digit right and torch autograd through the same iteration in float64 is 45° off,
-while 256, 512, … 4096 bits agree (``tests/test_reference_power_iteration.py``).
+agreement of the results at P and 2P bits, capped by the digits 2P bits leave of max|∂L/∂A| against
+the magnitude of the terms summed into it (``_cancellation_cap``: what both precisions lose alike, a
+weight entry of 1e-100 beside 1, the agreement cannot see), with P = 128, 256, … doubled until
+≥ ``TARGET_DIGITS`` or ``MAX_BITS``: an estimate as the mpmath engine's, not a proof. The precision
+matters: on an arithmetic spectrum (LAPACK mode 4, d = 16, eigvec loss) the function is so
+sensitive that 128 bits get not one digit right and torch autograd through the same iteration in
+float64 is 45° off, while 256, 512, … 4096 bits agree (``tests/test_reference_power_iteration.py``).
 """
 
 from __future__ import annotations
@@ -52,9 +54,9 @@ def gradient(A: np.ndarray, starts: np.ndarray, steps: int, kept: np.ndarray, lo
     """
     bits, lo = START_BITS, None
     while True:
-        hi, lam = _at_precision(A, starts, steps, kept, loss, bits)
+        hi, lam, scale = _at_precision(A, starts, steps, kept, loss, bits)
         if lo is not None:
-            digits = agreement_digits(hi, lo)
+            digits = min(agreement_digits(hi, lo), _cancellation_cap(hi, scale, bits))
             if digits >= TARGET_DIGITS or 2 * bits > MAX_BITS:
                 break
         lo, bits = hi, 2 * bits
@@ -64,20 +66,22 @@ def gradient(A: np.ndarray, starts: np.ndarray, steps: int, kept: np.ndarray, lo
 
 
 def _at_precision(A, starts, steps, kept, loss, bits):
-    """The gradient entries (row-major, mpmath numbers) and λ̂ at ``bits`` bits."""
+    """The gradient entries (row-major, mpmath numbers), λ̂ and the scale of the terms at ``bits`` bits."""
     old = ctx.prec
     ctx.prec = bits
     try:
         with mpmath.workprec(bits):
-            G, lam = _reverse_mode(A, starts, steps, kept, loss, bits)
+            G, lam, scale = _reverse_mode(A, starts, steps, kept, loss, bits)
             d = A.shape[0]
             entries = [_mpf((G[i, j] + G[j, i]) / 2) for i in range(d) for j in range(d)]
-            return entries, [mpmath.nan if x is None else _mpf(x) for x in lam]
+            return entries, [mpmath.nan if x is None else _mpf(x) for x in lam], scale
     finally:
         ctx.prec = old
 
 
 def _reverse_mode(A, starts, steps, kept, loss, bits):
+    """(M̄, λ̂, S): S = Σ ‖a‖‖b‖ over the terms abᵀ summed into M̄, each ‖a‖ taken as the sum of the
+    magnitudes of a's own summands (before their cancellation), for ``_cancellation_cap``."""
     d = A.shape[0]
     M = arb_mat(A.tolist())
     stages = []  # per index (largest first): iterates V (T+1 columns), norms, u, m
@@ -95,44 +99,80 @@ def _reverse_mode(A, starts, steps, kept, loss, bits):
         stages.append((k, V, N, v, m))
         M = (M - m * v.transpose()).mid()
     lam = {k: (u.transpose() * m)[0, 0].mid() for k, _, _, u, m in stages}
-    gU, glam = _loss_grads(loss, {k: u for k, _, _, u, _ in stages}, lam, kept, bits)
+    gU, glam, sg = _loss_grads(loss, {k: u for k, _, _, u, _ in stages}, lam, kept, bits)
     Mbar = arb_mat(d, d)
+    scale = mpmath.mpf(0)
     for k, V, N, u, m in reversed(stages):
         M = (M + m * u.transpose()).mid()  # the M this stage iterated (undo its deflation)
         Mt = M.transpose()
-        mbar = (u * glam[k] - Mbar * u).mid()
-        ubar = (gU[k] + m * glam[k] - Mbar.transpose() * m + Mt * mbar).mid()
+        sM = _vnorm(M)
+        mb1, mb2 = (u * glam[k]).mid(), (Mbar * u).mid()
+        mbar = (mb1 - mb2).mid()
+        s_mbar = _vnorm(mb1) + _vnorm(mb2)
+        ub = [(m * glam[k]).mid(), (Mbar.transpose() * m).mid(), (Mt * mbar).mid()]
+        ubar = (gU[k] + ub[0] - ub[1] + ub[2]).mid()
+        s_v = sg[k] + _vnorm(ub[0]) + _vnorm(ub[1]) + sM * s_mbar  # the magnitude of ū's summands
+        scale += s_mbar * _vnorm(u)
         left, right = [mbar], [u]
         vbar = ubar
         for t in range(steps - 1, -1, -1):
             v1 = V[t + 1]
-            wbar = ((vbar - v1 * (v1.transpose() * vbar)[0, 0]) * (1 / N[t])).mid()
+            c = (v1.transpose() * vbar)[0, 0]
+            wbar = ((vbar - v1 * c) * (1 / N[t])).mid()
+            scale += (s_v + _vnorm(v1) * abs(_mpf(c))) / _mpf(N[t]) * _vnorm(V[t])
             left.append(wbar)
             right.append(V[t])
             vbar = (Mt * wbar).mid()
+            s_v = sM * _vnorm(wbar)
         Mbar = (Mbar + _columns(left) * _columns(right).transpose()).mid()
-    return Mbar, [lam.get(k) for k in range(d)]
+    return Mbar, [lam.get(k) for k in range(d)], scale
+
+
+def _cancellation_cap(hi: list, scale, bits: int) -> float:
+    """The digits ``bits``-bit arithmetic leaves in max|∂L/∂A| against the scale S of the terms it sums:
+    bits·log10 2 − 3 − log10(S / max|∂L/∂A|), 0 for a computed 0. Information below 2^-P of a term
+    (a weight entry of 1e-100 beside 1, a coupling of 1e-100 in A) is lost alike at P and 2P bits, so
+    the two agree — exactly, on 0 where the truth is 4e-101 — while ∂L/∂A, small by cancellation,
+    consists of nothing else."""
+    top = max(abs(x) for x in hi)
+    if top == 0:
+        return 0.0
+    if scale == 0:
+        return MAX_DIGITS
+    return float(max(0.0, bits * mpmath.log10(2) - 3 - mpmath.log10(scale / top)))
 
 
 def _loss_grads(loss, U: dict, lam: dict, kept, bits):
-    """(∂L/∂u_k, ∂L/∂λ_k) per index, as ``loss.grads`` but in P bits, zero on dropped pairs."""
+    """(∂L/∂u_k, ∂L/∂λ_k) per index, as ``loss.grads`` but in P bits, zero on dropped pairs, and per
+    index the magnitude of ∂L/∂u_k's terms, 2‖W_sym‖_F‖u_k‖|f(λ_k) or w_k|."""
     W = arb_mat(np.asarray(loss.weight, dtype=np.float64).tolist())
     Ws = (W + W.transpose()) * arb(0.5)
+    sWs = _vnorm(Ws)
     if loss.kind == "spectral" and any(kept[k] for k in lam):  # only the pairs the loss sees need its domain
         loss.check(np.array([float(lam[k]) for k in sorted(lam) if kept[k]]), np.float64)
-    gU, glam = {}, {}
+    gU, glam, scales = {}, {}, {}
     for k, u in U.items():
+        su = _vnorm(u)
         if not kept[k]:
-            gU[k], glam[k] = arb_mat(u.nrows(), 1), arb(0)
+            gU[k], glam[k], scales[k] = arb_mat(u.nrows(), 1), arb(0), mpmath.mpf(0)
             continue
         if loss.kind == "spectral":
             x = _mpf(lam[k])
-            gU[k] = (Ws * u) * (2 * _arb(loss.f_mp(x)))
-            glam[k] = _arb(loss.df_mp(x)) * (u.transpose() * W * u)[0, 0]
+            fx, dfx = loss.f_mp(x), loss.df_mp(x)
+            gU[k] = (Ws * u) * (2 * _arb(fx))
+            glam[k] = _arb(dfx) * (u.transpose() * W * u)[0, 0]
+            scales[k] = 2 * sWs * su * abs(fx)
         else:
             gU[k] = (Ws * u) * (2 * arb(float(loss.w[k])))
             glam[k] = arb(0)
-    return gU, glam
+            scales[k] = 2 * sWs * su * abs(mpmath.mpf(float(loss.w[k])))
+    return gU, glam, scales
+
+
+def _vnorm(x: arb_mat) -> mpmath.mpf:
+    """The Frobenius norm of the midpoints of ``x`` (a scale: rounded at the working precision)."""
+    sq = x.transpose() * x
+    return _mpf((sq[0, 0] if x.ncols() == 1 else sq.trace()).mid().sqrt())
 
 
 def _column(x: np.ndarray) -> arb_mat:
