@@ -107,6 +107,22 @@ def test_group_bound_is_honest(case, name):
     assert d_fl >= (40 if case == "exact-ties" else 2)
 
 
+@pytest.mark.parametrize("name,k", [("projector", 3), ("eigvec", 1)])
+def test_weights_that_differ_inside_a_group_are_not_certified(name, k):
+    """At a forced dps 3 the enclosures of λ = 1, 1 + 1e-14, 1 + 3e-14 overlap (one group) while the
+    weights differ there (projector k = 3: 0, 0, 1; eigvec: random), so D⁰ is not constant on the
+    group's blocks; the bound read one entry per block and certified 12.4 and 12.0 digits for
+    ∂L/∂A ≈ 1e14 with 0 right. Truth: mpmath.eigsy at 160 digits and the formula written out."""
+    from tests.test_reference_mpmath import _true_digits, _weighted_truth
+
+    A = build([1.0, 1 + 1e-14, 1 + 3e-14, 2.0, 3.0], seed=6)
+    loss = make_loss(name, 5, seed=2, k=k)
+    st = F.eig_states(as_exact_float64(A), dps=3, cache=False)[0]
+    assert np.isfinite(st["eps"]).all() and st["grp"][0] == st["grp"][2]  # one group, certified vectors
+    hp, _, digits = R._hp_gradient(A, loss, "flint", _dps=3)
+    assert digits <= _true_digits(hp, _weighted_truth(A, loss, 160), 160)
+
+
 @pytest.mark.parametrize("name", ["zca", "eigvec"])
 @pytest.mark.parametrize("case", ["weight-2^-950", "matrix-2^620"])
 def test_tiny_gradient_is_not_falsely_certified(case, name):

@@ -38,10 +38,12 @@ CACHE_VERSION = "v3"  # v3: checksummed entries
 # mpmath 3: digits capped by the cancellation too (a gradient far below max|D|·‖G_sym‖_F, e.g. an
 #          exact 0 at both precisions where the truth is 1e-61, certified 28 digits); the weights w and
 #          G enter exactly at a forced dps ≤ 15 (they were rounded to it).
+# flint 5: no rigorous bound for a weighted loss whose weights differ inside a group of overlapping
+#          enclosures (the bound read D⁰ at one entry per block: at a forced dps 3, 12.4 digits for 0 right).
 # arb 1: reverse mode of power iteration with deflation (``iterated_truth``), P and 2P bits.
 # arb 3: digits capped by the cancellation too (a weight entry of 1e-100 beside 1 is lost alike at P and
 #        2P bits: both returned exactly 0 where the truth is 4e-101, and 60 digits were certified).
-ENGINE_VERSIONS = {"mpmath": "3", "flint": "4", "arb": "3"}
+ENGINE_VERSIONS = {"mpmath": "3", "flint": "5", "arb": "3"}
 
 MAGIC = b"stabkit-reference-cache 1 sha256="
 

@@ -102,6 +102,9 @@ def _gradient(st: dict, loss, G: np.ndarray, want_bound: bool):
         zero = (dW == 0) | (dc == 0)
         D = np.where(zero, 0, _div_pow2(dW, qc + tD - sw, np.where(zero, 1, dc)))
         want_bound = want_bound and tD > -1000  # the bound arithmetic is float64: |D| must fit
+        # weights that differ inside a group: D⁰ is not constant on its blocks, so U(D⁰∘UᵀGU)Uᵀ depends on
+        # the basis inside the group and ``_bound`` (which reads one entry per block) does not hold
+        want_bound = want_bound and not (dW[grp[:, None] == grp[None, :]] != 0).any()
         evalD = np.full((d, d), math.ldexp(1.0, -(target + 40))) if want_bound else None
         if want_bound:
             se = r[:, None] + r[None, :]
