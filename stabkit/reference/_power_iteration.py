@@ -170,9 +170,13 @@ def _loss_grads(loss, U: dict, lam: dict, kept, bits):
 
 
 def _vnorm(x: arb_mat) -> mpmath.mpf:
-    """The Frobenius norm of the midpoints of ``x`` (a scale: rounded at the working precision)."""
-    sq = x.transpose() * x
-    return _mpf((sq[0, 0] if x.ncols() == 1 else sq.trace()).mid().sqrt())
+    """The Frobenius norm of the midpoints of ``x`` (a scale: rounded at the working precision); a
+    matrix's as the sum of its squared entries (d² products, not the d³ of trace(xᵀx))."""
+    if x.ncols() == 1:
+        sq = (x.transpose() * x)[0, 0]
+    else:
+        sq = sum((e * e for e in x.entries()), arb(0))
+    return _mpf(sq.mid().sqrt())
 
 
 def _column(x: np.ndarray) -> arb_mat:
