@@ -245,7 +245,7 @@ PAPER_DEVIATIONS = (
      "the same transforms as tensor ops on the device, own shuffle order"),
     ("multi-GPU wrapper", "nn.DataParallel, cudnn.benchmark", "one device, cudnn defaults"),
     ("SVD-Taylor non-finite F", "left as computed", "taylor-song replaces a non-finite F entry by the sample's extreme "
-     "finite one; reached only where a σ is 0 or not finite (floor 1e-10)"),
+     "finite one; reached only where an eigenvalue of Σ + εI is 0 or not finite (the kernel sees the unclamped λ)"),
 )
 
 
