@@ -6,6 +6,7 @@ import mpmath
 import numpy as np
 import pytest
 
+import stabkit.reference as R
 from stabkit import spectra
 from stabkit.losses import make_loss
 from stabkit.reference import _power_iteration, iterated_truth
@@ -233,3 +234,17 @@ def test_digits_never_exceed_the_truth_for_a_gradient_small_by_cancellation(case
     truth = iterated_truth(A, loss, starts, 1, kept, cache=False)
     top = float(max(exact, key=abs))
     assert truth.certified and abs(truth.grad.flat[np.argmax(np.abs(truth.grad))] - top) <= 1e-14 * abs(top)
+
+
+def test_an_exact_zero_gradient_is_certified_as_in_the_mpmath_engine():
+    """With an antisymmetric weight (W_sym = 0) every term summed into ∂L/∂A is exactly 0, so is ∂L/∂A
+    (closed form: ⟨W, P⟩ = ⟨W_sym, P⟩ = 0 for every symmetric P). The cancellation rule is now one
+    function for both engines: nothing is lost where S = 0. Before, arb charged ∞ digits for any
+    computed 0 (0 certified) while mpmath certified it."""
+    A = np.array([[1.0, 0.5], [0.5, 2.0]])
+    loss = make_loss("projector", 2, weight=np.array([[0.0, 1.0], [-1.0, 0.0]]), k=1)
+    grad, _, digits, _ = _power_iteration.gradient(A, np.array([[1.0, 0.5], [0.25, 1.0]]), 3,
+                                                   np.array([False, True]), loss)
+    assert not grad.any() and digits == 60.0
+    _, _, mp_digits = R._hp_gradient(A, loss, "mpmath")
+    assert mp_digits >= 15

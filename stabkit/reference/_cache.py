@@ -43,7 +43,9 @@ CACHE_VERSION = "v3"  # v3: checksummed entries
 # arb 1: reverse mode of power iteration with deflation (``iterated_truth``), P and 2P bits.
 # arb 3: digits capped by the cancellation too (a weight entry of 1e-100 beside 1 is lost alike at P and
 #        2P bits: both returned exactly 0 where the truth is 4e-101, and 60 digits were certified).
-ENGINE_VERSIONS = {"mpmath": "3", "flint": "5", "arb": "3"}
+# arb 4: the cancellation rule shared with mpmath (``_common.cancellation_digits``): an exact 0 whose
+#        terms are all 0 (an antisymmetric weight) is certified; it was charged ∞ digits (0 certified).
+ENGINE_VERSIONS = {"mpmath": "3", "flint": "5", "arb": "4"}
 
 MAGIC = b"stabkit-reference-cache 1 sha256="
 

@@ -51,6 +51,17 @@ def choose_digits(A: np.ndarray) -> int:
     return 30 + gap_digits(A)
 
 
+def cancellation_digits(g: list, scale) -> float:
+    """log10(S / max|∂L/∂A|) ≥ 0: the digits that an error relative to the scale S of the terms summed
+    into ∂L/∂A loses relative to ∂L/∂A itself when the sum is small by cancellation; both engines
+    subtract it from their precision's digits. 0 where S = 0 (every term is exactly 0, and so is the
+    computed sum: nothing is lost); ∞ for a computed 0 beside S > 0 (its digits are all cancelled)."""
+    top = max(abs(x) for x in g)
+    if scale == 0:
+        return 0.0
+    return math.inf if top == 0 else max(0.0, float(mpmath.log10(scale / top)))
+
+
 def agreement_digits(hi: list, lo: list) -> float:
     """−log10(max|hi − lo| / max|hi|), capped at MAX_DIGITS."""
     scale = max(abs(x) for x in hi)

@@ -13,7 +13,7 @@ import mpmath
 import numpy as np
 
 from . import _cache
-from ._common import agreement_digits, as_exact_float64, check_dps, gap_digits
+from ._common import agreement_digits, as_exact_float64, cancellation_digits, check_dps, gap_digits
 
 MAX_DPS = 2000  # the mpmath engine's working precision never exceeds this (decimal digits)
 
@@ -114,15 +114,6 @@ def _gradient_mp(lam: list, U: mpmath.matrix, loss, dps: int) -> tuple[list, mpm
         return [g[i, j] for i in range(d) for j in range(d)], scale
 
 
-def _cancellation_digits(g: list, scale) -> float:
-    """log10(scale / max|∂L/∂A|) ≥ 0: the digits that the solver's absolute error, relative to the scale of
-    the gradient's terms, loses relative to a gradient that is smaller by cancellation (∞ if it is 0)."""
-    top = max(abs(x) for x in g)
-    if scale == 0:
-        return 0.0
-    return math.inf if top == 0 else max(0.0, float(mpmath.log10(scale / top)))
-
-
 # ----------------------------------------------------------------------------------------------
 # the cached eigendecomposition pair (entry format: JSON of exact mantissa/exponent pairs)
 
@@ -215,7 +206,7 @@ def engine(A: np.ndarray, loss, cache: bool, dps: int | None, input_dtype=np.flo
     loss.check(lam64, dtype=input_dtype)
     g1, _ = _gradient_mp(lam1, U1, loss, P)
     g2, scale = _gradient_mp(lam2, U2, loss, P2)
-    cap = P - 3 - gap_dig - cond_dig - _cancellation_digits(g2, scale)
+    cap = P - 3 - gap_dig - cond_dig - cancellation_digits(g2, scale)
     digits = min(agreement_digits(g2, g1), max(0.0, cap))
     note = ""
     if dps is None and P < need:

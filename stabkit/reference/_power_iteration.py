@@ -37,7 +37,7 @@ import mpmath
 import numpy as np
 from flint import arb, arb_mat, ctx
 
-from ._common import MAX_DIGITS, agreement_digits
+from ._common import MAX_DIGITS, agreement_digits, cancellation_digits
 
 START_BITS = 128
 MAX_BITS = 4096
@@ -130,16 +130,11 @@ def _reverse_mode(A, starts, steps, kept, loss, bits):
 
 def _cancellation_cap(hi: list, scale, bits: int) -> float:
     """The digits ``bits``-bit arithmetic leaves in max|∂L/∂A| against the scale S of the terms it sums:
-    bits·log10 2 − 3 − log10(S / max|∂L/∂A|), 0 for a computed 0. Information below 2^-P of a term
-    (a weight entry of 1e-100 beside 1, a coupling of 1e-100 in A) is lost alike at P and 2P bits, so
-    the two agree — exactly, on 0 where the truth is 4e-101 — while ∂L/∂A, small by cancellation,
-    consists of nothing else."""
-    top = max(abs(x) for x in hi)
-    if top == 0:
-        return 0.0
-    if scale == 0:
-        return MAX_DIGITS
-    return float(max(0.0, bits * mpmath.log10(2) - 3 - mpmath.log10(scale / top)))
+    bits·log10 2 − 3 − ``cancellation_digits`` (0 for a computed 0 beside S > 0). Information below
+    2^-P of a term (a weight entry of 1e-100 beside 1, a coupling of 1e-100 in A) is lost alike at P
+    and 2P bits, so the two agree — exactly, on 0 where the truth is 4e-101 — while ∂L/∂A, small by
+    cancellation, consists of nothing else."""
+    return float(max(0.0, bits * mpmath.log10(2) - 3 - cancellation_digits(hi, scale)))
 
 
 def _loss_grads(loss, U: dict, lam: dict, kept, bits):
