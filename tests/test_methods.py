@@ -285,6 +285,9 @@ def test_parse_spec():
     spec = methods.parse("taylor:K=19,eps=1e-4")
     assert (spec.name, spec.params) == ("taylor", {"K": 19, "eps": 1e-4})
     assert str(methods.parse("clip:tau=10")) == "clip:tau=10"
+    # a flag reads as it is written (TOML and the CLI say true), and the text parses back to the same spec
+    stop = methods.parse("pi-authors:stop=true,eps=0.01")
+    assert str(stop) == str(stop.replace(eps=0.01)) == "pi-authors:stop=true,eps=0.01" and methods.parse(str(stop)) == stop
     for bad, needle in [("nope", "unknown method"), ("taylor:Q=1", "no parameter 'Q'"),
                         ("taylor:K=a", "not a number"), ("taylor:K=1.5", "not an integer"), ("clip:tau", "KEY=VALUE")]:
         with pytest.raises(methods.MethodSpecError, match=needle):

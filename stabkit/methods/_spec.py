@@ -26,6 +26,12 @@ class MethodSpecError(ValueError):
     outside its domain. The message names the method, the parameter, the value and what is allowed."""
 
 
+def _text(value) -> str:
+    """A parameter as a user writes it: ``stop=true`` (TOML, the CLI), not Python's ``True``."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
 @dataclass(frozen=True)
 class Spec:
     """A method bound to its parameters (defaults filled in, each checked against its domain).
@@ -47,7 +53,7 @@ class Spec:
 
     def __str__(self) -> str:
         defaults = self.method.defaults
-        changed = [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.items if v != defaults.get(k)]
+        changed = [f"{k}={_text(v)}" for k, v in self.items if v != defaults.get(k)]
         return self.name + (":" + ",".join(changed) if changed else "")
 
     def __repr__(self) -> str:
