@@ -244,9 +244,12 @@ def test_kept_mask_rules_on_constructed_spectra():
     # svd-head: first σ ≤ ε is .005 (j = 3): keep all four; none ≤ ε → only the largest
     assert kept_mask(lam, "svd-head", eps).tolist() == [[True, True, True, True]]
     assert kept_mask(lam + 0.1, "svd-head", eps).tolist() == [[False, False, False, True]]
-    # pi-stop: index order, found from the last; 4 kept, .5 > .3? order of finding: 4, .5, .3, .005
+    # the PI row's stop rule is its method's (stop=true) with the layer's ε: index order, found from the
+    # last; order of finding 4, .5, .3, .005
     lam_pi = torch.tensor([[0.005, 0.3, 0.5, 4.0], [0.2, 0.6, 0.5, 4.0], [0.3, 0.2, 0.5, -1.0]], dtype=D64)
-    assert kept_mask(lam_pi, "pi-stop", eps).tolist() == [
+    pi_row = PRESETS["paper"].layer(methods.spec("pi-forward"), eps=eps)
+    assert pi_row.truncation == "none" and str(pi_row.spec) == "pi-authors:stop=true,eps=0.01"
+    assert pi_row.spec.kept_of(lam_pi).tolist() == [
         [False, True, True, True],      # .005 < ε stops
         [False, False, True, True],     # .6 > .5 (increase) stops
         [False, False, False, True],    # the first is kept whatever its value; .5 > −1 stops
@@ -261,7 +264,7 @@ def test_paper_preset_rows():
     assert {m: c.eps for m, c in rows.items()} == {"analytic": 1e-4, "pi-forward": 1e-4, "pi": 1e-4, "taylor": 1e-2, "clip": 1e-2}
     assert {m: c.lam_floor for m, c in rows.items()} == {"analytic": None, "pi-forward": None, "pi": None, "taylor": 1e-10, "clip": 1e-5}
     assert {m: c.solver for m, c in rows.items()} == {"analytic": "svd", "pi-forward": "eigh", "pi": "svd", "taylor": "svd", "clip": "svd"}
-    assert {m: c.truncation for m, c in rows.items()} == {"analytic": "none", "pi-forward": "pi-stop", "pi": "svd-pi",
+    assert {m: c.truncation for m, c in rows.items()} == {"analytic": "none", "pi-forward": "none", "pi": "svd-pi",
                                                          "taylor": "none", "clip": "none"}
     assert str(rows["taylor"].spec) == "taylor-song:K=9" and str(rows["pi"].spec) == "pi:steps=20"
     assert rows["pi-forward"].spec == methods.spec("pi-authors:stop=true")  # the released PI layer's backward

@@ -30,10 +30,11 @@ version produced each row:
   with ``torch_utils.py::power_iteration_unstable`` (19 iterations, backprop through all of them,
   deflation M ← M − M v vᵀ), fresh ``randn`` start vectors at every forward, ε = 1e-4, no SVD.
   Its backward hands each step's gradient back through M where reverse mode has Mᵀ
-  (``pi-authors``; the two differ once a deflated M is not symmetric). Stopping rule (truncation
-  ``pi-stop``, and the method's ``stop=true`` so that the stopped pairs are not back-propagated,
-  as the released layer never computes them): the first pair is always kept; pair j ≥ 1 stops
-  the loop when its Rayleigh quotient exceeds the previous one or is < ε.
+  (``pi-authors``; the two differ once a deflated M is not symmetric). Stopping rule (the
+  method's ``stop=true``, with the layer's ε: the whitening keeps the method's pairs, and the
+  stopped pairs are not back-propagated, as the released layer never computes them): the first
+  pair is always kept; pair j ≥ 1 stops the loop when its Rayleigh quotient exceeds the previous
+  one or is < ε.
 * SVD-PI (``pi``): PI-SVD HEAD ``ZCANorm.py::ZCANormSVDPI`` with
   ``torch_utils.py::power_iteration_once`` (num_iter = 19: the backward sums (M/‖Mv‖)^i for
   i = 0…19, i.e. 20 power-iteration steps from the exact eigenvector), ε = 1e-4. Forward
@@ -82,7 +83,7 @@ PAPER_BACKWARD_SPECS: dict[str, Spec] = {
 PAPER_STD = (0.2023, 0.1994, 0.2010)
 STABKIT_STD = (0.2470, 0.2435, 0.2616)
 SOLVERS = ("eigh", "svd")
-TRUNCATIONS = ("none", "svd-head", "svd-pi", "pi-stop")
+TRUNCATIONS = ("none", "svd-head", "svd-pi")
 MILESTONE_UNITS = ("fraction", "epoch", "step")
 STOP_ON = ("any", "nan-loss")
 
@@ -137,7 +138,7 @@ class Row:
     lam_floor: float | None = None
     truncation: str = "none"
     fresh_starts: bool = False
-    shares_eps: bool = False         # the backward's own ``eps`` is the layer's ε (the authors' SVD-PI)
+    shares_eps: bool = False         # the backward's own ``eps`` is the layer's ε (the authors' PI, SVD-PI)
     source: str = ""
 
 
@@ -200,7 +201,7 @@ _RDS = "WeiWangTrento/Robust-Differentiable-SVD"
 PAPER_ROWS = (
     ("SVD", Row(PAPER_BACKWARD_SPECS["SVD"], 1e-4, solver="svd",
                 source=f"{_PI_SVD}@a3f2e1f ZCANorm.py::ZCANormOrg")),
-    ("PI", Row(PAPER_BACKWARD_SPECS["PI"], 1e-4, truncation="pi-stop", fresh_starts=True,
+    ("PI", Row(PAPER_BACKWARD_SPECS["PI"], 1e-4, fresh_starts=True, shares_eps=True,
                source=f"{_PI_SVD} ZCANorm.py::ZCANormPIunstable, torch_utils.py::power_iteration_unstable")),
     ("SVD-PI", Row(PAPER_BACKWARD_SPECS["SVD-PI"], 1e-4, solver="svd", truncation="svd-pi", shares_eps=True,
                    source=f"{_PI_SVD} ZCANorm.py::ZCANormSVDPI, torch_utils.py::power_iteration_once")),

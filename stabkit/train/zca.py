@@ -85,17 +85,12 @@ def kept_mask(lam: torch.Tensor, rule: str, eps: float) -> torch.Tensor | None:
     ``svd-pi`` (SVD-PI, NeurIPS 2019 Alg. 1): going down from the largest, stop at the first j with
     σ_j ≤ ε or γ_j = Σ_{k≤j} σ_k / Σ σ ≥ 1 − ε (γ_j includes σ_j). ``svd-head`` (the SVD baseline of
     the authors' later code): keep down to and including the first σ_j ≤ ε, only the largest if
-    none. ``pi-stop`` (PI baseline): ``lam`` in power iteration's index order (index d − 1 found
-    first); the first is kept, then stop at the first λ_j > λ_{j−1} or λ_j < ε.
+    none. (The PI baseline's stopping rule is its method's own, ``pi-authors:stop=true``: the layer
+    reads it as ``method_kept``.)
     """
     if rule == "none":
         return None
     d = lam.shape[-1]
-    if rule == "pi-stop":
-        e = torch.flip(lam, (-1,))
-        ok = torch.ones_like(e, dtype=torch.bool)
-        ok[..., 1:] = (e[..., 1:] <= e[..., :-1]) & (e[..., 1:] >= eps)
-        return torch.flip(_prefix(ok), (-1,))
     desc, order = torch.sort(lam, dim=-1, descending=True)
     if rule == "svd-pi":
         ratio = torch.cumsum(desc, -1) / desc.sum(-1, keepdim=True)
@@ -119,7 +114,7 @@ def whitening_matrix(lam: torch.Tensor, U: torch.Tensor, config: ZCAConfig,
     s = lam.abs() if config.solver == "svd" else lam
     if config.lam_floor is not None:
         s = s + (s.clamp_min(config.lam_floor) - s).detach()
-    kept = kept_mask(s.detach() if config.truncation != "pi-stop" else lam.detach(), config.truncation, config.eps)
+    kept = kept_mask(s.detach(), config.truncation, config.eps)
     if method_kept is not None:
         kept = method_kept if kept is None else kept & method_kept
     if kept is None:
