@@ -369,3 +369,31 @@ def test_pi_bound_is_the_max_coefficient_of_autograd_through_plain_svd_pi(lam, s
                 F[i, j] = float(2 * U[:, i] @ ((G + G.mT) / 2) @ U[:, j])
     bound = float(spec.bound(torch.tensor(lam, dtype=torch.float64)))
     assert bound == pytest.approx(np.abs(F).max(), rel=1e-9)
+
+
+@pytest.mark.parametrize("xp", ["numpy", "torch"])
+def test_pi_legacy_drops_from_the_first_rayleigh_quotient_off_by_more_than_ten_percent(xp):
+    """The paper's third breaking condition (|λ̂_k − λ_k| > 0.1 |λ_k|) on constructed quotients: 9.5 % off
+    is kept, 10.5 % off stops the loop there (and everything below it), whatever ``kept`` says."""
+    from stabkit.methods.power_iteration import _rayleigh_kept
+
+    lam = np.array([0.5, 1.0, 2.0, 4.0])
+    cases = {  # λ̂ for indices 3, 2, 1, 0 → expected active
+        (4.0, 2.19, 0.905, 0.5): [True, True, True, True],      # 9.5 % (2.19, 0.905) kept
+        (4.0, 2.21, 1.0, 0.5): [False, False, False, True],     # 10.5 % at index 2 stops it
+        (4.0, 2.0, 1.105, 0.5): [False, False, True, True],     # 10.5 % at index 1
+        (3.58, 2.0, 1.0, 0.5): [False, False, False, False],    # 10.5 % at the first
+    }
+    for hats, want in cases.items():
+        lam_hat = {3 - i: h for i, h in enumerate(hats)}
+        kept = np.ones(4, dtype=bool)
+        if xp == "torch":
+            got = _rayleigh_kept(torch.tensor(kept), torch.tensor(lam),
+                                 {k: torch.tensor(v, dtype=torch.float64) for k, v in lam_hat.items()}, [3, 2, 1, 0])
+            got = got.numpy()
+        else:
+            got = _rayleigh_kept(kept, lam, {k: np.float64(v) for k, v in lam_hat.items()}, [3, 2, 1, 0])
+        assert got.tolist() == want, hats
+    # only the iterated indices can be active: order 3, 2 leaves 1 and 0 out even where kept
+    got = _rayleigh_kept(np.ones(4, dtype=bool), lam, {3: np.float64(4.0), 2: np.float64(2.0)}, [3, 2])
+    assert got.tolist() == [False, False, True, True]
