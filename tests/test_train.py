@@ -74,7 +74,7 @@ def test_paper_preset_run_record(synthetic):
     assert r["commit"] and r["outcome"] == "ok"
     r = train_run({**SMALL, "preset": "paper", "method": "pi", "eps": 1e-3, "max_steps": 1, "lr": 0.05,
                    "milestones": (0.5,), "milestone_unit": "fraction"}, data=synthetic)
-    assert (r["eps"], r["spec"], r["zca_truncation"], r["lr"], r["milestone_steps"]) == (1e-3, "pi:steps=20,eps=0.001", "svd-pi", 0.05, "0")
+    assert (r["eps"], r["spec"], r["zca_truncation"], r["lr"], r["milestone_steps"]) == (1e-3, "pi:steps=20,eps=0.001", "none", 0.05, "0")
     # the paper's DataLoader keeps an epoch's last partial batch: 80 images in batches of 32 → 32, 32, 16
     r = train_run({**SMALL, "preset": "paper", "method": "taylor", "epochs": 1, "limit_images": 80}, data=synthetic)
     assert (r["steps_total"], r["drop_last"], r["outcome"]) == (3, False, "ok")

@@ -5,6 +5,7 @@ import pytest
 import scipy.linalg
 import torch
 
+from stabkit import methods
 from stabkit.errors import InputError
 from stabkit.train.resnet import ResNet18
 from stabkit.train.zca import ZCAWhitening
@@ -197,8 +198,13 @@ def test_block_covariance_equals_grouped_covariance(G, d, m, seed):
 @given(lam=st.lists(st.floats(1e-6, 10.0), min_size=1, max_size=8), eps=st.sampled_from([1e-4, 1e-2, 0.5]),
        rule=st.sampled_from(["svd-pi", "svd-head"]))
 def test_truncation_keeps_the_largest_pairs(lam, eps, rule):
+    """The layer's svd-head rule, and SVD-PI's (the method's own, read by the layer) on ascending λ."""
     t = torch.tensor(lam, dtype=torch.float64)
-    kept = kept_mask(t[None], rule, eps)[0]
+    if rule == "svd-pi":
+        t = torch.sort(t).values
+        kept = methods.spec(("pi", {"eps": eps})).kept_of(t[None])[0]
+    else:
+        kept = kept_mask(t[None], rule, eps)[0]
     n = int(kept.sum())
     if 0 < n < len(lam):
         assert t[kept].min() >= t[~kept].max()  # the kept pairs are the largest ones

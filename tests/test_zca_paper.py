@@ -239,8 +239,10 @@ def _group_cov(y, d):
 def test_kept_mask_rules_on_constructed_spectra():
     eps = 1e-2
     lam = torch.tensor([[0.005, 0.3, 0.5, 4.0]], dtype=D64)  # ascending, as eigh
-    # svd-pi: descending 4, .5, .3, .005; γ = .829, .933, .999, 1 → γ ≥ 1 − ε at j = 2: keep 4, .5
-    assert kept_mask(lam, "svd-pi", eps).tolist() == [[False, False, True, True]]
+    # SVD-PI's rule is its method's, with the layer's ε: descending 4, .5, .3, .005; γ = .829, .933, .999, 1
+    # → γ ≥ 1 − ε at j = 2: keep 4, .5
+    svd_pi_row = PRESETS["paper"].layer(methods.spec("pi"), eps=eps)
+    assert svd_pi_row.truncation == "none" and svd_pi_row.spec.kept_of(lam).tolist() == [[False, False, True, True]]
     # svd-head: first σ ≤ ε is .005 (j = 3): keep all four; none ≤ ε → only the largest
     assert kept_mask(lam, "svd-head", eps).tolist() == [[True, True, True, True]]
     assert kept_mask(lam + 0.1, "svd-head", eps).tolist() == [[False, False, False, True]]
@@ -264,7 +266,7 @@ def test_paper_preset_rows():
     assert {m: c.eps for m, c in rows.items()} == {"analytic": 1e-4, "pi-forward": 1e-4, "pi": 1e-4, "taylor": 1e-2, "clip": 1e-2}
     assert {m: c.lam_floor for m, c in rows.items()} == {"analytic": None, "pi-forward": None, "pi": None, "taylor": 1e-10, "clip": 1e-5}
     assert {m: c.solver for m, c in rows.items()} == {"analytic": "svd", "pi-forward": "eigh", "pi": "svd", "taylor": "svd", "clip": "svd"}
-    assert {m: c.truncation for m, c in rows.items()} == {"analytic": "none", "pi-forward": "none", "pi": "svd-pi",
+    assert {m: c.truncation for m, c in rows.items()} == {"analytic": "none", "pi-forward": "none", "pi": "none",
                                                          "taylor": "none", "clip": "none"}
     assert str(rows["taylor"].spec) == "taylor-song:K=9" and str(rows["pi"].spec) == "pi:steps=20"
     assert rows["pi-forward"].spec == methods.spec("pi-authors:stop=true")  # the released PI layer's backward

@@ -38,7 +38,7 @@ version produced each row:
 * SVD-PI (``pi``): PI-SVD HEAD ``ZCANorm.py::ZCANormSVDPI`` with
   ``torch_utils.py::power_iteration_once`` (num_iter = 19: the backward sums (M/‖Mv‖)^i for
   i = 0…19, i.e. 20 power-iteration steps from the exact eigenvector), ε = 1e-4. Forward
-  truncated (truncation ``svd-pi``): going down from the largest σ, stop at the first j with
+  truncated (by the method's own rule, read by the layer): going down from the largest σ, stop at the first j with
   γ_j = Σ_{k≤j} σ_k / Σ σ ≥ 1 − ε (γ_j includes σ_j, so the smallest pair is always dropped) or
   σ_j ≤ ε — the NeurIPS paper's Alg. 1 with ε = 1e-4, K = 19 (draft a5bc13f, ``2_method.tex``).
   The RDS copy ``ZCANormPI`` (ε = 1e-10, num_iter = 9) is a later ImageNet variant, not this row.
@@ -83,7 +83,7 @@ PAPER_BACKWARD_SPECS: dict[str, Spec] = {
 PAPER_STD = (0.2023, 0.1994, 0.2010)
 STABKIT_STD = (0.2470, 0.2435, 0.2616)
 SOLVERS = ("eigh", "svd")
-TRUNCATIONS = ("none", "svd-head", "svd-pi")
+TRUNCATIONS = ("none", "svd-head")
 MILESTONE_UNITS = ("fraction", "epoch", "step")
 STOP_ON = ("any", "nan-loss")
 
@@ -203,7 +203,7 @@ PAPER_ROWS = (
                 source=f"{_PI_SVD}@a3f2e1f ZCANorm.py::ZCANormOrg")),
     ("PI", Row(PAPER_BACKWARD_SPECS["PI"], 1e-4, fresh_starts=True, shares_eps=True,
                source=f"{_PI_SVD} ZCANorm.py::ZCANormPIunstable, torch_utils.py::power_iteration_unstable")),
-    ("SVD-PI", Row(PAPER_BACKWARD_SPECS["SVD-PI"], 1e-4, solver="svd", truncation="svd-pi", shares_eps=True,
+    ("SVD-PI", Row(PAPER_BACKWARD_SPECS["SVD-PI"], 1e-4, solver="svd", shares_eps=True,
                    source=f"{_PI_SVD} ZCANorm.py::ZCANormSVDPI, torch_utils.py::power_iteration_once")),
     ("SVD-Taylor", Row(PAPER_BACKWARD_SPECS["SVD-Taylor"], 1e-2, solver="svd", lam_floor=1e-10,
                        source=f"{_RDS} ZCANorm.py::ZCANormPIv2, torch_utils.py::svdv2/geometric_approximation")),

@@ -73,34 +73,22 @@ def block_covariance(xg: torch.Tensor, eps: float, runs: int = 1):
     return mean.reshape(G, d, 1), xc.reshape(G, d, m), blocks
 
 
-def _prefix(ok: torch.Tensor) -> torch.Tensor:
-    """kept[..., j] = ok[..., 0] & … & ok[..., j]."""
-    return torch.cumprod(ok.to(torch.int8), dim=-1).bool()
-
-
 @torch.no_grad()
 def kept_mask(lam: torch.Tensor, rule: str, eps: float) -> torch.Tensor | None:
     """Which eigenpairs (same index order as ``lam``, (..., d)) the whitening keeps; None = all.
 
-    ``svd-pi`` (SVD-PI, NeurIPS 2019 Alg. 1): going down from the largest, stop at the first j with
-    σ_j ≤ ε or γ_j = Σ_{k≤j} σ_k / Σ σ ≥ 1 − ε (γ_j includes σ_j). ``svd-head`` (the SVD baseline of
-    the authors' later code): keep down to and including the first σ_j ≤ ε, only the largest if
-    none. (The PI baseline's stopping rule is its method's own, ``pi-authors:stop=true``: the layer
-    reads it as ``method_kept``.)
+    ``svd-head`` (the SVD baseline of the authors' later code): keep down to and including the
+    first σ_j ≤ ε, only the largest if none. (SVD-PI's and PI's truncations are their methods' own,
+    ``pi``'s Alg. 1 rule and ``pi-authors:stop=true``: the layer reads them as ``method_kept``.)
     """
     if rule == "none":
         return None
-    d = lam.shape[-1]
-    desc, order = torch.sort(lam, dim=-1, descending=True)
-    if rule == "svd-pi":
-        ratio = torch.cumsum(desc, -1) / desc.sum(-1, keepdim=True)
-        kept_sorted = _prefix((ratio < 1 - eps) & (desc > eps))
-    elif rule == "svd-head":
-        low = desc <= eps
-        count = torch.where(low.any(-1), low.to(torch.int64).argmax(-1) + 1, torch.ones_like(low[..., 0], dtype=torch.int64))
-        kept_sorted = torch.arange(d, device=lam.device) < count[..., None]
-    else:
+    if rule != "svd-head":
         raise ValueError(f"unknown truncation rule {rule!r}")
+    desc, order = torch.sort(lam, dim=-1, descending=True)
+    low = desc <= eps
+    count = torch.where(low.any(-1), low.to(torch.int64).argmax(-1) + 1, torch.ones_like(low[..., 0], dtype=torch.int64))
+    kept_sorted = torch.arange(lam.shape[-1], device=lam.device) < count[..., None]
     return torch.zeros_like(kept_sorted).scatter(-1, order, kept_sorted)
 
 
