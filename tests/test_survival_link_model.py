@@ -126,3 +126,48 @@ def test_folds_never_exceed_the_failures_so_every_test_fold_holds_one():
     assert fit["folds"] == 6
     fold = _landmark.stratified_folds(fit["y"], fit["folds"], np.random.default_rng(0))
     assert all(fit["y"][fold == k].sum() >= 1 for k in range(fit["folds"]))
+
+
+def test_standardisation_gives_a_deviation_that_is_not_known_zero():
+    """Column 1: cell a (1, 3, NaN) has mean 2 over the runs that recorded it → deviations (−1, 1, 0),
+    cell b (10, 14) → (−2, 2): sd √2; test 5 in a → 3/√2, NaN in b → 0, 100 in a cell without training
+    runs → 0 (its deviation from its own cell is unknown; the training mean would put 100 − 5.6 on
+    the within-cell scale). Column 2: cell a recorded nothing → its runs 0, cell b (4, 8) → (−2, 2):
+    sd √(8/5); test 7 in a → 0, 5 in b → −1/√1.6, 3 in the new cell → 0."""
+    nan = float("nan")
+    train = np.array([[1.0, nan], [3.0, nan], [nan, nan], [10.0, 4.0], [14.0, 8.0]])
+    test = np.array([[5.0, 7.0], [nan, 5.0], [100.0, 3.0]])
+    tr, te = _landmark._standardise(train, test, np.array(["a", "a", "a", "b", "b"]), np.array(["a", "b", "c"]))
+    s1, s2 = math.sqrt(2.0), math.sqrt(8 / 5)
+    np.testing.assert_allclose(tr, [[-1 / s1, 0], [1 / s1, 0], [0, 0], [-2 / s1, -2 / s2], [2 / s1, 2 / s2]],
+                               rtol=1e-14, atol=1e-15)
+    np.testing.assert_allclose(te, [[3 / s1, 0], [0, -1 / s2], [0, 0]], rtol=1e-14, atol=1e-15)
+
+
+@pytest.mark.parametrize("nan_share", [0.0, 0.2])
+def test_predictions_depend_on_the_features_only_through_each_runs_deviation_from_its_cell(nan_share):
+    """"Beyond the cell": adding a different constant to each cell's values of a feature (a change of
+    the cells' levels only; NaN stays NaN) must leave every cross-validated prediction as it was —
+    also for the runs of a cell of one run (cells e, f), absent from the training part whenever they
+    are tested, and (``nan_share``) for runs that did not record a feature. A lone cell centred on the
+    training mean, or a NaN imputed with the training median, turned the shifted cell levels into
+    deviations (predictions moved by up to 0.15 and 0.34 here)."""
+    rng = np.random.default_rng(11)
+    cells = np.r_[np.repeat(["a", "b", "c", "d"], 12), ["e", "f"]]
+    z = rng.standard_normal(len(cells))
+    y = (rng.random(len(cells)) < 1 / (1 + np.exp(-(-1.0 + 2.0 * z)))).astype(float)
+    table = pd.DataFrame({"spec": cells, "d": 8, "dtype": "float32", "seed": range(len(cells)), "y": y})
+    level = dict(zip("abcdef", (0.0, 1.0, 2.0, 3.0, 1.5, 1.5)))
+    shift = dict(zip("abcdef", (0.7, -1.3, 2.1, -0.4, 1.9, -1.6)))
+    shifted = table.copy()
+    for j, f in enumerate(_landmark.FEATURE_NAMES):
+        v = np.array([level[c] for c in cells]) + z + 0.5 * rng.standard_normal(len(cells))
+        v[rng.random(len(cells)) < nan_share] = np.nan
+        table[f] = v
+        shifted[f] = v + (1 + 0.1 * j) * np.array([shift[c] for c in cells])
+    assert y.sum() >= 5 and (1 - y).sum() >= 5 and table[list(_landmark.FEATURE_NAMES)].isna().any().all() == (nan_share > 0)
+    base = _landmark.cross_validate(table, folds=4, repeats=3, seed=1)
+    moved = _landmark.cross_validate(shifted, folds=4, repeats=3, seed=1)
+    for m in ("base", "cell", "cell+diag"):
+        np.testing.assert_allclose(moved["pred"][m], base["pred"][m], rtol=1e-9, atol=1e-12)
+    assert base["brier"]["cell+diag"] < base["brier"]["cell"] - 0.05  # the features do act (z is in them)

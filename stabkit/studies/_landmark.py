@@ -19,25 +19,28 @@ Three predictors, scored by the Brier score of repeated stratified K-fold cross-
   offset, logit P = logit p_c + β₀ + βᵀx. For a training run the offset is its cell rate without
   itself (leave-one-out), so the fit does not learn from its own outcome through the offset. Each
   feature is centred on its cell's mean and scaled, both from the training folds only: x is a run's
-  deviation from its cell. Raw features would let a diagnostic that merely encodes the cell (the
-  same value for all its runs) beat the rough smoothed rates of cells with few runs by pooling
-  across cells, and be credited as adding "beyond the cell" (constructed data of 40 cells × 4 runs:
-  seeds 1, 2 and 4 of 0–5 at 111651d, the last commit with raw features; ``tests/test_survival_link.py``
-  keeps those seeds).
+  deviation from its cell, and 0 where that is unknown (the feature not recorded for the run, or a
+  cell without training runs that recorded it). Raw features would let a diagnostic that merely
+  encodes the cell (the same value for all its runs) beat the rough smoothed rates of cells with few
+  runs by pooling across cells, and be credited as adding "beyond the cell" (constructed data of 40
+  cells × 4 runs: seeds 1, 2 and 4 of 0–5 at 111651d, the last commit with raw features;
+  ``tests/test_survival_link.py`` keeps those seeds).
 
 Verdict: the diagnostics add something beyond the cell when the mean per-run Brier improvement of
 cell + diagnostics over cell exceeds twice its standard error (per-run squared errors averaged over
 the repeats; paired over runs). That SE treats the runs as independent, which cross-validated
 scores are not (every run trains the others' models): it is an approximation.
-``benchmarks/landmark_calibration.py`` measures the rule on data shaped like the zca-cifar10
-study's landmark table (319 runs, 41 cells, 26 failures; each cell's real feature rows resampled,
-outcomes from the cell rates plus β·z for an extra run-level feature z ~ N(0, 1); 20 repeats of
-5-fold, where the report uses 100; 500 data sets per β, run at f2d4bb9, output in
-``benchmarks/results/2026-12-05-cpu-f2d4bb9/``): the spread of the gain across data sets was 0.86–1.22
-of the mean reported SE, and the rule said "adds" in 0/500 data sets at β = 0 (Clopper–Pearson 95 %
-≤ 0.7 %), 0/500 at β = 0.5, 3/500 at β = 1 and 124/500 (21–29 %) at β = 2 (odds ratio 7.4 per SD).
-So on such data the rule rarely calls noise useful, and misses run-level signals up to odds ratio
-7.4 per SD in most data sets: a "not shown to add" verdict there is weak evidence of nothing to add.
+``benchmarks/landmark_calibration.py`` measures the rule on data shaped like the zca-cifar10 study's
+landmark table (319 runs, 41 cells, 26 failures; each cell's real feature rows resampled, outcomes
+from the cell rates plus β·z for an extra run-level feature z ~ N(0, 1); 20 repeats of 5-fold, where
+the report uses 100; 500 data sets per β, run at f2d4bb9, output in
+``benchmarks/results/2026-12-05-cpu-f2d4bb9/``, before a run of a cell without training runs got
+x = 0 instead of its distance from the training mean): the spread of the gain across data sets was
+0.86–1.22 of the mean reported SE, and the rule said "adds" in 0/500 data sets at β = 0
+(Clopper–Pearson 95 % ≤ 0.7 %), 0/500 at β = 0.5, 3/500 at β = 1 and 124/500 (21–29 %) at β = 2
+(odds ratio 7.4 per SD). So on such data the rule rarely calls noise useful, and misses run-level
+signals up to odds ratio 7.4 per SD in most data sets: a "not shown to add" verdict there is weak
+evidence of nothing to add.
 """
 
 from __future__ import annotations
@@ -174,20 +177,20 @@ def cell_rates(train_cells: np.ndarray, train_y: np.ndarray, query_cells: np.nda
 
 def _standardise(train: np.ndarray, test: np.ndarray, train_cells: np.ndarray,
                  test_cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Impute NaN with the training median; centre each run on its cell's training mean (a cell
-    without training runs: on the training mean), so that only a run's deviation from its cell is
-    left; scale with the training sd of those deviations."""
+    """Each run's deviation from its cell's training mean (over the cell's training runs that
+    recorded the feature), scaled by the training sd of those deviations. Where the deviation is
+    not known — the run did not record the feature (NaN), or its cell has no training run that did
+    (a cell present only in the test fold) — it is 0, the deviation expected of a run of the cell:
+    the cell's level never enters, neither through a value imputed from other cells (a global
+    median minus the cell's mean) nor through a centre taken from other cells (the training mean),
+    which the within-cell scale would multiply by the between-cell spread over the within-cell sd."""
+    means = pd.DataFrame(train).groupby(train_cells).mean()  # NaN skipped; a cell with none recorded: NaN
+    tr = train - means.loc[train_cells].to_numpy()
+    te = test - means.reindex(test_cells).to_numpy()
+    tr, te = np.where(np.isnan(tr), 0.0, tr), np.where(np.isnan(te), 0.0, te)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN column: imputed with 0 below
-        med = np.nanmedian(train, axis=0)
-    med = np.where(np.isnan(med), 0.0, med)
-    tr = np.where(np.isnan(train), med, train)
-    te = np.where(np.isnan(test), med, test)
-    means = pd.DataFrame(tr).groupby(train_cells).mean()
-    te_means = means.reindex(test_cells).to_numpy()
-    spread = tr.std(0)
-    te = te - np.where(np.isnan(te_means), tr.mean(0), te_means)
-    tr = tr - means.loc[train_cells].to_numpy()
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN column: no spread, left at 0 below
+        spread = np.nan_to_num(np.nanstd(train, axis=0), nan=0.0)
     sd = tr.std(0)
     varies = sd > 1e-9 * spread  # within the cells, not only rounding left by the centring
     sd = np.where(varies, sd, 1.0)
