@@ -396,3 +396,30 @@ def test_index_line_says_partial_and_gives_intervals(tmp_path):
     assert line.startswith("partial, 369 of 375 cells not computed: 3 runs (Wilson 95 %); ")
     assert "analytic d=8: 3/3 [43, 100] % without NaN to 13 ep" in line
     assert not publish._summary({**meta, "cells_computed": 375}, out).startswith("partial")
+
+
+def test_extended_horizon_counts_every_seed_of_the_cell_not_only_the_extended_survivors():
+    """``extend`` reruns only survivors to the longer horizon. Compared with Table IV's count of 15 runs
+    of 350 epochs, that horizon's row must count every seed of the cell: a NaN loss before the base
+    horizon is one before 350 too, a survivor not extended has an unknown outcome at 350 (counted both
+    ways). Counting the extended runs alone (here 1 of 2) drops the early failures: n and the rate
+    are those of the survivors, biased towards success."""
+    base = [_record("taylor", 16, 1000, t_nan=30.0), _record("taylor", 16, 1001), _record("taylor", 16, 1002),
+            _record("taylor", 16, 1003)]
+    ext = [_record("taylor", 16, 1001, t_nan=200.0, horizon=350.0), _record("taylor", 16, 1002, reached=350.0, horizon=350.0)]
+    results = _results(base + ext, ORDER)
+    row = surv.success_table(results).set_index("horizon (epochs)").loc[350.0]
+    # seeds at 350: 1000 NaN at 30, 1001 NaN at 200, 1002 no NaN to 350, 1003 unknown (not extended, 100 reached)
+    assert (row["runs"], row["NaN loss"], row["no NaN loss"], row["stopped early, no NaN"]) == (4, 2, "1–2/4", 1)
+    assert row["Fisher p"] == pytest.approx(max(sps.fisher_exact([[k, 4 - k], [15, 0]])[1] for k in (1, 2)))
+    lo = sps.binomtest(1, 4).proportion_ci(method="exact").low
+    hi = sps.binomtest(2, 4).proportion_ci(method="exact").high
+    assert row["Clopper–Pearson 95 %"] == _stats.percent_interval(lo, hi)
+    # Kaplan–Meier to 350 by hand: event at 30 (4 at risk), censored at 100, event at 200 (2 at risk), censored at 350
+    assert row["KM S(horizon) %"] == pytest.approx(100 * (3 / 4) * (1 / 2))
+    km, _ = surv.km_table(results)
+    km350 = km[km["cell"].str.endswith("(350 ep)")].iloc[0]
+    assert (km350["runs"], km350["NaN losses"], km350["first NaN (epoch)"]) == (4, 2, 30.0)
+    assert "taylor d=16: 1–2/4" in surv.summary(results).split("to 100 ep")[-1]
+    # the base horizon's row is unchanged by the extension: 3 of 4 to 100 epochs
+    assert surv.success_table(results).set_index("horizon (epochs)").loc[100.0, "no NaN loss"] == "3/4"

@@ -35,6 +35,24 @@ def _runs(results: pd.DataFrame) -> pd.DataFrame:
     return r
 
 
+def _every_seed(r: pd.DataFrame) -> pd.DataFrame:
+    """``r`` with each longer horizon's cells completed by the cell's shorter runs of the seeds not run
+    that far (the longest such run per seed, relabelled to the longer horizon). ``extend`` reruns only
+    survivors to a longer horizon: counted alone, they drop the cell's earlier NaN losses and give the
+    survivors' rate, not the cell's. Completed, a NaN loss before the shorter horizon is one before the
+    longer too, and a shorter run without one has an unknown outcome there (a censored run)."""
+    if "seed" not in r or r.empty:
+        return r
+    keys = ["spec", "d", "dtype"]
+    extra = []
+    for h in sorted(r["horizon_epochs"].dropna().unique())[1:]:
+        for key, s in r[r["horizon_epochs"] == h].groupby(keys, sort=False):
+            cell = r[(r[keys] == pd.Series(key, index=keys)).all(axis=1)]
+            shorter = cell[(cell["horizon_epochs"] < h) & ~cell["seed"].isin(s["seed"])]
+            extra.append(shorter.sort_values("horizon_epochs").groupby("seed").tail(1).assign(horizon_epochs=h))
+    return pd.concat([r, *extra], ignore_index=True) if extra else r
+
+
 def _groups(r: pd.DataFrame):
     keys = ["spec", "d", "dtype", "horizon_epochs"]
     return sorted(r.groupby(keys, sort=False), key=lambda kv: (kv[0][3], int(kv[1]["order"].min()), kv[0][2]))
@@ -57,8 +75,9 @@ def success_table(results: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
     is counted both ways: the count is the range k…k+u of n, the intervals run from the lower bound
     at k to the upper bound at k+u, and Fisher's p is the largest over that range — nothing assumed
     about the stopped runs. ``KM S(horizon)``: the Kaplan–Meier estimate, which counts them as
-    censored (valid when stopping does not depend on the run's fate, as a wall-clock deadline)."""
-    r = _runs(results)
+    censored (valid when stopping does not depend on the run's fate, as a wall-clock deadline). At a
+    horizon longer than a cell's first (``extend``), every seed of the cell counts (``_every_seed``)."""
+    r = _every_seed(_runs(results))
     rows = []
     for (spec, d, dtype, horizon), s in _groups(r):
         row = table_iv.row_of(methods.spec(spec))  # stored text, read back: the report's edge
@@ -101,8 +120,9 @@ def _power(n: int, paper: int, alpha: float) -> str:
 
 
 def km_table(results: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
-    """Kaplan–Meier per cell: runs, NaN losses, S at the horizon with its log−log 95 % band, median."""
-    r = _runs(results)
+    """Kaplan–Meier per cell: runs, NaN losses, S at the horizon with its log−log 95 % band, median
+    (every seed of the cell at a longer horizon: ``_every_seed``)."""
+    r = _every_seed(_runs(results))
     rows, curves = [], {}
     for key, s in _groups(r):
         spec, d, dtype, horizon = key
@@ -150,10 +170,12 @@ def survivors(results: pd.DataFrame) -> list[str]:
 
 def summary(results: pd.DataFrame) -> str:
     r = _runs(results)
+    n_runs = len(r)
+    r = _every_seed(r)
     parts = []
     for (spec, d, _, h), s in _groups(r):  # the success table's count: runs stopped earlier make it a range
         alive = ~s["event"]
         k, top = int((alive & (s["reached"] >= h - 1e-9)).sum()), int(alive.sum())
         ci = _range_interval(_stats.wilson, k, top, len(s))
         parts.append(f"{spec} d={int(d)}: {k if k == top else f'{k}–{top}'}/{len(s)} {ci} % without NaN to {float(h):g} ep")
-    return f"{len(r)} runs (Wilson 95 %); " + ", ".join(parts[:6]) + (" …" if len(parts) > 6 else "")
+    return f"{n_runs} runs (Wilson 95 %); " + ", ".join(parts[:6]) + (" …" if len(parts) > 6 else "")
