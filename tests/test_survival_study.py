@@ -200,7 +200,7 @@ def test_eigensolver_failures_are_named_apart_from_clock_stops():
 def test_kaplan_meier_band_is_not_claimed_at_zero():
     every = [_record("analytic", 8, 1000 + i, t_nan=2.0 + i) for i in range(3)]
     km, _ = surv.km_table(_results(every, ORDER))
-    assert km.iloc[0]["S(last event)"] == 0.0 and km.iloc[0]["95 % band"] == "—"
+    assert km.iloc[0]["S(last event)"] == 0.0 and km.iloc[0]["95 % band, %"] == "—"
 
 
 def test_kaplan_meier_and_accuracy_tables():
@@ -211,6 +211,10 @@ def test_kaplan_meier_and_accuracy_tables():
     assert list(curves["analytic d=8 float32"][0]["survival"]) == pytest.approx([2 / 3, 1 / 3])
     assert sorted(curves["taylor d=16 float32"][2]) == [40.0, 100.0, 100.0, 100.0]  # censoring times
     assert svd["NaN losses"] == 2 and svd["first NaN (epoch)"] == 2.5 and svd["median time to NaN (epochs)"] == 7.0
+    # the band is printed in % and rounded outward, as every other interval: it contains the computed one
+    lo, hi = (float(x) for x in svd["95 % band, %"].strip("[]").split(","))
+    band = curves["analytic d=8 float32"][0]
+    assert lo <= 100 * band["lo"][-1] < 100 * band["hi"][-1] <= hi and hi - lo < 100 * (band["hi"][-1] - band["lo"][-1]) + 2
     assert km.iloc[1]["NaN losses"] == 0 and km.iloc[1]["horizon reached (epochs)"] == 100.0
     acc = surv.accuracy_table(res)
     assert list(acc["surviving runs"]) == [1, 4]

@@ -133,7 +133,8 @@ def km_table(results: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
         rows.append({"cell": label, "runs": km["n"], "NaN losses": int(km["events"].sum()),
                      "first NaN (epoch)": float(km["time"][0]) if len(km["time"]) else np.nan,
                      "S(last event)": float(km["survival"][idx]) if idx >= 0 else 1.0,
-                     "95 % band": f"[{km['lo'][idx]:.2f}, {km['hi'][idx]:.2f}]" if idx >= 0 and km["survival"][idx] > 0 else "—",
+                     "95 % band, %": _stats.percent_interval(km["lo"][idx], km["hi"][idx])
+                     if idx >= 0 and km["survival"][idx] > 0 else "—",
                      "median time to NaN (epochs)": km["median"] if km["median"] is not None else "not reached",
                      "horizon reached (epochs)": float(s["reached"][~s["event"]].max()) if (~s["event"]).any() else np.nan})
     return pd.DataFrame(rows), curves
