@@ -18,7 +18,7 @@ from .conftest import build
 F64 = torch.float64
 EIG_METHODS = methods.NAMES
 SVD_METHODS = sk.SVD_METHODS
-SMALL = {"pi": {"steps": 3}, "pi-forward": {"steps": 3}}  # short power iterations keep the traced graphs small
+SMALL = {m: {"steps": 3} for m in ("pi", "pi-forward", "pi-authors", "pi-legacy")}  # short power iterations keep the traced graphs small
 
 
 def sym(X):
