@@ -171,3 +171,30 @@ def test_predictions_depend_on_the_features_only_through_each_runs_deviation_fro
     for m in ("base", "cell", "cell+diag"):
         np.testing.assert_allclose(moved["pred"][m], base["pred"][m], rtol=1e-9, atol=1e-12)
     assert base["brier"]["cell+diag"] < base["brier"]["cell"] - 0.05  # the features do act (z is in them)
+
+
+def test_fold_seed_spread_is_the_range_of_the_gain_in_se_over_the_seeds():
+    """Each seed's z = gain / SE recomputed here from that seed's per-run predictions (one repeat: each
+    run's squared error is that of its single prediction); the spread is their lowest and highest."""
+    table = _table(12, 28, seed=4)
+    z = []
+    for seed in range(3):
+        fit = _landmark.cross_validate(table, folds=4, repeats=1, seed=seed)
+        gain = (fit["pred"]["cell"] - fit["y"]) ** 2 - (fit["pred"]["cell+diag"] - fit["y"]) ** 2
+        z.append(float(np.mean(gain)) / (statistics.stdev(gain.tolist()) / math.sqrt(len(gain))))
+    assert len(set(z)) == 3  # the seeds split differently
+    spread = _landmark.fold_seed_spread(table, seeds=3, repeats=1, folds=4)
+    assert (spread["seeds"], spread["repeats"]) == (3, 1)
+    assert (spread["z_low"], spread["z_high"]) == pytest.approx((min(z), max(z)), rel=1e-12)
+    assert _landmark.fold_seed_spread(_table(2, 28), seeds=3, repeats=1) is None  # too few failures: not fitted
+
+
+@pytest.mark.parametrize("low, high, decides", [(1.5, 2.4, True), (0.1, 1.9, False), (2.1, 3.0, False), (-1.0, 2.0, False)])
+def test_the_report_says_when_the_fold_split_decides_the_verdict(low, high, decides):
+    """The 2-SE rule says "adds" above z = 2: a spread across that line means the split decides."""
+    from stabkit.studies.zca_cifar10.report import spread_sentence
+
+    text = spread_sentence({"seeds": 5, "repeats": 20, "z_low": low, "z_high": high})
+    assert text.startswith(f"Under fold seeds 0–4 (20 repeats each) the improvement lies between {low:.2f} and {high:.2f} SE")
+    assert ("the split of the folds decides the verdict" in text) == decides
+    assert spread_sentence(None) == ""

@@ -250,6 +250,19 @@ def cross_validate(table: pd.DataFrame, folds: int = 5, repeats: int = 20, seed:
     }
 
 
+def fold_seed_spread(table: pd.DataFrame, seeds: int = 5, repeats: int = 20, **cv) -> dict | None:
+    """The improvement of cell + diagnostics over the cell, in SE, under ``seeds`` fold splits
+    (cross-validations with seeds 0 … seeds − 1, ``repeats`` repeats each): its lowest and highest
+    value, how far a verdict at the 2-SE line rests on one split. None where the link is not fitted."""
+    z = []
+    for seed in range(seeds):
+        fit = cross_validate(table, repeats=repeats, seed=seed, **cv)
+        if fit is None:
+            return None
+        z.append(fit["gain"] / fit["gain_se"] if fit["gain_se"] > 0 else math.nan)
+    return {"seeds": seeds, "repeats": repeats, "z_low": min(z), "z_high": max(z)}
+
+
 def landmark_link(results: pd.DataFrame, landmark_epochs: float, **cv) -> dict:
     """The table at the landmark and its cross-validation, with a plain sentence. Where some runs'
     outcome after L is unknown, ``fit`` is None and ``fits`` holds the two completions

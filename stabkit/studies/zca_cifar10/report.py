@@ -147,19 +147,27 @@ def _link_section(link: dict, g: dict, figs: list[str]) -> list[str]:
     verdict = ("the diagnostics add to the cell: the improvement exceeds 2 SE" if fit["adds"] else
                "the improvement is not above 2 SE, so at this n the diagnostics are not shown to add anything "
                "beyond the cell")
-    if 1.5 <= z <= 2.5:
-        verdict += " — but it lies close to that threshold, where another split of the folds can tip the verdict"
     lines += [
         f"n = {fit['n']} runs in {fit['cells']} cells, {fit['failures']} failures after L; {fit['repeats']}× "
         f"{fit['folds']}-fold. Brier: base rate {b['base']:.4f}, cell {b['cell']:.4f}, cell + diagnostics "
         f"{b['cell+diag']:.4f}; improvement of cell + diagnostics over the cell {fit['gain']:+.4f} ± {fit['gain_se']:.4f} "
         f"(SE, paired over runs, treating the runs as independent — an approximation for cross-validated scores; "
-        f"{z:.2f} SE): {verdict}.",
+        f"{z:.2f} SE): {verdict}. " + spread_sentence(link["spread"]),
         "",
     ]
     if len(figs) > 1:
         lines += [f"![calibration]({figs[1]})", ""]
     return lines
+
+
+def spread_sentence(spread: dict | None) -> str:
+    """The improvement's range over fold seeds, and whether the split decides the 2-SE verdict."""
+    if spread is None:
+        return ""
+    lo, hi = spread["z_low"], spread["z_high"]
+    tips = " — the split of the folds decides the verdict" if (lo > 2) != (hi > 2) else ""
+    return (f"Under fold seeds 0–{spread['seeds'] - 1} ({spread['repeats']} repeats each) the improvement lies "
+            f"between {lo:.2f} and {hi:.2f} SE{tips}.")
 
 
 def _legacy_note(results: pd.DataFrame, g: dict) -> list[str]:

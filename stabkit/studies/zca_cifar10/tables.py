@@ -62,11 +62,14 @@ def landmark_table(results: pd.DataFrame, early_frac: float) -> tuple[pd.DataFra
 
 def link(results: pd.DataFrame, early_frac: float, repeats: int = 100) -> dict:
     """The landmark link of the short protocol (``stabkit.studies._landmark``): the table at the end
-    of the early window and its cross-validated Brier scores — base rate, cell, cell + diagnostics."""
+    of the early window, its cross-validated Brier scores — base rate, cell, cell + diagnostics —
+    and the improvement's spread over fold seeds."""
     table, left_out = landmark_table(results, early_frac)
     fit = _landmark.cross_validate(table, repeats=repeats, features=FEATURES) if len(table) else None
+    spread = _landmark.fold_seed_spread(table, features=FEATURES) if fit else None
     L = landmark_step(results.loc[results["norm"] == "zca", "steps_total"], early_frac) if "steps_total" in results else []
-    return {"table": table, "left_out": left_out, "fit": fit, "landmark_steps": sorted({int(x) for x in L if x == x})}
+    return {"table": table, "left_out": left_out, "fit": fit, "spread": spread,
+            "landmark_steps": sorted({int(x) for x in L if x == x})}
 
 
 def success_table(results: pd.DataFrame) -> pd.DataFrame:
