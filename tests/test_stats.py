@@ -330,3 +330,45 @@ def test_median_interval_brackets_the_median_and_follows_monotone_maps(values, s
     assert _stats.median_interval(np.random.default_rng(seed).permutation(x)) == (lo, hi)
     mapped = _stats.median_interval(a * x + b)
     assert mapped == ((a * lo + b, a * hi + b) if a > 0 else (a * hi + b, a * lo + b))
+
+
+# ----------------------------------------------------------------------------------------------
+# ridge logistic regression (the landmark link's cell + diagnostics model)
+
+def _logistic_problem(seed):
+    """n runs, 2 features scaled ×1/3/10, outcomes at rate ≈ 0.2 (both present), offsets of saturated
+    cell logits (±6.9 = logit 0.999): the shape on which full Newton steps from β = 0 overshoot."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(8, 30))
+    X = rng.standard_normal((n, 2)) * rng.choice([1, 3, 10])
+    y = (rng.random(n) < 0.2).astype(float)
+    y[0], y[1] = 1.0, 0.0
+    return X, y, rng.choice([-6.9, -3.0, 0.0, 3.0, 6.9], n)
+
+
+def _penalised_nll(beta, X, y, off, l2):
+    eta = off + beta[0] + X @ beta[1:]
+    return float(np.sum(np.logaddexp(0.0, eta) - y * eta) + 0.5 * l2 * beta[1:] @ beta[1:])
+
+
+@pytest.mark.parametrize("seed", [1, 5, 27])  # seeds on which full Newton steps sent the intercept to ~1e9–1e10
+def test_fit_logistic_reaches_the_minimum_that_scipy_finds(seed):
+    from scipy.optimize import minimize
+
+    X, y, off = _logistic_problem(seed)
+    beta = _stats.fit_logistic(X, y, off, l2=1.0)
+    best = minimize(_penalised_nll, np.zeros(3), args=(X, y, off, 1.0), method="BFGS", options={"gtol": 1e-10})
+    assert np.abs(beta).max() < 100, beta
+    np.testing.assert_allclose(beta, best.x, rtol=0, atol=1e-5)
+    assert _penalised_nll(beta, X, y, off, 1.0) <= best.fun + 1e-9
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 10**6))
+def test_fit_logistic_ends_where_the_penalised_gradient_vanishes(seed):
+    """The optimality condition, written out: Σ (p − y)[1 x] + l2 (0, β₁…) = 0 at the returned β."""
+    X, y, off = _logistic_problem(seed)
+    beta = _stats.fit_logistic(X, y, off, l2=1.0)
+    p = 1 / (1 + np.exp(-(off + beta[0] + X @ beta[1:])))
+    grad = np.r_[np.sum(p - y), X.T @ (p - y) + beta[1:]]
+    assert np.abs(grad).max() < 1e-6, (beta, grad)

@@ -159,15 +159,24 @@ def _logit(p):
     return np.log(p / (1 - p))
 
 
+def _codes(train_cells: np.ndarray, query_cells: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Integer codes of the training runs' cells (0 … m − 1) and of the queried runs' cells, where a
+    cell without training runs gets m: one slot that every per-cell table below leaves empty."""
+    names, train = np.unique(train_cells, return_inverse=True)
+    if not len(names):
+        return train, np.zeros(len(query_cells), dtype=int), 0
+    at = np.clip(np.searchsorted(names, query_cells), 0, len(names) - 1)
+    return train, np.where(names[at] == query_cells, at, len(names)), len(names)
+
+
 def cell_rates(train_cells: np.ndarray, train_y: np.ndarray, query_cells: np.ndarray, prior: float,
                leave_one_out: bool = False) -> np.ndarray:
     """Smoothed failure rate per cell from the training runs; ``leave_one_out``: ``query_cells`` are
     the training runs themselves and each one's own outcome is taken out of its cell's count."""
     pbar = float(train_y.mean())
-    k = pd.Series(train_y).groupby(train_cells).sum()
-    n = pd.Series(train_y).groupby(train_cells).count()
-    kq = k.reindex(query_cells).fillna(0).to_numpy(float)
-    nq = n.reindex(query_cells).fillna(0).to_numpy(float)
+    train, query, m = _codes(train_cells, query_cells)
+    kq = np.bincount(train, weights=train_y, minlength=m + 1)[query]
+    nq = np.bincount(train, minlength=m + 1)[query].astype(float)
     if leave_one_out:  # the run's own outcome out of its cell's count and of the prior's rate
         kq, nq = kq - train_y, nq - 1
         pbar = (train_y.sum() - train_y) / (len(train_y) - 1)
@@ -183,9 +192,15 @@ def _standardise(train: np.ndarray, test: np.ndarray, train_cells: np.ndarray,
     the cell's level never enters, neither through a value imputed from other cells (a global
     median minus the cell's mean) nor through a centre taken from other cells (the training mean),
     which the within-cell scale would multiply by the between-cell spread over the within-cell sd."""
-    means = pd.DataFrame(train).groupby(train_cells).mean()  # NaN skipped; a cell with none recorded: NaN
-    tr = train - means.loc[train_cells].to_numpy()
-    te = test - means.reindex(test_cells).to_numpy()
+    codes, test_codes, m = _codes(train_cells, test_cells)
+    recorded = ~np.isnan(train)
+    sums, counts = np.zeros((m + 1, train.shape[1])), np.zeros((m + 1, train.shape[1]))
+    for j in range(train.shape[1]):
+        sums[:, j] = np.bincount(codes, weights=np.where(recorded[:, j], train[:, j], 0.0), minlength=m + 1)
+        counts[:, j] = np.bincount(codes, weights=recorded[:, j], minlength=m + 1)
+    with np.errstate(invalid="ignore"):
+        means = sums / counts  # NaN skipped; a cell with none recorded, and slot m: 0/0 = NaN
+    tr, te = train - means[codes], test - means[test_codes]
     tr, te = np.where(np.isnan(tr), 0.0, tr), np.where(np.isnan(te), 0.0, te)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN column: no spread, left at 0 below
