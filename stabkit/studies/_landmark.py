@@ -33,10 +33,10 @@ scores are not (every run trains the others' models): it is an approximation.
 ``benchmarks/landmark_calibration.py`` measures the rule on data shaped like the zca-cifar10 study's
 landmark table (319 runs, 41 cells, 26 failures; each cell's real feature rows resampled, outcomes
 from the cell rates plus β·z for an extra run-level feature z ~ N(0, 1); 20 repeats of 5-fold, where
-the report uses 100; 500 data sets per β, run at 75d64d9, output in
-``benchmarks/results/2026-12-06-cpu-75d64d9/``): the spread of the gain across data sets was
-0.88–1.13 of the mean reported SE, and the rule said "adds" in 0/500 data sets at β = 0
-(Clopper–Pearson 95 % ≤ 0.7 %), 0/500 at β = 0.5, 3/500 at β = 1 and 125/500 (21–29 %) at β = 2
+the report uses 100; 500 data sets per β, run at eacbc57, output in
+``benchmarks/results/2026-12-06-cpu-eacbc57/``): the spread of the gain across data sets was
+0.81–0.90 of the mean reported SE, and the rule said "adds" in 0/500 data sets at β = 0
+(Clopper–Pearson 95 % ≤ 0.7 %), 0/500 at β = 0.5, 3/500 at β = 1 and 128/500 (21.8–29.7 %) at β = 2
 (odds ratio 7.4 per SD). So on such data the rule rarely calls noise useful, and misses run-level
 signals up to odds ratio 7.4 per SD in most data sets: a "not shown to add" verdict there is weak
 evidence of nothing to add.
