@@ -260,6 +260,7 @@ def cross_validate(table: pd.DataFrame, folds: int = 5, repeats: int = 20, seed:
         "n": len(y), "failures": n_fail, "cells": len(set(cells)), "folds": folds, "repeats": repeats,
         "features": [f for f, u in zip(features, usable) if u],
         "brier": {m: float(s.mean()) for m, s in sq.items()}, "gain": float(gain.mean()), "gain_se": se,
+        "gain_z": float(gain.mean()) / se if se > 0 else math.nan,
         "adds": bool(gain.mean() > 2 * se and gain.mean() > 0), "pred": {m: p.mean(0) for m, p in preds.items()},
         "y": y,
     }
@@ -274,7 +275,7 @@ def fold_seed_spread(table: pd.DataFrame, seeds: int = 5, repeats: int = 20, **c
         fit = cross_validate(table, repeats=repeats, seed=seed, **cv)
         if fit is None:
             return None
-        z.append(fit["gain"] / fit["gain_se"] if fit["gain_se"] > 0 else math.nan)
+        z.append(fit["gain_z"])
     return {"seeds": seeds, "repeats": repeats, "z_low": min(z), "z_high": max(z)}
 
 

@@ -143,7 +143,7 @@ def _link_section(link: dict, g: dict, figs: list[str]) -> list[str]:
         return lines + [f"Not fitted: fewer than {_landmark.MIN_EACH} runs of each outcome among the runs alive at L, so "
                         "there is too little to learn from; whether the diagnostics add anything beyond the cell is not "
                         "measurable here.", ""]
-    b, z = fit["brier"], fit["gain"] / fit["gain_se"] if fit["gain_se"] > 0 else float("nan")
+    b, z = fit["brier"], fit["gain_z"]
     verdict = ("the diagnostics add to the cell: the improvement exceeds 2 SE" if fit["adds"] else
                "the improvement is not above 2 SE, so at this n the diagnostics are not shown to add anything "
                "beyond the cell")
