@@ -11,7 +11,8 @@ Two on-disk forms are accepted:
     ``$STABKIT_DATA_CACHE`` (default ``~/.cache/stabkit/cifar10``), keyed by the archive's path,
     size and mtime: a changed archive is decoded afresh.
 (b) torchvision's ``cifar-10-batches-py`` folder (pickled ``data_batch_1..5`` / ``test_batch``,
-    rows of 3072 uint8 in CHW order) — either that folder or its parent.
+    rows of 3072 uint8 in CHW order) — either that folder or its parent. Its images are stably
+    sorted by class, as the archive's are (class, then file name).
 
 Default path: ``$STABKIT_CIFAR10`` or ``<repo>/../shared/data/cifar10-jpeg.tar.gz`` (see ``default_path``).
 """
@@ -64,7 +65,9 @@ def load_cifar10(path=None, split: str = "train", *, cache: bool = True, per_cla
     Raises FileNotFoundError for a missing path, ValueError for an unknown split or a file or
     folder that is not one of the two accepted forms (the message names what is wrong). A JPEG
     archive must hold ``per_class`` images of every class ("standard": 5 000 train / 1 000 test,
-    ``PER_CLASS``; an int for small synthetic archives; None: no count check). A cached decode that
+    ``PER_CLASS``; an int for small synthetic archives; None: no count check). A batches folder is
+    count-checked only for an int ``per_class``: a pickle cut short does not load at all (a tar cut
+    at a member boundary does), and the tests train on small synthetic folders. A cached decode that
     does not pass the same checks (wrong shape, dtype, labels, counts; an empty or damaged file) is
     decoded again and replaced. JPEGs are decoded in this process (:func:`_decode_all` says why).
     """
@@ -73,42 +76,75 @@ def load_cifar10(path=None, split: str = "train", *, cache: bool = True, per_cla
     path = Path(path) if path is not None else default_path()
     if not path.exists():
         raise FileNotFoundError(f"CIFAR-10 not found at {path} (set STABKIT_CIFAR10 or pass a path to a cifar10 JPEG .tar.gz or a cifar-10-batches-py folder)")
+    expected = PER_CLASS[split] if per_class == "standard" else per_class
+    if expected is not None and (isinstance(expected, bool) or not isinstance(expected, int) or expected < 1):
+        raise ValueError(f"per_class must be a positive int, None or 'standard', got {per_class!r}")
     if path.is_dir():
         folder = path if (path / "test_batch").exists() else path / "cifar-10-batches-py"
         if not (folder / "test_batch").exists():
             raise ValueError(f"{path} is a folder but not a cifar-10-batches-py folder (no test_batch file in it or in cifar-10-batches-py/ under it)")
-        return _load_batches(folder, split)
+        return _load_batches(folder, split, None if per_class == "standard" else expected)
     if path.name.endswith((".tar.gz", ".tgz", ".tar")):
-        expected = PER_CLASS[split] if per_class == "standard" else per_class
-        if expected is not None and (isinstance(expected, bool) or not isinstance(expected, int) or expected < 1):
-            raise ValueError(f"per_class must be a positive int, None or 'standard', got {per_class!r}")
         return _load_archive(path, split, cache, expected)
     raise ValueError(f"{path}: expected a cifar10 JPEG .tar.gz archive or a cifar-10-batches-py folder")
 
 
 # ---------------------------------------------------------------------------- pickled batches
-def _load_batches(folder: Path, split: str):
+def _load_batches(folder: Path, split: str, per_class: int | None):
+    """The pickled batches of ``split``, checked like an archive (uint8 rows of 3072, labels 0..9 named
+    as :data:`CLASSES` in ``batches.meta``, ``per_class`` images of each class) and stably sorted by
+    class — the archive's order (class, then file name), so that a ``limit_images`` prefix of the
+    shuffled set picks the same images from both forms when the archive numbers each class's
+    images in the batches' order."""
+    _check_label_names(folder)
     names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
     images, labels = [], []
     for name in names:
         file = folder / name
         if not file.exists():
             raise FileNotFoundError(f"{folder}: missing {name}")
+        batch = _unpickle(file)
         try:
-            with open(file, "rb") as fh:
-                batch = pickle.load(fh, encoding="bytes")
-            data = np.asarray(batch[b"data"], dtype=np.uint8)
-            lab = np.asarray(batch[b"labels"], dtype=np.int64)
-        except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            data, lab = batch[b"data"], np.asarray(batch[b"labels"], dtype=np.int64)
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise ValueError(f"{file}: not a CIFAR-10 pickled batch ({type(exc).__name__}: {exc})") from None
-        if data.ndim != 2 or data.shape[1] != 3072 or len(lab) != len(data):
+        if not isinstance(data, np.ndarray) or data.dtype != np.uint8:
+            raise ValueError(f"{file}: data must be a uint8 array (pixels 0..255), got "
+                             f"{getattr(data, 'dtype', type(data).__name__)}")
+        if data.ndim != 2 or data.shape[1] != 3072 or lab.shape != (len(data),):
             raise ValueError(f"{file}: expected data rows of 3072 bytes and one label each, got data {data.shape}, {len(lab)} labels")
         images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
         labels.append(lab)
-    images, labels = np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels)
+    images, labels = np.concatenate(images), np.concatenate(labels)
     if labels.size and (labels.min() < 0 or labels.max() > 9):
         raise ValueError(f"{folder}: labels outside 0..9")
-    return images, labels
+    problem = _check_counts(labels, per_class)
+    if problem:
+        raise ValueError(f"{folder}: {split} split {problem} — the folder is incomplete or not CIFAR-10")
+    order = np.argsort(labels, kind="stable")
+    return np.ascontiguousarray(images[order]), labels[order]
+
+
+def _unpickle(file: Path) -> dict:
+    try:
+        with open(file, "rb") as fh:
+            batch = pickle.load(fh, encoding="bytes")
+    except (pickle.UnpicklingError, EOFError, TypeError, ValueError, AttributeError, ImportError, IndexError) as exc:
+        raise ValueError(f"{file}: not a CIFAR-10 pickled batch ({type(exc).__name__}: {exc})") from None
+    if not isinstance(batch, dict):
+        raise ValueError(f"{file}: not a CIFAR-10 pickled batch (a {type(batch).__name__}, not a dict)")
+    return batch
+
+
+def _check_label_names(folder: Path) -> None:
+    """Label k must mean CLASSES[k]: ``batches.meta``'s ``label_names``, where that file exists."""
+    meta = folder / "batches.meta"
+    if not meta.exists():
+        return
+    names = _unpickle(meta).get(b"label_names")
+    decoded = tuple(n.decode() if isinstance(n, bytes) else n for n in names) if isinstance(names, (list, tuple)) else names
+    if decoded != CLASSES:
+        raise ValueError(f"{meta}: label_names {decoded!r} are not CIFAR-10's {CLASSES!r} in that order")
 
 
 # ---------------------------------------------------------------------------- JPEG archive
@@ -172,8 +208,12 @@ def _read_members(path: Path, split: str):
                 if not parts[-1].lower().endswith((".jpg", ".jpeg", ".png")):
                     continue
                 entries.append((CLASSES.index(parts[-2]), parts[-1], tar.extractfile(member).read()))
+            # tarfile stops at the end-of-archive blocks: read the compressed stream to its end, so that
+            # gzip/bz2/xz check their CRC (a damaged archive otherwise decodes to wrong pixels silently)
+            while tar.fileobj.read(1 << 20):
+                pass
     except (tarfile.TarError, EOFError, OSError) as exc:
-        raise ValueError(f"{path}: not a readable tar archive ({type(exc).__name__}: {exc})") from None
+        raise ValueError(f"{path}: damaged or not a readable tar archive ({type(exc).__name__}: {exc})") from None
     if not entries:
         raise ValueError(f"{path}: no images found for split {split!r} (expected members cifar10/{split}/<class>/NNNN.jpg with class in {', '.join(CLASSES)})")
     entries.sort(key=lambda e: (e[0], e[1]))

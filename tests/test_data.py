@@ -109,17 +109,66 @@ def _make_batches(folder, n_per_batch=3):
     return expected
 
 
-def test_batches_folder_chw_to_hwc(tmp_path):
+def test_batches_folder_chw_to_hwc_sorted_by_class(tmp_path):
     expected = _make_batches(tmp_path / "root" / "cifar-10-batches-py")
+    chw = np.concatenate([expected[f"data_batch_{i}"][0] for i in range(1, 6)])
+    lab = sum((expected[f"data_batch_{i}"][1] for i in range(1, 6)), [])
+    # the archive's order: by class, and within a class as in the files (written here as a plain loop)
+    order = [i for c in range(10) for i in range(len(lab)) if lab[i] == c]
     for path in (tmp_path / "root", tmp_path / "root" / "cifar-10-batches-py"):
         images, labels = data.load_cifar10(path, "train")
         assert images.shape == (15, 32, 32, 3) and labels.dtype == np.int64
-        chw, lab = expected["data_batch_2"]
-        np.testing.assert_array_equal(images[3:6], chw.transpose(0, 2, 3, 1))
-        assert labels[3:6].tolist() == lab
+        assert labels.tolist() == [lab[i] for i in order]
+        for k, i in enumerate(order):
+            np.testing.assert_array_equal(images[k], chw[i].transpose(1, 2, 0))
         test_images, test_labels = data.load_cifar10(path, "test")
         assert test_images.shape == (3, 32, 32, 3)
-        assert int(test_images[1, 5, 7, 2]) == int(expected["test_batch"][0][1, 2, 5, 7])
+        t_chw, t_lab = expected["test_batch"]
+        j = sorted(range(3), key=lambda i: t_lab[i])[1]  # the second test image in class order (labels distinct or stable)
+        assert int(test_images[1, 5, 7, 2]) == int(t_chw[j, 2, 5, 7])
+
+
+def _rewrite(file, changes):
+    with open(file, "rb") as fh:
+        batch = pickle.load(fh, encoding="bytes")
+    batch.update(changes)
+    with open(file, "wb") as fh:
+        pickle.dump(batch, fh)
+
+
+def test_batches_folder_checks_pixels_names_and_counts(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    _make_batches(folder, n_per_batch=10)
+    with open(folder / "batches.meta", "wb") as fh:
+        pickle.dump({b"label_names": [c.encode() for c in data.CLASSES]}, fh)
+    assert data.load_cifar10(folder, "test")[0].shape == (10, 32, 32, 3)
+    # an explicit per_class is checked (the random labels are not 1 per class)
+    with pytest.raises(ValueError, match=r"test split has 10 images, expected 10 \(1 per class;"):
+        data.load_cifar10(folder, "test", per_class=1)
+    _rewrite(folder / "test_batch", {b"labels": list(range(10))})
+    assert data.load_cifar10(folder, "test", per_class=1)[1].tolist() == list(range(10))
+    # pixels that are not uint8 are named, not cast (0..1 floats became 0, 700 became 188)
+    for bad, name in ((np.full((10, 3072), 0.5), "float64"), (np.full((10, 3072), 700), "int64")):
+        _rewrite(folder / "test_batch", {b"data": bad})
+        with pytest.raises(ValueError, match=f"test_batch: data must be a uint8 array .*got {name}"):
+            data.load_cifar10(folder, "test")
+    # label k must mean CLASSES[k]
+    with open(folder / "batches.meta", "wb") as fh:
+        pickle.dump({b"label_names": [c.encode() for c in reversed(data.CLASSES)]}, fh)
+    with pytest.raises(ValueError, match="batches.meta: label_names .* are not CIFAR-10's"):
+        data.load_cifar10(folder, "train")
+
+
+@pytest.mark.parametrize("where", ["crc", "size"])
+def test_damaged_gzip_archive_is_refused(tmp_path, where):
+    """tarfile stops at the end-of-archive blocks, before gzip's trailer (CRC-32, then size): a
+    damaged stream decoded silently to wrong pixels until the loader read it to its end."""
+    path = _make_archive(tmp_path / "c.tar.gz", _balanced_spec(1))
+    raw = bytearray(path.read_bytes())
+    raw[-8 if where == "crc" else -4] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=r"c\.tar\.gz: damaged or not a readable tar archive \(BadGzipFile"):
+        data.load_cifar10(path, "train", per_class=1, cache=False)
 
 
 def test_an_image_that_is_not_a_32x32_jpeg_is_named(tmp_path):
@@ -146,7 +195,7 @@ def test_errors_name_the_problem(tmp_path):
     with pytest.raises(ValueError, match="cifar-10-batches-py"):
         data.load_cifar10(tmp_path / "empty")
     (tmp_path / "junk.tar.gz").write_bytes(b"this is not gzip")
-    with pytest.raises(ValueError, match="not a readable tar"):
+    with pytest.raises(ValueError, match="damaged or not a readable tar"):
         data.load_cifar10(tmp_path / "junk.tar.gz")
     wrong = _make_archive(tmp_path / "wrong.tar.gz", [("train", "unicorn", "0000.jpg", (1, 2, 3))])
     with pytest.raises(ValueError, match="no images found"):
