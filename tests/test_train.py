@@ -23,6 +23,12 @@ def test_two_step_run_is_ok(synthetic):
     assert r["outcome"] == "ok" and r["step"] is None
     assert r["steps_total"] == 2 and r["steps_done"] == 2
     assert 0.0 <= r["test_error"] <= 1.0 and r["wall_s"] > 0
+    # the 64 synthetic test images, and the error is a count of them
+    assert r["test_images"] == 64
+    # without limit_test, a subset run evaluates on as many test images as it trains on
+    sub = train_run({**SMALL, "limit_test": None, "method": "taylor", "epochs": 1, "limit_images": 40}, data=synthetic)
+    assert sub["test_images"] == 40 and abs(sub["test_error"] * 40 - round(sub["test_error"] * 40)) < 1e-9
+    assert abs(r["test_error"] * 64 - round(r["test_error"] * 64)) < 1e-9
     assert r["run_calls"] == 2 and r["early_calls"] == 1  # one ZCA eigh per step
     assert r["run_nonfinite_events"] == 0 and r["run_max_K"] > 0 and r["run_max_bound"] > 0
 

@@ -21,6 +21,17 @@ def test_planned_steps_of_the_protocols():
     assert session.planned_steps({"epochs": 350, "max_steps": 120, "limit_images": 15360}) == 120
 
 
+def test_test_images_rule():
+    """limit_test, else a subset run's limit_images, else all; never more than there are."""
+    rule = session.test_images
+    assert rule({"limit_test": 2000, "limit_images": 15360}) == 2000
+    assert rule({"limit_test": 0, "limit_images": 15360}) == 10_000
+    assert rule({"limit_test": 0, "limit_images": 1000}) == 1000  # the survival grid's "0" with a subset
+    assert rule({"limit_test": None, "limit_images": None}) == rule({}) == 10_000
+    assert rule({"limit_test": 500}, available=64) == 64
+    assert rule({"limit_images": 256}, available=64) == 64
+
+
 def test_plan_counts_whole_waves_only():
     assert session.plan(540, 6, 250) == 12       # two waves of six
     assert session.plan(540, 6, 541) == 0        # not even one: start nothing

@@ -102,6 +102,7 @@ from .config import (COMPILE_MODES, DEFAULTS, method_spec, milestone_steps, pick
 from .epoch_log import epoch_log, epoch_log_json
 from .outcomes import OUTCOMES, first_event, is_eigen_failure, paper_outcome
 from .resnet import ResNet18
+from .session import test_images
 
 __all__ = ["DEFAULTS", "COMPILE_MODES", "OUTCOMES", "train_run", "train_many", "resolve_config", "method_spec",
            "pick_device", "device_data", "normalize", "augment", "wrong_predictions", "evaluate", "epoch_log",
@@ -144,9 +145,8 @@ class _Run:
         test_x, test_y = data["test"]
         if cfg["limit_images"]:
             train_x, train_y = train_x[:int(cfg["limit_images"])], train_y[:int(cfg["limit_images"])]
-        limit_test = cfg["limit_test"] or (cfg["limit_images"] and min(len(test_x), int(cfg["limit_images"])))
-        if limit_test:
-            test_x, test_y = test_x[:int(limit_test)], test_y[:int(limit_test)]
+        n_test = test_images(cfg, available=len(test_x))
+        test_x, test_y = test_x[:n_test], test_y[:n_test]
         self.train_x, self.train_y, self.test_x, self.test_y = train_x, train_y, test_x, test_y
         batch = self.batch = int(cfg["batch_size"])
         if len(train_x) < batch:
@@ -358,7 +358,7 @@ class _Run:
             "train_s": self.train_s, "steps_total": total, "steps_done": done,
             "final_loss": float(finished[-1]) if done else float("nan"),
             "method": cfg["method"].name, "spec": str(self.spec) if self.spec is not None else "bn", "norm": cfg["norm"], "d": int(cfg["d"]), "dtype": cfg["dtype"],
-            "seed": int(cfg["seed"]), "device": self.device,
+            "seed": int(cfg["seed"]), "device": self.device, "test_images": len(self.test_x),
             "nan_loss_step": nan_loss_step, "nan_loss_note": nan_loss_note, "paper_outcome": paper_outcome(nan_loss_step, eigen_error, done, total),
             "steps_per_epoch": per_epoch, "epochs_done": done / per_epoch,
             "time_to_nan_loss_epochs": None if nan_loss_step is None else (nan_loss_step + 1) / per_epoch,

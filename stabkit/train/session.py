@@ -41,6 +41,13 @@ from ..studies._grid import tomllib  # tomllib, or tomli on Python 3.10
 CIFAR10_TRAIN, CIFAR10_TEST = 50_000, 10_000
 
 
+def test_images(settings: dict, available: int = CIFAR10_TEST) -> int:
+    """Test images a run evaluates on, of ``available``: ``limit_test``; without it (None or 0), a run
+    on a ``limit_images`` subset takes as many test images; else all. ``settings``: a run's config
+    or a study's grid (the same keys)."""
+    return min(available, int(settings.get("limit_test") or settings.get("limit_images") or available))
+
+
 def planned_steps(grid: dict) -> int:
     """Steps of one full-horizon run of a CIFAR-10 training study's grid (the ``paper`` preset keeps
     an epoch's last partial batch: 391 steps per 50 000-image epoch; ``stabkit`` drops it)."""
@@ -60,8 +67,7 @@ def eval_steps(grid: dict, steps: int) -> float:
     per_epoch = -(-images // batch)
     every = int(grid.get("eval_every", 1) or 0)
     evals = (steps // per_epoch) // every + 1 if every else 1
-    test = int(grid.get("limit_test") or CIFAR10_TEST)
-    return evals * test / batch / 3
+    return evals * test_images(grid) / batch / 3
 
 
 def observed_run_s(cells_dir: Path, steps: int, stack: int = 1) -> float | None:

@@ -12,7 +12,7 @@ import pandas as pd
 from ..._markdown import markdown_table
 from ...train import table_iv
 from ...train.preset import PAPER_DEVIATIONS, get_preset
-from ...train.session import CIFAR10_TRAIN
+from ...train.session import CIFAR10_TRAIN, test_images
 from .. import _figures, _landmark, _stats
 from . import validate
 from .tables import FEATURES, ci, compare_schedules, largest_undetected, link, success_table
@@ -75,7 +75,7 @@ def _intro(results: pd.DataFrame, g: dict) -> list[str]:
         "",
         f"One run per cell: ResNet-18 (conv1 → ZCA(d) → …), SGD lr {g['lr']:g}, momentum 0.9, wd 5e-4, batch "
         f"{g['batch_size']}, ε = {eps}, {steps} on {g['limit_images'] or CIFAR10_TRAIN} training images (step decay ×0.1 at 50 % "
-        f"and 75 % of the steps), test error on {g['limit_test'] or 10000} test images; {g['seeds']} seeds per cell. "
+        f"and 75 % of the steps), test error on {test_images(g)} test images; {g['seeds']} seeds per cell. "
         "The paper: 350 epochs, 15 runs per cell, one dtype — its numbers are shown beside both of ours. This "
         f"schedule, {_horizon_text(results, g)}, is not a prefix of the paper's (its lr drops at 50 % and 75 % of "
         "its steps, and `diverged` is judged at its end), so its success rates are neither upper nor lower bounds "

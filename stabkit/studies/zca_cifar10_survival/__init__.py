@@ -57,7 +57,7 @@ GRID_DEFAULTS = {
     "extend": [],              # base cell ids (survivors) to rerun to extend_epochs
     "preset": "paper",
     "limit_images": 0,         # 0: all 50 000
-    "limit_test": 0,           # 0: all 10 000
+    "limit_test": 0,           # 0: all 10 000 (as many as limit_images where that is smaller)
     "batch_size": 128,
     "lr": 0.1,
     "eps": None,               # None: the preset's per-method ε

@@ -11,6 +11,7 @@ import pandas as pd
 
 from ..._markdown import markdown_table
 from ...train.preset import get_preset
+from ...train.session import test_images
 from .. import _figures, _landmark, _stats
 from ..zca_cifar10.report import deviations_section
 from . import validate
@@ -38,7 +39,8 @@ def report(results: pd.DataFrame, grid: dict, out_dir: pathlib.Path) -> str:
     lines += ["### Kaplan–Meier: time to the first NaN loss", "", f"![Kaplan–Meier]({figs[0]})", "",
               "Per cell, censored at the epochs each run reached without a NaN loss; band: Greenwood's variance on the "
               "log(−log S) scale, 95 %, not defined (—) where S reaches 0 — there the success table's exact interval "
-              "applies.", "", markdown_table(km), ""]
+              "applies. Median time to NaN: the first epoch at which S ≤ ½ (R's `survfit` takes the midpoint of a "
+              "stretch where S is exactly ½).", "", markdown_table(km), ""]
     lines += _table_section(results, _paper_prefix(g, preset))
     lines += _accuracy_section(results, figs)
     lines += _extension_section(results, r, g)
@@ -71,7 +73,7 @@ def _intro(g: dict, preset) -> list[str]:
         "## ZCA-whitened ResNet-18 on CIFAR-10 at the paper's horizon: time to a NaN loss (Wang et al., TPAMI 2021, Table IV)",
         "",
         f"Preset `{preset.name}` ({preset.description}); SGD lr {g['lr']:g}, momentum 0.9, wd 5e-4, batch {g['batch_size']}, "
-        f"{g['limit_images'] or 50000} training images per epoch, test accuracy on {g['limit_test'] or 10000} test images, "
+        f"{g['limit_images'] or 50000} training images per epoch, test accuracy on {test_images(g)} test images, "
         f"lr ×{preset.gamma:g} at epochs {', '.join(f'{m:g}' for m in preset.milestones)} (StepLR by epoch). "
         f"Seeds {g['seed_start']}…{g['seed_start'] + g['seeds'] - 1} planned (disjoint from the short studies' 0…7), one run "
         "per cell; the tables count only the runs done so far (the header says how many are not). Failure is the paper's criterion: the first NaN loss; time to it in epochs = (step + 1) / steps per epoch.",
