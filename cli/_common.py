@@ -97,6 +97,16 @@ class OneLineErrors(TyperGroup):
         sys.exit(result if isinstance(result, int) else 0)
 
 
+def reports_root(out: str):
+    """The ``--out`` folder of ``run``/``report`` as a Path; an empty one (the current folder, as
+    ``Path('')``) is refused."""
+    from pathlib import Path
+
+    if not out.strip():
+        raise ValueError("--out is empty: name the reports folder, e.g. --out reports")
+    return Path(out)
+
+
 def parse_params(items: list[str] | None, what: str = "--param") -> dict:
     """``["k=2", "delta=1e-8"]`` → {"k": 2, "delta": 1e-08} (ints stay ints, else floats, else text)."""
     return {key: _number(value) for key, value in split_assignments(items or [], what).items()}

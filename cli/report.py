@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
 
-from ._common import user_errors
+from ._common import reports_root, user_errors
 
 
 @user_errors
 def report_command(
     name: str = typer.Argument(..., help="Study name: the folder under --out holding results.parquet."),
-    out: Path = typer.Option(Path("reports"), "--out", help="Root folder of the reports."),
+    out: str = typer.Option("reports", "--out", help="Root folder of the reports."),
 ):
     """Rebuild reports/NAME/README.md and reports/README.md from results.parquet alone."""
     from stabkit.studies import publish
 
-    print(publish.build_report(name, out))
+    print(publish.build_report(name, reports_root(out)))

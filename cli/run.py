@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from ._common import user_errors
+from ._common import reports_root, user_errors
 
 
 @user_errors
@@ -19,7 +19,7 @@ def run_command(
     set_: Optional[list[str]] = typer.Option(None, "--set", help="Override a grid key, value as a TOML literal (repeatable), e.g. --set d=[4,8]."),
     jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="Local worker processes (default: up to the number of cores, started only when the cells are long enough to repay the workers' start-up; 1 runs inline)."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Dask distributed scheduler address (runs the cells there instead)."),
-    out: Path = typer.Option(Path("reports"), "--out", help="Root folder of the reports."),
+    out: str = typer.Option("reports", "--out", help="Root folder of the reports."),
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress (a bar on a terminal, else a line every few cells, on stderr)."),
     reuse_stale: bool = typer.Option(False, "--reuse-stale", help="Keep finished cells computed by other code (another version of the stabkit sources)."),
     recompute_stale: bool = typer.Option(False, "--recompute-stale", help="Recompute finished cells computed by other code."),
@@ -39,13 +39,15 @@ def run_command(
 
     if reuse_stale and recompute_stale:
         raise ValueError("--reuse-stale and --recompute-stale exclude each other")
+    out_root = reports_root(out)
+    publish.check_index_target(out_root)  # before any cell: the index must not overwrite another README.md
     overrides = _grid.parse_overrides(set_)
     command = ["stabkit", "run", str(study), *(f"--set={item}" for item in set_ or [])]
     if jobs is not None:
         command.append(f"--jobs={jobs}")
     if scheduler is not None:
         command.append(f"--scheduler={scheduler}")
-    if out != Path("reports"):
+    if out != "reports":
         command.append(f"--out={out}")
     if reuse_stale or recompute_stale:
         command.append("--reuse-stale" if reuse_stale else "--recompute-stale")
@@ -58,7 +60,7 @@ def run_command(
     resume = shlex.join(command)
     previous = signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the workers too, like Ctrl-C
     try:
-        table = runner.run_study(study, overrides, jobs=jobs, scheduler=scheduler, out_root=out,
+        table = runner.run_study(study, overrides, jobs=jobs, scheduler=scheduler, out_root=out_root,
                                  progress=not no_progress, command=shlex.join(command),
                                  stale="reuse" if reuse_stale else "recompute" if recompute_stale else "refuse",
                                  max_cells=max_cells, force=force, stack=stack)
@@ -70,10 +72,10 @@ def run_command(
     left = table.attrs.get("cells_left", 0)
     finish = f"; {left} cells not computed yet: run `{provenance.finishing_command(resume)}` to compute them" if left else ""
     if table.empty:
-        publish.build_index(out)
+        publish.build_index(out_root)
         print(f"nothing computed{finish}", file=sys.stderr)
         return
-    readme = publish.build_report(table.attrs["study_name"], out)
+    readme = publish.build_report(table.attrs["study_name"], out_root)
     failure = publish.first_failure(table)
     if failure is not None and failure[2] == len(table):
         cell_id, error, n = failure

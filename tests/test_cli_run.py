@@ -251,3 +251,24 @@ def test_report_refuses_a_name_that_leads_out_of_the_reports_root(tmp_path):
     root.mkdir()
     _one_error_line(_invoke("report", "../other/tiny", "--out", root), "'../other/tiny' must be a plain directory name")
     assert not (other / "tiny" / "README.md").exists() and not list(root.iterdir())
+
+
+def test_an_empty_out_or_a_folder_with_another_readme_is_refused_before_any_work(tmp_path, monkeypatch):
+    """`--out ''` is the current folder and `--out .` in a checkout would overwrite the checkout's own
+    README.md with the reports index: an empty --out is refused, and an existing README.md that is
+    not a reports index is never overwritten (run refuses before computing a cell)."""
+    from stabkit.studies import runner
+
+    monkeypatch.setattr(runner, "run_local", lambda *a, **k: pytest.fail("cells were computed"))
+    monkeypatch.chdir(tmp_path)
+    readme = tmp_path / "README.md"
+    readme.write_text("# my project\n")
+    for args in (["run", TINY, "--out", ""], ["report", "tiny", "--out", ""]):
+        _one_error_line(_invoke(*args), "--out is empty")
+    for args in (["run", TINY, "--out", ".", "--no-progress"], ["report", "tiny", "--out", "."]):
+        _one_error_line(_invoke(*args), "README.md exists and is not a reports index")
+    assert readme.read_text() == "# my project\n" and sorted(p.name for p in tmp_path.iterdir()) == ["README.md"]
+    with pytest.raises(ValueError, match="not a reports index"):
+        publish.build_index(tmp_path)
+    readme.write_text("# Reports\n\nold index\n")  # an index it wrote is rebuilt
+    assert "old index" not in publish.build_index(tmp_path).read_text()

@@ -22,6 +22,7 @@ def build_report(name: str, out_root=Path("reports"), log=None) -> Path:
     run that stopped before writing its table (``run.unfinished.json``) is named in one ``log`` line
     (default: a warning on stderr): the report describes the table, not that run."""
     out_dir = Path(out_root) / check_study_name(name)  # never a folder outside out_root
+    check_index_target(out_root)  # before anything is written
     results_path = out_dir / "results.parquet"
     stopped = _stopped_run(out_dir)
     if not results_path.is_file():
@@ -129,10 +130,31 @@ def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
+#: The first line of the reports index: a README.md that starts otherwise is not ours to overwrite.
+INDEX_TITLE = "# Reports"
+
+
+def check_index_target(out_root) -> None:
+    """Refuse an ``out_root`` whose README.md exists and is not a reports index (a checkout's own
+    README.md, with ``--out .``): a ValueError naming the file."""
+    path = Path(out_root) / "README.md"
+    if not path.is_file():
+        return
+    try:
+        with path.open(encoding="utf-8", errors="replace") as f:
+            first = f.readline()
+    except OSError as exc:
+        raise ValueError(f"{path} cannot be read ({exc.strerror or exc}): choose another --out") from None
+    if first.strip() != INDEX_TITLE:
+        raise ValueError(f"{path} exists and is not a reports index (its first line is not {INDEX_TITLE!r}): "
+                         "it is left as it is; choose another --out")
+
+
 def build_index(out_root=Path("reports"), log=_warn) -> Path:
     """``out_root/README.md``: one line per report (name, kind, summary, link); a study whose results
     cannot be read is left out, with one ``log`` line naming it."""
     out_root = Path(out_root)
+    check_index_target(out_root)
     entries = []
     for path in sorted(out_root.glob("*/run.json")):
         meta = _read_json(path)
@@ -146,7 +168,7 @@ def build_index(out_root=Path("reports"), log=_warn) -> Path:
             continue
         link = f"{name}/README.md" if (path.parent / "README.md").is_file() else f"{name}/"
         entries.append(f"| [{name}]({link}) | `{meta.get('kind', '?')}` | {summary} |")
-    text = "\n".join(["# Reports", "", "Built by `stabkit report NAME`; each report states the command, commit and "
+    text = "\n".join([INDEX_TITLE, "", "Built by `stabkit report NAME`; each report states the command, commit and "
                       "machine that produced it.", "", "| report | kind | summary |", "|---|---|---|", *entries, ""])
     write_text_atomic(out_root / "README.md", text)
     return out_root / "README.md"
