@@ -272,3 +272,36 @@ def test_an_empty_out_or_a_folder_with_another_readme_is_refused_before_any_work
         publish.build_index(tmp_path)
     readme.write_text("# Reports\n\nold index\n")  # an index it wrote is rebuilt
     assert "old index" not in publish.build_index(tmp_path).read_text()
+
+
+@pytest.mark.parametrize("damage", ["run.json-list", "run.json-no-kind", "run.json-grid-null", "text-column"])
+def test_any_damaged_sibling_is_left_out_of_the_index_with_one_warning(tmp_path, damage):
+    """A sibling whose run.json is not an object (was a TypeError traceback), lacks "kind" (was
+    `error: kind`) or whose table holds text where the summary wants numbers (a TypeError traceback)
+    is left out of the index with one warning; its own report names run.json (also for a null grid,
+    which was a TypeError traceback)."""
+    import json
+
+    out = tmp_path / "out"
+    assert _invoke("run", TINY, "--out", out, "--max-cells", "1", "--no-progress").exit_code == 0
+    other = out / "other"
+    shutil.copytree(out / "tiny", other)
+    meta = json.loads((other / "run.json").read_text())
+    if damage == "text-column":
+        table = pd.read_parquet(other / "results.parquet")
+        table["angle_deg"] = "text"
+        table.to_parquet(other / "results.parquet")
+    else:
+        meta = {"run.json-list": [1, 2], "run.json-no-kind": {k: v for k, v in meta.items() if k != "kind"},
+                "run.json-grid-null": {**meta, "grid": None}}[damage]
+        (other / "run.json").write_text(json.dumps(meta))
+    result = _invoke("report", "tiny", "--out", out)
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    index = (out / "README.md").read_text()
+    assert "[tiny](tiny/README.md)" in index
+    if damage != "run.json-grid-null":  # the index needs no grid, only the study's own report does
+        assert len(warnings) == 1 and "study 'other' left out" in warnings[0], result.stderr
+        assert "other" not in index
+    if damage != "text-column":
+        _one_error_line(_invoke("report", "other", "--out", out), str(other / "run.json"))

@@ -31,6 +31,10 @@ def build_report(name: str, out_root=Path("reports"), log=None) -> Path:
     meta = _read_json(out_dir / "run.json")
     if meta is None:
         raise ValueError(f"{out_dir / 'run.json'} is missing or unreadable: rerun the study to record it")
+    for key, kind_of in (("kind", str), ("grid", dict)):
+        if not isinstance(meta.get(key), kind_of):
+            raise ValueError(f"{out_dir / 'run.json'}: {key!r} is missing or not a {kind_of.__name__}: "
+                             "rerun the study to record it")
     kind = kind_module(meta["kind"])
     results = read_results(results_path)
     if results.empty:
@@ -158,13 +162,16 @@ def build_index(out_root=Path("reports"), log=_warn) -> Path:
     entries = []
     for path in sorted(out_root.glob("*/run.json")):
         meta = _read_json(path)
-        if meta is None:
-            continue
         name = path.parent.name
+        # Deliberately broad: a damaged sibling (a run.json without "kind", a table whose column
+        # holds text where the kind's summary wants numbers) must not stop the index of the others.
         try:
+            if meta is None:
+                raise ValueError(f"{path} is unreadable or not a JSON object")
             summary = _summary(meta, path.parent)
-        except ValueError as exc:
-            log(f"reports index: study {name!r} left out: {exc}")
+        except Exception as exc:  # noqa: BLE001
+            why = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+            log(f"reports index: study {name!r} left out: {why}")
             continue
         link = f"{name}/README.md" if (path.parent / "README.md").is_file() else f"{name}/"
         entries.append(f"| [{name}]({link}) | `{meta.get('kind', '?')}` | {summary} |")
