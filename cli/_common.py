@@ -6,6 +6,7 @@ so numpy, torch, pandas and the rest are imported inside the commands that need 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import sys
@@ -31,6 +32,20 @@ def user_errors(func):
             fail(str(message))
 
     return wrapper
+
+
+@contextlib.contextmanager
+def storage_errors(kept: str = "finished cells are kept"):
+    """An OSError meaning the output cannot be written (disk full, read-only, permissions: the
+    runner's STORAGE_ERRNOS) becomes ``error: cannot write …: <strerror>; <kept>`` and exit 2."""
+    try:
+        yield
+    except OSError as exc:
+        from stabkit.studies.runner import STORAGE_ERRNOS
+
+        if exc.errno not in STORAGE_ERRNOS:
+            raise
+        fail(f"cannot write {exc.filename or 'the report'}: {exc.strerror or exc}; {kept}")
 
 
 def fail(message: str, code: int = 2):

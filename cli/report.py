@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from ._common import reports_root, user_errors
+from ._common import reports_root, storage_errors, user_errors
 
 
 @user_errors
@@ -15,4 +15,7 @@ def report_command(
     """Rebuild reports/NAME/README.md and reports/README.md from results.parquet alone."""
     from stabkit.studies import publish
 
-    print(publish.build_report(name, reports_root(out)))
+    out_root = reports_root(out)
+    with storage_errors():
+        readme = publish.build_report(name, out_root)
+    print(readme)

@@ -305,3 +305,20 @@ def test_any_damaged_sibling_is_left_out_of_the_index_with_one_warning(tmp_path,
         assert "other" not in index
     if damage != "text-column":
         _one_error_line(_invoke("report", "other", "--out", out), str(other / "run.json"))
+
+
+def test_a_full_disk_while_the_report_is_written_is_one_line_and_keeps_the_cells(tmp_path, monkeypatch):
+    """Disk full after the cells are done (the report's files) was an OSError traceback, exit 1."""
+    import errno
+
+    out = tmp_path / "out"
+
+    def full(path, text, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(publish, "write_text_atomic", full)
+    _one_error_line(_invoke("run", TINY, "--out", out, "--set", "d=[4]", "--max-cells", "1", "--no-progress"),
+                    f"cannot write {out / 'tiny' / 'README.md'}: No space left on device", "finished cells are kept",
+                    f"`stabkit report tiny --out={out}`")
+    assert len(pd.read_parquet(out / "tiny" / "results.parquet")) > 0
+    _one_error_line(_invoke("report", "tiny", "--out", out), "No space left on device", "finished cells are kept")

@@ -252,3 +252,18 @@ def test_sigterm_to_watch_reaches_the_script_and_pending_rows_are_flushed(tmp_pa
     assert printed == [0, 1, 2] and code == 128 + signal.SIGTERM
     steps = sorted(set(read_log(log / "eig-rank0.csv")["step"]))
     assert steps[:3] == [0, 1, 2]  # nothing was flushed by --every 1000: the exit flushed them
+
+
+def test_report_on_a_full_disk_is_one_line_and_exit_2(tmp_path, monkeypatch):
+    """A PNG that cannot be written (disk full) was an OSError traceback, exit 1."""
+    import errno
+
+    from stabkit.monitor import report
+
+    def full(g, title, path, first_bad):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(report, "_plot", full)
+    log = _log_with_one_call(tmp_path / "log")
+    _one_error_line(CliRunner().invoke(app, ["monitor", "report", str(log)]),
+                    f"cannot write {log / 'site-01.png'}: No space left on device", "the logs are kept")
