@@ -209,6 +209,9 @@ def test_config_errors():
         loop.resolve_config({"milestone_unit": "hour"})
     with pytest.raises(ValueError, match="out of range"):
         loop.resolve_config({"milestones": (0.5, 2)})
+    for milestones, unit in (((float("inf"),), "epoch"), (("1e400",), "step"), ((0.5, float("nan")), "fraction")):
+        with pytest.raises(ValueError, match="milestones must be finite numbers"):  # was OverflowError / NaN to integer
+            loop.resolve_config({"milestones": milestones, "milestone_unit": unit})
     with pytest.raises(ValueError, match="unknown stop_on"):
         loop.resolve_config({"stop_on": "never"})
     with pytest.raises(ValueError, match="eps must be"):
@@ -535,3 +538,4 @@ def test_a_training_study_s_bad_option_is_refused_before_its_first_cell(tmp_path
                                       "--no-progress"])
     assert result.exit_code == 2 and needle in result.stderr, result.output
     assert not list(tmp_path.rglob("results.parquet"))
+

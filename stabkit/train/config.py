@@ -145,6 +145,8 @@ def _check_schedule(cfg: dict) -> None:
         cfg["milestones"] = tuple(float(m) for m in cfg["milestones"])
     except (TypeError, ValueError):
         raise ValueError(f"milestones must be a list of numbers, got {cfg['milestones']!r}") from None
+    if not all(math.isfinite(m) for m in cfg["milestones"]):  # inf/nan would overflow as a step or epoch
+        raise ValueError(f"milestones must be finite numbers, got {cfg['milestones']}")
     if any(m < 0 for m in cfg["milestones"]) or (cfg["milestone_unit"] == "fraction" and any(m > 1 for m in cfg["milestones"])):
         raise ValueError(f"milestones {cfg['milestones']} out of range for unit {cfg['milestone_unit']!r}")
     if cfg["stop_on"] not in STOP_ON:
