@@ -67,7 +67,13 @@ def train_command(
               "data": data, "dtype": dtype, "device": device, "width": width, "preset": preset, "eps": eps,
               "milestones": parsed_milestones, "milestone_unit": milestone_unit, "gamma": gamma, "stop_on": stop_on,
               "tf32": tf32, "fast": fast, "compile": compile_mode, "eval_every": eval_every, "check_every": check_every}
-    result = train_run(config)
+    try:
+        result = train_run(config)
+    except (RuntimeError, MemoryError) as exc:  # torch.OutOfMemoryError is a RuntimeError
+        if not _out_of_memory(exc):
+            raise
+        raise ValueError(f"out of memory ({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}): "
+                         "try a smaller --width or --batch-size") from None
     if as_json:
         print(json.dumps(result, default=float, indent=1))
         return
@@ -88,6 +94,15 @@ def train_command(
     print(f"early diagnostics: max|K̃| {result['early_max_K']:.3g}, min gap {result['early_min_gap']:.3g}, "
           f"gap events {result['early_gap_events']}, method bound {result['early_max_bound']:.3g}, "
           f"non-finite events {result['early_nonfinite_events']}")
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` says memory ran out: torch's OutOfMemoryError, Python's MemoryError, or the
+    CPU allocator's RuntimeError ("can't allocate memory")."""
+    import torch
+
+    oom = getattr(torch, "OutOfMemoryError", ())
+    return isinstance(exc, (MemoryError, oom)) or "can't allocate memory" in str(exc)
 
 
 def _fmt(value) -> str:

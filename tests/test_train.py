@@ -539,3 +539,22 @@ def test_a_training_study_s_bad_option_is_refused_before_its_first_cell(tmp_path
     assert result.exit_code == 2 and needle in result.stderr, result.output
     assert not list(tmp_path.rglob("results.parquet"))
 
+
+def test_cli_train_out_of_memory_is_one_line_suggesting_a_smaller_run(monkeypatch):
+    """`--width 1e9` on the CPU was a RuntimeError traceback ("can't allocate memory"); only an
+    out-of-memory error is turned into exit 2, any other RuntimeError still raises."""
+
+    errors = [RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 16000000000000 bytes."),
+              torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), RuntimeError("a bug")]
+    for error in errors:
+        def train_run(config, error=error):
+            raise error
+
+        monkeypatch.setattr(loop, "train_run", train_run)
+        result = CliRunner().invoke(app, ["train", "--width", "1e9", "--device", "cpu"])
+        if "bug" in str(error):
+            assert result.exit_code == 1 and result.exception is error
+            continue
+        assert result.exit_code == 2, result.output
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: out of memory (") and "smaller --width or --batch-size" in lines[0]
