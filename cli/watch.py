@@ -15,6 +15,7 @@ is only named in the closing note.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -68,6 +69,21 @@ def monitor_skipping_options(command: List[str]) -> List[str]:
     return found
 
 
+def cannot_start(program: str, exc: OSError) -> str:
+    """Why ``program`` could not be started: the OS's reason, or for a script that exists but whose
+    #! interpreter does not (the OS then says the script itself is missing), that interpreter."""
+    path = shutil.which(program) or program
+    if exc.errno == errno.ENOENT and os.path.isfile(path):
+        try:
+            with open(path, "rb") as f:
+                first = f.readline(200).decode(errors="replace").strip()
+        except OSError:
+            first = ""
+        interpreter = first[2:].strip() + " " if first.startswith("#!") else ""
+        return f"cannot run {program}: its #! interpreter {interpreter}was not found"
+    return f"cannot run {program}: {exc.strerror or exc}"
+
+
 @user_errors
 def watch_command(
     command: Optional[List[str]] = typer.Argument(None, help="The command to run, after --, e.g. -- python train.py --lr 0.1."),
@@ -106,7 +122,10 @@ def watch_command(
         print(f"stabkit watch: {log} already holds {', '.join(stale)}; a process of the same rank overwrites its file, "
               f"the others stay and `stabkit monitor report` reads them too", file=sys.stderr)
     started = time.time()
-    child = subprocess.Popen(command, env=env)
+    try:
+        child = subprocess.Popen(command, env=env)
+    except OSError as exc:
+        raise ValueError(cannot_start(command[0], exc)) from None
     forwarded = {sig: signal.signal(sig, lambda signum, frame: child.send_signal(signum)) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         code = child.wait()

@@ -267,3 +267,15 @@ def test_report_on_a_full_disk_is_one_line_and_exit_2(tmp_path, monkeypatch):
     log = _log_with_one_call(tmp_path / "log")
     _one_error_line(CliRunner().invoke(app, ["monitor", "report", str(log)]),
                     f"cannot write {log / 'site-01.png'}: No space left on device", "the logs are kept")
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"\0junk", "cannot run {path}: Exec format error"),  # was an OSError traceback
+    (b"#!/no/such/interpreter\necho hi\n", "cannot run {path}: its #! interpreter /no/such/interpreter was not found"),
+], ids=["not-executable-format", "missing-interpreter"])  # the latter said the script itself was missing
+def test_watch_a_command_that_cannot_start_is_one_line_naming_why(tmp_path, content, message):
+    path = tmp_path / "script"
+    path.write_bytes(content)
+    path.chmod(0o755)
+    result = CliRunner().invoke(app, ["watch", "--log", str(tmp_path / "w"), "--", str(path)])
+    _one_error_line(result, message.format(path=path))
