@@ -133,6 +133,7 @@ def test_a_spawned_child_writes_its_own_log_not_its_parents(tmp_path):
     (["--every", "0", "--", "python"], "--every must be ≥ 1"),
     (["--swap-backward", "nosuch", "--", "python"], "nosuch"),
     (["--", "no-such-program-xyz"], "command not found: no-such-program-xyz"),
+    (["--bogus", "--", "true"], "no such option: --bogus"),  # was "command not found: --bogus"
 ])
 def test_watch_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     result = CliRunner().invoke(app, ["watch", "--log", str(tmp_path / "w"), *args])
