@@ -54,6 +54,13 @@ def default_path() -> Path:
     return next((c for c in candidates if c.exists()), candidates[0])
 
 
+def check_path(key: str, path) -> None:
+    """Before a study's cells start: a ValueError naming ``key`` when an explicitly given ``path``
+    does not exist ("" or None is the default location, checked when the data is loaded)."""
+    if path and not os.path.exists(path):
+        raise ValueError(f"{key}: no such file or folder: {path}")
+
+
 def cache_dir() -> Path:
     env = os.environ.get("STABKIT_DATA_CACHE")
     return Path(env) if env else Path.home() / ".cache" / "stabkit" / "cifar10"

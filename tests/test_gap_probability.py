@@ -76,6 +76,9 @@ def test_validate_rejects_unknown_key_and_source():
         gp.validate({"dimz": [4]})
     with pytest.raises(ValueError, match="sources"):
         gp.validate({"sources": ["mnist"]})
+    with pytest.raises(ValueError, match="cifar_path: no such file or folder: /nonexistent"):  # every cell failed
+        gp.validate({"sources": ["gaussian", "cifar10"], "cifar_path": "/nonexistent"})
+    gp.validate({"sources": ["gaussian"], "cifar_path": "/nonexistent"})  # not read without cifar10
 
 
 def test_tiny_grid_runs_and_reports(tmp_path):

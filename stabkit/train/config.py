@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 
 import torch
 
 from .. import methods
+from ..data import check_path
 from ..methods import Spec
 from ..validation import DTYPE_NAMES, is_count
 from .preset import MILESTONE_UNITS, STOP_ON, get_preset
@@ -85,9 +85,7 @@ def check_config(config: dict) -> None:
     training study otherwise meets a bad number in its first cell, exit 1). The device and the fast
     path's layout are left to the run, on the machine that has them."""
     resolve_config({**config, "device": "cpu", "fast": False})
-    data = config.get("data")
-    if data and not os.path.exists(data):
-        raise ValueError(f"data: no such file or folder: {data}")
+    check_path("data", config.get("data"))
 
 
 # torch 2.13's CPU (oneDNN) backward of a channels_last 1×1 stride-2 convolution with fewer than 8

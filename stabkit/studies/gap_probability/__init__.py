@@ -70,6 +70,7 @@ import math
 import numpy as np
 from scipy import integrate, linalg as sla
 
+from ...data import check_path
 from .. import check_choices, with_defaults
 from .._checks import int_list
 
@@ -132,6 +133,7 @@ def validate(grid: dict) -> dict:
         if not out["cifar_batch"] <= out["cifar_pool"] <= CIFAR_TRAIN:
             raise ValueError(f"gap_probability: need cifar_batch ≤ cifar_pool ≤ {CIFAR_TRAIN}, got "
                              f"{out['cifar_batch']} and {out['cifar_pool']}")
+        check_path("gap_probability: cifar_path", out["cifar_path"])  # else every cifar10 cell fails
     if out["zca_eps"] < 0 or out["k_threshold"] <= 0:
         raise ValueError("gap_probability: zca_eps must be ≥ 0 and k_threshold > 0")
     int_list("seed", out["seed"], 0, "seed")  # numpy's generators take no negative seed
