@@ -24,6 +24,7 @@ class Format(str, Enum):
 
 @user_errors
 def compare_command(
+    ctx: typer.Context,
     matrix: Optional[Path] = typer.Option(None, "--matrix", help="A .npy file holding a symmetric matrix (default: a --spectrum matrix)."),
     spectrum: str = typer.Option("cluster", "--spectrum", help=f"Generated family: {', '.join(FAMILIES)}."),
     d: int = typer.Option(8, "--d", help="Matrix size for --spectrum."),
@@ -51,6 +52,10 @@ def compare_command(
     specs = _method_specs(method)
     compared = specs or [methods.spec(name) for name in methods.NAMES]
     if matrix is not None:
+        given = [option for option, name in (("--spectrum", "spectrum"), ("-p/--param", "param"), ("--d", "d"))
+                 if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") != "DEFAULT"]
+        if given:  # they shape a generated matrix only: with --matrix they were silently ignored
+            raise ValueError(f"{' and '.join(given)} only appl{'y' if len(given) > 1 else 'ies'} to a generated matrix, not to --matrix {matrix}")
         A = check_symmetric(_load_npy(matrix, "matrix"), "matrix")
         source = str(matrix)
         check_truth_cost(A.shape[-1], force, specs=compared)

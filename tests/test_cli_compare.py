@@ -95,6 +95,9 @@ def test_table_lists_every_method_and_truth_digits(tmp_path):
         (np.diag([0.0, 1.0, 2.0]), ["--loss", "zca"], "positive definite"),
         (np.full((2, 2), 1e308), [], "too large for float64"),  # A + Aᵀ overflowed: "non-finite entries (0 NaN, 4 Inf)"
         (np.full((2, 2), 1e-320), [], "positive definite"),  # subnormal, singular: the truth's condition was an OverflowError
+        # a generated matrix's options were silently ignored with --matrix
+        (np.eye(3), ["-p", "delta=abc"], "-p/--param only applies to a generated matrix, not to --matrix"),
+        (np.eye(3), ["--spectrum", "nosuch", "--d", "5"], "--spectrum and --d only apply to a generated matrix"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(tmp_path, array, extra, needle):
