@@ -300,3 +300,14 @@ def test_one_spec_is_one_method_and_a_truth_of_another_matrix_is_refused():
     for truth, needle in ((other, r"of shape \(2, 2\)"), ("x", "got 'x'")):
         with pytest.raises(ValueError, match="truth must be the Truth of this 3×3 matrix .*" + needle):
             cmp.compare(A, "zca", ["analytic"], truth=truth)
+
+
+def test_entries_too_large_for_the_dtype_are_named_without_a_warning():
+    """1e300 in float32 was a RuntimeWarning, then "non-finite entries (0 NaN, 3 Inf)" of a file with no Inf."""
+    import re
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match=re.escape("matrix is too large for float32: max|A| = 3e+300")):
+            cmp.compare(np.diag([1e300, 2e300, 3e300]), "zca", ["analytic"], dtype="float32")
