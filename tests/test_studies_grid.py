@@ -75,6 +75,7 @@ GOOD = {"name": "x", "kind": "gradient_accuracy"}
         ({"grid": {}}, None, r"needs a \[study\] table"),
         ({"study": {**GOOD, "owner": "me"}}, None, "unknown key study.owner"),
         ({"study": {"name": "x"}}, None, "study.kind is required"),
+        ({"study": {**GOOD, "description": 5}}, None, "study.description must be text, got 5"),  # was accepted
         ({"study": {**GOOD, "name": "../x"}}, None, "plain directory name"),
         ({"study": {**GOOD, "kind": "nope"}}, None, "unknown study kind 'nope'"),
         ({"study": GOOD, "grid": [1]}, None, r"\[grid\] must be a table"),

@@ -83,6 +83,8 @@ def check_study_table(config: dict) -> dict:
     for key in ("name", "kind"):
         if not isinstance(study.get(key), str) or not study[key].strip():
             raise StudyFileError(f"study.{key} is required and must be text")
+    if not isinstance(study.get("description", ""), str):  # the report's header prints it as text
+        raise StudyFileError(f"study.description must be text, got {study['description']!r}")
     check_study_name(study["name"])
     return study
 
