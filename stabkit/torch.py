@@ -29,7 +29,9 @@ that is exactly 0 at a tie contributes 0, not ∞ · 0 = NaN. So a loss of λ (�
 cotangent arrives as zeros (``torch.compile`` materializes it), or a used U with exactly zero
 projected gradient at an exact tie (a loss of the untied columns only) gives the finite, exact
 gradient; torch's own gives NaN there. A nonzero projected entry at a tie is still ±∞ for the
-analytic rule (the derivative does not exist); a bounded method is finite everywhere.
+analytic rule (the derivative does not exist); a bounded method (``Method.bounded``) is finite
+there — ``taylor`` and ``taylor-authors`` only where λ + ε > 0: at two eigenvalues exactly −ε (with
+the default ε = 0, two zero eigenvalues) their F is ±∞ too (a loss of λ alone still gets the exact gradient).
 
 **Second derivatives** (double backward, Hessian-vector products). When the backward is itself
 differentiated it rebuilds the decomposition from A with exactly differentiable ops and applies
@@ -199,7 +201,7 @@ def eigh(A: torch.Tensor, UPLO: str = "L", *, out=None, method: str | Spec = DEF
 
 def eigvalsh(A: torch.Tensor, UPLO: str = "L", *, out=None, method: str | Spec = DEFAULT, check: bool = True, **params):
     """``torch.linalg.eigvalsh``: the eigenvalues of :func:`eigh` (their gradient U diag(∂L/∂λ) Uᵀ
-    is the same for every kernel method, finite at exact ties; a truncating method such as ``pi``
+    is the same for every kernel method, finite at exact ties, zero eigenvalues included; a truncating method such as ``pi``
     gives its dropped pairs none; ``pi-forward`` differentiates its own iteration)."""
     UPLO, spec = _eigh_call(A, UPLO, out, method, check, params, "eigvalsh")
     if spec.method.native:
