@@ -397,3 +397,24 @@ def test_pi_legacy_drops_from_the_first_rayleigh_quotient_off_by_more_than_ten_p
     # only the iterated indices can be active: order 3, 2 leaves 1 and 0 out even where kept
     got = _rayleigh_kept(np.ones(4, dtype=bool), lam, {3: np.float64(4.0), 2: np.float64(2.0)}, [3, 2])
     assert got.tolist() == [False, False, True, True]
+
+
+@pytest.mark.parametrize("name", ["pi-forward", "pi-authors"])
+def test_power_iteration_at_a_zero_eigenvalue_returns_zero_and_an_orthogonal_unit_vector(name):
+    """Rank-deficient PSD input: once deflation leaves M_k v = 0, ‖M_k v‖ = 0 (it was 0/0 = NaN). The
+    stage returns λ = 0 and its start vector orthogonalised against the vectors found, so the
+    spectrum is torch.linalg.eigh's, U is orthogonal, and Σλ's gradient is finite — the identity
+    (= U Uᵀ), the exact one. x is exactly representable and xxᵀ converges in one step."""
+    x = torch.tensor([1.0, 2.0, -1.0, 0.5], dtype=torch.float64)
+    for A, truth in [(torch.diag(torch.tensor([0.0, 0.0, 3.0], dtype=torch.float64)), [0.0, 0.0, 3.0]),
+                     (torch.outer(x, x), [0.0, 0.0, 0.0, 6.25]), (torch.zeros(3, 3, dtype=torch.float64), [0.0] * 3)]:
+        d = A.shape[-1]
+        torch.testing.assert_close(torch.linalg.eigvalsh(A), torch.tensor(truth, dtype=torch.float64), rtol=0, atol=1e-14)
+        A = A.requires_grad_()
+        lam, U, _ = eigh_kept(A, method=name)
+        assert lam.tolist() == truth
+        torch.testing.assert_close(U.mT @ U, torch.eye(d, dtype=torch.float64), rtol=0, atol=1e-12)
+        g = torch.autograd.grad(lam.sum(), A)[0]
+        torch.testing.assert_close(g, torch.eye(d, dtype=torch.float64), rtol=0, atol=1e-12)
+    lam, U, state = methods.spec(name).forward(np.diag([0.0, 0.0, 3.0]))  # numpy path alike
+    assert lam.tolist() == [0.0, 0.0, 3.0] and np.allclose(U.T @ U, np.eye(3), atol=1e-12)
