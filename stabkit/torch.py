@@ -46,7 +46,8 @@ method, bounded kernels included: a bounded first derivative does not bound its 
 **Input contract** (``check=True``, the default): a ValueError (``stabkit.errors.InputError``)
 naming the problem for a
 non-tensor, a non-float dtype, a non-square (eigh) or empty input, NaN or ±Inf entries, and (eigh,
-eigvalsh) a matrix that is not symmetric within max|A − Aᵀ| ≤ √eps·max|A| (eps of the dtype).
+eigvalsh) a matrix that is not symmetric within max|A − Aᵀ| ≤ √eps·max|A| (eps of the dtype; both
+maxima over that matrix alone, not the batch, and the message names its batch index).
 The check costs a few reductions and one device→host sync; ``check=False`` skips it (inside layers
 that symmetrize their input). Under ``torch.compile`` and ``torch.func`` transforms the value
 checks are skipped (tensor values cannot steer Python there); dtype and shape are always checked.
@@ -92,7 +93,8 @@ def _check_tensor(A, fn: str, square: bool, out) -> None:
 
 def check_values(A: torch.Tensor, fn: str = "eigh", symmetric: bool = True,
                  advice: str = "symmetrize it (stabkit.torch.symmetrize) or pass check=False") -> None:
-    """InputError (a ValueError) if A holds NaN/Inf or (``symmetric``) max|A − Aᵀ| > √eps·max|A|;
+    """InputError (a ValueError) if A holds NaN/Inf or (``symmetric``) a matrix of the batch has
+    max|A − Aᵀ| > √eps·max|A| (both over that matrix; the message names its batch index);
     ``advice`` ends the non-symmetric message (a caller without ``check=`` gives its own).
 
     Skipped under torch.compile and torch.func transforms (see the module docstring).
@@ -100,19 +102,21 @@ def check_values(A: torch.Tensor, fn: str = "eigh", symmetric: bool = True,
     if _xp.is_traced(A) or A.numel() == 0:  # an empty batch holds nothing to check
         return
     A = A.detach()
-    stats = [(~torch.isfinite(A)).any().to(A.dtype), A.abs().amax()]
-    if symmetric:
-        stats.append((A - A.mT).abs().amax())
+    rtol = symmetry_rtol(_xp.finfo_eps(A.dtype))
+    stats = [(~torch.isfinite(A)).any()]
+    if symmetric:  # each matrix against its own max|A|: a large one beside it must not widen its tolerance
+        asym, tol = (A - A.mT).abs().amax((-2, -1)), rtol * A.abs().amax((-2, -1))
+        stats.append((asym > tol).any())
     values = torch.stack(stats).tolist()  # one device→host sync
     if values[0]:
         n_nan, n_inf = int(torch.isnan(A).sum()), int(torch.isinf(A).sum())
         what = ", ".join(f"{n} {k}" for n, k in ((n_nan, "NaN"), (n_inf, "Inf")) if n)
         raise InputError(f"{fn}: input has non-finite entries ({what} of {A.numel()})")
-    if symmetric:
-        tol = symmetry_rtol(_xp.finfo_eps(A.dtype)) * values[1]
-        if values[2] > tol:
-            raise InputError(f"{fn}: input is not symmetric: max|A − Aᵀ| = {values[2]:.3g} > {tol:.3g} "
-                             f"(√eps·max|A|); {advice}")
+    if symmetric and values[1]:
+        first = tuple(int(i) for i in torch.nonzero(asym > tol)[0])  # the failure path: more syncs are fine
+        where = f" (batch index {list(first)})" if first else ""
+        raise InputError(f"{fn}: input{where} is not symmetric: max|A − Aᵀ| = {float(asym[first]):.3g} > "
+                         f"{float(tol[first]):.3g} (√eps·max|A| of that matrix); {advice}")
 
 
 def _split_method(UPLO, method, fn: str):
