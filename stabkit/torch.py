@@ -147,7 +147,7 @@ class _Eigh(torch.autograd.Function):
 
     @staticmethod
     def forward(A, spec):
-        lam, U, _ = spec.forward(A)
+        lam, U, _ = spec.forward(_as_read(A, spec))
         return lam, U
 
     @staticmethod
@@ -165,8 +165,19 @@ class _Eigh(torch.autograd.Function):
             lam, U = eigh_for_backward(A, lam, U)
             state = {"U": U, "lam": lam}
         else:  # power iteration: its state (iterates, norms) is rebuilt from A
-            _, _, state = spec.forward(A)
+            _, _, state = spec.forward(_as_read(A, spec))
         return spec.backward(state, gU, glam), None
+
+
+def _as_read(A, spec):
+    """The symmetric matrix an eigh call decomposes: the lower triangle of A mirrored (torch's rule;
+    an upper-triangle call arrives transposed). An exact forward (LAPACK) reads only that triangle
+    itself; a power-iteration forward multiplies by the whole matrix, so it gets it built. The
+    gradient is the backward's symmetric ∂L/∂A of that matrix, as for every method (not the
+    chain rule through the mirroring)."""
+    if spec.method.exact_state:
+        return A
+    return torch.tril(A) + torch.tril(A, -1).mT
 
 
 class _EighJvp(_Eigh):
@@ -193,6 +204,8 @@ def _eigh_tangent(lam, U, dA, spec):
 def eigh(A: torch.Tensor, UPLO: str = "L", *, out=None, method: str | Spec = DEFAULT, check: bool = True, **params):
     """``torch.linalg.eigh(A, UPLO)`` (ascending eigenvalues, eigenvectors) whose gradient follows ``method``.
 
+    ``UPLO``: the triangle read, as torch's — every method, power iteration included, decomposes the
+    symmetric matrix built from it, and the gradient is the symmetric ∂L/∂A of that matrix.
     ``method``: a Spec, or a registry name / spec text with ``params`` its parameters (e.g. ``K=9``
     for taylor); ``check`` the input contract of the module docstring. ``eigh(A, "taylor")``
     (method second, the older spelling) still works.
