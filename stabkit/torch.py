@@ -36,11 +36,16 @@ the default ε = 0, two zero eigenvalues) their F is ±∞ too (a loss of λ alo
 **Second derivatives** (double backward, Hessian-vector products). When the backward is itself
 differentiated it rebuilds the decomposition from A with exactly differentiable ops and applies
 the method's rule to it, so the op's double backward is the exact derivative of the method's
-rule A, (∂L/∂λ, ∂L/∂U) ↦ ∂L/∂A — ``gradgradcheck`` holds for every method. Through a loss that
+rule A, (∂L/∂λ, ∂L/∂U) ↦ ∂L/∂A — ``gradgradcheck`` holds for every method away from exact ties.
+At an exact tie (λ_i = λ_j bitwise, e.g. X = I) second derivatives are NaN for every method, even
+for a loss of λ alone (the Hessian of Σ log λ at I) and for bounded kernels: the rebuilt
+decomposition's own derivative divides by λ_j − λ_i, as torch's eigh double backward does (NaN
+there too); the Daleckii–Krein layers (``stabkit.layers.matrix_functions``) have finite second
+derivatives of a spectral function there. Through a loss that
 is nonlinear in U, autograd differentiates ∂L/∂U(U(A)) with the op's own (the method's) rule
 again, so for an approximate rule (taylor, clip when it clips, pi) a Hessian carries the method's
 approximation error, of the order of its first-order error, and is not symmetric; for the exact
-rules it is the exact Hessian. Near-degenerate spectra make second derivatives large for every
+rules it is the exact Hessian. Near-degenerate (not exactly tied) spectra make second derivatives large for every
 method, bounded kernels included: a bounded first derivative does not bound its own derivative.
 
 **Input contract** (``check=True``, the default): a ValueError (``stabkit.errors.InputError``)
