@@ -209,6 +209,11 @@ def _eigh_tangent(lam, U, dA, spec):
 def eigh(A: torch.Tensor, UPLO: str = "L", *, out=None, method: str | Spec = DEFAULT, check: bool = True, **params):
     """``torch.linalg.eigh(A, UPLO)`` (ascending eigenvalues, eigenvectors) whose gradient follows ``method``.
 
+    One exception to "ascending": ``pi-forward`` and ``pi-authors`` (power iteration from random
+    starts) return their pairs in ascending |λ|, the order their stages find them in — the same
+    for a positive semi-definite A, not for an indefinite one (λ = (−1, 2, 3, −5) for the spectrum
+    (−5, −1, 2, 3)).
+
     ``UPLO``: the triangle read, as torch's — every method, power iteration included, decomposes the
     symmetric matrix built from it, and the gradient is the symmetric ∂L/∂A of that matrix.
     ``method``: a Spec, or a registry name / spec text with ``params`` its parameters (e.g. ``K=9``

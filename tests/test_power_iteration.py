@@ -418,3 +418,15 @@ def test_power_iteration_at_a_zero_eigenvalue_returns_zero_and_an_orthogonal_uni
         torch.testing.assert_close(g, torch.eye(d, dtype=torch.float64), rtol=0, atol=1e-12)
     lam, U, state = methods.spec(name).forward(np.diag([0.0, 0.0, 3.0]))  # numpy path alike
     assert lam.tolist() == [0.0, 0.0, 3.0] and np.allclose(U.T @ U, np.eye(3), atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["pi-forward", "pi-authors"])
+def test_power_iteration_pairs_come_in_ascending_magnitude_as_documented(name):
+    """Each stage finds the eigenvalue of largest |λ| left: on the indefinite diag(−8, −1, 2, 4) the pairs come
+    as (−1, 2, 4, −8) (ascending |λ|, the documented exception to eigh's ascending order), each with its
+    eigenvector; on a PSD matrix that order is the ascending one."""
+    lam, U, _ = eigh_kept(torch.diag(torch.tensor([-8.0, -1.0, 2.0, 4.0], dtype=torch.float64)), method=name, steps=80)
+    torch.testing.assert_close(lam, torch.tensor([-1.0, 2.0, 4.0, -8.0], dtype=torch.float64), rtol=0, atol=1e-10)
+    torch.testing.assert_close(U.abs(), torch.eye(4, dtype=torch.float64)[:, [1, 2, 3, 0]], rtol=0, atol=1e-8)
+    lam, _, _ = eigh_kept(torch.diag(torch.tensor([8.0, 1.0, 2.0, 4.0], dtype=torch.float64)), method=name, steps=80)
+    torch.testing.assert_close(lam, torch.tensor([1.0, 2.0, 4.0, 8.0], dtype=torch.float64), rtol=0, atol=1e-10)

@@ -51,7 +51,11 @@ Rayleigh condition, iterating in the forward: it differentiates a different func
 one it returns.
 
 ``pi-forward`` (the PI baseline) starts from seeded random vectors, so its forward is power
-iteration too. ``stop=true`` adds the authors' stopping rule (ZCANormPIunstable in their public
+iteration too. Each stage converges to the eigenvalue of M_k largest in *magnitude*, and pair k
+is stage d − k: the pairs come in ascending |λ|, which is ascending λ only where A has no
+negative eigenvalue (the positive semi-definite input the method is meant for). On an indefinite A
+they are not sorted (spectrum (−5, −1, 2, 3) → λ = (−1, 2, 3, −5)); they are left in that order
+because the backward, the ``stop`` rule and the kept mask are all indexed by stage. ``stop=true`` adds the authors' stopping rule (ZCANormPIunstable in their public
 code): after the first stage, stop at the first whose Rayleigh quotient is < ε or larger than
 the previous stage's; the stopped pairs are dropped (``kept``). Default: no stopping rule. Its random start vectors come
 from a small integer hash of (row, column, seed) — bit-identical in numpy and torch, the same
