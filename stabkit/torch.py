@@ -29,22 +29,30 @@ that is exactly 0 at a tie contributes 0, not ∞ · 0 = NaN. So a loss of λ (�
 cotangent arrives as zeros (``torch.compile`` materializes it), or a used U with exactly zero
 projected gradient at an exact tie (a loss of the untied columns only) gives the finite, exact
 gradient; torch's own gives NaN there. A nonzero projected entry at a tie is still ±∞ for the
-analytic rule (the derivative does not exist); a bounded method is finite everywhere.
+analytic rule (the derivative does not exist); a bounded method (``Method.bounded``) is finite
+there — ``taylor`` and ``taylor-authors`` only where λ + ε > 0: at two eigenvalues exactly −ε (with
+the default ε = 0, two zero eigenvalues) their F is ±∞ too (a loss of λ alone still gets the exact gradient).
 
 **Second derivatives** (double backward, Hessian-vector products). When the backward is itself
 differentiated it rebuilds the decomposition from A with exactly differentiable ops and applies
 the method's rule to it, so the op's double backward is the exact derivative of the method's
-rule A, (∂L/∂λ, ∂L/∂U) ↦ ∂L/∂A — ``gradgradcheck`` holds for every method. Through a loss that
+rule A, (∂L/∂λ, ∂L/∂U) ↦ ∂L/∂A — ``gradgradcheck`` holds for every method away from exact ties.
+At an exact tie (λ_i = λ_j bitwise, e.g. X = I) second derivatives are NaN for every method, even
+for a loss of λ alone (the Hessian of Σ log λ at I) and for bounded kernels: the rebuilt
+decomposition's own derivative divides by λ_j − λ_i, as torch's eigh double backward does (NaN
+there too); the Daleckii–Krein layers (``stabkit.layers.matrix_functions``) have finite second
+derivatives of a spectral function there. Through a loss that
 is nonlinear in U, autograd differentiates ∂L/∂U(U(A)) with the op's own (the method's) rule
 again, so for an approximate rule (taylor, clip when it clips, pi) a Hessian carries the method's
 approximation error, of the order of its first-order error, and is not symmetric; for the exact
-rules it is the exact Hessian. Near-degenerate spectra make second derivatives large for every
+rules it is the exact Hessian. Near-degenerate (not exactly tied) spectra make second derivatives large for every
 method, bounded kernels included: a bounded first derivative does not bound its own derivative.
 
 **Input contract** (``check=True``, the default): a ValueError (``stabkit.errors.InputError``)
 naming the problem for a
 non-tensor, a non-float dtype, a non-square (eigh) or empty input, NaN or ±Inf entries, and (eigh,
-eigvalsh) a matrix that is not symmetric within max|A − Aᵀ| ≤ √eps·max|A| (eps of the dtype).
+eigvalsh) a matrix that is not symmetric within max|A − Aᵀ| ≤ √eps·max|A| (eps of the dtype; both
+maxima over that matrix alone, not the batch, and the message names its batch index).
 The check costs a few reductions and one device→host sync; ``check=False`` skips it (inside layers
 that symmetrize their input). Under ``torch.compile`` and ``torch.func`` transforms the value
 checks are skipped (tensor values cannot steer Python there); dtype and shape are always checked.
@@ -90,7 +98,8 @@ def _check_tensor(A, fn: str, square: bool, out) -> None:
 
 def check_values(A: torch.Tensor, fn: str = "eigh", symmetric: bool = True,
                  advice: str = "symmetrize it (stabkit.torch.symmetrize) or pass check=False") -> None:
-    """InputError (a ValueError) if A holds NaN/Inf or (``symmetric``) max|A − Aᵀ| > √eps·max|A|;
+    """InputError (a ValueError) if A holds NaN/Inf or (``symmetric``) a matrix of the batch has
+    max|A − Aᵀ| > √eps·max|A| (both over that matrix; the message names its batch index);
     ``advice`` ends the non-symmetric message (a caller without ``check=`` gives its own).
 
     Skipped under torch.compile and torch.func transforms (see the module docstring).
@@ -98,19 +107,21 @@ def check_values(A: torch.Tensor, fn: str = "eigh", symmetric: bool = True,
     if _xp.is_traced(A) or A.numel() == 0:  # an empty batch holds nothing to check
         return
     A = A.detach()
-    stats = [(~torch.isfinite(A)).any().to(A.dtype), A.abs().amax()]
-    if symmetric:
-        stats.append((A - A.mT).abs().amax())
+    rtol = symmetry_rtol(_xp.finfo_eps(A.dtype))
+    stats = [(~torch.isfinite(A)).any()]
+    if symmetric:  # each matrix against its own max|A|: a large one beside it must not widen its tolerance
+        asym, tol = (A - A.mT).abs().amax((-2, -1)), rtol * A.abs().amax((-2, -1))
+        stats.append((asym > tol).any())
     values = torch.stack(stats).tolist()  # one device→host sync
     if values[0]:
         n_nan, n_inf = int(torch.isnan(A).sum()), int(torch.isinf(A).sum())
         what = ", ".join(f"{n} {k}" for n, k in ((n_nan, "NaN"), (n_inf, "Inf")) if n)
         raise InputError(f"{fn}: input has non-finite entries ({what} of {A.numel()})")
-    if symmetric:
-        tol = symmetry_rtol(_xp.finfo_eps(A.dtype)) * values[1]
-        if values[2] > tol:
-            raise InputError(f"{fn}: input is not symmetric: max|A − Aᵀ| = {values[2]:.3g} > {tol:.3g} "
-                             f"(√eps·max|A|); {advice}")
+    if symmetric and values[1]:
+        first = tuple(int(i) for i in torch.nonzero(asym > tol)[0])  # the failure path: more syncs are fine
+        where = f" (batch index {list(first)})" if first else ""
+        raise InputError(f"{fn}: input{where} is not symmetric: max|A − Aᵀ| = {float(asym[first]):.3g} > "
+                         f"{float(tol[first]):.3g} (√eps·max|A| of that matrix); {advice}")
 
 
 def _split_method(UPLO, method, fn: str):
@@ -141,7 +152,7 @@ class _Eigh(torch.autograd.Function):
 
     @staticmethod
     def forward(A, spec):
-        lam, U, _ = spec.forward(A)
+        lam, U, _ = spec.forward(_as_read(A, spec))
         return lam, U
 
     @staticmethod
@@ -159,8 +170,19 @@ class _Eigh(torch.autograd.Function):
             lam, U = eigh_for_backward(A, lam, U)
             state = {"U": U, "lam": lam}
         else:  # power iteration: its state (iterates, norms) is rebuilt from A
-            _, _, state = spec.forward(A)
+            _, _, state = spec.forward(_as_read(A, spec))
         return spec.backward(state, gU, glam), None
+
+
+def _as_read(A, spec):
+    """The symmetric matrix an eigh call decomposes: the lower triangle of A mirrored (torch's rule;
+    an upper-triangle call arrives transposed). An exact forward (LAPACK) reads only that triangle
+    itself; a power-iteration forward multiplies by the whole matrix, so it gets it built. The
+    gradient is the backward's symmetric ∂L/∂A of that matrix, as for every method (not the
+    chain rule through the mirroring)."""
+    if spec.method.exact_state:
+        return A
+    return torch.tril(A) + torch.tril(A, -1).mT
 
 
 class _EighJvp(_Eigh):
@@ -187,6 +209,13 @@ def _eigh_tangent(lam, U, dA, spec):
 def eigh(A: torch.Tensor, UPLO: str = "L", *, out=None, method: str | Spec = DEFAULT, check: bool = True, **params):
     """``torch.linalg.eigh(A, UPLO)`` (ascending eigenvalues, eigenvectors) whose gradient follows ``method``.
 
+    One exception to "ascending": ``pi-forward`` and ``pi-authors`` (power iteration from random
+    starts) return their pairs in ascending |λ|, the order their stages find them in — the same
+    for a positive semi-definite A, not for an indefinite one (λ = (−1, 2, 3, −5) for the spectrum
+    (−5, −1, 2, 3)).
+
+    ``UPLO``: the triangle read, as torch's — every method, power iteration included, decomposes the
+    symmetric matrix built from it, and the gradient is the symmetric ∂L/∂A of that matrix.
     ``method``: a Spec, or a registry name / spec text with ``params`` its parameters (e.g. ``K=9``
     for taylor); ``check`` the input contract of the module docstring. ``eigh(A, "taylor")``
     (method second, the older spelling) still works.
@@ -199,7 +228,7 @@ def eigh(A: torch.Tensor, UPLO: str = "L", *, out=None, method: str | Spec = DEF
 
 def eigvalsh(A: torch.Tensor, UPLO: str = "L", *, out=None, method: str | Spec = DEFAULT, check: bool = True, **params):
     """``torch.linalg.eigvalsh``: the eigenvalues of :func:`eigh` (their gradient U diag(∂L/∂λ) Uᵀ
-    is the same for every kernel method, finite at exact ties; a truncating method such as ``pi``
+    is the same for every kernel method, finite at exact ties, zero eigenvalues included; a truncating method such as ``pi``
     gives its dropped pairs none; ``pi-forward`` differentiates its own iteration)."""
     UPLO, spec = _eigh_call(A, UPLO, out, method, check, params, "eigvalsh")
     if spec.method.native:

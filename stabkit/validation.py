@@ -81,7 +81,8 @@ def check_symmetric(a, name: str = "matrix") -> np.ndarray:
     """Validate a real symmetric matrix (or batch, shape (..., d, d)); return it exactly symmetric.
 
     Rejects: non-arrays, unsupported dtypes, fewer than 2 dimensions, non-square, empty (d = 0),
-    NaN/Inf, asymmetry beyond ``SYMMETRY_RTOL``. Asymmetry within tolerance is removed by (A + Aᵀ)/2.
+    NaN/Inf, asymmetry beyond ``SYMMETRY_RTOL`` (each matrix of a batch against its own max|A|). Asymmetry
+    within tolerance is removed by (A + Aᵀ)/2.
     An empty batch (0, d, d) holds nothing to check and is returned as is, as ``stabkit.torch``
     returns it.
     """
@@ -101,15 +102,18 @@ def check_symmetric(a, name: str = "matrix") -> np.ndarray:
     if not finite.all():
         n_nan, n_inf = int(np.isnan(a).sum()), int(np.isinf(a).sum())
         raise InputError(f"{name} contains non-finite entries ({n_nan} NaN, {n_inf} Inf)")
-    scale = float(np.abs(a).max())
+    scales = np.abs(a).max(axis=(-2, -1))  # per matrix: a large one in the batch must not widen another's tolerance
+    scale = float(scales.max())
     with np.errstate(over="ignore"):  # entries near the dtype's largest overflow A ± Aᵀ: refused below
-        asym = float(np.abs(a - a.swapaxes(-1, -2)).max())
+        asyms = np.abs(a - a.swapaxes(-1, -2)).max(axis=(-2, -1))
         symmetric = (a + a.swapaxes(-1, -2)) / a.dtype.type(2)
-    tol = SYMMETRY_RTOL[a.dtype] * max(scale, np.finfo(a.dtype).tiny)
-    if asym > tol:
-        raise InputError(
-            f"{name} is not symmetric: max|A - Aᵀ| = {asym:.3g} exceeds √eps·max|A| = {tol:.3g} ({a.dtype})"
-        )
+    tols = SYMMETRY_RTOL[a.dtype] * np.maximum(scales, np.finfo(a.dtype).tiny)
+    bad = asyms > tols
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0]) if bad.ndim else ()
+        where = f" (batch index {list(first)})" if first else ""
+        raise InputError(f"{name}{where} is not symmetric: max|A - Aᵀ| = {float(asyms[first]):.3g} exceeds "
+                         f"√eps·max|A| = {float(tols[first]):.3g} of that matrix ({a.dtype})")
     if not np.isfinite(symmetric).all():
         raise InputError(f"{name} is too large for {a.dtype}: max|A| = {scale:.3g} overflows A + Aᵀ; scale it down")
     return symmetric

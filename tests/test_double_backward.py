@@ -146,3 +146,21 @@ def test_forward_over_forward_is_refused(op):
         torch.func.jacfwd(torch.func.jacfwd(f))(A)
     torch.testing.assert_close(torch.func.hessian(f)(A), torch.func.jacrev(torch.func.jacrev(f))(A),
                                rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("method", ["analytic", "taylor", "clip", "torch"])
+def test_second_derivative_at_an_exact_tie_is_nan_as_documented(method):
+    """The documented limit: at X = I (all eigenvalues tied) the Hessian-vector product of Σ log λ — a loss
+    of λ alone, whose first derivative X⁻¹ = I is finite and exact — is NaN for every method, bounded
+    kernels included, as torch's own eigh double backward is; a separated spectrum gives −X⁻¹ V X⁻¹."""
+    for X, finite in ((torch.eye(3, dtype=F64), False), (torch.diag(torch.tensor([1.0, 2.0, 4.0], dtype=F64)), True)):
+        X = X.clone().requires_grad_()
+        (g,) = torch.autograd.grad(torch.log(sk.eigvalsh(X, method=method)).sum(), X, create_graph=True)
+        torch.testing.assert_close(g.detach(), torch.linalg.inv(X.detach()), rtol=0, atol=1e-14)
+        V = torch.tensor([[1.0, 0.5, 0.0], [0.5, 0.0, 0.25], [0.0, 0.25, 2.0]], dtype=F64)
+        (hv,) = torch.autograd.grad((g * V).sum(), X)
+        if finite:
+            Xi = torch.linalg.inv(X.detach())
+            torch.testing.assert_close(hv, -Xi @ V @ Xi, rtol=0, atol=1e-12)
+        else:
+            assert torch.isnan(hv).any()

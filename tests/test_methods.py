@@ -381,3 +381,23 @@ def test_evaluate_refuses_what_is_not_a_probe_loss_as_ground_truth_does(loss):
             methods.spec("taylor").evaluate(a, loss)
     with pytest.raises(InputError, match=r"loss must be a probe loss \(stabkit\.losses\.make_loss\(name, 4\)\)"):
         ground_truth(A, loss)
+
+
+def test_degenerate_drops_the_tie_splitting_part_of_a_rotation_invariant_loss():
+    """Kasim (2020) is exact only for perturbations that keep the degeneracy. L = ⟨W, U diag(λ) Uᵀ⟩ = ⟨W, A⟩ is
+    invariant to rotations inside the tied eigenspace and its gradient is W, but at diag(1, 1, 2) the
+    degenerate rule returns W with the tied pair's W_01 = W_10 removed (the documented limitation)."""
+    W = np.array([[1.0, 2.0, 3.0], [2.0, 4.0, 5.0], [3.0, 5.0, 6.0]])
+    lam, U = np.array([1.0, 1.0, 2.0]), np.eye(3)
+    gU, glam = 2 * W @ U * lam, np.einsum("ik,ij,jk->k", U, W, U)  # ∂L/∂U = (W + Wᵀ) U diag(λ), ∂L/∂λ_k = u_kᵀ W u_k
+    expected = W.copy()
+    expected[0, 1] = expected[1, 0] = 0.0
+    g = methods.spec("degenerate").backward({"U": U, "lam": lam}, gU, glam)
+    np.testing.assert_array_equal(g, expected)
+    A = torch.diag(torch.tensor(lam)).requires_grad_()
+    lam_t, U_t = eigh(A, method="degenerate")
+    g_t = torch.autograd.grad((torch.tensor(W) * ((U_t * lam_t) @ U_t.mT)).sum(), A)[0]
+    torch.testing.assert_close(g_t, torch.tensor(expected), rtol=0, atol=1e-12)
+    off_tie = np.diag([1.0, 1.5, 2.0])  # no tie: the same rule gives W exactly
+    g = methods.spec("degenerate").backward({"U": U, "lam": np.diag(off_tie)}, 2 * W @ U * np.diag(off_tie), glam)
+    np.testing.assert_allclose(g, W, rtol=0, atol=1e-14)

@@ -112,3 +112,23 @@ def test_analytic_trunc_drops_an_eigenvalue_equal_to_eps():
     np.testing.assert_array_equal(analytic_trunc.kept_above(lam, 0.5), [False, False, True])
     _, _, state = methods.spec("analytic-trunc:eps=0.5").forward(np.diag(lam[::-1]))
     np.testing.assert_array_equal(state["kept"], [False, False, True])
+
+
+@pytest.mark.parametrize("name", ["taylor", "taylor-authors"])
+def test_taylor_at_two_zero_eigenvalues_is_infinite_only_where_the_gradient_splits_the_tie(name):
+    """λ = (0, 0, 3), ε = 0: the series' λ_lo/λ_hi is 0/0 at the zero pair. Taken as 1 there, |F_01| =
+    (K+1)/0 = ∞ (like the analytic rule at a tie) and the λ-only gradient U diag(∂L/∂λ) Uᵀ = I is exact;
+    a loss whose Uᵀ∂L/∂U is nonzero at the pair gets the analytic rule's non-finite ∂L/∂A (no derivative)."""
+    spec = methods.spec(name)
+    F = spec.kernel(np.array([0.0, 0.0, 3.0]))
+    assert np.isposinf(F[0, 1]) and np.isinf(F[1, 0]) and F[0, 2] == F[1, 2] == pytest.approx(1 / 3)
+    state = {"U": np.eye(3), "lam": np.array([0.0, 0.0, 3.0])}
+    np.testing.assert_array_equal(spec.backward(state, np.zeros((3, 3)), np.ones(3)), np.eye(3))
+    gU = np.zeros((3, 3))
+    gU[0, 1] = 1.0  # (Uᵀ∂L/∂U)_01 ≠ 0 at the tied zero pair
+    g = spec.backward(state, gU, np.ones(3))
+    exact = methods.spec("analytic").backward(state, gU, np.ones(3))  # U (∞ at (0, 1)) Uᵀ: ∞ and 0 · ∞
+    assert not np.isfinite(exact).all()
+    np.testing.assert_array_equal(g, exact)
+    with_eps = spec.replace(eps=1e-3).kernel(np.array([0.0, 0.0, 3.0]))
+    assert with_eps[0, 1] == pytest.approx(10 / 1e-3)  # (K+1)/(0 + ε): λ + ε > 0 bounds it

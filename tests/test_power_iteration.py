@@ -397,3 +397,36 @@ def test_pi_legacy_drops_from_the_first_rayleigh_quotient_off_by_more_than_ten_p
     # only the iterated indices can be active: order 3, 2 leaves 1 and 0 out even where kept
     got = _rayleigh_kept(np.ones(4, dtype=bool), lam, {3: np.float64(4.0), 2: np.float64(2.0)}, [3, 2])
     assert got.tolist() == [False, False, True, True]
+
+
+@pytest.mark.parametrize("name", ["pi-forward", "pi-authors"])
+def test_power_iteration_at_a_zero_eigenvalue_returns_zero_and_an_orthogonal_unit_vector(name):
+    """Rank-deficient PSD input: once deflation leaves M_k v = 0, ‖M_k v‖ = 0 (it was 0/0 = NaN). The
+    stage returns λ = 0 and its start vector orthogonalised against the vectors found, so the
+    spectrum is torch.linalg.eigh's, U is orthogonal, and Σλ's gradient is finite — the identity
+    (= U Uᵀ), the exact one. x is exactly representable and xxᵀ converges in one step."""
+    x = torch.tensor([1.0, 2.0, -1.0, 0.5], dtype=torch.float64)
+    for A, truth in [(torch.diag(torch.tensor([0.0, 0.0, 3.0], dtype=torch.float64)), [0.0, 0.0, 3.0]),
+                     (torch.outer(x, x), [0.0, 0.0, 0.0, 6.25]), (torch.zeros(3, 3, dtype=torch.float64), [0.0] * 3)]:
+        d = A.shape[-1]
+        torch.testing.assert_close(torch.linalg.eigvalsh(A), torch.tensor(truth, dtype=torch.float64), rtol=0, atol=1e-14)
+        A = A.requires_grad_()
+        lam, U, _ = eigh_kept(A, method=name)
+        assert lam.tolist() == truth
+        torch.testing.assert_close(U.mT @ U, torch.eye(d, dtype=torch.float64), rtol=0, atol=1e-12)
+        g = torch.autograd.grad(lam.sum(), A)[0]
+        torch.testing.assert_close(g, torch.eye(d, dtype=torch.float64), rtol=0, atol=1e-12)
+    lam, U, state = methods.spec(name).forward(np.diag([0.0, 0.0, 3.0]))  # numpy path alike
+    assert lam.tolist() == [0.0, 0.0, 3.0] and np.allclose(U.T @ U, np.eye(3), atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["pi-forward", "pi-authors"])
+def test_power_iteration_pairs_come_in_ascending_magnitude_as_documented(name):
+    """Each stage finds the eigenvalue of largest |λ| left: on the indefinite diag(−8, −1, 2, 4) the pairs come
+    as (−1, 2, 4, −8) (ascending |λ|, the documented exception to eigh's ascending order), each with its
+    eigenvector; on a PSD matrix that order is the ascending one."""
+    lam, U, _ = eigh_kept(torch.diag(torch.tensor([-8.0, -1.0, 2.0, 4.0], dtype=torch.float64)), method=name, steps=80)
+    torch.testing.assert_close(lam, torch.tensor([-1.0, 2.0, 4.0, -8.0], dtype=torch.float64), rtol=0, atol=1e-10)
+    torch.testing.assert_close(U.abs(), torch.eye(4, dtype=torch.float64)[:, [1, 2, 3, 0]], rtol=0, atol=1e-8)
+    lam, _, _ = eigh_kept(torch.diag(torch.tensor([8.0, 1.0, 2.0, 4.0], dtype=torch.float64)), method=name, steps=80)
+    torch.testing.assert_close(lam, torch.tensor([1.0, 2.0, 4.0, 8.0], dtype=torch.float64), rtol=0, atol=1e-10)

@@ -84,3 +84,24 @@ def test_is_integer_takes_python_and_numpy_integers_in_range_only():
     from stabkit.validation import is_integer
     assert is_integer(3, 1, 3) and is_integer(np.int64(1), 1, 3) and is_integer(2 ** 64 - 1, 0, 2 ** 64 - 1)
     assert not any(is_integer(v, 1, 3) for v in (0, 4, True, 2.0, "2", None, np.float64(2.0)))
+
+
+def test_symmetry_is_judged_per_matrix_of_a_batch():
+    """max|A − Aᵀ| = 1e-3 against max|A| = 3 is refused alone; beside 1e6·I the batch's max|A| = 1e6 would
+    make the tolerance √eps·1e6 ≈ 1.5e-2 and accept it. Each matrix is measured against its own max|A|,
+    and the message names the batch index."""
+    import torch
+
+    import stabkit.torch as st
+
+    B = np.array([[2.0, 0.3, 0.1], [0.3, 1.0, 0.2], [0.1, 0.2, 3.0]])
+    B[0, 1] += 1e-3
+    big = 1e6 * np.eye(3)
+    for batch, index in ((B, ""), (np.stack([big, B]), r" \(batch index \[1\]\)"),
+                         (np.stack([np.stack([big, big]), np.stack([big, B])]), r" \(batch index \[1, 1\]\)")):
+        with pytest.raises(ValueError, match="matrix" + index + " is not symmetric: max.A - Aᵀ. = 0.001"):
+            check_symmetric(batch)
+        with pytest.raises(ValueError, match="eigh: input" + index + " is not symmetric: max.A − Aᵀ. = 0.001"):
+            st.eigh(torch.from_numpy(batch))
+    check_symmetric(np.stack([big, (B + B.T) / 2]))  # a symmetric batch still passes
+    st.eigvalsh(torch.from_numpy(np.stack([big, (B + B.T) / 2])))

@@ -190,9 +190,11 @@ class Method:
     #: the backward of the paper's released code for this row, where it is another spec than the
     #: method itself (e.g. SVD-Taylor's layer is ``taylor-song:K=9``); None: the method as registered
     paper_variant: str | None = None
-    #: its backward's coefficients stay finite on any spectrum, ties included (a series, a cap on
+    #: its backward's coefficients stay finite on its domain, ties included (a series, a cap on
     #: |F|, zeros on ties, overflow handling): the fix ``stabkit monitor report`` recommends for a
-    #: non-finite gradient, and not needed where the backward already is one
+    #: non-finite gradient, and not needed where the backward already is one. The domain is the
+    #: whole spectrum except for the series on λ + ε (``taylor``, ``taylor-authors``): λ + ε > 0
+    #: there; where two shifted eigenvalues are exactly 0 (ε = 0, two zero eigenvalues) their F is ±∞
     bounded: bool = False
     #: what a user of this method should know when it runs on a layer (``stabkit monitor report``)
     caveat: Caveat | None = None

@@ -3,9 +3,15 @@
 F_ij = 0 where |λ_j − λ_i| < atol + rtol·max(|λ_i|, |λ_j|), else 1/(λ_j − λ_i).
 This is the treatment of Kasim & Vinko's xitorch ("ξ-torch: differentiable scientific computing
 library", 2020; Kasim, "Derivatives of partial eigendecomposition of a real symmetric matrix for
-degenerate cases", arXiv:2011.04366): exact for losses invariant to rotations inside a
-degenerate eigenspace. Defaults atol = eps^0.6, rtol = eps^0.4 of the dtype. The max(|λ_i|, |λ_j|)
-(instead of |λ_i|) keeps F antisymmetric.
+degenerate cases", arXiv:2011.04366). Kasim's result needs two assumptions: the loss is invariant
+to rotations inside a degenerate eigenspace, *and* the perturbation of A keeps the degeneracy
+(u_iᵀ dA u_j = 0 for a degenerate pair i ≠ j). So ∂L/∂A is exact only along perturbations
+that do not split a tie: its u_i u_jᵀ component for every degenerate pair is dropped, not
+computed. Rotation invariance alone is not enough: for L = ⟨W, U diag(λ) Uᵀ⟩ = ⟨W, A⟩ at
+diag(1, 1, 2) the gradient is W with W_01 and W_10 set to 0, not W
+(``tests/test_methods.py``). The same holds on a pair that is only numerically degenerate (a
+gap below the tolerance), where it is an approximation. Defaults atol = eps^0.6, rtol = eps^0.4 of
+the dtype. The max(|λ_i|, |λ_j|) (instead of |λ_i|) keeps F antisymmetric.
 """
 
 from .. import _xp

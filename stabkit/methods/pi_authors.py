@@ -4,7 +4,8 @@ Wang, Dang, Hu, Fua & Salzmann, "Backpropagation-Friendly Eigendecomposition", N
 baseline), as released in github.com/cvlab-epfl/Power-Iteration-SVD (``torch_utils.py``,
 ``power_iteration_unstable.backward``, every public version; the same layer in
 Robust-Differentiable-SVD). The forward is ``pi-forward``'s: power iteration with deflation
-M_{k+1} = M_k − M_k u_k u_kᵀ from seeded random starts. Reverse mode of one step
+M_{k+1} = M_k − M_k u_k u_kᵀ from seeded random starts (pairs in ascending |λ|, not λ, on an
+indefinite A; see ``power_iteration``). Reverse mode of one step
 v_t = M v_{t−1} / ‖M v_{t−1}‖ is, with h_t = (I − v_t v_tᵀ) ∂v_t / ‖M v_{t−1}‖,
 
     ∂M += h_t v_{t−1}ᵀ,      ∂v_{t−1} = Mᵀ h_t      (``pi-forward``),

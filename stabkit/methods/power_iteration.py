@@ -6,7 +6,14 @@ For eigenvectors in decreasing eigenvalue order k = 1, 2, …, with M_1 = A:
     v_{t+1} = M_k v_t / ‖M_k v_t‖  (t = 0 … T−1),   u_k = v_T,   λ_k = u_kᵀ M_k u_k,
     M_{k+1} = M_k − M_k u_k u_kᵀ                     (deflation, as in the authors' code),
 
-and the gradient is back-propagated through every step (T = 19).
+and the gradient is back-propagated through every step (T = 19). Where M_k v_t = 0 exactly (M_k
+annihilates v_t: an eigenvalue 0 of a rank-deficient A, the zero matrix, or what deflation leaves
+of a rank-r matrix after r stages) the step has no direction: v_{t+1} is then the start vector
+with its components along the u's already found removed, normalised, so λ_k = 0 and u_k is a
+finite unit vector orthogonal to them (not 0/0 = NaN), and the backward passes nothing through
+that step, so a loss of λ alone gets a finite gradient. The authors' code instead clamps
+‖M v‖ ≥ 1e-5 (a zero vector u_k there, λ_k = 0 alike); this project does not clamp
+(``studies/zca-cifar10-paper.toml``'s deviation table).
 
 ``pi`` (SVD-PI). v_0 = the exact eigenvector (a constant), so the forward is the exact
 eigendecomposition. Going down from the largest, pair k is kept while λ_k > ε and the energy
@@ -44,7 +51,11 @@ Rayleigh condition, iterating in the forward: it differentiates a different func
 one it returns.
 
 ``pi-forward`` (the PI baseline) starts from seeded random vectors, so its forward is power
-iteration too. ``stop=true`` adds the authors' stopping rule (ZCANormPIunstable in their public
+iteration too. Each stage converges to the eigenvalue of M_k largest in *magnitude*, and pair k
+is stage d − k: the pairs come in ascending |λ|, which is ascending λ only where A has no
+negative eigenvalue (the positive semi-definite input the method is meant for). On an indefinite A
+they are not sorted (spectrum (−5, −1, 2, 3) → λ = (−1, 2, 3, −5)); they are left in that order
+because the backward, the ``stop`` rule and the kept mask are all indexed by stage. ``stop=true`` adds the authors' stopping rule (ZCANormPIunstable in their public
 code): after the first stage, stop at the first whose Rayleigh quotient is < ε or larger than
 the previous stage's; the stopped pairs are dropped (``kept``). Default: no stopping rule. Its random start vectors come
 from a small integer hash of (row, column, seed) — bit-identical in numpy and torch, the same
@@ -88,15 +99,19 @@ def _run(A, starts, steps, order):
     xp = _xp.namespace(A)
     M = A
     paths, norms, lam_hat, W = {}, {}, {}, {}
+    found = []
     for k in order:
         v = starts[..., :, k]
+        fallback = _orthogonal_start(v, found)
         path, ns = [v], []
         for _ in range(steps):
             w = _matvec(M, v)
             n = _xp.vector_norm(w)
-            v = w / n
+            null = n == 0
+            v = xp.where(null, fallback, w / xp.where(null, xp.ones_like(n), n))
             path.append(v)
             ns.append(n)
+        found.append(v)
         paths[k] = xp.stack(path, -2)
         norms[k] = xp.stack(ns, -2) if ns else None
         Mv = _matvec(M, v)
@@ -104,6 +119,16 @@ def _run(A, starts, steps, order):
         W[k] = Mv
         M = M - _outer(Mv, v)
     return paths, norms, lam_hat, W
+
+
+def _orthogonal_start(s: Array, found: list) -> Array:
+    """The step's result where M_k v = 0 (M_k annihilates v: an eigenvalue 0, e.g. once deflation has
+    left a zero matrix): the start vector s with its components along the vectors already found
+    removed (one Gram–Schmidt pass), normalised — a finite unit vector, orthogonal to them as far as
+    they are to each other, with Rayleigh quotient 0. The backward takes it as a constant."""
+    for u in found:
+        s = s - u * _dot(u, s)
+    return s / _xp.vector_norm(s)
 
 
 def start_vectors(A: Array, seed: int) -> Array:
@@ -204,8 +229,8 @@ def _rayleigh_kept(kept, lam, lam_hat, order):
 def backward(state: dict, gU: Array, glam: Array, *, authors_step: bool = False, **_) -> Array:
     """Reverse-mode through the iterations and deflations of ``_run`` (no autograd needed).
 
-    Dropped stages are skipped with ``where`` (not multiplied by 0), so the NaN that power
-    iteration produces on a deflated-to-zero matrix cannot leak into the kept stages.
+    Dropped stages are skipped with ``where`` (not multiplied by 0), so a non-finite value in a
+    dropped stage cannot leak into the kept stages. A step with ‖M_k v‖ = 0 passes nothing back.
     ``authors_step``: hand each step's gradient back as M h_t instead of Mᵀ h_t (``pi-authors``).
     """
     A, paths, norms, W = state["A"], state["paths"], state["norms"], state["W"]
@@ -243,7 +268,9 @@ def backward(state: dict, gU: Array, glam: Array, *, authors_step: bool = False,
             hs = []
             for t in range(T, 0, -1):
                 vt = path[..., t, :]
-                h = (gv - vt * _dot(vt, gv)) / norms[k][..., t - 1, :]
+                n = norms[k][..., t - 1, :]
+                null = n == 0  # v_t is _orthogonal_start's constant: nothing flows back through it
+                h = xp.where(null, n, (gv - vt * _dot(vt, gv)) / xp.where(null, xp.ones_like(n), n))
                 hs.append(h)
                 gv = _matvec(step, h)
             g = g + xp.stack(hs[::-1], -1) @ path[..., :-1, :]

@@ -6,11 +6,14 @@ for λ_i > λ_j > 0,
     1/(λ_i − λ_j) = (1/λ_i) · 1/(1 − λ_j/λ_i) ≈ (1/λ_i) Σ_{k=0..K} (λ_j/λ_i)^k,
 
 evaluated on λ + ε (adding εI to A shifts the eigenvalues and leaves eigenvectors alone).
-The truncation keeps |F_ij| ≤ (K+1)/(λ_max(i,j) + ε), so equal eigenvalues give a finite value;
-its sign follows λ_j − λ_i and, at exact ties, the index order, keeping F antisymmetric.
-Defaults K = 9 (the paper's choice) and ε = 0 (a layer adds its own ε to its covariance).
-Meant for λ + ε > 0: F is non-finite only where the larger shifted eigenvalue of a pair is 0, and
-a negative one gives finite values that are not a series of 1/Δ (λ + ε = (−2, −1): F_01 = −1023, not 1).
+The truncation keeps |F_ij| ≤ (K+1)/(λ_max(i,j) + ε), so equal eigenvalues give a finite value
+where λ + ε > 0; its sign follows λ_j − λ_i and, at exact ties, the index order, keeping F
+antisymmetric. Defaults K = 9 (the paper's choice) and ε = 0 (a layer adds its own ε to its covariance).
+Meant for λ + ε > 0: F is bounded only there. Where the larger shifted eigenvalue of a pair is 0
+(with ε = 0: two eigenvalues exactly 0, e.g. a covariance with two all-zero channels) F_ij = ±∞,
+as the analytic rule at a tie: a loss of λ alone (zero projected gradient there) still gets the
+exact gradient, a nonzero one gives ±∞; ε > 0 makes it finite. A negative shifted eigenvalue gives
+finite values that are not a series of 1/Δ (λ + ε = (−2, −1): F_01 = −1023, not 1).
 """
 
 from .. import _xp
@@ -24,7 +27,10 @@ def geometric_magnitude(lam: Array, K: int, eps: float) -> Array:
     shifted = lam + eps
     a, b = shifted[..., :, None], shifted[..., None, :]
     hi, lo = xp.maximum(a, b), xp.minimum(a, b)
-    ratio = lo / hi
+    # lo/hi is 1 where the two are equal, also at hi = lo = 0 (0/0 would give NaN): the magnitude is
+    # then (K+1)/hi = ∞, which ``_xp.kernel_product`` turns into 0 where the projected gradient is 0.
+    tie = hi == lo
+    ratio = xp.where(tie, xp.ones_like(hi), lo / xp.where(tie, xp.ones_like(hi), hi))
     total = xp.ones_like(ratio)
     for _ in range(int(K)):  # Horner: 1 + r(1 + r(1 + …))
         total = 1 + ratio * total

@@ -8,7 +8,8 @@ github.com/WeiWangTrento/Robust-Differentiable-SVD (``torch_utils.geometric_appr
 
 but with s_ij = +1 when λ_j ≥ λ_i — so at an exact tie both F_ij and F_ji are +(K+1)/λ (the same
 sign), where ``taylor`` makes them antisymmetric by index order. Away from exact ties the two are
-identical. (``taylor-song:K=9`` has the same tie sign, without the shift and with its own overflow
+identical. Both share ``taylor``'s domain: bounded where λ + ε > 0, ±∞ (+∞ here) where two
+shifted eigenvalues are exactly 0. (``taylor-song:K=9`` has the same tie sign, without the shift and with its own overflow
 handling.) The released layer also clamps its SVD's σ at 1e-10 before whitening; that is the
 layer's forward, not this gradient rule.
 """

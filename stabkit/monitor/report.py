@@ -187,7 +187,9 @@ def findings(g: pd.DataFrame) -> list[Finding]:
                         "same seeds, finished 8/8 (the same tied spectrum only at step 0, where 2 of the 3 failures were).")
         else:
             action = ("The backward is already bounded; this project has no measured fix for a non-finite gradient "
-                      "through it (check the incoming gradient and the input).")
+                      "through it (check the incoming gradient and the input). taylor and taylor-authors are bounded "
+                      "only where λ + ε > 0: with two eigenvalues exactly −ε (ε = 0: two zero eigenvalues, see λ_min) "
+                      "their F is ±∞ like the analytic rule's; a larger ε removes that.")
             evidence = "—"
         out.append(Finding("non-finite gradient made here", made_here,
                            f"this call's backward turned a finite incoming gradient into a non-finite ∂L/∂A "
