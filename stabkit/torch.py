@@ -152,7 +152,7 @@ class _Eigh(torch.autograd.Function):
 
     @staticmethod
     def forward(A, spec):
-        lam, U, _ = spec.forward(_as_read(A, spec))
+        lam, U, _ = spec.forward(A)
         return lam, U
 
     @staticmethod
@@ -170,19 +170,8 @@ class _Eigh(torch.autograd.Function):
             lam, U = eigh_for_backward(A, lam, U)
             state = {"U": U, "lam": lam}
         else:  # power iteration: its state (iterates, norms) is rebuilt from A
-            _, _, state = spec.forward(_as_read(A, spec))
+            _, _, state = spec.forward(A)
         return spec.backward(state, gU, glam), None
-
-
-def _as_read(A, spec):
-    """The symmetric matrix an eigh call decomposes: the lower triangle of A mirrored (torch's rule;
-    an upper-triangle call arrives transposed). An exact forward (LAPACK) reads only that triangle
-    itself; a power-iteration forward multiplies by the whole matrix, so it gets it built. The
-    gradient is the backward's symmetric ∂L/∂A of that matrix, as for every method (not the
-    chain rule through the mirroring)."""
-    if spec.method.exact_state:
-        return A
-    return torch.tril(A) + torch.tril(A, -1).mT
 
 
 class _EighJvp(_Eigh):
@@ -214,8 +203,11 @@ def eigh(A: torch.Tensor, UPLO: str = "L", *, out=None, method: str | Spec = DEF
     for a positive semi-definite A, not for an indefinite one (λ = (−1, 2, 3, −5) for the spectrum
     (−5, −1, 2, 3)).
 
-    ``UPLO``: the triangle read, as torch's — every method, power iteration included, decomposes the
-    symmetric matrix built from it, and the gradient is the symmetric ∂L/∂A of that matrix.
+    ``UPLO``: the triangle an exact forward (LAPACK) reads, as torch's. The power-iteration forwards
+    (``pi-forward``, ``pi-authors``, ``pi-legacy``) multiply by the whole matrix, as the authors'
+    code does (the ``paper`` preset's PI rows iterate on an unsymmetrised covariance, as theirs):
+    they ignore ``UPLO``, so give them a full symmetric A — ``check=True`` refuses one that is not
+    symmetric within √eps·max|A|; with ``check=False`` a triangle-only A gives them another matrix.
     ``method``: a Spec, or a registry name / spec text with ``params`` its parameters (e.g. ``K=9``
     for taylor); ``check`` the input contract of the module docstring. ``eigh(A, "taylor")``
     (method second, the older spelling) still works.
