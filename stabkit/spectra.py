@@ -14,7 +14,14 @@
 Spectrum-built families use a Haar-random orthogonal basis Q: A = Q diag(λ) Qᵀ in float64,
 symmetrized exactly as (A + Aᵀ)/2, then rounded to float32 if asked. Randomness comes only from
 ``np.random.default_rng(np.random.SeedSequence([seed, d, stream]))``, ``stream`` a fixed integer
-per family (``FAMILY_STREAMS``): same (family, d, seed, params) → the identical matrix.
+per family (``FAMILY_STREAMS``): same (family, d, seed, params) → the identical matrix, whatever the
+call order, process or caller's thread setting (the QR, SVD and product run on one BLAS thread), but
+only for the same numpy (NEP 19 allows ``Generator`` streams to change between releases) and the
+same BLAS/LAPACK kernels (an AVX2 and an AVX-512 OpenBLAS round the QR and product differently).
+
+``cluster``'s delta is a *relative* gap: the absolute gaps are λ_c·delta, λ_c = 0.55 (to rounding)
+whenever d − k is even (k = 2 at the studies' even d), so a "gap δ" axis built from it has absolute
+gaps 0.55·δ, not δ.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from .validation import dtype_name
 
@@ -103,7 +111,10 @@ def _real(family: str, name: str, value, *, gt: float | None = None, ge: float |
     """``value`` as a finite float with value > gt (or >= ge); ValueError naming the problem."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(f"{family}: {name} must be a real number, got {value!r}")
-    v = float(value)
+    try:
+        v = float(value)
+    except OverflowError:  # an int (or Fraction) beyond float64: 10**400 raised a bare OverflowError
+        raise ValueError(f"{family}: {name} must be finite, got {value!r}") from None
     if not math.isfinite(v):
         raise ValueError(f"{family}: {name} must be finite, got {value!r}")
     if gt is not None and not v > gt:
@@ -138,8 +149,9 @@ def cluster(d: int, rng: np.random.Generator, *, k: int = 2, delta: float = 1e-6
 
     Grid g = linspace(0.1, 1, d − k + 1) (just [1] when k = d); λ_c = g[c], c = (d − k)//2 (the
     middle), and the other grid points are the remaining eigenvalues, so the cluster sits
-    mid-spectrum with its consecutive gaps λ_c·delta (up to one rounding of λ_c each: delta down to
-    1e-14 still gives k distinct float64 values). Defaults k = 2, delta = 1e-6. Needs 2 <= k <= d
+    mid-spectrum with its consecutive gaps λ_c·delta — delta is relative, the absolute gap is λ_c·delta
+    — up to the rounding of each member (≤ ulp(λ_c) per gap: delta down to 1e-14 still gives k distinct
+    float64 values). Defaults k = 2, delta = 1e-6. Needs 2 <= k <= d
     and 0 < delta, and the cluster width (k−1)·delta·λ_c below half the grid spacing.
     """
     k = _int("cluster", "k", k, 2, d, why=f" for d={d}")
@@ -207,6 +219,10 @@ def lapack(d: int, rng: np.random.Generator, *, mode: int = 3, cond: float = 1e4
        that distribution is uniform(0,1), scaled into the range the other modes share).
 
     Defaults mode = 3, cond = 1e4 (cond >= 1). Returned ascending (positive, max 1 for modes 1–4).
+    These are xLATM1's D with IRSIGN = 0 (no random signs; LAPACK's negative modes, the same values
+    reversed, are not needed once sorted). Unlike xLATMS, mode 5 is *not* rescaled to max |D| = DMAX
+    (xLATMS scales every mode but 0 and ±6): its largest value is exp(−u_min·ln cond) < 1, and the
+    realised condition number max/min is below cond; modes 1–4 have it exactly (max 1 = DMAX).
     """
     mode = _int("lapack", "mode", mode, 1, 6)
     cond = _real("lapack", "cond", cond, ge=1.0)
@@ -236,7 +252,10 @@ def wishart(d: int, rng: np.random.Generator, *, aspect: float = 0.5) -> _Draw:
     spectrum: ``eigenvalues`` and ``basis`` are None. ``params`` records n too.
     """
     aspect = _real("wishart", "aspect", aspect, gt=0.0)
-    n = max(1, math.ceil(d / aspect * (1 - 1e-12)))  # 1e-12: no extra sample from d/aspect's rounding
+    ratio = d / aspect * (1 - 1e-12)  # 1e-12: no extra sample from d/aspect's rounding
+    if not d * ratio <= MAX_ENTRIES:  # also inf (aspect=1e-310), which math.ceil refused with OverflowError
+        raise ValueError(f"wishart: aspect={aspect!r} is too small for d={d} (it needs n={ratio:.3g} samples)")
+    n = max(1, math.ceil(ratio))
     if d * n > MAX_ENTRIES:
         raise ValueError(f"wishart: aspect={aspect!r} is too small for d={d} (it needs n={n} samples)")
     X = rng.standard_normal((d, n))
@@ -307,13 +326,17 @@ def make(family: str, d: int, seed: int = 0, dtype: str = "float64", **params) -
     dt = _dtype(dtype)
 
     rng = np.random.default_rng(np.random.SeedSequence([seed, d, FAMILY_STREAMS[family]]))
-    draw = fn(d, rng, **params)
-    if draw.matrix is not None:
-        A, lam, Q = draw.matrix, None, None
-    else:
-        lam = np.asarray(draw.eigenvalues, dtype=np.float64)
-        Q = haar_orthogonal(d, rng)
-        A = (Q * lam) @ Q.T
+    # One BLAS thread: OpenBLAS's QR, SVD and matrix product round differently with the thread count
+    # at some sizes (d = 300, 500, 700 on 2 threads), so a caller's thread setting changed the bits;
+    # the studies' cells already run with one BLAS thread, so their matrices are these.
+    with threadpool_limits(limits=1, user_api="blas"):
+        draw = fn(d, rng, **params)
+        if draw.matrix is not None:
+            A, lam, Q = draw.matrix, None, None
+        else:
+            lam = np.asarray(draw.eigenvalues, dtype=np.float64)
+            Q = haar_orthogonal(d, rng)
+            A = (Q * lam) @ Q.T
     A = (A + A.T) / 2  # exactly symmetric: IEEE addition commutes
     if dt != A.dtype:
         A = A.astype(dt)

@@ -335,3 +335,46 @@ def test_every_family_is_symmetric_reproducible_and_semidefinite_where_it_should
         assert lam.min() >= -10 * d * EPS * lam.max()
     else:
         assert (np.diff(s.eigenvalues) >= 0).all()
+
+
+# ------------------------------------------------------------------ audit fixes (fix-spectra)
+
+
+@pytest.mark.parametrize("family,d,kwargs,message", [
+    ("separated", 4, {"cond": 10**400}, r"separated: cond must be finite, got 1000"),
+    ("lapack", 4, {"cond": 10**400}, r"lapack: cond must be finite"),
+    ("wishart", 4, {"aspect": 1e-310}, r"wishart: aspect=1e-310 is too small for d=4"),
+    ("wishart", 4, {"aspect": Fraction(1, 10**400)}, r"wishart: aspect=Fraction"),  # rounds to 0
+])
+def test_overflowing_parameters_raise_valueerror_not_overflowerror(family, d, kwargs, message):
+    """A Python int beyond float64 (cond=10**400) and an aspect whose d/aspect overflows raised a bare
+    OverflowError from float()/math.ceil; now a one-line ValueError naming the parameter."""
+    with pytest.raises(ValueError, match=message):
+        spectra.make(family, d, **kwargs)
+
+
+@pytest.mark.parametrize("family", ["cluster", "rank_deficient", "lapack", "wishart"])
+def test_matrix_does_not_depend_on_the_callers_blas_threads(family):
+    """At d = 300 OpenBLAS's QR and product round differently on 1 and 2 threads; make runs them on one
+    BLAS thread, so the caller's setting (a study cell's one thread, compare's default) does not matter."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        one = spectra.make(family, 300, seed=1).matrix
+    with threadpool_limits(limits=2, user_api="blas"):
+        two = spectra.make(family, 300, seed=1).matrix
+    assert np.array_equal(one, two)
+
+
+def test_cluster_delta_is_relative_absolute_gap_is_055_delta_at_even_d():
+    for d in (4, 8, 16, 32, 64):
+        lam = spectra.make("cluster", d, delta=1e-4).eigenvalues
+        c = (d - 2) // 2
+        assert lam[c] == pytest.approx(0.55, rel=1e-15)
+        assert lam[c + 1] - lam[c] == pytest.approx(0.55e-4, rel=1e-9)
+
+
+def test_lapack_mode5_is_not_rescaled_to_max_one():
+    """Documented difference from xLATMS (which scales mode 5 to max |D| = DMAX): max < 1 here."""
+    lam = spectra.make("lapack", 8, seed=0, mode=5, cond=1e4).eigenvalues
+    assert lam.max() < 1.0 and lam.min() > 1e-4
