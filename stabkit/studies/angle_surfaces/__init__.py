@@ -22,7 +22,9 @@ Parts (the ``part`` column of the results):
 * ``k_eps`` — measured angle between the gradient of ``series_method`` at (K, ε) and the certified truth
   (``reference.ground_truth``) for the ZCA loss on one matrix with a clustered spectrum, over (K, ε).
 * ``gap_d`` — the same angle for each method in ``gap_methods`` on matrices from
-  ``stabkit.spectra`` whose eigenvalue gap is δ, over (δ, d).
+  ``stabkit.spectra`` whose eigenvalue gap is set by δ, over (δ, d) — for ``cluster`` δ is relative:
+  the smallest gap is λ_c·δ (0.55·δ at the even d of the default grid; the report computes the
+  ratio from the matrices).
 
 Figures are contour plots and 3-D surfaces (matplotlib, Agg backend).
 """
