@@ -439,3 +439,21 @@ def test_a_call_on_meta_tensors_is_logged_without_values_and_the_log_goes_on(tmp
     df = monitor.read_log(tmp_path / "eig.csv")
     assert df["n"].tolist() == [3, 2] and math.isnan(df.iloc[0]["min_gap"]) and df.iloc[1]["min_gap"] == pytest.approx(2.0)
     assert math.isnan(df.iloc[0]["grad_norm"]) and not df["nonfinite"].any()
+
+
+def test_a_call_under_no_grad_gets_no_input_gradient_from_other_uses_of_its_input():
+    """An evaluation call (torch.no_grad) on a matrix that requires grad has no backward: the
+    non-finite ∂L/∂A made by another call's backward on a tie must not be logged as its own."""
+    X = torch.eye(2, dtype=torch.float64, requires_grad=True)
+    A = X * 1.0  # non-leaf, eigenvalues tied at 1
+    with monitor.watch() as mon:
+        with torch.no_grad():
+            torch.linalg.eigvalsh(A)
+        _, U = torch.linalg.eigh(A)
+        U.sum().backward()
+    assert not torch.isfinite(X.grad).all()  # the analytic rule divides by the zero gap
+    rows = mon.records
+    assert math.isnan(rows.loc[0, "grad_norm"]) and math.isnan(rows.loc[0, "grad_in_norm"])
+    assert not rows.loc[0, "nonfinite"]
+    assert rows.loc[1, "grad_norm"] == pytest.approx(2.0)  # ‖ones(2, 2)‖ reaching U
+    assert rows.loc[1, "grad_in_norm"] == math.inf and rows.loc[1, "nonfinite"]

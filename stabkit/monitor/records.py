@@ -87,13 +87,17 @@ def _hookable(t):
 
 def _grad_hooks(outputs, A, on_out, on_in) -> None:
     """``on_out`` on every output that gradient reaches, ``on_in`` on ∂L/∂A where A is not a leaf
-    (a leaf would keep the hook for good); at the level :func:`_hookable` finds."""
+    (a leaf would keep the hook for good); at the level :func:`_hookable` finds. A call none of whose
+    outputs requires grad (under ``torch.no_grad``) has no backward: ∂L/∂A, which other uses of A
+    make, is not this call's and is not measured for it."""
+    hooked = False
     for out in outputs:
         out = _hookable(out)
         if out is not None:
             out.register_hook(on_out)
+            hooked = True
     A = _hookable(A)
-    if A is not None and A.grad_fn is not None:
+    if hooked and A is not None and A.grad_fn is not None:
         A.register_hook(on_in)
 
 
