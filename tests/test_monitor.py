@@ -457,3 +457,22 @@ def test_a_call_under_no_grad_gets_no_input_gradient_from_other_uses_of_its_inpu
     assert not rows.loc[0, "nonfinite"]
     assert rows.loc[1, "grad_norm"] == pytest.approx(2.0)  # ‖ones(2, 2)‖ reaching U
     assert rows.loc[1, "grad_in_norm"] == math.inf and rows.loc[1, "nonfinite"]
+
+
+def test_float32_spectra_are_measured_without_overflow_or_underflow():
+    """max|K̃| = 1/gap of a float32 spectrum is its own number (not ∞ where 1/gap > 3.4e38), and an
+    svd's σ² neither overflows (a false non-finite event) nor underflows (a false tie)."""
+    with monitor.watch() as mon:
+        torch.linalg.eigvalsh(torch.diag(torch.tensor([0.0, 1e-39, 1.0])))
+        torch.linalg.svd(torch.diag(torch.tensor([1e-23, 2e-23, 1.0])))
+        torch.linalg.svd(torch.diag(torch.tensor([1.0, 1e20, 2e20])))
+    rows = mon.records
+    for i, sigma_or_lam in enumerate(([0.0, 1e-39, 1.0], [1e-23, 2e-23, 1.0], [1.0, 1e20, 2e20])):
+        v = [float(torch.tensor(x, dtype=torch.float32)) for x in sigma_or_lam]  # the float32 values, exactly
+        lam = sorted(v) if i == 0 else sorted(x * x for x in v)
+        gaps = [b - a for a, b in zip(lam, lam[1:])]
+        assert rows.loc[i, "min_gap"] == pytest.approx(min(gaps), rel=1e-12)
+        assert rows.loc[i, "max_K"] == pytest.approx(1 / min(gaps), rel=1e-12)
+        assert rows.loc[i, "min_rel_gap"] == pytest.approx(min(gaps) / lam[-1], rel=1e-12)
+        assert rows.loc[i, "lam_min"] == pytest.approx(lam[0], rel=1e-12)
+        assert not rows.loc[i, "nonfinite"]

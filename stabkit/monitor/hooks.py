@@ -25,7 +25,7 @@ from ..layers import matrix_functions
 from ..layers.matrix_functions import DK_BACKWARD
 from ..methods import DEFAULT, EXACT, Spec
 from .log import LiveLog, rank_file_name, warn
-from .records import Monitor
+from .records import Monitor, _wide
 
 _local = threading.local()
 _lock = threading.RLock()
@@ -195,9 +195,15 @@ def _eigvalsh_call(mons, A, args, kwargs):
     return lam, "values", lam, (lam,)
 
 
+def _squared(S):
+    """σ² ascending, squared in float64 (in float32 σ > 1.8e19 made σ² = ∞, a false non-finite event, and
+    σ < 1e-19 made σ² = 0, a false tie), detached (no autograd node per call)."""
+    return (_wide(S.detach()) ** 2).flip(-1)
+
+
 def _svd_call(mons, A, args, kwargs):
     out = _originals_or_live("svd")(*args, **kwargs)
-    return out, EXACT, (out[1] ** 2).flip(-1), tuple(out)
+    return out, EXACT, _squared(out[1]), tuple(out)
 
 
 def _sk_call(fn_name, eigenvalues):
@@ -226,8 +232,8 @@ _CALLS = {
     "eigh": _eigh_call, "eigvalsh": _eigvalsh_call, "svd": _svd_call,
     "sk_eigh": _sk_call("sk_eigh", lambda out: out[0]),
     "sk_eigvalsh": _sk_call("sk_eigvalsh", lambda lam: lam),
-    "sk_svd": _sk_call("sk_svd", lambda out: (out[1] ** 2).flip(-1)),
-    "sk_svdvals": _sk_call("sk_svdvals", lambda S: (S ** 2).flip(-1)),
+    "sk_svd": _sk_call("sk_svd", lambda out: _squared(out[1])),
+    "sk_svdvals": _sk_call("sk_svdvals", _squared),
     "dk_eig": _dk_call("dk_eig"), "dk_svd": _dk_call("dk_svd"),
 }
 
