@@ -476,3 +476,21 @@ def test_float32_spectra_are_measured_without_overflow_or_underflow():
         assert rows.loc[i, "min_rel_gap"] == pytest.approx(min(gaps) / lam[-1], rel=1e-12)
         assert rows.loc[i, "lam_min"] == pytest.approx(lam[0], rel=1e-12)
         assert not rows.loc[i, "nonfinite"]
+
+
+def _scripted_spectrum(a: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.eigh(a)[0] + torch.linalg.eigvalsh(a) + torch.linalg.svd(a)[1].flip(-1)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_torch_jit_script_of_code_calling_torch_linalg_works_inside_watch():
+    """torch.jit.script resolves torch.linalg.eigh/eigvalsh/svd as aten ops; inside watch it used to find
+    the Python wrapper and fail (TypeError), so a model scripted under `stabkit watch` could not run."""
+    A = _sym([1.0, 2.0, 4.0])
+    for _ in range(2):  # the second watch reuses the wrappers
+        with monitor.watch() as mon:
+            scripted = torch.jit.script(_scripted_spectrum)
+            got = scripted(A)
+        assert torch.allclose(got, torch.tensor([3.0, 6.0, 12.0], dtype=torch.float64), atol=1e-12)
+        assert len(mon.records) == 0  # scripted code is compiled code: not monitored
+    assert torch.linalg.eigh is ORIGINALS[0] and torch.linalg.svd is ORIGINALS[2]

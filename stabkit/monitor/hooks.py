@@ -245,13 +245,33 @@ def _optimizer_hook(optimizer, args, kwargs):
             mon._on_optimizer_step(optimizer)
 
 
+_wrappers: dict = {}  # name → its wrapper, made once and kept: TorchScript's builtin table is keyed by id()
+
+
+def _wrapper(name, original):
+    """The wrapper of ``name``, made once. Where ``original`` is a TorchScript builtin (torch.linalg's), the
+    wrapper is registered as that builtin, so ``torch.jit.script`` of code calling it inside ``watch``
+    compiles the aten op (not monitored, as compiled code) instead of failing on the wrapper."""
+    wrapper = _wrappers.get(name)
+    if wrapper is None:
+        wrapper = _wrappers[name] = _watched(name, _CALLS[name])
+    wrapper.__wrapped__ = original
+    with contextlib.suppress(Exception):  # no TorchScript: nothing to register
+        from torch.jit import _builtins
+
+        op = _builtins._find_builtin(original)
+        if op is not None:
+            _builtins._register_builtin(wrapper, op)
+    return wrapper
+
+
 def _activate(mon: Monitor):
     global _active, _originals, _hook_handle
     with _lock:
         if _originals is None:
             _originals = {name: _live(name) for name in _TARGETS}
             for name, (module, attr) in _TARGETS.items():
-                setattr(module, attr, _watched(name, _CALLS[name]))
+                setattr(module, attr, _wrapper(name, _originals[name]))
             from torch.optim.optimizer import register_optimizer_step_post_hook
 
             _hook_handle = register_optimizer_step_post_hook(_optimizer_hook)
