@@ -5,7 +5,8 @@ on ``PYTHONPATH``; that folder's ``sitecustomize`` calls :func:`start_from_envir
 user's code runs. The monitor records every thread, counts optimizer steps, appends
 ``LOG/eig-rank{R}.csv`` every N steps (R from ``RANK``/``LOCAL_RANK``: one file per DDP process)
 and flushes the rest at exit; SIGTERM exits through ``atexit`` when no handler was set. A forked
-child starts its own monitor writing ``eig-rank{R}-pid{PID}.csv``.
+child starts its own monitor writing ``eig-rank{R}-pid{PID}.csv``; so does a process whose
+``eig-rank{R}.csv`` is held (``flock``) by another live process (a second run into the same folder).
 """
 
 from __future__ import annotations
