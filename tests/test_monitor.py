@@ -494,3 +494,23 @@ def test_torch_jit_script_of_code_calling_torch_linalg_works_inside_watch():
         assert torch.allclose(got, torch.tensor([3.0, 6.0, 12.0], dtype=torch.float64), atol=1e-12)
         assert len(mon.records) == 0  # scripted code is compiled code: not monitored
     assert torch.linalg.eigh is ORIGINALS[0] and torch.linalg.svd is ORIGINALS[2]
+
+
+def test_watching_a_monitor_inside_its_own_watch_records_each_call_once_and_keeps_watching():
+    """``watching(mon)`` nested in the ``watch`` that made ``mon``: each call used to be logged twice,
+    and the inner exit removed mon altogether (the outer block's later calls unlogged, torch's
+    functions restored inside it); each optimizer step counted twice."""
+    p = nn.Parameter(torch.zeros(()))
+    opt = torch.optim.SGD([p], lr=0.1)
+    with monitor.watch() as mon:
+        with monitor.watching(mon):
+            torch.linalg.eigvalsh(_sym([1.0, 3.0]))
+            opt.step()
+        assert torch.linalg.eigvalsh is not ORIGINALS[1]  # still watched
+        torch.linalg.eigvalsh(_sym([1.0, 6.0]))
+        opt.step()
+        assert mon.current_step == 2
+    assert torch.linalg.eigvalsh is ORIGINALS[1]
+    rows = mon.records
+    assert rows["min_gap"].tolist() == [pytest.approx(2.0), pytest.approx(5.0)]
+    assert rows["step"].tolist() == [0, 1]

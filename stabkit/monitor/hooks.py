@@ -39,7 +39,7 @@ def _watchers() -> tuple:
     if getattr(_local, "inside", False) or not _active:
         return ()
     tid = threading.get_ident()
-    return tuple(m for m in _active if m.watches(tid))
+    return tuple(dict.fromkeys(m for m in _active if m.watches(tid)))  # a monitor active twice (nested) records once
 
 
 _warned_internal = False
@@ -240,7 +240,7 @@ _CALLS = {
 
 def _optimizer_hook(optimizer, args, kwargs):
     tid = threading.get_ident()
-    for mon in _active:
+    for mon in dict.fromkeys(_active):
         if mon.watches(tid):
             mon._on_optimizer_step(optimizer)
 
@@ -281,7 +281,9 @@ def _activate(mon: Monitor):
 def _deactivate(mon: Monitor):
     global _active, _originals, _hook_handle
     with _lock:
-        _active = tuple(m for m in _active if m is not mon)
+        mine = [i for i, m in enumerate(_active) if m is mon]
+        if mine:  # one activation ends: a monitor also active in an enclosing block keeps recording
+            _active = _active[:mine[-1]] + _active[mine[-1] + 1:]
         if not _active and _originals is not None:
             for name, (module, attr) in _TARGETS.items():
                 setattr(module, attr, _originals[name])
