@@ -87,9 +87,8 @@ def _hookable(t):
 
 def _grad_hooks(outputs, A, on_out, on_in) -> None:
     """``on_out`` on every output that gradient reaches, ``on_in`` on ∂L/∂A where A is not a leaf
-    (a leaf would keep the hook for good); at the level :func:`_hookable` finds. A call none of whose
-    outputs requires grad (under ``torch.no_grad``) has no backward: ∂L/∂A, which other uses of A
-    make, is not this call's and is not measured for it."""
+    (a leaf would keep the hook for good); at the level :func:`_hookable` finds. A call without an output
+    that requires grad (``torch.no_grad``) has no backward: ∂L/∂A from other uses of A is not its own."""
     hooked = False
     for out in outputs:
         out = _hookable(out)
