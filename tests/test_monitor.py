@@ -439,3 +439,78 @@ def test_a_call_on_meta_tensors_is_logged_without_values_and_the_log_goes_on(tmp
     df = monitor.read_log(tmp_path / "eig.csv")
     assert df["n"].tolist() == [3, 2] and math.isnan(df.iloc[0]["min_gap"]) and df.iloc[1]["min_gap"] == pytest.approx(2.0)
     assert math.isnan(df.iloc[0]["grad_norm"]) and not df["nonfinite"].any()
+
+
+def test_a_call_under_no_grad_gets_no_input_gradient_from_other_uses_of_its_input():
+    """An evaluation call (torch.no_grad) on a matrix that requires grad has no backward: the
+    non-finite ∂L/∂A made by another call's backward on a tie must not be logged as its own."""
+    X = torch.eye(2, dtype=torch.float64, requires_grad=True)
+    A = X * 1.0  # non-leaf, eigenvalues tied at 1
+    with monitor.watch() as mon:
+        with torch.no_grad():
+            torch.linalg.eigvalsh(A)
+        _, U = torch.linalg.eigh(A)
+        U.sum().backward()
+    assert not torch.isfinite(X.grad).all()  # the analytic rule divides by the zero gap
+    rows = mon.records
+    assert math.isnan(rows.loc[0, "grad_norm"]) and math.isnan(rows.loc[0, "grad_in_norm"])
+    assert not rows.loc[0, "nonfinite"]
+    assert rows.loc[1, "grad_norm"] == pytest.approx(2.0)  # ‖ones(2, 2)‖ reaching U
+    assert rows.loc[1, "grad_in_norm"] == math.inf and rows.loc[1, "nonfinite"]
+
+
+def test_float32_spectra_are_measured_without_overflow_or_underflow():
+    """max|K̃| = 1/gap of a float32 spectrum is its own number (not ∞ where 1/gap > 3.4e38), and an
+    svd's σ² neither overflows (a false non-finite event) nor underflows (a false tie)."""
+    with monitor.watch() as mon:
+        torch.linalg.eigvalsh(torch.diag(torch.tensor([0.0, 1e-39, 1.0])))
+        torch.linalg.svd(torch.diag(torch.tensor([1e-23, 2e-23, 1.0])))
+        torch.linalg.svd(torch.diag(torch.tensor([1.0, 1e20, 2e20])))
+    rows = mon.records
+    for i, sigma_or_lam in enumerate(([0.0, 1e-39, 1.0], [1e-23, 2e-23, 1.0], [1.0, 1e20, 2e20])):
+        v = [float(torch.tensor(x, dtype=torch.float32)) for x in sigma_or_lam]  # the float32 values, exactly
+        lam = sorted(v) if i == 0 else sorted(x * x for x in v)
+        gaps = [b - a for a, b in zip(lam, lam[1:])]
+        assert rows.loc[i, "min_gap"] == pytest.approx(min(gaps), rel=1e-12)
+        assert rows.loc[i, "max_K"] == pytest.approx(1 / min(gaps), rel=1e-12)
+        assert rows.loc[i, "min_rel_gap"] == pytest.approx(min(gaps) / lam[-1], rel=1e-12)
+        assert rows.loc[i, "lam_min"] == pytest.approx(lam[0], rel=1e-12)
+        assert not rows.loc[i, "nonfinite"]
+
+
+def _scripted_spectrum(a: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.eigh(a)[0] + torch.linalg.eigvalsh(a) + torch.linalg.svd(a)[1].flip(-1)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_torch_jit_script_of_code_calling_torch_linalg_works_inside_watch():
+    """torch.jit.script resolves torch.linalg.eigh/eigvalsh/svd as aten ops; inside watch it used to find
+    the Python wrapper and fail (TypeError), so a model scripted under `stabkit watch` could not run."""
+    A = _sym([1.0, 2.0, 4.0])
+    for _ in range(2):  # the second watch reuses the wrappers
+        with monitor.watch() as mon:
+            scripted = torch.jit.script(_scripted_spectrum)
+            got = scripted(A)
+        assert torch.allclose(got, torch.tensor([3.0, 6.0, 12.0], dtype=torch.float64), atol=1e-12)
+        assert len(mon.records) == 0  # scripted code is compiled code: not monitored
+    assert torch.linalg.eigh is ORIGINALS[0] and torch.linalg.svd is ORIGINALS[2]
+
+
+def test_watching_a_monitor_inside_its_own_watch_records_each_call_once_and_keeps_watching():
+    """``watching(mon)`` nested in the ``watch`` that made ``mon``: each call used to be logged twice,
+    and the inner exit removed mon altogether (the outer block's later calls unlogged, torch's
+    functions restored inside it); each optimizer step counted twice."""
+    p = nn.Parameter(torch.zeros(()))
+    opt = torch.optim.SGD([p], lr=0.1)
+    with monitor.watch() as mon:
+        with monitor.watching(mon):
+            torch.linalg.eigvalsh(_sym([1.0, 3.0]))
+            opt.step()
+        assert torch.linalg.eigvalsh is not ORIGINALS[1]  # still watched
+        torch.linalg.eigvalsh(_sym([1.0, 6.0]))
+        opt.step()
+        assert mon.current_step == 2
+    assert torch.linalg.eigvalsh is ORIGINALS[1]
+    rows = mon.records
+    assert rows["min_gap"].tolist() == [pytest.approx(2.0), pytest.approx(5.0)]
+    assert rows["step"].tolist() == [0, 1]

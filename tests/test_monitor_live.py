@@ -337,3 +337,28 @@ def test_rows_hold_no_tensors_once_flushed(tmp_path):
     assert df["grad_norm"].tolist()[1] == pytest.approx(5.0)  # ‖(3, 4)‖
     assert math.isnan(df["grad_norm"].tolist()[2])
     assert read_log(tmp_path / "eig.csv")["grad_norm"].isna().all()  # logged before that backward
+
+
+def test_a_second_live_process_of_the_same_rank_gets_its_own_file(tmp_path, monkeypatch):
+    """Two runs started into one --log folder: the second used to truncate the first's eig-rank0.csv
+    and append into it, interleaving two runs' rows in one log. A file held by a live process is left
+    alone; the second writes eig-rank0-pid{PID}.csv."""
+    import fcntl
+
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    theirs = tmp_path / "eig-rank0.csv"
+    with monitor.watch(log_path=theirs):  # the other run's rows so far
+        torch.linalg.eigvalsh(_sym([1.0, 3.0]))
+    before = theirs.read_bytes()
+    with open(theirs, "a") as held:  # that run is alive: it holds its file as a process monitor does
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        mon = monitor_process.start_process_monitor(tmp_path, every=1)
+        try:
+            torch.linalg.eigvalsh(_sym([1.0, 5.0]))
+            mon.step()
+        finally:
+            assert monitor_process.stop_process_monitor(mon) is None
+    assert theirs.read_bytes() == before
+    assert read_log(theirs)["min_gap"].tolist() == [2.0]
+    assert read_log(tmp_path / f"eig-rank0-pid{os.getpid()}.csv")["min_gap"].tolist() == [pytest.approx(4.0)]

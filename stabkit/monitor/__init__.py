@@ -66,7 +66,8 @@ Inside ``torch.func`` transforms (``vmap``, ``grad``, ``jacrev``) a call is logg
 matrix it decomposed (gradient norms over every cotangent; under ``vmap`` with ordinary autograd outside it,
 ``vmap(f)(X).sum().backward()``, over the whole batch: the hooks go on the tensor vmap batches, as its
 wrapper never requires grad). Code compiled by ``torch.compile`` is neither monitored nor swapped: while Dynamo traces, the
-wrappers call the originals, so ``fullgraph=True`` works inside ``watch``.
+wrappers call the originals, so ``fullgraph=True`` works inside ``watch``; ``torch.jit.script`` compiles
+torch.linalg's calls to their aten ops (the wrappers are registered as those builtins), also unmonitored.
 ``swap_backward="taylor:K=9"`` routes ``torch.linalg.eigh`` through ``stabkit.torch.eigh`` with
 that registry method's backward and ``check=False``: the call keeps torch's input contract (no
 symmetry check, an exact forward reads the lower triangle, a NaN input gets torch's own

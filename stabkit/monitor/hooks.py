@@ -25,7 +25,7 @@ from ..layers import matrix_functions
 from ..layers.matrix_functions import DK_BACKWARD
 from ..methods import DEFAULT, EXACT, Spec
 from .log import LiveLog, rank_file_name, warn
-from .records import Monitor
+from .records import Monitor, _wide
 
 _local = threading.local()
 _lock = threading.RLock()
@@ -39,7 +39,7 @@ def _watchers() -> tuple:
     if getattr(_local, "inside", False) or not _active:
         return ()
     tid = threading.get_ident()
-    return tuple(m for m in _active if m.watches(tid))
+    return tuple(dict.fromkeys(m for m in _active if m.watches(tid)))  # a monitor active twice (nested) records once
 
 
 _warned_internal = False
@@ -195,9 +195,15 @@ def _eigvalsh_call(mons, A, args, kwargs):
     return lam, "values", lam, (lam,)
 
 
+def _squared(S):
+    """σ² ascending, squared in float64 (in float32 σ > 1.8e19 made σ² = ∞, a false non-finite event, and
+    σ < 1e-19 made σ² = 0, a false tie), detached (no autograd node per call)."""
+    return (_wide(S.detach()) ** 2).flip(-1)
+
+
 def _svd_call(mons, A, args, kwargs):
     out = _originals_or_live("svd")(*args, **kwargs)
-    return out, EXACT, (out[1] ** 2).flip(-1), tuple(out)
+    return out, EXACT, _squared(out[1]), tuple(out)
 
 
 def _sk_call(fn_name, eigenvalues):
@@ -226,17 +232,37 @@ _CALLS = {
     "eigh": _eigh_call, "eigvalsh": _eigvalsh_call, "svd": _svd_call,
     "sk_eigh": _sk_call("sk_eigh", lambda out: out[0]),
     "sk_eigvalsh": _sk_call("sk_eigvalsh", lambda lam: lam),
-    "sk_svd": _sk_call("sk_svd", lambda out: (out[1] ** 2).flip(-1)),
-    "sk_svdvals": _sk_call("sk_svdvals", lambda S: (S ** 2).flip(-1)),
+    "sk_svd": _sk_call("sk_svd", lambda out: _squared(out[1])),
+    "sk_svdvals": _sk_call("sk_svdvals", _squared),
     "dk_eig": _dk_call("dk_eig"), "dk_svd": _dk_call("dk_svd"),
 }
 
 
 def _optimizer_hook(optimizer, args, kwargs):
     tid = threading.get_ident()
-    for mon in _active:
+    for mon in dict.fromkeys(_active):
         if mon.watches(tid):
             mon._on_optimizer_step(optimizer)
+
+
+_wrappers: dict = {}  # name → its wrapper, made once and kept: TorchScript's builtin table is keyed by id()
+
+
+def _wrapper(name, original):
+    """The wrapper of ``name``, made once. Where ``original`` is a TorchScript builtin (torch.linalg's), the
+    wrapper is registered as that builtin, so ``torch.jit.script`` of code calling it inside ``watch``
+    compiles the aten op (not monitored, as compiled code) instead of failing on the wrapper."""
+    wrapper = _wrappers.get(name)
+    if wrapper is None:
+        wrapper = _wrappers[name] = _watched(name, _CALLS[name])
+    wrapper.__wrapped__ = original
+    with contextlib.suppress(Exception):  # no TorchScript: nothing to register
+        from torch.jit import _builtins
+
+        op = _builtins._find_builtin(original)
+        if op is not None:
+            _builtins._register_builtin(wrapper, op)
+    return wrapper
 
 
 def _activate(mon: Monitor):
@@ -245,7 +271,7 @@ def _activate(mon: Monitor):
         if _originals is None:
             _originals = {name: _live(name) for name in _TARGETS}
             for name, (module, attr) in _TARGETS.items():
-                setattr(module, attr, _watched(name, _CALLS[name]))
+                setattr(module, attr, _wrapper(name, _originals[name]))
             from torch.optim.optimizer import register_optimizer_step_post_hook
 
             _hook_handle = register_optimizer_step_post_hook(_optimizer_hook)
@@ -255,7 +281,9 @@ def _activate(mon: Monitor):
 def _deactivate(mon: Monitor):
     global _active, _originals, _hook_handle
     with _lock:
-        _active = tuple(m for m in _active if m is not mon)
+        mine = [i for i, m in enumerate(_active) if m is mon]
+        if mine:  # one activation ends: a monitor also active in an enclosing block keeps recording
+            _active = _active[:mine[-1]] + _active[mine[-1] + 1:]
         if not _active and _originals is not None:
             for name, (module, attr) in _TARGETS.items():
                 setattr(module, attr, _originals[name])

@@ -5,7 +5,8 @@ on ``PYTHONPATH``; that folder's ``sitecustomize`` calls :func:`start_from_envir
 user's code runs. The monitor records every thread, counts optimizer steps, appends
 ``LOG/eig-rank{R}.csv`` every N steps (R from ``RANK``/``LOCAL_RANK``: one file per DDP process)
 and flushes the rest at exit; SIGTERM exits through ``atexit`` when no handler was set. A forked
-child starts its own monitor writing ``eig-rank{R}-pid{PID}.csv``.
+child starts its own monitor writing ``eig-rank{R}-pid{PID}.csv``; so does a process whose
+``eig-rank{R}.csv`` is held (``flock``) by another live process (a second run into the same folder).
 """
 
 from __future__ import annotations
@@ -72,10 +73,44 @@ class _ProcessLog(LiveLog):
         if not self._named and not df.empty:
             self._named = True
             name = rank_file_name(pid=self._pid_in_name)
+            if not self._claim(Path(self._dir) / name):  # a live process of the same rank writes it (a second
+                name = rank_file_name(pid=True)          # run into the same --log): its own file, not interleaved rows
+                self._claim(Path(self._dir) / name)
             self.path = Path(self._dir) / name
             if self._with_tb:
                 self.tensorboard_dir = os.path.join(self._dir, "tensorboard", name.rsplit(".", 1)[0])
         super().append(df)
+
+
+    _lock_fd = None
+
+    def _claim(self, path: Path) -> bool:
+        """Hold an exclusive ``flock`` on ``path`` for this process's life; False where another live
+        process holds it. Where flock is unavailable, every file counts as free (as before)."""
+        try:
+            import fcntl
+        except ImportError:
+            return True
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+        except OSError:
+            return True  # the write itself will report it
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        self._lock_fd = fd
+        return True
+
+    def close(self):
+        try:
+            super().close()
+        finally:
+            if self._lock_fd is not None:
+                fd, self._lock_fd = self._lock_fd, None
+                os.close(fd)
 
 
 def _exit_on_sigterm(signum, frame_):

@@ -87,14 +87,23 @@ def _hookable(t):
 
 def _grad_hooks(outputs, A, on_out, on_in) -> None:
     """``on_out`` on every output that gradient reaches, ``on_in`` on ∂L/∂A where A is not a leaf
-    (a leaf would keep the hook for good); at the level :func:`_hookable` finds."""
+    (a leaf would keep the hook for good); at the level :func:`_hookable` finds. A call without an output
+    that requires grad (``torch.no_grad``) has no backward: ∂L/∂A from other uses of A is not its own."""
+    hooked = False
     for out in outputs:
         out = _hookable(out)
         if out is not None:
             out.register_hook(on_out)
+            hooked = True
     A = _hookable(A)
-    if A is not None and A.grad_fn is not None:
+    if hooked and A is not None and A.grad_fn is not None:
         A.register_hook(on_in)
+
+
+def _wide(t):
+    """``t`` in float64 where the device has it (not MPS): a float32 spectrum's gaps, relative gaps and
+    1/gap are then its own exact numbers, never rounded to 0 or overflowed to ∞ (1/gap > 3.4e38)."""
+    return t.double() if t.is_floating_point() and t.device.type != "mps" else t
 
 
 @torch.no_grad()
@@ -113,7 +122,8 @@ def _call_stats(A, lam, bound, runs: int) -> dict:
         ok = torch.ones(runs, dtype=torch.bool, device=device)
         return {"batch": lam.shape[:-1].numel() // runs, "n": n, "input_finite": ok, "finite": ok, "lam_min": nan,
                 "min_gap": nan, "min_rel_gap": nan}
-    s = lam.reshape(runs, -1, n)  # ascending (the callers pass σ² flipped)
+    s_own = lam.reshape(runs, -1, n)  # ascending (the callers pass σ² flipped); the bound in the call's dtype
+    s = _wide(s_own)
     input_finite = torch.isfinite(A.detach()).reshape(runs, -1).all(1)
     out = {"batch": s.shape[1], "n": n, "input_finite": input_finite,
            "finite": input_finite & torch.isfinite(s).reshape(runs, -1).all(1), "lam_min": s[..., 0].amin(1)}
@@ -123,7 +133,7 @@ def _call_stats(A, lam, bound, runs: int) -> dict:
         out["min_gap"], out["min_rel_gap"] = gaps.amin(1), (gaps / scale).amin(1)
     else:
         out["min_gap"] = out["min_rel_gap"] = torch.full((runs,), float("inf"), dtype=s.dtype, device=s.device)
-    F = bound.bound(s.reshape(-1, n)) if bound is not None and n > 1 else None
+    F = bound.bound(s_own.reshape(-1, n)) if bound is not None and n > 1 else None
     if F is not None:  # None: the method has no coefficient matrix F
         out["bound"] = F.reshape(runs, -1).amax(1)
     return out
