@@ -2,7 +2,8 @@
 
 Gradient metrics compare g (a method's ∂L/∂A) with g* (the certified truth), Frobenius norms:
 ``angle_deg`` (degrees, 0 = same direction), ``rel_err`` = ‖g − g*‖/‖g*‖, ``norm_ratio`` =
-‖g‖/‖g*‖, ``finite`` (no NaN/Inf in g). Non-finite gradients get NaN for the three numbers.
+‖g‖/‖g*‖, ``finite`` (no NaN/Inf in g). A non-finite g gets NaN for the three numbers, and so does
+a non-finite truth (an Inf there is a gradient beyond float64's range, whose true size is unknown).
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ if TYPE_CHECKING:
 
 def angle_deg(g: ArrayLike, g_true: ArrayLike) -> float:
     """Angle between g and g* in degrees, by Kahan's 2·atan2(‖â − b̂‖, ‖â + b̂‖) (exact near 0°);
-    90 when exactly one of them is zero, 0 when both are."""
+    90 when exactly one of them is zero, 0 when both are; NaN if either is not finite."""
     g, g_true = _pair(g, g_true)
-    if not np.isfinite(g).all():
+    if not _finite_pair(g, g_true):
         return math.nan
     a, b = _unit(g), _unit(g_true)
     if a is None or b is None:
@@ -31,18 +32,18 @@ def angle_deg(g: ArrayLike, g_true: ArrayLike) -> float:
 
 
 def rel_err(g: ArrayLike, g_true: ArrayLike) -> float:
-    """‖g − g*‖_F / ‖g*‖_F (NaN if g is not finite; inf if g* = 0 ≠ g, 0 if both are 0)."""
+    """‖g − g*‖_F / ‖g*‖_F (NaN if g or g* is not finite; inf if g* = 0 ≠ g, 0 if both are 0)."""
     g, g_true = _pair(g, g_true)
-    if not np.isfinite(g).all():
+    if not _finite_pair(g, g_true):
         return math.nan
     e = max(_exponent(g), _exponent(g_true))  # g − g* in one power-of-2 scale: no overflow
     return _ratio((float(np.linalg.norm(np.ldexp(g, -e) - np.ldexp(g_true, -e))), e), _norm(g_true))
 
 
 def norm_ratio(g: ArrayLike, g_true: ArrayLike) -> float:
-    """‖g‖_F / ‖g*‖_F (NaN if g is not finite; inf if g* = 0 ≠ g, 0 if both are 0)."""
+    """‖g‖_F / ‖g*‖_F (NaN if g or g* is not finite; inf if g* = 0 ≠ g, 0 if both are 0)."""
     g, g_true = _pair(g, g_true)
-    if not np.isfinite(g).all():
+    if not _finite_pair(g, g_true):
         return math.nan
     return _ratio(_norm(g), _norm(g_true))
 
@@ -56,6 +57,10 @@ def _pair(g, g_true) -> tuple[np.ndarray, np.ndarray]:
     if g.shape != g_true.shape:
         raise InputError(f"gradient metrics: g has shape {g.shape} but the truth has {g_true.shape}")
     return g, g_true
+
+
+def _finite_pair(g: np.ndarray, g_true: np.ndarray) -> bool:
+    return bool(np.isfinite(g).all() and np.isfinite(g_true).all())
 
 
 # Norms are kept as (mantissa, exponent) pairs, ‖x‖ = m·2^e, with x scaled by 2^-e (exact) before
@@ -131,11 +136,14 @@ def spectrum_diagnostics(lam: ArrayLike, dtype: DTypeLike = np.float64) -> dict[
         raise InputError(f"spectrum_diagnostics: dtype must be a floating-point dtype (its eps sets the "
                          f"numerical rank's threshold), got {dtype!r}")
     scale = float(np.abs(lam).max())
-    gap = float(np.diff(lam).min()) if lam.size > 1 else math.inf
+    with np.errstate(over="ignore"):  # a gap beyond float64 (λ near ±1.8e308) is inf; its relative gap is not
+        gap = float(np.diff(lam).min()) if lam.size > 1 else math.inf
+    e = _exponent(lam)  # the relative gap in the scale 2^-e (exact): finite even where the gap overflows
+    rel = float(np.diff(np.ldexp(lam, -e)).min()) / math.ldexp(scale, -e) if lam.size > 1 and scale > 0 else math.inf
     smallest = float(np.abs(lam).min())
     return {
         "min_abs_gap": gap,
-        "min_rel_gap": gap / scale if scale > 0 else math.nan,
+        "min_rel_gap": rel if scale > 0 else math.nan,
         "max_abs_K": 1 / gap if gap > 0 else math.inf,
         "numerical_rank": int((np.abs(lam) > lam.size * eps * scale).sum()),
         "condition": scale / smallest if smallest > 0 else math.inf,

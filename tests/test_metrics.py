@@ -204,3 +204,29 @@ def test_spectrum_diagnostics_invariances(lam, k, perm_seed):
     assert scaled["min_abs_gap"] == c * base["min_abs_gap"] and scaled["max_abs_K"] == base["max_abs_K"] / c
     pairs = [abs(a - b) for i, a in enumerate(lam) for b in lam[i + 1:]]
     assert base["min_abs_gap"] == (min(pairs) if pairs else math.inf)
+
+
+@pytest.mark.parametrize("truth", [[math.nan, 0.0], [math.inf, 0.0], [-math.inf, 1.0]], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("g", [[0.0, 0.0], [1.0, 2.0]], ids=["zero-g", "g"])
+def test_a_non_finite_truth_gives_nan_not_a_number_that_looks_measured(truth, g):
+    """An Inf truth is a gradient beyond float64 (its true size unknown), a NaN one no truth at all.
+    Before: angle 90° for a zero g against a NaN/Inf truth, norm_ratio 0.0 for any finite g against
+    an Inf truth (the true ratio ‖g‖/‖g*‖ is unknown, not 0), and a RuntimeWarning from 0·inf."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = metrics.gradient_metrics(g, truth)
+    assert math.isnan(out["angle_deg"]) and math.isnan(out["rel_err"]) and math.isnan(out["norm_ratio"]), out
+    assert out["finite"] is True  # ``finite`` is about g alone
+
+
+def test_relative_gap_where_the_absolute_gap_overflows():
+    """λ = (−1e308, 1e308): λ₂ − λ₁ = 2e308 is beyond float64 (inf, honestly) but the relative gap
+    is (λ₂ − λ₁)/max|λ| = 2 exactly. Before: inf (the overflowed gap divided by 1e308)."""
+    diag = metrics.spectrum_diagnostics(np.array([-1e308, 1e308]))
+    assert diag["min_abs_gap"] == math.inf and diag["min_rel_gap"] == 2.0
+    diag = metrics.spectrum_diagnostics(np.array([1.7e308, -1.5e308, 1.6e308]))
+    assert diag["min_rel_gap"] == pytest.approx(0.1 / 1.7, rel=1e-14)  # 1.7e308 − 1.6e308, finite: unchanged
+    diag = metrics.spectrum_diagnostics(np.array([1.7e308, -1.5e308]))
+    assert diag["min_rel_gap"] == pytest.approx(3.2 / 1.7, rel=1e-15)
