@@ -201,3 +201,16 @@ def test_unknown_spectrum_family_or_parameter_is_refused_before_any_cell(part, g
         _grid.load_study(config)
     _grid.load_study({**config, "grid": {"parts": [p for p in ang.PARTS if p != part], **grid}})  # unused there
     ang.validate({"gap_family": "separated", "gap_param": "cond", "cluster_family": "powerlaw", "cluster_params": {"alpha": 2.0}})
+
+
+@pytest.mark.parametrize("method", ["pi", "pi-forward", "analytic-trunc", "pi-authors", "analytic-trunc:eps=1e-8"])
+def test_gap_d_refuses_a_method_whose_function_is_not_the_loss(method):
+    """gap_d scores every method against the truth of the ZCA loss itself. A truncating or iterating
+    forward computes another function: before, it was accepted and scored against the wrong truth —
+    LAPACK mode-3 spectrum, cond 1e6, d = 4, seed 0: analytic-trunc 90.17° and pi 90.00005° from the
+    loss's truth, while ``stabkit.compare`` finds each within 1e-11° of its own function's truth."""
+    with pytest.raises(ValueError, match=f"gap_methods: {method.split(':')[0]}.* computes another function"):
+        ang.validate({"parts": ["gap_d"], "gap_methods": [method]})
+    # methods whose forward is the exact decomposition stay (pi-legacy: exact forward, its own backward)
+    grid = ang.validate({"parts": ["gap_d"], "gap_methods": ["taylor", "clip", "pade", "analytic", "torch", "pi-legacy"]})
+    assert len(grid["gap_methods"]) == 6

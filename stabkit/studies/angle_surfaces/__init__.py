@@ -24,7 +24,10 @@ Parts (the ``part`` column of the results):
 * ``gap_d`` — the same angle for each method in ``gap_methods`` on matrices from
   ``stabkit.spectra`` whose eigenvalue gap is set by δ, over (δ, d) — for ``cluster`` δ is relative:
   the smallest gap is λ_c·δ (0.55·δ at the even d of the default grid; the report computes the
-  ratio from the matrices).
+  ratio from the matrices). Both measured parts score against the truth of the loss itself, so
+  their methods must compute it: a method whose forward iterates or drops eigenpairs
+  (``Method.approximate_forward``, a ``kept_rule``: ``pi``, ``pi-forward``, ``analytic-trunc``…)
+  is refused, as its own function is another (``stabkit.compare`` scores those).
 
 Figures are contour plots and 3-D surfaces (matplotlib, Agg backend).
 """
@@ -126,7 +129,11 @@ def _check_methods(grid: dict) -> None:
     for spec in _specs.specs(grid["angle_methods"]):
         if spec.method.kernel is None:
             raise ValueError(f"angle_surfaces: angle_methods: {spec} has no kernel F to compare")
-    _specs.specs(grid["gap_methods"])
+    for spec in _specs.specs(grid["gap_methods"]):  # scored against the truth of L itself: an exact forward only
+        if spec.method.approximate_forward or spec.method.kept_rule is not None:
+            raise ValueError(f"angle_surfaces: gap_methods: {spec} computes another function than the loss (its forward "
+                             "iterates or drops eigenpairs), which this study's truth is not; compare it with "
+                             "`stabkit compare` or a gradient_accuracy study, which score it against its own function")
 
 
 def cell_axes(grid: dict) -> list[dict]:
