@@ -289,3 +289,25 @@ def test_gaussian_ratio_line_counts_only_informative_points():
     lo, hi = _stats.wilson(100, n)
     # rounded outward: the printed interval contains the computed one
     assert f"{math.floor(100 * lo / 0.125) / 100:.2f}–{math.ceil(100 * hi / 0.125) / 100:.2f}, n = 1000 matrices" in line
+
+
+def test_pooled_means_weight_chunks_by_their_matrices():
+    """11 Gaussian matrices in chunks of 10 and 1: the reported mean λ_max / λ_min / eigenvalue and
+    the mean predictions are those of the 11 matrices, recomputed here from the same seeded draws.
+    Before: an unweighted mean of the two chunk means (λ_max 1.22 where the 11 matrices give 1.40)."""
+    grid = gp.validate({"sources": ["gaussian"], "dims": [2], "taus": [0.05], "n_matrices": 11, "chunk_size": 10,
+                        "n_samples": 3})
+    cells = gp.cells(grid)
+    assert [c["size"] for c in cells] == [10, 1]
+    rows = pd.DataFrame([r for c in cells for r in gp.run_cell(c)])
+    lam = np.concatenate([gp.laguerre_eigvals(2, 3, c["size"], np.random.default_rng(np.random.SeedSequence([0, 2, c["chunk"], 0])))
+                          for c in cells])
+    gaps = np.diff(lam, axis=1)
+    for r in gp.aggregate(rows).itertuples():
+        assert r.n == 11
+        assert r.lam_max == pytest.approx(lam[:, -1].mean(), rel=1e-12)
+        assert r.lam_min == pytest.approx(lam[:, 0].mean(), rel=1e-12)
+        assert r.lam_mean == pytest.approx(lam.mean(), rel=1e-12)
+        if r.event == "abs":  # the empirical unfolding: per chunk from that chunk's mean gap, then the pooled mean
+            per_chunk = [1 - math.exp(-gp.unfolded_expected_small_gaps(0.05, gaps[sl].mean(0))) for sl in (slice(0, 10), slice(10, 11))]
+            assert r.pred_unfold == pytest.approx((10 * per_chunk[0] + per_chunk[1]) / 11, rel=1e-12)

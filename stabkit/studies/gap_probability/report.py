@@ -16,24 +16,26 @@ from .. import _figures, _stats
 
 
 def aggregate(results: pd.DataFrame) -> pd.DataFrame:
-    """One row per (source, d, event, τ): pooled count, p̂, Wilson interval, mean predictions."""
+    """One row per (source, d, event, τ): pooled count, p̂, Wilson interval, and the means over the pooled
+    matrices (predictions, λ_max, λ_min, eigenvalue, n_at_eps): per-chunk means weighted by chunk size."""
     df = results.copy()
     for col in ("lam_mean", "n_at_eps"):  # absent from results of older code
         if col not in df:
             df[col] = np.nan
-    df["w_mp"] = df["pred_mp"] * df["n"]
-    df["w_unfold"] = df["pred_unfold"] * df["n"]
+    # per-chunk means weighted by the chunk's matrices: the pooled mean, also where chunks differ in size
+    means = {"pred_mp": "pred_mp", "pred_unfold": "pred_unfold", "lam_max": "lam_max_mean", "lam_min": "lam_min_mean",
+             "lam_mean": "lam_mean", "n_at_eps": "n_at_eps"}
+    for name, col in means.items():
+        df[f"w_{name}"] = df[col] * df["n"]
     g = df.groupby(["source", "d", "event", "tau"], as_index=False).agg(
-        count=("count", "sum"), n=("n", "sum"), w_mp=("w_mp", lambda s: s.sum(min_count=1)),
-        w_unfold=("w_unfold", lambda s: s.sum(min_count=1)), lam_max=("lam_max_mean", "mean"),
-        lam_min=("lam_min_mean", "mean"), lam_mean=("lam_mean", "mean"), n_at_eps=("n_at_eps", "mean"),
+        count=("count", "sum"), n=("n", "sum"), **{f"w_{name}": (f"w_{name}", lambda s: s.sum(min_count=1)) for name in means},
         chunk_median_min_gap=("median_min_gap", "median"), n_chunks=("chunk", "nunique"),
         n_samples=("n_samples", "first"))
     g["p"] = g["count"] / g["n"]
     g["lo"], g["hi"] = _stats.wilson(g["count"], g["n"])
-    g["pred_mp"] = g["w_mp"] / g["n"]
-    g["pred_unfold"] = g["w_unfold"] / g["n"]
-    return g.drop(columns=["w_mp", "w_unfold"])
+    for name in means:
+        g[name] = g[f"w_{name}"] / g["n"]
+    return g.drop(columns=[f"w_{name}" for name in means])
 
 
 def rank_deficient(grid: dict, source: str, d: int) -> bool:
