@@ -214,3 +214,22 @@ def test_gap_d_refuses_a_method_whose_function_is_not_the_loss(method):
     # methods whose forward is the exact decomposition stay (pi-legacy: exact forward, its own backward)
     grid = ang.validate({"parts": ["gap_d"], "gap_methods": ["taylor", "clip", "pade", "analytic", "torch", "pi-legacy"]})
     assert len(grid["gap_methods"]) == 6
+
+
+def test_gap_d_report_states_proportionality_only_where_the_gaps_show_it(tmp_path):
+    """LAPACK mode-3 spectra over cond: the smallest gap falls as cond grows (d = 4, cond = 10: the
+    eigenvalues are 10^(−k/3), smallest gap 10^(−2/3) − 10^(−1) ≈ 0.115), no fixed multiple of cond. Before:
+    "cond is the family's relative parameter: the smallest eigenvalue gap of every matrix is
+    2.98e-06–0.0115 × cond". Cluster spectra keep the sentence (gap = 0.55·δ at even d)."""
+    grid = ang.validate({"parts": ["gap_d"], "gap_family": "lapack", "gap_param": "cond", "gap_deltas": [10.0, 1000.0],
+                         "gap_dims": [4, 6], "gap_methods": ["analytic"], "seeds": [0]})
+    rows = pd.DataFrame([r for c in ang.cells(grid) for r in ang.run_cell(c)])
+    gaps = rows.set_index(["d", "delta"])["min_abs_gap"]
+    assert gaps[(4, 10.0)] == pytest.approx(10 ** (-2 / 3) - 0.1, rel=1e-9)
+    assert gaps[(4, 10.0)] > gaps[(4, 1000.0)]  # the data: not proportional (independent of the report)
+    md = ang.report(rows, grid, tmp_path / "lapack")
+    assert "relative parameter" not in md and "not proportional to cond" in md
+    grid = ang.validate({"parts": ["gap_d"], "gap_deltas": [1e-2, 1e-4], "gap_dims": [4, 6], "gap_methods": ["analytic"], "seeds": [0]})
+    rows = pd.DataFrame([r for c in ang.cells(grid) for r in ang.run_cell(c)])
+    assert np.allclose(rows["min_abs_gap"] / rows["delta"], 0.55, rtol=1e-6)
+    assert "the smallest eigenvalue gap of every matrix is 0.55 × delta" in ang.report(rows, grid, tmp_path / "cluster")

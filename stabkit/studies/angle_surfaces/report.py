@@ -222,18 +222,22 @@ def _k_eps_section(k: pd.DataFrame, out_dir: pathlib.Path) -> list[str]:
 
 def _gap_d_section(gd: pd.DataFrame, out_dir: pathlib.Path, param: str) -> list[str]:
     ratio = gd["min_abs_gap"] / gd["delta"]
-    scale = f"{ratio.min():.3g}" if np.isclose(ratio.min(), ratio.max(), rtol=1e-6) else f"{ratio.min():.3g}–{ratio.max():.3g}"
+    proportional = bool(np.isclose(ratio.min(), ratio.max(), rtol=1e-6))  # e.g. cluster's δ; not lapack's cond
+    scale = f"{ratio.min():.3g}"
     seeds = sorted(int(x) for x in gd["seed"].unique())
+    gap_text = (f"{param} is the family's relative parameter: the smallest eigenvalue gap of every matrix is {scale} × {param}."
+                if proportional else
+                f"The smallest eigenvalue gap is not proportional to {param}: gap / {param} ranges {ratio.min():.3g}–"
+                f"{ratio.max():.3g} (the gap itself {gd['min_abs_gap'].min():.3g}–{gd['min_abs_gap'].max():.3g}).")
     md = [f"## Measured gradient angle over ({param}, d) ({gd['family'].iloc[0]} spectra, ZCA loss)", "",
-          f"{param} is the family's relative parameter: the smallest eigenvalue gap of every matrix is {scale} × {param}. "
-          f"Each cell: median [min–max] over seeds {', '.join(map(str, seeds))} (random bases).", ""]
+          f"{gap_text} Each cell: median [min–max] over seeds {', '.join(map(str, seeds))} (random bases).", ""]
     for method, s in gd.groupby("method"):
         st = _seed_stats(s, "d", "delta")
         piv = st["median"]
         D, L = np.meshgrid(np.log2(piv.index.to_numpy(float)), np.log10(piv.columns.to_numpy(float)))
         Z = np.log10(np.maximum(piv.to_numpy().T, 1e-12))
         names = _surface_pair(D, L, Z, title=f"{method}: log10 median angle (deg) vs truth", xlabel="log2 d",
-                              ylabel=f"log10 {param} (gap = {scale}·{param})", zlabel="log10 angle",
+                              ylabel=f"log10 {param}" + (f" (gap = {scale}·{param})" if proportional else ""), zlabel="log10 angle",
                               out_dir=out_dir, stem=f"gap_d_{method.replace(':', '_').replace('=', '').replace(',', '_')}")
         _figs(md, names, f"{method} gap-d angle")
         md += [f"**{method}** — angle in degrees, median [min–max] ({_n_text(st)} per cell):", "",
