@@ -138,12 +138,14 @@ def spectrum_diagnostics(lam: ArrayLike, dtype: DTypeLike = np.float64) -> dict[
     scale = float(np.abs(lam).max())
     with np.errstate(over="ignore"):  # a gap beyond float64 (λ near ±1.8e308) is inf; its relative gap is not
         gap = float(np.diff(lam).min()) if lam.size > 1 else math.inf
-    e = _exponent(lam)  # the relative gap in the scale 2^-e (exact): finite even where the gap overflows
-    rel = float(np.diff(np.ldexp(lam, -e)).min()) / math.ldexp(scale, -e) if lam.size > 1 and scale > 0 else math.inf
+    rel = gap / scale if scale > 0 else math.nan
+    if math.isinf(rel) and lam.size > 1:  # the gap overflowed: the relative gap in the scale 2^-e (exact) is finite
+        e = _exponent(lam)
+        rel = float(np.diff(np.ldexp(lam, -e)).min()) / math.ldexp(scale, -e)
     smallest = float(np.abs(lam).min())
     return {
         "min_abs_gap": gap,
-        "min_rel_gap": rel if scale > 0 else math.nan,
+        "min_rel_gap": rel,
         "max_abs_K": 1 / gap if gap > 0 else math.inf,
         "numerical_rank": int((np.abs(lam) > lam.size * eps * scale).sum()),
         "condition": scale / smallest if smallest > 0 else math.inf,
