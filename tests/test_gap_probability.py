@@ -311,3 +311,14 @@ def test_pooled_means_weight_chunks_by_their_matrices():
         if r.event == "abs":  # the empirical unfolding: per chunk from that chunk's mean gap, then the pooled mean
             per_chunk = [1 - math.exp(-gp.unfolded_expected_small_gaps(0.05, gaps[sl].mean(0))) for sl in (slice(0, 10), slice(10, 11))]
             assert r.pred_unfold == pytest.approx((10 * per_chunk[0] + per_chunk[1]) / 11, rel=1e-12)
+
+
+def test_finding_gives_each_endpoint_its_own_n_when_a_point_is_reduced(tmp_path):
+    """d = 4 pools 300 matrices, d = 8 (``reduced``) 100: the finding names both sizes. Before: "(N = 100
+    each)", the reduced size claimed for both points."""
+    grid = gp.validate({"sources": ["gaussian"], "dims": [4, 8], "taus": [0.05], "n_matrices": 300, "chunk_size": 300,
+                        "reduced": {"gaussian:8": 100}, "n_samples": 64})
+    rows = pd.DataFrame([r for c in gp.cells(grid) for r in gp.run_cell(c)])
+    assert rows[rows["event"] == "abs"].groupby("d")["n"].sum().to_dict() == {4: 300, 8: 100}
+    finding = [line for line in gp.report(rows, grid, tmp_path).splitlines() if line.startswith("- gaussian")][0]
+    assert "at d = 4 and" in finding and "(N = 300 and 100)" in finding and "each" not in finding

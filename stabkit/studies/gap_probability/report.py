@@ -278,8 +278,9 @@ def _finding(agg: pd.DataFrame, source: str, grid: dict) -> str:
     kk = agg[(agg["source"] == source) & (agg["event"] == "K") & (agg["d"] == dmax)].iloc[0]
     lo_r, hi_r = big.iloc[0], big.iloc[-1]
     scope = f" (d ≤ {dmax}: larger d are rank-deficient, see above)" if some_rank_deficient else ""
+    sizes = f"N = {int(hi_r.n)} each" if lo_r.n == hi_r.n else f"N = {int(lo_r.n)} and {int(hi_r.n)}"  # `reduced` points
     return (f"- {source}{scope}: P(min gap < {tmax:g}) is {interval_text(lo_r.p, lo_r.lo, lo_r.hi)} at d = {int(lo_r.d)} and "
-            f"{interval_text(hi_r.p, hi_r.lo, hi_r.hi)} at d = {int(hi_r.d)} (N = {int(hi_r.n)} each) and {at}; "
+            f"{interval_text(hi_r.p, hi_r.lo, hi_r.hi)} at d = {int(hi_r.d)} ({sizes}) and {at}; "
             f"P(max abs(K̃) > {grid['k_threshold']:g}) is {interval_text(kk.p, kk.lo, kk.hi)} at d = {dmax}. At d = {dmax}: "
             f"mean λ_min {kk.lam_min:.3g}, mean λ_max {kk.lam_max:.3g}, mean eigenvalue {kk.lam_mean:.3g}; median over the "
             f"{int(kk.n_chunks)} chunks of the chunk medians of the min gap: {kk.chunk_median_min_gap:.3g} "
