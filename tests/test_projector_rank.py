@@ -85,9 +85,19 @@ def test_tiny_grid_runs_and_reports(tmp_path):
     assert (tmp_path / "lemma2_hist.png").stat().st_size > 0 and (tmp_path / "descent.png").stat().st_size > 0
     assert "Steps with J₂ < ½ but rank W ≠ rank Ψ: **0**" in md
     assert "This is a sanity check of the computed projectors, not evidence for the lemma" in md
-    assert "the kept eigenvalues (≥ 1.4e+14 × the threshold d·eps·λ_max)" in md
+    l2 = rows[rows["part"] == "lemma2"]
+    kept, dropped = l2["kept_over_tol"].min(), l2["dropped_over_tol"].max()
+    assert kept > 1e12 and 0 < dropped < 1  # the margin is stated on both sides, each from its own rows
+    assert f"far above the rank threshold d·eps·λ_max (≥ {kept:.2g} × it)" in md
+    assert f"by a factor of {1 / dropped:.2g} or more (≤ {dropped:.2g} × it)" in md
     assert "Lemma 2 violations 0/300 (a sanity check)" in pr.summary(rows)
     assert "Lemma 2's bound" not in md and "2 tr(Π_WΠ_Ψ) ≥ |rank W − rank Ψ|, a trace identity" in md
+
+
+def test_dropped_margin_says_how_near_the_threshold_a_dropped_eigenvalue_came():
+    from stabkit.studies.projector_rank.report import _dropped_margin
+    assert _dropped_margin(0.68).startswith("lie below it by a factor of 1.5 or more (≤ 0.68 × it)")
+    assert _dropped_margin(0.0) == "are exactly 0" and _dropped_margin(float("nan")) == "were not recorded"
 
 
 def _trajectory(method, k, seed, j2s, r=3):

@@ -114,6 +114,14 @@ def _lemma1_section(l1: pd.DataFrame) -> list[str]:
 # ---------------------------------------------------------------- Lemma 2
 
 
+def _dropped_margin(dropped_over_tol: float) -> str:
+    """How close the largest dropped eigenvalue (a multiple of the rank threshold) came to being kept."""
+    if not np.isfinite(dropped_over_tol) or dropped_over_tol <= 0:
+        return "are exactly 0" if dropped_over_tol == 0 else "were not recorded"
+    return (f"lie below it by a factor of {1 / dropped_over_tol:.2g} or more (≤ {dropped_over_tol:.2g} × it): "
+            "a threshold that much smaller would have kept some of them")
+
+
 def _lemma2_section(plt, l2: pd.DataFrame, out_dir: pathlib.Path) -> list[str]:
     viol = lemma2_violations(l2)
     same = l2[l2["rank_a"] == l2["rank_b"]]
@@ -129,9 +137,9 @@ def _lemma2_section(plt, l2: pd.DataFrame, out_dir: pathlib.Path) -> list[str]:
     md += ["", "This is a sanity check of the computed projectors, not evidence for the lemma: two orthogonal projectors of "
            "different ranks are always exactly 1 apart in the 2-norm (a unit vector in the range of the larger one and the "
            "kernel of the smaller exists and is mapped to itself), whatever rank rule picks them, so a violation could only "
-           "come from eigenvectors that are not orthonormal. Nor is any rank decision close: the kept eigenvalues "
-           f"(≥ {l2['kept_over_tol'].min():.2g} × the threshold d·eps·λ_max) lie far from the dropped ones "
-           f"(≤ {l2['dropped_over_tol'].max():.2g} × it, the rounding of eigenvalues built as 0).", ""]
+           "come from eigenvectors that are not orthonormal. The kept eigenvalues lie far above the rank threshold "
+           f"d·eps·λ_max (≥ {l2['kept_over_tol'].min():.2g} × it); the dropped ones, the rounding of eigenvalues built "
+           f"as 0, {_dropped_margin(l2['dropped_over_tol'].max())}.", ""]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     bins = np.linspace(0, 1.0001, 60)
     for label, s in (("equal ranks", same), ("different ranks", diff)):
