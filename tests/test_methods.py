@@ -301,6 +301,28 @@ def test_an_integer_parameter_is_read_exactly():
     assert methods.parse("taylor:K=+7").params["K"] == 7 and methods.parse("taylor:K=7.0").params["K"] == 7
 
 
+def test_canonical_text_keeps_every_float_parameter():
+    """str(spec) parses back to the same spec, so distinct specs keep distinct texts (a study grid keys
+    its cells by that text and runs them from it): 6 significant digits would read tau = 123456789.5 back as
+    123457000 and give clip:tau=1234567 and clip:tau=1234568 one text. Short values keep the short form."""
+    for text in ["clip:tau=123456789.5", "lorentzian:eps=1.2345678901234e-07", "degenerate:atol=0.123456789,rtol=3.3333333e-05",
+                 "taylor:K=19,eps=0.1", "clip:tau=1234567", "clip:tau=1234568"]:
+        spec = methods.parse(text)
+        assert methods.parse(str(spec)) == spec
+    assert str(methods.parse("clip:tau=1234567")) != str(methods.parse("clip:tau=1234568"))
+    assert str(methods.bind("clip", {"tau": 123456789.5})) == "clip:tau=123456789.5"
+    assert str(methods.parse("taylor:K=19,eps=1e-4")) == "taylor:K=19,eps=0.0001"
+    assert str(methods.parse("lorentzian:eps=1e-3")) == "lorentzian:eps=0.001"
+
+
+def test_an_integer_past_the_float_range_is_a_spec_error():
+    """float(10**400) raises OverflowError (not a ValueError): the spec must still say what is wrong."""
+    with pytest.raises(methods.MethodSpecError, match="eps=1000.* is out of range"):
+        methods.bind("lorentzian", {"eps": 10**400})
+    with pytest.raises(methods.MethodSpecError, match="out of range"):
+        methods.bind("clip", {"tau": -(10**400)})
+
+
 def test_specs_are_hashable_and_equal_by_method_and_params():
     """A Spec is a dict key and a torch.compile constant: equal specs hash alike whatever the spelling."""
     a, b = methods.spec("taylor:K=9"), methods.bind("taylor", {"K": "9"})

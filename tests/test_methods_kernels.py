@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stabkit import methods
-from stabkit.methods import analytic_trunc, clip, clip_authors, degenerate, pade, taylor
+from stabkit.methods import analytic_trunc, clip, clip_authors, degenerate, pade, taylor, taylor_song
 from stabkit.methods._overflow import replace_nonfinite_per_sample
 
 
@@ -132,3 +132,15 @@ def test_taylor_at_two_zero_eigenvalues_is_infinite_only_where_the_gradient_spli
     np.testing.assert_array_equal(g, exact)
     with_eps = spec.replace(eps=1e-3).kernel(np.array([0.0, 0.0, 3.0]))
     assert with_eps[0, 1] == pytest.approx(10 / 1e-3)  # (K+1)/(0 + ε): λ + ε > 0 bounds it
+
+
+def test_pade_and_taylor_song_outside_a_positive_spectrum_as_documented():
+    """Song et al. (ICCV 2021) form F from 1/λ_hi and λ_lo/λ_hi, meant for λ > 0: a tie of negative
+    eigenvalues is −∞ (then the sample's smallest entry: −1/2, from the pair (1, 3)); a zero λ_hi above
+    a negative λ_lo is ∞/∞ = NaN, then the sample's largest entry (1 = 1/(1 − 0)), not ±1/3; the
+    K = 100 series diverges for |λ_lo/λ_hi| > 1."""
+    F = pade.kernel(np.array([-2.0, -2.0, 1.0, 3.0]))
+    assert F[0, 1] == F[1, 0] == F[3, 2] == pytest.approx(-0.5, rel=1e-15) and F[0, 2] == pytest.approx(1 / 3, rel=1e-15)
+    np.testing.assert_allclose(pade.kernel(np.array([-3.0, 0.0, 1.0])),
+                               [[0, 1, 0.25], [1, 0, 1], [-0.25, -1, 0]], rtol=1e-15)
+    assert taylor_song.kernel(np.array([-2.0, 1.0]))[0, 1] == pytest.approx((1 + 2**101) / 3, rel=1e-12)

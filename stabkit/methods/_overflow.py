@@ -12,7 +12,10 @@ from .._xp import Array
 
 
 def replace_nonfinite_per_sample(F: Array) -> Array:
-    """F with +Inf/NaN → the sample's largest finite entry and −Inf → its smallest (per matrix)."""
+    """F with +Inf/NaN → the sample's largest finite entry and −Inf → its smallest (per matrix).
+
+    A kernel's F has a zero diagonal, so every sample has a finite entry; a matrix with none has no
+    value to use (its +Inf/NaN come out −Inf, its −Inf +Inf)."""
     xp = _xp.namespace(F)
     inf = float("inf")
     finite = xp.isfinite(F)

@@ -27,10 +27,15 @@ class MethodSpecError(ValueError):
 
 
 def _text(value) -> str:
-    """A parameter as a user writes it: ``stop=true`` (TOML, the CLI), not Python's ``True``."""
+    """A parameter as a user writes it: ``stop=true`` (TOML, the CLI), not Python's ``True``; a float
+    in its short ``g`` form where that reads back to the same float, else in full (``repr``), so the
+    canonical text parses back to the same Spec (``tau=123456789.5``, not ``tau=1.23457e+08``)."""
     if isinstance(value, bool):
         return str(value).lower()
-    return f"{value:g}" if isinstance(value, float) else str(value)
+    if not isinstance(value, float):
+        return str(value)
+    short = f"{value:g}"
+    return short if float(short) == value else repr(value)
 
 @dataclass(frozen=True)
 class Spec:
@@ -202,6 +207,8 @@ def _convert(name: str, key: str, value, domain: Domain):
         if isinstance(value, bool):
             raise TypeError
         number = float(value)
+    except OverflowError:  # an int past the float range (10**400): out of the domain, as the text "1e400" is
+        number = math.inf if value > 0 else -math.inf
     except (TypeError, ValueError):
         raise MethodSpecError(f"method {name!r}: parameter {key}={value} is not a number (must be {domain})") from None
     if domain.kind is int:

@@ -10,7 +10,9 @@ that do not split a tie: its u_i u_jᵀ component for every degenerate pair is d
 computed. Rotation invariance alone is not enough: for L = ⟨W, U diag(λ) Uᵀ⟩ = ⟨W, A⟩ at
 diag(1, 1, 2) the gradient is W with W_01 and W_10 set to 0, not W
 (``tests/test_methods.py``). The same holds on a pair that is only numerically degenerate (a
-gap below the tolerance), where it is an approximation. Defaults atol = eps^0.6, rtol = eps^0.4 of
+gap below the tolerance), where it is an approximation. Neither assumption is checked here: xitorch's
+backward returns NaN where the first fails (Uᵀ∂L/∂U not symmetric, beyond atol, on a degenerate pair),
+this method drops those terms all the same. Defaults atol = eps^0.6, rtol = eps^0.4 of
 the dtype. The max(|λ_i|, |λ_j|) (instead of |λ_i|) keeps F antisymmetric.
 """
 

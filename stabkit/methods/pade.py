@@ -10,11 +10,17 @@ published code gets a non-singular one only from mpmath's numerically differenti
 coefficients). So this method reproduces the analytic F, infinite at exact ties, and what bounds
 it is the published overflow handling, applied here per sample (``_overflow``).
 
-At an exact tie both entries are +∞ here (then the sample's largest finite |F|), the same-sign
-convention of ``taylor-song``. The published code's value there is set by rounding: x = 1 and its
-Q(1) = Σ q_i of coefficients that mpmath solved, at 20 digits, from a singular system rounds to 0
-or to a tiny number of either sign. Rebuilt with mpmath 1.3.0 it is 0.0 with P(1) < 0, so −∞ and
-the batch's smallest entry; other mpmath versions may differ, so that sign is not reproduced.
+At an exact tie both entries are ∞ with the sign of 1/λ here (λ > 0: +∞, then the sample's largest
+finite entry; λ < 0: −∞, then its smallest), the same-sign convention of ``taylor-song``. The
+published code's value there is set by rounding: x = 1 and its Q(1) = Σ q_i of coefficients that
+mpmath solved, at 20 digits, from a singular system rounds to 0 or to a tiny number of either sign.
+Rebuilt with mpmath 1.3.0 it is 0.0 with P(1) < 0, so −∞ and the batch's smallest entry; other
+mpmath versions may differ, so that sign is not reproduced.
+
+Meant for λ > 0 (the paper's covariances; the published forward clamps eigenvalues to ≥ eps). Where
+the larger eigenvalue of an untied pair is exactly 0 (a zero eigenvalue above a negative one) the
+published form (1/0)/(1 − λ_lo/0) is ∞/∞ = NaN, which the overflow rule replaces by the sample's
+largest entry: not the analytic F there (λ = (−3, 0, 1): F_01 = F_10 = 1, not ±1/3).
 
 Precision: F is formed as (1/λ_hi)/(1 − λ_lo/λ_hi), as in the published code, not as 1/(λ_hi − λ_lo):
 the subtraction loses about log10(λ/gap) digits near a tie (float32, gaps of a few ulp: F off by up

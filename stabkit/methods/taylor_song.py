@@ -4,6 +4,11 @@ Same series as ``taylor`` — (1/λ_hi) Σ_{k=0..K} (λ_lo/λ_hi)^k with K = 100
 with the published code's conventions: at exact ties both F_ij and F_ji are +(K+1)/λ (not
 antisymmetric), and non-finite entries are replaced by the sample's extreme finite entries
 (``_overflow``, done per sample here rather than over the batch).
+
+Meant for λ > 0, as the paper's covariances (its forward clamps eigenvalues to ≥ eps): the series
+converges only for |λ_lo/λ_hi| < 1, so a negative eigenvalue larger in magnitude than the other of its
+pair gives the diverging partial sum (λ = (−2, 1): F_01 = (1 + 2^101)/3 ≈ 8.5e29, not 1/3), and a zero
+λ_hi above a negative λ_lo gives (1/0)·Σ(−∞)^k = NaN, replaced by the sample's largest entry.
 """
 
 from .. import _xp
