@@ -33,3 +33,15 @@ def test_family_entries_and_labels():
         _checks.family_entry({"family": "cluster", "delta": [1e-8]})
     rows = pd.DataFrame({"family": ["cluster", "separated"], "family_params": ["delta=1e-08", None]})
     assert list(_checks.variant_labels(rows)) == ["cluster(delta=1e-08)", "separated"]
+
+
+@pytest.mark.parametrize("kind, key", [("gap_probability", "seed"), ("projector_rank", "seed"),
+                                       ("angle_surfaces", "loss_seed")])
+def test_a_kinds_own_validate_checks_types_as_the_cli_does(kind, key):
+    """Through the API (no study file), a list where one seed belongs was accepted and cells() then
+    failed with a TypeError; each kind's validate now refuses it, naming the key."""
+    from stabkit.studies import kind_module
+
+    module = kind_module(kind)
+    with pytest.raises(ValueError, match=f"grid key '{key}' must be an integer, got \\[1, 2\\]"):
+        module.cells(module.validate({key: [1, 2]}))

@@ -79,7 +79,7 @@ def test_fast_path_keys_pass_only_when_set():
     assert opts[0]["train_options"] == {"fast": True, "eval_every": 5, "compile": "default", "check_every": 50}
     _, _, grid = _grid.load_study(STUDY)
     assert grid["fast"] is True and grid["eval_every"] == 1  # the study file: the fast path, accuracy every epoch
-    with pytest.raises(ValueError, match="fast must be"):
+    with pytest.raises(ValueError, match="'fast' must be true or false"):
         surv.validate({**base, "fast": "yes"})
 
 

@@ -37,6 +37,7 @@ The machinery around the kinds: ``_grid`` (study file, ``--set`` overrides, cell
 import importlib
 
 from ..errors import StudyFileError
+from ._checks import like_defaults
 
 KINDS = ("gradient_accuracy", "gap_probability", "angle_surfaces", "projector_rank", "zca_cifar10", "o2p_stability",
          "zca_cifar10_survival")
@@ -57,8 +58,10 @@ def check_choices(kind: str, key: str, values, allowed) -> None:
 
 
 def with_defaults(kind: str, grid: dict, defaults: dict) -> dict:
-    """``grid`` over ``defaults``; an unknown key is a StudyFileError naming it and the allowed keys."""
+    """``grid`` over ``defaults``; an unknown key is a StudyFileError naming it and the allowed keys, a
+    value unlike its default a ValueError (:func:`._checks.like_defaults`: the API's ``validate``
+    checks types as the CLI's does, so a kind's own checks never meet a list where a seed belongs)."""
     unknown = sorted(set(grid) - set(defaults))
     if unknown:
         raise StudyFileError(f"{kind}: unknown grid key {unknown[0]!r} (allowed: {', '.join(defaults)})")
-    return {**defaults, **grid}
+    return {**defaults, **like_defaults(grid, defaults)}
