@@ -186,7 +186,8 @@ class _SvdDK(torch.autograd.Function):
 
     @staticmethod
     def forward(F, fn, eps, p):
-        _, S, Vh = torch.ops.aten.linalg_svd(F, full_matrices=True)
+        # the full V (d × d) only: full_matrices for a tall F would add an unused n × n U
+        _, S, Vh = torch.ops.aten.linalg_svd(F, full_matrices=F.shape[-2] < F.shape[-1])
         V = Vh.mT
         mu = _pad(S * S, F.shape[-1]) + eps         # σ = 0 for the directions beyond min(n, d)
         return (V * scalar_function(fn, p)(mu)[..., None, :]) @ V.mT, S, V
