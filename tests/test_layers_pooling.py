@@ -157,3 +157,22 @@ def test_pooling_names_an_input_it_cannot_pool(x, needle):
         CovariancePooling()(x)
     assert CovariancePooling(dtype="float32")(torch.randn(2, 3, 4, 4).half()).dtype == torch.float16
     assert CovariancePooling()(torch.randn(0, 3, 4, 4, dtype=torch.float64)).shape == (0, 3, 3)  # an empty batch
+
+
+@pytest.mark.parametrize("method", [None, "analytic"], ids=["dk", "analytic"])
+@pytest.mark.parametrize("case", ["fewer pixels than channels", "constant channel", "repeated channel"])
+def test_sqrt_of_a_singular_covariance_without_ridge_is_its_square_root(method, case):
+    """ε = 0 and a singular Σ: eigh returns eigenvalues of about −1e-17 for its zeros, whose √ made
+    every entry of such an item's output NaN. Σ is PSD, so √Σ exists: from the SVD of the centred
+    features Xc/√M = P diag(s) Qᵀ, √Σ = P diag(s) Pᵀ (to √(rounding of λ) ≈ 1e-8)."""
+    x = _feature_map(B=4, C=8, H=2 if case.startswith("fewer") else 6, W=2 if case.startswith("fewer") else 6)
+    if case == "constant channel":
+        x[:, 3] = 0.7
+    elif case == "repeated channel":
+        x[:, 3] = x[:, 2]
+    out = CovariancePooling("sqrt", method=method, eps=0.0)(x)
+    f = x.flatten(2)
+    fc = (f - f.mean(-1, keepdim=True)) / f.shape[-1] ** 0.5
+    P, s, _ = torch.linalg.svd(fc, full_matrices=False)
+    expected = (P * s[:, None, :]) @ P.transpose(1, 2)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)

@@ -295,13 +295,16 @@ def _gram_frechet(V1, S, d, G, fn, eps, p):
     return T if S.shape[-1] == d else T + T.mT - T @ (V1 @ V1.mT)
 
 
-def eig_dk(A: torch.Tensor, fn: str, p: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def eig_dk(A: torch.Tensor, fn: str, p: float | None = None, *, psd: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(g(A), λ) for symmetric A (lower triangle read, unchecked): g(A) = U g(Λ) Uᵀ with the
     Daleckii–Krein backward :func:`dk_frechet`, exact on ties (Higham 2008, Thm. 3.11), and λ A's
     eigenvalues (ascending, no gradient). The EIG-DK layers' one eigendecomposition: inside
-    ``stabkit.monitor.watch`` it is logged under its own name and never swapped."""
+    ``stabkit.monitor.watch`` it is logged under its own name and never swapped. ``psd``: A is
+    positive semidefinite by construction (a covariance), so a λ < 0 is rounding and is taken as 0."""
     scalar_function(fn, p)
     lam, U = _xp.eigh(A.detach())
+    if psd:
+        lam = lam.clamp_min(0)
     return compile_safe(_EigDK, _EigDKJvp).apply(A, lam, U, fn, p), lam
 
 

@@ -20,8 +20,9 @@ used (``taylor``, ``clip``, ``pade``, …, or the exact Prop. 2, which is infini
 see ``stabkit methods``/README "Methods") — to study or use an approximate rule.
 
 ε > 0 keeps Σ positive definite (Σ has rank ≤ M − 1, so with fewer pixels than channels it is
-singular without it); √ of a matrix with a zero eigenvalue has an infinite derivative and log one
-has no value, whatever the backward rule.
+singular without it, as with a constant or repeated channel); √ of a matrix with a zero eigenvalue
+has an infinite derivative and log one has no value, whatever the backward rule. Σ is positive
+semidefinite by construction, so an eigenvalue below 0 is rounding and is taken as 0.
 """
 
 from __future__ import annotations
@@ -97,7 +98,8 @@ class CovariancePooling(nn.Module):
         cov = channel_covariance(x.to(dtype), self.eps)
         check_values(cov, "CovariancePooling")
         if self.spec is None:
-            return matrix_functions.eig_dk(cov, self.function)[0].to(x.dtype)  # module attribute: watched
+            return matrix_functions.eig_dk(cov, self.function, psd=True)[0].to(x.dtype)  # module attribute: watched
         lam, U = stabkit.torch.eigh(cov, method=self.spec, check=False)  # checked above; symmetric by construction
+        lam = lam.clamp_min(0)  # Σ is PSD: a λ < 0 is rounding (√ of it was NaN)
         out = (U * FUNCTIONS[self.function](lam)[:, None, :]) @ U.transpose(1, 2)
         return out.to(x.dtype)
