@@ -176,3 +176,21 @@ def test_sqrt_of_a_singular_covariance_without_ridge_is_its_square_root(method, 
     P, s, _ = torch.linalg.svd(fc, full_matrices=False)
     expected = (P * s[:, None, :]) @ P.transpose(1, 2)
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+
+
+def test_an_inf_or_an_overflowing_covariance_is_named_as_such():
+    """One Inf in the map was reported as '7 NaN of 32' (the covariance's entries, Inf − Inf in the
+    centring), and a finite float32 map of size 1e20, whose covariance overflows, as 'non-finite'."""
+    from stabkit.errors import InputError
+
+    x = _feature_map(C=4, H=3, W=3, dtype=torch.float32)
+    x[0, 1, 1, 1] = float("inf")
+    with pytest.raises(InputError, match=r"input has non-finite entries \(1 Inf of 72\)"):
+        CovariancePooling()(x)
+    big = _feature_map(C=4, H=3, W=3, dtype=torch.float32) * 1e20
+    with pytest.raises(InputError, match="channel covariance overflows torch.float32 .*pass dtype='float64'"):
+        CovariancePooling()(big)
+    expected = CovariancePooling(eps=0.0)(big.double() / 1e20) * 1e20   # √ is homogeneous: √(c²Σ) = c√Σ
+    got = CovariancePooling(dtype="float64", eps=0.0)(big)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), expected, rtol=1e-6, atol=1e-6 * expected.abs().max().item())

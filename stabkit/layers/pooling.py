@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .. import methods
+from .. import _xp, methods
 from ..errors import InputError
 import stabkit.torch
 from . import matrix_functions
@@ -95,8 +95,13 @@ class CovariancePooling(nn.Module):
         dtype = self.compute_dtype or x.dtype
         if dtype not in DTYPES.values():  # float16/bfloat16: no eigendecomposition in that dtype
             raise InputError(f"CovariancePooling: cannot compute in {dtype}: pass dtype='float32' or 'float64'")
-        cov = channel_covariance(x.to(dtype), self.eps)
-        check_values(cov, "CovariancePooling")
+        x_in = x.to(dtype)
+        cov = channel_covariance(x_in, self.eps)
+        if not _xp.is_traced(cov) and not bool(torch.isfinite(cov).all()):   # one sync, as a check of cov
+            check_values(x_in, "CovariancePooling", symmetric=False)           # the map's own NaN/Inf
+            wider = " or pass dtype='float64'" if dtype == torch.float32 else ""
+            raise InputError(f"CovariancePooling: the channel covariance overflows {dtype} (max |x| = "
+                             f"{float(x_in.abs().max()):.3g}): scale the feature map down{wider}")
         if self.spec is None:
             return matrix_functions.eig_dk(cov, self.function, psd=True)[0].to(x.dtype)  # module attribute: watched
         lam, U = stabkit.torch.eigh(cov, method=self.spec, check=False)  # checked above; symmetric by construction
