@@ -55,3 +55,17 @@ def test_non_symmetric_message_gives_no_check_advice(name):
         SYMMETRIC_INPUT[name](nonsymmetric())
     assert "check=" not in str(info.value)
     assert "symmetrize" in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["less", "ied"])
+def test_tolerance_takes_any_real_number_in_the_open_unit_interval(name):
+    """tol = np.float32(1e-6) was refused as 'tol must be a number in (0, 1), got np.float32(1e-06)'
+    (only int and float passed; eps= takes numpy numbers). The result equals that of the float tol."""
+    import numpy as np
+
+    fn = getattr(layers, name)
+    y32, y = fn(SPD, tol=np.float32(1e-6)), fn(SPD, tol=float(np.float32(1e-6)))
+    torch.testing.assert_close(y32, y, rtol=0, atol=0)
+    for bad in (np.float32(0.0), np.float64(1.0), True, float("nan"), "1e-6"):
+        with pytest.raises(InputError, match="tol must be a number in"):
+            fn(SPD, tol=bad)

@@ -152,3 +152,19 @@ def test_large_powers_match_mpmath(p, lam):
                          for b in range(d)] for a in range(d)], dtype=D)
     got = dd.dk_second_frechet(torch.eye(d, dtype=D), torch.tensor(lam, dtype=D), X, Y, "power", p)
     torch.testing.assert_close(got, ref, rtol=1e-13, atol=1e-13 * ref.abs().max().item())
+
+
+@pytest.mark.parametrize("p, mu", [(100.0, 1e-3), (3.0, 1e-120), (2.0, 1e300)],
+                         ids=["p=100 at 1e-3", "p=3 at 1e-120", "p=2 at 1e300"])
+@pytest.mark.parametrize("rel", [1e-15, 1e-3])
+def test_near_pair_beside_underflow_or_overflow_of_mu_to_the_p(p, mu, rel):
+    """g[μ, μ(1 + rel)] for x^p where μ^p under- or overflows but g[·,·] ≈ p μ^(p−1) does not: the
+    expm1 form was μ^p expm1(t)/Δ, whose μ^p·expm1(t) underflowed (p = 100 at 1e-3: 8e-12 off at rel
+    1e-15; p = 3 at 1e-120: 0) or μ^p overflowed (inf); as μ^(p−1) expm1(t)/(Δ/μ) it is exact."""
+    a = torch.tensor(mu, dtype=D)
+    b = a * (1 + rel)
+    with mpmath.workdps(50):
+        x, y = mpmath.mpf(a.item()), mpmath.mpf(b.item())
+        truth = float((x ** p - y ** p) / (x - y))
+    got = dd.pair_divided_differences(a, b, (b - a).abs(), "power", p).item()
+    assert got == pytest.approx(truth, rel=1e-14, abs=0)

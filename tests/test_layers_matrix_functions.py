@@ -542,3 +542,34 @@ def test_the_power_exponent_must_be_a_finite_real_number(layer, p):
     """p = NaN returned a NaN matrix and p = '2' failed inside torch; None has always been refused."""
     with pytest.raises(ValueError, match="exponent p"):
         layer(torch.eye(3, dtype=torch.float64), "power", p=p)
+
+
+def test_svd_dk_of_a_tall_F_computes_no_n_by_n_factor():
+    """The SVD-DK forward asked for the full SVD of F (n × d) to get the full V: for a tall F that
+    also built an unused n × n U (four 3136 × 64 F: 2.1 s against 0.07 s, and n² memory). Only a wide F
+    needs full_matrices (its V is then d × d); the gradient is unchanged."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    shapes = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if "svd" in func.__name__:
+                shapes.append([tuple(o.shape) for o in out])
+            return out
+
+    for n, d in ((50, 3), (2, 4)):
+        F = torch.randn(n, d, dtype=D, generator=GEN(n)).requires_grad_()
+        G = torch.randn(d, d, dtype=D, generator=GEN(d))
+        shapes.clear()
+        with Record():
+            C = layers.svd_dk_matrix_function(F, "log", eps=0.1)
+        assert len(shapes) == 1 and shapes[0][2] == (d, d), shapes      # the full V: d × d
+        assert shapes[0][0] == ((n, n) if n < d else (n, d)), shapes      # U: never n × n for n > d
+        (g,) = torch.autograd.grad((G * C).sum(), F)
+        lam, Q = torch.linalg.eigh(F.detach().T @ F.detach() + 0.1 * torch.eye(d, dtype=D))
+        Dd = (lam.log()[:, None] - lam.log()[None, :]) / (lam[:, None] - lam[None, :])
+        Dd = torch.where(torch.eye(d, dtype=torch.bool), 1 / lam[:, None].expand(d, d), Dd)
+        truth = 2 * F.detach() @ Q @ (Dd * (Q.T @ ((G + G.T) / 2) @ Q)) @ Q.T   # Daleckii–Krein
+        torch.testing.assert_close(g, truth, rtol=1e-10, atol=1e-12)

@@ -157,3 +157,40 @@ def test_pooling_names_an_input_it_cannot_pool(x, needle):
         CovariancePooling()(x)
     assert CovariancePooling(dtype="float32")(torch.randn(2, 3, 4, 4).half()).dtype == torch.float16
     assert CovariancePooling()(torch.randn(0, 3, 4, 4, dtype=torch.float64)).shape == (0, 3, 3)  # an empty batch
+
+
+@pytest.mark.parametrize("method", [None, "analytic"], ids=["dk", "analytic"])
+@pytest.mark.parametrize("case", ["fewer pixels than channels", "constant channel", "repeated channel"])
+def test_sqrt_of_a_singular_covariance_without_ridge_is_its_square_root(method, case):
+    """ε = 0 and a singular Σ: eigh returns eigenvalues of about −1e-17 for its zeros, whose √ made
+    every entry of such an item's output NaN. Σ is PSD, so √Σ exists: from the SVD of the centred
+    features Xc/√M = P diag(s) Qᵀ, √Σ = P diag(s) Pᵀ (to √(rounding of λ) ≈ 1e-8)."""
+    x = _feature_map(B=4, C=8, H=2 if case.startswith("fewer") else 6, W=2 if case.startswith("fewer") else 6)
+    if case == "constant channel":
+        x[:, 3] = 0.7
+    elif case == "repeated channel":
+        x[:, 3] = x[:, 2]
+    out = CovariancePooling("sqrt", method=method, eps=0.0)(x)
+    f = x.flatten(2)
+    fc = (f - f.mean(-1, keepdim=True)) / f.shape[-1] ** 0.5
+    P, s, _ = torch.linalg.svd(fc, full_matrices=False)
+    expected = (P * s[:, None, :]) @ P.transpose(1, 2)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+
+
+def test_an_inf_or_an_overflowing_covariance_is_named_as_such():
+    """One Inf in the map was reported as '7 NaN of 32' (the covariance's entries, Inf − Inf in the
+    centring), and a finite float32 map of size 1e20, whose covariance overflows, as 'non-finite'."""
+    from stabkit.errors import InputError
+
+    x = _feature_map(C=4, H=3, W=3, dtype=torch.float32)
+    x[0, 1, 1, 1] = float("inf")
+    with pytest.raises(InputError, match=r"input has non-finite entries \(1 Inf of 72\)"):
+        CovariancePooling()(x)
+    big = _feature_map(C=4, H=3, W=3, dtype=torch.float32) * 1e20
+    with pytest.raises(InputError, match="channel covariance overflows torch.float32 .*pass dtype='float64'"):
+        CovariancePooling()(big)
+    expected = CovariancePooling(eps=0.0)(big.double() / 1e20) * 1e20   # √ is homogeneous: √(c²Σ) = c√Σ
+    got = CovariancePooling(dtype="float64", eps=0.0)(big)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), expected, rtol=1e-6, atol=1e-6 * expected.abs().max().item())

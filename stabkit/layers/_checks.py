@@ -55,7 +55,7 @@ def check_iterations(max_iter, fn: str) -> None:
 
 def check_tol(tol, fn: str) -> None:
     """An iterative layer's relative tolerance: None (its default) or a number in (0, 1)."""
-    if tol is not None and (isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 < tol < 1):
+    if tol is not None and not (is_real(tol) and 0 < tol < 1):
         raise InputError(f"{fn}: tol must be a number in (0, 1), got {tol!r}")
 
 

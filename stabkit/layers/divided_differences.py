@@ -58,7 +58,7 @@ def eigen_divided_differences(lam: torch.Tensor, fn: str, p: float | None = None
 
 def pair_divided_differences(mi, mj, delta, fn: str, p: float | None = None) -> torch.Tensor:
     """g[μ_i, μ_j] elementwise (broadcast), Δ = |μ_i − μ_j| given: log1p(Δ/m)/Δ for log, 1/(√μ_i + √μ_j)
-    for √, m^p expm1(p log1p(Δ/m))/Δ for x^p (m = min(μ_i, μ_j)); (M^p − m^p)/Δ, M the max, when
+    for √, m^(p−1) expm1(p log1p(r))/r, r = Δ/m, for x^p (m = min(μ_i, μ_j)); (M^p − m^p)/Δ, M the max, when
     m ≤ 0 ≤ M (a zero, or, for integer p, opposite signs) or (M/m)^p is beyond e^{±1}.
 
     Differentiable: each ``where`` branch is fed a placeholder 1 where it is not taken (the "double
@@ -81,11 +81,13 @@ def pair_divided_differences(mi, mj, delta, fn: str, p: float | None = None) -> 
         # would also overflow first
         across = (lo_off <= 0) & (hi >= 0)
         lo_same = torch.where(across, one, lo_off)          # lo, hi of one sign: |Δ/lo| < 1
-        t = p * torch.log1p(gap / lo_same)
+        r = gap / lo_same
+        t = p * torch.log1p(r)
         direct = across | (t.abs() > 1)
         direct_dd = (hi ** p - lo_off ** p) / gap
         t_small = torch.where(direct, torch.zeros_like(t), t)
-        off = torch.where(direct, direct_dd, lo_same ** p * torch.expm1(t_small) / gap)
+        # m^(p−1) · expm1(t)/(Δ/m): m^p · expm1(t) would underflow (or m^p overflow) first
+        off = torch.where(direct, direct_dd, lo_same ** (p - 1) * (torch.expm1(t_small) / r))
         on = p * lo_on ** (p - 1) if p != 0 else torch.zeros_like(lo_on)  # x⁰: 0·0⁻¹ would be NaN
     else:
         raise _unknown(fn)

@@ -9,7 +9,8 @@ indicators E ∈ {0,1}^{m×k}, degrees D = diag(W 1):
   s = diag(D)^-1/2, t = diag(D)^1/2:
       ∂J₁/∂W = diag(s) G_M diag(s) + (∂J₁/∂δ) 1ᵀ,   δ = W 1,
       ∂J₁/∂δ = −½ δ^-3/2 ∘ ((G_M ∘ W) s + (G_Mᵀ ∘ Wᵀ) s) + ½ δ^-1/2 ∘ ((G_Ω ∘ E) 1).
-* J₂ = ½‖Π_W − Π_Ψ‖²_F with Ψ = E Eᵀ (so Π_Ψ = E(EᵀE)⁻¹Eᵀ, constant in W); Prop. 6:
+* J₂ = ½‖Π_W − Π_Ψ‖²_F with Ψ = E Eᵀ (so Π_Ψ, the projector onto range(E), is E(EᵀE)⁻¹Eᵀ when
+  E has full column rank; constant in W); Prop. 6:
       ∂J₂/∂W = 2(I − Π_W)(Π_W − Π_Ψ)(W⁺)ᵀ = −2(I − Π_W) Π_Ψ (W⁺)ᵀ.
 * Low-rank affinity W = F Λ Fᵀ (F ∈ ℝ^{m×d}, Λ = diag(λ)), the low-rank affinity
   derivatives of the normalized-cuts section of the extended version (arXiv:1509.07838; equation
@@ -19,7 +20,8 @@ indicators E ∈ {0,1}^{m×k}, degrees D = diag(W 1):
   does not depend on Λ at all (the paper's remark).
 
 Both J's are only differentiable where the ranks of W (or M) stay constant; ``rank`` fixes it
-(default: numerical rank). The formulas hold for any square W (no symmetry used); J₁ needs
+(default: numerical rank). E may have rank < k (an empty cluster, a repeated column): Π_Ω and Π_Ψ
+keep E's numerical rank of singular values. The formulas hold for any square W (no symmetry used); J₁ needs
 positive degrees. First derivatives only (``once_differentiable``) for J₁ and J₂: their backwards
 use the forward's projectors and pseudo-inverses as constants.
 """
@@ -30,7 +32,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from ._checks import check_matrix
-from .projector import range_factors
+from .projector import kept_factors, range_factors
 from .. import _xp
 from ..errors import InputError
 
@@ -45,7 +47,7 @@ def _ncut_j1_parts(W, E, rank):
     M = s[..., :, None] * W * s[..., None, :]
     Omega = t[..., :, None] * E
     PM, Mp = range_factors(M, rank)
-    PO, Op = range_factors(Omega, E.shape[-1])
+    PO, Op = kept_factors(Omega, _indicator_rank(E), None)   # rank D^1/2 E = rank E (D > 0)
     J = 0.5 * ((PM - PO) ** 2).sum((-2, -1))
     return J, (deg, s, PM, Mp, PO, Op)
 
@@ -58,6 +60,12 @@ def _ncut_j1_grad(W, E, deg, s, PM, Mp, PO, Op):
     gt = (GO * E).sum(-1)
     gdeg = -0.5 * deg ** -1.5 * gs + 0.5 * deg ** -0.5 * gt
     return s[..., :, None] * GM * s[..., None, :] + gdeg[..., :, None]
+
+
+def _indicator_rank(E):
+    """rank E per matrix (numerical, :func:`range_factors`' default rule): below k when a cluster is
+    empty (a zero column) or columns repeat, where keeping k σ added an arbitrary direction to Π."""
+    return torch.linalg.matrix_rank(E)
 
 
 class _NcutJ1(torch.autograd.Function):
@@ -77,7 +85,7 @@ class _NcutJ2(torch.autograd.Function):
     @staticmethod
     def forward(ctx, W, E, rank):
         PW, Wp = range_factors(W, rank)
-        PPsi, _ = range_factors(E, E.shape[-1])
+        PPsi, _ = kept_factors(E, _indicator_rank(E), None)
         ctx.save_for_backward(PW, Wp, PPsi)
         return 0.5 * ((PW - PPsi) ** 2).sum((-2, -1))
 

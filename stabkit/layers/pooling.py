@@ -20,8 +20,9 @@ used (``taylor``, ``clip``, ``pade``, …, or the exact Prop. 2, which is infini
 see ``stabkit methods``/README "Methods") — to study or use an approximate rule.
 
 ε > 0 keeps Σ positive definite (Σ has rank ≤ M − 1, so with fewer pixels than channels it is
-singular without it); √ of a matrix with a zero eigenvalue has an infinite derivative and log one
-has no value, whatever the backward rule.
+singular without it, as with a constant or repeated channel); √ of a matrix with a zero eigenvalue
+has an infinite derivative and log one has no value, whatever the backward rule. Σ is positive
+semidefinite by construction, so an eigenvalue below 0 is rounding and is taken as 0.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .. import methods
+from .. import _xp, methods
 from ..errors import InputError
 import stabkit.torch
 from . import matrix_functions
@@ -94,10 +95,16 @@ class CovariancePooling(nn.Module):
         dtype = self.compute_dtype or x.dtype
         if dtype not in DTYPES.values():  # float16/bfloat16: no eigendecomposition in that dtype
             raise InputError(f"CovariancePooling: cannot compute in {dtype}: pass dtype='float32' or 'float64'")
-        cov = channel_covariance(x.to(dtype), self.eps)
-        check_values(cov, "CovariancePooling")
+        x_in = x.to(dtype)
+        cov = channel_covariance(x_in, self.eps)
+        if not _xp.is_traced(cov) and not bool(torch.isfinite(cov).all()):   # one sync, as a check of cov
+            check_values(x_in, "CovariancePooling", symmetric=False)           # the map's own NaN/Inf
+            wider = " or pass dtype='float64'" if dtype == torch.float32 else ""
+            raise InputError(f"CovariancePooling: the channel covariance overflows {dtype} (max |x| = "
+                             f"{float(x_in.abs().max()):.3g}): scale the feature map down{wider}")
         if self.spec is None:
-            return matrix_functions.eig_dk(cov, self.function)[0].to(x.dtype)  # module attribute: watched
+            return matrix_functions.eig_dk(cov, self.function, psd=True)[0].to(x.dtype)  # module attribute: watched
         lam, U = stabkit.torch.eigh(cov, method=self.spec, check=False)  # checked above; symmetric by construction
+        lam = lam.clamp_min(0)  # Σ is PSD: a λ < 0 is rounding (√ of it was NaN)
         out = (U * FUNCTIONS[self.function](lam)[:, None, :]) @ U.transpose(1, 2)
         return out.to(x.dtype)

@@ -33,8 +33,16 @@ def range_factors(A: torch.Tensor, rank: int | None = None, rtol: float | None =
         raise InputError(f"projector: rank must be an integer in [0, {k}], got {rank!r}")
     if rtol is not None:
         check_eps(rtol, "projector", "rtol")
+    return kept_factors(A, rank, rtol)
+
+
+def kept_factors(A: torch.Tensor, rank: int | torch.Tensor | None, rtol: float | None):
+    """:func:`range_factors` unchecked; ``rank`` may also be an integer tensor of A's batch shape."""
+    k = min(A.shape[-2:])
     U, S, Vh = torch.linalg.svd(A, full_matrices=False)
-    if rank is not None:
+    if isinstance(rank, torch.Tensor):
+        keep = torch.arange(k, device=A.device) < rank[..., None]
+    elif rank is not None:
         keep = (torch.arange(k, device=A.device) < rank).expand(S.shape)
     else:
         tol = (rtol if rtol is not None else max(A.shape[-2:]) * torch.finfo(A.dtype).eps) * S[..., :1]
