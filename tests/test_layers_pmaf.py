@@ -124,3 +124,27 @@ def test_cholesky_path_d80_matches_analytic():
         a = torch.tensor(A, requires_grad=True)
         (g,) = torch.autograd.grad(loss(fn(a)), a)
         assert rel(g.numpy(), g2.numpy()) < 1e-10
+
+
+@pytest.mark.parametrize("dtype, e", [(torch.float64, 600), (torch.float64, -600), (torch.float32, 80), (torch.float32, -80)],
+                         ids=["f64-big", "f64-small", "f32-big", "f32-small"])
+@pytest.mark.parametrize("name", list(LAYERS))
+def test_extreme_scales_give_the_scaled_value_and_gradient(name, dtype, e):
+    """y(2^e·A) = y(A), λ(2^e·A) = 2^e·λ(A), and ∂L/∂A of a loss of y scales by 2^−e. At these scales
+    ‖A‖_F² over- or underflows (2^±1200 in float64, 2^±160 in float32): the power solver took its
+    first iterate for converged (|⟨y, u₁⟩| ≈ 0.05), LESS raised 'not the principal one', and the
+    backward's shift c = ‖A‖_F (inf or clamped to tiny) gave NaN or gradients 20% off. Reference:
+    eigh's analytic gradient of the unscaled float64 A."""
+    A = build(LAM, seed=5)
+    b = torch.as_tensor(W)
+    a = torch.tensor(A, requires_grad=True)
+    (g_ref,) = torch.autograd.grad((_analytic(a)[0] * b).sum(), a)
+    u = np.linalg.eigh(A)[1][:, -1]
+    s = 2.0 ** e
+    a = torch.tensor(A * s, dtype=dtype, requires_grad=True)
+    y, lam = LAYERS[name](a)
+    (g,) = torch.autograd.grad((y * b.to(dtype)).sum(), a)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    assert abs(abs(float(y.detach().double() @ torch.as_tensor(u))) - 1) < tol
+    assert abs(float(lam.detach()) / s - LAM[-1]) < tol * LAM[-1]
+    assert rel(g.double().numpy() * s, g_ref.numpy()) < (1e-10 if dtype == torch.float64 else 1e-4)

@@ -15,7 +15,8 @@ symmetric positive definite (Cholesky for d ≥ 64, LU below); for the i-th of k
 indefinite but nonsingular when λ_i is simple (LU). Needs simple eigenvalues λ_1 > … > λ_k > λ_{k+1}.
 
 Forward solvers: ``"eigh"`` (LAPACK, then the top k) or ``"power"`` (orthogonal subspace
-iteration from a seeded random start + Rayleigh–Ritz; finds the k eigenvalues of largest
+iteration from a seeded random start + Rayleigh–Ritz, on A divided by a power of two near max|A| as
+LESS does; finds the k eigenvalues of largest
 *magnitude* — the principal ones for PSD inputs such as covariances). It stops when the Ritz
 residual ‖AY − YH‖_F ≤ tol·‖A‖_F and raises :class:`~stabkit.errors.EigensolverError` if that is not
 reached in ``max_iter`` steps, unless the residual is within the rounding floor d·eps·‖A‖_F (there
@@ -70,6 +71,15 @@ def fix_sign(Y: torch.Tensor) -> torch.Tensor:
     return Y * torch.where(s == 0, torch.ones_like(s), s)
 
 
+def pow2_scale(A: torch.Tensor) -> torch.Tensor:
+    """2^(e−1) ≤ max|A| < 2^e over the last two axes, shape (..., 1, 1) (1 where A = 0). Dividing by it is
+    exact, and torch's ‖·‖_F (an unscaled sum of squares) then neither overflows nor underflows, as it
+    does on A itself for entries beyond about 1e±154 (float64) or 1e±19 (float32)."""
+    amax = A.abs().amax((-2, -1), keepdim=True)
+    m, _ = torch.frexp(amax)                                     # amax = m·2^e, m ∈ [0.5, 1)
+    return torch.where(m > 0, amax / (2 * m), torch.ones_like(amax))
+
+
 def principal_backward(A, Y, lam, gY, glam):
     """∂L/∂A for Y (..., d, k) top eigenvectors (descending λ) by one solve per vector."""
     d, k = Y.shape[-2], Y.shape[-1]
@@ -79,7 +89,8 @@ def principal_backward(A, Y, lam, gY, glam):
         gA = gA + (Y * glam[..., None, :]) @ _T(Y)
     if gY is None:
         return gA
-    c = torch.linalg.matrix_norm(A).clamp_min(torch.finfo(A.dtype).tiny)[..., None, None, None]
+    s = pow2_scale(A)
+    c = (torch.linalg.matrix_norm(A / s) * s[..., 0, 0]).clamp_min(torch.finfo(A.dtype).tiny)[..., None, None, None]
     Yc = _T(Y)[..., :, :, None]                                  # (..., k, d, 1)
     B = lam[..., :, None, None] * eye - A[..., None, :, :] + c * (Yc @ _T(Yc))
     r = _T(gY)[..., :, :, None]
@@ -147,7 +158,9 @@ def ied_forward(A, k=1, solver="eigh", max_iter=None, tol=None, seed=0):
         lam, Y = lam[..., -k:].flip(-1), U[..., -k:].flip(-1)
     elif solver == "power":
         tol = 8 * torch.finfo(A.dtype).eps if tol is None else tol
-        lam, Y = _power(A, k, default_max_iter(tol) if max_iter is None else max_iter, tol, seed)
+        s = pow2_scale(A)
+        lam, Y = _power(A / s, k, default_max_iter(tol) if max_iter is None else max_iter, tol, seed)
+        lam = lam * s[..., 0]
     else:
         raise ValueError(f"unknown IED solver {solver!r}: choose 'eigh' or 'power'")
     return A, lam, fix_sign(Y)
