@@ -184,14 +184,18 @@ def ied(A: torch.Tensor, k: int = 1, solver: str = "eigh", max_iter: int | None 
         seed: int = 0):
     """Top-k eigenvectors Y (..., d, k) and eigenvalues (..., k), descending, of symmetric A.
 
-    Power solver: ``tol`` (default 8 eps) a number in (0, 1); ``max_iter`` (default None: the
-    budget of :func:`default_max_iter`, module docstring) a positive integer.
+    ``solver``: ``"eigh"`` or ``"power"``. The power solver's k are those of largest *magnitude*, in
+    descending magnitude (the top k, descending, for PSD A; for A = diag(−5, 1, 3), k = 2: λ = (−5, 3)).
+    Its ``tol`` (default 8 eps) is a number in (0, 1); ``max_iter`` (default None: the budget of
+    :func:`default_max_iter`, module docstring) a positive integer.
     """
     check_matrix(A, "ied", symmetric=True)
     if max_iter is not None:
         check_iterations(max_iter, "ied")
     check_tol(tol, "ied")
     check_seed(seed, "ied")
+    if not isinstance(solver, str) or solver not in ("eigh", "power"):
+        raise InputError(f"ied: solver must be 'eigh' or 'power', got {solver!r}")
     if not is_integer(k, 1, A.shape[-1]):
         raise InputError(f"ied: k must be an integer with 1 ≤ k ≤ d = {A.shape[-1]}, got k={k!r}")
     return _IED.apply(A, int(k), solver, max_iter, tol, seed)
