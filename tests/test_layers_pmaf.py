@@ -8,6 +8,7 @@ import torch
 
 from stabkit import layers
 from stabkit import torch as sktorch
+from stabkit.errors import EigensolverError
 from stabkit.layers.ied import fix_sign
 from tests.conftest import build
 from tests._helpers import mp_grad, mp_sym, rel, to_mp
@@ -148,3 +149,19 @@ def test_extreme_scales_give_the_scaled_value_and_gradient(name, dtype, e):
     assert abs(abs(float(y.detach().double() @ torch.as_tensor(u))) - 1) < tol
     assert abs(float(lam.detach()) / s - LAM[-1]) < tol * LAM[-1]
     assert rel(g.double().numpy() * s, g_ref.numpy()) < (1e-10 if dtype == torch.float64 else 1e-4)
+
+
+@pytest.mark.parametrize("name", list(LAYERS))
+@pytest.mark.parametrize("A", [np.diag([1.0, 2.0, 2.0]), np.zeros((3, 3))], ids=["diag-tie", "zero"])
+def test_backward_at_an_exact_tie_is_an_eigensolver_error(name, A):
+    """A top eigenvalue repeated exactly (diag(1, 2, 2); A = 0) has no eigenvector derivative: λI − A +
+    c yyᵀ is exactly singular. torch's LinAlgError escaped from the backward; it is EigensolverError, the
+    type the training loop records (LESS may land off the exact tie, returning 1/eps-sized entries)."""
+    a = torch.tensor(A, requires_grad=True)
+    y, _ = LAYERS[name](a)
+    try:
+        (g,) = torch.autograd.grad((y * torch.as_tensor(W[:3])).sum(), a)
+    except EigensolverError as exc:
+        assert f"{name.split('-')[0]} backward: λI − A + c yyᵀ is singular" in str(exc)
+    else:
+        assert name == "less" and A.any() and float(g.abs().max()) > 1e10

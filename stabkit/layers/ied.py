@@ -29,7 +29,9 @@ plane and its Rayleigh quotient is no eigenvalue). An exact
 positive tie λ_k = λ_{k+1} is no error of the forward: the iterate converges (at the rate of the next
 gap) to a seed-dependent vector of the tied eigenspace, which is an eigenvector; the backward,
 which assumes simple eigenvalues, then solves with a matrix singular up to rounding and returns
-entries of order 1/eps (no derivative exists there).
+entries of order 1/eps (no derivative exists there); where that matrix is exactly singular (a tie
+held exactly, as in a diagonal A with a repeated top eigenvalue, or A = 0) it raises
+:class:`~stabkit.errors.EigensolverError` (so does LESS's backward).
 Signs: each vector's largest-magnitude entry is made positive.
 
 First derivatives only (``once_differentiable``): the backward uses the forward's Y and λ as
@@ -43,7 +45,7 @@ import math
 import torch
 from torch.autograd.function import once_differentiable
 
-from ..errors import InputError
+from ..errors import EigensolverError, InputError
 from ..validation import is_integer
 from ._checks import check_iterations, check_matrix, check_seed, check_tol, failure_tol, not_converged
 
@@ -80,8 +82,9 @@ def pow2_scale(A: torch.Tensor) -> torch.Tensor:
     return torch.where(m > 0, amax / (2 * m), torch.ones_like(amax))
 
 
-def principal_backward(A, Y, lam, gY, glam):
-    """∂L/∂A for Y (..., d, k) top eigenvectors (descending λ) by one solve per vector."""
+def principal_backward(A, Y, lam, gY, glam, fn="ied"):
+    """∂L/∂A for Y (..., d, k) top eigenvectors (descending λ) by one solve per vector; EigensolverError
+    where a B_i is exactly singular (λ_i repeated exactly: no derivative)."""
     d, k = Y.shape[-2], Y.shape[-1]
     eye = torch.eye(d, dtype=A.dtype, device=A.device)
     gA = torch.zeros_like(A)
@@ -102,12 +105,21 @@ def principal_backward(A, Y, lam, gY, glam):
         if bool((info == 0).all()):
             v = torch.cholesky_solve(r, Lc)
         else:
-            v = torch.linalg.solve(B, r)
+            v = _solve(B, r, fn)
     else:
-        v = torch.linalg.solve(B, r)
+        v = _solve(B, r, fn)
     V = _T(v[..., 0])                                            # (..., d, k)
     G = V @ _T(Y)
     return gA + (G + _T(G)) / 2
+
+
+def _solve(B, r, fn):
+    v, info = torch.linalg.solve_ex(B, r)
+    if bool((info != 0).any()):
+        raise EigensolverError(f"{fn} backward: λI − A + c yyᵀ is singular in {int((info != 0).sum())} of {info.numel()} "
+                               f"solves: a returned eigenvalue is repeated exactly in A, where the eigenvector "
+                               f"has no derivative")
+    return v
 
 
 def seeded_normal(shape, seed: int, like: torch.Tensor) -> torch.Tensor:

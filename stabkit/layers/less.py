@@ -152,7 +152,7 @@ class _LESS(torch.autograd.Function):
     def backward(ctx, gy, glam):
         A, y, lam = ctx.saved_tensors
         gA = principal_backward(A, y[..., None], lam[..., None], None if gy is None else gy[..., None],
-                                None if glam is None else glam[..., None])
+                                None if glam is None else glam[..., None], fn="less")
         return gA, None, None, None, None
 
 
