@@ -165,3 +165,19 @@ def test_backward_at_an_exact_tie_is_an_eigensolver_error(name, A):
         assert f"{name.split('-')[0]} backward: λI − A + c yyᵀ is singular" in str(exc)
     else:
         assert name == "less" and A.any() and float(g.abs().max()) > 1e10
+
+
+@pytest.mark.parametrize("dtype, a", [(torch.float64, 1.5e308), (torch.float32, 3e38)], ids=["float64", "float32"])
+@pytest.mark.parametrize("name", list(LAYERS))
+def test_entries_near_the_dtype_maximum_are_not_lost_to_the_symmetrization(name, dtype, a):
+    """[[a, a/15], [a/15, −a/1.5]] with a near the largest float: (A + Aᵀ)/2 overflowed to inf on the
+    diagonal, and the layers returned NaN (ied) or 'not the principal one (λ = nan)' (less) for a finite,
+    symmetric input. Reference: the closed-form top eigenpair of the 2 × 2 A / a."""
+    A = torch.tensor([[a, a / 15], [a / 15, -a / 1.5]], dtype=torch.float64).to(dtype)
+    p, b, q = (float(x) / a for x in (A[0, 0], A[0, 1], A[1, 1]))
+    lam = (p + q) / 2 + np.hypot((p - q) / 2, b)
+    v = np.array([b, lam - p]) / np.hypot(b, lam - p)
+    y, l = LAYERS[name](A)
+    tol = 1e-13 if dtype == torch.float64 else 1e-6
+    assert abs(float(l) / a - lam) < tol * lam
+    assert abs(abs(float(y.double().numpy() @ v)) - 1) < tol

@@ -164,7 +164,7 @@ def _power(A, k, max_iter, tol, seed):
 
 
 def ied_forward(A, k=1, solver="eigh", max_iter=None, tol=None, seed=0):
-    A = (A + _T(A)) / 2
+    A = A / 2 + _T(A) / 2                                        # (A + Aᵀ)/2, no overflow near the max
     if solver == "eigh":
         lam, U = torch.linalg.eigh(A)
         lam, Y = lam[..., -k:].flip(-1), U[..., -k:].flip(-1)

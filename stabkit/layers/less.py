@@ -78,7 +78,7 @@ def _check_start(y0, A) -> None:
 
 
 def less_forward(A, y0=None, max_iter=5000, tol=None, seed=0):
-    Asym = (A + A.transpose(-1, -2)) / 2
+    Asym = A / 2 + A.transpose(-1, -2) / 2             # (A + Aᵀ)/2 without overflow near the dtype's max
     scale = pow2_scale(Asym)[..., 0, 0]
     A = Asym / scale[..., None, None]                 # exact; ‖A‖_F and its residuals stay in range
     d = A.shape[-1]
