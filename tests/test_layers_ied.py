@@ -145,3 +145,24 @@ def test_second_derivative_is_refused():
     A = torch.as_tensor(build([0.3, 1.0, 2.0, 4.0], seed=2))
     with pytest.raises(RuntimeError, match="differentiate twice"):
         second_derivative(lambda a: layers.ied(a, k=2)[0], A)
+
+
+@pytest.mark.parametrize("solver", ["lobpcg", None, "Power"])
+def test_unknown_solver_raises_input_error(solver):
+    """An unknown solver was a bare ValueError from inside the autograd forward, not the InputError
+    (naming ied and the argument) that every other bad argument gets."""
+    with pytest.raises(InputError, match=r"ied: solver must be 'eigh' or 'power', got "):
+        layers.ied(torch.eye(3, dtype=torch.float64), solver=solver)
+
+
+def test_power_solver_takes_the_largest_magnitudes_in_descending_magnitude():
+    """As ied's docstring says: for indefinite A the power solver's k are the eigenvalues of largest
+    |λ|, ordered by |λ| (eigh's are the largest λ, descending). Checked against numpy's eigh."""
+    lam = [-5.0, -0.5, 1.0, 3.0]
+    A = build(lam, seed=2)
+    w, U = np.linalg.eigh(A)
+    Y, mu = layers.ied(torch.as_tensor(A), k=2, solver="power")
+    np.testing.assert_allclose(mu.numpy(), [-5.0, 3.0], rtol=0, atol=1e-12)
+    for j, i in enumerate((0, 3)):  # columns of U for λ = −5 and 3
+        assert abs(abs(float(Y[:, j].numpy() @ U[:, i])) - 1) < 1e-13
+    np.testing.assert_allclose(layers.ied(torch.as_tensor(A), k=2)[1].numpy(), [3.0, 1.0], rtol=0, atol=1e-12)

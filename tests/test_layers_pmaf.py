@@ -8,6 +8,7 @@ import torch
 
 from stabkit import layers
 from stabkit import torch as sktorch
+from stabkit.errors import EigensolverError
 from stabkit.layers.ied import fix_sign
 from tests.conftest import build
 from tests._helpers import mp_grad, mp_sym, rel, to_mp
@@ -124,3 +125,59 @@ def test_cholesky_path_d80_matches_analytic():
         a = torch.tensor(A, requires_grad=True)
         (g,) = torch.autograd.grad(loss(fn(a)), a)
         assert rel(g.numpy(), g2.numpy()) < 1e-10
+
+
+@pytest.mark.parametrize("dtype, e", [(torch.float64, 600), (torch.float64, -600), (torch.float32, 80), (torch.float32, -80)],
+                         ids=["f64-big", "f64-small", "f32-big", "f32-small"])
+@pytest.mark.parametrize("name", list(LAYERS))
+def test_extreme_scales_give_the_scaled_value_and_gradient(name, dtype, e):
+    """y(2^e·A) = y(A), λ(2^e·A) = 2^e·λ(A), and ∂L/∂A of a loss of y scales by 2^−e. At these scales
+    ‖A‖_F² over- or underflows (2^±1200 in float64, 2^±160 in float32): the power solver took its
+    first iterate for converged (|⟨y, u₁⟩| ≈ 0.05), LESS raised 'not the principal one', and the
+    backward's shift c = ‖A‖_F (inf or clamped to tiny) gave NaN or gradients 20% off. Reference:
+    eigh's analytic gradient of the unscaled float64 A."""
+    A = build(LAM, seed=5)
+    b = torch.as_tensor(W)
+    a = torch.tensor(A, requires_grad=True)
+    (g_ref,) = torch.autograd.grad((_analytic(a)[0] * b).sum(), a)
+    u = np.linalg.eigh(A)[1][:, -1]
+    s = 2.0 ** e
+    a = torch.tensor(A * s, dtype=dtype, requires_grad=True)
+    y, lam = LAYERS[name](a)
+    (g,) = torch.autograd.grad((y * b.to(dtype)).sum(), a)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    assert abs(abs(float(y.detach().double() @ torch.as_tensor(u))) - 1) < tol
+    assert abs(float(lam.detach()) / s - LAM[-1]) < tol * LAM[-1]
+    assert rel(g.double().numpy() * s, g_ref.numpy()) < (1e-10 if dtype == torch.float64 else 1e-4)
+
+
+@pytest.mark.parametrize("name", list(LAYERS))
+@pytest.mark.parametrize("A", [np.diag([1.0, 2.0, 2.0]), np.zeros((3, 3))], ids=["diag-tie", "zero"])
+def test_backward_at_an_exact_tie_is_an_eigensolver_error(name, A):
+    """A top eigenvalue repeated exactly (diag(1, 2, 2); A = 0) has no eigenvector derivative: λI − A +
+    c yyᵀ is exactly singular. torch's LinAlgError escaped from the backward; it is EigensolverError, the
+    type the training loop records (LESS may land off the exact tie, returning 1/eps-sized entries)."""
+    a = torch.tensor(A, requires_grad=True)
+    y, _ = LAYERS[name](a)
+    try:
+        (g,) = torch.autograd.grad((y * torch.as_tensor(W[:3])).sum(), a)
+    except EigensolverError as exc:
+        assert f"{name.split('-')[0]} backward: λI − A + c yyᵀ is singular" in str(exc)
+    else:
+        assert name == "less" and A.any() and float(g.abs().max()) > 1e10
+
+
+@pytest.mark.parametrize("dtype, a", [(torch.float64, 1.5e308), (torch.float32, 3e38)], ids=["float64", "float32"])
+@pytest.mark.parametrize("name", list(LAYERS))
+def test_entries_near_the_dtype_maximum_are_not_lost_to_the_symmetrization(name, dtype, a):
+    """[[a, a/15], [a/15, −a/1.5]] with a near the largest float: (A + Aᵀ)/2 overflowed to inf on the
+    diagonal, and the layers returned NaN (ied) or 'not the principal one (λ = nan)' (less) for a finite,
+    symmetric input. Reference: the closed-form top eigenpair of the 2 × 2 A / a."""
+    A = torch.tensor([[a, a / 15], [a / 15, -a / 1.5]], dtype=torch.float64).to(dtype)
+    p, b, q = (float(x) / a for x in (A[0, 0], A[0, 1], A[1, 1]))
+    lam = (p + q) / 2 + np.hypot((p - q) / 2, b)
+    v = np.array([b, lam - p]) / np.hypot(b, lam - p)
+    y, l = LAYERS[name](A)
+    tol = 1e-13 if dtype == torch.float64 else 1e-6
+    assert abs(float(l) / a - lam) < tol * lam
+    assert abs(abs(float(y.double().numpy() @ v)) - 1) < tol

@@ -15,7 +15,8 @@ symmetric positive definite (Cholesky for d ≥ 64, LU below); for the i-th of k
 indefinite but nonsingular when λ_i is simple (LU). Needs simple eigenvalues λ_1 > … > λ_k > λ_{k+1}.
 
 Forward solvers: ``"eigh"`` (LAPACK, then the top k) or ``"power"`` (orthogonal subspace
-iteration from a seeded random start + Rayleigh–Ritz; finds the k eigenvalues of largest
+iteration from a seeded random start + Rayleigh–Ritz, on A divided by a power of two near max|A| as
+LESS does; finds the k eigenvalues of largest
 *magnitude* — the principal ones for PSD inputs such as covariances). It stops when the Ritz
 residual ‖AY − YH‖_F ≤ tol·‖A‖_F and raises :class:`~stabkit.errors.EigensolverError` if that is not
 reached in ``max_iter`` steps, unless the residual is within the rounding floor d·eps·‖A‖_F (there
@@ -28,7 +29,9 @@ plane and its Rayleigh quotient is no eigenvalue). An exact
 positive tie λ_k = λ_{k+1} is no error of the forward: the iterate converges (at the rate of the next
 gap) to a seed-dependent vector of the tied eigenspace, which is an eigenvector; the backward,
 which assumes simple eigenvalues, then solves with a matrix singular up to rounding and returns
-entries of order 1/eps (no derivative exists there).
+entries of order 1/eps (no derivative exists there); where that matrix is exactly singular (a tie
+held exactly, as in a diagonal A with a repeated top eigenvalue, or A = 0) it raises
+:class:`~stabkit.errors.EigensolverError` (so does LESS's backward).
 Signs: each vector's largest-magnitude entry is made positive.
 
 First derivatives only (``once_differentiable``): the backward uses the forward's Y and λ as
@@ -42,7 +45,7 @@ import math
 import torch
 from torch.autograd.function import once_differentiable
 
-from ..errors import InputError
+from ..errors import EigensolverError, InputError
 from ..validation import is_integer
 from ._checks import check_iterations, check_matrix, check_seed, check_tol, failure_tol, not_converged
 
@@ -70,8 +73,18 @@ def fix_sign(Y: torch.Tensor) -> torch.Tensor:
     return Y * torch.where(s == 0, torch.ones_like(s), s)
 
 
-def principal_backward(A, Y, lam, gY, glam):
-    """∂L/∂A for Y (..., d, k) top eigenvectors (descending λ) by one solve per vector."""
+def pow2_scale(A: torch.Tensor) -> torch.Tensor:
+    """2^(e−1) ≤ max|A| < 2^e over the last two axes, shape (..., 1, 1) (1 where A = 0). Dividing by it is
+    exact, and torch's ‖·‖_F (an unscaled sum of squares) then neither overflows nor underflows, as it
+    does on A itself for entries beyond about 1e±154 (float64) or 1e±19 (float32)."""
+    amax = A.abs().amax((-2, -1), keepdim=True)
+    m, _ = torch.frexp(amax)                                     # amax = m·2^e, m ∈ [0.5, 1)
+    return torch.where(m > 0, amax / (2 * m), torch.ones_like(amax))
+
+
+def principal_backward(A, Y, lam, gY, glam, fn="ied"):
+    """∂L/∂A for Y (..., d, k) top eigenvectors (descending λ) by one solve per vector; EigensolverError
+    where a B_i is exactly singular (λ_i repeated exactly: no derivative)."""
     d, k = Y.shape[-2], Y.shape[-1]
     eye = torch.eye(d, dtype=A.dtype, device=A.device)
     gA = torch.zeros_like(A)
@@ -79,7 +92,8 @@ def principal_backward(A, Y, lam, gY, glam):
         gA = gA + (Y * glam[..., None, :]) @ _T(Y)
     if gY is None:
         return gA
-    c = torch.linalg.matrix_norm(A).clamp_min(torch.finfo(A.dtype).tiny)[..., None, None, None]
+    s = pow2_scale(A)
+    c = (torch.linalg.matrix_norm(A / s) * s[..., 0, 0]).clamp_min(torch.finfo(A.dtype).tiny)[..., None, None, None]
     Yc = _T(Y)[..., :, :, None]                                  # (..., k, d, 1)
     B = lam[..., :, None, None] * eye - A[..., None, :, :] + c * (Yc @ _T(Yc))
     r = _T(gY)[..., :, :, None]
@@ -91,12 +105,21 @@ def principal_backward(A, Y, lam, gY, glam):
         if bool((info == 0).all()):
             v = torch.cholesky_solve(r, Lc)
         else:
-            v = torch.linalg.solve(B, r)
+            v = _solve(B, r, fn)
     else:
-        v = torch.linalg.solve(B, r)
+        v = _solve(B, r, fn)
     V = _T(v[..., 0])                                            # (..., d, k)
     G = V @ _T(Y)
     return gA + (G + _T(G)) / 2
+
+
+def _solve(B, r, fn):
+    v, info = torch.linalg.solve_ex(B, r)
+    if bool((info != 0).any()):
+        raise EigensolverError(f"{fn} backward: λI − A + c yyᵀ is singular in {int((info != 0).sum())} of {info.numel()} "
+                               f"solves: a returned eigenvalue is repeated exactly in A, where the eigenvector "
+                               f"has no derivative")
+    return v
 
 
 def seeded_normal(shape, seed: int, like: torch.Tensor) -> torch.Tensor:
@@ -141,13 +164,15 @@ def _power(A, k, max_iter, tol, seed):
 
 
 def ied_forward(A, k=1, solver="eigh", max_iter=None, tol=None, seed=0):
-    A = (A + _T(A)) / 2
+    A = A / 2 + _T(A) / 2                                        # (A + Aᵀ)/2, no overflow near the max
     if solver == "eigh":
         lam, U = torch.linalg.eigh(A)
         lam, Y = lam[..., -k:].flip(-1), U[..., -k:].flip(-1)
     elif solver == "power":
         tol = 8 * torch.finfo(A.dtype).eps if tol is None else tol
-        lam, Y = _power(A, k, default_max_iter(tol) if max_iter is None else max_iter, tol, seed)
+        s = pow2_scale(A)
+        lam, Y = _power(A / s, k, default_max_iter(tol) if max_iter is None else max_iter, tol, seed)
+        lam = lam * s[..., 0]
     else:
         raise ValueError(f"unknown IED solver {solver!r}: choose 'eigh' or 'power'")
     return A, lam, fix_sign(Y)
@@ -171,14 +196,18 @@ def ied(A: torch.Tensor, k: int = 1, solver: str = "eigh", max_iter: int | None 
         seed: int = 0):
     """Top-k eigenvectors Y (..., d, k) and eigenvalues (..., k), descending, of symmetric A.
 
-    Power solver: ``tol`` (default 8 eps) a number in (0, 1); ``max_iter`` (default None: the
-    budget of :func:`default_max_iter`, module docstring) a positive integer.
+    ``solver``: ``"eigh"`` or ``"power"``. The power solver's k are those of largest *magnitude*, in
+    descending magnitude (the top k, descending, for PSD A; for A = diag(−5, 1, 3), k = 2: λ = (−5, 3)).
+    Its ``tol`` (default 8 eps) is a number in (0, 1); ``max_iter`` (default None: the budget of
+    :func:`default_max_iter`, module docstring) a positive integer.
     """
     check_matrix(A, "ied", symmetric=True)
     if max_iter is not None:
         check_iterations(max_iter, "ied")
     check_tol(tol, "ied")
     check_seed(seed, "ied")
+    if not isinstance(solver, str) or solver not in ("eigh", "power"):
+        raise InputError(f"ied: solver must be 'eigh' or 'power', got {solver!r}")
     if not is_integer(k, 1, A.shape[-1]):
         raise InputError(f"ied: k must be an integer with 1 ≤ k ≤ d = {A.shape[-1]}, got k={k!r}")
     return _IED.apply(A, int(k), solver, max_iter, tol, seed)

@@ -7,7 +7,8 @@ Forward: Riemannian steepest descent on the unit sphere with exact line search. 
 gradient is r = −2 (I − yyᵀ) A y; the next iterate is the best point of the geodesic through y
 along r, i.e. the top eigenvector of A restricted to span(y, r̂) (a 2 × 2 problem in closed form),
 so f never increases and there is no step size to tune. Stops when ‖r‖ ≤ tol·‖A‖_F, per batch
-element.
+element. It iterates on A divided by a power of two near max|A| (exact; λ is scaled back), so
+‖A‖_F and the residuals neither overflow nor underflow however A is scaled.
 
 Deviation from PMaF: the paper's forward takes adaptive steps with a backtracking (Armijo) line
 search and descent decay. Our earlier version of that rule stalled where f's change sinks below
@@ -41,7 +42,7 @@ from torch.autograd.function import once_differentiable
 from .. import _xp
 from ..errors import EigensolverError, InputError
 from ._checks import check_iterations, check_matrix, check_seed, check_tol, failure_tol, not_converged
-from .ied import fix_sign, principal_backward, seeded_normal
+from .ied import fix_sign, pow2_scale, principal_backward, seeded_normal
 
 
 def _start(A, seed):
@@ -77,7 +78,9 @@ def _check_start(y0, A) -> None:
 
 
 def less_forward(A, y0=None, max_iter=5000, tol=None, seed=0):
-    A = (A + A.transpose(-1, -2)) / 2
+    Asym = A / 2 + A.transpose(-1, -2) / 2             # (A + Aᵀ)/2 without overflow near the dtype's max
+    scale = pow2_scale(Asym)[..., 0, 0]
+    A = Asym / scale[..., None, None]                 # exact; ‖A‖_F and its residuals stay in range
     d = A.shape[-1]
     eps = torch.finfo(A.dtype).eps
     tol = 16 * eps if tol is None else tol
@@ -120,11 +123,11 @@ def less_forward(A, y0=None, max_iter=5000, tol=None, seed=0):
         rel = 2 * res / normA.clamp_min(torch.finfo(A.dtype).tiny)
         raise not_converged("less", rel, fail, max_iter, "the top eigenvalues are probably too close for "
                             "steepest descent (use ied, or a larger max_iter / tol)")
-    _check_principal(A, y, lam, res, normA, d, eps)
-    return A, lam, fix_sign(y[..., None])[..., 0]
+    _check_principal(A, y, lam, res, normA, d, eps, scale)
+    return Asym, lam * scale, fix_sign(y[..., None])[..., 0]
 
 
-def _check_principal(A, y, lam, res, normA, d, eps):
+def _check_principal(A, y, lam, res, normA, d, eps, scale):
     """EigensolverError unless no eigenvalue of A exceeds λ + m (module docstring)."""
     tiny = torch.finfo(A.dtype).tiny
     m = (res + 16 * d * eps * normA).clamp_min(tiny)
@@ -133,7 +136,7 @@ def _check_principal(A, y, lam, res, normA, d, eps):
     info = torch.linalg.cholesky_ex(B).info
     if bool((info != 0).any()):
         raise EigensolverError(f"less: converged to an eigenvector that is not the principal one (λ = "
-                               f"{float(lam[info != 0].flatten()[0]):.6g}; A has a larger eigenvalue) in "
+                               f"{float((lam * scale)[info != 0].flatten()[0]):.6g}; A has a larger eigenvalue) in "
                                f"{int((info != 0).sum())} of {info.numel()} matrices; try another y0 or seed")
 
 
@@ -149,7 +152,7 @@ class _LESS(torch.autograd.Function):
     def backward(ctx, gy, glam):
         A, y, lam = ctx.saved_tensors
         gA = principal_backward(A, y[..., None], lam[..., None], None if gy is None else gy[..., None],
-                                None if glam is None else glam[..., None])
+                                None if glam is None else glam[..., None], fn="less")
         return gA, None, None, None, None
 
 
