@@ -153,11 +153,17 @@ def main(argv=None):
         print("|---|---|---|---|")
         for label, kw in (("BatchNorm baseline", {"norm": "bn"}), (f"ZCA {method} d={d}", {"norm": "zca", "method": method, "d": int(d)})):
             single = None
-            for k in args.concurrency:
+            for k in sorted({1, *args.concurrency}):  # one process first, always: the column's baseline, this run
                 rate = concurrent_rate(k, dict(kw, width=width, dtype=args.dtype), device, batch, args.seconds)
                 single = single or rate
                 print(f"| {k} | {label} | {rate:.1f} | {rate / single:.2f} |")
     return int(failed)
+
+
+def today_rate(rows: list[dict]) -> float | None:
+    """steps/s of today's path, one run in one process, in these rows (the "× today" baseline), or None
+    where that row failed: the first row is then another path, no baseline."""
+    return next((r["steps_per_s"] for r in rows if (r["path"], r["runs"], r["processes"]) == ("today", 1, 1)), None)
 
 
 def fast_path_table(args, device: str, batch: int, width: float) -> bool:
@@ -200,15 +206,18 @@ def fast_path_table(args, device: str, batch: int, width: float) -> bool:
         print(f"  interrupted: {len(rows)} of {len(trials)} rows measured", file=sys.stderr)
     if not rows:
         return bool(failed)
-    today = rows[0]["steps_per_s"]
+    today = today_rate(rows)
     print(f"training loop, {args.fast_config} ({args.dtype} ZCA), width {width:g}, batch {batch}, on {device} ({name}), "
           f"torch {torch.__version__}; {args.seconds:g} s per row after warm-up; today = fast=False, check_every 10")
     print()
     print("| path | runs | processes | steps / s (all runs) | × today, 1 process | warm-up s |")
     print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['path']} | {r['runs']} | {r['processes']} | {r['steps_per_s']:.1f} | {r['steps_per_s'] / today:.2f} | {r['warmup_s']:.1f} |")
+        ratio = f"{r['steps_per_s'] / today:.2f}" if today else "—"
+        print(f"| {r['path']} | {r['runs']} | {r['processes']} | {r['steps_per_s']:.1f} | {ratio} | {r['warmup_s']:.1f} |")
     print()
+    if not today:
+        print("no ratios: today's one-process row was not measured in this run")
     for f in failed:
         print(f"failed row: {f}")
     return bool(failed)

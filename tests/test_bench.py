@@ -30,7 +30,7 @@ def test_stabkit_bench_reports_every_method_against_torch():
 
 def test_bench_train_step_table_and_concurrency():
     args = ["--device", "cpu", "--width", "0.125", "--batch", "2", "--dims", "4", "--methods", "taylor", "pi", "--repeats", "1",
-            "--warmup", "0", "--threads", "1", "--concurrency", "1", "2", "--seconds", "0.5", "--concurrency-config", "pi:4"]
+            "--warmup", "0", "--threads", "1", "--concurrency", "2", "--seconds", "0.5", "--concurrency-config", "pi:4"]
     run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_train_step.py"), *args], capture_output=True,
                          text=True, timeout=300)
     assert run.returncode == 0, run.stderr
@@ -38,10 +38,27 @@ def test_bench_train_step_table_and_concurrency():
     labels = [line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| ") and "---" not in line]
     assert labels[:4] == ["configuration", "BatchNorm baseline", "ZCA taylor", "ZCA pi"]
     assert "monitor overhead (taylor, d=4)" in out
-    rates = {(line.split("|")[1].strip(), line.split("|")[2].strip()): float(line.split("|")[3])
+    cells = {(line.split("|")[1].strip(), line.split("|")[2].strip()): (float(line.split("|")[3]), float(line.split("|")[4]))
              for line in out.splitlines() if line.startswith("| 1 ") or line.startswith("| 2 ")}
-    assert set(rates) == {(k, c) for k in ("1", "2") for c in ("BatchNorm baseline", "ZCA pi d=4")}
-    assert all(rate > 0 for rate in rates.values())
+    # one process is measured even where --concurrency omits it: "× one process" divides by its rate,
+    # not by the first K asked for (which made `--concurrency 2` read 1.00 for two processes)
+    assert set(cells) == {(k, c) for k in ("1", "2") for c in ("BatchNorm baseline", "ZCA pi d=4")}
+    for config in ("BatchNorm baseline", "ZCA pi d=4"):
+        (one, r1), (two, r2) = cells["1", config], cells["2", config]
+        assert one > 0 and two > 0 and r1 == 1.0
+        assert r2 == pytest.approx(two / one, abs=0.01 + 0.06 * two / one)  # the table's 1-decimal rates
+
+
+def test_the_fast_table_divides_by_todays_one_process_row_only(monkeypatch):
+    """"× today" is today's path, one run in one process, of the same run; where that row failed there
+    is no baseline (the first row measured is then another path)."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import bench_train_step
+
+    rows = [{"path": p, "runs": n, "processes": k, "steps_per_s": rate}
+            for p, n, k, rate in (("fast", 1, 1, 90.0), ("today", 2, 2, 70.0), ("today", 1, 1, 40.0))]
+    assert bench_train_step.today_rate(rows) == 40.0
+    assert bench_train_step.today_rate(rows[:2]) is None
 
 
 def test_bench_fast_path_table_feeds_the_gpu_session_plan(tmp_path):
