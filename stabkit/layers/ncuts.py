@@ -64,7 +64,8 @@ def _ncut_j1_grad(W, E, deg, s, PM, Mp, PO, Op):
 
 def _indicator_rank(E):
     """rank E per matrix (numerical, :func:`range_factors`' default rule): below k when a cluster is
-    empty (a zero column) or columns repeat, where keeping k σ added an arbitrary direction to Π."""
+    empty (a zero column) or columns repeat, where keeping k σ added an arbitrary direction to Π_Ω.
+    Ω = D^1/2 E takes E's rank, not its own numerical one: degrees far apart would shrink a cluster's σ."""
     return torch.linalg.matrix_rank(E)
 
 
@@ -85,7 +86,7 @@ class _NcutJ2(torch.autograd.Function):
     @staticmethod
     def forward(ctx, W, E, rank):
         PW, Wp = range_factors(W, rank)
-        PPsi, _ = kept_factors(E, _indicator_rank(E), None)
+        PPsi, _ = range_factors(E)   # at E's numerical rank: an empty cluster or a repeated column adds no direction
         ctx.save_for_backward(PW, Wp, PPsi)
         return 0.5 * ((PW - PPsi) ** 2).sum((-2, -1))
 
