@@ -124,10 +124,12 @@ def _run(A, starts, steps, order):
 def _orthogonal_start(s: Array, found: list) -> Array:
     """The step's result where M_k v = 0 (M_k annihilates v: an eigenvalue 0, e.g. once deflation has
     left a zero matrix): the start vector s with its components along the vectors already found
-    removed (one Gram–Schmidt pass), normalised — a finite unit vector, orthogonal to them as far as
-    they are to each other, with Rayleigh quotient 0. The backward takes it as a constant."""
-    for u in found:
-        s = s - u * _dot(u, s)
+    removed (one classical Gram–Schmidt pass: two products with Q = [found], not a loop — it runs at
+    every stage), normalised — a finite unit vector, orthogonal to them as far as they are to each
+    other, with Rayleigh quotient 0. The backward takes it as a constant."""
+    if found:
+        Q = _xp.namespace(s).stack(found, -1)                   # (..., d, k)
+        s = s - (Q @ (_xp.T(Q) @ s[..., None]))[..., 0]
     return s / _xp.vector_norm(s)
 
 
