@@ -45,6 +45,7 @@ import math
 import torch
 from torch.autograd.function import once_differentiable
 
+from .. import _xp
 from ..errors import EigensolverError, InputError
 from ..validation import is_integer
 from ._checks import check_iterations, check_matrix, check_seed, check_tol, failure_tol, not_converged
@@ -80,6 +81,13 @@ def pow2_scale(A: torch.Tensor) -> torch.Tensor:
     amax = A.abs().amax((-2, -1), keepdim=True)
     m, _ = torch.frexp(amax)                                     # amax = m·2^e, m ∈ [0.5, 1)
     return torch.where(m > 0, amax / (2 * m), torch.ones_like(amax))
+
+
+def scaled_sym(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sym(A / s), s), s = :func:`pow2_scale` (A): the symmetric part in a scale where (A + Aᵀ)/2 cannot
+    overflow and ‖·‖_F neither overflows nor underflows; times s it is (A + Aᵀ)/2 exactly."""
+    s = pow2_scale(A)
+    return _xp.sym(A / s), s
 
 
 def principal_backward(A, Y, lam, gY, glam, fn="ied"):
@@ -164,17 +172,15 @@ def _power(A, k, max_iter, tol, seed):
 
 
 def ied_forward(A, k=1, solver="eigh", max_iter=None, tol=None, seed=0):
-    A = A / 2 + _T(A) / 2                                        # (A + Aᵀ)/2, no overflow near the max
+    As, s = scaled_sym(A)
+    A = As * s                                                   # (A + Aᵀ)/2, exactly, without overflow
     if solver == "eigh":
         lam, U = torch.linalg.eigh(A)
         lam, Y = lam[..., -k:].flip(-1), U[..., -k:].flip(-1)
-    elif solver == "power":
+    else:  # "power" (ied() checked the name)
         tol = 8 * torch.finfo(A.dtype).eps if tol is None else tol
-        s = pow2_scale(A)
-        lam, Y = _power(A / s, k, default_max_iter(tol) if max_iter is None else max_iter, tol, seed)
+        lam, Y = _power(As, k, default_max_iter(tol) if max_iter is None else max_iter, tol, seed)
         lam = lam * s[..., 0]
-    else:
-        raise ValueError(f"unknown IED solver {solver!r}: choose 'eigh' or 'power'")
     return A, lam, fix_sign(Y)
 
 

@@ -42,7 +42,7 @@ from torch.autograd.function import once_differentiable
 from .. import _xp
 from ..errors import EigensolverError, InputError
 from ._checks import check_iterations, check_matrix, check_seed, check_tol, failure_tol, not_converged
-from .ied import fix_sign, pow2_scale, principal_backward, seeded_normal
+from .ied import fix_sign, principal_backward, scaled_sym, seeded_normal
 
 
 def _start(A, seed):
@@ -78,9 +78,8 @@ def _check_start(y0, A) -> None:
 
 
 def less_forward(A, y0=None, max_iter=5000, tol=None, seed=0):
-    Asym = A / 2 + A.transpose(-1, -2) / 2             # (A + Aᵀ)/2 without overflow near the dtype's max
-    scale = pow2_scale(Asym)[..., 0, 0]
-    A = Asym / scale[..., None, None]                 # exact; ‖A‖_F and its residuals stay in range
+    A, s = scaled_sym(A)                              # ‖A‖_F and its residuals stay in range
+    scale = s[..., 0, 0]
     d = A.shape[-1]
     eps = torch.finfo(A.dtype).eps
     tol = 16 * eps if tol is None else tol
@@ -124,7 +123,7 @@ def less_forward(A, y0=None, max_iter=5000, tol=None, seed=0):
         raise not_converged("less", rel, fail, max_iter, "the top eigenvalues are probably too close for "
                             "steepest descent (use ied, or a larger max_iter / tol)")
     _check_principal(A, y, lam, res, normA, d, eps, scale)
-    return Asym, lam * scale, fix_sign(y[..., None])[..., 0]
+    return A * s, lam * scale, fix_sign(y[..., None])[..., 0]
 
 
 def _check_principal(A, y, lam, res, normA, d, eps, scale):
