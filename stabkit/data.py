@@ -123,9 +123,7 @@ def _load_batches(folder: Path, split: str, per_class: int | None):
         images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
         labels.append(lab)
     images, labels = np.concatenate(images), np.concatenate(labels)
-    if labels.size and (labels.min() < 0 or labels.max() > 9):
-        raise ValueError(f"{folder}: labels outside 0..9")
-    problem = _check_counts(labels, per_class)
+    problem = _check_arrays(images, labels, per_class)  # the checks of a decoded cache, once for all files
     if problem:
         raise ValueError(f"{folder}: {split} split {problem} — the folder is incomplete or not CIFAR-10")
     order = np.argsort(labels, kind="stable")
