@@ -20,6 +20,9 @@ differ, and a forward that does not reach ``tol`` raises instead of returning it
 
 Start: the largest column of A (close to the top vector for PSD A) plus a seeded random nudge, so
 the start is not orthogonal to the top vector (a stationary point of descent is any eigenvector).
+The nudge is one vector of length d drawn from the seed and shared by every matrix of a batch, so a
+matrix's start depends only on the matrix, the seed and d — not on its place in the batch or on the
+other matrices (batched products may still round differently from unbatched ones).
 
 Result checks, raising :class:`~stabkit.errors.EigensolverError`: ‖r‖ still above tol·‖A‖_F (or
 above the rounding floor d·eps·‖A‖_F where that is larger: ``_checks.failure_tol``; at that floor
@@ -46,11 +49,12 @@ from .ied import fix_sign, principal_backward, scaled_sym, seeded_normal
 
 
 def _start(A, seed):
-    """Largest column of A, unit length, plus a seeded random nudge of length 1e-3."""
+    """Largest column of A, unit length, plus a seeded random nudge of length 1e-3, the same d-vector
+    for every matrix of the batch."""
     col = torch.linalg.vector_norm(A, dim=-2).argmax(-1)
     y = torch.gather(A, -1, col[..., None, None].expand(A.shape[:-1] + (1,)))[..., 0]
     y = y / torch.linalg.vector_norm(y, dim=-1, keepdim=True).clamp_min(torch.finfo(A.dtype).tiny)
-    z = seeded_normal(A.shape[:-1], seed, A)
+    z = seeded_normal(A.shape[-1:], seed, A)
     return y + 1e-3 * z / torch.linalg.vector_norm(z, dim=-1, keepdim=True)
 
 
