@@ -15,9 +15,10 @@ symmetric positive definite (Cholesky for d ≥ 64, LU below); for the i-th of k
 indefinite but nonsingular when λ_i is simple (LU). Needs simple eigenvalues λ_1 > … > λ_k > λ_{k+1}.
 
 Forward solvers: ``"eigh"`` (LAPACK, then the top k) or ``"power"`` (orthogonal subspace
-iteration from a seeded random start + Rayleigh–Ritz, on A divided by a power of two near max|A| as
-LESS does; finds the k eigenvalues of largest
-*magnitude* — the principal ones for PSD inputs such as covariances). It stops when the Ritz
+iteration + Rayleigh–Ritz, on A divided by a power of two near max|A| as LESS does, from a seeded
+random d × k start shared by every matrix of a batch, so a result does not depend on the matrix's
+place in the batch; finds the k eigenvalues of largest *magnitude* — the principal ones for PSD
+inputs such as covariances). It stops when the Ritz
 residual ‖AY − YH‖_F ≤ tol·‖A‖_F and raises :class:`~stabkit.errors.EigensolverError` if that is not
 reached in ``max_iter`` steps, unless the residual is within the rounding floor d·eps·‖A‖_F (there
 it jitters from step to step: where the last iterate lies above the floor, the best one seen). Its
@@ -139,7 +140,8 @@ def seeded_normal(shape, seed: int, like: torch.Tensor) -> torch.Tensor:
 
 def _power(A, k, max_iter, tol, seed):
     d = A.shape[-1]
-    Y, _ = torch.linalg.qr(seeded_normal(A.shape[:-2] + (d, k), seed, A))
+    Y, _ = torch.linalg.qr(seeded_normal((d, k), seed, A))    # one start per seed, shared by the batch
+    Y = Y.expand(A.shape[:-2] + (d, k))
     scale = torch.linalg.matrix_norm(A)
     best_Y, best_res = Y, torch.full_like(scale, float("inf"))
     for _ in range(max_iter):
