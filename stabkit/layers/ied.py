@@ -91,9 +91,16 @@ def scaled_sym(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return _xp.sym(A / s), s
 
 
-def principal_backward(A, Y, lam, gY, glam, fn="ied"):
-    """∂L/∂A for Y (..., d, k) top eigenvectors (descending λ) by one solve per vector; EigensolverError
-    where a B_i is exactly singular (λ_i repeated exactly: no derivative)."""
+def backward_shift(normAs: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """The backward's c = ‖A‖_F, shape (..., 1, 1, 1), from what the forward has: ‖A/s‖_F (``normAs``)
+    and the scale s (..., 1, 1) of :func:`scaled_sym`; clamped to the smallest normal (c > 0 at A = 0)."""
+    return (normAs * s[..., 0, 0]).clamp_min(torch.finfo(normAs.dtype).tiny)[..., None, None, None]
+
+
+def principal_backward(A, Y, lam, c, gY, glam, fn="ied"):
+    """∂L/∂A for Y (..., d, k) top eigenvectors (descending λ) of A by one solve per vector, with the
+    forward's shift c (:func:`backward_shift`); EigensolverError where a B_i is exactly singular (λ_i
+    repeated exactly: no derivative)."""
     d, k = Y.shape[-2], Y.shape[-1]
     eye = torch.eye(d, dtype=A.dtype, device=A.device)
     gA = torch.zeros_like(A)
@@ -101,8 +108,6 @@ def principal_backward(A, Y, lam, gY, glam, fn="ied"):
         gA = gA + (Y * glam[..., None, :]) @ _T(Y)
     if gY is None:
         return gA
-    s = pow2_scale(A)
-    c = (torch.linalg.matrix_norm(A / s) * s[..., 0, 0]).clamp_min(torch.finfo(A.dtype).tiny)[..., None, None, None]
     Yc = _T(Y)[..., :, :, None]                                  # (..., k, d, 1)
     B = lam[..., :, None, None] * eye - A[..., None, :, :] + c * (Yc @ _T(Yc))
     r = _T(gY)[..., :, :, None]
@@ -138,11 +143,11 @@ def seeded_normal(shape, seed: int, like: torch.Tensor) -> torch.Tensor:
     return torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype=like.dtype, device=like.device)
 
 
-def _power(A, k, max_iter, tol, seed):
+def _power(A, k, max_iter, tol, seed, scale):
+    """Top-|λ| pairs of the scaled A, ‖A‖_F = ``scale``."""
     d = A.shape[-1]
     Y, _ = torch.linalg.qr(seeded_normal((d, k), seed, A))    # one start per seed, shared by the batch
     Y = Y.expand(A.shape[:-2] + (d, k))
-    scale = torch.linalg.matrix_norm(A)
     best_Y, best_res = Y, torch.full_like(scale, float("inf"))
     for _ in range(max_iter):
         Y, _ = torch.linalg.qr(A @ Y)
@@ -174,30 +179,32 @@ def _power(A, k, max_iter, tol, seed):
 
 
 def ied_forward(A, k=1, solver="eigh", max_iter=None, tol=None, seed=0):
+    """((A + Aᵀ)/2, λ, Y, the backward's shift c)."""
     As, s = scaled_sym(A)
+    normAs = torch.linalg.matrix_norm(As)
     A = As * s                                                   # (A + Aᵀ)/2, exactly, without overflow
     if solver == "eigh":
         lam, U = torch.linalg.eigh(A)
         lam, Y = lam[..., -k:].flip(-1), U[..., -k:].flip(-1)
     else:  # "power" (ied() checked the name)
         tol = 8 * torch.finfo(A.dtype).eps if tol is None else tol
-        lam, Y = _power(As, k, default_max_iter(tol) if max_iter is None else max_iter, tol, seed)
+        lam, Y = _power(As, k, default_max_iter(tol) if max_iter is None else max_iter, tol, seed, normAs)
         lam = lam * s[..., 0]
-    return A, lam, fix_sign(Y)
+    return A, lam, fix_sign(Y), backward_shift(normAs, s)
 
 
 class _IED(torch.autograd.Function):
     @staticmethod
     def forward(ctx, A, k, solver, max_iter, tol, seed):
-        As, lam, Y = ied_forward(A, k, solver, max_iter, tol, seed)
-        ctx.save_for_backward(As, Y, lam)
+        As, lam, Y, c = ied_forward(A, k, solver, max_iter, tol, seed)
+        ctx.save_for_backward(As, Y, lam, c)
         return Y, lam
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gY, glam):
-        A, Y, lam = ctx.saved_tensors
-        return principal_backward(A, Y, lam, gY, glam), None, None, None, None, None
+        A, Y, lam, c = ctx.saved_tensors
+        return principal_backward(A, Y, lam, c, gY, glam), None, None, None, None, None
 
 
 def ied(A: torch.Tensor, k: int = 1, solver: str = "eigh", max_iter: int | None = None, tol: float | None = None,
