@@ -227,3 +227,28 @@ def test_backward_reuses_the_forward_scale_and_norm(name, monkeypatch):
     monkeypatch.setattr(torch.linalg, "matrix_norm", refuse)
     (g,) = torch.autograd.grad(_loss_y(y, lam), a)
     assert rel(g.numpy(), g_ref.numpy()) < 1e-10
+
+
+@pytest.mark.parametrize("dtype, a", [(torch.float64, 1.5e308), (torch.float32, 3e38)], ids=["float64", "float32"])
+@pytest.mark.parametrize("name", list(LAYERS))
+def test_gradient_near_the_dtype_maximum_is_finite_and_right(name, dtype, a):
+    """The same 2 × 2 near the largest float: the backward's c = ‖A‖_F overflowed to inf and every
+    gradient was NaN, that of λ too. Closed form of the 2 × 2 (eigenpairs (λ, y), (μ, u) of A/a):
+    ∂λ/∂A = y yᵀ, ∂(wᵀy)/∂A = sym(u yᵀ)·(uᵀw) / (a(λ − μ)) (of order 1e-309 in float64: subnormal,
+    so compared to 1e-9 of its largest entry; float32's 1e-40 holds about 5 digits)."""
+    A = torch.tensor([[a, a / 15], [a / 15, -a / 1.5]], dtype=torch.float64).to(dtype)
+    p, b, q = (float(x) / a for x in (A[0, 0], A[0, 1], A[1, 1]))
+    lam, mu = (p + q) / 2 + np.hypot((p - q) / 2, b), (p + q) / 2 - np.hypot((p - q) / 2, b)
+    y = np.array([b, lam - p]) / np.hypot(b, lam - p)
+    y = y * np.sign(y[np.argmax(np.abs(y))])
+    u = np.array([-y[1], y[0]])
+    w = np.array([0.3, -0.8])
+    G = np.outer(u, y) * (u @ w) / (lam - mu)
+    want = {"y": (G + G.T) / 2 / a, "lam": np.outer(y, y)}
+    tol = 1e-9 if dtype == torch.float64 else 1e-4
+    for part, want_g in want.items():
+        x = A.clone().requires_grad_()
+        yl, l = LAYERS[name](x)
+        loss = (yl * torch.as_tensor(w, dtype=dtype)).sum() if part == "y" else l
+        (g,) = torch.autograd.grad(loss, x)
+        assert np.abs(g.double().numpy() - want_g).max() < tol * np.abs(want_g).max()

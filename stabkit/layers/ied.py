@@ -91,25 +91,23 @@ def scaled_sym(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return _xp.sym(A / s), s
 
 
-def backward_shift(normAs: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    """The backward's c = ‖A‖_F, shape (..., 1, 1, 1), from what the forward has: ‖A/s‖_F (``normAs``)
-    and the scale s (..., 1, 1) of :func:`scaled_sym`; clamped to the smallest normal (c > 0 at A = 0)."""
-    return (normAs * s[..., 0, 0]).clamp_min(torch.finfo(normAs.dtype).tiny)[..., None, None, None]
-
-
-def principal_backward(A, Y, lam, c, gY, glam, fn="ied"):
-    """∂L/∂A for Y (..., d, k) top eigenvectors (descending λ) of A by one solve per vector, with the
-    forward's shift c (:func:`backward_shift`); EigensolverError where a B_i is exactly singular (λ_i
-    repeated exactly: no derivative)."""
+def principal_backward(As, s, Y, lam_s, normAs, gY, glam, fn="ied"):
+    """∂L/∂A for Y (..., d, k) top eigenvectors (descending λ) of A by one solve per vector, from what
+    the forward has in A's scale s (:func:`scaled_sym`): As = A/s, λ/s and ‖A/s‖_F. Solving with B/s
+    and dividing by s equals solving with B wherever B neither over- nor underflows (bitwise with LU;
+    Cholesky rounds √s), and stays finite where B would overflow (entries near the dtype's maximum:
+    c = ‖A‖_F or λ − A_ii). EigensolverError where a B_i is exactly singular (λ_i repeated exactly:
+    no derivative)."""
     d, k = Y.shape[-2], Y.shape[-1]
-    eye = torch.eye(d, dtype=A.dtype, device=A.device)
-    gA = torch.zeros_like(A)
+    eye = torch.eye(d, dtype=As.dtype, device=As.device)
+    gA = torch.zeros_like(As)
     if glam is not None:
         gA = gA + (Y * glam[..., None, :]) @ _T(Y)
     if gY is None:
         return gA
+    c = normAs.clamp_min(torch.finfo(As.dtype).tiny)[..., None, None, None]   # c/s, > 0 also at A = 0
     Yc = _T(Y)[..., :, :, None]                                  # (..., k, d, 1)
-    B = lam[..., :, None, None] * eye - A[..., None, :, :] + c * (Yc @ _T(Yc))
+    B = lam_s[..., :, None, None] * eye - As[..., None, :, :] + c * (Yc @ _T(Yc))   # B/s
     r = _T(gY)[..., :, :, None]
     r = r - Yc * (_T(Yc) @ r)                                    # (I − y yᵀ) ∂L/∂y
     if k == 1 and d >= 64:
@@ -122,7 +120,7 @@ def principal_backward(A, Y, lam, c, gY, glam, fn="ied"):
             v = _solve(B, r, fn)
     else:
         v = _solve(B, r, fn)
-    V = _T(v[..., 0])                                            # (..., d, k)
+    V = _T(v[..., 0]) / s                                        # (..., d, k); v of B/s, over s
     G = V @ _T(Y)
     return gA + (G + _T(G)) / 2
 
@@ -179,32 +177,32 @@ def _power(A, k, max_iter, tol, seed, scale):
 
 
 def ied_forward(A, k=1, solver="eigh", max_iter=None, tol=None, seed=0):
-    """((A + Aᵀ)/2, λ, Y, the backward's shift c)."""
+    """(Y, λ, saved): the pairs, and what :func:`principal_backward` takes before its cotangents."""
     As, s = scaled_sym(A)
     normAs = torch.linalg.matrix_norm(As)
-    A = As * s                                                   # (A + Aᵀ)/2, exactly, without overflow
     if solver == "eigh":
-        lam, U = torch.linalg.eigh(A)
+        lam, U = torch.linalg.eigh(As * s)                      # (A + Aᵀ)/2, exactly, without overflow
         lam, Y = lam[..., -k:].flip(-1), U[..., -k:].flip(-1)
+        lam_s = lam / s[..., 0]
     else:  # "power" (ied() checked the name)
         tol = 8 * torch.finfo(A.dtype).eps if tol is None else tol
-        lam, Y = _power(As, k, default_max_iter(tol) if max_iter is None else max_iter, tol, seed, normAs)
-        lam = lam * s[..., 0]
-    return A, lam, fix_sign(Y), backward_shift(normAs, s)
+        lam_s, Y = _power(As, k, default_max_iter(tol) if max_iter is None else max_iter, tol, seed, normAs)
+        lam = lam_s * s[..., 0]
+    Y = fix_sign(Y)
+    return Y, lam, (As, s, Y, lam_s, normAs)
 
 
 class _IED(torch.autograd.Function):
     @staticmethod
     def forward(ctx, A, k, solver, max_iter, tol, seed):
-        As, lam, Y, c = ied_forward(A, k, solver, max_iter, tol, seed)
-        ctx.save_for_backward(As, Y, lam, c)
+        Y, lam, saved = ied_forward(A, k, solver, max_iter, tol, seed)
+        ctx.save_for_backward(*saved)
         return Y, lam
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gY, glam):
-        A, Y, lam, c = ctx.saved_tensors
-        return principal_backward(A, Y, lam, c, gY, glam), None, None, None, None, None
+        return principal_backward(*ctx.saved_tensors, gY, glam), None, None, None, None, None
 
 
 def ied(A: torch.Tensor, k: int = 1, solver: str = "eigh", max_iter: int | None = None, tol: float | None = None,

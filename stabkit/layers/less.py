@@ -45,7 +45,7 @@ from torch.autograd.function import once_differentiable
 from .. import _xp
 from ..errors import EigensolverError, InputError
 from ._checks import check_iterations, check_matrix, check_seed, check_tol, failure_tol, not_converged
-from .ied import backward_shift, fix_sign, principal_backward, scaled_sym, seeded_normal
+from .ied import fix_sign, principal_backward, scaled_sym, seeded_normal
 
 
 def _start(A, seed):
@@ -82,7 +82,7 @@ def _check_start(y0, A) -> None:
 
 
 def less_forward(A, y0=None, max_iter=5000, tol=None, seed=0):
-    """((A + Aᵀ)/2, λ, y, the backward's shift c)."""
+    """(y, λ, saved): the pair, and what ``principal_backward`` takes before its cotangents (k = 1)."""
     A, s = scaled_sym(A)                              # ‖A‖_F and its residuals stay in range
     scale = s[..., 0, 0]
     d = A.shape[-1]
@@ -128,7 +128,8 @@ def less_forward(A, y0=None, max_iter=5000, tol=None, seed=0):
         raise not_converged("less", rel, fail, max_iter, "the top eigenvalues are probably too close for "
                             "steepest descent (use ied, or a larger max_iter / tol)")
     _check_principal(A, y, lam, res, normA, d, eps, scale)
-    return A * s, lam * scale, fix_sign(y[..., None])[..., 0], backward_shift(normA, s)
+    Y = fix_sign(y[..., None])
+    return Y[..., 0], lam * scale, (A, s, Y, lam[..., None], normA)
 
 
 def _check_principal(A, y, lam, res, normA, d, eps, scale):
@@ -147,15 +148,14 @@ def _check_principal(A, y, lam, res, normA, d, eps, scale):
 class _LESS(torch.autograd.Function):
     @staticmethod
     def forward(ctx, A, y0, max_iter, tol, seed):
-        As, lam, y, c = less_forward(A, y0, max_iter, tol, seed)
-        ctx.save_for_backward(As, y, lam, c)
+        y, lam, saved = less_forward(A, y0, max_iter, tol, seed)
+        ctx.save_for_backward(*saved)
         return y, lam
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gy, glam):
-        A, y, lam, c = ctx.saved_tensors
-        gA = principal_backward(A, y[..., None], lam[..., None], c, None if gy is None else gy[..., None],
+        gA = principal_backward(*ctx.saved_tensors, None if gy is None else gy[..., None],
                                 None if glam is None else glam[..., None], fn="less")
         return gA, None, None, None, None
 
