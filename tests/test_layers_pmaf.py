@@ -252,3 +252,25 @@ def test_gradient_near_the_dtype_maximum_is_finite_and_right(name, dtype, a):
         loss = (yl * torch.as_tensor(w, dtype=dtype)).sum() if part == "y" else l
         (g,) = torch.autograd.grad(loss, x)
         assert np.abs(g.double().numpy() - want_g).max() < tol * np.abs(want_g).max()
+
+
+@pytest.mark.parametrize("name", list(LAYERS))
+def test_a_loss_of_eigenvalues_alone_solves_nothing(name, monkeypatch):
+    """∂λ/∂A = y yᵀ needs no solve, but the unused Y's cotangent arrived as zeros and was solved for:
+    at A = diag(3, 1, 1), ied(k=2) raised 'singular' for a loss of λ₁ alone (λ₂ = λ₃ is tied, λ₁ is
+    simple: ∂λ₁/∂A = e₁e₁ᵀ). Reference: y yᵀ from numpy.linalg.eigh (float64); solves made to fail."""
+    x = torch.tensor(np.diag([3.0, 1.0, 1.0]), requires_grad=True)
+    (g,) = torch.autograd.grad(layers.ied(x, k=2)[1][0], x)
+    assert torch.equal(g, torch.tensor(np.diag([1.0, 0.0, 0.0])))
+    A = build(LAM, seed=5)
+    u = np.linalg.eigh(A)[1][:, -1]
+    a = torch.tensor(A, requires_grad=True)
+    _, lam = LAYERS[name](a)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("solved in the backward of a loss of λ alone")
+
+    monkeypatch.setattr(torch.linalg, "solve_ex", refuse)
+    monkeypatch.setattr(torch.linalg, "cholesky_ex", refuse)
+    (g,) = torch.autograd.grad(lam, a)
+    assert np.abs(g.numpy() - np.outer(u, u)).max() < 1e-13

@@ -32,7 +32,8 @@ gap) to a seed-dependent vector of the tied eigenspace, which is an eigenvector;
 which assumes simple eigenvalues, then solves with a matrix singular up to rounding and returns
 entries of order 1/eps (no derivative exists there); where that matrix is exactly singular (a tie
 held exactly, as in a diagonal A with a repeated top eigenvalue, or A = 0) it raises
-:class:`~stabkit.errors.EigensolverError` (so does LESS's backward).
+:class:`~stabkit.errors.EigensolverError` (so does LESS's backward). A loss of λ alone solves
+nothing: its gradient is Σ ∂L/∂λ_i y_i y_iᵀ (at a tie, with the returned vectors).
 Signs: each vector's largest-magnitude entry is made positive.
 
 First derivatives only (``once_differentiable``): the backward uses the forward's Y and λ as
@@ -197,6 +198,7 @@ class _IED(torch.autograd.Function):
     def forward(ctx, A, k, solver, max_iter, tol, seed):
         Y, lam, saved = ied_forward(A, k, solver, max_iter, tol, seed)
         ctx.save_for_backward(*saved)
+        ctx.set_materialize_grads(False)         # an unused output's cotangent is None: no solve for it
         return Y, lam
 
     @staticmethod

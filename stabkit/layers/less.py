@@ -150,6 +150,7 @@ class _LESS(torch.autograd.Function):
     def forward(ctx, A, y0, max_iter, tol, seed):
         y, lam, saved = less_forward(A, y0, max_iter, tol, seed)
         ctx.save_for_backward(*saved)
+        ctx.set_materialize_grads(False)         # an unused output's cotangent is None: no solve for it
         return y, lam
 
     @staticmethod
