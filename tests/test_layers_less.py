@@ -134,3 +134,39 @@ def test_max_iter_and_zca_sizes_share_one_positive_integer_rule():
                        (lambda: ZCAWhitening(4, d=2.0), "ZCAWhitening: d")):
         with pytest.raises(InputError, match=f"{name} must be a positive integer, got 2.0"):
             call()
+
+
+# near tie (relative top gap 0.02): at a loose tol the returned vector still carries its start's
+# error, of order tol / gap, so a start that moves with the batch moves the answer visibly
+NEAR_TIE = torch.as_tensor(build([0.1, 0.5, 1.0, 1.96, 2.0], seed=3))
+OTHERS = [torch.as_tensor(build(lam, seed=s)) for lam, s in
+          (([0.3, 0.7, 1.2, 2.5, 4.0], 4), ([-3.0, 0.7, 1.2, 2.5, 4.0], 7), ([-6.0, -2.0, 0.0, 1.0, 5.0], 9))]
+
+
+@pytest.mark.parametrize("tol", [None, 1e-6], ids=["default-tol", "tol-1e-6"])
+def test_result_does_not_depend_on_the_batch_position_or_the_other_matrices(tol):
+    """The nudge was drawn for the whole batch, so NEAR_TIE's start changed with its place: at tol
+    1e-6 its vector in [B, A] was 1.2e-6 from the one in [A, B] or alone. Now one nudge per seed is
+    shared by the batch. Allowed difference 1e-12: batched and unbatched products may round apart
+    (≈ 1e-15 seen); a start that differs leaves ≈ 1e-6 here. The global RNG is not touched."""
+    rng_before = torch.random.get_rng_state()
+    alone = layers.less(NEAR_TIE, tol=tol)
+    B, C, D = OTHERS
+    placed = [(torch.stack([NEAR_TIE, B]), 0), (torch.stack([B, NEAR_TIE]), 1), (torch.stack([C, D, B, NEAR_TIE]), 3)]
+    for batch, i in placed:
+        y, lam = layers.less(batch, tol=tol)
+        assert float((y[i] - alone[0]).abs().max()) < 1e-12
+        assert abs(float(lam[i] - alone[1])) < 1e-12
+    assert torch.equal(rng_before, torch.random.get_rng_state())
+
+
+def test_batched_results_match_an_independent_float64_eigendecomposition():
+    """PSD and indefinite matrices in one batch, in both orders: each principal pair agrees with
+    numpy.linalg.eigh's (float64) to 1e-12 (eigenvalues relative to the largest |λ|)."""
+    mats = [NEAR_TIE] + OTHERS
+    for order in (mats, mats[::-1]):
+        y, lam = layers.less(torch.stack(order))
+        for M, yi, li in zip(order, y, lam):
+            w, U = np.linalg.eigh(M.numpy())
+            assert abs(float(li) - w[-1]) < 1e-12 * np.abs(w).max()
+            assert abs(abs(float(yi.numpy() @ U[:, -1])) - 1) < 1e-12

@@ -1,6 +1,8 @@
 """LESS and IED (PMaF): principal vector = eigh's top eigenvector, implicit backward = the analytic
 gradient and the mpmath ground truth on separated spectra; batch, float32, k > 1, power solver."""
 
+import importlib
+
 import mpmath as mp
 import numpy as np
 import pytest
@@ -181,3 +183,94 @@ def test_entries_near_the_dtype_maximum_are_not_lost_to_the_symmetrization(name,
     tol = 1e-13 if dtype == torch.float64 else 1e-6
     assert abs(float(l) / a - lam) < tol * lam
     assert abs(abs(float(y.double().numpy() @ v)) - 1) < tol
+
+
+def _sym_input(fn, k):
+    """fn of the symmetric part (gradcheck perturbs single entries; the layers refuse asymmetry), the
+    top-k pairs as one flat tuple."""
+    return lambda x: tuple(t[..., :k] for t in fn((x + x.transpose(-1, -2)) / 2))
+
+
+GRADCHECK_LAYERS = {
+    "less": (lambda a: (lambda r: (r[0][..., None], r[1][..., None]))(layers.less(a)), [1]),
+    "ied-eigh": (lambda a: layers.ied(a, k=3), [1, 2, 3]),
+    "ied-power": (lambda a: layers.ied(a, k=3, solver="power"), [1, 2, 3]),
+}
+
+
+@pytest.mark.parametrize("spectrum", [[0.0, 0.9, 1.7, 2.4, 4.0], [-3.1, -0.4, 0.0, 1.8, 4.0]], ids=["psd-rank-4", "indefinite"])
+@pytest.mark.parametrize("name", list(GRADCHECK_LAYERS))
+def test_gradient_passes_gradcheck_in_float64(name, spectrum):
+    """The implicit backward against central finite differences (torch.autograd.gradcheck), batched,
+    top-k for k = 1..3 (distinct magnitudes, so the power solver's top-|λ| pairs are the same ones)."""
+    fn, ks = GRADCHECK_LAYERS[name]
+    A = torch.tensor(np.stack([build(spectrum, seed=s) for s in (11, 12)]), requires_grad=True)
+    for k in ks:
+        assert torch.autograd.gradcheck(_sym_input(fn, k), (A,))
+
+
+@pytest.mark.parametrize("name", list(LAYERS))
+def test_backward_reuses_the_forward_scale_and_norm(name, monkeypatch):
+    """The backward's shift c = ‖A‖_F comes from the forward (which has A's power-of-two scale and
+    ‖A/s‖_F): the backward recomputed both. Here any call to them during the backward fails."""
+    ied_module = importlib.import_module("stabkit.layers.ied")   # the package's ``ied`` is the function
+    a = torch.tensor(build(LAM, seed=5), requires_grad=True)
+    y, lam = LAYERS[name](a)
+    a_ref = torch.tensor(build(LAM, seed=5), requires_grad=True)
+    y2, lam2 = _analytic(a_ref)
+    (g_ref,) = torch.autograd.grad(_loss_y(y2, lam2), a_ref)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("recomputed in the backward")
+
+    monkeypatch.setattr(ied_module, "pow2_scale", refuse)
+    monkeypatch.setattr(torch.linalg, "matrix_norm", refuse)
+    (g,) = torch.autograd.grad(_loss_y(y, lam), a)
+    assert rel(g.numpy(), g_ref.numpy()) < 1e-10
+
+
+@pytest.mark.parametrize("dtype, a", [(torch.float64, 1.5e308), (torch.float32, 3e38)], ids=["float64", "float32"])
+@pytest.mark.parametrize("name", list(LAYERS))
+def test_gradient_near_the_dtype_maximum_is_finite_and_right(name, dtype, a):
+    """The same 2 × 2 near the largest float: the backward's c = ‖A‖_F overflowed to inf and every
+    gradient was NaN, that of λ too. Closed form of the 2 × 2 (eigenpairs (λ, y), (μ, u) of A/a):
+    ∂λ/∂A = y yᵀ, ∂(wᵀy)/∂A = sym(u yᵀ)·(uᵀw) / (a(λ − μ)) (of order 1e-309 in float64: subnormal,
+    so compared to 1e-9 of its largest entry; float32's 1e-40 holds about 5 digits)."""
+    A = torch.tensor([[a, a / 15], [a / 15, -a / 1.5]], dtype=torch.float64).to(dtype)
+    p, b, q = (float(x) / a for x in (A[0, 0], A[0, 1], A[1, 1]))
+    lam, mu = (p + q) / 2 + np.hypot((p - q) / 2, b), (p + q) / 2 - np.hypot((p - q) / 2, b)
+    y = np.array([b, lam - p]) / np.hypot(b, lam - p)
+    y = y * np.sign(y[np.argmax(np.abs(y))])
+    u = np.array([-y[1], y[0]])
+    w = np.array([0.3, -0.8])
+    G = np.outer(u, y) * (u @ w) / (lam - mu)
+    want = {"y": (G + G.T) / 2 / a, "lam": np.outer(y, y)}
+    tol = 1e-9 if dtype == torch.float64 else 1e-4
+    for part, want_g in want.items():
+        x = A.clone().requires_grad_()
+        yl, l = LAYERS[name](x)
+        loss = (yl * torch.as_tensor(w, dtype=dtype)).sum() if part == "y" else l
+        (g,) = torch.autograd.grad(loss, x)
+        assert np.abs(g.double().numpy() - want_g).max() < tol * np.abs(want_g).max()
+
+
+@pytest.mark.parametrize("name", list(LAYERS))
+def test_a_loss_of_eigenvalues_alone_solves_nothing(name, monkeypatch):
+    """∂λ/∂A = y yᵀ needs no solve, but the unused Y's cotangent arrived as zeros and was solved for:
+    at A = diag(3, 1, 1), ied(k=2) raised 'singular' for a loss of λ₁ alone (λ₂ = λ₃ is tied, λ₁ is
+    simple: ∂λ₁/∂A = e₁e₁ᵀ). Reference: y yᵀ from numpy.linalg.eigh (float64); solves made to fail."""
+    x = torch.tensor(np.diag([3.0, 1.0, 1.0]), requires_grad=True)
+    (g,) = torch.autograd.grad(layers.ied(x, k=2)[1][0], x)
+    assert torch.equal(g, torch.tensor(np.diag([1.0, 0.0, 0.0])))
+    A = build(LAM, seed=5)
+    u = np.linalg.eigh(A)[1][:, -1]
+    a = torch.tensor(A, requires_grad=True)
+    _, lam = LAYERS[name](a)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("solved in the backward of a loss of λ alone")
+
+    monkeypatch.setattr(torch.linalg, "solve_ex", refuse)
+    monkeypatch.setattr(torch.linalg, "cholesky_ex", refuse)
+    (g,) = torch.autograd.grad(lam, a)
+    assert np.abs(g.numpy() - np.outer(u, u)).max() < 1e-13

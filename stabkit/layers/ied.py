@@ -15,9 +15,10 @@ symmetric positive definite (Cholesky for d ≥ 64, LU below); for the i-th of k
 indefinite but nonsingular when λ_i is simple (LU). Needs simple eigenvalues λ_1 > … > λ_k > λ_{k+1}.
 
 Forward solvers: ``"eigh"`` (LAPACK, then the top k) or ``"power"`` (orthogonal subspace
-iteration from a seeded random start + Rayleigh–Ritz, on A divided by a power of two near max|A| as
-LESS does; finds the k eigenvalues of largest
-*magnitude* — the principal ones for PSD inputs such as covariances). It stops when the Ritz
+iteration + Rayleigh–Ritz, on A divided by a power of two near max|A| as LESS does, from a seeded
+random d × k start shared by every matrix of a batch, so a result does not depend on the matrix's
+place in the batch; finds the k eigenvalues of largest *magnitude* — the principal ones for PSD
+inputs such as covariances). It stops when the Ritz
 residual ‖AY − YH‖_F ≤ tol·‖A‖_F and raises :class:`~stabkit.errors.EigensolverError` if that is not
 reached in ``max_iter`` steps, unless the residual is within the rounding floor d·eps·‖A‖_F (there
 it jitters from step to step: where the last iterate lies above the floor, the best one seen). Its
@@ -31,7 +32,8 @@ gap) to a seed-dependent vector of the tied eigenspace, which is an eigenvector;
 which assumes simple eigenvalues, then solves with a matrix singular up to rounding and returns
 entries of order 1/eps (no derivative exists there); where that matrix is exactly singular (a tie
 held exactly, as in a diagonal A with a repeated top eigenvalue, or A = 0) it raises
-:class:`~stabkit.errors.EigensolverError` (so does LESS's backward).
+:class:`~stabkit.errors.EigensolverError` (so does LESS's backward). A loss of λ alone solves
+nothing: its gradient is Σ ∂L/∂λ_i y_i y_iᵀ (at a tie, with the returned vectors).
 Signs: each vector's largest-magnitude entry is made positive.
 
 First derivatives only (``once_differentiable``): the backward uses the forward's Y and λ as
@@ -90,20 +92,23 @@ def scaled_sym(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return _xp.sym(A / s), s
 
 
-def principal_backward(A, Y, lam, gY, glam, fn="ied"):
-    """∂L/∂A for Y (..., d, k) top eigenvectors (descending λ) by one solve per vector; EigensolverError
-    where a B_i is exactly singular (λ_i repeated exactly: no derivative)."""
+def principal_backward(As, s, Y, lam_s, normAs, gY, glam, fn="ied"):
+    """∂L/∂A for Y (..., d, k) top eigenvectors (descending λ) of A by one solve per vector, from what
+    the forward has in A's scale s (:func:`scaled_sym`): As = A/s, λ/s and ‖A/s‖_F. Solving with B/s
+    and dividing by s equals solving with B wherever B neither over- nor underflows (bitwise with LU;
+    Cholesky rounds √s), and stays finite where B would overflow (entries near the dtype's maximum:
+    c = ‖A‖_F or λ − A_ii). EigensolverError where a B_i is exactly singular (λ_i repeated exactly:
+    no derivative)."""
     d, k = Y.shape[-2], Y.shape[-1]
-    eye = torch.eye(d, dtype=A.dtype, device=A.device)
-    gA = torch.zeros_like(A)
+    eye = torch.eye(d, dtype=As.dtype, device=As.device)
+    gA = torch.zeros_like(As)
     if glam is not None:
         gA = gA + (Y * glam[..., None, :]) @ _T(Y)
     if gY is None:
         return gA
-    s = pow2_scale(A)
-    c = (torch.linalg.matrix_norm(A / s) * s[..., 0, 0]).clamp_min(torch.finfo(A.dtype).tiny)[..., None, None, None]
+    c = normAs.clamp_min(torch.finfo(As.dtype).tiny)[..., None, None, None]   # c/s, > 0 also at A = 0
     Yc = _T(Y)[..., :, :, None]                                  # (..., k, d, 1)
-    B = lam[..., :, None, None] * eye - A[..., None, :, :] + c * (Yc @ _T(Yc))
+    B = lam_s[..., :, None, None] * eye - As[..., None, :, :] + c * (Yc @ _T(Yc))   # B/s
     r = _T(gY)[..., :, :, None]
     r = r - Yc * (_T(Yc) @ r)                                    # (I − y yᵀ) ∂L/∂y
     if k == 1 and d >= 64:
@@ -116,7 +121,7 @@ def principal_backward(A, Y, lam, gY, glam, fn="ied"):
             v = _solve(B, r, fn)
     else:
         v = _solve(B, r, fn)
-    V = _T(v[..., 0])                                            # (..., d, k)
+    V = _T(v[..., 0]) / s                                        # (..., d, k); v of B/s, over s
     G = V @ _T(Y)
     return gA + (G + _T(G)) / 2
 
@@ -137,10 +142,11 @@ def seeded_normal(shape, seed: int, like: torch.Tensor) -> torch.Tensor:
     return torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype=like.dtype, device=like.device)
 
 
-def _power(A, k, max_iter, tol, seed):
+def _power(A, k, max_iter, tol, seed, scale):
+    """Top-|λ| pairs of the scaled A, ‖A‖_F = ``scale``."""
     d = A.shape[-1]
-    Y, _ = torch.linalg.qr(seeded_normal(A.shape[:-2] + (d, k), seed, A))
-    scale = torch.linalg.matrix_norm(A)
+    Y, _ = torch.linalg.qr(seeded_normal((d, k), seed, A))    # one start per seed, shared by the batch
+    Y = Y.expand(A.shape[:-2] + (d, k))
     best_Y, best_res = Y, torch.full_like(scale, float("inf"))
     for _ in range(max_iter):
         Y, _ = torch.linalg.qr(A @ Y)
@@ -172,30 +178,33 @@ def _power(A, k, max_iter, tol, seed):
 
 
 def ied_forward(A, k=1, solver="eigh", max_iter=None, tol=None, seed=0):
+    """(Y, λ, saved): the pairs, and what :func:`principal_backward` takes before its cotangents."""
     As, s = scaled_sym(A)
-    A = As * s                                                   # (A + Aᵀ)/2, exactly, without overflow
+    normAs = torch.linalg.matrix_norm(As)
     if solver == "eigh":
-        lam, U = torch.linalg.eigh(A)
+        lam, U = torch.linalg.eigh(As * s)                      # (A + Aᵀ)/2, exactly, without overflow
         lam, Y = lam[..., -k:].flip(-1), U[..., -k:].flip(-1)
+        lam_s = lam / s[..., 0]
     else:  # "power" (ied() checked the name)
         tol = 8 * torch.finfo(A.dtype).eps if tol is None else tol
-        lam, Y = _power(As, k, default_max_iter(tol) if max_iter is None else max_iter, tol, seed)
-        lam = lam * s[..., 0]
-    return A, lam, fix_sign(Y)
+        lam_s, Y = _power(As, k, default_max_iter(tol) if max_iter is None else max_iter, tol, seed, normAs)
+        lam = lam_s * s[..., 0]
+    Y = fix_sign(Y)
+    return Y, lam, (As, s, Y, lam_s, normAs)
 
 
 class _IED(torch.autograd.Function):
     @staticmethod
     def forward(ctx, A, k, solver, max_iter, tol, seed):
-        As, lam, Y = ied_forward(A, k, solver, max_iter, tol, seed)
-        ctx.save_for_backward(As, Y, lam)
+        Y, lam, saved = ied_forward(A, k, solver, max_iter, tol, seed)
+        ctx.save_for_backward(*saved)
+        ctx.set_materialize_grads(False)         # an unused output's cotangent is None: no solve for it
         return Y, lam
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gY, glam):
-        A, Y, lam = ctx.saved_tensors
-        return principal_backward(A, Y, lam, gY, glam), None, None, None, None, None
+        return principal_backward(*ctx.saved_tensors, gY, glam), None, None, None, None, None
 
 
 def ied(A: torch.Tensor, k: int = 1, solver: str = "eigh", max_iter: int | None = None, tol: float | None = None,

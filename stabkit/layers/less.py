@@ -20,6 +20,9 @@ differ, and a forward that does not reach ``tol`` raises instead of returning it
 
 Start: the largest column of A (close to the top vector for PSD A) plus a seeded random nudge, so
 the start is not orthogonal to the top vector (a stationary point of descent is any eigenvector).
+The nudge is one vector of length d drawn from the seed and shared by every matrix of a batch, so a
+matrix's start depends only on the matrix, the seed and d — not on its place in the batch or on the
+other matrices (batched products may still round differently from unbatched ones).
 
 Result checks, raising :class:`~stabkit.errors.EigensolverError`: ‖r‖ still above tol·‖A‖_F (or
 above the rounding floor d·eps·‖A‖_F where that is larger: ``_checks.failure_tol``; at that floor
@@ -46,11 +49,12 @@ from .ied import fix_sign, principal_backward, scaled_sym, seeded_normal
 
 
 def _start(A, seed):
-    """Largest column of A, unit length, plus a seeded random nudge of length 1e-3."""
+    """Largest column of A, unit length, plus a seeded random nudge of length 1e-3, the same d-vector
+    for every matrix of the batch."""
     col = torch.linalg.vector_norm(A, dim=-2).argmax(-1)
     y = torch.gather(A, -1, col[..., None, None].expand(A.shape[:-1] + (1,)))[..., 0]
     y = y / torch.linalg.vector_norm(y, dim=-1, keepdim=True).clamp_min(torch.finfo(A.dtype).tiny)
-    z = seeded_normal(A.shape[:-1], seed, A)
+    z = seeded_normal(A.shape[-1:], seed, A)
     return y + 1e-3 * z / torch.linalg.vector_norm(z, dim=-1, keepdim=True)
 
 
@@ -78,6 +82,7 @@ def _check_start(y0, A) -> None:
 
 
 def less_forward(A, y0=None, max_iter=5000, tol=None, seed=0):
+    """(y, λ, saved): the pair, and what ``principal_backward`` takes before its cotangents (k = 1)."""
     A, s = scaled_sym(A)                              # ‖A‖_F and its residuals stay in range
     scale = s[..., 0, 0]
     d = A.shape[-1]
@@ -123,7 +128,8 @@ def less_forward(A, y0=None, max_iter=5000, tol=None, seed=0):
         raise not_converged("less", rel, fail, max_iter, "the top eigenvalues are probably too close for "
                             "steepest descent (use ied, or a larger max_iter / tol)")
     _check_principal(A, y, lam, res, normA, d, eps, scale)
-    return A * s, lam * scale, fix_sign(y[..., None])[..., 0]
+    Y = fix_sign(y[..., None])
+    return Y[..., 0], lam * scale, (A, s, Y, lam[..., None], normA)
 
 
 def _check_principal(A, y, lam, res, normA, d, eps, scale):
@@ -142,15 +148,15 @@ def _check_principal(A, y, lam, res, normA, d, eps, scale):
 class _LESS(torch.autograd.Function):
     @staticmethod
     def forward(ctx, A, y0, max_iter, tol, seed):
-        As, lam, y = less_forward(A, y0, max_iter, tol, seed)
-        ctx.save_for_backward(As, y, lam)
+        y, lam, saved = less_forward(A, y0, max_iter, tol, seed)
+        ctx.save_for_backward(*saved)
+        ctx.set_materialize_grads(False)         # an unused output's cotangent is None: no solve for it
         return y, lam
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gy, glam):
-        A, y, lam = ctx.saved_tensors
-        gA = principal_backward(A, y[..., None], lam[..., None], None if gy is None else gy[..., None],
+        gA = principal_backward(*ctx.saved_tensors, None if gy is None else gy[..., None],
                                 None if glam is None else glam[..., None], fn="less")
         return gA, None, None, None, None
 
