@@ -16,7 +16,8 @@ class InputError(ValueError):
 
 
 class StudyFileError(ValueError):
-    """A study file or ``--set`` override that names an unknown key, kind or value."""
+    """A study file or ``--set`` override that names an unknown key, kind or value, or a study's results
+    table holding text where its kind needs numbers."""
 
 
 class EigensolverError(RuntimeError):
