@@ -20,6 +20,11 @@ class StudyFileError(ValueError):
     table holding text where its kind needs numbers."""
 
 
+class StorageError(ValueError):
+    """Output that cannot be written (disk full, read-only, permissions). The message names the path,
+    the cause, what is kept and how to finish (:func:`stabkit._io.storage_errors` builds it)."""
+
+
 class EigensolverError(RuntimeError):
     """An eigendecomposition did not converge or returned non-finite values (LAPACK / cuSOLVER
     failure, or a NaN/Inf that reached the solver) — a numerical event, recorded by training."""
@@ -31,4 +36,4 @@ class UnsupportedDerivativeError(RuntimeError):
     where the saved factors would be treated as constants. The message names the alternative."""
 
 
-__all__ = ["InputError", "MethodSpecError", "StudyFileError", "EigensolverError", "UnsupportedDerivativeError"]
+__all__ = ["InputError", "MethodSpecError", "StudyFileError", "StorageError", "EigensolverError", "UnsupportedDerivativeError"]

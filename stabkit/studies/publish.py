@@ -4,13 +4,14 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
 
-from .._io import write_text_atomic
+from .._io import storage_errors, write_text_atomic
 from ..errors import StudyFileError
 from . import kind_module
 from ._grid import check_study_name
@@ -41,14 +42,16 @@ def build_report(name: str, out_root=Path("reports"), log=None) -> Path:
     if results.empty:
         raise NothingComputed(f"study {name!r} has no computed cells yet ({results_path} holds no rows): "
                               "run the study to compute them")
-    if _all_failed(results):
-        body = _all_failed_body(results)  # the kind's report needs at least one computed row
-    else:
-        with _columns_needed(results, results_path, meta):
-            body = kind.report(results, meta["grid"], out_dir)
-    text = header(name, meta, report_commit=git_commit(out_root)) + "\n" + body.rstrip() + "\n"
-    write_text_atomic(out_dir / "README.md", text)
-    build_index(out_root)
+    rebuild = f"`{shlex.join(['stabkit', 'report', name, f'--out={out_root}'])}` writes the report once there is room"
+    with storage_errors(f"finished cells are kept; {rebuild}"):  # a figure, the README or the index
+        if _all_failed(results):
+            body = _all_failed_body(results)  # the kind's report needs at least one computed row
+        else:
+            with _columns_needed(results, results_path, meta):
+                body = kind.report(results, meta["grid"], out_dir)
+        text = header(name, meta, report_commit=git_commit(out_root)) + "\n" + body.rstrip() + "\n"
+        write_text_atomic(out_dir / "README.md", text)
+        build_index(out_root)
     if stopped:
         (log or _warn)(f"study {name!r}: the report describes the table of the last finished run; {stopped}")
     return out_dir / "README.md"
@@ -206,7 +209,9 @@ def build_index(out_root=Path("reports"), log=_warn) -> Path:
         entries.append(f"| [{name}]({link}) | `{meta.get('kind', '?')}` | {summary} |")
     text = "\n".join([INDEX_TITLE, "", "Built by `stabkit report NAME`; each report states the command, commit and "
                       "machine that produced it.", "", "| report | kind | summary |", "|---|---|---|", *entries, ""])
-    write_text_atomic(out_root / "README.md", text)
+    rebuild = f"`stabkit report NAME {shlex.quote(f'--out={out_root}')}` rebuilds the index once there is room"
+    with storage_errors(f"the studies' results are kept; {rebuild}"):
+        write_text_atomic(out_root / "README.md", text)
     return out_root / "README.md"
 
 
