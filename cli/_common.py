@@ -35,17 +35,13 @@ def user_errors(func):
 
 
 @contextlib.contextmanager
-def storage_errors(kept: str = "finished cells are kept"):
-    """An OSError meaning the output cannot be written (disk full, read-only, permissions: the
-    runner's STORAGE_ERRNOS) becomes ``error: cannot write …: <strerror>; <kept>`` and exit 2."""
-    try:
-        yield
-    except OSError as exc:
-        from stabkit.studies.runner import STORAGE_ERRNOS
+def storage_errors(kept: str):
+    """For a library call that writes files but raises OSError: the library's StorageError
+    (:func:`stabkit._io.storage_errors`), which :func:`user_errors` makes one line and exit 2."""
+    from stabkit._io import storage_errors as as_storage_error
 
-        if exc.errno not in STORAGE_ERRNOS:
-            raise
-        fail(f"cannot write {exc.filename or 'the report'}: {exc.strerror or exc}; {kept}")
+    with as_storage_error(kept):
+        yield
 
 
 def fail(message: str, code: int = 2):

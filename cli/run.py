@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from ._common import reports_root, storage_errors, user_errors
+from ._common import reports_root, user_errors
 
 
 @user_errors
@@ -71,12 +71,10 @@ def run_command(
         signal.signal(signal.SIGTERM, previous)  # an in-process caller keeps its own handler
     left = table.attrs.get("cells_left", 0)
     finish = f"; {left} cells not computed yet: run `{provenance.finishing_command(resume)}` to compute them" if left else ""
-    rebuild = f"finished cells are kept; `{shlex.join(['stabkit', 'report', table.attrs.get('study_name', 'NAME'), f'--out={out}'])}` writes the report once there is room"
-    with storage_errors(rebuild):  # the cells are on disk: only the report could not be written
-        if table.empty:
-            publish.build_index(out_root)
-        else:
-            readme = publish.build_report(table.attrs["study_name"], out_root)
+    if table.empty:  # a full disk from here on: a StorageError saying the cells are kept
+        publish.build_index(out_root)
+    else:
+        readme = publish.build_report(table.attrs["study_name"], out_root)
     if table.empty:
         print(f"nothing computed{finish}", file=sys.stderr)
         return

@@ -1,12 +1,33 @@
 """Atomic writes: the one routine every file the project writes goes through (study cells and
 results, the ground-truth cache, the decoded-data cache), so an interrupted run never leaves a
-half-written file where a finished one is expected."""
+half-written file where a finished one is expected; and the one message (a StorageError) for a
+write the disk or its permissions refuse."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 from pathlib import Path
 from typing import Callable
+
+#: errno values that mean "the output cannot be written" (not a bug): a StorageError, not a traceback.
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EFBIG}
+
+
+@contextlib.contextmanager
+def storage_errors(kept: str):
+    """An OSError meaning the output cannot be written (:data:`STORAGE_ERRNOS`) becomes a StorageError
+    ``cannot write <path>: <cause>; <kept>``, where ``kept`` says what is kept and how to finish; any
+    other OSError passes unchanged. The one place that message is built."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in STORAGE_ERRNOS:
+            raise
+        from .errors import StorageError  # stabkit.errors imports numpy; this module stays light
+
+        raise StorageError(f"cannot write {exc.filename or 'the output'}: {exc.strerror or exc}; {kept}") from exc
 
 
 def fsync_dir(directory: Path) -> None:

@@ -16,7 +16,13 @@ class InputError(ValueError):
 
 
 class StudyFileError(ValueError):
-    """A study file or ``--set`` override that names an unknown key, kind or value."""
+    """A study file or ``--set`` override that names an unknown key, kind or value, or a study's results
+    table holding text where its kind needs numbers."""
+
+
+class StorageError(ValueError):
+    """Output that cannot be written (disk full, read-only, permissions). The message names the path,
+    the cause, what is kept and how to finish (:func:`stabkit._io.storage_errors` builds it)."""
 
 
 class EigensolverError(RuntimeError):
@@ -30,4 +36,4 @@ class UnsupportedDerivativeError(RuntimeError):
     where the saved factors would be treated as constants. The message names the alternative."""
 
 
-__all__ = ["InputError", "MethodSpecError", "StudyFileError", "EigensolverError", "UnsupportedDerivativeError"]
+__all__ = ["InputError", "MethodSpecError", "StudyFileError", "StorageError", "EigensolverError", "UnsupportedDerivativeError"]

@@ -16,6 +16,7 @@ from stabkit.studies import publish
 from stabkit.cli.main import app
 
 TINY = Path(__file__).resolve().parents[1] / "studies" / "tiny.toml"
+REPORTS = Path(__file__).resolve().parents[1] / "reports"
 
 
 def _invoke(*args):
@@ -138,6 +139,26 @@ def test_a_table_without_a_column_the_report_needs_names_the_column_the_file_and
     assert result.exit_code == 0, result.output
     assert result.stderr.strip().startswith("warning: reports index: study 'old' left out:"), result.stderr
     assert "no column 'angle_deg'" in result.stderr and "[old]" not in (out / "README.md").read_text()
+
+
+@pytest.mark.parametrize("edit", ["one-value", "whole-column"])
+def test_text_in_a_number_column_names_the_file_and_column_and_changes_nothing(tmp_path, edit):
+    """A results table whose number column holds text (edited by hand or by another tool) was the
+    kind's TypeError traceback (`agg function failed`), exit 1: now one line naming the file, the
+    column and the value, exit 2, and neither the table nor the report is touched."""
+    out = tmp_path / "out"
+    shutil.copytree(REPORTS / "quickstart", out / "quickstart")
+    table = out / "quickstart" / "results.parquet"
+    edited = pd.read_parquet(table)
+    edited["angle_deg"] = edited["angle_deg"].astype(str)
+    edited.loc[0 if edit == "one-value" else slice(None), "angle_deg"] = "abc"
+    edited.to_parquet(table, index=False)
+    before = {path.name: path.read_bytes() for path in (out / "quickstart").iterdir()}
+    result = _invoke("report", "quickstart", "--out", out)
+    _one_error_line(result, f"{table}: column 'angle_deg' holds text ('abc' in row 1 of", "left as it is")
+    assert "Traceback" not in result.output
+    assert {path.name: path.read_bytes() for path in (out / "quickstart").iterdir()} == before
+    assert not (out / "README.md").exists()
 
 
 def test_only_a_column_pandas_cannot_find_is_reported_as_missing(tmp_path):
@@ -303,8 +324,8 @@ def test_any_damaged_sibling_is_left_out_of_the_index_with_one_warning(tmp_path,
     if damage != "run.json-grid-null":  # the index needs no grid, only the study's own report does
         assert len(warnings) == 1 and "study 'other' left out" in warnings[0], result.stderr
         assert "other" not in index
-    if damage != "text-column":
-        _one_error_line(_invoke("report", "other", "--out", out), str(other / "run.json"))
+    damaged = other / ("results.parquet" if damage == "text-column" else "run.json")
+    _one_error_line(_invoke("report", "other", "--out", out), str(damaged))
 
 
 def test_a_full_disk_while_the_report_is_written_is_one_line_and_keeps_the_cells(tmp_path, monkeypatch):

@@ -19,6 +19,8 @@ Every kind module provides
   pure and deterministic given the cell (seeded), safe to run in another process;
 * ``report(results: pandas.DataFrame, grid: dict, out_dir: pathlib.Path) -> str`` — Markdown
   body (figures saved into ``out_dir``, referenced by relative path);
+* ``NUMBER_COLUMNS: tuple`` — the result columns that hold numbers (or true/false, or nothing): a
+  report refuses a table with text in one before the kind's report meets it (``publish.read_results``);
 * ``cell_axes(grid: dict) -> list[dict]`` — how many cells ``cells(grid)`` builds, exactly, as a
   sum of products: one ``{grid key: its size}`` table per term (``{}``: one cell), read from the
   grid's lists and counts without building a cell; the grid it gets has the defaults filled in and

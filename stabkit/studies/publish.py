@@ -4,13 +4,15 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
 
-from .._io import write_text_atomic
+from .._io import storage_errors, write_text_atomic
+from ..errors import StudyFileError
 from . import kind_module
 from ._grid import check_study_name
 from ._store import _read_json
@@ -36,18 +38,20 @@ def build_report(name: str, out_root=Path("reports"), log=None) -> Path:
             raise ValueError(f"{out_dir / 'run.json'}: {key!r} is missing or not a {kind_of.__name__}: "
                              "rerun the study to record it")
     kind = kind_module(meta["kind"])
-    results = read_results(results_path)
+    results = read_results(results_path, kind)
     if results.empty:
         raise NothingComputed(f"study {name!r} has no computed cells yet ({results_path} holds no rows): "
                               "run the study to compute them")
-    if _all_failed(results):
-        body = _all_failed_body(results)  # the kind's report needs at least one computed row
-    else:
-        with _columns_needed(results, results_path, meta):
-            body = kind.report(results, meta["grid"], out_dir)
-    text = header(name, meta, report_commit=git_commit(out_root)) + "\n" + body.rstrip() + "\n"
-    write_text_atomic(out_dir / "README.md", text)
-    build_index(out_root)
+    rebuild = f"`{shlex.join(['stabkit', 'report', name, f'--out={out_root}'])}` writes the report once there is room"
+    with storage_errors(f"finished cells are kept; {rebuild}"):  # a figure, the README or the index
+        if _all_failed(results):
+            body = _all_failed_body(results)  # the kind's report needs at least one computed row
+        else:
+            with _columns_needed(results, results_path, meta):
+                body = kind.report(results, meta["grid"], out_dir)
+        text = header(name, meta, report_commit=git_commit(out_root)) + "\n" + body.rstrip() + "\n"
+        write_text_atomic(out_dir / "README.md", text)
+        build_index(out_root)
     if stopped:
         (log or _warn)(f"study {name!r}: the report describes the table of the last finished run; {stopped}")
     return out_dir / "README.md"
@@ -69,12 +73,40 @@ class NothingComputed(ValueError):
     """A study's results hold no cell yet, so there is nothing to report."""
 
 
-def read_results(path: Path) -> pd.DataFrame:
-    """results.parquet at ``path``; a damaged file is a ValueError naming it."""
+def read_results(path: Path, kind=None) -> pd.DataFrame:
+    """results.parquet at ``path``; a damaged file is a ValueError naming it, and text in a column the
+    study ``kind`` declares numeric (its ``NUMBER_COLUMNS``: a table edited by hand or by another tool)
+    a StudyFileError naming the file, the column and the value, before the kind's report meets it."""
     try:
-        return pd.read_parquet(path)
+        results = pd.read_parquet(path)
     except (OSError, ValueError) as exc:
         raise ValueError(f"{path} is unreadable ({exc}): run the study again to rebuild it from its cells") from None
+    for column in getattr(kind, "NUMBER_COLUMNS", ()):
+        if column in results.columns:
+            _check_no_text(results[column], path, kind.__name__.rpartition(".")[2])
+    return results
+
+
+def _check_no_text(values: pd.Series, path: Path, kind_name: str) -> None:
+    """StudyFileError naming the first value of ``values`` that is not a number (or, where all of its
+    text reads as numbers, the first text) when the column holds any text."""
+    if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+        return
+    texts = [(row, v) for row, v in enumerate(values) if isinstance(v, (str, bytes))]
+    if not texts:
+        return
+    row, value = next(((row, v) for row, v in texts if not _reads_as_number(v)), texts[0])
+    raise StudyFileError(f"{path}: column {values.name!r} holds text ({value!r} in row {row + 1} of {len(values)}) "
+                         f"where the {kind_name} report needs numbers; the file is left as it is: restore it, or "
+                         "run the study again to rebuild it from its cells")
+
+
+def _reads_as_number(text) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def first_failure(results: pd.DataFrame) -> tuple[str, str, int] | None:
@@ -177,7 +209,9 @@ def build_index(out_root=Path("reports"), log=_warn) -> Path:
         entries.append(f"| [{name}]({link}) | `{meta.get('kind', '?')}` | {summary} |")
     text = "\n".join([INDEX_TITLE, "", "Built by `stabkit report NAME`; each report states the command, commit and "
                       "machine that produced it.", "", "| report | kind | summary |", "|---|---|---|", *entries, ""])
-    write_text_atomic(out_root / "README.md", text)
+    rebuild = f"`stabkit report NAME {shlex.quote(f'--out={out_root}')}` rebuilds the index once there is room"
+    with storage_errors(f"the studies' results are kept; {rebuild}"):
+        write_text_atomic(out_root / "README.md", text)
     return out_root / "README.md"
 
 
@@ -193,13 +227,14 @@ def _counts_line(meta: dict, out_dir: Path) -> str:
     results_path = out_dir / "results.parquet"
     if not results_path.is_file():
         return "no results yet"
-    results = read_results(results_path)
+    try:
+        kind = kind_module(meta["kind"])
+    except (ValueError, ImportError):
+        kind = None
+    results = read_results(results_path, kind)
     if results.empty:
         return "no cells computed yet"
-    try:
-        hook = getattr(kind_module(meta["kind"]), "summary", None)
-    except (ValueError, ImportError):
-        hook = None
+    hook = getattr(kind, "summary", None)
     failed = first_failure(results)
     if failed is not None and failed[2] == len(results):
         return f"all {len(results)} cells failed, e.g. {failed[1][:120]}"

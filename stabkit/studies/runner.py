@@ -31,7 +31,6 @@ Dask), :mod:`._store` (cell files, the results table), :mod:`.provenance` (run.j
 
 from __future__ import annotations
 
-import errno
 import os
 import sys
 import time
@@ -39,7 +38,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .._io import write_text_atomic
+from .._io import STORAGE_ERRNOS, storage_errors, write_text_atomic
+from ..errors import StorageError
 from . import _store
 from ._grid import expand, load_study
 from ._store import _scan_cells, _StudyLock, cell_record, consolidate, write_cell, write_table
@@ -48,16 +48,10 @@ from .provenance import UNFINISHED, RunRecord, argv_command, duration, git_commi
 
 #: How to treat finished cells computed by other code: refuse to run, reuse them, or recompute them.
 STALE_POLICIES = ("refuse", "reuse", "recompute")
-#: errno values that mean "the output cannot be written" (not a bug): one line and a resume hint.
-STORAGE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EFBIG}
 
 
 class StaleCells(ValueError):
     """Finished cells were computed by other code and the run was not told what to do with them."""
-
-
-class StorageError(ValueError):
-    """The study directory cannot be written (disk full, read-only, permissions)."""
 
 
 def unfinished_cells(path_or_config, overrides: dict | None = None, out_root: Path = Path("reports"),
@@ -76,12 +70,6 @@ def unfinished_cells(path_or_config, overrides: dict | None = None, out_root: Pa
 
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def _storage_error(exc: OSError, command: str) -> StorageError:
-    where = f" {exc.filename}" if exc.filename else ""
-    return StorageError(f"cannot write{where}: {exc.strerror or exc}; finished cells are kept — free space or fix "
-                        f"permissions, then run `{command}` again to resume")
 
 
 def _check_directories(path: Path) -> None:
@@ -130,21 +118,19 @@ def run_study(path_or_config, overrides: dict | None = None, jobs: int | None = 
     run.client = dask_client(scheduler) if scheduler else None  # fail before any work if unreachable
     _check_directories(run.cells_dir)
     lock = _StudyLock(run.cells_dir, study["name"])
+    kept = f"finished cells are kept — free space or fix permissions, then run `{run.command}` again to resume"
     try:
-        try:
-            run.cells_dir.mkdir(parents=True, exist_ok=True)
-            lock.acquire()
-            todo = run.prepare(stale, log, max_cells)
-        except BaseException:
-            if run.client is not None:
-                run.client.close()
-            raise
-        run.execute(todo, auto_jobs, progress)
-        return run.finish()
-    except OSError as exc:
-        if exc.errno in STORAGE_ERRNOS:
-            raise _storage_error(exc, run.command) from None
-        raise
+        with storage_errors(kept):
+            try:
+                run.cells_dir.mkdir(parents=True, exist_ok=True)
+                lock.acquire()
+                todo = run.prepare(stale, log, max_cells)
+            except BaseException:
+                if run.client is not None:
+                    run.client.close()
+                raise
+            run.execute(todo, auto_jobs, progress)
+            return run.finish()
     finally:
         lock.release()
 

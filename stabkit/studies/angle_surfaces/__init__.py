@@ -43,6 +43,9 @@ from .. import _specs, check_choices, with_defaults
 from .._checks import int_list
 
 PARTS = ("energy", "angle3", "k_eps", "gap_d")
+#: Result columns that hold numbers (or true/false, or nothing): a report refuses text in one (publish.read_results).
+NUMBER_COLUMNS = ("K", "r", "discarded", "closed_form", "x", "y", "angle_deg", "bound_deg", "energy_top", "eps", "d",
+                  "seed", "min_abs_gap", "truth_digits", "certified", "rel_err", "norm_ratio", "finite", "delta")
 
 GRID_DEFAULTS = {
     "parts": list(PARTS),

@@ -75,6 +75,9 @@ from .. import check_choices, with_defaults
 from .._checks import int_list
 
 SOURCES = ("gaussian", "cifar10")
+#: Result columns that hold numbers (or true/false, or nothing): a report refuses text in one (publish.read_results).
+NUMBER_COLUMNS = ("d", "chunk", "n", "n_samples", "lam_max_mean", "lam_min_mean", "lam_mean", "median_min_gap",
+                  "n_at_eps", "tau", "count", "pred_mp", "pred_unfold")
 
 GRID_DEFAULTS = {
     "sources": ["gaussian", "cifar10"],

@@ -45,6 +45,8 @@ COLUMNS = (
     "min_abs_gap", "min_rel_gap", "max_abs_K", "numerical_rank", "condition", "error",
 )
 
+#: Result columns that hold numbers (or true/false, or nothing): a report refuses text in one (publish.read_results).
+NUMBER_COLUMNS = tuple(c for c in COLUMNS if c not in ("family", "family_params", "dtype", "loss", "method", "error"))
 DTYPES = DTYPE_NAMES
 
 

@@ -44,6 +44,9 @@ DELTAS = (1e-2, 1e-4, 1e-6, 1e-8, 1e-10, 1e-12)
 DECLARATIVE = ("less", "ied", "ied-power")
 DTYPES = DTYPE_NAMES
 ROUTES = ("svd", "eig", "svd-dk")
+#: Result columns that hold numbers (or true/false, or nothing): a report refuses text in one (publish.read_results).
+NUMBER_COLUMNS = ("delta", "d", "eps", "seed", "min_gap", "angle_deg", "rel_err", "norm_ratio", "finite", "seconds",
+                  "top_gap", "a_norm", "exact_ties")
 
 GRID_DEFAULTS: dict = {
     "families": [{"family": "cluster", "delta": d} for d in DELTAS] + ["degenerate", "rank_deficient"],

@@ -38,6 +38,10 @@ from ._lemmas import (PSEUDO, descent_rows, lemma1_gradient, lemma1_rows, lemma2
                       projector_and_rank, random_rank_r)
 
 PARTS = ("lemma1", "lemma2", "descent")
+#: Result columns that hold numbers (or true/false, or nothing): a report refuses text in one (publish.read_results).
+NUMBER_COLUMNS = ("d", "r", "seed", "direction", "value", "truth", "rel_err", "fd64_rel_err", "full_rel_err", "chunk",
+                  "pair", "rank_a", "rank_b", "sigma", "proj_dist", "kept_over_tol", "dropped_over_tol", "k",
+                  "target_rank", "step", "J2", "rank_w", "proj_rank", "grad_norm", "finite")
 
 GRID_DEFAULTS = {
     "parts": list(PARTS),

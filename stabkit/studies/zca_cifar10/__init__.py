@@ -97,6 +97,16 @@ def validate(grid: dict) -> dict:
 
 
 OPTIONAL_KEYS = ("preset", "milestones", "milestone_unit", "stop_on", "tf32")
+#: Result columns that hold numbers (or true/false, or nothing): a report refuses text in one (publish.read_results).
+NUMBER_COLUMNS = (
+    "step", "test_error", "wall_s", "train_s", "steps_total", "steps_done", "final_loss", "d", "seed", "nan_loss_step",
+    "steps_per_epoch", "epochs_done", "time_to_nan_loss_epochs", "censored_at_epochs", "deadline_stop", "eps", "lr",
+    "gamma", "epochs", "max_steps", "width", "limit_images", "limit_test", "batch_size", "drop_last", "fast",
+    "check_every", "eval_every", "zca_lam_floor", "tf32_matmul", "tf32_cudnn",
+    *(f"{part}_{stat}" for part in ("early", "run") for stat in ("calls", "min_gap", "min_rel_gap", "max_K", "lam_min",
+                                                              "max_bound", "max_grad_norm", "gap_events",
+                                                              "nonfinite_events")),
+)
 
 
 def cell_axes(grid: dict) -> list[dict]:

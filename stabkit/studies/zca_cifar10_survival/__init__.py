@@ -36,8 +36,11 @@ from ...train import table_iv
 from ...train.preset import get_preset
 from ...validation import DTYPE_NAMES, is_real
 from .. import with_defaults
+from ..zca_cifar10 import NUMBER_COLUMNS as ZCA_NUMBER_COLUMNS
 
 KIND = "zca_cifar10_survival"
+#: Result columns that hold numbers (or true/false, or nothing): a report refuses text in one (publish.read_results).
+NUMBER_COLUMNS = (*ZCA_NUMBER_COLUMNS, "order", "horizon_epochs")
 
 #: the issue's order: SVD d = 8, 16 (paper 0/15); SVD-Taylor d = 16 (control); PI d = 4, 8 (15/15,
 #: 1/15); SVD-PI d = 16, 64 (15/15); then the rest of Table IV. Rows by their Table IV names; the
