@@ -73,8 +73,9 @@ def test_help_never_splits_a_word_at_its_hyphen():
 
 
 #: what no ``--help`` may import: the numerical libraries (numpy alone cost each subcommand's --help
-#: 0.11 s of 0.50 s, mpmath 0.03 s) and the rest of what the commands use
-HEAVY = ("numpy", "mpmath", "torch", "pandas", "matplotlib", "scipy", "flint", "pyarrow", "PIL")
+#: 0.11 s of 0.50 s, mpmath 0.03 s), the rest of what the commands use, and pydantic, which typer
+#: imports only to convert an option's value (0.12 s; cli/main.py says how --help converts none)
+HEAVY = ("numpy", "mpmath", "torch", "pandas", "matplotlib", "scipy", "flint", "pyarrow", "PIL", "pydantic")
 
 _EVERY_HELP = """
 import contextlib, io, sys
