@@ -10,7 +10,6 @@ from typing import Optional
 import typer
 
 from ._common import user_errors
-from .methods import method_names_block
 
 
 @user_errors
@@ -20,7 +19,7 @@ def bench_command(
     dtype: str = typer.Option("float32", "--dtype", help="float32 or float64."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda[:N]."),
     repeats: int = typer.Option(5, "--repeats", help="Timed rounds; each times every method once (interleaved, after one warm-up call)."),
-    method: Optional[list[str]] = typer.Option(None, "--method", "-m", metavar="METHOD", help="Methods (repeatable); default all:" + method_names_block()),
+    method: Optional[list[str]] = typer.Option(None, "--method", "-m", metavar="METHOD", help="Methods (repeatable; default all); `stabkit methods` lists them."),
 ):
     """Time each method's batched torch backward; print a Markdown table with ratios to torch's (min/median/max over rounds)."""
     from stabkit import methods

@@ -10,11 +10,9 @@ from typing import Optional
 
 import typer
 
-from stabkit.losses import LOSSES
-from stabkit.spectra import FAMILIES
+from stabkit._choices import FAMILY_NAMES, LOSSES
 
 from ._common import parse_params, user_errors
-from .methods import method_names
 
 
 class Format(str, Enum):
@@ -26,7 +24,7 @@ class Format(str, Enum):
 def compare_command(
     ctx: typer.Context,
     matrix: Optional[Path] = typer.Option(None, "--matrix", help="A .npy file holding a symmetric matrix (default: a --spectrum matrix)."),
-    spectrum: str = typer.Option("cluster", "--spectrum", help=f"Generated family: {', '.join(FAMILIES)}."),
+    spectrum: str = typer.Option("cluster", "--spectrum", help=f"Generated family: {', '.join(FAMILY_NAMES)}."),
     d: int = typer.Option(8, "--d", help="Matrix size for --spectrum."),
     seed: int = typer.Option(0, "--seed", help="Seed of the generated matrix and of the loss weight."),
     param: Optional[list[str]] = typer.Option(None, "--param", "-p", metavar="NAME=VALUE", help="Family parameter NAME=VALUE (repeatable; default: the family's), e.g. -p delta=1e-8."),
@@ -34,8 +32,8 @@ def compare_command(
     k: int = typer.Option(1, "--k", help="Rank of the projector loss."),
     method: Optional[list[str]] = typer.Option(
         None, "--method", "-m", metavar="METHOD",
-        help=f"Method spec NAME[:KEY=VALUE,...], repeatable (default all), e.g. taylor:K=19,eps=1e-4. "
-             f"Methods: {method_names()} (see `stabkit methods`)."),
+        help="Method spec NAME[:KEY=VALUE,...], repeatable (default all), e.g. taylor:K=19,eps=1e-4; "
+             "`stabkit methods` lists the names and their parameters."),
     dtype: str = typer.Option("float64", "--dtype", help="float32 or float64."),
     loss_weight: Optional[Path] = typer.Option(None, "--loss-weight", help="A .npy d×d weight G (default: one drawn from --seed)."),
     fmt: Format = typer.Option(Format.table, "--format", help="table, or json (one object per method per line)."),

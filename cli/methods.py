@@ -9,21 +9,6 @@ import typer
 from ._common import user_errors
 
 
-def method_names() -> str:
-    """The registered method names, for option help texts (imports numpy, not torch)."""
-    from stabkit.methods import NAMES
-
-    return ", ".join(NAMES)
-
-
-def method_names_block(width: int = 48) -> str:
-    """:func:`method_names` as a help paragraph that click does not rewrap (``\\b``): its wrapping
-    would break a name at its hyphen (``taylor-`` / ``song``)."""
-    import textwrap
-
-    return "\n\n\b\n" + "\n".join(textwrap.wrap(method_names() + ".", width, break_on_hyphens=False))
-
-
 def print_version(value: bool):
     if value:
         from stabkit import __version__

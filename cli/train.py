@@ -7,15 +7,14 @@ from typing import Optional
 
 import typer
 
-from stabkit.methods import TRAIN_DEFAULT
-
 from ._common import user_errors
-from .methods import method_names
 
 
 @user_errors
 def train_command(
-    method: str = typer.Option(TRAIN_DEFAULT, "--method", "-m", help=f"Backward method spec, e.g. taylor or 'taylor:K=19'; one of {method_names()}."),
+    method: Optional[str] = typer.Option(None, "--method", "-m", help="Backward method spec NAME[:KEY=VALUE,...], e.g. "
+                                         "taylor:K=19 (default: stabkit.methods.TRAIN_DEFAULT, a bounded rule); "
+                                         "`stabkit methods` lists the names and their parameters."),
     d: int = typer.Option(16, "--d", help="ZCA group size (divides 64)."),
     norm: str = typer.Option("zca", "--norm", help="zca or bn (plain BatchNorm baseline)."),
     preset: str = typer.Option("stabkit", "--preset", help="stabkit (today's layer) or paper (the authors' layers "
@@ -55,7 +54,7 @@ def train_command(
     from stabkit import methods
     from stabkit.train.loop import train_run
 
-    spec = methods.spec(method)  # the CLI edge: parsed once, the run carries the Spec
+    spec = methods.spec(methods.TRAIN_DEFAULT if method is None else method)  # the CLI edge: parsed once, the run carries the Spec
     parsed_milestones = None
     if milestones is not None:
         try:

@@ -30,7 +30,6 @@ from typing import List, Optional
 import typer
 
 import stabkit
-from stabkit import methods
 
 from ._common import user_errors
 
@@ -94,6 +93,8 @@ def watch_command(
     tensorboard: bool = typer.Option(False, "--tensorboard", help="Also write TensorBoard scalars under LOG/tensorboard/."),
 ):
     """Run COMMAND with every eigh/eigvalsh/svd call logged live; then `stabkit monitor report LOG`."""
+    from stabkit import methods
+
     command = list(command or [])
     if not command:
         raise ValueError("no command to watch: stabkit watch [OPTIONS] -- python train.py ARGS")

@@ -25,6 +25,7 @@ import mpmath
 import numpy as np
 
 from . import _xp
+from ._choices import LOSSES
 from .errors import InputError
 from .validation import is_count
 
@@ -124,9 +125,6 @@ def _spectral(name, weight, f, df, f_mp, df_mp, d2_bound=None, d3_bound=None):
 
 def _ns(lam):
     return _xp.namespace(lam)
-
-
-LOSSES = ("zca", "sqrt", "log", "eigvec", "projector")
 
 
 def make_loss(name: str, d: int, seed: int = 0, weight: np.ndarray | None = None, k: int = 1):

@@ -35,6 +35,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
+from ._choices import FAMILY_NAMES
 from .validation import dtype_name
 
 __all__ = ["Spectrum", "FAMILIES", "FAMILY_STREAMS", "make", "haar_orthogonal"]
@@ -269,15 +270,8 @@ def powerlaw(d: int, rng: np.random.Generator, *, alpha: float = 1.0) -> _Draw:
     return _Draw(lam[::-1].copy(), None, {"alpha": alpha})
 
 
-FAMILIES: dict[str, Callable[..., _Draw]] = {
-    "separated": separated,
-    "cluster": cluster,
-    "degenerate": degenerate,
-    "rank_deficient": rank_deficient,
-    "lapack": lapack,
-    "wishart": wishart,
-    "powerlaw": powerlaw,
-}
+#: each family's generator: the function of its name above (the names: ``stabkit._choices``)
+FAMILIES: dict[str, Callable[..., _Draw]] = {name: globals()[name] for name in FAMILY_NAMES}
 
 #: The family-specific third word of the seed: SeedSequence([seed, d, FAMILY_STREAMS[family]]).
 FAMILY_STREAMS: dict[str, int] = {name: i for i, name in enumerate(FAMILIES, start=1)}

@@ -522,6 +522,8 @@ def test_the_cli_parses_the_method_once(monkeypatch):
     from stabkit import methods
 
     assert isinstance(seen[0]["method"], methods.Spec) and str(seen[0]["method"]) == "clip:tau=50"
+    CliRunner().invoke(app, ["train", "--max-steps", "1"])  # no --method: the registry's training default
+    assert seen[1]["method"] == methods.spec(methods.TRAIN_DEFAULT)
 
 
 @pytest.mark.parametrize("study, setting, needle", [
