@@ -153,11 +153,11 @@ def test_text_in_a_number_column_names_the_file_and_column_and_changes_nothing(t
     edited["angle_deg"] = edited["angle_deg"].astype(str)
     edited.loc[0 if edit == "one-value" else slice(None), "angle_deg"] = "abc"
     edited.to_parquet(table, index=False)
-    before = {path.name: path.read_bytes() for path in (out / "quickstart").iterdir()}
+    before = {path: path.read_bytes() for path in (out / "quickstart").rglob("*") if path.is_file()}
     result = _invoke("report", "quickstart", "--out", out)
     _one_error_line(result, f"{table}: column 'angle_deg' holds text ('abc' in row 1 of", "left as it is")
     assert "Traceback" not in result.output
-    assert {path.name: path.read_bytes() for path in (out / "quickstart").iterdir()} == before
+    assert {path: path.read_bytes() for path in (out / "quickstart").rglob("*") if path.is_file()} == before
     assert not (out / "README.md").exists()
 
 

@@ -62,14 +62,14 @@ def test_a_full_disk_while_the_report_is_written_is_a_storage_error_naming_the_f
     from stabkit.errors import StorageError
 
     out = _quickstart_copy(tmp_path)
-    before = {p.name: p.read_bytes() for p in (out / "quickstart").iterdir() if p.suffix != ".png"}
+    before = {p: p.read_bytes() for p in (out / "quickstart").rglob("*") if p.is_file() and p.suffix != ".png"}
     _full_disk(monkeypatch)
     with pytest.raises(StorageError) as caught:
         publish.build_report("quickstart", out)
     assert str(caught.value) == (f"cannot write {out / 'quickstart' / 'README.md'}: No space left on device; finished "
                                  f"cells are kept; `stabkit report quickstart --out={out}` writes the report once "
                                  "there is room")
-    assert {p.name: p.read_bytes() for p in (out / "quickstart").iterdir() if p.suffix != ".png"} == before
+    assert {p: p.read_bytes() for p in (out / "quickstart").rglob("*") if p.is_file() and p.suffix != ".png"} == before
     with pytest.raises(StorageError, match=rf"cannot write {out / 'README.md'}: No space left on device; the "
                                            "studies' results are kept; `stabkit report NAME --out="):
         publish.build_index(out)
