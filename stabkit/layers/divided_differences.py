@@ -75,7 +75,11 @@ def pair_divided_differences(mi, mj, delta, fn: str, p: float | None = None) -> 
     gap = torch.where(tie, one, delta)              # off-tie branch's Δ
     lo_off, lo_on = torch.where(tie, one, lo), torch.where(tie, lo, one)
     if fn == "log":
-        off = torch.log1p(gap / lo_off) / gap
+        r = gap / lo_off
+        wide = r.isinf()                            # Δ/m beyond the dtype (float32 1e41 against ε = 1e-3)
+        lo_wide, gap_wide = torch.where(wide, lo_off, one), torch.where(wide, gap, one)
+        off = torch.where(wide, (torch.log(gap_wide) - torch.log(lo_wide)) / gap_wide,
+                          torch.log1p(torch.where(wide, one, r)) / gap)
         on = 1 / lo_on
     elif fn == "sqrt":
         return 1 / (mi.sqrt() + mj.sqrt())          # = g'(μ) = 1/(2√μ) on ties too
@@ -100,7 +104,7 @@ def _power_off_tie(lo, hi, gap, p):
     lo_same = torch.where(opposite | (lo == 0), one, lo)    # m, M of one sign and m ≠ 0: |Δ/m| < 1 if m < 0
     r = gap / lo_same
     t = p * torch.log1p(r)
-    far = opposite | (lo == 0) | (t.abs() > 1)
+    far = opposite | (lo == 0) | (t.abs() > 1) | r.isinf()
     dom_p = torch.where(far, hi if p > 0 else lo, one).detach() ** p     # only selects the branch
     factored = far & (lo >= 0) & ~((dom_p.abs() >= torch.finfo(gap.dtype).tiny) & dom_p.isfinite())
     plain = far & ~factored
