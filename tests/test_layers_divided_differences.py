@@ -213,3 +213,12 @@ def test_fractional_p_keeps_rounding_level_at_extreme_scales(mu, rel):
     got = dd.pair_divided_differences(a, b, (b - a).abs(), "power", 0.3).item()
     truth = float(_first_mp(0.3, a.item(), b.item()))
     assert abs(got - truth) <= 1e-15 * abs(truth)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.3, 0.5, 1.5, 2.5])
+def test_tie_at_zero_is_the_derivative_at_zero(p):
+    """A tie at μ = 0 (a zero singular value of F with ε = 0) is g'(0) = p·0^(p−1): +inf for p < 1, 0 for
+    p > 1 — not 0/0 from the μ^p/μ form that keeps a fractional p's rounding small elsewhere."""
+    z = torch.zeros(1, dtype=D)
+    got = dd.pair_divided_differences(z, z, z, "power", p).item()
+    assert got == (math.inf if p < 1 else 0.0)

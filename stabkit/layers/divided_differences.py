@@ -125,7 +125,9 @@ def _pow_m1_times(m, p, c):
     rounding times |ln m| (3.8e-14 relative at m = 1e±300), so it is m^p·c/m there; otherwise m^(p−1)·c,
     or, where m^(p−1) is subnormal or overflows but the product need not, (h·c)·h with h = m^((p−1)/2)."""
     if Fraction(p) - 1 != Fraction(p - 1):
-        return m ** p * c / m
+        zero = m == 0                                       # m^p/m is 0/0 there; m^(p−1) is exact (inf)
+        safe = torch.where(zero, torch.ones_like(m), m)
+        return torch.where(zero, torch.where(zero, m, safe) ** (p - 1) * c, safe ** p * c / safe)
     probe = m.detach() ** (p - 1)                           # only selects the form
     normal = (probe.abs() >= torch.finfo(m.dtype).tiny) & probe.isfinite()
     one = torch.ones_like(m)
