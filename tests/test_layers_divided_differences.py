@@ -2,6 +2,8 @@
 near-ties, far points), the closed forms of x² and x³ as a property, and finite differences of the
 first-order formula."""
 
+import math
+
 import mpmath
 import pytest
 import torch
@@ -168,3 +170,55 @@ def test_near_pair_beside_underflow_or_overflow_of_mu_to_the_p(p, mu, rel):
         truth = float((x ** p - y ** p) / (x - y))
     got = dd.pair_divided_differences(a, b, (b - a).abs(), "power", p).item()
     assert got == pytest.approx(truth, rel=1e-14, abs=0)
+
+
+def _first_mp(p, a, b):
+    """g[a, b] of x^p at 50 digits (p exactly as the float given, not p − 1 rounded)."""
+    with mpmath.workdps(50):
+        x, y, P = mpmath.mpf(a), mpmath.mpf(b), mpmath.mpf(p)
+        return P * x ** (P - 1) if a == b else (x ** P - y ** P) / (x - y)
+
+
+_FAR_POINTS = [1.2345 * 10.0 ** e for e in range(-300, 301, 25)]
+
+
+@pytest.mark.parametrize("p", [-0.7, 0.3, 0.5, 2.0, 2.5, 3.0, 100.0])
+def test_far_pairs_are_finite_where_representable_and_inf_where_they_overflow(p):
+    """Pairs 1e-300 … 1e300 (float64): g[μ_i, μ_j] within 1e-15 of 50-digit mpmath wherever that is a
+    normal number, ±inf exactly where it overflows. The plain (M^p − m^p)/Δ was NaN where both powers
+    overflow (p = 100 at 1e5 and 1.03e5: inf − inf), inf where only M^p does but the quotient is
+    finite (p = 2.5 at 1e150 and 3e150), and 0 where M^p underflows (p = 2 at 1e-300 and 1e-294)."""
+    pairs = [(a, b) for a in _FAR_POINTS for b in _FAR_POINTS if a < b] + [(1e5, 1.03e5), (1e150, 3e150)]
+    a = torch.tensor([x for x, _ in pairs], dtype=D)
+    b = torch.tensor([y for _, y in pairs], dtype=D)
+    got = dd.pair_divided_differences(a, b, b - a, "power", p)
+    big, tiny = torch.finfo(D).max, torch.finfo(D).tiny
+    for (x, y), value in zip(pairs, got.tolist()):
+        truth = _first_mp(p, x, y)
+        if abs(truth) > big:
+            assert value == (math.inf if truth > 0 else -math.inf), (x, y, value)
+        elif abs(truth) >= tiny:
+            assert abs(value - float(truth)) <= 1e-15 * abs(float(truth)), (x, y, value, float(truth))
+        else:
+            assert abs(value) <= 2 * tiny, (x, y, value)
+
+
+@pytest.mark.parametrize("mu", [1e-300, 1e-100, 1.0, 1e100, 1e300])
+@pytest.mark.parametrize("rel", [0.0, 1e-15, 1e-6, 1e-2])
+def test_fractional_p_keeps_rounding_level_at_extreme_scales(mu, rel):
+    """x^0.3 on a tie or near pair: 0.3 − 1 is not a binary number, and μ^(p−1) carried its rounding
+    times |ln μ| (3.8e-14 relative at 1e±300); as μ^p/μ it is within 1e-15 of mpmath."""
+    a = torch.tensor(mu, dtype=D)
+    b = a * (1 + rel)
+    got = dd.pair_divided_differences(a, b, (b - a).abs(), "power", 0.3).item()
+    truth = float(_first_mp(0.3, a.item(), b.item()))
+    assert abs(got - truth) <= 1e-15 * abs(truth)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.3, 0.5, 1.5, 2.5])
+def test_tie_at_zero_is_the_derivative_at_zero(p):
+    """A tie at μ = 0 (a zero singular value of F with ε = 0) is g'(0) = p·0^(p−1): +inf for p < 1, 0 for
+    p > 1 — not 0/0 from the μ^p/μ form that keeps a fractional p's rounding small elsewhere."""
+    z = torch.zeros(1, dtype=D)
+    got = dd.pair_divided_differences(z, z, z, "power", p).item()
+    assert got == (math.inf if p < 1 else 0.0)

@@ -2,6 +2,7 @@
 eigenvalue, the input contract; the Daleckii–Krein routes' forward mode, second derivatives,
 torch.func and ties."""
 
+import importlib
 import math
 
 import mpmath as mp
@@ -573,3 +574,50 @@ def test_svd_dk_of_a_tall_F_computes_no_n_by_n_factor():
         Dd = torch.where(torch.eye(d, dtype=torch.bool), 1 / lam[:, None].expand(d, d), Dd)
         truth = 2 * F.detach() @ Q @ (Dd * (Q.T @ ((G + G.T) / 2) @ Q)) @ Q.T   # Daleckii–Krein
         torch.testing.assert_close(g, truth, rtol=1e-10, atol=1e-12)
+
+
+LARGE_ROUTES = {"svd": layers.svd_matrix_function, "svd-dk": layers.svd_dk_matrix_function}
+LARGE_G = [("log", None), ("sqrt", None), ("power", 0.3)]
+
+
+def _rel(a, b):
+    return ((a.double() - b).norm() / b.norm()).item()
+
+
+@pytest.mark.parametrize("shape", [(6, 4), (3, 5)], ids=["tall", "wide"])
+@pytest.mark.parametrize("fn, p", LARGE_G, ids=["log", "sqrt", "p=0.3"])
+@pytest.mark.parametrize("route", list(LARGE_ROUTES))
+def test_float32_features_near_1e20_match_float64(route, fn, p, shape):
+    """Entries ~1e20 in float32: σ² (~1e41) overflows, and C and ∂L/∂F were NaN (σ² = inf, Prop. 1's
+    K = 1/(inf − inf)). The same matrix in float64 is the reference: C to 5e-6, ∂⟨G, C⟩/∂F to 1e-5
+    (svd-dk; measured ≤ 1.2e-6) or 1e-4 (the SVD route, whose K-form cancels the log shift: 7.8e-6)."""
+    layer, gen = LARGE_ROUTES[route], GEN(7)
+    F = (torch.randn(*shape, dtype=D, generator=gen) * 1e20).float().double()   # exactly float32 values
+    G = torch.randn(shape[1], shape[1], dtype=D, generator=gen)
+    out = {}
+    for dtype in (torch.float32, D):
+        f = F.to(dtype).requires_grad_()
+        C = layer(f, fn, eps=1e-3, p=p)
+        out[dtype] = (C, *torch.autograd.grad((G.to(dtype) * C).sum(), f))
+    (C32, g32), (C64, g64) = out[torch.float32], out[D]
+    assert _rel(C32, C64) < 5e-6
+    assert _rel(g32, g64) < (1e-5 if route == "svd-dk" else 1e-4)
+
+
+@pytest.mark.parametrize("fn, p", LARGE_G + [("power", 1.5)], ids=["log", "sqrt", "p=0.3", "p=1.5"])
+@pytest.mark.parametrize("shape, eps", [((5, 3), 0.0), ((3, 4), 0.5)], ids=["tall", "wide+ridge"])
+def test_svd_dk_backward_at_a_power_of_two_scale_is_the_gradient(monkeypatch, fn, p, shape, eps):
+    """The rescaled backward, forced at moderate float64 scale (c = 2^−3, as for large F), against
+    finite differences: the factor c^(1−2p) (log: p = 0, √: p = ½) is checked, not just its c = 1 case."""
+    svd_module = importlib.import_module("stabkit.layers.svd")
+    monkeypatch.setattr(svd_module, "overflow_scale", lambda S: torch.full_like(S[..., :1], 0.125))
+    F = torch.randn(*shape, dtype=D, generator=GEN(11)).requires_grad_()
+    assert gradcheck(lambda f: layers.svd_dk_matrix_function(f, fn, eps=eps, p=p), (F,))
+
+
+def test_overflowing_power_of_large_features_raises():
+    """x² of FᵀF with float32 entries ~1e20 is ~1e82: not representable, so InputError, not inf or NaN."""
+    F = (torch.randn(6, 4, generator=GEN(3)) * 1e20)
+    for layer in LARGE_ROUTES.values():
+        with pytest.raises(InputError, match="overflows torch.float32.*float64"):
+            layer(F, "power", eps=1e-3, p=2.0)

@@ -1,5 +1,7 @@
 """The SVD layer (Prop. 1) where σ = 0: the D term's 1/σ must not turn an unused ∂L/∂U into NaN."""
 
+import importlib
+
 import pytest
 import torch
 
@@ -42,3 +44,33 @@ def test_zero_matrix_gradient_is_finite():
 def test_bad_input_raises_input_error(label, X, match):
     with pytest.raises(InputError, match=match):
         layers.svd(X)
+
+
+def test_backward_at_a_power_of_two_scale_is_the_gradient(monkeypatch):
+    """Prop. 1's backward evaluated at cσ with c·∂L/∂U, c·∂L/∂V (forced c = 2^−3 at moderate float64
+    scale, as for σ ~ 1e20 in float32) is still the gradient: gradcheck of a loss in U, σ and V."""
+    svd_module = importlib.import_module("stabkit.layers.svd")
+    monkeypatch.setattr(svd_module, "overflow_scale", lambda S: torch.full_like(S[..., :1], 0.125))
+    gen = torch.Generator().manual_seed(5)
+    X = torch.randn(6, 4, dtype=D, generator=gen).requires_grad_()
+    A, B = torch.randn(6, 6, dtype=D, generator=gen), torch.randn(4, 4, dtype=D, generator=gen)
+
+    def loss(x):                                        # invariant to the signs of the singular vectors
+        U, S, V = layers.svd(x)
+        return (A * ((U * S) @ U.T)).sum() + (B * ((V * S.sqrt()) @ V.T)).sum() + S.sum()
+    assert torch.autograd.gradcheck(loss, (X,))
+
+
+def test_float32_matrix_near_1e20_has_a_finite_backward():
+    """σ ~ 1e20 in float32: K = 1/(σ_i² − σ_j²) was 1/(inf − inf) = NaN; now the gradient of
+    ⟨B, V diag(σ/1e20) Vᵀ⟩ + Σσ is within 1e-4 of the same matrix's in float64."""
+    gen = torch.Generator().manual_seed(6)
+    X = (torch.randn(6, 4, dtype=D, generator=gen) * 1e20).float().double()
+    B = torch.randn(4, 4, dtype=D, generator=gen)
+    grads = []
+    for dtype in (torch.float32, D):
+        x = X.to(dtype).requires_grad_()
+        _, S, V = layers.svd(x)
+        loss = (B.to(dtype) * ((V * (S / 1e20)) @ V.T)).sum() + S.sum()
+        grads.append(torch.autograd.grad(loss, x)[0].double())
+    assert ((grads[0] - grads[1]).norm() / grads[1].norm()).item() < 1e-4

@@ -43,7 +43,10 @@ without a custom jvp are used (Dynamo traces none).
 
 Input: F a finite float32/float64 (..., n, d), ε a finite number ≥ 0, and an EIG-route A symmetric
 (stabkit.torch's contract, InputError otherwise). With ε = 0, log and x^p (p < 0) of a singular
-FᵀF are infinite; a wide F (n < d) always makes FᵀF singular, so that case is refused.
+FᵀF are infinite; a wide F (n < d) always makes FᵀF singular, so that case is refused. Where σ² overflows
+(float32 σ > 1.8e19) the SVD routes take g(σ² + ε) without σ² (:func:`gram_values`) and their first-order
+backward at 2^−k F (:func:`.svd.overflow_scale`); x^p (p > 0) whose C overflows raises InputError.
+Second derivatives and forward mode are not rescaled (at that scale they overflow as before).
 """
 
 from __future__ import annotations
@@ -90,9 +93,36 @@ def _check_features(F, fn: str, eps, p, name: str) -> float:
     return eps
 
 
+def _check_overflow(C, F, fn, p, name):
+    """C, unless x^p (p > 0) of FᵀF + εI overflows F's dtype (then InputError: scaling F cannot help, the
+    result itself is not representable). log and √ of a finite F's Gram matrix do not overflow."""
+    if fn == "power" and p > 0 and not _xp.is_traced(C) and not bool(torch.isfinite(C).all()):
+        wider = " or pass F in float64" if F.dtype == torch.float32 else ""
+        raise InputError(f"{name}: g = x^{p:g} of FᵀF + εI overflows {F.dtype} (max |F| = "
+                         f"{float(F.detach().abs().max()):.3g}): scale F down{wider}")
+    return C
+
+
 def svd_matrix_function(F: torch.Tensor, fn: str = "log", eps: float = 0.0, p: float | None = None):
     """C = V g(ΣᵀΣ + εI) Vᵀ ∈ ℝ^{d×d} from the SVD of F (..., n, d) — Prop. 3."""
-    return _svd_matrix_function(F, fn, _check_features(F, fn, eps, p, "svd_matrix_function"), p)
+    name = "svd_matrix_function"
+    return _check_overflow(_svd_matrix_function(F, fn, _check_features(F, fn, eps, p, name), p), F, fn, p, name)
+
+
+def gram_values(S, eps, fn, p):
+    """g(σ² + ε) elementwise, also where σ² overflows but g(σ² + ε) need not (σ > 1.8e19 in float32):
+    there log = 2 log σ + log1p((ε/σ)/σ), √ = hypot(σ, √ε), x^p = hypot(σ, √ε)^(2p); elsewhere (every
+    σ of ordinary size) g(σ² + ε) as is."""
+    mu = S * S + eps
+    big = mu.isinf()
+    one = torch.ones_like(mu)
+    S_big = torch.where(big, S, one)
+    if fn == "log":
+        alt = 2 * torch.log(S_big) + torch.log1p(eps / S_big / S_big)
+    else:
+        h = torch.hypot(S_big, torch.full_like(S_big, eps ** 0.5))
+        alt = h if fn == "sqrt" else h ** (2 * p)
+    return torch.where(big, alt, scalar_function(fn, p)(torch.where(big, one, mu)))
 
 
 def _svd_matrix_function(F, fn, eps, p):
@@ -100,10 +130,10 @@ def _svd_matrix_function(F, fn, eps, p):
     n, d = F.shape[-2], F.shape[-1]
     if n >= d:
         _, S, V = _svd.svd(F)
-        return (V * g(S * S + eps)[..., None, :]) @ V.transpose(-1, -2)
+        return (V * gram_values(S, eps, fn, p)[..., None, :]) @ V.transpose(-1, -2)
     U, S, _ = _svd.svd(F.transpose(-1, -2))  # Fᵀ = U Σ Wᵀ: U is F's right factor V (d × n)
     base = g(torch.as_tensor(eps, dtype=F.dtype, device=F.device))
-    C = (U * (g(S * S + eps) - base)[..., None, :]) @ U.transpose(-1, -2)
+    C = (U * (gram_values(S, eps, fn, p) - base)[..., None, :]) @ U.transpose(-1, -2)
     return C + base * torch.eye(d, dtype=F.dtype, device=F.device)
 
 
@@ -191,8 +221,8 @@ class _SvdDK(torch.autograd.Function):
         # the full V (d × d) only: full_matrices for a tall F would add an unused n × n U
         _, S, Vh = torch.ops.aten.linalg_svd(F, full_matrices=F.shape[-2] < F.shape[-1])
         V = Vh.mT
-        mu = _pad(S * S, F.shape[-1]) + eps         # σ = 0 for the directions beyond min(n, d)
-        return (V * scalar_function(fn, p)(mu)[..., None, :]) @ V.mT, S, V
+        values = gram_values(_pad(S, F.shape[-1]), eps, fn, p)     # σ = 0 for the directions beyond min(n, d)
+        return (V * values[..., None, :]) @ V.mT, S, V
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -206,7 +236,7 @@ class _SvdDK(torch.autograd.Function):
     def backward(ctx, gC, _gS, _gV):
         F, S, V = ctx.saved_tensors
         if not differentiating_backward(F):
-            return 2 * F @ _thin_frechet(V[..., :S.shape[-1]], S, F.shape[-1], gC, ctx.fn, ctx.eps, ctx.p), None, None, None
+            return _scaled_backward(F, S, V, gC, ctx.fn, ctx.eps, ctx.p), None, None, None
         if F.shape[-2] >= F.shape[-1] or ctx.eps > 0:
             return 2 * F @ _SvdDK._gram_op(ctx, gC), None, None, None
         return _row_gram_backward(F, gC, ctx.fn, ctx.p), None, None, None
@@ -219,6 +249,16 @@ class _SvdDK(torch.autograd.Function):
         F, S, V = ctx.saved_tensors
         mu = _pad(S * S, F.shape[-1]) + ctx.eps
         return compile_safe(_Frechet, _FrechetJvp).apply(F.mT @ F, G, mu, V, ctx.fn, ctx.p)
+
+
+def _scaled_backward(F, S, V, G, fn, eps, p):
+    """2 F L(G), computed at cF, c = 2^−k of :func:`.svd.overflow_scale` (1 at ordinary scales): the
+    divided differences at c²μ = (cσ)² + c²ε are c^(2−2p) times those at μ (log: p = 0, √: p = ½), so
+    2 F L(G) = c^(1−2p) · 2 (cF) L_{c²μ}(G) — without σ² overflowing (float32 σ ~ 1e20 made them NaN)."""
+    c = _svd.overflow_scale(S)
+    q = 0.0 if fn == "log" else (0.5 if fn == "sqrt" else p)
+    L = _thin_frechet(V[..., :S.shape[-1]], S * c, F.shape[-1], G, fn, eps * (c * c), p)
+    return 2 * (F * c[..., None]) @ L * (c ** (1 - 2 * q))[..., None]
 
 
 def _row_gram_backward(F, G, fn, p):
@@ -320,7 +360,8 @@ def svd_dk(F: torch.Tensor, fn: str, eps: float = 0.0, p: float | None = None) -
 
 def svd_dk_matrix_function(F: torch.Tensor, fn: str = "log", eps: float = 0.0, p: float | None = None):
     """C = g(FᵀF + εI) from the SVD of F with the cancellation-free Daleckii–Krein backward."""
-    return svd_dk(F, fn, _check_features(F, fn, eps, p, "svd_dk_matrix_function"), p)[0]
+    name = "svd_dk_matrix_function"
+    return _check_overflow(svd_dk(F, fn, _check_features(F, fn, eps, p, name), p)[0], F, fn, p, name)
 
 
 def eig_matrix_function(A: torch.Tensor, fn: str = "log", eps: float = 0.0, p: float | None = None,

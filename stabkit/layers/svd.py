@@ -24,6 +24,8 @@ or of U diag(h(σ)) with h(0) = 0).
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..errors import InputError
@@ -42,8 +44,27 @@ def ionescu_K(s2: torch.Tensor) -> torch.Tensor:
     return torch.where(tie, torch.zeros_like(diff), 1.0 / torch.where(tie, torch.ones_like(diff), diff))
 
 
+def overflow_scale(S: torch.Tensor) -> torch.Tensor:
+    """c = 2^−k (shape (..., 1), from σ (..., k) without gradient), k ≥ 0 the least with c·σ_max < 2^e,
+    e = ⌊log2(max float)⌋/2 − 2 (61 in float32, 509 in float64), so that (cσ)² and their differences
+    cannot overflow; c = 1 exactly unless σ_max is that large (σ_max > 2.3e18 in float32)."""
+    if S.shape[-1] == 0:
+        return torch.ones(S.shape[:-1] + (1,), dtype=S.dtype, device=S.device)
+    limit = int(math.log2(torch.finfo(S.dtype).max)) // 2 - 2
+    k = (torch.ceil(torch.log2(S.detach().amax(-1, keepdim=True))) - limit).clamp_min(0)
+    return torch.exp2(-k)
+
+
 def svd_backward(U, S, V, gU, gS, gV):
-    """∂L/∂X of Prop. 1 (thin form) from the cotangents of (U, σ, V); any of them may be None."""
+    """∂L/∂X of Prop. 1 (thin form) from the cotangents of (U, σ, V); any of them may be None.
+
+    Computed at cσ with the cotangents of U and V times c (:func:`overflow_scale`): the result is the
+    same (σK, Kσ and Σ⁻¹ are of degree −1 in σ, diag(∂L/∂σ) of degree 0), but σ_i² − σ_j² cannot
+    overflow (float32 σ ~ 1e20 made K = 1/(inf − inf) = NaN). c = 1 at ordinary scales."""
+    c = overflow_scale(S)
+    S = S * c
+    gU = None if gU is None else gU * c[..., None, :]
+    gV = None if gV is None else gV * c[..., None, :]
     K = ionescu_K(S * S)
     inner = torch.zeros(S.shape + S.shape[-1:], dtype=S.dtype, device=S.device)
     if gS is not None:
