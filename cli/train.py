@@ -13,7 +13,7 @@ from ._common import user_errors
 @user_errors
 def train_command(
     method: Optional[str] = typer.Option(None, "--method", "-m", help="Backward method spec NAME[:KEY=VALUE,...], e.g. "
-                                         "taylor:K=19 (default: stabkit.methods.TRAIN_DEFAULT, a bounded rule); "
+                                         "taylor:K=19 (default: a bounded rule, the one `stabkit methods` marks as stabkit train's); "
                                          "`stabkit methods` lists the names and their parameters."),
     d: int = typer.Option(16, "--d", help="ZCA group size (divides 64)."),
     norm: str = typer.Option("zca", "--norm", help="zca or bn (plain BatchNorm baseline)."),

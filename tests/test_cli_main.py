@@ -41,6 +41,20 @@ def test_methods_lists_the_registry_with_defaults_domains_and_papers():
     assert "eps = 1e-12  (a finite number > 0)" in text  # lorentzian
 
 
+def test_methods_marks_the_library_and_train_defaults():
+    """`stabkit train --help` no longer names its default method (naming it imported the registry): the
+    methods listing marks it, and the library's, each on exactly the method the constants parse to."""
+    rows = [json.loads(line) for line in runner.invoke(app, ["methods", "--json"]).stdout.strip().splitlines()]
+    marked = {row["name"]: row["default_of"] for row in rows if row["default_of"]}
+    train, library = methods.spec(methods.TRAIN_DEFAULT), methods.spec(methods.DEFAULT)
+    assert f"stabkit train ({train})" in marked[train.name]
+    assert f"a function or layer that names none ({library})" in marked[library.name]
+    assert sum(map(len, marked.values())) == 2
+    text = runner.invoke(app, ["methods"]).stdout
+    block = text[text.index(f"{train.name}: "):].split("\n")
+    assert block[1] == f"    default of stabkit train ({train})"
+
+
 def test_method_help_points_to_the_methods_command():
     """The --method help names no method (listing the registry's names imported numpy into every
     --help); it points to `stabkit methods`, which lists them with their parameters."""
