@@ -81,6 +81,36 @@ def test_nested_watches_both_record_every_call():
     assert inner.records["fn"].tolist() == ["eigh", "stabkit.torch.eigh[taylor]"]
 
 
+def test_a_run_monitor_also_reached_through_an_active_split_monitor_records_each_call_once():
+    """A Monitor active on its own and also a run of an active SplitMonitor got two rows per call (the
+    whole batch and its slice); it now gets its slice once, as from the split alone."""
+    run_a, run_b = monitor.Monitor(), monitor.Monitor()
+    split = monitor.SplitMonitor([run_a, run_b])
+    batch = torch.stack([_sym([1.0, 3.0]), _sym([1.0, 8.0])])  # run a's matrix, then run b's
+    with monitor.watching(run_a), monitor.watching(split):
+        torch.linalg.eigh(batch)
+    with monitor.watching(run_a):  # the split no longer active: run a records the whole call
+        torch.linalg.eigh(batch)
+    assert run_a.records["min_gap"].tolist() == [2.0, 2.0]
+    assert run_a.records["batch"].tolist() == [1, 2]
+    assert run_b.records["min_gap"].tolist() == [7.0]
+
+
+def test_a_watch_on_the_log_file_of_an_active_watch_is_refused(tmp_path):
+    """Nested watches on one file truncated each other's rows (3 steps in, 1 row in the file)."""
+    log = tmp_path / "eig.csv"
+    with monitor.watch(log_path=log) as outer:
+        with pytest.raises(ValueError, match="already the log of an active"):
+            with monitor.watch(log_path=tmp_path / "." / "eig.csv"):
+                pass
+        for _ in range(3):
+            with monitor.watch():  # an inner watch without a log still records
+                torch.linalg.eigh(_sym([1.0, 2.0]))
+            outer.step()
+    assert monitor.read_log(log)["step"].tolist() == [0, 1, 2]
+    assert _patched_now() == ORIGINALS
+
+
 def test_nested_swap_backward_applies_inside_only():
     A0 = torch.tensor([[2.0, 1e-3], [1e-3, 2.0 + 1e-5]], dtype=torch.float64)
 

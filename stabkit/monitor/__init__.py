@@ -48,8 +48,11 @@ backward run after that (gradient accumulation over steps) reaches ``records`` b
 
 **Threads.** Patching is reference-counted: the wrappers stay installed while any ``watch`` is
 active in any thread and the originals come back when the last one exits, whatever the order.
-A ``watch`` records the calls of the thread that entered it (``all_threads=True``: every thread);
-nested watches in one thread both record each call. A call made from inside a watched call
+A ``watch`` records the calls of the thread that entered it (``all_threads=True``: every thread).
+A Monitor records a call once, however it is reached: nested watches in one thread each record it
+once, in their own rows; a monitor active twice, or also a run of an active ``SplitMonitor``, once
+(a run then gets its slice). Two live logs on one file are refused (``watch``: ValueError), and a
+process has one ``stabkit watch`` monitor (:mod:`.process`). A call made from inside a watched call
 (stabkit.torch.eigh's own torch.linalg.eigh) is not logged twice, and the decomposition a double
 backward rebuilds from A (``torch.ops.aten``) is neither logged nor swapped. A forked child process (a
 DataLoader worker) drops the monitors it inherited, so it never writes into its parent's log;

@@ -25,7 +25,7 @@ from ..layers import matrix_functions
 from ..layers.matrix_functions import DK_BACKWARD
 from ..methods import DEFAULT, EXACT, Spec
 from .log import LiveLog, rank_file_name, warn
-from .records import Monitor, _wide
+from .records import Monitor, SplitMonitor, _wide
 
 _local = threading.local()
 _lock = threading.RLock()
@@ -36,10 +36,15 @@ _hook_handle = None
 
 # --- patching: reference-counted, one set of wrappers for every monitor -------------------------
 def _watchers() -> tuple:
+    """The monitors a call of this thread is handed to, each Monitor reached once: a monitor active
+    twice (nested) records once, and so does one that an active :class:`SplitMonitor` also logs into
+    (it then gets its run's slice, as from the split alone)."""
     if getattr(_local, "inside", False) or not _active:
         return ()
     tid = threading.get_ident()
-    return tuple(dict.fromkeys(m for m in _active if m.watches(tid)))  # a monitor active twice (nested) records once
+    mons = dict.fromkeys(m for m in _active if m.watches(tid))
+    covered = {id(run) for m in mons if isinstance(m, SplitMonitor) for run in m.monitors}
+    return tuple(m for m in mons if id(m) not in covered)
 
 
 _warned_internal = False
@@ -305,9 +310,14 @@ def watch(log_path=None, tensorboard_dir=None, swap_backward: Spec | str | None 
     a method spec whose max |F_ij| is logged as ``bound`` (default: ``swap_backward``). ``all_threads``: record every thread's calls, not only
     this thread's. A log write error never replaces an exception raised in the block: it is
     warned about and the block's exception propagates; without one it is raised at exit.
+
+    Nested in another ``watch``, each records every call of its own block once, into its own rows;
+    a ``log_path`` that an active monitor already writes is refused (ValueError).
     """
     if log_path is not None and "{rank}" in str(log_path):
         log_path = str(log_path).replace("{rank}", rank_file_name(prefix="", suffix="").removeprefix("-rank"))
+    if log_path is not None:
+        _refuse_a_shared_log(log_path)
     log = LiveLog(log_path, tensorboard_dir) if (log_path is not None or tensorboard_dir is not None) else None
     mon = Monitor(bound=bound or swap_backward, swap_backward=swap_backward, all_threads=all_threads, log=log, every=every)
     _activate(mon)
@@ -326,6 +336,17 @@ def watch(log_path=None, tensorboard_dir=None, swap_backward: Spec | str | None 
                      f"the block's own exception follows", stacklevel=3)
             else:
                 raise error
+
+
+def _refuse_a_shared_log(log_path) -> None:
+    """Two live logs on one file overwrite each other (each truncates it at its first write): a
+    ``watch`` nested in one that writes the same file kept 1 row of 3 steps. Refused instead."""
+    mine = os.path.realpath(log_path)
+    for mon in _active:
+        path = getattr(mon.log, "path", None)
+        if path is not None and os.path.realpath(path) == mine:
+            raise ValueError(f"{log_path} is already the log of an active stabkit watch; "
+                             f"give the inner watch its own log_path (or none: it still records)")
 
 
 @contextlib.contextmanager
