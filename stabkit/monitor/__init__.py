@@ -18,7 +18,10 @@ outside torch and stabkit's eigen internals) and step:
 * ``min_gap``: smallest |λ_i − λ_j| over the batch (for svd: of σ², the eigenvalues of AᵀA);
 * ``min_rel_gap``: min gap / max |λ| of the same matrix (minimum over the batch);
 * ``max_K``: max |K̃_ij| = 1 / min_gap, the analytic backward's largest coefficient;
-* ``lam_min``: smallest eigenvalue; ``bound``: max |F_ij| of ``bound``'s method (see ``watch``);
+* ``lam_min``: smallest eigenvalue; these four are the spectrum's exact values (taken in float64,
+  σ² too, so a float32 1/gap above 3.4e38 stays finite);
+* ``bound``: max |F_ij| of ``bound``'s method (see ``watch``) as the call's backward meets it: from
+  λ in the call's dtype, σ² squared in that dtype (a float32 σ² tie gives ∞ where the exact σ² differ);
 * ``grad_norm``: the norm of the gradient reaching the outputs (a tensor hook; NaN until the
   backward ran, or when the outputs do not require grad; the report shows it as "not measured");
   ``grad_in_norm``: the norm of ∂L/∂A,

@@ -25,7 +25,7 @@ from ..layers import matrix_functions
 from ..layers.matrix_functions import DK_BACKWARD
 from ..methods import DEFAULT, EXACT, Spec
 from .log import LiveLog, rank_file_name, warn
-from .records import Monitor, SplitMonitor, _wide
+from .records import Monitor, SplitMonitor
 
 _local = threading.local()
 _lock = threading.RLock()
@@ -94,7 +94,7 @@ def _watched(fn_name: str, call):
                 raise
             with _never_fails():
                 for mon in mons:
-                    mon._log(_label(fn_name, args, kwargs), backward, A, lam, outputs)
+                    mon._log(_label(fn_name, args, kwargs), backward, A, lam, outputs, fn_name in _SINGULAR)
             return result
         finally:
             _local.inside = False
@@ -200,19 +200,22 @@ def _eigvalsh_call(mons, A, args, kwargs):
     return lam, "values", lam, (lam,)
 
 
-def _squared(S):
-    """σ² ascending, squared in float64 (in float32 σ > 1.8e19 made σ² = ∞, a false non-finite event, and
-    σ < 1e-19 made σ² = 0, a false tie), detached (no autograd node per call)."""
-    return (_wide(S.detach()) ** 2).flip(-1)
+#: the calls whose spectrum is handed on as σ, ascending: the monitor squares it (:func:`.stats.call_stats`)
+_SINGULAR = ("svd", "sk_svd", "sk_svdvals")
+
+
+def _ascending(S):
+    """σ ascending, detached (no autograd node per call)."""
+    return S.detach().flip(-1)
 
 
 def _svd_call(mons, A, args, kwargs):
     out = _originals_or_live("svd")(*args, **kwargs)
-    return out, EXACT, _squared(out[1]), tuple(out)
+    return out, EXACT, _ascending(out[1]), tuple(out)
 
 
 def _sk_call(fn_name, eigenvalues):
-    """The call of a stabkit.torch function; ``eigenvalues(result)``: its λ ascending (σ² for the SVD)."""
+    """The call of a stabkit.torch function; ``eigenvalues(result)``: its λ ascending (σ for the SVD)."""
 
     def call(mons, A, args, kwargs):
         out = _originals_or_live(fn_name)(*args, **kwargs)
@@ -237,8 +240,8 @@ _CALLS = {
     "eigh": _eigh_call, "eigvalsh": _eigvalsh_call, "svd": _svd_call,
     "sk_eigh": _sk_call("sk_eigh", lambda out: out[0]),
     "sk_eigvalsh": _sk_call("sk_eigvalsh", lambda lam: lam),
-    "sk_svd": _sk_call("sk_svd", lambda out: _squared(out[1])),
-    "sk_svdvals": _sk_call("sk_svdvals", _squared),
+    "sk_svd": _sk_call("sk_svd", lambda out: _ascending(out[1])),
+    "sk_svdvals": _sk_call("sk_svdvals", _ascending),
     "dk_eig": _dk_call("dk_eig"), "dk_svd": _dk_call("dk_svd"),
 }
 

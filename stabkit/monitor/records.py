@@ -20,6 +20,7 @@ from .. import _xp, methods
 import stabkit.torch
 from ..layers import matrix_functions
 from .log import LiveLog, frame, warn
+from .stats import call_stats
 
 def _folder(path: str) -> str:
     return os.path.dirname(os.path.realpath(path)) + os.sep
@@ -100,45 +101,6 @@ def _grad_hooks(outputs, A, on_out, on_in) -> None:
         A.register_hook(on_in)
 
 
-def _wide(t):
-    """``t`` in float64 where the device has it (not MPS): a float32 spectrum's gaps, relative gaps and
-    1/gap are then its own exact numbers, never rounded to 0 or overflowed to ∞ (1/gap > 3.4e38)."""
-    return t.double() if t.is_floating_point() and t.device.type != "mps" else t
-
-
-@torch.no_grad()
-def _call_stats(A, lam, bound, runs: int) -> dict:
-    """One call's statistics per run, each a (runs,) tensor (the call's batch split into ``runs`` equal
-    parts, one after another): the smallest gap, relative gap and λ of the part's matrices, whether its
-    input and its λ were finite, the largest |F_ij| of ``bound``'s method (absent without one); and
-    ``batch`` (matrices per part) and ``n`` (λ per matrix), plain ints."""
-    lam = lam.detach()
-    if lam.ndim == 1:
-        lam = lam[None]
-    n = lam.shape[-1]
-    if lam.numel() == 0 or lam.is_meta:  # an empty batch, 0×0 matrices, a tensor without values: nothing to measure
-        device = "cpu" if lam.is_meta else lam.device
-        nan = torch.full((runs,), float("nan"), dtype=lam.dtype, device=device)
-        ok = torch.ones(runs, dtype=torch.bool, device=device)
-        return {"batch": lam.shape[:-1].numel() // runs, "n": n, "input_finite": ok, "finite": ok, "lam_min": nan,
-                "min_gap": nan, "min_rel_gap": nan}
-    s_own = lam.reshape(runs, -1, n)  # ascending (the callers pass σ² flipped); the bound in the call's dtype
-    s = _wide(s_own)
-    input_finite = torch.isfinite(A.detach()).reshape(runs, -1).all(1)
-    out = {"batch": s.shape[1], "n": n, "input_finite": input_finite,
-           "finite": input_finite & torch.isfinite(s).reshape(runs, -1).all(1), "lam_min": s[..., 0].amin(1)}
-    if n > 1:
-        gaps = (s[..., 1:] - s[..., :-1]).abs().amin(-1)
-        scale = s.abs().amax(-1).clamp_min(torch.finfo(s.dtype).tiny)
-        out["min_gap"], out["min_rel_gap"] = gaps.amin(1), (gaps / scale).amin(1)
-    else:
-        out["min_gap"] = out["min_rel_gap"] = torch.full((runs,), float("inf"), dtype=s.dtype, device=s.device)
-    F = bound.bound(s_own.reshape(-1, n)) if bound is not None and n > 1 else None
-    if F is not None:  # None: the method has no coefficient matrix F
-        out["bound"] = F.reshape(runs, -1).amax(1)
-    return out
-
-
 class Monitor:
     """The rows of one ``watch``; ``step()`` advances the step (see :mod:`stabkit.monitor`).
 
@@ -192,14 +154,14 @@ class Monitor:
         return self.all_threads or thread_id == self.thread
 
     # --- rows ----------------------------------------------------------------------------------
-    def _log(self, fn, backward, A, lam, outputs):
-        stats = _call_stats(_physical(A), _physical(lam), self.bound, 1)
+    def _log(self, fn, backward, A, lam, outputs, squared: bool = False):
+        stats = call_stats(_physical(A), _physical(lam), self.bound, 1, squared)
         row = self._add_row(fn, backward, A, {k: v if k in ("batch", "n") else v[0] for k, v in stats.items()}, _call_site())
         _grad_hooks(outputs, A, lambda g: self._on_grad(g, row), lambda g: self._on_input_grad(g, row))
         return row
 
     def _add_row(self, fn, backward, A, stats: dict, site: str) -> dict:
-        """A call's row from its statistics (:func:`_call_stats` of one run: device scalars, read back
+        """A call's row from its statistics (:func:`call_stats` of one run: device scalars, read back
         only when logged or read)."""
         row = {"step": self.current_step, "site": site, "fn": fn, "backward": backward, "batch": int(stats["batch"]),
                "n": int(stats["n"]), "dtype": str(A.dtype).replace("torch.", ""),
@@ -338,15 +300,15 @@ class SplitMonitor(Monitor):
         """Whether ``A`` is a batch of matrices of R equal parts, one per run."""
         return isinstance(A, torch.Tensor) and A.ndim >= 3 and A.shape[0] % len(self.monitors) == 0
 
-    def _log(self, fn, backward, A, lam, outputs):
+    def _log(self, fn, backward, A, lam, outputs, squared: bool = False):
         mons = list(self.monitors)
         if not mons:
             return None
         if not (self._splits(A) and lam.ndim >= 2 and lam.shape[0] == A.shape[0]):  # every run logs the whole call
-            return [mon._log(fn, backward, A, lam, outputs) for mon in mons]
+            return [mon._log(fn, backward, A, lam, outputs, squared) for mon in mons]
         runs = len(mons)
         # the statistics of all runs at once (one set of kernels, not one per run); the runs share a method
-        stats = _call_stats(_physical(A), _physical(lam), mons[0].bound, runs)
+        stats = call_stats(_physical(A), _physical(lam), mons[0].bound, runs, squared)
         site = _call_site()
         rows = [mon._add_row(fn, backward, A, {k: v if k in ("batch", "n") else v[r] for k, v in stats.items()}, site)
                 for r, mon in enumerate(mons)]
