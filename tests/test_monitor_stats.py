@@ -34,9 +34,9 @@ def test_a_float32_svd_whose_float32_squares_tie_has_an_infinite_bound_and_its_e
     exact_gap = hi * hi - lo * lo        # exact: a float32 σ squared has 48 bits, and 1e-46 is a normal float64
     assert exact_gap > 0
     assert row["bound"] == np.inf
-    assert row["min_gap"] == pytest.approx(exact_gap, rel=1e-12)
-    assert row["max_K"] == pytest.approx(1 / exact_gap, rel=1e-12)
-    assert row["lam_min"] == pytest.approx(lo * lo, rel=1e-12) and not row["nonfinite"]
+    assert row["min_gap"] == pytest.approx(exact_gap, rel=1e-12, abs=0)
+    assert row["max_K"] == pytest.approx(1 / exact_gap, rel=1e-12, abs=0)
+    assert row["lam_min"] == pytest.approx(lo * lo, rel=1e-12, abs=0) and not row["nonfinite"]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -45,8 +45,8 @@ def test_where_the_dtype_changes_nothing_the_bound_is_the_exact_one_over_the_gap
     """σ = 3 and 1: σ² = 9 and 1 in either dtype, so bound = max_K = 1/8."""
     row, (lo, hi) = _svd_row(call, [3.0, 1.0], dtype)
     exact = 1 / (hi * hi - lo * lo)
-    assert row["bound"] == pytest.approx(exact, rel=1e-6) and row["max_K"] == pytest.approx(exact, rel=1e-12)
-    assert row["bound"] == pytest.approx(0.125, rel=1e-6)
+    assert row["bound"] == pytest.approx(exact, rel=1e-6, abs=0) and row["max_K"] == pytest.approx(exact, rel=1e-12, abs=0)
+    assert row["bound"] == pytest.approx(0.125, rel=1e-6, abs=0)
 
 
 def test_a_float32_eigh_keeps_its_float32_bound_beside_its_exact_max_K():
