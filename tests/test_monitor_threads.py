@@ -9,6 +9,7 @@ import torch
 
 import stabkit.torch as sktorch
 from stabkit import monitor
+from stabkit.monitor import grads
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -338,7 +339,9 @@ def test_a_gradient_hook_in_another_thread_while_rows_are_read(tmp_path, read):
         torch.linalg.eigh(_sym([1.0, 2.0]))
         row = mon._rows[0]
         _HookMidRead.threads = []
-        _HookMidRead.hook = lambda: (mon._on_grad(g_lam, row), mon._on_input_grad(g_in, row))
+        on_out = grads.GradNorms([row], "_grad_norm", mon._lock, accumulate=True)
+        on_in = grads.GradNorms([row], "_grad_in_norm", mon._lock, accumulate=False)
+        _HookMidRead.hook = lambda: (on_out(g_lam), on_in(g_in))
         row["min_gap"] = row["min_gap"].as_subclass(_HookMidRead)
         if read == "records":
             assert mon.records["min_gap"].tolist() == [1.0]

@@ -1,0 +1,77 @@
+"""stabkit.monitor.grads: a call's gradient norms are finite wherever the gradient is, per run."""
+
+import math
+
+import pytest
+import torch
+
+from stabkit import monitor
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+WEIGHTS = (3.0, 4.0, 12.0)  # ‖(3, 4, 12)‖ = 13
+
+
+def _diag(values, dtype=torch.float64):
+    return torch.diag(torch.tensor(values, dtype=dtype))
+
+
+@pytest.mark.parametrize("scale", [1e160, 1e-160, 1e-170, 1.0])
+def test_float64_gradient_norms_far_outside_the_range_of_squares(scale):
+    """∂L/∂λ = scale·(3, 4, 12) and ∂L/∂U = scale·D: a sum of squares in float64 overflowed to ∞ at 1e160
+    (a false non-finite event), lost digits at 1e-160 (relative error 5.6e-6) and gave 0 at 1e-170."""
+    D = torch.tensor([[1.0, -2.0, 0.5], [0.0, 7.0, -1.0], [2.0, 0.0, 3.0]], dtype=torch.float64)
+    W = torch.zeros(3, 3, dtype=torch.float64, requires_grad=True)
+    with monitor.watch() as mon:
+        lam, U = torch.linalg.eigh(_diag([1.0, 2.0, 4.0]) + W)
+        ((lam * torch.tensor(WEIGHTS, dtype=torch.float64)).sum() * scale + (U * D).sum() * scale).backward()
+    (row,) = mon.records.to_dict("records")
+    expected = math.hypot(*(w * scale for w in WEIGHTS), *(float(d) * scale for d in D.flatten()))
+    assert row["grad_norm"] == pytest.approx(expected, rel=1e-14, abs=0)
+    assert math.isfinite(row["grad_in_norm"]) and row["grad_in_norm"] > 0 and not row["nonfinite"]
+
+
+@pytest.mark.parametrize("scale", [1e160, 1e-160, 1e-170])
+def test_the_gradient_reaching_A_has_its_norm_far_outside_the_range_of_squares(scale):
+    """eigvalsh: ∂L/∂A = U diag(w) Uᵀ, whose Frobenius norm is ‖w‖ (U orthogonal, to rounding)."""
+    W = torch.zeros(3, 3, dtype=torch.float64, requires_grad=True)
+    with monitor.watch() as mon:
+        lam = torch.linalg.eigvalsh(_diag([1.0, 2.0, 4.0]) + W)
+        (lam * torch.tensor(WEIGHTS, dtype=torch.float64) * scale).sum().backward()
+    (row,) = mon.records.to_dict("records")
+    expected = math.hypot(*(w * scale for w in WEIGHTS))
+    assert row["grad_norm"] == pytest.approx(expected, rel=1e-14, abs=0)
+    assert row["grad_in_norm"] == pytest.approx(expected, rel=1e-12, abs=0)
+    assert row["grad_in_norm"] == pytest.approx(math.sqrt(float((W.grad / scale).square().sum())) * scale, rel=1e-14, abs=0)
+
+
+def test_split_runs_get_their_own_norms_far_outside_the_range_of_squares():
+    """Two stacked runs, run 0's gradient at 1e160, run 1's at 1e-170: each its own finite norm."""
+    runs = [monitor.Monitor(), monitor.Monitor()]
+    W = torch.zeros(2, 3, 3, dtype=torch.float64, requires_grad=True)
+    scales = torch.tensor([[1e160], [1e-170]], dtype=torch.float64)
+    with monitor.watching(monitor.SplitMonitor(runs)):
+        lam = torch.linalg.eigvalsh(torch.stack([_diag([1.0, 2.0, 4.0])] * 2) + W)
+        (lam * torch.tensor(WEIGHTS, dtype=torch.float64) * scales).sum().backward()
+    for mon, scale in zip(runs, (1e160, 1e-170)):
+        (row,) = mon.records.to_dict("records")
+        assert row["grad_norm"] == pytest.approx(math.hypot(*(w * scale for w in WEIGHTS)), rel=1e-14, abs=0)
+        assert not row["nonfinite"]
+
+
+def test_a_non_finite_gradient_is_still_infinite_and_flagged():
+    W = torch.zeros(3, 3, dtype=torch.float64, requires_grad=True)
+    with monitor.watch() as mon:
+        lam = torch.linalg.eigvalsh(_diag([1.0, 2.0, 4.0]) + W)
+        (lam * torch.tensor([1.0, float("nan"), 2.0], dtype=torch.float64)).sum().backward()
+    (row,) = mon.records.to_dict("records")
+    assert row["grad_norm"] == math.inf and row["grad_in_norm"] == math.inf and row["nonfinite"]
+
+
+def test_float32_gradients_keep_their_norm():
+    W = torch.zeros(3, 3, requires_grad=True)
+    with monitor.watch() as mon:
+        lam = torch.linalg.eigvalsh(_diag([1.0, 2.0, 4.0], torch.float32) + W)
+        (lam * torch.tensor(WEIGHTS) * 2.0 ** 100).sum().backward()  # 2¹⁰⁰·w: exact in float32
+    (row,) = mon.records.to_dict("records")
+    assert row["grad_norm"] == pytest.approx(13 * 2.0 ** 100, rel=1e-14, abs=0)
