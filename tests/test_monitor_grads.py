@@ -75,3 +75,43 @@ def test_float32_gradients_keep_their_norm():
         (lam * torch.tensor(WEIGHTS) * 2.0 ** 100).sum().backward()  # 2¹⁰⁰·w: exact in float32
     (row,) = mon.records.to_dict("records")
     assert row["grad_norm"] == pytest.approx(13 * 2.0 ** 100, rel=1e-14, abs=0)
+
+
+@pytest.mark.parametrize("factors", [(1.0, 1.0), (1.0, 2.0), (2.0, 1.0)])
+def test_each_backward_through_a_retained_graph_is_measured_on_its_own(factors):
+    """L_k = f_k·Σ wᵢλᵢ, backpropagated one after another through one retained graph: ‖∂L_k/∂λ‖ = 13·f_k
+    and ‖∂L_k/∂A‖ = 13·f_k. The row holds the larger, 13·max f_k; grad_norm used to be their hypot
+    (13√2 for two equal backwards) and grad_in_norm the last one's."""
+    W = torch.zeros(3, 3, dtype=torch.float64, requires_grad=True)
+    with monitor.watch() as mon:
+        lam = torch.linalg.eigvalsh(_diag([1.0, 2.0, 4.0]) + W)
+        weighted = (lam * torch.tensor(WEIGHTS, dtype=torch.float64)).sum()
+        (weighted * factors[0]).backward(retain_graph=True)
+        (weighted * factors[1]).backward()
+    (row,) = mon.records.to_dict("records")
+    assert row["grad_norm"] == pytest.approx(13 * max(factors), rel=1e-14, abs=0)
+    assert row["grad_in_norm"] == pytest.approx(13 * max(factors), rel=1e-12, abs=0)
+    assert float(W.grad.norm()) == pytest.approx(13 * sum(factors), rel=1e-12, abs=0)  # W's own gradient does add up
+
+
+def test_a_non_finite_earlier_backward_stays_in_the_row():
+    W = torch.zeros(3, 3, dtype=torch.float64, requires_grad=True)
+    with monitor.watch() as mon:
+        lam = torch.linalg.eigvalsh(_diag([1.0, 2.0, 4.0]) + W)
+        (lam * torch.tensor([1.0, float("nan"), 2.0], dtype=torch.float64)).sum().backward(retain_graph=True)
+        lam.sum().backward()
+    (row,) = mon.records.to_dict("records")
+    assert row["grad_norm"] == math.inf and row["grad_in_norm"] == math.inf and row["nonfinite"]
+
+
+def test_split_runs_measure_each_backward_on_its_own():
+    """Run 0's gradient 1·w then 3·w, run 1's 2·w then 1·w: rows 13·3 and 13·2."""
+    runs = [monitor.Monitor(), monitor.Monitor()]
+    W = torch.zeros(2, 3, 3, dtype=torch.float64, requires_grad=True)
+    with monitor.watching(monitor.SplitMonitor(runs)):
+        lam = torch.linalg.eigvalsh(torch.stack([_diag([1.0, 2.0, 4.0])] * 2) + W)
+        weighted = lam * torch.tensor(WEIGHTS, dtype=torch.float64)
+        (weighted * torch.tensor([[1.0], [2.0]], dtype=torch.float64)).sum().backward(retain_graph=True)
+        (weighted * torch.tensor([[3.0], [1.0]], dtype=torch.float64)).sum().backward()
+    assert [mon.records["grad_norm"].item() for mon in runs] == [pytest.approx(39.0, rel=1e-14, abs=0),
+                                                                  pytest.approx(26.0, rel=1e-14, abs=0)]

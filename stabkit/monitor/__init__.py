@@ -26,7 +26,10 @@ outside torch and stabkit's eigen internals) and step:
   backward ran, or when the outputs do not require grad; the report shows it as "not measured");
   ``grad_in_norm``: the norm of ∂L/∂A,
   the gradient this call's backward hands on (through every use of A; NaN when A is a leaf);
-  both are ∞ when the gradient held inf or NaN (so a CSV keeps "non-finite" apart from "none");
+  both are ∞ when the gradient held inf or NaN (so a CSV keeps "non-finite" apart from "none"), and
+  finite wherever it was (float64 gradients are scaled: entries of 1e160 give 1e160-sized norms);
+  each backward is measured on its own: a graph backpropagated again (``retain_graph=True``) gives
+  the row the largest backward's norm, never a sum over backwards;
 * ``input_nonfinite``: the input held inf/NaN; ``nonfinite``: input, output, incoming gradient or
   ∂L/∂A did;
 * ``backward``: the rule the call's backward uses (``analytic`` for torch's own, the registry spec

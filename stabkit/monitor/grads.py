@@ -1,7 +1,8 @@
 """The gradient norms of a monitored call, per stacked run: ‖∂L/∂outputs‖ over every output the
 gradient reaches (``grad_norm``) and ‖∂L/∂A‖ (``grad_in_norm``), kept as device scalars in the rows.
 
-A norm is taken in float64, a float64 gradient scaled by its max |g| first: a plain sum of squares,
+Each backward through the call is measured on its own; a row holds the largest backward's norms
+(:class:`GradNorms`). A norm is taken in float64, a float64 gradient scaled by its max |g| first: a plain sum of squares,
 and torch's ``vector_norm`` alike, gave ∞ for entries of 1e160 and 0 for 1e-170, so a finite gradient
 now has a finite norm. The outputs' norms combine as √(Σ‖·‖²) through ``hypot`` (no overflow either).
 """
@@ -35,20 +36,30 @@ def run_norms(g, runs: int):
 
 class GradNorms:
     """One kind of gradient norm of one call, written into its rows (one per run) under ``key`` as views
-    of one (runs,) tensor; ``accumulate``: the gradients of several outputs combine (``hypot``)."""
+    of one (runs,) tensor; ``accumulate``: the gradients of several outputs combine (``hypot``).
+
+    Per backward: a graph backpropagated again (``retain_graph=True``) is another autograd graph task,
+    whose norm is its own (the two used to be summed: √2 times one backward's norm for two equal ones);
+    the rows hold the largest backward's norm (NaN, then ∞ in the row, if any was NaN)."""
 
     def __init__(self, rows: list[dict], key: str, lock, accumulate: bool):
         self.rows, self.key, self.lock, self.accumulate = rows, key, lock, accumulate
-        self.norms = None
+        self.task, self.now, self.before = None, None, None  # this backward's norms, the earlier ones' largest
 
     def __call__(self, g):
         if g is None or g.is_meta:
             return
         norms = run_norms(g, len(self.rows))
+        task = torch._C._current_graph_task_id()
         with self.lock:
-            self.norms = torch.hypot(self.norms, norms) if self.accumulate and self.norms is not None else norms
+            if self.now is not None and task != self.task:  # another backward
+                self.before = self.now if self.before is None else torch.maximum(self.before, self.now)
+                self.now = None
+            self.now = torch.hypot(self.now, norms) if self.accumulate and self.now is not None else norms
+            self.task = task
+            largest = self.now if self.before is None else torch.maximum(self.before, self.now)
             for r, row in enumerate(self.rows):
-                row[self.key] = self.norms[r]
+                row[self.key] = largest[r]
 
 
 def hookable(t):
