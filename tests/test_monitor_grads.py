@@ -115,3 +115,21 @@ def test_split_runs_measure_each_backward_on_its_own():
         (weighted * torch.tensor([[3.0], [1.0]], dtype=torch.float64)).sum().backward()
     assert [mon.records["grad_norm"].item() for mon in runs] == [pytest.approx(39.0, rel=1e-14, abs=0),
                                                                   pytest.approx(26.0, rel=1e-14, abs=0)]
+
+
+def test_a_watched_call_and_its_backwards_read_nothing_back_to_the_host():
+    """No flush, no records read: the statistics, the bound and the gradient norms stay device
+    scalars (on CUDA each read-back would wait for the device)."""
+    from tests._host_reads import count_host_reads
+
+    W = torch.zeros(2, 3, 3, dtype=torch.float64, requires_grad=True)
+    runs = [monitor.Monitor(bound="analytic"), monitor.Monitor(bound="analytic")]
+    with monitor.watch(bound="analytic") as mon, monitor.watching(monitor.SplitMonitor(runs)):
+        with count_host_reads() as seen:
+            lam, U = torch.linalg.eigh(torch.stack([_diag([1.0, 2.0, 4.0])] * 2) + W)
+            S = torch.linalg.svd(W + 1.0, full_matrices=False).S
+            loss = lam.sum() + U.abs().sum() + S.sum()
+            loss.backward(retain_graph=True)
+            loss.backward()
+    assert not [site for site in seen if "monitor/" in site[1]]
+    assert len(mon.records) == 2 and all(len(r.records) == 2 for r in runs)
