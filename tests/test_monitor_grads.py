@@ -133,3 +133,29 @@ def test_a_watched_call_and_its_backwards_read_nothing_back_to_the_host():
             loss.backward()
     assert not [site for site in seen if "monitor/" in site[1]]
     assert len(mon.records) == 2 and all(len(r.records) == 2 for r in runs)
+
+
+def _runs_under_vmap(in_dims, weights):
+    """Two stacked runs (run 0's matrices with gap e + 1, run 1's 10(e + 1)), vmapped over a third
+    dimension of E = 3 at ``in_dims``, autograd outside the vmap; L = Σ w_r·λ over each run r."""
+    E = 3
+    per_run = [[_diag([0.0, (e + 1) * g]) for e in range(E)] for g in (1.0, 10.0)]
+    X = torch.stack([torch.stack(ms) for ms in per_run])            # (R, E, 2, 2)
+    X = (X if in_dims == 1 else X.movedim(1, 0)).contiguous().requires_grad_(True)
+    runs = [monitor.Monitor(), monitor.Monitor()]
+    with monitor.watching(monitor.SplitMonitor(runs)):
+        lam = torch.func.vmap(torch.linalg.eigvalsh, in_dims=in_dims, out_dims=1)(X * 1.0)  # (R, E, 2)
+        (lam * torch.tensor(weights, dtype=torch.float64)[:, None, :]).sum().backward()
+    return [mon.records.to_dict("records")[0] for mon in runs]
+
+
+@pytest.mark.parametrize("in_dims", [0, 1])
+def test_split_runs_under_vmap_over_another_dimension_get_their_own_matrices_and_gradients(in_dims):
+    """vmap puts its batch dimension first (or where in_dims says) under the run dimension: the rows took
+    R equal parts of that layout, so run 1 was given run 0's matrix of gap 3 (and mixed gradients)."""
+    weights = [(3.0, 4.0), (5.0, 12.0)]
+    rows = _runs_under_vmap(in_dims, weights)
+    for row, gap, w in zip(rows, (1.0, 10.0), weights):
+        assert row["min_gap"] == pytest.approx(gap, rel=1e-12, abs=0) and row["batch"] == 3
+        assert row["grad_norm"] == pytest.approx(math.sqrt(3) * math.hypot(*w), rel=1e-14, abs=0)
+        assert row["grad_in_norm"] == pytest.approx(math.sqrt(3) * math.hypot(*w), rel=1e-12, abs=0)

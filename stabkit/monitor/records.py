@@ -235,7 +235,9 @@ class SplitMonitor(Monitor):
     the leading dimension) is logged into ``monitors[r]``, its own :class:`Monitor`, as if that run
     had made the call alone; gradient norms are split the same way. ``monitors`` may be changed in
     place (a run leaving the stack). A call whose batch does not split into R parts is logged whole
-    into every run's monitor. ``step()`` advances every run's monitor."""
+    into every run's monitor. Inside ``torch.func.vmap`` the run's slice is that of the call's own leading
+    dimension, wherever vmap put its batch dimension (:func:`.grads.physical`). ``step()`` advances every
+    run's monitor."""
 
     def __init__(self, monitors: list[Monitor]):
         super().__init__()
@@ -257,7 +259,7 @@ class SplitMonitor(Monitor):
             return [mon._log(fn, backward, A, lam, outputs, squared) for mon in mons]
         runs = len(mons)
         # the statistics of all runs at once (one set of kernels, not one per run); the runs share a method
-        stats = call_stats(physical(A), physical(lam), mons[0].bound, runs, squared)
+        stats = call_stats(physical(A, lead=True), physical(lam, lead=True), mons[0].bound, runs, squared)
         site = _call_site()
         rows = [mon._add_row(fn, backward, A, {k: v if k in ("batch", "n") else v[r] for k, v in stats.items()}, site)
                 for r, mon in enumerate(mons)]
