@@ -10,9 +10,10 @@ Under torch.func transforms the tensors are unwrapped, and their dims arranged (
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from .stats import wide
 
 
 _F = torch._C._functorch
@@ -22,6 +23,8 @@ def _unwrapped(t):
     """(the plain tensor under torch.func's wrappers of ``t``, where ``t``'s own dims lie in it, where
     the transforms' batch dims lie in it): each vmap level inserts its batch dim at its ``bdim``, which
     need not be the front (``in_dims=1``) nor the same for an input and its eigenvalues."""
+    if not _F.is_functorch_wrapped_tensor(t):
+        return t, range(t.ndim), []
     own, batch = list(range(t.ndim)), []
     while _F.is_functorch_wrapped_tensor(t):
         t, own, batch = _peeled(t, own, batch)
@@ -41,6 +44,8 @@ def _peeled(t, own, batch):
 def _arranged(t, own, batch, lead: bool):
     """``t`` permuted to: the transforms' batch dims, then the own dims in order (the eigenvalue dim
     last); ``lead``: the first own dim (a stacked run's batch) before them all."""
+    if not batch:  # no vmap level: the own dims are t's, in order
+        return t
     order = own[:1] + batch + own[1:] if lead else batch + own
     return t if order == sorted(order) else t.permute(order)
 
@@ -56,18 +61,20 @@ def physical(t, lead: bool = False):
 
 
 def run_norms(g, runs: int, layout=None):
-    """‖·‖₂ of each run's part of ``g``, a (runs,) tensor (float64 where the device has it); ∞ or NaN
-    where the part holds ∞ or NaN. ``layout``: where the call's own dims and batch dims lie in the
-    tensor ``g`` is the gradient of (:func:`hookable`); a run's part is its slice of the own first dim."""
+    """‖·‖₂ of ``g`` (a 0-d tensor), or with ``runs`` > 1 of each run's part (a (runs,) tensor), in float64
+    where the device has it; ∞ or NaN where ``g`` holds ∞ or NaN. ``layout``: where the call's own dims
+    and batch dims lie in the tensor ``g`` is the gradient of (:func:`hookable`); a run's part is its
+    slice of the own first dim."""
     plain, own, batch = _unwrapped(g)
-    if layout is not None:  # g's dims are those of the hooked tensor: the call's dims through them
-        own, batch = [own[p] for p in layout[0]], [own[p] for p in layout[1]] + batch
-    parts = wide(_arranged(plain, own, batch, lead=runs > 1).detach()).reshape(runs, -1)
-    if g.dtype != torch.float64 or parts.shape[1] == 0:  # a narrower float squared in float64 neither over- nor underflows
-        return torch.linalg.vector_norm(parts, dim=1)
-    scale = parts.abs().amax(1, keepdim=True)
-    scale = torch.where((scale > 0) & torch.isfinite(scale), scale, torch.ones_like(scale))
-    return scale[:, 0] * torch.linalg.vector_norm(parts / scale, dim=1)
+    plain, dim = plain.detach(), None
+    if runs > 1:
+        if layout is not None:  # g's dims are those of the hooked tensor: the call's dims through them
+            own, batch = [own[p] for p in layout[0]], [own[p] for p in layout[1]] + batch
+        plain, dim = _arranged(plain, own, batch, lead=True).reshape(runs, -1), 1
+    if plain.dtype != torch.float64 or plain.numel() == 0:  # a narrower float squared in float64 neither over- nor underflows
+        return torch.linalg.vector_norm(plain, dim=dim, dtype=torch.float64 if plain.device.type != "mps" else None)
+    scale = torch.linalg.vector_norm(plain, math.inf, dim=dim, keepdim=True).clamp_min(torch.finfo(plain.dtype).tiny)
+    return torch.linalg.vector_norm(plain / scale, dim=dim) * (scale[:, 0] if dim else scale)
 
 
 class GradNorms:
@@ -85,7 +92,8 @@ class GradNorms:
     def __call__(self, g, layout=None):
         if g is None or g.is_meta:
             return
-        norms = run_norms(g, len(self.rows), layout)
+        rows = self.rows
+        norms = run_norms(g, len(rows), layout)
         task = torch._C._current_graph_task_id()
         with self.lock:
             if self.now is not None and task != self.task:  # another backward
@@ -94,8 +102,11 @@ class GradNorms:
             self.now = torch.hypot(self.now, norms) if self.accumulate and self.now is not None else norms
             self.task = task
             largest = self.now if self.before is None else torch.maximum(self.before, self.now)
-            for r, row in enumerate(self.rows):
-                row[self.key] = largest[r]
+            if len(rows) == 1:
+                rows[0][self.key] = largest  # 0-d
+            else:
+                for r, row in enumerate(rows):
+                    row[self.key] = largest[r]
 
 
 def hookable(t):

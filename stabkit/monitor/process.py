@@ -41,7 +41,8 @@ def start_process_monitor(log_dir, every: int = 1, swap_backward: Spec | str | N
     call twice, into two files); with other settings it raises RuntimeError.
     """
     global _settings, _finish_this_process, _running
-    settings = {"log_dir": log_dir, "every": every, "swap_backward": swap_backward, "bound": bound, "tensorboard": tensorboard}
+    settings = {"log_dir": log_dir, "every": every, "swap_backward": swap_backward, "bound": bound,
+                "tensorboard": tensorboard}
     if _running is not None and _running in hooks._active:
         if settings == _settings:
             return _running
