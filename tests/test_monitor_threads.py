@@ -9,6 +9,7 @@ import torch
 
 import stabkit.torch as sktorch
 from stabkit import monitor
+from stabkit.monitor import grads
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -79,6 +80,36 @@ def test_nested_watches_both_record_every_call():
     assert outer.records["min_gap"].tolist() == [1.0, 2.0, 3.0, 4.0]
     assert inner.records["min_gap"].tolist() == [2.0, 3.0]
     assert inner.records["fn"].tolist() == ["eigh", "stabkit.torch.eigh[taylor]"]
+
+
+def test_a_run_monitor_also_reached_through_an_active_split_monitor_records_each_call_once():
+    """A Monitor active on its own and also a run of an active SplitMonitor got two rows per call (the
+    whole batch and its slice); it now gets its slice once, as from the split alone."""
+    run_a, run_b = monitor.Monitor(), monitor.Monitor()
+    split = monitor.SplitMonitor([run_a, run_b])
+    batch = torch.stack([_sym([1.0, 3.0]), _sym([1.0, 8.0])])  # run a's matrix, then run b's
+    with monitor.watching(run_a), monitor.watching(split):
+        torch.linalg.eigh(batch)
+    with monitor.watching(run_a):  # the split no longer active: run a records the whole call
+        torch.linalg.eigh(batch)
+    assert run_a.records["min_gap"].tolist() == [2.0, 2.0]
+    assert run_a.records["batch"].tolist() == [1, 2]
+    assert run_b.records["min_gap"].tolist() == [7.0]
+
+
+def test_a_watch_on_the_log_file_of_an_active_watch_is_refused(tmp_path):
+    """Nested watches on one file truncated each other's rows (3 steps in, 1 row in the file)."""
+    log = tmp_path / "eig.csv"
+    with monitor.watch(log_path=log) as outer:
+        with pytest.raises(ValueError, match="already the log of an active"):
+            with monitor.watch(log_path=tmp_path / "." / "eig.csv"):
+                pass
+        for _ in range(3):
+            with monitor.watch():  # an inner watch without a log still records
+                torch.linalg.eigh(_sym([1.0, 2.0]))
+            outer.step()
+    assert monitor.read_log(log)["step"].tolist() == [0, 1, 2]
+    assert _patched_now() == ORIGINALS
 
 
 def test_nested_swap_backward_applies_inside_only():
@@ -308,7 +339,9 @@ def test_a_gradient_hook_in_another_thread_while_rows_are_read(tmp_path, read):
         torch.linalg.eigh(_sym([1.0, 2.0]))
         row = mon._rows[0]
         _HookMidRead.threads = []
-        _HookMidRead.hook = lambda: (mon._on_grad(g_lam, row), mon._on_input_grad(g_in, row))
+        on_out = grads.GradNorms([row], "_grad_norm", mon._lock, accumulate=True)
+        on_in = grads.GradNorms([row], "_grad_in_norm", mon._lock, accumulate=False)
+        _HookMidRead.hook = lambda: (on_out(g_lam), on_in(g_in))
         row["min_gap"] = row["min_gap"].as_subclass(_HookMidRead)
         if read == "records":
             assert mon.records["min_gap"].tolist() == [1.0]

@@ -18,12 +18,18 @@ outside torch and stabkit's eigen internals) and step:
 * ``min_gap``: smallest |λ_i − λ_j| over the batch (for svd: of σ², the eigenvalues of AᵀA);
 * ``min_rel_gap``: min gap / max |λ| of the same matrix (minimum over the batch);
 * ``max_K``: max |K̃_ij| = 1 / min_gap, the analytic backward's largest coefficient;
-* ``lam_min``: smallest eigenvalue; ``bound``: max |F_ij| of ``bound``'s method (see ``watch``);
+* ``lam_min``: smallest eigenvalue; these four are the spectrum's exact values (taken in float64,
+  σ² too, so a float32 1/gap above 3.4e38 stays finite);
+* ``bound``: max |F_ij| of ``bound``'s method (see ``watch``) as the call's backward meets it: from
+  λ in the call's dtype, σ² squared in that dtype (a float32 σ² tie gives ∞ where the exact σ² differ);
 * ``grad_norm``: the norm of the gradient reaching the outputs (a tensor hook; NaN until the
   backward ran, or when the outputs do not require grad; the report shows it as "not measured");
   ``grad_in_norm``: the norm of ∂L/∂A,
   the gradient this call's backward hands on (through every use of A; NaN when A is a leaf);
-  both are ∞ when the gradient held inf or NaN (so a CSV keeps "non-finite" apart from "none");
+  both are ∞ when the gradient held inf or NaN (so a CSV keeps "non-finite" apart from "none"), and
+  finite wherever it was (float64 gradients are scaled: entries of 1e160 give 1e160-sized norms);
+  each backward is measured on its own: a graph backpropagated again (``retain_graph=True``) gives
+  the row the largest backward's norm, never a sum over backwards;
 * ``input_nonfinite``: the input held inf/NaN; ``nonfinite``: input, output, incoming gradient or
   ∂L/∂A did;
 * ``backward``: the rule the call's backward uses (``analytic`` for torch's own, the registry spec
@@ -48,8 +54,11 @@ backward run after that (gradient accumulation over steps) reaches ``records`` b
 
 **Threads.** Patching is reference-counted: the wrappers stay installed while any ``watch`` is
 active in any thread and the originals come back when the last one exits, whatever the order.
-A ``watch`` records the calls of the thread that entered it (``all_threads=True``: every thread);
-nested watches in one thread both record each call. A call made from inside a watched call
+A ``watch`` records the calls of the thread that entered it (``all_threads=True``: every thread).
+A Monitor records a call once, however it is reached: nested watches in one thread each record it
+once, in their own rows; a monitor active twice, or also a run of an active ``SplitMonitor``, once
+(a run then gets its slice). Two live logs on one file are refused (``watch``: ValueError), and a
+process has one ``stabkit watch`` monitor (:mod:`.process`). A call made from inside a watched call
 (stabkit.torch.eigh's own torch.linalg.eigh) is not logged twice, and the decomposition a double
 backward rebuilds from A (``torch.ops.aten``) is neither logged nor swapped. A forked child process (a
 DataLoader worker) drops the monitors it inherited, so it never writes into its parent's log;

@@ -25,7 +25,7 @@ from ..layers import matrix_functions
 from ..layers.matrix_functions import DK_BACKWARD
 from ..methods import DEFAULT, EXACT, Spec
 from .log import LiveLog, rank_file_name, warn
-from .records import Monitor, _wide
+from .records import Monitor, SplitMonitor
 
 _local = threading.local()
 _lock = threading.RLock()
@@ -36,10 +36,15 @@ _hook_handle = None
 
 # --- patching: reference-counted, one set of wrappers for every monitor -------------------------
 def _watchers() -> tuple:
+    """The monitors a call of this thread is handed to, each Monitor reached once: a monitor active
+    twice (nested) records once, and so does one that an active :class:`SplitMonitor` also logs into
+    (it then gets its run's slice, as from the split alone)."""
     if getattr(_local, "inside", False) or not _active:
         return ()
     tid = threading.get_ident()
-    return tuple(dict.fromkeys(m for m in _active if m.watches(tid)))  # a monitor active twice (nested) records once
+    mons = dict.fromkeys(m for m in _active if m.watches(tid))
+    covered = {id(run) for m in mons if isinstance(m, SplitMonitor) for run in m.monitors}
+    return tuple(m for m in mons if id(m) not in covered)
 
 
 _warned_internal = False
@@ -89,7 +94,7 @@ def _watched(fn_name: str, call):
                 raise
             with _never_fails():
                 for mon in mons:
-                    mon._log(_label(fn_name, args, kwargs), backward, A, lam, outputs)
+                    mon._log(_label(fn_name, args, kwargs), backward, A, lam, outputs, fn_name in _SINGULAR)
             return result
         finally:
             _local.inside = False
@@ -195,19 +200,22 @@ def _eigvalsh_call(mons, A, args, kwargs):
     return lam, "values", lam, (lam,)
 
 
-def _squared(S):
-    """σ² ascending, squared in float64 (in float32 σ > 1.8e19 made σ² = ∞, a false non-finite event, and
-    σ < 1e-19 made σ² = 0, a false tie), detached (no autograd node per call)."""
-    return (_wide(S.detach()) ** 2).flip(-1)
+#: the calls whose spectrum is handed on as σ, ascending: the monitor squares it (:func:`.stats.call_stats`)
+_SINGULAR = ("svd", "sk_svd", "sk_svdvals")
+
+
+def _ascending(S):
+    """σ ascending, detached (no autograd node per call)."""
+    return S.detach().flip(-1)
 
 
 def _svd_call(mons, A, args, kwargs):
     out = _originals_or_live("svd")(*args, **kwargs)
-    return out, EXACT, _squared(out[1]), tuple(out)
+    return out, EXACT, _ascending(out[1]), tuple(out)
 
 
 def _sk_call(fn_name, eigenvalues):
-    """The call of a stabkit.torch function; ``eigenvalues(result)``: its λ ascending (σ² for the SVD)."""
+    """The call of a stabkit.torch function; ``eigenvalues(result)``: its λ ascending (σ for the SVD)."""
 
     def call(mons, A, args, kwargs):
         out = _originals_or_live(fn_name)(*args, **kwargs)
@@ -232,8 +240,8 @@ _CALLS = {
     "eigh": _eigh_call, "eigvalsh": _eigvalsh_call, "svd": _svd_call,
     "sk_eigh": _sk_call("sk_eigh", lambda out: out[0]),
     "sk_eigvalsh": _sk_call("sk_eigvalsh", lambda lam: lam),
-    "sk_svd": _sk_call("sk_svd", lambda out: _squared(out[1])),
-    "sk_svdvals": _sk_call("sk_svdvals", _squared),
+    "sk_svd": _sk_call("sk_svd", lambda out: _ascending(out[1])),
+    "sk_svdvals": _sk_call("sk_svdvals", _ascending),
     "dk_eig": _dk_call("dk_eig"), "dk_svd": _dk_call("dk_svd"),
 }
 
@@ -305,9 +313,14 @@ def watch(log_path=None, tensorboard_dir=None, swap_backward: Spec | str | None 
     a method spec whose max |F_ij| is logged as ``bound`` (default: ``swap_backward``). ``all_threads``: record every thread's calls, not only
     this thread's. A log write error never replaces an exception raised in the block: it is
     warned about and the block's exception propagates; without one it is raised at exit.
+
+    Nested in another ``watch``, each records every call of its own block once, into its own rows;
+    a ``log_path`` that an active monitor already writes is refused (ValueError).
     """
     if log_path is not None and "{rank}" in str(log_path):
         log_path = str(log_path).replace("{rank}", rank_file_name(prefix="", suffix="").removeprefix("-rank"))
+    if log_path is not None:
+        _refuse_a_shared_log(log_path)
     log = LiveLog(log_path, tensorboard_dir) if (log_path is not None or tensorboard_dir is not None) else None
     mon = Monitor(bound=bound or swap_backward, swap_backward=swap_backward, all_threads=all_threads, log=log, every=every)
     _activate(mon)
@@ -326,6 +339,17 @@ def watch(log_path=None, tensorboard_dir=None, swap_backward: Spec | str | None 
                      f"the block's own exception follows", stacklevel=3)
             else:
                 raise error
+
+
+def _refuse_a_shared_log(log_path) -> None:
+    """Two live logs on one file overwrite each other (each truncates it at its first write): a
+    ``watch`` nested in one that writes the same file kept 1 row of 3 steps. Refused instead."""
+    mine = os.path.realpath(log_path)
+    for mon in _active:
+        path = getattr(mon.log, "path", None)
+        if path is not None and os.path.realpath(path) == mine:
+            raise ValueError(f"{log_path} is already the log of an active stabkit watch; "
+                             f"give the inner watch its own log_path (or none: it still records)")
 
 
 @contextlib.contextmanager

@@ -28,6 +28,7 @@ from .records import Monitor
 ENV_VAR = "STABKIT_WATCH"
 _settings: dict | None = None   # the settings of this process's monitor, once started
 _finish_this_process = None     # flushes, closes and unpatches this process's monitor (once)
+_running = None                 # this process's monitor, while started
 
 
 def start_process_monitor(log_dir, every: int = 1, swap_backward: Spec | str | None = None, bound: Spec | str | None = None,
@@ -35,14 +36,23 @@ def start_process_monitor(log_dir, every: int = 1, swap_backward: Spec | str | N
     """Watch every thread of this process until it exits; returns the :class:`~stabkit.monitor.Monitor`.
 
     The log is created at the first flush, so processes that never call an eigen function leave
-    no file.
+    no file. A process has one such monitor: a second start with the same settings (``sitecustomize``
+    run again, a script that starts it itself) returns the running one (a second monitor logged every
+    call twice, into two files); with other settings it raises RuntimeError.
     """
-    global _settings, _finish_this_process
+    global _settings, _finish_this_process, _running
+    settings = {"log_dir": log_dir, "every": every, "swap_backward": swap_backward, "bound": bound,
+                "tensorboard": tensorboard}
+    if _running is not None and _running in hooks._active:
+        if settings == _settings:
+            return _running
+        raise RuntimeError(f"this process is already watched by stabkit watch ({_settings}); "
+                           f"a second process monitor ({settings}) would log every call twice")
     log = _ProcessLog(log_dir, tensorboard, _pid_in_name)
     mon = Monitor(bound=bound or swap_backward, swap_backward=swap_backward, all_threads=True, log=log,
                            every=every, keep_records=False)
     hooks._activate(mon)
-    _settings = {"log_dir": log_dir, "every": every, "swap_backward": swap_backward, "bound": bound, "tensorboard": tensorboard}
+    _settings, _running = settings, mon
 
     def _finish():
         if mon.log is None and mon not in hooks._active:
@@ -119,9 +129,9 @@ def _exit_on_sigterm(signum, frame_):
 
 def stop_process_monitor(mon: Monitor):
     """Undo :func:`start_process_monitor` before the process exits (flush, close, unpatch); returns the log error, if any."""
-    global _settings
+    global _settings, _running
     hooks._deactivate(mon)
-    _settings = None
+    _settings = _running = None
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is _exit_on_sigterm:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
     return mon.close()
@@ -139,8 +149,8 @@ def start_from_environment() -> Monitor | None:
 
 def _after_fork_in_child():
     """Runs after :func:`stabkit.monitor.hooks._after_fork_in_child` has dropped the inherited monitors."""
-    global _finish_this_process
-    _finish_this_process = None
+    global _finish_this_process, _running
+    _finish_this_process = _running = None
     if _settings is None:
         return
     try:

@@ -20,6 +20,8 @@ from .. import _xp, methods
 import stabkit.torch
 from ..layers import matrix_functions
 from .log import LiveLog, frame, warn
+from .grads import grad_hooks, physical
+from .stats import call_stats
 
 def _folder(path: str) -> str:
     return os.path.dirname(os.path.realpath(path)) + os.sep
@@ -60,83 +62,6 @@ def _call_site() -> str:
         frame_ = frame_.f_back
     return "?"
 
-
-
-def _physical(t):
-    """The plain tensor under torch.func's wrappers (vmap's batched tensors, grad's): the statistics of
-    a call inside a transform are taken over every matrix it decomposed, and a row never holds a
-    wrapper that cannot be read once the transform is over. The eigenvalue dimension stays last."""
-    while isinstance(t, torch.Tensor) and torch._C._functorch.is_functorch_wrapped_tensor(t):
-        t = torch._C._functorch.get_unwrapped(t)
-    return t
-
-
-def _hookable(t):
-    """The tensor a gradient hook attaches to: ``t``, or under torch.func's wrappers the outermost level
-    that requires grad. A vmap BatchedTensor never requires grad, even when the tensor it batches is in
-    an ordinary autograd graph outside the vmap (``vmap(f)(X).sum().backward()``): hooked on that
-    tensor, the gradient of every matrix of the batch is measured. None where no level requires grad."""
-    while isinstance(t, torch.Tensor):
-        if t.requires_grad:
-            return t
-        if not torch._C._functorch.is_functorch_wrapped_tensor(t):
-            return None
-        t = torch._C._functorch.get_unwrapped(t)
-    return None
-
-
-def _grad_hooks(outputs, A, on_out, on_in) -> None:
-    """``on_out`` on every output that gradient reaches, ``on_in`` on ∂L/∂A where A is not a leaf
-    (a leaf would keep the hook for good); at the level :func:`_hookable` finds. A call without an output
-    that requires grad (``torch.no_grad``) has no backward: ∂L/∂A from other uses of A is not its own."""
-    hooked = False
-    for out in outputs:
-        out = _hookable(out)
-        if out is not None:
-            out.register_hook(on_out)
-            hooked = True
-    A = _hookable(A)
-    if hooked and A is not None and A.grad_fn is not None:
-        A.register_hook(on_in)
-
-
-def _wide(t):
-    """``t`` in float64 where the device has it (not MPS): a float32 spectrum's gaps, relative gaps and
-    1/gap are then its own exact numbers, never rounded to 0 or overflowed to ∞ (1/gap > 3.4e38)."""
-    return t.double() if t.is_floating_point() and t.device.type != "mps" else t
-
-
-@torch.no_grad()
-def _call_stats(A, lam, bound, runs: int) -> dict:
-    """One call's statistics per run, each a (runs,) tensor (the call's batch split into ``runs`` equal
-    parts, one after another): the smallest gap, relative gap and λ of the part's matrices, whether its
-    input and its λ were finite, the largest |F_ij| of ``bound``'s method (absent without one); and
-    ``batch`` (matrices per part) and ``n`` (λ per matrix), plain ints."""
-    lam = lam.detach()
-    if lam.ndim == 1:
-        lam = lam[None]
-    n = lam.shape[-1]
-    if lam.numel() == 0 or lam.is_meta:  # an empty batch, 0×0 matrices, a tensor without values: nothing to measure
-        device = "cpu" if lam.is_meta else lam.device
-        nan = torch.full((runs,), float("nan"), dtype=lam.dtype, device=device)
-        ok = torch.ones(runs, dtype=torch.bool, device=device)
-        return {"batch": lam.shape[:-1].numel() // runs, "n": n, "input_finite": ok, "finite": ok, "lam_min": nan,
-                "min_gap": nan, "min_rel_gap": nan}
-    s_own = lam.reshape(runs, -1, n)  # ascending (the callers pass σ² flipped); the bound in the call's dtype
-    s = _wide(s_own)
-    input_finite = torch.isfinite(A.detach()).reshape(runs, -1).all(1)
-    out = {"batch": s.shape[1], "n": n, "input_finite": input_finite,
-           "finite": input_finite & torch.isfinite(s).reshape(runs, -1).all(1), "lam_min": s[..., 0].amin(1)}
-    if n > 1:
-        gaps = (s[..., 1:] - s[..., :-1]).abs().amin(-1)
-        scale = s.abs().amax(-1).clamp_min(torch.finfo(s.dtype).tiny)
-        out["min_gap"], out["min_rel_gap"] = gaps.amin(1), (gaps / scale).amin(1)
-    else:
-        out["min_gap"] = out["min_rel_gap"] = torch.full((runs,), float("inf"), dtype=s.dtype, device=s.device)
-    F = bound.bound(s_own.reshape(-1, n)) if bound is not None and n > 1 else None
-    if F is not None:  # None: the method has no coefficient matrix F
-        out["bound"] = F.reshape(runs, -1).amax(1)
-    return out
 
 
 class Monitor:
@@ -192,14 +117,14 @@ class Monitor:
         return self.all_threads or thread_id == self.thread
 
     # --- rows ----------------------------------------------------------------------------------
-    def _log(self, fn, backward, A, lam, outputs):
-        stats = _call_stats(_physical(A), _physical(lam), self.bound, 1)
+    def _log(self, fn, backward, A, lam, outputs, squared: bool = False):
+        stats = call_stats(physical(A), physical(lam), self.bound, 1, squared)
         row = self._add_row(fn, backward, A, {k: v if k in ("batch", "n") else v[0] for k, v in stats.items()}, _call_site())
-        _grad_hooks(outputs, A, lambda g: self._on_grad(g, row), lambda g: self._on_input_grad(g, row))
+        grad_hooks(outputs, A, [row], self._lock)
         return row
 
     def _add_row(self, fn, backward, A, stats: dict, site: str) -> dict:
-        """A call's row from its statistics (:func:`_call_stats` of one run: device scalars, read back
+        """A call's row from its statistics (:func:`call_stats` of one run: device scalars, read back
         only when logged or read)."""
         row = {"step": self.current_step, "site": site, "fn": fn, "backward": backward, "batch": int(stats["batch"]),
                "n": int(stats["n"]), "dtype": str(A.dtype).replace("torch.", ""),
@@ -211,7 +136,7 @@ class Monitor:
 
     def _log_error(self, fn, backward, A, exc: BaseException):
         """A call that raised: one row with the error, flushed at once (the run is likely to end)."""
-        A = _physical(A).detach() if isinstance(A, torch.Tensor) else None
+        A = physical(A).detach() if isinstance(A, torch.Tensor) else None
         input_finite = bool(torch.isfinite(A).all()) if A is not None and A.is_floating_point() and not A.is_meta else True
         shape = tuple(A.shape) if A is not None else ()
         row = {"step": self.current_step, "site": _call_site(), "fn": fn, "backward": backward,
@@ -223,21 +148,6 @@ class Monitor:
         self._rows.append(row)
         if self.log is not None:
             self.flush()
-
-    def _on_grad(self, g, row):
-        """Accumulate ‖∂L/∂output‖² over the call's outputs (only a scalar is kept, never the gradient)."""
-        if g is not None and not g.is_meta:
-            sq = _physical(g).detach().double().square().sum()
-            with self._lock:
-                row["_sq"] = row["_sq"] + sq if "_sq" in row else sq
-
-    def _on_input_grad(self, g, row):
-        """‖∂L/∂A‖² (through every use of A): non-finite with a finite incoming gradient means this
-        call's own backward made it so."""
-        if g is not None and not g.is_meta:
-            sq = _physical(g).detach().double().square().sum()
-            with self._lock:
-                row["_sq_in"] = sq
 
     def _settled(self, row: dict) -> dict:
         """Under the lock (a gradient hook in another thread may be adding to the row): the row's
@@ -251,13 +161,14 @@ class Monitor:
 
     @staticmethod
     def _materialize(row: dict) -> dict:
-        """The row as logged, from a settled copy: gradient norms from the squared sums (∞ when non-finite)."""
-        out = {k: v for k, v in row.items() if not k.startswith("_sq")}
-        for key, sq in (("grad_norm", row.get("_sq")), ("grad_in_norm", row.get("_sq_in"))):
-            if sq is not None:
-                sq = float(sq)
-                out[key] = math.sqrt(sq) if math.isfinite(sq) else math.inf
-                out["nonfinite"] = bool(out["nonfinite"]) or not math.isfinite(sq)
+        """The row as logged, from a settled copy: the gradient norms measured (∞ when non-finite;
+        ∂L/∂A non-finite with a finite incoming gradient means this call's own backward made it so)."""
+        out = {k: v for k, v in row.items() if not k.startswith("_grad")}
+        for key in ("grad_norm", "grad_in_norm"):
+            if f"_{key}" in row:
+                norm = float(row[f"_{key}"])
+                out[key] = norm if math.isfinite(norm) else math.inf
+                out["nonfinite"] = bool(out["nonfinite"]) or not math.isfinite(norm)
         return out
 
     def drop_from(self, step: int) -> None:
@@ -324,7 +235,9 @@ class SplitMonitor(Monitor):
     the leading dimension) is logged into ``monitors[r]``, its own :class:`Monitor`, as if that run
     had made the call alone; gradient norms are split the same way. ``monitors`` may be changed in
     place (a run leaving the stack). A call whose batch does not split into R parts is logged whole
-    into every run's monitor. ``step()`` advances every run's monitor."""
+    into every run's monitor. Inside ``torch.func.vmap`` the run's slice is that of the call's own leading
+    dimension, wherever vmap put its batch dimension (:func:`.grads.physical`). ``step()`` advances every
+    run's monitor."""
 
     def __init__(self, monitors: list[Monitor]):
         super().__init__()
@@ -338,36 +251,20 @@ class SplitMonitor(Monitor):
         """Whether ``A`` is a batch of matrices of R equal parts, one per run."""
         return isinstance(A, torch.Tensor) and A.ndim >= 3 and A.shape[0] % len(self.monitors) == 0
 
-    def _log(self, fn, backward, A, lam, outputs):
+    def _log(self, fn, backward, A, lam, outputs, squared: bool = False):
         mons = list(self.monitors)
         if not mons:
             return None
         if not (self._splits(A) and lam.ndim >= 2 and lam.shape[0] == A.shape[0]):  # every run logs the whole call
-            return [mon._log(fn, backward, A, lam, outputs) for mon in mons]
+            return [mon._log(fn, backward, A, lam, outputs, squared) for mon in mons]
         runs = len(mons)
         # the statistics of all runs at once (one set of kernels, not one per run); the runs share a method
-        stats = _call_stats(_physical(A), _physical(lam), mons[0].bound, runs)
+        stats = call_stats(physical(A, lead=True), physical(lam, lead=True), mons[0].bound, runs, squared)
         site = _call_site()
         rows = [mon._add_row(fn, backward, A, {k: v if k in ("batch", "n") else v[r] for k, v in stats.items()}, site)
                 for r, mon in enumerate(mons)]
-        # a gradient reaches the whole call's outputs and input: ‖·‖² per run at once, each row a view of it
-        total = {}
-        _grad_hooks(outputs, A, lambda g: self._per_run_sq(g, rows, total, "_sq", accumulate=True),
-                    lambda g: self._per_run_sq(g, rows, total, "_sq_in", accumulate=False))
+        grad_hooks(outputs, A, rows, self._lock)  # every run's norm at once, each row a view of them
         return rows
-
-    def _per_run_sq(self, g, rows, total: dict, key: str, accumulate: bool) -> None:
-        """As :meth:`Monitor._on_grad` / ``_on_input_grad`` for every run's slice of ``g`` at once."""
-        if g is None or g.is_meta:
-            return
-        sq = _physical(g).detach().double().square().reshape(len(rows), -1).sum(1)
-        with self._lock:
-            if accumulate and key in total:
-                total[key].add_(sq)  # the rows hold views of it
-                return
-            total[key] = sq
-            for r, row in enumerate(rows):
-                row[key] = sq[r]
 
     def _log_error(self, fn, backward, A, exc: BaseException):
         runs = len(self.monitors)

@@ -1,0 +1,55 @@
+"""One monitored call's statistics, per stacked run: the smallest gap, relative gap and λ, whether
+input and spectrum were finite, and the bound (max |F_ij| of a method's backward). Gaps are measured
+exactly (in float64), the bound as the call's backward meets it (in the call's dtype).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def wide(t):
+    """``t`` in float64 where the device has it (not MPS): a float32 spectrum's gaps, relative gaps,
+    1/gap and σ² are then its own exact numbers, never rounded to 0 or overflowed to ∞ (1/gap > 3.4e38,
+    σ > 1.8e19 made σ² = ∞: a false non-finite event; σ < 1e-19 made σ² = 0: a false tie)."""
+    return t.double() if t.is_floating_point() and t.device.type != "mps" else t
+
+
+@torch.no_grad()
+def call_stats(A, lam, bound, runs: int, squared: bool = False) -> dict:
+    """One call's statistics per run, each a (runs,) tensor (the call's batch split into ``runs`` equal
+    parts, one after another): the smallest gap, relative gap and λ of the part's matrices, whether its
+    input and its λ were finite, the largest |F_ij| of ``bound``'s method (absent without one); and
+    ``batch`` (matrices per part) and ``n`` (λ per matrix), plain ints. ``lam`` ascending; ``squared``:
+    it holds σ, and the spectrum is σ².
+
+    Gaps, relative gaps and λ are the spectrum's exact values (:func:`wide`). The bound is what the
+    call's backward meets: F of λ in the call's dtype, σ² squared in it as the backward squares it (a
+    float32 σ² tie gives ∞ even where the exact σ² differ)."""
+    lam = lam.detach()
+    if lam.ndim == 1:
+        lam = lam[None]
+    n = lam.shape[-1]
+    if lam.numel() == 0 or lam.is_meta:  # an empty batch, 0×0 matrices, a tensor without values: nothing to measure
+        device = "cpu" if lam.is_meta else lam.device
+        nan = torch.full((runs,), float("nan"), dtype=lam.dtype, device=device)
+        ok = torch.ones(runs, dtype=torch.bool, device=device)
+        return {"batch": lam.shape[:-1].numel() // runs, "n": n, "input_finite": ok, "finite": ok, "lam_min": nan,
+                "min_gap": nan, "min_rel_gap": nan}
+    s_own = lam.reshape(runs, -1, n)
+    s = wide(s_own)
+    if squared:  # σ² exactly for the statistics; in the call's dtype for the bound (only where one is logged)
+        s, s_own = s * s, s_own * s_own if bound is not None else None
+    input_finite = torch.isfinite(A.detach()).reshape(runs, -1).all(1)
+    out = {"batch": s.shape[1], "n": n, "input_finite": input_finite,
+           "finite": input_finite & torch.isfinite(s).reshape(runs, -1).all(1), "lam_min": s[..., 0].amin(1)}
+    if n > 1:
+        gaps = (s[..., 1:] - s[..., :-1]).abs().amin(-1)
+        scale = s.abs().amax(-1).clamp_min(torch.finfo(s.dtype).tiny)
+        out["min_gap"], out["min_rel_gap"] = gaps.amin(1), (gaps / scale).amin(1)
+    else:
+        out["min_gap"] = out["min_rel_gap"] = torch.full((runs,), float("inf"), dtype=s.dtype, device=s.device)
+    F = bound.bound(s_own.reshape(-1, n)) if bound is not None and n > 1 else None
+    if F is not None:  # None: the method has no coefficient matrix F
+        out["bound"] = F.reshape(runs, -1).amax(1)
+    return out

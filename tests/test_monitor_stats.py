@@ -1,0 +1,59 @@
+"""stabkit.monitor.stats: gaps are the spectrum's exact values, the bound is what the call's backward
+meets in the call's dtype (an SVD's σ² squared in that dtype)."""
+
+import numpy as np
+import pytest
+import torch
+
+import stabkit.torch as sktorch
+from stabkit import monitor
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+SVD_CALLS = {
+    "torch.linalg.svd": lambda X: torch.linalg.svd(X, full_matrices=False).S,
+    "stabkit.torch.svd": lambda X: sktorch.svd(X, method="analytic", full_matrices=False).S,
+    "stabkit.torch.svdvals": lambda X: sktorch.svdvals(X, method="analytic"),
+}
+
+
+def _svd_row(call, sigmas, dtype):
+    with monitor.watch(bound="analytic") as mon:
+        S = SVD_CALLS[call](torch.diag(torch.tensor(sigmas, dtype=dtype)))
+    (row,) = mon.records.to_dict("records")
+    return row, sorted(float(s) for s in S)
+
+
+@pytest.mark.parametrize("call", list(SVD_CALLS))
+def test_a_float32_svd_whose_float32_squares_tie_has_an_infinite_bound_and_its_exact_gap(call):
+    """σ ≈ 1e-23 and 1.1e-23: in float32 both σ² round to 0 (below half the least subnormal, 7e-46),
+    so the float32 backward's 1/(σ_j² − σ_i²) is ∞; the bound used to be the float64 value, 4.8e46."""
+    row, (lo, hi) = _svd_row(call, [1.1e-23, 1e-23], torch.float32)
+    squares32 = np.float32(lo) * np.float32(lo), np.float32(hi) * np.float32(hi)
+    assert squares32[0] == squares32[1]  # the float32 tie the backward meets
+    exact_gap = hi * hi - lo * lo        # exact: a float32 σ squared has 48 bits, and 1e-46 is a normal float64
+    assert exact_gap > 0
+    assert row["bound"] == np.inf
+    assert row["min_gap"] == pytest.approx(exact_gap, rel=1e-12, abs=0)
+    assert row["max_K"] == pytest.approx(1 / exact_gap, rel=1e-12, abs=0)
+    assert row["lam_min"] == pytest.approx(lo * lo, rel=1e-12, abs=0) and not row["nonfinite"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("call", list(SVD_CALLS))
+def test_where_the_dtype_changes_nothing_the_bound_is_the_exact_one_over_the_gap(call, dtype):
+    """σ = 3 and 1: σ² = 9 and 1 in either dtype, so bound = max_K = 1/8."""
+    row, (lo, hi) = _svd_row(call, [3.0, 1.0], dtype)
+    exact = 1 / (hi * hi - lo * lo)
+    assert row["bound"] == pytest.approx(exact, rel=1e-6, abs=0) and row["max_K"] == pytest.approx(exact, rel=1e-12, abs=0)
+    assert row["bound"] == pytest.approx(0.125, rel=1e-6, abs=0)
+
+
+def test_a_float32_eigh_keeps_its_float32_bound_beside_its_exact_max_K():
+    """λ = 1 and 1 + 2⁻²³ (adjacent float32 numbers): the gap is one float32 ulp either way."""
+    with monitor.watch(bound="analytic") as mon:
+        lam = torch.linalg.eigvalsh(torch.diag(torch.tensor([1.0, 1.0 + 2.0 ** -23], dtype=torch.float32)))
+    (row,) = mon.records.to_dict("records")
+    gap = float(lam[1]) - float(lam[0])  # exact: two float32 numbers near 1
+    assert row["min_gap"] == gap and row["max_K"] == 1 / gap
+    assert row["bound"] == float(np.float32(1) / np.float32(gap))  # the float32 backward's 1/gap
