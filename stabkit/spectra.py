@@ -36,6 +36,7 @@ import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from ._choices import FAMILY_NAMES
+from .errors import InputError
 from .validation import dtype_name
 
 __all__ = ["Spectrum", "FAMILIES", "FAMILY_STREAMS", "make", "haar_orthogonal"]
@@ -96,32 +97,32 @@ MAX_ENTRIES = 2**27  # the largest matrix (or wishart sample) a family builds: 1
 
 
 def _int(family: str, name: str, value, lo: int, hi: int | None = None, why: str = "") -> int:
-    """``value`` as an int in [lo, hi]; ValueError naming the family, parameter and bounds."""
+    """``value`` as an int in [lo, hi]; InputError naming the family, parameter and bounds."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != value or (
         not isinstance(value, numbers.Integral) and (math.isinf(value) or value != int(value))
     ):  # any Real, not just float: np.float32(8.5) and Fraction(5, 2) are not integers either
-        raise ValueError(f"{family}: {name} must be an integer, got {value!r}")
+        raise InputError(f"{family}: {name} must be an integer, got {value!r}")
     v = int(value)
     if v < lo or (hi is not None and v > hi):
         bounds = f"{lo} <= {name} <= {hi}" if hi is not None else f"{name} >= {lo}"
-        raise ValueError(f"{family}: {name}={v} is impossible (need {bounds}{why})")
+        raise InputError(f"{family}: {name}={v} is impossible (need {bounds}{why})")
     return v
 
 
 def _real(family: str, name: str, value, *, gt: float | None = None, ge: float | None = None) -> float:
-    """``value`` as a finite float with value > gt (or >= ge); ValueError naming the problem."""
+    """``value`` as a finite float with value > gt (or >= ge); InputError naming the problem."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{family}: {name} must be a real number, got {value!r}")
+        raise InputError(f"{family}: {name} must be a real number, got {value!r}")
     try:
         v = float(value)
     except OverflowError:  # an int (or Fraction) beyond float64: 10**400 raised a bare OverflowError
-        raise ValueError(f"{family}: {name} must be finite, got {value!r}") from None
+        raise InputError(f"{family}: {name} must be finite, got {value!r}") from None
     if not math.isfinite(v):
-        raise ValueError(f"{family}: {name} must be finite, got {value!r}")
+        raise InputError(f"{family}: {name} must be finite, got {value!r}")
     if gt is not None and not v > gt:
-        raise ValueError(f"{family}: {name}={value!r} is impossible (need {name} > {gt:g})")
+        raise InputError(f"{family}: {name}={value!r} is impossible (need {name} > {gt:g})")
     if ge is not None and not v >= ge:
-        raise ValueError(f"{family}: {name}={value!r} is impossible (need {name} >= {ge:g})")
+        raise InputError(f"{family}: {name}={value!r} is impossible (need {name} >= {ge:g})")
     return v
 
 
@@ -141,7 +142,7 @@ def separated(d: int, rng: np.random.Generator, *, cond: float = 10.0) -> _Draw:
     cond = _real("separated", "cond", cond, gt=1.0)
     lam = np.linspace(1.0 / cond, 1.0, d)
     if not (np.diff(lam) > 0).all():
-        raise ValueError(f"separated: cond={cond!r} is too close to 1 for {d} distinct float64 eigenvalues")
+        raise InputError(f"separated: cond={cond!r} is too close to 1 for {d} distinct float64 eigenvalues")
     return _Draw(lam, None, {"cond": cond})
 
 
@@ -162,13 +163,13 @@ def cluster(d: int, rng: np.random.Generator, *, k: int = 2, delta: float = 1e-6
     lam_c = grid[c]
     limit = 0.5 * (grid[1] - grid[0]) / ((k - 1) * lam_c) if d > k else 1.0 / (k - 1)
     if not delta < limit:
-        raise ValueError(
+        raise InputError(
             f"cluster: delta={delta!r} is too large: the cluster would reach its neighbours "
             f"(need delta < {limit:.3g} for d={d}, k={k})"
         )
     members = lam_c + lam_c * delta * np.arange(k)
     if not (np.diff(members) > 0).all():
-        raise ValueError(f"cluster: delta={delta!r} is too small for {k} distinct float64 eigenvalues")
+        raise InputError(f"cluster: delta={delta!r} is too small for {k} distinct float64 eigenvalues")
     lam = np.concatenate([grid[:c], members, grid[c + 1:]])
     return _Draw(lam, None, {"k": k, "delta": delta})
 
@@ -198,7 +199,7 @@ def rank_deficient(d: int, rng: np.random.Generator, *, r: int | None = None, n:
     """
     if n is not None:
         if r is not None:
-            raise ValueError("rank_deficient: give r (a built spectrum) or n (a sample covariance), not both")
+            raise InputError("rank_deficient: give r (a built spectrum) or n (a sample covariance), not both")
         n = _int("rank_deficient", "n", n, 1, d - 1, why=f" for d={d}: fewer samples than dimensions")
         X = rng.standard_normal((d, n))
         s = np.linalg.svd(X, compute_uv=False)
@@ -256,7 +257,7 @@ def wishart(d: int, rng: np.random.Generator, *, aspect: float = 0.5) -> _Draw:
     ratio = d / aspect * (1 - 1e-12)  # 1e-12: no extra sample from d/aspect's rounding
     n = max(1, math.ceil(ratio)) if d * ratio <= MAX_ENTRIES else ratio  # ceil(inf) (aspect=1e-310) raises
     if d * n > MAX_ENTRIES:
-        raise ValueError(f"wishart: aspect={aspect!r} is too small for d={d} (it needs n={n} samples)")
+        raise InputError(f"wishart: aspect={aspect!r} is too small for d={d} (it needs n={n} samples)")
     X = rng.standard_normal((d, n))
     return _Draw(None, X @ X.T / n, {"aspect": aspect, "n": n})
 
@@ -265,7 +266,7 @@ def powerlaw(d: int, rng: np.random.Generator, *, alpha: float = 1.0) -> _Draw:
     """λ_i = i^−alpha, i = 1..d (max 1 at i = 1), returned ascending. Default alpha = 1 (> 0)."""
     alpha = _real("powerlaw", "alpha", alpha, gt=0.0)
     if alpha * math.log(d) > 700:
-        raise ValueError(f"powerlaw: alpha={alpha!r} is too large for d={d}: d^-alpha underflows float64")
+        raise InputError(f"powerlaw: alpha={alpha!r} is too large for d={d}: d^-alpha underflows float64")
     lam = np.arange(1, d + 1, dtype=np.float64) ** -alpha
     return _Draw(lam[::-1].copy(), None, {"alpha": alpha})
 
@@ -294,8 +295,8 @@ def _dtype(dtype) -> np.dtype:
     """The dtype ``validation.dtype_name`` takes (a name, np.float32/np.float64 or their np.dtype)."""
     try:
         return np.dtype(dtype_name(dtype))
-    except ValueError:
-        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}") from None
+    except InputError:
+        raise InputError(f"dtype must be 'float32' or 'float64', got {dtype!r}") from None
 
 
 _blas = None
@@ -313,16 +314,16 @@ def _one_blas_thread():
 def make(family: str, d: int, seed: int = 0, dtype: str = "float64", **params) -> Spectrum:
     """The ``family`` matrix of size d for ``seed``, rounded to ``dtype`` ("float32"/"float64").
 
-    ValueError (one line, naming the problem) for an unknown family or parameter, d < 2, a
+    InputError (a ValueError; one line, naming the problem) for an unknown family or parameter, d < 2, a
     negative or non-integer seed, a dtype other than float32/float64, or impossible parameters.
     """
     if not isinstance(family, str) or family not in FAMILIES:
-        raise ValueError(f"unknown spectrum family {family!r} (allowed: {', '.join(FAMILIES)})")
+        raise InputError(f"unknown spectrum family {family!r} (allowed: {', '.join(FAMILIES)})")
     fn = FAMILIES[family]
     allowed = [p for p in inspect.signature(fn).parameters if p not in ("d", "rng")]
     unknown = sorted(set(params) - set(allowed))
     if unknown:
-        raise ValueError(
+        raise InputError(
             f"unknown parameter {unknown[0]!r} for spectrum family {family!r} (allowed: {', '.join(allowed)})"
         )
     d = _int(family, "d", d, 2, math.isqrt(MAX_ENTRIES), f": a d×d matrix of at most {MAX_ENTRIES} entries, 1 GiB")

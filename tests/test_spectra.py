@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stabkit import spectra
+from stabkit.errors import InputError
 
 EPS = np.finfo(np.float64).eps
 FAST = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -277,8 +278,10 @@ BAD = [
 
 
 @pytest.mark.parametrize("args,kwargs,message", BAD)
-def test_bad_input_raises_naming_the_problem(args, kwargs, message):
-    with pytest.raises(ValueError, match=message) as info:
+def test_bad_input_raises_inputerror_naming_the_problem(args, kwargs, message):
+    """InputError, the project's bad-input type (a ValueError, so ``except ValueError`` still works):
+    make raised a plain ValueError, and turned dtype_name's InputError back into one."""
+    with pytest.raises(InputError, match=message) as info:
         spectra.make(*args, **kwargs)
     assert "\n" not in str(info.value)
 
@@ -348,8 +351,8 @@ def test_every_family_is_symmetric_reproducible_and_semidefinite_where_it_should
 ])
 def test_overflowing_parameters_raise_valueerror_not_overflowerror(family, d, kwargs, message):
     """A Python int beyond float64 (cond=10**400) and an aspect whose d/aspect overflows raised a bare
-    OverflowError from float()/math.ceil; now a one-line ValueError naming the parameter."""
-    with pytest.raises(ValueError, match=message):
+    OverflowError from float()/math.ceil; now a one-line InputError naming the parameter."""
+    with pytest.raises(InputError, match=message):
         spectra.make(family, d, **kwargs)
 
 
