@@ -19,9 +19,9 @@ call order, process or caller's thread setting (the QR, SVD and product run on o
 only for the same numpy (NEP 19 allows ``Generator`` streams to change between releases) and the
 same BLAS/LAPACK kernels (an AVX2 and an AVX-512 OpenBLAS round the QR and product differently).
 
-``cluster``'s delta is a *relative* gap: the absolute gaps are λ_c·delta, λ_c = 0.55 (to rounding)
-whenever d − k is even (k = 2 at the studies' even d), so a "gap δ" axis built from it has absolute
-gaps 0.55·δ, not δ.
+``cluster``'s delta is a *relative* gap: the absolute gaps are λ_c·delta, λ_c = 0.55 (to one ulp)
+whenever d − k is even and positive (k = 2 at the studies' even d; at k = d it is 1), so a "gap δ"
+axis built from it has absolute gaps 0.55·δ, not δ.
 """
 
 from __future__ import annotations

@@ -377,6 +377,20 @@ def test_cluster_delta_is_relative_absolute_gap_is_055_delta_at_even_d():
         assert lam[c + 1] - lam[c] == pytest.approx(0.55e-4, rel=1e-9)
 
 
+def test_cluster_centre_is_055_when_d_minus_k_is_even_and_positive_and_1_at_k_equal_d():
+    """The module docstring's λ_c: 0.55 to one ulp for every even d − k > 0 up to d = 64; the
+    docstring said "whenever d − k is even", but k = d (d − k = 0) leaves the one-point grid [1]."""
+    for d in range(3, 65):
+        for k in range(2, d + 1):
+            if (d - k) % 2:
+                continue
+            lam_c = spectra.make("cluster", d, k=k, delta=1e-9).eigenvalues[(d - k) // 2]
+            if k == d:
+                assert lam_c == 1.0
+            else:
+                assert abs(lam_c - 0.55) <= np.spacing(0.55), (d, k, lam_c)
+
+
 def test_lapack_mode5_is_not_rescaled_to_max_one():
     """Documented difference from xLATMS (which scales mode 5 to max |D| = DMAX): max < 1 here."""
     lam = spectra.make("lapack", 8, seed=0, mode=5, cond=1e4).eigenvalues
