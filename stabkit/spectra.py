@@ -224,11 +224,15 @@ def lapack(d: int, rng: np.random.Generator, *, mode: int = 3, cond: float = 1e4
     These are xLATM1's D with IRSIGN = 0 (no random signs; LAPACK's negative modes, the same values
     reversed, are not needed once sorted). Unlike xLATMS, mode 5 is *not* rescaled to max |D| = DMAX
     (xLATMS scales every mode but 0 and ±6): its largest value is exp(−u_min·ln cond) < 1, and the
-    realised condition number max/min is below cond; modes 1–4 have it exactly (max 1 = DMAX).
+    realised condition number max/min is below cond; modes 1–3 have it exactly (max 1 = DMAX, min
+    1/cond). Mode 4's smallest value is 1 − (1 − 1/cond) in float64, which cancels: 9.999999999998899e-05
+    at cond = 1e4 (relative error 1.1e-13), 1.0000000050247593e-08 at 1e8, and exactly 0 (a singular
+    matrix, not positive) for cond >= 2^54; LAPACK's own order, (n−i)·(1 − 1/cond)/(n−1) + 1/cond,
+    ends on 1/cond exactly.
     """
     mode = _int("lapack", "mode", mode, 1, 6)
     cond = _real("lapack", "cond", cond, ge=1.0)
-    # modes 3 and 4 elementwise in Python floats (C pow), so the values are the closed forms exactly
+    # modes 3 and 4 elementwise in Python floats (C pow): mode 3 is 1 and 1/cond at its ends exactly
     if mode == 1:
         D = np.full(d, 1.0 / cond)
         D[0] = 1.0
