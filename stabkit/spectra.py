@@ -15,9 +15,12 @@ Spectrum-built families use a Haar-random orthogonal basis Q: A = Q diag(λ) Q�
 symmetrized exactly as (A + Aᵀ)/2, then rounded to float32 if asked. Randomness comes only from
 ``np.random.default_rng(np.random.SeedSequence([seed, d, stream]))``, ``stream`` a fixed integer
 per family (``FAMILY_STREAMS``): same (family, d, seed, params) → the identical matrix, whatever the
-call order, process or caller's thread setting (the QR, SVD and product run on one BLAS thread), but
-only for the same numpy (NEP 19 allows ``Generator`` streams to change between releases) and the
-same BLAS/LAPACK kernels (an AVX2 and an AVX-512 OpenBLAS round the QR and product differently).
+call order, process or caller's thread setting (the QR, SVD and product run on one BLAS thread, one
+``make`` at a time), but only for the same numpy (NEP 19 allows ``Generator`` streams to change
+between releases) and the same BLAS/LAPACK kernels (an AVX2 and an AVX-512 OpenBLAS round the QR and
+product differently). The one exception: while another Python thread holds threadpoolctl's control
+of a pthreads OpenBLAS (it is inside its own ``threadpool_limits``), make cannot change the count and
+computes on that thread's.
 
 ``cluster``'s delta is a *relative* gap: the absolute gaps are λ_c·delta, λ_c = 0.55 (to one ulp)
 whenever d − k is even and positive (k = 2 at the studies' even d; at k = d it is 1), so a "gap δ"
@@ -29,6 +32,7 @@ from __future__ import annotations
 import inspect
 import math
 import numbers
+import threading
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
@@ -304,6 +308,9 @@ def _dtype(dtype) -> np.dtype:
 
 
 _blas = None
+#: one make's BLAS section at a time: threadpoolctl lets one Python thread at a time set OpenBLAS's
+#: process-wide thread count, so overlapping makes in two threads undid each other's setting
+_BLAS_SECTION = threading.Lock()
 
 
 def _one_blas_thread():
@@ -338,7 +345,7 @@ def make(family: str, d: int, seed: int = 0, dtype: str = "float64", **params) -
     # One BLAS thread: OpenBLAS's QR, SVD and matrix product round differently with the thread count
     # at some sizes (d = 300, 500, 700 on 2 threads), so a caller's thread setting changed the bits;
     # the studies' cells already run with one BLAS thread, so their matrices are these.
-    with _one_blas_thread():
+    with _BLAS_SECTION, _one_blas_thread():
         draw = fn(d, rng, **params)
         if draw.matrix is not None:
             A, lam, Q = draw.matrix, None, None

@@ -395,3 +395,63 @@ def test_lapack_mode5_is_not_rescaled_to_max_one():
     """Documented difference from xLATMS (which scales mode 5 to max |D| = DMAX): max < 1 here."""
     lam = spectra.make("lapack", 8, seed=0, mode=5, cond=1e4).eigenvalues
     assert lam.max() < 1.0 and lam.min() > 1e-4
+
+
+def _blas_threads():
+    from threadpoolctl import threadpool_info
+
+    return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+
+def _set_blas_threads_from_a_passing_thread(n):
+    """Set numpy's BLAS to n threads from a thread that then ends, so that no live thread holds
+    threadpoolctl's OpenBLAS control (a ``with`` in the test's own thread would hold it)."""
+    import threading
+
+    from threadpoolctl import ThreadpoolController
+
+    t = threading.Thread(target=lambda: ThreadpoolController().limit(limits=n, user_api="blas"))
+    t.start()
+    t.join()
+
+
+def test_two_threads_making_at_once_each_compute_on_one_blas_thread_and_restore_it(monkeypatch):
+    """threadpoolctl lets one Python thread at a time set OpenBLAS's process-wide thread count. Two
+    makes overlapping in two threads: A set 1 thread, B's request was ignored, A's exit restored 2 and
+    B went on computing on 2 threads (other bits at d = 300), and B's exit left the process on 1.
+    Forced here: A sets the count first, B computes only after A's make has returned."""
+    import threading
+
+    before = _blas_threads()
+    _set_blas_threads_from_a_passing_thread(2)
+    try:
+        start = _blas_threads()
+        real = spectra.FAMILIES["separated"]
+        both_in, a_in, a_done, seen = threading.Barrier(2), threading.Event(), threading.Event(), {}
+
+        def family(d, rng, **kw):
+            name = threading.current_thread().name
+            if name == "A":
+                a_in.set()
+            try:
+                both_in.wait(timeout=1)  # A waits here for B (in vain once makes do not overlap)
+            except threading.BrokenBarrierError:
+                pass
+            if name == "B":
+                a_done.wait(timeout=10)
+            seen[name] = _blas_threads()
+            return real(d, rng, **kw)
+
+        monkeypatch.setitem(spectra.FAMILIES, "separated", family)
+        a = threading.Thread(name="A", target=spectra.make, args=("separated", 4))
+        b = threading.Thread(name="B", target=spectra.make, args=("separated", 4))
+        a.start()
+        a_in.wait(timeout=10)  # A holds the BLAS setting before B asks for it
+        b.start()
+        a.join()
+        a_done.set()
+        b.join()
+        assert seen == {"A": {1}, "B": {1}}
+        assert _blas_threads() == start
+    finally:
+        _set_blas_threads_from_a_passing_thread(max(before))
