@@ -53,7 +53,8 @@ class Spectrum:
     ``matrix`` is the float rounding of Q diag(λ) Qᵀ (computed in float64, symmetrized exactly,
     then rounded to the requested dtype): ``eigenvalues`` (ascending, float64) and ``basis`` (the
     float64 orthogonal Q) are the exact values used in that construction, so the matrix's own
-    eigenvalues differ from them by rounding, ~d·eps·max|λ|. Both are None when the matrix is
+    eigenvalues differ from them by rounding, ~d·eps·max|λ| with the eps of the matrix's dtype (a
+    float32 matrix records the same float64 λ and Q as the float64 one). Both are None when the matrix is
     sampled directly rather than built from a spectrum (``wishart``). ``params`` holds the family
     parameters actually used, defaults filled in, plus ``d`` and ``seed``; ``derived`` names those
     the family worked out itself rather than took as arguments.
