@@ -15,13 +15,16 @@ Spectrum-built families use a Haar-random orthogonal basis Q: A = Q diag(λ) Q�
 symmetrized exactly as (A + Aᵀ)/2, then rounded to float32 if asked. Randomness comes only from
 ``np.random.default_rng(np.random.SeedSequence([seed, d, stream]))``, ``stream`` a fixed integer
 per family (``FAMILY_STREAMS``): same (family, d, seed, params) → the identical matrix, whatever the
-call order, process or caller's thread setting (the QR, SVD and product run on one BLAS thread), but
-only for the same numpy (NEP 19 allows ``Generator`` streams to change between releases) and the
-same BLAS/LAPACK kernels (an AVX2 and an AVX-512 OpenBLAS round the QR and product differently).
+call order, process or caller's thread setting (the QR, SVD and product run on one BLAS thread, one
+``make`` at a time), but only for the same numpy (NEP 19 allows ``Generator`` streams to change
+between releases) and the same BLAS/LAPACK kernels (an AVX2 and an AVX-512 OpenBLAS round the QR and
+product differently). The one exception: while another Python thread holds threadpoolctl's control
+of a pthreads OpenBLAS (it is inside its own ``threadpool_limits``), make cannot change the count and
+computes on that thread's.
 
-``cluster``'s delta is a *relative* gap: the absolute gaps are λ_c·delta, λ_c = 0.55 (to rounding)
-whenever d − k is even (k = 2 at the studies' even d), so a "gap δ" axis built from it has absolute
-gaps 0.55·δ, not δ.
+``cluster``'s delta is a *relative* gap: the absolute gaps are λ_c·delta, λ_c = 0.55 (to one ulp)
+whenever d − k is even and positive (k = 2 at the studies' even d; at k = d it is 1), so a "gap δ"
+axis built from it has absolute gaps 0.55·δ, not δ.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from __future__ import annotations
 import inspect
 import math
 import numbers
+import threading
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
@@ -36,6 +40,7 @@ import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from ._choices import FAMILY_NAMES
+from .errors import InputError
 from .validation import dtype_name
 
 __all__ = ["Spectrum", "FAMILIES", "FAMILY_STREAMS", "make", "haar_orthogonal"]
@@ -48,7 +53,8 @@ class Spectrum:
     ``matrix`` is the float rounding of Q diag(λ) Qᵀ (computed in float64, symmetrized exactly,
     then rounded to the requested dtype): ``eigenvalues`` (ascending, float64) and ``basis`` (the
     float64 orthogonal Q) are the exact values used in that construction, so the matrix's own
-    eigenvalues differ from them by rounding, ~d·eps·max|λ|. Both are None when the matrix is
+    eigenvalues differ from them by rounding, ~d·eps·max|λ| with the eps of the matrix's dtype (a
+    float32 matrix records the same float64 λ and Q as the float64 one). Both are None when the matrix is
     sampled directly rather than built from a spectrum (``wishart``). ``params`` holds the family
     parameters actually used, defaults filled in, plus ``d`` and ``seed``; ``derived`` names those
     the family worked out itself rather than took as arguments.
@@ -96,32 +102,32 @@ MAX_ENTRIES = 2**27  # the largest matrix (or wishart sample) a family builds: 1
 
 
 def _int(family: str, name: str, value, lo: int, hi: int | None = None, why: str = "") -> int:
-    """``value`` as an int in [lo, hi]; ValueError naming the family, parameter and bounds."""
+    """``value`` as an int in [lo, hi]; InputError naming the family, parameter and bounds."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != value or (
         not isinstance(value, numbers.Integral) and (math.isinf(value) or value != int(value))
     ):  # any Real, not just float: np.float32(8.5) and Fraction(5, 2) are not integers either
-        raise ValueError(f"{family}: {name} must be an integer, got {value!r}")
+        raise InputError(f"{family}: {name} must be an integer, got {value!r}")
     v = int(value)
     if v < lo or (hi is not None and v > hi):
         bounds = f"{lo} <= {name} <= {hi}" if hi is not None else f"{name} >= {lo}"
-        raise ValueError(f"{family}: {name}={v} is impossible (need {bounds}{why})")
+        raise InputError(f"{family}: {name}={v} is impossible (need {bounds}{why})")
     return v
 
 
 def _real(family: str, name: str, value, *, gt: float | None = None, ge: float | None = None) -> float:
-    """``value`` as a finite float with value > gt (or >= ge); ValueError naming the problem."""
+    """``value`` as a finite float with value > gt (or >= ge); InputError naming the problem."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{family}: {name} must be a real number, got {value!r}")
+        raise InputError(f"{family}: {name} must be a real number, got {value!r}")
     try:
         v = float(value)
     except OverflowError:  # an int (or Fraction) beyond float64: 10**400 raised a bare OverflowError
-        raise ValueError(f"{family}: {name} must be finite, got {value!r}") from None
+        raise InputError(f"{family}: {name} must be finite, got {value!r}") from None
     if not math.isfinite(v):
-        raise ValueError(f"{family}: {name} must be finite, got {value!r}")
+        raise InputError(f"{family}: {name} must be finite, got {value!r}")
     if gt is not None and not v > gt:
-        raise ValueError(f"{family}: {name}={value!r} is impossible (need {name} > {gt:g})")
+        raise InputError(f"{family}: {name}={value!r} is impossible (need {name} > {gt:g})")
     if ge is not None and not v >= ge:
-        raise ValueError(f"{family}: {name}={value!r} is impossible (need {name} >= {ge:g})")
+        raise InputError(f"{family}: {name}={value!r} is impossible (need {name} >= {ge:g})")
     return v
 
 
@@ -141,7 +147,7 @@ def separated(d: int, rng: np.random.Generator, *, cond: float = 10.0) -> _Draw:
     cond = _real("separated", "cond", cond, gt=1.0)
     lam = np.linspace(1.0 / cond, 1.0, d)
     if not (np.diff(lam) > 0).all():
-        raise ValueError(f"separated: cond={cond!r} is too close to 1 for {d} distinct float64 eigenvalues")
+        raise InputError(f"separated: cond={cond!r} is too close to 1 for {d} distinct float64 eigenvalues")
     return _Draw(lam, None, {"cond": cond})
 
 
@@ -162,13 +168,13 @@ def cluster(d: int, rng: np.random.Generator, *, k: int = 2, delta: float = 1e-6
     lam_c = grid[c]
     limit = 0.5 * (grid[1] - grid[0]) / ((k - 1) * lam_c) if d > k else 1.0 / (k - 1)
     if not delta < limit:
-        raise ValueError(
+        raise InputError(
             f"cluster: delta={delta!r} is too large: the cluster would reach its neighbours "
             f"(need delta < {limit:.3g} for d={d}, k={k})"
         )
     members = lam_c + lam_c * delta * np.arange(k)
     if not (np.diff(members) > 0).all():
-        raise ValueError(f"cluster: delta={delta!r} is too small for {k} distinct float64 eigenvalues")
+        raise InputError(f"cluster: delta={delta!r} is too small for {k} distinct float64 eigenvalues")
     lam = np.concatenate([grid[:c], members, grid[c + 1:]])
     return _Draw(lam, None, {"k": k, "delta": delta})
 
@@ -198,7 +204,7 @@ def rank_deficient(d: int, rng: np.random.Generator, *, r: int | None = None, n:
     """
     if n is not None:
         if r is not None:
-            raise ValueError("rank_deficient: give r (a built spectrum) or n (a sample covariance), not both")
+            raise InputError("rank_deficient: give r (a built spectrum) or n (a sample covariance), not both")
         n = _int("rank_deficient", "n", n, 1, d - 1, why=f" for d={d}: fewer samples than dimensions")
         X = rng.standard_normal((d, n))
         s = np.linalg.svd(X, compute_uv=False)
@@ -223,11 +229,15 @@ def lapack(d: int, rng: np.random.Generator, *, mode: int = 3, cond: float = 1e4
     These are xLATM1's D with IRSIGN = 0 (no random signs; LAPACK's negative modes, the same values
     reversed, are not needed once sorted). Unlike xLATMS, mode 5 is *not* rescaled to max |D| = DMAX
     (xLATMS scales every mode but 0 and ±6): its largest value is exp(−u_min·ln cond) < 1, and the
-    realised condition number max/min is below cond; modes 1–4 have it exactly (max 1 = DMAX).
+    realised condition number max/min is below cond; modes 1–3 have it exactly (max 1 = DMAX, min
+    1/cond). Mode 4's smallest value is 1 − (1 − 1/cond) in float64, which cancels: 9.999999999998899e-05
+    at cond = 1e4 (relative error 1.1e-13), 1.0000000050247593e-08 at 1e8, and exactly 0 (a singular
+    matrix, not positive) for cond >= 2^54; LAPACK's own order, (n−i)·(1 − 1/cond)/(n−1) + 1/cond,
+    ends on 1/cond exactly.
     """
     mode = _int("lapack", "mode", mode, 1, 6)
     cond = _real("lapack", "cond", cond, ge=1.0)
-    # modes 3 and 4 elementwise in Python floats (C pow), so the values are the closed forms exactly
+    # modes 3 and 4 elementwise in Python floats (C pow): mode 3 is 1 and 1/cond at its ends exactly
     if mode == 1:
         D = np.full(d, 1.0 / cond)
         D[0] = 1.0
@@ -256,7 +266,7 @@ def wishart(d: int, rng: np.random.Generator, *, aspect: float = 0.5) -> _Draw:
     ratio = d / aspect * (1 - 1e-12)  # 1e-12: no extra sample from d/aspect's rounding
     n = max(1, math.ceil(ratio)) if d * ratio <= MAX_ENTRIES else ratio  # ceil(inf) (aspect=1e-310) raises
     if d * n > MAX_ENTRIES:
-        raise ValueError(f"wishart: aspect={aspect!r} is too small for d={d} (it needs n={n} samples)")
+        raise InputError(f"wishart: aspect={aspect!r} is too small for d={d} (it needs n={n} samples)")
     X = rng.standard_normal((d, n))
     return _Draw(None, X @ X.T / n, {"aspect": aspect, "n": n})
 
@@ -265,7 +275,7 @@ def powerlaw(d: int, rng: np.random.Generator, *, alpha: float = 1.0) -> _Draw:
     """λ_i = i^−alpha, i = 1..d (max 1 at i = 1), returned ascending. Default alpha = 1 (> 0)."""
     alpha = _real("powerlaw", "alpha", alpha, gt=0.0)
     if alpha * math.log(d) > 700:
-        raise ValueError(f"powerlaw: alpha={alpha!r} is too large for d={d}: d^-alpha underflows float64")
+        raise InputError(f"powerlaw: alpha={alpha!r} is too large for d={d}: d^-alpha underflows float64")
     lam = np.arange(1, d + 1, dtype=np.float64) ** -alpha
     return _Draw(lam[::-1].copy(), None, {"alpha": alpha})
 
@@ -294,11 +304,14 @@ def _dtype(dtype) -> np.dtype:
     """The dtype ``validation.dtype_name`` takes (a name, np.float32/np.float64 or their np.dtype)."""
     try:
         return np.dtype(dtype_name(dtype))
-    except ValueError:
-        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}") from None
+    except InputError:
+        raise InputError(f"dtype must be 'float32' or 'float64', got {dtype!r}") from None
 
 
 _blas = None
+#: one make's BLAS section at a time: threadpoolctl lets one Python thread at a time set OpenBLAS's
+#: process-wide thread count, so overlapping makes in two threads undid each other's setting
+_BLAS_SECTION = threading.Lock()
 
 
 def _one_blas_thread():
@@ -313,16 +326,16 @@ def _one_blas_thread():
 def make(family: str, d: int, seed: int = 0, dtype: str = "float64", **params) -> Spectrum:
     """The ``family`` matrix of size d for ``seed``, rounded to ``dtype`` ("float32"/"float64").
 
-    ValueError (one line, naming the problem) for an unknown family or parameter, d < 2, a
+    InputError (a ValueError; one line, naming the problem) for an unknown family or parameter, d < 2, a
     negative or non-integer seed, a dtype other than float32/float64, or impossible parameters.
     """
     if not isinstance(family, str) or family not in FAMILIES:
-        raise ValueError(f"unknown spectrum family {family!r} (allowed: {', '.join(FAMILIES)})")
+        raise InputError(f"unknown spectrum family {family!r} (allowed: {', '.join(FAMILIES)})")
     fn = FAMILIES[family]
     allowed = [p for p in inspect.signature(fn).parameters if p not in ("d", "rng")]
     unknown = sorted(set(params) - set(allowed))
     if unknown:
-        raise ValueError(
+        raise InputError(
             f"unknown parameter {unknown[0]!r} for spectrum family {family!r} (allowed: {', '.join(allowed)})"
         )
     d = _int(family, "d", d, 2, math.isqrt(MAX_ENTRIES), f": a d×d matrix of at most {MAX_ENTRIES} entries, 1 GiB")
@@ -333,7 +346,7 @@ def make(family: str, d: int, seed: int = 0, dtype: str = "float64", **params) -
     # One BLAS thread: OpenBLAS's QR, SVD and matrix product round differently with the thread count
     # at some sizes (d = 300, 500, 700 on 2 threads), so a caller's thread setting changed the bits;
     # the studies' cells already run with one BLAS thread, so their matrices are these.
-    with _one_blas_thread():
+    with _BLAS_SECTION, _one_blas_thread():
         draw = fn(d, rng, **params)
         if draw.matrix is not None:
             A, lam, Q = draw.matrix, None, None
