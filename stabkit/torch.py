@@ -99,7 +99,8 @@ def _check_tensor(A, fn: str, square: bool, out) -> None:
 def check_values(A: torch.Tensor, fn: str = "eigh", symmetric: bool = True,
                  advice: str = "symmetrize it (stabkit.torch.symmetrize) or pass check=False") -> None:
     """InputError (a ValueError) if A holds NaN/Inf or (``symmetric``) a matrix of the batch has
-    max|A − Aᵀ| > √eps·max|A| (both over that matrix; the message names its batch index);
+    max|A − Aᵀ| > √eps·max(max|A|, tiny) (both over that matrix, tiny the dtype's smallest normal number,
+    as in :func:`stabkit.validation.check_symmetric`; the message names its batch index);
     ``advice`` ends the non-symmetric message (a caller without ``check=`` gives its own).
 
     Skipped under torch.compile and torch.func transforms (see the module docstring).
@@ -110,7 +111,7 @@ def check_values(A: torch.Tensor, fn: str = "eigh", symmetric: bool = True,
     rtol = symmetry_rtol(_xp.finfo_eps(A.dtype))
     stats = [(~torch.isfinite(A)).any()]
     if symmetric:  # each matrix against its own max|A|: a large one beside it must not widen its tolerance
-        asym, tol = (A - A.mT).abs().amax((-2, -1)), rtol * A.abs().amax((-2, -1))
+        asym, tol = (A - A.mT).abs().amax((-2, -1)), rtol * A.abs().amax((-2, -1)).clamp_min(torch.finfo(A.dtype).tiny)
         stats.append((asym > tol).any())
     values = torch.stack(stats).tolist()  # one device→host sync
     if values[0]:

@@ -8,6 +8,7 @@ import numbers
 
 import numpy as np
 
+from . import _xp
 from .errors import InputError
 
 SUPPORTED_DTYPES = (np.float32, np.float64)
@@ -106,7 +107,7 @@ def check_symmetric(a, name: str = "matrix") -> np.ndarray:
     scale = float(scales.max())
     with np.errstate(over="ignore"):  # entries near the dtype's largest overflow A ± Aᵀ: refused below
         asyms = np.abs(a - a.swapaxes(-1, -2)).max(axis=(-2, -1))
-        symmetric = (a + a.swapaxes(-1, -2)) / a.dtype.type(2)
+        symmetric = _xp.sym(a)  # what stabkit.torch.symmetrize computes, bit for bit
     tols = SYMMETRY_RTOL[a.dtype] * np.maximum(scales, np.finfo(a.dtype).tiny)
     bad = asyms > tols
     if bad.any():

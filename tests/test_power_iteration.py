@@ -430,3 +430,24 @@ def test_power_iteration_pairs_come_in_ascending_magnitude_as_documented(name):
     torch.testing.assert_close(U.abs(), torch.eye(4, dtype=torch.float64)[:, [1, 2, 3, 0]], rtol=0, atol=1e-8)
     lam, _, _ = eigh_kept(torch.diag(torch.tensor([8.0, 1.0, 2.0, 4.0], dtype=torch.float64)), method=name, steps=80)
     torch.testing.assert_close(lam, torch.tensor([1.0, 2.0, 4.0, 8.0], dtype=torch.float64), rtol=0, atol=1e-10)
+
+
+def test_power_iteration_numpy_batch_where_only_some_matrices_reach_mv_zero():
+    """numpy computes the Mv = 0 fallback only once a stage meets it: in a batch mixing matrices that
+    never reach Mv = 0 with ones that reach it at different stages, each gets what it gets alone
+    (forward and backward), and exact zero eigenvalues come out as 0 with an orthogonal U."""
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((4, 4))
+    batch = np.stack([X @ X.T / 4, np.diag([0.0, 0.0, 0.0, 3.0]), np.zeros((4, 4)), np.diag([0.0, 2.0, 0.0, 5.0])])
+    gU, glam = rng.standard_normal(batch.shape), rng.standard_normal(batch.shape[:-1])
+    method = methods.spec("pi-forward")
+    lam, U, state = method.forward(batch)
+    grad = method.backward(state, gU, glam)
+    for i, A in enumerate(batch):
+        lam_i, U_i, state_i = method.forward(A)
+        np.testing.assert_allclose(lam[i], lam_i, rtol=1e-13, atol=1e-13)
+        np.testing.assert_allclose(U[i], U_i, rtol=1e-13, atol=1e-13)
+        np.testing.assert_allclose(grad[i], method.backward(state_i, gU[i], glam[i]), rtol=1e-12, atol=1e-12)
+    assert sorted(lam[1].tolist()) == [0.0, 0.0, 0.0, 3.0] and lam[2].tolist() == [0.0] * 4
+    for i in (1, 2):
+        np.testing.assert_allclose(U[i].T @ U[i], np.eye(4), rtol=0, atol=1e-12)

@@ -336,3 +336,33 @@ def test_session_main_chooses_the_stack_from_the_bench_file_and_refuses_a_stack_
     with pytest.raises(SystemExit) as exc:
         session.main(["study.toml", "--seconds", "10", "--jobs", "6", "--stack", "0"])
     assert exc.value.code == 2 and "--stack must be ≥ 1, got 0" in capsys.readouterr().err
+
+
+def test_choose_stack_and_fit_epochs_read_each_file_once(tmp_path, capsys, monkeypatch):
+    """The candidates' estimates share one read of the study, the cell files and the bench (they were
+    read again for every candidate). The answer still comes from all three: by the bench alone 6
+    stacked would win at 500 s (413 s a run, as in the test above), but a finished 6-stacked run of
+    600 s (× 1.1 = 660 s) leaves only 6 processes (472 s) that finish runs in the window."""
+    study = tmp_path / "surv.toml"
+    study.write_text('[study]\nname = "surv"\nkind = "zca_cifar10"\n[grid]\npreset = "paper"\nepochs = 13.0\nfast = true\n')
+    bench = tmp_path / "bench.json"
+    bench.write_text(json.dumps({"rows": [{"path": "fast", "runs": 6, "processes": 6, "steps_per_s": 98.0},
+                                          {"path": "fast, stacked", "runs": 6, "processes": 1, "steps_per_s": 115.0},
+                                          {"path": "fast, stacked", "runs": 12, "processes": 1, "steps_per_s": 140.0}]}))
+    cells = tmp_path / "surv" / "cells"
+    cells.mkdir(parents=True)
+    (cells / "a.json").write_text(json.dumps({"rows": [{"steps_total": 5083, "steps_done": 5083, "wall_s": 600.0, "stacked_runs": 6}]}))
+    (cells / "b.json").write_text(json.dumps({"rows": [{"steps_total": 999, "steps_done": 999, "wall_s": 9.0}]}))  # another horizon
+    (cells / "c.json").write_text("{not json")
+    assert session.estimate(study, 6, bench, tmp_path, stack=6)[0] == pytest.approx(660.0)
+    reads = []
+    read_text = session.Path.read_text
+    monkeypatch.setattr(session.Path, "read_text", lambda self, *a, **k: reads.append(self.name) or read_text(self, *a, **k))
+    assert session.main(["--choose-stack", str(study), "--seconds", "500", "--jobs", "6", "--bench", str(bench),
+                         "--reports", str(tmp_path)]) == 0
+    assert int(capsys.readouterr().out) == 1
+    assert sorted(reads) == ["a.json", "b.json", "bench.json", "c.json", "surv.toml"]
+    reads.clear()
+    # one run of E epochs from the bench: ((391 E + (E + 1) · 10 000/128/3) / (98/6) + 60) × 1.2 s: 288 s for 7, 319 s for 8
+    assert session.fit_epochs(study, 300, 6, bench, reports=tmp_path) == 7
+    assert sorted(reads) == ["a.json", "b.json", "bench.json", "c.json", "surv.toml"]

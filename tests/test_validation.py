@@ -86,6 +86,27 @@ def test_is_integer_takes_python_and_numpy_integers_in_range_only():
     assert not any(is_integer(v, 1, 3) for v in (0, 4, True, 2.0, "2", None, np.float64(2.0)))
 
 
+@pytest.mark.parametrize("entries", [[[0.0, 5e-324], [0.0, 0.0]], [[1e-310, 1e-317], [0.0, 1e-310]], [[1e-300, 1e-305], [0.0, 1e-300]]])
+def test_subnormal_asymmetry_is_judged_alike_by_numpy_and_torch(entries):
+    """Both sides judge max|A − Aᵀ| against √eps·max(max|A|, tiny): torch had no floor, so a matrix
+    of subnormal entries that check_symmetric accepts (asymmetry below √eps·tiny = 3.3e-316) it refused."""
+    import torch
+
+    import stabkit.torch as st
+    from stabkit.errors import InputError
+
+    A = np.array(entries)
+    asym = np.abs(A - A.T).max()
+    accept = asym <= np.finfo(np.float64).eps ** 0.5 * max(np.abs(A).max(), np.finfo(np.float64).tiny)
+    assert accept == (entries[0][0] < 1e-300)  # the two subnormal matrices pass, the normal one does not
+    for call in (lambda: check_symmetric(A), lambda: st.check_values(torch.from_numpy(A))):
+        if accept:
+            call()
+        else:
+            with pytest.raises(InputError, match="not symmetric"):
+                call()
+
+
 def test_symmetry_is_judged_per_matrix_of_a_batch():
     """max|A − Aᵀ| = 1e-3 against max|A| = 3 is refused alone; beside 1e6·I the batch's max|A| = 1e6 would
     make the tolerance √eps·1e6 ≈ 1.5e-2 and accept it. Each matrix is measured against its own max|A|,

@@ -97,18 +97,22 @@ def _run(A, starts, steps, order):
     Rayleigh quotient λ̂_k and W_k = M_k v_T (the deflation is M_{k+1} = M_k − W_k v_Tᵀ).
     """
     xp = _xp.namespace(A)
-    M = A
+    # The Mv = 0 fallback: on numpy only once some item needs it (until then a step is w / n, what
+    # the where()s give); on torch at every stage (null.any() would sync a GPU, break torch.compile).
+    eager_fallback = _xp.is_torch(xp)
+    M, found = A, []
     paths, norms, lam_hat, W = {}, {}, {}, {}
-    found = []
     for k in order:
-        v = starts[..., :, k]
-        fallback = _orthogonal_start(v, found)
-        path, ns = [v], []
+        s = starts[..., :, k]
+        fallback = _orthogonal_start(s, found) if eager_fallback else None
+        v, path, ns = s, [s], []
         for _ in range(steps):
             w = _matvec(M, v)
             n = _xp.vector_norm(w)
             null = n == 0
-            v = xp.where(null, fallback, w / xp.where(null, xp.ones_like(n), n))
+            if fallback is None and null.any():
+                fallback = _orthogonal_start(s, found)
+            v = w / n if fallback is None else xp.where(null, fallback, w / xp.where(null, xp.ones_like(n), n))
             path.append(v)
             ns.append(n)
         found.append(v)
@@ -124,9 +128,9 @@ def _run(A, starts, steps, order):
 def _orthogonal_start(s: Array, found: list) -> Array:
     """The step's result where M_k v = 0 (M_k annihilates v: an eigenvalue 0, e.g. once deflation has
     left a zero matrix): the start vector s with its components along the vectors already found
-    removed (one classical Gram–Schmidt pass: two products with Q = [found], not a loop — it runs at
-    every stage), normalised — a finite unit vector, orthogonal to them as far as they are to each
-    other, with Rayleigh quotient 0. The backward takes it as a constant."""
+    removed (one classical Gram–Schmidt pass: two products with Q = [found], not a loop — on the
+    torch path it runs at every stage), normalised — a finite unit vector, orthogonal to them as
+    far as they are to each other, with Rayleigh quotient 0. The backward takes it as a constant."""
     if found:
         Q = _xp.namespace(s).stack(found, -1)                   # (..., d, k)
         s = s - (Q @ (_xp.T(Q) @ s[..., None]))[..., 0]

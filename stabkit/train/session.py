@@ -31,6 +31,7 @@ with ``--seconds`` > 0 among the ways that finish the most whole runs in that ti
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import sys
@@ -70,15 +71,27 @@ def eval_steps(grid: dict, steps: int) -> float:
     return evals * test_images(grid) / batch / 3
 
 
+def cell_records(cells_dir: Path) -> list:
+    """The parsed JSON of the study's cell files, in file-name order (unreadable ones skipped)."""
+    records = []
+    for path in sorted(Path(cells_dir).glob("*.json")) if Path(cells_dir).is_dir() else []:
+        try:
+            records.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    return records
+
+
 def observed_run_s(cells_dir: Path, steps: int, stack: int = 1) -> float | None:
     """Longest wall time of the study's finished full-horizon runs of ``steps`` steps, trained
     ``stack`` at a time (``stacked_runs``; 1 for a run alone), or None."""
+    return longest_finished_run_s(cell_records(cells_dir), steps, stack)
+
+
+def longest_finished_run_s(records: list, steps: int, stack: int = 1) -> float | None:
+    """:func:`observed_run_s` from the :func:`cell_records` already read."""
     walls = []
-    for path in sorted(Path(cells_dir).glob("*.json")) if Path(cells_dir).is_dir() else []:
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
+    for record in records:
         for row in record.get("rows") or []:
             if (row.get("steps_total") == steps and row.get("steps_done") == steps and isinstance(row.get("wall_s"), (int, float))
                     and (row.get("stacked_runs") or 1) == stack):
@@ -130,36 +143,66 @@ def plan(seconds: float, jobs: int, run_s: float) -> int:
     return jobs * max(0, int(seconds // run_s))
 
 
+class StudyFiles:
+    """A study's TOML, its cell records (``reports/<name>/cells``) and the bench JSON, each read when
+    an estimate first needs it and then kept: the estimates of ``--choose-stack``'s candidates and
+    of ``--fit-epochs``' search read each file once, not once per estimate."""
+
+    def __init__(self, study_path, bench_path=None, reports="reports"):
+        self.study_path, self.bench_path, self.reports = study_path, bench_path, reports
+
+    @functools.cached_property
+    def study(self) -> dict:
+        return tomllib.loads(Path(self.study_path).read_text())
+
+    @functools.cached_property
+    def records(self) -> list:
+        return cell_records(Path(self.reports) / self.study["study"]["name"] / "cells")
+
+    def has_bench(self) -> bool:
+        return bool(self.bench_path and Path(self.bench_path).is_file())
+
+    @functools.cached_property
+    def bench(self):
+        """The bench's parsed JSON (read only where :meth:`has_bench`)."""
+        return json.loads(Path(self.bench_path).read_text())
+
+    def estimate(self, jobs: int, overhead_s: float = 60.0, epochs: float | None = None,
+                 stack: int = 1) -> tuple[float | None, str]:
+        """:func:`estimate` from these files."""
+        grid, name = dict(self.study.get("grid", {})), self.study["study"]["name"]
+        if epochs is not None:
+            grid["epochs"] = epochs
+        steps = planned_steps(grid)
+        seen = longest_finished_run_s(self.records, steps, stack)
+        if seen is not None:
+            return seen, f"{steps} steps per run; longest finished full-horizon run of {name} × 1.1 = {seen:.0f} s"
+        if self.has_bench():
+            run_s = bench_run_s(self.bench, jobs, steps, eval_steps(grid, steps), bool(grid.get("fast", False)),
+                                overhead_s, stack > 1)
+            if run_s is not None:
+                how = f"{jobs} runs stacked in one process" if stack > 1 else f"{jobs} concurrent runs"
+                return run_s, f"{steps} steps per run at {how}, from the bench {self.bench_path}: {run_s:.0f} s"
+        return None, f"{steps} steps per run: no finished run and no bench row to estimate the time of one"
+
+
 def estimate(study_path, jobs: int, bench_path=None, reports="reports", overhead_s: float = 60.0,
              epochs: float | None = None, stack: int = 1) -> tuple[float | None, str]:
     """(seconds per run, how it was estimated) for the study at ``study_path`` (``epochs``: in place
     of the grid's); ``stack`` > 1: ``jobs`` = ``stack`` runs stacked in one process (``stabkit run --stack``)."""
-    study = tomllib.loads(Path(study_path).read_text())
-    grid, name = dict(study.get("grid", {})), study["study"]["name"]
-    if epochs is not None:
-        grid["epochs"] = epochs
-    steps = planned_steps(grid)
-    seen = observed_run_s(Path(reports) / name / "cells", steps, stack)
-    if seen is not None:
-        return seen, f"{steps} steps per run; longest finished full-horizon run of {name} × 1.1 = {seen:.0f} s"
-    if bench_path and Path(bench_path).is_file():
-        bench = json.loads(Path(bench_path).read_text())
-        run_s = bench_run_s(bench, jobs, steps, eval_steps(grid, steps), bool(grid.get("fast", False)), overhead_s, stack > 1)
-        if run_s is not None:
-            how = f"{jobs} runs stacked in one process" if stack > 1 else f"{jobs} concurrent runs"
-            return run_s, f"{steps} steps per run at {how}, from the bench {bench_path}: {run_s:.0f} s"
-    return None, f"{steps} steps per run: no finished run and no bench row to estimate the time of one"
+    return StudyFiles(study_path, bench_path, reports).estimate(jobs, overhead_s, epochs, stack)
 
 
 def fit_epochs(study_path, seconds: float, jobs: int, bench_path=None, reports="reports", overhead_s: float = 60.0,
                stack: int = 1) -> int:
     """The largest whole number of epochs (≤ the grid's) for which one wave of ``jobs`` runs fits in
     ``seconds`` (0: not even one epoch) — the fallback horizon when the study's does not fit."""
-    grid = tomllib.loads(Path(study_path).read_text()).get("grid", {})
+    files = StudyFiles(study_path, bench_path, reports)
+    grid = files.study.get("grid", {})
     lo, hi = 0, int(float(grid.get("epochs") or 1))
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        run_s, _ = estimate(study_path, jobs, bench_path, reports, overhead_s, epochs=mid, stack=stack)
+        run_s, _ = files.estimate(jobs, overhead_s, epochs=mid, stack=stack)
         if run_s is not None and plan(seconds, jobs, run_s) >= jobs:
             lo = mid
         else:
@@ -167,11 +210,12 @@ def fit_epochs(study_path, seconds: float, jobs: int, bench_path=None, reports="
     return lo
 
 
-def _runs_in_window(args):
-    """stack → the whole runs that way finishes in ``args.seconds`` (``--choose-stack`` with a window)."""
+def _runs_in_window(args, files: StudyFiles):
+    """stack → the whole runs that way finishes in ``args.seconds`` (``--choose-stack`` with a window),
+    from the study's ``files``."""
     def runs(stack: int) -> int:
         jobs = args.jobs if stack == 1 else stack
-        run_s, _ = estimate(args.study, jobs, args.bench, args.reports, args.overhead_s, args.epochs, stack)
+        run_s, _ = files.estimate(jobs, args.overhead_s, args.epochs, stack)
         return plan(args.seconds, jobs, run_s) if run_s is not None else 0
     return runs
 
@@ -198,8 +242,9 @@ def main(argv=None) -> int:
         ap.error(f"--stack must be ≥ 1, got {args.stack}")
     try:
         if args.choose_stack:
-            bench = Path(args.bench) if args.bench and Path(args.bench).is_file() else None
-            r = choose_stack(json.loads(bench.read_text()), args.jobs, _runs_in_window(args) if args.seconds > 0 else None) if bench else 1
+            files = StudyFiles(args.study, args.bench, args.reports)
+            bench = files.has_bench()
+            r = choose_stack(files.bench, args.jobs, _runs_in_window(args, files) if args.seconds > 0 else None) if bench else 1
             print(f"session plan: stack {r} run(s) per process" + ("" if bench else " (no bench)"), file=sys.stderr)
             print(r)
             return 0
