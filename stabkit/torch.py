@@ -99,7 +99,8 @@ def _check_tensor(A, fn: str, square: bool, out) -> None:
 def check_values(A: torch.Tensor, fn: str = "eigh", symmetric: bool = True,
                  advice: str = "symmetrize it (stabkit.torch.symmetrize) or pass check=False") -> None:
     """InputError (a ValueError) if A holds NaN/Inf or (``symmetric``) a matrix of the batch has
-    max|A − Aᵀ| > √eps·max|A| (both over that matrix; the message names its batch index);
+    max|A − Aᵀ| > √eps·max|A| (both over that matrix); either message names the first bad matrix's
+    batch index;
     ``advice`` ends the non-symmetric message (a caller without ``check=`` gives its own).
 
     Skipped under torch.compile and torch.func transforms (see the module docstring).
@@ -116,7 +117,11 @@ def check_values(A: torch.Tensor, fn: str = "eigh", symmetric: bool = True,
     if values[0]:
         n_nan, n_inf = int(torch.isnan(A).sum()), int(torch.isinf(A).sum())
         what = ", ".join(f"{n} {k}" for n, k in ((n_nan, "NaN"), (n_inf, "Inf")) if n)
-        raise InputError(f"{fn}: input has non-finite entries ({what} of {A.numel()})")
+        where = ""
+        if A.ndim > 2:  # which matrix of the batch, as the non-symmetric message says
+            first = torch.nonzero((~torch.isfinite(A)).flatten(-2).any(-1))[0].tolist()
+            where = f", the first in batch index {first}"
+        raise InputError(f"{fn}: input has non-finite entries ({what} of {A.numel()}){where}")
     if symmetric and values[1]:
         first = tuple(int(i) for i in torch.nonzero(asym > tol)[0])  # the failure path: more syncs are fine
         where = f" (batch index {list(first)})" if first else ""

@@ -1,5 +1,7 @@
 """Bad input gives a ValueError whose message names the problem."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -105,3 +107,31 @@ def test_symmetry_is_judged_per_matrix_of_a_batch():
             st.eigh(torch.from_numpy(batch))
     check_symmetric(np.stack([big, (B + B.T) / 2]))  # a symmetric batch still passes
     st.eigvalsh(torch.from_numpy(np.stack([big, (B + B.T) / 2])))
+
+
+def test_a_non_finite_entry_in_a_batch_is_located():
+    """One NaN or Inf among several matrices: the message named only the count ("1 NaN of 12"), so the
+    caller had to search the batch for it; it names the first bad matrix's index, as the non-symmetric
+    message does, here and in stabkit.torch. A single matrix's message is unchanged."""
+    import torch
+
+    import stabkit.torch as st
+
+    S = np.array([[2.0, 1.0], [1.0, 3.0]])
+    for bad, index in ((np.nan, "[1]"), (np.inf, "[1]")):
+        batch = np.stack([S, S, S])
+        batch[1, 1, 1] = bad
+        batch[2, 0, 0] = bad
+        with pytest.raises(ValueError, match=r"non-finite entries \(.*\), the first in batch index " + re.escape(index) + "$"):
+            check_symmetric(batch)
+        with pytest.raises(ValueError, match=r"eigh: input has non-finite entries \(2 \w+ of 12\), the first in batch "
+                                             r"index " + re.escape(index) + "$"):
+            st.eigh(torch.from_numpy(batch))
+    nested = np.stack([np.stack([S, S]), np.stack([S, S])])
+    nested[1, 0, 0, 1] = np.nan
+    with pytest.raises(ValueError, match=r"the first in batch index \[1, 0\]$"):
+        check_symmetric(nested)
+    with pytest.raises(ValueError, match=r"the first in batch index \[1, 0\]$"):
+        st.svdvals(torch.from_numpy(nested))
+    with pytest.raises(ValueError, match=r"\(1 NaN, 0 Inf\)$"):  # one matrix: no index
+        check_symmetric(nested[1, 0])
