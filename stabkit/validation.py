@@ -80,7 +80,7 @@ def check_dtype(dtype) -> np.dtype:
 def check_symmetric(a, name: str = "matrix") -> np.ndarray:
     """Validate a real symmetric matrix (or batch, shape (..., d, d)); return it exactly symmetric.
 
-    Rejects: non-arrays, unsupported dtypes, fewer than 2 dimensions, non-square, empty (d = 0),
+    Rejects: non-arrays, unsupported dtypes (float32/float64 of either byte order pass, made native), fewer than 2 dimensions, non-square, empty (d = 0),
     NaN/Inf, asymmetry beyond ``SYMMETRY_RTOL`` (each matrix of a batch against its own max|A|); for a
     batch, either message names the first bad matrix's index. Asymmetry
     within tolerance is removed by (A + Aᵀ)/2.
@@ -88,9 +88,10 @@ def check_symmetric(a, name: str = "matrix") -> np.ndarray:
     returns it.
     """
     a = np.asarray(a)
-    if a.dtype.kind not in "fiu":
+    if a.dtype.kind == "f" and not a.dtype.isnative:  # a big-endian file's float64 is float64
+        a = a.astype(a.dtype.newbyteorder("="))
+    if a.dtype not in SYMMETRY_RTOL:  # named: "unsupported dtype int64" alone read as --dtype's
         raise InputError(f"{name} has unsupported dtype {a.dtype}: use float32 or float64")
-    check_dtype(a.dtype)
     if a.ndim < 2:
         raise InputError(f"{name} must be a square matrix, got shape {a.shape}")
     if a.shape[-1] != a.shape[-2]:

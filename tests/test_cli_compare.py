@@ -109,6 +109,19 @@ def test_bad_input_exits_2_with_one_line(tmp_path, array, extra, needle):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+def test_a_matrix_file_of_the_wrong_dtype_is_named_and_a_big_endian_one_is_read(tmp_path):
+    """An int64 matrix said "unsupported dtype int64: use float32 or float64" without naming the
+    matrix (read as --dtype's complaint); a big-endian float64 file was refused as "unsupported dtype >f8"."""
+    path = _npy(tmp_path, "int.npy", np.array([[2, 1], [1, 3]]))
+    result = runner.invoke(app, ["compare", "--matrix", path, "-m", "analytic"])
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == ["error: matrix has unsupported dtype int64: use float32 or float64"]
+    path = _npy(tmp_path, "be.npy", build([1.0, 2.0, 3.5]).astype(">f8"))
+    result = runner.invoke(app, ["compare", "--matrix", path, "-m", "analytic", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["rel_err"] < 1e-12
+
+
 def test_missing_file_and_wrong_weight(tmp_path):
     result = runner.invoke(app, ["compare", "--matrix", str(tmp_path / "nope.npy")])
     assert result.exit_code == 2 and "not found" in result.stderr

@@ -21,6 +21,8 @@ from stabkit.validation import check_symmetric
         (np.eye(2, dtype=np.float16), "unsupported dtype float16"),
         (np.eye(2, dtype=np.complex128), "unsupported dtype complex128"),
         (np.array([["a", "b"], ["c", "d"]]), "unsupported dtype"),
+        (np.eye(2, dtype=np.int64), "^matrix has unsupported dtype int64"),  # was unnamed, read as --dtype's
+        (np.eye(2, dtype=">i8"), "^matrix has unsupported dtype >i8"),
     ],
 )
 def test_bad_input_is_named(bad, needle):
@@ -135,3 +137,13 @@ def test_a_non_finite_entry_in_a_batch_is_located():
         st.svdvals(torch.from_numpy(nested))
     with pytest.raises(ValueError, match=r"\(1 NaN, 0 Inf\)$"):  # one matrix: no index
         check_symmetric(nested[1, 0])
+
+
+@pytest.mark.parametrize("dtype", [">f8", ">f4"])
+def test_a_big_endian_float_matrix_is_accepted_as_its_native_dtype(dtype):
+    """A .npy written on a big-endian machine holds >f8: it was refused as "unsupported dtype >f8: use
+    float32 or float64", though it is float64. It is read in native byte order, values unchanged."""
+    S = np.array([[2.0, 1.0], [1.0, 3.0]], dtype=dtype)
+    out = check_symmetric(S)
+    assert out.dtype == np.dtype(dtype).newbyteorder("=") and out.dtype.isnative
+    np.testing.assert_array_equal(out, S)
