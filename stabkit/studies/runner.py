@@ -112,6 +112,8 @@ def run_study(path_or_config, overrides: dict | None = None, jobs: int | None = 
         raise ValueError(f"--jobs must be ≥ 1, got {jobs}")
     if int(stack) < 1:
         raise ValueError(f"--stack must be ≥ 1, got {stack}")
+    if int(stack) > 1 and getattr(kind, "stack_key", None) is None:  # was ignored, yet recorded as the run's
+        raise ValueError(f"--stack {stack}: study kind {study['kind']!r} cannot train runs stacked; leave --stack out")
     if max_cells is not None and int(max_cells) < 0:  # before the study's folder is made or locked
         raise ValueError(f"--max-cells must be ≥ 0, got {max_cells}")
     run = _Run(study, grid, cells, Path(out_root), command or argv_command(), jobs, scheduler, int(stack))
