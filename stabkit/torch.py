@@ -55,7 +55,8 @@ eigvalsh) a matrix that is not symmetric within max|A − Aᵀ| ≤ √eps·max|
 maxima over that matrix alone, not the batch, and the message names its batch index).
 The check costs a few reductions and one device→host sync; ``check=False`` skips it (inside layers
 that symmetrize their input). Under ``torch.compile`` and ``torch.func`` transforms the value
-checks are skipped (tensor values cannot steer Python there); dtype and shape are always checked.
+checks are skipped (tensor values cannot steer Python there), as for a meta tensor (no values);
+dtype and shape are always checked.
 ``out=`` is refused with a ValueError (InputError).
 """
 
@@ -103,9 +104,10 @@ def check_values(A: torch.Tensor, fn: str = "eigh", symmetric: bool = True,
     batch index;
     ``advice`` ends the non-symmetric message (a caller without ``check=`` gives its own).
 
-    Skipped under torch.compile and torch.func transforms (see the module docstring).
+    Skipped under torch.compile and torch.func transforms (see the module docstring), and for a meta
+    tensor (shapes without values, as deferred initialisation passes; torch.linalg takes them).
     """
-    if _xp.is_traced(A) or A.numel() == 0:  # an empty batch holds nothing to check
+    if _xp.is_traced(A) or A.numel() == 0 or A.is_meta:  # an empty batch or a meta tensor holds no value to check
         return
     A = A.detach()
     rtol = symmetry_rtol(_xp.finfo_eps(A.dtype))
