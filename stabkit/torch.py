@@ -50,7 +50,7 @@ method, bounded kernels included: a bounded first derivative does not bound its 
 
 **Input contract** (``check=True``, the default): a ValueError (``stabkit.errors.InputError``)
 naming the problem for a
-non-tensor, a non-float dtype, a non-square (eigh) or empty input, NaN or ±Inf entries, and (eigh,
+non-tensor, a sparse tensor, a non-float dtype, a non-square (eigh) or empty input, NaN or ±Inf entries, and (eigh,
 eigvalsh) a matrix that is not symmetric within max|A − Aᵀ| ≤ √eps·max|A| (eps of the dtype; both
 maxima over that matrix alone, not the batch, and the message names its batch index).
 The check costs a few reductions and one device→host sync; ``check=False`` skips it (inside layers
@@ -90,6 +90,8 @@ def _check_tensor(A, fn: str, square: bool, out) -> None:
         raise InputError(f"{fn}: out= is not supported (assign the result instead)")
     if not isinstance(A, torch.Tensor):
         raise InputError(f"{fn}: expected a torch.Tensor, got {type(A).__name__}")
+    if A.layout != torch.strided:  # a sparse one failed deep inside ("Could not run 'aten::ne.Scalar'")
+        raise InputError(f"{fn}: expected a dense tensor, got layout {A.layout}: use A.to_dense()")
     if A.dtype not in (torch.float32, torch.float64):
         raise InputError(f"{fn}: unsupported dtype {A.dtype}: use float32 or float64")
     if A.ndim < 2 or A.shape[-1] == 0 or A.shape[-2] == 0 or (square and A.shape[-1] != A.shape[-2]):
