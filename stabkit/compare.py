@@ -124,12 +124,18 @@ def compare(A, loss_name: str, method_specs=None, *, dtype="float64", seed: int 
 
 
 def _fits(array: np.ndarray, dt: np.dtype, what: str, symbol: str) -> np.ndarray:
-    """``array`` rounded to ``dt``; InputError naming ``what`` where a finite entry lies beyond dt's range."""
-    with np.errstate(over="ignore"):  # finite entries beyond dt's range become Inf: refused by name
+    """``array`` rounded to ``dt``; InputError naming ``what`` where a finite entry lies beyond dt's range,
+    or where the whole array, normal in its own dtype, falls below dt's normal range (float32 flushed
+    diag(1e-50, 2e-50) to 0, and the error blamed "smallest eigenvalue 0")."""
+    with np.errstate(over="ignore", under="ignore"):  # finite entries beyond dt's range become Inf: refused by name
         cast = array.astype(dt)
+    largest = float(np.abs(array).max(initial=0.0))
     if np.isinf(cast).any():
-        raise InputError(f"{what} is too large for {dt.name}: max|{symbol}| = {float(np.abs(array).max()):.3g} exceeds "
+        raise InputError(f"{what} is too large for {dt.name}: max|{symbol}| = {largest:.3g} exceeds "
                          f"{dt.name}'s largest {float(np.finfo(dt).max):.3g}; scale it down or use float64")
+    if np.finfo(array.dtype).tiny <= largest and float(np.abs(cast).max(initial=0.0)) < np.finfo(dt).tiny:
+        raise InputError(f"{what} is too small for {dt.name}: max|{symbol}| = {largest:.3g} is below {dt.name}'s "
+                         f"smallest normal number {float(np.finfo(dt).tiny):.3g}; scale it up or use float64")
     return cast
 
 
