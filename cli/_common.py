@@ -108,6 +108,12 @@ class OneLineErrors(TyperGroup):
         sys.exit(result if isinstance(result, int) else 0)
 
 
+def given(ctx, name: str) -> bool:
+    """Whether the user gave option ``name`` (its source is not the default): an option that does not
+    apply to the rest of the command line is refused rather than silently ignored."""
+    return getattr(ctx.get_parameter_source(name), "name", "DEFAULT") != "DEFAULT"
+
+
 def reports_root(out: str):
     """The ``--out`` folder of ``run``/``report`` as a Path; an empty one (the current folder, as
     ``Path('')``) is refused."""

@@ -12,7 +12,7 @@ import typer
 
 from stabkit._choices import FAMILY_NAMES, LOSSES
 
-from ._common import parse_params, user_errors
+from ._common import given, parse_params, user_errors
 
 
 class Format(str, Enum):
@@ -47,13 +47,15 @@ def compare_command(
     from stabkit.validation import check_dtype_name, check_symmetric
 
     check_dtype_name(dtype)  # as `stabkit bench`: float32 or float64, never a numpy alias, is what the output records
+    if loss != "projector" and given(ctx, "k"):  # the rank of the projector loss: any other loss ignored it
+        raise ValueError(f"--k is the rank of the projector loss; it does not apply to --loss {loss}")
     specs = _method_specs(method)
     compared = specs or [methods.spec(name) for name in methods.NAMES]
     if matrix is not None:
-        given = [option for option, name in (("--spectrum", "spectrum"), ("-p/--param", "param"), ("--d", "d"))
-                 if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") != "DEFAULT"]
-        if given:  # they shape a generated matrix only: with --matrix they were silently ignored
-            raise ValueError(f"{' and '.join(given)} only appl{'y' if len(given) > 1 else 'ies'} to a generated matrix, not to --matrix {matrix}")
+        shaping = [option for option, name in (("--spectrum", "spectrum"), ("-p/--param", "param"), ("--d", "d"))
+                   if given(ctx, name)]
+        if shaping:  # they shape a generated matrix only: with --matrix they were silently ignored
+            raise ValueError(f"{' and '.join(shaping)} only appl{'y' if len(shaping) > 1 else 'ies'} to a generated matrix, not to --matrix {matrix}")
         A = check_symmetric(_load_npy(matrix, "matrix"), "matrix")
         source = str(matrix)
         check_truth_cost(A.shape[-1], force, specs=compared)

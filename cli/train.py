@@ -7,11 +7,12 @@ from typing import Optional
 
 import typer
 
-from ._common import user_errors
+from ._common import given, user_errors
 
 
 @user_errors
 def train_command(
+    ctx: typer.Context,
     method: Optional[str] = typer.Option(None, "--method", "-m", help="Backward method spec NAME[:KEY=VALUE,...], e.g. "
                                          "taylor:K=19 (default: a bounded rule, the one `stabkit methods` marks as stabkit train's); "
                                          "`stabkit methods` lists the names and their parameters."),
@@ -54,6 +55,10 @@ def train_command(
     from stabkit import methods
     from stabkit.train.loop import train_run
 
+    zca_only = [option for option, name in (("--method", "method"), ("--d", "d"), ("--eps", "eps"), ("--dtype", "dtype"))
+                if given(ctx, name)]
+    if norm == "bn" and zca_only:  # the BatchNorm baseline has no ZCA layer: they were silently ignored
+        raise ValueError(f"{' and '.join(zca_only)} set the ZCA layer; --norm bn (plain BatchNorm) has none")
     spec = methods.spec(methods.TRAIN_DEFAULT if method is None else method)  # the CLI edge: parsed once, the run carries the Spec
     parsed_milestones = None
     if milestones is not None:

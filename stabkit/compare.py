@@ -72,15 +72,11 @@ def compare(A, loss_name: str, method_specs=None, *, dtype="float64", seed: int 
     """
     name = dtype_name(dtype)
     dt = np.dtype(name)
-    A = check_symmetric(np.asarray(A))
-    with np.errstate(over="ignore"):  # finite entries beyond dt's range become Inf: refused by name below
-        cast = A.astype(dt)
-    if np.isinf(cast).any():
-        raise InputError(f"matrix is too large for {name}: max|A| = {float(np.abs(A).max()):.3g} exceeds "
-                         f"{name}'s largest {float(np.finfo(dt).max):.3g}; scale it down or use float64")
-    A = cast  # checked above; rounding each entry keeps it exactly symmetric
+    A = _fits(check_symmetric(np.asarray(A)), dt, "matrix", "A")  # rounding each entry keeps it exactly symmetric
     d = A.shape[-1]
     loss = make_loss(loss_name, d, seed=seed, weight=weight, k=k)
+    if weight is not None:  # the methods take G in dt: one beyond its range made every row NaN, without a word
+        _fits(loss.weight, dt, "loss weight", "G")
     if isinstance(method_specs, (str, methods.Spec)):  # one spec, not a list of its characters
         method_specs = [method_specs]
     specs = [methods.spec(s) for s in (method_specs or methods.NAMES)]
@@ -125,6 +121,22 @@ def compare(A, loss_name: str, method_specs=None, *, dtype="float64", seed: int 
         row.setdefault("seconds", time.perf_counter() - start)
         rows.append(row)
     return Comparison(truth, rows, metrics.spectrum_diagnostics(truth.eigenvalues, dt), name)
+
+
+def _fits(array: np.ndarray, dt: np.dtype, what: str, symbol: str) -> np.ndarray:
+    """``array`` rounded to ``dt``; InputError naming ``what`` where a finite entry lies beyond dt's range,
+    or where the whole array, normal in its own dtype, falls below dt's normal range (float32 flushed
+    diag(1e-50, 2e-50) to 0, and the error blamed "smallest eigenvalue 0")."""
+    with np.errstate(over="ignore", under="ignore"):  # finite entries beyond dt's range become Inf: refused by name
+        cast = array.astype(dt)
+    largest = float(np.abs(array).max(initial=0.0))
+    if np.isinf(cast).any():
+        raise InputError(f"{what} is too large for {dt.name}: max|{symbol}| = {largest:.3g} exceeds "
+                         f"{dt.name}'s largest {float(np.finfo(dt).max):.3g}; scale it down or use float64")
+    if np.finfo(array.dtype).tiny <= largest and float(np.abs(cast).max(initial=0.0)) < np.finfo(dt).tiny:
+        raise InputError(f"{what} is too small for {dt.name}: max|{symbol}| = {largest:.3g} is below {dt.name}'s "
+                         f"smallest normal number {float(np.finfo(dt).tiny):.3g}; scale it up or use float64")
+    return cast
 
 
 def iterated_truth(A, loss, spec, kept=None) -> Truth:

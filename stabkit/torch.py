@@ -50,12 +50,13 @@ method, bounded kernels included: a bounded first derivative does not bound its 
 
 **Input contract** (``check=True``, the default): a ValueError (``stabkit.errors.InputError``)
 naming the problem for a
-non-tensor, a non-float dtype, a non-square (eigh) or empty input, NaN or ±Inf entries, and (eigh,
+non-tensor, a sparse tensor, a non-float dtype, a non-square (eigh) or empty input, NaN or ±Inf entries, and (eigh,
 eigvalsh) a matrix that is not symmetric within max|A − Aᵀ| ≤ √eps·max|A| (eps of the dtype; both
 maxima over that matrix alone, not the batch, and the message names its batch index).
 The check costs a few reductions and one device→host sync; ``check=False`` skips it (inside layers
 that symmetrize their input). Under ``torch.compile`` and ``torch.func`` transforms the value
-checks are skipped (tensor values cannot steer Python there); dtype and shape are always checked.
+checks are skipped (tensor values cannot steer Python there), as for a meta tensor (no values);
+dtype and shape are always checked.
 ``out=`` is refused with a ValueError (InputError).
 """
 
@@ -89,6 +90,8 @@ def _check_tensor(A, fn: str, square: bool, out) -> None:
         raise InputError(f"{fn}: out= is not supported (assign the result instead)")
     if not isinstance(A, torch.Tensor):
         raise InputError(f"{fn}: expected a torch.Tensor, got {type(A).__name__}")
+    if A.layout != torch.strided:  # a sparse one failed deep inside ("Could not run 'aten::ne.Scalar'")
+        raise InputError(f"{fn}: expected a dense tensor, got layout {A.layout}: use A.to_dense()")
     if A.dtype not in (torch.float32, torch.float64):
         raise InputError(f"{fn}: unsupported dtype {A.dtype}: use float32 or float64")
     if A.ndim < 2 or A.shape[-1] == 0 or A.shape[-2] == 0 or (square and A.shape[-1] != A.shape[-2]):
@@ -100,12 +103,14 @@ def check_values(A: torch.Tensor, fn: str = "eigh", symmetric: bool = True,
                  advice: str = "symmetrize it (stabkit.torch.symmetrize) or pass check=False") -> None:
     """InputError (a ValueError) if A holds NaN/Inf or (``symmetric``) a matrix of the batch has
     max|A − Aᵀ| > √eps·max(max|A|, tiny) (both over that matrix, tiny the dtype's smallest normal number,
-    as in :func:`stabkit.validation.check_symmetric`; the message names its batch index);
+    as in :func:`stabkit.validation.check_symmetric`); either message names the first bad matrix's
+    batch index;
     ``advice`` ends the non-symmetric message (a caller without ``check=`` gives its own).
 
-    Skipped under torch.compile and torch.func transforms (see the module docstring).
+    Skipped under torch.compile and torch.func transforms (see the module docstring), and for a meta
+    tensor (shapes without values, as deferred initialisation passes; torch.linalg takes them).
     """
-    if _xp.is_traced(A) or A.numel() == 0:  # an empty batch holds nothing to check
+    if _xp.is_traced(A) or A.numel() == 0 or A.is_meta:  # an empty batch or a meta tensor holds no value to check
         return
     A = A.detach()
     rtol = symmetry_rtol(_xp.finfo_eps(A.dtype))
@@ -117,7 +122,11 @@ def check_values(A: torch.Tensor, fn: str = "eigh", symmetric: bool = True,
     if values[0]:
         n_nan, n_inf = int(torch.isnan(A).sum()), int(torch.isinf(A).sum())
         what = ", ".join(f"{n} {k}" for n, k in ((n_nan, "NaN"), (n_inf, "Inf")) if n)
-        raise InputError(f"{fn}: input has non-finite entries ({what} of {A.numel()})")
+        where = ""
+        if A.ndim > 2:  # which matrix of the batch, as the non-symmetric message says
+            first = torch.nonzero((~torch.isfinite(A)).flatten(-2).any(-1))[0].tolist()
+            where = f", the first in batch index {first}"
+        raise InputError(f"{fn}: input has non-finite entries ({what} of {A.numel()}){where}")
     if symmetric and values[1]:
         first = tuple(int(i) for i in torch.nonzero(asym > tol)[0])  # the failure path: more syncs are fine
         where = f" (batch index {list(first)})" if first else ""

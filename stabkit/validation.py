@@ -81,16 +81,18 @@ def check_dtype(dtype) -> np.dtype:
 def check_symmetric(a, name: str = "matrix") -> np.ndarray:
     """Validate a real symmetric matrix (or batch, shape (..., d, d)); return it exactly symmetric.
 
-    Rejects: non-arrays, unsupported dtypes, fewer than 2 dimensions, non-square, empty (d = 0),
-    NaN/Inf, asymmetry beyond ``SYMMETRY_RTOL`` (each matrix of a batch against its own max|A|). Asymmetry
+    Rejects: non-arrays, unsupported dtypes (float32/float64 of either byte order pass, made native), fewer than 2 dimensions, non-square, empty (d = 0),
+    NaN/Inf, asymmetry beyond ``SYMMETRY_RTOL`` (each matrix of a batch against its own max|A|); for a
+    batch, either message names the first bad matrix's index. Asymmetry
     within tolerance is removed by (A + Aᵀ)/2.
     An empty batch (0, d, d) holds nothing to check and is returned as is, as ``stabkit.torch``
     returns it.
     """
     a = np.asarray(a)
-    if a.dtype.kind not in "fiu":
+    if a.dtype.kind == "f" and not a.dtype.isnative:  # a big-endian file's float64 is float64
+        a = a.astype(a.dtype.newbyteorder("="))
+    if a.dtype not in SYMMETRY_RTOL:  # named: "unsupported dtype int64" alone read as --dtype's
         raise InputError(f"{name} has unsupported dtype {a.dtype}: use float32 or float64")
-    check_dtype(a.dtype)
     if a.ndim < 2:
         raise InputError(f"{name} must be a square matrix, got shape {a.shape}")
     if a.shape[-1] != a.shape[-2]:
@@ -102,7 +104,11 @@ def check_symmetric(a, name: str = "matrix") -> np.ndarray:
     finite = np.isfinite(a)
     if not finite.all():
         n_nan, n_inf = int(np.isnan(a).sum()), int(np.isinf(a).sum())
-        raise InputError(f"{name} contains non-finite entries ({n_nan} NaN, {n_inf} Inf)")
+        where = ""
+        if a.ndim > 2:  # which matrix of the batch, as the non-symmetric message says
+            first = [int(i) for i in np.argwhere(~finite.all(axis=(-2, -1)))[0]]
+            where = f", the first in batch index {first}"
+        raise InputError(f"{name} contains non-finite entries ({n_nan} NaN, {n_inf} Inf){where}")
     scales = np.abs(a).max(axis=(-2, -1))  # per matrix: a large one in the batch must not widen another's tolerance
     scale = float(scales.max())
     with np.errstate(over="ignore"):  # entries near the dtype's largest overflow A ± Aᵀ: refused below

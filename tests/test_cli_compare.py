@@ -98,6 +98,9 @@ def test_table_lists_every_method_and_truth_digits(tmp_path):
         # a generated matrix's options were silently ignored with --matrix
         (np.eye(3), ["-p", "delta=abc"], "-p/--param only applies to a generated matrix, not to --matrix"),
         (np.eye(3), ["--spectrum", "nosuch", "--d", "5"], "--spectrum and --d only apply to a generated matrix"),
+        # the projector's rank was silently ignored by every other loss
+        (np.diag([1.0, 2.0, 3.0]), ["--k", "2", "-m", "analytic"], "--k is the rank of the projector loss; it does not apply to --loss zca"),
+        (np.diag([1.0, 2.0, 3.0]), ["--k", "1", "--loss", "eigvec", "-m", "analytic"], "does not apply to --loss eigvec"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(tmp_path, array, extra, needle):
@@ -107,6 +110,31 @@ def test_bad_input_exits_2_with_one_line(tmp_path, array, extra, needle):
     assert needle in result.stderr
     assert "Traceback" not in result.output
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_matrix_file_of_the_wrong_dtype_is_named_and_a_big_endian_one_is_read(tmp_path):
+    """An int64 matrix said "unsupported dtype int64: use float32 or float64" without naming the
+    matrix (read as --dtype's complaint); a big-endian float64 file was refused as "unsupported dtype >f8"."""
+    path = _npy(tmp_path, "int.npy", np.array([[2, 1], [1, 3]]))
+    result = runner.invoke(app, ["compare", "--matrix", path, "-m", "analytic"])
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == ["error: matrix has unsupported dtype int64: use float32 or float64"]
+    path = _npy(tmp_path, "be.npy", build([1.0, 2.0, 3.5]).astype(">f8"))
+    result = runner.invoke(app, ["compare", "--matrix", path, "-m", "analytic", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["rel_err"] < 1e-12
+
+
+def test_k_is_still_taken_with_the_projector_loss(tmp_path):
+    """The refusal of --k for other losses leaves the projector's alone: k = 2 runs, and k = 3 = d is
+    still out of range there."""
+    path = _npy(tmp_path, "a.npy", np.diag([1.0, 2.0, 3.0]))
+    result = runner.invoke(app, ["compare", "--matrix", path, "--loss", "projector", "--k", "2", "-m", "analytic",
+                                 "--format", "json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["rel_err"] < 1e-12
+    result = runner.invoke(app, ["compare", "--matrix", path, "--loss", "projector", "--k", "3", "-m", "analytic"])
+    assert result.exit_code == 2 and "1 ≤ k < d = 3" in result.stderr
 
 
 def test_missing_file_and_wrong_weight(tmp_path):

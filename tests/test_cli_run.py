@@ -274,6 +274,12 @@ def test_report_refuses_a_name_that_leads_out_of_the_reports_root(tmp_path):
     assert not (other / "tiny" / "README.md").exists() and not list(root.iterdir())
 
 
+def test_report_refuses_an_empty_study_name(tmp_path):
+    """`report ""` looked for results.parquet in the reports' root itself ("no results for study ''")."""
+    _one_error_line(_invoke("report", "", "--out", tmp_path), "study.name '' must be a plain directory name")
+    assert not list(tmp_path.iterdir())
+
+
 def test_an_empty_out_or_a_folder_with_another_readme_is_refused_before_any_work(tmp_path, monkeypatch):
     """`--out ''` is the current folder and `--out .` in a checkout would overwrite the checkout's own
     README.md with the reports index: an empty --out is refused, and an existing README.md that is

@@ -311,3 +311,30 @@ def test_entries_too_large_for_the_dtype_are_named_without_a_warning():
         warnings.simplefilter("error")
         with pytest.raises(ValueError, match=re.escape("matrix is too large for float32: max|A| = 3e+300")):
             cmp.compare(np.diag([1e300, 2e300, 3e300]), "zca", ["analytic"], dtype="float32")
+
+
+def test_a_matrix_too_small_for_the_dtype_is_named():
+    """diag(1e-50, 2e-50, 3e-50) in float32 rounded to zeros and was refused as "zca loss needs a positive
+    definite matrix: smallest eigenvalue is 0", of a matrix whose smallest is 1e-50. Named as too small;
+    float64 still takes it, and a float64 subnormal matrix keeps its own message."""
+    import re
+
+    A = np.diag([1e-50, 2e-50, 3e-50])
+    with pytest.raises(ValueError, match=re.escape("matrix is too small for float32: max|A| = 3e-50 is below")):
+        cmp.compare(A, "zca", ["analytic"], dtype="float32")
+    assert cmp.compare(A, "zca", ["analytic"], dtype="float64").rows[0]["rel_err"] < 1e-12
+    with pytest.raises(ValueError, match="positive definite"):
+        cmp.compare(np.full((2, 2), 1e-320), "zca", ["analytic"], dtype="float32")
+
+
+def test_a_loss_weight_too_large_for_the_dtype_is_named():
+    """A weight G beyond float32's range was taken: the truth (float64 and above) had 26 digits and every
+    method's row was NaN, "finite: NO", as if the methods had failed. Refused as the matrix is; the
+    same G in float64 runs."""
+    import re
+
+    A, G = build([1.0, 2.0, 3.0]), np.eye(3) * 1e39
+    with pytest.raises(ValueError, match=re.escape("loss weight is too large for float32: max|G| = 1e+39")):
+        cmp.compare(A, "zca", ["analytic"], dtype="float32", weight=G)
+    row = cmp.compare(A, "zca", ["analytic"], dtype="float64", weight=G).rows[0]
+    assert row["finite"] and row["rel_err"] < 1e-12

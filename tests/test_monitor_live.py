@@ -362,3 +362,30 @@ def test_a_second_live_process_of_the_same_rank_gets_its_own_file(tmp_path, monk
     assert theirs.read_bytes() == before
     assert read_log(theirs)["min_gap"].tolist() == [2.0]
     assert read_log(tmp_path / f"eig-rank0-pid{os.getpid()}.csv")["min_gap"].tolist() == [pytest.approx(4.0)]
+
+
+@pytest.mark.parametrize("column, old, new, kind", [
+    ("min_gap", "0.5", "abc", "number"),
+    ("step", "1", "one", "number"),
+    ("nonfinite", "True", "maybe", "true/false"),
+])
+def test_text_in_a_number_or_flag_column_of_a_log_is_named(tmp_path, column, old, new, kind):
+    """A damaged or edited cell was read as NaN (a number column) or False (a flag, so a non-finite
+    call "maybe" became finite) and the report went on; it is an InputError naming file, column, row."""
+    from stabkit.errors import InputError
+    from stabkit.monitor.log import frame
+
+    rows = [{"step": s, "site": "a.py:1", "fn": "eigh", "backward": "analytic", "batch": 1, "n": 2,
+             "dtype": "float64", "min_gap": 0.5, "nonfinite": True, "error": ""} for s in (0, 1)]
+    path = tmp_path / "eig-rank0.csv"
+    frame(rows).to_csv(path, index=False)
+    assert len(read_log(path)) == 2  # the log as written reads
+    header, first, second = path.read_text().splitlines()
+    cells = second.split(",")
+    where = header.split(",").index(column)
+    assert cells[where] == old
+    cells[where] = new
+    path.write_text("\n".join([header, first, ",".join(cells)]) + "\n")
+    with pytest.raises(InputError, match=rf"eig-rank0.csv: column '{column}' of row 2 \(after the header\) holds "
+                                         rf"'{new}', not a {kind}"):
+        read_log(path)

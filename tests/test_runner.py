@@ -98,6 +98,25 @@ def test_tiny_study_end_to_end(tmp_path):
 def test_stack_below_one_exits_2_naming_it(tmp_path):
     result = CliRunner().invoke(app, ["run", str(TINY), "--out", str(tmp_path), "--jobs", "1", "--stack", "0"])
     assert result.exit_code == 2 and "--stack must be ≥ 1, got 0" in result.output and "Traceback" not in result.output
+
+
+def test_jobs_with_a_scheduler_exits_2_before_connecting(tmp_path):
+    """--jobs was ignored beside --scheduler (the cluster's workers run the cells), silently."""
+    result = CliRunner().invoke(app, ["run", str(TINY), "--out", str(tmp_path), "--jobs", "2",
+                                      "--scheduler", "tcp://127.0.0.1:1"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip().splitlines() == [
+        "error: --jobs and --scheduler exclude each other: with a scheduler its workers run the cells"]
+
+
+def test_stack_for_a_kind_that_cannot_stack_exits_2_naming_it(tmp_path):
+    """`--stack 2` on a gradient_accuracy study was ignored, yet recorded in run.json and in the resume
+    command as if the runs had been stacked; refused before any work."""
+    result = CliRunner().invoke(app, ["run", str(TINY), "--out", str(tmp_path), "--jobs", "1", "--stack", "2"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip().splitlines() == [
+        "error: --stack 2: study kind 'gradient_accuracy' cannot train runs stacked; leave --stack out"]
+    assert not list(tmp_path.rglob("*.json"))
     assert not (tmp_path / "tiny").exists()  # refused before any work
 
 

@@ -526,6 +526,28 @@ def test_check_is_skipped_under_transforms():
     torch.func.vmap(sk.eigh)(A)
 
 
+@pytest.mark.parametrize("fn", [sk.eigh, sk.eigvalsh, sk.svd, sk.svdvals])
+def test_a_sparse_tensor_is_refused_by_name(fn):
+    """A sparse input failed inside the value check with NotImplementedError ("Could not run
+    'aten::ne.Scalar' with arguments from the 'SparseCPU' backend"), a message naming no input."""
+    A = torch.eye(3, dtype=F64)
+    for sparse in (A.to_sparse(), A.to_sparse_csr()):
+        with pytest.raises(ValueError, match=f"expected a dense tensor, got layout {sparse.layout}: use A.to_dense"):
+            fn(sparse, method="taylor")
+
+
+def test_a_meta_tensor_passes_the_check_as_torch_linalg_takes_it():
+    """Deferred initialisation runs a model on meta tensors (shapes, no values): torch.linalg.eigh and svd
+    return meta results, while the value check here raised NotImplementedError ("Cannot copy out of
+    meta tensor"). A meta tensor has no value to check; dtype and shape are still checked."""
+    A = torch.randn(2, 3, 3, dtype=F64, device="meta")
+    lam, U = sk.eigh(A, method="taylor")
+    assert lam.is_meta and (lam.shape, U.shape) == ((2, 3), (2, 3, 3))
+    assert sk.svdvals(A[..., :2], method="clip").shape == (2, 2)
+    with pytest.raises(ValueError, match="square"):
+        sk.eigh(A[..., :2])
+
+
 # ------------------------------------------------------------------ pi-forward's start vectors
 
 @settings(max_examples=25, deadline=None)

@@ -526,6 +526,24 @@ def test_the_cli_parses_the_method_once(monkeypatch):
     assert seen[1]["method"] == methods.spec(methods.TRAIN_DEFAULT)
 
 
+def test_cli_train_refuses_zca_options_with_the_batchnorm_baseline(monkeypatch):
+    """--norm bn has no ZCA layer: --method, --d, --eps and --dtype were silently ignored (the run
+    printed "BatchNorm: ok" whatever they said). Refused before training; bn alone still trains."""
+    from stabkit.train import loop as train_loop
+
+    seen = []
+    monkeypatch.setattr(train_loop, "train_run", lambda config: seen.append(config) or (_ for _ in ()).throw(SystemExit(0)))
+    for extra, named in ((["--method", "taylor"], "--method"), (["--d", "8", "--eps", "0.1"], "--d and --eps"),
+                         (["--dtype", "float64"], "--dtype")):
+        result = CliRunner().invoke(app, ["train", "--norm", "bn", *extra, "--max-steps", "1"])
+        assert result.exit_code == 2, result.output
+        assert result.stderr.strip().splitlines() == [f"error: {named} set the ZCA layer; --norm bn (plain BatchNorm) has none"]
+    assert not seen
+    CliRunner().invoke(app, ["train", "--norm", "bn", "--max-steps", "1"])
+    CliRunner().invoke(app, ["train", "--norm", "zca", "--d", "8", "--max-steps", "1"])
+    assert [(c["norm"], c["d"]) for c in seen] == [("bn", 16), ("zca", 8)]
+
+
 @pytest.mark.parametrize("study, setting, needle", [
     ("zca-cifar10-cpu-pilot", "lr=inf", "grid key 'lr' must be a finite number, got inf"),
     ("zca-cifar10-cpu-pilot", "max_steps=-1", "max_steps must be an integer in [0, 2^63 − 1]"),

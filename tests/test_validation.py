@@ -1,5 +1,7 @@
 """Bad input gives a ValueError whose message names the problem."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -19,6 +21,8 @@ from stabkit.validation import check_symmetric
         (np.eye(2, dtype=np.float16), "unsupported dtype float16"),
         (np.eye(2, dtype=np.complex128), "unsupported dtype complex128"),
         (np.array([["a", "b"], ["c", "d"]]), "unsupported dtype"),
+        (np.eye(2, dtype=np.int64), "^matrix has unsupported dtype int64"),  # was unnamed, read as --dtype's
+        (np.eye(2, dtype=">i8"), "^matrix has unsupported dtype >i8"),
     ],
 )
 def test_bad_input_is_named(bad, needle):
@@ -126,3 +130,41 @@ def test_symmetry_is_judged_per_matrix_of_a_batch():
             st.eigh(torch.from_numpy(batch))
     check_symmetric(np.stack([big, (B + B.T) / 2]))  # a symmetric batch still passes
     st.eigvalsh(torch.from_numpy(np.stack([big, (B + B.T) / 2])))
+
+
+def test_a_non_finite_entry_in_a_batch_is_located():
+    """One NaN or Inf among several matrices: the message named only the count ("1 NaN of 12"), so the
+    caller had to search the batch for it; it names the first bad matrix's index, as the non-symmetric
+    message does, here and in stabkit.torch. A single matrix's message is unchanged."""
+    import torch
+
+    import stabkit.torch as st
+
+    S = np.array([[2.0, 1.0], [1.0, 3.0]])
+    for bad, index in ((np.nan, "[1]"), (np.inf, "[1]")):
+        batch = np.stack([S, S, S])
+        batch[1, 1, 1] = bad
+        batch[2, 0, 0] = bad
+        with pytest.raises(ValueError, match=r"non-finite entries \(.*\), the first in batch index " + re.escape(index) + "$"):
+            check_symmetric(batch)
+        with pytest.raises(ValueError, match=r"eigh: input has non-finite entries \(2 \w+ of 12\), the first in batch "
+                                             r"index " + re.escape(index) + "$"):
+            st.eigh(torch.from_numpy(batch))
+    nested = np.stack([np.stack([S, S]), np.stack([S, S])])
+    nested[1, 0, 0, 1] = np.nan
+    with pytest.raises(ValueError, match=r"the first in batch index \[1, 0\]$"):
+        check_symmetric(nested)
+    with pytest.raises(ValueError, match=r"the first in batch index \[1, 0\]$"):
+        st.svdvals(torch.from_numpy(nested))
+    with pytest.raises(ValueError, match=r"\(1 NaN, 0 Inf\)$"):  # one matrix: no index
+        check_symmetric(nested[1, 0])
+
+
+@pytest.mark.parametrize("dtype", [">f8", ">f4"])
+def test_a_big_endian_float_matrix_is_accepted_as_its_native_dtype(dtype):
+    """A .npy written on a big-endian machine holds >f8: it was refused as "unsupported dtype >f8: use
+    float32 or float64", though it is float64. It is read in native byte order, values unchanged."""
+    S = np.array([[2.0, 1.0], [1.0, 3.0]], dtype=dtype)
+    out = check_symmetric(S)
+    assert out.dtype == np.dtype(dtype).newbyteorder("=") and out.dtype.isnative
+    np.testing.assert_array_equal(out, S)

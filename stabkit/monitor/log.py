@@ -166,7 +166,8 @@ class LiveLog:
 
 def read_log(path) -> pd.DataFrame:
     """One monitor log (.csv, possibly cut by a kill, or .parquet) as a normalized DataFrame; an empty
-    file gives no rows; a file without the monitor's columns raises :class:`~stabkit.errors.InputError`."""
+    file gives no rows; a file without the monitor's columns, or with text in a number or true/false
+    column, raises :class:`~stabkit.errors.InputError`."""
     path = Path(path)
     if path.suffix == ".parquet":
         return normalize(_checked(pd.read_parquet(path), path))
@@ -176,11 +177,35 @@ def read_log(path) -> pd.DataFrame:
     if not text.strip():
         return frame([])
     raw = pd.read_csv(io.StringIO(text), keep_default_na=False, na_values=["", "nan", "NaN"])
-    return normalize(_checked(raw, path))
+    return normalize(_readable_cells(_checked(raw, path), path))
 
 
 def _checked(df: pd.DataFrame, path: Path) -> pd.DataFrame:
     missing = [col for col in REQUIRED if col not in df.columns]
     if missing:
         raise InputError(f"{path} is not a stabkit monitor log (missing columns {', '.join(missing)})")
+    return df
+
+
+_TRUTH_VALUES = ("true", "false", "1", "0", "1.0", "0.0")
+
+
+def _readable_cells(df: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """``df`` if every cell of its number and true/false columns is one; InputError naming the first
+    that is not. The monitor writes only those there, so text means a damaged or edited file, and
+    :func:`normalize` would read it as NaN or False without a word (a non-finite flag "maybe" became
+    "finite")."""
+    for col in _FLOATS + _INTS + _BOOLS:
+        if col not in df:
+            continue
+        values = df[col]
+        if col in _BOOLS:
+            bad = values.notna() & ~values.astype(str).str.strip().str.lower().isin(_TRUTH_VALUES)
+        else:
+            bad = values.notna() & pd.to_numeric(values, errors="coerce").isna()
+        if bad.any():
+            row = int(bad.to_numpy().argmax())
+            kind = "true/false" if col in _BOOLS else "number"
+            raise InputError(f"{path}: column {col!r} of row {row + 1} (after the header) holds {values.iloc[row]!r}, "
+                             f"not a {kind}: the log is damaged or was edited; correct or delete that row")
     return df

@@ -90,8 +90,9 @@ def check_study_table(config: dict) -> dict:
 
 
 def check_study_name(name: str) -> str:
-    """``name`` if it is a plain directory name (the study's folder under the reports' root)."""
-    if ("/" in name or "\\" in name or name.startswith(".") or name != name.strip()
+    """``name`` if it is a plain directory name (the study's folder under the reports' root; "" would
+    be the root itself)."""
+    if (not name or "/" in name or "\\" in name or name.startswith(".") or name != name.strip()
             or not name.isprintable() or len(name.encode("utf-8")) > 255):
         raise StudyFileError(f"study.name {name!r} must be a plain directory name (printable, at most 255 bytes)")
     return name

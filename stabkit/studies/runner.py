@@ -90,7 +90,8 @@ def run_study(path_or_config, overrides: dict | None = None, jobs: int | None = 
 
     ``jobs``: local worker processes (None = up to all cores, a pool started only when the cells
     are long enough to pay for it; 1 = inline); ``scheduler``: a Dask scheduler address, used
-    instead of local processes. ``command``: the command line recorded in run.json (default: this
+    instead of local processes (refused beside ``jobs``). ``command``: the command line recorded in
+    run.json (default: this
     process's argv). ``stale``: what to do with finished cells computed by other code (another
     hash of the stabkit sources): "refuse" (StaleCells, before any work), "reuse" or "recompute".
     ``log``: where one-line notices go (default stderr). Raises StudyLocked when another process
@@ -106,12 +107,16 @@ def run_study(path_or_config, overrides: dict | None = None, jobs: int | None = 
         raise ValueError(f"stale must be one of {', '.join(STALE_POLICIES)}, got {stale!r}")
     study, kind, grid = load_study(path_or_config, overrides, force=force)
     cells = expand(study, kind, grid)
+    if jobs is not None and scheduler is not None:  # the scheduler's workers run the cells: --jobs was ignored
+        raise ValueError("--jobs and --scheduler exclude each other: with a scheduler its workers run the cells")
     auto_jobs = jobs is None and scheduler is None
     jobs = (os.cpu_count() or 1) if jobs is None else int(jobs)
     if jobs < 1:
         raise ValueError(f"--jobs must be ≥ 1, got {jobs}")
     if int(stack) < 1:
         raise ValueError(f"--stack must be ≥ 1, got {stack}")
+    if int(stack) > 1 and getattr(kind, "stack_key", None) is None:  # was ignored, yet recorded as the run's
+        raise ValueError(f"--stack {stack}: study kind {study['kind']!r} cannot train runs stacked; leave --stack out")
     if max_cells is not None and int(max_cells) < 0:  # before the study's folder is made or locked
         raise ValueError(f"--max-cells must be ≥ 0, got {max_cells}")
     run = _Run(study, grid, cells, Path(out_root), command or argv_command(), jobs, scheduler, int(stack))
