@@ -23,7 +23,7 @@ class Format(str, Enum):
 @user_errors
 def compare_command(
     ctx: typer.Context,
-    matrix: Optional[Path] = typer.Option(None, "--matrix", help="A .npy file holding a symmetric matrix (default: a --spectrum matrix)."),
+    matrix: Optional[Path] = typer.Option(None, "--matrix", help="A .npy file holding a symmetric matrix, float32 or float64 (symmetric within √eps·max|A| of its dtype, then symmetrised exactly; default: a --spectrum matrix)."),
     spectrum: str = typer.Option("cluster", "--spectrum", help=f"Generated family: {', '.join(FAMILY_NAMES)}."),
     d: int = typer.Option(8, "--d", help="Matrix size for --spectrum."),
     seed: int = typer.Option(0, "--seed", help="Seed of the generated matrix and of the loss weight."),

@@ -277,6 +277,8 @@ def powerlaw(d: int, rng: np.random.Generator, *, alpha: float = 1.0) -> _Draw:
     if alpha * math.log(d) > 700:
         raise InputError(f"powerlaw: alpha={alpha!r} is too large for d={d}: d^-alpha underflows float64")
     lam = np.arange(1, d + 1, dtype=np.float64) ** -alpha
+    if not (np.diff(lam) < 0).all():  # as separated and cluster refuse: not the family's distinct values
+        raise InputError(f"powerlaw: alpha={alpha!r} is too small for {d} distinct float64 eigenvalues")
     return _Draw(lam[::-1].copy(), None, {"alpha": alpha})
 
 

@@ -621,3 +621,27 @@ def test_overflowing_power_of_large_features_raises():
     for layer in LARGE_ROUTES.values():
         with pytest.raises(InputError, match="overflows torch.float32.*float64"):
             layer(F, "power", eps=1e-3, p=2.0)
+
+
+@pytest.mark.parametrize("call", [
+    lambda F: mf.svd_matrix_function(F, "exp"),
+    lambda F: mf.svd_matrix_function(F, "power"),
+    lambda F: dd.eigen_divided_differences(torch.tensor([1.0, 2.0], dtype=torch.float64), "exp"),
+    lambda F: mf.o2p(F, route="qr"),
+    lambda F: mf.o2p(F, route="svd", method="taylor"),
+], ids=["unknown-fn", "power-without-p", "dd-unknown-fn", "o2p-route", "o2p-method-on-svd"])
+def test_a_bad_choice_is_an_input_error(call):
+    """Bad arguments are the project's InputError (a ValueError), as the layers' other checks are; these
+    were plain ValueErrors, which the CLI and the studies do not recognise as the user's mistake."""
+    with pytest.raises(InputError):
+        call(torch.randn(6, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))
+
+
+def test_o2p_eig_route_names_an_overflowing_gram_matrix():
+    """float32 F near 1e20: FᵀF overflows before the eigendecomposition, which raised torch's LinAlgError;
+    now an InputError naming the overflow and the routes that avoid FᵀF (which give a finite result)."""
+    F = torch.randn(6, 4, generator=torch.Generator().manual_seed(0)) * 1e20
+    assert not torch.isfinite(F.mT @ F).all()
+    with pytest.raises(InputError, match="FᵀF overflows torch.float32.*route='svd'"):
+        mf.o2p(F, route="eig")
+    assert torch.isfinite(mf.o2p(F, route="svd-dk")).all()

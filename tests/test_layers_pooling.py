@@ -194,3 +194,18 @@ def test_an_inf_or_an_overflowing_covariance_is_named_as_such():
     got = CovariancePooling(dtype="float64", eps=0.0)(big)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got.double(), expected, rtol=1e-6, atol=1e-6 * expected.abs().max().item())
+
+
+@pytest.mark.parametrize("make", [
+    lambda: CovariancePooling(function="exp"),
+    lambda: CovariancePooling(dtype="float16"),
+    lambda: CovariancePooling(params={"K": 3}),
+    lambda: ZCAWhitening(12, d=5),
+    lambda: ZCAWhitening(8, d=4)(torch.randn(2, 6, 3, 3)),
+], ids=["pooling-function", "pooling-dtype", "pooling-params-without-method", "zca-d-not-dividing", "zca-channels"])
+def test_a_bad_argument_is_an_input_error(make):
+    """The project's InputError (a ValueError), like the layers' other checks; these were plain ValueErrors."""
+    from stabkit.errors import InputError
+
+    with pytest.raises(InputError):
+        make()

@@ -552,3 +552,18 @@ def test_lapack_modes_against_the_exact_closed_forms(mode, cond):
                         for x, e in zip(lam, exact))
         assert worst <= (math.log(cond) + 2) * EPS, (d, float(worst) / EPS)
         assert lam[-1] / lam[0] == pytest.approx(cond, rel=2 * EPS)
+
+
+@pytest.mark.parametrize("alpha", [1e-17, 1e-16])
+def test_powerlaw_refuses_an_alpha_too_small_for_distinct_eigenvalues(alpha):
+    """i^−alpha rounds to 1 for every i when alpha·ln d is below eps/2: d equal eigenvalues, a
+    degenerate matrix under the powerlaw name, which it returned without a word; separated and cluster
+    refuse the same situation."""
+    from stabkit.errors import InputError
+
+    d = 8
+    assert len({float(i) ** -alpha for i in range(1, d + 1)}) < d  # the equal values it would build
+    with pytest.raises(InputError, match="too small for 8 distinct"):
+        spectra.make("powerlaw", d, alpha=alpha)
+    lam = spectra.make("powerlaw", d, alpha=1e-6).eigenvalues  # small but distinct: unchanged
+    assert (np.diff(lam) > 0).all() and lam[-1] == 1.0

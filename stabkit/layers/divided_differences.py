@@ -21,6 +21,7 @@ from fractions import Fraction
 import torch
 
 from .. import _xp
+from ..errors import InputError
 
 FUNCTIONS = ("log", "sqrt", "power")
 
@@ -39,7 +40,7 @@ def _near_tau(fn: str, p: float | None) -> float:
 
 
 def _unknown(fn):
-    return ValueError(f"unknown matrix function {fn!r}: choose one of {', '.join(FUNCTIONS)}")
+    return InputError(f"unknown matrix function {fn!r}: choose one of {', '.join(FUNCTIONS)}")
 
 
 def divided_differences(mu: torch.Tensor, sig: torch.Tensor, fn: str, p: float | None = None) -> torch.Tensor:

@@ -42,11 +42,11 @@ refuses to be differentiated: ``stabkit._autograd.tangent_op``); under torch.com
 without a custom jvp are used (Dynamo traces none).
 
 Input: F a finite float32/float64 (..., n, d), ε a finite number ≥ 0, and an EIG-route A symmetric
-(stabkit.torch's contract, InputError otherwise). With ε = 0, log and x^p (p < 0) of a singular
-FᵀF are infinite; a wide F (n < d) always makes FᵀF singular, so that case is refused. Where σ² overflows
+(stabkit.torch's contract, InputError otherwise). With ε = 0, log and x^p (p < 0) of a singular FᵀF
+are infinite; a wide F (n < d) always makes FᵀF singular, so that case is refused. Where σ² overflows
 (float32 σ > 1.8e19) the SVD routes take g(σ² + ε) without σ² (:func:`gram_values`) and their first-order
-backward at 2^−k F (:func:`.svd.overflow_scale`); x^p (p > 0) whose C overflows raises InputError.
-Second derivatives and forward mode are not rescaled (at that scale they overflow as before).
+backward at 2^−k F (:func:`.svd.overflow_scale`; second derivatives and forward mode are not rescaled);
+x^p (p > 0) whose C overflows, and o2p's EIG route where FᵀF does, raise InputError.
 """
 
 from __future__ import annotations
@@ -75,11 +75,11 @@ def scalar_function(fn: str, p: float | None = None):
         return torch.sqrt
     if fn == "power":
         if p is None:
-            raise ValueError("g = power needs the exponent p")
+            raise InputError("g = power needs the exponent p")
         if not is_real(p):
             raise InputError(f"g = power needs a finite real exponent p, got {p!r}")
         return lambda x: x ** p
-    raise ValueError(f"unknown matrix function {fn!r}: choose one of {', '.join(FUNCTIONS)}")
+    raise InputError(f"unknown matrix function {fn!r}: choose one of {', '.join(FUNCTIONS)}")
 
 
 def _check_features(F, fn: str, eps, p, name: str) -> float:
@@ -380,16 +380,21 @@ def _eig_matrix_function(A, fn, eps, p, method, **params):
 
 def o2p(F: torch.Tensor, eps: float = 1e-3, route: str = "svd", method: str | Spec | None = None, **params):
     """DeepO2P, log(FᵀF + εI) (Corollary 1): SVD route (Prop. 3), EIG route (Prop. 4) or ``svd-dk``.
-    ``method`` (default the exact rule) and its parameters choose the EIG route's backward; the
-    other routes have their own and refuse them."""
+    ``method`` (default the exact rule) and its parameters choose the EIG route's backward; others refuse them."""
     if route not in ("svd", "svd-dk", "eig"):
-        raise ValueError(f"unknown O2P route {route!r}: choose 'svd', 'svd-dk' or 'eig'")
+        raise InputError(f"unknown O2P route {route!r}: choose 'svd', 'svd-dk' or 'eig'")
     params = method_params(params, "o2p")
     if route != "eig" and (method is not None or params):
-        raise ValueError(f"o2p: route={route!r} has its own backward; method= and its parameters apply to route='eig' only")
+        raise InputError(f"o2p: route={route!r} has its own backward; method= and its parameters apply to route='eig' only")
     eps = _check_features(F, "log", eps, None, "o2p")
     if route == "svd":
         return _svd_matrix_function(F, "log", eps, None)
     if route == "svd-dk":
         return svd_dk(F, "log", eps)[0]
-    return _eig_matrix_function(F.transpose(-1, -2) @ F, "log", eps, None, method or DEFAULT, **params)
+    try:  # only a failure is checked for overflow: no host read on the path that works
+        return _eig_matrix_function(gram := F.mT @ F, "log", eps, None, method or DEFAULT, **params)
+    except torch.linalg.LinAlgError:
+        if bool(torch.isfinite(gram).all()):
+            raise
+        raise InputError(f"o2p: FᵀF overflows {F.dtype} on route='eig' (max |F| = {float(F.detach().abs().max()):.3g}): "
+                         "scale F down or pass float64, or take route='svd' or 'svd-dk', which avoid FᵀF") from None

@@ -71,13 +71,13 @@ class CovariancePooling(nn.Module):
                  eps: float = 1e-5, dtype: str | None = None):
         super().__init__()
         if function not in FUNCTIONS:
-            raise ValueError(f"unknown matrix function {function!r}: choose one of {', '.join(FUNCTIONS)}")
+            raise InputError(f"unknown matrix function {function!r}: choose one of {', '.join(FUNCTIONS)}")
         check_eps(eps, "CovariancePooling")
         if dtype is not None and dtype not in DTYPES:
-            raise ValueError(f"unknown dtype {dtype!r}: choose float32 or float64")
+            raise InputError(f"unknown dtype {dtype!r}: choose float32 or float64")
         params = method_params(params or {}, "CovariancePooling")
         if method is None and params:
-            raise ValueError("params need a method (the exact backward has no parameters)")
+            raise InputError("params need a method (the exact backward has no parameters)")
         spec = None if method is None else methods.spec(method)
         self.function, self.spec = function, spec.replace(**params) if params else spec
         self.eps = float(eps)
