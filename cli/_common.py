@@ -6,7 +6,6 @@ so numpy, torch, pandas and the rest are imported inside the commands that need 
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import importlib
 import sys
@@ -32,16 +31,6 @@ def user_errors(func):
             fail(str(message))
 
     return wrapper
-
-
-@contextlib.contextmanager
-def storage_errors(kept: str):
-    """For a library call that writes files but raises OSError: the library's StorageError
-    (:func:`stabkit._io.storage_errors`), which :func:`user_errors` makes one line and exit 2."""
-    from stabkit._io import storage_errors as as_storage_error
-
-    with as_storage_error(kept):
-        yield
 
 
 def fail(message: str, code: int = 2):

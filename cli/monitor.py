@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from ._common import storage_errors, user_errors
+from ._common import user_errors
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Read the instability monitor's logs.")
 
@@ -24,7 +24,7 @@ def report_command(
 
     from stabkit.monitor.report import EmptyLogWarning, build_report
 
-    with warnings.catch_warnings(record=True) as caught, storage_errors("the logs are kept"):
+    with warnings.catch_warnings(record=True) as caught:  # a full disk: the library's StorageError, exit 2
         warnings.simplefilter("always", EmptyLogWarning)
         path = build_report(folder, out)
     for w in caught:

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from .. import methods
+from .._io import storage_errors, write_text_atomic
 from ..errors import InputError
 from ..layers.matrix_functions import DK_BACKWARD
 from .log import read_log
@@ -322,52 +323,53 @@ def build_report(folder, out=None) -> Path:
     """Write ``report.md`` and one PNG per call site into ``out`` (default: ``folder``); returns the Markdown path."""
     df = load_logs(folder)
     out = Path(out) if out is not None else Path(folder)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise ValueError(f"cannot write the report into {out}: it or a folder above it is a file") from None
-    lines = [f"# Monitor report: {Path(folder)}", "",
-             f"{len(df)} logged calls in {df['log'].nunique()} log(s) ({', '.join(sorted(df['log'].unique()))}), "
-             f"steps {int(df['step'].min())}–{int(df['step'].max())}.", "",
-             "| # | log | site | function | backward | dtype | n | calls | min rel. gap | max\\|K̃\\| | λ_min | max ‖∂L/∂out‖ | non-finite | raised | first bad step |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    firsts = [int(g.loc[bad_steps(g), "step"].min()) for _, g in df.groupby(["log", "site", "fn"]) if bad_steps(g).any()]
-    if firsts:
-        lines[2] += f" First bad step over all sites: {min(firsts)}."
-    else:
-        lines[2] += " No bad step at any site."
-    sections = []
-    for i, ((log, site, fn), g) in enumerate(df.groupby(["log", "site", "fn"], sort=True), start=1):
-        g = g.sort_values("step", kind="stable")
-        bad = bad_steps(g)
-        first_bad = int(g.loc[bad, "step"].min()) if bad.any() else None
-        lines.append(f"| {i} | {log} | `{site}` | {fn} | {', '.join(sorted(set(g['backward'])))} | {', '.join(sorted(set(g['dtype'])))} "
-                     f"| {int(g['n'].max())} | {len(g)} | {_fmt(float(g['min_rel_gap'].min()))} | {_fmt(float(g['max_K'].max()))} "
-                     f"| {_fmt(float(g['lam_min'].min()))} | {_grad_cell(g)} | {int(g['nonfinite'].sum())} "
-                     f"| {int(g['error'].ne('').sum())} | {_fmt(first_bad)} |")
-        png = f"site-{i:02d}.png"
-        _plot(g, f"{log}  {site}  {fn}", out / png, first_bad)
-        sec = [f"## {i}. `{site}` ({fn}, {log})", "", f"![timelines]({png})", ""]
-        found = findings(g)
-        if not found:
-            sec.append("No error, non-finite value or λ_min ≤ 0 at this site, and no relative gap below "
-                       f"{GAP_EVENT:g}: nothing to change.")
-        for f in found:
-            sec += [f"- **{f.rule}** (from step {_fmt(f.step)}): {f.what}", f"  - *What to do:* {f.action}",
-                    f"  - *Evidence:* {f.evidence}"]
-        sections += sec + [""]
-    footer = ["## How to read this", "",
-              "- *min rel. gap*: smallest |λ_i − λ_j| / max|λ| over the call's batch (svd: of σ²); *max|K̃|* = 1 / smallest gap, "
-              "the analytic backward's largest coefficient; *‖∂L/∂out‖*: the gradient reaching the call's outputs; ‖∂L/∂A‖ "
-              "(in the plots): the gradient its backward hands on — non-finite there with a finite ‖∂L/∂out‖ means this "
-              "call's backward made it so. *not measured* (or *k of N calls measured*): no gradient reached the outputs of "
-              "those calls — they did not require grad (no_grad, an evaluation pass), or no backward ran after them.",
-              "- *first bad step*: the first step with an error, a non-finite value, or λ_min ≤ 0 at a site taken as positive "
-              "definite: λ_min > 0 at half or more of its calls with a λ_min (the λ rule is not applied to svd or to sites "
-              "where λ_min ≤ 0 at more than half of the calls, indefinite by design).",
-              "- Each rule names the finding of this project it rests on (README, \"Training and the instability monitor\"; "
-              "`reports/zca-cifar10`). Those findings come from ZCA whitening in ResNet-18 on CIFAR-10; on another model "
-              "they are a starting point, not a guarantee.", ""]
-    path = out / "report.md"
-    path.write_text("\n".join(lines + [""] + sections + footer))
-    return path
+    with storage_errors("the logs are kept"):  # a full disk or read-only folder: one StorageError, as for a study
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise ValueError(f"cannot write the report into {out}: it or a folder above it is a file") from None
+        lines = [f"# Monitor report: {Path(folder)}", "",
+                 f"{len(df)} logged calls in {df['log'].nunique()} log(s) ({', '.join(sorted(df['log'].unique()))}), "
+                 f"steps {int(df['step'].min())}–{int(df['step'].max())}.", "",
+                 "| # | log | site | function | backward | dtype | n | calls | min rel. gap | max\\|K̃\\| | λ_min | max ‖∂L/∂out‖ | non-finite | raised | first bad step |",
+                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        firsts = [int(g.loc[bad_steps(g), "step"].min()) for _, g in df.groupby(["log", "site", "fn"]) if bad_steps(g).any()]
+        if firsts:
+            lines[2] += f" First bad step over all sites: {min(firsts)}."
+        else:
+            lines[2] += " No bad step at any site."
+        sections = []
+        for i, ((log, site, fn), g) in enumerate(df.groupby(["log", "site", "fn"], sort=True), start=1):
+            g = g.sort_values("step", kind="stable")
+            bad = bad_steps(g)
+            first_bad = int(g.loc[bad, "step"].min()) if bad.any() else None
+            lines.append(f"| {i} | {log} | `{site}` | {fn} | {', '.join(sorted(set(g['backward'])))} | {', '.join(sorted(set(g['dtype'])))} "
+                         f"| {int(g['n'].max())} | {len(g)} | {_fmt(float(g['min_rel_gap'].min()))} | {_fmt(float(g['max_K'].max()))} "
+                         f"| {_fmt(float(g['lam_min'].min()))} | {_grad_cell(g)} | {int(g['nonfinite'].sum())} "
+                         f"| {int(g['error'].ne('').sum())} | {_fmt(first_bad)} |")
+            png = f"site-{i:02d}.png"
+            _plot(g, f"{log}  {site}  {fn}", out / png, first_bad)
+            sec = [f"## {i}. `{site}` ({fn}, {log})", "", f"![timelines]({png})", ""]
+            found = findings(g)
+            if not found:
+                sec.append("No error, non-finite value or λ_min ≤ 0 at this site, and no relative gap below "
+                           f"{GAP_EVENT:g}: nothing to change.")
+            for f in found:
+                sec += [f"- **{f.rule}** (from step {_fmt(f.step)}): {f.what}", f"  - *What to do:* {f.action}",
+                        f"  - *Evidence:* {f.evidence}"]
+            sections += sec + [""]
+        footer = ["## How to read this", "",
+                  "- *min rel. gap*: smallest |λ_i − λ_j| / max|λ| over the call's batch (svd: of σ²); *max|K̃|* = 1 / smallest gap, "
+                  "the analytic backward's largest coefficient; *‖∂L/∂out‖*: the gradient reaching the call's outputs; ‖∂L/∂A‖ "
+                  "(in the plots): the gradient its backward hands on — non-finite there with a finite ‖∂L/∂out‖ means this "
+                  "call's backward made it so. *not measured* (or *k of N calls measured*): no gradient reached the outputs of "
+                  "those calls — they did not require grad (no_grad, an evaluation pass), or no backward ran after them.",
+                  "- *first bad step*: the first step with an error, a non-finite value, or λ_min ≤ 0 at a site taken as positive "
+                  "definite: λ_min > 0 at half or more of its calls with a λ_min (the λ rule is not applied to svd or to sites "
+                  "where λ_min ≤ 0 at more than half of the calls, indefinite by design).",
+                  "- Each rule names the finding of this project it rests on (README, \"Training and the instability monitor\"; "
+                  "`reports/zca-cifar10`). Those findings come from ZCA whitening in ResNet-18 on CIFAR-10; on another model "
+                  "they are a starting point, not a guarantee.", ""]
+        path = out / "report.md"
+        write_text_atomic(path, "\n".join(lines + [""] + sections + footer))
+        return path
