@@ -112,6 +112,46 @@ def test_a_watch_on_the_log_file_of_an_active_watch_is_refused(tmp_path):
     assert _patched_now() == ORIGINALS
 
 
+def test_two_threads_opening_watches_on_one_log_at_once_are_refused(tmp_path, monkeypatch):
+    """The shared-log check ran before the activation: thread a checked, thread b checked and
+    activated while a was still building its monitor, and both then wrote one file. Checked
+    with the activation, under the lock, the later one is refused."""
+    from stabkit.monitor import hooks
+
+    log, built, b_inside, a_tried = tmp_path / "eig.csv", threading.Event(), threading.Event(), threading.Event()
+    errors, real_monitor = {}, hooks.Monitor
+
+    def monitor_built_slowly_in_a(*args, **kwargs):
+        mon = real_monitor(*args, **kwargs)
+        if threading.current_thread().name == "a":
+            built.set()
+            b_inside.wait(5)
+        return mon
+
+    def run(name):
+        try:
+            if name == "b":
+                built.wait(5)
+            with monitor.watch(log_path=log):
+                if name == "b":
+                    b_inside.set()
+                    a_tried.wait(5)
+        except ValueError as exc:
+            errors[name] = str(exc)
+        finally:
+            if name == "a":
+                a_tried.set()
+
+    monkeypatch.setattr(hooks, "Monitor", monitor_built_slowly_in_a)
+    threads = [threading.Thread(target=run, args=(name,), name=name) for name in "ab"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert list(errors) == ["a"] and "already the log of an active" in errors["a"]
+    assert _patched_now() == ORIGINALS
+
+
 def test_nested_swap_backward_applies_inside_only():
     A0 = torch.tensor([[2.0, 1e-3], [1e-3, 2.0 + 1e-5]], dtype=torch.float64)
 

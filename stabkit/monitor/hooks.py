@@ -276,6 +276,7 @@ def _wrapper(name, original):
 def _activate(mon: Monitor):
     global _active, _originals, _hook_handle
     with _lock:
+        _refuse_a_shared_log(mon)
         if _originals is None:
             _originals = {name: _live(name) for name in _TARGETS}
             for name, (module, attr) in _TARGETS.items():
@@ -319,8 +320,6 @@ def watch(log_path=None, tensorboard_dir=None, swap_backward: Spec | str | None 
     """
     if log_path is not None and "{rank}" in str(log_path):
         log_path = str(log_path).replace("{rank}", rank_file_name(prefix="", suffix="").removeprefix("-rank"))
-    if log_path is not None:
-        _refuse_a_shared_log(log_path)
     log = LiveLog(log_path, tensorboard_dir) if (log_path is not None or tensorboard_dir is not None) else None
     mon = Monitor(bound=bound or swap_backward, swap_backward=swap_backward, all_threads=all_threads, log=log, every=every)
     _activate(mon)
@@ -341,14 +340,19 @@ def watch(log_path=None, tensorboard_dir=None, swap_backward: Spec | str | None 
                 raise error
 
 
-def _refuse_a_shared_log(log_path) -> None:
+def _refuse_a_shared_log(mon: Monitor) -> None:
     """Two live logs on one file overwrite each other (each truncates it at its first write): a
-    ``watch`` nested in one that writes the same file kept 1 row of 3 steps. Refused instead."""
-    mine = os.path.realpath(log_path)
-    for mon in _active:
-        path = getattr(mon.log, "path", None)
-        if path is not None and os.path.realpath(path) == mine:
-            raise ValueError(f"{log_path} is already the log of an active stabkit watch; "
+    ``watch`` nested in one that writes the same file kept 1 row of 3 steps. Refused instead, under
+    ``_lock`` with the activation itself: a check before it let two threads that opened watches on
+    one file at once both pass."""
+    path = getattr(mon.log, "path", None)
+    if path is None:
+        return
+    mine = os.path.realpath(path)
+    for other in _active:
+        theirs = getattr(other.log, "path", None)
+        if other is not mon and theirs is not None and os.path.realpath(theirs) == mine:
+            raise ValueError(f"{path} is already the log of an active stabkit watch; "
                              f"give the inner watch its own log_path (or none: it still records)")
 
 
