@@ -190,8 +190,8 @@ def check_truth_cost(d: int, force: bool = False, memory_bytes: float | None = N
     """ValueError before anything is allocated when the truth at size d cannot fit in memory, or
     (unless ``force``) is estimated to take longer than TRUTH_SECONDS_LIMIT; ``specs``: the methods
     compared (an iterating one, ``Method.iteration``, has a truth of its own function too)."""
-    if d < 2:
-        raise ValueError(f"matrix size d = {d}: need d ≥ 2")
+    if d < 1:
+        raise ValueError(f"matrix size d = {d}: need d ≥ 1")
     seconds, peak = truth_cost(d, specs)
     memory = memory_bytes if memory_bytes is not None else _physical_memory()
     if memory and peak > 0.8 * memory:

@@ -252,3 +252,22 @@ def test_a_seed_beyond_int64_is_refused_naming_the_range(seed):
     result = runner.invoke(app, ["compare", "--seed", str(seed), "-m", "analytic"])
     assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.output
     assert f"seed must be an integer in [0, 2^63 − 1], got {seed}" in result.stderr
+
+
+def test_a_1x1_matrix_is_compared_as_by_the_library(tmp_path):
+    """The CLI refused d = 1 ("need d ≥ 2") where ``compare()`` took it; both now score it. For A = [a]
+    the zca loss is L = G·a^(-1/2), so ∂L/∂A = −G·a^(-3/2)/2 (closed form)."""
+    from stabkit.compare import compare
+    from stabkit.losses import make_loss
+
+    a = 2.5
+    G = make_loss("zca", 1, seed=0).weight[0, 0]
+    result = compare(np.array([[a]]), "zca", ["analytic", "taylor", "pi-forward"])
+    np.testing.assert_allclose(result.truth.grad, [[-0.5 * G * a**-1.5]], rtol=1e-15)
+    assert [r["rel_err"] < 1e-15 for r in result.rows] == [True] * 3
+    path = _npy(tmp_path, "one.npy", np.array([[a]]))
+    cli = runner.invoke(app, ["compare", "--matrix", path, "--format", "json", "-m", "analytic", "-m", "taylor"])
+    assert cli.exit_code == 0, cli.output
+    assert [json.loads(line)["rel_err"] < 1e-15 for line in cli.stdout.strip().splitlines()] == [True] * 2
+    empty = runner.invoke(app, ["compare", "--d", "0"])
+    assert empty.exit_code == 2 and "need d ≥ 1" in empty.stderr
