@@ -8,7 +8,8 @@ row) — a covariance with a dominant direction. Loss L = (wᵀy)² + yᵀBy on 
 ``--threads`` (default 1) fixes torch's thread count: single-threaded timings are the reproducible
 ones on a shared machine.
 Timed, best (minimum) of ``--repeat`` runs after one warm-up, each with a fresh leaf tensor — the
-minimum is the least noisy estimate on a shared machine:
+minimum is the least noisy estimate on a shared machine —, in rounds that run every layer once, so
+that load from elsewhere hits all of them alike:
 
 * ``eigh``: ``stabkit.torch.eigh`` (full LAPACK eigendecomposition) + analytic backward (Prop. 2);
 * ``ied``: IED with the power/subspace-iteration forward + one-Cholesky implicit backward;
@@ -53,20 +54,28 @@ def principal(name, a):
     raise ValueError(name)
 
 
-def time_one(name, A, B, w, repeat):
-    fwd, bwd = [], []
+def time_once(name, A, B, w):
+    """(forward s, backward s, ∂L/∂A) of one run on a fresh leaf tensor."""
+    a = A.clone().requires_grad_(True)
+    t0 = time.perf_counter()
+    y = principal(name, a)
+    loss = (w @ y) ** 2 + y @ (B @ y)
+    t1 = time.perf_counter()
+    loss.backward()
+    return t1 - t0, time.perf_counter() - t1, a.grad
+
+
+def time_interleaved(names, A, B, w, repeat):
+    """{name: (best forward ms, best backward ms, ∂L/∂A)}: one warm-up round, then ``repeat`` rounds,
+    each running every layer once."""
+    fwd, bwd, grad = ({n: [] for n in names} for _ in range(3))
     for r in range(repeat + 1):
-        a = A.clone().requires_grad_(True)
-        t0 = time.perf_counter()
-        y = principal(name, a)
-        loss = (w @ y) ** 2 + y @ (B @ y)
-        t1 = time.perf_counter()
-        loss.backward()
-        t2 = time.perf_counter()
-        if r:  # first run is the warm-up
-            fwd.append(t1 - t0)
-            bwd.append(t2 - t1)
-    return min(fwd) * 1e3, min(bwd) * 1e3, a.grad
+        for n in names:
+            f, b, grad[n] = time_once(n, A, B, w)
+            if r:  # round 0 is the warm-up
+                fwd[n].append(f)
+                bwd[n].append(b)
+    return {n: (min(fwd[n]) * 1e3, min(bwd[n]) * 1e3, grad[n]) for n in names}
 
 
 def main(argv=None):
@@ -86,7 +95,7 @@ def main(argv=None):
     print("|" + "|".join("---" for _ in head) + "|")
     for d in (int(s) for s in args.sizes.split(",")):
         A, B, w = make_input(d, dtype)
-        res = {n: time_one(n, A, B, w, args.repeat) for n in names}
+        res = time_interleaved(names, A, B, w, args.repeat)
         tot = {n: res[n][0] + res[n][1] for n in names}
         ref = res["eigh"][2]
         diff = max(float((res[n][2] - ref).norm() / ref.norm()) for n in names[1:])
