@@ -57,3 +57,14 @@ def test_a_float32_eigh_keeps_its_float32_bound_beside_its_exact_max_K():
     gap = float(lam[1]) - float(lam[0])  # exact: two float32 numbers near 1
     assert row["min_gap"] == gap and row["max_K"] == 1 / gap
     assert row["bound"] == float(np.float32(1) / np.float32(gap))  # the float32 backward's 1/gap
+
+
+@pytest.mark.parametrize("call", list(SVD_CALLS))
+def test_a_float64_svd_past_the_square_range_is_finite_with_its_relative_gap(call):
+    """σ = 1e160, 2e160, 4e160: σ² overflows float64 (σ > 1.3e154), which flagged the call non-finite
+    and made the relative gap ∞ − ∞ = NaN. The σ are finite; the gaps of σ² over max σ² are 3/16 and
+    12/16 (closed form), so min_rel_gap = 0.1875, and the absolute gaps (3e320) are beyond float64."""
+    row, _ = _svd_row(call, [4e160, 1e160, 2e160], torch.float64)
+    assert not row["nonfinite"]
+    assert row["min_rel_gap"] == pytest.approx(3 / 16, rel=1e-14, abs=0)
+    assert row["min_gap"] == np.inf

@@ -38,18 +38,32 @@ def call_stats(A, lam, bound, runs: int, squared: bool = False) -> dict:
                 "min_gap": nan, "min_rel_gap": nan}
     s_own = lam.reshape(runs, -1, n)
     s = wide(s_own)
+    input_finite = torch.isfinite(A.detach()).reshape(runs, -1).all(1)
+    # finiteness of σ itself: a float64 σ past 1.3e154 has σ² = ∞, a false non-finite event
+    finite = input_finite & torch.isfinite(s).reshape(runs, -1).all(1)
+    gaps, rel_gaps = _gaps(s, squared) if n > 1 else (None, None)
     if squared:  # σ² exactly for the statistics; in the call's dtype for the bound (only where one is logged)
         s, s_own = s * s, s_own * s_own if bound is not None else None
-    input_finite = torch.isfinite(A.detach()).reshape(runs, -1).all(1)
-    out = {"batch": s.shape[1], "n": n, "input_finite": input_finite,
-           "finite": input_finite & torch.isfinite(s).reshape(runs, -1).all(1), "lam_min": s[..., 0].amin(1)}
+    out = {"batch": s.shape[1], "n": n, "input_finite": input_finite, "finite": finite, "lam_min": s[..., 0].amin(1)}
     if n > 1:
-        gaps = (s[..., 1:] - s[..., :-1]).abs().amin(-1)
-        scale = s.abs().amax(-1).clamp_min(torch.finfo(s.dtype).tiny)
-        out["min_gap"], out["min_rel_gap"] = gaps.amin(1), (gaps / scale).amin(1)
+        out["min_gap"] = gaps.amin(-1).amin(1)
+        out["min_rel_gap"] = rel_gaps.amin(-1).amin(1)
     else:
         out["min_gap"] = out["min_rel_gap"] = torch.full((runs,), float("inf"), dtype=s.dtype, device=s.device)
     F = bound.bound(s_own.reshape(-1, n)) if bound is not None and n > 1 else None
     if F is not None:  # None: the method has no coefficient matrix F
         out["bound"] = F.reshape(runs, -1).amax(1)
     return out
+
+
+def _gaps(s, squared: bool):
+    """(gaps, gaps over the largest |value|) between neighbours of each matrix's ascending s, or of
+    s² with ``squared``: |Δs|·(s_(i+1) + s_i) and (|Δs| / max s)·((s_(i+1) + s_i) / max s), which
+    neither cancel nor give ∞ − ∞ = NaN where s² overflows (s > 1.3e154 in float64); the relative
+    gap, a product of two ratios ≤ 2, stays finite there and where s² underflows to 0."""
+    scale = s.abs().amax(-1, keepdim=True).clamp_min(torch.finfo(s.dtype).tiny)
+    diff = (s[..., 1:] - s[..., :-1]).abs()
+    if not squared:
+        return diff, diff / scale
+    total = (s[..., 1:] + s[..., :-1]).abs()
+    return diff * total, (diff / scale) * (total / scale)
