@@ -5,8 +5,9 @@ loss itself; a method whose forward stops short of the exact decomposition (powe
 random starts, ``Method.iteration``) computes L at its own (λ̂, Û) and is scored against the
 reverse mode of that iteration in high precision (:func:`iterated_truth`), so its ``angle_deg``
 measures its backward and the float64 rounding of its forward (on ill-conditioned iterations the
-rounding dominates: LAPACK mode 4, d = 16, the last λ̂ is −4e-4 where the exact iteration gives 1e-4,
-and the gradient is 29° from its own function's), and
+rounding dominates: LAPACK mode 4, d = 16, where the exact iteration's smallest λ̂ is 1e-4 the
+float64 one came out negative, about −1e-4 to −4e-4 on the machines and versions tried, and the
+gradient 29°–58° from its own function's: README), and
 its ``angle_full_deg`` (against the exact loss) its forward's error as well; a
 truncating method (SVD-PI's breaking conditions; ``Method.kept``) computes
 the loss restricted to its kept eigenpairs (``losses.truncate``: f·1[kept] for a spectral loss,

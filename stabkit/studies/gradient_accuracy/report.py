@@ -157,7 +157,8 @@ def _truncation_section(df: pd.DataFrame, variants) -> list[str]:
            "counts as +∞; a finite one whose own-function truth has fewer than 12 digits or does not exist "
            "cannot be scored and is left out, so where many are the median leans towards +∞ — the NaN/Inf "
            "table below counts every run. Where the iteration is ill-conditioned the float64 forward itself "
-           "departs from the exact iteration (LAPACK mode 4, d = 16: the last λ̂ −4e-4 where the exact iteration gives 1e-4), so there the "
+           "departs from the exact iteration (LAPACK mode 4, d = 16: where the exact iteration's smallest λ̂ is 1e-4, the "
+           "float64 one came out negative, about −1e-4 to −4e-4 on the machines and versions tried), so there the "
            "angle to the own function measures the forward's rounding as much as the backward.\n"]
     by = trunc.groupby(["variant", "method"])
     own = by["angle_score"].median().unstack("method")
