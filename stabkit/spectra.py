@@ -230,10 +230,9 @@ def lapack(d: int, rng: np.random.Generator, *, mode: int = 3, cond: float = 1e4
     reversed, are not needed once sorted). Unlike xLATMS, mode 5 is *not* rescaled to max |D| = DMAX
     (xLATMS scales every mode but 0 and ±6): its largest value is exp(−u_min·ln cond) < 1, and the
     realised condition number max/min is below cond; modes 1–3 have it exactly (max 1 = DMAX, min
-    1/cond). Mode 4's smallest value is 1 − (1 − 1/cond) in float64, which cancels: 9.999999999998899e-05
-    at cond = 1e4 (relative error 1.1e-13), 1.0000000050247593e-08 at 1e8, and exactly 0 (a singular
-    matrix, not positive) for cond >= 2^54; LAPACK's own order, (n−i)·(1 − 1/cond)/(n−1) + 1/cond,
-    ends on 1/cond exactly.
+    1/cond); so does mode 4, in LAPACK's order of operations, (n−i)·(1 − 1/cond)/(n−1) + 1/cond
+    (written as 1 − (i−1)/(n−1)·(1 − 1/cond) it cancelled: 9.999999999998899e-05 for 1e-4 at cond = 1e4,
+    and 0, a singular matrix, for cond >= 2^54).
     """
     mode = _int("lapack", "mode", mode, 1, 6)
     cond = _real("lapack", "cond", cond, ge=1.0)
@@ -247,7 +246,7 @@ def lapack(d: int, rng: np.random.Generator, *, mode: int = 3, cond: float = 1e4
     elif mode == 3:
         D = np.array([cond ** (-i / (d - 1)) for i in range(d)])  # i is (i − 1) above
     elif mode == 4:
-        D = np.array([1.0 - i / (d - 1) * (1.0 - 1.0 / cond) for i in range(d)])
+        D = np.array([(d - 1 - i) * (1.0 - 1.0 / cond) / (d - 1) + 1.0 / cond for i in range(d)])
     elif mode == 5:
         D = np.exp(-rng.random(d) * math.log(cond))
     else:
