@@ -169,7 +169,7 @@ def _npy(tmp_path, array, name="m.npy"):
     (["compare", "--dtype", "foo"], "unsupported dtype 'foo'"),
     (["compare", "--format", "xml"], "'xml' is not one of"),
     (["compare", "--d", "abc"], "--d"),
-    (["compare", "--d", "1"], "d = 1"),
+    (["compare", "--d", "1"], "cluster: d=1 is impossible"),  # the default family needs d ≥ 2 (a 1×1 --matrix is compared)
     (["compare", "--nosuch"], "No such option"),
     (["compare", "-m", "taylor:K=1e9"], "K=1e9"),
     (["compare", "-m", "clip:tau=0"], "tau=0"),
