@@ -70,7 +70,7 @@ def _child(d: int, engine: str, loss_name: str, seed: int, baseline: str | None)
     from stabkit.reference import ground_truth
 
     A = matrix(d, seed)
-    loss = make_loss(loss_name, d, seed=seed, k=max(1, d // 4) if loss_name == "projector" else None)
+    loss = make_loss(loss_name, d, seed=seed, k=max(1, d // 4))
     rss0_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t, c = time.perf_counter(), time.process_time()
     tr = ground_truth(A, loss, engine="flint" if engine.startswith("flint") else engine, cache=False)

@@ -68,7 +68,7 @@ def compare_command(
     seconds, _ = truth_cost(size, compared)
     eta = f" (truth estimated ~{_duration(seconds)})" if seconds > 10 else ""
     with Console(stderr=True).status(f"certified ground truth and {len(specs or []) or 'all'} methods, d = {size}{eta} …"):
-        result = compare(A, loss, specs, dtype=dtype, seed=seed, weight=weight, k=k if given(ctx, "k") else None)
+        result = compare(A, loss, specs, dtype=dtype, seed=seed, weight=weight, k=k)
     if fmt is Format.json:
         for row in json_rows(result, source, loss, dtype):
             print(json.dumps(row))

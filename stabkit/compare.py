@@ -58,7 +58,7 @@ class Comparison:
     dtype: str = "float64"  # the methods' dtype, by its name (validation.DTYPE_NAMES)
 
 
-def compare(A, loss_name: str, method_specs=None, *, dtype="float64", seed: int = 0, weight=None, k: int | None = None,
+def compare(A, loss_name: str, method_specs=None, *, dtype="float64", seed: int = 0, weight=None, k: int = 1,
             truth: Truth | None = None) -> Comparison:
     """Gradient of probe loss ``loss_name`` by each method in ``dtype``, against the truth.
 
@@ -67,7 +67,7 @@ def compare(A, loss_name: str, method_specs=None, *, dtype="float64", seed: int 
     (or anything ``methods.spec`` takes: spec text, a (name, params) pair), made Specs once here, or
     one Spec or spec text alone (a lone pair is read as two specs: put it in a list); default (None or
     empty) every registered method. ``truth``: the Truth of A, to
-    reuse. ``k``: the projector loss's rank (default 1; another loss refuses it). ``dtype``: "float32" or "float64", or np.float32/np.float64 (or their np.dtype),
+    reuse. ``dtype``: "float32" or "float64", or np.float32/np.float64 (or their np.dtype),
     recorded by name in ``Comparison.dtype``; numpy's text aliases ("double", "f8") are refused, as
     on the command line.
     """

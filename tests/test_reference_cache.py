@@ -19,7 +19,7 @@ from tests.conftest import build
 
 
 def _loss(name, d, seed=0):
-    return make_loss(name, d, seed=seed, k=2 if name == "projector" else None)
+    return make_loss(name, d, seed=seed, k=2)
 
 
 def test_cache_keys_never_change():
