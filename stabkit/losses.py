@@ -130,7 +130,8 @@ def _ns(lam):
 def make_loss(name: str, d: int, seed: int = 0, weight: np.ndarray | None = None, k: int = 1):
     """Build probe loss ``name`` for d×d matrices; ``weight`` replaces the seeded G / B.
 
-    ``k`` is the projector's rank (top-k eigenspace).
+    ``k`` is the projector's rank (top-k eigenspace); the other losses ignore it, so that a loop over
+    ``LOSSES`` can pass one k (the CLI, where it is typed by hand, refuses ``--k`` for them).
     """
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}: choose one of {', '.join(LOSSES)}")
