@@ -103,6 +103,11 @@ def given(ctx, name: str) -> bool:
     return getattr(ctx.get_parameter_source(name), "name", "DEFAULT") != "DEFAULT"
 
 
+def given_options(ctx, options) -> list[str]:
+    """The flags among ``options`` ((flag text, parameter name) pairs) that the user gave (:func:`given`)."""
+    return [flag for flag, name in options if given(ctx, name)]
+
+
 def reports_root(out: str):
     """The ``--out`` folder of ``run``/``report`` as a Path; an empty one (the current folder, as
     ``Path('')``) is refused."""

@@ -12,7 +12,7 @@ import typer
 
 from stabkit._choices import FAMILY_NAMES, LOSSES
 
-from ._common import given, parse_params, user_errors
+from ._common import given, given_options, parse_params, user_errors
 
 
 class Format(str, Enum):
@@ -52,8 +52,7 @@ def compare_command(
     specs = _method_specs(method)
     compared = specs or [methods.spec(name) for name in methods.NAMES]
     if matrix is not None:
-        shaping = [option for option, name in (("--spectrum", "spectrum"), ("-p/--param", "param"), ("--d", "d"))
-                   if given(ctx, name)]
+        shaping = given_options(ctx, (("--spectrum", "spectrum"), ("-p/--param", "param"), ("--d", "d")))
         if shaping:  # they shape a generated matrix only: with --matrix they were silently ignored
             raise ValueError(f"{' and '.join(shaping)} only appl{'y' if len(shaping) > 1 else 'ies'} to a generated matrix, not to --matrix {matrix}")
         A = check_symmetric(_load_npy(matrix, "matrix"), "matrix")

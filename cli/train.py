@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ._common import given, user_errors
+from ._common import given_options, user_errors
 
 
 @user_errors
@@ -55,8 +55,7 @@ def train_command(
     from stabkit import methods
     from stabkit.train.loop import train_run
 
-    zca_only = [option for option, name in (("--method", "method"), ("--d", "d"), ("--eps", "eps"), ("--dtype", "dtype"))
-                if given(ctx, name)]
+    zca_only = given_options(ctx, (("--method", "method"), ("--d", "d"), ("--eps", "eps"), ("--dtype", "dtype")))
     if norm == "bn" and zca_only:  # the BatchNorm baseline has no ZCA layer: they were silently ignored
         raise ValueError(f"{' and '.join(zca_only)} set the ZCA layer; --norm bn (plain BatchNorm) has none")
     spec = methods.spec(methods.TRAIN_DEFAULT if method is None else method)  # the CLI edge: parsed once, the run carries the Spec
