@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from stabkit import monitor
+from stabkit.monitor import grads
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -159,3 +160,17 @@ def test_split_runs_under_vmap_over_another_dimension_get_their_own_matrices_and
         assert row["min_gap"] == pytest.approx(gap, rel=1e-12, abs=0) and row["batch"] == 3
         assert row["grad_norm"] == pytest.approx(math.sqrt(3) * math.hypot(*w), rel=1e-14, abs=0)
         assert row["grad_in_norm"] == pytest.approx(math.sqrt(3) * math.hypot(*w), rel=1e-12, abs=0)
+
+
+def test_run_norms_shapes_are_as_documented():
+    """One run: a 0-d norm (a float64 gradient's scaled norm was (1, 1, 1), its max kept as a 3-d
+    tensor); R runs: one norm per run. Values against numpy's norm of each part."""
+    import numpy as np
+
+    g = torch.arange(24, dtype=torch.float64).reshape(2, 3, 4) * 1e160
+    one = grads.run_norms(g, 1)
+    assert one.shape == () and float(one) == pytest.approx(np.linalg.norm(g.numpy().ravel() / 1e160) * 1e160, rel=1e-15)
+    per_run = grads.run_norms(g, 2)
+    assert per_run.shape == (2,)
+    for r in range(2):
+        assert float(per_run[r]) == pytest.approx(np.linalg.norm(g[r].numpy().ravel() / 1e160) * 1e160, rel=1e-15)

@@ -73,7 +73,7 @@ def run_norms(g, runs: int, layout=None):
         plain, dim = _arranged(plain, own, batch, lead=True).reshape(runs, -1), 1
     if plain.dtype != torch.float64 or plain.numel() == 0:  # a narrower float squared in float64 neither over- nor underflows
         return torch.linalg.vector_norm(plain, dim=dim, dtype=torch.float64 if plain.device.type != "mps" else None)
-    scale = torch.linalg.vector_norm(plain, math.inf, dim=dim, keepdim=True).clamp_min(torch.finfo(plain.dtype).tiny)
+    scale = torch.linalg.vector_norm(plain, math.inf, dim=dim, keepdim=dim is not None).clamp_min(torch.finfo(plain.dtype).tiny)
     return torch.linalg.vector_norm(plain / scale, dim=dim) * (scale[:, 0] if dim else scale)
 
 
