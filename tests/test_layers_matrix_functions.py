@@ -63,6 +63,46 @@ def test_eig_matrix_function_refuses_non_symmetric_and_non_square():
         layers.eig_matrix_function(torch.ones(3, 4, dtype=D), "log", eps=1e-2)
 
 
+def _with_spectrum(lam, seed=30):
+    Q, _ = torch.linalg.qr(torch.randn(len(lam), len(lam), dtype=D, generator=GEN(seed)))
+    return Q @ torch.diag(torch.tensor(lam, dtype=D)) @ Q.T, Q
+
+
+# (g, p, λ + ε at which g(λ + ε) stops being real and finite: the left end of the domain, and whether it is included)
+DOMAINS = [("log", None, 0.0, False), ("sqrt", None, 0.0, True), ("power", 0.5, 0.0, True), ("power", -0.5, 0.0, False)]
+
+
+@pytest.mark.parametrize("fn, p, edge, closed", DOMAINS, ids=[f"{f}-{p}" for f, p, _, _ in DOMAINS])
+@pytest.mark.parametrize("shift", [-0.25, -1e-9, 0.0, 1e-9])
+def test_eig_matrix_function_refuses_a_spectrum_outside_gs_domain(fn, p, edge, closed, shift):
+    """A = Q diag(−0.5, 1, 2) Qᵀ with ε = 0.5 + shift: λ_min + ε = shift. Refused (naming λ = −0.5) exactly
+    where shift leaves g's real domain; accepted elsewhere, where C = Q g(λ + ε) Qᵀ (formed here) is finite.
+    At shift = 0, on the domain's edge, Q = I: a rotated A's λ_min is −0.5 only up to rounding."""
+    lam = [-0.5, 1.0, 2.0]
+    A, Q = _with_spectrum(lam) if shift else (torch.diag(torch.tensor(lam, dtype=D)), torch.eye(3, dtype=D))
+    eps = 0.5 + shift
+    inside = shift > edge or (closed and shift == edge)
+    if not inside:
+        with pytest.raises(InputError, match=r"needs λ \+ ε [>≥] 0 for every eigenvalue λ of A; got λ = -0.5"):
+            layers.eig_matrix_function(A, fn, eps=eps, p=p)
+        return
+    g = {"log": math.log, "sqrt": math.sqrt, "power": lambda x: x ** p}[fn]
+    expected = Q @ torch.diag(torch.tensor([g(max(x + eps, 0.0)) for x in lam], dtype=D)) @ Q.T
+    got = layers.eig_matrix_function(A, fn, eps=eps, p=p)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6 * float(expected.abs().max()))
+
+
+def test_eig_matrix_function_integer_powers_of_an_indefinite_matrix():
+    """x² and x⁻¹ of A with λ = (−2, −0.5, 3) are A·A and A⁻¹; x⁻¹ of a singular A (λ = (−2, 0, 3)) is refused."""
+    A, _ = _with_spectrum([-2.0, -0.5, 3.0])
+    torch.testing.assert_close(layers.eig_matrix_function(A, "power", p=2.0), A @ A, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(layers.eig_matrix_function(A, "power", p=-1.0), torch.linalg.inv(A), rtol=1e-12, atol=1e-12)
+    singular = torch.diag(torch.tensor([-2.0, 0.0, 3.0], dtype=D))
+    with pytest.raises(InputError, match="x\\^-1 of A \\+ εI needs λ \\+ ε ≠ 0"):
+        layers.eig_matrix_function(singular, "power", p=-1.0)
+
+
 @pytest.mark.parametrize("eps", [-1e-3, float("nan"), float("inf")])
 def test_o2p_refuses_bad_eps(eps):
     with pytest.raises(InputError, match="eps must be"):

@@ -11,6 +11,7 @@ import math
 
 import torch
 
+from .._xp import is_traced
 from ..errors import EigensolverError, InputError
 from ..torch import _check_tensor, check_values
 from ..validation import is_integer, is_real
@@ -24,6 +25,22 @@ def check_matrix(A, fn: str, square: bool = False, symmetric: bool = False) -> N
     """InputError unless A is a finite float32/float64 (..., m, n) tensor (square/symmetric if asked)."""
     _check_tensor(A, fn, square or symmetric, None)
     check_values(A, fn, symmetric, advice=SYMMETRIZE)
+
+
+def check_domain(lam: torch.Tensor, eps: float, fn: str, p, name: str) -> None:
+    """InputError where μ = λ + ε, λ the eigenvalues of a layer's input A, leaves the real domain of g (log and
+    fractional p < 0: μ > 0; √ and fractional p > 0: μ ≥ 0; integer p < 0: μ ≠ 0), where g(μ), and with
+    it g(A + εI), would be NaN or infinite. One host read, skipped under tracing as value checks are."""
+    integer = fn == "power" and float(p).is_integer()
+    if is_traced(lam) or (integer and p >= 0):
+        return
+    mu = lam + eps
+    need = "≠ 0" if integer else "> 0" if fn == "log" or (fn == "power" and p < 0) else "≥ 0"
+    bad = {"≠ 0": mu == 0, "> 0": mu <= 0, "≥ 0": mu < 0}[need]
+    if bool(bad.any()):
+        g = f"x^{p:g}" if fn == "power" else fn
+        raise InputError(f"{name}: g = {g} of A + εI needs λ + ε {need} for every eigenvalue λ of A; "
+                         f"got λ = {float(lam[bad].min()):.3g} with ε = {eps:g}")
 
 
 def method_params(params: dict, fn: str) -> dict:

@@ -22,6 +22,7 @@ import torch
 
 from .. import _xp
 from ..errors import InputError
+from ..validation import is_real
 
 FUNCTIONS = ("log", "sqrt", "power")
 
@@ -41,6 +42,21 @@ def _near_tau(fn: str, p: float | None) -> float:
 
 def _unknown(fn):
     return InputError(f"unknown matrix function {fn!r}: choose one of {', '.join(FUNCTIONS)}")
+
+
+def scalar_function(fn: str, p: float | None = None):
+    """g as a torch function of a tensor."""
+    if fn == "log":
+        return torch.log
+    if fn == "sqrt":
+        return torch.sqrt
+    if fn == "power":
+        if p is None:
+            raise InputError("g = power needs the exponent p")
+        if not is_real(p):
+            raise InputError(f"g = power needs a finite real exponent p, got {p!r}")
+        return lambda x: x ** p
+    raise _unknown(fn)
 
 
 def divided_differences(mu: torch.Tensor, sig: torch.Tensor, fn: str, p: float | None = None) -> torch.Tensor:

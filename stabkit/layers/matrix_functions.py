@@ -42,7 +42,9 @@ refuses to be differentiated: ``stabkit._autograd.tangent_op``); under torch.com
 without a custom jvp are used (Dynamo traces none).
 
 Input: F a finite float32/float64 (..., n, d), ε a finite number ≥ 0, and an EIG-route A symmetric
-(stabkit.torch's contract, InputError otherwise). With ε = 0, log and x^p (p < 0) of a singular FᵀF
+(stabkit.torch's contract, InputError otherwise) with A + εI in g's real domain (positive definite for log,
+semidefinite for √; :func:`._checks.check_domain`; o2p's own FᵀF is not checked: its rounding may
+leave λ + ε < 0 in float32 at a small ε, and the route's NaN there is a result of the o2p-stability study). With ε = 0, log and x^p (p < 0) of a singular FᵀF
 are infinite; a wide F (n < d) always makes FᵀF singular, so that case is refused. Where σ² overflows
 (float32 σ > 1.8e19) the SVD routes take g(σ² + ε) without σ² (:func:`gram_values`) and their first-order
 backward at 2^−k F (:func:`.svd.overflow_scale`; second derivatives and forward mode are not rescaled);
@@ -57,29 +59,13 @@ from . import svd as _svd
 import stabkit.torch
 from .. import _xp
 from .._autograd import compile_safe, differentiating_backward, tangent_op, undifferentiable
-from ._checks import check_eps, check_matrix, method_params
-from .divided_differences import FUNCTIONS, divided_differences, dk_frechet, dk_second_frechet, eigen_divided_differences
+from ._checks import check_domain, check_eps, check_matrix, method_params
+from .divided_differences import divided_differences, scalar_function, dk_frechet, dk_second_frechet, eigen_divided_differences
 from ..errors import InputError
 from ..methods import DEFAULT, Spec
-from ..validation import is_real
 
 #: the ``backward`` the monitor logs for :func:`eig_dk` and :func:`svd_dk` (never swapped)
 DK_BACKWARD = "daleckii-krein (exact g(A); no swap)"
-
-
-def scalar_function(fn: str, p: float | None = None):
-    """g as a torch function of a tensor."""
-    if fn == "log":
-        return torch.log
-    if fn == "sqrt":
-        return torch.sqrt
-    if fn == "power":
-        if p is None:
-            raise InputError("g = power needs the exponent p")
-        if not is_real(p):
-            raise InputError(f"g = power needs a finite real exponent p, got {p!r}")
-        return lambda x: x ** p
-    raise InputError(f"unknown matrix function {fn!r}: choose one of {', '.join(FUNCTIONS)}")
 
 
 def _check_features(F, fn: str, eps, p, name: str) -> float:
@@ -369,13 +355,16 @@ def eig_matrix_function(A: torch.Tensor, fn: str = "log", eps: float = 0.0, p: f
     """C = U g(Λ + εI) Uᵀ from the EIG of symmetric A (..., d, d) — Prop. 4 (backward: ``method``)."""
     check_matrix(A, "eig_matrix_function", symmetric=True)
     params = method_params(params, "eig_matrix_function")
-    return _eig_matrix_function(A, fn, check_eps(eps, "eig_matrix_function"), p, method, **params)
+    C, lam = _eig_matrix_function(A, fn, eps := check_eps(eps, "eig_matrix_function"), p, method, **params)
+    check_domain(lam, eps, fn, p, "eig_matrix_function")
+    return C
 
 
 def _eig_matrix_function(A, fn, eps, p, method, **params):
+    """(C, λ): C as :func:`eig_matrix_function`, λ A's eigenvalues (detached)."""
     g = scalar_function(fn, p)
     lam, U = stabkit.torch.eigh(stabkit.torch.symmetrize(A), method=method, check=False, **params)
-    return (U * g(lam + eps)[..., None, :]) @ U.transpose(-1, -2)
+    return (U * g(lam + eps)[..., None, :]) @ U.transpose(-1, -2), lam.detach()
 
 
 def o2p(F: torch.Tensor, eps: float = 1e-3, route: str = "svd", method: str | Spec | None = None, **params):
@@ -392,7 +381,7 @@ def o2p(F: torch.Tensor, eps: float = 1e-3, route: str = "svd", method: str | Sp
     if route == "svd-dk":
         return svd_dk(F, "log", eps)[0]
     try:  # only a failure is checked for overflow: no host read on the path that works
-        return _eig_matrix_function(gram := F.mT @ F, "log", eps, None, method or DEFAULT, **params)
+        return _eig_matrix_function(gram := F.mT @ F, "log", eps, None, method or DEFAULT, **params)[0]
     except torch.linalg.LinAlgError:
         if bool(torch.isfinite(gram).all()):
             raise
