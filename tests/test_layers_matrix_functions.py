@@ -103,6 +103,19 @@ def test_eig_matrix_function_integer_powers_of_an_indefinite_matrix():
         layers.eig_matrix_function(singular, "power", p=-1.0)
 
 
+@pytest.mark.parametrize("p, lam", [(2.0, 1e200), (-2.0, 1e-200), (0.5, 1e-300)])
+def test_eig_matrix_function_refuses_a_power_that_overflows(p, lam):
+    """x^p of diag(λ, 1, 2) in float64: λ^p = 1e400 overflows (refused, naming the range of λ + ε);
+    1e-300^0.5 = 1e-150 does not (the closed form diag(λ^p, 1, 2^p))."""
+    A = torch.diag(torch.tensor([lam, 1.0, 2.0], dtype=D))
+    if abs(p * math.log10(lam)) < 308:
+        expected = torch.diag(torch.tensor([lam ** p, 1.0, 2.0 ** p], dtype=D))
+        torch.testing.assert_close(layers.eig_matrix_function(A, "power", p=p), expected, rtol=1e-14, atol=0)
+        return
+    with pytest.raises(InputError, match=r"x\^-?2 of A \+ εI overflows torch.float64 \(λ \+ ε from "):
+        layers.eig_matrix_function(A, "power", p=p)
+
+
 @pytest.mark.parametrize("eps", [-1e-3, float("nan"), float("inf")])
 def test_o2p_refuses_bad_eps(eps):
     with pytest.raises(InputError, match="eps must be"):

@@ -42,13 +42,15 @@ refuses to be differentiated: ``stabkit._autograd.tangent_op``); under torch.com
 without a custom jvp are used (Dynamo traces none).
 
 Input: F a finite float32/float64 (..., n, d), ε a finite number ≥ 0, and an EIG-route A symmetric
-(stabkit.torch's contract, InputError otherwise) with A + εI in g's real domain (positive definite for log,
-semidefinite for √; :func:`._checks.check_domain`; o2p's own FᵀF is not checked: its rounding may
-leave λ + ε < 0 in float32 at a small ε, and the route's NaN there is a result of the o2p-stability study). With ε = 0, log and x^p (p < 0) of a singular FᵀF
-are infinite; a wide F (n < d) always makes FᵀF singular, so that case is refused. Where σ² overflows
-(float32 σ > 1.8e19) the SVD routes take g(σ² + ε) without σ² (:func:`gram_values`) and their first-order
-backward at 2^−k F (:func:`.svd.overflow_scale`; second derivatives and forward mode are not rescaled);
-x^p (p > 0) whose C overflows, and o2p's EIG route where FᵀF does, raise InputError.
+(stabkit.torch's contract, InputError otherwise) with A + εI in g's real domain (positive definite for
+log, semidefinite for √: :func:`._checks.check_domain`). o2p's own FᵀF is not checked: in float32 at a
+small ε its rounding may leave λ + ε < 0, and that NaN is a result of the o2p-stability study. With
+ε = 0, log and x^p (p < 0) of a singular FᵀF are infinite; a wide F (n < d) always makes FᵀF
+singular, so that case is refused. Where σ² overflows (float32 σ > 1.8e19) the SVD routes take
+g(σ² + ε) without σ² (:func:`gram_values`) and their first-order backward at 2^−k F
+(:func:`.svd.overflow_scale`; second derivatives and forward mode are not rescaled); x^p whose C
+overflows (p > 0 on the SVD routes, any p on the EIG route), and o2p's EIG route where FᵀF does,
+raise InputError.
 """
 
 from __future__ import annotations
@@ -357,6 +359,9 @@ def eig_matrix_function(A: torch.Tensor, fn: str = "log", eps: float = 0.0, p: f
     params = method_params(params, "eig_matrix_function")
     C, lam = _eig_matrix_function(A, fn, eps := check_eps(eps, "eig_matrix_function"), p, method, **params)
     check_domain(lam, eps, fn, p, "eig_matrix_function")
+    if fn == "power" and not _xp.is_traced(C) and not bool(torch.isfinite(C).all()):  # log, √ of finite A are finite
+        raise InputError(f"eig_matrix_function: g = x^{p:g} of A + εI overflows {A.dtype} (λ + ε from "
+                         f"{float(lam.min() + eps):.3g} to {float(lam.max() + eps):.3g}): scale A or pass float64")
     return C
 
 
