@@ -244,9 +244,10 @@ def test_finished_runs_plan_only_runs_stacked_the_same_way(tmp_path):
             {"steps_total": 100, "steps_done": 40, "wall_s": 200.0, "stacked_runs": 3}]  # stopped early
     for i, row in enumerate(rows):
         (tmp_path / f"{i}.json").write_text(json.dumps({"rows": [row]}))
-    assert session.observed_run_s(tmp_path, 100) == pytest.approx(50 * 1.1)
-    assert session.observed_run_s(tmp_path, 100, stack=3) == pytest.approx(90 * 1.1)
-    assert session.observed_run_s(tmp_path, 100, stack=6) is None
+    records = session.cell_records(tmp_path)
+    assert session.longest_finished_run_s(records, 100) == pytest.approx(50 * 1.1)
+    assert session.longest_finished_run_s(records, 100, stack=3) == pytest.approx(90 * 1.1)
+    assert session.longest_finished_run_s(records, 100, stack=6) is None
 
 
 def test_fastcheck_stacked_units_keep_whole_seed_blocks():

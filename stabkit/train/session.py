@@ -82,14 +82,9 @@ def cell_records(cells_dir: Path) -> list:
     return records
 
 
-def observed_run_s(cells_dir: Path, steps: int, stack: int = 1) -> float | None:
-    """Longest wall time of the study's finished full-horizon runs of ``steps`` steps, trained
-    ``stack`` at a time (``stacked_runs``; 1 for a run alone), or None."""
-    return longest_finished_run_s(cell_records(cells_dir), steps, stack)
-
-
 def longest_finished_run_s(records: list, steps: int, stack: int = 1) -> float | None:
-    """:func:`observed_run_s` from the :func:`cell_records` already read."""
+    """Longest wall time (× 1.1) of the finished full-horizon runs of ``steps`` steps among the study's
+    :func:`cell_records`, trained ``stack`` at a time (``stacked_runs``; 1 for a run alone), or None."""
     walls = []
     for record in records:
         for row in record.get("rows") or []:
