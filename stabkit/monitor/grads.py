@@ -14,8 +14,6 @@ import math
 
 import torch
 
-
-
 _F = torch._C._functorch
 
 
@@ -23,8 +21,6 @@ def _unwrapped(t):
     """(the plain tensor under torch.func's wrappers of ``t``, where ``t``'s own dims lie in it, where
     the transforms' batch dims lie in it): each vmap level inserts its batch dim at its ``bdim``, which
     need not be the front (``in_dims=1``) nor the same for an input and its eigenvalues."""
-    if not _F.is_functorch_wrapped_tensor(t):
-        return t, range(t.ndim), []
     own, batch = list(range(t.ndim)), []
     while _F.is_functorch_wrapped_tensor(t):
         t, own, batch = _peeled(t, own, batch)
