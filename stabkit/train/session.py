@@ -154,12 +154,13 @@ class StudyFiles:
     def records(self) -> list:
         return cell_records(Path(self.reports) / self.study["study"]["name"] / "cells")
 
+    @functools.cached_property
     def has_bench(self) -> bool:
         return bool(self.bench_path and Path(self.bench_path).is_file())
 
     @functools.cached_property
     def bench(self):
-        """The bench's parsed JSON (read only where :meth:`has_bench`)."""
+        """The bench's parsed JSON (read only where :attr:`has_bench`)."""
         return json.loads(Path(self.bench_path).read_text())
 
     def estimate(self, jobs: int, overhead_s: float = 60.0, epochs: float | None = None,
@@ -172,7 +173,7 @@ class StudyFiles:
         seen = longest_finished_run_s(self.records, steps, stack)
         if seen is not None:
             return seen, f"{steps} steps per run; longest finished full-horizon run of {name} × 1.1 = {seen:.0f} s"
-        if self.has_bench():
+        if self.has_bench:
             run_s = bench_run_s(self.bench, jobs, steps, eval_steps(grid, steps), bool(grid.get("fast", False)),
                                 overhead_s, stack > 1)
             if run_s is not None:
@@ -238,7 +239,7 @@ def main(argv=None) -> int:
     try:
         if args.choose_stack:
             files = StudyFiles(args.study, args.bench, args.reports)
-            bench = files.has_bench()
+            bench = files.has_bench
             r = choose_stack(files.bench, args.jobs, _runs_in_window(args, files) if args.seconds > 0 else None) if bench else 1
             print(f"session plan: stack {r} run(s) per process" + ("" if bench else " (no bench)"), file=sys.stderr)
             print(r)
