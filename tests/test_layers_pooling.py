@@ -2,6 +2,7 @@
 ZCAWhitening reachable from stabkit.layers; the layers' docstring examples run."""
 
 import doctest
+import math
 
 import numpy as np
 import pytest
@@ -209,3 +210,18 @@ def test_a_bad_argument_is_an_input_error(make):
 
     with pytest.raises(InputError):
         make()
+
+
+@pytest.mark.parametrize("method", [None, "analytic"], ids=["dk", "analytic"])
+def test_log_of_a_singular_covariance_is_an_input_error(method):
+    """log Σ has no value when Σ + εI has a zero eigenvalue (module docstring): constant channels with
+    ε = 0 (Σ = 0 exactly) gave −inf on the diagonal and NaN (0·∞) off it, silently. With a ridge the
+    same map is log(ε)·I exactly."""
+    from stabkit.errors import InputError
+
+    x = torch.full((2, 3, 2, 2), 0.7, dtype=torch.float64)
+    x[1, 2] = -1.5
+    with pytest.raises(InputError, match="CovariancePooling: log of a singular channel covariance"):
+        CovariancePooling("log", method=method, eps=0.0)(x)
+    out = CovariancePooling("log", method=method, eps=1e-3)(x)
+    torch.testing.assert_close(out, math.log(1e-3) * torch.eye(3, dtype=torch.float64).expand(2, 3, 3))
