@@ -200,12 +200,15 @@ def test_an_inf_or_an_overflowing_covariance_is_named_as_such():
 @pytest.mark.parametrize("make", [
     lambda: CovariancePooling(function="exp"),
     lambda: CovariancePooling(dtype="float16"),
+    lambda: CovariancePooling(function=["sqrt"]),
+    lambda: CovariancePooling(dtype=["float64"]),
     lambda: CovariancePooling(params={"K": 3}),
     lambda: ZCAWhitening(12, d=5),
     lambda: ZCAWhitening(8, d=4)(torch.randn(2, 6, 3, 3)),
-], ids=["pooling-function", "pooling-dtype", "pooling-params-without-method", "zca-d-not-dividing", "zca-channels"])
+], ids=["pooling-function", "pooling-dtype", "pooling-function-list", "pooling-dtype-list", "pooling-params-without-method", "zca-d-not-dividing", "zca-channels"])
 def test_a_bad_argument_is_an_input_error(make):
-    """The project's InputError (a ValueError), like the layers' other checks; these were plain ValueErrors."""
+    """The project's InputError (a ValueError), like the layers' other checks; these were plain ValueErrors
+    (and a list for function or dtype a TypeError, unhashable in the dict lookup)."""
     from stabkit.errors import InputError
 
     with pytest.raises(InputError):

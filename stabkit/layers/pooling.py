@@ -70,10 +70,10 @@ class CovariancePooling(nn.Module):
     def __init__(self, function: str = "sqrt", method: str | Spec | None = None, params: dict | None = None,
                  eps: float = 1e-5, dtype: str | None = None):
         super().__init__()
-        if function not in FUNCTIONS:
+        if not isinstance(function, str) or function not in FUNCTIONS:  # a list is unhashable: TypeError
             raise InputError(f"unknown matrix function {function!r}: choose one of {', '.join(FUNCTIONS)}")
         check_eps(eps, "CovariancePooling")
-        if dtype is not None and dtype not in DTYPES:
+        if dtype is not None and (not isinstance(dtype, str) or dtype not in DTYPES):
             raise InputError(f"unknown dtype {dtype!r}: choose float32 or float64")
         params = method_params(params or {}, "CovariancePooling")
         if method is None and params:
