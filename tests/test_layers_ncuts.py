@@ -102,3 +102,39 @@ def test_rank_deficient_indicators_project_onto_the_range_of_E(which, extra):
             dF[i, j] = h
             fd[i, j] = (truth(F + dF) - truth(F - dF)) / (2 * h)
     torch.testing.assert_close(g, fd, rtol=1e-6, atol=1e-7)
+
+
+def _projector_np(B):
+    """Orthogonal projector onto range(B) (full column rank), B (BᵀB)⁻¹ Bᵀ in numpy."""
+    import numpy as np
+
+    B = np.asarray(B, dtype=np.float64)
+    return B @ np.linalg.solve(B.T @ B, B.T)
+
+
+@pytest.mark.parametrize("fn", [layers.ncut_j1, layers.ncut_j2], ids=["j1", "j2"])
+def test_batch_shapes_of_W_and_E_that_do_not_broadcast_raise_input_error(fn):
+    """W (2, 3, 3) against E (3, 3, 2) failed inside torch ('The size of tensor a (2) must match …');
+    batches that broadcast are accepted, each item its own J (J₂ here against numpy projectors)."""
+    import numpy as np
+
+    W = torch.stack([_W(0), _W(1)])
+    with pytest.raises(InputError, match="batch"):
+        fn(W, torch.stack([E, E, E]))
+    Es = torch.stack([E, E.flip(0)])[:, None]                       # (2, 1, 3, 2) against W's (2,)
+    J = layers.ncut_j2(W, Es)
+    assert J.shape == (2, 2)
+    for i in range(2):
+        for j in range(2):
+            w, V = np.linalg.eigh(W[j].numpy())                    # W = F Fᵀ, F 3 × 2: rank 2
+            PW = V[:, w > 1e-8 * w.max()] @ V[:, w > 1e-8 * w.max()].T
+            ref = 0.5 * ((PW - _projector_np(Es[i, 0].numpy())) ** 2).sum()
+            assert J[i, j].item() == pytest.approx(ref, rel=1e-12, abs=1e-12)
+
+
+def test_low_rank_factors_and_weights_that_do_not_broadcast_raise_input_error():
+    F = torch.rand(2, 3, 2, dtype=D, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(InputError, match="batch"):
+        layers.low_rank_affinity(F, torch.ones(3, 2, dtype=D))
+    lam = torch.tensor([[1.0, 2.0]], dtype=D)                      # (1, 2) broadcasts against (2,)
+    torch.testing.assert_close(layers.low_rank_affinity(F, lam), F @ torch.diag(lam[0]) @ F.mT)

@@ -121,9 +121,18 @@ def _check_affinity(W, E, fn: str) -> torch.Tensor:
                          f"{tuple(E.shape) if isinstance(E, torch.Tensor) else type(E).__name__}")
     if E.is_complex() or E.device != W.device:  # .to(W.dtype) would drop an imaginary part or fail later
         raise InputError(f"{fn}: expected real indicators E on W's device {W.device}, got {E.dtype} on {E.device}")
+    _check_batches(fn, f"W {tuple(W.shape)}", W.shape[:-2], f"E {tuple(E.shape)}", E.shape[:-2])
     E = E.to(W.dtype)
     check_matrix(E, fn)
     return E
+
+
+def _check_batches(fn: str, x: str, x_batch, y: str, y_batch) -> None:
+    """InputError unless two inputs' batch shapes broadcast (torch failed deep inside the op)."""
+    try:
+        torch.broadcast_shapes(x_batch, y_batch)
+    except RuntimeError:
+        raise InputError(f"{fn}: the batch shapes of {x} and {y} do not broadcast") from None
 
 
 def ncut_j1(W: torch.Tensor, E: torch.Tensor, rank: int | None = None) -> torch.Tensor:
@@ -144,5 +153,6 @@ def low_rank_affinity(F: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
     check_matrix(F, "low_rank_affinity")
     if not isinstance(lam, torch.Tensor) or lam.dtype != F.dtype or lam.shape[-1:] != F.shape[-1:] or lam.device != F.device:
         raise InputError(f"low_rank_affinity: expected λ (..., {F.shape[-1]}) of dtype {F.dtype} on {F.device}")
+    _check_batches("low_rank_affinity", f"F {tuple(F.shape)}", F.shape[:-2], f"λ {tuple(lam.shape)}", lam.shape[:-1])
     check_matrix(lam[..., None], "low_rank_affinity")
     return _LowRankAffinity.apply(F, lam)
