@@ -138,3 +138,29 @@ def test_low_rank_factors_and_weights_that_do_not_broadcast_raise_input_error():
         layers.low_rank_affinity(F, torch.ones(3, 2, dtype=D))
     lam = torch.tensor([[1.0, 2.0]], dtype=D)                      # (1, 2) broadcasts against (2,)
     torch.testing.assert_close(layers.low_rank_affinity(F, lam), F @ torch.diag(lam[0]) @ F.mT)
+
+
+def _range_projector(B):
+    return B @ torch.linalg.solve(B.mT @ B, B.mT)
+
+
+@pytest.mark.parametrize("dtype, e, rtol", [(torch.float64, 0, 1e-10), (torch.float64, -900, 1e-10),
+                                            (torch.float32, -90, 1e-3)], ids=["f64-1", "f64-2^-900", "f32-2^-90"])
+def test_j1_gradient_of_a_small_affinity_is_finite_and_right(dtype, e, rtol):
+    """J₁ does not change when W is scaled (nor M, nor range(D^1/2 E)), so for W = F diag(2^e λ) Fᵀ its
+    gradient in F is the one at e = 0: against torch autograd of J₁ written with closed-form range
+    projectors B(BᵀB)⁻¹Bᵀ (range M = range D^-1/2 F). The backward's δ^-3/2 overflowed (float64
+    degrees below 1e-206, float32 below 2e-26) where ∂J/∂W ~ 1/δ does not: inf and NaN."""
+    gen = torch.Generator().manual_seed(3)
+    F = torch.rand(5, 2, dtype=D, generator=gen) + 0.1
+    lam = torch.tensor([1.0, 0.5], dtype=D)
+    E5 = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]], dtype=D)
+    f = F.clone().requires_grad_()
+    deg = ((f * lam) @ f.T).sum(-1)
+    J = 0.5 * ((_range_projector(f / deg.sqrt()[:, None]) - _range_projector(E5 * deg.sqrt()[:, None])) ** 2).sum()
+    (expected,) = torch.autograd.grad(J, f)
+    f = F.to(dtype).requires_grad_()
+    W = layers.low_rank_affinity(f, (lam * 2.0 ** e).to(dtype))
+    (got,) = torch.autograd.grad(layers.ncut_j1(W, E5, rank=2), f)
+    assert torch.isfinite(got).all()
+    assert ((got.double() - expected).norm() / expected.norm()).item() < rtol

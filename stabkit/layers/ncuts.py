@@ -58,7 +58,7 @@ def _ncut_j1_grad(W, E, deg, s, PM, Mp, PO, Op):
     GO = 2 * (I - PO) @ (PO - PM) @ _T(Op)
     gs = ((GM * W) @ s[..., None] + (_T(GM) * _T(W)) @ s[..., None])[..., 0]
     gt = (GO * E).sum(-1)
-    gdeg = -0.5 * deg ** -1.5 * gs + 0.5 * deg ** -0.5 * gt
+    gdeg = -0.5 * (s * gs) / deg + 0.5 * s * gt    # δ^-3/2 ∘ gs as (s ∘ gs)/δ: δ^-3/2 alone overflows first
     return s[..., :, None] * GM * s[..., None, :] + gdeg[..., :, None]
 
 
