@@ -164,3 +164,16 @@ def test_j1_gradient_of_a_small_affinity_is_finite_and_right(dtype, e, rtol):
     (got,) = torch.autograd.grad(layers.ncut_j1(W, E5, rank=2), f)
     assert torch.isfinite(got).all()
     assert ((got.double() - expected).norm() / expected.norm()).item() < rtol
+
+
+def test_degree_that_overflows_raises_input_error():
+    """Finite float32 W whose row sums overflow (entries 2e38) failed inside torch.linalg.svd ('input
+    matrix contained non-finite values'); J₁ is scale-invariant, so the advice is to scale W down."""
+    W = torch.full((3, 3), 2e38, dtype=torch.float32)
+    with pytest.raises(InputError, match="ncut_j1: .*degree.*overflows torch.float32"):
+        layers.ncut_j1(W, E)
+    # W = c·11ᵀ: M = Π_M = 11ᵀ/3 and equal degrees, so Π_Ω projects onto range E = span{e₁ + e₂, e₃}
+    ones = torch.full((3, 3), 1.0 / 3.0, dtype=torch.float64)
+    PE = torch.tensor([[0.5, 0.5, 0.0], [0.5, 0.5, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    expected = 0.5 * ((ones - PE) ** 2).sum().item()
+    assert layers.ncut_j1(W * 1e-30, E, rank=1).item() == pytest.approx(expected, rel=1e-5)

@@ -138,8 +138,13 @@ def _check_batches(fn: str, x: str, x_batch, y: str, y_batch) -> None:
 def ncut_j1(W: torch.Tensor, E: torch.Tensor, rank: int | None = None) -> torch.Tensor:
     """J₁ = ½‖Π_M − Π_Ω‖²_F per batch element (Prop. 5 backward)."""
     E = _check_affinity(W, E, "ncut_j1")
-    if not _xp.is_traced(W) and bool((W.detach().sum(-1) <= 0).any()):
-        raise InputError("ncut_j1: W has a node of zero or negative degree (a row sum ≤ 0): D^-1/2 is undefined")
+    if not _xp.is_traced(W):
+        deg = W.detach().sum(-1)
+        nonpositive, overflow = torch.stack([(deg <= 0).any(), deg.isinf().any()]).tolist()   # one host read
+        if nonpositive:
+            raise InputError("ncut_j1: W has a node of zero or negative degree (a row sum ≤ 0): D^-1/2 is undefined")
+        if overflow:   # J₁ is invariant under W → cW
+            raise InputError(f"ncut_j1: a node's degree (a row sum of W) overflows {W.dtype}: scale W down")
     return _NcutJ1.apply(W, E, rank)
 
 
