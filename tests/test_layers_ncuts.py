@@ -177,3 +177,10 @@ def test_degree_that_overflows_raises_input_error():
     PE = torch.tensor([[0.5, 0.5, 0.0], [0.5, 0.5, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
     expected = 0.5 * ((ones - PE) ** 2).sum().item()
     assert layers.ncut_j1(W * 1e-30, E, rank=1).item() == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("fn, name", [(layers.ncut_j1, "ncut_j1"), (layers.ncut_j2, "ncut_j2")], ids=["j1", "j2"])
+def test_a_bad_rank_is_named_by_the_loss(fn, name):
+    """rank= outside [0, m] was reported as a 'projector:' error, a layer the caller did not call."""
+    with pytest.raises(InputError, match=rf"^{name}: rank must be an integer in \[0, 3\], got 4"):
+        fn(_W(), E, rank=4)

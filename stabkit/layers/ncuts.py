@@ -46,7 +46,7 @@ def _ncut_j1_parts(W, E, rank):
     s, t = deg.rsqrt(), deg.sqrt()
     M = s[..., :, None] * W * s[..., None, :]
     Omega = t[..., :, None] * E
-    PM, Mp = range_factors(M, rank)
+    PM, Mp = range_factors(M, rank, fn="ncut_j1")
     PO, Op = kept_factors(Omega, _indicator_rank(E), None)   # rank D^1/2 E = rank E (D > 0)
     J = 0.5 * ((PM - PO) ** 2).sum((-2, -1))
     return J, (deg, s, PM, Mp, PO, Op)
@@ -85,7 +85,7 @@ class _NcutJ1(torch.autograd.Function):
 class _NcutJ2(torch.autograd.Function):
     @staticmethod
     def forward(ctx, W, E, rank):
-        PW, Wp = range_factors(W, rank)
+        PW, Wp = range_factors(W, rank, fn="ncut_j2")
         PPsi, _ = range_factors(E)   # at E's numerical rank: an empty cluster or a repeated column adds no direction
         ctx.save_for_backward(PW, Wp, PPsi)
         return 0.5 * ((PW - PPsi) ** 2).sum((-2, -1))

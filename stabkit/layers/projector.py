@@ -27,16 +27,17 @@ def _T(x):
     return x.transpose(-1, -2)
 
 
-def range_factors(A: torch.Tensor, rank: int | None = None, rtol: float | None = None):
-    """(Π_A, A⁺) from the thin SVD, keeping the top ``rank`` (or numerically nonzero) σ."""
+def range_factors(A: torch.Tensor, rank: int | None = None, rtol: float | None = None, fn: str = "projector"):
+    """(Π_A, A⁺) from the thin SVD, keeping the top ``rank`` (or numerically nonzero) σ; ``fn`` names the
+    calling layer in its InputErrors."""
     k = min(A.shape[-2:])
     if rank is not None and not is_integer(rank, 0, k):
-        raise InputError(f"projector: rank must be an integer in [0, {k}], got {rank!r}")
+        raise InputError(f"{fn}: rank must be an integer in [0, {k}], got {rank!r}")
     if rtol is not None:
-        check_eps(rtol, "projector", "rtol")
+        check_eps(rtol, fn, "rtol")
     P, pinv = kept_factors(A, rank, rtol)
     if rank is not None and not _xp.is_traced(pinv) and not bool(torch.isfinite(pinv).all()):
-        raise InputError(f"projector: rank={rank} exceeds the rank of A: a kept singular value is 0 (or 1/σ overflows "
+        raise InputError(f"{fn}: rank={rank} exceeds the rank of A: a kept singular value is 0 (or 1/σ overflows "
                          f"{A.dtype}), where Π_A has no derivative; pass A's rank")
     return P, pinv
 
