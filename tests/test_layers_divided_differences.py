@@ -5,6 +5,7 @@ first-order formula."""
 import math
 
 import mpmath
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
@@ -222,3 +223,26 @@ def test_tie_at_zero_is_the_derivative_at_zero(p):
     z = torch.zeros(1, dtype=D)
     got = dd.pair_divided_differences(z, z, z, "power", p).item()
     assert got == (math.inf if p < 1 else 0.0)
+
+
+@pytest.mark.parametrize("p", [np.float64(0.3), np.float32(0.3), np.int64(3), np.float32(-2.5)], ids=repr)
+def test_numpy_exponent_is_the_exponent_it_holds(p):
+    """A numpy p, accepted as a real number by the layers' check (validation.is_real), is the number it
+    holds: first and second divided differences against 50-digit mpmath at that exact value (numpy
+    bools do not subtract, so sign(p) raised a TypeError, and float32 arithmetic would round p − 1)."""
+    lam = [0.5, 0.5, 0.5 * (1 + 1e-9), 2.0]
+    d, P = len(lam), float(p)
+    with mpmath.workdps(50):
+        w = [mpmath.mpf(t) for t in lam]
+        first = torch.tensor([[_first_mp(P, lam[a], lam[b]) for b in range(d)] for a in range(d)], dtype=D)
+        second = [[[float(_second_mp("power", P, (w[a], w[c], w[b]))) for b in range(d)] for c in range(d)]
+                  for a in range(d)]
+    torch.testing.assert_close(dd.eigen_divided_differences(torch.tensor(lam, dtype=D), "power", p), first,
+                               rtol=1e-13, atol=0)
+    gen = torch.Generator().manual_seed(0)
+    X, Y = (torch.randn(d, d, dtype=D, generator=gen) for _ in range(2))
+    X, Y = (X + X.T) / 2, (Y + Y.T) / 2
+    ref = torch.tensor([[sum(second[a][c][b] * (X[a, c] * Y[c, b] + Y[a, c] * X[c, b]).item() for c in range(d))
+                         for b in range(d)] for a in range(d)], dtype=D)
+    got = dd.dk_second_frechet(torch.eye(d, dtype=D), torch.tensor(lam, dtype=D), X, Y, "power", p)
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12 * ref.abs().max().item())

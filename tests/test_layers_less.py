@@ -170,3 +170,17 @@ def test_batched_results_match_an_independent_float64_eigendecomposition():
             w, U = np.linalg.eigh(M.numpy())
             assert abs(float(li) - w[-1]) < 1e-12 * np.abs(w).max()
             assert abs(abs(float(yi.numpy() @ U[:, -1])) - 1) < 1e-12
+
+
+@pytest.mark.parametrize("scale", [1e-200, 1e200, 1e-30], ids=["1e-200", "1e200", "1e-30-float32"])
+def test_start_vector_of_extreme_magnitude_is_its_direction(scale):
+    """Only the direction of y0 matters: a finite non-zero y0 whose 2-norm under- or overflows the dtype
+    (1e-200·v in float64: ‖·‖ = 0; 1e200·v: ∞; 1e-30·v in float32) was refused as "zero" or
+    "not finite". Its result is the principal pair of A = diag(1, 3, 2): e₂ and 3."""
+    dtype = torch.float32 if scale == 1e-30 else torch.float64
+    A = torch.diag(torch.tensor([1.0, 3.0, 2.0], dtype=dtype))
+    y, lam = layers.less(A, y0=scale * torch.tensor([1.0, 1.0, 1.0], dtype=dtype))
+    # stopped at ‖(I − yyᵀ)Ay‖ ≤ 8 eps ‖A‖_F: sin∠(y, e₂) ≤ that over the gap 3 − 2 = 1 (Davis–Kahan)
+    bound = 8 * torch.finfo(dtype).eps * math.sqrt(14)
+    torch.testing.assert_close(y, torch.tensor([0.0, 1.0, 0.0], dtype=dtype), rtol=0, atol=2 * bound)
+    assert abs(float(lam) - 3.0) <= 4 * torch.finfo(dtype).eps * 3

@@ -102,3 +102,85 @@ def test_rank_deficient_indicators_project_onto_the_range_of_E(which, extra):
             dF[i, j] = h
             fd[i, j] = (truth(F + dF) - truth(F - dF)) / (2 * h)
     torch.testing.assert_close(g, fd, rtol=1e-6, atol=1e-7)
+
+
+def _projector_np(B):
+    """Orthogonal projector onto range(B) (full column rank), B (BᵀB)⁻¹ Bᵀ in numpy."""
+    import numpy as np
+
+    B = np.asarray(B, dtype=np.float64)
+    return B @ np.linalg.solve(B.T @ B, B.T)
+
+
+@pytest.mark.parametrize("fn", [layers.ncut_j1, layers.ncut_j2], ids=["j1", "j2"])
+def test_batch_shapes_of_W_and_E_that_do_not_broadcast_raise_input_error(fn):
+    """W (2, 3, 3) against E (3, 3, 2) failed inside torch ('The size of tensor a (2) must match …');
+    batches that broadcast are accepted, each item its own J (J₂ here against numpy projectors)."""
+    import numpy as np
+
+    W = torch.stack([_W(0), _W(1)])
+    with pytest.raises(InputError, match="batch"):
+        fn(W, torch.stack([E, E, E]))
+    Es = torch.stack([E, E.flip(0)])[:, None]                       # (2, 1, 3, 2) against W's (2,)
+    J = layers.ncut_j2(W, Es)
+    assert J.shape == (2, 2)
+    for i in range(2):
+        for j in range(2):
+            w, V = np.linalg.eigh(W[j].numpy())                    # W = F Fᵀ, F 3 × 2: rank 2
+            PW = V[:, w > 1e-8 * w.max()] @ V[:, w > 1e-8 * w.max()].T
+            ref = 0.5 * ((PW - _projector_np(Es[i, 0].numpy())) ** 2).sum()
+            assert J[i, j].item() == pytest.approx(ref, rel=1e-12, abs=1e-12)
+
+
+def test_low_rank_factors_and_weights_that_do_not_broadcast_raise_input_error():
+    F = torch.rand(2, 3, 2, dtype=D, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(InputError, match="batch"):
+        layers.low_rank_affinity(F, torch.ones(3, 2, dtype=D))
+    lam = torch.tensor([[1.0, 2.0]], dtype=D)                      # (1, 2) broadcasts against (2,)
+    torch.testing.assert_close(layers.low_rank_affinity(F, lam), F @ torch.diag(lam[0]) @ F.mT)
+
+
+def _range_projector(B):
+    return B @ torch.linalg.solve(B.mT @ B, B.mT)
+
+
+@pytest.mark.parametrize("dtype, e, rtol", [(torch.float64, 0, 1e-10), (torch.float64, -900, 1e-10),
+                                            (torch.float32, -90, 1e-3)], ids=["f64-1", "f64-2^-900", "f32-2^-90"])
+def test_j1_gradient_of_a_small_affinity_is_finite_and_right(dtype, e, rtol):
+    """J₁ does not change when W is scaled (nor M, nor range(D^1/2 E)), so for W = F diag(2^e λ) Fᵀ its
+    gradient in F is the one at e = 0: against torch autograd of J₁ written with closed-form range
+    projectors B(BᵀB)⁻¹Bᵀ (range M = range D^-1/2 F). The backward's δ^-3/2 overflowed (float64
+    degrees below 1e-206, float32 below 2e-26) where ∂J/∂W ~ 1/δ does not: inf and NaN."""
+    gen = torch.Generator().manual_seed(3)
+    F = torch.rand(5, 2, dtype=D, generator=gen) + 0.1
+    lam = torch.tensor([1.0, 0.5], dtype=D)
+    E5 = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]], dtype=D)
+    f = F.clone().requires_grad_()
+    deg = ((f * lam) @ f.T).sum(-1)
+    J = 0.5 * ((_range_projector(f / deg.sqrt()[:, None]) - _range_projector(E5 * deg.sqrt()[:, None])) ** 2).sum()
+    (expected,) = torch.autograd.grad(J, f)
+    f = F.to(dtype).requires_grad_()
+    W = layers.low_rank_affinity(f, (lam * 2.0 ** e).to(dtype))
+    (got,) = torch.autograd.grad(layers.ncut_j1(W, E5, rank=2), f)
+    assert torch.isfinite(got).all()
+    assert ((got.double() - expected).norm() / expected.norm()).item() < rtol
+
+
+def test_degree_that_overflows_raises_input_error():
+    """Finite float32 W whose row sums overflow (entries 2e38) failed inside torch.linalg.svd ('input
+    matrix contained non-finite values'); J₁ is scale-invariant, so the advice is to scale W down."""
+    W = torch.full((3, 3), 2e38, dtype=torch.float32)
+    with pytest.raises(InputError, match="ncut_j1: .*degree.*overflows torch.float32"):
+        layers.ncut_j1(W, E)
+    # W = c·11ᵀ: M = Π_M = 11ᵀ/3 and equal degrees, so Π_Ω projects onto range E = span{e₁ + e₂, e₃}
+    ones = torch.full((3, 3), 1.0 / 3.0, dtype=torch.float64)
+    PE = torch.tensor([[0.5, 0.5, 0.0], [0.5, 0.5, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    expected = 0.5 * ((ones - PE) ** 2).sum().item()
+    assert layers.ncut_j1(W * 1e-30, E, rank=1).item() == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("fn, name", [(layers.ncut_j1, "ncut_j1"), (layers.ncut_j2, "ncut_j2")], ids=["j1", "j2"])
+def test_a_bad_rank_is_named_by_the_loss(fn, name):
+    """rank= outside [0, m] was reported as a 'projector:' error, a layer the caller did not call."""
+    with pytest.raises(InputError, match=rf"^{name}: rank must be an integer in \[0, 3\], got 4"):
+        fn(_W(), E, rank=4)

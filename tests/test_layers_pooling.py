@@ -2,6 +2,7 @@
 ZCAWhitening reachable from stabkit.layers; the layers' docstring examples run."""
 
 import doctest
+import math
 
 import numpy as np
 import pytest
@@ -199,13 +200,31 @@ def test_an_inf_or_an_overflowing_covariance_is_named_as_such():
 @pytest.mark.parametrize("make", [
     lambda: CovariancePooling(function="exp"),
     lambda: CovariancePooling(dtype="float16"),
+    lambda: CovariancePooling(function=["sqrt"]),
+    lambda: CovariancePooling(dtype=["float64"]),
     lambda: CovariancePooling(params={"K": 3}),
     lambda: ZCAWhitening(12, d=5),
     lambda: ZCAWhitening(8, d=4)(torch.randn(2, 6, 3, 3)),
-], ids=["pooling-function", "pooling-dtype", "pooling-params-without-method", "zca-d-not-dividing", "zca-channels"])
+], ids=["pooling-function", "pooling-dtype", "pooling-function-list", "pooling-dtype-list", "pooling-params-without-method", "zca-d-not-dividing", "zca-channels"])
 def test_a_bad_argument_is_an_input_error(make):
-    """The project's InputError (a ValueError), like the layers' other checks; these were plain ValueErrors."""
+    """The project's InputError (a ValueError), like the layers' other checks; these were plain ValueErrors
+    (and a list for function or dtype a TypeError, unhashable in the dict lookup)."""
     from stabkit.errors import InputError
 
     with pytest.raises(InputError):
         make()
+
+
+@pytest.mark.parametrize("method", [None, "analytic"], ids=["dk", "analytic"])
+def test_log_of_a_singular_covariance_is_an_input_error(method):
+    """log Σ has no value when Σ + εI has a zero eigenvalue (module docstring): constant channels with
+    ε = 0 (Σ = 0 exactly) gave −inf on the diagonal and NaN (0·∞) off it, silently. With a ridge the
+    same map is log(ε)·I exactly."""
+    from stabkit.errors import InputError
+
+    x = torch.full((2, 3, 2, 2), 0.7, dtype=torch.float64)
+    x[1, 2] = -1.5
+    with pytest.raises(InputError, match="CovariancePooling: log of a singular channel covariance"):
+        CovariancePooling("log", method=method, eps=0.0)(x)
+    out = CovariancePooling("log", method=method, eps=1e-3)(x)
+    torch.testing.assert_close(out, math.log(1e-3) * torch.eye(3, dtype=torch.float64).expand(2, 3, 3))

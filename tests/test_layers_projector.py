@@ -59,3 +59,23 @@ def test_eps_and_rtol_share_one_rule_across_the_layers():
                  lambda: layers.projector(A, rtol=True)):
         with pytest.raises(InputError, match=r"(eps|rtol) must be a finite number ≥ 0, got True"):
             call()
+
+
+@pytest.mark.parametrize("A, rank", [(torch.zeros(3, 2, dtype=torch.float64), 1),
+                                     (torch.tensor([[2.0, 0.0], [0.0, 0.0], [0.0, 0.0]], dtype=torch.float64), 2)],
+                         ids=["zero-rank-1", "rank-1-rank-2"])
+def test_a_rank_above_the_rank_of_A_is_an_input_error(A, rank):
+    """A given rank keeps a σ that is exactly 0: A⁺ took 1/0, Π_A gained an arbitrary direction and the
+    gradient was NaN everywhere, silently. At its true rank A = 2e₁e₁ᵀ has Π_A = e₁e₁ᵀ and, by Lemma 1
+    with A⁺ = ½e₁e₁ᵀ, ∂⟨G, Π_A⟩/∂A = (I − e₁e₁ᵀ)(G + Gᵀ)e₁e₁ᵀ/2."""
+    a = A.clone().requires_grad_()
+    with pytest.raises(InputError, match=f"projector: rank={rank} exceeds the rank of A"):
+        layers.projector(a, rank=rank)
+    if rank == 2:
+        G = torch.arange(9.0, dtype=torch.float64).reshape(3, 3)
+        P = layers.projector(a, rank=1)
+        e1 = torch.tensor([[1.0], [0.0], [0.0]], dtype=torch.float64)
+        torch.testing.assert_close(P.detach(), e1 @ e1.T, rtol=0, atol=1e-15)
+        (g,) = torch.autograd.grad((G * P).sum(), a)
+        expected = ((torch.eye(3, dtype=torch.float64) - e1 @ e1.T) @ (G + G.T) @ e1 / 2) @ e1[:2].T
+        torch.testing.assert_close(g, expected, rtol=0, atol=1e-14)

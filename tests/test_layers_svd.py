@@ -50,7 +50,7 @@ def test_backward_at_a_power_of_two_scale_is_the_gradient(monkeypatch):
     """Prop. 1's backward evaluated at cσ with c·∂L/∂U, c·∂L/∂V (forced c = 2^−3 at moderate float64
     scale, as for σ ~ 1e20 in float32) is still the gradient: gradcheck of a loss in U, σ and V."""
     svd_module = importlib.import_module("stabkit.layers.svd")
-    monkeypatch.setattr(svd_module, "overflow_scale", lambda S: torch.full_like(S[..., :1], 0.125))
+    monkeypatch.setattr(svd_module, "unit_scale", lambda S: torch.full_like(S[..., :1], 0.125))
     gen = torch.Generator().manual_seed(5)
     X = torch.randn(6, 4, dtype=D, generator=gen).requires_grad_()
     A, B = torch.randn(6, 6, dtype=D, generator=gen), torch.randn(4, 4, dtype=D, generator=gen)
@@ -74,3 +74,25 @@ def test_float32_matrix_near_1e20_has_a_finite_backward():
         loss = (B.to(dtype) * ((V * (S / 1e20)) @ V.T)).sum() + S.sum()
         grads.append(torch.autograd.grad(loss, x)[0].double())
     assert ((grads[0] - grads[1]).norm() / grads[1].norm()).item() < 1e-4
+
+
+@pytest.mark.parametrize("dtype, e", [(torch.float32, 100), (torch.float32, -70), (torch.float32, -83),
+                                      (torch.float64, -540), (torch.float64, -565)],
+                         ids=["f32-2^100", "f32-2^-70", "f32-2^-83", "f64-2^-540", "f64-2^-565"])
+def test_gradient_through_U_and_V_at_extreme_scales_is_the_scaled_gradient(dtype, e):
+    """L = ⟨R, U Vᵀ⟩ (the polar factor, degree 0 in X) at X·2^e: ∂L/∂X is 2^−e times its value at X,
+    which is a normal number here. K = 1/(σ_i² − σ_j²) underflowed: NaN where σ² is subnormal (float32
+    2^-70, float64 2^-540), K = 0 — a silently wrong gradient — where σ² is 0 (2^-83, 2^-565), and
+    K·Uᵀ∂L/∂U underflowed to 0 at float32 2^100 though σ² did not overflow after the 2^−39 rescale."""
+    gen = torch.Generator().manual_seed(7)
+    X, R = torch.randn(5, 3, dtype=D, generator=gen), torch.randn(5, 3, dtype=D, generator=gen)
+    X = X.to(dtype).double()                            # the reference sees the same rounded matrix
+    x = X.requires_grad_()
+    U, _, Vh = torch.linalg.svd(x, full_matrices=False)  # torch's own backward, float64, at scale 1
+    (expected,) = torch.autograd.grad((R * (U @ Vh)).sum(), x)
+    x = (X.detach() * 2.0 ** e).to(dtype).requires_grad_()
+    U, _, V = layers.svd(x)
+    (got,) = torch.autograd.grad((R.to(dtype) * (U @ V.mT)).sum(), x)
+    got = got.double() * 2.0 ** e
+    rtol = 1e-5 if dtype == torch.float32 else 1e-12
+    assert ((got - expected).norm() / expected.norm()).item() < rtol

@@ -44,6 +44,12 @@ def _unknown(fn):
     return InputError(f"unknown matrix function {fn!r}: choose one of {', '.join(FUNCTIONS)}")
 
 
+def _exponent(p):
+    """p as a Python float: a numpy p (a real number to ``is_real``) would do numpy arithmetic here —
+    numpy bools do not subtract, and float32 would round p − 1 and p/2."""
+    return None if p is None else float(p)
+
+
 def scalar_function(fn: str, p: float | None = None):
     """g as a torch function of a tensor."""
     if fn == "log":
@@ -86,6 +92,7 @@ def pair_divided_differences(mi, mj, delta, fn: str, p: float | None = None) -> 
     Differentiable: each ``where`` branch is fed a placeholder 1 where it is not taken (the "double
     where"), so a branch that would be infinite there (1/0 on a tie, log1p(Δ/0)) leaves no NaN in
     the derivative of the branch taken."""
+    p = _exponent(p)
     lo = torch.minimum(mi, mj)                      # D is symmetric: expand around the smaller μ
     tie = delta == 0
     one = torch.ones_like(delta)
@@ -172,6 +179,7 @@ def dk_second_frechet(U, lam, X, Y, fn: str, p: float | None = None) -> torch.Te
     each of those masks factors into an (a, c) and a (c, b) part, so every case is a sum of products
     like ((D∘X̃')(Ỹ'))_ab with X̃', Ỹ' masked and scaled copies of X̃, Ỹ.
     """
+    p = _exponent(p)
     Xt, Yt = U.mT @ _xp.sym(X) @ U, U.mT @ _xp.sym(Y) @ U
     D = eigen_divided_differences(lam, fn, p)
     la, lb = lam[..., :, None], lam[..., None, :]          # (a, b) — also (a, c) and (c, b) below

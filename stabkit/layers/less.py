@@ -75,10 +75,10 @@ def _check_start(y0, A) -> None:
         raise InputError(f"less: y0 must have shape (d,) or (..., d) broadcasting to A's {batch}, got {tuple(y0.shape)}")
     if _xp.is_traced(y0) or y0.numel() == 0:
         return
-    norm = torch.linalg.vector_norm(y0.detach().to(A.dtype), dim=-1)
-    if not bool((torch.isfinite(norm) & (norm > 0)).all()):
-        raise InputError(f"less: y0 must be finite and non-zero in {A.dtype} (a start vector's norm is "
-                         f"{float(norm[~(torch.isfinite(norm) & (norm > 0))].flatten()[0])})")
+    top = y0.detach().to(A.dtype).abs().amax(-1)              # not ‖y0‖, which under-/overflows at 1e∓200
+    if not bool((torch.isfinite(top) & (top > 0)).all()):
+        raise InputError(f"less: y0 must be finite and non-zero in {A.dtype} (a start vector's largest |entry| is "
+                         f"{float(top[~(torch.isfinite(top) & (top > 0))].flatten()[0])})")
 
 
 def less_forward(A, y0=None, max_iter=5000, tol=None, seed=0):
@@ -89,7 +89,11 @@ def less_forward(A, y0=None, max_iter=5000, tol=None, seed=0):
     eps = torch.finfo(A.dtype).eps
     tol = 16 * eps if tol is None else tol
     normA = torch.linalg.matrix_norm(A)
-    y = _start(A, seed) if y0 is None else y0.to(A.dtype).expand(A.shape[:-1]).clone()
+    if y0 is None:
+        y = _start(A, seed)
+    else:                                             # max|y| = 1 first: ‖y0‖ may under- or overflow
+        y = y0.to(A.dtype).expand(A.shape[:-1])
+        y = y / y.abs().amax(-1, keepdim=True)
     y = y / torch.linalg.vector_norm(y, dim=-1, keepdim=True)
     mv = lambda z: (A @ z[..., None])[..., 0]
     dot = lambda u, v: (u * v).sum(-1)

@@ -46,7 +46,7 @@ def _ncut_j1_parts(W, E, rank):
     s, t = deg.rsqrt(), deg.sqrt()
     M = s[..., :, None] * W * s[..., None, :]
     Omega = t[..., :, None] * E
-    PM, Mp = range_factors(M, rank)
+    PM, Mp = range_factors(M, rank, fn="ncut_j1")
     PO, Op = kept_factors(Omega, _indicator_rank(E), None)   # rank D^1/2 E = rank E (D > 0)
     J = 0.5 * ((PM - PO) ** 2).sum((-2, -1))
     return J, (deg, s, PM, Mp, PO, Op)
@@ -58,7 +58,7 @@ def _ncut_j1_grad(W, E, deg, s, PM, Mp, PO, Op):
     GO = 2 * (I - PO) @ (PO - PM) @ _T(Op)
     gs = ((GM * W) @ s[..., None] + (_T(GM) * _T(W)) @ s[..., None])[..., 0]
     gt = (GO * E).sum(-1)
-    gdeg = -0.5 * deg ** -1.5 * gs + 0.5 * deg ** -0.5 * gt
+    gdeg = -0.5 * (s * gs) / deg + 0.5 * s * gt    # δ^-3/2 ∘ gs as (s ∘ gs)/δ: δ^-3/2 alone overflows first
     return s[..., :, None] * GM * s[..., None, :] + gdeg[..., :, None]
 
 
@@ -85,7 +85,7 @@ class _NcutJ1(torch.autograd.Function):
 class _NcutJ2(torch.autograd.Function):
     @staticmethod
     def forward(ctx, W, E, rank):
-        PW, Wp = range_factors(W, rank)
+        PW, Wp = range_factors(W, rank, fn="ncut_j2")
         PPsi, _ = range_factors(E)   # at E's numerical rank: an empty cluster or a repeated column adds no direction
         ctx.save_for_backward(PW, Wp, PPsi)
         return 0.5 * ((PW - PPsi) ** 2).sum((-2, -1))
@@ -121,16 +121,30 @@ def _check_affinity(W, E, fn: str) -> torch.Tensor:
                          f"{tuple(E.shape) if isinstance(E, torch.Tensor) else type(E).__name__}")
     if E.is_complex() or E.device != W.device:  # .to(W.dtype) would drop an imaginary part or fail later
         raise InputError(f"{fn}: expected real indicators E on W's device {W.device}, got {E.dtype} on {E.device}")
+    _check_batches(fn, f"W {tuple(W.shape)}", W.shape[:-2], f"E {tuple(E.shape)}", E.shape[:-2])
     E = E.to(W.dtype)
     check_matrix(E, fn)
     return E
 
 
+def _check_batches(fn: str, x: str, x_batch, y: str, y_batch) -> None:
+    """InputError unless two inputs' batch shapes broadcast (torch failed deep inside the op)."""
+    try:
+        torch.broadcast_shapes(x_batch, y_batch)
+    except RuntimeError:
+        raise InputError(f"{fn}: the batch shapes of {x} and {y} do not broadcast") from None
+
+
 def ncut_j1(W: torch.Tensor, E: torch.Tensor, rank: int | None = None) -> torch.Tensor:
     """J₁ = ½‖Π_M − Π_Ω‖²_F per batch element (Prop. 5 backward)."""
     E = _check_affinity(W, E, "ncut_j1")
-    if not _xp.is_traced(W) and bool((W.detach().sum(-1) <= 0).any()):
-        raise InputError("ncut_j1: W has a node of zero or negative degree (a row sum ≤ 0): D^-1/2 is undefined")
+    if not _xp.is_traced(W):
+        deg = W.detach().sum(-1)
+        nonpositive, overflow = torch.stack([(deg <= 0).any(), deg.isinf().any()]).tolist()   # one host read
+        if nonpositive:
+            raise InputError("ncut_j1: W has a node of zero or negative degree (a row sum ≤ 0): D^-1/2 is undefined")
+        if overflow:   # J₁ is invariant under W → cW
+            raise InputError(f"ncut_j1: a node's degree (a row sum of W) overflows {W.dtype}: scale W down")
     return _NcutJ1.apply(W, E, rank)
 
 
@@ -144,5 +158,6 @@ def low_rank_affinity(F: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
     check_matrix(F, "low_rank_affinity")
     if not isinstance(lam, torch.Tensor) or lam.dtype != F.dtype or lam.shape[-1:] != F.shape[-1:] or lam.device != F.device:
         raise InputError(f"low_rank_affinity: expected λ (..., {F.shape[-1]}) of dtype {F.dtype} on {F.device}")
+    _check_batches("low_rank_affinity", f"F {tuple(F.shape)}", F.shape[:-2], f"λ {tuple(lam.shape)}", lam.shape[:-1])
     check_matrix(lam[..., None], "low_rank_affinity")
     return _LowRankAffinity.apply(F, lam)

@@ -21,7 +21,7 @@ see ``stabkit methods``/README "Methods") — to study or use an approximate rul
 
 ε > 0 keeps Σ positive definite (Σ has rank ≤ M − 1, so with fewer pixels than channels it is
 singular without it, as with a constant or repeated channel); √ of a matrix with a zero eigenvalue
-has an infinite derivative and log one has no value, whatever the backward rule. Σ is positive
+has an infinite derivative and log one has no value (an InputError), whatever the backward rule. Σ is positive
 semidefinite by construction, so an eigenvalue below 0 is rounding and is taken as 0.
 """
 
@@ -70,10 +70,10 @@ class CovariancePooling(nn.Module):
     def __init__(self, function: str = "sqrt", method: str | Spec | None = None, params: dict | None = None,
                  eps: float = 1e-5, dtype: str | None = None):
         super().__init__()
-        if function not in FUNCTIONS:
+        if not isinstance(function, str) or function not in FUNCTIONS:  # a list is unhashable: TypeError
             raise InputError(f"unknown matrix function {function!r}: choose one of {', '.join(FUNCTIONS)}")
         check_eps(eps, "CovariancePooling")
-        if dtype is not None and dtype not in DTYPES:
+        if dtype is not None and (not isinstance(dtype, str) or dtype not in DTYPES):
             raise InputError(f"unknown dtype {dtype!r}: choose float32 or float64")
         params = method_params(params or {}, "CovariancePooling")
         if method is None and params:
@@ -103,8 +103,12 @@ class CovariancePooling(nn.Module):
             raise InputError(f"CovariancePooling: the channel covariance overflows {dtype} (max |x| = "
                              f"{float(x_in.abs().max()):.3g}): scale the feature map down{wider}")
         if self.spec is None:
-            return matrix_functions.eig_dk(cov, self.function, psd=True)[0].to(x.dtype)  # module attribute: watched
-        lam, U = stabkit.torch.eigh(cov, method=self.spec, check=False)  # checked above; symmetric by construction
-        lam = lam.clamp_min(0)  # Σ is PSD: a λ < 0 is rounding (√ of it was NaN)
-        out = (U * FUNCTIONS[self.function](lam)[:, None, :]) @ U.transpose(1, 2)
+            out, lam = matrix_functions.eig_dk(cov, self.function, psd=True)  # module attribute: watched
+        else:
+            lam, U = stabkit.torch.eigh(cov, method=self.spec, check=False)  # checked above; symmetric by construction
+            lam = lam.clamp_min(0)  # Σ is PSD: a λ < 0 is rounding (√ of it was NaN)
+            out = (U * FUNCTIONS[self.function](lam)[:, None, :]) @ U.transpose(1, 2)
+        if self.function == "log" and not _xp.is_traced(lam) and bool((lam <= 0).any()):  # log 0: −inf, and NaN off it
+            raise InputError(f"CovariancePooling: log of a singular channel covariance (an eigenvalue of Σ + εI is 0 "
+                             f"to {dtype}'s rounding, with ε = {self.eps:g}): pass a larger eps")
         return out.to(x.dtype)

@@ -7,9 +7,9 @@ projector onto range(A) and, differentiating A A⁺ on the fixed-rank manifold,
     dΠ = (I − Π) dA A⁺ + (A⁺)ᵀ dAᵀ (I − Π)   ⇒   ∂L/∂A = 2 (I − Π_A) (∂L/∂Π_A)_sym (A⁺)ᵀ,
 
 which is Lemma 1's 2(I − Π_A)(∂L/∂Π_A)_sym A⁺ for symmetric A (then (A⁺)ᵀ = A⁺). A⁺ and Π come
-from one thin SVD; the rank is ``rank`` if given, else #{σ_i > rtol·σ_max} with rtol =
-max(m, n)·eps(dtype) by default. First derivatives only (``once_differentiable``): the backward
-uses the forward's A⁺ as a constant.
+from one thin SVD; the rank is ``rank`` if given (an InputError where that keeps a σ = 0: A's rank
+is lower), else #{σ_i > rtol·σ_max} with rtol = max(m, n)·eps(dtype) by default. First derivatives
+only (``once_differentiable``): the backward uses the forward's A⁺ as a constant.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
+from .. import _xp
 from ..errors import InputError
 from ..validation import is_integer
 from ._checks import check_eps, check_matrix
@@ -26,14 +27,19 @@ def _T(x):
     return x.transpose(-1, -2)
 
 
-def range_factors(A: torch.Tensor, rank: int | None = None, rtol: float | None = None):
-    """(Π_A, A⁺) from the thin SVD, keeping the top ``rank`` (or numerically nonzero) σ."""
+def range_factors(A: torch.Tensor, rank: int | None = None, rtol: float | None = None, fn: str = "projector"):
+    """(Π_A, A⁺) from the thin SVD, keeping the top ``rank`` (or numerically nonzero) σ; ``fn`` names the
+    calling layer in its InputErrors."""
     k = min(A.shape[-2:])
     if rank is not None and not is_integer(rank, 0, k):
-        raise InputError(f"projector: rank must be an integer in [0, {k}], got {rank!r}")
+        raise InputError(f"{fn}: rank must be an integer in [0, {k}], got {rank!r}")
     if rtol is not None:
-        check_eps(rtol, "projector", "rtol")
-    return kept_factors(A, rank, rtol)
+        check_eps(rtol, fn, "rtol")
+    P, pinv = kept_factors(A, rank, rtol)
+    if rank is not None and not _xp.is_traced(pinv) and not bool(torch.isfinite(pinv).all()):
+        raise InputError(f"{fn}: rank={rank} exceeds the rank of A: a kept singular value is 0 (or 1/σ overflows "
+                         f"{A.dtype}), where Π_A has no derivative; pass A's rank")
+    return P, pinv
 
 
 def kept_factors(A: torch.Tensor, rank: int | torch.Tensor | None, rtol: float | None):
