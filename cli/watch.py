@@ -114,7 +114,10 @@ def watch_command(
                          f"drop {' and '.join(skipping)}, or call stabkit.monitor.watch in the script")
     if log.exists() and not log.is_dir():
         raise ValueError(f"--log {log} exists and is not a folder")
-    log.mkdir(parents=True, exist_ok=True)
+    try:
+        log.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ValueError(f"--log {log}: cannot create the folder: it or a folder above it is a file") from None
     env = dict(os.environ)
     root = str(SHIM.parent.parent)
     env["PYTHONPATH"] = os.pathsep.join([str(SHIM), root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))

@@ -142,6 +142,14 @@ def test_watch_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     assert message in out and out.startswith("error:") and len(out.splitlines()) == 1 and "Traceback" not in out
 
 
+def test_watch_a_log_folder_under_a_file_is_one_line_naming_log(tmp_path):
+    """--log below a file (a typo'd path) made mkdir raise NotADirectoryError: a traceback and exit 1,
+    before the command ever ran."""
+    (tmp_path / "afile").write_text("")
+    result = CliRunner().invoke(app, ["watch", "--log", str(tmp_path / "afile" / "w"), "--", "true"])
+    _one_error_line(result, f"--log {tmp_path / 'afile' / 'w'}", "it or a folder above it is a file")
+
+
 @pytest.mark.parametrize("python_args, named", [(["-E"], "drop -E"), (["-bIE"], "drop -I and -E"),
                                                 (["-W", "ignore", "-X", "dev", "-S", "-c", "pass"], "drop -S")])
 def test_watch_refuses_a_python_whose_options_skip_the_monitor(tmp_path, python_args, named):
