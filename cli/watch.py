@@ -101,7 +101,7 @@ def watch_command(
     if every < 1:
         raise ValueError(f"--every must be ≥ 1, got {every}")
     # parsed once, here; the watched process gets the canonical text (its Monitor makes it a Spec again)
-    swap_backward, bound = (str(methods.spec(text)) if text else None for text in (swap_backward, bound))
+    swap_backward, bound = (str(methods.spec(text)) if text is not None else None for text in (swap_backward, bound))
     if command[0].startswith("-"):  # an option typo lands here: options of watch come before --
         raise ValueError(f"no such option: {command[0]} (see `stabkit watch --help`); the command to watch goes after --")
     if shutil.which(command[0]) is None:

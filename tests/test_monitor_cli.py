@@ -132,6 +132,8 @@ def test_a_spawned_child_writes_its_own_log_not_its_parents(tmp_path):
     ([], "no command to watch"),
     (["--every", "0", "--", "python"], "--every must be ≥ 1"),
     (["--swap-backward", "nosuch", "--", "python"], "nosuch"),
+    (["--swap-backward", "", "--", "python"], "unknown method ''"),  # an empty method was silently no swap
+    (["--bound", "", "--", "python"], "unknown method ''"),
     (["--", "no-such-program-xyz"], "command not found: no-such-program-xyz"),
     (["--bogus", "--", "true"], "no such option: --bogus"),  # was "command not found: --bogus"
 ])
