@@ -350,3 +350,21 @@ def test_a_full_disk_while_the_report_is_written_is_one_line_and_keeps_the_cells
                     f"`stabkit report tiny --out={out}`")
     assert len(pd.read_parquet(out / "tiny" / "results.parquet")) > 0
     _one_error_line(_invoke("report", "tiny", "--out", out), "No space left on device", "finished cells are kept")
+
+
+@pytest.mark.parametrize("sets, words", [
+    (['parts=["k_eps"]', "cluster_params={delta=-1.0}"], ["grid key 'cluster_params'", "delta=-1.0 is impossible"]),
+    (['parts=["gap_d"]', "gap_params={k=100}", "gap_dims=[4,8]"], ["grid keys 'gap_params', 'gap_param' and 'gap_deltas'", "at d=4", "k=100"]),
+], ids=["k_eps-negative-delta", "gap_d-cluster-larger-than-d"])
+def test_a_spectrum_parameter_value_the_family_refuses_is_one_line_before_any_cell(tmp_path, monkeypatch, sets, words):
+    """angle_surfaces checked the names of cluster_params/gap_params but not their values: every cell
+    then failed ("all N cells failed", exit 1, after the work) for a mistake in the study file."""
+    from stabkit.studies import runner
+
+    monkeypatch.setattr(runner, "run_local", lambda *a, **k: pytest.fail("cells were computed"))
+    study = tmp_path / "surfaces.toml"
+    study.write_text('[study]\nname = "surfaces"\nkind = "angle_surfaces"\n')
+    out = tmp_path / "out"
+    args = [arg for item in sets for arg in ("--set", item)]
+    _one_error_line(_invoke("run", study, *args, "--out", out, "--jobs", "1", "--no-progress"), *words)
+    assert not out.exists()
