@@ -352,18 +352,22 @@ def test_a_full_disk_while_the_report_is_written_is_one_line_and_keeps_the_cells
     _one_error_line(_invoke("report", "tiny", "--out", out), "No space left on device", "finished cells are kept")
 
 
-@pytest.mark.parametrize("sets, words", [
-    (['parts=["k_eps"]', "cluster_params={delta=-1.0}"], ["grid key 'cluster_params'", "delta=-1.0 is impossible"]),
-    (['parts=["gap_d"]', "gap_params={k=100}", "gap_dims=[4,8]"], ["grid keys 'gap_params', 'gap_param' and 'gap_deltas'", "at d=4", "k=100"]),
-], ids=["k_eps-negative-delta", "gap_d-cluster-larger-than-d"])
-def test_a_spectrum_parameter_value_the_family_refuses_is_one_line_before_any_cell(tmp_path, monkeypatch, sets, words):
-    """angle_surfaces checked the names of cluster_params/gap_params but not their values: every cell
-    then failed ("all N cells failed", exit 1, after the work) for a mistake in the study file."""
+@pytest.mark.parametrize("kind, sets, words", [
+    ("angle_surfaces", ['parts=["k_eps"]', "cluster_params={delta=-1.0}"], ["grid key 'cluster_params'", "delta=-1.0 is impossible"]),
+    ("angle_surfaces", ['parts=["gap_d"]', "gap_params={k=100}", "gap_dims=[4,8]"],
+     ["grid keys 'gap_params', 'gap_param' and 'gap_deltas'", "at d=4", "k=100"]),
+    ("o2p_stability", ['families=[{family="cluster",delta=-1.0}]'], ["grid key 'families'", "delta=-1.0 is impossible"]),
+    ("o2p_stability", ['families=["wishart"]'], ["grid key 'families'", "wishart", "no exact eigenvalues"]),
+], ids=["k_eps-negative-delta", "gap_d-cluster-larger-than-d", "o2p-negative-delta", "o2p-family-without-eigenvalues"])
+def test_a_spectrum_parameter_value_the_family_refuses_is_one_line_before_any_cell(tmp_path, monkeypatch, kind, sets, words):
+    """angle_surfaces checked the names of cluster_params/gap_params but not their values, o2p_stability
+    neither the values of its families' parameters nor whether a family gives the eigenpairs it builds F
+    from: every cell then failed ("all N cells failed", exit 1, after the work) for a mistake in the study file."""
     from stabkit.studies import runner
 
     monkeypatch.setattr(runner, "run_local", lambda *a, **k: pytest.fail("cells were computed"))
     study = tmp_path / "surfaces.toml"
-    study.write_text('[study]\nname = "surfaces"\nkind = "angle_surfaces"\n')
+    study.write_text(f'[study]\nname = "surfaces"\nkind = "{kind}"\n')
     out = tmp_path / "out"
     args = [arg for item in sets for arg in ("--set", item)]
     _one_error_line(_invoke("run", study, *args, "--out", out, "--jobs", "1", "--no-progress"), *words)
