@@ -372,3 +372,17 @@ def test_a_spectrum_parameter_value_the_family_refuses_is_one_line_before_any_ce
     args = [arg for item in sets for arg in ("--set", item)]
     _one_error_line(_invoke("run", study, *args, "--out", out, "--jobs", "1", "--no-progress"), *words)
     assert not out.exists()
+
+
+def test_an_early_window_longer_than_the_run_is_refused_before_any_cell(tmp_path, monkeypatch):
+    """zca_cifar10's early_frac is the share of each run's steps its link model reads: 2.0 was accepted
+    and the report spoke of "the first 200 % of the steps"."""
+    from stabkit.studies import runner
+
+    monkeypatch.setattr(runner, "run_local", lambda *a, **k: pytest.fail("cells were computed"))
+    study = tmp_path / "zca.toml"
+    study.write_text('[study]\nname = "zca"\nkind = "zca_cifar10"\n')
+    out = tmp_path / "out"
+    _one_error_line(_invoke("run", study, "--set", "early_frac=2.0", "--out", out, "--jobs", "1", "--no-progress"),
+                    "zca_cifar10: early_frac must be in (0, 1], got 2.0")
+    assert not out.exists()
