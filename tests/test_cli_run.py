@@ -386,3 +386,20 @@ def test_an_early_window_longer_than_the_run_is_refused_before_any_cell(tmp_path
     _one_error_line(_invoke("run", study, "--set", "early_frac=2.0", "--out", out, "--jobs", "1", "--no-progress"),
                     "zca_cifar10: early_frac must be in (0, 1], got 2.0")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("setting, words", [
+    ("train_options={lr=1.0}", ["train_options sets lr", "grid key lr"]),
+    ("train_options={d=8,method='taylor'}", ["train_options sets d, method", "grid key cells"]),
+], ids=["lr", "d-and-method"])
+def test_train_options_that_repeat_a_grid_key_are_refused(tmp_path, monkeypatch, setting, words):
+    """zca_cifar10_survival's train_options were passed to train_run over the grid's own values: lr=1.0
+    there trained every run at lr 1 while the grid, run.json and the report said 0.1."""
+    from stabkit.studies import runner
+
+    monkeypatch.setattr(runner, "run_local", lambda *a, **k: pytest.fail("cells were computed"))
+    study = tmp_path / "survival.toml"
+    study.write_text('[study]\nname = "survival"\nkind = "zca_cifar10_survival"\n')
+    out = tmp_path / "out"
+    _one_error_line(_invoke("run", study, "--set", setting, "--out", out, "--jobs", "1", "--no-progress"), *words)
+    assert not out.exists()
