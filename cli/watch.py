@@ -85,8 +85,8 @@ def cannot_start(program: str, exc: OSError) -> str:
 
 @user_errors
 def watch_command(
-    command: Optional[List[str]] = typer.Argument(None, help="The command to run, after --, e.g. -- python train.py --lr 0.1."),
-    swap_backward: Optional[str] = typer.Option(None, "--swap-backward", help="Route torch.linalg.eigh through this registry method's backward, e.g. taylor:K=9."),
+    command: Optional[List[str]] = typer.Argument(None, metavar="COMMAND", help="The command to run, after --, e.g. -- python train.py --lr 0.1."),
+    swap_backward: Optional[str] = typer.Option(None, "--swap-backward", help="Route torch.linalg.eigh through this registry method's backward, e.g. taylor:K=9 (default: none, torch's own backward)."),
     log: Path = typer.Option(Path("stabkit-watch"), "--log", help="Folder of the logs (eig-rank{R}.csv per process)."),
     every: int = typer.Option(1, "--every", help="Append the log every N optimizer steps."),
     bound: Optional[str] = typer.Option(None, "--bound", help="Also log max|F_ij| of this method's backward (default: --swap-backward's)."),
