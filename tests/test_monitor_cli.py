@@ -290,3 +290,18 @@ def test_watch_a_command_that_cannot_start_is_one_line_naming_why(tmp_path, cont
     path.chmod(0o755)
     result = CliRunner().invoke(app, ["watch", "--log", str(tmp_path / "w"), "--", str(path)])
     _one_error_line(result, message.format(path=path))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["watch", "--log", "", "--", "true"], "--log is empty"),
+    (["monitor", "report", "{log}", "--out", " "], "--out is empty"),
+], ids=["watch-log", "report-out"])
+def test_an_empty_folder_option_is_refused_not_taken_as_the_current_folder(tmp_path, monkeypatch, args, message):
+    """An empty --log/--out (an unset shell variable) was Path(''), the current folder: the logs or
+    report.md and its PNGs went there, beside whatever it holds, as `run`/`report` refuse for their --out."""
+    log = _log_with_one_call(tmp_path / "log")
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    _one_error_line(CliRunner().invoke(app, [a.format(log=log) for a in args]), message)
+    assert not list(work.iterdir()) and sorted(p.name for p in log.iterdir()) == ["eig-rank0.csv"]
