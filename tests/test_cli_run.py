@@ -403,3 +403,22 @@ def test_train_options_that_repeat_a_grid_key_are_refused(tmp_path, monkeypatch,
     out = tmp_path / "out"
     _one_error_line(_invoke("run", study, "--set", setting, "--out", out, "--jobs", "1", "--no-progress"), *words)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("key", ["study", "machine"])
+def test_a_run_json_whose_descriptive_table_is_damaged_still_reports(tmp_path, key):
+    """run.json's "study" or "machine" as null (an edited or damaged record) was an AttributeError
+    traceback, exit 1, in the report's header; like a missing field it is shown as unknown."""
+    import json
+
+    out = tmp_path / "out"
+    assert _invoke("run", TINY, "--set", "d=[4]", "--out", out, "--max-cells", "1", "--no-progress").exit_code == 0
+    record = out / "tiny" / "run.json"
+    meta = json.loads(record.read_text())
+    meta[key] = None
+    record.write_text(json.dumps(meta))
+    result = _invoke("report", "tiny", "--out", out)
+    assert result.exit_code == 0, result.output
+    readme = (out / "tiny" / "README.md").read_text()
+    assert "Study kind `gradient_accuracy`" + ("." if key == "study" else " — a seconds-long demo grid.") in readme
+    assert ("| machine | ?, ? cores" in readme) == (key == "machine")
