@@ -109,13 +109,18 @@ def given_options(ctx, options) -> list[str]:
 
 
 def reports_root(out: str):
-    """The ``--out`` folder of ``run``/``report`` as a Path; an empty one (the current folder, as
-    ``Path('')``) is refused."""
+    """The ``--out`` folder of ``run``/``report`` as a Path (:func:`folder_option`)."""
+    return folder_option(out, "--out", "the reports folder", "reports")
+
+
+def folder_option(text: str, flag: str, what: str, example: str):
+    """A folder option's text as a Path; an empty one (an unset shell variable; ``Path('')`` is the
+    current folder) is refused, naming ``flag``."""
     from pathlib import Path
 
-    if not out.strip():
-        raise ValueError("--out is empty: name the reports folder, e.g. --out reports")
-    return Path(out)
+    if not text.strip():
+        raise ValueError(f"{flag} is empty: name {what}, e.g. {flag} {example}")
+    return Path(text)
 
 
 def parse_params(items: list[str] | None, what: str = "--param") -> dict:

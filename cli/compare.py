@@ -107,6 +107,8 @@ def _load_npy(path: Path, what: str):
     except (OSError, ValueError, EOFError) as exc:
         detail = "the file is empty" if isinstance(exc, EOFError) or path.stat().st_size == 0 else f"{type(exc).__name__}: {exc}"
         raise ValueError(f"cannot read {what} file {path} as .npy: {detail}") from None
+    except MemoryError as exc:  # its header declares more than memory holds: a damaged header, or a matrix too big
+        raise ValueError(f"cannot read {what} file {path} as .npy: {exc} (the file holds {path.stat().st_size} bytes)") from None
     if not isinstance(array, np.ndarray):  # an .npz archive
         raise ValueError(f"{what} file {path} is an .npz archive; save a single array with numpy.save")
     if array.ndim != 2:

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from ._common import user_errors
+from ._common import folder_option, user_errors
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Read the instability monitor's logs.")
 
@@ -17,13 +17,14 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Read the ins
 @user_errors
 def report_command(
     folder: Path = typer.Argument(..., help="The --log folder of `stabkit watch` (eig-rank*.csv) or any folder of monitor logs."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Where report.md and the PNGs go (default: FOLDER)."),
+    out: Optional[str] = typer.Option(None, "--out", metavar="<path>", help="Where report.md and the PNGs go (default: FOLDER)."),
 ):
     """Timelines per call site (gap, max|K̃|, λ_min, gradient norms, events) and what to do."""
     import warnings
 
     from stabkit.monitor.report import EmptyLogWarning, build_report
 
+    out = folder_option(out, "--out", "the report's folder", "report") if out is not None else None
     with warnings.catch_warnings(record=True) as caught:  # a full disk: the library's StorageError, exit 2
         warnings.simplefilter("always", EmptyLogWarning)
         path = build_report(folder, out)

@@ -16,15 +16,17 @@ from ._common import reports_root, user_errors
 @user_errors
 def run_command(
     study: Path = typer.Argument(..., help="A study TOML file, e.g. studies/gradient-accuracy.toml."),
-    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override a grid key, value as a TOML literal (repeatable), e.g. --set d=[4,8]."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", metavar="KEY=VALUE", help="Override a grid key, value as a TOML "
+                                             "literal (repeatable; default: the study file's grid), e.g. --set d=[4,8]."),
     jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="Local worker processes (default: up to the number of cores, started only when the cells are long enough to repay the workers' start-up; 1 runs inline)."),
-    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Dask distributed scheduler address (runs the cells there instead)."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Dask distributed scheduler address, e.g. tcp://host:8786 "
+                                            "(runs the cells there instead; default: none, local processes)."),
     out: str = typer.Option("reports", "--out", help="Root folder of the reports."),
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress (a bar on a terminal, else a line every few cells, on stderr)."),
     reuse_stale: bool = typer.Option(False, "--reuse-stale", help="Keep finished cells computed by other code (another version of the stabkit sources)."),
     recompute_stale: bool = typer.Option(False, "--recompute-stale", help="Recompute finished cells computed by other code."),
     max_cells: Optional[int] = typer.Option(None, "--max-cells", help="Compute at most N of the cells still to do "
-                                            "(grid order); the others resume on a later run. 0 computes "
+                                            "(grid order; default: all); the others resume on a later run. 0 computes "
                                             "nothing: it checks the study and says how many cells are left. Refused where "
                                             "the published results.parquet holds cells that no cell file keeps (a fresh "
                                             "checkout): the short run's table would drop them."),

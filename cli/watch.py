@@ -31,7 +31,7 @@ import typer
 
 import stabkit
 
-from ._common import user_errors
+from ._common import folder_option, user_errors
 
 CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True}
 SHIM = Path(stabkit.__file__).resolve().parent / "_watch_shim"
@@ -85,9 +85,9 @@ def cannot_start(program: str, exc: OSError) -> str:
 
 @user_errors
 def watch_command(
-    command: Optional[List[str]] = typer.Argument(None, help="The command to run, after --, e.g. -- python train.py --lr 0.1."),
-    swap_backward: Optional[str] = typer.Option(None, "--swap-backward", help="Route torch.linalg.eigh through this registry method's backward, e.g. taylor:K=9."),
-    log: Path = typer.Option(Path("stabkit-watch"), "--log", help="Folder of the logs (eig-rank{R}.csv per process)."),
+    command: Optional[List[str]] = typer.Argument(None, metavar="COMMAND", help="The command to run, after --, e.g. -- python train.py --lr 0.1."),
+    swap_backward: Optional[str] = typer.Option(None, "--swap-backward", help="Route torch.linalg.eigh through this registry method's backward, e.g. taylor:K=9 (default: none, torch's own backward)."),
+    log: str = typer.Option("stabkit-watch", "--log", metavar="<path>", help="Folder of the logs (eig-rank{R}.csv per process)."),
     every: int = typer.Option(1, "--every", help="Append the log every N optimizer steps."),
     bound: Optional[str] = typer.Option(None, "--bound", help="Also log max|F_ij| of this method's backward (default: --swap-backward's)."),
     tensorboard: bool = typer.Option(False, "--tensorboard", help="Also write TensorBoard scalars under LOG/tensorboard/."),
@@ -100,8 +100,9 @@ def watch_command(
         raise ValueError("no command to watch: stabkit watch [OPTIONS] -- python train.py ARGS")
     if every < 1:
         raise ValueError(f"--every must be ≥ 1, got {every}")
+    log = folder_option(log, "--log", "the logs' folder", "stabkit-watch")
     # parsed once, here; the watched process gets the canonical text (its Monitor makes it a Spec again)
-    swap_backward, bound = (str(methods.spec(text)) if text else None for text in (swap_backward, bound))
+    swap_backward, bound = (str(methods.spec(text)) if text is not None else None for text in (swap_backward, bound))
     if command[0].startswith("-"):  # an option typo lands here: options of watch come before --
         raise ValueError(f"no such option: {command[0]} (see `stabkit watch --help`); the command to watch goes after --")
     if shutil.which(command[0]) is None:
@@ -114,7 +115,10 @@ def watch_command(
                          f"drop {' and '.join(skipping)}, or call stabkit.monitor.watch in the script")
     if log.exists() and not log.is_dir():
         raise ValueError(f"--log {log} exists and is not a folder")
-    log.mkdir(parents=True, exist_ok=True)
+    try:
+        log.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ValueError(f"--log {log}: cannot create the folder: it or a folder above it is a file") from None
     env = dict(os.environ)
     root = str(SHIM.parent.parent)
     env["PYTHONPATH"] = os.pathsep.join([str(SHIM), root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))

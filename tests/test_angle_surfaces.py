@@ -200,7 +200,8 @@ def test_unknown_spectrum_family_or_parameter_is_refused_before_any_cell(part, g
     with pytest.raises(ValueError, match="angle_surfaces: " + match):
         _grid.load_study(config)
     _grid.load_study({**config, "grid": {"parts": [p for p in ang.PARTS if p != part], **grid}})  # unused there
-    ang.validate({"gap_family": "separated", "gap_param": "cond", "cluster_family": "powerlaw", "cluster_params": {"alpha": 2.0}})
+    ang.validate({"gap_family": "separated", "gap_param": "cond", "gap_deltas": [10.0, 1000.0], "cluster_family": "powerlaw",
+                  "cluster_params": {"alpha": 2.0}})  # separated needs cond > 1: the default deltas (< 1) would fail every cell
 
 
 @pytest.mark.parametrize("method", ["pi", "pi-forward", "analytic-trunc", "pi-authors", "analytic-trunc:eps=1e-8"])

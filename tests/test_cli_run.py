@@ -227,8 +227,9 @@ def _named(name):
     (None, ["--scheduler", "tcp://127.0.0.1:{port}"], ["cannot connect to the Dask scheduler at tcp://127.0.0.1:{port}"]),
     (_named("a" * 256), [], ["study.name 'aaa", "must be a plain directory name"]),  # was OSError: name too long
     (_named("\\u0000"), [], ["study.name '\\x00' must be a plain directory name"]),  # was 'embedded null byte'
+    (None, ["--scheduler", ""], ["--scheduler is empty"]),  # was a silent local run on every core
 ], ids=["reuse-and-recompute-stale", "jobs-0", "max-cells-negative", "name-dotdot", "name-hidden",
-        "scheduler-unreachable", "name-too-long", "name-nul"])
+        "scheduler-unreachable", "name-too-long", "name-nul", "scheduler-empty"])
 def test_a_bad_run_option_is_one_line_before_any_work(tmp_path, monkeypatch, study, args, words):
     """Each is refused with one ``error:`` line naming it, exit 2, no traceback, before anything is
     computed or written: no cell is run, the output root is not created, and nothing appears
@@ -349,3 +350,75 @@ def test_a_full_disk_while_the_report_is_written_is_one_line_and_keeps_the_cells
                     f"`stabkit report tiny --out={out}`")
     assert len(pd.read_parquet(out / "tiny" / "results.parquet")) > 0
     _one_error_line(_invoke("report", "tiny", "--out", out), "No space left on device", "finished cells are kept")
+
+
+@pytest.mark.parametrize("kind, sets, words", [
+    ("angle_surfaces", ['parts=["k_eps"]', "cluster_params={delta=-1.0}"], ["grid key 'cluster_params'", "delta=-1.0 is impossible"]),
+    ("angle_surfaces", ['parts=["gap_d"]', "gap_params={k=100}", "gap_dims=[4,8]"],
+     ["grid keys 'gap_params', 'gap_param' and 'gap_deltas'", "at d=4", "k=100"]),
+    ("o2p_stability", ['families=[{family="cluster",delta=-1.0}]'], ["grid key 'families'", "delta=-1.0 is impossible"]),
+    ("o2p_stability", ['families=["wishart"]'], ["grid key 'families'", "wishart", "no exact eigenvalues"]),
+], ids=["k_eps-negative-delta", "gap_d-cluster-larger-than-d", "o2p-negative-delta", "o2p-family-without-eigenvalues"])
+def test_a_spectrum_parameter_value_the_family_refuses_is_one_line_before_any_cell(tmp_path, monkeypatch, kind, sets, words):
+    """angle_surfaces checked the names of cluster_params/gap_params but not their values, o2p_stability
+    neither the values of its families' parameters nor whether a family gives the eigenpairs it builds F
+    from: every cell then failed ("all N cells failed", exit 1, after the work) for a mistake in the study file."""
+    from stabkit.studies import runner
+
+    monkeypatch.setattr(runner, "run_local", lambda *a, **k: pytest.fail("cells were computed"))
+    study = tmp_path / "surfaces.toml"
+    study.write_text(f'[study]\nname = "surfaces"\nkind = "{kind}"\n')
+    out = tmp_path / "out"
+    args = [arg for item in sets for arg in ("--set", item)]
+    _one_error_line(_invoke("run", study, *args, "--out", out, "--jobs", "1", "--no-progress"), *words)
+    assert not out.exists()
+
+
+def test_an_early_window_longer_than_the_run_is_refused_before_any_cell(tmp_path, monkeypatch):
+    """zca_cifar10's early_frac is the share of each run's steps its link model reads: 2.0 was accepted
+    and the report spoke of "the first 200 % of the steps"."""
+    from stabkit.studies import runner
+
+    monkeypatch.setattr(runner, "run_local", lambda *a, **k: pytest.fail("cells were computed"))
+    study = tmp_path / "zca.toml"
+    study.write_text('[study]\nname = "zca"\nkind = "zca_cifar10"\n')
+    out = tmp_path / "out"
+    _one_error_line(_invoke("run", study, "--set", "early_frac=2.0", "--out", out, "--jobs", "1", "--no-progress"),
+                    "zca_cifar10: early_frac must be in (0, 1], got 2.0")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("setting, words", [
+    ("train_options={lr=1.0}", ["train_options sets lr", "grid key lr"]),
+    ("train_options={d=8,method='taylor'}", ["train_options sets d, method", "grid key cells"]),
+], ids=["lr", "d-and-method"])
+def test_train_options_that_repeat_a_grid_key_are_refused(tmp_path, monkeypatch, setting, words):
+    """zca_cifar10_survival's train_options were passed to train_run over the grid's own values: lr=1.0
+    there trained every run at lr 1 while the grid, run.json and the report said 0.1."""
+    from stabkit.studies import runner
+
+    monkeypatch.setattr(runner, "run_local", lambda *a, **k: pytest.fail("cells were computed"))
+    study = tmp_path / "survival.toml"
+    study.write_text('[study]\nname = "survival"\nkind = "zca_cifar10_survival"\n')
+    out = tmp_path / "out"
+    _one_error_line(_invoke("run", study, "--set", setting, "--out", out, "--jobs", "1", "--no-progress"), *words)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("key", ["study", "machine"])
+def test_a_run_json_whose_descriptive_table_is_damaged_still_reports(tmp_path, key):
+    """run.json's "study" or "machine" as null (an edited or damaged record) was an AttributeError
+    traceback, exit 1, in the report's header; like a missing field it is shown as unknown."""
+    import json
+
+    out = tmp_path / "out"
+    assert _invoke("run", TINY, "--set", "d=[4]", "--out", out, "--max-cells", "1", "--no-progress").exit_code == 0
+    record = out / "tiny" / "run.json"
+    meta = json.loads(record.read_text())
+    meta[key] = None
+    record.write_text(json.dumps(meta))
+    result = _invoke("report", "tiny", "--out", out)
+    assert result.exit_code == 0, result.output
+    readme = (out / "tiny" / "README.md").read_text()
+    assert "Study kind `gradient_accuracy`" + ("." if key == "study" else " — a seconds-long demo grid.") in readme
+    assert ("| machine | ?, ? cores" in readme) == (key == "machine")

@@ -251,6 +251,15 @@ def test_compare_and_run_count_the_own_function_truth_of_an_iterating_method(tmp
         gradient_accuracy.check_cost({"d": [512], "methods": ["analytic", "pi-forward"]})
 
 
+def _huge_header(path):
+    """A .npy file whose header declares a 10⁷ × 10⁷ float64 matrix (800 TB) over 16 bytes of data."""
+    from numpy.lib import format as npy_format
+
+    with open(path, "wb") as f:
+        npy_format.write_array_header_1_0(f, {"descr": "<f8", "fortran_order": False, "shape": (10**7, 10**7)})
+        f.write(np.zeros(2).tobytes())
+
+
 @pytest.mark.parametrize("make, needle", [
     (lambda p: np.save(p, np.array(3.0)), "shape ()"),                  # 0-d (IndexError before)
     (lambda p: np.save(p, np.arange(3.0)), "shape (3,)"),               # 1-d
@@ -260,6 +269,7 @@ def test_compare_and_run_count_the_own_function_truth_of_an_iterating_method(tmp
     (lambda p: np.save(p, np.array(["a", "b"], dtype=object), allow_pickle=True), "as .npy"),  # pickled
     (lambda p: p.mkdir(), "folder"),                                    # a directory
     (lambda p: np.savez(open(p, "wb"), a=np.eye(2)), ".npz archive"),    # an .npz under a .npy name
+    (_huge_header, "cannot read matrix file"),                            # damaged header (MemoryError, exit 1 before)
 ])
 def test_cli_bad_matrix_files(tmp_path, make, needle):
     path = tmp_path / "m.npy"

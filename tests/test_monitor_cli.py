@@ -132,6 +132,8 @@ def test_a_spawned_child_writes_its_own_log_not_its_parents(tmp_path):
     ([], "no command to watch"),
     (["--every", "0", "--", "python"], "--every must be ≥ 1"),
     (["--swap-backward", "nosuch", "--", "python"], "nosuch"),
+    (["--swap-backward", "", "--", "python"], "unknown method ''"),  # an empty method was silently no swap
+    (["--bound", "", "--", "python"], "unknown method ''"),
     (["--", "no-such-program-xyz"], "command not found: no-such-program-xyz"),
     (["--bogus", "--", "true"], "no such option: --bogus"),  # was "command not found: --bogus"
 ])
@@ -140,6 +142,14 @@ def test_watch_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     assert result.exit_code == 2
     out = result.output.strip()
     assert message in out and out.startswith("error:") and len(out.splitlines()) == 1 and "Traceback" not in out
+
+
+def test_watch_a_log_folder_under_a_file_is_one_line_naming_log(tmp_path):
+    """--log below a file (a typo'd path) made mkdir raise NotADirectoryError: a traceback and exit 1,
+    before the command ever ran."""
+    (tmp_path / "afile").write_text("")
+    result = CliRunner().invoke(app, ["watch", "--log", str(tmp_path / "afile" / "w"), "--", "true"])
+    _one_error_line(result, f"--log {tmp_path / 'afile' / 'w'}", "it or a folder above it is a file")
 
 
 @pytest.mark.parametrize("python_args, named", [(["-E"], "drop -E"), (["-bIE"], "drop -I and -E"),
@@ -280,3 +290,18 @@ def test_watch_a_command_that_cannot_start_is_one_line_naming_why(tmp_path, cont
     path.chmod(0o755)
     result = CliRunner().invoke(app, ["watch", "--log", str(tmp_path / "w"), "--", str(path)])
     _one_error_line(result, message.format(path=path))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["watch", "--log", "", "--", "true"], "--log is empty"),
+    (["monitor", "report", "{log}", "--out", " "], "--out is empty"),
+], ids=["watch-log", "report-out"])
+def test_an_empty_folder_option_is_refused_not_taken_as_the_current_folder(tmp_path, monkeypatch, args, message):
+    """An empty --log/--out (an unset shell variable) was Path(''), the current folder: the logs or
+    report.md and its PNGs went there, beside whatever it holds, as `run`/`report` refuse for their --out."""
+    log = _log_with_one_call(tmp_path / "log")
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    _one_error_line(CliRunner().invoke(app, [a.format(log=log) for a in args]), message)
+    assert not list(work.iterdir()) and sorted(p.name for p in log.iterdir()) == ["eig-rank0.csv"]

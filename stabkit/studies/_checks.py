@@ -121,6 +121,27 @@ def family_entry(item) -> dict:
     return entry
 
 
+def check_buildable(families: list[dict], d_values: list[int], seed: int, usable=None) -> None:
+    """Impossible parameters (unknown family parameter, cluster of k > d, ...) surface here, before
+    any work: every variant is built once at every size (cheap next to a ground truth). A variant
+    that cannot be built at any size of the grid is an error; one that fails only at some sizes
+    fails only those cells. ``usable(spectrum)``: the kind's ValueError for a spectrum it cannot use."""
+    from .. import spectra
+
+    for entry in families:
+        params = {k: v for k, v in entry.items() if k != "family"}
+        errors = []
+        for d in d_values:
+            try:
+                built = spectra.make(entry["family"], d, seed=seed, dtype="float64", **params)
+                if usable is not None:
+                    usable(built)
+            except (ValueError, TypeError) as exc:
+                errors.append(f"at d={d}: {exc}")
+        if len(errors) == len(d_values):
+            raise ValueError(f"grid key 'families': {family_label(entry)} cannot be built: {errors[0]}")
+
+
 def family_params_text(entry: dict) -> str:
     """``{"family": "cluster", "delta": 1e-8}`` → ``"delta=1e-08"`` (sorted, empty if none)."""
     return ",".join(

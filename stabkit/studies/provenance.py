@@ -267,11 +267,11 @@ class RunRecord:
 
 def header(name: str, meta: dict, report_commit: str | None = None) -> str:
     """The run's record; ``report_commit``, when it is not the run's commit, is the code that wrote the text."""
-    m = meta.get("machine", {})
-    description = meta.get("study", {}).get("description")
+    m, study = (meta.get(key) if isinstance(meta.get(key), dict) else {} for key in ("machine", "study"))  # damaged: unknown
+    description = study.get("description")
     lines = [
         f"# {name}", "",
-        f"Study kind `{meta['kind']}`" + (f" — {meta['study']['description']}" if description else "") + ".", "",
+        f"Study kind `{meta['kind']}`" + (f" — {description}" if description else "") + ".", "",
         "| | |", "|---|---|",
         f"| command | `{meta.get('command', '?')}` |",
         f"| git commit | `{meta.get('git_commit', '?')}` |",

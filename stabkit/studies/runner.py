@@ -107,6 +107,8 @@ def run_study(path_or_config, overrides: dict | None = None, jobs: int | None = 
         raise ValueError(f"stale must be one of {', '.join(STALE_POLICIES)}, got {stale!r}")
     study, kind, grid = load_study(path_or_config, overrides, force=force)
     cells = expand(study, kind, grid)
+    if scheduler is not None and not str(scheduler).strip():  # e.g. an unset shell variable: it ran locally, silently
+        raise ValueError("--scheduler is empty: give the Dask scheduler's address, e.g. tcp://host:8786, or leave it out")
     if jobs is not None and scheduler is not None:  # the scheduler's workers run the cells: --jobs was ignored
         raise ValueError("--jobs and --scheduler exclude each other: with a scheduler its workers run the cells")
     auto_jobs = jobs is None and scheduler is None

@@ -120,6 +120,27 @@ def _check_spectra(grid: dict) -> None:
             if not isinstance(name, str) or name not in allowed:
                 raise ValueError(f"angle_surfaces: grid key {key!r}: {name!r} is no parameter of spectrum family "
                                  f"{family!r} (allowed: {', '.join(allowed)})")
+        _check_buildable(grid, part, family, params_key)
+
+
+def _check_buildable(grid: dict, part: str, family: str, params_key: str) -> None:
+    """Each spectrum the part's cells build, once at each of its sizes (cheap next to a truth): values the
+    family refuses (cluster delta ≤ 0, k > d, ...) at every size are the study file's mistake, not N failed cells."""
+    sizes = [grid["cluster_d"]] if part == "k_eps" else grid["gap_dims"]
+    variants = ([dict(grid[params_key])] if part == "k_eps" else
+                [{**grid[params_key], grid["gap_param"]: delta} for delta in grid["gap_deltas"]])
+    seed = int((grid["seeds"] or [0])[0])
+    for params in variants:
+        errors = []
+        for d in sizes:
+            try:
+                _spectrum(family, int(d), seed, params)
+            except (ValueError, TypeError) as exc:
+                errors.append(f"at d={d}: {exc}")
+        if errors and len(errors) == len(sizes):
+            shown = ", ".join(f"{key}={value}" for key, value in params.items())
+            keys = f"key {params_key!r}" if part == "k_eps" else "keys 'gap_params', 'gap_param' and 'gap_deltas'"
+            raise ValueError(f"angle_surfaces: grid {keys}: {family}({shown}) cannot be built: {errors[0]}")
 
 
 def _check_methods(grid: dict) -> None:

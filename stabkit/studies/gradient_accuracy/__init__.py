@@ -20,7 +20,8 @@ from ... import methods as _methods
 from ...losses import LOSSES
 from ...validation import DTYPE_NAMES
 from .. import _specs, with_defaults
-from .._checks import as_list, choice_list, family_entry, family_label, family_params_text, int_list, no_duplicates
+from .._checks import (as_list, check_buildable, choice_list, family_entry, family_label, family_params_text, int_list,
+                       no_duplicates)
 
 GRID_DEFAULTS: dict = {
     "methods": list(_methods.NAMES),
@@ -64,7 +65,7 @@ def validate(grid: dict) -> dict:
     families = [family_entry(item) for item in as_list("families", merged["families"])]
     no_duplicates("families", [family_label(f) for f in families])
     check_cost({"d": d_values}, force=True)  # a d whose truth cannot fit is refused before any build
-    _check_buildable(families, d_values, seeds[0])
+    check_buildable(families, d_values, seeds[0])  # a variant failing at some sizes only: "not built" rows there
     return {"methods": specs, "families": families, "d": d_values, "dtypes": dtypes, "losses": losses,
             "seeds": seeds}
 
@@ -94,25 +95,6 @@ def _method_texts(value) -> list[str]:
             raise ValueError(f"grid key 'methods': {exc}") from None
     no_duplicates("methods", specs)
     return specs
-
-
-def _check_buildable(families: list[dict], d_values: list[int], seed: int) -> None:
-    """Impossible parameters (unknown family parameter, cluster of k > d, ...) surface here, before
-    any work: every variant is built once at every size (cheap next to a ground truth). A variant
-    that cannot be built at any size of the grid is an error; one that fails only at some sizes
-    (delta=1e-2 clusters do not fit in large d) gives "not built" rows for those cells."""
-    from ... import spectra
-
-    for entry in families:
-        params = {k: v for k, v in entry.items() if k != "family"}
-        errors = []
-        for d in d_values:
-            try:
-                spectra.make(entry["family"], d, seed=seed, dtype="float64", **params)
-            except (ValueError, TypeError) as exc:
-                errors.append(f"at d={d}: {exc}")
-        if len(errors) == len(d_values):
-            raise ValueError(f"grid key 'families': {family_label(entry)} cannot be built: {errors[0]}")
 
 
 def cell_axes(grid: dict) -> list[dict]:

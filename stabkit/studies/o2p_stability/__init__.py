@@ -36,7 +36,8 @@ import numpy as np
 from ... import methods
 from ...validation import DTYPE_NAMES
 from .. import _specs, with_defaults
-from .._checks import as_list, choice_list, family_entry, family_label, family_params_text, int_list, no_duplicates
+from .._checks import (as_list, check_buildable, choice_list, family_entry, family_label, family_params_text, int_list,
+                       no_duplicates)
 from ._truth import DPS, o2p_truth, pc_truth
 
 DELTAS = (1e-2, 1e-4, 1e-6, 1e-8, 1e-10, 1e-12)
@@ -72,14 +73,22 @@ def validate(grid: dict) -> dict:
             raise ValueError(f"grid key 'eps': O2P's ε must be a number in (0, 1), got {item!r}")
         eps.append(float(item))
     no_duplicates("eps", eps)
+    d_values, seeds = int_list("d", full["d"], 2, "matrix size"), int_list("seeds", full["seeds"], 0, "seed")
+    check_buildable(families, d_values, seeds[0], usable=_has_eigenpairs)
     return {
         "families": families,
-        "d": int_list("d", full["d"], 2, "matrix size"),
+        "d": d_values,
         "eps": eps,
         "dtypes": choice_list("dtypes", full["dtypes"], DTYPES),
         "pc_methods": _pc_methods(full["pc_methods"]),
-        "seeds": int_list("seeds", full["seeds"], 0, "seed"),
+        "seeds": seeds,
     }
+
+
+def _has_eigenpairs(spectrum) -> None:
+    """F = P diag(√λ) Qᵀ is built from the spectrum's exact eigenvalues and eigenvectors."""
+    if spectrum.eigenvalues is None or spectrum.basis is None:
+        raise ValueError("the family gives no exact eigenvalues and eigenvectors, from which F is built")
 
 
 def _pc_methods(value) -> list[str]:

@@ -81,6 +81,8 @@ def validate(grid: dict) -> dict:
     for key in ("epochs", "lr", "eps", "width", "early_frac"):
         if g[key] is not None and not (is_real(g[key]) and g[key] > 0):
             raise ValueError(f"zca_cifar10: {key} must be > 0, got {g[key]}")
+    if g["early_frac"] > 1:  # a share of each run's steps
+        raise ValueError(f"zca_cifar10: early_frac must be in (0, 1], got {g['early_frac']}")
     preset = get_preset(g["preset"])  # ValueError naming the presets
     if preset.rows:
         for spec in specs:

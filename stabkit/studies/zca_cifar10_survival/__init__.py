@@ -143,6 +143,14 @@ def _check_numbers(g: dict) -> None:
         raise ValueError(f"{kind}: eval_every must be ≥ 0 epochs, got {g['eval_every']}")
     if not isinstance(g["train_options"], dict):
         raise ValueError(f"{kind}: train_options must be a table of train_run options, got {g['train_options']!r}")
+    # a run option the grid sets itself: train_options would override it silently, the grid and report still saying otherwise
+    own = {"method": "cells", "params": "cells", "d": "cells", "dtype": "dtypes", "seed": "seeds", "norm": "(zca, always)",
+           **{key: key for key in GRID_DEFAULTS}}
+    clash = sorted(key for key in g["train_options"] if key in own)
+    if clash:
+        keys = ", ".join(dict.fromkeys(own[key] for key in clash))
+        raise ValueError(f"{kind}: train_options sets {', '.join(clash)}, which the grid sets itself (grid key {keys}): "
+                         "set it there, once")
 
 
 def _seeds(g: dict) -> list[int]:
