@@ -135,6 +135,19 @@ def test_constant_and_identity_powers_on_zero_eigenvalues():
                                    rtol=0, atol=1e-14)
 
 
+def _assert_second_frechet(lam, p, second, seed, rtol):
+    """dk_second_frechet of x^p at U = I, λ = ``lam`` for random symmetric X, Y equals Daleckii–Krein's
+    M_ab = Σ_c g[λ_a, λ_c, λ_b] (X_ac Y_cb + Y_ac X_cb) from the given second divided differences."""
+    d = len(lam)
+    gen = torch.Generator().manual_seed(seed)
+    X, Y = (torch.randn(d, d, dtype=D, generator=gen) for _ in range(2))
+    X, Y = (X + X.T) / 2, (Y + Y.T) / 2
+    ref = torch.tensor([[sum(second[a][c][b] * (X[a, c] * Y[c, b] + Y[a, c] * X[c, b]).item() for c in range(d))
+                         for b in range(d)] for a in range(d)], dtype=D)
+    got = dd.dk_second_frechet(torch.eye(d, dtype=D), torch.tensor(lam, dtype=D), X, Y, "power", p)
+    torch.testing.assert_close(got, ref, rtol=rtol, atol=rtol * ref.abs().max().item())
+
+
 @pytest.mark.parametrize("p", [100.0, -100.0, 1000.0])
 @pytest.mark.parametrize("lam", [[0.97, 0.985, 1.0], [1.0, 1.0 + 1e-3, 1.002], [1.0, 1.0 + 1e-12, 1.01], [1.0, 1.2, 1.5]],
                          ids=["1/32 wide", "1e-3 apart", "tie and 1e-2", "separated"])
@@ -148,13 +161,7 @@ def test_large_powers_match_mpmath(p, lam):
                                for b in range(d)] for a in range(d)], dtype=D)
         second = [[[float(_second_mp("power", p, (w[a], w[c], w[b]))) for b in range(d)] for c in range(d)] for a in range(d)]
     torch.testing.assert_close(dd.eigen_divided_differences(torch.tensor(lam, dtype=D), "power", p), first, rtol=1e-13, atol=0)
-    gen = torch.Generator().manual_seed(d)
-    X, Y = (torch.randn(d, d, dtype=D, generator=gen) for _ in range(2))
-    X, Y = (X + X.T) / 2, (Y + Y.T) / 2
-    ref = torch.tensor([[sum(second[a][c][b] * (X[a, c] * Y[c, b] + Y[a, c] * X[c, b]).item() for c in range(d))
-                         for b in range(d)] for a in range(d)], dtype=D)
-    got = dd.dk_second_frechet(torch.eye(d, dtype=D), torch.tensor(lam, dtype=D), X, Y, "power", p)
-    torch.testing.assert_close(got, ref, rtol=1e-13, atol=1e-13 * ref.abs().max().item())
+    _assert_second_frechet(lam, p, second, seed=d, rtol=1e-13)
 
 
 @pytest.mark.parametrize("p, mu", [(100.0, 1e-3), (3.0, 1e-120), (2.0, 1e300)],
@@ -239,10 +246,4 @@ def test_numpy_exponent_is_the_exponent_it_holds(p):
                   for a in range(d)]
     torch.testing.assert_close(dd.eigen_divided_differences(torch.tensor(lam, dtype=D), "power", p), first,
                                rtol=1e-13, atol=0)
-    gen = torch.Generator().manual_seed(0)
-    X, Y = (torch.randn(d, d, dtype=D, generator=gen) for _ in range(2))
-    X, Y = (X + X.T) / 2, (Y + Y.T) / 2
-    ref = torch.tensor([[sum(second[a][c][b] * (X[a, c] * Y[c, b] + Y[a, c] * X[c, b]).item() for c in range(d))
-                         for b in range(d)] for a in range(d)], dtype=D)
-    got = dd.dk_second_frechet(torch.eye(d, dtype=D), torch.tensor(lam, dtype=D), X, Y, "power", p)
-    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12 * ref.abs().max().item())
+    _assert_second_frechet(lam, p, second, seed=0, rtol=1e-12)
