@@ -228,8 +228,9 @@ def _named(name):
     (_named("a" * 256), [], ["study.name 'aaa", "must be a plain directory name"]),  # was OSError: name too long
     (_named("\\u0000"), [], ["study.name '\\x00' must be a plain directory name"]),  # was 'embedded null byte'
     (None, ["--scheduler", ""], ["--scheduler is empty"]),  # was a silent local run on every core
+    (None, ["--scheduler", "nohost"], ["cannot connect to the Dask scheduler at nohost:", "nohost"]),  # was Dask's words alone
 ], ids=["reuse-and-recompute-stale", "jobs-0", "max-cells-negative", "name-dotdot", "name-hidden",
-        "scheduler-unreachable", "name-too-long", "name-nul", "scheduler-empty"])
+        "scheduler-unreachable", "name-too-long", "name-nul", "scheduler-empty", "scheduler-no-port"])
 def test_a_bad_run_option_is_one_line_before_any_work(tmp_path, monkeypatch, study, args, words):
     """Each is refused with one ``error:`` line naming it, exit 2, no traceback, before anything is
     computed or written: no cell is run, the output root is not created, and nothing appears

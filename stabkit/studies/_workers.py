@@ -272,7 +272,7 @@ def dask_client(address: str):
         raise ValueError("--scheduler needs dask[distributed]: pip install 'stabkit[cluster]'") from None
     try:
         return Client(address, timeout=SCHEDULER_CONNECT_TIMEOUT)
-    except (OSError, TimeoutError) as exc:
+    except (OSError, TimeoutError, ValueError) as exc:  # ValueError: an address Dask cannot parse ("no port")
         raise ValueError(f"cannot connect to the Dask scheduler at {address}: {exc}") from None
 
 
