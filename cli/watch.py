@@ -119,6 +119,8 @@ def watch_command(
         log.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
         raise ValueError(f"--log {log}: cannot create the folder: it or a folder above it is a file") from None
+    except OSError as exc:  # no such parent under /proc, no permission, read-only file system, ...
+        raise ValueError(f"--log {log}: cannot create the folder: {exc.strerror or exc}") from None
     env = dict(os.environ)
     root = str(SHIM.parent.parent)
     env["PYTHONPATH"] = os.pathsep.join([str(SHIM), root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))

@@ -152,6 +152,19 @@ def test_watch_a_log_folder_under_a_file_is_one_line_naming_log(tmp_path):
     _one_error_line(result, f"--log {tmp_path / 'afile' / 'w'}", "it or a folder above it is a file")
 
 
+def test_watch_a_log_folder_that_cannot_be_made_is_one_line_naming_log(tmp_path, monkeypatch):
+    """Any other OSError of mkdir (here no permission) was Python's own text alone, "[Errno 13] …",
+    not naming --log."""
+    import pathlib
+
+    def refuse(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(pathlib.Path, "mkdir", refuse)
+    result = CliRunner().invoke(app, ["watch", "--log", str(tmp_path / "w"), "--", "true"])
+    _one_error_line(result, f"--log {tmp_path / 'w'}: cannot create the folder: Permission denied")
+
+
 @pytest.mark.parametrize("python_args, named", [(["-E"], "drop -E"), (["-bIE"], "drop -I and -E"),
                                                 (["-W", "ignore", "-X", "dev", "-S", "-c", "pass"], "drop -S")])
 def test_watch_refuses_a_python_whose_options_skip_the_monitor(tmp_path, python_args, named):
