@@ -377,6 +377,26 @@ def test_evaluate_on_numpy_refuses_what_stabkit_torch_eigh_refuses(bad, needle):
         eigh(torch.from_numpy(bad))
 
 
+@pytest.mark.parametrize("name", ["analytic", "torch", "pi-forward"])
+@pytest.mark.parametrize("convert", [lambda A: A.tolist(), lambda A: A.astype(">f8"), np.asmatrix],
+                         ids=["list", "big-endian", "matrix"])
+def test_evaluate_takes_what_its_check_accepts(name, convert):
+    """check_symmetric validates np.asarray(A), native byte order, but evaluate went on with A as
+    given: a list raised AttributeError ('list' object has no attribute 'shape'), np.matrix numpy's
+    matmul ValueError, a big-endian array torch's byte-order ValueError (``torch``), where
+    ground_truth takes all three. At A = diag(1, 2, 3) the eigvec loss L = Σ w_i u_iᵀ B u_i has the
+    closed-form gradient D ∘ sym(B), D_ij = (w_i − w_j)/(λ_i − λ_j), D_ii = 0 (stabkit.losses)."""
+    lam = np.array([1.0, 2.0, 3.0])
+    loss = make_loss("eigvec", 3, seed=5)
+    diff = lam[:, None] - lam[None, :]
+    D = np.divide(loss.w[:, None] - loss.w[None, :], diff, out=np.zeros((3, 3)), where=diff != 0)
+    expected = D * (loss.weight + loss.weight.T) / 2
+    spec = methods.spec(name if name != "pi-forward" else "pi-forward:steps=200")
+    g, lam_out, _ = spec.gradient(convert(np.diag(lam)), loss)
+    np.testing.assert_allclose(np.asarray(lam_out), lam, rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(g), expected, rtol=0, atol=1e-10 * np.abs(expected).max())
+
+
 @pytest.mark.parametrize("loss_name", ["zca", "eigvec", "projector"])
 def test_loss_built_for_another_size_is_refused_naming_both(loss_name):
     """A loss for d = 5 at a 4 × 4 A raised numpy's matmul ValueError (torch's RuntimeError)."""
