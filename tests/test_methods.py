@@ -323,6 +323,18 @@ def test_an_integer_past_the_float_range_is_a_spec_error():
         methods.bind("clip", {"tau": -(10**400)})
 
 
+def test_an_integer_parameter_past_the_float_range_is_a_spec_error():
+    """Domain.contains ran math.isfinite on an int parameter, OverflowError for K = 10**400 (as a
+    number or as text): an integer is finite, so K is out of [0, 1000] and seed (no upper bound) is
+    accepted and hashed modulo 2^31 like any other seed."""
+    for given in (10**400, "1" + "0" * 400, -(10**400)):
+        with pytest.raises(methods.MethodSpecError, match=r"parameter K=-?10+ is out of range \(must be an integer from 0 to 1000\)"):
+            methods.bind("taylor", {"K": given})
+    with pytest.raises(methods.MethodSpecError, match="out of range"):
+        methods.parse("pi:steps=" + "9" * 400)
+    assert methods.bind("pi-forward", {"seed": 2**1030}).params["seed"] == 2**1030
+
+
 def test_specs_are_hashable_and_equal_by_method_and_params():
     """A Spec is a dict key and a torch.compile constant: equal specs hash alike whatever the spelling."""
     a, b = methods.spec("taylor:K=9"), methods.bind("taylor", {"K": "9"})
