@@ -21,7 +21,8 @@ own SVD backward uses. A native method (``Method.native``: ``torch``) is torch.l
 
 Works under ``torch.func`` (vmap, grad, jacrev, jacfwd, hessian), ``torch.compile(fullgraph=True)``
 (no numpy on the torch path) and plain autograd. Forward mode (jvp) is the transpose of the
-backward rule; power iteration (``pi``, ``pi-forward``) has none and says so (use reverse mode).
+backward rule; a rule without a kernel (power iteration, ``analytic-trunc``) has none and says so
+(UnsupportedDerivativeError; use reverse mode).
 
 **Exact ties** (λ_i = λ_j bitwise, where the analytic F is ∞). The kernel multiplies the projected
 gradient Uᵀ∂L/∂U (and the tangent Uᵀ dA U in forward mode) through ``_xp.kernel_product``: an entry
@@ -66,7 +67,7 @@ import torch
 
 from . import _xp, methods
 from ._autograd import compile_safe, differentiating_backward, eigh_for_backward, rebuilt_svd, tangent_op
-from .errors import InputError
+from .errors import InputError, UnsupportedDerivativeError
 from .methods import DEFAULT, NAMES, Spec
 from .validation import symmetry_rtol
 
@@ -194,9 +195,10 @@ class _EighJvp(_Eigh):
         dλ = diag(M), dU = U (F ∘ M) (exact for the analytic F)."""
         lam, U = ctx.saved_tensors
         if ctx.spec.method.kernel is None:
-            raise RuntimeError(f"stabkit.torch.eigh(method={ctx.spec.name!r}): forward-mode AD (torch.func.jvp, jacfwd, "
-                               "hessian) is implemented only for rules given by a kernel F(λ); use reverse mode, e.g. "
-                               "torch.func.jacrev(torch.func.jacrev(f)) for a Hessian")
+            raise UnsupportedDerivativeError(
+                f"stabkit.torch.eigh(method={ctx.spec.name!r}): forward-mode AD (torch.func.jvp, jacfwd, hessian) is "
+                "implemented only for rules given by a kernel F(λ); use reverse mode, e.g. "
+                "torch.func.jacrev(torch.func.jacrev(f)) for a Hessian")
         return tangent_op(_eigh_tangent, "stabkit.torch.eigh", lam, U, dA, ctx.spec)
 
 

@@ -582,6 +582,22 @@ def test_eigh_jvp_is_the_transpose_of_the_backward(method):
         torch.testing.assert_close(jf, jr, rtol=0, atol=1e-13)
 
 
+@pytest.mark.parametrize("method", [m for m in EIG_METHODS if methods.get(m).kernel is None and not methods.get(m).native])
+def test_eigh_jvp_of_a_rule_without_a_kernel_is_refused_by_type(method):
+    """Forward mode of a rule without a kernel (power iteration, analytic-trunc) is refused by design:
+    that is UnsupportedDerivativeError (stabkit.errors), not a bare RuntimeError as it was. Reverse
+    mode still gives λ's derivative, tr(U diag(e_k) Uᵀ dA) = dA_kk at a diagonal A."""
+    from stabkit.errors import UnsupportedDerivativeError
+
+    A = torch.diag(torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=F64))
+    p = {"steps": 200} if methods.get(method).approximate_forward else SMALL.get(method, {})  # random starts: converge
+    f = lambda a: sk.eigvalsh(a, method=method, **p)  # noqa: E731
+    with pytest.raises(UnsupportedDerivativeError, match=f"method='{method}'.*forward-mode AD"):
+        torch.func.jvp(f, (A,), (torch.eye(4, dtype=F64),))
+    J = torch.func.jacrev(f)(A)
+    torch.testing.assert_close(J[-1], torch.diag(torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=F64)), rtol=0, atol=1e-12)
+
+
 def test_eigh_jvp_is_finite_at_an_exact_tie_the_tangent_does_not_split():
     """At diag(1, 1, 2) with dA[0, 1] = 0 (M = Uᵀ dA U is 0 at the tied pair): dλ = diag(dA) and
     du_j = Σ_{k: λ_k ≠ λ_j} u_k u_kᵀ dA u_j / (λ_j − λ_k) (first-order perturbation theory; no
