@@ -364,12 +364,14 @@ def svd(A: torch.Tensor, full_matrices: bool = True, *, driver=None, out=None, m
     columns of U and rows of Vh beyond min(m, n) (they are an arbitrary basis).
     """
     _check_tensor(A, "svd", False, out)
+    if not isinstance(full_matrices, bool):  # bool("taylor") is True: refused, as by torch.linalg.svd
+        raise InputError(f"svd: full_matrices must be True or False, got {full_matrices!r} (a method goes in method=)")
     spec = _svd_spec(method, params, "svd")
     if check:
         check_values(A, "svd", symmetric=False)
     if spec.method.native:
         return torch.linalg.svd(A, full_matrices=full_matrices, driver=driver)
-    U, S, Vh = compile_safe(_SVD, _SVDJvp).apply(A, bool(full_matrices), driver, spec)
+    U, S, Vh = compile_safe(_SVD, _SVDJvp).apply(A, full_matrices, driver, spec)
     return SVDResult(U, S, Vh)
 
 

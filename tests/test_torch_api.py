@@ -517,6 +517,20 @@ def test_svd_input_contract():
     torch.testing.assert_close(sk.svdvals(general(4, 3)), torch.tensor([2.4, 1.7, 1.0], dtype=F64))
 
 
+@pytest.mark.parametrize("given", ["taylor", None, 1, np.True_])
+def test_svd_full_matrices_must_be_a_bool(given):
+    """svd(X, "taylor") (eigh's older method-second spelling) ran bool("taylor"): the analytic rule
+    with full matrices, without a word; None gave the thin SVD. torch.linalg.svd refuses them all
+    (TypeError): an InputError naming full_matrices now, while True/False keep their meaning."""
+    X = general(4, 3)
+    with pytest.raises(InputError, match=f"svd: full_matrices must be True or False, got {given!r}"):
+        sk.svd(X, given)
+    for full, rows in ((True, 4), (False, 3)):
+        U, S, Vh = sk.svd(X, full)
+        assert U.shape == (4, rows) and Vh.shape == (3, 3)
+        torch.testing.assert_close(S, torch.tensor([2.4, 1.7, 1.0], dtype=F64), rtol=0, atol=1e-14)
+
+
 def test_check_is_skipped_under_transforms():
     """Under vmap the value check cannot run (documented): a non-symmetric input is not refused there."""
     A = separated(3, (2,))
