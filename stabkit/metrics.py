@@ -97,8 +97,11 @@ def _ratio(num: tuple[float, int], den: tuple[float, int]) -> float:
 
 
 def finite(g: ArrayLike) -> bool:
-    """No NaN or Inf anywhere in g."""
-    return bool(np.isfinite(np.asarray(g)).all())
+    """No NaN or Inf anywhere in g (InputError for text, objects: no number to test)."""
+    g = np.asarray(g)
+    if g.dtype.kind not in "biufc":
+        raise InputError(f"gradient metrics: finite: g has dtype {g.dtype}; a numeric gradient is needed")
+    return bool(np.isfinite(g).all())
 
 
 def gradient_metrics(g: ArrayLike, g_true: ArrayLike) -> dict[str, float | bool]:

@@ -123,6 +123,16 @@ def test_a_complex_gradient_is_refused_not_cast_to_its_real_part(metric):
     assert metric(np.eye(2, dtype=np.float32), g_true) == metric(g_true, g_true)
 
 
+def test_finite_refuses_what_is_not_numeric_as_the_other_metrics_do():
+    """finite(None), finite of text or of an object array raised numpy's TypeError ("ufunc 'isfinite'
+    not supported for the input types") where angle_deg & co. raise InputError naming the dtype."""
+    for bad in (None, "ab", np.array([1.0, "a"], dtype=object)):
+        with pytest.raises(InputError, match="finite: g has dtype .*; a numeric gradient is needed"):
+            metrics.finite(bad)
+    assert metrics.finite([[1, 2], [3, 4]]) and metrics.finite(np.float32(1e38))
+    assert not metrics.finite(np.array([1.0, np.inf])) and not metrics.finite(np.array([[np.nan]]))
+
+
 def test_spectrum_diagnostics_of_an_unsorted_indefinite_spectrum():
     """λ given unsorted with negatives, (2, −8, ½, −1): sorted (−8, −1, ½, 2), smallest gap 1.5 (−1 → ½),
     max|λ| = 8 (not max λ = 2), min|λ| = ½ (not min λ = −8): rel gap 0.1875, K = 1/1.5, condition 16."""
