@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from . import _xp
 from .errors import InputError
 
 if TYPE_CHECKING:
@@ -132,7 +133,10 @@ def spectrum_diagnostics(lam: ArrayLike, dtype: DTypeLike = np.float64) -> dict[
         raise InputError(f"spectrum_diagnostics: the eigenvalues have non-finite entries "
                          f"({int((~np.isfinite(lam)).sum())} of {lam.size})")
     try:
-        eps = float(np.finfo(np.dtype(dtype)).eps) if np.dtype(dtype).kind in "fc" else None
+        if type(dtype).__module__.startswith("torch"):  # a tensor's .dtype, which np.dtype() cannot read
+            eps = _xp.finfo_eps(dtype) if dtype.is_floating_point or dtype.is_complex else None
+        else:
+            eps = float(np.finfo(np.dtype(dtype)).eps) if np.dtype(dtype).kind in "fc" else None
     except TypeError:
         eps = None
     if eps is None:

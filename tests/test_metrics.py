@@ -100,6 +100,20 @@ def test_numerical_rank_threshold_is_d_eps_max_lambda_of_the_dtype():
     assert metrics.spectrum_diagnostics(lam, dtype=np.float32)["numerical_rank"] == 3
 
 
+def test_numerical_rank_of_a_torch_dtype_uses_its_eps():
+    """dtype=torch.float32 (what a tensor's .dtype gives) was refused as "must be a floating-point
+    dtype", because np.dtype() cannot read it. d = 4, max|λ| = 4: threshold 16·eps, 1.9e-6 in
+    float32 (torch's eps is IEEE's 2^-23, as numpy's), so λ = 1e-6 is not counted there, in float64 it is."""
+    import torch
+
+    lam = np.array([1e-6, 1.0, 2.0, 4.0])
+    assert 16 * 2.0**-23 > 1e-6 > 16 * 2.0**-52
+    assert metrics.spectrum_diagnostics(lam, dtype=torch.float32)["numerical_rank"] == 3
+    assert metrics.spectrum_diagnostics(lam, dtype=torch.float64)["numerical_rank"] == 4
+    with pytest.raises(InputError, match="dtype must be a floating-point dtype .*got torch.int64"):
+        metrics.spectrum_diagnostics(lam, dtype=torch.int64)
+
+
 def test_metrics_at_the_top_of_float64s_range():
     """Entries at or above 2^1023 (a power-of-2 scale there is 2^1024, itself not a float):
     closed forms, and an honest inf where the ratio itself exceeds float64."""
