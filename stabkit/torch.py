@@ -252,6 +252,8 @@ def _eigh_call(A, UPLO, out, method, check: bool, params: dict, fn: str) -> tupl
 
 def symmetrize(A: torch.Tensor) -> torch.Tensor:
     """(A + Aᵀ)/2 — what a layer should feed to ``eigh`` when A is only symmetric up to rounding."""
+    if getattr(A, "ndim", 0) < 2 or A.shape[-1] != A.shape[-2]:  # not an IndexError/RuntimeError from inside
+        raise InputError(f"symmetrize: expected square matrices (..., d, d), got {type(A).__name__} {tuple(getattr(A, 'shape', ()))}")
     return _xp.sym(A)
 
 
@@ -371,8 +373,7 @@ def svd(A: torch.Tensor, full_matrices: bool = True, *, driver=None, out=None, m
         check_values(A, "svd", symmetric=False)
     if spec.method.native:
         return torch.linalg.svd(A, full_matrices=full_matrices, driver=driver)
-    U, S, Vh = compile_safe(_SVD, _SVDJvp).apply(A, full_matrices, driver, spec)
-    return SVDResult(U, S, Vh)
+    return SVDResult(*compile_safe(_SVD, _SVDJvp).apply(A, full_matrices, driver, spec))
 
 
 def svdvals(A: torch.Tensor, *, driver=None, out=None, method: str | Spec = DEFAULT, check: bool = True, **params):

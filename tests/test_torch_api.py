@@ -531,6 +531,20 @@ def test_svd_full_matrices_must_be_a_bool(given):
         torch.testing.assert_close(S, torch.tensor([2.4, 1.7, 1.0], dtype=F64), rtol=0, atol=1e-14)
 
 
+def test_symmetrize_refuses_what_is_not_a_batch_of_square_matrices():
+    """symmetrize raised IndexError ("Dimension out of range") for a vector or a scalar, RuntimeError
+    ("The size of tensor a (4) must match…") for a 3 × 4 matrix, AttributeError for a list; it is the
+    symmetric part (A + Aᵀ)/2 of any batch of square matrices, checked entrywise here."""
+    for bad, what in ((torch.ones(3), r"Tensor \(3,\)"), (torch.ones(3, 4), r"Tensor \(3, 4\)"),
+                      (torch.tensor(1.0), r"Tensor \(\)"), ([[1.0, 2.0], [3.0, 4.0]], r"list \(\)")):
+        with pytest.raises(InputError, match=rf"symmetrize: expected square matrices \(\.\.\., d, d\), got {what}"):
+            sk.symmetrize(bad)
+    A = torch.arange(18.0, dtype=F64).reshape(2, 3, 3)
+    S = sk.symmetrize(A)
+    for b, i, j in np.ndindex(2, 3, 3):
+        assert S[b, i, j] == (A[b, i, j] + A[b, j, i]) / 2  # exact: sums of small integers, halved
+
+
 def test_check_is_skipped_under_transforms():
     """Under vmap the value check cannot run (documented): a non-symmetric input is not refused there."""
     A = separated(3, (2,))
