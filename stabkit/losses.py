@@ -53,7 +53,7 @@ class SpectralLoss:
 
     def check(self, lam, dtype=None) -> None:
         """Raise ValueError if the loss is not differentiable at these eigenvalues (``dtype`` unused)."""
-        lam_min = float(np.min(np.asarray(lam, dtype=np.float64)))
+        lam_min = float(np.min(_finite(self.name, lam)))
         if lam_min <= 0:
             raise ValueError(
                 f"{self.name} loss needs a positive definite matrix: smallest eigenvalue is {lam_min:.3g}"
@@ -89,6 +89,7 @@ class WeightedEigvecLoss:
         matrix as stored does not determine the eigenvectors that the loss weighs differently.
         """
         lam = np.asarray(lam)
+        _finite(self.name, lam)
         eps = np.finfo(dtype or (lam.dtype if lam.dtype.kind == "f" else np.float64)).eps
         lam64 = lam.astype(np.float64)
         tol = lam64.shape[-1] * eps * float(np.abs(lam64).max())
@@ -112,6 +113,14 @@ class WeightedEigvecLoss:
         w = _as_like(self.w, lam)
         gU = 2 * (_xp.sym(B) @ U) * w[..., None, :]
         return gU, lam * 0
+
+
+def _finite(name: str, lam) -> np.ndarray:
+    """λ as float64; InputError (a ValueError) where one is NaN or ±Inf: no loss is defined there."""
+    lam = np.asarray(lam, dtype=np.float64)
+    if not np.isfinite(lam).all():
+        raise InputError(f"{name} loss: the eigenvalues have non-finite entries ({int((~np.isfinite(lam)).sum())} of {lam.size})")
+    return lam
 
 
 def _as_like(a: np.ndarray, like):
@@ -201,7 +210,7 @@ class TruncatedSpectralLoss(SpectralLoss):
     kept: np.ndarray = None  # bool, same length
 
     def check(self, lam, dtype=None) -> None:
-        lam = np.asarray(lam, dtype=np.float64)
+        lam = _finite(self.name, lam)
         kept = np.asarray(self.kept, dtype=bool)
         if kept.any():
             SpectralLoss.check(self, lam[kept], dtype)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from . import _xp
 from .errors import InputError
 
 if TYPE_CHECKING:
@@ -97,8 +98,11 @@ def _ratio(num: tuple[float, int], den: tuple[float, int]) -> float:
 
 
 def finite(g: ArrayLike) -> bool:
-    """No NaN or Inf anywhere in g."""
-    return bool(np.isfinite(np.asarray(g)).all())
+    """No NaN or Inf anywhere in g (InputError for text, objects: no number to test)."""
+    g = np.asarray(g)
+    if g.dtype.kind not in "biufc":
+        raise InputError(f"gradient metrics: finite: g has dtype {g.dtype}; a numeric gradient is needed")
+    return bool(np.isfinite(g).all())
 
 
 def gradient_metrics(g: ArrayLike, g_true: ArrayLike) -> dict[str, float | bool]:
@@ -129,7 +133,10 @@ def spectrum_diagnostics(lam: ArrayLike, dtype: DTypeLike = np.float64) -> dict[
         raise InputError(f"spectrum_diagnostics: the eigenvalues have non-finite entries "
                          f"({int((~np.isfinite(lam)).sum())} of {lam.size})")
     try:
-        eps = float(np.finfo(np.dtype(dtype)).eps) if np.dtype(dtype).kind in "fc" else None
+        if type(dtype).__module__.startswith("torch"):  # a tensor's .dtype, which np.dtype() cannot read
+            eps = _xp.finfo_eps(dtype) if dtype.is_floating_point or dtype.is_complex else None
+        else:
+            eps = float(np.finfo(np.dtype(dtype)).eps) if np.dtype(dtype).kind in "fc" else None
     except TypeError:
         eps = None
     if eps is None:

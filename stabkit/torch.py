@@ -21,7 +21,8 @@ own SVD backward uses. A native method (``Method.native``: ``torch``) is torch.l
 
 Works under ``torch.func`` (vmap, grad, jacrev, jacfwd, hessian), ``torch.compile(fullgraph=True)``
 (no numpy on the torch path) and plain autograd. Forward mode (jvp) is the transpose of the
-backward rule; power iteration (``pi``, ``pi-forward``) has none and says so (use reverse mode).
+backward rule; a rule without a kernel (power iteration, ``analytic-trunc``) has none and says so
+(UnsupportedDerivativeError; use reverse mode).
 
 **Exact ties** (λ_i = λ_j bitwise, where the analytic F is ∞). The kernel multiplies the projected
 gradient Uᵀ∂L/∂U (and the tangent Uᵀ dA U in forward mode) through ``_xp.kernel_product``: an entry
@@ -66,7 +67,7 @@ import torch
 
 from . import _xp, methods
 from ._autograd import compile_safe, differentiating_backward, eigh_for_backward, rebuilt_svd, tangent_op
-from .errors import InputError
+from .errors import InputError, UnsupportedDerivativeError
 from .methods import DEFAULT, NAMES, Spec
 from .validation import symmetry_rtol
 
@@ -194,9 +195,10 @@ class _EighJvp(_Eigh):
         dλ = diag(M), dU = U (F ∘ M) (exact for the analytic F)."""
         lam, U = ctx.saved_tensors
         if ctx.spec.method.kernel is None:
-            raise RuntimeError(f"stabkit.torch.eigh(method={ctx.spec.name!r}): forward-mode AD (torch.func.jvp, jacfwd, "
-                               "hessian) is implemented only for rules given by a kernel F(λ); use reverse mode, e.g. "
-                               "torch.func.jacrev(torch.func.jacrev(f)) for a Hessian")
+            raise UnsupportedDerivativeError(
+                f"stabkit.torch.eigh(method={ctx.spec.name!r}): forward-mode AD (torch.func.jvp, jacfwd, hessian) is "
+                "implemented only for rules given by a kernel F(λ); use reverse mode, e.g. "
+                "torch.func.jacrev(torch.func.jacrev(f)) for a Hessian")
         return tangent_op(_eigh_tangent, "stabkit.torch.eigh", lam, U, dA, ctx.spec)
 
 
@@ -250,6 +252,8 @@ def _eigh_call(A, UPLO, out, method, check: bool, params: dict, fn: str) -> tupl
 
 def symmetrize(A: torch.Tensor) -> torch.Tensor:
     """(A + Aᵀ)/2 — what a layer should feed to ``eigh`` when A is only symmetric up to rounding."""
+    if getattr(A, "ndim", 0) < 2 or A.shape[-1] != A.shape[-2]:  # not an IndexError/RuntimeError from inside
+        raise InputError(f"symmetrize: expected square matrices (..., d, d), got {type(A).__name__} {tuple(getattr(A, 'shape', ()))}")
     return _xp.sym(A)
 
 
@@ -362,13 +366,14 @@ def svd(A: torch.Tensor, full_matrices: bool = True, *, driver=None, out=None, m
     columns of U and rows of Vh beyond min(m, n) (they are an arbitrary basis).
     """
     _check_tensor(A, "svd", False, out)
+    if not isinstance(full_matrices, bool):  # bool("taylor") is True: refused, as by torch.linalg.svd
+        raise InputError(f"svd: full_matrices must be True or False, got {full_matrices!r} (a method goes in method=)")
     spec = _svd_spec(method, params, "svd")
     if check:
         check_values(A, "svd", symmetric=False)
     if spec.method.native:
         return torch.linalg.svd(A, full_matrices=full_matrices, driver=driver)
-    U, S, Vh = compile_safe(_SVD, _SVDJvp).apply(A, bool(full_matrices), driver, spec)
-    return SVDResult(U, S, Vh)
+    return SVDResult(*compile_safe(_SVD, _SVDJvp).apply(A, full_matrices, driver, spec))
 
 
 def svdvals(A: torch.Tensor, *, driver=None, out=None, method: str | Spec = DEFAULT, check: bool = True, **params):

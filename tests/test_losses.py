@@ -61,6 +61,23 @@ def test_domains_and_bad_parameters():
         make_loss("projector", 3, k=3)
 
 
+@pytest.mark.parametrize("name", LOSSES)
+def test_check_refuses_non_finite_eigenvalues(name):
+    """check passed λ = (0.5, NaN, 2) for every loss (NaN ≤ 0 and NaN ≤ tol are both False), though
+    none is defined there; an infinite λ likewise. Finite λ keep their verdicts: (0.5, 1, 2) passes
+    for every loss, (0, 1, 2) fails the spectral ones only (f(0) or f'(0) is not finite)."""
+    loss = make_loss(name, 3, k=1)
+    for bad in ([0.5, np.nan, 2.0], [0.5, 1.0, np.inf]):
+        with pytest.raises(ValueError, match=rf"{name} loss: the eigenvalues have non-finite entries \(1 of 3\)"):
+            loss.check(np.array(bad))
+    loss.check(np.array([0.5, 1.0, 2.0]))
+    if loss.kind == "spectral":
+        with pytest.raises(ValueError, match="positive definite"):
+            loss.check(np.array([0.0, 1.0, 2.0]))
+    else:
+        loss.check(np.array([0.0, 1.0, 2.0]))
+
+
 @pytest.mark.parametrize("name", ["zca", "sqrt", "log"])
 def test_spectral_losses_carry_bounds_on_their_higher_derivatives(name):
     """d2_bound(x), d3_bound(x) are |f''|, |f'''| at x (tight) and bound them on [x, ∞) — what the

@@ -323,6 +323,18 @@ def test_an_integer_past_the_float_range_is_a_spec_error():
         methods.bind("clip", {"tau": -(10**400)})
 
 
+def test_an_integer_parameter_past_the_float_range_is_a_spec_error():
+    """Domain.contains ran math.isfinite on an int parameter, OverflowError for K = 10**400 (as a
+    number or as text): an integer is finite, so K is out of [0, 1000] and seed (no upper bound) is
+    accepted and hashed modulo 2^31 like any other seed."""
+    for given in (10**400, "1" + "0" * 400, -(10**400)):
+        with pytest.raises(methods.MethodSpecError, match=r"parameter K=-?10+ is out of range \(must be an integer from 0 to 1000\)"):
+            methods.bind("taylor", {"K": given})
+    with pytest.raises(methods.MethodSpecError, match="out of range"):
+        methods.parse("pi:steps=" + "9" * 400)
+    assert methods.bind("pi-forward", {"seed": 2**1030}).params["seed"] == 2**1030
+
+
 def test_specs_are_hashable_and_equal_by_method_and_params():
     """A Spec is a dict key and a torch.compile constant: equal specs hash alike whatever the spelling."""
     a, b = methods.spec("taylor:K=9"), methods.bind("taylor", {"K": "9"})
@@ -375,6 +387,26 @@ def test_evaluate_on_numpy_refuses_what_stabkit_torch_eigh_refuses(bad, needle):
         methods.spec("taylor").evaluate(bad, loss)
     with pytest.raises(ValueError, match=needle):
         eigh(torch.from_numpy(bad))
+
+
+@pytest.mark.parametrize("name", ["analytic", "torch", "pi-forward"])
+@pytest.mark.parametrize("convert", [lambda A: A.tolist(), lambda A: A.astype(">f8"), np.asmatrix],
+                         ids=["list", "big-endian", "matrix"])
+def test_evaluate_takes_what_its_check_accepts(name, convert):
+    """check_symmetric validates np.asarray(A), native byte order, but evaluate went on with A as
+    given: a list raised AttributeError ('list' object has no attribute 'shape'), np.matrix numpy's
+    matmul ValueError, a big-endian array torch's byte-order ValueError (``torch``), where
+    ground_truth takes all three. At A = diag(1, 2, 3) the eigvec loss L = Σ w_i u_iᵀ B u_i has the
+    closed-form gradient D ∘ sym(B), D_ij = (w_i − w_j)/(λ_i − λ_j), D_ii = 0 (stabkit.losses)."""
+    lam = np.array([1.0, 2.0, 3.0])
+    loss = make_loss("eigvec", 3, seed=5)
+    diff = lam[:, None] - lam[None, :]
+    D = np.divide(loss.w[:, None] - loss.w[None, :], diff, out=np.zeros((3, 3)), where=diff != 0)
+    expected = D * (loss.weight + loss.weight.T) / 2
+    spec = methods.spec(name if name != "pi-forward" else "pi-forward:steps=200")
+    g, lam_out, _ = spec.gradient(convert(np.diag(lam)), loss)
+    np.testing.assert_allclose(np.asarray(lam_out), lam, rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(g), expected, rtol=0, atol=1e-10 * np.abs(expected).max())
 
 
 @pytest.mark.parametrize("loss_name", ["zca", "eigvec", "projector"])

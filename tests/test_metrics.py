@@ -100,6 +100,20 @@ def test_numerical_rank_threshold_is_d_eps_max_lambda_of_the_dtype():
     assert metrics.spectrum_diagnostics(lam, dtype=np.float32)["numerical_rank"] == 3
 
 
+def test_numerical_rank_of_a_torch_dtype_uses_its_eps():
+    """dtype=torch.float32 (what a tensor's .dtype gives) was refused as "must be a floating-point
+    dtype", because np.dtype() cannot read it. d = 4, max|λ| = 4: threshold 16·eps, 1.9e-6 in
+    float32 (torch's eps is IEEE's 2^-23, as numpy's), so λ = 1e-6 is not counted there, in float64 it is."""
+    import torch
+
+    lam = np.array([1e-6, 1.0, 2.0, 4.0])
+    assert 16 * 2.0**-23 > 1e-6 > 16 * 2.0**-52
+    assert metrics.spectrum_diagnostics(lam, dtype=torch.float32)["numerical_rank"] == 3
+    assert metrics.spectrum_diagnostics(lam, dtype=torch.float64)["numerical_rank"] == 4
+    with pytest.raises(InputError, match="dtype must be a floating-point dtype .*got torch.int64"):
+        metrics.spectrum_diagnostics(lam, dtype=torch.int64)
+
+
 def test_metrics_at_the_top_of_float64s_range():
     """Entries at or above 2^1023 (a power-of-2 scale there is 2^1024, itself not a float):
     closed forms, and an honest inf where the ratio itself exceeds float64."""
@@ -121,6 +135,16 @@ def test_a_complex_gradient_is_refused_not_cast_to_its_real_part(metric):
         with pytest.raises(ValueError, match="a real gradient is needed"):
             metric(g, truth)
     assert metric(np.eye(2, dtype=np.float32), g_true) == metric(g_true, g_true)
+
+
+def test_finite_refuses_what_is_not_numeric_as_the_other_metrics_do():
+    """finite(None), finite of text or of an object array raised numpy's TypeError ("ufunc 'isfinite'
+    not supported for the input types") where angle_deg & co. raise InputError naming the dtype."""
+    for bad in (None, "ab", np.array([1.0, "a"], dtype=object)):
+        with pytest.raises(InputError, match="finite: g has dtype .*; a numeric gradient is needed"):
+            metrics.finite(bad)
+    assert metrics.finite([[1, 2], [3, 4]]) and metrics.finite(np.float32(1e38))
+    assert not metrics.finite(np.array([1.0, np.inf])) and not metrics.finite(np.array([[np.nan]]))
 
 
 def test_spectrum_diagnostics_of_an_unsorted_indefinite_spectrum():

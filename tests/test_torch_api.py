@@ -517,6 +517,34 @@ def test_svd_input_contract():
     torch.testing.assert_close(sk.svdvals(general(4, 3)), torch.tensor([2.4, 1.7, 1.0], dtype=F64))
 
 
+@pytest.mark.parametrize("given", ["taylor", None, 1, np.True_])
+def test_svd_full_matrices_must_be_a_bool(given):
+    """svd(X, "taylor") (eigh's older method-second spelling) ran bool("taylor"): the analytic rule
+    with full matrices, without a word; None gave the thin SVD. torch.linalg.svd refuses them all
+    (TypeError): an InputError naming full_matrices now, while True/False keep their meaning."""
+    X = general(4, 3)
+    with pytest.raises(InputError, match=f"svd: full_matrices must be True or False, got {given!r}"):
+        sk.svd(X, given)
+    for full, rows in ((True, 4), (False, 3)):
+        U, S, Vh = sk.svd(X, full)
+        assert U.shape == (4, rows) and Vh.shape == (3, 3)
+        torch.testing.assert_close(S, torch.tensor([2.4, 1.7, 1.0], dtype=F64), rtol=0, atol=1e-14)
+
+
+def test_symmetrize_refuses_what_is_not_a_batch_of_square_matrices():
+    """symmetrize raised IndexError ("Dimension out of range") for a vector or a scalar, RuntimeError
+    ("The size of tensor a (4) must match…") for a 3 × 4 matrix, AttributeError for a list; it is the
+    symmetric part (A + Aᵀ)/2 of any batch of square matrices, checked entrywise here."""
+    for bad, what in ((torch.ones(3), r"Tensor \(3,\)"), (torch.ones(3, 4), r"Tensor \(3, 4\)"),
+                      (torch.tensor(1.0), r"Tensor \(\)"), ([[1.0, 2.0], [3.0, 4.0]], r"list \(\)")):
+        with pytest.raises(InputError, match=rf"symmetrize: expected square matrices \(\.\.\., d, d\), got {what}"):
+            sk.symmetrize(bad)
+    A = torch.arange(18.0, dtype=F64).reshape(2, 3, 3)
+    S = sk.symmetrize(A)
+    for b, i, j in np.ndindex(2, 3, 3):
+        assert S[b, i, j] == (A[b, i, j] + A[b, j, i]) / 2  # exact: sums of small integers, halved
+
+
 def test_check_is_skipped_under_transforms():
     """Under vmap the value check cannot run (documented): a non-symmetric input is not refused there."""
     A = separated(3, (2,))
@@ -580,6 +608,22 @@ def test_eigh_jvp_is_the_transpose_of_the_backward(method):
     f = lambda a: tuple(sk.eigh(sym(a), method=method, **p))  # noqa: E731
     for jf, jr in zip(torch.func.jacfwd(f)(A), torch.func.jacrev(f)(A)):
         torch.testing.assert_close(jf, jr, rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("method", [m for m in EIG_METHODS if methods.get(m).kernel is None and not methods.get(m).native])
+def test_eigh_jvp_of_a_rule_without_a_kernel_is_refused_by_type(method):
+    """Forward mode of a rule without a kernel (power iteration, analytic-trunc) is refused by design:
+    that is UnsupportedDerivativeError (stabkit.errors), not a bare RuntimeError as it was. Reverse
+    mode still gives λ's derivative, tr(U diag(e_k) Uᵀ dA) = dA_kk at a diagonal A."""
+    from stabkit.errors import UnsupportedDerivativeError
+
+    A = torch.diag(torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=F64))
+    p = {"steps": 200} if methods.get(method).approximate_forward else SMALL.get(method, {})  # random starts: converge
+    f = lambda a: sk.eigvalsh(a, method=method, **p)  # noqa: E731
+    with pytest.raises(UnsupportedDerivativeError, match=f"method='{method}'.*forward-mode AD"):
+        torch.func.jvp(f, (A,), (torch.eye(4, dtype=F64),))
+    J = torch.func.jacrev(f)(A)
+    torch.testing.assert_close(J[-1], torch.diag(torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=F64)), rtol=0, atol=1e-12)
 
 
 def test_eigh_jvp_is_finite_at_an_exact_tie_the_tangent_does_not_split():

@@ -95,7 +95,9 @@ class Domain:
             return self.optional
         if self.kind is bool:
             return isinstance(value, (bool, np.bool_))
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+            return False
+        if not isinstance(value, numbers.Integral) and not math.isfinite(value):  # an int is finite (isfinite(10**400) overflows)
             return False
         if self.kind is int and value != int(value):
             return False

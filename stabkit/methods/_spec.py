@@ -118,6 +118,8 @@ class Spec:
             from ..validation import check_symmetric
 
             check_symmetric(A)
+            A = np.asarray(A)  # what was checked: a list or np.matrix as an ndarray, in native byte order
+            A = A.astype(A.dtype.newbyteorder("="), copy=False)
         if not callable(getattr(loss, "grads", None)):  # e.g. a loss name: ground_truth refuses it alike
             raise InputError(f"method '{self}': loss must be a probe loss "
                              f"(stabkit.losses.make_loss(name, {A.shape[-1]})), got {loss!r}")
