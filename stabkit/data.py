@@ -24,11 +24,21 @@ import io
 import os
 import pickle
 import tarfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 
 from ._io import replace_atomic
+
+try:
+    from lzma import LZMAError
+except ImportError:  # a Python without lzma: tarfile cannot open .xz either
+    LZMAError = OSError
+
+#: what reading a damaged archive raises: tarfile's own errors, and those of the decompressors it
+#: does not wrap (a corrupt deflate block is a zlib.error, a corrupt .xz stream an LZMAError)
+_ARCHIVE_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error, LZMAError)
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 SPLITS = ("train", "test")
@@ -217,7 +227,7 @@ def _read_members(path: Path, split: str):
             # gzip/bz2/xz check their CRC (a damaged archive otherwise decodes to wrong pixels silently)
             while tar.fileobj.read(1 << 20):
                 pass
-    except (tarfile.TarError, EOFError, OSError) as exc:
+    except _ARCHIVE_ERRORS as exc:
         raise ValueError(f"{path}: damaged or not a readable tar archive ({type(exc).__name__}: {exc})") from None
     if not entries:
         raise ValueError(f"{path}: no images found for split {split!r} (expected members cifar10/{split}/<class>/NNNN.jpg with class in {', '.join(CLASSES)})")

@@ -290,3 +290,40 @@ def test_per_class_argument_is_checked(tmp_path):
     for bad in (0, -3, 2.5, True, "lots"):
         with pytest.raises(ValueError, match="per_class"):
             data.load_cifar10(path, "train", per_class=bad)
+
+
+def _plain_tar(per_class=2):
+    """A plain tar of every class's members cifar10/train/<class>/NNNN.jpg with fixed bytes (reading
+    fails before any decode, so the bytes need not be JPEGs, and the archive is the same everywhere)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for cls in data.CLASSES:
+            for i in range(per_class):
+                blob = bytes(range(256)) * 4
+                info = tarfile.TarInfo(f"cifar10/train/{cls}/{i:04d}.jpg")
+                info.size = len(blob)
+                tar.addfile(info, io.BytesIO(blob))
+    return buf.getvalue()
+
+
+def test_damaged_compressed_stream_is_refused_by_name(tmp_path):
+    """A corrupt deflate block in a .tar.gz raised zlib.error, a corrupt .xz stream lzma.LZMAError, out of
+    tarfile: neither an OSError nor a TarError, so a bare traceback instead of the loader's error."""
+    import lzma
+    import zlib
+
+    plain = _plain_tar()
+    co = zlib.compressobj(9, zlib.DEFLATED, 31)  # gzip
+    head = co.compress(plain[: len(plain) // 2]) + co.flush(zlib.Z_FULL_FLUSH)  # byte-aligned: a block starts next
+    tail = co.compress(plain[len(plain) // 2:]) + co.flush()
+    gz = tmp_path / "bad-block.tar.gz"
+    gz.write_bytes(head + b"\x07" + tail[1:])  # that block's header: final, type 3 (reserved, invalid)
+    with pytest.raises(ValueError, match=r"bad-block\.tar\.gz: damaged or not a readable tar archive"):
+        data.load_cifar10(gz, "train", per_class=2, cache=False)
+    xz = bytearray(lzma.compress(plain))
+    xz[-1] ^= 0xFF  # the stream footer's magic: read only after every member (earlier, tarfile wraps it)
+    bad_xz = tmp_path / "bad.tar"
+    bad_xz.write_bytes(bytes(xz))
+    with pytest.raises(ValueError, match=r"bad\.tar: damaged or not a readable tar archive"):
+        data.load_cifar10(bad_xz, "train", per_class=2, cache=False)
+
