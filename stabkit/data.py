@@ -141,11 +141,12 @@ def _load_batches(folder: Path, split: str, per_class: int | None):
 
 
 def _unpickle(file: Path) -> dict:
-    try:
-        with open(file, "rb") as fh:
+    with open(file, "rb") as fh:
+        try:
             batch = pickle.load(fh, encoding="bytes")
-    except (pickle.UnpicklingError, EOFError, TypeError, ValueError, AttributeError, ImportError, IndexError) as exc:
-        raise ValueError(f"{file}: not a CIFAR-10 pickled batch ({type(exc).__name__}: {exc})") from None
+        except Exception as exc:  # noqa: BLE001 — a damaged pickle raises whatever its opcodes reach: a frame length
+            # past memory MemoryError, past sys.maxsize OverflowError, a damaged numpy dtype SystemError, …
+            raise ValueError(f"{file}: not a CIFAR-10 pickled batch ({type(exc).__name__}: {exc})") from None
     if not isinstance(batch, dict):
         raise ValueError(f"{file}: not a CIFAR-10 pickled batch (a {type(batch).__name__}, not a dict)")
     return batch

@@ -327,3 +327,19 @@ def test_damaged_compressed_stream_is_refused_by_name(tmp_path):
     with pytest.raises(ValueError, match=r"bad\.tar: damaged or not a readable tar archive"):
         data.load_cifar10(bad_xz, "train", per_class=2, cache=False)
 
+
+
+@pytest.mark.parametrize("frame_length, error", [(2**62, "MemoryError"), (2**64 - 1, "OverflowError")])
+def test_pickled_batch_with_a_damaged_frame_length_is_named(tmp_path, frame_length, error):
+    """A pickle's FRAME length (bytes 3..10 of protocol 4) damaged to more than memory holds raised
+    MemoryError, or OverflowError past sys.maxsize, out of pickle.load: a bare traceback."""
+    import struct
+
+    folder = tmp_path / "cifar-10-batches-py"
+    _make_batches(folder)
+    raw = bytearray(pickle.dumps({b"data": np.zeros((1, 3072), np.uint8), b"labels": [0]}, protocol=4))
+    assert raw[:3] == b"\x80\x04\x95"  # protocol 4, then a frame with its 8-byte length
+    raw[3:11] = struct.pack("<Q", frame_length)
+    (folder / "test_batch").write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=rf"test_batch: not a CIFAR-10 pickled batch \({error}"):
+        data.load_cifar10(folder, "test")
