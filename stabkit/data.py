@@ -158,7 +158,7 @@ def _check_label_names(folder: Path) -> None:
     if not meta.exists():
         return
     names = _unpickle(meta).get(b"label_names")
-    decoded = tuple(n.decode() if isinstance(n, bytes) else n for n in names) if isinstance(names, (list, tuple)) else names
+    decoded = tuple(n.decode(errors="replace") if isinstance(n, bytes) else n for n in names) if isinstance(names, (list, tuple)) else names
     if decoded != CLASSES:
         raise ValueError(f"{meta}: label_names {decoded!r} are not CIFAR-10's {CLASSES!r} in that order")
 

@@ -343,3 +343,14 @@ def test_pickled_batch_with_a_damaged_frame_length_is_named(tmp_path, frame_leng
     (folder / "test_batch").write_bytes(bytes(raw))
     with pytest.raises(ValueError, match=rf"test_batch: not a CIFAR-10 pickled batch \({error}"):
         data.load_cifar10(folder, "test")
+
+
+def test_label_names_that_are_not_text_are_named(tmp_path):
+    """batches.meta's label_names as bytes that are not UTF-8 raised UnicodeDecodeError ('utf-8' codec can't
+    decode byte 0xff…), naming neither the file nor the field."""
+    folder = tmp_path / "cifar-10-batches-py"
+    _make_batches(folder)
+    with open(folder / "batches.meta", "wb") as fh:
+        pickle.dump({b"label_names": [b"\xff" + c.encode() for c in data.CLASSES]}, fh)
+    with pytest.raises(ValueError, match="batches.meta: label_names .* are not CIFAR-10's"):
+        data.load_cifar10(folder, "test")
