@@ -174,3 +174,30 @@ def test_run_norms_shapes_are_as_documented():
     assert per_run.shape == (2,)
     for r in range(2):
         assert float(per_run[r]) == pytest.approx(np.linalg.norm(g[r].numpy().ravel() / 1e160) * 1e160, rel=1e-15)
+
+
+@pytest.mark.parametrize("dtype", [torch.complex128, torch.complex64])
+@pytest.mark.parametrize("call", ["eigh", "svd"])
+def test_a_complex_call_backpropagates_and_gets_torchs_gradient_norms(dtype, call):
+    """A complex Hermitian eigh or complex svd inside watch: the backward raised 'linalg.vector_norm: dtype
+    should be complex for complex inputs' out of the monitor's gradient hook, breaking the user's training.
+    The norms are those of the gradients torch hands to the outputs and to A (retain_grad, in complex128)."""
+    X = torch.randn(4, 4, dtype=torch.complex128, generator=torch.Generator().manual_seed(0))
+    X = X.to(dtype).requires_grad_(True)
+    A = X + X.mH
+    A.retain_grad()
+    with monitor.watch() as mon:
+        if call == "eigh":
+            lam, U = torch.linalg.eigh(A)
+        else:
+            U, lam, _ = torch.linalg.svd(A)
+        lam.retain_grad()
+        U.retain_grad()
+        ((lam * torch.arange(1.0, 5.0)).sum() + (U.abs() * torch.arange(16.0).reshape(4, 4)).sum()).backward()
+    (row,) = mon.records.to_dict("records")
+    out_norm = math.hypot(float(lam.grad.double().norm()), float(U.grad.to(torch.complex128).abs().pow(2).sum().sqrt()))
+    in_norm = float(A.grad.to(torch.complex128).abs().pow(2).sum().sqrt())
+    rel = 1e-12 if dtype == torch.complex128 else 1e-5
+    assert row["grad_norm"] == pytest.approx(out_norm, rel=rel)
+    assert row["grad_in_norm"] == pytest.approx(in_norm, rel=rel)
+    assert not row["nonfinite"] and X.grad is not None and torch.isfinite(X.grad).all()

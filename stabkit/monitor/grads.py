@@ -67,6 +67,9 @@ def run_norms(g, runs: int, layout=None):
         if layout is not None:  # g's dims are those of the hooked tensor: the call's dims through them
             own, batch = [own[p] for p in layout[0]], [own[p] for p in layout[1]] + batch
         plain, dim = _arranged(plain, own, batch, lead=True).reshape(runs, -1), 1
+    if plain.is_complex():  # ‖z‖₂ is that of its real and imaginary parts (vector_norm refused a real dtype)
+        plain = torch.view_as_real(plain.resolve_conj())
+        plain = plain.reshape(runs, -1) if dim else plain
     if plain.dtype != torch.float64 or plain.numel() == 0:  # a narrower float squared in float64 neither over- nor underflows
         return torch.linalg.vector_norm(plain, dim=dim, dtype=torch.float64 if plain.device.type != "mps" else None)
     scale = torch.linalg.vector_norm(plain, math.inf, dim=dim, keepdim=dim is not None).clamp_min(torch.finfo(plain.dtype).tiny)
