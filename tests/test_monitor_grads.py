@@ -201,3 +201,26 @@ def test_a_complex_call_backpropagates_and_gets_torchs_gradient_norms(dtype, cal
     assert row["grad_norm"] == pytest.approx(out_norm, rel=rel)
     assert row["grad_in_norm"] == pytest.approx(in_norm, rel=rel)
     assert not row["nonfinite"] and X.grad is not None and torch.isfinite(X.grad).all()
+
+
+def test_a_failure_in_the_gradient_hook_is_warned_and_the_backward_goes_on(monkeypatch):
+    """The norms are measured in tensor hooks that run inside the user's backward: a failure there
+    (the complex-gradient one was real) raised out of loss.backward(), where the forward's bookkeeping
+    is only ever warned about. The gradient is torch's, unchanged; the norm is left unmeasured."""
+    from stabkit.monitor import hooks
+
+    monkeypatch.setattr(hooks, "_warned_internal", False)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("norm bug")
+
+    monkeypatch.setattr(grads, "run_norms", broken)
+    W = torch.zeros(3, 3, dtype=torch.float64, requires_grad=True)
+    with pytest.warns(UserWarning, match="could not be logged.*norm bug"):
+        with monitor.watch() as mon:
+            lam = torch.linalg.eigvalsh(_diag([1.0, 2.0, 4.0]) + W)
+            (lam * torch.tensor(WEIGHTS, dtype=torch.float64)).sum().backward()
+    # ∂(Σ wᵢλᵢ)/∂W = diag(w) for a diagonal matrix with distinct eigenvalues
+    torch.testing.assert_close(W.grad, _diag(list(WEIGHTS)))
+    (row,) = mon.records.to_dict("records")
+    assert math.isnan(row["grad_norm"]) and math.isnan(row["grad_in_norm"])

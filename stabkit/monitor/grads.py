@@ -135,9 +135,22 @@ def grad_hooks(outputs, A, rows: list[dict], lock) -> None:
     for out in outputs:
         found = hookable(out)
         if found is not None:
-            found[0].register_hook(lambda g, layout=found[1]: on_out(g, layout))
+            found[0].register_hook(_guarded(on_out, found[1]))
             hooked = True
     found = hookable(A)
     if hooked and found is not None and found[0].grad_fn is not None:
         on_in = GradNorms(rows, "_grad_in_norm", lock, accumulate=False)
-        found[0].register_hook(lambda g, layout=found[1]: on_in(g, layout))
+        found[0].register_hook(_guarded(on_in, found[1]))
+
+
+def _guarded(measure, layout):
+    """The tensor hook of ``measure``: it runs inside the user's backward, so a failure is warned about
+    as the forward's bookkeeping is (:func:`.hooks._never_fails`), never raised there."""
+
+    def hook(g):
+        from .hooks import _never_fails  # here: .hooks imports this module
+
+        with _never_fails():
+            measure(g, layout)
+
+    return hook
