@@ -107,6 +107,24 @@ def test_every_method_is_one_row_forward_and_backward(name):
     assert list(mon.records["fn"]) == [f"stabkit.torch.eigh[{name}]"]
 
 
+
+@pytest.mark.parametrize("name", methods.NAMES)
+def test_every_methods_statistics_are_those_of_its_spectrum_sorted(name):
+    """An indefinite A (spectrum −2, 1, 3): the row's gap, relative gap and λ_min are those of the λ the
+    call returned, sorted here in float64. Methods that return λ in ascending |λ| (documented in
+    stabkit.torch.eigh) were measured as if ascending: λ_min 1 instead of −2, min gap 3 instead of 2."""
+    A = _sym([-2.0, 1.0, 3.0], seed=2)
+    with monitor.watch() as mon:
+        lam, _ = sktorch.eigh(A, method=name)
+        values = sktorch.eigvalsh(A, method=name)
+    for row, returned in zip(mon.records.to_dict("records"), (lam, values)):
+        s = sorted(float(v) for v in returned)
+        gap = min(b - a for a, b in zip(s, s[1:]))
+        assert row["lam_min"] == pytest.approx(s[0], rel=1e-12)
+        assert row["min_gap"] == pytest.approx(gap, rel=1e-12)
+        assert row["min_rel_gap"] == pytest.approx(gap / max(abs(v) for v in s), rel=1e-12)
+        assert row["max_K"] == pytest.approx(1 / gap, rel=1e-12)
+
 def test_swap_backward_changes_the_gradient_only():
     A0 = _sym([1.0, 1.0 + 1e-4, 3.0], seed=2)
 

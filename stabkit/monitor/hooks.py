@@ -214,6 +214,12 @@ def _svd_call(mons, A, args, kwargs):
     return out, EXACT, _ascending(out[1]), tuple(out)
 
 
+def _sorted(lam):
+    """λ ascending, detached: a stabkit.torch method may return its pairs in another order (ascending
+    |λ|, see ``stabkit.torch.eigh``), which the statistics' neighbours and λ_min would take as ascending."""
+    return lam.detach().sort(-1).values
+
+
 def _sk_call(fn_name, eigenvalues):
     """The call of a stabkit.torch function; ``eigenvalues(result)``: its λ ascending (σ for the SVD)."""
 
@@ -238,8 +244,8 @@ def _dk_call(fn_name):
 
 _CALLS = {
     "eigh": _eigh_call, "eigvalsh": _eigvalsh_call, "svd": _svd_call,
-    "sk_eigh": _sk_call("sk_eigh", lambda out: out[0]),
-    "sk_eigvalsh": _sk_call("sk_eigvalsh", lambda lam: lam),
+    "sk_eigh": _sk_call("sk_eigh", lambda out: _sorted(out[0])),
+    "sk_eigvalsh": _sk_call("sk_eigvalsh", _sorted),
     "sk_svd": _sk_call("sk_svd", lambda out: _ascending(out[1])),
     "sk_svdvals": _sk_call("sk_svdvals", _ascending),
     "dk_eig": _dk_call("dk_eig"), "dk_svd": _dk_call("dk_svd"),
