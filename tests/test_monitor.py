@@ -117,7 +117,11 @@ def test_every_methods_statistics_are_those_of_its_spectrum_sorted(name):
     with monitor.watch() as mon:
         lam, _ = sktorch.eigh(A, method=name)
         values = sktorch.eigvalsh(A, method=name)
-    for row, returned in zip(mon.records.to_dict("records"), (lam, values)):
+    with monitor.watch(swap_backward=name) as swapped:  # torch.linalg.eigh routed through the method
+        swapped_lam, _ = torch.linalg.eigh(A)
+    rows = mon.records.to_dict("records") + swapped.records.to_dict("records")
+    assert len(rows) == 3
+    for row, returned in zip(rows, (lam, values, swapped_lam)):
         s = sorted(float(v) for v in returned)
         gap = min(b - a for a, b in zip(s, s[1:]))
         assert row["lam_min"] == pytest.approx(s[0], rel=1e-12)

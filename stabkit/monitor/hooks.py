@@ -187,12 +187,12 @@ def _eigh_call(mons, A, args, kwargs):
     if swapper is not None and _swap_applies(A, args, kwargs):
         # torch's contract, not stabkit's check: no symmetry test, torch's own error on NaN, no sync
         result = _originals_or_live("sk_eigh")(A, method=swapper.swap, check=False)
-        backward = swapper.swap_spec
+        backward, values = swapper.swap_spec, _sorted(result[0])  # the method's order (:func:`_sorted`)
     else:
         result = _originals_or_live("eigh")(*args, **kwargs)
-        backward = EXACT
+        backward, values = EXACT, result[0]
     lam, U = result
-    return result, backward, lam, (lam, U)
+    return result, backward, values, (lam, U)
 
 
 def _eigvalsh_call(mons, A, args, kwargs):
