@@ -536,3 +536,25 @@ def test_watching_a_monitor_inside_its_own_watch_records_each_call_once_and_keep
     rows = mon.records
     assert rows["min_gap"].tolist() == [pytest.approx(2.0), pytest.approx(5.0)]
     assert rows["step"].tolist() == [0, 1]
+
+
+def test_a_non_finite_output_with_finite_eigenvalues_is_a_non_finite_event():
+    """nonfinite covers the call's output: a Daleckii–Krein layer's g(A) = log(A) of a matrix with λ ≤ 0
+    is NaN/−∞ while its λ and its input are finite, and was logged as finite (nonfinite False). The
+    expectation is torch.isfinite of each call's own output, per run of a SplitMonitor too."""
+    from stabkit.layers import matrix_functions as mf  # its attribute, looked up inside watch
+
+    def diag(*values):
+        return torch.diag(torch.tensor(values, dtype=torch.float64))
+
+    inputs = [diag(1.0, 2.0, 3.0), diag(-1.0, 2.0, 3.0), diag(0.0, 2.0, 3.0)]
+    with monitor.watch() as mon:
+        outputs = [mf.eig_dk(A, "log")[0] for A in inputs]
+    expected = [not bool(torch.isfinite(C).all()) for C in outputs]
+    assert expected == [False, True, True]
+    assert mon.records["nonfinite"].tolist() == expected
+    assert mon.records["input_nonfinite"].tolist() == [False] * 3
+    runs = [monitor.Monitor(), monitor.Monitor()]
+    with monitor.watching(monitor.SplitMonitor(runs)):
+        C = mf.eig_dk(torch.stack([inputs[0], inputs[1]]), "log")[0]
+    assert [mon.records["nonfinite"].item() for mon in runs] == [not bool(torch.isfinite(c).all()) for c in C] == [False, True]
