@@ -249,7 +249,8 @@ def _decode_all(blobs, path):
         try:
             with Image.open(io.BytesIO(blob)) as im:
                 arr = np.asarray(im.convert("RGB"))
-        except (OSError, SyntaxError) as exc:  # PIL raises UnidentifiedImageError (an OSError) for junk
+        except (OSError, SyntaxError, Image.DecompressionBombError) as exc:  # UnidentifiedImageError (an OSError): junk;
+            # DecompressionBombError: a header declaring more than PIL's pixel limit
             raise ValueError(f"{path}: image {i} could not be decoded ({type(exc).__name__}: {exc})") from None
         if arr.shape != (32, 32, 3):
             raise ValueError(f"{path}: image {i} has shape {arr.shape}, expected 32×32×3")

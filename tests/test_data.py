@@ -354,3 +354,18 @@ def test_label_names_that_are_not_text_are_named(tmp_path):
         pickle.dump({b"label_names": [b"\xff" + c.encode() for c in data.CLASSES]}, fh)
     with pytest.raises(ValueError, match="batches.meta: label_names .* are not CIFAR-10's"):
         data.load_cifar10(folder, "test")
+
+
+def test_an_image_declaring_a_huge_size_is_named(tmp_path):
+    """A JPEG whose header declares 65535×65535 pixels (a damaged or hostile member): PIL refuses it at
+    open with DecompressionBombError, which is neither an OSError nor a SyntaxError, so it escaped as a
+    bare traceback instead of the loader's error naming the image."""
+    blob = bytearray(_jpeg((1, 2, 3)))
+    sof = blob.index(b"\xff\xc0")  # baseline start of frame: marker, length (2), precision (1), height (2), width (2)
+    blob[sof + 5:sof + 9] = b"\xff\xff\xff\xff"
+    with tarfile.open(tmp_path / "huge.tar.gz", "w:gz") as tar:
+        info = tarfile.TarInfo("cifar10/train/cat/0000.jpg")
+        info.size = len(blob)
+        tar.addfile(info, io.BytesIO(bytes(blob)))
+    with pytest.raises(ValueError, match=r"huge\.tar\.gz: image 0 could not be decoded \(DecompressionBombError"):
+        data.load_cifar10(tmp_path / "huge.tar.gz", "train", per_class=None, cache=False)
