@@ -233,3 +233,13 @@ def test_a_non_finite_output_from_a_finite_input_is_a_finding_not_nothing_to_cha
     table = [line for line in md.splitlines() if line.startswith("| 1 |")]
     assert table[0].endswith("| 1 | 0 | 1 |")  # non-finite 1, raised 0, first bad step 1
     assert "nothing to change" not in md and "**non-finite output** (from step 1)" in md
+
+
+def test_lam_min_le_0_at_a_complex_positive_site_is_a_finding():
+    """A complex Hermitian covariance (dtype complex128) losing definiteness: bad_steps flagged the step and
+    the table named it as the first bad one, but the λ rule looked at float32 and float64 rows only, so
+    the section said 'No error, non-finite value or λ_min ≤ 0 at this site … nothing to change'."""
+    rows = [_row(0, dtype="complex128"), _row(1, dtype="complex128"), _row(2, lam_min=-1e-9, dtype="complex128")]
+    assert bad_steps(frame(rows)).tolist() == [False, False, True]
+    f = _rules(rows)["lam_min≤0 (complex128)"]
+    assert f.step == 2 and "1 of 3 complex128 calls" in f.what and "λ_min > 0 at 2 of 3 calls" in f.what

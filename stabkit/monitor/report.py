@@ -25,6 +25,7 @@ import pandas as pd
 from .. import methods
 from .._io import storage_errors, write_text_atomic
 from ..errors import InputError
+from ..validation import DTYPE_NAMES
 from ..layers.matrix_functions import DK_BACKWARD
 from .log import read_log
 
@@ -142,6 +143,8 @@ def findings(g: pd.DataFrame) -> list[Finding]:
                         "no float64 run had λ_min ≤ 0."),
             ("float64", "The ZCA study never saw λ_min ≤ 0 in float64, so this project has no measured fix for this "
                         "case; the input is not positive definite at working precision."),
+            *((other, "Logged by the monitor; no study in this project measured this case.")  # complex covariances
+              for other in sorted(set(g["dtype"]) - set(DTYPE_NAMES))),
         ):
             mask = (g["dtype"] == dtype) & (g["lam_min"] <= 0)
             if mask.any():
