@@ -24,11 +24,21 @@ import io
 import os
 import pickle
 import tarfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 
 from ._io import replace_atomic
+
+try:
+    from lzma import LZMAError
+except ImportError:  # a Python without lzma: tarfile cannot open .xz either
+    LZMAError = OSError
+
+#: what reading a damaged archive raises: tarfile's own errors, and those of the decompressors it
+#: does not wrap (a corrupt deflate block is a zlib.error, a corrupt .xz stream an LZMAError)
+_ARCHIVE_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error, LZMAError)
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 SPLITS = ("train", "test")
@@ -131,11 +141,12 @@ def _load_batches(folder: Path, split: str, per_class: int | None):
 
 
 def _unpickle(file: Path) -> dict:
-    try:
-        with open(file, "rb") as fh:
+    with open(file, "rb") as fh:
+        try:
             batch = pickle.load(fh, encoding="bytes")
-    except (pickle.UnpicklingError, EOFError, TypeError, ValueError, AttributeError, ImportError, IndexError) as exc:
-        raise ValueError(f"{file}: not a CIFAR-10 pickled batch ({type(exc).__name__}: {exc})") from None
+        except Exception as exc:  # noqa: BLE001 — a damaged pickle raises whatever its opcodes reach: a frame length
+            # past memory MemoryError, past sys.maxsize OverflowError, a damaged numpy dtype SystemError, …
+            raise ValueError(f"{file}: not a CIFAR-10 pickled batch ({type(exc).__name__}: {exc})") from None
     if not isinstance(batch, dict):
         raise ValueError(f"{file}: not a CIFAR-10 pickled batch (a {type(batch).__name__}, not a dict)")
     return batch
@@ -147,7 +158,7 @@ def _check_label_names(folder: Path) -> None:
     if not meta.exists():
         return
     names = _unpickle(meta).get(b"label_names")
-    decoded = tuple(n.decode() if isinstance(n, bytes) else n for n in names) if isinstance(names, (list, tuple)) else names
+    decoded = tuple(n.decode(errors="replace") if isinstance(n, bytes) else n for n in names) if isinstance(names, (list, tuple)) else names
     if decoded != CLASSES:
         raise ValueError(f"{meta}: label_names {decoded!r} are not CIFAR-10's {CLASSES!r} in that order")
 
@@ -217,7 +228,7 @@ def _read_members(path: Path, split: str):
             # gzip/bz2/xz check their CRC (a damaged archive otherwise decodes to wrong pixels silently)
             while tar.fileobj.read(1 << 20):
                 pass
-    except (tarfile.TarError, EOFError, OSError) as exc:
+    except _ARCHIVE_ERRORS as exc:
         raise ValueError(f"{path}: damaged or not a readable tar archive ({type(exc).__name__}: {exc})") from None
     if not entries:
         raise ValueError(f"{path}: no images found for split {split!r} (expected members cifar10/{split}/<class>/NNNN.jpg with class in {', '.join(CLASSES)})")
@@ -238,7 +249,8 @@ def _decode_all(blobs, path):
         try:
             with Image.open(io.BytesIO(blob)) as im:
                 arr = np.asarray(im.convert("RGB"))
-        except (OSError, SyntaxError) as exc:  # PIL raises UnidentifiedImageError (an OSError) for junk
+        except (OSError, SyntaxError, Image.DecompressionBombError) as exc:  # UnidentifiedImageError (an OSError): junk;
+            # DecompressionBombError: a header declaring more than PIL's pixel limit
             raise ValueError(f"{path}: image {i} could not be decoded ({type(exc).__name__}: {exc})") from None
         if arr.shape != (32, 32, 3):
             raise ValueError(f"{path}: image {i} has shape {arr.shape}, expected 32×32×3")

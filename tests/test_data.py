@@ -290,3 +290,82 @@ def test_per_class_argument_is_checked(tmp_path):
     for bad in (0, -3, 2.5, True, "lots"):
         with pytest.raises(ValueError, match="per_class"):
             data.load_cifar10(path, "train", per_class=bad)
+
+
+def _plain_tar(per_class=2):
+    """A plain tar of every class's members cifar10/train/<class>/NNNN.jpg with fixed bytes (reading
+    fails before any decode, so the bytes need not be JPEGs, and the archive is the same everywhere)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for cls in data.CLASSES:
+            for i in range(per_class):
+                blob = bytes(range(256)) * 4
+                info = tarfile.TarInfo(f"cifar10/train/{cls}/{i:04d}.jpg")
+                info.size = len(blob)
+                tar.addfile(info, io.BytesIO(blob))
+    return buf.getvalue()
+
+
+def test_damaged_compressed_stream_is_refused_by_name(tmp_path):
+    """A corrupt deflate block in a .tar.gz raised zlib.error, a corrupt .xz stream lzma.LZMAError, out of
+    tarfile: neither an OSError nor a TarError, so a bare traceback instead of the loader's error."""
+    import lzma
+    import zlib
+
+    plain = _plain_tar()
+    co = zlib.compressobj(9, zlib.DEFLATED, 31)  # gzip
+    head = co.compress(plain[: len(plain) // 2]) + co.flush(zlib.Z_FULL_FLUSH)  # byte-aligned: a block starts next
+    tail = co.compress(plain[len(plain) // 2:]) + co.flush()
+    gz = tmp_path / "bad-block.tar.gz"
+    gz.write_bytes(head + b"\x07" + tail[1:])  # that block's header: final, type 3 (reserved, invalid)
+    with pytest.raises(ValueError, match=r"bad-block\.tar\.gz: damaged or not a readable tar archive"):
+        data.load_cifar10(gz, "train", per_class=2, cache=False)
+    xz = bytearray(lzma.compress(plain))
+    xz[-1] ^= 0xFF  # the stream footer's magic: read only after every member (earlier, tarfile wraps it)
+    bad_xz = tmp_path / "bad.tar"
+    bad_xz.write_bytes(bytes(xz))
+    with pytest.raises(ValueError, match=r"bad\.tar: damaged or not a readable tar archive"):
+        data.load_cifar10(bad_xz, "train", per_class=2, cache=False)
+
+
+
+@pytest.mark.parametrize("frame_length, error", [(2**62, "MemoryError"), (2**64 - 1, "OverflowError")])
+def test_pickled_batch_with_a_damaged_frame_length_is_named(tmp_path, frame_length, error):
+    """A pickle's FRAME length (bytes 3..10 of protocol 4) damaged to more than memory holds raised
+    MemoryError, or OverflowError past sys.maxsize, out of pickle.load: a bare traceback."""
+    import struct
+
+    folder = tmp_path / "cifar-10-batches-py"
+    _make_batches(folder)
+    raw = bytearray(pickle.dumps({b"data": np.zeros((1, 3072), np.uint8), b"labels": [0]}, protocol=4))
+    assert raw[:3] == b"\x80\x04\x95"  # protocol 4, then a frame with its 8-byte length
+    raw[3:11] = struct.pack("<Q", frame_length)
+    (folder / "test_batch").write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=rf"test_batch: not a CIFAR-10 pickled batch \({error}"):
+        data.load_cifar10(folder, "test")
+
+
+def test_label_names_that_are_not_text_are_named(tmp_path):
+    """batches.meta's label_names as bytes that are not UTF-8 raised UnicodeDecodeError ('utf-8' codec can't
+    decode byte 0xff…), naming neither the file nor the field."""
+    folder = tmp_path / "cifar-10-batches-py"
+    _make_batches(folder)
+    with open(folder / "batches.meta", "wb") as fh:
+        pickle.dump({b"label_names": [b"\xff" + c.encode() for c in data.CLASSES]}, fh)
+    with pytest.raises(ValueError, match="batches.meta: label_names .* are not CIFAR-10's"):
+        data.load_cifar10(folder, "test")
+
+
+def test_an_image_declaring_a_huge_size_is_named(tmp_path):
+    """A JPEG whose header declares 65535×65535 pixels (a damaged or hostile member): PIL refuses it at
+    open with DecompressionBombError, which is neither an OSError nor a SyntaxError, so it escaped as a
+    bare traceback instead of the loader's error naming the image."""
+    blob = bytearray(_jpeg((1, 2, 3)))
+    sof = blob.index(b"\xff\xc0")  # baseline start of frame: marker, length (2), precision (1), height (2), width (2)
+    blob[sof + 5:sof + 9] = b"\xff\xff\xff\xff"
+    with tarfile.open(tmp_path / "huge.tar.gz", "w:gz") as tar:
+        info = tarfile.TarInfo("cifar10/train/cat/0000.jpg")
+        info.size = len(blob)
+        tar.addfile(info, io.BytesIO(bytes(blob)))
+    with pytest.raises(ValueError, match=r"huge\.tar\.gz: image 0 could not be decoded \(DecompressionBombError"):
+        data.load_cifar10(tmp_path / "huge.tar.gz", "train", per_class=None, cache=False)

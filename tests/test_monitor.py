@@ -107,6 +107,28 @@ def test_every_method_is_one_row_forward_and_backward(name):
     assert list(mon.records["fn"]) == [f"stabkit.torch.eigh[{name}]"]
 
 
+
+@pytest.mark.parametrize("name", methods.NAMES)
+def test_every_methods_statistics_are_those_of_its_spectrum_sorted(name):
+    """An indefinite A (spectrum −2, 1, 3): the row's gap, relative gap and λ_min are those of the λ the
+    call returned, sorted here in float64. Methods that return λ in ascending |λ| (documented in
+    stabkit.torch.eigh) were measured as if ascending: λ_min 1 instead of −2, min gap 3 instead of 2."""
+    A = _sym([-2.0, 1.0, 3.0], seed=2)
+    with monitor.watch() as mon:
+        lam, _ = sktorch.eigh(A, method=name)
+        values = sktorch.eigvalsh(A, method=name)
+    with monitor.watch(swap_backward=name) as swapped:  # torch.linalg.eigh routed through the method
+        swapped_lam, _ = torch.linalg.eigh(A)
+    rows = mon.records.to_dict("records") + swapped.records.to_dict("records")
+    assert len(rows) == 3
+    for row, returned in zip(rows, (lam, values, swapped_lam)):
+        s = sorted(float(v) for v in returned)
+        gap = min(b - a for a, b in zip(s, s[1:]))
+        assert row["lam_min"] == pytest.approx(s[0], rel=1e-12)
+        assert row["min_gap"] == pytest.approx(gap, rel=1e-12)
+        assert row["min_rel_gap"] == pytest.approx(gap / max(abs(v) for v in s), rel=1e-12)
+        assert row["max_K"] == pytest.approx(1 / gap, rel=1e-12)
+
 def test_swap_backward_changes_the_gradient_only():
     A0 = _sym([1.0, 1.0 + 1e-4, 3.0], seed=2)
 
@@ -514,3 +536,25 @@ def test_watching_a_monitor_inside_its_own_watch_records_each_call_once_and_keep
     rows = mon.records
     assert rows["min_gap"].tolist() == [pytest.approx(2.0), pytest.approx(5.0)]
     assert rows["step"].tolist() == [0, 1]
+
+
+def test_a_non_finite_output_with_finite_eigenvalues_is_a_non_finite_event():
+    """nonfinite covers the call's output: a Daleckii–Krein layer's g(A) = log(A) of a matrix with λ ≤ 0
+    is NaN/−∞ while its λ and its input are finite, and was logged as finite (nonfinite False). The
+    expectation is torch.isfinite of each call's own output, per run of a SplitMonitor too."""
+    from stabkit.layers import matrix_functions as mf  # its attribute, looked up inside watch
+
+    def diag(*values):
+        return torch.diag(torch.tensor(values, dtype=torch.float64))
+
+    inputs = [diag(1.0, 2.0, 3.0), diag(-1.0, 2.0, 3.0), diag(0.0, 2.0, 3.0)]
+    with monitor.watch() as mon:
+        outputs = [mf.eig_dk(A, "log")[0] for A in inputs]
+    expected = [not bool(torch.isfinite(C).all()) for C in outputs]
+    assert expected == [False, True, True]
+    assert mon.records["nonfinite"].tolist() == expected
+    assert mon.records["input_nonfinite"].tolist() == [False] * 3
+    runs = [monitor.Monitor(), monitor.Monitor()]
+    with monitor.watching(monitor.SplitMonitor(runs)):
+        C = mf.eig_dk(torch.stack([inputs[0], inputs[1]]), "log")[0]
+    assert [mon.records["nonfinite"].item() for mon in runs] == [not bool(torch.isfinite(c).all()) for c in C] == [False, True]

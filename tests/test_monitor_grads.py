@@ -174,3 +174,53 @@ def test_run_norms_shapes_are_as_documented():
     assert per_run.shape == (2,)
     for r in range(2):
         assert float(per_run[r]) == pytest.approx(np.linalg.norm(g[r].numpy().ravel() / 1e160) * 1e160, rel=1e-15)
+
+
+@pytest.mark.parametrize("dtype", [torch.complex128, torch.complex64])
+@pytest.mark.parametrize("call", ["eigh", "svd"])
+def test_a_complex_call_backpropagates_and_gets_torchs_gradient_norms(dtype, call):
+    """A complex Hermitian eigh or complex svd inside watch: the backward raised 'linalg.vector_norm: dtype
+    should be complex for complex inputs' out of the monitor's gradient hook, breaking the user's training.
+    The norms are those of the gradients torch hands to the outputs and to A (retain_grad, in complex128)."""
+    X = torch.randn(4, 4, dtype=torch.complex128, generator=torch.Generator().manual_seed(0))
+    X = X.to(dtype).requires_grad_(True)
+    A = X + X.mH
+    A.retain_grad()
+    with monitor.watch() as mon:
+        if call == "eigh":
+            lam, U = torch.linalg.eigh(A)
+        else:
+            U, lam, _ = torch.linalg.svd(A)
+        lam.retain_grad()
+        U.retain_grad()
+        ((lam * torch.arange(1.0, 5.0)).sum() + (U.abs() * torch.arange(16.0).reshape(4, 4)).sum()).backward()
+    (row,) = mon.records.to_dict("records")
+    out_norm = math.hypot(float(lam.grad.double().norm()), float(U.grad.to(torch.complex128).abs().pow(2).sum().sqrt()))
+    in_norm = float(A.grad.to(torch.complex128).abs().pow(2).sum().sqrt())
+    rel = 1e-12 if dtype == torch.complex128 else 1e-5
+    assert row["grad_norm"] == pytest.approx(out_norm, rel=rel)
+    assert row["grad_in_norm"] == pytest.approx(in_norm, rel=rel)
+    assert not row["nonfinite"] and X.grad is not None and torch.isfinite(X.grad).all()
+
+
+def test_a_failure_in_the_gradient_hook_is_warned_and_the_backward_goes_on(monkeypatch):
+    """The norms are measured in tensor hooks that run inside the user's backward: a failure there
+    (the complex-gradient one was real) raised out of loss.backward(), where the forward's bookkeeping
+    is only ever warned about. The gradient is torch's, unchanged; the norm is left unmeasured."""
+    from stabkit.monitor import hooks
+
+    monkeypatch.setattr(hooks, "_warned_internal", False)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("norm bug")
+
+    monkeypatch.setattr(grads, "run_norms", broken)
+    W = torch.zeros(3, 3, dtype=torch.float64, requires_grad=True)
+    with pytest.warns(UserWarning, match="could not be logged.*norm bug"):
+        with monitor.watch() as mon:
+            lam = torch.linalg.eigvalsh(_diag([1.0, 2.0, 4.0]) + W)
+            (lam * torch.tensor(WEIGHTS, dtype=torch.float64)).sum().backward()
+    # ∂(Σ wᵢλᵢ)/∂W = diag(w) for a diagonal matrix with distinct eigenvalues
+    torch.testing.assert_close(W.grad, _diag(list(WEIGHTS)))
+    (row,) = mon.records.to_dict("records")
+    assert math.isnan(row["grad_norm"]) and math.isnan(row["grad_in_norm"])

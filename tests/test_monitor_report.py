@@ -215,3 +215,31 @@ def test_a_daleckii_krein_site_is_never_advised_to_swap_its_backward():
     assert "Thm. 3.11" in made.evidence and "taylor" not in made.action
     gaps = _rules([_row(0, rel=1e-3, **kw), _row(1, rel=1e-8, **kw)])["small gaps, no failure from them"]
     assert "does not divide by gaps" in gaps.action and "Thm. 3.11" in gaps.evidence
+
+
+@pytest.mark.parametrize("fn", ["eigh", "stabkit.layers.matrix_functions.eig_dk"])
+def test_a_non_finite_output_from_a_finite_input_is_a_finding_not_nothing_to_change(tmp_path, fn):
+    """A row flagged non-finite with a finite input, no error and finite gradients (the solver's λ, or a
+    Daleckii–Krein layer's g(A) = log A at λ ≤ 0): the table counted it and named its step as the first bad
+    one, while the section said 'No error, non-finite value or λ_min ≤ 0 at this site … nothing to change'."""
+    from stabkit.layers.matrix_functions import DK_BACKWARD
+
+    kw = {"fn": fn, "backward": DK_BACKWARD if "dk" in fn else "analytic"}
+    rows = [_row(0, lam_min=-1.0, **kw), {**_row(1, lam_min=-1.0, **kw), "nonfinite": True}]
+    assert set(_rules(rows)) == {"non-finite output"}
+    assert _rules(rows)["non-finite output"].step == 1 and "1 call(s)" in _rules(rows)["non-finite output"].what
+    frame(rows).to_csv(tmp_path / "eig-rank0.csv", index=False)
+    md = build_report(tmp_path).read_text()
+    table = [line for line in md.splitlines() if line.startswith("| 1 |")]
+    assert table[0].endswith("| 1 | 0 | 1 |")  # non-finite 1, raised 0, first bad step 1
+    assert "nothing to change" not in md and "**non-finite output** (from step 1)" in md
+
+
+def test_lam_min_le_0_at_a_complex_positive_site_is_a_finding():
+    """A complex Hermitian covariance (dtype complex128) losing definiteness: bad_steps flagged the step and
+    the table named it as the first bad one, but the λ rule looked at float32 and float64 rows only, so
+    the section said 'No error, non-finite value or λ_min ≤ 0 at this site … nothing to change'."""
+    rows = [_row(0, dtype="complex128"), _row(1, dtype="complex128"), _row(2, lam_min=-1e-9, dtype="complex128")]
+    assert bad_steps(frame(rows)).tolist() == [False, False, True]
+    f = _rules(rows)["lam_min≤0 (complex128)"]
+    assert f.step == 2 and "1 of 3 complex128 calls" in f.what and "λ_min > 0 at 2 of 3 calls" in f.what

@@ -67,6 +67,9 @@ def run_norms(g, runs: int, layout=None):
         if layout is not None:  # g's dims are those of the hooked tensor: the call's dims through them
             own, batch = [own[p] for p in layout[0]], [own[p] for p in layout[1]] + batch
         plain, dim = _arranged(plain, own, batch, lead=True).reshape(runs, -1), 1
+    if plain.is_complex():  # ‖z‖₂ is that of its real and imaginary parts (vector_norm refused a real dtype)
+        plain = torch.view_as_real(plain.resolve_conj())
+        plain = plain.reshape(runs, -1) if dim else plain
     if plain.dtype != torch.float64 or plain.numel() == 0:  # a narrower float squared in float64 neither over- nor underflows
         return torch.linalg.vector_norm(plain, dim=dim, dtype=torch.float64 if plain.device.type != "mps" else None)
     scale = torch.linalg.vector_norm(plain, math.inf, dim=dim, keepdim=dim is not None).clamp_min(torch.finfo(plain.dtype).tiny)
@@ -132,9 +135,22 @@ def grad_hooks(outputs, A, rows: list[dict], lock) -> None:
     for out in outputs:
         found = hookable(out)
         if found is not None:
-            found[0].register_hook(lambda g, layout=found[1]: on_out(g, layout))
+            found[0].register_hook(_guarded(on_out, found[1]))
             hooked = True
     found = hookable(A)
     if hooked and found is not None and found[0].grad_fn is not None:
         on_in = GradNorms(rows, "_grad_in_norm", lock, accumulate=False)
-        found[0].register_hook(lambda g, layout=found[1]: on_in(g, layout))
+        found[0].register_hook(_guarded(on_in, found[1]))
+
+
+def _guarded(measure, layout):
+    """The tensor hook of ``measure``: it runs inside the user's backward, so a failure is warned about
+    as the forward's bookkeeping is (:func:`.hooks._never_fails`), never raised there."""
+
+    def hook(g):
+        from .hooks import _never_fails  # here: .hooks imports this module
+
+        with _never_fails():
+            measure(g, layout)
+
+    return hook

@@ -187,12 +187,12 @@ def _eigh_call(mons, A, args, kwargs):
     if swapper is not None and _swap_applies(A, args, kwargs):
         # torch's contract, not stabkit's check: no symmetry test, torch's own error on NaN, no sync
         result = _originals_or_live("sk_eigh")(A, method=swapper.swap, check=False)
-        backward = swapper.swap_spec
+        backward, values = swapper.swap_spec, _sorted(result[0])  # the method's order (:func:`_sorted`)
     else:
         result = _originals_or_live("eigh")(*args, **kwargs)
-        backward = EXACT
+        backward, values = EXACT, result[0]
     lam, U = result
-    return result, backward, lam, (lam, U)
+    return result, backward, values, (lam, U)
 
 
 def _eigvalsh_call(mons, A, args, kwargs):
@@ -212,6 +212,12 @@ def _ascending(S):
 def _svd_call(mons, A, args, kwargs):
     out = _originals_or_live("svd")(*args, **kwargs)
     return out, EXACT, _ascending(out[1]), tuple(out)
+
+
+def _sorted(lam):
+    """λ ascending, detached: a stabkit.torch method may return its pairs in another order (ascending
+    |λ|, see ``stabkit.torch.eigh``), which the statistics' neighbours and λ_min would take as ascending."""
+    return lam.detach().sort(-1).values
 
 
 def _sk_call(fn_name, eigenvalues):
@@ -238,8 +244,8 @@ def _dk_call(fn_name):
 
 _CALLS = {
     "eigh": _eigh_call, "eigvalsh": _eigvalsh_call, "svd": _svd_call,
-    "sk_eigh": _sk_call("sk_eigh", lambda out: out[0]),
-    "sk_eigvalsh": _sk_call("sk_eigvalsh", lambda lam: lam),
+    "sk_eigh": _sk_call("sk_eigh", lambda out: _sorted(out[0])),
+    "sk_eigvalsh": _sk_call("sk_eigvalsh", _sorted),
     "sk_svd": _sk_call("sk_svd", lambda out: _ascending(out[1])),
     "sk_svdvals": _sk_call("sk_svdvals", _ascending),
     "dk_eig": _dk_call("dk_eig"), "dk_svd": _dk_call("dk_svd"),

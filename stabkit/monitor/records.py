@@ -118,7 +118,7 @@ class Monitor:
 
     # --- rows ----------------------------------------------------------------------------------
     def _log(self, fn, backward, A, lam, outputs, squared: bool = False):
-        stats = call_stats(physical(A), physical(lam), self.bound, 1, squared)
+        stats = call_stats(physical(A), physical(lam), self.bound, 1, squared, [physical(o) for o in outputs])
         row = self._add_row(fn, backward, A, {k: v if k in ("batch", "n") else v[0] for k, v in stats.items()}, _call_site())
         grad_hooks(outputs, A, [row], self._lock)
         return row
@@ -259,7 +259,8 @@ class SplitMonitor(Monitor):
             return [mon._log(fn, backward, A, lam, outputs, squared) for mon in mons]
         runs = len(mons)
         # the statistics of all runs at once (one set of kernels, not one per run); the runs share a method
-        stats = call_stats(physical(A, lead=True), physical(lam, lead=True), mons[0].bound, runs, squared)
+        stats = call_stats(physical(A, lead=True), physical(lam, lead=True), mons[0].bound, runs, squared,
+                           [physical(o, lead=True) for o in outputs])
         site = _call_site()
         rows = [mon._add_row(fn, backward, A, {k: v if k in ("batch", "n") else v[r] for k, v in stats.items()}, site)
                 for r, mon in enumerate(mons)]

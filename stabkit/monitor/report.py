@@ -25,6 +25,7 @@ import pandas as pd
 from .. import methods
 from .._io import storage_errors, write_text_atomic
 from ..errors import InputError
+from ..validation import DTYPE_NAMES
 from ..layers.matrix_functions import DK_BACKWARD
 from .log import read_log
 
@@ -142,6 +143,8 @@ def findings(g: pd.DataFrame) -> list[Finding]:
                         "no float64 run had λ_min ≤ 0."),
             ("float64", "The ZCA study never saw λ_min ≤ 0 in float64, so this project has no measured fix for this "
                         "case; the input is not positive definite at working precision."),
+            *((other, "Logged by the monitor; no study in this project measured this case.")  # complex covariances
+              for other in sorted(set(g["dtype"]) - set(DTYPE_NAMES))),
         ):
             mask = (g["dtype"] == dtype) & (g["lam_min"] <= 0)
             if mask.any():
@@ -203,6 +206,18 @@ def findings(g: pd.DataFrame) -> list[Finding]:
                            "Look before this call (earlier layers, the update of the previous step) for the first non-finite value."
                            if made_here is None or made_here >= upstream else "Fix the gradient first (see above): the update it drove is the likely source.",
                            "A NaN/Inf input makes every eigensolver's output NaN or an error; this needs no study."))
+    grad_in_inf = g["grad_in_norm"].notna() & ~np.isfinite(g["grad_in_norm"].fillna(0.0))
+    output_bad = g["nonfinite"] & ~errors & ~input_bad & ~grad_out_bad & ~grad_in_inf  # nothing else explains the flag
+    if output_bad.any():
+        s = first(output_bad)
+        out.append(Finding("non-finite output", s,
+                           f"the call returned a non-finite value from a finite input in {int(output_bad.sum())} call(s), "
+                           f"first at step {s}" + (" (g(A): g is not finite at every eigenvalue, see λ_min)" if dk else "") + ".",
+                           "Add a larger ε to the diagonal or compute in float64, so that every eigenvalue lies where g is "
+                           "finite; a backward rule does not change the forward." if dk else
+                           "Compute this decomposition in float64 or check the input's scale; a backward rule does not "
+                           "change the forward.",
+                           "Logged by the monitor; no study in this project measured this case."))
     if grad_out_bad.any():
         s = first(grad_out_bad)
         out.append(Finding("non-finite incoming gradient", s,

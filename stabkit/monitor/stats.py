@@ -16,12 +16,13 @@ def wide(t):
 
 
 @torch.no_grad()
-def call_stats(A, lam, bound, runs: int, squared: bool = False) -> dict:
+def call_stats(A, lam, bound, runs: int, squared: bool = False, outputs=()) -> dict:
     """One call's statistics per run, each a (runs,) tensor (the call's batch split into ``runs`` equal
     parts, one after another): the smallest gap, relative gap and λ of the part's matrices, whether its
     input and its λ were finite, the largest |F_ij| of ``bound``'s method (absent without one); and
     ``batch`` (matrices per part) and ``n`` (λ per matrix), plain ints. ``lam`` ascending; ``squared``:
-    it holds σ, and the spectrum is σ².
+    it holds σ, and the spectrum is σ². ``outputs``: the call's outputs, counted in ``finite`` (a
+    Daleckii–Krein layer's g(A) is NaN where its λ are finite: log of λ ≤ 0).
 
     Gaps, relative gaps and λ are the spectrum's exact values (:func:`wide`). The bound is what the
     call's backward meets: F of λ in the call's dtype, σ² squared in it as the backward squares it (a
@@ -41,6 +42,9 @@ def call_stats(A, lam, bound, runs: int, squared: bool = False) -> dict:
     input_finite = torch.isfinite(A.detach()).reshape(runs, -1).all(1)
     # finiteness of σ itself: a float64 σ past 1.3e154 has σ² = ∞, a false non-finite event
     finite = input_finite & torch.isfinite(s).reshape(runs, -1).all(1)
+    for out in outputs:
+        if isinstance(out, torch.Tensor) and out.numel() and not out.is_meta:
+            finite = finite & torch.isfinite(out.detach()).reshape(runs, -1).all(1)
     gaps, rel_gaps = _gaps(s, squared) if n > 1 else (None, None)
     if squared:  # σ² exactly for the statistics; in the call's dtype for the bound (only where one is logged)
         s, s_own = s * s, s_own * s_own if bound is not None else None
