@@ -1,5 +1,7 @@
 """The backward rules against closed forms, each other, and the certified truth."""
 
+import re
+
 import mpmath
 import numpy as np
 import pytest
@@ -292,6 +294,17 @@ def test_parse_spec():
                         ("taylor:K=a", "not a number"), ("taylor:K=1.5", "not an integer"), ("clip:tau", "KEY=VALUE")]:
         with pytest.raises(methods.MethodSpecError, match=needle):
             methods.parse(bad)
+
+
+@pytest.mark.parametrize("text, written, given", [("taylor(K=9, eps=1e-3)", "taylor:K=9,eps=1e-3", {"K": 9, "eps": 1e-3}),
+                                                  ("pi( steps=5 )", "pi:steps=5", {"steps": 5}), ("clip()", "clip", {})])
+def test_a_call_spelling_is_refused_with_the_grammar_written_out(text, written, given):
+    """``taylor(K=9, eps=1e-3)`` was "unknown method 'taylor(K=9, eps=1e-3)'" with the list of names; the
+    message now gives the text in the spec grammar, which parses to the parameters meant."""
+    with pytest.raises(methods.MethodSpecError, match=re.escape(f"write name:key=value,key=value, e.g. {written!r}")):
+        methods.parse(text)
+    meant = methods.parse(written)
+    assert meant.name == written.partition(":")[0] and meant.params == {**meant.method.defaults, **given}
 
 
 def test_an_integer_parameter_is_read_exactly():

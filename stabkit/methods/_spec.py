@@ -168,6 +168,11 @@ def bind(method: Method | str, params: Mapping | None = None) -> Spec:
 def parse(text: str) -> Spec:
     """``"taylor:K=19,eps=1e-4"`` → Spec(taylor, K=19, eps=1e-4), validated."""
     name, colon, rest = str(text).partition(":")
+    base, paren, inside = name.partition("(")
+    if paren and not colon and inside.rstrip().endswith(")"):  # "taylor(K=9, eps=1e-3)": a call's spelling
+        params = ",".join(item.strip() for item in inside.rstrip()[:-1].split(",") if item.strip())
+        written = f"{base.strip()}:{params}" if params else base.strip()
+        raise MethodSpecError(f"method spec {text!r}: write name:key=value,key=value, e.g. {written!r}")
     items = rest.split(",") if colon else []
     if any(not item.strip() for item in items):  # "taylor:" or "taylor:K=3,," : a parameter left out
         raise MethodSpecError(f"method spec {text!r} has an empty parameter: write name:key=value,key=value")
