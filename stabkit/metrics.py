@@ -132,12 +132,9 @@ def spectrum_diagnostics(lam: ArrayLike, dtype: DTypeLike = np.float64) -> dict[
     if not np.isfinite(lam).all():
         raise InputError(f"spectrum_diagnostics: the eigenvalues have non-finite entries "
                          f"({int((~np.isfinite(lam)).sum())} of {lam.size})")
-    try:
-        if type(dtype).__module__.startswith("torch"):  # a tensor's .dtype, which np.dtype() cannot read
-            eps = _xp.finfo_eps(dtype) if dtype.is_floating_point or dtype.is_complex else None
-        else:
-            eps = float(np.finfo(np.dtype(dtype)).eps) if np.dtype(dtype).kind in "fc" else None
-    except TypeError:
+    try:  # a torch dtype as it is (np.dtype() cannot read it); an integer dtype has no eps (TypeError/ValueError)
+        eps = _xp.finfo_eps(dtype if type(dtype).__module__.startswith("torch") else np.dtype(dtype))
+    except (TypeError, ValueError):
         eps = None
     if eps is None:
         raise InputError(f"spectrum_diagnostics: dtype must be a floating-point dtype (its eps sets the "
