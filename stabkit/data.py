@@ -122,9 +122,12 @@ def _load_batches(folder: Path, split: str, per_class: int | None):
             raise FileNotFoundError(f"{folder}: missing {name}")
         batch = _unpickle(file)
         try:
-            data, lab = batch[b"data"], np.asarray(batch[b"labels"], dtype=np.int64)
+            data, given = batch[b"data"], np.asarray(batch[b"labels"])
+            with np.errstate(invalid="ignore"):  # a NaN label: refused just below, as not whole
+                lab = given.astype(np.int64)
         except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise ValueError(f"{file}: not a CIFAR-10 pickled batch ({type(exc).__name__}: {exc})") from None
+        _check_whole(file, given, lab)
         if not isinstance(data, np.ndarray) or data.dtype != np.uint8:
             raise ValueError(f"{file}: data must be a uint8 array (pixels 0..255), got "
                              f"{getattr(data, 'dtype', type(data).__name__)}")
@@ -138,6 +141,17 @@ def _load_batches(folder: Path, split: str, per_class: int | None):
         raise ValueError(f"{folder}: {split} split {problem} — the folder is incomplete or not CIFAR-10")
     order = np.argsort(labels, kind="stable")
     return np.ascontiguousarray(images[order]), labels[order]
+
+
+def _check_whole(file: Path, given: np.ndarray, labels: np.ndarray) -> None:
+    """A ValueError naming the first label that its int64 cast ``labels`` changed: a fractional one
+    (the cast truncates: 1.9 became class 1) or NaN. Whole-valued floats are the same labels and pass."""
+    if given.dtype.kind not in "fO":  # integers (or text, which the cast parses or refuses)
+        return
+    changed = np.flatnonzero(labels != given)
+    if changed.size:
+        i = int(changed[0])
+        raise ValueError(f"{file}: labels must be whole numbers 0..9, got {given[i]} (label {i})")
 
 
 def _unpickle(file: Path) -> dict:

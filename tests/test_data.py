@@ -369,3 +369,18 @@ def test_an_image_declaring_a_huge_size_is_named(tmp_path):
         tar.addfile(info, io.BytesIO(bytes(blob)))
     with pytest.raises(ValueError, match=r"huge\.tar\.gz: image 0 could not be decoded \(DecompressionBombError"):
         data.load_cifar10(tmp_path / "huge.tar.gz", "train", per_class=None, cache=False)
+
+
+@pytest.mark.parametrize("as_array", [False, True])
+def test_fractional_labels_are_named_not_truncated(tmp_path, as_array):
+    """Labels 1.9 and 9.7 in a pickled batch were cast to int64 by truncation (1 and 9), silently
+    moving those images to other classes; whole-valued floats are the same labels and still load."""
+    folder = tmp_path / "cifar-10-batches-py"
+    _make_batches(folder, n_per_batch=10)
+    fractional = [0.0, 1.9, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.7]
+    _rewrite(folder / "test_batch", {b"labels": np.array(fractional) if as_array else fractional})
+    with pytest.raises(ValueError, match=r"test_batch: labels must be whole numbers 0\.\.9, got 1\.9 \(label 1\)"):
+        data.load_cifar10(folder, "test")
+    whole = [float(c) for c in range(10)]
+    _rewrite(folder / "test_batch", {b"labels": np.array(whole) if as_array else whole})
+    assert data.load_cifar10(folder, "test")[1].tolist() == list(range(10))
