@@ -262,10 +262,13 @@ def _decode_all(blobs, path):
     for i, blob in enumerate(blobs):
         try:
             with Image.open(io.BytesIO(blob)) as im:
-                arr = np.asarray(im.convert("RGB"))
+                mode = im.mode
+                arr = np.asarray(im) if mode == "RGB" else None
         except (OSError, SyntaxError, Image.DecompressionBombError) as exc:  # UnidentifiedImageError (an OSError): junk;
             # DecompressionBombError: a header declaring more than PIL's pixel limit
             raise ValueError(f"{path}: image {i} could not be decoded ({type(exc).__name__}: {exc})") from None
+        if arr is None:  # converting would invent colours (gray, CMYK) or drop a channel (alpha)
+            raise ValueError(f"{path}: image {i} is a {mode} image, expected RGB (CIFAR-10's images are 8-bit RGB)")
         if arr.shape != (32, 32, 3):
             raise ValueError(f"{path}: image {i} has shape {arr.shape}, expected 32×32×3")
         out[i] = arr

@@ -384,3 +384,19 @@ def test_fractional_labels_are_named_not_truncated(tmp_path, as_array):
     whole = [float(c) for c in range(10)]
     _rewrite(folder / "test_batch", {b"labels": np.array(whole) if as_array else whole})
     assert data.load_cifar10(folder, "test")[1].tolist() == list(range(10))
+
+
+@pytest.mark.parametrize("mode, fmt, fill", [("L", "JPEG", 100), ("CMYK", "JPEG", (0, 255, 255, 0)), ("RGBA", "PNG", (10, 20, 30, 0))])
+def test_an_image_that_is_not_rgb_is_named(tmp_path, mode, fmt, fill):
+    """A grayscale, CMYK or RGBA member was converted to RGB without a word (gray 100 became (100, 100,
+    100), CMYK (0, 255, 255, 0) became red, a fully transparent pixel opaque): CIFAR-10's images are
+    8-bit RGB, and another mode means the archive is not the data set it claims to be."""
+    odd = io.BytesIO()
+    Image.new(mode, (32, 32), fill).save(odd, format=fmt)
+    with tarfile.open(tmp_path / "modes.tar.gz", "w:gz") as tar:
+        for i, blob in enumerate([_jpeg((1, 2, 3)), odd.getvalue()]):
+            info = tarfile.TarInfo(f"cifar10/train/cat/{i:04d}.jpg")
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    with pytest.raises(ValueError, match=rf"modes\.tar\.gz: image 1 is a {mode} image, expected RGB"):
+        data.load_cifar10(tmp_path / "modes.tar.gz", "train", per_class=None, cache=False)
