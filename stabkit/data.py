@@ -155,6 +155,8 @@ def _check_whole(file: Path, given: np.ndarray, labels: np.ndarray) -> None:
 
 
 def _unpickle(file: Path) -> dict:
+    if file.is_dir():  # open() would raise IsADirectoryError, an OSError, not the loader's ValueError
+        raise ValueError(f"{file}: a folder, not a CIFAR-10 pickled batch file")
     with open(file, "rb") as fh:
         try:
             batch = pickle.load(fh, encoding="bytes")

@@ -400,3 +400,16 @@ def test_an_image_that_is_not_rgb_is_named(tmp_path, mode, fmt, fill):
             tar.addfile(info, io.BytesIO(blob))
     with pytest.raises(ValueError, match=rf"modes\.tar\.gz: image 1 is a {mode} image, expected RGB"):
         data.load_cifar10(tmp_path / "modes.tar.gz", "train", per_class=None, cache=False)
+
+
+@pytest.mark.parametrize("name, split", [("data_batch_3", "train"), ("test_batch", "test"), ("batches.meta", "test")])
+def test_a_batch_that_is_a_folder_is_named(tmp_path, name, split):
+    """A data_batch_N (or test_batch, batches.meta) that is a folder raised a bare IsADirectoryError out
+    of open(): an OSError, where the loader promises a ValueError for a folder that is not CIFAR-10."""
+    folder = tmp_path / "cifar-10-batches-py"
+    _make_batches(folder)
+    if (folder / name).exists():
+        (folder / name).unlink()
+    (folder / name).mkdir()
+    with pytest.raises(ValueError, match=rf"cifar-10-batches-py/{name}: a folder, not a CIFAR-10 pickled batch file"):
+        data.load_cifar10(folder, split)
