@@ -15,6 +15,7 @@ never flagged for λ_min). Half counts, so a covariance that stays bad from its 
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,6 +97,14 @@ def load_logs(folder) -> pd.DataFrame:
     if empty:
         warnings.warn(f"skipped empty monitor log(s) in {folder}: {', '.join(empty)}", EmptyLogWarning, stacklevel=2)
     return pd.concat(frames, ignore_index=True)
+
+
+def _natural(key) -> tuple:
+    """A sort key for text (or a tuple of texts) in which runs of digits compare as numbers: site
+    x.py:9 before x.py:10, log eig-rank2 before eig-rank10 (as text, "10" < "9")."""
+    if isinstance(key, tuple):
+        return tuple(_natural(part) for part in key)
+    return tuple(int(p) if i % 2 else p for i, p in enumerate(re.split(r"([0-9]+)", str(key))))  # odd: the digits
 
 
 def _positive_calls(g: pd.DataFrame) -> tuple[int, int]:
@@ -344,7 +353,7 @@ def build_report(folder, out=None) -> Path:
         except (FileExistsError, NotADirectoryError):
             raise ValueError(f"cannot write the report into {out}: it or a folder above it is a file") from None
         lines = [f"# Monitor report: {Path(folder)}", "",
-                 f"{len(df)} logged calls in {df['log'].nunique()} log(s) ({', '.join(sorted(df['log'].unique()))}), "
+                 f"{len(df)} logged calls in {df['log'].nunique()} log(s) ({', '.join(sorted(df['log'].unique(), key=_natural))}), "
                  f"steps {int(df['step'].min())}–{int(df['step'].max())}.", "",
                  "| # | log | site | function | backward | dtype | n | calls | min rel. gap | max\\|K̃\\| | λ_min | max ‖∂L/∂out‖ | non-finite | raised | first bad step |",
                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -354,7 +363,8 @@ def build_report(folder, out=None) -> Path:
         else:
             lines[2] += " No bad step at any site."
         sections = []
-        for i, ((log, site, fn), g) in enumerate(df.groupby(["log", "site", "fn"], sort=True), start=1):
+        groups = sorted(df.groupby(["log", "site", "fn"]), key=lambda group: _natural(group[0]))
+        for i, ((log, site, fn), g) in enumerate(groups, start=1):
             g = g.sort_values("step", kind="stable")
             bad = bad_steps(g)
             first_bad = int(g.loc[bad, "step"].min()) if bad.any() else None
