@@ -70,8 +70,8 @@ class EmptyLogWarning(UserWarning):
 
 
 def load_logs(folder) -> pd.DataFrame:
-    """Every ``*.csv`` / ``*.parquet`` monitor log in ``folder`` (not recursive), with a ``log`` column.
-    An empty log (a rank killed before its first flush) is skipped with a warning."""
+    """Every ``*.csv`` / ``*.parquet`` monitor log in ``folder`` (not recursive), column ``log`` its stem (its name
+    where two share one: a.csv, a.parquet are two runs); an empty log (a rank killed before its first flush) is skipped, warned."""
     folder = Path(folder)
     if folder.is_file():  # e.g. one of the logs: the report reads the folder that holds them
         raise ValueError(f"{folder} is a file, not a folder: give the folder of monitor logs (e.g. {folder.parent})")
@@ -80,7 +80,7 @@ def load_logs(folder) -> pd.DataFrame:
     files = sorted(p for p in folder.iterdir() if p.suffix in (".csv", ".parquet") and p.is_file())
     if not files:
         raise ValueError(f"no monitor log (.csv or .parquet) in {folder}: run `stabkit watch --log {folder} -- python train.py` first")
-    frames, empty = [], []
+    frames, empty, stems = [], [], [p.stem for p in files]
     for path in files:
         try:
             df = read_log(path)
@@ -91,7 +91,7 @@ def load_logs(folder) -> pd.DataFrame:
         if df.empty:
             empty.append(path.name)
         else:
-            frames.append(df.assign(log=path.stem))
+            frames.append(df.assign(log=path.stem if stems.count(path.stem) == 1 else path.name))
     if not frames:
         raise ValueError(f"the monitor logs in {folder} hold no calls yet ({', '.join(empty)} empty)")
     if empty:
