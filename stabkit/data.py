@@ -122,9 +122,12 @@ def _load_batches(folder: Path, split: str, per_class: int | None):
             raise FileNotFoundError(f"{folder}: missing {name}")
         batch = _unpickle(file)
         try:
-            data, lab = batch[b"data"], np.asarray(batch[b"labels"], dtype=np.int64)
+            data, given = batch[b"data"], np.asarray(batch[b"labels"])
+            with np.errstate(invalid="ignore"):  # a NaN label: refused just below, as not whole
+                lab = given.astype(np.int64)
         except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise ValueError(f"{file}: not a CIFAR-10 pickled batch ({type(exc).__name__}: {exc})") from None
+        _check_whole(file, given, lab)
         if not isinstance(data, np.ndarray) or data.dtype != np.uint8:
             raise ValueError(f"{file}: data must be a uint8 array (pixels 0..255), got "
                              f"{getattr(data, 'dtype', type(data).__name__)}")
@@ -140,7 +143,20 @@ def _load_batches(folder: Path, split: str, per_class: int | None):
     return np.ascontiguousarray(images[order]), labels[order]
 
 
+def _check_whole(file: Path, given: np.ndarray, labels: np.ndarray) -> None:
+    """A ValueError naming the first label that its int64 cast ``labels`` changed: a fractional one
+    (the cast truncates: 1.9 became class 1) or NaN. Whole-valued floats are the same labels and pass."""
+    if given.dtype.kind not in "fO":  # integers (or text, which the cast parses or refuses)
+        return
+    changed = np.flatnonzero(labels != given)
+    if changed.size:
+        i = int(changed[0])
+        raise ValueError(f"{file}: labels must be whole numbers 0..9, got {given[i]} (label {i})")
+
+
 def _unpickle(file: Path) -> dict:
+    if file.is_dir():  # open() would raise IsADirectoryError, an OSError, not the loader's ValueError
+        raise ValueError(f"{file}: a folder, not a CIFAR-10 pickled batch file")
     with open(file, "rb") as fh:
         try:
             batch = pickle.load(fh, encoding="bytes")
@@ -248,10 +264,13 @@ def _decode_all(blobs, path):
     for i, blob in enumerate(blobs):
         try:
             with Image.open(io.BytesIO(blob)) as im:
-                arr = np.asarray(im.convert("RGB"))
+                mode = im.mode
+                arr = np.asarray(im) if mode == "RGB" else None
         except (OSError, SyntaxError, Image.DecompressionBombError) as exc:  # UnidentifiedImageError (an OSError): junk;
             # DecompressionBombError: a header declaring more than PIL's pixel limit
             raise ValueError(f"{path}: image {i} could not be decoded ({type(exc).__name__}: {exc})") from None
+        if arr is None:  # converting would invent colours (gray, CMYK) or drop a channel (alpha)
+            raise ValueError(f"{path}: image {i} is a {mode} image, expected RGB (CIFAR-10's images are 8-bit RGB)")
         if arr.shape != (32, 32, 3):
             raise ValueError(f"{path}: image {i} has shape {arr.shape}, expected 32×32×3")
         out[i] = arr

@@ -369,3 +369,47 @@ def test_an_image_declaring_a_huge_size_is_named(tmp_path):
         tar.addfile(info, io.BytesIO(bytes(blob)))
     with pytest.raises(ValueError, match=r"huge\.tar\.gz: image 0 could not be decoded \(DecompressionBombError"):
         data.load_cifar10(tmp_path / "huge.tar.gz", "train", per_class=None, cache=False)
+
+
+@pytest.mark.parametrize("as_array", [False, True])
+def test_fractional_labels_are_named_not_truncated(tmp_path, as_array):
+    """Labels 1.9 and 9.7 in a pickled batch were cast to int64 by truncation (1 and 9), silently
+    moving those images to other classes; whole-valued floats are the same labels and still load."""
+    folder = tmp_path / "cifar-10-batches-py"
+    _make_batches(folder, n_per_batch=10)
+    fractional = [0.0, 1.9, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.7]
+    _rewrite(folder / "test_batch", {b"labels": np.array(fractional) if as_array else fractional})
+    with pytest.raises(ValueError, match=r"test_batch: labels must be whole numbers 0\.\.9, got 1\.9 \(label 1\)"):
+        data.load_cifar10(folder, "test")
+    whole = [float(c) for c in range(10)]
+    _rewrite(folder / "test_batch", {b"labels": np.array(whole) if as_array else whole})
+    assert data.load_cifar10(folder, "test")[1].tolist() == list(range(10))
+
+
+@pytest.mark.parametrize("mode, fmt, fill", [("L", "JPEG", 100), ("CMYK", "JPEG", (0, 255, 255, 0)), ("RGBA", "PNG", (10, 20, 30, 0))])
+def test_an_image_that_is_not_rgb_is_named(tmp_path, mode, fmt, fill):
+    """A grayscale, CMYK or RGBA member was converted to RGB without a word (gray 100 became (100, 100,
+    100), CMYK (0, 255, 255, 0) became red, a fully transparent pixel opaque): CIFAR-10's images are
+    8-bit RGB, and another mode means the archive is not the data set it claims to be."""
+    odd = io.BytesIO()
+    Image.new(mode, (32, 32), fill).save(odd, format=fmt)
+    with tarfile.open(tmp_path / "modes.tar.gz", "w:gz") as tar:
+        for i, blob in enumerate([_jpeg((1, 2, 3)), odd.getvalue()]):
+            info = tarfile.TarInfo(f"cifar10/train/cat/{i:04d}.jpg")
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    with pytest.raises(ValueError, match=rf"modes\.tar\.gz: image 1 is a {mode} image, expected RGB"):
+        data.load_cifar10(tmp_path / "modes.tar.gz", "train", per_class=None, cache=False)
+
+
+@pytest.mark.parametrize("name, split", [("data_batch_3", "train"), ("test_batch", "test"), ("batches.meta", "test")])
+def test_a_batch_that_is_a_folder_is_named(tmp_path, name, split):
+    """A data_batch_N (or test_batch, batches.meta) that is a folder raised a bare IsADirectoryError out
+    of open(): an OSError, where the loader promises a ValueError for a folder that is not CIFAR-10."""
+    folder = tmp_path / "cifar-10-batches-py"
+    _make_batches(folder)
+    if (folder / name).exists():
+        (folder / name).unlink()
+    (folder / name).mkdir()
+    with pytest.raises(ValueError, match=rf"cifar-10-batches-py/{name}: a folder, not a CIFAR-10 pickled batch file"):
+        data.load_cifar10(folder, split)

@@ -558,3 +558,35 @@ def test_a_non_finite_output_with_finite_eigenvalues_is_a_non_finite_event():
     with monitor.watching(monitor.SplitMonitor(runs)):
         C = mf.eig_dk(torch.stack([inputs[0], inputs[1]]), "log")[0]
     assert [mon.records["nonfinite"].item() for mon in runs] == [not bool(torch.isfinite(c).all()) for c in C] == [False, True]
+
+
+def test_a_nan_in_the_triangle_the_call_does_not_read_is_no_input_event():
+    """torch.linalg.eigh/eigvalsh read the UPLO triangle only (and the Daleckii–Krein layer's eig_dk the
+    lower one): a NaN above the diagonal of diag(1, 2, 3, 4) leaves λ = 1, 2, 3, 4 and every output
+    finite, yet was counted as a non-finite input and event. The expectation is torch's own outputs on
+    the matrix: finite and equal to the clean matrix's where the NaN is not read."""
+    from stabkit.layers import matrix_functions as mf
+
+    clean = torch.diag(torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64))
+    upper, lower = clean.clone(), clean.clone()
+    upper[0, 3] = lower[3, 0] = float("nan")
+    with monitor.watch() as mon:
+        lam, U = torch.linalg.eigh(upper)
+        values = torch.linalg.eigvalsh(upper, UPLO="L")
+        lam_u = torch.linalg.eigvalsh(lower, "U")
+        C, _ = mf.eig_dk(upper, "sqrt")
+        try:
+            torch.linalg.eigh(lower)  # the NaN is read: LAPACK refuses it (a GPU solver may return NaN)
+        except torch.linalg.LinAlgError:
+            pass
+    for out in (lam, U, values, lam_u, C):
+        assert bool(torch.isfinite(out).all())
+    assert lam.tolist() == values.tolist() == lam_u.tolist() == [1.0, 2.0, 3.0, 4.0]
+    rows = mon.records
+    assert rows["input_nonfinite"].tolist() == [False, False, False, False, True]
+    assert rows["nonfinite"].tolist() == [False, False, False, False, True]
+    assert rows["lam_min"].tolist()[:4] == [1.0] * 4
+    runs = [monitor.Monitor(), monitor.Monitor()]  # the stacked runs' statistics, one read per run
+    with monitor.watching(monitor.SplitMonitor(runs)):
+        torch.linalg.eigh(torch.stack([upper, clean]))
+    assert [mon.records["input_nonfinite"].item() for mon in runs] == [False, False]

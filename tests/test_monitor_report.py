@@ -243,3 +243,30 @@ def test_lam_min_le_0_at_a_complex_positive_site_is_a_finding():
     assert bad_steps(frame(rows)).tolist() == [False, False, True]
     f = _rules(rows)["lam_min≤0 (complex128)"]
     assert f.step == 2 and "1 of 3 complex128 calls" in f.what and "λ_min > 0 at 2 of 3 calls" in f.what
+
+
+def test_sites_and_logs_are_listed_by_their_numbers_not_as_text(tmp_path):
+    """Sites were sorted as text, so train.py:10 and train.py:100 came before train.py:9 (and log
+    eig-rank10 before eig-rank2): a reader looking down the table by line or rank found them out of order."""
+    frame([_row(0, site=f"train.py:{line}") for line in (100, 9, 10)]).to_csv(tmp_path / "eig-rank0.csv", index=False)
+    for rank in (10, 2):
+        frame([_row(0)]).to_csv(tmp_path / f"eig-rank{rank}.csv", index=False)
+    md = build_report(tmp_path).read_text()
+    table = [line.split(" | ")[1:3] for line in md.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert table == [["eig-rank0", "`train.py:9`"], ["eig-rank0", "`train.py:10`"], ["eig-rank0", "`train.py:100`"],
+                     ["eig-rank2", "`net.py:10`"], ["eig-rank10", "`net.py:10`"]]
+    assert "in 3 log(s) (eig-rank0, eig-rank2, eig-rank10)" in md
+    assert md.index("## 1. `train.py:9`") < md.index("## 2. `train.py:10`") < md.index("## 3. `train.py:100`")
+
+
+def test_logs_that_share_a_name_but_not_a_format_stay_two_runs(tmp_path):
+    """a.csv and a.parquet were both read as log "a", one run: here a covariance whose λ_min turns ≤ 0
+    at step 2 (a.csv) and an indefinite site (a.parquet) merged into one site positive at 2 of 6 calls,
+    so its bad step was lost. Two files are two logs, each named by its file where the stems collide."""
+    frame([_row(0), _row(1), _row(2, lam_min=-1e-6)]).to_csv(tmp_path / "a.csv", index=False)
+    frame([_row(s, lam_min=-1.0) for s in range(3)]).to_parquet(tmp_path / "a.parquet")
+    frame([_row(0)]).to_csv(tmp_path / "b.csv", index=False)
+    md = build_report(tmp_path).read_text()
+    table = [line.split(" | ") for line in md.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert [(row[1], row[7], row[-1]) for row in table] == [("a.csv", "3", "2 |"), ("a.parquet", "3", "– |"), ("b", "1", "– |")]
+    assert "7 logged calls in 3 log(s) (a.csv, a.parquet, b)" in md and "First bad step over all sites: 2." in md

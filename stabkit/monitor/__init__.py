@@ -30,8 +30,8 @@ outside torch and stabkit's eigen internals) and step:
   finite wherever it was (float64 gradients are scaled: entries of 1e160 give 1e160-sized norms);
   each backward is measured on its own: a graph backpropagated again (``retain_graph=True``) gives
   the row the largest backward's norm, never a sum over backwards;
-* ``input_nonfinite``: the input held inf/NaN; ``nonfinite``: input, output, incoming gradient or
-  ∂L/∂A did;
+* ``input_nonfinite``: the input held inf/NaN where the call reads it (torch's eigh/eigvalsh: the
+  UPLO triangle); ``nonfinite``: input, output, incoming gradient or ∂L/∂A did;
 * ``backward``: the rule the call's backward uses (``analytic`` for torch's own, the registry spec
   of a stabkit.torch call or of ``swap_backward``, ``values`` for torch.linalg.eigvalsh whose
   backward has no 1/(λ_i − λ_j), ``daleckii-krein (exact g(A); no swap)`` for a Daleckii–Krein

@@ -81,7 +81,7 @@ def _watched(fn_name: str, call):
         mons = _watchers()
         if not mons:
             return _originals_or_live(fn_name)(*args, **kwargs)
-        A = _tensor_arg(args, kwargs)
+        A, read = _tensor_arg(args, kwargs), _triangle_read(fn_name, mons, args, kwargs)
         _local.inside = True
         try:
             try:
@@ -90,11 +90,11 @@ def _watched(fn_name: str, call):
                 with _never_fails():
                     backward = _backward_of(fn_name, mons, A, args, kwargs)
                     for mon in mons:
-                        mon._log_error(_label(fn_name, args, kwargs), backward, A, exc)
+                        mon._log_error(_label(fn_name, args, kwargs), backward, A, exc, read)
                 raise
             with _never_fails():
                 for mon in mons:
-                    mon._log(_label(fn_name, args, kwargs), backward, A, lam, outputs, fn_name in _SINGULAR)
+                    mon._log(_label(fn_name, args, kwargs), backward, A, lam, outputs, fn_name in _SINGULAR, read)
             return result
         finally:
             _local.inside = False
@@ -149,6 +149,17 @@ def _label(fn_name, args, kwargs):
         method = _sk_method(fn_name, args, kwargs)
         return f"{module.__name__}.{attr}[{method.name if isinstance(method, Spec) else method}]"
     return fn_name
+
+
+def _triangle_read(fn_name, mons, args, kwargs):
+    """The triangle of A the call reads ("L", "U"; None: all of A): torch's eigh and eigvalsh their UPLO
+    one, eig_dk the lower one; a swapped eigh all of A (its method's forward may: power iteration does)."""
+    if fn_name == "dk_eig":
+        return "L"
+    uplo = args[1] if len(args) > 1 else kwargs.get("UPLO", "L")
+    swapped = _swap_of(mons) is not None and _swap_applies(_tensor_arg(args, kwargs), args, kwargs)
+    reads_uplo = fn_name == "eigvalsh" or (fn_name == "eigh" and not swapped)
+    return uplo.upper() if reads_uplo and isinstance(uplo, str) and uplo.upper() in ("L", "U") else None
 
 
 def _swap_of(mons):

@@ -21,7 +21,7 @@ import stabkit.torch
 from ..layers import matrix_functions
 from .log import LiveLog, frame, warn
 from .grads import grad_hooks, physical
-from .stats import call_stats
+from .stats import call_stats, entries_read_finite
 
 def _folder(path: str) -> str:
     return os.path.dirname(os.path.realpath(path)) + os.sep
@@ -117,8 +117,8 @@ class Monitor:
         return self.all_threads or thread_id == self.thread
 
     # --- rows ----------------------------------------------------------------------------------
-    def _log(self, fn, backward, A, lam, outputs, squared: bool = False):
-        stats = call_stats(physical(A), physical(lam), self.bound, 1, squared, [physical(o) for o in outputs])
+    def _log(self, fn, backward, A, lam, outputs, squared: bool = False, triangle: str | None = None):
+        stats = call_stats(physical(A), physical(lam), self.bound, 1, squared, [physical(o) for o in outputs], triangle)
         row = self._add_row(fn, backward, A, {k: v if k in ("batch", "n") else v[0] for k, v in stats.items()}, _call_site())
         grad_hooks(outputs, A, [row], self._lock)
         return row
@@ -134,10 +134,11 @@ class Monitor:
         self._rows.append(row)
         return row
 
-    def _log_error(self, fn, backward, A, exc: BaseException):
+    def _log_error(self, fn, backward, A, exc: BaseException, triangle: str | None = None):
         """A call that raised: one row with the error, flushed at once (the run is likely to end)."""
         A = physical(A).detach() if isinstance(A, torch.Tensor) else None
-        input_finite = bool(torch.isfinite(A).all()) if A is not None and A.is_floating_point() and not A.is_meta else True
+        input_finite = (bool(entries_read_finite(A, triangle).all())
+                        if A is not None and A.is_floating_point() and not A.is_meta else True)
         shape = tuple(A.shape) if A is not None else ()
         row = {"step": self.current_step, "site": _call_site(), "fn": fn, "backward": backward,
                "batch": int(np.prod(shape[:-2])) if len(shape) >= 2 else 1, "n": int(shape[-1]) if shape else 0,
@@ -251,27 +252,27 @@ class SplitMonitor(Monitor):
         """Whether ``A`` is a batch of matrices of R equal parts, one per run."""
         return isinstance(A, torch.Tensor) and A.ndim >= 3 and A.shape[0] % len(self.monitors) == 0
 
-    def _log(self, fn, backward, A, lam, outputs, squared: bool = False):
+    def _log(self, fn, backward, A, lam, outputs, squared: bool = False, triangle: str | None = None):
         mons = list(self.monitors)
         if not mons:
             return None
         if not (self._splits(A) and lam.ndim >= 2 and lam.shape[0] == A.shape[0]):  # every run logs the whole call
-            return [mon._log(fn, backward, A, lam, outputs, squared) for mon in mons]
+            return [mon._log(fn, backward, A, lam, outputs, squared, triangle) for mon in mons]
         runs = len(mons)
         # the statistics of all runs at once (one set of kernels, not one per run); the runs share a method
         stats = call_stats(physical(A, lead=True), physical(lam, lead=True), mons[0].bound, runs, squared,
-                           [physical(o, lead=True) for o in outputs])
+                           [physical(o, lead=True) for o in outputs], triangle)
         site = _call_site()
         rows = [mon._add_row(fn, backward, A, {k: v if k in ("batch", "n") else v[r] for k, v in stats.items()}, site)
                 for r, mon in enumerate(mons)]
         grad_hooks(outputs, A, rows, self._lock)  # every run's norm at once, each row a view of them
         return rows
 
-    def _log_error(self, fn, backward, A, exc: BaseException):
+    def _log_error(self, fn, backward, A, exc: BaseException, triangle: str | None = None):
         runs = len(self.monitors)
         parts = list(A.detach().unflatten(0, (runs, -1))) if runs and self._splits(A) else [A] * runs
         for mon, part in zip(list(self.monitors), parts):
-            mon._log_error(fn, backward, part, exc)
+            mon._log_error(fn, backward, part, exc, triangle)
 
 
 def summarize(df: pd.DataFrame, until_step: int | None = None, gap_threshold: float = 1e-5) -> dict:

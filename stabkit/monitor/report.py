@@ -15,6 +15,7 @@ never flagged for λ_min). Half counts, so a covariance that stays bad from its 
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,8 +70,8 @@ class EmptyLogWarning(UserWarning):
 
 
 def load_logs(folder) -> pd.DataFrame:
-    """Every ``*.csv`` / ``*.parquet`` monitor log in ``folder`` (not recursive), with a ``log`` column.
-    An empty log (a rank killed before its first flush) is skipped with a warning."""
+    """Every ``*.csv`` / ``*.parquet`` monitor log in ``folder`` (not recursive), column ``log`` its stem (its name
+    where two share one: a.csv, a.parquet are two runs); an empty log (a rank killed before its first flush) is skipped, warned."""
     folder = Path(folder)
     if folder.is_file():  # e.g. one of the logs: the report reads the folder that holds them
         raise ValueError(f"{folder} is a file, not a folder: give the folder of monitor logs (e.g. {folder.parent})")
@@ -79,7 +80,7 @@ def load_logs(folder) -> pd.DataFrame:
     files = sorted(p for p in folder.iterdir() if p.suffix in (".csv", ".parquet") and p.is_file())
     if not files:
         raise ValueError(f"no monitor log (.csv or .parquet) in {folder}: run `stabkit watch --log {folder} -- python train.py` first")
-    frames, empty = [], []
+    frames, empty, stems = [], [], [p.stem for p in files]
     for path in files:
         try:
             df = read_log(path)
@@ -90,12 +91,20 @@ def load_logs(folder) -> pd.DataFrame:
         if df.empty:
             empty.append(path.name)
         else:
-            frames.append(df.assign(log=path.stem))
+            frames.append(df.assign(log=path.stem if stems.count(path.stem) == 1 else path.name))
     if not frames:
         raise ValueError(f"the monitor logs in {folder} hold no calls yet ({', '.join(empty)} empty)")
     if empty:
         warnings.warn(f"skipped empty monitor log(s) in {folder}: {', '.join(empty)}", EmptyLogWarning, stacklevel=2)
     return pd.concat(frames, ignore_index=True)
+
+
+def _natural(key) -> tuple:
+    """A sort key for text (or a tuple of texts) in which runs of digits compare as numbers: site
+    x.py:9 before x.py:10, log eig-rank2 before eig-rank10 (as text, "10" < "9")."""
+    if isinstance(key, tuple):
+        return tuple(_natural(part) for part in key)
+    return tuple(int(p) if i % 2 else p for i, p in enumerate(re.split(r"([0-9]+)", str(key))))  # odd: the digits
 
 
 def _positive_calls(g: pd.DataFrame) -> tuple[int, int]:
@@ -344,7 +353,7 @@ def build_report(folder, out=None) -> Path:
         except (FileExistsError, NotADirectoryError):
             raise ValueError(f"cannot write the report into {out}: it or a folder above it is a file") from None
         lines = [f"# Monitor report: {Path(folder)}", "",
-                 f"{len(df)} logged calls in {df['log'].nunique()} log(s) ({', '.join(sorted(df['log'].unique()))}), "
+                 f"{len(df)} logged calls in {df['log'].nunique()} log(s) ({', '.join(sorted(df['log'].unique(), key=_natural))}), "
                  f"steps {int(df['step'].min())}–{int(df['step'].max())}.", "",
                  "| # | log | site | function | backward | dtype | n | calls | min rel. gap | max\\|K̃\\| | λ_min | max ‖∂L/∂out‖ | non-finite | raised | first bad step |",
                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -354,7 +363,8 @@ def build_report(folder, out=None) -> Path:
         else:
             lines[2] += " No bad step at any site."
         sections = []
-        for i, ((log, site, fn), g) in enumerate(df.groupby(["log", "site", "fn"], sort=True), start=1):
+        groups = sorted(df.groupby(["log", "site", "fn"]), key=lambda group: _natural(group[0]))
+        for i, ((log, site, fn), g) in enumerate(groups, start=1):
             g = g.sort_values("step", kind="stable")
             bad = bad_steps(g)
             first_bad = int(g.loc[bad, "step"].min()) if bad.any() else None

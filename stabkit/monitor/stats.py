@@ -15,14 +15,25 @@ def wide(t):
     return t.double() if t.is_floating_point() and t.device.type != "mps" else t
 
 
+def entries_read_finite(A, triangle: str | None = None):
+    """Per matrix of ``A`` (..., n, n), whether the entries the call reads are finite: all of them, or
+    (``triangle`` "L"/"U") the lower/upper triangle with the diagonal — all that torch.linalg.eigh(A,
+    UPLO) reads, so a NaN in the other triangle changes none of its outputs."""
+    bad = ~torch.isfinite(A)
+    if triangle is not None and A.ndim >= 2:
+        bad = bad.tril() if triangle == "L" else bad.triu()
+    return ~bad
+
+
 @torch.no_grad()
-def call_stats(A, lam, bound, runs: int, squared: bool = False, outputs=()) -> dict:
+def call_stats(A, lam, bound, runs: int, squared: bool = False, outputs=(), triangle: str | None = None) -> dict:
     """One call's statistics per run, each a (runs,) tensor (the call's batch split into ``runs`` equal
     parts, one after another): the smallest gap, relative gap and λ of the part's matrices, whether its
     input and its λ were finite, the largest |F_ij| of ``bound``'s method (absent without one); and
     ``batch`` (matrices per part) and ``n`` (λ per matrix), plain ints. ``lam`` ascending; ``squared``:
     it holds σ, and the spectrum is σ². ``outputs``: the call's outputs, counted in ``finite`` (a
-    Daleckii–Krein layer's g(A) is NaN where its λ are finite: log of λ ≤ 0).
+    Daleckii–Krein layer's g(A) is NaN where its λ are finite: log of λ ≤ 0). ``triangle``: the one the
+    call reads ("L", "U"; None: all of A), for the input's finiteness (:func:`entries_read_finite`).
 
     Gaps, relative gaps and λ are the spectrum's exact values (:func:`wide`). The bound is what the
     call's backward meets: F of λ in the call's dtype, σ² squared in it as the backward squares it (a
@@ -39,7 +50,7 @@ def call_stats(A, lam, bound, runs: int, squared: bool = False, outputs=()) -> d
                 "min_gap": nan, "min_rel_gap": nan}
     s_own = lam.reshape(runs, -1, n)
     s = wide(s_own)
-    input_finite = torch.isfinite(A.detach()).reshape(runs, -1).all(1)
+    input_finite = entries_read_finite(A.detach(), triangle).reshape(runs, -1).all(1)
     # finiteness of σ itself: a float64 σ past 1.3e154 has σ² = ∞, a false non-finite event
     finite = input_finite & torch.isfinite(s).reshape(runs, -1).all(1)
     for out in outputs:
