@@ -660,12 +660,56 @@ def test_float32_features_near_1e20_match_float64(route, fn, p, shape):
 @pytest.mark.parametrize("fn, p", LARGE_G + [("power", 1.5)], ids=["log", "sqrt", "p=0.3", "p=1.5"])
 @pytest.mark.parametrize("shape, eps", [((5, 3), 0.0), ((3, 4), 0.5)], ids=["tall", "wide+ridge"])
 def test_svd_dk_backward_at_a_power_of_two_scale_is_the_gradient(monkeypatch, fn, p, shape, eps):
-    """The rescaled backward, forced at moderate float64 scale (c = 2^−3, as for large F), against
-    finite differences: the factor c^(1−2p) (log: p = 0, √: p = ½) is checked, not just its c = 1 case."""
+    """The rescaled backward, its derivative and the forward mode, forced at moderate float64 scale (c = 2^−3,
+    as for large F), against finite differences: the factor c^(1−2p) (log: p = 0, √: p = ½) is checked, not
+    just its c = 1 case."""
     svd_module = importlib.import_module("stabkit.layers.svd")
-    monkeypatch.setattr(svd_module, "overflow_scale", lambda S: torch.full_like(S[..., :1], 0.125))
+    monkeypatch.setattr(svd_module, "range_scale", lambda S, eps, q: torch.full_like(S[..., :1], 0.125))
     F = torch.randn(*shape, dtype=D, generator=GEN(11)).requires_grad_()
-    assert gradcheck(lambda f: layers.svd_dk_matrix_function(f, fn, eps=eps, p=p), (F,))
+    layer = lambda f: layers.svd_dk_matrix_function(f, fn, eps=eps, p=p)  # noqa: E731
+    assert gradcheck(layer, (F,), check_forward_ad=True)
+    assert gradgradcheck(layer, (F,))
+
+
+def _dk_derivatives(F, G, W, dF, fn, p, eps):
+    """(∂⟨G, C⟩/∂F by a backward that is itself differentiated, ∂⟨W, that⟩/∂F, the forward-mode tangent dC)."""
+    f = F.clone().requires_grad_()
+    (g,) = torch.autograd.grad((G.to(F.dtype) * layers.svd_dk_matrix_function(f, fn, eps, p)).sum(), f, create_graph=True)
+    (h,) = torch.autograd.grad((W.to(F.dtype) * g).sum(), f)
+    _, t = torch.func.jvp(lambda x: layers.svd_dk_matrix_function(x, fn, eps, p), (F,), (dF.to(F.dtype),))
+    return g.detach(), h, t
+
+
+@pytest.mark.parametrize("fn, p", LARGE_G, ids=["log", "sqrt", "p=0.3"])
+@pytest.mark.parametrize("shape, eps", [((5, 3), 0.0), ((3, 5), 0.0), ((5, 3), 1e-3)], ids=["tall", "wide", "tall+ridge"])
+@pytest.mark.parametrize("dtype, e", [(torch.float32, 40), (torch.float32, 66), (torch.float32, 100),
+                                      (torch.float32, -66), (torch.float64, 300), (torch.float64, 520),
+                                      (torch.float64, -300)],
+                         ids=["f32-2^40", "f32-2^66", "f32-2^100", "f32-2^-66", "f64-2^300", "f64-2^520", "f64-2^-300"])
+def test_svd_dk_second_derivatives_and_forward_mode_at_extreme_scales(fn, p, shape, eps, dtype, e):
+    """F·2^e: the DK backward that is itself differentiated (create_graph, double backward) and the
+    forward-mode tangent formed σ², FᵀF and μ^(q−3)-sized second divided differences at F's own scale, so
+    in float32 they were 1e17× off at 2^40 (wide+ridge) and NaN or 100 % off (0) at 2^66, 2^-66 (log). C is
+    of degree 2q in F (log q = 0, √ ½, x^p p), so the gradient and tangent must be 2^{(2q−1)e} and the second
+    derivative 2^{(2q−2)e} times their float64 values at F (ε·2^−2e there), wherever that is a normal number
+    (not log's 2^−200 at f32-2^100, say)."""
+    if shape[0] < shape[1] and eps == 0 and fn == "log":
+        pytest.skip("log of a wide F's singular FᵀF is refused at ε = 0")
+    if eps and e < 0:
+        pytest.skip("the float64 reference would take ε·2^−2e ~ 1e177")
+    gen = GEN(3)
+    F = torch.randn(*shape, dtype=D, generator=gen).to(dtype).double()     # F·2^e exact in dtype
+    G, W, dF = (torch.randn(*s, dtype=D, generator=gen) for s in ((shape[1],) * 2, shape, shape))
+    want = _dk_derivatives(F, G, W, dF, fn, p, eps * 2.0 ** (-2 * e))
+    got = _dk_derivatives((F * 2.0 ** e).to(dtype), G, W, dF, fn, p, eps)
+    q = {"log": 0.0, "sqrt": 0.5}.get(fn, p)
+    tol = 1e-4 if dtype == torch.float32 else 1e-10
+    lo, hi = math.log2(torch.finfo(dtype).tiny), math.log2(torch.finfo(dtype).max)
+    for x, y, degree in zip(got, want, (2 * q - 1, 2 * q - 2, 2 * q - 1)):
+        if lo < math.log2(y.abs().max()) + degree * e < hi:   # else the true value is no normal number in dtype
+            assert _rel(x.double() * 2.0 ** (-degree * e), y) < tol
+        else:
+            assert degree == 2 * q - 2                         # the gradient and the tangent always are
 
 
 def test_overflowing_power_of_large_features_raises():

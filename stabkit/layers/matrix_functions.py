@@ -47,8 +47,8 @@ log, semidefinite for √: :func:`._checks.check_domain`). o2p's own FᵀF is no
 small ε its rounding may leave λ + ε < 0, and that NaN is a result of the o2p-stability study. With
 ε = 0, log and x^p (p < 0) of a singular FᵀF are infinite; a wide F (n < d) always makes FᵀF
 singular, so that case is refused. Where σ² overflows (float32 σ > 1.8e19) the SVD routes take
-g(σ² + ε) without σ² (:func:`gram_values`) and their first-order backward at 2^−k F
-(:func:`.svd.overflow_scale`; second derivatives and forward mode are not rescaled); x^p whose C
+g(σ² + ε) without σ² (:func:`gram_values`); SVD-DK's backward, its derivatives and its forward mode are
+taken at 2^−k F outside an ordinary range of σ (:func:`.svd.range_scale`); x^p whose C
 overflows (p > 0 on the SVD routes, any p on the EIG route), and o2p's EIG route where FᵀF does,
 raise InputError.
 """
@@ -222,31 +222,32 @@ class _SvdDK(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gC, _gS, _gV):
+        """2 F L(gC) (L the Fréchet derivative of g at FᵀF + εI), taken at cF, c²ε (:func:`_at_scale`): with the
+        saved factors (:func:`_thin_frechet`), or — where it is itself differentiated — by the EIG-DK op at
+        (cF)ᵀ(cF), whose derivative (exact on ties) reaches F through that gradient handle. A wide F with ε = 0
+        goes through :func:`_row_gram_backward` instead (the complement's g'(0) is infinite for √, x^p, p < 1)."""
         F, S, V = ctx.saved_tensors
+        c, unscale = _at_scale(S, ctx.fn, ctx.eps, ctx.p)
+        F, S, eps = F * c[..., None], S * c, ctx.eps * c * c
         if not differentiating_backward(F):
-            return _scaled_backward(F, S, V, gC, ctx.fn, ctx.eps, ctx.p), None, None, None
-        if F.shape[-2] >= F.shape[-1] or ctx.eps > 0:
-            return 2 * F @ _SvdDK._gram_op(ctx, gC), None, None, None
-        return _row_gram_backward(F, gC, ctx.fn, ctx.p), None, None, None
-
-    @staticmethod
-    def _gram_op(ctx, G):
-        """L(G) at FᵀF + εI from the full V by the EIG-DK op, whose derivative (exact on ties) reaches F
-        through the gradient handle FᵀF. Not for a wide F with ε = 0: the complement's g'(0) is
-        infinite for √ and x^p, p < 1 (:func:`_row_gram_backward` is used instead)."""
-        F, S, V = ctx.saved_tensors
-        mu = _pad(S * S, F.shape[-1]) + ctx.eps
-        return compile_safe(_Frechet, _FrechetJvp).apply(F.mT @ F, G, mu, V, ctx.fn, ctx.p)
+            L = _thin_frechet(V[..., :S.shape[-1]], S, F.shape[-1], gC, ctx.fn, eps, ctx.p)
+            return 2 * F @ L * unscale, None, None, None
+        if F.shape[-2] < F.shape[-1] and ctx.eps == 0:
+            return _row_gram_backward(F, gC, ctx.fn, ctx.p) * unscale, None, None, None
+        twice = 2 * F  # made before the handle FᵀF: a double backward adds its 3 terms of ∂/∂F in the same order
+        mu = _pad(S * S, F.shape[-1]) + eps  # as before the scaling (bitwise the same result at c = 1)
+        L = compile_safe(_Frechet, _FrechetJvp).apply(F.mT @ F, gC, mu, V, ctx.fn, ctx.p)
+        return twice @ L * unscale, None, None, None
 
 
-def _scaled_backward(F, S, V, G, fn, eps, p):
-    """2 F L(G), computed at cF, c = 2^−k of :func:`.svd.overflow_scale` (1 at ordinary scales): the
-    divided differences at c²μ = (cσ)² + c²ε are c^(2−2p) times those at μ (log: p = 0, √: p = ½), so
-    2 F L(G) = c^(1−2p) · 2 (cF) L_{c²μ}(G) — without σ² overflowing (float32 σ ~ 1e20 made them NaN)."""
-    c = _svd.overflow_scale(S)
+def _at_scale(S, fn, eps, p):
+    """(c, c^(1−2q)) for :func:`.svd.range_scale`'s c (1 at ordinary scales), g of degree q (log 0, √ ½, x^p p):
+    the divided differences at c²μ are c^(2q−2) times those at μ, so the backward and the tangent, of degree
+    2q − 1 in F, are c^(1−2q) times their values at cF, c²ε — where σ², FᵀF and the second divided differences
+    neither overflow nor underflow (float32 σ ~ 1e12 made a second derivative 1e17× off, ~1e20 NaN)."""
     q = 0.0 if fn == "log" else (0.5 if fn == "sqrt" else p)
-    L = _thin_frechet(V[..., :S.shape[-1]], S * c, F.shape[-1], G, fn, eps * (c * c), p)
-    return 2 * (F * c[..., None]) @ L * (c ** (1 - 2 * q))[..., None]
+    c = _svd.range_scale(S, eps, q)
+    return c, (c ** (1 - 2 * q))[..., None]
 
 
 def _row_gram_backward(F, G, fn, p):
@@ -288,12 +289,14 @@ class _SvdDKJvp(_SvdDK):
 
 def _svd_dk_tangent(F, dF, S, V, fn, eps, p):
     """dC = L(dFᵀF + FᵀdF), L the Fréchet derivative of g at FᵀF + εI: :func:`dk_frechet` with the full
-    V for a square or tall F, :func:`_gram_frechet` with the thin one for a wide F."""
+    V for a square or tall F, :func:`_gram_frechet` with the thin one for a wide F; at cF, c²ε (:func:`_at_scale`)."""
+    c, unscale = _at_scale(S, fn, eps, p)
+    F, S, eps = F * c[..., None], S * c, eps * c * c
     G = 2 * F.mT @ dF
     k, d = S.shape[-1], F.shape[-1]
     if k == d:
-        return dk_frechet(V, eigen_divided_differences(S * S + eps, fn, p), G)
-    return _gram_frechet(V[..., :k], S, d, G, fn, eps, p)
+        return dk_frechet(V, eigen_divided_differences(S * S + eps, fn, p), G) * unscale
+    return _gram_frechet(V[..., :k], S, d, G, fn, eps, p) * unscale
 
 
 def _pad(x, d):
