@@ -671,6 +671,38 @@ def test_svd_dk_backward_at_a_power_of_two_scale_is_the_gradient(monkeypatch, fn
     assert gradgradcheck(layer, (F,))
 
 
+@pytest.mark.parametrize("shape", [(5, 3), (3, 5)], ids=["tall", "wide"])
+@pytest.mark.parametrize("fn, p", LARGE_G, ids=["log", "sqrt", "p=0.3"])
+@pytest.mark.parametrize("route", list(LARGE_ROUTES))
+@pytest.mark.parametrize("dtype, e", [(torch.float32, -70), (torch.float32, -75), (torch.float32, -80),
+                                      (torch.float64, -540), (torch.float64, -560)],
+                         ids=["f32-2^-70", "f32-2^-75", "f32-2^-80", "f64-2^-540", "f64-2^-560"])
+def test_features_whose_sigma_squared_underflows_match_the_scaled_float64_result(route, fn, p, shape, dtype, e):
+    """F·2^e with σ² subnormal or 0 (ε = 0): C = g(σ²) lost its digits with σ² — √ was 1e-4 off at float32
+    2^-70, 10 % at 2^-75, 0 at 2^-80, NaN in float64 at 2^-540 — and the SVD route's gradient with it
+    (NaN or inf). C is of degree 2q in F (log: + 2e log 2 I) and ∂⟨G, C⟩/∂F of degree 2q − 1: both must be
+    the float64 values at F, scaled (to 1e-5 / 1e-12)."""
+    if shape[0] < shape[1] and fn == "log":
+        pytest.skip("log of a wide F's singular FᵀF is refused at ε = 0")
+    layer, gen = LARGE_ROUTES[route], GEN(2)
+    F = torch.randn(*shape, dtype=D, generator=gen).to(dtype).double()
+    G = torch.randn(shape[1], shape[1], dtype=D, generator=gen)
+    f = F.clone().requires_grad_()
+    C0 = layer(f, fn, eps=0.0, p=p)
+    (g0,) = torch.autograd.grad((G * C0).sum(), f)
+    f = (F * 2.0 ** e).to(dtype).requires_grad_()
+    C = layer(f, fn, eps=0.0, p=p)
+    (g,) = torch.autograd.grad((G.to(dtype) * C).sum(), f)
+    q = {"log": 0.0, "sqrt": 0.5}.get(fn, p)
+    if fn == "log":                                          # log: C0 shifted by 2e log 2 I (~ −97 at 2^-70)
+        C, C0 = C.double(), C0 + 2 * e * math.log(2) * torch.eye(shape[1], dtype=D)
+    else:                                                    # scaled back (its norm would underflow)
+        C = C.double() * 2.0 ** (-2 * q * e)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    assert _rel(C, C0) < tol
+    assert _rel(g.double() * 2.0 ** ((1 - 2 * q) * e), g0) < tol
+
+
 def _dk_derivatives(F, G, W, dF, fn, p, eps):
     """(∂⟨G, C⟩/∂F by a backward that is itself differentiated, ∂⟨W, that⟩/∂F, the forward-mode tangent dC)."""
     f = F.clone().requires_grad_()

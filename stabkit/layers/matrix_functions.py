@@ -46,8 +46,8 @@ Input: F a finite float32/float64 (..., n, d), ε a finite number ≥ 0, and an 
 log, semidefinite for √: :func:`._checks.check_domain`). o2p's own FᵀF is not checked: in float32 at a
 small ε its rounding may leave λ + ε < 0, and that NaN is a result of the o2p-stability study. With
 ε = 0, log and x^p (p < 0) of a singular FᵀF are infinite; a wide F (n < d) always makes FᵀF
-singular, so that case is refused. Where σ² overflows (float32 σ > 1.8e19) the SVD routes take
-g(σ² + ε) without σ² (:func:`gram_values`); SVD-DK's backward, its derivatives and its forward mode are
+singular, so that case is refused. Where σ² + ε overflows (float32 σ > 1.8e19) or is subnormal or 0
+(float32 σ < 1.1e-19, ε = 0) the SVD routes take g(σ² + ε) without σ² (:func:`gram_values`); SVD-DK's backward, its derivatives and its forward mode are
 taken at 2^−k F outside an ordinary range of σ (:func:`.svd.range_scale`); x^p whose C
 overflows (p > 0 on the SVD routes, any p on the EIG route), and o2p's EIG route where FᵀF does,
 raise InputError.
@@ -98,19 +98,20 @@ def svd_matrix_function(F: torch.Tensor, fn: str = "log", eps: float = 0.0, p: f
 
 
 def gram_values(S, eps, fn, p):
-    """g(σ² + ε) elementwise, also where σ² overflows but g(σ² + ε) need not (σ > 1.8e19 in float32):
-    there log = 2 log σ + log1p((ε/σ)/σ), √ = hypot(σ, √ε), x^p = hypot(σ, √ε)^(2p); elsewhere (every
-    σ of ordinary size) g(σ² + ε) as is."""
+    """g(σ² + ε) elementwise, also where σ² + ε overflows (σ > 1.8e19 in float32) or is subnormal or 0 at σ ≠ 0
+    (float32 σ < 1.1e-19 with ε = 0: σ² had lost its digits, or was 0), but g(σ² + ε) need not: there
+    log = 2 log σ + log1p((ε/σ)/σ), √ = hypot(σ, √ε), x^p = hypot(σ, √ε)^(2p); elsewhere (every σ of
+    ordinary size) g(σ² + ε) as is."""
     mu = S * S + eps
-    big = mu.isinf()
+    off = mu.isinf() | ((mu < torch.finfo(mu.dtype).tiny) & (S != 0))
     one = torch.ones_like(mu)
-    S_big = torch.where(big, S, one)
+    S_off = torch.where(off, S, one)
     if fn == "log":
-        alt = 2 * torch.log(S_big) + torch.log1p(eps / S_big / S_big)
+        alt = 2 * torch.log(S_off) + (torch.log1p(eps / S_off / S_off) if eps else 0)  # no 0/σ² in the derivative
     else:
-        h = torch.hypot(S_big, torch.full_like(S_big, eps ** 0.5))
+        h = torch.hypot(S_off, torch.full_like(S_off, eps ** 0.5))
         alt = h if fn == "sqrt" else h ** (2 * p)
-    return torch.where(big, alt, scalar_function(fn, p)(torch.where(big, one, mu)))
+    return torch.where(off, alt, scalar_function(fn, p)(torch.where(off, one, mu)))
 
 
 def _svd_matrix_function(F, fn, eps, p):
