@@ -703,6 +703,47 @@ def test_features_whose_sigma_squared_underflows_match_the_scaled_float64_result
     assert _rel(g.double() * 2.0 ** ((1 - 2 * q) * e), g0) < tol
 
 
+@pytest.mark.parametrize("dtype, p, smallest", [(torch.float32, -0.5, 1e-14), (torch.float32, -0.5, 1e-17),
+                                                 (torch.float32, -1.0, 1e-12), (torch.float32, -2.0, 1e-7),
+                                                 (torch.float64, -0.5, 1e-110)],
+                         ids=["f32-p=-0.5-1e-14", "f32-p=-0.5-1e-17", "f32-p=-1-1e-12", "f32-p=-2-1e-7", "f64-p=-0.5-1e-110"])
+def test_svd_route_power_gradient_is_finite_where_only_the_derivative_of_x_p_overflows(dtype, p, smallest):
+    """F = [diag(1, ½, s); 0] (an SVD every solver gets exactly), g = x^p, p < 0: C = (FᵀF)^p holds s^(2p)
+    (finite) and ∂⟨G, C⟩/∂F = 2p s^(2p−1) G_33 at F_33 (finite: 9.9e27 for p = −½, s = 1e-14), but the
+    SVD route differentiated x^p at μ = s², p·μ^(p−1) = ∞ (1e42), so the gradient was NaN. C and the gradient
+    against the float64 values of the same F (to 1e-5; float64 s = 1e-110 against 60-digit mpmath: entry
+    (2, 2) is 2p s^(2p−1) G_22, the others are not affected by s beyond rounding)."""
+    F = torch.cat([torch.diag(torch.tensor([1.0, 0.5, smallest], dtype=dtype)), torch.zeros(1, 3, dtype=dtype)])
+    G = torch.randn(3, 3, dtype=D, generator=GEN(4))
+    f = F.clone().requires_grad_()
+    C = layers.svd_matrix_function(f, "power", eps=0.0, p=p)
+    (g,) = torch.autograd.grad((G.to(dtype) * C).sum(), f)
+    assert torch.isfinite(C).all() and torch.isfinite(g).all()
+    if dtype == torch.float32:
+        f64 = F.double().requires_grad_()
+        C64 = layers.svd_matrix_function(f64, "power", eps=0.0, p=p)
+        (g64,) = torch.autograd.grad((G * C64).sum(), f64)
+        assert _rel(C, C64) < 1e-5 and _rel(g, g64) < 1e-5
+    else:
+        with mp.workdps(60):
+            s = mp.mpf(smallest)
+            want = 2 * p * s ** (2 * p - 1) * mp.mpf(float(G[2, 2]))
+        assert float(g[2, 2]) == pytest.approx(float(want), rel=1e-12)
+
+
+def test_svd_route_power_gradient_where_the_derivative_of_x_p_underflows():
+    """float32 F ~ 1e17, g = x^−½: C = (FᵀF)^−½ ~ 1e-17 is a normal number, but p·μ^(p−1) ~ 1e-51 underflowed
+    in the SVD route's derivative: the gradient was 84 % off (silently). Against float64 to 1e-5."""
+    F = (torch.randn(6, 4, dtype=D, generator=GEN(9)) * 1e17).float()
+    G = torch.randn(4, 4, dtype=D, generator=GEN(10))
+    grads = []
+    for dtype in (torch.float32, D):
+        f = F.to(dtype).requires_grad_()
+        C = layers.svd_matrix_function(f, "power", eps=1e-3, p=-0.5)
+        grads.append(torch.autograd.grad((G.to(dtype) * C).sum(), f)[0])
+    assert _rel(grads[0], grads[1]) < 1e-5
+
+
 def _dk_derivatives(F, G, W, dF, fn, p, eps):
     """(∂⟨G, C⟩/∂F by a backward that is itself differentiated, ∂⟨W, that⟩/∂F, the forward-mode tangent dC)."""
     f = F.clone().requires_grad_()

@@ -63,6 +63,7 @@ from .. import _xp
 from .._autograd import compile_safe, differentiating_backward, tangent_op, undifferentiable
 from ._checks import check_domain, check_eps, check_matrix, method_params
 from .divided_differences import divided_differences, scalar_function, dk_frechet, dk_second_frechet, eigen_divided_differences
+from ._gram_values import gram_values
 from ..errors import InputError
 from ..methods import DEFAULT, Spec
 
@@ -95,23 +96,6 @@ def svd_matrix_function(F: torch.Tensor, fn: str = "log", eps: float = 0.0, p: f
     """C = V g(ΣᵀΣ + εI) Vᵀ ∈ ℝ^{d×d} from the SVD of F (..., n, d) — Prop. 3."""
     name = "svd_matrix_function"
     return _check_overflow(_svd_matrix_function(F, fn, _check_features(F, fn, eps, p, name), p), F, fn, p, name)
-
-
-def gram_values(S, eps, fn, p):
-    """g(σ² + ε) elementwise, also where σ² + ε overflows (σ > 1.8e19 in float32) or is subnormal or 0 at σ ≠ 0
-    (float32 σ < 1.1e-19 with ε = 0: σ² had lost its digits, or was 0), but g(σ² + ε) need not: there
-    log = 2 log σ + log1p((ε/σ)/σ), √ = hypot(σ, √ε), x^p = hypot(σ, √ε)^(2p); elsewhere (every σ of
-    ordinary size) g(σ² + ε) as is."""
-    mu = S * S + eps
-    off = mu.isinf() | ((mu < torch.finfo(mu.dtype).tiny) & (S != 0))
-    one = torch.ones_like(mu)
-    S_off = torch.where(off, S, one)
-    if fn == "log":
-        alt = 2 * torch.log(S_off) + (torch.log1p(eps / S_off / S_off) if eps else 0)  # no 0/σ² in the derivative
-    else:
-        h = torch.hypot(S_off, torch.full_like(S_off, eps ** 0.5))
-        alt = h if fn == "sqrt" else h ** (2 * p)
-    return torch.where(off, alt, scalar_function(fn, p)(torch.where(off, one, mu)))
 
 
 def _svd_matrix_function(F, fn, eps, p):
