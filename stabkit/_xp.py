@@ -7,6 +7,7 @@ two share, plus the helpers below for the few that are spelled differently.
 from __future__ import annotations
 
 import contextlib
+import math
 import types
 from typing import TYPE_CHECKING, Any, Union
 
@@ -148,6 +149,22 @@ def vector_norm(x: Array) -> Array:
     if xp is np:
         return np.linalg.norm(x, axis=-1, keepdims=True)
     return xp.linalg.vector_norm(x, dim=-1, keepdim=True)
+
+
+def unit_scale(A: Array) -> Array:
+    """c = 2^−e per matrix, shape (..., 1, 1), without gradient, where max|A| = m·2^e, m ∈ [½, 1): c·A has
+    max|c·A| in [½, 1) and is exact (a power of two). e is kept ≥ log2(tiny) so that c is finite; c = 1 for
+    A = 0 (and where A holds inf or NaN)."""
+    xp = namespace(A)
+    if xp is np:
+        if A.shape[-1] == 0:
+            return np.ones(A.shape[:-2] + (1, 1), A.dtype)
+        _, e = np.frexp(np.abs(A).max(axis=(-2, -1), keepdims=True))
+        return np.ldexp(np.ones((), A.dtype), -np.maximum(e, np.finfo(A.dtype).minexp))
+    if A.shape[-1] == 0:
+        return xp.ones(A.shape[:-2] + (1, 1), dtype=A.dtype, device=A.device)
+    _, e = xp.frexp(A.detach().abs().amax(dim=(-2, -1), keepdim=True))
+    return xp.exp2(-e.clamp_min(int(math.log2(xp.finfo(A.dtype).tiny))).to(A.dtype))
 
 
 def flip(x: Array) -> Array:

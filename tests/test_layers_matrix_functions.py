@@ -660,12 +660,129 @@ def test_float32_features_near_1e20_match_float64(route, fn, p, shape):
 @pytest.mark.parametrize("fn, p", LARGE_G + [("power", 1.5)], ids=["log", "sqrt", "p=0.3", "p=1.5"])
 @pytest.mark.parametrize("shape, eps", [((5, 3), 0.0), ((3, 4), 0.5)], ids=["tall", "wide+ridge"])
 def test_svd_dk_backward_at_a_power_of_two_scale_is_the_gradient(monkeypatch, fn, p, shape, eps):
-    """The rescaled backward, forced at moderate float64 scale (c = 2^−3, as for large F), against
-    finite differences: the factor c^(1−2p) (log: p = 0, √: p = ½) is checked, not just its c = 1 case."""
+    """The rescaled backward, its derivative and the forward mode, forced at moderate float64 scale (c = 2^−3,
+    as for large F), against finite differences: the factor c^(1−2p) (log: p = 0, √: p = ½) is checked, not
+    just its c = 1 case."""
     svd_module = importlib.import_module("stabkit.layers.svd")
-    monkeypatch.setattr(svd_module, "overflow_scale", lambda S: torch.full_like(S[..., :1], 0.125))
+    monkeypatch.setattr(svd_module, "range_scale", lambda S, eps, q: torch.full_like(S[..., :1], 0.125))
     F = torch.randn(*shape, dtype=D, generator=GEN(11)).requires_grad_()
-    assert gradcheck(lambda f: layers.svd_dk_matrix_function(f, fn, eps=eps, p=p), (F,))
+    layer = lambda f: layers.svd_dk_matrix_function(f, fn, eps=eps, p=p)  # noqa: E731
+    assert gradcheck(layer, (F,), check_forward_ad=True)
+    assert gradgradcheck(layer, (F,))
+
+
+@pytest.mark.parametrize("shape", [(5, 3), (3, 5)], ids=["tall", "wide"])
+@pytest.mark.parametrize("fn, p", LARGE_G, ids=["log", "sqrt", "p=0.3"])
+@pytest.mark.parametrize("route", list(LARGE_ROUTES))
+@pytest.mark.parametrize("dtype, e", [(torch.float32, -70), (torch.float32, -75), (torch.float32, -80),
+                                      (torch.float64, -540), (torch.float64, -560)],
+                         ids=["f32-2^-70", "f32-2^-75", "f32-2^-80", "f64-2^-540", "f64-2^-560"])
+def test_features_whose_sigma_squared_underflows_match_the_scaled_float64_result(route, fn, p, shape, dtype, e):
+    """F·2^e with σ² subnormal or 0 (ε = 0): C = g(σ²) lost its digits with σ² — √ was 1e-4 off at float32
+    2^-70, 10 % at 2^-75, 0 at 2^-80, NaN in float64 at 2^-540 — and the SVD route's gradient with it
+    (NaN or inf). C is of degree 2q in F (log: + 2e log 2 I) and ∂⟨G, C⟩/∂F of degree 2q − 1: both must be
+    the float64 values at F, scaled (to 1e-5 / 1e-12)."""
+    if shape[0] < shape[1] and fn == "log":
+        pytest.skip("log of a wide F's singular FᵀF is refused at ε = 0")
+    layer, gen = LARGE_ROUTES[route], GEN(2)
+    F = torch.randn(*shape, dtype=D, generator=gen).to(dtype).double()
+    G = torch.randn(shape[1], shape[1], dtype=D, generator=gen)
+    f = F.clone().requires_grad_()
+    C0 = layer(f, fn, eps=0.0, p=p)
+    (g0,) = torch.autograd.grad((G * C0).sum(), f)
+    f = (F * 2.0 ** e).to(dtype).requires_grad_()
+    C = layer(f, fn, eps=0.0, p=p)
+    (g,) = torch.autograd.grad((G.to(dtype) * C).sum(), f)
+    q = {"log": 0.0, "sqrt": 0.5}.get(fn, p)
+    if fn == "log":                                          # log: C0 shifted by 2e log 2 I (~ −97 at 2^-70)
+        C, C0 = C.double(), C0 + 2 * e * math.log(2) * torch.eye(shape[1], dtype=D)
+    else:                                                    # scaled back (its norm would underflow)
+        C = C.double() * 2.0 ** (-2 * q * e)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    assert _rel(C, C0) < tol
+    assert _rel(g.double() * 2.0 ** ((1 - 2 * q) * e), g0) < tol
+
+
+@pytest.mark.parametrize("dtype, p, smallest", [(torch.float32, -0.5, 1e-14), (torch.float32, -0.5, 1e-17),
+                                                 (torch.float32, -1.0, 1e-12), (torch.float32, -2.0, 1e-7),
+                                                 (torch.float64, -0.5, 1e-110)],
+                         ids=["f32-p=-0.5-1e-14", "f32-p=-0.5-1e-17", "f32-p=-1-1e-12", "f32-p=-2-1e-7", "f64-p=-0.5-1e-110"])
+def test_svd_route_power_gradient_is_finite_where_only_the_derivative_of_x_p_overflows(dtype, p, smallest):
+    """F = [diag(1, ½, s); 0] (an SVD every solver gets exactly), g = x^p, p < 0: C = (FᵀF)^p holds s^(2p)
+    (finite) and ∂⟨G, C⟩/∂F = 2p s^(2p−1) G_33 at F_33 (finite: 9.9e27 for p = −½, s = 1e-14), but the
+    SVD route differentiated x^p at μ = s², p·μ^(p−1) = ∞ (1e42), so the gradient was NaN. C and the gradient
+    against the float64 values of the same F (to 1e-5; float64 s = 1e-110 against 60-digit mpmath: entry
+    (2, 2) is 2p s^(2p−1) G_22, the others are not affected by s beyond rounding)."""
+    F = torch.cat([torch.diag(torch.tensor([1.0, 0.5, smallest], dtype=dtype)), torch.zeros(1, 3, dtype=dtype)])
+    G = torch.randn(3, 3, dtype=D, generator=GEN(4))
+    f = F.clone().requires_grad_()
+    C = layers.svd_matrix_function(f, "power", eps=0.0, p=p)
+    (g,) = torch.autograd.grad((G.to(dtype) * C).sum(), f)
+    assert torch.isfinite(C).all() and torch.isfinite(g).all()
+    if dtype == torch.float32:
+        f64 = F.double().requires_grad_()
+        C64 = layers.svd_matrix_function(f64, "power", eps=0.0, p=p)
+        (g64,) = torch.autograd.grad((G * C64).sum(), f64)
+        assert _rel(C, C64) < 1e-5 and _rel(g, g64) < 1e-5
+    else:
+        with mp.workdps(60):
+            s = mp.mpf(smallest)
+            want = 2 * p * s ** (2 * p - 1) * mp.mpf(float(G[2, 2]))
+        assert float(g[2, 2]) == pytest.approx(float(want), rel=1e-12)
+
+
+def test_svd_route_power_gradient_where_the_derivative_of_x_p_underflows():
+    """float32 F ~ 1e17, g = x^−½: C = (FᵀF)^−½ ~ 1e-17 is a normal number, but p·μ^(p−1) ~ 1e-51 underflowed
+    in the SVD route's derivative: the gradient was 84 % off (silently). Against float64 to 1e-5."""
+    F = (torch.randn(6, 4, dtype=D, generator=GEN(9)) * 1e17).float()
+    G = torch.randn(4, 4, dtype=D, generator=GEN(10))
+    grads = []
+    for dtype in (torch.float32, D):
+        f = F.to(dtype).requires_grad_()
+        C = layers.svd_matrix_function(f, "power", eps=1e-3, p=-0.5)
+        grads.append(torch.autograd.grad((G.to(dtype) * C).sum(), f)[0])
+    assert _rel(grads[0], grads[1]) < 1e-5
+
+
+def _dk_derivatives(F, G, W, dF, fn, p, eps):
+    """(∂⟨G, C⟩/∂F by a backward that is itself differentiated, ∂⟨W, that⟩/∂F, the forward-mode tangent dC)."""
+    f = F.clone().requires_grad_()
+    (g,) = torch.autograd.grad((G.to(F.dtype) * layers.svd_dk_matrix_function(f, fn, eps, p)).sum(), f, create_graph=True)
+    (h,) = torch.autograd.grad((W.to(F.dtype) * g).sum(), f)
+    _, t = torch.func.jvp(lambda x: layers.svd_dk_matrix_function(x, fn, eps, p), (F,), (dF.to(F.dtype),))
+    return g.detach(), h, t
+
+
+@pytest.mark.parametrize("fn, p", LARGE_G, ids=["log", "sqrt", "p=0.3"])
+@pytest.mark.parametrize("shape, eps", [((5, 3), 0.0), ((3, 5), 0.0), ((5, 3), 1e-3)], ids=["tall", "wide", "tall+ridge"])
+@pytest.mark.parametrize("dtype, e", [(torch.float32, 40), (torch.float32, 66), (torch.float32, 100),
+                                      (torch.float32, -66), (torch.float64, 300), (torch.float64, 520),
+                                      (torch.float64, -300)],
+                         ids=["f32-2^40", "f32-2^66", "f32-2^100", "f32-2^-66", "f64-2^300", "f64-2^520", "f64-2^-300"])
+def test_svd_dk_second_derivatives_and_forward_mode_at_extreme_scales(fn, p, shape, eps, dtype, e):
+    """F·2^e: the DK backward that is itself differentiated (create_graph, double backward) and the
+    forward-mode tangent formed σ², FᵀF and μ^(q−3)-sized second divided differences at F's own scale, so
+    in float32 they were 1e17× off at 2^40 (wide+ridge) and NaN or 100 % off (0) at 2^66, 2^-66 (log). C is
+    of degree 2q in F (log q = 0, √ ½, x^p p), so the gradient and tangent must be 2^{(2q−1)e} and the second
+    derivative 2^{(2q−2)e} times their float64 values at F (ε·2^−2e there), wherever that is a normal number
+    (not log's 2^−200 at f32-2^100, say)."""
+    if shape[0] < shape[1] and eps == 0 and fn == "log":
+        pytest.skip("log of a wide F's singular FᵀF is refused at ε = 0")
+    if eps and e < 0:
+        pytest.skip("the float64 reference would take ε·2^−2e ~ 1e177")
+    gen = GEN(3)
+    F = torch.randn(*shape, dtype=D, generator=gen).to(dtype).double()     # F·2^e exact in dtype
+    G, W, dF = (torch.randn(*s, dtype=D, generator=gen) for s in ((shape[1],) * 2, shape, shape))
+    want = _dk_derivatives(F, G, W, dF, fn, p, eps * 2.0 ** (-2 * e))
+    got = _dk_derivatives((F * 2.0 ** e).to(dtype), G, W, dF, fn, p, eps)
+    q = {"log": 0.0, "sqrt": 0.5}.get(fn, p)
+    tol = 1e-4 if dtype == torch.float32 else 1e-10
+    lo, hi = math.log2(torch.finfo(dtype).tiny), math.log2(torch.finfo(dtype).max)
+    for x, y, degree in zip(got, want, (2 * q - 1, 2 * q - 2, 2 * q - 1)):
+        if lo < math.log2(y.abs().max()) + degree * e < hi:   # else the true value is no normal number in dtype
+            assert _rel(x.double() * 2.0 ** (-degree * e), y) < tol
+        else:
+            assert degree == 2 * q - 2                         # the gradient and the tangent always are
 
 
 def test_overflowing_power_of_large_features_raises():

@@ -451,3 +451,40 @@ def test_power_iteration_numpy_batch_where_only_some_matrices_reach_mv_zero():
     assert sorted(lam[1].tolist()) == [0.0, 0.0, 0.0, 3.0] and lam[2].tolist() == [0.0] * 4
     for i in (1, 2):
         np.testing.assert_allclose(U[i].T @ U[i], np.eye(4), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("xp", ["numpy", "torch"])
+@pytest.mark.parametrize("name", ["pi-forward", "pi-authors", "pi-legacy", "pi"])
+@pytest.mark.parametrize("dtype, e", [(np.float32, 64), (np.float32, 100), (np.float32, -66), (np.float32, -80),
+                                      (np.float64, 520), (np.float64, -540)],
+                         ids=["f32-2^64", "f32-2^100", "f32-2^-66", "f32-2^-80", "f64-2^520", "f64-2^-540"])
+def test_power_iteration_at_extreme_scales_is_the_scaled_result(xp, name, dtype, e):
+    """A·2^e with λ(A) = (1, 2, 3, 5): |λ| ~ 1e19 … 1e30 or 1e-20 … 1e-24 in float32 (‖M v‖² over- or
+    underflows: ‖M v‖ was inf or 0, λ̂ off by up to 2.5× and gradients inf or 0, silently), 1e156 / 1e-163 in
+    float64. λ must be 2^e times, U equal to (up to each column's sign), and the gradient of
+    L = 2^−e ⟨gλ, λ⟩ + Σ_k w_k u_kᵀ B u_k (sign-free, as LAPACK's are for pi) 2^−e times the float64 values
+    at A (ε = 0: the pairs that pi and pi-legacy keep must not depend on the scale)."""
+    A = build([1.0, 2.0, 3.0, 5.0], seed=4).astype(dtype).astype(np.float64)   # A·2^e exact in dtype
+    rng = np.random.default_rng(5)
+    B, w, glam = rng.standard_normal((4, 4)), rng.standard_normal(4), rng.standard_normal(4)
+    spec = methods.spec(name).replace(eps=0.0)
+    lam0, U0, state0 = spec.forward(A)
+    want = spec.backward(state0, 2 * (B + B.T) / 2 @ U0 * w, glam)
+    scaled = (A * 2.0 ** e).astype(dtype)
+    if xp == "numpy":
+        lam, U, state = spec.forward(scaled)
+        gU = ((B + B.T) @ U.astype(np.float64) * w).astype(dtype)
+        grad = spec.backward(state, gU, (glam * 2.0 ** -e).astype(dtype))
+    else:
+        a = torch.tensor(scaled, requires_grad=True)
+        lam, U, _ = eigh_kept(a, method=spec)
+        loss = (lam * torch.tensor(glam * 2.0 ** -e, dtype=a.dtype)).sum() + (
+            (U * (torch.tensor(B, dtype=a.dtype) @ U)).sum(0) * torch.tensor(w, dtype=a.dtype)).sum()
+        (grad,) = torch.autograd.grad(loss, a)
+        lam, U, grad = lam.detach().numpy(), U.detach().numpy(), grad.numpy()
+    tol = 1e-4 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(np.asarray(lam, np.float64) * 2.0 ** -e, lam0, rtol=tol)
+    U = np.asarray(U, np.float64)
+    np.testing.assert_allclose(U * np.sign((U * U0).sum(0)), U0, rtol=0, atol=tol)
+    got = np.asarray(grad, np.float64) * 2.0 ** e
+    assert np.linalg.norm(got - want) <= tol * np.linalg.norm(want)

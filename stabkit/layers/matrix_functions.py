@@ -46,9 +46,9 @@ Input: F a finite float32/float64 (..., n, d), ε a finite number ≥ 0, and an 
 log, semidefinite for √: :func:`._checks.check_domain`). o2p's own FᵀF is not checked: in float32 at a
 small ε its rounding may leave λ + ε < 0, and that NaN is a result of the o2p-stability study. With
 ε = 0, log and x^p (p < 0) of a singular FᵀF are infinite; a wide F (n < d) always makes FᵀF
-singular, so that case is refused. Where σ² overflows (float32 σ > 1.8e19) the SVD routes take
-g(σ² + ε) without σ² (:func:`gram_values`) and their first-order backward at 2^−k F
-(:func:`.svd.overflow_scale`; second derivatives and forward mode are not rescaled); x^p whose C
+singular, so that case is refused. Where σ² + ε overflows (float32 σ > 1.8e19) or is subnormal or 0
+(float32 σ < 1.1e-19, ε = 0) the SVD routes take g(σ² + ε) without σ² (:func:`gram_values`); SVD-DK's backward, its derivatives and its forward mode are
+taken at 2^−k F outside an ordinary range of σ (:func:`.svd.range_scale`); x^p whose C
 overflows (p > 0 on the SVD routes, any p on the EIG route), and o2p's EIG route where FᵀF does,
 raise InputError.
 """
@@ -63,6 +63,7 @@ from .. import _xp
 from .._autograd import compile_safe, differentiating_backward, tangent_op, undifferentiable
 from ._checks import check_domain, check_eps, check_matrix, method_params
 from .divided_differences import divided_differences, scalar_function, dk_frechet, dk_second_frechet, eigen_divided_differences
+from ._gram_values import gram_values
 from ..errors import InputError
 from ..methods import DEFAULT, Spec
 
@@ -95,22 +96,6 @@ def svd_matrix_function(F: torch.Tensor, fn: str = "log", eps: float = 0.0, p: f
     """C = V g(ΣᵀΣ + εI) Vᵀ ∈ ℝ^{d×d} from the SVD of F (..., n, d) — Prop. 3."""
     name = "svd_matrix_function"
     return _check_overflow(_svd_matrix_function(F, fn, _check_features(F, fn, eps, p, name), p), F, fn, p, name)
-
-
-def gram_values(S, eps, fn, p):
-    """g(σ² + ε) elementwise, also where σ² overflows but g(σ² + ε) need not (σ > 1.8e19 in float32):
-    there log = 2 log σ + log1p((ε/σ)/σ), √ = hypot(σ, √ε), x^p = hypot(σ, √ε)^(2p); elsewhere (every
-    σ of ordinary size) g(σ² + ε) as is."""
-    mu = S * S + eps
-    big = mu.isinf()
-    one = torch.ones_like(mu)
-    S_big = torch.where(big, S, one)
-    if fn == "log":
-        alt = 2 * torch.log(S_big) + torch.log1p(eps / S_big / S_big)
-    else:
-        h = torch.hypot(S_big, torch.full_like(S_big, eps ** 0.5))
-        alt = h if fn == "sqrt" else h ** (2 * p)
-    return torch.where(big, alt, scalar_function(fn, p)(torch.where(big, one, mu)))
 
 
 def _svd_matrix_function(F, fn, eps, p):
@@ -222,31 +207,32 @@ class _SvdDK(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gC, _gS, _gV):
+        """2 F L(gC) (L the Fréchet derivative of g at FᵀF + εI), taken at cF, c²ε (:func:`_at_scale`): with the
+        saved factors (:func:`_thin_frechet`), or — where it is itself differentiated — by the EIG-DK op at
+        (cF)ᵀ(cF), whose derivative (exact on ties) reaches F through that gradient handle. A wide F with ε = 0
+        goes through :func:`_row_gram_backward` instead (the complement's g'(0) is infinite for √, x^p, p < 1)."""
         F, S, V = ctx.saved_tensors
+        c, unscale = _at_scale(S, ctx.fn, ctx.eps, ctx.p)
+        F, S, eps = F * c[..., None], S * c, ctx.eps * c * c
         if not differentiating_backward(F):
-            return _scaled_backward(F, S, V, gC, ctx.fn, ctx.eps, ctx.p), None, None, None
-        if F.shape[-2] >= F.shape[-1] or ctx.eps > 0:
-            return 2 * F @ _SvdDK._gram_op(ctx, gC), None, None, None
-        return _row_gram_backward(F, gC, ctx.fn, ctx.p), None, None, None
-
-    @staticmethod
-    def _gram_op(ctx, G):
-        """L(G) at FᵀF + εI from the full V by the EIG-DK op, whose derivative (exact on ties) reaches F
-        through the gradient handle FᵀF. Not for a wide F with ε = 0: the complement's g'(0) is
-        infinite for √ and x^p, p < 1 (:func:`_row_gram_backward` is used instead)."""
-        F, S, V = ctx.saved_tensors
-        mu = _pad(S * S, F.shape[-1]) + ctx.eps
-        return compile_safe(_Frechet, _FrechetJvp).apply(F.mT @ F, G, mu, V, ctx.fn, ctx.p)
+            L = _thin_frechet(V[..., :S.shape[-1]], S, F.shape[-1], gC, ctx.fn, eps, ctx.p)
+            return 2 * F @ L * unscale, None, None, None
+        if F.shape[-2] < F.shape[-1] and ctx.eps == 0:
+            return _row_gram_backward(F, gC, ctx.fn, ctx.p) * unscale, None, None, None
+        twice = 2 * F  # made before the handle FᵀF: a double backward adds its 3 terms of ∂/∂F in the same order
+        mu = _pad(S * S, F.shape[-1]) + eps  # as before the scaling (bitwise the same result at c = 1)
+        L = compile_safe(_Frechet, _FrechetJvp).apply(F.mT @ F, gC, mu, V, ctx.fn, ctx.p)
+        return twice @ L * unscale, None, None, None
 
 
-def _scaled_backward(F, S, V, G, fn, eps, p):
-    """2 F L(G), computed at cF, c = 2^−k of :func:`.svd.overflow_scale` (1 at ordinary scales): the
-    divided differences at c²μ = (cσ)² + c²ε are c^(2−2p) times those at μ (log: p = 0, √: p = ½), so
-    2 F L(G) = c^(1−2p) · 2 (cF) L_{c²μ}(G) — without σ² overflowing (float32 σ ~ 1e20 made them NaN)."""
-    c = _svd.overflow_scale(S)
+def _at_scale(S, fn, eps, p):
+    """(c, c^(1−2q)) for :func:`.svd.range_scale`'s c (1 at ordinary scales), g of degree q (log 0, √ ½, x^p p):
+    the divided differences at c²μ are c^(2q−2) times those at μ, so the backward and the tangent, of degree
+    2q − 1 in F, are c^(1−2q) times their values at cF, c²ε — where σ², FᵀF and the second divided differences
+    neither overflow nor underflow (float32 σ ~ 1e12 made a second derivative 1e17× off, ~1e20 NaN)."""
     q = 0.0 if fn == "log" else (0.5 if fn == "sqrt" else p)
-    L = _thin_frechet(V[..., :S.shape[-1]], S * c, F.shape[-1], G, fn, eps * (c * c), p)
-    return 2 * (F * c[..., None]) @ L * (c ** (1 - 2 * q))[..., None]
+    c = _svd.range_scale(S, eps, q)
+    return c, (c ** (1 - 2 * q))[..., None]
 
 
 def _row_gram_backward(F, G, fn, p):
@@ -288,12 +274,14 @@ class _SvdDKJvp(_SvdDK):
 
 def _svd_dk_tangent(F, dF, S, V, fn, eps, p):
     """dC = L(dFᵀF + FᵀdF), L the Fréchet derivative of g at FᵀF + εI: :func:`dk_frechet` with the full
-    V for a square or tall F, :func:`_gram_frechet` with the thin one for a wide F."""
+    V for a square or tall F, :func:`_gram_frechet` with the thin one for a wide F; at cF, c²ε (:func:`_at_scale`)."""
+    c, unscale = _at_scale(S, fn, eps, p)
+    F, S, eps = F * c[..., None], S * c, eps * c * c
     G = 2 * F.mT @ dF
     k, d = S.shape[-1], F.shape[-1]
     if k == d:
-        return dk_frechet(V, eigen_divided_differences(S * S + eps, fn, p), G)
-    return _gram_frechet(V[..., :k], S, d, G, fn, eps, p)
+        return dk_frechet(V, eigen_divided_differences(S * S + eps, fn, p), G) * unscale
+    return _gram_frechet(V[..., :k], S, d, G, fn, eps, p) * unscale
 
 
 def _pad(x, d):

@@ -44,15 +44,23 @@ def ionescu_K(s2: torch.Tensor) -> torch.Tensor:
     return torch.where(tie, torch.zeros_like(diff), 1.0 / torch.where(tie, torch.ones_like(diff), diff))
 
 
-def overflow_scale(S: torch.Tensor) -> torch.Tensor:
-    """c = 2^−k (shape (..., 1), from σ (..., k) without gradient), k ≥ 0 the least with c·σ_max < 2^e,
-    e = ⌊log2(max float)⌋/2 − 2 (61 in float32, 509 in float64), so that (cσ)² and their differences
-    cannot overflow; c = 1 exactly unless σ_max is that large (σ_max > 2.3e18 in float32)."""
+def range_scale(S: torch.Tensor, eps: float, q: float) -> torch.Tensor:
+    """c = 2^−k (shape (..., 1), from σ (..., k) without gradient) at which the Daleckii–Krein routes of
+    :mod:`.matrix_functions` (g of degree q: log 0, √ ½, x^p p) take their derivatives, at cF and c²ε.
+
+    The least shift that brings s = max(σ_max, √ε) = m·2^e (m ∈ [½, 1)) to |e| ≤ ⌊(⌊log2 max float⌋ − 8) /
+    (2 (max(|q|, |q − 3|) + 1))⌋ (float32: 14 for log, 17 for √; float64: 126, 145), where μ = σ² + ε, the
+    powers μ^(q−j), j ≤ 3, that the first and second derivatives form, and their products with F stay normal
+    numbers. So c = 1 at ordinary scales, where a call is computed as is, bitwise (x^p's pow is not exact
+    under scaling), and a small ε next to a large σ is shifted no further than needed (c²ε stays normal:
+    float32 σ ~ 1e20 with ε = 1e-3)."""
     if S.shape[-1] == 0:
         return torch.ones(S.shape[:-1] + (1,), dtype=S.dtype, device=S.device)
-    limit = int(math.log2(torch.finfo(S.dtype).max)) // 2 - 2
-    k = (torch.ceil(torch.log2(S.detach().amax(-1, keepdim=True))) - limit).clamp_min(0)
-    return torch.exp2(-k)
+    s = S.detach().amax(-1, keepdim=True).clamp_min(math.sqrt(eps))
+    top = int(math.log2(torch.finfo(S.dtype).max))
+    limit = int((top - 8) / (2 * (max(abs(q), abs(q - 3)) + 1)))
+    _, e = torch.frexp(s)
+    return torch.exp2((e.clamp(-limit, limit) - e).clamp_max(top).to(S.dtype))  # c finite for a subnormal s
 
 
 def unit_scale(S: torch.Tensor) -> torch.Tensor:

@@ -58,9 +58,13 @@ they are not sorted (spectrum (−5, −1, 2, 3) → λ = (−1, 2, 3, −5)); t
 because the backward, the ``stop`` rule and the kept mask are all indexed by stage. ``stop=true`` adds the authors' stopping rule (ZCANormPIunstable in their public
 code): after the first stage, stop at the first whose Rayleigh quotient is < ε or larger than
 the previous stage's; the stopped pairs are dropped (``kept``). Default: no stopping rule. Its random start vectors come
-from a small integer hash of (row, column, seed) — bit-identical in numpy and torch, the same
-for every matrix of a batch (so ``vmap`` and a batched call agree), and free of numpy calls on
-the torch path (``torch.compile(fullgraph=True)``).
+from a small integer hash of (row, column, seed) (:mod:`._pi_starts`).
+
+Scale. The iterating forwards (``pi-forward``, ``pi-authors``, ``pi-legacy``) iterate on c·A, c = 2^−e the
+power of two that puts max|A| in [½, 1) (:func:`stabkit._xp.unit_scale`), and return λ̂/c; the backward runs
+on the same c·A with c·∂L/∂U (∂L/∂A is of degree 0 in A through λ, −1 through U). The iterates, λ and
+∂L/∂A are those of A itself, bit for bit wherever no number leaves the normal range, but ‖M v‖ can
+neither overflow (float32 |λ| ≳ 1e19: λ̂ came out up to 2.5× off, the gradient 0) nor underflow.
 """
 
 from __future__ import annotations
@@ -73,6 +77,7 @@ from .. import _xp
 from .._xp import Array
 from . import taylor
 from ._base import MAX_STEPS, Caveat, Method, assemble, boolean, exact_forward, integer, quiet, real
+from ._pi_starts import start_vectors
 
 
 def _matvec(M, v):
@@ -137,24 +142,6 @@ def _orthogonal_start(s: Array, found: list) -> Array:
     return s / _xp.vector_norm(s)
 
 
-def start_vectors(A: Array, seed: int) -> Array:
-    """Unit start vectors (columns of a d×d matrix, broadcast to A's shape) from an integer hash of
-    (row·d + column, seed) — an LCG step then xor-shift-multiply rounds, all exact in int64 below
-    2^62 — mapped to [−½, ½) before normalising."""
-    xp = _xp.namespace(A)
-    d = A.shape[-1]
-    modulus = 2**31
-    x = _xp.arange(d * d, like=A, dtype=xp.int64).reshape(d, d)
-    x = (x * 1103515245 + (int(seed) % modulus) * 2531011 + 0x91) % modulus
-    for multiplier in (0x2C1B3C6D, 0x297A2D39):  # xor-shift-multiply rounds: not affine in the index
-        x = x ^ (x >> 15)
-        x = (x * multiplier) % modulus
-    x = x ^ (x >> 15)
-    s = _xp.astype(x, xp.float64) / modulus - 0.5
-    s = s / _xp.vector_norm(_xp.T(s))[..., 0]
-    return xp.broadcast_to(_xp.astype(s, A.dtype), A.shape)
-
-
 def _forward(A: Array, steps: int, start: str, eps: float, seed: int, stop: bool = False) -> tuple[Array, Array, dict]:
     """Iterating forward of ``pi-legacy`` (start="exact") and ``pi-forward`` (start="random")."""
     xp = _xp.namespace(A)
@@ -172,8 +159,10 @@ def _forward(A: Array, steps: int, start: str, eps: float, seed: int, stop: bool
         starts = U
     else:
         starts = start_vectors(A, seed)
-    paths, norms, lam_hat, W = _run(A, starts, steps, order)
-    state = {"A": A, "paths": paths, "norms": norms, "lam_hat": lam_hat, "W": W, "order": order}
+    c = _xp.unit_scale(A)
+    paths, norms, lam_hat, W = _run(A * c, starts, steps, order)
+    lam_hat = {k: h / c[..., 0, 0] for k, h in lam_hat.items()}
+    state = {"A": A * c, "scale": c, "paths": paths, "norms": norms, "lam_hat": lam_hat, "W": W, "order": order}
     if start == "exact":
         state["active"] = _rayleigh_kept(kept, lam, lam_hat, order)
     else:
@@ -238,8 +227,10 @@ def backward(state: dict, gU: Array, glam: Array, *, authors_step: bool = False,
     Dropped stages are skipped with ``where`` (not multiplied by 0), so a non-finite value in a
     dropped stage cannot leak into the kept stages. A step with ‖M_k v‖ = 0 passes nothing back.
     ``authors_step``: hand each step's gradient back as M h_t instead of Mᵀ h_t (``pi-authors``).
+    ``state["A"]`` is the iterated c·A, so ∂L/∂U enters times c (the module docstring's Scale).
     """
     A, paths, norms, W = state["A"], state["paths"], state["norms"], state["W"]
+    gU = gU * state["scale"]
     order, active = state["order"], state["active"]
     xp = _xp.namespace(A)
     zero = A[..., 0] * 0
