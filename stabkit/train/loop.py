@@ -234,11 +234,14 @@ class _Run:
             self.active = False
 
     def _stop_before_the_deadline(self) -> None:
-        """At an epoch's end: stop when one more epoch (1.25 × this one) would end after the deadline."""
+        """At an epoch's end: stop when one more epoch (1.25 × this one) would end after the deadline.
+        The steps since the last check are checked first: a failure among them is the run's outcome
+        (and its stop point), as if every step had been checked, not a clean deadline stop."""
         now = time.time()
         epoch_s, self.epoch_t0 = now - self.epoch_t0, now
         if now + 1.25 * epoch_s > self.deadline:
-            self.active, self.deadline_stop = False, True
+            self._check()
+            self.active, self.deadline_stop = False, self.active
 
     def lr_at(self, step: int) -> float:
         return self.cfg["lr"] * self.cfg["gamma"] ** sum(step >= m for m in self.milestones)
