@@ -136,6 +136,33 @@ def test_chance_accuracy_is_diverged(synthetic):
     assert r["outcome"] == "ok"
 
 
+def test_chance_accuracy_counts_the_images_of_a_partial_last_batch(synthetic, monkeypatch):
+    """48 images in batches of 32 with the last batch kept: steps of 32, 16, 32, 16 images. The
+    chance check at step 3 divides the correct predictions of steps 0..3 by the 96 images those steps
+    drew (spied here), not by 4 × 32 = 128, which made a run at 3/4 of its accuracy look at chance."""
+    sizes = {}
+    real = loop._Run.batch_at
+
+    def batch_at(self, step):
+        x, y = real(self, step)
+        sizes[step] = len(y)
+        return x, y
+
+    monkeypatch.setattr(loop._Run, "batch_at", batch_at)
+    cfg = {**SMALL, "norm": "bn", "width": 0.0625, "lr": 1e-9, "epochs": 3, "limit_images": 48, "drop_last": False,
+           "chance_step": 3}
+    run = loop._Run({**cfg, "chance_acc": -1.0}, synthetic)  # never at chance: the counts only
+    assert loop._train(run)["outcome"] == "ok"
+    assert [sizes[s] for s in range(4)] == [32, 16, 32, 16]
+    correct = float(run.correct[:4].sum())
+    assert correct > 0
+    accuracy = correct / sum(sizes[s] for s in range(4))
+    above = train_run({**cfg, "chance_acc": (accuracy + correct / 128) / 2}, data=synthetic)  # below the accuracy
+    assert (above["outcome"], above["step"]) == ("ok", None)
+    below = train_run({**cfg, "chance_acc": accuracy * (1 + 1e-6)}, data=synthetic)
+    assert (below["outcome"], below["step"], below["steps_done"]) == ("diverged", 3, 4)
+
+
 def test_train_many_sequential_and_deterministic(synthetic):
     cfg = {**SMALL, "norm": "bn", "max_steps": 2}
     a, b, c = train_many([cfg, cfg, {**cfg, "seed": 1}], data=synthetic)

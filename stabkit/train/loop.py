@@ -158,6 +158,9 @@ class _Run:
         self.total = total
         chance_step = cfg["chance_step"] if cfg["chance_step"] is not None else max(100, total // 4)
         self.chance_step = chance_step if 0 <= chance_step < total else None
+        # the images in the chance window's steps: an epoch's last batch holds fewer without drop_last
+        self.chance_images = sum(min(batch, len(train_x) - (s % per_epoch) * batch)
+                                 for s in range(max(0, chance_step - 49), chance_step + 1)) if self.chance_step is not None else None
 
         torch.manual_seed(int(cfg["seed"]))
         preset = cfg["preset"]
@@ -282,7 +285,7 @@ class _Run:
     def _check(self) -> None:
         """The device-side failure checks, read back once per ``check_every`` steps."""
         if self.stop_any:
-            event = first_event(self.losses, self.gnorms, self.correct, self.done, self.cfg, self.chance_step, self.batch)
+            event = first_event(self.losses, self.gnorms, self.correct, self.done, self.cfg, self.chance_step, self.chance_images)
             if event:
                 self.outcome, self.event_step = event
                 self.active = False
@@ -290,7 +293,7 @@ class _Run:
             self.active = False
 
     def _on_exception(self, exc: BaseException) -> None:
-        event = first_event(self.losses, self.gnorms, self.correct, self.done, self.cfg, self.chance_step, self.batch)
+        event = first_event(self.losses, self.gnorms, self.correct, self.done, self.cfg, self.chance_step, self.chance_images)
         if event:
             self.outcome, self.event_step = event
             self.eigen_error = is_eigen_failure(exc)
@@ -324,7 +327,7 @@ class _Run:
         self._stop_point()
         done = self.done
         if not self.stop_any and self.outcome == "ok":
-            event = first_event(losses, self.gnorms, self.correct, done, cfg, self.chance_step, self.batch)
+            event = first_event(losses, self.gnorms, self.correct, done, cfg, self.chance_step, self.chance_images)
             if event:
                 self.outcome, self.event_step = event
         outcome, event_step, eigen_error = self.outcome, self.event_step, self.eigen_error

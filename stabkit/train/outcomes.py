@@ -18,8 +18,9 @@ def is_eigen_failure(exc: BaseException) -> bool:
     return isinstance(exc, EigensolverError)
 
 
-def first_event(losses, gnorms, correct, upto, cfg, chance_step, batch):
-    """(outcome, step) of the first failure among steps < upto, or None."""
+def first_event(losses, gnorms, correct, upto, cfg, chance_step, window_images):
+    """(outcome, step) of the first failure among steps < upto, or None. ``window_images``: the
+    training images in the chance window's steps (an epoch's last batch may be partial)."""
     loss, gn = losses[:upto], gnorms[:upto]
     bad_loss = ~torch.isfinite(loss)
     big_loss = torch.isfinite(loss) & (loss > cfg["diverge_loss"])
@@ -31,7 +32,7 @@ def first_event(losses, gnorms, correct, upto, cfg, chance_step, batch):
             events.append((int(idx[0]), OUTCOMES.index(outcome), outcome))
     if chance_step is not None and upto > chance_step:
         window = correct[max(0, chance_step - 49):chance_step + 1]
-        if float(window.sum()) / (len(window) * batch) <= cfg["chance_acc"]:
+        if float(window.sum()) / window_images <= cfg["chance_acc"]:
             events.append((chance_step, 99, "diverged"))
     if not events:
         return None
