@@ -344,7 +344,7 @@ class _Run:
             wrong = self.evals.get(last_epoch) if done == total or done % self.per_epoch == 0 else None
             wrong = wrong if wrong is not None else self._wrong_predictions()
             test_error = float(wrong) / max(1, len(self.test_x))
-            if outcome == "ok" and total >= 100 and test_error >= cfg["chance_error"]:
+            if outcome == "ok" and done == total >= 100 and test_error >= cfg["chance_error"]:  # a finished run only
                 outcome, event_step = "diverged", total
         set_tf32(self.tf32_before)
         stopped = done < total or nan_loss_step is not None
