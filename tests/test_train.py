@@ -136,6 +136,46 @@ def test_chance_accuracy_is_diverged(synthetic):
     assert r["outcome"] == "ok"
 
 
+class _ScaleBackward(torch.autograd.Function):
+    """The identity forward; its backward multiplies the incoming gradient by ``factor``."""
+
+    @staticmethod
+    def forward(ctx, x, factor):
+        ctx.factor = factor
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.factor, None
+
+
+def test_huge_but_finite_gradients_are_not_a_nonfinite_gradient(synthetic, monkeypatch):
+    """At step 3 every gradient is multiplied by 1e22 (the loss itself unchanged, ≈ 2.3): all entries
+    stay finite float32 numbers (up to ≈ 4e21), but a float32 sum of their squares overflows (> 3.4e38).
+    The step's gradient norm is the float64 norm of those entries (recomputed here with numpy), finite,
+    so step 3 is no failure event; the run fails only after it, from the weights the step made huge."""
+    real, calls, seen = loop.F.cross_entropy, [0], {}
+
+    def cross_entropy(logits, y):
+        calls[0] += 1
+        return _ScaleBackward.apply(real(logits, y), 1e22 if calls[0] == 4 else 1.0)
+
+    train_step = loop._Run._train_step
+
+    def spy(self, step):
+        train_step(self, step)
+        grads = [p.grad.detach().double().numpy().ravel() for p in self.params if p.grad is not None]
+        seen[step] = (np.concatenate(grads), float(self.gnorms[step]), float(self.losses[step]))
+
+    monkeypatch.setattr(loop.F, "cross_entropy", cross_entropy)
+    monkeypatch.setattr(loop._Run, "_train_step", spy)
+    r = train_run({**SMALL, "method": "taylor", "max_steps": 8}, data=synthetic)
+    grads, gnorm, loss = seen[3]
+    assert np.isfinite(grads).all() and np.abs(grads).max() > 1e20 and loss < 50
+    assert gnorm == pytest.approx(np.linalg.norm(grads), rel=1e-9)
+    assert r["step"] is not None and r["step"] > 3, (r["outcome"], r["step"])
+
+
 def test_chance_accuracy_counts_the_images_of_a_partial_last_batch(synthetic, monkeypatch):
     """48 images in batches of 32 with the last batch kept: steps of 32, 16, 32, 16 images. The
     chance check at step 3 divides the correct predictions of steps 0..3 by the 96 images those steps

@@ -180,7 +180,7 @@ class _Run:
         self.gen = torch.Generator(device=device)
         self.gen.manual_seed(int(cfg["seed"]) + 1)
         self.losses = torch.zeros(total, device=device)
-        self.gnorms = torch.zeros(total, device=device)
+        self.gnorms = torch.zeros(total, device=device, dtype=torch.float64)
         self.correct = torch.zeros(total, device=device)
         self.conv1_norms = torch.zeros(total, device=device)
         self.lam_max = torch.full((total,), float("nan"), device=device, dtype=torch.float64)
@@ -273,7 +273,9 @@ class _Run:
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         grads = [p.grad for p in self.params if p.grad is not None]
-        gnorm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        # summed in float64: finite float32 entries past ≈ 1.8e19 (an analytic backward near a tie) overflow a
+        # float32 sum of squares, which read as a non-finite gradient; inf/NaN entries still give inf/NaN
+        gnorm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float64)))
         self.losses[step], self.gnorms[step] = loss.detach(), gnorm
         self.correct[step] = (logits.detach().argmax(1) == y).sum()
         if self.spec is not None:
