@@ -191,7 +191,7 @@ def test_chance_accuracy_counts_the_images_of_a_partial_last_batch(synthetic, mo
     monkeypatch.setattr(loop._Run, "batch_at", batch_at)
     cfg = {**SMALL, "norm": "bn", "width": 0.0625, "lr": 1e-9, "epochs": 3, "limit_images": 48, "drop_last": False,
            "chance_step": 3}
-    run = loop._Run({**cfg, "chance_acc": -1.0}, synthetic)  # never at chance: the counts only
+    run = loop._Run({**cfg, "chance_acc": 0.0}, synthetic)  # at chance only with none correct: the counts only
     assert loop._train(run)["outcome"] == "ok"
     assert [sizes[s] for s in range(4)] == [32, 16, 32, 16]
     correct = float(run.correct[:4].sum())
@@ -248,10 +248,18 @@ def test_augment_crops_and_flips_on_device():
     ("tf32", 1, "tf32 must be true or false"),
     ("check_every", 0, r"check_every must be an integer in \[1, 2\^63 − 1\], got 0"),
     ("eval_every", 2**63, r"eval_every must be an integer in \[0, 2\^63 − 1\] \(0: test only at the end\), got 9223372036854775808"),
+    ("eval_batch", -1000, r"eval_batch must be an integer in \[1, 2\^63 − 1\], got -1000"),
+    ("eval_batch", 0, r"eval_batch must be an integer in \[1, 2\^63 − 1\], got 0"),
+    ("chance_acc", math.nan, r"chance_acc must be a fraction in \[0, 1\], got nan"),
+    ("chance_error", 1.5, r"chance_error must be a fraction in \[0, 1\], got 1.5"),
+    ("early_frac", 0.0, r"early_frac must be a fraction in \(0, 1\]"),
+    ("diverge_loss", math.nan, "diverge_loss must be a number > 0"), ("diverge_loss", "x", "diverge_loss must be a number"),
+    ("gap_threshold", -1e-5, "gap_threshold must be a number ≥ 0"),
 ])
 def test_bad_numbers_are_refused_before_a_step(option, value, needle):
-    # each would otherwise crash mid-run (max_steps = −1: a negative tensor size), train on silently
-    # (lr = ∞: outcome "ok" with |conv1| = ∞) or be ignored (limit_test = −1)
+    # each would otherwise crash mid-run (max_steps = −1: a negative tensor size; eval_batch = 0 at the first
+    # test pass), train on silently (lr = ∞: outcome "ok" with |conv1| = ∞; diverge_loss = NaN: the rule off),
+    # be ignored (limit_test = −1) or record a wrong number (eval_batch = −1000: test error 0, no image tested)
     with pytest.raises(ValueError, match=needle):
         loop.resolve_config({"limit_images": 64, "batch_size": 32, option: value})
 
