@@ -176,6 +176,42 @@ def test_huge_but_finite_gradients_are_not_a_nonfinite_gradient(synthetic, monke
     assert r["step"] is not None and r["step"] > 3, (r["outcome"], r["step"])
 
 
+def test_an_eigensolver_failure_on_an_overflowed_covariance_is_the_paper_s_nan_loss(synthetic, monkeypatch):
+    """Gradients × 1e22 at step 3 make the weights huge but finite; at step 4 conv1's float32 output
+    overflows the covariance, the eigensolver raises on it (spied: its input is not finite, the weights
+    are), where the authors' torch.svd gave NaN and their loss was NaN: the paper's failure at step 4
+    (5/8 epoch in), as for a covariance made NaN by NaN weights — not a run censored at 4/8 epoch."""
+    from stabkit.train import zca
+
+    real, calls, seen = loop.F.cross_entropy, [0], []
+
+    def cross_entropy(logits, y):
+        calls[0] += 1
+        return _ScaleBackward.apply(real(logits, y), 1e22 if calls[0] == 4 else 1.0)
+
+    solver = zca.eigh_kept
+
+    def spy(cov, spec):
+        seen.append(bool(torch.isfinite(cov).all()))
+        return solver(cov, spec)
+
+    train_step = loop._Run._train_step
+    weights_finite = {}
+
+    def step_spy(self, step):
+        weights_finite[step] = self._weights_finite()
+        train_step(self, step)
+
+    monkeypatch.setattr(loop.F, "cross_entropy", cross_entropy)
+    monkeypatch.setattr(zca, "eigh_kept", spy)
+    monkeypatch.setattr(loop._Run, "_train_step", step_spy)
+    r = train_run({**SMALL, "preset": "paper", "method": "taylor", "max_steps": 8}, data=synthetic)
+    assert seen == [True] * 4 + [False] and weights_finite[4]  # step 4: finite weights, non-finite Σ
+    assert (r["outcome"], r["step"], r["steps_done"]) == ("eigh-failed", 4, 4)
+    assert (r["nan_loss_step"], r["paper_outcome"], r["time_to_nan_loss_epochs"]) == (4, "nan-loss", 5 / 8)
+    assert r["nan_loss_note"].startswith("inferred") and r["censored_at_epochs"] is None
+
+
 def test_chance_accuracy_counts_the_images_of_a_partial_last_batch(synthetic, monkeypatch):
     """48 images in batches of 32 with the last batch kept: steps of 32, 16, 32, 16 images. The
     chance check at step 3 divides the correct predictions of steps 0..3 by the 96 images those steps

@@ -31,8 +31,8 @@ with ``step`` the (0-based) step of the event. ``stop_on="any"`` (stabkit) stops
 (as the authors' script, which stopped only at ``isnan(loss)``) and stops at a NaN loss. Either way
 the paper's criterion is recorded beside the outcome, never merged into it: ``nan_loss_step``
 (first step with a NaN loss, or None; ``nan_loss_note`` says when it is inferred: the
-eigensolver raised on a covariance made NaN by non-finite weights, where the authors' SVD returned
-NaN and their loss was NaN) and ``paper_outcome`` — ``nan-loss``, ``ok`` (no NaN loss
+eigensolver raised on a non-finite covariance — from non-finite weights, or finite ones whose float
+covariance overflowed — where the authors' SVD returned NaN and their loss was NaN) and ``paper_outcome`` — ``nan-loss``, ``ok`` (no NaN loss
 over the whole horizon), ``eigh-failed``, or ``censored`` (stopped by another outcome before the
 horizon without a NaN loss). Every record also stores the preset, ε, lr, milestones (as given and
 as steps), width, image subset, input std, the TF32 flags in force and the git commit.
@@ -100,7 +100,7 @@ from .batches import augment, device_data, evaluate, normalize, wrong_prediction
 from .config import (COMPILE_MODES, DEFAULTS, method_spec, milestone_steps, pick_device, resolve_config, run_settings,
                      set_tf32, tf32_flags)
 from .epoch_log import epoch_log, epoch_log_json
-from .outcomes import OUTCOMES, first_event, is_eigen_failure, paper_outcome
+from .outcomes import OUTCOMES, first_event, inferred_nan_loss, is_eigen_failure, paper_outcome
 from .resnet import ResNet18
 from .session import test_images
 
@@ -336,10 +336,9 @@ class _Run:
         nan_steps = torch.nonzero(torch.isnan(losses[:done]))
         nan_loss_step = int(nan_steps[0]) if len(nan_steps) else None
         nan_loss_note = ""
-        if nan_loss_step is None and eigen_error and not self._weights_finite():
-            # the eigensolver raised on a NaN covariance (non-finite weights from an earlier step's NaN
-            # gradient): the authors' torch.svd returned NaN there and their loss was NaN at this step
-            nan_loss_step, nan_loss_note = done, "inferred: eigensolver raised on non-finite weights"
+        if nan_loss_step is None and eigen_error:  # on a non-finite Σ the authors' loss was NaN at this step
+            nan_loss_note = inferred_nan_loss(self._weights_finite(), self.mon.records, done)
+            nan_loss_step = done if nan_loss_note else None
         test_error = None
         last_epoch = -(-done // self.per_epoch)
         if outcome == "ok" or (not self.stop_any and nan_loss_step is None and not eigen_error and done == total):

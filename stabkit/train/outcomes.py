@@ -41,6 +41,18 @@ def first_event(losses, gnorms, correct, upto, cfg, chance_step, window_images):
 
 
 
+def inferred_nan_loss(weights_finite: bool, records, step: int) -> str:
+    """The note of a NaN loss inferred at ``step``, where the eigensolver raised ("" if none is): it raised
+    on a non-finite covariance, where the authors' torch.svd returned NaN and their loss was NaN — from
+    non-finite weights (an earlier step's NaN gradient), or from finite weights whose float covariance
+    overflowed (the monitor's row of the failed call, ``records``, says its input was not finite)."""
+    if not weights_finite:
+        return "inferred: eigensolver raised on non-finite weights"
+    failed = records[(records["step"] == step) & (records["error"] != "")] if len(records) else records
+    return "inferred: eigensolver raised on a non-finite covariance of finite weights" if \
+        len(failed) and bool(failed["input_nonfinite"].any()) else ""
+
+
 def paper_outcome(nan_loss_step, eigen_error: bool, done: int, total: int) -> str:
     """The paper's criterion: ``nan-loss``, ``eigh-failed``, ``ok`` (the whole horizon without a NaN
     loss) or ``censored`` (stopped by another outcome before the horizon without a NaN loss)."""
