@@ -119,9 +119,10 @@ survival() {
         # avail − 60 s to finish, and with no more left, not one could start
         (( avail > 60 )) || { echo "gpu-session: survival: ${avail} s left: too little for a wave's runs to start"; break; }
         local run_time=$(( avail - 60 ))
-        # plan for the horizon the runs will get: the study's, or the epochs=E of SURVIVAL_SET (a fallback's)
+        # plan for the horizon the runs will get: the study's, or the epochs=E of SURVIVAL_SET (a fallback's);
+        # the key itself, not the end of another (extend_epochs=350 is no horizon)
         local horizon=()
-        [[ ${SURVIVAL_SET:-} =~ epochs=([0-9.]+) ]] && horizon=(--epochs "${BASH_REMATCH[1]}")
+        [[ " ${SURVIVAL_SET:-}" =~ [[:space:]=]epochs=([0-9.]+) ]] && horizon=(--epochs "${BASH_REMATCH[1]}")
         if [[ -n $choose ]]; then
             # the bench decides, once: runs stacked in one process, or JOBS processes — among the ways
             # that finish the most whole runs in this window (python -m stabkit.train.session --choose-stack)
@@ -141,7 +142,7 @@ survival() {
         else
             n=$("$py" -m stabkit.train.session "$study" --seconds "$run_time" --jobs "$jobs" --bench "$bench" ${horizon[@]+"${horizon[@]}"} ${stacking[@]+"${stacking[@]}"}) || return 2
         fi
-        if (( n == 0 )) && [[ -n ${FIT_HORIZON:-} && -z ${RUN_S:-} && ${SURVIVAL_SET:-} != *epochs=* ]]; then
+        if (( n == 0 )) && [[ -n ${FIT_HORIZON:-} && -z ${RUN_S:-} ]] && (( ${#horizon[@]} == 0 )); then
             # the study's horizon does not fit one wave: the longest whole-epoch horizon that does
             local e
             e=$("$py" -m stabkit.train.session "$study" --seconds "$run_time" --jobs "$jobs" --bench "$bench" --fit-epochs ${stacking[@]+"${stacking[@]}"}) || return 2

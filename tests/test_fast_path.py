@@ -156,6 +156,65 @@ def test_a_run_stops_at_an_epoch_end_before_its_deadline(synthetic, monkeypatch,
     assert last["epoch"] == 1 and last["test_acc"] == first["test_acc"]
 
 
+def _nan_loss_at(monkeypatch, step: int) -> None:
+    """The training loss is NaN at 0-based step ``step`` (its backward then makes the weights NaN)."""
+    real, calls = loop.F.cross_entropy, [0]
+
+    def cross_entropy(logits, y):
+        loss = real(logits, y)
+        calls[0] += 1
+        return loss * float("nan") if calls[0] == step + 1 else loss
+
+    monkeypatch.setattr(loop.F, "cross_entropy", cross_entropy)
+
+
+def _deadline_passes_at_the_first_test_pass(monkeypatch) -> None:
+    """A deadline an hour away, and the loop's clock jumping two hours at its first test pass."""
+    import types
+
+    monkeypatch.setenv("STABKIT_RUN_DEADLINE", str(time.time() + 3600))
+    shift = [0.0]
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(time=lambda: time.time() + shift[0], perf_counter=time.perf_counter))
+    evaluate = loop._Run._wrong_predictions
+
+    def evaluate_then_jump(run):
+        wrong = evaluate(run)
+        shift[0] = 7200.0
+        return wrong
+
+    monkeypatch.setattr(loop._Run, "_wrong_predictions", evaluate_then_jump)
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_a_failure_between_checks_is_the_outcome_of_a_run_stopped_by_its_deadline(synthetic, monkeypatch, fast):
+    """A NaN loss at step 7, the last step of epoch 1 (8 steps of 32 images), read back only every 50
+    steps; the deadline stops the run at that epoch's end, before any check. The record is that of a
+    run checked at every step: a non-finite loss at step 7, 8 steps done, no test error, no deadline stop."""
+    cfg = {**SMALL, "method": "taylor", "epochs": 3.0, "check_every": 50, "fast": fast}
+    _nan_loss_at(monkeypatch, 7)
+    checked = train_run({**cfg, "check_every": 1}, data=synthetic)
+    _nan_loss_at(monkeypatch, 7)
+    _deadline_passes_at_the_first_test_pass(monkeypatch)
+    cut = train_run(cfg, data=synthetic)
+    keys = ("outcome", "step", "steps_done", "nan_loss_step", "paper_outcome", "test_error", "deadline_stop")
+    assert {k: cut[k] for k in keys} == {k: checked[k] for k in keys} == {
+        "outcome": "nonfinite-loss", "step": 7, "steps_done": 8, "nan_loss_step": 7, "paper_outcome": "nan-loss",
+        "test_error": None, "deadline_stop": False}
+    assert cut["epoch_log"][-1]["test_acc"] is None
+
+
+@pytest.mark.parametrize("preset", ["stabkit", "paper"])
+def test_a_run_stopped_by_its_deadline_is_not_judged_by_the_finished_run_s_test_error(synthetic, monkeypatch, preset):
+    """lr 1e-9 learns nothing: after 1 of 13 epochs (104 steps planned, ≥ 100) the test error is at
+    chance. The chance_error rule judges a finished run; this one stopped at its deadline after 8 steps
+    and is a censored 'ok' run, not one 'diverged' at step 104, a step it never ran."""
+    _deadline_passes_at_the_first_test_pass(monkeypatch)
+    r = train_run({**SMALL, "norm": "bn", "lr": 1e-9, "epochs": 13, "preset": preset}, data=synthetic)
+    assert (r["steps_total"], r["steps_done"], r["deadline_stop"]) == (104, 8, True)
+    assert r["test_error"] >= 0.88  # the rule's threshold (chance_error), met by the pass after epoch 1
+    assert (r["outcome"], r["step"], r["paper_outcome"]) == ("ok", None, "censored")
+
+
 def test_failure_record_epochs(synthetic, exact_ties):
     # 256 images / 32 = 8 steps per epoch; the inferred NaN loss at step 1 is 2/8 epoch in
     r = train_run(CASES[1][0], data=synthetic)

@@ -216,6 +216,22 @@ def test_fit_horizon_falls_back_and_the_next_waves_plan_for_the_fallback_horizon
     assert len(rows) == 2 and all(r["steps_done"] == r["steps_total"] == 2 for r in rows), rows
 
 
+def test_extend_epochs_in_survival_set_is_no_horizon(tmp_path, tiny_batches):
+    """SURVIVAL_SET="--set extend_epochs=5" (a longer horizon for listed survivors, none listed here) sets
+    no horizon: the waves are planned at the study's 2 epochs, which do not fit (612 s, as above), and
+    FIT_HORIZON falls back to 1 epoch, which does. Read as a horizon of 5 epochs it planned no wave,
+    and as a pinned horizon it kept FIT_HORIZON from falling back: the window ran nothing."""
+    root = _checkout(tmp_path, tiny_batches, seeds=1)
+    bench = tmp_path / "bench.json"
+    bench.write_text(json.dumps({"rows": [{"path": "fast", "runs": 1, "processes": 1, "steps_per_s": 0.01}]}))
+    rc, log = _session(root, tmp_path / "out", 600, BENCH_JSON=str(bench), FIT_HORIZON="1",
+                       SURVIVAL_SET="--set extend_epochs=5")
+    assert rc == 0, log
+    assert "running 1 epoch(s) instead" in log and "survival chunk of 1 run(s) exited with 0" in log, log
+    rows = [c["rows"][0] for c in _cells(root)]
+    assert rows and all(r["steps_done"] == r["steps_total"] == 2 for r in rows), rows
+
+
 def test_a_copy_without_git_must_name_its_commit(tmp_path, tiny_batches):
     root = _checkout(tmp_path, tiny_batches, seeds=1)
     rc, log = _session(root, tmp_path / "out", 100, RUN_S="1000", STABKIT_GIT_COMMIT="")

@@ -136,6 +136,109 @@ def test_chance_accuracy_is_diverged(synthetic):
     assert r["outcome"] == "ok"
 
 
+class _ScaleBackward(torch.autograd.Function):
+    """The identity forward; its backward multiplies the incoming gradient by ``factor``."""
+
+    @staticmethod
+    def forward(ctx, x, factor):
+        ctx.factor = factor
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.factor, None
+
+
+def test_huge_but_finite_gradients_are_not_a_nonfinite_gradient(synthetic, monkeypatch):
+    """At step 3 every gradient is multiplied by 1e22 (the loss itself unchanged, ≈ 2.3): all entries
+    stay finite float32 numbers (up to ≈ 4e21), but a float32 sum of their squares overflows (> 3.4e38).
+    The step's gradient norm is the float64 norm of those entries (recomputed here with numpy), finite,
+    so step 3 is no failure event; the run fails only after it, from the weights the step made huge."""
+    real, calls, seen = loop.F.cross_entropy, [0], {}
+
+    def cross_entropy(logits, y):
+        calls[0] += 1
+        return _ScaleBackward.apply(real(logits, y), 1e22 if calls[0] == 4 else 1.0)
+
+    train_step = loop._Run._train_step
+
+    def spy(self, step):
+        train_step(self, step)
+        grads = [p.grad.detach().double().numpy().ravel() for p in self.params if p.grad is not None]
+        seen[step] = (np.concatenate(grads), float(self.gnorms[step]), float(self.losses[step]))
+
+    monkeypatch.setattr(loop.F, "cross_entropy", cross_entropy)
+    monkeypatch.setattr(loop._Run, "_train_step", spy)
+    r = train_run({**SMALL, "method": "taylor", "max_steps": 8}, data=synthetic)
+    grads, gnorm, loss = seen[3]
+    assert np.isfinite(grads).all() and np.abs(grads).max() > 1e20 and loss < 50
+    assert gnorm == pytest.approx(np.linalg.norm(grads), rel=1e-9)
+    assert r["step"] is not None and r["step"] > 3, (r["outcome"], r["step"])
+
+
+def test_an_eigensolver_failure_on_an_overflowed_covariance_is_the_paper_s_nan_loss(synthetic, monkeypatch):
+    """Gradients × 1e22 at step 3 make the weights huge but finite; at step 4 conv1's float32 output
+    overflows the covariance, the eigensolver raises on it (spied: its input is not finite, the weights
+    are), where the authors' torch.svd gave NaN and their loss was NaN: the paper's failure at step 4
+    (5/8 epoch in), as for a covariance made NaN by NaN weights — not a run censored at 4/8 epoch."""
+    from stabkit.train import zca
+
+    real, calls, seen = loop.F.cross_entropy, [0], []
+
+    def cross_entropy(logits, y):
+        calls[0] += 1
+        return _ScaleBackward.apply(real(logits, y), 1e22 if calls[0] == 4 else 1.0)
+
+    solver = zca.eigh_kept
+
+    def spy(cov, spec):
+        seen.append(bool(torch.isfinite(cov).all()))
+        return solver(cov, spec)
+
+    train_step = loop._Run._train_step
+    weights_finite = {}
+
+    def step_spy(self, step):
+        weights_finite[step] = self._weights_finite()
+        train_step(self, step)
+
+    monkeypatch.setattr(loop.F, "cross_entropy", cross_entropy)
+    monkeypatch.setattr(zca, "eigh_kept", spy)
+    monkeypatch.setattr(loop._Run, "_train_step", step_spy)
+    r = train_run({**SMALL, "preset": "paper", "method": "taylor", "max_steps": 8}, data=synthetic)
+    assert seen == [True] * 4 + [False] and weights_finite[4]  # step 4: finite weights, non-finite Σ
+    assert (r["outcome"], r["step"], r["steps_done"]) == ("eigh-failed", 4, 4)
+    assert (r["nan_loss_step"], r["paper_outcome"], r["time_to_nan_loss_epochs"]) == (4, "nan-loss", 5 / 8)
+    assert r["nan_loss_note"].startswith("inferred") and r["censored_at_epochs"] is None
+
+
+def test_chance_accuracy_counts_the_images_of_a_partial_last_batch(synthetic, monkeypatch):
+    """48 images in batches of 32 with the last batch kept: steps of 32, 16, 32, 16 images. The
+    chance check at step 3 divides the correct predictions of steps 0..3 by the 96 images those steps
+    drew (spied here), not by 4 × 32 = 128, which made a run at 3/4 of its accuracy look at chance."""
+    sizes = {}
+    real = loop._Run.batch_at
+
+    def batch_at(self, step):
+        x, y = real(self, step)
+        sizes[step] = len(y)
+        return x, y
+
+    monkeypatch.setattr(loop._Run, "batch_at", batch_at)
+    cfg = {**SMALL, "norm": "bn", "width": 0.0625, "lr": 1e-9, "epochs": 3, "limit_images": 48, "drop_last": False,
+           "chance_step": 3}
+    run = loop._Run({**cfg, "chance_acc": 0.0}, synthetic)  # at chance only with none correct: the counts only
+    assert loop._train(run)["outcome"] == "ok"
+    assert [sizes[s] for s in range(4)] == [32, 16, 32, 16]
+    correct = float(run.correct[:4].sum())
+    assert correct > 0
+    accuracy = correct / sum(sizes[s] for s in range(4))
+    above = train_run({**cfg, "chance_acc": (accuracy + correct / 128) / 2}, data=synthetic)  # below the accuracy
+    assert (above["outcome"], above["step"]) == ("ok", None)
+    below = train_run({**cfg, "chance_acc": accuracy * (1 + 1e-6)}, data=synthetic)
+    assert (below["outcome"], below["step"], below["steps_done"]) == ("diverged", 3, 4)
+
+
 def test_train_many_sequential_and_deterministic(synthetic):
     cfg = {**SMALL, "norm": "bn", "max_steps": 2}
     a, b, c = train_many([cfg, cfg, {**cfg, "seed": 1}], data=synthetic)
@@ -181,10 +284,18 @@ def test_augment_crops_and_flips_on_device():
     ("tf32", 1, "tf32 must be true or false"),
     ("check_every", 0, r"check_every must be an integer in \[1, 2\^63 − 1\], got 0"),
     ("eval_every", 2**63, r"eval_every must be an integer in \[0, 2\^63 − 1\] \(0: test only at the end\), got 9223372036854775808"),
+    ("eval_batch", -1000, r"eval_batch must be an integer in \[1, 2\^63 − 1\], got -1000"),
+    ("eval_batch", 0, r"eval_batch must be an integer in \[1, 2\^63 − 1\], got 0"),
+    ("chance_acc", math.nan, r"chance_acc must be a fraction in \[0, 1\], got nan"),
+    ("chance_error", 1.5, r"chance_error must be a fraction in \[0, 1\], got 1.5"),
+    ("early_frac", 0.0, r"early_frac must be a fraction in \(0, 1\]"),
+    ("diverge_loss", math.nan, "diverge_loss must be a number > 0"), ("diverge_loss", "x", "diverge_loss must be a number"),
+    ("gap_threshold", -1e-5, "gap_threshold must be a number ≥ 0"),
 ])
 def test_bad_numbers_are_refused_before_a_step(option, value, needle):
-    # each would otherwise crash mid-run (max_steps = −1: a negative tensor size), train on silently
-    # (lr = ∞: outcome "ok" with |conv1| = ∞) or be ignored (limit_test = −1)
+    # each would otherwise crash mid-run (max_steps = −1: a negative tensor size; eval_batch = 0 at the first
+    # test pass), train on silently (lr = ∞: outcome "ok" with |conv1| = ∞; diverge_loss = NaN: the rule off),
+    # be ignored (limit_test = −1) or record a wrong number (eval_batch = −1000: test error 0, no image tested)
     with pytest.raises(ValueError, match=needle):
         loop.resolve_config({"limit_images": 64, "batch_size": 32, option: value})
 

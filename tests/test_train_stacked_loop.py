@@ -6,6 +6,7 @@ their checks, the monitor's records split by run, and the ZCA layer's dtype unde
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -156,6 +157,35 @@ def test_runs_stopped_by_their_checks_leave_the_stack(synthetic, float64, exact_
         assert [(r["outcome"], r["step"]) for r in alone] == [("nonfinite-grad", 0)] * 3
         for a, b in zip(alone, stacked):
             _same(a, b, f"seed {a['seed']}, check_every {every}")
+
+
+def test_huge_but_finite_gradients_of_stacked_runs_are_not_a_nonfinite_gradient(synthetic, monkeypatch):
+    """Float32 runs (as trained): at step 3 every run's gradient is multiplied by 1e22, its entries
+    finite but their float32 sum of squares past 3.4e38. Each run's norm is summed in float64 (checked
+    against numpy on run 1's block of every gradient), so no run records a failure at step 3."""
+    from tests.test_train import _ScaleBackward
+
+    real, calls, seen = stacked_loop.run_losses, [0], {}
+
+    def run_losses(logits, targets):
+        calls[0] += 1
+        return _ScaleBackward.apply(real(logits, targets), 1e22 if calls[0] == 4 else 1.0)
+
+    stacked_step = stacked_loop._Stack._stacked_step
+
+    def spy(self, step):
+        stacked_step(self, step)
+        R = len(self.runs)
+        blocks = [p.grad.detach().unflatten(0, (R, -1))[1].double().numpy().ravel() for p in self.params if p.grad is not None]
+        seen[step] = (np.concatenate(blocks), float(self.gnorms[self.index[1], step]))
+
+    monkeypatch.setattr(stacked_loop, "run_losses", run_losses)
+    monkeypatch.setattr(stacked_loop._Stack, "_stacked_step", spy)
+    records = train_stacked([{**SMALL_RUN, "method": "taylor", "max_steps": 8, "seed": s} for s in (0, 1, 2)], data=synthetic)
+    grads, gnorm = seen[3]
+    assert np.isfinite(grads).all() and np.abs(grads).max() > 1e20
+    assert gnorm == pytest.approx(np.linalg.norm(grads), rel=1e-9)
+    assert all(r["step"] is None or r["step"] > 3 for r in records), [(r["outcome"], r["step"]) for r in records]
 
 
 def test_only_runs_that_differ_in_their_seed_are_stacked():

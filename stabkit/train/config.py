@@ -58,6 +58,7 @@ def resolve_config(config: dict) -> dict:
     cfg["method"] = method_spec(cfg["method"], cfg["params"])
     cfg["params"] = cfg["method"].params
     _check_model(cfg)
+    _check_rules(cfg)
     _check_schedule(cfg)
     if cfg["norm"] == "zca":
         cfg["zca"] = preset.layer(cfg["method"], cfg["eps"])  # ValueError for a method without a row / a bad ε
@@ -120,6 +121,22 @@ def _check_model(cfg: dict) -> None:
     for key in ("max_steps", "limit_test"):  # 0 as None: no cap, all test images
         _check_count(cfg, key, 0, " (0: none)", optional=True)
     _check_count(cfg, "limit_images", 1, " (or none)", optional=True)
+
+
+def _check_rules(cfg: dict) -> None:
+    """The failure rules' numbers and the test pass's batch size: a NaN switched a rule off unseen (it
+    compares false), a negative ``eval_batch`` tested no image (test error 0) and 0 raised only at the
+    first test pass, after an epoch of training."""
+    _check_count(cfg, "eval_batch", 1)
+    for key in ("chance_acc", "chance_error"):
+        if not 0 <= _number(cfg, key) <= 1:
+            raise ValueError(f"{key} must be a fraction in [0, 1], got {cfg[key]!r}")
+    if not 0 < _number(cfg, "early_frac") <= 1:
+        raise ValueError(f"early_frac must be a fraction in (0, 1] of the steps, got {cfg['early_frac']!r}")
+    if not _number(cfg, "diverge_loss") > 0:
+        raise ValueError(f"diverge_loss must be a number > 0 (inf: never), got {cfg['diverge_loss']!r}")
+    if not _number(cfg, "gap_threshold") >= 0:
+        raise ValueError(f"gap_threshold must be a number ≥ 0, got {cfg['gap_threshold']!r}")
 
 
 def _number(cfg: dict, key: str) -> float:

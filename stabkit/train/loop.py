@@ -31,8 +31,8 @@ with ``step`` the (0-based) step of the event. ``stop_on="any"`` (stabkit) stops
 (as the authors' script, which stopped only at ``isnan(loss)``) and stops at a NaN loss. Either way
 the paper's criterion is recorded beside the outcome, never merged into it: ``nan_loss_step``
 (first step with a NaN loss, or None; ``nan_loss_note`` says when it is inferred: the
-eigensolver raised on a covariance made NaN by non-finite weights, where the authors' SVD returned
-NaN and their loss was NaN) and ``paper_outcome`` — ``nan-loss``, ``ok`` (no NaN loss
+eigensolver raised on a non-finite covariance — from non-finite weights, or finite ones whose float
+covariance overflowed — where the authors' SVD returned NaN and their loss was NaN) and ``paper_outcome`` — ``nan-loss``, ``ok`` (no NaN loss
 over the whole horizon), ``eigh-failed``, or ``censored`` (stopped by another outcome before the
 horizon without a NaN loss). Every record also stores the preset, ε, lr, milestones (as given and
 as steps), width, image subset, input std, the TF32 flags in force and the git commit.
@@ -100,7 +100,7 @@ from .batches import augment, device_data, evaluate, normalize, wrong_prediction
 from .config import (COMPILE_MODES, DEFAULTS, method_spec, milestone_steps, pick_device, resolve_config, run_settings,
                      set_tf32, tf32_flags)
 from .epoch_log import epoch_log, epoch_log_json
-from .outcomes import OUTCOMES, first_event, is_eigen_failure, paper_outcome
+from .outcomes import OUTCOMES, first_event, inferred_nan_loss, is_eigen_failure, paper_outcome
 from .resnet import ResNet18
 from .session import test_images
 
@@ -158,6 +158,9 @@ class _Run:
         self.total = total
         chance_step = cfg["chance_step"] if cfg["chance_step"] is not None else max(100, total // 4)
         self.chance_step = chance_step if 0 <= chance_step < total else None
+        # the images in the chance window's steps: an epoch's last batch holds fewer without drop_last
+        self.chance_images = sum(min(batch, len(train_x) - (s % per_epoch) * batch)
+                                 for s in range(max(0, chance_step - 49), chance_step + 1)) if self.chance_step is not None else None
 
         torch.manual_seed(int(cfg["seed"]))
         preset = cfg["preset"]
@@ -177,7 +180,7 @@ class _Run:
         self.gen = torch.Generator(device=device)
         self.gen.manual_seed(int(cfg["seed"]) + 1)
         self.losses = torch.zeros(total, device=device)
-        self.gnorms = torch.zeros(total, device=device)
+        self.gnorms = torch.zeros(total, device=device, dtype=torch.float64)
         self.correct = torch.zeros(total, device=device)
         self.conv1_norms = torch.zeros(total, device=device)
         self.lam_max = torch.full((total,), float("nan"), device=device, dtype=torch.float64)
@@ -234,11 +237,14 @@ class _Run:
             self.active = False
 
     def _stop_before_the_deadline(self) -> None:
-        """At an epoch's end: stop when one more epoch (1.25 × this one) would end after the deadline."""
+        """At an epoch's end: stop when one more epoch (1.25 × this one) would end after the deadline.
+        The steps since the last check are checked first: a failure among them is the run's outcome
+        (and its stop point), as if every step had been checked, not a clean deadline stop."""
         now = time.time()
         epoch_s, self.epoch_t0 = now - self.epoch_t0, now
         if now + 1.25 * epoch_s > self.deadline:
-            self.active, self.deadline_stop = False, True
+            self._check()
+            self.active, self.deadline_stop = False, self.active
 
     def lr_at(self, step: int) -> float:
         return self.cfg["lr"] * self.cfg["gamma"] ** sum(step >= m for m in self.milestones)
@@ -267,7 +273,9 @@ class _Run:
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         grads = [p.grad for p in self.params if p.grad is not None]
-        gnorm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        # summed in float64: finite float32 entries past ≈ 1.8e19 (an analytic backward near a tie) overflow a
+        # float32 sum of squares, which read as a non-finite gradient; inf/NaN entries still give inf/NaN
+        gnorm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float64)))
         self.losses[step], self.gnorms[step] = loss.detach(), gnorm
         self.correct[step] = (logits.detach().argmax(1) == y).sum()
         if self.spec is not None:
@@ -279,7 +287,7 @@ class _Run:
     def _check(self) -> None:
         """The device-side failure checks, read back once per ``check_every`` steps."""
         if self.stop_any:
-            event = first_event(self.losses, self.gnorms, self.correct, self.done, self.cfg, self.chance_step, self.batch)
+            event = first_event(self.losses, self.gnorms, self.correct, self.done, self.cfg, self.chance_step, self.chance_images)
             if event:
                 self.outcome, self.event_step = event
                 self.active = False
@@ -287,7 +295,7 @@ class _Run:
             self.active = False
 
     def _on_exception(self, exc: BaseException) -> None:
-        event = first_event(self.losses, self.gnorms, self.correct, self.done, self.cfg, self.chance_step, self.batch)
+        event = first_event(self.losses, self.gnorms, self.correct, self.done, self.cfg, self.chance_step, self.chance_images)
         if event:
             self.outcome, self.event_step = event
             self.eigen_error = is_eigen_failure(exc)
@@ -321,24 +329,23 @@ class _Run:
         self._stop_point()
         done = self.done
         if not self.stop_any and self.outcome == "ok":
-            event = first_event(losses, self.gnorms, self.correct, done, cfg, self.chance_step, self.batch)
+            event = first_event(losses, self.gnorms, self.correct, done, cfg, self.chance_step, self.chance_images)
             if event:
                 self.outcome, self.event_step = event
         outcome, event_step, eigen_error = self.outcome, self.event_step, self.eigen_error
         nan_steps = torch.nonzero(torch.isnan(losses[:done]))
         nan_loss_step = int(nan_steps[0]) if len(nan_steps) else None
         nan_loss_note = ""
-        if nan_loss_step is None and eigen_error and not self._weights_finite():
-            # the eigensolver raised on a NaN covariance (non-finite weights from an earlier step's NaN
-            # gradient): the authors' torch.svd returned NaN there and their loss was NaN at this step
-            nan_loss_step, nan_loss_note = done, "inferred: eigensolver raised on non-finite weights"
+        if nan_loss_step is None and eigen_error:  # on a non-finite Σ the authors' loss was NaN at this step
+            nan_loss_note = inferred_nan_loss(self._weights_finite(), self.mon.records, done)
+            nan_loss_step = done if nan_loss_note else None
         test_error = None
         last_epoch = -(-done // self.per_epoch)
         if outcome == "ok" or (not self.stop_any and nan_loss_step is None and not eigen_error and done == total):
             wrong = self.evals.get(last_epoch) if done == total or done % self.per_epoch == 0 else None
             wrong = wrong if wrong is not None else self._wrong_predictions()
             test_error = float(wrong) / max(1, len(self.test_x))
-            if outcome == "ok" and total >= 100 and test_error >= cfg["chance_error"]:
+            if outcome == "ok" and done == total >= 100 and test_error >= cfg["chance_error"]:  # a finished run only
                 outcome, event_step = "diverged", total
         set_tf32(self.tf32_before)
         stopped = done < total or nan_loss_step is not None

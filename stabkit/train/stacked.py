@@ -134,10 +134,11 @@ def run_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return nn.functional.cross_entropy(logits.permute(0, 2, 1), targets, reduction="none").mean(0)
 
 
-def run_norms(tensor: torch.Tensor, runs: int) -> torch.Tensor:
-    """Each run's 2-norm of its block of a stacked tensor, (R,): one reduction, no copy in any layout."""
+def run_norms(tensor: torch.Tensor, runs: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Each run's 2-norm of its block of a stacked tensor, (R,): one reduction, no copy in any layout;
+    ``dtype``: the dtype it sums in and returns (float64 for gradients: see ``loop._Run._train_step``)."""
     blocks = tensor.unflatten(0, (runs, -1))
-    return torch.linalg.vector_norm(blocks, dim=tuple(range(1, blocks.dim())))
+    return torch.linalg.vector_norm(blocks, dim=tuple(range(1, blocks.dim())), dtype=dtype)
 
 
 def run_block(tensor: torch.Tensor, runs: int, run: int) -> torch.Tensor:

@@ -212,7 +212,7 @@ class _Stack:
             losses = run_losses(logits, y)
         opt.zero_grad(set_to_none=True)
         losses.sum().backward()
-        gnorms = torch.linalg.vector_norm(torch.stack([run_norms(p.grad, R) for p in self.params if p.grad is not None]), dim=0)
+        gnorms = torch.linalg.vector_norm(torch.stack([run_norms(p.grad, R, torch.float64) for p in self.params if p.grad is not None]), dim=0)
         index = self.index
         self.losses[index, step] = losses.detach().to(self.losses.dtype)
         self.gnorms[index, step] = gnorms.to(self.gnorms.dtype)
