@@ -120,27 +120,14 @@ def test_stop_point_does_not_depend_on_check_every(synthetic, exact_ties, case, 
 
 @pytest.mark.parametrize("fast", [False, True])
 def test_a_run_stops_at_an_epoch_end_before_its_deadline(synthetic, monkeypatch, fast):
-    """The deadline passes during the first epoch (the loop's clock jumps an hour at its first test pass):
+    """The deadline passes during the first epoch (the loop's clock jumps two hours at its first test pass, an hour past it):
     the run ends itself after that whole epoch, as a run censored there (its test error from that
     epoch's pass); far away: the whole run, as without one; already passed: the run does not start."""
-    import types
-
-    from stabkit.train import loop
-
     cfg = {**SMALL, "method": "taylor", "fast": fast, "epochs": 2.0, "eval_every": 1, "seed": 5, "limit_images": 128}
     free = train_run(cfg, data=synthetic)
     monkeypatch.setenv("STABKIT_RUN_DEADLINE", str(time.time() + 3600))
     far = train_run(cfg, data=synthetic)
-    shift = [0.0]
-    monkeypatch.setattr(loop, "time", types.SimpleNamespace(time=lambda: time.time() + shift[0], perf_counter=time.perf_counter))
-    evaluate = loop._Run._wrong_predictions
-
-    def evaluate_then_jump(run):
-        wrong = evaluate(run)
-        shift[0] = 7200.0
-        return wrong
-
-    monkeypatch.setattr(loop._Run, "_wrong_predictions", evaluate_then_jump)
+    _deadline_passes_at_the_first_test_pass(monkeypatch)
     cut = train_run(cfg, data=synthetic)
     with pytest.raises(loop.RunNotStarted, match="passed before the run started"):
         train_run(cfg, data=synthetic)  # the clock is past the deadline now
