@@ -62,7 +62,8 @@ its end), ``train_loss`` (mean of its finite losses), ``test_acc`` (every ``eval
 at the end of a finished run, None otherwise and for the epoch of a stop; 0: only at the end),
 ``conv1_weight_norm`` (after its last step), and over its steps, from the monitor's records of the
 first ZCA layer: ``lam_max_over_eps`` (λ_max of Σ + εI over ε, from the layer), ``lam_min``,
-``min_rel_gap``, ``max_abs_K``, ``grad_norm_max``, ``nonfinite_events`` (None for BatchNorm).
+``min_rel_gap``, ``max_abs_K``, ``grad_norm_max``, ``nonfinite_events`` (None for BatchNorm; of the λ the
+layer returns: for a forward that iterates, the PI row, its estimates, whose gaps can differ from Σ + εI's).
 ``epoch_log_json`` gives the JSON text stored in a results column.
 
 ``train_many(configs)`` runs configs one after another sharing one device copy of the data;
