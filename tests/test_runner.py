@@ -314,3 +314,29 @@ def test_a_study_folder_whose_gitignore_predates_the_unfinished_record_gets_its_
     (out / ".gitignore").write_text("run.unfinished.json  \n")  # the user's own, already ignoring the record
     runner.run_study(TINY, {}, jobs=1, out_root=tmp_path, progress=False, max_cells=1)
     assert (out / ".gitignore").read_text() == "run.unfinished.json  \n"
+
+
+def test_a_run_killed_between_its_table_and_run_json_is_not_described_by_the_run_before(tmp_path, monkeypatch):
+    """A kill after results.parquet was replaced but before run.json left a table of 12 cells beside
+    the record of the 6-cell run before it, and `stabkit report` described it so (header: 6 cells, d = [4]);
+    now the report refuses, naming the run to repeat, and that run records the table."""
+    study = _study(tmp_path, MINI_GRID)
+    out = tmp_path / "mini"
+    runner.run_study(study, {"d": [4]}, jobs=1, out_root=tmp_path, progress=False, command="stabkit run small")
+
+    def killed(self):  # the record is never moved to run.json, as under kill -9 at that moment
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(provenance.RunRecord, "finish", killed)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_study(study, {"d": [4, 5]}, jobs=1, out_root=tmp_path, progress=False, command="stabkit run big")
+    assert pd.read_parquet(out / "results.parquet")["cell_id"].nunique() == 2 * 2 * 2  # families × d × losses
+    assert json.loads((out / "run.json").read_text())["grid"]["d"] == [4]
+    with pytest.raises(ValueError, match=r"results.parquet was written by a run that stopped before recording it.*"
+                                         r"run `stabkit run big` again"):
+        publish.build_report("mini", tmp_path)
+
+    monkeypatch.undo()
+    runner.run_study(study, {"d": [4, 5]}, jobs=1, out_root=tmp_path, progress=False, command="stabkit run big")
+    header = publish.build_report("mini", tmp_path).read_text()
+    assert "| cells | 8 (0 computed in the last run, 8 reused, 0 failed) |" in header and '"d": [4, 5]' in header

@@ -214,6 +214,15 @@ def consolidate(cells: list[dict], done: dict[str, dict]) -> pd.DataFrame:
     return table
 
 
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes (run.json names the table it describes by it)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def write_table(table: pd.DataFrame, out_dir: Path) -> None:
     """results.parquet and results.csv, each replaced atomically."""
     replace_atomic(out_dir / "results.parquet", lambda p: table.to_parquet(p, index=False))

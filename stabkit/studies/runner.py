@@ -8,7 +8,9 @@ Layout under ``out_root/<name>/``::
     cells/.writer.lock  held (flock) by the one process writing the study; names its pid and host
     results.parquet     all rows, consolidated in cell order (deterministic), plus results.csv
     run.json            command line, effective grid, git commit, machine, wall time of the run that
-                        wrote results.parquet (written after the table, so the two always agree)
+                        wrote results.parquet, and the table's hash (written after the table: a run
+                        killed between the two leaves a table its run.json does not name, which
+                        ``stabkit report`` refuses to describe)
     run.unfinished.json the same record while a run lasts (a heartbeat keeps it up to date, so a
                         kill -9 loses no time) or after it stopped early; ignored by git
     README.md           header from run.json + the kind's report body (:mod:`.publish`)
@@ -263,6 +265,8 @@ class _Run:
             table.attrs["study_name"] = name
             write_table(table, self.out_dir)
             table = pd.read_parquet(self.out_dir / "results.parquet")
+            # a kill before run.json is written leaves the new table beside the old record: the hash tells them apart
+            self.record.meta["table_sha256"] = _store.file_sha256(self.out_dir / "results.parquet")
             self.record.finish()
         except BaseException as exc:
             status = f"stopped: {exc.strerror or exc}" if isinstance(exc, OSError) else "interrupted"
