@@ -340,3 +340,28 @@ def test_a_run_killed_between_its_table_and_run_json_is_not_described_by_the_run
     runner.run_study(study, {"d": [4, 5]}, jobs=1, out_root=tmp_path, progress=False, command="stabkit run big")
     header = publish.build_report("mini", tmp_path).read_text()
     assert "| cells | 8 (0 computed in the last run, 8 reused, 0 failed) |" in header and '"d": [4, 5]' in header
+
+
+def test_cells_resumed_on_another_machine_are_named_in_the_header(tmp_path, monkeypatch):
+    """A study started on one machine and resumed on another was reported under the last machine
+    alone, its cells storing no machine: the other kernels' cells were silently mixed into a header
+    that 'holds for the kernels' it names. Now each cell stores its machine, and the header lists
+    where the table's cells came from when that is not the last run alone."""
+    study = _study(tmp_path, MINI_GRID)
+    here = provenance.machine_info()
+    there = {**here, "cpu": "Elsewhere CPU 9000", "blas": "openblas 0.3.31 (SkylakeX kernels)", "torch_cpu": "AVX512"}
+    monkeypatch.setattr(provenance, "machine_info", lambda: there)
+    runner.run_study(study, {"d": [4]}, jobs=1, out_root=tmp_path, progress=False, max_cells=3, command="first")
+    monkeypatch.setattr(provenance, "machine_info", lambda: here)
+    runner.run_study(study, {"d": [4]}, jobs=1, out_root=tmp_path, progress=False, command="second")
+    text = publish.build_report("mini", tmp_path).read_text()
+    commit = json.loads((tmp_path / "mini" / "run.json").read_text())["git_commit"]
+    (row,) = [line for line in text.splitlines() if line.startswith("| cells computed at |")]
+    # 2 families × 2 losses = 4 cells: the first 3 there, the last one here
+    assert row.startswith(f"| cells computed at | 3 at commit `{commit}` on Elsewhere CPU 9000; ")
+    assert "BLAS openblas 0.3.31 (SkylakeX kernels); torch CPU AVX512" in row
+    assert f"; 1 at commit `{commit}` on {here['cpu']}; " in row
+
+    again = _study(tmp_path, MINI_GRID, name="again")  # one machine, one run: the header is as before
+    runner.run_study(again, {"d": [4]}, jobs=1, out_root=tmp_path, progress=False)
+    assert "| cells computed at |" not in publish.build_report("again", tmp_path).read_text()

@@ -132,6 +132,25 @@ def machine_info() -> dict:
     }
 
 
+def machine_summary(machine: dict) -> str:
+    """What of a machine sets a cell's numbers, in one line: CPU, library versions, linear algebra
+    kernels, GPU (stored with every cell, so that cells resumed on other machines stay told apart)."""
+    m = machine if isinstance(machine, dict) else {}
+    return (f"{m.get('cpu', '?')}; numpy {m.get('numpy', '?')}, torch {m.get('torch', '?')}; BLAS {m.get('blas', '?')}; "
+            f"torch CPU {m.get('torch_cpu', '?')}; GPU {m.get('gpu', '?')}")
+
+
+def cells_origin(records) -> list[dict]:
+    """How many of the cell ``records`` each (commit, machine) computed, most first."""
+    counts: dict[tuple, int] = {}
+    for record in records:
+        code = record.get("code") if isinstance(record.get("code"), dict) else {}
+        key = (code.get("commit", "not recorded"), code.get("machine", "not recorded"))
+        counts[key] = counts.get(key, 0) + 1
+    return [{"commit": commit, "machine": machine, "cells": n}
+            for (commit, machine), n in sorted(counts.items(), key=lambda item: -item[1])]
+
+
 def _blas() -> str:
     """The BLAS libraries loaded in this process — numpy's, and scipy's or others' where imported — with
     version and CPU kernels, e.g. "openblas 0.3.31 (SkylakeX kernels)" (numpy is imported by then:
@@ -286,6 +305,7 @@ def header(name: str, meta: dict, report_commit: str | None = None) -> str:
         f"| cells | {meta.get('cells_total', '?')} ({meta.get('cells_computed', '?')} computed in the last run, "
         f"{meta.get('cells_reused', '?')} reused, {meta.get('cells_failed', '?')} failed"
         f"{f', {cells_left(meta)} not computed yet' if cells_left(meta) else ''}) |",
+        *_origin_row(meta),
         f"| finished | {meta.get('finished_at', 'not finished')} |",
         "", "Effective grid (study file + `--set` overrides, defaults filled in):", "",
         "```json", json.dumps(meta.get("grid", {}), indent=None, default=str), "```", "",
@@ -296,6 +316,17 @@ def header(name: str, meta: dict, report_commit: str | None = None) -> str:
         lines.insert(2, f"**Partial: {cells_left(meta)} of {meta['cells_total']} cells are not computed yet; "
                         f"`{finishing_command(meta.get('command', 'stabkit run STUDY'))}` computes them.**\n")
     return "\n".join(lines)
+
+
+def _origin_row(meta: dict) -> list[str]:
+    """The commits and machines the table's cells were computed at, where any is not the run's own
+    (cells resumed from earlier runs): the header's commit and machine describe the last run only."""
+    origin = meta.get("cells_origin")
+    own = {"commit": meta.get("git_commit"), "machine": machine_summary(meta.get("machine"))}
+    if not isinstance(origin, list) or all({k: o.get(k) for k in own} == own for o in origin):
+        return []
+    parts = [f"{o.get('cells', '?')} at commit `{o.get('commit', '?')}` on {o.get('machine', '?')}" for o in origin]
+    return [f"| cells computed at | {'; '.join(parts)} |"]
 
 
 def _execution(meta: dict) -> str:

@@ -3,7 +3,8 @@
 Layout under ``out_root/<name>/``::
 
     cells/<hash>.json   one file per finished cell, written atomically (tmp + fsync + os.replace),
-                        with the code version that computed it and a checksum of its content;
+                        with the code version, commit and machine (the runner's, also for Dask
+                        workers) that computed it and a checksum of its content;
                         ignored by git (a .gitignore is written next to it)
     cells/.writer.lock  held (flock) by the one process writing the study; names its pid and host
     results.parquet     all rows, consolidated in cell order (deterministic), plus results.csv
@@ -46,7 +47,8 @@ from . import _store
 from ._grid import expand, load_study
 from ._store import _scan_cells, _StudyLock, cell_record, consolidate, write_cell, write_table
 from ._workers import dask_client, run_dask, run_local
-from .provenance import UNFINISHED, RunRecord, argv_command, duration, git_commit
+from .provenance import (UNFINISHED, RunRecord, argv_command, cells_origin, duration, git_commit,
+                         machine_summary)
 
 #: How to treat finished cells computed by other code: refuse to run, reuse them, or recompute them.
 STALE_POLICIES = ("refuse", "reuse", "recompute")
@@ -180,6 +182,7 @@ class _Run:
                                 sources=self.sources, jobs=self.jobs, scheduler=self.scheduler,
                                 cells_total=len(self.cells), cells_reused=len(self.done),
                                 reused_other_code=other_code if stale == "reuse" else 0)
+        self.machine = machine_summary(self.record.meta["machine"])
         self.record.write()
         return todo
 
@@ -226,7 +229,8 @@ class _Run:
 
     def on_done(self, cell: dict, rows: list[dict], error: str | None, cell_sources: str | None = None) -> None:
         """Store a finished cell at once (failed or not), count it and advance the progress."""
-        record, error = cell_record(cell, rows, error, {"commit": self.commit, "sources": cell_sources or self.sources})
+        code = {"commit": self.commit, "sources": cell_sources or self.sources, "machine": self.machine}
+        record, error = cell_record(cell, rows, error, code)
         write_cell(self.cells_dir, record)
         self.done[cell["cell_id"]] = record
         self.record.cell_finished(error is not None)
@@ -267,6 +271,8 @@ class _Run:
             table = pd.read_parquet(self.out_dir / "results.parquet")
             # a kill before run.json is written leaves the new table beside the old record: the hash tells them apart
             self.record.meta["table_sha256"] = _store.file_sha256(self.out_dir / "results.parquet")
+            self.record.meta["cells_origin"] = cells_origin(self.done[c["cell_id"]] for c in self.cells
+                                                            if c["cell_id"] in self.done)
             self.record.finish()
         except BaseException as exc:
             status = f"stopped: {exc.strerror or exc}" if isinstance(exc, OSError) else "interrupted"
