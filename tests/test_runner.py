@@ -365,3 +365,15 @@ def test_cells_resumed_on_another_machine_are_named_in_the_header(tmp_path, monk
     again = _study(tmp_path, MINI_GRID, name="again")  # one machine, one run: the header is as before
     runner.run_study(again, {"d": [4]}, jobs=1, out_root=tmp_path, progress=False)
     assert "| cells computed at |" not in publish.build_report("again", tmp_path).read_text()
+
+
+def test_a_run_of_another_grid_keeps_the_cells_of_the_first(tmp_path):
+    """`--set methods=...` on a study gives cells of the same ids with other parameters; their files
+    overwrote the first grid's, so returning to it recomputed all of its cells (8 of 8 on the quickstart
+    at d = 8). Now each grid's cells keep their own files and the first grid's run reuses all of them."""
+    study = _study(tmp_path, MINI_GRID)
+    runner.run_study(study, {"d": [4]}, jobs=1, out_root=tmp_path, progress=False)
+    runner.run_study(study, {"d": [4], "methods": ["analytic"]}, jobs=1, out_root=tmp_path, progress=False)
+    runner.run_study(study, {"d": [4]}, jobs=1, out_root=tmp_path, progress=False)
+    meta = json.loads((tmp_path / "mini" / "run.json").read_text())
+    assert (meta["cells_reused"], meta["cells_computed"]) == (4, 0)  # 2 families × 2 losses, all kept

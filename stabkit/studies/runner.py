@@ -199,7 +199,8 @@ class _Run:
         except Exception:  # noqa: BLE001 — an unreadable table has nothing left to protect
             return
         kept = set(self.done) | {c["cell_id"] for c in todo}
-        lost = sorted(i for i in ids if i not in kept and not _store._cell_path(self.cells_dir, i).exists())
+        missing = ids - kept
+        lost = sorted(missing - _store.cell_ids_in_files(self.cells_dir, missing))
         if lost:
             short = len(todo) < sum(c["cell_id"] not in self.done for c in self.cells)
             how = ("run the whole grid (no --max-cells) to recompute them" if short else
