@@ -377,3 +377,25 @@ def test_a_run_of_another_grid_keeps_the_cells_of_the_first(tmp_path):
     runner.run_study(study, {"d": [4]}, jobs=1, out_root=tmp_path, progress=False)
     meta = json.loads((tmp_path / "mini" / "run.json").read_text())
     assert (meta["cells_reused"], meta["cells_computed"]) == (4, 0)  # 2 families × 2 losses, all kept
+
+
+def test_a_fresh_checkout_refuses_a_grid_whose_cells_share_the_published_ids_but_not_their_parameters(tmp_path):
+    """The published-table guard compared cell ids alone: with cells/ gone (a fresh checkout), a run
+    with fewer methods (the same ids) replaced the published 3-method table by a 1-method one, while a
+    run of other sizes was refused. Both are now refused, and the published grid itself still runs."""
+    study = _study(tmp_path, MINI_GRID)
+    out = tmp_path / "mini"
+    runner.run_study(study, {"d": [4]}, jobs=1, out_root=tmp_path, progress=False)
+    published = (out / "results.parquet").read_bytes()
+    assert len(pd.read_parquet(out / "results.parquet")) == 4 * 3  # 4 cells × 3 methods
+
+    def fresh_checkout():
+        for path in (out / "cells").glob("*.json"):
+            path.unlink()
+
+    fresh_checkout()
+    with pytest.raises(ValueError, match=r"publishes 4 cell\(s\) .* that this run would drop"):
+        runner.run_study(study, {"d": [4], "methods": ["analytic"]}, jobs=1, out_root=tmp_path, progress=False)
+    assert (out / "results.parquet").read_bytes() == published
+    table = runner.run_study(study, {"d": [4]}, jobs=1, out_root=tmp_path, progress=False)
+    assert len(table) == 4 * 3

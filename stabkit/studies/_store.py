@@ -178,6 +178,14 @@ def _scan_cells(cells_dir: Path, cells: list[dict], sources: str) -> dict[str, d
     return out
 
 
+def has_cell_file(cells_dir: Path, cell: dict) -> bool:
+    """Whether a file in ``cells_dir`` holds ``cell`` (named by its parameters, or by its id as before)."""
+    if _cell_path(cells_dir, cell).exists():
+        return True
+    legacy = _read_json(_legacy_cell_path(cells_dir, cell["cell_id"]))
+    return legacy is not None and legacy.get("cell") == _jsonable(cell)
+
+
 def cell_ids_in_files(cells_dir: Path, ids: set[str]) -> set[str]:
     """Which of ``ids`` a readable cell file in ``cells_dir`` holds, of whatever grid."""
     found = set()

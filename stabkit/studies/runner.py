@@ -198,9 +198,13 @@ class _Run:
             ids = set(pd.read_parquet(published, columns=["cell_id"])["cell_id"].astype(str))
         except Exception:  # noqa: BLE001 — an unreadable table has nothing left to protect
             return
-        kept = set(self.done) | {c["cell_id"] for c in todo}
+        # a published cell of the same id but other parameters (another --set) is not kept by this grid's
+        published_cells, ours = self._published_cells(), {c["cell_id"]: c for c in self.cells}
+        kept = {i for i in set(self.done) | {c["cell_id"] for c in todo}
+                if i not in published_cells or _store._jsonable(ours[i]) == published_cells[i]}
         missing = ids - kept
-        lost = sorted(missing - _store.cell_ids_in_files(self.cells_dir, missing))
+        on_file = {i for i in missing & set(published_cells) if _store.has_cell_file(self.cells_dir, published_cells[i])}
+        lost = sorted(missing - on_file - _store.cell_ids_in_files(self.cells_dir, missing - set(published_cells)))
         if lost:
             short = len(todo) < sum(c["cell_id"] not in self.done for c in self.cells)
             how = ("run the whole grid (no --max-cells) to recompute them" if short else
@@ -208,6 +212,15 @@ class _Run:
             raise ValueError(f"{published} publishes {len(lost)} cell(s) (e.g. {lost[0]}) that this run would drop and "
                              f"that no file in {self.cells_dir} keeps (cell files are not committed): {how}, or move "
                              f"results.parquet away to start the table anew")
+
+    def _published_cells(self) -> dict[str, dict]:
+        """The cells of the grid that the published run.json records ({} when it cannot be expanded)."""
+        meta = _store._read_json(self.out_dir / "run.json") or {}
+        try:
+            study, kind, grid = load_study({"study": self.study, "grid": meta["grid"]})
+            return {c["cell_id"]: _store._jsonable(c) for c in expand(study, kind, grid)}
+        except Exception:  # noqa: BLE001 — a record this version cannot read: the ids alone are compared
+            return {}
 
     def _load_finished(self, stale: str, log) -> int:
         """Fill ``done`` with the valid cell files of this grid; return how many came from other code."""
