@@ -399,3 +399,26 @@ def test_a_fresh_checkout_refuses_a_grid_whose_cells_share_the_published_ids_but
     assert (out / "results.parquet").read_bytes() == published
     table = runner.run_study(study, {"d": [4]}, jobs=1, out_root=tmp_path, progress=False)
     assert len(table) == 4 * 3
+
+
+def test_a_report_rebuilt_on_a_dirty_tree_by_other_code_names_the_code(tmp_path, monkeypatch):
+    """Run and rebuild both on '<head>-dirty', the report code edited in between: the header said
+    nothing of the rebuild (reproduced with an edit of the gradient-accuracy report's wording)."""
+    study = _study(tmp_path, MINI_GRID)
+    runner.run_study(study, {"d": [4]}, jobs=1, out_root=tmp_path, progress=False)
+    meta = json.loads((tmp_path / "mini" / "run.json").read_text())
+    assert "| report text |" not in publish.build_report("mini", tmp_path).read_text()
+    monkeypatch.setattr(publish, "git_commit", lambda out_root=None: meta["git_commit"])  # the same dirty head
+    edited = tmp_path / "edited" / "stabkit"
+    edited.mkdir(parents=True)
+    (edited / "report.py").write_text("WORDING = 2\n")
+    monkeypatch.setattr(_store, "PACKAGE", edited)
+    _store.sources_hash.cache_clear()
+    try:
+        text = publish.build_report("mini", tmp_path).read_text()
+        now = _store.sources_hash()
+    finally:
+        _store.sources_hash.cache_clear()
+    assert now != meta["sources_hash"]
+    assert (f"| report text | rebuilt from these results by `stabkit report mini` at commit `{meta['git_commit']}` "
+            f"(stabkit sources `{now}`, the run's `{meta['sources_hash']}`) |") in text

@@ -284,8 +284,10 @@ class RunRecord:
 # ----------------------------------------------------------------------------- the report header
 
 
-def header(name: str, meta: dict, report_commit: str | None = None) -> str:
-    """The run's record; ``report_commit``, when it is not the run's commit, is the code that wrote the text."""
+def header(name: str, meta: dict, report_commit: str | None = None, report_sources: str | None = None) -> str:
+    """The run's record; ``report_commit``, when it is not the run's commit, is the code that wrote the text,
+    and so are ``report_sources`` (a hash of the stabkit sources) when they are not the run's: a dirty
+    tree names one commit for any uncommitted code."""
     m, study = (meta.get(key) if isinstance(meta.get(key), dict) else {} for key in ("machine", "study"))  # damaged: unknown
     description = study.get("description")
     lines = [
@@ -294,8 +296,7 @@ def header(name: str, meta: dict, report_commit: str | None = None) -> str:
         "| | |", "|---|---|",
         f"| command | `{meta.get('command', '?')}` |",
         f"| git commit | `{meta.get('git_commit', '?')}` |",
-        *([f"| report text | rebuilt from these results by `stabkit report {name}` at commit `{report_commit}` |"]
-          if report_commit and report_commit != meta.get("git_commit") else []),
+        *_report_text_row(name, meta, report_commit, report_sources),
         f"| machine | {m.get('cpu', '?')}, {m.get('cores', '?')} cores, {m.get('ram_gib', '?')} GiB RAM; {m.get('platform', '?')} |",
         f"| versions | python {m.get('python', '?')}, numpy {m.get('numpy', '?')}, torch {m.get('torch', '?')} |",
         *([f"| linear algebra kernels | BLAS {m['blas']}; torch CPU {m.get('torch_cpu', '?')} |"] if "blas" in m else []),
@@ -316,6 +317,16 @@ def header(name: str, meta: dict, report_commit: str | None = None) -> str:
         lines.insert(2, f"**Partial: {cells_left(meta)} of {meta['cells_total']} cells are not computed yet; "
                         f"`{finishing_command(meta.get('command', 'stabkit run STUDY'))}` computes them.**\n")
     return "\n".join(lines)
+
+
+def _report_text_row(name: str, meta: dict, commit: str | None, sources: str | None) -> list[str]:
+    """The code that wrote the report's text, where it is not the run's."""
+    run_sources = meta.get("sources_hash")
+    other_sources = bool(sources and run_sources and sources != run_sources)
+    if not commit or (commit == meta.get("git_commit") and not other_sources):
+        return []
+    also = f" (stabkit sources `{sources}`, the run's `{run_sources}`)" if commit == meta.get("git_commit") else ""
+    return [f"| report text | rebuilt from these results by `stabkit report {name}` at commit `{commit}`{also} |"]
 
 
 def _origin_row(meta: dict) -> list[str]:

@@ -15,7 +15,7 @@ from .._io import storage_errors, write_text_atomic
 from ..errors import StudyFileError
 from . import kind_module
 from ._grid import check_study_name
-from ._store import _read_json, file_sha256
+from ._store import _read_json, file_sha256, sources_hash
 from .provenance import UNFINISHED, cells_left, finishing_command, git_commit, header
 
 
@@ -50,7 +50,8 @@ def build_report(name: str, out_root=Path("reports"), log=None) -> Path:
         else:
             with _columns_needed(results, results_path, meta):
                 body = kind.report(results, meta["grid"], out_dir)
-        text = header(name, meta, report_commit=git_commit(out_root)) + "\n" + body.rstrip() + "\n"
+        top = header(name, meta, report_commit=git_commit(out_root), report_sources=sources_hash())
+        text = top + "\n" + body.rstrip() + "\n"
         write_text_atomic(out_dir / "README.md", text)
         build_index(out_root)
     if stopped:
