@@ -422,3 +422,28 @@ def test_a_report_rebuilt_on_a_dirty_tree_by_other_code_names_the_code(tmp_path,
     assert now != meta["sources_hash"]
     assert (f"| report text | rebuilt from these results by `stabkit report mini` at commit `{meta['git_commit']}` "
             f"(stabkit sources `{now}`, the run's `{meta['sources_hash']}`) |") in text
+
+
+def test_a_run_killed_after_its_run_json_is_not_reported_as_a_run_without_a_table(tmp_path, monkeypatch):
+    """Killed between writing run.json and removing its unfinished record, a finished run was named in
+    every later report as 'a run [that] has not written its table yet', with a command to resume it."""
+    study = _study(tmp_path, MINI_GRID)
+    finish = provenance.RunRecord.finish
+
+    def finished_then_killed(self):
+        finish(self)
+        (tmp_path / "mini" / provenance.UNFINISHED).write_text(json.dumps({**self.meta, "status": "running"}))
+        raise KeyboardInterrupt  # as if killed before the unlink: its last heartbeat's record is left
+
+    monkeypatch.setattr(provenance.RunRecord, "finish", finished_then_killed)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_study(study, {"d": [4]}, jobs=1, out_root=tmp_path, progress=False, command="stabkit run once")
+    said = []
+    publish.build_report("mini", tmp_path, log=said.append)
+    assert said == []
+    # a later run that stopped before its table is still named
+    record = json.loads((tmp_path / "mini" / "run.json").read_text())
+    (tmp_path / "mini" / provenance.UNFINISHED).write_text(json.dumps({**record, "status": "interrupted",
+                                                                       "started_at": "later", "command": "again"}))
+    publish.build_report("mini", tmp_path, log=said.append)
+    assert len(said) == 1 and "`again` resumes it" in said[0]

@@ -64,6 +64,10 @@ def _stopped_run(out_dir: Path) -> str:
     stopped = _read_json(out_dir / UNFINISHED)
     if not stopped or not stopped.get("command"):
         return ""
+    finished = _read_json(out_dir / "run.json") or {}
+    same_run = all(finished.get(k) == stopped.get(k) for k in ("started_at", "pid", "host"))
+    if same_run and finished.get("status") == "finished":
+        return ""  # the finished run itself, killed after writing run.json, before removing its unfinished record
     status = stopped.get("status", "?")
     if status == "running":  # its heartbeat is all that is known: it may still run, or have been killed
         status = f"running at its last heartbeat, {stopped.get('heartbeat_at', '?')}"
