@@ -314,3 +314,136 @@ def test_a_study_folder_whose_gitignore_predates_the_unfinished_record_gets_its_
     (out / ".gitignore").write_text("run.unfinished.json  \n")  # the user's own, already ignoring the record
     runner.run_study(TINY, {}, jobs=1, out_root=tmp_path, progress=False, max_cells=1)
     assert (out / ".gitignore").read_text() == "run.unfinished.json  \n"
+
+
+def test_a_run_killed_between_its_table_and_run_json_is_not_described_by_the_run_before(tmp_path, monkeypatch):
+    """A kill after results.parquet was replaced but before run.json left a table of 12 cells beside
+    the record of the 6-cell run before it, and `stabkit report` described it so (header: 6 cells, d = [4]);
+    now the report refuses, naming the run to repeat, and that run records the table."""
+    study = _study(tmp_path, MINI_GRID)
+    out = tmp_path / "mini"
+    runner.run_study(study, {"d": [4]}, jobs=1, out_root=tmp_path, progress=False, command="stabkit run small")
+
+    def killed(self):  # the record is never moved to run.json, as under kill -9 at that moment
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(provenance.RunRecord, "finish", killed)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_study(study, {"d": [4, 5]}, jobs=1, out_root=tmp_path, progress=False, command="stabkit run big")
+    assert pd.read_parquet(out / "results.parquet")["cell_id"].nunique() == 2 * 2 * 2  # families × d × losses
+    assert json.loads((out / "run.json").read_text())["grid"]["d"] == [4]
+    with pytest.raises(ValueError, match=r"results.parquet was written by a run that stopped before recording it.*"
+                                         r"run `stabkit run big` again"):
+        publish.build_report("mini", tmp_path)
+
+    monkeypatch.undo()
+    runner.run_study(study, {"d": [4, 5]}, jobs=1, out_root=tmp_path, progress=False, command="stabkit run big")
+    header = publish.build_report("mini", tmp_path).read_text()
+    assert "| cells | 8 (0 computed in the last run, 8 reused, 0 failed) |" in header and '"d": [4, 5]' in header
+
+
+def test_cells_resumed_on_another_machine_are_named_in_the_header(tmp_path, monkeypatch):
+    """A study started on one machine and resumed on another was reported under the last machine
+    alone, its cells storing no machine: the other kernels' cells were silently mixed into a header
+    that 'holds for the kernels' it names. Now each cell stores its machine, and the header lists
+    where the table's cells came from when that is not the last run alone."""
+    study = _study(tmp_path, MINI_GRID)
+    here = provenance.machine_info()
+    there = {**here, "cpu": "Elsewhere CPU 9000", "blas": "openblas 0.3.31 (SkylakeX kernels)", "torch_cpu": "AVX512"}
+    monkeypatch.setattr(provenance, "machine_info", lambda: there)
+    runner.run_study(study, {"d": [4]}, jobs=1, out_root=tmp_path, progress=False, max_cells=3, command="first")
+    monkeypatch.setattr(provenance, "machine_info", lambda: here)
+    runner.run_study(study, {"d": [4]}, jobs=1, out_root=tmp_path, progress=False, command="second")
+    text = publish.build_report("mini", tmp_path).read_text()
+    commit = json.loads((tmp_path / "mini" / "run.json").read_text())["git_commit"]
+    (row,) = [line for line in text.splitlines() if line.startswith("| cells computed at |")]
+    # 2 families × 2 losses = 4 cells: the first 3 there, the last one here
+    assert row.startswith(f"| cells computed at | 3 at commit `{commit}` on Elsewhere CPU 9000; ")
+    assert "BLAS openblas 0.3.31 (SkylakeX kernels); torch CPU AVX512" in row
+    assert f"; 1 at commit `{commit}` on {here['cpu']}; " in row
+
+    again = _study(tmp_path, MINI_GRID, name="again")  # one machine, one run: the header is as before
+    runner.run_study(again, {"d": [4]}, jobs=1, out_root=tmp_path, progress=False)
+    assert "| cells computed at |" not in publish.build_report("again", tmp_path).read_text()
+
+
+def test_a_run_of_another_grid_keeps_the_cells_of_the_first(tmp_path):
+    """`--set methods=...` on a study gives cells of the same ids with other parameters; their files
+    overwrote the first grid's, so returning to it recomputed all of its cells (8 of 8 on the quickstart
+    at d = 8). Now each grid's cells keep their own files and the first grid's run reuses all of them."""
+    study = _study(tmp_path, MINI_GRID)
+    runner.run_study(study, {"d": [4]}, jobs=1, out_root=tmp_path, progress=False)
+    runner.run_study(study, {"d": [4], "methods": ["analytic"]}, jobs=1, out_root=tmp_path, progress=False)
+    runner.run_study(study, {"d": [4]}, jobs=1, out_root=tmp_path, progress=False)
+    meta = json.loads((tmp_path / "mini" / "run.json").read_text())
+    assert (meta["cells_reused"], meta["cells_computed"]) == (4, 0)  # 2 families × 2 losses, all kept
+
+
+def test_a_fresh_checkout_refuses_a_grid_whose_cells_share_the_published_ids_but_not_their_parameters(tmp_path):
+    """The published-table guard compared cell ids alone: with cells/ gone (a fresh checkout), a run
+    with fewer methods (the same ids) replaced the published 3-method table by a 1-method one, while a
+    run of other sizes was refused. Both are now refused, and the published grid itself still runs."""
+    study = _study(tmp_path, MINI_GRID)
+    out = tmp_path / "mini"
+    runner.run_study(study, {"d": [4]}, jobs=1, out_root=tmp_path, progress=False)
+    published = (out / "results.parquet").read_bytes()
+    assert len(pd.read_parquet(out / "results.parquet")) == 4 * 3  # 4 cells × 3 methods
+
+    def fresh_checkout():
+        for path in (out / "cells").glob("*.json"):
+            path.unlink()
+
+    fresh_checkout()
+    with pytest.raises(ValueError, match=r"publishes 4 cell\(s\) .* that this run would drop"):
+        runner.run_study(study, {"d": [4], "methods": ["analytic"]}, jobs=1, out_root=tmp_path, progress=False)
+    assert (out / "results.parquet").read_bytes() == published
+    table = runner.run_study(study, {"d": [4]}, jobs=1, out_root=tmp_path, progress=False)
+    assert len(table) == 4 * 3
+
+
+def test_a_report_rebuilt_on_a_dirty_tree_by_other_code_names_the_code(tmp_path, monkeypatch):
+    """Run and rebuild both on '<head>-dirty', the report code edited in between: the header said
+    nothing of the rebuild (reproduced with an edit of the gradient-accuracy report's wording)."""
+    study = _study(tmp_path, MINI_GRID)
+    runner.run_study(study, {"d": [4]}, jobs=1, out_root=tmp_path, progress=False)
+    meta = json.loads((tmp_path / "mini" / "run.json").read_text())
+    assert "| report text |" not in publish.build_report("mini", tmp_path).read_text()
+    monkeypatch.setattr(publish, "git_commit", lambda out_root=None: meta["git_commit"])  # the same dirty head
+    edited = tmp_path / "edited" / "stabkit"
+    edited.mkdir(parents=True)
+    (edited / "report.py").write_text("WORDING = 2\n")
+    monkeypatch.setattr(_store, "PACKAGE", edited)
+    _store.sources_hash.cache_clear()
+    try:
+        text = publish.build_report("mini", tmp_path).read_text()
+        now = _store.sources_hash()
+    finally:
+        _store.sources_hash.cache_clear()
+    assert now != meta["sources_hash"]
+    assert (f"| report text | rebuilt from these results by `stabkit report mini` at commit `{meta['git_commit']}` "
+            f"(stabkit sources `{now}`, the run's `{meta['sources_hash']}`) |") in text
+
+
+def test_a_run_killed_after_its_run_json_is_not_reported_as_a_run_without_a_table(tmp_path, monkeypatch):
+    """Killed between writing run.json and removing its unfinished record, a finished run was named in
+    every later report as 'a run [that] has not written its table yet', with a command to resume it."""
+    study = _study(tmp_path, MINI_GRID)
+    finish = provenance.RunRecord.finish
+
+    def finished_then_killed(self):
+        finish(self)
+        (tmp_path / "mini" / provenance.UNFINISHED).write_text(json.dumps({**self.meta, "status": "running"}))
+        raise KeyboardInterrupt  # as if killed before the unlink: its last heartbeat's record is left
+
+    monkeypatch.setattr(provenance.RunRecord, "finish", finished_then_killed)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_study(study, {"d": [4]}, jobs=1, out_root=tmp_path, progress=False, command="stabkit run once")
+    said = []
+    publish.build_report("mini", tmp_path, log=said.append)
+    assert said == []
+    # a later run that stopped before its table is still named
+    record = json.loads((tmp_path / "mini" / "run.json").read_text())
+    (tmp_path / "mini" / provenance.UNFINISHED).write_text(json.dumps({**record, "status": "interrupted",
+                                                                       "started_at": "later", "command": "again"}))
+    publish.build_report("mini", tmp_path, log=said.append)
+    assert len(said) == 1 and "`again` resumes it" in said[0]

@@ -207,3 +207,16 @@ def test_the_finishing_command_drops_max_cells_and_the_header_counts_what_is_lef
     assert "7 of 12 cells are not computed yet; `stabkit run s.toml` computes them" in text
     assert "(3 computed in the last run, 2 reused, 1 failed, 7 not computed yet)" in text
     assert "not computed" not in provenance.header("s", {**meta, "cells_computed": 10})
+
+
+def test_a_report_rebuilt_by_other_uncommitted_code_says_so():
+    """On a dirty tree the commit reads the same ('<head>-dirty') for any uncommitted code: a report
+    rebuilt after the report code was edited again gave no 'report text' row. The sources tell them apart."""
+    meta = {**META, "git_commit": "abc-dirty", "sources_hash": "1111111111111111"}
+    same = provenance.header("demo", meta, report_commit="abc-dirty", report_sources="1111111111111111")
+    assert "| report text |" not in same
+    other = provenance.header("demo", meta, report_commit="abc-dirty", report_sources="2222222222222222")
+    assert ("| report text | rebuilt from these results by `stabkit report demo` at commit `abc-dirty` (stabkit "
+            "sources `2222222222222222`, the run's `1111111111111111`) |") in other
+    later = provenance.header("demo", meta, report_commit="def", report_sources="2222222222222222")
+    assert "| report text | rebuilt from these results by `stabkit report demo` at commit `def` |" in later

@@ -54,7 +54,7 @@ def test_cell_files_are_classified_done_stale_or_damaged(tmp_path):
     assert list(scan["done"]) == ["a"] and list(scan["stale"]) == ["b"] and scan["damaged"] == []
     assert not list(cells_dir.glob("*.tmp"))
 
-    path = _store._cell_path(cells_dir, "a")
+    path = _store._cell_path(cells_dir, CELLS[0])
     edited = json.loads(path.read_text())
     edited["rows"][0]["x"] = 2.5  # still valid JSON, still the same cell
     path.write_text(json.dumps(edited))
@@ -70,9 +70,9 @@ def test_a_file_that_is_no_cell_of_the_grid_is_left_alone(tmp_path):
     (cells_dir / "zzz.json").write_text("{not json")  # a stray file, not named after a cell
     (cells_dir / "notes.json").write_text("[1, 2]")
     _write(cells_dir, {"cell_id": "z", "d": 9}, [{"x": 2.0}])  # a cell of another grid
-    _store._cell_path(cells_dir, "b").write_text("{truncated")  # a cell of this grid, damaged
+    _store._cell_path(cells_dir, CELLS[1]).write_text("{truncated")  # a cell of this grid, damaged
     scan = _store._scan_cells(cells_dir, CELLS, "v1")
-    assert list(scan["done"]) == ["a"] and scan["damaged"] == [_store._cell_path(cells_dir, "b").name]
+    assert list(scan["done"]) == ["a"] and scan["damaged"] == [_store._cell_path(cells_dir, CELLS[1]).name]
     assert (cells_dir / "zzz.json").read_text() == "{not json"
 
 
@@ -96,3 +96,27 @@ def test_consolidate_orders_rows_by_cell_with_error_last_and_writes_atomically(t
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.csv", "results.parquet"]  # no temporaries
     back = pd.read_parquet(tmp_path / "results.parquet")
     assert list(back.columns) == list(table.columns) and len(back) == 3 and back["x"].iloc[1] == 1.0
+
+
+def test_a_cell_of_another_grid_with_the_same_id_keeps_its_own_file(tmp_path):
+    """Cell files were named by the cell's id alone, so a run of another grid (another `--set`) overwrote
+    the cells of the first with its own: back on the first grid, everything was computed again."""
+    cells_dir = tmp_path / "cells"
+    cells_dir.mkdir()
+    first, other = {"cell_id": "a", "methods": ["x", "y"]}, {"cell_id": "a", "methods": ["x"]}
+    _write(cells_dir, first, [{"m": "x"}, {"m": "y"}])
+    _write(cells_dir, other, [{"m": "x"}])
+    assert len(list(cells_dir.glob("*.json"))) == 2
+    assert _store._scan_cells(cells_dir, [first], "v1")["done"]["a"]["rows"] == [{"m": "x"}, {"m": "y"}]
+    assert _store._scan_cells(cells_dir, [other], "v1")["done"]["a"]["rows"] == [{"m": "x"}]
+
+
+def test_a_cell_file_named_by_its_id_as_before_is_still_read(tmp_path):
+    """Cells written before files were named by their parameters (the survival study commits its cells)."""
+    import hashlib
+
+    cells_dir = tmp_path / "cells"
+    cells_dir.mkdir()
+    record, _ = _store.cell_record(CELLS[0], [{"x": 1.0}], None, {"commit": "abc", "sources": "v1"})
+    (cells_dir / (hashlib.sha256(b"a").hexdigest()[:20] + ".json")).write_text(json.dumps(record))
+    assert _store._scan_cells(cells_dir, CELLS, "v1")["done"] == {"a": record}

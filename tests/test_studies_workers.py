@@ -72,3 +72,34 @@ def test_a_unit_that_raises_fails_each_of_its_cells(monkeypatch):
     monkeypatch.setattr(surv, "run_cells", lambda cells: (_ for _ in ()).throw(RuntimeError("stack broke")))
     results = _workers._execute_unit("zca_cifar10_survival", [{"cell_id": "a"}, {"cell_id": "b"}])
     assert [(rows, error.split(" (at")[0]) for rows, error, _ in results] == [([], "RuntimeError: stack broke")] * 2
+
+
+def test_a_cell_carries_the_hash_of_the_code_before_it_ran_not_of_an_edit_saved_meanwhile(tmp_path, monkeypatch):
+    """A worker hashed the sources after its first cell: an edit saved while that cell ran gave the cell
+    (computed by the code imported before) the edited code's hash, so a run of the edited code took it
+    as its own. In a fresh process (an empty cache) the hash is now that of the sources before the cell."""
+    import hashlib
+
+    from stabkit.studies import kind_module
+
+    package = tmp_path / "stabkit"
+    package.mkdir()
+    (package / "a.py").write_text("X = 1\n")
+    monkeypatch.setattr(_store, "PACKAGE", package)
+    _store.sources_hash.cache_clear()
+    # sha256 over (relative path, NUL, content, NUL) of each file, as _store documents, written out here
+    before = hashlib.sha256(b"a.py\0X = 1\n\0").hexdigest()[:16]
+
+    def edited_while_running(cell):
+        (package / "a.py").write_text("X = 2\n")
+        return [{"value": 1.0}]
+
+    kind = kind_module("gradient_accuracy")
+    monkeypatch.setattr(kind, "run_cell", edited_while_running)
+    monkeypatch.setattr(kind, "warm_up", lambda cell: None, raising=False)
+    try:
+        rows, error, sources = _workers._execute("gradient_accuracy", {"cell_id": "c"})
+    finally:
+        _store.sources_hash.cache_clear()  # the next test hashes the real package
+    assert (rows, error) == ([{"value": 1.0}], None)
+    assert sources == before

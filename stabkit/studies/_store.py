@@ -95,7 +95,15 @@ class _StudyLock:
 # ----------------------------------------------------------------------------- cell storage
 
 
-def _cell_path(cells_dir: Path, cell_id: str) -> Path:
+def _cell_path(cells_dir: Path, cell: dict) -> Path:
+    """A cell's file, named by all its parameters: a cell of another grid with the same id (another
+    ``--set``) gets a file of its own instead of overwriting this one's."""
+    key = json.dumps(_jsonable(cell), sort_keys=True, allow_nan=True)
+    return cells_dir / (hashlib.sha256(key.encode()).hexdigest()[:20] + ".json")
+
+
+def _legacy_cell_path(cells_dir: Path, cell_id: str) -> Path:
+    """Where a stabkit before cells were named by their parameters wrote a cell (named by its id): read, never written."""
     return cells_dir / (hashlib.sha256(cell_id.encode()).hexdigest()[:20] + ".json")
 
 
@@ -121,7 +129,7 @@ def failure_rows(cell: dict, error: str) -> list[dict]:
 
 def write_cell(cells_dir: Path, record: dict) -> None:
     """Write a cell's record to its file, atomically and synced to disk."""
-    write_text_atomic(_cell_path(cells_dir, record["cell_id"]), _dumps(record))
+    write_text_atomic(_cell_path(cells_dir, record["cell"]), _dumps(record))
 
 
 def _checksum(record: dict) -> str:
@@ -135,10 +143,13 @@ def _scan_cells(cells_dir: Path, cells: list[dict], sources: str) -> dict[str, d
     Returns {"done": {cell_id: record}, "stale": {cell_id: record}, "damaged": [file names]}:
     ``stale`` = valid records computed by other code (another sources hash, or none recorded);
     ``damaged`` = files that are unreadable or whose checksum does not match (edited, truncated).
-    Only the files named after a cell of the grid are read; any other file is left alone.
+    Only the files named after a cell of the grid are read (by its parameters, or by its id as older
+    versions named it, when no file of the first name exists); any other file is left alone.
     """
     wanted = {c["cell_id"]: _jsonable(c) for c in cells}
-    names = {_cell_path(cells_dir, cid).name for cid in wanted}
+    names = {_cell_path(cells_dir, cell).name for cell in wanted.values()}
+    names |= {legacy.name for cid, cell in wanted.items()
+              if not _cell_path(cells_dir, cell).exists() and (legacy := _legacy_cell_path(cells_dir, cid)).exists()}
     out = {"done": {}, "stale": {}, "damaged": []}
     if not cells_dir.is_dir():
         return out
@@ -165,6 +176,24 @@ def _scan_cells(cells_dir: Path, cells: list[dict], sources: str) -> dict[str, d
         else:  # other code, or written before code versions were recorded
             out["stale"][cid] = record
     return out
+
+
+def has_cell_file(cells_dir: Path, cell: dict) -> bool:
+    """Whether a file in ``cells_dir`` holds ``cell`` (named by its parameters, or by its id as before)."""
+    if _cell_path(cells_dir, cell).exists():
+        return True
+    legacy = _read_json(_legacy_cell_path(cells_dir, cell["cell_id"]))
+    return legacy is not None and legacy.get("cell") == _jsonable(cell)
+
+
+def cell_ids_in_files(cells_dir: Path, ids: set[str]) -> set[str]:
+    """Which of ``ids`` a readable cell file in ``cells_dir`` holds, of whatever grid."""
+    found = set()
+    for path in cells_dir.glob("*.json") if ids and cells_dir.is_dir() else ():
+        record = _read_json(path)
+        if record is not None and record.get("cell_id") in ids:
+            found.add(record["cell_id"])
+    return found
 
 
 def _json_default(obj):
@@ -212,6 +241,15 @@ def consolidate(cells: list[dict], done: dict[str, dict]) -> pd.DataFrame:
     table = pd.DataFrame(rows, columns=columns)
     table["error"] = table["error"].astype(object).where(table["error"].notna(), None)
     return table
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes (run.json names the table it describes by it)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def write_table(table: pd.DataFrame, out_dir: Path) -> None:

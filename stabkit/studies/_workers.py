@@ -67,15 +67,18 @@ def _execute(kind_name: str, cell: dict) -> tuple[list[dict], str | None, str]:
 
 def _execute_alone(kind_name: str, unit: list[dict]) -> list[tuple[list[dict], str | None, str]]:
     """One (rows, error, sources) per cell of ``unit``: one cell by the kind's ``run_cell``, several at
-    once by its ``run_cells``; an exception fails every cell of the unit."""
+    once by its ``run_cells``; an exception fails every cell of the unit. The sources are hashed (once
+    per process) before the kind and its methods are imported: hashed after the cell, a worker's first
+    cell took the hash of an edit saved while it ran, and a later run of the edited code reused it."""
+    sources = _store.sources_hash()
     try:
         _warm_up(kind_name, unit[0])
         with _one_thread():
             kind = kind_module(kind_name)
             per_cell = kind.run_cells(unit) if len(unit) > 1 else [kind.run_cell(unit[0])]
-        return [([dict(r) for r in rows], None, _store.sources_hash()) for rows in per_cell]
+        return [([dict(r) for r in rows], None, sources) for rows in per_cell]
     except Exception as exc:  # noqa: BLE001 — a failing cell must not stop the study
-        return [([], _error_text(exc), _store.sources_hash())] * len(unit)
+        return [([], _error_text(exc), sources)] * len(unit)
 
 
 def _units(kind_name: str, todo: list[dict], stack: int) -> list[list[dict]]:

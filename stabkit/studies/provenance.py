@@ -132,6 +132,25 @@ def machine_info() -> dict:
     }
 
 
+def machine_summary(machine: dict) -> str:
+    """What of a machine sets a cell's numbers, in one line: CPU, library versions, linear algebra
+    kernels, GPU (stored with every cell, so that cells resumed on other machines stay told apart)."""
+    m = machine if isinstance(machine, dict) else {}
+    return (f"{m.get('cpu', '?')}; numpy {m.get('numpy', '?')}, torch {m.get('torch', '?')}; BLAS {m.get('blas', '?')}; "
+            f"torch CPU {m.get('torch_cpu', '?')}; GPU {m.get('gpu', '?')}")
+
+
+def cells_origin(records) -> list[dict]:
+    """How many of the cell ``records`` each (commit, machine) computed, most first."""
+    counts: dict[tuple, int] = {}
+    for record in records:
+        code = record.get("code") if isinstance(record.get("code"), dict) else {}
+        key = (code.get("commit", "not recorded"), code.get("machine", "not recorded"))
+        counts[key] = counts.get(key, 0) + 1
+    return [{"commit": commit, "machine": machine, "cells": n}
+            for (commit, machine), n in sorted(counts.items(), key=lambda item: -item[1])]
+
+
 def _blas() -> str:
     """The BLAS libraries loaded in this process — numpy's, and scipy's or others' where imported — with
     version and CPU kernels, e.g. "openblas 0.3.31 (SkylakeX kernels)" (numpy is imported by then:
@@ -265,8 +284,10 @@ class RunRecord:
 # ----------------------------------------------------------------------------- the report header
 
 
-def header(name: str, meta: dict, report_commit: str | None = None) -> str:
-    """The run's record; ``report_commit``, when it is not the run's commit, is the code that wrote the text."""
+def header(name: str, meta: dict, report_commit: str | None = None, report_sources: str | None = None) -> str:
+    """The run's record; ``report_commit``, when it is not the run's commit, is the code that wrote the text,
+    and so are ``report_sources`` (a hash of the stabkit sources) when they are not the run's: a dirty
+    tree names one commit for any uncommitted code."""
     m, study = (meta.get(key) if isinstance(meta.get(key), dict) else {} for key in ("machine", "study"))  # damaged: unknown
     description = study.get("description")
     lines = [
@@ -275,8 +296,7 @@ def header(name: str, meta: dict, report_commit: str | None = None) -> str:
         "| | |", "|---|---|",
         f"| command | `{meta.get('command', '?')}` |",
         f"| git commit | `{meta.get('git_commit', '?')}` |",
-        *([f"| report text | rebuilt from these results by `stabkit report {name}` at commit `{report_commit}` |"]
-          if report_commit and report_commit != meta.get("git_commit") else []),
+        *_report_text_row(name, meta, report_commit, report_sources),
         f"| machine | {m.get('cpu', '?')}, {m.get('cores', '?')} cores, {m.get('ram_gib', '?')} GiB RAM; {m.get('platform', '?')} |",
         f"| versions | python {m.get('python', '?')}, numpy {m.get('numpy', '?')}, torch {m.get('torch', '?')} |",
         *([f"| linear algebra kernels | BLAS {m['blas']}; torch CPU {m.get('torch_cpu', '?')} |"] if "blas" in m else []),
@@ -286,6 +306,7 @@ def header(name: str, meta: dict, report_commit: str | None = None) -> str:
         f"| cells | {meta.get('cells_total', '?')} ({meta.get('cells_computed', '?')} computed in the last run, "
         f"{meta.get('cells_reused', '?')} reused, {meta.get('cells_failed', '?')} failed"
         f"{f', {cells_left(meta)} not computed yet' if cells_left(meta) else ''}) |",
+        *_origin_row(meta),
         f"| finished | {meta.get('finished_at', 'not finished')} |",
         "", "Effective grid (study file + `--set` overrides, defaults filled in):", "",
         "```json", json.dumps(meta.get("grid", {}), indent=None, default=str), "```", "",
@@ -296,6 +317,27 @@ def header(name: str, meta: dict, report_commit: str | None = None) -> str:
         lines.insert(2, f"**Partial: {cells_left(meta)} of {meta['cells_total']} cells are not computed yet; "
                         f"`{finishing_command(meta.get('command', 'stabkit run STUDY'))}` computes them.**\n")
     return "\n".join(lines)
+
+
+def _report_text_row(name: str, meta: dict, commit: str | None, sources: str | None) -> list[str]:
+    """The code that wrote the report's text, where it is not the run's."""
+    run_sources = meta.get("sources_hash")
+    other_sources = bool(sources and run_sources and sources != run_sources)
+    if not commit or (commit == meta.get("git_commit") and not other_sources):
+        return []
+    also = f" (stabkit sources `{sources}`, the run's `{run_sources}`)" if commit == meta.get("git_commit") else ""
+    return [f"| report text | rebuilt from these results by `stabkit report {name}` at commit `{commit}`{also} |"]
+
+
+def _origin_row(meta: dict) -> list[str]:
+    """The commits and machines the table's cells were computed at, where any is not the run's own
+    (cells resumed from earlier runs): the header's commit and machine describe the last run only."""
+    origin = meta.get("cells_origin")
+    own = {"commit": meta.get("git_commit"), "machine": machine_summary(meta.get("machine"))}
+    if not isinstance(origin, list) or all({k: o.get(k) for k in own} == own for o in origin):
+        return []
+    parts = [f"{o.get('cells', '?')} at commit `{o.get('commit', '?')}` on {o.get('machine', '?')}" for o in origin]
+    return [f"| cells computed at | {'; '.join(parts)} |"]
 
 
 def _execution(meta: dict) -> str:

@@ -15,7 +15,7 @@ from .._io import storage_errors, write_text_atomic
 from ..errors import StudyFileError
 from . import kind_module
 from ._grid import check_study_name
-from ._store import _read_json
+from ._store import _read_json, file_sha256, sources_hash
 from .provenance import UNFINISHED, cells_left, finishing_command, git_commit, header
 
 
@@ -37,6 +37,7 @@ def build_report(name: str, out_root=Path("reports"), log=None) -> Path:
         if not isinstance(meta.get(key), kind_of):
             raise ValueError(f"{out_dir / 'run.json'}: {key!r} is missing or not a {kind_of.__name__}: "
                              "rerun the study to record it")
+    _check_table_is_recorded(results_path, meta, _read_json(out_dir / UNFINISHED))
     kind = kind_module(meta["kind"])
     results = read_results(results_path, kind)
     if results.empty:
@@ -49,7 +50,8 @@ def build_report(name: str, out_root=Path("reports"), log=None) -> Path:
         else:
             with _columns_needed(results, results_path, meta):
                 body = kind.report(results, meta["grid"], out_dir)
-        text = header(name, meta, report_commit=git_commit(out_root)) + "\n" + body.rstrip() + "\n"
+        top = header(name, meta, report_commit=git_commit(out_root), report_sources=sources_hash())
+        text = top + "\n" + body.rstrip() + "\n"
         write_text_atomic(out_dir / "README.md", text)
         build_index(out_root)
     if stopped:
@@ -62,11 +64,30 @@ def _stopped_run(out_dir: Path) -> str:
     stopped = _read_json(out_dir / UNFINISHED)
     if not stopped or not stopped.get("command"):
         return ""
+    finished = _read_json(out_dir / "run.json") or {}
+    same_run = all(finished.get(k) == stopped.get(k) for k in ("started_at", "pid", "host"))
+    if same_run and finished.get("status") == "finished":
+        return ""  # the finished run itself, killed after writing run.json, before removing its unfinished record
     status = stopped.get("status", "?")
     if status == "running":  # its heartbeat is all that is known: it may still run, or have been killed
         status = f"running at its last heartbeat, {stopped.get('heartbeat_at', '?')}"
     return (f"a run has not written its table yet (status: {status}, started {stopped.get('started_at', '?')}); "
             f"its finished cells are kept and `{stopped['command']}` resumes it")
+
+
+def _check_table_is_recorded(results_path: Path, meta: dict, unfinished: dict | None) -> None:
+    """A ValueError when a run that has not finished (its record is ``unfinished``) replaced the table
+    that run.json names by its hash: it was killed after writing results.parquet, before run.json,
+    and the header would describe its table with the record of the run before (grid, cells, commit).
+    A table edited by hand leaves no unfinished record; the checks of its columns speak for it."""
+    recorded = meta.get("table_sha256")
+    if not unfinished or recorded is None or file_sha256(results_path) == recorded:
+        return
+    rerun = unfinished.get("command") or finishing_command(meta.get("command", "stabkit run STUDY"))
+    raise ValueError(f"{results_path} was written by a run that stopped before recording it in "
+                     f"{results_path.parent / 'run.json'} (status: {unfinished.get('status', '?')}, started "
+                     f"{unfinished.get('started_at', '?')}), which still describes the table before it: run "
+                     f"`{rerun}` again to record it (its cells are kept)")
 
 
 class NothingComputed(ValueError):

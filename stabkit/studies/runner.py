@@ -3,12 +3,15 @@
 Layout under ``out_root/<name>/``::
 
     cells/<hash>.json   one file per finished cell, written atomically (tmp + fsync + os.replace),
-                        with the code version that computed it and a checksum of its content;
+                        with the code version, commit and machine (the runner's, also for Dask
+                        workers) that computed it and a checksum of its content;
                         ignored by git (a .gitignore is written next to it)
     cells/.writer.lock  held (flock) by the one process writing the study; names its pid and host
     results.parquet     all rows, consolidated in cell order (deterministic), plus results.csv
     run.json            command line, effective grid, git commit, machine, wall time of the run that
-                        wrote results.parquet (written after the table, so the two always agree)
+                        wrote results.parquet, and the table's hash (written after the table: a run
+                        killed between the two leaves a table its run.json does not name, which
+                        ``stabkit report`` refuses to describe)
     run.unfinished.json the same record while a run lasts (a heartbeat keeps it up to date, so a
                         kill -9 loses no time) or after it stopped early; ignored by git
     README.md           header from run.json + the kind's report body (:mod:`.publish`)
@@ -44,7 +47,8 @@ from . import _store
 from ._grid import expand, load_study
 from ._store import _scan_cells, _StudyLock, cell_record, consolidate, write_cell, write_table
 from ._workers import dask_client, run_dask, run_local
-from .provenance import UNFINISHED, RunRecord, argv_command, duration, git_commit
+from .provenance import (UNFINISHED, RunRecord, argv_command, cells_origin, duration, git_commit,
+                         machine_summary)
 
 #: How to treat finished cells computed by other code: refuse to run, reuse them, or recompute them.
 STALE_POLICIES = ("refuse", "reuse", "recompute")
@@ -178,6 +182,7 @@ class _Run:
                                 sources=self.sources, jobs=self.jobs, scheduler=self.scheduler,
                                 cells_total=len(self.cells), cells_reused=len(self.done),
                                 reused_other_code=other_code if stale == "reuse" else 0)
+        self.machine = machine_summary(self.record.meta["machine"])
         self.record.write()
         return todo
 
@@ -193,8 +198,13 @@ class _Run:
             ids = set(pd.read_parquet(published, columns=["cell_id"])["cell_id"].astype(str))
         except Exception:  # noqa: BLE001 — an unreadable table has nothing left to protect
             return
-        kept = set(self.done) | {c["cell_id"] for c in todo}
-        lost = sorted(i for i in ids if i not in kept and not _store._cell_path(self.cells_dir, i).exists())
+        # a published cell of the same id but other parameters (another --set) is not kept by this grid's
+        published_cells, ours = self._published_cells(), {c["cell_id"]: c for c in self.cells}
+        kept = {i for i in set(self.done) | {c["cell_id"] for c in todo}
+                if i not in published_cells or _store._jsonable(ours[i]) == published_cells[i]}
+        missing = ids - kept
+        on_file = {i for i in missing & set(published_cells) if _store.has_cell_file(self.cells_dir, published_cells[i])}
+        lost = sorted(missing - on_file - _store.cell_ids_in_files(self.cells_dir, missing - set(published_cells)))
         if lost:
             short = len(todo) < sum(c["cell_id"] not in self.done for c in self.cells)
             how = ("run the whole grid (no --max-cells) to recompute them" if short else
@@ -202,6 +212,15 @@ class _Run:
             raise ValueError(f"{published} publishes {len(lost)} cell(s) (e.g. {lost[0]}) that this run would drop and "
                              f"that no file in {self.cells_dir} keeps (cell files are not committed): {how}, or move "
                              f"results.parquet away to start the table anew")
+
+    def _published_cells(self) -> dict[str, dict]:
+        """The cells of the grid that the published run.json records ({} when it cannot be expanded)."""
+        meta = _store._read_json(self.out_dir / "run.json") or {}
+        try:
+            study, kind, grid = load_study({"study": self.study, "grid": meta["grid"]})
+            return {c["cell_id"]: _store._jsonable(c) for c in expand(study, kind, grid)}
+        except Exception:  # noqa: BLE001 — a record this version cannot read: the ids alone are compared
+            return {}
 
     def _load_finished(self, stale: str, log) -> int:
         """Fill ``done`` with the valid cell files of this grid; return how many came from other code."""
@@ -224,7 +243,8 @@ class _Run:
 
     def on_done(self, cell: dict, rows: list[dict], error: str | None, cell_sources: str | None = None) -> None:
         """Store a finished cell at once (failed or not), count it and advance the progress."""
-        record, error = cell_record(cell, rows, error, {"commit": self.commit, "sources": cell_sources or self.sources})
+        code = {"commit": self.commit, "sources": cell_sources or self.sources, "machine": self.machine}
+        record, error = cell_record(cell, rows, error, code)
         write_cell(self.cells_dir, record)
         self.done[cell["cell_id"]] = record
         self.record.cell_finished(error is not None)
@@ -263,6 +283,10 @@ class _Run:
             table.attrs["study_name"] = name
             write_table(table, self.out_dir)
             table = pd.read_parquet(self.out_dir / "results.parquet")
+            # a kill before run.json is written leaves the new table beside the old record: the hash tells them apart
+            self.record.meta["table_sha256"] = _store.file_sha256(self.out_dir / "results.parquet")
+            self.record.meta["cells_origin"] = cells_origin(self.done[c["cell_id"]] for c in self.cells
+                                                            if c["cell_id"] in self.done)
             self.record.finish()
         except BaseException as exc:
             status = f"stopped: {exc.strerror or exc}" if isinstance(exc, OSError) else "interrupted"
