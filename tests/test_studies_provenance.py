@@ -220,3 +220,20 @@ def test_a_report_rebuilt_by_other_uncommitted_code_says_so():
             "sources `2222222222222222`, the run's `1111111111111111`) |") in other
     later = provenance.header("demo", meta, report_commit="def", report_sources="2222222222222222")
     assert "| report text | rebuilt from these results by `stabkit report demo` at commit `def` |" in later
+
+
+def test_cells_written_before_machines_were_recorded_are_named_as_such_beside_the_runs_own():
+    """Two cells of this run's commit and machine, one older cell whose record has neither (the survival
+    study's committed cells): the header's origin row counts each group and says the older machine is
+    not recorded, instead of reading 'on not recorded'."""
+    machine = META["machine"]
+    own = {"commit": "abc", "machine": provenance.machine_summary(machine)}
+    records = [{"code": own}, {"code": own}, {"code": {}}]
+    origin = provenance.cells_origin(records)
+    assert origin == [{"commit": "abc", "machine": own["machine"], "cells": 2},
+                      {"commit": "not recorded", "machine": "a machine not recorded (cells written before machines were)",
+                       "cells": 1}]
+    text = provenance.header("q", {**META, "cells_origin": origin})
+    (row,) = [line for line in text.splitlines() if line.startswith("| cells computed at |")]
+    assert row == (f"| cells computed at | 2 at commit `abc` on {own['machine']}; 1 at commit `not recorded` on "
+                   "a machine not recorded (cells written before machines were) |")

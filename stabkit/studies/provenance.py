@@ -145,7 +145,7 @@ def cells_origin(records) -> list[dict]:
     counts: dict[tuple, int] = {}
     for record in records:
         code = record.get("code") if isinstance(record.get("code"), dict) else {}
-        key = (code.get("commit", "not recorded"), code.get("machine", "not recorded"))
+        key = (code.get("commit", "not recorded"), code.get("machine", "a machine not recorded (cells written before machines were)"))
         counts[key] = counts.get(key, 0) + 1
     return [{"commit": commit, "machine": machine, "cells": n}
             for (commit, machine), n in sorted(counts.items(), key=lambda item: -item[1])]
