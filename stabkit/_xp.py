@@ -151,20 +151,22 @@ def vector_norm(x: Array) -> Array:
     return xp.linalg.vector_norm(x, dim=-1, keepdim=True)
 
 
-def unit_scale(A: Array) -> Array:
-    """c = 2^−e per matrix, shape (..., 1, 1), without gradient, where max|A| = m·2^e, m ∈ [½, 1): c·A has
-    max|c·A| in [½, 1) and is exact (a power of two). e is kept ≥ log2(tiny) so that c is finite; c = 1 for
-    A = 0 (and where A holds inf or NaN)."""
-    xp = namespace(A)
+def unit_scale(x: Array, axes: tuple[int, ...] = (-2, -1)) -> Array:
+    """c = 2^−e per matrix (``axes``: per vector, e.g. (-1,) for singular values), those axes kept as 1,
+    without gradient, where max|x| over them = m·2^e, m ∈ [½, 1): max|c·x| is in [½, 1), exactly (a power
+    of two). e is kept ≥ log2(tiny) so that c is finite; c = 1 for x = 0 (and where x holds inf or NaN)."""
+    xp = namespace(x)
+    kept = tuple(1 if i - x.ndim in axes else n for i, n in enumerate(x.shape))
+    empty = any(x.shape[a] == 0 for a in axes)
     if xp is np:
-        if A.shape[-1] == 0:
-            return np.ones(A.shape[:-2] + (1, 1), A.dtype)
-        _, e = np.frexp(np.abs(A).max(axis=(-2, -1), keepdims=True))
-        return np.ldexp(np.ones((), A.dtype), -np.maximum(e, np.finfo(A.dtype).minexp))
-    if A.shape[-1] == 0:
-        return xp.ones(A.shape[:-2] + (1, 1), dtype=A.dtype, device=A.device)
-    _, e = xp.frexp(A.detach().abs().amax(dim=(-2, -1), keepdim=True))
-    return xp.exp2(-e.clamp_min(int(math.log2(xp.finfo(A.dtype).tiny))).to(A.dtype))
+        if empty:
+            return np.ones(kept, x.dtype)
+        _, e = np.frexp(np.abs(x).max(axis=axes, keepdims=True))
+        return np.ldexp(np.ones((), x.dtype), -np.maximum(e, np.finfo(x.dtype).minexp))
+    if empty:
+        return xp.ones(kept, dtype=x.dtype, device=x.device)
+    _, e = xp.frexp(x.detach().abs().amax(dim=axes, keepdim=True))
+    return xp.exp2(-e.clamp_min(int(math.log2(xp.finfo(x.dtype).tiny))).to(x.dtype))
 
 
 def flip(x: Array) -> Array:

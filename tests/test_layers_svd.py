@@ -50,7 +50,7 @@ def test_backward_at_a_power_of_two_scale_is_the_gradient(monkeypatch):
     """Prop. 1's backward evaluated at cσ with c·∂L/∂U, c·∂L/∂V (forced c = 2^−3 at moderate float64
     scale, as for σ ~ 1e20 in float32) is still the gradient: gradcheck of a loss in U, σ and V."""
     svd_module = importlib.import_module("stabkit.layers.svd")
-    monkeypatch.setattr(svd_module, "unit_scale", lambda S: torch.full_like(S[..., :1], 0.125))
+    monkeypatch.setattr(svd_module, "unit_scale", lambda S, axes: torch.full_like(S[..., :1], 0.125))
     gen = torch.Generator().manual_seed(5)
     X = torch.randn(6, 4, dtype=D, generator=gen).requires_grad_()
     A, B = torch.randn(6, 6, dtype=D, generator=gen), torch.randn(4, 4, dtype=D, generator=gen)

@@ -28,6 +28,7 @@ import math
 
 import torch
 
+from .._xp import unit_scale
 from ..errors import InputError
 from ..torch import pinv_diag
 from ._checks import check_matrix
@@ -63,23 +64,14 @@ def range_scale(S: torch.Tensor, eps: float, q: float) -> torch.Tensor:
     return torch.exp2((e.clamp(-limit, limit) - e).clamp_max(top).to(S.dtype))  # c finite for a subnormal s
 
 
-def unit_scale(S: torch.Tensor) -> torch.Tensor:
-    """c = 2^−e (shape (..., 1), from σ (..., k) without gradient), σ_max = m·2^e with m ∈ [½, 1), so that
-    cσ_max ∈ [½, 1); e is kept ≥ log2(tiny) so that c is finite, and c = 1 where σ = 0. Exact (a power of two)."""
-    if S.shape[-1] == 0:
-        return torch.ones(S.shape[:-1] + (1,), dtype=S.dtype, device=S.device)
-    _, e = torch.frexp(S.detach().amax(-1, keepdim=True))
-    return torch.exp2(-e.clamp_min(int(math.log2(torch.finfo(S.dtype).tiny))).to(S.dtype))
-
-
 def svd_backward(U, S, V, gU, gS, gV):
     """∂L/∂X of Prop. 1 (thin form) from the cotangents of (U, σ, V); any of them may be None.
 
-    Computed at cσ with the cotangents of U and V times c (:func:`unit_scale`): the result is the
+    Computed at cσ with the cotangents of U and V times c (:func:`stabkit._xp.unit_scale` over σ): the result is the
     same (σK, Kσ and Σ⁻¹ are of degree −1 in σ, diag(∂L/∂σ) of degree 0), and bitwise so where nothing
     leaves the normal range, but σ_i² − σ_j² can neither overflow (float32 σ ~ 1e20 made K = 1/(inf − inf)
     = NaN) nor underflow (σ² subnormal made K infinite, σ² = 0 made K = 0), nor K·(c Uᵀ∂L/∂U) underflow."""
-    c = unit_scale(S)
+    c = unit_scale(S, axes=(-1,))
     S = S * c
     gU = None if gU is None else gU * c[..., None, :]
     gV = None if gV is None else gV * c[..., None, :]
