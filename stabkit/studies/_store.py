@@ -147,9 +147,10 @@ def _scan_cells(cells_dir: Path, cells: list[dict], sources: str) -> dict[str, d
     versions named it, when no file of the first name exists); any other file is left alone.
     """
     wanted = {c["cell_id"]: _jsonable(c) for c in cells}
-    names = {_cell_path(cells_dir, cell).name for cell in wanted.values()}
-    names |= {legacy.name for cid, cell in wanted.items()
-              if not _cell_path(cells_dir, cell).exists() and (legacy := _legacy_cell_path(cells_dir, cid)).exists()}
+    names = set()
+    for cid, cell in wanted.items():
+        path, legacy = _cell_path(cells_dir, cell), _legacy_cell_path(cells_dir, cid)
+        names.add(legacy.name if legacy.exists() and not path.exists() else path.name)
     out = {"done": {}, "stale": {}, "damaged": []}
     if not cells_dir.is_dir():
         return out
