@@ -71,6 +71,18 @@ def check_path(key: str, path) -> None:
         raise ValueError(f"{key}: no such file or folder: {path}")
 
 
+def check_loads(key: str, path) -> None:
+    """Before a training study's cells start: both splits of ``path`` ("" or None: the default location)
+    load (:func:`load_cifar10`, so an archive is decoded once and its cells read the cache), else a
+    ValueError naming ``key`` and what is wrong — a damaged archive is one line and exit 2 before any
+    cell, not the same failure of every cell."""
+    for split in SPLITS:
+        try:
+            load_cifar10(path or None, split)
+        except (FileNotFoundError, ValueError) as exc:
+            raise ValueError(f"{key}: {exc}") from None
+
+
 def cache_dir() -> Path:
     env = os.environ.get("STABKIT_DATA_CACHE")
     return Path(env) if env else Path.home() / ".cache" / "stabkit" / "cifar10"

@@ -671,6 +671,29 @@ def test_a_training_study_s_bad_option_is_refused_before_its_first_cell(tmp_path
     assert not list(tmp_path.rglob("results.parquet"))
 
 
+@pytest.mark.parametrize("kind", ["zca_cifar10", "zca_cifar10_survival"])
+def test_data_that_does_not_load_is_refused_before_the_first_cell(tmp_path, tiny_batches, kind):
+    """A batch file cut short (or a damaged archive) passed the check and failed every cell alike
+    (4 of 4 cells, exit 1); now the check loads both splits: one line naming the file, exit 2,
+    nothing written. The same study on the intact folder passes the check."""
+    grid = ('methods = ["analytic"]\ndims = [4]\nseeds = 1\nmax_steps = 1\n' if kind == "zca_cifar10" else
+            'cells = [["analytic", 4]]\nseeds = 1\nseed_block = 1\nepochs = 1\n')
+    study = tmp_path / "s.toml"
+    study.write_text(f'[study]\nname = "s"\nkind = "{kind}"\n[grid]\n{grid}limit_images = 32\nlimit_test = 16\n'
+                     f'batch_size = 32\nwidth = 0.125\ndata = "{tiny_batches}"\ndevice = "cpu"\n')
+    def check(out):
+        return CliRunner().invoke(app, ["run", str(study), "--out", str(out), "--max-cells", "0", "--no-progress"])
+
+    assert check(tmp_path / "intact").exit_code == 0
+    batch = tiny_batches / "data_batch_3"
+    batch.write_bytes(batch.read_bytes()[:1000])
+    result = check(tmp_path / "out")
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: data: ") and "data_batch_3" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output
+    assert not list((tmp_path / "out").rglob("results.parquet"))
+
+
 def test_cli_train_out_of_memory_is_one_line_suggesting_a_smaller_run(monkeypatch):
     """`--width 1e9` on the CPU was a RuntimeError traceback ("can't allocate memory"); only an
     out-of-memory error is turned into exit 2, any other RuntimeError still raises."""

@@ -28,7 +28,9 @@ Every kind module provides
   before ``validate`` (``_grid.cell_count``).
 
 Optionally, ``check_cost(grid: dict, force: bool)`` refuses, before ``validate`` builds anything, a
-grid too big for memory or (unless ``force``) too long to compute.
+grid too big for memory or (unless ``force``) too long to compute; ``check_inputs(cells)`` refuses,
+before the study's folder is made, inputs the cells would all fail on (a training study's data that
+does not load).
 
 The machinery around the kinds: ``_grid`` (study file, ``--set`` overrides, cells), ``runner``
 (runs the cells resumably, inline, on a process pool or on Dask — ``_workers`` — and stores them —

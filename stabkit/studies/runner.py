@@ -125,6 +125,8 @@ def run_study(path_or_config, overrides: dict | None = None, jobs: int | None = 
         raise ValueError(f"--stack {stack}: study kind {study['kind']!r} cannot train runs stacked; leave --stack out")
     if max_cells is not None and int(max_cells) < 0:  # before the study's folder is made or locked
         raise ValueError(f"--max-cells must be ≥ 0, got {max_cells}")
+    if getattr(kind, "check_inputs", None) is not None:  # e.g. a training study's data: loads, or one line and exit 2
+        kind.check_inputs(cells)
     run = _Run(study, grid, cells, Path(out_root), command or argv_command(), jobs, scheduler, int(stack))
     run.client = dask_client(scheduler) if scheduler else None  # fail before any work if unreachable
     _check_directories(run.cells_dir)

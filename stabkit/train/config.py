@@ -15,7 +15,7 @@ import math
 import torch
 
 from .. import methods
-from ..data import check_path
+from ..data import check_loads, check_path
 from ..methods import Spec
 from ..validation import DTYPE_NAMES, is_count
 from .preset import MILESTONE_UNITS, STOP_ON, get_preset
@@ -79,6 +79,13 @@ def check_configs(cells: list[dict], key, config) -> None:
         first.setdefault(key(cell), cell)
     for cell in first.values():
         check_config(config(cell))
+
+
+def check_data(cells: list[dict]) -> None:
+    """Each distinct ``data`` path of a training study's cells loaded once (:func:`stabkit.data.check_loads`):
+    what the study runner calls before any cell starts (not part of expanding the grid, which needs no data)."""
+    for path in dict.fromkeys(cell.get("data") or "" for cell in cells):
+        check_loads("data", path)
 
 
 def check_config(config: dict) -> None:

@@ -140,6 +140,13 @@ def cells(grid: dict) -> list[dict]:
     return out
 
 
+def check_inputs(cells: list[dict]) -> None:
+    """The runner's check before any cell starts: the cells' CIFAR-10 loads."""
+    from ...train.config import check_data
+
+    check_data(cells)
+
+
 def _config(cell: dict) -> dict:
     config = {k: cell[k] for k in ("epochs", "max_steps", "limit_images", "limit_test", "batch_size", "lr", "eps", "width",
                                    "early_frac", "device", "seed", "dtype", "norm")}

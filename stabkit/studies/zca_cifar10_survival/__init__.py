@@ -198,6 +198,13 @@ def cells(grid: dict) -> list[dict]:
     return out
 
 
+def check_inputs(cells: list[dict]) -> None:
+    """The runner's check before any cell starts: the cells' CIFAR-10 loads."""
+    from ...train.config import check_data
+
+    check_data(cells)
+
+
 def _config(cell: dict) -> dict:
     spec = methods.spec(cell["spec"])  # the cell's edge: parsed once, the run carries the Spec
     return {"preset": cell["preset"], "method": spec, "d": cell["d"], "dtype": cell["dtype"],
