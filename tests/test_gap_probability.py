@@ -322,3 +322,27 @@ def test_finding_gives_each_endpoint_its_own_n_when_a_point_is_reduced(tmp_path)
     assert rows[rows["event"] == "abs"].groupby("d")["n"].sum().to_dict() == {4: 300, 8: 100}
     finding = [line for line in gp.report(rows, grid, tmp_path).splitlines() if line.startswith("- gaussian")][0]
     assert "at d = 4 and" in finding and "(N = 300 and 100)" in finding and "each" not in finding
+
+
+def test_cifar_data_that_does_not_load_is_refused_before_the_first_cell(tmp_path):
+    """A batch file cut short passed the check (the path exists) and failed every cifar10 cell alike;
+    now one line naming the file, exit 2, nothing written. Without cifar10 sources it is not read."""
+    from typer.testing import CliRunner
+
+    from stabkit.cli.main import app
+    from tests.conftest import write_tiny_batches
+
+    folder = write_tiny_batches(tmp_path)
+    (folder / "data_batch_2").write_bytes((folder / "data_batch_2").read_bytes()[:500])
+    study = tmp_path / "gp.toml"
+
+    def check(sources, out):
+        study.write_text(f'[study]\nname = "gp"\nkind = "gap_probability"\n[grid]\nsources = {sources}\n'
+                         f'dims = [4]\ncifar_path = "{folder}"\n')
+        return CliRunner().invoke(app, ["run", str(study), "--out", str(out), "--max-cells", "0", "--no-progress"])
+
+    assert check('["gaussian"]', tmp_path / "gaussian").exit_code == 0
+    result = check('["gaussian", "cifar10"]', tmp_path / "out")
+    assert result.exit_code == 2 and result.stderr.startswith("error: gap_probability: cifar_path: "), result.output
+    assert "data_batch_2" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()

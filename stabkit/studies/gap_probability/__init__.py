@@ -337,6 +337,14 @@ def count_at(lam: np.ndarray, value: float, rel_tol: float = 1e-9) -> np.ndarray
     return (np.abs(lam - value) <= rel_tol * np.abs(lam).max(1, keepdims=True)).sum(1)
 
 
+def check_inputs(cells: list[dict]) -> None:
+    """The runner's check before any cell starts: CIFAR-10 loads where a cell samples it."""
+    from ...data import check_loads
+
+    for path in dict.fromkeys(c["cifar_path"] for c in cells if c["source"] == "cifar10"):
+        check_loads("gap_probability: cifar_path", path)
+
+
 def run_cell(cell: dict) -> list[dict]:
     d, size = cell["d"], cell["size"]
     rng = np.random.default_rng(np.random.SeedSequence([cell["seed"], d, cell["chunk"], SOURCES.index(cell["source"])]))
