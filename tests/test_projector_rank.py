@@ -1,5 +1,7 @@
 """projector_rank: Lemma 1 against finite differences, Lemma 2, J₂ descent, a tiny run with report."""
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -88,16 +90,40 @@ def test_tiny_grid_runs_and_reports(tmp_path):
     l2 = rows[rows["part"] == "lemma2"]
     kept, dropped = l2["kept_over_tol"].min(), l2["dropped_over_tol"].max()
     assert kept > 1e12 and 0 < dropped < 1  # the margin is stated on both sides, each from its own rows
-    assert f"far above the rank threshold d·eps·λ_max (≥ {kept:.2g} × it)" in md
-    assert f"by a factor of {1 / dropped:.2g} or more (≤ {dropped:.2g} × it)" in md
+    printed_kept = float(re.search(r"far above the rank threshold d·eps·λ_max \(≥ (\S+) × it\)", md).group(1))
+    factor, ratio = map(float, re.search(r"by a factor of (\S+) or more \(≤ (\S+) × it\)", md).groups())
+    assert printed_kept <= kept and factor <= 1 / dropped and ratio >= dropped  # printed bounds hold
     assert "Lemma 2 violations 0/300 (a sanity check)" in pr.summary(rows)
     assert "Lemma 2's bound" not in md and "2 tr(Π_WΠ_Ψ) ≥ |rank W − rank Ψ|, a trace identity" in md
 
 
 def test_dropped_margin_says_how_near_the_threshold_a_dropped_eigenvalue_came():
     from stabkit.studies.projector_rank.report import _dropped_margin
-    assert _dropped_margin(0.68).startswith("lie below it by a factor of 1.5 or more (≤ 0.68 × it)")
+    # 1/0.68 = 1.47…: "a factor of 1.5 or more" would overstate the margin
+    assert _dropped_margin(0.68).startswith("lie below it by a factor of 1.4 or more (≤ 0.68 × it)")
     assert _dropped_margin(0.0) == "are exactly 0" and _dropped_margin(float("nan")) == "were not recorded"
+
+
+def test_printed_bounds_are_rounded_to_the_safe_side(tmp_path):
+    """The committed report said the dropped eigenvalues "lie below it by a factor of 1.5 or more (≤ 0.68 × it)"
+    where its table's largest dropped_over_tol is 0.6824: factor 1.465, so both printed bounds were false
+    (rounded to nearest). Each bound is now rounded toward the side on which it stays true; the checks below
+    compare the printed numbers with the table's own extremes."""
+    from stabkit.studies import _figures
+    from stabkit.studies.projector_rank.report import _lemma1_section, _lemma2_section
+    kept_min, dropped_max = 1.46e14, 0.682427  # to nearest, 2 digits: 1.5e14 (> kept_min), 1.5 (> 1/dropped_max), 0.68 (< dropped_max)
+    l2 = pd.DataFrame({"d": 8, "rank_a": [2, 3, 3], "rank_b": [3, 3, 2], "proj_dist": [1.0, 0.02, 1.0],
+                       "kept_over_tol": [kept_min, 3e14, 2e15], "dropped_over_tol": [0.1, dropped_max, 0.3]})
+    md = "\n".join(_lemma2_section(_figures.pyplot(), l2, tmp_path))
+    printed_kept = float(re.search(r"\(≥ (\S+) × it\)", md).group(1))
+    factor, ratio = map(float, re.search(r"by a factor of (\S+) or more \(≤ (\S+) × it\)", md).groups())
+    assert printed_kept <= kept_min and factor <= 1 / dropped_max and ratio >= dropped_max
+    assert (printed_kept, factor, ratio) == (1.4e14, 1.4, 0.69)  # still 2 significant digits
+    worst = 5.04e-14  # to nearest, "at most 5e-14" would be below it
+    l1 = pd.DataFrame({"check": "directional", "d": 6, "r": 1, "rel_err": [1e-15, worst, 2e-15],
+                       "fd64_rel_err": [1e-10, 2e-10, 3e-10]})
+    at_most = float(re.search(r"relative error of at most (\S+) \(median", "\n".join(_lemma1_section(l1))).group(1))
+    assert worst <= at_most <= 5.1e-14
 
 
 def _trajectory(method, k, seed, j2s, r=3):

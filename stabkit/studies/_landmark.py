@@ -36,7 +36,7 @@ from the cell rates plus β·z for an extra run-level feature z ~ N(0, 1); 20 re
 the report uses 100; 500 data sets per β, run at eacbc57, output in
 ``benchmarks/results/2026-12-06-cpu-eacbc57/``): the spread of the gain across data sets was
 0.81–0.90 of the mean reported SE, and the rule said "adds" in 0/500 data sets at β = 0
-(Clopper–Pearson 95 % ≤ 0.7 %), 0/500 at β = 0.5, 3/500 at β = 1 and 128/500 (21.8–29.7 %) at β = 2
+(Clopper–Pearson 95 % upper bound 0.74 %), 0/500 at β = 0.5, 3/500 at β = 1 and 128/500 (21.8–29.7 %) at β = 2
 (odds ratio 7.4 per SD). So on such data the rule rarely calls noise useful, and misses run-level
 signals up to odds ratio 7.4 per SD in most data sets: a "not shown to add" verdict there is weak
 evidence of nothing to add.

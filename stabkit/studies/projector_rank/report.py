@@ -3,6 +3,7 @@ the J₂ descent (curves, final values, the consequences of Lemma 2 checked step
 
 from __future__ import annotations
 
+import decimal
 import math
 import pathlib
 
@@ -11,6 +12,16 @@ import pandas as pd
 
 from ..._markdown import markdown_table
 from .. import _figures
+
+
+def bound_text(x: float, up: bool, sig: int = 2) -> str:
+    """The positive number ``x`` to ``sig`` significant digits, rounded up (``up``: the text is ≥ x) or down
+    (≤ x), so that a bound printed after "at most", "≥" or "or more" stays a bound. Starts from the shortest
+    decimal that reads back as ``x`` (``repr``), so 0.68 prints as 0.68 both ways."""
+    value = decimal.Decimal(repr(float(x)))
+    step = decimal.Decimal(1).scaleb(value.adjusted() - sig + 1)
+    rounded = value.quantize(step, rounding=decimal.ROUND_CEILING if up else decimal.ROUND_FLOOR)
+    return f"{float(rounded):.{sig}g}"
 
 
 def lemma2_violations(df: pd.DataFrame, tol: float = 1e-10) -> int:
@@ -91,7 +102,7 @@ def _lemma1_section(l1: pd.DataFrame) -> list[str]:
                                        median_rel_err=("rel_err", "median"), max_fd64_rel_err=("fd64_rel_err", "max")).reset_index()
     md += [markdown_table(tab), ""]
     md += [f"Over {len(dirn)} (matrix, direction) checks the Lemma 1 gradient agrees with the high-precision truth to a relative "
-           f"error of at most {dirn['rel_err'].max():.2g} (median {dirn['rel_err'].median():.2g}); float64 finite differences reach "
+           f"error of at most {bound_text(dirn['rel_err'].max(), up=True)} (median {dirn['rel_err'].median():.2g}); float64 finite differences reach "
            f"only {dirn['fd64_rel_err'].median():.2g} (median).", ""]
     eig = l1[l1["check"] == "eigen-route"]
     if not eig.empty:
@@ -118,7 +129,8 @@ def _dropped_margin(dropped_over_tol: float) -> str:
     """How close the largest dropped eigenvalue (a multiple of the rank threshold) came to being kept."""
     if not np.isfinite(dropped_over_tol) or dropped_over_tol <= 0:
         return "are exactly 0" if dropped_over_tol == 0 else "were not recorded"
-    return (f"lie below it by a factor of {1 / dropped_over_tol:.2g} or more (≤ {dropped_over_tol:.2g} × it): "
+    return (f"lie below it by a factor of {bound_text(1 / dropped_over_tol, up=False)} or more "
+            f"(≤ {bound_text(dropped_over_tol, up=True)} × it): "
             "a threshold that much smaller would have kept some of them")
 
 
@@ -138,7 +150,7 @@ def _lemma2_section(plt, l2: pd.DataFrame, out_dir: pathlib.Path) -> list[str]:
            "different ranks are always exactly 1 apart in the 2-norm (a unit vector in the range of the larger one and the "
            "kernel of the smaller exists and is mapped to itself), whatever rank rule picks them, so a violation could only "
            "come from eigenvectors that are not orthonormal. The kept eigenvalues lie far above the rank threshold "
-           f"d·eps·λ_max (≥ {l2['kept_over_tol'].min():.2g} × it); the dropped ones, the rounding of eigenvalues built "
+           f"d·eps·λ_max (≥ {bound_text(l2['kept_over_tol'].min(), up=False)} × it); the dropped ones, the rounding of eigenvalues built "
            f"as 0, {_dropped_margin(l2['dropped_over_tol'].max())}.", ""]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     bins = np.linspace(0, 1.0001, 60)
