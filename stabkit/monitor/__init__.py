@@ -13,7 +13,9 @@ Inside ``watch`` the functions ``torch.linalg.eigh``, ``torch.linalg.eigvalsh``,
 Daleckii–Krein layers' decompositions (``stabkit.layers.matrix_functions.eig_dk``, behind
 ``CovariancePooling``'s default, and ``svd_dk``, behind SVD-DK; logged under those names) are replaced by wrappers (restored when the last ``watch`` exits, so outside it they are the
 originals: zero overhead). Each call logs, per call site (``file:line`` of the first caller frame
-outside torch and stabkit's eigen internals) and step:
+outside torch and stabkit's eigen internals; where several instances of a layer call from one line,
+as two ZCA layers do, the first instance keeps ``file:line`` and each other one is logged as
+``file:line [name]``, its name in the model being called: :mod:`.sites`) and step:
 
 * ``min_gap``: smallest |λ_i − λ_j| over the batch (for svd: of σ², the eigenvalues of AᵀA);
 * ``min_rel_gap``: min gap / max |λ| of the same matrix (minimum over the batch);
@@ -85,7 +87,7 @@ symmetry check, an exact forward reads the lower triangle, a NaN input gets torc
 holds no device memory once logged or read).
 
 The package: :mod:`.hooks` (the patching and :func:`watch`), :mod:`.records` (:class:`Monitor`,
-:func:`summarize`), :mod:`.log` (the live log), :mod:`.process` (``stabkit watch``'s side in the
+:func:`summarize`), :mod:`.sites` (call sites), :mod:`.log` (the live log), :mod:`.process` (``stabkit watch``'s side in the
 watched process), :mod:`.report` (``stabkit monitor report``).
 """
 
