@@ -47,6 +47,13 @@ global ``torch.optim`` post-step hook counts each optimizer's steps and the step
 count (several optimizers stepping once per iteration count once). The first ``mon.step()`` call
 switches the monitor to manual counting for good.
 
+**Checkpointing.** A call that ``torch.utils.checkpoint`` reruns in the backward (either variant) is
+run as its forward call was (swapped alike) and logs no second row, nor an error row for the early
+stop that ``use_reentrant=False`` raises through it (:mod:`.recompute`); with
+``use_reentrant=True``, whose forward runs under ``no_grad``, the rerun measures the gradient norms
+into the forward call's row (``grad_in_norm`` is then NaN where A is the checkpoint's own input: a
+detached leaf there).
+
 **Live logs.** With ``log_path`` the rows of finished steps are appended every ``every`` steps
 (``.csv``: one append per flush, so a killed process leaves every flushed step readable;
 ``.parquet``: one row group per flush, readable only once the file is closed — prefer ``.csv``
@@ -87,8 +94,9 @@ symmetry check, an exact forward reads the lower triangle, a NaN input gets torc
 holds no device memory once logged or read).
 
 The package: :mod:`.hooks` (the patching and :func:`watch`), :mod:`.records` (:class:`Monitor`,
-:func:`summarize`), :mod:`.sites` (call sites), :mod:`.log` (the live log), :mod:`.process` (``stabkit watch``'s side in the
-watched process), :mod:`.report` (``stabkit monitor report``).
+:func:`summarize`), :mod:`.sites` (call sites), :mod:`.recompute` (checkpoint reruns), :mod:`.log`
+(the live log), :mod:`.process` (``stabkit watch``'s side in the watched process), :mod:`.report`
+(``stabkit monitor report``).
 """
 
 from .hooks import watch, watching

@@ -17,6 +17,7 @@ import torch
 from .. import methods
 from .log import LiveLog, frame, warn
 from .grads import grad_hooks, physical
+from .recompute import Recomputations
 from .sites import SiteLabels
 from .stats import call_stats, entries_read_finite
 
@@ -48,6 +49,7 @@ class Monitor:
         self._flush_lock = threading.Lock()
         self._lock = threading.Lock()  # rows vs the gradient hooks, which may run in other threads
         self._sites = SiteLabels()     # the site of each call: file:line, and which module made it (:mod:`.sites`)
+        self._recomputations = Recomputations()  # this step's calls, for torch.utils.checkpoint's reruns (:mod:`.recompute`)
 
     # --- steps ---------------------------------------------------------------------------------
     def step(self, n: int = 1):
@@ -80,8 +82,15 @@ class Monitor:
         stats = call_stats(physical(A), physical(lam), self.bound, 1, squared, [physical(o) for o in outputs], triangle)
         row = self._add_row(fn, backward, A, {k: v if k in ("batch", "n") else v[0] for k, v in stats.items()},
                             site or self._sites.site())
-        grad_hooks(outputs, A, [row], self._lock)
+        hooked = grad_hooks(outputs, A, [row], self._lock)
+        self._recomputations.forward((row["site"], fn), row["step"], [] if hooked else [[row]])
         return row
+
+    def _recomputed(self, fn, A, outputs, site: str | None = None):
+        """A call rerun inside a backward (torch.utils.checkpoint, :mod:`.recompute`): no row; where the
+        forward call it reruns measured no gradient, its gradient norms go into that call's row."""
+        for rows in self._recomputations.recomputed((site or self._sites.site(), fn), self.current_step) or ():
+            grad_hooks(outputs, A, rows, self._lock)
 
     def _add_row(self, fn, backward, A, stats: dict, site: str) -> dict:
         """A call's row from its statistics (:func:`call_stats` of one run: device scalars, read back
@@ -225,8 +234,21 @@ class SplitMonitor(Monitor):
                            [physical(o, lead=True) for o in outputs], triangle)
         rows = [mon._add_row(fn, backward, A, {k: v if k in ("batch", "n") else v[r] for k, v in stats.items()}, site)
                 for r, mon in enumerate(mons)]
-        grad_hooks(outputs, A, rows, self._lock)  # every run's norm at once, each row a view of them
+        hooked = grad_hooks(outputs, A, rows, self._lock)  # every run's norm at once, each row a view of them
+        self._recomputations.forward((site, fn), rows[0]["step"], [] if hooked else [rows])
         return rows
+
+    def _recomputed(self, fn, A, outputs, site: str | None = None):
+        mons = list(self.monitors)
+        if not mons:
+            return
+        site = self._sites.site()
+        groups = self._recomputations.recomputed((site, fn), mons[0].current_step)
+        if groups is None:  # the forward call was logged whole into every run's monitor
+            for mon in mons:
+                mon._recomputed(fn, A, outputs, site)
+        for rows in groups or ():
+            grad_hooks(outputs, A, rows, self._lock)
 
     def _log_error(self, fn, backward, A, exc: BaseException, triangle: str | None = None):
         runs = len(self.monitors)
