@@ -70,3 +70,48 @@ def test_a_checkpointed_zca_layer_under_a_swap_is_one_row_and_its_gradient_is_th
     torch.testing.assert_close(ckpt, plain, rtol=1e-12, atol=0)
     assert len(ckpt_rows) == len(plain_rows) == 1
     assert ckpt_rows["grad_norm"].iloc[0] == pytest.approx(plain_rows["grad_norm"].iloc[0], rel=1e-12)
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_a_rerun_in_another_thread_runs_as_its_watched_forward_did(reentrant):
+    """CUDA's autograd runs the backward, and so checkpoint's rerun, in a thread of its own (here a
+    Python thread stands for it). The rerun was not watched there, so not swapped: use_reentrant=False
+    raised CheckpointError (other tensors saved than in the swapped forward), True gave torch's
+    analytic gradient in place of taylor:K=1's; and the reentrant row measured no gradient."""
+    import threading
+
+    import stabkit.torch as sktorch
+    from stabkit import methods
+
+    A0 = torch.tensor([[2.0, 0.3, 0.1], [0.3, 2.0 + 1e-3, 0.2], [0.1, 0.2, 5.0]], dtype=torch.float64)
+    spec = methods.spec("taylor:K=1")
+
+    def loss(A, eigh):
+        lam, U = eigh(A * 1.0)
+        return (lam * W).sum() + ((U[:, 0] * C).sum()) ** 2
+
+    def grad(eigh):  # unwatched, not checkpointed
+        A = A0.clone().requires_grad_(True)
+        loss(A, eigh).backward()
+        return A.grad
+
+    expected = grad(lambda M: sktorch.eigh(M, method=spec))  # the swapped rule, applied directly
+    assert (grad(torch.linalg.eigh) - expected).abs().max() > 1e-3  # the analytic rule's is another gradient
+    A = A0.clone().requires_grad_(True)
+    errors = []
+    with monitor.watch(swap_backward=spec) as mon:
+        out = checkpoint(loss, A, torch.linalg.eigh, use_reentrant=reentrant)
+        worker = threading.Thread(target=lambda: _record_errors(out.backward, errors))
+        worker.start()
+        worker.join()
+    assert errors == []
+    torch.testing.assert_close(A.grad, expected, rtol=1e-12, atol=0)
+    df = mon.records
+    assert len(df) == 1 and df["backward"].iloc[0] == str(spec) and math.isfinite(df["grad_norm"].iloc[0])
+
+
+def _record_errors(fn, errors):
+    try:
+        fn()
+    except Exception as exc:  # noqa: BLE001 — raised in the thread, asserted in the test
+        errors.append(repr(exc))

@@ -48,7 +48,8 @@ count (several optimizers stepping once per iteration count once). The first ``m
 switches the monitor to manual counting for good.
 
 **Checkpointing.** A call that ``torch.utils.checkpoint`` reruns in the backward (either variant) is
-run as its forward call was (swapped alike) and logs no second row, nor an error row for the early
+run as its forward call was (swapped alike, by the monitors that logged it, in whichever thread
+autograd reruns it) and logs no second row, nor an error row for the early
 stop that ``use_reentrant=False`` raises through it (:mod:`.recompute`); with
 ``use_reentrant=True``, whose forward runs under ``no_grad``, the rerun measures the gradient norms
 into the forward call's row (``grad_in_norm`` is then NaN where A is the checkpoint's own input: a

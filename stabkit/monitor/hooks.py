@@ -36,14 +36,16 @@ _hook_handle = None
 
 
 # --- patching: reference-counted, one set of wrappers for every monitor -------------------------
-def _watchers() -> tuple:
+def _watchers(rerun_of: str | None = None) -> tuple:
     """The monitors a call of this thread is handed to, each Monitor reached once: a monitor active
     twice (nested) records once, and so does one that an active :class:`SplitMonitor` also logs into
-    (it then gets its run's slice, as from the split alone)."""
+    (it then gets its run's slice, as from the split alone). ``rerun_of``: the label of a call rerun in
+    a backward, handed to the monitors whose forward call it repeats (:mod:`.recompute`), whichever
+    thread they watch: CUDA's autograd runs the backward, and so the rerun, in a thread of its own."""
     if getattr(_local, "inside", False) or not _active:
         return ()
     tid = threading.get_ident()
-    mons = dict.fromkeys(m for m in _active if m.watches(tid))
+    mons = dict.fromkeys(m for m in _active if (m.watches(tid) if rerun_of is None else m._reruns(rerun_of)))
     covered = {id(run) for m in mons if isinstance(m, SplitMonitor) for run in m.monitors}
     return tuple(m for m in mons if id(m) not in covered)
 
@@ -79,11 +81,11 @@ def _watched(fn_name: str, call):
     def wrapper(*args, **kwargs):
         if torch.compiler.is_compiling():
             return _originals_or_live(fn_name)(*args, **kwargs)
-        mons = _watchers()
+        rerun = recomputing()  # torch.utils.checkpoint's rerun of a logged call: run as it was, never a row
+        mons = _watchers(_label(fn_name, args, kwargs) if rerun else None)
         if not mons:
             return _originals_or_live(fn_name)(*args, **kwargs)
         A, read = _tensor_arg(args, kwargs), _triangle_read(fn_name, mons, args, kwargs)
-        rerun = recomputing()  # torch.utils.checkpoint's rerun of a logged call: run as it was, never a row
         _local.inside = True
         try:
             try:

@@ -8,8 +8,12 @@ a healthy model's site reported a call that raised, non-finite, as its first bad
 
 The rule: a watched call made while an autograd backward runs in its thread
 (``torch._C._current_graph_task_id() != -1``: both checkpoint variants recompute inside the backward)
-is a rerun. It runs as its forward call did (``swap_backward`` too, so the checkpoint gets back the
-tensors it saved) and logs nothing of its own: no row, no error row. It measures gradients only
+is a rerun. It is handed to the monitors that logged the call it repeats (a call of this step at
+its site and function), in whichever thread it runs: CUDA's autograd runs a backward in a thread of
+its own, where a rerun used to be unwatched, so unswapped (``use_reentrant=False`` raised
+CheckpointError, ``True`` used torch's analytic backward in place of ``swap_backward``'s). It runs as
+its forward call did (swapped alike, so the checkpoint gets back the tensors it saved; unswapped
+where no monitor logged its forward) and logs nothing of its own: no row, no error row. It measures gradients only
 where its forward call could not: ``use_reentrant=True`` runs the forward under ``no_grad`` and
 sends the gradient through the rerun, so the rerun hooks that call's rows. Matching: each monitor
 keeps, per site and function, the current step's calls in order; a rerun takes the last one not yet
@@ -46,6 +50,12 @@ class Recomputations:
             calls = calls if kept_step == step else []  # an earlier step's calls are never recomputed now
             calls.append(groups)
             self._calls[key] = (step, calls)
+
+    def pending(self, key: tuple, step: int) -> bool:
+        """Whether a call at ``key`` this step awaits its rerun."""
+        with self._lock:
+            kept_step, calls = self._calls.get(key, (None, []))
+            return kept_step == step and bool(calls)
 
     def recomputed(self, key: tuple, step: int) -> list | None:
         """The row groups that the recomputation of the latest call at ``key`` not yet recomputed hooks

@@ -86,6 +86,10 @@ class Monitor:
         self._recomputations.forward((row["site"], fn), row["step"], [] if hooked else [[row]])
         return row
 
+    def _reruns(self, fn) -> bool:
+        """Whether a call of ``fn`` made now, in a backward, reruns one of this step's calls (:mod:`.recompute`)."""
+        return self._recomputations.pending((self._sites.site(), fn), self.current_step)
+
     def _recomputed(self, fn, A, outputs, site: str | None = None):
         """A call rerun inside a backward (torch.utils.checkpoint, :mod:`.recompute`): no row; where the
         forward call it reruns measured no gradient, its gradient norms go into that call's row."""
@@ -237,6 +241,11 @@ class SplitMonitor(Monitor):
         hooked = grad_hooks(outputs, A, rows, self._lock)  # every run's norm at once, each row a view of them
         self._recomputations.forward((site, fn), rows[0]["step"], [] if hooked else [rows])
         return rows
+
+    def _reruns(self, fn) -> bool:
+        site, mons = self._sites.site(), list(self.monitors)
+        return bool(mons) and (self._recomputations.pending((site, fn), mons[0].current_step)
+                               or any(m._recomputations.pending((site, fn), m.current_step) for m in mons))
 
     def _recomputed(self, fn, A, outputs, site: str | None = None):
         mons = list(self.monitors)
