@@ -68,6 +68,17 @@ def test_one_instance_keeps_file_line_and_another_called_from_the_same_line_is_n
     assert sites[2] == f"{sites[0]} [_Eigh#2]"
 
 
+def test_one_name_in_two_models_is_numbered_instead():
+    """Three models with their layer at ``0``: the second is ``[0]``, the third may not be ``[0]`` too."""
+    models = [nn.Sequential(_Eigh()) for _ in range(3)]
+    A = torch.diag(torch.tensor([1.0, 2.0], dtype=torch.float64))
+    with monitor.watch() as mon:
+        for model in models:
+            model(A)
+    plain = mon.records["site"].iloc[0]
+    assert mon.records["site"].tolist() == [plain, f"{plain} [0]", f"{plain} [_Eigh#3]"]
+
+
 def test_a_module_that_is_collected_gives_its_site_back():
     """A model rebuilt inside one watch (the old one gone) logs under the plain file:line again."""
     A = torch.diag(torch.tensor([1.0, 2.0], dtype=torch.float64))

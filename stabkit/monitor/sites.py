@@ -8,8 +8,9 @@ the innermost ``nn.Module`` being called, tells them apart: the first instance t
 the plain ``file:line`` (a network with one such layer logs as before), each other instance is logged
 as ``file:line [name]``, ``name`` its path in the outermost module being called (``2`` in an
 ``nn.Sequential``, ``layers.3.zca``), or ``Class#k`` (the k-th instance to reach the site) where it has
-none there. One instance called several times keeps one site; calls made outside any module count as
-one instance. A module that is garbage-collected gives up its label (a rebuilt model takes it over).
+none there or another instance has that label already (two models' ``norm1``). One instance called
+several times keeps one site; calls made outside any module count as one instance. A module that is
+garbage-collected gives up its label (a rebuilt model takes it over).
 """
 
 from __future__ import annotations
@@ -121,7 +122,11 @@ class SiteLabels:
             for key in [key for key, (ref, _) in seen.items() if ref() is None]:  # collected: labels free again
                 del seen[key]
             k = self._count[where] = self._count.get(where, 0) + 1
-            taken = any(label == where for _, label in seen.values())
-            label = f"{where} [{_name(module, outer, k) if inner is not None else 'outside modules'}]" if taken else where
+            taken = {label for _, label in seen.values()}
+            label = where
+            if label in taken:
+                label = f"{where} [{_name(module, outer, k) if inner is not None else 'outside modules'}]"
+            if label in taken:  # one name in two models (each model's "norm1"): numbered instead
+                label = f"{where} [{type(module).__name__}#{k}]"
             seen[id(module)] = (weakref.ref(module), label)
             return label
