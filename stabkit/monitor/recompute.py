@@ -8,21 +8,23 @@ a healthy model's site reported a call that raised, non-finite, as its first bad
 
 The rule: a watched call made while an autograd backward runs in its thread
 (``torch._C._current_graph_task_id() != -1``: both checkpoint variants recompute inside the backward)
-is a rerun. It is handed to the monitors that logged the call it repeats (a call of this step at
-its site and function), in whichever thread it runs: CUDA's autograd runs a backward in a thread of
-its own, where a rerun used to be unwatched, so unswapped (``use_reentrant=False`` raised
-CheckpointError, ``True`` used torch's analytic backward in place of ``swap_backward``'s). It runs as
-its forward call did (swapped alike, so the checkpoint gets back the tensors it saved; unswapped
-where no monitor logged its forward) and logs nothing of its own: no row, no error row. It measures gradients only
-where its forward call could not: ``use_reentrant=True`` runs the forward under ``no_grad`` and
-sends the gradient through the rerun, so the rerun hooks that call's rows. Matching: each monitor
-keeps, per site and function, the current step's calls in order; a rerun takes the last one not yet
-taken, and hooks its rows if that call's outputs took no gradient (``use_reentrant=False`` keeps the
-forward's graph, whose rows are hooked already: nothing more). Checkpoints rerun in reverse order,
-so checkpointed calls at one site match from the last back; calls repeated at one site inside one
-checkpointed function may swap their gradient norms among themselves (the site's statistics are
-unchanged).
+is a rerun. It goes to the monitors that logged the call it repeats (a call of this step at its site
+and function), in whichever thread it runs: CUDA's autograd runs a backward in a thread of its own,
+where a rerun used to be unwatched, so unswapped (``use_reentrant=False`` raised CheckpointError,
+``True`` used torch's analytic backward in place of ``swap_backward``'s). It runs as its forward call
+did (swapped alike, so the checkpoint gets back the tensors it saved) and logs nothing of its own: no
+row, no error row. A call made in a backward that repeats none (a custom autograd Function's backward
+calling eigh itself) is neither logged nor swapped.
+
+Gradients: a rerun measures them only where its forward call could not. ``use_reentrant=True`` runs
+the forward under ``no_grad`` and sends the gradient through the rerun, so the rerun hooks that call's
+rows; ``use_reentrant=False`` keeps the forward's graph, whose rows are hooked already. Matching: each
+monitor keeps, per site and function, the current step's calls in order; a rerun takes the last one
+not yet taken. Checkpoints rerun in reverse order, so checkpointed calls at one site match from the
+last back; calls repeated at one site inside one checkpointed function may swap their gradient norms
+among themselves (the site's statistics are unchanged).
 """
+
 from __future__ import annotations
 
 import threading
