@@ -68,3 +68,32 @@ def test_a_float64_svd_past_the_square_range_is_finite_with_its_relative_gap(cal
     assert not row["nonfinite"]
     assert row["min_rel_gap"] == pytest.approx(3 / 16, rel=1e-14, abs=0)
     assert row["min_gap"] == np.inf
+
+
+@pytest.mark.parametrize("call", [lambda A: torch.linalg.eigh(A), lambda A: torch.linalg.eigvalsh(A),
+                                  lambda A: sktorch.eigh(A, method="taylor"), lambda A: torch.linalg.eigh(A.reshape(2, 2, 3, 3))])
+def test_a_batch_row_holds_the_worst_matrix_of_each_statistic(call):
+    """Diagonal matrices (exact spectra for every solver), each statistic's worst in another matrix:
+    gaps (1, 2), (e, 2 − e), (8.5, 99.5), (1e-3, 9e-3) with e = 2⁻²⁰; relative gaps (to max |λ|) 1/4,
+    e/3, 0.085, 0.1: min gap e, min relative gap e/3 (both of matrix 2), λ_min −8 (matrix 3); the analytic
+    bound max 1/|λ_i − λ_j| = 1/e. A relative gap is each matrix's own, never the batch's min gap over
+    its largest |λ| (e/100)."""
+    e = 2.0 ** -20
+    diag = [[1.0, 2.0, 4.0], [1.0, 1.0 + e, 3.0], [-8.0, 0.5, 100.0], [0.0, 1e-3, 1e-2]]
+    with monitor.watch(bound="analytic") as mon:
+        call(torch.diag_embed(torch.tensor(diag, dtype=torch.float64)))
+    (row,) = mon.records.to_dict("records")
+    assert row["batch"] == 4 and row["n"] == 3
+    assert row["min_gap"] == e and row["max_K"] == 1 / e  # exact: a float64 difference of 1 and 1 + 2⁻²⁰
+    assert row["min_rel_gap"] == pytest.approx(e / 3, rel=1e-15)
+    assert row["lam_min"] == -8.0 and row["bound"] == pytest.approx(1 / e, rel=1e-15)
+
+
+def test_a_batched_svd_row_holds_the_worst_matrix_of_its_squared_spectrum():
+    """σ = (3, 2, 1) and (5, 4, 1): σ² gaps (3, 5) and (15, 9), relative to max σ² (9, 25): 1/3 and 9/25."""
+    S = torch.diag_embed(torch.tensor([[3.0, 2.0, 1.0], [5.0, 4.0, 1.0]], dtype=torch.float64))
+    with monitor.watch() as mon:
+        torch.linalg.svd(S)
+    (row,) = mon.records.to_dict("records")
+    assert row["min_gap"] == pytest.approx(3.0, rel=1e-15) and row["lam_min"] == pytest.approx(1.0, rel=1e-15)
+    assert row["min_rel_gap"] == pytest.approx(1 / 3, rel=1e-15)

@@ -13,7 +13,9 @@ Inside ``watch`` the functions ``torch.linalg.eigh``, ``torch.linalg.eigvalsh``,
 Daleckii–Krein layers' decompositions (``stabkit.layers.matrix_functions.eig_dk``, behind
 ``CovariancePooling``'s default, and ``svd_dk``, behind SVD-DK; logged under those names) are replaced by wrappers (restored when the last ``watch`` exits, so outside it they are the
 originals: zero overhead). Each call logs, per call site (``file:line`` of the first caller frame
-outside torch and stabkit's eigen internals) and step:
+outside torch and stabkit's eigen internals; where several instances of a layer call from one line,
+as two ZCA layers do, the first instance keeps ``file:line`` and each other one is logged as
+``file:line [name]``, its name in the model being called: :mod:`.sites`) and step:
 
 * ``min_gap``: smallest |λ_i − λ_j| over the batch (for svd: of σ², the eigenvalues of AᵀA);
 * ``min_rel_gap``: min gap / max |λ| of the same matrix (minimum over the batch);
@@ -44,6 +46,14 @@ outside torch and stabkit's eigen internals) and step:
 global ``torch.optim`` post-step hook counts each optimizer's steps and the step is the largest
 count (several optimizers stepping once per iteration count once). The first ``mon.step()`` call
 switches the monitor to manual counting for good.
+
+**Checkpointing.** A call that ``torch.utils.checkpoint`` reruns in the backward (either variant) is
+run as its forward call was (swapped alike, by the monitors that logged it, in whichever thread
+autograd reruns it) and logs no second row, nor an error row for the early
+stop that ``use_reentrant=False`` raises through it (:mod:`.recompute`); with
+``use_reentrant=True``, whose forward runs under ``no_grad``, the rerun measures the gradient norms
+into the forward call's row (``grad_in_norm`` is then NaN where A is the checkpoint's own input: a
+detached leaf there).
 
 **Live logs.** With ``log_path`` the rows of finished steps are appended every ``every`` steps
 (``.csv``: one append per flush, so a killed process leaves every flushed step readable;
@@ -85,8 +95,9 @@ symmetry check, an exact forward reads the lower triangle, a NaN input gets torc
 holds no device memory once logged or read).
 
 The package: :mod:`.hooks` (the patching and :func:`watch`), :mod:`.records` (:class:`Monitor`,
-:func:`summarize`), :mod:`.log` (the live log), :mod:`.process` (``stabkit watch``'s side in the
-watched process), :mod:`.report` (``stabkit monitor report``).
+:func:`summarize`), :mod:`.sites` (call sites), :mod:`.recompute` (checkpoint reruns), :mod:`.log`
+(the live log), :mod:`.process` (``stabkit watch``'s side in the watched process), :mod:`.report`
+(``stabkit monitor report``).
 """
 
 from .hooks import watch, watching

@@ -124,8 +124,9 @@ def hookable(t):
     return None
 
 
-def grad_hooks(outputs, A, rows: list[dict], lock) -> None:
-    """Measure the call's gradients into ``rows`` (``_grad_norm``, ``_grad_in_norm``; one row per run):
+def grad_hooks(outputs, A, rows: list[dict], lock) -> bool:
+    """Measure the call's gradients into ``rows`` (``_grad_norm``, ``_grad_in_norm``; one row per run);
+    whether any output requires grad (and so was hooked):
     on every output that gradient reaches, and on ∂L/∂A where A is not a leaf (a leaf would keep the hook
     for good); at the level :func:`hookable` finds. A call without an output that requires grad
     (``torch.no_grad``) has no backward: ∂L/∂A from other uses of A is not its own. Only scalars are
@@ -141,6 +142,7 @@ def grad_hooks(outputs, A, rows: list[dict], lock) -> None:
     if hooked and found is not None and found[0].grad_fn is not None:
         on_in = GradNorms(rows, "_grad_in_norm", lock, accumulate=False)
         found[0].register_hook(_guarded(on_in, found[1]))
+    return hooked
 
 
 def _guarded(measure, layout):

@@ -24,7 +24,8 @@ import stabkit.torch
 from ..layers import matrix_functions
 from ..layers.matrix_functions import DK_BACKWARD
 from ..methods import DEFAULT, EXACT, Spec
-from .log import LiveLog, rank_file_name, warn
+from .log import LiveLog, rank_file_name, refuse_a_shared_log, warn
+from .recompute import recomputing
 from .records import Monitor, SplitMonitor
 
 _local = threading.local()
@@ -35,14 +36,16 @@ _hook_handle = None
 
 
 # --- patching: reference-counted, one set of wrappers for every monitor -------------------------
-def _watchers() -> tuple:
+def _watchers(rerun_of: str | None = None) -> tuple:
     """The monitors a call of this thread is handed to, each Monitor reached once: a monitor active
     twice (nested) records once, and so does one that an active :class:`SplitMonitor` also logs into
-    (it then gets its run's slice, as from the split alone)."""
+    (it then gets its run's slice, as from the split alone). ``rerun_of``: the label of a call rerun in
+    a backward, handed to the monitors whose forward call it repeats (:mod:`.recompute`), whichever
+    thread they watch: CUDA's autograd runs the backward, and so the rerun, in a thread of its own."""
     if getattr(_local, "inside", False) or not _active:
         return ()
     tid = threading.get_ident()
-    mons = dict.fromkeys(m for m in _active if m.watches(tid))
+    mons = dict.fromkeys(m for m in _active if (m.watches(tid) if rerun_of is None else m._reruns(rerun_of)))
     covered = {id(run) for m in mons if isinstance(m, SplitMonitor) for run in m.monitors}
     return tuple(m for m in mons if id(m) not in covered)
 
@@ -78,7 +81,8 @@ def _watched(fn_name: str, call):
     def wrapper(*args, **kwargs):
         if torch.compiler.is_compiling():
             return _originals_or_live(fn_name)(*args, **kwargs)
-        mons = _watchers()
+        rerun = recomputing()  # torch.utils.checkpoint's rerun of a logged call: run as it was, never a row
+        mons = _watchers(_label(fn_name, args, kwargs) if rerun else None)
         if not mons:
             return _originals_or_live(fn_name)(*args, **kwargs)
         A, read = _tensor_arg(args, kwargs), _triangle_read(fn_name, mons, args, kwargs)
@@ -87,14 +91,18 @@ def _watched(fn_name: str, call):
             try:
                 result, backward, lam, outputs = call(mons, A, args, kwargs)
             except Exception as exc:
-                with _never_fails():
-                    backward = _backward_of(fn_name, mons, A, args, kwargs)
-                    for mon in mons:
-                        mon._log_error(_label(fn_name, args, kwargs), backward, A, exc, read)
+                if not rerun:  # a rerun raises checkpoint's early stop (_StopRecomputationError): no error of the model's
+                    with _never_fails():
+                        backward = _backward_of(fn_name, mons, A, args, kwargs)
+                        for mon in mons:
+                            mon._log_error(_label(fn_name, args, kwargs), backward, A, exc, read)
                 raise
             with _never_fails():
                 for mon in mons:
-                    mon._log(_label(fn_name, args, kwargs), backward, A, lam, outputs, fn_name in _SINGULAR, read)
+                    if rerun:
+                        mon._recomputed(_label(fn_name, args, kwargs), A, outputs)
+                    else:
+                        mon._log(_label(fn_name, args, kwargs), backward, A, lam, outputs, fn_name in _SINGULAR, read)
             return result
         finally:
             _local.inside = False
@@ -293,7 +301,7 @@ def _wrapper(name, original):
 def _activate(mon: Monitor):
     global _active, _originals, _hook_handle
     with _lock:
-        _refuse_a_shared_log(mon)
+        refuse_a_shared_log(mon, _active)
         if _originals is None:
             _originals = {name: _live(name) for name in _TARGETS}
             for name, (module, attr) in _TARGETS.items():
@@ -355,22 +363,6 @@ def watch(log_path=None, tensorboard_dir=None, swap_backward: Spec | str | None 
                      f"the block's own exception follows", stacklevel=3)
             else:
                 raise error
-
-
-def _refuse_a_shared_log(mon: Monitor) -> None:
-    """Two live logs on one file overwrite each other (each truncates it at its first write): a
-    ``watch`` nested in one that writes the same file kept 1 row of 3 steps. Refused instead, under
-    ``_lock`` with the activation itself: a check before it let two threads that opened watches on
-    one file at once both pass."""
-    path = getattr(mon.log, "path", None)
-    if path is None:
-        return
-    mine = os.path.realpath(path)
-    for other in _active:
-        theirs = getattr(other.log, "path", None)
-        if other is not mon and theirs is not None and os.path.realpath(theirs) == mine:
-            raise ValueError(f"{path} is already the log of an active stabkit watch; "
-                             f"give the inner watch its own log_path (or none: it still records)")
 
 
 @contextlib.contextmanager

@@ -79,6 +79,23 @@ def rank_file_name(prefix: str = "eig", suffix: str = ".csv", pid: bool = False)
     return f"{prefix}-rank{rank}{f'-pid{os.getpid()}' if child else ''}{suffix}"
 
 
+def refuse_a_shared_log(mon, active) -> None:
+    """Refuse (ValueError) ``mon``'s live log where one of the ``active`` monitors already writes its
+    file: two live logs on one file overwrite each other (each truncates it at its first write), and
+    a ``watch`` nested in one that wrote the same file kept 1 row of 3 steps. Called under the
+    patching's lock with the activation itself: a check before it let two threads that opened
+    watches on one file at once both pass."""
+    path = getattr(mon.log, "path", None)
+    if path is None:
+        return
+    mine = os.path.realpath(path)
+    for other in active:
+        theirs = getattr(other.log, "path", None)
+        if other is not mon and theirs is not None and os.path.realpath(theirs) == mine:
+            raise ValueError(f"{path} is already the log of an active stabkit watch; "
+                             f"give the inner watch its own log_path (or none: it still records)")
+
+
 class LiveLog:
     """Appends DataFrames of monitor rows to ``path`` (.csv or .parquet) and TensorBoard."""
 

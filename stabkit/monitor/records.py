@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
-import sys
 import threading
 import weakref
 
@@ -16,52 +14,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import _xp, methods
-import stabkit.torch
-from ..layers import matrix_functions
+from .. import methods
 from .log import LiveLog, frame, warn
 from .grads import grad_hooks, physical
+from .recompute import Recomputations
+from .sites import SiteLabels
 from .stats import call_stats, entries_read_finite
-
-def _folder(path: str) -> str:
-    return os.path.dirname(os.path.realpath(path)) + os.sep
-
-
-#: frames a call site is looked through, by where the code is installed (never by a name in the
-#: path: a user's folder may be called ``torch`` or ``my_autograd_tests``): torch's package, the
-#: method registry, this package, stabkit.torch, _xp, the layers (the site of a layer's
-#: decomposition is the line that called the layer)
-_SKIP_FOLDERS = (_folder(torch.__file__), _folder(methods.__file__), _folder(__file__), _folder(matrix_functions.__file__))
-_SKIP_FILES = {os.path.realpath(m.__file__) for m in (stabkit.torch, _xp)}
-
-_site_of_file: dict = {}
-
-
-def _site_file(filename: str):
-    """The name a call site is shown with, or None for files to look through (cached per file)."""
-    try:
-        return _site_of_file[filename]
-    except KeyError:
-        real = os.path.realpath(filename)
-        if real in _SKIP_FILES or real.startswith(_SKIP_FOLDERS):
-            shown = None
-        else:
-            file = os.path.abspath(filename)
-            rel = os.path.relpath(file)
-            shown = rel if not rel.startswith("..") else file
-        _site_of_file[filename] = shown
-        return shown
-
-
-def _call_site() -> str:
-    frame_ = sys._getframe(2)
-    while frame_ is not None:
-        shown = _site_file(frame_.f_code.co_filename)
-        if shown is not None:
-            return f"{shown}:{frame_.f_lineno}"
-        frame_ = frame_.f_back
-    return "?"
-
 
 
 class Monitor:
@@ -90,6 +48,8 @@ class Monitor:
         self.log_error: BaseException | None = None
         self._flush_lock = threading.Lock()
         self._lock = threading.Lock()  # rows vs the gradient hooks, which may run in other threads
+        self._sites = SiteLabels()     # the site of each call: file:line, and which module made it (:mod:`.sites`)
+        self._recomputations = Recomputations()  # this step's calls, for torch.utils.checkpoint's reruns (:mod:`.recompute`)
 
     # --- steps ---------------------------------------------------------------------------------
     def step(self, n: int = 1):
@@ -117,11 +77,24 @@ class Monitor:
         return self.all_threads or thread_id == self.thread
 
     # --- rows ----------------------------------------------------------------------------------
-    def _log(self, fn, backward, A, lam, outputs, squared: bool = False, triangle: str | None = None):
+    def _log(self, fn, backward, A, lam, outputs, squared: bool = False, triangle: str | None = None, site: str | None = None):
+        """``site``: the call's, if a :class:`SplitMonitor` labelled it already (else this monitor's label)."""
         stats = call_stats(physical(A), physical(lam), self.bound, 1, squared, [physical(o) for o in outputs], triangle)
-        row = self._add_row(fn, backward, A, {k: v if k in ("batch", "n") else v[0] for k, v in stats.items()}, _call_site())
-        grad_hooks(outputs, A, [row], self._lock)
+        row = self._add_row(fn, backward, A, {k: v if k in ("batch", "n") else v[0] for k, v in stats.items()},
+                            site or self._sites.site())
+        hooked = grad_hooks(outputs, A, [row], self._lock)
+        self._recomputations.forward((row["site"], fn), row["step"], [] if hooked else [[row]])
         return row
+
+    def _reruns(self, fn) -> bool:
+        """Whether a call of ``fn`` made now, in a backward, reruns one of this step's calls (:mod:`.recompute`)."""
+        return self._recomputations.pending((self._sites.site(), fn), self.current_step)
+
+    def _recomputed(self, fn, A, outputs, site: str | None = None):
+        """A call rerun inside a backward (torch.utils.checkpoint, :mod:`.recompute`): no row; where the
+        forward call it reruns measured no gradient, its gradient norms go into that call's row."""
+        for rows in self._recomputations.recomputed((site or self._sites.site(), fn), self.current_step) or ():
+            grad_hooks(outputs, A, rows, self._lock)
 
     def _add_row(self, fn, backward, A, stats: dict, site: str) -> dict:
         """A call's row from its statistics (:func:`call_stats` of one run: device scalars, read back
@@ -134,13 +107,13 @@ class Monitor:
         self._rows.append(row)
         return row
 
-    def _log_error(self, fn, backward, A, exc: BaseException, triangle: str | None = None):
+    def _log_error(self, fn, backward, A, exc: BaseException, triangle: str | None = None, site: str | None = None):
         """A call that raised: one row with the error, flushed at once (the run is likely to end)."""
         A = physical(A).detach() if isinstance(A, torch.Tensor) else None
         input_finite = (bool(entries_read_finite(A, triangle).all())
                         if A is not None and A.is_floating_point() and not A.is_meta else True)
         shape = tuple(A.shape) if A is not None else ()
-        row = {"step": self.current_step, "site": _call_site(), "fn": fn, "backward": backward,
+        row = {"step": self.current_step, "site": site or self._sites.site(), "fn": fn, "backward": backward,
                "batch": int(np.prod(shape[:-2])) if len(shape) >= 2 else 1, "n": int(shape[-1]) if shape else 0,
                "dtype": str(A.dtype).replace("torch.", "") if A is not None else "?",
                "min_gap": np.nan, "min_rel_gap": np.nan, "max_K": np.nan, "lam_min": np.nan, "bound": np.nan,
@@ -256,23 +229,42 @@ class SplitMonitor(Monitor):
         mons = list(self.monitors)
         if not mons:
             return None
+        site = self._sites.site()  # the stacked network's modules: one label for every run's row
         if not (self._splits(A) and lam.ndim >= 2 and lam.shape[0] == A.shape[0]):  # every run logs the whole call
-            return [mon._log(fn, backward, A, lam, outputs, squared, triangle) for mon in mons]
+            return [mon._log(fn, backward, A, lam, outputs, squared, triangle, site) for mon in mons]
         runs = len(mons)
         # the statistics of all runs at once (one set of kernels, not one per run); the runs share a method
         stats = call_stats(physical(A, lead=True), physical(lam, lead=True), mons[0].bound, runs, squared,
                            [physical(o, lead=True) for o in outputs], triangle)
-        site = _call_site()
         rows = [mon._add_row(fn, backward, A, {k: v if k in ("batch", "n") else v[r] for k, v in stats.items()}, site)
                 for r, mon in enumerate(mons)]
-        grad_hooks(outputs, A, rows, self._lock)  # every run's norm at once, each row a view of them
+        hooked = grad_hooks(outputs, A, rows, self._lock)  # every run's norm at once, each row a view of them
+        self._recomputations.forward((site, fn), rows[0]["step"], [] if hooked else [rows])
         return rows
+
+    def _reruns(self, fn) -> bool:
+        site, mons = self._sites.site(), list(self.monitors)
+        return bool(mons) and (self._recomputations.pending((site, fn), mons[0].current_step)
+                               or any(m._recomputations.pending((site, fn), m.current_step) for m in mons))
+
+    def _recomputed(self, fn, A, outputs, site: str | None = None):
+        mons = list(self.monitors)
+        if not mons:
+            return
+        site = self._sites.site()
+        groups = self._recomputations.recomputed((site, fn), mons[0].current_step)
+        if groups is None:  # the forward call was logged whole into every run's monitor
+            for mon in mons:
+                mon._recomputed(fn, A, outputs, site)
+        for rows in groups or ():
+            grad_hooks(outputs, A, rows, self._lock)
 
     def _log_error(self, fn, backward, A, exc: BaseException, triangle: str | None = None):
         runs = len(self.monitors)
         parts = list(A.detach().unflatten(0, (runs, -1))) if runs and self._splits(A) else [A] * runs
+        site = self._sites.site()
         for mon, part in zip(list(self.monitors), parts):
-            mon._log_error(fn, backward, part, exc, triangle)
+            mon._log_error(fn, backward, part, exc, triangle, site)
 
 
 def summarize(df: pd.DataFrame, until_step: int | None = None, gap_threshold: float = 1e-5) -> dict:
