@@ -32,9 +32,14 @@ import threading
 import torch
 
 
+#: torch's id of the backward running in this thread, −1 outside one (private; a torch without it:
+#: no call counts as a rerun, as before this module)
+_graph_task_id = getattr(torch._C, "_current_graph_task_id", None)
+
+
 def recomputing() -> bool:
     """Whether this thread is inside an autograd backward (a call made now is a recomputation)."""
-    return torch._C._current_graph_task_id() != -1
+    return _graph_task_id is not None and _graph_task_id() != -1
 
 
 class Recomputations:
