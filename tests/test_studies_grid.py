@@ -200,6 +200,7 @@ def _kind_study(tmp_path: Path, kind: str) -> Path:
     # keys whose default is None (the kind or the training configuration checks them)
     ("zca_cifar10", "eps=[1]", "zca_cifar10: eps must be > 0, got [1]"),
     ("zca_cifar10", "milestones=0.5", "zca_cifar10: milestones must be a list of numbers, got 0.5"),
+    ("zca_cifar10", 'baseline_study="../zca-cifar10"', "zca_cifar10: baseline_study must be a report name (a study's folder"),
     ("zca_cifar10_survival", "compile=[]", "unknown compile mode []"),
     ("zca_cifar10_survival", "train_options={check_every=[]}", "check_every must be an integer in [1, 2^63 − 1], got []"),
 ])

@@ -36,6 +36,7 @@ from ...train import table_iv
 from ...train.preset import get_preset
 from ...validation import DTYPE_NAMES, is_real
 from .. import with_defaults
+from .._grid import check_study_name
 
 GRID_DEFAULTS = {
     "methods": table_iv.names(),  # registry specs, e.g. "taylor:K=9"; default: the Table IV rows' methods
@@ -93,6 +94,12 @@ def validate(grid: dict) -> dict:
         g["milestones"] = [float(m) for m in g["milestones"]]
     if not isinstance(g["baseline_study"], str):
         raise ValueError(f"zca_cifar10: baseline_study must be a report name (a string), got {g['baseline_study']!r}")
+    if g["baseline_study"]:
+        try:
+            check_study_name(g["baseline_study"])
+        except ValueError:  # "../x" read a table outside the reports' root
+            raise ValueError(f"zca_cifar10: baseline_study must be a report name (a study's folder under the reports' "
+                             f"root, as in study.name), got {g['baseline_study']!r}") from None
     if g["device"] != "auto" and not (g["device"] == "cpu" or str(g["device"]).startswith("cuda")):
         raise ValueError(f"zca_cifar10: device must be auto, cpu or cuda[:N], got {g['device']!r}")
     return g
