@@ -748,6 +748,54 @@ def test_svd_route_power_gradient_where_the_derivative_of_x_p_underflows():
     assert _rel(grads[0], grads[1]) < 1e-5
 
 
+def _divided_difference(fn, p, a, b):
+    """g[a, b] in mpmath (g'(a) on a tie), g of μ = σ² + ε."""
+    if a == b:
+        return {"log": 1 / a, "sqrt": 1 / (2 * mp.sqrt(a))}.get(fn) or p * a ** (p - 1)
+    g = {"log": mp.log, "sqrt": mp.sqrt}.get(fn, lambda x: x ** p)
+    return (g(a) - g(b)) / (a - b)
+
+
+SPREAD_CASES = [(torch.float32, "power", -0.5, 1e-14, 0.0), (torch.float32, "power", -0.5, 1e-17, 0.0),
+                (torch.float32, "power", -1.0, 1e-12, 0.0), (torch.float32, "power", -2.0, 1e-7, 0.0),
+                (torch.float64, "power", -0.5, 1e-110, 0.0), (torch.float32, "power", -0.5, 0.0, 1e-30),
+                (torch.float32, "log", None, 1e-20, 0.0), (torch.float32, "sqrt", None, 1e-30, 0.0),
+                (torch.float32, "sqrt", None, 1e-22, 0.0), (torch.float32, "power", 0.3, 1e-25, 0.0)]
+
+
+@pytest.mark.parametrize("dtype, fn, p, smallest, eps", SPREAD_CASES,
+                         ids=["f32-p=-0.5-1e-14", "f32-p=-0.5-1e-17", "f32-p=-1-1e-12", "f32-p=-2-1e-7", "f64-p=-0.5-1e-110",
+                              "f32-p=-0.5-0+eps1e-30", "f32-log-1e-20", "f32-sqrt-1e-30", "f32-sqrt-1e-22", "f32-p=0.3-1e-25"])
+def test_svd_dk_gradient_and_tangent_where_only_a_divided_difference_leaves_the_range(dtype, fn, p, smallest, eps):
+    """F = [diag(1, ½, s); 0] (an SVD every solver gets exactly): ∂⟨G, C⟩/∂F_ij = 2σ_i g[μ_i, μ_j] sym(G)_ij and the
+    tangent dC_ij = g[μ_i, μ_j] (σ_i dF_ij + σ_j dF_ji) (μ = σ² + ε, zero row: 0) are finite, but the DK backward
+    formed D_33 = g'(μ_3) before F multiplied it: ∞ for x^p, p < 0 (½·1e42 at float32 p = −½, s = 1e-14, where
+    the gradient is −1e28·G_33), for log at μ = 1e-40 and for √, x^0.3 where σ² = 0; at a subnormal μ it lost
+    digits (√, s = 1e-22: 3e-3 off). The gradient was NaN (or off) and so was the tangent. Both against the
+    60-digit closed form at the same (rounded) σ, entrywise to 1e-5 (float32) or 1e-12 (float64)."""
+    sig = torch.tensor([1.0, 0.5, smallest], dtype=dtype)
+    F = torch.cat([torch.diag(sig), torch.zeros(1, 3, dtype=dtype)])
+    gen = GEN(21)
+    G, dF = torch.randn(3, 3, dtype=D, generator=gen), torch.randn(4, 3, dtype=D, generator=gen)
+    f = F.clone().requires_grad_()
+    C = layers.svd_dk_matrix_function(f, fn, eps=eps, p=p)
+    (g,) = torch.autograd.grad((G.to(dtype) * C).sum(), f)
+    _, t = torch.func.jvp(lambda x: layers.svd_dk_matrix_function(x, fn, eps=eps, p=p), (F,), (dF.to(dtype),))
+    want_g, want_t = torch.zeros(4, 3, dtype=D), torch.zeros(3, 3, dtype=D)
+    with mp.workdps(60):
+        s = [mp.mpf(float(x)) for x in sig]
+        mu = [x * x + mp.mpf(eps) for x in s]
+        for i in range(3):
+            for j in range(3):
+                dd = _divided_difference(fn, p, mu[i], mu[j])
+                want_g[i, j] = float(2 * s[i] * dd * (mp.mpf(float(G[i, j])) + mp.mpf(float(G[j, i]))) / 2)
+                want_t[i, j] = float(dd * (s[i] * mp.mpf(float(dF[i, j])) + s[j] * mp.mpf(float(dF[j, i]))))
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    for got, want in ((g, want_g), (t, want_t)):
+        assert torch.isfinite(got).all()
+        assert ((got.double() - want).abs() <= tol * want.abs()).all(), (got, want)
+
+
 def _dk_derivatives(F, G, W, dF, fn, p, eps):
     """(∂⟨G, C⟩/∂F by a backward that is itself differentiated, ∂⟨W, that⟩/∂F, the forward-mode tangent dC)."""
     f = F.clone().requires_grad_()

@@ -48,7 +48,8 @@ small ε its rounding may leave λ + ε < 0, and that NaN is a result of the o2p
 ε = 0, log and x^p (p < 0) of a singular FᵀF are infinite; a wide F (n < d) always makes FᵀF
 singular, so that case is refused. Where σ² + ε overflows (float32 σ > 1.8e19) or is subnormal or 0
 (float32 σ < 1.1e-19, ε = 0) the SVD routes take g(σ² + ε) without σ² (:func:`gram_values`); SVD-DK's backward, its derivatives and its forward mode are
-taken at 2^−k F outside an ordinary range of σ (:func:`.svd.range_scale`); x^p whose C
+taken at 2^−k F outside an ordinary range of σ (:func:`.svd.range_scale`), or, where g'(μ_min) would overflow or
+μ_min is subnormal (float32 x^−½: σ_min/σ_max ≲ 1e-13), at the 2^−k that centres the σ (:func:`.spread_scale`); x^p whose C
 overflows (p > 0 on the SVD routes, any p on the EIG route), and o2p's EIG route where FᵀF does,
 raise InputError.
 """
@@ -64,6 +65,7 @@ from .._autograd import compile_safe, differentiating_backward, tangent_op, undi
 from ._checks import check_domain, check_eps, check_matrix, method_params
 from .divided_differences import divided_differences, scalar_function, dk_frechet, dk_second_frechet, eigen_divided_differences
 from ._gram_values import gram_values
+from ._spread_scale import spread_scale
 from ..errors import InputError
 from ..methods import DEFAULT, Spec
 
@@ -226,12 +228,13 @@ class _SvdDK(torch.autograd.Function):
 
 
 def _at_scale(S, fn, eps, p):
-    """(c, c^(1−2q)) for :func:`.svd.range_scale`'s c (1 at ordinary scales), g of degree q (log 0, √ ½, x^p p):
+    """(c, c^(1−2q)) for :func:`.svd.range_scale`'s c (1 at ordinary scales; moved by :func:`.spread_scale` where
+    the smallest μ's g'(μ) overflows), g of degree q (log 0, √ ½, x^p p):
     the divided differences at c²μ are c^(2q−2) times those at μ, so the backward and the tangent, of degree
     2q − 1 in F, are c^(1−2q) times their values at cF, c²ε — where σ², FᵀF and the second divided differences
     neither overflow nor underflow (float32 σ ~ 1e12 made a second derivative 1e17× off, ~1e20 NaN)."""
     q = 0.0 if fn == "log" else (0.5 if fn == "sqrt" else p)
-    c = _svd.range_scale(S, eps, q)
+    c = spread_scale(S, eps, fn, p, _svd.range_scale(S, eps, q))
     return c, (c ** (1 - 2 * q))[..., None]
 
 

@@ -1,0 +1,40 @@
+"""The scale of the SVD-DK derivatives where σ spread so far that a divided difference overflows while
+the derivatives do not.
+
+The DK backward 2F·L(G) of :mod:`.matrix_functions` forms D_ij = g[μ_i, μ_j] (μ = σ² + ε) before F
+multiplies it. For g' unbounded at 0 (log, √, x^p with p < 1) D is largest at the smallest μ, D_ii = g'(μ_i),
+and can overflow although what the gradient needs, σ_i·D_ij, is finite: float32 F = [diag(1, ½, 1e-14); 0],
+x^−½, ε = 0 has D_33 = ½·1e42 = inf but ∂⟨G, C⟩/∂F_33 = −1e28·G_33. Then the whole backward was NaN.
+:func:`.svd.range_scale` places only the largest σ; this moves the scale c (a power of two, so F·c and
+the final c^(1−2q) are exact) until the largest and smallest σ lie symmetrically about 1 in exponent,
+where D spans 2^(±2(1−q)h) (h half their spread in binary exponent) instead of 1 … 2^(4(1−q)h).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .divided_differences import pair_divided_differences
+
+
+def spread_scale(S: torch.Tensor, eps: float, fn: str, p: float | None, c: torch.Tensor) -> torch.Tensor:
+    """c (shape (..., 1), from :func:`.svd.range_scale`), or, for g' unbounded at 0 (log, √, x^p with p < 1),
+    where the smallest μ = (c s)² + c² ε (s = max(σ_min, √ε) > 0) is subnormal (D there had lost digits: √
+    3e-3 off at float32 σ = 1e-22) or its divided difference D_ii = g'(μ) overflows as the backward would
+    form it — and only there, so that every other input is computed bitwise as before — 2^−⌊(e_max + e_min)/2⌋ with
+    e_max, e_min the binary exponents of max(σ_max, √ε) and s. An exact σ = 0 with ε = 0 is not moved
+    (g'(0) is infinite at every scale). Without host synchronisation."""
+    if S.shape[-1] == 0 or (fn == "power" and p >= 1):  # g' bounded near 0: D is largest at the largest μ
+        return c
+    S, root = S.detach(), math.sqrt(eps)
+    low = S.amin(-1, keepdim=True).clamp_min(root)
+    scaled = low * c
+    mu = scaled * scaled + eps * c * c                  # as the backward forms μ at cF, c²ε
+    slope = pair_divided_differences(mu, mu, torch.zeros_like(mu), fn, p)
+    over = (slope.isinf() | (mu < torch.finfo(mu.dtype).tiny)) & (low > 0)
+    _, e_low = torch.frexp(low)
+    _, e_high = torch.frexp(S.amax(-1, keepdim=True).clamp_min(root))
+    centred = torch.exp2(-torch.div(e_high + e_low, 2, rounding_mode="floor").to(S.dtype))
+    return torch.where(over, centred, c)
