@@ -44,6 +44,7 @@ def compare_command(
 
     from stabkit import methods, spectra
     from stabkit.compare import check_truth_cost, compare, truth_cost
+    from stabkit.errors import InputError
     from stabkit.validation import check_dtype_name, check_symmetric
 
     check_dtype_name(dtype)  # as `stabkit bench`: float32 or float64, never a numpy alias, is what the output records
@@ -59,6 +60,8 @@ def compare_command(
         source = str(matrix)
         check_truth_cost(A.shape[-1], force, specs=compared)
     else:
+        if d < 2:  # every family needs d ≥ 2; check_truth_cost's "d ≥ 1" is the bound of a --matrix
+            raise InputError(f"--d {d}: a generated matrix needs d ≥ 2 (give a 1×1 matrix with --matrix)")
         check_truth_cost(d, force, specs=compared)
         built = spectra.make(spectrum, d, seed=seed, **parse_params(param))
         A, source = built.matrix, built.label

@@ -145,5 +145,7 @@ def watch_command(
     if logs:
         print(f"stabkit watch: {len(logs)} log(s) in {log}: {', '.join(logs)}; next: stabkit monitor report {log}", file=sys.stderr)
     else:
-        print("stabkit watch: no eigh/eigvalsh/svd call was logged (a Python started with -E, -I or -S skips the monitor)", file=sys.stderr)
+        print("stabkit watch: no eigh/eigvalsh/svd call was logged: the command made none, or the monitor did not start "
+              f"in it — its Python must import torch and stabkit, as {sys.executable} does (a line above says what "
+              "failed), and a Python started with -E, -I or -S skips the monitor", file=sys.stderr)
     raise typer.Exit(code=code if code >= 0 else 128 - code)

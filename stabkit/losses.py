@@ -143,7 +143,7 @@ def make_loss(name: str, d: int, seed: int = 0, weight: np.ndarray | None = None
     ``LOSSES`` can pass one k (the CLI, where it is typed by hand, refuses ``--k`` for them).
     """
     if name not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}: choose one of {', '.join(LOSSES)}")
+        raise InputError(f"unknown loss {name!r}: choose one of {', '.join(LOSSES)}")
     for what, value, least in (("matrix size d", d, 1), ("seed", seed, 0)):
         if not is_count(value, least):
             raise InputError(f"loss {name!r}: {what} must be an integer in [{least}, 2^63 − 1], got {value!r}")
@@ -185,7 +185,7 @@ def make_loss(name: str, d: int, seed: int = 0, weight: np.ndarray | None = None
         w = np.random.default_rng(np.random.SeedSequence([seed, d, 0xE16])).standard_normal(d)
         return WeightedEigvecLoss(name, weight, w)
     if not is_count(k, 1) or not k < d:
-        raise ValueError(f"projector rank k must be an integer with 1 ≤ k < d = {d}, got {k!r}")
+        raise InputError(f"projector rank k must be an integer with 1 ≤ k < d = {d}, got {k!r}")
     w = np.zeros(d)
     w[d - int(k):] = 1.0
     return WeightedEigvecLoss(name, weight, w)

@@ -270,4 +270,12 @@ def test_a_1x1_matrix_is_compared_as_by_the_library(tmp_path):
     assert cli.exit_code == 0, cli.output
     assert [json.loads(line)["rel_err"] < 1e-15 for line in cli.stdout.strip().splitlines()] == [True] * 2
     empty = runner.invoke(app, ["compare", "--d", "0"])
-    assert empty.exit_code == 2 and "need d ≥ 1" in empty.stderr
+    assert empty.exit_code == 2 and "needs d ≥ 2" in empty.stderr
+
+
+@pytest.mark.parametrize("d", ["0", "1", "-3"])
+def test_a_generated_matrix_below_d_2_gets_one_consistent_message(d):
+    """--d 0 said "need d ≥ 1" and --d 1 then said "need 2 <= d": one message now names the real bound."""
+    result = runner.invoke(app, ["compare", "--d", d, "-m", "analytic"])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == f"error: --d {d}: a generated matrix needs d ≥ 2 (give a 1×1 matrix with --matrix)"

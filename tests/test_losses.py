@@ -51,13 +51,13 @@ def test_domains_and_bad_parameters():
     with pytest.raises(ValueError, match="degenerate spectrum"):
         make_loss("eigvec", 3).check(np.array([1.0, 1.0, 2.0]))
     make_loss("projector", 3, k=1).check(np.array([1.0, 1.0, 2.0]))  # equal weights inside the tie: defined
-    with pytest.raises(ValueError, match="unknown loss"):
+    with pytest.raises(InputError, match="unknown loss 'nuclear'"):  # typed, as an unknown spectrum family
         make_loss("nuclear", 3)
     with pytest.raises(InputError, match="shape"):  # a ValueError, typed: a bad input matrix
         make_loss("zca", 3, weight=np.ones((2, 2)))
     with pytest.raises(InputError, match="non-finite"):
         make_loss("zca", 2, weight=np.array([[1.0, np.nan], [0.0, 1.0]]))
-    with pytest.raises(ValueError, match="rank k"):
+    with pytest.raises(InputError, match="rank k"):
         make_loss("projector", 3, k=3)
 
 

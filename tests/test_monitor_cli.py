@@ -318,3 +318,24 @@ def test_an_empty_folder_option_is_refused_not_taken_as_the_current_folder(tmp_p
     monkeypatch.chdir(work)
     _one_error_line(CliRunner().invoke(app, [a.format(log=log) for a in args]), message)
     assert not list(work.iterdir()) and sorted(p.name for p in log.iterdir()) == ["eig-rank0.csv"]
+
+
+def test_a_python_without_torch_is_named_in_the_message(tmp_path):
+    """`stabkit watch -- python train.py` with a `python` that lacks torch (a venv not activated, as
+    the README's `.venv/bin/stabkit` allows) said only "monitoring not started (No module named
+    'torch')" and then blamed -E/-I/-S; both lines now name the interpreters involved."""
+    fake = tmp_path / "fake"
+    (fake / "torch").mkdir(parents=True)
+    (fake / "torch" / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'torch'\")\n")
+    other_python = tmp_path / "python-without-torch"
+    other_python.write_text(f'#!/bin/sh\nPYTHONPATH="$PYTHONPATH{os.pathsep}{fake}" exec "{sys.executable}" "$@"\n')
+    other_python.chmod(0o755)
+    done = subprocess.run([sys.executable, "-m", "stabkit.cli.main", "watch", "--log", str(tmp_path / "w"), "--",
+                           str(other_python), "-c", "print('ran')"], cwd=ROOT, env=_env(), capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ran", done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith("stabkit watch:")]
+    assert len(lines) == 2, done.stderr
+    assert f"not started in this process, {sys.executable} (ModuleNotFoundError: No module named 'torch')" in lines[0]
+    assert lines[1].startswith("stabkit watch: no eigh/eigvalsh/svd call was logged")
+    assert f"its Python must import torch and stabkit, as {sys.executable} does" in lines[1]

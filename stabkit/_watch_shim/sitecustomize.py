@@ -12,7 +12,9 @@ try:
 
     start_from_environment()
 except Exception as exc:  # noqa: BLE001 — never stop the user's program because of the monitor
-    print(f"stabkit watch: monitoring not started in this process ({type(exc).__name__}: {exc})", file=sys.stderr)
+    # name the interpreter: the usual cause is a `python` on PATH other than the one with torch and stabkit
+    print(f"stabkit watch: monitoring not started in this process, {sys.executable} ({type(exc).__name__}: {exc})",
+          file=sys.stderr)
 
 _here = os.path.dirname(os.path.abspath(__file__))
 _spec = importlib.machinery.PathFinder.find_spec("sitecustomize", [p for p in sys.path if os.path.abspath(p or ".") != _here])
