@@ -169,7 +169,8 @@ def _npy(tmp_path, array, name="m.npy"):
     (["compare", "--dtype", "foo"], "unsupported dtype 'foo'"),
     (["compare", "--format", "xml"], "'xml' is not one of"),
     (["compare", "--d", "abc"], "--d"),
-    (["compare", "--d", "1"], "cluster: d=1 is impossible"),  # the default family needs d ≥ 2 (a 1×1 --matrix is compared)
+    (["compare", "--d", "1"], "--d 1: a generated matrix needs d ≥ 2"),  # every family needs d ≥ 2 (a 1×1 --matrix is compared)
+    (["compare", "--d", "0"], "--d 0: a generated matrix needs d ≥ 2"),
     (["compare", "--nosuch"], "No such option"),
     (["compare", "-m", "taylor:K=1e9"], "K=1e9"),
     (["compare", "-m", "clip:tau=0"], "tau=0"),
