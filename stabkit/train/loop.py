@@ -183,7 +183,7 @@ class _Run:
         self.losses = torch.zeros(total, device=device)
         self.gnorms = torch.zeros(total, device=device, dtype=torch.float64)
         self.correct = torch.zeros(total, device=device)
-        self.conv1_norms = torch.zeros(total, device=device)
+        self.conv1_norms = torch.zeros(total, device=device, dtype=torch.float64)
         self.lam_max = torch.full((total,), float("nan"), device=device, dtype=torch.float64)
         self.params = list(model.parameters())
         self.outcome, self.event_step, self.done, self.eigen_error = "ok", None, 0, False
@@ -282,7 +282,7 @@ class _Run:
         if self.spec is not None:
             self.lam_max[step] = model.norm1.last_lam.amax()
         self.opt.step()
-        self.conv1_norms[step] = torch.linalg.vector_norm(model.conv1.weight.detach())
+        self.conv1_norms[step] = torch.linalg.vector_norm(model.conv1.weight.detach(), dtype=torch.float64)  # finite weights, finite norm
         self.mon.step()
 
     def _check(self) -> None:
