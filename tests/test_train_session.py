@@ -21,6 +21,27 @@ def test_planned_steps_of_the_protocols():
     assert session.planned_steps({"epochs": 350, "max_steps": 120, "limit_images": 15360}) == 120
 
 
+@pytest.mark.parametrize("preset, options", [("paper", {"drop_last": True}), ("stabkit", {"drop_last": False}), ("paper", {}),
+                                              ("stabkit", {}), ("paper", {"max_steps": 3})])
+def test_planned_steps_are_the_steps_the_study_s_runs_train(synthetic, preset, options):
+    """48 images in batches of 32 for 2 epochs: a survival grid whose ``train_options`` sets
+    ``drop_last`` against its preset's default (paper keeps the partial batch, stabkit drops it)
+    trains 2 × 1 or 2 × 2 steps; the plan counts the steps its runs (built by the study, trained
+    here) take, and the test passes at the steps per epoch they use."""
+    from stabkit.studies import zca_cifar10_survival as surv
+    from stabkit.train.loop import train_run
+
+    grid = {"preset": preset, "cells": [["taylor", 4]], "seeds": 1, "epochs": 2.0, "limit_images": 48, "limit_test": 16,
+            "batch_size": 32, "lr": 1e-9, "width": 0.125, "device": "cpu", "train_options": options}
+    r = train_run(surv._config(surv.cells(grid)[0]), data=synthetic)
+    assert r["steps_done"] == r["steps_total"] and r["steps_per_epoch"] in (1, 2)
+    assert session.planned_steps(grid) == r["steps_total"]
+    assert session.grid_steps_per_epoch(grid) == r["steps_per_epoch"]
+    # the final test pass and one at each epoch's end (the last counted twice: the plan's margin)
+    evals = r["steps_total"] // r["steps_per_epoch"] + 1
+    assert session.eval_steps(grid, r["steps_total"]) == pytest.approx(evals * 16 / 32 / 3)
+
+
 def test_test_images_rule():
     """limit_test, else a subset run's limit_images, else all; never more than there are."""
     rule = session.test_images
