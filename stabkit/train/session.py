@@ -169,6 +169,15 @@ class StudyFiles:
         return tomllib.loads(Path(self.study_path).read_text())
 
     @functools.cached_property
+    def grid(self) -> dict:
+        """The study's grid over its kind's defaults (``GRID_DEFAULTS``): what its runs train with where
+        the file leaves a key out (the survival kind's preset ``paper`` and 100 epochs, say)."""
+        from ..studies import kind_module
+
+        defaults = getattr(kind_module(self.study["study"]["kind"]), "GRID_DEFAULTS", {})
+        return {**defaults, **self.study.get("grid", {})}
+
+    @functools.cached_property
     def records(self) -> list:
         return cell_records(Path(self.reports) / self.study["study"]["name"] / "cells")
 
@@ -184,7 +193,7 @@ class StudyFiles:
     def estimate(self, jobs: int, overhead_s: float = 60.0, epochs: float | None = None,
                  stack: int = 1) -> tuple[float | None, str]:
         """:func:`estimate` from these files."""
-        grid, name = dict(self.study.get("grid", {})), self.study["study"]["name"]
+        grid, name = dict(self.grid), self.study["study"]["name"]
         if epochs is not None:
             grid["epochs"] = epochs
         steps = planned_steps(grid)
@@ -212,7 +221,7 @@ def fit_epochs(study_path, seconds: float, jobs: int, bench_path=None, reports="
     """The largest whole number of epochs (≤ the grid's) for which one wave of ``jobs`` runs fits in
     ``seconds`` (0: not even one epoch) — the fallback horizon when the study's does not fit."""
     files = StudyFiles(study_path, bench_path, reports)
-    grid = files.study.get("grid", {})
+    grid = files.grid
     lo, hi = 0, int(float(grid.get("epochs") or 1))
     while lo < hi:
         mid = (lo + hi + 1) // 2
