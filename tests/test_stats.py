@@ -96,6 +96,32 @@ def test_holm_is_between_raw_and_bonferroni_and_monotone(p):
     assert (np.diff(adj[order]) >= -1e-15).all()
 
 
+def _holm_rejects(p, alpha):
+    """Holm's step-down at level alpha: reject the sorted p_(i) while p_(i) ≤ alpha / (m − i + 1)."""
+    out = np.zeros(len(p), bool)
+    for i, idx in enumerate(np.argsort(p, kind="stable")):
+        if p[idx] > alpha / (len(p) - i):
+            break
+        out[idx] = True
+    return out
+
+
+@pytest.mark.parametrize("p", [[0.02, 0.02, 0.5], [0.6, 0.7], [0.001, 0.03, 0.03, 0.03, 0.2], [0.04, 0.01, 0.012, 0.9, 0.011]])
+def test_holm_is_the_smallest_level_at_which_the_step_down_rejects(p):
+    """The adjusted p of H_i is the smallest α at which Holm's procedure (run, not the formula) rejects
+    it — found by bisection on α; 1 where it does not reject even at α = 1 (the cap). Ties included."""
+    p = np.array(p)
+    want = np.ones(len(p))
+    for i in range(len(p)):
+        if _holm_rejects(p, 1.0)[i]:
+            lo, hi = 0.0, 1.0
+            for _ in range(60):
+                mid = (lo + hi) / 2
+                lo, hi = (lo, mid) if _holm_rejects(p, mid)[i] else (mid, hi)
+            want[i] = hi
+    np.testing.assert_allclose(_stats.holm(p), want, rtol=1e-12, atol=1e-15)
+
+
 def _power_by_scipy(n1, p1, n2, p2, alpha):
     total = 0.0
     for k1 in range(n1 + 1):
@@ -152,6 +178,24 @@ def test_smallest_detectable_below_is_the_nearest_rate_with_enough_power():
     lo, hi = _stats.smallest_detectable(15, 15, 15, grid=100)
     assert hi is None  # nothing above a rate of 1
     assert _power_vs_count_by_scipy(15, lo, 15, 15, 0.05) >= 0.8 > _power_vs_count_by_scipy(15, lo + 0.01, 15, 15, 0.05)
+
+
+@pytest.mark.parametrize("n1", [3, 6, 9, 15])
+def test_the_power_sentence_holds_on_a_fine_grid(n1):
+    """What the survival report says of ``smallest_detectable(..., grid=100)``: every rate beyond a bound
+    is detected with power ≥ 0.8 and every rate more than 1 point inside the bounds with power < 0.8.
+    Checked against the Table IV counts on a grid of step 0.0005, the power summed here from scipy's
+    Fisher test over Bin(n₁, p₁) (the rejection set once per count, then binomial weights)."""
+    rates = np.linspace(0, 1, 2001)
+    for k2 in (0, 1, 7, 15):
+        rejects = [k1 for k1 in range(n1 + 1) if sps.fisher_exact([[k1, n1 - k1], [k2, 15 - k2]])[1] <= 0.05]
+        power = sps.binom.pmf(np.array(rejects)[:, None], n1, rates).sum(0) if rejects else np.zeros_like(rates)
+        lo, hi = _stats.smallest_detectable(n1, k2, 15, grid=100)
+        below = rates <= lo + 1e-12 if lo is not None else np.zeros_like(rates, bool)
+        above = rates >= hi - 1e-12 if hi is not None else np.zeros_like(rates, bool)
+        inside = (rates > (lo if lo is not None else -1) + 0.01 + 1e-12) & (rates < (hi if hi is not None else 2) - 0.01 - 1e-12)
+        assert (power[below | above] >= 0.8 - 1e-12).all(), (k2, lo, hi)
+        assert (power[inside] < 0.8).all(), (k2, lo, hi)
 
 # --------------------------------------------------------------------------------- Kaplan–Meier
 def test_kaplan_meier_hand_example():

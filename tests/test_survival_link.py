@@ -285,3 +285,46 @@ def test_calibration_draw_keeps_each_cells_runs_and_rate():
             ys[c].append(sim.loc[sim["spec"] == c, "y"].mean())
     for c, p in p_true.items():   # 300 × 40 draws per cell: SE of the mean ≤ 0.0046
         assert abs(np.mean(ys[c]) - p) < 0.02, (c, np.mean(ys[c]), p)
+
+
+def test_no_outcome_reaches_a_prediction_of_its_own_fold(monkeypatch):
+    """Outcome leakage: with the folds fixed (not drawn from y), flipping one run's outcome moves no
+    prediction of its own fold — its own included — under any of the three models (base rate, cell,
+    cell + diagnostics: the cell model, the offsets and the fit see training-fold outcomes only);
+    the flip does move the other folds' cell predictions. The cell model's predictions are, run by
+    run, the smoothed rate of the run's cell over the other folds, computed here by hand."""
+    table, _ = _landmark.landmark_table(_runs("informative", n_per_cell=30), L)
+    n, folds, prior = len(table), 5, 2.0
+    fixed = np.arange(n) % folds
+    monkeypatch.setattr(_landmark, "stratified_folds", lambda y, k, rng: fixed)
+    base = _landmark.cross_validate(table, folds=folds, repeats=1, prior=prior)
+    y, cells = table["y"].to_numpy(float), _landmark.cell_ids(table)
+    assert base["folds"] == folds and 10 < y.sum() < n - 10
+    for i in range(n):
+        train = fixed != fixed[i]
+        same = train & (cells == cells[i])
+        pbar = y[train].mean()
+        assert base["pred"]["cell"][i] == pytest.approx((y[same].sum() + prior * pbar) / (same.sum() + prior), rel=1e-12)
+        assert base["pred"]["base"][i] == pytest.approx(pbar, rel=1e-12)
+    for i in (int(np.flatnonzero(y == 1)[0]), int(np.flatnonzero(y == 0)[0])):
+        flipped = _landmark.cross_validate(table.assign(y=np.where(np.arange(n) == i, 1 - y, y)), folds=folds,
+                                           repeats=1, prior=prior)
+        own = fixed == fixed[i]
+        for model in ("base", "cell", "cell+diag"):
+            np.testing.assert_array_equal(flipped["pred"][model][own], base["pred"][model][own])
+        others = ~own & (cells == cells[i])
+        assert np.abs(flipped["pred"]["cell"][others] - base["pred"]["cell"][others]).min() > 1e-3
+
+
+def test_the_landmark_boundary_steps():
+    """A NaN loss at the last step of epoch L (time (L·SPE − 1 + 1)/SPE = L) is before the landmark: the run
+    is out. One at the first step after it (L + 1/SPE) is a failure after L, whose features come from
+    epochs 1…L only — the entry ending at step L·SPE is in, the one of epoch L + 1 (where max|K̃| is
+    1e20 here) is not."""
+    log = [_entry(e, 10.0 ** (e if e <= L else 20), False) for e in range(1, L + 2)]
+    runs = pd.DataFrame([{"time_to_nan_loss_epochs": L * SPE / SPE}, {"time_to_nan_loss_epochs": (L * SPE + 1) / SPE}]).assign(
+        censored_at_epochs=None, norm="zca", spec="analytic", d=8, dtype="float32", seed=range(2), epochs=20.0,
+        steps_per_epoch=SPE, epoch_log=json.dumps(log))
+    table, left = _landmark.landmark_table(runs, L)
+    assert left["failed_before"] == 1 and table["seed"].tolist() == [1] and table["y"].tolist() == [1.0]
+    assert table["log10_max_K"].tolist() == [float(L)]

@@ -212,6 +212,31 @@ def test_an_eigensolver_failure_on_an_overflowed_covariance_is_the_paper_s_nan_l
     assert r["nan_loss_note"].startswith("inferred") and r["censored_at_epochs"] is None
 
 
+def test_huge_but_finite_conv1_weights_log_a_finite_norm(synthetic, monkeypatch):
+    """Gradients × 1e22 at step 3 leave conv1's float32 weights finite but ≈ 2e20 per entry, whose
+    float32 sum of squares overflows (> 3.4e38); the run fails at step 4. The epoch log's
+    ``conv1_weight_norm`` (after step 3) is their norm, recomputed here in numpy's float64, not inf."""
+    real, calls, weights = loop.F.cross_entropy, [0], {}
+
+    def cross_entropy(logits, y):
+        calls[0] += 1
+        return _ScaleBackward.apply(real(logits, y), 1e22 if calls[0] == 4 else 1.0)
+
+    train_step = loop._Run._train_step
+
+    def spy(self, step):
+        train_step(self, step)
+        weights[step] = self.model.conv1.weight.detach().double().numpy().ravel().copy()
+
+    monkeypatch.setattr(loop.F, "cross_entropy", cross_entropy)
+    monkeypatch.setattr(loop._Run, "_train_step", spy)
+    r = train_run({**SMALL, "preset": "paper", "method": "taylor", "max_steps": 8}, data=synthetic)
+    assert r["steps_done"] == 4 and max(weights) == 3
+    w = weights[3]
+    assert np.isfinite(w).all() and np.abs(w).max() > 1e19 and np.sum(w ** 2) > np.finfo(np.float32).max
+    assert r["epoch_log"][-1]["conv1_weight_norm"] == pytest.approx(np.linalg.norm(w), rel=1e-12)
+
+
 def test_chance_accuracy_counts_the_images_of_a_partial_last_batch(synthetic, monkeypatch):
     """48 images in batches of 32 with the last batch kept: steps of 32, 16, 32, 16 images. The
     chance check at step 3 divides the correct predictions of steps 0..3 by the 96 images those steps

@@ -21,6 +21,47 @@ def test_planned_steps_of_the_protocols():
     assert session.planned_steps({"epochs": 350, "max_steps": 120, "limit_images": 15360}) == 120
 
 
+@pytest.mark.parametrize("preset, options", [("paper", {"drop_last": True}), ("stabkit", {"drop_last": False}), ("paper", {}),
+                                              ("stabkit", {}), ("paper", {"max_steps": 3})])
+def test_planned_steps_are_the_steps_the_study_s_runs_train(synthetic, preset, options):
+    """48 images in batches of 32 for 2 epochs: a survival grid whose ``train_options`` sets
+    ``drop_last`` against its preset's default (paper keeps the partial batch, stabkit drops it)
+    trains 2 × 1 or 2 × 2 steps; the plan counts the steps its runs (built by the study, trained
+    here) take, and the test passes at the steps per epoch they use."""
+    from stabkit.studies import zca_cifar10_survival as surv
+    from stabkit.train.loop import train_run
+
+    grid = {"preset": preset, "cells": [["taylor", 4]], "seeds": 1, "epochs": 2.0, "limit_images": 48, "limit_test": 16,
+            "batch_size": 32, "lr": 1e-9, "width": 0.125, "device": "cpu", "train_options": options}
+    r = train_run(surv._config(surv.cells(grid)[0]), data=synthetic)
+    assert r["steps_done"] == r["steps_total"] and r["steps_per_epoch"] in (1, 2)
+    assert session.planned_steps(grid) == r["steps_total"]
+    assert session.grid_steps_per_epoch(grid) == r["steps_per_epoch"]
+    # the final test pass and one at each epoch's end (the last counted twice: the plan's margin)
+    evals = r["steps_total"] // r["steps_per_epoch"] + 1
+    assert session.eval_steps(grid, r["steps_total"]) == pytest.approx(evals * 16 / 32 / 3)
+
+
+def test_the_plan_reads_a_study_file_over_its_kind_s_defaults(synthetic, tmp_path):
+    """A survival study file that leaves out ``preset`` and ``epochs`` trains with its kind's defaults
+    (preset paper, 100 epochs): on 48 images in batches of 32 for 2 epochs its run (built by the study,
+    trained here) keeps the partial batch, 4 steps, and the plan counts those; without ``epochs`` it
+    plans 100 epochs of ⌈50 000 / 128⌉ = 391 steps (it planned 2 steps, then 390: the stabkit preset's
+    rule and 1 epoch)."""
+    from stabkit.studies import zca_cifar10_survival as surv
+    from stabkit.train.loop import train_run
+
+    study = tmp_path / "survival.toml"
+    study.write_text('[study]\nname = "s"\nkind = "zca_cifar10_survival"\n[grid]\ncells = [["taylor", 4]]\nseeds = 1\n'
+                     'epochs = 2.0\nlimit_images = 48\nlimit_test = 16\nbatch_size = 32\nlr = 1e-9\nwidth = 0.125\ndevice = "cpu"\n')
+    grid = session.StudyFiles(study).study["grid"]
+    r = train_run(surv._config(surv.cells(grid)[0]), data=synthetic)
+    assert r["steps_total"] == 4
+    assert session.estimate(study, 2, reports=tmp_path)[1].startswith("4 steps per run")
+    study.write_text('[study]\nname = "s"\nkind = "zca_cifar10_survival"\n[grid]\ncells = [["taylor", 4]]\n')
+    assert session.estimate(study, 2, reports=tmp_path)[1].startswith(f"{100 * 391} steps per run")
+
+
 def test_test_images_rule():
     """limit_test, else a subset run's limit_images, else all; never more than there are."""
     rule = session.test_images
@@ -223,7 +264,7 @@ def test_fastcheck_keeps_the_finished_runs_when_interrupted_and_counts_whole_see
 
 def test_fit_epochs_from_the_bench(tmp_path):
     study = tmp_path / "surv.toml"
-    study.write_text('[study]\nname = "surv"\nkind = "zca_cifar10"\n[grid]\npreset = "paper"\nepochs = 100.0\nfast = true\neval_every = 0\n')
+    study.write_text('[study]\nname = "surv"\nkind = "zca_cifar10_survival"\n[grid]\npreset = "paper"\nepochs = 100.0\nfast = true\neval_every = 0\n')
     bench = tmp_path / "bench.json"
     bench.write_text(json.dumps({"rows": [{"path": "fast", "runs": 6, "processes": 6, "steps_per_s": 600.0}]}))
     # one run: ((391 E + 10 000/128/3) / 100 + 60) × 1.2 s ≤ 540 s  ⇔  391 E ≤ 39 000 − 26.04  ⇔  E ≤ 99.67
@@ -299,7 +340,7 @@ def test_choose_stack_in_a_window_keeps_only_the_ways_that_finish_the_most_runs(
     ways that finish the most whole runs, and only then the fastest. 13 epochs of the paper preset:
     5 083 steps + 14 test passes of 10 000/128/3 step-equivalents per run, + 60 s, × 1.2."""
     study = tmp_path / "surv.toml"
-    study.write_text('[study]\nname = "surv"\nkind = "zca_cifar10"\n[grid]\npreset = "paper"\nepochs = 13.0\nfast = true\n')
+    study.write_text('[study]\nname = "surv"\nkind = "zca_cifar10_survival"\n[grid]\npreset = "paper"\nepochs = 13.0\nfast = true\n')
     rows = [{"path": "fast", "runs": 6, "processes": 6, "steps_per_s": 98.0},
             {"path": "fast, stacked", "runs": 6, "processes": 1, "steps_per_s": 115.0},
             {"path": "fast, stacked", "runs": 12, "processes": 1, "steps_per_s": 140.0}]
@@ -345,7 +386,7 @@ def test_choose_stack_and_fit_epochs_read_each_file_once(tmp_path, capsys, monke
     stacked would win at 500 s (413 s a run, as in the test above), but a finished 6-stacked run of
     600 s (× 1.1 = 660 s) leaves only 6 processes (472 s) that finish runs in the window."""
     study = tmp_path / "surv.toml"
-    study.write_text('[study]\nname = "surv"\nkind = "zca_cifar10"\n[grid]\npreset = "paper"\nepochs = 13.0\nfast = true\n')
+    study.write_text('[study]\nname = "surv"\nkind = "zca_cifar10_survival"\n[grid]\npreset = "paper"\nepochs = 13.0\nfast = true\n')
     bench = tmp_path / "bench.json"
     bench.write_text(json.dumps({"rows": [{"path": "fast", "runs": 6, "processes": 6, "steps_per_s": 98.0},
                                           {"path": "fast, stacked", "runs": 6, "processes": 1, "steps_per_s": 115.0},

@@ -188,6 +188,35 @@ def test_huge_but_finite_gradients_of_stacked_runs_are_not_a_nonfinite_gradient(
     assert all(r["step"] is None or r["step"] > 3 for r in records), [(r["outcome"], r["step"]) for r in records]
 
 
+def test_huge_but_finite_conv1_weights_of_stacked_runs_log_a_finite_norm(synthetic, monkeypatch):
+    """Float32 runs: gradients × 1e22 at step 3 leave each run's conv1 weights finite but ≈ 1e20 per
+    entry (their float32 sum of squares past 3.4e38). Each run's logged ``conv1_weight_norm`` after
+    step 3 is the float64 norm of its block (numpy, here), not inf."""
+    from tests.test_train import _ScaleBackward
+
+    real, calls, seen = stacked_loop.run_losses, [0], {}
+
+    def run_losses(logits, targets):
+        calls[0] += 1
+        return _ScaleBackward.apply(real(logits, targets), 1e22 if calls[0] == 4 else 1.0)
+
+    stacked_step = stacked_loop._Stack._stacked_step
+
+    def spy(self, step):
+        stacked_step(self, step)
+        w = self.net.conv1.weight.detach().unflatten(0, (len(self.runs), -1))
+        seen[step] = [block.double().numpy().ravel().copy() for block in w]
+
+    monkeypatch.setattr(stacked_loop, "run_losses", run_losses)
+    monkeypatch.setattr(stacked_loop._Stack, "_stacked_step", spy)
+    configs = [{**SMALL_RUN, "preset": "paper", "method": "taylor", "max_steps": 8, "seed": s} for s in (0, 1, 2)]
+    records = train_stacked(configs, data=synthetic)
+    for r, w in zip(records, seen[3]):
+        assert r["steps_done"] == 4, (r["outcome"], r["steps_done"])
+        assert np.isfinite(w).all() and np.sum(w ** 2) > np.finfo(np.float32).max
+        assert r["epoch_log"][-1]["conv1_weight_norm"] == pytest.approx(np.linalg.norm(w), rel=1e-12)
+
+
 def test_only_runs_that_differ_in_their_seed_are_stacked():
     with pytest.raises(ValueError, match="differ only in their seed; these differ: method"):
         train_stacked([{**SMALL_RUN, "method": "taylor"}, {**SMALL_RUN, "method": "analytic", "seed": 1}])

@@ -103,7 +103,7 @@ from .config import (COMPILE_MODES, DEFAULTS, method_spec, milestone_steps, pick
 from .epoch_log import epoch_log, epoch_log_json
 from .outcomes import OUTCOMES, first_event, inferred_nan_loss, is_eigen_failure, paper_outcome
 from .resnet import ResNet18
-from .session import test_images
+from .session import steps_per_epoch, test_images
 
 __all__ = ["DEFAULTS", "COMPILE_MODES", "OUTCOMES", "train_run", "train_many", "resolve_config", "method_spec",
            "pick_device", "device_data", "normalize", "augment", "wrong_predictions", "evaluate", "epoch_log",
@@ -152,7 +152,7 @@ class _Run:
         batch = self.batch = int(cfg["batch_size"])
         if len(train_x) < batch:
             raise ValueError(f"{len(train_x)} training images is less than one batch of {batch}")
-        per_epoch = self.per_epoch = len(train_x) // batch if cfg["drop_last"] else -(-len(train_x) // batch)  # ceil: a last, smaller batch
+        per_epoch = self.per_epoch = steps_per_epoch(len(train_x), batch, cfg["drop_last"])
         total = max(1, int(math.ceil(float(cfg["epochs"]) * per_epoch)))
         if cfg["max_steps"]:
             total = min(total, int(cfg["max_steps"]))
@@ -183,7 +183,7 @@ class _Run:
         self.losses = torch.zeros(total, device=device)
         self.gnorms = torch.zeros(total, device=device, dtype=torch.float64)
         self.correct = torch.zeros(total, device=device)
-        self.conv1_norms = torch.zeros(total, device=device)
+        self.conv1_norms = torch.zeros(total, device=device, dtype=torch.float64)
         self.lam_max = torch.full((total,), float("nan"), device=device, dtype=torch.float64)
         self.params = list(model.parameters())
         self.outcome, self.event_step, self.done, self.eigen_error = "ok", None, 0, False
@@ -282,7 +282,7 @@ class _Run:
         if self.spec is not None:
             self.lam_max[step] = model.norm1.last_lam.amax()
         self.opt.step()
-        self.conv1_norms[step] = torch.linalg.vector_norm(model.conv1.weight.detach())
+        self.conv1_norms[step] = torch.linalg.vector_norm(model.conv1.weight.detach(), dtype=torch.float64)  # finite weights, finite norm
         self.mon.step()
 
     def _check(self) -> None:

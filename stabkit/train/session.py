@@ -38,6 +38,7 @@ import sys
 from pathlib import Path
 
 from ..studies._grid import tomllib  # tomllib, or tomli on Python 3.10
+from .preset import get_preset
 
 CIFAR10_TRAIN, CIFAR10_TEST = 50_000, 10_000
 
@@ -49,25 +50,42 @@ def test_images(settings: dict, available: int = CIFAR10_TEST) -> int:
     return min(available, int(settings.get("limit_test") or settings.get("limit_images") or available))
 
 
-def planned_steps(grid: dict) -> int:
-    """Steps of one full-horizon run of a CIFAR-10 training study's grid (the ``paper`` preset keeps
-    an epoch's last partial batch: 391 steps per 50 000-image epoch; ``stabkit`` drops it)."""
+def steps_per_epoch(images: int, batch: int, drop_last: bool) -> int:
+    """Steps of one epoch of ``images`` in batches of ``batch``: the last partial batch dropped
+    (⌊images / batch⌋) or kept as a smaller one (⌈images / batch⌉). The training loop's rule."""
+    return images // batch if drop_last else -(-images // batch)
+
+
+def _run_option(grid: dict, key: str):
+    """A run option as a study's grid sets it: a grid key, or in its ``train_options`` table (the
+    survival study's, passed to every run as it is); None where neither sets it."""
+    value = grid.get(key)
+    return value if value is not None else (grid.get("train_options") or {}).get(key)
+
+
+def grid_steps_per_epoch(grid: dict) -> int:
+    """Steps per epoch of a study grid's runs: ``drop_last`` as the grid sets it, else its preset's
+    (``paper`` keeps the last partial batch: 391 steps per 50 000-image epoch; ``stabkit`` drops it: 390)."""
     images = int(grid.get("limit_images") or CIFAR10_TRAIN)
     batch = int(grid.get("batch_size") or 128)
-    keep_last = grid.get("preset", "stabkit") != "stabkit"
-    per_epoch = -(-images // batch) if keep_last else images // batch
+    drop_last = _run_option(grid, "drop_last")
+    return steps_per_epoch(images, batch, get_preset(grid.get("preset")).drop_last if drop_last is None else bool(drop_last))
+
+
+def planned_steps(grid: dict) -> int:
+    """Steps of one full-horizon run of a CIFAR-10 training study's grid (epochs × :func:`grid_steps_per_epoch`,
+    capped at ``max_steps``)."""
     epochs = float(grid.get("epochs") or 1)
-    steps = max(1, math.ceil(epochs * per_epoch))
-    return min(steps, int(grid["max_steps"])) if grid.get("max_steps") else steps
+    steps = max(1, math.ceil(epochs * grid_steps_per_epoch(grid)))
+    max_steps = _run_option(grid, "max_steps")
+    return min(steps, int(max_steps)) if max_steps else steps
 
 
 def eval_steps(grid: dict, steps: int) -> float:
     """Test evaluations of one run in step-equivalents (a forward pass ≈ a third of a step)."""
-    images = int(grid.get("limit_images") or CIFAR10_TRAIN)
     batch = int(grid.get("batch_size") or 128)
-    per_epoch = -(-images // batch)
     every = int(grid.get("eval_every", 1) or 0)
-    evals = (steps // per_epoch) // every + 1 if every else 1
+    evals = (steps // grid_steps_per_epoch(grid)) // every + 1 if every else 1
     return evals * test_images(grid) / batch / 3
 
 
@@ -151,6 +169,15 @@ class StudyFiles:
         return tomllib.loads(Path(self.study_path).read_text())
 
     @functools.cached_property
+    def grid(self) -> dict:
+        """The study's grid over its kind's defaults (``GRID_DEFAULTS``): what its runs train with where
+        the file leaves a key out (the survival kind's preset ``paper`` and 100 epochs, say)."""
+        from ..studies import kind_module
+
+        defaults = getattr(kind_module(self.study["study"]["kind"]), "GRID_DEFAULTS", {})
+        return {**defaults, **self.study.get("grid", {})}
+
+    @functools.cached_property
     def records(self) -> list:
         return cell_records(Path(self.reports) / self.study["study"]["name"] / "cells")
 
@@ -166,7 +193,7 @@ class StudyFiles:
     def estimate(self, jobs: int, overhead_s: float = 60.0, epochs: float | None = None,
                  stack: int = 1) -> tuple[float | None, str]:
         """:func:`estimate` from these files."""
-        grid, name = dict(self.study.get("grid", {})), self.study["study"]["name"]
+        grid, name = dict(self.grid), self.study["study"]["name"]
         if epochs is not None:
             grid["epochs"] = epochs
         steps = planned_steps(grid)
@@ -194,7 +221,7 @@ def fit_epochs(study_path, seconds: float, jobs: int, bench_path=None, reports="
     """The largest whole number of epochs (≤ the grid's) for which one wave of ``jobs`` runs fits in
     ``seconds`` (0: not even one epoch) — the fallback horizon when the study's does not fit."""
     files = StudyFiles(study_path, bench_path, reports)
-    grid = files.study.get("grid", {})
+    grid = files.grid
     lo, hi = 0, int(float(grid.get("epochs") or 1))
     while lo < hi:
         mid = (lo + hi + 1) // 2

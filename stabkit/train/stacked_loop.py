@@ -220,7 +220,7 @@ class _Stack:
         if self.zca:
             self.lam_max[index, step] = net.norm1.last_lam.reshape(R, -1).amax(1).to(self.lam_max.dtype)
         opt.step()
-        self.conv1_norms[index, step] = run_norms(net.conv1.weight.detach(), R).to(self.conv1_norms.dtype)
+        self.conv1_norms[index, step] = run_norms(net.conv1.weight.detach(), R, torch.float64)
         self.monitor.step()
 
     @torch.no_grad()
