@@ -149,16 +149,24 @@ class _ScaleBackward(torch.autograd.Function):
         return grad * ctx.factor, None
 
 
+def scale_gradients_at_step_3(monkeypatch, owner, name: str) -> None:
+    """Every gradient of step 3 (the 4th call of the loss ``owner.name``) × 1e22, the loss itself unchanged."""
+    real, calls = getattr(owner, name), [0]
+
+    def scaled(*args):
+        calls[0] += 1
+        return _ScaleBackward.apply(real(*args), 1e22 if calls[0] == 4 else 1.0)
+
+    monkeypatch.setattr(owner, name, scaled)
+
+
 def test_huge_but_finite_gradients_are_not_a_nonfinite_gradient(synthetic, monkeypatch):
     """At step 3 every gradient is multiplied by 1e22 (the loss itself unchanged, ≈ 2.3): all entries
     stay finite float32 numbers (up to ≈ 4e21), but a float32 sum of their squares overflows (> 3.4e38).
     The step's gradient norm is the float64 norm of those entries (recomputed here with numpy), finite,
     so step 3 is no failure event; the run fails only after it, from the weights the step made huge."""
-    real, calls, seen = loop.F.cross_entropy, [0], {}
-
-    def cross_entropy(logits, y):
-        calls[0] += 1
-        return _ScaleBackward.apply(real(logits, y), 1e22 if calls[0] == 4 else 1.0)
+    seen = {}
+    scale_gradients_at_step_3(monkeypatch, loop.F, "cross_entropy")
 
     train_step = loop._Run._train_step
 
@@ -167,7 +175,6 @@ def test_huge_but_finite_gradients_are_not_a_nonfinite_gradient(synthetic, monke
         grads = [p.grad.detach().double().numpy().ravel() for p in self.params if p.grad is not None]
         seen[step] = (np.concatenate(grads), float(self.gnorms[step]), float(self.losses[step]))
 
-    monkeypatch.setattr(loop.F, "cross_entropy", cross_entropy)
     monkeypatch.setattr(loop._Run, "_train_step", spy)
     r = train_run({**SMALL, "method": "taylor", "max_steps": 8}, data=synthetic)
     grads, gnorm, loss = seen[3]
@@ -183,11 +190,8 @@ def test_an_eigensolver_failure_on_an_overflowed_covariance_is_the_paper_s_nan_l
     (5/8 epoch in), as for a covariance made NaN by NaN weights — not a run censored at 4/8 epoch."""
     from stabkit.train import zca
 
-    real, calls, seen = loop.F.cross_entropy, [0], []
-
-    def cross_entropy(logits, y):
-        calls[0] += 1
-        return _ScaleBackward.apply(real(logits, y), 1e22 if calls[0] == 4 else 1.0)
+    seen = []
+    scale_gradients_at_step_3(monkeypatch, loop.F, "cross_entropy")
 
     solver = zca.eigh_kept
 
@@ -202,7 +206,6 @@ def test_an_eigensolver_failure_on_an_overflowed_covariance_is_the_paper_s_nan_l
         weights_finite[step] = self._weights_finite()
         train_step(self, step)
 
-    monkeypatch.setattr(loop.F, "cross_entropy", cross_entropy)
     monkeypatch.setattr(zca, "eigh_kept", spy)
     monkeypatch.setattr(loop._Run, "_train_step", step_spy)
     r = train_run({**SMALL, "preset": "paper", "method": "taylor", "max_steps": 8}, data=synthetic)
@@ -216,11 +219,8 @@ def test_huge_but_finite_conv1_weights_log_a_finite_norm(synthetic, monkeypatch)
     """Gradients × 1e22 at step 3 leave conv1's float32 weights finite but ≈ 2e20 per entry, whose
     float32 sum of squares overflows (> 3.4e38); the run fails at step 4. The epoch log's
     ``conv1_weight_norm`` (after step 3) is their norm, recomputed here in numpy's float64, not inf."""
-    real, calls, weights = loop.F.cross_entropy, [0], {}
-
-    def cross_entropy(logits, y):
-        calls[0] += 1
-        return _ScaleBackward.apply(real(logits, y), 1e22 if calls[0] == 4 else 1.0)
+    weights = {}
+    scale_gradients_at_step_3(monkeypatch, loop.F, "cross_entropy")
 
     train_step = loop._Run._train_step
 
@@ -228,7 +228,6 @@ def test_huge_but_finite_conv1_weights_log_a_finite_norm(synthetic, monkeypatch)
         train_step(self, step)
         weights[step] = self.model.conv1.weight.detach().double().numpy().ravel().copy()
 
-    monkeypatch.setattr(loop.F, "cross_entropy", cross_entropy)
     monkeypatch.setattr(loop._Run, "_train_step", spy)
     r = train_run({**SMALL, "preset": "paper", "method": "taylor", "max_steps": 8}, data=synthetic)
     assert r["steps_done"] == 4 and max(weights) == 3

@@ -163,13 +163,10 @@ def test_huge_but_finite_gradients_of_stacked_runs_are_not_a_nonfinite_gradient(
     """Float32 runs (as trained): at step 3 every run's gradient is multiplied by 1e22, its entries
     finite but their float32 sum of squares past 3.4e38. Each run's norm is summed in float64 (checked
     against numpy on run 1's block of every gradient), so no run records a failure at step 3."""
-    from tests.test_train import _ScaleBackward
+    from tests.test_train import scale_gradients_at_step_3
 
-    real, calls, seen = stacked_loop.run_losses, [0], {}
-
-    def run_losses(logits, targets):
-        calls[0] += 1
-        return _ScaleBackward.apply(real(logits, targets), 1e22 if calls[0] == 4 else 1.0)
+    seen = {}
+    scale_gradients_at_step_3(monkeypatch, stacked_loop, "run_losses")
 
     stacked_step = stacked_loop._Stack._stacked_step
 
@@ -179,7 +176,6 @@ def test_huge_but_finite_gradients_of_stacked_runs_are_not_a_nonfinite_gradient(
         blocks = [p.grad.detach().unflatten(0, (R, -1))[1].double().numpy().ravel() for p in self.params if p.grad is not None]
         seen[step] = (np.concatenate(blocks), float(self.gnorms[self.index[1], step]))
 
-    monkeypatch.setattr(stacked_loop, "run_losses", run_losses)
     monkeypatch.setattr(stacked_loop._Stack, "_stacked_step", spy)
     records = train_stacked([{**SMALL_RUN, "method": "taylor", "max_steps": 8, "seed": s} for s in (0, 1, 2)], data=synthetic)
     grads, gnorm = seen[3]
@@ -192,13 +188,10 @@ def test_huge_but_finite_conv1_weights_of_stacked_runs_log_a_finite_norm(synthet
     """Float32 runs: gradients × 1e22 at step 3 leave each run's conv1 weights finite but ≈ 1e20 per
     entry (their float32 sum of squares past 3.4e38). Each run's logged ``conv1_weight_norm`` after
     step 3 is the float64 norm of its block (numpy, here), not inf."""
-    from tests.test_train import _ScaleBackward
+    from tests.test_train import scale_gradients_at_step_3
 
-    real, calls, seen = stacked_loop.run_losses, [0], {}
-
-    def run_losses(logits, targets):
-        calls[0] += 1
-        return _ScaleBackward.apply(real(logits, targets), 1e22 if calls[0] == 4 else 1.0)
+    seen = {}
+    scale_gradients_at_step_3(monkeypatch, stacked_loop, "run_losses")
 
     stacked_step = stacked_loop._Stack._stacked_step
 
@@ -207,7 +200,6 @@ def test_huge_but_finite_conv1_weights_of_stacked_runs_log_a_finite_norm(synthet
         w = self.net.conv1.weight.detach().unflatten(0, (len(self.runs), -1))
         seen[step] = [block.double().numpy().ravel().copy() for block in w]
 
-    monkeypatch.setattr(stacked_loop, "run_losses", run_losses)
     monkeypatch.setattr(stacked_loop._Stack, "_stacked_step", spy)
     configs = [{**SMALL_RUN, "preset": "paper", "method": "taylor", "max_steps": 8, "seed": s} for s in (0, 1, 2)]
     records = train_stacked(configs, data=synthetic)
