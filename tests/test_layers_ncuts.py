@@ -68,6 +68,20 @@ def test_indicators_and_weights_must_be_real_and_on_the_inputs_device():
     assert torch.isfinite(layers.ncut_j1(W, E.long()))  # integer indicators stay accepted
 
 
+@pytest.mark.parametrize("fn", [layers.ncut_j1, layers.ncut_j2], ids=["j1", "j2"])
+def test_non_finite_indicators_and_weights_are_named_apart_from_w(fn):
+    """A NaN in E, or an E finite in float64 whose 1e300 becomes inf in W's float32, said "ncut_j1: input
+    has non-finite entries", the words a NaN in W gets: the message did not name E. Likewise λ."""
+    bad = E.clone()
+    bad[0, 0] = float("nan")
+    with pytest.raises(InputError, match=rf"^{fn.__name__}: indicators E in torch.float64 .*non-finite"):
+        fn(_W(), bad)
+    with pytest.raises(InputError, match=rf"^{fn.__name__}: indicators E in torch.float32 .*1 Inf"):
+        fn(_W().float(), E * torch.tensor([[1e300, 1.0], [1.0, 1.0], [1.0, 1.0]], dtype=D))
+    with pytest.raises(InputError, match=r"^low_rank_affinity: weights λ: .*1 NaN of 2"):
+        layers.low_rank_affinity(_W()[:, :2], torch.tensor([1.0, float("nan")], dtype=D))
+
+
 def _closed_form_j(W, E, which):
     """J₁ or J₂ from pinv and E(EᵀE)⁻¹Eᵀ (E of full column rank): projectors onto range(M), range(W)
     and range(D^1/2 E), range(E)."""

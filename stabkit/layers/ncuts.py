@@ -123,7 +123,7 @@ def _check_affinity(W, E, fn: str) -> torch.Tensor:
         raise InputError(f"{fn}: expected real indicators E on W's device {W.device}, got {E.dtype} on {E.device}")
     _check_batches(fn, f"W {tuple(W.shape)}", W.shape[:-2], f"E {tuple(E.shape)}", E.shape[:-2])
     E = E.to(W.dtype)
-    check_matrix(E, fn)
+    check_matrix(E, f"{fn}: indicators E in {W.dtype} (W's dtype)")   # not a bare "input": W or E?
     return E
 
 
@@ -159,5 +159,5 @@ def low_rank_affinity(F: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
     if not isinstance(lam, torch.Tensor) or lam.dtype != F.dtype or lam.shape[-1:] != F.shape[-1:] or lam.device != F.device:
         raise InputError(f"low_rank_affinity: expected λ (..., {F.shape[-1]}) of dtype {F.dtype} on {F.device}")
     _check_batches("low_rank_affinity", f"F {tuple(F.shape)}", F.shape[:-2], f"λ {tuple(lam.shape)}", lam.shape[:-1])
-    check_matrix(lam[..., None], "low_rank_affinity")
+    check_matrix(lam[..., None], "low_rank_affinity: weights λ")
     return _LowRankAffinity.apply(F, lam)
