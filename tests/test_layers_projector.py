@@ -109,3 +109,15 @@ def test_a_rank_below_the_numerical_rank_refuses_its_backward():
     full = lambda b: (G * layers.projector(b, rank=3)).sum()  # noqa: E731
     B, Y = A[:, :3], X[:, :3]
     assert float((g[:, :3] * Y).sum()) == pytest.approx(float((full(B + h * Y) - full(B - h * Y)) / (2 * h)), rel=1e-6)
+
+
+@pytest.mark.parametrize("dtype, big", [(torch.float64, 1e308), (torch.float32, 3e38)], ids=["float64", "float32"])
+def test_entries_near_the_dtype_maximum_keep_their_range(dtype, big):
+    """B = big·[[1, 1], [1, 1], [0, 1]] is finite but its σ_max = 2.1·big overflows: the rank rule kept no σ and
+    Π_B was the zero matrix, silently. range(B) = span{(1, 1, 0), (0, 0, 1)}, so Π_B is that closed form. In
+    float32, W = 3e38·[[1, 1], [1, 0.5]] (full rank, Π_W = I) gave J₂ = 1 against E = I instead of 0."""
+    B = torch.tensor([[big, big], [big, big], [0.0, big]], dtype=dtype)
+    expected = torch.tensor([[0.5, 0.5, 0.0], [0.5, 0.5, 0.0], [0.0, 0.0, 1.0]], dtype=dtype)
+    torch.testing.assert_close(layers.projector(B), expected, rtol=0, atol=1e3 * torch.finfo(dtype).eps)
+    W = torch.tensor([[big, big], [big, big / 2]], dtype=dtype)
+    assert float(layers.ncut_j2(W, torch.eye(2, dtype=dtype))) < 1e3 * torch.finfo(dtype).eps
