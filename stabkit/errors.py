@@ -33,7 +33,8 @@ class EigensolverError(RuntimeError):
 class UnsupportedDerivativeError(RuntimeError):
     """A derivative stabkit refuses by design rather than return a wrong number: a third derivative
     of the Daleckii–Krein layers, or a forward-mode tangent differentiated again (jacfwd of jacfwd),
-    where the saved factors would be treated as constants. The message names the alternative."""
+    where the saved factors would be treated as constants, or the projector layers' backward at a given
+    rank below the matrix's (Lemma 1 is not that derivative). The message names the alternative."""
 
 
 __all__ = ["InputError", "MethodSpecError", "StudyFileError", "StorageError", "EigensolverError", "UnsupportedDerivativeError"]

@@ -68,6 +68,20 @@ def test_indicators_and_weights_must_be_real_and_on_the_inputs_device():
     assert torch.isfinite(layers.ncut_j1(W, E.long()))  # integer indicators stay accepted
 
 
+@pytest.mark.parametrize("fn", [layers.ncut_j1, layers.ncut_j2], ids=["j1", "j2"])
+def test_non_finite_indicators_and_weights_are_named_apart_from_w(fn):
+    """A NaN in E, or an E finite in float64 whose 1e300 becomes inf in W's float32, said "ncut_j1: input
+    has non-finite entries", the words a NaN in W gets: the message did not name E. Likewise λ."""
+    bad = E.clone()
+    bad[0, 0] = float("nan")
+    with pytest.raises(InputError, match=rf"^{fn.__name__}: indicators E in torch.float64 .*non-finite"):
+        fn(_W(), bad)
+    with pytest.raises(InputError, match=rf"^{fn.__name__}: indicators E in torch.float32 .*1 Inf"):
+        fn(_W().float(), E * torch.tensor([[1e300, 1.0], [1.0, 1.0], [1.0, 1.0]], dtype=D))
+    with pytest.raises(InputError, match=r"^low_rank_affinity: weights λ: .*1 NaN of 2"):
+        layers.low_rank_affinity(_W()[:, :2], torch.tensor([1.0, float("nan")], dtype=D))
+
+
 def _closed_form_j(W, E, which):
     """J₁ or J₂ from pinv and E(EᵀE)⁻¹Eᵀ (E of full column rank): projectors onto range(M), range(W)
     and range(D^1/2 E), range(E)."""
@@ -184,3 +198,23 @@ def test_a_bad_rank_is_named_by_the_loss(fn, name):
     """rank= outside [0, m] was reported as a 'projector:' error, a layer the caller did not call."""
     with pytest.raises(InputError, match=rf"^{name}: rank must be an integer in \[0, 3\], got 4"):
         fn(_W(), E, rank=4)
+
+
+@pytest.mark.parametrize("fn", [layers.ncut_j1, layers.ncut_j2], ids=["j1", "j2"])
+def test_a_rank_below_the_affinity_rank_refuses_the_backward(fn):
+    """rank=2 on a full-rank 4 × 4 W truncates Π_M (Π_W) to the top two singular vectors, where Lemma 1 is
+    not the derivative (on another random 4 × 4 W, J₁'s gradient along a random direction was −1.07
+    against a central difference of −2.97; J₂: −1.14 against −2.70), silently. The backward now
+    raises; the value is still computed."""
+    from stabkit.errors import UnsupportedDerivativeError
+
+    gen = torch.Generator().manual_seed(1)
+    W = torch.rand(4, 4, dtype=D, generator=gen) + 0.1
+    W = W + W.T
+    E4 = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]], dtype=D)
+    assert int(torch.linalg.matrix_rank(W)) == 4
+    w = W.clone().requires_grad_()
+    J = fn(w, E4, rank=2)
+    assert torch.isfinite(J)
+    with pytest.raises(UnsupportedDerivativeError, match=rf"{fn.__name__} backward: rank=2 is below the numerical rank 4"):
+        J.backward()

@@ -79,3 +79,45 @@ def test_a_rank_above_the_rank_of_A_is_an_input_error(A, rank):
         (g,) = torch.autograd.grad((G * P).sum(), a)
         expected = ((torch.eye(3, dtype=torch.float64) - e1 @ e1.T) @ (G + G.T) @ e1 / 2) @ e1[:2].T
         torch.testing.assert_close(g, expected, rtol=0, atol=1e-14)
+
+
+def test_a_rank_below_the_numerical_rank_refuses_its_backward():
+    """rank=2 on a full-rank 4 × 4 A (σ = 3.6, 2.7, 1.4, 0.26) gives the projector onto the top two
+    singular vectors, and Lemma 1 with the truncated A⁺ is not its derivative: along a random direction it
+    gave −0.601 where a central difference of the forward gives −0.728, silently. The backward now raises;
+    the forward still returns the top-2 projector, and a full-rank A at its own rank still differentiates."""
+    from stabkit.errors import UnsupportedDerivativeError
+
+    gen = torch.Generator().manual_seed(0)
+    A = torch.randn(4, 4, dtype=torch.float64, generator=gen)
+    G = torch.randn(4, 4, dtype=torch.float64, generator=gen)
+    X = torch.randn(4, 4, dtype=torch.float64, generator=gen)
+    U, S, Vh = torch.linalg.svd(A)
+    P2 = U[:, :2] @ U[:, :2].T
+    loss = lambda a: (G * layers.projector(a, rank=2)).sum()  # noqa: E731
+    h = 1e-6
+    central = float((loss(A + h * X) - loss(A - h * X)) / (2 * h))
+    pinv2 = Vh[:2].T @ torch.diag(1 / S[:2]) @ U[:, :2].T
+    lemma1 = float((2 * (torch.eye(4, dtype=torch.float64) - P2) @ ((G + G.T) / 2) @ pinv2.T * X).sum())
+    assert abs(lemma1 - central) > 0.1 * abs(central)        # why it is refused: not the derivative
+    a = A.clone().requires_grad_()
+    P = layers.projector(a, rank=2)
+    torch.testing.assert_close(P.detach(), P2, rtol=0, atol=1e-13)
+    with pytest.raises(UnsupportedDerivativeError, match="projector backward: rank=2 is below the numerical rank 4"):
+        (G * P).sum().backward()
+    (g,) = torch.autograd.grad((G * layers.projector(a[:, :3], rank=3)).sum(), a)   # 4 × 3 of rank 3: Lemma 1
+    full = lambda b: (G * layers.projector(b, rank=3)).sum()  # noqa: E731
+    B, Y = A[:, :3], X[:, :3]
+    assert float((g[:, :3] * Y).sum()) == pytest.approx(float((full(B + h * Y) - full(B - h * Y)) / (2 * h)), rel=1e-6)
+
+
+@pytest.mark.parametrize("dtype, big", [(torch.float64, 1e308), (torch.float32, 3e38)], ids=["float64", "float32"])
+def test_entries_near_the_dtype_maximum_keep_their_range(dtype, big):
+    """B = big·[[1, 1], [1, 1], [0, 1]] is finite but its σ_max = 2.1·big overflows: the rank rule kept no σ and
+    Π_B was the zero matrix, silently. range(B) = span{(1, 1, 0), (0, 0, 1)}, so Π_B is that closed form. In
+    float32, W = 3e38·[[1, 1], [1, 0.5]] (full rank, Π_W = I) gave J₂ = 1 against E = I instead of 0."""
+    B = torch.tensor([[big, big], [big, big], [0.0, big]], dtype=dtype)
+    expected = torch.tensor([[0.5, 0.5, 0.0], [0.5, 0.5, 0.0], [0.0, 0.0, 1.0]], dtype=dtype)
+    torch.testing.assert_close(layers.projector(B), expected, rtol=0, atol=1e3 * torch.finfo(dtype).eps)
+    W = torch.tensor([[big, big], [big, big / 2]], dtype=dtype)
+    assert float(layers.ncut_j2(W, torch.eye(2, dtype=dtype))) < 1e3 * torch.finfo(dtype).eps

@@ -20,8 +20,8 @@ indicators E ∈ {0,1}^{m×k}, degrees D = diag(W 1):
   does not depend on Λ at all (the paper's remark).
 
 Both J's are only differentiable where the ranks of W (or M) stay constant; ``rank`` fixes it
-(default: numerical rank). E may have rank < k (an empty cluster, a repeated column): Π_Ω and Π_Ψ
-keep E's numerical rank of singular values. The formulas hold for any square W (no symmetry used); J₁ needs
+(default: numerical rank; one below it makes the backward raise, :mod:`.projector`). E may have
+rank < k (an empty cluster, a repeated column): Π_Ω and Π_Ψ keep E's numerical rank of singular values. The formulas hold for any square W (no symmetry used); J₁ needs
 positive degrees. First derivatives only (``once_differentiable``) for J₁ and J₂: their backwards
 use the forward's projectors and pseudo-inverses as constants.
 """
@@ -32,7 +32,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from ._checks import check_matrix
-from .projector import kept_factors, range_factors
+from .projector import kept_factors, raise_refusal, range_factors
 from .. import _xp
 from ..errors import InputError
 
@@ -46,10 +46,10 @@ def _ncut_j1_parts(W, E, rank):
     s, t = deg.rsqrt(), deg.sqrt()
     M = s[..., :, None] * W * s[..., None, :]
     Omega = t[..., :, None] * E
-    PM, Mp = range_factors(M, rank, fn="ncut_j1")
-    PO, Op = kept_factors(Omega, _indicator_rank(E), None)   # rank D^1/2 E = rank E (D > 0)
+    PM, Mp, refusal = range_factors(M, rank, fn="ncut_j1")
+    PO, Op, _ = kept_factors(Omega, _indicator_rank(E), None)   # rank D^1/2 E = rank E (D > 0)
     J = 0.5 * ((PM - PO) ** 2).sum((-2, -1))
-    return J, (deg, s, PM, Mp, PO, Op)
+    return J, (deg, s, PM, Mp, PO, Op), refusal
 
 
 def _ncut_j1_grad(W, E, deg, s, PM, Mp, PO, Op):
@@ -72,27 +72,29 @@ def _indicator_rank(E):
 class _NcutJ1(torch.autograd.Function):
     @staticmethod
     def forward(ctx, W, E, rank):
-        J, parts = _ncut_j1_parts(W, E, rank)
+        J, parts, ctx.refusal = _ncut_j1_parts(W, E, rank)
         ctx.save_for_backward(W, E, *parts)
         return J
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gJ):
+        raise_refusal(ctx.refusal)
         return gJ[..., None, None] * _ncut_j1_grad(*ctx.saved_tensors), None, None
 
 
 class _NcutJ2(torch.autograd.Function):
     @staticmethod
     def forward(ctx, W, E, rank):
-        PW, Wp = range_factors(W, rank, fn="ncut_j2")
-        PPsi, _ = range_factors(E)   # at E's numerical rank: an empty cluster or a repeated column adds no direction
+        PW, Wp, ctx.refusal = range_factors(W, rank, fn="ncut_j2")
+        PPsi, _, _ = range_factors(E)   # at E's numerical rank: an empty cluster or a repeated column adds no direction
         ctx.save_for_backward(PW, Wp, PPsi)
         return 0.5 * ((PW - PPsi) ** 2).sum((-2, -1))
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gJ):
+        raise_refusal(ctx.refusal)
         PW, Wp, PPsi = ctx.saved_tensors
         I = torch.eye(PW.shape[-1], dtype=PW.dtype, device=PW.device)
         G = 2 * (I - PW) @ (PW - PPsi) @ _T(Wp)
@@ -123,7 +125,7 @@ def _check_affinity(W, E, fn: str) -> torch.Tensor:
         raise InputError(f"{fn}: expected real indicators E on W's device {W.device}, got {E.dtype} on {E.device}")
     _check_batches(fn, f"W {tuple(W.shape)}", W.shape[:-2], f"E {tuple(E.shape)}", E.shape[:-2])
     E = E.to(W.dtype)
-    check_matrix(E, fn)
+    check_matrix(E, f"{fn}: indicators E in {W.dtype} (W's dtype)")   # not a bare "input": W or E?
     return E
 
 
@@ -159,5 +161,5 @@ def low_rank_affinity(F: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
     if not isinstance(lam, torch.Tensor) or lam.dtype != F.dtype or lam.shape[-1:] != F.shape[-1:] or lam.device != F.device:
         raise InputError(f"low_rank_affinity: expected λ (..., {F.shape[-1]}) of dtype {F.dtype} on {F.device}")
     _check_batches("low_rank_affinity", f"F {tuple(F.shape)}", F.shape[:-2], f"λ {tuple(lam.shape)}", lam.shape[:-1])
-    check_matrix(lam[..., None], "low_rank_affinity")
+    check_matrix(lam[..., None], "low_rank_affinity: weights λ")
     return _LowRankAffinity.apply(F, lam)

@@ -8,19 +8,25 @@ projector onto range(A) and, differentiating A A⁺ on the fixed-rank manifold,
 
 which is Lemma 1's 2(I − Π_A)(∂L/∂Π_A)_sym A⁺ for symmetric A (then (A⁺)ᵀ = A⁺). A⁺ and Π come
 from one thin SVD; the rank is ``rank`` if given (an InputError where that keeps a σ = 0: A's rank
-is lower), else #{σ_i > rtol·σ_max} with rtol = max(m, n)·eps(dtype) by default. First derivatives
-only (``once_differentiable``): the backward uses the forward's A⁺ as a constant.
+is lower), else #{σ_i > rtol·σ_max} with rtol = max(m, n)·eps(dtype) by default. A ``rank`` below
+A's numerical rank (that default rule) gives the projector onto the top ``rank`` singular vectors, a
+different function whose derivative is not Lemma 1's: its backward raises
+:class:`~stabkit.errors.UnsupportedDerivativeError`. First derivatives only (``once_differentiable``):
+the backward uses the forward's A⁺ as a constant.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch.autograd.function import once_differentiable
 
 from .. import _xp
-from ..errors import InputError
+from ..errors import InputError, UnsupportedDerivativeError
 from ..validation import is_integer
 from ._checks import check_eps, check_matrix
+from .ied import pow2_scale
 
 
 def _T(x):
@@ -28,24 +34,46 @@ def _T(x):
 
 
 def range_factors(A: torch.Tensor, rank: int | None = None, rtol: float | None = None, fn: str = "projector"):
-    """(Π_A, A⁺) from the thin SVD, keeping the top ``rank`` (or numerically nonzero) σ; ``fn`` names the
-    calling layer in its InputErrors."""
+    """(Π_A, A⁺, refusal) from the thin SVD, keeping the top ``rank`` (or numerically nonzero) σ; ``fn`` names
+    the calling layer in its InputErrors. ``refusal``: None, or the message of a backward that must not run
+    (:func:`raise_refusal`) because ``rank`` is below A's numerical rank."""
     k = min(A.shape[-2:])
     if rank is not None and not is_integer(rank, 0, k):
         raise InputError(f"{fn}: rank must be an integer in [0, {k}], got {rank!r}")
     if rtol is not None:
         check_eps(rtol, fn, "rtol")
-    P, pinv = kept_factors(A, rank, rtol)
-    if rank is not None and not _xp.is_traced(pinv) and not bool(torch.isfinite(pinv).all()):
+    P, pinv, S = kept_factors(A, rank, rtol)
+    if rank is None or _xp.is_traced(pinv):
+        return P, pinv, None
+    numerical_rank = (S > max(A.shape[-2:]) * torch.finfo(A.dtype).eps * S[..., :1]).sum(-1)
+    overflow, short = torch.stack([~torch.isfinite(pinv).all(), (numerical_rank > rank).any()]).tolist()  # one host read
+    if overflow:
         raise InputError(f"{fn}: rank={rank} exceeds the rank of A: a kept singular value is 0 (or 1/σ overflows "
                          f"{A.dtype}), where Π_A has no derivative; pass A's rank")
-    return P, pinv
+    refusal = None
+    if short:
+        refusal = (f"{fn} backward: rank={rank} is below the numerical rank {int(numerical_rank.max())} of its matrix "
+                   f"(σ > max(m, n)·eps·σ_max): Π then projects onto the top {rank} singular vectors, whose derivative "
+                   f"is not Lemma 1's; pass the matrix's rank (or rank=None)")
+    return P, pinv, refusal
+
+
+def raise_refusal(refusal: str | None) -> None:
+    """UnsupportedDerivativeError(refusal) unless it is None (:func:`range_factors`)."""
+    if refusal is not None:
+        raise UnsupportedDerivativeError(refusal)
 
 
 def kept_factors(A: torch.Tensor, rank: int | torch.Tensor | None, rtol: float | None):
-    """:func:`range_factors` unchecked; ``rank`` may also be an integer tensor of A's batch shape."""
+    """(Π_A, A⁺, σ of A/c): :func:`range_factors` unchecked; ``rank`` may also be an integer tensor of A's
+    batch shape. Where σ_max ≤ √(mn)·max|A| could overflow (entries near the dtype's maximum: the rank rule
+    then kept no σ and Π was 0), the SVD is of A/c, c a power of two near max|A| (exact; Π is the same and
+    A⁺ = (A/c)⁺/c); elsewhere c = 1."""
     k = min(A.shape[-2:])
-    U, S, Vh = torch.linalg.svd(A, full_matrices=False)
+    amax = A.abs().amax((-2, -1), keepdim=True)
+    c = torch.where(amax > torch.finfo(A.dtype).max / (2 * math.sqrt(A.shape[-2] * A.shape[-1])),
+                    pow2_scale(A), torch.ones_like(amax))
+    U, S, Vh = torch.linalg.svd(A / c, full_matrices=False)
     if isinstance(rank, torch.Tensor):
         keep = torch.arange(k, device=A.device) < rank[..., None]
     elif rank is not None:
@@ -56,8 +84,8 @@ def kept_factors(A: torch.Tensor, rank: int | torch.Tensor | None, rtol: float |
     w = keep.to(A.dtype)
     inv = torch.where(keep, 1.0 / torch.where(keep, S, torch.ones_like(S)), torch.zeros_like(S))
     P = (U * w[..., None, :]) @ _T(U)
-    pinv = (_T(Vh) * inv[..., None, :]) @ _T(U)
-    return P, pinv
+    pinv = (_T(Vh) * inv[..., None, :]) @ _T(U) / c
+    return P, pinv, S
 
 
 def projector_backward(P, pinv, gP):
@@ -69,13 +97,14 @@ def projector_backward(P, pinv, gP):
 class _Projector(torch.autograd.Function):
     @staticmethod
     def forward(ctx, A, rank, rtol):
-        P, pinv = range_factors(A, rank, rtol)
+        P, pinv, ctx.refusal = range_factors(A, rank, rtol)
         ctx.save_for_backward(P, pinv)
         return P
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gP):
+        raise_refusal(ctx.refusal)
         P, pinv = ctx.saved_tensors
         return projector_backward(P, pinv, gP), None, None
 
