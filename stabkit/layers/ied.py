@@ -31,8 +31,10 @@ positive tie λ_k = λ_{k+1} is no error of the forward: the iterate converges (
 gap) to a seed-dependent vector of the tied eigenspace, which is an eigenvector; the backward,
 which assumes simple eigenvalues, then solves with a matrix singular up to rounding and returns
 entries of order 1/eps (no derivative exists there); where that matrix is exactly singular (a tie
-held exactly, as in a diagonal A with a repeated top eigenvalue, or A = 0) it raises
-:class:`~stabkit.errors.EigensolverError` (so does LESS's backward). A loss of λ alone solves
+held exactly with exact eigenvectors, as ``solver="eigh"`` returns for a diagonal A with a repeated top
+eigenvalue, or A = 0) it raises :class:`~stabkit.errors.EigensolverError` (so does LESS's backward).
+The power solver's vector lies off such a tie's basis vectors by rounding (diag(3, 3, 1): entries up
+to 2e-15 off), so there its backward returns the 1/eps-sized entries (5.6e14) instead. A loss of λ alone solves
 nothing: its gradient is Σ ∂L/∂λ_i y_i y_iᵀ (at a tie, with the returned vectors).
 Signs: each vector's largest-magnitude entry is made positive.
 
