@@ -299,3 +299,31 @@ def test_training_output_ignores_channel_offsets_and_rotates_with_the_group(xd, 
     Q = torch.block_diag(*[torch.from_numpy(np.linalg.qr(rng.standard_normal((d, d)))[0]) for _ in range(G)])
     rotated = torch.einsum("ij,bjhw->bihw", Q, x)
     torch.testing.assert_close(layer(rotated), torch.einsum("ij,bjhw->bihw", Q, y), rtol=0, atol=1e-9)
+
+
+# ------------------------------------------------------------------ half-precision maps, as BatchNorm takes them
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_half_precision_map_comes_back_in_its_dtype(dtype):
+    """A float16/bfloat16 map into a float32 layer came back float32 (γ, β promoted it), unlike
+    BatchNorm2d's; in a half-precision net with the norm kept in float32 the next conv then raised
+    'Input type (float) and bias type should be the same'. Values: numpy's float64 ZCA of the rounded map."""
+    x = _input([0.5, 1.0, 2.0, 4.0], groups=2, B=4, H=3, W=3, seed=7).to(dtype)
+    layer = ZCAWhitening(8, d=4)
+    with torch.no_grad():
+        layer.weight.uniform_(0.5, 1.5, generator=torch.Generator().manual_seed(3))
+        layer.bias.uniform_(-1.0, 1.0, generator=torch.Generator().manual_seed(4))
+    y = layer(x)
+    assert y.dtype == dtype == torch.nn.BatchNorm2d(8)(x).dtype
+    xg = _grouped_numpy(x.double(), 4)
+    xc = xg - xg.mean(-1, keepdims=True)
+    lam, U = np.linalg.eigh(xc @ xc.transpose(0, 2, 1) / xc.shape[-1] + 1e-4 * np.eye(4))
+    yg = (U / np.sqrt(lam)[:, None, :]) @ U.transpose(0, 2, 1) @ xc
+    scaled = torch.from_numpy(yg.reshape(8, 4, 3, 3)).transpose(0, 1) * layer.weight.detach().double()[:, None, None]
+    expected = scaled + layer.bias.detach().double()[:, None, None]
+    # rounded twice to the map's dtype (unit roundoff eps/2): the whitened map, then γ·y + β; float32 work ≪ that
+    assert ((y.double() - expected).abs() <= torch.finfo(dtype).eps * (scaled.abs() + expected.abs()) + 1e-5).all()
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), ZCAWhitening(8, d=4), torch.nn.Conv2d(8, 2, 3)).to(dtype)
+    net[1].float()   # the mixed-precision habit: normalisation layers kept in float32
+    assert net(torch.randn(2, 3, 7, 7).to(dtype)).dtype == dtype
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer(torch.randn(2, 8, 3, 3).bfloat16()).dtype == torch.bfloat16

@@ -28,7 +28,8 @@ paper's Alg. 1), so no gradient reaches the dropped pairs through the output.
 Eval mode uses the running mean and running whitening matrix, updated in training as
 running ← (1 − momentum)·running + momentum·batch (momentum 0.1, as BatchNorm). ``dtype`` sets
 the computation dtype of covariance, eigendecomposition and whitening (float32 or float64; the
-input is cast in and the result cast back), autocast or not: the layer disables autocast inside.
+input is cast in and the result cast back), autocast or not: the layer disables autocast inside. A
+float16/bfloat16 map comes out in its own dtype, as from BatchNorm (affine applied before that cast).
 """
 
 from __future__ import annotations
@@ -214,4 +215,5 @@ class ZCAWhitening(nn.Module):
             y = y.contiguous(memory_format=torch.channels_last)
         if self.weight is not None:
             y = y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
-        return y
+        # float16/bfloat16 in, the same out (BatchNorm's rule): a float32 γ, β would otherwise promote it
+        return y if x.dtype in DTYPES.values() else y.to(x.dtype)
