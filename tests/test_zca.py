@@ -327,3 +327,15 @@ def test_a_half_precision_map_comes_back_in_its_dtype(dtype):
     assert net(torch.randn(2, 3, 7, 7).to(dtype)).dtype == dtype
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert layer(torch.randn(2, 8, 3, 3).bfloat16()).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 1, 1), (0, 8, 3, 3)])
+def test_training_on_fewer_than_two_samples_is_an_input_error(shape):
+    """One sample per channel (B·H·W = 1): Σ = εI, the output was β alone and the running whitening moved
+    to 0.9·I + 0.1·ε^{-1/2}·I = 10.9·I without a word (BatchNorm2d raises); an empty batch reached the
+    eigensolver as a NaN Σ ('eigensolver failed'). Eval mode, which uses the running statistics, takes both."""
+    layer = ZCAWhitening(8, d=4)
+    with pytest.raises(InputError, match=r"ZCAWhitening: training needs more than one sample per channel .*B·H·W = "):
+        layer(torch.randn(shape))
+    torch.testing.assert_close(layer.running_whitening, torch.eye(4).expand(2, 4, 4), rtol=0, atol=0)
+    assert layer.eval()(torch.randn(shape)).shape == shape

@@ -192,6 +192,9 @@ class ZCAWhitening(nn.Module):
             raise InputError(f"expected {self.num_features} channels, got {C}")
         xg = x.to(self.compute_dtype).transpose(0, 1).reshape(self.groups, self.d, -1)  # G, d, m
         if self.training:
+            if B * H * W < 2:  # one sample: Σ = εI, the output β and the running whitening pulled to ε^{-1/2}·I
+                raise InputError(f"ZCAWhitening: training needs more than one sample per channel to estimate a "
+                                 f"covariance, got B·H·W = {B * H * W} (input shape {tuple(x.shape)})")
             cfg = self.config
             if cfg.covariance == "full":
                 mean, xc, cov = block_covariance(xg, self.eps, self.runs)
