@@ -229,6 +229,25 @@ def test_a_solver_failure_is_an_eigensolver_error(monkeypatch):
     with pytest.raises(EigensolverError, match="ZCA whitening: the eigensolver failed") as info:
         layer(torch.randn(4, 8, 2, 2))
     assert isinstance(info.value, RuntimeError) and isinstance(info.value.__cause__, torch.linalg.LinAlgError)
+    assert "non-finite" not in str(info.value)   # a finite Σ: the solver's own reason only
+
+
+@pytest.mark.parametrize("label", ["nan", "inf", "overflow"])
+def test_a_solver_failure_on_a_non_finite_covariance_says_so(label):
+    """NaN/Inf in the map (or a float32 covariance overflowing) reached eigh, whose message blamed an
+    'ill-conditioned' matrix 'with too many repeated eigenvalues'. Still an EigensolverError (the training
+    loop's eigh-failed outcome, by type), now counting Σ's non-finite entries."""
+    from stabkit.errors import EigensolverError
+
+    x = torch.randn(2, 8, 3, 3, generator=torch.Generator().manual_seed(0))
+    if label == "overflow":
+        x = x * 1e20   # finite, but (1e20)² overflows float32
+    else:
+        x[0, 5, 1, 1] = float(label)   # one entry: channel 5's row and column of its group's Σ, 4 + 4 − 1
+    expected = "32 non-finite entries of 32" if label == "overflow" else "7 non-finite entries of 32"
+    with pytest.raises(EigensolverError, match=f"ZCA whitening: the eigensolver failed on Σ .*: Σ has {expected} "
+                                               r"\(NaN/Inf in the input map, or its covariance overflows torch.float32\)"):
+        ZCAWhitening(8, d=4)(x)
 
 
 @pytest.mark.parametrize("x, needle", [

@@ -128,7 +128,10 @@ def eigh_kept(cov: torch.Tensor, spec: Spec):
     try:
         return _eigh_kept(cov, spec, check=False)
     except torch.linalg.LinAlgError as exc:
-        raise EigensolverError(f"ZCA whitening: the eigensolver failed on Σ ({spec}): {exc}") from exc
+        bad = int((~torch.isfinite(cov)).sum())  # read only once the solver has failed: no sync on the way
+        why = f"Σ has {bad} non-finite entries of {cov.numel()} (NaN/Inf in the input map, or its covariance " \
+              f"overflows {cov.dtype}); " if bad else ""
+        raise EigensolverError(f"ZCA whitening: the eigensolver failed on Σ ({spec}): {why}{exc}") from exc
 
 
 class ZCAWhitening(nn.Module):
