@@ -358,3 +358,42 @@ def test_training_on_fewer_than_two_samples_is_an_input_error(shape):
         layer(torch.randn(shape))
     torch.testing.assert_close(layer.running_whitening, torch.eye(4).expand(2, 4, 4), rtol=0, atol=0)
     assert layer.eval()(torch.randn(shape)).shape == shape
+
+
+def test_eval_mode_works_under_vmap_and_per_sample_gradients():
+    """vmap over an eval-mode model (the torch.func per-sample-gradient recipe, which BatchNorm2d's eval mode
+    takes) raised 'NYI: querying is_contiguous inside of vmap for memory_format other than
+    torch.contiguous_format'. Outputs and per-sample gradients against a plain loop."""
+    from torch.func import functional_call, grad, vmap
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), ZCAWhitening(8, d=4, dtype="float64")).double()
+    net(torch.randn(6, 3, 5, 5, dtype=torch.float64))   # one training step: running statistics other than (0, I)
+    net.eval()
+    params = {k: v.detach() for k, v in net.named_parameters()}
+    buffers = dict(net.named_buffers())
+    xs = torch.randn(4, 1, 3, 5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+
+    def loss(p, x):
+        return functional_call(net, (p, buffers), (x,)).square().sum()
+
+    out = vmap(lambda x: functional_call(net, (params, buffers), (x,)))(xs)
+    torch.testing.assert_close(out, torch.stack([net(x) for x in xs]), rtol=1e-12, atol=1e-12)
+    per_sample = vmap(grad(loss), in_dims=(None, 0))(params, xs)
+    for i, x in enumerate(xs):
+        net.zero_grad()
+        net(x).square().sum().backward()
+        for name, p in net.named_parameters():
+            torch.testing.assert_close(per_sample[name][i], p.grad, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_torch_compile_takes_the_layer_in_one_graph(train):
+    """fullgraph=True: the channels_last hand-off's torch.func question must not break the graph.
+    Compiled against eager on the same channels_last map: output, layout and running statistics."""
+    eager, layer = ZCAWhitening(8, d=4, dtype="float64"), ZCAWhitening(8, d=4, dtype="float64")
+    eager.train(train), layer.train(train)
+    x = torch.randn(4, 8, 3, 3, generator=torch.Generator().manual_seed(1)).contiguous(memory_format=torch.channels_last)
+    y = torch.compile(layer, backend="aot_eager", fullgraph=True)(x)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y, eager(x), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(layer.running_whitening, eager.running_whitening, rtol=1e-6, atol=1e-6)

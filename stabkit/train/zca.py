@@ -217,7 +217,10 @@ class ZCAWhitening(nn.Module):
             xc = xg - self.running_mean.to(xg.dtype)
             whitening = self.running_whitening.to(xg.dtype)
         y = (whitening @ xc).reshape(C, B, H, W).transpose(0, 1).to(x.dtype)
-        if x.is_contiguous(memory_format=torch.channels_last):  # the fast path: hand the trunk its layout
+        # the fast path: hand the trunk its layout (a torch.func tensor cannot answer: vmap raises NYI;
+        # torch.compile cannot trace the question, and can answer the layout one)
+        functorch = not torch.compiler.is_compiling() and torch._C._functorch.is_functorch_wrapped_tensor(x)
+        if not functorch and x.is_contiguous(memory_format=torch.channels_last):
             y = y.contiguous(memory_format=torch.channels_last)
         if self.weight is not None:
             y = y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
