@@ -397,3 +397,14 @@ def test_torch_compile_takes_the_layer_in_one_graph(train):
     assert y.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(y, eager(x), rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(layer.running_whitening, eager.running_whitening, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("make, needle", [
+    (lambda: ZCAWhitening(12, d=5), "group size d=5 must divide the number of channels 12"),
+    (lambda: ZCAWhitening(8, d=4)(torch.randn(2, 6, 3, 3)), r"expected a map with 8 channels, got 6 \(shape \(2, 6, 3, 3\)\)"),
+])
+def test_a_channel_count_error_names_the_layer(make, needle):
+    """'expected 8 channels, got 6' and the group-size message were the layer's only ones without its name:
+    in a net of several layers the user could not tell which one refused."""
+    with pytest.raises(InputError, match="^ZCAWhitening: " + needle):
+        make()

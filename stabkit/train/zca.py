@@ -144,7 +144,7 @@ class ZCAWhitening(nn.Module):
         check_positive_integer(num_features, "ZCAWhitening", "num_features")
         check_positive_integer(d, "ZCAWhitening", "d")
         if num_features % d:
-            raise InputError(f"group size d={d} must divide the number of channels {num_features}")
+            raise InputError(f"ZCAWhitening: group size d={d} must divide the number of channels {num_features}")
         if not (is_real(momentum) and 0 <= momentum <= 1):
             raise InputError(f"ZCAWhitening: momentum must be a number in [0, 1], got {momentum!r}")
         if dtype not in DTYPES:
@@ -192,7 +192,8 @@ class ZCAWhitening(nn.Module):
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
         if C != self.num_features:
-            raise InputError(f"expected {self.num_features} channels, got {C}")
+            raise InputError(f"ZCAWhitening: expected a map with {self.num_features} channels, got {C} "
+                             f"(shape {tuple(x.shape)})")
         xg = x.to(self.compute_dtype).transpose(0, 1).reshape(self.groups, self.d, -1)  # G, d, m
         if self.training:
             if B * H * W < 2:  # one sample: Σ = εI, the output β and the running whitening pulled to ε^{-1/2}·I
