@@ -408,3 +408,16 @@ def test_a_channel_count_error_names_the_layer(make, needle):
     in a net of several layers the user could not tell which one refused."""
     with pytest.raises(InputError, match="^ZCAWhitening: " + needle):
         make()
+
+
+def test_training_mode_under_vmap_is_refused_by_name():
+    """vmap over a training-mode layer failed inside the running-statistics update with 'output with shape
+    [2, 4, 1] doesn't match the broadcast shape [3, 2, 4, 1]'; under vmap of grad too."""
+    from torch.func import grad, vmap
+
+    layer = ZCAWhitening(8, d=4)
+    xs = torch.randn(3, 2, 8, 3, 3)
+    for transform in (vmap(layer), vmap(grad(lambda x: layer(x).square().sum()))):
+        with pytest.raises(InputError, match="ZCAWhitening: training mode under torch.func.vmap is not supported"):
+            transform(xs)
+    torch.testing.assert_close(layer.running_whitening, torch.eye(4).expand(2, 4, 4), rtol=0, atol=0)

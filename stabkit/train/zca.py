@@ -134,6 +134,15 @@ def eigh_kept(cov: torch.Tensor, spec: Spec):
         raise EigensolverError(f"ZCA whitening: the eigensolver failed on Σ ({spec}): {why}{exc}") from exc
 
 
+def _under_vmap(x: torch.Tensor) -> bool:
+    """Whether ``x`` is seen inside ``torch.func.vmap`` (at any level of nested transforms)."""
+    if torch.compiler.is_compiling() or not torch._C._functorch.is_functorch_wrapped_tensor(x):
+        return False
+    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+
+    return any(i.key() == torch._C._functorch.TransformType.Vmap for i in retrieve_all_functorch_interpreters())
+
+
 class ZCAWhitening(nn.Module):
     def __init__(self, num_features: int, d: int = 16, method: "str | Spec" = methods.DEFAULT, params: dict | None = None,
                  eps: float = 1e-4, momentum: float = 0.1, dtype: str = "float32", affine: bool = True,
@@ -199,6 +208,9 @@ class ZCAWhitening(nn.Module):
             if B * H * W < 2:  # one sample: Σ = εI, the output β and the running whitening pulled to ε^{-1/2}·I
                 raise InputError(f"ZCAWhitening: training needs more than one sample per channel to estimate a "
                                  f"covariance, got B·H·W = {B * H * W} (input shape {tuple(x.shape)})")
+            if _under_vmap(x):  # else: the in-place update of the shared running statistics fails in broadcasting
+                raise InputError("ZCAWhitening: training mode under torch.func.vmap is not supported (each vmapped call "
+                                 "would update the one set of running statistics in place): use eval mode inside vmap")
             cfg = self.config
             if cfg.covariance == "full":
                 mean, xc, cov = block_covariance(xg, self.eps, self.runs)
