@@ -228,3 +228,21 @@ def test_log_of_a_singular_covariance_is_an_input_error(method):
         CovariancePooling("log", method=method, eps=0.0)(x)
     out = CovariancePooling("log", method=method, eps=1e-3)(x)
     torch.testing.assert_close(out, math.log(1e-3) * torch.eye(3, dtype=torch.float64).expand(2, 3, 3))
+
+
+@pytest.mark.parametrize("function, reference", [("sqrt", scipy.linalg.sqrtm), ("log", scipy.linalg.logm)])
+@pytest.mark.parametrize("method", [None, "taylor"], ids=["dk", "taylor"])
+def test_autocast_leaves_the_computation_in_its_dtype(function, reference, method):
+    """Under CPU bf16 autocast a float32 map's Σ was a bf16 product: √Σ off by 5e-3 (float32: 5e-7),
+    though ``dtype`` is the computation dtype. Against scipy on Σ of the same map in float64."""
+    x = _feature_map(B=2, C=6, H=5, W=5, seed=8, dtype=torch.float32)
+    pool = CovariancePooling(function, method=method, eps=1e-2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = pool(x)
+        out_bf16 = CovariancePooling(function, method=method, eps=1e-2, dtype="float32")(x.bfloat16())
+    assert out.dtype == torch.float32 and out_bf16.dtype == torch.bfloat16
+    for got, cov in zip(out.numpy(), _numpy_covariance(x, 1e-2)):
+        np.testing.assert_allclose(got, np.real(reference(cov)), rtol=0, atol=1e-5)
+    for got, cov in zip(out_bf16.double().numpy(), _numpy_covariance(x.bfloat16(), 1e-2)):
+        expected = np.real(reference(cov))   # of the rounded map: one bf16 rounding of the result
+        assert (np.abs(got - expected) <= 2 ** -8 * np.abs(expected) + 1e-5).all()

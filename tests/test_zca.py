@@ -229,6 +229,25 @@ def test_a_solver_failure_is_an_eigensolver_error(monkeypatch):
     with pytest.raises(EigensolverError, match="ZCA whitening: the eigensolver failed") as info:
         layer(torch.randn(4, 8, 2, 2))
     assert isinstance(info.value, RuntimeError) and isinstance(info.value.__cause__, torch.linalg.LinAlgError)
+    assert "non-finite" not in str(info.value)   # a finite Σ: the solver's own reason only
+
+
+@pytest.mark.parametrize("label", ["nan", "inf", "overflow"])
+def test_a_solver_failure_on_a_non_finite_covariance_says_so(label):
+    """NaN/Inf in the map (or a float32 covariance overflowing) reached eigh, whose message blamed an
+    'ill-conditioned' matrix 'with too many repeated eigenvalues'. Still an EigensolverError (the training
+    loop's eigh-failed outcome, by type), now counting Σ's non-finite entries."""
+    from stabkit.errors import EigensolverError
+
+    x = torch.randn(2, 8, 3, 3, generator=torch.Generator().manual_seed(0))
+    if label == "overflow":
+        x = x * 1e20   # finite, but (1e20)² overflows float32
+    else:
+        x[0, 5, 1, 1] = float(label)   # one entry: channel 5's row and column of its group's Σ, 4 + 4 − 1
+    expected = "32 non-finite entries of 32" if label == "overflow" else "7 non-finite entries of 32"
+    with pytest.raises(EigensolverError, match=f"ZCA whitening: the eigensolver failed on Σ .*: Σ has {expected} "
+                                               r"\(NaN/Inf in the input map, or its covariance overflows torch.float32\)"):
+        ZCAWhitening(8, d=4)(x)
 
 
 @pytest.mark.parametrize("x, needle", [
@@ -299,3 +318,106 @@ def test_training_output_ignores_channel_offsets_and_rotates_with_the_group(xd, 
     Q = torch.block_diag(*[torch.from_numpy(np.linalg.qr(rng.standard_normal((d, d)))[0]) for _ in range(G)])
     rotated = torch.einsum("ij,bjhw->bihw", Q, x)
     torch.testing.assert_close(layer(rotated), torch.einsum("ij,bjhw->bihw", Q, y), rtol=0, atol=1e-9)
+
+
+# ------------------------------------------------------------------ half-precision maps, as BatchNorm takes them
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_half_precision_map_comes_back_in_its_dtype(dtype):
+    """A float16/bfloat16 map into a float32 layer came back float32 (γ, β promoted it), unlike
+    BatchNorm2d's; in a half-precision net with the norm kept in float32 the next conv then raised
+    'Input type (float) and bias type should be the same'. Values: numpy's float64 ZCA of the rounded map."""
+    x = _input([0.5, 1.0, 2.0, 4.0], groups=2, B=4, H=3, W=3, seed=7).to(dtype)
+    layer = ZCAWhitening(8, d=4)
+    with torch.no_grad():
+        layer.weight.uniform_(0.5, 1.5, generator=torch.Generator().manual_seed(3))
+        layer.bias.uniform_(-1.0, 1.0, generator=torch.Generator().manual_seed(4))
+    y = layer(x)
+    assert y.dtype == dtype == torch.nn.BatchNorm2d(8)(x).dtype
+    xg = _grouped_numpy(x.double(), 4)
+    xc = xg - xg.mean(-1, keepdims=True)
+    lam, U = np.linalg.eigh(xc @ xc.transpose(0, 2, 1) / xc.shape[-1] + 1e-4 * np.eye(4))
+    yg = (U / np.sqrt(lam)[:, None, :]) @ U.transpose(0, 2, 1) @ xc
+    scaled = torch.from_numpy(yg.reshape(8, 4, 3, 3)).transpose(0, 1) * layer.weight.detach().double()[:, None, None]
+    expected = scaled + layer.bias.detach().double()[:, None, None]
+    # rounded twice to the map's dtype (unit roundoff eps/2): the whitened map, then γ·y + β; float32 work ≪ that
+    assert ((y.double() - expected).abs() <= torch.finfo(dtype).eps * (scaled.abs() + expected.abs()) + 1e-5).all()
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), ZCAWhitening(8, d=4), torch.nn.Conv2d(8, 2, 3)).to(dtype)
+    net[1].float()   # the mixed-precision habit: normalisation layers kept in float32
+    assert net(torch.randn(2, 3, 7, 7).to(dtype)).dtype == dtype
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer(torch.randn(2, 8, 3, 3).bfloat16()).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 1, 1), (0, 8, 3, 3)])
+def test_training_on_fewer_than_two_samples_is_an_input_error(shape):
+    """One sample per channel (B·H·W = 1): Σ = εI, the output was β alone and the running whitening moved
+    to 0.9·I + 0.1·ε^{-1/2}·I = 10.9·I without a word (BatchNorm2d raises); an empty batch reached the
+    eigensolver as a NaN Σ ('eigensolver failed'). Eval mode, which uses the running statistics, takes both."""
+    layer = ZCAWhitening(8, d=4)
+    with pytest.raises(InputError, match=r"ZCAWhitening: training needs more than one sample per channel .*B·H·W = "):
+        layer(torch.randn(shape))
+    torch.testing.assert_close(layer.running_whitening, torch.eye(4).expand(2, 4, 4), rtol=0, atol=0)
+    assert layer.eval()(torch.randn(shape)).shape == shape
+
+
+def test_eval_mode_works_under_vmap_and_per_sample_gradients():
+    """vmap over an eval-mode model (the torch.func per-sample-gradient recipe, which BatchNorm2d's eval mode
+    takes) raised 'NYI: querying is_contiguous inside of vmap for memory_format other than
+    torch.contiguous_format'. Outputs and per-sample gradients against a plain loop."""
+    from torch.func import functional_call, grad, vmap
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), ZCAWhitening(8, d=4, dtype="float64")).double()
+    net(torch.randn(6, 3, 5, 5, dtype=torch.float64))   # one training step: running statistics other than (0, I)
+    net.eval()
+    params = {k: v.detach() for k, v in net.named_parameters()}
+    buffers = dict(net.named_buffers())
+    xs = torch.randn(4, 1, 3, 5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+
+    def loss(p, x):
+        return functional_call(net, (p, buffers), (x,)).square().sum()
+
+    out = vmap(lambda x: functional_call(net, (params, buffers), (x,)))(xs)
+    torch.testing.assert_close(out, torch.stack([net(x) for x in xs]), rtol=1e-12, atol=1e-12)
+    per_sample = vmap(grad(loss), in_dims=(None, 0))(params, xs)
+    for i, x in enumerate(xs):
+        net.zero_grad()
+        net(x).square().sum().backward()
+        for name, p in net.named_parameters():
+            torch.testing.assert_close(per_sample[name][i], p.grad, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_torch_compile_takes_the_layer_in_one_graph(train):
+    """fullgraph=True: the channels_last hand-off's torch.func question must not break the graph.
+    Compiled against eager on the same channels_last map: output, layout and running statistics."""
+    eager, layer = ZCAWhitening(8, d=4, dtype="float64"), ZCAWhitening(8, d=4, dtype="float64")
+    eager.train(train), layer.train(train)
+    x = torch.randn(4, 8, 3, 3, generator=torch.Generator().manual_seed(1)).contiguous(memory_format=torch.channels_last)
+    y = torch.compile(layer, backend="aot_eager", fullgraph=True)(x)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y, eager(x), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(layer.running_whitening, eager.running_whitening, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("make, needle", [
+    (lambda: ZCAWhitening(12, d=5), "group size d=5 must divide the number of channels 12"),
+    (lambda: ZCAWhitening(8, d=4)(torch.randn(2, 6, 3, 3)), r"expected a map with 8 channels, got 6 \(shape \(2, 6, 3, 3\)\)"),
+])
+def test_a_channel_count_error_names_the_layer(make, needle):
+    """'expected 8 channels, got 6' and the group-size message were the layer's only ones without its name:
+    in a net of several layers the user could not tell which one refused."""
+    with pytest.raises(InputError, match="^ZCAWhitening: " + needle):
+        make()
+
+
+def test_training_mode_under_vmap_is_refused_by_name():
+    """vmap over a training-mode layer failed inside the running-statistics update with 'output with shape
+    [2, 4, 1] doesn't match the broadcast shape [3, 2, 4, 1]'; under vmap of grad too."""
+    from torch.func import grad, vmap
+
+    layer = ZCAWhitening(8, d=4)
+    xs = torch.randn(3, 2, 8, 3, 3)
+    for transform in (vmap(layer), vmap(grad(lambda x: layer(x).square().sum()))):
+        with pytest.raises(InputError, match="ZCAWhitening: training mode under torch.func.vmap is not supported"):
+            transform(xs)
+    torch.testing.assert_close(layer.running_whitening, torch.eye(4).expand(2, 4, 4), rtol=0, atol=0)

@@ -64,7 +64,8 @@ class CovariancePooling(nn.Module):
     eigendecomposition's backward (a :class:`~stabkit.methods.Spec`, or a registry name or spec
     text with ``params`` its parameters; made a Spec once, here). ``eps``: ridge
     ε added to Σ. ``dtype``: computation dtype (``"float32"``, ``"float64"``; default the input's, so
-    a float16/bfloat16 map needs one: InputError otherwise), the result is cast back to the input's dtype.
+    a float16/bfloat16 map needs one: InputError otherwise), the result is cast back to the input's dtype;
+    under autocast too (the layer turns it off inside).
     """
 
     def __init__(self, function: str = "sqrt", method: str | Spec | None = None, params: dict | None = None,
@@ -95,20 +96,22 @@ class CovariancePooling(nn.Module):
         dtype = self.compute_dtype or x.dtype
         if dtype not in DTYPES.values():  # float16/bfloat16: no eigendecomposition in that dtype
             raise InputError(f"CovariancePooling: cannot compute in {dtype}: pass dtype='float32' or 'float64'")
-        x_in = x.to(dtype)
-        cov = channel_covariance(x_in, self.eps)
-        if not _xp.is_traced(cov) and not bool(torch.isfinite(cov).all()):   # one sync, as a check of cov
-            check_values(x_in, "CovariancePooling", symmetric=False)           # the map's own NaN/Inf
-            wider = " or pass dtype='float64'" if dtype == torch.float32 else ""
-            raise InputError(f"CovariancePooling: the channel covariance overflows {dtype} (max |x| = "
-                             f"{float(x_in.abs().max()):.3g}): scale the feature map down{wider}")
-        if self.spec is None:
-            out, lam = matrix_functions.eig_dk(cov, self.function, psd=True)  # module attribute: watched
-        else:
-            lam, U = stabkit.torch.eigh(cov, method=self.spec, check=False)  # checked above; symmetric by construction
-            lam = lam.clamp_min(0)  # Σ is PSD: a λ < 0 is rounding (√ of it was NaN)
-            out = (U * FUNCTIONS[self.function](lam)[:, None, :]) @ U.transpose(1, 2)
-        if self.function == "log" and not _xp.is_traced(lam) and bool((lam <= 0).any()):  # log 0: −inf, and NaN off it
-            raise InputError(f"CovariancePooling: log of a singular channel covariance (an eigenvalue of Σ + εI is 0 "
-                             f"to {dtype}'s rounding, with ε = {self.eps:g}): pass a larger eps")
-        return out.to(x.dtype)
+        # autocast would run Σ's product (and g's) in bf16/fp16, whatever ``dtype`` says: off, as in ZCAWhitening
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            x_in = x.to(dtype)
+            cov = channel_covariance(x_in, self.eps)
+            if not _xp.is_traced(cov) and not bool(torch.isfinite(cov).all()):   # one sync, as a check of cov
+                check_values(x_in, "CovariancePooling", symmetric=False)           # the map's own NaN/Inf
+                wider = " or pass dtype='float64'" if dtype == torch.float32 else ""
+                raise InputError(f"CovariancePooling: the channel covariance overflows {dtype} (max |x| = "
+                                 f"{float(x_in.abs().max()):.3g}): scale the feature map down{wider}")
+            if self.spec is None:
+                out, lam = matrix_functions.eig_dk(cov, self.function, psd=True)  # module attribute: watched
+            else:
+                lam, U = stabkit.torch.eigh(cov, method=self.spec, check=False)  # checked above; symmetric by construction
+                lam = lam.clamp_min(0)  # Σ is PSD: a λ < 0 is rounding (√ of it was NaN)
+                out = (U * FUNCTIONS[self.function](lam)[:, None, :]) @ U.transpose(1, 2)
+            if self.function == "log" and not _xp.is_traced(lam) and bool((lam <= 0).any()):  # log 0: −inf, and NaN off it
+                raise InputError(f"CovariancePooling: log of a singular channel covariance (an eigenvalue of Σ + εI is 0 "
+                                 f"to {dtype}'s rounding, with ε = {self.eps:g}): pass a larger eps")
+            return out.to(x.dtype)

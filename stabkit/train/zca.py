@@ -28,7 +28,8 @@ paper's Alg. 1), so no gradient reaches the dropped pairs through the output.
 Eval mode uses the running mean and running whitening matrix, updated in training as
 running ← (1 − momentum)·running + momentum·batch (momentum 0.1, as BatchNorm). ``dtype`` sets
 the computation dtype of covariance, eigendecomposition and whitening (float32 or float64; the
-input is cast in and the result cast back), autocast or not: the layer disables autocast inside.
+input is cast in and the result cast back), autocast or not: the layer disables autocast inside. A
+float16/bfloat16 map comes out in its own dtype, as from BatchNorm (affine applied before that cast).
 """
 
 from __future__ import annotations
@@ -127,7 +128,19 @@ def eigh_kept(cov: torch.Tensor, spec: Spec):
     try:
         return _eigh_kept(cov, spec, check=False)
     except torch.linalg.LinAlgError as exc:
-        raise EigensolverError(f"ZCA whitening: the eigensolver failed on Σ ({spec}): {exc}") from exc
+        bad = int((~torch.isfinite(cov)).sum())  # read only once the solver has failed: no sync on the way
+        why = f"Σ has {bad} non-finite entries of {cov.numel()} (NaN/Inf in the input map, or its covariance " \
+              f"overflows {cov.dtype}); " if bad else ""
+        raise EigensolverError(f"ZCA whitening: the eigensolver failed on Σ ({spec}): {why}{exc}") from exc
+
+
+def _under_vmap(x: torch.Tensor) -> bool:
+    """Whether ``x`` is seen inside ``torch.func.vmap`` (at any level of nested transforms)."""
+    if torch.compiler.is_compiling() or not torch._C._functorch.is_functorch_wrapped_tensor(x):
+        return False
+    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+
+    return any(i.key() == torch._C._functorch.TransformType.Vmap for i in retrieve_all_functorch_interpreters())
 
 
 class ZCAWhitening(nn.Module):
@@ -140,7 +153,7 @@ class ZCAWhitening(nn.Module):
         check_positive_integer(num_features, "ZCAWhitening", "num_features")
         check_positive_integer(d, "ZCAWhitening", "d")
         if num_features % d:
-            raise InputError(f"group size d={d} must divide the number of channels {num_features}")
+            raise InputError(f"ZCAWhitening: group size d={d} must divide the number of channels {num_features}")
         if not (is_real(momentum) and 0 <= momentum <= 1):
             raise InputError(f"ZCAWhitening: momentum must be a number in [0, 1], got {momentum!r}")
         if dtype not in DTYPES:
@@ -188,9 +201,16 @@ class ZCAWhitening(nn.Module):
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
         if C != self.num_features:
-            raise InputError(f"expected {self.num_features} channels, got {C}")
+            raise InputError(f"ZCAWhitening: expected a map with {self.num_features} channels, got {C} "
+                             f"(shape {tuple(x.shape)})")
         xg = x.to(self.compute_dtype).transpose(0, 1).reshape(self.groups, self.d, -1)  # G, d, m
         if self.training:
+            if B * H * W < 2:  # one sample: Σ = εI, the output β and the running whitening pulled to ε^{-1/2}·I
+                raise InputError(f"ZCAWhitening: training needs more than one sample per channel to estimate a "
+                                 f"covariance, got B·H·W = {B * H * W} (input shape {tuple(x.shape)})")
+            if _under_vmap(x):  # else: the in-place update of the shared running statistics fails in broadcasting
+                raise InputError("ZCAWhitening: training mode under torch.func.vmap is not supported (each vmapped call "
+                                 "would update the one set of running statistics in place): use eval mode inside vmap")
             cfg = self.config
             if cfg.covariance == "full":
                 mean, xc, cov = block_covariance(xg, self.eps, self.runs)
@@ -210,8 +230,12 @@ class ZCAWhitening(nn.Module):
             xc = xg - self.running_mean.to(xg.dtype)
             whitening = self.running_whitening.to(xg.dtype)
         y = (whitening @ xc).reshape(C, B, H, W).transpose(0, 1).to(x.dtype)
-        if x.is_contiguous(memory_format=torch.channels_last):  # the fast path: hand the trunk its layout
+        # the fast path: hand the trunk its layout (a torch.func tensor cannot answer: vmap raises NYI;
+        # torch.compile cannot trace the question, and can answer the layout one)
+        functorch = not torch.compiler.is_compiling() and torch._C._functorch.is_functorch_wrapped_tensor(x)
+        if not functorch and x.is_contiguous(memory_format=torch.channels_last):
             y = y.contiguous(memory_format=torch.channels_last)
         if self.weight is not None:
             y = y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
-        return y
+        # float16/bfloat16 in, the same out (BatchNorm's rule): a float32 γ, β would otherwise promote it
+        return y if x.dtype in DTYPES.values() else y.to(x.dtype)
