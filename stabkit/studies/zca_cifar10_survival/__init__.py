@@ -34,6 +34,7 @@ import numpy as np
 from ... import methods
 from ...train import table_iv
 from ...train.preset import get_preset
+from ...train.session import steps_per_epoch
 from ...validation import DTYPE_NAMES, is_real
 from .. import with_defaults
 from ..zca_cifar10 import NUMBER_COLUMNS as ZCA_NUMBER_COLUMNS
@@ -252,7 +253,7 @@ def survival_fields(result: dict) -> dict:
     if r.get("steps_per_epoch") is None:
         images = int(r.get("limit_images") or 50000)
         batch = int(r["batch_size"])
-        r["steps_per_epoch"] = images // batch if r.get("drop_last") else -(-images // batch)
+        r["steps_per_epoch"] = steps_per_epoch(images, batch, bool(r.get("drop_last")))
     spe = float(r["steps_per_epoch"])
     if r.get("epochs_done") is None:
         r["epochs_done"] = float(r["steps_done"]) / spe
