@@ -126,9 +126,15 @@ def is_traced(x: Array) -> bool:
         return False
     import torch
 
-    if torch.compiler.is_compiling():
-        return True
-    return bool(torch._C._functorch.is_functorch_wrapped_tensor(x))
+    return torch.compiler.is_compiling() or is_func_transformed(x)
+
+
+def is_func_transformed(x) -> bool:
+    """True when the torch tensor ``x`` is seen by a ``torch.func`` transform (vmap, grad, …) outside
+    ``torch.compile``, where it cannot answer layout queries (``is_contiguous``: vmap raises NYI)."""
+    import torch
+
+    return not torch.compiler.is_compiling() and bool(torch._C._functorch.is_functorch_wrapped_tensor(x))
 
 
 def finfo_eps(dtype: DType) -> float:

@@ -37,7 +37,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .. import methods
+from .. import _xp, methods
 from ..errors import EigensolverError, InputError
 from ..methods import Spec
 from ..torch import eigh_kept as _eigh_kept
@@ -136,7 +136,7 @@ def eigh_kept(cov: torch.Tensor, spec: Spec):
 
 def _under_vmap(x: torch.Tensor) -> bool:
     """Whether ``x`` is seen inside ``torch.func.vmap`` (at any level of nested transforms)."""
-    if torch.compiler.is_compiling() or not torch._C._functorch.is_functorch_wrapped_tensor(x):
+    if not _xp.is_func_transformed(x):
         return False
     from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 
@@ -230,10 +230,8 @@ class ZCAWhitening(nn.Module):
             xc = xg - self.running_mean.to(xg.dtype)
             whitening = self.running_whitening.to(xg.dtype)
         y = (whitening @ xc).reshape(C, B, H, W).transpose(0, 1).to(x.dtype)
-        # the fast path: hand the trunk its layout (a torch.func tensor cannot answer: vmap raises NYI;
-        # torch.compile cannot trace the question, and can answer the layout one)
-        functorch = not torch.compiler.is_compiling() and torch._C._functorch.is_functorch_wrapped_tensor(x)
-        if not functorch and x.is_contiguous(memory_format=torch.channels_last):
+        # the fast path: hand the trunk its layout (a torch.func tensor cannot answer: vmap raises NYI)
+        if not _xp.is_func_transformed(x) and x.is_contiguous(memory_format=torch.channels_last):
             y = y.contiguous(memory_format=torch.channels_last)
         if self.weight is not None:
             y = y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
