@@ -26,7 +26,6 @@ from .. import _xp
 from ..errors import InputError, UnsupportedDerivativeError
 from ..validation import is_integer
 from ._checks import check_eps, check_matrix
-from .ied import pow2_scale
 
 
 def _T(x):
@@ -65,15 +64,15 @@ def raise_refusal(refusal: str | None) -> None:
 
 
 def kept_factors(A: torch.Tensor, rank: int | torch.Tensor | None, rtol: float | None):
-    """(Π_A, A⁺, σ of A/c): :func:`range_factors` unchecked; ``rank`` may also be an integer tensor of A's
+    """(Π_A, A⁺, σ of cA): :func:`range_factors` unchecked; ``rank`` may also be an integer tensor of A's
     batch shape. Where σ_max ≤ √(mn)·max|A| could overflow (entries near the dtype's maximum: the rank rule
-    then kept no σ and Π was 0), the SVD is of A/c, c a power of two near max|A| (exact; Π is the same and
-    A⁺ = (A/c)⁺/c); elsewhere c = 1."""
+    then kept no σ and Π was 0), the SVD is of cA, c = :func:`stabkit._xp.unit_scale` (A), the power of two
+    putting max|cA| in [½, 1) (exact; Π is the same and A⁺ = c·(cA)⁺); elsewhere c = 1."""
     k = min(A.shape[-2:])
     amax = A.abs().amax((-2, -1), keepdim=True)
     c = torch.where(amax > torch.finfo(A.dtype).max / (2 * math.sqrt(A.shape[-2] * A.shape[-1])),
-                    pow2_scale(A), torch.ones_like(amax))
-    U, S, Vh = torch.linalg.svd(A / c, full_matrices=False)
+                    _xp.unit_scale(A), torch.ones_like(amax))
+    U, S, Vh = torch.linalg.svd(A * c, full_matrices=False)
     if isinstance(rank, torch.Tensor):
         keep = torch.arange(k, device=A.device) < rank[..., None]
     elif rank is not None:
@@ -84,7 +83,7 @@ def kept_factors(A: torch.Tensor, rank: int | torch.Tensor | None, rtol: float |
     w = keep.to(A.dtype)
     inv = torch.where(keep, 1.0 / torch.where(keep, S, torch.ones_like(S)), torch.zeros_like(S))
     P = (U * w[..., None, :]) @ _T(U)
-    pinv = (_T(Vh) * inv[..., None, :]) @ _T(U) / c
+    pinv = (_T(Vh) * inv[..., None, :]) @ _T(U) * c
     return P, pinv, S
 
 
