@@ -82,7 +82,8 @@ def _watched(fn_name: str, call):
         if torch.compiler.is_compiling():
             return _originals_or_live(fn_name)(*args, **kwargs)
         rerun = recomputing()  # torch.utils.checkpoint's rerun of a logged call: run as it was, never a row
-        mons = _watchers(_label(fn_name, args, kwargs) if rerun else None)
+        label = _label(fn_name, args, kwargs)
+        mons = _watchers(label if rerun else None)
         if not mons:
             return _originals_or_live(fn_name)(*args, **kwargs)
         A, read = _tensor_arg(args, kwargs), _triangle_read(fn_name, mons, args, kwargs)
@@ -95,14 +96,14 @@ def _watched(fn_name: str, call):
                     with _never_fails():
                         backward = _backward_of(fn_name, mons, A, args, kwargs)
                         for mon in mons:
-                            mon._log_error(_label(fn_name, args, kwargs), backward, A, exc, read)
+                            mon._log_error(label, backward, A, exc, read)
                 raise
             with _never_fails():
                 for mon in mons:
                     if rerun:
-                        mon._recomputed(_label(fn_name, args, kwargs), A, outputs)
+                        mon._recomputed(label, A, outputs)
                     else:
-                        mon._log(_label(fn_name, args, kwargs), backward, A, lam, outputs, fn_name in _SINGULAR, read)
+                        mon._log(label, backward, A, lam, outputs, fn_name in _SINGULAR, read)
             return result
         finally:
             _local.inside = False
