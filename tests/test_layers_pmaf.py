@@ -158,7 +158,9 @@ def test_extreme_scales_give_the_scaled_value_and_gradient(name, dtype, e):
 def test_backward_at_an_exact_tie_is_an_eigensolver_error(name, A):
     """A top eigenvalue repeated exactly (diag(1, 2, 2); A = 0) has no eigenvector derivative: λI − A +
     c yyᵀ is exactly singular. torch's LinAlgError escaped from the backward; it is EigensolverError, the
-    type the training loop records (LESS may land off the exact tie, returning 1/eps-sized entries)."""
+    type the training loop records. A forward whose vector lands off the tie's basis by rounding (LESS; the
+    power solver, depending on the machine's kernels: exact on an AMD EPYC, 4.9e-15 off on a Xeon with
+    AVX-512) makes that matrix singular only up to rounding: the backward then returns 1/eps-sized entries."""
     a = torch.tensor(A, requires_grad=True)
     y, _ = LAYERS[name](a)
     try:
@@ -166,7 +168,7 @@ def test_backward_at_an_exact_tie_is_an_eigensolver_error(name, A):
     except EigensolverError as exc:
         assert f"{name.split('-')[0]} backward: λI − A + c yyᵀ is singular" in str(exc)
     else:
-        assert name == "less" and A.any() and float(g.abs().max()) > 1e10
+        assert float(g.abs().max()) > 1e10
 
 
 @pytest.mark.parametrize("dtype, a", [(torch.float64, 1.5e308), (torch.float32, 3e38)], ids=["float64", "float32"])
