@@ -288,7 +288,7 @@ def test_the_failed_stacked_step_s_tensors_are_freed_before_the_replay(synthetic
     monkeypatch.setattr(stacked_loop, "run_losses", raising_once)
     monkeypatch.setattr(stacked_loop._Stack, "replay", replay)
     with pytest.warns(RuntimeWarning, match="stacked step 1 raised"):
-        train_stacked(_runs(seeds=(0, 1)), data=synthetic)
+        train_stacked(_runs(seeds=(0, 1), epochs=1), data=synthetic)  # 2 steps: the second raises
     assert alive == [False]
 
 
