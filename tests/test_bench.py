@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -187,8 +188,10 @@ def test_profile_train_step_reports_both_paths_and_their_top_operators(tmp_path)
     file written."""
     args = ["--device", "cpu", "--config", "paper:analytic:4", "--width", "0.125", "--batch", "8", "--steps", "2",
             "--warmup", "1", "--top", "4", "--stacked", "2", "--out", str(tmp_path)]
+    # one OpenMP thread, as the other benches here (--threads 1): two threads beside a busy core ran 2-3x slower
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "profile_train_step.py"), *args], capture_output=True,
-                         text=True, timeout=300)
+                         text=True, timeout=300, env=env)
     assert run.returncode == 0, run.stderr
     rows = {line.split("|")[1].strip(): [float(v) for v in line.split("|")[2:8]]
             for line in run.stdout.splitlines() if line.startswith("| today") or line.startswith("| fast")}

@@ -23,8 +23,8 @@ STUDY = "zca-cifar10-tiny-survival"  # the script saves reports/zca-cifar10*/ as
 pytestmark = pytest.mark.skipif(not (shutil.which("bash") and shutil.which("timeout")), reason="needs bash and coreutils' timeout")
 
 
-def _checkout(tmp_path, tiny_batches, seeds, epochs=2.0):
-    """A copy of the package and the script, and a survival study of 2 cells × `seeds` tiny runs."""
+def _checkout(tmp_path, tiny_batches, seeds, epochs=2.0, cells=(("analytic", 4), ("taylor", 4))):
+    """A copy of the package and the script, and a survival study of the `cells` (2 by default) × `seeds` tiny runs."""
     root = tmp_path / "copy"
     shutil.copytree(REPO / "stabkit", root / "stabkit", ignore=shutil.ignore_patterns("__pycache__"))
     (root / "studies").mkdir()
@@ -33,7 +33,7 @@ def _checkout(tmp_path, tiny_batches, seeds, epochs=2.0):
 name = "{STUDY}"
 kind = "zca_cifar10_survival"
 [grid]
-cells = [["analytic", 4], ["taylor", 4]]
+cells = {json.dumps([list(c) for c in cells])}
 seeds = {seeds}
 seed_block = {seeds}
 epochs = {epochs}
@@ -220,8 +220,9 @@ def test_extend_epochs_in_survival_set_is_no_horizon(tmp_path, tiny_batches):
     """SURVIVAL_SET="--set extend_epochs=5" (a longer horizon for listed survivors, none listed here) sets
     no horizon: the waves are planned at the study's 2 epochs, which do not fit (612 s, as above), and
     FIT_HORIZON falls back to 1 epoch, which does. Read as a horizon of 5 epochs it planned no wave,
-    and as a pinned horizon it kept FIT_HORIZON from falling back: the window ran nothing."""
-    root = _checkout(tmp_path, tiny_batches, seeds=1)
+    and as a pinned horizon it kept FIT_HORIZON from falling back: the window ran nothing. Both show at
+    the first wave, so the study has one cell (one chunk; the later waves' plan is the test above's)."""
+    root = _checkout(tmp_path, tiny_batches, seeds=1, cells=[("analytic", 4)])
     bench = tmp_path / "bench.json"
     bench.write_text(json.dumps({"rows": [{"path": "fast", "runs": 1, "processes": 1, "steps_per_s": 0.01}]}))
     rc, log = _session(root, tmp_path / "out", 600, BENCH_JSON=str(bench), FIT_HORIZON="1",
@@ -229,7 +230,7 @@ def test_extend_epochs_in_survival_set_is_no_horizon(tmp_path, tiny_batches):
     assert rc == 0, log
     assert "running 1 epoch(s) instead" in log and "survival chunk of 1 run(s) exited with 0" in log, log
     rows = [c["rows"][0] for c in _cells(root)]
-    assert rows and all(r["steps_done"] == r["steps_total"] == 2 for r in rows), rows
+    assert len(rows) == 1 and all(r["steps_done"] == r["steps_total"] == 2 for r in rows), rows
 
 
 def test_a_copy_without_git_must_name_its_commit(tmp_path, tiny_batches):

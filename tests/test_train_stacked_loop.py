@@ -132,7 +132,7 @@ def test_a_stacked_network_that_fails_where_the_runs_alone_do_not_raises_at_the_
             return real(logits, targets)
         return run_losses
 
-    configs = _runs(epochs=3)  # 6 steps
+    configs = _runs()  # 4 steps (2 epochs of 2): step 3, the last, is the second single failure
     monkeypatch.setattr(stacked_loop, "run_losses", failing_at({1, 2}))
     with pytest.warns(RuntimeWarning, match="stacked step 1 raised"), \
             pytest.raises(RuntimeError, match="stacked network raised at steps 1 and 2, where every run's own step succeeded: "
@@ -288,7 +288,7 @@ def test_the_failed_stacked_step_s_tensors_are_freed_before_the_replay(synthetic
     monkeypatch.setattr(stacked_loop, "run_losses", raising_once)
     monkeypatch.setattr(stacked_loop._Stack, "replay", replay)
     with pytest.warns(RuntimeWarning, match="stacked step 1 raised"):
-        train_stacked(_runs(seeds=(0, 1)), data=synthetic)
+        train_stacked(_runs(seeds=(0, 1), epochs=1), data=synthetic)  # 2 steps: the second raises
     assert alive == [False]
 
 
