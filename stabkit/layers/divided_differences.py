@@ -177,10 +177,17 @@ def dk_second_frechet(U, lam, X, Y, fn: str, p: float | None = None) -> torch.Te
     coefficients of g(1 + y) (log: λ_a^{−2}, (−1)^{n+1}/n; x^p: binom(p, n); √: p = ½). Which pair is
     widest depends only on where λ_c lies against λ_a and λ_b (below both, between, above both), and
     each of those masks factors into an (a, c) and a (c, b) part, so every case is a sum of products
-    like ((D∘X̃')(Ỹ'))_ab with X̃', Ỹ' masked and scaled copies of X̃, Ỹ.
+    like ((D∘X̃')(Ỹ'))_ab with X̃', Ỹ' masked and scaled copies of X̃, Ỹ (:func:`second_products`).
     """
-    p = _exponent(p)
     Xt, Yt = U.mT @ _xp.sym(X) @ U, U.mT @ _xp.sym(Y) @ U
+    N = second_products(lam, Xt, Yt, fn, p)
+    return U @ (N + N.mT) @ U.mT
+
+
+def second_products(lam, Xt, Yt, fn: str, p: float | None = None) -> torch.Tensor:
+    """N_ab = Σ_c g[λ_a, λ_c, λ_b] Xt_ac Yt_cb for any (not only symmetric) Xt, Yt in the eigenbasis, by
+    :func:`dk_second_frechet`'s cancellation-free cases."""
+    p = _exponent(p)
     D = eigen_divided_differences(lam, fn, p)
     la, lb = lam[..., :, None], lam[..., None, :]          # (a, b) — also (a, c) and (c, b) below
     gap = la - lb
@@ -224,8 +231,7 @@ def dk_second_frechet(U, lam, X, Y, fn: str, p: float | None = None) -> torch.Te
     scale = torch.where(at_zero, zero, torch.where(at_zero, one, la) ** power)
     q0 = (fl(near) * Xt) @ Yn
     zero_triples = torch.where(q0 == 0, zero, _second_at_zero(fn, p, la) * q0)  # g''(0) = ∞ times an exact 0
-    N = N + torch.where(near, torch.where(at_zero, zero_triples, scale * series), zero)
-    return U @ (N + N.mT) @ U.mT
+    return N + torch.where(near, torch.where(at_zero, zero_triples, scale * series), zero)
 
 
 def _taylor_coefficients(fn, p):

@@ -29,12 +29,15 @@ which ``stabkit.monitor.watch`` logs (``stabkit.layers.matrix_functions.svd_dk``
 :data:`DK_BACKWARD`) and never swaps: the backward is the exact Fréchet derivative of g, not an
 eigen-backward rule. They decompose with ``torch.ops.aten`` ops, which the monitor does not watch.
 
-Second derivatives of the DK routes: the EIG backward is an op (:class:`_Frechet`) whose own
+Second derivatives of the DK routes: the EIG backward is an op (:class:`.dk_ops.Frechet`) whose own
 derivative is the second-order Daleckii–Krein formula with cancellation-free second divided
 differences (:mod:`.divided_differences`), exact on ties and near-ties, where differentiating an
-eigh is infinite or loses digits; the SVD route uses it at FᵀF + εI, except for a wide F with
-ε = 0, whose differentiated backward uses it at the n × n FFᵀ instead (:func:`_row_gram_backward`;
-needs F of full row rank for √ and x^p, p < 2). A third derivative raises UnsupportedDerivativeError.
+eigh is infinite or loses digits; the SVD route uses it at FᵀF + εI for a square or tall F. A wide F's
+differentiated backward uses it at the n × n FFᵀ instead (:func:`_row_gram_backward`): g(FᵀF + εI) =
+g(ε) I + Fᵀ h(FFᵀ) F, h(x) = g[x + ε, ε] (:mod:`.ridge_divided_differences`; ε = 0: x^(p−1), which needs F
+of full row rank for √ and x^p, p < 2), so F never multiplies FᵀF + εI's block g'(ε) on F's null space,
+which it annihilates only up to u·|F| (float32 F = 2⁵·randn(3, 5), ε = 1e-3, x^−½: gradient 23 % and
+Hessian-vector product 20 % off; float64 4e-10, 9e-10). A third derivative raises UnsupportedDerivativeError.
 ``torch.func`` vmap/grad/jacrev/jacfwd/hessian work (vmap rules generated). Forward mode is the same
 Fréchet derivative (it is self-adjoint): the EIG tangent of g(A) is that op applied to sym(dA)
 (so jacfwd of jacfwd is exact too), the SVD one L(dFᵀF + FᵀdF) (:func:`_svd_dk_tangent`, an op that
@@ -61,9 +64,12 @@ import torch
 from . import svd as _svd
 import stabkit.torch
 from .. import _xp
-from .._autograd import compile_safe, differentiating_backward, tangent_op, undifferentiable
+from .._autograd import compile_safe, differentiating_backward, tangent_op
 from ._checks import check_domain, check_eps, check_matrix, method_params
-from .divided_differences import divided_differences, scalar_function, dk_frechet, dk_second_frechet, eigen_divided_differences
+from .divided_differences import divided_differences, scalar_function, dk_frechet, eigen_divided_differences
+from .dk_ops import EigDK as _EigDK, EigDKJvp as _EigDKJvp, Frechet as _Frechet, FrechetJvp as _FrechetJvp
+from .dk_ops import FrechetGram as _FrechetGram, FrechetGramJvp as _FrechetGramJvp
+from .ridge_divided_differences import ridge_function, ridge_spectrum
 from ._gram_values import gram_values
 from ._spread_scale import spread_scale
 from ..errors import InputError
@@ -112,79 +118,6 @@ def _svd_matrix_function(F, fn, eps, p):
     return C + base * torch.eye(d, dtype=F.dtype, device=F.device)
 
 
-class _EigDK(torch.autograd.Function):
-    """g(A) = U g(λ) Uᵀ for symmetric A = U diag(λ) Uᵀ (λ, U given, no gradient); backward
-    :func:`dk_frechet`. A is not read; it carries the derivatives."""
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(A, lam, U, fn, p):
-        return (U * scalar_function(fn, p)(lam)[..., None, :]) @ U.mT
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        A, lam, U, ctx.fn, ctx.p = inputs
-        ctx.save_for_backward(A, lam, U)
-        ctx.save_for_forward(A, lam, U)
-
-    @staticmethod
-    def backward(ctx, gC):
-        return _EigDK._frechet(ctx, gC), None, None, None, None
-
-    @staticmethod
-    def _frechet(ctx, G):
-        A, lam, U = ctx.saved_tensors
-        return compile_safe(_Frechet, _FrechetJvp).apply(A, G, lam, U, ctx.fn, ctx.p)
-
-
-class _Frechet(torch.autograd.Function):
-    """L_A(G) = :func:`dk_frechet` at A = U diag(λ) Uᵀ (λ, U given), the EIG-DK backward, as an op whose
-    own derivatives are the second-order Daleckii–Krein formula (:mod:`.divided_differences`):
-    ∂⟨W, L_A(G)⟩/∂A = L₂(G, W), ∂/∂G = L_A(W) — exact on ties, where differentiating an eigh is not.
-    A is not read (λ, U are its decomposition); it carries the derivatives."""
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(A, G, lam, U, fn, p):
-        return dk_frechet(U, eigen_divided_differences(lam, fn, p), G)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        A, G, lam, U, ctx.fn, ctx.p = inputs
-        ctx.save_for_backward(A, G, lam, U)
-        ctx.save_for_forward(A, G, lam, U)
-
-    @staticmethod
-    def backward(ctx, W):
-        A, G, lam, U = ctx.saved_tensors
-        gA = _second(A, G, W, lam, U, ctx.fn, ctx.p) if ctx.needs_input_grad[0] else None
-        gG = compile_safe(_Frechet, _FrechetJvp).apply(A, W, lam, U, ctx.fn, ctx.p) if ctx.needs_input_grad[1] else None
-        return gA, gG, None, None, None, None
-
-
-class _FrechetJvp(_Frechet):
-    """_Frechet with forward mode (torch.func.hessian's forward-over-reverse)."""
-
-    @staticmethod
-    def jvp(ctx, dA, dG, _lam, _U, _fn, _p):
-        A, G, lam, U = ctx.saved_tensors
-        out = torch.zeros_like(G) if dA is None else _second(A, G, dA, lam, U, ctx.fn, ctx.p)
-        return out if dG is None else out + _FrechetJvp.apply(A, dG, lam, U, ctx.fn, ctx.p)
-
-
-def _second(A, G, W, lam, U, fn, p):
-    """L₂(G, W) at A = U diag(λ) Uᵀ as an op that takes A, so that differentiating it (a third
-    derivative of the layer, reverse or forward mode) reaches it and raises instead of treating the
-    saved λ, U as constants."""
-    return undifferentiable(lambda A, G, W, lam, U: dk_second_frechet(U, lam, G, W, fn, p), _NO_THIRD, A, G, W, lam, U)
-
-
-_NO_THIRD = ("third derivatives of the Daleckii–Krein layers (eig_dk, svd_dk, CovariancePooling's default "
-             "backward) are not implemented")
-
-
 class _SvdDK(torch.autograd.Function):
     """(g(FᵀF + εI), σ, V) from the SVD of F (full V); backward ∂L/∂F = 2 F L(∂L/∂C), L the Fréchet
     derivative of g at FᵀF + εI (σ, V: no gradient)."""
@@ -211,16 +144,17 @@ class _SvdDK(torch.autograd.Function):
     def backward(ctx, gC, _gS, _gV):
         """2 F L(gC) (L the Fréchet derivative of g at FᵀF + εI), taken at cF, c²ε (:func:`_at_scale`): with the
         saved factors (:func:`_thin_frechet`), or — where it is itself differentiated — by the EIG-DK op at
-        (cF)ᵀ(cF), whose derivative (exact on ties) reaches F through that gradient handle. A wide F with ε = 0
-        goes through :func:`_row_gram_backward` instead (the complement's g'(0) is infinite for √, x^p, p < 1)."""
+        (cF)ᵀ(cF), whose derivative (exact on ties) reaches F through that gradient handle. A wide F goes through
+        :func:`_row_gram_backward` instead (F times the null space's g'(ε) rounds to u·|F|·g'(ε), not 0; infinite
+        at ε = 0 for √, x^p, p < 1)."""
         F, S, V = ctx.saved_tensors
         c, unscale = _at_scale(S, ctx.fn, ctx.eps, ctx.p)
         F, S, eps = F * c[..., None], S * c, ctx.eps * c * c
         if not differentiating_backward(F):
             L = _thin_frechet(V[..., :S.shape[-1]], S, F.shape[-1], gC, ctx.fn, eps, ctx.p)
             return 2 * F @ L * unscale, None, None, None
-        if F.shape[-2] < F.shape[-1] and ctx.eps == 0:
-            return _row_gram_backward(F, gC, ctx.fn, ctx.p) * unscale, None, None, None
+        if F.shape[-2] < F.shape[-1]:
+            return _row_gram_backward(F, gC, ctx.fn, ctx.p, eps if ctx.eps else None) * unscale, None, None, None
         twice = 2 * F  # made before the handle FᵀF: a double backward adds its 3 terms of ∂/∂F in the same order
         mu = _pad(S * S, F.shape[-1]) + eps  # as before the scaling (bitwise the same result at c = 1)
         L = compile_safe(_Frechet, _FrechetJvp).apply(F.mT @ F, gC, mu, V, ctx.fn, ctx.p)
@@ -238,32 +172,33 @@ def _at_scale(S, fn, eps, p):
     return c, (c ** (1 - 2 * q))[..., None]
 
 
-def _row_gram_backward(F, G, fn, p):
-    """∂⟨G, g(FᵀF)⟩/∂F for a wide F (n < d) with ε = 0, g = √ or x^p (p ≥ 0), written through the
-    n × n M = FFᵀ so that its own derivative is exact on ties: g(FᵀF) = g(0) I + Fᵀ h(M) F with
-    h(x) = (g(x) − g(0))/x = x^(p−1) (√: p = ½; x⁰ is constant, h = 0), hence
-    ∂/∂F = 2 h(M) F S + 2 L_h(F S Fᵀ) F, S = sym(G), L_h the Fréchet derivative of h at M — both EIG-DK
-    ops at M, whose eigenpairs (σ², U) come from F's SVD. At FᵀF + εI itself the complement's g'(0) = ∞
-    (√, p < 1) meets −∞ in the second-order terms. Needs a full-row-rank F for p < 2 (h or h' is
-    infinite at a zero σ, where √ and x^p, p < 1, have no derivative either)."""
+def _row_gram_backward(F, G, fn, p, ridge=None):
+    """∂⟨G, g(FᵀF + εI)⟩/∂F for a wide F (n < d), written through the n × n M = FFᵀ so that its own derivative
+    is exact on ties and F never meets FᵀF's null space: g(FᵀF + εI) = g(ε) I + Fᵀ h(M) F with
+    h(x) = (g(x + ε) − g(ε))/x, hence ∂/∂F = 2 h(M) F S + 2 L_h(F S Fᵀ) F, S = sym(G), L_h the Fréchet
+    derivative of h at M — both EIG-DK ops at M, whose eigenpairs (σ², U) come from F's SVD.
+    ε = 0 (``ridge`` None; g = √ or x^p, p ≥ 0): h(x) = x^(p−1) (√: p = ½; x⁰ is constant, h = 0); at FᵀF
+    itself the complement's g'(0) = ∞ (√, p < 1) would meet −∞ in the second-order terms. Needs a full-row-rank
+    F for p < 2 (h or h' is infinite at a zero σ, where √ and x^p, p < 1, have no derivative either).
+    ε > 0 (``ridge``, the scaled ε, shape (..., 1)): h(x) = g[x + ε, ε] (:mod:`.ridge_divided_differences`),
+    finite at σ = 0, so any rank; at FᵀF + εI the complement's g'(ε) times F's rounding (u·|F|, not 0) made
+    the gradient 19 % off (float32 x^−½, σ ~ 2⁵, ε = 1e-3). F S Fᵀ enters L_h in M's eigenbasis from the SVD,
+    Σ V₁ᵀ S V₁ Σ (:class:`.dk_ops.FrechetGram`): Uᵀ(F S Fᵀ)U rounds a small σ's entries to u·σ_max², which
+    h's divided differences (largest there, ~g^(k)(ε)) magnified in the second derivative."""
     if fn == "power" and p == 0:
         return 0 * F                                # still a function of F: its derivative is 0 too
-    U, S, _ = torch.ops.aten.linalg_svd(F.detach(), full_matrices=False)
-    lam, q = S * S, (0.5 if fn == "sqrt" else p) - 1
+    U, S, Vh = torch.ops.aten.linalg_svd(F.detach(), full_matrices=False)
     M, Sym = F @ F.mT, _xp.sym(G)
-    H = compile_safe(_EigDK, _EigDKJvp).apply(M, lam, U, "power", q)
-    L = compile_safe(_Frechet, _FrechetJvp).apply(M, F @ Sym @ F.mT, lam, U, "power", q)
+    if ridge is None:
+        lam, q = S * S, (0.5 if fn == "sqrt" else p) - 1
+        H = compile_safe(_EigDK, _EigDKJvp).apply(M, lam, U, "power", q)
+        L = compile_safe(_Frechet, _FrechetJvp).apply(M, F @ Sym @ F.mT, lam, U, "power", q)
+    else:
+        lam, P = ridge_spectrum(S * S, ridge), S[..., :, None] * Vh      # P = Σ V₁ᵀ, "UᵀF" without rounding
+        H = compile_safe(_EigDK, _EigDKJvp).apply(M, lam, U, ridge_function(fn), p)
+        Gt = _xp.sym(P @ Sym.detach() @ P.mT)
+        L = compile_safe(_FrechetGram, _FrechetGramJvp).apply(M, F @ Sym @ F.mT, Gt, lam, U, ridge_function(fn), p)
     return 2 * (H @ F @ Sym + L @ F)
-
-
-class _EigDKJvp(_EigDK):
-    """_EigDK with forward mode; plain _EigDK under torch.compile (Dynamo traces no custom jvp)."""
-
-    @staticmethod
-    def jvp(ctx, dA, _lam, _U, _fn, _p):
-        """The Fréchet derivative is self-adjoint, so the tangent of g(A) is the backward's formula
-        applied to dA (read as sym(dA), the backward's convention)."""
-        return _EigDK._frechet(ctx, dA)
 
 
 class _SvdDKJvp(_SvdDK):
