@@ -817,16 +817,17 @@ def _dk_derivatives(F, G, W, dF, fn, p, eps):
                                       (torch.float32, -66), (torch.float64, 300), (torch.float64, 520),
                                       (torch.float64, -300)],
                          ids=["f32-2^40", "f32-2^66", "f32-2^100", "f32-2^-66", "f64-2^300", "f64-2^520", "f64-2^-300"])
-def test_svd_dk_second_derivatives_and_forward_mode_at_extreme_scales(fn, p, shape, eps, dtype, e):
+def test_svd_dk_second_derivatives_and_forward_mode_at_extreme_scales(fn, p, shape, eps, dtype, e, request):
     """F·2^e: the DK backward that is itself differentiated (create_graph, double backward) and the
     forward-mode tangent formed σ², FᵀF and μ^(q−3)-sized second divided differences at F's own scale, so
     in float32 they were 1e17× off at 2^40 (wide+ridge) and NaN or 100 % off (0) at 2^66, 2^-66 (log). C is
     of degree 2q in F (log q = 0, √ ½, x^p p), so the gradient and tangent must be 2^{(2q−1)e} and the second
     derivative 2^{(2q−2)e} times their float64 values at F (ε·2^−2e there), wherever that is a normal number
     (not log's 2^−200 at f32-2^100, say)."""
-    if shape[0] < shape[1] and eps and dtype == torch.float32 and e == 100:
-        pytest.skip("ε·c² = 1e-3·2^−200 underflows float32 at the scale c = 2^−100 the derivatives are taken at: "
-                    "FᵀF + εI's null-space eigenvalue becomes 0 (the forward-mode tangent is NaN too)")
+    if shape[0] < shape[1] and eps and dtype == torch.float32 and e == 100 and fn == "log":
+        request.applymarker(pytest.mark.xfail(strict=True, reason=(  # a known limit, not mended: it must still fail
+            "ε·c² = 1e-3·2^−200 underflows float32 at the scale c = 2^−100 the derivatives are taken at: "
+            "FᵀF + εI's null-space eigenvalue becomes 0, where log is −∞ (the forward-mode tangent is NaN too)")))
     gen = GEN(3)
     F = torch.randn(*shape, dtype=D, generator=gen).to(dtype).double()     # F·2^e exact in dtype
     if shape[0] < shape[1] and eps == 0 and fn == "log":  # a wide F's FᵀF is singular: log(0) is refused at any scale
