@@ -239,6 +239,30 @@ def test_a_run_stopped_in_a_fresh_checkout_leaves_the_published_report_as_it_was
     pd.testing.assert_frame_equal(_stable(table), _stable(pd.read_parquet(io.BytesIO(published["results.parquet"]))))
 
 
+def test_a_run_stopped_in_the_second_the_published_run_started_is_still_named(tmp_path, monkeypatch):
+    """A stopped run was told from the run that published the table by (started_at, pid, host) alone:
+    two runs of one process started in the same second (started_at keeps whole seconds) looked like
+    one — the finished run, killed before removing its unfinished record — and the report said nothing
+    of the stopped run. The test above failed so at random (~1 in 12 alone, its runs ~0.3-1 s apart)."""
+    monkeypatch.setattr(provenance, "_now", lambda: "2026-12-07T04:39:58+00:00")  # every record in one second
+    study = _study(tmp_path, MINI_GRID)
+    runner.run_study(study, {"d": [4]}, jobs=1, out_root=tmp_path, progress=False, command="stabkit run published")
+    finished = runner._Run.on_done
+
+    def stopped_after_one_cell(self, *args, **kwargs):
+        finished(self, *args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner._Run, "on_done", stopped_after_one_cell)
+    with pytest.raises(KeyboardInterrupt):  # a bigger grid: its d = 5 cells are still to do
+        runner.run_study(study, {"d": [4, 5]}, jobs=1, out_root=tmp_path, progress=False, command="stabkit run stopped")
+    said = []
+    publish.build_report("mini", tmp_path, log=said.append)
+    assert said == ["study 'mini': the report describes the table of the last finished run; a run has not written "
+                    "its table yet (status: interrupted, started 2026-12-07T04:39:58+00:00); its finished cells "
+                    "are kept and `stabkit run stopped` resumes it"]
+
+
 def test_process_pool_and_dask_give_the_local_table(tmp_path):
     distributed = pytest.importorskip("distributed")
     study = _study(tmp_path, MINI_GRID)

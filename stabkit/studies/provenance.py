@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -209,6 +210,8 @@ class RunRecord:
             "started_at": started_at, "jobs": jobs, "scheduler": scheduler,
             "cells_total": cells_total, "cells_reused": cells_reused, "cells_computed": 0, "cells_failed": 0,
             "status": "running", "pid": os.getpid(), "host": socket.gethostname(),
+            # started_at keeps whole seconds and one process may start several runs: this tells them apart
+            "run_id": uuid.uuid4().hex,
         }
         if reused_other_code:
             self.meta["cells_reused_from_other_code"] = reused_other_code

@@ -65,7 +65,8 @@ def _stopped_run(out_dir: Path) -> str:
     if not stopped or not stopped.get("command"):
         return ""
     finished = _read_json(out_dir / "run.json") or {}
-    same_run = all(finished.get(k) == stopped.get(k) for k in ("started_at", "pid", "host"))
+    # run_id: two runs of one process in one second share the rest (records from before it have none)
+    same_run = all(finished.get(k) == stopped.get(k) for k in ("run_id", "started_at", "pid", "host"))
     if same_run and finished.get("status") == "finished":
         return ""  # the finished run itself, killed after writing run.json, before removing its unfinished record
     status = stopped.get("status", "?")
