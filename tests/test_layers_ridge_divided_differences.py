@@ -86,3 +86,28 @@ def test_names_of_h_do_not_reach_the_public_functions():
     assert torch.equal(rdd.values(lam, "log", None), torch.log(lam))
     with_eps = rdd.ridge_spectrum(lam, torch.tensor([EPS], dtype=D))
     assert torch.equal(rdd.values(with_eps, "ridge:log", None), rdd.ridge_values(lam, "log", None, _eps()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("fn, p", FUNCTIONS + [("power", 1.0), ("power", -7.3)], ids=IDS + ["p=1", "p=-7.3"])
+def test_h_where_x_over_eps_is_subnormal_or_underflows_is_g_prime_of_eps(fn, p, dtype):
+    """x/ε below the normal range (x = σ² of a σ ~ 1e-162 next to ε = 1; float32 σ ~ 1e-22): h(x) = g'(ε)(1 +
+    O(|p| x/ε)) is g'(ε) to rounding. The quotient forms had x/ε with few digits or 0: float64 x = 2^−1074, ε = 1e3
+    gave 0/0 = NaN for x^p; float32 x = 2^−149, ε = 1, x^−½ gave −0 for −½ (the end-to-end HVP 16–77 % off)."""
+    tiny = torch.finfo(dtype).tiny
+    x = torch.tensor([0.0, tiny * 2.0 ** -23 if dtype == torch.float32 else tiny * 2.0 ** -52, tiny / 8, tiny], dtype=dtype)
+    for eps in (1.0, 1e3, 4.0):
+        got = rdd.ridge_values(x, fn, p, torch.tensor([eps], dtype=dtype))
+        slope = _mp_derivative(fn, p, eps)              # g'(ε): x/ε ≤ 2^−126 moves h by less than rounding
+        if abs(slope) > torch.finfo(dtype).max:         # float32 x^20.5 at ε = 1e3
+            continue
+        assert torch.isfinite(got).all(), (eps, got)
+        for value in got:
+            assert abs(float(value) - slope) <= 4 * torch.finfo(dtype).eps * abs(slope), (eps, float(value), float(slope))
+
+
+def _mp_derivative(fn, p, at):
+    """g'(at) from its formula (log: 1/x, √: 1/(2√x), x^p: p·x^(p−1)), at 50 digits."""
+    with mp.workdps(50):
+        at = mp.mpf(at)
+        return {"log": 1 / at, "sqrt": 1 / (2 * mp.sqrt(at))}.get(fn) or mp.mpf(p) * at ** (mp.mpf(p) - 1)
