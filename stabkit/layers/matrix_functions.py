@@ -52,7 +52,9 @@ small ε its rounding may leave λ + ε < 0, and that NaN is a result of the o2p
 singular, so that case is refused. Where σ² + ε overflows (float32 σ > 1.8e19) or is subnormal or 0
 (float32 σ < 1.1e-19, ε = 0) the SVD routes take g(σ² + ε) without σ² (:func:`gram_values`); SVD-DK's backward, its derivatives and its forward mode are
 taken at 2^−k F outside an ordinary range of σ (:func:`.svd.range_scale`), or, where g'(μ_min) would overflow or
-μ_min is subnormal (float32 x^−½: σ_min/σ_max ≲ 1e-13), at the 2^−k that centres the σ (:func:`.spread_scale`); x^p whose C
+μ_min is subnormal (float32 x^−½: σ_min/σ_max ≲ 1e-13), at the 2^−k that centres the σ (:func:`.spread_scale`) — on a
+wide F's differentiated path with ε > 0 also where h's third differences at the smallest μ would overflow
+(:func:`.ridge_scale`); x^p whose C
 overflows (p > 0 on the SVD routes, any p on the EIG route), and o2p's EIG route where FᵀF does,
 raise InputError.
 """
@@ -71,7 +73,7 @@ from .dk_ops import EigDK as _EigDK, EigDKJvp as _EigDKJvp, Frechet as _Frechet,
 from .dk_ops import FrechetGram as _FrechetGram, FrechetGramJvp as _FrechetGramJvp
 from .ridge_divided_differences import ridge_function, ridge_spectrum
 from ._gram_values import gram_values
-from ._spread_scale import spread_scale
+from ._spread_scale import ridge_scale, spread_scale
 from ..errors import InputError
 from ..methods import DEFAULT, Spec
 
@@ -154,6 +156,10 @@ class _SvdDK(torch.autograd.Function):
             L = _thin_frechet(V[..., :S.shape[-1]], S, F.shape[-1], gC, ctx.fn, eps, ctx.p)
             return 2 * F @ L * unscale, None, None, None
         if F.shape[-2] < F.shape[-1]:
+            if ctx.eps:  # h's third differences at c²ε (:func:`.ridge_scale`)
+                F, S = ctx.saved_tensors[:2]
+                c, unscale = _at_scale(S, ctx.fn, ctx.eps, ctx.p, ridge=True)
+                F, eps = F * c[..., None], ctx.eps * c * c
             return _row_gram_backward(F, gC, ctx.fn, ctx.p, eps if ctx.eps else None) * unscale, None, None, None
         twice = 2 * F  # made before the handle FᵀF: a double backward adds its 3 terms of ∂/∂F in the same order
         mu = _pad(S * S, F.shape[-1]) + eps  # as before the scaling (bitwise the same result at c = 1)
@@ -161,7 +167,7 @@ class _SvdDK(torch.autograd.Function):
         return twice @ L * unscale, None, None, None
 
 
-def _at_scale(S, fn, eps, p):
+def _at_scale(S, fn, eps, p, ridge=False):
     """(c, c^(1−2q)) for :func:`.svd.range_scale`'s c (1 at ordinary scales; moved by :func:`.spread_scale` where
     the smallest μ's g'(μ) overflows), g of degree q (log 0, √ ½, x^p p):
     the divided differences at c²μ are c^(2q−2) times those at μ, so the backward and the tangent, of degree
@@ -169,6 +175,7 @@ def _at_scale(S, fn, eps, p):
     neither overflow nor underflow (float32 σ ~ 1e12 made a second derivative 1e17× off, ~1e20 NaN)."""
     q = 0.0 if fn == "log" else (0.5 if fn == "sqrt" else p)
     c = spread_scale(S, eps, fn, p, _svd.range_scale(S, eps, q))
+    c = ridge_scale(S, eps, q, c) if ridge else c
     return c, (c ** (1 - 2 * q))[..., None]
 
 
