@@ -61,6 +61,8 @@ raise InputError.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from . import svd as _svd
@@ -156,7 +158,7 @@ class _SvdDK(torch.autograd.Function):
             L = _thin_frechet(V[..., :S.shape[-1]], S, F.shape[-1], gC, ctx.fn, eps, ctx.p)
             return 2 * F @ L * unscale, None, None, None
         if F.shape[-2] < F.shape[-1]:
-            if ctx.eps:  # h's third differences at c²ε (:func:`.ridge_scale`)
+            if ctx.eps:  # σ_max nearer 1, and h's third differences at c²ε finite (_at_scale's ridge)
                 F, S = ctx.saved_tensors[:2]
                 c, unscale = _at_scale(S, ctx.fn, ctx.eps, ctx.p, ridge=True)
                 F, eps = F * c[..., None], ctx.eps * c * c
@@ -172,11 +174,29 @@ def _at_scale(S, fn, eps, p, ridge=False):
     the smallest μ's g'(μ) overflows), g of degree q (log 0, √ ½, x^p p):
     the divided differences at c²μ are c^(2q−2) times those at μ, so the backward and the tangent, of degree
     2q − 1 in F, are c^(1−2q) times their values at cF, c²ε — where σ², FᵀF and the second divided differences
-    neither overflow nor underflow (float32 σ ~ 1e12 made a second derivative 1e17× off, ~1e20 NaN)."""
+    neither overflow nor underflow (float32 σ ~ 1e12 made a second derivative 1e17× off, ~1e20 NaN). ``ridge``: the
+    wide F's differentiated path with ε > 0, :func:`_centred_range_scale` then :func:`.ridge_scale`."""
     q = 0.0 if fn == "log" else (0.5 if fn == "sqrt" else p)
-    c = spread_scale(S, eps, fn, p, _svd.range_scale(S, eps, q))
+    c = _svd.range_scale(S, eps, q)
+    c = _centred_range_scale(S, eps, q, c) if ridge else c
+    c = spread_scale(S, eps, fn, p, c)
     c = ridge_scale(S, eps, q, c) if ridge else c
     return c, (c ** (1 - 2 * q))[..., None]
+
+
+def _centred_range_scale(S, eps, q, c):
+    """range_scale's c (shape (..., 1)) where it is 1, else 2^k with k moving s = max(σ_max, √ε) towards 1 as far as
+    c^(1−2q) and c^(2−2q) (the gradient's and the HVP's unscaling) stay 2¹⁶ inside the normal range, never less than
+    range_scale's own shift. For the wide F's differentiated ridge path: the double backward's cotangent arrives times
+    c^(1−2q) and meets σ-, σ²-, σ⁴-sized factors of cF, so at range_scale's least shift (s at 2^−175 for x^1.9 in
+    float64) their partial products underflowed: F = [diag(1e-94, 3e-94, 0) 0], ε = 1e-200, HVP 4.6e-3 off."""
+    top = int(math.log2(torch.finfo(S.dtype).max)) - 24
+    bound = int(top / max(abs(1 - 2 * q), abs(2 - 2 * q), 1))
+    _, e = torch.frexp(S.detach().amax(-1, keepdim=True).clamp_min(math.sqrt(eps)))
+    _, k_range = torch.frexp(c)
+    k = (-e).clamp(-bound, bound)
+    k = torch.where(k.abs() >= (k_range - 1).abs(), k, k_range - 1)
+    return torch.where(c == 1, c, torch.exp2(k.to(S.dtype)))
 
 
 def _row_gram_backward(F, G, fn, p, ridge=None):
