@@ -152,16 +152,14 @@ class _SvdDK(torch.autograd.Function):
         :func:`_row_gram_backward` instead (F times the null space's g'(ε) rounds to u·|F|·g'(ε), not 0; infinite
         at ε = 0 for √, x^p, p < 1)."""
         F, S, V = ctx.saved_tensors
-        c, unscale = _at_scale(S, ctx.fn, ctx.eps, ctx.p)
+        differentiated, wide = differentiating_backward(F), F.shape[-2] < F.shape[-1]
+        # ridge: σ_max nearer 1, and h's third differences at c²ε finite (:func:`_at_scale`)
+        c, unscale = _at_scale(S, ctx.fn, ctx.eps, ctx.p, ridge=bool(differentiated and wide and ctx.eps))
         F, S, eps = F * c[..., None], S * c, ctx.eps * c * c
-        if not differentiating_backward(F):
+        if not differentiated:
             L = _thin_frechet(V[..., :S.shape[-1]], S, F.shape[-1], gC, ctx.fn, eps, ctx.p)
             return 2 * F @ L * unscale, None, None, None
-        if F.shape[-2] < F.shape[-1]:
-            if ctx.eps:  # σ_max nearer 1, and h's third differences at c²ε finite (_at_scale's ridge)
-                F, S = ctx.saved_tensors[:2]
-                c, unscale = _at_scale(S, ctx.fn, ctx.eps, ctx.p, ridge=True)
-                F, eps = F * c[..., None], ctx.eps * c * c
+        if wide:
             return _row_gram_backward(F, gC, ctx.fn, ctx.p, eps if ctx.eps else None) * unscale, None, None, None
         twice = 2 * F  # made before the handle FᵀF: a double backward adds its 3 terms of ∂/∂F in the same order
         mu = _pad(S * S, F.shape[-1]) + eps  # as before the scaling (bitwise the same result at c = 1)
