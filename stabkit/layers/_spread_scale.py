@@ -38,3 +38,23 @@ def spread_scale(S: torch.Tensor, eps: float, fn: str, p: float | None, c: torch
     _, e_high = torch.frexp(S.amax(-1, keepdim=True).clamp_min(root))
     centred = torch.exp2(-torch.div(e_high + e_low, 2, rounding_mode="floor").to(S.dtype))
     return torch.where(over, centred, c)
+
+
+def ridge_scale(S: torch.Tensor, eps: float, q: float, c: torch.Tensor) -> torch.Tensor:
+    """c, or, for the differentiated backward of a wide F with ε > 0 — which forms h's divided differences up to
+    g[μ_a, μ_c, μ_b, c²ε], about g'''(c²μ)/6 ~ (c²μ)^(q−3) where μ_a, μ_c, μ_b lie near ε — where that power at the
+    smallest μ = σ_min² + ε is within 2¹⁰ of overflowing, 2^−⌊(e_max + e_min)/2⌋ with e_max, e_min the binary
+    exponents of max(σ_max, √ε) and max(σ_min, √ε): the smallest and largest c²μ then lie symmetrically about 1.
+    At range_scale's c alone (σ_max placed), float32 x^−2 with ε = 1e-3, σ_max = 9.5e4 and a σ = 0 had c²ε = 1.5e-8,
+    (c²ε)^−5 = inf, and inf·0 made the HVP NaN (float64 log, ε = 1e-200: the gradient). g of degree q ≥ 3: g'''
+    is bounded at 0."""
+    if S.shape[-1] == 0 or q >= 3 or eps == 0:
+        return c
+    S, root = S.detach(), math.sqrt(eps)
+    low = S.amin(-1, keepdim=True).clamp_min(root)
+    scaled = low * c
+    probe = (scaled * scaled + eps * c * c) ** (q - 3) * 1024
+    _, e_low = torch.frexp(low)
+    _, e_high = torch.frexp(S.amax(-1, keepdim=True).clamp_min(root))
+    centred = torch.exp2(-torch.div(e_high + e_low, 2, rounding_mode="floor").to(S.dtype))
+    return torch.where(probe.isinf(), centred, c)

@@ -52,12 +52,16 @@ small ε its rounding may leave λ + ε < 0, and that NaN is a result of the o2p
 singular, so that case is refused. Where σ² + ε overflows (float32 σ > 1.8e19) or is subnormal or 0
 (float32 σ < 1.1e-19, ε = 0) the SVD routes take g(σ² + ε) without σ² (:func:`gram_values`); SVD-DK's backward, its derivatives and its forward mode are
 taken at 2^−k F outside an ordinary range of σ (:func:`.svd.range_scale`), or, where g'(μ_min) would overflow or
-μ_min is subnormal (float32 x^−½: σ_min/σ_max ≲ 1e-13), at the 2^−k that centres the σ (:func:`.spread_scale`); x^p whose C
+μ_min is subnormal (float32 x^−½: σ_min/σ_max ≲ 1e-13), at the 2^−k that centres the σ (:func:`.spread_scale`) — on a
+wide F's differentiated path with ε > 0 also where h's third differences at the smallest μ would overflow
+(:func:`.ridge_scale`); x^p whose C
 overflows (p > 0 on the SVD routes, any p on the EIG route), and o2p's EIG route where FᵀF does,
 raise InputError.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -71,7 +75,7 @@ from .dk_ops import EigDK as _EigDK, EigDKJvp as _EigDKJvp, Frechet as _Frechet,
 from .dk_ops import FrechetGram as _FrechetGram, FrechetGramJvp as _FrechetGramJvp
 from .ridge_divided_differences import ridge_function, ridge_spectrum
 from ._gram_values import gram_values
-from ._spread_scale import spread_scale
+from ._spread_scale import ridge_scale, spread_scale
 from ..errors import InputError
 from ..methods import DEFAULT, Spec
 
@@ -148,12 +152,14 @@ class _SvdDK(torch.autograd.Function):
         :func:`_row_gram_backward` instead (F times the null space's g'(ε) rounds to u·|F|·g'(ε), not 0; infinite
         at ε = 0 for √, x^p, p < 1)."""
         F, S, V = ctx.saved_tensors
-        c, unscale = _at_scale(S, ctx.fn, ctx.eps, ctx.p)
+        differentiated, wide = differentiating_backward(F), F.shape[-2] < F.shape[-1]
+        # ridge: σ_max nearer 1, and h's third differences at c²ε finite (:func:`_at_scale`)
+        c, unscale = _at_scale(S, ctx.fn, ctx.eps, ctx.p, ridge=bool(differentiated and wide and ctx.eps))
         F, S, eps = F * c[..., None], S * c, ctx.eps * c * c
-        if not differentiating_backward(F):
+        if not differentiated:
             L = _thin_frechet(V[..., :S.shape[-1]], S, F.shape[-1], gC, ctx.fn, eps, ctx.p)
             return 2 * F @ L * unscale, None, None, None
-        if F.shape[-2] < F.shape[-1]:
+        if wide:
             return _row_gram_backward(F, gC, ctx.fn, ctx.p, eps if ctx.eps else None) * unscale, None, None, None
         twice = 2 * F  # made before the handle FᵀF: a double backward adds its 3 terms of ∂/∂F in the same order
         mu = _pad(S * S, F.shape[-1]) + eps  # as before the scaling (bitwise the same result at c = 1)
@@ -161,15 +167,34 @@ class _SvdDK(torch.autograd.Function):
         return twice @ L * unscale, None, None, None
 
 
-def _at_scale(S, fn, eps, p):
+def _at_scale(S, fn, eps, p, ridge=False):
     """(c, c^(1−2q)) for :func:`.svd.range_scale`'s c (1 at ordinary scales; moved by :func:`.spread_scale` where
     the smallest μ's g'(μ) overflows), g of degree q (log 0, √ ½, x^p p):
     the divided differences at c²μ are c^(2q−2) times those at μ, so the backward and the tangent, of degree
     2q − 1 in F, are c^(1−2q) times their values at cF, c²ε — where σ², FᵀF and the second divided differences
-    neither overflow nor underflow (float32 σ ~ 1e12 made a second derivative 1e17× off, ~1e20 NaN)."""
+    neither overflow nor underflow (float32 σ ~ 1e12 made a second derivative 1e17× off, ~1e20 NaN). ``ridge``: the
+    wide F's differentiated path with ε > 0, :func:`_centred_range_scale` then :func:`.ridge_scale`."""
     q = 0.0 if fn == "log" else (0.5 if fn == "sqrt" else p)
-    c = spread_scale(S, eps, fn, p, _svd.range_scale(S, eps, q))
+    c = _svd.range_scale(S, eps, q)
+    c = _centred_range_scale(S, eps, q, c) if ridge else c
+    c = spread_scale(S, eps, fn, p, c)
+    c = ridge_scale(S, eps, q, c) if ridge else c
     return c, (c ** (1 - 2 * q))[..., None]
+
+
+def _centred_range_scale(S, eps, q, c):
+    """range_scale's c (shape (..., 1)) where it is 1, else 2^k with k moving s = max(σ_max, √ε) towards 1 as far as
+    c^(1−2q) and c^(2−2q) (the gradient's and the HVP's unscaling) stay 2¹⁶ inside the normal range, never less than
+    range_scale's own shift. For the wide F's differentiated ridge path: the double backward's cotangent arrives times
+    c^(1−2q) and meets σ-, σ²-, σ⁴-sized factors of cF, so at range_scale's least shift (s at 2^−175 for x^1.9 in
+    float64) their partial products underflowed: F = [diag(1e-94, 3e-94, 0) 0], ε = 1e-200, HVP 4.6e-3 off."""
+    top = int(math.log2(torch.finfo(S.dtype).max)) - 24
+    bound = int(top / max(abs(1 - 2 * q), abs(2 - 2 * q), 1))
+    _, e = torch.frexp(S.detach().amax(-1, keepdim=True).clamp_min(math.sqrt(eps)))
+    _, k_range = torch.frexp(c)
+    k = (-e).clamp(-bound, bound)
+    k = torch.where(k.abs() >= (k_range - 1).abs(), k, k_range - 1)
+    return torch.where(c == 1, c, torch.exp2(k.to(S.dtype)))
 
 
 def _row_gram_backward(F, G, fn, p, ridge=None):

@@ -72,8 +72,12 @@ def _near(x, eps, fn, p):
 
 
 def ridge_values(x, fn, p, eps):
-    """h(x) = g[x + ε, ε] (ε broadcast to x), the gap x exact (g'(ε) at x = 0)."""
-    return pair_divided_differences(x + eps, eps.expand_as(x), x, fn, _exponent(p))
+    """h(x) = g[x + ε, ε] (ε broadcast to x), the gap x exact; g'(ε) at x = 0 and wherever x/ε ≤ u², where
+    h(x) = g'(ε)(1 + O(|p|·x/ε)) rounds to it — the quotient forms there divide by an x/ε that may be subnormal
+    or 0 (float64 x = 2⁻¹⁰⁷⁴ next to ε = 1: log gave 0, x^p 0/0 = NaN, the layer's HVP 47–77 % off)."""
+    eps = eps.expand_as(x)
+    x = torch.where(x / eps <= torch.finfo(x.dtype).eps ** 2, torch.zeros_like(x), x)
+    return pair_divided_differences(x + eps, eps, x, fn, _exponent(p))
 
 
 def ridge_divided_differences(x, fn, p, eps):
