@@ -9,6 +9,7 @@ import json
 import math
 import os
 import platform
+import re
 import shlex
 import socket
 import subprocess
@@ -111,7 +112,7 @@ def _ram_gib() -> float:
 def machine_info() -> dict:
     """Platform, CPU model, cores, RAM, GPUs, the versions of python, numpy and torch, and the kernels
     the linear algebra runs: the BLAS libraries loaded (numpy's, scipy's) with the CPU kernels they
-    picked, and torch's CPU capability.
+    picked, torch's CPU capability and torch's own LAPACK (:func:`_torch_lapack`).
     The kernels set the last bits of float64 results (e.g. OpenBLAS's SkylakeX kernels on a CPU with
     AVX-512, Haswell ones without), so two machines of one CPU name can round a study differently."""
     import numpy
@@ -129,8 +130,27 @@ def machine_info() -> dict:
     return {
         "platform": platform.platform(), "cpu": _cpu_model(), "cores": os.cpu_count(), "ram_gib": _ram_gib(),
         "python": platform.python_version(), "numpy": numpy.__version__, "torch": torch_version, "gpu": _gpu_names(),
-        "blas": _blas(), "torch_cpu": torch_cpu,
+        "blas": _blas(), "torch_cpu": torch_cpu, "torch_lapack": _torch_lapack(torch),
     }
+
+
+def _torch_lapack(torch) -> str:
+    """The LAPACK torch was built with (its LAPACK_INFO: "mkl", "open", …), with MKL's version where it is
+    MKL — torch's eigh runs it, not numpy's BLAS, and MKL picks its code path by CPU: the quickstart's
+    `torch` rows differ between an AMD EPYC and an Intel Xeon whose other kernels read the same."""
+    try:
+        text = torch.__config__.show() if torch is not None else ""
+    except Exception:  # noqa: BLE001 — provenance is best effort
+        return "unknown"
+    found = re.search(r"LAPACK_INFO=([^,\s]+)", text)
+    version = re.search(r"Math Kernel Library Version (\d[\d.]*)", text)
+    name = found.group(1) if found else "unknown"
+    return f"{name} {version.group(1)}" if name == "mkl" and version else name
+
+
+def _torch_kernels(m: dict) -> str:
+    """torch's CPU capability, and its LAPACK where recorded (cells and runs written before it have none)."""
+    return m.get("torch_cpu", "?") + (f", LAPACK {m['torch_lapack']}" if "torch_lapack" in m else "")
 
 
 def machine_summary(machine: dict) -> str:
@@ -138,7 +158,7 @@ def machine_summary(machine: dict) -> str:
     kernels, GPU (stored with every cell, so that cells resumed on other machines stay told apart)."""
     m = machine if isinstance(machine, dict) else {}
     return (f"{m.get('cpu', '?')}; numpy {m.get('numpy', '?')}, torch {m.get('torch', '?')}; BLAS {m.get('blas', '?')}; "
-            f"torch CPU {m.get('torch_cpu', '?')}; GPU {m.get('gpu', '?')}")
+            f"torch CPU {_torch_kernels(m)}; GPU {m.get('gpu', '?')}")
 
 
 def cells_origin(records) -> list[dict]:
@@ -302,7 +322,7 @@ def header(name: str, meta: dict, report_commit: str | None = None, report_sourc
         *_report_text_row(name, meta, report_commit, report_sources),
         f"| machine | {m.get('cpu', '?')}, {m.get('cores', '?')} cores, {m.get('ram_gib', '?')} GiB RAM; {m.get('platform', '?')} |",
         f"| versions | python {m.get('python', '?')}, numpy {m.get('numpy', '?')}, torch {m.get('torch', '?')} |",
-        *([f"| linear algebra kernels | BLAS {m['blas']}; torch CPU {m.get('torch_cpu', '?')} |"] if "blas" in m else []),
+        *([f"| linear algebra kernels | BLAS {m['blas']}; torch CPU {_torch_kernels(m)} |"] if "blas" in m else []),
         f"| GPU | {m.get('gpu', 'not recorded')} |",
         f"| execution | {_execution(meta)} |",
         f"| wall time | {_wall_time(meta)} |",
