@@ -34,10 +34,7 @@ def spread_scale(S: torch.Tensor, eps: float, fn: str, p: float | None, c: torch
     mu = scaled * scaled + eps * c * c                  # as the backward forms μ at cF, c²ε
     slope = pair_divided_differences(mu, mu, torch.zeros_like(mu), fn, p)
     over = (slope.isinf() | (mu < torch.finfo(mu.dtype).tiny)) & (low > 0)
-    _, e_low = torch.frexp(low)
-    _, e_high = torch.frexp(S.amax(-1, keepdim=True).clamp_min(root))
-    centred = torch.exp2(-torch.div(e_high + e_low, 2, rounding_mode="floor").to(S.dtype))
-    return torch.where(over, centred, c)
+    return torch.where(over, _centred(S, low, root), c)
 
 
 def ridge_scale(S: torch.Tensor, eps: float, q: float, c: torch.Tensor) -> torch.Tensor:
@@ -54,7 +51,12 @@ def ridge_scale(S: torch.Tensor, eps: float, q: float, c: torch.Tensor) -> torch
     low = S.amin(-1, keepdim=True).clamp_min(root)
     scaled = low * c
     probe = (scaled * scaled + eps * c * c) ** (q - 3) * 1024
+    return torch.where(probe.isinf(), _centred(S, low, root), c)
+
+
+def _centred(S: torch.Tensor, low: torch.Tensor, root: float) -> torch.Tensor:
+    """2^−⌊(e_max + e_min)/2⌋, e_max and e_min the binary exponents of max(σ_max, √ε) and ``low``: the scale that
+    puts the largest and smallest σ symmetrically about 1 in exponent."""
     _, e_low = torch.frexp(low)
     _, e_high = torch.frexp(S.amax(-1, keepdim=True).clamp_min(root))
-    centred = torch.exp2(-torch.div(e_high + e_low, 2, rounding_mode="floor").to(S.dtype))
-    return torch.where(probe.isinf(), centred, c)
+    return torch.exp2(-torch.div(e_high + e_low, 2, rounding_mode="floor").to(S.dtype))
