@@ -57,38 +57,39 @@ class Frechet(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         A, G, lam, U, ctx.fn, ctx.p = inputs
+        ctx.in_basis, ctx.inputs = False, len(inputs)
         ctx.save_for_backward(A, G, lam, U)
         ctx.save_for_forward(A, G, lam, U)
 
     @staticmethod
     def backward(ctx, W):
-        A, G, lam, U = ctx.saved_tensors
-        gA = _second(A, G, W, lam, U, ctx.fn, ctx.p) if ctx.needs_input_grad[0] else None
+        A, X, lam, U = ctx.saved_tensors  # X: G, or Gt = Uᵀ G U where ctx.in_basis (FrechetGram)
+        gA = _second(A, X, W, lam, U, ctx.fn, ctx.p, ctx.in_basis) if ctx.needs_input_grad[0] else None
         gG = compile_safe(Frechet, FrechetJvp).apply(A, W, lam, U, ctx.fn, ctx.p) if ctx.needs_input_grad[1] else None
-        return gA, gG, None, None, None, None
+        return (gA, gG) + (None,) * (ctx.inputs - 2)
+
+
+def _jvp(ctx, dA, dG, *_):
+    """Forward mode of :class:`Frechet` and :class:`FrechetGram`: L₂(G, dA) + L_A(dG)."""
+    A, X, lam, U = ctx.saved_tensors
+    out = torch.zeros_like(X) if dA is None else _second(A, X, dA, lam, U, ctx.fn, ctx.p, ctx.in_basis)
+    return out if dG is None else out + FrechetJvp.apply(A, dG, lam, U, ctx.fn, ctx.p)
 
 
 class FrechetJvp(Frechet):
     """Frechet with forward mode (torch.func.hessian's forward-over-reverse)."""
 
-    @staticmethod
-    def jvp(ctx, dA, dG, _lam, _U, _fn, _p):
-        A, G, lam, U = ctx.saved_tensors
-        out = torch.zeros_like(G) if dA is None else _second(A, G, dA, lam, U, ctx.fn, ctx.p)
-        return out if dG is None else out + FrechetJvp.apply(A, dG, lam, U, ctx.fn, ctx.p)
+    jvp = staticmethod(_jvp)
 
 
-def _second(A, G, W, lam, U, fn, p):
-    """L₂(G, W) at A = U diag(λ) Uᵀ as an op that takes A, so that differentiating it (a third
-    derivative of the layer, reverse or forward mode) reaches it and raises instead of treating the
-    saved λ, U as constants."""
-    return undifferentiable(lambda A, G, W, lam, U: second_frechet(U, lam, G, W, fn, p), NO_THIRD, A, G, W, lam, U)
-
-
-def _second_at(A, Gt, W, lam, U, fn, p):
-    """:func:`_second` with G given in the eigenbasis, Gt = Uᵀ G U."""
-    return undifferentiable(lambda A, Gt, W, lam, U: second_frechet(U, lam, None, W, fn, p, Xt=Gt), NO_THIRD,
-                            A, Gt, W, lam, U)
+def _second(A, X, W, lam, U, fn, p, in_basis):
+    """L₂(G, W) at A = U diag(λ) Uᵀ, X = G (or, ``in_basis``, X = Uᵀ G U), as an op that takes A, so that
+    differentiating it (a third derivative of the layer, reverse or forward mode) reaches it and raises instead
+    of treating the saved λ, U as constants."""
+    if in_basis:
+        return undifferentiable(lambda A, X, W, lam, U: second_frechet(U, lam, None, W, fn, p, Xt=X), NO_THIRD,
+                                A, X, W, lam, U)
+    return undifferentiable(lambda A, X, W, lam, U: second_frechet(U, lam, X, W, fn, p), NO_THIRD, A, X, W, lam, U)
 
 
 class EigDKJvp(EigDK):
@@ -101,13 +102,12 @@ class EigDKJvp(EigDK):
         return EigDK._frechet(ctx, dA)
 
 
-class FrechetGram(torch.autograd.Function):
+class FrechetGram(Frechet):
     """L_A(G) as :class:`Frechet`, with G's value given in A's eigenbasis, Gt = Uᵀ G U (G is not read; it
     carries the derivatives): for G = F S Fᵀ at A = FFᵀ = U Σ² Uᵀ, Gt = Σ V₁ᵀ S V₁ Σ from F's SVD keeps
     the entries of small σ that Uᵀ G U would round to u·σ_max²·|S| — which L_A and its derivative then
-    multiply by h's largest divided differences (:func:`.matrix_functions._row_gram_backward`)."""
-
-    generate_vmap_rule = True
+    multiply by h's largest divided differences (:func:`.matrix_functions._row_gram_backward`). Its
+    derivatives are Frechet's, L₂ read with Gt."""
 
     @staticmethod
     def forward(A, G, Gt, lam, U, fn, p):
@@ -116,22 +116,12 @@ class FrechetGram(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         A, _G, Gt, lam, U, ctx.fn, ctx.p = inputs
+        ctx.in_basis, ctx.inputs = True, len(inputs)
         ctx.save_for_backward(A, Gt, lam, U)
         ctx.save_for_forward(A, Gt, lam, U)
-
-    @staticmethod
-    def backward(ctx, W):
-        A, Gt, lam, U = ctx.saved_tensors
-        gA = _second_at(A, Gt, W, lam, U, ctx.fn, ctx.p) if ctx.needs_input_grad[0] else None
-        gG = compile_safe(Frechet, FrechetJvp).apply(A, W, lam, U, ctx.fn, ctx.p) if ctx.needs_input_grad[1] else None
-        return gA, gG, None, None, None, None, None
 
 
 class FrechetGramJvp(FrechetGram):
     """FrechetGram with forward mode; plain FrechetGram under torch.compile."""
 
-    @staticmethod
-    def jvp(ctx, dA, dG, _Gt, _lam, _U, _fn, _p):
-        A, Gt, lam, U = ctx.saved_tensors
-        out = torch.zeros_like(Gt) if dA is None else _second_at(A, Gt, dA, lam, U, ctx.fn, ctx.p)
-        return out if dG is None else out + FrechetJvp.apply(A, dG, lam, U, ctx.fn, ctx.p)
+    jvp = staticmethod(_jvp)
