@@ -8,6 +8,8 @@ x^−½, ε = 0 has D_33 = ½·1e42 = inf but ∂⟨G, C⟩/∂F_33 = −1e28·G
 :func:`.svd.range_scale` places only the largest σ; this moves the scale c (a power of two, so F·c and
 the final c^(1−2q) are exact) until the largest and smallest σ lie symmetrically about 1 in exponent,
 where D spans 2^(±2(1−q)h) (h half their spread in binary exponent) instead of 1 … 2^(4(1−q)h).
+The differentiated backward of a wide F with ε > 0 takes two more scales here: :func:`centred_range_scale`
+and :func:`ridge_scale`.
 """
 
 from __future__ import annotations
@@ -52,6 +54,21 @@ def ridge_scale(S: torch.Tensor, eps: float, q: float, c: torch.Tensor) -> torch
     scaled = low * c
     probe = (scaled * scaled + eps * c * c) ** (q - 3) * 1024
     return torch.where(probe.isinf(), _centred(S, low, root), c)
+
+
+def centred_range_scale(S, eps, q, c):
+    """range_scale's c (shape (..., 1)) where it is 1, else 2^k with k moving s = max(σ_max, √ε) towards 1 as far as
+    c^(1−2q) and c^(2−2q) (the gradient's and the HVP's unscaling) stay 2¹⁶ inside the normal range, never less than
+    range_scale's own shift. For the wide F's differentiated ridge path: the double backward's cotangent arrives times
+    c^(1−2q) and meets σ-, σ²-, σ⁴-sized factors of cF, so at range_scale's least shift (s at 2^−175 for x^1.9 in
+    float64) their partial products underflowed: F = [diag(1e-94, 3e-94, 0) 0], ε = 1e-200, HVP 4.6e-3 off."""
+    top = int(math.log2(torch.finfo(S.dtype).max)) - 24
+    bound = int(top / max(abs(1 - 2 * q), abs(2 - 2 * q), 1))
+    _, e = torch.frexp(S.detach().amax(-1, keepdim=True).clamp_min(math.sqrt(eps)))
+    _, k_range = torch.frexp(c)
+    k = (-e).clamp(-bound, bound)
+    k = torch.where(k.abs() >= (k_range - 1).abs(), k, k_range - 1)
+    return torch.where(c == 1, c, torch.exp2(k.to(S.dtype)))
 
 
 def _centred(S: torch.Tensor, low: torch.Tensor, root: float) -> torch.Tensor:

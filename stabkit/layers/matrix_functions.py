@@ -61,8 +61,6 @@ raise InputError.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from . import svd as _svd
@@ -75,7 +73,7 @@ from .dk_ops import EigDK as _EigDK, EigDKJvp as _EigDKJvp, Frechet as _Frechet,
 from .dk_ops import FrechetGram as _FrechetGram, FrechetGramJvp as _FrechetGramJvp
 from .ridge_divided_differences import ridge_function, ridge_spectrum
 from ._gram_values import gram_values
-from ._spread_scale import ridge_scale, spread_scale
+from ._spread_scale import centred_range_scale, ridge_scale, spread_scale
 from ..errors import InputError
 from ..methods import DEFAULT, Spec
 
@@ -173,28 +171,13 @@ def _at_scale(S, fn, eps, p, ridge=False):
     the divided differences at c²μ are c^(2q−2) times those at μ, so the backward and the tangent, of degree
     2q − 1 in F, are c^(1−2q) times their values at cF, c²ε — where σ², FᵀF and the second divided differences
     neither overflow nor underflow (float32 σ ~ 1e12 made a second derivative 1e17× off, ~1e20 NaN). ``ridge``: the
-    wide F's differentiated path with ε > 0, :func:`_centred_range_scale` then :func:`.ridge_scale`."""
+    wide F's differentiated path with ε > 0, :func:`.centred_range_scale` then :func:`.ridge_scale`."""
     q = 0.0 if fn == "log" else (0.5 if fn == "sqrt" else p)
     c = _svd.range_scale(S, eps, q)
-    c = _centred_range_scale(S, eps, q, c) if ridge else c
+    c = centred_range_scale(S, eps, q, c) if ridge else c
     c = spread_scale(S, eps, fn, p, c)
     c = ridge_scale(S, eps, q, c) if ridge else c
     return c, (c ** (1 - 2 * q))[..., None]
-
-
-def _centred_range_scale(S, eps, q, c):
-    """range_scale's c (shape (..., 1)) where it is 1, else 2^k with k moving s = max(σ_max, √ε) towards 1 as far as
-    c^(1−2q) and c^(2−2q) (the gradient's and the HVP's unscaling) stay 2¹⁶ inside the normal range, never less than
-    range_scale's own shift. For the wide F's differentiated ridge path: the double backward's cotangent arrives times
-    c^(1−2q) and meets σ-, σ²-, σ⁴-sized factors of cF, so at range_scale's least shift (s at 2^−175 for x^1.9 in
-    float64) their partial products underflowed: F = [diag(1e-94, 3e-94, 0) 0], ε = 1e-200, HVP 4.6e-3 off."""
-    top = int(math.log2(torch.finfo(S.dtype).max)) - 24
-    bound = int(top / max(abs(1 - 2 * q), abs(2 - 2 * q), 1))
-    _, e = torch.frexp(S.detach().amax(-1, keepdim=True).clamp_min(math.sqrt(eps)))
-    _, k_range = torch.frexp(c)
-    k = (-e).clamp(-bound, bound)
-    k = torch.where(k.abs() >= (k_range - 1).abs(), k, k_range - 1)
-    return torch.where(c == 1, c, torch.exp2(k.to(S.dtype)))
 
 
 def _row_gram_backward(F, G, fn, p, ridge=None):
