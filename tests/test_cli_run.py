@@ -4,6 +4,7 @@ empty run says what is left, and a damaged study does not break the others."""
 from __future__ import annotations
 
 import io
+import os
 import shutil
 from pathlib import Path
 
@@ -73,6 +74,13 @@ def test_an_out_path_that_is_a_file_is_one_line(tmp_path):
     afile = tmp_path / "afile"
     afile.write_text("")
     _one_error_line(_invoke("run", TINY, "--out", afile), str(afile), "not a directory")
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc, where no folder can be made")
+def test_an_out_path_where_no_folder_can_be_made_is_named(tmp_path):
+    """mkdir under /proc fails with ENOENT (not a storage errno): still one line naming the folder."""
+    _one_error_line(_invoke("run", TINY, "--out", "/proc/stabkit-no-such-folder"), "/proc/stabkit-no-such-folder/tiny",
+                    "cannot create", "--out")
 
 
 @pytest.mark.parametrize("make, words", [

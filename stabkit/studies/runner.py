@@ -83,6 +83,16 @@ def _check_directories(path: Path) -> None:
             raise StorageError(f"{part} is not a directory: the study's results cannot be written under it")
 
 
+def _make_directories(path: Path) -> None:
+    """``path`` and its parents; a StorageError naming ``path`` where the file system has no place
+    for a folder (ENOENT: under /proc, a vanished mount), which is not one of the storage errnos."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileNotFoundError as exc:
+        raise StorageError(f"cannot create {path}: {exc.strerror or exc}; choose another reports folder (--out, "
+                           "out_root)") from None
+
+
 # ----------------------------------------------------------------------------- a run
 
 
@@ -135,7 +145,7 @@ def run_study(path_or_config, overrides: dict | None = None, jobs: int | None = 
     try:
         with storage_errors(kept):
             try:
-                run.cells_dir.mkdir(parents=True, exist_ok=True)
+                _make_directories(run.cells_dir)
                 lock.acquire()
                 todo = run.prepare(stale, log, max_cells)
             except BaseException:
