@@ -345,3 +345,23 @@ def test_pi_baseline_draws_fresh_start_vectors_every_forward():
     assert layer.forward_calls == 2 and (y1 - y2).abs().max() > 1e-6
     fixed = ZCAWhitening(8, d=4, method="pi-forward", dtype="float64").double()  # stabkit: one seeded start
     assert torch.equal(fixed(x), fixed(x))
+
+
+def test_a_reloaded_pi_baseline_continues_its_start_vectors():
+    """The forward count that seeds the fresh start vectors travels in the state_dict: a layer loaded
+    from it draws the starts the saved layer would have drawn next (a resumed run is the same run),
+    and the count alone tells them apart (a fresh layer repeats the first forward's)."""
+    x = spectrum_input([[1.0, 0.95, 0.9, 0.85], [1.0, 0.95, 0.9, 0.85]])
+
+    def layer():
+        torch.manual_seed(0)  # the paper's γ ~ U[0, 1): the same in every layer made here
+        return ZCAWhitening(8, d=4, config=PRESETS["paper"].layer(methods.spec("pi-forward")), dtype="float64").double()
+
+    saved = layer()
+    first = saved(x)
+    saved(x)
+    loaded = layer()
+    loaded.load_state_dict(saved.state_dict())
+    assert loaded.forward_calls == 2
+    assert torch.equal(loaded(x), saved(x))
+    assert not torch.equal(layer()(x), loaded(x)) and torch.equal(layer()(x), first)

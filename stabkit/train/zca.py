@@ -183,6 +183,14 @@ class ZCAWhitening(nn.Module):
         self.register_buffer("running_mean", torch.zeros(self.groups, d, 1))
         self.register_buffer("running_whitening", torch.eye(d).expand(self.groups, d, d).clone())
 
+    def get_extra_state(self) -> dict:
+        """The forward count travels in the state_dict: it seeds the fresh start vectors (``fresh_starts``),
+        so a layer loaded from a checkpoint draws the starts the saved one would have drawn next."""
+        return {"forward_calls": self.forward_calls}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.forward_calls = int(state["forward_calls"])
+
     def extra_repr(self):
         c = self.config
         extra = "" if (c.solver, c.truncation, c.covariance) == ("eigh", "none", "grouped") else \
