@@ -45,7 +45,8 @@ def train_command(
     fast: bool = typer.Option(False, "--fast/--no-fast", help="Fast path: bf16 autocast for the trunk (the ZCA layer "
                               "keeps --dtype), channels_last, device-side checks read back every 100 steps."),
     compile_mode: Optional[str] = typer.Option(None, "--compile", help="torch.compile the trunk after the ZCA layer: "
-                                               "default or reduce-overhead (CUDA graphs); default: not compiled."),
+                                               "default, reduce-overhead (CUDA graphs), max-autotune or max-autotune-no-cudagraphs "
+                                               "(torch.compile's modes); default: not compiled."),
     eval_every: int = typer.Option(1, "--eval-every", help="Test accuracy every N epochs (0: only at the end)."),
     check_every: Optional[int] = typer.Option(None, "--check-every", help="Read the failure checks back every N steps "
                                               "(default 10, fast 100); the failing step is exact either way."),

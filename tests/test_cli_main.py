@@ -67,6 +67,17 @@ def test_method_help_points_to_the_methods_command():
         assert not [name for name in methods.NAMES if name in option.help.replace("taylor:K=19", "")], command
 
 
+def test_train_compile_help_names_every_accepted_mode():
+    """The --compile help is text (the config that holds the modes imports torch): it names each mode
+    the run accepts, so none is found only by trial."""
+    import typer
+
+    from stabkit.train.config import COMPILE_MODES
+
+    option = next(p for p in typer.main.get_command(app).commands["train"].params if p.name == "compile_mode")
+    assert [mode for mode in COMPILE_MODES if mode not in option.help] == []
+
+
 def _help_words(cmd, name: str, width: int) -> set[str]:
     out = cmd.get_help(cmd.context_class(cmd, info_name=name, terminal_width=width))
     return {word.strip(",.;:()[]`'") for word in out.split()}
