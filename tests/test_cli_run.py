@@ -76,11 +76,17 @@ def test_an_out_path_that_is_a_file_is_one_line(tmp_path):
     _one_error_line(_invoke("run", TINY, "--out", afile), str(afile), "not a directory")
 
 
-@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc, where no folder can be made")
-def test_an_out_path_where_no_folder_can_be_made_is_named(tmp_path):
-    """mkdir under /proc fails with ENOENT (not a storage errno): still one line naming the folder."""
-    _one_error_line(_invoke("run", TINY, "--out", "/proc/stabkit-no-such-folder"), "/proc/stabkit-no-such-folder/tiny",
-                    "cannot create", "--out")
+def test_an_out_path_where_no_folder_can_be_made_is_named(tmp_path, monkeypatch):
+    """A file system with no place for the folder fails mkdir with ENOENT, not a storage errno (Linux's
+    /proc does; here mkdir is made to): still one line naming the folder and what to change."""
+    import errno
+
+    def refuse(self, *args, **kwargs):
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(self))
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    out = tmp_path / "nowhere"
+    _one_error_line(_invoke("run", TINY, "--out", out), f"cannot create {out / 'tiny'}", "--out")
 
 
 @pytest.mark.parametrize("make, words", [
