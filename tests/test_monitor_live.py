@@ -12,6 +12,7 @@ from torch import nn
 
 import stabkit.torch as sktorch
 from stabkit import monitor
+from stabkit.errors import InputError
 from stabkit.monitor import hooks, process as monitor_process
 from stabkit.monitor.log import COLUMNS, read_log, rank_file_name
 
@@ -277,12 +278,22 @@ def test_a_multiprocessing_child_flushes_its_log_on_its_way_out(tmp_path, monkey
     assert read_log(tmp_path / f"eig-rank0-pid{child.pid}.csv")["min_gap"].tolist() == [5.0]
 
 
-def test_a_log_path_with_another_suffix_is_a_value_error(tmp_path):
+def test_a_log_path_with_another_suffix_is_an_input_error(tmp_path):
     before = torch.linalg.eigh
-    with pytest.raises(ValueError, match=r"\.csv or \.parquet"):
+    with pytest.raises(InputError, match=r"\.csv or \.parquet"):
         with monitor.watch(log_path=tmp_path / "eig.txt"):
             pass
     assert torch.linalg.eigh is before
+
+
+@pytest.mark.parametrize("every", [0, -3, 1.5, 2.0, True, "2", None])
+def test_every_that_is_not_a_positive_integer_is_an_input_error_before_anything_is_patched_or_written(tmp_path, every):
+    before = torch.linalg.eigh
+    with pytest.raises(InputError, match=rf"every \(optimizer steps between log flushes\) must be an integer ≥ 1, got {every!r}"):
+        with monitor.watch(log_path=tmp_path / "eig.csv", every=every):
+            pass
+    assert torch.linalg.eigh is before
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_rank_placeholder_in_log_path(tmp_path, monkeypatch):

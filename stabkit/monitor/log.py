@@ -103,7 +103,7 @@ class LiveLog:
         self.write_empty = write_empty
         self.path = Path(path) if path is not None else None
         if self.path is not None and self.path.suffix not in (".csv", ".parquet"):
-            raise ValueError(f"monitor log must end in .csv or .parquet, got {self.path.name!r}")
+            raise InputError(f"monitor log must end in .csv or .parquet, got {self.path.name!r}")
         self.tensorboard_dir = tensorboard_dir
         self._started = False
         self._parquet = None

@@ -15,6 +15,8 @@ import pandas as pd
 import torch
 
 from .. import methods
+from ..errors import InputError
+from ..validation import is_integer
 from .log import LiveLog, frame, warn
 from .grads import grad_hooks, physical
 from .recompute import Recomputations
@@ -32,8 +34,9 @@ class Monitor:
 
     def __init__(self, bound: methods.Spec | str | None = None, swap_backward: methods.Spec | str | None = None,
                  all_threads: bool = False, log: LiveLog | None = None, every: int = 1, keep_records: bool = True):
-        if int(every) < 1:
-            raise ValueError(f"every must be ≥ 1 step, got {every}")
+        if not is_integer(every, 1, math.inf):
+            raise InputError(f"stabkit monitor: every (optimizer steps between log flushes) must be an integer ≥ 1, "
+                             f"got {every!r}")
         self._rows: list[dict] = []
         self._flushed = 0            # rows[:_flushed] are in the log
         self._manual = None          # step count of mon.step() once it has been called
