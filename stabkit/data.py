@@ -71,12 +71,12 @@ def check_path(key: str, path) -> None:
         raise ValueError(f"{key}: no such file or folder: {path}")
 
 
-def check_loads(key: str, path) -> None:
-    """Before a training study's cells start: both splits of ``path`` ("" or None: the default location)
-    load (:func:`load_cifar10`, so an archive is decoded once and its cells read the cache), else a
-    ValueError naming ``key`` and what is wrong — a damaged archive is one line and exit 2 before any
-    cell, not the same failure of every cell."""
-    for split in SPLITS:
+def check_loads(key: str, path, splits: tuple[str, ...] = SPLITS) -> None:
+    """Before a study's cells start: the ``splits`` its cells read (a training study both, the gap study
+    only "train") of ``path`` ("" or None: the default location) load (:func:`load_cifar10`, so an
+    archive is decoded once and its cells read the cache), else a ValueError naming ``key`` and what is
+    wrong — a damaged archive is one line and exit 2 before any cell, not the same failure of every cell."""
+    for split in splits:
         try:
             load_cifar10(path or None, split)
         except (FileNotFoundError, ValueError) as exc:

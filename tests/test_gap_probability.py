@@ -346,3 +346,27 @@ def test_cifar_data_that_does_not_load_is_refused_before_the_first_cell(tmp_path
     assert result.exit_code == 2 and result.stderr.startswith("error: gap_probability: cifar_path: "), result.output
     assert "data_batch_2" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_only_the_train_split_the_cells_read_is_checked_and_decoded_before_the_first_cell(tmp_path, monkeypatch):
+    """The gap study samples only CIFAR-10's train split: a damaged test split does not stop it (a
+    training study, which reads both, refuses it), and the check does not decode the test split."""
+    from typer.testing import CliRunner
+
+    from stabkit import data
+    from stabkit.cli.main import app
+    from tests.conftest import write_tiny_batches
+
+    folder = write_tiny_batches(tmp_path)
+    (folder / "test_batch").write_bytes((folder / "test_batch").read_bytes()[:500])
+    with pytest.raises(ValueError, match="test_batch"):
+        data.load_cifar10(folder, "test", per_class=None)
+    loaded = []
+    real = data.load_cifar10
+    monkeypatch.setattr(data, "load_cifar10", lambda path, split="train", **kw: loaded.append(split) or real(path, split, **kw))
+    study = tmp_path / "gp.toml"
+    study.write_text(f'[study]\nname = "gp"\nkind = "gap_probability"\n[grid]\nsources = ["cifar10"]\n'
+                     f'dims = [4]\ncifar_path = "{folder}"\n')
+    result = CliRunner().invoke(app, ["run", str(study), "--out", str(tmp_path / "out"), "--max-cells", "0", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert loaded == ["train"]
