@@ -80,56 +80,6 @@ def test_the_commit_is_dirty_when_the_checkout_differs_outside_the_runs_own_outp
     assert provenance.git_commit(repo / "report*") == head + "-dirty"  # reports/ was written above
 
 
-def test_machine_info_names_the_cores_and_versions():
-    info = provenance.machine_info()
-    assert info["cores"] == os.cpu_count() and info["python"] and info["numpy"]
-    assert set(info) == {"platform", "cpu", "cores", "ram_gib", "python", "numpy", "torch", "gpu", "blas", "torch_cpu",
-                         "torch_lapack"}
-    # the BLAS numpy loaded, as threadpoolctl reports it (an independent reading, here in the test)
-    from threadpoolctl import threadpool_info
-
-    blas = [i for i in threadpool_info() if i.get("user_api") == "blas"]
-    for lib in blas:
-        assert f"{lib['internal_api']} {lib['version']}" in info["blas"]
-        if lib.get("architecture"):
-            assert f"({lib['architecture']} kernels)" in info["blas"]
-    assert provenance.header("x", {"kind": "k", "machine": info}).count(f"| BLAS {info['blas']};") == 1
-
-
-def test_torch_s_own_lapack_is_named_in_the_header_and_older_records_read_as_before():
-    """torch's eigh runs the LAPACK torch was built with (MKL in the x86 wheels), not numpy's BLAS: the
-    quickstart's torch rows differed between two CPUs whose BLAS and torch capability read the same, so
-    the header names it too. Read here independently from torch's build configuration."""
-    import torch
-
-    info = provenance.machine_info()
-    config = torch.__config__.show()
-    lapack = config.split("LAPACK_INFO=")[1].split(",")[0].strip()
-    assert info["torch_lapack"].split()[0] == lapack
-    if lapack == "mkl":
-        version = config.split("Math Kernel Library Version ")[1].split("-")[0].split()[0]
-        assert info["torch_lapack"] == f"mkl {version}"
-    header = provenance.header("x", {"kind": "k", "machine": info})
-    assert f"; torch CPU {info['torch_cpu']}, LAPACK {info['torch_lapack']} |" in header
-    assert f"torch CPU {info['torch_cpu']}, LAPACK {info['torch_lapack']}; GPU" in provenance.machine_summary(info)
-    older = {k: v for k, v in info.items() if k != "torch_lapack"}  # a cell or run.json written before it
-    assert f"; torch CPU {info['torch_cpu']} |" in provenance.header("x", {"kind": "k", "machine": older})
-    assert f"torch CPU {info['torch_cpu']}; GPU" in provenance.machine_summary(older)
-
-
-def test_the_blas_libraries_are_named_in_one_order_whatever_order_they_were_loaded_in(monkeypatch):
-    import threadpoolctl
-
-    libs = [{"user_api": "blas", "internal_api": "openblas", "version": "0.3.27", "architecture": "Haswell"},
-            {"user_api": "openmp", "internal_api": "openmp", "version": None},
-            {"user_api": "blas", "internal_api": "mkl", "version": "2024.1"}]
-    seen = []
-    for order in (libs, libs[::-1]):
-        monkeypatch.setattr(threadpoolctl, "threadpool_info", lambda order=order: order)
-        seen.append(provenance._blas())
-    assert seen == ["mkl 2024.1, openblas 0.3.27 (Haswell kernels)"] * 2
-
-
 def _record(out_dir: Path, **extra) -> provenance.RunRecord:
     fields = dict(command="stabkit run x", commit="abc", sources="0123", jobs=1, scheduler=None, cells_total=3,
                   cells_reused=0)

@@ -6,10 +6,7 @@ its table (:class:`RunRecord`), and shown as the header of its report (:func:`he
 from __future__ import annotations
 
 import json
-import math
 import os
-import platform
-import re
 import shlex
 import socket
 import subprocess
@@ -21,6 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .._io import write_text_atomic
+from ._machine import machine_info, machine_summary, torch_kernels
 from ._store import _read_json
 
 REPO = Path(__file__).resolve().parents[2]
@@ -89,78 +87,6 @@ def git_commit(out_root: Path | None = None) -> str:
     return head + ("-dirty" if dirty else "")
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _ram_gib() -> float:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return round(int(line.split()[1]) / 2**20, 1)
-    except (OSError, ValueError, IndexError):
-        pass
-    return math.nan
-
-
-def machine_info() -> dict:
-    """Platform, CPU model, cores, RAM, GPUs, the versions of python, numpy and torch, and the kernels
-    the linear algebra runs: the BLAS libraries loaded (numpy's, scipy's) with the CPU kernels they
-    picked, torch's CPU capability and torch's own LAPACK (:func:`_torch_lapack`).
-    The kernels set the last bits of float64 results (e.g. OpenBLAS's SkylakeX kernels on a CPU with
-    AVX-512, Haswell ones without), so two machines of one CPU name can round a study differently."""
-    import numpy
-
-    try:
-        import torch
-
-        torch_version = torch.__version__
-    except ImportError:
-        torch, torch_version = None, "not installed"
-    try:
-        torch_cpu = torch.backends.cpu.get_cpu_capability() if torch is not None else "?"
-    except (AttributeError, RuntimeError):  # an older torch
-        torch_cpu = "?"
-    return {
-        "platform": platform.platform(), "cpu": _cpu_model(), "cores": os.cpu_count(), "ram_gib": _ram_gib(),
-        "python": platform.python_version(), "numpy": numpy.__version__, "torch": torch_version, "gpu": _gpu_names(),
-        "blas": _blas(), "torch_cpu": torch_cpu, "torch_lapack": _torch_lapack(torch),
-    }
-
-
-def _torch_lapack(torch) -> str:
-    """The LAPACK torch was built with (its LAPACK_INFO: "mkl", "open", …), with MKL's version where it is
-    MKL — torch's eigh runs it, not numpy's BLAS, and MKL picks its code path by CPU: the quickstart's
-    `torch` rows differ between an AMD EPYC and an Intel Xeon whose other kernels read the same."""
-    try:
-        text = torch.__config__.show() if torch is not None else ""
-    except Exception:  # noqa: BLE001 — provenance is best effort
-        return "unknown"
-    found = re.search(r"LAPACK_INFO=([^,\s]+)", text)
-    version = re.search(r"Math Kernel Library Version (\d[\d.]*)", text)
-    name = found.group(1) if found else "unknown"
-    return f"{name} {version.group(1)}" if name == "mkl" and version else name
-
-
-def _torch_kernels(m: dict) -> str:
-    """torch's CPU capability, and its LAPACK where recorded (cells and runs written before it have none)."""
-    return m.get("torch_cpu", "?") + (f", LAPACK {m['torch_lapack']}" if "torch_lapack" in m else "")
-
-
-def machine_summary(machine: dict) -> str:
-    """What of a machine sets a cell's numbers, in one line: CPU, library versions, linear algebra
-    kernels, GPU (stored with every cell, so that cells resumed on other machines stay told apart)."""
-    m = machine if isinstance(machine, dict) else {}
-    return (f"{m.get('cpu', '?')}; numpy {m.get('numpy', '?')}, torch {m.get('torch', '?')}; BLAS {m.get('blas', '?')}; "
-            f"torch CPU {_torch_kernels(m)}; GPU {m.get('gpu', '?')}")
-
-
 def cells_origin(records) -> list[dict]:
     """How many of the cell ``records`` each (commit, machine) computed, most first."""
     counts: dict[tuple, int] = {}
@@ -170,35 +96,6 @@ def cells_origin(records) -> list[dict]:
         counts[key] = counts.get(key, 0) + 1
     return [{"commit": commit, "machine": machine, "cells": n}
             for (commit, machine), n in sorted(counts.items(), key=lambda item: -item[1])]
-
-
-def _blas() -> str:
-    """The BLAS libraries loaded in this process — numpy's, and scipy's or others' where imported — with
-    version and CPU kernels, e.g. "openblas 0.3.31 (SkylakeX kernels)" (numpy is imported by then:
-    :func:`machine_info`); sorted, so that two runs on one machine write the same header whatever
-    order the libraries were loaded in."""
-    try:
-        from threadpoolctl import threadpool_info
-
-        found = [" ".join(str(x) for x in (i.get("internal_api"), i.get("version")) if x)
-                 + (f" ({i['architecture']} kernels)" if i.get("architecture") else "")
-                 for i in threadpool_info() if i.get("user_api") == "blas"]
-    except Exception:  # noqa: BLE001 — provenance is best effort
-        return "unknown"
-    return ", ".join(sorted(set(found))) or "unknown"
-
-
-def _gpu_names() -> str:
-    """The CUDA devices torch sees, e.g. "1× NVIDIA H100 80GB HBM3", or "none"."""
-    try:
-        import torch
-
-        if not torch.cuda.is_available():
-            return "none"
-        names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    except (ImportError, RuntimeError):
-        return "none"
-    return ", ".join(f"{names.count(n)}× {n}" for n in dict.fromkeys(names))
 
 
 def _now() -> str:
@@ -322,7 +219,7 @@ def header(name: str, meta: dict, report_commit: str | None = None, report_sourc
         *_report_text_row(name, meta, report_commit, report_sources),
         f"| machine | {m.get('cpu', '?')}, {m.get('cores', '?')} cores, {m.get('ram_gib', '?')} GiB RAM; {m.get('platform', '?')} |",
         f"| versions | python {m.get('python', '?')}, numpy {m.get('numpy', '?')}, torch {m.get('torch', '?')} |",
-        *([f"| linear algebra kernels | BLAS {m['blas']}; torch CPU {_torch_kernels(m)} |"] if "blas" in m else []),
+        *([f"| linear algebra kernels | BLAS {m['blas']}; torch CPU {torch_kernels(m)} |"] if "blas" in m else []),
         f"| GPU | {m.get('gpu', 'not recorded')} |",
         f"| execution | {_execution(meta)} |",
         f"| wall time | {_wall_time(meta)} |",
