@@ -213,3 +213,20 @@ def test_a_size_or_a_method_given_twice_is_refused_before_any_timing(args, messa
     result = CliRunner().invoke(app, ["bench", "--repeats", "1", "--batch", "2", *args])
     assert result.exit_code == 2 and result.stderr.splitlines() == [message], result.output
     assert result.stdout == ""
+
+
+def test_mkl_code_paths_counts_rows_that_differ_in_any_column_but_seconds_with_nan_equal_to_nan():
+    import numpy as np
+    import pandas as pd
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from mkl_code_paths import differing_rows
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    a = pd.DataFrame({"method": ["torch", "taylor", "pi"], "angle_deg": [1.0, np.nan, 3.0], "seconds": [0.1, 0.2, 0.3]})
+    b = a.assign(seconds=[9.0, 9.0, 9.0])
+    assert differing_rows(a, b).tolist() == [False, False, False]  # seconds ignored, NaN == NaN
+    b.loc[0, "angle_deg"] = 1.0 + 2**-52
+    b.loc[1, "angle_deg"] = 0.0
+    assert differing_rows(a, b).tolist() == [True, True, False]
