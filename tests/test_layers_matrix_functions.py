@@ -28,6 +28,66 @@ def test_svd_dk_power_at_singular_FtF_is_closed_form():
     torch.testing.assert_close(g, F @ (G + G.T), rtol=1e-12, atol=1e-12)
 
 
+def _power_gradient_with_a_zero_column(F1, j, G, p):
+    """∂⟨G, (FᵀF)^p⟩/∂F at F = F1 with an all-zero column inserted at j (ε = 0), written apart from the layer:
+    the other columns' gradient is that of (F1ᵀF1)^p (torch's eigh, distinct eigenvalues); column j's is
+    F1 (F1ᵀF1)^(p−1) (G_{¬j,j} + G_{j,¬j}), from the block coupling FᵀF's zero eigenvalue to the others
+    (g[μ, 0] = μ^(p−1)); the zero block itself grows as |δF|^(2p), with no first-order term for p > ½
+    (checked against 80-digit central differences while writing this test: 2.9e-15 apart at p = 0.75)."""
+    keep = [i for i in range(G.shape[0]) if i != j]
+    f1 = F1.clone().requires_grad_()
+    lam, U = torch.linalg.eigh(f1.mT @ f1)
+    (g1,) = torch.autograd.grad((G[keep][:, keep] * ((U * lam ** p) @ U.mT)).sum(), f1)
+    lam, U = torch.linalg.eigh(F1.mT @ F1)
+    grad = torch.zeros(F1.shape[0], G.shape[0], dtype=F1.dtype)
+    grad[:, keep] = g1
+    grad[:, j] = F1 @ ((U * lam ** (p - 1)) @ U.mT) @ (G[keep, j] + G[j, keep])
+    return grad
+
+
+def _dk_power_grad(F, G, p):
+    f = F.clone().requires_grad_()
+    return torch.autograd.grad((G.to(F.dtype) * layers.svd_dk_matrix_function(f, "power", 0.0, p)).sum(), f)[0]
+
+
+@pytest.mark.parametrize("p", [0.6, 0.75, 0.9])
+@pytest.mark.parametrize("diagonal", [False, True], ids=["random", "diagonal"])
+def test_svd_dk_power_below_one_with_a_dead_channel_has_the_limit_gradient_and_tangent(p, diagonal):
+    """x^p, ½ < p < 1, ε = 0, F with an all-zero column (a dead ReLU channel): FᵀF has a zero eigenvalue. Where
+    the SVD returned σ = 0 exactly (always for the diagonal F), g'(0) = ∞ met it and the whole gradient and
+    tangent were NaN; where it returned a rounding-level σ (the random F in float32 here), F's rounding times
+    g'(σ²) made them O(1) off. C is differentiable there (σ·g'(σ²) = pσ^(2p−1) → 0), so both must be the
+    closed form, in float32 too."""
+    n, j = 6, 1
+    F1 = torch.randn(n, 3, dtype=D, generator=GEN(4))
+    if diagonal:
+        F1 = torch.zeros(n, 3, dtype=D)
+        F1[0, 0], F1[1, 1], F1[2, 2] = 2.0, 0.5, 1.25
+    G, dF = torch.randn(4, 4, dtype=D, generator=GEN(5)), torch.randn(n, 4, dtype=D, generator=GEN(6))
+    F = torch.zeros(n, 4, dtype=D)
+    F[:, [0, 2, 3]] = F1
+    want = _power_gradient_with_a_zero_column(F1, j, G, p)
+    torch.testing.assert_close(_dk_power_grad(F, G, p), want, rtol=1e-10, atol=1e-12)
+    _, dC = torch.func.jvp(lambda x: layers.svd_dk_matrix_function(x, "power", 0.0, p), (F,), (dF,))
+    assert abs(float((G * dC).sum() - (want * dF).sum())) <= 1e-10 * float(want.abs().sum() * dF.abs().max())
+    want32 = _power_gradient_with_a_zero_column(F1.float().double(), j, G, p)  # the float32 input, exactly
+    torch.testing.assert_close(_dk_power_grad(F.float(), G, p).double(), want32, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("p", [0.6, 0.9])
+def test_svd_dk_power_below_one_of_a_wide_F_with_a_zero_row_has_the_limit_gradient(p):
+    """A wide F (3 × 5, ε = 0) whose one row is 0: its FᵀF is that of the other two rows, F₂ (full row rank), so
+    the gradient is theirs on those rows — (F₂ᵀF₂)^p = F₂ᵀ (F₂F₂ᵀ)^(p−1) F₂, through torch's eigh of the 2 × 2
+    F₂F₂ᵀ — and 0 on the zero row (it enters FᵀF squared); it was NaN."""
+    F2, G = torch.randn(2, 5, dtype=D, generator=GEN(7)), torch.randn(5, 5, dtype=D, generator=GEN(8))
+    f2 = F2.clone().requires_grad_()
+    lam, U = torch.linalg.eigh(f2 @ f2.mT)
+    (g2,) = torch.autograd.grad((G * (f2.mT @ ((U * lam ** (p - 1)) @ U.mT) @ f2)).sum(), f2)
+    F = torch.cat([F2[:1], torch.zeros(1, 5, dtype=D), F2[1:]])
+    want = torch.cat([g2[:1], torch.zeros(1, 5, dtype=D), g2[1:]])
+    torch.testing.assert_close(_dk_power_grad(F, G, p), want, rtol=1e-10, atol=1e-12)
+
+
 def test_svd_dk_power_two_at_singular_FtF_matches_plain_products():
     # p = 2 on a tall rank-deficient F: the zero eigenvalue's divided difference is M^(p−1)
     F = torch.randn(6, 4, dtype=D, generator=GEN(2))

@@ -22,7 +22,10 @@ divided-difference form), evaluated from the thin V (:func:`_thin_frechet`). The
 log: log1p(Δ/m)/Δ; sqrt: 1/(√μ_i + √μ_j); x^p: m^p expm1(p log1p(Δ/m))/Δ, with m = min(μ_i, μ_j)
 and Δ = |μ_i − μ_j| = |σ_i − σ_j|(σ_i + σ_j) — so it needs no 1/(σ_i² − σ_j²) and is exact on ties;
 at m = 0 (ε = 0, singular FᵀF) it is (g(M) − g(0))/M, M = max(μ_i, μ_j): M^(p−1) for x^p, p > 0,
-and infinite for log and p < 0, where g(0) itself is. Prop. 1's K-form instead cancels two large
+and infinite for log and p < 0, where g(0) itself is. For x^p, 0 < p < 1, D_ii = g'(0) = ∞ at a σ = 0 (a dead
+channel: an all-zero column of F), which F multiplies by that σ; for ½ < p < 1, where C is differentiable, D_ij
+between two σ that are zero to within rounding is taken as its limit 0 (:func:`_limit_where_sigma_vanishes`),
+so gradient and tangent are finite; for p ≤ ½ (√) C has no derivative there and they are NaN. Prop. 1's K-form instead cancels two large
 terms (rounding of Vᵀ∂L/∂V's asymmetry times K). :func:`eig_dk` is the same backward for a
 symmetric A (no SVD); :func:`svd_dk` and :func:`eig_dk` are the routes' one decomposition each,
 which ``stabkit.monitor.watch`` logs (``stabkit.layers.matrix_functions.svd_dk`` / ``eig_dk``, backward
@@ -155,7 +158,7 @@ class _SvdDK(torch.autograd.Function):
         c, unscale = _at_scale(S, ctx.fn, ctx.eps, ctx.p, ridge=bool(differentiated and wide and ctx.eps))
         F, S, eps = F * c[..., None], S * c, ctx.eps * c * c
         if not differentiated:
-            L = _thin_frechet(V[..., :S.shape[-1]], S, F.shape[-1], gC, ctx.fn, eps, ctx.p)
+            L = _thin_frechet(V[..., :S.shape[-1]], S, F.shape[-2:], gC, ctx.fn, eps, ctx.p)
             return 2 * F @ L * unscale, None, None, None
         if wide:
             return _row_gram_backward(F, gC, ctx.fn, ctx.p, eps if ctx.eps else None) * unscale, None, None, None
@@ -226,22 +229,25 @@ def _svd_dk_tangent(F, dF, S, V, fn, eps, p):
     G = 2 * F.mT @ dF
     k, d = S.shape[-1], F.shape[-1]
     if k == d:
-        return dk_frechet(V, eigen_divided_differences(S * S + eps, fn, p), G) * unscale
-    return _gram_frechet(V[..., :k], S, d, G, fn, eps, p) * unscale
+        mu = S * S + eps
+        D = _limit_where_sigma_vanishes(eigen_divided_differences(mu, fn, p), S, mu, F.shape[-2:], fn, p)
+        return dk_frechet(V, D, G) * unscale
+    return _gram_frechet(V[..., :k], S, F.shape[-2:], G, fn, eps, p) * unscale
 
 
 def _pad(x, d):
     return torch.nn.functional.pad(x, (0, d - x.shape[-1]))
 
 
-def _thin_frechet(V1, S, d, G, fn, eps, p):
+def _thin_frechet(V1, S, shape, G, fn, eps, p):
     """L(G) as far as F L(G) sees it, from the thin V1 (d × k) alone: on span(V1) :func:`dk_frechet`;
     if k < d the complement (eigenvalue ε of FᵀF + εI) adds V1 diag(D_iε) V1ᵀ sym(G) (I − V1V1ᵀ) —
     the other complement terms start with (I − V1V1ᵀ), which F annihilates (and g'(0) = ∞ for √ and
-    x^p, p < 1, at ε = 0, would make them NaN)."""
-    k = S.shape[-1]
+    x^p, p < 1, at ε = 0, would make them NaN). ``shape``: F's (n, d)."""
+    k, d = S.shape[-1], shape[-1]
     sig = _pad(S, min(d, k + 1))                    # one σ = 0 stands for the complement
-    D = divided_differences(sig * sig + eps, sig, fn, p)
+    mu = sig * sig + eps
+    D = _limit_where_sigma_vanishes(divided_differences(mu, sig, fn, p), sig, mu, shape, fn, p)
     L = dk_frechet(V1, D[..., :k, :k], G)
     if k < d:
         VtG = V1.mT @ _xp.sym(G)
@@ -249,14 +255,30 @@ def _thin_frechet(V1, S, d, G, fn, eps, p):
     return L
 
 
-def _gram_frechet(V1, S, d, G, fn, eps, p):
+def _limit_where_sigma_vanishes(D, sig, mu, shape, fn, p):
+    """D with D_ij = 0 where both μ_i, μ_j ≤ τ² (τ = max(n, d)·u·σ_max, the numerical rank's cut: such σ are
+    zero to within the SVD's rounding; so is ε), for x^p, ½ < p < 1. There D ~ pμ^(p−1) is huge (∞ at μ = 0)
+    and meets F's σ_i only through F: at σ = 0, 0·∞ made the whole gradient and tangent NaN (an all-zero column
+    of F, a dead channel, was enough), and at a σ that is rounding, F's rounding u·|F| times it was off by
+    O(1) (float32, x^0.6). C is differentiable at σ = 0 — its zero-σ block grows as |δF|^(2p) — with σ·g'(σ²)
+    = pσ^(2p−1) → 0 the limit, which D_ij = 0 gives; for σ ≤ τ it leaves out at most pτ^(2p−1), the change
+    of the gradient under the SVD's own rounding. At p ≤ ½ (√ too) C has no derivative at σ = 0: NaN stays,
+    as it does in a backward that is itself differentiated (no second derivative there: σ^(2p−2))."""
+    if fn != "power" or not 0.5 < p < 1 or sig.shape[-1] == 0:
+        return D
+    tol = max(shape) * torch.finfo(sig.dtype).eps * sig.detach().amax(-1, keepdim=True)
+    small = mu <= tol * tol
+    return torch.where(small[..., :, None] & small[..., None, :], torch.zeros_like(D), D)
+
+
+def _gram_frechet(V1, S, shape, G, fn, eps, p):
     """L(G) (d × d, symmetric) from the thin V1, for G = 2FᵀdF (sym(G) = dFᵀF + FᵀdF, FᵀF's tangent):
     :func:`_thin_frechet`'s T = A + B (A its span(V1) block, B = V1 (D_iε ∘ V1ᵀ sym(G) P⊥),
     P⊥ = I − V1V1ᵀ) gives A + B + Bᵀ = T + Tᵀ − T V1V1ᵀ. The complement block g'(ε) P⊥ sym(G) P⊥ of a
     general L is left out: it is 0 for such G (F P⊥ = 0), and g'(0) = ∞ (ε = 0, √x, x^p with
     p < 1) times its rounding would be NaN."""
-    T = _thin_frechet(V1, S, d, G, fn, eps, p)
-    return T if S.shape[-1] == d else T + T.mT - T @ (V1 @ V1.mT)
+    T = _thin_frechet(V1, S, shape, G, fn, eps, p)
+    return T if S.shape[-1] == shape[-1] else T + T.mT - T @ (V1 @ V1.mT)
 
 
 def eig_dk(A: torch.Tensor, fn: str, p: float | None = None, *, psd: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
