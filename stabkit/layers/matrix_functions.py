@@ -25,7 +25,10 @@ at m = 0 (ε = 0, singular FᵀF) it is (g(M) − g(0))/M, M = max(μ_i, μ_j): 
 and infinite for log and p < 0, where g(0) itself is. For x^p, 0 < p < 1, D_ii = g'(0) = ∞ at a σ = 0 (a dead
 channel: an all-zero column of F), which F multiplies by that σ; for ½ < p < 1, where C is differentiable, D_ij
 between two σ that are zero to within rounding is taken as its limit 0 (:func:`_limit_where_sigma_vanishes`),
-so gradient and tangent are finite; for p ≤ ½ (√) C has no derivative there and they are NaN. Prop. 1's K-form instead cancels two large
+so the backward and the tangent are right there — not the backward that is itself differentiated (create_graph,
+``torch.func.grad``, ``jacrev``), which can be NaN or wrong at such σ, as before (one 6 × 4 float64 F with a zero
+column: 0.4 relative at p = 0.55, 1e-2 at p = 0.6, 1e-7 at p = 0.75; right for another: it depends on the SVD's
+rounding); for p ≤ ½ (√) C has no derivative there and the result is NaN or meaningless. Prop. 1's K-form instead cancels two large
 terms (rounding of Vᵀ∂L/∂V's asymmetry times K). :func:`eig_dk` is the same backward for a
 symmetric A (no SVD); :func:`svd_dk` and :func:`eig_dk` are the routes' one decomposition each,
 which ``stabkit.monitor.watch`` logs (``stabkit.layers.matrix_functions.svd_dk`` / ``eig_dk``, backward
@@ -261,9 +264,10 @@ def _limit_where_sigma_vanishes(D, sig, mu, shape, fn, p):
     and meets F's σ_i only through F: at σ = 0, 0·∞ made the whole gradient and tangent NaN (an all-zero column
     of F, a dead channel, was enough), and at a σ that is rounding, F's rounding u·|F| times it was off by
     O(1) (float32, x^0.6). C is differentiable at σ = 0 — its zero-σ block grows as |δF|^(2p) — with σ·g'(σ²)
-    = pσ^(2p−1) → 0 the limit, which D_ij = 0 gives; for σ ≤ τ it leaves out at most pτ^(2p−1), the change
-    of the gradient under the SVD's own rounding. At p ≤ ½ (√ too) C has no derivative at σ = 0: NaN stays,
-    as it does in a backward that is itself differentiated (no second derivative there: σ^(2p−2))."""
+    = pσ^(2p−1) → 0 the limit, which D_ij = 0 gives. A σ ≤ τ that the SVD resolves exactly (a diagonal F with
+    σ = 2^−51 σ_max) loses its pσ^(2p−1) — at most pτ^(2p−1), the change of the gradient under the SVD's own
+    rounding (3 % at p = 0.55 in float64 there). At p ≤ ½ (√ too) C has no derivative at σ = 0 and nothing is
+    changed; the backward that is itself differentiated does not come here (see the module docstring)."""
     if fn != "power" or not 0.5 < p < 1 or sig.shape[-1] == 0:
         return D
     tol = max(shape) * torch.finfo(sig.dtype).eps * sig.detach().amax(-1, keepdim=True)
