@@ -57,7 +57,7 @@ def test_svd_dk_power_below_one_with_a_dead_channel_has_the_limit_gradient_and_t
     the SVD returned σ = 0 exactly (always for the diagonal F), g'(0) = ∞ met it and the whole gradient and
     tangent were NaN; where it returned a rounding-level σ (the random F in float32 here), F's rounding times
     g'(σ²) made them O(1) off. C is differentiable there (σ·g'(σ²) = pσ^(2p−1) → 0), so both must be the
-    closed form, in float32 too."""
+    closed form, in float32 too — and so must the backward that can itself be differentiated (torch.func.grad)."""
     n, j = 6, 1
     F1 = torch.randn(n, 3, dtype=D, generator=GEN(4))
     if diagonal:
@@ -67,11 +67,15 @@ def test_svd_dk_power_below_one_with_a_dead_channel_has_the_limit_gradient_and_t
     F = torch.zeros(n, 4, dtype=D)
     F[:, [0, 2, 3]] = F1
     want = _power_gradient_with_a_zero_column(F1, j, G, p)
+    layer = lambda x: layers.svd_dk_matrix_function(x, "power", 0.0, p)  # noqa: E731
+    differentiated = torch.func.grad(lambda x: (G.to(x.dtype) * layer(x)).sum())  # the backward that can be differentiated
     torch.testing.assert_close(_dk_power_grad(F, G, p), want, rtol=1e-10, atol=1e-12)
-    _, dC = torch.func.jvp(lambda x: layers.svd_dk_matrix_function(x, "power", 0.0, p), (F,), (dF,))
+    torch.testing.assert_close(differentiated(F), want, rtol=1e-10, atol=1e-12)
+    _, dC = torch.func.jvp(layer, (F,), (dF,))
     assert abs(float((G * dC).sum() - (want * dF).sum())) <= 1e-10 * float(want.abs().sum() * dF.abs().max())
     want32 = _power_gradient_with_a_zero_column(F1.float().double(), j, G, p)  # the float32 input, exactly
     torch.testing.assert_close(_dk_power_grad(F.float(), G, p).double(), want32, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(differentiated(F.float()).double(), want32, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("p", [0.6, 0.9])
@@ -197,8 +201,8 @@ def test_log_of_wide_F_without_ridge_is_refused(fn):
         fn(torch.randn(2, 4, dtype=D, generator=GEN(0)), "log")
 
 
-G_FUNCTIONS = [("log", None), ("sqrt", None), ("power", 0.5), ("power", -0.5)]
-G_IDS = ["log", "sqrt", "p=0.5", "p=-0.5"]
+G_FUNCTIONS = [("log", None), ("sqrt", None), ("power", 0.5), ("power", -0.5), ("power", 0.75)]
+G_IDS = ["log", "sqrt", "p=0.5", "p=-0.5", "p=0.75"]  # 0.75: the limit route (_vanishing)
 
 
 def _eig_dk_sym(fn, p):

@@ -25,10 +25,10 @@ at m = 0 (ε = 0, singular FᵀF) it is (g(M) − g(0))/M, M = max(μ_i, μ_j): 
 and infinite for log and p < 0, where g(0) itself is. For x^p, 0 < p < 1, D_ii = g'(0) = ∞ at a σ = 0 (a dead
 channel: an all-zero column of F), which F multiplies by that σ; for ½ < p < 1, where C is differentiable, D_ij
 between two σ that are zero to within rounding is taken as its limit 0 (:func:`_limit_where_sigma_vanishes`),
-so the backward and the tangent are right there — not the backward that is itself differentiated (create_graph,
-``torch.func.grad``, ``jacrev``), which can be NaN or wrong at such σ, as before (one 6 × 4 float64 F with a zero
-column: 0.4 relative at p = 0.55, 1e-2 at p = 0.6, 1e-7 at p = 0.75; right for another: it depends on the SVD's
-rounding); for p ≤ ½ (√) C has no derivative there and the result is NaN or meaningless. Prop. 1's K-form instead cancels two large
+so the backward and the tangent are right there, and so is the backward that is itself differentiated (create_graph,
+``torch.func.grad``, ``jacrev``) of a square or tall F — not yet a wide F's (:func:`_row_gram_backward`, NaN at a zero
+row); C has no second derivative there (σ^(2p−2)), so a Hessian there means nothing; for p ≤ ½ (√) C has no
+derivative there and the result is NaN or meaningless. Prop. 1's K-form instead cancels two large
 terms (rounding of Vᵀ∂L/∂V's asymmetry times K). :func:`eig_dk` is the same backward for a
 symmetric A (no SVD); :func:`svd_dk` and :func:`eig_dk` are the routes' one decomposition each,
 which ``stabkit.monitor.watch`` logs (``stabkit.layers.matrix_functions.svd_dk`` / ``eig_dk``, backward
@@ -167,7 +167,13 @@ class _SvdDK(torch.autograd.Function):
             return _row_gram_backward(F, gC, ctx.fn, ctx.p, eps if ctx.eps else None) * unscale, None, None, None
         twice = 2 * F  # made before the handle FᵀF: a double backward adds its 3 terms of ∂/∂F in the same order
         mu = _pad(S * S, F.shape[-1]) + eps  # as before the scaling (bitwise the same result at c = 1)
-        L = compile_safe(_Frechet, _FrechetJvp).apply(F.mT @ F, gC, mu, V, ctx.fn, ctx.p)
+        small = _vanishing(_pad(S, F.shape[-1]), mu, F.shape[-2:], ctx.fn, ctx.p)
+        if small is None:
+            L = compile_safe(_Frechet, _FrechetJvp).apply(F.mT @ F, gC, mu, V, ctx.fn, ctx.p)
+        else:  # the plain backward's limit, taken in V's basis where its zeros are exact; D finite at μ = 0
+            Gt = (V.mT @ _xp.sym(gC) @ V) * ~(small[..., :, None] & small[..., None, :])
+            mu = torch.where(mu == 0, torch.finfo(mu.dtype).tiny, mu)
+            L = compile_safe(_FrechetGram, _FrechetGramJvp).apply(F.mT @ F, gC, Gt, mu, V, ctx.fn, ctx.p)
         return twice @ L * unscale, None, None, None
 
 
@@ -267,12 +273,18 @@ def _limit_where_sigma_vanishes(D, sig, mu, shape, fn, p):
     = pσ^(2p−1) → 0 the limit, which D_ij = 0 gives. A σ ≤ τ that the SVD resolves exactly (a diagonal F with
     σ = 2^−51 σ_max) loses its pσ^(2p−1) — at most pτ^(2p−1), the change of the gradient under the SVD's own
     rounding (3 % at p = 0.55 in float64 there). At p ≤ ½ (√ too) C has no derivative at σ = 0 and nothing is
-    changed; the backward that is itself differentiated does not come here (see the module docstring)."""
+    changed."""
+    small = _vanishing(sig, mu, shape, fn, p)
+    return D if small is None else torch.where(small[..., :, None] & small[..., None, :], torch.zeros_like(D), D)
+
+
+def _vanishing(sig, mu, shape, fn, p):
+    """For x^p, ½ < p < 1 (else None): where μ = σ² + ε ≤ τ², τ = max(n, d)·u·σ_max — σ and ε zero to within
+    the SVD's rounding (the numerical rank's cut); F of shape ``shape``."""
     if fn != "power" or not 0.5 < p < 1 or sig.shape[-1] == 0:
-        return D
+        return None
     tol = max(shape) * torch.finfo(sig.dtype).eps * sig.detach().amax(-1, keepdim=True)
-    small = mu <= tol * tol
-    return torch.where(small[..., :, None] & small[..., None, :], torch.zeros_like(D), D)
+    return mu <= tol * tol
 
 
 def _gram_frechet(V1, S, shape, G, fn, eps, p):
