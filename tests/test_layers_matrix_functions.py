@@ -82,7 +82,8 @@ def test_svd_dk_power_below_one_with_a_dead_channel_has_the_limit_gradient_and_t
 def test_svd_dk_power_below_one_of_a_wide_F_with_a_zero_row_has_the_limit_gradient(p):
     """A wide F (3 × 5, ε = 0) whose one row is 0: its FᵀF is that of the other two rows, F₂ (full row rank), so
     the gradient is theirs on those rows — (F₂ᵀF₂)^p = F₂ᵀ (F₂F₂ᵀ)^(p−1) F₂, through torch's eigh of the 2 × 2
-    F₂F₂ᵀ — and 0 on the zero row (it enters FᵀF squared); it was NaN."""
+    F₂F₂ᵀ — and 0 on the zero row (it enters FᵀF squared); it was NaN, and so was the backward that can itself
+    be differentiated (torch.func.grad), which takes it at the 3 × 3 FFᵀ."""
     F2, G = torch.randn(2, 5, dtype=D, generator=GEN(7)), torch.randn(5, 5, dtype=D, generator=GEN(8))
     f2 = F2.clone().requires_grad_()
     lam, U = torch.linalg.eigh(f2 @ f2.mT)
@@ -90,6 +91,9 @@ def test_svd_dk_power_below_one_of_a_wide_F_with_a_zero_row_has_the_limit_gradie
     F = torch.cat([F2[:1], torch.zeros(1, 5, dtype=D), F2[1:]])
     want = torch.cat([g2[:1], torch.zeros(1, 5, dtype=D), g2[1:]])
     torch.testing.assert_close(_dk_power_grad(F, G, p), want, rtol=1e-10, atol=1e-12)
+    differentiated = torch.func.grad(lambda x: (G.to(x.dtype) * layers.svd_dk_matrix_function(x, "power", 0.0, p)).sum())
+    torch.testing.assert_close(differentiated(F), want, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(differentiated(F.float()).double(), want, rtol=1e-4, atol=1e-5)  # F rounded: ~1e-7 apart
 
 
 def test_svd_dk_power_two_at_singular_FtF_matches_plain_products():
@@ -573,7 +577,7 @@ def _mp_wide_hvp(F, W, V, g):
 
 
 @pytest.mark.parametrize("gap", [0.0, 1e-9], ids=["tie", "near-tie"])
-@pytest.mark.parametrize("fn, p", [("sqrt", None), ("power", 0.3), ("power", 1.5)], ids=["sqrt", "p=0.3", "p=1.5"])
+@pytest.mark.parametrize("fn, p", [("sqrt", None), ("power", 0.3), ("power", 0.75), ("power", 1.5)], ids=["sqrt", "p=0.3", "p=0.75", "p=1.5"])
 def test_svd_dk_wide_F_without_ridge_second_derivative_at_ties_matches_mpmath(fn, p, gap):
     """A 3 × 5 F with σ = (1 + gap, 1, 0.5) rotated, ε = 0: double backward and torch.func.hessian of
     ⟨W, g(FᵀF)⟩ along V equal 60-digit mpmath to 1e-12. Differentiating the thin SVD (the old route)

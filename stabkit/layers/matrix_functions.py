@@ -25,10 +25,9 @@ at m = 0 (ε = 0, singular FᵀF) it is (g(M) − g(0))/M, M = max(μ_i, μ_j): 
 and infinite for log and p < 0, where g(0) itself is. For x^p, 0 < p < 1, D_ii = g'(0) = ∞ at a σ = 0 (a dead
 channel: an all-zero column of F), which F multiplies by that σ; for ½ < p < 1, where C is differentiable, D_ij
 between two σ that are zero to within rounding is taken as its limit 0 (:func:`_limit_where_sigma_vanishes`),
-so the backward and the tangent are right there, and so is the backward that is itself differentiated (create_graph,
-``torch.func.grad``, ``jacrev``) of a square or tall F — not yet a wide F's (:func:`_row_gram_backward`, NaN at a zero
-row); C has no second derivative there (σ^(2p−2)), so a Hessian there means nothing; for p ≤ ½ (√) C has no
-derivative there and the result is NaN or meaningless. Prop. 1's K-form instead cancels two large
+so the backward, the tangent and the backward that is itself differentiated (create_graph, ``torch.func.grad``,
+``jacrev``; a wide F's: :func:`_row_gram_limit`) are right there; C has no second derivative there (σ^(2p−2)), so a
+Hessian there means nothing; for p ≤ ½ (√) C has no derivative there and the result is NaN or meaningless. Prop. 1's K-form instead cancels two large
 terms (rounding of Vᵀ∂L/∂V's asymmetry times K). :func:`eig_dk` is the same backward for a
 symmetric A (no SVD); :func:`svd_dk` and :func:`eig_dk` are the routes' one decomposition each,
 which ``stabkit.monitor.watch`` logs (``stabkit.layers.matrix_functions.svd_dk`` / ``eig_dk``, backward
@@ -199,7 +198,8 @@ def _row_gram_backward(F, G, fn, p, ridge=None):
     derivative of h at M — both EIG-DK ops at M, whose eigenpairs (σ², U) come from F's SVD.
     ε = 0 (``ridge`` None; g = √ or x^p, p ≥ 0): h(x) = x^(p−1) (√: p = ½; x⁰ is constant, h = 0); at FᵀF
     itself the complement's g'(0) = ∞ (√, p < 1) would meet −∞ in the second-order terms. Needs a full-row-rank
-    F for p < 2 (h or h' is infinite at a zero σ, where √ and x^p, p < 1, have no derivative either).
+    F for p < 2 (h or h' is infinite at a zero σ, where √ and x^p, p ≤ ½, have no derivative either), except
+    x^p, ½ < p < 1, whose first derivative there is the limit :func:`_row_gram_limit` takes.
     ε > 0 (``ridge``, the scaled ε, shape (..., 1)): h(x) = g[x + ε, ε] (:mod:`.ridge_divided_differences`),
     finite at σ = 0, so any rank; at FᵀF + εI the complement's g'(ε) times F's rounding (u·|F|, not 0) made
     the gradient 19 % off (float32 x^−½, σ ~ 2⁵, ε = 1e-3). F S Fᵀ enters L_h in M's eigenbasis from the SVD,
@@ -209,7 +209,10 @@ def _row_gram_backward(F, G, fn, p, ridge=None):
         return 0 * F                                # still a function of F: its derivative is 0 too
     U, S, Vh = torch.ops.aten.linalg_svd(F.detach(), full_matrices=False)
     M, Sym = F @ F.mT, _xp.sym(G)
-    if ridge is None:
+    small = _vanishing(S, S * S, F.shape[-2:], fn, p) if ridge is None else None
+    if small is not None:
+        H, L = _row_gram_limit(F, Sym, M, U, S, Vh, small, p - 1)
+    elif ridge is None:
         lam, q = S * S, (0.5 if fn == "sqrt" else p) - 1
         H = compile_safe(_EigDK, _EigDKJvp).apply(M, lam, U, "power", q)
         L = compile_safe(_Frechet, _FrechetJvp).apply(M, F @ Sym @ F.mT, lam, U, "power", q)
@@ -276,6 +279,23 @@ def _limit_where_sigma_vanishes(D, sig, mu, shape, fn, p):
     changed."""
     small = _vanishing(sig, mu, shape, fn, p)
     return D if small is None else torch.where(small[..., :, None] & small[..., None, :], torch.zeros_like(D), D)
+
+
+def _row_gram_limit(F, Sym, M, U, S, Vh, small, q):
+    """(h(M), L_h(F S Fᵀ)) of :func:`_row_gram_backward` at ε = 0 for x^p, ½ < p < 1 (h = x^q, q = p − 1), with
+    the limit of :func:`_limit_where_sigma_vanishes`: a vanishing σ (a zero row of F) has h = ∞ there, which F
+    multiplies by σ (σ·σ^(2q) → 0), so its direction of M is left out — exactly, in U's basis: h(M)'s value
+    without it (its derivative, where no second derivative of C exists, is the op's at λ lifted to τ² there),
+    and L_h read with Σ V₁ᵀ S V₁ Σ whose rows and columns of vanishing σ are 0."""
+    keep = ~small
+    tol2 = S.detach().amax(-1, keepdim=True) ** 2 * (max(F.shape[-2:]) * torch.finfo(S.dtype).eps) ** 2
+    lam = torch.where(small, tol2, S * S)                                 # finite h and D, never read there
+    op = compile_safe(_EigDK, _EigDKJvp).apply(M, lam, U, "power", q)
+    H = (U * (lam ** q * keep)[..., None, :]) @ U.mT + (op - op.detach())
+    P = S[..., :, None] * Vh                                              # Σ V₁ᵀ: "UᵀF" without rounding
+    Gt = _xp.sym(P @ Sym.detach() @ P.mT) * (keep[..., :, None] & keep[..., None, :])
+    L = compile_safe(_FrechetGram, _FrechetGramJvp).apply(M, F @ Sym @ F.mT, Gt, lam, U, "power", q)
+    return H, L
 
 
 def _vanishing(sig, mu, shape, fn, p):
