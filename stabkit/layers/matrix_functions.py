@@ -288,8 +288,7 @@ def _row_gram_limit(F, Sym, M, U, S, Vh, small, q):
     without it (its derivative, where no second derivative of C exists, is the op's at λ lifted to τ² there),
     and L_h read with Σ V₁ᵀ S V₁ Σ whose rows and columns of vanishing σ are 0."""
     keep = ~small
-    tol2 = S.detach().amax(-1, keepdim=True) ** 2 * (max(F.shape[-2:]) * torch.finfo(S.dtype).eps) ** 2
-    lam = torch.where(small, tol2, S * S)                                 # finite h and D, never read there
+    lam = torch.where(small, _rank_cut(S, F.shape[-2:]) ** 2, S * S)    # finite h and D, never read there
     op = compile_safe(_EigDK, _EigDKJvp).apply(M, lam, U, "power", q)
     H = (U * (lam ** q * keep)[..., None, :]) @ U.mT + (op - op.detach())
     P = S[..., :, None] * Vh                                              # Σ V₁ᵀ: "UᵀF" without rounding
@@ -303,8 +302,13 @@ def _vanishing(sig, mu, shape, fn, p):
     the SVD's rounding (the numerical rank's cut); F of shape ``shape``."""
     if fn != "power" or not 0.5 < p < 1 or sig.shape[-1] == 0:
         return None
-    tol = max(shape) * torch.finfo(sig.dtype).eps * sig.detach().amax(-1, keepdim=True)
+    tol = _rank_cut(sig, shape)
     return mu <= tol * tol
+
+
+def _rank_cut(sig, shape):
+    """τ = max(n, d)·u·σ_max (shape (..., 1)): the σ of an F of ``shape`` below it are 0 to within the SVD's rounding."""
+    return max(shape) * torch.finfo(sig.dtype).eps * sig.detach().amax(-1, keepdim=True)
 
 
 def _gram_frechet(V1, S, shape, G, fn, eps, p):
