@@ -27,8 +27,8 @@ channel: an all-zero column of F), which F multiplies by that σ; for ½ < p < 1
 between two σ that are zero to within rounding is taken as its limit 0 (:func:`_limit_where_sigma_vanishes`),
 so the backward, the tangent and the backward that is itself differentiated (create_graph, ``torch.func.grad``,
 ``jacrev``; a wide F's: :func:`_row_gram_limit`) are right there; C has no second derivative there (σ^(2p−2)), so a
-Hessian there means nothing; for p ≤ ½ (√) C has no derivative there and the result is NaN or meaningless. Prop. 1's K-form instead cancels two large
-terms (rounding of Vᵀ∂L/∂V's asymmetry times K). :func:`eig_dk` is the same backward for a
+Hessian there means nothing; for p ≤ ½ (√) C has no derivative there and the result is NaN or meaningless.
+Prop. 1's K-form instead cancels two large terms (rounding of Vᵀ∂L/∂V's asymmetry times K). :func:`eig_dk` is the same backward for a
 symmetric A (no SVD); :func:`svd_dk` and :func:`eig_dk` are the routes' one decomposition each,
 which ``stabkit.monitor.watch`` logs (``stabkit.layers.matrix_functions.svd_dk`` / ``eig_dk``, backward
 :data:`DK_BACKWARD`) and never swaps: the backward is the exact Fréchet derivative of g, not an
@@ -307,7 +307,7 @@ def _vanishing(sig, mu, shape, fn, p):
 
 
 def _rank_cut(sig, shape):
-    """τ = max(n, d)·u·σ_max (shape (..., 1)): the σ of an F of ``shape`` below it are 0 to within the SVD's rounding."""
+    """τ = max(n, d)·u·σ_max (shape (..., 1)): an F of ``shape``'s σ below it are 0 to within the SVD's rounding."""
     return max(shape) * torch.finfo(sig.dtype).eps * sig.detach().amax(-1, keepdim=True)
 
 
