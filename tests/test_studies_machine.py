@@ -7,9 +7,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
-import pytest
 
 from stabkit.studies import _machine, provenance
 
@@ -75,12 +75,26 @@ def test_mkl_s_code_path_is_the_one_mkl_verbose_names_and_follows_mkl_enable_ins
     and moved by MKL_ENABLE_INSTRUCTIONS (SSE4.2: a path every x86-64 CPU that runs MKL has)."""
     import torch
 
-    if "LAPACK_INFO=mkl" not in torch.__config__.show():
-        pytest.skip("this torch is built without MKL: it has no MKL code path")
+    if "LAPACK_INFO=mkl" not in torch.__config__.show():  # e.g. an ARM wheel: there is no MKL path to name
+        assert "code path" not in _machine.machine_info()["torch_lapack"]
+        return
     path, header = _mkl_code_path_and_verbose_header()
     assert path and all(f"(Intel(R) {part})" in header for part in path.split("+")), (path, header)
     path, header = _mkl_code_path_and_verbose_header(MKL_ENABLE_INSTRUCTIONS="SSE4_2")
     assert path == "SSE4.2" and "(Intel(R) SSE4.2)" in header
+
+
+def test_an_mkl_whose_version_cannot_be_read_is_named_without_a_code_path(tmp_path):
+    """A torch built with MKL whose library folder holds no readable libtorch_cpu (or one without
+    mkl_serv_get_version): the record keeps MKL's version and names no path, rather than failing the run."""
+    (tmp_path / "torch" / "lib").mkdir(parents=True)
+    config = "LAPACK_INFO=mkl, … Intel(R) oneAPI Math Kernel Library Version 2024.2-Product Build 20240605"
+    fake = types.SimpleNamespace(__file__=str(tmp_path / "torch" / "__init__.py"),
+                                 __config__=types.SimpleNamespace(show=lambda: config))
+    assert _machine._mkl_code_path(fake) == ""
+    assert _machine._torch_lapack(fake) == "mkl 2024.2"
+    (tmp_path / "torch" / "lib" / "libtorch_cpu.so").write_bytes(b"not a library")
+    assert _machine._torch_lapack(fake) == "mkl 2024.2"
 
 
 def test_the_blas_libraries_are_named_in_one_order_whatever_order_they_were_loaded_in(monkeypatch):
