@@ -10,7 +10,6 @@ import sys
 import types
 from pathlib import Path
 
-
 from stabkit.studies import _machine, provenance
 
 REPO = Path(__file__).resolve().parents[1]
