@@ -103,6 +103,7 @@ GRID_DEFAULTS = {
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
 CIFAR_TRAIN = 50000
+CIFAR_SPLIT = "train"  # the one split the cifar10 cells sample (and the check before them loads)
 PATCH = 27  # 3×3 kernel × 3 input channels: the rank bound of the pre-ReLU features
 
 
@@ -225,7 +226,7 @@ def normalise_images(images: np.ndarray) -> np.ndarray:
 def _cifar_images(path: str, pool: int) -> np.ndarray:
     from ... import data
 
-    images, _ = data.load_cifar10(path or None, split="train")
+    images, _ = data.load_cifar10(path or None, split=CIFAR_SPLIT)
     if len(images) != CIFAR_TRAIN:
         raise ValueError(f"expected {CIFAR_TRAIN} CIFAR-10 training images, got {len(images)}")
     return images[_pool_indices(pool)]
@@ -342,7 +343,7 @@ def check_inputs(cells: list[dict]) -> None:
     from ...data import check_loads
 
     for path in dict.fromkeys(c["cifar_path"] for c in cells if c["source"] == "cifar10"):
-        check_loads("gap_probability: cifar_path", path, splits=("train",))  # the cells read only "train"
+        check_loads("gap_probability: cifar_path", path, splits=(CIFAR_SPLIT,))
 
 
 def run_cell(cell: dict) -> list[dict]:
