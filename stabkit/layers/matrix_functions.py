@@ -169,9 +169,9 @@ class _SvdDK(torch.autograd.Function):
         small = _vanishing(_pad(S, F.shape[-1]), mu, F.shape[-2:], ctx.fn, ctx.p)
         if small is None:
             L = compile_safe(_Frechet, _FrechetJvp).apply(F.mT @ F, gC, mu, V, ctx.fn, ctx.p)
-        else:  # the plain backward's limit, taken in V's basis where its zeros are exact; D finite at μ = 0
+        else:  # the plain backward's limit, taken in V's basis where its zeros are exact; μ lifted: D finite
             Gt = (V.mT @ _xp.sym(gC) @ V) * ~(small[..., :, None] & small[..., None, :])
-            mu = torch.where(mu == 0, torch.finfo(mu.dtype).tiny, mu)
+            mu = torch.where(small, _rank_cut(S, F.shape[-2:]) ** 2, mu)
             L = compile_safe(_FrechetGram, _FrechetGramJvp).apply(F.mT @ F, gC, Gt, mu, V, ctx.fn, ctx.p)
         return twice @ L * unscale, None, None, None
 
