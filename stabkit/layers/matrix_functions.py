@@ -275,8 +275,8 @@ def _limit_where_sigma_vanishes(D, sig, mu, shape, fn, p):
     O(1) (float32, x^0.6). C is differentiable at σ = 0 — its zero-σ block grows as |δF|^(2p) — with σ·g'(σ²)
     = pσ^(2p−1) → 0 the limit, which D_ij = 0 gives. A σ ≤ τ that the SVD resolves exactly (a diagonal F with
     σ = 2^−51 σ_max) loses its pσ^(2p−1) — at most pτ^(2p−1), the change of the gradient under the SVD's own
-    rounding (3 % at p = 0.55 in float64 there). At p ≤ ½ (√ too) C has no derivative at σ = 0 and nothing is
-    changed."""
+    rounding (2.4 % of the gradient's largest entry at p = 0.55 in float64 there). At p ≤ ½ (√ too) C has no
+    derivative at σ = 0 and nothing is changed."""
     small = _vanishing(sig, mu, shape, fn, p)
     return D if small is None else torch.where(small[..., :, None] & small[..., None, :], torch.zeros_like(D), D)
 
